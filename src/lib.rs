@@ -1,0 +1,7 @@
+//! topo: virtual-machine labs on libvirt from a YAML file (plan, apply, verify, destroy).
+//!
+//! Data flows one way: `source -> spec -> model -> graph -> plan(desired, observed) ->
+//! render | apply -> verify`. See docs/architecture.md.
+
+pub mod model;
+pub mod source;
