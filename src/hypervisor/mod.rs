@@ -1,0 +1,77 @@
+//! The narrow boundary to libvirt: only the calls topo makes, as the `Hypervisor` trait.
+//!
+//! Two implementations: `libvirt::LibvirtHypervisor` (the `virt` crate, the product) and
+//! `memory::MemoryHypervisor` (a strict in-memory double that rejects what libvirt rejects).
+
+use crate::observed::{Lease, Observed};
+
+/// A libvirt call failed. `code` is libvirt's error code when there is one.
+#[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
+#[error("{op} {object}: {message}")]
+#[diagnostic(code(topo::hypervisor))]
+pub struct HvError {
+    /// What topo was doing: `define network`, `start domain`, ...
+    pub op: String,
+    /// The libvirt name of the object (or the URI for connection errors).
+    pub object: String,
+    pub message: String,
+    pub kind: HvErrorKind,
+    #[help]
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HvErrorKind {
+    /// Could not connect to libvirt.
+    Connect,
+    /// The object does not exist.
+    NotFound,
+    /// An object of that name (or bridge, uuid...) exists already.
+    Exists,
+    /// The operation is not valid in the object's current state (e.g. in use, inactive).
+    InvalidState,
+    /// libvirt rejected the XML.
+    InvalidXml,
+    /// The driver does not support this call (test driver, old libvirt).
+    Unsupported,
+    Other,
+}
+
+/// Add or remove a DHCP host entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostOp {
+    Add,
+    Delete,
+}
+
+/// Every libvirt call topo uses. Implementations must be usable from several threads.
+pub trait Hypervisor: Send + Sync {
+    /// The connection URI (for messages).
+    fn uri(&self) -> String;
+    /// Reads every network and domain (persistent config for defined objects, live state
+    /// flags) in one pass.
+    fn observe(&self) -> Result<Observed, HvError>;
+
+    fn define_network(&self, xml: &str) -> Result<(), HvError>;
+    fn start_network(&self, name: &str) -> Result<(), HvError>;
+    fn set_network_autostart(&self, name: &str, autostart: bool) -> Result<(), HvError>;
+    /// `net-destroy`: stops an active network (no-op error kind InvalidState if inactive).
+    fn stop_network(&self, name: &str) -> Result<(), HvError>;
+    fn undefine_network(&self, name: &str) -> Result<(), HvError>;
+    /// Adds or deletes one `<host mac= ip= name=/>` in the network's first IPv4 `<dhcp>`,
+    /// live (if active) and in the persistent config.
+    fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError>;
+    fn dhcp_leases(&self, network: &str) -> Result<Vec<Lease>, HvError>;
+
+    fn define_domain(&self, xml: &str) -> Result<(), HvError>;
+    fn start_domain(&self, name: &str) -> Result<(), HvError>;
+    /// ACPI shutdown request (returns at once).
+    fn shutdown_domain(&self, name: &str) -> Result<(), HvError>;
+    /// Forced power off.
+    fn destroy_domain(&self, name: &str) -> Result<(), HvError>;
+    fn undefine_domain(&self, name: &str) -> Result<(), HvError>;
+    /// Hot-plugs a device (`<interface>` XML) into the config, and live when running.
+    fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
+    /// Unplugs a device (`<interface>` XML matched by MAC) from the config, and live when running.
+    fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
+}
