@@ -403,7 +403,7 @@ pub struct ManagedNetwork {
     pub reservations: BTreeMap<MacAddr, Reservation>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct DhcpRange {
     pub start: Ipv4Addr,
     pub end: Ipv4Addr,
