@@ -7,3 +7,5 @@ pub mod model;
 pub mod source;
 pub mod hypervisor;
 pub mod observed;
+pub mod graph;
+pub mod plan;

@@ -461,6 +461,22 @@ pub struct Nic {
     pub span: SourceSpan,
 }
 
+impl Vm {
+    /// File name of the VM's copy-on-write overlay: `<libvirt name>-<8 hex>.qcow2`, where
+    /// the hex digits hash the base image path and size, so a new image or size gives a
+    /// new overlay (and shows in the domain's disk path).
+    pub fn overlay_name(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let d = self.disk.as_ref()?;
+        let mut h = Sha256::new();
+        h.update(d.image.to_string_lossy().as_bytes());
+        h.update(b"\0");
+        h.update(d.size.map(|s| s.bytes()).unwrap_or(0).to_le_bytes());
+        let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Some(format!("{}-{hex}.qcow2", self.libvirt_name))
+    }
+}
+
 impl Nic {
     /// The display name of the NIC: `eth0`, `eth1`, ... in list order.
     pub fn label(&self) -> String {

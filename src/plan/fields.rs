@@ -1,0 +1,205 @@
+//! The fields topo manages on a network or VM, flattened to `path = value` pairs so desired
+//! (model) and observed (host) can be compared field by field and hashed.
+
+use std::collections::BTreeMap;
+
+use ipnetwork::Ipv4Network;
+
+use crate::model::{Lab, ManagedNetwork, Network, Vm};
+use crate::observed::{ObservedDomain, ObservedMode, ObservedNetwork};
+
+/// What a difference in a field costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FieldClass {
+    /// Changed on the live object (libvirt update, hot-plug, autostart flag).
+    InPlace,
+    /// The config is rewritten and the VM restarted for it to take effect.
+    Restart,
+    /// The object must be replaced (a network is redefined and restarted; a VM recreated).
+    Replace,
+    /// Run state (active, running): not part of the spec hash.
+    State,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldValue {
+    pub value: String,
+    pub class: FieldClass,
+}
+
+/// `path -> value`, sorted by path.
+pub type Fields = BTreeMap<String, FieldValue>;
+
+fn put(f: &mut Fields, path: impl Into<String>, value: impl Into<String>, class: FieldClass) {
+    f.insert(path.into(), FieldValue { value: value.into(), class });
+}
+
+fn onoff(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+/// Desired fields of a lab network. A bridge left to libvirt (`None`) is not compared.
+pub fn desired_network(m: &ManagedNetwork) -> Fields {
+    use FieldClass::*;
+    let mut f = Fields::new();
+    put(&mut f, "mode", m.mode.as_str(), Replace);
+    if let Some(b) = &m.bridge {
+        put(&mut f, "bridge", b.as_str(), Replace);
+    }
+    put(&mut f, "stp", onoff(m.stp), Replace);
+    put(&mut f, "subnet", m.subnet.map(|s| s.to_string()).unwrap_or_else(|| "none".into()), Replace);
+    if let Some(g) = m.gateway {
+        put(&mut f, "gateway", g.to_string(), Replace);
+    }
+    let dhcp = match m.dhcp {
+        Some(r) => format!("{} - {}", r.start, r.end),
+        None => "off".into(),
+    };
+    put(&mut f, "dhcp", dhcp, Replace);
+    put(&mut f, "dhcp_ping", onoff(m.dhcp_ping), Replace);
+    put(&mut f, "autostart", onoff(m.autostart), InPlace);
+    for r in m.reservations.values() {
+        put(&mut f, format!("dhcp_host[{}]", r.mac), format!("{} {}", r.ip, r.host), InPlace);
+    }
+    put(&mut f, "active", "yes", State);
+    f
+}
+
+/// Observed fields of a network, restricted to what `desired` names (plus reservations,
+/// which are compared as a set).
+pub fn observed_network(o: &ObservedNetwork, desired: &Fields) -> Fields {
+    use FieldClass::*;
+    let mut f = Fields::new();
+    let mode = match &o.mode {
+        ObservedMode::Known(m) => m.as_str().to_string(),
+        ObservedMode::Other(s) => s.clone(),
+    };
+    put(&mut f, "mode", mode, Replace);
+    if desired.contains_key("bridge") {
+        put(&mut f, "bridge", o.bridge.clone().unwrap_or_default(), Replace);
+    }
+    put(&mut f, "stp", onoff(o.stp), Replace);
+    match &o.ip {
+        Some(ip) => {
+            let subnet = Ipv4Network::new(ip.address, ip.prefix)
+                .and_then(|n| Ipv4Network::new(n.network(), ip.prefix))
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| format!("{}/{}", ip.address, ip.prefix));
+            put(&mut f, "subnet", subnet, Replace);
+            put(&mut f, "gateway", ip.address.to_string(), Replace);
+            let dhcp = match ip.dhcp_range {
+                Some(r) => format!("{} - {}", r.start, r.end),
+                None => "off".into(),
+            };
+            put(&mut f, "dhcp", dhcp, Replace);
+            for h in &ip.hosts {
+                put(
+                    &mut f,
+                    format!("dhcp_host[{}]", h.mac),
+                    format!("{} {}", h.ip, h.name.clone().unwrap_or_default()),
+                    InPlace,
+                );
+            }
+        }
+        None => {
+            put(&mut f, "subnet", "none", Replace);
+            put(&mut f, "dhcp", "off", Replace);
+        }
+    }
+    put(&mut f, "dhcp_ping", onoff(o.dhcp_ping), Replace);
+    put(&mut f, "autostart", onoff(o.autostart), InPlace);
+    put(&mut f, "active", if o.active { "yes" } else { "no" }, State);
+    f
+}
+
+/// The name a NIC's network is shown with: the lab's name for it when the libvirt name is
+/// one of the lab's networks, else the libvirt name.
+fn network_display(lab: &Lab, libvirt_name: &str) -> String {
+    lab.networks
+        .values()
+        .find(|n: &&Network| n.libvirt_name == libvirt_name)
+        .map(|n| n.name.to_string())
+        .unwrap_or_else(|| libvirt_name.to_string())
+}
+
+/// Desired fields of a VM.
+pub fn desired_vm(vm: &Vm) -> Fields {
+    use FieldClass::*;
+    let mut f = Fields::new();
+    put(&mut f, "hypervisor", vm.virt_type.as_str(), Restart);
+    put(&mut f, "memory", vm.memory.to_string(), Restart);
+    put(&mut f, "vcpus", vm.vcpus.to_string(), Restart);
+    if let Some(b) = &vm.boot {
+        put(&mut f, "boot.kernel", b.kernel.display().to_string(), Restart);
+        put(&mut f, "boot.initrd", b.initrd.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), Restart);
+        put(&mut f, "boot.cmdline", b.cmdline.clone().unwrap_or_default(), Restart);
+    }
+    if let (Some(d), Some(overlay)) = (&vm.disk, vm.overlay_name()) {
+        // The overlay's file name carries a hash of (image, size): the domain's disk path
+        // shows whether the base image or size changed.
+        let size = d.size.map(|s| format!(", {s}")).unwrap_or_default();
+        put(&mut f, "disk", format!("{overlay} (on {}{size})", d.image.display()), Replace);
+    }
+    for nic in &vm.nics {
+        put(&mut f, format!("nic[{}]", nic.mac), nic.network.to_string(), InPlace);
+    }
+    put(&mut f, "state", "running", State);
+    f
+}
+
+/// Observed fields of a VM, restricted to those `desired` can name.
+pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
+    use FieldClass::*;
+    let mut f = Fields::new();
+    put(&mut f, "hypervisor", o.virt_type.clone(), Restart);
+    put(&mut f, "memory", crate::model::ByteSize::from_bytes(o.memory_kib * 1024).to_string(), Restart);
+    put(&mut f, "vcpus", o.vcpus.to_string(), Restart);
+    if desired.contains_key("boot.kernel") || o.kernel.is_some() {
+        put(&mut f, "boot.kernel", o.kernel.clone().unwrap_or_default(), Restart);
+        put(&mut f, "boot.initrd", o.initrd.clone().unwrap_or_default(), Restart);
+        put(&mut f, "boot.cmdline", o.cmdline.clone().unwrap_or_default(), Restart);
+    }
+    if desired.contains_key("disk") || !o.disks.is_empty() {
+        let name = o.disks.first().map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
+        let want = desired.get("disk").map(|v| v.value.as_str()).unwrap_or_default();
+        // Same overlay file name: same image and size, shown as the desired text.
+        let value = match name {
+            Some(n) if want.starts_with(&format!("{n} ")) => want.to_string(),
+            Some(n) => n,
+            None => "none".into(),
+        };
+        put(&mut f, "disk", value, Replace);
+    }
+    for i in &o.interfaces {
+        let key = match i.mac {
+            Some(m) => format!("nic[{m}]"),
+            None => continue,
+        };
+        let net = i.network.as_deref().map(|n| network_display(lab, n)).unwrap_or_else(|| "(not a network)".into());
+        put(&mut f, key, net, InPlace);
+    }
+    let state = match o.state {
+        crate::observed::DomainState::Running => "running",
+        crate::observed::DomainState::Paused => "paused",
+        crate::observed::DomainState::Shutoff => "shutoff",
+        crate::observed::DomainState::Other => "other",
+    };
+    put(&mut f, "state", state, State);
+    f
+}
+
+/// The spec hash written into an object's metadata: first 16 hex digits of SHA-256 over
+/// `path=value\n` for every non-state field, in path order.
+pub fn spec_hash(fields: &Fields) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in fields {
+        if v.class != FieldClass::State {
+            h.update(k.as_bytes());
+            h.update(b"=");
+            h.update(v.value.as_bytes());
+            h.update(b"\n");
+        }
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
