@@ -4,6 +4,7 @@
 pub mod fields;
 pub mod json;
 pub mod render;
+pub mod saved;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,0 +1,123 @@
+//! The command line: argument parsing, output and exit codes. Each subcommand is an
+//! `XArgs` struct plus one function; results go to stdout, progress and errors to stderr.
+
+mod graph;
+mod plan;
+mod validate;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit codes, mapped once here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success (and, for `plan --detailed-exitcode`, no changes).
+    Ok,
+    /// `plan --detailed-exitcode` found changes.
+    Changes,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "topo",
+    version,
+    about = "Virtual-machine labs on libvirt from a YAML file: validate, plan, apply, verify, destroy",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// libvirt connection URI
+    #[arg(short = 'c', long = "connect", global = true, env = "LIBVIRT_DEFAULT_URI", default_value = "qemu:///system")]
+    pub connect: String,
+    /// When to colour output
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// Print only results and errors, no progress or status lines
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl GlobalArgs {
+    /// Whether to colour what goes to a stream that is (or is not) a terminal.
+    pub fn color_for(&self, is_terminal: bool) -> bool {
+        match self.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => is_terminal && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check a lab file and explain every mistake in it
+    Validate(validate::ValidateArgs),
+    /// Show what apply would change on the host, and why
+    Plan(plan::PlanArgs),
+    /// Print the lab's networks, VMs and NIC links as a graph (DOT or Mermaid)
+    Graph(graph::GraphArgs),
+    /// Print the JSON Schema of the lab file
+    Schema,
+}
+
+/// Runs the CLI; the binary's `main` is this one call.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let color = cli.global.color_for(std::io::stderr().is_terminal());
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
+    }));
+    virt::error::clear_error_callback();
+    let result = match &cli.command {
+        Command::Validate(a) => validate::run(&cli.global, a),
+        Command::Plan(a) => plan::run(&cli.global, a),
+        Command::Graph(a) => graph::run(&cli.global, a),
+        Command::Schema => {
+            println!("{}", crate::schema::schema_json());
+            Ok(Outcome::Ok)
+        }
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Changes) => ExitCode::from(2),
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads and validates a lab file: the first step of most subcommands.
+pub(crate) fn load_lab(path: &std::path::Path) -> miette::Result<crate::model::Lab> {
+    let source = crate::source::SourceFile::read(path)?;
+    Ok(crate::validate::load(&source)?)
+}
+
+/// A status line on stderr unless `-q`.
+pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
+    if !global.quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// Connects to libvirt at the global `--connect` URI.
+pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::hypervisor::libvirt::LibvirtHypervisor> {
+    Ok(crate::hypervisor::libvirt::LibvirtHypervisor::connect(&global.connect)?)
+}

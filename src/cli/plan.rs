@@ -1,0 +1,55 @@
+//! `topo plan`: observe the host, plan, and show the plan (human or JSON), optionally saved.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use miette::IntoDiagnostic;
+
+use super::{GlobalArgs, Outcome};
+use crate::hypervisor::Hypervisor;
+use crate::plan::render::{Style, render};
+use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// The lab file
+    pub file: PathBuf,
+    /// Print the plan as a versioned JSON document (see docs/plan-json.md)
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Save the plan to FILE; `topo apply FILE` applies it unless the lab or host changed
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
+    let lab = super::load_lab(&args.file)?;
+    let hv = super::connect(global)?;
+    super::status(global, format_args!("Observing {} ...", hv.uri()));
+    let observed = hv.observe()?;
+    let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
+    let json = crate::plan::json::to_json(&plan);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?);
+    } else {
+        let style = if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain };
+        print!("{}", render(&plan, &args.file.display().to_string(), style));
+    }
+    if let Some(out) = &args.out {
+        let saved = SavedPlan {
+            format: SAVED_FORMAT.into(),
+            lab_file: args.file.display().to_string(),
+            lab_sha256: sha256_hex(lab.source.text.as_bytes()),
+            uri: hv.uri(),
+            observed_sha256: fingerprint(&observed),
+            plan: json,
+        };
+        let text = serde_json::to_string_pretty(&saved).into_diagnostic()?;
+        std::fs::write(out, text + "\n").into_diagnostic()?;
+        super::status(global, format_args!("Saved the plan to {}; apply it with `topo apply {}`", out.display(), out.display()));
+    }
+    Ok(if args.detailed_exitcode && !plan.is_empty() { Outcome::Changes } else { Outcome::Ok })
+}

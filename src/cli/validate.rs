@@ -1,0 +1,17 @@
+//! `topo validate`: parse and check a lab file, print a one-line summary.
+
+use std::path::PathBuf;
+
+use super::{GlobalArgs, Outcome};
+
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    /// The lab file
+    pub file: PathBuf,
+}
+
+pub fn run(_global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> {
+    let lab = super::load_lab(&args.file)?;
+    println!("{}", lab.summary());
+    Ok(Outcome::Ok)
+}

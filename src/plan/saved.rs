@@ -1,0 +1,72 @@
+//! Saved plans (`topo plan --out FILE`): what the plan was made from, so that `apply FILE`
+//! can refuse it when the lab file or the host changed since.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::observed::Observed;
+
+pub const SAVED_FORMAT: &str = "topo-saved-plan/1";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPlan {
+    pub format: String,
+    /// The lab file's path as given to `plan`.
+    pub lab_file: String,
+    /// SHA-256 of the lab file's text.
+    pub lab_sha256: String,
+    pub uri: String,
+    /// SHA-256 of everything observed on the host (canonical JSON).
+    pub observed_sha256: String,
+    /// The plan as shown (`plan --json` document), for people and tools reading the file.
+    pub plan: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SavedPlanError {
+    #[error("{0} is not a saved topo plan: {1}")]
+    #[diagnostic(code(topo::plan::saved::format), help("make one with `topo plan LAB.yaml --out FILE`"))]
+    Format(String, String),
+    #[error("the saved plan is stale: {what} changed since it was made")]
+    #[diagnostic(code(topo::plan::saved::stale), help("run `topo plan` again and review the new plan"))]
+    Stale { what: String },
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn fingerprint(observed: &Observed) -> String {
+    // Invariant: Observed holds only strings, numbers, bools and maps keyed by strings.
+    let json = serde_json::to_vec(observed).expect("observed state is always serialisable");
+    sha256_hex(&json)
+}
+
+impl SavedPlan {
+    pub fn parse(name: &str, text: &str) -> Result<Self, SavedPlanError> {
+        let p: SavedPlan = serde_json::from_str(text).map_err(|e| SavedPlanError::Format(name.into(), e.to_string()))?;
+        if p.format != SAVED_FORMAT {
+            return Err(SavedPlanError::Format(name.into(), format!("unknown format {:?}", p.format)));
+        }
+        Ok(p)
+    }
+
+    /// Errors when the lab text, the URI or the host are not what the plan was made from.
+    pub fn check_fresh(&self, lab_text: &str, uri: &str, observed: &Observed) -> Result<(), SavedPlanError> {
+        if sha256_hex(lab_text.as_bytes()) != self.lab_sha256 {
+            return Err(SavedPlanError::Stale { what: format!("the lab file {}", self.lab_file) });
+        }
+        if uri != self.uri {
+            return Err(SavedPlanError::Stale { what: format!("the connection URI (plan: {}, now: {uri})", self.uri) });
+        }
+        if fingerprint(observed) != self.observed_sha256 {
+            return Err(SavedPlanError::Stale { what: format!("the host ({uri})") });
+        }
+        Ok(())
+    }
+}
+
+/// True when `text` looks like a saved plan rather than a lab file.
+pub fn looks_saved(text: &str) -> bool {
+    text.trim_start().starts_with('{') && text.contains(SAVED_FORMAT)
+}
