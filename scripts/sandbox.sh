@@ -10,7 +10,9 @@
 #
 #   up            install missing packages, configure libvirt, create the netns, start
 #                 virtlogd + libvirtd inside it, wait for `virsh version`. Idempotent.
-#                 Defines NO network (topo creates its own).
+#                 Defines NO network (topo creates its own). A freshly started daemon
+#                 is emptied of domains/networks left by a crashed earlier run
+#                 (TOPO_SANDBOX_KEEP_STALE=1 keeps them).
 #   down          destroy/undefine every domain and network of the sandbox daemon, stop
 #                 the daemons started by `up` (by recorded PID only), delete the netns,
 #                 remove the state dir. Safe after a failed `up`, safe to run twice.
@@ -169,9 +171,11 @@ up() {
     step "virtlogd started in $NS (pid $p)"
   fi
 
+  local fresh=0
   if p=$(ours libvirtd); then
     step "libvirtd already running (pid $p)"
   else
+    fresh=1
     [ -s /run/libvirtd.pid ] && ! live "$(cat /run/libvirtd.pid)" && rm -f /run/libvirtd.pid
     ip netns exec "$NS" libvirtd -d
     p=$(wait_pidfile /run/libvirtd.pid) || {
@@ -192,9 +196,36 @@ up() {
   done
   vsh version >/dev/null 2>&1 || die "libvirtd (pid $p) does not answer on $URI after 60 s"
   step "libvirtd answers on $URI ($(vsh version | awk '/Running hypervisor/{print $3,$4}'))"
+
+  # A freshly started sandbox daemon must start empty: domains/networks still defined
+  # here come from a run whose daemon died before `down` could remove them.
+  if [ "$fresh" = 1 ]; then
+    local stale
+    stale=$( (vsh list --all --name; vsh net-list --all --name) | xargs)
+    if [ -n "$stale" ]; then
+      if [ "${TOPO_SANDBOX_KEEP_STALE:-0}" = 1 ]; then
+        step "WARNING: stale objects kept (TOPO_SANDBOX_KEEP_STALE=1): $stale"
+      else
+        wipe
+        step "removed stale domains/networks of an earlier crashed run: $stale"
+      fi
+    fi
+  fi
 }
 
 # ---------------------------------------------------------------- down
+wipe() { # destroy + undefine every domain and network of the (private) sandbox daemon
+  local d n
+  for d in $(vsh list --all --name); do
+    vsh destroy "$d" >/dev/null 2>&1 || true
+    vsh undefine --nvram "$d" >/dev/null 2>&1 || vsh undefine "$d" >/dev/null 2>&1 || true
+  done
+  for n in $(vsh net-list --all --name); do
+    vsh net-destroy "$n" >/dev/null 2>&1 || true
+    vsh net-undefine "$n" >/dev/null 2>&1 || true
+  done
+}
+
 down() {
   local ns_rec="$NS" lp p
   [ -s "$STATE/netns" ] && ns_rec=$(cat "$STATE/netns")
@@ -202,16 +233,10 @@ down() {
 
   # Only wipe domains/networks if the daemon answering is ours (private sandbox daemon).
   if lp=$(ours libvirtd) && vsh version >/dev/null 2>&1; then
-    local d n
-    for d in $(vsh list --all --name); do
-      vsh destroy "$d" >/dev/null 2>&1 || true
-      vsh undefine --nvram "$d" >/dev/null 2>&1 || vsh undefine "$d" >/dev/null 2>&1 || true
-    done
-    for n in $(vsh net-list --all --name); do
-      vsh net-destroy "$n" >/dev/null 2>&1 || true
-      vsh net-undefine "$n" >/dev/null 2>&1 || true
-    done
+    wipe
     step "domains and networks removed"
+  elif [ -s "$STATE/libvirtd.pid" ]; then
+    step "libvirtd of this sandbox is gone; any domains/networks it defined are removed by the next 'up'"
   fi
   if lp=$(ours libvirtd); then stop_pid "$lp" libvirtd; step "libvirtd (pid $lp) stopped"; fi
   if p=$(ours virtlogd); then stop_pid "$p" virtlogd; step "virtlogd (pid $p) stopped"; fi
