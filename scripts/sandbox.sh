@@ -1,0 +1,309 @@
+#!/bin/bash
+# sandbox.sh up|down|status|env|seed-default
+#
+# A private libvirt sandbox for topo's end-to-end tests on Debian 12 (root, no systemd
+# as PID 1, QEMU TCG). libvirtd, virtlogd, and everything they start (bridges, dnsmasq,
+# iptables rules, guest taps, qemu) live in the network namespace $TOPO_NETNS, so no
+# frame ever touches the host's own interfaces. The qemu:///system socket in /run/libvirt
+# is reachable from every namespace; anything that sends frames on a bridge (arping)
+# must run inside it: `ip netns exec "$TOPO_NETNS" ...`.
+#
+#   up            install missing packages, configure libvirt, create the netns, start
+#                 virtlogd + libvirtd inside it, wait for `virsh version`. Idempotent.
+#                 Defines NO network (topo creates its own). A freshly started daemon
+#                 is emptied of domains/networks left by a crashed earlier run
+#                 (TOPO_SANDBOX_KEEP_STALE=1 keeps them).
+#   down          destroy/undefine every domain and network of the sandbox daemon, stop
+#                 the daemons started by `up` (by recorded PID only), delete the netns,
+#                 remove the state dir. Safe after a failed `up`, safe to run twice.
+#   status        print what is running; exit 0 if the sandbox daemon answers, 3 if not.
+#   env           print `export LIBVIRT_DEFAULT_URI=... TOPO_NETNS=... TOPO_GUEST_DIR=...`
+#   seed-default  define + start NAT network 'default' (192.168.122.0/24, bridge virbr0,
+#                 stp off, dnsmasq no-ping) for tests needing a pre-existing network.
+#
+# Env: TOPO_NETNS (topo-sbx), TOPO_SANDBOX_STATE (/run/topo-sandbox),
+#      TOPO_GUEST_DIR (/var/lib/topo/guest; only printed by `env`),
+#      TOPO_SANDBOX_NO_APT=1 skips the package step (fails later if something is missing).
+# Timing lines ("[  1.2s] sandbox: ...") go to stderr; `env` output goes to stdout.
+set -euo pipefail
+
+NS=${TOPO_NETNS:-topo-sbx}
+STATE=${TOPO_SANDBOX_STATE:-/run/topo-sandbox}
+GUEST_DIR=${TOPO_GUEST_DIR:-/var/lib/topo/guest}
+URI=qemu:///system
+export LIBVIRT_DEFAULT_URI=$URI
+T0=$(date +%s%N)
+
+step() { local t=$(( ($(date +%s%N) - T0) / 1000000 )); printf '[%3d.%01ds] sandbox: %s\n' $((t / 1000)) $((t % 1000 / 100)) "$*" >&2; }
+die() { printf 'sandbox: ERROR: %s\n' "$*" >&2; exit 1; }
+vsh() { virsh -q -c "$URI" "$@"; }
+
+# ---------------------------------------------------------------- process identity
+# A PID is "ours" only if the process still exists, is not a zombie, and has the same
+# start time (field 22 of /proc/PID/stat) as when we recorded it (guards PID reuse).
+starttime() { # PID -> start time in clock ticks since boot
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }  # comm may contain spaces/parens: cut after the last ") "
+  # shellcheck disable=SC2086
+  set -- $s    # $1 is field 3 (state), so field 22 is ${20}
+  echo "${20}"
+}
+live() { # PID: exists and is not a zombie (PID 1 here reaps orphans lazily)
+  local st
+  st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  case "$st" in "" | Z*) return 1 ;; esac
+}
+record() { # NAME PID: remember a process we started
+  echo "$2 $(starttime "$2")" >"$STATE/$1.pid"
+}
+ours() { # NAME -> prints PID if the recorded process is still alive and the same one
+  local f="$STATE/$1.pid" pid st
+  [ -s "$f" ] || return 1
+  read -r pid st <"$f"
+  live "$pid" && [ "$(starttime "$pid" 2>/dev/null)" = "$st" ] && echo "$pid"
+}
+stop_pid() { # PID LABEL: TERM, wait up to 5 s (zombie counts as gone), then KILL
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || true
+  for i in $(seq 50); do live "$pid" || return 0; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  for i in $(seq 20); do live "$pid" || return 0; sleep 0.1; done
+  echo "sandbox: warning: $2 (pid $pid) did not exit" >&2
+}
+foreign() { # NAME: live processes named NAME that are not the recorded one of ours
+  local mine p
+  mine=$(ours "$1" || true)
+  for p in $(pgrep -x "$1" || true); do
+    [ "$p" = "$mine" ] && continue
+    live "$p" && echo "$p"
+  done
+  return 0
+}
+netns_exists() { ip netns list | awk '{print $1}' | grep -qx "$NS"; }
+where() { local n; n=$(ip netns identify "$1" 2>/dev/null) || n='?'; echo "${n:-host}"; }
+
+# ---------------------------------------------------------------- up
+PKGS_FIRST=(iptables) # libvirt 9.0 has no nftables backend; without iptables every network fails
+PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 dnsmasq-base iputils-arping arp-scan
+  libvirt-dev pkg-config busybox-static)
+
+missing_pkgs() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${db:Status-Status}\n' "$p" 2>/dev/null | grep -qx installed || echo "$p"
+  done
+}
+
+install_pkgs() {
+  [ "${TOPO_SANDBOX_NO_APT:-0}" = 1 ] && { step "packages: skipped (TOPO_SANDBOX_NO_APT=1)"; return; }
+  local miss1 miss2
+  miss1=$(missing_pkgs "${PKGS_FIRST[@]}")
+  miss2=$(missing_pkgs "${PKGS[@]}")
+  if [ -z "$miss1$miss2" ]; then step "packages: all present"; return; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  [ -z "$miss1" ] || apt-get install -y -qq --no-install-recommends $miss1 >/dev/null
+  # shellcheck disable=SC2086
+  [ -z "$miss2" ] || apt-get install -y -qq --no-install-recommends $miss2 >/dev/null
+  step "packages installed: $(echo $miss1 $miss2)"
+}
+
+configure_libvirt() {
+  # Normally done by libvirt-daemon-system (which wants systemd, so we skip it):
+  # the qemu driver resolves its built-in user 'libvirt-qemu' even when qemu.conf says root.
+  getent passwd libvirt-qemu >/dev/null ||
+    useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+      --shell /usr/sbin/nologin libvirt-qemu
+  # libvirtd -d exits at once without its log dir; console logs go there too.
+  mkdir -p /etc/libvirt /var/log/libvirt/qemu /var/lib/libvirt /run/libvirt "$STATE"
+  local want='user = "root"
+group = "root"
+security_driver = "none"'
+  if [ "$(cat /etc/libvirt/qemu.conf 2>/dev/null)" != "$want" ]; then
+    [ -f /etc/libvirt/qemu.conf ] && [ ! -f /etc/libvirt/qemu.conf.topo-orig ] &&
+      cp /etc/libvirt/qemu.conf /etc/libvirt/qemu.conf.topo-orig
+    printf '%s\n' "$want" >/etc/libvirt/qemu.conf
+  fi
+}
+
+wait_pidfile() { # FILE -> PID once FILE names a live process (daemon wrote it)
+  local i p
+  for i in $(seq 100); do
+    if [ -s "$1" ]; then p=$(cat "$1"); live "$p" && { echo "$p"; return 0; }; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+up() {
+  install_pkgs
+  configure_libvirt
+  step "libvirt configured (qemu.conf, libvirt-qemu user, dirs)"
+
+  # Refuse to share the host with a libvirtd/virtlogd that is not this sandbox's.
+  local f
+  f=$(foreign libvirtd)
+  [ -z "$f" ] || die "another libvirtd is running (pid $(echo $f), netns: $(for p in $f; do where "$p"; done | xargs)), not started by this sandbox (state $STATE). It owns /run/libvirt/libvirt-sock; stop it first (or run 'down' with the TOPO_NETNS/TOPO_SANDBOX_STATE it was started with)."
+  f=$(foreign virtlogd)
+  [ -z "$f" ] || die "another virtlogd is running (pid $(echo $f), netns: $(for p in $f; do where "$p"; done | xargs)), not started by this sandbox; stop it first."
+
+  # A recorded netns name that differs from ours means another sandbox config owns the state.
+  if [ -s "$STATE/netns" ] && [ "$(cat "$STATE/netns")" != "$NS" ]; then
+    die "state dir $STATE belongs to netns '$(cat "$STATE/netns")', not '$NS'; run 'TOPO_NETNS=$(cat "$STATE/netns") $0 down' first"
+  fi
+  echo "$NS" >"$STATE/netns" # before creating it, so a failed `up` is still cleaned by `down`
+  if ! netns_exists; then ip netns add "$NS"; fi
+  ip -n "$NS" link set lo up
+  step "netns $NS ready"
+
+  local p
+  if p=$(ours virtlogd); then
+    step "virtlogd already running (pid $p)"
+  else
+    # A stale pid file of a dead daemon is harmless (daemons lock it), but drop it so we
+    # never read an old PID back.
+    [ -s /run/virtlogd.pid ] && ! live "$(cat /run/virtlogd.pid)" && rm -f /run/virtlogd.pid
+    ip netns exec "$NS" virtlogd -d
+    p=$(wait_pidfile /run/virtlogd.pid) || die "virtlogd did not start"
+    record virtlogd "$p"
+    step "virtlogd started in $NS (pid $p)"
+  fi
+
+  local fresh=0
+  if p=$(ours libvirtd); then
+    step "libvirtd already running (pid $p)"
+  else
+    fresh=1
+    [ -s /run/libvirtd.pid ] && ! live "$(cat /run/libvirtd.pid)" && rm -f /run/libvirtd.pid
+    ip netns exec "$NS" libvirtd -d
+    p=$(wait_pidfile /run/libvirtd.pid) || {
+      tail -20 /var/log/libvirt/libvirtd.log >&2 2>/dev/null || true
+      die "libvirtd did not start (see /var/log/libvirt/libvirtd.log)"
+    }
+    record libvirtd "$p"
+    step "libvirtd started in $NS (pid $p)"
+  fi
+  [ "$(where "$p")" = "$NS" ] || die "libvirtd pid $p is in netns '$(where "$p")', expected $NS"
+
+  # First start probes QEMU capabilities (7-9 s here); later starts take under a second.
+  local i
+  for i in $(seq 600); do
+    vsh version >/dev/null 2>&1 && break
+    live "$p" || { tail -20 /var/log/libvirt/libvirtd.log >&2 2>/dev/null || true; die "libvirtd (pid $p) exited while starting"; }
+    sleep 0.1
+  done
+  vsh version >/dev/null 2>&1 || die "libvirtd (pid $p) does not answer on $URI after 60 s"
+  step "libvirtd answers on $URI ($(vsh version | awk '/Running hypervisor/{print $3,$4}'))"
+
+  # A freshly started sandbox daemon must start empty: domains/networks still defined
+  # here come from a run whose daemon died before `down` could remove them.
+  if [ "$fresh" = 1 ]; then
+    local stale
+    stale=$( (vsh list --all --name; vsh net-list --all --name) | xargs)
+    if [ -n "$stale" ]; then
+      if [ "${TOPO_SANDBOX_KEEP_STALE:-0}" = 1 ]; then
+        step "WARNING: stale objects kept (TOPO_SANDBOX_KEEP_STALE=1): $stale"
+      else
+        wipe
+        step "removed stale domains/networks of an earlier crashed run: $stale"
+      fi
+    fi
+  fi
+}
+
+# ---------------------------------------------------------------- down
+wipe() { # destroy + undefine every domain and network of the (private) sandbox daemon
+  local d n
+  for d in $(vsh list --all --name); do
+    vsh destroy "$d" >/dev/null 2>&1 || true
+    vsh undefine --nvram "$d" >/dev/null 2>&1 || vsh undefine "$d" >/dev/null 2>&1 || true
+  done
+  for n in $(vsh net-list --all --name); do
+    vsh net-destroy "$n" >/dev/null 2>&1 || true
+    vsh net-undefine "$n" >/dev/null 2>&1 || true
+  done
+}
+
+down() {
+  local ns_rec="$NS" lp p
+  [ -s "$STATE/netns" ] && ns_rec=$(cat "$STATE/netns")
+  NS=$ns_rec
+
+  # Only wipe domains/networks if the daemon answering is ours (private sandbox daemon).
+  if lp=$(ours libvirtd) && vsh version >/dev/null 2>&1; then
+    wipe
+    step "domains and networks removed"
+  elif [ -s "$STATE/libvirtd.pid" ]; then
+    step "libvirtd of this sandbox is gone; any domains/networks it defined are removed by the next 'up'"
+  fi
+  if lp=$(ours libvirtd); then stop_pid "$lp" libvirtd; step "libvirtd (pid $lp) stopped"; fi
+  if p=$(ours virtlogd); then stop_pid "$p" virtlogd; step "virtlogd (pid $p) stopped"; fi
+
+  if [ -s "$STATE/netns" ] && netns_exists; then
+    # Anything still inside our private netns (qemu or dnsmasq orphaned by a crashed
+    # libvirtd) was started by this sandbox: stop it by PID before deleting the netns.
+    for p in $(ip netns pids "$NS" 2>/dev/null); do
+      live "$p" || continue
+      step "stopping leftover pid $p ($(ps -o comm= -p "$p")) in $NS"
+      stop_pid "$p" "leftover"
+    done
+    ip netns del "$NS"
+    step "netns $NS deleted"
+  fi
+  rm -rf "$STATE"
+  step "down"
+}
+
+# ---------------------------------------------------------------- status / env / seed
+status() {
+  local p rc=0
+  echo "netns:    $NS ($(netns_exists && echo present || echo absent))"
+  echo "state:    $STATE ($([ -d "$STATE" ] && echo present || echo absent))"
+  for d in virtlogd libvirtd; do
+    if p=$(ours "$d"); then echo "$d: running, pid $p, netns $(where "$p")"; else echo "$d: not running (ours)"; fi
+  done
+  if ours libvirtd >/dev/null && vsh version >/dev/null 2>&1; then
+    echo "domains:  $(vsh list --all --name | xargs)"
+    echo "networks: $(vsh net-list --all --name | xargs)"
+  else
+    rc=3
+  fi
+  local leak
+  leak=$(ip -br link | awk '$1 ~ /^(virbr|vnet)/{print $1}' | xargs)
+  echo "host-netns leak: ${leak:-none}"
+  return $rc
+}
+
+seed_default() {
+  ours libvirtd >/dev/null && vsh version >/dev/null 2>&1 || die "sandbox is not up (run: $0 up)"
+  if ! vsh net-info default >/dev/null 2>&1; then
+    local x
+    x=$(mktemp)
+    cat >"$x" <<'EOF'
+<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>
+  <name>default</name>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='off' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+  <dnsmasq:options><dnsmasq:option value='no-ping'/></dnsmasq:options>
+</network>
+EOF
+    vsh net-define "$x" >/dev/null
+    rm -f "$x"
+  fi
+  [ "$(vsh net-info default | awk '/^Active/{print $2}')" = yes ] || vsh net-start default >/dev/null
+  step "network 'default' active (virbr0, 192.168.122.0/24, NAT)"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) echo "export LIBVIRT_DEFAULT_URI=$URI TOPO_NETNS=$NS TOPO_GUEST_DIR=$GUEST_DIR" ;;
+  seed-default) seed_default ;;
+  *) echo "usage: $0 up|down|status|env|seed-default" >&2; exit 2 ;;
+esac
