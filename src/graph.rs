@@ -118,11 +118,8 @@ impl LabGraph {
     /// The nodes `node` depends on.
     pub fn dependencies(&self, node: &Node) -> Vec<Node> {
         let Some(i) = self.find(node) else { return Vec::new() };
-        let mut v: Vec<Node> = self
-            .graph
-            .neighbors_directed(i, petgraph::Direction::Incoming)
-            .map(|j| self.graph[j].clone())
-            .collect();
+        let mut v: Vec<Node> =
+            self.graph.neighbors_directed(i, petgraph::Direction::Incoming).map(|j| self.graph[j].clone()).collect();
         v.sort();
         v
     }
@@ -130,11 +127,8 @@ impl LabGraph {
     /// The nodes that depend on `node`.
     pub fn dependents(&self, node: &Node) -> Vec<Node> {
         let Some(i) = self.find(node) else { return Vec::new() };
-        let mut v: Vec<Node> = self
-            .graph
-            .neighbors_directed(i, petgraph::Direction::Outgoing)
-            .map(|j| self.graph[j].clone())
-            .collect();
+        let mut v: Vec<Node> =
+            self.graph.neighbors_directed(i, petgraph::Direction::Outgoing).map(|j| self.graph[j].clone()).collect();
         v.sort();
         v
     }
@@ -217,11 +211,8 @@ fn stable_order(graph: &DiGraph<Node, Edge>, topo: &[NodeIndex]) -> Vec<Node> {
             indegree[b.index()] += 1;
         }
     }
-    let mut ready: BTreeSet<(Node, NodeIndex)> = topo
-        .iter()
-        .filter(|i| indegree[i.index()] == 0)
-        .map(|&i| (graph[i].clone(), i))
-        .collect();
+    let mut ready: BTreeSet<(Node, NodeIndex)> =
+        topo.iter().filter(|i| indegree[i.index()] == 0).map(|&i| (graph[i].clone(), i)).collect();
     let mut out = Vec::with_capacity(topo.len());
     while let Some((node, i)) = ready.pop_first() {
         out.push(node);

@@ -238,8 +238,7 @@ pub enum NetworkMode {
 }
 
 impl NetworkMode {
-    pub const ALL: [NetworkMode; 4] =
-        [NetworkMode::Nat, NetworkMode::Routed, NetworkMode::Isolated, NetworkMode::Open];
+    pub const ALL: [NetworkMode; 4] = [NetworkMode::Nat, NetworkMode::Routed, NetworkMode::Isolated, NetworkMode::Open];
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkMode::Nat => "nat",
@@ -342,7 +341,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
         for (unit, m) in [("TiB", Self::TIB), ("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
-            if b >= m && b % m == 0 {
+            if b >= m && b.is_multiple_of(m) {
                 return write!(f, "{}{unit}", b / m);
             }
         }

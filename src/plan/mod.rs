@@ -109,20 +109,37 @@ pub struct Detached {
 pub enum Op {
     DefineNetwork,
     StartNetwork,
-    SetNetworkAutostart { on: bool },
-    AddDhcpHost { mac: MacAddr, ip: std::net::Ipv4Addr, host: String },
-    DeleteDhcpHost { mac: MacAddr, ip: std::net::Ipv4Addr, host: Option<String> },
+    SetNetworkAutostart {
+        on: bool,
+    },
+    AddDhcpHost {
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+        host: String,
+    },
+    DeleteDhcpHost {
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+        host: Option<String>,
+    },
     StopNetwork,
     UndefineNetwork,
     /// Re-plug NICs of running domains after their network was restarted.
-    ReattachNics { nics: Vec<Detached> },
+    ReattachNics {
+        nics: Vec<Detached>,
+    },
     CreateDisk,
     DefineDomain,
     StartDomain,
     /// Graceful shutdown with a timeout, then forced off.
     StopDomain,
-    AttachNic { mac: MacAddr },
-    DetachNic { mac: MacAddr, network: String },
+    AttachNic {
+        mac: MacAddr,
+    },
+    DetachNic {
+        mac: MacAddr,
+        network: String,
+    },
     UndefineDomain,
     DeleteDisk,
 }
@@ -193,10 +210,7 @@ pub struct Conflict {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PlanError {
     #[error("lab {lab} conflicts with what is on {uri}: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
-    #[diagnostic(
-        code(topo::plan::refused),
-        help("nothing was changed; fix the lab file or the host and plan again")
-    )]
+    #[diagnostic(code(topo::plan::refused), help("nothing was changed; fix the lab file or the host and plan again"))]
     Refused {
         lab: String,
         uri: String,
@@ -226,12 +240,15 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         .map(|n| n.libvirt_name.as_str())
         .collect();
     for d in observed.domains.values() {
-        if Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str()) {
+        if Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str())
+        {
             deletes.push(delete_domain(d));
         }
     }
     for n in observed.networks.values() {
-        if Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
+        if Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab
+            && !desired_networks.contains(n.name.as_str())
+        {
             deletes.push(delete_network(n));
         }
     }
@@ -660,7 +677,8 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                     owner_text(o.owner.as_ref())
                 ),
                 "this VM would be created as that name",
-                "rename the VM or set another `prefix:`; topo never adopts or overwrites objects it did not create".into(),
+                "rename the VM or set another `prefix:`; topo never adopts or overwrites objects it did not create"
+                    .into(),
             ));
         }
     }

@@ -44,7 +44,8 @@ pub fn fingerprint(observed: &Observed) -> String {
 
 impl SavedPlan {
     pub fn parse(name: &str, text: &str) -> Result<Self, SavedPlanError> {
-        let p: SavedPlan = serde_json::from_str(text).map_err(|e| SavedPlanError::Format(name.into(), e.to_string()))?;
+        let p: SavedPlan =
+            serde_json::from_str(text).map_err(|e| SavedPlanError::Format(name.into(), e.to_string()))?;
         if p.format != SAVED_FORMAT {
             return Err(SavedPlanError::Format(name.into(), format!("unknown format {:?}", p.format)));
         }
