@@ -61,6 +61,8 @@ pub enum Reason {
     NotRunning,
     /// The VM's config changes take effect only after a restart.
     RequiresRestart { fields: Vec<String> },
+    /// `topo destroy` removes everything the lab owns.
+    DestroyRequested,
 }
 
 impl Reason {
@@ -79,6 +81,7 @@ impl Reason {
             Reason::RequiresRestart { fields } => {
                 format!("{} take effect after a restart; the VM will be restarted", fields.join(", "))
             }
+            Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
         }
     }
 }
@@ -283,6 +286,34 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         }
     }
     Ok(Plan { lab: lab.name.to_string(), changes })
+}
+
+/// The destroy plan: every object this lab owns on the host, whether or not it is still in
+/// the lab file; VMs first, then networks (the reverse of creation). Pure, like `plan`.
+pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
+    let lab_name = lab.name.as_str();
+    let mut changes: Vec<Change> = observed
+        .domains
+        .values()
+        .filter(|d| Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab)
+        .map(delete_domain)
+        .collect();
+    let networks = observed.networks.values().filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab);
+    changes.extend(networks.map(delete_network));
+    for c in &mut changes {
+        if lab_has(lab, &c.address) {
+            c.reasons = vec![Reason::DestroyRequested];
+        }
+    }
+    Plan { lab: lab.name.to_string(), changes }
+}
+
+fn lab_has(lab: &Lab, address: &str) -> bool {
+    match address.split_once('.') {
+        Some(("network", n)) => lab.networks.keys().any(|k| k.as_str() == n),
+        Some(("vm", n)) => lab.vms.keys().any(|k| k.as_str() == n),
+        _ => false,
+    }
 }
 
 fn diff(desired: &Fields, observed: &Fields) -> Vec<FieldChange> {
