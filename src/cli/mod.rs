@@ -1,6 +1,7 @@
 //! The command line: argument parsing, output and exit codes. Each subcommand is an
 //! `XArgs` struct plus one function; results go to stdout, progress and errors to stderr.
 
+mod apply;
 mod graph;
 mod plan;
 mod validate;
@@ -71,6 +72,10 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Show what apply would change on the host, and why
     Plan(plan::PlanArgs),
+    /// Create, change and start what the plan shows, then check the host matches the file
+    Apply(apply::ApplyArgs),
+    /// Remove everything the lab owns on the host (and nothing else)
+    Destroy(apply::DestroyArgs),
     /// Print the lab's networks, VMs and NIC links as a graph (DOT or Mermaid)
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
@@ -88,6 +93,8 @@ pub fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate(a) => validate::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
+        Command::Apply(a) => apply::run_apply(&cli.global, a),
+        Command::Destroy(a) => apply::run_destroy(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),
         Command::Schema => {
             println!("{}", crate::schema::schema_json());

@@ -1,0 +1,201 @@
+//! `topo apply` and `topo destroy`: show the plan, confirm, execute, report, re-check.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use miette::IntoDiagnostic;
+
+use super::{GlobalArgs, Outcome};
+use crate::apply::lock::LabLock;
+use crate::apply::progress::{Lines, Live, Progress, Silent};
+use crate::apply::{ApplyError, Options, Report, StepOutcome};
+use crate::hypervisor::Hypervisor;
+use crate::model::Lab;
+use crate::plan::Plan;
+use crate::plan::render::{Style, render};
+use crate::plan::saved::{SavedPlan, looks_saved};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfirmArgs {
+    /// Do not ask for confirmation (required when stdin is not a terminal)
+    #[arg(short = 'y', long)]
+    pub auto_approve: bool,
+    /// How many steps run at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallelism: u16,
+    /// Seconds a VM gets to shut down gracefully before it is forced off
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    /// The lab file, or a plan saved with `topo plan --out`
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DestroyArgs {
+    /// The lab file
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub confirm: ConfirmArgs,
+}
+
+fn options(c: &ConfirmArgs) -> Options {
+    Options {
+        parallelism: usize::from(c.parallelism),
+        shutdown_timeout: Duration::from_secs(c.shutdown_timeout),
+        ..Options::default()
+    }
+}
+
+/// The lab named by `file`, and the saved plan if `file` is one.
+fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
+    let text = std::fs::read_to_string(file).map_err(|e| crate::source::SourceError::Read {
+        path: file.display().to_string(),
+        source: e,
+    })?;
+    if looks_saved(&text) {
+        let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
+        let lab = super::load_lab(std::path::Path::new(&saved.lab_file))?;
+        Ok((lab, Some(saved)))
+    } else {
+        Ok((super::load_lab(file)?, None))
+    }
+}
+
+pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
+    let (lab, saved) = load(&args.file)?;
+    let hv = super::connect(global)?;
+    let _lock = LabLock::acquire(lab.name.as_str(), &hv.uri(), "topo apply")?;
+    super::status(global, format_args!("Observing {} ...", hv.uri()));
+    let observed = hv.observe()?;
+    if let Some(saved) = &saved {
+        saved.check_fresh(&lab.source.text, &hv.uri(), &observed)?;
+    }
+    let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
+    let file = lab.source.name();
+    print!("{}", render(&plan, &file, style(global)));
+    if !plan.is_empty() {
+        // A saved plan was reviewed when it was made: applying it is the confirmation.
+        if saved.is_none() {
+            confirm(&args.confirm, "apply these changes")?;
+        }
+        let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
+        let (a, c, r, d) = report.counts();
+        println!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.");
+        crate::apply::check_converged(&lab, &hv)?;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
+    let lab = super::load_lab(&args.file)?;
+    let hv = super::connect(global)?;
+    let _lock = LabLock::acquire(lab.name.as_str(), &hv.uri(), "topo destroy")?;
+    super::status(global, format_args!("Observing {} ...", hv.uri()));
+    let observed = hv.observe()?;
+    let plan = crate::plan::plan_destroy(&lab, &observed);
+    if plan.is_empty() {
+        println!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri());
+        return Ok(Outcome::Ok);
+    }
+    print!("{}", render(&plan, &lab.source.name(), style(global)));
+    confirm(&args.confirm, "destroy these objects")?;
+    let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
+    let (.., d) = report.counts();
+    println!("Destroy complete: {d} destroyed.");
+    let left = crate::plan::plan_destroy(&lab, &hv.observe()?);
+    if !left.is_empty() {
+        let details = left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();
+        return Err(ApplyError::Inconsistent { details }.into());
+    }
+    Ok(Outcome::Ok)
+}
+
+fn style(global: &GlobalArgs) -> Style {
+    if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain }
+}
+
+fn confirm(args: &ConfirmArgs, what: &str) -> miette::Result<()> {
+    if args.auto_approve {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        miette::bail!(
+            help = "review the plan above, then run again with --auto-approve (-y)",
+            "refusing to {what} without confirmation: stdin is not a terminal"
+        );
+    }
+    eprint!("\nDo you want to {what}? Only 'yes' will be accepted: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).into_diagnostic()?;
+    if line.trim() != "yes" {
+        miette::bail!("cancelled: nothing was changed");
+    }
+    Ok(())
+}
+
+/// Runs the plan with a progress display and Ctrl-C handling, and turns failures into an
+/// error that lists what was done, what failed and what was skipped.
+fn execute(
+    global: &GlobalArgs,
+    lab: &Lab,
+    plan: &Plan,
+    observed: &crate::observed::Observed,
+    hv: &dyn Hypervisor,
+    confirm: &ConfirmArgs,
+) -> miette::Result<Report> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    // The first Ctrl-C stops scheduling; the second aborts at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nInterrupted again: aborting.");
+            std::process::exit(130);
+        }
+        eprintln!("\nInterrupted: letting running steps finish (Ctrl-C again to abort)...");
+    });
+    let progress: Box<dyn Progress> = if global.quiet {
+        Box::new(Silent)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(Live::new())
+    } else {
+        Box::new(Lines::stderr())
+    };
+    let report = crate::apply::apply(lab, plan, observed, hv, &options(confirm), &cancel, progress.as_ref());
+    drop(progress);
+    if !report.failed() {
+        return Ok(report);
+    }
+    let mut failed = 0;
+    let mut skipped = 0;
+    eprintln!();
+    for s in &report.steps {
+        match &s.outcome {
+            StepOutcome::Done { seconds } => eprintln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str()),
+            StepOutcome::Failed { error, hint } => {
+                failed += 1;
+                eprintln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());
+                if let Some(h) = hint {
+                    eprintln!("           hint: {h}");
+                }
+            }
+            StepOutcome::Skipped { why } => {
+                skipped += 1;
+                eprintln!("  skipped  {} ({why})", s.address);
+            }
+        }
+    }
+    if report.interrupted && failed == 0 {
+        return Err(ApplyError::Interrupted { skipped }.into());
+    }
+    Err(ApplyError::StepsFailed { failed, skipped }.into())
+}
