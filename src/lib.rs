@@ -5,3 +5,5 @@
 
 pub mod model;
 pub mod source;
+pub mod spec;
+pub mod validate;
