@@ -71,7 +71,7 @@ impl Diagnostic for Problem {
 #[error("lab file {path} has {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
 #[diagnostic(
     code(topo::lab::invalid),
-    help("fix the problems above, then run `topo validate` again")
+    help("fix the problems listed below, then run `topo validate` again")
 )]
 pub struct ValidateError {
     pub path: String,
@@ -188,7 +188,7 @@ fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
             "topo::lab::bad_type",
             "`dhcp` must be true, false or a range".to_owned(),
             "not a valid dhcp value",
-            "write `dhcp: true`, `dhcp: false` or `dhcp: {start: 192.168.152.100, end: 192.168.152.200}`"
+            "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`"
                 .to_owned(),
         )
     } else if msg.contains("budget") || msg.contains("limit") || msg.contains("alias") {
@@ -207,9 +207,16 @@ fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
             "add the missing key".to_owned(),
         )
     } else if msg.starts_with("invalid") || msg.contains("expected") {
+        let what = match msg.strip_prefix("invalid ") {
+            Some("i64" | "u64" | "i32" | "u32" | "u16" | "u8") => {
+                "expected a whole number".to_owned()
+            }
+            Some("bool") => "expected `true` or `false`".to_owned(),
+            _ => msg.clone(),
+        };
         (
             "topo::lab::bad_type",
-            format!("wrong type: {msg}"),
+            format!("wrong type: {what}"),
             "this value",
             "see docs/lab-file.md for the type of each key".to_owned(),
         )
