@@ -1564,6 +1564,32 @@ mod tests {
         );
     }
 
+    /// The typed spec rejects most hostile shapes on its own (wrong type at the first
+    /// node); the budget must hold even for a reader that accepts any YAML.
+    #[test]
+    fn parser_budget_stops_untyped_bombs() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&bomb, parse_options());
+        assert!(r.is_err(), "alias bomb expanded");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&deep, parse_options());
+        assert!(r.is_err(), "deep nesting accepted");
+        let many: String = (0..150_000).map(|i| format!("k{i}: v\n")).collect();
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&many, parse_options());
+        assert!(r.is_err(), "node budget not enforced");
+        // A normal lab-sized document is well within budget.
+        let ok: String = (0..500)
+            .map(|i| format!("k{i}: {{a: [1, 2, 3]}}\n"))
+            .collect();
+        assert!(
+            serde_saphyr::from_str_with_options::<serde_json::Value>(&ok, parse_options()).is_ok()
+        );
+    }
+
     #[test]
     fn did_you_mean_finds_typos() {
         assert_eq!(
