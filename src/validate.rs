@@ -1459,7 +1459,7 @@ mod tests {
     #[test]
     fn explicit_prefix_and_mac() {
         let text = format!(
-            "{BASE}prefix: \"\"\nnetworks:\n  n:\n    subnet: 10.0.0.0/30\nvms:\n  a:\n    disk: {{image: /etc/hostname, size: 1GiB}}\n    nics: [{{network: n, mac: \"52:54:00:00:1F:02\"}}]\n"
+            "{BASE}prefix: \"\"\nnetworks:\n  n:\n    subnet: 10.0.0.0/30\nvms:\n  a:\n    disk: {{image: /etc/hostname, size: 1GiB}}\n    nics:\n      - {{network: n, mac: \"52:54:00:00:1F:02\"}}\n      - network: n\n        mac: 52:54:00:00:1f:03\n"
         );
         let lab = lab(&text).unwrap();
         assert_eq!(lab.prefix, "");
