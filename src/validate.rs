@@ -327,6 +327,9 @@ struct NetInfo {
     subnet: Option<Ipv4Network>,
     gateway: Option<Ipv4Addr>,
     dhcp: bool,
+    /// Addresses in the DHCP range (lab networks), and where to point when it is too small.
+    dhcp_size: Option<u64>,
+    dhcp_span: Option<SourceSpan>,
     /// Set when the network's own definition has problems: skip NIC checks that depend on it.
     broken: bool,
 }
@@ -638,6 +641,8 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
                     subnet: None,
                     gateway: None,
                     dhcp: true,
+                    dhcp_size: None,
+                    dhcp_span: None,
                     broken: false,
                 },
                 Some(NetworkKind::External),
@@ -671,6 +676,11 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
                 subnet: managed.as_ref().and_then(|m| m.subnet),
                 gateway: managed.as_ref().and_then(|m| m.gateway),
                 dhcp: managed.as_ref().is_some_and(|m| m.dhcp.is_some()),
+                dhcp_size: managed
+                    .as_ref()
+                    .and_then(|m| m.dhcp)
+                    .map(|r| u64::from(u32::from(r.end)) - u64::from(u32::from(r.start)) + 1),
+                dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
                 broken: c.problems.len() > before,
             };
             (info, managed.map(NetworkKind::Managed))
@@ -719,6 +729,8 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
     let mut macs: BTreeMap<MacAddr, (String, SourceSpan, bool)> = BTreeMap::new();
     let mut ips: BTreeMap<(String, Ipv4Addr), (String, SourceSpan)> = BTreeMap::new();
     let mut reservations: BTreeMap<String, BTreeMap<MacAddr, Reservation>> = BTreeMap::new();
+    // NICs that need a dynamic lease, by network.
+    let mut dynamic: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (key, vm) in spec.vms.iter() {
         let name = match VmName::new(&key.value) {
             Ok(n) => Some(n),
@@ -779,6 +791,12 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
                 &mut macs,
             );
             let ip = check_nic_ip(&mut c, nic, &who, info, &mut ips);
+            if nic.ip.is_none() && !info.external {
+                dynamic
+                    .entry(nic.network.value.clone())
+                    .or_default()
+                    .push(who.clone());
+            }
             let verify = match nic.verify.as_ref().map(|v| v.value) {
                 None | Some(VerifySpec::Arp) => Verify::Arp,
                 Some(VerifySpec::None) => Verify::None,
@@ -852,6 +870,29 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
                     nics,
                     span: c.span(key),
                 },
+            );
+        }
+    }
+
+    // A DHCP range smaller than the NICs that need a lease from it leaves some without one.
+    for (net, nics) in &dynamic {
+        let Some(info) = nets.get(net) else { continue };
+        if let (Some(size), Some(span)) = (info.dhcp_size, info.dhcp_span)
+            && nics.len() as u64 > size
+        {
+            c.push(
+                "topo::lab::dhcp_too_small",
+                format!(
+                    "network `{net}` hands out {size} address{} by DHCP, but {} NICs need one ({})",
+                    if size == 1 { "" } else { "es" },
+                    nics.len(),
+                    nics.join(", ")
+                ),
+                vec![LabeledSpan::at(
+                    span,
+                    format!("{size} address{}", if size == 1 { "" } else { "es" }),
+                )],
+                "use a larger subnet or DHCP range, or give some NICs a fixed `ip:`",
             );
         }
     }
@@ -1459,7 +1500,7 @@ mod tests {
     #[test]
     fn explicit_prefix_and_mac() {
         let text = format!(
-            "{BASE}prefix: \"\"\nnetworks:\n  n:\n    subnet: 10.0.0.0/30\nvms:\n  a:\n    disk: {{image: /etc/hostname, size: 1GiB}}\n    nics:\n      - {{network: n, mac: \"52:54:00:00:1F:02\"}}\n      - network: n\n        mac: 52:54:00:00:1f:03\n"
+            "{BASE}prefix: \"\"\nnetworks:\n  n:\n    subnet: 10.0.0.0/29\nvms:\n  a:\n    disk: {{image: /etc/hostname, size: 1GiB}}\n    nics:\n      - {{network: n, mac: \"52:54:00:00:1F:02\"}}\n      - network: n\n        mac: 52:54:00:00:1f:03\n"
         );
         let lab = lab(&text).unwrap();
         assert_eq!(lab.prefix, "");
