@@ -8,4 +8,7 @@ pub mod hypervisor;
 pub mod model;
 pub mod observed;
 pub mod plan;
+pub mod schema;
 pub mod source;
+pub mod spec;
+pub mod validate;

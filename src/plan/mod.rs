@@ -298,7 +298,8 @@ pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
         .filter(|d| Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab)
         .map(delete_domain)
         .collect();
-    let networks = observed.networks.values().filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab);
+    let networks =
+        observed.networks.values().filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab);
     changes.extend(networks.map(delete_network));
     for c in &mut changes {
         if lab_has(lab, &c.address) {

@@ -1,0 +1,274 @@
+//! The raw lab file: a serde mirror of the YAML (`apiVersion: topo/v1`) with source spans.
+//!
+//! Nothing here is checked beyond YAML shape and types: unknown keys, duplicate keys and
+//! wrong types are rejected by the parser, every other rule lives in `validate`, which turns
+//! a [`LabSpec`] into a `model::Lab`. Values that semantic errors point at are wrapped in
+//! [`Spanned`] so diagnostics can label the exact text in the file.
+//!
+//! The same types generate the JSON Schema of the lab file ([`json_schema`]), so editors
+//! that speak `yaml-language-server` can complete and check lab files.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+pub use serde_saphyr::Spanned;
+
+/// A YAML mapping whose keys keep their source location, in file order.
+///
+/// `Spanned` is neither `Ord` nor `Hash`, so this is a list of entries rather than a map;
+/// duplicate keys never reach it (the parser rejects them).
+#[derive(Debug, Clone)]
+pub struct SpannedMap<V>(pub Vec<(Spanned<String>, V)>);
+
+impl<V> Default for SpannedMap<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V> SpannedMap<V> {
+    pub fn iter(&self) -> impl Iterator<Item = &(Spanned<String>, V)> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// The entry whose key is `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&(Spanned<String>, V)> {
+        self.0.iter().find(|(k, _)| k.value == key)
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for SpannedMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = SpannedMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of names to definitions")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<Spanned<String>>()? {
+                    let v = map.next_value::<V>()?;
+                    out.push((k, v));
+                }
+                Ok(SpannedMap(out))
+            }
+            // `networks:` with nothing after it is an empty mapping, not an error.
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(SpannedMap(Vec::new()))
+            }
+        }
+        d.deserialize_map(MapVisitor(PhantomData))
+    }
+}
+
+impl<V: JsonSchema> JsonSchema for SpannedMap<V> {
+    fn schema_name() -> Cow<'static, str> {
+        format!("Map_of_{}", V::schema_name()).into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        <BTreeMap<String, V>>::json_schema(generator)
+    }
+}
+
+/// A topo lab file: networks and virtual machines that `topo apply` brings up on libvirt.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "topo lab file")]
+pub struct LabSpec {
+    /// Format version of the lab file. Must be `topo/v1`.
+    #[serde(rename = "apiVersion")]
+    #[schemars(with = "String")]
+    pub api_version: Option<Spanned<String>>,
+    /// The lab's name: lowercase letters, digits and '-', starting with a letter, at most
+    /// 32 characters. Part of every derived MAC address.
+    #[schemars(with = "String")]
+    pub name: Option<Spanned<String>>,
+    /// Prepended to the libvirt name of every network and VM the lab owns (default
+    /// `"<name>-"`; `""` keeps names as written). Lowercase letters, digits, '-' and '_'.
+    #[schemars(with = "Option<String>")]
+    pub prefix: Option<Spanned<String>>,
+    /// Networks by name: external ones (already on the host) and ones the lab owns.
+    #[serde(default)]
+    pub networks: SpannedMap<NetworkSpec>,
+    /// Virtual machines by name.
+    #[serde(default)]
+    pub vms: SpannedMap<VmSpec>,
+}
+
+/// How a lab network reaches beyond its bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeSpec {
+    /// Forward with masquerade (like libvirt's `default` network). Needs a subnet.
+    Nat,
+    /// Forward without masquerade; the upstream router must route the subnet to the host.
+    /// Needs a subnet.
+    Routed,
+    /// No forwarding: guests talk to each other and to the host bridge only.
+    Isolated,
+    /// Like routed, but libvirt adds no firewall rules at all.
+    Open,
+}
+
+/// A network: either `external: true` (exists on the host; only referenced) or owned by the lab.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The network exists on the host already under exactly this name; topo reads it and
+    /// never changes or destroys it. No other key is allowed beside `external: true`.
+    #[schemars(with = "Option<bool>")]
+    pub external: Option<Spanned<bool>>,
+    /// nat | routed | isolated | open (default nat).
+    #[schemars(with = "Option<ModeSpec>")]
+    pub mode: Option<Spanned<ModeSpec>>,
+    /// IPv4 subnet in CIDR form, e.g. `192.168.152.0/24` (host bits zero, /30 or larger).
+    #[schemars(with = "Option<String>")]
+    pub subnet: Option<Spanned<String>>,
+    /// Address of the host bridge (default: the first address of the subnet).
+    #[schemars(with = "Option<String>")]
+    pub gateway: Option<Spanned<String>>,
+    /// DHCP: `true` (default when a subnet is given), `false`, or `{start, end}`.
+    #[schemars(with = "Option<DhcpSpec>")]
+    pub dhcp: Option<Spanned<DhcpSpec>>,
+    /// Linux bridge name (at most 15 characters); default lets libvirt pick `virbrN`.
+    #[schemars(with = "Option<String>")]
+    pub bridge: Option<Spanned<String>>,
+    /// Start the network when the host boots (default true).
+    #[schemars(with = "Option<bool>")]
+    pub autostart: Option<Spanned<bool>>,
+    /// Spanning tree on the bridge (default false: new ports forward at once).
+    #[schemars(with = "Option<bool>")]
+    pub stp: Option<Spanned<bool>>,
+    /// dnsmasq pings an address before offering it (default false: leases ~3 s sooner).
+    #[schemars(with = "Option<bool>")]
+    pub dhcp_ping: Option<Spanned<bool>>,
+}
+
+/// `dhcp:` is either a switch or an explicit range.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DhcpSpec {
+    /// `true`: serve the subnet except the gateway; `false`: no DHCP.
+    Enabled(bool),
+    /// An explicit range, both ends included.
+    Range(DhcpRangeSpec),
+}
+
+/// An explicit DHCP range inside the network's subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpRangeSpec {
+    /// First address handed out.
+    pub start: String,
+    /// Last address handed out.
+    pub end: String,
+}
+
+/// libvirt domain type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorSpec {
+    /// Software emulation (works without /dev/kvm, slow).
+    Qemu,
+    /// Hardware virtualisation (default).
+    Kvm,
+}
+
+/// A virtual machine.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// qemu | kvm (default kvm).
+    #[schemars(with = "Option<HypervisorSpec>")]
+    pub hypervisor: Option<Spanned<HypervisorSpec>>,
+    /// Memory with a unit: KiB, MiB, GiB or TiB (default 512MiB; 64MiB to 1TiB).
+    #[schemars(with = "Option<String>")]
+    pub memory: Option<Spanned<String>>,
+    /// Virtual CPUs (default 1; 1 to 256).
+    #[schemars(with = "Option<i64>")]
+    pub vcpus: Option<Spanned<i64>>,
+    /// Direct kernel boot. A VM needs `boot`, `disk` or both.
+    #[schemars(with = "Option<BootSpec>")]
+    pub boot: Option<Spanned<BootSpec>>,
+    /// A copy-on-write overlay on a base image. A VM needs `boot`, `disk` or both.
+    #[schemars(with = "Option<DiskSpec>")]
+    pub disk: Option<Spanned<DiskSpec>>,
+    /// Network interfaces in guest order (eth0, eth1, ...). May be empty.
+    #[serde(default)]
+    #[schemars(with = "Vec<NicSpec>")]
+    pub nics: Vec<Spanned<NicSpec>>,
+}
+
+/// Direct kernel boot. Relative paths resolve against the lab file's folder.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootSpec {
+    /// Kernel image file (must exist).
+    #[schemars(with = "String")]
+    pub kernel: Spanned<String>,
+    /// Initial ramdisk file (must exist if given).
+    #[schemars(with = "Option<String>")]
+    pub initrd: Option<Spanned<String>>,
+    /// Kernel command line, e.g. `console=ttyS0`.
+    pub cmdline: Option<String>,
+}
+
+/// A disk: a copy-on-write overlay on a base image that is never written.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Base image file (must exist). Relative paths resolve against the lab file's folder.
+    #[schemars(with = "String")]
+    pub image: Spanned<String>,
+    /// Virtual size of the overlay with a unit, e.g. `10GiB` (default: the image's size).
+    #[schemars(with = "Option<String>")]
+    pub size: Option<Spanned<String>>,
+}
+
+/// How topo proves a NIC got an address after apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifySpec {
+    /// ARP request/reply on the network's bridge (default).
+    Arp,
+    /// Do not check this NIC.
+    None,
+}
+
+/// A network interface of a VM.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    /// Name of a network declared under `networks`.
+    #[schemars(with = "String")]
+    pub network: Spanned<String>,
+    /// Unicast MAC `52:54:00:xx:xx:xx` (default: derived from lab, VM and NIC index).
+    #[schemars(with = "Option<String>")]
+    pub mac: Option<Spanned<String>>,
+    /// Fixed address: a DHCP reservation for this NIC's MAC (lab networks only).
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<Spanned<String>>,
+    /// arp (default) | none.
+    #[schemars(with = "Option<VerifySpec>")]
+    pub verify: Option<Spanned<VerifySpec>>,
+}
+
+/// The JSON Schema of the lab file, generated from these types.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(LabSpec);
+    schema.to_value()
+}
