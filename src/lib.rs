@@ -3,7 +3,8 @@
 //! Data flows one way: `source -> spec -> model -> graph -> plan(desired, observed) ->
 //! render | apply -> verify`. See docs/architecture.md.
 
-pub mod model;
-pub mod source;
 pub mod hypervisor;
+pub mod model;
 pub mod observed;
+pub mod source;
+pub mod xml;

@@ -128,7 +128,10 @@ impl BridgeName {
             return Err(NameError::Empty);
         }
         if s.len() > MAX_BRIDGE_NAME {
-            return Err(NameError::TooLong { len: s.len(), max: MAX_BRIDGE_NAME });
+            return Err(NameError::TooLong {
+                len: s.len(),
+                max: MAX_BRIDGE_NAME,
+            });
         }
         if let Some(c) = s.chars().find(|c| !bridge_char(*c)) {
             return Err(NameError::BadChar(c));
@@ -209,7 +212,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -238,8 +245,12 @@ pub enum NetworkMode {
 }
 
 impl NetworkMode {
-    pub const ALL: [NetworkMode; 4] =
-        [NetworkMode::Nat, NetworkMode::Routed, NetworkMode::Isolated, NetworkMode::Open];
+    pub const ALL: [NetworkMode; 4] = [
+        NetworkMode::Nat,
+        NetworkMode::Routed,
+        NetworkMode::Isolated,
+        NetworkMode::Open,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkMode::Nat => "nat",
@@ -321,7 +332,9 @@ impl FromStr for ByteSize {
     type Err = SizeError;
     fn from_str(s: &str) -> Result<Self, SizeError> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(SizeError::Format)?;
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or(SizeError::Format)?;
         let (num, unit) = s.split_at(split);
         if num.is_empty() {
             return Err(SizeError::Format);
@@ -341,7 +354,12 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, m) in [("TiB", Self::TIB), ("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
+        for (unit, m) in [
+            ("TiB", Self::TIB),
+            ("GiB", Self::GIB),
+            ("MiB", Self::MIB),
+            ("KiB", Self::KIB),
+        ] {
             if b >= m && b % m == 0 {
                 return write!(f, "{}{unit}", b / m);
             }
@@ -471,14 +489,19 @@ impl Nic {
 impl Lab {
     /// Number of external networks.
     pub fn external_count(&self) -> usize {
-        self.networks.values().filter(|n| matches!(n.kind, NetworkKind::External)).count()
+        self.networks
+            .values()
+            .filter(|n| matches!(n.kind, NetworkKind::External))
+            .count()
     }
     pub fn nic_count(&self) -> usize {
         self.vms.values().map(|v| v.nics.len()).sum()
     }
     /// Every NIC with its VM, in sorted VM order then NIC order.
     pub fn nics(&self) -> impl Iterator<Item = (&Vm, &Nic)> {
-        self.vms.values().flat_map(|vm| vm.nics.iter().map(move |n| (vm, n)))
+        self.vms
+            .values()
+            .flat_map(|vm| vm.nics.iter().map(move |n| (vm, n)))
     }
     /// The one-line summary `topo validate` prints.
     pub fn summary(&self) -> String {
@@ -512,19 +535,34 @@ mod tests {
         assert_eq!(LabName::new("lab-"), Err(NameError::BadEnd));
         assert_eq!(LabName::new("a_b"), Err(NameError::BadChar('_')));
         assert!(NetworkName::new("local_net").is_ok());
-        assert!(matches!(LabName::new(&"a".repeat(33)), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            LabName::new(&"a".repeat(33)),
+            Err(NameError::TooLong { .. })
+        ));
         assert!(BridgeName::new("virbr2").is_ok());
-        assert!(matches!(BridgeName::new("a-very-long-bridge"), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            BridgeName::new("a-very-long-bridge"),
+            Err(NameError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn mac_parse_and_display() {
         let m: MacAddr = "52:54:00:00:1F:02".parse().unwrap();
         assert_eq!(m.to_string(), "52:54:00:00:1f:02");
-        assert_eq!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(MacError::Multicast));
+        assert_eq!(
+            "01:00:5e:00:00:01".parse::<MacAddr>(),
+            Err(MacError::Multicast)
+        );
         assert_eq!("52:54:00:00:1f".parse::<MacAddr>(), Err(MacError::Format));
-        assert_eq!("52:54:00:00:1f:0g".parse::<MacAddr>(), Err(MacError::Format));
-        assert_eq!("52:54:00:00:1f:002".parse::<MacAddr>(), Err(MacError::Format));
+        assert_eq!(
+            "52:54:00:00:1f:0g".parse::<MacAddr>(),
+            Err(MacError::Format)
+        );
+        assert_eq!(
+            "52:54:00:00:1f:002".parse::<MacAddr>(),
+            Err(MacError::Format)
+        );
     }
 
     #[test]
@@ -543,12 +581,18 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!("256MiB".parse::<ByteSize>().unwrap().bytes(), 256 * ByteSize::MIB);
+        assert_eq!(
+            "256MiB".parse::<ByteSize>().unwrap().bytes(),
+            256 * ByteSize::MIB
+        );
         assert_eq!("10GiB".parse::<ByteSize>().unwrap().to_string(), "10GiB");
         assert_eq!("1024KiB".parse::<ByteSize>().unwrap().to_string(), "1MiB");
         assert_eq!("256".parse::<ByteSize>(), Err(SizeError::Format));
         assert_eq!("256MB".parse::<ByteSize>(), Err(SizeError::Format));
         assert_eq!("MiB".parse::<ByteSize>(), Err(SizeError::Format));
-        assert_eq!("99999999999999999999TiB".parse::<ByteSize>(), Err(SizeError::Overflow));
+        assert_eq!(
+            "99999999999999999999TiB".parse::<ByteSize>(),
+            Err(SizeError::Overflow)
+        );
     }
 }

@@ -23,7 +23,10 @@ pub struct SourceFile {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum SourceError {
     #[error("cannot read lab file {path}: {source}")]
-    #[diagnostic(code(topo::source::read), help("check the path and that you may read the file"))]
+    #[diagnostic(
+        code(topo::source::read),
+        help("check the path and that you may read the file")
+    )]
     Read {
         path: String,
         #[source]
@@ -45,13 +48,24 @@ impl SourceFile {
     pub fn read(path: &Path) -> Result<Self, SourceError> {
         use std::io::Read;
         let shown = path.display().to_string();
-        let read_err = |source| SourceError::Read { path: shown.clone(), source };
+        let read_err = |source| SourceError::Read {
+            path: shown.clone(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(read_err)?;
         let mut bytes = Vec::new();
-        file.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
+        file.take(MAX_SOURCE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read_err)?;
         if bytes.len() as u64 > MAX_SOURCE_BYTES {
-            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(bytes.len() as u64);
-            return Err(SourceError::TooLarge { path: shown, size, max: MAX_SOURCE_BYTES });
+            let size = std::fs::metadata(path)
+                .map(|m| m.len())
+                .unwrap_or(bytes.len() as u64);
+            return Err(SourceError::TooLarge {
+                path: shown,
+                size,
+                max: MAX_SOURCE_BYTES,
+            });
         }
         let text = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 { path: shown })?;
         Ok(Self::from_text(path, text))
@@ -64,7 +78,11 @@ impl SourceFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        Self { path: path.to_path_buf(), dir, text: Arc::new(text) }
+        Self {
+            path: path.to_path_buf(),
+            dir,
+            text: Arc::new(text),
+        }
     }
 
     /// The name shown in diagnostics.
