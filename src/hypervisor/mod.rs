@@ -3,6 +3,9 @@
 //! Two implementations: `libvirt::LibvirtHypervisor` (the `virt` crate, the product) and
 //! `memory::MemoryHypervisor` (a strict in-memory double that rejects what libvirt rejects).
 
+pub mod libvirt;
+pub mod memory;
+
 use crate::observed::{Lease, Observed};
 
 /// A libvirt call failed. `code` is libvirt's error code when there is one.
