@@ -3,6 +3,8 @@
 //! Data flows one way: `source -> spec -> model -> graph -> plan(desired, observed) ->
 //! render | apply -> verify`. See docs/architecture.md.
 
+pub mod apply;
+pub mod cli;
 pub mod graph;
 pub mod hypervisor;
 pub mod model;
@@ -12,3 +14,4 @@ pub mod schema;
 pub mod source;
 pub mod spec;
 pub mod validate;
+pub mod xml;

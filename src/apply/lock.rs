@@ -47,7 +47,8 @@ impl LabLock {
         let path = lock_path(dir, lab, uri);
         let io = |source| LockError::Io { path: path.display().to_string(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut lock) => {
                 let _ = lock.set_len(0);
@@ -59,7 +60,8 @@ impl LabLock {
             Err((mut file, _)) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
-                let holder = if holder.trim().is_empty() { "unknown process".into() } else { holder.trim().to_string() };
+                let holder =
+                    if holder.trim().is_empty() { "unknown process".into() } else { holder.trim().to_string() };
                 Err(LockError::Held { lab: lab.into(), uri: uri.into(), holder })
             }
         }

@@ -37,12 +37,19 @@ impl Default for Options {
 }
 
 /// What became of one change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StepOutcome {
-    Done { seconds: f64 },
-    Failed { error: String, hint: Option<String> },
+    Done {
+        seconds: f64,
+    },
+    Failed {
+        error: String,
+        hint: Option<String>,
+    },
     /// Not started: an earlier step failed, or apply was interrupted.
-    Skipped { why: String },
+    Skipped {
+        why: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -83,7 +90,10 @@ impl Report {
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ApplyError {
     #[error("apply failed: {failed} step{} failed, {skipped} skipped", if *failed == 1 { "" } else { "s" })]
-    #[diagnostic(code(topo::apply::failed), help("fix the cause above and run apply again: it continues from where it stopped"))]
+    #[diagnostic(
+        code(topo::apply::failed),
+        help("fix the cause above and run apply again: it continues from where it stopped")
+    )]
     StepsFailed { failed: usize, skipped: usize },
     #[error("apply interrupted: {skipped} step{} not started", if *skipped == 1 { "" } else { "s" })]
     #[diagnostic(code(topo::apply::interrupted), help("run apply again to finish"))]
@@ -125,15 +135,15 @@ fn schedule<'p>(lab: &Lab, plan: &'p Plan) -> Vec<Task<'p>> {
         plan.changes.iter().enumerate().filter(|(_, c)| c.action == Action::Delete).map(|(i, _)| i).collect();
     plan.changes
         .iter()
-        .enumerate()
-        .map(|(i, c)| {
+        .map(|c| {
             let deps = match (c.action, is_net(c)) {
                 (Action::Delete, false) => BTreeSet::new(),
                 (Action::Delete, true) => vm_deletes.clone(),
                 (_, true) => all_deletes.clone(),
                 (_, false) => {
                     let mut d = all_deletes.clone();
-                    let vm = c.address.strip_prefix("vm.").and_then(|n| lab.vms.values().find(|v| v.name.as_str() == n));
+                    let vm =
+                        c.address.strip_prefix("vm.").and_then(|n| lab.vms.values().find(|v| v.name.as_str() == n));
                     for nic in vm.map(|v| v.nics.as_slice()).unwrap_or_default() {
                         if let Some(&j) = idx_by_addr.get(format!("network.{}", nic.network).as_str()) {
                             d.insert(j);
@@ -185,9 +195,10 @@ pub fn apply(
                             }
                             let ready = (0..tasks.len()).find(|&i| {
                                 !st.started.contains(&i)
-                                    && tasks[i].deps.iter().all(|d| {
-                                        matches!(st.finished.get(d), Some(StepOutcome::Done { .. }))
-                                    })
+                                    && tasks[i]
+                                        .deps
+                                        .iter()
+                                        .all(|d| matches!(st.finished.get(d), Some(StepOutcome::Done { .. })))
                                     && !(tasks[i].network && st.network_busy)
                             });
                             match ready {
@@ -218,7 +229,11 @@ pub fn apply(
                         Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
                         Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
                     };
-                    progress.event(Event::Finished { address: &change.address, action: change.action, outcome: &outcome });
+                    progress.event(Event::Finished {
+                        address: &change.address,
+                        action: change.action,
+                        outcome: &outcome,
+                    });
                     let mut st = state.lock().expect("apply state lock");
                     if !matches!(outcome, StepOutcome::Done { .. }) {
                         st.stop = true;
@@ -295,7 +310,8 @@ fn run_change(lab: &Lab, c: &Change, observed: &Observed, hv: &dyn Hypervisor, o
             Op::DefineDomain => {
                 let vm = vm_of(lab, c)?;
                 let disk = vm.overlay_name().map(|f| opts.overlay_dir.join(f).display().to_string());
-                let xml = crate::xml::domain_xml(lab, vm, disk.as_deref()).map_err(|e| xml_err("define domain", name, e))?;
+                let xml =
+                    crate::xml::domain_xml(lab, vm, disk.as_deref()).map_err(|e| xml_err("define domain", name, e))?;
                 let uuid = observed.domains.get(name).and_then(|o| o.uuid.as_deref());
                 hv.define_domain(&with_uuid(&xml.xml, uuid))?;
             }
@@ -405,9 +421,21 @@ pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<(), ApplyError>
             let fields: Vec<String> = c
                 .fields
                 .iter()
-                .map(|f| format!("{} ({} != {})", f.path, f.before.as_deref().unwrap_or("none"), f.after.as_deref().unwrap_or("none")))
+                .map(|f| {
+                    format!(
+                        "{} ({} != {})",
+                        f.path,
+                        f.before.as_deref().unwrap_or("none"),
+                        f.after.as_deref().unwrap_or("none")
+                    )
+                })
                 .collect();
-            format!("{} would still {}: {}", c.address, c.action.as_str(), if fields.is_empty() { "state".into() } else { fields.join(", ") })
+            format!(
+                "{} would still {}: {}",
+                c.address,
+                c.action.as_str(),
+                if fields.is_empty() { "state".into() } else { fields.join(", ") }
+            )
         })
         .collect();
     Err(ApplyError::Inconsistent { details })

@@ -48,7 +48,9 @@ impl Progress for Lines {
         let line = match e {
             Event::Started { address, action } => format!("[{t:6.1}s] {address}: {}...", verb(action)),
             Event::Finished { address, action, outcome } => match outcome {
-                StepOutcome::Done { seconds } => format!("[{t:6.1}s] {address}: {} done in {seconds:.1}s", verb(action)),
+                StepOutcome::Done { seconds } => {
+                    format!("[{t:6.1}s] {address}: {} done in {seconds:.1}s", verb(action))
+                }
                 StepOutcome::Failed { error, .. } => format!("[{t:6.1}s] {address}: {} FAILED: {error}", verb(action)),
                 StepOutcome::Skipped { why } => format!("[{t:6.1}s] {address}: skipped ({why})"),
             },

@@ -57,10 +57,8 @@ fn options(c: &ConfirmArgs) -> Options {
 
 /// The lab named by `file`, and the saved plan if `file` is one.
 fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
-    let text = std::fs::read_to_string(file).map_err(|e| crate::source::SourceError::Read {
-        path: file.display().to_string(),
-        source: e,
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| crate::source::SourceError::Read { path: file.display().to_string(), source: e })?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
         let lab = super::load_lab(std::path::Path::new(&saved.lab_file))?;
@@ -113,7 +111,8 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     println!("Destroy complete: {d} destroyed.");
     let left = crate::plan::plan_destroy(&lab, &hv.observe()?);
     if !left.is_empty() {
-        let details = left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();
+        let details =
+            left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();
         return Err(ApplyError::Inconsistent { details }.into());
     }
     Ok(Outcome::Ok)
@@ -180,7 +179,9 @@ fn execute(
     eprintln!();
     for s in &report.steps {
         match &s.outcome {
-            StepOutcome::Done { seconds } => eprintln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str()),
+            StepOutcome::Done { seconds } => {
+                eprintln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str())
+            }
             StepOutcome::Failed { error, hint } => {
                 failed += 1;
                 eprintln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());

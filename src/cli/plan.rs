@@ -49,7 +49,10 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
         };
         let text = serde_json::to_string_pretty(&saved).into_diagnostic()?;
         std::fs::write(out, text + "\n").into_diagnostic()?;
-        super::status(global, format_args!("Saved the plan to {}; apply it with `topo apply {}`", out.display(), out.display()));
+        super::status(
+            global,
+            format_args!("Saved the plan to {}; apply it with `topo apply {}`", out.display(), out.display()),
+        );
     }
     Ok(if args.detailed_exitcode && !plan.is_empty() { Outcome::Changes } else { Outcome::Ok })
 }

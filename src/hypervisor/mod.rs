@@ -3,7 +3,12 @@
 //! Two implementations: `libvirt::LibvirtHypervisor` (the `virt` crate, the product) and
 //! `memory::MemoryHypervisor` (a strict in-memory double that rejects what libvirt rejects).
 
-use crate::observed::{Lease, Observed};
+pub mod libvirt;
+pub mod memory;
+
+use std::path::Path;
+
+use crate::observed::{DomainState, Lease, Observed};
 
 /// A libvirt call failed. `code` is libvirt's error code when there is one.
 #[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
@@ -74,4 +79,12 @@ pub trait Hypervisor: Send + Sync {
     fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
     /// Unplugs a device (`<interface>` XML matched by MAC) from the config, and live when running.
     fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
+    /// The domain's current run state.
+    fn domain_state(&self, name: &str) -> Result<DomainState, HvError>;
+
+    /// Creates the qcow2 copy-on-write overlay `path` on `backing` (never written) through
+    /// libvirt's storage API; `size` in bytes, or the backing image's size when `None`.
+    fn create_overlay(&self, path: &Path, backing: &Path, size: Option<u64>) -> Result<(), HvError>;
+    /// Deletes an overlay volume made by `create_overlay`.
+    fn delete_overlay(&self, path: &Path) -> Result<(), HvError>;
 }

@@ -1,0 +1,429 @@
+//! `LibvirtHypervisor`: the `Hypervisor` trait over the `virt` crate (libvirt's C API).
+//!
+//! `virt::connect::Connect` is `Send + Sync` (virt marks it so; libvirt connections are
+//! thread-safe and errors are kept per thread), so no extra lock is needed.
+
+use std::ffi::{CStr, c_char, c_void};
+use std::ptr;
+use std::sync::Once;
+
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::enumutil::Enum;
+use virt::error::{Error as VirtError, ErrorNumber};
+use virt::network::Network;
+use virt::sys;
+
+use super::{HostOp, HvError, HvErrorKind, Hypervisor};
+use crate::observed::{DomainState, Lease, Observed};
+use crate::xml::{self, NetworkFlags};
+
+/// A libvirt connection.
+pub struct LibvirtHypervisor {
+    conn: Connect,
+    uri: String,
+}
+
+impl std::fmt::Debug for LibvirtHypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LibvirtHypervisor").field("uri", &self.uri).finish()
+    }
+}
+
+static QUIET: Once = Once::new();
+
+/// Maps a libvirt error to an `HvError`, classified by libvirt's error code (and, where
+/// libvirt reuses one code for several cases, by its message).
+pub fn map_error(op: &str, object: &str, e: &VirtError) -> HvError {
+    let msg = e.message().to_owned();
+    let kind = match e.code() {
+        Enum::Known(code) => kind_of(code, &msg),
+        Enum::Unknown(_) => HvErrorKind::Other,
+    };
+    let hint = hint_for(op, kind, &msg);
+    HvError { op: op.to_owned(), object: object.to_owned(), message: msg, kind, hint }
+}
+
+fn kind_of(code: ErrorNumber, msg: &str) -> HvErrorKind {
+    let exists = msg.contains("already exists")
+        || msg.contains("already defined")
+        || msg.contains("already in use")
+        || msg.contains("existing dhcp host entry");
+    match code {
+        ErrorNumber::NoNetwork | ErrorNumber::NoDomain | ErrorNumber::DeviceMissing => HvErrorKind::NotFound,
+        ErrorNumber::NetworkExist | ErrorNumber::DomExist => HvErrorKind::Exists,
+        ErrorNumber::XmlError | ErrorNumber::XmlDetail | ErrorNumber::XmlInvalidSchema => HvErrorKind::InvalidXml,
+        ErrorNumber::NoSupport | ErrorNumber::ArgumentUnsupported => HvErrorKind::Unsupported,
+        ErrorNumber::NoConnect => HvErrorKind::Connect,
+        ErrorNumber::InvalidArg if msg.contains("unsupported flags") => HvErrorKind::Unsupported,
+        _ if exists => HvErrorKind::Exists,
+        ErrorNumber::OperationInvalid if msg.contains("couldn't locate") || msg.contains("no device matching") => {
+            HvErrorKind::NotFound
+        }
+        ErrorNumber::OperationFailed if msg.contains("no device matching") => HvErrorKind::NotFound,
+        ErrorNumber::OperationInvalid => HvErrorKind::InvalidState,
+        _ => HvErrorKind::Other,
+    }
+}
+
+fn hint_for(op: &str, kind: HvErrorKind, msg: &str) -> Option<String> {
+    match kind {
+        HvErrorKind::Connect => Some(
+            "is libvirtd running? choose the connection with --connect or LIBVIRT_DEFAULT_URI \
+             (e.g. qemu:///system)"
+                .into(),
+        ),
+        HvErrorKind::Exists if msg.contains("bridge") => {
+            Some("another network uses this bridge name: choose another `bridge` or let libvirt pick one".into())
+        }
+        HvErrorKind::InvalidState if op == "start domain" && msg.contains("not active") => {
+            Some("start the network first (topo apply does this in dependency order)".into())
+        }
+        HvErrorKind::Unsupported => Some("this libvirt driver does not implement the call".into()),
+        _ => None,
+    }
+}
+
+fn is_unsupported(e: &VirtError) -> bool {
+    matches!(e.code(), Enum::Known(ErrorNumber::NoSupport | ErrorNumber::ArgumentUnsupported | ErrorNumber::InvalidArg))
+}
+
+fn is_gone(e: &VirtError) -> bool {
+    matches!(e.code(), Enum::Known(ErrorNumber::NoNetwork | ErrorNumber::NoDomain))
+}
+
+/// Reads a C string field of a libvirt struct; `None` for NULL.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that outlives the call.
+unsafe fn opt_cstr(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        None
+    } else {
+        // SAFETY: non-null and NUL-terminated per the caller's contract.
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+}
+
+impl LibvirtHypervisor {
+    /// Opens a connection. An empty `uri` lets libvirt choose (`LIBVIRT_DEFAULT_URI`, then
+    /// its configuration and probing).
+    pub fn connect(uri: &str) -> Result<Self, HvError> {
+        QUIET.call_once(virt::error::clear_error_callback);
+        let want = (!uri.is_empty()).then_some(uri);
+        let conn = Connect::open(want).map_err(|e| {
+            let mut err = map_error("connect", if uri.is_empty() { "(default URI)" } else { uri }, &e);
+            err.kind = HvErrorKind::Connect;
+            err.hint = hint_for("connect", HvErrorKind::Connect, "");
+            err
+        })?;
+        let uri = conn.uri().unwrap_or_else(|_| uri.to_owned());
+        Ok(Self { conn, uri })
+    }
+
+    fn network(&self, op: &str, name: &str) -> Result<Network, HvError> {
+        self.conn.lookup_network_by_name(name).map_err(|e| map_error(op, name, &e))
+    }
+
+    fn domain(&self, op: &str, name: &str) -> Result<Domain, HvError> {
+        self.conn.lookup_domain_by_name(name).map_err(|e| map_error(op, name, &e))
+    }
+
+    /// Observes one network; `Ok(None)` when it vanished meanwhile.
+    fn observe_network(&self, net: &Network) -> Result<Option<crate::observed::ObservedNetwork>, HvError> {
+        const OP: &str = "observe network";
+        let name = net.name().map_err(|e| map_error(OP, "?", &e))?;
+        let read = || -> Result<_, VirtError> {
+            let flags = NetworkFlags {
+                active: net.is_active()?,
+                persistent: net.is_persistent()?,
+                autostart: net.autostart()?,
+            };
+            let xml = if flags.persistent {
+                match net.xml_desc(sys::VIR_NETWORK_XML_INACTIVE) {
+                    Err(e) if is_unsupported(&e) => net.xml_desc(0)?,
+                    other => other?,
+                }
+            } else {
+                net.xml_desc(0)?
+            };
+            Ok((flags, xml))
+        };
+        let (flags, text) = match read() {
+            Ok(v) => v,
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(map_error(OP, &name, &e)),
+        };
+        xml::parse_network(&text, flags).map(Some).map_err(|e| HvError {
+            op: OP.into(),
+            object: name,
+            message: e.to_string(),
+            kind: HvErrorKind::InvalidXml,
+            hint: None,
+        })
+    }
+
+    fn observe_domain(&self, dom: &Domain) -> Result<Option<crate::observed::ObservedDomain>, HvError> {
+        const OP: &str = "observe domain";
+        let name = dom.name().map_err(|e| map_error(OP, "?", &e))?;
+        let read = || -> Result<_, VirtError> {
+            let (state, _reason) = dom.state()?;
+            let flags = if dom.is_persistent()? { sys::VIR_DOMAIN_XML_INACTIVE } else { 0 };
+            Ok((state, dom.xml_desc(flags)?))
+        };
+        let (state, text) = match read() {
+            Ok(v) => v,
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) => return Err(map_error(OP, &name, &e)),
+        };
+        use virt::domain::DomainState as S;
+        let state = match state {
+            Enum::Known(S::Running | S::Blocked) => DomainState::Running,
+            Enum::Known(S::Paused) => DomainState::Paused,
+            Enum::Known(S::Shutoff) => DomainState::Shutoff,
+            _ => DomainState::Other,
+        };
+        xml::parse_domain(&text, state).map(Some).map_err(|e| HvError {
+            op: OP.into(),
+            object: name,
+            message: e.to_string(),
+            kind: HvErrorKind::InvalidXml,
+            hint: None,
+        })
+    }
+
+    fn device_flags(&self, op: &str, domain: &Domain, name: &str) -> Result<u32, HvError> {
+        let live = domain.is_active().map_err(|e| map_error(op, name, &e))?;
+        Ok(sys::VIR_DOMAIN_AFFECT_CONFIG | if live { sys::VIR_DOMAIN_AFFECT_LIVE } else { 0 })
+    }
+}
+
+impl Hypervisor for LibvirtHypervisor {
+    fn uri(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn observe(&self) -> Result<Observed, HvError> {
+        let mut out = Observed::default();
+        let nets = self.conn.list_all_networks(0).map_err(|e| map_error("list networks", &self.uri, &e))?;
+        for net in &nets {
+            if let Some(n) = self.observe_network(net)? {
+                out.networks.insert(n.name.clone(), n);
+            }
+        }
+        let doms = self.conn.list_all_domains(0).map_err(|e| map_error("list domains", &self.uri, &e))?;
+        for dom in &doms {
+            if let Some(d) = self.observe_domain(dom)? {
+                out.domains.insert(d.name.clone(), d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn define_network(&self, xml: &str) -> Result<(), HvError> {
+        let object = xml::parse_network(xml, NetworkFlags::default()).map(|n| n.name).unwrap_or_else(|_| "?".into());
+        self.conn.define_network_xml(xml).map(drop).map_err(|e| map_error("define network", &object, &e))
+    }
+
+    fn start_network(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "start network";
+        self.network(OP, name)?.create().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn set_network_autostart(&self, name: &str, autostart: bool) -> Result<(), HvError> {
+        const OP: &str = "set network autostart";
+        self.network(OP, name)?.set_autostart(autostart).map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn stop_network(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "stop network";
+        self.network(OP, name)?.destroy().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn undefine_network(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "undefine network";
+        self.network(OP, name)?.undefine().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
+        const OP: &str = "update dhcp host";
+        let net = self.network(OP, network)?;
+        let active = net.is_active().map_err(|e| map_error(OP, network, &e))?;
+        let flags =
+            sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG | if active { sys::VIR_NETWORK_UPDATE_AFFECT_LIVE } else { 0 };
+        let cmd = match op {
+            HostOp::Add => sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+            HostOp::Delete => sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
+        };
+        net.update(cmd, sys::VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml, flags)
+            .map_err(|e| map_error(OP, network, &e))
+    }
+
+    fn dhcp_leases(&self, network: &str) -> Result<Vec<Lease>, HvError> {
+        const OP: &str = "dhcp leases";
+        let net = self.network(OP, network)?;
+        let mut leases: *mut sys::virNetworkDHCPLeasePtr = ptr::null_mut();
+        // SAFETY: `net` is a live network handle; libvirt allocates the array and stores
+        // its address in `leases` when the call succeeds.
+        let n = unsafe { sys::virNetworkGetDHCPLeases(net.as_ptr(), ptr::null(), &mut leases, 0) };
+        if n < 0 {
+            return Err(map_error(OP, network, &VirtError::last_error()));
+        }
+        let mut out = Vec::new();
+        for i in 0..n as usize {
+            // SAFETY: libvirt returned `n` valid lease pointers in `leases`.
+            let lease = unsafe { *leases.add(i) };
+            if lease.is_null() {
+                continue;
+            }
+            // SAFETY: `lease` is valid until freed below; its strings are NUL-terminated.
+            let (kind, mac, ip, hostname, expiry) = unsafe {
+                let l = &*lease;
+                (l.type_, opt_cstr(l.mac), opt_cstr(l.ipaddr), opt_cstr(l.hostname), l.expirytime)
+            };
+            // SAFETY: each lease is freed exactly once, after its fields were copied.
+            unsafe { sys::virNetworkDHCPLeaseFree(lease) };
+            if kind != sys::VIR_IP_ADDR_TYPE_IPV4 as i32 {
+                continue;
+            }
+            let (Some(mac), Some(ip)) = (mac.and_then(|m| m.parse().ok()), ip.and_then(|a| a.parse().ok())) else {
+                continue;
+            };
+            out.push(Lease { network: network.to_owned(), mac, ip, hostname, expiry });
+        }
+        if !leases.is_null() {
+            // SAFETY: the array itself was allocated by libvirt with malloc; its elements
+            // were freed above.
+            unsafe { nix::libc::free(leases as *mut c_void) };
+        }
+        out.sort_by(|a, b| (a.mac, a.ip).cmp(&(b.mac, b.ip)));
+        Ok(out)
+    }
+
+    fn define_domain(&self, xml: &str) -> Result<(), HvError> {
+        let object = xml::parse_domain(xml, DomainState::Shutoff).map(|d| d.name).unwrap_or_else(|_| "?".into());
+        self.conn.define_domain_xml(xml).map(drop).map_err(|e| map_error("define domain", &object, &e))
+    }
+
+    fn start_domain(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "start domain";
+        self.domain(OP, name)?.create().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "shutdown domain";
+        self.domain(OP, name)?.shutdown().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn destroy_domain(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "destroy domain";
+        self.domain(OP, name)?.destroy().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn undefine_domain(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "undefine domain";
+        self.domain(OP, name)?.undefine().map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {
+        const OP: &str = "attach device";
+        let dom = self.domain(OP, domain)?;
+        let flags = self.device_flags(OP, &dom, domain)?;
+        dom.attach_device_flags(xml, flags).map_err(|e| map_error(OP, domain, &e))
+    }
+
+    fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {
+        const OP: &str = "detach device";
+        let dom = self.domain(OP, domain)?;
+        let flags = self.device_flags(OP, &dom, domain)?;
+        dom.detach_device_flags(xml, flags).map_err(|e| map_error(OP, domain, &e))
+    }
+
+    fn domain_state(&self, name: &str) -> Result<DomainState, HvError> {
+        const OP: &str = "domain state";
+        let (state, _) = self.domain(OP, name)?.state().map_err(|e| map_error(OP, name, &e))?;
+        use virt::domain::DomainState as S;
+        Ok(match state {
+            Enum::Known(S::Running | S::Blocked) => DomainState::Running,
+            Enum::Known(S::Paused) => DomainState::Paused,
+            Enum::Known(S::Shutoff) => DomainState::Shutoff,
+            _ => DomainState::Other,
+        })
+    }
+
+    fn create_overlay(
+        &self,
+        path: &std::path::Path,
+        backing: &std::path::Path,
+        size: Option<u64>,
+    ) -> Result<(), HvError> {
+        const OP: &str = "create overlay";
+        let shown = path.display().to_string();
+        let (dir, file) = match (path.parent(), path.file_name().and_then(|f| f.to_str())) {
+            (Some(d), Some(f)) => (d, f),
+            _ => return Err(other(OP, &shown, "the overlay path has no folder or file name")),
+        };
+        let pool = self.overlay_pool(dir)?;
+        let format = image_format(backing);
+        let xml =
+            xml::overlay_volume_xml(file, backing, format, size).map_err(|e| other(OP, &shown, &e.to_string()))?;
+        virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0).map_err(|e| map_error(OP, &shown, &e))?;
+        Ok(())
+    }
+
+    fn delete_overlay(&self, path: &std::path::Path) -> Result<(), HvError> {
+        const OP: &str = "delete overlay";
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent() {
+            // The pool may not know a file created since its last refresh.
+            if let Ok(pool) = self.conn.lookup_storage_pool_by_target_path(&dir.display().to_string()) {
+                let _ = pool.refresh(0);
+            }
+        }
+        let vol = self.conn.lookup_storage_vol_by_path(&shown).map_err(|e| map_error(OP, &shown, &e))?;
+        vol.delete(0).map_err(|e| map_error(OP, &shown, &e))
+    }
+}
+
+fn other(op: &str, object: &str, message: &str) -> HvError {
+    HvError { op: op.into(), object: object.into(), message: message.into(), kind: HvErrorKind::Other, hint: None }
+}
+
+/// `qcow2` when the file starts with qcow2's magic, else `raw` (read locally: the lab file
+/// names images on the libvirt host, which is this host for local URIs).
+fn image_format(path: &std::path::Path) -> &'static str {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
+        Ok(()) if &magic == b"QFI\xfb" => "qcow2",
+        _ => "raw",
+    }
+}
+
+/// Name of the storage pool topo defines for overlays when no pool serves their folder yet.
+/// It is shared by all labs on the host and never deleted by `destroy`.
+pub const OVERLAY_POOL: &str = "topo-overlays";
+
+impl LibvirtHypervisor {
+    /// The active storage pool whose target is `dir`, defined (dir pool, autostart) when
+    /// there is none.
+    fn overlay_pool(&self, dir: &std::path::Path) -> Result<virt::storage_pool::StoragePool, HvError> {
+        const OP: &str = "overlay pool";
+        let d = dir.display().to_string();
+        let pool = match self.conn.lookup_storage_pool_by_target_path(&d) {
+            Ok(p) => p,
+            Err(_) => {
+                let xml = xml::dir_pool_xml(OVERLAY_POOL, dir).map_err(|e| other(OP, &d, &e.to_string()))?;
+                let p = self.conn.define_storage_pool_xml(&xml, 0).map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+                p.build(0).map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+                let _ = p.set_autostart(true);
+                p
+            }
+        };
+        if !pool.is_active().map_err(|e| map_error(OP, &d, &e))? {
+            pool.create(0).map_err(|e| map_error(OP, &d, &e))?;
+        }
+        let _ = pool.refresh(0);
+        Ok(pool)
+    }
+}

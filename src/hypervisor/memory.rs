@@ -1,0 +1,614 @@
+//! `MemoryHypervisor`: a strict in-memory libvirt double for tests of plan/apply/destroy.
+//!
+//! It parses XML with the same `xml` module as the real observer and rejects what libvirt
+//! 9.0 rejects (checked against the test driver and the libvirt sources where noted), and a
+//! little more on purpose (stopping or undefining a network a running domain uses). It records
+//! every call (`calls()`) and can fail the next matching call (`fail_on`).
+//!
+//! Differences from libvirt, by design: `shutdown_domain` takes effect at once (libvirt's
+//! is an asynchronous ACPI request); DHCP leases only come from `set_leases`.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use super::{HostOp, HvError, HvErrorKind, Hypervisor};
+use crate::model::MacAddr;
+use crate::observed::{DomainState, Lease, Observed, ObservedDomain, ObservedInterface, ObservedNetwork};
+use crate::xml::{self, NetworkFlags, XmlError};
+
+/// The URI `MemoryHypervisor::uri` reports.
+pub const MEMORY_URI: &str = "memory:///topo";
+
+#[derive(Debug, Clone)]
+struct MemDomain {
+    obs: ObservedDomain,
+    /// False once undefined while running (libvirt keeps it as a transient domain).
+    persistent: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    networks: BTreeMap<String, ObservedNetwork>,
+    domains: BTreeMap<String, MemDomain>,
+    leases: BTreeMap<String, Vec<Lease>>,
+    /// (op, object name, error): the next call of `op` on `name` fails with the error.
+    faults: Vec<(String, String, HvError)>,
+    calls: Vec<String>,
+    uuid_counter: u64,
+    mac_counter: u32,
+    /// NICs of running domains whose network was stopped under them (libvirt leaves the
+    /// tap off the bridge until the NIC is re-plugged).
+    cut: std::collections::BTreeSet<(String, crate::model::MacAddr)>,
+    /// Overlay volumes: path -> backing image.
+    volumes: BTreeMap<std::path::PathBuf, std::path::PathBuf>,
+}
+
+/// Strict in-memory `Hypervisor`. Cheap to build; state lives behind one mutex.
+#[derive(Debug, Default)]
+pub struct MemoryHypervisor {
+    state: Mutex<State>,
+}
+
+fn err(op: &str, object: &str, kind: HvErrorKind, message: impl Into<String>) -> HvError {
+    HvError { op: op.to_owned(), object: object.to_owned(), message: message.into(), kind, hint: None }
+}
+
+fn xml_err(op: &str, object: &str, e: XmlError) -> HvError {
+    err(op, object, HvErrorKind::InvalidXml, e.to_string())
+}
+
+/// `define_network` -> `define network`, for `HvError::op`.
+fn op_words(op: &str) -> String {
+    op.replace('_', " ")
+}
+
+impl State {
+    /// Logs the call, then fails it if a fault was injected for it.
+    fn enter(&mut self, op: &str, name: &str) -> Result<(), HvError> {
+        self.calls.push(format!("{op} {name}"));
+        if let Some(i) = self.faults.iter().position(|(o, n, _)| o == op && n == name) {
+            let (_, _, e) = self.faults.remove(i);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn next_uuid(&mut self) -> String {
+        self.uuid_counter += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.uuid_counter)
+    }
+
+    fn network(&mut self, op: &str, name: &str) -> Result<&mut ObservedNetwork, HvError> {
+        self.networks.get_mut(name).ok_or_else(|| {
+            err(&op_words(op), name, HvErrorKind::NotFound, format!("no network with matching name '{name}'"))
+        })
+    }
+
+    fn domain(&mut self, op: &str, name: &str) -> Result<&mut MemDomain, HvError> {
+        self.domains.get_mut(name).ok_or_else(|| {
+            err(&op_words(op), name, HvErrorKind::NotFound, format!("no domain with matching name '{name}'"))
+        })
+    }
+
+    /// Running domains with an interface on `network`.
+    fn running_users(&self, network: &str) -> Vec<String> {
+        self.domains
+            .values()
+            .filter(|d| d.obs.state == DomainState::Running)
+            .filter(|d| d.obs.interfaces.iter().any(|i| i.network.as_deref() == Some(network)))
+            .map(|d| d.obs.name.clone())
+            .collect()
+    }
+
+    /// The lowest `virbrN` no other network uses (libvirt's networkFindUnusedBridgeName).
+    fn free_bridge(&self, skip: &str) -> String {
+        (0u32..)
+            .map(|n| format!("virbr{n}"))
+            .find(|b| !self.networks.values().any(|n| n.name != skip && n.bridge.as_deref() == Some(b)))
+            .unwrap_or_default() // the range is unbounded, so `find` always returns Some
+    }
+
+    fn define_network(&mut self, xml_text: &str) -> Result<(), HvError> {
+        const OP: &str = "define network";
+        let mut net = xml::parse_network(xml_text, NetworkFlags::default()).map_err(|e| xml_err(OP, "?", e))?;
+        let name = net.name.clone();
+        self.enter("define_network", &name)?;
+        if let Some(uuid) = &net.uuid
+            && let Some(other) = self.networks.values().find(|n| n.uuid.as_ref() == Some(uuid) && n.name != name)
+        {
+            return Err(err(
+                OP,
+                &name,
+                HvErrorKind::Exists,
+                format!("network '{}' is already defined with uuid {uuid}", other.name),
+            ));
+        }
+        let existing = self.networks.get(&name).cloned();
+        if let Some(old) = &existing
+            && old.uuid != net.uuid
+        {
+            // libvirt gives a UUID-less definition a fresh UUID, so it never matches.
+            return Err(err(
+                OP,
+                &name,
+                HvErrorKind::Exists,
+                format!("network '{name}' already exists with uuid {}", old.uuid.clone().unwrap_or_default()),
+            ));
+        }
+        match &net.bridge {
+            Some(b) => {
+                if let Some(other) = self.networks.values().find(|n| n.name != name && n.bridge.as_ref() == Some(b)) {
+                    return Err(err(
+                        OP,
+                        &name,
+                        HvErrorKind::Exists,
+                        format!("bridge name '{b}' already in use (by network '{}')", other.name),
+                    ));
+                }
+            }
+            None => net.bridge = Some(self.free_bridge(&name)),
+        }
+        if net.uuid.is_none() {
+            net.uuid = Some(self.next_uuid());
+        }
+        net.persistent = true;
+        if let Some(old) = existing {
+            net.active = old.active;
+            net.autostart = old.autostart;
+        }
+        self.networks.insert(name, net);
+        Ok(())
+    }
+
+    fn define_domain(&mut self, xml_text: &str) -> Result<(), HvError> {
+        const OP: &str = "define domain";
+        let mut dom = xml::parse_domain(xml_text, DomainState::Shutoff).map_err(|e| xml_err(OP, "?", e))?;
+        let name = dom.name.clone();
+        self.enter("define_domain", &name)?;
+        if let Some(uuid) = &dom.uuid
+            && let Some(other) = self.domains.values().find(|d| d.obs.uuid.as_ref() == Some(uuid) && d.obs.name != name)
+        {
+            return Err(err(
+                OP,
+                &name,
+                HvErrorKind::Exists,
+                format!("domain '{}' is already defined with uuid {uuid}", other.obs.name),
+            ));
+        }
+        let existing = self.domains.get(&name).cloned();
+        if let Some(old) = &existing
+            && old.obs.uuid != dom.uuid
+        {
+            return Err(err(
+                OP,
+                &name,
+                HvErrorKind::Exists,
+                format!("domain '{name}' already exists with uuid {}", old.obs.uuid.clone().unwrap_or_default()),
+            ));
+        }
+        let mut seen = Vec::new();
+        for i in &mut dom.interfaces {
+            let mac = match i.mac {
+                Some(m) => m,
+                None => {
+                    let m = self.next_mac();
+                    i.mac = Some(m);
+                    m
+                }
+            };
+            if seen.contains(&mac) {
+                return Err(err(OP, &name, HvErrorKind::InvalidXml, format!("duplicate MAC address {mac} in domain")));
+            }
+            seen.push(mac);
+        }
+        if dom.uuid.is_none() {
+            dom.uuid = Some(self.next_uuid());
+        }
+        if let Some(old) = existing {
+            dom.state = old.obs.state;
+        }
+        self.domains.insert(name, MemDomain { obs: dom, persistent: true });
+        Ok(())
+    }
+
+    fn next_mac(&mut self) -> MacAddr {
+        self.mac_counter += 1;
+        let [_, a, b, c] = self.mac_counter.to_be_bytes();
+        // 0x52 is even: always unicast, so `new` cannot fail.
+        MacAddr::new([0x52, 0x54, 0x00, a, b, c]).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// libvirt checks, at domain start, that every `type='network'` interface's network
+    /// exists and is active.
+    fn check_networks_active(&self, op: &str, domain: &str, ifaces: &[ObservedInterface]) -> Result<(), HvError> {
+        for net in ifaces.iter().filter_map(|i| i.network.as_deref()) {
+            match self.networks.get(net) {
+                None => {
+                    return Err(err(
+                        op,
+                        domain,
+                        HvErrorKind::NotFound,
+                        format!("no network with matching name '{net}'"),
+                    ));
+                }
+                Some(n) if !n.active => {
+                    return Err(err(op, domain, HvErrorKind::InvalidState, format!("network '{net}' is not active")));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_iface(op: &str, domain: &str, xml_text: &str) -> Result<ObservedInterface, HvError> {
+        xml::parse_interface(xml_text).map_err(|e| xml_err(op, domain, e))
+    }
+}
+
+impl MemoryHypervisor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock leaves consistent data (every
+        // mutation is a single insert/assign after checks), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a network as if defined (same checks as `define_network`), not logged.
+    pub fn with_network_xml(self, xml: &str, active: bool, autostart: bool) -> Result<Self, HvError> {
+        {
+            let mut s = self.lock();
+            s.define_network(xml)?;
+            s.calls.pop();
+            let name =
+                xml::parse_network(xml, NetworkFlags::default()).map_err(|e| xml_err("define network", "?", e))?.name;
+            let n = s.network("define_network", &name)?;
+            n.active = active;
+            n.autostart = autostart;
+        }
+        Ok(self)
+    }
+
+    /// Adds a domain as if defined (same checks as `define_domain`), not logged. A running
+    /// fixture domain skips start's network checks (libvirt lets a network stop under a
+    /// running domain, so such states exist).
+    pub fn with_domain_xml(self, xml: &str, running: bool) -> Result<Self, HvError> {
+        {
+            let mut s = self.lock();
+            s.define_domain(xml)?;
+            s.calls.pop();
+            let name = xml::parse_domain(xml, DomainState::Shutoff).map_err(|e| xml_err("define domain", "?", e))?.name;
+            let d = s.domain("define_domain", &name)?;
+            d.obs.state = if running { DomainState::Running } else { DomainState::Shutoff };
+        }
+        Ok(self)
+    }
+
+    /// Makes the next call of `op` (a trait method name, e.g. `start_network`) on object
+    /// `name` fail with `error`. Each injected fault fires once.
+    pub fn fail_on(&self, op: &str, name: &str, error: HvError) {
+        self.lock().faults.push((op.to_owned(), name.to_owned(), error));
+    }
+
+    /// Every call so far, in order, as `"<method> <object>"` (e.g. `define_network lab-net`);
+    /// `observe` is logged as `"observe"`. Failed calls are logged too.
+    /// NICs cut off by a network stop and not re-plugged since: (domain, MAC).
+    pub fn cut_nics(&self) -> Vec<(String, crate::model::MacAddr)> {
+        self.lock().cut.iter().cloned().collect()
+    }
+
+    /// Overlay volumes that exist: (path, backing image).
+    pub fn volumes(&self) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+        self.lock().volumes.iter().map(|(a, b)| (a.clone(), b.clone())).collect()
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Sets the DHCP leases `dhcp_leases(network)` returns.
+    pub fn set_leases(&self, network: &str, leases: Vec<Lease>) {
+        self.lock().leases.insert(network.to_owned(), leases);
+    }
+}
+
+impl Hypervisor for MemoryHypervisor {
+    fn uri(&self) -> String {
+        MEMORY_URI.to_owned()
+    }
+
+    fn observe(&self) -> Result<Observed, HvError> {
+        let mut s = self.lock();
+        s.calls.push("observe".to_owned());
+        if let Some(i) = s.faults.iter().position(|(o, _, _)| o == "observe") {
+            let (_, _, e) = s.faults.remove(i);
+            return Err(e);
+        }
+        Ok(Observed {
+            networks: s.networks.clone(),
+            domains: s.domains.iter().map(|(k, d)| (k.clone(), d.obs.clone())).collect(),
+        })
+    }
+
+    fn define_network(&self, xml: &str) -> Result<(), HvError> {
+        self.lock().define_network(xml)
+    }
+
+    fn start_network(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("start_network", name)?;
+        let n = s.network("start_network", name)?;
+        if n.active {
+            return Err(err("start network", name, HvErrorKind::InvalidState, "network is already active"));
+        }
+        n.active = true;
+        Ok(())
+    }
+
+    fn set_network_autostart(&self, name: &str, autostart: bool) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("set_network_autostart", name)?;
+        let n = s.network("set_network_autostart", name)?;
+        if !n.persistent {
+            return Err(err(
+                "set network autostart",
+                name,
+                HvErrorKind::InvalidState,
+                "cannot set autostart for transient network",
+            ));
+        }
+        n.autostart = autostart;
+        Ok(())
+    }
+
+    fn stop_network(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("stop_network", name)?;
+        let users = s.running_users(name);
+        let n = s.network("stop_network", name)?;
+        if !n.active {
+            return Err(err("stop network", name, HvErrorKind::InvalidState, "network is not active"));
+        }
+        // libvirt lets a network stop under running domains: their NICs lose the link
+        // until they are re-plugged. Record that so tests can see what apply left cut.
+        let _ = n;
+        for d in &users {
+            let macs: Vec<_> = s.domains[d]
+                .obs
+                .interfaces
+                .iter()
+                .filter(|i| i.network.as_deref() == Some(name))
+                .filter_map(|i| i.mac)
+                .collect();
+            for m in macs {
+                s.cut.insert((d.clone(), m));
+            }
+        }
+        let n = s.network("stop_network", name)?;
+        if n.persistent {
+            n.active = false;
+        } else {
+            s.networks.remove(name);
+        }
+        Ok(())
+    }
+
+    fn undefine_network(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("undefine_network", name)?;
+        let users = s.running_users(name);
+        let n = s.network("undefine_network", name)?;
+        if !n.persistent {
+            return Err(err("undefine network", name, HvErrorKind::InvalidState, "network is not persistent"));
+        }
+        if !users.is_empty() {
+            return Err(err(
+                "undefine network",
+                name,
+                HvErrorKind::InvalidState,
+                format!("network is in use by running domain(s) {}", users.join(", ")),
+            ));
+        }
+        if n.active {
+            // libvirt keeps an active network running as a transient one.
+            n.persistent = false;
+            n.autostart = false;
+        } else {
+            s.networks.remove(name);
+        }
+        Ok(())
+    }
+
+    fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
+        const OP: &str = "update dhcp host";
+        let mut s = self.lock();
+        s.enter("update_dhcp_host", network)?;
+        let host = xml::parse_dhcp_host(host_xml).map_err(|e| xml_err(OP, network, e))?;
+        let n = s.network("update_dhcp_host", network)?;
+        let Some(ip) = n.ip.as_mut() else {
+            return Err(err(
+                OP,
+                network,
+                HvErrorKind::InvalidState,
+                format!("couldn't update dhcp host entry - no <ip> element found in network '{network}'"),
+            ));
+        };
+        match op {
+            HostOp::Add => {
+                if ip.hosts.iter().any(|h| h.mac == host.mac || h.ip == host.ip) {
+                    return Err(err(
+                        OP,
+                        network,
+                        HvErrorKind::Exists,
+                        format!("there is an existing dhcp host entry in network '{network}' that matches {host_xml}"),
+                    ));
+                }
+                ip.hosts.push(host);
+                ip.hosts.sort_by_key(|h| h.mac);
+            }
+            HostOp::Delete => {
+                // libvirt matches a delete on mac, name or ip; topo always sends all three.
+                let Some(i) = ip.hosts.iter().position(|h| h.mac == host.mac && h.ip == host.ip) else {
+                    return Err(err(
+                        OP,
+                        network,
+                        HvErrorKind::NotFound,
+                        format!("couldn't locate a matching dhcp host entry in network '{network}'"),
+                    ));
+                };
+                ip.hosts.remove(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn dhcp_leases(&self, network: &str) -> Result<Vec<Lease>, HvError> {
+        let mut s = self.lock();
+        s.enter("dhcp_leases", network)?;
+        s.network("dhcp_leases", network)?;
+        Ok(s.leases.get(network).cloned().unwrap_or_default())
+    }
+
+    fn define_domain(&self, xml: &str) -> Result<(), HvError> {
+        self.lock().define_domain(xml)
+    }
+
+    fn start_domain(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("start_domain", name)?;
+        let d = s.domain("start_domain", name)?.clone();
+        if d.obs.state != DomainState::Shutoff {
+            return Err(err("start domain", name, HvErrorKind::InvalidState, "domain is already running"));
+        }
+        s.check_networks_active("start domain", name, &d.obs.interfaces)?;
+        s.domain("start_domain", name)?.obs.state = DomainState::Running;
+        Ok(())
+    }
+
+    fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {
+        self.power_off("shutdown_domain", name)
+    }
+
+    fn destroy_domain(&self, name: &str) -> Result<(), HvError> {
+        self.power_off("destroy_domain", name)
+    }
+
+    fn undefine_domain(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("undefine_domain", name)?;
+        let d = s.domain("undefine_domain", name)?;
+        if !d.persistent {
+            return Err(err("undefine domain", name, HvErrorKind::InvalidState, "cannot undefine transient domain"));
+        }
+        if d.obs.state == DomainState::Shutoff {
+            s.domains.remove(name);
+        } else {
+            d.persistent = false;
+        }
+        Ok(())
+    }
+
+    fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {
+        const OP: &str = "attach device";
+        let mut s = self.lock();
+        s.enter("attach_device", domain)?;
+        let mut iface = State::parse_iface(OP, domain, xml)?;
+        let d = s.domain("attach_device", domain)?.clone();
+        if let Some(mac) = iface.mac
+            && d.obs.interfaces.iter().any(|i| i.mac == Some(mac))
+        {
+            return Err(err(OP, domain, HvErrorKind::Exists, format!("network device with mac {mac} already exists")));
+        }
+        if d.obs.state == DomainState::Running {
+            s.check_networks_active(OP, domain, std::slice::from_ref(&iface))?;
+        }
+        if iface.mac.is_none() {
+            iface.mac = Some(s.next_mac());
+        }
+        s.domain("attach_device", domain)?.obs.interfaces.push(iface);
+        Ok(())
+    }
+
+    fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {
+        const OP: &str = "detach device";
+        let mut s = self.lock();
+        s.enter("detach_device", domain)?;
+        let iface = State::parse_iface(OP, domain, xml)?;
+        let d = s.domain("detach_device", domain)?;
+        let Some(mac) = iface.mac else {
+            return Err(err(OP, domain, HvErrorKind::InvalidXml, "detaching an interface needs its MAC address"));
+        };
+        let Some(i) = d.obs.interfaces.iter().position(|i| i.mac == Some(mac)) else {
+            return Err(err(OP, domain, HvErrorKind::NotFound, format!("no device matching MAC address {mac} found")));
+        };
+        d.obs.interfaces.remove(i);
+        s.cut.remove(&(domain.to_string(), mac));
+        Ok(())
+    }
+
+    fn domain_state(&self, name: &str) -> Result<DomainState, HvError> {
+        let mut s = self.lock();
+        s.enter("domain_state", name)?;
+        Ok(s.domain("domain_state", name)?.obs.state)
+    }
+
+    fn create_overlay(
+        &self,
+        path: &std::path::Path,
+        backing: &std::path::Path,
+        _size: Option<u64>,
+    ) -> Result<(), HvError> {
+        let shown = path.display().to_string();
+        let mut s = self.lock();
+        s.enter("create_overlay", &shown)?;
+        if s.volumes.contains_key(path) {
+            return Err(err("create overlay", &shown, HvErrorKind::Exists, "storage volume already exists"));
+        }
+        s.volumes.insert(path.to_path_buf(), backing.to_path_buf());
+        Ok(())
+    }
+
+    fn delete_overlay(&self, path: &std::path::Path) -> Result<(), HvError> {
+        let shown = path.display().to_string();
+        let mut s = self.lock();
+        s.enter("delete_overlay", &shown)?;
+        let in_use = s.domains.values().any(|d| {
+            d.obs.state != DomainState::Shutoff && d.obs.disks.iter().any(|p| std::path::Path::new(p) == path)
+        });
+        if in_use {
+            return Err(err(
+                "delete overlay",
+                &shown,
+                HvErrorKind::InvalidState,
+                "storage volume is in use by a running domain",
+            ));
+        }
+        match s.volumes.remove(path) {
+            Some(_) => Ok(()),
+            None => Err(err("delete overlay", &shown, HvErrorKind::NotFound, "Storage volume not found")),
+        }
+    }
+}
+
+impl MemoryHypervisor {
+    fn power_off(&self, op: &str, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter(op, name)?;
+        let d = s.domain(op, name)?;
+        if d.obs.state == DomainState::Shutoff {
+            return Err(err(&op_words(op), name, HvErrorKind::InvalidState, "domain is not running"));
+        }
+        if d.persistent {
+            d.obs.state = DomainState::Shutoff;
+        } else {
+            s.domains.remove(name);
+        }
+        Ok(())
+    }
+}

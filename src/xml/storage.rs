@@ -1,0 +1,142 @@
+//! Storage XML: the directory pool for VM overlays and the qcow2 overlay volume.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::XmlError;
+
+#[derive(Serialize)]
+#[serde(rename = "pool")]
+struct PoolW<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    name: &'a str,
+    target: TargetPathW<'a>,
+}
+
+#[derive(Serialize)]
+struct TargetPathW<'a> {
+    path: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename = "volume")]
+struct VolumeW<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<CapacityW>,
+    target: VolTargetW,
+    #[serde(rename = "backingStore")]
+    backing: BackingW<'a>,
+}
+
+#[derive(Serialize)]
+struct CapacityW {
+    #[serde(rename = "@unit")]
+    unit: &'static str,
+    #[serde(rename = "$text")]
+    value: u64,
+}
+
+#[derive(Serialize)]
+struct FormatW {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct VolTargetW {
+    format: FormatW,
+}
+
+#[derive(Serialize)]
+struct BackingW<'a> {
+    path: &'a str,
+    format: FormatW,
+}
+
+fn utf8(p: &Path) -> Result<&str, XmlError> {
+    p.to_str().ok_or_else(|| XmlError::NonUtf8Path(p.to_path_buf()))
+}
+
+fn to_xml<T: Serialize>(what: &'static str, v: &T) -> Result<String, XmlError> {
+    quick_xml::se::to_string(v).map_err(|e| XmlError::Serialize { what, message: e.to_string() })
+}
+
+/// `<pool type='dir'>` named `name` over folder `dir`.
+pub fn dir_pool_xml(name: &str, dir: &Path) -> Result<String, XmlError> {
+    to_xml("pool", &PoolW { kind: "dir", name, target: TargetPathW { path: utf8(dir)? } })
+}
+
+/// A qcow2 volume `name` backed by `backing` (of `backing_format`), `size` bytes or the
+/// backing image's size.
+pub fn overlay_volume_xml(
+    name: &str,
+    backing: &Path,
+    backing_format: &'static str,
+    size: Option<u64>,
+) -> Result<String, XmlError> {
+    to_xml(
+        "volume",
+        &VolumeW {
+            name,
+            capacity: size.map(|value| CapacityW { unit: "bytes", value }),
+            target: VolTargetW { format: FormatW { kind: "qcow2" } },
+            backing: BackingW { path: utf8(backing)?, format: FormatW { kind: backing_format } },
+        },
+    )
+}
+
+#[derive(Serialize)]
+#[serde(rename = "interface")]
+struct PlainIfaceW<'a> {
+    #[serde(rename = "@type")]
+    kind: &'static str,
+    mac: MacW,
+    source: SourceW<'a>,
+}
+
+#[derive(Serialize)]
+struct MacW {
+    #[serde(rename = "@address")]
+    address: String,
+}
+
+#[derive(Serialize)]
+struct SourceW<'a> {
+    #[serde(rename = "@network")]
+    network: &'a str,
+}
+
+/// The smallest `<interface>` that identifies a NIC for detaching: type, MAC and network.
+pub fn plain_interface_xml(mac: crate::model::MacAddr, network: &str) -> String {
+    // Invariant: two attributes of plain strings always serialise.
+    to_xml(
+        "interface",
+        &PlainIfaceW { kind: "network", mac: MacW { address: mac.to_string() }, source: SourceW { network } },
+    )
+    .expect("interface XML serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_and_pool_xml() {
+        let v = overlay_volume_xml("a-1.qcow2", Path::new("/img/base & co.qcow2"), "qcow2", Some(1024)).unwrap();
+        assert_eq!(
+            v,
+            "<volume><name>a-1.qcow2</name><capacity unit=\"bytes\">1024</capacity><target><format type=\"qcow2\"/></target>\
+             <backingStore><path>/img/base &amp; co.qcow2</path><format type=\"qcow2\"/></backingStore></volume>"
+        );
+        let p = dir_pool_xml("topo-overlays", Path::new("/var/lib/x")).unwrap();
+        assert_eq!(p, "<pool type=\"dir\"><name>topo-overlays</name><target><path>/var/lib/x</path></target></pool>");
+        let i = plain_interface_xml("52:54:00:00:00:01".parse().unwrap(), "a'b");
+        assert_eq!(
+            i,
+            "<interface type=\"network\"><mac address=\"52:54:00:00:00:01\"/><source network=\"a'b\"/></interface>"
+        );
+    }
+}
