@@ -3,11 +3,13 @@
 //! Data flows one way: `source -> spec -> model -> graph -> plan(desired, observed) ->
 //! render | apply -> verify`. See docs/architecture.md.
 
+pub mod arp;
 pub mod graph;
 pub mod hypervisor;
 pub mod model;
 pub mod observed;
 pub mod plan;
+pub mod prober;
 pub mod schema;
 pub mod source;
 pub mod spec;
