@@ -1165,4 +1165,118 @@ mod tests {
             "10.0.0.5 is answered by 52:54:00:ff:ff:ff, not by this NIC"
         );
     }
+
+    #[test]
+    fn targets_from_the_model() {
+        use crate::model::{ByteSize, DhcpRange, ManagedNetwork, NetworkMode, VirtType};
+        use crate::observed::{ObservedHost, ObservedIp, ObservedMode};
+        use std::collections::BTreeMap;
+
+        let span = miette::SourceSpan::from((0, 0));
+        let nic = |index, network: &str, ip| Nic {
+            index,
+            network: NetworkName::new(network).unwrap(),
+            mac: if index == 0 { a() } else { b() },
+            mac_derived: true,
+            ip,
+            verify: if index == 0 {
+                Verify::Arp
+            } else {
+                Verify::None
+            },
+            span,
+        };
+        let vm = Vm {
+            name: VmName::new("deb1").unwrap(),
+            libvirt_name: "lab-deb1".into(),
+            virt_type: VirtType::Qemu,
+            memory: ByteSize::from_mib(256),
+            vcpus: 1,
+            boot: None,
+            disk: None,
+            nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
+            span,
+        };
+        let local = Network {
+            name: NetworkName::new("local").unwrap(),
+            libvirt_name: "lab-local".into(),
+            kind: NetworkKind::Managed(ManagedNetwork {
+                mode: NetworkMode::Isolated,
+                subnet: Some("10.0.0.0/24".parse().unwrap()),
+                gateway: Some(ip("10.0.0.1")),
+                dhcp: Some(DhcpRange {
+                    start: ip("10.0.0.100"),
+                    end: ip("10.0.0.200"),
+                }),
+                bridge: None,
+                autostart: false,
+                stp: false,
+                dhcp_ping: false,
+                reservations: BTreeMap::new(),
+            }),
+            span,
+        };
+        let ext = Network {
+            name: NetworkName::new("ext").unwrap(),
+            libvirt_name: "default".into(),
+            kind: NetworkKind::External,
+            span,
+        };
+        let observed = |name: &str, bridge: &str, ip_: Option<ObservedIp>| ObservedNetwork {
+            name: name.into(),
+            uuid: None,
+            active: true,
+            persistent: true,
+            autostart: false,
+            mode: ObservedMode::Known(NetworkMode::Nat),
+            bridge: Some(bridge.into()),
+            stp: true,
+            ip: ip_,
+            dhcp_ping: true,
+            owner: None,
+        };
+        let o_local = observed("lab-local", "virbr5", None);
+        let o_ext = observed(
+            "default",
+            "virbr0",
+            Some(ObservedIp {
+                address: ip("192.168.122.1"),
+                prefix: 24,
+                dhcp_range: Some(DhcpRange {
+                    start: ip("192.168.122.2"),
+                    end: ip("192.168.122.254"),
+                }),
+                hosts: vec![ObservedHost {
+                    mac: b(),
+                    ip: ip("192.168.122.9"),
+                    name: None,
+                }],
+            }),
+        );
+
+        let t0 = NicTarget::from_model(&vm, &vm.nics[0], &local, Some(&o_local), true);
+        assert_eq!(t0.nic, "eth0");
+        assert_eq!(t0.libvirt_network, "lab-local");
+        assert_eq!(
+            t0.bridge.as_deref(),
+            Some("virbr5"),
+            "libvirt-chosen bridge"
+        );
+        assert_eq!(t0.reservation, Some(ip("10.0.0.20")));
+        assert!(t0.dhcp && t0.verify && t0.running);
+        assert_eq!(t0.subnet, Some("10.0.0.0/24".parse().unwrap()));
+
+        let t1 = NicTarget::from_model(&vm, &vm.nics[1], &ext, Some(&o_ext), false);
+        assert_eq!(t1.bridge.as_deref(), Some("virbr0"));
+        assert_eq!(t1.subnet, Some("192.168.122.0/24".parse().unwrap()));
+        assert_eq!(
+            t1.reservation,
+            Some(ip("192.168.122.9")),
+            "host entry of the network"
+        );
+        assert!(t1.dhcp && !t1.verify && !t1.running);
+
+        let t2 = NicTarget::from_model(&vm, &vm.nics[1], &ext, None, true);
+        assert_eq!((t2.bridge, t2.subnet, t2.dhcp), (None, None, false));
+    }
 }

@@ -193,3 +193,89 @@ fn missing_and_down_interfaces_are_reported() {
         ));
     });
 }
+
+#[test]
+fn verify_over_real_arp() {
+    use topo::model::{NetworkName, VmName};
+    use topo::observed::Lease;
+    use topo::verify::{FailReason, NicState, NicTarget, SystemClock, VerifyOptions, verify};
+
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new("verify");
+    let target = |vm: &str, mac: &str| NicTarget {
+        vm: VmName::new(vm).unwrap(),
+        nic: "eth0".into(),
+        network: NetworkName::new("net").unwrap(),
+        libvirt_network: "lab-net".into(),
+        bridge: Some("br0".into()),
+        mac: mac.parse().unwrap(),
+        reservation: None,
+        dhcp: true,
+        subnet: Some("10.99.0.0/24".parse().unwrap()),
+        running: true,
+        verify: true,
+    };
+    let targets = [
+        target("guest", GUEST_MAC),
+        target("ghost", "02:00:00:99:00:06"),
+        target("dup", "02:00:00:99:00:07"),
+    ];
+    let lease = |mac: &str, ip: Ipv4Addr| Lease {
+        network: "lab-net".into(),
+        mac: mac.parse().unwrap(),
+        ip,
+        hostname: None,
+        expiry: 0,
+    };
+    // .5 is the guest's; .6 is a stale lease nobody answers; the "dup" NIC holds a stale
+    // lease for .5, which the guest answers with another MAC.
+    let leases = || {
+        Ok(vec![
+            lease(GUEST_MAC, GUEST_IP),
+            lease("02:00:00:99:00:06", ABSENT_IP),
+            lease("02:00:00:99:00:07", GUEST_IP),
+        ])
+    };
+    let opts = VerifyOptions {
+        timeout: Duration::from_secs(2),
+        ..VerifyOptions::default()
+    };
+    let report = net.in_host(|| {
+        verify(
+            &targets,
+            &PnetProber::default(),
+            &leases,
+            &SystemClock::start(),
+            &opts,
+            |p| eprintln!("{} {}: {}", p.target.vm, p.target.nic, p.state),
+        )
+        .expect("verification runs")
+    });
+    match &report.nics[0].state {
+        NicState::Verified { ip, evidence, .. } => {
+            assert_eq!(*ip, GUEST_IP);
+            assert_eq!(
+                evidence.to_string(),
+                format!("arp reply from {GUEST_MAC} on br0")
+            );
+        }
+        other => panic!("guest not verified: {other:?}"),
+    }
+    assert_eq!(
+        report.nics[1].state,
+        NicState::Failed {
+            reason: FailReason::LeasedButSilent { ip: ABSENT_IP }
+        }
+    );
+    assert_eq!(
+        report.nics[2].state,
+        NicState::Failed {
+            reason: FailReason::Conflict {
+                ip: GUEST_IP,
+                other_mac: guest_mac()
+            }
+        }
+    );
+}
