@@ -1004,6 +1004,31 @@ mod tests {
     }
 
     #[test]
+    fn silent_reservation_without_dhcp_or_lease() {
+        let mut t = target("vm1", a());
+        t.dhcp = false;
+        t.reservation = Some(ip("10.0.0.20"));
+        let p = FakeProber::new().answer("br0", ip("10.0.0.77"), a());
+        let r = run(&[t.clone()], &p, &FakeLeases::new());
+        // A known candidate means no sweep: the NIC must answer where it is expected to.
+        assert_eq!(
+            failed(&r, 0),
+            &FailReason::LeasedButSilent {
+                ip: ip("10.0.0.20")
+            }
+        );
+        assert!(p.calls().iter().all(|c| c.targets == vec![ip("10.0.0.20")]));
+        // With DHCP on and only a reservation, the missing lease is the diagnosis.
+        t.dhcp = true;
+        let r = run(
+            &[t],
+            &FakeProber::new().with_bridge("br0"),
+            &FakeLeases::new(),
+        );
+        assert_eq!(failed(&r, 0), &FailReason::NoLease);
+    }
+
+    #[test]
     fn stopped_vm_fails_without_probing() {
         let mut t = target("vm1", a());
         t.running = false;
