@@ -208,13 +208,6 @@ impl Prober for PnetProber {
                 bridge: bridge.to_owned(),
             });
         }
-        let own_mac = iface
-            .mac
-            .filter(|m| !m.is_zero())
-            .and_then(|m| MacAddr::new(m.octets()).ok())
-            .ok_or_else(|| ProbeError::NoMac {
-                bridge: bridge.to_owned(),
-            })?;
         let wanted: BTreeSet<Ipv4Addr> = targets.iter().copied().collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -245,6 +238,14 @@ impl Prober for PnetProber {
             }
             Err(e) => return Err(ProbeError::from_io(bridge, "opening a raw socket", e)),
         };
+        // Checked after opening the socket, so a missing privilege is reported first.
+        let own_mac = iface
+            .mac
+            .filter(|m| !m.is_zero())
+            .and_then(|m| MacAddr::new(m.octets()).ok())
+            .ok_or_else(|| ProbeError::NoMac {
+                bridge: bridge.to_owned(),
+            })?;
 
         let stop = AtomicBool::new(false);
         let (sent, read) = thread::scope(|s| {
@@ -520,6 +521,36 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(err, ProbeError::InterfaceMissing { .. }),
+            "{err:?}"
+        );
+    }
+
+    /// CAP_NET_RAW (bit 13) in this thread's effective capability set.
+    fn has_net_raw() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_none_or(|caps| caps & (1 << 13) != 0)
+    }
+
+    #[test]
+    fn pnet_prober_without_cap_net_raw_is_permission_denied() {
+        if has_net_raw() {
+            eprintln!("skipping: only meaningful without CAP_NET_RAW (run as an ordinary user)");
+            return;
+        }
+        // Without the capability socket() fails before any frame could be sent.
+        let lo = pnet::datalink::interfaces()
+            .into_iter()
+            .find(|i| i.is_loopback() && i.is_up())
+            .expect("a loopback interface");
+        let err = PnetProber::default()
+            .probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1))
+            .unwrap_err();
+        assert!(
+            matches!(err, ProbeError::PermissionDenied { .. }),
             "{err:?}"
         );
     }
