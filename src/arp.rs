@@ -87,11 +87,7 @@ pub fn parse_reply(frame: &[u8]) -> Option<ArpReply> {
     let mut sha = [0u8; 6];
     sha.copy_from_slice(&frame[22..28]);
     let sender_mac = MacAddr::new(sha).ok()?;
-    Some(ArpReply {
-        sender_mac,
-        sender_ip: ipv4(frame, 28),
-        target_ip: ipv4(frame, 38),
-    })
+    Some(ArpReply { sender_mac, sender_ip: ipv4(frame, 28), target_ip: ipv4(frame, 38) })
 }
 
 #[cfg(test)]
@@ -121,11 +117,7 @@ mod tests {
 
     #[test]
     fn request_layout_is_rfc826() {
-        let f = build_request(
-            mac("52:54:00:aa:bb:cc"),
-            Ipv4Addr::new(10, 0, 0, 1),
-            Ipv4Addr::new(10, 0, 0, 5),
-        );
+        let f = build_request(mac("52:54:00:aa:bb:cc"), Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 5));
         #[rustfmt::skip]
         let want: [u8; 42] = [
             0xff, 0xff, 0xff, 0xff, 0xff, 0xff,  0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc,  0x08, 0x06,
@@ -138,22 +130,14 @@ mod tests {
 
     #[test]
     fn probe_request_has_zero_sender_ip() {
-        let f = build_request(
-            mac("52:54:00:aa:bb:cc"),
-            Ipv4Addr::UNSPECIFIED,
-            [10, 0, 0, 5].into(),
-        );
+        let f = build_request(mac("52:54:00:aa:bb:cc"), Ipv4Addr::UNSPECIFIED, [10, 0, 0, 5].into());
         assert_eq!(&f[28..32], &[0, 0, 0, 0]);
         assert_eq!(&f[38..42], &[10, 0, 0, 5]);
     }
 
     #[test]
     fn own_request_is_not_a_reply() {
-        let f = build_request(
-            mac("52:54:00:aa:bb:cc"),
-            [10, 0, 0, 1].into(),
-            [10, 0, 0, 5].into(),
-        );
+        let f = build_request(mac("52:54:00:aa:bb:cc"), [10, 0, 0, 1].into(), [10, 0, 0, 5].into());
         assert_eq!(parse_reply(&f), None);
     }
 
@@ -192,10 +176,7 @@ mod tests {
             f[at] = v;
             parse_reply(&f)
         };
-        assert!(
-            mutate(12, 0x08).is_some(),
-            "sanity: writing the same byte keeps it valid"
-        );
+        assert!(mutate(12, 0x08).is_some(), "sanity: writing the same byte keeps it valid");
         assert_eq!(mutate(13, 0x00), None, "EtherType IPv4");
         assert_eq!(mutate(12, 0x81), None, "VLAN tag / other EtherType");
         assert_eq!(mutate(15, 6), None, "hardware type IEEE 802");

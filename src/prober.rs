@@ -74,19 +74,13 @@ impl ProbeError {
     pub fn from_io(bridge: &str, op: &'static str, e: io::Error) -> Self {
         let bridge = bridge.to_owned();
         let errno = e.raw_os_error().map(Errno::from_raw);
-        if e.kind() == io::ErrorKind::PermissionDenied
-            || matches!(errno, Some(Errno::EPERM | Errno::EACCES))
-        {
+        if e.kind() == io::ErrorKind::PermissionDenied || matches!(errno, Some(Errno::EPERM | Errno::EACCES)) {
             return ProbeError::PermissionDenied { bridge };
         }
         match errno {
             Some(Errno::ENODEV | Errno::ENXIO) => ProbeError::InterfaceMissing { bridge },
             Some(Errno::ENETDOWN) => ProbeError::InterfaceDown { bridge },
-            _ => ProbeError::Io {
-                bridge,
-                op,
-                source: e,
-            },
+            _ => ProbeError::Io { bridge, op, source: e },
         }
     }
 }
@@ -97,12 +91,7 @@ pub trait Prober: Send + Sync {
     /// `timeout` has passed. Returns each distinct (MAC, address) that answered for one of the
     /// targets, sorted; replies from the bridge's own MAC are left out. Several MACs answering
     /// for one address all appear (that is a conflict, for the caller to judge).
-    fn probe(
-        &self,
-        bridge: &str,
-        targets: &[Ipv4Addr],
-        timeout: Duration,
-    ) -> Result<Vec<ArpReply>, ProbeError>;
+    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError>;
 }
 
 /// Every host address of `subnet` (network and broadcast addresses left out below /31), or
@@ -116,12 +105,7 @@ pub fn sweep_targets(subnet: Ipv4Network, max: u32) -> Option<Vec<Ipv4Addr>> {
         return None;
     }
     let (net, bcast) = (subnet.network(), subnet.broadcast());
-    Some(
-        subnet
-            .iter()
-            .filter(|ip| subnet.prefix() >= 31 || (*ip != net && *ip != bcast))
-            .collect(),
-    )
+    Some(subnet.iter().filter(|ip| subnet.prefix() >= 31 || (*ip != net && *ip != bcast)).collect())
 }
 
 /// The real prober: an `AF_PACKET` socket on the bridge through `pnet::datalink`.
@@ -137,11 +121,7 @@ pub struct PnetProber {
 
 impl Default for PnetProber {
     fn default() -> Self {
-        Self {
-            read_timeout: Duration::from_millis(20),
-            burst: 32,
-            burst_gap: Duration::from_micros(200),
-        }
+        Self { read_timeout: Duration::from_millis(20), burst: 32, burst_gap: Duration::from_micros(200) }
     }
 }
 
@@ -156,28 +136,17 @@ pub fn source_ip(bridge_addrs: &[Ipv4Network], target: Ipv4Addr) -> Ipv4Addr {
 }
 
 fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 impl PnetProber {
-    fn send(
-        bridge: &str,
-        tx: &mut dyn pnet::datalink::DataLinkSender,
-        frame: &[u8],
-    ) -> Result<(), ProbeError> {
+    fn send(bridge: &str, tx: &mut dyn pnet::datalink::DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
         let mut tries = 0;
         loop {
             match tx.send_to(frame, None) {
                 None | Some(Ok(())) => return Ok(()),
                 // The device queue is full: give it a moment, a few times.
-                Some(Err(e))
-                    if tries < 5
-                        && (is_transient(&e)
-                            || e.raw_os_error() == Some(Errno::ENOBUFS as i32)) =>
-                {
+                Some(Err(e)) if tries < 5 && (is_transient(&e) || e.raw_os_error() == Some(Errno::ENOBUFS as i32)) => {
                     tries += 1;
                     thread::sleep(Duration::from_millis(1));
                 }
@@ -188,25 +157,16 @@ impl PnetProber {
 }
 
 impl Prober for PnetProber {
-    fn probe(
-        &self,
-        bridge: &str,
-        targets: &[Ipv4Addr],
-        timeout: Duration,
-    ) -> Result<Vec<ArpReply>, ProbeError> {
+    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError> {
         use pnet::datalink::{self, Channel, Config};
         use pnet::ipnetwork::IpNetwork;
 
         let iface = datalink::interfaces()
             .into_iter()
             .find(|i| i.name == bridge)
-            .ok_or_else(|| ProbeError::InterfaceMissing {
-                bridge: bridge.to_owned(),
-            })?;
+            .ok_or_else(|| ProbeError::InterfaceMissing { bridge: bridge.to_owned() })?;
         if !iface.is_up() {
-            return Err(ProbeError::InterfaceDown {
-                bridge: bridge.to_owned(),
-            });
+            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
         }
         let wanted: BTreeSet<Ipv4Addr> = targets.iter().copied().collect();
         if wanted.is_empty() {
@@ -243,9 +203,7 @@ impl Prober for PnetProber {
             .mac
             .filter(|m| !m.is_zero())
             .and_then(|m| MacAddr::new(m.octets()).ok())
-            .ok_or_else(|| ProbeError::NoMac {
-                bridge: bridge.to_owned(),
-            })?;
+            .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
 
         let stop = AtomicBool::new(false);
         let (sent, read) = thread::scope(|s| {
@@ -286,9 +244,7 @@ impl Prober for PnetProber {
                 thread::sleep(timeout);
             }
             stop.store(true, Ordering::Release);
-            let read = reader
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (sent, read)
         });
         sent?;
@@ -358,10 +314,7 @@ impl FakeProber {
     /// `mac` answers for `ip` on `bridge` once `ip` has been probed `after` times there.
     pub fn answer_after(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, after: u32) -> Self {
         self.bridges.insert(bridge.to_owned());
-        self.answers
-            .entry((bridge.to_owned(), ip))
-            .or_default()
-            .push(FakeAnswer { mac, after });
+        self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after });
         self
     }
     /// Every call so far, in order.
@@ -370,11 +323,7 @@ impl FakeProber {
     }
     /// How often `ip` was probed on `bridge`.
     pub fn probes_of(&self, bridge: &str, ip: Ipv4Addr) -> u32 {
-        self.lock()
-            .probes
-            .get(&(bridge.to_owned(), ip))
-            .copied()
-            .unwrap_or(0)
+        self.lock().probes.get(&(bridge.to_owned(), ip)).copied().unwrap_or(0)
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         // A panic while holding the lock only happens in a failing test; keep the data.
@@ -383,12 +332,7 @@ impl FakeProber {
 }
 
 impl Prober for FakeProber {
-    fn probe(
-        &self,
-        bridge: &str,
-        targets: &[Ipv4Addr],
-        timeout: Duration,
-    ) -> Result<Vec<ArpReply>, ProbeError> {
+    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError> {
         let mut st = self.lock();
         st.calls.push(FakeCall {
             bridge: bridge.to_owned(),
@@ -397,19 +341,13 @@ impl Prober for FakeProber {
             thread: thread::current().id(),
         });
         if !self.bridges.contains(bridge) {
-            return Err(ProbeError::InterfaceMissing {
-                bridge: bridge.to_owned(),
-            });
+            return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
         }
         if self.down.contains(bridge) {
-            return Err(ProbeError::InterfaceDown {
-                bridge: bridge.to_owned(),
-            });
+            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
         }
         if self.denied {
-            return Err(ProbeError::PermissionDenied {
-                bridge: bridge.to_owned(),
-            });
+            return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
         }
         let mut got = BTreeSet::new();
         for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
@@ -419,11 +357,7 @@ impl Prober for FakeProber {
             *n += 1;
             for a in self.answers.get(&key).into_iter().flatten() {
                 if before >= a.after {
-                    got.insert(ArpReply {
-                        sender_mac: a.mac,
-                        sender_ip: ip,
-                        target_ip: Ipv4Addr::UNSPECIFIED,
-                    });
+                    got.insert(ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED });
                 }
             }
         }
@@ -450,23 +384,14 @@ mod tests {
         assert_eq!(hosts.first(), Some(&ip("10.0.0.1")));
         assert_eq!(hosts.last(), Some(&ip("10.0.0.254")));
         assert_eq!(sweep_targets("10.0.0.0/16".parse().unwrap(), 1024), None);
-        assert_eq!(
-            sweep_targets("10.0.0.4/31".parse().unwrap(), 1024),
-            Some(vec![ip("10.0.0.4"), ip("10.0.0.5")])
-        );
-        assert_eq!(
-            sweep_targets("10.0.0.9/32".parse().unwrap(), 1),
-            Some(vec![ip("10.0.0.9")])
-        );
+        assert_eq!(sweep_targets("10.0.0.4/31".parse().unwrap(), 1024), Some(vec![ip("10.0.0.4"), ip("10.0.0.5")]));
+        assert_eq!(sweep_targets("10.0.0.9/32".parse().unwrap(), 1), Some(vec![ip("10.0.0.9")]));
         assert_eq!(sweep_targets("10.0.0.8/30".parse().unwrap(), 1), None);
     }
 
     #[test]
     fn source_ip_prefers_the_targets_subnet() {
-        let addrs: Vec<Ipv4Network> = vec![
-            "192.168.1.1/24".parse().unwrap(),
-            "10.0.0.1/24".parse().unwrap(),
-        ];
+        let addrs: Vec<Ipv4Network> = vec!["192.168.1.1/24".parse().unwrap(), "10.0.0.1/24".parse().unwrap()];
         assert_eq!(source_ip(&addrs, ip("10.0.0.7")), ip("10.0.0.1"));
         assert_eq!(source_ip(&addrs, ip("172.16.0.7")), ip("192.168.1.1"));
         assert_eq!(source_ip(&[], ip("10.0.0.7")), Ipv4Addr::UNSPECIFIED);
@@ -475,54 +400,30 @@ mod tests {
     #[test]
     fn io_errors_are_classified() {
         let e = |n: Errno| io::Error::from_raw_os_error(n as i32);
-        assert!(matches!(
-            ProbeError::from_io("br0", "x", e(Errno::EPERM)),
-            ProbeError::PermissionDenied { .. }
-        ));
-        assert!(matches!(
-            ProbeError::from_io("br0", "x", e(Errno::EACCES)),
-            ProbeError::PermissionDenied { .. }
-        ));
-        assert!(matches!(
-            ProbeError::from_io("br0", "x", e(Errno::ENODEV)),
-            ProbeError::InterfaceMissing { .. }
-        ));
-        assert!(matches!(
-            ProbeError::from_io("br0", "x", e(Errno::ENETDOWN)),
-            ProbeError::InterfaceDown { .. }
-        ));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::EPERM)), ProbeError::PermissionDenied { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::EACCES)), ProbeError::PermissionDenied { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::ENODEV)), ProbeError::InterfaceMissing { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::ENETDOWN)), ProbeError::InterfaceDown { .. }));
         let other = ProbeError::from_io("br0", "reading replies", e(Errno::EIO));
         assert!(matches!(other, ProbeError::Io { .. }));
         assert_eq!(other.bridge(), "br0");
-        assert_eq!(
-            other.to_string(),
-            "ARP probe on br0: reading replies failed"
-        );
+        assert_eq!(other.to_string(), "ARP probe on br0: reading replies failed");
     }
 
     #[test]
     fn permission_error_tells_how_to_fix_it() {
         use miette::Diagnostic;
-        let e = ProbeError::PermissionDenied {
-            bridge: "virbr1".into(),
-        };
+        let e = ProbeError::PermissionDenied { bridge: "virbr1".into() };
         let help = e.help().expect("has help").to_string();
-        assert!(
-            help.contains("CAP_NET_RAW") && help.contains("setcap"),
-            "{help}"
-        );
+        assert!(help.contains("CAP_NET_RAW") && help.contains("setcap"), "{help}");
     }
 
     #[test]
     fn pnet_prober_reports_a_missing_interface() {
         // interfaces() reads the host's interface list; it sends nothing.
-        let err = PnetProber::default()
-            .probe("topo-no-such0", &[ip("10.0.0.1")], Duration::from_millis(1))
-            .unwrap_err();
-        assert!(
-            matches!(err, ProbeError::InterfaceMissing { .. }),
-            "{err:?}"
-        );
+        let err =
+            PnetProber::default().probe("topo-no-such0", &[ip("10.0.0.1")], Duration::from_millis(1)).unwrap_err();
+        assert!(matches!(err, ProbeError::InterfaceMissing { .. }), "{err:?}");
     }
 
     /// CAP_NET_RAW (bit 13) in this thread's effective capability set.
@@ -546,22 +447,15 @@ mod tests {
             .into_iter()
             .find(|i| i.is_loopback() && i.is_up())
             .expect("a loopback interface");
-        let err = PnetProber::default()
-            .probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1))
-            .unwrap_err();
-        assert!(
-            matches!(err, ProbeError::PermissionDenied { .. }),
-            "{err:?}"
-        );
+        let err = PnetProber::default().probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1)).unwrap_err();
+        assert!(matches!(err, ProbeError::PermissionDenied { .. }), "{err:?}");
     }
 
     #[test]
     fn fake_answers_scripted_macs_only() {
         let m = mac("52:54:00:00:00:05");
         let p = FakeProber::new().answer("br0", ip("10.0.0.5"), m);
-        let got = p
-            .probe("br0", &[ip("10.0.0.5"), ip("10.0.0.6")], T)
-            .unwrap();
+        let got = p.probe("br0", &[ip("10.0.0.5"), ip("10.0.0.6")], T).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].sender_mac, got[0].sender_ip), (m, ip("10.0.0.5")));
         assert_eq!(p.probes_of("br0", ip("10.0.0.6")), 1);
@@ -581,19 +475,10 @@ mod tests {
     #[test]
     fn fake_is_strict_about_bridges() {
         let p = FakeProber::new().with_bridge("br0").with_down_bridge("br1");
-        assert!(matches!(
-            p.probe("br9", &[ip("10.0.0.5")], T),
-            Err(ProbeError::InterfaceMissing { .. })
-        ));
-        assert!(matches!(
-            p.probe("br1", &[ip("10.0.0.5")], T),
-            Err(ProbeError::InterfaceDown { .. })
-        ));
+        assert!(matches!(p.probe("br9", &[ip("10.0.0.5")], T), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[ip("10.0.0.5")], T), Err(ProbeError::InterfaceDown { .. })));
         assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
         let d = FakeProber::new().with_bridge("br0").denied();
-        assert!(matches!(
-            d.probe("br0", &[], T),
-            Err(ProbeError::PermissionDenied { .. })
-        ));
+        assert!(matches!(d.probe("br0", &[], T), Err(ProbeError::PermissionDenied { .. })));
     }
 }

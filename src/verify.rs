@@ -72,14 +72,9 @@ impl NicTarget {
         let observed_bridge = observed.and_then(|o| o.bridge.clone());
         let observed_ip = observed.and_then(|o| o.ip.as_ref());
         let (bridge, dhcp, subnet) = match &network.kind {
-            NetworkKind::Managed(m) => (
-                m.bridge
-                    .as_ref()
-                    .map(|b| b.as_str().to_owned())
-                    .or(observed_bridge),
-                m.dhcp.is_some(),
-                m.subnet,
-            ),
+            NetworkKind::Managed(m) => {
+                (m.bridge.as_ref().map(|b| b.as_str().to_owned()).or(observed_bridge), m.dhcp.is_some(), m.subnet)
+            }
             NetworkKind::External => (
                 observed_bridge,
                 observed_ip.is_some_and(|ip| ip.dhcp_range.is_some()),
@@ -89,9 +84,7 @@ impl NicTarget {
                 }),
             ),
         };
-        let observed_reservation = observed_ip
-            .and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac))
-            .map(|h| h.ip);
+        let observed_reservation = observed_ip.and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac)).map(|h| h.ip);
         NicTarget {
             vm: vm.name.clone(),
             nic: nic.label(),
@@ -198,10 +191,7 @@ pub enum NicState {
 impl NicState {
     /// Settled: no further probing changes it.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            NicState::Skipped | NicState::Verified { .. } | NicState::Failed { .. }
-        )
+        matches!(self, NicState::Skipped | NicState::Verified { .. } | NicState::Failed { .. })
     }
     pub fn is_ok(&self) -> bool {
         matches!(self, NicState::Skipped | NicState::Verified { .. })
@@ -214,11 +204,7 @@ impl fmt::Display for NicState {
             NicState::Skipped => f.write_str("not verified (verify: none)"),
             NicState::WaitingForLease => f.write_str("waiting for a DHCP lease"),
             NicState::LeasedNoReply { ip } => write!(f, "{ip}: no ARP reply yet"),
-            NicState::Verified {
-                ip,
-                evidence,
-                seconds,
-            } => {
+            NicState::Verified { ip, evidence, seconds } => {
                 write!(f, "{ip} verified ({evidence}, after {seconds:.1} s)")
             }
             NicState::Failed { reason } => write!(f, "failed: {reason}"),
@@ -299,15 +285,8 @@ pub struct HypervisorLeases<'a, H: Hypervisor + ?Sized> {
 impl<H: Hypervisor + ?Sized> HypervisorLeases<'_, H> {
     /// The networks of `targets` that serve DHCP.
     pub fn for_targets<'h>(hypervisor: &'h H, targets: &[NicTarget]) -> HypervisorLeases<'h, H> {
-        let networks = targets
-            .iter()
-            .filter(|t| t.dhcp && t.verify)
-            .map(|t| t.libvirt_network.clone())
-            .collect();
-        HypervisorLeases {
-            hypervisor,
-            networks,
-        }
+        let networks = targets.iter().filter(|t| t.dhcp && t.verify).map(|t| t.libvirt_network.clone()).collect();
+        HypervisorLeases { hypervisor, networks }
     }
 }
 
@@ -340,13 +319,7 @@ impl FakeLeases {
     }
     /// A lease that shows up at call `n` (0-based) and stays.
     pub fn with_from_call(mut self, n: u32, network: &str, mac: MacAddr, ip: Ipv4Addr) -> Self {
-        let lease = Lease {
-            network: network.to_owned(),
-            mac,
-            ip,
-            hostname: None,
-            expiry: 0,
-        };
+        let lease = Lease { network: network.to_owned(), mac, ip, hostname: None, expiry: 0 };
         self.leases.push((n, lease));
         self
     }
@@ -367,12 +340,7 @@ impl LeaseSource for FakeLeases {
         if let Some(e) = &self.fail {
             return Err(e.clone());
         }
-        Ok(self
-            .leases
-            .iter()
-            .filter(|(from, _)| *from <= n)
-            .map(|(_, l)| l.clone())
-            .collect())
+        Ok(self.leases.iter().filter(|(from, _)| *from <= n).map(|(_, l)| l.clone()).collect())
     }
 }
 
@@ -465,15 +433,9 @@ fn initial_state(t: &NicTarget) -> NicState {
     if !t.verify {
         NicState::Skipped
     } else if !t.running {
-        NicState::Failed {
-            reason: FailReason::VmNotRunning,
-        }
+        NicState::Failed { reason: FailReason::VmNotRunning }
     } else if t.bridge.is_none() {
-        NicState::Failed {
-            reason: FailReason::NoBridge {
-                detail: "the network has no bridge on this host".into(),
-            },
-        }
+        NicState::Failed { reason: FailReason::NoBridge { detail: "the network has no bridge on this host".into() } }
     } else if let Some(ip) = t.reservation {
         NicState::LeasedNoReply { ip }
     } else {
@@ -519,19 +481,10 @@ where
 {
     let mut tracks: Vec<Track> = targets
         .iter()
-        .map(|t| Track {
-            state: initial_state(t),
-            leased: None,
-            candidates: Vec::new(),
-            conflict: None,
-        })
+        .map(|t| Track { state: initial_state(t), leased: None, candidates: Vec::new(), conflict: None })
         .collect();
     for (index, (t, tr)) in targets.iter().zip(&tracks).enumerate() {
-        progress(&NicProgress {
-            index,
-            target: t,
-            state: &tr.state,
-        });
+        progress(&NicProgress { index, target: t, state: &tr.state });
     }
     let mut last_sweep: BTreeMap<String, Duration> = BTreeMap::new();
 
@@ -544,10 +497,7 @@ where
             if tr.state.is_final() {
                 continue;
             }
-            let mine = all_leases
-                .iter()
-                .filter(|l| l.mac == t.mac && l.network == t.libvirt_network)
-                .map(|l| l.ip);
+            let mine = all_leases.iter().filter(|l| l.mac == t.mac && l.network == t.libvirt_network).map(|l| l.ip);
             tr.candidates = t.reservation.into_iter().collect();
             for ip in mine {
                 tr.leased = Some(ip);
@@ -567,15 +517,11 @@ where
             let ask = asks.entry(bridge.clone()).or_default();
             ask.extend(tr.candidates.iter().copied());
             let due = round_start >= opts.sweep_after || (!t.dhcp && t.reservation.is_none());
-            let recent = last_sweep
-                .get(bridge)
-                .is_some_and(|at| round_start.saturating_sub(*at) < opts.sweep_every);
+            let recent = last_sweep.get(bridge).is_some_and(|at| round_start.saturating_sub(*at) < opts.sweep_every);
             if tr.candidates.is_empty()
                 && due
                 && (!recent || sweeping.contains(bridge))
-                && let Some(hosts) = t
-                    .subnet
-                    .and_then(|s| sweep_targets(s, opts.max_sweep_hosts))
+                && let Some(hosts) = t.subnet.and_then(|s| sweep_targets(s, opts.max_sweep_hosts))
             {
                 ask.extend(hosts);
                 sweeping.insert(bridge.clone());
@@ -596,10 +542,7 @@ where
                     (bridge.clone(), h)
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|(b, h)| (b, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))))
-                .collect()
+            handles.into_iter().map(|(b, h)| (b, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
         });
         let mut replies: BTreeMap<String, Vec<ArpReply>> = BTreeMap::new();
         let mut broken: BTreeMap<String, String> = BTreeMap::new();
@@ -629,38 +572,23 @@ where
                 continue;
             };
             let next = if let Some(detail) = broken.get(bridge) {
-                NicState::Failed {
-                    reason: FailReason::NoBridge {
-                        detail: detail.clone(),
-                    },
-                }
+                NicState::Failed { reason: FailReason::NoBridge { detail: detail.clone() } }
             } else {
                 let got = replies.get(bridge).unwrap_or(&none);
                 let ours = |r: &&ArpReply| r.sender_mac == t.mac;
-                let hit = got
-                    .iter()
-                    .filter(ours)
-                    .find(|r| tr.candidates.contains(&r.sender_ip))
-                    .or_else(|| {
-                        // No candidate: any address of the subnet this MAC answered for (sweep).
-                        let subnet = t.subnet.filter(|_| tr.candidates.is_empty())?;
-                        got.iter()
-                            .filter(ours)
-                            .find(|r| subnet.contains(r.sender_ip))
-                    });
+                let hit = got.iter().filter(ours).find(|r| tr.candidates.contains(&r.sender_ip)).or_else(|| {
+                    // No candidate: any address of the subnet this MAC answered for (sweep).
+                    let subnet = t.subnet.filter(|_| tr.candidates.is_empty())?;
+                    got.iter().filter(ours).find(|r| subnet.contains(r.sender_ip))
+                });
                 if let Some(r) = hit {
                     NicState::Verified {
                         ip: r.sender_ip,
-                        evidence: Evidence {
-                            mac: t.mac,
-                            bridge: bridge.clone(),
-                        },
+                        evidence: Evidence { mac: t.mac, bridge: bridge.clone() },
                         seconds: now.as_secs_f64(),
                     }
                 } else {
-                    if let Some(r) = got
-                        .iter()
-                        .find(|r| r.sender_mac != t.mac && tr.candidates.contains(&r.sender_ip))
+                    if let Some(r) = got.iter().find(|r| r.sender_mac != t.mac && tr.candidates.contains(&r.sender_ip))
                     {
                         tr.conflict = Some((r.sender_ip, r.sender_mac));
                     }
@@ -672,11 +600,7 @@ where
             };
             if next != tr.state {
                 tr.state = next;
-                progress(&NicProgress {
-                    index,
-                    target: t,
-                    state: &tr.state,
-                });
+                progress(&NicProgress { index, target: t, state: &tr.state });
             }
         }
 
@@ -687,14 +611,8 @@ where
         if now >= opts.timeout {
             for (index, (t, tr)) in targets.iter().zip(tracks.iter_mut()).enumerate() {
                 if !tr.state.is_final() {
-                    tr.state = NicState::Failed {
-                        reason: diagnose(t, tr),
-                    };
-                    progress(&NicProgress {
-                        index,
-                        target: t,
-                        state: &tr.state,
-                    });
+                    tr.state = NicState::Failed { reason: diagnose(t, tr) };
+                    progress(&NicProgress { index, target: t, state: &tr.state });
                 }
             }
             break;
@@ -706,14 +624,7 @@ where
     }
 
     Ok(VerifyReport {
-        nics: targets
-            .iter()
-            .zip(tracks)
-            .map(|(t, tr)| NicOutcome {
-                target: t.clone(),
-                state: tr.state,
-            })
-            .collect(),
+        nics: targets.iter().zip(tracks).map(|(t, tr)| NicOutcome { target: t.clone(), state: tr.state }).collect(),
     })
 }
 
@@ -776,10 +687,8 @@ mod tests {
     fn run(targets: &[NicTarget], p: &FakeProber, l: &FakeLeases) -> Run {
         let clock = FakeClock::new();
         let mut log = Vec::new();
-        let report = verify(targets, p, l, &clock, &opts(), |e| {
-            log.push((e.index, e.state.clone()))
-        })
-        .expect("verification runs");
+        let report = verify(targets, p, l, &clock, &opts(), |e| log.push((e.index, e.state.clone())))
+            .expect("verification runs");
         Run { report, log, clock }
     }
 
@@ -803,10 +712,7 @@ mod tests {
             state(&r, 0),
             &NicState::Verified {
                 ip: ip("10.0.0.5"),
-                evidence: Evidence {
-                    mac: a(),
-                    bridge: "br0".into()
-                },
+                evidence: Evidence { mac: a(), bridge: "br0".into() },
                 seconds: 0.0,
             }
         );
@@ -826,10 +732,7 @@ mod tests {
         let r = run(&[target("vm1", a())], &p, &l);
         let verified = NicState::Verified {
             ip: ip("10.0.0.5"),
-            evidence: Evidence {
-                mac: a(),
-                bridge: "br0".into(),
-            },
+            evidence: Evidence { mac: a(), bridge: "br0".into() },
             seconds: 0.9,
         };
         assert_eq!(
@@ -851,15 +754,7 @@ mod tests {
         t.reservation = Some(ip("10.0.0.20"));
         let p = FakeProber::new().answer("br0", ip("10.0.0.20"), a());
         let r = run(&[t], &p, &FakeLeases::new());
-        assert_eq!(
-            r.log[0],
-            (
-                0,
-                NicState::LeasedNoReply {
-                    ip: ip("10.0.0.20")
-                }
-            )
-        );
+        assert_eq!(r.log[0], (0, NicState::LeasedNoReply { ip: ip("10.0.0.20") }));
         assert!(matches!(state(&r, 0), NicState::Verified { ip: x, .. } if *x == ip("10.0.0.20")));
     }
 
@@ -868,21 +763,12 @@ mod tests {
         let p = FakeProber::new().with_bridge("br0");
         let l = FakeLeases::new().with(NET, a(), ip("10.0.0.50"));
         let r = run(&[target("vm1", a())], &p, &l);
-        assert_eq!(
-            failed(&r, 0),
-            &FailReason::LeasedButSilent {
-                ip: ip("10.0.0.50")
-            }
-        );
+        assert_eq!(failed(&r, 0), &FailReason::LeasedButSilent { ip: ip("10.0.0.50") });
         assert!(!r.report.all_ok());
         // Short probes, retried until the deadline (3 s / 300 ms + the final round).
         assert_eq!(p.probes_of("br0", ip("10.0.0.50")), 11);
         assert_eq!(r.clock.elapsed(), Duration::from_secs(3));
-        assert!(
-            p.calls()
-                .iter()
-                .all(|c| c.timeout == Duration::from_millis(300))
-        );
+        assert!(p.calls().iter().all(|c| c.timeout == Duration::from_millis(300)));
     }
 
     #[test]
@@ -890,25 +776,14 @@ mod tests {
         let p = FakeProber::new().answer("br0", ip("10.0.0.50"), stranger());
         let l = FakeLeases::new().with(NET, a(), ip("10.0.0.50"));
         let r = run(&[target("vm1", a())], &p, &l);
-        assert_eq!(
-            failed(&r, 0),
-            &FailReason::Conflict {
-                ip: ip("10.0.0.50"),
-                other_mac: stranger()
-            }
-        );
-        assert!(
-            r.log
-                .iter()
-                .all(|(_, s)| !matches!(s, NicState::Verified { .. }))
-        );
+        assert_eq!(failed(&r, 0), &FailReason::Conflict { ip: ip("10.0.0.50"), other_mac: stranger() });
+        assert!(r.log.iter().all(|(_, s)| !matches!(s, NicState::Verified { .. })));
     }
 
     #[test]
     fn own_reply_wins_over_a_duplicate() {
-        let p = FakeProber::new()
-            .answer("br0", ip("10.0.0.50"), stranger())
-            .answer_after("br0", ip("10.0.0.50"), a(), 1);
+        let p =
+            FakeProber::new().answer("br0", ip("10.0.0.50"), stranger()).answer_after("br0", ip("10.0.0.50"), a(), 1);
         let l = FakeLeases::new().with(NET, a(), ip("10.0.0.50"));
         let r = run(&[target("vm1", a())], &p, &l);
         assert!(matches!(state(&r, 0), NicState::Verified { .. }));
@@ -917,12 +792,8 @@ mod tests {
     #[test]
     fn old_lease_elsewhere_and_new_lease_answering() {
         // Two leases for the MAC: the old address went to another VM, the new one is ours.
-        let p = FakeProber::new()
-            .answer("br0", ip("10.0.0.50"), stranger())
-            .answer("br0", ip("10.0.0.51"), a());
-        let l = FakeLeases::new()
-            .with(NET, a(), ip("10.0.0.50"))
-            .with(NET, a(), ip("10.0.0.51"));
+        let p = FakeProber::new().answer("br0", ip("10.0.0.50"), stranger()).answer("br0", ip("10.0.0.51"), a());
+        let l = FakeLeases::new().with(NET, a(), ip("10.0.0.50")).with(NET, a(), ip("10.0.0.51"));
         let r = run(&[target("vm1", a())], &p, &l);
         assert!(matches!(state(&r, 0), NicState::Verified { ip: x, .. } if *x == ip("10.0.0.51")));
     }
@@ -930,9 +801,7 @@ mod tests {
     #[test]
     fn lease_of_another_network_or_mac_is_ignored() {
         let p = FakeProber::new().answer("br0", ip("10.0.0.5"), a());
-        let l = FakeLeases::new()
-            .with("other-net", a(), ip("10.0.0.5"))
-            .with(NET, b(), ip("10.0.0.5"));
+        let l = FakeLeases::new().with("other-net", a(), ip("10.0.0.5")).with(NET, b(), ip("10.0.0.5"));
         let mut t = target("vm1", a());
         t.subnet = None; // no sweep either
         let r = run(&[t], &p, &l);
@@ -946,21 +815,11 @@ mod tests {
         let p = FakeProber::new().answer("br0", ip("10.0.0.9"), stranger());
         let r = run(&[target("vm1", a())], &p, &FakeLeases::new());
         assert_eq!(failed(&r, 0), &FailReason::NoLease);
-        assert_eq!(
-            r.log,
-            vec![
-                (0, NicState::WaitingForLease),
-                (0, failed_state(FailReason::NoLease))
-            ]
-        );
+        assert_eq!(r.log, vec![(0, NicState::WaitingForLease), (0, failed_state(FailReason::NoLease))]);
         // Nothing to ask before sweep_after; then a /24 sweep at most once per second.
         let calls = p.calls();
         assert!(calls.iter().all(|c| c.targets.len() == 254), "{calls:?}");
-        assert_eq!(
-            calls.len(),
-            2,
-            "sweeps at 1.5 s and 2.7 s, not in every round"
-        );
+        assert_eq!(calls.len(), 2, "sweeps at 1.5 s and 2.7 s, not in every round");
     }
 
     fn failed_state(reason: FailReason) -> NicState {
@@ -972,11 +831,7 @@ mod tests {
         let p = FakeProber::new().answer("br0", ip("10.0.0.77"), a());
         let r = run(&[target("vm1", a())], &p, &FakeLeases::new());
         match state(&r, 0) {
-            NicState::Verified {
-                ip: x,
-                evidence,
-                seconds,
-            } => {
+            NicState::Verified { ip: x, evidence, seconds } => {
                 assert_eq!(*x, ip("10.0.0.77"));
                 assert_eq!(evidence.mac, a());
                 assert!(*seconds >= 1.5, "swept only after sweep_after: {seconds}");
@@ -1011,20 +866,11 @@ mod tests {
         let p = FakeProber::new().answer("br0", ip("10.0.0.77"), a());
         let r = run(&[t.clone()], &p, &FakeLeases::new());
         // A known candidate means no sweep: the NIC must answer where it is expected to.
-        assert_eq!(
-            failed(&r, 0),
-            &FailReason::LeasedButSilent {
-                ip: ip("10.0.0.20")
-            }
-        );
+        assert_eq!(failed(&r, 0), &FailReason::LeasedButSilent { ip: ip("10.0.0.20") });
         assert!(p.calls().iter().all(|c| c.targets == vec![ip("10.0.0.20")]));
         // With DHCP on and only a reservation, the missing lease is the diagnosis.
         t.dhcp = true;
-        let r = run(
-            &[t],
-            &FakeProber::new().with_bridge("br0"),
-            &FakeLeases::new(),
-        );
+        let r = run(&[t], &FakeProber::new().with_bridge("br0"), &FakeLeases::new());
         assert_eq!(failed(&r, 0), &FailReason::NoLease);
     }
 
@@ -1049,11 +895,7 @@ mod tests {
         let mut down = target("vm3", mac("52:54:00:00:00:0c"));
         down.bridge = Some("br1".into());
         let fine = target("vm4", mac("52:54:00:00:00:0d"));
-        let p = FakeProber::new().with_down_bridge("br1").answer(
-            "br0",
-            ip("10.0.0.13"),
-            mac("52:54:00:00:00:0d"),
-        );
+        let p = FakeProber::new().with_down_bridge("br1").answer("br0", ip("10.0.0.13"), mac("52:54:00:00:00:0d"));
         let l = FakeLeases::new()
             .with(NET, b(), ip("10.0.0.11"))
             .with(NET, mac("52:54:00:00:00:0c"), ip("10.0.0.12"))
@@ -1084,19 +926,8 @@ mod tests {
     fn permission_denied_aborts() {
         let p = FakeProber::new().with_bridge("br0").denied();
         let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5"));
-        let err = verify(
-            &[target("vm1", a())],
-            &p,
-            &l,
-            &FakeClock::new(),
-            &opts(),
-            |_| {},
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, VerifyError::Probe(ProbeError::PermissionDenied { .. })),
-            "{err:?}"
-        );
+        let err = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &opts(), |_| {}).unwrap_err();
+        assert!(matches!(err, VerifyError::Probe(ProbeError::PermissionDenied { .. })), "{err:?}");
     }
 
     #[test]
@@ -1110,15 +941,7 @@ mod tests {
         };
         let l = FakeLeases::new().failing(e);
         let p = FakeProber::new().with_bridge("br0");
-        let err = verify(
-            &[target("vm1", a())],
-            &p,
-            &l,
-            &FakeClock::new(),
-            &opts(),
-            |_| {},
-        )
-        .unwrap_err();
+        let err = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &opts(), |_| {}).unwrap_err();
         assert!(matches!(err, VerifyError::Leases(_)));
     }
 
@@ -1126,13 +949,8 @@ mod tests {
     fn bridges_are_probed_in_parallel_threads() {
         let mut t2 = target("vm2", b());
         t2.bridge = Some("br1".into());
-        let p =
-            FakeProber::new()
-                .answer("br0", ip("10.0.0.5"), a())
-                .answer("br1", ip("10.0.0.6"), b());
-        let l = FakeLeases::new()
-            .with(NET, a(), ip("10.0.0.5"))
-            .with(NET, b(), ip("10.0.0.6"));
+        let p = FakeProber::new().answer("br0", ip("10.0.0.5"), a()).answer("br1", ip("10.0.0.6"), b());
+        let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5")).with(NET, b(), ip("10.0.0.6"));
         let r = run(&[target("vm1", a()), t2], &p, &l);
         assert!(r.report.all_ok());
         let calls = p.calls();
@@ -1143,26 +961,15 @@ mod tests {
 
     #[test]
     fn one_probe_per_bridge_per_round_for_all_its_nics() {
-        let p = FakeProber::new()
-            .answer("br0", ip("10.0.0.5"), a())
-            .answer_after("br0", ip("10.0.0.6"), b(), 1);
-        let l = FakeLeases::new()
-            .with(NET, a(), ip("10.0.0.5"))
-            .with(NET, b(), ip("10.0.0.6"));
+        let p = FakeProber::new().answer("br0", ip("10.0.0.5"), a()).answer_after("br0", ip("10.0.0.6"), b(), 1);
+        let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5")).with(NET, b(), ip("10.0.0.6"));
         let r = run(&[target("vm1", a()), target("vm2", b())], &p, &l);
         assert!(r.report.all_ok());
         let calls = p.calls();
         assert_eq!(calls[0].targets, vec![ip("10.0.0.5"), ip("10.0.0.6")]);
-        assert_eq!(
-            calls[1].targets,
-            vec![ip("10.0.0.6")],
-            "verified NIC dropped"
-        );
+        assert_eq!(calls[1].targets, vec![ip("10.0.0.6")], "verified NIC dropped");
         // Progress: initial states in order, then changes.
-        assert_eq!(
-            r.log.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-            vec![0, 1, 0, 1, 1]
-        );
+        assert_eq!(r.log.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 0, 1, 1]);
     }
 
     #[test]
@@ -1171,10 +978,7 @@ mod tests {
             FailReason::NoDhcpNoReservation,
             FailReason::LeasedButSilent { ip: ip("10.0.0.5") },
             FailReason::NoLease,
-            FailReason::Conflict {
-                ip: ip("10.0.0.5"),
-                other_mac: stranger(),
-            },
+            FailReason::Conflict { ip: ip("10.0.0.5"), other_mac: stranger() },
             FailReason::VmNotRunning,
             FailReason::NoBridge { detail: "x".into() },
         ];
@@ -1182,11 +986,7 @@ mod tests {
             assert!(!r.to_string().is_empty() && r.help().len() > 20, "{r:?}");
         }
         assert_eq!(
-            FailReason::Conflict {
-                ip: ip("10.0.0.5"),
-                other_mac: stranger()
-            }
-            .to_string(),
+            FailReason::Conflict { ip: ip("10.0.0.5"), other_mac: stranger() }.to_string(),
             "10.0.0.5 is answered by 52:54:00:ff:ff:ff, not by this NIC"
         );
     }
@@ -1204,11 +1004,7 @@ mod tests {
             mac: if index == 0 { a() } else { b() },
             mac_derived: true,
             ip,
-            verify: if index == 0 {
-                Verify::Arp
-            } else {
-                Verify::None
-            },
+            verify: if index == 0 { Verify::Arp } else { Verify::None },
             span,
         };
         let vm = Vm {
@@ -1229,10 +1025,7 @@ mod tests {
                 mode: NetworkMode::Isolated,
                 subnet: Some("10.0.0.0/24".parse().unwrap()),
                 gateway: Some(ip("10.0.0.1")),
-                dhcp: Some(DhcpRange {
-                    start: ip("10.0.0.100"),
-                    end: ip("10.0.0.200"),
-                }),
+                dhcp: Some(DhcpRange { start: ip("10.0.0.100"), end: ip("10.0.0.200") }),
                 bridge: None,
                 autostart: false,
                 stp: false,
@@ -1267,26 +1060,15 @@ mod tests {
             Some(ObservedIp {
                 address: ip("192.168.122.1"),
                 prefix: 24,
-                dhcp_range: Some(DhcpRange {
-                    start: ip("192.168.122.2"),
-                    end: ip("192.168.122.254"),
-                }),
-                hosts: vec![ObservedHost {
-                    mac: b(),
-                    ip: ip("192.168.122.9"),
-                    name: None,
-                }],
+                dhcp_range: Some(DhcpRange { start: ip("192.168.122.2"), end: ip("192.168.122.254") }),
+                hosts: vec![ObservedHost { mac: b(), ip: ip("192.168.122.9"), name: None }],
             }),
         );
 
         let t0 = NicTarget::from_model(&vm, &vm.nics[0], &local, Some(&o_local), true);
         assert_eq!(t0.nic, "eth0");
         assert_eq!(t0.libvirt_network, "lab-local");
-        assert_eq!(
-            t0.bridge.as_deref(),
-            Some("virbr5"),
-            "libvirt-chosen bridge"
-        );
+        assert_eq!(t0.bridge.as_deref(), Some("virbr5"), "libvirt-chosen bridge");
         assert_eq!(t0.reservation, Some(ip("10.0.0.20")));
         assert!(t0.dhcp && t0.verify && t0.running);
         assert_eq!(t0.subnet, Some("10.0.0.0/24".parse().unwrap()));
@@ -1294,11 +1076,7 @@ mod tests {
         let t1 = NicTarget::from_model(&vm, &vm.nics[1], &ext, Some(&o_ext), false);
         assert_eq!(t1.bridge.as_deref(), Some("virbr0"));
         assert_eq!(t1.subnet, Some("192.168.122.0/24".parse().unwrap()));
-        assert_eq!(
-            t1.reservation,
-            Some(ip("192.168.122.9")),
-            "host entry of the network"
-        );
+        assert_eq!(t1.reservation, Some(ip("192.168.122.9")), "host entry of the network");
         assert!(t1.dhcp && !t1.verify && !t1.running);
 
         let t2 = NicTarget::from_model(&vm, &vm.nics[1], &ext, None, true);

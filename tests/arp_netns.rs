@@ -32,12 +32,7 @@ fn can_run() -> bool {
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Two namespaces wired as described in the module doc; deleted on drop (also on panic).
@@ -49,30 +44,15 @@ struct TestNet {
 impl TestNet {
     fn new(tag: &str) -> Self {
         let base = format!("topo-arp-test-{}-{tag}", std::process::id());
-        let net = TestNet {
-            host: format!("{base}-h"),
-            guest: format!("{base}-g"),
-        };
+        let net = TestNet { host: format!("{base}-h"), guest: format!("{base}-g") };
         // Constructed before the first `ip` call so a failure half-way still cleans up.
         ip(&["netns", "add", &net.host]);
         ip(&["netns", "add", &net.guest]);
         let (h, g) = (net.host.as_str(), net.guest.as_str());
-        ip(&[
-            "-n",
-            h,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-        ]);
+        ip(&["-n", h, "link", "add", "br0", "type", "bridge", "stp_state", "0"]);
         ip(&["-n", h, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
         ip(&["-n", h, "link", "set", "br0", "up"]);
-        ip(&[
-            "-n", h, "link", "add", "vh", "type", "veth", "peer", "name", "vg", "netns", g,
-        ]);
+        ip(&["-n", h, "link", "add", "vh", "type", "veth", "peer", "name", "vg", "netns", g]);
         ip(&["-n", h, "link", "set", "vh", "master", "br0"]);
         ip(&["-n", h, "link", "set", "vh", "up"]);
         ip(&["-n", g, "link", "set", "vg", "address", GUEST_MAC]);
@@ -111,9 +91,7 @@ fn guest_mac() -> MacAddr {
 fn probe_until_answer(p: &PnetProber, target: Ipv4Addr) -> Vec<ArpReply> {
     let start = Instant::now();
     loop {
-        let got = p
-            .probe("br0", &[target], Duration::from_millis(300))
-            .expect("probe works");
+        let got = p.probe("br0", &[target], Duration::from_millis(300)).expect("probe works");
         if !got.is_empty() || start.elapsed() > Duration::from_secs(5) {
             return got;
         }
@@ -134,26 +112,17 @@ fn probe_finds_the_guest_and_nothing_else() {
         assert_eq!(got[0].sender_ip, GUEST_IP);
         assert_eq!(got[0].target_ip, Ipv4Addr::new(10, 99, 0, 1));
 
-        let none = p
-            .probe("br0", &[ABSENT_IP], Duration::from_millis(300))
-            .expect("probe");
+        let none = p.probe("br0", &[ABSENT_IP], Duration::from_millis(300)).expect("probe");
         assert!(none.is_empty(), "nobody holds .6: {none:?}");
 
         let hosts = sweep_targets("10.99.0.0/24".parse().unwrap(), 1024).expect("a /24");
         let t = Instant::now();
-        let swept = p
-            .probe("br0", &hosts, Duration::from_millis(300))
-            .expect("sweep");
+        let swept = p.probe("br0", &hosts, Duration::from_millis(300)).expect("sweep");
         eprintln!("/24 sweep with 300 ms timeout took {:?}", t.elapsed());
-        let found: Vec<(Ipv4Addr, MacAddr)> =
-            swept.iter().map(|r| (r.sender_ip, r.sender_mac)).collect();
+        let found: Vec<(Ipv4Addr, MacAddr)> = swept.iter().map(|r| (r.sender_ip, r.sender_mac)).collect();
         assert_eq!(found, vec![(GUEST_IP, guest_mac())]);
         // Sending 254 requests is paced, but must stay well below the reply timeout.
-        assert!(
-            t.elapsed() < Duration::from_millis(600),
-            "sweep took {:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_millis(600), "sweep took {:?}", t.elapsed());
     });
 }
 
@@ -183,14 +152,8 @@ fn missing_and_down_interfaces_are_reported() {
     net.in_host(|| {
         let p = PnetProber::default();
         let t = Duration::from_millis(50);
-        assert!(matches!(
-            p.probe("br9", &[GUEST_IP], t),
-            Err(ProbeError::InterfaceMissing { .. })
-        ));
-        assert!(matches!(
-            p.probe("br1", &[GUEST_IP], t),
-            Err(ProbeError::InterfaceDown { .. })
-        ));
+        assert!(matches!(p.probe("br9", &[GUEST_IP], t), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[GUEST_IP], t), Err(ProbeError::InterfaceDown { .. })));
     });
 }
 
@@ -217,11 +180,8 @@ fn verify_over_real_arp() {
         running: true,
         verify: true,
     };
-    let targets = [
-        target("guest", GUEST_MAC),
-        target("ghost", "02:00:00:99:00:06"),
-        target("dup", "02:00:00:99:00:07"),
-    ];
+    let targets =
+        [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
     let lease = |mac: &str, ip: Ipv4Addr| Lease {
         network: "lab-net".into(),
         mac: mac.parse().unwrap(),
@@ -238,44 +198,23 @@ fn verify_over_real_arp() {
             lease("02:00:00:99:00:07", GUEST_IP),
         ])
     };
-    let opts = VerifyOptions {
-        timeout: Duration::from_secs(2),
-        ..VerifyOptions::default()
-    };
+    let opts = VerifyOptions { timeout: Duration::from_secs(2), ..VerifyOptions::default() };
     let report = net.in_host(|| {
-        verify(
-            &targets,
-            &PnetProber::default(),
-            &leases,
-            &SystemClock::start(),
-            &opts,
-            |p| eprintln!("{} {}: {}", p.target.vm, p.target.nic, p.state),
-        )
+        verify(&targets, &PnetProber::default(), &leases, &SystemClock::start(), &opts, |p| {
+            eprintln!("{} {}: {}", p.target.vm, p.target.nic, p.state)
+        })
         .expect("verification runs")
     });
     match &report.nics[0].state {
         NicState::Verified { ip, evidence, .. } => {
             assert_eq!(*ip, GUEST_IP);
-            assert_eq!(
-                evidence.to_string(),
-                format!("arp reply from {GUEST_MAC} on br0")
-            );
+            assert_eq!(evidence.to_string(), format!("arp reply from {GUEST_MAC} on br0"));
         }
         other => panic!("guest not verified: {other:?}"),
     }
-    assert_eq!(
-        report.nics[1].state,
-        NicState::Failed {
-            reason: FailReason::LeasedButSilent { ip: ABSENT_IP }
-        }
-    );
+    assert_eq!(report.nics[1].state, NicState::Failed { reason: FailReason::LeasedButSilent { ip: ABSENT_IP } });
     assert_eq!(
         report.nics[2].state,
-        NicState::Failed {
-            reason: FailReason::Conflict {
-                ip: GUEST_IP,
-                other_mac: guest_mac()
-            }
-        }
+        NicState::Failed { reason: FailReason::Conflict { ip: GUEST_IP, other_mac: guest_mac() } }
     );
 }
