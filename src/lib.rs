@@ -4,14 +4,17 @@
 //! render | apply -> verify`. See docs/architecture.md.
 
 pub mod apply;
+pub mod arp;
 pub mod cli;
 pub mod graph;
 pub mod hypervisor;
 pub mod model;
 pub mod observed;
 pub mod plan;
+pub mod prober;
 pub mod schema;
 pub mod source;
 pub mod spec;
 pub mod validate;
+pub mod verify;
 pub mod xml;

@@ -1,0 +1,484 @@
+//! The `Prober` boundary: ask a bridge "who has these IPv4 addresses?" by ARP and collect the
+//! answers. `PnetProber` sends raw frames (root or CAP_NET_RAW); `FakeProber` is scripted.
+//!
+//! A probe is one call per bridge: one raw socket, one request per target, then replies are
+//! read until the timeout. A sweep of a subnet is the same call with every host address.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use nix::errno::Errno;
+
+use crate::arp::{ArpReply, build_request, parse_reply};
+use crate::model::MacAddr;
+
+const HELP_PERMISSION: &str = "ARP probing sends raw Ethernet frames, which needs root or the \
+CAP_NET_RAW capability: run topo as root, or grant it once with \
+`sudo setcap cap_net_raw+ep \"$(command -v topo)\"`; or set `verify: none` on the NICs to skip \
+the check";
+
+/// Why a probe could not be made at all (no answer is not an error: it is an empty result).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ProbeError {
+    #[error("interface {bridge} does not exist on this host")]
+    #[diagnostic(
+        code(topo::probe::interface_missing),
+        help("is the network active? `virsh net-start <network>` creates its bridge")
+    )]
+    InterfaceMissing { bridge: String },
+
+    #[error("interface {bridge} is down")]
+    #[diagnostic(
+        code(topo::probe::interface_down),
+        help("bring it up (`ip link set {bridge} up`) or restart its libvirt network")
+    )]
+    InterfaceDown { bridge: String },
+
+    #[error("interface {bridge} has no Ethernet address to send ARP from")]
+    #[diagnostic(code(topo::probe::no_mac))]
+    NoMac { bridge: String },
+
+    #[error("not allowed to open a raw socket on {bridge}")]
+    #[diagnostic(code(topo::probe::permission), help("{}", HELP_PERMISSION))]
+    PermissionDenied { bridge: String },
+
+    #[error("ARP probe on {bridge}: {op} failed")]
+    #[diagnostic(code(topo::probe::io))]
+    Io {
+        bridge: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ProbeError {
+    /// The bridge the error is about.
+    pub fn bridge(&self) -> &str {
+        match self {
+            ProbeError::InterfaceMissing { bridge }
+            | ProbeError::InterfaceDown { bridge }
+            | ProbeError::NoMac { bridge }
+            | ProbeError::PermissionDenied { bridge }
+            | ProbeError::Io { bridge, .. } => bridge,
+        }
+    }
+
+    /// Classifies an I/O error from opening or using the raw socket.
+    pub fn from_io(bridge: &str, op: &'static str, e: io::Error) -> Self {
+        let bridge = bridge.to_owned();
+        let errno = e.raw_os_error().map(Errno::from_raw);
+        if e.kind() == io::ErrorKind::PermissionDenied || matches!(errno, Some(Errno::EPERM | Errno::EACCES)) {
+            return ProbeError::PermissionDenied { bridge };
+        }
+        match errno {
+            Some(Errno::ENODEV | Errno::ENXIO) => ProbeError::InterfaceMissing { bridge },
+            Some(Errno::ENETDOWN) => ProbeError::InterfaceDown { bridge },
+            _ => ProbeError::Io { bridge, op, source: e },
+        }
+    }
+}
+
+/// Asks a bridge who holds IPv4 addresses. Only what verification needs.
+pub trait Prober: Send + Sync {
+    /// Sends one ARP request per distinct target on `bridge`, then collects replies until
+    /// `timeout` has passed. Returns each distinct (MAC, address) that answered for one of the
+    /// targets, sorted; replies from the bridge's own MAC are left out. Several MACs answering
+    /// for one address all appear (that is a conflict, for the caller to judge).
+    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError>;
+}
+
+/// Every host address of `subnet` (network and broadcast addresses left out below /31), or
+/// `None` when there are more than `max` — sweeping those would flood the bridge.
+pub fn sweep_targets(subnet: Ipv4Network, max: u32) -> Option<Vec<Ipv4Addr>> {
+    let hosts = match subnet.prefix() {
+        31 | 32 => subnet.size(),
+        _ => subnet.size() - 2,
+    };
+    if hosts > max {
+        return None;
+    }
+    let (net, bcast) = (subnet.network(), subnet.broadcast());
+    Some(subnet.iter().filter(|ip| subnet.prefix() >= 31 || (*ip != net && *ip != bcast)).collect())
+}
+
+/// The real prober: an `AF_PACKET` socket on the bridge through `pnet::datalink`.
+#[derive(Clone, Debug)]
+pub struct PnetProber {
+    /// How long one read waits before the deadline is checked again.
+    pub read_timeout: Duration,
+    /// Requests go out in bursts of this many frames...
+    pub burst: usize,
+    /// ...with this pause between bursts (a /24 sweep takes a few milliseconds).
+    pub burst_gap: Duration,
+}
+
+impl Default for PnetProber {
+    fn default() -> Self {
+        Self { read_timeout: Duration::from_millis(20), burst: 32, burst_gap: Duration::from_micros(200) }
+    }
+}
+
+/// Picks the sender address for a request to `target`: the bridge address on the target's
+/// subnet, else its first IPv4 address, else `0.0.0.0` (an ARP probe, RFC 5227).
+pub fn source_ip(bridge_addrs: &[Ipv4Network], target: Ipv4Addr) -> Ipv4Addr {
+    bridge_addrs
+        .iter()
+        .find(|n| n.contains(target))
+        .or_else(|| bridge_addrs.first())
+        .map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip())
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+impl PnetProber {
+    fn send(bridge: &str, tx: &mut dyn pnet::datalink::DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
+        let mut tries = 0;
+        loop {
+            match tx.send_to(frame, None) {
+                None | Some(Ok(())) => return Ok(()),
+                // The device queue is full: give it a moment, a few times.
+                Some(Err(e)) if tries < 5 && (is_transient(&e) || e.raw_os_error() == Some(Errno::ENOBUFS as i32)) => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Some(Err(e)) => return Err(ProbeError::from_io(bridge, "sending a request", e)),
+            }
+        }
+    }
+}
+
+impl Prober for PnetProber {
+    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError> {
+        use pnet::datalink::{self, Channel, Config};
+        use pnet::ipnetwork::IpNetwork;
+
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == bridge)
+            .ok_or_else(|| ProbeError::InterfaceMissing { bridge: bridge.to_owned() })?;
+        if !iface.is_up() {
+            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+        }
+        let wanted: BTreeSet<Ipv4Addr> = targets.iter().copied().collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let addrs: Vec<Ipv4Network> = iface
+            .ips
+            .iter()
+            .filter_map(|n| match n {
+                IpNetwork::V4(v4) => Ipv4Network::new(v4.ip(), v4.prefix()).ok(),
+                IpNetwork::V6(_) => None,
+            })
+            .collect();
+
+        let config = Config {
+            read_timeout: Some(self.read_timeout),
+            write_timeout: Some(Duration::from_millis(100)),
+            promiscuous: false,
+            ..Config::default()
+        };
+        let (mut tx, mut rx) = match datalink::channel(&iface, config) {
+            Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
+            Ok(_) => {
+                return Err(ProbeError::Io {
+                    bridge: bridge.to_owned(),
+                    op: "opening a raw socket",
+                    source: io::Error::other("not an Ethernet channel"),
+                });
+            }
+            Err(e) => return Err(ProbeError::from_io(bridge, "opening a raw socket", e)),
+        };
+        // Checked after opening the socket, so a missing privilege is reported first.
+        let own_mac = iface
+            .mac
+            .filter(|m| !m.is_zero())
+            .and_then(|m| MacAddr::new(m.octets()).ok())
+            .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
+
+        let stop = AtomicBool::new(false);
+        let (sent, read) = thread::scope(|s| {
+            // The reader runs from before the first request until after the timeout, so no
+            // reply is missed and a long sweep does not pile up in the socket buffer.
+            let reader = s.spawn(|| -> io::Result<BTreeSet<ArpReply>> {
+                let mut got = BTreeSet::new();
+                loop {
+                    let last = stop.load(Ordering::Acquire);
+                    match rx.next() {
+                        Ok(frame) => {
+                            if let Some(r) = parse_reply(frame)
+                                && r.sender_mac != own_mac
+                                && wanted.contains(&r.sender_ip)
+                            {
+                                got.insert(r);
+                            }
+                        }
+                        Err(e) if is_transient(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                    if last {
+                        return Ok(got);
+                    }
+                }
+            });
+            let sent = (|| {
+                for (i, target) in wanted.iter().enumerate() {
+                    if i > 0 && i % self.burst.max(1) == 0 {
+                        thread::sleep(self.burst_gap);
+                    }
+                    let frame = build_request(own_mac, source_ip(&addrs, *target), *target);
+                    Self::send(bridge, tx.as_mut(), &frame)?;
+                }
+                Ok(())
+            })();
+            if sent.is_ok() {
+                thread::sleep(timeout);
+            }
+            stop.store(true, Ordering::Release);
+            let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (sent, read)
+        });
+        sent?;
+        let got = read.map_err(|e| ProbeError::from_io(bridge, "reading replies", e))?;
+        Ok(got.into_iter().collect())
+    }
+}
+
+/// One call the fake saw, for assertions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeCall {
+    pub bridge: String,
+    pub targets: Vec<Ipv4Addr>,
+    pub timeout: Duration,
+    pub thread: ThreadId,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FakeAnswer {
+    mac: MacAddr,
+    /// Silent for this many probes of the address first.
+    after: u32,
+}
+
+#[derive(Default, Debug)]
+struct FakeState {
+    probes: BTreeMap<(String, Ipv4Addr), u32>,
+    calls: Vec<FakeCall>,
+}
+
+/// A scripted prober. Strict like the real one: probing a bridge it was not told about is
+/// `InterfaceMissing`. Answers are (bridge, address) -> MAC, optionally only after the
+/// address has been probed N times (a lease that appears before the guest configured it).
+#[derive(Debug, Default)]
+pub struct FakeProber {
+    bridges: BTreeSet<String>,
+    down: BTreeSet<String>,
+    denied: bool,
+    answers: BTreeMap<(String, Ipv4Addr), Vec<FakeAnswer>>,
+    state: Mutex<FakeState>,
+}
+
+impl FakeProber {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Declares a bridge that exists and is up (answers nothing by itself).
+    pub fn with_bridge(mut self, bridge: &str) -> Self {
+        self.bridges.insert(bridge.to_owned());
+        self
+    }
+    /// Declares a bridge that exists but is down.
+    pub fn with_down_bridge(mut self, bridge: &str) -> Self {
+        self.bridges.insert(bridge.to_owned());
+        self.down.insert(bridge.to_owned());
+        self
+    }
+    /// Every probe fails with `PermissionDenied` (not root, no CAP_NET_RAW).
+    pub fn denied(mut self) -> Self {
+        self.denied = true;
+        self
+    }
+    /// `mac` answers for `ip` on `bridge` from the first probe on.
+    pub fn answer(self, bridge: &str, ip: Ipv4Addr, mac: MacAddr) -> Self {
+        self.answer_after(bridge, ip, mac, 0)
+    }
+    /// `mac` answers for `ip` on `bridge` once `ip` has been probed `after` times there.
+    pub fn answer_after(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, after: u32) -> Self {
+        self.bridges.insert(bridge.to_owned());
+        self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after });
+        self
+    }
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        self.lock().calls.clone()
+    }
+    /// How often `ip` was probed on `bridge`.
+    pub fn probes_of(&self, bridge: &str, ip: Ipv4Addr) -> u32 {
+        self.lock().probes.get(&(bridge.to_owned(), ip)).copied().unwrap_or(0)
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        // A panic while holding the lock only happens in a failing test; keep the data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Prober for FakeProber {
+    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError> {
+        let mut st = self.lock();
+        st.calls.push(FakeCall {
+            bridge: bridge.to_owned(),
+            targets: targets.to_vec(),
+            timeout,
+            thread: thread::current().id(),
+        });
+        if !self.bridges.contains(bridge) {
+            return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
+        }
+        if self.down.contains(bridge) {
+            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+        }
+        if self.denied {
+            return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
+        }
+        let mut got = BTreeSet::new();
+        for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
+            let key = (bridge.to_owned(), ip);
+            let n = st.probes.entry(key.clone()).or_default();
+            let before = *n;
+            *n += 1;
+            for a in self.answers.get(&key).into_iter().flatten() {
+                if before >= a.after {
+                    got.insert(ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED });
+                }
+            }
+        }
+        Ok(got.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().expect("test MAC is valid")
+    }
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("test IP is valid")
+    }
+    const T: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn sweep_targets_leave_out_network_and_broadcast() {
+        let hosts = sweep_targets("10.0.0.0/24".parse().unwrap(), 1024).expect("small enough");
+        assert_eq!(hosts.len(), 254);
+        assert_eq!(hosts.first(), Some(&ip("10.0.0.1")));
+        assert_eq!(hosts.last(), Some(&ip("10.0.0.254")));
+        assert_eq!(sweep_targets("10.0.0.0/16".parse().unwrap(), 1024), None);
+        assert_eq!(sweep_targets("10.0.0.4/31".parse().unwrap(), 1024), Some(vec![ip("10.0.0.4"), ip("10.0.0.5")]));
+        assert_eq!(sweep_targets("10.0.0.9/32".parse().unwrap(), 1), Some(vec![ip("10.0.0.9")]));
+        assert_eq!(sweep_targets("10.0.0.8/30".parse().unwrap(), 1), None);
+    }
+
+    #[test]
+    fn source_ip_prefers_the_targets_subnet() {
+        let addrs: Vec<Ipv4Network> = vec!["192.168.1.1/24".parse().unwrap(), "10.0.0.1/24".parse().unwrap()];
+        assert_eq!(source_ip(&addrs, ip("10.0.0.7")), ip("10.0.0.1"));
+        assert_eq!(source_ip(&addrs, ip("172.16.0.7")), ip("192.168.1.1"));
+        assert_eq!(source_ip(&[], ip("10.0.0.7")), Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let e = |n: Errno| io::Error::from_raw_os_error(n as i32);
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::EPERM)), ProbeError::PermissionDenied { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::EACCES)), ProbeError::PermissionDenied { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::ENODEV)), ProbeError::InterfaceMissing { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::ENETDOWN)), ProbeError::InterfaceDown { .. }));
+        let other = ProbeError::from_io("br0", "reading replies", e(Errno::EIO));
+        assert!(matches!(other, ProbeError::Io { .. }));
+        assert_eq!(other.bridge(), "br0");
+        assert_eq!(other.to_string(), "ARP probe on br0: reading replies failed");
+    }
+
+    #[test]
+    fn permission_error_tells_how_to_fix_it() {
+        use miette::Diagnostic;
+        let e = ProbeError::PermissionDenied { bridge: "virbr1".into() };
+        let help = e.help().expect("has help").to_string();
+        assert!(help.contains("CAP_NET_RAW") && help.contains("setcap"), "{help}");
+    }
+
+    #[test]
+    fn pnet_prober_reports_a_missing_interface() {
+        // interfaces() reads the host's interface list; it sends nothing.
+        let err =
+            PnetProber::default().probe("topo-no-such0", &[ip("10.0.0.1")], Duration::from_millis(1)).unwrap_err();
+        assert!(matches!(err, ProbeError::InterfaceMissing { .. }), "{err:?}");
+    }
+
+    /// CAP_NET_RAW (bit 13) in this thread's effective capability set.
+    fn has_net_raw() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_none_or(|caps| caps & (1 << 13) != 0)
+    }
+
+    #[test]
+    fn pnet_prober_without_cap_net_raw_is_permission_denied() {
+        if has_net_raw() {
+            eprintln!("skipping: only meaningful without CAP_NET_RAW (run as an ordinary user)");
+            return;
+        }
+        // Without the capability socket() fails before any frame could be sent.
+        let lo = pnet::datalink::interfaces()
+            .into_iter()
+            .find(|i| i.is_loopback() && i.is_up())
+            .expect("a loopback interface");
+        let err = PnetProber::default().probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1)).unwrap_err();
+        assert!(matches!(err, ProbeError::PermissionDenied { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn fake_answers_scripted_macs_only() {
+        let m = mac("52:54:00:00:00:05");
+        let p = FakeProber::new().answer("br0", ip("10.0.0.5"), m);
+        let got = p.probe("br0", &[ip("10.0.0.5"), ip("10.0.0.6")], T).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].sender_mac, got[0].sender_ip), (m, ip("10.0.0.5")));
+        assert_eq!(p.probes_of("br0", ip("10.0.0.6")), 1);
+        assert!(p.probe("br0", &[], T).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fake_answers_after_n_probes() {
+        let m = mac("52:54:00:00:00:05");
+        let p = FakeProber::new().answer_after("br0", ip("10.0.0.5"), m, 2);
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
+        assert_eq!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().len(), 1);
+        assert_eq!(p.calls().len(), 3);
+    }
+
+    #[test]
+    fn fake_is_strict_about_bridges() {
+        let p = FakeProber::new().with_bridge("br0").with_down_bridge("br1");
+        assert!(matches!(p.probe("br9", &[ip("10.0.0.5")], T), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[ip("10.0.0.5")], T), Err(ProbeError::InterfaceDown { .. })));
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
+        let d = FakeProber::new().with_bridge("br0").denied();
+        assert!(matches!(d.probe("br0", &[], T), Err(ProbeError::PermissionDenied { .. })));
+    }
+}

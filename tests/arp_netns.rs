@@ -1,0 +1,220 @@
+//! Real-socket tests of `PnetProber` (and `verify` over it) inside network namespaces this
+//! test creates: `<ns>-h` holds bridge `br0` (10.99.0.1/24), `<ns>-g` holds the "guest" end of
+//! a veth pair (10.99.0.5/24, MAC 02:00:00:99:00:05) whose other end is a port of `br0`.
+//! No frame touches the host's own interfaces. Needs root; skipped otherwise.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use topo::arp::ArpReply;
+use topo::model::MacAddr;
+use topo::prober::{PnetProber, ProbeError, Prober, sweep_targets};
+
+const GUEST_MAC: &str = "02:00:00:99:00:05";
+const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 5);
+const ABSENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 6);
+
+fn can_run() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: creating network namespaces and raw sockets needs root");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipping: the `ip` tool (iproute2) is not installed");
+        return false;
+    }
+    true
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Two namespaces wired as described in the module doc; deleted on drop (also on panic).
+struct TestNet {
+    host: String,
+    guest: String,
+}
+
+impl TestNet {
+    fn new(tag: &str) -> Self {
+        let base = format!("topo-arp-test-{}-{tag}", std::process::id());
+        let net = TestNet { host: format!("{base}-h"), guest: format!("{base}-g") };
+        // Constructed before the first `ip` call so a failure half-way still cleans up.
+        ip(&["netns", "add", &net.host]);
+        ip(&["netns", "add", &net.guest]);
+        let (h, g) = (net.host.as_str(), net.guest.as_str());
+        ip(&["-n", h, "link", "add", "br0", "type", "bridge", "stp_state", "0"]);
+        ip(&["-n", h, "addr", "add", "10.99.0.1/24", "dev", "br0"]);
+        ip(&["-n", h, "link", "set", "br0", "up"]);
+        ip(&["-n", h, "link", "add", "vh", "type", "veth", "peer", "name", "vg", "netns", g]);
+        ip(&["-n", h, "link", "set", "vh", "master", "br0"]);
+        ip(&["-n", h, "link", "set", "vh", "up"]);
+        ip(&["-n", g, "link", "set", "vg", "address", GUEST_MAC]);
+        ip(&["-n", g, "addr", "add", "10.99.0.5/24", "dev", "vg"]);
+        ip(&["-n", g, "link", "set", "vg", "up"]);
+        net
+    }
+
+    /// Runs `f` on a fresh thread that has joined the host namespace.
+    fn in_host<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        thread::scope(|s| {
+            s.spawn(|| {
+                let fd = File::open(format!("/run/netns/{}", self.host)).expect("open netns");
+                setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for ns in [&self.host, &self.guest] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn guest_mac() -> MacAddr {
+    GUEST_MAC.parse().expect("valid MAC")
+}
+
+/// The first probe may race the bridge port coming up: retry like `verify` does.
+fn probe_until_answer(p: &PnetProber, target: Ipv4Addr) -> Vec<ArpReply> {
+    let start = Instant::now();
+    loop {
+        let got = p.probe("br0", &[target], Duration::from_millis(300)).expect("probe works");
+        if !got.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn probe_finds_the_guest_and_nothing_else() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new("probe");
+    net.in_host(|| {
+        let p = PnetProber::default();
+        let got = probe_until_answer(&p, GUEST_IP);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].sender_mac, guest_mac());
+        assert_eq!(got[0].sender_ip, GUEST_IP);
+        assert_eq!(got[0].target_ip, Ipv4Addr::new(10, 99, 0, 1));
+
+        let none = p.probe("br0", &[ABSENT_IP], Duration::from_millis(300)).expect("probe");
+        assert!(none.is_empty(), "nobody holds .6: {none:?}");
+
+        let hosts = sweep_targets("10.99.0.0/24".parse().unwrap(), 1024).expect("a /24");
+        let t = Instant::now();
+        let swept = p.probe("br0", &hosts, Duration::from_millis(300)).expect("sweep");
+        eprintln!("/24 sweep with 300 ms timeout took {:?}", t.elapsed());
+        let found: Vec<(Ipv4Addr, MacAddr)> = swept.iter().map(|r| (r.sender_ip, r.sender_mac)).collect();
+        assert_eq!(found, vec![(GUEST_IP, guest_mac())]);
+        // Sending 254 requests is paced, but must stay well below the reply timeout.
+        assert!(t.elapsed() < Duration::from_millis(600), "sweep took {:?}", t.elapsed());
+    });
+}
+
+#[test]
+fn bridge_without_address_sends_arp_probes() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new("noaddr");
+    ip(&["-n", &net.host, "addr", "flush", "dev", "br0"]);
+    net.in_host(|| {
+        let got = probe_until_answer(&PnetProber::default(), GUEST_IP);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].sender_mac, guest_mac());
+        // Linux answers an RFC 5227 probe with the asker's (zero) address as target.
+        assert_eq!(got[0].target_ip, Ipv4Addr::UNSPECIFIED);
+    });
+}
+
+#[test]
+fn missing_and_down_interfaces_are_reported() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new("errs");
+    ip(&["-n", &net.host, "link", "add", "br1", "type", "bridge"]);
+    net.in_host(|| {
+        let p = PnetProber::default();
+        let t = Duration::from_millis(50);
+        assert!(matches!(p.probe("br9", &[GUEST_IP], t), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[GUEST_IP], t), Err(ProbeError::InterfaceDown { .. })));
+    });
+}
+
+#[test]
+fn verify_over_real_arp() {
+    use topo::model::{NetworkName, VmName};
+    use topo::observed::Lease;
+    use topo::verify::{FailReason, NicState, NicTarget, SystemClock, VerifyOptions, verify};
+
+    if !can_run() {
+        return;
+    }
+    let net = TestNet::new("verify");
+    let target = |vm: &str, mac: &str| NicTarget {
+        vm: VmName::new(vm).unwrap(),
+        nic: "eth0".into(),
+        network: NetworkName::new("net").unwrap(),
+        libvirt_network: "lab-net".into(),
+        bridge: Some("br0".into()),
+        mac: mac.parse().unwrap(),
+        reservation: None,
+        dhcp: true,
+        subnet: Some("10.99.0.0/24".parse().unwrap()),
+        running: true,
+        verify: true,
+    };
+    let targets =
+        [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
+    let lease = |mac: &str, ip: Ipv4Addr| Lease {
+        network: "lab-net".into(),
+        mac: mac.parse().unwrap(),
+        ip,
+        hostname: None,
+        expiry: 0,
+    };
+    // .5 is the guest's; .6 is a stale lease nobody answers; the "dup" NIC holds a stale
+    // lease for .5, which the guest answers with another MAC.
+    let leases = || {
+        Ok(vec![
+            lease(GUEST_MAC, GUEST_IP),
+            lease("02:00:00:99:00:06", ABSENT_IP),
+            lease("02:00:00:99:00:07", GUEST_IP),
+        ])
+    };
+    let opts = VerifyOptions { timeout: Duration::from_secs(2), ..VerifyOptions::default() };
+    let report = net.in_host(|| {
+        verify(&targets, &PnetProber::default(), &leases, &SystemClock::start(), &opts, |p| {
+            eprintln!("{} {}: {}", p.target.vm, p.target.nic, p.state)
+        })
+        .expect("verification runs")
+    });
+    match &report.nics[0].state {
+        NicState::Verified { ip, evidence, .. } => {
+            assert_eq!(*ip, GUEST_IP);
+            assert_eq!(evidence.to_string(), format!("arp reply from {GUEST_MAC} on br0"));
+        }
+        other => panic!("guest not verified: {other:?}"),
+    }
+    assert_eq!(report.nics[1].state, NicState::Failed { reason: FailReason::LeasedButSilent { ip: ABSENT_IP } });
+    assert_eq!(
+        report.nics[2].state,
+        NicState::Failed { reason: FailReason::Conflict { ip: GUEST_IP, other_mac: guest_mac() } }
+    );
+}
