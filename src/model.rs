@@ -360,7 +360,7 @@ impl fmt::Display for ByteSize {
             ("MiB", Self::MIB),
             ("KiB", Self::KIB),
         ] {
-            if b >= m && b % m == 0 {
+            if b >= m && b.is_multiple_of(m) {
                 return write!(f, "{}{unit}", b / m);
             }
         }

@@ -118,14 +118,31 @@ pub(crate) fn to_xml<T: Serialize>(
     Ok(out)
 }
 
+/// Deserializes `xml` after checking that its root element is `<root>` (serde alone would
+/// accept any root name).
 pub(crate) fn from_xml<'de, T: serde::Deserialize<'de>>(
     what: &'static str,
+    root: &str,
     xml: &'de str,
 ) -> Result<T, XmlError> {
-    quick_xml::de::from_str(xml).map_err(|e| XmlError::Parse {
-        what,
-        message: e.to_string(),
-    })
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event().map_err(|e| parse_err(what, e))? {
+            Event::Start(e) | Event::Empty(e) => {
+                let name = e.name();
+                if name.as_ref() != root {
+                    return Err(parse_err(
+                        what,
+                        format!("expected a <{root}> element, found <{}>", name.as_ref()),
+                    ));
+                }
+                break;
+            }
+            Event::Eof => return Err(parse_err(what, "no root element")),
+            _ => {}
+        }
+    }
+    quick_xml::de::from_str(xml).map_err(|e| parse_err(what, e))
 }
 
 /// Renders an object twice: without metadata to compute the spec hash, then with the owner
