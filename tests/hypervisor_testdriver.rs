@@ -720,3 +720,75 @@ fn memory_fixture_domains() {
     hv.destroy_domain(&vm.libvirt_name).unwrap();
     assert!(!hv.observe().unwrap().domains.contains_key(&vm.libvirt_name));
 }
+
+// ---- libvirt's own schemas ----------------------------------------------------------------
+
+/// Checks XML against libvirt's RNG schemas (`virt-xml-validate` from libvirt-clients, which
+/// runs `xmllint` from libxml2-utils). `None`, saying so, where either is not installed.
+fn schema_check(kind: &str, xml: &str) -> Option<Result<(), String>> {
+    for tool in ["virt-xml-validate", "xmllint"] {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("{tool} not installed: schema check skipped");
+            return None;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{kind}.xml"));
+    std::fs::write(&path, xml).unwrap();
+    let out = std::process::Command::new("virt-xml-validate")
+        .arg(&path)
+        .arg(kind)
+        .output()
+        .unwrap();
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    })
+}
+
+#[track_caller]
+fn validate(kind: &str, xml: &str) {
+    if let Some(Err(e)) = schema_check(kind, xml) {
+        panic!("{kind} XML fails libvirt's schema:\n{e}\n{xml}");
+    }
+}
+
+#[test]
+fn rendered_xml_passes_libvirt_schemas() {
+    // The check can fail: a wrong attribute is caught.
+    if let Some(r) = schema_check(
+        "network",
+        "<network><name>x</name><bridge stp='maybe'/></network>",
+    ) {
+        assert!(r.is_err());
+    }
+    let lab = lab("s", 5);
+    let vm = vm_of(&lab);
+    validate(
+        "network",
+        &xml::network_xml(&lab, net_of(&lab, "net")).unwrap().xml,
+    );
+    validate(
+        "network",
+        &xml::network_xml(&lab, net_of(&lab, "iso")).unwrap().xml,
+    );
+    validate(
+        "domain",
+        &xml::domain_xml(&lab, vm, Some("/var/lib/topo/ts-vm.qcow2"))
+            .unwrap()
+            .xml,
+    );
+    let mut bare = vm.clone();
+    bare.boot = None;
+    bare.nics.clear();
+    validate("domain", &xml::domain_xml(&lab, &bare, None).unwrap().xml);
+}
