@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use crate::observed::{OWNER_NS, OwnerTag};
 
 pub use domain::{console_log_path, domain_xml, interface_xml, parse_domain, parse_interface};
-pub use network::{NetworkFlags, dhcp_host_xml, network_xml, parse_dhcp_host, parse_network};
+pub use network::{
+    NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network,
+};
 
 /// XML namespace of libvirt's dnsmasq passthrough options in network XML.
 pub const DNSMASQ_NS: &str = "http://libvirt.org/schemas/network/dnsmasq/1.0";
