@@ -287,7 +287,9 @@ impl MemoryHypervisor {
     }
 
     /// Makes the next call of `op` (a trait method name, e.g. `start_network`) on object
-    /// `name` fail with `error`. Each injected fault fires once.
+    /// `name` fail with `error` (for `observe` the name is ignored). Each injected fault fires
+    /// once. Define calls match on the name inside the XML; XML that does not parse fails
+    /// with InvalidXml before any fault or log entry.
     pub fn fail_on(&self, op: &str, name: &str, error: HvError) {
         self.lock().faults.push((op.to_owned(), name.to_owned(), error));
     }

@@ -370,7 +370,7 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
 /// Parses domain XML (as `dumpxml` prints it) into an `ObservedDomain` in `state`.
 /// Unknown elements are ignored; the result is for reading, never for writing back.
 pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, XmlError> {
-    let r: DomainR = from_xml("domain", xml)?;
+    let r: DomainR = from_xml("domain", "domain", xml)?;
     let facts = read_ns_facts("domain", xml)?;
     let memory_kib = match &r.memory {
         Some(m) => to_kib(m.value, m.unit.as_deref())?,
@@ -408,5 +408,5 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
 
 /// Parses one `<interface>` element (as given to attach/detach).
 pub fn parse_interface(xml: &str) -> Result<ObservedInterface, XmlError> {
-    observed_interface(from_xml("interface", xml)?)
+    observed_interface(from_xml("interface", "interface", xml)?)
 }

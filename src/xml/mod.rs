@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::observed::{OWNER_NS, OwnerTag};
 
 pub use domain::{console_log_path, domain_xml, interface_xml, parse_domain, parse_interface};
-pub use network::{NetworkFlags, dhcp_host_xml, network_xml, parse_dhcp_host, parse_network};
+pub use network::{NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network};
 pub use storage::{dir_pool_xml, overlay_volume_xml, plain_interface_xml};
 
 /// XML namespace of libvirt's dnsmasq passthrough options in network XML.
@@ -102,8 +102,28 @@ pub(crate) fn to_xml<T: Serialize>(what: &'static str, root: &str, value: &T) ->
     Ok(out)
 }
 
-pub(crate) fn from_xml<'de, T: serde::Deserialize<'de>>(what: &'static str, xml: &'de str) -> Result<T, XmlError> {
-    quick_xml::de::from_str(xml).map_err(|e| XmlError::Parse { what, message: e.to_string() })
+/// Deserializes `xml` after checking that its root element is `<root>` (serde alone would
+/// accept any root name).
+pub(crate) fn from_xml<'de, T: serde::Deserialize<'de>>(
+    what: &'static str,
+    root: &str,
+    xml: &'de str,
+) -> Result<T, XmlError> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event().map_err(|e| parse_err(what, e))? {
+            Event::Start(e) | Event::Empty(e) => {
+                let name = e.name();
+                if name.as_ref() != root {
+                    return Err(parse_err(what, format!("expected a <{root}> element, found <{}>", name.as_ref())));
+                }
+                break;
+            }
+            Event::Eof => return Err(parse_err(what, "no root element")),
+            _ => {}
+        }
+    }
+    quick_xml::de::from_str(xml).map_err(|e| parse_err(what, e))
 }
 
 /// Renders an object twice: without metadata to compute the spec hash, then with the owner

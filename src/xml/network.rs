@@ -117,7 +117,7 @@ fn ip_w(m: &ManagedNetwork) -> Option<IpW> {
     Some(IpW { address: gateway, netmask: prefix_to_netmask(subnet.prefix()), dhcp })
 }
 
-/// Renders the network XML for a managed lab network (see [`super::spec_hash`] for the
+/// Renders the network XML for a managed lab network (see [`super::Rendered`] for the
 /// hash). External networks are never rendered: `XmlError::External`.
 pub fn network_xml(lab: &Lab, net: &Network) -> Result<Rendered, XmlError> {
     let m = match &net.kind {
@@ -300,7 +300,7 @@ fn observed_ip(ip: &IpR) -> Result<Option<ObservedIp>, XmlError> {
 /// Parses network XML (as `net-dumpxml` prints it) into an `ObservedNetwork`.
 /// Unknown elements are ignored; the result is for reading, never for writing back.
 pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, XmlError> {
-    let r: NetworkR = from_xml("network", xml)?;
+    let r: NetworkR = from_xml("network", "network", xml)?;
     let facts = read_ns_facts("network", xml)?;
     let mut ip = None;
     for i in &r.ip {
@@ -327,7 +327,7 @@ pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, 
 
 /// Parses one `<host>` element (as given to `virNetworkUpdate`).
 pub fn parse_dhcp_host(xml: &str) -> Result<ObservedHost, XmlError> {
-    let h: HostR = from_xml("dhcp host", xml)?;
+    let h: HostR = from_xml("dhcp host", "host", xml)?;
     observed_host(&h).ok_or_else(|| XmlError::Parse {
         what: "dhcp host",
         message: "a <host> needs a unicast mac and an IPv4 ip attribute".into(),

@@ -496,3 +496,12 @@ fn memory_units() {
     assert_eq!(m(" unit='bytes'", 2048).unwrap(), 2);
     assert!(m(" unit='parsecs'", 1).is_err());
 }
+
+#[test]
+fn wrong_root_is_rejected() {
+    assert!(parse_interface("<disk type='file'/>").is_err());
+    assert!(parse_network("<domain type='qemu'><name>x</name></domain>", NetworkFlags::default()).is_err());
+    assert!(parse_domain("<network><name>x</name></network>", DomainState::Shutoff).is_err());
+    assert!(parse_dhcp_host("<?xml version='1.0'?>\n<hostx mac='52:54:00:00:00:01' ip='1.2.3.4'/>").is_err());
+    assert!(parse_dhcp_host("<?xml version='1.0'?>\n<host mac='52:54:00:00:00:01' ip='1.2.3.4'/>").is_ok());
+}

@@ -1,0 +1,601 @@
+//! One scenario suite run against libvirt's test driver (`test:///default`, in-process) and
+//! against `MemoryHypervisor`, plus memory-only tests of the double's strict rejections.
+//!
+//! Known differences of the test driver are written down in `Driver` and asserted exactly,
+//! so a change in either implementation shows up here.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use topo::hypervisor::libvirt::LibvirtHypervisor;
+use topo::hypervisor::memory::MemoryHypervisor;
+use topo::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
+use topo::model::*;
+use topo::observed::{DomainState, Lease, ObservedMode, OwnerTag};
+use topo::source::SourceFile;
+use topo::xml;
+
+/// What the backend under test does where libvirt's drivers differ.
+struct Driver {
+    /// The test driver drops `<dnsmasq:options>` (the QEMU/network driver keeps them).
+    keeps_dnsmasq_options: bool,
+    /// Device hot-plug (the test driver has no attach/detach).
+    hotplug: bool,
+    /// DHCP leases (the test driver has none: unsupported).
+    leases: bool,
+    /// A bridge-less network gets `virbrN` at define time (the test driver leaves it unset).
+    assigns_bridge: bool,
+    /// Stopping an inactive network fails (the test driver's `net-destroy` succeeds twice).
+    rejects_stop_of_inactive_network: bool,
+}
+
+const TEST_DRIVER: Driver = Driver {
+    keeps_dnsmasq_options: false,
+    hotplug: false,
+    leases: false,
+    assigns_bridge: false,
+    rejects_stop_of_inactive_network: false,
+};
+const MEMORY: Driver = Driver {
+    keeps_dnsmasq_options: true,
+    hotplug: true,
+    leases: true,
+    assigns_bridge: true,
+    rejects_stop_of_inactive_network: true,
+};
+
+/// The test driver's `default` network, loaded into the memory double so both start alike.
+const DEFAULT_NET: &str = "<network>
+  <name>default</name>
+  <uuid>dd8fe884-6c02-601e-7551-cca97df1c5df</uuid>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+</network>";
+
+fn mac(s: &str) -> MacAddr {
+    s.parse().unwrap()
+}
+
+fn nic(index: usize, network: &NetworkName, m: MacAddr) -> Nic {
+    Nic {
+        index,
+        network: network.clone(),
+        mac: m,
+        mac_derived: false,
+        ip: None,
+        verify: Verify::Arp,
+        span: (0, 0).into(),
+    }
+}
+
+/// A lab named `t<tag>` with a managed NAT network `net` (bridge `tb<tag>`), a bridge-less
+/// isolated network `iso`, the external `default`, and a VM `vm` on `net` and `default`.
+fn lab(tag: &str, third_octet: u8) -> Lab {
+    let name = LabName::new(&format!("t{tag}")).unwrap();
+    let prefix = format!("t{tag}-");
+    let net = NetworkName::new("net").unwrap();
+    let iso = NetworkName::new("iso").unwrap();
+    let default = NetworkName::new("default").unwrap();
+    let res =
+        Reservation { mac: mac("52:54:00:77:00:10"), ip: Ipv4Addr::new(10, 77, third_octet, 10), host: "vm".into() };
+    let managed = ManagedNetwork {
+        mode: NetworkMode::Nat,
+        subnet: Some(format!("10.77.{third_octet}.0/24").parse().unwrap()),
+        gateway: Some(Ipv4Addr::new(10, 77, third_octet, 1)),
+        dhcp: Some(DhcpRange {
+            start: Ipv4Addr::new(10, 77, third_octet, 100),
+            end: Ipv4Addr::new(10, 77, third_octet, 200),
+        }),
+        bridge: Some(BridgeName::new(&format!("tb{tag}")).unwrap()),
+        autostart: false,
+        stp: false,
+        dhcp_ping: false,
+        reservations: [(res.mac, res)].into_iter().collect(),
+    };
+    let isolated = ManagedNetwork {
+        mode: NetworkMode::Isolated,
+        subnet: None,
+        gateway: None,
+        dhcp: None,
+        bridge: None,
+        autostart: false,
+        stp: true,
+        dhcp_ping: true,
+        reservations: BTreeMap::new(),
+    };
+    let mut networks = BTreeMap::new();
+    for (n, kind) in [
+        (net.clone(), NetworkKind::Managed(managed)),
+        (iso.clone(), NetworkKind::Managed(isolated)),
+        (default.clone(), NetworkKind::External),
+    ] {
+        let libvirt_name = match kind {
+            NetworkKind::External => n.to_string(),
+            NetworkKind::Managed(_) => format!("{prefix}{n}"),
+        };
+        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, span: (0, 0).into() });
+    }
+    let vm_name = VmName::new("vm").unwrap();
+    let vm = Vm {
+        name: vm_name.clone(),
+        libvirt_name: format!("{prefix}vm"),
+        virt_type: VirtType::Qemu,
+        memory: ByteSize::from_mib(128),
+        vcpus: 1,
+        boot: Some(Boot {
+            kernel: PathBuf::from("/nonexistent/vmlinuz"),
+            initrd: None,
+            cmdline: Some("console=ttyS0 quiet".into()),
+        }),
+        disk: None,
+        nics: vec![nic(0, &net, mac("52:54:00:77:00:10")), nic(1, &default, mac("52:54:00:77:00:11"))],
+        span: (0, 0).into(),
+    };
+    Lab {
+        name,
+        prefix,
+        networks,
+        vms: [(vm_name, vm)].into_iter().collect(),
+        source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
+    }
+}
+
+fn net_of<'a>(lab: &'a Lab, n: &str) -> &'a Network {
+    &lab.networks[&NetworkName::new(n).unwrap()]
+}
+
+fn vm_of(lab: &Lab) -> &Vm {
+    &lab.vms[&VmName::new("vm").unwrap()]
+}
+
+#[track_caller]
+fn assert_kind<T: std::fmt::Debug>(r: Result<T, HvError>, kind: HvErrorKind) -> HvError {
+    match r {
+        Err(e) if e.kind == kind => e,
+        other => panic!("expected {kind:?}, got {other:?}"),
+    }
+}
+
+fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
+    let lab = lab(tag, octet);
+    let net = net_of(&lab, "net");
+    let iso = net_of(&lab, "iso");
+    let vm = vm_of(&lab);
+    let net_name = net.libvirt_name.as_str();
+    let vm_name = vm.libvirt_name.as_str();
+
+    // The pre-existing `default` network is observed as not owned.
+    let before = hv.observe().unwrap();
+    let default = &before.networks["default"];
+    assert_eq!(default.owner, None);
+    assert!(default.active);
+    assert_eq!(default.mode, ObservedMode::Known(NetworkMode::Nat));
+    assert!(!before.networks.contains_key(net_name));
+
+    // Define a network rendered from the model; everything round-trips.
+    let rn = xml::network_xml(&lab, net).unwrap();
+    hv.define_network(&rn.xml).unwrap();
+    let o = hv.observe().unwrap();
+    let n = &o.networks[net_name];
+    assert!(!n.active && n.persistent && !n.autostart);
+    assert!(n.uuid.is_some());
+    assert_eq!(
+        n.owner,
+        Some(OwnerTag { lab: format!("t{tag}"), resource: "network.net".into(), spec_hash: rn.spec_hash.clone() })
+    );
+    assert_eq!(n.mode, ObservedMode::Known(NetworkMode::Nat));
+    assert_eq!(n.bridge.as_deref(), Some(format!("tb{tag}").as_str()));
+    assert!(!n.stp);
+    assert_eq!(n.dhcp_ping, !d.keeps_dnsmasq_options);
+    let ip = n.ip.as_ref().unwrap();
+    assert_eq!((ip.address, ip.prefix), (Ipv4Addr::new(10, 77, octet, 1), 24));
+    assert_eq!(ip.dhcp_range.unwrap().start, Ipv4Addr::new(10, 77, octet, 100));
+    assert_eq!(ip.hosts.len(), 1);
+    assert_eq!((ip.hosts[0].mac, ip.hosts[0].name.as_deref()), (mac("52:54:00:77:00:10"), Some("vm")));
+
+    // Same name again without the UUID: libvirt refuses.
+    assert_kind(hv.define_network(&rn.xml), HvErrorKind::Exists);
+
+    // A bridge-less isolated network.
+    let ri = xml::network_xml(&lab, iso).unwrap();
+    hv.define_network(&ri.xml).unwrap();
+    let o = hv.observe().unwrap();
+    let i = &o.networks[iso.libvirt_name.as_str()];
+    assert_eq!(i.mode, ObservedMode::Known(NetworkMode::Isolated));
+    assert_eq!(i.ip, None);
+    assert!(i.stp && i.dhcp_ping);
+    match &i.bridge {
+        Some(b) => assert!(d.assigns_bridge && b.starts_with("virbr"), "{b}"),
+        None => assert!(!d.assigns_bridge),
+    }
+    hv.undefine_network(&iso.libvirt_name).unwrap();
+
+    // Start, autostart.
+    hv.start_network(net_name).unwrap();
+    assert_kind(hv.start_network(net_name), HvErrorKind::InvalidState);
+    hv.set_network_autostart(net_name, true).unwrap();
+    let n = &hv.observe().unwrap().networks[net_name];
+    assert!(n.active && n.autostart);
+
+    // DHCP host entries, live and in the config.
+    let extra =
+        Reservation { mac: mac("52:54:00:77:00:20"), ip: Ipv4Addr::new(10, 77, octet, 20), host: "extra".into() };
+    let host = xml::dhcp_host_xml(&extra).unwrap();
+    hv.update_dhcp_host(net_name, HostOp::Add, &host).unwrap();
+    let hosts = hv.observe().unwrap().networks[net_name].ip.clone().unwrap().hosts;
+    assert_eq!(hosts.iter().map(|h| h.mac).collect::<Vec<_>>(), vec![mac("52:54:00:77:00:10"), extra.mac]);
+    assert_kind(hv.update_dhcp_host(net_name, HostOp::Add, &host), HvErrorKind::Exists);
+    hv.update_dhcp_host(net_name, HostOp::Delete, &host).unwrap();
+    assert_eq!(hv.observe().unwrap().networks[net_name].ip.as_ref().unwrap().hosts.len(), 1);
+    assert_kind(hv.update_dhcp_host(net_name, HostOp::Delete, &host), HvErrorKind::NotFound);
+
+    // Leases.
+    if d.leases {
+        assert_eq!(hv.dhcp_leases(net_name).unwrap(), Vec::<Lease>::new());
+    } else {
+        assert_kind(hv.dhcp_leases(net_name), HvErrorKind::Unsupported);
+    }
+
+    // A domain on the lab network and on `default`.
+    let rd = xml::domain_xml(&lab, vm, None).unwrap();
+    hv.define_domain(&rd.xml).unwrap();
+    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    assert_eq!(dom.state, DomainState::Shutoff);
+    assert_eq!(dom.virt_type, "qemu");
+    assert_eq!((dom.memory_kib, dom.vcpus), (128 * 1024, 1));
+    assert_eq!(dom.kernel.as_deref(), Some("/nonexistent/vmlinuz"));
+    assert_eq!(dom.cmdline.as_deref(), Some("console=ttyS0 quiet"));
+    assert!(dom.disks.is_empty());
+    let ifs: Vec<_> = dom.interfaces.iter().map(|i| (i.mac, i.network.clone(), i.model.clone())).collect();
+    assert_eq!(
+        ifs,
+        vec![
+            (Some(vm.nics[0].mac), Some(net_name.to_owned()), Some("virtio".to_owned())),
+            (Some(vm.nics[1].mac), Some("default".to_owned()), Some("virtio".to_owned())),
+        ]
+    );
+    assert_eq!(
+        dom.owner,
+        Some(OwnerTag { lab: format!("t{tag}"), resource: "vm.vm".into(), spec_hash: rd.spec_hash.clone() })
+    );
+    assert_kind(hv.define_domain(&rd.xml), HvErrorKind::Exists);
+
+    hv.start_domain(vm_name).unwrap();
+    assert_eq!(hv.observe().unwrap().domains[vm_name].state, DomainState::Running);
+    assert_kind(hv.start_domain(vm_name), HvErrorKind::InvalidState);
+
+    // Hot-plug a third NIC.
+    let mut vm3 = vm.clone();
+    vm3.nics.push(nic(2, &NetworkName::new("net").unwrap(), mac("52:54:00:77:00:12")));
+    let iface = xml::interface_xml(&lab, &vm3, &vm3.nics[2]).unwrap();
+    if d.hotplug {
+        hv.attach_device(vm_name, &iface).unwrap();
+        let ifs = hv.observe().unwrap().domains[vm_name].interfaces.clone();
+        assert_eq!(ifs.len(), 3);
+        assert_eq!(ifs[2].mac, Some(vm3.nics[2].mac));
+        assert_kind(hv.attach_device(vm_name, &iface), HvErrorKind::Exists);
+        hv.detach_device(vm_name, &iface).unwrap();
+        assert_eq!(hv.observe().unwrap().domains[vm_name].interfaces.len(), 2);
+        assert_kind(hv.detach_device(vm_name, &iface), HvErrorKind::NotFound);
+    } else {
+        assert_kind(hv.attach_device(vm_name, &iface), HvErrorKind::Unsupported);
+        assert_kind(hv.detach_device(vm_name, &iface), HvErrorKind::Unsupported);
+    }
+
+    // Tear down.
+    hv.destroy_domain(vm_name).unwrap();
+    assert_eq!(hv.observe().unwrap().domains[vm_name].state, DomainState::Shutoff);
+    assert_kind(hv.destroy_domain(vm_name), HvErrorKind::InvalidState);
+    assert_kind(hv.shutdown_domain(vm_name), HvErrorKind::InvalidState);
+    hv.undefine_domain(vm_name).unwrap();
+    hv.stop_network(net_name).unwrap();
+    if d.rejects_stop_of_inactive_network {
+        assert_kind(hv.stop_network(net_name), HvErrorKind::InvalidState);
+    } else {
+        hv.stop_network(net_name).unwrap();
+    }
+    hv.undefine_network(net_name).unwrap();
+    let after = hv.observe().unwrap();
+    assert!(!after.networks.contains_key(net_name));
+    assert!(!after.domains.contains_key(vm_name));
+
+    // Unknown names.
+    let ghost = format!("t{tag}-ghost");
+    assert_kind(hv.start_network(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.stop_network(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.undefine_network(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.set_network_autostart(&ghost, true), HvErrorKind::NotFound);
+    assert_kind(hv.update_dhcp_host(&ghost, HostOp::Add, &host), HvErrorKind::NotFound);
+    assert_kind(hv.dhcp_leases(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.start_domain(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.shutdown_domain(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.destroy_domain(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.undefine_domain(&ghost), HvErrorKind::NotFound);
+    assert_kind(hv.attach_device(&ghost, &iface), HvErrorKind::NotFound);
+    assert_kind(hv.detach_device(&ghost, &iface), HvErrorKind::NotFound);
+
+    // Malformed XML.
+    assert_kind(hv.define_network("<network><name>x</name>"), HvErrorKind::InvalidXml);
+}
+
+#[test]
+fn scenario_on_libvirt_test_driver() {
+    // One connection for the whole test: the test driver's state lives while it is open.
+    let hv = LibvirtHypervisor::connect("test:///default").unwrap();
+    assert_eq!(hv.uri(), "test:///default");
+    scenario(&hv, &TEST_DRIVER, "lv", 1);
+}
+
+#[test]
+fn scenario_on_memory_double() {
+    let hv = MemoryHypervisor::new().with_network_xml(DEFAULT_NET, true, true).unwrap();
+    scenario(&hv, &MEMORY, "mem", 2);
+}
+
+#[test]
+fn connect_failure_has_a_hint() {
+    let e = LibvirtHypervisor::connect("test:///nonexistent/node.xml").unwrap_err();
+    assert_eq!(e.kind, HvErrorKind::Connect);
+    assert!(e.hint.as_deref().unwrap().contains("LIBVIRT_DEFAULT_URI"), "{e:?}");
+}
+
+// ---- memory double only -----------------------------------------------------------------
+
+fn mem_with_lab(tag: &str) -> (MemoryHypervisor, Lab) {
+    let lab = lab(tag, 3);
+    let hv = MemoryHypervisor::new().with_network_xml(DEFAULT_NET, true, false).unwrap();
+    (hv, lab)
+}
+
+#[test]
+fn memory_redefine_needs_matching_uuid_and_replaces_config() {
+    let (hv, lab) = mem_with_lab("a");
+    let net = net_of(&lab, "net");
+    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.start_network(&net.libvirt_name).unwrap();
+    let uuid = hv.observe().unwrap().networks[&net.libvirt_name].uuid.clone().unwrap();
+
+    // Changed spec, UUID carried over: the persistent config is replaced, state kept.
+    let mut lab2 = lab.clone();
+    if let NetworkKind::Managed(m) = &mut lab2.networks.get_mut(&NetworkName::new("net").unwrap()).unwrap().kind {
+        m.stp = true;
+    }
+    let x = xml::network_xml(&lab2, net_of(&lab2, "net")).unwrap();
+    let with_uuid = x.xml.replacen("<name>", &format!("<uuid>{uuid}</uuid>\n  <name>"), 1);
+    hv.define_network(&with_uuid).unwrap();
+    let n = &hv.observe().unwrap().networks[&net.libvirt_name];
+    assert!(n.stp && n.active);
+    assert_eq!(n.owner.as_ref().unwrap().spec_hash, x.spec_hash);
+
+    // Another name with that UUID.
+    let clash = with_uuid.replace(&format!("<name>{}</name>", net.libvirt_name), "<name>other</name>");
+    let e = assert_kind(hv.define_network(&clash), HvErrorKind::Exists);
+    assert!(e.message.contains("already defined with uuid"), "{e}");
+}
+
+#[test]
+fn memory_bridge_names() {
+    let (hv, lab) = mem_with_lab("b");
+    // `default` holds virbr0: a bridge-less network gets virbr1.
+    let iso = net_of(&lab, "iso");
+    hv.define_network(&xml::network_xml(&lab, iso).unwrap().xml).unwrap();
+    assert_eq!(hv.observe().unwrap().networks[&iso.libvirt_name].bridge.as_deref(), Some("virbr1"));
+    // A second network naming a bridge in use is refused at define time (as libvirt does).
+    let x = xml::network_xml(&lab, net_of(&lab, "net")).unwrap().xml.replace("name=\"tbb\"", "name=\"virbr1\"");
+    let e = assert_kind(hv.define_network(&x), HvErrorKind::Exists);
+    assert!(e.message.contains("virbr1") && e.message.contains(&iso.libvirt_name), "{e}");
+    // Freed names are reused.
+    hv.undefine_network(&iso.libvirt_name).unwrap();
+    hv.define_network(&x).unwrap();
+    let other = "<network><name>y</name></network>";
+    hv.define_network(other).unwrap();
+    assert_eq!(hv.observe().unwrap().networks["y"].bridge.as_deref(), Some("virbr2"));
+}
+
+#[test]
+fn memory_networks_in_use_by_running_domains() {
+    let (hv, lab) = mem_with_lab("c");
+    let net = net_of(&lab, "net");
+    let vm = vm_of(&lab);
+    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    // libvirt accepts a domain on a network that is defined but not active ...
+    hv.define_domain(&xml::domain_xml(&lab, vm, None).unwrap().xml).unwrap();
+    // ... and refuses to start it.
+    let e = assert_kind(hv.start_domain(&vm.libvirt_name), HvErrorKind::InvalidState);
+    assert!(e.message.contains(&format!("network '{}' is not active", net.libvirt_name)), "{e}");
+    hv.start_network(&net.libvirt_name).unwrap();
+    hv.start_domain(&vm.libvirt_name).unwrap();
+
+    // Undefining a network under a running domain is refused (stricter than libvirt: a
+    // plan must remove the VMs first).
+    let e = assert_kind(hv.undefine_network(&net.libvirt_name), HvErrorKind::InvalidState);
+    assert!(e.message.contains(&vm.libvirt_name), "{e}");
+    // Stopping it is allowed, as in libvirt, and cuts the domain's NICs on it until they
+    // are re-plugged.
+    let on_net: Vec<_> =
+        vm.nics.iter().filter(|n| n.network == net.name).map(|n| (vm.libvirt_name.clone(), n.mac)).collect();
+    assert!(!on_net.is_empty());
+    hv.stop_network(&net.libvirt_name).unwrap();
+    assert_eq!(hv.cut_nics(), on_net);
+    hv.start_network(&net.libvirt_name).unwrap();
+    for nic in vm.nics.iter().filter(|n| n.network == net.name) {
+        let x = xml::interface_xml(&lab, vm, nic).unwrap();
+        hv.detach_device(&vm.libvirt_name, &x).unwrap();
+        hv.attach_device(&vm.libvirt_name, &x).unwrap();
+    }
+    assert!(hv.cut_nics().is_empty());
+    hv.shutdown_domain(&vm.libvirt_name).unwrap();
+    hv.stop_network(&net.libvirt_name).unwrap();
+    hv.undefine_network(&net.libvirt_name).unwrap();
+    // The domain's network is now missing.
+    assert_kind(hv.start_domain(&vm.libvirt_name), HvErrorKind::NotFound);
+}
+
+#[test]
+fn memory_domain_device_rules() {
+    let (hv, lab) = mem_with_lab("d");
+    let vm = vm_of(&lab);
+    let mut dup = vm.clone();
+    dup.nics[1].mac = dup.nics[0].mac;
+    let e = assert_kind(hv.define_domain(&xml::domain_xml(&lab, &dup, None).unwrap().xml), HvErrorKind::InvalidXml);
+    assert!(e.message.contains("duplicate MAC"), "{e}");
+
+    hv.define_domain(&xml::domain_xml(&lab, vm, None).unwrap().xml).unwrap();
+    // Attaching a NIC whose MAC the domain has; detaching one it lacks.
+    let same = xml::interface_xml(&lab, vm, &vm.nics[1]).unwrap();
+    assert_kind(hv.attach_device(&vm.libvirt_name, &same), HvErrorKind::Exists);
+    let mut other = vm.nics[1].clone();
+    other.mac = mac("52:54:00:77:00:99");
+    let absent = xml::interface_xml(&lab, vm, &other).unwrap();
+    assert_kind(hv.detach_device(&vm.libvirt_name, &absent), HvErrorKind::NotFound);
+    // Shut-off domain: config-only attach works even though `net` is not defined.
+    hv.attach_device(&vm.libvirt_name, &absent).unwrap();
+    hv.detach_device(&vm.libvirt_name, &same).unwrap();
+    let macs: Vec<_> = hv.observe().unwrap().domains[&vm.libvirt_name].interfaces.iter().map(|i| i.mac).collect();
+    assert_eq!(macs, vec![Some(vm.nics[0].mac), Some(other.mac)]);
+    assert_kind(hv.attach_device(&vm.libvirt_name, "<disk type='file'/>"), HvErrorKind::InvalidXml);
+}
+
+#[test]
+fn memory_dhcp_host_conflicts() {
+    let (hv, lab) = mem_with_lab("e");
+    let net = net_of(&lab, "net");
+    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    // Same IP as the model's reservation, other MAC.
+    let r = Reservation { mac: mac("52:54:00:77:00:30"), ip: Ipv4Addr::new(10, 77, 3, 10), host: "x".into() };
+    let e = assert_kind(
+        hv.update_dhcp_host(&net.libvirt_name, HostOp::Add, &xml::dhcp_host_xml(&r).unwrap()),
+        HvErrorKind::Exists,
+    );
+    assert!(e.message.contains("existing dhcp host entry"), "{e}");
+    // A network without <ip> has nowhere to put hosts.
+    hv.define_network(&xml::network_xml(&lab, net_of(&lab, "iso")).unwrap().xml).unwrap();
+    let r2 = Reservation { mac: mac("52:54:00:77:00:31"), ip: Ipv4Addr::new(10, 77, 3, 31), host: "y".into() };
+    assert_kind(
+        hv.update_dhcp_host("te-iso", HostOp::Add, &xml::dhcp_host_xml(&r2).unwrap()),
+        HvErrorKind::InvalidState,
+    );
+}
+
+#[test]
+fn memory_undefine_active_network_leaves_it_transient() {
+    let (hv, lab) = mem_with_lab("f");
+    let net = net_of(&lab, "net");
+    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.start_network(&net.libvirt_name).unwrap();
+    hv.undefine_network(&net.libvirt_name).unwrap();
+    let n = hv.observe().unwrap().networks[&net.libvirt_name].clone();
+    assert!(n.active && !n.persistent);
+    assert_kind(hv.undefine_network(&net.libvirt_name), HvErrorKind::InvalidState);
+    hv.stop_network(&net.libvirt_name).unwrap();
+    assert!(!hv.observe().unwrap().networks.contains_key(&net.libvirt_name));
+}
+
+#[test]
+fn memory_fault_injection_and_call_log() {
+    let (hv, lab) = mem_with_lab("g");
+    let net = net_of(&lab, "net");
+    let name = net.libvirt_name.as_str();
+    let boom = HvError {
+        op: "start network".into(),
+        object: name.into(),
+        message: "injected".into(),
+        kind: HvErrorKind::Other,
+        hint: None,
+    };
+    hv.fail_on("start_network", name, boom);
+    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    let e = assert_kind(hv.start_network(name), HvErrorKind::Other);
+    assert_eq!(e.message, "injected");
+    assert!(!hv.observe().unwrap().networks[name].active, "a failed call changes nothing");
+    hv.start_network(name).unwrap(); // the fault fired once
+    assert_eq!(
+        hv.calls(),
+        vec![
+            format!("define_network {name}"),
+            format!("start_network {name}"),
+            "observe".to_owned(),
+            format!("start_network {name}"),
+        ]
+    );
+    hv.clear_calls();
+    assert!(hv.calls().is_empty());
+}
+
+#[test]
+fn memory_leases_come_from_the_fixture() {
+    let (hv, _lab) = mem_with_lab("h");
+    let lease = Lease {
+        network: "default".into(),
+        mac: mac("52:54:00:77:00:40"),
+        ip: Ipv4Addr::new(192, 168, 122, 40),
+        hostname: Some("h".into()),
+        expiry: 1_700_000_000,
+    };
+    hv.set_leases("default", vec![lease.clone()]);
+    assert_eq!(hv.dhcp_leases("default").unwrap(), vec![lease]);
+}
+
+#[test]
+fn memory_fixture_domains() {
+    let lab = lab("i", 4);
+    let vm = vm_of(&lab);
+    let hv = MemoryHypervisor::new().with_domain_xml(&xml::domain_xml(&lab, vm, None).unwrap().xml, true).unwrap();
+    assert!(hv.calls().is_empty(), "fixtures are not logged");
+    assert_eq!(hv.observe().unwrap().domains[&vm.libvirt_name].state, DomainState::Running);
+    // Undefining a running domain keeps it as transient until it stops.
+    hv.undefine_domain(&vm.libvirt_name).unwrap();
+    assert!(hv.observe().unwrap().domains.contains_key(&vm.libvirt_name));
+    hv.destroy_domain(&vm.libvirt_name).unwrap();
+    assert!(!hv.observe().unwrap().domains.contains_key(&vm.libvirt_name));
+}
+
+// ---- libvirt's own schemas ----------------------------------------------------------------
+
+/// Checks XML against libvirt's RNG schemas (`virt-xml-validate` from libvirt-clients, which
+/// runs `xmllint` from libxml2-utils). `None`, saying so, where either is not installed.
+fn schema_check(kind: &str, xml: &str) -> Option<Result<(), String>> {
+    for tool in ["virt-xml-validate", "xmllint"] {
+        if std::process::Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("{tool} not installed: schema check skipped");
+            return None;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{kind}.xml"));
+    std::fs::write(&path, xml).unwrap();
+    let out = std::process::Command::new("virt-xml-validate").arg(&path).arg(kind).output().unwrap();
+    Some(if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    })
+}
+
+#[track_caller]
+fn validate(kind: &str, xml: &str) {
+    if let Some(Err(e)) = schema_check(kind, xml) {
+        panic!("{kind} XML fails libvirt's schema:\n{e}\n{xml}");
+    }
+}
+
+#[test]
+fn rendered_xml_passes_libvirt_schemas() {
+    // The check can fail: a wrong attribute is caught.
+    if let Some(r) = schema_check("network", "<network><name>x</name><bridge stp='maybe'/></network>") {
+        assert!(r.is_err());
+    }
+    let lab = lab("s", 5);
+    let vm = vm_of(&lab);
+    validate("network", &xml::network_xml(&lab, net_of(&lab, "net")).unwrap().xml);
+    validate("network", &xml::network_xml(&lab, net_of(&lab, "iso")).unwrap().xml);
+    validate("domain", &xml::domain_xml(&lab, vm, Some("/var/lib/topo/ts-vm.qcow2")).unwrap().xml);
+    let mut bare = vm.clone();
+    bare.boot = None;
+    bare.nics.clear();
+    validate("domain", &xml::domain_xml(&lab, &bare, None).unwrap().xml);
+}
