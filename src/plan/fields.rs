@@ -131,8 +131,12 @@ pub fn desired_vm(vm: &Vm) -> Fields {
     put(&mut f, "vcpus", vm.vcpus.to_string(), Restart);
     if let Some(b) = &vm.boot {
         put(&mut f, "boot.kernel", b.kernel.display().to_string(), Restart);
-        put(&mut f, "boot.initrd", b.initrd.as_ref().map(|p| p.display().to_string()).unwrap_or_default(), Restart);
-        put(&mut f, "boot.cmdline", b.cmdline.clone().unwrap_or_default(), Restart);
+        if let Some(i) = &b.initrd {
+            put(&mut f, "boot.initrd", i.display().to_string(), Restart);
+        }
+        if let Some(c) = &b.cmdline {
+            put(&mut f, "boot.cmdline", c.clone(), Restart);
+        }
     }
     if let (Some(d), Some(overlay)) = (&vm.disk, vm.overlay_name()) {
         // The overlay's file name carries a hash of (image, size): the domain's disk path
@@ -154,10 +158,10 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     put(&mut f, "hypervisor", o.virt_type.clone(), Restart);
     put(&mut f, "memory", crate::model::ByteSize::from_bytes(o.memory_kib * 1024).to_string(), Restart);
     put(&mut f, "vcpus", o.vcpus.to_string(), Restart);
-    if desired.contains_key("boot.kernel") || o.kernel.is_some() {
-        put(&mut f, "boot.kernel", o.kernel.clone().unwrap_or_default(), Restart);
-        put(&mut f, "boot.initrd", o.initrd.clone().unwrap_or_default(), Restart);
-        put(&mut f, "boot.cmdline", o.cmdline.clone().unwrap_or_default(), Restart);
+    for (k, v) in [("boot.kernel", &o.kernel), ("boot.initrd", &o.initrd), ("boot.cmdline", &o.cmdline)] {
+        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
+            put(&mut f, k, v.clone(), Restart);
+        }
     }
     if desired.contains_key("disk") || !o.disks.is_empty() {
         let name = o.disks.first().map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
