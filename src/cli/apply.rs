@@ -37,6 +37,11 @@ pub struct ApplyArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub confirm: ConfirmArgs,
+    /// Skip the ARP verification of every NIC after apply
+    #[arg(long)]
+    pub no_verify: bool,
+    #[command(flatten)]
+    pub verify: super::verify::VerifyOpts,
 }
 
 #[derive(clap::Args, Debug)]
@@ -89,6 +94,16 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         let (a, c, r, d) = report.counts();
         println!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.");
         crate::apply::check_converged(&lab, &hv)?;
+    }
+    if !args.no_verify {
+        let observed = hv.observe()?;
+        let targets = super::verify::targets(&lab, &observed);
+        if !targets.is_empty() {
+            super::status(global, format_args!("Verifying {} NICs by ARP ...", targets.len()));
+            let opts = crate::verify::VerifyOptions { timeout: args.verify.timeout, ..Default::default() };
+            let report = super::verify::run_verification(global, &hv, &targets, opts)?;
+            super::verify::finish(&lab, &report, false)?;
+        }
     }
     Ok(Outcome::Ok)
 }

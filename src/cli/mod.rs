@@ -5,6 +5,7 @@ mod apply;
 mod graph;
 mod plan;
 mod validate;
+mod verify;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -76,6 +77,10 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Remove everything the lab owns on the host (and nothing else)
     Destroy(apply::DestroyArgs),
+    /// Prove by ARP that every NIC of every VM holds an IPv4 address
+    Verify(verify::VerifyArgs),
+    /// Show every resource of the lab, its state, and each VM's addresses
+    Status(verify::StatusArgs),
     /// Print the lab's networks, VMs and NIC links as a graph (DOT or Mermaid)
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
@@ -95,6 +100,8 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan::run(&cli.global, a),
         Command::Apply(a) => apply::run_apply(&cli.global, a),
         Command::Destroy(a) => apply::run_destroy(&cli.global, a),
+        Command::Verify(a) => verify::run_verify(&cli.global, a),
+        Command::Status(a) => verify::run_status(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),
         Command::Schema => {
             println!("{}", crate::schema::schema_json());
