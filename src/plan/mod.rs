@@ -79,7 +79,8 @@ impl Reason {
             Reason::NotActive => "the network is defined but not active".into(),
             Reason::NotRunning => "the VM is defined but not running".into(),
             Reason::RequiresRestart { fields } => {
-                format!("{} take effect after a restart; the VM will be restarted", fields.join(", "))
+                let verb = if fields.len() == 1 { "takes" } else { "take" };
+                format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
             }
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
         }
@@ -245,7 +246,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     for d in observed.domains.values() {
         if Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str())
         {
-            deletes.push(delete_domain(d));
+            deletes.push(delete_domain(lab, d));
         }
     }
     for n in observed.networks.values() {
@@ -296,7 +297,7 @@ pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
         .domains
         .values()
         .filter(|d| Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab)
-        .map(delete_domain)
+        .map(|d| delete_domain(lab, d))
         .collect();
     let networks =
         observed.networks.values().filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab);
@@ -371,7 +372,9 @@ fn delete_network(n: &ObservedNetwork) -> Change {
     }
 }
 
-fn delete_domain(d: &ObservedDomain) -> Change {
+fn delete_domain(lab: &Lab, d: &ObservedDomain) -> Change {
+    // What is destroyed, as the host has it (shown like a created VM's fields).
+    let fields = all_fields(&fields::observed_vm(lab, d, &Fields::new()), false);
     let mut ops = Vec::new();
     if d.state != DomainState::Shutoff {
         ops.push(Op::StopDomain);
@@ -383,7 +386,7 @@ fn delete_domain(d: &ObservedDomain) -> Change {
         libvirt_name: d.name.clone(),
         action: Action::Delete,
         reasons: vec![Reason::NotInLabFile],
-        fields: Vec::new(),
+        fields,
         blast_radius: Vec::new(),
         ops,
     }
