@@ -10,55 +10,6 @@ use topo::hypervisor::memory::MemoryHypervisor;
 use topo::plan::render::{Style, render};
 use topo::plan::{self, Action, Reason};
 
-/// Three VMs on two lab networks and the host's `default`; `router` is on both lab-side
-/// networks' neighbours, `web` on `lan` and `back`.
-const BASE: &str = "\
-apiVersion: topo/v1
-name: demo
-networks:
-  default:
-    external: true
-  lan:
-    mode: nat
-    subnet: 10.50.0.0/24
-    dhcp: {start: 10.50.0.100, end: 10.50.0.199}
-    bridge: demo-lan
-    autostart: true
-  back:
-    mode: isolated
-    subnet: 10.51.0.0/24
-    dhcp: true
-vms:
-  router:
-    hypervisor: qemu
-    memory: 256MiB
-    boot: {kernel: boot/vmlinuz, initrd: boot/initrd.gz, cmdline: console=ttyS0}
-    nics:
-      - network: default
-      - network: lan
-        ip: 10.50.0.10
-  web:
-    hypervisor: qemu
-    memory: 256MiB
-    boot: {kernel: boot/vmlinuz}
-    nics:
-      - network: lan
-        ip: 10.50.0.20
-      - network: back
-  db:
-    hypervisor: qemu
-    memory: 256MiB
-    boot: {kernel: boot/vmlinuz}
-    nics:
-      - network: back
-        ip: 10.51.0.30
-";
-
-fn edit(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "edit: {from:?} not in the lab text");
-    text.replacen(from, to, 1)
-}
-
 /// The plain human plan, with the checkout's absolute path (kernel paths) redacted.
 fn plain(p: &topo::plan::Plan) -> String {
     render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]")
@@ -239,4 +190,11 @@ fn refuses_subnet_overlapping_a_host_network() {
 fn refuses_bridge_used_by_a_host_network() {
     let text = edit(BASE, "bridge: demo-lan", "bridge: virbr0");
     insta::assert_snapshot!(refusal(&text, &host()));
+}
+
+#[test]
+fn network_stopped_under_running_vms_is_started_and_nics_replugged() {
+    let hv = applied();
+    hv.stop_network("demo-lan").unwrap();
+    insta::assert_snapshot!(shown(&lab(BASE), &hv));
 }

@@ -76,11 +76,11 @@ pub fn apply_ok(lab: &Lab, hv: &dyn Hypervisor) -> Plan {
 }
 
 /// Destroys everything `lab` owns on `hv`; returns the plan and report.
-pub fn destroy_with(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Report) {
+pub fn destroy_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
     let observed = hv.observe().expect("observe");
     let p = plan::plan_destroy(lab, &observed);
     let cancel = AtomicBool::new(false);
-    let report = topo::apply::apply(lab, &p, &observed, hv, &options(4), &cancel, &Silent);
+    let report = topo::apply::apply(lab, &p, &observed, hv, &options(parallelism), &cancel, &Silent);
     (p, report)
 }
 
@@ -114,4 +114,54 @@ pub fn foreign_network_xml(name: &str, bridge: &str, cidr_host: &str, netmask: &
         "<network><name>{name}</name><forward mode='nat'/><bridge name='{bridge}' stp='on'/>\
          <ip address='{cidr_host}' netmask='{netmask}'/></network>"
     )
+}
+
+/// Three VMs on two lab networks and the host's external `default`: `router` on `default`
+/// and `lan`, `web` on `lan` and `back` (both lab networks), `db` on `back`.
+pub const BASE: &str = "\
+apiVersion: topo/v1
+name: demo
+networks:
+  default:
+    external: true
+  lan:
+    mode: nat
+    subnet: 10.50.0.0/24
+    dhcp: {start: 10.50.0.100, end: 10.50.0.199}
+    bridge: demo-lan
+    autostart: true
+  back:
+    mode: isolated
+    subnet: 10.51.0.0/24
+    dhcp: true
+vms:
+  router:
+    hypervisor: qemu
+    memory: 256MiB
+    boot: {kernel: boot/vmlinuz, initrd: boot/initrd.gz, cmdline: console=ttyS0}
+    nics:
+      - network: default
+      - network: lan
+        ip: 10.50.0.10
+  web:
+    hypervisor: qemu
+    memory: 256MiB
+    boot: {kernel: boot/vmlinuz}
+    nics:
+      - network: lan
+        ip: 10.50.0.20
+      - network: back
+  db:
+    hypervisor: qemu
+    memory: 256MiB
+    boot: {kernel: boot/vmlinuz}
+    nics:
+      - network: back
+        ip: 10.51.0.30
+";
+
+/// `text` with the first `from` replaced by `to` (which must be there).
+pub fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "edit: {from:?} not in the lab text");
+    text.replacen(from, to, 1)
 }
