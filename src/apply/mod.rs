@@ -118,8 +118,9 @@ struct Task<'p> {
 }
 
 /// Which changes wait for which: VM deletions first; network deletions after all VM
-/// deletions; network creations/updates after all deletions; a VM after the changes of the
-/// networks its NICs use (and after all deletions).
+/// deletions and after the VM changes that unplug NICs from them (unless that would make a
+/// cycle); network creations/updates after all deletions; a VM after the changes of the
+/// networks its NICs use (and after all VM deletions).
 fn schedule<'p>(lab: &Lab, plan: &'p Plan) -> Vec<Task<'p>> {
     let is_net = |c: &Change| c.address.starts_with("network.");
     let idx_by_addr: BTreeMap<&str, usize> =
@@ -133,7 +134,8 @@ fn schedule<'p>(lab: &Lab, plan: &'p Plan) -> Vec<Task<'p>> {
         .collect();
     let all_deletes: BTreeSet<usize> =
         plan.changes.iter().enumerate().filter(|(_, c)| c.action == Action::Delete).map(|(i, _)| i).collect();
-    plan.changes
+    let mut tasks: Vec<Task<'p>> = plan
+        .changes
         .iter()
         .map(|c| {
             let deps = match (c.action, is_net(c)) {
@@ -141,7 +143,7 @@ fn schedule<'p>(lab: &Lab, plan: &'p Plan) -> Vec<Task<'p>> {
                 (Action::Delete, true) => vm_deletes.clone(),
                 (_, true) => all_deletes.clone(),
                 (_, false) => {
-                    let mut d = all_deletes.clone();
+                    let mut d = vm_deletes.clone();
                     let vm =
                         c.address.strip_prefix("vm.").and_then(|n| lab.vms.values().find(|v| v.name.as_str() == n));
                     for nic in vm.map(|v| v.nics.as_slice()).unwrap_or_default() {
@@ -154,7 +156,35 @@ fn schedule<'p>(lab: &Lab, plan: &'p Plan) -> Vec<Task<'p>> {
             };
             Task { change: c, deps, network: is_net(c) }
         })
-        .collect()
+        .collect();
+    // A network is deleted after kept VMs unplugged their NICs from it (libvirt would let it
+    // go from under them, leaving a dead link until the unplug). Skipped where the VM waits
+    // for the deletion itself (it needs a network that reuses the bridge or subnet).
+    for (n, net) in plan.changes.iter().enumerate().filter(|(_, c)| c.action == Action::Delete && is_net(c)) {
+        for (v, vm) in plan.changes.iter().enumerate().filter(|(_, c)| c.action != Action::Delete && !is_net(c)) {
+            let unplugs =
+                vm.ops.iter().any(|op| matches!(op, Op::DetachNic { network, .. } if *network == net.libvirt_name));
+            if unplugs && !waits_for(&tasks, v, n) {
+                tasks[n].deps.insert(v);
+            }
+        }
+    }
+    tasks
+}
+
+/// Whether task `from` (transitively) waits for task `to`.
+fn waits_for(tasks: &[Task<'_>], from: usize, to: usize) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from];
+    while let Some(i) = stack.pop() {
+        if i == to {
+            return true;
+        }
+        if seen.insert(i) {
+            stack.extend(tasks[i].deps.iter().copied());
+        }
+    }
+    false
 }
 
 #[derive(Default)]
@@ -224,7 +254,7 @@ pub fn apply(
                     let change = tasks[i].change;
                     progress.event(Event::Started { address: &change.address, action: change.action });
                     let t0 = Instant::now();
-                    let result = run_change(lab, change, observed, hv, opts);
+                    let result = run_change(lab, change, observed, hv, opts).or_else(|e| already_gone(change, e));
                     let outcome = match result {
                         Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
                         Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
@@ -330,6 +360,13 @@ fn run_change(lab: &Lab, c: &Change, observed: &Observed, hv: &dyn Hypervisor, o
         }
     }
     Ok(())
+}
+
+/// A deletion whose object vanished after the host was observed has nothing left to do.
+/// (Each op of a delete is on the change's own object, so NotFound means it is gone; an
+/// overlay already deleted is gone too.)
+fn already_gone(c: &Change, e: HvError) -> Result<(), HvError> {
+    if c.action == Action::Delete && e.kind == crate::hypervisor::HvErrorKind::NotFound { Ok(()) } else { Err(e) }
 }
 
 /// Re-plugs NICs that a network restart cut off: unplug and plug the same interface live.

@@ -79,7 +79,8 @@ impl Reason {
             Reason::NotActive => "the network is defined but not active".into(),
             Reason::NotRunning => "the VM is defined but not running".into(),
             Reason::RequiresRestart { fields } => {
-                format!("{} take effect after a restart; the VM will be restarted", fields.join(", "))
+                let verb = if fields.len() == 1 { "takes" } else { "take" };
+                format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
             }
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
         }
@@ -154,7 +155,9 @@ pub struct Change {
     pub action: Action,
     pub reasons: Vec<Reason>,
     pub fields: Vec<FieldChange>,
-    /// For a network replacement: the NICs of running domains it detaches.
+    /// For a network replacement: the NICs of running domains it detaches. For the start
+    /// of an inactive network: the NICs of running domains that lost their link when it
+    /// stopped.
     pub blast_radius: Vec<Detached>,
     pub ops: Vec<Op>,
 }
@@ -245,7 +248,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     for d in observed.domains.values() {
         if Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str())
         {
-            deletes.push(delete_domain(d));
+            deletes.push(delete_domain(lab, d));
         }
     }
     for n in observed.networks.values() {
@@ -289,18 +292,32 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
 }
 
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
-/// the lab file; VMs first, then networks (the reverse of creation). Pure, like `plan`.
+/// the lab file; VMs first, then networks. Objects in the file go in the graph's
+/// `delete_order` (exactly the reverse of creation); owned objects no longer in the file go
+/// first within their kind, by name. Pure, like `plan`.
 pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
     let lab_name = lab.name.as_str();
+    // Position of each address in the reverse creation order; a lab whose graph cannot be
+    // built (a cycle) keeps name order.
+    let rank: BTreeMap<String, usize> = LabGraph::build(lab)
+        .map(|g| g.delete_order().iter().enumerate().map(|(i, n)| (n.address(), i + 1)).collect())
+        .unwrap_or_default();
+    let by_rank = |c: &Change| rank.get(&c.address).copied().unwrap_or(0);
     let mut changes: Vec<Change> = observed
         .domains
         .values()
         .filter(|d| Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab)
-        .map(delete_domain)
+        .map(|d| delete_domain(lab, d))
         .collect();
-    let networks =
-        observed.networks.values().filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab);
-    changes.extend(networks.map(delete_network));
+    changes.sort_by_key(by_rank); // stable: ties (not in the file) stay in name order
+    let mut networks: Vec<Change> = observed
+        .networks
+        .values()
+        .filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab)
+        .map(delete_network)
+        .collect();
+    networks.sort_by_key(by_rank);
+    changes.extend(networks);
     for c in &mut changes {
         if lab_has(lab, &c.address) {
             c.reasons = vec![Reason::DestroyRequested];
@@ -371,7 +388,9 @@ fn delete_network(n: &ObservedNetwork) -> Change {
     }
 }
 
-fn delete_domain(d: &ObservedDomain) -> Change {
+fn delete_domain(lab: &Lab, d: &ObservedDomain) -> Change {
+    // What is destroyed, as the host has it (shown like a created VM's fields).
+    let fields = all_fields(&fields::observed_vm(lab, d, &Fields::new()), false);
     let mut ops = Vec::new();
     if d.state != DomainState::Shutoff {
         ops.push(Op::StopDomain);
@@ -383,7 +402,7 @@ fn delete_domain(d: &ObservedDomain) -> Change {
         libvirt_name: d.name.clone(),
         action: Action::Delete,
         reasons: vec![Reason::NotInLabFile],
-        fields: Vec::new(),
+        fields,
         blast_radius: Vec::new(),
         ops,
     }
@@ -454,9 +473,17 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         });
     }
     let mut ops = Vec::new();
+    let mut blast = Vec::new();
     if !o.active {
         reasons.push(Reason::NotActive);
         ops.push(Op::StartNetwork);
+        // Running domains whose NICs were on the network when it stopped lost their link;
+        // starting it again does not plug them back in.
+        blast = blast_radius(lab, net, observed);
+        let reattach: Vec<Detached> = blast.iter().filter(|d| d.reattached).cloned().collect();
+        if !reattach.is_empty() {
+            ops.push(Op::ReattachNics { nics: reattach });
+        }
     }
     if m.autostart != o.autostart {
         ops.push(Op::SetNetworkAutostart { on: m.autostart });
@@ -479,9 +506,11 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         return None;
     }
     // Drifted or changed config that can be fixed in place is rewritten too, so the
-    // metadata's spec hash matches the file again.
+    // metadata's spec hash matches the file again. Last: the DHCP host updates above change
+    // the live network and its config, and would find their entries already in a config
+    // rewritten before them (libvirt refuses a duplicate host entry).
     if config_changed {
-        ops.insert(0, Op::DefineNetwork);
+        ops.push(Op::DefineNetwork);
     }
     Some(Change {
         address,
@@ -489,7 +518,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         action: Action::Update,
         reasons,
         fields: changed,
-        blast_radius: Vec::new(),
+        blast_radius: blast,
         ops,
     })
 }

@@ -88,7 +88,11 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         }
         let _ = writeln!(out, "    }}");
         if !c.blast_radius.is_empty() {
-            let _ = writeln!(out, "    # blast radius: restarting the network detaches these running NICs:");
+            let header = match c.action {
+                Action::Replace => "blast radius: restarting the network detaches these running NICs:",
+                _ => "these running NICs lost their link when the network stopped:",
+            };
+            let _ = writeln!(out, "    # {header}");
             for d in &c.blast_radius {
                 let then = if d.reattached {
                     "re-attached by topo"

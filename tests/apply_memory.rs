@@ -1,0 +1,404 @@
+//! Tier 2: plan + apply + destroy against the strict in-memory hypervisor. Order is checked
+//! from the double's call log, end states through `observe()`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+
+use common::*;
+use topo::apply::progress::Silent;
+use topo::apply::{StepOutcome, check_converged};
+use topo::hypervisor::memory::MemoryHypervisor;
+use topo::hypervisor::{HvError, HvErrorKind, Hypervisor};
+use topo::model::{Lab, NetworkKind};
+use topo::observed::Observed;
+use topo::plan::{self, Action, Plan};
+
+fn actions(p: &Plan) -> Vec<(String, Action)> {
+    p.changes.iter().map(|c| (c.address.clone(), c.action)).collect()
+}
+
+fn pairs(v: &[(&str, Action)]) -> Vec<(String, Action)> {
+    v.iter().map(|(a, b)| (a.to_string(), *b)).collect()
+}
+
+/// Position of the first call exactly equal to `call`.
+fn pos(calls: &[String], call: &str) -> usize {
+    calls.iter().position(|c| c == call).unwrap_or_else(|| panic!("no call {call:?} in {calls:#?}"))
+}
+
+fn assert_replans_empty(l: &Lab, hv: &dyn Hypervisor) {
+    let (p, _) = plan_on(l, hv);
+    assert!(p.is_empty(), "plan after apply is not empty: {:#?}", actions(&p));
+}
+
+fn names(o: &Observed) -> (Vec<String>, Vec<String>) {
+    (o.networks.keys().cloned().collect(), o.domains.keys().cloned().collect())
+}
+
+fn fault(op: &str, name: &str) -> HvError {
+    HvError {
+        op: op.into(),
+        object: name.into(),
+        message: "injected failure".into(),
+        kind: HvErrorKind::Other,
+        hint: Some("injected hint".into()),
+    }
+}
+
+/// Calls that change the host (everything but reads).
+fn mutating(calls: &[String]) -> Vec<String> {
+    calls.iter().filter(|c| *c != "observe" && !c.starts_with("domain_state ")).cloned().collect()
+}
+
+#[test]
+fn apply_converges_and_touches_no_external_network() {
+    let hv = host();
+    let l = lab(BASE);
+    let p = apply_ok(&l, &hv);
+    assert_eq!(p.summary().create, 5);
+    assert_replans_empty(&l, &hv);
+    let calls = hv.calls();
+    assert!(!calls.iter().any(|c| c.ends_with(" default")), "external network touched: {calls:#?}");
+    let o = hv.observe().unwrap();
+    assert!(o.domains.values().all(|d| d.state == topo::observed::DomainState::Running));
+    assert!(o.networks.values().all(|n| n.active));
+}
+
+#[test]
+fn networks_are_defined_and_started_before_the_domains_that_use_them() {
+    for parallelism in [1, 4] {
+        let hv = host();
+        let l = lab(BASE);
+        apply_with(&l, &hv, parallelism);
+        let calls = hv.calls();
+        for vm in l.vms.values() {
+            for nic in &vm.nics {
+                let net = &l.networks[&nic.network];
+                if matches!(net.kind, NetworkKind::External) {
+                    continue;
+                }
+                let (n, d) = (&net.libvirt_name, &vm.libvirt_name);
+                assert!(pos(&calls, &format!("define_network {n}")) < pos(&calls, &format!("define_domain {d}")));
+                assert!(pos(&calls, &format!("start_network {n}")) < pos(&calls, &format!("start_domain {d}")));
+            }
+        }
+    }
+}
+
+#[test]
+fn edits_apply_and_converge() {
+    let hv = host();
+    apply_ok(&lab(BASE), &hv);
+
+    // A second NIC for db (no reservation: only the VM changes, hot-plugged).
+    let t1 = edit(
+        BASE,
+        "      - network: back\n        ip: 10.51.0.30\n",
+        "      - network: back\n        ip: 10.51.0.30\n      - network: lan\n",
+    );
+    let p = apply_ok(&lab(&t1), &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
+    assert_replans_empty(&lab(&t1), &hv);
+    assert_eq!(hv.observe().unwrap().domains["demo-db"].interfaces.len(), 2);
+
+    // A new VM with a reservation: the network gains a host entry first.
+    let t2 = format!(
+        "{t1}  cache:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    nics: [{{network: back, ip: 10.51.0.40}}]\n"
+    );
+    hv.clear_calls();
+    let p = apply_ok(&lab(&t2), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.back", Action::Update), ("vm.cache", Action::Create)]));
+    let calls = hv.calls();
+    assert!(pos(&calls, "update_dhcp_host demo-back") < pos(&calls, "start_domain demo-cache"));
+    assert_replans_empty(&lab(&t2), &hv);
+
+    // A changed reservation: delete + add on the live network, nothing restarted.
+    let t3 = edit(&t2, "ip: 10.50.0.20", "ip: 10.50.0.21");
+    hv.clear_calls();
+    let p = apply_ok(&lab(&t3), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update)]));
+    assert!(!hv.calls().iter().any(|c| c.starts_with("stop_network") || c.starts_with("start_domain")));
+    assert_replans_empty(&lab(&t3), &hv);
+
+    // A new subnet while VMs run on the network: replaced, and every NIC re-plugged.
+    let t4 = t3.replace("10.50.0.", "10.60.0.");
+    let p = apply_ok(&lab(&t4), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Replace)]));
+    let lan = &p.changes[0];
+    assert_eq!(lan.blast_radius.len(), 3, "router, web and db's new NIC are on lan: {:?}", lan.blast_radius);
+    assert!(lan.blast_radius.iter().all(|d| d.reattached));
+    assert_eq!(hv.cut_nics(), vec![], "NICs left off the restarted network");
+    assert_replans_empty(&lab(&t4), &hv);
+    let o = hv.observe().unwrap();
+    assert_eq!(o.networks["demo-lan"].ip.as_ref().unwrap().address.to_string(), "10.60.0.1");
+}
+
+#[test]
+fn restarting_an_inactive_network_replugs_running_nics() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    // Stopped by hand under running VMs (libvirt allows it; their NICs lose the link).
+    hv.stop_network("demo-lan").unwrap();
+    assert_eq!(hv.cut_nics().len(), 2);
+    let (p, _) = plan_on(&l, &hv);
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update)]));
+    apply_ok(&l, &hv);
+    assert_eq!(hv.cut_nics(), vec![], "NICs left off the restarted network");
+}
+
+#[test]
+fn removed_vm_and_network_are_deleted_vms_first() {
+    let hv = host();
+    apply_ok(&lab(BASE), &hv);
+    // Drop db and the back network (and web's NIC on it).
+    let text = BASE.split("  db:\n").next().unwrap();
+    let text = edit(text, "      - network: back\n", "");
+    let text = edit(&text, "  back:\n    mode: isolated\n    subnet: 10.51.0.0/24\n    dhcp: true\n", "");
+    let l = lab(&text);
+    hv.clear_calls();
+    let p = apply_ok(&l, &hv);
+    assert_eq!(
+        actions(&p),
+        pairs(&[("vm.db", Action::Delete), ("network.back", Action::Delete), ("vm.web", Action::Update)])
+    );
+    let calls = hv.calls();
+    assert!(pos(&calls, "undefine_domain demo-db") < pos(&calls, "undefine_network demo-back"));
+    assert!(pos(&calls, "detach_device demo-web") < pos(&calls, "undefine_network demo-back"));
+    assert_replans_empty(&l, &hv);
+    assert!(!hv.observe().unwrap().networks.contains_key("demo-back"));
+}
+
+#[test]
+fn destroy_is_the_exact_reverse_of_creation() {
+    let hv = host();
+    let l = lab(BASE);
+    hv.clear_calls();
+    apply_with(&l, &hv, 1);
+    let created: Vec<String> = hv
+        .calls()
+        .iter()
+        .filter_map(|c| c.strip_prefix("define_network ").or_else(|| c.strip_prefix("define_domain ")))
+        .map(str::to_owned)
+        .collect();
+    hv.clear_calls();
+    let (_, report) = destroy_with(&l, &hv, 1);
+    assert!(!report.failed(), "{report:#?}");
+    let removed: Vec<String> = hv
+        .calls()
+        .iter()
+        .filter_map(|c| c.strip_prefix("undefine_network ").or_else(|| c.strip_prefix("undefine_domain ")))
+        .map(str::to_owned)
+        .collect();
+    let reversed: Vec<String> = created.into_iter().rev().collect();
+    assert_eq!(removed, reversed);
+}
+
+#[test]
+fn destroy_removes_only_what_the_lab_owns() {
+    let hv = host()
+        .with_network_xml(&foreign_network_xml("keep-net", "keepbr0", "10.90.0.1", "255.255.255.0"), true, true)
+        .unwrap()
+        .with_domain_xml(&foreign_domain_xml("keep-vm", &[("52:54:00:ee:00:09", "keep-net")]), true)
+        .unwrap();
+    let other = lab("\
+apiVersion: topo/v1
+name: other
+networks:
+  lan:
+    mode: isolated
+    subnet: 10.70.0.0/24
+vms:
+  web:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    nics: [{network: lan, ip: 10.70.0.5}]
+");
+    apply_ok(&other, &hv);
+    let before = hv.observe().unwrap();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    let (p, report) = destroy_with(&l, &hv, 4);
+    assert_eq!(p.summary().delete, 5);
+    assert!(!report.failed(), "{report:#?}");
+    let after = hv.observe().unwrap();
+    assert_eq!(after, before, "destroy changed objects the lab does not own");
+    assert_eq!(
+        names(&after),
+        (vec!["default".into(), "keep-net".into(), "other-lan".into()], vec!["keep-vm".into(), "other-web".into()])
+    );
+    // Twice: nothing left to do.
+    assert!(plan::plan_destroy(&l, &after).is_empty());
+    let (p, report) = destroy_with(&l, &hv, 4);
+    assert!(p.changes.is_empty() && report.steps.is_empty());
+}
+
+#[test]
+fn destroy_with_inactive_networks_and_stopped_vms() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    for d in ["demo-db", "demo-router", "demo-web"] {
+        hv.destroy_domain(d).unwrap();
+    }
+    hv.stop_network("demo-lan").unwrap();
+    hv.stop_network("demo-back").unwrap();
+    let (_, report) = destroy_with(&l, &hv, 4);
+    assert!(!report.failed(), "{report:#?}");
+    assert_eq!(names(&hv.observe().unwrap()), (vec!["default".into()], vec![]));
+}
+
+#[test]
+fn destroy_when_objects_already_vanished() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    // Gone before destroy looked.
+    hv.destroy_domain("demo-db").unwrap();
+    hv.undefine_domain("demo-db").unwrap();
+    let observed = hv.observe().unwrap();
+    let p = plan::plan_destroy(&l, &observed);
+    assert_eq!(p.summary().delete, 4);
+    // Gone after destroy looked, before it acted: already absent counts as removed.
+    hv.destroy_domain("demo-router").unwrap();
+    hv.undefine_domain("demo-router").unwrap();
+    let report = topo::apply::apply(&l, &p, &observed, &hv, &options(4), &AtomicBool::new(false), &Silent);
+    assert!(!report.failed(), "{report:#?}");
+    assert_eq!(names(&hv.observe().unwrap()), (vec!["default".into()], vec![]));
+}
+
+#[test]
+fn a_failing_step_stops_new_steps_and_apply_again_converges() {
+    let hv = host();
+    let l = lab(BASE);
+    hv.fail_on("define_domain", "demo-db", fault("define domain", "demo-db"));
+    let (_, report) = apply_with(&l, &hv, 1);
+    let outcome = |a: &str| report.steps.iter().find(|s| s.address == a).unwrap().outcome.clone();
+    assert!(matches!(outcome("network.back"), StepOutcome::Done { .. }));
+    assert!(matches!(outcome("network.lan"), StepOutcome::Done { .. }));
+    match outcome("vm.db") {
+        StepOutcome::Failed { error, hint } => {
+            assert_eq!(error, "define domain demo-db: injected failure");
+            assert_eq!(hint.as_deref(), Some("injected hint"));
+        }
+        o => panic!("vm.db: {o:?}"),
+    }
+    for vm in ["vm.router", "vm.web"] {
+        assert!(matches!(outcome(vm), StepOutcome::Skipped { .. }), "{vm}: {:?}", outcome(vm));
+    }
+    assert!(report.failed() && !report.interrupted);
+    // Skipped steps did nothing.
+    assert!(!hv.calls().iter().any(|c| c.ends_with("demo-router") || c.ends_with("demo-web")));
+    apply_ok(&l, &hv);
+    assert_replans_empty(&l, &hv);
+}
+
+#[test]
+fn with_parallel_steps_running_ones_finish_after_a_failure() {
+    let hv = host();
+    let l = lab(BASE);
+    hv.fail_on("define_domain", "demo-db", fault("define domain", "demo-db"));
+    let (_, report) = apply_with(&l, &hv, 4);
+    let calls = hv.calls();
+    for s in &report.steps {
+        let name = format!("demo-{}", s.address.split_once('.').unwrap().1);
+        match &s.outcome {
+            // A step that ran, ran to the end.
+            StepOutcome::Done { .. } if s.address.starts_with("vm.") => {
+                assert!(calls.contains(&format!("start_domain {name}")), "{}", s.address)
+            }
+            StepOutcome::Done { .. } => assert!(calls.contains(&format!("start_network {name}"))),
+            StepOutcome::Failed { .. } => assert_eq!(s.address, "vm.db"),
+            StepOutcome::Skipped { .. } => {
+                assert!(!calls.iter().any(|c| c.ends_with(&format!(" {name}"))), "{} skipped but called", s.address)
+            }
+        }
+    }
+    assert_eq!(report.steps.iter().filter(|s| matches!(s.outcome, StepOutcome::Failed { .. })).count(), 1);
+    apply_ok(&l, &hv);
+}
+
+#[test]
+fn cancelled_before_start_skips_everything() {
+    let hv = host();
+    let l = lab(BASE);
+    let (p, observed) = plan_on(&l, &hv);
+    hv.clear_calls();
+    let report = topo::apply::apply(&l, &p, &observed, &hv, &options(4), &AtomicBool::new(true), &Silent);
+    assert!(report.interrupted);
+    assert_eq!(report.steps.len(), 5);
+    assert!(
+        report.steps.iter().all(|s| s.outcome == StepOutcome::Skipped { why: "interrupted".into() }),
+        "{report:#?}"
+    );
+    assert_eq!(mutating(&hv.calls()), Vec::<String>::new());
+}
+
+#[test]
+fn parallelism_does_not_change_the_end_state() {
+    let strip = |mut o: Observed| {
+        o.networks.values_mut().for_each(|n| n.uuid = None);
+        o.domains.values_mut().for_each(|d| d.uuid = None);
+        o
+    };
+    let end = |parallelism| {
+        let hv = host();
+        let l = lab(BASE);
+        let (_, report) = apply_with(&l, &hv, parallelism);
+        assert!(!report.failed());
+        check_converged(&l, &hv).unwrap();
+        strip(hv.observe().unwrap())
+    };
+    let one = end(1);
+    for _ in 0..5 {
+        assert_eq!(end(4), one);
+    }
+}
+
+const DISK_LAB: &str = "\
+apiVersion: topo/v1
+name: disky
+networks:
+  net:
+    mode: isolated
+    subnet: 10.80.0.0/24
+vms:
+  box:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    disk: {image: images/base.qcow2, size: 1GiB}
+    nics: [{network: net, ip: 10.80.0.5}]
+";
+
+#[test]
+fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(DISK_LAB);
+    apply_ok(&l, &hv);
+    let vm = l.vms.values().next().unwrap();
+    let overlay = std::path::Path::new(OVERLAY_DIR).join(vm.overlay_name().unwrap());
+    let base = &vm.disk.as_ref().unwrap().image;
+    assert_eq!(hv.volumes(), vec![(overlay.clone(), base.clone())]);
+    let o = hv.observe().unwrap();
+    assert_eq!(o.domains["disky-box"].disks, vec![overlay.display().to_string()]);
+    let calls = hv.calls();
+    assert!(pos(&calls, &format!("create_overlay {}", overlay.display())) < pos(&calls, "define_domain disky-box"));
+    let (_, report) = destroy_with(&l, &hv, 4);
+    assert!(!report.failed(), "{report:#?}");
+    assert_eq!(hv.volumes(), vec![]);
+    assert_eq!(names(&hv.observe().unwrap()), (vec![], vec![]));
+}
+
+#[test]
+fn a_new_disk_size_replaces_the_vm_and_its_overlay() {
+    let hv = MemoryHypervisor::new();
+    apply_ok(&lab(DISK_LAB), &hv);
+    let l = lab(&edit(DISK_LAB, "size: 1GiB", "size: 2GiB"));
+    let p = apply_ok(&l, &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.box", Action::Replace)]));
+    let vm = l.vms.values().next().unwrap();
+    let overlay = std::path::Path::new(OVERLAY_DIR).join(vm.overlay_name().unwrap());
+    assert_eq!(hv.volumes().into_iter().map(|v| v.0).collect::<BTreeSet<_>>(), BTreeSet::from([overlay]));
+}

@@ -1,0 +1,146 @@
+//! The binary: help texts, validate output and exit codes, plan exit codes, and one apply on
+//! libvirt's in-process test driver (`test:///default`, fresh state per process).
+
+use assert_cmd::Command;
+
+fn topo() -> Command {
+    let mut c = Command::cargo_bin("topo").expect("the topo binary");
+    c.env_remove("LIBVIRT_DEFAULT_URI").env_remove("NO_COLOR").env("COLUMNS", "100");
+    c
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn help_texts() {
+    let out = topo().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!("help", stdout(&out));
+    for sub in ["validate", "plan", "apply", "destroy", "graph", "schema"] {
+        let out = topo().args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        insta::assert_snapshot!(format!("help_{sub}"), stdout(&out));
+    }
+}
+
+#[test]
+fn validate_prints_the_summary() {
+    let out = topo().args(["validate", "tests/fixtures/valid/seedlab.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "lab seedlab: 2 networks (1 external), 3 vms, 4 nics\n");
+}
+
+#[test]
+fn validate_reports_problems_and_exits_1() {
+    let out = topo().args(["--color", "never", "validate", "tests/fixtures/invalid/bad_mac.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    insta::assert_snapshot!(stderr(&out));
+}
+
+#[test]
+fn plan_on_a_bad_file_exits_1() {
+    for file in ["tests/fixtures/invalid/bad_mac.yaml", "tests/fixtures/does-not-exist.yaml"] {
+        let out = topo().args(["--color", "never", "-c", "test:///default", "plan", file]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        assert_eq!(stdout(&out), "", "{file}");
+        assert!(stderr(&out).contains(file.rsplit('/').next().unwrap()), "{}", stderr(&out));
+    }
+}
+
+/// A lab for the test driver: lab networks with `dhcp_ping: true` (the test driver drops
+/// `<dnsmasq:options>`, so `no-ping` would read back as changed), kernels from the fixtures.
+fn write_lab(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let boot = std::fs::canonicalize("tests/fixtures/boot").unwrap();
+    let text = body.replace("BOOT", &boot.display().to_string());
+    let path = dir.join("lab.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const TEST_LAB: &str = "\
+apiVersion: topo/v1
+name: clilab
+networks:
+  default:
+    external: true
+  lan:
+    mode: isolated
+    subnet: 10.123.0.0/24
+    dhcp: true
+    dhcp_ping: true
+vms:
+  one:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: {kernel: BOOT/vmlinuz, initrd: BOOT/initrd.gz}
+    nics:
+      - network: lan
+        ip: 10.123.0.10
+      - network: default
+  two:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: {kernel: BOOT/vmlinuz}
+    nics: [{network: lan}]
+";
+
+#[test]
+fn plan_detailed_exitcode() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), TEST_LAB);
+    let out = topo().args(["-c", "test:///default", "-q", "plan", "--detailed-exitcode"]).arg(&lab).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Plan: 3 to add, 0 to change, 0 to replace, 0 to destroy."), "{}", stdout(&out));
+    // Without --detailed-exitcode, changes still exit 0.
+    let out = topo().args(["-c", "test:///default", "-q", "plan"]).arg(&lab).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    // Only the test driver's own `default` network: nothing to do.
+    let lab = write_lab(dir.path(), "apiVersion: topo/v1\nname: nothing\nnetworks:\n  default:\n    external: true\n");
+    let out = topo().args(["-c", "test:///default", "-q", "plan", "--detailed-exitcode"]).arg(&lab).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("No changes. Lab nothing matches {}.\n", lab.display()));
+}
+
+#[test]
+fn plan_json_on_the_test_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), TEST_LAB);
+    let out = topo().args(["-c", "test:///default", "-q", "plan", "--json"]).arg(&lab).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["format_version"], "1");
+    assert_eq!(v["summary"], serde_json::json!({"create": 3, "update": 0, "replace": 0, "delete": 0}));
+}
+
+#[test]
+fn apply_on_the_test_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), TEST_LAB);
+    let out = topo().args(["-c", "test:///default", "--color", "never", "apply", "-y"]).arg(&lab).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("Apply complete: 3 added, 0 changed, 0 replaced, 0 destroyed."), "{}", stdout(&out));
+}
+
+#[test]
+fn apply_without_confirmation_refuses_when_stdin_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another lab name than the apply test's: both run at once and apply locks the lab.
+    let lab = write_lab(dir.path(), &TEST_LAB.replace("name: clilab", "name: clilab2"));
+    let out = topo()
+        .args(["-c", "test:///default", "--color", "never", "apply"])
+        .arg(&lab)
+        .write_stdin("yes\n")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("without confirmation"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("Apply complete"));
+}

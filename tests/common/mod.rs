@@ -1,0 +1,167 @@
+//! Helpers shared by the tier-2 tests: labs from YAML text, a memory host with the test
+//! driver's `default` network, and apply/plan round trips on it.
+#![allow(dead_code)] // each test crate uses a subset
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
+use topo::apply::progress::Silent;
+use topo::apply::{Options, Report};
+use topo::hypervisor::Hypervisor;
+use topo::hypervisor::memory::MemoryHypervisor;
+use topo::model::Lab;
+use topo::observed::Observed;
+use topo::plan::{self, Plan};
+use topo::source::SourceFile;
+
+/// The test driver's `default` network (NAT 192.168.122.0/24 on virbr0).
+pub const DEFAULT_NET: &str = "<network>
+  <name>default</name>
+  <uuid>dd8fe884-6c02-601e-7551-cca97df1c5df</uuid>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+</network>";
+
+/// Where lab files "live": relative kernel paths resolve against tests/fixtures.
+pub const LAB_PATH: &str = "tests/fixtures/lab.yaml";
+pub const OVERLAY_DIR: &str = "/var/lib/topo-test/overlays";
+
+/// A lab from YAML text, as if read from `tests/fixtures/lab.yaml`.
+pub fn lab(yaml: &str) -> Lab {
+    let source = SourceFile::from_text(Path::new(LAB_PATH), yaml.to_string());
+    match topo::validate::load(&source) {
+        Ok(l) => l,
+        Err(e) => panic!("test lab does not validate:\n{}", render_diag(&e)),
+    }
+}
+
+/// A memory host with an active, autostarted `default` network.
+pub fn host() -> MemoryHypervisor {
+    MemoryHypervisor::new().with_network_xml(DEFAULT_NET, true, true).expect("default network")
+}
+
+pub fn options(parallelism: usize) -> Options {
+    Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1), overlay_dir: OVERLAY_DIR.into() }
+}
+
+pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
+    let observed = hv.observe().expect("observe");
+    let p = match plan::plan(lab, &observed, &hv.uri()) {
+        Ok(p) => p,
+        Err(e) => panic!("plan refused:\n{}", render_diag(&e)),
+    };
+    (p, observed)
+}
+
+/// Plans and applies `lab` on `hv` with `parallelism` workers; returns the plan and report.
+pub fn apply_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
+    let (p, observed) = plan_on(lab, hv);
+    let cancel = AtomicBool::new(false);
+    let report = topo::apply::apply(lab, &p, &observed, hv, &options(parallelism), &cancel, &Silent);
+    (p, report)
+}
+
+/// Plans and applies `lab`, asserting every step is done and the host converged.
+pub fn apply_ok(lab: &Lab, hv: &dyn Hypervisor) -> Plan {
+    let (p, report) = apply_with(lab, hv, 4);
+    assert!(!report.failed(), "apply failed: {report:#?}");
+    if let Err(e) = topo::apply::check_converged(lab, hv) {
+        panic!("not converged:\n{}", render_diag(&e));
+    }
+    p
+}
+
+/// Destroys everything `lab` owns on `hv`; returns the plan and report.
+pub fn destroy_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
+    let observed = hv.observe().expect("observe");
+    let p = plan::plan_destroy(lab, &observed);
+    let cancel = AtomicBool::new(false);
+    let report = topo::apply::apply(lab, &p, &observed, hv, &options(parallelism), &cancel, &Silent);
+    (p, report)
+}
+
+/// A diagnostic as the CLI shows it, without colour, 100 columns.
+pub fn render_diag(d: &dyn Diagnostic) -> String {
+    let mut out = String::new();
+    GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .render_report(&mut out, d)
+        .expect("render diagnostic");
+    out
+}
+
+/// A hand-made domain (not created by topo) with one NIC per `(mac, network)`.
+pub fn foreign_domain_xml(name: &str, nics: &[(&str, &str)]) -> String {
+    let ifaces: String = nics
+        .iter()
+        .map(|(mac, net)| {
+            format!("<interface type='network'><mac address='{mac}'/><source network='{net}'/></interface>")
+        })
+        .collect();
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os><devices>{ifaces}</devices></domain>"
+    )
+}
+
+/// A hand-made network (not created by topo).
+pub fn foreign_network_xml(name: &str, bridge: &str, cidr_host: &str, netmask: &str) -> String {
+    format!(
+        "<network><name>{name}</name><forward mode='nat'/><bridge name='{bridge}' stp='on'/>\
+         <ip address='{cidr_host}' netmask='{netmask}'/></network>"
+    )
+}
+
+/// Three VMs on two lab networks and the host's external `default`: `router` on `default`
+/// and `lan`, `web` on `lan` and `back` (both lab networks), `db` on `back`.
+pub const BASE: &str = "\
+apiVersion: topo/v1
+name: demo
+networks:
+  default:
+    external: true
+  lan:
+    mode: nat
+    subnet: 10.50.0.0/24
+    dhcp: {start: 10.50.0.100, end: 10.50.0.199}
+    bridge: demo-lan
+    autostart: true
+  back:
+    mode: isolated
+    subnet: 10.51.0.0/24
+    dhcp: true
+vms:
+  router:
+    hypervisor: qemu
+    memory: 256MiB
+    boot: {kernel: boot/vmlinuz, initrd: boot/initrd.gz, cmdline: console=ttyS0}
+    nics:
+      - network: default
+      - network: lan
+        ip: 10.50.0.10
+  web:
+    hypervisor: qemu
+    memory: 256MiB
+    boot: {kernel: boot/vmlinuz}
+    nics:
+      - network: lan
+        ip: 10.50.0.20
+      - network: back
+  db:
+    hypervisor: qemu
+    memory: 256MiB
+    boot: {kernel: boot/vmlinuz}
+    nics:
+      - network: back
+        ip: 10.51.0.30
+";
+
+/// `text` with the first `from` replaced by `to` (which must be there).
+pub fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "edit: {from:?} not in the lab text");
+    text.replacen(from, to, 1)
+}

@@ -1,0 +1,261 @@
+//! The `topo plan --json` document and the saved plan file match docs/plan-json.md exactly:
+//! the doc's key tables are parsed and every object of real plans is checked against them
+//! (every documented key present with its type, no undocumented key). Also the staleness
+//! rules of saved plans.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use serde_json::Value;
+use topo::hypervisor::Hypervisor;
+use topo::observed::Observed;
+use topo::plan::json::to_json;
+use topo::plan::saved::{SAVED_FORMAT, SavedPlan, SavedPlanError, fingerprint, sha256_hex};
+
+const DOC: &str = include_str!("../docs/plan-json.md");
+
+/// One documented key: its type names (`string|null` -> [string, null]) and whether it is
+/// only present for some reason kinds (`array (only for ...)`).
+#[derive(Debug)]
+struct Key {
+    types: Vec<String>,
+    optional: bool,
+}
+
+/// `<!-- json-table: NAME -->` followed by a `| key | type | meaning |` table.
+fn tables() -> BTreeMap<String, BTreeMap<String, Key>> {
+    let mut out = BTreeMap::new();
+    let mut lines = DOC.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("<!-- json-table: ").and_then(|r| r.strip_suffix(" -->")) else {
+            continue;
+        };
+        let mut keys = BTreeMap::new();
+        for row in lines.by_ref().skip(2) {
+            if !row.starts_with('|') {
+                break;
+            }
+            let cells: Vec<&str> = row.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+            let key = cells[0].trim_matches('`').to_string();
+            let ty = cells.get(1).copied().unwrap_or_default().replace("\\|", "|");
+            let first = ty.split_whitespace().next().unwrap_or_default();
+            keys.insert(
+                key,
+                Key { types: first.split('|').map(str::to_owned).collect(), optional: ty.contains("(only for") },
+            );
+        }
+        out.insert(name.to_string(), keys);
+    }
+    out
+}
+
+fn type_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `obj` has exactly the keys of table `name`, with the documented types.
+fn check(tables: &BTreeMap<String, BTreeMap<String, Key>>, name: &str, obj: &Value) {
+    let table = tables.get(name).unwrap_or_else(|| panic!("docs/plan-json.md has no table {name}"));
+    let map = obj.as_object().unwrap_or_else(|| panic!("{name}: not an object: {obj}"));
+    for k in map.keys() {
+        assert!(table.contains_key(k), "{name}: key `{k}` is not documented in docs/plan-json.md");
+    }
+    for (k, spec) in table {
+        match map.get(k) {
+            None => assert!(spec.optional, "{name}: documented key `{k}` missing in {obj}"),
+            Some(v) => assert!(
+                spec.types.iter().any(|t| t == type_of(v)),
+                "{name}.{k}: documented as {:?}, found {} ({v})",
+                spec.types,
+                type_of(v)
+            ),
+        }
+    }
+}
+
+/// Checks a whole plan document; returns the reason kinds and actions seen.
+fn check_plan(doc: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let t = tables();
+    let kinds_documented: BTreeSet<String> = t["reason-kind"].keys().cloned().collect();
+    check(&t, "plan", doc);
+    let mut kinds = BTreeSet::new();
+    let mut actions = BTreeSet::new();
+    for c in doc["changes"].as_array().unwrap() {
+        check(&t, "change", c);
+        let action = c["action"].as_str().unwrap();
+        assert!(["create", "update", "replace", "delete", "no-op"].contains(&action), "undocumented action {action}");
+        actions.insert(action.to_string());
+        for r in c["reasons"].as_array().unwrap() {
+            check(&t, "reason", r);
+            let kind = r["kind"].as_str().unwrap().to_string();
+            assert!(kinds_documented.contains(&kind), "reason kind {kind} is not documented");
+            let has_fields = r.get("fields").is_some();
+            assert_eq!(has_fields, kind == "requires-replace" || kind == "requires-restart", "{r}");
+            if let Some(f) = r.get("fields") {
+                assert!(f.as_array().unwrap().iter().all(Value::is_string));
+            }
+            kinds.insert(kind);
+        }
+        for f in c["fields"].as_array().unwrap() {
+            check(&t, "field", f);
+        }
+        for b in c["blast_radius"].as_array().unwrap() {
+            check(&t, "blast_radius", b);
+        }
+    }
+    check(&t, "summary", &doc["summary"]);
+    (kinds, actions)
+}
+
+fn json_of(yaml: &str, hv: &dyn Hypervisor) -> Value {
+    let (p, _) = plan_on(&lab(yaml), hv);
+    to_json(&p)
+}
+
+#[test]
+fn real_plans_match_the_documented_shape() {
+    let mut kinds = BTreeSet::new();
+    let mut actions = BTreeSet::new();
+    let mut add = |doc: &Value| {
+        let (k, a) = check_plan(doc);
+        kinds.extend(k);
+        actions.extend(a);
+    };
+    let hv = host();
+    // Create.
+    add(&json_of(BASE, &hv));
+    apply_ok(&lab(BASE), &hv);
+    // Update with restart, replace with blast radius, delete, a stopped VM, a new VM.
+    let text = BASE.split("  db:\n").next().unwrap().replace("10.50.0.", "10.60.0.");
+    let text = edit(
+        &text,
+        "  router:\n    hypervisor: qemu\n    memory: 256MiB",
+        "  router:\n    hypervisor: qemu\n    memory: 512MiB",
+    );
+    let text = format!(
+        "{text}  extra:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    nics: [{{network: back}}]\n"
+    );
+    hv.shutdown_domain("demo-web").unwrap();
+    let doc = json_of(&text, &hv);
+    assert_eq!(doc["summary"], serde_json::json!({"create": 1, "update": 3, "replace": 1, "delete": 1}));
+    assert!(doc["changes"].as_array().unwrap().iter().any(|c| !c["blast_radius"].as_array().unwrap().is_empty()));
+    add(&doc);
+    // An inactive network.
+    hv.start_domain("demo-web").unwrap();
+    hv.destroy_domain("demo-db").unwrap();
+    hv.destroy_domain("demo-web").unwrap();
+    hv.stop_network("demo-back").unwrap();
+    add(&json_of(BASE, &hv));
+    // Destroy.
+    add(&to_json(&topo::plan::plan_destroy(&lab(BASE), &hv.observe().unwrap())));
+    for k in ["not-on-host", "not-in-lab-file", "lab-file-changed", "requires-replace", "not-active", "not-running"] {
+        assert!(kinds.contains(k), "no plan above produced reason {k}: {kinds:?}");
+    }
+    for a in ["create", "update", "replace", "delete"] {
+        assert!(actions.contains(a), "no plan above produced action {a}");
+    }
+    assert!(kinds.contains("requires-restart") && kinds.contains("destroy-requested"));
+}
+
+#[test]
+fn the_documented_example_matches_the_tables() {
+    let block = DOC.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a ```json block");
+    let doc: Value = serde_json::from_str(block).expect("the example is valid JSON");
+    check_plan(&doc);
+}
+
+#[test]
+fn the_reason_kinds_in_the_doc_are_the_planners() {
+    let documented: BTreeSet<String> = tables()["reason-kind"].keys().cloned().collect();
+    use topo::plan::Reason::*;
+    let all = [
+        NotOnHost,
+        NotInLabFile,
+        LabFileChanged,
+        Drift,
+        RequiresReplace { fields: vec![] },
+        NotActive,
+        NotRunning,
+        RequiresRestart { fields: vec![] },
+        DestroyRequested,
+    ];
+    let actual: BTreeSet<String> =
+        all.iter().map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(documented, actual);
+}
+
+// ---- saved plans -------------------------------------------------------------------------
+
+fn saved(lab_text: &str, observed: &Observed) -> SavedPlan {
+    let l = lab(lab_text);
+    let p = topo::plan::plan(&l, observed, "memory:///topo").unwrap();
+    SavedPlan {
+        format: SAVED_FORMAT.into(),
+        lab_file: LAB_PATH.into(),
+        lab_sha256: sha256_hex(lab_text.as_bytes()),
+        uri: "memory:///topo".into(),
+        observed_sha256: fingerprint(observed),
+        plan: to_json(&p),
+    }
+}
+
+#[test]
+fn saved_plan_file_matches_the_documented_shape() {
+    let hv = host();
+    let s = saved(BASE, &hv.observe().unwrap());
+    let text = serde_json::to_string_pretty(&s).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let t = tables();
+    check(&t, "saved", &v);
+    check_plan(&v["plan"]);
+    assert_eq!(v["lab_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(SavedPlan::parse("p.json", &text).unwrap(), s);
+    assert!(topo::plan::saved::looks_saved(&text));
+}
+
+#[test]
+fn saved_plan_is_fresh_only_while_lab_uri_and_host_are_unchanged() {
+    let hv = host();
+    let observed = hv.observe().unwrap();
+    let s = saved(BASE, &observed);
+    s.check_fresh(BASE, "memory:///topo", &observed).unwrap();
+
+    let stale = |r: Result<(), SavedPlanError>| match r {
+        Err(SavedPlanError::Stale { what }) => what,
+        other => panic!("expected stale, got {other:?}"),
+    };
+    // Any edit of the lab text, even a comment.
+    let what = stale(s.check_fresh(&format!("{BASE}# note\n"), "memory:///topo", &observed));
+    assert!(what.contains("lab file"), "{what}");
+    // Another connection.
+    let what = stale(s.check_fresh(BASE, "qemu:///system", &observed));
+    assert!(what.contains("URI"), "{what}");
+    // The host changed (a lab applied, or just a network stopped).
+    apply_ok(&lab(BASE), &hv);
+    let what = stale(s.check_fresh(BASE, "memory:///topo", &hv.observe().unwrap()));
+    assert!(what.contains("host"), "{what}");
+    let fresh = saved(BASE, &hv.observe().unwrap());
+    fresh.check_fresh(BASE, "memory:///topo", &hv.observe().unwrap()).unwrap();
+    hv.destroy_domain("demo-db").unwrap();
+    stale(fresh.check_fresh(BASE, "memory:///topo", &hv.observe().unwrap()));
+}
+
+#[test]
+fn saved_plan_with_another_format_is_refused() {
+    let hv = host();
+    let mut s = saved(BASE, &hv.observe().unwrap());
+    s.format = "topo-saved-plan/99".into();
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(matches!(SavedPlan::parse("p.json", &text), Err(SavedPlanError::Format(..))));
+    assert!(matches!(SavedPlan::parse("p.json", "{}"), Err(SavedPlanError::Format(..))));
+}

@@ -1,0 +1,200 @@
+//! The human plan (`topo plan`) for each kind of change, and the refusals, pinned as insta
+//! snapshots. Host states are reached by applying labs to the strict memory double and then
+//! changing the file or the host.
+
+mod common;
+
+use common::*;
+use topo::hypervisor::Hypervisor;
+use topo::hypervisor::memory::MemoryHypervisor;
+use topo::plan::render::{Style, render};
+use topo::plan::{self, Action, Reason};
+
+/// The plain human plan, with the checkout's absolute path (kernel paths) redacted.
+fn plain(p: &topo::plan::Plan) -> String {
+    render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]")
+}
+
+fn shown(lab: &topo::model::Lab, hv: &dyn Hypervisor) -> String {
+    let (p, _) = plan_on(lab, hv);
+    plain(&p)
+}
+
+/// A host where BASE has been applied.
+fn applied() -> MemoryHypervisor {
+    let hv = host();
+    apply_ok(&lab(BASE), &hv);
+    hv
+}
+
+#[test]
+fn create_from_empty() {
+    let hv = host();
+    insta::assert_snapshot!(shown(&lab(BASE), &hv));
+}
+
+#[test]
+fn no_change() {
+    let hv = applied();
+    let out = shown(&lab(BASE), &hv);
+    assert_eq!(out, "No changes. Lab demo matches lab.yaml.\n");
+}
+
+#[test]
+fn update_in_place() {
+    let hv = applied();
+    let mut text = edit(BASE, "    autostart: true\n", "    autostart: false\n");
+    text = edit(&text, "ip: 10.50.0.20", "ip: 10.50.0.21");
+    text = edit(
+        &text,
+        "    nics:\n      - network: back\n        ip: 10.51.0.30\n",
+        "    nics:\n      - network: back\n        ip: 10.51.0.30\n      - network: lan\n",
+    );
+    text = edit(
+        &text,
+        "  db:\n    hypervisor: qemu\n    memory: 256MiB",
+        "  db:\n    hypervisor: qemu\n    memory: 512MiB",
+    );
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    let actions: Vec<(&str, Action)> = p.changes.iter().map(|c| (c.address.as_str(), c.action)).collect();
+    assert_eq!(actions, [("network.lan", Action::Update), ("vm.db", Action::Update)],);
+    insta::assert_snapshot!(plain(&p));
+}
+
+#[test]
+fn replace_network_lists_blast_radius() {
+    let hv = applied();
+    // Someone else's running VM on the lab's network: topo cannot re-plug it.
+    hv.define_domain(&foreign_domain_xml("stranger", &[("52:54:00:ee:00:01", "demo-lan")])).unwrap();
+    hv.start_domain("stranger").unwrap();
+    let text = BASE.replace("10.50.0.", "10.60.0.").replace("10.50.0.0/24", "10.60.0.0/24");
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    let lan = p.changes.iter().find(|c| c.address == "network.lan").unwrap();
+    assert_eq!(lan.action, Action::Replace);
+    let radius: Vec<(&str, bool)> = lan.blast_radius.iter().map(|d| (d.domain.as_str(), d.reattached)).collect();
+    assert_eq!(radius, [("demo-router", true), ("demo-web", true), ("stranger", false)]);
+    insta::assert_snapshot!(plain(&p));
+}
+
+#[test]
+fn drift_on_the_host() {
+    let hv = applied();
+    let l = lab(BASE);
+    // Redefine the lab's network by hand: same identity and owner tag, other DHCP range.
+    let obs = hv.observe().unwrap();
+    let uuid = obs.networks["demo-lan"].uuid.clone().unwrap();
+    let xml = topo::xml::network_xml(&l, &l.networks[&"lan".parse().unwrap()]).unwrap().xml;
+    let xml = edit(&xml, "</name>", &format!("</name><uuid>{uuid}</uuid>"));
+    let xml = edit(&xml, "10.50.0.199", "10.50.0.150");
+    hv.define_network(&xml).unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    let lan = p.changes.iter().find(|c| c.address == "network.lan").unwrap();
+    assert!(lan.reasons.contains(&Reason::Drift), "{:?}", lan.reasons);
+    insta::assert_snapshot!(plain(&p));
+}
+
+#[test]
+fn vm_removed_from_file_is_deleted() {
+    let hv = applied();
+    let text = BASE.split("  db:\n").next().unwrap().to_string();
+    insta::assert_snapshot!(shown(&lab(&text), &hv));
+}
+
+#[test]
+fn inactive_network_and_stopped_vms_are_started() {
+    let hv = applied();
+    hv.destroy_domain("demo-web").unwrap();
+    hv.destroy_domain("demo-db").unwrap();
+    hv.stop_network("demo-back").unwrap();
+    insta::assert_snapshot!(shown(&lab(BASE), &hv));
+}
+
+#[test]
+fn stopped_vm_is_started() {
+    let hv = applied();
+    hv.shutdown_domain("demo-router").unwrap();
+    insta::assert_snapshot!(shown(&lab(BASE), &hv));
+}
+
+#[test]
+fn destroy_plan() {
+    let hv = applied();
+    let l = lab(BASE);
+    let p = plan::plan_destroy(&l, &hv.observe().unwrap());
+    insta::assert_snapshot!(plain(&p));
+}
+
+// ---- refusals ----------------------------------------------------------------------------
+
+fn refusal(yaml: &str, hv: &dyn Hypervisor) -> String {
+    let l = lab(yaml);
+    let observed = hv.observe().unwrap();
+    match plan::plan(&l, &observed, &hv.uri()) {
+        Ok(p) => panic!("expected a refusal, got:\n{}", render(&p, "lab.yaml", Style::Plain)),
+        Err(e) => render_diag(&e),
+    }
+}
+
+#[test]
+fn refuses_names_taken_by_unowned_objects() {
+    let hv = host()
+        .with_network_xml(&foreign_network_xml("demo-lan", "xbr0", "10.90.0.1", "255.255.255.0"), true, false)
+        .unwrap()
+        .with_domain_xml(&foreign_domain_xml("demo-web", &[("52:54:00:ee:00:02", "default")]), true)
+        .unwrap();
+    insta::assert_snapshot!(refusal(BASE, &hv));
+}
+
+#[test]
+fn refuses_names_taken_by_another_lab() {
+    let hv = host();
+    let other = "\
+apiVersion: topo/v1
+name: other
+prefix: demo-
+networks:
+  lan:
+    mode: isolated
+    subnet: 10.70.0.0/24
+vms:
+  web:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    nics: [{network: lan, ip: 10.70.0.5}]
+";
+    apply_ok(&lab(other), &hv);
+    insta::assert_snapshot!(refusal(BASE, &hv));
+}
+
+#[test]
+fn refuses_missing_external_network() {
+    let hv = MemoryHypervisor::new();
+    insta::assert_snapshot!(refusal(BASE, &hv));
+}
+
+#[test]
+fn refuses_inactive_external_network() {
+    let hv = MemoryHypervisor::new().with_network_xml(DEFAULT_NET, false, false).unwrap();
+    insta::assert_snapshot!(refusal(BASE, &hv));
+}
+
+#[test]
+fn refuses_subnet_overlapping_a_host_network() {
+    let text = BASE.replace("10.51.0.", "192.168.122.");
+    insta::assert_snapshot!(refusal(&text, &host()));
+}
+
+#[test]
+fn refuses_bridge_used_by_a_host_network() {
+    let text = edit(BASE, "bridge: demo-lan", "bridge: virbr0");
+    insta::assert_snapshot!(refusal(&text, &host()));
+}
+
+#[test]
+fn network_stopped_under_running_vms_is_started_and_nics_replugged() {
+    let hv = applied();
+    hv.stop_network("demo-lan").unwrap();
+    insta::assert_snapshot!(shown(&lab(BASE), &hv));
+}
