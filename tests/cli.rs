@@ -22,7 +22,7 @@ fn help_texts() {
     let out = topo().arg("--help").output().unwrap();
     assert!(out.status.success());
     insta::assert_snapshot!("help", stdout(&out));
-    for sub in ["validate", "plan", "apply", "destroy", "graph", "schema"] {
+    for sub in ["validate", "plan", "apply", "destroy", "verify", "status", "graph", "schema"] {
         let out = topo().args([sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help");
         insta::assert_snapshot!(format!("help_{sub}"), stdout(&out));
@@ -124,9 +124,32 @@ fn plan_json_on_the_test_driver() {
 fn apply_on_the_test_driver() {
     let dir = tempfile::tempdir().unwrap();
     let lab = write_lab(dir.path(), TEST_LAB);
-    let out = topo().args(["-c", "test:///default", "--color", "never", "apply", "-y"]).arg(&lab).output().unwrap();
+    // The test driver has no bridges to send ARP on: verification is tier 4's.
+    let out = topo()
+        .args(["-c", "test:///default", "--color", "never", "apply", "-y", "--no-verify"])
+        .arg(&lab)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("Apply complete: 3 added, 0 changed, 0 replaced, 0 destroyed."), "{}", stdout(&out));
+}
+
+#[test]
+fn verify_without_bridges_fails_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another lab name: tests run at once and apply locks the lab.
+    let lab = write_lab(dir.path(), &TEST_LAB.replace("name: clilab", "name: clilab-verify"));
+    // Applied and verified in one process (the test driver's state is per process).
+    let out = topo()
+        .args(["-c", "test:///default", "--color", "never", "apply", "-y", "--timeout", "5"])
+        .arg(&lab)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "stdout:\n{}\nstderr:\n{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("Verify: 0 verified, 3 failed, 0 skipped."), "{text}");
+    assert!(text.contains("cannot probe the network's bridge"), "{text}");
+    assert!(stderr(&out).contains("3 NICs not verified"), "{}", stderr(&out));
 }
 
 #[test]
