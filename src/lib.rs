@@ -13,6 +13,7 @@ pub mod observed;
 pub mod plan;
 pub mod prober;
 pub mod schema;
+pub mod shape;
 pub mod source;
 pub mod spec;
 pub mod validate;

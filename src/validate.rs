@@ -117,12 +117,27 @@ fn parse_options() -> serde_saphyr::Options {
     }
 }
 
-/// Stage 1: YAML text to the raw spec (first error only; the parser cannot go on after one).
+/// Stage 1: YAML text to the raw spec. The typed parse stops at its first error; when that
+/// is a shape problem (unknown key, wrong type, bad value, missing key), the file is checked
+/// again against the JSON Schema so that every shape problem is reported at once. A YAML
+/// syntax error is reported alone: nothing after it can be read reliably.
 pub fn parse(source: &SourceFile) -> Result<LabSpec, ValidateError> {
     let text = source.text.as_str();
     match serde_saphyr::from_str_with_options::<LabSpec>(text, parse_options()) {
         Ok(spec) => Ok(spec),
-        Err(e) => Err(error(source, vec![syntax_problem(text, &e)])),
+        Err(e) => {
+            let first = syntax_problem(text, &e);
+            let shape = matches!(
+                first.code,
+                "topo::lab::unknown_key" | "topo::lab::bad_value" | "topo::lab::bad_type" | "topo::lab::missing_key"
+            );
+            let all: Vec<Problem> = if shape { crate::shape::check(text, parse_options()) } else { None }
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| Problem { code: p.code, message: p.message, labels: p.labels, help: Some(p.help) })
+                .collect();
+            Err(error(source, if all.is_empty() { vec![first] } else { all }))
+        }
     }
 }
 
@@ -205,7 +220,7 @@ fn expected_list(s: &str) -> Vec<String> {
 }
 
 /// The closest candidate to `word`, if it is close enough to be a likely typo.
-fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(score, _)| *score >= 0.8)
@@ -214,7 +229,7 @@ fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Op
 }
 
 /// A miette span (byte offsets) for a serde-saphyr location (characters, and bytes when known).
-fn span_of(text: &str, loc: &Location) -> SourceSpan {
+pub(crate) fn span_of(text: &str, loc: &Location) -> SourceSpan {
     let span = loc.span();
     if let (Some(off), Some(len)) = (span.byte_offset(), span.byte_len()) {
         return (off as usize, len as usize).into();

@@ -1,0 +1,302 @@
+//! Every shape problem of a lab file at once: unknown keys, wrong types, bad enum values and
+//! missing keys, found by checking a span-keeping YAML tree against the lab file's JSON
+//! Schema (generated from `spec`), after the typed parse stopped at the first one.
+
+use std::collections::BTreeMap;
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use miette::{LabeledSpan, SourceSpan};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+/// A YAML node with the locations of its keys and values.
+#[derive(Debug)]
+enum Node {
+    Map(Vec<(Spanned<String>, Spanned<Node>)>),
+    Seq(Vec<Spanned<Node>>),
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Null,
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+                Ok(i64::try_from(v).map(Node::Int).unwrap_or(Node::Float(v as f64)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+                Ok(Node::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Node, E> {
+                Ok(Node::Str(v))
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_none<E>(self) -> Result<Node, E> {
+                Ok(Node::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+                Node::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(Node::Seq(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut v = Vec::new();
+                while let Some(k) = a.next_key::<Spanned<String>>()? {
+                    v.push((k, a.next_value()?));
+                }
+                Ok(Node::Map(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Where a JSON pointer's value (and, for map entries, its key) stands in the file.
+#[derive(Clone, Copy)]
+struct At {
+    key: Option<SourceSpan>,
+    value: SourceSpan,
+}
+
+fn to_json(
+    text: &str,
+    node: &Spanned<Node>,
+    pointer: String,
+    key: Option<SourceSpan>,
+    at: &mut BTreeMap<String, At>,
+) -> serde_json::Value {
+    use serde_json::Value;
+    at.insert(pointer.clone(), At { key, value: span(text, &node.referenced) });
+    match &node.value {
+        Node::Map(entries) => {
+            let mut m = serde_json::Map::new();
+            for (k, v) in entries {
+                let p = format!("{pointer}/{}", k.value.replace('~', "~0").replace('/', "~1"));
+                let ks = span(text, &k.referenced);
+                m.insert(k.value.clone(), to_json(text, v, p, Some(ks), at));
+            }
+            Value::Object(m)
+        }
+        Node::Seq(items) => Value::Array(
+            items.iter().enumerate().map(|(i, v)| to_json(text, v, format!("{pointer}/{i}"), None, at)).collect(),
+        ),
+        Node::Str(s) => Value::String(s.clone()),
+        Node::Bool(b) => Value::Bool(*b),
+        Node::Int(i) => Value::from(*i),
+        Node::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        Node::Null => Value::Null,
+    }
+}
+
+fn span(text: &str, loc: &serde_saphyr::Location) -> SourceSpan {
+    crate::validate::span_of(text, loc)
+}
+
+/// A problem found by the schema: code, message, labels, help.
+pub struct ShapeProblem {
+    pub code: &'static str,
+    pub message: String,
+    pub labels: Vec<LabeledSpan>,
+    pub help: String,
+}
+
+/// The subschema that applies at `path` (following `$ref`s, and taking the non-null branch
+/// of optional values, which schemars writes as `anyOf: [T, null]`).
+fn schema_at<'s>(schema: &'s serde_json::Value, path: &[&str]) -> Option<&'s serde_json::Value> {
+    let resolve = |mut s: &'s serde_json::Value| {
+        for _ in 0..8 {
+            match s.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) {
+                Some(name) => s = &schema["$defs"][name],
+                None => break,
+            }
+        }
+        if let Some(branch) = s
+            .get("anyOf")
+            .and_then(|a| a.as_array())
+            .and_then(|v| v.iter().find(|b| b.get("type").and_then(|t| t.as_str()) != Some("null")))
+            && s["anyOf"].as_array().is_some_and(|v| v.len() == 2)
+        {
+            s = branch;
+            while let Some(name) = s.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) {
+                s = &schema["$defs"][name];
+            }
+        }
+        s
+    };
+    let mut s = resolve(schema);
+    for seg in path {
+        let next = s
+            .get("properties")
+            .and_then(|p| p.get(*seg))
+            .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
+            .or_else(|| s.get("items"))?;
+        s = resolve(next);
+    }
+    Some(s)
+}
+
+/// The keys allowed at `path`.
+fn allowed_keys(schema: &serde_json::Value, path: &[&str]) -> Vec<String> {
+    schema_at(schema, path)
+        .and_then(|s| s.get("properties"))
+        .and_then(|p| p.as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The allowed values at `path` when it is a closed vocabulary (`oneOf` of `const`s).
+fn allowed_values(schema: &serde_json::Value, path: &[&str]) -> Vec<String> {
+    schema_at(schema, path)
+        .and_then(|s| s.get("oneOf").or_else(|| s.get("enum")))
+        .and_then(|v| v.as_array())
+        .map(|v| v.iter().filter_map(|o| o.get("const").unwrap_or(o).as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+/// Checks `text` against the lab file schema; `None` when it cannot even be read as a tree
+/// (a syntax error: the caller reports the parser's error instead).
+pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<ShapeProblem>> {
+    let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).ok()?;
+    let mut at = BTreeMap::new();
+    let value = to_json(text, &root, String::new(), None, &mut at);
+    let schema = crate::spec::json_schema();
+    let validator = jsonschema::validator_for(&schema).ok()?;
+    let mut out = Vec::new();
+    for err in validator.iter_errors(&value) {
+        let pointer = err.instance_path().to_string();
+        let Some(here) = at.get(&pointer).copied() else { continue };
+        let segs: Vec<&str> = pointer.split('/').skip(1).collect();
+        let name = segs.last().map(|s| format!("`{s}`")).unwrap_or_else(|| "the lab file".into());
+        match err.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let allowed = allowed_keys(&schema, &segs);
+                for key in unexpected {
+                    let key_at = at.get(&format!("{pointer}/{key}")).and_then(|a| a.key).unwrap_or(here.value);
+                    let help = match crate::validate::did_you_mean(key, allowed.iter().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`? Allowed here: {}", allowed.join(", ")),
+                        None => format!("allowed here: {}", allowed.join(", ")),
+                    };
+                    out.push(ShapeProblem {
+                        code: "topo::lab::unknown_key",
+                        message: format!("unknown key `{key}`"),
+                        labels: vec![LabeledSpan::at(key_at, "not a lab file key here")],
+                        help,
+                    });
+                }
+            }
+            ValidationErrorKind::Required { property } => {
+                let prop = property.as_str().unwrap_or_default();
+                out.push(ShapeProblem {
+                    code: "topo::lab::missing_key",
+                    message: format!("{name} needs the key `{prop}`"),
+                    labels: vec![LabeledSpan::at(here.key.unwrap_or(here.value), "in this mapping")],
+                    help: format!("add `{prop}:`; see docs/lab-file.md"),
+                });
+            }
+            ValidationErrorKind::Enum { options } => {
+                let opts: Vec<String> =
+                    options.as_array().into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
+                let got = err.instance().as_str().map(String::from).unwrap_or_else(|| err.instance().to_string());
+                let help = match crate::validate::did_you_mean(&got, opts.iter().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`? One of: {}", opts.join(", ")),
+                    None => format!("use one of: {}", opts.join(", ")),
+                };
+                out.push(ShapeProblem {
+                    code: "topo::lab::bad_value",
+                    message: format!("`{got}` is not allowed for {name}"),
+                    labels: vec![LabeledSpan::at(here.value, "unknown value")],
+                    help,
+                });
+            }
+            ValidationErrorKind::Type { kind } => {
+                let expected: Vec<&str> = match kind {
+                    TypeKind::Single(t) => vec![type_name(*t)],
+                    TypeKind::Multiple(ts) => ts.iter().map(type_name).collect(),
+                };
+                // `null` is allowed for optional keys only as "leave it out": not worth saying.
+                let expected: Vec<&str> = expected.into_iter().filter(|t| *t != "nothing").collect();
+                // The typed parse reads any scalar where text is expected: not a problem.
+                if expected.contains(&"text") && !err.instance().is_object() && !err.instance().is_array() {
+                    continue;
+                }
+                out.push(ShapeProblem {
+                    code: "topo::lab::bad_type",
+                    message: format!("wrong type for {name}: expected {}", expected.join(" or ")),
+                    labels: vec![LabeledSpan::at(here.value, "this value")],
+                    help: "see docs/lab-file.md for the type of each key".into(),
+                });
+            }
+            ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
+                let choices = allowed_values(&schema, &segs);
+                let got = err.instance().as_str().map(String::from).unwrap_or_else(|| err.instance().to_string());
+                let (code, message, label, help) = if segs.last() == Some(&"dhcp") {
+                    (
+                        "topo::lab::bad_type",
+                        "`dhcp` must be true, false or a range".to_string(),
+                        "not a valid dhcp value",
+                        "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_string(),
+                    )
+                } else if !choices.is_empty() {
+                    let help = match crate::validate::did_you_mean(&got, choices.iter().map(String::as_str)) {
+                        Some(s) => format!("did you mean `{s}`? One of: {}", choices.join(", ")),
+                        None => format!("use one of: {}", choices.join(", ")),
+                    };
+                    ("topo::lab::bad_value", format!("`{got}` is not allowed for {name}"), "unknown value", help)
+                } else {
+                    (
+                        "topo::lab::bad_type",
+                        format!("{name} has the wrong type"),
+                        "this value",
+                        "see docs/lab-file.md for the type of each key".to_string(),
+                    )
+                };
+                out.push(ShapeProblem { code, message, labels: vec![LabeledSpan::at(here.value, label)], help });
+            }
+            _ => out.push(ShapeProblem {
+                code: "topo::lab::bad_value",
+                message: format!("{name}: {err}"),
+                labels: vec![LabeledSpan::at(here.value, "this value")],
+                help: "see docs/lab-file.md".into(),
+            }),
+        }
+    }
+    out.sort_by_key(|p| p.labels.first().map(|l| l.offset()).unwrap_or(0));
+    Some(out)
+}
+
+fn type_name(t: jsonschema::types::JsonType) -> &'static str {
+    use jsonschema::types::JsonType::*;
+    match t {
+        Array => "a list",
+        Boolean => "true or false",
+        Integer => "a whole number",
+        Null => "nothing",
+        Number => "a number",
+        Object => "a mapping",
+        String => "text",
+    }
+}
