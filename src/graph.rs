@@ -167,7 +167,8 @@ impl LabGraph {
             let _ = match node {
                 Node::Network(n) => {
                     let (_, label) = network_label(lab, n);
-                    writeln!(s, "  {}((\"{label}\"))", id(node))
+                    // Mermaid breaks lines with <br/>, not \n.
+                    writeln!(s, "  {}((\"{}\"))", id(node), label.replace("\\n", "<br/>"))
                 }
                 Node::Vm(v) => writeln!(s, "  {}[\"{v}\"]", id(node)),
             };

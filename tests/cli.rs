@@ -167,3 +167,14 @@ fn apply_without_confirmation_refuses_when_stdin_is_not_a_terminal() {
     assert!(stderr(&out).contains("without confirmation"), "{}", stderr(&out));
     assert!(!stdout(&out).contains("Apply complete"));
 }
+
+#[test]
+fn graph_as_dot_and_mermaid() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), TEST_LAB);
+    for (format, name) in [("dot", "graph_dot"), ("mermaid", "graph_mermaid")] {
+        let out = topo().args(["graph", "--format", format]).arg(&lab).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        insta::assert_snapshot!(name, stdout(&out));
+    }
+}
