@@ -15,7 +15,6 @@ ROOT=$(dirname "$HERE")
 SBX=$HERE/sandbox.sh
 PROFILE=${PROFILE:-debug}
 LAB=${LAB:-$ROOT/topologies/demo.yaml}
-if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /work/target ]; then export CARGO_TARGET_DIR=/work/target; fi
 eval "$("$SBX" env)" # LIBVIRT_DEFAULT_URI, TOPO_NETNS, TOPO_GUEST_DIR
 export LIBVIRT_DEFAULT_URI TOPO_NETNS TOPO_GUEST_DIR
 
@@ -51,9 +50,8 @@ heading "3. build topo ($PROFILE)"
 cd "$ROOT"
 flag=()
 [ "$PROFILE" = release ] && flag=(--release)
-# cargo does not re-link target/*/topo when this tree's build is fresh, and the target
-# dir may be shared with other checkouts: force the link, then run a private copy.
-touch src/main.rs
+# Do not point CARGO_TARGET_DIR at a dir shared with another checkout of this crate:
+# cargo names the artifacts of both alike and may run the other checkout's code.
 cargo build "${flag[@]}" --bin topo
 cp "${CARGO_TARGET_DIR:-target}/$PROFILE/topo" "$BINDIR/topo"
 topo() { "$BINDIR/topo" "$@"; }

@@ -6,7 +6,8 @@
 # covers a build failure or a killed test process. Needs root (libvirtd, netns).
 #
 # Env: as scripts/sandbox.sh (TOPO_NETNS, TOPO_SANDBOX_STATE, TOPO_GUEST_DIR);
-#      CARGO_TARGET_DIR (default /work/target if it exists, else cargo's default);
+#      CARGO_TARGET_DIR (cargo's default ./target unless set; never one shared with
+#      another checkout of this crate, see docs/e2e.md);
 #      KEEP=1 leaves the sandbox up for inspection (run scripts/sandbox.sh down later).
 # Extra arguments go to the test binary (e.g. --nocapture).
 # Exit status: the test's.
@@ -14,7 +15,6 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 SBX=$HERE/sandbox.sh
-if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d /work/target ]; then export CARGO_TARGET_DIR=/work/target; fi
 T0=$(date +%s%N)
 LAST=$T0
 secs() { local d=$(($1 / 1000000)); printf '%d.%01ds' $((d / 1000)) $((d % 1000 / 100)); }
@@ -52,11 +52,9 @@ trap 'exit 130' INT TERM
 step "sandbox up + guest image"
 
 cd "$ROOT"
-# The target dir may be shared with other checkouts, and cargo does not re-link
-# target/debug/topo when this tree's build is already fresh: another checkout's binary may
-# sit there. Touching main.rs forces the (one-line) bin crate to be rebuilt and linked;
-# the copy is private so a concurrent build elsewhere cannot swap it mid-test.
-touch src/main.rs
+# Run a private copy of the binary, so a build running meanwhile cannot swap it mid-test.
+# Do not point CARGO_TARGET_DIR at a dir shared with another checkout of this crate:
+# cargo names the artifacts of both alike and may run the other checkout's code.
 cargo build --quiet --bin topo
 cp "${CARGO_TARGET_DIR:-target}/debug/topo" "$BINDIR/topo"
 export TOPO_BIN=$BINDIR/topo
