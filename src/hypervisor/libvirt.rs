@@ -18,6 +18,11 @@ use super::{HostOp, HvError, HvErrorKind, Hypervisor};
 use crate::observed::{DomainState, Lease, Observed};
 use crate::xml::{self, NetworkFlags};
 
+/// How long a running guest gets to release an unplugged NIC.
+const UNPLUG_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often the unplug request is repeated while the guest has not acted on it.
+const UNPLUG_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A libvirt connection.
 pub struct LibvirtHypervisor {
     conn: Connect,
@@ -196,6 +201,49 @@ impl LibvirtHypervisor {
         })
     }
 
+    /// Waits until a running domain no longer has a NIC with `mac`, asking again every
+    /// `UNPLUG_RETRY`. QEMU's `pc` machine unplugs through ACPI: `detach` only asks the
+    /// guest, and libvirt returns after 5 s even when the guest has not let go. A guest
+    /// asked while it is still booting may never act on that request, but does on the
+    /// next one; and a NIC plugged again meanwhile would sit beside the old one with the
+    /// same MAC, off the bridge (both seen on libvirt 9.0 / QEMU 7.2 a few seconds after
+    /// the guests started).
+    fn wait_unplugged(&self, dom: &Domain, name: &str, xml: &str, mac: crate::model::MacAddr) -> Result<(), HvError> {
+        const OP: &str = "detach device";
+        let start = std::time::Instant::now();
+        let deadline = start + UNPLUG_TIMEOUT;
+        let mut asked = start;
+        loop {
+            if !dom.is_active().map_err(|e| map_error(OP, name, &e))? {
+                return Ok(());
+            }
+            let live = dom.xml_desc(0).map_err(|e| map_error(OP, name, &e))?;
+            let d = xml::parse_domain(&live, DomainState::Running).map_err(|e| other(OP, name, &e.to_string()))?;
+            if !d.interfaces.iter().any(|i| i.mac == Some(mac)) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(HvError {
+                    op: OP.into(),
+                    object: name.into(),
+                    message: format!(
+                        "the guest did not release NIC {mac} within {} s (hot-unplug needs the guest's ACPI support)",
+                        UNPLUG_TIMEOUT.as_secs()
+                    ),
+                    kind: HvErrorKind::InvalidState,
+                    hint: Some("wait until the VM has booted and run apply again, or restart the VM".into()),
+                });
+            }
+            if asked.elapsed() >= UNPLUG_RETRY {
+                // The config no longer has it: ask the live guest only. An error means it
+                // went away meanwhile, or the request is still pending; the poll decides.
+                let _ = dom.detach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE);
+                asked = std::time::Instant::now();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn device_flags(&self, op: &str, domain: &Domain, name: &str) -> Result<u32, HvError> {
         let live = domain.is_active().map_err(|e| map_error(op, name, &e))?;
         Ok(sys::VIR_DOMAIN_AFFECT_CONFIG | if live { sys::VIR_DOMAIN_AFFECT_LIVE } else { 0 })
@@ -340,7 +388,13 @@ impl Hypervisor for LibvirtHypervisor {
         const OP: &str = "detach device";
         let dom = self.domain(OP, domain)?;
         let flags = self.device_flags(OP, &dom, domain)?;
-        dom.detach_device_flags(xml, flags).map_err(|e| map_error(OP, domain, &e))
+        dom.detach_device_flags(xml, flags).map_err(|e| map_error(OP, domain, &e))?;
+        if flags & sys::VIR_DOMAIN_AFFECT_LIVE != 0
+            && let Some(mac) = xml::parse_interface(xml).ok().and_then(|i| i.mac)
+        {
+            self.wait_unplugged(&dom, domain, xml, mac)?;
+        }
+        Ok(())
     }
 
     fn domain_state(&self, name: &str) -> Result<DomainState, HvError> {

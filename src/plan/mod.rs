@@ -506,9 +506,10 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         return None;
     }
     // Drifted or changed config that can be fixed in place is rewritten too, so the
-    // metadata's spec hash matches the file again. Last: the DHCP host updates above change
-    // the live network and its config, and would find their entries already in a config
-    // rewritten before them (libvirt refuses a duplicate host entry).
+    // metadata's spec hash matches the file again. Last: the DHCP host updates change the
+    // live network and the persistent config together and must find the config as it was
+    // observed (libvirt refuses to delete an entry the config no longer has); the final
+    // define then only refreshes the persistent config, which already holds them.
     if config_changed {
         ops.push(Op::DefineNetwork);
     }
@@ -745,3 +746,6 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

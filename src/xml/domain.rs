@@ -21,10 +21,20 @@ struct DomainW<'a> {
     memory: MemoryW,
     vcpu: u32,
     os: OsW<'a>,
+    features: FeaturesW,
     on_poweroff: &'static str,
     on_reboot: &'static str,
     on_crash: &'static str,
     devices: DevicesW<'a>,
+}
+
+/// ACPI: QEMU's `pc` machine hot-plugs PCI devices (NICs added to a running VM, and the
+/// re-plug after a network replacement) through ACPI only; without it QEMU answers
+/// "Bus 'pci.0' does not support hotplugging". It also lets `shutdown` reach the guest.
+#[derive(Serialize)]
+struct FeaturesW {
+    acpi: (),
+    apic: (),
 }
 
 #[derive(Serialize)]
@@ -209,6 +219,7 @@ pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>) -> Result<Rendere
             memory: MemoryW { unit: "KiB", value: vm.memory.kib() },
             vcpu: vm.vcpus,
             os: OsW { os_type: OsTypeW { arch: "x86_64", machine: "pc", value: "hvm" }, kernel, initrd, cmdline },
+            features: FeaturesW { acpi: (), apic: () },
             on_poweroff: "destroy",
             on_reboot: "restart",
             on_crash: "destroy",

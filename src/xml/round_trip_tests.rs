@@ -505,3 +505,13 @@ fn wrong_root_is_rejected() {
     assert!(parse_dhcp_host("<?xml version='1.0'?>\n<hostx mac='52:54:00:00:00:01' ip='1.2.3.4'/>").is_err());
     assert!(parse_dhcp_host("<?xml version='1.0'?>\n<host mac='52:54:00:00:00:01' ip='1.2.3.4'/>").is_ok());
 }
+
+/// QEMU's `pc` machine hot-plugs NICs through ACPI only: without `<acpi/>` a NIC added to a
+/// running VM fails with "Bus 'pci.0' does not support hotplugging" (found on libvirt 9.0).
+#[test]
+fn domain_enables_acpi_for_nic_hotplug() {
+    let lab = lab_with(managed(NetworkMode::Isolated));
+    let r = domain_xml(&lab, deb1(&lab), None).unwrap();
+    let features = r.xml.split("<features>").nth(1).and_then(|s| s.split("</features>").next()).unwrap_or_default();
+    assert!(features.contains("<acpi/>") && features.contains("<apic/>"), "{}", r.xml);
+}

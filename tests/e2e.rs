@@ -1,0 +1,577 @@
+//! The real end-to-end tier: the `topo` binary against a real libvirtd, real bridges,
+//! dnsmasq and QEMU guests, all inside the sandbox network namespace of `scripts/sandbox.sh`.
+//!
+//! Ignored by default (it needs root, the sandbox and about a minute). Run it with
+//! `scripts/e2e.sh`, or `cargo test --test e2e -- --ignored --test-threads=1`.
+//! One test drives the whole story in order (the steps build on each other); the sandbox
+//! guard tears everything down when it ends, also on failure.
+//!
+//! Env: `TOPO_BIN` (binary to run; default the one cargo built), `TOPO_E2E_KEEP=1` (leave
+//! the sandbox up afterwards), `TOPO_GUEST_DIR`, `TOPO_NETNS` as for the scripts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use topo::model::{LabName, MacAddr, VmName};
+
+const URI: &str = "qemu:///system";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn netns() -> String {
+    std::env::var("TOPO_NETNS").unwrap_or_else(|_| "topo-sbx".into())
+}
+
+fn guest_dir() -> String {
+    std::env::var("TOPO_GUEST_DIR").unwrap_or_else(|_| "/var/lib/topo/guest".into())
+}
+
+fn topo_bin() -> PathBuf {
+    match std::env::var_os("TOPO_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_topo")),
+    }
+}
+
+/// Elapsed-time log lines, so a slow step shows in the test output.
+struct Clock(Instant);
+
+impl Clock {
+    fn step(&self, what: &str) {
+        eprintln!("[{:6.1}s] e2e: {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+// ------------------------------------------------------------------------- sandbox guard
+
+/// Brings the sandbox up (daemon in its netns, guest image, `default` network) and tears it
+/// down on drop, so a failing assertion or panic never leaves daemons or guests behind.
+struct Sandbox {
+    keep: bool,
+}
+
+impl Sandbox {
+    fn up() -> Self {
+        // The guard exists before `up` runs: a half-finished `up` is torn down too.
+        let sbx = Sandbox { keep: std::env::var_os("TOPO_E2E_KEEP").is_some_and(|v| v == "1") };
+        script("sandbox.sh", &["up"]);
+        script("mkguest.sh", &[]);
+        script("sandbox.sh", &["seed-default"]);
+        sbx
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("e2e: TOPO_E2E_KEEP=1: sandbox left up; run scripts/sandbox.sh down");
+            return;
+        }
+        let st = Command::new(repo().join("scripts/sandbox.sh")).arg("down").status();
+        if !matches!(st, Ok(s) if s.success()) {
+            eprintln!("e2e: WARNING: scripts/sandbox.sh down failed: {st:?}");
+        }
+    }
+}
+
+fn script(name: &str, args: &[&str]) {
+    let st = Command::new(repo().join("scripts").join(name))
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
+    assert!(st.success(), "scripts/{name} {args:?} failed: {st}");
+}
+
+// ------------------------------------------------------------------------- helpers
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn of(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    /// stderr with miette's line wrapping undone: words joined by single spaces.
+    fn err_flat(&self) -> String {
+        self.stderr
+            .split_whitespace()
+            .filter(|w| *w != "|" && *w != "x" && *w != "×" && *w != "│")
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    fn show(&self) -> String {
+        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+fn topo(args: &[&str]) -> Run {
+    let o = Command::new(topo_bin())
+        .args(["-c", URI, "--color", "never"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run topo");
+    Run::of(o)
+}
+
+fn topo_ok(args: &[&str]) -> Run {
+    let r = topo(args);
+    assert_eq!(r.code, 0, "topo {args:?}:\n{}", r.show());
+    r
+}
+
+fn virsh(args: &[&str]) -> Run {
+    Run::of(Command::new("virsh").args(["-q", "-c", URI]).args(args).output().expect("run virsh"))
+}
+
+fn virsh_ok(args: &[&str]) -> String {
+    let r = virsh(args);
+    assert_eq!(r.code, 0, "virsh {args:?}:\n{}", r.show());
+    r.stdout
+}
+
+/// `virsh net-info` / `dominfo` style `Key: value` lines.
+fn info(args: &[&str]) -> BTreeMap<String, String> {
+    virsh_ok(args)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn names(args: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = virsh_ok(args).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    v.sort();
+    v
+}
+
+/// `virsh domiflist`: (tap, network, mac) per interface.
+fn domiflist(dom: &str) -> Vec<(String, String, String)> {
+    virsh_ok(&["domiflist", dom])
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 5).then(|| (f[0].to_string(), f[2].to_string(), f[4].to_string()))
+        })
+        .collect()
+}
+
+/// Interfaces enslaved to `bridge` inside the sandbox netns.
+fn bridge_ports(bridge: &str) -> Vec<String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", &netns(), "ip", "-o", "link", "show", "master", bridge])
+        .output()
+        .expect("run ip");
+    assert!(o.status.success(), "ip link show master {bridge}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+fn mac(lab: &str, vm: &str, index: usize) -> String {
+    MacAddr::derived(&LabName::new(lab).unwrap(), &VmName::new(vm).unwrap(), index).to_string()
+}
+
+fn plan_json(lab: &Path) -> Value {
+    let r = topo(&["plan", "--json", path(lab)]);
+    assert_eq!(r.code, 0, "plan --json:\n{}", r.show());
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("plan JSON: {e}\n{}", r.stdout))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Asserts `plan --detailed-exitcode` says "no changes".
+fn assert_converged(lab: &Path) {
+    let r = topo(&["plan", "--detailed-exitcode", path(lab)]);
+    assert_eq!(r.code, 0, "plan after apply is not empty:\n{}", r.show());
+    assert!(r.stdout.contains("No changes"), "{}", r.show());
+}
+
+fn apply(lab: &Path) -> Run {
+    let r = topo(&["apply", "-y", "--shutdown-timeout", "2", path(lab)]);
+    assert_eq!(r.code, 0, "apply {}:\n{}", lab.display(), r.show());
+    assert!(r.stdout.contains("Apply complete"), "{}", r.show());
+    r
+}
+
+/// The changes of a JSON plan that do something, by address.
+fn changes(plan: &Value) -> BTreeMap<String, &Value> {
+    plan["changes"]
+        .as_array()
+        .expect("changes array")
+        .iter()
+        .filter(|c| c["action"] != "no-op")
+        .map(|c| (c["address"].as_str().unwrap_or_default().to_string(), c))
+        .collect()
+}
+
+/// `path -> (before, after)` of a change's fields.
+fn fields(change: &Value) -> BTreeMap<String, (Value, Value)> {
+    change["fields"]
+        .as_array()
+        .expect("fields array")
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap_or_default().to_string(), (f["before"].clone(), f["after"].clone())))
+        .collect()
+}
+
+// ------------------------------------------------------------------------- lab files
+
+const LAB: &str = "e2e";
+
+struct Shape {
+    iso_subnet: &'static str,
+    deb2_ip: &'static str,
+    deb2_second_nic: bool,
+    deb4: bool,
+}
+
+const V1: Shape = Shape { iso_subnet: "192.168.152", deb2_ip: "62", deb2_second_nic: false, deb4: false };
+
+fn lab_text(s: &Shape) -> String {
+    let g = guest_dir();
+    let mut t = format!(
+        "apiVersion: topo/v1
+name: {LAB}
+networks:
+  default:
+    external: true
+  outside:
+    mode: nat
+    subnet: 192.168.123.0/24
+  local_net:
+    mode: isolated
+    subnet: {iso}.0/24
+vms:
+  deb1:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: &tiny
+      kernel: {g}/vmlinuz
+      initrd: {g}/initrd.gz
+      cmdline: console=ttyS0 quiet
+    nics:
+      - network: outside
+      - network: local_net
+      - network: default
+  deb2:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: *tiny
+    nics:
+      - network: local_net
+        ip: {iso}.{ip}
+",
+        iso = s.iso_subnet,
+        ip = s.deb2_ip,
+    );
+    if s.deb2_second_nic {
+        t.push_str("      - network: outside\n");
+    }
+    t.push_str(
+        "  deb3:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: *tiny
+    nics:
+      - network: local_net
+",
+    );
+    if s.deb4 {
+        t.push_str(
+            "  deb4:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: *tiny
+    nics:
+      - network: outside
+",
+        );
+    }
+    t
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write lab file");
+    p
+}
+
+// ------------------------------------------------------------------------- pre-existing objects
+
+const BYSTANDER_NET: &str = "<network>
+  <name>bystander</name>
+  <bridge name='virbr-bys' stp='off' delay='0'/>
+  <ip address='192.168.160.1' netmask='255.255.255.0'/>
+</network>
+";
+
+fn bystander_vm() -> String {
+    let g = guest_dir();
+    format!(
+        "<domain type='qemu'>
+  <name>bystander-vm</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{g}/vmlinuz</kernel>
+    <initrd>{g}/initrd.gz</initrd>
+  </os>
+  <devices>
+    <interface type='network'><mac address='52:54:00:ee:00:01'/><source network='bystander'/><model type='virtio'/></interface>
+  </devices>
+</domain>
+"
+    )
+}
+
+/// XML of the objects topo must never touch.
+fn bystander_xml() -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("network default", virsh_ok(&["net-dumpxml", "default"])),
+        ("network bystander", virsh_ok(&["net-dumpxml", "bystander"])),
+        ("domain bystander-vm", virsh_ok(&["dumpxml", "bystander-vm"])),
+    ])
+}
+
+fn define_bystanders(dir: &Path) {
+    let net = write(dir, "bystander-net.xml", BYSTANDER_NET);
+    let dom = write(dir, "bystander-vm.xml", &bystander_vm());
+    for (kind, name, file) in [("net", "bystander", &net), ("dom", "bystander-vm", &dom)] {
+        let exists = virsh(&[if kind == "net" { "net-info" } else { "dominfo" }, name]).code == 0;
+        if !exists {
+            virsh_ok(&[if kind == "net" { "net-define" } else { "define" }, path(file)]);
+        }
+    }
+    if info(&["net-info", "bystander"]).get("Active").map(String::as_str) != Some("yes") {
+        virsh_ok(&["net-start", "bystander"]);
+    }
+}
+
+// ------------------------------------------------------------------------- the story
+
+#[test]
+#[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
+fn e2e_real_libvirt() {
+    let clock = Clock(Instant::now());
+    let _sandbox = Sandbox::up();
+    clock.step("sandbox up, guest image and `default` ready");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+
+    // a. objects the lab does not own
+    define_bystanders(dir);
+    let before = bystander_xml();
+    clock.step("bystander network + domain defined");
+
+    // b. first apply
+    let lab = write(dir, "lab.yaml", &lab_text(&V1));
+    let r = topo_ok(&["validate", path(&lab)]);
+    assert!(r.stdout.contains("3 vms"), "{}", r.show());
+    let r = topo(&["plan", "--detailed-exitcode", path(&lab)]);
+    assert_eq!(r.code, 2, "first plan must show changes:\n{}", r.show());
+    assert!(r.stdout.contains("Plan: 5 to add, 0 to change, 0 to replace, 0 to destroy."), "{}", r.show());
+    let r = apply(&lab);
+    assert!(r.stdout.contains("Apply complete: 5 added, 0 changed, 0 replaced, 0 destroyed."), "{}", r.show());
+    clock.step("first apply done");
+    assert_converged(&lab);
+    clock.step("plan after apply: no changes");
+
+    // c. what libvirt has
+    check_networks(&["e2e-outside", "e2e-local_net"]);
+    check_domains(&[
+        (
+            "e2e-deb1",
+            vec![
+                ("e2e-outside", mac(LAB, "deb1", 0)),
+                ("e2e-local_net", mac(LAB, "deb1", 1)),
+                ("default", mac(LAB, "deb1", 2)),
+            ],
+        ),
+        ("e2e-deb2", vec![("e2e-local_net", mac(LAB, "deb2", 0))]),
+        ("e2e-deb3", vec![("e2e-local_net", mac(LAB, "deb3", 0))]),
+    ]);
+    // Same file => same MACs on every host: a golden value, not only the library's word.
+    assert_eq!(mac(LAB, "deb1", 0), "52:54:00:28:52:e9");
+    let hosts = virsh_ok(&["net-dumpxml", "e2e-local_net"]);
+    assert!(
+        hosts.contains(&format!("<host mac='{}' name='deb2' ip='192.168.152.62'/>", mac(LAB, "deb2", 0))),
+        "{hosts}"
+    );
+    clock.step("virsh: networks, domains, MACs as planned");
+
+    // d. in-place edits: NIC added to deb2, new VM deb4, deb2's reservation changed
+    let v2 = Shape { deb2_ip: "63", deb2_second_nic: true, deb4: true, ..V1 };
+    let lab2 = write(dir, "lab2.yaml", &lab_text(&v2));
+    check_edit_plan(&plan_json(&lab2));
+    let r = apply(&lab2);
+    assert!(r.stdout.contains("Apply complete: 1 added, 2 changed, 0 replaced, 0 destroyed."), "{}", r.show());
+    assert_converged(&lab2);
+    let live = virsh_ok(&["net-dumpxml", "e2e-local_net"]);
+    assert!(live.contains("ip='192.168.152.63'") && !live.contains("ip='192.168.152.62'"), "live network: {live}");
+    let deb2: Vec<String> = domiflist("e2e-deb2").into_iter().map(|(_, n, m)| format!("{n} {m}")).collect();
+    assert!(deb2.contains(&format!("e2e-outside {}", mac(LAB, "deb2", 1))), "deb2 NICs: {deb2:?}");
+    assert_eq!(virsh_ok(&["domstate", "e2e-deb4"]).trim(), "running");
+    clock.step("edit applied: hot-plugged NIC, new VM, reservation");
+
+    // e. replace the isolated network: subnet change, running NICs re-attached
+    let v3 = Shape { iso_subnet: "192.168.154", ..v2 };
+    let lab3 = write(dir, "lab3.yaml", &lab_text(&v3));
+    let plan = plan_json(&lab3);
+    let ch = changes(&plan);
+    assert_eq!(ch.keys().collect::<Vec<_>>(), ["network.local_net"], "{plan:#}");
+    let net = ch["network.local_net"];
+    assert_eq!(net["action"], "replace", "{net:#}");
+    let f = fields(net);
+    assert_eq!(f["subnet"], (Value::from("192.168.152.0/24"), Value::from("192.168.154.0/24")), "{net:#}");
+    let blast: Vec<(String, String, bool)> = net["blast_radius"]
+        .as_array()
+        .expect("blast radius")
+        .iter()
+        .map(|d| (d["domain"].as_str().unwrap().into(), d["mac"].as_str().unwrap().into(), d["reattached"] == true))
+        .collect();
+    let on_iso =
+        [("e2e-deb1", mac(LAB, "deb1", 1)), ("e2e-deb2", mac(LAB, "deb2", 0)), ("e2e-deb3", mac(LAB, "deb3", 0))];
+    let want: Vec<(String, String, bool)> = on_iso.iter().map(|(d, m)| (d.to_string(), m.clone(), true)).collect();
+    assert_eq!(blast, want);
+    let r = apply(&lab3);
+    assert!(r.stdout.contains("1 replaced"), "{}", r.show());
+    assert_converged(&lab3);
+    let bridge = info(&["net-info", "e2e-local_net"]).get("Bridge").cloned().expect("bridge name");
+    let ports = bridge_ports(&bridge);
+    for (dom, m) in &on_iso {
+        let nic = domiflist(dom).into_iter().find(|(_, _, mm)| mm == m);
+        let (tap, network, _) = nic.unwrap_or_else(|| panic!("{dom} lost its NIC {m}: {:?}", domiflist(dom)));
+        assert_eq!(network, "e2e-local_net");
+        assert!(ports.contains(&tap), "{dom}'s {tap} ({m}) is not on {bridge}; ports: {ports:?}");
+    }
+    let xml = virsh_ok(&["net-dumpxml", "e2e-local_net"]);
+    assert!(xml.contains("192.168.154.1") && xml.contains("ip='192.168.154.63'"), "{xml}");
+    clock.step("network replaced, NICs re-attached to the new bridge");
+
+    // h. lock: a destroy that waits for guests to shut down holds the lab; apply must refuse
+    let slow = Command::new(topo_bin())
+        .args(["-c", URI, "--color", "never", "destroy", "-y", "--shutdown-timeout", "6", path(&lab3)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start topo destroy");
+    let holder = format!("topo destroy pid {}", slow.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lock_held_by(&holder) {
+        assert!(Instant::now() < deadline, "destroy never took the lock ({holder})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = topo(&["apply", "-y", path(&lab3)]);
+    assert_eq!(r.code, 1, "apply during destroy:\n{}", r.show());
+    let e = r.err_flat();
+    assert!(e.contains("locked by another topo run") && e.contains(&format!("({holder})")), "{}", r.show());
+    clock.step("second run refused while the lab is locked");
+
+    // f. destroy: only the lab's objects go; bystanders unchanged
+    let r = Run::of(slow.wait_with_output().expect("wait for destroy"));
+    assert_eq!(r.code, 0, "destroy:\n{}", r.show());
+    assert!(r.stdout.contains("Destroy complete: 6 destroyed."), "{}", r.show());
+    assert_eq!(names(&["list", "--all", "--name"]), ["bystander-vm"]);
+    assert_eq!(names(&["net-list", "--all", "--name"]), ["bystander", "default"]);
+    let r = topo_ok(&["destroy", "-y", path(&lab3)]);
+    assert!(r.stdout.contains("Nothing to destroy"), "{}", r.show());
+    assert_eq!(bystander_xml(), before, "topo changed objects it does not own");
+    clock.step("destroyed; bystanders untouched");
+
+    // g. refusal: a lab network named like an unowned network
+    let clash = write(
+        dir,
+        "clash.yaml",
+        "apiVersion: topo/v1
+name: clash
+prefix: \"\"
+networks:
+  bystander:
+    mode: isolated
+    subnet: 192.168.170.0/24
+",
+    );
+    let r = topo(&["plan", path(&clash)]);
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert!(
+        r.err_flat()
+            .contains("network name `bystander` is already taken on the host by a network this lab does not own"),
+        "{}",
+        r.show()
+    );
+    let r = topo(&["apply", "-y", path(&clash)]);
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert_eq!(bystander_xml(), before, "a refused plan changed something");
+    assert_eq!(names(&["net-list", "--all", "--name"]), ["bystander", "default"]);
+    clock.step("conflicting lab refused, nothing changed");
+}
+
+fn lock_held_by(holder: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir(topo::apply::lock::LOCK_DIR) else { return false };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{LAB}-")))
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.trim() == holder))
+}
+
+fn check_networks(nets: &[&str]) {
+    for n in nets {
+        let i = info(&["net-info", n]);
+        assert_eq!(i.get("Active").map(String::as_str), Some("yes"), "{n}: {i:?}");
+        assert_eq!(i.get("Persistent").map(String::as_str), Some("yes"), "{n}: {i:?}");
+        assert_eq!(i.get("Autostart").map(String::as_str), Some("yes"), "{n}: {i:?}");
+        let xml = virsh_ok(&["net-dumpxml", n]);
+        assert!(xml.contains("stp='off'"), "{n}: {xml}");
+        assert!(xml.contains("<dnsmasq:option value='no-ping'/>"), "{n}: {xml}");
+        assert!(xml.contains(&format!("lab=\"{LAB}\"")), "{n} has no owner tag: {xml}");
+    }
+}
+
+fn check_domains(doms: &[(&str, Vec<(&str, String)>)]) {
+    for (d, nics) in doms {
+        assert_eq!(virsh_ok(&["domstate", d]).trim(), "running", "{d}");
+        let got: Vec<(String, String)> = domiflist(d).into_iter().map(|(_, n, m)| (n, m)).collect();
+        let want: Vec<(String, String)> = nics.iter().map(|(n, m)| (n.to_string(), m.clone())).collect();
+        assert_eq!(got, want, "{d}: NICs");
+    }
+}
+
+/// The edit's plan: exactly the reservation update, deb2's new NIC and deb4.
+fn check_edit_plan(plan: &Value) {
+    let ch = changes(plan);
+    assert_eq!(
+        ch.iter().map(|(a, c)| (a.as_str(), c["action"].as_str().unwrap_or_default())).collect::<Vec<_>>(),
+        [("network.local_net", "update"), ("vm.deb2", "update"), ("vm.deb4", "create")],
+        "{plan:#}"
+    );
+    let host = format!("dhcp_host[{}]", mac(LAB, "deb2", 0));
+    let net = fields(ch["network.local_net"]);
+    assert_eq!(net.keys().collect::<Vec<_>>(), [&host], "{plan:#}");
+    assert_eq!(net[&host], (Value::from("192.168.152.62 deb2"), Value::from("192.168.152.63 deb2")));
+    let deb2 = fields(ch["vm.deb2"]);
+    let nic = format!("nic[{}]", mac(LAB, "deb2", 1));
+    assert_eq!(deb2.keys().collect::<Vec<_>>(), [&nic], "{plan:#}");
+    assert_eq!(deb2[&nic], (Value::Null, Value::from("outside")));
+    let deb4 = fields(ch["vm.deb4"]);
+    assert_eq!(deb4[&format!("nic[{}]", mac(LAB, "deb4", 0))], (Value::Null, Value::from("outside")));
+    assert_eq!(deb4["memory"].1, Value::from("128MiB"));
+    assert_eq!(plan["summary"], serde_json::json!({"create": 1, "update": 2, "replace": 0, "delete": 0}));
+}
