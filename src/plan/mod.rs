@@ -368,6 +368,19 @@ fn all_fields(f: &Fields, created: bool) -> Vec<FieldChange> {
         .collect()
 }
 
+/// A change that creates an object: every desired field is new.
+fn creation(address: String, libvirt_name: &str, desired: &Fields, ops: Vec<Op>) -> Change {
+    Change {
+        address,
+        libvirt_name: libvirt_name.to_string(),
+        action: Action::Create,
+        reasons: vec![Reason::NotOnHost],
+        fields: all_fields(desired, true),
+        blast_radius: Vec::new(),
+        ops,
+    }
+}
+
 fn delete_network(n: &ObservedNetwork) -> Change {
     let d = fields::observed_network(n, &Fields::new());
     let mut ops = Vec::new();
@@ -428,15 +441,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         if m.autostart {
             ops.push(Op::SetNetworkAutostart { on: true });
         }
-        return Some(Change {
-            address,
-            libvirt_name: net.libvirt_name.clone(),
-            action: Action::Create,
-            reasons: vec![Reason::NotOnHost],
-            fields: all_fields(&desired, true),
-            blast_radius: Vec::new(),
-            ops,
-        });
+        return Some(creation(address, &net.libvirt_name, &desired, ops));
     };
     let obs = fields::observed_network(o, &desired);
     let changed = diff(&desired, &obs);
@@ -558,15 +563,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed) -> Option<Change> {
             ops.push(Op::CreateDisk);
         }
         ops.extend([Op::DefineDomain, Op::StartDomain]);
-        return Some(Change {
-            address,
-            libvirt_name: vm.libvirt_name.clone(),
-            action: Action::Create,
-            reasons: vec![Reason::NotOnHost],
-            fields: all_fields(&desired, true),
-            blast_radius: Vec::new(),
-            ops,
-        });
+        return Some(creation(address, &vm.libvirt_name, &desired, ops));
     };
     let obs = fields::observed_vm(lab, o, &desired);
     let changed = diff(&desired, &obs);
