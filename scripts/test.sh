@@ -23,7 +23,7 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 step "tiers 1-3: cargo test"
-cargo test --all-targets --locked
+cargo test --locked
 
 if [ "${TOPO_SKIP_E2E:-0}" = 1 ]; then
   step "tier 4 skipped (TOPO_SKIP_E2E=1)"
