@@ -63,6 +63,9 @@ pub struct StepReport {
 pub struct Report {
     pub steps: Vec<StepReport>,
     pub interrupted: bool,
+    /// When each domain (by libvirt name) was started by this apply: verification after
+    /// apply reports times from here.
+    pub started: BTreeMap<String, Instant>,
 }
 
 impl Report {
@@ -209,6 +212,7 @@ pub fn apply(
 ) -> Report {
     let tasks = schedule(lab, plan);
     let state = Mutex::new(State::default());
+    let started = Mutex::new(BTreeMap::new());
     let wake = Condvar::new();
     let workers = opts.parallelism.max(1).min(tasks.len().max(1));
     std::thread::scope(|s| {
@@ -254,7 +258,8 @@ pub fn apply(
                     let change = tasks[i].change;
                     progress.event(Event::Started { address: &change.address, action: change.action });
                     let t0 = Instant::now();
-                    let result = run_change(lab, change, observed, hv, opts).or_else(|e| already_gone(change, e));
+                    let result =
+                        run_change(lab, change, observed, hv, opts, &started).or_else(|e| already_gone(change, e));
                     let outcome = match result {
                         Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
                         Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
@@ -292,10 +297,19 @@ pub fn apply(
             }),
         })
         .collect();
-    Report { steps, interrupted }
+    // Invariant: the workers have joined; nothing holds the lock.
+    let started = started.into_inner().expect("start times lock");
+    Report { steps, interrupted, started }
 }
 
-fn run_change(lab: &Lab, c: &Change, observed: &Observed, hv: &dyn Hypervisor, opts: &Options) -> Result<(), HvError> {
+fn run_change(
+    lab: &Lab,
+    c: &Change,
+    observed: &Observed,
+    hv: &dyn Hypervisor,
+    opts: &Options,
+    started: &Mutex<BTreeMap<String, Instant>>,
+) -> Result<(), HvError> {
     let name = c.libvirt_name.as_str();
     for op in &c.ops {
         match op {
@@ -345,7 +359,12 @@ fn run_change(lab: &Lab, c: &Change, observed: &Observed, hv: &dyn Hypervisor, o
                 let uuid = observed.domains.get(name).and_then(|o| o.uuid.as_deref());
                 hv.define_domain(&with_uuid(&xml.xml, uuid))?;
             }
-            Op::StartDomain => hv.start_domain(name)?,
+            Op::StartDomain => {
+                hv.start_domain(name)?;
+                if let Ok(mut m) = started.lock() {
+                    m.insert(name.to_string(), Instant::now());
+                }
+            }
             Op::StopDomain => stop_domain(hv, name, opts.shutdown_timeout)?,
             Op::AttachNic { mac } => {
                 let vm = vm_of(lab, c)?;

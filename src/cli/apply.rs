@@ -85,6 +85,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
     let file = lab.source.name();
     print!("{}", render(&plan, &file, style(global)));
+    let mut started = std::collections::BTreeMap::new();
     if !plan.is_empty() {
         // A saved plan was reviewed when it was made: applying it is the confirmation.
         if saved.is_none() {
@@ -94,6 +95,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         let (a, c, r, d) = report.counts();
         println!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.");
         crate::apply::check_converged(&lab, &hv)?;
+        started = report.started;
     }
     if !args.no_verify {
         let observed = hv.observe()?;
@@ -101,7 +103,9 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         if !targets.is_empty() {
             super::status(global, format_args!("Verifying {} NICs by ARP ...", targets.len()));
             let opts = crate::verify::VerifyOptions { timeout: args.verify.timeout, ..Default::default() };
-            let report = super::verify::run_verification(global, &hv, &targets, opts)?;
+            let t0 = std::time::Instant::now();
+            let mut report = super::verify::run_verification(global, &hv, &targets, opts)?;
+            super::verify::since_vm_start(&lab, &mut report, t0, &started);
             super::verify::finish(&lab, &report, false)?;
         }
     }

@@ -126,6 +126,22 @@ fn leases_only(hv: &dyn Hypervisor, targets: &[NicTarget]) -> Result<VerifyRepor
     Ok(VerifyReport { nics })
 }
 
+/// After apply: makes each verified NIC's `seconds` count from its VM's start (when apply
+/// started it) instead of from the start of verification at `verify_start`.
+pub fn since_vm_start(
+    lab: &Lab,
+    report: &mut VerifyReport,
+    verify_start: std::time::Instant,
+    started: &std::collections::BTreeMap<String, std::time::Instant>,
+) {
+    for n in &mut report.nics {
+        let Some(vm) = lab.vms.get(&n.target.vm) else { continue };
+        if let (NicState::Verified { seconds, .. }, Some(at)) = (&mut n.state, started.get(&vm.libvirt_name)) {
+            *seconds += verify_start.saturating_duration_since(*at).as_secs_f64();
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct JsonNic<'a> {
     vm: &'a str,
