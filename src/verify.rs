@@ -69,12 +69,16 @@ impl NicTarget {
         observed: Option<&ObservedNetwork>,
         running: bool,
     ) -> Self {
-        let observed_bridge = observed.and_then(|o| o.bridge.clone());
+        // The running network's bridge is where frames go; the config's name can differ.
+        let live_bridge = observed.and_then(|o| o.live_bridge.clone());
+        let observed_bridge = live_bridge.clone().or_else(|| observed.and_then(|o| o.bridge.clone()));
         let observed_ip = observed.and_then(|o| o.ip.as_ref());
         let (bridge, dhcp, subnet) = match &network.kind {
-            NetworkKind::Managed(m) => {
-                (m.bridge.as_ref().map(|b| b.as_str().to_owned()).or(observed_bridge), m.dhcp.is_some(), m.subnet)
-            }
+            NetworkKind::Managed(m) => (
+                live_bridge.or_else(|| m.bridge.as_ref().map(|b| b.as_str().to_owned())).or(observed_bridge),
+                m.dhcp.is_some(),
+                m.subnet,
+            ),
             NetworkKind::External => (
                 observed_bridge,
                 observed_ip.is_some_and(|ip| ip.dhcp_range.is_some()),
@@ -1062,6 +1066,7 @@ mod tests {
             autostart: false,
             mode: ObservedMode::Known(NetworkMode::Nat),
             bridge: Some(bridge.into()),
+            live_bridge: None,
             stp: true,
             ip: ip_,
             dhcp_ping: true,
@@ -1095,5 +1100,11 @@ mod tests {
 
         let t2 = NicTarget::from_model(&vm, &vm.nics[1], &ext, None, true);
         assert_eq!((t2.bridge, t2.subnet, t2.dhcp), (None, None, false));
+
+        // Seen on libvirt 9.0: a network redefined while running without a bridge name has
+        // `virbr3` in its config but still runs on `virbr1`: probe the live one.
+        let o_moved = ObservedNetwork { live_bridge: Some("virbr1".into()), ..observed("lab-local", "virbr3", None) };
+        let t3 = NicTarget::from_model(&vm, &vm.nics[0], &local, Some(&o_moved), true);
+        assert_eq!(t3.bridge.as_deref(), Some("virbr1"), "the live bridge, not the config's");
     }
 }
