@@ -53,7 +53,7 @@ TOPO="ip netns exec $NS $WORK/topo"
 NAME=$(awk '/^name:/{print $2; exit}' "$LAB")
 
 echo "# bench-verify: $(date -u +%FT%TZ), lab $(basename "$LAB") ($NAME), topo $PROFILE build"
-echo "# host: $(nproc) vCPU, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), KVM: $([ -w /dev/kvm ] && echo yes || echo 'no (QEMU TCG)')"
+echo "# host: $(nproc) vCPU, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), CPU virtualisation: $(grep -qwE 'vmx|svm' /proc/cpuinfo && echo yes || echo 'none (no vmx/svm)'); lab VMs: hypervisor qemu = QEMU TCG"
 echo "# $(virsh -q version | awk '/Running hypervisor/{print "hypervisor:", $3, $4}'), $(arp-scan --version 2>&1 | head -1)"
 
 # ---------------------------------------------------------------- (c) apply -> verified
@@ -115,5 +115,5 @@ for net in $(virsh -q net-list --name | grep "^$NAME-"); do
   ips=$(virsh -q net-dhcp-leases "$net" | awk '{sub(/\/.*/, "", $5); print $5}' | sort -u | xargs)
   bench "arp-scan -I $br -l ($net, /24)" ip netns exec "$NS" arp-scan -q -I "$br" -l
   [ -n "$ips" ] && bench "arp-scan -I $br <$(echo $ips | wc -w) leased IPs>" ip netns exec "$NS" arp-scan -q -I "$br" $ips
-  echo "  one arp-scan -l on $br finds: $(ip netns exec "$NS" arp-scan -q -I "$br" -l 2>/dev/null | grep -c '^[0-9]') hosts"
+  echo "  one arp-scan -l on $br: $(ip netns exec "$NS" arp-scan -q -I "$br" -l 2>/dev/null | grep -c '^[0-9]') reply lines (duplicates included)"
 done

@@ -541,7 +541,8 @@ fn e2e_real_libvirt() {
     assert!(r.stdout.contains("Apply complete: 1 added, 2 changed, 0 replaced, 0 destroyed."), "{}", r.show());
     assert!(r.stdout.contains("Verify: 6 verified, 1 failed, 0 skipped."), "{}", r.show());
     assert!(
-        r.stdout.contains("deb2 eth0 (local_net): answers at 192.168.152.62, not at its reserved address 192.168.152.63"),
+        r.stdout
+            .contains("deb2 eth0 (local_net): answers at 192.168.152.62, not at its reserved address 192.168.152.63"),
         "{}",
         r.show()
     );
