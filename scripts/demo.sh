@@ -1,8 +1,11 @@
 #!/bin/bash
 # demo.sh — topo on a fresh machine, start to finish, on topologies/demo.yaml:
 #   sandbox up (packages, libvirtd in its own netns) -> test guest image -> build topo
-#   -> topo validate -> topo plan -> topo apply -y -> topo plan (no changes)
-#   -> topo destroy -y -> sandbox down (also on failure or Ctrl-C, via trap).
+#   -> topo validate -> topo plan -> topo apply -y (ends with ARP verification of every NIC)
+#   -> topo plan (no changes) -> topo verify -> topo status -> topo destroy -y
+#   -> sandbox down (also on failure or Ctrl-C, via trap).
+# topo runs inside the sandbox netns (`ip netns exec $TOPO_NETNS topo ...`): the lab's bridges
+# live there, and ARP verification sends its frames on them.
 # Needs root (libvirtd, network namespace) and Debian 12.
 #
 # Env: PROFILE=debug (default) | release;  LAB=path/to/lab.yaml (default topologies/demo.yaml);
@@ -54,7 +57,7 @@ flag=()
 # cargo names the artifacts of both alike and may run the other checkout's code.
 cargo build "${flag[@]}" --bin topo
 cp "${CARGO_TARGET_DIR:-target}/$PROFILE/topo" "$BINDIR/topo"
-topo() { "$BINDIR/topo" "$@"; }
+topo() { ip netns exec "$TOPO_NETNS" "$BINDIR/topo" "$@"; }
 
 cd "$(dirname "$LAB")"
 F=$(basename "$LAB")
@@ -77,12 +80,18 @@ virsh -q list --all
 heading "7. topo plan $F (again: nothing to do)"
 show topo plan --detailed-exitcode "$F"
 
+heading "8. topo verify $F (ARP proof, again, on demand)"
+show topo verify "$F"
+
+heading "9. topo status $F"
+show topo status "$F"
+
 [ "${KEEP:-0}" = 1 ] && exit 0
 
-heading "8. topo destroy -y $F"
-# The test guest has no ACPI power-button handler: it never shuts down by itself, so
-# do not wait the default 30 s before forcing it off.
-show topo destroy -y --shutdown-timeout 2 "$F"
+heading "10. topo destroy -y $F"
+# The test guest powers off on the ACPI power button; should it not, it is forced off
+# after 10 s instead of the default 30 s.
+show topo destroy -y --shutdown-timeout 10 "$F"
 echo
 echo "libvirt now has (nothing of lab $(awk '/^name:/{print $2; exit}' "$F")):"
 virsh -q net-list --all

@@ -12,17 +12,21 @@
 # Guest kernel cmdline knobs (read by /init):
 #   topo.hostname=NAME        hostname, also sent as DHCP option 12 (default topo-guest)
 #   topo.nodhcp=eth1[,eth2]   these NICs are brought up but get no DHCP client
+#   topo.nopoweroff=1         ignore the ACPI power button (virsh shutdown); default: power off
+# NICs hot-plugged later get a DHCP client too (/init rescans /sys/class/net every 0.5 s).
 # Guest console lines (console=ttyS0; grep for "topo-guest:"):
 #   topo-guest: init done, NICs: eth0 eth1 lo
 #   topo-guest: eth1 up, no dhcp (topo.nodhcp)
 #   topo-guest: eth0 192.168.122.57 52:54:00:..:..:..      (one per lease / renewal)
+#   topo-guest: eth2 appeared (hot-plug), starting dhcp
+#   topo-guest: power button, powering off
 set -euo pipefail
 OUT=${1:-${TOPO_GUEST_DIR:-/var/lib/topo/guest}}
 KFLAVOR=${KFLAVOR:-cloud-amd64} # amd64: bigger .deb, smaller vmlinuz; same virtio modules
 T0=$(date +%s%N)
 step() { local t=$(( ($(date +%s%N) - T0) / 1000000 )); printf '[%3d.%01ds] mkguest: %s\n' $((t / 1000)) $((t % 1000 / 100)) "$*" >&2; }
 
-KEY="topo-guest format=2 kflavor=$KFLAVOR script=$(sha256sum "$0" | cut -c1-16)"
+KEY="topo-guest format=3 kflavor=$KFLAVOR script=$(sha256sum "$0" | cut -c1-16)"
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] &&
   [ "$(head -1 "$OUT/stamp" 2>/dev/null)" = "$KEY" ]; then
   step "cached: $OUT ($(sed -n 2p "$OUT/stamp"))"
@@ -50,7 +54,7 @@ step "fetched $KPKG + busybox-static"
 R=$WORK/root
 mkdir -p "$R"/{bin,dev,proc,sys,run,tmp,lib/modules,usr/share/udhcpc}
 cp "$BB" "$R/bin/busybox"
-for a in sh ash mount insmod ip ifconfig udhcpc hostname sleep cat sed ls echo mkdir tr; do ln -s busybox "$R/bin/$a"; done
+for a in sh ash mount insmod ip ifconfig udhcpc hostname sleep cat sed ls echo mkdir tr rm kill dd poweroff; do ln -s busybox "$R/bin/$a"; done
 # virtio-net and its deps, in load order (Debian builds all of these as modules)
 MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
 for m in $MODS; do
@@ -61,6 +65,16 @@ for m in $MODS; do
     *.ko.xz) xz -dc "$f" >"$R/lib/modules/$m.ko" ;;
     *.ko.zst) zstd -qdc "$f" >"$R/lib/modules/$m.ko" ;;
     *) echo "mkguest: unsupported module file $f" >&2; exit 1 ;;
+  esac
+done
+
+# ACPI power button -> input event (optional: a kernel without them just ignores shutdown)
+for m in button evdev; do
+  f=$(find "k/lib/modules/$KVER" -name "$m.ko*" | head -1)
+  case "$f" in
+    *.ko) cp "$f" "$R/lib/modules/$m.ko" ;;
+    *.ko.xz) xz -dc "$f" >"$R/lib/modules/$m.ko" ;;
+    *) echo "mkguest: $m module not found; guest will ignore shutdown requests" >&2 ;;
   esac
 done
 
@@ -77,36 +91,95 @@ exit 0
 EOF
 chmod 755 "$R/usr/share/udhcpc/default.script"
 
-cat >"$R/init" <<EOF
-#!/bin/sh
+# /init: MODS is fixed at build time, the rest is literal.
+{
+  echo '#!/bin/sh'
+  echo "MODS=\"$MODS\""
+  cat <<'EOF'
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for m in $MODS; do insmod /lib/modules/\$m.ko; done
-arg() { sed -n "s/.*\$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
-hn=\$(arg 'topo\\.hostname')
-[ -n "\$hn" ] || hn=topo-guest
-nodhcp=\$(arg 'topo\\.nodhcp')
-hostname "\$hn"
+for m in $MODS; do insmod /lib/modules/$m.ko; done
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+hn=$(arg 'topo\.hostname')
+[ -n "$hn" ] || hn=topo-guest
+nodhcp=$(arg 'topo\.nodhcp')
+hostname "$hn"
 ip link set lo up
-for d in /sys/class/net/*; do
-  i=\${d##*/}
-  [ "\$i" = lo ] && continue
-  ip link set "\$i" up
-  case ",\$nodhcp," in
-    *",\$i,"*) echo "topo-guest: \$i up, no dhcp (topo.nodhcp)" > /dev/console; continue ;;
-  esac
-  # -f: stay a child of init; 5 DISCOVERs 1 s apart, then 1 s pause, repeat (no -n: never
-  # gives up). The outer loop restarts it should it ever exit.
-  ( while true; do
-      udhcpc -f -i "\$i" -t 5 -T 1 -A 1 -x hostname:"\$hn" -s /usr/share/udhcpc/default.script >/dev/null 2>&1
-      sleep 1
-    done ) &
-done
-echo "topo-guest: init done, NICs: \$(ls /sys/class/net | tr '\n' ' ')" > /dev/console
-while true; do sleep 3600; done
+mkdir -p /run/dhcp
+
+# ACPI power button (virsh shutdown) -> power off at once, unless topo.nopoweroff=1.
+# The button driver reports it as a key on an input device named "Power Button"; any
+# event there is a press.
+if [ "$(arg 'topo\.nopoweroff')" != 1 ] && insmod /lib/modules/button.ko && insmod /lib/modules/evdev.ko; then
+  ( for t in 1 2 3 4 5 6 7 8 9 10; do
+      found=
+      for e in /sys/class/input/event*; do
+        [ "$(cat "$e/device/name" 2>/dev/null)" = "Power Button" ] || continue
+        found=1
+        ( if dd if="/dev/input/${e##*/}" of=/dev/null bs=24 count=1 2>/dev/null; then
+            echo "topo-guest: power button, powering off" > /dev/console
+            poweroff -f
+          fi
+          echo "topo-guest: cannot read /dev/input/${e##*/}, shutdown requests are ignored" > /dev/console ) &
+      done
+      [ -n "$found" ] && exit 0
+      sleep 0.5
+    done
+    echo "topo-guest: no power button device, shutdown requests are ignored" > /dev/console ) &
+fi
+
+alive() { # PID: running and not a zombie
+  [ -r "/proc/$1/stat" ] || return 1
+  set -- $(cat "/proc/$1/stat")
+  [ "$3" != Z ]
+}
+
+# One DHCP client per interface instance (name + ifindex), started when the interface
+# appears (at boot or hot-plugged), restarted if it ever exits, stopped when the
+# interface goes away. -f: stay a child of init; 5 DISCOVERs 1 s apart, then 1 s pause,
+# repeat (no -n: never gives up).
+scan() {
+  for d in /sys/class/net/*; do
+    i=${d##*/}
+    [ "$i" = lo ] && continue
+    idx=$(cat "$d/ifindex" 2>/dev/null) || continue
+    m=/run/dhcp/$i.$idx
+    if [ -e "$m" ]; then
+      pid=$(cat "$m")
+      [ -z "$pid" ] || alive "$pid" && continue
+      # the client exited: start another one below
+    else
+      for old in /run/dhcp/$i.*; do # same name, another (unplugged) interface
+        [ -e "$old" ] || continue
+        p=$(cat "$old"); [ -n "$p" ] && kill "$p" 2>/dev/null
+        rm -f "$old"
+      done
+      ip link set "$i" up
+      case ",$nodhcp," in
+        *",$i,"*) echo "topo-guest: $i up, no dhcp (topo.nodhcp)" > /dev/console; : >"$m"; continue ;;
+      esac
+      [ -n "$booted" ] && echo "topo-guest: $i appeared (hot-plug), starting dhcp" > /dev/console
+    fi
+    udhcpc -f -i "$i" -t 5 -T 1 -A 1 -x hostname:"$hn" -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &
+    echo $! >"$m"
+  done
+  for m in /run/dhcp/*; do # interfaces that are gone
+    [ -e "$m" ] || continue
+    f=${m##*/}
+    [ "$(cat "/sys/class/net/${f%.*}/ifindex" 2>/dev/null)" = "${f##*.}" ] && continue
+    p=$(cat "$m"); [ -n "$p" ] && kill "$p" 2>/dev/null
+    rm -f "$m"
+  done
+}
+booted=
+scan
+booted=1
+echo "topo-guest: init done, NICs: $(ls /sys/class/net | tr '\n' ' ')" > /dev/console
+while true; do sleep 0.5; scan; done
 EOF
+} >"$R/init"
 chmod 755 "$R/init"
 
 # 3. pack (newc cpio via busybox's own cpio applet), then move into place atomically

@@ -57,6 +57,10 @@ pub struct ObservedNetwork {
     pub mode: ObservedMode,
     /// Bridge name (libvirt fills `virbrN` in when the XML named none).
     pub bridge: Option<String>,
+    /// Bridge of the running network (its live XML); `None` when inactive. It differs from
+    /// `bridge` (the persistent config) when the config was redefined without a bridge name
+    /// while the network ran: libvirt then gives the config another free `virbrN`.
+    pub live_bridge: Option<String>,
     /// `stp` attribute of `<bridge>`; libvirt's default when absent is on.
     pub stp: bool,
     /// First IPv4 `<ip>` element, if any.

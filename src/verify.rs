@@ -69,12 +69,16 @@ impl NicTarget {
         observed: Option<&ObservedNetwork>,
         running: bool,
     ) -> Self {
-        let observed_bridge = observed.and_then(|o| o.bridge.clone());
+        // The running network's bridge is where frames go; the config's name can differ.
+        let live_bridge = observed.and_then(|o| o.live_bridge.clone());
+        let observed_bridge = live_bridge.clone().or_else(|| observed.and_then(|o| o.bridge.clone()));
         let observed_ip = observed.and_then(|o| o.ip.as_ref());
         let (bridge, dhcp, subnet) = match &network.kind {
-            NetworkKind::Managed(m) => {
-                (m.bridge.as_ref().map(|b| b.as_str().to_owned()).or(observed_bridge), m.dhcp.is_some(), m.subnet)
-            }
+            NetworkKind::Managed(m) => (
+                live_bridge.or_else(|| m.bridge.as_ref().map(|b| b.as_str().to_owned())).or(observed_bridge),
+                m.dhcp.is_some(),
+                m.subnet,
+            ),
             NetworkKind::External => (
                 observed_bridge,
                 observed_ip.is_some_and(|ip| ip.dhcp_range.is_some()),
@@ -129,6 +133,8 @@ pub enum FailReason {
     NoLease,
     #[error("{ip} is answered by {other_mac}, not by this NIC")]
     Conflict { ip: Ipv4Addr, other_mac: MacAddr },
+    #[error("answers at {answered}, not at its reserved address {reserved}")]
+    NotReserved { reserved: Ipv4Addr, answered: Ipv4Addr },
     #[error("the VM is not running")]
     VmNotRunning,
     #[error("cannot probe the network's bridge: {detail}")]
@@ -155,6 +161,10 @@ impl FailReason {
             FailReason::Conflict { .. } => {
                 "another machine holds this address (a duplicate static address, or a stale lease \
                  handed on): stop the other machine or change the NIC's `ip`"
+            }
+            FailReason::NotReserved { .. } => {
+                "the reservation changed while the VM ran: the guest keeps its older lease until \
+                 it renews it; restart the VM (or renew DHCP in the guest)"
             }
             FailReason::VmNotRunning => "start it with `topo apply`, or look at its console log",
             FailReason::NoBridge { .. } => {
@@ -433,6 +443,8 @@ struct Track {
     candidates: Vec<Ipv4Addr>,
     /// Another MAC answered for one of the candidates (latest seen).
     conflict: Option<(Ipv4Addr, MacAddr)>,
+    /// This MAC answered at a leased address other than its reservation (latest seen).
+    elsewhere: Option<Ipv4Addr>,
 }
 
 fn initial_state(t: &NicTarget) -> NicState {
@@ -450,6 +462,9 @@ fn initial_state(t: &NicTarget) -> NicState {
 }
 
 fn diagnose(t: &NicTarget, tr: &Track) -> FailReason {
+    if let (Some(reserved), Some(answered)) = (t.reservation, tr.elsewhere) {
+        return FailReason::NotReserved { reserved, answered };
+    }
     if let Some((ip, other_mac)) = tr.conflict
         && tr.candidates.contains(&ip)
     {
@@ -487,7 +502,13 @@ where
 {
     let mut tracks: Vec<Track> = targets
         .iter()
-        .map(|t| Track { state: initial_state(t), leased: None, candidates: Vec::new(), conflict: None })
+        .map(|t| Track {
+            state: initial_state(t),
+            leased: None,
+            candidates: Vec::new(),
+            conflict: None,
+            elsewhere: None,
+        })
         .collect();
     for (index, (t, tr)) in targets.iter().zip(&tracks).enumerate() {
         progress(&NicProgress { index, target: t, state: &tr.state });
@@ -588,7 +609,10 @@ where
             } else {
                 let got = replies.get(bridge).unwrap_or(&none);
                 let ours = |r: &&ArpReply| r.sender_mac == t.mac;
-                let hit = got.iter().filter(ours).find(|r| tr.candidates.contains(&r.sender_ip)).or_else(|| {
+                // With a reservation only the reserved address counts: a guest still holding an
+                // older lease does not have the address the lab says.
+                let counts = |ip: &Ipv4Addr| t.reservation.map_or(tr.candidates.contains(ip), |r| r == *ip);
+                let hit = got.iter().filter(ours).find(|r| counts(&r.sender_ip)).or_else(|| {
                     // No candidate: any address of the subnet this MAC answered for (sweep).
                     let subnet = t.subnet.filter(|_| tr.candidates.is_empty())?;
                     got.iter().filter(ours).find(|r| subnet.contains(r.sender_ip))
@@ -603,6 +627,9 @@ where
                     if let Some(r) = got.iter().find(|r| r.sender_mac != t.mac && tr.candidates.contains(&r.sender_ip))
                     {
                         tr.conflict = Some((r.sender_ip, r.sender_mac));
+                    }
+                    if let Some(r) = got.iter().filter(ours).find(|r| tr.candidates.contains(&r.sender_ip)) {
+                        tr.elsewhere = Some(r.sender_ip);
                     }
                     match tr.candidates.first() {
                         Some(ip) => NicState::LeasedNoReply { ip: *ip },
@@ -768,6 +795,22 @@ mod tests {
         let r = run(&[t], &p, &FakeLeases::new());
         assert_eq!(r.log[0], (0, NicState::LeasedNoReply { ip: ip("10.0.0.20") }));
         assert!(matches!(state(&r, 0), NicState::Verified { ip: x, .. } if *x == ip("10.0.0.20")));
+    }
+
+    #[test]
+    fn old_lease_answering_is_not_the_reservation() {
+        // The reservation moved from .62 to .63 while the VM ran: the guest keeps .62.
+        let mut t = target("vm1", a());
+        t.reservation = Some(ip("10.0.0.63"));
+        let p = FakeProber::new().answer("br0", ip("10.0.0.62"), a());
+        let l = FakeLeases::new().with(NET, a(), ip("10.0.0.62"));
+        let r = run(&[t.clone()], &p, &l);
+        assert_eq!(failed(&r, 0), &FailReason::NotReserved { reserved: ip("10.0.0.63"), answered: ip("10.0.0.62") });
+        assert_eq!(failed(&r, 0).to_string(), "answers at 10.0.0.62, not at its reserved address 10.0.0.63");
+        // Once the guest renews (answers at the reserved address), it is verified.
+        let p = FakeProber::new().answer("br0", ip("10.0.0.62"), a()).answer_after("br0", ip("10.0.0.63"), a(), 2);
+        let r = run(&[t], &p, &l);
+        assert!(matches!(state(&r, 0), NicState::Verified { ip: x, .. } if *x == ip("10.0.0.63")));
     }
 
     #[test]
@@ -993,6 +1036,7 @@ mod tests {
             FailReason::LeasedButSilent { ip: ip("10.0.0.5") },
             FailReason::NoLease,
             FailReason::Conflict { ip: ip("10.0.0.5"), other_mac: stranger() },
+            FailReason::NotReserved { reserved: ip("10.0.0.6"), answered: ip("10.0.0.5") },
             FailReason::VmNotRunning,
             FailReason::NoBridge { detail: "x".into() },
         ];
@@ -1062,6 +1106,7 @@ mod tests {
             autostart: false,
             mode: ObservedMode::Known(NetworkMode::Nat),
             bridge: Some(bridge.into()),
+            live_bridge: None,
             stp: true,
             ip: ip_,
             dhcp_ping: true,
@@ -1095,5 +1140,11 @@ mod tests {
 
         let t2 = NicTarget::from_model(&vm, &vm.nics[1], &ext, None, true);
         assert_eq!((t2.bridge, t2.subnet, t2.dhcp), (None, None, false));
+
+        // Seen on libvirt 9.0: a network redefined while running without a bridge name has
+        // `virbr3` in its config but still runs on `virbr1`: probe the live one.
+        let o_moved = ObservedNetwork { live_bridge: Some("virbr1".into()), ..observed("lab-local", "virbr3", None) };
+        let t3 = NicTarget::from_model(&vm, &vm.nics[0], &local, Some(&o_moved), true);
+        assert_eq!(t3.bridge.as_deref(), Some("virbr1"), "the live bridge, not the config's");
     }
 }

@@ -6,6 +6,11 @@
 //! One test drives the whole story in order (the steps build on each other); the sandbox
 //! guard tears everything down when it ends, also on failure.
 //!
+//! topo runs inside the sandbox netns (`ip netns exec $TOPO_NETNS topo ...`): the lab's bridges
+//! are there, and `apply` and `verify` prove every NIC's address by ARP on them. Every apply is
+//! followed by `topo verify --json`, and each NIC must be verified with an address in its
+//! network's subnet (its reservation where it has one), the evidence naming its MAC.
+//!
 //! Env: `TOPO_BIN` (binary to run; default the one cargo built), `TOPO_E2E_KEEP=1` (leave
 //! the sandbox up afterwards), `TOPO_GUEST_DIR`, `TOPO_NETNS` as for the scripts.
 
@@ -116,14 +121,17 @@ impl Run {
     }
 }
 
+/// `ip netns exec NS topo -c qemu:///system --color never ARGS`: the bridges (and ARP
+/// verification) live in the sandbox netns; the libvirt socket works from any namespace.
+fn topo_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &netns()]).arg(topo_bin()).args(["-c", URI, "--color", "never"]).args(args);
+    c.stdin(Stdio::null());
+    c
+}
+
 fn topo(args: &[&str]) -> Run {
-    let o = Command::new(topo_bin())
-        .args(["-c", URI, "--color", "never"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run topo");
-    Run::of(o)
+    Run::of(topo_cmd(args).output().expect("run topo"))
 }
 
 fn topo_ok(args: &[&str]) -> Run {
@@ -203,11 +211,107 @@ fn assert_converged(lab: &Path) {
     assert!(r.stdout.contains("No changes"), "{}", r.show());
 }
 
-fn apply(lab: &Path) -> Run {
-    let r = topo(&["apply", "-y", "--shutdown-timeout", "2", path(lab)]);
+/// `apply -y`, which ends with the ARP verification of every NIC: all must be verified.
+fn apply(lab: &Path, nics: usize) -> Run {
+    let r = topo(&["apply", "-y", "--shutdown-timeout", "2", "--timeout", "90", path(lab)]);
     assert_eq!(r.code, 0, "apply {}:\n{}", lab.display(), r.show());
     assert!(r.stdout.contains("Apply complete"), "{}", r.show());
+    assert!(r.stdout.contains(&format!("Verify: {nics} verified, 0 failed, 0 skipped.")), "{}", r.show());
     r
+}
+
+/// What a NIC must be verified as: its subnet (`a.b.c.` of a /24) and reservation, if any.
+struct WantNic {
+    vm: &'static str,
+    nic: &'static str,
+    net: &'static str,
+    prefix: String,
+    reserved: Option<String>,
+}
+
+/// The NICs of a lab shape, in `topo verify` order (VMs by name, NICs in file order).
+fn want_nics(s: &Shape) -> Vec<WantNic> {
+    let iso = format!("{}.", s.iso_subnet);
+    let n = |vm, nic, net, prefix: &str, reserved: Option<String>| WantNic {
+        vm,
+        nic,
+        net,
+        prefix: prefix.to_string(),
+        reserved,
+    };
+    let mut v = vec![
+        n("deb1", "eth0", "outside", "192.168.123.", None),
+        n("deb1", "eth1", "local_net", &iso, None),
+        n("deb1", "eth2", "default", "192.168.122.", None),
+        n("deb2", "eth0", "local_net", &iso, Some(format!("{iso}{}", s.deb2_ip))),
+    ];
+    if s.deb2_second_nic {
+        v.push(n("deb2", "eth1", "outside", "192.168.123.", None));
+    }
+    v.push(n("deb3", "eth0", "local_net", &iso, None));
+    if s.deb4 {
+        v.push(n("deb4", "eth0", "outside", "192.168.123.", None));
+    }
+    v
+}
+
+/// `topo verify --json`: exit 0 and every NIC of the shape verified as it must be. Returns
+/// `vm -> addresses` in NIC order.
+fn verify_all(lab: &Path, s: &Shape) -> BTreeMap<String, Vec<String>> {
+    let r = topo(&["verify", "--json", "--timeout", "60", path(lab)]);
+    assert_eq!(r.code, 0, "verify:\n{}", r.show());
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("verify JSON: {e}\n{}", r.stdout));
+    assert_eq!(doc["format_version"], "1");
+    assert_eq!(doc["lab"], LAB);
+    let got = doc["nics"].as_array().expect("nics array");
+    let want = want_nics(s);
+    let ids = |v: &Value| format!("{} {}", v["vm"].as_str().unwrap_or("?"), v["nic"].as_str().unwrap_or("?"));
+    assert_eq!(
+        got.iter().map(ids).collect::<Vec<_>>(),
+        want.iter().map(|w| format!("{} {}", w.vm, w.nic)).collect::<Vec<_>>(),
+        "{doc:#}"
+    );
+    let mut addrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (g, w) in got.iter().zip(&want) {
+        let idx: usize = w.nic.trim_start_matches("eth").parse().expect("ethN");
+        let m = mac(LAB, w.vm, idx);
+        let what = format!("{} {}: {g:#}", w.vm, w.nic);
+        assert_eq!(g["state"], "verified", "{what}");
+        assert_eq!(g["network"], w.net, "{what}");
+        assert_eq!(g["mac"], m.as_str(), "{what}");
+        let ip = g["address"].as_str().unwrap_or_else(|| panic!("no address: {what}"));
+        assert!(ip.starts_with(&w.prefix) && ip.len() > w.prefix.len(), "{ip} not in {}0/24: {what}", w.prefix);
+        if let Some(res) = &w.reserved {
+            assert_eq!(ip, res, "reservation not honoured: {what}");
+        }
+        let ev = g["evidence"].as_str().unwrap_or_default();
+        assert!(ev.starts_with(&format!("arp reply from {m} on ")), "{what}");
+        assert!(g["reason"].is_null() && g["seconds"].is_number(), "{what}");
+        addrs.entry(w.vm.to_string()).or_default().push(ip.to_string());
+    }
+    assert_eq!(doc["summary"], serde_json::json!({"verified": want.len(), "failed": 0, "skipped": 0, "unproven": 0}));
+    addrs
+}
+
+/// `topo status`: every resource of the lab running/active, each VM's address line with
+/// exactly the verified addresses (no `?`: each answered ARP just now).
+fn check_status(lab: &Path, addrs: &BTreeMap<String, Vec<String>>) {
+    let r = topo_ok(&["status", path(lab)]);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let state = |addr: &str| -> String {
+        let l = lines.iter().find(|l| l.split_whitespace().next() == Some(addr));
+        let l = l.unwrap_or_else(|| panic!("status has no {addr}:\n{}", r.stdout));
+        l.split_whitespace().skip(2).collect::<Vec<_>>().join(" ")
+    };
+    assert!(state("network.default").starts_with("external, active"), "{}", r.stdout);
+    for n in ["network.outside", "network.local_net"] {
+        assert!(state(n).starts_with("active"), "{n}:\n{}", r.stdout);
+    }
+    for vm in addrs.keys() {
+        assert_eq!(state(&format!("vm.{vm}")), "running", "{vm}:\n{}", r.stdout);
+        let want = format!("{vm} {}", addrs[vm].join(","));
+        assert!(lines.contains(&want.as_str()), "status lacks `{want}`:\n{}", r.stdout);
+    }
 }
 
 /// The changes of a JSON plan that do something, by address.
@@ -284,15 +388,20 @@ vms:
     if s.deb2_second_nic {
         t.push_str("      - network: outside\n");
     }
-    t.push_str(
+    // deb3 ignores the ACPI power button, so `destroy` waits for it (the lock step needs a
+    // slow destroy).
+    t.push_str(&format!(
         "  deb3:
     hypervisor: qemu
     memory: 128MiB
-    boot: *tiny
+    boot:
+      kernel: {g}/vmlinuz
+      initrd: {g}/initrd.gz
+      cmdline: console=ttyS0 quiet topo.nopoweroff=1
     nics:
       - network: local_net
 ",
-    );
+    ));
     if s.deb4 {
         t.push_str(
             "  deb4:
@@ -388,11 +497,15 @@ fn e2e_real_libvirt() {
     let r = topo(&["plan", "--detailed-exitcode", path(&lab)]);
     assert_eq!(r.code, 2, "first plan must show changes:\n{}", r.show());
     assert!(r.stdout.contains("Plan: 5 to add, 0 to change, 0 to replace, 0 to destroy."), "{}", r.show());
-    let r = apply(&lab);
+    let r = apply(&lab, 5);
     assert!(r.stdout.contains("Apply complete: 5 added, 0 changed, 0 replaced, 0 destroyed."), "{}", r.show());
-    clock.step("first apply done");
+    clock.step("first apply done, 5 NICs verified by ARP");
     assert_converged(&lab);
     clock.step("plan after apply: no changes");
+    let addrs = verify_all(&lab, &V1);
+    clock.step(&format!("topo verify --json: all verified {addrs:?}"));
+    check_status(&lab, &addrs);
+    clock.step("topo status: all running/active, addresses verified");
 
     // c. what libvirt has
     check_networks(&["e2e-outside", "e2e-local_net"]);
@@ -421,9 +534,23 @@ fn e2e_real_libvirt() {
     let v2 = Shape { deb2_ip: "63", deb2_second_nic: true, deb4: true, ..V1 };
     let lab2 = write(dir, "lab2.yaml", &lab_text(&v2));
     check_edit_plan(&plan_json(&lab2));
-    let r = apply(&lab2);
+    // deb2 still holds its lease of .62 (valid for an hour): the new reservation is not in
+    // effect, and verification says so; every other NIC, the hot-plugged one included, is.
+    let r = topo(&["apply", "-y", "--timeout", "8", path(&lab2)]);
+    assert_eq!(r.code, 1, "apply with a reservation not in effect:\n{}", r.show());
     assert!(r.stdout.contains("Apply complete: 1 added, 2 changed, 0 replaced, 0 destroyed."), "{}", r.show());
+    assert!(r.stdout.contains("Verify: 6 verified, 1 failed, 0 skipped."), "{}", r.show());
+    assert!(
+        r.stdout
+            .contains("deb2 eth0 (local_net): answers at 192.168.152.62, not at its reserved address 192.168.152.63"),
+        "{}",
+        r.show()
+    );
     assert_converged(&lab2);
+    // a restart makes the guest ask again: it gets .63
+    virsh_ok(&["destroy", "e2e-deb2"]);
+    virsh_ok(&["start", "e2e-deb2"]);
+    verify_all(&lab2, &v2);
     let live = virsh_ok(&["net-dumpxml", "e2e-local_net"]);
     assert!(live.contains("ip='192.168.152.63'") && !live.contains("ip='192.168.152.62'"), "live network: {live}");
     let deb2: Vec<String> = domiflist("e2e-deb2").into_iter().map(|(_, n, m)| format!("{n} {m}")).collect();
@@ -451,9 +578,12 @@ fn e2e_real_libvirt() {
         [("e2e-deb1", mac(LAB, "deb1", 1)), ("e2e-deb2", mac(LAB, "deb2", 0)), ("e2e-deb3", mac(LAB, "deb3", 0))];
     let want: Vec<(String, String, bool)> = on_iso.iter().map(|(d, m)| (d.to_string(), m.clone(), true)).collect();
     assert_eq!(blast, want);
-    let r = apply(&lab3);
+    let r = apply(&lab3, 7);
     assert!(r.stdout.contains("1 replaced"), "{}", r.show());
     assert_converged(&lab3);
+    // the re-attached NICs got addresses in the new subnet
+    let addrs = verify_all(&lab3, &v3);
+    check_status(&lab3, &addrs);
     let bridge = info(&["net-info", "e2e-local_net"]).get("Bridge").cloned().expect("bridge name");
     let ports = bridge_ports(&bridge);
     for (dom, m) in &on_iso {
@@ -467,9 +597,7 @@ fn e2e_real_libvirt() {
     clock.step("network replaced, NICs re-attached to the new bridge");
 
     // h. lock: a destroy that waits for guests to shut down holds the lab; apply must refuse
-    let slow = Command::new(topo_bin())
-        .args(["-c", URI, "--color", "never", "destroy", "-y", "--shutdown-timeout", "6", path(&lab3)])
-        .stdin(Stdio::null())
+    let slow = topo_cmd(&["destroy", "-y", "--shutdown-timeout", "6", path(&lab3)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -574,4 +702,130 @@ fn check_edit_plan(plan: &Value) {
     assert_eq!(deb4[&format!("nic[{}]", mac(LAB, "deb4", 0))], (Value::Null, Value::from("outside")));
     assert_eq!(deb4["memory"].1, Value::from("128MiB"));
     assert_eq!(plan["summary"], serde_json::json!({"create": 1, "update": 2, "replace": 0, "delete": 0}));
+}
+
+// ------------------------------------------------------------------------- diagnoses
+
+const NEG: &str = "neg";
+
+/// Lab `neg`: `half` gets DHCP on eth0 only (`topo.nodhcp=eth1`), `ok` on its one NIC, and
+/// `reborn` on the external `default` (its lease there outlives the lab).
+fn neg_lab(reborn_nodhcp: bool) -> String {
+    let g = guest_dir();
+    let vm = |name: &str, cmdline: &str, nets: &[&str]| {
+        let nics: String = nets.iter().map(|n| format!("      - network: {n}\n")).collect();
+        format!(
+            "  {name}:
+    hypervisor: qemu
+    memory: 128MiB
+    boot:
+      kernel: {g}/vmlinuz
+      initrd: {g}/initrd.gz
+      cmdline: console=ttyS0 quiet {cmdline}
+    nics:
+{nics}"
+        )
+    };
+    let mut t = format!("apiVersion: topo/v1\nname: {NEG}\nnetworks:\n  default:\n    external: true\n");
+    if reborn_nodhcp {
+        // the second life of `reborn`: same lab and VM name, so the same MAC, but no DHCP
+        t.push_str("vms:\n");
+        t.push_str(&vm("reborn", "topo.nodhcp=eth0", &["default"]));
+    } else {
+        t.push_str("  n1:\n    mode: nat\n    subnet: 192.168.125.0/24\nvms:\n");
+        t.push_str(&vm("half", "topo.nodhcp=eth1", &["n1", "default"]));
+        t.push_str(&vm("ok", "", &["n1"]));
+        t.push_str(&vm("reborn", "", &["default"]));
+    }
+    t
+}
+
+/// `topo verify --json --timeout T` that must fail: the document, by `"vm nic"`.
+fn verify_failing(lab: &Path, timeout: &str) -> BTreeMap<String, Value> {
+    let r = topo(&["verify", "--json", "--timeout", timeout, path(lab)]);
+    assert_eq!(r.code, 1, "verify must fail:\n{}", r.show());
+    assert!(r.err_flat().contains("not verified"), "{}", r.show());
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("verify JSON: {e}\n{}", r.stdout));
+    doc["nics"]
+        .as_array()
+        .expect("nics")
+        .iter()
+        .map(|n| (format!("{} {}", n["vm"].as_str().unwrap_or("?"), n["nic"].as_str().unwrap_or("?")), n.clone()))
+        .collect()
+}
+
+fn assert_verified(nics: &BTreeMap<String, Value>, id: &str, vm: &str, index: usize) -> String {
+    let n = &nics[id];
+    let m = mac(NEG, vm, index);
+    assert_eq!(n["state"], "verified", "{id}: {n:#}");
+    assert_eq!(n["evidence"].as_str().map(|e| e.starts_with(&format!("arp reply from {m} on "))), Some(true), "{n:#}");
+    n["address"].as_str().expect("address").to_string()
+}
+
+fn assert_failed(nics: &BTreeMap<String, Value>, id: &str, reason: &str) {
+    let n = &nics[id];
+    assert_eq!(n["state"], "failed", "{id}: {n:#}");
+    assert_eq!(n["reason"], reason, "{id}: {n:#}");
+    assert!(n["address"].is_null() && n["help"].is_string(), "{id}: {n:#}");
+}
+
+const NO_LEASE: &str = "no DHCP lease for this MAC, and no address in the subnet answered from it";
+
+#[test]
+#[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
+fn e2e_verify_diagnoses() {
+    let clock = Clock(Instant::now());
+    let _sandbox = Sandbox::up();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let lab = write(tmp.path(), "neg.yaml", &neg_lab(false));
+    clock.step("sandbox up");
+
+    // 1. a NIC without a DHCP client: exactly that NIC fails, with "no lease"
+    let r = topo(&["apply", "-y", "--no-verify", path(&lab)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(!r.stdout.contains("Verify:"), "--no-verify still verified:\n{}", r.show());
+    let nics = verify_failing(&lab, "20");
+    assert_eq!(nics.keys().collect::<Vec<_>>(), ["half eth0", "half eth1", "ok eth0", "reborn eth0"]);
+    assert_verified(&nics, "half eth0", "half", 0);
+    assert_failed(&nics, "half eth1", NO_LEASE);
+    assert_verified(&nics, "ok eth0", "ok", 0);
+    let old_ip = assert_verified(&nics, "reborn eth0", "reborn", 0);
+    clock.step(&format!("nodhcp NIC: no lease, the 3 others verified (reborn {old_ip})"));
+
+    // 2. a stopped VM is not probed
+    virsh_ok(&["destroy", "neg-ok"]);
+    let nics = verify_failing(&lab, "3");
+    assert_failed(&nics, "ok eth0", "the VM is not running");
+    assert_failed(&nics, "half eth1", NO_LEASE);
+    assert_verified(&nics, "half eth0", "half", 0);
+    let r = topo_ok(&["status", path(&lab)]);
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("vm.ok ") && l.split_whitespace().nth(2) == Some("stopped")),
+        "{}",
+        r.stdout
+    );
+    clock.step("stopped VM: not running");
+
+    // 3. a stale lease is no proof: `reborn` comes back with the same MAC but no DHCP client,
+    //    while dnsmasq on `default` still holds its lease from the first boot
+    let r = topo(&["destroy", "-y", "--shutdown-timeout", "10", path(&lab)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    clock.step("lab destroyed (guests powered off by ACPI)");
+    let m = mac(NEG, "reborn", 0);
+    let leases = virsh_ok(&["net-dhcp-leases", "default"]);
+    assert!(leases.lines().any(|l| l.contains(&m) && l.contains(&format!("{old_ip}/"))), "no stale lease: {leases}");
+    let lab2 = write(tmp.path(), "neg2.yaml", &neg_lab(true));
+    let silent = format!("{old_ip} (its lease or reservation) got no ARP reply from this NIC");
+    let r = topo(&["apply", "-y", "--timeout", "12", path(&lab2)]);
+    assert_eq!(r.code, 1, "apply must fail its verification:\n{}", r.show());
+    assert!(r.stdout.contains("Apply complete: 1 added"), "{}", r.show());
+    assert!(r.stdout.contains(&silent) && r.stdout.contains("Verify: 0 verified, 1 failed"), "{}", r.show());
+    let nics = verify_failing(&lab2, "8");
+    assert_eq!(nics.keys().collect::<Vec<_>>(), ["reborn eth0"]);
+    assert_failed(&nics, "reborn eth0", &silent);
+    assert_eq!(nics["reborn eth0"]["mac"], m.as_str());
+    clock.step("stale lease: leased but silent");
+    let r = topo(&["destroy", "-y", "--shutdown-timeout", "10", path(&lab2)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    clock.step("destroyed");
 }

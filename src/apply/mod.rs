@@ -316,8 +316,9 @@ fn run_change(
             Op::DefineNetwork => {
                 let net = lab.networks.values().find(|n| n.libvirt_name == name).ok_or_else(|| missing(c))?;
                 let uuid = observed.networks.get(name).and_then(|o| o.uuid.as_deref());
+                let bridge = observed.networks.get(name).and_then(|o| o.bridge.as_deref());
                 let xml = crate::xml::network_xml(lab, net).map_err(|e| xml_err("define network", name, e))?;
-                hv.define_network(&with_uuid(&xml.xml, uuid))?;
+                hv.define_network(&with_bridge(&with_uuid(&xml.xml, uuid), bridge))?;
             }
             Op::StartNetwork => hv.start_network(name)?,
             Op::SetNetworkAutostart { on } => hv.set_network_autostart(name, *on)?,
@@ -435,6 +436,20 @@ fn with_uuid(xml: &str, uuid: Option<&str>) -> String {
     }
 }
 
+/// Redefining a network whose lab entry names no bridge keeps the bridge libvirt chose for
+/// it. Without a name, libvirt 9.0 gives the new config another free `virbrN` while the
+/// running network stays on the old one: config and live bridge then differ.
+fn with_bridge(xml: &str, bridge: Option<&str>) -> String {
+    let Some(b) = bridge else { return xml.to_string() };
+    match xml.find("<bridge ") {
+        Some(at) if !xml[at..].split('>').next().unwrap_or_default().contains("name=") => {
+            let end = at + "<bridge ".len();
+            format!("{}name=\"{}\" {}", &xml[..end], quick_xml::escape::escape(b), &xml[end..])
+        }
+        _ => xml.to_string(),
+    }
+}
+
 fn vm_of<'l>(lab: &'l Lab, c: &Change) -> Result<&'l crate::model::Vm, HvError> {
     lab.vms.values().find(|v| v.libvirt_name == c.libvirt_name).ok_or_else(|| missing(c))
 }
@@ -495,4 +510,21 @@ pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<(), ApplyError>
         })
         .collect();
     Err(ApplyError::Inconsistent { details })
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::with_bridge;
+
+    #[test]
+    fn redefine_keeps_the_bridge_libvirt_chose() {
+        let xml = "<network><name>n</name><bridge stp=\"off\" delay=\"0\"/></network>";
+        assert_eq!(
+            with_bridge(xml, Some("virbr1")),
+            "<network><name>n</name><bridge name=\"virbr1\" stp=\"off\" delay=\"0\"/></network>"
+        );
+        assert_eq!(with_bridge(xml, None), xml, "a new network: libvirt picks");
+        let named = "<network><name>n</name><bridge name=\"topobr0\" stp=\"off\"/></network>";
+        assert_eq!(with_bridge(named, Some("virbr1")), named, "the lab's own name wins");
+    }
 }

@@ -156,20 +156,27 @@ impl LibvirtHypervisor {
             } else {
                 net.xml_desc(0)?
             };
-            Ok((flags, xml))
+            // The bridge frames go through is the live one, not the config's.
+            let live = if flags.active && flags.persistent { Some(net.xml_desc(0)?) } else { None };
+            Ok((flags, xml, live))
         };
-        let (flags, text) = match read() {
+        let (flags, text, live) = match read() {
             Ok(v) => v,
             Err(e) if is_gone(&e) => return Ok(None),
             Err(e) => return Err(map_error(OP, &name, &e)),
         };
-        xml::parse_network(&text, flags).map(Some).map_err(|e| HvError {
+        let invalid = |e: xml::XmlError| HvError {
             op: OP.into(),
-            object: name,
+            object: name.clone(),
             message: e.to_string(),
             kind: HvErrorKind::InvalidXml,
             hint: None,
-        })
+        };
+        let mut observed = xml::parse_network(&text, flags).map_err(invalid)?;
+        if let Some(live) = live {
+            observed.live_bridge = xml::parse_network(&live, flags).map_err(invalid)?.bridge;
+        }
+        Ok(Some(observed))
     }
 
     fn observe_domain(&self, dom: &Domain) -> Result<Option<crate::observed::ObservedDomain>, HvError> {

@@ -317,6 +317,7 @@ pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, 
         autostart: flags.autostart,
         mode: observed_mode(r.forward.as_ref()),
         bridge: r.bridge.as_ref().and_then(|b| b.name.clone()),
+        live_bridge: if flags.active { r.bridge.as_ref().and_then(|b| b.name.clone()) } else { None },
         // libvirt's default when `stp` is absent is on.
         stp: r.bridge.as_ref().and_then(|b| b.stp.as_deref()).is_none_or(|s| s != "off"),
         ip,

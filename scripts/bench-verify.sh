@@ -1,0 +1,119 @@
+#!/bin/bash
+# bench-verify.sh — how fast is topo's ARP verification on a real lab? (docs/benchmarks.md)
+#
+# In the sandbox (scripts/sandbox.sh: libvirtd in netns $TOPO_NETNS), on topologies/demo.yaml
+# (2 networks, 3 VMs, 4 NICs; the e2e lab's size):
+#   (c) N_APPLY times: `topo apply -y` from nothing to every NIC ARP-verified (wall time),
+#       next to the guests' own boot-to-lease time (first appearance of each NIC's lease in
+#       `virsh net-dhcp-leases`, polled every 0.1 s from the start of apply), then destroy;
+#   then with the lab up and verified:
+#   (a) `topo verify` (all NICs), N runs;
+#   (b) `arp-scan -I BRIDGE -l` (whole subnet) and `arp-scan -I BRIDGE IPs` (the leased
+#       addresses only) on each lab bridge, N runs each.
+# Uses hyperfine when installed (apt-get install hyperfine), else a date +%s%N loop.
+# Sandbox torn down at the end (EXIT trap), also on failure. Output: a report on stdout.
+#
+# Env: N=10 (runs for a and b), N_APPLY=3, PROFILE=debug|release (topo build),
+#      LAB=path (default topologies/demo.yaml), KEEP=1 (leave the sandbox up),
+#      as scripts/sandbox.sh: TOPO_NETNS, TOPO_SANDBOX_STATE, TOPO_GUEST_DIR.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+SBX=$HERE/sandbox.sh
+N=${N:-10}
+N_APPLY=${N_APPLY:-3}
+PROFILE=${PROFILE:-debug}
+LAB=${LAB:-$ROOT/topologies/demo.yaml}
+eval "$("$SBX" env)"
+export LIBVIRT_DEFAULT_URI TOPO_NETNS TOPO_GUEST_DIR
+NS=$TOPO_NETNS
+log() { echo "bench: $*" >&2; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+WORK=$(mktemp -d)
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null
+  rm -rf "$WORK"
+  if [ "${KEEP:-0}" = 1 ]; then log "KEEP=1: sandbox left up"; else "$SBX" down >&2 || rc=1; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$SBX" up >&2
+"$HERE/mkguest.sh" >&2
+cd "$ROOT"
+flag=()
+[ "$PROFILE" = release ] && flag=(--release)
+cargo build -q "${flag[@]}" --bin topo
+cp "${CARGO_TARGET_DIR:-target}/$PROFILE/topo" "$WORK/topo"
+TOPO="ip netns exec $NS $WORK/topo"
+NAME=$(awk '/^name:/{print $2; exit}' "$LAB")
+
+echo "# bench-verify: $(date -u +%FT%TZ), lab $(basename "$LAB") ($NAME), topo $PROFILE build"
+echo "# host: $(nproc) vCPU, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), CPU virtualisation: $(grep -qwE 'vmx|svm' /proc/cpuinfo && echo yes || echo 'none (no vmx/svm)'); lab VMs: hypervisor qemu = QEMU TCG"
+echo "# $(virsh -q version | awk '/Running hypervisor/{print "hypervisor:", $3, $4}'), $(arp-scan --version 2>&1 | head -1)"
+
+# ---------------------------------------------------------------- (c) apply -> verified
+echo
+echo "## (c) topo apply -y: start -> every NIC ARP-verified, vs the guests' boot-to-lease"
+printf '%-4s %10s %14s %14s %s\n' run apply_s first_lease_s last_lease_s "apply - last lease"
+for run in $(seq "$N_APPLY"); do
+  $TOPO destroy -y --shutdown-timeout 5 "$LAB" >/dev/null 2>&1
+  : >"$WORK/leases"
+  t0=$(now_ms)
+  # poll leases of every network of the lab: first time each MAC shows up, in ms since t0
+  ( while true; do
+      t=$(( $(now_ms) - t0 ))
+      for n in $(virsh -q net-list --name); do
+        virsh -q net-dhcp-leases "$n" 2>/dev/null | awk -v t="$t" '{print t, $3}'
+      done
+      sleep 0.1
+    done >>"$WORK/leases" ) &
+  POLLER=$!
+  $TOPO apply -y "$LAB" >"$WORK/apply.out" 2>"$WORK/apply.err" || { cat "$WORK/apply.out" "$WORK/apply.err" >&2; exit 1; }
+  t1=$(( $(now_ms) - t0 ))
+  kill "$POLLER"; wait "$POLLER" 2>/dev/null || true; POLLER=
+  grep -q "verified, 0 failed" "$WORK/apply.out" || { cat "$WORK/apply.out" >&2; exit 1; }
+  # per MAC: first time seen; only MACs of this lab (those in the verify table)
+  macs=$(awk '$5 ~ /^52:54:00/{print $5}' "$WORK/apply.out" | sort -u)
+  firsts=$(for m in $macs; do awk -v m="$m" '$2==m{print $1; exit}' "$WORK/leases"; done | sort -n)
+  fl=$(echo "$firsts" | head -1); ll=$(echo "$firsts" | tail -1)
+  printf '%-4s %10.2f %14.2f %14.2f %+.2f s\n' "$run" "$(echo "$t1/1000" | bc -l)" \
+    "$(echo "${fl:-0}/1000" | bc -l)" "$(echo "${ll:-0}/1000" | bc -l)" "$(echo "($t1-${ll:-0})/1000" | bc -l)"
+done
+echo
+echo "verify table of the last apply (TIME = seconds from the start of verification):"
+sed -n '/^VM /,/^Verify:/p' "$WORK/apply.out"
+
+# ---------------------------------------------------------------- (a) topo verify
+echo
+echo "## (a) topo verify $(basename "$LAB") on the running, verified lab (N=$N)"
+bench() { # NAME CMD...: N runs, mean/min/max in ms
+  local name=$1
+  shift
+  if command -v hyperfine >/dev/null; then
+    hyperfine -N --style none --warmup 1 --runs "$N" --export-json "$WORK/h.json" "$*" >/dev/null 2>&1 ||
+      hyperfine --style none --warmup 1 --runs "$N" --export-json "$WORK/h.json" "$*" >/dev/null
+    python3 -c "import json,sys; r=json.load(open('$WORK/h.json'))['results'][0]; print('%-44s mean %7.1f ms  sd %6.1f  min %7.1f  max %7.1f  (hyperfine, N=%d)' % (sys.argv[1], r['mean']*1e3, r['stddev']*1e3, r['min']*1e3, r['max']*1e3, len(r['times'])))" "$name"
+  else
+    local i s ts=()
+    for i in $(seq "$N"); do s=$(date +%s%N); "$@" >/dev/null 2>&1; ts+=($(( ($(date +%s%N) - s) / 1000 ))); done
+    printf '%s\n' "${ts[@]}" | sort -n | awk -v n="$name" '{a[NR]=$1; s+=$1} END {printf "%-44s mean %7.1f ms  min %7.1f  max %7.1f  (date loop, N=%d)\n", n, s/NR/1000, a[1]/1000, a[NR]/1000, NR}'
+  fi
+}
+bench "topo verify (all NICs)" $TOPO verify "$LAB"
+bench "topo status" $TOPO status "$LAB"
+
+# ---------------------------------------------------------------- (b) arp-scan
+echo
+echo "## (b) arp-scan in the netns on each lab bridge (N=$N)"
+for net in $(virsh -q net-list --name | grep "^$NAME-"); do
+  br=$(virsh -q net-info "$net" | awk '/^Bridge/{print $2}')
+  ips=$(virsh -q net-dhcp-leases "$net" | awk '{sub(/\/.*/, "", $5); print $5}' | sort -u | xargs)
+  bench "arp-scan -I $br -l ($net, /24)" ip netns exec "$NS" arp-scan -q -I "$br" -l
+  [ -n "$ips" ] && bench "arp-scan -I $br <$(echo $ips | wc -w) leased IPs>" ip netns exec "$NS" arp-scan -q -I "$br" $ips
+  echo "  one arp-scan -l on $br: $(ip netns exec "$NS" arp-scan -q -I "$br" -l 2>/dev/null | grep -c '^[0-9]') reply lines (duplicates included)"
+done
