@@ -85,7 +85,7 @@ where() { local n; n=$(ip netns identify "$1" 2>/dev/null) || n='?'; echo "${n:-
 
 # ---------------------------------------------------------------- up
 PKGS_FIRST=(iptables) # libvirt 9.0 has no nftables backend; without iptables every network fails
-PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 dnsmasq-base iputils-arping arp-scan
+PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iputils-arping arp-scan
   libvirt-dev pkg-config busybox-static)
 
 missing_pkgs() {

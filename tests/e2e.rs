@@ -829,3 +829,116 @@ fn e2e_verify_diagnoses() {
     assert_eq!(r.code, 0, "{}", r.show());
     clock.step("destroyed");
 }
+
+// ------------------------------------------------------------------------- disk overlays
+
+fn disk_lab(base: &Path, size: &str) -> String {
+    let g = guest_dir();
+    format!(
+        "apiVersion: topo/v1
+name: disk
+networks:
+  lan:
+    mode: isolated
+    subnet: 192.168.170.0/24
+vms:
+  d1:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: {{ kernel: {g}/vmlinuz, initrd: {g}/initrd.gz, cmdline: console=ttyS0 quiet }}
+    disk: {{ image: {}, size: {size} }}
+    nics: [{{ network: lan }}]
+",
+        base.display()
+    )
+}
+
+/// The source paths of a domain's disks (`virsh domblklist`).
+fn disk_sources(dom: &str) -> Vec<String> {
+    virsh_ok(&["domblklist", dom])
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|p| p.starts_with('/'))
+        .map(String::from)
+        .collect()
+}
+
+fn qemu_img_info(p: &str) -> Value {
+    let o = Command::new("qemu-img").args(["info", "-U", "--output=json", p]).output().expect("run qemu-img");
+    assert!(o.status.success(), "qemu-img info {p}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).expect("qemu-img JSON")
+}
+
+fn sha256(p: &Path) -> String {
+    topo::plan::saved::sha256_hex(&std::fs::read(p).expect("read base image"))
+}
+
+/// A VM with `disk:` gets a qcow2 overlay on the base image through libvirt's storage API;
+/// a new size replaces the VM and its overlay; destroy deletes the overlay; the base image
+/// is never written.
+#[test]
+#[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
+fn e2e_disk_overlay() {
+    let clock = Clock(Instant::now());
+    let _sandbox = Sandbox::up();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let base = tmp.path().join("base.qcow2");
+    let o = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .output()
+        .expect("qemu-img");
+    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    let base_sum = sha256(&base);
+    let lab = write(tmp.path(), "disk.yaml", &disk_lab(&base, "128MiB"));
+
+    apply(&lab, 1);
+    assert_converged(&lab);
+    let disks = disk_sources("disk-d1");
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    let overlay = disks[0].clone();
+    assert!(overlay.starts_with("/var/lib/libvirt/images/topo/disk-d1-"), "{overlay}");
+    let info = qemu_img_info(&overlay);
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["virtual-size"], 128 * 1024 * 1024, "{info}");
+    assert_eq!(info["backing-filename"].as_str(), base.to_str(), "{info}");
+    let pool = virsh_ok(&["pool-list", "--all", "--name"]);
+    let vols = pool
+        .lines()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| virsh(&["vol-list", p]).stdout.lines().map(String::from).collect::<Vec<_>>())
+        .collect::<Vec<_>>();
+    assert!(vols.iter().any(|l| l.contains(&overlay)), "overlay is not a libvirt volume: {vols:?}");
+    clock.step("VM with a 128MiB overlay on the base image");
+
+    // A new size is a new overlay: the plan replaces the VM and says why.
+    std::fs::write(&lab, disk_lab(&base, "192MiB")).expect("rewrite lab");
+    let plan = plan_json(&lab);
+    let ch = changes(&plan);
+    assert_eq!(ch.keys().collect::<Vec<_>>(), ["vm.d1"], "{plan:#}");
+    assert_eq!(ch["vm.d1"]["action"], "replace", "{plan:#}");
+    let forced: Vec<&str> = ch["vm.d1"]["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .filter(|f| f["forces_replacement"] == true)
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert_eq!(forced, ["disk"], "{plan:#}");
+    apply(&lab, 1);
+    assert_converged(&lab);
+    let again = disk_sources("disk-d1");
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0], overlay, "a new size must give a new overlay");
+    assert!(!Path::new(&overlay).exists(), "the old overlay {overlay} is left behind");
+    assert_eq!(qemu_img_info(&again[0])["virtual-size"], 192 * 1024 * 1024);
+    clock.step("size change replaced the VM and its overlay");
+
+    let r = topo(&["destroy", "-y", "--shutdown-timeout", "10", path(&lab)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(!Path::new(&again[0]).exists(), "destroy left the overlay {}", again[0]);
+    assert_eq!(sha256(&base), base_sum, "the base image was written");
+    clock.step("destroy deleted the overlay; the base image is unchanged");
+}
