@@ -177,7 +177,12 @@ up() {
   else
     fresh=1
     [ -s /run/libvirtd.pid ] && ! live "$(cat /run/libvirtd.pid)" && rm -f /run/libvirtd.pid
-    ip netns exec "$NS" libvirtd -d
+    # Also listen on TCP, without auth, on the namespace's own loopback only (127.0.0.1 inside
+    # $NS is unreachable from the host): `qemu+tcp://127.0.0.1/system` from inside the netns
+    # is a remote-style URI, for testing topo's remote-host behaviour.
+    mkdir -p "$STATE"
+    printf 'listen_tls = 0\nlisten_tcp = 1\nlisten_addr = "127.0.0.1"\nauth_tcp = "none"\n' >"$STATE/libvirtd.conf"
+    ip netns exec "$NS" libvirtd -d --listen -f "$STATE/libvirtd.conf"
     p=$(wait_pidfile /run/libvirtd.pid) || {
       tail -20 /var/log/libvirt/libvirtd.log >&2 2>/dev/null || true
       die "libvirtd did not start (see /var/log/libvirt/libvirtd.log)"

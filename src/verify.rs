@@ -28,6 +28,8 @@ use crate::prober::{ProbeError, Prober, sweep_targets};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NicTarget {
     pub vm: VmName,
+    /// The VM's libvirt domain name.
+    pub domain: String,
     /// `eth0`, `eth1`, ... (model::Nic::label).
     pub nic: String,
     pub network: NetworkName,
@@ -91,6 +93,7 @@ impl NicTarget {
         let observed_reservation = observed_ip.and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac)).map(|h| h.ip);
         NicTarget {
             vm: vm.name.clone(),
+            domain: vm.libvirt_name.clone(),
             nic: nic.label(),
             network: network.name.clone(),
             libvirt_network: network.libvirt_name.clone(),
@@ -196,15 +199,24 @@ pub enum NicState {
     Failed {
         reason: FailReason,
     },
+    /// Remote hosts only: libvirt reports this address (a DHCP lease, or its ARP or guest
+    /// agent address source), but topo could not probe the bridge: weaker evidence.
+    Reported {
+        ip: Ipv4Addr,
+        source: String,
+    },
 }
 
 impl NicState {
     /// Settled: no further probing changes it.
     pub fn is_final(&self) -> bool {
-        matches!(self, NicState::Skipped | NicState::Verified { .. } | NicState::Failed { .. })
+        matches!(
+            self,
+            NicState::Skipped | NicState::Verified { .. } | NicState::Failed { .. } | NicState::Reported { .. }
+        )
     }
     pub fn is_ok(&self) -> bool {
-        matches!(self, NicState::Skipped | NicState::Verified { .. })
+        matches!(self, NicState::Skipped | NicState::Verified { .. } | NicState::Reported { .. })
     }
 }
 
@@ -218,8 +230,45 @@ impl fmt::Display for NicState {
                 write!(f, "{ip} verified ({evidence}, after {seconds:.1} s)")
             }
             NicState::Failed { reason } => write!(f, "failed: {reason}"),
+            NicState::Reported { ip, source } => write!(f, "{ip} reported by {source} (not proven by ARP)"),
         }
     }
+}
+
+/// Where topo cannot probe the bridges (a remote libvirt host), the weaker evidence: what
+/// libvirt reports. Per NIC, in order of preference: an address from libvirt's ARP or
+/// guest-agent sources (`addresses`, per VM), the newest DHCP lease for the MAC on its network,
+/// the reservation. Pure; the caller reads `leases` and `addresses` from the hypervisor.
+pub fn reported(
+    targets: &[NicTarget],
+    leases: &[Lease],
+    addresses: &BTreeMap<VmName, Vec<(MacAddr, Ipv4Addr)>>,
+) -> VerifyReport {
+    let nics = targets
+        .iter()
+        .map(|t| {
+            let from_libvirt = addresses
+                .get(&t.vm)
+                .and_then(|v| v.iter().find(|(m, ip)| *m == t.mac && t.subnet.is_none_or(|s| s.contains(*ip))));
+            let lease =
+                leases.iter().filter(|l| l.mac == t.mac && l.network == t.libvirt_network).max_by_key(|l| l.expiry);
+            let state = if !t.verify {
+                NicState::Skipped
+            } else if !t.running {
+                NicState::Failed { reason: FailReason::VmNotRunning }
+            } else if let Some((_, ip)) = from_libvirt {
+                NicState::Reported { ip: *ip, source: "libvirt's address sources".into() }
+            } else if let Some(l) = lease {
+                NicState::Reported { ip: l.ip, source: "a DHCP lease".into() }
+            } else if !t.dhcp {
+                NicState::Failed { reason: FailReason::NoDhcpNoReservation }
+            } else {
+                NicState::Failed { reason: FailReason::NoLease }
+            };
+            NicOutcome { target: t.clone(), state }
+        })
+        .collect();
+    VerifyReport { nics }
 }
 
 /// A NIC's state changed; passed to the progress callback.
@@ -694,6 +743,7 @@ mod tests {
     fn target(vm: &str, m: MacAddr) -> NicTarget {
         NicTarget {
             vm: VmName::new(vm).unwrap(),
+            domain: format!("lab-{vm}"),
             nic: "eth0".into(),
             network: NetworkName::new("net").unwrap(),
             libvirt_network: NET.into(),
@@ -877,6 +927,40 @@ mod tests {
         assert!(calls[0].targets.is_empty(), "{:?}", calls[0]);
         assert!(calls[1..].iter().all(|c| c.targets.len() == 254), "{calls:?}");
         assert_eq!(calls.len(), 3, "sweeps at 1.5 s and 2.7 s, not in every round");
+    }
+
+    #[test]
+    fn remote_evidence_prefers_libvirt_addresses_then_leases() {
+        let lease =
+            |mac, ip: &str, expiry| Lease { network: NET.into(), mac, ip: ip.parse().unwrap(), hostname: None, expiry };
+        let (ta, tb, tc) = (target("vm1", a()), target("vm2", b()), target("vm3", stranger()));
+        let mut stopped = target("vm4", mac("52:54:00:00:00:44"));
+        stopped.running = false;
+        let mut no_dhcp = target("vm5", mac("52:54:00:00:00:55"));
+        no_dhcp.dhcp = false;
+        let leases = vec![
+            lease(a(), "10.0.0.5", 10),
+            lease(b(), "10.0.0.6", 10),
+            lease(b(), "10.0.0.7", 20),
+            // Same MAC on another network: not this NIC's.
+            Lease { network: "other".into(), ..lease(stranger(), "10.0.0.8", 30) },
+        ];
+        let mut addrs = BTreeMap::new();
+        addrs.insert(ta.vm.clone(), vec![(a(), ip("10.0.0.50")), (a(), ip("192.168.9.9"))]);
+        let targets = [ta, tb, tc, stopped, no_dhcp];
+        let r = reported(&targets, &leases, &addrs);
+        let states: Vec<&NicState> = r.nics.iter().map(|n| &n.state).collect();
+        assert_eq!(
+            states,
+            [
+                &NicState::Reported { ip: ip("10.0.0.50"), source: "libvirt's address sources".into() },
+                &NicState::Reported { ip: ip("10.0.0.7"), source: "a DHCP lease".into() },
+                &failed_state(FailReason::NoLease),
+                &failed_state(FailReason::VmNotRunning),
+                &failed_state(FailReason::NoDhcpNoReservation),
+            ]
+        );
+        assert!(r.nics[0].state.is_ok() && r.nics[1].state.is_ok() && !r.all_ok());
     }
 
     fn failed_state(reason: FailReason) -> NicState {

@@ -169,6 +169,7 @@ fn verify_over_real_arp() {
     let net = TestNet::new("verify");
     let target = |vm: &str, mac: &str| NicTarget {
         vm: VmName::new(vm).unwrap(),
+        domain: vm.to_string(),
         nic: "eth0".into(),
         network: NetworkName::new("net").unwrap(),
         libvirt_network: "lab-net".into(),

@@ -81,10 +81,10 @@ pub fn run_verification(
     targets: &[NicTarget],
     opts: VerifyOptions,
 ) -> miette::Result<VerifyReport> {
-    let leases = HypervisorLeases::for_targets(hv, targets);
     if is_remote(&hv.uri()) {
-        return Ok(leases_only(hv, targets)?);
+        return Ok(reported_by_host(hv, targets)?);
     }
+    let leases = HypervisorLeases::for_targets(hv, targets);
     let prober = PnetProber::default();
     let clock = SystemClock::start();
     let quiet = global.quiet;
@@ -99,31 +99,24 @@ pub fn run_verification(
             NicState::Verified { ip, seconds, .. } => format!("{ip} verified by ARP after {seconds:.1}s"),
             NicState::Failed { reason } => format!("FAILED: {reason}"),
             NicState::Skipped => "not verified (verify: none)".into(),
+            NicState::Reported { ip, source } => format!("{ip} reported by {source}"),
         };
         eprintln!("{} {} ({}): {what}", t.vm, t.nic, t.network);
     })?;
     Ok(report)
 }
 
-/// On a remote host no bridge is reachable: report the DHCP lease (or reservation) as the
-/// (weaker) evidence.
-fn leases_only(hv: &dyn Hypervisor, targets: &[NicTarget]) -> Result<VerifyReport, crate::hypervisor::HvError> {
-    let mut nics = Vec::new();
-    for t in targets {
-        let state = if !t.verify {
-            NicState::Skipped
-        } else {
-            let lease =
-                hv.dhcp_leases(&t.libvirt_network)?.into_iter().filter(|l| l.mac == t.mac).max_by_key(|l| l.expiry);
-            match (lease, t.running) {
-                (_, false) => NicState::Failed { reason: crate::verify::FailReason::VmNotRunning },
-                (Some(l), true) => NicState::LeasedNoReply { ip: l.ip },
-                (None, true) => NicState::Failed { reason: crate::verify::FailReason::NoLease },
-            }
-        };
-        nics.push(NicOutcome { target: t.clone(), state });
+/// On a remote host no bridge is reachable: what libvirt reports is the (weaker) evidence.
+fn reported_by_host(hv: &dyn Hypervisor, targets: &[NicTarget]) -> Result<VerifyReport, crate::hypervisor::HvError> {
+    let leases = HypervisorLeases::for_targets(hv, targets);
+    let leases = crate::verify::LeaseSource::leases(&leases)?;
+    let mut addresses = std::collections::BTreeMap::new();
+    for t in targets.iter().filter(|t| t.running) {
+        if !addresses.contains_key(&t.vm) {
+            addresses.insert(t.vm.clone(), hv.domain_addresses(&t.domain).unwrap_or_default());
+        }
     }
-    Ok(VerifyReport { nics })
+    Ok(crate::verify::reported(targets, &leases, &addresses))
 }
 
 /// After apply: makes each verified NIC's `seconds` count from its VM's start (when apply
@@ -181,15 +174,16 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         }
         NicState::Failed { reason } => ("failed", None, None, Some(reason.to_string()), Some(reason.help()), None),
         NicState::Skipped => ("skipped", None, None, None, None, None),
-        // Only on remote hosts: a lease, no ARP evidence.
-        NicState::LeasedNoReply { ip } => (
-            "leased",
+        // Only on remote hosts: libvirt's word, no ARP evidence.
+        NicState::Reported { ip, source } => (
+            "reported",
             Some(ip.to_string()),
-            Some("dhcp lease only (remote host: no ARP evidence)".into()),
+            Some(format!("reported by {source} (remote host: not proven by ARP)")),
             None,
             None,
             None,
         ),
+        NicState::LeasedNoReply { ip } => ("leased", Some(ip.to_string()), None, None, None, None),
         NicState::WaitingForLease => ("waiting", None, None, None, None, None),
     };
     JsonNic {
@@ -215,7 +209,7 @@ pub fn report_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
         verified: count("verified"),
         failed: count("failed"),
         skipped: count("skipped"),
-        unproven: count("leased") + count("waiting"),
+        unproven: count("reported") + count("leased") + count("waiting"),
     };
     let doc = JsonVerify { format_version: "1", lab, summary, nics };
     // Invariant: strings, numbers and options only.

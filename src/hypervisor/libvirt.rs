@@ -416,6 +416,29 @@ impl Hypervisor for LibvirtHypervisor {
         })
     }
 
+    fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>, HvError> {
+        const OP: &str = "domain addresses";
+        let dom = self.domain(OP, name)?;
+        let mut out = Vec::new();
+        for source in [sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP, sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT] {
+            // ARP fails on some host kernels ("wrong nlmsg len"); the agent needs a guest agent.
+            let Ok(ifaces) = dom.interface_addresses(source, 0) else { continue };
+            for i in ifaces {
+                let Some(mac) = i.hwaddr.as_deref().and_then(|m| m.parse::<crate::model::MacAddr>().ok()) else {
+                    continue;
+                };
+                for a in &i.addrs {
+                    if let Ok(ip) = a.addr.parse::<std::net::Ipv4Addr>()
+                        && !out.contains(&(mac, ip))
+                    {
+                        out.push((mac, ip));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn create_overlay(
         &self,
         path: &std::path::Path,

@@ -39,6 +39,8 @@ struct State {
     /// NICs of running domains whose network was stopped under them (libvirt leaves the
     /// tap off the bridge until the NIC is re-plugged).
     cut: std::collections::BTreeSet<(String, crate::model::MacAddr)>,
+    /// Addresses libvirt would report per domain (`set_domain_addresses`).
+    addresses: BTreeMap<String, Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>>,
     /// Overlay volumes: path -> backing image.
     volumes: BTreeMap<std::path::PathBuf, std::path::PathBuf>,
 }
@@ -301,6 +303,11 @@ impl MemoryHypervisor {
         self.lock().cut.iter().cloned().collect()
     }
 
+    /// Sets what `domain_addresses` reports for `domain`.
+    pub fn set_domain_addresses(&self, domain: &str, addrs: Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>) {
+        self.lock().addresses.insert(domain.to_string(), addrs);
+    }
+
     /// Overlay volumes that exist: (path, backing image).
     pub fn volumes(&self) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
         self.lock().volumes.iter().map(|(a, b)| (a.clone(), b.clone())).collect()
@@ -558,6 +565,13 @@ impl Hypervisor for MemoryHypervisor {
         let mut s = self.lock();
         s.enter("domain_state", name)?;
         Ok(s.domain("domain_state", name)?.obs.state)
+    }
+
+    fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>, HvError> {
+        let mut s = self.lock();
+        s.enter("domain_addresses", name)?;
+        s.domain("domain_addresses", name)?;
+        Ok(s.addresses.get(name).cloned().unwrap_or_default())
     }
 
     fn create_overlay(

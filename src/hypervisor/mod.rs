@@ -87,4 +87,9 @@ pub trait Hypervisor: Send + Sync {
     fn create_overlay(&self, path: &Path, backing: &Path, size: Option<u64>) -> Result<(), HvError>;
     /// Deletes an overlay volume made by `create_overlay`.
     fn delete_overlay(&self, path: &Path) -> Result<(), HvError>;
+
+    /// IPv4 addresses libvirt reports for a running domain's NICs, from its ARP-table and
+    /// guest-agent sources (each tried; a source that fails or is unsupported is skipped).
+    /// The fallback evidence where topo cannot probe the bridges itself (remote hosts).
+    fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>, HvError>;
 }
