@@ -178,3 +178,45 @@ fn graph_as_dot_and_mermaid() {
         insta::assert_snapshot!(name, stdout(&out));
     }
 }
+
+/// On a terminal apply shows the plan and asks; only `yes` goes ahead. The terminal is a
+/// pseudo-terminal made by util-linux `script`, which feeds our stdin to it.
+#[test]
+fn apply_asks_on_a_terminal() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("tty.yaml");
+    std::fs::write(
+        &lab,
+        "apiVersion: topo/v1\nname: clilab-tty\nnetworks:\n  lan:\n    mode: isolated\n    subnet: 10.124.0.0/24\n    dhcp_ping: true\n",
+    )
+    .unwrap();
+    let run = |answer: &str| {
+        let cmd = format!(
+            "{} -c test:///default --color never apply --no-verify {}",
+            env!("CARGO_BIN_EXE_topo"),
+            lab.display()
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, text) = run("no\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("Do you want to apply these changes? Only 'yes' will be accepted:"), "{text}");
+    assert!(text.contains("cancelled: nothing was changed"), "{text}");
+    assert!(!text.contains("Apply complete"), "{text}");
+    let (code, text) = run("yes\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Apply complete: 1 added, 0 changed, 0 replaced, 0 destroyed."), "{text}");
+}

@@ -96,7 +96,10 @@ impl Progress for Live {
                         StepOutcome::Failed { error, .. } => format!("✗ {address}: {} FAILED: {error}", verb(action)),
                         StepOutcome::Skipped { why } => format!("- {address}: skipped ({why})"),
                     };
-                    bar.finish_with_message(msg);
+                    // Finished steps become permanent lines above the running spinners, so the
+                    // display ends on a fresh line (what follows on stdout starts cleanly).
+                    bar.finish_and_clear();
+                    let _ = self.multi.println(msg);
                 }
             }
         }
