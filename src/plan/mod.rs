@@ -390,12 +390,17 @@ fn delete_network(n: &ObservedNetwork) -> Change {
     if n.persistent {
         ops.push(Op::UndefineNetwork);
     }
+    deletion(owner_address(n.owner.as_ref(), "network", &n.name), &n.name, all_fields(&d, false), ops)
+}
+
+/// A change that deletes an owned object no longer in the lab file.
+fn deletion(address: String, libvirt_name: &str, fields: Vec<FieldChange>, ops: Vec<Op>) -> Change {
     Change {
-        address: owner_address(n.owner.as_ref(), "network", &n.name),
-        libvirt_name: n.name.clone(),
+        address,
+        libvirt_name: libvirt_name.to_string(),
         action: Action::Delete,
         reasons: vec![Reason::NotInLabFile],
-        fields: all_fields(&d, false),
+        fields,
         blast_radius: Vec::new(),
         ops,
     }
@@ -410,15 +415,7 @@ fn delete_domain(lab: &Lab, d: &ObservedDomain) -> Change {
     }
     ops.push(Op::UndefineDomain);
     ops.push(Op::DeleteDisk);
-    Change {
-        address: owner_address(d.owner.as_ref(), "vm", &d.name),
-        libvirt_name: d.name.clone(),
-        action: Action::Delete,
-        reasons: vec![Reason::NotInLabFile],
-        fields,
-        blast_radius: Vec::new(),
-        ops,
-    }
+    deletion(owner_address(d.owner.as_ref(), "vm", &d.name), &d.name, fields, ops)
 }
 
 fn owner_address(owner: Option<&crate::observed::OwnerTag>, kind: &str, name: &str) -> String {
