@@ -443,19 +443,25 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
     let vms: Vec<&StatusResource> = resources.iter().filter(|r| r.address.starts_with("vm.")).collect();
     if !vms.is_empty() {
         println!();
+        let mut unproven = false;
         for r in vms {
             let addrs: Vec<String> = r
                 .addresses
                 .iter()
                 .map(|a| match &a.address {
                     Some(ip) if a.verified => ip.clone(),
-                    Some(ip) => format!("{ip}?"),
+                    Some(ip) => {
+                        unproven = true;
+                        format!("{ip}?")
+                    }
                     None => "-".into(),
                 })
                 .collect();
             println!("{} {}", r.address.trim_start_matches("vm."), addrs.join(","));
         }
-        println!("\n(an address with `?` is leased or reserved but did not answer ARP just now)");
+        if unproven {
+            println!("\n(an address with `?` is leased or reserved but did not answer ARP just now)");
+        }
     }
     Ok(Outcome::Ok)
 }
