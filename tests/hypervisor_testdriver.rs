@@ -46,15 +46,7 @@ const MEMORY: Driver = Driver {
 };
 
 /// The test driver's `default` network, loaded into the memory double so both start alike.
-const DEFAULT_NET: &str = "<network>
-  <name>default</name>
-  <uuid>dd8fe884-6c02-601e-7551-cca97df1c5df</uuid>
-  <forward mode='nat'/>
-  <bridge name='virbr0' stp='on' delay='0'/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
-    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
-  </ip>
-</network>";
+const DEFAULT_NET: &str = include_str!("fixtures/test-driver-default.xml");
 
 fn mac(s: &str) -> MacAddr {
     s.parse().unwrap()

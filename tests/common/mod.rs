@@ -16,15 +16,7 @@ use topo::plan::{self, Plan};
 use topo::source::SourceFile;
 
 /// The test driver's `default` network (NAT 192.168.122.0/24 on virbr0).
-pub const DEFAULT_NET: &str = "<network>
-  <name>default</name>
-  <uuid>dd8fe884-6c02-601e-7551-cca97df1c5df</uuid>
-  <forward mode='nat'/>
-  <bridge name='virbr0' stp='on' delay='0'/>
-  <ip address='192.168.122.1' netmask='255.255.255.0'>
-    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
-  </ip>
-</network>";
+pub const DEFAULT_NET: &str = include_str!("../fixtures/test-driver-default.xml");
 
 /// Where lab files "live": relative kernel paths resolve against tests/fixtures.
 pub const LAB_PATH: &str = "tests/fixtures/lab.yaml";
