@@ -83,13 +83,6 @@ pub fn load(source: &SourceFile) -> Result<model::Lab, ValidateError> {
     validate(source, &spec)
 }
 
-/// Same as [`load`], also returning the raw spec (for tools that want the file as written).
-pub fn parse_and_validate(source: &SourceFile) -> Result<(LabSpec, model::Lab), ValidateError> {
-    let spec = parse(source)?;
-    let lab = validate(source, &spec)?;
-    Ok((spec, lab))
-}
-
 fn error(source: &SourceFile, problems: Vec<Problem>) -> ValidateError {
     ValidateError { path: source.name(), src: source.named_source(), problems }
 }

@@ -475,14 +475,15 @@ fn xml_err(op: &str, object: &str, e: crate::xml::XmlError) -> HvError {
 }
 
 /// After apply: observe again and plan; any remaining change is an inconsistent result.
-pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<(), ApplyError> {
+/// Returns what was observed, for the verification that follows.
+pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
     let observed = hv.observe()?;
     let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
         Ok(p) => p,
         Err(e) => return Err(ApplyError::Inconsistent { details: vec![e.to_string()] }),
     };
     if plan.is_empty() {
-        return Ok(());
+        return Ok(observed);
     }
     let details = plan
         .changes

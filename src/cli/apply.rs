@@ -86,6 +86,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     let file = lab.source.name();
     print!("{}", render(&plan, &file, style(global)));
     let mut started = std::collections::BTreeMap::new();
+    let mut observed = observed;
     if !plan.is_empty() {
         // A saved plan was reviewed when it was made: applying it is the confirmation.
         if saved.is_none() {
@@ -94,11 +95,11 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
         let (a, c, r, d) = report.counts();
         println!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.");
-        crate::apply::check_converged(&lab, &hv)?;
+        observed = crate::apply::check_converged(&lab, &hv)?;
         started = report.started;
     }
     if !args.no_verify {
-        let observed = hv.observe()?;
+        // The host as just observed: after apply, by the convergence check.
         let targets = super::verify::targets(&lab, &observed);
         if !targets.is_empty() {
             super::status(global, format_args!("Verifying {} NICs by ARP ...", targets.len()));
