@@ -105,8 +105,11 @@ install_pkgs() {
   apt-get update -qq
   # shellcheck disable=SC2086
   [ -z "$miss1" ] || apt-get install -y -qq --no-install-recommends $miss1 >/dev/null
+  # A machine image may carry a newer qemu-utils (a backport) that Breaks the release's
+  # qemu-system-common: install qemu-utils from the release itself alongside QEMU.
+  miss2=$(echo "$miss2" | sed "s#^qemu-system-x86\$#qemu-system-x86 qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")#")
   # shellcheck disable=SC2086
-  [ -z "$miss2" ] || apt-get install -y -qq --no-install-recommends $miss2 >/dev/null
+  [ -z "$miss2" ] || apt-get install -y -qq --no-install-recommends --allow-downgrades $miss2 >/dev/null
   step "packages installed: $(echo $miss1 $miss2)"
 }
 
