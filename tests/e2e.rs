@@ -683,7 +683,7 @@ networks:
 }
 
 fn lock_held_by(holder: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir(topo::apply::lock::LOCK_DIR) else { return false };
+    let Ok(dir) = std::fs::read_dir(topo::apply::lock::lock_dir()) else { return false };
     dir.flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{LAB}-")))
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.trim() == holder))

@@ -135,3 +135,8 @@ pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
 pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::hypervisor::libvirt::LibvirtHypervisor> {
     Ok(crate::hypervisor::libvirt::LibvirtHypervisor::connect(&global.connect)?)
 }
+
+/// The host the connection reaches, as libvirt names it: what locks key on.
+pub(crate) fn host_id(hv: &dyn crate::hypervisor::Hypervisor) -> miette::Result<crate::apply::lock::HostId> {
+    Ok(crate::apply::lock::HostId::new(&hv.hostname()?, &hv.uri()))
+}

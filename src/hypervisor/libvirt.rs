@@ -262,6 +262,10 @@ impl Hypervisor for LibvirtHypervisor {
         self.uri.clone()
     }
 
+    fn hostname(&self) -> Result<String, HvError> {
+        self.conn.hostname().map_err(|e| map_error("get host name", &self.uri, &e))
+    }
+
     fn observe(&self) -> Result<Observed, HvError> {
         let mut out = Observed::default();
         let nets = self.conn.list_all_networks(0).map_err(|e| map_error("list networks", &self.uri, &e))?;
