@@ -4,6 +4,7 @@
 mod apply;
 mod graph;
 mod plan;
+mod shell;
 mod validate;
 mod verify;
 
@@ -85,6 +86,10 @@ pub enum Command {
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
     Schema,
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(shell::CompletionsArgs),
+    /// Print a man page (roff), or write all of them into a folder
+    Man(shell::ManArgs),
 }
 
 /// Runs the CLI; the binary's `main` is this one call.
@@ -107,6 +112,8 @@ pub fn main() -> ExitCode {
             println!("{}", crate::schema::schema_json());
             Ok(Outcome::Ok)
         }
+        Command::Completions(a) => shell::run_completions(&cli.global, a),
+        Command::Man(a) => shell::run_man(&cli.global, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
