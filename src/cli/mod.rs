@@ -3,6 +3,7 @@
 
 mod apply;
 mod graph;
+mod log;
 mod plan;
 mod shell;
 mod validate;
@@ -48,6 +49,10 @@ pub struct GlobalArgs {
     /// Print only results and errors, no progress or status lines
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log on stderr: -v every libvirt call with its duration, -vv also the XML sent (adds
+    /// to TOPO_LOG, a filter in RUST_LOG syntax)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,6 +105,10 @@ pub fn main() -> ExitCode {
         Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
     }));
     virt::error::clear_error_callback();
+    if let Err(e) = log::init(cli.global.verbose, color) {
+        eprintln!("{:?}", miette::Report::new(e));
+        return ExitCode::from(1);
+    }
     let result = match &cli.command {
         Command::Validate(a) => validate::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
