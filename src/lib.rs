@@ -3,6 +3,7 @@
 //! Data flows one way: `source -> spec -> model -> graph -> plan(desired, observed) ->
 //! render | apply -> verify`. See docs/architecture.md.
 
+pub mod address;
 pub mod apply;
 pub mod arp;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod graph;
 pub mod hypervisor;
 pub mod model;
 pub mod observed;
+pub mod ownership;
 pub mod plan;
 pub mod prober;
 pub mod schema;
