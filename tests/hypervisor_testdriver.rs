@@ -345,6 +345,31 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
 
     // Malformed XML.
     assert_kind(hv.define_network("<network><name>x</name>"), HvErrorKind::InvalidXml);
+
+    // The overlay pool: looked up by name, made when missing, started when inactive.
+    let pool = topo::ownership::OVERLAY_POOL;
+    let dir = format!("/nonexistent/topo-{tag}");
+    assert!(hv.observe().unwrap().pool.is_none());
+    hv.ensure_pool(pool, &dir).unwrap();
+    hv.ensure_pool(pool, &dir).unwrap(); // idempotent
+    let o = hv.observe().unwrap();
+    let p = o.pool.as_ref().unwrap();
+    assert_eq!((p.name.as_str(), p.path.as_str(), p.active), (pool, dir.as_str(), true));
+    let spec = topo::hypervisor::VolumeSpec {
+        pool: pool.into(),
+        name: format!("t{tag}-vm-0.aaaaaaaa.qcow2"),
+        backing: "/nonexistent/base.qcow2".into(),
+        size: Some(1 << 30),
+    };
+    hv.create_volume(&spec).unwrap();
+    let vols = hv.observe().unwrap().volumes;
+    assert_eq!(vols[&spec.name].path, format!("{dir}/{}", spec.name));
+    assert_kind(hv.create_volume(&spec), HvErrorKind::Exists);
+    hv.delete_volume(pool, &spec.name).unwrap();
+    assert!(hv.observe().unwrap().volumes.is_empty());
+    // A missing volume is NotFound, so an interrupted delete counts as done next time.
+    assert_kind(hv.delete_volume(pool, &spec.name), HvErrorKind::NotFound);
+    assert_kind(hv.delete_volume("no-such-pool", &spec.name), HvErrorKind::NotFound);
 }
 
 #[test]
