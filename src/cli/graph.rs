@@ -29,6 +29,6 @@ pub fn run(_global: &GlobalArgs, args: &GraphArgs) -> miette::Result<Outcome> {
         GraphFormat::Dot => graph.to_dot(&lab),
         GraphFormat::Mermaid => graph.to_mermaid(&lab),
     };
-    print!("{text}");
+    crate::out!("{text}")?;
     Ok(Outcome::Ok)
 }

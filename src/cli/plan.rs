@@ -33,10 +33,10 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
     let json = crate::plan::json::to_json(&plan);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?);
+        crate::outln!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?)?;
     } else {
         let style = if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain };
-        print!("{}", render(&plan, &args.file.display().to_string(), style));
+        crate::out!("{}", render(&plan, &args.file.display().to_string(), style))?;
     }
     if let Some(out) = &args.out {
         let saved = SavedPlan {

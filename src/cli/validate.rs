@@ -12,6 +12,6 @@ pub struct ValidateArgs {
 
 pub fn run(_global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> {
     let lab = super::load_lab(&args.file)?;
-    println!("{}", lab.summary());
+    crate::outln!("{}", lab.summary())?;
     Ok(Outcome::Ok)
 }
