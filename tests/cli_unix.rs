@@ -178,3 +178,30 @@ fn signals_end_a_command_with_130() {
         assert_eq!(status.code(), Some(130), "{sig}: {status:?}");
     }
 }
+
+/// stderr closed as well (`topo ... 2>&1 | head -c 1`): diagnostics, progress and `-v` logs
+/// are best effort, never a panic (exit 101 would be the sign).
+#[test]
+fn a_closed_stderr_is_no_panic_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), "unix-stderr");
+    let lab = lab.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["-v", "-c", "test:///default", "plan", lab], 0),
+        (vec!["-vv", "-c", "test:///default", "status", lab], 0),
+        (vec!["validate", "tests/fixtures/invalid/bad_mac.yaml"], 1),
+        (vec!["plan", "--no-such-flag"], 1),
+    ];
+    for (args, code) in cases {
+        let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = topo()
+            .args(&args)
+            .stdout(Stdio::from(write.try_clone().unwrap()))
+            .stderr(Stdio::from(write))
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(code), "{args:?}");
+    }
+}
