@@ -31,8 +31,9 @@ pub struct ConfirmArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ApplyArgs {
-    /// The lab file, or a plan saved with `topo plan --out`
-    pub file: PathBuf,
+    /// The lab file, or a plan saved with `topo plan --out` (default: the only topo.yaml or
+    /// *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub confirm: ConfirmArgs,
     /// Skip the ARP verification of every NIC after apply
@@ -44,8 +45,8 @@ pub struct ApplyArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DestroyArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub confirm: ConfirmArgs,
 }
@@ -72,7 +73,8 @@ fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
 const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
-    let (lab, saved) = load(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let (lab, saved) = load(&file)?;
     let hv = super::connect(global)?;
     let host = super::host_id(&hv)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo apply")?;
@@ -133,7 +135,8 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 }
 
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &super::host_id(&hv)?, &hv.uri(), "topo destroy")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));

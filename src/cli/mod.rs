@@ -176,6 +176,18 @@ pub(crate) fn host_id(hv: &dyn crate::hypervisor::Hypervisor) -> miette::Result<
     Ok(crate::apply::lock::HostId::new(&hv.hostname()?, &hv.uri()))
 }
 
+/// The lab file to use: `file` when given, else the one [`crate::source::discover`] finds in
+/// the current folder, announced on stderr (unless `-q`) so the choice is never silent.
+pub(crate) fn lab_path(global: &GlobalArgs, file: Option<&std::path::Path>) -> miette::Result<std::path::PathBuf> {
+    if let Some(f) = file {
+        return Ok(f.to_path_buf());
+    }
+    let found = crate::source::discover(std::path::Path::new(""))?;
+    // `Path::new("").join(name)` is the bare name: shown and saved as the user would type it.
+    status(global, format_args!("Using lab file {} (found in the current folder)", found.display()));
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,8 +26,8 @@ pub struct VerifyOpts {
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub opts: VerifyOpts,
     /// Print the result as a versioned JSON document (see docs/verify-json.md)
@@ -37,8 +37,8 @@ pub struct VerifyArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     /// Print the status as JSON
     #[arg(long)]
     pub json: bool,
@@ -294,7 +294,8 @@ pub fn finish(lab: &Lab, report: &VerifyReport, json: bool) -> miette::Result<()
 }
 
 pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed);
@@ -324,7 +325,8 @@ struct StatusNic {
 }
 
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     // Drift and pending changes come from the planner; refusals just mean "not ours".
