@@ -103,7 +103,8 @@ fn a_closed_stdout_ends_every_command_quietly() {
 fn usage_errors_exit_1_and_help_exits_0() {
     let cases: &[&[&str]] = &[
         &[],
-        &["plan"],
+        // (`topo plan` alone looks for the lab file: tests/discover.rs)
+        &["plan", "one.yaml", "two.yaml"],
         &["plan", "--no-such-flag", "lab.yaml"],
         &["no-such-command"],
         &["--color", "sometimes", "validate", "lab.yaml"],
