@@ -7,11 +7,13 @@ pub mod render;
 pub mod saved;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use miette::{NamedSource, SourceSpan};
+use miette::NamedSource;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
+use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
 use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Vm};
@@ -284,21 +286,6 @@ impl Plan {
     }
 }
 
-/// A reason the plan cannot go ahead, pointing at the lab file.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("{message}")]
-#[diagnostic(code(topo::plan::conflict))]
-pub struct Conflict {
-    pub message: String,
-    #[source_code]
-    pub src: NamedSource<String>,
-    #[label("{label}")]
-    pub span: SourceSpan,
-    pub label: String,
-    #[help]
-    pub help: String,
-}
-
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PlanError {
     #[error("lab {lab} conflicts with what is on {uri}: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
@@ -306,8 +293,11 @@ pub enum PlanError {
     Refused {
         lab: String,
         uri: String,
+        /// The lab file, which the problems point into.
+        #[source_code]
+        src: Arc<NamedSource<String>>,
         #[related]
-        problems: Vec<Conflict>,
+        problems: Vec<Problem>,
     },
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -319,7 +309,12 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     let graph = LabGraph::build(lab)?;
     let conflicts = find_conflicts(lab, observed);
     if !conflicts.is_empty() {
-        return Err(PlanError::Refused { lab: lab.name.to_string(), uri: uri.to_string(), problems: conflicts });
+        return Err(PlanError::Refused {
+            lab: lab.name.to_string(),
+            uri: uri.to_string(),
+            src: Arc::new(lab.source.named_source()),
+            problems: conflicts,
+        });
     }
     let lab_name = lab.name.as_str();
     let pool = Pool::of(observed);
@@ -1066,16 +1061,10 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Chang
 }
 
 /// Everything that stops the plan before anything is touched, all at once.
-fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
+fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     let lab_name = lab.name.as_str();
     let mut out = Vec::new();
-    let conflict = |span: SourceSpan, message: String, label: &str, help: String| Conflict {
-        message,
-        src: lab.source.named_source(),
-        span,
-        label: label.to_string(),
-        help,
-    };
+    let conflict = Problem::at;
     let owner_text = |o: Option<&crate::observed::OwnerTag>| match o {
         Some(t) => format!("owned by topo lab `{}`", t.lab),
         None => "not created by topo".to_string(),
@@ -1084,6 +1073,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
         let on_host = observed.networks.get(&net.libvirt_name);
         match (&net.kind, on_host) {
             (NetworkKind::External, None) => out.push(conflict(
+                Code::ExternalMissing,
                 net.span,
                 format!("external network `{}` does not exist on the host", net.libvirt_name),
                 "declared external here",
@@ -1093,6 +1083,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                 ),
             )),
             (NetworkKind::External, Some(o)) if !o.active => out.push(conflict(
+                Code::ExternalInactive,
                 net.span,
                 format!("external network `{}` exists but is not active", net.libvirt_name),
                 "declared external here",
@@ -1101,6 +1092,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
             (NetworkKind::External, Some(_)) => {}
             (NetworkKind::Managed(_), Some(o)) if o.ownership(lab_name) != Ownership::ThisLab => {
                 out.push(conflict(
+                    Code::NetworkNameTaken,
                     net.span,
                     format!(
                         "network name `{}` is already taken on the host by a network this lab does not own ({})",
@@ -1121,6 +1113,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                         && subnet.overlaps(theirs)
                     {
                         out.push(conflict(
+                            Code::HostSubnetOverlap,
                             net.span,
                             format!(
                                 "subnet {subnet} of network `{}` overlaps network `{}` on the host ({}/{}, {})",
@@ -1138,6 +1131,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                         && b.as_str() == theirs
                     {
                         out.push(conflict(
+                            Code::HostBridgeTaken,
                             net.span,
                             format!("bridge `{b}` of network `{}` is already used by network `{}` on the host", net.name, other.name),
                             "this network",
@@ -1153,6 +1147,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
             && o.ownership(lab_name) != Ownership::ThisLab
         {
             out.push(conflict(
+                Code::VmNameTaken,
                 vm.span,
                 format!(
                     "VM name `{}` is already taken on the host by a domain this lab does not own ({})",
