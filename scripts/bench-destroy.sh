@@ -17,7 +17,7 @@
 #      DESTROY_ARGS (extra arguments of `topo destroy`, e.g. "--graceful=30s"),
 #      KINDS="acpi noacpi", KEEP=1 (leave the sandbox up),
 #      as scripts/sandbox.sh: TOPO_NETNS, TOPO_SANDBOX_STATE, TOPO_GUEST_DIR.
-# Must run under the machine's sandbox lock (see docs/e2e.md).
+# One sandbox per host (docs/e2e.md): nothing else may use it meanwhile.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
