@@ -457,7 +457,11 @@ fn a_paused_vm_is_resumed_not_started() {
 fn a_pending_restart_is_seen_in_the_live_settings() {
     let hv = host();
     apply_ok(&lab(BASE), &hv);
-    let bigger = lab(&edit(BASE, "  db:\n    hypervisor: qemu\n    memory: 256MiB", "  db:\n    hypervisor: qemu\n    memory: 512MiB"));
+    let bigger = lab(&edit(
+        BASE,
+        "  db:\n    hypervisor: qemu\n    memory: 256MiB",
+        "  db:\n    hypervisor: qemu\n    memory: 512MiB",
+    ));
     hv.define_domain(&planned_domain_xml(&bigger, &hv, "demo-db")).unwrap();
     let o = hv.observe().unwrap();
     assert_eq!(o.domains["demo-db"].memory_kib, 512 * 1024, "the config is new");
