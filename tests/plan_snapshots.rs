@@ -62,6 +62,14 @@ fn update_in_place() {
     insta::assert_snapshot!(plain(&p));
 }
 
+/// A kernel command line changed in the file: a diff of its parameters, one per line.
+#[test]
+fn kernel_command_line_as_a_parameter_diff() {
+    let hv = applied();
+    let text = edit(BASE, "cmdline: console=ttyS0}", "cmdline: console=ttyS0 loglevel=7 ip=dhcp}");
+    insta::assert_snapshot!(shown(&lab(&text), &hv));
+}
+
 #[test]
 fn replace_network_lists_blast_radius() {
     let hv = applied();
