@@ -209,3 +209,40 @@ fn network_stopped_under_running_vms_is_started_and_nics_replugged() {
     hv.stop_network("demo-lan").unwrap();
     insta::assert_snapshot!(shown(&lab(BASE), &hv));
 }
+
+/// A VM with a disk on a host without the overlay pool: the pool is its own step. A tagged
+/// overlay no domain uses (a define libvirt refused after it was made) is an orphan.
+#[test]
+fn overlay_pool_and_orphaned_volume() {
+    let text = "\
+apiVersion: topo/v1
+name: disky
+networks:
+  net:
+    mode: isolated
+    subnet: 10.80.0.0/24
+vms:
+  box:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    disk: {image: images/base.qcow2, size: 1GiB}
+    nics: [{network: net, ip: 10.80.0.5}]
+";
+    let hv = MemoryHypervisor::new();
+    let l = lab(text);
+    hv.fail_on(
+        "define_domain",
+        "disky-box",
+        topo::hypervisor::HvError {
+            op: "define domain".into(),
+            object: "disky-box".into(),
+            message: "refused".into(),
+            kind: topo::hypervisor::HvErrorKind::InvalidXml,
+            hint: None,
+        },
+    );
+    let (first, _) = plan_on(&l, &hv);
+    let first = plain(&first);
+    apply_with(&l, &hv, 1);
+    insta::assert_snapshot!(format!("{first}\n----- after the refused define -----\n\n{}", shown(&l, &hv)));
+}
