@@ -42,8 +42,12 @@ pub enum Code {
     SubnetTooSmall,
     SubnetRequired,
     SubnetOverlap,
+    /// A subnet in a block the kernel or an RFC reserves (loopback, multicast, ...).
+    ReservedSubnet,
     Gateway,
     Dhcp,
+    /// A DHCP range libvirt refuses: start and end differ in their first two bytes.
+    DhcpRangeTooLarge,
     DhcpTooSmall,
     Bridge,
     DuplicateBridge,
@@ -62,6 +66,8 @@ pub enum Code {
     BadSize,
     MissingFile,
     NothingToBoot,
+    /// A character libvirt's XML cannot carry (or would rewrite) in a text value.
+    ControlChar,
     // --- plan refusals (host conflicts) ---
     /// An external network the lab references is not on the host.
     ExternalMissing,
@@ -99,8 +105,10 @@ impl Code {
             SubnetTooSmall => "topo::lab::subnet_too_small",
             SubnetRequired => "topo::lab::subnet_required",
             SubnetOverlap => "topo::lab::subnet_overlap",
+            ReservedSubnet => "topo::lab::reserved_subnet",
             Gateway => "topo::lab::gateway",
             Dhcp => "topo::lab::dhcp",
+            DhcpRangeTooLarge => "topo::lab::dhcp_range_too_large",
             DhcpTooSmall => "topo::lab::dhcp_too_small",
             Bridge => "topo::lab::bridge",
             DuplicateBridge => "topo::lab::duplicate_bridge",
@@ -119,6 +127,7 @@ impl Code {
             BadSize => "topo::lab::bad_size",
             MissingFile => "topo::lab::missing_file",
             NothingToBoot => "topo::lab::nothing_to_boot",
+            ControlChar => "topo::lab::control_char",
             ExternalMissing => "topo::plan::external_missing",
             ExternalInactive => "topo::plan::external_inactive",
             NetworkNameTaken => "topo::plan::network_name_taken",

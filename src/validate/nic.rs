@@ -79,7 +79,10 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         let reason = if info.subnet.is_none() {
             Some(format!("network `{}` has no subnet", nic.network.value))
         } else if !info.dhcp && ip.is_none() && nic.ip.is_none() {
-            Some(format!("network `{}` has no DHCP and the NIC has no `ip`", nic.network.value))
+            Some(format!(
+                "network `{}` has no DHCP range (`dhcp: false` serves reservations only) and the NIC has no `ip`",
+                nic.network.value
+            ))
         } else {
             None
         };
@@ -87,7 +90,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
             let help = if info.subnet.is_none() {
                 "give the network a `subnet:`, or set `verify: none` on this NIC".to_owned()
             } else {
-                "add `ip:` to the NIC, enable `dhcp:` on the network, or set `verify: none`".to_owned()
+                "add `ip:` to the NIC (a reservation is served without a range), enable `dhcp:` on the network, or set `verify: none`".to_owned()
             };
             c.at(
                 Code::NicNoAddress,
@@ -110,31 +113,112 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
     Some(model::Nic { index, network: net, mac: mac.0, mac_derived: mac.1, ip, verify, span: c.span(&nic.network) })
 }
 
-/// A DHCP range smaller than the NICs that need a lease from it leaves some without one.
+/// A DHCP range with fewer free addresses than the NICs that need a lease from it leaves
+/// some without one. dnsmasq never leases a reserved address to another client (a
+/// `dhcp-host` address is taken even while its owner is off: dnsmasq `address_allocate`
+/// skips addresses configured for a host), so the pool is the range minus the reserved
+/// addresses inside it.
 pub(super) fn check_dhcp_capacity(c: &mut Checker, nets: &BTreeMap<String, NetInfo>, seen: &Nics) {
     for (net, nics) in &seen.dynamic {
-        let Some(info) = nets.get(net) else { continue };
-        let size = info.dhcp_range.map(|r| u64::from(u32::from(r.end)) - u64::from(u32::from(r.start)) + 1);
-        if let (Some(size), Some(span)) = (size, info.dhcp_span)
-            && nics.len() as u64 > size
-        {
-            c.push(
-                Code::DhcpTooSmall,
+        let (Some(info), Some(range)) = (nets.get(net), nets.get(net).and_then(|i| i.dhcp_range)) else { continue };
+        let Some(span) = info.dhcp_span else { continue };
+        let reserved_ips: std::collections::BTreeSet<Ipv4Addr> =
+            seen.ips.keys().filter(|(n, _)| n == net).map(|(_, ip)| *ip).collect();
+        let (start, end) = (u32::from(range.start), u32::from(range.end));
+        let total = u64::from(end - start) + 1;
+        // What dnsmasq skips when it picks a free address (src/dhcp.c, address_allocate).
+        let mut reserved = 0u64;
+        let mut class_c_edges = 0u64;
+        for ip in (start..=end).map(Ipv4Addr::from) {
+            if reserved_ips.contains(&ip) {
+                reserved += 1;
+            } else if class_c_edge(ip) {
+                class_c_edges += 1;
+            }
+        }
+        let size = total - reserved - class_c_edges;
+        if nics.len() as u64 <= size {
+            continue;
+        }
+        let es = |n: u64| if n == 1 { "" } else { "es" };
+        let (message, label) = if reserved == 0 && class_c_edges == 0 {
+            (
                 format!(
                     "network `{net}` hands out {size} address{} by DHCP, but {} NICs need one ({})",
-                    if size == 1 { "" } else { "es" },
+                    es(size),
                     nics.len(),
                     nics.join(", ")
                 ),
-                vec![LabeledSpan::at(span, format!("{size} address{}", if size == 1 { "" } else { "es" }))],
-                "use a larger subnet or DHCP range, or give some NICs a fixed `ip:`",
-            );
-        }
+                format!("{size} address{}", es(size)),
+            )
+        } else {
+            (
+                format!(
+                    "network `{net}` has {size} free address{} in its DHCP range ({total} minus {}), but {} NICs need one ({})",
+                    es(size),
+                    skipped(reserved, class_c_edges),
+                    nics.len(),
+                    nics.join(", ")
+                ),
+                format!("{total} address{}, {size} of them free for DHCP", es(total)),
+            )
+        };
+        let help = if reserved == 0 {
+            "use a larger subnet or DHCP range, or give some NICs a fixed `ip:`"
+        } else {
+            "use a larger subnet or DHCP range, move reservations out of the range, or give some NICs a fixed `ip:`"
+        };
+        c.push(Code::DhcpTooSmall, message, vec![LabeledSpan::at(span, label)], help);
+    }
+}
+
+/// dnsmasq never hands out an address ending in .0 or .255 inside the old class C space
+/// (192.0.0.0 - 223.255.255.255), even in a larger subnet where it is a host address
+/// (src/dhcp.c, address_allocate: "broken in Windows", KB281579).
+fn class_c_edge(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    (192..=223).contains(&o[0]) && (o[3] == 0 || o[3] == 255)
+}
+
+/// "3 reserved by `ip:` and 2 that dnsmasq skips (.0 and .255 in class C space)".
+fn skipped(reserved: u64, edges: u64) -> String {
+    let r = format!("{reserved} reserved by `ip:`");
+    let e = format!("{edges} that dnsmasq never hands out (.0 and .255 in 192.0.0.0-223.255.255.255)");
+    match (reserved, edges) {
+        (_, 0) => r,
+        (0, _) => e,
+        _ => format!("{r} and {e}"),
     }
 }
 
 fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
     it.map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Why a parsed unicast MAC cannot be a guest's, and how to fix it (the layer that
+/// refuses it is named in the message).
+pub(super) fn refused_mac(mac: MacAddr) -> Option<(&'static str, &'static str)> {
+    let b = mac.octets();
+    if b[0] == 0xfe {
+        // libvirt src/util/virnetdevtap.c, virNetDevTapCreateInBridgePort: the host side of
+        // the tap gets the guest's MAC with the first byte set to 0xFE, so a guest MAC that
+        // starts with it is refused ("Unable to use MAC address starting with reserved value
+        // 0xFE") when the domain starts.
+        return Some((
+            "starts with 0xFE, which libvirt reserves for the host side of the tap device and refuses for a guest",
+            "use another first byte; QEMU's `52:54:00:..` prefix is a safe choice",
+        ));
+    }
+    if b == [0; 6] {
+        // QEMU net/net.c, qemu_macaddr_default_if_unset: an all-zero MAC means "unset" and
+        // QEMU gives the NIC 52:54:00:12:34:NN instead, so the reservation and the ARP proof
+        // would be for a MAC the guest never has (and Linux's is_valid_ether_addr refuses it).
+        return Some((
+            "is all zeros, which QEMU treats as unset and replaces with its own 52:54:00:12:34:xx",
+            "use a real address such as `52:54:00:00:1f:02`, or remove `mac` to get a derived one",
+        ));
+    }
+    None
 }
 
 /// The NIC's MAC (given or derived) and whether it was derived; records duplicates.
@@ -149,7 +233,13 @@ fn check_nic_mac(
 ) -> Option<(MacAddr, bool)> {
     let (mac, derived, span) = match &nic.mac {
         Some(m) => match m.value.trim().parse::<MacAddr>() {
-            Ok(mac) => (mac, false, c.span(m)),
+            Ok(mac) => {
+                if let Some((why, help)) = refused_mac(mac) {
+                    c.at(Code::BadMac, m, format!("MAC `{}` {why}", m.value), "refused MAC", help);
+                    return None;
+                }
+                (mac, false, c.span(m))
+            }
             Err(e) => {
                 let help = match e {
                     MacError::Format => {
