@@ -42,11 +42,51 @@ const fn block(a: u8, b: u8, c: u8, d: u8, len: u8, what: &'static str, why: &'s
 /// self-assigned addresses only (RFC 3927: never handed out by DHCP); 240/4 is reserved
 /// (RFC 1112 section 4, RFC 6890) and ends in the limited broadcast address.
 pub const RESERVED: [Reserved; 5] = [
-    block(0, 0, 0, 0, 8, "\"this network\"", "0.0.0.0/8 is only a source address while a host boots (RFC 1122 3.2.1.3); Linux drops 0.0.0.0 (before 5.3 all of 0/8) as martian (net/ipv4/route.c)"),
-    block(127, 0, 0, 0, 8, "loopback", "the Linux kernel drops packets from 127.0.0.0/8 on any interface but `lo` as martian (net/ipv4/route.c)"),
-    block(169, 254, 0, 0, 16, "link-local", "169.254.0.0/16 is for self-assigned link-local addresses, never handed out by DHCP (RFC 3927)"),
-    block(224, 0, 0, 0, 4, "multicast", "the Linux kernel drops packets from multicast sources as martian (net/ipv4/route.c)"),
-    block(240, 0, 0, 0, 4, "reserved, with the limited broadcast address", "240.0.0.0/4 is reserved (RFC 1112, RFC 6890) and the kernel drops packets from 255.255.255.255 as martian (net/ipv4/route.c)"),
+    block(
+        0,
+        0,
+        0,
+        0,
+        8,
+        "\"this network\"",
+        "0.0.0.0/8 is only a source address while a host boots (RFC 1122 3.2.1.3); Linux drops 0.0.0.0 (before 5.3 all of 0/8) as martian (net/ipv4/route.c)",
+    ),
+    block(
+        127,
+        0,
+        0,
+        0,
+        8,
+        "loopback",
+        "the Linux kernel drops packets from 127.0.0.0/8 on any interface but `lo` as martian (net/ipv4/route.c)",
+    ),
+    block(
+        169,
+        254,
+        0,
+        0,
+        16,
+        "link-local",
+        "169.254.0.0/16 is for self-assigned link-local addresses, never handed out by DHCP (RFC 3927)",
+    ),
+    block(
+        224,
+        0,
+        0,
+        0,
+        4,
+        "multicast",
+        "the Linux kernel drops packets from multicast sources as martian (net/ipv4/route.c)",
+    ),
+    block(
+        240,
+        0,
+        0,
+        0,
+        4,
+        "reserved, with the limited broadcast address",
+        "240.0.0.0/4 is reserved (RFC 1112, RFC 6890) and the kernel drops packets from 255.255.255.255 as martian (net/ipv4/route.c)",
+    ),
 ];
 
 /// The networks as the VM and NIC checks see them, and the model of the valid ones.
@@ -150,6 +190,26 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                     "give each lab network its own, non-overlapping subnet",
                 );
             }
+        }
+    }
+    // Two networks may not become one libvirt network: an external network is looked up by
+    // the name as written, a lab network is created as prefix + name (libvirt network names
+    // are unique per host, src/conf/virnetworkobj.c).
+    let mut libvirt_names: BTreeMap<&str, &model::Network> = BTreeMap::new();
+    for net in model_nets.values() {
+        if let Some(other) = libvirt_names.get(net.libvirt_name.as_str()) {
+            let (ext, own) = if matches!(other.kind, NetworkKind::External) { (*other, net) } else { (net, *other) };
+            c.push(
+                Code::LibvirtNameClash,
+                format!("networks `{}` and `{}` are both `{}` in libvirt", other.name, net.name, net.libvirt_name),
+                vec![
+                    LabeledSpan::at(ext.span, format!("external: `{}` on the host", ext.libvirt_name)),
+                    LabeledSpan::at(own.span, format!("lab network: prefix + `{}`", own.name)),
+                ],
+                "rename the lab network or change `prefix:`, so that topo does not create the external network's name",
+            );
+        } else {
+            libvirt_names.insert(&net.libvirt_name, net);
         }
     }
     Networks { info: nets, model: model_nets }
@@ -447,14 +507,16 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
     // at `define network`. A default range of a subnet larger than /16 breaks it too.
     let dhcp = match dhcp {
         Some(r) if r.start.octets()[..2] != r.end.octets()[..2] => {
-            let block = Ipv4Addr::from(u32::from(r.start) | 0xffff);
+            let last = subnet.map_or(u32::MAX, |sub| u32::from(last_host(&sub)));
+            let block = Ipv4Addr::from((u32::from(r.start) | 0xffff).min(last));
             let (label, help) = match &net.dhcp {
-                Some(d) if matches!(d.value, DhcpSpec::Range(_)) => (
-                    c.span(d),
-                    format!("keep the range inside one /16, e.g. `{{start: {}, end: {block}}}`", r.start),
-                ),
+                Some(d) if matches!(d.value, DhcpSpec::Range(_)) => {
+                    (c.span(d), format!("keep the range inside one /16, e.g. `{{start: {}, end: {block}}}`", r.start))
+                }
                 _ => (
-                    net.dhcp.as_ref().map_or_else(|| net.subnet.as_ref().map_or(c.span(key), |s| c.span(s)), |d| c.span(d)),
+                    net.dhcp
+                        .as_ref()
+                        .map_or_else(|| net.subnet.as_ref().map_or(c.span(key), |s| c.span(s)), |d| c.span(d)),
                     format!(
                         "use a /16 or smaller subnet, or give a range inside one /16, e.g. `dhcp: {{start: {}, end: {block}}}`",
                         r.start

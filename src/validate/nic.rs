@@ -19,13 +19,70 @@ pub(super) struct Nics {
     macs: BTreeMap<MacAddr, (String, SourceSpan, bool)>,
     /// Every reserved address so far, per network.
     ips: BTreeMap<(String, Ipv4Addr), (String, SourceSpan)>,
-    /// DHCP host entries per network.
+    /// DHCP host entries per network, in file order, before host names are given.
+    pending: BTreeMap<String, Vec<Pending>>,
+    /// DHCP host entries per network, with their host names ([`Nics::name_dhcp_hosts`]).
     reservations: BTreeMap<String, BTreeMap<MacAddr, Reservation>>,
     /// NICs that need a dynamic lease, by network.
     dynamic: BTreeMap<String, Vec<String>>,
 }
 
+/// A reservation before its DHCP host name is chosen.
+struct Pending {
+    vm: String,
+    index: usize,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    span: SourceSpan,
+}
+
+/// Longest DHCP host name: one DNS label (RFC 1035 section 2.3.4; dnsmasq refuses a longer
+/// `dhcp-host` name with "bad DHCP host name", src/option.c via `legal_hostname`).
+pub const MAX_DHCP_HOST_NAME: usize = 63;
+
 impl Nics {
+    /// Gives every reservation its DHCP host name and refuses names that are not unique on
+    /// their network. A VM's first reservation on a network is named after the VM; further
+    /// ones on the same network get `<vm>-eth<index>`, because libvirt refuses to add a
+    /// host entry whose name another entry has ("there is an existing dhcp host entry ...
+    /// that matches", src/conf/network_conf.c, virNetworkDefUpdateIPDHCPHost).
+    pub(super) fn name_dhcp_hosts(&mut self, c: &mut Checker) {
+        for (net, pending) in std::mem::take(&mut self.pending) {
+            let mut by_name: BTreeMap<String, &Pending> = BTreeMap::new();
+            let mut firsts: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+            let out = self.reservations.entry(net.clone()).or_default();
+            for p in &pending {
+                let host = if firsts.insert(p.vm.as_str()) { p.vm.clone() } else { format!("{}-eth{}", p.vm, p.index) };
+                if host.len() > MAX_DHCP_HOST_NAME {
+                    c.push(
+                        Code::DhcpHostName,
+                        format!(
+                            "{}.nics[{}] would get the DHCP host name `{host}`, longer than {MAX_DHCP_HOST_NAME} bytes",
+                            p.vm, p.index
+                        ),
+                        vec![LabeledSpan::at(p.span, "second reservation of this VM on this network")],
+                        "dnsmasq refuses host names longer than one DNS label; shorten the VM name",
+                    );
+                    continue;
+                }
+                if let Some(other) = by_name.get(&host) {
+                    c.push(
+                        Code::DhcpHostName,
+                        format!("{}.nics[{}] and {}.nics[{}] get the same DHCP host name `{host}` on network `{net}`", other.vm, other.index, p.vm, p.index),
+                        vec![
+                            LabeledSpan::at(other.span, format!("`{host}`")),
+                            LabeledSpan::at(p.span, format!("`{host}` again")),
+                        ],
+                        "a VM's second reservation on a network is named `<vm>-eth<index>`; rename the VM that has that name",
+                    );
+                    continue;
+                }
+                by_name.insert(host.clone(), p);
+                out.insert(p.mac, Reservation { mac: p.mac, ip: p.ip, host });
+            }
+        }
+    }
+
     /// Puts the reservations into the networks' models.
     pub(super) fn attach_reservations(mut self, networks: &mut BTreeMap<NetworkName, model::Network>) {
         for (name, net) in networks.iter_mut() {
@@ -105,10 +162,14 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         return None;
     };
     if let (Some(ip), Some(vm_name)) = (ip, name) {
-        seen.reservations
-            .entry(nic.network.value.clone())
-            .or_default()
-            .insert(mac.0, Reservation { mac: mac.0, ip, host: vm_name.to_string() });
+        let span = nic.ip.as_ref().map_or_else(|| c.span(&nic.network), |s| c.span(s));
+        seen.pending.entry(nic.network.value.clone()).or_default().push(Pending {
+            vm: vm_name.to_string(),
+            index,
+            mac: mac.0,
+            ip,
+            span,
+        });
     }
     Some(model::Nic { index, network: net, mac: mac.0, mac_derived: mac.1, ip, verify, span: c.span(&nic.network) })
 }
