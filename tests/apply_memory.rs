@@ -149,6 +149,45 @@ fn restarting_an_inactive_network_replugs_running_nics() {
     assert_eq!(hv.cut_nics(), vec![], "NICs left off the restarted network");
 }
 
+/// Bug 5: a lab network stopped and started by hand (`virsh net-destroy` + `net-start`) is
+/// active again, but the running VMs' taps are on no bridge. The plan sees it from where each
+/// tap is plugged, re-attaches each cut NIC with the reason, and converges.
+#[test]
+fn a_network_restarted_by_hand_replugs_its_running_nics() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.stop_network("demo-lan").unwrap();
+    hv.start_network("demo-lan").unwrap();
+    assert_eq!(hv.cut_nics().len(), 2);
+    let (p, o) = plan_on(&l, &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.router", Action::Update), ("vm.web", Action::Update)]));
+    let links = o.domains["demo-router"].links.as_ref().expect("links of a running domain");
+    assert_eq!(links.iter().filter(|l| l.bridge.is_none()).count(), 1, "{links:?}");
+    for c in &p.changes {
+        let plan::Reason::Unplugged { nics } = &c.reasons[0] else { panic!("reason: {:?}", c.reasons) };
+        assert_eq!(nics.len(), 1, "{nics:?}");
+        assert!(nics[0].starts_with(if c.libvirt_name == "demo-router" { "eth1 (" } else { "eth0 (" }), "{nics:?}");
+        assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
+        assert_eq!(c.fields[0].before.as_deref(), Some("none"));
+        assert_eq!(c.fields[0].after.as_deref(), Some("demo-lan"));
+        assert!(matches!(&c.ops[..], [plan::Op::ReattachNics { nics }] if nics.len() == 1), "{:?}", c.ops);
+    }
+    apply_ok(&l, &hv);
+    assert_eq!(hv.cut_nics(), vec![], "NICs left off the restarted network");
+    assert_replans_empty(&l, &hv);
+    // A stopped VM has no taps: nothing to plug, and its next start plugs it in.
+    hv.stop_network("demo-lan").unwrap();
+    hv.start_network("demo-lan").unwrap();
+    hv.destroy_domain("demo-web").unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    let web = p.changes.iter().find(|c| c.libvirt_name == "demo-web").expect("web starts");
+    assert!(!web.ops.iter().any(|o| matches!(o, plan::Op::ReattachNics { .. })), "{:?}", web.ops);
+    apply_ok(&l, &hv);
+    assert_eq!(hv.cut_nics(), vec![]);
+    assert_replans_empty(&l, &hv);
+}
+
 #[test]
 fn removed_vm_and_network_are_deleted_vms_first() {
     let hv = host();

@@ -75,6 +75,10 @@ pub enum Reason {
     Orphaned,
     /// The shared overlay pool is missing or inactive and a VM disk needs it.
     PoolNeeded,
+    /// NICs of the running VM are not on their network's bridge (the network was stopped
+    /// and started again under them, e.g. `virsh net-destroy` + `net-start`): they are
+    /// plugged in again. Each entry: `eth0 (52:54:00:..., tap vnet3)`.
+    Unplugged { nics: Vec<String> },
 }
 
 impl Reason {
@@ -98,6 +102,13 @@ impl Reason {
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
             Reason::PoolNeeded => "VM disks of every lab live in this shared pool; it is never deleted by topo".into(),
+            Reason::Unplugged { nics } => {
+                let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
+                format!(
+                    "{} {verb} off {whose} network's bridge (the network was restarted under the running VM); plugged in again",
+                    nics.join(", ")
+                )
+            }
         }
     }
 }
@@ -359,7 +370,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
                 None => continue,
             },
             Node::Vm(name) => match lab.vms.get(name) {
-                Some(vm) => plan_vm(lab, vm, observed, &pool),
+                Some(vm) => plan_vm(lab, vm, observed, &pool, &replaced_networks),
                 None => continue,
             },
         };
@@ -941,7 +952,48 @@ fn pending_restart(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Vec<Field
     diff(desired, &fields::observed_vm(lab, &running, desired)).into_iter().filter(|f| f.restarts).collect()
 }
 
-fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Change> {
+/// The NICs of a running lab VM that are off their network's bridge, as observed where each
+/// tap is plugged (`ObservedDomain::links`): the plug op, the field shown, and the reason's
+/// text for each. NICs are left out when nothing is known (remote host, taps not visible),
+/// when their network is inactive or replaced by this plan (that change plugs them in), or
+/// when their network changes (hot-plugged anyway).
+fn unplugged_nics(
+    lab: &Lab,
+    vm: &Vm,
+    o: &ObservedDomain,
+    observed: &Observed,
+    replaced: &BTreeSet<String>,
+) -> Vec<(NicPlug, FieldChange, String)> {
+    let (DomainState::Running, Some(links)) = (o.state, &o.links) else { return Vec::new() };
+    let mut out = Vec::new();
+    for nic in &vm.nics {
+        let Some(net) = lab.networks.get(&nic.network) else { continue };
+        let Some(on) = observed.networks.get(&net.libvirt_name).filter(|n| n.active) else { continue };
+        let Some(want) = on.live_bridge.as_ref().or(on.bridge.as_ref()) else { continue };
+        let same_network =
+            o.interfaces.iter().any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(&net.libvirt_name));
+        if replaced.contains(&net.libvirt_name) || !same_network {
+            continue;
+        }
+        let Some(link) = links.iter().find(|l| l.mac == nic.mac) else { continue };
+        if link.bridge.as_ref() == Some(want) {
+            continue;
+        }
+        let Ok(xml) = crate::xml::interface_xml(lab, vm, nic) else { continue };
+        let field = FieldChange {
+            path: format!("nic[{}].bridge", nic.mac),
+            before: Some(link.bridge.clone().unwrap_or_else(|| "none".into())),
+            after: Some(want.clone()),
+            forces_replacement: false,
+            restarts: false,
+        };
+        let why = format!("{} ({}, tap {})", nic.label(), nic.mac, link.tap);
+        out.push((NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml }, field, why));
+    }
+    out
+}
+
+fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTreeSet<String>) -> Option<Change> {
     let address = Address::Vm(vm.name.clone());
     let desired = fields::desired_vm(lab, vm);
     let o = observed.domains.get(&vm.libvirt_name);
@@ -1021,6 +1073,18 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Chang
             {
                 ops.push(Op::AttachNic { mac: nic.mac, xml });
             }
+        }
+        let cut = unplugged_nics(lab, vm, o, observed, replaced);
+        if !cut.is_empty() {
+            let mut nics = Vec::new();
+            let mut why = Vec::new();
+            for (plug, field, text) in cut {
+                nics.push(plug);
+                changed.push(field);
+                why.push(text);
+            }
+            reasons.push(Reason::Unplugged { nics: why });
+            ops.push(Op::ReattachNics { nics });
         }
         if config_changed {
             // Rewrite the config so the metadata's spec hash matches the file again.

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::ownership::{OWNER_NS, OwnerTag};
 
-pub use domain::{console_log_path, domain_xml, interface_xml, parse_domain, parse_interface};
+pub use domain::{console_log_path, domain_xml, interface_xml, live_taps, parse_domain, parse_interface};
 pub use network::{NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network};
 pub use storage::{dir_pool_xml, overlay_volume_xml, parse_pool_path, plain_interface_xml};
 
