@@ -456,6 +456,31 @@ impl Hypervisor for LibvirtHypervisor {
         .map_err(|e| map_error(OP, name, &e))
     }
 
+    fn release_network(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "release network";
+        let n = self.network(OP, name)?;
+        let read = || -> Result<String, VirtError> {
+            // The persistent config carries the tag topo reads; a transient network has only
+            // its live XML, and defining it makes it persistent without the tag.
+            if lv("virNetworkIsPersistent", name, || n.is_persistent())? {
+                match lv("virNetworkGetXMLDesc", name, || n.xml_desc(sys::VIR_NETWORK_XML_INACTIVE)) {
+                    Err(e) if is_unsupported(&e) => lv("virNetworkGetXMLDesc", name, || n.xml_desc(0)),
+                    other => other,
+                }
+            } else {
+                lv("virNetworkGetXMLDesc", name, || n.xml_desc(0))
+            }
+        };
+        let text = read().map_err(|e| map_error(OP, name, &e))?;
+        let released = xml::without_owner("network", &text).map_err(|e| other(OP, name, &e.to_string()))?;
+        if released == text {
+            return Ok(());
+        }
+        lv("virNetworkDefineXML", name, || self.conn.define_network_xml(&released))
+            .map(drop)
+            .map_err(|e| map_error(OP, name, &e))
+    }
+
     fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
         const OP: &str = "update dhcp host";
         let net = self.network(OP, network)?;

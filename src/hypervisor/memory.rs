@@ -564,6 +564,16 @@ impl Hypervisor for MemoryHypervisor {
         Ok(())
     }
 
+    fn release_network(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("release_network", name)?;
+        let n = s.network("release_network", name)?;
+        // Defining a transient network's XML makes it persistent, as libvirt does.
+        n.persistent = true;
+        n.owner = None;
+        Ok(())
+    }
+
     fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
         const OP: &str = "update dhcp host";
         let mut s = self.lock();

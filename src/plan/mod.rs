@@ -79,6 +79,9 @@ pub enum Reason {
     /// and started again under them, e.g. `virsh net-destroy` + `net-start`): they are
     /// plugged in again. Each entry: `eth0 (52:54:00:..., tap vnet3)`.
     Unplugged { nics: Vec<String> },
+    /// The lab owned this network and now declares it `external: true`: topo releases it
+    /// (removes its owner tag) and leaves it running.
+    Released,
 }
 
 impl Reason {
@@ -102,6 +105,9 @@ impl Reason {
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
             Reason::PoolNeeded => "VM disks of every lab live in this shared pool; it is never deleted by topo".into(),
+            Reason::Released => {
+                "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
+            }
             Reason::Unplugged { nics } => {
                 let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
                 format!(
@@ -124,13 +130,17 @@ pub struct FieldChange {
     pub restarts: bool,
 }
 
-/// A NIC of a running domain detached by a network replacement.
+/// A NIC that a network change cuts off: detached by a network replacement or stop, or left
+/// without a network by its deletion.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Detached {
     pub domain: String,
     pub mac: MacAddr,
     /// Whether topo re-attaches it (only domains this lab owns and keeps).
     pub reattached: bool,
+    /// Whether the domain is this lab's. A network deletion that cuts off a domain that is
+    /// not is refused unless the user insists (see [`check_deletions`]).
+    pub owned: bool,
 }
 
 /// How a running VM is stopped.
@@ -185,6 +195,8 @@ pub enum Op {
     },
     StopNetwork,
     UndefineNetwork,
+    /// Remove topo's owner tag from the network's persistent config (it becomes external).
+    ReleaseNetwork,
     /// Re-plug NICs of running domains after their network was restarted.
     ReattachNics {
         nics: Vec<NicPlug>,
@@ -228,6 +240,7 @@ impl Op {
             Op::DeleteDhcpHost { .. } => "delete-dhcp-host",
             Op::StopNetwork => "stop-network",
             Op::UndefineNetwork => "undefine-network",
+            Op::ReleaseNetwork => "release-network",
             Op::ReattachNics { .. } => "reattach-nics",
             Op::CreateVolume { .. } => "create-volume",
             Op::DeleteVolume { .. } => "delete-volume",
@@ -310,6 +323,19 @@ pub enum PlanError {
         #[related]
         problems: Vec<Problem>,
     },
+    #[error(
+        "lab {lab} would delete {} on {uri} that VMs this lab does not own are on: {}",
+        if networks.len() == 1 { "a network" } else { "networks" },
+        networks.join("; ")
+    )]
+    #[diagnostic(
+        code(topo::plan::cuts_foreign),
+        help(
+            "nothing was changed. Move those VMs to another network or remove them first; or, to delete anyway \
+             (their NICs lose their link, and stopped ones cannot start), run again with --disconnect-foreign"
+        )
+    )]
+    CutsForeign { lab: String, uri: String, networks: Vec<String> },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),
@@ -346,7 +372,14 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     changes.extend(orphaned_volumes(lab_name, observed, &changes, false));
     for n in observed.networks.values() {
         if n.ownership(lab_name) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
-            changes.push(delete_network(n));
+            // Re-declared `external: true`: the lab stops owning it, and it stays, with
+            // the VMs on it.
+            let external =
+                lab.networks.values().find(|l| l.libvirt_name == n.name && matches!(l.kind, NetworkKind::External));
+            changes.push(match external {
+                Some(l) => release_network(l, n),
+                None => delete_network(lab_name, n, observed),
+            });
         }
     }
 
@@ -383,6 +416,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         let at = changes.iter().position(|c| c.action != Action::Delete).unwrap_or(changes.len());
         changes.insert(at, c);
     }
+    prune_deleted_users(&mut changes);
     order_changes(lab, Some(&graph), observed, &mut changes);
     Ok(Plan { lab: lab.name.to_string(), changes })
 }
@@ -421,7 +455,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
         .networks
         .values()
         .filter(|n| n.ownership(lab_name) == Ownership::ThisLab)
-        .map(delete_network)
+        .map(|n| delete_network(lab_name, n, observed))
         .collect();
     networks.sort_by_key(by_rank);
     changes.extend(networks);
@@ -433,6 +467,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     if let Some(c) = pool.change(&changes) {
         changes.insert(0, c);
     }
+    prune_deleted_users(&mut changes);
     order_changes(lab, graph.as_ref(), observed, &mut changes);
     Plan { lab: lab.name.to_string(), changes }
 }
@@ -646,7 +681,7 @@ fn creation(address: Address, libvirt_name: &str, desired: &Fields, ops: Vec<Op>
     }
 }
 
-fn delete_network(n: &ObservedNetwork) -> Change {
+fn delete_network(lab_name: &str, n: &ObservedNetwork, observed: &Observed) -> Change {
     let d = fields::observed_network(n, &Fields::new());
     let mut ops = Vec::new();
     if n.active {
@@ -655,7 +690,88 @@ fn delete_network(n: &ObservedNetwork) -> Change {
     if n.persistent {
         ops.push(Op::UndefineNetwork);
     }
-    deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops)
+    let mut c = deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops);
+    c.blast_radius = network_users(lab_name, &n.name, observed);
+    c
+}
+
+/// Every domain with a NIC on `network`, running or not, owned or not: deleting the
+/// network cuts the running ones off and leaves the others unable to start. (Those the same
+/// plan deletes are left out afterwards: [`prune_deleted_users`].)
+fn network_users(lab_name: &str, network: &str, observed: &Observed) -> Vec<Detached> {
+    let mut out: Vec<Detached> = observed
+        .domains
+        .values()
+        .flat_map(|d| {
+            let owned = d.ownership(lab_name) == Ownership::ThisLab;
+            d.interfaces
+                .iter()
+                .filter(|i| i.network.as_deref() == Some(network))
+                .filter_map(move |i| Some(Detached { domain: d.name.clone(), mac: i.mac?, reattached: false, owned }))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Leaves out of network deletions' blast radius the domains the same plan deletes (they
+/// are gone before the network is).
+fn prune_deleted_users(changes: &mut [Change]) {
+    let deleted: BTreeSet<String> = changes
+        .iter()
+        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Vm(_)))
+        .map(|c| c.libvirt_name.clone())
+        .collect();
+    for c in changes.iter_mut() {
+        if c.action == Action::Delete && matches!(c.address, Address::Network(_)) {
+            c.blast_radius.retain(|d| !deleted.contains(&d.domain));
+        }
+    }
+}
+
+/// Refuses `plan` when it deletes a network that a domain this lab does not own is on:
+/// topo never cuts off what it does not own unless `insist` (the `--disconnect-foreign`
+/// flag). `uri` is for the message.
+pub fn check_deletions(plan: &Plan, uri: &str, insist: bool) -> Result<(), PlanError> {
+    if insist {
+        return Ok(());
+    }
+    let networks: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Network(_)))
+        .filter_map(|c| {
+            let mut foreign: Vec<&str> =
+                c.blast_radius.iter().filter(|d| !d.owned).map(|d| d.domain.as_str()).collect();
+            foreign.dedup();
+            (!foreign.is_empty()).then(|| format!("{} ({}): used by {}", c.address, c.libvirt_name, foreign.join(", ")))
+        })
+        .collect();
+    if networks.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::CutsForeign { lab: plan.lab.clone(), uri: uri.to_string(), networks })
+}
+
+/// An owned network the lab file now declares `external: true`: its owner tag is removed, so
+/// topo no longer owns it; it is not stopped or changed otherwise.
+fn release_network(net: &Network, o: &ObservedNetwork) -> Change {
+    Change {
+        address: Address::Network(net.name.clone()),
+        libvirt_name: o.name.clone(),
+        action: Action::Update,
+        reasons: vec![Reason::Released],
+        fields: vec![FieldChange {
+            path: "owner".into(),
+            before: o.owner.as_ref().map(|t| format!("lab {}", t.lab)),
+            after: Some("none (external)".into()),
+            forces_replacement: false,
+            restarts: false,
+        }],
+        blast_radius: Vec::new(),
+        after: Vec::new(),
+        ops: vec![Op::ReleaseNetwork],
+    }
 }
 
 /// A change that deletes an owned object no longer in the lab file.
@@ -905,7 +1021,12 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
             if let (Some(mac), Some(n)) = (i.mac, i.network.as_deref())
                 && n == net.libvirt_name
             {
-                out.push(Detached { domain: d.name.clone(), mac, reattached: ours });
+                out.push(Detached {
+                    domain: d.name.clone(),
+                    mac,
+                    reattached: ours,
+                    owned: d.ownership(lab.name.as_str()) == Ownership::ThisLab,
+                });
             }
         }
     }
