@@ -257,7 +257,7 @@ fn dhcp_false_is_reservations_only() {
     text = edit(&text, "      - network: back\n  db:", "      - network: back\n        verify: none\n  db:");
     let l = lab(&text);
     let (p, _) = plan_on(&l, &hv);
-    let back = p.changes.iter().find(|c| c.address.to_string() == "network.back").expect("network.back changes");
+    let back = p.changes.iter().find(|c| c.address == "network.back").expect("network.back changes");
     let dhcp = back.fields.iter().find(|f| f.path == "dhcp").expect("dhcp field");
     assert_eq!(dhcp.before.as_deref(), Some("10.51.0.2 - 10.51.0.254"));
     assert_eq!(dhcp.after.as_deref(), Some("reservations only"));
