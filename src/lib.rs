@@ -7,6 +7,7 @@ pub mod apply;
 pub mod arp;
 pub mod cli;
 pub mod graph;
+pub mod guest;
 pub mod hypervisor;
 pub mod model;
 pub mod observed;

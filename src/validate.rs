@@ -723,6 +723,7 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
                     boot,
                     disk,
                     nics,
+                    cloud_init: None,
                     span: c.span(key),
                 },
             );
