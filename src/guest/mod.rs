@@ -6,6 +6,7 @@
 //! are written down in docs/guests.md.
 
 mod fat;
+mod inventory;
 mod network;
 mod user_data;
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 use crate::model::{Lab, Vm};
 
 pub use fat::{SEED_LABEL, fat_image};
+pub use inventory::{InvHost, InvNic, Inventory, SSH_OPTIONS};
 pub use network::network_config;
 pub use user_data::{merge, user_data};
 

@@ -222,3 +222,78 @@ fn field_checks() {
     assert!(check_user_name("a b").is_err());
     assert!(check_user_name(&"a".repeat(33)).is_err());
 }
+
+/// A verification report over `lab()`: deb1 both NICs verified, deb2 verified, deb3 eth0 and
+/// the static eth1 verified and eth2 skipped, db_1 failed.
+fn report(lab: &Lab) -> crate::verify::VerifyReport {
+    use crate::verify::{Evidence, FailReason, NicOutcome, NicState, NicTarget};
+    let ip = |s: &str| s.parse().unwrap();
+    let proven = [
+        ("deb1", "eth0", "192.168.122.57"),
+        ("deb1", "eth1", "192.168.152.2"),
+        ("deb2", "eth0", "192.168.152.20"),
+        ("deb3", "eth0", "192.168.152.3"),
+        ("deb3", "eth1", "10.20.0.30"),
+    ];
+    let nics = lab
+        .nics()
+        .map(|(vm, nic)| {
+            let net = &lab.networks[&nic.network];
+            let target = NicTarget::from_model(vm, nic, net, None, true);
+            let state = match proven.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()) {
+                Some((_, _, a)) => NicState::Verified {
+                    ip: ip(a),
+                    evidence: Evidence { mac: nic.mac, bridge: "virbr1".into() },
+                    seconds: 1.0,
+                },
+                None if nic.verify == crate::model::Verify::None => NicState::Skipped,
+                None => NicState::Failed { reason: FailReason::NoDhcpNoReservation },
+            };
+            NicOutcome { target, state }
+        })
+        .collect();
+    crate::verify::VerifyReport { nics }
+}
+
+fn inventory() -> Inventory {
+    let mut lab = lab();
+    let vm = lab.vms.values_mut().find(|v| v.name.as_str() == "deb3").unwrap();
+    vm.cloud_init.as_mut().unwrap().hostname = "deb3.lab.example".into();
+    lab.vms.values_mut().find(|v| v.name.as_str() == "deb2").unwrap().cloud_init = None;
+    let r = report(&lab);
+    Inventory::new(&lab, &r)
+}
+
+#[test]
+fn inventory_ssh_config() {
+    insta::assert_snapshot!(inventory().ssh_config());
+}
+
+#[test]
+fn inventory_hosts() {
+    insta::assert_snapshot!(inventory().hosts());
+}
+
+#[test]
+fn inventory_ansible() {
+    insta::assert_snapshot!(inventory().ansible().unwrap());
+}
+
+#[test]
+fn inventory_json() {
+    insta::assert_snapshot!(inventory().json());
+}
+
+#[test]
+fn ssh_args_use_the_user_and_no_known_hosts() {
+    let inv = inventory();
+    let h = inv.host("deb1").unwrap();
+    let args = Inventory::ssh_args(h, h.address.unwrap()).join(" ");
+    assert_eq!(
+        args,
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR -l topo 192.168.122.57"
+    );
+    let h = inv.host("deb2").unwrap();
+    assert!(!Inventory::ssh_args(h, h.address.unwrap()).contains(&"-l".to_string()), "no cloud-init: no user");
+}
