@@ -3,7 +3,9 @@
 
 mod apply;
 mod graph;
+mod inventory;
 mod plan;
+mod ssh;
 mod validate;
 mod verify;
 
@@ -85,6 +87,10 @@ pub enum Command {
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
     Schema,
+    /// List every VM with its proven addresses and login user (ssh-config, hosts, ansible, json)
+    Inventory(inventory::InventoryArgs),
+    /// Log in to a VM by SSH as the lab's user, on an address proven by ARP
+    Ssh(ssh::SshArgs),
 }
 
 /// Runs the CLI; the binary's `main` is this one call.
@@ -103,6 +109,8 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run_verify(&cli.global, a),
         Command::Status(a) => verify::run_status(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),
+        Command::Inventory(a) => inventory::run(&cli.global, a),
+        Command::Ssh(a) => ssh::run(&cli.global, a),
         Command::Schema => {
             println!("{}", crate::schema::schema_json());
             Ok(Outcome::Ok)
@@ -121,7 +129,9 @@ pub fn main() -> ExitCode {
 /// Reads and validates a lab file: the first step of most subcommands.
 pub(crate) fn load_lab(path: &std::path::Path) -> miette::Result<crate::model::Lab> {
     let source = crate::source::SourceFile::read(path)?;
-    Ok(crate::validate::load(&source)?)
+    let mut lab = crate::validate::load(&source)?;
+    ssh::fill_default_keys(&mut lab);
+    Ok(lab)
 }
 
 /// A status line on stderr unless `-q`.
