@@ -57,6 +57,9 @@ step "root tree: $(du -sh "$R" | cut -f1)"
 #    disk order does not matter), no host keys (cloud-init makes new ones per instance).
 mkdir -p "$R/etc/cloud/cloud.cfg.d"
 printf 'datasource_list: [ NoCloud, None ]\n' >"$R/etc/cloud/cloud.cfg.d/90-topo-datasource.cfg"
+# The image has no `locales` package: cloud-init's default en_US.UTF-8 fails its locale
+# module (and `cloud-init status` says error); C.UTF-8 is built into glibc.
+printf 'locale: C.UTF-8\n' >"$R/etc/cloud/cloud.cfg.d/91-topo-locale.cfg"
 printf 'LABEL=cloudroot / ext4 defaults 0 1\n' >"$R/etc/fstab"
 rm -f "$R"/etc/ssh/ssh_host_*
 : >"$R/etc/machine-id"

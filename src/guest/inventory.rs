@@ -199,11 +199,12 @@ impl Inventory {
         serde_json::to_string_pretty(&v).expect("inventory JSON serialises")
     }
 
-    /// The `ssh` arguments that log in to `host` on `address`: the [`SSH_OPTIONS`], then
-    /// `-l user` when the VM has one, then the address.
+    /// The `ssh` arguments that log in to `host` on `address`: the [`SSH_OPTIONS`],
+    /// `ConnectionAttempts=60` (a guest answers ARP some seconds before its sshd listens:
+    /// ssh retries once a second), then `-l user` when the VM has one, then the address.
     pub fn ssh_args(host: &InvHost, address: Ipv4Addr) -> Vec<String> {
         let mut args = Vec::new();
-        for (k, v) in SSH_OPTIONS {
+        for (k, v) in SSH_OPTIONS.iter().chain(&[("ConnectionAttempts", "60")]) {
             args.push("-o".into());
             args.push(format!("{k}={v}"));
         }
