@@ -2,6 +2,7 @@
 //! `XArgs` struct plus one function; results go to stdout, progress and errors to stderr.
 
 mod apply;
+mod console;
 mod graph;
 mod inventory;
 mod plan;
@@ -91,6 +92,8 @@ pub enum Command {
     Inventory(inventory::InventoryArgs),
     /// Log in to a VM by SSH as the lab's user, on an address proven by ARP
     Ssh(ssh::SshArgs),
+    /// Connect to a VM's serial console (Ctrl-] leaves)
+    Console(console::ConsoleArgs),
 }
 
 /// Runs the CLI; the binary's `main` is this one call.
@@ -111,6 +114,7 @@ pub fn main() -> ExitCode {
         Command::Graph(a) => graph::run(&cli.global, a),
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Ssh(a) => ssh::run(&cli.global, a),
+        Command::Console(a) => console::run(&cli.global, a),
         Command::Schema => {
             println!("{}", crate::schema::schema_json());
             Ok(Outcome::Ok)

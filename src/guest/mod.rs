@@ -19,7 +19,7 @@ use crate::model::{Lab, Vm};
 pub use fat::{SEED_LABEL, fat_image};
 pub use inventory::{InvHost, InvNic, Inventory, SSH_OPTIONS};
 pub use network::network_config;
-pub use user_data::{merge, user_data};
+pub use user_data::{merge, parse_user_file, user_data};
 
 /// Why a seed could not be generated.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
