@@ -15,7 +15,9 @@ pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
 pub struct SourceFile {
     /// The path as the user gave it (used in messages).
     pub path: PathBuf,
-    /// The folder relative paths in the file are resolved against.
+    /// The folder relative paths in the file are resolved against: the lab file's folder,
+    /// absolute and with symlinks resolved (see [`resolve_path`]), so the same file gives the
+    /// same paths whichever folder or symlink it was reached through.
     pub dir: PathBuf,
     pub text: Arc<String>,
 }
@@ -60,10 +62,11 @@ impl SourceFile {
     /// Wraps text that did not come from disk (tests, stdin). Relative paths in the lab
     /// resolve against `path`'s folder.
     pub fn from_text(path: &Path, text: String) -> Self {
-        let dir = match path.parent() {
+        let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let dir = canonical_or_lexical(&parent);
         Self { path: path.to_path_buf(), dir, text: Arc::new(text) }
     }
 
@@ -75,5 +78,102 @@ impl SourceFile {
     /// A miette source for diagnostics that point into this file.
     pub fn named_source(&self) -> NamedSource<String> {
         NamedSource::new(self.name(), self.text.as_ref().clone()).with_language("yaml")
+    }
+}
+
+/// The one canonical form of a path written in a lab file (disk image, kernel, initrd, and
+/// any other file a lab names), used before the path is hashed (overlay names) or written
+/// into libvirt XML, so that the same lab file gives the same plan from any working folder
+/// and through any symlinked folder.
+///
+/// A relative `path` is joined to `dir` (the lab file's folder, itself canonical: see
+/// [`SourceFile::dir`]). When the result exists on this machine it is canonicalised by the
+/// file system (absolute, `.`/`..` removed, every symlink resolved, as `realpath(3)`). When it
+/// does not exist here (with a remote libvirt URI the file lives on the remote host, which
+/// this machine cannot see), it is normalised lexically: made absolute, `.` dropped, `..`
+/// removing the component before it; symlinks on the remote host are then not resolved.
+pub fn resolve_path(dir: &Path, path: &Path) -> PathBuf {
+    canonical_or_lexical(&dir.join(path))
+}
+
+/// `fs::canonicalize` when `p` exists, else [`normalize_lexically`] of `p` made absolute.
+fn canonical_or_lexical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        normalize_lexically(&abs)
+    })
+}
+
+/// Removes `.` and resolves `..` against the preceding component without touching the file
+/// system (`/a/b/../c` -> `/a/c`; `..` at the root stays at the root, as the kernel does).
+pub fn normalize_lexically(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                match out.components().next_back() {
+                    Some(Component::Normal(_)) => {
+                        out.pop();
+                    }
+                    // `/..` is `/`; a leading `..` of a relative path is kept.
+                    Some(Component::RootDir | Component::Prefix(_)) => {}
+                    _ => out.push(".."),
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() { PathBuf::from(".") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalisation() {
+        for (i, o) in [
+            ("/a/b/../c", "/a/c"),
+            ("/a/./b/", "/a/b"),
+            ("/../a", "/a"),
+            ("/a/b/../../..", "/"),
+            ("a/../../b", "../b"),
+            ("./", "."),
+        ] {
+            assert_eq!(normalize_lexically(Path::new(i)), PathBuf::from(o), "{i}");
+        }
+    }
+
+    /// The same file reached through `..`, a symlinked folder, or a symlink to the file itself
+    /// resolves to one path; a path that does not exist here is normalised lexically.
+    #[test]
+    fn one_path_however_reached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::fs::write(real.join("base.qcow2"), b"x").unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(real.join("base.qcow2"), real.join("alias.qcow2")).unwrap();
+        let want = std::fs::canonicalize(real.join("base.qcow2")).unwrap();
+        for (lab, p) in [
+            ("real/lab.yaml", "base.qcow2"),
+            ("real/sub/../lab.yaml", "base.qcow2"),
+            ("link/lab.yaml", "base.qcow2"),
+            ("link/sub/../lab.yaml", "./base.qcow2"),
+            ("real/sub/lab.yaml", "../base.qcow2"),
+            ("link/lab.yaml", "alias.qcow2"),
+        ] {
+            let src = SourceFile::from_text(&tmp.path().join(lab), String::new());
+            assert_eq!(resolve_path(&src.dir, Path::new(p)), want, "{lab} + {p}");
+        }
+        let src = SourceFile::from_text(&tmp.path().join("link/lab.yaml"), String::new());
+        assert_eq!(
+            resolve_path(&src.dir, Path::new("../elsewhere/./img.qcow2")),
+            std::fs::canonicalize(tmp.path()).unwrap().join("elsewhere/img.qcow2"),
+            "missing here: lexical, relative to the (canonical) lab folder"
+        );
+        assert_eq!(resolve_path(&src.dir, Path::new("/remote/x/../img")), PathBuf::from("/remote/img"));
     }
 }

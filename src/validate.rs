@@ -402,9 +402,9 @@ fn check_file(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<PathBu
         c.at("topo::lab::missing_file", s, format!("{what} path is empty"), "empty path", "give the path of the file");
         return None;
     }
-    let p = Path::new(&s.value);
-    let joined = if p.is_absolute() { p.to_path_buf() } else { c.source.dir.join(p) };
-    let resolved = std::path::absolute(&joined).unwrap_or(joined);
+    // Canonical before it is hashed or written, so the plan does not depend on the folder or
+    // symlink the lab file was reached through.
+    let resolved = crate::source::resolve_path(&c.source.dir, Path::new(&s.value));
     match std::fs::metadata(&resolved) {
         Ok(m) if m.is_file() => Some(resolved),
         Ok(_) => {
@@ -1369,5 +1369,34 @@ mod tests {
         assert_eq!(did_you_mean("zzz", ["default", "local_net"].into_iter()), None);
         assert_eq!(expected_list(", expected one of apiVersion, name"), ["apiVersion", "name"]);
         assert_eq!(expected_list(", expected `a` or `b`"), ["a", "b"]);
+    }
+    /// Bug: the same file planned from another folder or through a symlinked folder gave other
+    /// paths, so other overlay names, and a plan replacing every VM with a disk.
+    #[test]
+    fn paths_are_canonical_however_the_file_is_reached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        for f in ["base.qcow2", "vmlinuz", "initrd.gz"] {
+            std::fs::write(real.join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.0.0.0/24\nvms:\n  a:\n    boot: {{kernel: ./vmlinuz, initrd: sub/../initrd.gz}}\n    disk: {{image: base.qcow2, size: 1GiB}}\n    nics:\n      - network: n\n"
+        );
+        let paths = |lab_file: &Path| {
+            let lab = load(&SourceFile::from_text(lab_file, text.clone())).unwrap();
+            let vm = lab.vms.values().next().unwrap().clone();
+            let boot = vm.boot.clone().unwrap();
+            (boot.kernel, boot.initrd, vm.disk.clone().unwrap().image, vm.overlay_name())
+        };
+        let canonical = std::fs::canonicalize(&real).unwrap();
+        let want = paths(&canonical.join("lab.yaml"));
+        assert_eq!(want.0, canonical.join("vmlinuz"));
+        assert_eq!(want.1, Some(canonical.join("initrd.gz")));
+        assert_eq!(want.2, canonical.join("base.qcow2"));
+        for via in ["link/lab.yaml", "real/sub/../lab.yaml", "link/sub/../lab.yaml", "real/./lab.yaml"] {
+            assert_eq!(paths(&tmp.path().join(via)), want, "{via}");
+        }
     }
 }

@@ -220,3 +220,94 @@ fn apply_asks_on_a_terminal() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("Apply complete: 1 added, 0 changed, 0 replaced, 0 destroyed."), "{text}");
 }
+
+/// Bug: `cd sub && topo plan ../lab.yaml`, or the lab reached through a symlinked folder,
+/// planned other disk paths (so other overlays, a replacement of every VM with a disk).
+/// Every path in the lab is made canonical first: the plan is the same however the file is
+/// reached, and a saved plan applies from any folder.
+#[test]
+fn plan_does_not_depend_on_the_folder_or_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir_all(real.join("sub")).unwrap();
+    std::fs::write(real.join("base.qcow2"), b"not read by plan").unwrap();
+    for f in ["vmlinuz", "initrd.gz"] {
+        std::fs::copy(std::path::Path::new("tests/fixtures/boot").join(f), real.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+    std::fs::write(
+        real.join("lab.yaml"),
+        "apiVersion: topo/v1\nname: clilab-paths\nnetworks:\n  lan:\n    mode: isolated\n    subnet: 10.125.0.0/24\n    dhcp_ping: true\n\
+         vms:\n  a:\n    hypervisor: qemu\n    memory: 128MiB\n    boot: {kernel: vmlinuz, initrd: ./sub/../initrd.gz}\n    disk: {image: base.qcow2, size: 1GiB}\n    nics: [{network: lan}]\n",
+    )
+    .unwrap();
+    let plan = |cwd: &std::path::Path, file: &str| {
+        let out =
+            topo().current_dir(cwd).args(["-c", "test:///default", "-q", "plan", "--json", file]).output().unwrap();
+        assert!(out.status.success(), "{file} from {}: {}", cwd.display(), stderr(&out));
+        stdout(&out)
+    };
+    let want = plan(&real, "lab.yaml");
+    let canonical = std::fs::canonicalize(&real).unwrap();
+    assert!(want.contains(&format!("on {}", canonical.join("base.qcow2").display())), "{want}");
+    assert!(want.contains(&canonical.join("vmlinuz").display().to_string()), "{want}");
+    for (cwd, file) in [
+        (real.join("sub"), "../lab.yaml"),
+        (tmp.path().join("link/sub"), "../lab.yaml"),
+        (tmp.path().to_path_buf(), "link/lab.yaml"),
+        (tmp.path().to_path_buf(), "./link/sub/../lab.yaml"),
+    ] {
+        assert_eq!(plan(&cwd, file), want, "{file} from {}", cwd.display());
+    }
+    // A plan saved from one folder is applied from another.
+    let out = topo()
+        .current_dir(tmp.path().join("link/sub"))
+        .args(["-c", "test:///default", "-q", "plan", "--out", "saved.json", "../lab.yaml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(real.join("sub/saved.json")).unwrap()).unwrap();
+    assert_eq!(saved["lab_file"], canonical.join("lab.yaml").display().to_string());
+}
+
+/// A user other than root has no `/run/topo`: apply keeps its lock files (lab and host) under
+/// `$XDG_RUNTIME_DIR/topo`. As root the test drops to uid/gid 65534 with util-linux `setpriv`.
+#[test]
+fn apply_as_a_user_keeps_its_locks_under_xdg_runtime_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let lab = write_lab(dir.path(), &TEST_LAB.replace("name: clilab", "name: clilab-user"));
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::fs::set_permissions(&xdg, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(env!("CARGO_BIN_EXE_topo"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_topo"))
+    };
+    let out = cmd
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .env_remove("TOPO_LOCK_DIR")
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .env("HOME", dir.path())
+        .args(["-c", "test:///default", "--color", "never", "apply", "-y", "--no-verify"])
+        .arg(&lab)
+        .output()
+        .expect("run topo (as root this needs util-linux setpriv)");
+    assert_eq!(out.status.code(), Some(0), "stdout:\n{}\nstderr:\n{}", stdout(&out), stderr(&out));
+    let mut files: Vec<String> = std::fs::read_dir(xdg.join("topo"))
+        .expect("lock folder under XDG_RUNTIME_DIR")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("clilab-user-") && files[0].ends_with(".lock"), "{files:?}");
+    assert!(files[1].starts_with("host-") && files[1].ends_with(".hostlock"), "{files:?}");
+    let holder = std::fs::read_to_string(xdg.join("topo").join(&files[0])).unwrap();
+    assert!(holder.starts_with("topo apply pid "), "{holder}");
+}

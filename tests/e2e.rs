@@ -563,9 +563,11 @@ fn e2e_real_libvirt() {
     let v2 = Shape { deb2_ip: "63", deb2_second_nic: true, deb4: true, ..V1 };
     let lab2 = write(dir, "lab2.yaml", &lab_text(&v2));
     check_edit_plan(&plan_json(&lab2));
+    // 20 s: enough for the new deb4 to boot and lease on a loaded 2-core host; deb2 eth0
+    // fails only when the timeout ends (it never answers at .63 before a restart).
     // deb2 still holds its lease of .62 (valid for an hour): the new reservation is not in
     // effect, and verification says so; every other NIC, the hot-plugged one included, is.
-    let r = topo(&["apply", "-y", "--timeout", "8", path(&lab2)]);
+    let r = topo(&["apply", "-y", "--timeout", "20", path(&lab2)]);
     assert_eq!(r.code, 1, "apply with a reservation not in effect:\n{}", r.show());
     assert!(r.stdout.contains("Apply complete: 1 added, 2 changed, 0 replaced, 0 destroyed."), "{}", r.show());
     assert!(r.stdout.contains("Verify: 6 verified, 1 failed, 0 skipped."), "{}", r.show());
@@ -683,7 +685,7 @@ networks:
 }
 
 fn lock_held_by(holder: &str) -> bool {
-    let Ok(dir) = std::fs::read_dir(topo::apply::lock::LOCK_DIR) else { return false };
+    let Ok(dir) = std::fs::read_dir(topo::apply::lock::lock_dir()) else { return false };
     dir.flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("{LAB}-")))
         .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.trim() == holder))

@@ -1,13 +1,113 @@
-//! One apply or destroy per lab and host at a time: an exclusive lock file naming its holder.
+//! Who may change a host at a time: the per-lab lock (one apply or destroy per lab and host)
+//! and the host lock (one run at a time in the phase that checks host conflicts and creates
+//! networks), both `flock`ed files naming their holder, keyed on the host as libvirt names it.
+//!
+//! Both are advisory `flock(2)` locks on files in [`lock_dir`]. The kernel releases them when
+//! the process exits, however it exits (kill -9 included), so a crash never leaves a stale
+//! lock. They serialise topo runs on this machine (and, for the host lock, runs of the same
+//! user, see [`lock_dir`]); they cannot see a topo running on another machine against the
+//! same remote libvirt host.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 
-/// Folder of the lock files (one per lab and connection URI).
+/// Folder of the lock files of root: `/run/topo` (a tmpfs, emptied at boot).
 pub const LOCK_DIR: &str = "/run/topo";
+
+/// How often a waiter for the host lock tries again.
+const HOST_LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// Where lock files live: `$TOPO_LOCK_DIR` when set (tests); for root `/run/topo`, shared by
+/// every root run on the machine; for any other user `$XDG_RUNTIME_DIR/topo` (the user's own
+/// runtime folder, created by the login manager, emptied at logout) when that is set to an
+/// absolute path, else `<temp dir>/topo-<uid>`. Two users applying to the same
+/// `qemu:///system` therefore do not see each other's locks unless both run as root.
+pub fn lock_dir() -> PathBuf {
+    choose_lock_dir(
+        std::env::var_os("TOPO_LOCK_DIR"),
+        nix::unistd::geteuid().as_raw(),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        &std::env::temp_dir(),
+    )
+}
+
+/// [`lock_dir`] as a pure function of the environment it reads.
+fn choose_lock_dir(explicit: Option<OsString>, uid: u32, xdg: Option<OsString>, tmp: &Path) -> PathBuf {
+    if let Some(d) = explicit.filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if uid == 0 {
+        return PathBuf::from(LOCK_DIR);
+    }
+    match xdg.map(PathBuf::from) {
+        Some(x) if x.is_absolute() => x.join("topo"),
+        _ => tmp.join(format!("topo-{uid}")),
+    }
+}
+
+/// The host a connection reaches, as libvirt names it once connected: the host name the
+/// daemon reports (`virConnectGetHostname`) and the driver and instance of the canonical URI
+/// (`virConnectGetURI`), with the transport and host part of the URI dropped. So
+/// `qemu:///system`, `qemu+unix:///system` and `qemu+tcp://127.0.0.1/system` reaching one
+/// daemon are one host; `qemu:///session` of two users are two.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostId {
+    /// The daemon's host name.
+    pub hostname: String,
+    /// The driver: the URI scheme without its `+transport` (`qemu`, `test`, `xen`), lowercase.
+    pub driver: String,
+    /// The driver instance: the URI path without a trailing `/` (`/system`, `/session`,
+    /// `/default`); for a `/session` URI also the user (the URI's `user@`, else this
+    /// process's uid), since each user has a session daemon of their own.
+    pub instance: String,
+}
+
+impl HostId {
+    /// From the daemon's host name and the connection's canonical URI.
+    pub fn new(hostname: &str, uri: &str) -> Self {
+        let (scheme, rest) = uri.split_once(':').unwrap_or((uri, ""));
+        let driver = scheme.split('+').next().unwrap_or(scheme).to_ascii_lowercase();
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        // `//authority/path` or `/path` (or nothing: `test:` style URIs)
+        let (authority, path) = match rest.strip_prefix("//") {
+            Some(r) => match r.find('/') {
+                Some(i) => (&r[..i], &r[i..]),
+                None => (r, ""),
+            },
+            None => ("", rest),
+        };
+        let mut instance = path.trim_end_matches('/').to_string();
+        if instance.is_empty() {
+            instance.push('/');
+        }
+        if instance.ends_with("/session") {
+            let user = match authority.rsplit_once('@') {
+                Some((u, _)) if !u.is_empty() => u.to_string(),
+                _ => format!("uid {}", nix::unistd::geteuid()),
+            };
+            instance = format!("{instance} ({user})");
+        }
+        Self { hostname: hostname.to_string(), driver, instance }
+    }
+
+    /// First 12 hex digits of the SHA-256 of the host id: the part of lock file names that
+    /// says which host.
+    pub fn digest(&self) -> String {
+        let text = format!("{}\0{}\0{}", self.hostname, self.driver, self.instance);
+        crate::plan::saved::sha256_hex(text.as_bytes())[..12].to_string()
+    }
+}
+
+impl std::fmt::Display for HostId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}{}", self.hostname, self.driver, self.instance)
+    }
+}
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LockError {
@@ -17,8 +117,19 @@ pub enum LockError {
         help("wait for it to finish; if no such process exists any more, the lock is released by itself")
     )]
     Held { lab: String, uri: String, holder: String },
-    #[error("cannot create the lock file {path}: {source}")]
-    #[diagnostic(code(topo::apply::lock_io))]
+    #[error("host {host} is still busy after {waited_s} s: another topo run ({holder}) is creating networks there")]
+    #[diagnostic(
+        code(topo::apply::host_busy),
+        help("run again when it has finished; if no such process exists any more, the lock is released by itself")
+    )]
+    HostBusy { host: String, holder: String, waited_s: u64 },
+    #[error("cannot use the lock file {path}: {source}")]
+    #[diagnostic(
+        code(topo::apply::lock_io),
+        help(
+            "topo keeps its lock files in /run/topo (root), $XDG_RUNTIME_DIR/topo or the temp dir; set TOPO_LOCK_DIR to a writable folder"
+        )
+    )]
     Io {
         path: String,
         #[source]
@@ -26,43 +137,137 @@ pub enum LockError {
     },
 }
 
-/// Held for the duration of an apply or destroy; released on drop (and by the kernel if the
-/// process dies, so a crash never leaves a stale lock).
-pub struct LabLock {
+/// An exclusive `flock` on a file that names its holder (`topo apply pid 1234`).
+struct Held {
     _lock: Flock<File>,
+    path: PathBuf,
+}
+
+enum Try {
+    Got(Held),
+    /// Someone else holds it: their description.
+    Busy(String),
+}
+
+fn try_lock(path: &Path, holder: &str) -> Result<Try, LockError> {
+    let io = |source| LockError::Io { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir).map_err(io)?;
+    }
+    let file =
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            // Best effort: the description is for messages only, the flock is the lock.
+            let _ = lock.set_len(0);
+            let _ = lock.rewind();
+            let _ = write!(lock, "{holder}");
+            let _ = lock.flush();
+            Ok(Try::Got(Held { _lock: lock, path: path.to_path_buf() }))
+        }
+        Err((mut file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let text = text.trim();
+            Ok(Try::Busy(if text.is_empty() { "unknown process".into() } else { text.to_string() }))
+        }
+        Err((_, errno)) => Err(io(std::io::Error::from(errno))),
+    }
+}
+
+/// Creates `dir` (and parents); a folder topo creates for itself is `0700` unless it is the
+/// shared root folder `/run/topo` (`0755`, only root writes there anyway).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Held for the duration of an apply or destroy of one lab on one host; released on drop.
+pub struct LabLock {
+    _held: Held,
     pub path: PathBuf,
 }
 
-fn lock_path(dir: &std::path::Path, lab: &str, uri: &str) -> PathBuf {
-    let h = crate::plan::saved::sha256_hex(uri.as_bytes());
-    dir.join(format!("{lab}-{}.lock", &h[..12]))
+/// `<dir>/<lab>-<host digest>.lock`.
+pub fn lab_lock_path(dir: &Path, lab: &str, host: &HostId) -> PathBuf {
+    dir.join(format!("{lab}-{}.lock", host.digest()))
+}
+
+/// `<dir>/host-<host digest>.hostlock` (another extension than lab locks, so no lab name can
+/// collide with it).
+pub fn host_lock_path(dir: &Path, host: &HostId) -> PathBuf {
+    dir.join(format!("host-{}.hostlock", host.digest()))
 }
 
 impl LabLock {
-    pub fn acquire(lab: &str, uri: &str, what: &str) -> Result<Self, LockError> {
-        Self::acquire_in(std::path::Path::new(LOCK_DIR), lab, uri, what)
+    /// Takes the lock of `lab` on `host` in [`lock_dir`], or fails at once naming the holder.
+    /// `uri` is only for the message; `what` describes this run (`topo apply`).
+    pub fn acquire(lab: &str, host: &HostId, uri: &str, what: &str) -> Result<Self, LockError> {
+        Self::acquire_in(&lock_dir(), lab, host, uri, what)
     }
 
-    pub fn acquire_in(dir: &std::path::Path, lab: &str, uri: &str, what: &str) -> Result<Self, LockError> {
-        let path = lock_path(dir, lab, uri);
-        let io = |source| LockError::Io { path: path.display().to_string(), source };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let file =
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                let _ = lock.set_len(0);
-                let _ = lock.rewind();
-                let _ = write!(lock, "{what} pid {}", std::process::id());
-                let _ = lock.flush();
-                Ok(Self { _lock: lock, path })
-            }
-            Err((mut file, _)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder =
-                    if holder.trim().is_empty() { "unknown process".into() } else { holder.trim().to_string() };
-                Err(LockError::Held { lab: lab.into(), uri: uri.into(), holder })
+    /// As [`LabLock::acquire`], in `dir`.
+    pub fn acquire_in(dir: &Path, lab: &str, host: &HostId, uri: &str, what: &str) -> Result<Self, LockError> {
+        let path = lab_lock_path(dir, lab, host);
+        match try_lock(&path, &format!("{what} pid {}", std::process::id()))? {
+            Try::Got(held) => Ok(Self { path: held.path.clone(), _held: held }),
+            Try::Busy(holder) => Err(LockError::Held { lab: lab.into(), uri: uri.into(), holder }),
+        }
+    }
+}
+
+/// Held while a run checks the host for conflicts (subnets, bridges, names claimed by other
+/// labs) and creates or changes networks, so two labs cannot both claim the same thing: the
+/// second observes the first's networks and gets the normal plan refusal. Released on drop.
+pub struct HostLock {
+    _held: Held,
+    pub path: PathBuf,
+}
+
+impl HostLock {
+    /// Takes the lock of `host` in [`lock_dir`], waiting up to `timeout` while another run
+    /// holds it (`on_wait` is called once, with the holder's description, when it has to
+    /// wait). `what` describes this run (`topo apply lab e2e`).
+    pub fn acquire(
+        host: &HostId,
+        what: &str,
+        timeout: Duration,
+        on_wait: impl FnOnce(&str),
+    ) -> Result<Self, LockError> {
+        Self::acquire_in(&lock_dir(), host, what, timeout, on_wait)
+    }
+
+    /// As [`HostLock::acquire`], in `dir`.
+    pub fn acquire_in(
+        dir: &Path,
+        host: &HostId,
+        what: &str,
+        timeout: Duration,
+        on_wait: impl FnOnce(&str),
+    ) -> Result<Self, LockError> {
+        let path = host_lock_path(dir, host);
+        let me = format!("{what} pid {}", std::process::id());
+        let t0 = Instant::now();
+        let mut on_wait = Some(on_wait);
+        loop {
+            match try_lock(&path, &me)? {
+                Try::Got(held) => return Ok(Self { path: held.path.clone(), _held: held }),
+                Try::Busy(holder) => {
+                    if let Some(f) = on_wait.take() {
+                        f(&holder);
+                    }
+                    if t0.elapsed() >= timeout {
+                        return Err(LockError::HostBusy {
+                            host: host.to_string(),
+                            holder,
+                            waited_s: t0.elapsed().as_secs(),
+                        });
+                    }
+                    std::thread::sleep(HOST_LOCK_POLL);
+                }
             }
         }
     }
@@ -72,15 +277,99 @@ impl LabLock {
 mod tests {
     use super::*;
 
+    fn host() -> HostId {
+        HostId::new("h1", "qemu:///system")
+    }
+
     #[test]
     fn second_lock_names_the_holder_and_release_frees_it() {
         let dir = tempfile::tempdir().unwrap();
-        let first = LabLock::acquire_in(dir.path(), "seedlab", "qemu:///system", "apply").unwrap();
+        let uri = "qemu:///system";
+        let first = LabLock::acquire_in(dir.path(), "seedlab", &host(), uri, "apply").unwrap();
         // flock locks belong to the open file description: a second open conflicts even in-process.
-        let err = LabLock::acquire_in(dir.path(), "seedlab", "qemu:///system", "destroy").err().unwrap();
-        assert!(err.to_string().contains(&format!("apply pid {}", std::process::id())), "{err}");
-        assert!(LabLock::acquire_in(dir.path(), "other", "qemu:///system", "apply").is_ok());
+        let err = LabLock::acquire_in(dir.path(), "seedlab", &host(), uri, "destroy").err().unwrap();
+        assert!(err.to_string().contains(&format!("(apply pid {})", std::process::id())), "{err}");
+        assert!(LabLock::acquire_in(dir.path(), "other", &host(), uri, "apply").is_ok());
+        assert!(LabLock::acquire_in(dir.path(), "seedlab", &HostId::new("h2", uri), uri, "apply").is_ok());
         drop(first);
-        assert!(LabLock::acquire_in(dir.path(), "seedlab", "qemu:///system", "apply").is_ok());
+        assert!(LabLock::acquire_in(dir.path(), "seedlab", &host(), uri, "apply").is_ok());
+    }
+
+    /// Two spellings of one URI reaching one daemon are one host, so they share a lock.
+    #[test]
+    fn host_id_is_independent_of_the_uri_spelling() {
+        let id = |h: &str, u: &str| HostId::new(h, u);
+        let sys = id("lab-host", "qemu:///system");
+        for u in [
+            "qemu+unix:///system",
+            "qemu+tcp://127.0.0.1/system",
+            "QEMU+ssh://root@lab-host:22/system?keyfile=/k",
+            "qemu:///system/",
+        ] {
+            assert_eq!(id("lab-host", u), sys, "{u}");
+        }
+        assert_eq!(sys.to_string(), "lab-host qemu/system");
+        assert_ne!(id("other-host", "qemu:///system"), sys);
+        assert_ne!(id("lab-host", "xen:///system"), sys);
+        assert_ne!(id("lab-host", "qemu:///session"), sys);
+        assert_ne!(id("lab-host", "qemu+ssh://alice@h/session"), id("lab-host", "qemu+ssh://bob@h/session"));
+        assert_eq!(id("h", "test:///default").instance, "/default");
+        let dir = tempfile::tempdir().unwrap();
+        let _a = LabLock::acquire_in(dir.path(), "lab", &id("lab-host", "qemu:///system"), "a", "apply").unwrap();
+        let err = LabLock::acquire_in(dir.path(), "lab", &id("lab-host", "qemu+tcp://127.0.0.1/system"), "b", "apply");
+        assert!(matches!(err, Err(LockError::Held { .. })));
+    }
+
+    #[test]
+    fn host_lock_waits_for_the_holder_then_times_out_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = HostLock::acquire_in(dir.path(), &host(), "topo apply lab a", Duration::ZERO, |_| {}).unwrap();
+        let mut seen = None;
+        let t0 = Instant::now();
+        let err = HostLock::acquire_in(dir.path(), &host(), "topo apply lab b", Duration::from_millis(200), |h| {
+            seen = Some(h.to_string())
+        })
+        .err()
+        .unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+        let me = format!("topo apply lab a pid {}", std::process::id());
+        assert_eq!(seen.as_deref(), Some(me.as_str()));
+        assert!(err.to_string().contains(&me), "{err}");
+        // Another host is independent; the lab lock of the same host is another file.
+        assert!(
+            HostLock::acquire_in(dir.path(), &HostId::new("h2", "qemu:///system"), "x", Duration::ZERO, |_| {}).is_ok()
+        );
+        assert!(LabLock::acquire_in(dir.path(), "host", &host(), "u", "apply").is_ok());
+        // The waiter gets it as soon as the holder lets go.
+        let dir2 = dir.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            HostLock::acquire_in(&dir2, &host(), "topo apply lab b", Duration::from_secs(10), |_| {}).is_ok()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        drop(first);
+        assert!(t.join().unwrap());
+    }
+
+    /// The lock folder follows the user: root's is shared, others' are their own.
+    #[test]
+    fn lock_folder_by_user() {
+        let tmp = Path::new("/tmp");
+        let os = |s: &str| Some(OsString::from(s));
+        assert_eq!(choose_lock_dir(None, 0, os("/run/user/0"), tmp), PathBuf::from("/run/topo"));
+        assert_eq!(choose_lock_dir(None, 1000, os("/run/user/1000"), tmp), PathBuf::from("/run/user/1000/topo"));
+        assert_eq!(choose_lock_dir(None, 1000, None, tmp), PathBuf::from("/tmp/topo-1000"));
+        assert_eq!(choose_lock_dir(None, 1000, os("relative"), tmp), PathBuf::from("/tmp/topo-1000"));
+        assert_eq!(choose_lock_dir(os("/x"), 0, None, tmp), PathBuf::from("/x"));
+        assert_eq!(choose_lock_dir(os(""), 0, None, tmp), PathBuf::from("/run/topo"));
+    }
+
+    #[test]
+    fn lock_files_in_a_folder_topo_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("xdg/topo");
+        let l = LabLock::acquire_in(&nested, "lab", &host(), "u", "apply").unwrap();
+        assert!(l.path.starts_with(&nested));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&nested).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }

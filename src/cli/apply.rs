@@ -9,7 +9,7 @@ use std::time::Duration;
 use miette::IntoDiagnostic;
 
 use super::{GlobalArgs, Outcome};
-use crate::apply::lock::LabLock;
+use crate::apply::lock::{HostLock, LabLock};
 use crate::apply::progress::{Lines, Live, Progress, Silent};
 use crate::apply::{ApplyError, Options, Report, StepOutcome};
 use crate::hypervisor::Hypervisor;
@@ -73,10 +73,15 @@ fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
     }
 }
 
+/// How long apply waits for another run to finish with the host lock (it holds it while it
+/// executes its plan).
+const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
     let (lab, saved) = load(&args.file)?;
     let hv = super::connect(global)?;
-    let _lock = LabLock::acquire(lab.name.as_str(), &hv.uri(), "topo apply")?;
+    let host = super::host_id(&hv)?;
+    let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo apply")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     if let Some(saved) = &saved {
@@ -91,6 +96,26 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         // A saved plan was reviewed when it was made: applying it is the confirmation.
         if saved.is_none() {
             confirm(&args.confirm, "apply these changes")?;
+        }
+        // Host conflicts (subnets, bridges, names another lab claims) were checked on an
+        // observation that another run may have changed since. Under the host lock, observe
+        // again: a lab that claimed the same subnet meanwhile is now seen, and this run gets
+        // the normal plan refusal before it touches anything.
+        let _host_lock = HostLock::acquire(&host, &format!("topo apply lab {}", lab.name), HOST_LOCK_TIMEOUT, |h| {
+            super::status(global, format_args!("Waiting for another topo run on this host ({h}) ..."))
+        })?;
+        let now = hv.observe()?;
+        if now != observed {
+            if let Some(saved) = &saved {
+                saved.check_fresh(&lab.source.text, &hv.uri(), &now)?;
+            }
+            if crate::plan::plan(&lab, &now, &hv.uri())? != plan {
+                miette::bail!(
+                    help = "run `topo plan` again and review the new plan",
+                    "the host changed while the plan was being confirmed: nothing was changed"
+                );
+            }
+            observed = now;
         }
         let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
         let (a, c, r, d) = report.counts();
@@ -116,7 +141,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
     let lab = super::load_lab(&args.file)?;
     let hv = super::connect(global)?;
-    let _lock = LabLock::acquire(lab.name.as_str(), &hv.uri(), "topo destroy")?;
+    let _lock = LabLock::acquire(lab.name.as_str(), &super::host_id(&hv)?, &hv.uri(), "topo destroy")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     let plan = crate::plan::plan_destroy(&lab, &observed);

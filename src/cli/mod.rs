@@ -5,7 +5,9 @@ mod apply;
 mod console;
 mod graph;
 mod inventory;
+mod log;
 mod plan;
+mod shell;
 mod ssh;
 mod validate;
 mod verify;
@@ -50,6 +52,10 @@ pub struct GlobalArgs {
     /// Print only results and errors, no progress or status lines
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Log on stderr: -v every libvirt call with its duration, -vv also the XML sent (adds
+    /// to TOPO_LOG, a filter in RUST_LOG syntax)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -94,6 +100,10 @@ pub enum Command {
     Ssh(ssh::SshArgs),
     /// Connect to a VM's serial console (Ctrl-] leaves)
     Console(console::ConsoleArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(shell::CompletionsArgs),
+    /// Print a man page (roff), or write all of them into a folder
+    Man(shell::ManArgs),
 }
 
 /// Runs the CLI; the binary's `main` is this one call.
@@ -104,6 +114,10 @@ pub fn main() -> ExitCode {
         Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
     }));
     virt::error::clear_error_callback();
+    if let Err(e) = log::init(cli.global.verbose, color) {
+        eprintln!("{:?}", miette::Report::new(e));
+        return ExitCode::from(1);
+    }
     let result = match &cli.command {
         Command::Validate(a) => validate::run(&cli.global, a),
         Command::Plan(a) => plan::run(&cli.global, a),
@@ -119,6 +133,8 @@ pub fn main() -> ExitCode {
             println!("{}", crate::schema::schema_json());
             Ok(Outcome::Ok)
         }
+        Command::Completions(a) => shell::run_completions(&cli.global, a),
+        Command::Man(a) => shell::run_man(&cli.global, a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -148,4 +164,9 @@ pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
 /// Connects to libvirt at the global `--connect` URI.
 pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::hypervisor::libvirt::LibvirtHypervisor> {
     Ok(crate::hypervisor::libvirt::LibvirtHypervisor::connect(&global.connect)?)
+}
+
+/// The host the connection reaches, as libvirt names it: what locks key on.
+pub(crate) fn host_id(hv: &dyn crate::hypervisor::Hypervisor) -> miette::Result<crate::apply::lock::HostId> {
+    Ok(crate::apply::lock::HostId::new(&hv.hostname()?, &hv.uri()))
 }

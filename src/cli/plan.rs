@@ -41,7 +41,8 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     if let Some(out) = &args.out {
         let saved = SavedPlan {
             format: SAVED_FORMAT.into(),
-            lab_file: args.file.display().to_string(),
+            // Canonical, so the saved plan applies from any folder.
+            lab_file: std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone()).display().to_string(),
             lab_sha256: sha256_hex(lab.source.text.as_bytes()),
             uri: hv.uri(),
             observed_sha256: fingerprint(&observed),

@@ -40,6 +40,25 @@ impl std::fmt::Debug for LibvirtHypervisor {
 
 static QUIET: Once = Once::new();
 
+/// The libvirt function behind `Network::xml_desc`.
+const XML: &str = "virNetworkGetXMLDesc";
+
+/// Runs one libvirt call and logs it at debug level with its duration, one line per call:
+/// `api` is the C function's name (`virNetworkCreate`), `object` the network, domain,
+/// volume or URI it acts on. A failure is logged with libvirt's message and returned as is.
+fn lv<T>(api: &'static str, object: &str, call: impl FnOnce() -> Result<T, VirtError>) -> Result<T, VirtError> {
+    let start = std::time::Instant::now();
+    let result = call();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    match &result {
+        Ok(_) => tracing::debug!(api, object, ms = format_args!("{ms:.3}"), "libvirt call"),
+        Err(e) => {
+            tracing::debug!(api, object, ms = format_args!("{ms:.3}"), error = e.message(), "libvirt call failed")
+        }
+    }
+    result
+}
+
 /// Maps a libvirt error to an `HvError`, classified by libvirt's error code (and, where
 /// libvirt reuses one code for several cases, by its message).
 pub fn map_error(op: &str, object: &str, e: &VirtError) -> HvError {
@@ -123,44 +142,45 @@ impl LibvirtHypervisor {
     pub fn connect(uri: &str) -> Result<Self, HvError> {
         QUIET.call_once(virt::error::clear_error_callback);
         let want = (!uri.is_empty()).then_some(uri);
-        let conn = Connect::open(want).map_err(|e| {
+        let conn = lv("virConnectOpen", uri, || Connect::open(want)).map_err(|e| {
             let mut err = map_error("connect", if uri.is_empty() { "(default URI)" } else { uri }, &e);
             err.kind = HvErrorKind::Connect;
             err.hint = hint_for("connect", HvErrorKind::Connect, "");
             err
         })?;
-        let uri = conn.uri().unwrap_or_else(|_| uri.to_owned());
+        let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
         Ok(Self { conn, uri })
     }
 
     fn network(&self, op: &str, name: &str) -> Result<Network, HvError> {
-        self.conn.lookup_network_by_name(name).map_err(|e| map_error(op, name, &e))
+        lv("virNetworkLookupByName", name, || self.conn.lookup_network_by_name(name))
+            .map_err(|e| map_error(op, name, &e))
     }
 
     fn domain(&self, op: &str, name: &str) -> Result<Domain, HvError> {
-        self.conn.lookup_domain_by_name(name).map_err(|e| map_error(op, name, &e))
+        lv("virDomainLookupByName", name, || self.conn.lookup_domain_by_name(name)).map_err(|e| map_error(op, name, &e))
     }
 
     /// Observes one network; `Ok(None)` when it vanished meanwhile.
     fn observe_network(&self, net: &Network) -> Result<Option<crate::observed::ObservedNetwork>, HvError> {
         const OP: &str = "observe network";
-        let name = net.name().map_err(|e| map_error(OP, "?", &e))?;
+        let name = lv("virNetworkGetName", "?", || net.name()).map_err(|e| map_error(OP, "?", &e))?;
         let read = || -> Result<_, VirtError> {
             let flags = NetworkFlags {
-                active: net.is_active()?,
-                persistent: net.is_persistent()?,
-                autostart: net.autostart()?,
+                active: lv("virNetworkIsActive", &name, || net.is_active())?,
+                persistent: lv("virNetworkIsPersistent", &name, || net.is_persistent())?,
+                autostart: lv("virNetworkGetAutostart", &name, || net.autostart())?,
             };
             let xml = if flags.persistent {
-                match net.xml_desc(sys::VIR_NETWORK_XML_INACTIVE) {
-                    Err(e) if is_unsupported(&e) => net.xml_desc(0)?,
+                match lv(XML, &name, || net.xml_desc(sys::VIR_NETWORK_XML_INACTIVE)) {
+                    Err(e) if is_unsupported(&e) => lv(XML, &name, || net.xml_desc(0))?,
                     other => other?,
                 }
             } else {
-                net.xml_desc(0)?
+                lv(XML, &name, || net.xml_desc(0))?
             };
             // The bridge frames go through is the live one, not the config's.
-            let live = if flags.active && flags.persistent { Some(net.xml_desc(0)?) } else { None };
+            let live = if flags.active && flags.persistent { Some(lv(XML, &name, || net.xml_desc(0))?) } else { None };
             Ok((flags, xml, live))
         };
         let (flags, text, live) = match read() {
@@ -184,11 +204,15 @@ impl LibvirtHypervisor {
 
     fn observe_domain(&self, dom: &Domain) -> Result<Option<crate::observed::ObservedDomain>, HvError> {
         const OP: &str = "observe domain";
-        let name = dom.name().map_err(|e| map_error(OP, "?", &e))?;
+        let name = lv("virDomainGetName", "?", || dom.name()).map_err(|e| map_error(OP, "?", &e))?;
         let read = || -> Result<_, VirtError> {
-            let (state, _reason) = dom.state()?;
-            let flags = if dom.is_persistent()? { sys::VIR_DOMAIN_XML_INACTIVE } else { 0 };
-            Ok((state, dom.xml_desc(flags)?))
+            let (state, _reason) = lv("virDomainGetState", &name, || dom.state())?;
+            let flags = if lv("virDomainIsPersistent", &name, || dom.is_persistent())? {
+                sys::VIR_DOMAIN_XML_INACTIVE
+            } else {
+                0
+            };
+            Ok((state, lv("virDomainGetXMLDesc", &name, || dom.xml_desc(flags))?))
         };
         let (state, text) = match read() {
             Ok(v) => v,
@@ -224,10 +248,10 @@ impl LibvirtHypervisor {
         let deadline = start + UNPLUG_TIMEOUT;
         let mut asked = start;
         loop {
-            if !dom.is_active().map_err(|e| map_error(OP, name, &e))? {
+            if !lv("virDomainIsActive", name, || dom.is_active()).map_err(|e| map_error(OP, name, &e))? {
                 return Ok(());
             }
-            let live = dom.xml_desc(0).map_err(|e| map_error(OP, name, &e))?;
+            let live = lv("virDomainGetXMLDesc", name, || dom.xml_desc(0)).map_err(|e| map_error(OP, name, &e))?;
             let d = xml::parse_domain(&live, DomainState::Running).map_err(|e| other(OP, name, &e.to_string()))?;
             if !d.interfaces.iter().any(|i| i.mac == Some(mac)) {
                 return Ok(());
@@ -247,7 +271,9 @@ impl LibvirtHypervisor {
             if asked.elapsed() >= UNPLUG_RETRY {
                 // The config no longer has it: ask the live guest only. An error means it
                 // went away meanwhile, or the request is still pending; the poll decides.
-                let _ = dom.detach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE);
+                let _ = lv("virDomainDetachDeviceFlags", name, || {
+                    dom.detach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+                });
                 asked = std::time::Instant::now();
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -255,7 +281,7 @@ impl LibvirtHypervisor {
     }
 
     fn device_flags(&self, op: &str, domain: &Domain, name: &str) -> Result<u32, HvError> {
-        let live = domain.is_active().map_err(|e| map_error(op, name, &e))?;
+        let live = lv("virDomainIsActive", name, || domain.is_active()).map_err(|e| map_error(op, name, &e))?;
         Ok(sys::VIR_DOMAIN_AFFECT_CONFIG | if live { sys::VIR_DOMAIN_AFFECT_LIVE } else { 0 })
     }
 }
@@ -265,15 +291,21 @@ impl Hypervisor for LibvirtHypervisor {
         self.uri.clone()
     }
 
+    fn hostname(&self) -> Result<String, HvError> {
+        self.conn.hostname().map_err(|e| map_error("get host name", &self.uri, &e))
+    }
+
     fn observe(&self) -> Result<Observed, HvError> {
         let mut out = Observed::default();
-        let nets = self.conn.list_all_networks(0).map_err(|e| map_error("list networks", &self.uri, &e))?;
+        let nets = lv("virConnectListAllNetworks", &self.uri, || self.conn.list_all_networks(0))
+            .map_err(|e| map_error("list networks", &self.uri, &e))?;
         for net in &nets {
             if let Some(n) = self.observe_network(net)? {
                 out.networks.insert(n.name.clone(), n);
             }
         }
-        let doms = self.conn.list_all_domains(0).map_err(|e| map_error("list domains", &self.uri, &e))?;
+        let doms = lv("virConnectListAllDomains", &self.uri, || self.conn.list_all_domains(0))
+            .map_err(|e| map_error("list domains", &self.uri, &e))?;
         for dom in &doms {
             if let Some(d) = self.observe_domain(dom)? {
                 out.domains.insert(d.name.clone(), d);
@@ -284,40 +316,59 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn define_network(&self, xml: &str) -> Result<(), HvError> {
         let object = xml::parse_network(xml, NetworkFlags::default()).map(|n| n.name).unwrap_or_else(|_| "?".into());
-        self.conn.define_network_xml(xml).map(drop).map_err(|e| map_error("define network", &object, &e))
+        tracing::trace!(network = %object, xml, "network XML sent to libvirt");
+        lv("virNetworkDefineXML", &object, || self.conn.define_network_xml(xml))
+            .map(drop)
+            .map_err(|e| map_error("define network", &object, &e))
     }
 
     fn start_network(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "start network";
-        self.network(OP, name)?.create().map_err(|e| map_error(OP, name, &e))
+        {
+            let n = self.network(OP, name)?;
+            lv("virNetworkCreate", name, || n.create())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn set_network_autostart(&self, name: &str, autostart: bool) -> Result<(), HvError> {
         const OP: &str = "set network autostart";
-        self.network(OP, name)?.set_autostart(autostart).map_err(|e| map_error(OP, name, &e))
+        {
+            let n = self.network(OP, name)?;
+            lv("virNetworkSetAutostart", name, || n.set_autostart(autostart))
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn stop_network(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "stop network";
-        self.network(OP, name)?.destroy().map_err(|e| map_error(OP, name, &e))
+        {
+            let n = self.network(OP, name)?;
+            lv("virNetworkDestroy", name, || n.destroy())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn undefine_network(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "undefine network";
-        self.network(OP, name)?.undefine().map_err(|e| map_error(OP, name, &e))
+        {
+            let n = self.network(OP, name)?;
+            lv("virNetworkUndefine", name, || n.undefine())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
         const OP: &str = "update dhcp host";
         let net = self.network(OP, network)?;
-        let active = net.is_active().map_err(|e| map_error(OP, network, &e))?;
+        let active = lv("virNetworkIsActive", network, || net.is_active()).map_err(|e| map_error(OP, network, &e))?;
         let flags =
             sys::VIR_NETWORK_UPDATE_AFFECT_CONFIG | if active { sys::VIR_NETWORK_UPDATE_AFFECT_LIVE } else { 0 };
         let cmd = match op {
             HostOp::Add => sys::VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
             HostOp::Delete => sys::VIR_NETWORK_UPDATE_COMMAND_DELETE,
         };
-        net.update(cmd, sys::VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml, flags)
+        lv("virNetworkUpdate", network, || net.update(cmd, sys::VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml, flags))
             .map_err(|e| map_error(OP, network, &e))
     }
 
@@ -325,12 +376,15 @@ impl Hypervisor for LibvirtHypervisor {
         const OP: &str = "dhcp leases";
         let net = self.network(OP, network)?;
         let mut leases: *mut sys::virNetworkDHCPLeasePtr = ptr::null_mut();
-        // SAFETY: `net` is a live network handle; libvirt allocates the array and stores
-        // its address in `leases` when the call succeeds.
-        let n = unsafe { sys::virNetworkGetDHCPLeases(net.as_ptr(), ptr::null(), &mut leases, 0) };
-        if n < 0 {
-            return Err(map_error(OP, network, &VirtError::last_error()));
-        }
+        let n = lv("virNetworkGetDHCPLeases", network, || {
+            // SAFETY: `net` is a live network handle; libvirt allocates the array and stores
+            // its address in `leases` when the call succeeds.
+            match unsafe { sys::virNetworkGetDHCPLeases(net.as_ptr(), ptr::null(), &mut leases, 0) } {
+                n if n < 0 => Err(VirtError::last_error()),
+                n => Ok(n),
+            }
+        })
+        .map_err(|e| map_error(OP, network, &e))?;
         let mut out = Vec::new();
         for i in 0..n as usize {
             // SAFETY: libvirt returned `n` valid lease pointers in `leases`.
@@ -364,41 +418,62 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn define_domain(&self, xml: &str) -> Result<(), HvError> {
         let object = xml::parse_domain(xml, DomainState::Shutoff).map(|d| d.name).unwrap_or_else(|_| "?".into());
-        self.conn.define_domain_xml(xml).map(drop).map_err(|e| map_error("define domain", &object, &e))
+        tracing::trace!(domain = %object, xml, "domain XML sent to libvirt");
+        lv("virDomainDefineXML", &object, || self.conn.define_domain_xml(xml))
+            .map(drop)
+            .map_err(|e| map_error("define domain", &object, &e))
     }
 
     fn start_domain(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "start domain";
-        self.domain(OP, name)?.create().map_err(|e| map_error(OP, name, &e))
+        {
+            let d = self.domain(OP, name)?;
+            lv("virDomainCreate", name, || d.create())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "shutdown domain";
-        self.domain(OP, name)?.shutdown().map_err(|e| map_error(OP, name, &e))
+        {
+            let d = self.domain(OP, name)?;
+            lv("virDomainShutdown", name, || d.shutdown())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn destroy_domain(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "destroy domain";
-        self.domain(OP, name)?.destroy().map_err(|e| map_error(OP, name, &e))
+        {
+            let d = self.domain(OP, name)?;
+            lv("virDomainDestroy", name, || d.destroy())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn undefine_domain(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "undefine domain";
-        self.domain(OP, name)?.undefine().map_err(|e| map_error(OP, name, &e))
+        {
+            let d = self.domain(OP, name)?;
+            lv("virDomainUndefine", name, || d.undefine())
+        }
+        .map_err(|e| map_error(OP, name, &e))
     }
 
     fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {
         const OP: &str = "attach device";
         let dom = self.domain(OP, domain)?;
         let flags = self.device_flags(OP, &dom, domain)?;
-        dom.attach_device_flags(xml, flags).map_err(|e| map_error(OP, domain, &e))
+        lv("virDomainAttachDeviceFlags", domain, || dom.attach_device_flags(xml, flags))
+            .map_err(|e| map_error(OP, domain, &e))
     }
 
     fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {
         const OP: &str = "detach device";
         let dom = self.domain(OP, domain)?;
         let flags = self.device_flags(OP, &dom, domain)?;
-        dom.detach_device_flags(xml, flags).map_err(|e| map_error(OP, domain, &e))?;
+        lv("virDomainDetachDeviceFlags", domain, || dom.detach_device_flags(xml, flags))
+            .map_err(|e| map_error(OP, domain, &e))?;
         if flags & sys::VIR_DOMAIN_AFFECT_LIVE != 0
             && let Some(mac) = xml::parse_interface(xml).ok().and_then(|i| i.mac)
         {
@@ -409,7 +484,11 @@ impl Hypervisor for LibvirtHypervisor {
 
     fn domain_state(&self, name: &str) -> Result<DomainState, HvError> {
         const OP: &str = "domain state";
-        let (state, _) = self.domain(OP, name)?.state().map_err(|e| map_error(OP, name, &e))?;
+        let (state, _) = {
+            let d = self.domain(OP, name)?;
+            lv("virDomainGetState", name, || d.state())
+        }
+        .map_err(|e| map_error(OP, name, &e))?;
         use virt::domain::DomainState as S;
         Ok(match state {
             Enum::Known(S::Running | S::Blocked) => DomainState::Running,
@@ -425,7 +504,9 @@ impl Hypervisor for LibvirtHypervisor {
         let mut out = Vec::new();
         for source in [sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP, sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT] {
             // ARP fails on some host kernels ("wrong nlmsg len"); the agent needs a guest agent.
-            let Ok(ifaces) = dom.interface_addresses(source, 0) else { continue };
+            let Ok(ifaces) = lv("virDomainInterfaceAddresses", name, || dom.interface_addresses(source, 0)) else {
+                continue;
+            };
             for i in ifaces {
                 let Some(mac) = i.hwaddr.as_deref().and_then(|m| m.parse::<crate::model::MacAddr>().ok()) else {
                     continue;
@@ -458,7 +539,8 @@ impl Hypervisor for LibvirtHypervisor {
         let format = image_format(backing);
         let xml =
             xml::overlay_volume_xml(file, backing, format, size).map_err(|e| other(OP, &shown, &e.to_string()))?;
-        virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0).map_err(|e| map_error(OP, &shown, &e))?;
+        lv("virStorageVolCreateXML", &shown, || virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0))
+            .map_err(|e| map_error(OP, &shown, &e))?;
         Ok(())
     }
 
@@ -467,12 +549,16 @@ impl Hypervisor for LibvirtHypervisor {
         let shown = path.display().to_string();
         if let Some(dir) = path.parent() {
             // The pool may not know a file created since its last refresh.
-            if let Ok(pool) = self.conn.lookup_storage_pool_by_target_path(&dir.display().to_string()) {
-                let _ = pool.refresh(0);
+            let d = dir.display().to_string();
+            if let Ok(pool) =
+                lv("virStoragePoolLookupByTargetPath", &d, || self.conn.lookup_storage_pool_by_target_path(&d))
+            {
+                let _ = lv("virStoragePoolRefresh", &d, || pool.refresh(0));
             }
         }
-        let vol = self.conn.lookup_storage_vol_by_path(&shown).map_err(|e| map_error(OP, &shown, &e))?;
-        vol.delete(0).map_err(|e| map_error(OP, &shown, &e))
+        let vol = lv("virStorageVolLookupByPath", &shown, || self.conn.lookup_storage_vol_by_path(&shown))
+            .map_err(|e| map_error(OP, &shown, &e))?;
+        lv("virStorageVolDelete", &shown, || vol.delete(0)).map_err(|e| map_error(OP, &shown, &e))
     }
 }
 
@@ -501,20 +587,22 @@ impl LibvirtHypervisor {
     fn overlay_pool(&self, dir: &std::path::Path) -> Result<virt::storage_pool::StoragePool, HvError> {
         const OP: &str = "overlay pool";
         let d = dir.display().to_string();
-        let pool = match self.conn.lookup_storage_pool_by_target_path(&d) {
+        let pool = match lv("virStoragePoolLookupByTargetPath", &d, || self.conn.lookup_storage_pool_by_target_path(&d))
+        {
             Ok(p) => p,
             Err(_) => {
                 let xml = xml::dir_pool_xml(OVERLAY_POOL, dir).map_err(|e| other(OP, &d, &e.to_string()))?;
-                let p = self.conn.define_storage_pool_xml(&xml, 0).map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
-                p.build(0).map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
-                let _ = p.set_autostart(true);
+                let p = lv("virStoragePoolDefineXML", OVERLAY_POOL, || self.conn.define_storage_pool_xml(&xml, 0))
+                    .map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+                lv("virStoragePoolBuild", OVERLAY_POOL, || p.build(0)).map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+                let _ = lv("virStoragePoolSetAutostart", OVERLAY_POOL, || p.set_autostart(true));
                 p
             }
         };
-        if !pool.is_active().map_err(|e| map_error(OP, &d, &e))? {
-            pool.create(0).map_err(|e| map_error(OP, &d, &e))?;
+        if !lv("virStoragePoolIsActive", &d, || pool.is_active()).map_err(|e| map_error(OP, &d, &e))? {
+            lv("virStoragePoolCreate", &d, || pool.create(0)).map_err(|e| map_error(OP, &d, &e))?;
         }
-        let _ = pool.refresh(0);
+        let _ = lv("virStoragePoolRefresh", &d, || pool.refresh(0));
         Ok(pool)
     }
 }

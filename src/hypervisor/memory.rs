@@ -332,6 +332,10 @@ impl Hypervisor for MemoryHypervisor {
         MEMORY_URI.to_owned()
     }
 
+    fn hostname(&self) -> Result<String, HvError> {
+        Ok("memory".to_owned())
+    }
+
     fn observe(&self) -> Result<Observed, HvError> {
         let mut s = self.lock();
         s.calls.push("observe".to_owned());

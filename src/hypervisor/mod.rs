@@ -53,6 +53,10 @@ pub enum HostOp {
 pub trait Hypervisor: Send + Sync {
     /// The connection URI (for messages).
     fn uri(&self) -> String;
+    /// The host name of the machine the connection reaches, as its daemon reports it
+    /// (`virConnectGetHostname`): with [`Hypervisor::uri`], what locks key on
+    /// (`apply::lock::HostId`).
+    fn hostname(&self) -> Result<String, HvError>;
     /// Reads every network and domain (persistent config for defined objects, live state
     /// flags) in one pass.
     fn observe(&self) -> Result<Observed, HvError>;

@@ -11,7 +11,8 @@ pub const SAVED_FORMAT: &str = "topo-saved-plan/1";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedPlan {
     pub format: String,
-    /// The lab file's path as given to `plan`.
+    /// The lab file's canonical path (absolute, symlinks resolved), so `apply` finds it from
+    /// any folder.
     pub lab_file: String,
     /// SHA-256 of the lab file's text.
     pub lab_sha256: String,
