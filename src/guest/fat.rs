@@ -55,6 +55,26 @@ pub fn fat_image(files: &[(&str, &str)], volume_id: u32) -> std::io::Result<Vec<
     Ok(buf.into_inner())
 }
 
+/// The files in the root folder of a FAT image, `(name, text)` in directory order; the
+/// read-back of [`fat_image`] (topo reads a seed volume's files to show what changed).
+/// Errors: not a FAT image, or a file that is not UTF-8 text.
+pub fn read_fat_files(image: &[u8]) -> std::io::Result<Vec<(String, String)>> {
+    use std::io::Read;
+    // fatfs wants a writable device; a copy keeps `image` untouched (seeds are ~1 MiB).
+    let fs = FileSystem::new(Cursor::new(image.to_vec()), FsOptions::new().update_accessed_date(false))?;
+    let mut out = Vec::new();
+    for e in fs.root_dir().iter() {
+        let e = e?;
+        if !e.is_file() {
+            continue;
+        }
+        let mut text = String::new();
+        e.to_file().read_to_string(&mut text)?;
+        out.push((e.file_name(), text));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -80,6 +100,9 @@ mod tests {
         }
         let want: Vec<(String, String)> = files.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect();
         assert_eq!(names, want);
+        let img = fat_image(&files, 1).unwrap();
+        assert_eq!(read_fat_files(&img).unwrap(), want);
+        assert!(read_fat_files(&[0u8; 4096]).is_err(), "not a FAT image");
     }
 
     #[test]

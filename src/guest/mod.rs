@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::model::{Lab, Vm};
 
-pub use fat::{SEED_LABEL, fat_image};
+pub use fat::{SEED_LABEL, fat_image, read_fat_files};
 pub use inventory::{InvHost, InvNic, Inventory, SSH_OPTIONS};
 pub use network::network_config;
 pub use user_data::{merge, parse_user_file, user_data};
@@ -46,7 +46,8 @@ pub enum GuestError {
 }
 
 /// The three files of a NoCloud seed, as text, plus the instance id in `meta_data`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A plan step carries it (the image is made from it at apply time, byte for byte the same).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seed {
     /// `instance-id` in meta-data: `iid-` + 16 hex digits of SHA-256 over the lab name, the
     /// VM name and the other seed files (see [`instance_id`]). cloud-init runs its
