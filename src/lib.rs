@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod arp;
 pub mod cli;
+pub mod diag;
 pub mod graph;
 pub mod guest;
 pub mod hypervisor;

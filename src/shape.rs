@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
-use miette::{LabeledSpan, SourceSpan};
+use miette::SourceSpan;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
+
+use crate::diag::{Code, Problem, span_of, suggest};
 
 /// A YAML node with the locations of its keys and values.
 #[derive(Debug)]
@@ -90,13 +92,13 @@ fn to_json(
     at: &mut BTreeMap<String, At>,
 ) -> serde_json::Value {
     use serde_json::Value;
-    at.insert(pointer.clone(), At { key, value: span(text, &node.referenced) });
+    at.insert(pointer.clone(), At { key, value: span_of(text, &node.referenced) });
     match &node.value {
         Node::Map(entries) => {
             let mut m = serde_json::Map::new();
             for (k, v) in entries {
                 let p = format!("{pointer}/{}", k.value.replace('~', "~0").replace('/', "~1"));
-                let ks = span(text, &k.referenced);
+                let ks = span_of(text, &k.referenced);
                 m.insert(k.value.clone(), to_json(text, v, p, Some(ks), at));
             }
             Value::Object(m)
@@ -110,18 +112,6 @@ fn to_json(
         Node::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
         Node::Null => Value::Null,
     }
-}
-
-fn span(text: &str, loc: &serde_saphyr::Location) -> SourceSpan {
-    crate::validate::span_of(text, loc)
-}
-
-/// A problem found by the schema: code, message, labels, help.
-pub struct ShapeProblem {
-    pub code: &'static str,
-    pub message: String,
-    pub labels: Vec<LabeledSpan>,
-    pub help: String,
 }
 
 /// The subschema that applies at `path` (following `$ref`s, and taking the non-null branch
@@ -179,7 +169,7 @@ fn allowed_values(schema: &serde_json::Value, path: &[&str]) -> Vec<String> {
 
 /// Checks `text` against the lab file schema; `None` when it cannot even be read as a tree
 /// (a syntax error: the caller reports the parser's error instead).
-pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<ShapeProblem>> {
+pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<Problem>> {
     let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).ok()?;
     let mut at = BTreeMap::new();
     let value = to_json(text, &root, String::new(), None, &mut at);
@@ -196,41 +186,38 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<ShapeProb
                 let allowed = allowed_keys(&schema, &segs);
                 for key in unexpected {
                     let key_at = at.get(&format!("{pointer}/{key}")).and_then(|a| a.key).unwrap_or(here.value);
-                    let help = match crate::validate::did_you_mean(key, allowed.iter().map(String::as_str)) {
-                        Some(s) => format!("did you mean `{s}`? Allowed here: {}", allowed.join(", ")),
-                        None => format!("allowed here: {}", allowed.join(", ")),
-                    };
-                    out.push(ShapeProblem {
-                        code: "topo::lab::unknown_key",
-                        message: format!("unknown key `{key}`"),
-                        labels: vec![LabeledSpan::at(key_at, "not a lab file key here")],
+                    let help = suggest(key, &allowed, "Allowed here", "allowed here");
+                    out.push(Problem::at(
+                        Code::UnknownKey,
+                        key_at,
+                        format!("unknown key `{key}`"),
+                        "not a lab file key here",
                         help,
-                    });
+                    ));
                 }
             }
             ValidationErrorKind::Required { property } => {
                 let prop = property.as_str().unwrap_or_default();
-                out.push(ShapeProblem {
-                    code: "topo::lab::missing_key",
-                    message: format!("{name} needs the key `{prop}`"),
-                    labels: vec![LabeledSpan::at(here.key.unwrap_or(here.value), "in this mapping")],
-                    help: format!("add `{prop}:`; see docs/lab-file.md"),
-                });
+                out.push(Problem::at(
+                    Code::MissingKey,
+                    here.key.unwrap_or(here.value),
+                    format!("{name} needs the key `{prop}`"),
+                    "in this mapping",
+                    format!("add `{prop}:`; see docs/lab-file.md"),
+                ));
             }
             ValidationErrorKind::Enum { options } => {
                 let opts: Vec<String> =
                     options.as_array().into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
                 let got = err.instance().as_str().map(String::from).unwrap_or_else(|| err.instance().to_string());
-                let help = match crate::validate::did_you_mean(&got, opts.iter().map(String::as_str)) {
-                    Some(s) => format!("did you mean `{s}`? One of: {}", opts.join(", ")),
-                    None => format!("use one of: {}", opts.join(", ")),
-                };
-                out.push(ShapeProblem {
-                    code: "topo::lab::bad_value",
-                    message: format!("`{got}` is not allowed for {name}"),
-                    labels: vec![LabeledSpan::at(here.value, "unknown value")],
+                let help = suggest(&got, &opts, "One of", "use one of");
+                out.push(Problem::at(
+                    Code::BadValue,
+                    here.value,
+                    format!("`{got}` is not allowed for {name}"),
+                    "unknown value",
                     help,
-                });
+                ));
             }
             ValidationErrorKind::Type { kind } => {
                 let expected: Vec<&str> = match kind {
@@ -243,45 +230,44 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<ShapeProb
                 if expected.contains(&"text") && !err.instance().is_object() && !err.instance().is_array() {
                     continue;
                 }
-                out.push(ShapeProblem {
-                    code: "topo::lab::bad_type",
-                    message: format!("wrong type for {name}: expected {}", expected.join(" or ")),
-                    labels: vec![LabeledSpan::at(here.value, "this value")],
-                    help: "see docs/lab-file.md for the type of each key".into(),
-                });
+                out.push(Problem::at(
+                    Code::BadType,
+                    here.value,
+                    format!("wrong type for {name}: expected {}", expected.join(" or ")),
+                    "this value",
+                    "see docs/lab-file.md for the type of each key",
+                ));
             }
             ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
                 let choices = allowed_values(&schema, &segs);
                 let got = err.instance().as_str().map(String::from).unwrap_or_else(|| err.instance().to_string());
                 let (code, message, label, help) = if segs.last() == Some(&"dhcp") {
                     (
-                        "topo::lab::bad_type",
+                        Code::BadType,
                         "`dhcp` must be true, false or a range".to_string(),
                         "not a valid dhcp value",
                         "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_string(),
                     )
                 } else if !choices.is_empty() {
-                    let help = match crate::validate::did_you_mean(&got, choices.iter().map(String::as_str)) {
-                        Some(s) => format!("did you mean `{s}`? One of: {}", choices.join(", ")),
-                        None => format!("use one of: {}", choices.join(", ")),
-                    };
-                    ("topo::lab::bad_value", format!("`{got}` is not allowed for {name}"), "unknown value", help)
+                    let help = suggest(&got, &choices, "One of", "use one of");
+                    (Code::BadValue, format!("`{got}` is not allowed for {name}"), "unknown value", help)
                 } else {
                     (
-                        "topo::lab::bad_type",
+                        Code::BadType,
                         format!("{name} has the wrong type"),
                         "this value",
                         "see docs/lab-file.md for the type of each key".to_string(),
                     )
                 };
-                out.push(ShapeProblem { code, message, labels: vec![LabeledSpan::at(here.value, label)], help });
+                out.push(Problem::at(code, here.value, message, label, help));
             }
-            _ => out.push(ShapeProblem {
-                code: "topo::lab::bad_value",
-                message: format!("{name}: {err}"),
-                labels: vec![LabeledSpan::at(here.value, "this value")],
-                help: "see docs/lab-file.md".into(),
-            }),
+            _ => out.push(Problem::at(
+                Code::BadValue,
+                here.value,
+                format!("{name}: {err}"),
+                "this value",
+                "see docs/lab-file.md",
+            )),
         }
     }
     out.sort_by_key(|p| p.labels.first().map(|l| l.offset()).unwrap_or(0));

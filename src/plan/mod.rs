@@ -7,10 +7,12 @@ pub mod render;
 pub mod saved;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use miette::{NamedSource, SourceSpan};
+use miette::NamedSource;
 use serde::Serialize;
 
+use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
 use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Vm};
 use crate::observed::{DomainState, Observed, ObservedDomain, ObservedNetwork, Ownership};
@@ -198,21 +200,6 @@ impl Plan {
     }
 }
 
-/// A reason the plan cannot go ahead, pointing at the lab file.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("{message}")]
-#[diagnostic(code(topo::plan::conflict))]
-pub struct Conflict {
-    pub message: String,
-    #[source_code]
-    pub src: NamedSource<String>,
-    #[label("{label}")]
-    pub span: SourceSpan,
-    pub label: String,
-    #[help]
-    pub help: String,
-}
-
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PlanError {
     #[error("lab {lab} conflicts with what is on {uri}: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
@@ -220,8 +207,11 @@ pub enum PlanError {
     Refused {
         lab: String,
         uri: String,
+        /// The lab file, which the problems point into.
+        #[source_code]
+        src: Arc<NamedSource<String>>,
         #[related]
-        problems: Vec<Conflict>,
+        problems: Vec<Problem>,
     },
     #[error(transparent)]
     #[diagnostic(transparent)]
@@ -233,7 +223,12 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     let graph = LabGraph::build(lab)?;
     let conflicts = find_conflicts(lab, observed);
     if !conflicts.is_empty() {
-        return Err(PlanError::Refused { lab: lab.name.to_string(), uri: uri.to_string(), problems: conflicts });
+        return Err(PlanError::Refused {
+            lab: lab.name.to_string(),
+            uri: uri.to_string(),
+            src: Arc::new(lab.source.named_source()),
+            problems: conflicts,
+        });
     }
     let lab_name = lab.name.as_str();
     let mut deletes = Vec::new();
@@ -639,16 +634,10 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed) -> Option<Change> {
 }
 
 /// Everything that stops the plan before anything is touched, all at once.
-fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
+fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     let lab_name = lab.name.as_str();
     let mut out = Vec::new();
-    let conflict = |span: SourceSpan, message: String, label: &str, help: String| Conflict {
-        message,
-        src: lab.source.named_source(),
-        span,
-        label: label.to_string(),
-        help,
-    };
+    let conflict = Problem::at;
     let owner_text = |o: Option<&crate::observed::OwnerTag>| match o {
         Some(t) => format!("owned by topo lab `{}`", t.lab),
         None => "not created by topo".to_string(),
@@ -657,6 +646,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
         let on_host = observed.networks.get(&net.libvirt_name);
         match (&net.kind, on_host) {
             (NetworkKind::External, None) => out.push(conflict(
+                Code::ExternalMissing,
                 net.span,
                 format!("external network `{}` does not exist on the host", net.libvirt_name),
                 "declared external here",
@@ -666,6 +656,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                 ),
             )),
             (NetworkKind::External, Some(o)) if !o.active => out.push(conflict(
+                Code::ExternalInactive,
                 net.span,
                 format!("external network `{}` exists but is not active", net.libvirt_name),
                 "declared external here",
@@ -674,6 +665,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
             (NetworkKind::External, Some(_)) => {}
             (NetworkKind::Managed(_), Some(o)) if Ownership::of(o.owner.as_ref(), lab_name) != Ownership::ThisLab => {
                 out.push(conflict(
+                    Code::NetworkNameTaken,
                     net.span,
                     format!(
                         "network name `{}` is already taken on the host by a network this lab does not own ({})",
@@ -694,6 +686,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                         && subnet.overlaps(theirs)
                     {
                         out.push(conflict(
+                            Code::HostSubnetOverlap,
                             net.span,
                             format!(
                                 "subnet {subnet} of network `{}` overlaps network `{}` on the host ({}/{}, {})",
@@ -711,6 +704,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
                         && b.as_str() == theirs
                     {
                         out.push(conflict(
+                            Code::HostBridgeTaken,
                             net.span,
                             format!("bridge `{b}` of network `{}` is already used by network `{}` on the host", net.name, other.name),
                             "this network",
@@ -726,6 +720,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Conflict> {
             && Ownership::of(o.owner.as_ref(), lab_name) != Ownership::ThisLab
         {
             out.push(conflict(
+                Code::VmNameTaken,
                 vm.span,
                 format!(
                     "VM name `{}` is already taken on the host by a domain this lab does not own ({})",

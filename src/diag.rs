@@ -1,0 +1,255 @@
+//! The one diagnostics vocabulary: a [`Problem`] (code, message, labelled spans, help) with a
+//! closed [`Code`] enum, used alike by the shape check, lab validation and plan refusals,
+//! plus the helpers they share ([`did_you_mean`], [`span_of`]).
+//!
+//! A `Problem` carries no source text: the error that collects problems (`ValidateError`,
+//! `PlanError::Refused`) holds the file as `#[source_code]`, and miette renders each
+//! related problem against it.
+
+use std::fmt;
+
+use miette::{Diagnostic, LabeledSpan, SourceSpan};
+
+/// What kind of problem a [`Problem`] is. Stable and machine readable: shown as
+/// `topo::lab::<kind>` or `topo::plan::<kind>` next to every diagnostic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Code {
+    // --- YAML and shape (stage 1) ---
+    /// Not readable YAML.
+    Syntax,
+    /// Over the parser's resource budget (aliases, nesting, nodes).
+    TooComplex,
+    /// A key given twice in one mapping.
+    DuplicateKey,
+    /// A key topo does not know here.
+    UnknownKey,
+    /// A required key is missing.
+    MissingKey,
+    /// A value of the wrong YAML type.
+    BadType,
+    /// A value outside a closed vocabulary.
+    BadValue,
+    // --- lab rules (stage 2) ---
+    ApiVersion,
+    /// The lab's `name`.
+    Name,
+    Prefix,
+    NetworkName,
+    VmName,
+    /// Subnet text is not `address/prefix-length`.
+    BadSubnet,
+    SubnetHostBits,
+    SubnetTooSmall,
+    SubnetRequired,
+    SubnetOverlap,
+    Gateway,
+    Dhcp,
+    DhcpTooSmall,
+    Bridge,
+    DuplicateBridge,
+    ExternalSettings,
+    BadAddress,
+    BadMac,
+    DuplicateMac,
+    BadReservation,
+    DuplicateIp,
+    IpOnExternal,
+    IpWithoutSubnet,
+    NicNoAddress,
+    UnknownNetwork,
+    Memory,
+    Vcpus,
+    BadSize,
+    MissingFile,
+    NothingToBoot,
+    /// A cloud-init setting (user, hostname, where a key may be given).
+    CloudInit,
+    /// An SSH public key (inline or in a key file) sshd would not accept.
+    SshKey,
+    /// A user-data file that is not a `#cloud-config` mapping.
+    UserData,
+    // --- plan refusals (host conflicts) ---
+    /// An external network the lab references is not on the host.
+    ExternalMissing,
+    /// An external network the lab references is not active.
+    ExternalInactive,
+    /// A libvirt network name the lab would create is taken by an object it does not own.
+    NetworkNameTaken,
+    /// A libvirt domain name the lab would create is taken by an object it does not own.
+    VmNameTaken,
+    /// A lab subnet overlaps a network on the host.
+    HostSubnetOverlap,
+    /// A lab bridge name is used by a network on the host.
+    HostBridgeTaken,
+}
+
+impl Code {
+    /// The code as shown to users, e.g. `topo::lab::unknown_network`.
+    pub const fn as_str(self) -> &'static str {
+        use Code::*;
+        match self {
+            Syntax => "topo::lab::syntax",
+            TooComplex => "topo::lab::too_complex",
+            DuplicateKey => "topo::lab::duplicate_key",
+            UnknownKey => "topo::lab::unknown_key",
+            MissingKey => "topo::lab::missing_key",
+            BadType => "topo::lab::bad_type",
+            BadValue => "topo::lab::bad_value",
+            ApiVersion => "topo::lab::api_version",
+            Name => "topo::lab::name",
+            Prefix => "topo::lab::prefix",
+            NetworkName => "topo::lab::network_name",
+            VmName => "topo::lab::vm_name",
+            BadSubnet => "topo::lab::bad_subnet",
+            SubnetHostBits => "topo::lab::subnet_host_bits",
+            SubnetTooSmall => "topo::lab::subnet_too_small",
+            SubnetRequired => "topo::lab::subnet_required",
+            SubnetOverlap => "topo::lab::subnet_overlap",
+            Gateway => "topo::lab::gateway",
+            Dhcp => "topo::lab::dhcp",
+            DhcpTooSmall => "topo::lab::dhcp_too_small",
+            Bridge => "topo::lab::bridge",
+            DuplicateBridge => "topo::lab::duplicate_bridge",
+            ExternalSettings => "topo::lab::external_settings",
+            BadAddress => "topo::lab::bad_address",
+            BadMac => "topo::lab::bad_mac",
+            DuplicateMac => "topo::lab::duplicate_mac",
+            BadReservation => "topo::lab::bad_reservation",
+            DuplicateIp => "topo::lab::duplicate_ip",
+            IpOnExternal => "topo::lab::ip_on_external",
+            IpWithoutSubnet => "topo::lab::ip_without_subnet",
+            NicNoAddress => "topo::lab::nic_no_address",
+            UnknownNetwork => "topo::lab::unknown_network",
+            Memory => "topo::lab::memory",
+            Vcpus => "topo::lab::vcpus",
+            BadSize => "topo::lab::bad_size",
+            MissingFile => "topo::lab::missing_file",
+            NothingToBoot => "topo::lab::nothing_to_boot",
+            CloudInit => "topo::lab::cloud_init",
+            SshKey => "topo::lab::ssh_key",
+            UserData => "topo::lab::user_data",
+            ExternalMissing => "topo::plan::external_missing",
+            ExternalInactive => "topo::plan::external_inactive",
+            NetworkNameTaken => "topo::plan::network_name_taken",
+            VmNameTaken => "topo::plan::vm_name_taken",
+            HostSubnetOverlap => "topo::plan::subnet_overlap",
+            HostBridgeTaken => "topo::plan::bridge_taken",
+        }
+    }
+
+    /// True for the problems the JSON Schema check can find (all of them at once) once the
+    /// typed parse stopped at the first.
+    pub const fn is_shape(self) -> bool {
+        matches!(self, Code::UnknownKey | Code::BadValue | Code::BadType | Code::MissingKey)
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing wrong with a lab file or with the lab on this host, pointing at the value(s)
+/// in the lab file to change. The first label is the primary location.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Problem {
+    pub code: Code,
+    /// One sentence: what is wrong.
+    pub message: String,
+    /// Where, with a short text on each span (byte offsets into the lab file).
+    pub labels: Vec<LabeledSpan>,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl Problem {
+    /// A problem with one label on `span`.
+    pub fn at(
+        code: Code,
+        span: SourceSpan,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            labels: vec![LabeledSpan::at(span, label.into())],
+            help: Some(help.into()),
+        }
+    }
+
+    /// A problem with several labels (e.g. both ends of a duplicate).
+    pub fn spans(code: Code, message: impl Into<String>, labels: Vec<LabeledSpan>, help: impl Into<String>) -> Self {
+        Self { code, message: message.into(), labels, help: Some(help.into()) }
+    }
+}
+
+impl Diagnostic for Problem {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        if self.labels.is_empty() { None } else { Some(Box::new(self.labels.iter().cloned())) }
+    }
+}
+
+/// The closest candidate to `word`, if it is close enough (Jaro-Winkler >= 0.8) to be a
+/// likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// "did you mean `x`? {lead}: a, b" when a candidate is close, else "{otherwise}: a, b".
+pub fn suggest(word: &str, candidates: &[String], lead: &str, otherwise: &str) -> String {
+    match did_you_mean(word, candidates.iter().map(String::as_str)) {
+        Some(s) => format!("did you mean `{s}`? {lead}: {}", candidates.join(", ")),
+        None => format!("{otherwise}: {}", candidates.join(", ")),
+    }
+}
+
+/// A miette span (byte offsets) for a serde-saphyr location (characters, and bytes when known).
+pub fn span_of(text: &str, loc: &serde_saphyr::Location) -> SourceSpan {
+    let span = loc.span();
+    if let (Some(off), Some(len)) = (span.byte_offset(), span.byte_len()) {
+        return (off as usize, len as usize).into();
+    }
+    let char_to_byte = |c: u64| -> usize { text.char_indices().nth(c as usize).map(|(b, _)| b).unwrap_or(text.len()) };
+    let start = char_to_byte(span.offset());
+    let end = char_to_byte(span.offset() + span.len());
+    (start, end.saturating_sub(start)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_typos() {
+        assert_eq!(did_you_mean("local-net", ["default", "local_net"].into_iter()), Some("local_net"));
+        assert_eq!(did_you_mean("zzz", ["default", "local_net"].into_iter()), None);
+    }
+
+    #[test]
+    fn suggest_lists_candidates() {
+        let c = vec!["nat".to_owned(), "routed".to_owned()];
+        assert_eq!(suggest("natt", &c, "One of", "use one of"), "did you mean `nat`? One of: nat, routed");
+        assert_eq!(suggest("zzz", &c, "One of", "use one of"), "use one of: nat, routed");
+    }
+
+    #[test]
+    fn codes_are_namespaced() {
+        assert_eq!(Code::UnknownNetwork.to_string(), "topo::lab::unknown_network");
+        assert_eq!(Code::VmNameTaken.as_str(), "topo::plan::vm_name_taken");
+        assert!(Code::MissingKey.is_shape() && !Code::Syntax.is_shape());
+    }
+}

@@ -1,0 +1,434 @@
+//! Network rules: names, external networks (reference only), subnets, gateways, DHCP
+//! ranges, bridges, and the rules between networks (overlapping subnets, shared bridges).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use miette::{LabeledSpan, SourceSpan};
+
+use super::lab::name_help;
+use super::{Checker, parse_ip};
+use crate::diag::Code;
+use crate::model::{self, BridgeName, DhcpRange, ManagedNetwork, NameError, NetworkKind, NetworkMode, NetworkName};
+use crate::spec::{DhcpSpec, ModeSpec, NetworkSpec, Spanned, SpannedMap};
+
+/// Smallest subnet (largest prefix length): a /30 holds a gateway and one guest.
+pub const MAX_PREFIX_LEN: u8 = 30;
+
+/// The networks as the VM and NIC checks see them, and the model of the valid ones.
+pub(super) struct Networks {
+    /// Every declared network by its key as written (also the invalid ones, so NICs that
+    /// name them are not reported as unknown).
+    pub(super) info: BTreeMap<String, NetInfo>,
+    pub(super) model: BTreeMap<NetworkName, model::Network>,
+}
+
+/// Checks every network and the rules between them.
+pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, prefix: &str) -> Networks {
+    let mut nets: BTreeMap<String, NetInfo> = BTreeMap::new();
+    let mut model_nets = BTreeMap::new();
+    let mut managed_subnets: Vec<(&Spanned<String>, &Spanned<String>, Ipv4Network)> = Vec::new();
+    let mut bridges: BTreeMap<String, &Spanned<String>> = BTreeMap::new();
+    for (key, net) in networks.iter() {
+        let name = match NetworkName::new(&key.value) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                c.at(
+                    Code::NetworkName,
+                    key,
+                    format!("network name `{}` {e}", key.value),
+                    "invalid network name",
+                    name_help("network name", &e, "lowercase letters, digits, '-' and '_'", model::MAX_RESOURCE_NAME),
+                );
+                None
+            }
+        };
+        let external = net.external.as_ref().is_some_and(|e| e.value);
+        let (info, kind) = if external {
+            check_external(c, net);
+            (
+                NetInfo {
+                    external: true,
+                    subnet: None,
+                    gateway: None,
+                    dhcp: true,
+                    dhcp_range: None,
+                    dhcp_span: None,
+                    broken: false,
+                },
+                Some(NetworkKind::External),
+            )
+        } else {
+            let before = c.count();
+            let managed = check_managed(c, key, net);
+            if let (Some(m), Some(s)) = (&managed, &net.subnet)
+                && let Some(sub) = m.subnet
+            {
+                managed_subnets.push((key, s, sub));
+            }
+            if let Some(b) = &net.bridge {
+                if let Some(prev) = bridges.get(&b.value) {
+                    let labels =
+                        vec![LabeledSpan::at(c.span(prev), "first use"), LabeledSpan::at(c.span(b), "used again")];
+                    c.push(
+                        Code::DuplicateBridge,
+                        format!("bridge `{}` is given to two networks", b.value),
+                        labels,
+                        "every lab network needs its own bridge; rename one or remove `bridge:` to let libvirt pick",
+                    );
+                } else {
+                    bridges.insert(b.value.clone(), b);
+                }
+            }
+            let info = NetInfo {
+                external: false,
+                subnet: managed.as_ref().and_then(|m| m.subnet),
+                gateway: managed.as_ref().and_then(|m| m.gateway),
+                dhcp: managed.as_ref().is_some_and(|m| m.dhcp.is_some()),
+                dhcp_range: managed.as_ref().and_then(|m| m.dhcp),
+                dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
+                broken: c.count() > before,
+            };
+            (info, managed.map(NetworkKind::Managed))
+        };
+        nets.insert(key.value.clone(), info);
+        if let (Some(name), Some(kind)) = (name, kind) {
+            let libvirt_name = match kind {
+                NetworkKind::External => name.to_string(),
+                NetworkKind::Managed(_) => format!("{prefix}{name}"),
+            };
+            model_nets.insert(name.clone(), model::Network { name, libvirt_name, kind, span: c.span(key) });
+        }
+    }
+
+    // overlapping subnets between lab networks
+    for (i, (ka, sa, a)) in managed_subnets.iter().enumerate() {
+        for (kb, sb, b) in &managed_subnets[i + 1..] {
+            if a.contains(b.network()) || b.contains(a.network()) {
+                let labels = vec![
+                    LabeledSpan::at(c.span(sa), format!("`{}` uses {a}", ka.value)),
+                    LabeledSpan::at(c.span(sb), format!("`{}` uses {b}", kb.value)),
+                ];
+                c.push(
+                    Code::SubnetOverlap,
+                    format!("networks `{}` and `{}` have overlapping subnets", ka.value, kb.value),
+                    labels,
+                    "give each lab network its own, non-overlapping subnet",
+                );
+            }
+        }
+    }
+    Networks { info: nets, model: model_nets }
+}
+
+/// What a network looks like to the NIC checks.
+pub(super) struct NetInfo {
+    pub(super) external: bool,
+    pub(super) subnet: Option<Ipv4Network>,
+    pub(super) gateway: Option<Ipv4Addr>,
+    pub(super) dhcp: bool,
+    /// The DHCP range (lab networks), and where to point when it is too small.
+    pub(super) dhcp_range: Option<DhcpRange>,
+    pub(super) dhcp_span: Option<SourceSpan>,
+    /// Set when the network's own definition has problems: skip NIC checks that depend on it.
+    pub(super) broken: bool,
+}
+
+pub(super) fn first_host(n: &Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(n.network()) + 1)
+}
+pub(super) fn last_host(n: &Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(n.broadcast()) - 1)
+}
+fn is_host(n: &Ipv4Network, ip: Ipv4Addr) -> bool {
+    n.contains(ip) && ip != n.network() && ip != n.broadcast()
+}
+
+/// The DHCP range `dhcp: true` gives: every host address of the subnet except the gateway.
+/// When the gateway is the first (default) or last host address, the range is the rest;
+/// when it sits inside, the range is the larger of the two sides (the upper side on a tie),
+/// because a dnsmasq range is one contiguous block. Needs a subnet of /30 or larger.
+pub fn default_dhcp_range(subnet: &Ipv4Network, gateway: Ipv4Addr) -> DhcpRange {
+    let first = u32::from(first_host(subnet));
+    let last = u32::from(last_host(subnet));
+    let g = u32::from(gateway);
+    let (start, end) = if g < first || g > last {
+        (first, last)
+    } else if g == first {
+        (first + 1, last)
+    } else if g == last {
+        (first, last - 1)
+    } else if g - first > last - g {
+        (first, g - 1)
+    } else {
+        (g + 1, last)
+    };
+    DhcpRange { start: Ipv4Addr::from(start), end: Ipv4Addr::from(end) }
+}
+
+fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
+    let text = s.value.trim();
+    let bad = |c: &mut Checker| {
+        c.at(
+            Code::BadSubnet,
+            s,
+            format!("`{text}` is not an IPv4 subnet"),
+            "not address/prefix-length",
+            "write the subnet in CIDR form, e.g. `192.168.152.0/24`",
+        );
+        None
+    };
+    let Some((addr, len)) = text.split_once('/') else {
+        return bad(c);
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+        return bad(c);
+    };
+    let Ok(net) = Ipv4Network::new(addr, len) else {
+        return bad(c);
+    };
+    if net.network() != addr {
+        c.at(
+            Code::SubnetHostBits,
+            s,
+            format!("subnet `{text}` has host bits set"),
+            "host bits set",
+            format!("the subnet is written with its network address: `{}/{}`", net.network(), len),
+        );
+        return None;
+    }
+    if len > MAX_PREFIX_LEN {
+        c.at(
+            Code::SubnetTooSmall,
+            s,
+            format!("subnet `{text}` is too small"),
+            format!("/{len} leaves no room for a gateway and a guest"),
+            format!("use a /{MAX_PREFIX_LEN} or larger subnet, e.g. `{}/24`", net.network()),
+        );
+        return None;
+    }
+    Some(net)
+}
+
+/// External networks may say `external: true` and nothing else.
+fn check_external(c: &mut Checker, net: &NetworkSpec) {
+    let NetworkSpec { external: _, mode, subnet, gateway, dhcp, bridge, autostart, stp, dhcp_ping } = net;
+    let mut given: Vec<(&str, SourceSpan)> = Vec::new();
+    if let Some(v) = mode {
+        given.push(("mode", c.span(v)));
+    }
+    if let Some(v) = subnet {
+        given.push(("subnet", c.span(v)));
+    }
+    if let Some(v) = gateway {
+        given.push(("gateway", c.span(v)));
+    }
+    if let Some(v) = dhcp {
+        given.push(("dhcp", c.span(v)));
+    }
+    if let Some(v) = bridge {
+        given.push(("bridge", c.span(v)));
+    }
+    if let Some(v) = autostart {
+        given.push(("autostart", c.span(v)));
+    }
+    if let Some(v) = stp {
+        given.push(("stp", c.span(v)));
+    }
+    if let Some(v) = dhcp_ping {
+        given.push(("dhcp_ping", c.span(v)));
+    }
+    for (key, span) in given {
+        c.push(
+            Code::ExternalSettings,
+            format!("external network sets `{key}`"),
+            vec![LabeledSpan::at(span, "not allowed on an external network")],
+            format!(
+                "remove `{key}`: topo uses an external network as it is and never changes it; \
+                 to let the lab own the network, remove `external: true`"
+            ),
+        );
+    }
+}
+
+fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> Option<ManagedNetwork> {
+    let mut ok = true;
+    let mode = match net.mode.as_ref().map(|m| m.value) {
+        None | Some(ModeSpec::Nat) => NetworkMode::Nat,
+        Some(ModeSpec::Routed) => NetworkMode::Routed,
+        Some(ModeSpec::Isolated) => NetworkMode::Isolated,
+        Some(ModeSpec::Open) => NetworkMode::Open,
+    };
+    let subnet = match &net.subnet {
+        Some(s) => {
+            let r = parse_subnet(c, s);
+            ok &= r.is_some();
+            r
+        }
+        None => {
+            if matches!(mode, NetworkMode::Nat | NetworkMode::Routed) {
+                let how = if net.mode.is_none() { " (the default mode)" } else { "" };
+                c.at(
+                    Code::SubnetRequired,
+                    key,
+                    format!("network `{}` is {mode}{how} but has no subnet", key.value),
+                    format!("{mode} network without `subnet`"),
+                    "add `subnet:`, e.g. `subnet: 192.168.152.0/24`, or use `mode: isolated` for a network without addresses",
+                );
+                ok = false;
+            }
+            None
+        }
+    };
+    let gateway = match (&net.gateway, subnet) {
+        (Some(g), Some(sub)) => match parse_ip(c, g, "gateway") {
+            Some(ip) if !sub.contains(ip) => {
+                c.at(
+                    Code::Gateway,
+                    g,
+                    format!("gateway {ip} is outside subnet {sub}"),
+                    "outside the subnet",
+                    format!("pick an address inside {sub}, e.g. {} (the default)", first_host(&sub)),
+                );
+                None
+            }
+            Some(ip) if ip == sub.network() || ip == sub.broadcast() => {
+                let which = if ip == sub.network() { "network" } else { "broadcast" };
+                c.at(
+                    Code::Gateway,
+                    g,
+                    format!("gateway {ip} is the {which} address of {sub}"),
+                    format!("{which} address"),
+                    format!("pick a host address, e.g. {} (the default)", first_host(&sub)),
+                );
+                None
+            }
+            r => r,
+        },
+        (Some(g), None) => {
+            if net.subnet.is_none() {
+                c.at(
+                    Code::Gateway,
+                    g,
+                    "`gateway` is given without a `subnet`",
+                    "no subnet to put it in",
+                    "add `subnet:` to the network, or remove `gateway`",
+                );
+            }
+            None
+        }
+        (None, Some(sub)) => Some(first_host(&sub)),
+        (None, None) => None,
+    };
+    if net.gateway.is_some() && gateway.is_none() {
+        ok = false;
+    }
+    let dhcp = match (&net.dhcp, subnet, gateway) {
+        (None, Some(sub), Some(g)) => Some(default_dhcp_range(&sub, g)),
+        (None, _, _) => None,
+        (Some(d), _, _) if d.value == DhcpSpec::Enabled(false) => None,
+        (Some(d), None, _) => {
+            if net.subnet.is_none() {
+                c.at(
+                    Code::Dhcp,
+                    d,
+                    "`dhcp` is set on a network without a `subnet`",
+                    "no subnet to hand out",
+                    "add `subnet:` to the network, or remove `dhcp`",
+                );
+            }
+            ok = false;
+            None
+        }
+        (Some(_), Some(_), None) => {
+            ok = false;
+            None
+        }
+        (Some(d), Some(sub), Some(g)) => match &d.value {
+            DhcpSpec::Enabled(_) => Some(default_dhcp_range(&sub, g)),
+            DhcpSpec::Range(r) => {
+                let start = r.start.trim().parse::<Ipv4Addr>();
+                let end = r.end.trim().parse::<Ipv4Addr>();
+                let label = |t: &str| vec![LabeledSpan::at(c.span(d), t.to_owned())];
+                let (Ok(start), Ok(end)) = (start, end) else {
+                    let labels = label("not two IPv4 addresses");
+                    c.push(
+                        Code::Dhcp,
+                        format!("DHCP range `{}` .. `{}` is not two IPv4 addresses", r.start, r.end),
+                        labels,
+                        format!("write e.g. `dhcp: {{start: {}, end: {}}}`", first_host(&sub), last_host(&sub)),
+                    );
+                    return None;
+                };
+                let suggest = default_dhcp_range(&sub, g);
+                let suggest = format!("e.g. `{{start: {}, end: {}}}`", suggest.start, suggest.end);
+                if !is_host(&sub, start) || !is_host(&sub, end) {
+                    let labels = label("outside the subnet's host addresses");
+                    c.push(
+                        Code::Dhcp,
+                        format!("DHCP range {start} .. {end} is not inside the host addresses of {sub}"),
+                        labels,
+                        format!("keep both ends between {} and {}, {suggest}", first_host(&sub), last_host(&sub)),
+                    );
+                    ok = false;
+                    None
+                } else if start > end {
+                    let labels = label("start after end");
+                    c.push(
+                        Code::Dhcp,
+                        format!("DHCP range starts at {start}, after its end {end}"),
+                        labels,
+                        format!("swap the two: `{{start: {end}, end: {start}}}`"),
+                    );
+                    ok = false;
+                    None
+                } else if start <= g && g <= end {
+                    let labels = label("contains the gateway");
+                    c.push(
+                        Code::Dhcp,
+                        format!("DHCP range {start} .. {end} contains the gateway {g}"),
+                        labels,
+                        format!("leave the gateway out of the range, {suggest}"),
+                    );
+                    ok = false;
+                    None
+                } else {
+                    Some(DhcpRange { start, end })
+                }
+            }
+        },
+    };
+    let bridge = match &net.bridge {
+        None => None,
+        Some(b) => match BridgeName::new(&b.value) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let help = match e {
+                    NameError::TooLong { .. } => format!(
+                        "Linux limits interface names to {} characters; use a shorter name such as `virbr2`",
+                        model::MAX_BRIDGE_NAME
+                    ),
+                    _ => "a bridge name uses letters, digits, '-', '_' and '.', e.g. `virbr2`".to_owned(),
+                };
+                c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);
+                ok = false;
+                None
+            }
+        },
+    };
+    if !ok {
+        return None;
+    }
+    Some(ManagedNetwork {
+        mode,
+        subnet,
+        gateway,
+        dhcp,
+        bridge,
+        autostart: net.autostart.as_ref().is_none_or(|a| a.value),
+        stp: net.stp.as_ref().is_some_and(|a| a.value),
+        dhcp_ping: net.dhcp_ping.as_ref().is_some_and(|a| a.value),
+        reservations: BTreeMap::new(),
+    })
+}

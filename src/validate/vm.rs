@@ -1,0 +1,207 @@
+//! VM rules: names, hypervisor, memory, vCPUs, direct kernel boot and disk (paths resolved
+//! against the lab file's folder). Each VM's NICs are checked by `nic`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::lab::name_help;
+use super::network::NetInfo;
+use super::{Checker, cloud_init, nic};
+use crate::diag::Code;
+use crate::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
+use crate::spec::{HypervisorSpec, Spanned, SpannedMap, VmSpec};
+
+/// Default VM memory.
+pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
+/// Smallest memory topo accepts: below this no stock distribution kernel boots.
+pub const MIN_MEMORY: ByteSize = ByteSize::from_mib(64);
+/// Largest memory topo accepts (1 TiB): a guard against typos such as `512GiB` for `512MiB`.
+pub const MAX_MEMORY: ByteSize = ByteSize::from_bytes(ByteSize::TIB);
+/// Largest vCPU count topo accepts (QEMU's default q35 machine limit is higher; a lab VM needs far less).
+pub const MAX_VCPUS: u32 = 256;
+
+/// Checks every VM and its NICs; returns the valid VMs.
+pub(super) fn check_all(
+    c: &mut Checker,
+    vms: &SpannedMap<VmSpec>,
+    lab_name: Option<&LabName>,
+    prefix: &str,
+    nets: &BTreeMap<String, NetInfo>,
+    guests: &cloud_init::Defaults<'_>,
+    seen: &mut nic::Nics,
+) -> BTreeMap<VmName, model::Vm> {
+    let mut model_vms = BTreeMap::new();
+    for (key, vm) in vms.iter() {
+        let name = match VmName::new(&key.value) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                c.at(
+                    Code::VmName,
+                    key,
+                    format!("VM name `{}` {e}", key.value),
+                    "invalid VM name",
+                    name_help("VM name", &e, "lowercase letters, digits, '-' and '_'", model::MAX_RESOURCE_NAME),
+                );
+                None
+            }
+        };
+        let body = check_vm_body(c, key, vm);
+        let mut nics = Vec::new();
+        for (index, spec) in vm.nics.iter().enumerate() {
+            let who = format!("{}.nics[{index}]", key.value);
+            let ctx = nic::Context { who: &who, index, lab: lab_name, vm: name.as_ref(), nets };
+            if let Some(n) = nic::check(c, &spec.value, &ctx, seen) {
+                nics.push(n);
+            }
+        }
+        let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
+        if let (Some(name), Some((virt_type, memory, vcpus, boot, disk)), Ok(cloud_init)) = (name, body, guest) {
+            model_vms.insert(
+                name.clone(),
+                model::Vm {
+                    libvirt_name: format!("{prefix}{name}"),
+                    name,
+                    virt_type,
+                    memory,
+                    vcpus,
+                    boot,
+                    disk,
+                    nics,
+                    cloud_init,
+                    span: c.span(key),
+                },
+            );
+        }
+    }
+    model_vms
+}
+
+type VmBody = (VirtType, ByteSize, u32, Option<model::Boot>, Option<model::Disk>);
+
+fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<VmBody> {
+    let mut ok = true;
+    let virt_type = match vm.hypervisor.as_ref().map(|h| h.value) {
+        None | Some(HypervisorSpec::Kvm) => VirtType::Kvm,
+        Some(HypervisorSpec::Qemu) => VirtType::Qemu,
+    };
+    let memory = match &vm.memory {
+        None => DEFAULT_MEMORY,
+        Some(m) => match parse_size(c, m, "memory") {
+            Some(b) if b < MIN_MEMORY || b > MAX_MEMORY => {
+                c.at(
+                    Code::Memory,
+                    m,
+                    format!("memory {b} is out of range"),
+                    format!("must be between {MIN_MEMORY} and {MAX_MEMORY}"),
+                    format!("give between {MIN_MEMORY} and {MAX_MEMORY}, e.g. `memory: 512MiB`"),
+                );
+                ok = false;
+                DEFAULT_MEMORY
+            }
+            Some(b) => b,
+            None => {
+                ok = false;
+                DEFAULT_MEMORY
+            }
+        },
+    };
+    let vcpus = match &vm.vcpus {
+        None => 1,
+        Some(v) if v.value >= 1 && v.value <= i64::from(MAX_VCPUS) => v.value as u32,
+        Some(v) => {
+            c.at(
+                Code::Vcpus,
+                v,
+                format!("vcpus {} is out of range", v.value),
+                format!("must be 1 to {MAX_VCPUS}"),
+                format!("give a whole number from 1 to {MAX_VCPUS}"),
+            );
+            ok = false;
+            1
+        }
+    };
+    let boot = vm.boot.as_ref().map(|b| {
+        let kernel = check_file(c, &b.value.kernel, "kernel");
+        let initrd = b.value.initrd.as_ref().map(|i| check_file(c, i, "initrd"));
+        ok &= kernel.is_some() && initrd.as_ref().is_none_or(Option::is_some);
+        model::Boot { kernel: kernel.unwrap_or_default(), initrd: initrd.flatten(), cmdline: b.value.cmdline.clone() }
+    });
+    let disk = vm.disk.as_ref().map(|d| {
+        let image = check_file(c, &d.value.image, "disk image");
+        let size = d.value.size.as_ref().map(|s| match parse_size(c, s, "size") {
+            Some(b) if b.bytes() == 0 => {
+                c.at(Code::BadSize, s, "disk size is zero", "zero", "give a size such as `10GiB`, or remove `size`");
+                None
+            }
+            r => r,
+        });
+        ok &= image.is_some() && size.as_ref().is_none_or(Option::is_some);
+        model::Disk { image: image.unwrap_or_default(), size: size.flatten() }
+    });
+    if boot.is_none() && disk.is_none() {
+        c.at(
+            Code::NothingToBoot,
+            key,
+            format!("VM `{}` has nothing to boot", key.value),
+            "neither `boot` nor `disk`",
+            "add `boot: {kernel: ...}` for direct kernel boot, or `disk: {image: ...}`, or both",
+        );
+        ok = false;
+    }
+    ok.then_some((virt_type, memory, vcpus, boot, disk))
+}
+
+fn parse_size(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<ByteSize> {
+    match s.value.parse::<ByteSize>() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let help = match e {
+                SizeError::Format => {
+                    format!("write a whole number and a unit (KiB, MiB, GiB, TiB), e.g. `{what}: 512MiB`")
+                }
+                SizeError::Overflow => "use a smaller number".to_owned(),
+            };
+            c.at(Code::BadSize, s, format!("{what} `{}` {e}", s.value), "not a size", help);
+            None
+        }
+    }
+}
+
+/// Resolves a path from the file against the lab file's folder; it must name an existing file.
+fn check_file(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<PathBuf> {
+    if s.value.trim().is_empty() {
+        c.at(Code::MissingFile, s, format!("{what} path is empty"), "empty path", "give the path of the file");
+        return None;
+    }
+    // Canonical before it is hashed or written, so the plan does not depend on the folder or
+    // symlink the lab file was reached through.
+    let resolved = crate::source::resolve_path(&c.source.dir, Path::new(&s.value));
+    match std::fs::metadata(&resolved) {
+        Ok(m) if m.is_file() => Some(resolved),
+        Ok(_) => {
+            c.at(
+                Code::MissingFile,
+                s,
+                format!("{what} `{}` is not a regular file", s.value),
+                "not a file",
+                "point to the file itself; relative paths start at the lab file's folder",
+            );
+            None
+        }
+        Err(e) => {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "cannot be read (permission denied)".to_owned(),
+                _ => format!("cannot be read ({})", e.kind()),
+            };
+            c.at(
+                Code::MissingFile,
+                s,
+                format!("{what} `{}` {why}", s.value),
+                "file not found",
+                "check the path; relative paths start at the lab file's folder, not the current directory",
+            );
+            None
+        }
+    }
+}
