@@ -94,7 +94,7 @@ pub enum Command {
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
     Schema,
-    /// List every VM with its proven addresses and login user (ssh-config, hosts, ansible, json)
+    /// Every VM with its proven addresses and login user, for ssh, /etc/hosts or Ansible
     Inventory(inventory::InventoryArgs),
     /// Log in to a VM by SSH as the lab's user, on an address proven by ARP
     Ssh(ssh::SshArgs),

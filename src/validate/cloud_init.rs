@@ -193,17 +193,31 @@ fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
                 "point to a public key file (`.pub`), one key per line",
             );
         }
-        for (n, line) in lines.iter().enumerate() {
-            match guest::check_public_key(line) {
-                Ok(()) => out.push(line.clone()),
-                Err(why) => c.at(
-                    Code::SshKey,
-                    f,
-                    format!("key {} of SSH key file `{}` {why}", n + 1, f.value),
-                    "not a public key file",
-                    "point to the public key (`id_ed25519.pub`), never the private key",
-                ),
-            }
+        if text.contains("PRIVATE KEY") {
+            c.at(
+                Code::SshKey,
+                f,
+                format!("SSH key file `{}` is a private key", f.value),
+                "a private key",
+                "point to the public key (`id_ed25519.pub`), never the private key",
+            );
+            continue;
+        }
+        // The first bad line is reported (one problem per file).
+        let checked: Result<Vec<String>, (usize, String)> = lines
+            .iter()
+            .enumerate()
+            .map(|(n, l)| guest::check_public_key(l).map(|()| l.clone()).map_err(|why| (n + 1, why)))
+            .collect();
+        match checked {
+            Ok(keys) => out.extend(keys),
+            Err((n, why)) => c.at(
+                Code::SshKey,
+                f,
+                format!("key line {n} of SSH key file `{}` {why}", f.value),
+                "not a public key file",
+                "list public key files (`.pub`), one OpenSSH key per line",
+            ),
         }
     }
     out
@@ -222,6 +236,108 @@ fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
                 "start the file with the line `#cloud-config`, then a YAML mapping of cloud-config keys",
             );
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::source::SourceFile;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtopoTestKeyNotARealOneXXXXXXXXXXXXXXXXXXXX a@b";
+
+    /// Validates `text` as `dir/lab.yaml` (relative paths start at `dir`).
+    fn load(dir: &Path, text: &str) -> Result<crate::model::Lab, crate::validate::ValidateError> {
+        let text = text.replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        crate::validate::load(&SourceFile::from_text(&dir.join("lab.yaml"), text))
+    }
+
+    const HEAD: &str = "apiVersion: topo/v1\nname: t\n";
+
+    #[test]
+    fn on_for_disk_vms_off_for_kernel_only_vms() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = load(
+            d.path(),
+            &format!("{HEAD}vms:\n  my_vm:\n    disk: {{image: KERNEL}}\n  k:\n    boot: {{kernel: KERNEL}}\n"),
+        )
+        .unwrap();
+        let ci = lab.vms.values().find(|v| v.name.as_str() == "my_vm").unwrap().cloud_init.clone().unwrap();
+        assert_eq!(ci.user, "topo");
+        assert_eq!(ci.hostname, "my-vm");
+        assert!(ci.default_keys && ci.ssh_authorized_keys.is_empty() && ci.user_data.is_none());
+        assert_eq!(lab.vms.values().find(|v| v.name.as_str() == "k").unwrap().cloud_init, None);
+    }
+
+    #[test]
+    fn vms_inherit_the_lab_level_key_by_key() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("keys.pub"), format!("# mine\n{KEY}\n")).unwrap();
+        std::fs::write(d.path().join("own.yaml"), "#cloud-config\npackages: [tcpdump]\n").unwrap();
+        let text = format!(
+            "{HEAD}cloud_init:\n  user: alice\n  ssh_authorized_keys_files: [keys.pub]\n  user_data: own.yaml\n\
+             vms:\n  a:\n    disk: {{image: KERNEL}}\n  b:\n    disk: {{image: KERNEL}}\n    cloud_init:\n      \
+             user: bob\n      hostname: b.lab.example\n      ssh_authorized_keys: ['{KEY} inline']\n  \
+             c:\n    disk: {{image: KERNEL}}\n    cloud_init: {{enabled: false}}\n  \
+             k:\n    boot: {{kernel: KERNEL}}\n    cloud_init: {{enabled: true}}\n"
+        );
+        let lab = load(d.path(), &text).unwrap();
+        let ci = |n: &str| lab.vms.values().find(|v| v.name.as_str() == n).unwrap().cloud_init.clone();
+        let a = ci("a").unwrap();
+        assert_eq!((a.user.as_str(), a.hostname.as_str(), a.default_keys), ("alice", "a", false));
+        assert_eq!(a.ssh_authorized_keys, [KEY]);
+        assert_eq!(a.user_data.unwrap().path, d.path().join("own.yaml"));
+        let b = ci("b").unwrap();
+        assert_eq!((b.user.as_str(), b.hostname.as_str()), ("bob", "b.lab.example"));
+        // The VM's inline keys, then the lab's key files (not overridden by the VM).
+        assert_eq!(b.ssh_authorized_keys, [format!("{KEY} inline"), KEY.to_string()]);
+        assert_eq!(ci("c"), None);
+        assert!(ci("k").is_some(), "enabled: true on a kernel-only VM");
+    }
+
+    #[test]
+    fn every_mistake_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("id_ed25519"), "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").unwrap();
+        std::fs::write(d.path().join("empty.pub"), "\n# nothing\n").unwrap();
+        std::fs::write(d.path().join("script.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        let text = format!(
+            "{HEAD}cloud_init:\n  hostname: all\n  user: Root\nvms:\n  a:\n    disk: {{image: KERNEL}}\n    \
+             cloud_init:\n      hostname: bad_name\n      ssh_authorized_keys: [not-a-key]\n      \
+             ssh_authorized_keys_files: [id_ed25519, empty.pub, missing.pub]\n      user_data: script.sh\n  \
+             b:\n    disk: {{image: KERNEL}}\n    cloud_init: {{user_data: nowhere.yaml, enabled: false}}\n"
+        );
+        let e = load(d.path(), &text).unwrap_err();
+        assert_eq!(
+            e.codes(),
+            [
+                "topo::lab::cloud_init",
+                "topo::lab::cloud_init",
+                "topo::lab::cloud_init",
+                "topo::lab::ssh_key",
+                "topo::lab::ssh_key",
+                "topo::lab::ssh_key",
+                "topo::lab::missing_file",
+                "topo::lab::user_data",
+                "topo::lab::missing_file",
+            ],
+            "{:#?}",
+            e.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>()
+        );
+        let text = e.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("\n");
+        for says in [
+            "per VM",
+            "`Root` must start with a lowercase letter",
+            "contains '_'",
+            "not an SSH key type",
+            "holds no key",
+            "is a private key",
+            "does not exist",
+            "not `#cloud-config`",
+        ] {
+            assert!(text.contains(says), "{says:?} not in\n{text}");
         }
     }
 }
