@@ -328,7 +328,7 @@ mod tests {
         );
         let text = e.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>().join("\n");
         for says in [
-            "per VM",
+            "lab-level",
             "`Root` must start with a lowercase letter",
             "contains '_'",
             "not an SSH key type",
