@@ -36,7 +36,7 @@ vms:
     .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
     let mut lab = crate::validate::load(&SourceFile::from_text(Path::new("/labs/lab.yaml"), text)).expect("valid lab");
     for vm in lab.vms.values_mut() {
-        vm.cloud_init = Some(cloud_init(&vm.name.to_string(), vec![KEY.to_string()]));
+        vm.cloud_init = Some(cloud_init(vm.name.as_str(), vec![KEY.to_string()]));
     }
     lab
 }
