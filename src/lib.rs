@@ -3,6 +3,9 @@
 //! Data flows one way: `source -> spec -> model -> graph -> plan(desired, observed) ->
 //! render | apply -> verify`. See docs/architecture.md.
 
+// Output goes through `cli::ui` only: `print!` panics on a closed stdout.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod apply;
 pub mod arp;
 pub mod cli;

@@ -206,6 +206,14 @@ impl Prober for PnetProber {
             .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
 
         let stop = AtomicBool::new(false);
+        /// Stops the reader when dropped: also when the sending side panics, so the scope
+        /// never waits forever for a reader nobody stops.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
         let (sent, read) = thread::scope(|s| {
             // The reader runs from before the first request until after the timeout, so no
             // reply is missed and a long sweep does not pile up in the socket buffer.
@@ -230,6 +238,7 @@ impl Prober for PnetProber {
                     }
                 }
             });
+            let stopper = StopOnDrop(&stop);
             let sent = (|| {
                 for (i, target) in wanted.iter().enumerate() {
                     if i > 0 && i % self.burst.max(1) == 0 {
@@ -243,7 +252,7 @@ impl Prober for PnetProber {
             if sent.is_ok() {
                 thread::sleep(timeout);
             }
-            stop.store(true, Ordering::Release);
+            drop(stopper);
             let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (sent, read)
         });
@@ -437,6 +446,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::print_stderr)]
     fn pnet_prober_without_cap_net_raw_is_permission_denied() {
         if has_net_raw() {
             eprintln!("skipping: only meaningful without CAP_NET_RAW (run as an ordinary user)");

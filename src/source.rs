@@ -40,6 +40,65 @@ pub enum SourceError {
     #[error("lab file {path} is not UTF-8 text")]
     #[diagnostic(code(topo::source::encoding), help("save the file as UTF-8"))]
     NotUtf8 { path: String },
+    #[error("no lab file given, and none in {dir} (looked for topo.yaml, topo.yml, *.topo.yaml, *.topo.yml)")]
+    #[diagnostic(
+        code(topo::source::none_found),
+        help("name the lab file (`topo plan LAB.yaml`), or call it topo.yaml or NAME.topo.yaml")
+    )]
+    NoneFound { dir: String },
+    #[error("no lab file given, and {} in {dir}: {}", candidates.len(), candidates.join(", "))]
+    #[diagnostic(
+        code(topo::source::ambiguous),
+        help("name the one to use (`topo plan FILE`), or keep one lab file per folder")
+    )]
+    Ambiguous { dir: String, candidates: Vec<String> },
+    #[error("cannot list {dir} to find the lab file: {source}")]
+    #[diagnostic(code(topo::source::list), help("name the lab file, or run topo in a folder you may read"))]
+    List {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether `name` is one topo picks up by itself: `topo.yaml`, `topo.yml`, or `NAME.topo.yaml`
+/// / `NAME.topo.yml` with a non-empty `NAME` not starting with a dot (hidden files are not
+/// candidates). The convention follows containerlab's `*.clab.yml`.
+pub fn is_lab_file_name(name: &str) -> bool {
+    if matches!(name, "topo.yaml" | "topo.yml") {
+        return true;
+    }
+    let stem = name.strip_suffix(".topo.yaml").or_else(|| name.strip_suffix(".topo.yml"));
+    stem.is_some_and(|s| !s.is_empty() && !s.starts_with('.'))
+}
+
+/// The lab file in `dir` when none is named: the single regular file (or symlink to one)
+/// whose name passes [`is_lab_file_name`], returned as `dir` joined with its name (so an
+/// empty `dir`, meaning the current folder, gives the bare name).
+///
+/// # Errors
+/// [`SourceError::NoneFound`] when there is none, [`SourceError::Ambiguous`] (candidates
+/// sorted by name) when there are several, [`SourceError::List`] when `dir` cannot be read.
+pub fn discover(dir: &Path) -> Result<PathBuf, SourceError> {
+    let shown = if dir.as_os_str().is_empty() { ".".to_string() } else { dir.display().to_string() };
+    let list = |source| SourceError::List { dir: shown.clone(), source };
+    let mut found = Vec::new();
+    // An empty `dir` is the current folder, and the result is then the bare file name.
+    let read_from = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    for entry in std::fs::read_dir(read_from).map_err(list)? {
+        let entry = entry.map_err(list)?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        // `metadata` follows symlinks: a link to a lab file counts, a folder does not.
+        if is_lab_file_name(&name) && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
+            found.push(name);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Err(SourceError::NoneFound { dir: shown }),
+        1 => Ok(dir.join(&found[0])),
+        _ => Err(SourceError::Ambiguous { dir: shown, candidates: found }),
+    }
 }
 
 impl SourceFile {
@@ -131,6 +190,42 @@ pub fn normalize_lexically(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lab_file_names() {
+        for ok in ["topo.yaml", "topo.yml", "demo.topo.yaml", "a.b.topo.yml"] {
+            assert!(is_lab_file_name(ok), "{ok}");
+        }
+        for no in
+            ["lab.yaml", ".topo.yaml", ".x.topo.yaml", "topo.yaml.bak", "demo.topo.json", "Topo.yaml", "x.clab.yml"]
+        {
+            assert!(!is_lab_file_name(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn discovery_picks_the_single_candidate_or_lists_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        assert!(matches!(discover(d), Err(SourceError::NoneFound { .. })));
+        std::fs::write(d.join("notes.yaml"), "").unwrap();
+        std::fs::create_dir(d.join("dir.topo.yaml")).unwrap();
+        std::fs::write(d.join(".hidden.topo.yaml"), "").unwrap();
+        assert!(matches!(discover(d), Err(SourceError::NoneFound { .. })), "folders and hidden files do not count");
+        std::fs::write(d.join("b.topo.yaml"), "").unwrap();
+        assert_eq!(discover(d).unwrap(), d.join("b.topo.yaml"));
+        std::os::unix::fs::symlink(d.join("b.topo.yaml"), d.join("topo.yml")).unwrap();
+        std::fs::write(d.join("a.topo.yml"), "").unwrap();
+        match discover(d) {
+            Err(e @ SourceError::Ambiguous { .. }) => {
+                let SourceError::Ambiguous { candidates, .. } = &e else { unreachable!() };
+                assert_eq!(candidates, &["a.topo.yml", "b.topo.yaml", "topo.yml"]);
+                assert!(e.to_string().contains("3 in "), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(discover(&d.join("missing")), Err(SourceError::List { .. })));
+    }
 
     #[test]
     fn lexical_normalisation() {

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,8 @@ pub enum FailReason {
     VmNotRunning,
     #[error("cannot probe the network's bridge: {detail}")]
     NoBridge { detail: String },
+    #[error("verification was interrupted before this NIC was proven")]
+    Interrupted,
 }
 
 impl FailReason {
@@ -174,6 +177,7 @@ impl FailReason {
                 "ARP evidence needs the network's bridge on this host, up: is the network \
                  active (`virsh net-start`)? `verify: none` skips the check"
             }
+            FailReason::Interrupted => "run `topo verify` again to finish the check",
         }
     }
 }
@@ -449,7 +453,7 @@ impl Clock for FakeClock {
         self.0.get()
     }
     fn sleep(&self, d: Duration) {
-        self.0.set(self.0.get() + d)
+        self.0.set(self.0.get().saturating_add(d))
     }
 }
 
@@ -535,12 +539,17 @@ fn diagnose(t: &NicTarget, tr: &Track) -> FailReason {
 ///
 /// Errors only when probing is impossible everywhere (no permission for raw sockets, an I/O
 /// error) or the leases cannot be read; a missing or down bridge fails just its NICs.
+///
+/// `cancel` (set by Ctrl-C, SIGTERM, SIGHUP) is checked before and after each round's probe:
+/// once set, every NIC not yet settled fails as [`FailReason::Interrupted`] and the report is
+/// returned at once.
 pub fn verify<P, L, C, F>(
     targets: &[NicTarget],
     prober: &P,
     leases: &L,
     clock: &C,
     opts: &VerifyOptions,
+    cancel: &AtomicBool,
     mut progress: F,
 ) -> Result<VerifyReport, VerifyError>
 where
@@ -566,6 +575,10 @@ where
     let mut first_round = true;
 
     while tracks.iter().any(|tr| !tr.state.is_final()) {
+        if cancel.load(Ordering::SeqCst) {
+            interrupt(targets, &mut tracks, &mut progress);
+            break;
+        }
         let round_start = clock.elapsed();
 
         // 1. Candidates from reservations and the current leases.
@@ -692,8 +705,12 @@ where
             }
         }
 
-        // 5. Done; or out of time: diagnose what is left; or wait out the round.
+        // 5. Done; or interrupted; or out of time: diagnose what is left; or wait out the round.
         if tracks.iter().all(|tr| tr.state.is_final()) {
+            break;
+        }
+        if cancel.load(Ordering::SeqCst) {
+            interrupt(targets, &mut tracks, &mut progress);
             break;
         }
         if now >= opts.timeout {
@@ -705,15 +722,25 @@ where
             }
             break;
         }
-        let round_end = round_start + opts.probe_timeout;
+        let round_end = round_start.saturating_add(opts.probe_timeout);
         if now < round_end {
-            clock.sleep((round_end - now).min(opts.timeout - now));
+            clock.sleep((round_end - now).min(opts.timeout.saturating_sub(now)));
         }
     }
 
     Ok(VerifyReport {
         nics: targets.iter().zip(tracks).map(|(t, tr)| NicOutcome { target: t.clone(), state: tr.state }).collect(),
     })
+}
+
+/// Fails every NIC not yet settled as interrupted.
+fn interrupt<F: FnMut(&NicProgress<'_>)>(targets: &[NicTarget], tracks: &mut [Track], progress: &mut F) {
+    for (index, (t, tr)) in targets.iter().zip(tracks.iter_mut()).enumerate() {
+        if !tr.state.is_final() {
+            tr.state = NicState::Failed { reason: FailReason::Interrupted };
+            progress(&NicProgress { index, target: t, state: &tr.state });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -776,8 +803,9 @@ mod tests {
     fn run(targets: &[NicTarget], p: &FakeProber, l: &FakeLeases) -> Run {
         let clock = FakeClock::new();
         let mut log = Vec::new();
-        let report = verify(targets, p, l, &clock, &opts(), |e| log.push((e.index, e.state.clone())))
-            .expect("verification runs");
+        let report =
+            verify(targets, p, l, &clock, &opts(), &AtomicBool::new(false), |e| log.push((e.index, e.state.clone())))
+                .expect("verification runs");
         Run { report, log, clock }
     }
 
@@ -1067,8 +1095,45 @@ mod tests {
     fn permission_denied_aborts() {
         let p = FakeProber::new().with_bridge("br0").denied();
         let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5"));
-        let err = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &opts(), |_| {}).unwrap_err();
+        let err = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &opts(), &AtomicBool::new(false), |_| {})
+            .unwrap_err();
         assert!(matches!(err, VerifyError::Probe(ProbeError::PermissionDenied { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn an_interrupt_stops_verification_and_fails_what_is_left() {
+        /// Sets the cancel flag on its first probe, like a Ctrl-C during the first round.
+        struct CancelOnProbe<'a>(FakeProber, &'a AtomicBool);
+        impl Prober for CancelOnProbe<'_> {
+            fn probe(&self, b: &str, t: &[Ipv4Addr], d: Duration) -> Result<Vec<ArpReply>, ProbeError> {
+                self.1.store(true, Ordering::SeqCst);
+                self.0.probe(b, t, d)
+            }
+        }
+        let cancel = AtomicBool::new(false);
+        let p = CancelOnProbe(FakeProber::new().answer("br0", ip("10.0.0.5"), a()), &cancel);
+        let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5"));
+        let clock = FakeClock::new();
+        let r = verify(&[target("vm1", a()), target("vm2", b())], &p, &l, &clock, &opts(), &cancel, |_| {}).unwrap();
+        assert!(matches!(r.nics[0].state, NicState::Verified { .. }), "proven in the round that ran");
+        assert_eq!(r.nics[1].state, failed_state(FailReason::Interrupted));
+        assert_eq!(p.0.calls().len(), 1, "no round after the interrupt");
+        assert_eq!(clock.elapsed(), Duration::ZERO, "no waiting either");
+
+        // Set before the start: nothing is probed.
+        let p = FakeProber::new().with_bridge("br0");
+        let r = verify(&[target("vm1", a())], &p, &l, &clock, &opts(), &cancel, |_| {}).unwrap();
+        assert_eq!(r.nics[0].state, failed_state(FailReason::Interrupted));
+        assert!(p.calls().is_empty());
+    }
+
+    #[test]
+    fn a_huge_timeout_does_not_overflow() {
+        let p = FakeProber::new().answer_after("br0", ip("10.0.0.5"), a(), 3);
+        let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5"));
+        let o = VerifyOptions { timeout: Duration::MAX, ..opts() };
+        let r = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &o, &AtomicBool::new(false), |_| {});
+        assert!(matches!(r.unwrap().nics[0].state, NicState::Verified { .. }));
     }
 
     #[test]
@@ -1082,7 +1147,8 @@ mod tests {
         };
         let l = FakeLeases::new().failing(e);
         let p = FakeProber::new().with_bridge("br0");
-        let err = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &opts(), |_| {}).unwrap_err();
+        let err = verify(&[target("vm1", a())], &p, &l, &FakeClock::new(), &opts(), &AtomicBool::new(false), |_| {})
+            .unwrap_err();
         assert!(matches!(err, VerifyError::Leases(_)));
     }
 
@@ -1123,6 +1189,7 @@ mod tests {
             FailReason::NotReserved { reserved: ip("10.0.0.6"), answered: ip("10.0.0.5") },
             FailReason::VmNotRunning,
             FailReason::NoBridge { detail: "x".into() },
+            FailReason::Interrupted,
         ];
         for r in all {
             assert!(!r.to_string().is_empty() && r.help().len() > 20, "{r:?}");

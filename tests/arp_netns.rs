@@ -201,9 +201,15 @@ fn verify_over_real_arp() {
     };
     let opts = VerifyOptions { timeout: Duration::from_secs(2), ..VerifyOptions::default() };
     let report = net.in_host(|| {
-        verify(&targets, &PnetProber::default(), &leases, &SystemClock::start(), &opts, |p| {
-            eprintln!("{} {}: {}", p.target.vm, p.target.nic, p.state)
-        })
+        verify(
+            &targets,
+            &PnetProber::default(),
+            &leases,
+            &SystemClock::start(),
+            &opts,
+            &std::sync::atomic::AtomicBool::new(false),
+            |p| eprintln!("{} {}: {}", p.target.vm, p.target.nic, p.state),
+        )
         .expect("verification runs")
     });
     match &report.nics[0].state {

@@ -1,9 +1,7 @@
 //! `topo apply` and `topo destroy`: show the plan, confirm, execute, report, re-check.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use miette::IntoDiagnostic;
@@ -26,15 +24,16 @@ pub struct ConfirmArgs {
     /// How many steps run at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallelism: u16,
-    /// Seconds a VM gets to shut down gracefully before it is forced off
-    #[arg(long, default_value_t = 30)]
-    pub shutdown_timeout: u64,
+    /// How long a VM gets to shut down gracefully before it is forced off (90, 90s, 2m, 1h)
+    #[arg(long, default_value = "30s", value_parser = super::duration::parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct ApplyArgs {
-    /// The lab file, or a plan saved with `topo plan --out`
-    pub file: PathBuf,
+    /// The lab file, or a plan saved with `topo plan --out` (default: the only topo.yaml or
+    /// *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub confirm: ConfirmArgs,
     /// Skip the ARP verification of every NIC after apply
@@ -46,18 +45,14 @@ pub struct ApplyArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DestroyArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub confirm: ConfirmArgs,
 }
 
 fn options(c: &ConfirmArgs) -> Options {
-    Options {
-        parallelism: usize::from(c.parallelism),
-        shutdown_timeout: Duration::from_secs(c.shutdown_timeout),
-        ..Options::default()
-    }
+    Options { parallelism: usize::from(c.parallelism), shutdown_timeout: c.shutdown_timeout, ..Options::default() }
 }
 
 /// The lab named by `file`, and the saved plan if `file` is one.
@@ -78,7 +73,8 @@ fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
 const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
-    let (lab, saved) = load(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let (lab, saved) = load(&file)?;
     let hv = super::connect(global)?;
     let host = super::host_id(&hv)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo apply")?;
@@ -89,7 +85,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     }
     let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
     let file = lab.source.name();
-    print!("{}", render(&plan, &file, style(global)));
+    crate::out!("{}", render(&plan, &file, style(global)))?;
     let mut started = std::collections::BTreeMap::new();
     let mut observed = observed;
     if !plan.is_empty() {
@@ -119,7 +115,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         }
         let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
         let (a, c, r, d) = report.counts();
-        println!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.");
+        crate::outln!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.")?;
         observed = crate::apply::check_converged(&lab, &hv)?;
         started = report.started;
     }
@@ -139,21 +135,22 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 }
 
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &super::host_id(&hv)?, &hv.uri(), "topo destroy")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     let plan = crate::plan::plan_destroy(&lab, &observed);
     if plan.is_empty() {
-        println!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri());
+        crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
         return Ok(Outcome::Ok);
     }
-    print!("{}", render(&plan, &lab.source.name(), style(global)));
+    crate::out!("{}", render(&plan, &lab.source.name(), style(global)))?;
     confirm(&args.confirm, "destroy these objects")?;
     let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
     let (.., d) = report.counts();
-    println!("Destroy complete: {d} destroyed.");
+    crate::outln!("Destroy complete: {d} destroyed.")?;
     let left = crate::plan::plan_destroy(&lab, &hv.observe()?);
     if !left.is_empty() {
         let details =
@@ -177,8 +174,7 @@ fn confirm(args: &ConfirmArgs, what: &str) -> miette::Result<()> {
             "refusing to {what} without confirmation: stdin is not a terminal"
         );
     }
-    eprint!("\nDo you want to {what}? Only 'yes' will be accepted: ");
-    let _ = std::io::stderr().flush();
+    crate::err!("\nDo you want to {what}? Only 'yes' will be accepted: ");
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).into_diagnostic()?;
     if line.trim() != "yes" {
@@ -197,16 +193,9 @@ fn execute(
     hv: &dyn Hypervisor,
     confirm: &ConfirmArgs,
 ) -> miette::Result<Report> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let flag = cancel.clone();
-    // The first Ctrl-C stops scheduling; the second aborts at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nInterrupted again: aborting.");
-            std::process::exit(130);
-        }
-        eprintln!("\nInterrupted: letting running steps finish (Ctrl-C again to abort)...");
-    });
+    // The first Ctrl-C (SIGTERM, SIGHUP) stops scheduling; the second aborts at once.
+    let _graceful = super::interrupt::graceful();
+    let cancel = super::interrupt::flag();
     let progress: Box<dyn Progress> = if global.quiet {
         Box::new(Silent)
     } else if std::io::stderr().is_terminal() {
@@ -214,29 +203,29 @@ fn execute(
     } else {
         Box::new(Lines::stderr())
     };
-    let report = crate::apply::apply(lab, plan, observed, hv, &options(confirm), &cancel, progress.as_ref());
+    let report = crate::apply::apply(lab, plan, observed, hv, &options(confirm), cancel, progress.as_ref());
     drop(progress);
     if !report.failed() {
         return Ok(report);
     }
     let mut failed = 0;
     let mut skipped = 0;
-    eprintln!();
+    crate::errln!();
     for s in &report.steps {
         match &s.outcome {
             StepOutcome::Done { seconds } => {
-                eprintln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str())
+                crate::errln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str())
             }
             StepOutcome::Failed { error, hint } => {
                 failed += 1;
-                eprintln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());
+                crate::errln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());
                 if let Some(h) = hint {
-                    eprintln!("           hint: {h}");
+                    crate::errln!("           hint: {h}");
                 }
             }
             StepOutcome::Skipped { why } => {
                 skipped += 1;
-                eprintln!("  skipped  {} ({why})", s.address);
+                crate::errln!("  skipped  {} ({why})", s.address);
             }
         }
     }

@@ -13,9 +13,9 @@ pub const ESCAPE: u8 = 0x1d;
 pub struct ConsoleArgs {
     /// The VM (its name in the lab file)
     pub vm: String,
-    /// The lab file
-    #[arg(short, long, env = "TOPO_LAB", default_value = "lab.yaml")]
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
     /// Take the console over from another client that holds it
     #[arg(long)]
     pub force: bool,
@@ -66,7 +66,8 @@ impl Drop for RawMode {
 
 /// Connects the terminal to the VM's serial console until Ctrl-] or the console closes.
 pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let Some(vm) = lab.vms.values().find(|v| v.name.as_str() == args.vm) else {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
         return Err(ConsoleError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());
@@ -92,7 +93,7 @@ pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
                 };
                 if console.send(data).is_err() || escape {
                     raw.restore();
-                    eprintln!();
+                    crate::errln!();
                     std::process::exit(0);
                 }
             }
@@ -106,7 +107,7 @@ pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
             }
         }
         raw.restore();
-        eprintln!("\r\nconsole closed");
+        crate::errln!("\r\nconsole closed");
         std::process::exit(0);
     })
 }

@@ -15,20 +15,21 @@ pub enum GraphFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct GraphArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     /// Output format
     #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
     pub format: GraphFormat,
 }
 
 pub fn run(_global: &GlobalArgs, args: &GraphArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(_global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let graph = LabGraph::build(&lab)?;
     let text = match args.format {
         GraphFormat::Dot => graph.to_dot(&lab),
         GraphFormat::Mermaid => graph.to_mermaid(&lab),
     };
-    print!("{text}");
+    crate::out!("{text}")?;
     Ok(Outcome::Ok)
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-use super::verify::{parse_duration, run_verification, targets};
+use super::duration::parse_duration;
+use super::verify::{run_verification, targets};
 use super::{GlobalArgs, Outcome};
 use crate::guest::Inventory;
 use crate::hypervisor::Hypervisor;
@@ -26,8 +27,8 @@ pub enum InventoryFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct InventoryArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     /// Output format
     #[arg(long, value_enum, default_value_t = InventoryFormat::SshConfig)]
     pub format: InventoryFormat,
@@ -39,7 +40,8 @@ pub struct InventoryArgs {
 /// Proves the addresses of every NIC (as `topo verify`, with a short timeout), then prints
 /// the inventory on stdout. NICs without a proven address are left out (or null in JSON).
 pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed);
@@ -52,16 +54,7 @@ pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome>
         InventoryFormat::Ansible => inv.ansible()?,
         InventoryFormat::Json => inv.json() + "\n",
     };
-    write_stdout(&text)?;
+    super::ui::stdout_bytes(text.as_bytes())?;
     Ok(Outcome::Ok)
 }
 
-/// Writes `text` to stdout; a closed pipe (`topo inventory ... | head`) is not an error.
-pub(crate) fn write_stdout(text: &str) -> miette::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => miette::IntoDiagnostic::into_diagnostic(r),
-    }
-}

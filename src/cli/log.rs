@@ -53,8 +53,14 @@ pub fn init(verbose: u8, color: bool) -> Result<(), BadFilter> {
     let env = std::env::var(ENV).ok();
     if let Some(filter) = filter(verbose, env.as_deref())? {
         // Fails only when a subscriber is already set (a second call): keep the first.
-        let _ =
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(color).try_init();
+        // A failed write is not reported on stderr again (`eprintln!` would panic on a
+        // closed stderr pipe): logs are best effort, like all of stderr (cli::ui).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(color)
+            .log_internal_errors(false)
+            .try_init();
     }
     Ok(())
 }

@@ -1,14 +1,19 @@
 //! The command line: argument parsing, output and exit codes. Each subcommand is an
-//! `XArgs` struct plus one function; results go to stdout, progress and errors to stderr.
+//! `XArgs` struct plus one function; results go to stdout, progress and errors to stderr
+//! (through [`ui`]). Exit status: 0 success, 1 any error (usage errors included), 2 only for
+//! `plan --detailed-exitcode` with changes, 130 when a signal ended the command abruptly.
 
 mod apply;
 mod console;
+pub mod duration;
 mod graph;
+pub mod interrupt;
 mod inventory;
 mod log;
 mod plan;
 mod shell;
 mod ssh;
+pub mod ui;
 mod validate;
 mod verify;
 
@@ -108,14 +113,18 @@ pub enum Command {
 
 /// Runs the CLI; the binary's `main` is this one call.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    interrupt::install();
     let color = cli.global.color_for(std::io::stderr().is_terminal());
     let _ = miette::set_hook(Box::new(move |_| {
         Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
     }));
     virt::error::clear_error_callback();
     if let Err(e) = log::init(cli.global.verbose, color) {
-        eprintln!("{:?}", miette::Report::new(e));
+        crate::errln!("{:?}", miette::Report::new(e));
         return ExitCode::from(1);
     }
     let result = match &cli.command {
@@ -129,10 +138,7 @@ pub fn main() -> ExitCode {
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Ssh(a) => ssh::run(&cli.global, a),
         Command::Console(a) => console::run(&cli.global, a),
-        Command::Schema => {
-            println!("{}", crate::schema::schema_json());
-            Ok(Outcome::Ok)
-        }
+        Command::Schema => crate::outln!("{}", crate::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into),
         Command::Completions(a) => shell::run_completions(&cli.global, a),
         Command::Man(a) => shell::run_man(&cli.global, a),
     };
@@ -140,9 +146,22 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Changes) => ExitCode::from(2),
         Err(report) => {
-            eprintln!("{report:?}");
+            crate::errln!("{report:?}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `--help` and `--version` print to stdout and exit 0; every other parse error (unknown
+/// flag, missing or bad value) goes to stderr and exits 1, never clap's 2: `plan
+/// --detailed-exitcode` uses 2 for "changes present", and a typo must not read as that.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // A closed stdout or stderr is not worth a panic here either.
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
     }
 }
 
@@ -157,7 +176,7 @@ pub(crate) fn load_lab(path: &std::path::Path) -> miette::Result<crate::model::L
 /// A status line on stderr unless `-q`.
 pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
     if !global.quiet {
-        eprintln!("{msg}");
+        crate::errln!("{msg}");
     }
 }
 
@@ -169,4 +188,58 @@ pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::hypervisor::
 /// The host the connection reaches, as libvirt names it: what locks key on.
 pub(crate) fn host_id(hv: &dyn crate::hypervisor::Hypervisor) -> miette::Result<crate::apply::lock::HostId> {
     Ok(crate::apply::lock::HostId::new(&hv.hostname()?, &hv.uri()))
+}
+
+/// The lab file to use: `file` when given, else the one [`crate::source::discover`] finds in
+/// the current folder, announced on stderr (unless `-q`) so the choice is never silent.
+pub(crate) fn lab_path(global: &GlobalArgs, file: Option<&std::path::Path>) -> miette::Result<std::path::PathBuf> {
+    if let Some(f) = file {
+        return Ok(f.to_path_buf());
+    }
+    let found = crate::source::discover(std::path::Path::new(""))?;
+    // `Path::new("").join(name)` is the bare name: shown and saved as the user would type it.
+    status(global, format_args!("Using lab file {} (found in the current folder)", found.display()));
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand that takes a time (named `*timeout*`, `*interval*`,
+    /// `*wait*`, `*delay*`) parses through [`duration::parse_duration`]: the same forms
+    /// everywhere, and an error rather than an overflow for what no `Duration` holds.
+    #[test]
+    fn every_duration_flag_takes_the_same_forms() {
+        let cli = Cli::command();
+        let mut seen = Vec::new();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if !["timeout", "interval", "wait", "delay"].iter().any(|w| long.contains(w)) {
+                    continue;
+                }
+                seen.push(format!("{} --{long}", sub.get_name()));
+                // The flag alone in a command of its own: the subcommand's other required
+                // arguments do not matter here.
+                let parse = |v: &str| {
+                    clap::Command::new("t").arg(arg.clone()).try_get_matches_from(["t", &format!("--{long}"), v])
+                };
+                for (ok, secs) in [("90", 90), ("90s", 90), ("2m", 120), ("1h", 3600)] {
+                    let m = parse(ok).unwrap_or_else(|e| panic!("{} --{long} {ok}: {e}", sub.get_name()));
+                    let d = m.get_one::<std::time::Duration>(arg.get_id().as_str());
+                    assert_eq!(d, Some(&std::time::Duration::from_secs(secs)), "{} --{long} {ok}", sub.get_name());
+                }
+                assert!(parse("400000000000000000m").is_err(), "{} --{long}", sub.get_name());
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    help.contains("(90, 90s, 2m, 1h)"),
+                    "{} --{long}: help names the forms: {help}",
+                    sub.get_name()
+                );
+            }
+        }
+        assert!(seen.len() >= 4, "apply, destroy and verify have duration flags: {seen:?}");
+    }
 }

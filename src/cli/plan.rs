@@ -12,8 +12,8 @@ use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     /// Print the plan as a versioned JSON document (see docs/plan-json.md)
     #[arg(long)]
     pub json: bool,
@@ -26,23 +26,24 @@ pub struct PlanArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
     let json = crate::plan::json::to_json(&plan);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?);
+        crate::outln!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?)?;
     } else {
         let style = if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain };
-        print!("{}", render(&plan, &args.file.display().to_string(), style));
+        crate::out!("{}", render(&plan, &file.display().to_string(), style))?;
     }
     if let Some(out) = &args.out {
         let saved = SavedPlan {
             format: SAVED_FORMAT.into(),
             // Canonical, so the saved plan applies from any folder.
-            lab_file: std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone()).display().to_string(),
+            lab_file: std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone()).display().to_string(),
             lab_sha256: sha256_hex(lab.source.text.as_bytes()),
             uri: hv.uri(),
             observed_sha256: fingerprint(&observed),

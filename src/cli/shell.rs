@@ -1,7 +1,6 @@
 //! `topo completions` and `topo man`: shell completion scripts and man pages, generated from
 //! the CLI definition itself (clap_complete, clap_mangen), so they never drift from the flags.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::CommandFactory;
@@ -56,7 +55,7 @@ pub fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
 }
 
 pub fn run_completions(_global: &GlobalArgs, args: &CompletionsArgs) -> miette::Result<Outcome> {
-    std::io::stdout().write_all(&completion_script(args.shell)).into_diagnostic()?;
+    super::ui::stdout_bytes(&completion_script(args.shell))?;
     Ok(Outcome::Ok)
 }
 
@@ -76,7 +75,7 @@ pub fn run_man(_global: &GlobalArgs, args: &ManArgs) -> miette::Result<Outcome> 
             let page = man_page(name.as_deref()).expect("a subcommand of the definition");
             let path = dir.join(file);
             std::fs::write(&path, page).map_err(|e| miette::miette!("cannot write {}: {e}", path.display()))?;
-            println!("{}", path.display());
+            crate::outln!("{}", path.display())?;
         }
         return Ok(Outcome::Ok);
     }
@@ -88,7 +87,7 @@ pub fn run_man(_global: &GlobalArgs, args: &ManArgs) -> miette::Result<Outcome> 
             args.command.as_deref().unwrap_or_default()
         );
     };
-    std::io::stdout().write_all(&page).into_diagnostic()?;
+    super::ui::stdout_bytes(&page)?;
     Ok(Outcome::Ok)
 }
 

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::verify::{parse_duration, run_verification, targets};
+use super::duration::parse_duration;
+use super::verify::{run_verification, targets};
 use super::{GlobalArgs, Outcome};
 use crate::guest::Inventory;
 use crate::hypervisor::Hypervisor;
@@ -17,9 +18,9 @@ pub struct SshArgs {
     /// A command to run instead of a login shell (after `--`)
     #[arg(last = true)]
     pub command: Vec<String>,
-    /// The lab file
-    #[arg(short, long, env = "TOPO_LAB", default_value = "lab.yaml")]
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    #[arg(short, long)]
+    pub file: Option<PathBuf>,
     /// The NIC whose address to use (default: the first NIC with a proven address)
     #[arg(long)]
     pub nic: Option<String>,
@@ -51,7 +52,8 @@ pub enum SshError {
 /// Proves the VM's addresses (as `topo verify` does, for this VM only), then replaces this
 /// process with `ssh` (so the terminal, signals and exit status are ssh's).
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let Some(vm) = lab.vms.values().find(|v| v.name.as_str() == args.vm) else {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
         return Err(SshError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());
@@ -99,7 +101,7 @@ pub(crate) fn fill_default_keys(lab: &mut crate::model::Lab) {
     let keyless = lab.use_default_keys(&keys);
     if !keyless.is_empty() {
         let names = keyless.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
-        eprintln!(
+        crate::errln!(
             "note: no SSH public key for {names}: the lab file names none and ~/.ssh has no *.pub file; \
              the VMs come up but `topo ssh` cannot log in (add `cloud_init.ssh_authorized_keys`, or run ssh-keygen)"
         );

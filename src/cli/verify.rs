@@ -17,30 +17,17 @@ use crate::verify::{
     HypervisorLeases, NicOutcome, NicState, NicTarget, SystemClock, VerifyOptions, VerifyReport, verify,
 };
 
-/// `90`, `90s`, `2m`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration such as 90, 90s, 2m or 500ms"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "ms" => Ok(Duration::from_millis(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("unknown unit `{unit}` in `{s}`: use s, ms or m")),
-    }
-}
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyOpts {
-    /// Give up on NICs not verified after this long (90, 90s, 2m)
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    /// Give up on NICs not verified after this long (90, 90s, 2m, 1h)
+    #[arg(long, default_value = "120s", value_parser = super::duration::parse_duration)]
     pub timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     #[command(flatten)]
     pub opts: VerifyOpts,
     /// Print the result as a versioned JSON document (see docs/verify-json.md)
@@ -50,8 +37,8 @@ pub struct VerifyArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
-    /// The lab file
-    pub file: PathBuf,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
     /// Print the status as JSON
     #[arg(long)]
     pub json: bool,
@@ -88,7 +75,9 @@ pub fn run_verification(
     let prober = PnetProber::default();
     let clock = SystemClock::start();
     let quiet = global.quiet;
-    let report = verify(targets, &prober, &leases, &clock, &opts, |p| {
+    // Ctrl-C, SIGTERM, SIGHUP end verification after the current probe, with a report.
+    let _graceful = super::interrupt::graceful();
+    let report = verify(targets, &prober, &leases, &clock, &opts, super::interrupt::flag(), |p| {
         if quiet {
             return;
         }
@@ -101,7 +90,7 @@ pub fn run_verification(
             NicState::Skipped => "not verified (verify: none)".into(),
             NicState::Reported { ip, source } => format!("{ip} reported by {source}"),
         };
-        eprintln!("{} {} ({}): {what}", t.vm, t.nic, t.network);
+        crate::errln!("{} {} ({}): {what}", t.vm, t.nic, t.network);
     })?;
     Ok(report)
 }
@@ -292,10 +281,10 @@ pub struct NotVerified {
 /// Prints a report and fails when any NIC failed (or, remotely, is only leased).
 pub fn finish(lab: &Lab, report: &VerifyReport, json: bool) -> miette::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&report_json(lab.name.as_str(), report)).into_diagnostic()?);
+        crate::outln!("{}", serde_json::to_string_pretty(&report_json(lab.name.as_str(), report)).into_diagnostic()?)?;
     } else {
-        print!("{}", report_table(report));
-        println!("{}", summary_line(report));
+        crate::out!("{}", report_table(report))?;
+        crate::outln!("{}", summary_line(report))?;
     }
     let failed = report.nics.iter().filter(|n| matches!(n.state, NicState::Failed { .. })).count();
     if failed > 0 {
@@ -305,7 +294,8 @@ pub fn finish(lab: &Lab, report: &VerifyReport, json: bool) -> miette::Result<()
 }
 
 pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed);
@@ -335,7 +325,8 @@ struct StatusNic {
 }
 
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
-    let lab = super::load_lab(&args.file)?;
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     // Drift and pending changes come from the planner; refusals just mean "not ours".
@@ -433,16 +424,16 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
     }
     if args.json {
         let doc = serde_json::json!({ "format_version": "1", "lab": lab.name.as_str(), "resources": resources });
-        println!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?)?;
         return Ok(Outcome::Ok);
     }
     for r in &resources {
         let detail = r.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
-        println!("{:<24} {:<28} {}{detail}", r.address, r.libvirt_name, r.state);
+        crate::outln!("{:<24} {:<28} {}{detail}", r.address, r.libvirt_name, r.state)?;
     }
     let vms: Vec<&StatusResource> = resources.iter().filter(|r| r.address.starts_with("vm.")).collect();
     if !vms.is_empty() {
-        println!();
+        crate::outln!()?;
         let mut unproven = false;
         for r in vms {
             let addrs: Vec<String> = r
@@ -457,10 +448,10 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
                     None => "-".into(),
                 })
                 .collect();
-            println!("{} {}", r.address.trim_start_matches("vm."), addrs.join(","));
+            crate::outln!("{} {}", r.address.trim_start_matches("vm."), addrs.join(","))?;
         }
         if unproven {
-            println!("\n(an address with `?` is leased or reserved but did not answer ARP just now)");
+            crate::outln!("\n(an address with `?` is leased or reserved but did not answer ARP just now)")?;
         }
     }
     Ok(Outcome::Ok)
@@ -469,16 +460,6 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn remote_uris() {
