@@ -32,7 +32,7 @@ pub struct InventoryArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = InventoryFormat::SshConfig)]
     pub format: InventoryFormat,
-    /// How long to wait for NICs that have no proven address yet (e.g. 0, 10s, 2m)
+    /// How long to wait for NICs that have no proven address yet (90, 90s, 2m, 1h)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
@@ -57,4 +57,3 @@ pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome>
     super::ui::stdout_bytes(text.as_bytes())?;
     Ok(Outcome::Ok)
 }
-

@@ -24,7 +24,7 @@ pub struct SshArgs {
     /// The NIC whose address to use (default: the first NIC with a proven address)
     #[arg(long)]
     pub nic: Option<String>,
-    /// How long to wait for the VM's addresses to be proven (e.g. 30s, 2m)
+    /// How long to wait for the VM's addresses to be proven (90, 90s, 2m, 1h)
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 }
