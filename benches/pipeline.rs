@@ -56,19 +56,21 @@ fn main() {
         bench(&format!("plan {vms} VMs against an empty host"), 21, || {
             topo::plan::plan(&lab, &empty, "bench").unwrap()
         });
-        // An up-to-date host: observed state parsed from the XML topo renders.
+        // An up-to-date host: observed state parsed from the XML the plan defines.
         let mut host = Observed::default();
-        for net in lab.networks.values() {
-            let xml = topo::xml::network_xml(&lab, net).unwrap().xml;
-            let flags = topo::xml::NetworkFlags { active: true, persistent: true, autostart: true };
-            host.networks.insert(net.libvirt_name.clone(), topo::xml::parse_network(&xml, flags).unwrap());
-        }
-        for vm in lab.vms.values() {
-            let xml = topo::xml::domain_xml(&lab, vm, None).unwrap().xml;
-            host.domains.insert(
-                vm.libvirt_name.clone(),
-                topo::xml::parse_domain(&xml, topo::observed::DomainState::Running).unwrap(),
-            );
+        for op in topo::plan::plan(&lab, &empty, "bench").unwrap().changes.iter().flat_map(|c| &c.ops) {
+            match op {
+                topo::plan::Op::DefineNetwork { xml } => {
+                    let flags = topo::xml::NetworkFlags { active: true, persistent: true, autostart: true };
+                    let n = topo::xml::parse_network(xml, flags).unwrap();
+                    host.networks.insert(n.name.clone(), n);
+                }
+                topo::plan::Op::DefineDomain { xml } => {
+                    let d = topo::xml::parse_domain(xml, topo::observed::DomainState::Running).unwrap();
+                    host.domains.insert(d.name.clone(), d);
+                }
+                _ => {}
+            }
         }
         let plan = topo::plan::plan(&lab, &host, "bench").unwrap();
         assert!(plan.is_empty(), "a host built from the lab has nothing to change");

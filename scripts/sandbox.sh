@@ -31,6 +31,7 @@ NS=${TOPO_NETNS:-topo-sbx}
 STATE=${TOPO_SANDBOX_STATE:-/run/topo-sandbox}
 GUEST_DIR=${TOPO_GUEST_DIR:-/var/lib/topo/guest}
 URI=qemu:///system
+OVERLAY_POOL=topo-overlays # topo's pool for VM overlays (hypervisor::libvirt::OVERLAY_POOL)
 export LIBVIRT_DEFAULT_URI=$URI
 T0=$(date +%s%N)
 
@@ -209,7 +210,8 @@ up() {
   # here come from a run whose daemon died before `down` could remove them.
   if [ "$fresh" = 1 ]; then
     local stale
-    stale=$( (vsh list --all --name; vsh net-list --all --name) | xargs)
+    stale=$( (vsh list --all --name; vsh net-list --all --name
+      vsh pool-info "$OVERLAY_POOL" >/dev/null 2>&1 && echo "pool:$OVERLAY_POOL") | xargs)
     if [ -n "$stale" ]; then
       if [ "${TOPO_SANDBOX_KEEP_STALE:-0}" = 1 ]; then
         step "WARNING: stale objects kept (TOPO_SANDBOX_KEEP_STALE=1): $stale"
@@ -222,7 +224,7 @@ up() {
 }
 
 # ---------------------------------------------------------------- down
-wipe() { # destroy + undefine every domain and network of the (private) sandbox daemon
+wipe() { # destroy + undefine every domain and network of the (private) sandbox daemon, and topo's overlay pool
   local d n
   for d in $(vsh list --all --name); do
     vsh destroy "$d" >/dev/null 2>&1 || true
@@ -232,6 +234,17 @@ wipe() { # destroy + undefine every domain and network of the (private) sandbox 
     vsh net-destroy "$n" >/dev/null 2>&1 || true
     vsh net-undefine "$n" >/dev/null 2>&1 || true
   done
+  # topo's overlay pool and its volumes (libvirt keeps pool definitions on disk, so a run
+  # that failed before `destroy` would leave overlays for the next sandbox to trip on).
+  if vsh pool-info "$OVERLAY_POOL" >/dev/null 2>&1; then
+    vsh pool-start "$OVERLAY_POOL" >/dev/null 2>&1 || true
+    vsh pool-refresh "$OVERLAY_POOL" >/dev/null 2>&1 || true
+    for v in $(vsh vol-list "$OVERLAY_POOL" 2>/dev/null | awk '{print $1}'); do
+      vsh vol-delete --pool "$OVERLAY_POOL" "$v" >/dev/null 2>&1 || true
+    done
+    vsh pool-destroy "$OVERLAY_POOL" >/dev/null 2>&1 || true
+    vsh pool-undefine "$OVERLAY_POOL" >/dev/null 2>&1 || true
+  fi
 }
 
 down() {

@@ -9,6 +9,7 @@ use std::fmt::{self, Write as _};
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
+use crate::address::Address;
 use crate::model::{Lab, NetworkKind, NetworkName, VmName};
 
 /// A resource of the lab, as a graph node.
@@ -20,23 +21,23 @@ pub enum Node {
 
 impl Node {
     /// The resource address used in plans and JSON: `network.NAME` or `vm.NAME`.
-    pub fn address(&self) -> String {
+    pub fn address(&self) -> Address {
         match self {
-            Node::Network(n) => format!("network.{n}"),
-            Node::Vm(v) => format!("vm.{v}"),
+            Node::Network(n) => Address::Network(n.clone()),
+            Node::Vm(v) => Address::Vm(v.clone()),
         }
     }
 }
 
 impl fmt::Display for Node {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.address())
+        write!(f, "{}", self.address())
     }
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum GraphError {
-    #[error("dependency cycle: {}", cycle.iter().map(|n| n.address()).chain(cycle.first().map(|n| n.address())).collect::<Vec<_>>().join(" -> "))]
+    #[error("dependency cycle: {}", cycle.iter().map(|n| n.address().to_string()).chain(cycle.first().map(|n| n.address().to_string())).collect::<Vec<_>>().join(" -> "))]
     #[diagnostic(code(topo::graph::cycle), help("remove one of the dependencies in the cycle"))]
     Cycle { cycle: Vec<Node> },
 }
@@ -161,7 +162,7 @@ impl LabGraph {
 
     /// Mermaid flowchart of the same graph.
     pub fn to_mermaid(&self, lab: &Lab) -> String {
-        let id = |n: &Node| n.address().replace(['.', '-'], "_");
+        let id = |n: &Node| n.address().to_string().replace(['.', '-'], "_");
         let mut s = String::from("flowchart LR\n");
         for node in &self.order {
             let _ = match node {

@@ -6,6 +6,7 @@
 // Output goes through `cli::ui` only: `print!` panics on a closed stdout.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod address;
 pub mod apply;
 pub mod arp;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod guest;
 pub mod hypervisor;
 pub mod model;
 pub mod observed;
+pub mod ownership;
 pub mod plan;
 pub mod prober;
 pub mod schema;

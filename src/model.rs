@@ -494,10 +494,11 @@ pub struct Nic {
 }
 
 impl Vm {
-    /// File name of the VM's copy-on-write overlay: `<libvirt name>-<8 hex>.qcow2`, where
-    /// the hex digits hash the base image path and size, so a new image or size gives a
-    /// new overlay (and shows in the domain's disk path).
-    pub fn overlay_name(&self) -> Option<String> {
+    /// File name of the VM's copy-on-write overlay in lab `lab`:
+    /// `<libvirt name>-<8 hex>.<tag>.qcow2`, where the first hex digits hash the base image
+    /// path and size (a new image or size gives a new overlay, and shows in the domain's
+    /// disk path) and `tag` marks the volume as the lab's (`ownership::volume_name`).
+    pub fn overlay_name(&self, lab: &LabName) -> Option<String> {
         use sha2::{Digest, Sha256};
         let d = self.disk.as_ref()?;
         let mut h = Sha256::new();
@@ -505,7 +506,8 @@ impl Vm {
         h.update(b"\0");
         h.update(d.size.map(|s| s.bytes()).unwrap_or(0).to_le_bytes());
         let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
-        Some(format!("{}-{hex}.qcow2", self.libvirt_name))
+        let stem = format!("{}-{hex}", self.libvirt_name);
+        Some(crate::ownership::volume_name(lab.as_str(), &stem, "qcow2"))
     }
 }
 

@@ -9,20 +9,7 @@ use serde::Serialize;
 
 use crate::model::{DhcpRange, MacAddr, NetworkMode};
 
-/// XML namespace of the `<metadata>` element topo puts on every object it creates.
-/// (`.invalid` is a reserved top-level domain: the URI names no real host.)
-pub const OWNER_NS: &str = "http://topo.invalid/xmlns/lab/1";
-
-/// Who created an object, read back from its `<metadata>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct OwnerTag {
-    /// The lab's name (model::LabName as text).
-    pub lab: String,
-    /// The resource's address in the lab: `network.local_net`, `vm.deb1`.
-    pub resource: String,
-    /// Hash of the desired spec the object was last written from (hex).
-    pub spec_hash: String,
-}
+pub use crate::ownership::{OWNER_NS, OwnerTag, Ownership};
 
 /// libvirt's `<forward mode>` as found on the host; modes topo does not create are `Other`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -105,6 +92,52 @@ pub struct ObservedDomain {
     /// Interfaces in device order (the persistent config when the domain is defined).
     pub interfaces: Vec<ObservedInterface>,
     pub owner: Option<OwnerTag>,
+    /// What the running domain actually runs with, when it is active and persistent: the
+    /// fields above are the persistent config, which a define changes without a restart.
+    /// `None` for an inactive domain.
+    pub live: Option<LiveConfig>,
+}
+
+/// The restart-bound settings of a running domain as its live XML shows them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveConfig {
+    pub virt_type: String,
+    pub memory_kib: u64,
+    pub vcpus: u32,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+}
+
+impl LiveConfig {
+    /// The restart-bound settings of `d` (its persistent config, or its live XML parsed).
+    pub fn of(d: &ObservedDomain) -> Self {
+        Self {
+            virt_type: d.virt_type.clone(),
+            memory_kib: d.memory_kib,
+            vcpus: d.vcpus,
+            kernel: d.kernel.clone(),
+            initrd: d.initrd.clone(),
+            cmdline: d.cmdline.clone(),
+        }
+    }
+}
+
+/// The overlay storage pool ([`crate::ownership::OVERLAY_POOL`]) as found on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObservedPool {
+    pub name: String,
+    /// The pool's target folder.
+    pub path: String,
+    pub active: bool,
+}
+
+/// A volume of the overlay pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObservedVolume {
+    pub name: String,
+    /// Full path (the pool's folder and the name).
+    pub path: String,
 }
 
 /// Everything topo looked at on the host, keyed by libvirt name (sorted).
@@ -112,6 +145,10 @@ pub struct ObservedDomain {
 pub struct Observed {
     pub networks: BTreeMap<String, ObservedNetwork>,
     pub domains: BTreeMap<String, ObservedDomain>,
+    /// The overlay pool, when it exists (looked up by name, active or not).
+    pub pool: Option<ObservedPool>,
+    /// Volumes of the overlay pool, by name (empty when the pool is missing or inactive).
+    pub volumes: BTreeMap<String, ObservedVolume>,
 }
 
 /// A DHCP lease from libvirt's dnsmasq (`virNetworkGetDHCPLeases`).
@@ -125,23 +162,16 @@ pub struct Lease {
     pub expiry: i64,
 }
 
-/// How an observed object relates to a lab.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ownership {
-    /// Created by this lab.
-    ThisLab,
-    /// Created by another topo lab (named in the tag).
-    OtherLab,
-    /// Not created by topo.
-    NotOwned,
+impl ObservedNetwork {
+    /// Whose network this is, for lab `lab` (see [`Ownership::of`]).
+    pub fn ownership(&self, lab: &str) -> Ownership {
+        Ownership::of(self.owner.as_ref(), lab, &self.name)
+    }
 }
 
-impl Ownership {
-    pub fn of(owner: Option<&OwnerTag>, lab: &str) -> Self {
-        match owner {
-            Some(t) if t.lab == lab => Ownership::ThisLab,
-            Some(_) => Ownership::OtherLab,
-            None => Ownership::NotOwned,
-        }
+impl ObservedDomain {
+    /// Whose domain this is, for lab `lab` (see [`Ownership::of`]).
+    pub fn ownership(&self, lab: &str) -> Ownership {
+        Ownership::of(self.owner.as_ref(), lab, &self.name)
     }
 }

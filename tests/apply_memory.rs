@@ -16,7 +16,7 @@ use topo::observed::Observed;
 use topo::plan::{self, Action, Plan};
 
 fn actions(p: &Plan) -> Vec<(String, Action)> {
-    p.changes.iter().map(|c| (c.address.clone(), c.action)).collect()
+    p.changes.iter().map(|c| (c.address.to_string(), c.action)).collect()
 }
 
 fn pairs(v: &[(&str, Action)]) -> Vec<(String, Action)> {
@@ -264,7 +264,7 @@ fn destroy_when_objects_already_vanished() {
     // Gone after destroy looked, before it acted: already absent counts as removed.
     hv.destroy_domain("demo-router").unwrap();
     hv.undefine_domain("demo-router").unwrap();
-    let report = topo::apply::apply(&l, &p, &observed, &hv, &options(4), &AtomicBool::new(false), &Silent);
+    let report = topo::apply::apply(&p, &hv, &options(4), &AtomicBool::new(false), &Silent);
     assert!(!report.failed(), "{report:#?}");
     assert_eq!(names(&hv.observe().unwrap()), (vec!["default".into()], vec![]));
 }
@@ -303,10 +303,10 @@ fn with_parallel_steps_running_ones_finish_after_a_failure() {
     let (_, report) = apply_with(&l, &hv, 4);
     let calls = hv.calls();
     for s in &report.steps {
-        let name = format!("demo-{}", s.address.split_once('.').unwrap().1);
+        let name = format!("demo-{}", s.address.name());
         match &s.outcome {
             // A step that ran, ran to the end.
-            StepOutcome::Done { .. } if s.address.starts_with("vm.") => {
+            StepOutcome::Done { .. } if s.address.kind() == "vm" => {
                 assert!(calls.contains(&format!("start_domain {name}")), "{}", s.address)
             }
             StepOutcome::Done { .. } => assert!(calls.contains(&format!("start_network {name}"))),
@@ -324,9 +324,9 @@ fn with_parallel_steps_running_ones_finish_after_a_failure() {
 fn cancelled_before_start_skips_everything() {
     let hv = host();
     let l = lab(BASE);
-    let (p, observed) = plan_on(&l, &hv);
+    let (p, _) = plan_on(&l, &hv);
     hv.clear_calls();
-    let report = topo::apply::apply(&l, &p, &observed, &hv, &options(4), &AtomicBool::new(true), &Silent);
+    let report = topo::apply::apply(&p, &hv, &options(4), &AtomicBool::new(true), &Silent);
     assert!(report.interrupted);
     assert_eq!(report.steps.len(), 5);
     assert!(
@@ -378,13 +378,15 @@ fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
     let l = lab(DISK_LAB);
     apply_ok(&l, &hv);
     let vm = l.vms.values().next().unwrap();
-    let overlay = std::path::Path::new(OVERLAY_DIR).join(vm.overlay_name().unwrap());
-    let base = &vm.disk.as_ref().unwrap().image;
-    assert_eq!(hv.volumes(), vec![(overlay.clone(), base.clone())]);
+    let name = vm.overlay_name(&l.name).unwrap();
+    let overlay = format!("{OVERLAY_DIR}/{name}");
+    let base = vm.disk.as_ref().unwrap().image.display().to_string();
+    assert_eq!(hv.volumes(), vec![(overlay.clone(), base)]);
     let o = hv.observe().unwrap();
-    assert_eq!(o.domains["disky-box"].disks, vec![overlay.display().to_string()]);
+    assert_eq!(o.domains["disky-box"].disks, vec![overlay.clone()]);
     let calls = hv.calls();
-    assert!(pos(&calls, &format!("create_overlay {}", overlay.display())) < pos(&calls, "define_domain disky-box"));
+    assert!(pos(&calls, "ensure_pool topo-overlays") < pos(&calls, &format!("create_volume {name}")));
+    assert!(pos(&calls, &format!("create_volume {name}")) < pos(&calls, "define_domain disky-box"));
     let (_, report) = destroy_with(&l, &hv, 4);
     assert!(!report.failed(), "{report:#?}");
     assert_eq!(hv.volumes(), vec![]);
@@ -399,6 +401,6 @@ fn a_new_disk_size_replaces_the_vm_and_its_overlay() {
     let p = apply_ok(&l, &hv);
     assert_eq!(actions(&p), pairs(&[("vm.box", Action::Replace)]));
     let vm = l.vms.values().next().unwrap();
-    let overlay = std::path::Path::new(OVERLAY_DIR).join(vm.overlay_name().unwrap());
+    let overlay = format!("{OVERLAY_DIR}/{}", vm.overlay_name(&l.name).unwrap());
     assert_eq!(hv.volumes().into_iter().map(|v| v.0).collect::<BTreeSet<_>>(), BTreeSet::from([overlay]));
 }

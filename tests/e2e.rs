@@ -415,8 +415,8 @@ vms:
     if s.deb2_second_nic {
         t.push_str("      - network: outside\n");
     }
-    // deb3 ignores the ACPI power button, so `destroy` waits for it (the lock step needs a
-    // slow destroy).
+    // deb3 ignores the ACPI power button, so `destroy --graceful` waits for it (the lock step
+    // needs a slow destroy).
     t.push_str(&format!(
         "  deb3:
     hypervisor: qemu
@@ -627,8 +627,9 @@ fn e2e_real_libvirt() {
     assert!(xml.contains("192.168.154.1") && xml.contains("ip='192.168.154.63'"), "{xml}");
     clock.step("network replaced, NICs re-attached to the new bridge");
 
-    // h. lock: a destroy that waits for guests to shut down holds the lab; apply must refuse
-    let slow = topo_cmd(&["destroy", "-y", "--shutdown-timeout", "6", path(&lab3)])
+    // h. lock: a graceful destroy that waits for guests to shut down holds the lab; apply
+    // must refuse
+    let slow = topo_cmd(&["destroy", "-y", "--graceful=6s", path(&lab3)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -841,7 +842,7 @@ fn e2e_verify_diagnoses() {
     //    while dnsmasq on `default` still holds its lease from the first boot
     let r = topo(&["destroy", "-y", "--shutdown-timeout", "10", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
-    clock.step("lab destroyed (guests powered off by ACPI)");
+    clock.step("lab destroyed (guests forced off)");
     let m = mac(NEG, "reborn", 0);
     let leases = virsh_ok(&["net-dhcp-leases", "default"]);
     assert!(leases.lines().any(|l| l.contains(&m) && l.contains(&format!("{old_ip}/"))), "no stale lease: {leases}");

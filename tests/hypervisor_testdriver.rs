@@ -141,6 +141,20 @@ fn net_of<'a>(lab: &'a Lab, n: &str) -> &'a Network {
     &lab.networks[&NetworkName::new(n).unwrap()]
 }
 
+/// The network XML as the planner renders it (with its spec hash).
+fn network_xml(lab: &Lab, net: &Network) -> Result<xml::Rendered, xml::XmlError> {
+    let hash = match &net.kind {
+        NetworkKind::Managed(m) => topo::plan::fields::spec_hash(&topo::plan::fields::desired_network(m)),
+        NetworkKind::External => String::new(),
+    };
+    xml::network_xml(lab, net, &hash)
+}
+
+/// The domain XML as the planner renders it (with its spec hash).
+fn domain_xml(lab: &Lab, vm: &Vm, disk: Option<&str>) -> Result<xml::Rendered, xml::XmlError> {
+    xml::domain_xml(lab, vm, disk, &topo::plan::fields::spec_hash(&topo::plan::fields::desired_vm(lab, vm)))
+}
+
 fn vm_of(lab: &Lab) -> &Vm {
     &lab.vms[&VmName::new("vm").unwrap()]
 }
@@ -170,7 +184,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert!(!before.networks.contains_key(net_name));
 
     // Define a network rendered from the model; everything round-trips.
-    let rn = xml::network_xml(&lab, net).unwrap();
+    let rn = network_xml(&lab, net).unwrap();
     hv.define_network(&rn.xml).unwrap();
     let o = hv.observe().unwrap();
     let n = &o.networks[net_name];
@@ -178,7 +192,12 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert!(n.uuid.is_some());
     assert_eq!(
         n.owner,
-        Some(OwnerTag { lab: format!("t{tag}"), resource: "network.net".into(), spec_hash: rn.spec_hash.clone() })
+        Some(OwnerTag {
+            lab: format!("t{tag}"),
+            resource: "network.net".into(),
+            name: net_name.into(),
+            spec_hash: rn.spec_hash.clone()
+        })
     );
     assert_eq!(n.mode, ObservedMode::Known(NetworkMode::Nat));
     assert_eq!(n.bridge.as_deref(), Some(format!("tb{tag}").as_str()));
@@ -194,7 +213,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_kind(hv.define_network(&rn.xml), HvErrorKind::Exists);
 
     // A bridge-less isolated network.
-    let ri = xml::network_xml(&lab, iso).unwrap();
+    let ri = network_xml(&lab, iso).unwrap();
     hv.define_network(&ri.xml).unwrap();
     let o = hv.observe().unwrap();
     let i = &o.networks[iso.libvirt_name.as_str()];
@@ -209,7 +228,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
 
     // Start, autostart.
     hv.start_network(net_name).unwrap();
-    assert_kind(hv.start_network(net_name), HvErrorKind::InvalidState);
+    assert_kind(hv.start_network(net_name), HvErrorKind::AlreadyActive);
     hv.set_network_autostart(net_name, true).unwrap();
     let n = &hv.observe().unwrap().networks[net_name];
     assert!(n.active && n.autostart);
@@ -234,7 +253,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     }
 
     // A domain on the lab network and on `default`.
-    let rd = xml::domain_xml(&lab, vm, None).unwrap();
+    let rd = domain_xml(&lab, vm, None).unwrap();
     hv.define_domain(&rd.xml).unwrap();
     let dom = hv.observe().unwrap().domains[vm_name].clone();
     assert_eq!(dom.state, DomainState::Shutoff);
@@ -253,13 +272,26 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     );
     assert_eq!(
         dom.owner,
-        Some(OwnerTag { lab: format!("t{tag}"), resource: "vm.vm".into(), spec_hash: rd.spec_hash.clone() })
+        Some(OwnerTag {
+            lab: format!("t{tag}"),
+            resource: "vm.vm".into(),
+            name: vm_name.into(),
+            spec_hash: rd.spec_hash.clone()
+        })
     );
     assert_kind(hv.define_domain(&rd.xml), HvErrorKind::Exists);
 
     hv.start_domain(vm_name).unwrap();
     assert_eq!(hv.observe().unwrap().domains[vm_name].state, DomainState::Running);
-    assert_kind(hv.start_domain(vm_name), HvErrorKind::InvalidState);
+    assert_kind(hv.start_domain(vm_name), HvErrorKind::AlreadyActive);
+    // A running domain keeps its settings when its config is redefined.
+    let mut bigger = vm.clone();
+    bigger.memory = "256MiB".parse().unwrap();
+    let uuid = hv.observe().unwrap().domains[vm_name].uuid.clone();
+    hv.define_domain(&xml::with_uuid(&domain_xml(&lab, &bigger, None).unwrap().xml, uuid.as_deref())).unwrap();
+    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    assert_eq!(dom.memory_kib, 256 * 1024);
+    assert_eq!(dom.live.as_ref().map(|l| l.memory_kib), Some(128 * 1024), "live settings: {:?}", dom.live);
 
     // Hot-plug a third NIC.
     let mut vm3 = vm.clone();
@@ -282,12 +314,13 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // Tear down.
     hv.destroy_domain(vm_name).unwrap();
     assert_eq!(hv.observe().unwrap().domains[vm_name].state, DomainState::Shutoff);
-    assert_kind(hv.destroy_domain(vm_name), HvErrorKind::InvalidState);
-    assert_kind(hv.shutdown_domain(vm_name), HvErrorKind::InvalidState);
+    assert_eq!(hv.observe().unwrap().domains[vm_name].live, None);
+    assert_kind(hv.destroy_domain(vm_name), HvErrorKind::NotActive);
+    assert_kind(hv.shutdown_domain(vm_name), HvErrorKind::NotActive);
     hv.undefine_domain(vm_name).unwrap();
     hv.stop_network(net_name).unwrap();
     if d.rejects_stop_of_inactive_network {
-        assert_kind(hv.stop_network(net_name), HvErrorKind::InvalidState);
+        assert_kind(hv.stop_network(net_name), HvErrorKind::NotActive);
     } else {
         hv.stop_network(net_name).unwrap();
     }
@@ -313,6 +346,31 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
 
     // Malformed XML.
     assert_kind(hv.define_network("<network><name>x</name>"), HvErrorKind::InvalidXml);
+
+    // The overlay pool: looked up by name, made when missing, started when inactive.
+    let pool = topo::ownership::OVERLAY_POOL;
+    let dir = format!("/nonexistent/topo-{tag}");
+    assert!(hv.observe().unwrap().pool.is_none());
+    hv.ensure_pool(pool, &dir).unwrap();
+    hv.ensure_pool(pool, &dir).unwrap(); // idempotent
+    let o = hv.observe().unwrap();
+    let p = o.pool.as_ref().unwrap();
+    assert_eq!((p.name.as_str(), p.path.as_str(), p.active), (pool, dir.as_str(), true));
+    let spec = topo::hypervisor::VolumeSpec {
+        pool: pool.into(),
+        name: format!("t{tag}-vm-0.aaaaaaaa.qcow2"),
+        backing: "/nonexistent/base.qcow2".into(),
+        size: Some(1 << 30),
+    };
+    hv.create_volume(&spec).unwrap();
+    let vols = hv.observe().unwrap().volumes;
+    assert_eq!(vols[&spec.name].path, format!("{dir}/{}", spec.name));
+    assert_kind(hv.create_volume(&spec), HvErrorKind::Exists);
+    hv.delete_volume(pool, &spec.name).unwrap();
+    assert!(hv.observe().unwrap().volumes.is_empty());
+    // A missing volume is NotFound, so an interrupted delete counts as done next time.
+    assert_kind(hv.delete_volume(pool, &spec.name), HvErrorKind::NotFound);
+    assert_kind(hv.delete_volume("no-such-pool", &spec.name), HvErrorKind::NotFound);
 }
 
 #[test]
@@ -348,7 +406,7 @@ fn mem_with_lab(tag: &str) -> (MemoryHypervisor, Lab) {
 fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     let (hv, lab) = mem_with_lab("a");
     let net = net_of(&lab, "net");
-    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     hv.start_network(&net.libvirt_name).unwrap();
     let uuid = hv.observe().unwrap().networks[&net.libvirt_name].uuid.clone().unwrap();
 
@@ -357,7 +415,7 @@ fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     if let NetworkKind::Managed(m) = &mut lab2.networks.get_mut(&NetworkName::new("net").unwrap()).unwrap().kind {
         m.stp = true;
     }
-    let x = xml::network_xml(&lab2, net_of(&lab2, "net")).unwrap();
+    let x = network_xml(&lab2, net_of(&lab2, "net")).unwrap();
     let with_uuid = x.xml.replacen("<name>", &format!("<uuid>{uuid}</uuid>\n  <name>"), 1);
     hv.define_network(&with_uuid).unwrap();
     let n = &hv.observe().unwrap().networks[&net.libvirt_name];
@@ -375,10 +433,10 @@ fn memory_bridge_names() {
     let (hv, lab) = mem_with_lab("b");
     // `default` holds virbr0: a bridge-less network gets virbr1.
     let iso = net_of(&lab, "iso");
-    hv.define_network(&xml::network_xml(&lab, iso).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, iso).unwrap().xml).unwrap();
     assert_eq!(hv.observe().unwrap().networks[&iso.libvirt_name].bridge.as_deref(), Some("virbr1"));
     // A second network naming a bridge in use is refused at define time (as libvirt does).
-    let x = xml::network_xml(&lab, net_of(&lab, "net")).unwrap().xml.replace("name=\"tbb\"", "name=\"virbr1\"");
+    let x = network_xml(&lab, net_of(&lab, "net")).unwrap().xml.replace("name=\"tbb\"", "name=\"virbr1\"");
     let e = assert_kind(hv.define_network(&x), HvErrorKind::Exists);
     assert!(e.message.contains("virbr1") && e.message.contains(&iso.libvirt_name), "{e}");
     // Freed names are reused.
@@ -394,21 +452,18 @@ fn memory_networks_in_use_by_running_domains() {
     let (hv, lab) = mem_with_lab("c");
     let net = net_of(&lab, "net");
     let vm = vm_of(&lab);
-    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     // libvirt accepts a domain on a network that is defined but not active ...
-    hv.define_domain(&xml::domain_xml(&lab, vm, None).unwrap().xml).unwrap();
+    hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
     // ... and refuses to start it.
     let e = assert_kind(hv.start_domain(&vm.libvirt_name), HvErrorKind::InvalidState);
     assert!(e.message.contains(&format!("network '{}' is not active", net.libvirt_name)), "{e}");
     hv.start_network(&net.libvirt_name).unwrap();
     hv.start_domain(&vm.libvirt_name).unwrap();
 
-    // Undefining a network under a running domain is refused (stricter than libvirt: a
-    // plan must remove the VMs first).
-    let e = assert_kind(hv.undefine_network(&net.libvirt_name), HvErrorKind::InvalidState);
-    assert!(e.message.contains(&vm.libvirt_name), "{e}");
     // Stopping it is allowed, as in libvirt, and cuts the domain's NICs on it until they
-    // are re-plugged.
+    // are re-plugged. (Undefining it is allowed too: see
+    // memory_undefine_network_under_a_running_domain.)
     let on_net: Vec<_> =
         vm.nics.iter().filter(|n| n.network == net.name).map(|n| (vm.libvirt_name.clone(), n.mac)).collect();
     assert!(!on_net.is_empty());
@@ -434,10 +489,10 @@ fn memory_domain_device_rules() {
     let vm = vm_of(&lab);
     let mut dup = vm.clone();
     dup.nics[1].mac = dup.nics[0].mac;
-    let e = assert_kind(hv.define_domain(&xml::domain_xml(&lab, &dup, None).unwrap().xml), HvErrorKind::InvalidXml);
+    let e = assert_kind(hv.define_domain(&domain_xml(&lab, &dup, None).unwrap().xml), HvErrorKind::InvalidXml);
     assert!(e.message.contains("duplicate MAC"), "{e}");
 
-    hv.define_domain(&xml::domain_xml(&lab, vm, None).unwrap().xml).unwrap();
+    hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
     // Attaching a NIC whose MAC the domain has; detaching one it lacks.
     let same = xml::interface_xml(&lab, vm, &vm.nics[1]).unwrap();
     assert_kind(hv.attach_device(&vm.libvirt_name, &same), HvErrorKind::Exists);
@@ -457,7 +512,7 @@ fn memory_domain_device_rules() {
 fn memory_dhcp_host_conflicts() {
     let (hv, lab) = mem_with_lab("e");
     let net = net_of(&lab, "net");
-    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     // Same IP as the model's reservation, other MAC.
     let r = Reservation { mac: mac("52:54:00:77:00:30"), ip: Ipv4Addr::new(10, 77, 3, 10), host: "x".into() };
     let e = assert_kind(
@@ -466,7 +521,7 @@ fn memory_dhcp_host_conflicts() {
     );
     assert!(e.message.contains("existing dhcp host entry"), "{e}");
     // A network without <ip> has nowhere to put hosts.
-    hv.define_network(&xml::network_xml(&lab, net_of(&lab, "iso")).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, net_of(&lab, "iso")).unwrap().xml).unwrap();
     let r2 = Reservation { mac: mac("52:54:00:77:00:31"), ip: Ipv4Addr::new(10, 77, 3, 31), host: "y".into() };
     assert_kind(
         hv.update_dhcp_host("te-iso", HostOp::Add, &xml::dhcp_host_xml(&r2).unwrap()),
@@ -474,11 +529,27 @@ fn memory_dhcp_host_conflicts() {
     );
 }
 
+/// libvirt's networkUndefine does not look at the domains using a network: an active
+/// network becomes transient and keeps running under them.
+#[test]
+fn memory_undefine_network_under_a_running_domain() {
+    let (hv, lab) = mem_with_lab("h");
+    let net = net_of(&lab, "net");
+    let vm = vm_of(&lab);
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.start_network(&net.libvirt_name).unwrap();
+    hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
+    hv.start_domain(&vm.libvirt_name).unwrap();
+    hv.undefine_network(&net.libvirt_name).unwrap();
+    let n = hv.observe().unwrap().networks[&net.libvirt_name].clone();
+    assert!(n.active && !n.persistent);
+}
+
 #[test]
 fn memory_undefine_active_network_leaves_it_transient() {
     let (hv, lab) = mem_with_lab("f");
     let net = net_of(&lab, "net");
-    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     hv.start_network(&net.libvirt_name).unwrap();
     hv.undefine_network(&net.libvirt_name).unwrap();
     let n = hv.observe().unwrap().networks[&net.libvirt_name].clone();
@@ -501,7 +572,7 @@ fn memory_fault_injection_and_call_log() {
         hint: None,
     };
     hv.fail_on("start_network", name, boom);
-    hv.define_network(&xml::network_xml(&lab, net).unwrap().xml).unwrap();
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     let e = assert_kind(hv.start_network(name), HvErrorKind::Other);
     assert_eq!(e.message, "injected");
     assert!(!hv.observe().unwrap().networks[name].active, "a failed call changes nothing");
@@ -537,7 +608,7 @@ fn memory_leases_come_from_the_fixture() {
 fn memory_fixture_domains() {
     let lab = lab("i", 4);
     let vm = vm_of(&lab);
-    let hv = MemoryHypervisor::new().with_domain_xml(&xml::domain_xml(&lab, vm, None).unwrap().xml, true).unwrap();
+    let hv = MemoryHypervisor::new().with_domain_xml(&domain_xml(&lab, vm, None).unwrap().xml, true).unwrap();
     assert!(hv.calls().is_empty(), "fixtures are not logged");
     assert_eq!(hv.observe().unwrap().domains[&vm.libvirt_name].state, DomainState::Running);
     // Undefining a running domain keeps it as transient until it stops.
@@ -584,11 +655,11 @@ fn rendered_xml_passes_libvirt_schemas() {
     }
     let lab = lab("s", 5);
     let vm = vm_of(&lab);
-    validate("network", &xml::network_xml(&lab, net_of(&lab, "net")).unwrap().xml);
-    validate("network", &xml::network_xml(&lab, net_of(&lab, "iso")).unwrap().xml);
-    validate("domain", &xml::domain_xml(&lab, vm, Some("/var/lib/topo/ts-vm.qcow2")).unwrap().xml);
+    validate("network", &network_xml(&lab, net_of(&lab, "net")).unwrap().xml);
+    validate("network", &network_xml(&lab, net_of(&lab, "iso")).unwrap().xml);
+    validate("domain", &domain_xml(&lab, vm, Some("/var/lib/topo/ts-vm.qcow2")).unwrap().xml);
     let mut bare = vm.clone();
     bare.boot = None;
     bare.nics.clear();
-    validate("domain", &xml::domain_xml(&lab, &bare, None).unwrap().xml);
+    validate("domain", &domain_xml(&lab, &bare, None).unwrap().xml);
 }

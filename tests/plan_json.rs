@@ -188,6 +188,9 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         NotRunning,
         RequiresRestart { fields: vec![] },
         DestroyRequested,
+        Paused,
+        Orphaned,
+        PoolNeeded,
     ];
     let actual: BTreeSet<String> =
         all.iter().map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string()).collect();
@@ -206,6 +209,7 @@ fn saved(lab_text: &str, observed: &Observed) -> SavedPlan {
         uri: "memory:///topo".into(),
         observed_sha256: fingerprint(observed),
         plan: to_json(&p),
+        steps: p,
     }
 }
 

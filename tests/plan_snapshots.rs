@@ -57,8 +57,8 @@ fn update_in_place() {
     );
     let l = lab(&text);
     let (p, _) = plan_on(&l, &hv);
-    let actions: Vec<(&str, Action)> = p.changes.iter().map(|c| (c.address.as_str(), c.action)).collect();
-    assert_eq!(actions, [("network.lan", Action::Update), ("vm.db", Action::Update)],);
+    let actions: Vec<(String, Action)> = p.changes.iter().map(|c| (c.address.to_string(), c.action)).collect();
+    assert_eq!(actions, [("network.lan".to_string(), Action::Update), ("vm.db".to_string(), Action::Update)],);
     insta::assert_snapshot!(plain(&p));
 }
 
@@ -85,7 +85,10 @@ fn drift_on_the_host() {
     // Redefine the lab's network by hand: same identity and owner tag, other DHCP range.
     let obs = hv.observe().unwrap();
     let uuid = obs.networks["demo-lan"].uuid.clone().unwrap();
-    let xml = topo::xml::network_xml(&l, &l.networks[&"lan".parse().unwrap()]).unwrap().xml;
+    let net = &l.networks[&"lan".parse().unwrap()];
+    let topo::model::NetworkKind::Managed(m) = &net.kind else { panic!("lan is a lab network") };
+    let hash = topo::plan::fields::spec_hash(&topo::plan::fields::desired_network(m));
+    let xml = topo::xml::network_xml(&l, net, &hash).unwrap().xml;
     let xml = edit(&xml, "</name>", &format!("</name><uuid>{uuid}</uuid>"));
     let xml = edit(&xml, "10.50.0.199", "10.50.0.150");
     hv.define_network(&xml).unwrap();

@@ -1,5 +1,7 @@
-//! Apply: carries out a plan's ops on a `Hypervisor`, in dependency order, with independent
-//! steps in parallel, stopping cleanly on failure or Ctrl-C, then re-observes the host.
+//! Apply: interprets a plan's steps on a `Hypervisor`. Each step runs once every step in
+//! its `after` list is done (the plan's walk of the lab graph), independent steps in
+//! parallel; stops cleanly on failure or Ctrl-C; then re-observes the host. Apply never
+//! looks at the lab model: everything a step needs was decided at plan time.
 
 pub mod lock;
 pub mod progress;
@@ -9,10 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::hypervisor::{HostOp, HvError, Hypervisor};
-use crate::model::{Lab, Reservation};
+use crate::address::Address;
+use crate::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
+use crate::model::Lab;
 use crate::observed::{DomainState, Observed};
-use crate::plan::{Action, Change, Detached, Op, Plan};
+use crate::plan::{Action, Change, Op, Plan, Shutdown};
 use progress::{Event, Progress};
 
 /// How apply runs.
@@ -20,19 +23,13 @@ use progress::{Event, Progress};
 pub struct Options {
     /// Steps run at once (at least 1).
     pub parallelism: usize,
-    /// How long a VM gets to shut down gracefully before it is forced off.
+    /// How long a VM stopped with `Shutdown::Graceful` gets before it is forced off.
     pub shutdown_timeout: Duration,
-    /// Folder for VM disk overlays.
-    pub overlay_dir: std::path::PathBuf,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            parallelism: 4,
-            shutdown_timeout: Duration::from_secs(30),
-            overlay_dir: "/var/lib/libvirt/images/topo".into(),
-        }
+        Self { parallelism: 4, shutdown_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -54,7 +51,7 @@ pub enum StepOutcome {
 
 #[derive(Clone, Debug)]
 pub struct StepReport {
-    pub address: String,
+    pub address: Address,
     pub action: Action,
     pub outcome: StepOutcome,
 }
@@ -120,74 +117,18 @@ struct Task<'p> {
     network: bool,
 }
 
-/// Which changes wait for which: VM deletions first; network deletions after all VM
-/// deletions and after the VM changes that unplug NICs from them (unless that would make a
-/// cycle); network creations/updates after all deletions; a VM after the changes of the
-/// networks its NICs use (and after all VM deletions).
-fn schedule<'p>(lab: &Lab, plan: &'p Plan) -> Vec<Task<'p>> {
-    let is_net = |c: &Change| c.address.starts_with("network.");
-    let idx_by_addr: BTreeMap<&str, usize> =
-        plan.changes.iter().enumerate().map(|(i, c)| (c.address.as_str(), i)).collect();
-    let vm_deletes: BTreeSet<usize> = plan
-        .changes
+/// The plan's steps with their `after` lists resolved to indices (an address the plan does
+/// not hold has nothing to wait for).
+fn tasks(plan: &Plan) -> Vec<Task<'_>> {
+    let index: BTreeMap<&Address, usize> = plan.changes.iter().enumerate().map(|(i, c)| (&c.address, i)).collect();
+    plan.changes
         .iter()
-        .enumerate()
-        .filter(|(_, c)| c.action == Action::Delete && !is_net(c))
-        .map(|(i, _)| i)
-        .collect();
-    let all_deletes: BTreeSet<usize> =
-        plan.changes.iter().enumerate().filter(|(_, c)| c.action == Action::Delete).map(|(i, _)| i).collect();
-    let mut tasks: Vec<Task<'p>> = plan
-        .changes
-        .iter()
-        .map(|c| {
-            let deps = match (c.action, is_net(c)) {
-                (Action::Delete, false) => BTreeSet::new(),
-                (Action::Delete, true) => vm_deletes.clone(),
-                (_, true) => all_deletes.clone(),
-                (_, false) => {
-                    let mut d = vm_deletes.clone();
-                    let vm =
-                        c.address.strip_prefix("vm.").and_then(|n| lab.vms.values().find(|v| v.name.as_str() == n));
-                    for nic in vm.map(|v| v.nics.as_slice()).unwrap_or_default() {
-                        if let Some(&j) = idx_by_addr.get(format!("network.{}", nic.network).as_str()) {
-                            d.insert(j);
-                        }
-                    }
-                    d
-                }
-            };
-            Task { change: c, deps, network: is_net(c) }
+        .map(|c| Task {
+            change: c,
+            deps: c.after.iter().filter_map(|a| index.get(a).copied()).collect(),
+            network: matches!(c.address, Address::Network(_)),
         })
-        .collect();
-    // A network is deleted after kept VMs unplugged their NICs from it (libvirt would let it
-    // go from under them, leaving a dead link until the unplug). Skipped where the VM waits
-    // for the deletion itself (it needs a network that reuses the bridge or subnet).
-    for (n, net) in plan.changes.iter().enumerate().filter(|(_, c)| c.action == Action::Delete && is_net(c)) {
-        for (v, vm) in plan.changes.iter().enumerate().filter(|(_, c)| c.action != Action::Delete && !is_net(c)) {
-            let unplugs =
-                vm.ops.iter().any(|op| matches!(op, Op::DetachNic { network, .. } if *network == net.libvirt_name));
-            if unplugs && !waits_for(&tasks, v, n) {
-                tasks[n].deps.insert(v);
-            }
-        }
-    }
-    tasks
-}
-
-/// Whether task `from` (transitively) waits for task `to`.
-fn waits_for(tasks: &[Task<'_>], from: usize, to: usize) -> bool {
-    let mut seen = BTreeSet::new();
-    let mut stack = vec![from];
-    while let Some(i) = stack.pop() {
-        if i == to {
-            return true;
-        }
-        if seen.insert(i) {
-            stack.extend(tasks[i].deps.iter().copied());
-        }
-    }
-    false
+        .collect()
 }
 
 #[derive(Default)]
@@ -199,18 +140,10 @@ struct State {
     stop: bool,
 }
 
-/// Runs `plan` on `hv`. `observed` is what the plan was made from (UUIDs for redefinition).
-/// `cancel` is set by the Ctrl-C handler: no new step starts once it is set.
-pub fn apply(
-    lab: &Lab,
-    plan: &Plan,
-    observed: &Observed,
-    hv: &dyn Hypervisor,
-    opts: &Options,
-    cancel: &AtomicBool,
-    progress: &dyn Progress,
-) -> Report {
-    let tasks = schedule(lab, plan);
+/// Runs the steps of `plan` on `hv`, exactly as planned. `cancel` is set by the Ctrl-C
+/// handler: no new step starts once it is set.
+pub fn apply(plan: &Plan, hv: &dyn Hypervisor, opts: &Options, cancel: &AtomicBool, progress: &dyn Progress) -> Report {
+    let tasks = tasks(plan);
     let state = Mutex::new(State::default());
     let started = Mutex::new(BTreeMap::new());
     let wake = Condvar::new();
@@ -258,8 +191,7 @@ pub fn apply(
                     let change = tasks[i].change;
                     progress.event(Event::Started { address: &change.address, action: change.action });
                     let t0 = Instant::now();
-                    let result =
-                        run_change(lab, change, observed, hv, opts, &started).or_else(|e| already_gone(change, e));
+                    let result = run_change(change, hv, opts, &started).or_else(|e| already_gone(change, e));
                     let outcome = match result {
                         Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
                         Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
@@ -302,10 +234,11 @@ pub fn apply(
     Report { steps, interrupted, started }
 }
 
+/// Runs one step's ops in order. Every op is idempotent: what it would do is done already
+/// ("already running", "already gone", "already exists as wanted") counts as done, so a
+/// step cut short by a crash or a failure can simply run again from the next plan.
 fn run_change(
-    lab: &Lab,
     c: &Change,
-    observed: &Observed,
     hv: &dyn Hypervisor,
     opts: &Options,
     started: &Mutex<BTreeMap<String, Instant>>,
@@ -313,164 +246,100 @@ fn run_change(
     let name = c.libvirt_name.as_str();
     for op in &c.ops {
         match op {
-            Op::DefineNetwork => {
-                let net = lab.networks.values().find(|n| n.libvirt_name == name).ok_or_else(|| missing(c))?;
-                let uuid = observed.networks.get(name).and_then(|o| o.uuid.as_deref());
-                let bridge = observed.networks.get(name).and_then(|o| o.bridge.as_deref());
-                let xml = crate::xml::network_xml(lab, net).map_err(|e| xml_err("define network", name, e))?;
-                hv.define_network(&with_bridge(&with_uuid(&xml.xml, uuid), bridge))?;
-            }
-            Op::StartNetwork => hv.start_network(name)?,
+            Op::EnsurePool { name, path } => hv.ensure_pool(name, path)?,
+            Op::DefineNetwork { xml } => hv.define_network(xml)?,
+            Op::StartNetwork => done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive])?,
             Op::SetNetworkAutostart { on } => hv.set_network_autostart(name, *on)?,
-            Op::AddDhcpHost { mac, ip, host } => {
-                let r = Reservation { mac: *mac, ip: *ip, host: host.clone() };
-                let xml = crate::xml::dhcp_host_xml(&r).map_err(|e| xml_err("add dhcp host", name, e))?;
-                hv.update_dhcp_host(name, HostOp::Add, &xml)?;
+            Op::AddDhcpHost { xml, .. } => {
+                done_if(hv.update_dhcp_host(name, HostOp::Add, xml), &[HvErrorKind::Exists])?
             }
-            Op::DeleteDhcpHost { mac, ip, host } => {
-                let r = Reservation { mac: *mac, ip: *ip, host: host.clone().unwrap_or_default() };
-                let xml = crate::xml::dhcp_host_xml(&r).map_err(|e| xml_err("delete dhcp host", name, e))?;
-                hv.update_dhcp_host(name, HostOp::Delete, &xml)?;
+            Op::DeleteDhcpHost { xml, .. } => {
+                done_if(hv.update_dhcp_host(name, HostOp::Delete, xml), &[HvErrorKind::NotFound])?
             }
-            Op::StopNetwork => hv.stop_network(name)?,
-            Op::UndefineNetwork => hv.undefine_network(name)?,
-            Op::ReattachNics { nics } => reattach(lab, nics, hv)?,
-            Op::CreateDisk => {
-                let vm = vm_of(lab, c)?;
-                if let (Some(d), Some(file)) = (&vm.disk, vm.overlay_name()) {
-                    hv.create_overlay(&opts.overlay_dir.join(file), &d.image, d.size.map(|s| s.bytes()))?;
+            Op::StopNetwork => done_if(hv.stop_network(name), &[HvErrorKind::NotActive])?,
+            Op::UndefineNetwork => done_if(hv.undefine_network(name), &[HvErrorKind::NotFound])?,
+            Op::ReattachNics { nics } => {
+                for n in nics {
+                    done_if(hv.detach_device(&n.domain, &n.xml), &[HvErrorKind::NotFound])?;
+                    done_if(hv.attach_device(&n.domain, &n.xml), &[HvErrorKind::Exists])?;
                 }
             }
-            Op::DeleteDisk => {
-                for disk in observed.domains.get(name).map(|d| d.disks.as_slice()).unwrap_or_default() {
-                    // Only overlays topo made for this domain: in topo's folder, named after it.
-                    let p = std::path::Path::new(disk);
-                    let ours = p.parent() == Some(opts.overlay_dir.as_path())
-                        && p.file_name().and_then(|f| f.to_str()).is_some_and(|f| f.starts_with(&format!("{name}-")));
-                    if ours {
-                        hv.delete_overlay(p)?;
+            Op::CreateVolume { volume } => hv.create_volume(volume)?,
+            Op::DeleteVolume { pool, name } => done_if(hv.delete_volume(pool, name), &[HvErrorKind::NotFound])?,
+            Op::DefineDomain { xml } => hv.define_domain(xml)?,
+            Op::StartDomain => {
+                if let Err(e) = hv.start_domain(name) {
+                    // "domain is already running": a start that an interrupted run began
+                    // and libvirt finished.
+                    if e.kind != HvErrorKind::AlreadyActive && hv.domain_state(name).ok() != Some(DomainState::Running)
+                    {
+                        return Err(e);
                     }
                 }
-            }
-            Op::DefineDomain => {
-                let vm = vm_of(lab, c)?;
-                let disk = vm.overlay_name().map(|f| opts.overlay_dir.join(f).display().to_string());
-                let xml =
-                    crate::xml::domain_xml(lab, vm, disk.as_deref()).map_err(|e| xml_err("define domain", name, e))?;
-                let uuid = observed.domains.get(name).and_then(|o| o.uuid.as_deref());
-                hv.define_domain(&with_uuid(&xml.xml, uuid))?;
-            }
-            Op::StartDomain => {
-                hv.start_domain(name)?;
                 if let Ok(mut m) = started.lock() {
                     m.insert(name.to_string(), Instant::now());
                 }
             }
-            Op::StopDomain => stop_domain(hv, name, opts.shutdown_timeout)?,
-            Op::AttachNic { mac } => {
-                let vm = vm_of(lab, c)?;
-                let nic = vm.nics.iter().find(|n| n.mac == *mac).ok_or_else(|| missing(c))?;
-                let xml = crate::xml::interface_xml(lab, vm, nic).map_err(|e| xml_err("attach interface", name, e))?;
-                hv.attach_device(name, &xml)?;
+            Op::ResumeDomain => {
+                if let Err(e) = hv.resume_domain(name)
+                    && hv.domain_state(name).ok() != Some(DomainState::Running)
+                {
+                    return Err(e);
+                }
             }
-            Op::DetachNic { mac, network } => {
-                hv.detach_device(name, &crate::xml::plain_interface_xml(*mac, network))?;
+            Op::StopDomain { shutdown } => {
+                let timeout = match shutdown {
+                    Shutdown::Graceful => opts.shutdown_timeout,
+                    Shutdown::Force => Duration::ZERO,
+                };
+                stop_domain(hv, name, timeout)?
             }
-            Op::UndefineDomain => hv.undefine_domain(name)?,
+            Op::AttachNic { xml, .. } => done_if(hv.attach_device(name, xml), &[HvErrorKind::Exists])?,
+            Op::DetachNic { xml, .. } => done_if(hv.detach_device(name, xml), &[HvErrorKind::NotFound])?,
+            Op::UndefineDomain => done_if(hv.undefine_domain(name), &[HvErrorKind::NotFound])?,
         }
     }
     Ok(())
 }
 
-/// A deletion whose object vanished after the host was observed has nothing left to do.
-/// (Each op of a delete is on the change's own object, so NotFound means it is gone; an
-/// overlay already deleted is gone too.)
-fn already_gone(c: &Change, e: HvError) -> Result<(), HvError> {
-    if c.action == Action::Delete && e.kind == crate::hypervisor::HvErrorKind::NotFound { Ok(()) } else { Err(e) }
-}
-
-/// Re-plugs NICs that a network restart cut off: unplug and plug the same interface live.
-fn reattach(lab: &Lab, nics: &[Detached], hv: &dyn Hypervisor) -> Result<(), HvError> {
-    for d in nics {
-        let Some(vm) = lab.vms.values().find(|v| v.libvirt_name == d.domain) else { continue };
-        let Some(nic) = vm.nics.iter().find(|n| n.mac == d.mac) else { continue };
-        let xml = crate::xml::interface_xml(lab, vm, nic).map_err(|e| xml_err("re-attach interface", &d.domain, e))?;
-        hv.detach_device(&d.domain, &xml)?;
-        hv.attach_device(&d.domain, &xml)?;
-    }
-    Ok(())
-}
-
-/// Graceful shutdown, polled until off or `timeout`, then forced off.
-fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(), HvError> {
-    if hv.domain_state(name)? == DomainState::Shutoff {
-        return Ok(());
-    }
-    // A guest without ACPI support ignores the request: the timeout covers that.
-    let _ = hv.shutdown_domain(name);
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if hv.domain_state(name)? == DomainState::Shutoff {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    match hv.destroy_domain(name) {
-        Err(e) if hv.domain_state(name).ok() == Some(DomainState::Shutoff) => {
-            let _ = e; // it went off between the last poll and destroy
-            Ok(())
-        }
+/// An error of one of `kinds` means the op's effect is already there.
+fn done_if(r: Result<(), HvError>, kinds: &[HvErrorKind]) -> Result<(), HvError> {
+    match r {
+        Err(e) if kinds.contains(&e.kind) => Ok(()),
         r => r,
     }
 }
 
-/// Inserts `<uuid>` after the root's `<name>` element so redefining keeps the object's
-/// identity (libvirt refuses a same-named definition with another UUID).
-fn with_uuid(xml: &str, uuid: Option<&str>) -> String {
-    match (uuid, xml.find("</name>")) {
-        (Some(u), Some(at)) if !xml.contains("<uuid>") => {
-            let end = at + "</name>".len();
-            format!("{}<uuid>{u}</uuid>{}", &xml[..end], &xml[end..])
+/// A deletion whose object vanished after the host was observed has nothing left to do.
+/// (Each op of a delete is on the change's own object or its volumes, so NotFound means it
+/// is gone.)
+fn already_gone(c: &Change, e: HvError) -> Result<(), HvError> {
+    if c.action == Action::Delete && e.kind == HvErrorKind::NotFound { Ok(()) } else { Err(e) }
+}
+
+/// Stops a domain: with a non-zero `timeout`, an ACPI shutdown request polled until the
+/// domain is off or `timeout` passed, then forced off; with zero, forced off at once.
+fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(), HvError> {
+    if hv.domain_state(name)? == DomainState::Shutoff {
+        return Ok(());
+    }
+    if !timeout.is_zero() {
+        // A guest without ACPI support ignores the request: the timeout covers that.
+        let _ = hv.shutdown_domain(name);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if hv.domain_state(name)? == DomainState::Shutoff {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        _ => xml.to_string(),
     }
-}
-
-/// Redefining a network whose lab entry names no bridge keeps the bridge libvirt chose for
-/// it. Without a name, libvirt 9.0 gives the new config another free `virbrN` while the
-/// running network stays on the old one: config and live bridge then differ.
-fn with_bridge(xml: &str, bridge: Option<&str>) -> String {
-    let Some(b) = bridge else { return xml.to_string() };
-    match xml.find("<bridge ") {
-        Some(at) if !xml[at..].split('>').next().unwrap_or_default().contains("name=") => {
-            let end = at + "<bridge ".len();
-            format!("{}name=\"{}\" {}", &xml[..end], quick_xml::escape::escape(b), &xml[end..])
+    match hv.destroy_domain(name) {
+        // It went off between the last look and destroy.
+        Err(e) if e.kind == HvErrorKind::NotActive || hv.domain_state(name).ok() == Some(DomainState::Shutoff) => {
+            Ok(())
         }
-        _ => xml.to_string(),
-    }
-}
-
-fn vm_of<'l>(lab: &'l Lab, c: &Change) -> Result<&'l crate::model::Vm, HvError> {
-    lab.vms.values().find(|v| v.libvirt_name == c.libvirt_name).ok_or_else(|| missing(c))
-}
-
-fn missing(c: &Change) -> HvError {
-    HvError {
-        op: "apply".into(),
-        object: c.libvirt_name.clone(),
-        message: format!("{} is not in the lab any more (the plan is out of date)", c.address),
-        kind: crate::hypervisor::HvErrorKind::Other,
-        hint: Some("run `topo plan` again".into()),
-    }
-}
-
-fn xml_err(op: &str, object: &str, e: crate::xml::XmlError) -> HvError {
-    HvError {
-        op: op.into(),
-        object: object.into(),
-        message: e.to_string(),
-        kind: crate::hypervisor::HvErrorKind::InvalidXml,
-        hint: None,
+        r => r,
     }
 }
 
@@ -511,21 +380,4 @@ pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, Apply
         })
         .collect();
     Err(ApplyError::Inconsistent { details })
-}
-
-#[cfg(test)]
-mod bridge_tests {
-    use super::with_bridge;
-
-    #[test]
-    fn redefine_keeps_the_bridge_libvirt_chose() {
-        let xml = "<network><name>n</name><bridge stp=\"off\" delay=\"0\"/></network>";
-        assert_eq!(
-            with_bridge(xml, Some("virbr1")),
-            "<network><name>n</name><bridge name=\"virbr1\" stp=\"off\" delay=\"0\"/></network>"
-        );
-        assert_eq!(with_bridge(xml, None), xml, "a new network: libvirt picks");
-        let named = "<network><name>n</name><bridge name=\"topobr0\" stp=\"off\"/></network>";
-        assert_eq!(with_bridge(named, Some("virbr1")), named, "the lab's own name wins");
-    }
 }

@@ -5,11 +5,12 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::StepOutcome;
+use crate::address::Address;
 use crate::plan::Action;
 
 pub enum Event<'a> {
-    Started { address: &'a str, action: Action },
-    Finished { address: &'a str, action: Action, outcome: &'a StepOutcome },
+    Started { address: &'a Address, action: Action },
+    Finished { address: &'a Address, action: Action, outcome: &'a StepOutcome },
 }
 
 /// Receives apply's events from any worker thread.
@@ -90,7 +91,7 @@ impl Progress for Live {
                 bars.insert(address.to_string(), bar);
             }
             Event::Finished { address, action, outcome } => {
-                if let Some(bar) = bars.remove(address) {
+                if let Some(bar) = bars.remove(&address.to_string()) {
                     let msg = match outcome {
                         StepOutcome::Done { seconds } => format!("✓ {address}: {} done in {seconds:.1}s", verb(action)),
                         StepOutcome::Failed { error, .. } => format!("✗ {address}: {} FAILED: {error}", verb(action)),

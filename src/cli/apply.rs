@@ -12,9 +12,9 @@ use crate::apply::progress::{Lines, Live, Progress, Silent};
 use crate::apply::{ApplyError, Options, Report, StepOutcome};
 use crate::hypervisor::Hypervisor;
 use crate::model::Lab;
-use crate::plan::Plan;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SavedPlan, looks_saved};
+use crate::plan::{Plan, Shutdown};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfirmArgs {
@@ -49,10 +49,15 @@ pub struct DestroyArgs {
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub confirm: ConfirmArgs,
+    /// Ask each running VM to shut down (ACPI) and wait up to DURATION (default 30s)
+    /// before forcing it off. Without it, VMs are forced off at once: their disks are
+    /// deleted next
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, default_missing_value = "30s", value_parser = super::duration::parse_duration)]
+    pub graceful: Option<Duration>,
 }
 
 fn options(c: &ConfirmArgs) -> Options {
-    Options { parallelism: usize::from(c.parallelism), shutdown_timeout: c.shutdown_timeout, ..Options::default() }
+    Options { parallelism: usize::from(c.parallelism), shutdown_timeout: c.shutdown_timeout }
 }
 
 /// The lab named by `file`, and the saved plan if `file` is one.
@@ -80,17 +85,23 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo apply")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
-    if let Some(saved) = &saved {
-        saved.check_fresh(&lab.source.text, &hv.uri(), &observed)?;
-    }
-    let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
+    // A saved plan runs exactly as reviewed, or not at all: refused when the lab file, the
+    // URI or the host changed since it was made. Never planned again in its place.
+    let from_saved = saved.is_some();
+    let plan = match &saved {
+        Some(saved) => {
+            saved.check_fresh(&lab.source.text, &hv.uri(), &observed)?;
+            saved.steps.clone()
+        }
+        None => crate::plan::plan(&lab, &observed, &hv.uri())?,
+    };
     let file = lab.source.name();
     crate::out!("{}", render(&plan, &file, style(global)))?;
     let mut started = std::collections::BTreeMap::new();
     let mut observed = observed;
     if !plan.is_empty() {
         // A saved plan was reviewed when it was made: applying it is the confirmation.
-        if saved.is_none() {
+        if !from_saved {
             confirm(&args.confirm, "apply these changes")?;
         }
         // Host conflicts (subnets, bridges, names another lab claims) were checked on an
@@ -111,9 +122,8 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
                     "the host changed while the plan was being confirmed: nothing was changed"
                 );
             }
-            observed = now;
         }
-        let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
+        let report = execute(global, &plan, &hv, options(&args.confirm))?;
         let (a, c, r, d) = report.counts();
         crate::outln!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.")?;
         observed = crate::apply::check_converged(&lab, &hv)?;
@@ -141,14 +151,19 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     let _lock = LabLock::acquire(lab.name.as_str(), &super::host_id(&hv)?, &hv.uri(), "topo destroy")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
-    let plan = crate::plan::plan_destroy(&lab, &observed);
+    let shutdown = if args.graceful.is_some() { Shutdown::Graceful } else { Shutdown::Force };
+    let plan = crate::plan::plan_destroy_with(&lab, &observed, shutdown);
     if plan.is_empty() {
         crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
         return Ok(Outcome::Ok);
     }
     crate::out!("{}", render(&plan, &lab.source.name(), style(global)))?;
     confirm(&args.confirm, "destroy these objects")?;
-    let report = execute(global, &lab, &plan, &observed, &hv, &args.confirm)?;
+    let mut opts = options(&args.confirm);
+    if let Some(t) = args.graceful {
+        opts.shutdown_timeout = t;
+    }
+    let report = execute(global, &plan, &hv, opts)?;
     let (.., d) = report.counts();
     crate::outln!("Destroy complete: {d} destroyed.")?;
     let left = crate::plan::plan_destroy(&lab, &hv.observe()?);
@@ -185,14 +200,7 @@ fn confirm(args: &ConfirmArgs, what: &str) -> miette::Result<()> {
 
 /// Runs the plan with a progress display and Ctrl-C handling, and turns failures into an
 /// error that lists what was done, what failed and what was skipped.
-fn execute(
-    global: &GlobalArgs,
-    lab: &Lab,
-    plan: &Plan,
-    observed: &crate::observed::Observed,
-    hv: &dyn Hypervisor,
-    confirm: &ConfirmArgs,
-) -> miette::Result<Report> {
+fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options) -> miette::Result<Report> {
     // The first Ctrl-C (SIGTERM, SIGHUP) stops scheduling; the second aborts at once.
     let _graceful = super::interrupt::graceful();
     let cancel = super::interrupt::flag();
@@ -203,7 +211,7 @@ fn execute(
     } else {
         Box::new(Lines::stderr())
     };
-    let report = crate::apply::apply(lab, plan, observed, hv, &options(confirm), cancel, progress.as_ref());
+    let report = crate::apply::apply(plan, hv, &opts, cancel, progress.as_ref());
     drop(progress);
     if !report.failed() {
         return Ok(report);

@@ -48,6 +48,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
             uri: hv.uri(),
             observed_sha256: fingerprint(&observed),
             plan: json,
+            steps: plan.clone(),
         };
         let text = serde_json::to_string_pretty(&saved).into_diagnostic()?;
         std::fs::write(out, text + "\n").into_diagnostic()?;

@@ -356,9 +356,7 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
         let state = match (&net.kind, o) {
             (_, None) => "missing".to_string(),
             (NetworkKind::External, Some(o)) => format!("external, {}", if o.active { "active" } else { "inactive" }),
-            (NetworkKind::Managed(_), Some(o))
-                if Ownership::of(o.owner.as_ref(), lab.name.as_str()) != Ownership::ThisLab =>
-            {
+            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab.name.as_str()) != Ownership::ThisLab => {
                 "conflict (not owned by this lab)".to_string()
             }
             (NetworkKind::Managed(_), Some(o)) => if o.active { "active" } else { "inactive" }.to_string(),
@@ -381,9 +379,7 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
         let address = format!("vm.{}", vm.name);
         let state = match o {
             None => "missing",
-            Some(d) if Ownership::of(d.owner.as_ref(), lab.name.as_str()) != Ownership::ThisLab => {
-                "conflict (not owned by this lab)"
-            }
+            Some(d) if d.ownership(lab.name.as_str()) != Ownership::ThisLab => "conflict (not owned by this lab)",
             Some(d) => match d.state {
                 DomainState::Running => "running",
                 DomainState::Paused => "paused",

@@ -17,8 +17,9 @@ use virt::sys;
 mod console;
 pub use console::Console;
 
-use super::{HostOp, HvError, HvErrorKind, Hypervisor};
-use crate::observed::{DomainState, Lease, Observed};
+use super::{HostOp, HvError, HvErrorKind, Hypervisor, VolumeSpec};
+use crate::observed::{DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
+use crate::ownership::OVERLAY_POOL;
 use crate::xml::{self, NetworkFlags};
 
 /// How long a running guest gets to release an unplugged NIC.
@@ -64,21 +65,34 @@ fn lv<T>(api: &'static str, object: &str, call: impl FnOnce() -> Result<T, VirtE
 pub fn map_error(op: &str, object: &str, e: &VirtError) -> HvError {
     let msg = e.message().to_owned();
     let kind = match e.code() {
-        Enum::Known(code) => kind_of(code, &msg),
+        Enum::Known(code) => kind_of(op, code, &msg),
         Enum::Unknown(_) => HvErrorKind::Other,
     };
     let hint = hint_for(op, kind, &msg);
     HvError { op: op.to_owned(), object: object.to_owned(), message: msg, kind, hint }
 }
 
-fn kind_of(code: ErrorNumber, msg: &str) -> HvErrorKind {
+fn kind_of(op: &str, code: ErrorNumber, msg: &str) -> HvErrorKind {
     let exists = msg.contains("already exists")
+        || msg.contains("exists already")
         || msg.contains("already defined")
         || msg.contains("already in use")
         || msg.contains("existing dhcp host entry");
+    // libvirt's wording for a start of a running object and a stop of a stopped one, in the
+    // QEMU, network and test drivers ("domain is already running", "network is already
+    // active", "domain is not running", "network 'x' is not active"). The last is also what
+    // a domain start says when its network is down, so "not active" counts only for ops
+    // that stop the object itself.
+    let already_active = msg.contains("already running") || msg.contains("already active");
+    let stops = matches!(op, "stop network" | "destroy domain" | "shutdown domain" | "resume domain");
+    let not_active = stops && (msg.contains("not running") || msg.contains("not active"));
     match code {
-        ErrorNumber::NoNetwork | ErrorNumber::NoDomain | ErrorNumber::DeviceMissing => HvErrorKind::NotFound,
-        ErrorNumber::NetworkExist | ErrorNumber::DomExist => HvErrorKind::Exists,
+        ErrorNumber::NoNetwork
+        | ErrorNumber::NoDomain
+        | ErrorNumber::DeviceMissing
+        | ErrorNumber::NoStorageVolume
+        | ErrorNumber::NoStoragePool => HvErrorKind::NotFound,
+        ErrorNumber::NetworkExist | ErrorNumber::DomExist | ErrorNumber::StorageVolExist => HvErrorKind::Exists,
         ErrorNumber::XmlError | ErrorNumber::XmlDetail | ErrorNumber::XmlInvalidSchema => HvErrorKind::InvalidXml,
         ErrorNumber::NoSupport | ErrorNumber::ArgumentUnsupported => HvErrorKind::Unsupported,
         ErrorNumber::NoConnect => HvErrorKind::Connect,
@@ -88,11 +102,10 @@ fn kind_of(code: ErrorNumber, msg: &str) -> HvErrorKind {
             HvErrorKind::NotFound
         }
         ErrorNumber::OperationFailed if msg.contains("no device matching") => HvErrorKind::NotFound,
-        ErrorNumber::OperationInvalid => HvErrorKind::InvalidState,
         // The test driver reports these as internal errors; the QEMU driver as invalid operations.
-        _ if msg.contains("already running") || msg.contains("already active") || msg.contains("not running") => {
-            HvErrorKind::InvalidState
-        }
+        _ if already_active => HvErrorKind::AlreadyActive,
+        _ if not_active => HvErrorKind::NotActive,
+        ErrorNumber::OperationInvalid => HvErrorKind::InvalidState,
         _ => HvErrorKind::Other,
     }
 }
@@ -121,6 +134,10 @@ fn is_unsupported(e: &VirtError) -> bool {
 
 fn is_gone(e: &VirtError) -> bool {
     matches!(e.code(), Enum::Known(ErrorNumber::NoNetwork | ErrorNumber::NoDomain))
+}
+
+fn is_missing(e: &VirtError) -> bool {
+    matches!(e.code(), Enum::Known(ErrorNumber::NoStoragePool | ErrorNumber::NoStorageVolume))
 }
 
 /// Reads a C string field of a libvirt struct; `None` for NULL.
@@ -207,14 +224,17 @@ impl LibvirtHypervisor {
         let name = lv("virDomainGetName", "?", || dom.name()).map_err(|e| map_error(OP, "?", &e))?;
         let read = || -> Result<_, VirtError> {
             let (state, _reason) = lv("virDomainGetState", &name, || dom.state())?;
-            let flags = if lv("virDomainIsPersistent", &name, || dom.is_persistent())? {
-                sys::VIR_DOMAIN_XML_INACTIVE
+            let persistent = lv("virDomainIsPersistent", &name, || dom.is_persistent())?;
+            let flags = if persistent { sys::VIR_DOMAIN_XML_INACTIVE } else { 0 };
+            // What a running domain runs with: a define changes only the persistent config.
+            let live = if persistent && lv("virDomainIsActive", &name, || dom.is_active())? {
+                Some(lv("virDomainGetXMLDesc", &name, || dom.xml_desc(0))?)
             } else {
-                0
+                None
             };
-            Ok((state, lv("virDomainGetXMLDesc", &name, || dom.xml_desc(flags))?))
+            Ok((state, lv("virDomainGetXMLDesc", &name, || dom.xml_desc(flags))?, live))
         };
-        let (state, text) = match read() {
+        let (state, text, live) = match read() {
             Ok(v) => v,
             Err(e) if is_gone(&e) => return Ok(None),
             Err(e) => return Err(map_error(OP, &name, &e)),
@@ -226,13 +246,48 @@ impl LibvirtHypervisor {
             Enum::Known(S::Shutoff) => DomainState::Shutoff,
             _ => DomainState::Other,
         };
-        xml::parse_domain(&text, state).map(Some).map_err(|e| HvError {
+        let invalid = |e: xml::XmlError| HvError {
             op: OP.into(),
-            object: name,
+            object: name.clone(),
             message: e.to_string(),
             kind: HvErrorKind::InvalidXml,
             hint: None,
-        })
+        };
+        let mut observed = xml::parse_domain(&text, state).map_err(invalid)?;
+        if let Some(live) = live {
+            observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
+        }
+        Ok(Some(observed))
+    }
+
+    /// The overlay pool (by name, active or not) and, when active, its volumes.
+    fn observe_pool(&self, out: &mut Observed) -> Result<(), HvError> {
+        const OP: &str = "observe pool";
+        let pool = match lv("virStoragePoolLookupByName", OVERLAY_POOL, || {
+            self.conn.lookup_storage_pool_by_name(OVERLAY_POOL)
+        }) {
+            Ok(p) => p,
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(e) => return Err(map_error(OP, OVERLAY_POOL, &e)),
+        };
+        let active = lv("virStoragePoolIsActive", OVERLAY_POOL, || pool.is_active())
+            .map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+        let text = lv("virStoragePoolGetXMLDesc", OVERLAY_POOL, || pool.xml_desc(0))
+            .map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+        let path = xml::parse_pool_path(&text).map_err(|e| other(OP, OVERLAY_POOL, &e.to_string()))?;
+        if active {
+            // A file created since the pool's last refresh is not listed without it.
+            let _ = lv("virStoragePoolRefresh", OVERLAY_POOL, || pool.refresh(0));
+            let vols = lv("virStoragePoolListAllVolumes", OVERLAY_POOL, || pool.list_all_volumes(0))
+                .map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
+            for v in vols {
+                let (Ok(name), Ok(vpath)) = (v.name(), v.path()) else { continue };
+                out.volumes.insert(name.clone(), ObservedVolume { name, path: vpath });
+            }
+        }
+        out.pool =
+            Some(ObservedPool { name: OVERLAY_POOL.to_string(), path: path.trim_end_matches('/').into(), active });
+        Ok(())
     }
 
     /// Waits until a running domain no longer has a NIC with `mac`, asking again every
@@ -311,6 +366,7 @@ impl Hypervisor for LibvirtHypervisor {
                 out.domains.insert(d.name.clone(), d);
             }
         }
+        self.observe_pool(&mut out)?;
         Ok(out)
     }
 
@@ -433,6 +489,12 @@ impl Hypervisor for LibvirtHypervisor {
         .map_err(|e| map_error(OP, name, &e))
     }
 
+    fn resume_domain(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "resume domain";
+        let dom = self.domain(OP, name)?;
+        lv("virDomainResume", name, || dom.resume()).map(drop).map_err(|e| map_error(OP, name, &e))
+    }
+
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "shutdown domain";
         {
@@ -523,42 +585,71 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(out)
     }
 
-    fn create_overlay(
-        &self,
-        path: &std::path::Path,
-        backing: &std::path::Path,
-        size: Option<u64>,
-    ) -> Result<(), HvError> {
-        const OP: &str = "create overlay";
-        let shown = path.display().to_string();
-        let (dir, file) = match (path.parent(), path.file_name().and_then(|f| f.to_str())) {
-            (Some(d), Some(f)) => (d, f),
-            _ => return Err(other(OP, &shown, "the overlay path has no folder or file name")),
+    fn ensure_pool(&self, name: &str, path: &str) -> Result<(), HvError> {
+        const OP: &str = "ensure pool";
+        let pool = match lv("virStoragePoolLookupByName", name, || self.conn.lookup_storage_pool_by_name(name)) {
+            Ok(p) => p,
+            Err(e) if is_missing(&e) => {
+                let xml =
+                    xml::dir_pool_xml(name, std::path::Path::new(path)).map_err(|e| other(OP, name, &e.to_string()))?;
+                match lv("virStoragePoolDefineXML", name, || self.conn.define_storage_pool_xml(&xml, 0)) {
+                    Ok(p) => p,
+                    // Defined meanwhile by another run: use it.
+                    Err(e) if kind_of(OP, code_of(&e), e.message()) == HvErrorKind::Exists => {
+                        lv("virStoragePoolLookupByName", name, || self.conn.lookup_storage_pool_by_name(name))
+                            .map_err(|e| map_error(OP, name, &e))?
+                    }
+                    Err(e) => return Err(map_error(OP, name, &e)),
+                }
+            }
+            Err(e) => return Err(map_error(OP, name, &e)),
         };
-        let pool = self.overlay_pool(dir)?;
-        let format = image_format(backing);
-        let xml =
-            xml::overlay_volume_xml(file, backing, format, size).map_err(|e| other(OP, &shown, &e.to_string()))?;
-        lv("virStorageVolCreateXML", &shown, || virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0))
-            .map_err(|e| map_error(OP, &shown, &e))?;
+        if !lv("virStoragePoolIsActive", name, || pool.is_active()).map_err(|e| map_error(OP, name, &e))? {
+            // Makes the folder if missing (a dir pool's build is mkdir; harmless when it exists).
+            let _ = lv("virStoragePoolBuild", name, || pool.build(0));
+            if let Err(e) = lv("virStoragePoolCreate", name, || pool.create(0)) {
+                let err = map_error(OP, name, &e);
+                if err.kind != HvErrorKind::AlreadyActive {
+                    return Err(err);
+                }
+            }
+        }
+        if !lv("virStoragePoolGetAutostart", name, || pool.autostart()).unwrap_or(true) {
+            let _ = lv("virStoragePoolSetAutostart", name, || pool.set_autostart(true));
+        }
         Ok(())
     }
 
-    fn delete_overlay(&self, path: &std::path::Path) -> Result<(), HvError> {
-        const OP: &str = "delete overlay";
-        let shown = path.display().to_string();
-        if let Some(dir) = path.parent() {
-            // The pool may not know a file created since its last refresh.
-            let d = dir.display().to_string();
-            if let Ok(pool) =
-                lv("virStoragePoolLookupByTargetPath", &d, || self.conn.lookup_storage_pool_by_target_path(&d))
-            {
-                let _ = lv("virStoragePoolRefresh", &d, || pool.refresh(0));
-            }
-        }
-        let vol = lv("virStorageVolLookupByPath", &shown, || self.conn.lookup_storage_vol_by_path(&shown))
-            .map_err(|e| map_error(OP, &shown, &e))?;
-        lv("virStorageVolDelete", &shown, || vol.delete(0)).map_err(|e| map_error(OP, &shown, &e))
+    fn create_volume(&self, v: &VolumeSpec) -> Result<(), HvError> {
+        const OP: &str = "create volume";
+        let pool = lv("virStoragePoolLookupByName", &v.pool, || self.conn.lookup_storage_pool_by_name(&v.pool))
+            .map_err(|e| map_error(OP, &v.pool, &e))?;
+        // Without a refresh the pool may not know a file made since: a create would then
+        // fail on the file rather than as "exists".
+        let _ = lv("virStoragePoolRefresh", &v.pool, || pool.refresh(0));
+        let backing = std::path::Path::new(&v.backing);
+        let xml = xml::overlay_volume_xml(&v.name, backing, image_format(backing), v.size)
+            .map_err(|e| other(OP, &v.name, &e.to_string()))?;
+        lv("virStorageVolCreateXML", &v.name, || virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0))
+            .map_err(|e| map_error(OP, &v.name, &e))?;
+        Ok(())
+    }
+
+    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "delete volume";
+        let p = lv("virStoragePoolLookupByName", pool, || self.conn.lookup_storage_pool_by_name(pool))
+            .map_err(|e| map_error(OP, pool, &e))?;
+        let _ = lv("virStoragePoolRefresh", pool, || p.refresh(0));
+        let vol = lv("virStorageVolLookupByName", name, || p.lookup_storage_vol_by_name(name))
+            .map_err(|e| map_error(OP, name, &e))?;
+        lv("virStorageVolDelete", name, || vol.delete(0)).map_err(|e| map_error(OP, name, &e))
+    }
+}
+
+fn code_of(e: &VirtError) -> ErrorNumber {
+    match e.code() {
+        Enum::Known(c) => c,
+        Enum::Unknown(_) => ErrorNumber::InternalError,
     }
 }
 
@@ -574,35 +665,5 @@ fn image_format(path: &std::path::Path) -> &'static str {
     match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
         Ok(()) if &magic == b"QFI\xfb" => "qcow2",
         _ => "raw",
-    }
-}
-
-/// Name of the storage pool topo defines for overlays when no pool serves their folder yet.
-/// It is shared by all labs on the host and never deleted by `destroy`.
-pub const OVERLAY_POOL: &str = "topo-overlays";
-
-impl LibvirtHypervisor {
-    /// The active storage pool whose target is `dir`, defined (dir pool, autostart) when
-    /// there is none.
-    fn overlay_pool(&self, dir: &std::path::Path) -> Result<virt::storage_pool::StoragePool, HvError> {
-        const OP: &str = "overlay pool";
-        let d = dir.display().to_string();
-        let pool = match lv("virStoragePoolLookupByTargetPath", &d, || self.conn.lookup_storage_pool_by_target_path(&d))
-        {
-            Ok(p) => p,
-            Err(_) => {
-                let xml = xml::dir_pool_xml(OVERLAY_POOL, dir).map_err(|e| other(OP, &d, &e.to_string()))?;
-                let p = lv("virStoragePoolDefineXML", OVERLAY_POOL, || self.conn.define_storage_pool_xml(&xml, 0))
-                    .map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
-                lv("virStoragePoolBuild", OVERLAY_POOL, || p.build(0)).map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
-                let _ = lv("virStoragePoolSetAutostart", OVERLAY_POOL, || p.set_autostart(true));
-                p
-            }
-        };
-        if !lv("virStoragePoolIsActive", &d, || pool.is_active()).map_err(|e| map_error(OP, &d, &e))? {
-            lv("virStoragePoolCreate", &d, || pool.create(0)).map_err(|e| map_error(OP, &d, &e))?;
-        }
-        let _ = lv("virStoragePoolRefresh", &d, || pool.refresh(0));
-        Ok(pool)
     }
 }

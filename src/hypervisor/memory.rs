@@ -1,9 +1,17 @@
 //! `MemoryHypervisor`: a strict in-memory libvirt double for tests of plan/apply/destroy.
 //!
 //! It parses XML with the same `xml` module as the real observer and rejects what libvirt
-//! 9.0 rejects (checked against the test driver and the libvirt sources where noted), and a
-//! little more on purpose (stopping or undefining a network a running domain uses). It records
-//! every call (`calls()`) and can fail the next matching call (`fail_on`).
+//! 9.0 rejects (checked against the test driver and the libvirt sources where noted), and
+//! no more: libvirt lets a network stop or be undefined under running domains
+//! (networkDestroy/networkUndefine do not look at domains; the NICs lose their link) and a
+//! volume be deleted while a domain uses it (virStorageVolDelete does not look at domains),
+//! so the double allows that too. A double stricter than libvirt would hide real faults.
+//!
+//! A running domain keeps the settings it was started with (`ObservedDomain::live`) while
+//! a define changes only its persistent config, as in libvirt.
+//!
+//! It records every call (`calls()`), can fail the next matching call (`fail_on`), and for
+//! fault sweeps can fail the k-th call or stop the "process" right after it (`arm`).
 //!
 //! Differences from libvirt, by design: `shutdown_domain` takes effect at once (libvirt's
 //! is an asynchronous ACPI request); DHCP leases only come from `set_leases`.
@@ -11,9 +19,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
+use super::VolumeSpec;
 use super::{HostOp, HvError, HvErrorKind, Hypervisor};
 use crate::model::MacAddr;
-use crate::observed::{DomainState, Lease, Observed, ObservedDomain, ObservedInterface, ObservedNetwork};
+use crate::observed::{
+    DomainState, Lease, LiveConfig, Observed, ObservedDomain, ObservedInterface, ObservedNetwork, ObservedPool,
+    ObservedVolume,
+};
 use crate::xml::{self, NetworkFlags, XmlError};
 
 /// The URI `MemoryHypervisor::uri` reports.
@@ -41,8 +53,24 @@ struct State {
     cut: std::collections::BTreeSet<(String, crate::model::MacAddr)>,
     /// Addresses libvirt would report per domain (`set_domain_addresses`).
     addresses: BTreeMap<String, Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>>,
-    /// Overlay volumes: path -> backing image.
-    volumes: BTreeMap<std::path::PathBuf, std::path::PathBuf>,
+    /// The storage pool (one at most: topo uses only its overlay pool).
+    pool: Option<ObservedPool>,
+    /// Volumes of the pool: name -> backing image.
+    volumes: BTreeMap<String, String>,
+    /// Calls counted since `arm` (every logged call but `observe`).
+    counted: usize,
+    /// The armed fault: (k, crash).
+    armed: Option<(usize, bool)>,
+}
+
+/// Kind of fault `MemoryHypervisor::arm` injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The k-th call fails (with kind `Other`) and changes nothing.
+    FailCall,
+    /// The k-th call takes effect, and every call after it fails: the process "died" right
+    /// after the call and the host keeps what was done.
+    StopAfterCall,
 }
 
 /// Strict in-memory `Hypervisor`. Cheap to build; state lives behind one mutex.
@@ -71,6 +99,14 @@ impl State {
         if let Some(i) = self.faults.iter().position(|(o, n, _)| o == op && n == name) {
             let (_, _, e) = self.faults.remove(i);
             return Err(e);
+        }
+        if let Some((k, crash)) = self.armed {
+            self.counted += 1;
+            let fail = if crash { self.counted > k } else { self.counted == k };
+            if fail {
+                let why = if crash { "the process was stopped" } else { "injected failure" };
+                return Err(err(&op_words(op), name, HvErrorKind::Other, format!("{why} (call {})", self.counted)));
+            }
         }
         Ok(())
     }
@@ -207,7 +243,10 @@ impl State {
             dom.uuid = Some(self.next_uuid());
         }
         if let Some(old) = existing {
+            // A define changes the persistent config only: a running domain keeps running
+            // with the settings it was started with.
             dom.state = old.obs.state;
+            dom.live = old.obs.live;
         }
         self.domains.insert(name, MemDomain { obs: dom, persistent: true });
         Ok(())
@@ -240,6 +279,17 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// The pool named `name`, which must be active (libvirt: "storage pool is not active").
+    fn active_pool(&self, op: &str, name: &str) -> Result<&ObservedPool, HvError> {
+        match &self.pool {
+            Some(p) if p.name == name && p.active => Ok(p),
+            Some(p) if p.name == name => {
+                Err(err(op, name, HvErrorKind::NotActive, format!("storage pool '{name}' is not active")))
+            }
+            _ => Err(err(op, name, HvErrorKind::NotFound, format!("no storage pool with matching name '{name}'"))),
+        }
     }
 
     fn parse_iface(op: &str, domain: &str, xml_text: &str) -> Result<ObservedInterface, HvError> {
@@ -284,6 +334,7 @@ impl MemoryHypervisor {
             let name = xml::parse_domain(xml, DomainState::Shutoff).map_err(|e| xml_err("define domain", "?", e))?.name;
             let d = s.domain("define_domain", &name)?;
             d.obs.state = if running { DomainState::Running } else { DomainState::Shutoff };
+            d.obs.live = running.then(|| LiveConfig::of(&d.obs));
         }
         Ok(self)
     }
@@ -296,8 +347,40 @@ impl MemoryHypervisor {
         self.lock().faults.push((op.to_owned(), name.to_owned(), error));
     }
 
-    /// Every call so far, in order, as `"<method> <object>"` (e.g. `define_network lab-net`);
-    /// `observe` is logged as `"observe"`. Failed calls are logged too.
+    /// Arms a fault sweep: counting from now, the `k`-th call (1-based; every call but
+    /// `observe`) fails (`Fault::FailCall`) or is the last one to succeed
+    /// (`Fault::StopAfterCall`).
+    pub fn arm(&self, k: usize, fault: Fault) {
+        let mut s = self.lock();
+        s.counted = 0;
+        s.armed = Some((k, fault == Fault::StopAfterCall));
+    }
+
+    /// Removes the armed fault (a new process starts); returns the calls counted.
+    pub fn disarm(&self) -> usize {
+        let mut s = self.lock();
+        s.armed = None;
+        std::mem::take(&mut s.counted)
+    }
+
+    /// Counts calls from now without failing any (the length of a sweep).
+    pub fn count_calls(&self) {
+        let mut s = self.lock();
+        s.counted = 0;
+        s.armed = Some((usize::MAX, false));
+    }
+
+    /// Pauses a running domain (`virsh suspend`).
+    pub fn pause(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        let d = s.domain("suspend", name)?;
+        if d.obs.state != DomainState::Running {
+            return Err(err("suspend", name, HvErrorKind::NotActive, "domain is not running"));
+        }
+        d.obs.state = DomainState::Paused;
+        Ok(())
+    }
+
     /// NICs cut off by a network stop and not re-plugged since: (domain, MAC).
     pub fn cut_nics(&self) -> Vec<(String, crate::model::MacAddr)> {
         self.lock().cut.iter().cloned().collect()
@@ -308,11 +391,15 @@ impl MemoryHypervisor {
         self.lock().addresses.insert(domain.to_string(), addrs);
     }
 
-    /// Overlay volumes that exist: (path, backing image).
-    pub fn volumes(&self) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
-        self.lock().volumes.iter().map(|(a, b)| (a.clone(), b.clone())).collect()
+    /// Volumes of the pool: (path, backing image).
+    pub fn volumes(&self) -> Vec<(String, String)> {
+        let s = self.lock();
+        let dir = s.pool.as_ref().map(|p| p.path.clone()).unwrap_or_default();
+        s.volumes.iter().map(|(n, b)| (format!("{dir}/{n}"), b.clone())).collect()
     }
 
+    /// Every call so far, in order, as `"<method> <object>"` (e.g. `define_network lab-net`);
+    /// `observe` is logged as `"observe"`. Failed calls are logged too.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
     }
@@ -343,9 +430,29 @@ impl Hypervisor for MemoryHypervisor {
             let (_, _, e) = s.faults.remove(i);
             return Err(e);
         }
+        let active_pool = s.pool.as_ref().filter(|p| p.active);
         Ok(Observed {
             networks: s.networks.clone(),
-            domains: s.domains.iter().map(|(k, d)| (k.clone(), d.obs.clone())).collect(),
+            domains: s
+                .domains
+                .iter()
+                .map(|(k, d)| {
+                    let mut o = d.obs.clone();
+                    if !d.persistent {
+                        o.live = None; // a transient domain's only XML is its live one
+                    }
+                    (k.clone(), o)
+                })
+                .collect(),
+            pool: s.pool.clone(),
+            volumes: active_pool
+                .map(|p| {
+                    s.volumes
+                        .keys()
+                        .map(|n| (n.clone(), ObservedVolume { name: n.clone(), path: format!("{}/{n}", p.path) }))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -358,7 +465,7 @@ impl Hypervisor for MemoryHypervisor {
         s.enter("start_network", name)?;
         let n = s.network("start_network", name)?;
         if n.active {
-            return Err(err("start network", name, HvErrorKind::InvalidState, "network is already active"));
+            return Err(err("start network", name, HvErrorKind::AlreadyActive, "network is already active"));
         }
         n.active = true;
         Ok(())
@@ -386,7 +493,7 @@ impl Hypervisor for MemoryHypervisor {
         let users = s.running_users(name);
         let n = s.network("stop_network", name)?;
         if !n.active {
-            return Err(err("stop network", name, HvErrorKind::InvalidState, "network is not active"));
+            return Err(err("stop network", name, HvErrorKind::NotActive, format!("network '{name}' is not active")));
         }
         // libvirt lets a network stop under running domains: their NICs lose the link
         // until they are re-plugged. Record that so tests can see what apply left cut.
@@ -415,18 +522,10 @@ impl Hypervisor for MemoryHypervisor {
     fn undefine_network(&self, name: &str) -> Result<(), HvError> {
         let mut s = self.lock();
         s.enter("undefine_network", name)?;
-        let users = s.running_users(name);
+        // libvirt's networkUndefine does not look at domains using the network.
         let n = s.network("undefine_network", name)?;
         if !n.persistent {
             return Err(err("undefine network", name, HvErrorKind::InvalidState, "network is not persistent"));
-        }
-        if !users.is_empty() {
-            return Err(err(
-                "undefine network",
-                name,
-                HvErrorKind::InvalidState,
-                format!("network is in use by running domain(s) {}", users.join(", ")),
-            ));
         }
         if n.active {
             // libvirt keeps an active network running as a transient one.
@@ -497,11 +596,28 @@ impl Hypervisor for MemoryHypervisor {
         s.enter("start_domain", name)?;
         let d = s.domain("start_domain", name)?.clone();
         if d.obs.state != DomainState::Shutoff {
-            return Err(err("start domain", name, HvErrorKind::InvalidState, "domain is already running"));
+            // libvirt says so for a paused domain too.
+            return Err(err("start domain", name, HvErrorKind::AlreadyActive, "domain is already running"));
         }
         s.check_networks_active("start domain", name, &d.obs.interfaces)?;
-        s.domain("start_domain", name)?.obs.state = DomainState::Running;
+        let d = &mut s.domain("start_domain", name)?.obs;
+        d.state = DomainState::Running;
+        d.live = Some(LiveConfig::of(d));
         Ok(())
+    }
+
+    fn resume_domain(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("resume_domain", name)?;
+        let d = &mut s.domain("resume_domain", name)?.obs;
+        match d.state {
+            DomainState::Shutoff => Err(err("resume domain", name, HvErrorKind::NotActive, "domain is not running")),
+            // QEMU's resume of a running domain starts the CPUs again: nothing to do.
+            _ => {
+                d.state = DomainState::Running;
+                Ok(())
+            }
+        }
     }
 
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {
@@ -578,40 +694,52 @@ impl Hypervisor for MemoryHypervisor {
         Ok(s.addresses.get(name).cloned().unwrap_or_default())
     }
 
-    fn create_overlay(
-        &self,
-        path: &std::path::Path,
-        backing: &std::path::Path,
-        _size: Option<u64>,
-    ) -> Result<(), HvError> {
-        let shown = path.display().to_string();
+    fn ensure_pool(&self, name: &str, path: &str) -> Result<(), HvError> {
         let mut s = self.lock();
-        s.enter("create_overlay", &shown)?;
-        if s.volumes.contains_key(path) {
-            return Err(err("create overlay", &shown, HvErrorKind::Exists, "storage volume already exists"));
+        s.enter("ensure_pool", name)?;
+        match &mut s.pool {
+            Some(p) if p.name == name => p.active = true,
+            Some(p) => {
+                return Err(err(
+                    "ensure pool",
+                    name,
+                    HvErrorKind::Unsupported,
+                    format!("the double holds one pool ({})", p.name),
+                ));
+            }
+            None => {
+                s.pool = Some(ObservedPool { name: name.into(), path: path.trim_end_matches('/').into(), active: true })
+            }
         }
-        s.volumes.insert(path.to_path_buf(), backing.to_path_buf());
         Ok(())
     }
 
-    fn delete_overlay(&self, path: &std::path::Path) -> Result<(), HvError> {
-        let shown = path.display().to_string();
+    fn create_volume(&self, v: &VolumeSpec) -> Result<(), HvError> {
+        const OP: &str = "create volume";
         let mut s = self.lock();
-        s.enter("delete_overlay", &shown)?;
-        let in_use = s.domains.values().any(|d| {
-            d.obs.state != DomainState::Shutoff && d.obs.disks.iter().any(|p| std::path::Path::new(p) == path)
-        });
-        if in_use {
-            return Err(err(
-                "delete overlay",
-                &shown,
-                HvErrorKind::InvalidState,
-                "storage volume is in use by a running domain",
-            ));
+        s.enter("create_volume", &v.name)?;
+        s.active_pool(OP, &v.pool)?;
+        if s.volumes.contains_key(&v.name) {
+            return Err(err(OP, &v.name, HvErrorKind::Exists, format!("storage volume '{}' exists already", v.name)));
         }
-        match s.volumes.remove(path) {
+        s.volumes.insert(v.name.clone(), v.backing.clone());
+        Ok(())
+    }
+
+    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "delete volume";
+        let mut s = self.lock();
+        s.enter("delete_volume", name)?;
+        s.active_pool(OP, pool)?;
+        // virStorageVolDelete does not look at domains: a volume in use goes too.
+        match s.volumes.remove(name) {
             Some(_) => Ok(()),
-            None => Err(err("delete overlay", &shown, HvErrorKind::NotFound, "Storage volume not found")),
+            None => Err(err(
+                OP,
+                name,
+                HvErrorKind::NotFound,
+                format!("Storage volume not found: no storage vol with matching name '{name}'"),
+            )),
         }
     }
 }
@@ -622,10 +750,11 @@ impl MemoryHypervisor {
         s.enter(op, name)?;
         let d = s.domain(op, name)?;
         if d.obs.state == DomainState::Shutoff {
-            return Err(err(&op_words(op), name, HvErrorKind::InvalidState, "domain is not running"));
+            return Err(err(&op_words(op), name, HvErrorKind::NotActive, "domain is not running"));
         }
         if d.persistent {
             d.obs.state = DomainState::Shutoff;
+            d.obs.live = None;
         } else {
             s.domains.remove(name);
         }

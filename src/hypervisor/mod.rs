@@ -6,7 +6,7 @@
 pub mod libvirt;
 pub mod memory;
 
-use std::path::Path;
+use serde::{Deserialize, Serialize};
 
 use crate::observed::{DomainState, Lease, Observed};
 
@@ -33,7 +33,11 @@ pub enum HvErrorKind {
     NotFound,
     /// An object of that name (or bridge, uuid...) exists already.
     Exists,
-    /// The operation is not valid in the object's current state (e.g. in use, inactive).
+    /// The object is already active or running (starting it again is refused).
+    AlreadyActive,
+    /// The object is not active or running (stopping it is refused).
+    NotActive,
+    /// The operation is not valid in the object's current state (other than the two above).
     InvalidState,
     /// libvirt rejected the XML.
     InvalidXml,
@@ -49,6 +53,20 @@ pub enum HostOp {
     Delete,
 }
 
+/// A qcow2 copy-on-write volume to create in a storage pool, on a backing image that is
+/// never written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The storage pool, by name.
+    pub pool: String,
+    /// The volume's name in the pool (its file name).
+    pub name: String,
+    /// Path of the backing image on the libvirt host.
+    pub backing: String,
+    /// Virtual size in bytes; `None` keeps the backing image's size.
+    pub size: Option<u64>,
+}
+
 /// Every libvirt call topo uses. Implementations must be usable from several threads.
 pub trait Hypervisor: Send + Sync {
     /// The connection URI (for messages).
@@ -58,7 +76,8 @@ pub trait Hypervisor: Send + Sync {
     /// (`apply::lock::HostId`).
     fn hostname(&self) -> Result<String, HvError>;
     /// Reads every network and domain (persistent config for defined objects, live state
-    /// flags) in one pass.
+    /// flags, the live restart-bound settings of running domains), the overlay pool (by
+    /// name, `ownership::OVERLAY_POOL`) and its volumes, in one pass.
     fn observe(&self) -> Result<Observed, HvError>;
 
     fn define_network(&self, xml: &str) -> Result<(), HvError>;
@@ -74,6 +93,8 @@ pub trait Hypervisor: Send + Sync {
 
     fn define_domain(&self, xml: &str) -> Result<(), HvError>;
     fn start_domain(&self, name: &str) -> Result<(), HvError>;
+    /// Resumes a paused domain.
+    fn resume_domain(&self, name: &str) -> Result<(), HvError>;
     /// ACPI shutdown request (returns at once).
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError>;
     /// Forced power off.
@@ -86,11 +107,14 @@ pub trait Hypervisor: Send + Sync {
     /// The domain's current run state.
     fn domain_state(&self, name: &str) -> Result<DomainState, HvError>;
 
-    /// Creates the qcow2 copy-on-write overlay `path` on `backing` (never written) through
-    /// libvirt's storage API; `size` in bytes, or the backing image's size when `None`.
-    fn create_overlay(&self, path: &Path, backing: &Path, size: Option<u64>) -> Result<(), HvError>;
-    /// Deletes an overlay volume made by `create_overlay`.
-    fn delete_overlay(&self, path: &Path) -> Result<(), HvError>;
+    /// Makes sure storage pool `name` exists (defined as a dir pool over `path` when it
+    /// does not), is built, active and autostarted. Looked up by name, active or not.
+    fn ensure_pool(&self, name: &str, path: &str) -> Result<(), HvError>;
+    /// Creates a qcow2 overlay volume (see [`VolumeSpec`]) through libvirt's storage API.
+    fn create_volume(&self, volume: &VolumeSpec) -> Result<(), HvError>;
+    /// Deletes volume `name` of pool `pool` (libvirt allows it while a domain uses it).
+    /// A missing volume is `NotFound`.
+    fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError>;
 
     /// IPv4 addresses libvirt reports for a running domain's NICs, from its ARP-table and
     /// guest-agent sources (each tried; a source that fails or is unsupported is skipped).

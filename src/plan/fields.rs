@@ -122,8 +122,8 @@ fn network_display(lab: &Lab, libvirt_name: &str) -> String {
         .unwrap_or_else(|| libvirt_name.to_string())
 }
 
-/// Desired fields of a VM.
-pub fn desired_vm(vm: &Vm) -> Fields {
+/// Desired fields of a VM of lab `lab`.
+pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
     use FieldClass::*;
     let mut f = Fields::new();
     put(&mut f, "hypervisor", vm.virt_type.as_str(), Restart);
@@ -138,7 +138,7 @@ pub fn desired_vm(vm: &Vm) -> Fields {
             put(&mut f, "boot.cmdline", c.clone(), Restart);
         }
     }
-    if let (Some(d), Some(overlay)) = (&vm.disk, vm.overlay_name()) {
+    if let (Some(d), Some(overlay)) = (&vm.disk, vm.overlay_name(&lab.name)) {
         // The overlay's file name carries a hash of (image, size): the domain's disk path
         // shows whether the base image or size changed.
         let size = d.size.map(|s| format!(", {s}")).unwrap_or_default();
@@ -192,18 +192,10 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     f
 }
 
-/// The spec hash written into an object's metadata: first 16 hex digits of SHA-256 over
-/// `path=value\n` for every non-state field, in path order.
+/// The spec hash written into an object's metadata (`ownership::spec_hash`) over every
+/// non-state field, in path order.
 pub fn spec_hash(fields: &Fields) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for (k, v) in fields {
-        if v.class != FieldClass::State {
-            h.update(k.as_bytes());
-            h.update(b"=");
-            h.update(v.value.as_bytes());
-            h.update(b"\n");
-        }
-    }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::ownership::spec_hash(
+        fields.iter().filter(|(_, v)| v.class != FieldClass::State).map(|(k, v)| (k.as_str(), v.value.as_str())),
+    )
 }

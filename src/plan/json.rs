@@ -16,7 +16,7 @@ pub struct JsonPlan<'a> {
 
 #[derive(Serialize)]
 pub struct JsonChange<'a> {
-    pub address: &'a str,
+    pub address: &'a crate::address::Address,
     pub libvirt_name: &'a str,
     pub action: Action,
     pub reasons: &'a [Reason],

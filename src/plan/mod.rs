@@ -10,17 +10,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use miette::NamedSource;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::address::Address;
 use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
+use crate::hypervisor::VolumeSpec;
 use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Vm};
-use crate::observed::{DomainState, Observed, ObservedDomain, ObservedNetwork, Ownership};
+use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
+use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
 use fields::{FieldClass, Fields};
 
 /// What will happen to one resource. A closed vocabulary: renderers and apply match it
 /// exhaustively.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     Create,
@@ -43,7 +46,7 @@ impl Action {
 }
 
 /// Why a change is planned. Every change carries at least one.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Reason {
     /// In the lab file, not on the host.
@@ -65,6 +68,13 @@ pub enum Reason {
     RequiresRestart { fields: Vec<String> },
     /// `topo destroy` removes everything the lab owns.
     DestroyRequested,
+    /// The VM is paused: it is resumed.
+    Paused,
+    /// A volume tagged as this lab's that no domain uses (left by an interrupted apply or
+    /// destroy, or by a define that libvirt refused).
+    Orphaned,
+    /// The shared overlay pool is missing or inactive and a VM disk needs it.
+    PoolNeeded,
 }
 
 impl Reason {
@@ -85,12 +95,15 @@ impl Reason {
                 format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
             }
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
+            Reason::Paused => "the VM is paused; it will be resumed".into(),
+            Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
+            Reason::PoolNeeded => "VM disks of every lab live in this shared pool; it is never deleted by topo".into(),
         }
     }
 }
 
 /// One field's difference.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldChange {
     pub path: String,
     pub before: Option<String>,
@@ -101,7 +114,7 @@ pub struct FieldChange {
 }
 
 /// A NIC of a running domain detached by a network replacement.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Detached {
     pub domain: String,
     pub mac: MacAddr,
@@ -109,11 +122,40 @@ pub struct Detached {
     pub reattached: bool,
 }
 
-/// The libvirt operations of one change, in order. A closed vocabulary executed by apply.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// How a running VM is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shutdown {
+    /// ACPI shutdown request, then forced off after apply's shutdown timeout.
+    Graceful,
+    /// Forced off at once (`virsh destroy`): used when the VM's disk is deleted next.
+    Force,
+}
+
+/// A NIC to plug back in after its network was restarted: the domain, the NIC's MAC and
+/// the `<interface>` XML to detach and attach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicPlug {
+    pub domain: String,
+    pub mac: MacAddr,
+    pub xml: String,
+}
+
+/// The libvirt operations of one change, in order, each with what it needs (decided at
+/// plan time). A closed vocabulary executed by apply; the object is the change's
+/// `libvirt_name` unless the op names another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
-    DefineNetwork,
+    /// Make sure the storage pool `name` exists (a dir pool over `path` when it does not),
+    /// is built, active and autostarted. Looked up by name.
+    EnsurePool {
+        name: String,
+        path: String,
+    },
+    DefineNetwork {
+        xml: String,
+    },
     StartNetwork,
     SetNetworkAutostart {
         on: bool,
@@ -122,37 +164,77 @@ pub enum Op {
         mac: MacAddr,
         ip: std::net::Ipv4Addr,
         host: String,
+        xml: String,
     },
     DeleteDhcpHost {
         mac: MacAddr,
         ip: std::net::Ipv4Addr,
         host: Option<String>,
+        xml: String,
     },
     StopNetwork,
     UndefineNetwork,
     /// Re-plug NICs of running domains after their network was restarted.
     ReattachNics {
-        nics: Vec<Detached>,
+        nics: Vec<NicPlug>,
     },
-    CreateDisk,
-    DefineDomain,
+    CreateVolume {
+        volume: VolumeSpec,
+    },
+    DeleteVolume {
+        pool: String,
+        name: String,
+    },
+    DefineDomain {
+        xml: String,
+    },
     StartDomain,
-    /// Graceful shutdown with a timeout, then forced off.
-    StopDomain,
+    ResumeDomain,
+    StopDomain {
+        shutdown: Shutdown,
+    },
     AttachNic {
         mac: MacAddr,
+        xml: String,
     },
     DetachNic {
         mac: MacAddr,
         network: String,
+        xml: String,
     },
     UndefineDomain,
-    DeleteDisk,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+impl Op {
+    /// The op's name for messages and tests: `define-network`, `start-domain`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::EnsurePool { .. } => "ensure-pool",
+            Op::DefineNetwork { .. } => "define-network",
+            Op::StartNetwork => "start-network",
+            Op::SetNetworkAutostart { .. } => "set-network-autostart",
+            Op::AddDhcpHost { .. } => "add-dhcp-host",
+            Op::DeleteDhcpHost { .. } => "delete-dhcp-host",
+            Op::StopNetwork => "stop-network",
+            Op::UndefineNetwork => "undefine-network",
+            Op::ReattachNics { .. } => "reattach-nics",
+            Op::CreateVolume { .. } => "create-volume",
+            Op::DeleteVolume { .. } => "delete-volume",
+            Op::DefineDomain { .. } => "define-domain",
+            Op::StartDomain => "start-domain",
+            Op::ResumeDomain => "resume-domain",
+            Op::StopDomain { .. } => "stop-domain",
+            Op::AttachNic { .. } => "attach-nic",
+            Op::DetachNic { .. } => "detach-nic",
+            Op::UndefineDomain => "undefine-domain",
+        }
+    }
+}
+
+/// One step of the plan: what happens to one resource, why, and the ops that do it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
-    pub address: String,
+    pub address: Address,
     pub libvirt_name: String,
     pub action: Action,
     pub reasons: Vec<Reason>,
@@ -161,10 +243,13 @@ pub struct Change {
     /// of an inactive network: the NICs of running domains that lost their link when it
     /// stopped.
     pub blast_radius: Vec<Detached>,
+    /// The changes of this plan that must be done before this one starts: the lab graph's
+    /// dependencies for creation, its exact reverse for deletion.
+    pub after: Vec<Address>,
     pub ops: Vec<Op>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub create: usize,
     pub update: usize,
@@ -172,9 +257,10 @@ pub struct Summary {
     pub delete: usize,
 }
 
-/// The whole plan: changes in execution order (deletions of VMs, then networks, then
-/// creations and updates in dependency order).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The whole plan: changes in execution order (deletions of VMs, volumes, then networks,
+/// then creations and updates in dependency order). `Change::after` holds the order apply
+/// must keep; independent changes may run in parallel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub lab: String,
     pub changes: Vec<Change>,
@@ -231,7 +317,8 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         });
     }
     let lab_name = lab.name.as_str();
-    let mut deletes = Vec::new();
+    let pool = Pool::of(observed);
+    let mut changes = Vec::new();
     // Owned objects no longer in the file: VMs first, then networks (reverse dependency).
     let desired_domains: BTreeSet<&str> = lab.vms.values().map(|v| v.libvirt_name.as_str()).collect();
     let desired_networks: BTreeSet<&str> = lab
@@ -241,16 +328,14 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         .map(|n| n.libvirt_name.as_str())
         .collect();
     for d in observed.domains.values() {
-        if Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str())
-        {
-            deletes.push(delete_domain(lab, d));
+        if d.ownership(lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str()) {
+            changes.push(delete_domain(lab, d, observed, &pool, Shutdown::Force));
         }
     }
+    changes.extend(orphaned_volumes(lab_name, observed, &changes, false));
     for n in observed.networks.values() {
-        if Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab
-            && !desired_networks.contains(n.name.as_str())
-        {
-            deletes.push(delete_network(n));
+        if n.ownership(lab_name) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
+            changes.push(delete_network(n));
         }
     }
 
@@ -267,7 +352,6 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         })
         .collect();
 
-    let mut changes = deletes;
     for node in graph.create_order() {
         let change = match node {
             Node::Network(name) => match lab.networks.get(name) {
@@ -275,7 +359,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
                 None => continue,
             },
             Node::Vm(name) => match lab.vms.get(name) {
-                Some(vm) => plan_vm(lab, vm, observed),
+                Some(vm) => plan_vm(lab, vm, observed, &pool),
                 None => continue,
             },
         };
@@ -283,32 +367,49 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
             changes.push(c);
         }
     }
+    if let Some(c) = pool.change(&changes) {
+        // After the deletions, before every creation: the pool has no dependencies.
+        let at = changes.iter().position(|c| c.action != Action::Delete).unwrap_or(changes.len());
+        changes.insert(at, c);
+    }
+    order_changes(lab, Some(&graph), observed, &mut changes);
     Ok(Plan { lab: lab.name.to_string(), changes })
 }
 
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
-/// the lab file; VMs first, then networks. Objects in the file go in the graph's
-/// `delete_order` (exactly the reverse of creation); owned objects no longer in the file go
-/// first within their kind, by name. Pure, like `plan`.
+/// the lab file; VMs (forced off with `Shutdown::Force`, as `topo destroy` does unless asked
+/// for `--graceful`) and their volumes first, then orphaned volumes, then networks. Objects
+/// in the file go in the graph's `delete_order` (exactly the reverse of creation); owned
+/// objects no longer in the file go first within their kind, by name. Pure, like `plan`.
 pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
+    plan_destroy_with(lab, observed, Shutdown::Force)
+}
+
+/// [`plan_destroy`] with the given way of stopping running VMs.
+pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> Plan {
     let lab_name = lab.name.as_str();
+    let pool = Pool::of(observed);
+    let graph = LabGraph::build(lab).ok();
     // Position of each address in the reverse creation order; a lab whose graph cannot be
     // built (a cycle) keeps name order.
-    let rank: BTreeMap<String, usize> = LabGraph::build(lab)
+    let rank: BTreeMap<Address, usize> = graph
+        .as_ref()
         .map(|g| g.delete_order().iter().enumerate().map(|(i, n)| (n.address(), i + 1)).collect())
         .unwrap_or_default();
     let by_rank = |c: &Change| rank.get(&c.address).copied().unwrap_or(0);
     let mut changes: Vec<Change> = observed
         .domains
         .values()
-        .filter(|d| Ownership::of(d.owner.as_ref(), lab_name) == Ownership::ThisLab)
-        .map(|d| delete_domain(lab, d))
+        .filter(|d| d.ownership(lab_name) == Ownership::ThisLab)
+        .map(|d| delete_domain(lab, d, observed, &pool, shutdown))
         .collect();
     changes.sort_by_key(by_rank); // stable: ties (not in the file) stay in name order
+    let orphans = orphaned_volumes(lab_name, observed, &changes, true);
+    changes.extend(orphans);
     let mut networks: Vec<Change> = observed
         .networks
         .values()
-        .filter(|n| Ownership::of(n.owner.as_ref(), lab_name) == Ownership::ThisLab)
+        .filter(|n| n.ownership(lab_name) == Ownership::ThisLab)
         .map(delete_network)
         .collect();
     networks.sort_by_key(by_rank);
@@ -318,15 +419,172 @@ pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
             c.reasons = vec![Reason::DestroyRequested];
         }
     }
+    if let Some(c) = pool.change(&changes) {
+        changes.insert(0, c);
+    }
+    order_changes(lab, graph.as_ref(), observed, &mut changes);
     Plan { lab: lab.name.to_string(), changes }
 }
 
-fn lab_has(lab: &Lab, address: &str) -> bool {
-    match address.split_once('.') {
-        Some(("network", n)) => lab.networks.keys().any(|k| k.as_str() == n),
-        Some(("vm", n)) => lab.vms.keys().any(|k| k.as_str() == n),
-        _ => false,
+fn lab_has(lab: &Lab, address: &Address) -> bool {
+    match address {
+        Address::Network(n) => lab.networks.contains_key(n),
+        Address::Vm(v) => lab.vms.contains_key(v),
+        Address::Volume(_) | Address::Pool(_) => false,
     }
+}
+
+/// The shared overlay pool as the plan sees it: where volumes go, and whether a step must
+/// create or start it first.
+struct Pool {
+    path: String,
+    observed: Option<(String, bool)>,
+}
+
+impl Pool {
+    fn of(observed: &Observed) -> Self {
+        match &observed.pool {
+            Some(p) => Pool { path: p.path.clone(), observed: Some((p.name.clone(), p.active)) },
+            None => Pool { path: DEFAULT_OVERLAY_DIR.to_string(), observed: None },
+        }
+    }
+
+    /// Full path of volume `name` in the pool.
+    fn volume_path(&self, name: &str) -> String {
+        format!("{}/{name}", self.path.trim_end_matches('/'))
+    }
+
+    /// A step that creates or starts the pool, when a change of `changes` needs it.
+    fn change(&self, changes: &[Change]) -> Option<Change> {
+        let needed = changes
+            .iter()
+            .flat_map(|c| &c.ops)
+            .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }));
+        let (action, reasons) = match &self.observed {
+            _ if !needed => return None,
+            Some((_, true)) => return None,
+            Some((_, false)) => (Action::Update, vec![Reason::NotActive, Reason::PoolNeeded]),
+            None => (Action::Create, vec![Reason::NotOnHost, Reason::PoolNeeded]),
+        };
+        let fields = vec![FieldChange {
+            path: "path".into(),
+            before: (action == Action::Update).then(|| self.path.clone()),
+            after: Some(self.path.clone()),
+            forces_replacement: false,
+            restarts: false,
+        }];
+        Some(Change {
+            address: Address::Pool(OVERLAY_POOL.to_string()),
+            libvirt_name: OVERLAY_POOL.to_string(),
+            action,
+            reasons,
+            fields,
+            blast_radius: Vec::new(),
+            after: Vec::new(),
+            ops: vec![Op::EnsurePool { name: OVERLAY_POOL.to_string(), path: self.path.clone() }],
+        })
+    }
+}
+
+/// Fills every change's `after`: deletions of VMs and volumes first (VMs before the
+/// networks they use, in the graph's reverse order), network deletions after every VM
+/// deletion and after the VM changes that unplug NICs from them, creations and updates
+/// after every deletion and after the changes of what they depend on in the lab graph;
+/// every change with a volume op after the pool step.
+fn order_changes(lab: &Lab, graph: Option<&LabGraph>, observed: &Observed, changes: &mut [Change]) {
+    let is_delete = |c: &Change| c.action == Action::Delete;
+    let vm_deletes: Vec<Address> = changes
+        .iter()
+        .filter(|c| is_delete(c) && matches!(c.address, Address::Vm(_) | Address::Volume(_)))
+        .map(|c| c.address.clone())
+        .collect();
+    let all_deletes: Vec<Address> = changes.iter().filter(|c| is_delete(c)).map(|c| c.address.clone()).collect();
+    let present: BTreeSet<Address> = changes.iter().map(|c| c.address.clone()).collect();
+    let pool_step = changes.iter().find(|c| matches!(c.address, Address::Pool(_))).map(|c| c.address.clone());
+    // VM changes that take a NIC off a network (by libvirt name): hot-unplugged, or left
+    // out of the VM's new definition.
+    let unplugs: Vec<(Address, String)> = changes
+        .iter()
+        .filter(|c| !is_delete(c))
+        .filter_map(|c| match &c.address {
+            Address::Vm(v) => Some((c, lab.vms.get(v)?, observed.domains.get(&c.libvirt_name)?)),
+            _ => None,
+        })
+        .flat_map(|(c, vm, d)| {
+            let wanted: BTreeSet<&str> =
+                vm.nics.iter().filter_map(|n| lab.networks.get(&n.network)).map(|n| n.libvirt_name.as_str()).collect();
+            d.interfaces
+                .iter()
+                .filter_map(|i| i.network.clone())
+                .filter(|n| !wanted.contains(n.as_str()))
+                .map(|n| (c.address.clone(), n))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut afters: Vec<Vec<Address>> = Vec::with_capacity(changes.len());
+    for c in changes.iter() {
+        let mut after: BTreeSet<Address> = BTreeSet::new();
+        match (&c.address, is_delete(c)) {
+            (Address::Vm(_) | Address::Volume(_), true) => {}
+            (Address::Network(_), true) => {
+                after.extend(vm_deletes.iter().cloned());
+                after.extend(unplugs.iter().filter(|(_, n)| *n == c.libvirt_name).map(|(a, _)| a.clone()));
+            }
+            (Address::Pool(_), _) => {}
+            (Address::Network(_), false) => after.extend(all_deletes.iter().cloned()),
+            (Address::Vm(v), false) => {
+                // Not after network deletions: a network deletion may wait for this VM to
+                // unplug from it. A network the VM needs waits for them itself.
+                after.extend(vm_deletes.iter().cloned());
+                for dep in graph.map(|g| g.dependencies(&Node::Vm(v.clone()))).unwrap_or_default() {
+                    after.insert(dep.address());
+                }
+            }
+            (Address::Volume(_), false) => after.extend(all_deletes.iter().cloned()),
+        }
+        if let Some(p) = &pool_step
+            && c.ops.iter().any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }))
+        {
+            after.insert(p.clone());
+        }
+        after.remove(&c.address);
+        after.retain(|a| present.contains(a));
+        afters.push(after.into_iter().collect());
+    }
+    // A network deletion waits for VM changes that unplug from it, unless that VM change
+    // waits (through its own dependencies) for the deletion: it needs a network that
+    // reuses the bridge or subnet, and libvirt lets the network go from under it.
+    let index: BTreeMap<Address, usize> = changes.iter().enumerate().map(|(i, c)| (c.address.clone(), i)).collect();
+    for i in 0..changes.len() {
+        if !(is_delete(&changes[i]) && matches!(changes[i].address, Address::Network(_))) {
+            continue;
+        }
+        let deps = afters[i].clone();
+        for d in deps {
+            let Some(&j) = index.get(&d) else { continue };
+            if !is_delete(&changes[j]) && waits_for(&afters, &index, j, i) {
+                afters[i].retain(|a| *a != d);
+            }
+        }
+    }
+    for (c, after) in changes.iter_mut().zip(afters) {
+        c.after = after;
+    }
+}
+
+/// Whether change `from` (transitively) waits for change `to`.
+fn waits_for(afters: &[Vec<Address>], index: &BTreeMap<Address, usize>, from: usize, to: usize) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from];
+    while let Some(i) = stack.pop() {
+        if i == to {
+            return true;
+        }
+        if seen.insert(i) {
+            stack.extend(afters[i].iter().filter_map(|a| index.get(a).copied()));
+        }
+    }
+    false
 }
 
 fn diff(desired: &Fields, observed: &Fields) -> Vec<FieldChange> {
@@ -364,7 +622,7 @@ fn all_fields(f: &Fields, created: bool) -> Vec<FieldChange> {
 }
 
 /// A change that creates an object: every desired field is new.
-fn creation(address: String, libvirt_name: &str, desired: &Fields, ops: Vec<Op>) -> Change {
+fn creation(address: Address, libvirt_name: &str, desired: &Fields, ops: Vec<Op>) -> Change {
     Change {
         address,
         libvirt_name: libvirt_name.to_string(),
@@ -372,6 +630,7 @@ fn creation(address: String, libvirt_name: &str, desired: &Fields, ops: Vec<Op>)
         reasons: vec![Reason::NotOnHost],
         fields: all_fields(desired, true),
         blast_radius: Vec::new(),
+        after: Vec::new(),
         ops,
     }
 }
@@ -385,11 +644,11 @@ fn delete_network(n: &ObservedNetwork) -> Change {
     if n.persistent {
         ops.push(Op::UndefineNetwork);
     }
-    deletion(owner_address(n.owner.as_ref(), "network", &n.name), &n.name, all_fields(&d, false), ops)
+    deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops)
 }
 
 /// A change that deletes an owned object no longer in the lab file.
-fn deletion(address: String, libvirt_name: &str, fields: Vec<FieldChange>, ops: Vec<Op>) -> Change {
+fn deletion(address: Address, libvirt_name: &str, fields: Vec<FieldChange>, ops: Vec<Op>) -> Change {
     Change {
         address,
         libvirt_name: libvirt_name.to_string(),
@@ -397,24 +656,83 @@ fn deletion(address: String, libvirt_name: &str, fields: Vec<FieldChange>, ops: 
         reasons: vec![Reason::NotInLabFile],
         fields,
         blast_radius: Vec::new(),
+        after: Vec::new(),
         ops,
     }
 }
 
-fn delete_domain(lab: &Lab, d: &ObservedDomain) -> Change {
+/// The pool volumes a deleted or replaced domain's disks are: every disk in the overlay
+/// pool that is tagged as this lab's or that this (owned) domain uses. Never a file
+/// outside the pool, never by name alone.
+fn domain_volumes(d: &ObservedDomain, observed: &Observed, pool: &Pool) -> Vec<Op> {
+    let Some((pool_name, _)) = &pool.observed else { return Vec::new() };
+    d.disks
+        .iter()
+        .filter_map(|disk| {
+            let by_path = observed.volumes.values().find(|v| v.path == *disk).map(|v| v.name.clone());
+            // An inactive pool lists no volumes: a disk in its folder is one of them.
+            let in_folder = std::path::Path::new(disk)
+                .parent()
+                .is_some_and(|p| p == std::path::Path::new(&pool.path))
+                .then(|| disk.rsplit('/').next().unwrap_or_default().to_string());
+            by_path.or(in_folder)
+        })
+        .map(|name| Op::DeleteVolume { pool: pool_name.clone(), name })
+        .collect()
+}
+
+fn delete_domain(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Pool, shutdown: Shutdown) -> Change {
     // What is destroyed, as the host has it (shown like a created VM's fields).
     let fields = all_fields(&fields::observed_vm(lab, d, &Fields::new()), false);
     let mut ops = Vec::new();
     if d.state != DomainState::Shutoff {
-        ops.push(Op::StopDomain);
+        ops.push(Op::StopDomain { shutdown });
     }
     ops.push(Op::UndefineDomain);
-    ops.push(Op::DeleteDisk);
-    deletion(owner_address(d.owner.as_ref(), "vm", &d.name), &d.name, fields, ops)
+    ops.extend(domain_volumes(d, observed, pool));
+    deletion(owner_address(d.owner.as_ref(), &d.name), &d.name, fields, ops)
 }
 
-fn owner_address(owner: Option<&crate::observed::OwnerTag>, kind: &str, name: &str) -> String {
-    owner.map(|t| t.resource.clone()).unwrap_or_else(|| format!("{kind}.{name}"))
+/// Volumes tagged as lab `lab`'s that are not deleted by `changes` and, unless `all`, that
+/// no domain uses: one deletion each.
+fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change], all: bool) -> Vec<Change> {
+    let Some(pool) = &observed.pool else { return Vec::new() };
+    let deleted: BTreeSet<&str> = changes
+        .iter()
+        .flat_map(|c| &c.ops)
+        .filter_map(|op| match op {
+            Op::DeleteVolume { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    observed
+        .volumes
+        .values()
+        .filter(|v| volume_owned_by(lab, &v.name) && !deleted.contains(v.name.as_str()))
+        .filter(|v| all || !observed.domains.values().any(|d| d.disks.contains(&v.path)))
+        .map(|v| Change {
+            address: Address::Volume(v.name.clone()),
+            libvirt_name: v.name.clone(),
+            action: Action::Delete,
+            reasons: vec![Reason::Orphaned],
+            fields: vec![FieldChange {
+                path: "path".into(),
+                before: Some(v.path.clone()),
+                after: None,
+                forces_replacement: false,
+                restarts: false,
+            }],
+            blast_radius: Vec::new(),
+            after: Vec::new(),
+            ops: vec![Op::DeleteVolume { pool: pool.name.clone(), name: v.name.clone() }],
+        })
+        .collect()
+}
+
+/// The address an owned object is planned under: its owner tag's resource (ownership
+/// checked that it parses).
+fn owner_address(owner: Option<&crate::observed::OwnerTag>, name: &str) -> Address {
+    owner.and_then(|t| t.resource.parse().ok()).unwrap_or_else(|| Address::Volume(name.to_string()))
 }
 
 /// Whether the host differs from the last apply while the file did not change.
@@ -422,14 +740,33 @@ fn drifted(owner: Option<&crate::observed::OwnerTag>, desired: &Fields) -> bool 
     owner.is_some_and(|t| t.spec_hash == fields::spec_hash(desired))
 }
 
+/// The network XML to define: the lab's, keeping the UUID and the bridge libvirt chose.
+fn network_define(lab: &Lab, net: &Network, desired: &Fields, o: Option<&ObservedNetwork>) -> Result<Op, String> {
+    let xml = crate::xml::network_xml(lab, net, &fields::spec_hash(desired)).map_err(|e| e.to_string())?;
+    let uuid = o.and_then(|o| o.uuid.as_deref());
+    let bridge = o.and_then(|o| o.bridge.as_deref());
+    Ok(Op::DefineNetwork { xml: crate::xml::with_bridge(&crate::xml::with_uuid(&xml.xml, uuid), bridge) })
+}
+
 fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeSet<String>) -> Option<Change> {
     let NetworkKind::Managed(m) = &net.kind else {
         return None; // external: read only, checked in find_conflicts
     };
-    let address = format!("network.{}", net.name);
+    let address = Address::Network(net.name.clone());
     let desired = fields::desired_network(m);
-    let Some(o) = observed.networks.get(&net.libvirt_name) else {
-        let mut ops = vec![Op::DefineNetwork, Op::StartNetwork];
+    let o = observed.networks.get(&net.libvirt_name);
+    // Rendering a validated network cannot fail (names and values were checked); if it
+    // does, the change carries no define and apply reports the missing op's effect.
+    let define = network_define(lab, net, &desired, o);
+    let define_op = |ops: &mut Vec<Op>| {
+        if let Ok(op) = &define {
+            ops.push(op.clone());
+        }
+    };
+    let Some(o) = o else {
+        let mut ops = Vec::new();
+        define_op(&mut ops);
+        ops.push(Op::StartNetwork);
         if m.autostart {
             ops.push(Op::SetNetworkAutostart { on: true });
         }
@@ -450,12 +787,12 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         if o.active {
             ops.push(Op::StopNetwork);
         }
-        ops.push(Op::DefineNetwork);
+        define_op(&mut ops);
         ops.push(Op::StartNetwork);
         if m.autostart != o.autostart {
             ops.push(Op::SetNetworkAutostart { on: m.autostart });
         }
-        let reattach: Vec<Detached> = blast.iter().filter(|d| d.reattached).cloned().collect();
+        let reattach = replugs(lab, &blast);
         if !reattach.is_empty() {
             ops.push(Op::ReattachNics { nics: reattach });
         }
@@ -466,6 +803,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
             reasons,
             fields: changed.into_iter().filter(|f| f.path != "active").collect(),
             blast_radius: blast,
+            after: Vec::new(),
             ops,
         });
     }
@@ -477,7 +815,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         // Running domains whose NICs were on the network when it stopped lost their link;
         // starting it again does not plug them back in.
         blast = blast_radius(lab, net, observed);
-        let reattach: Vec<Detached> = blast.iter().filter(|d| d.reattached).cloned().collect();
+        let reattach = replugs(lab, &blast);
         if !reattach.is_empty() {
             ops.push(Op::ReattachNics { nics: reattach });
         }
@@ -490,13 +828,16 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
     for (mac, h) in &observed_hosts {
         let keep = m.reservations.get(mac).is_some_and(|r| same_host(r, h));
         if !keep {
-            ops.push(Op::DeleteDhcpHost { mac: *mac, ip: h.ip, host: h.name.clone() });
+            let r = Reservation { mac: *mac, ip: h.ip, host: h.name.clone().unwrap_or_default() };
+            if let Ok(xml) = crate::xml::dhcp_host_xml(&r) {
+                ops.push(Op::DeleteDhcpHost { mac: *mac, ip: h.ip, host: h.name.clone(), xml });
+            }
         }
     }
     for (mac, r) in &m.reservations {
         let have = observed_hosts.get(mac).is_some_and(|h| same_host(r, h));
-        if !have {
-            ops.push(Op::AddDhcpHost { mac: *mac, ip: r.ip, host: r.host.clone() });
+        if !have && let Ok(xml) = crate::xml::dhcp_host_xml(r) {
+            ops.push(Op::AddDhcpHost { mac: *mac, ip: r.ip, host: r.host.clone(), xml });
         }
     }
     if ops.is_empty() {
@@ -508,7 +849,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
     // observed (libvirt refuses to delete an entry the config no longer has); the final
     // define then only refreshes the persistent config, which already holds them.
     if config_changed {
-        ops.push(Op::DefineNetwork);
+        define_op(&mut ops);
     }
     Some(Change {
         address,
@@ -517,12 +858,27 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         reasons,
         fields: changed,
         blast_radius: blast,
+        after: Vec::new(),
         ops,
     })
 }
 
 fn same_host(r: &Reservation, h: &crate::observed::ObservedHost) -> bool {
     r.ip == h.ip && h.name.as_deref() == Some(r.host.as_str())
+}
+
+/// The NICs of `blast` that topo plugs back in, with their interface XML.
+fn replugs(lab: &Lab, blast: &[Detached]) -> Vec<NicPlug> {
+    blast
+        .iter()
+        .filter(|d| d.reattached)
+        .filter_map(|d| {
+            let vm = lab.vms.values().find(|v| v.libvirt_name == d.domain)?;
+            let nic = vm.nics.iter().find(|n| n.mac == d.mac)?;
+            let xml = crate::xml::interface_xml(lab, vm, nic).ok()?;
+            Some(NicPlug { domain: d.domain.clone(), mac: d.mac, xml })
+        })
+        .collect()
 }
 
 /// Running domains with a NIC on `net`: replacing the network detaches them.
@@ -532,8 +888,8 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
         if d.state != DomainState::Running {
             continue;
         }
-        let ours = Ownership::of(d.owner.as_ref(), lab.name.as_str()) == Ownership::ThisLab
-            && lab.vms.values().any(|v| v.libvirt_name == d.name);
+        let ours =
+            d.ownership(lab.name.as_str()) == Ownership::ThisLab && lab.vms.values().any(|v| v.libvirt_name == d.name);
         for i in &d.interfaces {
             if let (Some(mac), Some(n)) = (i.mac, i.network.as_deref())
                 && n == net.libvirt_name
@@ -546,20 +902,64 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
     out
 }
 
-fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed) -> Option<Change> {
-    let address = format!("vm.{}", vm.name);
-    let desired = fields::desired_vm(vm);
-    let Some(o) = observed.domains.get(&vm.libvirt_name) else {
-        let mut ops = Vec::new();
-        if vm.disk.is_some() {
-            ops.push(Op::CreateDisk);
-        }
-        ops.extend([Op::DefineDomain, Op::StartDomain]);
+/// The domain XML to define for `vm`, keeping the observed UUID.
+fn domain_define(lab: &Lab, vm: &Vm, desired: &Fields, pool: &Pool, o: Option<&ObservedDomain>) -> Option<Op> {
+    let disk = vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f));
+    let xml = crate::xml::domain_xml(lab, vm, disk.as_deref(), &fields::spec_hash(desired)).ok()?;
+    Some(Op::DefineDomain { xml: crate::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+}
+
+/// The overlay volume `vm` needs, if it has a disk.
+fn overlay_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
+    let d = vm.disk.as_ref()?;
+    Some(Op::CreateVolume {
+        volume: VolumeSpec {
+            pool: OVERLAY_POOL.to_string(),
+            name: vm.overlay_name(&lab.name)?,
+            backing: d.image.display().to_string(),
+            size: d.size.map(|s| s.bytes()),
+        },
+    })
+}
+
+/// Restart-bound fields whose running value differs from the desired one even though the
+/// persistent config may already match (a define done without the restart that follows).
+fn pending_restart(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Vec<FieldChange> {
+    let Some(live) = &o.live else { return Vec::new() };
+    if *live == LiveConfig::of(o) {
+        return Vec::new();
+    }
+    let running = ObservedDomain {
+        virt_type: live.virt_type.clone(),
+        memory_kib: live.memory_kib,
+        vcpus: live.vcpus,
+        kernel: live.kernel.clone(),
+        initrd: live.initrd.clone(),
+        cmdline: live.cmdline.clone(),
+        ..o.clone()
+    };
+    diff(desired, &fields::observed_vm(lab, &running, desired)).into_iter().filter(|f| f.restarts).collect()
+}
+
+fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Change> {
+    let address = Address::Vm(vm.name.clone());
+    let desired = fields::desired_vm(lab, vm);
+    let o = observed.domains.get(&vm.libvirt_name);
+    let define = domain_define(lab, vm, &desired, pool, o);
+    let Some(o) = o else {
+        let mut ops: Vec<Op> = overlay_volume(lab, vm).into_iter().collect();
+        ops.extend(define);
+        ops.push(Op::StartDomain);
         return Some(creation(address, &vm.libvirt_name, &desired, ops));
     };
     let obs = fields::observed_vm(lab, o, &desired);
-    let changed = diff(&desired, &obs);
+    let mut changed = diff(&desired, &obs);
     let config_changed = changed.iter().any(|f| f.path != "state");
+    for f in pending_restart(lab, o, &desired) {
+        if !changed.iter().any(|c| c.path == f.path) {
+            changed.push(f);
+        }
+    }
     let mut reasons = Vec::new();
     if config_changed {
         reasons.push(if drifted(o.owner.as_ref(), &desired) { Reason::Drift } else { Reason::LabFileChanged });
@@ -569,13 +969,14 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed) -> Option<Change> {
         reasons.push(Reason::RequiresReplace { fields: forced });
         let mut ops = Vec::new();
         if o.state != DomainState::Shutoff {
-            ops.push(Op::StopDomain);
+            // Its disk is deleted next: nothing to shut down gracefully for.
+            ops.push(Op::StopDomain { shutdown: Shutdown::Force });
         }
-        ops.extend([Op::UndefineDomain, Op::DeleteDisk]);
-        if vm.disk.is_some() {
-            ops.push(Op::CreateDisk);
-        }
-        ops.extend([Op::DefineDomain, Op::StartDomain]);
+        ops.push(Op::UndefineDomain);
+        ops.extend(domain_volumes(o, observed, pool));
+        ops.extend(overlay_volume(lab, vm));
+        ops.extend(define);
+        ops.push(Op::StartDomain);
         return Some(Change {
             address,
             libvirt_name: vm.libvirt_name.clone(),
@@ -583,41 +984,66 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed) -> Option<Change> {
             reasons,
             fields: changed.into_iter().filter(|f| f.path != "state").collect(),
             blast_radius: Vec::new(),
+            after: Vec::new(),
             ops,
         });
     }
-    let running = o.state == DomainState::Running;
     let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
-    // NICs: hot-plug by MAC. A NIC whose network changed is unplugged and plugged again.
-    let observed_nics: BTreeMap<MacAddr, Option<&str>> =
-        o.interfaces.iter().filter_map(|i| Some((i.mac?, i.network.as_deref()))).collect();
-    for (mac, net) in &observed_nics {
-        let want = vm.nics.iter().find(|n| n.mac == *mac).and_then(|n| lab.networks.get(&n.network));
-        if want.map(|w| w.libvirt_name.as_str()) != *net {
-            ops.push(Op::DetachNic { mac: *mac, network: net.unwrap_or_default().to_string() });
-        }
-    }
-    for nic in &vm.nics {
-        let want = lab.networks.get(&nic.network).map(|w| w.libvirt_name.as_str());
-        if observed_nics.get(&nic.mac).copied().flatten() != want {
-            ops.push(Op::AttachNic { mac: nic.mac });
-        }
-    }
     if !restart.is_empty() {
+        // Stop, then define, then start: a death between any two leaves a state the next
+        // plan sees (stopped with the old config, or stopped with the new one), never a
+        // running VM whose config already matches while it runs the old settings. The new
+        // definition carries the NICs, so none is hot-plugged.
         reasons.push(Reason::RequiresRestart { fields: restart });
-        ops.push(Op::DefineDomain);
-        if running {
-            ops.push(Op::StopDomain);
+        if o.state != DomainState::Shutoff {
+            ops.push(Op::StopDomain { shutdown: Shutdown::Graceful });
         }
+        ops.extend(define);
         ops.push(Op::StartDomain);
-    } else if config_changed {
-        // Rewrite the config so the metadata's spec hash matches the file again.
-        ops.push(Op::DefineDomain);
-    }
-    if !running && !ops.contains(&Op::StartDomain) {
-        reasons.push(Reason::NotRunning);
-        ops.push(Op::StartDomain);
+    } else {
+        // NICs: hot-plugged by MAC, live and config together. A NIC whose network changed
+        // is unplugged and plugged again.
+        let observed_nics: BTreeMap<MacAddr, Option<&str>> =
+            o.interfaces.iter().filter_map(|i| Some((i.mac?, i.network.as_deref()))).collect();
+        for (mac, net) in &observed_nics {
+            let want = vm.nics.iter().find(|n| n.mac == *mac).and_then(|n| lab.networks.get(&n.network));
+            if want.map(|w| w.libvirt_name.as_str()) != *net {
+                let network = net.unwrap_or_default().to_string();
+                let xml = crate::xml::plain_interface_xml(*mac, &network);
+                ops.push(Op::DetachNic { mac: *mac, network, xml });
+            }
+        }
+        for nic in &vm.nics {
+            let want = lab.networks.get(&nic.network).map(|w| w.libvirt_name.as_str());
+            if observed_nics.get(&nic.mac).copied().flatten() != want
+                && let Ok(xml) = crate::xml::interface_xml(lab, vm, nic)
+            {
+                ops.push(Op::AttachNic { mac: nic.mac, xml });
+            }
+        }
+        if config_changed {
+            // Rewrite the config so the metadata's spec hash matches the file again.
+            ops.extend(define);
+        }
+        match o.state {
+            DomainState::Running => {}
+            DomainState::Shutoff => {
+                reasons.push(Reason::NotRunning);
+                ops.push(Op::StartDomain);
+            }
+            // libvirt refuses to start a paused domain ("already running"): resume it.
+            DomainState::Paused => {
+                reasons.push(Reason::Paused);
+                ops.push(Op::ResumeDomain);
+            }
+            // Crashed, suspended by the host, shutting down: forced off, then started.
+            DomainState::Other => {
+                reasons.push(Reason::NotRunning);
+                ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+                ops.push(Op::StartDomain);
+            }
+        }
     }
     if ops.is_empty() {
         return None;
@@ -629,6 +1055,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed) -> Option<Change> {
         reasons,
         fields: changed,
         blast_radius: Vec::new(),
+        after: Vec::new(),
         ops,
     })
 }
@@ -663,7 +1090,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 format!("start it with `virsh net-start {}`; topo never changes external networks", net.libvirt_name),
             )),
             (NetworkKind::External, Some(_)) => {}
-            (NetworkKind::Managed(_), Some(o)) if Ownership::of(o.owner.as_ref(), lab_name) != Ownership::ThisLab => {
+            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab_name) != Ownership::ThisLab => {
                 out.push(conflict(
                     Code::NetworkNameTaken,
                     net.span,
@@ -678,7 +1105,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
             (NetworkKind::Managed(m), _) => {
                 for other in observed.networks.values() {
-                    if Ownership::of(other.owner.as_ref(), lab_name) == Ownership::ThisLab {
+                    if other.ownership(lab_name) == Ownership::ThisLab {
                         continue; // the lab's own networks are updated, replaced or deleted first
                     }
                     if let (Some(subnet), Some(ip)) = (m.subnet, &other.ip)
@@ -717,7 +1144,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     }
     for vm in lab.vms.values() {
         if let Some(o) = observed.domains.get(&vm.libvirt_name)
-            && Ownership::of(o.owner.as_ref(), lab_name) != Ownership::ThisLab
+            && o.ownership(lab_name) != Ownership::ThisLab
         {
             out.push(conflict(
                 Code::VmNameTaken,

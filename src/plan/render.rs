@@ -63,7 +63,7 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         for r in &c.reasons {
             let _ = writeln!(out, "  #   because {}", r.describe());
         }
-        let (kind, name) = c.address.split_once('.').unwrap_or(("", &c.address));
+        let (kind, name) = (c.address.kind(), c.address.name());
         let _ = writeln!(out, "{} {kind} {name:?} {{", style.paint(color, sym));
         let width = c.fields.iter().map(|f| f.path.len()).max().unwrap_or(0);
         for f in &c.fields {

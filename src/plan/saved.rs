@@ -1,12 +1,18 @@
-//! Saved plans (`topo plan --out FILE`): what the plan was made from, so that `apply FILE`
-//! can refuse it when the lab file or the host changed since.
+//! Saved plans (`topo plan --out FILE`): the executable plan itself and what it was made
+//! from, so that `apply FILE` runs exactly these steps, or refuses them when the lab file,
+//! the URI or the host changed since.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::observed::Observed;
 
-pub const SAVED_FORMAT: &str = "topo-saved-plan/1";
+/// Saved plans mention what they were made from: looks_saved finds the format tag in text
+/// of either version, so that an old file gets a clear "unknown format" error.
+const FORMAT_TAG: &str = "topo-saved-plan/";
+
+/// Version 2 carries the executable steps; version 1 (the plan as shown only) is refused.
+pub const SAVED_FORMAT: &str = "topo-saved-plan/2";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedPlan {
@@ -21,6 +27,8 @@ pub struct SavedPlan {
     pub observed_sha256: String,
     /// The plan as shown (`plan --json` document), for people and tools reading the file.
     pub plan: serde_json::Value,
+    /// The steps `apply` runs, with everything each needs (XML, volumes, NICs).
+    pub steps: super::Plan,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -70,5 +78,5 @@ impl SavedPlan {
 
 /// True when `text` looks like a saved plan rather than a lab file.
 pub fn looks_saved(text: &str) -> bool {
-    text.trim_start().starts_with('{') && text.contains(SAVED_FORMAT)
+    text.trim_start().starts_with('{') && text.contains(FORMAT_TAG)
 }

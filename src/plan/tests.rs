@@ -29,15 +29,7 @@ vms:
 
 fn applied(hv: &MemoryHypervisor, l: &Lab) {
     let p = plan(l, &hv.observe().unwrap(), "mem").unwrap();
-    let r = apply(
-        l,
-        &p,
-        &hv.observe().unwrap(),
-        hv,
-        &Options::default(),
-        &Default::default(),
-        &crate::apply::progress::Silent,
-    );
+    let r = apply(&p, hv, &Options::default(), &Default::default(), &crate::apply::progress::Silent);
     assert!(!r.failed(), "{r:?}");
 }
 
@@ -58,7 +50,7 @@ fn changed_reservation_updates_hosts_before_redefining() {
         .map(|o| match o {
             Op::DeleteDhcpHost { .. } => "delete",
             Op::AddDhcpHost { .. } => "add",
-            Op::DefineNetwork => "define",
+            Op::DefineNetwork { .. } => "define",
             _ => "other",
         })
         .collect();

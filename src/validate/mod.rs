@@ -436,7 +436,7 @@ mod tests {
             let lab = load(&SourceFile::from_text(lab_file, text.clone())).unwrap();
             let vm = lab.vms.values().next().unwrap().clone();
             let boot = vm.boot.clone().unwrap();
-            (boot.kernel, boot.initrd, vm.disk.clone().unwrap().image, vm.overlay_name())
+            (boot.kernel, boot.initrd, vm.disk.clone().unwrap().image, vm.overlay_name(&lab.name))
         };
         let canonical = std::fs::canonicalize(&real).unwrap();
         let want = paths(&canonical.join("lab.yaml"));

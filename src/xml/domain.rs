@@ -6,8 +6,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{MetadataW, Rendered, XmlError, from_xml, read_ns_facts, to_xml};
+use crate::address::Address;
 use crate::model::{Lab, MacAddr, Nic, Vm};
 use crate::observed::{DomainState, ObservedDomain, ObservedInterface};
+use crate::ownership::OwnerTag;
 
 // ---- writing ---------------------------------------------------------------------------
 
@@ -194,9 +196,10 @@ pub fn console_log_path(libvirt_name: &str) -> String {
     format!("/var/log/libvirt/qemu/{libvirt_name}-console.log")
 }
 
-/// Renders the domain XML of a lab VM. `disk_path` is the VM's overlay image (the caller
-/// creates it); without it the domain has no disk. The emulator is left to libvirt.
-pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>) -> Result<Rendered, XmlError> {
+/// Renders the domain XML of a lab VM, tagged with `spec_hash` (the planner's hash of its
+/// desired fields). `disk_path` is the VM's overlay image (the caller creates it); without
+/// it the domain has no disk. The emulator is left to libvirt.
+pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>, spec_hash: &str) -> Result<Rendered, XmlError> {
     let (kernel, initrd, cmdline) = match &vm.boot {
         Some(b) => (Some(path_str(&b.kernel)?), b.initrd.as_deref().map(path_str).transpose()?, b.cmdline.as_deref()),
         None => (None, None, None),
@@ -205,43 +208,41 @@ pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>) -> Result<Rendere
     for nic in &vm.nics {
         interface_w(lab, vm, nic)?;
     }
-    let resource = format!("vm.{}", vm.name);
-    super::render_with_owner(
-        "domain",
-        "domain",
-        lab.name.as_str(),
-        &resource,
-        crate::plan::fields::spec_hash(&crate::plan::fields::desired_vm(vm)),
-        |metadata| DomainW {
-            virt_type: vm.virt_type.as_str(),
-            name: &vm.libvirt_name,
-            metadata,
-            memory: MemoryW { unit: "KiB", value: vm.memory.kib() },
-            vcpu: vm.vcpus,
-            os: OsW { os_type: OsTypeW { arch: "x86_64", machine: "pc", value: "hvm" }, kernel, initrd, cmdline },
-            features: FeaturesW { acpi: (), apic: () },
-            on_poweroff: "destroy",
-            on_reboot: "restart",
-            on_crash: "destroy",
-            devices: DevicesW {
-                disk: disk_path.map(|file| DiskW {
-                    disk_type: "file",
-                    device: "disk",
-                    driver: DriverW { name: "qemu", driver_type: "qcow2" },
-                    source: FileSourceW { file },
-                    target: TargetW { dev: "vda", bus: "virtio" },
-                }),
-                // Every NIC was checked above, so `ok()` drops nothing.
-                interface: vm.nics.iter().filter_map(|n| interface_w(lab, vm, n).ok()).collect(),
-                serial: SerialW {
-                    serial_type: "file",
-                    source: PathSourceW { path: console_log_path(&vm.libvirt_name) },
-                    target: PortW { port: 0 },
-                },
-                memballoon: MemballoonW { model: "none" },
+    let tag = OwnerTag {
+        lab: lab.name.to_string(),
+        resource: Address::Vm(vm.name.clone()).to_string(),
+        name: vm.libvirt_name.clone(),
+        spec_hash: spec_hash.to_string(),
+    };
+    super::render_with_owner("domain", "domain", &tag, |metadata| DomainW {
+        virt_type: vm.virt_type.as_str(),
+        name: &vm.libvirt_name,
+        metadata,
+        memory: MemoryW { unit: "KiB", value: vm.memory.kib() },
+        vcpu: vm.vcpus,
+        os: OsW { os_type: OsTypeW { arch: "x86_64", machine: "pc", value: "hvm" }, kernel, initrd, cmdline },
+        features: FeaturesW { acpi: (), apic: () },
+        on_poweroff: "destroy",
+        on_reboot: "restart",
+        on_crash: "destroy",
+        devices: DevicesW {
+            disk: disk_path.map(|file| DiskW {
+                disk_type: "file",
+                device: "disk",
+                driver: DriverW { name: "qemu", driver_type: "qcow2" },
+                source: FileSourceW { file },
+                target: TargetW { dev: "vda", bus: "virtio" },
+            }),
+            // Every NIC was checked above, so `ok()` drops nothing.
+            interface: vm.nics.iter().filter_map(|n| interface_w(lab, vm, n).ok()).collect(),
+            serial: SerialW {
+                serial_type: "file",
+                source: PathSourceW { path: console_log_path(&vm.libvirt_name) },
+                target: PortW { port: 0 },
             },
+            memballoon: MemballoonW { model: "none" },
         },
-    )
+    })
 }
 
 /// `<interface type='network'>` XML of one NIC, for `attach_device` / `detach_device`.
@@ -414,6 +415,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         disks,
         interfaces,
         owner: facts.owner,
+        live: None,
     })
 }
 

@@ -19,11 +19,11 @@ use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 use serde::Serialize;
 
-use crate::observed::{OWNER_NS, OwnerTag};
+use crate::ownership::{OWNER_NS, OwnerTag};
 
 pub use domain::{console_log_path, domain_xml, interface_xml, parse_domain, parse_interface};
 pub use network::{NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network};
-pub use storage::{dir_pool_xml, overlay_volume_xml, plain_interface_xml};
+pub use storage::{dir_pool_xml, overlay_volume_xml, parse_pool_path, plain_interface_xml};
 
 /// XML namespace of libvirt's dnsmasq passthrough options in network XML.
 pub const DNSMASQ_NS: &str = "http://libvirt.org/schemas/network/dnsmasq/1.0";
@@ -56,10 +56,10 @@ pub struct Rendered {
     pub spec_hash: String,
 }
 
-/// The spec hash of an object topo writes is `plan::fields::spec_hash` of its desired
-/// managed fields: the planner compares it with the hash read back from the owner tag to
+/// The spec hash of an object topo writes is given by the planner (the hash of its desired
+/// managed fields): the planner compares it with the hash read back from the owner tag to
 /// tell drift (host changed, file did not) from a changed lab file.
-/// `<metadata><topo:owner xmlns:topo=OWNER_NS lab= resource= spec-hash=/></metadata>`.
+/// `<metadata><topo:owner xmlns:topo=OWNER_NS lab= resource= name= spec-hash=/></metadata>`.
 #[derive(Serialize)]
 pub(crate) struct MetadataW {
     #[serde(rename = "topo:owner")]
@@ -74,18 +74,21 @@ struct OwnerW {
     lab: String,
     #[serde(rename = "@resource")]
     resource: String,
+    #[serde(rename = "@name")]
+    name: String,
     #[serde(rename = "@spec-hash")]
     spec_hash: String,
 }
 
 impl MetadataW {
-    pub(crate) fn new(lab: &str, resource: &str, spec_hash: &str) -> Self {
+    pub(crate) fn new(tag: &OwnerTag) -> Self {
         Self {
             owner: OwnerW {
                 ns: OWNER_NS,
-                lab: lab.to_owned(),
-                resource: resource.to_owned(),
-                spec_hash: spec_hash.to_owned(),
+                lab: tag.lab.clone(),
+                resource: tag.resource.clone(),
+                name: tag.name.clone(),
+                spec_hash: tag.spec_hash.clone(),
             },
         }
     }
@@ -126,18 +129,60 @@ pub(crate) fn from_xml<'de, T: serde::Deserialize<'de>>(
     quick_xml::de::from_str(xml).map_err(|e| parse_err(what, e))
 }
 
-/// Renders an object twice: without metadata to compute the spec hash, then with the owner
-/// tag carrying that hash. `build` gets the metadata to embed (or `None`).
+/// Renders an object with the owner tag `tag` in its metadata. `build` gets the metadata
+/// to embed.
 pub(crate) fn render_with_owner<T: Serialize>(
     what: &'static str,
     root: &str,
-    lab: &str,
-    resource: &str,
-    hash: String,
+    tag: &OwnerTag,
     build: impl Fn(Option<MetadataW>) -> T,
 ) -> Result<Rendered, XmlError> {
-    let xml = to_xml(what, root, &build(Some(MetadataW::new(lab, resource, &hash))))?;
-    Ok(Rendered { xml, spec_hash: hash })
+    let xml = to_xml(what, root, &build(Some(MetadataW::new(tag))))?;
+    Ok(Rendered { xml, spec_hash: tag.spec_hash.clone() })
+}
+
+/// Inserts `<uuid>` after the root's `<name>` element so that redefining keeps the object's
+/// identity (libvirt refuses a same-named definition with another UUID).
+pub fn with_uuid(xml: &str, uuid: Option<&str>) -> String {
+    match (uuid, xml.find("</name>")) {
+        (Some(u), Some(at)) if !xml.contains("<uuid>") => {
+            let end = at + "</name>".len();
+            let u = quick_xml::escape::escape(u);
+            format!("{}<uuid>{u}</uuid>{}", &xml[..end], &xml[end..])
+        }
+        _ => xml.to_string(),
+    }
+}
+
+/// Redefining a network whose lab entry names no bridge keeps the bridge libvirt chose for
+/// it. Without a name, libvirt 9.0 gives the new config another free `virbrN` while the
+/// running network stays on the old one: config and live bridge then differ.
+pub fn with_bridge(xml: &str, bridge: Option<&str>) -> String {
+    let Some(b) = bridge else { return xml.to_string() };
+    match xml.find("<bridge ") {
+        Some(at) if !xml[at..].split('>').next().unwrap_or_default().contains("name=") => {
+            let end = at + "<bridge ".len();
+            format!("{}name=\"{}\" {}", &xml[..end], quick_xml::escape::escape(b), &xml[end..])
+        }
+        _ => xml.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod bridge_tests {
+    use super::with_bridge;
+
+    #[test]
+    fn redefine_keeps_the_bridge_libvirt_chose() {
+        let xml = "<network><name>n</name><bridge stp=\"off\" delay=\"0\"/></network>";
+        assert_eq!(
+            with_bridge(xml, Some("virbr1")),
+            "<network><name>n</name><bridge name=\"virbr1\" stp=\"off\" delay=\"0\"/></network>"
+        );
+        assert_eq!(with_bridge(xml, None), xml, "a new network: libvirt picks");
+        let named = "<network><name>n</name><bridge name=\"topobr0\" stp=\"off\"/></network>";
+        assert_eq!(with_bridge(named, Some("virbr1")), named, "the lab's own name wins");
+    }
 }
 
 /// Facts read with namespace resolution (prefixes may differ from what topo wrote).
@@ -180,7 +225,12 @@ pub(crate) fn read_ns_facts(what: &'static str, xml: &str) -> Result<NsFacts, Xm
                     && parent_ns.is_none()
                     && facts.owner.is_none()
                 {
-                    let mut tag = OwnerTag { lab: String::new(), resource: String::new(), spec_hash: String::new() };
+                    let mut tag = OwnerTag {
+                        lab: String::new(),
+                        resource: String::new(),
+                        name: String::new(),
+                        spec_hash: String::new(),
+                    };
                     for a in e.attributes() {
                         let a = a.map_err(|e| parse_err(what, e))?;
                         // Unprefixed attributes only: they carry no namespace.
@@ -192,6 +242,7 @@ pub(crate) fn read_ns_facts(what: &'static str, xml: &str) -> Result<NsFacts, Xm
                         match a.key.local_name().as_ref() {
                             "lab" => tag.lab = v,
                             "resource" => tag.resource = v,
+                            "name" => tag.name = v,
                             "spec-hash" => tag.spec_hash = v,
                             _ => {}
                         }

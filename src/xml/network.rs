@@ -5,8 +5,10 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::{DNSMASQ_NS, MetadataW, Rendered, XmlError, from_xml, netmask_to_prefix, prefix_to_netmask, read_ns_facts};
+use crate::address::Address;
 use crate::model::{DhcpRange, Lab, MacAddr, ManagedNetwork, Network, NetworkKind, NetworkMode, Reservation};
 use crate::observed::{ObservedHost, ObservedIp, ObservedMode, ObservedNetwork};
+use crate::ownership::OwnerTag;
 
 /// The dnsmasq option that turns off the ping check before an address is offered.
 const NO_PING: &str = "no-ping";
@@ -117,35 +119,34 @@ fn ip_w(m: &ManagedNetwork) -> Option<IpW> {
     Some(IpW { address: gateway, netmask: prefix_to_netmask(subnet.prefix()), dhcp })
 }
 
-/// Renders the network XML for a managed lab network (see [`super::Rendered`] for the
-/// hash). External networks are never rendered: `XmlError::External`.
-pub fn network_xml(lab: &Lab, net: &Network) -> Result<Rendered, XmlError> {
+/// Renders the network XML for a managed lab network, tagged with `spec_hash` (the
+/// planner's hash of its desired fields). External networks are never rendered:
+/// `XmlError::External`.
+pub fn network_xml(lab: &Lab, net: &Network, spec_hash: &str) -> Result<Rendered, XmlError> {
     let m = match &net.kind {
         NetworkKind::Managed(m) => m,
         NetworkKind::External => return Err(XmlError::External(net.name.to_string())),
     };
     let no_ping = !m.dhcp_ping;
-    let resource = format!("network.{}", net.name);
-    super::render_with_owner(
-        "network",
-        "network",
-        lab.name.as_str(),
-        &resource,
-        crate::plan::fields::spec_hash(&crate::plan::fields::desired_network(m)),
-        |metadata| NetworkW {
-            xmlns_dnsmasq: no_ping.then_some(DNSMASQ_NS),
-            name: &net.libvirt_name,
-            metadata,
-            forward: forward_mode(m.mode).map(|mode| ForwardW { mode }),
-            bridge: BridgeW {
-                name: m.bridge.as_ref().map(|b| b.as_str()),
-                stp: if m.stp { "on" } else { "off" },
-                delay: "0",
-            },
-            ip: ip_w(m),
-            dnsmasq_options: no_ping.then(|| DnsmasqOptionsW { option: vec![DnsmasqOptionW { value: NO_PING }] }),
+    let tag = OwnerTag {
+        lab: lab.name.to_string(),
+        resource: Address::Network(net.name.clone()).to_string(),
+        name: net.libvirt_name.clone(),
+        spec_hash: spec_hash.to_string(),
+    };
+    super::render_with_owner("network", "network", &tag, |metadata| NetworkW {
+        xmlns_dnsmasq: no_ping.then_some(DNSMASQ_NS),
+        name: &net.libvirt_name,
+        metadata,
+        forward: forward_mode(m.mode).map(|mode| ForwardW { mode }),
+        bridge: BridgeW {
+            name: m.bridge.as_ref().map(|b| b.as_str()),
+            stp: if m.stp { "on" } else { "off" },
+            delay: "0",
         },
-    )
+        ip: ip_w(m),
+        dnsmasq_options: no_ping.then(|| DnsmasqOptionsW { option: vec![DnsmasqOptionW { value: NO_PING }] }),
+    })
 }
 
 /// `<host mac='..' name='..' ip='..'/>` for `virNetworkUpdate` (section IP_DHCP_HOST).

@@ -9,6 +9,20 @@ use crate::model::*;
 use crate::observed::{DomainState, ObservedHost, ObservedMode};
 use crate::source::SourceFile;
 
+/// The network XML with the planner's spec hash (what the planner renders).
+fn network_xml(lab: &Lab, net: &Network) -> Result<Rendered, XmlError> {
+    let hash = match &net.kind {
+        NetworkKind::Managed(m) => crate::plan::fields::spec_hash(&crate::plan::fields::desired_network(m)),
+        NetworkKind::External => String::new(),
+    };
+    super::network_xml(lab, net, &hash)
+}
+
+/// The domain XML with the planner's spec hash.
+fn domain_xml(lab: &Lab, vm: &Vm, disk: Option<&str>) -> Result<Rendered, XmlError> {
+    super::domain_xml(lab, vm, disk, &crate::plan::fields::spec_hash(&crate::plan::fields::desired_vm(lab, vm)))
+}
+
 fn mac(s: &str) -> MacAddr {
     s.parse().unwrap()
 }
@@ -147,7 +161,9 @@ fn network_xml_shape() {
         "<host mac=\"52:54:00:00:00:02\" name=\"deb1\" ip=\"10.0.5.2\"/>",
         "<dnsmasq:options>",
         "<dnsmasq:option value=\"no-ping\"/>",
-        &format!("<topo:owner xmlns:topo=\"{OWNER_NS}\" lab=\"seedlab\" resource=\"network.local_net\" spec-hash="),
+        &format!(
+            "<topo:owner xmlns:topo=\"{OWNER_NS}\" lab=\"seedlab\" resource=\"network.local_net\" name=\"seedlab-local_net\" spec-hash="
+        ),
     ] {
         assert!(xml.contains(needle), "missing {needle} in\n{xml}");
     }
@@ -240,7 +256,10 @@ fn domain_round_trip_all_fields() {
     assert_eq!(o.interfaces[1].mac, Some(vm.nics[1].mac));
     assert_eq!(o.interfaces[1].network.as_deref(), Some("default"));
     let owner = o.owner.unwrap();
-    assert_eq!((owner.lab.as_str(), owner.resource.as_str()), ("seedlab", "vm.deb1"));
+    assert_eq!(
+        (owner.lab.as_str(), owner.resource.as_str(), owner.name.as_str()),
+        ("seedlab", "vm.deb1", "seedlab-deb1")
+    );
     assert_eq!(owner.spec_hash, r.spec_hash);
     // No markup injection through the command line.
     assert!(r.xml.contains("<cmdline>console=ttyS0 quiet msg=\"a&lt;b &amp; c&gt;'d'\"</cmdline>"), "{}", r.xml);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::XmlError;
 
@@ -88,6 +88,22 @@ pub fn overlay_volume_xml(
     )
 }
 
+#[derive(Deserialize)]
+struct PoolR {
+    target: Option<TargetPathR>,
+}
+
+#[derive(Deserialize)]
+struct TargetPathR {
+    path: Option<String>,
+}
+
+/// The target folder of a storage pool's XML (`<pool><target><path>`).
+pub fn parse_pool_path(xml: &str) -> Result<String, XmlError> {
+    let p: PoolR = super::from_xml("pool", "pool", xml)?;
+    p.target.and_then(|t| t.path).ok_or_else(|| XmlError::Parse { what: "pool", message: "no <target><path>".into() })
+}
+
 #[derive(Serialize)]
 #[serde(rename = "interface")]
 struct PlainIfaceW<'a> {
@@ -133,6 +149,7 @@ mod tests {
         );
         let p = dir_pool_xml("topo-overlays", Path::new("/var/lib/x")).unwrap();
         assert_eq!(p, "<pool type=\"dir\"><name>topo-overlays</name><target><path>/var/lib/x</path></target></pool>");
+        assert_eq!(parse_pool_path(&p).unwrap(), "/var/lib/x");
         let i = plain_interface_xml("52:54:00:00:00:01".parse().unwrap(), "a'b");
         assert_eq!(
             i,

@@ -20,7 +20,8 @@ pub const DEFAULT_NET: &str = include_str!("../fixtures/test-driver-default.xml"
 
 /// Where lab files "live": relative kernel paths resolve against tests/fixtures.
 pub const LAB_PATH: &str = "tests/fixtures/lab.yaml";
-pub const OVERLAY_DIR: &str = "/var/lib/topo-test/overlays";
+/// Where topo defines the overlay pool on a host that has none.
+pub const OVERLAY_DIR: &str = topo::ownership::DEFAULT_OVERLAY_DIR;
 
 /// A lab from YAML text, as if read from `tests/fixtures/lab.yaml`.
 pub fn lab(yaml: &str) -> Lab {
@@ -37,7 +38,7 @@ pub fn host() -> MemoryHypervisor {
 }
 
 pub fn options(parallelism: usize) -> Options {
-    Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1), overlay_dir: OVERLAY_DIR.into() }
+    Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1) }
 }
 
 pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
@@ -51,9 +52,9 @@ pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
 
 /// Plans and applies `lab` on `hv` with `parallelism` workers; returns the plan and report.
 pub fn apply_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
-    let (p, observed) = plan_on(lab, hv);
+    let (p, _) = plan_on(lab, hv);
     let cancel = AtomicBool::new(false);
-    let report = topo::apply::apply(lab, &p, &observed, hv, &options(parallelism), &cancel, &Silent);
+    let report = topo::apply::apply(&p, hv, &options(parallelism), &cancel, &Silent);
     (p, report)
 }
 
@@ -72,7 +73,7 @@ pub fn destroy_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan
     let observed = hv.observe().expect("observe");
     let p = plan::plan_destroy(lab, &observed);
     let cancel = AtomicBool::new(false);
-    let report = topo::apply::apply(lab, &p, &observed, hv, &options(parallelism), &cancel, &Silent);
+    let report = topo::apply::apply(&p, hv, &options(parallelism), &cancel, &Silent);
     (p, report)
 }
 
