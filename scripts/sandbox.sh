@@ -211,7 +211,7 @@ up() {
   if [ "$fresh" = 1 ]; then
     local stale
     stale=$( (vsh list --all --name; vsh net-list --all --name
-      vsh pool-info "$OVERLAY_POOL" >/dev/null 2>&1 && echo "pool:$OVERLAY_POOL") | xargs)
+      if vsh pool-info "$OVERLAY_POOL" >/dev/null 2>&1; then echo "pool:$OVERLAY_POOL"; fi) | xargs)
     if [ -n "$stale" ]; then
       if [ "${TOPO_SANDBOX_KEEP_STALE:-0}" = 1 ]; then
         step "WARNING: stale objects kept (TOPO_SANDBOX_KEEP_STALE=1): $stale"

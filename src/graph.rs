@@ -162,7 +162,9 @@ impl LabGraph {
 
     /// Mermaid flowchart of the same graph.
     pub fn to_mermaid(&self, lab: &Lab) -> String {
-        let id = |n: &Node| n.address().to_string().replace(['.', '-'], "_");
+        // Mermaid ids are [A-Za-z0-9_]. Names are lowercase letters, digits, '-' and '_', so
+        // '-' becomes `_H` (an uppercase letter no name has): `a-b` and `a_b` stay apart.
+        let id = |n: &Node| mermaid_id(&n.address().to_string());
         let mut s = String::from("flowchart LR\n");
         for node in &self.order {
             let _ = match node {
@@ -192,6 +194,12 @@ impl LabGraph {
         v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         v
     }
+}
+
+/// A Mermaid node id for an address (`vm.a-b` -> `vm_a_Hb`): injective over addresses,
+/// whose kind word and name never contain an uppercase letter or a second '.'.
+fn mermaid_id(address: &str) -> String {
+    address.replacen('.', "_", 1).replace('-', "_H")
 }
 
 fn network_label(lab: &Lab, n: &NetworkName) -> (&'static str, String) {
@@ -267,5 +275,38 @@ mod tests {
         assert_eq!(lg.delete_order(), vec![v("a"), n("z"), n("b")]);
         assert_eq!(lg.dependencies(&v("a")), vec![n("b"), n("z")]);
         assert_eq!(lg.dependents(&n("z")), vec![v("a")]);
+    }
+
+    /// Every node gets its own id in every format, whatever '-' and '_' the names use
+    /// (Mermaid ids allow [A-Za-z0-9_] only; `a-b` and `a_b` once both became `a_b`).
+    #[test]
+    fn node_ids_are_unique_in_every_format() {
+        let text = "apiVersion: topo/v1\nname: ids\nnetworks:\n  n-1: {mode: isolated}\n  n_1: {mode: isolated}\n\
+                    vms:\n  a-b:\n    boot: {kernel: /etc/hostname}\n    nics: [{network: n-1, verify: none}]\n  \
+                    a_b:\n    boot: {kernel: /etc/hostname}\n    nics: [{network: n_1, verify: none}]\n  \
+                    a_hb:\n    boot: {kernel: /etc/hostname}\n";
+        let lab = crate::validate::load(&crate::source::SourceFile::from_text(
+            std::path::Path::new("/tmp/ids.yaml"),
+            text.to_owned(),
+        ))
+        .expect("valid lab");
+        let g = LabGraph::build(&lab).unwrap();
+        let ids = |out: &str, decl: &dyn Fn(&str) -> Option<String>| -> Vec<String> {
+            out.lines().filter_map(|l| decl(l.trim())).collect()
+        };
+        let mermaid = g.to_mermaid(&lab);
+        let m_ids = ids(&mermaid, &|l| {
+            (!l.contains("---") && l.contains(['[', '('])).then(|| l.split(['[', '(']).next().unwrap_or("").to_owned())
+        });
+        let dot = g.to_dot(&lab);
+        let d_ids = ids(&dot, &|l| {
+            (l.starts_with('"') && !l.contains("->")).then(|| l.split('"').nth(1).unwrap_or("").to_owned())
+        });
+        for (what, list) in [("mermaid", &m_ids), ("dot", &d_ids)] {
+            assert_eq!(list.len(), 5, "{what}: {list:?}");
+            let unique: std::collections::BTreeSet<_> = list.iter().collect();
+            assert_eq!(unique.len(), list.len(), "{what} ids collide: {list:?}");
+        }
+        assert!(m_ids.contains(&"vm_a_Hb".to_owned()) && m_ids.contains(&"vm_a_b".to_owned()), "{m_ids:?}");
     }
 }

@@ -31,8 +31,16 @@ pub const MAX_BRIDGE_NAME: usize = 15;
 pub enum NameError {
     #[error("is empty")]
     Empty,
+    /// Longer than `max`. Checked after the characters, which are ASCII, so characters and
+    /// bytes are the same count here.
     #[error("is {len} characters long, more than {max}")]
     TooLong { len: usize, max: usize },
+    /// Longer than `max` bytes (Linux interface names: IFNAMSIZ counts bytes).
+    #[error("is {len} bytes long, more than {max}")]
+    TooLongBytes { len: usize, max: usize },
+    /// A name the kernel refuses outright (`.` and `..`: net/core/dev.c, dev_valid_name).
+    #[error("is reserved by the Linux kernel")]
+    Reserved,
     #[error("contains {0:?}, which is not allowed")]
     BadChar(char),
     #[error("must start with a lowercase letter")]
@@ -43,12 +51,12 @@ pub enum NameError {
 
 fn check_name(s: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(), NameError> {
     let first = s.chars().next().ok_or(NameError::Empty)?;
-    let len = s.chars().count();
-    if len > max {
-        return Err(NameError::TooLong { len, max });
-    }
     if let Some(c) = s.chars().find(|c| !allowed(*c)) {
         return Err(NameError::BadChar(c));
+    }
+    // ASCII only from here: one character is one byte.
+    if s.len() > max {
+        return Err(NameError::TooLong { len: s.len(), max });
     }
     if !first.is_ascii_lowercase() {
         return Err(NameError::BadStart);
@@ -117,7 +125,8 @@ name_type!(
     VmName, MAX_RESOURCE_NAME, resource_char
 );
 
-/// A Linux bridge name: at most 15 bytes, letters, digits, '-', '_' and '.'.
+/// A Linux bridge name: at most 15 bytes (IFNAMSIZ - 1, include/uapi/linux/if.h), ASCII
+/// letters, digits, '-', '_' and '.', not `.` or `..` (net/core/dev.c, dev_valid_name).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct BridgeName(String);
@@ -127,11 +136,14 @@ impl BridgeName {
         if s.is_empty() {
             return Err(NameError::Empty);
         }
-        if s.len() > MAX_BRIDGE_NAME {
-            return Err(NameError::TooLong { len: s.len(), max: MAX_BRIDGE_NAME });
-        }
         if let Some(c) = s.chars().find(|c| !bridge_char(*c)) {
             return Err(NameError::BadChar(c));
+        }
+        if s.len() > MAX_BRIDGE_NAME {
+            return Err(NameError::TooLongBytes { len: s.len(), max: MAX_BRIDGE_NAME });
+        }
+        if s == "." || s == ".." {
+            return Err(NameError::Reserved);
         }
         Ok(Self(s.to_owned()))
     }
@@ -389,7 +401,8 @@ pub struct ManagedNetwork {
     pub subnet: Option<Ipv4Network>,
     /// The host bridge's address; present exactly when `subnet` is.
     pub gateway: Option<Ipv4Addr>,
-    /// DHCP range; `None` turns DHCP off.
+    /// The dynamic DHCP range; `None` turns the pool off, reservations are still served
+    /// when there is a subnet (see [`ManagedNetwork::dhcp_service`]).
     pub dhcp: Option<DhcpRange>,
     /// `None` lets libvirt pick `virbrN`.
     pub bridge: Option<BridgeName>,
@@ -400,6 +413,55 @@ pub struct ManagedNetwork {
     pub dhcp_ping: bool,
     /// Static DHCP host entries from NICs with an `ip`, keyed by MAC (sorted).
     pub reservations: BTreeMap<MacAddr, Reservation>,
+}
+
+/// What libvirt's dnsmasq does for DHCP on a lab network.
+///
+/// libvirt runs dnsmasq for every network with an `<ip>` and gives it the `<host>` entries
+/// even without a `<range>` (src/network/bridge_driver.c writes a `dhcp-host` line per
+/// host and a `dhcp-range` in static mode for the subnet), so `dhcp: false` on a network
+/// with a subnet still serves the NICs that reserve an `ip:`: only the dynamic pool is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DhcpService {
+    /// No subnet: no host address, no dnsmasq, no DHCP at all.
+    Off,
+    /// A subnet without a range (`dhcp: false`): reservations (`ip:`) are served, nothing else.
+    ReservationsOnly,
+    /// A dynamic range (reservations are served too).
+    Range(DhcpRange),
+}
+
+impl DhcpService {
+    /// Whether a NIC on this network gets an address: with a reservation, or from the pool.
+    pub fn serves(self, reserved: bool) -> bool {
+        match self {
+            DhcpService::Off => false,
+            DhcpService::ReservationsOnly => reserved,
+            DhcpService::Range(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for DhcpService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DhcpService::Off => f.write_str("off"),
+            DhcpService::ReservationsOnly => f.write_str("reservations only"),
+            DhcpService::Range(r) => write!(f, "{} - {}", r.start, r.end),
+        }
+    }
+}
+
+impl ManagedNetwork {
+    /// What dnsmasq will do on this network (see [`DhcpService`]).
+    pub fn dhcp_service(&self) -> DhcpService {
+        match (self.subnet, self.dhcp) {
+            (None, _) => DhcpService::Off,
+            (Some(_), None) => DhcpService::ReservationsOnly,
+            (Some(_), Some(r)) => DhcpService::Range(r),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -581,7 +643,7 @@ mod tests {
         assert!(NetworkName::new("local_net").is_ok());
         assert!(matches!(LabName::new(&"a".repeat(33)), Err(NameError::TooLong { .. })));
         assert!(BridgeName::new("virbr2").is_ok());
-        assert!(matches!(BridgeName::new("a-very-long-bridge"), Err(NameError::TooLong { .. })));
+        assert!(matches!(BridgeName::new("a-very-long-bridge"), Err(NameError::TooLongBytes { len: 18, max: 15 })));
     }
 
     #[test]

@@ -261,7 +261,8 @@ pub struct BootSpec {
     #[schemars(with = "Option<String>")]
     pub initrd: Option<Spanned<String>>,
     /// Kernel command line, e.g. `console=ttyS0`.
-    pub cmdline: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub cmdline: Option<Spanned<String>>,
 }
 
 /// A disk: a copy-on-write overlay on a base image that is never written.

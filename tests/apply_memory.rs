@@ -404,3 +404,168 @@ fn a_new_disk_size_replaces_the_vm_and_its_overlay() {
     let overlay = format!("{OVERLAY_DIR}/{}", vm.overlay_name(&l.name).unwrap());
     assert_eq!(hv.volumes().into_iter().map(|v| v.0).collect::<BTreeSet<_>>(), BTreeSet::from([overlay]));
 }
+
+// ---- idempotent steps, states, ownership (issue 8) ------------------------------------
+
+/// The DefineDomain XML a plan of `l` carries for VM `vm` (by libvirt name).
+fn planned_domain_xml(l: &Lab, hv: &MemoryHypervisor, vm: &str) -> String {
+    let (p, _) = plan_on(l, hv);
+    p.changes
+        .iter()
+        .filter(|c| c.libvirt_name == vm)
+        .flat_map(|c| &c.ops)
+        .find_map(|op| match op {
+            plan::Op::DefineDomain { xml } => Some(xml.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no define of {vm} in the plan"))
+}
+
+#[test]
+fn a_start_that_libvirt_finished_meanwhile_counts_as_done() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.destroy_domain("demo-db").unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
+    // A killed apply had asked libvirt to start it; libvirt finished after the plan was made.
+    hv.start_domain("demo-db").unwrap();
+    let report = topo::apply::apply(&p, &hv, &options(1), &AtomicBool::new(false), &Silent);
+    assert!(!report.failed(), "\"already running\" must count as done: {report:#?}");
+    assert_replans_empty(&l, &hv);
+}
+
+#[test]
+fn a_paused_vm_is_resumed_not_started() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.pause("demo-web").unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    let web = &p.changes[0];
+    assert_eq!((web.address.to_string(), web.action), ("vm.web".to_string(), Action::Update));
+    assert_eq!(web.reasons, vec![plan::Reason::Paused]);
+    assert_eq!(web.ops, vec![plan::Op::ResumeDomain]);
+    apply_ok(&l, &hv);
+    assert_eq!(hv.observe().unwrap().domains["demo-web"].state, topo::observed::DomainState::Running);
+}
+
+/// A define whose restart never happened (an interrupted older apply, or `virsh define` by
+/// hand) leaves a running VM whose config matches the file: the live settings show it.
+#[test]
+fn a_pending_restart_is_seen_in_the_live_settings() {
+    let hv = host();
+    apply_ok(&lab(BASE), &hv);
+    let bigger = lab(&edit(
+        BASE,
+        "  db:\n    hypervisor: qemu\n    memory: 256MiB",
+        "  db:\n    hypervisor: qemu\n    memory: 512MiB",
+    ));
+    hv.define_domain(&planned_domain_xml(&bigger, &hv, "demo-db")).unwrap();
+    let o = hv.observe().unwrap();
+    assert_eq!(o.domains["demo-db"].memory_kib, 512 * 1024, "the config is new");
+    let (p, _) = plan_on(&bigger, &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
+    let db = &p.changes[0];
+    assert!(db.reasons.contains(&plan::Reason::RequiresRestart { fields: vec!["memory".into()] }), "{:?}", db.reasons);
+    let kinds: Vec<&str> = db.ops.iter().map(|o| o.name()).collect();
+    assert_eq!(kinds, ["stop-domain", "define-domain", "start-domain"], "stop first: a death after it is seen");
+    apply_ok(&bigger, &hv);
+    let live = hv.observe().unwrap().domains["demo-db"].live.clone().unwrap();
+    assert_eq!(live.memory_kib, 512 * 1024);
+}
+
+/// `virsh dumpxml demo-db | sed s/demo-db/copy/ | virsh define`: the copy keeps topo's tag,
+/// which names demo-db: it is foreign. destroy leaves it; apply does not touch it.
+#[test]
+fn a_domain_copied_under_another_name_is_foreign() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    // The XML topo defines demo-db with (planned on an empty host).
+    let xml = planned_domain_xml(&l, &host(), "demo-db");
+    let copy = xml.replace("<name>demo-db</name>", "<name>copy</name>");
+    let copy = match copy.find("<uuid>") {
+        Some(a) => format!("{}{}", &copy[..a], &copy[copy.find("</uuid>").unwrap() + "</uuid>".len()..]),
+        None => copy,
+    };
+    hv.define_domain(&copy).unwrap();
+    let o = hv.observe().unwrap();
+    assert!(o.domains["copy"].owner.is_some(), "the copy carries the tag");
+    assert_eq!(o.domains["copy"].ownership("demo"), topo::observed::Ownership::NotOwned);
+    assert_replans_empty(&l, &hv);
+    let (p, report) = destroy_with(&l, &hv, 4);
+    assert!(!report.failed(), "{report:#?}");
+    assert!(!p.changes.iter().any(|c| c.libvirt_name == "copy"));
+    assert!(hv.observe().unwrap().domains.contains_key("copy"), "destroy deleted a domain the lab does not own");
+}
+
+#[test]
+fn destroy_forces_vms_off_and_graceful_asks_first() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.clear_calls();
+    let (_, report) = destroy_with(&l, &hv, 4);
+    assert!(!report.failed());
+    let calls = hv.calls();
+    assert!(calls.contains(&"destroy_domain demo-db".to_string()), "{calls:#?}");
+    assert!(!calls.iter().any(|c| c.starts_with("shutdown_domain")), "no ACPI wait by default: {calls:#?}");
+
+    apply_ok(&l, &hv);
+    hv.clear_calls();
+    let p = plan::plan_destroy_with(&l, &hv.observe().unwrap(), plan::Shutdown::Graceful);
+    let report = topo::apply::apply(&p, &hv, &options(4), &AtomicBool::new(false), &Silent);
+    assert!(!report.failed());
+    assert!(hv.calls().contains(&"shutdown_domain demo-db".to_string()));
+}
+
+/// Volumes: only the lab's by tag (or a disk of a domain it owns) are ever deleted; a file
+/// that merely starts with the lab's prefix is not the lab's.
+#[test]
+fn only_tagged_volumes_are_the_labs() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(DISK_LAB);
+    apply_ok(&l, &hv);
+    let lookalike = topo::hypervisor::VolumeSpec {
+        pool: topo::ownership::OVERLAY_POOL.into(),
+        name: "disky-box-12345678.qcow2".into(),
+        backing: "/img/user.qcow2".into(),
+        size: None,
+    };
+    hv.create_volume(&lookalike).unwrap();
+    // A tagged volume no domain uses (left by an interrupted run) is an orphan.
+    let orphan = topo::hypervisor::VolumeSpec {
+        name: topo::ownership::volume_name("disky", "disky-old-00000000", "qcow2"),
+        ..lookalike.clone()
+    };
+    hv.create_volume(&orphan).unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    assert_eq!(actions(&p), vec![(format!("volume.{}", orphan.name), Action::Delete)]);
+    apply_ok(&l, &hv);
+    let (_, report) = destroy_with(&l, &hv, 4);
+    assert!(!report.failed(), "{report:#?}");
+    assert_eq!(hv.volumes(), vec![(format!("{OVERLAY_DIR}/{}", lookalike.name), lookalike.backing.clone())]);
+}
+
+/// The overlay pool is one step before every VM step, even with several disk VMs in
+/// parallel (issue 8: "pool 'topo-overlays' already exists" from the racing VM steps).
+#[test]
+fn the_overlay_pool_is_ensured_once_by_name() {
+    let hv = MemoryHypervisor::new();
+    let text = format!(
+        "{DISK_LAB}  box2:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    disk: {{image: images/base.qcow2}}\n    nics: [{{network: net}}]\n"
+    );
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    let pool = p.changes.iter().find(|c| c.address.kind() == "pool").expect("a pool step");
+    assert_eq!(pool.action, Action::Create);
+    for vm in p.changes.iter().filter(|c| c.address.kind() == "vm") {
+        assert!(vm.after.contains(&pool.address), "{} does not wait for the pool", vm.address);
+    }
+    let report = topo::apply::apply(&p, &hv, &options(4), &AtomicBool::new(false), &Silent);
+    assert!(!report.failed(), "{report:#?}");
+    assert_eq!(hv.calls().iter().filter(|c| c.starts_with("ensure_pool")).count(), 1);
+    check_converged(&l, &hv).unwrap();
+}

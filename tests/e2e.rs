@@ -1041,7 +1041,7 @@ fn e2e_ctrl_c() {
     let r = interrupted_apply(&lab, 1);
     assert_eq!(r.code, 1, "{}", r.show());
     let flat = r.err_flat();
-    assert!(flat.contains("Interrupted: letting running steps finish"), "{}", r.show());
+    assert!(flat.contains("Interrupted: finishing the running steps"), "{}", r.show());
     assert!(flat.contains("apply interrupted"), "{}", r.show());
     assert!(
         r.stderr.lines().any(|l| l.trim_start().starts_with("done ")),

@@ -62,6 +62,14 @@ fn update_in_place() {
     insta::assert_snapshot!(plain(&p));
 }
 
+/// A kernel command line changed in the file: a diff of its parameters, one per line.
+#[test]
+fn kernel_command_line_as_a_parameter_diff() {
+    let hv = applied();
+    let text = edit(BASE, "cmdline: console=ttyS0}", "cmdline: console=ttyS0 loglevel=7 ip=dhcp}");
+    insta::assert_snapshot!(shown(&lab(&text), &hv));
+}
+
 #[test]
 fn replace_network_lists_blast_radius() {
     let hv = applied();
@@ -200,4 +208,25 @@ fn network_stopped_under_running_vms_is_started_and_nics_replugged() {
     let hv = applied();
     hv.stop_network("demo-lan").unwrap();
     insta::assert_snapshot!(shown(&lab(BASE), &hv));
+}
+
+/// `dhcp: false` on a network with a subnet: libvirt still runs dnsmasq with the `<host>`
+/// entries, so the plan says what dnsmasq will do ("reservations only"), in text and JSON.
+#[test]
+fn dhcp_false_is_reservations_only() {
+    let hv = applied();
+    let mut text =
+        edit(BASE, "    subnet: 10.51.0.0/24\n    dhcp: true\n", "    subnet: 10.51.0.0/24\n    dhcp: false\n");
+    text = edit(&text, "      - network: back\n  db:", "      - network: back\n        verify: none\n  db:");
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    let back = p.changes.iter().find(|c| c.address.to_string() == "network.back").expect("network.back changes");
+    let dhcp = back.fields.iter().find(|f| f.path == "dhcp").expect("dhcp field");
+    assert_eq!(dhcp.before.as_deref(), Some("10.51.0.2 - 10.51.0.254"));
+    assert_eq!(dhcp.after.as_deref(), Some("reservations only"));
+    let json = topo::plan::json::to_json(&p).to_string();
+    assert!(json.contains("\"after\":\"reservations only\""), "{json}");
+    let out = plain(&p);
+    assert!(out.contains("reservations only"), "{out}");
+    insta::assert_snapshot!(out);
 }

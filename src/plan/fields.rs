@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{Lab, ManagedNetwork, Network, Vm};
+use crate::model::{DhcpService, Lab, ManagedNetwork, Network, Vm};
 use crate::observed::{ObservedDomain, ObservedMode, ObservedNetwork};
 
 /// What a difference in a field costs.
@@ -51,11 +51,7 @@ pub fn desired_network(m: &ManagedNetwork) -> Fields {
     if let Some(g) = m.gateway {
         put(&mut f, "gateway", g.to_string(), Replace);
     }
-    let dhcp = match m.dhcp {
-        Some(r) => format!("{} - {}", r.start, r.end),
-        None => "off".into(),
-    };
-    put(&mut f, "dhcp", dhcp, Replace);
+    put(&mut f, "dhcp", m.dhcp_service().to_string(), Replace);
     put(&mut f, "dhcp_ping", onoff(m.dhcp_ping), Replace);
     put(&mut f, "autostart", onoff(m.autostart), InPlace);
     for r in m.reservations.values() {
@@ -87,11 +83,12 @@ pub fn observed_network(o: &ObservedNetwork, desired: &Fields) -> Fields {
                 .unwrap_or_else(|_| format!("{}/{}", ip.address, ip.prefix));
             put(&mut f, "subnet", subnet, Replace);
             put(&mut f, "gateway", ip.address.to_string(), Replace);
+            // libvirt serves `<host>` entries on any network with an `<ip>` (model::DhcpService).
             let dhcp = match ip.dhcp_range {
-                Some(r) => format!("{} - {}", r.start, r.end),
-                None => "off".into(),
+                Some(r) => DhcpService::Range(r),
+                None => DhcpService::ReservationsOnly,
             };
-            put(&mut f, "dhcp", dhcp, Replace);
+            put(&mut f, "dhcp", dhcp.to_string(), Replace);
             for h in &ip.hosts {
                 put(
                     &mut f,
@@ -103,7 +100,7 @@ pub fn observed_network(o: &ObservedNetwork, desired: &Fields) -> Fields {
         }
         None => {
             put(&mut f, "subnet", "none", Replace);
-            put(&mut f, "dhcp", "off", Replace);
+            put(&mut f, "dhcp", DhcpService::Off.to_string(), Replace);
         }
     }
     put(&mut f, "dhcp_ping", onoff(o.dhcp_ping), Replace);

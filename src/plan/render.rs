@@ -48,6 +48,80 @@ fn quote(v: &Option<String>) -> String {
     }
 }
 
+/// Fields whose value is a list of kernel parameters: an update is shown as a diff of the
+/// parameters, one per line, rather than two long strings.
+const PARAMETER_LISTS: &[&str] = &["boot.cmdline"];
+
+/// Unchanged lines shown around each changed one in a long text's diff; the rest are
+/// counted in a `# (N unchanged lines hidden)` line, as Terraform does.
+const CONTEXT_LINES: usize = 3;
+
+/// The value of `f` as lines to show as a diff: `(before, after)` texts with one item per
+/// line, or `None` for a value shown on one line. Multi-line values (user-data, a kernel
+/// command line written as a YAML block) are split at newlines; an update of a parameter
+/// list ([`PARAMETER_LISTS`]) at whitespace. A value that does not exist on one side is the
+/// empty text, so a creation shows every line as added.
+fn text_lines(f: &super::FieldChange) -> Option<(String, String)> {
+    let multi = |v: &Option<String>| v.as_deref().is_some_and(|s| s.contains('\n'));
+    if multi(&f.before) || multi(&f.after) {
+        let text =
+            |v: &Option<String>| v.as_deref().map(|s| s.trim_end_matches('\n').to_owned() + "\n").unwrap_or_default();
+        return differ((text(&f.before), text(&f.after)));
+    }
+    match (&f.before, &f.after) {
+        (Some(b), Some(a)) if PARAMETER_LISTS.contains(&f.path.as_str()) => {
+            let words = |s: &str| s.split_whitespace().map(|w| format!("{w}\n")).collect::<String>();
+            differ((words(b), words(a)))
+        }
+        _ => None,
+    }
+}
+
+/// The pair when its texts differ: values that differ only where the split ignores
+/// (spacing between parameters, a final newline) are shown on one line, where the
+/// difference is visible.
+fn differ(pair: (String, String)) -> Option<(String, String)> {
+    (pair.0 != pair.1).then_some(pair)
+}
+
+/// Writes the line diff of `before` -> `after` (both newline-terminated lines) with `-`,
+/// `+` and unchanged lines, hiding unchanged runs farther than [`CONTEXT_LINES`] from a change.
+fn render_lines(out: &mut String, (before, after): &(String, String), style: Style) {
+    let diff = similar::TextDiff::from_lines(before.as_str(), after.as_str());
+    // Old lines shown or counted as hidden so far.
+    let mut done = 0;
+    for group in diff.grouped_ops(CONTEXT_LINES) {
+        let hidden = hidden_before(&group, done);
+        if hidden > 0 {
+            let _ = writeln!(out, "            # ({hidden} unchanged line{} hidden)", plural(hidden));
+        }
+        for op in &group {
+            for change in diff.iter_changes(op) {
+                let line = change.value().trim_end_matches('\n');
+                let _ = match change.tag() {
+                    similar::ChangeTag::Delete => writeln!(out, "          {} {line}", style.paint("31", "-")),
+                    similar::ChangeTag::Insert => writeln!(out, "          {} {line}", style.paint("32", "+")),
+                    similar::ChangeTag::Equal => writeln!(out, "            {line}"),
+                };
+            }
+        }
+        done = group.last().map_or(done, |op| op.old_range().end);
+    }
+    let rest = before.lines().count().saturating_sub(done);
+    if rest > 0 {
+        let _ = writeln!(out, "            # ({rest} unchanged line{} hidden)", plural(rest));
+    }
+}
+
+/// Unchanged old lines between the end of the previous group (`shown_until`) and `group`.
+fn hidden_before(group: &[similar::DiffOp], shown_until: usize) -> usize {
+    group.first().map(|op| op.old_range().start.saturating_sub(shown_until)).unwrap_or(0)
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// Renders the plan. `file` names the lab file in the no-change line.
 pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let mut out = String::new();
@@ -67,15 +141,10 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         let _ = writeln!(out, "{} {kind} {name:?} {{", style.paint(color, sym));
         let width = c.fields.iter().map(|f| f.path.len()).max().unwrap_or(0);
         for f in &c.fields {
-            let (mark, value) = match (&f.before, &f.after) {
-                (None, Some(_)) => ("+", quote(&f.after)),
-                (Some(_), None) => ("-", quote(&f.before)),
-                _ => ("~", format!("{} -> {}", quote(&f.before), quote(&f.after))),
-            };
-            let mark_color = match mark {
-                "+" => "32",
-                "-" => "31",
-                _ => "33",
+            let (mark, mark_color) = match (&f.before, &f.after) {
+                (None, Some(_)) => ("+", "32"),
+                (Some(_), None) => ("-", "31"),
+                _ => ("~", "33"),
             };
             let note = if f.forces_replacement {
                 style.paint("31", " # forces replacement")
@@ -84,7 +153,20 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
             } else {
                 String::new()
             };
-            let _ = writeln!(out, "      {} {:<width$} = {value}{note}", style.paint(mark_color, mark), f.path);
+            let mark = style.paint(mark_color, mark);
+            if let Some(lines) = text_lines(f) {
+                // Terraform's heredoc form: the value's lines, each marked as kept, removed or added.
+                let _ = writeln!(out, "      {mark} {:<width$} = <<-EOT{note}", f.path);
+                render_lines(&mut out, &lines, style);
+                let _ = writeln!(out, "        EOT");
+                continue;
+            }
+            let value = match (&f.before, &f.after) {
+                (None, Some(_)) => quote(&f.after),
+                (Some(_), None) => quote(&f.before),
+                _ => format!("{} -> {}", quote(&f.before), quote(&f.after)),
+            };
+            let _ = writeln!(out, "      {mark} {:<width$} = {value}{note}", f.path);
         }
         let _ = writeln!(out, "    }}");
         if !c.blast_radius.is_empty() {
@@ -115,4 +197,92 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         s.delete
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::FieldChange;
+
+    fn field(path: &str, before: Option<&str>, after: Option<&str>) -> FieldChange {
+        FieldChange {
+            path: path.into(),
+            before: before.map(str::to_owned),
+            after: after.map(str::to_owned),
+            forces_replacement: false,
+            restarts: true,
+        }
+    }
+
+    fn diff(f: &FieldChange) -> Option<String> {
+        let lines = text_lines(f)?;
+        let mut out = String::new();
+        render_lines(&mut out, &lines, Style::Plain);
+        Some(out)
+    }
+
+    #[test]
+    fn a_kernel_command_line_update_is_a_diff_of_its_parameters() {
+        let f = field("boot.cmdline", Some("console=ttyS0 quiet"), Some("console=ttyS0  loglevel=7 ip=dhcp"));
+        insta::assert_snapshot!(diff(&f).unwrap(), @r"
+                    console=ttyS0
+                  - quiet
+                  + loglevel=7
+                  + ip=dhcp
+        ");
+        // Created, deleted, or different only in spacing: one line, where the change shows.
+        assert!(diff(&field("boot.cmdline", None, Some("console=ttyS0 quiet"))).is_none());
+        assert!(diff(&field("boot.cmdline", Some("a b"), None)).is_none());
+        assert!(diff(&field("boot.cmdline", Some("a b"), Some("a  b"))).is_none());
+        assert!(diff(&field("memory", Some("128 MiB"), Some("256 MiB"))).is_none(), "only parameter lists");
+    }
+
+    #[test]
+    fn multi_line_text_is_a_line_diff_with_long_unchanged_runs_hidden() {
+        let before: String = (1..=20).map(|i| format!("line {i}\n")).collect();
+        let after = before.replace("line 3\n", "line three\n").replace("line 18\n", "");
+        let f = field("cloud_init.user_data", Some(&before), Some(&after));
+        insta::assert_snapshot!(diff(&f).unwrap(), @r"
+                    line 1
+                    line 2
+                  - line 3
+                  + line three
+                    line 4
+                    line 5
+                    line 6
+                    # (8 unchanged lines hidden)
+                    line 15
+                    line 16
+                    line 17
+                  - line 18
+                    line 19
+                    line 20
+        ");
+        // A creation lists every line as added; a final newline alone is no difference.
+        insta::assert_snapshot!(diff(&field("x", None, Some("a\nb"))).unwrap(), @r"
+                  + a
+                  + b
+        ");
+        assert!(diff(&field("x", Some("a\nb"), Some("a\nb\n"))).is_none());
+    }
+
+    #[test]
+    fn heredoc_in_the_plan() {
+        let f = field("boot.cmdline", Some("console=ttyS0 quiet"), Some("console=ttyS0"));
+        let before: String = (1..=12).map(|i| format!("l{i}\n")).collect();
+        let g = field("user_data", Some(&before), Some(&before.replace("l12\n", "l12\nl13\n")));
+        let change = crate::plan::Change {
+            // Invariant: a valid address literal.
+            address: "vm.a".parse().expect("an address"),
+            libvirt_name: "lab-a".into(),
+            action: Action::Update,
+            reasons: vec![crate::plan::Reason::LabFileChanged],
+            fields: vec![f, g],
+            blast_radius: vec![],
+            after: vec![],
+            ops: vec![],
+        };
+        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change] };
+        insta::assert_snapshot!(render(&plan, "lab.yaml", Style::Plain));
+    }
 }

@@ -63,15 +63,7 @@ pub(super) fn check(c: &mut Checker, spec: &LabSpec) -> (Option<LabName>, String
     let prefix = match (&spec.prefix, &lab_name) {
         (Some(p), _) => {
             let v = &p.value;
-            if v.chars().count() > MAX_PREFIX {
-                c.at(
-                    Code::Prefix,
-                    p,
-                    format!("prefix `{v}` is longer than {MAX_PREFIX} characters"),
-                    "too long",
-                    format!("shorten the prefix to at most {MAX_PREFIX} characters"),
-                );
-            } else if let Some(ch) =
+            if let Some(ch) =
                 v.chars().find(|ch| !(ch.is_ascii_lowercase() || ch.is_ascii_digit() || *ch == '-' || *ch == '_'))
             {
                 c.at(
@@ -80,6 +72,14 @@ pub(super) fn check(c: &mut Checker, spec: &LabSpec) -> (Option<LabName>, String
                     format!("prefix `{v}` contains {ch:?}, which is not allowed"),
                     "invalid character",
                     "a prefix uses lowercase letters, digits, '-' and '_' (it becomes part of libvirt names)",
+                );
+            } else if v.len() > MAX_PREFIX {
+                c.at(
+                    Code::Prefix,
+                    p,
+                    format!("prefix `{v}` is longer than {MAX_PREFIX} characters"),
+                    "too long",
+                    format!("shorten the prefix to at most {MAX_PREFIX} characters"),
                 );
             } else if v.starts_with(['-', '_']) {
                 c.at(

@@ -234,6 +234,7 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
     let guests = cloud_init::check_lab(&mut c, spec.cloud_init.as_ref());
     let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
+    nics.name_dhcp_hosts(&mut c);
     if !c.problems.is_empty() {
         return Err(error(source, c.problems));
     }
@@ -446,5 +447,113 @@ mod tests {
         for via in ["link/lab.yaml", "real/sub/../lab.yaml", "link/sub/../lab.yaml", "real/./lab.yaml"] {
             assert_eq!(paths(&tmp.path().join(via)), want, "{via}");
         }
+    }
+
+    fn codes_of(text: &str) -> Vec<Code> {
+        match lab(text) {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.code).collect(),
+        }
+    }
+
+    /// libvirt src/util/virsocketaddr.c, virSocketAddrGetRange: a range is fine as long as
+    /// both ends share the first two bytes; the largest default range that does is a /16's.
+    #[test]
+    fn dhcp_ranges_libvirt_accepts() {
+        let ok = |net: &str| codes_of(&format!("{BASE}networks:\n  n:\n{net}"));
+        assert_eq!(ok("    subnet: 10.0.0.0/16\n"), []);
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n    dhcp: {start: 10.1.0.1, end: 10.1.255.254}\n"), []);
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n    dhcp: false\n"), []);
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n"), [Code::DhcpRangeTooLarge]);
+        // The gateway in the upper half moves the default range to the larger, lower side.
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n    gateway: 10.1.255.254\n"), [Code::DhcpRangeTooLarge]);
+    }
+
+    /// dnsmasq src/dhcp.c, address_allocate: only reservations *inside* the range take
+    /// addresses from the pool.
+    #[test]
+    fn reservations_outside_the_range_leave_the_pool_alone() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.0.0.0/29\n    dhcp: {{start: 10.0.0.2, end: 10.0.0.3}}\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.0.0.5}}\n      - network: n\n      - network: n\n"
+        );
+        assert_eq!(codes_of(&text), []);
+        let inside = text.replace("ip: 10.0.0.5", "ip: 10.0.0.3");
+        assert_eq!(codes_of(&inside), [Code::DhcpTooSmall]);
+    }
+
+    /// libvirt runs dnsmasq with the `<host>` entries even without a `<range>`: a NIC that
+    /// reserves an address on a `dhcp: false` network gets it and is verified.
+    #[test]
+    fn dhcp_false_serves_reservations_only() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.1.0.0/24\n    dhcp: false\n  o:\n    mode: open\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.1.0.5}}\n      - {{network: o, verify: none}}\n"
+        );
+        let lab = lab(&text).unwrap();
+        let NetworkKind::Managed(m) = &lab.networks[&NetworkName::new("n").unwrap()].kind else { panic!() };
+        assert_eq!(m.dhcp_service(), model::DhcpService::ReservationsOnly);
+        assert_eq!(m.dhcp_service().to_string(), "reservations only");
+        assert!(m.dhcp_service().serves(true) && !m.dhcp_service().serves(false));
+        let NetworkKind::Managed(o) = &lab.networks[&NetworkName::new("o").unwrap()].kind else { panic!() };
+        assert_eq!(o.dhcp_service(), model::DhcpService::Off);
+        assert_eq!(lab.vms.values().next().unwrap().nics[0].verify, Verify::Arp);
+    }
+
+    /// What XML carries is accepted: tab and line breaks in the command line (the kernel
+    /// reads them as spaces), non-ASCII text in it and in paths.
+    #[test]
+    fn text_libvirt_accepts() {
+        let ok = |cmdline: &str| {
+            codes_of(&format!("{BASE}vms:\n  a:\n    boot: {{kernel: /etc/hostname, cmdline: \"{cmdline}\"}}\n"))
+        };
+        assert_eq!(ok("console=ttyS0\\tquiet\\n"), []);
+        assert_eq!(ok("hostname=büro"), []);
+        assert_eq!(ok("a\\x7f"), []);
+        assert_eq!(ok("a\\x1f"), [Code::ControlChar]);
+    }
+
+    /// Lengths are counted after the characters are known to be ASCII, so one character is
+    /// one byte and the message never mixes the two.
+    #[test]
+    fn name_lengths_are_bytes_of_ascii() {
+        assert_eq!(LabName::new(&"ä".repeat(20)), Err(model::NameError::BadChar('ä')));
+        assert_eq!(model::BridgeName::new("brückebrücke"), Err(model::NameError::BadChar('ü')));
+        assert_eq!(
+            model::BridgeName::new("abcdefghijklmnop"),
+            Err(model::NameError::TooLongBytes { len: 16, max: 15 })
+        );
+        assert!(model::BridgeName::new("abcdefghijklmno").is_ok());
+        assert!(model::BridgeName::new("...").is_ok());
+    }
+
+    /// Private and other ordinary blocks stay usable next to the reserved ones.
+    #[test]
+    fn ordinary_subnets_are_not_reserved() {
+        for net in ["10.0.0.0/8", "172.16.0.0/16", "192.168.0.0/24", "100.64.0.0/24", "223.255.255.0/24", "1.0.0.0/24"]
+        {
+            let text = format!("{BASE}networks:\n  n:\n    mode: isolated\n    subnet: {net}\n    dhcp: false\n");
+            assert_eq!(codes_of(&text), [], "{net}");
+        }
+    }
+
+    /// The issue's example: two reservations of one VM on one network. libvirt refuses a
+    /// second host entry with the same name (network_conf.c, virNetworkDefUpdateIPDHCPHost),
+    /// so the names differ by construction.
+    #[test]
+    fn dhcp_host_names_are_unique_per_network() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.0.0.0/24\n  m:\n    subnet: 10.0.1.0/24\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.0.0.10}}\n      - {{network: m, ip: 10.0.1.10}}\n      - {{network: n, ip: 10.0.0.11}}\n"
+        );
+        let lab = lab(&text).unwrap();
+        let hosts = |net: &str| -> Vec<String> {
+            let NetworkKind::Managed(m) = &lab.networks[&NetworkName::new(net).unwrap()].kind else { panic!() };
+            let mut v: Vec<String> = m.reservations.values().map(|r| r.host.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(hosts("n"), ["a", "a-eth2"]);
+        assert_eq!(hosts("m"), ["a"]);
     }
 }

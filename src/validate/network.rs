@@ -16,6 +16,79 @@ use crate::spec::{DhcpSpec, ModeSpec, NetworkSpec, Spanned, SpannedMap};
 /// Smallest subnet (largest prefix length): a /30 holds a gateway and one guest.
 pub const MAX_PREFIX_LEN: u8 = 30;
 
+/// An IPv4 block no lab subnet may overlap, and the layer whose rule that is.
+pub struct Reserved {
+    pub net: Ipv4Network,
+    /// What the block is, e.g. "loopback".
+    pub what: &'static str,
+    /// Why a lab cannot use it: the owning layer's rule.
+    pub why: &'static str,
+}
+
+const fn block(a: u8, b: u8, c: u8, d: u8, len: u8, what: &'static str, why: &'static str) -> Reserved {
+    // `Ipv4Network::new` is not const; `new_checked` is, and these literals are valid.
+    let net = match Ipv4Network::new_checked(std::net::Ipv4Addr::new(a, b, c, d), len) {
+        Some(n) => n,
+        None => panic!("invalid reserved block"),
+    };
+    Reserved { net, what, why }
+}
+
+/// Blocks a lab subnet may not overlap. Linux drops packets whose source lies in 127/8
+/// (unless `route_localnet`) or 224/4, or is 255.255.255.255 or 0.0.0.0, as "martian"
+/// (net/ipv4/route.c `ip_route_input_slow`; include/linux/in.h), so the host could not talk
+/// to guests there; 0/8 is "this network" (RFC 1122 section 3.2.1.3, RFC 6890: a source
+/// only while a host boots; Linux before 5.3 dropped all of it); 169.254/16 is for
+/// self-assigned addresses only (RFC 3927: never handed out by DHCP); 240/4 is reserved
+/// (RFC 1112 section 4, RFC 6890) and ends in the limited broadcast address.
+pub const RESERVED: [Reserved; 5] = [
+    block(
+        0,
+        0,
+        0,
+        0,
+        8,
+        "\"this network\"",
+        "0.0.0.0/8 is only a source address while a host boots (RFC 1122 3.2.1.3); Linux drops 0.0.0.0 (before 5.3 all of 0/8) as martian (net/ipv4/route.c)",
+    ),
+    block(
+        127,
+        0,
+        0,
+        0,
+        8,
+        "loopback",
+        "the Linux kernel drops packets from 127.0.0.0/8 on any interface but `lo` as martian (net/ipv4/route.c)",
+    ),
+    block(
+        169,
+        254,
+        0,
+        0,
+        16,
+        "link-local",
+        "169.254.0.0/16 is for self-assigned link-local addresses, never handed out by DHCP (RFC 3927)",
+    ),
+    block(
+        224,
+        0,
+        0,
+        0,
+        4,
+        "multicast",
+        "the Linux kernel drops packets from multicast sources as martian (net/ipv4/route.c)",
+    ),
+    block(
+        240,
+        0,
+        0,
+        0,
+        4,
+        "reserved, with the limited broadcast address",
+        "240.0.0.0/4 is reserved (RFC 1112, RFC 6890) and the kernel drops packets from 255.255.255.255 as martian (net/ipv4/route.c)",
+    ),
+];
+
 /// The networks as the VM and NIC checks see them, and the model of the valid ones.
 pub(super) struct Networks {
     /// Every declared network by its key as written (also the invalid ones, so NICs that
@@ -119,6 +192,26 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             }
         }
     }
+    // Two networks may not become one libvirt network: an external network is looked up by
+    // the name as written, a lab network is created as prefix + name (libvirt network names
+    // are unique per host, src/conf/virnetworkobj.c).
+    let mut libvirt_names: BTreeMap<&str, &model::Network> = BTreeMap::new();
+    for net in model_nets.values() {
+        if let Some(other) = libvirt_names.get(net.libvirt_name.as_str()) {
+            let (ext, own) = if matches!(other.kind, NetworkKind::External) { (*other, net) } else { (net, *other) };
+            c.push(
+                Code::LibvirtNameClash,
+                format!("networks `{}` and `{}` are both `{}` in libvirt", other.name, net.name, net.libvirt_name),
+                vec![
+                    LabeledSpan::at(ext.span, format!("external: `{}` on the host", ext.libvirt_name)),
+                    LabeledSpan::at(own.span, format!("lab network: prefix + `{}`", own.name)),
+                ],
+                "rename the lab network or change `prefix:`, so that topo does not create the external network's name",
+            );
+        } else {
+            libvirt_names.insert(&net.libvirt_name, net);
+        }
+    }
     Networks { info: nets, model: model_nets }
 }
 
@@ -205,6 +298,16 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
             format!("subnet `{text}` is too small"),
             format!("/{len} leaves no room for a gateway and a guest"),
             format!("use a /{MAX_PREFIX_LEN} or larger subnet, e.g. `{}/24`", net.network()),
+        );
+        return None;
+    }
+    if let Some(r) = RESERVED.iter().find(|r| r.net.overlaps(net)) {
+        c.at(
+            Code::ReservedSubnet,
+            s,
+            format!("subnet `{text}` overlaps {} ({}), which cannot be a lab subnet", r.net, r.what),
+            format!("overlaps {}", r.net),
+            format!("{}; use a private subnet such as `192.168.152.0/24` or `10.0.0.0/24`", r.why),
         );
         return None;
     }
@@ -399,16 +502,54 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
             }
         },
     };
+    // libvirt's own rule for a DHCP range (src/util/virsocketaddr.c, virSocketAddrGetRange):
+    // start and end must share their first two bytes, else "range ... is too large (> 65535)"
+    // at `define network`. A default range of a subnet larger than /16 breaks it too.
+    let dhcp = match dhcp {
+        Some(r) if r.start.octets()[..2] != r.end.octets()[..2] => {
+            let last = subnet.map_or(u32::MAX, |sub| u32::from(last_host(&sub)));
+            let block = Ipv4Addr::from((u32::from(r.start) | 0xffff).min(last));
+            let (label, help) = match &net.dhcp {
+                Some(d) if matches!(d.value, DhcpSpec::Range(_)) => {
+                    (c.span(d), format!("keep the range inside one /16, e.g. `{{start: {}, end: {block}}}`", r.start))
+                }
+                _ => (
+                    net.dhcp
+                        .as_ref()
+                        .map_or_else(|| net.subnet.as_ref().map_or(c.span(key), |s| c.span(s)), |d| c.span(d)),
+                    format!(
+                        "use a /16 or smaller subnet, or give a range inside one /16, e.g. `dhcp: {{start: {}, end: {block}}}`",
+                        r.start
+                    ),
+                ),
+            };
+            c.push(
+                Code::DhcpRangeTooLarge,
+                format!(
+                    "DHCP range {} .. {} crosses a /16 boundary, which libvirt refuses (\"range is too large (> 65535)\")",
+                    r.start, r.end
+                ),
+                vec![LabeledSpan::at(label, "start and end differ in their first two bytes")],
+                help,
+            );
+            ok = false;
+            None
+        }
+        other => other,
+    };
     let bridge = match &net.bridge {
         None => None,
         Some(b) => match BridgeName::new(&b.value) {
             Ok(b) => Some(b),
             Err(e) => {
                 let help = match e {
-                    NameError::TooLong { .. } => format!(
-                        "Linux limits interface names to {} characters; use a shorter name such as `virbr2`",
+                    NameError::TooLongBytes { .. } | NameError::TooLong { .. } => format!(
+                        "Linux limits interface names to {} bytes (IFNAMSIZ); use a shorter name such as `virbr2`",
                         model::MAX_BRIDGE_NAME
                     ),
+                    NameError::Reserved => {
+                        "the kernel refuses `.` and `..` as interface names; use a name such as `virbr2`".to_owned()
+                    }
                     _ => "a bridge name uses letters, digits, '-', '_' and '.', e.g. `virbr2`".to_owned(),
                 };
                 c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);

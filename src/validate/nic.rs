@@ -19,13 +19,70 @@ pub(super) struct Nics {
     macs: BTreeMap<MacAddr, (String, SourceSpan, bool)>,
     /// Every reserved address so far, per network.
     ips: BTreeMap<(String, Ipv4Addr), (String, SourceSpan)>,
-    /// DHCP host entries per network.
+    /// DHCP host entries per network, in file order, before host names are given.
+    pending: BTreeMap<String, Vec<Pending>>,
+    /// DHCP host entries per network, with their host names ([`Nics::name_dhcp_hosts`]).
     reservations: BTreeMap<String, BTreeMap<MacAddr, Reservation>>,
     /// NICs that need a dynamic lease, by network.
     dynamic: BTreeMap<String, Vec<String>>,
 }
 
+/// A reservation before its DHCP host name is chosen.
+struct Pending {
+    vm: String,
+    index: usize,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    span: SourceSpan,
+}
+
+/// Longest DHCP host name: one DNS label (RFC 1035 section 2.3.4; dnsmasq refuses a longer
+/// `dhcp-host` name with "bad DHCP host name", src/option.c via `legal_hostname`).
+pub const MAX_DHCP_HOST_NAME: usize = 63;
+
 impl Nics {
+    /// Gives every reservation its DHCP host name and refuses names that are not unique on
+    /// their network. A VM's first reservation on a network is named after the VM; further
+    /// ones on the same network get `<vm>-eth<index>`, because libvirt refuses to add a
+    /// host entry whose name another entry has ("there is an existing dhcp host entry ...
+    /// that matches", src/conf/network_conf.c, virNetworkDefUpdateIPDHCPHost).
+    pub(super) fn name_dhcp_hosts(&mut self, c: &mut Checker) {
+        for (net, pending) in std::mem::take(&mut self.pending) {
+            let mut by_name: BTreeMap<String, &Pending> = BTreeMap::new();
+            let mut firsts: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+            let out = self.reservations.entry(net.clone()).or_default();
+            for p in &pending {
+                let host = if firsts.insert(p.vm.as_str()) { p.vm.clone() } else { format!("{}-eth{}", p.vm, p.index) };
+                if host.len() > MAX_DHCP_HOST_NAME {
+                    c.push(
+                        Code::DhcpHostName,
+                        format!(
+                            "{}.nics[{}] would get the DHCP host name `{host}`, longer than {MAX_DHCP_HOST_NAME} bytes",
+                            p.vm, p.index
+                        ),
+                        vec![LabeledSpan::at(p.span, "second reservation of this VM on this network")],
+                        "dnsmasq refuses host names longer than one DNS label; shorten the VM name",
+                    );
+                    continue;
+                }
+                if let Some(other) = by_name.get(&host) {
+                    c.push(
+                        Code::DhcpHostName,
+                        format!("{}.nics[{}] and {}.nics[{}] get the same DHCP host name `{host}` on network `{net}`", other.vm, other.index, p.vm, p.index),
+                        vec![
+                            LabeledSpan::at(other.span, format!("`{host}`")),
+                            LabeledSpan::at(p.span, format!("`{host}` again")),
+                        ],
+                        "a VM's second reservation on a network is named `<vm>-eth<index>`; rename the VM that has that name",
+                    );
+                    continue;
+                }
+                by_name.insert(host.clone(), p);
+                out.insert(p.mac, Reservation { mac: p.mac, ip: p.ip, host });
+            }
+        }
+    }
+
     /// Puts the reservations into the networks' models.
     pub(super) fn attach_reservations(mut self, networks: &mut BTreeMap<NetworkName, model::Network>) {
         for (name, net) in networks.iter_mut() {
@@ -79,7 +136,10 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         let reason = if info.subnet.is_none() {
             Some(format!("network `{}` has no subnet", nic.network.value))
         } else if !info.dhcp && ip.is_none() && nic.ip.is_none() {
-            Some(format!("network `{}` has no DHCP and the NIC has no `ip`", nic.network.value))
+            Some(format!(
+                "network `{}` has no DHCP range (`dhcp: false` serves reservations only) and the NIC has no `ip`",
+                nic.network.value
+            ))
         } else {
             None
         };
@@ -87,7 +147,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
             let help = if info.subnet.is_none() {
                 "give the network a `subnet:`, or set `verify: none` on this NIC".to_owned()
             } else {
-                "add `ip:` to the NIC, enable `dhcp:` on the network, or set `verify: none`".to_owned()
+                "add `ip:` to the NIC (a reservation is served without a range), enable `dhcp:` on the network, or set `verify: none`".to_owned()
             };
             c.at(
                 Code::NicNoAddress,
@@ -102,39 +162,124 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         return None;
     };
     if let (Some(ip), Some(vm_name)) = (ip, name) {
-        seen.reservations
-            .entry(nic.network.value.clone())
-            .or_default()
-            .insert(mac.0, Reservation { mac: mac.0, ip, host: vm_name.to_string() });
+        let span = nic.ip.as_ref().map_or_else(|| c.span(&nic.network), |s| c.span(s));
+        seen.pending.entry(nic.network.value.clone()).or_default().push(Pending {
+            vm: vm_name.to_string(),
+            index,
+            mac: mac.0,
+            ip,
+            span,
+        });
     }
     Some(model::Nic { index, network: net, mac: mac.0, mac_derived: mac.1, ip, verify, span: c.span(&nic.network) })
 }
 
-/// A DHCP range smaller than the NICs that need a lease from it leaves some without one.
+/// A DHCP range with fewer free addresses than the NICs that need a lease from it leaves
+/// some without one. dnsmasq never leases a reserved address to another client (a
+/// `dhcp-host` address is taken even while its owner is off: dnsmasq `address_allocate`
+/// skips addresses configured for a host), so the pool is the range minus the reserved
+/// addresses inside it.
 pub(super) fn check_dhcp_capacity(c: &mut Checker, nets: &BTreeMap<String, NetInfo>, seen: &Nics) {
     for (net, nics) in &seen.dynamic {
-        let Some(info) = nets.get(net) else { continue };
-        let size = info.dhcp_range.map(|r| u64::from(u32::from(r.end)) - u64::from(u32::from(r.start)) + 1);
-        if let (Some(size), Some(span)) = (size, info.dhcp_span)
-            && nics.len() as u64 > size
-        {
-            c.push(
-                Code::DhcpTooSmall,
+        let (Some(info), Some(range)) = (nets.get(net), nets.get(net).and_then(|i| i.dhcp_range)) else { continue };
+        let Some(span) = info.dhcp_span else { continue };
+        let reserved_ips: std::collections::BTreeSet<Ipv4Addr> =
+            seen.ips.keys().filter(|(n, _)| n == net).map(|(_, ip)| *ip).collect();
+        let (start, end) = (u32::from(range.start), u32::from(range.end));
+        let total = u64::from(end - start) + 1;
+        // What dnsmasq skips when it picks a free address (src/dhcp.c, address_allocate).
+        let mut reserved = 0u64;
+        let mut class_c_edges = 0u64;
+        for ip in (start..=end).map(Ipv4Addr::from) {
+            if reserved_ips.contains(&ip) {
+                reserved += 1;
+            } else if class_c_edge(ip) {
+                class_c_edges += 1;
+            }
+        }
+        let size = total - reserved - class_c_edges;
+        if nics.len() as u64 <= size {
+            continue;
+        }
+        let es = |n: u64| if n == 1 { "" } else { "es" };
+        let (message, label) = if reserved == 0 && class_c_edges == 0 {
+            (
                 format!(
                     "network `{net}` hands out {size} address{} by DHCP, but {} NICs need one ({})",
-                    if size == 1 { "" } else { "es" },
+                    es(size),
                     nics.len(),
                     nics.join(", ")
                 ),
-                vec![LabeledSpan::at(span, format!("{size} address{}", if size == 1 { "" } else { "es" }))],
-                "use a larger subnet or DHCP range, or give some NICs a fixed `ip:`",
-            );
-        }
+                format!("{size} address{}", es(size)),
+            )
+        } else {
+            (
+                format!(
+                    "network `{net}` has {size} free address{} in its DHCP range ({total} minus {}), but {} NICs need one ({})",
+                    es(size),
+                    skipped(reserved, class_c_edges),
+                    nics.len(),
+                    nics.join(", ")
+                ),
+                format!("{total} address{}, {size} of them free for DHCP", es(total)),
+            )
+        };
+        let help = if reserved == 0 {
+            "use a larger subnet or DHCP range, or give some NICs a fixed `ip:`"
+        } else {
+            "use a larger subnet or DHCP range, move reservations out of the range, or give some NICs a fixed `ip:`"
+        };
+        c.push(Code::DhcpTooSmall, message, vec![LabeledSpan::at(span, label)], help);
+    }
+}
+
+/// dnsmasq never hands out an address ending in .0 or .255 inside the old class C space
+/// (192.0.0.0 - 223.255.255.255), even in a larger subnet where it is a host address
+/// (src/dhcp.c, address_allocate: "broken in Windows", KB281579).
+fn class_c_edge(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    (192..=223).contains(&o[0]) && (o[3] == 0 || o[3] == 255)
+}
+
+/// "3 reserved by `ip:` and 2 that dnsmasq skips (.0 and .255 in class C space)".
+fn skipped(reserved: u64, edges: u64) -> String {
+    let r = format!("{reserved} reserved by `ip:`");
+    let e = format!("{edges} that dnsmasq never hands out (.0 and .255 in 192.0.0.0-223.255.255.255)");
+    match (reserved, edges) {
+        (_, 0) => r,
+        (0, _) => e,
+        _ => format!("{r} and {e}"),
     }
 }
 
 fn list<'a>(it: impl Iterator<Item = &'a String>) -> String {
     it.map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// Why a parsed unicast MAC cannot be a guest's, and how to fix it (the layer that
+/// refuses it is named in the message).
+pub(super) fn refused_mac(mac: MacAddr) -> Option<(&'static str, &'static str)> {
+    let b = mac.octets();
+    if b[0] == 0xfe {
+        // libvirt src/util/virnetdevtap.c, virNetDevTapCreateInBridgePort: the host side of
+        // the tap gets the guest's MAC with the first byte set to 0xFE, so a guest MAC that
+        // starts with it is refused ("Unable to use MAC address starting with reserved value
+        // 0xFE") when the domain starts.
+        return Some((
+            "starts with 0xFE, which libvirt reserves for the host side of the tap device and refuses for a guest",
+            "use another first byte; QEMU's `52:54:00:..` prefix is a safe choice",
+        ));
+    }
+    if b == [0; 6] {
+        // QEMU net/net.c, qemu_macaddr_default_if_unset: an all-zero MAC means "unset" and
+        // QEMU gives the NIC 52:54:00:12:34:NN instead, so the reservation and the ARP proof
+        // would be for a MAC the guest never has (and Linux's is_valid_ether_addr refuses it).
+        return Some((
+            "is all zeros, which QEMU treats as unset and replaces with its own 52:54:00:12:34:xx",
+            "use a real address such as `52:54:00:00:1f:02`, or remove `mac` to get a derived one",
+        ));
+    }
+    None
 }
 
 /// The NIC's MAC (given or derived) and whether it was derived; records duplicates.
@@ -149,7 +294,13 @@ fn check_nic_mac(
 ) -> Option<(MacAddr, bool)> {
     let (mac, derived, span) = match &nic.mac {
         Some(m) => match m.value.trim().parse::<MacAddr>() {
-            Ok(mac) => (mac, false, c.span(m)),
+            Ok(mac) => {
+                if let Some((why, help)) = refused_mac(mac) {
+                    c.at(Code::BadMac, m, format!("MAC `{}` {why}", m.value), "refused MAC", help);
+                    return None;
+                }
+                (mac, false, c.span(m))
+            }
             Err(e) => {
                 let help = match e {
                     MacError::Format => {

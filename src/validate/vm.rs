@@ -124,7 +124,9 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
         let kernel = check_file(c, &b.value.kernel, "kernel");
         let initrd = b.value.initrd.as_ref().map(|i| check_file(c, i, "initrd"));
         ok &= kernel.is_some() && initrd.as_ref().is_none_or(Option::is_some);
-        model::Boot { kernel: kernel.unwrap_or_default(), initrd: initrd.flatten(), cmdline: b.value.cmdline.clone() }
+        let cmdline = b.value.cmdline.as_ref().and_then(|s| check_text(c, s, "boot.cmdline", Text::CommandLine));
+        ok &= b.value.cmdline.is_none() || cmdline.is_some();
+        model::Boot { kernel: kernel.unwrap_or_default(), initrd: initrd.flatten(), cmdline }
     });
     let disk = vm.disk.as_ref().map(|d| {
         let image = check_file(c, &d.value.image, "disk image");
@@ -167,12 +169,56 @@ fn parse_size(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<ByteSi
     }
 }
 
+/// Which characters a text value written into libvirt XML may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// The kernel command line: anything XML 1.0 can carry (tab, line feed and carriage
+    /// return included: the kernel reads them as spaces).
+    CommandLine,
+    /// A file path: no control character at all. XML 1.0 cannot carry most of them
+    /// (section 2.2, `Char`), and in an attribute (`<source file=...>`) a tab or line
+    /// break is normalised to a space (section 3.3.3), so libvirt would open another file.
+    Path,
+}
+
+/// The first character of `s` that cannot go into libvirt's XML as `kind`.
+fn bad_char(s: &str, kind: Text) -> Option<char> {
+    s.chars().find(|&ch| match kind {
+        // XML 1.0 Char: #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
+        // (surrogates cannot occur in a Rust string).
+        Text::CommandLine => (ch < ' ' && !matches!(ch, '\t' | '\n' | '\r')) || matches!(ch, '\u{FFFE}' | '\u{FFFF}'),
+        Text::Path => ch.is_control() || matches!(ch, '\u{FFFE}' | '\u{FFFF}'),
+    })
+}
+
+/// A text value that is written into libvirt's XML: refused when libvirt's XML parser
+/// (libxml2, XML 1.0) would refuse it or read it back as something else.
+fn check_text(c: &mut Checker, s: &Spanned<String>, what: &str, kind: Text) -> Option<String> {
+    match bad_char(&s.value, kind) {
+        None => Some(s.value.clone()),
+        Some(ch) => {
+            c.at(
+                Code::ControlChar,
+                s,
+                format!("{what} contains the control character {:?} (U+{:04X})", ch, u32::from(ch)),
+                "control character",
+                match kind {
+                    Text::CommandLine => "libvirt's XML (XML 1.0) cannot carry it, so `define domain` would fail; remove it",
+                    Text::Path => "libvirt's XML cannot carry it or turns it into a space, so libvirt would open another file; rename the file",
+                },
+            );
+            None
+        }
+    }
+}
+
 /// Resolves a path from the file against the lab file's folder; it must name an existing file.
 fn check_file(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<PathBuf> {
     if s.value.trim().is_empty() {
         c.at(Code::MissingFile, s, format!("{what} path is empty"), "empty path", "give the path of the file");
         return None;
     }
+    check_text(c, s, &format!("{what} path"), Text::Path)?;
     // Canonical before it is hashed or written, so the plan does not depend on the folder or
     // symlink the lab file was reached through.
     let resolved = crate::source::resolve_path(&c.source.dir, Path::new(&s.value));
