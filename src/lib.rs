@@ -19,6 +19,7 @@ pub mod observed;
 pub mod ownership;
 pub mod plan;
 pub mod prober;
+pub mod results;
 pub mod schema;
 pub mod shape;
 pub mod source;

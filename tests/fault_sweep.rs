@@ -100,8 +100,26 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// A host with the test driver's `default` network and objects topo did not create: a
+/// network and a running domain on it, which no run may change.
+fn bystanders() -> MemoryHypervisor {
+    host()
+        .with_network_xml(&foreign_network_xml("keep-net", "keepbr0", "10.90.0.1", "255.255.255.0"), true, true)
+        .unwrap()
+        .with_domain_xml(&foreign_domain_xml("keep-vm", &[("52:54:00:ee:00:09", "keep-net")]), true)
+        .unwrap()
+}
+
+/// What the bystanders look like (everything not named like the lab).
+fn foreign(hv: &MemoryHypervisor) -> String {
+    let o = hv.observe().unwrap();
+    let nets: Vec<_> = o.networks.values().filter(|n| !n.name.starts_with("sweep-")).collect();
+    let doms: Vec<_> = o.domains.values().filter(|d| !d.name.starts_with("sweep-")).collect();
+    format!("{nets:?}{doms:?}")
+}
+
 fn start(s: &Scenario) -> MemoryHypervisor {
-    let hv = host();
+    let hv = bystanders();
     if let Some(b) = &s.before {
         apply_ok(&lab(b), &hv);
     }
@@ -109,10 +127,10 @@ fn start(s: &Scenario) -> MemoryHypervisor {
 }
 
 /// Runs the scenario's step; true when it reported a failure.
-fn run(s: &Scenario, l: &Lab, hv: &MemoryHypervisor) -> bool {
+fn run(s: &Scenario, l: &Lab, hv: &MemoryHypervisor, parallelism: usize) -> bool {
     match s.step {
-        Step::Apply => apply_with(l, hv, 1).1.failed(),
-        Step::Destroy => destroy_with(l, hv, 1).1.failed(),
+        Step::Apply => apply_with(l, hv, parallelism).1.failed(),
+        Step::Destroy => destroy_with(l, hv, parallelism).1.failed(),
     }
 }
 
@@ -140,16 +158,21 @@ fn every_fault_at_every_call_converges() {
         // The length of the sweep: the calls of a clean run.
         let hv = start(&s);
         hv.count_calls();
-        assert!(!run(&s, &l, &hv), "{}: the clean run failed", s.name);
+        assert!(!run(&s, &l, &hv, 1), "{}: the clean run failed", s.name);
         let n = hv.disarm();
         assert!(n > 5, "{}: only {n} calls", s.name);
-        for fault in [Fault::FailCall, Fault::StopAfterCall] {
+        let untouched = foreign(&hv);
+        // Parallelism 1 makes the k-th call the same call every time; 4 runs the steps of
+        // the plan as apply does by default (the k-th call is then whichever comes k-th).
+        for (fault, parallelism) in
+            [(Fault::FailCall, 1), (Fault::StopAfterCall, 1), (Fault::FailCall, 4), (Fault::StopAfterCall, 4)]
+        {
             let mut failed = 0;
             for k in 1..=n {
-                let what = format!("{} / {fault:?} at call {k} of {n}", s.name);
+                let what = format!("{} / {fault:?} at call {k} of {n}, parallelism {parallelism}", s.name);
                 let hv = start(&s);
                 hv.arm(k, fault);
-                failed += usize::from(run(&s, &l, &hv));
+                failed += usize::from(run(&s, &l, &hv, parallelism));
                 hv.disarm();
                 // A new process: apply again (or destroy again) must converge.
                 match s.step {
@@ -167,10 +190,11 @@ fn every_fault_at_every_call_converges() {
                 assert!(!report.failed(), "{what}: destroy failed: {report:#?}\nplan: {p:#?}");
                 assert_eq!(owned(&l, &hv), Vec::<String>::new(), "{what}: destroy left objects of the lab");
                 assert_eq!(hv.volumes(), vec![], "{what}: destroy left volumes");
+                assert_eq!(foreign(&hv), untouched, "{what}: objects the lab does not own changed");
             }
             // The faults did hit: all but the last call's crash, and all but the few calls
             // whose failure an op tolerates (an ACPI request ignored), fail the run.
-            eprintln!("{}: {fault:?}: {failed} of {n} runs failed", s.name);
+            eprintln!("{}: {fault:?}, parallelism {parallelism}: {failed} of {n} runs failed", s.name);
             assert!(failed * 10 >= n * 8, "{}: {fault:?}: only {failed} of {n} faulted runs failed", s.name);
         }
     }

@@ -210,6 +210,67 @@ fn network_stopped_under_running_vms_is_started_and_nics_replugged() {
     insta::assert_snapshot!(shown(&lab(BASE), &hv));
 }
 
+/// A VM with a disk on a host without the overlay pool: the pool is its own step. A tagged
+/// overlay no domain uses (a define libvirt refused after it was made) is an orphan.
+#[test]
+fn overlay_pool_and_orphaned_volume() {
+    let text = "\
+apiVersion: topo/v1
+name: disky
+networks:
+  net:
+    mode: isolated
+    subnet: 10.80.0.0/24
+vms:
+  box:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    disk: {image: images/base.qcow2, size: 1GiB}
+    nics: [{network: net, ip: 10.80.0.5}]
+";
+    let hv = MemoryHypervisor::new();
+    let l = lab(text);
+    hv.fail_on(
+        "define_domain",
+        "disky-box",
+        topo::hypervisor::HvError {
+            op: "define domain".into(),
+            object: "disky-box".into(),
+            message: "refused".into(),
+            kind: topo::hypervisor::HvErrorKind::InvalidXml,
+            hint: None,
+        },
+    );
+    let (first, _) = plan_on(&l, &hv);
+    let first = plain(&first);
+    apply_with(&l, &hv, 1);
+    let out = format!("{first}\n----- after the refused define -----\n\n{}", shown(&l, &hv));
+    insta::assert_snapshot!(redact_overlay_hash(&out));
+}
+
+/// Overlay names hash the backing image's absolute path, which is the checkout's: the
+/// `HASH.HASH` after `disky-box-` differs per clone, so it is redacted.
+fn redact_overlay_hash(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("disky-box-") {
+        let (head, tail) = rest.split_at(i + "disky-box-".len());
+        out.push_str(head);
+        let hash = tail
+            .get(..17)
+            .filter(|h| h.bytes().enumerate().all(|(i, b)| if i == 8 { b == b'.' } else { b.is_ascii_hexdigit() }));
+        match hash {
+            Some(_) => {
+                out.push_str("[HASH]");
+                rest = &tail[17..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `dhcp: false` on a network with a subnet: libvirt still runs dnsmasq with the `<host>`
 /// entries, so the plan says what dnsmasq will do ("reservations only"), in text and JSON.
 #[test]
@@ -220,7 +281,7 @@ fn dhcp_false_is_reservations_only() {
     text = edit(&text, "      - network: back\n  db:", "      - network: back\n        verify: none\n  db:");
     let l = lab(&text);
     let (p, _) = plan_on(&l, &hv);
-    let back = p.changes.iter().find(|c| c.address.to_string() == "network.back").expect("network.back changes");
+    let back = p.changes.iter().find(|c| c.address == "network.back").expect("network.back changes");
     let dhcp = back.fields.iter().find(|f| f.path == "dhcp").expect("dhcp field");
     assert_eq!(dhcp.before.as_deref(), Some("10.51.0.2 - 10.51.0.254"));
     assert_eq!(dhcp.after.as_deref(), Some("reservations only"));

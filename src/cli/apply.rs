@@ -15,6 +15,8 @@ use crate::model::Lab;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SavedPlan, looks_saved};
 use crate::plan::{Plan, Shutdown};
+use crate::results::Command as RunCommand;
+use crate::verify::NicState;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfirmArgs {
@@ -41,6 +43,11 @@ pub struct ApplyArgs {
     pub no_verify: bool,
     #[command(flatten)]
     pub verify: super::verify::VerifyOpts,
+    /// Print the plan, each step's outcome and the verification as one versioned JSON
+    /// document instead of the human output (see docs/results-json.md); needs -y unless FILE
+    /// is a saved plan
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -54,6 +61,10 @@ pub struct DestroyArgs {
     /// deleted next
     #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, default_missing_value = "30s", value_parser = super::duration::parse_duration)]
     pub graceful: Option<Duration>,
+    /// Print the plan and each step's outcome as one versioned JSON document instead of the
+    /// human output (see docs/results-json.md); needs -y
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn options(c: &ConfirmArgs) -> Options {
@@ -80,6 +91,10 @@ const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let (lab, saved) = load(&file)?;
+    // Terraform's rule: a JSON run cannot stop at a prompt, so it is approved up front.
+    if args.json && !args.confirm.auto_approve && saved.is_none() {
+        return Err(JsonNeedsApproval.into());
+    }
     let hv = super::connect(global)?;
     let host = super::host_id(&hv)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo apply")?;
@@ -96,8 +111,19 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         None => crate::plan::plan(&lab, &observed, &hv.uri())?,
     };
     let file = lab.source.name();
-    crate::out!("{}", render(&plan, &file, style(global)))?;
+    if !args.json {
+        crate::out!("{}", render(&plan, &file, style(global)))?;
+    }
+    // With --json, the run document is printed once, whatever happens after the first step.
+    let json = |report: Option<&Report>, verify: Option<serde_json::Value>| -> miette::Result<()> {
+        if args.json {
+            let doc = crate::results::run_json(RunCommand::Apply, &plan, report, verify);
+            crate::outln!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?)?;
+        }
+        Ok(())
+    };
     let mut started = std::collections::BTreeMap::new();
+    let mut executed = None;
     let mut observed = observed;
     if !plan.is_empty() {
         // A saved plan was reviewed when it was made: applying it is the confirmation.
@@ -123,12 +149,26 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
                 );
             }
         }
-        let report = execute(global, &plan, &hv, options(&args.confirm))?;
+        let (report, result) = execute(global, &plan, &hv, options(&args.confirm));
+        if let Err(e) = result {
+            json(Some(&report), None)?;
+            return Err(e);
+        }
         let (a, c, r, d) = report.counts();
-        crate::outln!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.")?;
-        observed = crate::apply::check_converged(&lab, &hv)?;
-        started = report.started;
+        if !args.json {
+            crate::outln!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.")?;
+        }
+        observed = match crate::apply::check_converged(&lab, &hv) {
+            Ok(o) => o,
+            Err(e) => {
+                json(Some(&report), None)?;
+                return Err(e.into());
+            }
+        };
+        started = report.started.clone();
+        executed = Some(report);
     }
+    let mut verified = None;
     if !args.no_verify {
         // The host as just observed: after apply, by the convergence check.
         let targets = super::verify::targets(&lab, &observed);
@@ -138,8 +178,16 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             let t0 = std::time::Instant::now();
             let mut report = super::verify::run_verification(global, &hv, &targets, opts)?;
             super::verify::since_vm_start(&lab, &mut report, t0, &started);
-            super::verify::finish(&lab, &report, false)?;
+            if !args.json {
+                super::verify::finish(&lab, &report, false)?;
+            }
+            verified = Some(report);
         }
+    }
+    json(executed.as_ref(), verified.as_ref().map(|r| super::verify::report_json(lab.name.as_str(), r)))?;
+    let failed = verified.iter().flat_map(|r| &r.nics).filter(|n| matches!(n.state, NicState::Failed { .. })).count();
+    if failed > 0 {
+        return Err(super::verify::NotVerified { failed }.into());
     }
     Ok(Outcome::Ok)
 }
@@ -147,25 +195,45 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab(&file)?;
+    if args.json && !args.confirm.auto_approve {
+        return Err(JsonNeedsApproval.into());
+    }
     let hv = super::connect(global)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &super::host_id(&hv)?, &hv.uri(), "topo destroy")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     let shutdown = if args.graceful.is_some() { Shutdown::Graceful } else { Shutdown::Force };
     let plan = crate::plan::plan_destroy_with(&lab, &observed, shutdown);
+    let json = |report: Option<&Report>| -> miette::Result<()> {
+        if args.json {
+            let doc = crate::results::run_json(RunCommand::Destroy, &plan, report, None);
+            crate::outln!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?)?;
+        }
+        Ok(())
+    };
     if plan.is_empty() {
-        crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
+        if args.json {
+            json(None)?;
+        } else {
+            crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
+        }
         return Ok(Outcome::Ok);
     }
-    crate::out!("{}", render(&plan, &lab.source.name(), style(global)))?;
+    if !args.json {
+        crate::out!("{}", render(&plan, &lab.source.name(), style(global)))?;
+    }
     confirm(&args.confirm, "destroy these objects")?;
     let mut opts = options(&args.confirm);
     if let Some(t) = args.graceful {
         opts.shutdown_timeout = t;
     }
-    let report = execute(global, &plan, &hv, opts)?;
+    let (report, result) = execute(global, &plan, &hv, opts);
+    json(Some(&report))?;
+    result?;
     let (.., d) = report.counts();
-    crate::outln!("Destroy complete: {d} destroyed.")?;
+    if !args.json {
+        crate::outln!("Destroy complete: {d} destroyed.")?;
+    }
     let left = crate::plan::plan_destroy(&lab, &hv.observe()?);
     if !left.is_empty() {
         let details =
@@ -198,9 +266,10 @@ fn confirm(args: &ConfirmArgs, what: &str) -> miette::Result<()> {
     Ok(())
 }
 
-/// Runs the plan with a progress display and Ctrl-C handling, and turns failures into an
-/// error that lists what was done, what failed and what was skipped.
-fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options) -> miette::Result<Report> {
+/// Runs the plan with a progress display and Ctrl-C handling. Returns the report, and an
+/// error (after listing on stderr what was done, what failed and what was skipped) when a
+/// step failed or the run was interrupted.
+fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options) -> (Report, miette::Result<()>) {
     // The first Ctrl-C (SIGTERM, SIGHUP) stops scheduling; the second aborts at once.
     let _graceful = super::interrupt::graceful();
     let cancel = super::interrupt::flag();
@@ -214,7 +283,7 @@ fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options)
     let report = crate::apply::apply(plan, hv, &opts, cancel, progress.as_ref());
     drop(progress);
     if !report.failed() {
-        return Ok(report);
+        return (report, Ok(()));
     }
     let mut failed = 0;
     let mut skipped = 0;
@@ -238,7 +307,18 @@ fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options)
         }
     }
     if report.interrupted && failed == 0 {
-        return Err(ApplyError::Interrupted { skipped }.into());
+        return (report, Err(ApplyError::Interrupted { skipped }.into()));
     }
-    Err(ApplyError::StepsFailed { failed, skipped }.into())
+    (report, Err(ApplyError::StepsFailed { failed, skipped }.into()))
 }
+
+/// `--json` without `--auto-approve`: refused before anything is observed.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("--json needs --auto-approve (-y): a run printing JSON does not stop to ask")]
+#[diagnostic(
+    code(topo::cli::json_needs_approval),
+    help(
+        "review the plan first (`topo plan --json`, or `topo plan --out plan.json` and `topo apply --json plan.json`), then run again with -y"
+    )
+)]
+pub struct JsonNeedsApproval;

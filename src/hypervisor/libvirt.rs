@@ -281,7 +281,8 @@ impl LibvirtHypervisor {
             let vols = lv("virStoragePoolListAllVolumes", OVERLAY_POOL, || pool.list_all_volumes(0))
                 .map_err(|e| map_error(OP, OVERLAY_POOL, &e))?;
             for v in vols {
-                let (Ok(name), Ok(vpath)) = (v.name(), v.path()) else { continue };
+                let Ok(name) = lv("virStorageVolGetName", OVERLAY_POOL, || v.name()) else { continue };
+                let Ok(vpath) = lv("virStorageVolGetPath", &name, || v.path()) else { continue };
                 out.volumes.insert(name.clone(), ObservedVolume { name, path: vpath });
             }
         }
@@ -347,7 +348,8 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     fn hostname(&self) -> Result<String, HvError> {
-        self.conn.hostname().map_err(|e| map_error("get host name", &self.uri, &e))
+        lv("virConnectGetHostname", &self.uri, || self.conn.hostname())
+            .map_err(|e| map_error("get host name", &self.uri, &e))
     }
 
     fn observe(&self) -> Result<Observed, HvError> {

@@ -464,7 +464,7 @@ impl Pool {
             _ if !needed => return None,
             Some((_, true)) => return None,
             Some((_, false)) => (Action::Update, vec![Reason::NotActive, Reason::PoolNeeded]),
-            None => (Action::Create, vec![Reason::NotOnHost, Reason::PoolNeeded]),
+            None => (Action::Create, vec![Reason::PoolNeeded]),
         };
         let fields = vec![FieldChange {
             path: "path".into(),
@@ -1065,7 +1065,11 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     let lab_name = lab.name.as_str();
     let mut out = Vec::new();
     let conflict = Problem::at;
-    let owner_text = |o: Option<&crate::observed::OwnerTag>| match o {
+    let owner_text = |o: Option<&crate::observed::OwnerTag>, name: &str| match o {
+        Some(t) if t.name.is_empty() => {
+            format!("tagged by topo lab `{}` without the object's name (an older topo): not trusted", t.lab)
+        }
+        Some(t) if t.name != name => format!("a copy of `{}` of topo lab `{}`, not the lab's own", t.name, t.lab),
         Some(t) => format!("owned by topo lab `{}`", t.lab),
         None => "not created by topo".to_string(),
     };
@@ -1097,7 +1101,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                     format!(
                         "network name `{}` is already taken on the host by a network this lab does not own ({})",
                         net.libvirt_name,
-                        owner_text(o.owner.as_ref())
+                        owner_text(o.owner.as_ref(), &o.name)
                     ),
                     "this network would be created as that name",
                     "rename the network or set another `prefix:`; to use the existing network, declare it with `external: true`. topo never adopts or overwrites objects it did not create".into(),
@@ -1121,7 +1125,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                                 other.name,
                                 ip.address,
                                 ip.prefix,
-                                owner_text(other.owner.as_ref())
+                                owner_text(other.owner.as_ref(), &other.name)
                             ),
                             "this network",
                             "pick a subnet that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)".into(),
@@ -1152,7 +1156,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 format!(
                     "VM name `{}` is already taken on the host by a domain this lab does not own ({})",
                     vm.libvirt_name,
-                    owner_text(o.owner.as_ref())
+                    owner_text(o.owner.as_ref(), &o.name)
                 ),
                 "this VM would be created as that name",
                 "rename the VM or set another `prefix:`; topo never adopts or overwrites objects it did not create"

@@ -1,0 +1,238 @@
+//! The JSON documents of `topo validate --json`, `topo apply --json` and `topo destroy --json`
+//! (format version 1, docs/results-json.md): the validation verdict with every problem
+//! located by line and column, and the record of a run (its plan, each step's outcome, the
+//! counts, and apply's verification).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::apply::{Report, StepOutcome};
+use crate::diag::Problem;
+use crate::model::Lab;
+use crate::plan::{Action, Plan};
+
+/// The version of every document here. Within a version keys are only added, never renamed,
+/// retyped or removed (the rule of the plan's JSON, docs/plan-json.md).
+pub const FORMAT_VERSION: &str = "1";
+
+/// A place in the lab file: 1-based line and column (in characters, as editors count), and
+/// the 0-based byte offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+    pub byte: usize,
+}
+
+/// A labelled range of the lab file a problem points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub file: String,
+    pub start: Position,
+    pub end: Position,
+    pub label: Option<String>,
+}
+
+/// One problem: its stable code (`topo::lab::bad_mac`), what is wrong, how to fix it, and
+/// where (the first location is the primary one; none for problems that are not in the
+/// file, such as an unreadable file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JsonProblem {
+    pub code: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+    pub locations: Vec<Location>,
+}
+
+/// The position of byte `offset` in `text` (clamped to the text, and to a char boundary).
+pub fn position(text: &str, offset: usize) -> Position {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Position { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1, byte: offset }
+}
+
+impl JsonProblem {
+    /// A [`Problem`] of the lab file `file` whose text is `text`.
+    pub fn of(file: &str, text: &str, p: &Problem) -> Self {
+        let locations = p
+            .labels
+            .iter()
+            .map(|l| Location {
+                file: file.to_owned(),
+                start: position(text, l.offset()),
+                end: position(text, l.offset() + l.len()),
+                label: l.label().map(str::to_owned),
+            })
+            .collect();
+        Self { code: Some(p.code.as_str().to_owned()), message: p.message.clone(), help: p.help.clone(), locations }
+    }
+
+    /// Any other diagnostic (a file that cannot be read, too large, not UTF-8): no location.
+    pub fn of_diagnostic(d: &dyn miette::Diagnostic) -> Self {
+        Self {
+            code: d.code().map(|c| c.to_string()),
+            message: d.to_string(),
+            help: d.help().map(|h| h.to_string()),
+            locations: vec![],
+        }
+    }
+}
+
+/// Counts of what a valid lab holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LabCounts {
+    pub networks: usize,
+    pub external_networks: usize,
+    pub vms: usize,
+    pub nics: usize,
+}
+
+#[derive(Serialize)]
+struct ValidateDoc<'a> {
+    format_version: &'static str,
+    file: Option<&'a str>,
+    valid: bool,
+    lab: Option<&'a str>,
+    counts: Option<LabCounts>,
+    problems: &'a [JsonProblem],
+}
+
+/// `topo validate --json` for a valid lab.
+pub fn validate_ok(file: &str, lab: &Lab) -> Value {
+    let counts = LabCounts {
+        networks: lab.networks.len(),
+        external_networks: lab.external_count(),
+        vms: lab.vms.len(),
+        nics: lab.nic_count(),
+    };
+    let doc = ValidateDoc {
+        format_version: FORMAT_VERSION,
+        file: Some(file),
+        valid: true,
+        lab: Some(lab.name.as_str()),
+        counts: Some(counts),
+        problems: &[],
+    };
+    // Invariant: strings, numbers, booleans and options only.
+    serde_json::to_value(doc).expect("validate JSON serialises")
+}
+
+/// `topo validate --json` for a lab file that cannot be used, with its `problems`; `file`
+/// is `None` when no lab file was named and none could be found.
+pub fn validate_failed(file: Option<&str>, problems: &[JsonProblem]) -> Value {
+    let doc = ValidateDoc { format_version: FORMAT_VERSION, file, valid: false, lab: None, counts: None, problems };
+    // Invariant: as above.
+    serde_json::to_value(doc).expect("validate JSON serialises")
+}
+
+/// Which command a run document records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    Apply,
+    Destroy,
+}
+
+#[derive(Serialize)]
+struct JsonStep<'a> {
+    address: String,
+    action: &'static str,
+    outcome: &'static str,
+    seconds: Option<f64>,
+    error: Option<&'a str>,
+    hint: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize, Default)]
+struct RunCounts {
+    added: usize,
+    changed: usize,
+    replaced: usize,
+    destroyed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+#[derive(Serialize)]
+struct RunDoc<'a> {
+    format_version: &'static str,
+    command: Command,
+    lab: &'a str,
+    plan: Value,
+    steps: Vec<JsonStep<'a>>,
+    summary: RunCounts,
+    interrupted: bool,
+    verify: Option<Value>,
+}
+
+/// `topo apply --json` / `topo destroy --json`: the `plan` that ran, what each step did
+/// (`report`, `None` when the plan was empty and nothing ran), and for apply the
+/// `topo verify --json` document of the verification that followed (`None` when none ran).
+pub fn run_json(command: Command, plan: &Plan, report: Option<&Report>, verify: Option<Value>) -> Value {
+    let mut summary = RunCounts::default();
+    let mut steps = Vec::new();
+    for s in report.map(|r| r.steps.as_slice()).unwrap_or_default() {
+        let (outcome, seconds, error, hint, reason) = match &s.outcome {
+            StepOutcome::Done { seconds } => {
+                match s.action {
+                    Action::Create => summary.added += 1,
+                    Action::Update => summary.changed += 1,
+                    Action::Replace => summary.replaced += 1,
+                    Action::Delete => summary.destroyed += 1,
+                    Action::NoOp => {}
+                }
+                ("done", Some(*seconds), None, None, None)
+            }
+            StepOutcome::Failed { error, hint } => {
+                summary.failed += 1;
+                ("failed", None, Some(error.as_str()), hint.as_deref(), None)
+            }
+            StepOutcome::Skipped { why } => {
+                summary.skipped += 1;
+                ("skipped", None, None, None, Some(why.as_str()))
+            }
+        };
+        steps.push(JsonStep {
+            address: s.address.to_string(),
+            action: s.action.as_str(),
+            outcome,
+            seconds,
+            error,
+            hint,
+            reason,
+        });
+    }
+    let doc = RunDoc {
+        format_version: FORMAT_VERSION,
+        command,
+        lab: &plan.lab,
+        plan: crate::plan::json::to_json(plan),
+        steps,
+        summary,
+        interrupted: report.is_some_and(|r| r.interrupted),
+        verify,
+    };
+    // Invariant: strings, numbers, booleans, options and JSON values only.
+    serde_json::to_value(doc).expect("run JSON serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_count_lines_and_characters_from_one() {
+        let text = "a: 1\nbé: [x, y]\n";
+        assert_eq!(position(text, 0), Position { line: 1, column: 1, byte: 0 });
+        assert_eq!(position(text, 5), Position { line: 2, column: 1, byte: 5 });
+        // `[` after the two-byte `é`: character column 5, byte 10.
+        assert_eq!(position(text, 10), Position { line: 2, column: 5, byte: 10 });
+        assert_eq!(position(text, 7), Position { line: 2, column: 2, byte: 6 }, "inside `é`: its start");
+        assert_eq!(position(text, 999).byte, text.len());
+    }
+}
