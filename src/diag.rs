@@ -70,6 +70,12 @@ pub enum Code {
     BadSize,
     MissingFile,
     NothingToBoot,
+    /// A cloud-init setting (user, hostname, where a key may be given).
+    CloudInit,
+    /// An SSH public key (inline or in a key file) sshd would not accept.
+    SshKey,
+    /// A user-data file that is not a `#cloud-config` mapping.
+    UserData,
     /// A character libvirt's XML cannot carry (or would rewrite) in a text value.
     ControlChar,
     // --- plan refusals (host conflicts) ---
@@ -133,6 +139,9 @@ impl Code {
             BadSize => "topo::lab::bad_size",
             MissingFile => "topo::lab::missing_file",
             NothingToBoot => "topo::lab::nothing_to_boot",
+            CloudInit => "topo::lab::cloud_init",
+            SshKey => "topo::lab::ssh_key",
+            UserData => "topo::lab::user_data",
             ControlChar => "topo::lab::control_char",
             ExternalMissing => "topo::plan::external_missing",
             ExternalInactive => "topo::plan::external_inactive",

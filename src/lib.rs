@@ -12,6 +12,7 @@ pub mod arp;
 pub mod cli;
 pub mod diag;
 pub mod graph;
+pub mod guest;
 pub mod hypervisor;
 pub mod model;
 pub mod observed;

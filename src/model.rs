@@ -489,7 +489,40 @@ pub struct Vm {
     pub boot: Option<Boot>,
     pub disk: Option<Disk>,
     pub nics: Vec<Nic>,
+    /// What topo puts in the VM's cloud-init NoCloud seed; `None` when cloud-init is off
+    /// for this VM (no seed disk is attached).
+    pub cloud_init: Option<CloudInit>,
     pub span: SourceSpan,
+}
+
+/// The login user topo creates when the lab file names none.
+pub const DEFAULT_USER: &str = "topo";
+
+/// A VM's cloud-init settings after inheritance (lab-level `cloud_init`, then the VM's own
+/// keys) and with every file read. `guest::Seed::of` turns it into the seed's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudInit {
+    /// The login user topo creates (passwordless sudo, key-only login).
+    pub user: String,
+    /// OpenSSH public key lines for `user`: inline keys first, then the lines of each key
+    /// file, in the order written.
+    pub ssh_authorized_keys: Vec<String>,
+    /// True when the lab file gives no key at all: the CLI then fills in the invoking user's
+    /// own `~/.ssh/*.pub` (see [`Lab::use_default_keys`]).
+    pub default_keys: bool,
+    /// The guest's hostname (default: the VM name with `_` turned into `-`).
+    pub hostname: String,
+    /// The user's own `#cloud-config` file, merged into what topo generates.
+    pub user_data: Option<UserData>,
+}
+
+/// A user-data file of the user's own, as read at validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserData {
+    /// Absolute path (resolved against the lab file's folder).
+    pub path: PathBuf,
+    /// The file's text (a `#cloud-config` YAML mapping; checked by validation).
+    pub text: String,
 }
 
 /// Direct kernel boot. Paths are absolute (resolved against the lab file's folder).
@@ -558,6 +591,23 @@ impl Lab {
     /// Every NIC with its VM, in sorted VM order then NIC order.
     pub fn nics(&self) -> impl Iterator<Item = (&Vm, &Nic)> {
         self.vms.values().flat_map(|vm| vm.nics.iter().map(move |n| (vm, n)))
+    }
+    /// Gives every cloud-init VM whose lab file names no SSH key the keys in `keys` (the
+    /// invoking user's own public keys, read by the CLI with `guest::invoking_user_keys`).
+    /// Returns the names of the VMs that still have no key (a note for the user).
+    pub fn use_default_keys(&mut self, keys: &[String]) -> Vec<VmName> {
+        let mut keyless = Vec::new();
+        for vm in self.vms.values_mut() {
+            if let Some(ci) = vm.cloud_init.as_mut() {
+                if ci.default_keys {
+                    ci.ssh_authorized_keys = keys.to_vec();
+                }
+                if ci.ssh_authorized_keys.is_empty() {
+                    keyless.push(vm.name.clone());
+                }
+            }
+        }
+        keyless
     }
     /// The one-line summary `topo validate` prints.
     pub fn summary(&self) -> String {

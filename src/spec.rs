@@ -107,6 +107,40 @@ pub struct LabSpec {
     /// Virtual machines by name.
     #[serde(default)]
     pub vms: SpannedMap<VmSpec>,
+    /// cloud-init defaults for every VM (each VM's own `cloud_init` overrides them key by
+    /// key). `hostname` is per VM only.
+    #[schemars(with = "Option<CloudInitSpec>")]
+    pub cloud_init: Option<Spanned<CloudInitSpec>>,
+}
+
+/// cloud-init: what topo puts in the VM's NoCloud seed (a small read-only disk labelled
+/// CIDATA). On by default for VMs with a `disk` (a cloud image), off for VMs that boot a
+/// kernel only. See docs/guests.md.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitSpec {
+    /// `false`: no seed (images without cloud-init). Default: true for VMs with a `disk`.
+    #[schemars(with = "Option<bool>")]
+    pub enabled: Option<Spanned<bool>>,
+    /// The login user topo creates, with passwordless sudo and key-only login (default `topo`).
+    #[schemars(with = "Option<String>")]
+    pub user: Option<Spanned<String>>,
+    /// OpenSSH public keys for the user, one key line each (`ssh-ed25519 AAAA... comment`).
+    /// Default when neither this nor `ssh_authorized_keys_files` is given: the invoking
+    /// user's `~/.ssh/*.pub`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub ssh_authorized_keys: Option<Vec<Spanned<String>>>,
+    /// Public key files (every key line in each is used). Relative paths resolve against the
+    /// lab file's folder; `~/` is the invoking user's home.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub ssh_authorized_keys_files: Option<Vec<Spanned<String>>>,
+    /// The guest's hostname (per VM only; default: the VM name with `_` turned into `-`).
+    #[schemars(with = "Option<String>")]
+    pub hostname: Option<Spanned<String>>,
+    /// A `#cloud-config` file of your own, merged into what topo generates (mappings merge,
+    /// lists append, your scalars win). Relative paths resolve against the lab file's folder.
+    #[schemars(with = "Option<String>")]
+    pub user_data: Option<Spanned<String>>,
 }
 
 /// How a lab network reaches beyond its bridge.
@@ -211,6 +245,9 @@ pub struct VmSpec {
     #[serde(default)]
     #[schemars(with = "Vec<NicSpec>")]
     pub nics: Vec<Spanned<NicSpec>>,
+    /// cloud-init for this VM: overrides the lab-level `cloud_init` key by key.
+    #[schemars(with = "Option<CloudInitSpec>")]
+    pub cloud_init: Option<Spanned<CloudInitSpec>>,
 }
 
 /// Direct kernel boot. Relative paths resolve against the lab file's folder.

@@ -1225,6 +1225,7 @@ mod tests {
             boot: None,
             disk: None,
             nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
+            cloud_init: None,
             span,
         };
         let local = Network {

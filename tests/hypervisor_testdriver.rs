@@ -125,6 +125,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         }),
         disk: None,
         nics: vec![nic(0, &net, mac("52:54:00:77:00:10")), nic(1, &default, mac("52:54:00:77:00:11"))],
+        cloud_init: None,
         span: (0, 0).into(),
     };
     Lab {

@@ -4,12 +4,15 @@
 //! `plan --detailed-exitcode` with changes, 130 when a signal ended the command abruptly.
 
 mod apply;
+mod console;
 pub mod duration;
 mod graph;
 pub mod interrupt;
+mod inventory;
 mod log;
 mod plan;
 mod shell;
+mod ssh;
 pub mod ui;
 mod validate;
 mod verify;
@@ -96,6 +99,12 @@ pub enum Command {
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
     Schema,
+    /// Every VM with its proven addresses and login user, for ssh, /etc/hosts or Ansible
+    Inventory(inventory::InventoryArgs),
+    /// Log in to a VM by SSH as the lab's user, on an address proven by ARP
+    Ssh(ssh::SshArgs),
+    /// Connect to a VM's serial console (Ctrl-] leaves)
+    Console(console::ConsoleArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell
     Completions(shell::CompletionsArgs),
     /// Print a man page (roff), or write all of them into a folder
@@ -126,6 +135,9 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run_verify(&cli.global, a),
         Command::Status(a) => verify::run_status(&cli.global, a),
         Command::Graph(a) => graph::run(&cli.global, a),
+        Command::Inventory(a) => inventory::run(&cli.global, a),
+        Command::Ssh(a) => ssh::run(&cli.global, a),
+        Command::Console(a) => console::run(&cli.global, a),
         Command::Schema => crate::outln!("{}", crate::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into),
         Command::Completions(a) => shell::run_completions(&cli.global, a),
         Command::Man(a) => shell::run_man(&cli.global, a),
@@ -156,7 +168,9 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// Reads and validates a lab file: the first step of most subcommands.
 pub(crate) fn load_lab(path: &std::path::Path) -> miette::Result<crate::model::Lab> {
     let source = crate::source::SourceFile::read(path)?;
-    Ok(crate::validate::load(&source)?)
+    let mut lab = crate::validate::load(&source)?;
+    ssh::fill_default_keys(&mut lab);
+    Ok(lab)
 }
 
 /// A status line on stderr unless `-q`.

@@ -14,6 +14,9 @@ use virt::error::{Error as VirtError, ErrorNumber};
 use virt::network::Network;
 use virt::sys;
 
+mod console;
+pub use console::Console;
+
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, VolumeSpec};
 use crate::observed::{DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
 use crate::ownership::OVERLAY_POOL;

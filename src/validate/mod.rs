@@ -8,6 +8,7 @@
 //! `nic`), and collects *all* problems, each pointing at the exact value in the file with a
 //! help line that says how to fix it.
 
+mod cloud_init;
 mod lab;
 mod network;
 mod nic;
@@ -230,7 +231,8 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
     let (lab_name, prefix) = lab::check(&mut c, spec);
     let mut networks = network::check_all(&mut c, &spec.networks, &prefix);
     let mut nics = nic::Nics::default();
-    let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &mut nics);
+    let guests = cloud_init::check_lab(&mut c, spec.cloud_init.as_ref());
+    let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
     nics.name_dhcp_hosts(&mut c);
     if !c.problems.is_empty() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::lab::name_help;
 use super::network::NetInfo;
-use super::{Checker, nic};
+use super::{Checker, cloud_init, nic};
 use crate::diag::Code;
 use crate::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
 use crate::spec::{HypervisorSpec, Spanned, SpannedMap, VmSpec};
@@ -27,6 +27,7 @@ pub(super) fn check_all(
     lab_name: Option<&LabName>,
     prefix: &str,
     nets: &BTreeMap<String, NetInfo>,
+    guests: &cloud_init::Defaults<'_>,
     seen: &mut nic::Nics,
 ) -> BTreeMap<VmName, model::Vm> {
     let mut model_vms = BTreeMap::new();
@@ -53,7 +54,8 @@ pub(super) fn check_all(
                 nics.push(n);
             }
         }
-        if let (Some(name), Some((virt_type, memory, vcpus, boot, disk))) = (name, body) {
+        let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
+        if let (Some(name), Some((virt_type, memory, vcpus, boot, disk)), Ok(cloud_init)) = (name, body, guest) {
             model_vms.insert(
                 name.clone(),
                 model::Vm {
@@ -65,6 +67,7 @@ pub(super) fn check_all(
                     boot,
                     disk,
                     nics,
+                    cloud_init,
                     span: c.span(key),
                 },
             );

@@ -95,6 +95,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         }),
         disk: None,
         nics,
+        cloud_init: None,
         span: (0, 0).into(),
     };
     Lab {

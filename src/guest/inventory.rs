@@ -1,0 +1,218 @@
+//! The lab's inventory: every VM, the address topo has proven on each NIC, and the login
+//! user, written as an ssh_config, a hosts file, an Ansible inventory or JSON.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::model::Lab;
+use crate::verify::{NicState, VerifyReport};
+
+/// ssh options for throwaway lab VMs: a replaced VM has a new host key, so host keys are
+/// neither checked nor written to `~/.ssh/known_hosts`.
+pub const SSH_OPTIONS: [(&str, &str); 4] = [
+    ("StrictHostKeyChecking", "no"),
+    ("UserKnownHostsFile", "/dev/null"),
+    ("GlobalKnownHostsFile", "/dev/null"),
+    ("LogLevel", "ERROR"),
+];
+
+/// One NIC in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvNic {
+    /// `eth0`, `eth1`, ...
+    pub nic: String,
+    /// The network's name in the lab file.
+    pub network: String,
+    pub mac: String,
+    /// The address topo proved by ARP (or, on a remote host, the one libvirt reports);
+    /// `None` when there is none.
+    pub address: Option<Ipv4Addr>,
+    /// `verified`, `reported`, `skipped` or `unproven`.
+    pub state: &'static str,
+}
+
+/// One VM in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvHost {
+    /// The VM's name in the lab file (the ssh host alias).
+    pub name: String,
+    /// The guest's hostname (cloud-init), or the VM name.
+    pub hostname: String,
+    /// The login user topo created; `None` when cloud-init is off for the VM.
+    pub user: Option<String>,
+    /// The address to log in on: the first NIC (in `nics` order) with a proven address.
+    pub address: Option<Ipv4Addr>,
+    pub nics: Vec<InvNic>,
+}
+
+/// Every VM of a lab, sorted by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Inventory {
+    pub lab: String,
+    pub hosts: Vec<InvHost>,
+}
+
+impl Inventory {
+    /// Builds the inventory from the lab and a verification report (NICs missing from the
+    /// report count as unproven).
+    pub fn new(lab: &Lab, report: &VerifyReport) -> Self {
+        let hosts = lab
+            .vms
+            .values()
+            .map(|vm| {
+                let nics: Vec<InvNic> = vm
+                    .nics
+                    .iter()
+                    .map(|nic| {
+                        let state = report
+                            .nics
+                            .iter()
+                            .find(|o| o.target.vm == vm.name && o.target.mac == nic.mac)
+                            .map(|o| &o.state);
+                        let (address, state) = match state {
+                            Some(NicState::Verified { ip, .. }) => (Some(*ip), "verified"),
+                            Some(NicState::Reported { ip, .. }) => (Some(*ip), "reported"),
+                            Some(NicState::Skipped) => (None, "skipped"),
+                            _ => (None, "unproven"),
+                        };
+                        InvNic {
+                            nic: nic.label(),
+                            network: nic.network.to_string(),
+                            mac: nic.mac.to_string(),
+                            address,
+                            state,
+                        }
+                    })
+                    .collect();
+                let ci = vm.cloud_init.as_ref();
+                InvHost {
+                    name: vm.name.to_string(),
+                    hostname: ci.map_or_else(|| vm.name.to_string(), |c| c.hostname.clone()),
+                    user: ci.map(|c| c.user.clone()),
+                    address: nics.iter().find_map(|n| n.address),
+                    nics,
+                }
+            })
+            .collect();
+        Inventory { lab: lab.name.to_string(), hosts }
+    }
+
+    /// The host named `vm`, if the lab has it.
+    pub fn host(&self, vm: &str) -> Option<&InvHost> {
+        self.hosts.iter().find(|h| h.name == vm)
+    }
+
+    /// An ssh_config(5) file: `Host VM` on its login address, and `Host VM-ethN` for every
+    /// NIC with a proven address, each with the user and [`SSH_OPTIONS`]. VMs without a
+    /// proven address are listed as comments.
+    pub fn ssh_config(&self) -> String {
+        let mut s = format!("# topo inventory of lab {}: ssh -F <this file> VM\n", self.lab);
+        let entry = |s: &mut String, h: &InvHost, alias: &str, ip: Ipv4Addr| {
+            let _ = writeln!(s, "\nHost {alias}\n  HostName {ip}");
+            if let Some(u) = &h.user {
+                let _ = writeln!(s, "  User {u}");
+            }
+            for (k, v) in SSH_OPTIONS {
+                let _ = writeln!(s, "  {k} {v}");
+            }
+        };
+        for h in &self.hosts {
+            match h.address {
+                Some(ip) => entry(&mut s, h, &h.name, ip),
+                None => {
+                    let _ = writeln!(s, "\n# {}: no proven address", h.name);
+                }
+            }
+            for n in &h.nics {
+                if let Some(ip) = n.address {
+                    entry(&mut s, h, &format!("{}-{}", h.name, n.nic), ip);
+                }
+            }
+        }
+        s
+    }
+
+    /// hosts(5) lines: `ADDRESS VM-ethN` for every proven NIC, with the VM name (and its
+    /// hostname, when it differs) added on its login address.
+    pub fn hosts(&self) -> String {
+        let mut s = format!("# topo inventory of lab {}\n", self.lab);
+        for h in &self.hosts {
+            for n in &h.nics {
+                let Some(ip) = n.address else { continue };
+                let mut names = vec![format!("{}-{}", h.name, n.nic)];
+                if h.address == Some(ip) {
+                    names.insert(0, h.name.clone());
+                    if h.hostname != h.name {
+                        names.insert(1, h.hostname.clone());
+                    }
+                }
+                let _ = writeln!(s, "{ip}\t{}", names.join(" "));
+            }
+        }
+        s
+    }
+
+    /// An Ansible YAML inventory: every VM under `all.hosts` with `ansible_host`,
+    /// `ansible_user` and ssh options, its NICs as `topo_nics`, and one group per network.
+    pub fn ansible(&self) -> Result<String, super::GuestError> {
+        let common = SSH_OPTIONS.iter().map(|(k, v)| format!("-o {k}={v}")).collect::<Vec<_>>().join(" ");
+        let mut hosts = Map::new();
+        let mut groups: std::collections::BTreeMap<&str, Map<String, Value>> = Default::default();
+        for h in &self.hosts {
+            let mut vars = Map::new();
+            if let Some(ip) = h.address {
+                vars.insert("ansible_host".into(), json!(ip.to_string()));
+            }
+            if let Some(u) = &h.user {
+                vars.insert("ansible_user".into(), json!(u));
+            }
+            vars.insert("ansible_ssh_common_args".into(), json!(common));
+            let nics: Map<String, Value> = h
+                .nics
+                .iter()
+                .map(|n| {
+                    (
+                        n.nic.clone(),
+                        json!({"network": n.network, "mac": n.mac, "address": n.address.map(|a| a.to_string())}),
+                    )
+                })
+                .collect();
+            vars.insert("topo_nics".into(), Value::Object(nics));
+            hosts.insert(h.name.clone(), Value::Object(vars));
+            for n in &h.nics {
+                groups.entry(&n.network).or_default().insert(h.name.clone(), json!({}));
+            }
+        }
+        let children: Map<String, Value> =
+            groups.into_iter().map(|(g, members)| (g.to_string(), json!({ "hosts": members }))).collect();
+        let doc = json!({ "all": { "hosts": hosts, "children": children } });
+        super::to_yaml("ansible inventory", &doc)
+    }
+
+    /// The inventory as versioned JSON (`format_version` "1").
+    pub fn json(&self) -> String {
+        let v = json!({ "format_version": "1", "lab": self.lab, "hosts": self.hosts });
+        // Invariant: plain data always serialises.
+        serde_json::to_string_pretty(&v).expect("inventory JSON serialises")
+    }
+
+    /// The `ssh` arguments that log in to `host` on `address`: the [`SSH_OPTIONS`],
+    /// `ConnectionAttempts=60` (a guest answers ARP some seconds before its sshd listens:
+    /// ssh retries once a second), then `-l user` when the VM has one, then the address.
+    pub fn ssh_args(host: &InvHost, address: Ipv4Addr) -> Vec<String> {
+        let mut args = Vec::new();
+        for (k, v) in SSH_OPTIONS.iter().chain(&[("ConnectionAttempts", "60")]) {
+            args.push("-o".into());
+            args.push(format!("{k}={v}"));
+        }
+        if let Some(u) = &host.user {
+            args.push("-l".into());
+            args.push(u.clone());
+        }
+        args.push(address.to_string());
+        args
+    }
+}

@@ -1,0 +1,82 @@
+//! network-config version 2 for one VM: one `ethernets` entry per NIC, matched by MAC.
+
+use serde_json::{Map, Value, json};
+
+use super::GuestError;
+use crate::model::{Lab, ManagedNetwork, NetworkKind, NetworkMode, Nic, Vm};
+
+/// How the guest configures one NIC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Addressing<'a> {
+    /// The network serves this NIC by DHCP (an external network, or a lab network with a
+    /// DHCP range; a NIC's `ip:` there is a reservation the DHCP server hands out).
+    Dhcp { default_route: bool },
+    /// A lab network without DHCP, and the NIC has `ip:`: configured statically.
+    Static { nic: &'a Nic, net: &'a ManagedNetwork },
+    /// Nothing assigns an address (no subnet, or no DHCP and no `ip:`): link up only.
+    LinkOnly,
+}
+
+fn addressing<'a>(lab: &'a Lab, vm: &Vm, nic: &'a Nic) -> Result<Addressing<'a>, GuestError> {
+    let net = lab
+        .networks
+        .get(&nic.network)
+        .ok_or_else(|| GuestError::UnknownNetwork { vm: vm.name.to_string(), network: nic.network.to_string() })?;
+    Ok(match &net.kind {
+        // topo assumes an external network serves DHCP with a default route (libvirt's
+        // `default` does).
+        NetworkKind::External => Addressing::Dhcp { default_route: true },
+        NetworkKind::Managed(m) if m.dhcp.is_some() => {
+            // libvirt's dnsmasq offers no router on an isolated network.
+            Addressing::Dhcp { default_route: m.mode != NetworkMode::Isolated }
+        }
+        NetworkKind::Managed(m) if nic.ip.is_some() && m.subnet.is_some() => Addressing::Static { nic, net: m },
+        NetworkKind::Managed(_) => Addressing::LinkOnly,
+    })
+}
+
+/// The network-config (version 2) of `vm`, as data.
+///
+/// Each NIC becomes `ethernets.ethN` with `match: {macaddress}` and `set-name: ethN` (the
+/// guest's name for it is topo's label, whatever the image's naming scheme), then:
+/// - `dhcp4: true` where the network serves the NIC by DHCP;
+/// - `addresses: [ip/prefix]` where the network has no DHCP and the NIC has `ip:`, with
+///   `nameservers` = the network's gateway (libvirt's dnsmasq answers DNS on every network
+///   with an address) and `gateway4` = the gateway on the first such NIC of a forwarding
+///   network (nat, routed, open), unless a DHCP NIC already brings a default route: two
+///   default routes would make ifupdown fail the second interface;
+/// - `dhcp4: false` where nothing assigns an address (the link is brought up only).
+pub fn network_config(lab: &Lab, vm: &Vm) -> Result<Value, GuestError> {
+    let modes: Vec<Addressing<'_>> = vm.nics.iter().map(|n| addressing(lab, vm, n)).collect::<Result<_, _>>()?;
+    let mut route_taken = modes.iter().any(|a| matches!(a, Addressing::Dhcp { default_route: true }));
+    let mut ethernets = Map::new();
+    for (nic, mode) in vm.nics.iter().zip(&modes) {
+        let mut e = Map::new();
+        e.insert("match".into(), json!({ "macaddress": nic.mac.to_string() }));
+        e.insert("set-name".into(), json!(nic.label()));
+        match mode {
+            Addressing::Dhcp { .. } => {
+                e.insert("dhcp4".into(), json!(true));
+            }
+            Addressing::Static { nic, net } => {
+                e.insert("dhcp4".into(), json!(false));
+                // Static needs `ip` and `subnet` (checked in `addressing`).
+                let prefix = net.subnet.map_or(32, |s| s.prefix());
+                let ip = nic.ip.map(|ip| format!("{ip}/{prefix}")).unwrap_or_default();
+                e.insert("addresses".into(), json!([ip]));
+                if let Some(gw) = net.gateway {
+                    if !route_taken && net.mode != NetworkMode::Isolated {
+                        e.insert("gateway4".into(), json!(gw.to_string()));
+                        route_taken = true;
+                    }
+                    e.insert("nameservers".into(), json!({ "addresses": [gw.to_string()] }));
+                }
+            }
+            Addressing::LinkOnly => {
+                e.insert("dhcp4".into(), json!(false));
+            }
+        }
+        ethernets.insert(nic.label(), Value::Object(e));
+    }
+    Ok(json!({ "version": 2, "ethernets": ethernets }))
+}

@@ -1,0 +1,299 @@
+//! Seed generation: snapshots of every case (DHCP, static, several NICs, no key, user-data
+//! merge) and the rules behind them.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::model::{CloudInit, DEFAULT_USER, Lab, UserData};
+use crate::source::SourceFile;
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtopoTestKeyNotARealOneXXXXXXXXXXXXXXXXXXXX user@host";
+
+/// The seed lab of docs/guests.md: `default` (external NAT), `local_net` (isolated, DHCP),
+/// `static_net` (routed, no DHCP), `plain` (no subnet).
+fn lab() -> Lab {
+    let text = "apiVersion: topo/v1
+name: seedlab
+networks:
+  default: {external: true}
+  local_net: {mode: isolated, subnet: 192.168.152.0/24}
+  static_net: {mode: routed, subnet: 10.20.0.0/24, dhcp: false}
+  plain: {mode: isolated}
+vms:
+  deb1:
+    boot: {kernel: KERNEL}
+    nics: [{network: default}, {network: local_net}]
+  deb2:
+    boot: {kernel: KERNEL}
+    nics: [{network: local_net, ip: 192.168.152.20}]
+  deb3:
+    boot: {kernel: KERNEL}
+    nics: [{network: local_net}, {network: static_net, ip: 10.20.0.30}, {network: plain, verify: none}]
+  db_1:
+    boot: {kernel: KERNEL}
+    nics: [{network: static_net, ip: 10.20.0.40}]
+"
+    .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let mut lab = crate::validate::load(&SourceFile::from_text(Path::new("/labs/lab.yaml"), text)).expect("valid lab");
+    for vm in lab.vms.values_mut() {
+        vm.cloud_init = Some(cloud_init(vm.name.as_str(), vec![KEY.to_string()]));
+    }
+    lab
+}
+
+fn cloud_init(vm: &str, keys: Vec<String>) -> CloudInit {
+    CloudInit {
+        user: DEFAULT_USER.into(),
+        ssh_authorized_keys: keys,
+        default_keys: false,
+        hostname: default_hostname(vm),
+        user_data: None,
+    }
+}
+
+fn seed(lab: &Lab, vm: &str) -> Seed {
+    let vm = lab.vms.values().find(|v| v.name.as_str() == vm).expect("vm in lab");
+    Seed::of(lab, vm).expect("seed").expect("cloud-init on")
+}
+
+fn show(s: &Seed) -> String {
+    s.files().iter().map(|(n, t)| format!("--- {n}\n{t}")).collect()
+}
+
+#[test]
+fn dhcp_on_two_networks() {
+    insta::assert_snapshot!(show(&seed(&lab(), "deb1")));
+}
+
+#[test]
+fn reservation_on_a_dhcp_network_is_still_dhcp() {
+    insta::assert_snapshot!(seed(&lab(), "deb2").network_config);
+}
+
+#[test]
+fn static_beside_dhcp_and_a_plain_link() {
+    // The isolated DHCP network gives no default route, so the routed static NIC takes the gateway.
+    insta::assert_snapshot!(seed(&lab(), "deb3").network_config);
+}
+
+#[test]
+fn static_only_with_gateway_and_dns() {
+    // `db_1`: the hostname turns `_` into `-`.
+    insta::assert_snapshot!(show(&seed(&lab(), "db_1")));
+}
+
+#[test]
+fn no_key() {
+    let mut lab = lab();
+    for vm in lab.vms.values_mut() {
+        vm.cloud_init = Some(cloud_init(vm.name.as_str(), vec![]));
+    }
+    insta::assert_snapshot!(seed(&lab, "deb2").user_data);
+}
+
+#[test]
+fn user_data_merge() {
+    let mut lab = lab();
+    let own = "#cloud-config
+# the user's own file
+packages: [tcpdump, 'yes']
+runcmd:
+  - [touch, /tmp/hello]
+users:
+  - name: alice
+    groups: [adm]
+hostname: custom
+write_files:
+  - path: /etc/motd
+    content: |
+      lab machine
+";
+    let ci = lab.vms.values_mut().next().and_then(|v| v.cloud_init.as_mut()).unwrap();
+    ci.user_data = Some(UserData { path: PathBuf::from("/labs/own.yaml"), text: own.into() });
+    insta::assert_snapshot!(seed(&lab, "db_1").user_data);
+}
+
+#[test]
+fn merge_rule() {
+    let mut ours = serde_json::json!({"a": {"x": 1, "l": [1]}, "b": [1], "c": "topo"});
+    merge(&mut ours, serde_json::json!({"a": {"y": 2, "l": [2]}, "b": [2], "c": "user", "d": null}));
+    assert_eq!(ours, serde_json::json!({"a": {"x": 1, "l": [1, 2], "y": 2}, "b": [1, 2], "c": "user", "d": null}));
+}
+
+#[test]
+fn user_file_must_be_cloud_config_mapping() {
+    let lab = lab();
+    let mut vm = lab.vms.values().next().unwrap().clone();
+    for (text, says) in [
+        ("#!/bin/sh\necho hi\n", "not `#cloud-config`"),
+        ("#cloud-config\n- a\n- b\n", "list"),
+        ("#cloud-config\na: [\n", "not valid YAML"),
+    ] {
+        let ci = vm.cloud_init.as_mut().unwrap();
+        ci.user_data = Some(UserData { path: "/u".into(), text: text.into() });
+        let err = Seed::of(&lab, &vm).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn same_lab_same_bytes_and_any_change_changes_the_instance() {
+    let (a, b) = (lab(), lab());
+    let (sa, sb) = (seed(&a, "deb1"), seed(&b, "deb1"));
+    assert_eq!(sa, sb);
+    assert_eq!(sa.image().unwrap(), sb.image().unwrap());
+    let vm = a.vms.values().find(|v| v.name.as_str() == "deb1").unwrap();
+    assert_eq!(sa.volume_name(vm), format!("seedlab-deb1-cidata-{}.img", &sa.instance_id[4..12]));
+
+    let mut c = lab();
+    let vm = c.vms.values_mut().find(|v| v.name.as_str() == "deb1").unwrap();
+    vm.cloud_init.as_mut().unwrap().user = "bob".into();
+    assert_ne!(seed(&c, "deb1").instance_id, sa.instance_id, "user-data changed");
+    let mut d = lab();
+    let vm = d.vms.values_mut().find(|v| v.name.as_str() == "deb1").unwrap();
+    vm.nics.swap(0, 1);
+    assert_ne!(seed(&d, "deb1").instance_id, sa.instance_id, "network-config changed");
+}
+
+#[test]
+fn cloud_init_off_means_no_seed() {
+    let mut lab = lab();
+    let vm = lab.vms.values_mut().next().unwrap();
+    vm.cloud_init = None;
+    let vm = vm.clone();
+    assert_eq!(Seed::of(&lab, &vm).unwrap(), None);
+}
+
+#[test]
+fn yaml_1_1_readers_get_strings() {
+    // PyYAML (YAML 1.1) reads an unquoted 52:54:00:12:34:56 as a base-60 integer and `yes`
+    // as true: both must come out quoted.
+    let text = to_yaml("t", &serde_json::json!({"mac": "52:54:00:12:34:56", "w": "yes", "n": "0755"})).unwrap();
+    for line in text.lines() {
+        let value = line.split_once(": ").map(|(_, v)| v).unwrap_or_default();
+        assert!(value.starts_with('"') || value.starts_with('\''), "unquoted: {line}");
+    }
+}
+
+#[test]
+fn keys_from_the_invoking_users_ssh_folder() {
+    let home = tempfile::tempdir().unwrap();
+    assert!(invoking_user_keys(home.path()).is_empty(), "no ~/.ssh: no keys");
+    let ssh = home.path().join(".ssh");
+    std::fs::create_dir(&ssh).unwrap();
+    std::fs::write(ssh.join("id_rsa.pub"), "ssh-rsa AAAAB3Nza rsa@host\n").unwrap();
+    std::fs::write(ssh.join("id_ed25519.pub"), format!("# comment\n\n{KEY}\n")).unwrap();
+    std::fs::write(ssh.join("id_ed25519"), "PRIVATE").unwrap();
+    assert_eq!(invoking_user_keys(home.path()), vec![KEY.to_string(), "ssh-rsa AAAAB3Nza rsa@host".to_string()]);
+}
+
+#[test]
+fn use_default_keys_fills_only_unset_vms() {
+    let mut lab = lab();
+    for vm in lab.vms.values_mut() {
+        let ci = vm.cloud_init.as_mut().unwrap();
+        if vm.name.as_str() != "deb1" {
+            ci.ssh_authorized_keys.clear();
+            ci.default_keys = vm.name.as_str() == "deb2";
+        }
+    }
+    let keyless = lab.use_default_keys(&["ssh-ed25519 AAAAdefault".into()]);
+    let names: Vec<&str> = keyless.iter().map(|v| v.as_str()).collect();
+    assert_eq!(names, ["db_1", "deb3"]);
+    let keys = |n: &str| lab.vms.values().find(|v| v.name.as_str() == n).unwrap().cloud_init.clone().unwrap();
+    assert_eq!(keys("deb1").ssh_authorized_keys, [KEY]);
+    assert_eq!(keys("deb2").ssh_authorized_keys, ["ssh-ed25519 AAAAdefault"]);
+}
+
+#[test]
+fn field_checks() {
+    assert!(check_public_key(KEY).is_ok());
+    assert!(check_public_key("ssh-ed25519").unwrap_err().contains("no key"));
+    assert!(check_public_key("ssh-foo AAAA").unwrap_err().contains("not an SSH key type"));
+    assert!(check_public_key("ssh-rsa notbase64!").unwrap_err().contains("base64"));
+    assert!(check_hostname("deb1").is_ok());
+    assert!(check_hostname("deb1.lab.example").is_ok());
+    assert!(check_hostname("db_1").unwrap_err().contains("'_'"));
+    assert!(check_hostname("-a").is_err());
+    assert!(check_hostname(&"a".repeat(65)).is_err());
+    assert!(check_user_name("topo").is_ok());
+    assert!(check_user_name("Topo").is_err());
+    assert!(check_user_name("root").is_err());
+    assert!(check_user_name("a b").is_err());
+    assert!(check_user_name(&"a".repeat(33)).is_err());
+}
+
+/// A verification report over `lab()`: deb1 both NICs verified, deb2 verified, deb3 eth0 and
+/// the static eth1 verified and eth2 skipped, db_1 failed.
+fn report(lab: &Lab) -> crate::verify::VerifyReport {
+    use crate::verify::{Evidence, FailReason, NicOutcome, NicState, NicTarget};
+    let ip = |s: &str| s.parse().unwrap();
+    let proven = [
+        ("deb1", "eth0", "192.168.122.57"),
+        ("deb1", "eth1", "192.168.152.2"),
+        ("deb2", "eth0", "192.168.152.20"),
+        ("deb3", "eth0", "192.168.152.3"),
+        ("deb3", "eth1", "10.20.0.30"),
+    ];
+    let nics = lab
+        .nics()
+        .map(|(vm, nic)| {
+            let net = &lab.networks[&nic.network];
+            let target = NicTarget::from_model(vm, nic, net, None, true);
+            let state = match proven.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()) {
+                Some((_, _, a)) => NicState::Verified {
+                    ip: ip(a),
+                    evidence: Evidence { mac: nic.mac, bridge: "virbr1".into() },
+                    seconds: 1.0,
+                },
+                None if nic.verify == crate::model::Verify::None => NicState::Skipped,
+                None => NicState::Failed { reason: FailReason::NoDhcpNoReservation },
+            };
+            NicOutcome { target, state }
+        })
+        .collect();
+    crate::verify::VerifyReport { nics }
+}
+
+fn inventory() -> Inventory {
+    let mut lab = lab();
+    let vm = lab.vms.values_mut().find(|v| v.name.as_str() == "deb3").unwrap();
+    vm.cloud_init.as_mut().unwrap().hostname = "deb3.lab.example".into();
+    lab.vms.values_mut().find(|v| v.name.as_str() == "deb2").unwrap().cloud_init = None;
+    let r = report(&lab);
+    Inventory::new(&lab, &r)
+}
+
+#[test]
+fn inventory_ssh_config() {
+    insta::assert_snapshot!(inventory().ssh_config());
+}
+
+#[test]
+fn inventory_hosts() {
+    insta::assert_snapshot!(inventory().hosts());
+}
+
+#[test]
+fn inventory_ansible() {
+    insta::assert_snapshot!(inventory().ansible().unwrap());
+}
+
+#[test]
+fn inventory_json() {
+    insta::assert_snapshot!(inventory().json());
+}
+
+#[test]
+fn ssh_args_use_the_user_and_no_known_hosts() {
+    let inv = inventory();
+    let h = inv.host("deb1").unwrap();
+    let args = Inventory::ssh_args(h, h.address.unwrap()).join(" ");
+    assert_eq!(
+        args,
+        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
+         -o LogLevel=ERROR -o ConnectionAttempts=60 -l topo 192.168.122.57"
+    );
+    let h = inv.host("deb2").unwrap();
+    assert!(!Inventory::ssh_args(h, h.address.unwrap()).contains(&"-l".to_string()), "no cloud-init: no user");
+}
