@@ -97,7 +97,10 @@ impl Reason {
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
-            Reason::PoolNeeded => "VM disks of every lab live in this shared pool; it is never deleted by topo".into(),
+            Reason::PoolNeeded => {
+                "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
+                    .into()
+            }
         }
     }
 }
@@ -463,7 +466,7 @@ impl Pool {
         let (action, reasons) = match &self.observed {
             _ if !needed => return None,
             Some((_, true)) => return None,
-            Some((_, false)) => (Action::Update, vec![Reason::NotActive, Reason::PoolNeeded]),
+            Some((_, false)) => (Action::Update, vec![Reason::PoolNeeded]),
             None => (Action::Create, vec![Reason::PoolNeeded]),
         };
         let fields = vec![FieldChange {
