@@ -96,6 +96,25 @@ pub struct ObservedDomain {
     /// fields above are the persistent config, which a define changes without a restart.
     /// `None` for an inactive domain.
     pub live: Option<LiveConfig>,
+    /// Where each NIC of the running domain is plugged on this host, in device order: its
+    /// tap and the bridge that tap is a port of. `None` when not known: the domain is not
+    /// running, the host is remote, or its taps are not visible from here (topo runs in
+    /// another network namespace than the daemon).
+    pub links: Option<Vec<NicLink>>,
+}
+
+/// A running domain's NIC as plugged on the host: libvirt connects each NIC's tap to its
+/// network's bridge when the domain starts, and a network stopped and started again (by hand,
+/// `virsh net-destroy` + `net-start`) comes back with a new bridge that no tap is on: the
+/// guests are cut off until their NICs are plugged in again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NicLink {
+    pub mac: MacAddr,
+    /// The host's tap device: `<target dev>` of the live XML (`vnet3`).
+    pub tap: String,
+    /// The bridge the tap is a port of (`/sys/class/net/TAP/master`); `None` when it is on
+    /// no bridge.
+    pub bridge: Option<String>,
 }
 
 /// The restart-bound settings of a running domain as its live XML shows them.

@@ -10,9 +10,31 @@ use topo::hypervisor::memory::MemoryHypervisor;
 use topo::plan::render::{Style, render};
 use topo::plan::{self, Action, Reason};
 
-/// The plain human plan, with the checkout's absolute path (kernel paths) redacted.
+/// The plain human plan, with the checkout's absolute path (kernel paths) redacted, and the
+/// overlay names' hashes, which hash the canonical (so checkout-dependent) image path.
 fn plain(p: &topo::plan::Plan) -> String {
-    render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]")
+    redact_overlay_hashes(&render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]"))
+}
+
+/// `NAME-1234abcd.5678ef90.qcow2` -> `NAME-[HASH].qcow2`.
+fn redact_overlay_hashes(text: &str) -> String {
+    let hex = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(".qcow2") {
+        let (head, tail) = rest.split_at(i);
+        match head.len().checked_sub(18).map(|s| &head[s..]) {
+            Some(h) if h.starts_with('-') && hex(&h[1..9]) && &h[9..10] == "." && hex(&h[10..]) => {
+                out.push_str(&head[..head.len() - 17]);
+                out.push_str("[HASH]");
+            }
+            _ => out.push_str(head),
+        }
+        out.push_str(".qcow2");
+        rest = &tail[".qcow2".len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn shown(lab: &topo::model::Lab, hv: &dyn Hypervisor) -> String {

@@ -128,6 +128,32 @@ impl State {
         })
     }
 
+    /// Where a running domain's NICs are plugged: on their network's bridge, unless the
+    /// network was stopped under them since (`cut`), as libvirt leaves them. Taps are named
+    /// `vnet<domain>.<index>` (libvirt numbers them host-wide; only the bridge matters here).
+    fn links(&self, d: &MemDomain) -> Option<Vec<crate::observed::NicLink>> {
+        if d.obs.state != DomainState::Running {
+            return None;
+        }
+        let links = d
+            .obs
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, nic)| {
+                let mac = nic.mac?;
+                let bridge = if self.cut.contains(&(d.obs.name.clone(), mac)) {
+                    None
+                } else {
+                    let net = self.networks.get(nic.network.as_deref()?).filter(|n| n.active)?;
+                    net.live_bridge.clone().or_else(|| net.bridge.clone())
+                };
+                Some(crate::observed::NicLink { mac, tap: format!("vnet{}.{i}", d.obs.name), bridge })
+            })
+            .collect();
+        Some(links)
+    }
+
     /// Running domains with an interface on `network`.
     fn running_users(&self, network: &str) -> Vec<String> {
         self.domains
@@ -441,6 +467,7 @@ impl Hypervisor for MemoryHypervisor {
                     if !d.persistent {
                         o.live = None; // a transient domain's only XML is its live one
                     }
+                    o.links = s.links(d);
                     (k.clone(), o)
                 })
                 .collect(),
@@ -534,6 +561,16 @@ impl Hypervisor for MemoryHypervisor {
         } else {
             s.networks.remove(name);
         }
+        Ok(())
+    }
+
+    fn release_network(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("release_network", name)?;
+        let n = s.network("release_network", name)?;
+        // Defining a transient network's XML makes it persistent, as libvirt does.
+        n.persistent = true;
+        n.owner = None;
         Ok(())
     }
 
@@ -758,6 +795,8 @@ impl MemoryHypervisor {
         } else {
             s.domains.remove(name);
         }
+        // Its taps go with the QEMU process; the next start plugs new ones.
+        s.cut.retain(|(dom, _)| dom != name);
         Ok(())
     }
 }

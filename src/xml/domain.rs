@@ -320,6 +320,13 @@ struct InterfaceR {
     mac: Option<MacR>,
     source: Option<IfSourceR>,
     model: Option<ModelR>,
+    target: Option<TargetR>,
+}
+
+#[derive(Deserialize)]
+struct TargetR {
+    #[serde(rename = "@dev")]
+    dev: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -416,10 +423,31 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         interfaces,
         owner: facts.owner,
         live: None,
+        links: None,
     })
 }
 
 /// Parses one `<interface>` element (as given to attach/detach).
 pub fn parse_interface(xml: &str) -> Result<ObservedInterface, XmlError> {
     observed_interface(from_xml("interface", "interface", xml)?)
+}
+
+/// The tap device of each NIC in a running domain's live XML, in device order: `(MAC, tap)`
+/// for every `<interface>` with both a `<mac>` and a `<target dev>` (libvirt names the tap
+/// when it starts the domain; the persistent config has none).
+pub fn live_taps(xml: &str) -> Result<Vec<(MacAddr, String)>, XmlError> {
+    let r: DomainR = from_xml("domain", "domain", xml)?;
+    let mut out = Vec::new();
+    for d in r.devices.map(|d| d.items).unwrap_or_default() {
+        if let DeviceR::Interface(i) = d
+            && let (Some(m), Some(dev)) = (i.mac, i.target.and_then(|t| t.dev))
+        {
+            let mac = m
+                .address
+                .parse::<MacAddr>()
+                .map_err(|e| XmlError::Parse { what: "interface", message: format!("mac {:?} {e}", m.address) })?;
+            out.push((mac, dev));
+        }
+    }
+    Ok(out)
 }
