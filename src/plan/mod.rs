@@ -1394,7 +1394,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                         nic.mac,
                         net.libvirt_name,
                         d.name,
-                        owner_text(d.owner.as_ref())
+                        owner_text(d.owner.as_ref(), &d.name)
                     ),
                     "this NIC",
                     help,
