@@ -3,7 +3,8 @@
 //! declared external, destroy) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
 //! later call fails, as after a kill -9). Then a new apply must converge to an empty plan
-//! with no orphaned volume, and destroy must leave nothing the lab owned.
+//! with no orphaned volume and no NIC left off its bridge, and destroy must leave nothing
+//! the lab owned and change nothing it does not own.
 
 mod common;
 
@@ -218,6 +219,7 @@ fn every_fault_at_every_call_converges() {
                             panic!("{what}: not converged:\n{}", render_diag(&e));
                         }
                         assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");
+                        assert_eq!(hv.cut_nics(), vec![], "{what}: NICs left off their network's bridge");
                     }
                     Step::Destroy => {}
                 }
