@@ -16,7 +16,6 @@ use crate::plan::render::{Style, render};
 use crate::plan::saved::{SavedPlan, looks_saved};
 use crate::plan::{Plan, Shutdown};
 use crate::results::Command as RunCommand;
-use crate::verify::NicState;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfirmArgs {
@@ -189,10 +188,9 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             verified = Some(report);
         }
     }
-    json(executed.as_ref(), verified.as_ref().map(|r| super::verify::report_json(lab.name.as_str(), r)))?;
-    let failed = verified.iter().flat_map(|r| &r.nics).filter(|n| matches!(n.state, NicState::Failed { .. })).count();
-    if failed > 0 {
-        return Err(super::verify::NotVerified { failed }.into());
+    json(executed.as_ref(), verified.as_ref().map(|r| crate::verify::report::to_json(lab.name.as_str(), r)))?;
+    if let Some(r) = &verified {
+        crate::verify::report::check(r)?;
     }
     Ok(Outcome::Ok)
 }
