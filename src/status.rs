@@ -205,7 +205,7 @@ impl Status {
         let mut out = String::new();
         for r in &self.resources {
             let detail = r.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
-            out.push_str(&format!("{:<24} {:<28} {}{detail}\n", r.address, r.libvirt_name, r.state));
+            out.push_str(&format!("{:<24} {:<28} {}{detail}\n", r.address.to_string(), r.libvirt_name, r.state));
         }
         let vms: Vec<&StatusResource> = self.resources.iter().filter(|r| matches!(r.address, Address::Vm(_))).collect();
         if !vms.is_empty() {
@@ -309,6 +309,7 @@ vms:
             disks: vec![],
             interfaces: vec![],
             live: None,
+            links: None,
             owner: Some(OwnerTag {
                 lab: owner.into(),
                 resource: format!("vm.{}", name.trim_start_matches("demo-")),
