@@ -1199,7 +1199,8 @@ fn taps_on(dom: &str, bridge: &str) -> Vec<(String, bool)> {
 /// 5. `kill -9` of apply at 0.12 s, 0.25 s and 0.5 s: apply again converges, destroy leaves
 ///    no domain, network or volume of the lab;
 /// 6. two labs claiming one subnet, applied at the same moment: one wins, the other gets the
-///    plan refusal naming the winner and leaves nothing behind.
+///    plan refusal naming the winner and leaves nothing behind;
+/// 7. a lab network re-declared `external: true` is released, not deleted.
 #[test]
 #[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
 fn e2e_crash_safety() {
@@ -1248,6 +1249,39 @@ fn e2e_crash_safety() {
 
     check_subnet_race(tmp.path());
     clock.step("two labs, one subnet, at once: one refused, nothing left of it");
+
+    check_release(tmp.path());
+    clock.step("a lab network re-declared external: released, left by destroy");
+}
+
+/// 7. A lab network re-declared `external: true` (under its libvirt name) is released: its
+///    owner tag goes, it stays active with its VM on it, and destroy leaves it.
+fn check_release(dir: &Path) {
+    let owned = write(dir, "rel.yaml", &race_lab("race-a"));
+    let r = topo(&["apply", "-y", "--no-verify", path(&owned)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(virsh_ok(&["net-dumpxml", "--inactive", "race-a-lan"]).contains("topo.invalid"), "no owner tag");
+    let ext = race_lab("race-a")
+        .replace("  lan:\n    mode: isolated\n    subnet: 192.168.173.0/24\n", "  race-a-lan:\n    external: true\n")
+        .replace("{ network: lan }", "{ network: race-a-lan }");
+    assert!(ext.contains("external: true") && ext.contains("{ network: race-a-lan }"), "{ext}");
+    let ext = write(dir, "rel-ext.yaml", &ext);
+    let plan = plan_json(&ext);
+    let ch = changes(&plan);
+    let net = ch.get("network.race-a-lan").unwrap_or_else(|| panic!("no release planned: {plan:#}"));
+    assert_eq!(net["action"], "update", "{net:#}");
+    assert_eq!(net["reasons"][0]["kind"], "released", "{net:#}");
+    let r = topo(&["apply", "-y", "--no-verify", path(&ext)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_converged(&ext);
+    assert!(!virsh_ok(&["net-dumpxml", "--inactive", "race-a-lan"]).contains("topo.invalid"), "owner tag left");
+    assert_eq!(info(&["net-info", "race-a-lan"]).get("Active").map(String::as_str), Some("yes"));
+    assert_eq!(virsh_ok(&["domstate", "race-a-vm"]).trim(), "running");
+    let r = topo(&["destroy", "-y", path(&ext)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert_eq!(leftovers("race-a"), ["race-a-lan"], "destroy must leave the released network, and only it");
+    virsh_ok(&["net-destroy", "race-a-lan"]);
+    virsh_ok(&["net-undefine", "race-a-lan"]);
 }
 
 fn check_network_restart(lab: &Path) {
