@@ -96,6 +96,10 @@ pub struct ObservedDomain {
     /// fields above are the persistent config, which a define changes without a restart.
     /// `None` for an inactive domain.
     pub live: Option<LiveConfig>,
+    /// The files of the domain's cloud-init seed volume (`(name, text)`), read back from the
+    /// host for the plan's diff; `None` when the domain has no seed disk or it could not be
+    /// read (a driver without volume download).
+    pub seed: Option<Vec<(String, String)>>,
 }
 
 /// The restart-bound settings of a running domain as its live XML shows them.

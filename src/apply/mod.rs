@@ -265,6 +265,16 @@ fn run_change(
                 }
             }
             Op::CreateVolume { volume } => hv.create_volume(volume)?,
+            Op::UploadSeed { pool, name, seed } => {
+                let image = seed.image().map_err(|e| HvError {
+                    op: "make seed image".into(),
+                    object: name.clone(),
+                    message: e.to_string(),
+                    kind: HvErrorKind::Other,
+                    hint: None,
+                })?;
+                hv.upload_volume(pool, name, &image)?
+            }
             Op::DeleteVolume { pool, name } => done_if(hv.delete_volume(pool, name), &[HvErrorKind::NotFound])?,
             Op::DefineDomain { xml } => hv.define_domain(xml)?,
             Op::StartDomain => {

@@ -115,6 +115,11 @@ pub trait Hypervisor: Send + Sync {
     /// Deletes volume `name` of pool `pool` (libvirt allows it while a domain uses it).
     /// A missing volume is `NotFound`.
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError>;
+    /// Creates raw volume `name` in pool `pool` holding exactly `data`, uploaded through
+    /// libvirt's storage API (virStorageVolUpload over a stream, so it works on remote
+    /// URIs). A volume of that name is deleted first (a leftover of an interrupted upload
+    /// is never trusted); on a failed upload the new volume is deleted again.
+    fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError>;
 
     /// IPv4 addresses libvirt reports for a running domain's NICs, from its ARP-table and
     /// guest-agent sources (each tried; a source that fails or is unsupported is skipped).

@@ -185,6 +185,13 @@ pub enum Op {
         pool: String,
         name: String,
     },
+    /// Create the VM's cloud-init seed volume `name` in `pool`: the FAT image of `seed`
+    /// (made at apply time, the same bytes on every run), uploaded through libvirt.
+    UploadSeed {
+        pool: String,
+        name: String,
+        seed: crate::guest::Seed,
+    },
     DefineDomain {
         xml: String,
     },
@@ -220,6 +227,7 @@ impl Op {
             Op::ReattachNics { .. } => "reattach-nics",
             Op::CreateVolume { .. } => "create-volume",
             Op::DeleteVolume { .. } => "delete-volume",
+            Op::UploadSeed { .. } => "upload-seed",
             Op::DefineDomain { .. } => "define-domain",
             Op::StartDomain => "start-domain",
             Op::ResumeDomain => "resume-domain",
@@ -459,7 +467,7 @@ impl Pool {
         let needed = changes
             .iter()
             .flat_map(|c| &c.ops)
-            .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }));
+            .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. } | Op::UploadSeed { .. }));
         let (action, reasons) = match &self.observed {
             _ if !needed => return None,
             Some((_, true)) => return None,
@@ -543,7 +551,9 @@ fn order_changes(lab: &Lab, graph: Option<&LabGraph>, observed: &Observed, chang
             (Address::Volume(_), false) => after.extend(all_deletes.iter().cloned()),
         }
         if let Some(p) = &pool_step
-            && c.ops.iter().any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }))
+            && c.ops
+                .iter()
+                .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. } | Op::UploadSeed { .. }))
         {
             after.insert(p.clone());
         }
@@ -905,8 +915,24 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
 /// The domain XML to define for `vm`, keeping the observed UUID.
 fn domain_define(lab: &Lab, vm: &Vm, desired: &Fields, pool: &Pool, o: Option<&ObservedDomain>) -> Option<Op> {
     let disk = vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f));
-    let xml = crate::xml::domain_xml(lab, vm, disk.as_deref(), &fields::spec_hash(desired)).ok()?;
+    let seed = seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name));
+    let xml = crate::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
+        .ok()?;
     Some(Op::DefineDomain { xml: crate::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+}
+
+/// The VM's cloud-init seed and its volume name, when cloud-init is on for it. (Validation
+/// checked every input, so generating the seed does not fail for a validated lab.)
+fn seed_of(lab: &Lab, vm: &Vm) -> Option<(crate::guest::Seed, String)> {
+    let seed = crate::guest::Seed::of(lab, vm).ok()??;
+    let name = seed.volume_name(lab, vm);
+    Some((seed, name))
+}
+
+/// The seed volume `vm` needs, if cloud-init is on for it.
+fn seed_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
+    let (seed, name) = seed_of(lab, vm)?;
+    Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
 }
 
 /// The overlay volume `vm` needs, if it has a disk.
@@ -948,6 +974,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Chang
     let define = domain_define(lab, vm, &desired, pool, o);
     let Some(o) = o else {
         let mut ops: Vec<Op> = overlay_volume(lab, vm).into_iter().collect();
+        ops.extend(seed_volume(lab, vm));
         ops.extend(define);
         ops.push(Op::StartDomain);
         return Some(creation(address, &vm.libvirt_name, &desired, ops));
@@ -975,6 +1002,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Chang
         ops.push(Op::UndefineDomain);
         ops.extend(domain_volumes(o, observed, pool));
         ops.extend(overlay_volume(lab, vm));
+        ops.extend(seed_volume(lab, vm));
         ops.extend(define);
         ops.push(Op::StartDomain);
         return Some(Change {
