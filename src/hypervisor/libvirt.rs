@@ -269,10 +269,8 @@ impl LibvirtHypervisor {
         let Ok(pool) = self.conn.lookup_storage_pool_by_name(OVERLAY_POOL) else { return };
         let mut read: BTreeMap<String, Option<Vec<(String, String)>>> = BTreeMap::new();
         for d in out.domains.values_mut() {
-            let Some(vol) = out
-                .volumes
-                .values()
-                .find(|v| crate::guest::is_seed_volume(&v.name) && d.disks.iter().any(|p| *p == v.path))
+            let Some(vol) =
+                out.volumes.values().find(|v| crate::guest::is_seed_volume(&v.name) && d.disks.contains(&v.path))
             else {
                 continue;
             };
