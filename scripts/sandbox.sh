@@ -31,7 +31,7 @@ NS=${TOPO_NETNS:-topo-sbx}
 STATE=${TOPO_SANDBOX_STATE:-/run/topo-sandbox}
 GUEST_DIR=${TOPO_GUEST_DIR:-/var/lib/topo/guest}
 URI=qemu:///system
-OVERLAY_POOL=topo-overlays # topo's pool for VM overlays (hypervisor::libvirt::OVERLAY_POOL)
+OVERLAY_POOL=topo-overlays # topo's pool for VM overlays (ownership::OVERLAY_POOL)
 export LIBVIRT_DEFAULT_URI=$URI
 T0=$(date +%s%N)
 

@@ -72,6 +72,9 @@ pub struct ObservedInterface {
     pub mac: Option<MacAddr>,
     /// `<source network=...>` for `type='network'` interfaces; None for other types.
     pub network: Option<String>,
+    /// `<source bridge=...>`: the bridge of a `type='bridge'` interface, and of a running
+    /// `type='network'` interface (libvirt writes it into the live XML).
+    pub bridge: Option<String>,
     pub model: Option<String>,
 }
 
@@ -96,10 +99,29 @@ pub struct ObservedDomain {
     /// fields above are the persistent config, which a define changes without a restart.
     /// `None` for an inactive domain.
     pub live: Option<LiveConfig>,
+    /// Where each NIC of the running domain is plugged on this host, in device order: its
+    /// tap and the bridge that tap is a port of. `None` when not known: the domain is not
+    /// running, the host is remote, or its taps are not visible from here (topo runs in
+    /// another network namespace than the daemon).
+    pub links: Option<Vec<NicLink>>,
     /// The files of the domain's cloud-init seed volume (`(name, text)`), read back from the
     /// host for the plan's diff; `None` when the domain has no seed disk or it could not be
     /// read (a driver without volume download).
     pub seed: Option<Vec<(String, String)>>,
+}
+
+/// A running domain's NIC as plugged on the host: libvirt connects each NIC's tap to its
+/// network's bridge when the domain starts, and a network stopped and started again (by hand,
+/// `virsh net-destroy` + `net-start`) comes back with a new bridge that no tap is on: the
+/// guests are cut off until their NICs are plugged in again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NicLink {
+    pub mac: MacAddr,
+    /// The host's tap device: `<target dev>` of the live XML (`vnet3`).
+    pub tap: String,
+    /// The bridge the tap is a port of (`/sys/class/net/TAP/master`); `None` when it is on
+    /// no bridge.
+    pub bridge: Option<String>,
 }
 
 /// The restart-bound settings of a running domain as its live XML shows them.
@@ -153,6 +175,10 @@ pub struct Observed {
     pub pool: Option<ObservedPool>,
     /// Volumes of the overlay pool, by name (empty when the pool is missing or inactive).
     pub volumes: BTreeMap<String, ObservedVolume>,
+    /// Names of the network interfaces on the libvirt host (Linux `/sys/class/net`),
+    /// libvirt's own bridges and taps included. `None` when topo cannot see them: a remote
+    /// or test URI (the interfaces of the machine topo runs on would be the wrong ones).
+    pub host_interfaces: Option<std::collections::BTreeSet<String>>,
 }
 
 /// A DHCP lease from libvirt's dnsmasq (`virNetworkGetDHCPLeases`).

@@ -149,6 +149,45 @@ fn restarting_an_inactive_network_replugs_running_nics() {
     assert_eq!(hv.cut_nics(), vec![], "NICs left off the restarted network");
 }
 
+/// Bug 5: a lab network stopped and started by hand (`virsh net-destroy` + `net-start`) is
+/// active again, but the running VMs' taps are on no bridge. The plan sees it from where each
+/// tap is plugged, re-attaches each cut NIC with the reason, and converges.
+#[test]
+fn a_network_restarted_by_hand_replugs_its_running_nics() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.stop_network("demo-lan").unwrap();
+    hv.start_network("demo-lan").unwrap();
+    assert_eq!(hv.cut_nics().len(), 2);
+    let (p, o) = plan_on(&l, &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.router", Action::Update), ("vm.web", Action::Update)]));
+    let links = o.domains["demo-router"].links.as_ref().expect("links of a running domain");
+    assert_eq!(links.iter().filter(|l| l.bridge.is_none()).count(), 1, "{links:?}");
+    for c in &p.changes {
+        let plan::Reason::Unplugged { nics } = &c.reasons[0] else { panic!("reason: {:?}", c.reasons) };
+        assert_eq!(nics.len(), 1, "{nics:?}");
+        assert!(nics[0].starts_with(if c.libvirt_name == "demo-router" { "eth1 (" } else { "eth0 (" }), "{nics:?}");
+        assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
+        assert_eq!(c.fields[0].before.as_deref(), Some("none"));
+        assert_eq!(c.fields[0].after.as_deref(), Some("demo-lan"));
+        assert!(matches!(&c.ops[..], [plan::Op::ReattachNics { nics }] if nics.len() == 1), "{:?}", c.ops);
+    }
+    apply_ok(&l, &hv);
+    assert_eq!(hv.cut_nics(), vec![], "NICs left off the restarted network");
+    assert_replans_empty(&l, &hv);
+    // A stopped VM has no taps: nothing to plug, and its next start plugs it in.
+    hv.stop_network("demo-lan").unwrap();
+    hv.start_network("demo-lan").unwrap();
+    hv.destroy_domain("demo-web").unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    let web = p.changes.iter().find(|c| c.libvirt_name == "demo-web").expect("web starts");
+    assert!(!web.ops.iter().any(|o| matches!(o, plan::Op::ReattachNics { .. })), "{:?}", web.ops);
+    apply_ok(&l, &hv);
+    assert_eq!(hv.cut_nics(), vec![]);
+    assert_replans_empty(&l, &hv);
+}
+
 #[test]
 fn removed_vm_and_network_are_deleted_vms_first() {
     let hv = host();
@@ -666,4 +705,75 @@ fn the_overlay_pool_is_ensured_once_by_name() {
     assert!(!report.failed(), "{report:#?}");
     assert_eq!(hv.calls().iter().filter(|c| c.starts_with("ensure_pool")).count(), 1);
     check_converged(&l, &hv).unwrap();
+}
+
+/// Deleting a network lists every domain on it, owned or not; a domain outside the lab on
+/// it makes apply and destroy refuse, unless the user insists.
+#[test]
+fn deleting_a_network_a_foreign_vm_uses_is_refused_unless_insisted() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.define_domain(&foreign_domain_xml("outsider", &[("52:54:00:aa:00:01", "demo-back")])).unwrap();
+    // `back` and `db` leave the file; `web` keeps only `lan`.
+    let text = edit(BASE, "  back:\n    mode: isolated\n    subnet: 10.51.0.0/24\n    dhcp: true\n", "");
+    let text = edit(&text, "      - network: back\n", "");
+    let text = &text[..text.find("  db:").unwrap()];
+    let l2 = lab(text);
+    let (p, _) = plan_on(&l2, &hv);
+    let back = p.changes.iter().find(|c| c.libvirt_name == "demo-back").expect("network.back deleted");
+    assert_eq!(back.action, Action::Delete);
+    let radius: Vec<(&str, bool)> = back.blast_radius.iter().map(|d| (d.domain.as_str(), d.owned)).collect();
+    // db is deleted by the same plan: not listed. web stays (its NIC is unplugged).
+    assert_eq!(radius, [("demo-web", true), ("outsider", false)]);
+    let err = plan::check_deletions(&p, "memory:///topo", false).unwrap_err();
+    let text_err = render_diag(&err);
+    assert!(text_err.contains("network.back (demo-back): used by outsider"), "{text_err}");
+    assert!(text_err.contains("--disconnect-foreign"), "{text_err}");
+    assert!(plan::check_deletions(&p, "memory:///topo", true).is_ok());
+    let rendered = plan::render::render(&p, "lab.yaml", plan::render::Style::Plain);
+    assert!(rendered.contains("#   outsider 52:54:00:aa:00:01 (NOT owned by this lab)"), "{rendered}");
+    // destroy too
+    let d = plan::plan_destroy(&l, &hv.observe().unwrap());
+    assert!(plan::check_deletions(&d, "memory:///topo", false).is_err());
+    // Without the foreign domain, nothing to refuse; insisting deletes it under the domain.
+    assert!(plan::check_deletions(&plan::plan_destroy(&l2, &Observed::default()), "m", false).is_ok());
+    apply_ok(&l2, &hv);
+    assert!(!hv.observe().unwrap().networks.contains_key("demo-back"));
+    assert!(hv.observe().unwrap().domains.contains_key("outsider"), "the foreign domain itself is never touched");
+}
+
+/// An owned network re-declared `external: true` is released (its tag removed), not
+/// deleted under its VMs; destroy then leaves it.
+#[test]
+fn an_owned_network_declared_external_is_released() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    // `back` becomes the external network `demo-back` (an external network's key is its
+    // libvirt name); an external network carries no reservations.
+    let text = edit(
+        BASE,
+        "  back:\n    mode: isolated\n    subnet: 10.51.0.0/24\n    dhcp: true\n",
+        "  demo-back:\n    external: true\n",
+    );
+    let text = edit(&text, "      - network: back\n        ip: 10.51.0.30\n", "      - network: demo-back\n");
+    let text = text.replace("      - network: back\n", "      - network: demo-back\n");
+    let l2 = lab(&text);
+    let (p, _) = plan_on(&l2, &hv);
+    let back = p.changes.iter().find(|c| c.libvirt_name == "demo-back").expect("a change for demo-back");
+    assert_eq!(back.action, Action::Update, "{p:#?}");
+    assert_eq!(back.reasons, vec![plan::Reason::Released]);
+    assert_eq!(back.ops, vec![plan::Op::ReleaseNetwork]);
+    hv.clear_calls();
+    apply_ok(&l2, &hv);
+    let calls = mutating(&hv.calls());
+    assert!(!calls.iter().any(|c| c.contains("demo-back") && !c.starts_with("release_network")), "{calls:#?}");
+    let o = hv.observe().unwrap();
+    assert!(o.networks["demo-back"].owner.is_none() && o.networks["demo-back"].active);
+    assert_replans_empty(&l2, &hv);
+    let (_, report) = destroy_with(&l2, &hv, 1);
+    assert!(!report.failed(), "{report:#?}");
+    let o = hv.observe().unwrap();
+    assert!(o.networks.contains_key("demo-back"), "destroy deleted a released network");
 }

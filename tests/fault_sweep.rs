@@ -1,8 +1,10 @@
 //! Tier 2 fault sweep: for each scenario (create a lab with disks, edit it, replace a
-//! network under running VMs, destroy) and for every k, (a) the k-th hypervisor call fails,
+//! network under running VMs, re-plug NICs of a network restarted by hand, release a network
+//! declared external, destroy) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
 //! later call fails, as after a kill -9). Then a new apply must converge to an empty plan
-//! with no orphaned volume, and destroy must leave nothing the lab owned.
+//! with no orphaned volume and no NIC left off its bridge, and destroy must leave nothing
+//! the lab owned and change nothing it does not own.
 
 mod common;
 
@@ -86,17 +88,48 @@ struct Scenario {
     name: &'static str,
     /// Applied before the step, without faults (`None`: an empty host).
     before: Option<String>,
+    /// Done by hand on the host after `before` (a network restarted under running VMs).
+    by_hand: Option<fn(&MemoryHypervisor)>,
     /// The lab the step uses.
     lab: String,
     step: Step,
 }
 
+/// `back` re-declared `external: true` under its libvirt name (an external network carries
+/// no reservations): released, not deleted.
+fn back_external() -> String {
+    LAB.replace(
+        "  back:\n    mode: isolated\n    subnet: 10.51.0.0/24\n    dhcp: true\n",
+        "  sweep-back:\n    external: true\n",
+    )
+    .replace("      - network: back\n        ip: 10.51.0.30\n", "      - network: sweep-back\n")
+    .replace("      - network: back\n", "      - network: sweep-back\n")
+}
+
+/// `virsh net-destroy` + `net-start` of both lab networks: the running VMs' NICs are off
+/// their bridges.
+fn restart_networks(hv: &MemoryHypervisor) {
+    for n in ["sweep-lan", "sweep-back"] {
+        hv.stop_network(n).unwrap();
+        hv.start_network(n).unwrap();
+    }
+}
+
 fn scenarios() -> Vec<Scenario> {
+    let s = |name, before: Option<&str>, by_hand, lab: String, step| Scenario {
+        name,
+        before: before.map(String::from),
+        by_hand,
+        lab,
+        step,
+    };
     vec![
-        Scenario { name: "create", before: None, lab: LAB.into(), step: Step::Apply },
-        Scenario { name: "edit", before: Some(LAB.into()), lab: edited(), step: Step::Apply },
-        Scenario { name: "replace network", before: Some(LAB.into()), lab: new_subnet(), step: Step::Apply },
-        Scenario { name: "destroy", before: Some(LAB.into()), lab: LAB.into(), step: Step::Destroy },
+        s("create", None, None, LAB.into(), Step::Apply),
+        s("edit", Some(LAB), None, edited(), Step::Apply),
+        s("replace network", Some(LAB), None, new_subnet(), Step::Apply),
+        s("network restarted by hand", Some(LAB), Some(restart_networks), LAB.into(), Step::Apply),
+        s("release network restarted by hand", Some(LAB), Some(restart_networks), back_external(), Step::Apply),
+        s("destroy", Some(LAB), None, LAB.into(), Step::Destroy),
     ]
 }
 
@@ -122,6 +155,9 @@ fn start(s: &Scenario) -> MemoryHypervisor {
     let hv = bystanders();
     if let Some(b) = &s.before {
         apply_ok(&lab(b), &hv);
+    }
+    if let Some(f) = s.by_hand {
+        f(&hv);
     }
     hv
 }
@@ -183,6 +219,7 @@ fn every_fault_at_every_call_converges() {
                             panic!("{what}: not converged:\n{}", render_diag(&e));
                         }
                         assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");
+                        assert_eq!(hv.cut_nics(), vec![], "{what}: NICs left off their network's bridge");
                     }
                     Step::Destroy => {}
                 }

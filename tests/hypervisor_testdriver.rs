@@ -408,6 +408,59 @@ fn scenario_on_memory_double() {
     scenario(&hv, &MEMORY, "mem", 2);
 }
 
+/// Releasing a network removes topo's owner tag from its persistent config and changes
+/// nothing else; releasing again is done; an unknown network is NotFound. `live_config`:
+/// whether the backend shows a running network's new persistent config (the test driver
+/// ignores `VIR_NETWORK_XML_INACTIVE` and shows the live definition; the QEMU network
+/// driver and the double show the config).
+fn release(hv: &dyn Hypervisor, tag: &str, octet: u8, live_config: bool) {
+    let lab = lab(tag, octet);
+    let net = net_of(&lab, "net");
+    let name = net.libvirt_name.as_str();
+    hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
+    for active in [false, true] {
+        if active {
+            hv.define_network(&network_xml(&lab, net).unwrap().xml.replace(
+                "<name>",
+                &format!("<uuid>{}</uuid><name>", hv.observe().unwrap().networks[name].uuid.clone().unwrap()),
+            ))
+            .unwrap();
+            hv.start_network(name).unwrap();
+            if !live_config {
+                hv.release_network(name).unwrap();
+                continue;
+            }
+        }
+        let before = hv.observe().unwrap().networks[name].clone();
+        assert!(before.owner.is_some(), "active {active}");
+        hv.release_network(name).unwrap();
+        let after = hv.observe().unwrap().networks[name].clone();
+        assert_eq!(after.owner, None, "active {active}");
+        assert_eq!(without_owner(&before), after, "only the tag changes (active {active})");
+        hv.release_network(name).unwrap();
+        assert_eq!(hv.observe().unwrap().networks[name], after);
+    }
+    assert_kind(hv.release_network("no-such-net"), HvErrorKind::NotFound);
+    hv.stop_network(name).unwrap();
+    hv.undefine_network(name).unwrap();
+}
+
+fn without_owner(n: &topo::observed::ObservedNetwork) -> topo::observed::ObservedNetwork {
+    topo::observed::ObservedNetwork { owner: None, ..n.clone() }
+}
+
+#[test]
+fn release_on_libvirt_test_driver() {
+    let hv = LibvirtHypervisor::connect("test:///default").unwrap();
+    release(&hv, "rl", 11, false);
+}
+
+#[test]
+fn release_on_memory_double() {
+    let hv = MemoryHypervisor::new().with_network_xml(DEFAULT_NET, true, true).unwrap();
+    release(&hv, "rm", 12, true);
+}
+
 #[test]
 fn connect_failure_has_a_hint() {
     let e = LibvirtHypervisor::connect("test:///nonexistent/node.xml").unwrap_err();

@@ -191,6 +191,8 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         Paused,
         Orphaned,
         PoolNeeded,
+        Unplugged { nics: vec![] },
+        Released,
     ];
     let actual: BTreeSet<String> =
         all.iter().map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string()).collect();

@@ -10,9 +10,31 @@ use topo::hypervisor::memory::MemoryHypervisor;
 use topo::plan::render::{Style, render};
 use topo::plan::{self, Action, Reason};
 
-/// The plain human plan, with the checkout's absolute path (kernel paths) redacted.
+/// The plain human plan, with the checkout's absolute path (kernel paths) redacted, and the
+/// overlay names' hashes, which hash the canonical (so checkout-dependent) image path.
 fn plain(p: &topo::plan::Plan) -> String {
-    render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]")
+    redact_overlay_hashes(&render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]"))
+}
+
+/// `NAME-1234abcd.5678ef90.qcow2` -> `NAME-[HASH].qcow2`.
+fn redact_overlay_hashes(text: &str) -> String {
+    let hex = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(".qcow2") {
+        let (head, tail) = rest.split_at(i);
+        match head.len().checked_sub(18).map(|s| &head[s..]) {
+            Some(h) if h.starts_with('-') && hex(&h[1..9]) && &h[9..10] == "." && hex(&h[10..]) => {
+                out.push_str(&head[..head.len() - 17]);
+                out.push_str("[HASH]");
+            }
+            _ => out.push_str(head),
+        }
+        out.push_str(".qcow2");
+        rest = &tail[".qcow2".len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn shown(lab: &topo::model::Lab, hv: &dyn Hypervisor) -> String {
@@ -290,4 +312,50 @@ fn dhcp_false_is_reservations_only() {
     let out = plain(&p);
     assert!(out.contains("reservations only"), "{out}");
     insta::assert_snapshot!(out);
+}
+
+/// A guest outside the lab with the NIC's MAC on the same network is refused in plan, as
+/// taken names, subnets and bridges are: whether it is attached by network name or
+/// directly to the network's bridge, and whether it is hand-made or another lab's.
+#[test]
+fn refuses_mac_used_by_a_guest_outside_the_lab() {
+    let text = edit(BASE, "      - network: default\n", "      - network: default\n        mac: 52:54:00:ee:00:09\n");
+    let by_network =
+        host().with_domain_xml(&foreign_domain_xml("stranger", &[("52:54:00:ee:00:09", "default")]), false).unwrap();
+    insta::assert_snapshot!(refusal(&text, &by_network));
+
+    let on_bridge = "<domain type='qemu'><name>bridged</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+        <os><type arch='x86_64'>hvm</type></os><devices><interface type='bridge'><mac address='52:54:00:ee:00:09'/>\
+        <source bridge='virbr0'/></interface></devices></domain>";
+    let hv = host().with_domain_xml(on_bridge, false).unwrap();
+    assert!(refusal(&text, &hv).contains("topo::plan::mac_taken"));
+
+    // The same MAC on another network is no conflict.
+    let elsewhere = host()
+        .with_network_xml(&foreign_network_xml("other", "xbr9", "10.99.0.1", "255.255.255.0"), true, false)
+        .unwrap()
+        .with_domain_xml(&foreign_domain_xml("stranger", &[("52:54:00:ee:00:09", "other")]), false)
+        .unwrap();
+    let (p, _) = plan_on(&lab(&text), &elsewhere);
+    assert!(!p.is_empty());
+}
+
+/// A bridge name that exists on a local host as an interface no libvirt network has (a
+/// physical NIC, a hand-made bridge): the kernel would refuse to create it at start.
+#[test]
+fn refuses_bridge_that_is_a_host_interface() {
+    let hv = host().with_host_interfaces(&["eth0", "demo-lan"]);
+    insta::assert_snapshot!(refusal(BASE, &hv));
+
+    // The lab's own running bridge is on the host too, and is no conflict.
+    let own = host().with_host_interfaces(&["eth0"]);
+    apply_ok(&lab(BASE), &own);
+    assert!(own.observe().unwrap().host_interfaces.unwrap().contains("demo-lan"));
+    let (p, _) = plan_on(&lab(BASE), &own);
+    assert!(p.is_empty(), "{}", plain(&p));
+
+    // A host whose interfaces topo cannot see (remote, test driver) is not checked here;
+    // libvirt reports the clash when it starts the network.
+    let (p, _) = plan_on(&lab(BASE), &host());
+    assert!(!p.is_empty());
 }

@@ -258,6 +258,7 @@ fn run_change(
             }
             Op::StopNetwork => done_if(hv.stop_network(name), &[HvErrorKind::NotActive])?,
             Op::UndefineNetwork => done_if(hv.undefine_network(name), &[HvErrorKind::NotFound])?,
+            Op::ReleaseNetwork => hv.release_network(name)?,
             Op::ReattachNics { nics } => {
                 for n in nics {
                     done_if(hv.detach_device(&n.domain, &n.xml), &[HvErrorKind::NotFound])?;

@@ -29,6 +29,10 @@ pub struct ConfirmArgs {
     /// How long a VM gets to shut down gracefully before it is forced off (90, 90s, 2m, 1h)
     #[arg(long, default_value = "30s", value_parser = super::duration::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Delete lab networks even when VMs this lab does not own are on them (their NICs lose
+    /// their link; stopped ones cannot start). Without it, such a plan is refused
+    #[arg(long)]
+    pub disconnect_foreign: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,6 +126,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         }
         Ok(())
     };
+    crate::plan::check_deletions(&plan, &hv.uri(), args.confirm.disconnect_foreign)?;
     let mut started = std::collections::BTreeMap::new();
     let mut executed = None;
     let mut observed = observed;
@@ -222,6 +227,7 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     if !args.json {
         crate::out!("{}", render(&plan, &lab.source.name(), style(global)))?;
     }
+    crate::plan::check_deletions(&plan, &hv.uri(), args.confirm.disconnect_foreign)?;
     confirm(&args.confirm, "destroy these objects")?;
     let mut opts = options(&args.confirm);
     if let Some(t) = args.graceful {

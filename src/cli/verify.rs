@@ -307,7 +307,7 @@ pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outc
 
 #[derive(Serialize)]
 struct StatusResource {
-    address: String,
+    address: crate::address::Address,
     libvirt_name: String,
     /// running, stopped, active, inactive, missing, external, drifted, changed
     state: String,
@@ -331,8 +331,8 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
     let observed = hv.observe()?;
     // Drift and pending changes come from the planner; refusals just mean "not ours".
     let plan = crate::plan::plan(&lab, &observed, &hv.uri()).ok();
-    let pending = |addr: &str| -> Option<String> {
-        let c = plan.as_ref()?.changes.iter().find(|c| c.address == addr && c.action != Action::NoOp)?;
+    let pending = |addr: &crate::address::Address| -> Option<String> {
+        let c = plan.as_ref()?.changes.iter().find(|c| c.address == *addr && c.action != Action::NoOp)?;
         let drift = c.reasons.contains(&Reason::Drift);
         let fields: Vec<&str> = c.fields.iter().map(|f| f.path.as_str()).collect();
         Some(format!("{}: {}", if drift { "drifted" } else { "changes pending" }, fields.join(", ")))
@@ -352,7 +352,7 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
     let mut resources = Vec::new();
     for net in lab.networks.values() {
         let o = observed.networks.get(&net.libvirt_name);
-        let address = format!("network.{}", net.name);
+        let address = crate::address::Address::Network(net.name.clone());
         let state = match (&net.kind, o) {
             (_, None) => "missing".to_string(),
             (NetworkKind::External, Some(o)) => format!("external, {}", if o.active { "active" } else { "inactive" }),
@@ -376,7 +376,7 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
     }
     for vm in lab.vms.values() {
         let o = observed.domains.get(&vm.libvirt_name);
-        let address = format!("vm.{}", vm.name);
+        let address = crate::address::Address::Vm(vm.name.clone());
         let state = match o {
             None => "missing",
             Some(d) if d.ownership(lab.name.as_str()) != Ownership::ThisLab => "conflict (not owned by this lab)",
@@ -427,7 +427,8 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
         let detail = r.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
         crate::outln!("{:<24} {:<28} {}{detail}", r.address, r.libvirt_name, r.state)?;
     }
-    let vms: Vec<&StatusResource> = resources.iter().filter(|r| r.address.starts_with("vm.")).collect();
+    let vms: Vec<&StatusResource> =
+        resources.iter().filter(|r| matches!(r.address, crate::address::Address::Vm(_))).collect();
     if !vms.is_empty() {
         crate::outln!()?;
         let mut unproven = false;
@@ -444,7 +445,7 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
                     None => "-".into(),
                 })
                 .collect();
-            crate::outln!("{} {}", r.address.trim_start_matches("vm."), addrs.join(","))?;
+            crate::outln!("{} {}", r.address.name(), addrs.join(","))?;
         }
         if unproven {
             crate::outln!("\n(an address with `?` is leased or reserved but did not answer ARP just now)")?;

@@ -33,6 +33,40 @@ const UNPLUG_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct LibvirtHypervisor {
     conn: Connect,
     uri: String,
+    /// The URI names no other host (`qemu:///system`, not `qemu+ssh://host/system`): the
+    /// domains' taps and bridges are on this machine, so `observe` reads where each is plugged.
+    local: bool,
+}
+
+/// Where the kernel lists network devices (sysfs).
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// True when `uri` names no host (`driver:///path`), so the daemon runs on this machine.
+pub fn is_local_uri(uri: &str) -> bool {
+    match uri.split_once("://") {
+        Some((_, rest)) => rest.starts_with('/') || rest.is_empty(),
+        None => true,
+    }
+}
+
+/// Where each tap is plugged, read from `sys` (`/sys/class/net`): `TAP/master` is a symlink
+/// to the bridge the tap is a port of. `None` when a tap is not a network device here (topo
+/// runs in another network namespace than the daemon) or has a name that is not a plain
+/// device name: then nothing is known, rather than every NIC wrongly taken as cut.
+fn tap_links(taps: &[(crate::model::MacAddr, String)], sys: &std::path::Path) -> Option<Vec<crate::observed::NicLink>> {
+    taps.iter()
+        .map(|(mac, tap)| {
+            let plain = !tap.is_empty() && tap != "." && tap != ".." && !tap.contains('/');
+            let dev = sys.join(tap);
+            if !plain || !dev.exists() {
+                return None;
+            }
+            let bridge = std::fs::read_link(dev.join("master"))
+                .ok()
+                .and_then(|l| l.file_name().map(|f| f.to_string_lossy().into_owned()));
+            Some(crate::observed::NicLink { mac: *mac, tap: tap.clone(), bridge })
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -168,7 +202,8 @@ impl LibvirtHypervisor {
             err
         })?;
         let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
-        Ok(Self { conn, uri })
+        let local = is_local_uri(&uri);
+        Ok(Self { conn, uri, local })
     }
 
     fn network(&self, op: &str, name: &str) -> Result<Network, HvError> {
@@ -234,9 +269,9 @@ impl LibvirtHypervisor {
             } else {
                 None
             };
-            Ok((state, lv("virDomainGetXMLDesc", &name, || dom.xml_desc(flags))?, live))
+            Ok((state, lv("virDomainGetXMLDesc", &name, || dom.xml_desc(flags))?, live, persistent))
         };
-        let (state, text, live) = match read() {
+        let (state, text, live, persistent) = match read() {
             Ok(v) => v,
             Err(e) if is_gone(&e) => return Ok(None),
             Err(e) => return Err(map_error(OP, &name, &e)),
@@ -256,6 +291,14 @@ impl LibvirtHypervisor {
             hint: None,
         };
         let mut observed = xml::parse_domain(&text, state).map_err(invalid)?;
+        // The live XML: a transient domain's only XML is its live one.
+        let live_xml = if persistent { live.as_deref() } else { Some(text.as_str()) };
+        if state == DomainState::Running
+            && self.local
+            && let Some(x) = live_xml
+        {
+            observed.links = tap_links(&xml::live_taps(x).map_err(invalid)?, std::path::Path::new(SYS_CLASS_NET));
+        }
         if let Some(live) = live {
             observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
         }
@@ -417,6 +460,7 @@ impl Hypervisor for LibvirtHypervisor {
             }
         }
         self.observe_pool(&mut out)?;
+        out.host_interfaces = host_interfaces(&self.uri);
         self.observe_seeds(&mut out);
         Ok(out)
     }
@@ -463,6 +507,31 @@ impl Hypervisor for LibvirtHypervisor {
             lv("virNetworkUndefine", name, || n.undefine())
         }
         .map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn release_network(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "release network";
+        let n = self.network(OP, name)?;
+        let read = || -> Result<String, VirtError> {
+            // The persistent config carries the tag topo reads; a transient network has only
+            // its live XML, and defining it makes it persistent without the tag.
+            if lv("virNetworkIsPersistent", name, || n.is_persistent())? {
+                match lv("virNetworkGetXMLDesc", name, || n.xml_desc(sys::VIR_NETWORK_XML_INACTIVE)) {
+                    Err(e) if is_unsupported(&e) => lv("virNetworkGetXMLDesc", name, || n.xml_desc(0)),
+                    other => other,
+                }
+            } else {
+                lv("virNetworkGetXMLDesc", name, || n.xml_desc(0))
+            }
+        };
+        let text = read().map_err(|e| map_error(OP, name, &e))?;
+        let released = xml::without_owner("network", &text).map_err(|e| other(OP, name, &e.to_string()))?;
+        if released == text {
+            return Ok(());
+        }
+        lv("virNetworkDefineXML", name, || self.conn.define_network_xml(&released))
+            .map(drop)
+            .map_err(|e| map_error(OP, name, &e))
     }
 
     fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
@@ -745,5 +814,62 @@ fn image_format(path: &std::path::Path) -> &'static str {
     match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
         Ok(()) if &magic == b"QFI\xfb" => "qcow2",
         _ => "raw",
+    }
+}
+
+/// The host's interface names when `uri` is a local driver other than `test` (no host
+/// part: the machine topo runs on is the libvirt host, and its `/sys/class/net` lists the
+/// interfaces libvirt's bridges share a namespace with). `None` otherwise: remote hosts and
+/// the test driver are not checked (docs/lab-file.md).
+pub fn host_interfaces(uri: &str) -> Option<std::collections::BTreeSet<String>> {
+    if !is_local_uri(uri) || uri.starts_with("test:") || uri.starts_with("test+") {
+        return None;
+    }
+    let dir = std::fs::read_dir(SYS_CLASS_NET).ok()?;
+    Some(dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+    use crate::model::MacAddr;
+
+    #[test]
+    fn uri_names_a_host_or_not() {
+        assert!(is_local_uri("qemu:///system"));
+        assert!(is_local_uri("test:///default"));
+        assert!(!is_local_uri("qemu+ssh://root@h/system"));
+        assert!(!is_local_uri("qemu+tcp://127.0.0.1/system"));
+    }
+
+    /// `TAP/master` names the bridge; no `master` is no bridge; a tap that is not a device
+    /// here (another network namespace) makes the whole answer unknown.
+    #[test]
+    fn where_taps_are_plugged() {
+        let sys = tempfile::tempdir().unwrap();
+        for d in ["virbr1", "vnet0", "vnet1"] {
+            std::fs::create_dir(sys.path().join(d)).unwrap();
+        }
+        std::os::unix::fs::symlink("../virbr1", sys.path().join("vnet0/master")).unwrap();
+        let m0: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let m1: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+        let links = tap_links(&[(m0, "vnet0".into()), (m1, "vnet1".into())], sys.path()).unwrap();
+        assert_eq!(links[0].bridge.as_deref(), Some("virbr1"));
+        assert_eq!(links[1].bridge, None);
+        assert_eq!(links[1].tap, "vnet1");
+        assert_eq!(tap_links(&[(m0, "vnet0".into()), (m1, "vnet9".into())], sys.path()), None);
+        assert_eq!(tap_links(&[(m0, "../vnet0".into())], sys.path()), None);
+        assert_eq!(tap_links(&[], sys.path()), Some(vec![]));
+    }
+
+    /// The host's interfaces are read only where they are the libvirt host's: a local,
+    /// real driver. The test driver and remote hosts are not checked.
+    #[test]
+    fn host_interfaces_only_for_local_real_drivers() {
+        assert_eq!(host_interfaces("test:///default"), None);
+        assert_eq!(host_interfaces("qemu+ssh://root@h/system"), None);
+        if std::path::Path::new(SYS_CLASS_NET).join("lo").exists() {
+            assert!(host_interfaces("qemu:///system").is_some_and(|i| i.contains("lo")));
+        }
     }
 }

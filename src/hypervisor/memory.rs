@@ -63,6 +63,9 @@ struct State {
     counted: usize,
     /// The armed fault: (k, crash).
     armed: Option<(usize, bool)>,
+    /// Interfaces on the host that are no libvirt network's bridge (a physical NIC, a
+    /// hand-made bridge); `None` plays a remote host, whose interfaces topo cannot see.
+    host_interfaces: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Kind of fault `MemoryHypervisor::arm` injects.
@@ -128,6 +131,32 @@ impl State {
         self.domains.get_mut(name).ok_or_else(|| {
             err(&op_words(op), name, HvErrorKind::NotFound, format!("no domain with matching name '{name}'"))
         })
+    }
+
+    /// Where a running domain's NICs are plugged: on their network's bridge, unless the
+    /// network was stopped under them since (`cut`), as libvirt leaves them. Taps are named
+    /// `vnet<domain>.<index>` (libvirt numbers them host-wide; only the bridge matters here).
+    fn links(&self, d: &MemDomain) -> Option<Vec<crate::observed::NicLink>> {
+        if d.obs.state != DomainState::Running {
+            return None;
+        }
+        let links = d
+            .obs
+            .interfaces
+            .iter()
+            .enumerate()
+            .filter_map(|(i, nic)| {
+                let mac = nic.mac?;
+                let bridge = if self.cut.contains(&(d.obs.name.clone(), mac)) {
+                    None
+                } else {
+                    let net = self.networks.get(nic.network.as_deref()?).filter(|n| n.active)?;
+                    net.live_bridge.clone().or_else(|| net.bridge.clone())
+                };
+                Some(crate::observed::NicLink { mac, tap: format!("vnet{}.{i}", d.obs.name), bridge })
+            })
+            .collect();
+        Some(links)
     }
 
     /// Running domains with an interface on `network`.
@@ -310,6 +339,14 @@ impl MemoryHypervisor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Plays a local host with these non-libvirt interfaces (`eth0`, a hand-made bridge):
+    /// `observe` reports them with the active networks' bridges, and starting a network
+    /// whose bridge has one of these names fails as the kernel refuses it (EEXIST).
+    pub fn with_host_interfaces(self, names: &[&str]) -> Self {
+        self.lock().host_interfaces = Some(names.iter().map(|n| (*n).to_owned()).collect());
+        self
+    }
+
     /// Adds a network as if defined (same checks as `define_network`), not logged.
     pub fn with_network_xml(self, xml: &str, active: bool, autostart: bool) -> Result<Self, HvError> {
         {
@@ -451,6 +488,7 @@ impl Hypervisor for MemoryHypervisor {
                     if !d.persistent {
                         o.live = None; // a transient domain's only XML is its live one
                     }
+                    o.links = s.links(d);
                     o.seed = seed_of(&o);
                     (k.clone(), o)
                 })
@@ -464,6 +502,13 @@ impl Hypervisor for MemoryHypervisor {
                         .collect()
                 })
                 .unwrap_or_default(),
+            // As /sys/class/net shows them: the host's own interfaces and the bridges of
+            // active networks.
+            host_interfaces: s.host_interfaces.as_ref().map(|h| {
+                let bridges =
+                    s.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()));
+                h.iter().cloned().chain(bridges).collect()
+            }),
         })
     }
 
@@ -478,6 +523,17 @@ impl Hypervisor for MemoryHypervisor {
         if n.active {
             return Err(err("start network", name, HvErrorKind::AlreadyActive, "network is already active"));
         }
+        if let (Some(b), Some(taken)) = (n.bridge.clone(), s.host_interfaces.as_ref())
+            && taken.contains(&b)
+        {
+            return Err(err(
+                "start network",
+                name,
+                HvErrorKind::Other,
+                format!("Unable to create bridge {b}: File exists"),
+            ));
+        }
+        let n = s.network("start_network", name)?;
         n.active = true;
         Ok(())
     }
@@ -545,6 +601,16 @@ impl Hypervisor for MemoryHypervisor {
         } else {
             s.networks.remove(name);
         }
+        Ok(())
+    }
+
+    fn release_network(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("release_network", name)?;
+        let n = s.network("release_network", name)?;
+        // Defining a transient network's XML makes it persistent, as libvirt does.
+        n.persistent = true;
+        n.owner = None;
         Ok(())
     }
 
@@ -780,6 +846,8 @@ impl MemoryHypervisor {
         } else {
             s.domains.remove(name);
         }
+        // Its taps go with the QEMU process; the next start plugs new ones.
+        s.cut.retain(|(dom, _)| dom != name);
         Ok(())
     }
 }

@@ -86,6 +86,10 @@ pub trait Hypervisor: Send + Sync {
     /// `net-destroy`: stops an active network (no-op error kind InvalidState if inactive).
     fn stop_network(&self, name: &str) -> Result<(), HvError>;
     fn undefine_network(&self, name: &str) -> Result<(), HvError>;
+    /// Removes topo's owner tag (`<metadata>/<owner>` in `OWNER_NS`) from the network's
+    /// persistent config, changing nothing else; done when there is none. NotFound when the
+    /// network does not exist.
+    fn release_network(&self, name: &str) -> Result<(), HvError>;
     /// Adds or deletes one `<host mac= ip= name=/>` in the network's first IPv4 `<dhcp>`,
     /// live (if active) and in the persistent config.
     fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError>;

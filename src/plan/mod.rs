@@ -75,6 +75,13 @@ pub enum Reason {
     Orphaned,
     /// The shared overlay pool is missing or inactive and a VM disk needs it.
     PoolNeeded,
+    /// NICs of the running VM are not on their network's bridge (the network was stopped
+    /// and started again under them, e.g. `virsh net-destroy` + `net-start`): they are
+    /// plugged in again. Each entry: `eth0 (52:54:00:..., tap vnet3)`.
+    Unplugged { nics: Vec<String> },
+    /// The lab owned this network and now declares it `external: true`: topo releases it
+    /// (removes its owner tag) and leaves it running.
+    Released,
 }
 
 impl Reason {
@@ -97,7 +104,20 @@ impl Reason {
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
-            Reason::PoolNeeded => "VM disks of every lab live in this shared pool; it is never deleted by topo".into(),
+            Reason::PoolNeeded => {
+                "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
+                    .into()
+            }
+            Reason::Released => {
+                "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
+            }
+            Reason::Unplugged { nics } => {
+                let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
+                format!(
+                    "{} {verb} off {whose} network's bridge (the network was restarted under the running VM); plugged in again",
+                    nics.join(", ")
+                )
+            }
         }
     }
 }
@@ -113,13 +133,17 @@ pub struct FieldChange {
     pub restarts: bool,
 }
 
-/// A NIC of a running domain detached by a network replacement.
+/// A NIC that a network change cuts off: detached by a network replacement or stop, or left
+/// without a network by its deletion.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Detached {
     pub domain: String,
     pub mac: MacAddr,
     /// Whether topo re-attaches it (only domains this lab owns and keeps).
     pub reattached: bool,
+    /// Whether the domain is this lab's. A network deletion that cuts off a domain that is
+    /// not is refused unless the user insists (see [`check_deletions`]).
+    pub owned: bool,
 }
 
 /// How a running VM is stopped.
@@ -174,6 +198,8 @@ pub enum Op {
     },
     StopNetwork,
     UndefineNetwork,
+    /// Remove topo's owner tag from the network's persistent config (it becomes external).
+    ReleaseNetwork,
     /// Re-plug NICs of running domains after their network was restarted.
     ReattachNics {
         nics: Vec<NicPlug>,
@@ -224,6 +250,7 @@ impl Op {
             Op::DeleteDhcpHost { .. } => "delete-dhcp-host",
             Op::StopNetwork => "stop-network",
             Op::UndefineNetwork => "undefine-network",
+            Op::ReleaseNetwork => "release-network",
             Op::ReattachNics { .. } => "reattach-nics",
             Op::CreateVolume { .. } => "create-volume",
             Op::DeleteVolume { .. } => "delete-volume",
@@ -307,6 +334,19 @@ pub enum PlanError {
         #[related]
         problems: Vec<Problem>,
     },
+    #[error(
+        "lab {lab} would delete {} on {uri} that VMs this lab does not own are on: {}",
+        if networks.len() == 1 { "a network" } else { "networks" },
+        networks.join("; ")
+    )]
+    #[diagnostic(
+        code(topo::plan::cuts_foreign),
+        help(
+            "nothing was changed. Move those VMs to another network or remove them first; or, to delete anyway \
+             (their NICs lose their link, and stopped ones cannot start), run again with --disconnect-foreign"
+        )
+    )]
+    CutsForeign { lab: String, uri: String, networks: Vec<String> },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),
@@ -343,7 +383,14 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     changes.extend(orphaned_volumes(lab_name, observed, &changes, false));
     for n in observed.networks.values() {
         if n.ownership(lab_name) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
-            changes.push(delete_network(n));
+            // Re-declared `external: true`: the lab stops owning it, and it stays, with
+            // the VMs on it.
+            let external =
+                lab.networks.values().find(|l| l.libvirt_name == n.name && matches!(l.kind, NetworkKind::External));
+            changes.push(match external {
+                Some(l) => release_network(l, n),
+                None => delete_network(lab_name, n, observed),
+            });
         }
     }
 
@@ -367,7 +414,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
                 None => continue,
             },
             Node::Vm(name) => match lab.vms.get(name) {
-                Some(vm) => plan_vm(lab, vm, observed, &pool),
+                Some(vm) => plan_vm(lab, vm, observed, &pool, &replaced_networks),
                 None => continue,
             },
         };
@@ -380,6 +427,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         let at = changes.iter().position(|c| c.action != Action::Delete).unwrap_or(changes.len());
         changes.insert(at, c);
     }
+    prune_deleted_users(&mut changes);
     order_changes(lab, Some(&graph), observed, &mut changes);
     Ok(Plan { lab: lab.name.to_string(), changes })
 }
@@ -418,7 +466,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
         .networks
         .values()
         .filter(|n| n.ownership(lab_name) == Ownership::ThisLab)
-        .map(delete_network)
+        .map(|n| delete_network(lab_name, n, observed))
         .collect();
     networks.sort_by_key(by_rank);
     changes.extend(networks);
@@ -430,6 +478,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     if let Some(c) = pool.change(&changes) {
         changes.insert(0, c);
     }
+    prune_deleted_users(&mut changes);
     order_changes(lab, graph.as_ref(), observed, &mut changes);
     Plan { lab: lab.name.to_string(), changes }
 }
@@ -471,7 +520,7 @@ impl Pool {
         let (action, reasons) = match &self.observed {
             _ if !needed => return None,
             Some((_, true)) => return None,
-            Some((_, false)) => (Action::Update, vec![Reason::NotActive, Reason::PoolNeeded]),
+            Some((_, false)) => (Action::Update, vec![Reason::PoolNeeded]),
             None => (Action::Create, vec![Reason::PoolNeeded]),
         };
         let fields = vec![FieldChange {
@@ -645,7 +694,7 @@ fn creation(address: Address, libvirt_name: &str, desired: &Fields, ops: Vec<Op>
     }
 }
 
-fn delete_network(n: &ObservedNetwork) -> Change {
+fn delete_network(lab_name: &str, n: &ObservedNetwork, observed: &Observed) -> Change {
     let d = fields::observed_network(n, &Fields::new());
     let mut ops = Vec::new();
     if n.active {
@@ -654,7 +703,88 @@ fn delete_network(n: &ObservedNetwork) -> Change {
     if n.persistent {
         ops.push(Op::UndefineNetwork);
     }
-    deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops)
+    let mut c = deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops);
+    c.blast_radius = network_users(lab_name, &n.name, observed);
+    c
+}
+
+/// Every domain with a NIC on `network`, running or not, owned or not: deleting the
+/// network cuts the running ones off and leaves the others unable to start. (Those the same
+/// plan deletes are left out afterwards: [`prune_deleted_users`].)
+fn network_users(lab_name: &str, network: &str, observed: &Observed) -> Vec<Detached> {
+    let mut out: Vec<Detached> = observed
+        .domains
+        .values()
+        .flat_map(|d| {
+            let owned = d.ownership(lab_name) == Ownership::ThisLab;
+            d.interfaces
+                .iter()
+                .filter(|i| i.network.as_deref() == Some(network))
+                .filter_map(move |i| Some(Detached { domain: d.name.clone(), mac: i.mac?, reattached: false, owned }))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Leaves out of network deletions' blast radius the domains the same plan deletes (they
+/// are gone before the network is).
+fn prune_deleted_users(changes: &mut [Change]) {
+    let deleted: BTreeSet<String> = changes
+        .iter()
+        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Vm(_)))
+        .map(|c| c.libvirt_name.clone())
+        .collect();
+    for c in changes.iter_mut() {
+        if c.action == Action::Delete && matches!(c.address, Address::Network(_)) {
+            c.blast_radius.retain(|d| !deleted.contains(&d.domain));
+        }
+    }
+}
+
+/// Refuses `plan` when it deletes a network that a domain this lab does not own is on:
+/// topo never cuts off what it does not own unless `insist` (the `--disconnect-foreign`
+/// flag). `uri` is for the message.
+pub fn check_deletions(plan: &Plan, uri: &str, insist: bool) -> Result<(), PlanError> {
+    if insist {
+        return Ok(());
+    }
+    let networks: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Network(_)))
+        .filter_map(|c| {
+            let mut foreign: Vec<&str> =
+                c.blast_radius.iter().filter(|d| !d.owned).map(|d| d.domain.as_str()).collect();
+            foreign.dedup();
+            (!foreign.is_empty()).then(|| format!("{} ({}): used by {}", c.address, c.libvirt_name, foreign.join(", ")))
+        })
+        .collect();
+    if networks.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::CutsForeign { lab: plan.lab.clone(), uri: uri.to_string(), networks })
+}
+
+/// An owned network the lab file now declares `external: true`: its owner tag is removed, so
+/// topo no longer owns it; it is not stopped or changed otherwise.
+fn release_network(net: &Network, o: &ObservedNetwork) -> Change {
+    Change {
+        address: Address::Network(net.name.clone()),
+        libvirt_name: o.name.clone(),
+        action: Action::Update,
+        reasons: vec![Reason::Released],
+        fields: vec![FieldChange {
+            path: "owner".into(),
+            before: o.owner.as_ref().map(|t| format!("lab {}", t.lab)),
+            after: Some("none (external)".into()),
+            forces_replacement: false,
+            restarts: false,
+        }],
+        blast_radius: Vec::new(),
+        after: Vec::new(),
+        ops: vec![Op::ReleaseNetwork],
+    }
 }
 
 /// A change that deletes an owned object no longer in the lab file.
@@ -904,7 +1034,12 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
             if let (Some(mac), Some(n)) = (i.mac, i.network.as_deref())
                 && n == net.libvirt_name
             {
-                out.push(Detached { domain: d.name.clone(), mac, reattached: ours });
+                out.push(Detached {
+                    domain: d.name.clone(),
+                    mac,
+                    reattached: ours,
+                    owned: d.ownership(lab.name.as_str()) == Ownership::ThisLab,
+                });
             }
         }
     }
@@ -967,7 +1102,48 @@ fn pending_restart(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Vec<Field
     diff(desired, &fields::observed_vm(lab, &running, desired)).into_iter().filter(|f| f.restarts).collect()
 }
 
-fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Change> {
+/// The NICs of a running lab VM that are off their network's bridge, as observed where each
+/// tap is plugged (`ObservedDomain::links`): the plug op, the field shown, and the reason's
+/// text for each. NICs are left out when nothing is known (remote host, taps not visible),
+/// when their network is inactive or replaced by this plan (that change plugs them in), or
+/// when their network changes (hot-plugged anyway).
+fn unplugged_nics(
+    lab: &Lab,
+    vm: &Vm,
+    o: &ObservedDomain,
+    observed: &Observed,
+    replaced: &BTreeSet<String>,
+) -> Vec<(NicPlug, FieldChange, String)> {
+    let (DomainState::Running, Some(links)) = (o.state, &o.links) else { return Vec::new() };
+    let mut out = Vec::new();
+    for nic in &vm.nics {
+        let Some(net) = lab.networks.get(&nic.network) else { continue };
+        let Some(on) = observed.networks.get(&net.libvirt_name).filter(|n| n.active) else { continue };
+        let Some(want) = on.live_bridge.as_ref().or(on.bridge.as_ref()) else { continue };
+        let same_network =
+            o.interfaces.iter().any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(&net.libvirt_name));
+        if replaced.contains(&net.libvirt_name) || !same_network {
+            continue;
+        }
+        let Some(link) = links.iter().find(|l| l.mac == nic.mac) else { continue };
+        if link.bridge.as_ref() == Some(want) {
+            continue;
+        }
+        let Ok(xml) = crate::xml::interface_xml(lab, vm, nic) else { continue };
+        let field = FieldChange {
+            path: format!("nic[{}].bridge", nic.mac),
+            before: Some(link.bridge.clone().unwrap_or_else(|| "none".into())),
+            after: Some(want.clone()),
+            forces_replacement: false,
+            restarts: false,
+        };
+        let why = format!("{} ({}, tap {})", nic.label(), nic.mac, link.tap);
+        out.push((NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml }, field, why));
+    }
+    out
+}
+
+fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTreeSet<String>) -> Option<Change> {
     let address = Address::Vm(vm.name.clone());
     let desired = fields::desired_vm(lab, vm);
     let o = observed.domains.get(&vm.libvirt_name);
@@ -1049,6 +1225,18 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool) -> Option<Chang
             {
                 ops.push(Op::AttachNic { mac: nic.mac, xml });
             }
+        }
+        let cut = unplugged_nics(lab, vm, o, observed, replaced);
+        if !cut.is_empty() {
+            let mut nics = Vec::new();
+            let mut why = Vec::new();
+            for (plug, field, text) in cut {
+                nics.push(plug);
+                changed.push(field);
+                why.push(text);
+            }
+            reasons.push(Reason::Unplugged { nics: why });
+            ops.push(Op::ReattachNics { nics });
         }
         if config_changed {
             // Rewrite the config so the metadata's spec hash matches the file again.
@@ -1171,6 +1359,74 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                         ));
                     }
                 }
+                // An interface of that name that no libvirt network has: the kernel refuses
+                // a second one (libvirt's virNetDevBridgeCreate fails with EEXIST at start).
+                if let (Some(b), Some(ifaces)) = (&m.bridge, &observed.host_interfaces)
+                    && ifaces.contains(b.as_str())
+                    && !observed.networks.values().any(|o| {
+                        o.bridge.as_deref() == Some(b.as_str()) || o.live_bridge.as_deref() == Some(b.as_str())
+                    })
+                {
+                    out.push(Problem::at(
+                        Code::HostInterfaceTaken,
+                        net.span,
+                        format!(
+                            "bridge `{b}` of network `{}` already exists on the host as an interface that is no libvirt network's",
+                            net.name
+                        ),
+                        "this network's bridge",
+                        "choose another `bridge:` name (see `ip link`), or leave it out and libvirt picks a free virbrN",
+                    ));
+                }
+            }
+        }
+    }
+    // A MAC that a guest outside the lab already has on the same network: two guests with
+    // one MAC on one bridge break each other's traffic and DHCP (dnsmasq keys leases and
+    // reservations by MAC). Checked where topo would bring the MAC onto the network (a NIC
+    // the lab's domain does not have yet); a copy made later is the copier's conflict.
+    for vm in lab.vms.values() {
+        let ours = observed.domains.get(&vm.libvirt_name).filter(|d| d.ownership(lab_name) == Ownership::ThisLab);
+        for nic in &vm.nics {
+            let Some(net) = lab.networks.get(&nic.network) else { continue };
+            let present = ours.is_some_and(|d| {
+                d.interfaces
+                    .iter()
+                    .any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(net.libvirt_name.as_str()))
+            });
+            if present {
+                continue;
+            }
+            let bridge =
+                observed.networks.get(&net.libvirt_name).and_then(|o| o.live_bridge.clone().or(o.bridge.clone()));
+            let holder = observed.domains.values().filter(|d| d.ownership(lab_name) != Ownership::ThisLab).find(|d| {
+                d.interfaces.iter().any(|i| {
+                    i.mac == Some(nic.mac)
+                        && (i.network.as_deref() == Some(net.libvirt_name.as_str())
+                            || (i.bridge.is_some() && i.bridge == bridge))
+                })
+            });
+            if let Some(d) = holder {
+                let help = if nic.mac_derived {
+                    "set another `mac:` on this NIC (derived MACs can collide with hand-picked ones)"
+                } else {
+                    "choose another `mac:` for this NIC, or remove it to get a derived one"
+                };
+                out.push(Problem::at(
+                    Code::HostMacTaken,
+                    nic.span,
+                    format!(
+                        "{}.{}: MAC {} is already used on network `{}` by domain `{}` ({})",
+                        vm.name,
+                        nic.label(),
+                        nic.mac,
+                        net.libvirt_name,
+                        d.name,
+                        owner_text(d.owner.as_ref(), &d.name)
+                    ),
+                    "this NIC",
+                    help,
+                ));
             }
         }
     }

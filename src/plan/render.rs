@@ -172,14 +172,16 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         if !c.blast_radius.is_empty() {
             let header = match c.action {
                 Action::Replace => "blast radius: restarting the network detaches these running NICs:",
+                Action::Delete => "blast radius: deleting the network leaves these NICs without a network:",
                 _ => "these running NICs lost their link when the network stopped:",
             };
             let _ = writeln!(out, "    # {header}");
             for d in &c.blast_radius {
-                let then = if d.reattached {
-                    "re-attached by topo"
-                } else {
-                    "NOT re-attached: the domain is not owned by this lab"
+                let then = match (c.action, d.reattached, d.owned) {
+                    (Action::Delete, _, true) => "this lab's VM",
+                    (Action::Delete, _, false) => "NOT owned by this lab",
+                    (_, true, _) => "re-attached by topo",
+                    (_, false, _) => "NOT re-attached: the domain is not owned by this lab",
                 };
                 let _ = writeln!(out, "    #   {} {} ({then})", d.domain, d.mac);
             }

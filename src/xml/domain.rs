@@ -346,6 +346,13 @@ struct InterfaceR {
     mac: Option<MacR>,
     source: Option<IfSourceR>,
     model: Option<ModelR>,
+    target: Option<TargetR>,
+}
+
+#[derive(Deserialize)]
+struct TargetR {
+    #[serde(rename = "@dev")]
+    dev: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +365,8 @@ struct MacR {
 struct IfSourceR {
     #[serde(rename = "@network")]
     network: Option<String>,
+    #[serde(rename = "@bridge")]
+    bridge: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -398,11 +407,11 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
         None => None,
     };
     let is_network = i.iface_type.as_deref() == Some("network");
-    Ok(ObservedInterface {
-        mac,
-        network: if is_network { i.source.and_then(|s| s.network) } else { None },
-        model: i.model.map(|m| m.model),
-    })
+    let (network, bridge) = match i.source {
+        Some(s) => (if is_network { s.network } else { None }, s.bridge),
+        None => (None, None),
+    };
+    Ok(ObservedInterface { mac, network, bridge, model: i.model.map(|m| m.model) })
 }
 
 /// Parses domain XML (as `dumpxml` prints it) into an `ObservedDomain` in `state`.
@@ -442,6 +451,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         interfaces,
         owner: facts.owner,
         live: None,
+        links: None,
         seed: None,
     })
 }
@@ -449,4 +459,24 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
 /// Parses one `<interface>` element (as given to attach/detach).
 pub fn parse_interface(xml: &str) -> Result<ObservedInterface, XmlError> {
     observed_interface(from_xml("interface", "interface", xml)?)
+}
+
+/// The tap device of each NIC in a running domain's live XML, in device order: `(MAC, tap)`
+/// for every `<interface>` with both a `<mac>` and a `<target dev>` (libvirt names the tap
+/// when it starts the domain; the persistent config has none).
+pub fn live_taps(xml: &str) -> Result<Vec<(MacAddr, String)>, XmlError> {
+    let r: DomainR = from_xml("domain", "domain", xml)?;
+    let mut out = Vec::new();
+    for d in r.devices.map(|d| d.items).unwrap_or_default() {
+        if let DeviceR::Interface(i) = d
+            && let (Some(m), Some(dev)) = (i.mac, i.target.and_then(|t| t.dev))
+        {
+            let mac = m
+                .address
+                .parse::<MacAddr>()
+                .map_err(|e| XmlError::Parse { what: "interface", message: format!("mac {:?} {e}", m.address) })?;
+            out.push((mac, dev));
+        }
+    }
+    Ok(out)
 }

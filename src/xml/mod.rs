@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use crate::ownership::{OWNER_NS, OwnerTag};
 
-pub use domain::{console_log_path, domain_xml, domain_xml_with_seed, interface_xml, parse_domain, parse_interface};
+pub use domain::{
+    console_log_path, domain_xml, domain_xml_with_seed, interface_xml, live_taps, parse_domain, parse_interface,
+};
 pub use network::{NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network};
 pub use storage::{dir_pool_xml, overlay_volume_xml, parse_pool_path, plain_interface_xml, raw_volume_xml};
 
@@ -195,6 +197,46 @@ pub(crate) struct NsFacts {
 
 fn parse_err(what: &'static str, e: impl std::fmt::Display) -> XmlError {
     XmlError::Parse { what, message: e.to_string() }
+}
+
+/// `xml` without topo's owner tag (the element [`read_ns_facts`] reads as the owner), the
+/// rest byte for byte; unchanged when it has none.
+pub fn without_owner(what: &'static str, xml: &str) -> Result<String, XmlError> {
+    let mut reader = NsReader::from_str(xml);
+    let mut stack: Vec<(String, bool)> = Vec::new(); // (local name, in no namespace)
+    loop {
+        let before = reader.buffer_position() as usize;
+        let (ns, ev) = reader.read_resolved_event().map_err(|e| parse_err(what, e))?;
+        let in_owner_ns = matches!(&ns, ResolveResult::Bound(n) if n.as_ref() == OWNER_NS);
+        let unbound = !matches!(&ns, ResolveResult::Bound(_));
+        match ev {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let local = e.local_name().as_ref().to_owned();
+                let is_owner = stack.len() == 2
+                    && in_owner_ns
+                    && local == "owner"
+                    && stack.last().is_some_and(|(l, no_ns)| l == "metadata" && *no_ns);
+                if is_owner {
+                    let end = if matches!(ev, Event::Start(_)) {
+                        let name = e.name().as_ref().to_owned();
+                        reader.read_to_end(quick_xml::name::QName(&name)).map_err(|e| parse_err(what, e))?;
+                        reader.buffer_position() as usize
+                    } else {
+                        reader.buffer_position() as usize
+                    };
+                    return Ok(format!("{}{}", &xml[..before], &xml[end..]));
+                }
+                if matches!(ev, Event::Start(_)) {
+                    stack.push((local, unbound));
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+            }
+            Event::Eof => return Ok(xml.to_string()),
+            _ => {}
+        }
+    }
 }
 
 /// Finds topo's owner tag (`<metadata>/<owner>` in [`OWNER_NS`], directly under the root)

@@ -559,3 +559,22 @@ fn domain_enables_acpi_for_nic_hotplug() {
     let features = r.xml.split("<features>").nth(1).and_then(|s| s.split("</features>").next()).unwrap_or_default();
     assert!(features.contains("<acpi/>") && features.contains("<apic/>"), "{}", r.xml);
 }
+
+/// The live XML of a running domain names each NIC's tap in `<target dev>` (the
+/// persistent config has none): `live_taps` reads them by MAC, in device order.
+#[test]
+fn live_taps_from_a_running_domain() {
+    let live = LIBVIRT_DOMAIN
+        .replace(
+            "<source network='seedlab-local_net'/>",
+            "<source network='seedlab-local_net' bridge='virbr1'/>\n      <target dev='vnet7'/>",
+        )
+        .replace(
+            "<source network='default'/>",
+            "<source network='default' bridge='virbr0'/>\n      <target dev='vnet8'/>",
+        );
+    let taps = super::live_taps(&live).unwrap();
+    let got: Vec<(String, &str)> = taps.iter().map(|(m, t)| (m.to_string(), t.as_str())).collect();
+    assert_eq!(got, vec![("52:54:00:00:00:02".into(), "vnet7"), ("52:54:00:39:b7:d5".into(), "vnet8")]);
+    assert_eq!(super::live_taps(LIBVIRT_DOMAIN).unwrap(), vec![]);
+}
