@@ -91,6 +91,10 @@ pub enum Code {
     HostSubnetOverlap,
     /// A lab bridge name is used by a network on the host.
     HostBridgeTaken,
+    /// A lab bridge name is an existing host interface that no libvirt network has.
+    HostInterfaceTaken,
+    /// A NIC's MAC is used on the same network by a guest outside the lab.
+    HostMacTaken,
 }
 
 impl Code {
@@ -149,6 +153,8 @@ impl Code {
             VmNameTaken => "topo::plan::vm_name_taken",
             HostSubnetOverlap => "topo::plan::subnet_overlap",
             HostBridgeTaken => "topo::plan::bridge_taken",
+            HostInterfaceTaken => "topo::plan::interface_taken",
+            HostMacTaken => "topo::plan::mac_taken",
         }
     }
 

@@ -24,6 +24,7 @@ pub mod schema;
 pub mod shape;
 pub mod source;
 pub mod spec;
+pub mod status;
 pub mod validate;
 pub mod verify;
 pub mod xml;

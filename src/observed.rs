@@ -72,6 +72,9 @@ pub struct ObservedInterface {
     pub mac: Option<MacAddr>,
     /// `<source network=...>` for `type='network'` interfaces; None for other types.
     pub network: Option<String>,
+    /// `<source bridge=...>`: the bridge of a `type='bridge'` interface, and of a running
+    /// `type='network'` interface (libvirt writes it into the live XML).
+    pub bridge: Option<String>,
     pub model: Option<String>,
 }
 
@@ -168,6 +171,10 @@ pub struct Observed {
     pub pool: Option<ObservedPool>,
     /// Volumes of the overlay pool, by name (empty when the pool is missing or inactive).
     pub volumes: BTreeMap<String, ObservedVolume>,
+    /// Names of the network interfaces on the libvirt host (Linux `/sys/class/net`),
+    /// libvirt's own bridges and taps included. `None` when topo cannot see them: a remote
+    /// or test URI (the interfaces of the machine topo runs on would be the wrong ones).
+    pub host_interfaces: Option<std::collections::BTreeSet<String>>,
 }
 
 /// A DHCP lease from libvirt's dnsmasq (`virNetworkGetDHCPLeases`).

@@ -4,13 +4,12 @@
 //! A probe is one call per bridge: one raw socket, one request per target, then replies are
 //! read until the timeout. A sweep of a subnet is the same call with every host address.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, ThreadId};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use nix::errno::Errno;
@@ -88,10 +87,18 @@ impl ProbeError {
 /// Asks a bridge who holds IPv4 addresses. Only what verification needs.
 pub trait Prober: Send + Sync {
     /// Sends one ARP request per distinct target on `bridge`, then collects replies until
-    /// `timeout` has passed. Returns each distinct (MAC, address) that answered for one of the
-    /// targets, sorted; replies from the bridge's own MAC are left out. Several MACs answering
-    /// for one address all appear (that is a conflict, for the caller to judge).
-    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError>;
+    /// `timeout` has passed, or until `grace` after every target has answered at least once
+    /// (so a second MAC answering for an address is still seen), whichever comes first.
+    /// Returns each distinct (MAC, address) that answered for one of the targets, sorted;
+    /// replies from the bridge's own MAC are left out. Several MACs answering for one address
+    /// all appear (a duplicate, or a multi-homed guest's ARP flux: the caller judges).
+    fn probe(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<ArpReply>, ProbeError>;
 }
 
 /// Every host address of `subnet` (network and broadcast addresses left out below /31), or
@@ -121,9 +128,12 @@ pub struct PnetProber {
 
 impl Default for PnetProber {
     fn default() -> Self {
-        Self { read_timeout: Duration::from_millis(20), burst: 32, burst_gap: Duration::from_micros(200) }
+        Self { read_timeout: Duration::from_millis(5), burst: 32, burst_gap: Duration::from_micros(200) }
     }
 }
+
+/// How often the sender checks whether every target has answered.
+const ANSWERED_POLL: Duration = Duration::from_millis(1);
 
 /// Picks the sender address for a request to `target`: the bridge address on the target's
 /// subnet, else its first IPv4 address, else `0.0.0.0` (an ARP probe, RFC 5227).
@@ -157,7 +167,13 @@ impl PnetProber {
 }
 
 impl Prober for PnetProber {
-    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError> {
+    fn probe(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<ArpReply>, ProbeError> {
         use pnet::datalink::{self, Channel, Config};
         use pnet::ipnetwork::IpNetwork;
 
@@ -206,6 +222,8 @@ impl Prober for PnetProber {
             .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
 
         let stop = AtomicBool::new(false);
+        // Distinct targets that answered so far (the reader counts, the sender waits on it).
+        let answered = AtomicUsize::new(0);
         /// Stops the reader when dropped: also when the sending side panics, so the scope
         /// never waits forever for a reader nobody stops.
         struct StopOnDrop<'a>(&'a AtomicBool);
@@ -219,6 +237,7 @@ impl Prober for PnetProber {
             // reply is missed and a long sweep does not pile up in the socket buffer.
             let reader = s.spawn(|| -> io::Result<BTreeSet<ArpReply>> {
                 let mut got = BTreeSet::new();
+                let mut ips = BTreeSet::new();
                 loop {
                     let last = stop.load(Ordering::Acquire);
                     match rx.next() {
@@ -228,6 +247,9 @@ impl Prober for PnetProber {
                                 && wanted.contains(&r.sender_ip)
                             {
                                 got.insert(r);
+                                if ips.insert(r.sender_ip) {
+                                    answered.store(ips.len(), Ordering::Release);
+                                }
                             }
                         }
                         Err(e) if is_transient(&e) => {}
@@ -250,7 +272,19 @@ impl Prober for PnetProber {
                 Ok(())
             })();
             if sent.is_ok() {
-                thread::sleep(timeout);
+                // Until the timeout, or `grace` after the last target's first answer.
+                let start = Instant::now();
+                loop {
+                    let left = timeout.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    if answered.load(Ordering::Acquire) >= wanted.len() {
+                        thread::sleep(grace.min(left));
+                        break;
+                    }
+                    thread::sleep(ANSWERED_POLL.min(left));
+                }
             }
             drop(stopper);
             let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -262,115 +296,141 @@ impl Prober for PnetProber {
     }
 }
 
-/// One call the fake saw, for assertions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FakeCall {
-    pub bridge: String,
-    pub targets: Vec<Ipv4Addr>,
-    pub timeout: Duration,
-    pub thread: ThreadId,
-}
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{FakeCall, FakeProber};
 
-#[derive(Clone, Copy, Debug)]
-struct FakeAnswer {
-    mac: MacAddr,
-    /// Silent for this many probes of the address first.
-    after: u32,
-}
+/// The scripted prober (tests only: built with `cfg(test)` or the `testing` feature, never
+/// into the release binary).
+#[cfg(any(test, feature = "testing"))]
+mod fake {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+    use std::thread::{self, ThreadId};
+    use std::time::Duration;
 
-#[derive(Default, Debug)]
-struct FakeState {
-    probes: BTreeMap<(String, Ipv4Addr), u32>,
-    calls: Vec<FakeCall>,
-}
+    use super::{ProbeError, Prober};
+    use crate::arp::ArpReply;
+    use crate::model::MacAddr;
 
-/// A scripted prober. Strict like the real one: probing a bridge it was not told about is
-/// `InterfaceMissing`. Answers are (bridge, address) -> MAC, optionally only after the
-/// address has been probed N times (a lease that appears before the guest configured it).
-#[derive(Debug, Default)]
-pub struct FakeProber {
-    bridges: BTreeSet<String>,
-    down: BTreeSet<String>,
-    denied: bool,
-    answers: BTreeMap<(String, Ipv4Addr), Vec<FakeAnswer>>,
-    state: Mutex<FakeState>,
-}
+    /// One call the fake saw, for assertions.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct FakeCall {
+        pub bridge: String,
+        pub targets: Vec<Ipv4Addr>,
+        pub timeout: Duration,
+        pub grace: Duration,
+        pub thread: ThreadId,
+    }
 
-impl FakeProber {
-    pub fn new() -> Self {
-        Self::default()
+    #[derive(Clone, Copy, Debug)]
+    struct FakeAnswer {
+        mac: MacAddr,
+        /// Silent for this many probes of the address first.
+        after: u32,
     }
-    /// Declares a bridge that exists and is up (answers nothing by itself).
-    pub fn with_bridge(mut self, bridge: &str) -> Self {
-        self.bridges.insert(bridge.to_owned());
-        self
-    }
-    /// Declares a bridge that exists but is down.
-    pub fn with_down_bridge(mut self, bridge: &str) -> Self {
-        self.bridges.insert(bridge.to_owned());
-        self.down.insert(bridge.to_owned());
-        self
-    }
-    /// Every probe fails with `PermissionDenied` (not root, no CAP_NET_RAW).
-    pub fn denied(mut self) -> Self {
-        self.denied = true;
-        self
-    }
-    /// `mac` answers for `ip` on `bridge` from the first probe on.
-    pub fn answer(self, bridge: &str, ip: Ipv4Addr, mac: MacAddr) -> Self {
-        self.answer_after(bridge, ip, mac, 0)
-    }
-    /// `mac` answers for `ip` on `bridge` once `ip` has been probed `after` times there.
-    pub fn answer_after(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, after: u32) -> Self {
-        self.bridges.insert(bridge.to_owned());
-        self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after });
-        self
-    }
-    /// Every call so far, in order.
-    pub fn calls(&self) -> Vec<FakeCall> {
-        self.lock().calls.clone()
-    }
-    /// How often `ip` was probed on `bridge`.
-    pub fn probes_of(&self, bridge: &str, ip: Ipv4Addr) -> u32 {
-        self.lock().probes.get(&(bridge.to_owned(), ip)).copied().unwrap_or(0)
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        // A panic while holding the lock only happens in a failing test; keep the data.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
-impl Prober for FakeProber {
-    fn probe(&self, bridge: &str, targets: &[Ipv4Addr], timeout: Duration) -> Result<Vec<ArpReply>, ProbeError> {
-        let mut st = self.lock();
-        st.calls.push(FakeCall {
-            bridge: bridge.to_owned(),
-            targets: targets.to_vec(),
-            timeout,
-            thread: thread::current().id(),
-        });
-        if !self.bridges.contains(bridge) {
-            return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
+    #[derive(Default, Debug)]
+    struct FakeState {
+        probes: BTreeMap<(String, Ipv4Addr), u32>,
+        calls: Vec<FakeCall>,
+    }
+
+    /// A scripted prober. Strict like the real one: probing a bridge it was not told about is
+    /// `InterfaceMissing`. Answers are (bridge, address) -> MAC, optionally only after the
+    /// address has been probed N times (a lease that appears before the guest configured it).
+    #[derive(Debug, Default)]
+    pub struct FakeProber {
+        bridges: BTreeSet<String>,
+        down: BTreeSet<String>,
+        denied: bool,
+        answers: BTreeMap<(String, Ipv4Addr), Vec<FakeAnswer>>,
+        state: Mutex<FakeState>,
+    }
+
+    impl FakeProber {
+        pub fn new() -> Self {
+            Self::default()
         }
-        if self.down.contains(bridge) {
-            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+        /// Declares a bridge that exists and is up (answers nothing by itself).
+        pub fn with_bridge(mut self, bridge: &str) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self
         }
-        if self.denied {
-            return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
+        /// Declares a bridge that exists but is down.
+        pub fn with_down_bridge(mut self, bridge: &str) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.down.insert(bridge.to_owned());
+            self
         }
-        let mut got = BTreeSet::new();
-        for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
-            let key = (bridge.to_owned(), ip);
-            let n = st.probes.entry(key.clone()).or_default();
-            let before = *n;
-            *n += 1;
-            for a in self.answers.get(&key).into_iter().flatten() {
-                if before >= a.after {
-                    got.insert(ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED });
+        /// Every probe fails with `PermissionDenied` (not root, no CAP_NET_RAW).
+        pub fn denied(mut self) -> Self {
+            self.denied = true;
+            self
+        }
+        /// `mac` answers for `ip` on `bridge` from the first probe on.
+        pub fn answer(self, bridge: &str, ip: Ipv4Addr, mac: MacAddr) -> Self {
+            self.answer_after(bridge, ip, mac, 0)
+        }
+        /// `mac` answers for `ip` on `bridge` once `ip` has been probed `after` times there.
+        pub fn answer_after(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, after: u32) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after });
+            self
+        }
+        /// Every call so far, in order.
+        pub fn calls(&self) -> Vec<FakeCall> {
+            self.lock().calls.clone()
+        }
+        /// How often `ip` was probed on `bridge`.
+        pub fn probes_of(&self, bridge: &str, ip: Ipv4Addr) -> u32 {
+            self.lock().probes.get(&(bridge.to_owned(), ip)).copied().unwrap_or(0)
+        }
+        fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+            // A panic while holding the lock only happens in a failing test; keep the data.
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    impl Prober for FakeProber {
+        fn probe(
+            &self,
+            bridge: &str,
+            targets: &[Ipv4Addr],
+            timeout: Duration,
+            grace: Duration,
+        ) -> Result<Vec<ArpReply>, ProbeError> {
+            let mut st = self.lock();
+            st.calls.push(FakeCall {
+                bridge: bridge.to_owned(),
+                targets: targets.to_vec(),
+                timeout,
+                grace,
+                thread: thread::current().id(),
+            });
+            if !self.bridges.contains(bridge) {
+                return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
+            }
+            if self.down.contains(bridge) {
+                return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+            }
+            if self.denied {
+                return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
+            }
+            let mut got = BTreeSet::new();
+            for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
+                let key = (bridge.to_owned(), ip);
+                let n = st.probes.entry(key.clone()).or_default();
+                let before = *n;
+                *n += 1;
+                for a in self.answers.get(&key).into_iter().flatten() {
+                    if before >= a.after {
+                        got.insert(ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED });
+                    }
                 }
             }
+            Ok(got.into_iter().collect())
         }
-        Ok(got.into_iter().collect())
     }
 }
 
@@ -385,6 +445,7 @@ mod tests {
         s.parse().expect("test IP is valid")
     }
     const T: Duration = Duration::from_millis(300);
+    const G: Duration = Duration::from_millis(30);
 
     #[test]
     fn sweep_targets_leave_out_network_and_broadcast() {
@@ -431,7 +492,7 @@ mod tests {
     fn pnet_prober_reports_a_missing_interface() {
         // interfaces() reads the host's interface list; it sends nothing.
         let err =
-            PnetProber::default().probe("topo-no-such0", &[ip("10.0.0.1")], Duration::from_millis(1)).unwrap_err();
+            PnetProber::default().probe("topo-no-such0", &[ip("10.0.0.1")], Duration::from_millis(1), G).unwrap_err();
         assert!(matches!(err, ProbeError::InterfaceMissing { .. }), "{err:?}");
     }
 
@@ -457,7 +518,8 @@ mod tests {
             .into_iter()
             .find(|i| i.is_loopback() && i.is_up())
             .expect("a loopback interface");
-        let err = PnetProber::default().probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1)).unwrap_err();
+        let err =
+            PnetProber::default().probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1), G).unwrap_err();
         assert!(matches!(err, ProbeError::PermissionDenied { .. }), "{err:?}");
     }
 
@@ -465,30 +527,30 @@ mod tests {
     fn fake_answers_scripted_macs_only() {
         let m = mac("52:54:00:00:00:05");
         let p = FakeProber::new().answer("br0", ip("10.0.0.5"), m);
-        let got = p.probe("br0", &[ip("10.0.0.5"), ip("10.0.0.6")], T).unwrap();
+        let got = p.probe("br0", &[ip("10.0.0.5"), ip("10.0.0.6")], T, G).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!((got[0].sender_mac, got[0].sender_ip), (m, ip("10.0.0.5")));
         assert_eq!(p.probes_of("br0", ip("10.0.0.6")), 1);
-        assert!(p.probe("br0", &[], T).unwrap().is_empty());
+        assert!(p.probe("br0", &[], T, G).unwrap().is_empty());
     }
 
     #[test]
     fn fake_answers_after_n_probes() {
         let m = mac("52:54:00:00:00:05");
         let p = FakeProber::new().answer_after("br0", ip("10.0.0.5"), m, 2);
-        assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
-        assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
-        assert_eq!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().len(), 1);
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().is_empty());
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().is_empty());
+        assert_eq!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().len(), 1);
         assert_eq!(p.calls().len(), 3);
     }
 
     #[test]
     fn fake_is_strict_about_bridges() {
         let p = FakeProber::new().with_bridge("br0").with_down_bridge("br1");
-        assert!(matches!(p.probe("br9", &[ip("10.0.0.5")], T), Err(ProbeError::InterfaceMissing { .. })));
-        assert!(matches!(p.probe("br1", &[ip("10.0.0.5")], T), Err(ProbeError::InterfaceDown { .. })));
-        assert!(p.probe("br0", &[ip("10.0.0.5")], T).unwrap().is_empty());
+        assert!(matches!(p.probe("br9", &[ip("10.0.0.5")], T, G), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[ip("10.0.0.5")], T, G), Err(ProbeError::InterfaceDown { .. })));
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().is_empty());
         let d = FakeProber::new().with_bridge("br0").denied();
-        assert!(matches!(d.probe("br0", &[], T), Err(ProbeError::PermissionDenied { .. })));
+        assert!(matches!(d.probe("br0", &[], T, G), Err(ProbeError::PermissionDenied { .. })));
     }
 }

@@ -679,3 +679,61 @@ fn an_owned_network_declared_external_is_released() {
     let o = hv.observe().unwrap();
     assert!(o.networks.contains_key("demo-back"), "destroy deleted a released network");
 }
+
+/// Runs `f` on a thread and fails if it has not returned within 60 s (a hang is the bug).
+fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(p)) => std::panic::resume_unwind(p),
+        Err(_) => panic!("apply did not return: a worker is waiting forever"),
+    }
+}
+
+/// A progress display that panics when one step starts: a bug inside a worker thread.
+struct PanicsOn(&'static str);
+impl topo::apply::progress::Progress for PanicsOn {
+    fn event(&self, e: topo::apply::progress::Event<'_>) {
+        if let topo::apply::progress::Event::Started { address, .. } = e
+            && *address == self.0
+        {
+            panic!("progress display bug at {address}");
+        }
+    }
+}
+
+#[test]
+fn a_panicking_worker_fails_its_step_and_leaves_no_one_waiting() {
+    for parallelism in [1, 4] {
+        let report = within_a_minute(move || {
+            let hv = host();
+            let l = lab(BASE);
+            let (p, _) = plan_on(&l, &hv);
+            topo::apply::apply(&p, &hv, &options(parallelism), &AtomicBool::new(false), &PanicsOn("vm.db"))
+        });
+        let db = report.steps.iter().find(|s| s.address == "vm.db").expect("vm.db step");
+        match &db.outcome {
+            StepOutcome::Failed { error, hint } => {
+                assert_eq!(error, "internal error: progress display bug at vm.db");
+                assert!(hint.as_deref().is_some_and(|h| h.contains("bug in topo")), "{hint:?}");
+            }
+            other => panic!("parallelism {parallelism}: {other:?}"),
+        }
+        assert!(report.failed());
+    }
+}
+
+#[test]
+fn a_huge_shutdown_timeout_does_not_overflow() {
+    // `--graceful=584942417355y` (Duration::MAX): the deadline is past the end of the clock.
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    let p = plan::plan_destroy_with(&l, &hv.observe().unwrap(), plan::Shutdown::Graceful);
+    let opts = topo::apply::Options { shutdown_timeout: std::time::Duration::MAX, ..options(4) };
+    let report = within_a_minute(move || topo::apply::apply(&p, &hv, &opts, &AtomicBool::new(false), &Silent));
+    assert!(!report.failed(), "{report:#?}");
+}

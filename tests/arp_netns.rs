@@ -17,6 +17,7 @@ use topo::prober::{PnetProber, ProbeError, Prober, sweep_targets};
 const GUEST_MAC: &str = "02:00:00:99:00:05";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 5);
 const ABSENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 6);
+const GRACE: Duration = Duration::from_millis(30);
 
 fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
@@ -39,12 +40,14 @@ fn ip(args: &[&str]) {
 struct TestNet {
     host: String,
     guest: String,
+    /// Namespaces of further guests (`add_guest`).
+    extra: Vec<String>,
 }
 
 impl TestNet {
     fn new(tag: &str) -> Self {
         let base = format!("topo-arp-test-{}-{tag}", std::process::id());
-        let net = TestNet { host: format!("{base}-h"), guest: format!("{base}-g") };
+        let net = TestNet { host: format!("{base}-h"), guest: format!("{base}-g"), extra: Vec::new() };
         // Constructed before the first `ip` call so a failure half-way still cleans up.
         ip(&["netns", "add", &net.host]);
         ip(&["netns", "add", &net.guest]);
@@ -59,6 +62,20 @@ impl TestNet {
         ip(&["-n", g, "addr", "add", "10.99.0.5/24", "dev", "vg"]);
         ip(&["-n", g, "link", "set", "vg", "up"]);
         net
+    }
+
+    /// A second "guest" namespace `<base>-<tag>` on `br0`, holding `addr` (CIDR) with `mac`.
+    fn add_guest(&mut self, tag: &str, mac: &str, addr: &str) {
+        let ns = format!("{}-{tag}", self.host.trim_end_matches("-h"));
+        ip(&["netns", "add", &ns]);
+        self.extra.push(ns.clone());
+        let veth = format!("vh{tag}");
+        ip(&["-n", &self.host, "link", "add", &veth, "type", "veth", "peer", "name", "vg", "netns", &ns]);
+        ip(&["-n", &self.host, "link", "set", &veth, "master", "br0"]);
+        ip(&["-n", &self.host, "link", "set", &veth, "up"]);
+        ip(&["-n", &ns, "link", "set", "vg", "address", mac]);
+        ip(&["-n", &ns, "addr", "add", addr, "dev", "vg"]);
+        ip(&["-n", &ns, "link", "set", "vg", "up"]);
     }
 
     /// Runs `f` on a fresh thread that has joined the host namespace.
@@ -77,7 +94,7 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
-        for ns in [&self.host, &self.guest] {
+        for ns in [&self.host, &self.guest].into_iter().chain(&self.extra) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -91,7 +108,7 @@ fn guest_mac() -> MacAddr {
 fn probe_until_answer(p: &PnetProber, target: Ipv4Addr) -> Vec<ArpReply> {
     let start = Instant::now();
     loop {
-        let got = p.probe("br0", &[target], Duration::from_millis(300)).expect("probe works");
+        let got = p.probe("br0", &[target], Duration::from_millis(300), GRACE).expect("probe works");
         if !got.is_empty() || start.elapsed() > Duration::from_secs(5) {
             return got;
         }
@@ -112,12 +129,12 @@ fn probe_finds_the_guest_and_nothing_else() {
         assert_eq!(got[0].sender_ip, GUEST_IP);
         assert_eq!(got[0].target_ip, Ipv4Addr::new(10, 99, 0, 1));
 
-        let none = p.probe("br0", &[ABSENT_IP], Duration::from_millis(300)).expect("probe");
+        let none = p.probe("br0", &[ABSENT_IP], Duration::from_millis(300), GRACE).expect("probe");
         assert!(none.is_empty(), "nobody holds .6: {none:?}");
 
         let hosts = sweep_targets("10.99.0.0/24".parse().unwrap(), 1024).expect("a /24");
         let t = Instant::now();
-        let swept = p.probe("br0", &hosts, Duration::from_millis(300)).expect("sweep");
+        let swept = p.probe("br0", &hosts, Duration::from_millis(300), GRACE).expect("sweep");
         eprintln!("/24 sweep with 300 ms timeout took {:?}", t.elapsed());
         let found: Vec<(Ipv4Addr, MacAddr)> = swept.iter().map(|r| (r.sender_ip, r.sender_mac)).collect();
         assert_eq!(found, vec![(GUEST_IP, guest_mac())]);
@@ -152,8 +169,8 @@ fn missing_and_down_interfaces_are_reported() {
     net.in_host(|| {
         let p = PnetProber::default();
         let t = Duration::from_millis(50);
-        assert!(matches!(p.probe("br9", &[GUEST_IP], t), Err(ProbeError::InterfaceMissing { .. })));
-        assert!(matches!(p.probe("br1", &[GUEST_IP], t), Err(ProbeError::InterfaceDown { .. })));
+        assert!(matches!(p.probe("br9", &[GUEST_IP], t, GRACE), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[GUEST_IP], t, GRACE), Err(ProbeError::InterfaceDown { .. })));
     });
 }
 
@@ -174,6 +191,7 @@ fn verify_over_real_arp() {
         network: NetworkName::new("net").unwrap(),
         libvirt_network: "lab-net".into(),
         bridge: Some("br0".into()),
+        no_bridge: None,
         mac: mac.parse().unwrap(),
         reservation: None,
         dhcp: true,
@@ -223,5 +241,71 @@ fn verify_over_real_arp() {
     assert_eq!(
         report.nics[2].state,
         NicState::Failed { reason: FailReason::Conflict { ip: GUEST_IP, other_mac: guest_mac() } }
+    );
+}
+
+/// A real duplicate: a second "guest" with another MAC holds the same address. The probe
+/// returns both replies (it waits a grace after the first); verification fails the NIC as a
+/// duplicate naming both MACs, instead of proving it.
+#[test]
+fn a_real_duplicate_is_reported_with_both_macs() {
+    use topo::model::{NetworkName, VmName};
+    use topo::verify::{FailReason, NicState, NicTarget, SystemClock, VerifyOptions, verify};
+    if !can_run() {
+        return;
+    }
+    const OTHER_MAC: &str = "02:00:00:99:00:55";
+    let mut net = TestNet::new("dup");
+    net.add_guest("d", OTHER_MAC, "10.99.0.5/24");
+    let got = net.in_host(|| {
+        let p = PnetProber::default();
+        let start = Instant::now();
+        loop {
+            let got = p.probe("br0", &[GUEST_IP], Duration::from_millis(300), GRACE).expect("probe");
+            if got.len() >= 2 || start.elapsed() > Duration::from_secs(5) {
+                return got;
+            }
+        }
+    });
+    let macs: Vec<String> = got.iter().map(|r| r.sender_mac.to_string()).collect();
+    assert_eq!(macs, vec![GUEST_MAC.to_string(), OTHER_MAC.to_string()], "{got:?}");
+
+    let target = NicTarget {
+        vm: VmName::new("guest").unwrap(),
+        domain: "guest".into(),
+        nic: "eth0".into(),
+        network: NetworkName::new("net").unwrap(),
+        libvirt_network: "lab-net".into(),
+        bridge: Some("br0".into()),
+        no_bridge: None,
+        mac: guest_mac(),
+        reservation: Some(GUEST_IP),
+        dhcp: false,
+        subnet: Some("10.99.0.0/24".parse().unwrap()),
+        running: true,
+        verify: true,
+    };
+    let no_leases = || Ok(vec![]);
+    let opts = VerifyOptions { timeout: Duration::from_secs(3), ..VerifyOptions::default() };
+    let report = net.in_host(|| {
+        let t = Instant::now();
+        let r = verify(
+            &[target],
+            &PnetProber::default(),
+            &no_leases,
+            &SystemClock::start(),
+            &opts,
+            &std::sync::atomic::AtomicBool::new(false),
+            |_| {},
+        )
+        .expect("verification runs");
+        eprintln!("duplicate found after {:?}", t.elapsed());
+        r
+    });
+    assert_eq!(
+        report.nics[0].state,
+        NicState::Failed {
+            reason: FailReason::Duplicate { ip: GUEST_IP, mac: guest_mac(), other_mac: OTHER_MAC.parse().unwrap() }
+        }
     );
 }

@@ -116,6 +116,8 @@ fn usage_errors_exit_1_and_help_exits_0() {
         &["apply", "--timeout", "-1", "lab.yaml"],
         &["apply", "--shutdown-timeout", "400000000000000000m", "lab.yaml"],
         &["destroy", "--shutdown-timeout", "99999999999999999999", "lab.yaml"],
+        &["destroy", "--graceful=400000000000000000m", "lab.yaml"],
+        &["destroy", "--graceful=soon", "lab.yaml"],
     ];
     for args in cases {
         let out = topo().args(*args).output().unwrap();
@@ -142,9 +144,11 @@ fn every_duration_flag_takes_the_same_forms() {
     std::fs::write(&lab, "apiVersion: topo/v1\nname: unix-durations\nnetworks:\n  default:\n    external: true\n")
         .unwrap();
     for form in ["90", "90s", "2m", "1h", "1h30m", "500ms", "18446744073709551615"] {
+        let graceful = format!("--graceful={form}");
         for args in [
             vec!["verify", "--timeout", form],
             vec!["destroy", "-y", "--shutdown-timeout", form],
+            vec!["destroy", "-y", &graceful],
             vec!["apply", "-y", "--timeout", form, "--shutdown-timeout", form],
         ] {
             let out = topo().args(["-c", "test:///default", "-q"]).args(&args).arg(&lab).output().unwrap();

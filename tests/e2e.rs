@@ -740,8 +740,11 @@ fn check_edit_plan(plan: &Value) {
 
 const NEG: &str = "neg";
 
-/// Lab `neg`: `half` gets DHCP on eth0 only (`topo.nodhcp=eth1`), `ok` on its one NIC, and
-/// `reborn` on the external `default` (its lease there outlives the lab).
+/// Lab `neg`: `half` has eth0 and eth1 on `n1` and eth2 on `default`, and gets DHCP on eth0
+/// only (`topo.nodhcp=eth1,eth2`): eth1 is the unconfigured sibling of eth0 on one network,
+/// which Linux's ARP flux makes answer for eth0's address. `twin` has two NICs on `n1`, both
+/// configured (each answers for the other's address too). `ok` has one NIC, `reborn` one on
+/// the external `default` (its lease there outlives the lab).
 fn neg_lab(reborn_nodhcp: bool) -> String {
     let g = guest_dir();
     let vm = |name: &str, cmdline: &str, nets: &[&str]| {
@@ -765,8 +768,9 @@ fn neg_lab(reborn_nodhcp: bool) -> String {
         t.push_str(&vm("reborn", "topo.nodhcp=eth0", &["default"]));
     } else {
         t.push_str("  n1:\n    mode: nat\n    subnet: 192.168.125.0/24\nvms:\n");
-        t.push_str(&vm("half", "topo.nodhcp=eth1", &["n1", "default"]));
+        t.push_str(&vm("half", "topo.nodhcp=eth1,eth2", &["n1", "n1", "default"]));
         t.push_str(&vm("ok", "", &["n1"]));
+        t.push_str(&vm("twin", "", &["n1", "n1"]));
         t.push_str(&vm("reborn", "", &["default"]));
     }
     t
@@ -812,17 +816,53 @@ fn e2e_verify_diagnoses() {
     let lab = write(tmp.path(), "neg.yaml", &neg_lab(false));
     clock.step("sandbox up");
 
-    // 1. a NIC without a DHCP client: exactly that NIC fails, with "no lease"
+    // 1. NICs without a DHCP client: exactly those fail, with "no lease". half eth1 shares
+    //    eth0's network: the sweep (after 10 s of the 20) hears eth1's MAC answer at eth0's
+    //    address (ARP flux); that address is eth0's lease, which never proves eth1. twin's
+    //    two NICs answer for each other's address too: no duplicate, both verified.
     let r = topo(&["apply", "-y", "--no-verify", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(!r.stdout.contains("Verify:"), "--no-verify still verified:\n{}", r.show());
     let nics = verify_failing(&lab, "20");
-    assert_eq!(nics.keys().collect::<Vec<_>>(), ["half eth0", "half eth1", "ok eth0", "reborn eth0"]);
+    assert_eq!(
+        nics.keys().collect::<Vec<_>>(),
+        ["half eth0", "half eth1", "half eth2", "ok eth0", "reborn eth0", "twin eth0", "twin eth1"]
+    );
     assert_verified(&nics, "half eth0", "half", 0);
     assert_failed(&nics, "half eth1", NO_LEASE);
+    assert_failed(&nics, "half eth2", NO_LEASE);
     assert_verified(&nics, "ok eth0", "ok", 0);
     let old_ip = assert_verified(&nics, "reborn eth0", "reborn", 0);
-    clock.step(&format!("nodhcp NIC: no lease, the 3 others verified (reborn {old_ip})"));
+    let (t0, t1) = (assert_verified(&nics, "twin eth0", "twin", 0), assert_verified(&nics, "twin eth1", "twin", 1));
+    assert_ne!(t0, t1);
+    clock
+        .step(&format!("nodhcp NICs: no lease (eth1 not fooled by ARP flux), the 5 others verified (reborn {old_ip})"));
+
+    // 1b. SIGTERM during verification ends it at once with a report: the NICs not yet
+    //     proven (half eth1, eth2) fail as interrupted, exit 1.
+    let child = topo_cmd(&["verify", "--json", "--timeout", "60", path(&lab)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start topo verify");
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let r = Run::of(child.wait_with_output().expect("wait for verify"));
+    let took = t.elapsed();
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert!(took < Duration::from_secs(3), "verify took {took:?} to stop after SIGTERM");
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("verify JSON: {e}\n{}", r.show()));
+    let interrupted: Vec<String> = doc["nics"]
+        .as_array()
+        .expect("nics")
+        .iter()
+        .filter(|n| n["reason"] == "verification was interrupted before this NIC was proven")
+        .map(|n| format!("{} {}", n["vm"].as_str().unwrap_or("?"), n["nic"].as_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(interrupted, ["half eth1", "half eth2"], "{}", r.show());
+    clock.step(&format!("SIGTERM during verify: stopped after {took:?}, open NICs interrupted"));
 
     // 2. a stopped VM is not probed
     virsh_ok(&["destroy", "neg-ok"]);

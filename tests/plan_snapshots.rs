@@ -313,3 +313,49 @@ fn dhcp_false_is_reservations_only() {
     assert!(out.contains("reservations only"), "{out}");
     insta::assert_snapshot!(out);
 }
+
+/// A guest outside the lab with the NIC's MAC on the same network is refused in plan, as
+/// taken names, subnets and bridges are: whether it is attached by network name or
+/// directly to the network's bridge, and whether it is hand-made or another lab's.
+#[test]
+fn refuses_mac_used_by_a_guest_outside_the_lab() {
+    let text = edit(BASE, "      - network: default\n", "      - network: default\n        mac: 52:54:00:ee:00:09\n");
+    let by_network =
+        host().with_domain_xml(&foreign_domain_xml("stranger", &[("52:54:00:ee:00:09", "default")]), false).unwrap();
+    insta::assert_snapshot!(refusal(&text, &by_network));
+
+    let on_bridge = "<domain type='qemu'><name>bridged</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+        <os><type arch='x86_64'>hvm</type></os><devices><interface type='bridge'><mac address='52:54:00:ee:00:09'/>\
+        <source bridge='virbr0'/></interface></devices></domain>";
+    let hv = host().with_domain_xml(on_bridge, false).unwrap();
+    assert!(refusal(&text, &hv).contains("topo::plan::mac_taken"));
+
+    // The same MAC on another network is no conflict.
+    let elsewhere = host()
+        .with_network_xml(&foreign_network_xml("other", "xbr9", "10.99.0.1", "255.255.255.0"), true, false)
+        .unwrap()
+        .with_domain_xml(&foreign_domain_xml("stranger", &[("52:54:00:ee:00:09", "other")]), false)
+        .unwrap();
+    let (p, _) = plan_on(&lab(&text), &elsewhere);
+    assert!(!p.is_empty());
+}
+
+/// A bridge name that exists on a local host as an interface no libvirt network has (a
+/// physical NIC, a hand-made bridge): the kernel would refuse to create it at start.
+#[test]
+fn refuses_bridge_that_is_a_host_interface() {
+    let hv = host().with_host_interfaces(&["eth0", "demo-lan"]);
+    insta::assert_snapshot!(refusal(BASE, &hv));
+
+    // The lab's own running bridge is on the host too, and is no conflict.
+    let own = host().with_host_interfaces(&["eth0"]);
+    apply_ok(&lab(BASE), &own);
+    assert!(own.observe().unwrap().host_interfaces.unwrap().contains("demo-lan"));
+    let (p, _) = plan_on(&lab(BASE), &own);
+    assert!(p.is_empty(), "{}", plain(&p));
+
+    // A host whose interfaces topo cannot see (remote, test driver) is not checked here;
+    // libvirt reports the clash when it starts the network.
+    let (p, _) = plan_on(&lab(BASE), &host());
+    assert!(!p.is_empty());
+}

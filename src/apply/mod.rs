@@ -189,18 +189,32 @@ pub fn apply(plan: &Plan, hv: &dyn Hypervisor, opts: &Options, cancel: &AtomicBo
                         return;
                     };
                     let change = tasks[i].change;
-                    progress.event(Event::Started { address: &change.address, action: change.action });
-                    let t0 = Instant::now();
-                    let result = run_change(change, hv, opts, &started).or_else(|e| already_gone(change, e));
-                    let outcome = match result {
-                        Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
-                        Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
-                    };
-                    progress.event(Event::Finished {
-                        address: &change.address,
-                        action: change.action,
-                        outcome: &outcome,
+                    // A panic in a step (a bug) fails that step like an error: the worker
+                    // goes on to record it, so the others are never left waiting for it.
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        progress.event(Event::Started { address: &change.address, action: change.action });
+                        let t0 = Instant::now();
+                        let result = run_change(change, hv, opts, &started).or_else(|e| already_gone(change, e));
+                        match result {
+                            Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
+                            Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
+                        }
+                    }));
+                    let outcome = step.unwrap_or_else(|panic| StepOutcome::Failed {
+                        error: format!("internal error: {}", panic_message(panic.as_ref())),
+                        hint: Some(
+                            "this is a bug in topo (please report it); the other steps were not \
+                             affected, and `topo apply` again plans from what is on the host"
+                                .into(),
+                        ),
                     });
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        progress.event(Event::Finished {
+                            address: &change.address,
+                            action: change.action,
+                            outcome: &outcome,
+                        })
+                    }));
                     let mut st = state.lock().expect("apply state lock");
                     if !matches!(outcome, StepOutcome::Done { .. }) {
                         st.stop = true;
@@ -229,9 +243,18 @@ pub fn apply(plan: &Plan, hv: &dyn Hypervisor, opts: &Options, cancel: &AtomicBo
             }),
         })
         .collect();
-    // Invariant: the workers have joined; nothing holds the lock.
-    let started = started.into_inner().expect("start times lock");
+    // The workers have joined; a step that panicked while holding the lock poisoned it, but
+    // what it holds is still right.
+    let started = started.into_inner().unwrap_or_else(|p| p.into_inner());
     Report { steps, interrupted, started }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Runs one step's ops in order. Every op is idempotent: what it would do is done already
@@ -327,8 +350,10 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
     if !timeout.is_zero() {
         // A guest without ACPI support ignores the request: the timeout covers that.
         let _ = hv.shutdown_domain(name);
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
+        // A timeout past the end of the clock (`--graceful=1000000000h`) waits forever,
+        // instead of overflowing the addition.
+        let deadline = Instant::now().checked_add(timeout);
+        while deadline.is_none_or(|d| Instant::now() < d) {
             if hv.domain_state(name)? == DomainState::Shutoff {
                 return Ok(());
             }

@@ -44,7 +44,7 @@ pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome>
     let lab = super::load_lab(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
-    let targets = targets(&lab, &observed);
+    let targets = targets(&lab, &observed, &hv);
     let opts = VerifyOptions { timeout: args.timeout, ..VerifyOptions::default() };
     let report = run_verification(global, &hv, &targets, opts)?;
     let inv = Inventory::new(&lab, &report);

@@ -66,7 +66,7 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
     }
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
-    let targets: Vec<_> = targets(&lab, &observed)
+    let targets: Vec<_> = targets(&lab, &observed, &hv)
         .into_iter()
         .filter(|t| t.vm == vm.name && args.nic.as_ref().is_none_or(|n| *n == t.nic))
         .collect();

@@ -239,7 +239,7 @@ fn report(lab: &Lab) -> crate::verify::VerifyReport {
         .nics()
         .map(|(vm, nic)| {
             let net = &lab.networks[&nic.network];
-            let target = NicTarget::from_model(vm, nic, net, None, true);
+            let target = NicTarget::from_model(vm, nic, net, None, true, crate::verify::HostAccess::Local);
             let state = match proven.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()) {
                 Some((_, _, a)) => NicState::Verified {
                     ip: ip(a),

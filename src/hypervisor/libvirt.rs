@@ -412,6 +412,7 @@ impl Hypervisor for LibvirtHypervisor {
             }
         }
         self.observe_pool(&mut out)?;
+        out.host_interfaces = host_interfaces(&self.uri);
         Ok(out)
     }
 
@@ -738,6 +739,18 @@ fn image_format(path: &std::path::Path) -> &'static str {
     }
 }
 
+/// The host's interface names when `uri` is a local driver other than `test` (no host
+/// part: the machine topo runs on is the libvirt host, and its `/sys/class/net` lists the
+/// interfaces libvirt's bridges share a namespace with). `None` otherwise: remote hosts and
+/// the test driver are not checked (docs/lab-file.md).
+pub fn host_interfaces(uri: &str) -> Option<std::collections::BTreeSet<String>> {
+    if !is_local_uri(uri) || uri.starts_with("test:") || uri.starts_with("test+") {
+        return None;
+    }
+    let dir = std::fs::read_dir(SYS_CLASS_NET).ok()?;
+    Some(dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+}
+
 #[cfg(test)]
 mod link_tests {
     use super::*;
@@ -769,5 +782,16 @@ mod link_tests {
         assert_eq!(tap_links(&[(m0, "vnet0".into()), (m1, "vnet9".into())], sys.path()), None);
         assert_eq!(tap_links(&[(m0, "../vnet0".into())], sys.path()), None);
         assert_eq!(tap_links(&[], sys.path()), Some(vec![]));
+    }
+
+    /// The host's interfaces are read only where they are the libvirt host's: a local,
+    /// real driver. The test driver and remote hosts are not checked.
+    #[test]
+    fn host_interfaces_only_for_local_real_drivers() {
+        assert_eq!(host_interfaces("test:///default"), None);
+        assert_eq!(host_interfaces("qemu+ssh://root@h/system"), None);
+        if std::path::Path::new(SYS_CLASS_NET).join("lo").exists() {
+            assert!(host_interfaces("qemu:///system").is_some_and(|i| i.contains("lo")));
+        }
     }
 }

@@ -61,6 +61,9 @@ struct State {
     counted: usize,
     /// The armed fault: (k, crash).
     armed: Option<(usize, bool)>,
+    /// Interfaces on the host that are no libvirt network's bridge (a physical NIC, a
+    /// hand-made bridge); `None` plays a remote host, whose interfaces topo cannot see.
+    host_interfaces: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Kind of fault `MemoryHypervisor::arm` injects.
@@ -334,6 +337,14 @@ impl MemoryHypervisor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Plays a local host with these non-libvirt interfaces (`eth0`, a hand-made bridge):
+    /// `observe` reports them with the active networks' bridges, and starting a network
+    /// whose bridge has one of these names fails as the kernel refuses it (EEXIST).
+    pub fn with_host_interfaces(self, names: &[&str]) -> Self {
+        self.lock().host_interfaces = Some(names.iter().map(|n| (*n).to_owned()).collect());
+        self
+    }
+
     /// Adds a network as if defined (same checks as `define_network`), not logged.
     pub fn with_network_xml(self, xml: &str, active: bool, autostart: bool) -> Result<Self, HvError> {
         {
@@ -480,6 +491,13 @@ impl Hypervisor for MemoryHypervisor {
                         .collect()
                 })
                 .unwrap_or_default(),
+            // As /sys/class/net shows them: the host's own interfaces and the bridges of
+            // active networks.
+            host_interfaces: s.host_interfaces.as_ref().map(|h| {
+                let bridges =
+                    s.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()));
+                h.iter().cloned().chain(bridges).collect()
+            }),
         })
     }
 
@@ -494,6 +512,17 @@ impl Hypervisor for MemoryHypervisor {
         if n.active {
             return Err(err("start network", name, HvErrorKind::AlreadyActive, "network is already active"));
         }
+        if let (Some(b), Some(taken)) = (n.bridge.clone(), s.host_interfaces.as_ref())
+            && taken.contains(&b)
+        {
+            return Err(err(
+                "start network",
+                name,
+                HvErrorKind::Other,
+                format!("Unable to create bridge {b}: File exists"),
+            ));
+        }
+        let n = s.network("start_network", name)?;
         n.active = true;
         Ok(())
     }

@@ -4,6 +4,9 @@
 //! `memory::MemoryHypervisor` (a strict in-memory double that rejects what libvirt rejects).
 
 pub mod libvirt;
+/// The in-memory double: tests only (`cfg(test)` or the `testing` feature), never in the
+/// release binary.
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 
 use serde::{Deserialize, Serialize};

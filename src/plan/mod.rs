@@ -1331,6 +1331,74 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                         ));
                     }
                 }
+                // An interface of that name that no libvirt network has: the kernel refuses
+                // a second one (libvirt's virNetDevBridgeCreate fails with EEXIST at start).
+                if let (Some(b), Some(ifaces)) = (&m.bridge, &observed.host_interfaces)
+                    && ifaces.contains(b.as_str())
+                    && !observed.networks.values().any(|o| {
+                        o.bridge.as_deref() == Some(b.as_str()) || o.live_bridge.as_deref() == Some(b.as_str())
+                    })
+                {
+                    out.push(Problem::at(
+                        Code::HostInterfaceTaken,
+                        net.span,
+                        format!(
+                            "bridge `{b}` of network `{}` already exists on the host as an interface that is no libvirt network's",
+                            net.name
+                        ),
+                        "this network's bridge",
+                        "choose another `bridge:` name (see `ip link`), or leave it out and libvirt picks a free virbrN",
+                    ));
+                }
+            }
+        }
+    }
+    // A MAC that a guest outside the lab already has on the same network: two guests with
+    // one MAC on one bridge break each other's traffic and DHCP (dnsmasq keys leases and
+    // reservations by MAC). Checked where topo would bring the MAC onto the network (a NIC
+    // the lab's domain does not have yet); a copy made later is the copier's conflict.
+    for vm in lab.vms.values() {
+        let ours = observed.domains.get(&vm.libvirt_name).filter(|d| d.ownership(lab_name) == Ownership::ThisLab);
+        for nic in &vm.nics {
+            let Some(net) = lab.networks.get(&nic.network) else { continue };
+            let present = ours.is_some_and(|d| {
+                d.interfaces
+                    .iter()
+                    .any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(net.libvirt_name.as_str()))
+            });
+            if present {
+                continue;
+            }
+            let bridge =
+                observed.networks.get(&net.libvirt_name).and_then(|o| o.live_bridge.clone().or(o.bridge.clone()));
+            let holder = observed.domains.values().filter(|d| d.ownership(lab_name) != Ownership::ThisLab).find(|d| {
+                d.interfaces.iter().any(|i| {
+                    i.mac == Some(nic.mac)
+                        && (i.network.as_deref() == Some(net.libvirt_name.as_str())
+                            || (i.bridge.is_some() && i.bridge == bridge))
+                })
+            });
+            if let Some(d) = holder {
+                let help = if nic.mac_derived {
+                    "set another `mac:` on this NIC (derived MACs can collide with hand-picked ones)"
+                } else {
+                    "choose another `mac:` for this NIC, or remove it to get a derived one"
+                };
+                out.push(Problem::at(
+                    Code::HostMacTaken,
+                    nic.span,
+                    format!(
+                        "{}.{}: MAC {} is already used on network `{}` by domain `{}` ({})",
+                        vm.name,
+                        nic.label(),
+                        nic.mac,
+                        net.libvirt_name,
+                        d.name,
+                        owner_text(d.owner.as_ref(), &d.name)
+                    ),
+                    "this NIC",
+                    help,
+                ));
             }
         }
     }

@@ -145,14 +145,14 @@ fn inline_keys(c: &mut Checker, keys: &[Spanned<String>]) -> Vec<String> {
     out
 }
 
-/// `~/x` under $HOME, a relative path under the lab file's folder.
+/// `~/x` under $HOME, a relative path under the lab file's folder; canonical, as every path
+/// of a lab (`source::resolve_path`), so nothing depends on how the lab file was reached.
 fn resolve(c: &Checker, s: &str) -> PathBuf {
     let p = match (s.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => Path::new(&home).join(rest),
         _ => PathBuf::from(s),
     };
-    let joined = if p.is_absolute() { p } else { c.source.dir.join(p) };
-    std::path::absolute(&joined).unwrap_or(joined)
+    crate::source::resolve_path(&c.source.dir, &p)
 }
 
 fn read_file(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Option<(PathBuf, String)> {

@@ -339,6 +339,8 @@ struct MacR {
 struct IfSourceR {
     #[serde(rename = "@network")]
     network: Option<String>,
+    #[serde(rename = "@bridge")]
+    bridge: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,11 +381,11 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
         None => None,
     };
     let is_network = i.iface_type.as_deref() == Some("network");
-    Ok(ObservedInterface {
-        mac,
-        network: if is_network { i.source.and_then(|s| s.network) } else { None },
-        model: i.model.map(|m| m.model),
-    })
+    let (network, bridge) = match i.source {
+        Some(s) => (if is_network { s.network } else { None }, s.bridge),
+        None => (None, None),
+    };
+    Ok(ObservedInterface { mac, network, bridge, model: i.model.map(|m| m.model) })
 }
 
 /// Parses domain XML (as `dumpxml` prints it) into an `ObservedDomain` in `state`.

@@ -1,0 +1,50 @@
+//! Proof after apply that every NIC holds an IPv4 address: an ARP reply from the NIC's own MAC
+//! on its network's bridge. Leases only say where to look; they never count as proof.
+//!
+//! - [`target`]: what is verified, one [`NicTarget`] per NIC, and where frames may go
+//!   ([`HostAccess`]: never to a test or remote driver's bridge names);
+//! - [`state`]: where a NIC stands, the evidence and the failure reasons;
+//! - [`sources`]: leases, the clock, and libvirt's own word for remote hosts;
+//! - [`run`]: the probe loop, pure apart from its three boundaries (a [`Prober`](crate::prober::Prober),
+//!   a [`LeaseSource`], a [`Clock`]), so every outcome is tested with fakes;
+//! - [`report`]: what users see, the table and the versioned JSON.
+//!
+//! Docs: docs/verify.md, docs/verify-json.md.
+
+pub mod report;
+pub mod run;
+pub mod sources;
+pub mod state;
+pub mod target;
+
+#[cfg(test)]
+mod tests;
+
+pub use run::{VerifyOptions, verify};
+pub use sources::{Clock, HypervisorLeases, LeaseSource, SystemClock, reported};
+#[cfg(any(test, feature = "testing"))]
+pub use sources::{FakeClock, FakeLeases};
+pub use state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
+pub use target::{HostAccess, NicTarget, targets};
+
+use crate::hypervisor::HvError;
+use crate::prober::ProbeError;
+
+/// Verification could not run at all.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum VerifyError {
+    #[error("ARP probe failed")]
+    #[diagnostic(code(topo::verify::probe))]
+    Probe(
+        #[from]
+        #[diagnostic_source]
+        ProbeError,
+    ),
+    #[error("reading DHCP leases failed")]
+    #[diagnostic(code(topo::verify::leases))]
+    Leases(
+        #[from]
+        #[diagnostic_source]
+        HvError,
+    ),
+}

@@ -1,0 +1,259 @@
+//! What users see of a verification: the table (`topo verify`, the end of `topo apply`) and
+//! the versioned JSON document (`topo verify --json`, docs/verify-json.md).
+
+use serde::Serialize;
+
+use super::state::{NicOutcome, NicState, VerifyReport};
+
+/// The version of the JSON document; a new one only for incompatible changes.
+pub const JSON_FORMAT_VERSION: &str = "1";
+
+#[derive(Serialize)]
+struct JsonNic<'a> {
+    vm: &'a str,
+    nic: &'a str,
+    network: &'a str,
+    bridge: Option<&'a str>,
+    mac: String,
+    address: Option<String>,
+    state: &'static str,
+    evidence: Option<String>,
+    reason: Option<String>,
+    help: Option<&'static str>,
+    seconds: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct JsonSummary {
+    verified: usize,
+    failed: usize,
+    skipped: usize,
+    unproven: usize,
+}
+
+#[derive(Serialize)]
+struct JsonVerify<'a> {
+    format_version: &'static str,
+    lab: &'a str,
+    nics: Vec<JsonNic<'a>>,
+    summary: JsonSummary,
+}
+
+fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
+    let t = &n.target;
+    let (state, address, evidence, reason, help, seconds) = match &n.state {
+        NicState::Verified { ip, evidence, seconds } => {
+            ("verified", Some(ip.to_string()), Some(evidence.to_string()), None, None, Some(*seconds))
+        }
+        NicState::Failed { reason } => ("failed", None, None, Some(reason.to_string()), Some(reason.help()), None),
+        NicState::Skipped => ("skipped", None, None, None, None, None),
+        // Only on remote hosts: libvirt's word, no ARP evidence.
+        NicState::Reported { ip, source } => (
+            "reported",
+            Some(ip.to_string()),
+            Some(format!("reported by {source} (remote host: not proven by ARP)")),
+            None,
+            None,
+            None,
+        ),
+        NicState::LeasedNoReply { ip } => ("leased", Some(ip.to_string()), None, None, None, None),
+        NicState::WaitingForLease => ("waiting", None, None, None, None, None),
+    };
+    JsonNic {
+        vm: t.vm.as_str(),
+        nic: &t.nic,
+        network: t.network.as_str(),
+        bridge: t.bridge.as_deref(),
+        mac: t.mac.to_string(),
+        address,
+        state,
+        evidence,
+        reason,
+        help,
+        seconds,
+    }
+}
+
+/// The `topo verify --json` document, format version 1 (docs/verify-json.md).
+pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
+    let nics: Vec<JsonNic> = report.nics.iter().map(json_nic).collect();
+    let count = |s: &str| nics.iter().filter(|n| n.state == s).count();
+    let summary = JsonSummary {
+        verified: count("verified"),
+        failed: count("failed"),
+        skipped: count("skipped"),
+        unproven: count("reported") + count("leased") + count("waiting"),
+    };
+    let doc = JsonVerify { format_version: JSON_FORMAT_VERSION, lab, summary, nics };
+    // Invariant: strings, numbers and options only.
+    serde_json::to_value(doc).expect("verify JSON serialises")
+}
+
+/// The human table: one row per NIC, then the reason and help of each failure.
+pub fn table(report: &VerifyReport) -> String {
+    let rows: Vec<[String; 8]> = report
+        .nics
+        .iter()
+        .map(|n| {
+            let j = json_nic(n);
+            [
+                j.vm.to_string(),
+                j.nic.to_string(),
+                j.network.to_string(),
+                j.bridge.unwrap_or("-").to_string(),
+                j.mac,
+                j.address.unwrap_or_else(|| "-".into()),
+                match (j.state, j.evidence) {
+                    (_, Some(e)) => e,
+                    (s, None) => s.to_string(),
+                },
+                j.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = ["VM", "NIC", "NETWORK", "BRIDGE", "MAC", "ADDRESS", "EVIDENCE", "TIME"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.map(String::from));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    for n in report.failed() {
+        if let NicState::Failed { reason } = &n.state {
+            out.push_str(&format!(
+                "\n{} {} ({}): {reason}\n  help: {}\n",
+                n.target.vm,
+                n.target.nic,
+                n.target.network,
+                reason.help()
+            ));
+        }
+    }
+    out
+}
+
+/// `Verify: 3 verified, 1 failed, 0 skipped.`
+pub fn summary_line(report: &VerifyReport) -> String {
+    let verified = report.nics.iter().filter(|n| matches!(n.state, NicState::Verified { .. })).count();
+    let failed = report.failed().count();
+    let skipped = report.nics.iter().filter(|n| matches!(n.state, NicState::Skipped)).count();
+    format!("Verify: {verified} verified, {failed} failed, {skipped} skipped.")
+}
+
+/// Some NICs failed verification (the table says which and why).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("{failed} NIC{} not verified", if *failed == 1 { "" } else { "s" })]
+#[diagnostic(code(topo::verify::failed), help("see the reasons above"))]
+pub struct NotVerified {
+    pub failed: usize,
+}
+
+/// `Err` when any NIC failed (a remote NIC that is only reported does not).
+pub fn check(report: &VerifyReport) -> Result<(), NotVerified> {
+    let failed = report.nics.iter().filter(|n| matches!(n.state, NicState::Failed { .. })).count();
+    if failed > 0 { Err(NotVerified { failed }) } else { Ok(()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MacAddr, NetworkName, VmName};
+    use crate::verify::{Evidence, FailReason, NicTarget};
+
+    fn outcome(vm: &str, nic: &str, mac: &str, state: NicState) -> NicOutcome {
+        let mac: MacAddr = mac.parse().unwrap();
+        NicOutcome {
+            target: NicTarget {
+                vm: VmName::new(vm).unwrap(),
+                domain: format!("demo-{vm}"),
+                nic: nic.into(),
+                network: NetworkName::new("lan").unwrap(),
+                libvirt_network: "demo-lan".into(),
+                bridge: Some("virbr1".into()),
+                no_bridge: None,
+                mac,
+                reservation: None,
+                dhcp: true,
+                subnet: Some("10.0.0.0/24".parse().unwrap()),
+                running: true,
+                verify: true,
+            },
+            state,
+        }
+    }
+
+    /// One NIC in every final state a user can see, the failures with their help.
+    fn every_state() -> VerifyReport {
+        let ip = |s: &str| s.parse().unwrap();
+        let a: MacAddr = "52:54:00:00:00:0a".parse().unwrap();
+        let stranger: MacAddr = "52:54:00:ff:ff:ff".parse().unwrap();
+        VerifyReport {
+            nics: vec![
+                outcome(
+                    "deb1",
+                    "eth0",
+                    "52:54:00:00:00:0a",
+                    NicState::Verified {
+                        ip: ip("10.0.0.5"),
+                        evidence: Evidence { mac: a, bridge: "virbr1".into() },
+                        seconds: 2.4,
+                    },
+                ),
+                outcome("deb1", "eth1", "52:54:00:00:00:0b", NicState::Failed { reason: FailReason::NoLease }),
+                outcome(
+                    "deb2",
+                    "eth0",
+                    "52:54:00:00:00:0c",
+                    NicState::Failed {
+                        reason: FailReason::Duplicate {
+                            ip: ip("10.0.0.7"),
+                            mac: "52:54:00:00:00:0c".parse().unwrap(),
+                            other_mac: stranger,
+                        },
+                    },
+                ),
+                outcome("deb3", "eth0", "52:54:00:00:00:0d", NicState::Skipped),
+                outcome(
+                    "deb4",
+                    "eth0",
+                    "52:54:00:00:00:0e",
+                    NicState::Reported { ip: ip("10.0.0.9"), source: "a DHCP lease".into() },
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn table_as_users_see_it() {
+        let r = every_state();
+        insta::assert_snapshot!(format!("{}{}", table(&r), summary_line(&r)));
+    }
+
+    #[test]
+    fn json_version_1_as_users_see_it() {
+        insta::assert_json_snapshot!(to_json("demo", &every_state()));
+    }
+
+    #[test]
+    fn failures_fail_the_command_and_reported_does_not() {
+        let r = every_state();
+        assert_eq!(check(&r).unwrap_err().to_string(), "2 NICs not verified");
+        let only_reported = VerifyReport { nics: r.nics.into_iter().skip(3).collect() };
+        assert!(check(&only_reported).is_ok());
+    }
+}

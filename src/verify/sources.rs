@@ -1,0 +1,188 @@
+//! Where the loop's inputs come from, apart from ARP: DHCP leases ([`LeaseSource`]), time
+//! ([`Clock`]), and, for remote hosts, what libvirt itself reports ([`reported`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::state::{FailReason, NicOutcome, NicState, VerifyReport};
+use super::target::NicTarget;
+use crate::hypervisor::{HvError, Hypervisor};
+use crate::model::{MacAddr, VmName};
+use crate::observed::Lease;
+
+/// Where DHCP leases come from (libvirt, or a fake).
+pub trait LeaseSource {
+    /// Every current lease of the networks of interest (stale ones included: libvirt keeps
+    /// them; the loop never trusts a lease without an ARP reply).
+    fn leases(&self) -> Result<Vec<Lease>, HvError>;
+}
+
+impl<F: Fn() -> Result<Vec<Lease>, HvError>> LeaseSource for F {
+    fn leases(&self) -> Result<Vec<Lease>, HvError> {
+        self()
+    }
+}
+
+/// Leases of the given libvirt networks, read through a [`Hypervisor`].
+pub struct HypervisorLeases<'a, H: Hypervisor + ?Sized> {
+    pub hypervisor: &'a H,
+    pub networks: BTreeSet<String>,
+}
+
+impl<H: Hypervisor + ?Sized> HypervisorLeases<'_, H> {
+    /// The networks of `targets` that serve DHCP; those of `verify: none` NICs included, as
+    /// their leases are addresses that never prove another NIC.
+    pub fn for_targets<'h>(hypervisor: &'h H, targets: &[NicTarget]) -> HypervisorLeases<'h, H> {
+        let networks = targets.iter().filter(|t| t.dhcp).map(|t| t.libvirt_network.clone()).collect();
+        HypervisorLeases { hypervisor, networks }
+    }
+}
+
+impl<H: Hypervisor + ?Sized> LeaseSource for HypervisorLeases<'_, H> {
+    fn leases(&self) -> Result<Vec<Lease>, HvError> {
+        let mut all = Vec::new();
+        for n in &self.networks {
+            match self.hypervisor.dhcp_leases(n) {
+                Ok(l) => all.extend(l),
+                // A driver without lease support (libvirt's test driver, some remote setups)
+                // has no leases to offer: reservations and subnet sweeps still work.
+                Err(e) if e.kind == crate::hypervisor::HvErrorKind::Unsupported => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Scripted leases: each lease becomes visible from the Nth call of `leases()` on (0-based),
+/// so a test can make a lease "appear" in a given round.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+pub struct FakeLeases {
+    leases: Vec<(u32, Lease)>,
+    calls: std::cell::Cell<u32>,
+    fail: Option<HvError>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl FakeLeases {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// A lease present from the first call.
+    pub fn with(self, network: &str, mac: MacAddr, ip: Ipv4Addr) -> Self {
+        self.with_from_call(0, network, mac, ip)
+    }
+    /// A lease that shows up at call `n` (0-based) and stays.
+    pub fn with_from_call(mut self, n: u32, network: &str, mac: MacAddr, ip: Ipv4Addr) -> Self {
+        let lease = Lease { network: network.to_owned(), mac, ip, hostname: None, expiry: 0 };
+        self.leases.push((n, lease));
+        self
+    }
+    /// Every call fails with this error.
+    pub fn failing(mut self, e: HvError) -> Self {
+        self.fail = Some(e);
+        self
+    }
+    /// How often `leases()` was called.
+    pub fn calls(&self) -> u32 {
+        self.calls.get()
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl LeaseSource for FakeLeases {
+    fn leases(&self) -> Result<Vec<Lease>, HvError> {
+        let n = self.calls.get();
+        self.calls.set(n + 1);
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        Ok(self.leases.iter().filter(|(from, _)| *from <= n).map(|(_, l)| l.clone()).collect())
+    }
+}
+
+/// Time as the loop sees it: elapsed since verification started, and waiting.
+pub trait Clock {
+    fn elapsed(&self) -> Duration;
+    fn sleep(&self, d: Duration);
+}
+
+/// The wall clock, started at construction.
+#[derive(Clone, Copy, Debug)]
+pub struct SystemClock(Instant);
+
+impl SystemClock {
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+    fn sleep(&self, d: Duration) {
+        thread::sleep(d)
+    }
+}
+
+/// A clock that only moves when slept on: tests run instantly and deterministically.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+pub struct FakeClock(std::cell::Cell<Duration>);
+
+#[cfg(any(test, feature = "testing"))]
+impl FakeClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl Clock for FakeClock {
+    fn elapsed(&self) -> Duration {
+        self.0.get()
+    }
+    fn sleep(&self, d: Duration) {
+        self.0.set(self.0.get().saturating_add(d))
+    }
+}
+
+/// Where topo cannot probe the bridges (a remote libvirt host), the weaker evidence: what
+/// libvirt reports. Per NIC, in order of preference: an address from libvirt's ARP or
+/// guest-agent sources (`addresses`, per VM), the newest DHCP lease for the MAC on its network,
+/// the reservation. Pure; the caller reads `leases` and `addresses` from the hypervisor.
+pub fn reported(
+    targets: &[NicTarget],
+    leases: &[Lease],
+    addresses: &BTreeMap<VmName, Vec<(MacAddr, Ipv4Addr)>>,
+) -> VerifyReport {
+    let nics = targets
+        .iter()
+        .map(|t| {
+            let from_libvirt = addresses
+                .get(&t.vm)
+                .and_then(|v| v.iter().find(|(m, ip)| *m == t.mac && t.subnet.is_none_or(|s| s.contains(*ip))));
+            let lease =
+                leases.iter().filter(|l| l.mac == t.mac && l.network == t.libvirt_network).max_by_key(|l| l.expiry);
+            let state = if !t.verify {
+                NicState::Skipped
+            } else if !t.running {
+                NicState::Failed { reason: FailReason::VmNotRunning }
+            } else if let Some((_, ip)) = from_libvirt {
+                NicState::Reported { ip: *ip, source: "libvirt's address sources".into() }
+            } else if let Some(l) = lease {
+                NicState::Reported { ip: l.ip, source: "a DHCP lease".into() }
+            } else if !t.dhcp {
+                NicState::Failed { reason: FailReason::NoDhcpNoReservation }
+            } else {
+                NicState::Failed { reason: FailReason::NoLease }
+            };
+            NicOutcome { target: t.clone(), state }
+        })
+        .collect();
+    VerifyReport { nics }
+}

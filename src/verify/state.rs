@@ -1,0 +1,203 @@
+//! Where a NIC stands during and after verification: its [`NicState`], the [`Evidence`] that
+//! proved it, the [`FailReason`] when it failed, and the [`VerifyReport`] of all NICs.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::target::NicTarget;
+use crate::model::MacAddr;
+
+/// What proved an address: a reply from this MAC on this bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    pub mac: MacAddr,
+    pub bridge: String,
+}
+
+impl fmt::Display for Evidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "arp reply from {} on {}", self.mac, self.bridge)
+    }
+}
+
+/// Why a NIC could not be verified; each says what to look at ([`FailReason::help`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum FailReason {
+    #[error(
+        "the network has no DHCP and the NIC no reserved address, and a sweep of the subnet \
+         found no address answering from this MAC"
+    )]
+    NoDhcpNoReservation,
+    #[error("{ip} (its lease or reservation) got no ARP reply from this NIC")]
+    LeasedButSilent { ip: Ipv4Addr },
+    #[error("no DHCP lease for this MAC, and no address in the subnet answered from it")]
+    NoLease,
+    #[error("{ip} is answered by {other_mac}, not by this NIC")]
+    Conflict { ip: Ipv4Addr, other_mac: MacAddr },
+    /// This NIC and another machine both answer for the address, in the same probe.
+    #[error("{ip} is answered by this NIC ({mac}) and also by {other_mac}: a duplicate address")]
+    Duplicate { ip: Ipv4Addr, mac: MacAddr, other_mac: MacAddr },
+    /// Found by a subnet sweep, but a sibling NIC of the same VM without a lease or
+    /// reservation of its own answers for the same address (Linux ARP flux).
+    #[error(
+        "{ip} answers from this NIC's MAC but also from {sibling} of the same VM, which has no \
+         lease or reservation of its own: which of the two holds it cannot be told by ARP"
+    )]
+    Ambiguous { ip: Ipv4Addr, sibling: String },
+    #[error("answers at {answered}, not at its reserved address {reserved}")]
+    NotReserved { reserved: Ipv4Addr, answered: Ipv4Addr },
+    /// No DHCP, no reservation and no subnet: nothing topo may ask for.
+    #[error(
+        "the network has no IPv4 subnet on the host and no DHCP (a bridge to a LAN): proving \
+         this NIC would mean sweeping a network topo does not know"
+    )]
+    NoSubnet,
+    #[error("the VM is not running")]
+    VmNotRunning,
+    #[error("cannot probe the network's bridge: {detail}")]
+    NoBridge { detail: String },
+    #[error("verification was interrupted before this NIC was proven")]
+    Interrupted,
+}
+
+impl FailReason {
+    /// What the user can do about it.
+    pub fn help(&self) -> &'static str {
+        match self {
+            FailReason::NoDhcpNoReservation => {
+                "give the NIC an `ip` (a DHCP reservation) and DHCP on its network, or configure \
+                 a static address in the guest; `verify: none` skips the check"
+            }
+            FailReason::LeasedButSilent { .. } => {
+                "the guest's interface is down or has no address: check that the guest brings up \
+                 this NIC (its name may differ, e.g. ens3 instead of eth0); a lease may also be \
+                 left over from an earlier boot"
+            }
+            FailReason::NoLease => {
+                "no DHCP client asked for an address on this NIC: check the guest's network \
+                 configuration for this interface, or give it more time (--timeout)"
+            }
+            FailReason::Conflict { .. } => {
+                "another machine holds this address (a duplicate static address, or a stale lease \
+                 handed on): stop the other machine or change the NIC's `ip`"
+            }
+            FailReason::Duplicate { .. } => {
+                "two machines hold this address: find the one with the other MAC (a guest with a \
+                 stale static address is the usual cause) and stop it or change its address"
+            }
+            FailReason::Ambiguous { .. } => {
+                "Linux answers ARP for all its addresses on every interface: give the NICs \
+                 reserved addresses (`ip`) on a DHCP network, set `net.ipv4.conf.all.arp_ignore=1` \
+                 in the guest, or `verify: none` on the NIC that has no address"
+            }
+            FailReason::NotReserved { .. } => {
+                "the reservation changed while the VM ran: the guest keeps its older lease until \
+                 it renews it; restart the VM (or renew DHCP in the guest)"
+            }
+            FailReason::NoSubnet => {
+                "set `verify: none` on the NIC, or declare the LAN's subnet on the network so \
+                 topo knows which addresses it may ask for"
+            }
+            FailReason::VmNotRunning => "start it with `topo apply`, or look at its console log",
+            FailReason::NoBridge { .. } => {
+                "ARP evidence needs the network's bridge on this host, up: is the network \
+                 active (`virsh net-start`)? `verify: none` skips the check"
+            }
+            FailReason::Interrupted => "run `topo verify` again to finish the check",
+        }
+    }
+}
+
+/// Where a NIC stands.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum NicState {
+    /// `verify: none`.
+    Skipped,
+    /// No candidate address yet (no lease, no reservation).
+    WaitingForLease,
+    /// A candidate address (lease or reservation) is known; no reply from this MAC yet.
+    LeasedNoReply {
+        ip: Ipv4Addr,
+    },
+    Verified {
+        ip: Ipv4Addr,
+        evidence: Evidence,
+        /// Seconds from the start of verification.
+        seconds: f64,
+    },
+    Failed {
+        reason: FailReason,
+    },
+    /// Remote hosts only: libvirt reports this address (a DHCP lease, or its ARP or guest
+    /// agent address source), but topo could not probe the bridge: weaker evidence.
+    Reported {
+        ip: Ipv4Addr,
+        source: String,
+    },
+}
+
+impl NicState {
+    /// Settled: no further probing changes it.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            NicState::Skipped | NicState::Verified { .. } | NicState::Failed { .. } | NicState::Reported { .. }
+        )
+    }
+    /// Verified, skipped, or (remote) reported.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, NicState::Skipped | NicState::Verified { .. } | NicState::Reported { .. })
+    }
+}
+
+impl fmt::Display for NicState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NicState::Skipped => f.write_str("not verified (verify: none)"),
+            NicState::WaitingForLease => f.write_str("waiting for a DHCP lease"),
+            NicState::LeasedNoReply { ip } => write!(f, "{ip}: no ARP reply yet"),
+            NicState::Verified { ip, evidence, seconds } => {
+                write!(f, "{ip} verified ({evidence}, after {seconds:.1} s)")
+            }
+            NicState::Failed { reason } => write!(f, "failed: {reason}"),
+            NicState::Reported { ip, source } => write!(f, "{ip} reported by {source} (not proven by ARP)"),
+        }
+    }
+}
+
+/// A NIC's state changed; passed to the progress callback.
+#[derive(Clone, Copy, Debug)]
+pub struct NicProgress<'a> {
+    /// Position of the NIC in the target list.
+    pub index: usize,
+    pub target: &'a NicTarget,
+    pub state: &'a NicState,
+}
+
+/// The result of verification: every target with its final state, in input order.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VerifyReport {
+    pub nics: Vec<NicOutcome>,
+}
+
+/// One NIC and how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NicOutcome {
+    pub target: NicTarget,
+    pub state: NicState,
+}
+
+impl VerifyReport {
+    /// Every NIC verified or skipped.
+    pub fn all_ok(&self) -> bool {
+        self.nics.iter().all(|n| n.state.is_ok())
+    }
+    /// The NICs that failed, in order.
+    pub fn failed(&self) -> impl Iterator<Item = &NicOutcome> {
+        self.nics.iter().filter(|n| !n.state.is_ok())
+    }
+}

@@ -1,0 +1,145 @@
+//! What is verified: one [`NicTarget`] per NIC, from the model and what the host reports, and
+//! where frames may go at all ([`HostAccess`]).
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::Serialize;
+
+use crate::model::{Lab, MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
+use crate::observed::{DomainState, Observed, ObservedNetwork};
+
+/// Whether the networks' bridges of a libvirt URI are interfaces of this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAccess {
+    /// A local driver (`qemu:///system`): bridges are this host's interfaces; ARP proves.
+    Local,
+    /// The URI names another host (`qemu+ssh://user@host/system`): its bridges are not here;
+    /// only what libvirt reports is available (`super::reported`).
+    Remote,
+    /// libvirt's `test` driver: its networks and bridges exist only inside libvirt. An
+    /// interface of the same name on this host (`virbr0`) is someone else's: never probed.
+    TestDriver,
+}
+
+impl HostAccess {
+    /// Classifies a connection URI: `driver[+transport]://[user@][host][:port]/path`. A host
+    /// part makes it remote (even `localhost`: libvirt may run in another namespace); the
+    /// `test` driver is never probed.
+    pub fn of_uri(uri: &str) -> Self {
+        let Some((scheme, rest)) = uri.split_once("://") else { return HostAccess::Local };
+        let driver = scheme.split('+').next().unwrap_or(scheme);
+        if driver == "test" {
+            HostAccess::TestDriver
+        } else if !rest.is_empty() && !rest.starts_with('/') {
+            HostAccess::Remote
+        } else {
+            HostAccess::Local
+        }
+    }
+}
+
+/// One NIC to verify, with everything the loop needs to know about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NicTarget {
+    pub vm: VmName,
+    /// The VM's libvirt domain name.
+    pub domain: String,
+    /// `eth0`, `eth1`, ... (model::Nic::label).
+    pub nic: String,
+    pub network: NetworkName,
+    /// The network's libvirt name: leases are matched on it and the MAC.
+    pub libvirt_network: String,
+    /// The host bridge the running network uses, as libvirt reports it; `None` when there
+    /// is none to probe ([`NicTarget::no_bridge`] says why).
+    pub bridge: Option<String>,
+    /// Why there is no bridge to probe (network missing or inactive, no bridge, test driver).
+    pub no_bridge: Option<String>,
+    pub mac: MacAddr,
+    /// A DHCP reservation for this MAC: probed from the start, before any lease shows up.
+    pub reservation: Option<Ipv4Addr>,
+    /// The network serves DHCP (so a lease is expected).
+    pub dhcp: bool,
+    /// The network's subnet, swept when no candidate address turns up.
+    #[serde(serialize_with = "ser_subnet")]
+    pub subnet: Option<Ipv4Network>,
+    /// The VM is running (a stopped VM cannot answer).
+    pub running: bool,
+    /// `verify: arp` on the NIC; `false` (`verify: none`) skips it.
+    pub verify: bool,
+}
+
+fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(n) => s.collect_str(n),
+        None => s.serialize_none(),
+    }
+}
+
+impl NicTarget {
+    /// Builds the target of one NIC from the model and what libvirt reports of its network.
+    ///
+    /// The bridge is only ever the one libvirt reports for the *running* network (its live
+    /// XML): never a name from the lab file or an inactive config, which may be another
+    /// interface on this host, and none at all for the test driver. Lab networks take subnet
+    /// and DHCP from the model; external networks from `observed` (their first IPv4 `<ip>`).
+    pub fn from_model(
+        vm: &Vm,
+        nic: &Nic,
+        network: &Network,
+        observed: Option<&ObservedNetwork>,
+        running: bool,
+        access: HostAccess,
+    ) -> Self {
+        let observed_ip = observed.and_then(|o| o.ip.as_ref());
+        let (bridge, no_bridge) = match (access, observed) {
+            (HostAccess::TestDriver, _) => {
+                (None, Some("libvirt's test driver has no bridges on this host: nothing to send ARP on".to_owned()))
+            }
+            (_, None) => (None, Some(format!("the network {} does not exist on the host", network.libvirt_name))),
+            (_, Some(o)) if !o.active => (None, Some(format!("the network {} is not active", o.name))),
+            (_, Some(o)) => match &o.live_bridge {
+                Some(b) => (Some(b.clone()), None),
+                None => (None, Some(format!("the network {} has no bridge (a macvtap or direct network)", o.name))),
+            },
+        };
+        let (dhcp, subnet) = match &network.kind {
+            NetworkKind::Managed(m) => (m.dhcp.is_some(), m.subnet),
+            NetworkKind::External => (
+                observed_ip.is_some_and(|ip| ip.dhcp_range.is_some()),
+                observed_ip.and_then(|ip| {
+                    let any = Ipv4Network::new(ip.address, ip.prefix).ok()?;
+                    Ipv4Network::new(any.network(), ip.prefix).ok()
+                }),
+            ),
+        };
+        let observed_reservation = observed_ip.and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac)).map(|h| h.ip);
+        NicTarget {
+            vm: vm.name.clone(),
+            domain: vm.libvirt_name.clone(),
+            nic: nic.label(),
+            network: network.name.clone(),
+            libvirt_network: network.libvirt_name.clone(),
+            bridge,
+            no_bridge,
+            mac: nic.mac,
+            reservation: nic.ip.or(observed_reservation),
+            dhcp,
+            subnet,
+            running,
+            verify: nic.verify == Verify::Arp,
+        }
+    }
+}
+
+/// One target per NIC of the lab (VMs sorted by name, NICs in file order), from the model
+/// and what the host reports.
+pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTarget> {
+    lab.nics()
+        .filter_map(|(vm, nic)| {
+            let net = lab.networks.get(&nic.network)?;
+            let running = observed.domains.get(&vm.libvirt_name).is_some_and(|d| d.state == DomainState::Running);
+            Some(NicTarget::from_model(vm, nic, net, observed.networks.get(&net.libvirt_name), running, access))
+        })
+        .collect()
+}
