@@ -1385,3 +1385,218 @@ fn check_subnet_race(dir: &Path) {
         eprintln!("e2e: race round {round}: {winner} won, {loser} refused");
     }
 }
+
+// ------------------------------------------------------------------------- cloud-init guests
+
+/// The Debian 12 cloud-init image of `scripts/mkimage.sh` (built once, cached).
+fn image_dir() -> String {
+    std::env::var("TOPO_IMAGE_DIR").unwrap_or_else(|_| "/var/lib/topo/image".into())
+}
+
+/// An ssh-agent holding one fresh key, killed on drop: `topo ssh` runs the system `ssh`,
+/// which takes keys from the agent (the invoking user's `~/.ssh` is left alone).
+struct Agent {
+    pid: String,
+    sock: String,
+    public: String,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Self {
+        let key = dir.join("id_ed25519");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "topo-e2e", "-f", path(&key)])
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success());
+        let sock = dir.join("agent.sock");
+        let out = Command::new("ssh-agent").args(["-s", "-a", path(&sock)]).output().expect("ssh-agent");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID="))
+            .expect("agent pid")
+            .to_string();
+        let agent = Agent {
+            pid,
+            sock: path(&sock).to_string(),
+            public: std::fs::read_to_string(dir.join("id_ed25519.pub")).expect("public key").trim().to_string(),
+        };
+        let st = Command::new("ssh-add").arg("-q").arg(&key).env("SSH_AUTH_SOCK", &agent.sock).status().expect("ssh-add");
+        assert!(st.success());
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+fn cloud_lab(image: &str, key: &str, user_data: &str) -> String {
+    format!(
+        "apiVersion: topo/v1
+name: e2ecloud
+cloud_init:
+  ssh_authorized_keys: ['{key}']
+  user_data: {user_data}
+networks:
+  default:
+    external: true
+  local_net:
+    mode: isolated
+    subnet: 192.168.152.0/24
+  lab_net:
+    mode: routed
+    subnet: 10.20.0.0/24
+    dhcp: false
+vms:
+  deb1:
+    hypervisor: qemu
+    memory: 512MiB
+    boot: &boot
+      kernel: {image}/vmlinuz
+      initrd: {image}/initrd.img
+      cmdline: root=LABEL=cloudroot console=ttyS0
+    disk: &disk
+      image: {image}/debian-12-cloud.qcow2
+      size: 3GiB
+    nics:
+      - network: default
+      - network: local_net
+  deb2:
+    hypervisor: qemu
+    memory: 512MiB
+    boot: *boot
+    disk: *disk
+    nics:
+      - network: local_net
+      - network: lab_net
+        ip: 10.20.0.20
+"
+    )
+}
+
+/// `topo ssh -f LAB VM -- CMD` with the agent: stdout of the remote command.
+fn ssh(lab: &Path, agent: &Agent, vm: &str, cmd: &[&str]) -> Run {
+    let mut c = topo_cmd(&["ssh", "-f", path(lab), vm, "--"]);
+    c.args(cmd).env("SSH_AUTH_SOCK", &agent.sock);
+    Run::of(c.output().expect("run topo ssh"))
+}
+
+/// The guest's own view: seconds from its kernel's start to its last DHCP lease
+/// (dhclient's `bound to` in the journal, monotonic clock).
+fn guest_last_lease(lab: &Path, agent: &Agent, vm: &str) -> Option<f64> {
+    let r = ssh(lab, agent, vm, &["sudo", "journalctl", "-o", "short-monotonic", "--no-pager", "-g", "bound to"]);
+    r.stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse::<f64>().ok())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+}
+
+/// Cloud-init guests on the mkimage image: every NIC (DHCP on a NAT and an isolated network,
+/// a static address on a network without DHCP) proven by ARP after apply; `topo ssh` as the
+/// lab's user; the inventory; a user-data edit replaces the VM; destroy leaves nothing.
+#[test]
+#[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
+fn e2e_cloud_guests() {
+    let clock = Clock(Instant::now());
+    let image = image_dir();
+    script("mkimage.sh", &[&image]);
+    clock.step("cloud image ready (scripts/mkimage.sh, cached)");
+    let _sandbox = Sandbox::up();
+    clock.step("sandbox up");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let agent = Agent::start(dir);
+    write(dir, "own-a.yaml", "#cloud-config\nwrite_files:\n  - path: /etc/topo-e2e\n    content: a\n");
+    write(dir, "own-b.yaml", "#cloud-config\nwrite_files:\n  - path: /etc/topo-e2e\n    content: b\n");
+    let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-a.yaml"));
+
+    // Apply: 4 NICs proven by ARP, the static one included.
+    let t0 = Instant::now();
+    let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
+    let apply_secs = t0.elapsed().as_secs_f64();
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.contains("Verify: 4 verified, 0 failed, 0 skipped."), "{}", r.show());
+    assert!(r.stdout.contains("10.20.0.20"), "the static NIC is proven at its address:\n{}", r.show());
+    clock.step(&format!("apply: 4 NICs verified by ARP, {apply_secs:.1} s"));
+    assert_converged(&lab);
+    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    assert_eq!(vols.matches("-cidata-").count(), 2, "one seed per VM:\n{vols}");
+
+    // In: ssh as the lab's user, on a proven address.
+    let r = ssh(&lab, &agent, "deb1", &["hostname"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());
+    let r = ssh(&lab, &agent, "deb2", &["id", "-un", ";", "cat", "/etc/topo-e2e", ";", "ip", "-4", "-br", "addr"]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.starts_with("topo\na"), "user topo, user-data applied:\n{}", r.show());
+    assert!(r.stdout.contains("10.20.0.20/24"), "static address configured by cloud-init:\n{}", r.show());
+    let r = topo_cmd(&["ssh", "-f", path(&lab), "--nic", "eth1", "deb2", "--", "true"])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .map(Run::of)
+        .expect("topo ssh --nic");
+    assert!(r.stderr.contains("ssh deb2 (10.20.0.20)"), "--nic picks that NIC's address:\n{}", r.show());
+    clock.step("topo ssh: hostname, user, user-data, static address");
+    let guest = ["deb1", "deb2"].map(|vm| guest_last_lease(&lab, &agent, vm));
+    eprintln!("e2e: benchmark: apply to all verified {apply_secs:.1} s; guests' boot to last lease {guest:?} s");
+
+    // The inventory: every VM, every proven address, the user.
+    let r = topo_ok(&["inventory", "--format", "json", path(&lab)]);
+    let inv: Value = serde_json::from_str(&r.stdout).expect("inventory JSON");
+    let nics: Vec<(String, String, bool)> = inv["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .flat_map(|h| {
+            assert_eq!(h["user"], "topo");
+            let vm = h["name"].as_str().unwrap_or("?").to_string();
+            h["nics"].as_array().cloned().unwrap_or_default().into_iter().map(move |n| {
+                (vm.clone(), n["nic"].as_str().unwrap_or("?").to_string(), n["address"].is_string())
+            })
+        })
+        .collect();
+    let want: Vec<(String, String, bool)> =
+        [("deb1", "eth0"), ("deb1", "eth1"), ("deb2", "eth0"), ("deb2", "eth1")]
+            .iter()
+            .map(|(v, n)| (v.to_string(), n.to_string(), true))
+            .collect();
+    assert_eq!(nics, want, "{}", r.stdout);
+    let r = topo_ok(&["inventory", "--format", "ssh-config", path(&lab)]);
+    let cfg = write(dir, "ssh_config", &r.stdout);
+    let o = Command::new("ip")
+        .args(["netns", "exec", &netns(), "ssh", "-F", path(&cfg), "deb2-eth1", "hostname"])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .map(Run::of)
+        .expect("ssh -F");
+    assert_eq!((o.code, o.stdout.trim()), (0, "deb2"), "{}", o.show());
+    clock.step("inventory: 4 addresses; ssh -F <inventory> works");
+
+    // A user-data edit: plan shows the diff, apply replaces both VMs, the guest has it.
+    let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-b.yaml"));
+    let r = topo(&["plan", "--detailed-exitcode", path(&lab)]);
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(r.stdout.contains("2 to replace"), "{}", r.show());
+    assert!(r.stdout.contains("cloud_init.user-data") && r.stdout.contains("content: b"), "{}", r.show());
+    let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.contains("0 added, 0 changed, 2 replaced"), "{}", r.show());
+    assert!(r.stdout.contains("Verify: 4 verified"), "{}", r.show());
+    assert_converged(&lab);
+    let r = ssh(&lab, &agent, "deb1", &["cat", "/etc/topo-e2e"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "b"), "{}", r.show());
+    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    assert_eq!(vols.matches("-cidata-").count(), 2, "old seeds went with the old VMs:\n{vols}");
+    clock.step("user-data edit: planned and applied as a replace");
+
+    // Destroy: no domain, no lab network, no volume (seeds included).
+    topo_ok(&["destroy", "-y", path(&lab)]);
+    assert!(!virsh_ok(&["list", "--all", "--name"]).contains("e2ecloud-"));
+    assert!(!virsh_ok(&["net-list", "--all", "--name"]).contains("e2ecloud-"));
+    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    assert!(!vols.contains("e2ecloud-"), "{vols}");
+    clock.step("destroy: nothing of the lab left");
+}
