@@ -1412,17 +1412,14 @@ impl Agent {
         let sock = dir.join("agent.sock");
         let out = Command::new("ssh-agent").args(["-s", "-a", path(&sock)]).output().expect("ssh-agent");
         let text = String::from_utf8_lossy(&out.stdout);
-        let pid = text
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID="))
-            .expect("agent pid")
-            .to_string();
+        let pid = text.split(';').find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID=")).expect("agent pid").to_string();
         let agent = Agent {
             pid,
             sock: path(&sock).to_string(),
             public: std::fs::read_to_string(dir.join("id_ed25519.pub")).expect("public key").trim().to_string(),
         };
-        let st = Command::new("ssh-add").arg("-q").arg(&key).env("SSH_AUTH_SOCK", &agent.sock).status().expect("ssh-add");
+        let st =
+            Command::new("ssh-add").arg("-q").arg(&key).env("SSH_AUTH_SOCK", &agent.sock).status().expect("ssh-add");
         assert!(st.success());
         agent
     }
@@ -1495,6 +1492,31 @@ fn guest_last_lease(lab: &Path, agent: &Agent, vm: &str) -> Option<f64> {
         .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
 }
 
+/// `topo console deb1` with a pipe for stdin: a newline brings the guest's login prompt
+/// through libvirt's console stream; Ctrl-] ends the session with exit 0.
+fn check_console(lab: &Path) {
+    use std::io::Write;
+    let mut child = topo_cmd(&["console", "-f", path(lab), "deb1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start topo console");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(Duration::from_secs(2));
+    stdin.write_all(b"\r\n").expect("type a newline");
+    std::thread::sleep(Duration::from_secs(3));
+    stdin.write_all(&[0x1d]).expect("type Ctrl-]");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("console state").is_none() {
+        assert!(Instant::now() < deadline, "topo console did not leave on Ctrl-]");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = Run::of(child.wait_with_output().expect("console output"));
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.contains("login:"), "the guest's login prompt:\n{}", r.show());
+}
+
 /// Cloud-init guests on the mkimage image: every NIC (DHCP on a NAT and an isolated network,
 /// a static address on a network without DHCP) proven by ARP after apply; `topo ssh` as the
 /// lab's user; the inventory; a user-data edit replaces the VM; destroy leaves nothing.
@@ -1540,6 +1562,8 @@ fn e2e_cloud_guests() {
         .expect("topo ssh --nic");
     assert!(r.stderr.contains("ssh deb2 (10.20.0.20)"), "--nic picks that NIC's address:\n{}", r.show());
     clock.step("topo ssh: hostname, user, user-data, static address");
+    check_console(&lab);
+    clock.step("topo console: login prompt through the console stream, Ctrl-] leaves");
     let guest = ["deb1", "deb2"].map(|vm| guest_last_lease(&lab, &agent, vm));
     eprintln!("e2e: benchmark: apply to all verified {apply_secs:.1} s; guests' boot to last lease {guest:?} s");
 
@@ -1553,16 +1577,18 @@ fn e2e_cloud_guests() {
         .flat_map(|h| {
             assert_eq!(h["user"], "topo");
             let vm = h["name"].as_str().unwrap_or("?").to_string();
-            h["nics"].as_array().cloned().unwrap_or_default().into_iter().map(move |n| {
-                (vm.clone(), n["nic"].as_str().unwrap_or("?").to_string(), n["address"].is_string())
-            })
+            h["nics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| (vm.clone(), n["nic"].as_str().unwrap_or("?").to_string(), n["address"].is_string()))
         })
         .collect();
-    let want: Vec<(String, String, bool)> =
-        [("deb1", "eth0"), ("deb1", "eth1"), ("deb2", "eth0"), ("deb2", "eth1")]
-            .iter()
-            .map(|(v, n)| (v.to_string(), n.to_string(), true))
-            .collect();
+    let want: Vec<(String, String, bool)> = [("deb1", "eth0"), ("deb1", "eth1"), ("deb2", "eth0"), ("deb2", "eth1")]
+        .iter()
+        .map(|(v, n)| (v.to_string(), n.to_string(), true))
+        .collect();
     assert_eq!(nics, want, "{}", r.stdout);
     let r = topo_ok(&["inventory", "--format", "ssh-config", path(&lab)]);
     let cfg = write(dir, "ssh_config", &r.stdout);
