@@ -1485,7 +1485,9 @@ fn ssh(lab: &Path, agent: &Agent, vm: &str, cmd: &[&str]) -> Run {
 /// The guest's own view: seconds from its kernel's start to its last DHCP lease
 /// (dhclient's `bound to` in the journal, monotonic clock).
 fn guest_last_lease(lab: &Path, agent: &Agent, vm: &str) -> Option<f64> {
-    let r = ssh(lab, agent, vm, &["sudo", "journalctl", "-o", "short-monotonic", "--no-pager", "-g", "bound to"]);
+    // ssh joins the words into one remote shell command: the pipe and quotes are the shell's.
+    let r =
+        ssh(lab, agent, vm, &["sudo", "journalctl", "-o", "short-monotonic", "--no-pager", "|", "grep", "'bound to'"]);
     r.stdout
         .lines()
         .filter_map(|l| l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse::<f64>().ok())
