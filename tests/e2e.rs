@@ -1548,7 +1548,7 @@ fn e2e_cloud_guests() {
     clock.step(&format!("apply: 4 NICs verified by ARP, {apply_secs:.1} s"));
     assert_converged(&lab);
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
-    assert_eq!(vols.matches("-cidata-").count(), 2, "one seed per VM:\n{vols}");
+    assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "one seed per VM:\n{vols}");
 
     // In: ssh as the lab's user, on a proven address.
     let r = ssh(&lab, &agent, "deb1", &["hostname"]);
@@ -1617,7 +1617,7 @@ fn e2e_cloud_guests() {
     let r = ssh(&lab, &agent, "deb1", &["cat", "/etc/topo-e2e"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "b"), "{}", r.show());
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
-    assert_eq!(vols.matches("-cidata-").count(), 2, "old seeds went with the old VMs:\n{vols}");
+    assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");
     clock.step("user-data edit: planned and applied as a replace");
 
     // Destroy: no domain, no lab network, no volume (seeds included).
