@@ -539,6 +539,30 @@ pub struct Disk {
     pub image: PathBuf,
     /// Virtual size of the overlay; `None` keeps the base image's size.
     pub size: Option<ByteSize>,
+    /// The base image's format, as the lab file declares it (default qcow2). Written into
+    /// the overlay as its backing format, so QEMU never probes the image: probing a raw
+    /// image whose guest wrote a qcow2 header would let the guest name host files as its
+    /// backing (QEMU docs, "qemu-img: backing file format should be specified").
+    pub format: ImageFormat,
+}
+
+/// Format of a base image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// The name libvirt and QEMU use (`<format type=...>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -567,6 +591,12 @@ impl Vm {
         h.update(d.image.to_string_lossy().as_bytes());
         h.update(b"\0");
         h.update(d.size.map(|s| s.bytes()).unwrap_or(0).to_le_bytes());
+        // Another backing format is another overlay (it is written into the overlay's
+        // header). qcow2, the default, adds nothing, so existing overlay names stay.
+        if d.format != ImageFormat::Qcow2 {
+            h.update(b"\0format=");
+            h.update(d.format.as_str().as_bytes());
+        }
         let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
         let stem = format!("{}-{hex}", self.libvirt_name);
         Some(crate::ownership::volume_name(lab.as_str(), &stem, "qcow2"))

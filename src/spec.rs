@@ -275,6 +275,20 @@ pub struct DiskSpec {
     /// Virtual size of the overlay with a unit, e.g. `10GiB` (default: the image's size).
     #[schemars(with = "Option<String>")]
     pub size: Option<Spanned<String>>,
+    /// Format of the base image: qcow2 (default) or raw. Declared, never guessed from the
+    /// file's first bytes.
+    #[schemars(with = "Option<ImageFormatSpec>")]
+    pub format: Option<Spanned<ImageFormatSpec>>,
+}
+
+/// Format of a base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormatSpec {
+    /// QEMU's copy-on-write format (cloud images).
+    Qcow2,
+    /// A plain disk image.
+    Raw,
 }
 
 /// How topo proves a NIC got an address after apply.

@@ -669,6 +669,7 @@ fn only_tagged_volumes_are_the_labs() {
         pool: topo::ownership::OVERLAY_POOL.into(),
         name: "disky-box-12345678.qcow2".into(),
         backing: "/img/user.qcow2".into(),
+        backing_format: Default::default(),
         size: None,
     };
     hv.create_volume(&lookalike).unwrap();
@@ -834,4 +835,31 @@ fn a_huge_shutdown_timeout_does_not_overflow() {
     let opts = topo::apply::Options { shutdown_timeout: std::time::Duration::MAX, ..options(4) };
     let report = within_a_minute(move || topo::apply::apply(&p, &hv, &opts, &AtomicBool::new(false), &Silent));
     assert!(!report.failed(), "{report:#?}");
+}
+
+/// The overlay's backing format is what the lab file declares (default qcow2), never read
+/// from the image's first bytes: the fixture image is plain text, which a probe would have
+/// called raw. A declared `raw` is carried to libvirt and is another overlay.
+#[test]
+fn backing_format_is_declared_never_probed() {
+    let volume = |text: &str| {
+        let l = lab(text);
+        let (p, _) = plan_on(&l, &MemoryHypervisor::new());
+        p.changes
+            .iter()
+            .flat_map(|c| c.ops.iter())
+            .find_map(|op| match op {
+                topo::plan::Op::CreateVolume { volume } => Some(volume.clone()),
+                _ => None,
+            })
+            .expect("an overlay volume")
+    };
+    let default = volume(DISK_LAB);
+    assert!(!std::fs::read("tests/fixtures/images/base.qcow2").unwrap().starts_with(b"QFI\xfb"));
+    assert_eq!(default.backing_format, topo::model::ImageFormat::Qcow2);
+    let raw = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: raw}"));
+    assert_eq!(raw.backing_format, topo::model::ImageFormat::Raw);
+    assert_ne!(raw.name, default.name, "another backing format is another overlay");
+    let qcow2 = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: qcow2}"));
+    assert_eq!(qcow2, default, "the default, written out, changes nothing");
 }

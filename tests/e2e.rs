@@ -975,6 +975,8 @@ fn e2e_disk_overlay() {
     assert_eq!(info["format"], "qcow2", "{info}");
     assert_eq!(info["virtual-size"], 128 * 1024 * 1024, "{info}");
     assert_eq!(info["backing-filename"].as_str(), base.to_str(), "{info}");
+    // Declared by the lab (default qcow2), written into the overlay: never probed.
+    assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
     let pool = virsh_ok(&["pool-list", "--all", "--name"]);
     let vols = pool
         .lines()

@@ -364,6 +364,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         pool: pool.into(),
         name: format!("t{tag}-vm-0.aaaaaaaa.qcow2"),
         backing: "/nonexistent/base.qcow2".into(),
+        backing_format: Default::default(),
         size: Some(1 << 30),
     };
     hv.create_volume(&spec).unwrap();

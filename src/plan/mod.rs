@@ -1078,6 +1078,7 @@ fn overlay_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
             pool: OVERLAY_POOL.to_string(),
             name: vm.overlay_name(&lab.name)?,
             backing: d.image.display().to_string(),
+            backing_format: d.format,
             size: d.size.map(|s| s.bytes()),
         },
     })

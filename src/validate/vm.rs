@@ -9,7 +9,7 @@ use super::network::NetInfo;
 use super::{Checker, cloud_init, nic};
 use crate::diag::Code;
 use crate::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
-use crate::spec::{HypervisorSpec, Spanned, SpannedMap, VmSpec};
+use crate::spec::{HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec};
 
 /// Default VM memory.
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
@@ -138,7 +138,11 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
             r => r,
         });
         ok &= image.is_some() && size.as_ref().is_none_or(Option::is_some);
-        model::Disk { image: image.unwrap_or_default(), size: size.flatten() }
+        let format = match d.value.format.as_ref().map(|f| f.value) {
+            None | Some(ImageFormatSpec::Qcow2) => model::ImageFormat::Qcow2,
+            Some(ImageFormatSpec::Raw) => model::ImageFormat::Raw,
+        };
+        model::Disk { image: image.unwrap_or_default(), size: size.flatten(), format }
     });
     if boot.is_none() && disk.is_none() {
         c.at(
