@@ -866,3 +866,28 @@ fn backing_format_is_declared_never_probed() {
     let qcow2 = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: qcow2}"));
     assert_eq!(qcow2, default, "the default, written out, changes nothing");
 }
+
+/// Every volume name derived from VM names is unique, whatever the names look like: the
+/// overlay (`NAME-HASH.TAG.qcow2`) and seed (`NAME-cidata-HASH.TAG.img`) of VMs named like
+/// each other's suffixes never meet.
+#[test]
+fn derived_volume_names_are_unique() {
+    let mut text = String::from("apiVersion: topo/v1\nname: vols\nprefix: p-\nvms:\n");
+    for vm in ["a", "a-cidata", "a_cidata", "a-1", "a-12345678", "cidata"] {
+        text.push_str(&format!(
+            "  {vm}:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    disk: {{image: images/base.qcow2}}\n"
+        ));
+    }
+    let l = lab(&text);
+    let mut names = std::collections::BTreeSet::new();
+    for vm in l.vms.values() {
+        assert!(names.insert(vm.overlay_name(&l.name).unwrap()), "overlay of {}", vm.name);
+        if let Some(seed) = topo::guest::Seed::of(&l, vm).unwrap() {
+            let s = seed.volume_name(&l, vm);
+            assert!(topo::guest::is_seed_volume(&s));
+            assert!(names.insert(s), "seed of {}", vm.name);
+        }
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    assert!(names.iter().filter(|n| n.ends_with(".qcow2")).all(|n| !topo::guest::is_seed_volume(n)));
+}

@@ -75,15 +75,15 @@ fn options(c: &ConfirmArgs) -> Options {
 }
 
 /// The lab named by `file`, and the saved plan if `file` is one.
-fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
+fn load(file: &std::path::Path, global: &GlobalArgs) -> miette::Result<(Lab, Option<SavedPlan>)> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| crate::source::SourceError::Read { path: file.display().to_string(), source: e })?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
-        let lab = super::load_lab(std::path::Path::new(&saved.lab_file))?;
+        let lab = super::load_lab(std::path::Path::new(&saved.lab_file), global)?;
         Ok((lab, Some(saved)))
     } else {
-        Ok((super::load_lab(file)?, None))
+        Ok((super::load_lab(file, global)?, None))
     }
 }
 
@@ -93,7 +93,7 @@ const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let (lab, saved) = load(&file)?;
+    let (lab, saved) = load(&file, global)?;
     // Terraform's rule: a JSON run cannot stop at a prompt, so it is approved up front.
     if args.json && !args.confirm.auto_approve && saved.is_none() {
         return Err(JsonNeedsApproval.into());
@@ -197,7 +197,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     if args.json && !args.confirm.auto_approve {
         return Err(JsonNeedsApproval.into());
     }

@@ -27,7 +27,7 @@ pub struct PlanArgs {
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;

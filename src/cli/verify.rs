@@ -124,7 +124,7 @@ pub fn finish(lab: &Lab, r: &VerifyReport, json: bool) -> miette::Result<()> {
 
 pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed, &hv);
@@ -136,7 +136,7 @@ pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outc
 
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     // Drift and pending changes come from the planner; refusals just mean "not ours".
