@@ -70,8 +70,8 @@ for run in $(seq "$N_APPLY"); do
   # shows up, in ms since t0, at 10 ms resolution
   ( while true; do
       t=$(( $(now_ms) - t0 ))
-      cat /var/lib/libvirt/dnsmasq/*.status 2>/dev/null | grep -o '"mac-address": *"[^"]*"' |
-        sed 's/.*"\([^"]*\)"$/\1/' | awk -v t="$t" '{print t, $1}'
+      { cat /var/lib/libvirt/dnsmasq/*.status 2>/dev/null | grep -o '"mac-address": *"[^"]*"' |
+        sed 's/.*"\([^"]*\)"$/\1/' | awk -v t="$t" '{print t, $1}'; } || true
       sleep 0.01
     done >>"$WORK/leases" ) &
   POLLER=$!

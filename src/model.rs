@@ -382,6 +382,10 @@ pub struct Network {
     /// prefix + name for lab networks.
     pub libvirt_name: String,
     pub kind: NetworkKind,
+    /// External networks only: the subnet the lab file declares (`subnet:` beside
+    /// `external: true`) for a network libvirt knows no `<ip>` of, such as a bridge to a LAN.
+    /// Verification asks only addresses in it; nothing on the host changes.
+    pub declared_subnet: Option<Ipv4Network>,
     /// Where the network is declared (its key), for diagnostics.
     pub span: SourceSpan,
 }

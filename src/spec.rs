@@ -163,13 +163,15 @@ pub enum ModeSpec {
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// The network exists on the host already under exactly this name; topo reads it and
-    /// never changes or destroys it. No other key is allowed beside `external: true`.
+    /// never changes or destroys it. No other key is allowed beside `external: true` but
+    /// `subnet` (the LAN's subnet, for ARP verification, when libvirt knows no address).
     #[schemars(with = "Option<bool>")]
     pub external: Option<Spanned<bool>>,
     /// nat | routed | isolated | open (default nat).
     #[schemars(with = "Option<ModeSpec>")]
     pub mode: Option<Spanned<ModeSpec>>,
-    /// IPv4 subnet in CIDR form, e.g. `192.168.152.0/24` (host bits zero, /30 or larger).
+    /// IPv4 subnet in CIDR form, e.g. `192.168.152.0/24` (host bits zero, /30 or larger). On an
+    /// external network: the subnet of the LAN it bridges to, which verification may ask in.
     #[schemars(with = "Option<String>")]
     pub subnet: Option<Spanned<String>>,
     /// Address of the host bridge (default: the first address of the subnet).

@@ -113,7 +113,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
             NetworkKind::External => n.to_string(),
             NetworkKind::Managed(_) => format!("{prefix}{n}"),
         };
-        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, span: (0, 0).into() });
+        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, declared_subnet: None, span: (0, 0).into() });
     }
     let vm_name = VmName::new("vm").unwrap();
     let vm = Vm {

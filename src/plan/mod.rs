@@ -16,7 +16,7 @@ use crate::address::Address;
 use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
-use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Vm};
+use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm};
 use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
 use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
 use fields::{FieldClass, Fields};
@@ -1310,7 +1310,48 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 "declared external here",
                 format!("start it with `virsh net-start {}`; topo never changes external networks", net.libvirt_name),
             )),
-            (NetworkKind::External, Some(_)) => {}
+            (NetworkKind::External, Some(o)) => {
+                // What verification may ask in: libvirt's subnet, else the declared one.
+                let libvirt_subnet = o.ip.as_ref().and_then(|ip| {
+                    let any = ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok()?;
+                    ipnetwork::Ipv4Network::new(any.network(), ip.prefix).ok()
+                });
+                match (libvirt_subnet, net.declared_subnet) {
+                    (Some(have), Some(declared)) if have != declared => out.push(conflict(
+                        Code::ExternalSubnetMismatch,
+                        net.span,
+                        format!(
+                            "external network `{}` is declared with subnet {declared}, but libvirt reports {have}",
+                            net.libvirt_name
+                        ),
+                        "declared external here",
+                        format!("write `subnet: {have}`, or remove `subnet:` (libvirt's is used)"),
+                    )),
+                    (None, None) => {
+                        for (vm, nic) in lab.nics().filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp) {
+                            out.push(conflict(
+                                Code::ExternalUnprovable,
+                                nic.span,
+                                format!(
+                                    "{} of vm `{}` is on external network `{}`, which has no IPv4 address in \
+                                     libvirt (a bridge to a LAN): its address cannot be proven by ARP without \
+                                     sweeping a LAN topo knows nothing of",
+                                    nic.label(),
+                                    vm.name,
+                                    net.libvirt_name
+                                ),
+                                "verified by ARP (`verify: arp`, the default)",
+                                format!(
+                                    "set `verify: none` on this NIC, or declare the LAN's subnet on the network \
+                                     (`subnet: 192.168.1.0/24` beside `external: true` under `{}`)",
+                                    net.name
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
             (NetworkKind::Managed(_), Some(o)) if o.ownership(lab_name) != Ownership::ThisLab => {
                 out.push(conflict(
                     Code::NetworkNameTaken,

@@ -107,10 +107,12 @@ impl NicTarget {
             NetworkKind::Managed(m) => (m.dhcp.is_some(), m.subnet),
             NetworkKind::External => (
                 observed_ip.is_some_and(|ip| ip.dhcp_range.is_some()),
-                observed_ip.and_then(|ip| {
-                    let any = Ipv4Network::new(ip.address, ip.prefix).ok()?;
-                    Ipv4Network::new(any.network(), ip.prefix).ok()
-                }),
+                observed_ip
+                    .and_then(|ip| {
+                        let any = Ipv4Network::new(ip.address, ip.prefix).ok()?;
+                        Ipv4Network::new(any.network(), ip.prefix).ok()
+                    })
+                    .or(network.declared_subnet),
             ),
         };
         let observed_reservation = observed_ip.and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac)).map(|h| h.ip);

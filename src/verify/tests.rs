@@ -647,12 +647,14 @@ fn targets_from_the_model() {
             dhcp_ping: false,
             reservations: BTreeMap::new(),
         }),
+        declared_subnet: None,
         span,
     };
     let ext = Network {
         name: NetworkName::new("ext").unwrap(),
         libvirt_name: "default".into(),
         kind: NetworkKind::External,
+        declared_subnet: None,
         span,
     };
     let observed = |name: &str, bridge: &str, ip_: Option<ObservedIp>| ObservedNetwork {
@@ -727,6 +729,16 @@ fn targets_from_the_model() {
     let r = run(&[t6], &p, &FakeLeases::new());
     assert!(matches!(failed(&r, 0), FailReason::NoBridge { detail } if detail.contains("test driver")));
     assert!(p.calls().is_empty(), "nothing sent");
+
+    // An external network libvirt knows no address of (a bridge to a LAN): its declared
+    // subnet is what verification may sweep; without one, nothing (NoSubnet, at once).
+    let o_lan = ObservedNetwork { ip: None, ..observed("lan", "br-lan", None) };
+    let lan = Network { name: NetworkName::new("lan").unwrap(), libvirt_name: "lan".into(), ..ext.clone() };
+    let t7 = NicTarget::from_model(&vm, &vm.nics[1], &lan, Some(&o_lan), true, local_host);
+    assert_eq!((t7.subnet, t7.dhcp, t7.bridge.as_deref()), (None, false, Some("br-lan")));
+    let declared = Network { declared_subnet: Some("192.168.1.0/24".parse().unwrap()), ..lan };
+    let t8 = NicTarget::from_model(&vm, &vm.nics[1], &declared, Some(&o_lan), true, local_host);
+    assert_eq!(t8.subnet, Some("192.168.1.0/24".parse().unwrap()));
 }
 
 #[test]

@@ -54,12 +54,19 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             name: local.clone(),
             libvirt_name: "seedlab-local_net".into(),
             kind: NetworkKind::Managed(net),
+            declared_subnet: None,
             span: (0, 0).into(),
         },
     );
     networks.insert(
         ext.clone(),
-        Network { name: ext.clone(), libvirt_name: "default".into(), kind: NetworkKind::External, span: (0, 0).into() },
+        Network {
+            name: ext.clone(),
+            libvirt_name: "default".into(),
+            kind: NetworkKind::External,
+            declared_subnet: None,
+            span: (0, 0).into(),
+        },
     );
     let vm_name = VmName::new("deb1").unwrap();
     let nics = vec![
