@@ -287,6 +287,30 @@ impl fmt::Display for VirtType {
     }
 }
 
+/// Whether a VM should run: `state:` in the lab file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined and running (the default).
+    #[default]
+    Running,
+    /// Defined, its disk kept, not running.
+    Stopped,
+}
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+        }
+    }
+}
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How topo proves a NIC has an address after apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -490,6 +514,8 @@ pub struct Vm {
     pub virt_type: VirtType,
     pub memory: ByteSize,
     pub vcpus: u32,
+    /// Whether it should run (`state:`, default running).
+    pub state: VmState,
     pub boot: Option<Boot>,
     pub disk: Option<Disk>,
     pub nics: Vec<Nic>,

@@ -224,6 +224,17 @@ pub enum HypervisorSpec {
     Kvm,
 }
 
+/// Whether a VM runs (Terraform's and kcli's vocabulary; libvirt calls a stopped domain
+/// `shut off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStateSpec {
+    /// Defined and running (default).
+    Running,
+    /// Defined, its disk kept, not running.
+    Stopped,
+}
+
 /// A virtual machine.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -237,6 +248,10 @@ pub struct VmSpec {
     /// Virtual CPUs (default 1; 1 to 256).
     #[schemars(with = "Option<i64>")]
     pub vcpus: Option<Spanned<i64>>,
+    /// running | stopped (default running). A stopped VM is defined, keeps its disk, and
+    /// is not running; apply starts or stops it in place.
+    #[schemars(with = "Option<VmStateSpec>")]
+    pub state: Option<Spanned<VmStateSpec>>,
     /// Direct kernel boot. A VM needs `boot`, `disk` or both.
     #[schemars(with = "Option<BootSpec>")]
     pub boot: Option<Spanned<BootSpec>>,

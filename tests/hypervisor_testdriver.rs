@@ -122,6 +122,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 1,
+        state: topo::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/nonexistent/vmlinuz"),
             initrd: None,

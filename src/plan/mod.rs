@@ -16,7 +16,7 @@ use crate::address::Address;
 use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
-use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm};
+use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
 use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
 use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
 use fields::{FieldClass, Fields};
@@ -68,6 +68,8 @@ pub enum Reason {
     RequiresRestart { fields: Vec<String> },
     /// `topo destroy` removes everything the lab owns.
     DestroyRequested,
+    /// The lab file says `state: stopped` and the VM runs: it is shut down.
+    StopRequested,
     /// The VM is paused: it is resumed.
     Paused,
     /// A volume tagged as this lab's that no domain uses (left by an interrupted apply or
@@ -102,6 +104,7 @@ impl Reason {
                 format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
             }
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
+            Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
             Reason::PoolNeeded => {
@@ -1149,12 +1152,28 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     let desired = fields::desired_vm(lab, vm);
     let o = observed.domains.get(&vm.libvirt_name);
     let define = domain_define(lab, vm, &desired, pool, o);
+    // `state: stopped`: defined, disk kept, not running.
+    let run = vm.state == VmState::Running;
     let Some(o) = o else {
         let mut ops: Vec<Op> = overlay_volume(lab, vm).into_iter().collect();
         ops.extend(seed_volume(lab, vm));
         ops.extend(define);
-        ops.push(Op::StartDomain);
-        return Some(creation(address, &vm.libvirt_name, &desired, ops));
+        if run {
+            ops.push(Op::StartDomain);
+        }
+        let mut c = creation(address, &vm.libvirt_name, &desired, ops);
+        if !run {
+            // Created stopped: said, since "will be created" reads as running.
+            c.fields.push(FieldChange {
+                path: "state".into(),
+                before: None,
+                after: Some(vm.state.to_string()),
+                forces_replacement: false,
+                restarts: false,
+            });
+            c.fields.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        return Some(c);
     };
     let obs = fields::observed_vm(lab, o, &desired);
     let mut changed = diff(&desired, &obs);
@@ -1181,13 +1200,16 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
         ops.extend(overlay_volume(lab, vm));
         ops.extend(seed_volume(lab, vm));
         ops.extend(define);
-        ops.push(Op::StartDomain);
+        if run {
+            ops.push(Op::StartDomain);
+        }
         return Some(Change {
             address,
             libvirt_name: vm.libvirt_name.clone(),
             action: Action::Replace,
             reasons,
-            fields: changed.into_iter().filter(|f| f.path != "state").collect(),
+            // The run state a replacement ends in is shown when the file asks for `stopped`.
+            fields: changed.into_iter().filter(|f| f.path != "state" || !run).collect(),
             blast_radius: Vec::new(),
             after: Vec::new(),
             ops,
@@ -1195,7 +1217,29 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     }
     let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
-    if !restart.is_empty() {
+    if !run {
+        // Stopped first (so NIC changes below touch the config only); a paused or crashed
+        // VM has no guest to ask.
+        match o.state {
+            DomainState::Shutoff => {}
+            DomainState::Running => {
+                reasons.push(Reason::StopRequested);
+                ops.push(Op::StopDomain { shutdown: Shutdown::Graceful });
+            }
+            DomainState::Paused | DomainState::Other => {
+                reasons.push(Reason::StopRequested);
+                ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+            }
+        }
+    }
+    if !run && !restart.is_empty() {
+        // A VM that stays stopped takes the new settings at its next start: the config
+        // is rewritten (it carries the NICs too), nothing restarts.
+        for f in &mut changed {
+            f.restarts = false;
+        }
+        ops.extend(define);
+    } else if !restart.is_empty() {
         // Stop, then define, then start: a death between any two leaves a state the next
         // plan sees (stopped with the old config, or stopped with the new one), never a
         // running VM whose config already matches while it runs the old settings. The new
@@ -1244,6 +1288,8 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
             ops.extend(define);
         }
         match o.state {
+            // Stopped above when the file says so.
+            _ if !run => {}
             DomainState::Running => {}
             DomainState::Shutoff => {
                 reasons.push(Reason::NotRunning);

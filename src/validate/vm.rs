@@ -9,7 +9,7 @@ use super::network::NetInfo;
 use super::{Checker, cloud_init, nic};
 use crate::diag::Code;
 use crate::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
-use crate::spec::{HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec};
+use crate::spec::{HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec, VmStateSpec};
 
 /// Default VM memory.
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
@@ -64,6 +64,10 @@ pub(super) fn check_all(
                     virt_type,
                     memory,
                     vcpus,
+                    state: match vm.state.as_ref().map(|s| s.value) {
+                        None | Some(VmStateSpec::Running) => model::VmState::Running,
+                        Some(VmStateSpec::Stopped) => model::VmState::Stopped,
+                    },
                     boot,
                     disk,
                     nics,

@@ -627,6 +627,7 @@ fn targets_from_the_model() {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(256),
         vcpus: 1,
+        state: crate::model::VmState::Running,
         boot: None,
         disk: None,
         nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],

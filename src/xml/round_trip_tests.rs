@@ -95,6 +95,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 2,
+        state: crate::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/labs/img/vmlinuz"),
             initrd: Some(PathBuf::from("/labs/img/initrd.gz")),
