@@ -24,7 +24,7 @@ fn with_db_state(state: &str) -> String {
 }
 
 fn ops_of<'a>(p: &'a topo::plan::Plan, address: &str) -> Vec<&'a Op> {
-    p.changes.iter().filter(|c| c.address.to_string() == address).flat_map(|c| &c.ops).collect()
+    p.changes.iter().filter(|c| c.address == address).flat_map(|c| &c.ops).collect()
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn created_stopped_is_defined_not_started() {
     let hv = host();
     let l = lab(&with_db_state("stopped"));
     let (p, _) = plan_on(&l, &hv);
-    let db = p.changes.iter().find(|c| c.address.to_string() == "vm.db").unwrap();
+    let db = p.changes.iter().find(|c| c.address == "vm.db").unwrap();
     assert_eq!(db.action, Action::Create);
     assert!(db.fields.iter().any(|f| f.path == "state" && f.after.as_deref() == Some("stopped")));
     assert!(!db.ops.contains(&Op::StartDomain), "{:?}", db.ops);

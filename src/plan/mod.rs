@@ -5,6 +5,7 @@ pub mod fields;
 pub mod json;
 pub mod render;
 pub mod saved;
+pub mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -302,6 +303,10 @@ pub struct Summary {
 pub struct Plan {
     pub lab: String,
     pub changes: Vec<Change>,
+    /// `--target` addresses, sorted: the plan is partial (see [`target`]). Empty for a
+    /// whole plan.
+    #[serde(default)]
+    pub targets: Vec<Address>,
 }
 
 impl Plan {
@@ -432,7 +437,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     }
     prune_deleted_users(&mut changes);
     order_changes(lab, Some(&graph), observed, &mut changes);
-    Ok(Plan { lab: lab.name.to_string(), changes })
+    Ok(Plan { lab: lab.name.to_string(), changes, targets: Vec::new() })
 }
 
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
@@ -483,7 +488,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     }
     prune_deleted_users(&mut changes);
     order_changes(lab, graph.as_ref(), observed, &mut changes);
-    Plan { lab: lab.name.to_string(), changes }
+    Plan { lab: lab.name.to_string(), changes, targets: Vec::new() }
 }
 
 fn lab_has(lab: &Lab, address: &Address) -> bool {
