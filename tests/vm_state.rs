@@ -139,3 +139,37 @@ fn a_bad_state_is_refused_with_the_choices() {
     let shown = render_diag(&err);
     assert!(shown.contains("running") && shown.contains("stopped"), "{shown}");
 }
+
+/// Through the binary on libvirt's test driver: a stopped VM is created defined and not
+/// running, its NICs are not verified (so apply succeeds without a bridge to probe), and
+/// status shows it stopped.
+#[test]
+fn a_stopped_vm_on_the_test_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = std::fs::canonicalize("tests/fixtures/boot").unwrap();
+    let lab = dir.path().join("lab.yaml");
+    std::fs::write(
+        &lab,
+        format!(
+            "apiVersion: topo/v1\nname: st\nnetworks:\n  a:\n    mode: isolated\n    subnet: 10.127.0.0/24\n    \
+             dhcp_ping: true\nvms:\n  one:\n    hypervisor: qemu\n    memory: 128MiB\n    state: stopped\n    \
+             boot: {{kernel: {b}/vmlinuz}}\n    nics: [{{network: a}}]\n",
+            b = boot.display()
+        ),
+    )
+    .unwrap();
+    let out = assert_cmd::Command::cargo_bin("topo")
+        .unwrap()
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .args(["-c", "test:///default", "--color", "never", "apply", "-y", "--json"])
+        .arg(&lab)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["summary"]["added"], 2);
+    assert_eq!(doc["verify"], serde_json::Value::Null, "no NIC of a stopped VM to verify");
+    let vm = doc["plan"]["changes"].as_array().unwrap().iter().find(|c| c["address"] == "vm.one").unwrap();
+    assert!(vm["fields"].as_array().unwrap().iter().any(|f| f["path"] == "state" && f["after"] == "stopped"));
+}

@@ -74,6 +74,7 @@ pub fn run_verification(
             NicState::Verified { ip, seconds, .. } => format!("{ip} verified by ARP after {seconds:.1}s"),
             NicState::Failed { reason } => format!("FAILED: {reason}"),
             NicState::Skipped => "not verified (verify: none)".into(),
+            NicState::Stopped => "not verified (state: stopped)".into(),
             NicState::Reported { ip, source } => format!("{ip} reported by {source}"),
         };
         crate::errln!("{} {} ({}): {what}", t.vm, t.nic, t.network);

@@ -65,6 +65,8 @@ pub struct NicTarget {
     pub subnet: Option<Ipv4Network>,
     /// The VM is running (a stopped VM cannot answer).
     pub running: bool,
+    /// The lab file says `state: stopped`: not running on purpose, nothing to prove.
+    pub stopped: bool,
     /// `verify: arp` on the NIC; `false` (`verify: none`) skips it.
     pub verify: bool,
 }
@@ -129,6 +131,7 @@ impl NicTarget {
             dhcp,
             subnet,
             running,
+            stopped: vm.state == crate::model::VmState::Stopped,
             verify: nic.verify == Verify::Arp,
         }
     }

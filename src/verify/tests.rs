@@ -46,6 +46,7 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         dhcp: true,
         subnet: Some("10.0.0.0/24".parse().unwrap()),
         running: true,
+        stopped: false,
         verify: true,
     }
 }
