@@ -1389,6 +1389,7 @@ fn check_subnet_race(dir: &Path) {
         assert_eq!(leftovers(winner), Vec::<String>::new());
         eprintln!("e2e: race round {round}: {winner} won, {loser} refused");
     }
+}
 
 // ------------------------------------------------------------------------- state and --target
 
