@@ -458,6 +458,23 @@ fn stopped_vm_fails_without_probing() {
     assert_eq!(l.calls(), 0, "nothing pending: leases not even read");
 }
 
+/// `state: stopped` in the lab file: listed as stopped, not failed, and never probed,
+/// locally or (from what libvirt reports) remotely.
+#[test]
+fn a_vm_stopped_by_the_file_is_stopped_not_failed() {
+    let mut t = target("vm1", a());
+    t.running = false;
+    t.stopped = true;
+    let p = FakeProber::new().answer("br0", ip("10.0.0.5"), a());
+    let r = run(std::slice::from_ref(&t), &p, &FakeLeases::new()).report;
+    assert_eq!(r.nics[0].state, NicState::Stopped);
+    assert!(r.all_ok() && r.failed().next().is_none());
+    assert!(p.calls().is_empty());
+    assert!(crate::verify::report::summary_line(&r).ends_with("0 failed, 0 skipped, 1 stopped."));
+    let remote = reported(&[t], &[], &BTreeMap::new());
+    assert_eq!(remote.nics[0].state, NicState::Stopped);
+}
+
 #[test]
 fn missing_or_down_bridge_fails_only_its_nics() {
     let mut none = target("vm1", a());
