@@ -36,7 +36,9 @@ WORK=$(mktemp -d)
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null
+  # `|| true`: under `set -e` a failing last command of an && list ends the trap here, before
+  # the sandbox is down (seen: a dead poller left libvirtd up, holding the sandbox lock).
+  [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null || true
   rm -rf "$WORK"
   if [ "${KEEP:-0}" = 1 ]; then log "KEEP=1: sandbox left up"; else "$SBX" down >&2 || rc=1; fi
   exit $rc
@@ -77,7 +79,7 @@ for run in $(seq "$N_APPLY"); do
   POLLER=$!
   $TOPO apply -y "$LAB" >"$WORK/apply.out" 2>"$WORK/apply.err" || { cat "$WORK/apply.out" "$WORK/apply.err" >&2; exit 1; }
   t1=$(( $(now_ms) - t0 ))
-  kill "$POLLER"; wait "$POLLER" 2>/dev/null || true; POLLER=
+  kill "$POLLER" 2>/dev/null || true; wait "$POLLER" 2>/dev/null || true; POLLER=
   grep -q "verified, 0 failed" "$WORK/apply.out" || { cat "$WORK/apply.out" >&2; exit 1; }
   # per MAC: first time seen; only MACs of this lab (those in the verify table)
   macs=$(awk '$5 ~ /^52:54:00/{print $5}' "$WORK/apply.out" | sort -u)
