@@ -423,7 +423,10 @@ fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
     // A VM with a disk gets a cloud-init seed by default: a second, uploaded volume.
     let seed = topo::guest::Seed::of(&l, vm).unwrap().unwrap();
     let seed_path = format!("{OVERLAY_DIR}/{}", seed.volume_name(&l, vm));
-    assert_eq!(hv.volumes(), vec![(overlay.clone(), base), (seed_path.clone(), "raw".to_string())]);
+    // Sorted by name; the overlay's hashes the checkout's image path, so compare as sets.
+    let mut want = vec![(overlay.clone(), base), (seed_path.clone(), "raw".to_string())];
+    want.sort();
+    assert_eq!(hv.volumes(), want);
     let o = hv.observe().unwrap();
     assert_eq!(o.domains["disky-box"].disks, vec![overlay.clone(), seed_path]);
     assert_eq!(
@@ -669,6 +672,7 @@ fn only_tagged_volumes_are_the_labs() {
         pool: topo::ownership::OVERLAY_POOL.into(),
         name: "disky-box-12345678.qcow2".into(),
         backing: "/img/user.qcow2".into(),
+        backing_format: Default::default(),
         size: None,
     };
     hv.create_volume(&lookalike).unwrap();
@@ -834,4 +838,56 @@ fn a_huge_shutdown_timeout_does_not_overflow() {
     let opts = topo::apply::Options { shutdown_timeout: std::time::Duration::MAX, ..options(4) };
     let report = within_a_minute(move || topo::apply::apply(&p, &hv, &opts, &AtomicBool::new(false), &Silent));
     assert!(!report.failed(), "{report:#?}");
+}
+
+/// The overlay's backing format is what the lab file declares (default qcow2), never read
+/// from the image's first bytes: the fixture image is plain text, which a probe would have
+/// called raw. A declared `raw` is carried to libvirt and is another overlay.
+#[test]
+fn backing_format_is_declared_never_probed() {
+    let volume = |text: &str| {
+        let l = lab(text);
+        let (p, _) = plan_on(&l, &MemoryHypervisor::new());
+        p.changes
+            .iter()
+            .flat_map(|c| c.ops.iter())
+            .find_map(|op| match op {
+                topo::plan::Op::CreateVolume { volume } => Some(volume.clone()),
+                _ => None,
+            })
+            .expect("an overlay volume")
+    };
+    let default = volume(DISK_LAB);
+    assert!(!std::fs::read("tests/fixtures/images/base.qcow2").unwrap().starts_with(b"QFI\xfb"));
+    assert_eq!(default.backing_format, topo::model::ImageFormat::Qcow2);
+    let raw = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: raw}"));
+    assert_eq!(raw.backing_format, topo::model::ImageFormat::Raw);
+    assert_ne!(raw.name, default.name, "another backing format is another overlay");
+    let qcow2 = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: qcow2}"));
+    assert_eq!(qcow2, default, "the default, written out, changes nothing");
+}
+
+/// Every volume name derived from VM names is unique, whatever the names look like: the
+/// overlay (`NAME-HASH.TAG.qcow2`) and seed (`NAME-cidata-HASH.TAG.img`) of VMs named like
+/// each other's suffixes never meet.
+#[test]
+fn derived_volume_names_are_unique() {
+    let mut text = String::from("apiVersion: topo/v1\nname: vols\nprefix: p-\nvms:\n");
+    for vm in ["a", "a-cidata", "a_cidata", "a-1", "a-12345678", "cidata"] {
+        text.push_str(&format!(
+            "  {vm}:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    disk: {{image: images/base.qcow2}}\n"
+        ));
+    }
+    let l = lab(&text);
+    let mut names = std::collections::BTreeSet::new();
+    for vm in l.vms.values() {
+        assert!(names.insert(vm.overlay_name(&l.name).unwrap()), "overlay of {}", vm.name);
+        if let Some(seed) = topo::guest::Seed::of(&l, vm).unwrap() {
+            let s = seed.volume_name(&l, vm);
+            assert!(topo::guest::is_seed_volume(&s));
+            assert!(names.insert(s), "seed of {}", vm.name);
+        }
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    assert!(names.iter().filter(|n| n.ends_with(".qcow2")).all(|n| !topo::guest::is_seed_volume(n)));
 }

@@ -113,7 +113,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
             NetworkKind::External => n.to_string(),
             NetworkKind::Managed(_) => format!("{prefix}{n}"),
         };
-        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, span: (0, 0).into() });
+        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, declared_subnet: None, span: (0, 0).into() });
     }
     let vm_name = VmName::new("vm").unwrap();
     let vm = Vm {
@@ -122,6 +122,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 1,
+        state: topo::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/nonexistent/vmlinuz"),
             initrd: None,
@@ -364,6 +365,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         pool: pool.into(),
         name: format!("t{tag}-vm-0.aaaaaaaa.qcow2"),
         backing: "/nonexistent/base.qcow2".into(),
+        backing_format: Default::default(),
         size: Some(1 << 30),
     };
     hv.create_volume(&spec).unwrap();

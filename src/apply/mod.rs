@@ -382,9 +382,19 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
 /// After apply: observe again and plan; any remaining change is an inconsistent result.
 /// Returns what was observed, for the verification that follows.
 pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
+    check_converged_for(lab, hv, &[])
+}
+
+/// [`check_converged`] for a plan cut to `targets` (`--target`): only the targets and what
+/// they depend on must match the file.
+pub fn check_converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
     let observed = hv.observe()?;
     let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
-        Ok(p) => p,
+        Ok(p) if targets.is_empty() => p,
+        Ok(p) => {
+            let reach = crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply);
+            crate::plan::target::restrict(p, &reach, targets)
+        }
         Err(e) => return Err(ApplyError::Inconsistent { details: vec![e.to_string()] }),
     };
     if plan.is_empty() {

@@ -748,7 +748,7 @@ impl Hypervisor for LibvirtHypervisor {
         // fail on the file rather than as "exists".
         let _ = lv("virStoragePoolRefresh", &v.pool, || pool.refresh(0));
         let backing = std::path::Path::new(&v.backing);
-        let xml = xml::overlay_volume_xml(&v.name, backing, image_format(backing), v.size)
+        let xml = xml::overlay_volume_xml(&v.name, backing, v.backing_format.as_str(), v.size)
             .map_err(|e| other(OP, &v.name, &e.to_string()))?;
         lv("virStorageVolCreateXML", &v.name, || virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0))
             .map_err(|e| map_error(OP, &v.name, &e))?;
@@ -804,17 +804,6 @@ fn code_of(e: &VirtError) -> ErrorNumber {
 
 fn other(op: &str, object: &str, message: &str) -> HvError {
     HvError { op: op.into(), object: object.into(), message: message.into(), kind: HvErrorKind::Other, hint: None }
-}
-
-/// `qcow2` when the file starts with qcow2's magic, else `raw` (read locally: the lab file
-/// names images on the libvirt host, which is this host for local URIs).
-fn image_format(path: &std::path::Path) -> &'static str {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
-        Ok(()) if &magic == b"QFI\xfb" => "qcow2",
-        _ => "raw",
-    }
 }
 
 /// The host's interface names when `uri` is a local driver other than `test` (no host

@@ -66,6 +66,10 @@ pub struct VolumeSpec {
     pub name: String,
     /// Path of the backing image on the libvirt host.
     pub backing: String,
+    /// The backing image's format as the lab file declares it (never probed). Saved plans
+    /// from before the field default to qcow2.
+    #[serde(default)]
+    pub backing_format: crate::model::ImageFormat,
     /// Virtual size in bytes; `None` keeps the backing image's size.
     pub size: Option<u64>,
 }

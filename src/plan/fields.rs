@@ -152,7 +152,7 @@ pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
     for nic in &vm.nics {
         put(&mut f, format!("nic[{}]", nic.mac), nic.network.to_string(), InPlace);
     }
-    put(&mut f, "state", "running", State);
+    put(&mut f, "state", vm.state.as_str(), State);
     f
 }
 
@@ -210,7 +210,8 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     let state = match o.state {
         crate::observed::DomainState::Running => "running",
         crate::observed::DomainState::Paused => "paused",
-        crate::observed::DomainState::Shutoff => "shutoff",
+        // The lab file's word for it (`state: stopped`); libvirt says `shut off`.
+        crate::observed::DomainState::Shutoff => "stopped",
         crate::observed::DomainState::Other => "other",
     };
     put(&mut f, "state", state, State);

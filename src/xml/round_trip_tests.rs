@@ -54,12 +54,19 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             name: local.clone(),
             libvirt_name: "seedlab-local_net".into(),
             kind: NetworkKind::Managed(net),
+            declared_subnet: None,
             span: (0, 0).into(),
         },
     );
     networks.insert(
         ext.clone(),
-        Network { name: ext.clone(), libvirt_name: "default".into(), kind: NetworkKind::External, span: (0, 0).into() },
+        Network {
+            name: ext.clone(),
+            libvirt_name: "default".into(),
+            kind: NetworkKind::External,
+            declared_subnet: None,
+            span: (0, 0).into(),
+        },
     );
     let vm_name = VmName::new("deb1").unwrap();
     let nics = vec![
@@ -88,6 +95,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 2,
+        state: crate::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/labs/img/vmlinuz"),
             initrd: Some(PathBuf::from("/labs/img/initrd.gz")),
