@@ -1632,6 +1632,7 @@ fn e2e_cloud_guests() {
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert!(!vols.contains("e2ecloud-"), "{vols}");
     clock.step("destroy: nothing of the lab left");
+}
 
 // ------------------------------------------------------------------------- state and --target
 
