@@ -922,6 +922,7 @@ vms:
     memory: 128MiB
     boot: {{ kernel: {g}/vmlinuz, initrd: {g}/initrd.gz, cmdline: console=ttyS0 quiet }}
     disk: {{ image: {}, size: {size} }}
+    cloud_init: {{ enabled: false }}
     nics: [{{ network: lan }}]
 ",
         base.display()
