@@ -36,7 +36,9 @@ WORK=$(mktemp -d)
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null
+  # `|| true`: under `set -e` a failing last command of an && list ends the trap here, before
+  # the sandbox is down (seen: a dead poller left libvirtd up, holding the sandbox lock).
+  [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null || true
   rm -rf "$WORK"
   if [ "${KEEP:-0}" = 1 ]; then log "KEEP=1: sandbox left up"; else "$SBX" down >&2 || rc=1; fi
   exit $rc
@@ -70,14 +72,14 @@ for run in $(seq "$N_APPLY"); do
   # shows up, in ms since t0, at 10 ms resolution
   ( while true; do
       t=$(( $(now_ms) - t0 ))
-      cat /var/lib/libvirt/dnsmasq/*.status 2>/dev/null | grep -o '"mac-address": *"[^"]*"' |
-        sed 's/.*"\([^"]*\)"$/\1/' | awk -v t="$t" '{print t, $1}'
+      { cat /var/lib/libvirt/dnsmasq/*.status 2>/dev/null | grep -o '"mac-address": *"[^"]*"' |
+        sed 's/.*"\([^"]*\)"$/\1/' | awk -v t="$t" '{print t, $1}'; } || true
       sleep 0.01
     done >>"$WORK/leases" ) &
   POLLER=$!
   $TOPO apply -y "$LAB" >"$WORK/apply.out" 2>"$WORK/apply.err" || { cat "$WORK/apply.out" "$WORK/apply.err" >&2; exit 1; }
   t1=$(( $(now_ms) - t0 ))
-  kill "$POLLER"; wait "$POLLER" 2>/dev/null || true; POLLER=
+  kill "$POLLER" 2>/dev/null || true; wait "$POLLER" 2>/dev/null || true; POLLER=
   grep -q "verified, 0 failed" "$WORK/apply.out" || { cat "$WORK/apply.out" >&2; exit 1; }
   # per MAC: first time seen; only MACs of this lab (those in the verify table)
   macs=$(awk '$5 ~ /^52:54:00/{print $5}' "$WORK/apply.out" | sort -u)

@@ -46,10 +46,11 @@ trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 R=$WORK/root
 
-# 1. the root tree: kernel, systemd, cloud-init, sshd, ifupdown + dhclient (cloud-init
+# 1. the root tree: kernel, systemd, cloud-init, sshd, sudo, e2fsprogs (fsck, and resize2fs
+#    for cloud-init to grow the root filesystem), ifupdown + dhclient (cloud-init
 #    renders its network config for ifupdown on bookworm), the guest agent.
 mmdebstrap --quiet --mode=root --variant=apt --format=directory \
-  --include=linux-image-cloud-amd64,systemd-sysv,cloud-init,openssh-server,ifupdown,isc-dhcp-client,netbase,iproute2,udev,sudo,qemu-guest-agent \
+  --include=linux-image-cloud-amd64,systemd-sysv,cloud-init,openssh-server,ifupdown,isc-dhcp-client,netbase,iproute2,udev,sudo,e2fsprogs,qemu-guest-agent \
   bookworm "$R" >/dev/null
 step "root tree: $(du -sh "$R" | cut -f1)"
 

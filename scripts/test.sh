@@ -24,6 +24,8 @@ step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 step "tiers 1-3: cargo test"
 cargo test --locked
+step "the binary has no test double (scripts/check-release-doubles.sh, dev profile)"
+PROFILE=debug scripts/check-release-doubles.sh
 
 if [ "${TOPO_SKIP_E2E:-0}" = 1 ]; then
   step "tier 4 skipped (TOPO_SKIP_E2E=1)"

@@ -83,6 +83,11 @@ pub enum Code {
     ExternalMissing,
     /// An external network the lab references is not active.
     ExternalInactive,
+    /// A NIC on an external network without an IPv4 subnet (libvirt's or declared) cannot be
+    /// proven by ARP.
+    ExternalUnprovable,
+    /// The subnet declared on an external network is not the one libvirt reports for it.
+    ExternalSubnetMismatch,
     /// A libvirt network name the lab would create is taken by an object it does not own.
     NetworkNameTaken,
     /// A libvirt domain name the lab would create is taken by an object it does not own.
@@ -149,6 +154,8 @@ impl Code {
             ControlChar => "topo::lab::control_char",
             ExternalMissing => "topo::plan::external_missing",
             ExternalInactive => "topo::plan::external_inactive",
+            ExternalUnprovable => "topo::plan::external_unprovable",
+            ExternalSubnetMismatch => "topo::plan::external_subnet_mismatch",
             NetworkNameTaken => "topo::plan::network_name_taken",
             VmNameTaken => "topo::plan::vm_name_taken",
             HostSubnetOverlap => "topo::plan::subnet_overlap",

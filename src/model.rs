@@ -287,6 +287,30 @@ impl fmt::Display for VirtType {
     }
 }
 
+/// Whether a VM should run: `state:` in the lab file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined and running (the default).
+    #[default]
+    Running,
+    /// Defined, its disk kept, not running.
+    Stopped,
+}
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+        }
+    }
+}
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How topo proves a NIC has an address after apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -382,6 +406,10 @@ pub struct Network {
     /// prefix + name for lab networks.
     pub libvirt_name: String,
     pub kind: NetworkKind,
+    /// External networks only: the subnet the lab file declares (`subnet:` beside
+    /// `external: true`) for a network libvirt knows no `<ip>` of, such as a bridge to a LAN.
+    /// Verification asks only addresses in it; nothing on the host changes.
+    pub declared_subnet: Option<Ipv4Network>,
     /// Where the network is declared (its key), for diagnostics.
     pub span: SourceSpan,
 }
@@ -486,6 +514,8 @@ pub struct Vm {
     pub virt_type: VirtType,
     pub memory: ByteSize,
     pub vcpus: u32,
+    /// Whether it should run (`state:`, default running).
+    pub state: VmState,
     pub boot: Option<Boot>,
     pub disk: Option<Disk>,
     pub nics: Vec<Nic>,
@@ -539,6 +569,30 @@ pub struct Disk {
     pub image: PathBuf,
     /// Virtual size of the overlay; `None` keeps the base image's size.
     pub size: Option<ByteSize>,
+    /// The base image's format, as the lab file declares it (default qcow2). Written into
+    /// the overlay as its backing format, so QEMU never probes the image: probing a raw
+    /// image whose guest wrote a qcow2 header would let the guest name host files as its
+    /// backing (QEMU docs, "qemu-img: backing file format should be specified").
+    pub format: ImageFormat,
+}
+
+/// Format of a base image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// The name libvirt and QEMU use (`<format type=...>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -567,6 +621,12 @@ impl Vm {
         h.update(d.image.to_string_lossy().as_bytes());
         h.update(b"\0");
         h.update(d.size.map(|s| s.bytes()).unwrap_or(0).to_le_bytes());
+        // Another backing format is another overlay (it is written into the overlay's
+        // header). qcow2, the default, adds nothing, so existing overlay names stay.
+        if d.format != ImageFormat::Qcow2 {
+            h.update(b"\0format=");
+            h.update(d.format.as_str().as_bytes());
+        }
         let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
         let stem = format!("{}-{hex}", self.libvirt_name);
         Some(crate::ownership::volume_name(lab.as_str(), &stem, "qcow2"))

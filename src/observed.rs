@@ -104,6 +104,10 @@ pub struct ObservedDomain {
     /// running, the host is remote, or its taps are not visible from here (topo runs in
     /// another network namespace than the daemon).
     pub links: Option<Vec<NicLink>>,
+    /// The files of the domain's cloud-init seed volume (`(name, text)`), read back from the
+    /// host for the plan's diff; `None` when the domain has no seed disk or it could not be
+    /// read (a driver without volume download).
+    pub seed: Option<Vec<(String, String)>>,
 }
 
 /// A running domain's NIC as plugged on the host: libvirt connects each NIC's tap to its

@@ -163,13 +163,15 @@ pub enum ModeSpec {
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// The network exists on the host already under exactly this name; topo reads it and
-    /// never changes or destroys it. No other key is allowed beside `external: true`.
+    /// never changes or destroys it. No other key is allowed beside `external: true` but
+    /// `subnet` (the LAN's subnet, for ARP verification, when libvirt knows no address).
     #[schemars(with = "Option<bool>")]
     pub external: Option<Spanned<bool>>,
     /// nat | routed | isolated | open (default nat).
     #[schemars(with = "Option<ModeSpec>")]
     pub mode: Option<Spanned<ModeSpec>>,
-    /// IPv4 subnet in CIDR form, e.g. `192.168.152.0/24` (host bits zero, /30 or larger).
+    /// IPv4 subnet in CIDR form, e.g. `192.168.152.0/24` (host bits zero, /30 or larger). On an
+    /// external network: the subnet of the LAN it bridges to, which verification may ask in.
     #[schemars(with = "Option<String>")]
     pub subnet: Option<Spanned<String>>,
     /// Address of the host bridge (default: the first address of the subnet).
@@ -222,6 +224,17 @@ pub enum HypervisorSpec {
     Kvm,
 }
 
+/// Whether a VM runs (Terraform's and kcli's vocabulary; libvirt calls a stopped domain
+/// `shut off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStateSpec {
+    /// Defined and running (default).
+    Running,
+    /// Defined, its disk kept, not running.
+    Stopped,
+}
+
 /// A virtual machine.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +248,10 @@ pub struct VmSpec {
     /// Virtual CPUs (default 1; 1 to 256).
     #[schemars(with = "Option<i64>")]
     pub vcpus: Option<Spanned<i64>>,
+    /// running | stopped (default running). A stopped VM is defined, keeps its disk, and
+    /// is not running; apply starts or stops it in place.
+    #[schemars(with = "Option<VmStateSpec>")]
+    pub state: Option<Spanned<VmStateSpec>>,
     /// Direct kernel boot. A VM needs `boot`, `disk` or both.
     #[schemars(with = "Option<BootSpec>")]
     pub boot: Option<Spanned<BootSpec>>,
@@ -275,6 +292,20 @@ pub struct DiskSpec {
     /// Virtual size of the overlay with a unit, e.g. `10GiB` (default: the image's size).
     #[schemars(with = "Option<String>")]
     pub size: Option<Spanned<String>>,
+    /// Format of the base image: qcow2 (default) or raw. Declared, never guessed from the
+    /// file's first bytes.
+    #[schemars(with = "Option<ImageFormatSpec>")]
+    pub format: Option<Spanned<ImageFormatSpec>>,
+}
+
+/// Format of a base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormatSpec {
+    /// QEMU's copy-on-write format (cloud images).
+    Qcow2,
+    /// A plain disk image.
+    Raw,
 }
 
 /// How topo proves a NIC got an address after apply.

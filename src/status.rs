@@ -310,6 +310,7 @@ vms:
             interfaces: vec![],
             live: None,
             links: None,
+            seed: None,
             owner: Some(OwnerTag {
                 lab: owner.into(),
                 resource: format!("vm.{}", name.trim_start_matches("demo-")),

@@ -420,9 +420,19 @@ fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
     let name = vm.overlay_name(&l.name).unwrap();
     let overlay = format!("{OVERLAY_DIR}/{name}");
     let base = vm.disk.as_ref().unwrap().image.display().to_string();
-    assert_eq!(hv.volumes(), vec![(overlay.clone(), base)]);
+    // A VM with a disk gets a cloud-init seed by default: a second, uploaded volume.
+    let seed = topo::guest::Seed::of(&l, vm).unwrap().unwrap();
+    let seed_path = format!("{OVERLAY_DIR}/{}", seed.volume_name(&l, vm));
+    // Sorted by name; the overlay's hashes the checkout's image path, so compare as sets.
+    let mut want = vec![(overlay.clone(), base), (seed_path.clone(), "raw".to_string())];
+    want.sort();
+    assert_eq!(hv.volumes(), want);
     let o = hv.observe().unwrap();
-    assert_eq!(o.domains["disky-box"].disks, vec![overlay.clone()]);
+    assert_eq!(o.domains["disky-box"].disks, vec![overlay.clone(), seed_path]);
+    assert_eq!(
+        o.domains["disky-box"].seed.as_deref(),
+        Some(&seed.files().map(|(n, t)| (n.to_string(), t.to_string()))[..])
+    );
     let calls = hv.calls();
     assert!(pos(&calls, "ensure_pool topo-overlays") < pos(&calls, &format!("create_volume {name}")));
     assert!(pos(&calls, &format!("create_volume {name}")) < pos(&calls, "define_domain disky-box"));
@@ -441,7 +451,98 @@ fn a_new_disk_size_replaces_the_vm_and_its_overlay() {
     assert_eq!(actions(&p), pairs(&[("vm.box", Action::Replace)]));
     let vm = l.vms.values().next().unwrap();
     let overlay = format!("{OVERLAY_DIR}/{}", vm.overlay_name(&l.name).unwrap());
-    assert_eq!(hv.volumes().into_iter().map(|v| v.0).collect::<BTreeSet<_>>(), BTreeSet::from([overlay]));
+    let seed = topo::guest::Seed::of(&l, vm).unwrap().unwrap();
+    let seed = format!("{OVERLAY_DIR}/{}", seed.volume_name(&l, vm));
+    assert_eq!(hv.volumes().into_iter().map(|v| v.0).collect::<BTreeSet<_>>(), BTreeSet::from([overlay, seed]));
+}
+
+// ---- cloud-init seeds (issue 10) -------------------------------------------------------
+
+const GUEST_LAB: &str = "\
+apiVersion: topo/v1
+name: guests
+cloud_init:
+  user_data: guest/user-data-a.yaml
+  ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItopoTestKey a@b']
+networks:
+  net:
+    mode: isolated
+    subnet: 10.81.0.0/24
+  fixed:
+    mode: routed
+    subnet: 10.82.0.0/24
+    dhcp: false
+vms:
+  box:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    disk: {image: images/base.qcow2}
+    nics: [{network: net}, {network: fixed, ip: 10.82.0.5}]
+  plain:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    disk: {image: images/base.qcow2}
+    cloud_init: {enabled: false}
+    nics: [{network: net}]
+";
+
+fn seed_volumes(hv: &MemoryHypervisor) -> Vec<String> {
+    hv.volumes().into_iter().map(|(p, _)| p).filter(|p| p.contains("-cidata-")).collect()
+}
+
+#[test]
+fn the_seed_is_uploaded_attached_and_converges() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(GUEST_LAB);
+    let p = apply_ok(&l, &hv);
+    let ops: Vec<&str> = p.changes.iter().flat_map(|c| c.ops.iter().map(|o| o.name())).collect();
+    assert_eq!(ops.iter().filter(|o| **o == "upload-seed").count(), 1, "only the VM with cloud-init: {ops:?}");
+    assert_eq!(seed_volumes(&hv).len(), 1);
+    let o = hv.observe().unwrap();
+    assert_eq!(o.domains["guests-box"].disks.len(), 2, "overlay and seed");
+    assert_eq!(o.domains["guests-plain"].disks.len(), 1, "cloud_init: enabled: false");
+    assert!(plan::plan(&l, &o, &hv.uri()).unwrap().is_empty(), "converged");
+    let calls = hv.calls();
+    let upload = calls.iter().position(|c| c.starts_with("upload_volume guests-box-cidata-")).unwrap();
+    assert!(upload < pos(&calls, "define_domain guests-box"));
+}
+
+#[test]
+fn a_user_data_edit_replaces_the_vm_with_a_readable_diff() {
+    let hv = MemoryHypervisor::new();
+    apply_ok(&lab(GUEST_LAB), &hv);
+    let before = seed_volumes(&hv);
+    let l = lab(&edit(GUEST_LAB, "user-data-a.yaml", "user-data-b.yaml"));
+    let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
+    assert_eq!(actions(&p), pairs(&[("vm.box", Action::Replace)]));
+    let c = &p.changes[0];
+    let paths: Vec<&str> = c.fields.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["cloud_init", "cloud_init.meta-data", "cloud_init.user-data"], "network-config unchanged");
+    assert!(c.fields.iter().all(|f| f.forces_replacement));
+    let text = topo::plan::render::render(&p, "lab.yaml", topo::plan::render::Style::Plain);
+    insta::assert_snapshot!(text);
+    apply_ok(&l, &hv);
+    let after = seed_volumes(&hv);
+    assert_eq!(after.len(), 1, "the old seed went with the old VM");
+    assert_ne!(after, before);
+}
+
+#[test]
+fn an_orphaned_seed_is_deleted() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(GUEST_LAB);
+    apply_ok(&l, &hv);
+    // A seed uploaded by an apply that died before it defined the domain.
+    hv.upload_volume(
+        "topo-overlays",
+        &topo::ownership::volume_name("guests", "guests-box-cidata-00000000", "img"),
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(seed_volumes(&hv).len(), 2);
+    let p = apply_ok(&l, &hv);
+    assert_eq!(p.changes.iter().filter(|c| c.action == Action::Delete).count(), 1, "{p:#?}");
+    assert_eq!(seed_volumes(&hv).len(), 1);
 }
 
 // ---- idempotent steps, states, ownership (issue 8) ------------------------------------
@@ -571,6 +672,7 @@ fn only_tagged_volumes_are_the_labs() {
         pool: topo::ownership::OVERLAY_POOL.into(),
         name: "disky-box-12345678.qcow2".into(),
         backing: "/img/user.qcow2".into(),
+        backing_format: Default::default(),
         size: None,
     };
     hv.create_volume(&lookalike).unwrap();
@@ -736,4 +838,56 @@ fn a_huge_shutdown_timeout_does_not_overflow() {
     let opts = topo::apply::Options { shutdown_timeout: std::time::Duration::MAX, ..options(4) };
     let report = within_a_minute(move || topo::apply::apply(&p, &hv, &opts, &AtomicBool::new(false), &Silent));
     assert!(!report.failed(), "{report:#?}");
+}
+
+/// The overlay's backing format is what the lab file declares (default qcow2), never read
+/// from the image's first bytes: the fixture image is plain text, which a probe would have
+/// called raw. A declared `raw` is carried to libvirt and is another overlay.
+#[test]
+fn backing_format_is_declared_never_probed() {
+    let volume = |text: &str| {
+        let l = lab(text);
+        let (p, _) = plan_on(&l, &MemoryHypervisor::new());
+        p.changes
+            .iter()
+            .flat_map(|c| c.ops.iter())
+            .find_map(|op| match op {
+                topo::plan::Op::CreateVolume { volume } => Some(volume.clone()),
+                _ => None,
+            })
+            .expect("an overlay volume")
+    };
+    let default = volume(DISK_LAB);
+    assert!(!std::fs::read("tests/fixtures/images/base.qcow2").unwrap().starts_with(b"QFI\xfb"));
+    assert_eq!(default.backing_format, topo::model::ImageFormat::Qcow2);
+    let raw = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: raw}"));
+    assert_eq!(raw.backing_format, topo::model::ImageFormat::Raw);
+    assert_ne!(raw.name, default.name, "another backing format is another overlay");
+    let qcow2 = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: qcow2}"));
+    assert_eq!(qcow2, default, "the default, written out, changes nothing");
+}
+
+/// Every volume name derived from VM names is unique, whatever the names look like: the
+/// overlay (`NAME-HASH.TAG.qcow2`) and seed (`NAME-cidata-HASH.TAG.img`) of VMs named like
+/// each other's suffixes never meet.
+#[test]
+fn derived_volume_names_are_unique() {
+    let mut text = String::from("apiVersion: topo/v1\nname: vols\nprefix: p-\nvms:\n");
+    for vm in ["a", "a-cidata", "a_cidata", "a-1", "a-12345678", "cidata"] {
+        text.push_str(&format!(
+            "  {vm}:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    disk: {{image: images/base.qcow2}}\n"
+        ));
+    }
+    let l = lab(&text);
+    let mut names = std::collections::BTreeSet::new();
+    for vm in l.vms.values() {
+        assert!(names.insert(vm.overlay_name(&l.name).unwrap()), "overlay of {}", vm.name);
+        if let Some(seed) = topo::guest::Seed::of(&l, vm).unwrap() {
+            let s = seed.volume_name(&l, vm);
+            assert!(topo::guest::is_seed_volume(&s));
+            assert!(names.insert(s), "seed of {}", vm.name);
+        }
+    }
+    assert!(names.len() >= 6, "{names:?}");
+    assert!(names.iter().filter(|n| n.ends_with(".qcow2")).all(|n| !topo::guest::is_seed_volume(n)));
 }

@@ -197,6 +197,7 @@ fn verify_over_real_arp() {
         dhcp: true,
         subnet: Some("10.99.0.0/24".parse().unwrap()),
         running: true,
+        stopped: false,
         verify: true,
     };
     let targets =
@@ -283,6 +284,7 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         dhcp: false,
         subnet: Some("10.99.0.0/24".parse().unwrap()),
         running: true,
+        stopped: false,
         verify: true,
     };
     let no_leases = || Ok(vec![]);

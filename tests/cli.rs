@@ -343,3 +343,17 @@ fn apply_as_a_user_keeps_its_locks_under_xdg_runtime_dir() {
     let holder = std::fs::read_to_string(xdg.join("topo").join(&files[0])).unwrap();
     assert!(holder.starts_with("topo apply pid "), "{holder}");
 }
+
+/// Paths are checked where QEMU opens them: on this machine for a local URI; for another
+/// host topo does not look for them here, and says so on stderr.
+#[test]
+fn validate_checks_paths_only_for_a_local_host() {
+    let file = "tests/fixtures/invalid/missing_kernel.yaml";
+    let local = topo().args(["--color", "never", "-c", "qemu:///system", "validate", file]).output().unwrap();
+    assert_eq!(local.status.code(), Some(1), "{}", stderr(&local));
+    assert!(stderr(&local).contains("topo::lab::missing_file"), "{}", stderr(&local));
+    let remote =
+        topo().args(["--color", "never", "-c", "qemu+ssh://root@lab-host/system", "validate", file]).output().unwrap();
+    assert!(remote.status.success(), "{}", stderr(&remote));
+    assert!(stderr(&remote).contains("does not check the lab's kernel, initrd and image paths"), "{}", stderr(&remote));
+}

@@ -289,7 +289,10 @@ fn verify_all(lab: &Path, s: &Shape) -> BTreeMap<String, Vec<String>> {
         assert!(g["reason"].is_null() && g["seconds"].is_number(), "{what}");
         addrs.entry(w.vm.to_string()).or_default().push(ip.to_string());
     }
-    assert_eq!(doc["summary"], serde_json::json!({"verified": want.len(), "failed": 0, "skipped": 0, "unproven": 0}));
+    assert_eq!(
+        doc["summary"],
+        serde_json::json!({"verified": want.len(), "failed": 0, "skipped": 0, "stopped": 0, "unproven": 0})
+    );
     addrs
 }
 
@@ -919,6 +922,7 @@ vms:
     memory: 128MiB
     boot: {{ kernel: {g}/vmlinuz, initrd: {g}/initrd.gz, cmdline: console=ttyS0 quiet }}
     disk: {{ image: {}, size: {size} }}
+    cloud_init: {{ enabled: false }}
     nics: [{{ network: lan }}]
 ",
         base.display()
@@ -975,6 +979,8 @@ fn e2e_disk_overlay() {
     assert_eq!(info["format"], "qcow2", "{info}");
     assert_eq!(info["virtual-size"], 128 * 1024 * 1024, "{info}");
     assert_eq!(info["backing-filename"].as_str(), base.to_str(), "{info}");
+    // Declared by the lab (default qcow2), written into the overlay: never probed.
+    assert_eq!(info["backing-filename-format"], "qcow2", "{info}");
     let pool = virsh_ok(&["pool-list", "--all", "--name"]);
     let vols = pool
         .lines()
@@ -1418,4 +1424,323 @@ fn check_subnet_race(dir: &Path) {
         assert_eq!(leftovers(winner), Vec::<String>::new());
         eprintln!("e2e: race round {round}: {winner} won, {loser} refused");
     }
+}
+
+// ------------------------------------------------------------------------- cloud-init guests
+
+/// The Debian 12 cloud-init image of `scripts/mkimage.sh` (built once, cached).
+fn image_dir() -> String {
+    std::env::var("TOPO_IMAGE_DIR").unwrap_or_else(|_| "/var/lib/topo/image".into())
+}
+
+/// An ssh-agent holding one fresh key, killed on drop: `topo ssh` runs the system `ssh`,
+/// which takes keys from the agent (the invoking user's `~/.ssh` is left alone).
+struct Agent {
+    pid: String,
+    sock: String,
+    public: String,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Self {
+        let key = dir.join("id_ed25519");
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "topo-e2e", "-f", path(&key)])
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success());
+        let sock = dir.join("agent.sock");
+        let out = Command::new("ssh-agent").args(["-s", "-a", path(&sock)]).output().expect("ssh-agent");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let pid = text.split(';').find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID=")).expect("agent pid").to_string();
+        let agent = Agent {
+            pid,
+            sock: path(&sock).to_string(),
+            public: std::fs::read_to_string(dir.join("id_ed25519.pub")).expect("public key").trim().to_string(),
+        };
+        let st =
+            Command::new("ssh-add").arg("-q").arg(&key).env("SSH_AUTH_SOCK", &agent.sock).status().expect("ssh-add");
+        assert!(st.success());
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(&self.pid).status();
+    }
+}
+
+fn cloud_lab(image: &str, key: &str, user_data: &str) -> String {
+    format!(
+        "apiVersion: topo/v1
+name: e2ecloud
+cloud_init:
+  ssh_authorized_keys: ['{key}']
+  user_data: {user_data}
+networks:
+  default:
+    external: true
+  local_net:
+    mode: isolated
+    subnet: 192.168.152.0/24
+  lab_net:
+    mode: routed
+    subnet: 10.20.0.0/24
+    dhcp: false
+vms:
+  deb1:
+    hypervisor: qemu
+    memory: 512MiB
+    boot: &boot
+      kernel: {image}/vmlinuz
+      initrd: {image}/initrd.img
+      cmdline: root=LABEL=cloudroot console=ttyS0
+    disk: &disk
+      image: {image}/debian-12-cloud.qcow2
+      size: 3GiB
+    nics:
+      - network: default
+      - network: local_net
+  deb2:
+    hypervisor: qemu
+    memory: 512MiB
+    boot: *boot
+    disk: *disk
+    nics:
+      - network: local_net
+      - network: lab_net
+        ip: 10.20.0.20
+"
+    )
+}
+
+/// `topo ssh -f LAB VM -- CMD` with the agent: stdout of the remote command.
+fn ssh(lab: &Path, agent: &Agent, vm: &str, cmd: &[&str]) -> Run {
+    let mut c = topo_cmd(&["ssh", "-f", path(lab), vm, "--"]);
+    c.args(cmd).env("SSH_AUTH_SOCK", &agent.sock);
+    Run::of(c.output().expect("run topo ssh"))
+}
+
+/// The guest's own view: seconds from its kernel's start to its last DHCP lease
+/// (dhclient's `bound to` in the journal, monotonic clock).
+fn guest_last_lease(lab: &Path, agent: &Agent, vm: &str) -> Option<f64> {
+    // ssh joins the words into one remote shell command: the pipe and quotes are the shell's.
+    let r =
+        ssh(lab, agent, vm, &["sudo", "journalctl", "-o", "short-monotonic", "--no-pager", "|", "grep", "'bound to'"]);
+    r.stdout
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix('[')?.split(']').next()?.trim().parse::<f64>().ok())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+}
+
+/// `topo console deb1` with a pipe for stdin: a newline brings the guest's login prompt
+/// through libvirt's console stream; Ctrl-] ends the session with exit 0.
+fn check_console(lab: &Path) {
+    use std::io::Write;
+    let mut child = topo_cmd(&["console", "-f", path(lab), "deb1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start topo console");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(Duration::from_secs(2));
+    stdin.write_all(b"\r\n").expect("type a newline");
+    std::thread::sleep(Duration::from_secs(3));
+    stdin.write_all(&[0x1d]).expect("type Ctrl-]");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("console state").is_none() {
+        assert!(Instant::now() < deadline, "topo console did not leave on Ctrl-]");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = Run::of(child.wait_with_output().expect("console output"));
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.contains("login:"), "the guest's login prompt:\n{}", r.show());
+}
+
+/// Cloud-init guests on the mkimage image: every NIC (DHCP on a NAT and an isolated network,
+/// a static address on a network without DHCP) proven by ARP after apply; `topo ssh` as the
+/// lab's user; the inventory; a user-data edit replaces the VM; destroy leaves nothing.
+#[test]
+#[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
+fn e2e_cloud_guests() {
+    let clock = Clock(Instant::now());
+    let image = image_dir();
+    script("mkimage.sh", &[&image]);
+    clock.step("cloud image ready (scripts/mkimage.sh, cached)");
+    let _sandbox = Sandbox::up();
+    clock.step("sandbox up");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path();
+    let agent = Agent::start(dir);
+    write(dir, "own-a.yaml", "#cloud-config\nwrite_files:\n  - path: /etc/topo-e2e\n    content: a\n");
+    write(dir, "own-b.yaml", "#cloud-config\nwrite_files:\n  - path: /etc/topo-e2e\n    content: b\n");
+    let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-a.yaml"));
+
+    // Apply: 4 NICs proven by ARP, the static one included.
+    let t0 = Instant::now();
+    let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
+    let apply_secs = t0.elapsed().as_secs_f64();
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.contains("Verify: 4 verified, 0 failed, 0 skipped."), "{}", r.show());
+    assert!(r.stdout.contains("10.20.0.20"), "the static NIC is proven at its address:\n{}", r.show());
+    clock.step(&format!("apply: 4 NICs verified by ARP, {apply_secs:.1} s"));
+    assert_converged(&lab);
+    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "one seed per VM:\n{vols}");
+
+    // In: ssh as the lab's user, on a proven address.
+    let r = ssh(&lab, &agent, "deb1", &["hostname"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());
+    let r = ssh(&lab, &agent, "deb2", &["id", "-un", ";", "cat", "/etc/topo-e2e", ";", "ip", "-4", "-br", "addr"]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.starts_with("topo\na"), "user topo, user-data applied:\n{}", r.show());
+    assert!(r.stdout.contains("10.20.0.20/24"), "static address configured by cloud-init:\n{}", r.show());
+    let r = topo_cmd(&["ssh", "-f", path(&lab), "--nic", "eth1", "deb2", "--", "true"])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .map(Run::of)
+        .expect("topo ssh --nic");
+    assert!(r.stderr.contains("ssh deb2 (10.20.0.20)"), "--nic picks that NIC's address:\n{}", r.show());
+    clock.step("topo ssh: hostname, user, user-data, static address");
+    check_console(&lab);
+    clock.step("topo console: login prompt through the console stream, Ctrl-] leaves");
+    let guest = ["deb1", "deb2"].map(|vm| guest_last_lease(&lab, &agent, vm));
+    eprintln!("e2e: benchmark: apply to all verified {apply_secs:.1} s; guests' boot to last lease {guest:?} s");
+
+    // The inventory: every VM, every proven address, the user.
+    let r = topo_ok(&["inventory", "--format", "json", path(&lab)]);
+    let inv: Value = serde_json::from_str(&r.stdout).expect("inventory JSON");
+    let nics: Vec<(String, String, bool)> = inv["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .flat_map(|h| {
+            assert_eq!(h["user"], "topo");
+            let vm = h["name"].as_str().unwrap_or("?").to_string();
+            h["nics"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |n| (vm.clone(), n["nic"].as_str().unwrap_or("?").to_string(), n["address"].is_string()))
+        })
+        .collect();
+    let want: Vec<(String, String, bool)> = [("deb1", "eth0"), ("deb1", "eth1"), ("deb2", "eth0"), ("deb2", "eth1")]
+        .iter()
+        .map(|(v, n)| (v.to_string(), n.to_string(), true))
+        .collect();
+    assert_eq!(nics, want, "{}", r.stdout);
+    let r = topo_ok(&["inventory", "--format", "ssh-config", path(&lab)]);
+    let cfg = write(dir, "ssh_config", &r.stdout);
+    let o = Command::new("ip")
+        .args(["netns", "exec", &netns(), "ssh", "-F", path(&cfg), "deb2-eth1", "hostname"])
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .map(Run::of)
+        .expect("ssh -F");
+    assert_eq!((o.code, o.stdout.trim()), (0, "deb2"), "{}", o.show());
+    clock.step("inventory: 4 addresses; ssh -F <inventory> works");
+
+    // A user-data edit: plan shows the diff, apply replaces both VMs, the guest has it.
+    let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-b.yaml"));
+    let r = topo(&["plan", "--detailed-exitcode", path(&lab)]);
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert!(r.stdout.contains("2 to replace"), "{}", r.show());
+    assert!(r.stdout.contains("cloud_init.user-data") && r.stdout.contains("content: b"), "{}", r.show());
+    let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(r.stdout.contains("0 added, 0 changed, 2 replaced"), "{}", r.show());
+    assert!(r.stdout.contains("Verify: 4 verified"), "{}", r.show());
+    assert_converged(&lab);
+    let r = ssh(&lab, &agent, "deb1", &["cat", "/etc/topo-e2e"]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "b"), "{}", r.show());
+    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");
+    clock.step("user-data edit: planned and applied as a replace");
+
+    // Destroy: no domain, no lab network, no volume (seeds included).
+    topo_ok(&["destroy", "-y", path(&lab)]);
+    assert!(!virsh_ok(&["list", "--all", "--name"]).contains("e2ecloud-"));
+    assert!(!virsh_ok(&["net-list", "--all", "--name"]).contains("e2ecloud-"));
+    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    assert!(!vols.contains("e2ecloud-"), "{vols}");
+    clock.step("destroy: nothing of the lab left");
+}
+
+// ------------------------------------------------------------------------- state and --target
+
+fn state_lab(v1_state: &str) -> String {
+    let g = guest_dir();
+    let vm = |n: &str, state: &str| {
+        format!(
+            "  {n}:\n    hypervisor: qemu\n    memory: 128MiB\n    state: {state}\n    boot: {{ kernel: {g}/vmlinuz, initrd: {g}/initrd.gz, cmdline: console=ttyS0 quiet }}\n    nics: [{{ network: lan }}]\n"
+        )
+    };
+    format!(
+        "apiVersion: topo/v1\nname: tgt\nnetworks:\n  lan:\n    mode: isolated\n    subnet: 192.168.174.0/24\nvms:\n{}{}{}",
+        vm("v1", v1_state),
+        vm("v2", "running"),
+        vm("v3", "running")
+    )
+}
+
+fn domstate(dom: &str) -> String {
+    virsh_ok(&["domstate", dom]).trim().to_string()
+}
+
+/// `--target vm.v1` on a 3-VM lab applies v1 (and its network) only; `state: stopped` in
+/// the file stops it in place (defined, not running, not a verification failure), and
+/// `state: running` starts it again, proven by ARP.
+#[test]
+#[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
+fn e2e_state_and_target() {
+    let clock = Clock(Instant::now());
+    let _sandbox = Sandbox::up();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let lab = write(tmp.path(), "tgt.yaml", &state_lab("running"));
+    let target = ["--target", "vm.v1"];
+    let apply_target = |nics: usize| {
+        let r = topo(
+            &[&["apply", "-y", "--shutdown-timeout", "2", "--timeout", "90"][..], &target, &[path(&lab)]].concat(),
+        );
+        assert_eq!(r.code, 0, "{}", r.show());
+        assert!(r.stdout.starts_with("Partial plan (--target vm.v1)"), "{}", r.show());
+        if nics > 0 {
+            assert!(r.stdout.contains(&format!("Verify: {nics} verified, 0 failed, 0 skipped.")), "{}", r.show());
+        } else {
+            assert!(r.stdout.contains("Verify: 0 verified, 0 failed, 0 skipped, 1 stopped."), "{}", r.show());
+        }
+        r
+    };
+
+    let r = apply_target(1);
+    assert!(r.stdout.contains("Apply complete: 2 added, 0 changed, 0 replaced, 0 destroyed."), "{}", r.show());
+    assert_eq!(names(&["list", "--all", "--name"]), ["tgt-v1"], "only the target's VM exists");
+    assert_eq!(names(&["net-list", "--all", "--name"]).iter().filter(|n| n.starts_with("tgt-")).count(), 1);
+    assert_eq!(domstate("tgt-v1"), "running");
+    let p = topo_ok(&[&["plan", "--detailed-exitcode"][..], &target, &[path(&lab)]].concat());
+    assert!(p.stdout.contains("No changes for the targets."), "{}", p.show());
+    clock.step("apply --target vm.v1: v1 and lan only, v1 verified by ARP");
+
+    std::fs::write(&lab, state_lab("stopped")).unwrap();
+    let r = apply_target(0);
+    assert!(r.stdout.contains("Apply complete: 0 added, 1 changed"), "{}", r.show());
+    assert_eq!(domstate("tgt-v1"), "shut off");
+    assert_eq!(names(&["list", "--all", "--name"]), ["tgt-v1"], "defined, not undefined");
+    let st = topo_ok(&["status", path(&lab)]);
+    assert!(st.stdout.lines().any(|l| l.starts_with("vm.v1") && l.contains("stopped")), "{}", st.show());
+    clock.step("state: stopped: v1 shut off in place, still defined, not a verification failure");
+
+    std::fs::write(&lab, state_lab("running")).unwrap();
+    apply_target(1);
+    assert_eq!(domstate("tgt-v1"), "running");
+    clock.step("state: running: v1 started again and verified");
+
+    // The whole lab: v2 and v3 join.
+    apply(&lab, 3);
+    assert_converged(&lab);
+    clock.step("plain apply: the rest of the lab, converged");
+    topo_ok(&["destroy", "-y", path(&lab)]);
 }

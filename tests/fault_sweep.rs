@@ -237,9 +237,9 @@ fn every_fault_at_every_call_converges() {
     }
 }
 
-/// A define that libvirt refuses after the overlay exists (issue: a control character in
-/// `cmdline`) leaves a tagged volume no domain uses: the next apply deletes and recreates
-/// it instead of failing on "exists already", and destroy removes it.
+/// A define that libvirt refuses after the overlay and seed exist (issue: a control
+/// character in `cmdline`) leaves tagged volumes no domain uses: the next apply deletes and
+/// recreates them instead of failing on "exists already", and destroy removes them.
 #[test]
 fn a_refused_define_does_not_wedge_later_applies() {
     let hv = host();
@@ -257,7 +257,7 @@ fn a_refused_define_does_not_wedge_later_applies() {
     );
     let (_, report) = apply_with(&l, &hv, 1);
     assert!(report.failed());
-    assert_eq!(orphans(&hv).len(), 1, "the overlay of a exists, no domain uses it");
+    assert_eq!(orphans(&hv).len(), 2, "the overlay and the cloud-init seed of a exist, no domain uses them");
     let (p, _) = plan_on(&l, &hv);
     let orphan = p.changes.iter().find(|c| c.address.kind() == "volume").expect("the orphan is planned");
     assert_eq!(orphan.reasons, vec![topo::plan::Reason::Orphaned]);

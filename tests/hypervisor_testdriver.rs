@@ -24,6 +24,8 @@ struct Driver {
     hotplug: bool,
     /// DHCP leases (the test driver has none: unsupported).
     leases: bool,
+    /// Volume upload over a stream (the test driver has no virStorageVolUpload).
+    upload: bool,
     /// A bridge-less network gets `virbrN` at define time (the test driver leaves it unset).
     assigns_bridge: bool,
     /// Stopping an inactive network fails (the test driver's `net-destroy` succeeds twice).
@@ -34,6 +36,7 @@ const TEST_DRIVER: Driver = Driver {
     keeps_dnsmasq_options: false,
     hotplug: false,
     leases: false,
+    upload: false,
     assigns_bridge: false,
     rejects_stop_of_inactive_network: false,
 };
@@ -41,6 +44,7 @@ const MEMORY: Driver = Driver {
     keeps_dnsmasq_options: true,
     hotplug: true,
     leases: true,
+    upload: true,
     assigns_bridge: true,
     rejects_stop_of_inactive_network: true,
 };
@@ -109,7 +113,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
             NetworkKind::External => n.to_string(),
             NetworkKind::Managed(_) => format!("{prefix}{n}"),
         };
-        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, span: (0, 0).into() });
+        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, declared_subnet: None, span: (0, 0).into() });
     }
     let vm_name = VmName::new("vm").unwrap();
     let vm = Vm {
@@ -118,6 +122,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 1,
+        state: topo::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/nonexistent/vmlinuz"),
             initrd: None,
@@ -360,6 +365,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         pool: pool.into(),
         name: format!("t{tag}-vm-0.aaaaaaaa.qcow2"),
         backing: "/nonexistent/base.qcow2".into(),
+        backing_format: Default::default(),
         size: Some(1 << 30),
     };
     hv.create_volume(&spec).unwrap();
@@ -371,6 +377,23 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // A missing volume is NotFound, so an interrupted delete counts as done next time.
     assert_kind(hv.delete_volume(pool, &spec.name), HvErrorKind::NotFound);
     assert_kind(hv.delete_volume("no-such-pool", &spec.name), HvErrorKind::NotFound);
+
+    // An uploaded (seed) volume: created with its content; uploading again replaces it
+    // (a leftover of an interrupted upload is never trusted); deleted like any other.
+    let seed = format!("t{tag}-vm-cidata-00000000.aaaaaaaa.img");
+    if !d.upload {
+        // Unsupported, and the volume made for the upload is deleted again: no orphan.
+        assert_kind(hv.upload_volume(pool, &seed, &[7u8; 4096]), HvErrorKind::Unsupported);
+        assert!(hv.observe().unwrap().volumes.is_empty());
+        return;
+    }
+    hv.upload_volume(pool, &seed, &[7u8; 4096]).unwrap();
+    assert_eq!(hv.observe().unwrap().volumes[&seed].path, format!("{dir}/{seed}"));
+    hv.upload_volume(pool, &seed, &[8u8; 2048]).unwrap();
+    assert_eq!(hv.observe().unwrap().volumes.len(), 1);
+    hv.delete_volume(pool, &seed).unwrap();
+    assert!(hv.observe().unwrap().volumes.is_empty());
+    assert_kind(hv.upload_volume("no-such-pool", &seed, b"x"), HvErrorKind::NotFound);
 }
 
 #[test]

@@ -188,6 +188,7 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         NotRunning,
         RequiresRestart { fields: vec![] },
         DestroyRequested,
+        StopRequested,
         Paused,
         Orphaned,
         PoolNeeded,

@@ -236,7 +236,14 @@ fn network_stopped_under_running_vms_is_started_and_nics_replugged() {
 /// overlay no domain uses (a define libvirt refused after it was made) is an orphan.
 #[test]
 fn overlay_pool_and_orphaned_volume() {
-    let text = "\
+    // The overlay name hashes the image's canonical path: a fixed path outside the checkout
+    // keeps the name, and so the order of the two orphans below, the same in every clone.
+    let dir = std::path::Path::new("/tmp/topo-plan-snapshots");
+    std::fs::create_dir_all(dir).unwrap();
+    let image = dir.join("base.qcow2");
+    std::fs::copy("tests/fixtures/images/base.qcow2", &image).unwrap();
+    let text = format!(
+        "\
 apiVersion: topo/v1
 name: disky
 networks:
@@ -246,12 +253,14 @@ networks:
 vms:
   box:
     hypervisor: qemu
-    boot: {kernel: boot/vmlinuz}
-    disk: {image: images/base.qcow2, size: 1GiB}
-    nics: [{network: net, ip: 10.80.0.5}]
-";
+    boot: {{kernel: boot/vmlinuz}}
+    disk: {{image: {}, size: 1GiB}}
+    nics: [{{network: net, ip: 10.80.0.5}}]
+",
+        image.display()
+    );
     let hv = MemoryHypervisor::new();
-    let l = lab(text);
+    let l = lab(&text);
     hv.fail_on(
         "define_domain",
         "disky-box",

@@ -289,6 +289,16 @@ fn run_change(
                 }
             }
             Op::CreateVolume { volume } => hv.create_volume(volume)?,
+            Op::UploadSeed { pool, name, seed } => {
+                let image = seed.image().map_err(|e| HvError {
+                    op: "make seed image".into(),
+                    object: name.clone(),
+                    message: e.to_string(),
+                    kind: HvErrorKind::Other,
+                    hint: None,
+                })?;
+                hv.upload_volume(pool, name, &image)?
+            }
             Op::DeleteVolume { pool, name } => done_if(hv.delete_volume(pool, name), &[HvErrorKind::NotFound])?,
             Op::DefineDomain { xml } => hv.define_domain(xml)?,
             Op::StartDomain => {
@@ -372,9 +382,19 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
 /// After apply: observe again and plan; any remaining change is an inconsistent result.
 /// Returns what was observed, for the verification that follows.
 pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
+    check_converged_for(lab, hv, &[])
+}
+
+/// [`check_converged`] for a plan cut to `targets` (`--target`): only the targets and what
+/// they depend on must match the file.
+pub fn check_converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
     let observed = hv.observe()?;
     let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
-        Ok(p) => p,
+        Ok(p) if targets.is_empty() => p,
+        Ok(p) => {
+            let reach = crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply);
+            crate::plan::target::restrict(p, &reach, targets)
+        }
         Err(e) => return Err(ApplyError::Inconsistent { details: vec![e.to_string()] }),
     };
     if plan.is_empty() {

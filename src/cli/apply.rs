@@ -14,6 +14,7 @@ use crate::hypervisor::Hypervisor;
 use crate::model::Lab;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SavedPlan, looks_saved};
+use crate::plan::target::Direction;
 use crate::plan::{Plan, Shutdown};
 use crate::results::Command as RunCommand;
 
@@ -44,6 +45,10 @@ pub struct ApplyArgs {
     /// Skip the ARP verification of every NIC after apply
     #[arg(long)]
     pub no_verify: bool,
+    /// Apply only ADDRESS (`vm.NAME`, `network.NAME`, as the plan shows them) and what it
+    /// depends on; repeatable. Not with a saved plan (it keeps the targets it was made with)
+    #[arg(long = "target", value_name = "ADDRESS")]
+    pub targets: Vec<crate::address::Address>,
     #[command(flatten)]
     pub verify: super::verify::VerifyOpts,
     /// Print the plan, each step's outcome and the verification as one versioned JSON
@@ -64,6 +69,10 @@ pub struct DestroyArgs {
     /// disks are deleted next
     #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true, default_missing_value = "30s", value_parser = super::duration::parse_duration)]
     pub graceful: Option<Duration>,
+    /// Destroy only ADDRESS (`vm.NAME`, `network.NAME`) and what depends on it (the VMs on
+    /// a targeted network); repeatable
+    #[arg(long = "target", value_name = "ADDRESS")]
+    pub targets: Vec<crate::address::Address>,
     /// Print the plan and each step's outcome as one versioned JSON document instead of the
     /// human output (see docs/results-json.md); needs -y
     #[arg(long)]
@@ -75,15 +84,15 @@ fn options(c: &ConfirmArgs) -> Options {
 }
 
 /// The lab named by `file`, and the saved plan if `file` is one.
-fn load(file: &std::path::Path) -> miette::Result<(Lab, Option<SavedPlan>)> {
+fn load(file: &std::path::Path, global: &GlobalArgs) -> miette::Result<(Lab, Option<SavedPlan>)> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| crate::source::SourceError::Read { path: file.display().to_string(), source: e })?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
-        let lab = super::load_lab(std::path::Path::new(&saved.lab_file))?;
+        let lab = super::load_lab(std::path::Path::new(&saved.lab_file), global)?;
         Ok((lab, Some(saved)))
     } else {
-        Ok((super::load_lab(file)?, None))
+        Ok((super::load_lab(file, global)?, None))
     }
 }
 
@@ -93,10 +102,16 @@ const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let (lab, saved) = load(&file)?;
+    let (lab, saved) = load(&file, global)?;
     // Terraform's rule: a JSON run cannot stop at a prompt, so it is approved up front.
     if args.json && !args.confirm.auto_approve && saved.is_none() {
         return Err(JsonNeedsApproval.into());
+    }
+    if saved.is_some() && !args.targets.is_empty() {
+        miette::bail!(
+            help = "make the saved plan with `topo plan --target ... --out FILE`, or apply the lab file with --target",
+            "--target does not apply to a saved plan: it runs exactly the steps it holds"
+        );
     }
     let hv = super::connect(global)?;
     let host = super::host_id(&hv)?;
@@ -111,7 +126,10 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             saved.check_fresh(&lab.source.text, &hv.uri(), &observed)?;
             saved.steps.clone()
         }
-        None => crate::plan::plan(&lab, &observed, &hv.uri())?,
+        None => {
+            let full = crate::plan::plan(&lab, &observed, &hv.uri())?;
+            crate::plan::target::targeted(&lab, &observed, full, &args.targets, Direction::Apply)?
+        }
     };
     let file = lab.source.name();
     if !args.json {
@@ -146,7 +164,8 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             if let Some(saved) = &saved {
                 saved.check_fresh(&lab.source.text, &hv.uri(), &now)?;
             }
-            if crate::plan::plan(&lab, &now, &hv.uri())? != plan {
+            let again = crate::plan::plan(&lab, &now, &hv.uri())?;
+            if crate::plan::target::targeted(&lab, &now, again, &plan.targets, Direction::Apply)? != plan {
                 miette::bail!(
                     help = "run `topo plan` again and review the new plan",
                     "the host changed while the plan was being confirmed: nothing was changed"
@@ -162,7 +181,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         if !args.json {
             crate::outln!("Apply complete: {a} added, {c} changed, {r} replaced, {d} destroyed.")?;
         }
-        observed = match crate::apply::check_converged(&lab, &hv) {
+        observed = match crate::apply::check_converged_for(&lab, &hv, &plan.targets) {
             Ok(o) => o,
             Err(e) => {
                 json(Some(&report), None)?;
@@ -175,7 +194,12 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     let mut verified = None;
     if !args.no_verify {
         // The host as just observed: after apply, by the convergence check.
-        let targets = super::verify::targets(&lab, &observed, &hv);
+        let mut targets = super::verify::targets(&lab, &observed, &hv);
+        if !plan.targets.is_empty() {
+            // A partial apply verifies the VMs it covered.
+            let reach = crate::plan::target::closure(&lab, &observed, &plan.targets, Direction::Apply);
+            targets.retain(|t| reach.contains(&crate::address::Address::Vm(t.vm.clone())));
+        }
         if !targets.is_empty() {
             super::status(global, format_args!("Verifying {} NICs by ARP ...", targets.len()));
             let opts = crate::verify::VerifyOptions { timeout: args.verify.timeout, ..Default::default() };
@@ -197,7 +221,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     if args.json && !args.confirm.auto_approve {
         return Err(JsonNeedsApproval.into());
     }
@@ -206,7 +230,8 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     let shutdown = if args.graceful.is_some() { Shutdown::Graceful } else { Shutdown::Force };
-    let plan = crate::plan::plan_destroy_with(&lab, &observed, shutdown);
+    let full = crate::plan::plan_destroy_with(&lab, &observed, shutdown);
+    let plan = crate::plan::target::targeted(&lab, &observed, full, &args.targets, Direction::Destroy)?;
     let json = |report: Option<&Report>| -> miette::Result<()> {
         if args.json {
             let doc = crate::results::run_json(RunCommand::Destroy, &plan, report, None);
@@ -218,7 +243,11 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
         if args.json {
             json(None)?;
         } else {
-            crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
+            if plan.targets.is_empty() {
+                crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
+            } else {
+                crate::outln!("Nothing to destroy for the targets on {}.", hv.uri())?;
+            }
         }
         return Ok(Outcome::Ok);
     }
@@ -238,7 +267,12 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     if !args.json {
         crate::outln!("Destroy complete: {d} destroyed.")?;
     }
-    let left = crate::plan::plan_destroy(&lab, &hv.observe()?);
+    let mut left = crate::plan::plan_destroy(&lab, &hv.observe()?);
+    if !plan.targets.is_empty() {
+        // What the targets reached before the destroy: the rest of the lab stays.
+        let reach = crate::plan::target::closure(&lab, &observed, &plan.targets, Direction::Destroy);
+        left = crate::plan::target::restrict(left, &reach, &plan.targets);
+    }
     if !left.is_empty() {
         let details =
             left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();

@@ -22,9 +22,9 @@ pub struct GraphArgs {
     pub format: GraphFormat,
 }
 
-pub fn run(_global: &GlobalArgs, args: &GraphArgs) -> miette::Result<Outcome> {
-    let file = super::lab_path(_global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+pub fn run(global: &GlobalArgs, args: &GraphArgs) -> miette::Result<Outcome> {
+    let file = super::lab_path(global, args.file.as_deref())?;
+    let lab = super::load_lab(&file, global)?;
     let graph = LabGraph::build(&lab)?;
     let text = match args.format {
         GraphFormat::Dot => graph.to_dot(&lab),

@@ -166,9 +166,20 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 /// Reads and validates a lab file: the first step of most subcommands.
-pub(crate) fn load_lab(path: &std::path::Path) -> miette::Result<crate::model::Lab> {
+/// Reads and validates the lab file. The paths in it are checked where QEMU will open them
+/// only when that is this machine (a local URI); for a remote host they are not checked,
+/// and a note on stderr says so (libvirt reports a missing file when it opens it).
+pub(crate) fn load_lab(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::model::Lab> {
     let source = crate::source::SourceFile::read(path)?;
-    let mut lab = crate::validate::load(&source)?;
+    let local = crate::hypervisor::libvirt::is_local_uri(&global.connect);
+    let files = if local { crate::validate::Files::Checked } else { crate::validate::Files::NotChecked };
+    let mut lab = crate::validate::load_with(&source, files)?;
+    if !local && lab.vms.values().any(|v| v.boot.is_some() || v.disk.is_some()) {
+        crate::errln!(
+            "note: {} is another host: topo does not check the lab's kernel, initrd and image paths there; libvirt reports a missing file when it opens it",
+            global.connect
+        );
+    }
     ssh::fill_default_keys(&mut lab);
     Ok(lab)
 }

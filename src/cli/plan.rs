@@ -9,6 +9,7 @@ use super::{GlobalArgs, Outcome};
 use crate::hypervisor::Hypervisor;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
+use crate::plan::target::Direction;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -23,15 +24,20 @@ pub struct PlanArgs {
     /// Save the plan to FILE; `topo apply FILE` applies it unless the lab or host changed
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Plan only ADDRESS (`vm.NAME`, `network.NAME`, as the plan shows them) and what it
+    /// depends on; repeatable. The plan is partial
+    #[arg(long = "target", value_name = "ADDRESS")]
+    pub targets: Vec<crate::address::Address>,
 }
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
+    let plan = crate::plan::target::targeted(&lab, &observed, plan, &args.targets, Direction::Apply)?;
     let json = crate::plan::json::to_json(&plan);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?)?;

@@ -21,7 +21,7 @@ pub struct ValidateArgs {
 pub fn run(global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> {
     if !args.json {
         let file = super::lab_path(global, args.file.as_deref())?;
-        let lab = super::load_lab(&file)?;
+        let lab = super::load_lab(&file, global)?;
         crate::outln!("{}", lab.summary())?;
         return Ok(Outcome::Ok);
     }

@@ -74,6 +74,7 @@ pub fn run_verification(
             NicState::Verified { ip, seconds, .. } => format!("{ip} verified by ARP after {seconds:.1}s"),
             NicState::Failed { reason } => format!("FAILED: {reason}"),
             NicState::Skipped => "not verified (verify: none)".into(),
+            NicState::Stopped => "not verified (state: stopped)".into(),
             NicState::Reported { ip, source } => format!("{ip} reported by {source}"),
         };
         crate::errln!("{} {} ({}): {what}", t.vm, t.nic, t.network);
@@ -124,7 +125,7 @@ pub fn finish(lab: &Lab, r: &VerifyReport, json: bool) -> miette::Result<()> {
 
 pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed, &hv);
@@ -136,7 +137,7 @@ pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outc
 
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file)?;
+    let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     // Drift and pending changes come from the planner; refusals just mean "not ours".

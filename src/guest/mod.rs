@@ -87,13 +87,23 @@ impl Seed {
         Ok(fat_image(&self.files(), volume_id(&self.instance_id))?)
     }
 
-    /// The seed volume's file name: `<libvirt name>-cidata-<8 hex>.img`, the hex digits
-    /// taken from the instance id, so changed seed data gives a new volume (and shows in
-    /// the domain's disk list) while the `<libvirt name>-` prefix marks it as the VM's.
-    pub fn volume_name(&self, vm: &Vm) -> String {
+    /// The seed volume's name: `<libvirt name>-cidata-<8 hex>.<lab tag>.img`. The hex
+    /// digits come from the instance id, so changed seed data gives a new volume (and shows
+    /// in the domain's disk list); the tag marks the volume as the lab's
+    /// (`ownership::volume_name`), so an orphaned seed is found and deleted like an overlay.
+    pub fn volume_name(&self, lab: &Lab, vm: &Vm) -> String {
         let hex = self.instance_id.trim_start_matches("iid-");
-        format!("{}-cidata-{}.img", vm.libvirt_name, &hex[..8.min(hex.len())])
+        let stem = format!("{}{SEED_MARK}{}", vm.libvirt_name, &hex[..8.min(hex.len())]);
+        crate::ownership::volume_name(lab.name.as_str(), &stem, "img")
     }
+}
+
+/// What every seed volume name holds after the VM's libvirt name.
+pub const SEED_MARK: &str = "-cidata-";
+
+/// Whether volume `name` is a seed volume topo made (see [`Seed::volume_name`]).
+pub fn is_seed_volume(name: &str) -> bool {
+    name.contains(SEED_MARK) && name.ends_with(".img")
 }
 
 /// `iid-` + the first 16 hex digits of SHA-256("topo-seed-v1\0" + lab + "\0" + vm + "\0" +

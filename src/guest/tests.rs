@@ -143,7 +143,9 @@ fn same_lab_same_bytes_and_any_change_changes_the_instance() {
     assert_eq!(sa, sb);
     assert_eq!(sa.image().unwrap(), sb.image().unwrap());
     let vm = a.vms.values().find(|v| v.name.as_str() == "deb1").unwrap();
-    assert_eq!(sa.volume_name(vm), format!("seedlab-deb1-cidata-{}.img", &sa.instance_id[4..12]));
+    let name = sa.volume_name(&a, vm);
+    assert!(name.starts_with(&format!("seedlab-deb1-cidata-{}.", &sa.instance_id[4..12])), "{name}");
+    assert!(is_seed_volume(&name) && crate::ownership::volume_owned_by("seedlab", &name), "{name}");
 
     let mut c = lab();
     let vm = c.vms.values_mut().find(|v| v.name.as_str() == "deb1").unwrap();

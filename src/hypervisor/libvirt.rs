@@ -3,6 +3,7 @@
 //! `virt::connect::Connect` is `Send + Sync` (virt marks it so; libvirt connections are
 //! thread-safe and errors are kept per thread), so no extra lock is needed.
 
+use std::collections::BTreeMap;
 use std::ffi::{CStr, c_char, c_void};
 use std::ptr;
 use std::sync::Once;
@@ -12,6 +13,7 @@ use virt::domain::Domain;
 use virt::enumutil::Enum;
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::network::Network;
+use virt::stream::Stream;
 use virt::sys;
 
 mod console;
@@ -303,6 +305,52 @@ impl LibvirtHypervisor {
         Ok(Some(observed))
     }
 
+    /// Reads back the cloud-init seed of every domain whose disk is a seed volume of the
+    /// overlay pool (`guest::is_seed_volume`), for the plan's diff. Best effort: a seed that
+    /// cannot be downloaded or parsed stays `None` (the volume name still tells a change).
+    fn observe_seeds(&self, out: &mut Observed) {
+        let Ok(pool) = self.conn.lookup_storage_pool_by_name(OVERLAY_POOL) else { return };
+        let mut read: BTreeMap<String, Option<Vec<(String, String)>>> = BTreeMap::new();
+        for d in out.domains.values_mut() {
+            let Some(vol) =
+                out.volumes.values().find(|v| crate::guest::is_seed_volume(&v.name) && d.disks.contains(&v.path))
+            else {
+                continue;
+            };
+            let files = read.entry(vol.name.clone()).or_insert_with(|| {
+                let v =
+                    lv("virStorageVolLookupByName", &vol.name, || pool.lookup_storage_vol_by_name(&vol.name)).ok()?;
+                let bytes = self.download(&v, &vol.name).ok()?;
+                crate::guest::read_fat_files(&bytes).ok()
+            });
+            d.seed = files.clone();
+        }
+    }
+
+    /// The whole content of a (small) volume through a libvirt stream (virStorageVolDownload).
+    fn download(&self, vol: &virt::storage_vol::StorageVol, name: &str) -> Result<Vec<u8>, HvError> {
+        const OP: &str = "download volume";
+        const MAX: usize = 16 * 1024 * 1024;
+        let stream = Stream::new(&self.conn, 0).map_err(|e| map_error(OP, name, &e))?;
+        lv("virStorageVolDownload", name, || vol.download(&stream, 0, 0, 0)).map_err(|e| map_error(OP, name, &e))?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = stream.recv(&mut buf).map_err(|e| map_error(OP, name, &e))?;
+            let n = usize::try_from(n).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if out.len() > MAX {
+                let _ = stream.abort();
+                return Err(other(OP, name, "larger than a seed"));
+            }
+        }
+        stream.finish().map_err(|e| map_error(OP, name, &e))?;
+        Ok(out)
+    }
+
     /// The overlay pool (by name, active or not) and, when active, its volumes.
     fn observe_pool(&self, out: &mut Observed) -> Result<(), HvError> {
         const OP: &str = "observe pool";
@@ -413,6 +461,7 @@ impl Hypervisor for LibvirtHypervisor {
         }
         self.observe_pool(&mut out)?;
         out.host_interfaces = host_interfaces(&self.uri);
+        self.observe_seeds(&mut out);
         Ok(out)
     }
 
@@ -699,10 +748,39 @@ impl Hypervisor for LibvirtHypervisor {
         // fail on the file rather than as "exists".
         let _ = lv("virStoragePoolRefresh", &v.pool, || pool.refresh(0));
         let backing = std::path::Path::new(&v.backing);
-        let xml = xml::overlay_volume_xml(&v.name, backing, image_format(backing), v.size)
+        let xml = xml::overlay_volume_xml(&v.name, backing, v.backing_format.as_str(), v.size)
             .map_err(|e| other(OP, &v.name, &e.to_string()))?;
         lv("virStorageVolCreateXML", &v.name, || virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0))
             .map_err(|e| map_error(OP, &v.name, &e))?;
+        Ok(())
+    }
+
+    fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError> {
+        const OP: &str = "upload volume";
+        let p = lv("virStoragePoolLookupByName", pool, || self.conn.lookup_storage_pool_by_name(pool))
+            .map_err(|e| map_error(OP, pool, &e))?;
+        let _ = lv("virStoragePoolRefresh", pool, || p.refresh(0));
+        // A volume of that name is a leftover of an interrupted upload: never trust it.
+        if let Ok(old) = lv("virStorageVolLookupByName", name, || p.lookup_storage_vol_by_name(name)) {
+            lv("virStorageVolDelete", name, || old.delete(0)).map_err(|e| map_error(OP, name, &e))?;
+        }
+        let xml = xml::raw_volume_xml(name, data.len() as u64).map_err(|e| other(OP, name, &e.to_string()))?;
+        let vol = lv("virStorageVolCreateXML", name, || virt::storage_vol::StorageVol::create_xml(&p, &xml, 0))
+            .map_err(|e| map_error(OP, name, &e))?;
+        let sent = (|| -> Result<(), VirtError> {
+            let stream = Stream::new(&self.conn, 0)?;
+            lv("virStorageVolUpload", name, || vol.upload(&stream, 0, data.len() as u64, 0))?;
+            let mut rest = data;
+            while !rest.is_empty() {
+                let n = usize::try_from(stream.send(rest)?).unwrap_or(0).min(rest.len());
+                rest = &rest[n..];
+            }
+            stream.finish()
+        })();
+        if let Err(e) = sent {
+            let _ = vol.delete(0);
+            return Err(map_error(OP, name, &e));
+        }
         Ok(())
     }
 
@@ -726,17 +804,6 @@ fn code_of(e: &VirtError) -> ErrorNumber {
 
 fn other(op: &str, object: &str, message: &str) -> HvError {
     HvError { op: op.into(), object: object.into(), message: message.into(), kind: HvErrorKind::Other, hint: None }
-}
-
-/// `qcow2` when the file starts with qcow2's magic, else `raw` (read locally: the lab file
-/// names images on the libvirt host, which is this host for local URIs).
-fn image_format(path: &std::path::Path) -> &'static str {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)) {
-        Ok(()) if &magic == b"QFI\xfb" => "qcow2",
-        _ => "raw",
-    }
 }
 
 /// The host's interface names when `uri` is a local driver other than `test` (no host

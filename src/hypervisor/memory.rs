@@ -55,8 +55,10 @@ struct State {
     addresses: BTreeMap<String, Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>>,
     /// The storage pool (one at most: topo uses only its overlay pool).
     pool: Option<ObservedPool>,
-    /// Volumes of the pool: name -> backing image.
+    /// Volumes of the pool: name -> backing image (`raw` for uploaded ones).
     volumes: BTreeMap<String, String>,
+    /// The content of uploaded volumes, by name.
+    uploads: BTreeMap<String, Vec<u8>>,
     /// Calls counted since `arm` (every logged call but `observe`).
     counted: usize,
     /// The armed fault: (k, crash).
@@ -468,6 +470,14 @@ impl Hypervisor for MemoryHypervisor {
             return Err(e);
         }
         let active_pool = s.pool.as_ref().filter(|p| p.active);
+        // A seed is read back (as libvirt's observe downloads it) from an active pool only.
+        let seed_of = |o: &crate::observed::ObservedDomain| {
+            let p = active_pool?;
+            let (_, data) = s.uploads.iter().find(|(n, _)| {
+                crate::guest::is_seed_volume(n) && o.disks.iter().any(|d| *d == format!("{}/{n}", p.path))
+            })?;
+            crate::guest::read_fat_files(data).ok()
+        };
         Ok(Observed {
             networks: s.networks.clone(),
             domains: s
@@ -479,6 +489,7 @@ impl Hypervisor for MemoryHypervisor {
                         o.live = None; // a transient domain's only XML is its live one
                     }
                     o.links = s.links(d);
+                    o.seed = seed_of(&o);
                     (k.clone(), o)
                 })
                 .collect(),
@@ -792,12 +803,23 @@ impl Hypervisor for MemoryHypervisor {
         Ok(())
     }
 
+    fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError> {
+        const OP: &str = "upload volume";
+        let mut s = self.lock();
+        s.enter("upload_volume", name)?;
+        s.active_pool(OP, pool)?;
+        s.volumes.insert(name.to_string(), "raw".to_string());
+        s.uploads.insert(name.to_string(), data.to_vec());
+        Ok(())
+    }
+
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
         const OP: &str = "delete volume";
         let mut s = self.lock();
         s.enter("delete_volume", name)?;
         s.active_pool(OP, pool)?;
         // virStorageVolDelete does not look at domains: a volume in use goes too.
+        s.uploads.remove(name);
         match s.volumes.remove(name) {
             Some(_) => Ok(()),
             None => Err(err(

@@ -66,6 +66,10 @@ pub struct VolumeSpec {
     pub name: String,
     /// Path of the backing image on the libvirt host.
     pub backing: String,
+    /// The backing image's format as the lab file declares it (never probed). Saved plans
+    /// from before the field default to qcow2.
+    #[serde(default)]
+    pub backing_format: crate::model::ImageFormat,
     /// Virtual size in bytes; `None` keeps the backing image's size.
     pub size: Option<u64>,
 }
@@ -122,6 +126,11 @@ pub trait Hypervisor: Send + Sync {
     /// Deletes volume `name` of pool `pool` (libvirt allows it while a domain uses it).
     /// A missing volume is `NotFound`.
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError>;
+    /// Creates raw volume `name` in pool `pool` holding exactly `data`, uploaded through
+    /// libvirt's storage API (virStorageVolUpload over a stream, so it works on remote
+    /// URIs). A volume of that name is deleted first (a leftover of an interrupted upload
+    /// is never trusted); on a failed upload the new volume is deleted again.
+    fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError>;
 
     /// IPv4 addresses libvirt reports for a running domain's NICs, from its ARP-table and
     /// guest-agent sources (each tried; a source that fails or is unsupported is skipped).

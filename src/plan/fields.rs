@@ -141,11 +141,23 @@ pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
         let size = d.size.map(|s| format!(", {s}")).unwrap_or_default();
         put(&mut f, "disk", format!("{overlay} (on {}{size})", d.image.display()), Replace);
     }
+    // cloud-init runs once per instance: any change to the seed replaces the VM. The seed
+    // volume's name carries a hash of the seed; the files are there for a readable diff.
+    if let Ok(Some(seed)) = crate::guest::Seed::of(lab, vm) {
+        put(&mut f, "cloud_init", seed.volume_name(lab, vm), Replace);
+        for (name, text) in seed.files() {
+            put(&mut f, format!("cloud_init.{name}"), text, Replace);
+        }
+    }
     for nic in &vm.nics {
         put(&mut f, format!("nic[{}]", nic.mac), nic.network.to_string(), InPlace);
     }
-    put(&mut f, "state", "running", State);
+    put(&mut f, "state", vm.state.as_str(), State);
     f
+}
+
+fn file_name(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
 }
 
 /// Observed fields of a VM, restricted to those `desired` can name.
@@ -160,8 +172,10 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
             put(&mut f, k, v.clone(), Restart);
         }
     }
-    if desired.contains_key("disk") || !o.disks.is_empty() {
-        let name = o.disks.first().map(|p| p.rsplit('/').next().unwrap_or(p).to_string());
+    let (seeds, disks): (Vec<&String>, Vec<&String>) =
+        o.disks.iter().partition(|p| crate::guest::is_seed_volume(file_name(p)));
+    if desired.contains_key("disk") || !disks.is_empty() {
+        let name = disks.first().map(|p| file_name(p).to_string());
         let want = desired.get("disk").map(|v| v.value.as_str()).unwrap_or_default();
         // Same overlay file name: same image and size, shown as the desired text.
         let value = match name {
@@ -170,6 +184,20 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
             None => "none".into(),
         };
         put(&mut f, "disk", value, Replace);
+    }
+    if desired.contains_key("cloud_init") || !seeds.is_empty() {
+        let name = seeds.first().map_or_else(|| "none".to_string(), |p| file_name(p).to_string());
+        put(&mut f, "cloud_init", name, Replace);
+        // The seed's files as read back from the host; where they could not be read, the
+        // name above alone tells whether the seed changed.
+        for (k, v) in desired.iter().filter(|(k, _)| k.starts_with("cloud_init.")) {
+            let file = &k["cloud_init.".len()..];
+            let text = match &o.seed {
+                Some(files) => files.iter().find(|(n, _)| n == file).map_or("", |(_, t)| t.as_str()),
+                None => v.value.as_str(),
+            };
+            put(&mut f, k.clone(), text, Replace);
+        }
     }
     for i in &o.interfaces {
         let key = match i.mac {
@@ -182,7 +210,8 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     let state = match o.state {
         crate::observed::DomainState::Running => "running",
         crate::observed::DomainState::Paused => "paused",
-        crate::observed::DomainState::Shutoff => "shutoff",
+        // The lab file's word for it (`state: stopped`); libvirt says `shut off`.
+        crate::observed::DomainState::Shutoff => "stopped",
         crate::observed::DomainState::Other => "other",
     };
     put(&mut f, "state", state, State);

@@ -12,6 +12,8 @@ pub struct JsonPlan<'a> {
     pub lab: &'a str,
     pub changes: Vec<JsonChange<'a>>,
     pub summary: Summary,
+    /// `--target` addresses; non-empty means the plan is partial.
+    pub targets: &'a [crate::address::Address],
 }
 
 #[derive(Serialize)]
@@ -61,6 +63,7 @@ pub fn to_json(plan: &Plan) -> serde_json::Value {
             })
             .collect(),
         summary: plan.summary(),
+        targets: &plan.targets,
     };
     // Invariant: every type here serialises infallibly (strings, numbers, plain enums).
     serde_json::to_value(doc).expect("plan JSON is always serialisable")

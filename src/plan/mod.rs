@@ -5,6 +5,7 @@ pub mod fields;
 pub mod json;
 pub mod render;
 pub mod saved;
+pub mod target;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::address::Address;
 use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
-use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Vm};
+use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
 use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
 use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
 use fields::{FieldClass, Fields};
@@ -68,6 +69,8 @@ pub enum Reason {
     RequiresRestart { fields: Vec<String> },
     /// `topo destroy` removes everything the lab owns.
     DestroyRequested,
+    /// The lab file says `state: stopped` and the VM runs: it is shut down.
+    StopRequested,
     /// The VM is paused: it is resumed.
     Paused,
     /// A volume tagged as this lab's that no domain uses (left by an interrupted apply or
@@ -102,6 +105,7 @@ impl Reason {
                 format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
             }
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
+            Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
             Reason::PoolNeeded => {
@@ -211,6 +215,13 @@ pub enum Op {
         pool: String,
         name: String,
     },
+    /// Create the VM's cloud-init seed volume `name` in `pool`: the FAT image of `seed`
+    /// (made at apply time, the same bytes on every run), uploaded through libvirt.
+    UploadSeed {
+        pool: String,
+        name: String,
+        seed: crate::guest::Seed,
+    },
     DefineDomain {
         xml: String,
     },
@@ -247,6 +258,7 @@ impl Op {
             Op::ReattachNics { .. } => "reattach-nics",
             Op::CreateVolume { .. } => "create-volume",
             Op::DeleteVolume { .. } => "delete-volume",
+            Op::UploadSeed { .. } => "upload-seed",
             Op::DefineDomain { .. } => "define-domain",
             Op::StartDomain => "start-domain",
             Op::ResumeDomain => "resume-domain",
@@ -291,6 +303,10 @@ pub struct Summary {
 pub struct Plan {
     pub lab: String,
     pub changes: Vec<Change>,
+    /// `--target` addresses, sorted: the plan is partial (see [`target`]). Empty for a
+    /// whole plan.
+    #[serde(default)]
+    pub targets: Vec<Address>,
 }
 
 impl Plan {
@@ -421,7 +437,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     }
     prune_deleted_users(&mut changes);
     order_changes(lab, Some(&graph), observed, &mut changes);
-    Ok(Plan { lab: lab.name.to_string(), changes })
+    Ok(Plan { lab: lab.name.to_string(), changes, targets: Vec::new() })
 }
 
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
@@ -472,7 +488,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     }
     prune_deleted_users(&mut changes);
     order_changes(lab, graph.as_ref(), observed, &mut changes);
-    Plan { lab: lab.name.to_string(), changes }
+    Plan { lab: lab.name.to_string(), changes, targets: Vec::new() }
 }
 
 fn lab_has(lab: &Lab, address: &Address) -> bool {
@@ -508,7 +524,7 @@ impl Pool {
         let needed = changes
             .iter()
             .flat_map(|c| &c.ops)
-            .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }));
+            .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. } | Op::UploadSeed { .. }));
         let (action, reasons) = match &self.observed {
             _ if !needed => return None,
             Some((_, true)) => return None,
@@ -592,7 +608,9 @@ fn order_changes(lab: &Lab, graph: Option<&LabGraph>, observed: &Observed, chang
             (Address::Volume(_), false) => after.extend(all_deletes.iter().cloned()),
         }
         if let Some(p) = &pool_step
-            && c.ops.iter().any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }))
+            && c.ops
+                .iter()
+                .any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. } | Op::UploadSeed { .. }))
         {
             after.insert(p.clone());
         }
@@ -1040,8 +1058,24 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
 /// The domain XML to define for `vm`, keeping the observed UUID.
 fn domain_define(lab: &Lab, vm: &Vm, desired: &Fields, pool: &Pool, o: Option<&ObservedDomain>) -> Option<Op> {
     let disk = vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f));
-    let xml = crate::xml::domain_xml(lab, vm, disk.as_deref(), &fields::spec_hash(desired)).ok()?;
+    let seed = seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name));
+    let xml = crate::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
+        .ok()?;
     Some(Op::DefineDomain { xml: crate::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+}
+
+/// The VM's cloud-init seed and its volume name, when cloud-init is on for it. (Validation
+/// checked every input, so generating the seed does not fail for a validated lab.)
+fn seed_of(lab: &Lab, vm: &Vm) -> Option<(crate::guest::Seed, String)> {
+    let seed = crate::guest::Seed::of(lab, vm).ok()??;
+    let name = seed.volume_name(lab, vm);
+    Some((seed, name))
+}
+
+/// The seed volume `vm` needs, if cloud-init is on for it.
+fn seed_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
+    let (seed, name) = seed_of(lab, vm)?;
+    Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
 }
 
 /// The overlay volume `vm` needs, if it has a disk.
@@ -1052,6 +1086,7 @@ fn overlay_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
             pool: OVERLAY_POOL.to_string(),
             name: vm.overlay_name(&lab.name)?,
             backing: d.image.display().to_string(),
+            backing_format: d.format,
             size: d.size.map(|s| s.bytes()),
         },
     })
@@ -1122,11 +1157,28 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     let desired = fields::desired_vm(lab, vm);
     let o = observed.domains.get(&vm.libvirt_name);
     let define = domain_define(lab, vm, &desired, pool, o);
+    // `state: stopped`: defined, disk kept, not running.
+    let run = vm.state == VmState::Running;
     let Some(o) = o else {
         let mut ops: Vec<Op> = overlay_volume(lab, vm).into_iter().collect();
+        ops.extend(seed_volume(lab, vm));
         ops.extend(define);
-        ops.push(Op::StartDomain);
-        return Some(creation(address, &vm.libvirt_name, &desired, ops));
+        if run {
+            ops.push(Op::StartDomain);
+        }
+        let mut c = creation(address, &vm.libvirt_name, &desired, ops);
+        if !run {
+            // Created stopped: said, since "will be created" reads as running.
+            c.fields.push(FieldChange {
+                path: "state".into(),
+                before: None,
+                after: Some(vm.state.to_string()),
+                forces_replacement: false,
+                restarts: false,
+            });
+            c.fields.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        return Some(c);
     };
     let obs = fields::observed_vm(lab, o, &desired);
     let mut changed = diff(&desired, &obs);
@@ -1151,14 +1203,18 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
         ops.push(Op::UndefineDomain);
         ops.extend(domain_volumes(o, observed, pool));
         ops.extend(overlay_volume(lab, vm));
+        ops.extend(seed_volume(lab, vm));
         ops.extend(define);
-        ops.push(Op::StartDomain);
+        if run {
+            ops.push(Op::StartDomain);
+        }
         return Some(Change {
             address,
             libvirt_name: vm.libvirt_name.clone(),
             action: Action::Replace,
             reasons,
-            fields: changed.into_iter().filter(|f| f.path != "state").collect(),
+            // The run state a replacement ends in is shown when the file asks for `stopped`.
+            fields: changed.into_iter().filter(|f| f.path != "state" || !run).collect(),
             blast_radius: Vec::new(),
             after: Vec::new(),
             ops,
@@ -1166,7 +1222,29 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     }
     let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
-    if !restart.is_empty() {
+    if !run {
+        // Stopped first (so NIC changes below touch the config only); a paused or crashed
+        // VM has no guest to ask.
+        match o.state {
+            DomainState::Shutoff => {}
+            DomainState::Running => {
+                reasons.push(Reason::StopRequested);
+                ops.push(Op::StopDomain { shutdown: Shutdown::Graceful });
+            }
+            DomainState::Paused | DomainState::Other => {
+                reasons.push(Reason::StopRequested);
+                ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+            }
+        }
+    }
+    if !run && !restart.is_empty() {
+        // A VM that stays stopped takes the new settings at its next start: the config
+        // is rewritten (it carries the NICs too), nothing restarts.
+        for f in &mut changed {
+            f.restarts = false;
+        }
+        ops.extend(define);
+    } else if !restart.is_empty() {
         // Stop, then define, then start: a death between any two leaves a state the next
         // plan sees (stopped with the old config, or stopped with the new one), never a
         // running VM whose config already matches while it runs the old settings. The new
@@ -1215,6 +1293,8 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
             ops.extend(define);
         }
         match o.state {
+            // Stopped above when the file says so.
+            _ if !run => {}
             DomainState::Running => {}
             DomainState::Shutoff => {
                 reasons.push(Reason::NotRunning);
@@ -1281,7 +1361,48 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 "declared external here",
                 format!("start it with `virsh net-start {}`; topo never changes external networks", net.libvirt_name),
             )),
-            (NetworkKind::External, Some(_)) => {}
+            (NetworkKind::External, Some(o)) => {
+                // What verification may ask in: libvirt's subnet, else the declared one.
+                let libvirt_subnet = o.ip.as_ref().and_then(|ip| {
+                    let any = ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok()?;
+                    ipnetwork::Ipv4Network::new(any.network(), ip.prefix).ok()
+                });
+                match (libvirt_subnet, net.declared_subnet) {
+                    (Some(have), Some(declared)) if have != declared => out.push(conflict(
+                        Code::ExternalSubnetMismatch,
+                        net.span,
+                        format!(
+                            "external network `{}` is declared with subnet {declared}, but libvirt reports {have}",
+                            net.libvirt_name
+                        ),
+                        "declared external here",
+                        format!("write `subnet: {have}`, or remove `subnet:` (libvirt's is used)"),
+                    )),
+                    (None, None) => {
+                        for (vm, nic) in lab.nics().filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp) {
+                            out.push(conflict(
+                                Code::ExternalUnprovable,
+                                nic.span,
+                                format!(
+                                    "{} of vm `{}` is on external network `{}`, which has no IPv4 address in \
+                                     libvirt (a bridge to a LAN): its address cannot be proven by ARP without \
+                                     sweeping a LAN topo knows nothing of",
+                                    nic.label(),
+                                    vm.name,
+                                    net.libvirt_name
+                                ),
+                                "verified by ARP (`verify: arp`, the default)",
+                                format!(
+                                    "set `verify: none` on this NIC, or declare the LAN's subnet on the network \
+                                     (`subnet: 192.168.1.0/24` beside `external: true` under `{}`)",
+                                    net.name
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
             (NetworkKind::Managed(_), Some(o)) if o.ownership(lab_name) != Ownership::ThisLab => {
                 out.push(conflict(
                     Code::NetworkNameTaken,

@@ -126,9 +126,27 @@ fn plural(n: usize) -> &'static str {
 pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let mut out = String::new();
     let changes: Vec<&Change> = plan.changes.iter().filter(|c| c.action != Action::NoOp).collect();
+    let targets: Vec<String> = plan.targets.iter().map(ToString::to_string).collect();
+    let partial = || {
+        style.paint(
+            "33",
+            &format!(
+                "Partial plan (--target {}): the rest of lab {} is left as it is, whatever {file} says.",
+                targets.join(", --target "),
+                plan.lab
+            ),
+        )
+    };
     if changes.is_empty() {
-        let _ = writeln!(out, "No changes. Lab {} matches {file}.", plan.lab);
+        if targets.is_empty() {
+            let _ = writeln!(out, "No changes. Lab {} matches {file}.", plan.lab);
+        } else {
+            let _ = writeln!(out, "No changes for the targets.\n{}", partial());
+        }
         return out;
+    }
+    if !targets.is_empty() {
+        let _ = writeln!(out, "{}\n", partial());
     }
     let _ = writeln!(out, "topo will perform these actions on lab {}:\n", plan.lab);
     for c in changes {
@@ -284,7 +302,7 @@ mod tests {
             after: vec![],
             ops: vec![],
         };
-        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change] };
+        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![] };
         insta::assert_snapshot!(render(&plan, "lab.yaml", Style::Plain));
     }
 }

@@ -58,3 +58,41 @@ fn changed_reservation_updates_hosts_before_redefining() {
     applied(&hv, &l2);
     assert!(plan(&l2, &hv.observe().unwrap(), "mem").unwrap().is_empty());
 }
+
+/// A NIC on an external network that has no IPv4 address in libvirt (a bridge to a LAN)
+/// cannot be proven by ARP: refused at plan time unless the NIC says `verify: none` or the
+/// network declares the LAN's subnet (which must then match libvirt's when it has one).
+#[test]
+fn an_external_network_without_a_subnet_needs_verify_none_or_a_declared_subnet() {
+    const BRIDGED: &str = "<network><name>lan</name><forward mode='bridge'/><bridge name='br-lan'/></network>";
+    const NAT: &str = "<network><name>nat</name><forward mode='nat'/><bridge name='virbr9'/>\
+        <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>";
+    let hv = MemoryHypervisor::new()
+        .with_network_xml(BRIDGED, true, true)
+        .unwrap()
+        .with_network_xml(NAT, true, true)
+        .unwrap();
+    let observed = hv.observe().unwrap();
+    let text = |lan: &str, verify: &str| {
+        format!(
+            "apiVersion: topo/v1\nname: t\nnetworks:\n  lan:\n    external: true\n{lan}  nat:\n    external: true\nvms:\n  a:\n    boot: {{kernel: KERNEL}}\n    nics:\n      - network: lan\n{verify}      - network: nat\n"
+        )
+    };
+    let refused = |l: &Lab| match plan(l, &observed, "mem") {
+        Err(PlanError::Refused { problems, .. }) => problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        other => panic!("not refused: {other:?}"),
+    };
+    let problems = refused(&lab(&text("", "")));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("eth0 of vm `a` is on external network `lan`, which has no IPv4 address"));
+    // Either fix is enough; the NAT network's NIC never needed one.
+    assert!(plan(&lab(&text("", "        verify: none\n")), &observed, "mem").is_ok());
+    assert!(plan(&lab(&text("    subnet: 192.168.1.0/24\n", "")), &observed, "mem").is_ok());
+    // A declared subnet must be libvirt's where libvirt has one.
+    let wrong =
+        text("", "").replace("  nat:\n    external: true\n", "  nat:\n    external: true\n    subnet: 10.0.0.0/24\n");
+    let problems = refused(&lab(&wrong));
+    assert!(
+        problems.iter().any(|p| p.contains("declared with subnet 10.0.0.0/24, but libvirt reports 192.168.122.0/24"))
+    );
+}

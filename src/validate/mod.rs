@@ -47,10 +47,26 @@ impl ValidateError {
     }
 }
 
-/// Parses and validates a lab file. This is what `topo validate` (and every other command) calls.
+/// Parses and validates a lab file, checking its paths on this machine.
 pub fn load(source: &SourceFile) -> Result<model::Lab, ValidateError> {
+    load_with(source, Files::Checked)
+}
+
+/// Whether the files a lab names (kernel, initrd, image) are checked on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// Each must be an existing regular file here: the libvirt host is this machine.
+    Checked,
+    /// Resolved and checked for what libvirt's XML can carry, not for existence: the
+    /// libvirt host is another machine, where QEMU opens them.
+    NotChecked,
+}
+
+/// Parses and validates a lab file. This is what `topo validate` (and every other command)
+/// calls, with [`Files::NotChecked`] when the libvirt host is another machine.
+pub fn load_with(source: &SourceFile, files: Files) -> Result<model::Lab, ValidateError> {
     let spec = parse(source)?;
-    validate(source, &spec)
+    validate_with(source, &spec, files)
 }
 
 fn error(source: &SourceFile, problems: Vec<Problem>) -> ValidateError {
@@ -174,6 +190,8 @@ fn expected_list(s: &str) -> Vec<String> {
 pub(super) struct Checker<'a> {
     pub(super) source: &'a SourceFile,
     pub(super) problems: Vec<Problem>,
+    /// Whether files are checked on this machine.
+    pub(super) files: Files,
 }
 
 impl Checker<'_> {
@@ -227,7 +245,12 @@ pub(super) fn parse_ip(c: &mut Checker, s: &Spanned<String>, what: &str) -> Opti
 
 /// Stage 2: the raw spec to the validated model, collecting every problem.
 pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, ValidateError> {
-    let mut c = Checker { source, problems: Vec::new() };
+    validate_with(source, spec, Files::Checked)
+}
+
+/// Stage 2 with the choice of where files are checked.
+pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Result<model::Lab, ValidateError> {
+    let mut c = Checker { source, problems: Vec::new(), files };
     let (lab_name, prefix) = lab::check(&mut c, spec);
     let mut networks = network::check_all(&mut c, &spec.networks, &prefix);
     let mut nics = nic::Nics::default();
@@ -555,5 +578,27 @@ mod tests {
         };
         assert_eq!(hosts("n"), ["a", "a-eth2"]);
         assert_eq!(hosts("m"), ["a"]);
+    }
+
+    /// For another libvirt host the files are not looked for here (QEMU opens them there);
+    /// what libvirt's XML cannot carry is still refused.
+    #[test]
+    fn files_on_another_host_are_not_checked_here() {
+        let text = format!(
+            "{BASE}vms:\n  a:\n    boot: {{kernel: /nonexistent/vmlinuz}}\n    disk: {{image: rel/base.qcow2}}\n"
+        );
+        let src = SourceFile::from_text(Path::new("/tmp/unit.yaml"), text);
+        assert!(load(&src).is_err());
+        let lab = load_with(&src, Files::NotChecked).unwrap();
+        let vm = lab.vms.values().next().unwrap();
+        assert_eq!(vm.boot.as_ref().unwrap().kernel, Path::new("/nonexistent/vmlinuz"));
+        assert_eq!(vm.disk.as_ref().unwrap().image, Path::new("/tmp/rel/base.qcow2"));
+        let bad = SourceFile::from_text(
+            Path::new("/tmp/unit.yaml"),
+            format!("{BASE}vms:\n  a:\n    boot: {{kernel: \"/x\\ty\"}}\n"),
+        );
+        let codes: Vec<Code> =
+            load_with(&bad, Files::NotChecked).unwrap_err().problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, [Code::ControlChar]);
     }
 }

@@ -118,8 +118,10 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             }
         };
         let external = net.external.as_ref().is_some_and(|e| e.value);
+        let mut declared_subnet = None;
         let (info, kind) = if external {
             check_external(c, net);
+            declared_subnet = net.subnet.as_ref().and_then(|s| parse_subnet(c, s));
             (
                 NetInfo {
                     external: true,
@@ -171,7 +173,8 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                 NetworkKind::External => name.to_string(),
                 NetworkKind::Managed(_) => format!("{prefix}{name}"),
             };
-            model_nets.insert(name.clone(), model::Network { name, libvirt_name, kind, span: c.span(key) });
+            model_nets
+                .insert(name.clone(), model::Network { name, libvirt_name, kind, declared_subnet, span: c.span(key) });
         }
     }
 
@@ -314,15 +317,13 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
     Some(net)
 }
 
-/// External networks may say `external: true` and nothing else.
+/// External networks may say `external: true` and nothing else, except `subnet:`: the
+/// subnet of a LAN libvirt knows no address of, for verification only.
 fn check_external(c: &mut Checker, net: &NetworkSpec) {
-    let NetworkSpec { external: _, mode, subnet, gateway, dhcp, bridge, autostart, stp, dhcp_ping } = net;
+    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping } = net;
     let mut given: Vec<(&str, SourceSpan)> = Vec::new();
     if let Some(v) = mode {
         given.push(("mode", c.span(v)));
-    }
-    if let Some(v) = subnet {
-        given.push(("subnet", c.span(v)));
     }
     if let Some(v) = gateway {
         given.push(("gateway", c.span(v)));

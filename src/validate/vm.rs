@@ -9,7 +9,7 @@ use super::network::NetInfo;
 use super::{Checker, cloud_init, nic};
 use crate::diag::Code;
 use crate::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
-use crate::spec::{HypervisorSpec, Spanned, SpannedMap, VmSpec};
+use crate::spec::{HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec, VmStateSpec};
 
 /// Default VM memory.
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
@@ -64,6 +64,10 @@ pub(super) fn check_all(
                     virt_type,
                     memory,
                     vcpus,
+                    state: match vm.state.as_ref().map(|s| s.value) {
+                        None | Some(VmStateSpec::Running) => model::VmState::Running,
+                        Some(VmStateSpec::Stopped) => model::VmState::Stopped,
+                    },
                     boot,
                     disk,
                     nics,
@@ -138,7 +142,11 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
             r => r,
         });
         ok &= image.is_some() && size.as_ref().is_none_or(Option::is_some);
-        model::Disk { image: image.unwrap_or_default(), size: size.flatten() }
+        let format = match d.value.format.as_ref().map(|f| f.value) {
+            None | Some(ImageFormatSpec::Qcow2) => model::ImageFormat::Qcow2,
+            Some(ImageFormatSpec::Raw) => model::ImageFormat::Raw,
+        };
+        model::Disk { image: image.unwrap_or_default(), size: size.flatten(), format }
     });
     if boot.is_none() && disk.is_none() {
         c.at(
@@ -222,6 +230,9 @@ fn check_file(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<PathBu
     // Canonical before it is hashed or written, so the plan does not depend on the folder or
     // symlink the lab file was reached through.
     let resolved = crate::source::resolve_path(&c.source.dir, Path::new(&s.value));
+    if c.files == super::Files::NotChecked {
+        return Some(resolved);
+    }
     match std::fs::metadata(&resolved) {
         Ok(m) if m.is_file() => Some(resolved),
         Ok(_) => {

@@ -28,6 +28,7 @@ struct JsonSummary {
     verified: usize,
     failed: usize,
     skipped: usize,
+    stopped: usize,
     unproven: usize,
 }
 
@@ -47,6 +48,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         }
         NicState::Failed { reason } => ("failed", None, None, Some(reason.to_string()), Some(reason.help()), None),
         NicState::Skipped => ("skipped", None, None, None, None, None),
+        NicState::Stopped => ("stopped", None, None, None, None, None),
         // Only on remote hosts: libvirt's word, no ARP evidence.
         NicState::Reported { ip, source } => (
             "reported",
@@ -82,6 +84,7 @@ pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
         verified: count("verified"),
         failed: count("failed"),
         skipped: count("skipped"),
+        stopped: count("stopped"),
         unproven: count("reported") + count("leased") + count("waiting"),
     };
     let doc = JsonVerify { format_version: JSON_FORMAT_VERSION, lab, summary, nics };
@@ -152,7 +155,10 @@ pub fn summary_line(report: &VerifyReport) -> String {
     let verified = report.nics.iter().filter(|n| matches!(n.state, NicState::Verified { .. })).count();
     let failed = report.failed().count();
     let skipped = report.nics.iter().filter(|n| matches!(n.state, NicState::Skipped)).count();
-    format!("Verify: {verified} verified, {failed} failed, {skipped} skipped.")
+    let stopped = report.nics.iter().filter(|n| matches!(n.state, NicState::Stopped)).count();
+    // The stopped count only when there are any: the line stays as it was for other labs.
+    let stopped = if stopped > 0 { format!(", {stopped} stopped") } else { String::new() };
+    format!("Verify: {verified} verified, {failed} failed, {skipped} skipped{stopped}.")
 }
 
 /// Some NICs failed verification (the table says which and why).
@@ -191,6 +197,7 @@ mod tests {
                 dhcp: true,
                 subnet: Some("10.0.0.0/24".parse().unwrap()),
                 running: true,
+                stopped: false,
                 verify: true,
             },
             state,

@@ -72,6 +72,8 @@ struct Track {
 fn initial_state(t: &NicTarget) -> NicState {
     if !t.verify {
         NicState::Skipped
+    } else if t.stopped {
+        NicState::Stopped
     } else if !t.running {
         NicState::Failed { reason: FailReason::VmNotRunning }
     } else if t.bridge.is_none() {

@@ -170,6 +170,8 @@ pub fn reported(
                 leases.iter().filter(|l| l.mac == t.mac && l.network == t.libvirt_network).max_by_key(|l| l.expiry);
             let state = if !t.verify {
                 NicState::Skipped
+            } else if t.stopped {
+                NicState::Stopped
             } else if !t.running {
                 NicState::Failed { reason: FailReason::VmNotRunning }
             } else if let Some((_, ip)) = from_libvirt {

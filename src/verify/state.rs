@@ -117,6 +117,8 @@ impl FailReason {
 pub enum NicState {
     /// `verify: none`.
     Skipped,
+    /// The VM has `state: stopped` in the lab file: not probed, not a failure.
+    Stopped,
     /// No candidate address yet (no lease, no reservation).
     WaitingForLease,
     /// A candidate address (lease or reservation) is known; no reply from this MAC yet.
@@ -145,12 +147,16 @@ impl NicState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            NicState::Skipped | NicState::Verified { .. } | NicState::Failed { .. } | NicState::Reported { .. }
+            NicState::Skipped
+                | NicState::Stopped
+                | NicState::Verified { .. }
+                | NicState::Failed { .. }
+                | NicState::Reported { .. }
         )
     }
-    /// Verified, skipped, or (remote) reported.
+    /// Verified, skipped, stopped by the lab file, or (remote) reported.
     pub fn is_ok(&self) -> bool {
-        matches!(self, NicState::Skipped | NicState::Verified { .. } | NicState::Reported { .. })
+        matches!(self, NicState::Skipped | NicState::Stopped | NicState::Verified { .. } | NicState::Reported { .. })
     }
 }
 
@@ -158,6 +164,7 @@ impl fmt::Display for NicState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NicState::Skipped => f.write_str("not verified (verify: none)"),
+            NicState::Stopped => f.write_str("not verified (the VM is stopped: state: stopped)"),
             NicState::WaitingForLease => f.write_str("waiting for a DHCP lease"),
             NicState::LeasedNoReply { ip } => write!(f, "{ip}: no ARP reply yet"),
             NicState::Verified { ip, evidence, seconds } => {

@@ -65,6 +65,8 @@ pub struct NicTarget {
     pub subnet: Option<Ipv4Network>,
     /// The VM is running (a stopped VM cannot answer).
     pub running: bool,
+    /// The lab file says `state: stopped`: not running on purpose, nothing to prove.
+    pub stopped: bool,
     /// `verify: arp` on the NIC; `false` (`verify: none`) skips it.
     pub verify: bool,
 }
@@ -107,10 +109,12 @@ impl NicTarget {
             NetworkKind::Managed(m) => (m.dhcp.is_some(), m.subnet),
             NetworkKind::External => (
                 observed_ip.is_some_and(|ip| ip.dhcp_range.is_some()),
-                observed_ip.and_then(|ip| {
-                    let any = Ipv4Network::new(ip.address, ip.prefix).ok()?;
-                    Ipv4Network::new(any.network(), ip.prefix).ok()
-                }),
+                observed_ip
+                    .and_then(|ip| {
+                        let any = Ipv4Network::new(ip.address, ip.prefix).ok()?;
+                        Ipv4Network::new(any.network(), ip.prefix).ok()
+                    })
+                    .or(network.declared_subnet),
             ),
         };
         let observed_reservation = observed_ip.and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac)).map(|h| h.ip);
@@ -127,6 +131,7 @@ impl NicTarget {
             dhcp,
             subnet,
             running,
+            stopped: vm.state == crate::model::VmState::Stopped,
             verify: nic.verify == Verify::Arp,
         }
     }

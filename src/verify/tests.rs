@@ -46,6 +46,7 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         dhcp: true,
         subnet: Some("10.0.0.0/24".parse().unwrap()),
         running: true,
+        stopped: false,
         verify: true,
     }
 }
@@ -457,6 +458,23 @@ fn stopped_vm_fails_without_probing() {
     assert_eq!(l.calls(), 0, "nothing pending: leases not even read");
 }
 
+/// `state: stopped` in the lab file: listed as stopped, not failed, and never probed,
+/// locally or (from what libvirt reports) remotely.
+#[test]
+fn a_vm_stopped_by_the_file_is_stopped_not_failed() {
+    let mut t = target("vm1", a());
+    t.running = false;
+    t.stopped = true;
+    let p = FakeProber::new().answer("br0", ip("10.0.0.5"), a());
+    let r = run(std::slice::from_ref(&t), &p, &FakeLeases::new()).report;
+    assert_eq!(r.nics[0].state, NicState::Stopped);
+    assert!(r.all_ok() && r.failed().next().is_none());
+    assert!(p.calls().is_empty());
+    assert!(crate::verify::report::summary_line(&r).ends_with("0 failed, 0 skipped, 1 stopped."));
+    let remote = reported(&[t], &[], &BTreeMap::new());
+    assert_eq!(remote.nics[0].state, NicState::Stopped);
+}
+
 #[test]
 fn missing_or_down_bridge_fails_only_its_nics() {
     let mut none = target("vm1", a());
@@ -627,6 +645,7 @@ fn targets_from_the_model() {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(256),
         vcpus: 1,
+        state: crate::model::VmState::Running,
         boot: None,
         disk: None,
         nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
@@ -647,12 +666,14 @@ fn targets_from_the_model() {
             dhcp_ping: false,
             reservations: BTreeMap::new(),
         }),
+        declared_subnet: None,
         span,
     };
     let ext = Network {
         name: NetworkName::new("ext").unwrap(),
         libvirt_name: "default".into(),
         kind: NetworkKind::External,
+        declared_subnet: None,
         span,
     };
     let observed = |name: &str, bridge: &str, ip_: Option<ObservedIp>| ObservedNetwork {
@@ -727,6 +748,16 @@ fn targets_from_the_model() {
     let r = run(&[t6], &p, &FakeLeases::new());
     assert!(matches!(failed(&r, 0), FailReason::NoBridge { detail } if detail.contains("test driver")));
     assert!(p.calls().is_empty(), "nothing sent");
+
+    // An external network libvirt knows no address of (a bridge to a LAN): its declared
+    // subnet is what verification may sweep; without one, nothing (NoSubnet, at once).
+    let o_lan = ObservedNetwork { ip: None, ..observed("lan", "br-lan", None) };
+    let lan = Network { name: NetworkName::new("lan").unwrap(), libvirt_name: "lan".into(), ..ext.clone() };
+    let t7 = NicTarget::from_model(&vm, &vm.nics[1], &lan, Some(&o_lan), true, local_host);
+    assert_eq!((t7.subnet, t7.dhcp, t7.bridge.as_deref()), (None, false, Some("br-lan")));
+    let declared = Network { declared_subnet: Some("192.168.1.0/24".parse().unwrap()), ..lan };
+    let t8 = NicTarget::from_model(&vm, &vm.nics[1], &declared, Some(&o_lan), true, local_host);
+    assert_eq!(t8.subnet, Some("192.168.1.0/24".parse().unwrap()));
 }
 
 #[test]

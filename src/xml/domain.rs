@@ -71,8 +71,7 @@ struct OsTypeW {
 
 #[derive(Serialize)]
 struct DevicesW<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    disk: Option<DiskW<'a>>,
+    disk: Vec<DiskW<'a>>,
     interface: Vec<InterfaceW<'a>>,
     serial: SerialW,
     memballoon: MemballoonW,
@@ -93,6 +92,9 @@ struct DiskW<'a> {
     driver: DriverW,
     source: FileSourceW<'a>,
     target: TargetW,
+    /// `<readonly/>` (the cloud-init seed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    readonly: Option<()>,
 }
 
 #[derive(Serialize)]
@@ -157,14 +159,17 @@ struct RomW {
 struct SerialW {
     #[serde(rename = "@type")]
     serial_type: &'static str,
-    source: PathSourceW,
+    log: LogW,
     target: PortW,
 }
 
+/// `<log file='...' append='off'/>`: the serial port's output is also written to a file.
 #[derive(Serialize)]
-struct PathSourceW {
-    #[serde(rename = "@path")]
-    path: String,
+struct LogW {
+    #[serde(rename = "@file")]
+    file: String,
+    #[serde(rename = "@append")]
+    append: &'static str,
 }
 
 #[derive(Serialize)]
@@ -200,6 +205,18 @@ pub fn console_log_path(libvirt_name: &str) -> String {
 /// desired fields). `disk_path` is the VM's overlay image (the caller creates it); without
 /// it the domain has no disk. The emulator is left to libvirt.
 pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>, spec_hash: &str) -> Result<Rendered, XmlError> {
+    domain_xml_with_seed(lab, vm, disk_path, None, spec_hash)
+}
+
+/// [`domain_xml`] with the VM's cloud-init seed volume (`seed_path`) attached read-only as
+/// a raw virtio disk after the overlay (`vdb`, or `vda` without an overlay).
+pub fn domain_xml_with_seed(
+    lab: &Lab,
+    vm: &Vm,
+    disk_path: Option<&str>,
+    seed_path: Option<&str>,
+    spec_hash: &str,
+) -> Result<Rendered, XmlError> {
     let (kernel, initrd, cmdline) = match &vm.boot {
         Some(b) => (Some(path_str(&b.kernel)?), b.initrd.as_deref().map(path_str).transpose()?, b.cmdline.as_deref()),
         None => (None, None, None),
@@ -226,18 +243,27 @@ pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>, spec_hash: &str) 
         on_reboot: "restart",
         on_crash: "destroy",
         devices: DevicesW {
-            disk: disk_path.map(|file| DiskW {
-                disk_type: "file",
-                device: "disk",
-                driver: DriverW { name: "qemu", driver_type: "qcow2" },
-                source: FileSourceW { file },
-                target: TargetW { dev: "vda", bus: "virtio" },
-            }),
+            disk: disk_path
+                .map(|file| (file, "qcow2", None))
+                .into_iter()
+                .chain(seed_path.map(|file| (file, "raw", Some(()))))
+                .zip(["vda", "vdb"])
+                .map(|((file, driver_type, readonly), dev)| DiskW {
+                    disk_type: "file",
+                    device: "disk",
+                    driver: DriverW { name: "qemu", driver_type },
+                    source: FileSourceW { file },
+                    target: TargetW { dev, bus: "virtio" },
+                    readonly,
+                })
+                .collect(),
             // Every NIC was checked above, so `ok()` drops nothing.
             interface: vm.nics.iter().filter_map(|n| interface_w(lab, vm, n).ok()).collect(),
+            // A pty, so `topo console` (virDomainOpenConsole) can attach; its output is
+            // also logged to the console log file.
             serial: SerialW {
-                serial_type: "file",
-                source: PathSourceW { path: console_log_path(&vm.libvirt_name) },
+                serial_type: "pty",
+                log: LogW { file: console_log_path(&vm.libvirt_name), append: "off" },
                 target: PortW { port: 0 },
             },
             memballoon: MemballoonW { model: "none" },
@@ -426,6 +452,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         owner: facts.owner,
         live: None,
         links: None,
+        seed: None,
     })
 }
 

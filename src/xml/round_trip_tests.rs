@@ -54,12 +54,19 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             name: local.clone(),
             libvirt_name: "seedlab-local_net".into(),
             kind: NetworkKind::Managed(net),
+            declared_subnet: None,
             span: (0, 0).into(),
         },
     );
     networks.insert(
         ext.clone(),
-        Network { name: ext.clone(), libvirt_name: "default".into(), kind: NetworkKind::External, span: (0, 0).into() },
+        Network {
+            name: ext.clone(),
+            libvirt_name: "default".into(),
+            kind: NetworkKind::External,
+            declared_subnet: None,
+            span: (0, 0).into(),
+        },
     );
     let vm_name = VmName::new("deb1").unwrap();
     let nics = vec![
@@ -88,6 +95,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 2,
+        state: crate::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/labs/img/vmlinuz"),
             initrd: Some(PathBuf::from("/labs/img/initrd.gz")),
@@ -268,7 +276,8 @@ fn domain_round_trip_all_fields() {
         "<memory unit=\"KiB\">131072</memory>",
         "<type arch=\"x86_64\" machine=\"pc\">hvm</type>",
         "<rom enabled=\"no\"/>",
-        "<source path=\"/var/log/libvirt/qemu/seedlab-deb1-console.log\"/>",
+        "<serial type=\"pty\">",
+        "<log file=\"/var/log/libvirt/qemu/seedlab-deb1-console.log\" append=\"off\"/>",
         "<memballoon model=\"none\"/>",
         "<driver name=\"qemu\" type=\"qcow2\"/>",
         "<on_poweroff>destroy</on_poweroff>",
@@ -276,6 +285,29 @@ fn domain_round_trip_all_fields() {
         assert!(r.xml.contains(needle), "missing {needle} in\n{}", r.xml);
     }
     assert!(!r.xml.contains("emulator"));
+    assert!(!r.xml.contains("readonly"), "no seed given, no seed disk");
+}
+
+#[test]
+fn seed_disk_is_a_readonly_raw_second_disk() {
+    let lab = lab_with(managed(NetworkMode::Nat));
+    let vm = deb1(&lab);
+    let seed = "/var/lib/topo/seedlab-deb1-cidata-12345678.abcdef01.img";
+    let r = super::domain_xml_with_seed(&lab, vm, Some("/var/lib/topo/o.qcow2"), Some(seed), "00").unwrap();
+    let compact: String = r.xml.lines().map(str::trim).collect();
+    assert!(
+        compact.contains(&format!(
+            "<disk type=\"file\" device=\"disk\"><driver name=\"qemu\" type=\"raw\"/><source file=\"{seed}\"/>\
+             <target dev=\"vdb\" bus=\"virtio\"/><readonly/></disk>"
+        )),
+        "{}",
+        r.xml
+    );
+    assert_eq!(parse_domain(&r.xml, DomainState::Shutoff).unwrap().disks, ["/var/lib/topo/o.qcow2", seed]);
+    // Without an overlay the seed is the first disk.
+    let r = super::domain_xml_with_seed(&lab, vm, None, Some(seed), "00").unwrap();
+    let compact: String = r.xml.lines().map(str::trim).collect();
+    assert!(compact.contains("<target dev=\"vda\" bus=\"virtio\"/><readonly/>"), "{}", r.xml);
 }
 
 #[test]

@@ -105,6 +105,26 @@ pub fn parse_pool_path(xml: &str) -> Result<String, XmlError> {
 }
 
 #[derive(Serialize)]
+#[serde(rename = "volume")]
+struct RawVolumeW<'a> {
+    name: &'a str,
+    capacity: CapacityW,
+    target: VolTargetW,
+}
+
+/// A raw volume `name` of exactly `bytes` bytes (the cloud-init seed, uploaded after).
+pub fn raw_volume_xml(name: &str, bytes: u64) -> Result<String, XmlError> {
+    to_xml(
+        "volume",
+        &RawVolumeW {
+            name,
+            capacity: CapacityW { unit: "bytes", value: bytes },
+            target: VolTargetW { format: FormatW { kind: "raw" } },
+        },
+    )
+}
+
+#[derive(Serialize)]
 #[serde(rename = "interface")]
 struct PlainIfaceW<'a> {
     #[serde(rename = "@type")]

@@ -1,0 +1,145 @@
+//! `--target ADDRESS`: a plan cut down to some resources, with Terraform's semantics. For
+//! apply, the targets and everything they depend on (a VM's networks); for destroy, the
+//! targets and everything that depends on them (the VMs with a NIC on a targeted network,
+//! as the host has them). The cut plan records its targets, which renderers show as partial
+//! and the convergence check after apply honours. Pure, like the planner.
+
+use std::collections::BTreeSet;
+
+use super::{Change, Op, Plan};
+use crate::address::Address;
+use crate::graph::{LabGraph, Node};
+use crate::model::Lab;
+use crate::observed::Observed;
+
+/// Which way targeting follows dependencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// `plan`/`apply`: a target and what it depends on.
+    Apply,
+    /// `destroy`: a target and what depends on it.
+    Destroy,
+}
+
+/// A target that names nothing topo could plan.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("--target {address}: lab {lab} has no such resource, and none by that address is on the host")]
+#[diagnostic(code(topo::plan::target), help("{help}"))]
+pub struct UnknownTarget {
+    pub address: String,
+    pub lab: String,
+    pub help: String,
+}
+
+/// Checks that every target names a resource of the lab file or a change of `full` (owned
+/// objects no longer in the file, orphaned volumes, the pool). All unknown targets are
+/// reported, the first as the error, with the known addresses (and a likely typo) as help.
+pub fn check(lab: &Lab, full: &Plan, targets: &[Address]) -> Result<(), UnknownTarget> {
+    let mut known: BTreeSet<Address> = lab.networks.keys().map(|n| Address::Network(n.clone())).collect();
+    known.extend(lab.vms.keys().map(|v| Address::Vm(v.clone())));
+    known.extend(full.changes.iter().map(|c| c.address.clone()));
+    let unknown: Vec<&Address> = targets.iter().filter(|t| !known.contains(t)).collect();
+    let Some(first) = unknown.first() else { return Ok(()) };
+    let names: Vec<String> = known.iter().map(ToString::to_string).collect();
+    let mut help = crate::diag::suggest(&first.to_string(), &names, "targets are", "targets are");
+    if unknown.len() > 1 {
+        let rest: Vec<String> = unknown[1..].iter().map(ToString::to_string).collect();
+        help = format!("{help}; also unknown: {}", rest.join(", "));
+    }
+    Err(UnknownTarget { address: first.to_string(), lab: lab.name.to_string(), help })
+}
+
+/// The addresses `targets` reach in `direction`: for apply, each target and (through the lab
+/// graph) what it depends on; for destroy, each target and the owned domains observed with a
+/// NIC on a targeted network (whether or not they are still in the file).
+pub fn closure(lab: &Lab, observed: &Observed, targets: &[Address], direction: Direction) -> BTreeSet<Address> {
+    let mut out: BTreeSet<Address> = targets.iter().cloned().collect();
+    match direction {
+        Direction::Apply => {
+            let graph = LabGraph::build(lab).ok();
+            let mut stack: Vec<Address> = targets.to_vec();
+            while let Some(a) = stack.pop() {
+                let node = match &a {
+                    Address::Network(n) => Node::Network(n.clone()),
+                    Address::Vm(v) => Node::Vm(v.clone()),
+                    Address::Volume(_) | Address::Pool(_) => continue,
+                };
+                for dep in graph.as_ref().map(|g| g.dependencies(&node)).unwrap_or_default() {
+                    if out.insert(dep.address()) {
+                        stack.push(dep.address());
+                    }
+                }
+            }
+        }
+        Direction::Destroy => {
+            let networks: BTreeSet<String> = targets
+                .iter()
+                .filter_map(|t| match t {
+                    Address::Network(n) => {
+                        Some(lab.networks.get(n).map(|net| net.libvirt_name.clone()).unwrap_or_else(|| {
+                            // Not in the file any more: its libvirt name is the owner tag's.
+                            owned_name(observed, t).unwrap_or_default()
+                        }))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for d in observed.domains.values() {
+                let on_target = d.interfaces.iter().any(|i| i.network.as_ref().is_some_and(|n| networks.contains(n)));
+                if on_target
+                    && let Some(tag) = &d.owner
+                    && tag.lab == lab.name.as_str()
+                    && let Ok(a) = tag.resource.parse::<Address>()
+                {
+                    out.insert(a);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The libvirt name of the network this lab owns under address `a`, from its owner tag.
+fn owned_name(observed: &Observed, a: &Address) -> Option<String> {
+    observed
+        .networks
+        .values()
+        .find(|n| n.owner.as_ref().is_some_and(|t| t.resource.parse::<Address>().ok().as_ref() == Some(a)))
+        .map(|n| n.name.clone())
+}
+
+/// `full` cut down to the changes of `closure`, plus the overlay pool step when a kept
+/// change needs it; `after` keeps only kept changes; the plan records `targets`.
+pub fn restrict(full: Plan, closure: &BTreeSet<Address>, targets: &[Address]) -> Plan {
+    let uses_pool = |c: &Change| c.ops.iter().any(|op| matches!(op, Op::CreateVolume { .. } | Op::DeleteVolume { .. }));
+    let needs_pool = full.changes.iter().filter(|c| closure.contains(&c.address)).any(uses_pool);
+    let mut changes: Vec<Change> = full
+        .changes
+        .into_iter()
+        .filter(|c| closure.contains(&c.address) || (needs_pool && matches!(c.address, Address::Pool(_))))
+        .collect();
+    let kept: BTreeSet<Address> = changes.iter().map(|c| c.address.clone()).collect();
+    for c in &mut changes {
+        c.after.retain(|a| kept.contains(a));
+    }
+    let mut targets = targets.to_vec();
+    targets.sort();
+    targets.dedup();
+    Plan { lab: full.lab, changes, targets }
+}
+
+/// Checks and applies `targets` to `full` (nothing to do when there are none).
+pub fn targeted(
+    lab: &Lab,
+    observed: &Observed,
+    full: Plan,
+    targets: &[Address],
+    direction: Direction,
+) -> Result<Plan, UnknownTarget> {
+    if targets.is_empty() {
+        return Ok(full);
+    }
+    check(lab, &full, targets)?;
+    let reach = closure(lab, observed, targets, direction);
+    Ok(restrict(full, &reach, targets))
+}
