@@ -127,8 +127,9 @@ done
 
 # ---------------------------------------------------------------- (a) vs (b), same run
 BRIDGES=$(for net in $(virsh -q net-list --name | grep "^$NAME-"); do virsh -q net-info "$net" | awk '/^Bridge/{print $2}'; done | xargs)
-scan_all() { for br in $BRIDGES; do ip netns exec "$NS" arp-scan -q -I "$br" -l >/dev/null 2>&1; done; }
-export -f scan_all 2>/dev/null || true
-bench "arp-scan -l over all lab bridges ($BRIDGES)" bash -c "NS=$NS BRIDGES='$BRIDGES'; for br in \$BRIDGES; do ip netns exec \$NS arp-scan -q -I \$br -l >/dev/null 2>&1; done"
+# one script, so hyperfine -N (no shell) runs the whole sequence
+printf '#!/bin/bash\nfor br in %s; do ip netns exec %s arp-scan -q -I "$br" -l >/dev/null 2>&1; done\n' "$BRIDGES" "$NS" >"$WORK/scan-all.sh"
+chmod +x "$WORK/scan-all.sh"
+bench "arp-scan -l over all lab bridges ($BRIDGES)" "$WORK/scan-all.sh"
 echo
 echo "topo verify / arp-scan -l over the same bridges: $(python3 -c "print('%.3fx' % ($TOPO_VERIFY_MS / $MEAN_MS))") (target <= 0.05x)"
