@@ -5,7 +5,7 @@ use miette::LabeledSpan;
 use super::Checker;
 use crate::diag::Code;
 use crate::model::{self, LabName, NameError};
-use crate::spec::LabSpec;
+use crate::spec::{LabSpec, Spanned};
 
 /// Longest `prefix`: with a 63-character resource name a libvirt name stays under 100 characters.
 pub const MAX_PREFIX: usize = 32;
@@ -44,19 +44,15 @@ pub(super) fn check(c: &mut Checker, spec: &LabSpec) -> (Option<LabName>, String
             );
             None
         }
-        Some(n) => match LabName::new(&n.value) {
-            Ok(name) => Some(name),
-            Err(e) => {
-                c.at(
-                    Code::Name,
-                    n,
-                    format!("lab name `{}` {e}", n.value),
-                    "invalid lab name",
-                    name_help("lab name", &e, "lowercase letters, digits and '-'", model::MAX_LAB_NAME),
-                );
-                None
-            }
-        },
+        Some(n) => checked_name(
+            c,
+            n,
+            Code::Name,
+            "lab name",
+            "lowercase letters, digits and '-'",
+            model::MAX_LAB_NAME,
+            LabName::new,
+        ),
     };
 
     // prefix
@@ -99,7 +95,35 @@ pub(super) fn check(c: &mut Checker, spec: &LabSpec) -> (Option<LabName>, String
 }
 
 /// The help line for a name that breaks its rule.
-pub(super) fn name_help(what: &str, err: &NameError, allowed: &str, max: usize) -> String {
+/// Parses the name at `at` with `parse` (a model newtype's constructor). An invalid name is
+/// one problem with `code` at that name, saying which rule it breaks and how to fix it, and
+/// gives `None`. `what` names the kind ("lab name"), `allowed` its characters, `max` its
+/// length in characters.
+pub(super) fn checked_name<T>(
+    c: &mut Checker,
+    at: &Spanned<String>,
+    code: Code,
+    what: &str,
+    allowed: &str,
+    max: usize,
+    parse: impl FnOnce(&str) -> Result<T, NameError>,
+) -> Option<T> {
+    match parse(&at.value) {
+        Ok(name) => Some(name),
+        Err(e) => {
+            c.at(
+                code,
+                at,
+                format!("{what} `{}` {e}", at.value),
+                format!("invalid {what}"),
+                name_help(what, &e, allowed, max),
+            );
+            None
+        }
+    }
+}
+
+fn name_help(what: &str, err: &NameError, allowed: &str, max: usize) -> String {
     match err {
         NameError::TooLong { .. } => format!("shorten the {what} to at most {max} characters"),
         _ => format!(

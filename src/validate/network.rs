@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use miette::{LabeledSpan, SourceSpan};
 
-use super::lab::name_help;
+use super::lab::checked_name;
 use super::{Checker, parse_ip};
 use crate::diag::Code;
 use crate::model::{self, BridgeName, DhcpRange, ManagedNetwork, NameError, NetworkKind, NetworkMode, NetworkName};
@@ -104,19 +104,15 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
     let mut managed_subnets: Vec<(&Spanned<String>, &Spanned<String>, Ipv4Network)> = Vec::new();
     let mut bridges: BTreeMap<String, &Spanned<String>> = BTreeMap::new();
     for (key, net) in networks.iter() {
-        let name = match NetworkName::new(&key.value) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                c.at(
-                    Code::NetworkName,
-                    key,
-                    format!("network name `{}` {e}", key.value),
-                    "invalid network name",
-                    name_help("network name", &e, "lowercase letters, digits, '-' and '_'", model::MAX_RESOURCE_NAME),
-                );
-                None
-            }
-        };
+        let name = checked_name(
+            c,
+            key,
+            Code::NetworkName,
+            "network name",
+            "lowercase letters, digits, '-' and '_'",
+            model::MAX_RESOURCE_NAME,
+            NetworkName::new,
+        );
         let external = net.external.as_ref().is_some_and(|e| e.value);
         let mut declared_subnet = None;
         let (info, kind) = if external {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::lab::name_help;
+use super::lab::checked_name;
 use super::network::NetInfo;
 use super::{Checker, cloud_init, nic};
 use crate::diag::Code;
@@ -32,19 +32,15 @@ pub(super) fn check_all(
 ) -> BTreeMap<VmName, model::Vm> {
     let mut model_vms = BTreeMap::new();
     for (key, vm) in vms.iter() {
-        let name = match VmName::new(&key.value) {
-            Ok(n) => Some(n),
-            Err(e) => {
-                c.at(
-                    Code::VmName,
-                    key,
-                    format!("VM name `{}` {e}", key.value),
-                    "invalid VM name",
-                    name_help("VM name", &e, "lowercase letters, digits, '-' and '_'", model::MAX_RESOURCE_NAME),
-                );
-                None
-            }
-        };
+        let name = checked_name(
+            c,
+            key,
+            Code::VmName,
+            "VM name",
+            "lowercase letters, digits, '-' and '_'",
+            model::MAX_RESOURCE_NAME,
+            VmName::new,
+        );
         let body = check_vm_body(c, key, vm);
         let mut nics = Vec::new();
         for (index, spec) in vm.nics.iter().enumerate() {
