@@ -100,6 +100,14 @@ pub enum Code {
     HostInterfaceTaken,
     /// A NIC's MAC is used on the same network by a guest outside the lab.
     HostMacTaken,
+    /// A file the domain opens is missing on the libvirt host, as its storage pool shows.
+    HostMissingFile,
+    /// A base image's declared `disk.format` is not the format libvirt's storage pool
+    /// reports for it.
+    HostImageFormat,
+    /// A file the domain opens lies in no active storage pool, so topo cannot check it on
+    /// another host (a warning).
+    HostFileUnchecked,
 }
 
 impl Code {
@@ -162,6 +170,9 @@ impl Code {
             HostBridgeTaken => "topo::plan::bridge_taken",
             HostInterfaceTaken => "topo::plan::interface_taken",
             HostMacTaken => "topo::plan::mac_taken",
+            HostMissingFile => "topo::plan::missing_file",
+            HostImageFormat => "topo::plan::image_format",
+            HostFileUnchecked => "topo::plan::file_unchecked",
         }
     }
 
@@ -225,6 +236,39 @@ impl Diagnostic for Problem {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         if self.labels.is_empty() { None } else { Some(Box::new(self.labels.iter().cloned())) }
     }
+}
+
+/// A [`Problem`] shown as a warning: the same code, message, labels and help, with
+/// miette's warning severity. Nothing is refused for it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct Warning(pub Problem);
+
+impl Diagnostic for Warning {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.0.code()
+    }
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(miette::Severity::Warning)
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.0.help()
+    }
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        self.0.labels()
+    }
+}
+
+/// Warnings about a lab file, rendered against its text (one report, each warning related).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("{} warning{} for {path}", warnings.len(), if warnings.len() == 1 { "" } else { "s" })]
+#[diagnostic(severity(Warning))]
+pub struct Warnings {
+    pub path: String,
+    #[source_code]
+    pub src: miette::NamedSource<String>,
+    #[related]
+    pub warnings: Vec<Warning>,
 }
 
 /// The closest candidate to `word`, if it is close enough (Jaro-Winkler >= 0.8) to be a

@@ -561,6 +561,10 @@ pub struct Boot {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
+    /// Where `kernel` is written in the lab file.
+    pub kernel_span: SourceSpan,
+    /// Where `initrd` is written in the lab file.
+    pub initrd_span: Option<SourceSpan>,
 }
 
 /// A copy-on-write overlay on `image`, which is never written.
@@ -574,6 +578,8 @@ pub struct Disk {
     /// image whose guest wrote a qcow2 header would let the guest name host files as its
     /// backing (QEMU docs, "qemu-img: backing file format should be specified").
     pub format: ImageFormat,
+    /// Where `image` is written in the lab file.
+    pub image_span: SourceSpan,
 }
 
 /// Format of a base image.
@@ -630,6 +636,46 @@ impl Vm {
         let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
         let stem = format!("{}-{hex}", self.libvirt_name);
         Some(crate::ownership::volume_name(lab.as_str(), &stem, "qcow2"))
+    }
+}
+
+/// A file a VM's domain opens on the libvirt host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostFileRole {
+    Kernel,
+    Initrd,
+    /// The base image of the disk overlay.
+    Image,
+}
+
+impl HostFileRole {
+    /// The lab-file key, as messages name it: `boot.kernel`, `boot.initrd`, `disk.image`.
+    pub fn key(self) -> &'static str {
+        match self {
+            HostFileRole::Kernel => "boot.kernel",
+            HostFileRole::Initrd => "boot.initrd",
+            HostFileRole::Image => "disk.image",
+        }
+    }
+}
+
+impl Vm {
+    /// The files this VM's domain opens on the libvirt host (QEMU reads the kernel and
+    /// initrd at start; libvirt opens the base image when it creates the overlay), with
+    /// where each is written in the lab file. Cloud-init files are not here: topo reads
+    /// them itself, on this machine.
+    pub fn host_files(&self) -> Vec<(HostFileRole, &std::path::Path, SourceSpan)> {
+        let mut out = Vec::new();
+        if let Some(b) = &self.boot {
+            out.push((HostFileRole::Kernel, b.kernel.as_path(), b.kernel_span));
+            if let (Some(i), Some(span)) = (&b.initrd, b.initrd_span) {
+                out.push((HostFileRole::Initrd, i.as_path(), span));
+            }
+        }
+        if let Some(d) = &self.disk {
+            out.push((HostFileRole::Image, d.image.as_path(), d.image_span));
+        }
+        out
     }
 }
 

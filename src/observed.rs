@@ -179,6 +179,26 @@ pub struct Observed {
     /// libvirt's own bridges and taps included. `None` when topo cannot see them: a remote
     /// or test URI (the interfaces of the machine topo runs on would be the wrong ones).
     pub host_interfaces: Option<std::collections::BTreeSet<String>>,
+    /// What libvirt's storage API says about each file the lab's domains open (kernel,
+    /// initrd, base image), by path, when the libvirt host is not this machine
+    /// ([`crate::hypervisor::observe_paths`]). Empty when not gathered: a local host, whose
+    /// files validation checks on the disk itself.
+    pub paths: BTreeMap<String, PathFact>,
+}
+
+/// What libvirt can tell about a file a domain will open, through its storage pools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PathFact {
+    /// A volume of active pool `pool` (the file exists there); `format` is the volume's
+    /// `<target><format type>` as the pool's backend found it.
+    Volume { pool: String, format: Option<String> },
+    /// The file's folder is the folder of active pool `pool`, just refreshed, and the pool
+    /// has no volume of that name: there is no regular file at the path (a directory pool
+    /// lists every regular file of its folder).
+    Missing { pool: String },
+    /// No active pool covers the file's folder, so libvirt cannot say whether it exists;
+    /// `inactive_pool` names a pool over that folder that is defined but not started.
+    Unchecked { inactive_pool: Option<String> },
 }
 
 /// A DHCP lease from libvirt's dnsmasq (`virNetworkGetDHCPLeases`).

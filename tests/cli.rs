@@ -345,7 +345,8 @@ fn apply_as_a_user_keeps_its_locks_under_xdg_runtime_dir() {
 }
 
 /// Paths are checked where QEMU opens them: on this machine for a local URI; for another
-/// host topo does not look for them here, and says so on stderr.
+/// host (or the test driver, which opens no files) `validate` does not look for them here,
+/// and says that `plan` and `apply` check them through libvirt's storage pools.
 #[test]
 fn validate_checks_paths_only_for_a_local_host() {
     let file = "tests/fixtures/invalid/missing_kernel.yaml";
@@ -355,5 +356,44 @@ fn validate_checks_paths_only_for_a_local_host() {
     let remote =
         topo().args(["--color", "never", "-c", "qemu+ssh://root@lab-host/system", "validate", file]).output().unwrap();
     assert!(remote.status.success(), "{}", stderr(&remote));
-    assert!(stderr(&remote).contains("does not check the lab's kernel, initrd and image paths"), "{}", stderr(&remote));
+    assert!(
+        stderr(&remote).contains("`topo validate` does not check them; `topo plan` and `topo apply` check them through libvirt's storage pools"),
+        "{}",
+        stderr(&remote)
+    );
+    let test = topo().args(["--color", "never", "-c", "test:///default", "validate", file]).output().unwrap();
+    assert!(test.status.success(), "{}", stderr(&test));
+    let json = topo().args(["-c", "qemu+ssh://root@lab-host/system", "validate", "--json", file]).output().unwrap();
+    assert!(json.status.success(), "{}", stderr(&json));
+}
+
+/// On a host whose files are not this machine's (here the test driver, with its pool
+/// `default-pool` at `/default-pool`), `plan` checks the lab's files through libvirt's
+/// storage pools before anything is touched: every file missing from the pool over its
+/// folder is refused at once, each at its place in the lab file (exit 1); a file in no
+/// pool is a located warning saying how to make it checkable.
+#[test]
+fn plan_checks_files_through_storage_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("lab.yaml");
+    std::fs::write(
+        &lab,
+        "apiVersion: topo/v1\nname: files\nvms:\n  v:\n    hypervisor: qemu\n    boot:\n      kernel: /default-pool/vmlinuz\n      initrd: /srv/nowhere/initrd.gz\n    disk:\n      image: /default-pool/base.qcow2\n",
+    )
+    .unwrap();
+    let out = topo()
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .args(["--color", "never", "-c", "test:///default", "plan"])
+        .arg(&lab)
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("topo::plan::missing_file").count(), 2, "{err}");
+    assert!(err.contains("boot.kernel `/default-pool/vmlinuz` of vm `v` does not exist"), "{err}");
+    assert!(err.contains("lab.yaml:7:15"), "kernel located: {err}");
+    assert!(err.contains("lab.yaml:10:14"), "image located: {err}");
+    assert!(err.contains("topo::plan::file_unchecked"), "{err}");
+    assert!(err.contains("lab.yaml:8:15"), "initrd located: {err}");
+    assert!(err.contains("dir --target /srv/nowhere && virsh pool-start NAME"), "{err}");
 }

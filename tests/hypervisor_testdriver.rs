@@ -127,6 +127,8 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
             kernel: PathBuf::from("/nonexistent/vmlinuz"),
             initrd: None,
             cmdline: Some("console=ttyS0 quiet".into()),
+            kernel_span: (0, 0).into(),
+            initrd_span: None,
         }),
         disk: None,
         nics: vec![nic(0, &net, mac("52:54:00:77:00:10")), nic(1, &default, mac("52:54:00:77:00:11"))],
@@ -738,4 +740,113 @@ fn rendered_xml_passes_libvirt_schemas() {
     bare.boot = None;
     bare.nics.clear();
     validate("domain", &domain_xml(&lab, &bare, None).unwrap().xml);
+}
+
+/// A lab's files checked through libvirt's storage API, as for another host: the pools
+/// are listed, the pool over a file's folder refreshed, each path looked up
+/// (virStorageVolLookupByPath). A path no pool holds is `NotFound`, libvirt's
+/// VIR_ERR_NO_STORAGE_VOL. `add_file` puts a qcow2 file into `default-pool` (the test
+/// driver's pool at `/default-pool`).
+fn paths_scenario(hv: &dyn Hypervisor, add_file: &dyn Fn(&str)) {
+    let pools = hv.storage_pools().unwrap();
+    let dp = pools.iter().find(|p| p.name == "default-pool").expect("the test driver's default-pool");
+    assert!(dp.active);
+    assert_eq!(dp.path.as_deref(), Some("/default-pool"));
+    assert_kind(hv.volume_by_path("/default-pool/base.qcow2"), HvErrorKind::NotFound);
+    add_file("base.qcow2");
+    hv.refresh_pool("default-pool").unwrap();
+    assert_kind(hv.refresh_pool("no-such-pool"), HvErrorKind::NotFound);
+    let v = hv.volume_by_path("/default-pool/base.qcow2").unwrap();
+    assert_eq!((v.pool.as_str(), v.name.as_str(), v.format.as_deref()), ("default-pool", "base.qcow2", Some("qcow2")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lab.yaml");
+    let text = |format: &str| {
+        format!(
+            "apiVersion: topo/v1\nname: paths\nvms:\n  v:\n    hypervisor: qemu\n    boot:\n      kernel: /default-pool/vmlinuz\n      initrd: /srv/nowhere/initrd.gz\n    disk:\n      image: /default-pool/base.qcow2\n      format: {format}\n"
+        )
+    };
+    let load = |format: &str| {
+        std::fs::write(&file, text(format)).unwrap();
+        topo::validate::load_with(&SourceFile::read(&file).unwrap(), topo::validate::Files::NotChecked).unwrap()
+    };
+    let lab = load("qcow2");
+    let paths: Vec<String> =
+        lab.vms.values().flat_map(|v| v.host_files().into_iter().map(|(_, p, _)| p.display().to_string())).collect();
+    let mut observed = hv.observe().unwrap();
+    observed.paths = topo::hypervisor::observe_paths(hv, paths.iter().map(String::as_str)).unwrap();
+    use topo::observed::PathFact;
+    assert_eq!(
+        observed.paths,
+        BTreeMap::from([
+            (
+                "/default-pool/base.qcow2".to_owned(),
+                PathFact::Volume { pool: "default-pool".into(), format: Some("qcow2".into()) }
+            ),
+            ("/default-pool/vmlinuz".to_owned(), PathFact::Missing { pool: "default-pool".into() }),
+            ("/srv/nowhere/initrd.gz".to_owned(), PathFact::Unchecked { inactive_pool: None }),
+        ])
+    );
+    // The missing kernel is refused before anything is touched, located in the file; the
+    // initrd in no pool is a warning.
+    let codes = |r: Result<topo::plan::Plan, topo::plan::PlanError>| match r {
+        Err(topo::plan::PlanError::Refused { problems, .. }) => {
+            problems.iter().map(|p| p.code.as_str()).collect::<Vec<_>>()
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(codes(topo::plan::plan(&lab, &observed, &hv.uri())), ["topo::plan::missing_file"]);
+    let w: Vec<_> = topo::plan::paths::warnings(&lab, &observed).iter().map(|p| p.code.as_str()).collect();
+    assert_eq!(w, ["topo::plan::file_unchecked"]);
+    // Declared raw while the pool reports qcow2: a warning, not a refusal.
+    let raw = load("raw");
+    let w: Vec<_> = topo::plan::paths::warnings(&raw, &observed).iter().map(|p| p.code.as_str()).collect();
+    assert_eq!(w, ["topo::plan::file_unchecked", "topo::plan::image_format"]);
+}
+
+#[test]
+fn paths_through_storage_pools_on_libvirt_test_driver() {
+    let hv = LibvirtHypervisor::connect("test:///default").unwrap();
+    let add = |name: &str| {
+        hv.create_volume(&topo::hypervisor::VolumeSpec {
+            pool: "default-pool".into(),
+            name: name.into(),
+            backing: "/nonexistent/base.qcow2".into(),
+            backing_format: Default::default(),
+            size: Some(1 << 20),
+        })
+        .unwrap()
+    };
+    paths_scenario(&hv, &add);
+}
+
+#[test]
+fn paths_through_storage_pools_on_memory_double() {
+    let hv = MemoryHypervisor::new().with_storage_pool("default-pool", "/default-pool", true, &[]);
+    paths_scenario(&hv, &|name| hv.set_pool_file("default-pool", name, Some("qcow2")));
+}
+
+/// A directory pool lists a file copied into its folder only after a refresh, as libvirt's
+/// dir backend does (virStorageVolLookupByPath searches the pool's volume list); a pool that
+/// is not started is not searched.
+#[test]
+fn memory_pool_lists_files_as_of_its_last_refresh() {
+    let hv = MemoryHypervisor::new()
+        .with_storage_pool("images", "/srv/images/", true, &[("a.img", "raw")])
+        .with_storage_pool("off", "/srv/off", false, &[("b.img", "raw")]);
+    assert_eq!(hv.volume_by_path("/srv/images/a.img").unwrap().format.as_deref(), Some("raw"));
+    hv.set_pool_file("images", "c.qcow2", Some("qcow2"));
+    hv.set_pool_file("images", "a.img", None);
+    assert_kind(hv.volume_by_path("/srv/images/c.qcow2"), HvErrorKind::NotFound);
+    assert!(hv.volume_by_path("/srv/images/a.img").is_ok(), "still listed until the refresh");
+    hv.refresh_pool("images").unwrap();
+    assert!(hv.volume_by_path("/srv/images/c.qcow2").is_ok());
+    assert_kind(hv.volume_by_path("/srv/images/a.img"), HvErrorKind::NotFound);
+    assert_kind(hv.volume_by_path("/srv/off/b.img"), HvErrorKind::NotFound);
+    assert_kind(hv.refresh_pool("off"), HvErrorKind::InvalidState);
+    let facts = topo::hypervisor::observe_paths(&hv, ["/srv/off/b.img", "/srv/images/sub/d.img"]).unwrap();
+    use topo::observed::PathFact;
+    assert_eq!(facts["/srv/off/b.img"], PathFact::Unchecked { inactive_pool: Some("off".into()) });
+    // A subfolder is not the pool's folder: a dir pool does not look into it.
+    assert_eq!(facts["/srv/images/sub/d.img"], PathFact::Unchecked { inactive_pool: None });
 }

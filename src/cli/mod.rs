@@ -165,23 +165,56 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     }
 }
 
-/// Reads and validates a lab file: the first step of most subcommands.
-/// Reads and validates the lab file. The paths in it are checked where QEMU will open them
-/// only when that is this machine (a local URI); for a remote host they are not checked,
-/// and a note on stderr says so (libvirt reports a missing file when it opens it).
+/// Reads and validates a lab file: the first step of most subcommands. The paths in it
+/// (kernel, initrd, image) are checked on this machine's disk when that is where libvirt
+/// opens them (a local, real driver: [`crate::hypervisor::libvirt::files_are_local`]);
+/// otherwise `topo plan` and `topo apply` check them through libvirt's storage pools
+/// ([`observe`]).
 pub(crate) fn load_lab(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::model::Lab> {
     let source = crate::source::SourceFile::read(path)?;
-    let local = crate::hypervisor::libvirt::is_local_uri(&global.connect);
-    let files = if local { crate::validate::Files::Checked } else { crate::validate::Files::NotChecked };
-    let mut lab = crate::validate::load_with(&source, files)?;
-    if !local && lab.vms.values().any(|v| v.boot.is_some() || v.disk.is_some()) {
-        crate::errln!(
-            "note: {} is another host: topo does not check the lab's kernel, initrd and image paths there; libvirt reports a missing file when it opens it",
-            global.connect
-        );
-    }
+    let mut lab = crate::validate::load_with(&source, files_checked(global))?;
     ssh::fill_default_keys(&mut lab);
     Ok(lab)
+}
+
+/// Whether validation checks the lab's paths on this machine's disk.
+pub(crate) fn files_checked(global: &GlobalArgs) -> crate::validate::Files {
+    if crate::hypervisor::libvirt::files_are_local(&global.connect) {
+        crate::validate::Files::Checked
+    } else {
+        crate::validate::Files::NotChecked
+    }
+}
+
+/// Observes the host for a plan: every libvirt object, and, when the libvirt host's files
+/// are not this machine's, what its storage pools say about each file the lab's domains
+/// open (`Observed::paths`). Files no pool can speak for are warned about on stderr, each
+/// at its place in the lab file (unless `-q`); missing ones are the plan's refusals.
+pub(crate) fn observe(
+    global: &GlobalArgs,
+    hv: &dyn crate::hypervisor::Hypervisor,
+    lab: &crate::model::Lab,
+    warn: bool,
+) -> miette::Result<crate::observed::Observed> {
+    let mut observed = hv.observe()?;
+    if !crate::hypervisor::libvirt::files_are_local(&hv.uri()) {
+        let paths: Vec<String> = lab
+            .vms
+            .values()
+            .flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.to_string_lossy().into_owned()))
+            .collect();
+        observed.paths = crate::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
+        let warnings = crate::plan::paths::warnings(lab, &observed);
+        if warn && !global.quiet && !warnings.is_empty() {
+            let report = miette::Report::new(crate::diag::Warnings {
+                path: lab.source.name(),
+                src: lab.source.named_source(),
+                warnings: warnings.into_iter().map(crate::diag::Warning).collect(),
+            });
+            crate::errln!("{report:?}");
+        }
+    }
+    Ok(observed)
 }
 
 /// A status line on stderr unless `-q`.

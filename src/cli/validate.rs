@@ -22,6 +22,17 @@ pub fn run(global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> 
     if !args.json {
         let file = super::lab_path(global, args.file.as_deref())?;
         let lab = super::load_lab(&file, global)?;
+        if super::files_checked(global) == crate::validate::Files::NotChecked
+            && lab.vms.values().any(|v| v.boot.is_some() || v.disk.is_some())
+        {
+            super::status(
+                global,
+                format_args!(
+                    "note: {} opens the lab's kernel, initrd and image paths on another host: `topo validate` does not check them; `topo plan` and `topo apply` check them through libvirt's storage pools",
+                    global.connect
+                ),
+            );
+        }
         crate::outln!("{}", lab.summary())?;
         return Ok(Outcome::Ok);
     }
@@ -44,7 +55,7 @@ pub fn run(global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> 
             return Err(e.into());
         }
     };
-    match crate::validate::load(&source) {
+    match crate::validate::load_with(&source, super::files_checked(global)) {
         Ok(lab) => {
             print(validate_ok(&shown, &lab))?;
             Ok(Outcome::Ok)

@@ -19,7 +19,7 @@ use virt::sys;
 mod console;
 pub use console::Console;
 
-use super::{HostOp, HvError, HvErrorKind, Hypervisor, VolumeSpec};
+use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo, VolumeSpec};
 use crate::observed::{DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
 use crate::ownership::OVERLAY_POOL;
 use crate::xml::{self, NetworkFlags};
@@ -47,6 +47,14 @@ pub fn is_local_uri(uri: &str) -> bool {
         Some((_, rest)) => rest.starts_with('/') || rest.is_empty(),
         None => true,
     }
+}
+
+/// True when libvirt opens the lab's files (kernel, initrd, base image) on this machine's
+/// own disk: a local URI of a real driver. Not for another host, and not for the `test`
+/// driver, which opens no files (its pools are its own, in memory): for those, topo asks
+/// libvirt's storage pools ([`crate::hypervisor::observe_paths`]).
+pub fn files_are_local(uri: &str) -> bool {
+    is_local_uri(uri) && !uri.starts_with("test:") && !uri.starts_with("test+")
 }
 
 /// Where each tap is plugged, read from `sys` (`/sys/class/net`): `TAP/master` is a symlink
@@ -782,6 +790,51 @@ impl Hypervisor for LibvirtHypervisor {
             return Err(map_error(OP, name, &e));
         }
         Ok(())
+    }
+
+    fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>, HvError> {
+        const OP: &str = "list storage pools";
+        let pools = lv("virConnectListAllStoragePools", &self.uri, || self.conn.list_all_storage_pools(0))
+            .map_err(|e| map_error(OP, &self.uri, &e))?;
+        let mut out = Vec::new();
+        for p in pools {
+            let Ok(name) = lv("virStoragePoolGetName", &self.uri, || p.name()) else { continue };
+            // Gone between the listing and the call: skipped, as if listed a moment later.
+            let active = match lv("virStoragePoolIsActive", &name, || p.is_active()) {
+                Ok(a) => a,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(map_error(OP, &name, &e)),
+            };
+            let text = match lv("virStoragePoolGetXMLDesc", &name, || p.xml_desc(0)) {
+                Ok(t) => t,
+                Err(e) if is_missing(&e) => continue,
+                Err(e) => return Err(map_error(OP, &name, &e)),
+            };
+            let path = xml::parse_pool_path(&text).ok().map(|p| p.trim_end_matches('/').to_owned());
+            out.push(StoragePoolInfo { name, active, path });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn refresh_pool(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "refresh pool";
+        let pool = lv("virStoragePoolLookupByName", name, || self.conn.lookup_storage_pool_by_name(name))
+            .map_err(|e| map_error(OP, name, &e))?;
+        lv("virStoragePoolRefresh", name, || pool.refresh(0)).map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn volume_by_path(&self, path: &str) -> Result<StorageVolumeInfo, HvError> {
+        const OP: &str = "look up volume";
+        let vol = lv("virStorageVolLookupByPath", path, || self.conn.lookup_storage_vol_by_path(path))
+            .map_err(|e| map_error(OP, path, &e))?;
+        let name = lv("virStorageVolGetName", path, || vol.name()).map_err(|e| map_error(OP, path, &e))?;
+        let pool = lv("virStoragePoolLookupByVolume", path, || vol.lookup_storage_pool())
+            .and_then(|p| lv("virStoragePoolGetName", path, || p.name()))
+            .map_err(|e| map_error(OP, path, &e))?;
+        let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).map_err(|e| map_error(OP, path, &e))?;
+        let format = xml::parse_volume_format(&text).map_err(|e| other(OP, path, &e.to_string()))?;
+        Ok(StorageVolumeInfo { pool, name, format })
     }
 
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {

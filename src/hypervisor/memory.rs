@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::VolumeSpec;
-use super::{HostOp, HvError, HvErrorKind, Hypervisor};
+use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo};
 use crate::model::MacAddr;
 use crate::observed::{
     DomainState, Lease, LiveConfig, Observed, ObservedDomain, ObservedInterface, ObservedNetwork, ObservedPool,
@@ -66,6 +66,20 @@ struct State {
     /// Interfaces on the host that are no libvirt network's bridge (a physical NIC, a
     /// hand-made bridge); `None` plays a remote host, whose interfaces topo cannot see.
     host_interfaces: Option<std::collections::BTreeSet<String>>,
+    /// Storage pools other than the overlay pool (images, kernels), by name.
+    storage: BTreeMap<String, MemStoragePool>,
+}
+
+/// A directory pool of files topo does not manage (`with_storage_pool`).
+#[derive(Debug, Clone, Default)]
+struct MemStoragePool {
+    /// The pool's folder.
+    path: String,
+    active: bool,
+    /// The files in the folder: name -> format (as the pool's backend would probe it).
+    files: BTreeMap<String, String>,
+    /// The volumes libvirt lists: the files as of the pool's last refresh (or start).
+    listed: BTreeMap<String, String>,
 }
 
 /// Kind of fault `MemoryHypervisor::arm` injects.
@@ -347,6 +361,28 @@ impl MemoryHypervisor {
         self
     }
 
+    /// Adds a directory storage pool `name` over folder `path` holding `files` (`(file name,
+    /// format)`), as a pool the user made (`virsh pool-define-as ... dir --target PATH`).
+    /// An active pool lists its files (libvirt refreshes a pool when it starts).
+    pub fn with_storage_pool(self, name: &str, path: &str, active: bool, files: &[(&str, &str)]) -> Self {
+        let files: BTreeMap<String, String> = files.iter().map(|(n, f)| ((*n).to_owned(), (*f).to_owned())).collect();
+        let listed = if active { files.clone() } else { BTreeMap::new() };
+        let pool = MemStoragePool { path: path.trim_end_matches('/').to_owned(), active, files, listed };
+        self.lock().storage.insert(name.to_owned(), pool);
+        self
+    }
+
+    /// A file appears in (`Some(format)`) or vanishes from (`None`) the folder of pool
+    /// `pool` behind libvirt's back: its volume list changes at the next refresh only.
+    pub fn set_pool_file(&self, pool: &str, file: &str, format: Option<&str>) {
+        let mut s = self.lock();
+        let Some(p) = s.storage.get_mut(pool) else { return };
+        match format {
+            Some(f) => p.files.insert(file.to_owned(), f.to_owned()),
+            None => p.files.remove(file),
+        };
+    }
+
     /// Adds a network as if defined (same checks as `define_network`), not logged.
     pub fn with_network_xml(self, xml: &str, active: bool, autostart: bool) -> Result<Self, HvError> {
         {
@@ -509,6 +545,7 @@ impl Hypervisor for MemoryHypervisor {
                     s.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()));
                 h.iter().cloned().chain(bridges).collect()
             }),
+            paths: BTreeMap::new(),
         })
     }
 
@@ -811,6 +848,76 @@ impl Hypervisor for MemoryHypervisor {
         s.volumes.insert(name.to_string(), "raw".to_string());
         s.uploads.insert(name.to_string(), data.to_vec());
         Ok(())
+    }
+
+    fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>, HvError> {
+        let mut s = self.lock();
+        s.enter("storage_pools", "")?;
+        let overlay = s.pool.iter().map(|p| StoragePoolInfo {
+            name: p.name.clone(),
+            active: p.active,
+            path: Some(p.path.clone()),
+        });
+        let others = s.storage.iter().map(|(n, p)| StoragePoolInfo {
+            name: n.clone(),
+            active: p.active,
+            path: Some(p.path.clone()),
+        });
+        let mut out: Vec<StoragePoolInfo> = overlay.chain(others).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn refresh_pool(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "refresh pool";
+        let mut s = self.lock();
+        s.enter("refresh_pool", name)?;
+        if s.pool.as_ref().is_some_and(|p| p.name == name) {
+            s.active_pool(OP, name)?;
+            return Ok(()); // its volumes are made through libvirt: always listed
+        }
+        match s.storage.get_mut(name) {
+            // virStoragePoolRefresh: "storage pool '%s' is not active" (OPERATION_INVALID).
+            Some(p) if !p.active => {
+                Err(err(OP, name, HvErrorKind::InvalidState, format!("storage pool '{name}' is not active")))
+            }
+            Some(p) => {
+                p.listed = p.files.clone();
+                Ok(())
+            }
+            None => Err(err(OP, name, HvErrorKind::NotFound, format!("no storage pool with matching name '{name}'"))),
+        }
+    }
+
+    fn volume_by_path(&self, path: &str) -> Result<StorageVolumeInfo, HvError> {
+        const OP: &str = "look up volume";
+        let mut s = self.lock();
+        s.enter("volume_by_path", path)?;
+        // virStorageVolLookupByPath searches the volumes active pools list, by their path
+        // (folder + "/" + name).
+        let split = path.rsplit_once('/');
+        if let (Some(p), Some((dir, file))) = (s.pool.as_ref().filter(|p| p.active), split)
+            && p.path == dir
+            && let Some(backing) = s.volumes.get(file)
+        {
+            // Overlays are qcow2; uploaded volumes (the seeds) are raw.
+            let format = if backing == "raw" { "raw" } else { "qcow2" };
+            return Ok(StorageVolumeInfo { pool: p.name.clone(), name: file.into(), format: Some(format.into()) });
+        }
+        for (name, p) in s.storage.iter().filter(|(_, p)| p.active) {
+            if let Some((dir, file)) = split
+                && p.path == dir
+                && let Some(format) = p.listed.get(file)
+            {
+                return Ok(StorageVolumeInfo { pool: name.clone(), name: file.into(), format: Some(format.clone()) });
+            }
+        }
+        Err(err(
+            OP,
+            path,
+            HvErrorKind::NotFound,
+            format!("Storage volume not found: no storage vol with matching path '{path}'"),
+        ))
     }
 
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {

@@ -74,6 +74,89 @@ pub struct VolumeSpec {
     pub size: Option<u64>,
 }
 
+/// What libvirt's storage API says about each of `paths` (absolute paths on the libvirt
+/// host), for [`crate::observed::Observed::paths`]: the pools are listed, each active pool
+/// whose folder holds one of the paths is refreshed (its volume list is otherwise as old as
+/// its last refresh), then each path is looked up ([`Hypervisor::volume_by_path`]).
+/// Reads only; a refresh rescans a folder and changes nothing in it. A driver without
+/// storage pools (`Unsupported`) leaves every path unchecked.
+///
+/// # Errors
+/// A libvirt call that fails for another reason than "not found" or "unsupported".
+pub fn observe_paths<'a>(
+    hv: &dyn Hypervisor,
+    paths: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::BTreeMap<String, crate::observed::PathFact>, HvError> {
+    use crate::observed::PathFact;
+    let paths: std::collections::BTreeSet<&str> = paths.into_iter().collect();
+    let mut out = std::collections::BTreeMap::new();
+    if paths.is_empty() {
+        return Ok(out);
+    }
+    let folder = |p: &str| p.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("").to_owned();
+    let pools = match hv.storage_pools() {
+        Ok(p) => p,
+        Err(e) if e.kind == HvErrorKind::Unsupported => {
+            out.extend(paths.iter().map(|p| ((*p).to_owned(), PathFact::Unchecked { inactive_pool: None })));
+            return Ok(out);
+        }
+        Err(e) => return Err(e),
+    };
+    let over = |p: &str, active: bool| {
+        let dir = folder(p);
+        pools.iter().find(|pool| {
+            pool.active == active
+                && pool.path.as_deref().map(|d| if d.is_empty() { "/" } else { d }) == Some(dir.as_str())
+        })
+    };
+    let mut refreshed = std::collections::BTreeSet::new();
+    for p in &paths {
+        if let Some(pool) = over(p, true)
+            && refreshed.insert(pool.name.clone())
+        {
+            match hv.refresh_pool(&pool.name) {
+                // Stopped or removed since the listing: its lookups below say so.
+                Err(e) if matches!(e.kind, HvErrorKind::NotFound | HvErrorKind::InvalidState) => {}
+                r => r?,
+            }
+        }
+    }
+    for p in paths {
+        let fact = match hv.volume_by_path(p) {
+            Ok(v) => PathFact::Volume { pool: v.pool, format: v.format },
+            Err(e) if e.kind == HvErrorKind::NotFound => match over(p, true) {
+                Some(pool) => PathFact::Missing { pool: pool.name.clone() },
+                None => PathFact::Unchecked { inactive_pool: over(p, false).map(|pool| pool.name.clone()) },
+            },
+            Err(e) if e.kind == HvErrorKind::Unsupported => PathFact::Unchecked { inactive_pool: None },
+            Err(e) => return Err(e),
+        };
+        out.insert(p.to_owned(), fact);
+    }
+    Ok(out)
+}
+
+/// A storage pool as `virConnectListAllStoragePools` and its XML show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoragePoolInfo {
+    pub name: String,
+    /// Whether the pool is started: libvirt looks volumes up in active pools only.
+    pub active: bool,
+    /// The pool's folder (`<target><path>`, no trailing `/`); `None` for pool types without one.
+    pub path: Option<String>,
+}
+
+/// A storage volume found by its path (`virStorageVolLookupByPath`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageVolumeInfo {
+    /// The pool that holds it.
+    pub pool: String,
+    pub name: String,
+    /// `<target><format type>` of the volume's XML: the format libvirt's pool backend found
+    /// (`qcow2`, `raw`, `iso`, ...); `None` when the XML names none.
+    pub format: Option<String>,
+}
+
 /// Every libvirt call topo uses. Implementations must be usable from several threads.
 pub trait Hypervisor: Send + Sync {
     /// The connection URI (for messages).
@@ -131,6 +214,17 @@ pub trait Hypervisor: Send + Sync {
     /// URIs). A volume of that name is deleted first (a leftover of an interrupted upload
     /// is never trusted); on a failed upload the new volume is deleted again.
     fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError>;
+
+    /// Every storage pool on the host (`virConnectListAllStoragePools`, each pool's XML for
+    /// its folder).
+    fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>, HvError>;
+    /// Rescans an active pool's folder (`virStoragePoolRefresh`): a pool lists a file made
+    /// or removed since its last refresh only after one. `NotFound` for no such pool.
+    fn refresh_pool(&self, name: &str) -> Result<(), HvError>;
+    /// The volume at `path` in any active pool (`virStorageVolLookupByPath`). A path that no
+    /// active pool holds a volume at is `NotFound` (libvirt's `VIR_ERR_NO_STORAGE_VOL`, "no
+    /// storage vol with matching path"), whether or not a file is there.
+    fn volume_by_path(&self, path: &str) -> Result<StorageVolumeInfo, HvError>;
 
     /// IPv4 addresses libvirt reports for a running domain's NICs, from its ARP-table and
     /// guest-agent sources (each tried; a source that fails or is unsupported is skipped).

@@ -3,6 +3,7 @@
 
 pub mod fields;
 pub mod json;
+pub mod paths;
 pub mod render;
 pub mod saved;
 pub mod target;
@@ -1523,6 +1524,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
         }
     }
+    out.extend(paths::conflicts(lab, observed));
     for vm in lab.vms.values() {
         if let Some(o) = observed.domains.get(&vm.libvirt_name)
             && o.ownership(lab_name) != Ownership::ThisLab

@@ -126,7 +126,13 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
         ok &= kernel.is_some() && initrd.as_ref().is_none_or(Option::is_some);
         let cmdline = b.value.cmdline.as_ref().and_then(|s| check_text(c, s, "boot.cmdline", Text::CommandLine));
         ok &= b.value.cmdline.is_none() || cmdline.is_some();
-        model::Boot { kernel: kernel.unwrap_or_default(), initrd: initrd.flatten(), cmdline }
+        model::Boot {
+            kernel: kernel.unwrap_or_default(),
+            initrd: initrd.flatten(),
+            cmdline,
+            kernel_span: c.span(&b.value.kernel),
+            initrd_span: b.value.initrd.as_ref().map(|i| c.span(i)),
+        }
     });
     let disk = vm.disk.as_ref().map(|d| {
         let image = check_file(c, &d.value.image, "disk image");
@@ -142,7 +148,12 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
             None | Some(ImageFormatSpec::Qcow2) => model::ImageFormat::Qcow2,
             Some(ImageFormatSpec::Raw) => model::ImageFormat::Raw,
         };
-        model::Disk { image: image.unwrap_or_default(), size: size.flatten(), format }
+        model::Disk {
+            image: image.unwrap_or_default(),
+            size: size.flatten(),
+            format,
+            image_span: c.span(&d.value.image),
+        }
     });
     if boot.is_none() && disk.is_none() {
         c.at(

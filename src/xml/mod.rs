@@ -25,7 +25,9 @@ pub use domain::{
     console_log_path, domain_xml, domain_xml_with_seed, interface_xml, live_taps, parse_domain, parse_interface,
 };
 pub use network::{NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network};
-pub use storage::{dir_pool_xml, overlay_volume_xml, parse_pool_path, plain_interface_xml, raw_volume_xml};
+pub use storage::{
+    dir_pool_xml, overlay_volume_xml, parse_pool_path, parse_volume_format, plain_interface_xml, raw_volume_xml,
+};
 
 /// XML namespace of libvirt's dnsmasq passthrough options in network XML.
 pub const DNSMASQ_NS: &str = "http://libvirt.org/schemas/network/dnsmasq/1.0";

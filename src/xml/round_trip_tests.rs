@@ -100,6 +100,8 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             kernel: PathBuf::from("/labs/img/vmlinuz"),
             initrd: Some(PathBuf::from("/labs/img/initrd.gz")),
             cmdline: Some("console=ttyS0 quiet msg=\"a<b & c>'d'\"".into()),
+            kernel_span: (0, 0).into(),
+            initrd_span: None,
         }),
         disk: None,
         nics,

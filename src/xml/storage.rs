@@ -104,6 +104,29 @@ pub fn parse_pool_path(xml: &str) -> Result<String, XmlError> {
     p.target.and_then(|t| t.path).ok_or_else(|| XmlError::Parse { what: "pool", message: "no <target><path>".into() })
 }
 
+#[derive(Deserialize)]
+struct VolumeR {
+    target: Option<VolTargetR>,
+}
+
+#[derive(Deserialize)]
+struct VolTargetR {
+    format: Option<FormatR>,
+}
+
+#[derive(Deserialize)]
+struct FormatR {
+    #[serde(rename = "@type")]
+    kind: Option<String>,
+}
+
+/// The format of a storage volume's XML (`<volume><target><format type>`), as the pool's
+/// backend determined it; `None` when the XML names none.
+pub fn parse_volume_format(xml: &str) -> Result<Option<String>, XmlError> {
+    let v: VolumeR = super::from_xml("volume", "volume", xml)?;
+    Ok(v.target.and_then(|t| t.format).and_then(|f| f.kind))
+}
+
 #[derive(Serialize)]
 #[serde(rename = "volume")]
 struct RawVolumeW<'a> {
@@ -170,6 +193,14 @@ mod tests {
         let p = dir_pool_xml("topo-overlays", Path::new("/var/lib/x")).unwrap();
         assert_eq!(p, "<pool type=\"dir\"><name>topo-overlays</name><target><path>/var/lib/x</path></target></pool>");
         assert_eq!(parse_pool_path(&p).unwrap(), "/var/lib/x");
+        // As the test driver's vol-dumpxml shows a volume.
+        let v = "<volume type='file'><name>a.qcow2</name><key>/default-pool/a.qcow2</key>\
+                 <target><path>/default-pool/a.qcow2</path><format type='qcow2'/></target></volume>";
+        assert_eq!(parse_volume_format(v).unwrap().as_deref(), Some("qcow2"));
+        assert_eq!(
+            parse_volume_format("<volume><name>k</name><target><path>/k</path></target></volume>").unwrap(),
+            None
+        );
         let i = plain_interface_xml("52:54:00:00:00:01".parse().unwrap(), "a'b");
         assert_eq!(
             i,
