@@ -100,6 +100,8 @@ pub enum Code {
     HostInterfaceTaken,
     /// A NIC's MAC is used on the same network by a guest outside the lab.
     HostMacTaken,
+    /// A NIC's MAC is the MAC of its network's bridge on the host.
+    HostBridgeMac,
     /// A file the domain opens is missing on the libvirt host, as its storage pool shows.
     HostMissingFile,
     /// A base image's declared `disk.format` is not the format libvirt's storage pool
@@ -170,6 +172,7 @@ impl Code {
             HostBridgeTaken => "topo::plan::bridge_taken",
             HostInterfaceTaken => "topo::plan::interface_taken",
             HostMacTaken => "topo::plan::mac_taken",
+            HostBridgeMac => "topo::plan::bridge_mac",
             HostMissingFile => "topo::plan::missing_file",
             HostImageFormat => "topo::plan::image_format",
             HostFileUnchecked => "topo::plan::file_unchecked",

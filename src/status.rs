@@ -284,6 +284,7 @@ vms:
             bridge: Some(bridge.into()),
             live_bridge: Some(bridge.into()),
             stp: true,
+            mac: None,
             ip: None,
             dhcp_ping: true,
             owner: owner.map(|l| OwnerTag {

@@ -349,6 +349,58 @@ fn refuses_mac_used_by_a_guest_outside_the_lab() {
     assert!(!p.is_empty());
 }
 
+/// A NIC whose MAC is its network's bridge's own MAC (`<mac address>` in the network XML;
+/// libvirt generates one at define) is refused in plan: the Linux bridge keeps frames to its
+/// own address for the host (net/bridge/br_input.c `br_handle_frame_finish`, a local fdb
+/// entry is passed up, never forwarded to a port) and warns on frames from it
+/// (net/bridge/br_fdb.c `br_fdb_update`: "received packet on ... with own address as source
+/// address"), so the guest gets no DHCP or ARP reply. For external networks and the lab's own
+/// alike; the same MAC as another network's bridge is no conflict (another segment).
+#[test]
+fn refuses_the_mac_of_the_networks_bridge() {
+    let text = edit(BASE, "      - network: default\n", "      - network: default\n        mac: 52:54:00:ee:00:0b\n");
+    let with_mac = |mac: &str| DEFAULT_NET.replacen("</name>", &format!("</name><mac address='{mac}'/>"), 1);
+    let hv = MemoryHypervisor::new().with_network_xml(&with_mac("52:54:00:ee:00:0b"), true, true).unwrap();
+    insta::assert_snapshot!(refusal(&text, &hv));
+    let other = MemoryHypervisor::new().with_network_xml(&with_mac("52:54:00:ee:00:0c"), true, true).unwrap();
+    plan_on(&lab(&text), &other);
+
+    // The lab's own network, whose MAC libvirt picked at random at define.
+    let l = lab(BASE);
+    let hv = applied();
+    let mut observed = hv.observe().unwrap();
+    let vm = |n: &str| l.vms.values().find(|v| v.name.as_str() == n).unwrap();
+    let web = vm("web");
+    observed.networks.get_mut("demo-lan").unwrap().mac = Some(web.nics[0].mac);
+    let codes = match plan::plan(&l, &observed, &hv.uri()) {
+        Err(plan::PlanError::Refused { problems, .. }) => problems.iter().map(|p| p.code.as_str()).collect::<Vec<_>>(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(codes, ["topo::plan::bridge_mac"]);
+    // On another network than the one whose bridge has it: no conflict.
+    observed.networks.get_mut("demo-lan").unwrap().mac = Some(vm("db").nics[0].mac);
+    assert!(plan::plan(&l, &observed, &hv.uri()).is_ok());
+}
+
+/// Two NICs whose MACs differ only in the first byte get the same tap MAC on the host
+/// (libvirt src/util/virnetdevtap.c `virNetDevTapCreateInBridgePort` sets the tap's MAC to
+/// the guest's with the first byte 0xFE). Nothing below refuses or breaks it: both taps are
+/// bridge ports whose own address is one shared local fdb entry (net/bridge/br_fdb.c keeps
+/// it while any port has it), and no frame is ever addressed to a tap's MAC (guests use
+/// their own; a guest MAC cannot start with 0xFE, `bad_mac`). So topo accepts it.
+#[test]
+fn macs_sharing_a_tap_mac_are_accepted() {
+    let text =
+        edit(BASE, "      - network: back\n  db:", "      - network: back\n        mac: 02:54:00:ee:00:0d\n  db:");
+    let text = edit(
+        &text,
+        "      - network: back\n        ip: 10.51.0.30",
+        "      - network: back\n        mac: 52:54:00:ee:00:0d\n        ip: 10.51.0.30",
+    );
+    let hv = host();
+    apply_ok(&lab(&text), &hv);
+}
+
 /// A bridge name that exists on a local host as an interface no libvirt network has (a
 /// physical NIC, a hand-made bridge): the kernel would refuse to create it at start.
 #[test]

@@ -1524,6 +1524,42 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
         }
     }
+    // A NIC whose MAC is its network's bridge's own: the bridge holds its own address as a
+    // local forwarding entry, so frames to that MAC are passed up to the host and never
+    // forwarded to the guest's port (Linux net/bridge/br_input.c `br_handle_frame_finish`,
+    // a local `dst`; the host's own frames to it are dropped, br_device.c `br_dev_xmit` ->
+    // br_forward.c with no port), and the guest's frames carry the bridge's address as
+    // source (net/bridge/br_fdb.c `br_fdb_update`: "received packet on ... with own
+    // address as source address"): no DHCP reply or ARP reply ever reaches the guest.
+    // libvirt generates a bridge MAC at define (52:54:00:.., random), so this is known only
+    // once the network exists: checked here, for lab and external networks alike.
+    for vm in lab.vms.values() {
+        for nic in &vm.nics {
+            let Some(net) = lab.networks.get(&nic.network) else { continue };
+            let Some(o) = observed.networks.get(&net.libvirt_name) else { continue };
+            if o.mac == Some(nic.mac) {
+                let help = if nic.mac_derived {
+                    "set `mac:` on this NIC to another address (a derived MAC collided with the bridge's, which libvirt picked at random)"
+                } else {
+                    "choose another `mac:` for this NIC, or remove it to get a derived one"
+                };
+                out.push(Problem::at(
+                    Code::HostBridgeMac,
+                    nic.span,
+                    format!(
+                        "{}.{}: MAC {} is the MAC of the bridge of network `{}` on the host (`<mac address>` in `virsh net-dumpxml {}`): the bridge keeps frames to its own address for the host, so the guest would get no DHCP or ARP reply",
+                        vm.name,
+                        nic.label(),
+                        nic.mac,
+                        net.libvirt_name,
+                        net.libvirt_name
+                    ),
+                    "this NIC",
+                    help,
+                ));
+            }
+        }
+    }
     out.extend(paths::conflicts(lab, observed));
     for vm in lab.vms.values() {
         if let Some(o) = observed.domains.get(&vm.libvirt_name)

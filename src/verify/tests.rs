@@ -687,6 +687,7 @@ fn targets_from_the_model() {
         // Active: the running network's bridge, as libvirt reports it.
         live_bridge: Some(bridge.into()),
         stp: true,
+        mac: None,
         ip: ip_,
         dhcp_ping: true,
         owner: None,

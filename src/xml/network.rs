@@ -166,8 +166,15 @@ struct NetworkR {
     uuid: Option<String>,
     forward: Option<ForwardR>,
     bridge: Option<BridgeR>,
+    mac: Option<MacR>,
     #[serde(default)]
     ip: Vec<IpR>,
+}
+
+#[derive(Deserialize)]
+struct MacR {
+    #[serde(rename = "@address")]
+    address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +328,7 @@ pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, 
         live_bridge: if flags.active { r.bridge.as_ref().and_then(|b| b.name.clone()) } else { None },
         // libvirt's default when `stp` is absent is on.
         stp: r.bridge.as_ref().and_then(|b| b.stp.as_deref()).is_none_or(|s| s != "off"),
+        mac: r.mac.and_then(|m| m.address).and_then(|a| a.parse().ok()),
         ip,
         dhcp_ping: !facts.dnsmasq_options.iter().any(|o| o == NO_PING),
         owner: facts.owner,
