@@ -1505,7 +1505,6 @@ vms:
   deb2:
     hypervisor: qemu
     memory: 512MiB
-    boot: *boot
     disk: *disk
     nics:
       - network: local_net
@@ -1593,17 +1592,59 @@ fn e2e_cloud_guests() {
     // In: ssh as the lab's user, on a proven address.
     let r = ssh(&lab, &agent, "deb1", &["hostname"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());
-    let r = ssh(&lab, &agent, "deb2", &["id", "-un", ";", "cat", "/etc/topo-e2e", ";", "ip", "-4", "-br", "addr"]);
+    let r = ssh(
+        &lab,
+        &agent,
+        "deb2",
+        &[
+            "id",
+            "-un",
+            ";",
+            "cat",
+            "/etc/topo-e2e",
+            ";",
+            "ip",
+            "-4",
+            "-br",
+            "addr",
+            ";",
+            "df",
+            "-B1",
+            "--output=source,size",
+            "/",
+        ],
+    );
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.starts_with("topo\na"), "user topo, user-data applied:\n{}", r.show());
     assert!(r.stdout.contains("10.20.0.20/24"), "static address configured by cloud-init:\n{}", r.show());
+    // deb2 has no `boot:`: it booted from its disk (the image's own boot loader), and
+    // cloud-init grew the last partition and the root filesystem into `disk.size`.
+    let xml = virsh_ok(&["dumpxml", "e2ecloud-deb2"]);
+    assert!(!xml.contains("<kernel") && xml.contains("<boot order='1'/>"), "deb2 boots from its disk:\n{xml}");
+    let (source, size) = r
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse::<u64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("df output:\n{}", r.show()));
+    assert_eq!(source, "/dev/vda2", "root is the image's last partition:\n{}", r.show());
+    // The image is 2 GiB (root fs about 1950 MiB); disk.size 3 GiB less the 65 MiB before
+    // the root partition and ext4's own overhead leaves more than 2700 MiB.
+    assert!(
+        size > 2_700 << 20 && size < 3 << 30,
+        "root fs grown to about disk.size (3 GiB): {size} bytes\n{}",
+        r.show()
+    );
     let r = topo_cmd(&["ssh", "-f", path(&lab), "--nic", "eth1", "deb2", "--", "true"])
         .env("SSH_AUTH_SOCK", &agent.sock)
         .output()
         .map(Run::of)
         .expect("topo ssh --nic");
     assert!(r.stderr.contains("ssh deb2 (10.20.0.20)"), "--nic picks that NIC's address:\n{}", r.show());
-    clock.step("topo ssh: hostname, user, user-data, static address");
+    clock.step("topo ssh: hostname, user, user-data, static address, deb2 booted from disk with its root grown");
     check_console(&lab);
     clock.step("topo console: login prompt through the console stream, Ctrl-] leaves");
     let guest = ["deb1", "deb2"].map(|vm| guest_last_lease(&lab, &agent, vm));

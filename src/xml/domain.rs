@@ -1,5 +1,5 @@
-//! Domain XML: rendered from a lab VM (direct kernel boot, qcow2 overlay, virtio NICs),
-//! parsed into `ObservedDomain`; `<interface>` XML for hot-plug.
+//! Domain XML: rendered from a lab VM (direct kernel boot or boot from its overlay, qcow2
+//! overlay, virtio NICs), parsed into `ObservedDomain`; `<interface>` XML for hot-plug.
 
 use std::path::Path;
 
@@ -92,9 +92,19 @@ struct DiskW<'a> {
     driver: DriverW,
     source: FileSourceW<'a>,
     target: TargetW,
+    /// `<boot order='1'/>`: the overlay of a VM without direct kernel boot, so the
+    /// firmware boots it and never the seed disk (a FAT volume with a boot signature).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot: Option<BootOrderW>,
     /// `<readonly/>` (the cloud-init seed).
     #[serde(skip_serializing_if = "Option::is_none")]
     readonly: Option<()>,
+}
+
+#[derive(Serialize)]
+struct BootOrderW {
+    #[serde(rename = "@order")]
+    order: u32,
 }
 
 #[derive(Serialize)]
@@ -210,6 +220,10 @@ pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>, spec_hash: &str) 
 
 /// [`domain_xml`] with the VM's cloud-init seed volume (`seed_path`) attached read-only as
 /// a raw virtio disk after the overlay (`vdb`, or `vda` without an overlay).
+///
+/// Boot: a VM with `boot:` boots its kernel directly (`<os><kernel>`); a VM without it
+/// boots from its overlay, which carries `<boot order='1'/>` (libvirt's per-device boot
+/// order; the BIOS then tries that disk alone, never the seed).
 pub fn domain_xml_with_seed(
     lab: &Lab,
     vm: &Vm,
@@ -254,6 +268,7 @@ pub fn domain_xml_with_seed(
                     driver: DriverW { name: "qemu", driver_type },
                     source: FileSourceW { file },
                     target: TargetW { dev, bus: "virtio" },
+                    boot: (readonly.is_none() && kernel.is_none()).then_some(BootOrderW { order: 1 }),
                     readonly,
                 })
                 .collect(),

@@ -310,6 +310,29 @@ fn seed_disk_is_a_readonly_raw_second_disk() {
     let r = super::domain_xml_with_seed(&lab, vm, None, Some(seed), "00").unwrap();
     let compact: String = r.xml.lines().map(str::trim).collect();
     assert!(compact.contains("<target dev=\"vda\" bus=\"virtio\"/><readonly/>"), "{}", r.xml);
+    assert!(!r.xml.contains("<boot"), "direct kernel boot: no boot order\n{}", r.xml);
+}
+
+/// Without `boot:` the VM boots from its overlay: the overlay alone has boot order 1
+/// (the seed is a FAT volume with a boot signature the BIOS could try otherwise).
+#[test]
+fn disk_boot_orders_the_overlay_first() {
+    let lab = lab_with(managed(NetworkMode::Nat));
+    let mut vm = deb1(&lab).clone();
+    vm.boot = None;
+    let seed = "/var/lib/topo/seedlab-deb1-cidata-12345678.abcdef01.img";
+    let r = super::domain_xml_with_seed(&lab, &vm, Some("/var/lib/topo/o.qcow2"), Some(seed), "00").unwrap();
+    let compact: String = r.xml.lines().map(str::trim).collect();
+    assert!(
+        compact.contains(
+            "<source file=\"/var/lib/topo/o.qcow2\"/><target dev=\"vda\" bus=\"virtio\"/><boot order=\"1\"/></disk>"
+        ),
+        "{}",
+        r.xml
+    );
+    assert_eq!(r.xml.matches("<boot").count(), 1, "the seed has no boot order\n{}", r.xml);
+    assert!(!r.xml.contains("<kernel"), "{}", r.xml);
+    assert_eq!(parse_domain(&r.xml, DomainState::Shutoff).unwrap().disks, ["/var/lib/topo/o.qcow2", seed]);
 }
 
 #[test]
