@@ -184,6 +184,10 @@ pub struct Observed {
     /// libvirt's own bridges and taps included. `None` when topo cannot see them: a remote
     /// or test URI (the interfaces of the machine topo runs on would be the wrong ones).
     pub host_interfaces: Option<std::collections::BTreeSet<String>>,
+    /// The MACs each active network's bridge holds as its own (its address and its ports'),
+    /// by bridge name, read from `/sys/class/net` on a local real driver; empty when topo
+    /// cannot see the bridges (remote or test URI, another network namespace).
+    pub bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
     /// What libvirt's storage API says about each file the lab's domains open (kernel,
     /// initrd, base image), by path, when the libvirt host is not this machine
     /// ([`crate::hypervisor::observe_paths`]). Empty when not gathered: a local host, whose

@@ -1799,6 +1799,8 @@ struct ExternalLan {
 
 const LAN_BRIDGE: &str = "topo-xlan";
 const LAN_NET: &str = "xlan";
+/// Set by hand: the kernel's random one could start with `fe`, which validation refuses.
+const LAN_BRIDGE_MAC: &str = "02:77:00:00:00:01";
 
 fn in_netns(args: &[&str]) {
     let o = Command::new("ip").args(["netns", "exec", &netns()]).args(args).output().expect("ip netns exec");
@@ -1808,6 +1810,7 @@ fn in_netns(args: &[&str]) {
 impl ExternalLan {
     fn up() -> Self {
         in_netns(&["ip", "link", "add", LAN_BRIDGE, "type", "bridge", "stp_state", "0"]);
+        in_netns(&["ip", "link", "set", LAN_BRIDGE, "address", LAN_BRIDGE_MAC]);
         in_netns(&["ip", "addr", "add", "10.77.0.1/24", "dev", LAN_BRIDGE]);
         in_netns(&["ip", "link", "set", LAN_BRIDGE, "up"]);
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1858,8 +1861,8 @@ impl Drop for ExternalLan {
 /// A NIC on an external network bridged to a LAN (`<forward mode='bridge'/>`, no `<ip>` in
 /// libvirt) with the LAN's `subnet:` declared in the lab file: apply proves it by ARP on
 /// that bridge, at the address the LAN's own DHCP server gave; without `subnet:` plan
-/// refuses it (`external_unprovable`); destroy leaves the network, the bridge and the LAN's
-/// DHCP server as they were.
+/// refuses it (`external_unprovable`), and with the bridge's own MAC (`bridge_mac`);
+/// destroy leaves the network, the bridge and the LAN's DHCP server as they were.
 #[test]
 #[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
 fn e2e_external_lan_subnet() {
@@ -1882,6 +1885,16 @@ fn e2e_external_lan_subnet() {
     assert_eq!(r.code, 1, "{}", r.show());
     assert!(r.err_flat().contains("topo::plan::external_unprovable"), "{}", r.show());
     check_bridge_mac(tmp.path());
+    // The LAN's bridge has no `<mac>` in libvirt; its own address is read from sysfs.
+    let own = text("    subnet: 10.77.0.0/24\n")
+        .replace(&format!("{{ network: {LAN_NET} }}"), &format!("{{ network: {LAN_NET}, mac: '{LAN_BRIDGE_MAC}' }}"));
+    let r = topo(&["plan", path(&write(tmp.path(), "own.yaml", &own))]);
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert!(
+        r.err_flat().contains("topo::plan::bridge_mac") && r.err_flat().contains("holds as its own"),
+        "{}",
+        r.show()
+    );
     check_files_through_pools(tmp.path());
     clock.step("plan refusals from the real daemon: bridge MAC; files through storage pools");
     let lab = write(tmp.path(), "xl.yaml", &text("    subnet: 10.77.0.0/24\n"));

@@ -365,6 +365,16 @@ fn refuses_the_mac_of_the_networks_bridge() {
     let other = MemoryHypervisor::new().with_network_xml(&with_mac("52:54:00:ee:00:0c"), true, true).unwrap();
     plan_on(&lab(&text), &other);
 
+    // Any address the bridge holds as its own counts alike: a port's (a host NIC enslaved
+    // to the bridge of a `<forward mode='bridge'/>` network has no `<mac>` in libvirt),
+    // seen in /sys/class/net on a local host; a remote host's bridges are not seen.
+    let port = edit(BASE, "      - network: default\n", "      - network: default\n        mac: 02:00:00:aa:bb:cc\n");
+    let local = host().with_host_interfaces(&["eth0"]).with_bridge_macs("virbr0", &["02:00:00:aa:bb:cc"]);
+    let r = refusal(&port, &local);
+    assert!(r.contains("topo::plan::bridge_mac") && r.contains("bridge `virbr0` of network `default`"), "{r}");
+    let remote = host().with_bridge_macs("virbr0", &["02:00:00:aa:bb:cc"]);
+    plan_on(&lab(&port), &remote);
+
     // The lab's own network, whose MAC libvirt picked at random at define.
     let l = lab(BASE);
     let hv = applied();

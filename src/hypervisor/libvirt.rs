@@ -57,6 +57,27 @@ pub fn files_are_local(uri: &str) -> bool {
     is_local_uri(uri) && !uri.starts_with("test:") && !uri.starts_with("test+")
 }
 
+/// The MACs bridge `bridge` holds as its own, read from `sys` (`/sys/class/net`): the
+/// bridge's `address` and the `address` of each port in `BRIDGE/brif/`. The kernel keeps each
+/// as a local forwarding entry (net/bridge/br_fdb.c), and passes frames to it up to the host
+/// instead of forwarding them (net/bridge/br_input.c `br_handle_frame_finish`). `None` when
+/// the bridge is not a bridge device here (another network namespace, another host).
+fn bridge_local_macs(bridge: &str, sys: &std::path::Path) -> Option<std::collections::BTreeSet<crate::model::MacAddr>> {
+    let plain = |n: &str| !n.is_empty() && n != "." && n != ".." && !n.contains('/');
+    if !plain(bridge) {
+        return None;
+    }
+    let addr = |dev: &str| std::fs::read_to_string(sys.join(dev).join("address")).ok()?.trim().parse().ok();
+    let ports = std::fs::read_dir(sys.join(bridge).join("brif")).ok()?;
+    let mut out: std::collections::BTreeSet<crate::model::MacAddr> = addr(bridge).into_iter().collect();
+    for p in ports.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        if plain(&p) {
+            out.extend(addr(&p));
+        }
+    }
+    Some(out)
+}
+
 /// Where each tap is plugged, read from `sys` (`/sys/class/net`): `TAP/master` is a symlink
 /// to the bridge the tap is a port of. `None` when a tap is not a network device here (topo
 /// runs in another network namespace than the daemon) or has a name that is not a plain
@@ -469,6 +490,15 @@ impl Hypervisor for LibvirtHypervisor {
         }
         self.observe_pool(&mut out)?;
         out.host_interfaces = host_interfaces(&self.uri);
+        if out.host_interfaces.is_some() {
+            // A local, real driver: the bridges of active networks are this machine's.
+            let sys = std::path::Path::new(SYS_CLASS_NET);
+            for b in out.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone()) {
+                if let Some(macs) = bridge_local_macs(&b, sys) {
+                    out.bridge_macs.insert(b, macs);
+                }
+            }
+        }
         self.observe_seeds(&mut out);
         Ok(out)
     }
@@ -902,6 +932,25 @@ mod link_tests {
         assert_eq!(tap_links(&[(m0, "vnet0".into()), (m1, "vnet9".into())], sys.path()), None);
         assert_eq!(tap_links(&[(m0, "../vnet0".into())], sys.path()), None);
         assert_eq!(tap_links(&[], sys.path()), Some(vec![]));
+    }
+
+    /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.
+    #[test]
+    fn macs_a_bridge_holds_as_its_own() {
+        let sys = tempfile::tempdir().unwrap();
+        let dev = |name: &str, mac: &str| {
+            std::fs::create_dir_all(sys.path().join(name)).unwrap();
+            std::fs::write(sys.path().join(name).join("address"), format!("{mac}\n")).unwrap();
+        };
+        dev("br0", "02:00:00:00:00:01");
+        dev("eth0", "02:00:00:00:00:02");
+        dev("vnet0", "fe:54:00:00:00:03");
+        std::fs::create_dir_all(sys.path().join("br0/brif/eth0")).unwrap();
+        std::fs::create_dir_all(sys.path().join("br0/brif/vnet0")).unwrap();
+        let got: Vec<String> = bridge_local_macs("br0", sys.path()).unwrap().iter().map(|m| m.to_string()).collect();
+        assert_eq!(got, ["02:00:00:00:00:01", "02:00:00:00:00:02", "fe:54:00:00:00:03"]);
+        assert_eq!(bridge_local_macs("eth0", sys.path()), None, "not a bridge");
+        assert_eq!(bridge_local_macs("../br0", sys.path()), None);
     }
 
     /// The host's interfaces are read only where they are the libvirt host's: a local,

@@ -14,7 +14,9 @@
 //! fault sweeps can fail the k-th call or stop the "process" right after it (`arm`).
 //!
 //! Differences from libvirt, by design: `shutdown_domain` takes effect at once (libvirt's
-//! is an asynchronous ACPI request); DHCP leases only come from `set_leases`.
+//! is an asynchronous ACPI request); DHCP leases only come from `set_leases`; a network
+//! defined without `<mac address>` gets none (libvirt's network driver generates a random
+//! one; tests that need a bridge MAC write it into the XML).
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -68,6 +70,8 @@ struct State {
     host_interfaces: Option<std::collections::BTreeSet<String>>,
     /// Storage pools other than the overlay pool (images, kernels), by name.
     storage: BTreeMap<String, MemStoragePool>,
+    /// MACs a bridge holds as its own on a local host (`with_bridge_macs`), by bridge.
+    bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
 }
 
 /// A directory pool of files topo does not manage (`with_storage_pool`).
@@ -361,6 +365,15 @@ impl MemoryHypervisor {
         self
     }
 
+    /// On a local host (`with_host_interfaces`), bridge `bridge` holds `macs` as its own (its
+    /// address and its ports', as /sys/class/net shows them); `observe` reports them while a
+    /// network with that bridge is active.
+    pub fn with_bridge_macs(self, bridge: &str, macs: &[&str]) -> Self {
+        let macs = macs.iter().map(|m| m.parse().expect("a MAC")).collect();
+        self.lock().bridge_macs.insert(bridge.to_owned(), macs);
+        self
+    }
+
     /// Adds a directory storage pool `name` over folder `path` holding `files` (`(file name,
     /// format)`), as a pool the user made (`virsh pool-define-as ... dir --target PATH`).
     /// An active pool lists its files (libvirt refreshes a pool when it starts).
@@ -545,6 +558,18 @@ impl Hypervisor for MemoryHypervisor {
                     s.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()));
                 h.iter().cloned().chain(bridges).collect()
             }),
+            // As /sys/class/net shows them on a local host, for active networks' bridges.
+            bridge_macs: if s.host_interfaces.is_some() {
+                let active: std::collections::BTreeSet<String> = s
+                    .networks
+                    .values()
+                    .filter(|n| n.active)
+                    .filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()))
+                    .collect();
+                s.bridge_macs.iter().filter(|(b, _)| active.contains(*b)).map(|(b, m)| (b.clone(), m.clone())).collect()
+            } else {
+                BTreeMap::new()
+            },
             paths: BTreeMap::new(),
         })
     }

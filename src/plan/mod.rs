@@ -1537,9 +1537,23 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
         for nic in &vm.nics {
             let Some(net) = lab.networks.get(&nic.network) else { continue };
             let Some(o) = observed.networks.get(&net.libvirt_name) else { continue };
-            if o.mac == Some(nic.mac) {
+            let bridge = o.live_bridge.as_ref().or(o.bridge.as_ref());
+            let held = if o.mac == Some(nic.mac) {
+                Some(format!(
+                    "the MAC of the bridge of network `{0}` on the host (`<mac address>` in `virsh net-dumpxml {0}`)",
+                    net.libvirt_name
+                ))
+            } else {
+                bridge.filter(|b| observed.bridge_macs.get(*b).is_some_and(|m| m.contains(&nic.mac))).map(|b| {
+                    format!(
+                        "an address that bridge `{b}` of network `{}` holds as its own on the host (the bridge's or one of its ports', /sys/class/net)",
+                        net.libvirt_name
+                    )
+                })
+            };
+            if let Some(held) = held {
                 let help = if nic.mac_derived {
-                    "set `mac:` on this NIC to another address (a derived MAC collided with the bridge's, which libvirt picked at random)"
+                    "set `mac:` on this NIC to another address (a derived MAC collided with one of the bridge's)"
                 } else {
                     "choose another `mac:` for this NIC, or remove it to get a derived one"
                 };
@@ -1547,12 +1561,10 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                     Code::HostBridgeMac,
                     nic.span,
                     format!(
-                        "{}.{}: MAC {} is the MAC of the bridge of network `{}` on the host (`<mac address>` in `virsh net-dumpxml {}`): the bridge keeps frames to its own address for the host, so the guest would get no DHCP or ARP reply",
+                        "{}.{}: MAC {} is {held}: the bridge keeps frames to its own addresses for the host, so the guest would get no DHCP or ARP reply",
                         vm.name,
                         nic.label(),
                         nic.mac,
-                        net.libvirt_name,
-                        net.libvirt_name
                     ),
                     "this NIC",
                     help,
