@@ -64,6 +64,8 @@ pub enum Code {
     IpOnExternal,
     IpWithoutSubnet,
     NicNoAddress,
+    /// A link impairment value (`rate`, `delay`, `jitter`, `loss`) a lower layer refuses.
+    Link,
     UnknownNetwork,
     Memory,
     Vcpus,
@@ -110,6 +112,9 @@ pub enum Code {
     /// A file the domain opens lies in no active storage pool, so topo cannot check it on
     /// another host (a warning).
     HostFileUnchecked,
+    /// A NIC asks for netem (`delay`, `jitter`, `loss`) where topo cannot reach its tap: a
+    /// remote or test URI, or taps not visible from here.
+    NetemUnreachable,
 }
 
 impl Code {
@@ -152,6 +157,7 @@ impl Code {
             IpOnExternal => "topo::lab::ip_on_external",
             IpWithoutSubnet => "topo::lab::ip_without_subnet",
             NicNoAddress => "topo::lab::nic_no_address",
+            Link => "topo::lab::link",
             UnknownNetwork => "topo::lab::unknown_network",
             Memory => "topo::lab::memory",
             Vcpus => "topo::lab::vcpus",
@@ -176,6 +182,7 @@ impl Code {
             HostMissingFile => "topo::plan::missing_file",
             HostImageFormat => "topo::plan::image_format",
             HostFileUnchecked => "topo::plan::file_unchecked",
+            NetemUnreachable => "topo::plan::netem_unreachable",
         }
     }
 

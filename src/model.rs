@@ -612,6 +612,11 @@ pub struct Nic {
     /// A DHCP reservation for this NIC.
     pub ip: Option<Ipv4Addr>,
     pub verify: Verify,
+    /// Rate limit and netem settings (`rate`, `delay`, `jitter`, `loss`).
+    pub impairment: crate::impair::Impairment,
+    /// Where the first netem setting (`delay`, `jitter` or `loss`) is written, for refusals
+    /// that concern netem (a remote host).
+    pub netem_span: Option<SourceSpan>,
     pub span: SourceSpan,
 }
 

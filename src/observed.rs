@@ -81,6 +81,8 @@ pub struct ObservedInterface {
     /// `type='network'` interface (libvirt writes it into the live XML).
     pub bridge: Option<String>,
     pub model: Option<String>,
+    /// `<bandwidth>`: libvirt's rate limit of the interface, when it has one.
+    pub bandwidth: Option<crate::impair::ObservedBandwidth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -127,6 +129,9 @@ pub struct NicLink {
     /// The bridge the tap is a port of (`/sys/class/net/TAP/master`); `None` when it is on
     /// no bridge.
     pub bridge: Option<String>,
+    /// The tap's egress qdiscs (`tc -j qdisc show dev TAP`), for netem; `None` when they
+    /// could not be read (no `tc` on this machine).
+    pub qdiscs: Option<crate::impair::TapQdiscs>,
 }
 
 /// The restart-bound settings of a running domain as its live XML shows them.

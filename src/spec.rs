@@ -334,6 +334,19 @@ pub struct NicSpec {
     /// arp (default) | none.
     #[schemars(with = "Option<VerifySpec>")]
     pub verify: Option<Spanned<VerifySpec>>,
+    /// Rate limit, both directions, in bits per second: `10Mbit`, `512kbit`, `1Gbit`
+    /// (libvirt's `<bandwidth>`; a multiple of 8kbit).
+    #[schemars(with = "Option<String>")]
+    pub rate: Option<Spanned<String>>,
+    /// Delay of the traffic toward the VM, e.g. `50ms` (netem on the VM's tap; local hosts).
+    #[schemars(with = "Option<String>")]
+    pub delay: Option<Spanned<String>>,
+    /// Random variation of `delay`, e.g. `5ms` (needs `delay`).
+    #[schemars(with = "Option<String>")]
+    pub jitter: Option<Spanned<String>>,
+    /// Random loss of the traffic toward the VM, e.g. `1%` or `0.5%`.
+    #[schemars(with = "Option<String>")]
+    pub loss: Option<Spanned<String>>,
 }
 
 /// The JSON Schema of the lab file, generated from these types.

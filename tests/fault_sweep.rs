@@ -1,4 +1,5 @@
-//! Tier 2 fault sweep: for each scenario (create a lab with disks, edit it, replace a
+//! Tier 2 fault sweep: for each scenario (create a lab with disks, edit it, change a NIC's
+//! rate and netem in place, replace a
 //! network under running VMs, re-plug NICs of a network restarted by hand, release a network
 //! declared external, destroy) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
@@ -41,6 +42,8 @@ vms:
     nics:
       - network: lan
         ip: 10.50.0.10
+        rate: 10Mbit
+        delay: 20ms
       - network: default
   b:
     hypervisor: qemu
@@ -71,6 +74,17 @@ fn edited() -> String {
     format!(
         "{t}  d:\n    hypervisor: qemu\n    boot: {{kernel: boot/vmlinuz}}\n    disk: {{image: images/base.qcow2}}\n    nics: [{{network: lan, ip: 10.50.0.40}}]\n"
     )
+}
+
+/// a's link impairment changed in place: a new rate (set live, then in the config; libvirt
+/// clears the tap's qdiscs, so netem is set again) and new netem settings; b's first NIC
+/// gets netem.
+fn link_changed() -> String {
+    LAB.replace(
+        "        rate: 10Mbit\n        delay: 20ms\n",
+        "        rate: 20Mbit\n        delay: 50ms\n        jitter: 5ms\n        loss: 1%\n",
+    )
+    .replace("        ip: 10.50.0.20\n", "        ip: 10.50.0.20\n        loss: 2%\n")
 }
 
 /// A new subnet for `lan` while a and b run on it: replaced, NICs re-plugged.
@@ -126,6 +140,7 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         s("create", None, None, LAB.into(), Step::Apply),
         s("edit", Some(LAB), None, edited(), Step::Apply),
+        s("link changed in place", Some(LAB), None, link_changed(), Step::Apply),
         s("replace network", Some(LAB), None, new_subnet(), Step::Apply),
         s("network restarted by hand", Some(LAB), Some(restart_networks), LAB.into(), Step::Apply),
         s("release network restarted by hand", Some(LAB), Some(restart_networks), back_external(), Step::Apply),
@@ -136,7 +151,9 @@ fn scenarios() -> Vec<Scenario> {
 /// A host with the test driver's `default` network and objects topo did not create: a
 /// network and a running domain on it, which no run may change.
 fn bystanders() -> MemoryHypervisor {
+    // A local host: the taps are visible, so netem can be set.
     host()
+        .with_host_interfaces(&["eth0"])
         .with_network_xml(&foreign_network_xml("keep-net", "keepbr0", "10.90.0.1", "255.255.255.0"), true, true)
         .unwrap()
         .with_domain_xml(&foreign_domain_xml("keep-vm", &[("52:54:00:ee:00:09", "keep-net")]), true)
@@ -196,7 +213,7 @@ fn every_fault_at_every_call_converges() {
         hv.count_calls();
         assert!(!run(&s, &l, &hv, 1), "{}: the clean run failed", s.name);
         let n = hv.disarm();
-        assert!(n > 5, "{}: only {n} calls", s.name);
+        assert!(n >= 4, "{}: only {n} calls", s.name);
         let untouched = foreign(&hv);
         // Parallelism 1 makes the k-th call the same call every time; 4 runs the steps of
         // the plan as apply does by default (the k-th call is then whichever comes k-th).
@@ -232,7 +249,11 @@ fn every_fault_at_every_call_converges() {
             // The faults did hit: all but the last call's crash, and all but the few calls
             // whose failure an op tolerates (an ACPI request ignored), fail the run.
             eprintln!("{}: {fault:?}, parallelism {parallelism}: {failed} of {n} runs failed", s.name);
-            assert!(failed * 10 >= n * 8, "{}: {fault:?}: only {failed} of {n} faulted runs failed", s.name);
+            assert!(
+                failed * 10 >= n * 8 || failed + 1 >= n,
+                "{}: {fault:?}: only {failed} of {n} faulted runs failed",
+                s.name
+            );
         }
     }
 }
@@ -242,7 +263,7 @@ fn every_fault_at_every_call_converges() {
 /// recreates them instead of failing on "exists already", and destroy removes them.
 #[test]
 fn a_refused_define_does_not_wedge_later_applies() {
-    let hv = host();
+    let hv = host().with_host_interfaces(&["eth0"]);
     let l = lab(LAB);
     hv.fail_on(
         "define_domain",
@@ -264,7 +285,7 @@ fn a_refused_define_does_not_wedge_later_applies() {
     apply_ok(&l, &hv);
     assert_eq!(orphans(&hv), Vec::<String>::new());
     // Left by a failed apply, removed by destroy too.
-    let hv = host();
+    let hv = host().with_host_interfaces(&["eth0"]);
     hv.fail_on(
         "define_domain",
         "sweep-a",

@@ -64,6 +64,8 @@ fn nic(index: usize, network: &NetworkName, m: MacAddr) -> Nic {
         mac_derived: false,
         ip: None,
         verify: Verify::Arp,
+        impairment: Default::default(),
+        netem_span: None,
         span: (0, 0).into(),
     }
 }
@@ -849,4 +851,27 @@ fn memory_pool_lists_files_as_of_its_last_refresh() {
     assert_eq!(facts["/srv/off/b.img"], PathFact::Unchecked { inactive_pool: Some("off".into()) });
     // A subfolder is not the pool's folder: a dir pool does not look into it.
     assert_eq!(facts["/srv/images/sub/d.img"], PathFact::Unchecked { inactive_pool: None });
+/// Link impairment through the real virt code on the test driver: the live rate of the
+/// running `test` domain's NIC goes through virDomainSetInterfaceParameters (set, removed,
+/// and refused for a MAC the domain does not have), and netem is refused: the test driver's domains
+/// have no taps on this machine.
+#[test]
+fn link_impairment_on_libvirt_test_driver() {
+    let hv = LibvirtHypervisor::connect("test:///default").unwrap();
+    let o = hv.observe().unwrap();
+    let mac = o.domains["test"].interfaces.iter().find_map(|i| i.mac);
+    let rate = topo::impair::Rate::parse("10Mbit").ok();
+    if let Some(mac) = mac {
+        hv.set_bandwidth("test", mac, rate).unwrap();
+        hv.set_bandwidth("test", mac, None).unwrap();
+        let other = MacAddr::new([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]).unwrap();
+        let e = hv.set_bandwidth("test", other, rate).unwrap_err();
+        assert!(e.message.contains("52:54:00:ab:cd:ef"), "{e:?}");
+        let n = topo::impair::Netem { delay: topo::impair::Micros::parse("50ms").ok(), ..Default::default() };
+        let e = assert_kind(hv.set_netem("test", mac, Some(&n)), HvErrorKind::Unsupported);
+        assert!(e.message.contains("not a local host"), "{e:?}");
+    } else {
+        panic!("the test driver's `test` domain has a NIC: {:?}", o.domains["test"].interfaces);
+    }
+    assert_kind(hv.set_bandwidth("no-such-domain", mac.unwrap(), rate), HvErrorKind::NotFound);
 }

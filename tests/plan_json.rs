@@ -194,6 +194,7 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         PoolNeeded,
         Unplugged { nics: vec![] },
         Released,
+        Netem { nics: vec![] },
     ];
     let actual: BTreeSet<String> =
         all.iter().map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string()).collect();

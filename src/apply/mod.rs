@@ -286,6 +286,10 @@ fn run_change(
                 for n in nics {
                     done_if(hv.detach_device(&n.domain, &n.xml), &[HvErrorKind::NotFound])?;
                     done_if(hv.attach_device(&n.domain, &n.xml), &[HvErrorKind::Exists])?;
+                    // The re-plugged NIC has a new tap, without netem.
+                    if let Some(netem) = &n.netem {
+                        hv.set_netem(&n.domain, n.mac, Some(netem))?;
+                    }
                 }
             }
             Op::CreateVolume { volume } => hv.create_volume(volume)?,
@@ -331,6 +335,8 @@ fn run_change(
             Op::AttachNic { xml, .. } => done_if(hv.attach_device(name, xml), &[HvErrorKind::Exists])?,
             Op::DetachNic { xml, .. } => done_if(hv.detach_device(name, xml), &[HvErrorKind::NotFound])?,
             Op::UndefineDomain => done_if(hv.undefine_domain(name), &[HvErrorKind::NotFound])?,
+            Op::SetBandwidth { mac, rate } => hv.set_bandwidth(name, *mac, *rate)?,
+            Op::SetNetem { mac, netem } => hv.set_netem(name, *mac, netem.as_ref())?,
         }
     }
     Ok(())

@@ -36,6 +36,8 @@ pub struct LibvirtHypervisor {
     /// The URI names no other host (`qemu:///system`, not `qemu+ssh://host/system`): the
     /// domains' taps and bridges are on this machine, so `observe` reads where each is plugged.
     local: bool,
+    /// The taps' qdiscs (netem), on local URIs other than `test`.
+    tc: Box<dyn crate::tc::TapShaper>,
 }
 
 /// Where the kernel lists network devices (sysfs).
@@ -82,7 +84,11 @@ fn bridge_local_macs(bridge: &str, sys: &std::path::Path) -> Option<std::collect
 /// to the bridge the tap is a port of. `None` when a tap is not a network device here (topo
 /// runs in another network namespace than the daemon) or has a name that is not a plain
 /// device name: then nothing is known, rather than every NIC wrongly taken as cut.
-fn tap_links(taps: &[(crate::model::MacAddr, String)], sys: &std::path::Path) -> Option<Vec<crate::observed::NicLink>> {
+fn tap_links(
+    taps: &[(crate::model::MacAddr, String)],
+    sys: &std::path::Path,
+    qdiscs: &dyn Fn(&str) -> Option<crate::impair::TapQdiscs>,
+) -> Option<Vec<crate::observed::NicLink>> {
     taps.iter()
         .map(|(mac, tap)| {
             let plain = !tap.is_empty() && tap != "." && tap != ".." && !tap.contains('/');
@@ -93,7 +99,7 @@ fn tap_links(taps: &[(crate::model::MacAddr, String)], sys: &std::path::Path) ->
             let bridge = std::fs::read_link(dev.join("master"))
                 .ok()
                 .and_then(|l| l.file_name().map(|f| f.to_string_lossy().into_owned()));
-            Some(crate::observed::NicLink { mac: *mac, tap: tap.clone(), bridge })
+            Some(crate::observed::NicLink { mac: *mac, tap: tap.clone(), bridge, qdiscs: qdiscs(tap) })
         })
         .collect()
 }
@@ -232,7 +238,13 @@ impl LibvirtHypervisor {
         })?;
         let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
         let local = is_local_uri(&uri);
-        Ok(Self { conn, uri, local })
+        Ok(Self { conn, uri, local, tc: Box::new(crate::tc::Tc) })
+    }
+
+    /// The domains' taps are network devices of this machine: a local URI, not the test
+    /// driver (whose domains have no taps).
+    fn taps_here(&self) -> bool {
+        self.local && !self.uri.starts_with("test:") && !self.uri.starts_with("test+")
     }
 
     fn network(&self, op: &str, name: &str) -> Result<Network, HvError> {
@@ -326,7 +338,9 @@ impl LibvirtHypervisor {
             && self.local
             && let Some(x) = live_xml
         {
-            observed.links = tap_links(&xml::live_taps(x).map_err(invalid)?, std::path::Path::new(SYS_CLASS_NET));
+            let qdiscs = |tap: &str| self.tc.show(tap).ok();
+            observed.links =
+                tap_links(&xml::live_taps(x).map_err(invalid)?, std::path::Path::new(SYS_CLASS_NET), &qdiscs);
         }
         if let Some(live) = live {
             observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
@@ -718,6 +732,95 @@ impl Hypervisor for LibvirtHypervisor {
         })
     }
 
+    fn set_bandwidth(
+        &self,
+        domain: &str,
+        mac: crate::model::MacAddr,
+        rate: Option<crate::impair::Rate>,
+    ) -> Result<(), HvError> {
+        const OP: &str = "set interface bandwidth";
+        let dom = self.domain(OP, domain)?;
+        // libvirt: an average of 0 removes that direction's limit.
+        let average = rate.map_or(0, |r| r.kbytes_per_sec());
+        // Invariant: a MAC's text (hex digits and colons) has no NUL byte.
+        let device = std::ffi::CString::new(mac.to_string()).expect("a MAC has no NUL byte");
+        lv("virDomainSetInterfaceParameters", domain, || {
+            let mut params: sys::virTypedParameterPtr = ptr::null_mut();
+            let (mut n, mut max): (std::os::raw::c_int, std::os::raw::c_int) = (0, 0);
+            // SAFETY: `params` grows through libvirt's own allocator and is freed by it once;
+            // the parameter names are libvirt's static C strings; `dom` outlives the call.
+            unsafe {
+                for name in [sys::VIR_DOMAIN_BANDWIDTH_IN_AVERAGE, sys::VIR_DOMAIN_BANDWIDTH_OUT_AVERAGE] {
+                    if sys::virTypedParamsAddUInt(&mut params, &mut n, &mut max, name.as_ptr(), average) < 0 {
+                        sys::virTypedParamsFree(params, n);
+                        return Err(VirtError::last_error());
+                    }
+                }
+                let r = sys::virDomainSetInterfaceParameters(
+                    dom.as_ptr(),
+                    device.as_ptr(),
+                    params,
+                    n,
+                    sys::VIR_DOMAIN_AFFECT_LIVE,
+                );
+                sys::virTypedParamsFree(params, n);
+                if r < 0 { Err(VirtError::last_error()) } else { Ok(()) }
+            }
+        })
+        .map_err(|e| map_error(OP, domain, &e))
+    }
+
+    fn set_netem(
+        &self,
+        domain: &str,
+        mac: crate::model::MacAddr,
+        netem: Option<&crate::impair::Netem>,
+    ) -> Result<(), HvError> {
+        const OP: &str = "set netem";
+        if !self.taps_here() {
+            return Err(HvError {
+                op: OP.into(),
+                object: domain.into(),
+                message: format!("netem needs the VM's tap on this machine, and {} is not a local host", self.uri),
+                kind: HvErrorKind::Unsupported,
+                hint: Some("run topo on the libvirt host itself (qemu:///system)".into()),
+            });
+        }
+        let dom = self.domain(OP, domain)?;
+        if !lv("virDomainIsActive", domain, || dom.is_active()).map_err(|e| map_error(OP, domain, &e))? {
+            return Err(HvError {
+                op: OP.into(),
+                object: domain.into(),
+                message: "domain is not running".into(),
+                kind: HvErrorKind::NotActive,
+                hint: None,
+            });
+        }
+        let live = lv("virDomainGetXMLDesc", domain, || dom.xml_desc(0)).map_err(|e| map_error(OP, domain, &e))?;
+        let taps = xml::live_taps(&live).map_err(|e| other(OP, domain, &e.to_string()))?;
+        let Some((_, tap)) = taps.iter().find(|(m, _)| *m == mac) else {
+            return Err(HvError {
+                op: OP.into(),
+                object: domain.into(),
+                message: format!("no running NIC with MAC {mac}"),
+                kind: HvErrorKind::NotFound,
+                hint: None,
+            });
+        };
+        let tc_err = |e: crate::tc::TcError| HvError {
+            op: OP.into(),
+            object: format!("{domain} ({tap})"),
+            hint: e.hint(),
+            message: e.to_string(),
+            kind: HvErrorKind::Other,
+        };
+        let now = self.tc.show(tap).map_err(tc_err)?;
+        for cmd in crate::impair::tc_commands(tap, &now, netem) {
+            self.tc.run(&cmd).map_err(tc_err)?;
+        }
+        Ok(())
+    }
+
     fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>, HvError> {
         const OP: &str = "domain addresses";
         let dom = self.domain(OP, name)?;
@@ -925,13 +1028,14 @@ mod link_tests {
         std::os::unix::fs::symlink("../virbr1", sys.path().join("vnet0/master")).unwrap();
         let m0: MacAddr = "52:54:00:00:00:01".parse().unwrap();
         let m1: MacAddr = "52:54:00:00:00:02".parse().unwrap();
-        let links = tap_links(&[(m0, "vnet0".into()), (m1, "vnet1".into())], sys.path()).unwrap();
+        let none = |_: &str| None;
+        let links = tap_links(&[(m0, "vnet0".into()), (m1, "vnet1".into())], sys.path(), &none).unwrap();
         assert_eq!(links[0].bridge.as_deref(), Some("virbr1"));
         assert_eq!(links[1].bridge, None);
         assert_eq!(links[1].tap, "vnet1");
-        assert_eq!(tap_links(&[(m0, "vnet0".into()), (m1, "vnet9".into())], sys.path()), None);
-        assert_eq!(tap_links(&[(m0, "../vnet0".into())], sys.path()), None);
-        assert_eq!(tap_links(&[], sys.path()), Some(vec![]));
+        assert_eq!(tap_links(&[(m0, "vnet0".into()), (m1, "vnet9".into())], sys.path(), &none), None);
+        assert_eq!(tap_links(&[(m0, "../vnet0".into())], sys.path(), &none), None);
+        assert_eq!(tap_links(&[], sys.path(), &none), Some(vec![]));
     }
 
     /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.

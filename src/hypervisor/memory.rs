@@ -53,6 +53,11 @@ struct State {
     /// NICs of running domains whose network was stopped under them (libvirt leaves the
     /// tap off the bridge until the NIC is re-plugged).
     cut: std::collections::BTreeSet<(String, crate::model::MacAddr)>,
+    /// The egress qdiscs of running domains' taps, by (domain, MAC), as the kernel keeps
+    /// them: made when the tap is (domain start, hot-plug: libvirt's htb when the NIC has a
+    /// `<bandwidth inbound>`), changed by `set_netem`, reset by `set_bandwidth` (libvirt
+    /// clears the tap's qdiscs and sets its own), gone with the tap (power off, unplug).
+    taps: BTreeMap<(String, MacAddr), crate::impair::TapQdiscs>,
     /// Addresses libvirt would report per domain (`set_domain_addresses`).
     addresses: BTreeMap<String, Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>>,
     /// The storage pool (one at most: topo uses only its overlay pool).
@@ -104,6 +109,12 @@ pub struct MemoryHypervisor {
 
 fn err(op: &str, object: &str, kind: HvErrorKind, message: impl Into<String>) -> HvError {
     HvError { op: op.to_owned(), object: object.to_owned(), message: message.into(), kind, hint: None }
+}
+
+/// A new tap's qdiscs: libvirt's htb root when the NIC has a `<bandwidth inbound>`, else
+/// the kernel's default (no netem either way).
+fn fresh_tap(nic: &ObservedInterface) -> crate::impair::TapQdiscs {
+    crate::impair::TapQdiscs { htb: nic.bandwidth.is_some_and(|b| b.inbound.is_some()), netem: None }
 }
 
 fn xml_err(op: &str, object: &str, e: XmlError) -> HvError {
@@ -171,7 +182,13 @@ impl State {
                     let net = self.networks.get(nic.network.as_deref()?).filter(|n| n.active)?;
                     net.live_bridge.clone().or_else(|| net.bridge.clone())
                 };
-                Some(crate::observed::NicLink { mac, tap: format!("vnet{}.{i}", d.obs.name), bridge })
+                let qdiscs = self.taps.get(&(d.obs.name.clone(), mac)).cloned().unwrap_or_else(|| fresh_tap(nic));
+                Some(crate::observed::NicLink {
+                    mac,
+                    tap: format!("vnet{}.{i}", d.obs.name),
+                    bridge,
+                    qdiscs: Some(qdiscs),
+                })
             })
             .collect();
         Some(links)
@@ -742,6 +759,9 @@ impl Hypervisor for MemoryHypervisor {
         let d = &mut s.domain("start_domain", name)?.obs;
         d.state = DomainState::Running;
         d.live = Some(LiveConfig::of(d));
+        let taps: Vec<_> =
+            d.interfaces.iter().filter_map(|i| Some(((name.to_string(), i.mac?), fresh_tap(i)))).collect();
+        s.taps.extend(taps);
         Ok(())
     }
 
@@ -799,6 +819,11 @@ impl Hypervisor for MemoryHypervisor {
         if iface.mac.is_none() {
             iface.mac = Some(s.next_mac());
         }
+        if d.obs.state == DomainState::Running
+            && let Some(mac) = iface.mac
+        {
+            s.taps.insert((domain.to_string(), mac), fresh_tap(&iface));
+        }
         s.domain("attach_device", domain)?.obs.interfaces.push(iface);
         Ok(())
     }
@@ -817,6 +842,7 @@ impl Hypervisor for MemoryHypervisor {
         };
         d.obs.interfaces.remove(i);
         s.cut.remove(&(domain.to_string(), mac));
+        s.taps.remove(&(domain.to_string(), mac));
         Ok(())
     }
 
@@ -824,6 +850,49 @@ impl Hypervisor for MemoryHypervisor {
         let mut s = self.lock();
         s.enter("domain_state", name)?;
         Ok(s.domain("domain_state", name)?.obs.state)
+    }
+
+    fn set_bandwidth(&self, domain: &str, mac: MacAddr, rate: Option<crate::impair::Rate>) -> Result<(), HvError> {
+        const OP: &str = "set interface bandwidth";
+        let mut s = self.lock();
+        s.enter("set_bandwidth", domain)?;
+        let d = s.domain("set_bandwidth", domain)?;
+        if d.obs.state != DomainState::Running {
+            // libvirt's qemuDomainSetInterfaceParameters with VIR_DOMAIN_AFFECT_LIVE.
+            return Err(err(OP, domain, HvErrorKind::InvalidState, "domain is not running"));
+        }
+        if !d.obs.interfaces.iter().any(|i| i.mac == Some(mac)) {
+            return Err(err(OP, domain, HvErrorKind::NotFound, format!("Can't find device {mac}")));
+        }
+        // virNetDevBandwidthSet: the tap's root and ingress qdiscs are deleted, then libvirt's
+        // own are added (an htb root when there is an inbound limit): netem is gone.
+        s.taps.insert((domain.to_string(), mac), crate::impair::TapQdiscs { htb: rate.is_some(), netem: None });
+        Ok(())
+    }
+
+    fn set_netem(&self, domain: &str, mac: MacAddr, netem: Option<&crate::impair::Netem>) -> Result<(), HvError> {
+        const OP: &str = "set netem";
+        let mut s = self.lock();
+        s.enter("set_netem", domain)?;
+        if s.host_interfaces.is_none() {
+            // Playing a remote host: its taps are not on this machine.
+            return Err(err(OP, domain, HvErrorKind::Unsupported, "netem needs the VM's tap on this machine"));
+        }
+        let d = s.domain("set_netem", domain)?;
+        if d.obs.state != DomainState::Running {
+            return Err(err(OP, domain, HvErrorKind::NotActive, "domain is not running"));
+        }
+        let Some(nic) = d.obs.interfaces.iter().find(|i| i.mac == Some(mac)).cloned() else {
+            return Err(err(OP, domain, HvErrorKind::NotFound, format!("no running NIC with MAC {mac}")));
+        };
+        let key = (domain.to_string(), mac);
+        let mut q = s.taps.get(&key).cloned().unwrap_or_else(|| fresh_tap(&nic));
+        // As the kernel ends up after `impair::tc_commands`.
+        let want = netem.map(|n| n.normalized()).filter(|n| !n.is_none());
+        q.netem = want
+            .map(|n| (if q.htb { crate::impair::NetemParent::HtbLeaf } else { crate::impair::NetemParent::Root }, n));
+        s.taps.insert(key, q);
+        Ok(())
     }
 
     fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::model::MacAddr, std::net::Ipv4Addr)>, HvError> {
@@ -980,6 +1049,7 @@ impl MemoryHypervisor {
         }
         // Its taps go with the QEMU process; the next start plugs new ones.
         s.cut.retain(|(dom, _)| dom != name);
+        s.taps.retain(|(dom, _), _| dom != name);
         Ok(())
     }
 }

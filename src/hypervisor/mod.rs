@@ -11,6 +11,8 @@ pub mod memory;
 
 use serde::{Deserialize, Serialize};
 
+use crate::impair::{Netem, Rate};
+use crate::model::MacAddr;
 use crate::observed::{DomainState, Lease, Observed};
 
 /// A libvirt call failed. `code` is libvirt's error code when there is one.
@@ -200,6 +202,19 @@ pub trait Hypervisor: Send + Sync {
     fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
     /// The domain's current run state.
     fn domain_state(&self, name: &str) -> Result<DomainState, HvError>;
+    /// Sets the rate limit (`<bandwidth>` inbound and outbound average, kB/s) of the running
+    /// domain's NIC `mac`, live only (virDomainSetInterfaceParameters with
+    /// VIR_DOMAIN_AFFECT_LIVE; the persistent config is written by a define). `None` removes
+    /// it. libvirt clears the tap's qdiscs and sets its own again, so netem on that tap is
+    /// gone afterwards (topo sets it again). NotActive when the domain is not running.
+    fn set_bandwidth(&self, domain: &str, mac: MacAddr, rate: Option<Rate>) -> Result<(), HvError>;
+    /// Gives the tap of the running domain's NIC `mac` the netem settings `netem` (`None`,
+    /// or settings that do nothing, remove topo's netem), with `tc` on this machine: in place
+    /// of libvirt's leaf under its htb class when a `<bandwidth inbound>` is in effect, else
+    /// as the tap's root qdisc (see `impair::tc_commands`). Unsupported on a remote or test
+    /// URI (the tap is on another machine); NotActive when the domain is not running;
+    /// NotFound when it has no NIC `mac`.
+    fn set_netem(&self, domain: &str, mac: MacAddr, netem: Option<&Netem>) -> Result<(), HvError>;
 
     /// Makes sure storage pool `name` exists (defined as a dir pool over `path` when it
     /// does not), is built, active and autostarted. Looked up by name, active or not.

@@ -151,6 +151,10 @@ pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
     }
     for nic in &vm.nics {
         put(&mut f, format!("nic[{}]", nic.mac), nic.network.to_string(), InPlace);
+        // libvirt's <bandwidth>: set live (virDomainSetInterfaceParameters) and in the config.
+        if let Some(r) = nic.impairment.rate {
+            put(&mut f, format!("nic[{}].rate", nic.mac), r.to_string(), InPlace);
+        }
     }
     put(&mut f, "state", vm.state.as_str(), State);
     f
@@ -205,7 +209,10 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
             None => continue,
         };
         let net = i.network.as_deref().map(|n| network_display(lab, n)).unwrap_or_else(|| "(not a network)".into());
-        put(&mut f, key, net, InPlace);
+        put(&mut f, key.clone(), net, InPlace);
+        if let Some(b) = &i.bandwidth {
+            put(&mut f, format!("{key}.rate"), b.describe(), InPlace);
+        }
     }
     let state = match o.state {
         crate::observed::DomainState::Running => "running",

@@ -18,6 +18,7 @@ use crate::address::Address;
 use crate::diag::{Code, Problem};
 use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
+use crate::impair::{Netem, Rate};
 use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
 use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
 use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
@@ -86,6 +87,10 @@ pub enum Reason {
     /// The lab owned this network and now declares it `external: true`: topo releases it
     /// (removes its owner tag) and leaves it running.
     Released,
+    /// The netem settings (`delay`, `jitter`, `loss`) on the taps of these NICs of the
+    /// running VM differ from the lab file: they are set in place with tc. Each entry:
+    /// `eth0 (tap vnet3)`.
+    Netem { nics: Vec<String> },
 }
 
 impl Reason {
@@ -115,6 +120,13 @@ impl Reason {
             }
             Reason::Released => {
                 "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
+            }
+            Reason::Netem { nics } => {
+                let verb = if nics.len() == 1 { "differs" } else { "differ" };
+                format!(
+                    "the delay, jitter or loss on {} {verb} from the lab file; set in place on the tap (tc netem), no restart",
+                    nics.join(", ")
+                )
             }
             Reason::Unplugged { nics } => {
                 let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
@@ -168,6 +180,10 @@ pub struct NicPlug {
     pub domain: String,
     pub mac: MacAddr,
     pub xml: String,
+    /// The NIC's netem settings, set again on its new tap once it is plugged in (a re-plug
+    /// makes a new tap, without them).
+    #[serde(default)]
+    pub netem: Option<Netem>,
 }
 
 /// The libvirt operations of one change, in order, each with what it needs (decided at
@@ -240,6 +256,17 @@ pub enum Op {
         network: String,
         xml: String,
     },
+    /// Set the rate limit of the running VM's NIC live (libvirt's `<bandwidth>`, both
+    /// directions; `None` removes it). The persistent config is written by a define.
+    SetBandwidth {
+        mac: MacAddr,
+        rate: Option<Rate>,
+    },
+    /// Set netem on the running VM's NIC's tap with tc (`None` removes topo's netem).
+    SetNetem {
+        mac: MacAddr,
+        netem: Option<Netem>,
+    },
     UndefineDomain,
 }
 
@@ -266,6 +293,8 @@ impl Op {
             Op::StopDomain { .. } => "stop-domain",
             Op::AttachNic { .. } => "attach-nic",
             Op::DetachNic { .. } => "detach-nic",
+            Op::SetBandwidth { .. } => "set-bandwidth",
+            Op::SetNetem { .. } => "set-netem",
             Op::UndefineDomain => "undefine-domain",
         }
     }
@@ -1025,7 +1054,7 @@ fn replugs(lab: &Lab, blast: &[Detached]) -> Vec<NicPlug> {
             let vm = lab.vms.values().find(|v| v.libvirt_name == d.domain)?;
             let nic = vm.nics.iter().find(|n| n.mac == d.mac)?;
             let xml = crate::xml::interface_xml(lab, vm, nic).ok()?;
-            Some(NicPlug { domain: d.domain.clone(), mac: d.mac, xml })
+            Some(NicPlug { domain: d.domain.clone(), mac: d.mac, xml, netem: wanted_netem(nic) })
         })
         .collect()
 }
@@ -1148,9 +1177,87 @@ fn unplugged_nics(
             restarts: false,
         };
         let why = format!("{} ({}, tap {})", nic.label(), nic.mac, link.tap);
-        out.push((NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml }, field, why));
+        out.push((
+            NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml, netem: wanted_netem(nic) },
+            field,
+            why,
+        ));
     }
     out
+}
+
+/// The netem settings the lab file asks for on `nic`; `None` when it asks for none, or for
+/// settings that do nothing (`delay: 0ms`).
+fn wanted_netem(nic: &crate::model::Nic) -> Option<Netem> {
+    nic.impairment.netem.map(|n| n.normalized()).filter(|n| !n.is_none())
+}
+
+/// Live rate changes of the running VM's NICs that stay plugged where they are (a NIC
+/// plugged in by `ops` gets its rate from its XML): one `SetBandwidth` per NIC whose
+/// `nic[MAC].rate` field is in `changed`.
+fn bandwidth_ops(vm: &Vm, changed: &[FieldChange], ops: &[Op]) -> Vec<Op> {
+    vm.nics
+        .iter()
+        .filter(|nic| changed.iter().any(|f| f.path == format!("nic[{}].rate", nic.mac)))
+        .filter(|nic| !ops.iter().any(|op| matches!(op, Op::AttachNic { mac, .. } if *mac == nic.mac)))
+        .map(|nic| Op::SetBandwidth { mac: nic.mac, rate: nic.impairment.rate })
+        .collect()
+}
+
+/// The netem steps of a VM after `ops` ran: on a tap that `ops` makes new (the VM is started
+/// or resumed, the NIC hot-plugged, or its rate set, which makes libvirt clear the tap's
+/// qdiscs) the lab file's settings are set when it has any; on a tap that stays, they are
+/// set when they differ from what `tc` shows there (`ObservedDomain::links`), with the
+/// field and the reason's text (`eth0 (tap vnet3)`). NICs re-plugged by `ReattachNics` get
+/// theirs from their `NicPlug`. Nothing for a VM that does not run afterwards.
+fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<FieldChange>, Vec<String>) {
+    let starts = ops.iter().any(|op| matches!(op, Op::StartDomain | Op::ResumeDomain));
+    let stops = ops.iter().any(|op| matches!(op, Op::StopDomain { .. }));
+    let runs = o.is_some_and(|o| o.state == DomainState::Running);
+    let (mut out, mut fields, mut why) = (Vec::new(), Vec::new(), Vec::new());
+    if !(starts || (runs && !stops)) {
+        return (out, fields, why);
+    }
+    for nic in &vm.nics {
+        let want = wanted_netem(nic);
+        let replugged =
+            ops.iter().any(|op| matches!(op, Op::ReattachNics { nics } if nics.iter().any(|p| p.mac == nic.mac)));
+        if replugged {
+            continue;
+        }
+        let fresh = starts
+            || ops
+                .iter()
+                .any(|op| matches!(op, Op::AttachNic { mac, .. } | Op::SetBandwidth { mac, .. } if *mac == nic.mac));
+        if fresh {
+            if want.is_some() {
+                out.push(Op::SetNetem { mac: nic.mac, netem: want });
+            }
+            continue;
+        }
+        let Some(link) = o.and_then(|o| o.links.as_ref()).and_then(|l| l.iter().find(|l| l.mac == nic.mac)) else {
+            continue; // not known here: refused before planning when netem is asked (find_conflicts)
+        };
+        let have = match &link.qdiscs {
+            Some(q) => q.netem.map(|(_, n)| n),
+            None if want.is_none() => continue,
+            None => None, // tc's view could not be read: set it (apply reports tc's error)
+        };
+        if have == want {
+            continue;
+        }
+        let show = |n: Option<Netem>| n.map_or_else(|| "none".to_string(), |n| n.to_string());
+        fields.push(FieldChange {
+            path: format!("nic[{}].netem", nic.mac),
+            before: Some(if link.qdiscs.is_some() { show(have) } else { "unknown (tc could not read the tap)".into() }),
+            after: Some(show(want)),
+            forces_replacement: false,
+            restarts: false,
+        });
+        why.push(format!("{} (tap {})", nic.label(), link.tap));
+        out.push(Op::SetNetem { mac: nic.mac, netem: want });
+    }
+    (out, fields, why)
 }
 
 fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTreeSet<String>) -> Option<Change> {
@@ -1167,7 +1274,23 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
         if run {
             ops.push(Op::StartDomain);
         }
+        let (netem, _, _) = netem_ops(vm, None, &ops);
+        ops.extend(netem);
         let mut c = creation(address, &vm.libvirt_name, &desired, ops);
+        if run {
+            for nic in &vm.nics {
+                if let Some(n) = wanted_netem(nic) {
+                    c.fields.push(FieldChange {
+                        path: format!("nic[{}].netem", nic.mac),
+                        before: None,
+                        after: Some(n.to_string()),
+                        forces_replacement: false,
+                        restarts: false,
+                    });
+                }
+            }
+            c.fields.sort_by(|a, b| a.path.cmp(&b.path));
+        }
         if !run {
             // Created stopped: said, since "will be created" reads as running.
             c.fields.push(FieldChange {
@@ -1209,6 +1332,8 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
         if run {
             ops.push(Op::StartDomain);
         }
+        let (netem, _, _) = netem_ops(vm, Some(o), &ops);
+        ops.extend(netem);
         return Some(Change {
             address,
             libvirt_name: vm.libvirt_name.clone(),
@@ -1256,6 +1381,8 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
         }
         ops.extend(define);
         ops.push(Op::StartDomain);
+        let (netem, _, _) = netem_ops(vm, Some(o), &ops);
+        ops.extend(netem);
     } else {
         // NICs: hot-plugged by MAC, live and config together. A NIC whose network changed
         // is unplugged and plugged again.
@@ -1289,6 +1416,12 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
             reasons.push(Reason::Unplugged { nics: why });
             ops.push(Op::ReattachNics { nics });
         }
+        // Live first, then the config: a stop between leaves the config behind, which the
+        // next plan sees; the other way round a live change would go unnoticed.
+        if run && o.state == DomainState::Running {
+            let bw = bandwidth_ops(vm, &changed, &ops);
+            ops.extend(bw);
+        }
         if config_changed {
             // Rewrite the config so the metadata's spec hash matches the file again.
             ops.extend(define);
@@ -1313,6 +1446,12 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
                 ops.push(Op::StartDomain);
             }
         }
+        let (netem, fields, why) = netem_ops(vm, Some(o), &ops);
+        if !why.is_empty() {
+            reasons.push(Reason::Netem { nics: why });
+            changed.extend(fields);
+        }
+        ops.extend(netem);
     }
     if ops.is_empty() {
         return None;
@@ -1589,6 +1728,42 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 "rename the VM or set another `prefix:`; topo never adopts or overwrites objects it did not create"
                     .into(),
             ));
+        }
+    }
+    // netem is set with tc on the VM's tap, a device of the libvirt host: topo must run
+    // there, in the daemon's network namespace. (`rate:` goes through libvirt: any URI.)
+    for vm in lab.vms.values() {
+        let running = observed
+            .domains
+            .get(&vm.libvirt_name)
+            .filter(|d| d.ownership(lab_name) == Ownership::ThisLab && d.state == DomainState::Running);
+        for nic in vm.nics.iter().filter(|n| wanted_netem(n).is_some()) {
+            let span = nic.netem_span.unwrap_or(nic.span);
+            let who = format!("{}.{}", vm.name, nic.label());
+            if observed.host_interfaces.is_none() {
+                out.push(Problem::at(
+                    Code::NetemUnreachable,
+                    span,
+                    format!(
+                        "{who}: delay, jitter and loss are set with tc on the VM's tap, which is on the libvirt host, \
+                         and the URI names another host (or the test driver, which has no taps)"
+                    ),
+                    "netem needs the tap on this machine",
+                    "run topo on the libvirt host itself (e.g. qemu:///system), or remove `delay`, `jitter` and `loss`; \
+                     `rate:` works on every URI (libvirt's <bandwidth>)",
+                ));
+            } else if running.is_some_and(|d| d.links.is_none()) {
+                out.push(Problem::at(
+                    Code::NetemUnreachable,
+                    span,
+                    format!(
+                        "{who}: the VM's taps are not visible from here (topo runs in another network namespace than \
+                         libvirtd), so their netem settings can be neither read nor set"
+                    ),
+                    "netem needs the tap",
+                    "run topo in the daemon's network namespace (`ip netns exec NS topo ...`)",
+                ));
+            }
         }
     }
     out

@@ -9,7 +9,9 @@ use miette::{LabeledSpan, SourceSpan};
 use super::network::{NetInfo, first_host, last_host};
 use super::{Checker, parse_ip};
 use crate::diag::{Code, did_you_mean};
+use crate::impair::{Impairment, Loss, Micros, Netem, Rate};
 use crate::model::{self, LabName, MacAddr, MacError, NetworkKind, NetworkName, Reservation, Verify, VmName};
+use crate::spec::Spanned;
 use crate::spec::{NicSpec, VerifySpec};
 
 /// What the NIC checks remember across VMs.
@@ -171,7 +173,86 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
             span,
         });
     }
-    Some(model::Nic { index, network: net, mac: mac.0, mac_derived: mac.1, ip, verify, span: c.span(&nic.network) })
+    let (impairment, netem_span) = check_impairment(c, nic, who);
+    Some(model::Nic {
+        index,
+        network: net,
+        mac: mac.0,
+        mac_derived: mac.1,
+        ip,
+        verify,
+        impairment,
+        netem_span,
+        span: c.span(&nic.network),
+    })
+}
+
+/// `rate`, `delay`, `jitter` and `loss`: units, and the ranges libvirt and tc accept (see
+/// `crate::impair` for each rule and its source). Returns the settings (invalid ones left
+/// out, with a problem each) and where the first netem setting is written.
+fn check_impairment(c: &mut Checker, nic: &NicSpec, who: &str) -> (Impairment, Option<SourceSpan>) {
+    let mut out = Impairment::default();
+    if let Some(r) = &nic.rate {
+        match Rate::parse(&r.value) {
+            Ok(v) => out.rate = Some(v),
+            Err(e) => c.at(
+                Code::Link,
+                r,
+                format!("{who}: rate `{}` {e}", r.value),
+                "rate limit",
+                "write a bit rate such as `10Mbit`, `512kbit` or `1Gbit` (SI units; a multiple of 8kbit, since \
+                 libvirt's <bandwidth> counts whole kilobytes per second)",
+            ),
+        }
+    }
+    let time = |c: &mut Checker, field: &str, v: &Option<Spanned<String>>| -> Option<Micros> {
+        let s = v.as_ref()?;
+        match Micros::parse(&s.value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.at(
+                    Code::Link,
+                    s,
+                    format!("{who}: {field} `{}` {e}", s.value),
+                    field,
+                    "write a duration such as `50ms`, `1.5ms` or `1s` (whole microseconds, at most 274s)",
+                );
+                None
+            }
+        }
+    };
+    let delay = time(c, "delay", &nic.delay);
+    let jitter = time(c, "jitter", &nic.jitter);
+    let loss = nic.loss.as_ref().and_then(|l| match Loss::parse(&l.value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            c.at(
+                Code::Link,
+                l,
+                format!("{who}: loss `{}` {e}", l.value),
+                "loss",
+                "write a percentage from `0%` to `100%`, such as `1%` or `0.5%`",
+            );
+            None
+        }
+    });
+    if let (Some(j), None) = (&nic.jitter, &nic.delay) {
+        // tc's netem syntax: `delay TIME [JITTER [CORRELATION]]`; a jitter alone is "What is
+        // \"jitter\"?" (iproute2 tc/q_netem.c).
+        c.at(
+            Code::Link,
+            j,
+            format!("{who}: jitter `{}` without a delay", j.value),
+            "jitter without delay",
+            "netem varies the delay by the jitter: add `delay:` (e.g. `delay: 50ms` beside `jitter: 5ms`)",
+        );
+    }
+    let netem = Netem { delay, jitter, loss };
+    if nic.delay.is_some() || nic.jitter.is_some() || nic.loss.is_some() {
+        out.netem = Some(netem);
+    }
+    let span = [&nic.delay, &nic.jitter, &nic.loss].into_iter().flatten().next().map(|s| c.span(s));
+    (out, span)
 }
 
 /// A DHCP range with fewer free addresses than the NICs that need a lease from it leaves

@@ -637,6 +637,8 @@ fn targets_from_the_model() {
         mac_derived: true,
         ip,
         verify: if index == 0 { Verify::Arp } else { Verify::None },
+        impairment: Default::default(),
+        netem_span: None,
         span,
     };
     let vm = Vm {

@@ -135,8 +135,23 @@ struct InterfaceW<'a> {
     iface_type: &'static str,
     mac: MacW,
     source: NetSourceW<'a>,
+    /// libvirt's rate limit (`rate:`), the same average both ways, in kB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bandwidth: Option<BandwidthW>,
     model: ModelW,
     rom: RomW,
+}
+
+#[derive(Serialize)]
+struct BandwidthW {
+    inbound: AverageW,
+    outbound: AverageW,
+}
+
+#[derive(Serialize)]
+struct AverageW {
+    #[serde(rename = "@average")]
+    average: u32,
 }
 
 #[derive(Serialize)]
@@ -201,6 +216,10 @@ fn interface_w<'a>(lab: &'a Lab, vm: &Vm, nic: &Nic) -> Result<InterfaceW<'a>, X
         iface_type: "network",
         mac: MacW { address: nic.mac.to_string() },
         source: NetSourceW { network: &net.libvirt_name },
+        bandwidth: nic.impairment.rate.map(|r| BandwidthW {
+            inbound: AverageW { average: r.kbytes_per_sec() },
+            outbound: AverageW { average: r.kbytes_per_sec() },
+        }),
         model: ModelW { model: "virtio" },
         rom: RomW { enabled: "no" },
     })
@@ -362,6 +381,25 @@ struct InterfaceR {
     source: Option<IfSourceR>,
     model: Option<ModelR>,
     target: Option<TargetR>,
+    bandwidth: Option<Box<BandwidthR>>,
+}
+
+#[derive(Deserialize)]
+struct BandwidthR {
+    inbound: Option<BandwidthSideR>,
+    outbound: Option<BandwidthSideR>,
+}
+
+#[derive(Deserialize)]
+struct BandwidthSideR {
+    #[serde(rename = "@average")]
+    average: Option<u32>,
+    #[serde(rename = "@peak")]
+    peak: Option<String>,
+    #[serde(rename = "@burst")]
+    burst: Option<String>,
+    #[serde(rename = "@floor")]
+    floor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -426,7 +464,23 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
         Some(s) => (if is_network { s.network } else { None }, s.bridge),
         None => (None, None),
     };
-    Ok(ObservedInterface { mac, network, bridge, model: i.model.map(|m| m.model) })
+    let bandwidth = i.bandwidth.map(|b| {
+        let extra = |s: &Option<BandwidthSideR>| {
+            s.as_ref().is_some_and(|s| s.peak.is_some() || s.burst.is_some() || s.floor.is_some())
+        };
+        crate::impair::ObservedBandwidth {
+            inbound: b.inbound.as_ref().and_then(|s| s.average),
+            outbound: b.outbound.as_ref().and_then(|s| s.average),
+            extra: extra(&b.inbound) || extra(&b.outbound),
+        }
+    });
+    Ok(ObservedInterface {
+        mac,
+        network,
+        bridge,
+        model: i.model.map(|m| m.model),
+        bandwidth: bandwidth.filter(|b| !b.is_empty()),
+    })
 }
 
 /// Parses domain XML (as `dumpxml` prints it) into an `ObservedDomain` in `state`.

@@ -77,6 +77,8 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             mac_derived: false,
             ip: Some(Ipv4Addr::new(10, 0, 5, 2)),
             verify: Verify::Arp,
+            impairment: Default::default(),
+            netem_span: None,
             span: (0, 0).into(),
         },
         Nic {
@@ -86,6 +88,8 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             mac_derived: true,
             ip: None,
             verify: Verify::Arp,
+            impairment: Default::default(),
+            netem_span: None,
             span: (0, 0).into(),
         },
     ];

@@ -1,0 +1,191 @@
+//! Link impairment per NIC on the memory double (tier 2): `rate` (libvirt's `<bandwidth>`)
+//! and `delay`/`jitter`/`loss` (netem on the tap, kept by the double as the kernel keeps a
+//! tap's qdiscs) are created with the VM, changed in place without a restart, set again
+//! where the tap is new (a re-plugged NIC, a restarted VM, a rate change, after which
+//! libvirt has put its own qdiscs back), and refused on a host whose taps topo cannot reach.
+
+mod common;
+
+use common::*;
+use topo::hypervisor::Hypervisor;
+use topo::hypervisor::memory::MemoryHypervisor;
+use topo::impair::{Netem, NetemParent, TapQdiscs};
+use topo::plan::render::{Style, render};
+use topo::plan::{Action, Op, Reason};
+
+/// BASE with an impaired first NIC on `web` (`lan`, 10.50.0.20).
+fn impaired(extra: &str) -> String {
+    edit(
+        BASE,
+        "      - network: lan\n        ip: 10.50.0.20\n",
+        &format!("      - network: lan\n        ip: 10.50.0.20\n{extra}"),
+    )
+}
+
+/// A local host: its interfaces (and so the VMs' taps) are visible, unlike the default
+/// double, which plays a remote host.
+fn local_host() -> MemoryHypervisor {
+    host().with_host_interfaces(&["eth0"])
+}
+
+fn plain(p: &topo::plan::Plan) -> String {
+    render(p, "lab.yaml", Style::Plain).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]")
+}
+
+/// The qdiscs of web's first NIC as observed.
+fn web_tap(hv: &dyn Hypervisor) -> TapQdiscs {
+    let o = hv.observe().unwrap();
+    let d = &o.domains["demo-web"];
+    let mac = web_mac(hv);
+    d.links.as_ref().unwrap().iter().find(|l| l.mac == mac).unwrap().qdiscs.clone().unwrap()
+}
+
+/// The MAC of web's NIC on `lan` (a re-plugged NIC comes last in the domain's list).
+fn web_mac(hv: &dyn Hypervisor) -> topo::model::MacAddr {
+    let o = hv.observe().unwrap();
+    o.domains["demo-web"].interfaces.iter().find(|i| i.network.as_deref() == Some("demo-lan")).unwrap().mac.unwrap()
+}
+
+fn netem(s: &str) -> Netem {
+    let mut n = Netem::default();
+    for part in s.split(", ") {
+        let (k, v) = part.split_once(' ').unwrap();
+        match k {
+            "delay" => n.delay = Some(topo::impair::Micros::parse(v).unwrap()),
+            "jitter" => n.jitter = Some(topo::impair::Micros::parse(v).unwrap()),
+            "loss" => n.loss = Some(topo::impair::Loss::parse(v).unwrap()),
+            _ => panic!("{k}"),
+        }
+    }
+    n
+}
+
+#[test]
+fn created_with_rate_and_netem() {
+    let hv = local_host();
+    let l = lab(&impaired("        rate: 10Mbit\n        delay: 50ms\n        jitter: 5ms\n        loss: 1%\n"));
+    let (p, _) = plan_on(&l, &hv);
+    let web = p.changes.iter().find(|c| c.address == "vm.web").unwrap();
+    let paths: Vec<_> = web.fields.iter().map(|f| (f.path.as_str(), f.after.as_deref())).collect();
+    assert!(paths.iter().any(|(p, a)| p.ends_with("].rate") && *a == Some("10Mbit")), "{paths:?}");
+    assert!(paths.iter().any(|(p, a)| p.ends_with("].netem") && *a == Some("delay 50ms, jitter 5ms, loss 1%")));
+    // netem goes on the tap once the VM runs.
+    let start = web.ops.iter().position(|o| *o == Op::StartDomain).unwrap();
+    let set = web.ops.iter().position(|o| matches!(o, Op::SetNetem { .. })).unwrap();
+    assert!(start < set, "{:?}", web.ops);
+    insta::assert_snapshot!("created", plain(&p));
+    apply_ok(&l, &hv);
+    // With a rate, libvirt's htb is the tap's root and netem replaces its leaf.
+    assert_eq!(
+        web_tap(&hv),
+        TapQdiscs { htb: true, netem: Some((NetemParent::HtbLeaf, netem("delay 50ms, jitter 5ms, loss 1%"))) }
+    );
+    let o = hv.observe().unwrap();
+    let bw = o.domains["demo-web"].interfaces[0].bandwidth.unwrap();
+    assert_eq!((bw.inbound, bw.outbound), (Some(1250), Some(1250)));
+}
+
+#[test]
+fn netem_changes_in_place_without_a_restart() {
+    let hv = local_host();
+    apply_ok(&lab(&impaired("        delay: 50ms\n")), &hv);
+    assert_eq!(web_tap(&hv), TapQdiscs { htb: false, netem: Some((NetemParent::Root, netem("delay 50ms"))) });
+    let changed = lab(&impaired("        delay: 80ms\n        loss: 0.5%\n"));
+    let (p, _) = plan_on(&changed, &hv);
+    assert_eq!(p.changes.len(), 1, "{}", plain(&p));
+    let c = &p.changes[0];
+    assert_eq!((c.address.to_string().as_str(), c.action), ("vm.web", Action::Update));
+    assert!(matches!(&c.reasons[..], [Reason::Netem { nics }] if nics.len() == 1), "{:?}", c.reasons);
+    assert!(matches!(&c.ops[..], [Op::SetNetem { netem: Some(_), .. }]), "{:?}", c.ops);
+    insta::assert_snapshot!("delay_changed", plain(&p));
+    hv.clear_calls();
+    apply_ok(&changed, &hv);
+    let calls = hv.calls();
+    assert!(!calls.iter().any(|c| c.contains("domain ")), "no restart, no define: {calls:#?}");
+    assert_eq!(web_tap(&hv).netem, Some((NetemParent::Root, netem("delay 80ms, loss 0.5%"))));
+    // Removed from the file: removed from the tap.
+    let plain_lab = lab(BASE);
+    let (p, _) = plan_on(&plain_lab, &hv);
+    assert!(matches!(&p.changes[0].ops[..], [Op::SetNetem { netem: None, .. }]), "{}", plain(&p));
+    apply_ok(&plain_lab, &hv);
+    assert_eq!(web_tap(&hv), TapQdiscs::default());
+}
+
+#[test]
+fn rate_changes_live_and_netem_is_set_again() {
+    let hv = local_host();
+    apply_ok(&lab(&impaired("        rate: 10Mbit\n        delay: 50ms\n")), &hv);
+    let changed = lab(&impaired("        rate: 20Mbit\n        delay: 50ms\n"));
+    let (p, _) = plan_on(&changed, &hv);
+    assert_eq!(p.changes.len(), 1, "{}", plain(&p));
+    let ops: Vec<&str> = p.changes[0].ops.iter().map(Op::name).collect();
+    // Live first, then the config; libvirt's bandwidth change clears the tap's qdiscs, so
+    // netem follows.
+    assert_eq!(ops, ["set-bandwidth", "define-domain", "set-netem"]);
+    insta::assert_snapshot!("rate_changed", plain(&p));
+    hv.clear_calls();
+    apply_ok(&changed, &hv);
+    assert!(!hv.calls().iter().any(|c| c.starts_with("start_domain") || c.starts_with("shutdown_domain")));
+    assert_eq!(web_tap(&hv), TapQdiscs { htb: true, netem: Some((NetemParent::HtbLeaf, netem("delay 50ms"))) });
+    let o = hv.observe().unwrap();
+    assert_eq!(o.domains["demo-web"].interfaces[0].bandwidth.unwrap().inbound, Some(2500));
+    // The rate removed: live and config.
+    let (p, _) = plan_on(&lab(&impaired("        delay: 50ms\n")), &hv);
+    assert!(
+        p.changes[0]
+            .ops
+            .contains(&Op::SetBandwidth { mac: o.domains["demo-web"].interfaces[0].mac.unwrap(), rate: None })
+    );
+    apply_ok(&lab(&impaired("        delay: 50ms\n")), &hv);
+    assert_eq!(web_tap(&hv), TapQdiscs { htb: false, netem: Some((NetemParent::Root, netem("delay 50ms"))) });
+}
+
+#[test]
+fn reattached_and_restarted_nics_get_netem_again() {
+    let hv = local_host();
+    let l = lab(&impaired("        delay: 50ms\n"));
+    apply_ok(&l, &hv);
+    // A network restarted by hand: re-plugged, with a new tap that netem is set on again.
+    hv.stop_network("demo-lan").unwrap();
+    hv.start_network("demo-lan").unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    let web = p.changes.iter().find(|c| c.address == "vm.web").unwrap();
+    let plug = web.ops.iter().find_map(|o| match o {
+        Op::ReattachNics { nics } => nics.iter().find(|n| n.netem.is_some()),
+        _ => None,
+    });
+    assert!(plug.is_some(), "{}", plain(&p));
+    apply_ok(&l, &hv);
+    assert_eq!(web_tap(&hv).netem, Some((NetemParent::Root, netem("delay 50ms"))));
+    // A restart (memory): the VM's taps are new; netem follows the start.
+    let bigger = lab(&impaired("        delay: 50ms\n").replacen(
+        "memory: 256MiB\n    boot: {kernel: boot/vmlinuz}\n    nics:\n      - network: lan\n        ip: 10.50.0.20",
+        "memory: 512MiB\n    boot: {kernel: boot/vmlinuz}\n    nics:\n      - network: lan\n        ip: 10.50.0.20",
+        1,
+    ));
+    let (p, _) = plan_on(&bigger, &hv);
+    let ops: Vec<&str> = p.changes.iter().find(|c| c.address == "vm.web").unwrap().ops.iter().map(Op::name).collect();
+    assert_eq!(ops, ["stop-domain", "define-domain", "start-domain", "set-netem"]);
+    apply_ok(&bigger, &hv);
+    assert_eq!(web_tap(&hv).netem, Some((NetemParent::Root, netem("delay 50ms"))));
+    // Set by hand to something else: drift, put back.
+    hv.set_netem("demo-web", web_mac(&hv), Some(&netem("delay 1ms"))).unwrap();
+    let (p, _) = plan_on(&bigger, &hv);
+    insta::assert_snapshot!("netem_drift", plain(&p));
+    apply_ok(&bigger, &hv);
+}
+
+#[test]
+fn netem_is_refused_where_the_taps_are_not_reachable() {
+    // The default double plays a remote host (its interfaces are not visible).
+    let hv = host();
+    let l = lab(&impaired("        rate: 10Mbit\n        delay: 50ms\n"));
+    let observed = hv.observe().unwrap();
+    let err = topo::plan::plan(&l, &observed, "qemu+ssh://far/system").unwrap_err();
+    let text = render_diag(&err).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]");
+    insta::assert_snapshot!("remote_refused", text);
+    assert!(text.contains("topo::plan::netem_unreachable"), "{text}");
+    // The rate alone goes through libvirt: fine on any URI.
+    let rate_only = lab(&impaired("        rate: 10Mbit\n"));
+    apply_ok(&rate_only, &hv);
+}
