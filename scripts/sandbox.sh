@@ -87,7 +87,7 @@ where() { local n; n=$(ip netns identify "$1" 2>/dev/null) || n='?'; echo "${n:-
 # ---------------------------------------------------------------- up
 PKGS_FIRST=(iptables) # libvirt 9.0 has no nftables backend; without iptables every network fails
 PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iputils-arping arp-scan
-  libvirt-dev pkg-config busybox-static openssh-client)
+  libvirt-dev pkg-config busybox-static openssh-client iproute2)
 
 missing_pkgs() {
   local p
