@@ -851,6 +851,8 @@ fn memory_pool_lists_files_as_of_its_last_refresh() {
     assert_eq!(facts["/srv/off/b.img"], PathFact::Unchecked { inactive_pool: Some("off".into()) });
     // A subfolder is not the pool's folder: a dir pool does not look into it.
     assert_eq!(facts["/srv/images/sub/d.img"], PathFact::Unchecked { inactive_pool: None });
+}
+
 /// Link impairment through the real virt code on the test driver: the live rate of the
 /// running `test` domain's NIC goes through virDomainSetInterfaceParameters (set, removed,
 /// and refused for a MAC the domain does not have), and netem is refused: the test driver's domains
