@@ -112,8 +112,9 @@ pub struct ObservedDomain {
     /// another network namespace than the daemon).
     pub links: Option<Vec<NicLink>>,
     /// The files of the domain's cloud-init seed volume (`(name, text)`), read back from the
-    /// host for the plan's diff; `None` when the domain has no seed disk or it could not be
-    /// read (a driver without volume download).
+    /// host for the plan's diff. `observe` leaves it `None`:
+    /// [`crate::hypervisor::read_changed_seeds`] fills it only where the seed differs from
+    /// the lab's (and it could be read).
     pub seed: Option<Vec<(String, String)>>,
 }
 

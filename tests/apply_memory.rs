@@ -429,9 +429,11 @@ fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
     assert_eq!(hv.volumes(), want);
     let o = hv.observe().unwrap();
     assert_eq!(o.domains["disky-box"].disks, vec![overlay.clone(), seed_path]);
+    // The seed's files as the host has them (downloaded and read back).
+    let bytes = hv.download_volume("topo-overlays", &seed.volume_name(&l, vm)).unwrap();
     assert_eq!(
-        o.domains["disky-box"].seed.as_deref(),
-        Some(&seed.files().map(|(n, t)| (n.to_string(), t.to_string()))[..])
+        topo::guest::read_fat_files(&bytes).unwrap(),
+        seed.files().map(|(n, t)| (n.to_string(), t.to_string())).to_vec()
     );
     let calls = hv.calls();
     assert!(pos(&calls, "ensure_pool topo-overlays") < pos(&calls, &format!("create_volume {name}")));
@@ -513,7 +515,7 @@ fn a_user_data_edit_replaces_the_vm_with_a_readable_diff() {
     apply_ok(&lab(GUEST_LAB), &hv);
     let before = seed_volumes(&hv);
     let l = lab(&edit(GUEST_LAB, "user-data-a.yaml", "user-data-b.yaml"));
-    let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
+    let (p, _) = plan_on(&l, &hv);
     assert_eq!(actions(&p), pairs(&[("vm.box", Action::Replace)]));
     let c = &p.changes[0];
     let paths: Vec<&str> = c.fields.iter().map(|f| f.path.as_str()).collect();
@@ -525,6 +527,35 @@ fn a_user_data_edit_replaces_the_vm_with_a_readable_diff() {
     let after = seed_volumes(&hv);
     assert_eq!(after.len(), 1, "the old seed went with the old VM");
     assert_ne!(after, before);
+}
+
+/// Observe downloads no seed; the seeds read for a plan's diff are only those the lab
+/// changes (the volume name is a hash of the content: same name, same files).
+#[test]
+fn only_a_changed_seed_is_downloaded_for_the_diff() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(GUEST_LAB);
+    apply_ok(&l, &hv);
+    let downloads = |hv: &MemoryHypervisor| hv.calls().into_iter().filter(|c| c.starts_with("download_volume")).count();
+    hv.clear_calls();
+    let mut o = hv.observe().unwrap();
+    assert!(o.domains.values().all(|d| d.seed.is_none()), "observe reads no seed");
+    topo::hypervisor::read_changed_seeds(&hv, &l, &mut o);
+    assert_eq!(downloads(&hv), 0, "a converged lab: nothing to show, nothing downloaded");
+    assert!(plan::plan(&l, &o, &hv.uri()).unwrap().is_empty());
+
+    let edited = lab(&edit(GUEST_LAB, "user-data-a.yaml", "user-data-b.yaml"));
+    let mut o = hv.observe().unwrap();
+    topo::hypervisor::read_changed_seeds(&hv, &edited, &mut o);
+    assert_eq!(downloads(&hv), 1, "the one changed seed: {:?}", hv.calls());
+    let files = o.domains["guests-box"].seed.as_ref().expect("read for the diff");
+    let old = topo::guest::Seed::of(&l, &l.vms.values().next().unwrap().clone()).unwrap().unwrap();
+    assert_eq!(files, &old.files().map(|(n, t)| (n.to_string(), t.to_string())).to_vec(), "the host's (old) files");
+    // Without the read-back the plan still replaces the VM, by the volume names alone.
+    let bare = plan::plan(&edited, &hv.observe().unwrap(), &hv.uri()).unwrap();
+    assert_eq!(actions(&bare), pairs(&[("vm.box", Action::Replace)]));
+    let paths: Vec<&str> = bare.changes[0].fields.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["cloud_init"]);
 }
 
 #[test]
@@ -543,6 +574,77 @@ fn an_orphaned_seed_is_deleted() {
     let p = apply_ok(&l, &hv);
     assert_eq!(p.changes.iter().filter(|c| c.action == Action::Delete).count(), 1, "{p:#?}");
     assert_eq!(seed_volumes(&hv).len(), 1);
+}
+
+/// The name (in topo's pool) of the first volume of `vm` whose path contains `part`.
+fn volume_of(hv: &MemoryHypervisor, vm: &str, part: &str) -> String {
+    let o = hv.observe().unwrap();
+    let path = o.domains[vm].disks.iter().find(|d| d.contains(part)).unwrap().clone();
+    path.rsplit('/').next().unwrap().to_string()
+}
+
+#[test]
+fn a_seed_deleted_by_hand_is_uploaded_again_in_place() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(GUEST_LAB);
+    apply_ok(&l, &hv);
+    let seed = volume_of(&hv, "guests-box", "-cidata-");
+    let before = hv.observe().unwrap();
+    let bytes = hv.download_volume("topo-overlays", &seed).unwrap();
+    hv.delete_volume("topo-overlays", &seed).unwrap();
+    assert!(seed_volumes(&hv).is_empty());
+    let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
+    assert_eq!(actions(&p), pairs(&[("vm.box", Action::Update)]), "not a replace: same content");
+    let c = &p.changes[0];
+    assert_eq!(c.reasons, [plan::Reason::DeletedOutsideTopo { volumes: vec![seed.clone()] }]);
+    let ops: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
+    assert_eq!(ops, ["upload-seed"], "the VM keeps running");
+    let f: Vec<(&str, Option<&str>, bool)> =
+        c.fields.iter().map(|f| (f.path.as_str(), f.before.as_deref(), f.forces_replacement)).collect();
+    assert_eq!(f, [("cloud_init", Some(&*format!("{seed} (deleted outside topo)")), false)]);
+    let text = topo::plan::render::render(&p, "lab.yaml", topo::plan::render::Style::Plain);
+    assert!(text.contains("was deleted outside topo; the seed is uploaded again"), "{text}");
+    hv.clear_calls();
+    apply_ok(&l, &hv);
+    assert_eq!(volume_of(&hv, "guests-box", "-cidata-"), seed, "the same name, so the same content");
+    let after = hv.observe().unwrap();
+    assert_eq!(after.domains["guests-box"].uuid, before.domains["guests-box"].uuid, "the same domain");
+    let touched: Vec<String> =
+        hv.calls().into_iter().filter(|c| c.contains("domain") || c.contains("download")).collect();
+    assert!(touched.is_empty(), "the domain is not touched: {touched:?}");
+    assert_eq!(hv.download_volume("topo-overlays", &seed).unwrap(), bytes, "the same bytes");
+    assert_replans_empty(&l, &hv);
+}
+
+#[test]
+fn a_seed_deleted_under_a_stopped_vm_is_back_before_it_starts() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(GUEST_LAB);
+    apply_ok(&l, &hv);
+    hv.destroy_domain("guests-box").unwrap();
+    hv.delete_volume("topo-overlays", &volume_of(&hv, "guests-box", "-cidata-")).unwrap();
+    let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
+    let ops: Vec<&str> = p.changes[0].ops.iter().map(|o| o.name()).collect();
+    assert_eq!(ops, ["upload-seed", "start-domain"]);
+    apply_ok(&l, &hv);
+    assert_replans_empty(&l, &hv);
+}
+
+#[test]
+fn an_overlay_deleted_by_hand_replaces_the_vm() {
+    let hv = MemoryHypervisor::new();
+    let l = lab(GUEST_LAB);
+    apply_ok(&l, &hv);
+    let overlay = volume_of(&hv, "guests-plain", ".qcow2");
+    hv.delete_volume("topo-overlays", &overlay).unwrap();
+    let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
+    assert_eq!(actions(&p), pairs(&[("vm.plain", Action::Replace)]), "its disk is lost");
+    let c = &p.changes[0];
+    assert!(c.reasons.contains(&plan::Reason::DeletedOutsideTopo { volumes: vec![overlay.clone()] }), "{c:#?}");
+    assert!(c.reasons.contains(&plan::Reason::RequiresReplace { fields: vec!["disk".into()] }), "{c:#?}");
+    apply_ok(&l, &hv);
+    assert_eq!(volume_of(&hv, "guests-plain", ".qcow2"), overlay);
+    assert_replans_empty(&l, &hv);
 }
 
 // ---- idempotent steps, states, ownership (issue 8) ------------------------------------

@@ -1589,6 +1589,24 @@ fn e2e_cloud_guests() {
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "one seed per VM:\n{vols}");
 
+    // A seed deleted by hand: planned as an update that uploads it again, VM untouched.
+    let seed =
+        vols.split_whitespace().find(|w| w.starts_with("e2ecloud-deb1-cidata-")).expect("deb1's seed").to_string();
+    let id = virsh_ok(&["domid", "e2ecloud-deb1"]);
+    virsh_ok(&["vol-delete", "--pool", topo::ownership::OVERLAY_POOL, &seed]);
+    let r = topo(&["plan", "--json", path(&lab)]);
+    let p: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.show()));
+    let changes = p["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{}", r.stdout);
+    assert_eq!((changes[0]["address"].as_str(), changes[0]["action"].as_str()), (Some("vm.deb1"), Some("update")));
+    assert_eq!(changes[0]["reasons"][0]["kind"], "deleted-outside-topo", "{}", r.stdout);
+    let r = topo(&["apply", "-y", "--timeout", "60", path(&lab)]);
+    assert!(r.code == 0 && r.stdout.contains("0 added, 1 changed, 0 replaced"), "{}", r.show());
+    assert_converged(&lab);
+    assert!(virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]).contains(&seed), "the same seed is back");
+    assert_eq!(virsh_ok(&["domid", "e2ecloud-deb1"]), id, "deb1 was not restarted");
+    clock.step("a seed deleted by hand: uploaded again in place");
+
     // In: ssh as the lab's user, on a proven address.
     let r = ssh(&lab, &agent, "deb1", &["hostname"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());

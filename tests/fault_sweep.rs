@@ -1,7 +1,7 @@
 //! Tier 2 fault sweep: for each scenario (create a lab with disks, edit it, change a NIC's
 //! rate and netem in place, replace a
 //! network under running VMs, re-plug NICs of a network restarted by hand, release a network
-//! declared external, destroy) and for every k, (a) the k-th hypervisor call fails,
+//! declared external, volumes deleted by hand, destroy) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
 //! later call fails, as after a kill -9). Then a new apply must converge to an empty plan
 //! with no orphaned volume and no NIC left off its bridge, and destroy must leave nothing
@@ -129,6 +129,18 @@ fn restart_networks(hv: &MemoryHypervisor) {
     }
 }
 
+/// `virsh vol-delete` of a's cloud-init seed (uploaded again in place) and of c's overlay
+/// (c is replaced).
+fn delete_volumes(hv: &MemoryHypervisor) {
+    let o = hv.observe().unwrap();
+    let volume = |vm: &str, part: &str| {
+        let disk = o.domains[vm].disks.iter().find(|d| d.contains(part)).unwrap();
+        disk.rsplit('/').next().unwrap().to_string()
+    };
+    hv.delete_volume("topo-overlays", &volume("sweep-a", "-cidata-")).unwrap();
+    hv.delete_volume("topo-overlays", &volume("sweep-c", ".qcow2")).unwrap();
+}
+
 fn scenarios() -> Vec<Scenario> {
     let s = |name, before: Option<&str>, by_hand, lab: String, step| Scenario {
         name,
@@ -144,6 +156,7 @@ fn scenarios() -> Vec<Scenario> {
         s("replace network", Some(LAB), None, new_subnet(), Step::Apply),
         s("network restarted by hand", Some(LAB), Some(restart_networks), LAB.into(), Step::Apply),
         s("release network restarted by hand", Some(LAB), Some(restart_networks), back_external(), Step::Apply),
+        s("volumes deleted by hand", Some(LAB), Some(delete_volumes), LAB.into(), Step::Apply),
         s("destroy", Some(LAB), None, LAB.into(), Step::Destroy),
     ]
 }

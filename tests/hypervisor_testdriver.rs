@@ -395,8 +395,11 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_eq!(hv.observe().unwrap().volumes[&seed].path, format!("{dir}/{seed}"));
     hv.upload_volume(pool, &seed, &[8u8; 2048]).unwrap();
     assert_eq!(hv.observe().unwrap().volumes.len(), 1);
+    // Read back whole (for a plan's seed diff).
+    assert_eq!(hv.download_volume(pool, &seed).unwrap(), vec![8u8; 2048]);
     hv.delete_volume(pool, &seed).unwrap();
     assert!(hv.observe().unwrap().volumes.is_empty());
+    assert_kind(hv.download_volume(pool, &seed), HvErrorKind::NotFound);
     assert_kind(hv.upload_volume("no-such-pool", &seed, b"x"), HvErrorKind::NotFound);
 }
 

@@ -394,7 +394,8 @@ pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, Apply
 /// [`check_converged`] for a plan cut to `targets` (`--target`): only the targets and what
 /// they depend on must match the file.
 pub fn check_converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
-    let observed = hv.observe()?;
+    let mut observed = hv.observe()?;
+    crate::hypervisor::read_changed_seeds(hv, lab, &mut observed);
     let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
         Ok(p) if targets.is_empty() => p,
         Ok(p) => {

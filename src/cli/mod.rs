@@ -186,7 +186,8 @@ pub(crate) fn files_checked(global: &GlobalArgs) -> crate::validate::Files {
     }
 }
 
-/// Observes the host for a plan: every libvirt object, and, when the libvirt host's files
+/// Observes the host for a plan: every libvirt object, the seeds that changed
+/// ([`crate::hypervisor::read_changed_seeds`], for the plan's diff), and, when the libvirt host's files
 /// are not this machine's, what its storage pools say about each file the lab's domains
 /// open (`Observed::paths`). Files no pool can speak for are warned about on stderr, each
 /// at its place in the lab file (unless `-q`); missing ones are the plan's refusals.
@@ -197,6 +198,7 @@ pub(crate) fn observe(
     warn: bool,
 ) -> miette::Result<crate::observed::Observed> {
     let mut observed = hv.observe()?;
+    crate::hypervisor::read_changed_seeds(hv, lab, &mut observed);
     if !crate::hypervisor::libvirt::files_are_local(&hv.uri()) {
         let paths: Vec<String> = lab
             .vms

@@ -3,7 +3,6 @@
 //! `virt::connect::Connect` is `Send + Sync` (virt marks it so; libvirt connections are
 //! thread-safe and errors are kept per thread), so no extra lock is needed.
 
-use std::collections::BTreeMap;
 use std::ffi::{CStr, c_char, c_void};
 use std::ptr;
 use std::sync::Once;
@@ -348,28 +347,6 @@ impl LibvirtHypervisor {
         Ok(Some(observed))
     }
 
-    /// Reads back the cloud-init seed of every domain whose disk is a seed volume of the
-    /// overlay pool (`guest::is_seed_volume`), for the plan's diff. Best effort: a seed that
-    /// cannot be downloaded or parsed stays `None` (the volume name still tells a change).
-    fn observe_seeds(&self, out: &mut Observed) {
-        let Ok(pool) = self.conn.lookup_storage_pool_by_name(OVERLAY_POOL) else { return };
-        let mut read: BTreeMap<String, Option<Vec<(String, String)>>> = BTreeMap::new();
-        for d in out.domains.values_mut() {
-            let Some(vol) =
-                out.volumes.values().find(|v| crate::guest::is_seed_volume(&v.name) && d.disks.contains(&v.path))
-            else {
-                continue;
-            };
-            let files = read.entry(vol.name.clone()).or_insert_with(|| {
-                let v =
-                    lv("virStorageVolLookupByName", &vol.name, || pool.lookup_storage_vol_by_name(&vol.name)).ok()?;
-                let bytes = self.download(&v, &vol.name).ok()?;
-                crate::guest::read_fat_files(&bytes).ok()
-            });
-            d.seed = files.clone();
-        }
-    }
-
     /// The whole content of a (small) volume through a libvirt stream (virStorageVolDownload).
     fn download(&self, vol: &virt::storage_vol::StorageVol, name: &str) -> Result<Vec<u8>, HvError> {
         const OP: &str = "download volume";
@@ -513,7 +490,6 @@ impl Hypervisor for LibvirtHypervisor {
                 }
             }
         }
-        self.observe_seeds(&mut out);
         Ok(out)
     }
 
@@ -923,6 +899,15 @@ impl Hypervisor for LibvirtHypervisor {
             return Err(map_error(OP, name, &e));
         }
         Ok(())
+    }
+
+    fn download_volume(&self, pool: &str, name: &str) -> Result<Vec<u8>, HvError> {
+        const OP: &str = "download volume";
+        let p = lv("virStoragePoolLookupByName", pool, || self.conn.lookup_storage_pool_by_name(pool))
+            .map_err(|e| map_error(OP, pool, &e))?;
+        let v = lv("virStorageVolLookupByName", name, || p.lookup_storage_vol_by_name(name))
+            .map_err(|e| map_error(OP, name, &e))?;
+        self.download(&v, name)
     }
 
     fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>, HvError> {

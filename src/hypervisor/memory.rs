@@ -536,14 +536,6 @@ impl Hypervisor for MemoryHypervisor {
             return Err(e);
         }
         let active_pool = s.pool.as_ref().filter(|p| p.active);
-        // A seed is read back (as libvirt's observe downloads it) from an active pool only.
-        let seed_of = |o: &crate::observed::ObservedDomain| {
-            let p = active_pool?;
-            let (_, data) = s.uploads.iter().find(|(n, _)| {
-                crate::guest::is_seed_volume(n) && o.disks.iter().any(|d| *d == format!("{}/{n}", p.path))
-            })?;
-            crate::guest::read_fat_files(data).ok()
-        };
         Ok(Observed {
             networks: s.networks.clone(),
             domains: s
@@ -555,7 +547,6 @@ impl Hypervisor for MemoryHypervisor {
                         o.live = None; // a transient domain's only XML is its live one
                     }
                     o.links = s.links(d);
-                    o.seed = seed_of(&o);
                     (k.clone(), o)
                 })
                 .collect(),
@@ -942,6 +933,24 @@ impl Hypervisor for MemoryHypervisor {
         s.volumes.insert(name.to_string(), "raw".to_string());
         s.uploads.insert(name.to_string(), data.to_vec());
         Ok(())
+    }
+
+    fn download_volume(&self, pool: &str, name: &str) -> Result<Vec<u8>, HvError> {
+        const OP: &str = "download volume";
+        let mut s = self.lock();
+        s.enter("download_volume", name)?;
+        s.active_pool(OP, pool)?;
+        match (s.volumes.contains_key(name), s.uploads.get(name)) {
+            (true, Some(data)) => Ok(data.clone()),
+            // A qcow2 overlay: libvirt would send its bytes; the double has none.
+            (true, None) => Err(err(OP, name, HvErrorKind::Unsupported, "the double keeps no overlay bytes")),
+            (false, _) => Err(err(
+                OP,
+                name,
+                HvErrorKind::NotFound,
+                format!("Storage volume not found: no storage vol with matching name '{name}'"),
+            )),
+        }
     }
 
     fn storage_pools(&self) -> Result<Vec<StoragePoolInfo>, HvError> {

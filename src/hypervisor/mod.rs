@@ -138,6 +138,37 @@ pub fn observe_paths<'a>(
     Ok(out)
 }
 
+/// Reads back, for the plan's line diff, the cloud-init seed of each lab VM whose domain
+/// uses another seed volume than the one the lab file asks for, into
+/// [`ObservedDomain::seed`](crate::observed::ObservedDomain::seed).
+///
+/// A seed volume's name carries a hash of its content ([`crate::guest::Seed::volume_name`]),
+/// so where the names are the same the files are too and nothing is downloaded: a plan of a
+/// converged lab downloads no seed, and an edit downloads only the seeds it changes (about
+/// 1 MiB each). Domains that are not lab VMs, and VMs with cloud-init off, are skipped (their
+/// plans show no seed files). Reads only; best effort: a seed that cannot be downloaded or
+/// read stays `None`, and the plan then shows the change by the volume names alone.
+pub fn read_changed_seeds(hv: &dyn Hypervisor, lab: &crate::model::Lab, observed: &mut Observed) {
+    let Some(pool) = observed.pool.as_ref().filter(|p| p.active).map(|p| p.name.clone()) else { return };
+    for vm in lab.vms.values() {
+        let Ok(Some(seed)) = crate::guest::Seed::of(lab, vm) else { continue };
+        let want = seed.volume_name(lab, vm);
+        let Some(d) = observed.domains.get_mut(&vm.libvirt_name) else { continue };
+        // The domain's seed disk, when it is a volume the pool lists.
+        let Some(have) = observed
+            .volumes
+            .values()
+            .find(|v| crate::guest::is_seed_volume(&v.name) && d.disks.contains(&v.path))
+            .map(|v| v.name.clone())
+        else {
+            continue;
+        };
+        if have != want {
+            d.seed = hv.download_volume(&pool, &have).ok().and_then(|b| crate::guest::read_fat_files(&b).ok());
+        }
+    }
+}
+
 /// A storage pool as `virConnectListAllStoragePools` and its XML show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoragePoolInfo {
@@ -229,6 +260,10 @@ pub trait Hypervisor: Send + Sync {
     /// URIs). A volume of that name is deleted first (a leftover of an interrupted upload
     /// is never trusted); on a failed upload the new volume is deleted again.
     fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError>;
+    /// The whole content of volume `name` of pool `pool` (virStorageVolDownload over a
+    /// stream, so it works on remote URIs). For seeds only: a volume larger than 16 MiB is
+    /// an error. A missing volume is `NotFound`.
+    fn download_volume(&self, pool: &str, name: &str) -> Result<Vec<u8>, HvError>;
 
     /// Every storage pool on the host (`virConnectListAllStoragePools`, each pool's XML for
     /// its folder).

@@ -91,6 +91,10 @@ pub enum Reason {
     /// running VM differ from the lab file: they are set in place with tc. Each entry:
     /// `eth0 (tap vnet3)`.
     Netem { nics: Vec<String> },
+    /// These volumes of the VM (names in the overlay pool) were deleted outside topo
+    /// (`virsh vol-delete`, a file removed) while its domain still uses them: a seed is
+    /// uploaded again with the same content, in place; a lost overlay replaces the VM.
+    DeletedOutsideTopo { volumes: Vec<String> },
 }
 
 impl Reason {
@@ -127,6 +131,15 @@ impl Reason {
                     "the delay, jitter or loss on {} {verb} from the lab file; set in place on the tap (tc netem), no restart",
                     nics.join(", ")
                 )
+            }
+            Reason::DeletedOutsideTopo { volumes } => {
+                let verb = if volumes.len() == 1 { "was" } else { "were" };
+                let what = if volumes.iter().all(|v| crate::guest::is_seed_volume(v)) {
+                    "the seed is uploaded again with the same content, in place (cloud-init does not run again)"
+                } else {
+                    "the VM's disk is lost, so the VM is replaced"
+                };
+                format!("{} {verb} deleted outside topo; {what}", volumes.join(", "))
             }
             Reason::Unplugged { nics } => {
                 let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
@@ -1108,6 +1121,23 @@ fn seed_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
     Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
 }
 
+/// The volumes of the VM that its domain uses under the names the lab file asks for but
+/// that the overlay pool no longer has (deleted outside topo): `("disk", overlay name)`,
+/// `("cloud_init", seed name)`. Only an active pool lists its volumes: with the pool
+/// inactive or missing nothing is known (the pool is started or created by the plan, and
+/// the next plan looks again).
+fn deleted_volumes(lab: &Lab, vm: &Vm, o: &ObservedDomain, observed: &Observed) -> Vec<(&'static str, String)> {
+    let Some(pool) = observed.pool.as_ref().filter(|p| p.active) else { return Vec::new() };
+    let path = |name: &str| format!("{}/{name}", pool.path.trim_end_matches('/'));
+    let overlay = vm.overlay_name(&lab.name).map(|n| ("disk", n));
+    let seed = seed_of(lab, vm).map(|(_, n)| ("cloud_init", n));
+    overlay
+        .into_iter()
+        .chain(seed)
+        .filter(|(_, name)| !observed.volumes.contains_key(name) && o.disks.contains(&path(name)))
+        .collect()
+}
+
 /// The overlay volume `vm` needs, if it has a disk.
 fn overlay_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
     let d = vm.disk.as_ref()?;
@@ -1316,6 +1346,26 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     if config_changed {
         reasons.push(if drifted(o.owner.as_ref(), &desired) { Reason::Drift } else { Reason::LabFileChanged });
     }
+    let gone = deleted_volumes(lab, vm, o, observed);
+    if !gone.is_empty() {
+        reasons.push(Reason::DeletedOutsideTopo { volumes: gone.iter().map(|(_, name)| name.clone()).collect() });
+        for (path, name) in &gone {
+            // The overlay's content is lost: the VM is replaced. The seed is the same
+            // content again (its name is its hash): uploaded in place below.
+            let overlay = *path == "disk";
+            if !changed.iter().any(|f| f.path == *path) {
+                let after = desired.get(*path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
+                changed.push(FieldChange {
+                    path: path.to_string(),
+                    before: Some(format!("{name} (deleted outside topo)")),
+                    after: Some(after),
+                    forces_replacement: overlay,
+                    restarts: false,
+                });
+            }
+        }
+        changed.sort_by(|a, b| a.path.cmp(&b.path));
+    }
     let forced: Vec<String> = changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
     if !forced.is_empty() {
         reasons.push(Reason::RequiresReplace { fields: forced });
@@ -1348,6 +1398,10 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     }
     let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
+    if gone.iter().any(|(path, _)| *path == "cloud_init") {
+        // First: a start or restart below needs it.
+        ops.extend(seed_volume(lab, vm));
+    }
     if !run {
         // Stopped first (so NIC changes below touch the config only); a paused or crashed
         // VM has no guest to ask.

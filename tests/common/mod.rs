@@ -42,7 +42,8 @@ pub fn options(parallelism: usize) -> Options {
 }
 
 pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
-    let observed = hv.observe().expect("observe");
+    let mut observed = hv.observe().expect("observe");
+    topo::hypervisor::read_changed_seeds(hv, lab, &mut observed);
     let p = match plan::plan(lab, &observed, &hv.uri()) {
         Ok(p) => p,
         Err(e) => panic!("plan refused:\n{}", render_diag(&e)),
