@@ -84,6 +84,9 @@ impl ProbeError {
     }
 }
 
+/// A reply with its round-trip time, where the prober measures it ([`Prober::probe_timed`]).
+pub type TimedReply = (ArpReply, Option<Duration>);
+
 /// Asks a bridge who holds IPv4 addresses. Only what verification needs.
 pub trait Prober: Send + Sync {
     /// Sends one ARP request per distinct target on `bridge`, then collects replies until
@@ -99,6 +102,19 @@ pub trait Prober: Send + Sync {
         timeout: Duration,
         grace: Duration,
     ) -> Result<Vec<ArpReply>, ProbeError>;
+
+    /// [`Prober::probe`] with each reply's round-trip time: from the moment the request for
+    /// its address was sent to the moment the reply was read, `None` where the prober cannot
+    /// tell. The default measures nothing.
+    fn probe_timed(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedReply>, ProbeError> {
+        Ok(self.probe(bridge, targets, timeout, grace)?.into_iter().map(|r| (r, None)).collect())
+    }
 }
 
 /// Every host address of `subnet` (network and broadcast addresses left out below /31), or
@@ -174,6 +190,18 @@ impl Prober for PnetProber {
         timeout: Duration,
         grace: Duration,
     ) -> Result<Vec<ArpReply>, ProbeError> {
+        Ok(self.probe_timed(bridge, targets, timeout, grace)?.into_iter().map(|(r, _)| r).collect())
+    }
+
+    /// The round-trip time of a reply is from just after its address's request left the
+    /// socket to when the reader got the reply (the first one of that MAC and address).
+    fn probe_timed(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedReply>, ProbeError> {
         use pnet::datalink::{self, Channel, Config};
         use pnet::ipnetwork::IpNetwork;
 
@@ -235,8 +263,8 @@ impl Prober for PnetProber {
         let (sent, read) = thread::scope(|s| {
             // The reader runs from before the first request until after the timeout, so no
             // reply is missed and a long sweep does not pile up in the socket buffer.
-            let reader = s.spawn(|| -> io::Result<BTreeSet<ArpReply>> {
-                let mut got = BTreeSet::new();
+            let reader = s.spawn(|| -> io::Result<std::collections::BTreeMap<ArpReply, Instant>> {
+                let mut got = std::collections::BTreeMap::new();
                 let mut ips = BTreeSet::new();
                 loop {
                     let last = stop.load(Ordering::Acquire);
@@ -246,7 +274,7 @@ impl Prober for PnetProber {
                                 && r.sender_mac != own_mac
                                 && wanted.contains(&r.sender_ip)
                             {
-                                got.insert(r);
+                                got.entry(r).or_insert_with(Instant::now);
                                 if ips.insert(r.sender_ip) {
                                     answered.store(ips.len(), Ordering::Release);
                                 }
@@ -261,6 +289,7 @@ impl Prober for PnetProber {
                 }
             });
             let stopper = StopOnDrop(&stop);
+            let mut sent_at: std::collections::BTreeMap<Ipv4Addr, Instant> = std::collections::BTreeMap::new();
             let sent = (|| {
                 for (i, target) in wanted.iter().enumerate() {
                     if i > 0 && i % self.burst.max(1) == 0 {
@@ -268,6 +297,7 @@ impl Prober for PnetProber {
                     }
                     let frame = build_request(own_mac, source_ip(&addrs, *target), *target);
                     Self::send(bridge, tx.as_mut(), &frame)?;
+                    sent_at.insert(*target, Instant::now());
                 }
                 Ok(())
             })();
@@ -288,11 +318,14 @@ impl Prober for PnetProber {
             }
             drop(stopper);
             let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (sent, read)
+            (sent.map(|()| sent_at), read)
         });
-        sent?;
+        let sent_at = sent?;
         let got = read.map_err(|e| ProbeError::from_io(bridge, "reading replies", e))?;
-        Ok(got.into_iter().collect())
+        Ok(got
+            .into_iter()
+            .map(|(r, at)| (r, sent_at.get(&r.sender_ip).map(|s| at.saturating_duration_since(*s))))
+            .collect())
     }
 }
 
@@ -309,7 +342,7 @@ mod fake {
     use std::thread::{self, ThreadId};
     use std::time::Duration;
 
-    use super::{ProbeError, Prober};
+    use super::{ProbeError, Prober, TimedReply};
     use crate::arp::ArpReply;
     use crate::model::MacAddr;
 
@@ -328,6 +361,8 @@ mod fake {
         mac: MacAddr,
         /// Silent for this many probes of the address first.
         after: u32,
+        /// The round-trip time it reports (`probe_timed`); none unless scripted.
+        rtt: Option<Duration>,
     }
 
     #[derive(Default, Debug)]
@@ -375,7 +410,13 @@ mod fake {
         /// `mac` answers for `ip` on `bridge` once `ip` has been probed `after` times there.
         pub fn answer_after(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, after: u32) -> Self {
             self.bridges.insert(bridge.to_owned());
-            self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after });
+            self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after, rtt: None });
+            self
+        }
+        /// `mac` answers for `ip` on `bridge` from the first probe on, `rtt` after the request.
+        pub fn answer_in(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, rtt: Duration) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after: 0, rtt: Some(rtt) });
             self
         }
         /// Every call so far, in order.
@@ -400,6 +441,16 @@ mod fake {
             timeout: Duration,
             grace: Duration,
         ) -> Result<Vec<ArpReply>, ProbeError> {
+            Ok(self.probe_timed(bridge, targets, timeout, grace)?.into_iter().map(|(r, _)| r).collect())
+        }
+
+        fn probe_timed(
+            &self,
+            bridge: &str,
+            targets: &[Ipv4Addr],
+            timeout: Duration,
+            grace: Duration,
+        ) -> Result<Vec<TimedReply>, ProbeError> {
             let mut st = self.lock();
             st.calls.push(FakeCall {
                 bridge: bridge.to_owned(),
@@ -417,7 +468,7 @@ mod fake {
             if self.denied {
                 return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
             }
-            let mut got = BTreeSet::new();
+            let mut got = BTreeMap::new();
             for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
                 let key = (bridge.to_owned(), ip);
                 let n = st.probes.entry(key.clone()).or_default();
@@ -425,7 +476,8 @@ mod fake {
                 *n += 1;
                 for a in self.answers.get(&key).into_iter().flatten() {
                     if before >= a.after {
-                        got.insert(ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED });
+                        let r = ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED };
+                        got.entry(r).or_insert(a.rtt);
                     }
                 }
             }

@@ -339,6 +339,7 @@ vms:
                     ip: "10.0.0.20".parse().unwrap(),
                     evidence: Evidence { mac: eth0.mac, bridge: "virbr3".into() },
                     seconds: 0.1,
+                    rtt_ms: None,
                 },
                 target: eth0,
             }],

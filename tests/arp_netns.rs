@@ -142,6 +142,14 @@ fn probe_finds_the_guest_and_nothing_else() {
         let none = p.probe("br0", &[ABSENT_IP], Duration::from_millis(300), GRACE).expect("probe");
         assert!(none.is_empty(), "nobody holds .6: {none:?}");
 
+        // The round trip of a real reply: measured, and within the probe's wait (a veth
+        // guest's kernel answers in microseconds).
+        let timed = p.probe_timed("br0", &[GUEST_IP], Duration::from_millis(300), GRACE).expect("probe");
+        assert_eq!(timed.len(), 1, "{timed:?}");
+        let rtt = timed[0].1.expect("the real prober measures the round trip");
+        eprintln!("ARP round trip to the veth guest: {rtt:?}");
+        assert!(rtt < Duration::from_millis(300), "{rtt:?}");
+
         let hosts = sweep_targets("10.99.0.0/24".parse().unwrap(), 1024).expect("a /24");
         let t = Instant::now();
         let swept = p.probe("br0", &hosts, Duration::from_millis(300), GRACE).expect("sweep");

@@ -71,6 +71,9 @@ pub fn run_verification(
         let what = match p.state {
             NicState::WaitingForLease => "waiting for a DHCP lease".to_string(),
             NicState::LeasedNoReply { ip } => format!("leased {ip}, waiting for ARP"),
+            NicState::Verified { ip, seconds, rtt_ms: Some(ms), .. } => {
+                format!("{ip} verified by ARP after {seconds:.1}s (round trip {ms:.1} ms)")
+            }
             NicState::Verified { ip, seconds, .. } => format!("{ip} verified by ARP after {seconds:.1}s"),
             NicState::Failed { reason } => format!("FAILED: {reason}"),
             NicState::Skipped => "not verified (verify: none)".into(),

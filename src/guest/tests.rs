@@ -247,6 +247,7 @@ fn report(lab: &Lab) -> crate::verify::VerifyReport {
                     ip: ip(a),
                     evidence: Evidence { mac: nic.mac, bridge: "virbr1".into() },
                     seconds: 1.0,
+                    rtt_ms: None,
                 },
                 None if nic.verify == crate::model::Verify::None => NicState::Skipped,
                 None => NicState::Failed { reason: FailReason::NoDhcpNoReservation },

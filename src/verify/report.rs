@@ -21,6 +21,7 @@ struct JsonNic<'a> {
     reason: Option<String>,
     help: Option<&'static str>,
     seconds: Option<f64>,
+    rtt_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -42,8 +43,13 @@ struct JsonVerify<'a> {
 
 fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
     let t = &n.target;
+    let rtt_ms = match &n.state {
+        // Rounded to the microsecond: a round trip on one host takes tens of them.
+        NicState::Verified { rtt_ms, .. } => rtt_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
+        _ => None,
+    };
     let (state, address, evidence, reason, help, seconds) = match &n.state {
-        NicState::Verified { ip, evidence, seconds } => {
+        NicState::Verified { ip, evidence, seconds, .. } => {
             ("verified", Some(ip.to_string()), Some(evidence.to_string()), None, None, Some(*seconds))
         }
         NicState::Failed { reason } => ("failed", None, None, Some(reason.to_string()), Some(reason.help()), None),
@@ -73,6 +79,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         reason,
         help,
         seconds,
+        rtt_ms,
     }
 }
 
@@ -94,7 +101,7 @@ pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
 
 /// The human table: one row per NIC, then the reason and help of each failure.
 pub fn table(report: &VerifyReport) -> String {
-    let rows: Vec<[String; 8]> = report
+    let rows: Vec<[String; 9]> = report
         .nics
         .iter()
         .map(|n| {
@@ -111,10 +118,11 @@ pub fn table(report: &VerifyReport) -> String {
                     (s, None) => s.to_string(),
                 },
                 j.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+                j.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let header = ["VM", "NIC", "NETWORK", "BRIDGE", "MAC", "ADDRESS", "EVIDENCE", "TIME"];
+    let header = ["VM", "NIC", "NETWORK", "BRIDGE", "MAC", "ADDRESS", "EVIDENCE", "TIME", "RTT"];
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -219,6 +227,7 @@ mod tests {
                         ip: ip("10.0.0.5"),
                         evidence: Evidence { mac: a, bridge: "virbr1".into() },
                         seconds: 2.4,
+                        rtt_ms: Some(51.2345),
                     },
                 ),
                 outcome("deb1", "eth1", "52:54:00:00:00:0b", NicState::Failed { reason: FailReason::NoLease }),
@@ -254,6 +263,37 @@ mod tests {
     #[test]
     fn json_version_1_as_users_see_it() {
         insta::assert_json_snapshot!(to_json("demo", &every_state()));
+    }
+
+    /// docs/verify-json.md documents exactly the keys the document has (top level and per
+    /// NIC), and its example has them too.
+    #[test]
+    fn the_json_doc_matches_the_output() {
+        const DOC: &str = include_str!("../../docs/verify-json.md");
+        let mut top = std::collections::BTreeSet::new();
+        let mut nic = std::collections::BTreeSet::new();
+        for row in DOC.lines().filter(|l| l.starts_with("| `")) {
+            let cell = row.split('|').nth(1).unwrap_or_default();
+            for name in cell.split(',').map(|n| n.trim().trim_matches('`')) {
+                match (name.strip_prefix("nics[]."), name.strip_prefix('.')) {
+                    (Some(k), _) | (None, Some(k)) => nic.insert(k.to_string()),
+                    _ => top.insert(name.trim_end_matches("[]").to_string()),
+                };
+            }
+        }
+        let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let out = to_json("demo", &every_state());
+        assert_eq!(keys(&out), top);
+        for n in out["nics"].as_array().unwrap() {
+            assert_eq!(keys(n), nic);
+        }
+        let block = DOC.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).unwrap();
+        let example: serde_json::Value = serde_json::from_str(block).unwrap();
+        assert_eq!(keys(&example), top);
+        assert_eq!(keys(&example["nics"][0]), nic);
+        assert_eq!(keys(&example["summary"]), keys(&out["summary"]));
     }
 
     #[test]

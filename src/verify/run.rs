@@ -13,7 +13,7 @@ use super::state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, Veri
 use super::target::NicTarget;
 use crate::arp::ArpReply;
 use crate::model::MacAddr;
-use crate::prober::{ProbeError, Prober, sweep_targets};
+use crate::prober::{ProbeError, Prober, TimedReply, sweep_targets};
 
 /// Tuning of the loop. The defaults are documented in docs/verify.md.
 #[derive(Clone, Debug)]
@@ -233,12 +233,12 @@ where
         }
 
         // 3. Probe all bridges in parallel, one thread each.
-        let results: BTreeMap<String, Result<Vec<ArpReply>, ProbeError>> = thread::scope(|s| {
+        let results: BTreeMap<String, Result<Vec<TimedReply>, ProbeError>> = thread::scope(|s| {
             let handles: Vec<_> = asks
                 .iter()
                 .map(|(bridge, ips)| {
                     let ips: Vec<Ipv4Addr> = ips.iter().copied().collect();
-                    let h = s.spawn(move || prober.probe(bridge, &ips, opts.probe_timeout, opts.grace));
+                    let h = s.spawn(move || prober.probe_timed(bridge, &ips, opts.probe_timeout, opts.grace));
                     (bridge.clone(), h)
                 })
                 .collect();
@@ -247,11 +247,18 @@ where
             handles.into_iter().map(|(b, h)| (b, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
         });
         let mut replies: BTreeMap<String, Vec<ArpReply>> = BTreeMap::new();
+        // The round trip of each reply, by (bridge, MAC, address).
+        let mut rtts: BTreeMap<(String, MacAddr, Ipv4Addr), Duration> = BTreeMap::new();
         let mut broken: BTreeMap<String, String> = BTreeMap::new();
         for (bridge, r) in results {
             match r {
                 Ok(v) => {
-                    replies.insert(bridge, v);
+                    for (reply, rtt) in &v {
+                        if let Some(rtt) = rtt {
+                            rtts.insert((bridge.clone(), reply.sender_mac, reply.sender_ip), *rtt);
+                        }
+                    }
+                    replies.insert(bridge, v.into_iter().map(|(r, _)| r).collect());
                 }
                 Err(
                     e @ (ProbeError::InterfaceMissing { .. }
@@ -294,6 +301,7 @@ where
                         ip,
                         evidence: Evidence { mac: t.mac, bridge: bridge.clone() },
                         seconds: now.as_secs_f64(),
+                        rtt_ms: rtts.get(&(bridge.clone(), t.mac, ip)).map(|d| d.as_secs_f64() * 1e3),
                     },
                     Verdict::Duplicate { ip, other_mac } => {
                         NicState::Failed { reason: FailReason::Duplicate { ip, mac: t.mac, other_mac } }

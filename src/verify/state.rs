@@ -130,6 +130,9 @@ pub enum NicState {
         evidence: Evidence,
         /// Seconds from the start of verification.
         seconds: f64,
+        /// The round-trip time of the ARP request and reply that proved it, in
+        /// milliseconds; `None` where the prober does not measure it.
+        rtt_ms: Option<f64>,
     },
     Failed {
         reason: FailReason,
@@ -167,9 +170,10 @@ impl fmt::Display for NicState {
             NicState::Stopped => f.write_str("not verified (the VM is stopped: state: stopped)"),
             NicState::WaitingForLease => f.write_str("waiting for a DHCP lease"),
             NicState::LeasedNoReply { ip } => write!(f, "{ip}: no ARP reply yet"),
-            NicState::Verified { ip, evidence, seconds } => {
-                write!(f, "{ip} verified ({evidence}, after {seconds:.1} s)")
-            }
+            NicState::Verified { ip, evidence, seconds, rtt_ms } => match rtt_ms {
+                Some(ms) => write!(f, "{ip} verified ({evidence} in {ms:.1} ms, after {seconds:.1} s)"),
+                None => write!(f, "{ip} verified ({evidence}, after {seconds:.1} s)"),
+            },
             NicState::Failed { reason } => write!(f, "failed: {reason}"),
             NicState::Reported { ip, source } => write!(f, "{ip} reported by {source} (not proven by ARP)"),
         }

@@ -96,11 +96,35 @@ fn leased_and_answering_is_verified_at_once() {
     let r = run(&[target("vm1", a())], &p, &l);
     assert_eq!(
         state(&r, 0),
-        &NicState::Verified { ip: ip("10.0.0.5"), evidence: Evidence { mac: a(), bridge: "br0".into() }, seconds: 0.0 }
+        &NicState::Verified {
+            ip: ip("10.0.0.5"),
+            evidence: Evidence { mac: a(), bridge: "br0".into() },
+            seconds: 0.0,
+            rtt_ms: None
+        }
     );
     assert!(r.report.all_ok());
     assert_eq!(p.calls().len(), 1, "settled NICs are not probed again");
     assert_eq!(state(&r, 0).to_string(), "10.0.0.5 verified (arp reply from 52:54:00:00:00:0a on br0, after 0.0 s)");
+}
+
+/// The round trip of the reply that proved a NIC is its `rtt_ms`; a NIC whose reply came
+/// without a measured time (a prober that does not measure) has none.
+#[test]
+fn the_proving_replys_round_trip_is_reported() {
+    let p = FakeProber::new().answer_in("br0", ip("10.0.0.5"), a(), std::time::Duration::from_micros(50_250)).answer(
+        "br0",
+        ip("10.0.0.6"),
+        b(),
+    );
+    let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5")).with(NET, b(), ip("10.0.0.6"));
+    let r = run(&[target("vm1", a()), target("vm2", b())], &p, &l);
+    assert!(matches!(state(&r, 0), NicState::Verified { rtt_ms: Some(ms), .. } if (ms - 50.25).abs() < 1e-9));
+    assert!(matches!(state(&r, 1), NicState::Verified { rtt_ms: None, .. }));
+    assert_eq!(
+        state(&r, 0).to_string(),
+        "10.0.0.5 verified (arp reply from 52:54:00:00:00:0a on br0 in 50.2 ms, after 0.0 s)"
+    );
 }
 
 #[test]
@@ -109,8 +133,12 @@ fn lease_before_address_is_retried_until_the_guest_answers() {
     let p = FakeProber::new().answer_after("br0", ip("10.0.0.5"), a(), 2);
     let l = FakeLeases::new().with_from_call(1, NET, a(), ip("10.0.0.5"));
     let r = run(&[target("vm1", a())], &p, &l);
-    let verified =
-        NicState::Verified { ip: ip("10.0.0.5"), evidence: Evidence { mac: a(), bridge: "br0".into() }, seconds: 0.9 };
+    let verified = NicState::Verified {
+        ip: ip("10.0.0.5"),
+        evidence: Evidence { mac: a(), bridge: "br0".into() },
+        seconds: 0.9,
+        rtt_ms: None,
+    };
     assert_eq!(
         r.log,
         vec![
@@ -403,7 +431,7 @@ fn sweep_finds_a_statically_configured_guest() {
     let p = FakeProber::new().answer("br0", ip("10.0.0.77"), a());
     let r = run(&[target("vm1", a())], &p, &FakeLeases::new());
     match state(&r, 0) {
-        NicState::Verified { ip: x, evidence, seconds } => {
+        NicState::Verified { ip: x, evidence, seconds, .. } => {
             assert_eq!(*x, ip("10.0.0.77"));
             assert_eq!(evidence.mac, a());
             assert!(*seconds >= 1.5, "swept only after sweep_after: {seconds}");
