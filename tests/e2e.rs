@@ -2113,6 +2113,20 @@ fn e2e_link_impairment() {
     bandwidth("1250");
     clock.step("apply: v1 with delay: 50ms on eth0, v2 stopped with rate: 10Mbit");
 
+    // Through a remote-style URI the taps are not this machine's: netem is refused before
+    // anything is touched, pointing at the NIC's `delay`.
+    let o = Command::new("ip")
+        .args(["netns", "exec", &netns()])
+        .arg(topo_bin())
+        .args(["-c", "qemu+tcp://127.0.0.1/system", "--color", "never", "plan", path(&lab)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run topo");
+    let r = Run::of(o);
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert!(r.stderr.contains("topo::plan::netem_unreachable") && r.stderr.contains("delay: 50ms"), "{}", r.show());
+    clock.step("plan through qemu+tcp: netem refused (topo::plan::netem_unreachable)");
+
     let before = virsh_ok(&["domid", "lnk-v1"]);
     let rtt = rtts(&lab, "v1");
     eprintln!("e2e: rtt_ms of v1: {rtt:?}");

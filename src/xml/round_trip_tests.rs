@@ -615,3 +615,24 @@ fn live_taps_from_a_running_domain() {
     assert_eq!(got, vec![("52:54:00:00:00:02".into(), "vnet7"), ("52:54:00:39:b7:d5".into(), "vnet8")]);
     assert_eq!(super::live_taps(LIBVIRT_DOMAIN).unwrap(), vec![]);
 }
+
+/// libvirt's `<bandwidth>` as it writes it back: the averages both ways; a peak, burst or
+/// floor (which topo never sets) is noticed, and shown side by side when the two differ.
+#[test]
+fn bandwidth_is_read_back() {
+    let xml = |bw: &str| {
+        format!(
+            "<domain type='qemu'><name>d</name><memory>131072</memory><devices><interface type='network'>\
+             <mac address='52:54:00:00:00:01'/><source network='n'/>{bw}</interface></devices></domain>"
+        )
+    };
+    let bw = |x: &str| parse_domain(&xml(x), DomainState::Shutoff).unwrap().interfaces[0].bandwidth;
+    let b = bw("<bandwidth><inbound average='1250'/><outbound average='1250'/></bandwidth>").unwrap();
+    assert_eq!((b.inbound, b.outbound, b.extra), (Some(1250), Some(1250), false));
+    assert_eq!(b.describe(), "10Mbit");
+    let b = bw("<bandwidth><inbound average='1250' peak='2500' burst='1024'/></bandwidth>").unwrap();
+    assert!(b.extra);
+    assert_eq!(b.describe(), "inbound 10Mbit, outbound none (with peak/burst/floor)");
+    assert_eq!(bw(""), None);
+    assert_eq!(bw("<bandwidth/>"), None);
+}
