@@ -551,7 +551,8 @@ pub struct CloudInit {
 pub struct UserData {
     /// Absolute path (resolved against the lab file's folder).
     pub path: PathBuf,
-    /// The file's text (a `#cloud-config` YAML mapping; checked by validation).
+    /// The file's text (a `#cloud-config` YAML mapping, or another kind cloud-init runs;
+    /// checked by validation, `guest::check_user_file`).
     pub text: String,
 }
 

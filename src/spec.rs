@@ -137,8 +137,10 @@ pub struct CloudInitSpec {
     /// The guest's hostname (per VM only; default: the VM name with `_` turned into `-`).
     #[schemars(with = "Option<String>")]
     pub hostname: Option<Spanned<String>>,
-    /// A `#cloud-config` file of your own, merged into what topo generates (mappings merge,
-    /// lists append, your scalars win). Relative paths resolve against the lab file's folder.
+    /// Your own user-data file: a `#cloud-config` is merged into what topo generates
+    /// (mappings merge, lists append, your scalars win); a script (`#!`), `#include`,
+    /// `#cloud-boothook` or MIME file goes beside topo's cloud-config in a MIME multi-part.
+    /// Relative paths resolve against the lab file's folder.
     #[schemars(with = "Option<String>")]
     pub user_data: Option<Spanned<String>>,
 }

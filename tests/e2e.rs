@@ -1574,7 +1574,9 @@ fn e2e_cloud_guests() {
     let dir = tmp.path();
     let agent = Agent::start(dir);
     write(dir, "own-a.yaml", "#cloud-config\nwrite_files:\n  - path: /etc/topo-e2e\n    content: a\n");
-    write(dir, "own-b.yaml", "#cloud-config\nwrite_files:\n  - path: /etc/topo-e2e\n    content: b\n");
+    // The edit swaps the #cloud-config for a shell script: topo's cloud-config and the
+    // script go to the guest as a MIME multi-part.
+    write(dir, "own-b.sh", "#!/bin/sh\necho b > /etc/topo-e2e\n");
     let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-a.yaml"));
 
     // Apply: 4 NICs proven by ARP, the static one included.
@@ -1703,21 +1705,24 @@ fn e2e_cloud_guests() {
     clock.step("inventory: 4 addresses; ssh -F <inventory> works");
 
     // A user-data edit: plan shows the diff, apply replaces both VMs, the guest has it.
-    let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-b.yaml"));
+    let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-b.sh"));
     let r = topo(&["plan", "--detailed-exitcode", path(&lab)]);
     assert_eq!(r.code, 2, "{}", r.show());
     assert!(r.stdout.contains("2 to replace"), "{}", r.show());
-    assert!(r.stdout.contains("cloud_init.user-data") && r.stdout.contains("content: b"), "{}", r.show());
+    assert!(r.stdout.contains("cloud_init.user-data") && r.stdout.contains("+ echo b > /etc/topo-e2e"), "{}", r.show());
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("0 added, 0 changed, 2 replaced"), "{}", r.show());
     assert!(r.stdout.contains("Verify: 4 verified"), "{}", r.show());
     assert_converged(&lab);
-    let r = ssh(&lab, &agent, "deb1", &["cat", "/etc/topo-e2e"]);
-    assert_eq!((r.code, r.stdout.trim()), (0, "b"), "{}", r.show());
+    // The script runs in cloud-init's last stage: wait for it; cloud-init took the
+    // multi-part without an error.
+    let r = ssh(&lab, &agent, "deb1", &["sudo", "cloud-init", "status", "--wait", ";", "cat", "/etc/topo-e2e"]);
+    assert!(r.code == 0 && r.stdout.contains("status: done"), "{}", r.show());
+    assert_eq!(r.stdout.lines().last(), Some("b"), "the user's script ran:\n{}", r.show());
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");
-    clock.step("user-data edit: planned and applied as a replace");
+    clock.step("user-data edit (a script, in a MIME multi-part): planned and applied as a replace, the script ran");
 
     // Destroy: no domain, no lab network, no volume (seeds included).
     topo_ok(&["destroy", "-y", path(&lab)]);

@@ -19,16 +19,21 @@ use crate::model::{Lab, Vm};
 pub use fat::{SEED_LABEL, fat_image, read_fat_files};
 pub use inventory::{InvHost, InvNic, Inventory, SSH_OPTIONS};
 pub use network::network_config;
-pub use user_data::{merge, parse_user_file, user_data};
+pub use user_data::{
+    GZIP_MAGIC, Part, UserDataKind, check_user_file, merge, multipart, parse_user_file, user_data, user_data_kind,
+};
 
 /// Why a seed could not be generated.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum GuestError {
-    /// The user's own user-data file is not a `#cloud-config` YAML mapping.
+    /// The user's own user-data file is a `#cloud-config` that is not a YAML mapping, or a
+    /// kind cloud-init would not run.
     #[error("user-data file {path}: {message}")]
     #[diagnostic(
         code(topo::guest::user_data),
-        help("the file must start with `#cloud-config` and hold a YAML mapping (see docs/guests.md)")
+        help(
+            "a `#cloud-config` file holds a YAML mapping; other kinds start as cloud-init expects (see docs/guests.md)"
+        )
     )]
     UserData { path: String, message: String },
     /// YAML output failed (an internal error: the values are plain data).
@@ -56,7 +61,8 @@ pub struct Seed {
     /// `meta-data`: instance-id and local-hostname.
     pub meta_data: String,
     /// `user-data`: `#cloud-config` with the login user, its keys and the hostname, merged
-    /// with the user's own file.
+    /// with the user's own `#cloud-config` file, or a MIME multi-part of it and the user's
+    /// other kind of file.
     pub user_data: String,
     /// `network-config`: version 2, one entry per NIC matched by MAC.
     pub network_config: String,

@@ -1,5 +1,5 @@
 //! Seed generation: snapshots of every case (DHCP, static, several NICs, no key, user-data
-//! merge) and the rules behind them.
+//! merge, a script or a MIME file beside topo's cloud-config) and the rules behind them.
 
 use std::path::{Path, PathBuf};
 
@@ -120,12 +120,73 @@ fn merge_rule() {
     assert_eq!(ours, serde_json::json!({"a": {"x": 1, "l": [1, 2], "y": 2}, "b": [1, 2], "c": "user", "d": null}));
 }
 
+/// A shell script: a MIME multi-part of topo's `#cloud-config` (not merged) and the script.
+#[test]
+fn user_data_script_beside_topos_cloud_config() {
+    let mut lab = lab();
+    let ci = lab.vms.values_mut().next().and_then(|v| v.cloud_init.as_mut()).unwrap();
+    ci.user_data = Some(UserData {
+        path: PathBuf::from("/labs/set up \"lab\".sh"),
+        text: "#!/bin/sh\necho ready > /etc/motd\n".into(),
+    });
+    let text = seed(&lab, "db_1").user_data;
+    insta::assert_snapshot!(text);
+    assert!(text[..4096.min(text.len())].to_ascii_lowercase().contains("mime-version:"), "cloud-init's MIME test");
+    assert_eq!(seed(&lab, "db_1").user_data, text, "byte-identical on every run");
+}
+
+/// The user's own MIME message goes in whole as one part; a non-ASCII text is base64.
+#[test]
+fn user_data_mime_and_non_ascii() {
+    let mut lab = lab();
+    let own = "Content-Type: multipart/mixed; boundary=\"XX\"\nMIME-Version: 1.0\n\n--XX\n\
+               Content-Type: text/x-shellscript\n\n#!/bin/sh\ntrue\n--XX--\n";
+    let ci = lab.vms.values_mut().next().and_then(|v| v.cloud_init.as_mut()).unwrap();
+    ci.user_data = Some(UserData { path: PathBuf::from("/labs/own.mime"), text: own.into() });
+    let text = seed(&lab, "db_1").user_data;
+    assert!(text.contains(&format!("==\n{own}--==topo-")), "the user's message as it is:\n{text}");
+    let parts = multipart(&[(Part::Text { content_type: "text/x-shellscript", text: "#!/bin/sh\necho é\n" }, "é.sh")]);
+    insta::assert_snapshot!("user_data_non_ascii_part", parts);
+}
+
+#[test]
+fn user_data_kinds_as_cloud_init_tells_them() {
+    use UserDataKind::*;
+    for (first, want) in [
+        ("#cloud-config", CloudConfig),
+        ("#cloud-config  ", CloudConfig),
+        ("#cloud-config-archive", Part { content_type: "text/cloud-config-archive" }),
+        ("#cloud-config-jsonp", Part { content_type: "text/cloud-config-jsonp" }),
+        ("#!/bin/bash", Part { content_type: "text/x-shellscript" }),
+        ("#!/usr/bin/env python3", Part { content_type: "text/x-shellscript" }),
+        ("#include", Part { content_type: "text/x-include-url" }),
+        ("#include-once", Part { content_type: "text/x-include-once-url" }),
+        ("#cloud-boothook", Part { content_type: "text/cloud-boothook" }),
+        ("#part-handler", Part { content_type: "text/part-handler" }),
+        ("## template: jinja", Part { content_type: "text/jinja2" }),
+        ("Content-Type: multipart/mixed; boundary=\"b\"", Mime),
+        ("MIME-Version: 1.0", Mime),
+        ("content-type: text/x-shellscript", Mime),
+    ] {
+        assert_eq!(user_data_kind(&format!("{first}\nrest\n")), Ok(want), "{first}");
+    }
+    for (text, says) in [
+        ("#upstart-job\n", "systemd"),
+        ("echo hi\n", "does not recognise"),
+        ("", "does not recognise"),
+        ("# cloud-config\n", "does not recognise"),
+    ] {
+        let e = user_data_kind(text).unwrap_err();
+        assert!(e.contains(says), "{text:?}: {e}");
+    }
+}
+
 #[test]
 fn user_file_must_be_cloud_config_mapping() {
     let lab = lab();
     let mut vm = lab.vms.values().next().unwrap().clone();
     for (text, says) in [
-        ("#!/bin/sh\necho hi\n", "not `#cloud-config`"),
+        ("hello\n", "does not recognise"),
         ("#cloud-config\n- a\n- b\n", "list"),
         ("#cloud-config\na: [\n", "not valid YAML"),
     ] {

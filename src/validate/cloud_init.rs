@@ -224,16 +224,34 @@ fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
 }
 
 fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
+    // gzip: cloud-init would take it, topo does not (the seed is text that plans show as a
+    // diff); said before the UTF-8 check of read_file, which it would fail.
+    let path = resolve(c, &s.value);
+    if std::fs::read(&path).is_ok_and(|b| b.starts_with(&guest::GZIP_MAGIC)) {
+        c.at(
+            Code::UserData,
+            s,
+            format!(
+                "user-data file `{}` is gzip-compressed: topo writes the seed as text and shows it in plans",
+                s.value
+            ),
+            "gzip",
+            "give the uncompressed file (`gunzip -k FILE`); the seed has room for it",
+        );
+        return None;
+    }
     let (path, text) = read_file(c, s, "user-data file", MAX_USER_DATA)?;
-    match guest::parse_user_file(&text) {
+    match guest::check_user_file(&text) {
         Ok(_) => Some(model::UserData { path, text }),
         Err(why) => {
             c.at(
                 Code::UserData,
                 s,
                 format!("user-data file `{}` {why}", s.value),
-                "not a #cloud-config mapping",
-                "start the file with the line `#cloud-config`, then a YAML mapping of cloud-config keys",
+                "not user-data cloud-init runs",
+                "a `#cloud-config` file (merged with topo's) holds a YAML mapping of cloud-config keys; \
+                 a script (`#!`), `#include`, `#cloud-boothook` or MIME file goes beside topo's in a \
+                 multi-part (docs/guests.md)",
             );
             None
         }
@@ -302,7 +320,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("id_ed25519"), "-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").unwrap();
         std::fs::write(d.path().join("empty.pub"), "\n# nothing\n").unwrap();
-        std::fs::write(d.path().join("script.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::write(d.path().join("script.sh"), "echo hi\n").unwrap();
         let text = format!(
             "{HEAD}cloud_init:\n  hostname: all\n  user: Root\nvms:\n  a:\n    disk: {{image: KERNEL}}\n    \
              cloud_init:\n      hostname: bad_name\n      ssh_authorized_keys: [not-a-key]\n      \
@@ -335,9 +353,26 @@ mod tests {
             "holds no key",
             "is a private key",
             "does not exist",
-            "not `#cloud-config`",
+            "does not recognise",
         ] {
             assert!(text.contains(says), "{says:?} not in\n{text}");
         }
+    }
+
+    /// A script is taken (it goes beside topo's cloud-config in a MIME multi-part); a gzip
+    /// file is refused at its place, before the UTF-8 check it would fail.
+    #[test]
+    fn scripts_pass_gzip_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::write(d.path().join("own.gz"), [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xff]).unwrap();
+        let ok = format!("{HEAD}vms:\n  a:\n    disk: {{image: KERNEL}}\n    cloud_init: {{user_data: run.sh}}\n");
+        let lab = load(d.path(), &ok).unwrap();
+        let ud = lab.vms.values().next().unwrap().cloud_init.as_ref().unwrap().user_data.as_ref().unwrap();
+        assert!(ud.text.starts_with("#!/bin/sh"));
+        let bad = ok.replace("run.sh", "own.gz");
+        let e = load(d.path(), &bad).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::user_data"]);
+        assert!(e.problems[0].message.contains("gzip-compressed"), "{}", e.problems[0].message);
     }
 }
