@@ -57,6 +57,8 @@ pub enum Code {
     BadAddress,
     BadMac,
     DuplicateMac,
+    /// A NIC's MAC is the bridge MAC topo gives a lab network.
+    BridgeMac,
     BadReservation,
     DuplicateIp,
     /// A DHCP host name that is not unique on its network, or too long for dnsmasq.
@@ -151,6 +153,7 @@ impl Code {
             BadAddress => "topo::lab::bad_address",
             BadMac => "topo::lab::bad_mac",
             DuplicateMac => "topo::lab::duplicate_mac",
+            BridgeMac => "topo::lab::bridge_mac",
             BadReservation => "topo::lab::bad_reservation",
             DuplicateIp => "topo::lab::duplicate_ip",
             DhcpHostName => "topo::lab::dhcp_host_name",

@@ -198,6 +198,29 @@ impl MacAddr {
         let d = h.finalize();
         Self([0x52, 0x54, 0x00, d[0], d[1], d[2]])
     }
+
+    /// The MAC topo gives the bridge of a lab network (`<mac address>` in its XML):
+    /// `52:54:01`, then the first three bytes of
+    /// SHA-256("topo-bridge-mac-v1\0" + lab + "\0" + network name).
+    ///
+    /// Without it libvirt's network driver generates a random `52:54:00:..` one at define
+    /// (src/conf/network_conf.c `virNetworkSetBridgeMacAddr`, called from
+    /// src/network/bridge_driver.c `networkValidate` for forward modes none, nat, route and
+    /// open), so the same file would give different host objects on every host. The third
+    /// byte `01` keeps it apart from every [`MacAddr::derived`] NIC MAC (`52:54:00`) by
+    /// construction; a NIC's explicit `mac:` equal to it is refused by validation
+    /// (`bridge_mac`). Two networks' bridges may share one (24 bits): harmless, each bridge
+    /// is its own Ethernet segment.
+    pub fn derived_bridge(lab: &LabName, network: &NetworkName) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"topo-bridge-mac-v1\0");
+        h.update(lab.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(network.as_str().as_bytes());
+        let d = h.finalize();
+        Self([0x52, 0x54, 0x01, d[0], d[1], d[2]])
+    }
 }
 
 impl FromStr for MacAddr {
@@ -780,6 +803,20 @@ mod tests {
         // Pinned: changing the derivation changes every user's MACs.
         // (value computed independently with Python hashlib from the documented formula)
         assert_eq!(a.to_string(), "52:54:00:39:b7:d5");
+    }
+
+    #[test]
+    fn derived_bridge_mac_is_stable_and_apart_from_nic_macs() {
+        let lab = LabName::new("seedlab").unwrap();
+        let net = NetworkName::new("lan").unwrap();
+        let b = MacAddr::derived_bridge(&lab, &net);
+        assert_eq!(b, MacAddr::derived_bridge(&lab, &net));
+        assert_ne!(b, MacAddr::derived_bridge(&lab, &NetworkName::new("lan2").unwrap()));
+        assert_ne!(b, MacAddr::derived_bridge(&LabName::new("other").unwrap(), &net));
+        // Never a derived NIC MAC: those all start 52:54:00.
+        assert_eq!(&b.octets()[..3], &[0x52, 0x54, 0x01]);
+        // Pinned (computed independently with Python hashlib from the documented formula).
+        assert_eq!(b.to_string(), "52:54:01:1f:fe:ef");
     }
 
     #[test]

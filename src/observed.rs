@@ -50,9 +50,10 @@ pub struct ObservedNetwork {
     pub live_bridge: Option<String>,
     /// `stp` attribute of `<bridge>`; libvirt's default when absent is on.
     pub stp: bool,
-    /// The bridge's own MAC (`<mac address>`): libvirt's network driver generates one
-    /// (`52:54:00:..`, random) at define for the bridges it creates, and gives it to the
-    /// bridge through a dummy `virbrN-nic` port. `None` when the XML names none (a
+    /// The bridge's own MAC (`<mac address>`): the one topo derives for a lab network
+    /// (`MacAddr::derived_bridge`), else libvirt's network driver generates one
+    /// (`52:54:00:..`, random) at define for the bridges it creates (forward none, nat,
+    /// route, open) and sets it on the bridge. `None` when the XML names none (a
     /// `<forward mode='bridge'/>` network onto a host bridge, libvirt's test driver).
     pub mac: Option<MacAddr>,
     /// First IPv4 `<ip>` element, if any.

@@ -20,7 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use topo::model::{LabName, MacAddr, VmName};
+use topo::model::{LabName, MacAddr, NetworkName, VmName};
 
 const URI: &str = "qemu:///system";
 
@@ -553,8 +553,10 @@ fn e2e_real_libvirt() {
         ("e2e-deb2", vec![("e2e-local_net", mac(LAB, "deb2", 0))]),
         ("e2e-deb3", vec![("e2e-local_net", mac(LAB, "deb3", 0))]),
     ]);
-    // Same file => same MACs on every host: a golden value, not only the library's word.
+    // Same file => same MACs on every host: a golden value, not only the library's word
+    // (bridge MAC: the SHA-256 formula of docs/lab-file.md, computed with Python hashlib).
     assert_eq!(mac(LAB, "deb1", 0), "52:54:00:28:52:e9");
+    assert!(virsh_ok(&["net-dumpxml", "e2e-local_net"]).contains("<mac address='52:54:01:9a:80:bf'/>"));
     let hosts = virsh_ok(&["net-dumpxml", "e2e-local_net"]);
     assert!(
         hosts.contains(&format!("<host mac='{}' name='deb2' ip='192.168.152.62'/>", mac(LAB, "deb2", 0))),
@@ -705,6 +707,22 @@ fn check_networks(nets: &[&str]) {
         assert!(xml.contains("stp='off'"), "{n}: {xml}");
         assert!(xml.contains("<dnsmasq:option value='no-ping'/>"), "{n}: {xml}");
         assert!(xml.contains(&format!("lab=\"{LAB}\"")), "{n} has no owner tag: {xml}");
+        // The bridge MAC topo derives from (lab, network), in the XML and on the bridge the
+        // kernel made: the same on every host, not libvirt's random one.
+        let lab_net = n.strip_prefix(&format!("{LAB}-")).expect("a lab network");
+        let want =
+            MacAddr::derived_bridge(&LabName::new(LAB).unwrap(), &NetworkName::new(lab_net).unwrap()).to_string();
+        assert!(xml.contains(&format!("<mac address='{want}'/>")), "{n}: {xml}");
+        let bridge = xml
+            .split("<bridge name='")
+            .nth(1)
+            .and_then(|r| r.split('\'').next())
+            .unwrap_or_else(|| panic!("{n}: no bridge name: {xml}"));
+        let o = Command::new("ip")
+            .args(["netns", "exec", &netns(), "cat", &format!("/sys/class/net/{bridge}/address")])
+            .output()
+            .expect("ip netns exec");
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), want, "{n}: the address of bridge {bridge}");
     }
 }
 

@@ -30,6 +30,9 @@ struct Driver {
     assigns_bridge: bool,
     /// Stopping an inactive network fails (the test driver's `net-destroy` succeeds twice).
     rejects_stop_of_inactive_network: bool,
+    /// A network defined without `<mac address>` gets a generated `52:54:00:..` bridge MAC
+    /// (libvirt's network driver, `virNetworkSetBridgeMacAddr`).
+    generates_bridge_mac: bool,
 }
 
 const TEST_DRIVER: Driver = Driver {
@@ -39,6 +42,7 @@ const TEST_DRIVER: Driver = Driver {
     upload: false,
     assigns_bridge: false,
     rejects_stop_of_inactive_network: false,
+    generates_bridge_mac: false,
 };
 const MEMORY: Driver = Driver {
     keeps_dnsmasq_options: true,
@@ -47,6 +51,7 @@ const MEMORY: Driver = Driver {
     upload: true,
     assigns_bridge: true,
     rejects_stop_of_inactive_network: true,
+    generates_bridge_mac: true,
 };
 
 /// The test driver's `default` network, loaded into the memory double so both start alike.
@@ -211,6 +216,8 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_eq!(n.mode, ObservedMode::Known(NetworkMode::Nat));
     assert_eq!(n.bridge.as_deref(), Some(format!("tb{tag}").as_str()));
     assert!(!n.stp);
+    // The bridge MAC topo derives is kept as given.
+    assert_eq!(n.mac, Some(MacAddr::derived_bridge(&lab.name, &net.name)));
     assert_eq!(n.dhcp_ping, !d.keeps_dnsmasq_options);
     let ip = n.ip.as_ref().unwrap();
     assert_eq!((ip.address, ip.prefix), (Ipv4Addr::new(10, 77, octet, 1), 24));
@@ -232,6 +239,15 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     match &i.bridge {
         Some(b) => assert!(d.assigns_bridge && b.starts_with("virbr"), "{b}"),
         None => assert!(!d.assigns_bridge),
+    }
+    hv.undefine_network(&iso.libvirt_name).unwrap();
+    // Without `<mac>` (as an older topo wrote it): libvirt's network driver generates one.
+    let derived = MacAddr::derived_bridge(&lab.name, &iso.name);
+    hv.define_network(&ri.xml.replace(&format!("<mac address=\"{derived}\"/>"), "")).unwrap();
+    let generated = hv.observe().unwrap().networks[iso.libvirt_name.as_str()].mac;
+    match generated {
+        Some(m) => assert!(d.generates_bridge_mac && m.octets()[..3] == [0x52, 0x54, 0x00], "{m}"),
+        None => assert!(!d.generates_bridge_mac),
     }
     hv.undefine_network(&iso.libvirt_name).unwrap();
 
@@ -509,6 +525,25 @@ fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     let clash = with_uuid.replace(&format!("<name>{}</name>", net.libvirt_name), "<name>other</name>");
     let e = assert_kind(hv.define_network(&clash), HvErrorKind::Exists);
     assert!(e.message.contains("already defined with uuid"), "{e}");
+}
+
+/// Only the networks whose bridge libvirt makes (forward none, nat, route, open) take a
+/// `<mac address>`; the others refuse it (src/network/bridge_driver.c `networkValidate`:
+/// "Unsupported <mac> element in network ... with forward mode='bridge'") and get none.
+#[test]
+fn memory_bridge_mac_only_where_libvirt_makes_the_bridge() {
+    let hv = MemoryHypervisor::new();
+    let bridged = "<network><name>lan</name><forward mode='bridge'/><bridge name='br0'/>MAC</network>";
+    let e = assert_kind(
+        hv.define_network(&bridged.replace("MAC", "<mac address='52:54:00:01:02:03'/>")),
+        HvErrorKind::InvalidXml,
+    );
+    assert!(e.message.contains("Unsupported <mac> element"), "{e}");
+    hv.define_network(&bridged.replace("MAC", "")).unwrap();
+    assert_eq!(hv.observe().unwrap().networks["lan"].mac, None);
+    hv.define_network("<network><name>nat</name><forward mode='nat'/><mac address='52:54:00:01:02:03'/></network>")
+        .unwrap();
+    assert_eq!(hv.observe().unwrap().networks["nat"].mac, Some(mac("52:54:00:01:02:03")));
 }
 
 #[test]

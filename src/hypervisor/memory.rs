@@ -14,9 +14,9 @@
 //! fault sweeps can fail the k-th call or stop the "process" right after it (`arm`).
 //!
 //! Differences from libvirt, by design: `shutdown_domain` takes effect at once (libvirt's
-//! is an asynchronous ACPI request); DHCP leases only come from `set_leases`; a network
-//! defined without `<mac address>` gets none (libvirt's network driver generates a random
-//! one; tests that need a bridge MAC write it into the XML).
+//! is an asynchronous ACPI request); DHCP leases only come from `set_leases`; the bridge
+//! MAC the double generates for a network defined without `<mac address>` comes from a
+//! counter (libvirt's is random), `52:54:00:..` like libvirt's.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -251,6 +251,27 @@ impl State {
                 }
             }
             None => net.bridge = Some(self.free_bridge(&name)),
+        }
+        // libvirt's network driver (src/network/bridge_driver.c `networkValidate`): the
+        // networks whose bridge libvirt makes (forward none, nat, route, open) keep the
+        // `<mac address>` they are given, or get a generated `52:54:00:..` one
+        // (src/conf/network_conf.c `virNetworkSetBridgeMacAddr`); the others refuse one.
+        match &net.mode {
+            crate::observed::ObservedMode::Known(_) => {
+                if net.mac.is_none() {
+                    net.mac = Some(self.next_mac());
+                }
+            }
+            crate::observed::ObservedMode::Other(mode) => {
+                if net.mac.is_some() {
+                    return Err(err(
+                        OP,
+                        &name,
+                        HvErrorKind::InvalidXml,
+                        format!("Unsupported <mac> element in network {name} with forward mode='{mode}'"),
+                    ));
+                }
+            }
         }
         if net.uuid.is_none() {
             net.uuid = Some(self.next_uuid());

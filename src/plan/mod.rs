@@ -931,9 +931,18 @@ fn drifted(owner: Option<&crate::observed::OwnerTag>, desired: &Fields) -> bool 
     owner.is_some_and(|t| t.spec_hash == fields::spec_hash(desired))
 }
 
-/// The network XML to define: the lab's, keeping the UUID and the bridge libvirt chose.
+/// The network XML to define: the lab's, keeping the UUID, the bridge libvirt chose and the
+/// bridge MAC the network has. The bridge MAC is set at create (derived,
+/// `MacAddr::derived_bridge`) and never compared or changed afterwards, like a computed
+/// attribute in Terraform: a network defined by an older topo keeps the random one libvirt
+/// gave it (plan's `bridge_mac` refusal checks NICs against the observed one).
 fn network_define(lab: &Lab, net: &Network, desired: &Fields, o: Option<&ObservedNetwork>) -> Result<Op, String> {
-    let xml = crate::xml::network_xml(lab, net, &fields::spec_hash(desired)).map_err(|e| e.to_string())?;
+    let hash = fields::spec_hash(desired);
+    let xml = match o.and_then(|o| o.mac) {
+        Some(kept) => crate::xml::network_xml_with_mac(lab, net, &hash, kept),
+        None => crate::xml::network_xml(lab, net, &hash),
+    }
+    .map_err(|e| e.to_string())?;
     let uuid = o.and_then(|o| o.uuid.as_deref());
     let bridge = o.and_then(|o| o.bridge.as_deref());
     Ok(Op::DefineNetwork { xml: crate::xml::with_bridge(&crate::xml::with_uuid(&xml.xml, uuid), bridge) })
@@ -1724,7 +1733,9 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     // br_forward.c with no port), and the guest's frames carry the bridge's address as
     // source (net/bridge/br_fdb.c `br_fdb_update`: "received packet on ... with own
     // address as source address"): no DHCP reply or ARP reply ever reaches the guest.
-    // libvirt generates a bridge MAC at define (52:54:00:.., random), so this is known only
+    // Lab networks topo creates get a derived bridge MAC that validation keeps apart from
+    // every NIC's (`bridge_mac` in validate); external networks and lab networks made by an
+    // older topo have libvirt's random one (52:54:00:.., generated at define), known only
     // once the network exists: checked here, for lab and external networks alike.
     for vm in lab.vms.values() {
         for nic in &vm.nics {

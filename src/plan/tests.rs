@@ -96,3 +96,56 @@ fn an_external_network_without_a_subnet_needs_verify_none_or_a_declared_subnet()
         problems.iter().any(|p| p.contains("declared with subnet 10.0.0.0/24, but libvirt reports 192.168.122.0/24"))
     );
 }
+
+/// A lab network gets the bridge MAC topo derives (`MacAddr::derived_bridge`) at create.
+/// Afterwards the MAC is never compared or changed, like a computed attribute in Terraform:
+/// a network defined by an older topo, whose XML had no `<mac>` (so libvirt generated a
+/// random one, src/conf/network_conf.c `virNetworkSetBridgeMacAddr`), is not replaced for
+/// it, and redefining it (an in-place change or a replace for another field) keeps it.
+#[test]
+fn the_bridge_mac_is_derived_at_create_and_kept_after() {
+    let bridge_mac = |hv: &MemoryHypervisor| hv.observe().unwrap().networks["t-iso"].mac;
+    let define_xml = |p: &Plan| {
+        p.changes.iter().filter(|c| c.address == "network.iso").flat_map(|c| &c.ops).find_map(|o| match o {
+            Op::DefineNetwork { xml } => Some(xml.clone()),
+            _ => None,
+        })
+    };
+    let l = lab(&LAB.replace("IP", "192.168.152.62"));
+    let derived = MacAddr::derived_bridge(&l.name, &crate::model::NetworkName::new("iso").unwrap());
+
+    // Fresh: the derived MAC, on any host.
+    let fresh = MemoryHypervisor::new();
+    applied(&fresh, &l);
+    assert_eq!(bridge_mac(&fresh), Some(derived));
+
+    // As an older topo made it: the same XML without `<mac>`.
+    let hv = MemoryHypervisor::new();
+    let p = plan(&l, &hv.observe().unwrap(), "mem").unwrap();
+    let xml = define_xml(&p).expect("a define");
+    let tag = format!("<mac address=\"{derived}\"/>");
+    assert!(xml.contains(&tag), "{xml}");
+    hv.define_network(&xml.replace(&tag, "")).unwrap();
+    hv.start_network("t-iso").unwrap();
+    hv.set_network_autostart("t-iso", true).unwrap();
+    let random = bridge_mac(&hv).expect("libvirt generates one");
+    assert_ne!(random, derived);
+    let p = plan(&l, &hv.observe().unwrap(), "mem").unwrap();
+    assert!(p.changes.iter().all(|c| c.address != "network.iso"), "no change for the bridge MAC: {p:?}");
+    applied(&hv, &l);
+    assert!(plan(&l, &hv.observe().unwrap(), "mem").unwrap().is_empty());
+
+    // Redefined in place (a reservation changes), then replaced (stp): the MAC stays.
+    for text in [
+        LAB.replace("IP", "192.168.152.63"),
+        LAB.replace("IP", "192.168.152.63").replace("mode: isolated", "mode: isolated\n    stp: true"),
+    ] {
+        let l2 = lab(&text);
+        let p = plan(&l2, &hv.observe().unwrap(), "mem").unwrap();
+        let xml = define_xml(&p).expect("a define");
+        assert!(xml.contains(&format!("<mac address=\"{random}\"/>")), "{xml}");
+        applied(&hv, &l2);
+        assert_eq!(bridge_mac(&hv), Some(random));
+        assert!(plan(&l2, &hv.observe().unwrap(), "mem").unwrap().is_empty());
+    }
+}

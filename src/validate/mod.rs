@@ -258,6 +258,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
     let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
     nics.name_dhcp_hosts(&mut c);
+    nics.check_bridge_macs(&mut c, lab_name.as_ref(), &networks.model);
     if !c.problems.is_empty() {
         return Err(error(source, c.problems));
     }

@@ -17,8 +17,8 @@ use crate::spec::{NicSpec, VerifySpec};
 /// What the NIC checks remember across VMs.
 #[derive(Default)]
 pub(super) struct Nics {
-    /// Every MAC so far: who has it, where, and whether it was derived.
-    macs: BTreeMap<MacAddr, (String, SourceSpan, bool)>,
+    /// Every MAC so far: who has it, where, whether it was derived, and on which network.
+    macs: BTreeMap<MacAddr, (String, SourceSpan, bool, String)>,
     /// Every reserved address so far, per network.
     ips: BTreeMap<(String, Ipv4Addr), (String, SourceSpan)>,
     /// DHCP host entries per network, in file order, before host names are given.
@@ -82,6 +82,48 @@ impl Nics {
                 by_name.insert(host.clone(), p);
                 out.insert(p.mac, Reservation { mac: p.mac, ip: p.ip, host });
             }
+        }
+    }
+
+    /// Refuses a NIC whose MAC (given or derived) is the bridge MAC of a lab network
+    /// ([`MacAddr::derived_bridge`], written into the network's XML). The bridge holds its
+    /// own address as a local forwarding entry: frames to it go up to the host and are
+    /// never forwarded to a port (Linux net/bridge/br_input.c `br_handle_frame_finish`),
+    /// and frames from a port with it as source are warned about and not learned
+    /// (net/bridge/br_fdb.c `br_fdb_update`), so such a guest gets no DHCP or ARP reply;
+    /// plan's `bridge_mac` refuses the same for bridges MACs observed on the host. Every
+    /// lab network's is checked, not only the NIC's own: with these, every MAC the lab
+    /// puts on the host is unique. Derived NIC MACs (`52:54:00:..`) can never match
+    /// (`52:54:01:..`); the check covers them anyway.
+    pub(super) fn check_bridge_macs(
+        &self,
+        c: &mut Checker,
+        lab: Option<&LabName>,
+        networks: &BTreeMap<NetworkName, model::Network>,
+    ) {
+        let Some(lab) = lab else { return };
+        for net in networks.values().filter(|n| matches!(n.kind, NetworkKind::Managed(_))) {
+            let bridge_mac = MacAddr::derived_bridge(lab, &net.name);
+            let Some((who, span, derived, on)) = self.macs.get(&bridge_mac) else { continue };
+            let why = if on == net.name.as_str() {
+                "the bridge keeps frames to its own address for the host, so the guest would get no DHCP or ARP reply"
+            } else {
+                "every MAC the lab puts on the host must be unique, bridges' included"
+            };
+            let help = if *derived {
+                "set `mac:` on this NIC to another address"
+            } else {
+                "choose another `mac:` for this NIC (topo gives each lab network's bridge a `52:54:01:..` MAC), or remove it to get a derived one"
+            };
+            c.push(
+                Code::BridgeMac,
+                format!("{who}: MAC {bridge_mac} is the MAC topo gives the bridge of network `{}`: {why}", net.name),
+                vec![
+                    LabeledSpan::at(*span, "this NIC's MAC"),
+                    LabeledSpan::at(net.span, format!("bridge MAC {bridge_mac}")),
+                ],
+                help,
+            );
         }
     }
 
@@ -371,7 +413,7 @@ fn check_nic_mac(
     lab: Option<&LabName>,
     vm: Option<&VmName>,
     index: usize,
-    seen: &mut BTreeMap<MacAddr, (String, SourceSpan, bool)>,
+    seen: &mut BTreeMap<MacAddr, (String, SourceSpan, bool, String)>,
 ) -> Option<(MacAddr, bool)> {
     let (mac, derived, span) = match &nic.mac {
         Some(m) => match m.value.trim().parse::<MacAddr>() {
@@ -402,7 +444,7 @@ fn check_nic_mac(
             (MacAddr::derived(lab, vm, index), true, c.span(&nic.network))
         }
     };
-    if let Some((other, other_span, other_derived)) = seen.get(&mac) {
+    if let Some((other, other_span, other_derived, _)) = seen.get(&mac) {
         let label_of = |d: bool, w: &str| {
             if d { format!("{w}: derived {mac}") } else { format!("{w}: {mac}") }
         };
@@ -418,7 +460,7 @@ fn check_nic_mac(
         c.push(Code::DuplicateMac, format!("{other} and {who} have the same MAC {mac}"), labels, help);
         return None;
     }
-    seen.insert(mac, (who.to_owned(), span, derived));
+    seen.insert(mac, (who.to_owned(), span, derived, nic.network.value.clone()));
     Some((mac, derived))
 }
 

@@ -24,7 +24,9 @@ use crate::ownership::{OWNER_NS, OwnerTag};
 pub use domain::{
     console_log_path, domain_xml, domain_xml_with_seed, interface_xml, live_taps, parse_domain, parse_interface,
 };
-pub use network::{NetworkFlags, dhcp_host_xml, forward_mode, network_xml, parse_dhcp_host, parse_network};
+pub use network::{
+    NetworkFlags, dhcp_host_xml, forward_mode, network_xml, network_xml_with_mac, parse_dhcp_host, parse_network,
+};
 pub use storage::{
     dir_pool_xml, overlay_volume_xml, parse_pool_path, parse_volume_format, plain_interface_xml, raw_volume_xml,
 };

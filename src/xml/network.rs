@@ -25,6 +25,7 @@ struct NetworkW<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     forward: Option<ForwardW>,
     bridge: BridgeW<'a>,
+    mac: MacW,
     #[serde(skip_serializing_if = "Option::is_none")]
     ip: Option<IpW>,
     #[serde(rename = "dnsmasq:options", skip_serializing_if = "Option::is_none")]
@@ -45,6 +46,12 @@ struct BridgeW<'a> {
     stp: &'static str,
     #[serde(rename = "@delay")]
     delay: &'static str,
+}
+
+#[derive(Serialize)]
+struct MacW {
+    #[serde(rename = "@address")]
+    address: String,
 }
 
 #[derive(Serialize)]
@@ -120,9 +127,23 @@ fn ip_w(m: &ManagedNetwork) -> Option<IpW> {
 }
 
 /// Renders the network XML for a managed lab network, tagged with `spec_hash` (the
-/// planner's hash of its desired fields). External networks are never rendered:
+/// planner's hash of its desired fields), with the bridge MAC topo derives for it
+/// ([`MacAddr::derived_bridge`]). External networks are never rendered:
 /// `XmlError::External`.
 pub fn network_xml(lab: &Lab, net: &Network, spec_hash: &str) -> Result<Rendered, XmlError> {
+    network_xml_with_mac(lab, net, spec_hash, MacAddr::derived_bridge(&lab.name, &net.name))
+}
+
+/// [`network_xml`] with the bridge MAC `bridge_mac` in `<mac address>`: the planner passes
+/// the MAC an existing network already has, which is set at create and kept (like its UUID
+/// and bridge name), so a network made by a topo that let libvirt pick a random one is not
+/// changed for it.
+pub fn network_xml_with_mac(
+    lab: &Lab,
+    net: &Network,
+    spec_hash: &str,
+    bridge_mac: MacAddr,
+) -> Result<Rendered, XmlError> {
     let m = match &net.kind {
         NetworkKind::Managed(m) => m,
         NetworkKind::External => return Err(XmlError::External(net.name.to_string())),
@@ -144,6 +165,7 @@ pub fn network_xml(lab: &Lab, net: &Network, spec_hash: &str) -> Result<Rendered
             stp: if m.stp { "on" } else { "off" },
             delay: "0",
         },
+        mac: MacW { address: bridge_mac.to_string() },
         ip: ip_w(m),
         dnsmasq_options: no_ping.then(|| DnsmasqOptionsW { option: vec![DnsmasqOptionW { value: NO_PING }] }),
     })

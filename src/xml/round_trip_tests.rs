@@ -142,6 +142,9 @@ fn network_round_trip_all_fields() {
     assert_eq!(o.bridge.as_deref(), Some("topobr5"));
     assert!(!o.stp);
     assert!(!o.dhcp_ping);
+    // The bridge MAC topo derives (not libvirt's random one): SHA-256 formula in
+    // docs/lab-file.md, value computed with Python hashlib.
+    assert_eq!(o.mac, Some(mac("52:54:01:e5:2b:1e")));
     let ip = o.ip.unwrap();
     assert_eq!(ip.address, Ipv4Addr::new(10, 0, 5, 1));
     assert_eq!(ip.prefix, 24);
@@ -170,6 +173,7 @@ fn network_xml_shape() {
         "<network xmlns:dnsmasq=\"http://libvirt.org/schemas/network/dnsmasq/1.0\">",
         "<forward mode=\"nat\"/>",
         "<bridge name=\"topobr5\" stp=\"off\" delay=\"0\"/>",
+        "<mac address=\"52:54:01:e5:2b:1e\"/>",
         "<ip address=\"10.0.5.1\" netmask=\"255.255.255.0\">",
         "<range start=\"10.0.5.100\" end=\"10.0.5.200\"/>",
         "<host mac=\"52:54:00:00:00:02\" name=\"deb1\" ip=\"10.0.5.2\"/>",
@@ -229,6 +233,20 @@ fn spec_hash_ignores_metadata_and_tracks_spec() {
     m.stp = true;
     let lab2 = lab_with(m);
     assert_ne!(network_xml(&lab2, local_net(&lab2)).unwrap().spec_hash, a.spec_hash);
+}
+
+#[test]
+fn an_existing_bridge_mac_is_kept() {
+    let lab = lab_with(managed(NetworkMode::Isolated));
+    let net = local_net(&lab);
+    let hash = crate::plan::fields::spec_hash(&crate::plan::fields::desired_network(match &net.kind {
+        NetworkKind::Managed(m) => m,
+        NetworkKind::External => panic!("managed"),
+    }));
+    let kept = super::network_xml_with_mac(&lab, net, &hash, mac("52:54:00:9a:0b:0c")).unwrap();
+    let o = parse_network(&kept.xml, NetworkFlags::default()).unwrap();
+    assert_eq!(o.mac, Some(mac("52:54:00:9a:0b:0c")));
+    assert_eq!(kept.spec_hash, network_xml(&lab, net).unwrap().spec_hash, "the bridge MAC is not a managed field");
 }
 
 #[test]
