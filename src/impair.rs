@@ -322,11 +322,11 @@ impl ObservedBandwidth {
 }
 
 /// Where netem sits on a tap: under libvirt's htb class `1:1` (libvirt's `<bandwidth
-/// inbound>` makes the tap's root an htb qdisc `1:` with class `1:1` and an sfq leaf `2:`),
-/// or as the tap's root qdisc when libvirt put none.
+/// inbound>` makes the tap's root an htb qdisc `1:` with class `1:1` and an sfq leaf `2:`;
+/// netem `1f00:` takes the leaf's place), or as the tap's root qdisc when libvirt put none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NetemParent {
-    /// `parent 1:1 handle 2:`: in place of libvirt's sfq leaf.
+    /// `parent 1:1 handle 1f00:`: in place of libvirt's sfq leaf `2:`.
     HtbLeaf,
     /// `root handle 1f00:`.
     Root,
@@ -342,9 +342,10 @@ pub struct TapQdiscs {
     pub netem: Option<(NetemParent, Netem)>,
 }
 
-/// The handle topo gives a root netem qdisc (any free major number would do; libvirt
-/// uses `1:` and `2:`, the kernel's defaults are `0:` and `ffff:`).
-pub const ROOT_NETEM_HANDLE: &str = "1f00:";
+/// The handle topo gives its netem qdisc, at the root or under libvirt's htb class (any
+/// major number libvirt does not use would do: libvirt takes `1:` and `2:`, the kernel's
+/// defaults are `0:` and `ffff:`).
+pub const NETEM_HANDLE: &str = "1f00:";
 
 /// Why `tc -j qdisc show` output could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -410,10 +411,14 @@ pub fn tc_commands(tap: &str, now: &TapQdiscs, want: Option<&Netem>) -> Vec<Vec<
         }
         (None, Some((NetemParent::Root, _))) => vec![s(&["qdisc", "del", "dev", tap, "root"])],
         (Some(n), _) => {
+            // Under htb, topo's own handle: `replace` with libvirt's `2:` would ask the kernel
+            // to change the sfq there into a netem ("Invalid qdisc name"); another handle makes
+            // it create the netem and graft it in the sfq's place (net/sched/sch_api.c
+            // tc_modify_qdisc), and later replaces change that netem in place.
             let mut cmd = if now.htb {
-                s(&["qdisc", "replace", "dev", tap, "parent", "1:1", "handle", "2:", "netem"])
+                s(&["qdisc", "replace", "dev", tap, "parent", "1:1", "handle", NETEM_HANDLE, "netem"])
             } else {
-                s(&["qdisc", "replace", "dev", tap, "root", "handle", ROOT_NETEM_HANDLE, "netem"])
+                s(&["qdisc", "replace", "dev", tap, "root", "handle", NETEM_HANDLE, "netem"])
             };
             cmd.extend(n.tc_args());
             vec![cmd]
@@ -488,28 +493,74 @@ mod tests {
         assert_eq!(Netem::default().to_string(), "none");
     }
 
-    /// The JSON iproute2 6.1 prints (tc/q_netem.c netem_print_opt: seconds and fractions).
+    /// What iproute2 6.1's `tc -j qdisc show` printed on a Debian 12 kernel (6.1, with
+    /// sch_netem, sch_htb, sch_sfq) for a veth set up as libvirt sets up a tap with
+    /// `<bandwidth>`, after topo's commands (docs/e2e.md, "netem on a real kernel").
     #[test]
     fn reads_tc_json() {
-        let libvirt_only = r#"[{"kind":"htb","handle":"1:","root":true,"refcnt":2,"options":{"r2q":10,"default":"0x1","direct_packets_stat":0,"direct_qlen":1000}},
-            {"kind":"sfq","handle":"2:","parent":"1:1","options":{"limit":127,"quantum":1514,"depth":127,"divisor":1024,"perturb":10}},
-            {"kind":"ingress","handle":"ffff:","parent":"ffff:fff1","options":{}}]"#;
+        let libvirt_only = r#"[{"kind":"htb","handle":"1:","root":true,"refcnt":2,"options":{"r2q":10,"default":"0x1","direct_packets_stat":0,"direct_qlen":1000}},{"kind":"sfq","handle":"2:","parent":"1:1","options":{"limit":127,"quantum":1514,"depth":127,"divisor":1024,"perturb":10}},{"kind":"ingress","handle":"ffff:","parent":"ffff:fff1","options":{}}]"#;
         let q = parse_tc_qdiscs(libvirt_only).unwrap();
         assert!(q.htb);
         assert_eq!(q.netem, None);
-        let leaf = r#"[{"kind":"htb","handle":"1:","root":true,"options":{}},
-            {"kind":"netem","handle":"2:","parent":"1:1","options":{"limit":1000,"delay":{"delay":0.05,"jitter":0.005,"correlation":0},"loss-random":{"loss":0.01,"correlation":0},"ecn":false,"gap":0}}]"#;
+        let leaf = r#"[{"kind":"htb","handle":"1:","root":true,"refcnt":2,"options":{"r2q":10,"default":"0x1","direct_packets_stat":0,"direct_qlen":1000}},{"kind":"netem","handle":"1f00:","parent":"1:1","options":{"limit":1000,"delay":{"delay":0.05,"jitter":0.005,"correlation":0},"loss-random":{"loss":0.01,"correlation":0},"ecn":false,"gap":0}},{"kind":"ingress","handle":"ffff:","parent":"ffff:fff1","options":{}}]"#;
         let q = parse_tc_qdiscs(leaf).unwrap();
         let want =
             Netem { delay: Some(Micros(50_000)), jitter: Some(Micros(5_000)), loss: Some(Loss::parse("1%").unwrap()) };
-        assert_eq!(q.netem, Some((NetemParent::HtbLeaf, want)));
-        let root = r#"[{"kind":"netem","handle":"1f00:","root":true,"refcnt":2,"options":{"limit":1000,"delay":{"delay":0.05,"jitter":0,"correlation":0},"ecn":false,"gap":0}}]"#;
+        assert_eq!(q, TapQdiscs { htb: true, netem: Some((NetemParent::HtbLeaf, want)) });
+        let root = r#"[{"kind":"netem","handle":"1f00:","root":true,"refcnt":2,"options":{"limit":1000,"delay":{"delay":0.02,"jitter":0.005,"correlation":0},"loss-random":{"loss":0.005,"correlation":0},"ecn":false,"gap":0}}]"#;
         let q = parse_tc_qdiscs(root).unwrap();
-        assert!(!q.htb);
-        assert_eq!(q.netem, Some((NetemParent::Root, Netem { delay: Some(Micros(50_000)), ..Netem::default() })));
+        let want = Netem {
+            delay: Some(Micros(20_000)),
+            jitter: Some(Micros(5_000)),
+            loss: Some(Loss::parse("0.5%").unwrap()),
+        };
+        assert_eq!(q, TapQdiscs { htb: false, netem: Some((NetemParent::Root, want)) });
+        let all_lost = r#"[{"kind":"netem","handle":"1f00:","root":true,"refcnt":2,"options":{"limit":1000,"loss-random":{"loss":1,"correlation":0},"ecn":false,"gap":0}}]"#;
+        let q = parse_tc_qdiscs(all_lost).unwrap();
+        assert_eq!(
+            q.netem,
+            Some((NetemParent::Root, Netem { loss: Some(Loss::parse("100%").unwrap()), ..Netem::default() }))
+        );
         let noqueue = r#"[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}}]"#;
         assert_eq!(parse_tc_qdiscs(noqueue).unwrap(), TapQdiscs::default());
         assert!(parse_tc_qdiscs("not json").is_err());
+    }
+
+    /// scripts/netem-kernel-check.sh runs these very commands on a kernel with netem (its
+    /// lines marked `# topo:`), in this order: the two cases of each kind of tap.
+    #[test]
+    fn the_kernel_check_script_runs_topos_commands() {
+        const SCRIPT: &str = include_str!("../scripts/netem-kernel-check.sh");
+        let lines: Vec<String> = SCRIPT
+            .lines()
+            .filter_map(|l| l.strip_suffix(" # topo:"))
+            .map(|l| l.trim_start_matches("run ").to_string())
+            .collect();
+        let n = |s: &str| {
+            let mut out = Netem::default();
+            for part in s.split(", ") {
+                let (k, v) = part.split_once(' ').unwrap();
+                match k {
+                    "delay" => out.delay = Some(Micros::parse(v).unwrap()),
+                    "jitter" => out.jitter = Some(Micros::parse(v).unwrap()),
+                    _ => out.loss = Some(Loss::parse(v).unwrap()),
+                }
+            }
+            out
+        };
+        let htb = |netem: Option<Netem>| TapQdiscs { htb: true, netem: netem.map(|x| (NetemParent::HtbLeaf, x)) };
+        let root = |netem: Option<Netem>| TapQdiscs { htb: false, netem: netem.map(|x| (NetemParent::Root, x)) };
+        let d50 = n("delay 50ms");
+        let cases = [
+            tc_commands("tap0", &htb(None), Some(&n("delay 50ms, jitter 5ms, loss 1%"))),
+            tc_commands("tap0", &htb(Some(d50)), Some(&n("delay 80ms"))),
+            tc_commands("tap0", &htb(Some(n("delay 80ms"))), None),
+            tc_commands("tap1", &root(None), Some(&d50)),
+            tc_commands("tap1", &root(Some(d50)), Some(&n("delay 20ms, jitter 5ms, loss 0.5%"))),
+            tc_commands("tap1", &root(Some(d50)), None),
+        ];
+        let want: Vec<String> = cases.iter().flatten().map(|c| c.join(" ")).collect();
+        assert_eq!(lines, want);
     }
 
     #[test]
@@ -523,7 +574,7 @@ mod tests {
         );
         assert_eq!(
             tc_commands("vnet0", &htb, Some(&n)),
-            [["qdisc", "replace", "dev", "vnet0", "parent", "1:1", "handle", "2:", "netem", "delay", "50000us"]]
+            [["qdisc", "replace", "dev", "vnet0", "parent", "1:1", "handle", "1f00:", "netem", "delay", "50000us"]]
         );
         assert!(tc_commands("vnet0", &none, None).is_empty());
         assert!(tc_commands("vnet0", &htb, Some(&Netem::default())).is_empty());
