@@ -67,9 +67,11 @@ R=$WORK/root
 # 1. the root tree: kernel, systemd, cloud-init, sshd, sudo, e2fsprogs (fsck, and resize2fs
 #    for cloud-init to grow the root filesystem), cloud-guest-utils (growpart, for
 #    cloud-init to grow the root partition), ifupdown + dhclient (cloud-init renders its
-#    network config for ifupdown on bookworm), the guest agent.
+#    network config for ifupdown on bookworm), resolvconf (the only reader of the
+#    `dns-nameservers` lines cloud-init writes for a NIC with a static address: without it a
+#    VM whose NICs are all static has no DNS server), the guest agent.
 mmdebstrap --quiet --mode=root --variant=apt --format=directory \
-  --include=linux-image-cloud-amd64,systemd-sysv,cloud-init,cloud-guest-utils,openssh-server,ifupdown,isc-dhcp-client,netbase,iproute2,udev,sudo,e2fsprogs,qemu-guest-agent \
+  --include=linux-image-cloud-amd64,systemd-sysv,cloud-init,cloud-guest-utils,openssh-server,ifupdown,isc-dhcp-client,resolvconf,netbase,iproute2,udev,sudo,e2fsprogs,qemu-guest-agent \
   bookworm "$R" >/dev/null
 step "root tree: $(du -sh "$R" | cut -f1)"
 
@@ -82,6 +84,8 @@ printf 'datasource_list: [ NoCloud, None ]\n' >"$R/etc/cloud/cloud.cfg.d/90-topo
 printf 'locale: C.UTF-8\n' >"$R/etc/cloud/cloud.cfg.d/91-topo-locale.cfg"
 printf 'LABEL=cloudroot / ext4 defaults 0 1\n' >"$R/etc/fstab"
 rm -f "$R"/etc/ssh/ssh_host_*
+# resolv.conf is resolvconf's (its postinst links it; mmdebstrap may leave its own file).
+ln -sfn ../run/resolvconf/resolv.conf "$R/etc/resolv.conf"
 : >"$R/etc/machine-id"
 cp "$(ls "$R"/boot/vmlinuz-* | head -1)" "$WORK/vmlinuz"
 cp "$(ls "$R"/boot/initrd.img-* | head -1)" "$WORK/initrd.img"

@@ -1646,6 +1646,9 @@ fn e2e_cloud_guests() {
             "-br",
             "addr",
             ";",
+            "cat",
+            "/etc/resolv.conf",
+            ";",
             "df",
             "-B1",
             "--output=source,size",
@@ -1655,6 +1658,9 @@ fn e2e_cloud_guests() {
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.starts_with("topo\na"), "user topo, user-data applied:\n{}", r.show());
     assert!(r.stdout.contains("10.20.0.20/24"), "static address configured by cloud-init:\n{}", r.show());
+    // The static NIC's DNS server (lab_net's gateway), which cloud-init writes as ifupdown's
+    // `dns-nameservers`: applied by resolvconf (in the image), beside the DHCP NIC's.
+    assert!(r.stdout.contains("nameserver 10.20.0.1"), "the static NIC's DNS server:\n{}", r.show());
     // deb2 has no `boot:`: it booted from its disk (the image's own boot loader), and
     // cloud-init grew the last partition and the root filesystem into `disk.size`.
     let xml = virsh_ok(&["dumpxml", "e2ecloud-deb2"]);
