@@ -1,6 +1,7 @@
 //! The one diagnostics vocabulary: a [`Problem`] (code, message, labelled spans, help) with a
 //! closed [`Code`] enum, used alike by the shape check, lab validation and plan refusals,
-//! plus the helpers they share ([`did_you_mean`], [`span_of`]).
+//! plus the helpers they share ([`did_you_mean`], [`span_of`]), and the JSON form of a
+//! problem located by line and column ([`JsonProblem`], docs/results-json.md "problem").
 //!
 //! A `Problem` carries no source text: the error that collects problems (`ValidateError`,
 //! `PlanError::Refused`) holds the file as `#[source_code]`, and miette renders each
@@ -9,6 +10,7 @@
 use std::fmt;
 
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
+use serde::{Deserialize, Serialize};
 
 /// What kind of problem a [`Problem`] is. Stable and machine readable: shown as
 /// `topo::lab::<kind>` or `topo::plan::<kind>` next to every diagnostic.
@@ -314,6 +316,75 @@ pub fn span_of(text: &str, loc: &serde_saphyr::Location) -> SourceSpan {
     (start, end.saturating_sub(start)).into()
 }
 
+// ---- JSON form ---------------------------------------------------------------------
+
+/// A place in the lab file: 1-based line and column (in characters, as editors count), and
+/// the 0-based byte offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+    pub byte: usize,
+}
+
+/// A labelled range of the lab file a problem points at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub file: String,
+    pub start: Position,
+    pub end: Position,
+    pub label: Option<String>,
+}
+
+/// One problem: its stable code (`topo::lab::bad_mac`), what is wrong, how to fix it, and
+/// where (the first location is the primary one; none for problems that are not in the
+/// file, such as an unreadable file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonProblem {
+    pub code: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+    pub locations: Vec<Location>,
+}
+
+/// The position of byte `offset` in `text` (clamped to the text, and to a char boundary).
+pub fn position(text: &str, offset: usize) -> Position {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Position { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1, byte: offset }
+}
+
+impl JsonProblem {
+    /// A [`Problem`] of the lab file `file` whose text is `text`.
+    pub fn of(file: &str, text: &str, p: &Problem) -> Self {
+        let locations = p
+            .labels
+            .iter()
+            .map(|l| Location {
+                file: file.to_owned(),
+                start: position(text, l.offset()),
+                end: position(text, l.offset() + l.len()),
+                label: l.label().map(str::to_owned),
+            })
+            .collect();
+        Self { code: Some(p.code.as_str().to_owned()), message: p.message.clone(), help: p.help.clone(), locations }
+    }
+
+    /// Any other diagnostic (a file that cannot be read, too large, not UTF-8): no location.
+    pub fn of_diagnostic(d: &dyn miette::Diagnostic) -> Self {
+        Self {
+            code: d.code().map(|c| c.to_string()),
+            message: d.to_string(),
+            help: d.help().map(|h| h.to_string()),
+            locations: vec![],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,5 +407,16 @@ mod tests {
         assert_eq!(Code::UnknownNetwork.to_string(), "topo::lab::unknown_network");
         assert_eq!(Code::VmNameTaken.as_str(), "topo::plan::vm_name_taken");
         assert!(Code::MissingKey.is_shape() && !Code::Syntax.is_shape());
+    }
+
+    #[test]
+    fn positions_count_lines_and_characters_from_one() {
+        let text = "a: 1\nbé: [x, y]\n";
+        assert_eq!(position(text, 0), Position { line: 1, column: 1, byte: 0 });
+        assert_eq!(position(text, 5), Position { line: 2, column: 1, byte: 5 });
+        // `[` after the two-byte `é`: character column 5, byte 10.
+        assert_eq!(position(text, 10), Position { line: 2, column: 5, byte: 10 });
+        assert_eq!(position(text, 7), Position { line: 2, column: 2, byte: 6 }, "inside `é`: its start");
+        assert_eq!(position(text, 999).byte, text.len());
     }
 }

@@ -7,80 +7,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::apply::{Report, StepOutcome};
-use crate::diag::Problem;
+pub use crate::diag::{JsonProblem, Location, Position, position};
 use crate::model::Lab;
 use crate::plan::{Action, Plan};
 
 /// The version of every document here. Within a version keys are only added, never renamed,
 /// retyped or removed (the rule of the plan's JSON, docs/plan-json.md).
 pub const FORMAT_VERSION: &str = "1";
-
-/// A place in the lab file: 1-based line and column (in characters, as editors count), and
-/// the 0-based byte offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Position {
-    pub line: usize,
-    pub column: usize,
-    pub byte: usize,
-}
-
-/// A labelled range of the lab file a problem points at.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Location {
-    pub file: String,
-    pub start: Position,
-    pub end: Position,
-    pub label: Option<String>,
-}
-
-/// One problem: its stable code (`topo::lab::bad_mac`), what is wrong, how to fix it, and
-/// where (the first location is the primary one; none for problems that are not in the
-/// file, such as an unreadable file).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct JsonProblem {
-    pub code: Option<String>,
-    pub message: String,
-    pub help: Option<String>,
-    pub locations: Vec<Location>,
-}
-
-/// The position of byte `offset` in `text` (clamped to the text, and to a char boundary).
-pub fn position(text: &str, offset: usize) -> Position {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    Position { line: before.matches('\n').count() + 1, column: before[line_start..].chars().count() + 1, byte: offset }
-}
-
-impl JsonProblem {
-    /// A [`Problem`] of the lab file `file` whose text is `text`.
-    pub fn of(file: &str, text: &str, p: &Problem) -> Self {
-        let locations = p
-            .labels
-            .iter()
-            .map(|l| Location {
-                file: file.to_owned(),
-                start: position(text, l.offset()),
-                end: position(text, l.offset() + l.len()),
-                label: l.label().map(str::to_owned),
-            })
-            .collect();
-        Self { code: Some(p.code.as_str().to_owned()), message: p.message.clone(), help: p.help.clone(), locations }
-    }
-
-    /// Any other diagnostic (a file that cannot be read, too large, not UTF-8): no location.
-    pub fn of_diagnostic(d: &dyn miette::Diagnostic) -> Self {
-        Self {
-            code: d.code().map(|c| c.to_string()),
-            message: d.to_string(),
-            help: d.help().map(|h| h.to_string()),
-            locations: vec![],
-        }
-    }
-}
 
 /// Counts of what a valid lab holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -219,20 +152,4 @@ pub fn run_json(command: Command, plan: &Plan, report: Option<&Report>, verify: 
     };
     // Invariant: strings, numbers, booleans, options and JSON values only.
     serde_json::to_value(doc).expect("run JSON serialises")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_count_lines_and_characters_from_one() {
-        let text = "a: 1\nbé: [x, y]\n";
-        assert_eq!(position(text, 0), Position { line: 1, column: 1, byte: 0 });
-        assert_eq!(position(text, 5), Position { line: 2, column: 1, byte: 5 });
-        // `[` after the two-byte `é`: character column 5, byte 10.
-        assert_eq!(position(text, 10), Position { line: 2, column: 5, byte: 10 });
-        assert_eq!(position(text, 7), Position { line: 2, column: 2, byte: 6 }, "inside `é`: its start");
-        assert_eq!(position(text, 999).byte, text.len());
-    }
 }

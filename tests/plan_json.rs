@@ -10,11 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use serde_json::Value;
 use topo::hypervisor::Hypervisor;
-use topo::observed::Observed;
+use topo::observed::{Observed, PathFact};
 use topo::plan::json::to_json;
 use topo::plan::saved::{SAVED_FORMAT, SavedPlan, SavedPlanError, fingerprint, sha256_hex};
 
 const DOC: &str = include_str!("../docs/plan-json.md");
+/// The `problem`, `location` and `position` tables the plan's `warnings` follow.
+const RESULTS_DOC: &str = include_str!("../docs/results-json.md");
 
 /// One documented key: its type names (`string|null` -> [string, null]) and whether it is
 /// only present for some reason kinds (`array (only for ...)`).
@@ -24,10 +26,19 @@ struct Key {
     optional: bool,
 }
 
-/// `<!-- json-table: NAME -->` followed by a `| key | type | meaning |` table.
+/// The tables of docs/plan-json.md and docs/results-json.md (no name is in both).
 fn tables() -> BTreeMap<String, BTreeMap<String, Key>> {
+    let mut out = tables_of(RESULTS_DOC);
+    for (name, t) in tables_of(DOC) {
+        assert!(out.insert(name.clone(), t).is_none(), "table {name} is in both docs");
+    }
+    out
+}
+
+/// `<!-- json-table: NAME -->` followed by a `| key | type | meaning |` table.
+fn tables_of(doc: &str) -> BTreeMap<String, BTreeMap<String, Key>> {
     let mut out = BTreeMap::new();
-    let mut lines = DOC.lines();
+    let mut lines = doc.lines();
     while let Some(line) = lines.next() {
         let Some(name) = line.strip_prefix("<!-- json-table: ").and_then(|r| r.strip_suffix(" -->")) else {
             continue;
@@ -114,6 +125,14 @@ fn check_plan(doc: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     check(&t, "summary", &doc["summary"]);
+    for w in doc["warnings"].as_array().unwrap() {
+        check(&t, "problem", w);
+        for l in w["locations"].as_array().unwrap() {
+            check(&t, "location", l);
+            check(&t, "position", &l["start"]);
+            check(&t, "position", &l["end"]);
+        }
+    }
     (kinds, actions)
 }
 
@@ -165,6 +184,40 @@ fn real_plans_match_the_documented_shape() {
         assert!(actions.contains(a), "no plan above produced action {a}");
     }
     assert!(kinds.contains("requires-restart") && kinds.contains("destroy-requested"));
+}
+
+/// A plan's warnings (here: the lab's files in no storage pool of a host whose files are not
+/// this machine's) are in the JSON, each located in the lab file as validate's problems are.
+#[test]
+fn warnings_are_in_the_json_located() {
+    let l = lab(BASE);
+    let hv = host();
+    let mut observed = hv.observe().unwrap();
+    assert_eq!(to_json(&topo::plan::plan(&l, &observed, &hv.uri()).unwrap())["warnings"], serde_json::json!([]));
+    for vm in l.vms.values() {
+        for (_, p, _) in vm.host_files() {
+            observed.paths.insert(p.display().to_string(), PathFact::Unchecked { inactive_pool: None });
+        }
+    }
+    let doc = to_json(&topo::plan::plan(&l, &observed, &hv.uri()).unwrap());
+    check_plan(&doc);
+    let w = doc["warnings"].as_array().unwrap();
+    // router: kernel and initrd; web and db: kernel.
+    assert_eq!(w.len(), 4, "{doc:#}");
+    for w in w {
+        assert_eq!(w["code"], "topo::plan::file_unchecked", "{w}");
+        assert!(w["help"].as_str().unwrap().contains("virsh pool-define-as"), "{w}");
+        let at = &w["locations"][0];
+        assert_eq!(at["file"], LAB_PATH);
+        // The line and column point at the path as written in the file.
+        let (line, column) = (at["start"]["line"].as_u64().unwrap(), at["start"]["column"].as_u64().unwrap());
+        let text = BASE.lines().nth(line as usize - 1).unwrap();
+        assert!(text[column as usize - 1..].starts_with("boot/"), "{line}:{column} is `{text}`");
+    }
+    // apply --json carries them in its `plan`.
+    let p = topo::plan::plan(&l, &observed, &hv.uri()).unwrap();
+    let run = topo::results::run_json(topo::results::Command::Apply, &p, None, None);
+    assert_eq!(run["plan"]["warnings"], doc["warnings"]);
 }
 
 #[test]

@@ -14,6 +14,8 @@ pub struct JsonPlan<'a> {
     pub summary: Summary,
     /// `--target` addresses; non-empty means the plan is partial.
     pub targets: &'a [crate::address::Address],
+    /// Located warnings (docs/results-json.md "problem"); empty when none.
+    pub warnings: &'a [crate::diag::JsonProblem],
 }
 
 #[derive(Serialize)]
@@ -64,6 +66,7 @@ pub fn to_json(plan: &Plan) -> serde_json::Value {
             .collect(),
         summary: plan.summary(),
         targets: &plan.targets,
+        warnings: &plan.warnings,
     };
     // Invariant: every type here serialises infallibly (strings, numbers, plain enums).
     serde_json::to_value(doc).expect("plan JSON is always serialisable")

@@ -350,6 +350,11 @@ pub struct Plan {
     /// whole plan.
     #[serde(default)]
     pub targets: Vec<Address>,
+    /// What the plan warns about without refusing it (`paths::warnings`: a file of the lab
+    /// that libvirt's storage pools cannot speak for, an image declared raw that the pool
+    /// finds to be another format), located in the lab file; in the JSON as `warnings`.
+    #[serde(default)]
+    pub warnings: Vec<crate::diag::JsonProblem>,
 }
 
 impl Plan {
@@ -480,7 +485,12 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     }
     prune_deleted_users(&mut changes);
     order_changes(lab, Some(&graph), observed, &mut changes);
-    Ok(Plan { lab: lab.name.to_string(), changes, targets: Vec::new() })
+    let file = lab.source.name();
+    let warnings = paths::warnings(lab, observed)
+        .iter()
+        .map(|w| crate::diag::JsonProblem::of(&file, &lab.source.text, w))
+        .collect();
+    Ok(Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings })
 }
 
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
@@ -531,7 +541,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     }
     prune_deleted_users(&mut changes);
     order_changes(lab, graph.as_ref(), observed, &mut changes);
-    Plan { lab: lab.name.to_string(), changes, targets: Vec::new() }
+    Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings: Vec::new() }
 }
 
 fn lab_has(lab: &Lab, address: &Address) -> bool {

@@ -302,7 +302,7 @@ mod tests {
             after: vec![],
             ops: vec![],
         };
-        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![] };
+        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![], warnings: vec![] };
         insta::assert_snapshot!(render(&plan, "lab.yaml", Style::Plain));
     }
 }

@@ -125,7 +125,7 @@ pub fn restrict(full: Plan, closure: &BTreeSet<Address>, targets: &[Address]) ->
     let mut targets = targets.to_vec();
     targets.sort();
     targets.dedup();
-    Plan { lab: full.lab, changes, targets }
+    Plan { lab: full.lab, changes, targets, warnings: full.warnings }
 }
 
 /// Checks and applies `targets` to `full` (nothing to do when there are none).
