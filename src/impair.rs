@@ -355,6 +355,9 @@ pub struct QdiscParseError(pub String);
 #[derive(Deserialize)]
 struct QdiscJson {
     kind: String,
+    /// The device (only in a listing of every device, `tc -j qdisc show`).
+    #[serde(default)]
+    dev: Option<String>,
     #[serde(default)]
     handle: Option<String>,
     #[serde(default)]
@@ -370,8 +373,23 @@ struct QdiscJson {
 /// 0.05,"jitter":0.005}`, `"loss-random":{"loss":0.01}`).
 pub fn parse_tc_qdiscs(json: &str) -> Result<TapQdiscs, QdiscParseError> {
     let list: Vec<QdiscJson> = serde_json::from_str(json).map_err(|e| QdiscParseError(e.to_string()))?;
+    Ok(reduce(&list))
+}
+
+/// Reads `tc -j qdisc show` (every device at once: each entry names its `dev`), per device.
+pub fn parse_tc_qdiscs_by_dev(json: &str) -> Result<std::collections::BTreeMap<String, TapQdiscs>, QdiscParseError> {
+    let list: Vec<QdiscJson> = serde_json::from_str(json).map_err(|e| QdiscParseError(e.to_string()))?;
+    let mut by_dev: std::collections::BTreeMap<String, Vec<QdiscJson>> = std::collections::BTreeMap::new();
+    for q in list {
+        let Some(dev) = q.dev.clone() else { return Err(QdiscParseError("an entry without `dev`".into())) };
+        by_dev.entry(dev).or_default().push(q);
+    }
+    Ok(by_dev.into_iter().map(|(d, l)| (d, reduce(&l))).collect())
+}
+
+fn reduce(list: &[QdiscJson]) -> TapQdiscs {
     let mut out = TapQdiscs::default();
-    for q in &list {
+    for q in list {
         let is_root = q.root == Some(true) || q.parent.is_none();
         if q.kind == "htb" && is_root {
             out.htb = true;
@@ -392,7 +410,7 @@ pub fn parse_tc_qdiscs(json: &str) -> Result<TapQdiscs, QdiscParseError> {
         }
         let _ = &q.handle;
     }
-    Ok(out)
+    out
 }
 
 /// The `tc` arguments (after `tc`) that give the tap `tap` the netem settings `want`, given
@@ -524,6 +542,16 @@ mod tests {
         let noqueue = r#"[{"kind":"noqueue","handle":"0:","root":true,"refcnt":2,"options":{}}]"#;
         assert_eq!(parse_tc_qdiscs(noqueue).unwrap(), TapQdiscs::default());
         assert!(parse_tc_qdiscs("not json").is_err());
+        // Every device at once (`tc -j qdisc show`, iproute2 6.1 on this project's CI host).
+        let all = r#"[{"kind":"noqueue","handle":"0:","dev":"lo","root":true,"refcnt":2,"options":{}},{"kind":"pfifo_fast","handle":"0:","dev":"eth0","root":true,"refcnt":2,"options":{"bands":3,"priomap":[1,2,2,2,1,2,0,0,1,1,1,1,1,1,1,1],"multiqueue":false}},{"kind":"netem","handle":"1f00:","dev":"vnet3","root":true,"refcnt":2,"options":{"limit":1000,"delay":{"delay":0.05,"jitter":0,"correlation":0},"ecn":false,"gap":0}}]"#;
+        let by = parse_tc_qdiscs_by_dev(all).unwrap();
+        assert_eq!(by.keys().collect::<Vec<_>>(), ["eth0", "lo", "vnet3"]);
+        assert_eq!(
+            by["vnet3"].netem,
+            Some((NetemParent::Root, Netem { delay: Some(Micros(50_000)), ..Netem::default() }))
+        );
+        assert_eq!(by["lo"], TapQdiscs::default());
+        assert!(parse_tc_qdiscs_by_dev(noqueue).is_err(), "a per-device listing has no `dev`");
     }
 
     /// scripts/netem-kernel-check.sh runs these very commands on a kernel with netem (its

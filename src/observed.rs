@@ -131,7 +131,7 @@ pub struct NicLink {
     /// The bridge the tap is a port of (`/sys/class/net/TAP/master`); `None` when it is on
     /// no bridge.
     pub bridge: Option<String>,
-    /// The tap's egress qdiscs (`tc -j qdisc show dev TAP`), for netem; `None` when they
+    /// The tap's egress qdiscs (from one `tc -j qdisc show` of every device), for netem; `None` when they
     /// could not be read (no `tc` on this machine).
     pub qdiscs: Option<crate::impair::TapQdiscs>,
 }

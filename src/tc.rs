@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::impair::{TapQdiscs, parse_tc_qdiscs};
+use crate::impair::{TapQdiscs, parse_tc_qdiscs, parse_tc_qdiscs_by_dev};
 
 /// Running `tc` failed, or its output could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,6 +38,9 @@ impl TcError {
 pub trait TapShaper: Send + Sync {
     /// The egress qdiscs of `tap` (`tc -j qdisc show dev TAP`).
     fn show(&self, tap: &str) -> Result<TapQdiscs, TcError>;
+    /// The egress qdiscs of every device, in one call (`tc -j qdisc show`): what `observe`
+    /// reads, so a lab of many VMs costs one process, not one per tap.
+    fn show_all(&self) -> Result<std::collections::BTreeMap<String, TapQdiscs>, TcError>;
     /// Runs `tc ARGS` (from [`crate::impair::tc_commands`]).
     fn run(&self, args: &[String]) -> Result<(), TcError>;
 }
@@ -63,6 +66,12 @@ impl TapShaper for Tc {
         let args: Vec<String> = ["-j", "qdisc", "show", "dev", tap].iter().map(|s| s.to_string()).collect();
         let text = tc(&args)?;
         parse_tc_qdiscs(&text).map_err(|e| TcError { args: args.join(" "), message: e.to_string() })
+    }
+
+    fn show_all(&self) -> Result<std::collections::BTreeMap<String, TapQdiscs>, TcError> {
+        let args: Vec<String> = ["-j", "qdisc", "show"].iter().map(|s| s.to_string()).collect();
+        let text = tc(&args)?;
+        parse_tc_qdiscs_by_dev(&text).map_err(|e| TcError { args: args.join(" "), message: e.to_string() })
     }
 
     fn run(&self, args: &[String]) -> Result<(), TcError> {

@@ -296,7 +296,11 @@ impl LibvirtHypervisor {
         Ok(Some(observed))
     }
 
-    fn observe_domain(&self, dom: &Domain) -> Result<Option<crate::observed::ObservedDomain>, HvError> {
+    fn observe_domain(
+        &self,
+        dom: &Domain,
+        qdiscs: Option<&std::collections::BTreeMap<String, crate::impair::TapQdiscs>>,
+    ) -> Result<Option<crate::observed::ObservedDomain>, HvError> {
         const OP: &str = "observe domain";
         let name = lv("virDomainGetName", "?", || dom.name()).map_err(|e| map_error(OP, "?", &e))?;
         let read = || -> Result<_, VirtError> {
@@ -337,7 +341,7 @@ impl LibvirtHypervisor {
             && self.local
             && let Some(x) = live_xml
         {
-            let qdiscs = |tap: &str| self.tc.show(tap).ok();
+            let qdiscs = |tap: &str| qdiscs.and_then(|q| q.get(tap).cloned());
             observed.links =
                 tap_links(&xml::live_taps(x).map_err(invalid)?, std::path::Path::new(SYS_CLASS_NET), &qdiscs);
         }
@@ -474,8 +478,11 @@ impl Hypervisor for LibvirtHypervisor {
         }
         let doms = lv("virConnectListAllDomains", &self.uri, || self.conn.list_all_domains(0))
             .map_err(|e| map_error("list domains", &self.uri, &e))?;
+        // Every device's qdiscs in one `tc` call, on a host whose taps are this machine's;
+        // `None` when tc cannot be run or read (then nothing is known of netem).
+        let qdiscs = if self.taps_here() { self.tc.show_all().ok() } else { None };
         for dom in &doms {
-            if let Some(d) = self.observe_domain(dom)? {
+            if let Some(d) = self.observe_domain(dom, qdiscs.as_ref())? {
                 out.domains.insert(d.name.clone(), d);
             }
         }
