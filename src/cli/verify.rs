@@ -9,10 +9,12 @@ use miette::IntoDiagnostic;
 use super::{GlobalArgs, Outcome};
 use crate::hypervisor::Hypervisor;
 use crate::model::Lab;
+use crate::observed::Lease;
 use crate::observed::Observed;
 use crate::prober::PnetProber;
 use crate::verify::{
-    HostAccess, HypervisorLeases, NicState, NicTarget, SystemClock, VerifyOptions, VerifyReport, report, verify,
+    HostAccess, HypervisorLeases, LastLeases, LeaseSource, NicState, NicTarget, SystemClock, VerifyOptions,
+    VerifyReport, report, verify,
 };
 
 #[derive(clap::Args, Debug, Clone)]
@@ -55,15 +57,25 @@ pub fn run_verification(
     targets: &[NicTarget],
     opts: VerifyOptions,
 ) -> miette::Result<VerifyReport> {
+    run_verification_with(global, hv, targets, opts, &HypervisorLeases::for_targets(hv, targets))
+}
+
+/// [`run_verification`] reading leases from `leases`.
+fn run_verification_with(
+    global: &GlobalArgs,
+    hv: &dyn Hypervisor,
+    targets: &[NicTarget],
+    opts: VerifyOptions,
+    leases: &dyn LeaseSource,
+) -> miette::Result<VerifyReport> {
     if HostAccess::of_uri(&hv.uri()) == HostAccess::Remote {
-        return Ok(reported_by_host(hv, targets)?);
+        return Ok(reported_by_host(hv, targets, leases)?);
     }
-    let leases = HypervisorLeases::for_targets(hv, targets);
     let prober = PnetProber::default();
     let clock = SystemClock::start();
     let quiet = global.quiet;
     let _graceful = super::interrupt::graceful();
-    let report = verify(targets, &prober, &leases, &clock, &opts, super::interrupt::flag(), |p| {
+    let report = verify(targets, &prober, leases, &clock, &opts, super::interrupt::flag(), |p| {
         if quiet {
             return;
         }
@@ -86,9 +98,12 @@ pub fn run_verification(
 }
 
 /// On a remote host no bridge is reachable: what libvirt reports is the (weaker) evidence.
-fn reported_by_host(hv: &dyn Hypervisor, targets: &[NicTarget]) -> Result<VerifyReport, crate::hypervisor::HvError> {
-    let leases = HypervisorLeases::for_targets(hv, targets);
-    let leases = crate::verify::LeaseSource::leases(&leases)?;
+fn reported_by_host(
+    hv: &dyn Hypervisor,
+    targets: &[NicTarget],
+    leases: &dyn LeaseSource,
+) -> Result<VerifyReport, crate::hypervisor::HvError> {
+    let leases = leases.leases()?;
     let mut addresses = std::collections::BTreeMap::new();
     for t in targets.iter().filter(|t| t.running) {
         if !addresses.contains_key(&t.vm) {
@@ -138,6 +153,16 @@ pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outc
     Ok(Outcome::Ok)
 }
 
+/// The DHCP leases `topo status` shows addresses from: those the verification just read
+/// (`seen`, the lab's networks that have a DHCP range), read again only when it read none
+/// (every NIC settled before its first round, e.g. all VMs stopped, or reading failed);
+/// then those of every lab network, best effort.
+fn status_leases(hv: &dyn Hypervisor, lab: &Lab, seen: Option<Vec<Lease>>) -> Vec<Lease> {
+    seen.unwrap_or_else(|| {
+        lab.networks.values().flat_map(|n| hv.dhcp_leases(&n.libvirt_name).unwrap_or_default()).collect()
+    })
+}
+
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab(&file, global)?;
@@ -153,9 +178,9 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
         ..Default::default()
     };
     let quiet = GlobalArgs { quiet: true, ..global.clone() };
-    let report = run_verification(&quiet, &hv, &targets, quick).ok();
-    let leases: Vec<crate::observed::Lease> =
-        lab.networks.values().flat_map(|n| hv.dhcp_leases(&n.libvirt_name).unwrap_or_default()).collect();
+    let leases = LastLeases::new(HypervisorLeases::for_targets(&hv, &targets));
+    let report = run_verification_with(&quiet, &hv, &targets, quick, &leases).ok();
+    let leases = status_leases(&hv, &lab, leases.into_last());
     let status = crate::status::status(&lab, &observed, plan.as_ref(), report.as_ref(), &leases);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&status.to_json()).into_diagnostic()?)?;
@@ -163,4 +188,46 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
         crate::out!("{}", status.table())?;
     }
     Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::hypervisor::memory::MemoryHypervisor;
+
+    /// `topo status` reads the DHCP leases once: those the verification read are used as
+    /// they are; only when it read none are they read, from every lab network.
+    #[test]
+    fn status_reads_the_leases_once() {
+        let text = format!(
+            "apiVersion: topo/v1\nname: s\nnetworks:\n  a:\n    subnet: 10.9.1.0/24\n  b:\n    subnet: 10.9.2.0/24\n\
+             vms:\n  v:\n    boot: {{kernel: {}/Cargo.toml}}\n    nics: [{{network: a}}, {{network: b}}]\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let lab = crate::validate::load(&crate::source::SourceFile::from_text(Path::new("lab.yaml"), text)).unwrap();
+        let hv = MemoryHypervisor::new();
+        for n in ["s-a", "s-b"] {
+            hv.define_network(&format!("<network><name>{n}</name></network>")).unwrap();
+        }
+        let mac = lab.vms.values().next().unwrap().nics[0].mac;
+        let lease = Lease { network: "s-a".into(), mac, ip: "10.9.1.50".parse().unwrap(), hostname: None, expiry: 1 };
+        hv.set_leases("s-a", vec![lease.clone()]);
+        let reads = |hv: &MemoryHypervisor| hv.calls().iter().filter(|c| c.starts_with("dhcp_leases")).count();
+
+        hv.clear_calls();
+        assert_eq!(status_leases(&hv, &lab, Some(vec![lease.clone()])), vec![lease.clone()]);
+        assert_eq!(reads(&hv), 0, "the verification's leases are used as they are");
+
+        // What the verification read goes through `LastLeases`: the last read is kept.
+        let seen = LastLeases::new(HypervisorLeases::for_targets(&hv, &targets(&lab, &hv.observe().unwrap(), &hv)));
+        assert_eq!(seen.leases().unwrap(), vec![lease.clone()]);
+        hv.clear_calls();
+        assert_eq!(status_leases(&hv, &lab, seen.into_last()), vec![lease.clone()]);
+        assert_eq!(reads(&hv), 0);
+
+        assert_eq!(status_leases(&hv, &lab, None), vec![lease]);
+        assert_eq!(reads(&hv), 2, "no verification read: each lab network once");
+    }
 }

@@ -21,7 +21,7 @@ pub mod target;
 mod tests;
 
 pub use run::{VerifyOptions, verify};
-pub use sources::{Clock, HypervisorLeases, LeaseSource, SystemClock, reported};
+pub use sources::{Clock, HypervisorLeases, LastLeases, LeaseSource, SystemClock, reported};
 #[cfg(any(test, feature = "testing"))]
 pub use sources::{FakeClock, FakeLeases};
 pub use state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};

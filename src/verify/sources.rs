@@ -56,6 +56,32 @@ impl<H: Hypervisor + ?Sized> LeaseSource for HypervisorLeases<'_, H> {
     }
 }
 
+/// A [`LeaseSource`] that keeps the leases of its last successful read, so what needs them
+/// after the loop (`topo status`: the address of a NIC not proven) does not read them again.
+pub struct LastLeases<S> {
+    inner: S,
+    last: std::cell::RefCell<Option<Vec<Lease>>>,
+}
+
+impl<S: LeaseSource> LastLeases<S> {
+    pub fn new(inner: S) -> Self {
+        Self { inner, last: std::cell::RefCell::new(None) }
+    }
+    /// The leases of the last successful read; `None` when none was made (every NIC was
+    /// settled before the first round, or every read failed).
+    pub fn into_last(self) -> Option<Vec<Lease>> {
+        self.last.into_inner()
+    }
+}
+
+impl<S: LeaseSource> LeaseSource for LastLeases<S> {
+    fn leases(&self) -> Result<Vec<Lease>, HvError> {
+        let l = self.inner.leases()?;
+        *self.last.borrow_mut() = Some(l.clone());
+        Ok(l)
+    }
+}
+
 /// Scripted leases: each lease becomes visible from the Nth call of `leases()` on (0-based),
 /// so a test can make a lease "appear" in a given round.
 #[cfg(any(test, feature = "testing"))]
@@ -187,4 +213,36 @@ pub fn reported(
         })
         .collect();
     VerifyReport { nics }
+}
+
+#[cfg(test)]
+mod last_leases_tests {
+    use super::*;
+    use crate::hypervisor::HvErrorKind;
+
+    #[test]
+    fn keeps_the_last_successful_read() {
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let ip = Ipv4Addr::new(10, 0, 0, 9);
+        assert_eq!(LastLeases::new(FakeLeases::new().with(&n(), mac, ip)).into_last(), None, "no read, nothing kept");
+        let l = LastLeases::new(FakeLeases::new().with_from_call(1, &n(), mac, ip));
+        assert!(l.leases().unwrap().is_empty());
+        assert_eq!(l.leases().unwrap().len(), 1);
+        let last = l.into_last().unwrap();
+        assert_eq!((last.len(), last[0].ip), (1, ip), "the second read's");
+        let err = HvError {
+            op: "dhcp leases".into(),
+            object: n(),
+            message: "gone".into(),
+            kind: HvErrorKind::Other,
+            hint: None,
+        };
+        let failing = LastLeases::new(FakeLeases::new().failing(err));
+        assert!(failing.leases().is_err());
+        assert_eq!(failing.into_last(), None);
+    }
+
+    fn n() -> String {
+        "lab-net".into()
+    }
 }
