@@ -192,8 +192,9 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     if desired.contains_key("cloud_init") || !seeds.is_empty() {
         let name = seeds.first().map_or_else(|| "none".to_string(), |p| file_name(p).to_string());
         put(&mut f, "cloud_init", name, Replace);
-        // The seed's files as read back from the host; where they could not be read, the
-        // name above alone tells whether the seed changed.
+        // The seed's files as read back from the host (`hypervisor::read_changed_seeds` reads
+        // only a seed whose name differs from the lab's); where none were read, the desired
+        // text stands in and the name above alone tells whether the seed changed.
         for (k, v) in desired.iter().filter(|(k, _)| k.starts_with("cloud_init.")) {
             let file = &k["cloud_init.".len()..];
             let text = match &o.seed {
