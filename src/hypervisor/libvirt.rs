@@ -194,6 +194,15 @@ fn hint_for(op: &str, kind: HvErrorKind, msg: &str) -> Option<String> {
             Some("start the network first (topo apply does this in dependency order)".into())
         }
         HvErrorKind::Unsupported => Some("this libvirt driver does not implement the call".into()),
+        // libvirt runs tc for a NIC's <bandwidth> (at start, and for a live rate change):
+        // "Child process (tc qdisc add dev vnet0 parent 1:1 handle 2: sfq perturb 10) unexpected
+        // exit status 2: Error: Specified qdisc kind is unknown." (seen on a kernel without
+        // sch_sfq).
+        _ if msg.contains("tc ") && msg.contains("kind is unknown") => Some(
+            "the host kernel lacks a qdisc libvirt's <bandwidth> needs (sch_htb, sch_sfq, cls_fw, act_police): \
+             load those modules, or remove `rate:` from the lab file"
+                .into(),
+        ),
         _ => None,
     }
 }
@@ -1000,6 +1009,17 @@ pub fn host_interfaces(uri: &str) -> Option<std::collections::BTreeSet<String>> 
 mod link_tests {
     use super::*;
     use crate::model::MacAddr;
+
+    /// libvirt's message when the kernel lacks sfq (seen on this project's CI host at the
+    /// start of a domain with <bandwidth>) gets a hint naming the modules.
+    #[test]
+    fn bandwidth_without_kernel_qdiscs_has_a_hint() {
+        let msg = "internal error: Child process (tc qdisc add dev vnet0 parent 1:1 handle 2: sfq perturb 10) \
+                   unexpected exit status 2: Error: Specified qdisc kind is unknown.";
+        let hint = hint_for("start domain", HvErrorKind::Other, msg).unwrap();
+        assert!(hint.contains("sch_sfq") && hint.contains("rate:"), "{hint}");
+        assert_eq!(hint_for("start domain", HvErrorKind::Other, "some other failure"), None);
+    }
 
     #[test]
     fn uri_names_a_host_or_not() {
