@@ -149,3 +149,27 @@ fn the_bridge_mac_is_derived_at_create_and_kept_after() {
         assert!(plan(&l2, &hv.observe().unwrap(), "mem").unwrap().is_empty());
     }
 }
+
+/// The link ops survive a saved plan's JSON; a re-plug saved before `NicPlug::netem`
+/// existed reads as one without netem.
+#[test]
+fn link_ops_round_trip_and_old_replugs_read() {
+    let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+    let netem = Netem { delay: crate::impair::Micros::parse("50ms").ok(), ..Netem::default() };
+    let ops = vec![
+        Op::SetBandwidth { mac, rate: Rate::parse("10Mbit").ok() },
+        Op::SetBandwidth { mac, rate: None },
+        Op::SetNetem { mac, netem: Some(netem) },
+        Op::SetNetem { mac, netem: None },
+        Op::ReattachNics {
+            nics: vec![NicPlug { domain: "d".into(), mac, xml: "<interface/>".into(), netem: Some(netem) }],
+        },
+    ];
+    let text = serde_json::to_string(&ops).unwrap();
+    assert_eq!(serde_json::from_str::<Vec<Op>>(&text).unwrap(), ops);
+    let old = r#"{"op":"reattach-nics","nics":[{"domain":"d","mac":"52:54:00:00:00:01","xml":"<interface/>"}]}"#;
+    assert_eq!(
+        serde_json::from_str::<Op>(old).unwrap(),
+        Op::ReattachNics { nics: vec![NicPlug { domain: "d".into(), mac, xml: "<interface/>".into(), netem: None }] }
+    );
+}
