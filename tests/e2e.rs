@@ -1605,9 +1605,15 @@ fn e2e_cloud_guests() {
     assert!(r.stdout.contains("Verify: 4 verified, 0 failed, 0 skipped."), "{}", r.show());
     assert!(r.stdout.contains("10.20.0.20"), "the static NIC is proven at its address:\n{}", r.show());
     clock.step(&format!("apply: 4 NICs verified by ARP, {apply_secs:.1} s"));
+    // For docs/benchmarks.md: the verification table (TIME: each NIC's proof, from its VM's start).
+    eprintln!("e2e: benchmark: apply's output:\n{}", r.stdout);
     assert_converged(&lab);
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "one seed per VM:\n{vols}");
+    // A plan of the unchanged lab downloads no seed (`-v` logs every libvirt call).
+    let r = topo(&["-v", "plan", path(&lab)]);
+    assert!(r.code == 0 && r.stderr.contains("virConnectListAllDomains"), "{}", r.show());
+    assert!(!r.stderr.contains("virStorageVolDownload"), "no seed downloaded:\n{}", r.show());
 
     // A seed deleted by hand: planned as an update that uploads it again, VM untouched.
     let seed =
@@ -1730,8 +1736,11 @@ fn e2e_cloud_guests() {
 
     // A user-data edit: plan shows the diff, apply replaces both VMs, the guest has it.
     let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-b.sh"));
-    let r = topo(&["plan", "--detailed-exitcode", path(&lab)]);
+    let r = topo(&["-v", "plan", "--detailed-exitcode", path(&lab)]);
     assert_eq!(r.code, 2, "{}", r.show());
+    // The two changed seeds are read back for the diff, each once.
+    let downloads = r.stderr.lines().filter(|l| l.contains("virStorageVolDownload")).count();
+    assert_eq!(downloads, 2, "{}", r.show());
     assert!(r.stdout.contains("2 to replace"), "{}", r.show());
     assert!(r.stdout.contains("cloud_init.user-data") && r.stdout.contains("+ echo b > /etc/topo-e2e"), "{}", r.show());
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
