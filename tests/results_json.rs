@@ -255,3 +255,44 @@ fn a_failed_run_documents_every_outcome() {
         outcomes.iter().filter(|o| **o == "skipped").count()
     );
 }
+
+/// `topo status --json` and `topo inventory --format json` on the test driver (the lab is not
+/// on the host: every process starts the driver afresh) match their tables.
+#[test]
+fn status_and_inventory_json_match_the_doc() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path());
+    let out = topo().args(["-c", "test:///default", "-q", "status", "--json"]).arg(&lab).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc = json(&out);
+    check("status", &doc);
+    let resources = doc["resources"].as_array().unwrap();
+    let addresses: Vec<&str> = resources.iter().map(|r| r["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses, ["network.lan", "vm.one"]);
+    for r in resources {
+        check("status-resource", r);
+        assert_eq!(r["state"], "missing", "{r}");
+        for n in r["addresses"].as_array().unwrap() {
+            check("status-nic", n);
+        }
+    }
+    assert_eq!(resources[1]["addresses"].as_array().unwrap().len(), 1);
+
+    let out = topo()
+        .args(["-c", "test:///default", "-q", "inventory", "--format", "json", "--timeout", "1s"])
+        .arg(&lab)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc = json(&out);
+    check("inventory", &doc);
+    let hosts = doc["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1);
+    for h in hosts {
+        check("inventory-host", h);
+        for n in h["nics"].as_array().unwrap() {
+            check("inventory-nic", n);
+            assert_eq!(n["state"], "unproven", "{n}");
+        }
+    }
+}

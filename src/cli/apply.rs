@@ -201,7 +201,10 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             targets.retain(|t| reach.contains(&crate::address::Address::Vm(t.vm.clone())));
         }
         if !targets.is_empty() {
-            super::status(global, format_args!("Verifying {} NICs by ARP ...", targets.len()));
+            super::status(
+                global,
+                format_args!("Verifying {} NIC{} by ARP ...", targets.len(), if targets.len() == 1 { "" } else { "s" }),
+            );
             let opts = crate::verify::VerifyOptions { timeout: args.verify.timeout, ..Default::default() };
             let t0 = std::time::Instant::now();
             let mut report = super::verify::run_verification(global, &hv, &targets, opts)?;

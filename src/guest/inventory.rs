@@ -30,7 +30,8 @@ pub struct InvNic {
     /// The address topo proved by ARP (or, on a remote host, the one libvirt reports);
     /// `None` when there is none.
     pub address: Option<Ipv4Addr>,
-    /// `verified`, `reported`, `skipped` or `unproven`.
+    /// `verified`, `reported`, `skipped` (`verify: none`), `stopped` (the VM is `state:
+    /// stopped`) or `unproven`.
     pub state: &'static str,
 }
 
@@ -76,7 +77,11 @@ impl Inventory {
                             Some(NicState::Verified { ip, .. }) => (Some(*ip), "verified"),
                             Some(NicState::Reported { ip, .. }) => (Some(*ip), "reported"),
                             Some(NicState::Skipped) => (None, "skipped"),
-                            _ => (None, "unproven"),
+                            Some(NicState::Stopped) => (None, "stopped"),
+                            Some(
+                                NicState::WaitingForLease | NicState::LeasedNoReply { .. } | NicState::Failed { .. },
+                            )
+                            | None => (None, "unproven"),
                         };
                         InvNic {
                             nic: nic.label(),
