@@ -205,11 +205,13 @@ impl Inventory {
     }
 
     /// The `ssh` arguments that log in to `host` on `address`: the [`SSH_OPTIONS`],
-    /// `ConnectionAttempts=60` (a guest answers ARP some seconds before its sshd listens:
-    /// ssh retries once a second), then `-l user` when the VM has one, then the address.
+    /// `ConnectionAttempts=180` (ssh retries once a second, so up to three minutes: a guest
+    /// answers ARP before its sshd listens, and at first boot cloud-init makes the host keys
+    /// before sshd starts, which under software emulation on a busy host took more than a
+    /// minute), then `-l user` when the VM has one, then the address.
     pub fn ssh_args(host: &InvHost, address: Ipv4Addr) -> Vec<String> {
         let mut args = Vec::new();
-        for (k, v) in SSH_OPTIONS.iter().chain(&[("ConnectionAttempts", "60")]) {
+        for (k, v) in SSH_OPTIONS.iter().chain(&[("ConnectionAttempts", "180")]) {
             args.push("-o".into());
             args.push(format!("{k}={v}"));
         }

@@ -356,7 +356,7 @@ fn ssh_args_use_the_user_and_no_known_hosts() {
     assert_eq!(
         args,
         "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
-         -o LogLevel=ERROR -o ConnectionAttempts=60 -l topo 192.168.122.57"
+         -o LogLevel=ERROR -o ConnectionAttempts=180 -l topo 192.168.122.57"
     );
     let h = inv.host("deb2").unwrap();
     assert!(!Inventory::ssh_args(h, h.address.unwrap()).contains(&"-l".to_string()), "no cloud-init: no user");
