@@ -103,6 +103,10 @@ pub struct ObservedDomain {
     /// Interfaces in device order (the persistent config when the domain is defined).
     pub interfaces: Vec<ObservedInterface>,
     pub owner: Option<OwnerTag>,
+    /// Whether libvirt keeps a persistent config of the domain (virDomainIsPersistent).
+    /// False for a transient domain: one undefined (`virsh undefine`) while it runs, which
+    /// libvirt keeps running until it stops and then forgets.
+    pub persistent: bool,
     /// What the running domain actually runs with, when it is active and persistent: the
     /// fields above are the persistent config, which a define changes without a restart.
     /// `None` for an inactive domain.

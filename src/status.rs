@@ -309,6 +309,7 @@ vms:
             cmdline: None,
             disks: vec![],
             interfaces: vec![],
+            persistent: true,
             live: None,
             links: None,
             seed: None,

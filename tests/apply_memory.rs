@@ -993,3 +993,52 @@ fn derived_volume_names_are_unique() {
     assert!(names.len() >= 6, "{names:?}");
     assert!(names.iter().filter(|n| n.ends_with(".qcow2")).all(|n| !topo::guest::is_seed_volume(n)));
 }
+
+/// A lab VM undefined by hand while it runs (`virsh undefine`) stays running as a transient
+/// domain, which libvirt forgets when it stops. The plan defines its config again (reason
+/// `undefined-outside-topo`), and a stop for `state: stopped` comes after that define, so
+/// the VM is kept. Mirrors libvirt: virDomainUndefine of an active domain makes it
+/// transient; virDomainDestroy/Shutdown of a transient domain removes it.
+#[test]
+fn a_running_vm_undefined_by_hand_is_defined_again_before_it_stops() {
+    // The double itself behaves as libvirt does.
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.undefine_domain("demo-db").unwrap();
+    let o = hv.observe().unwrap();
+    assert!(!o.domains["demo-db"].persistent);
+    assert_eq!(o.domains["demo-db"].state, topo::observed::DomainState::Running);
+    hv.destroy_domain("demo-db").unwrap();
+    assert!(!hv.observe().unwrap().domains.contains_key("demo-db"), "a stopped transient domain is gone");
+
+    // Kept running: the config is defined again in place, nothing else.
+    for (text, stopped) in [(BASE.to_string(), false), (edit(BASE, "  db:\n", "  db:\n    state: stopped\n"), true)] {
+        let hv = host();
+        apply_ok(&lab(BASE), &hv);
+        let id = hv.observe().unwrap().domains["demo-db"].uuid.clone();
+        hv.undefine_domain("demo-db").unwrap();
+        let l = lab(&text);
+        let (p, _) = plan_on(&l, &hv);
+        assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]), "stopped: {stopped}");
+        let c = &p.changes[0];
+        assert_eq!(c.reasons[0], plan::Reason::UndefinedOutsideTopo, "{c:#?}");
+        assert!(c.fields.iter().any(|f| f.path == "persistent" && f.before.as_deref() == Some("no (transient)")));
+        let ops: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
+        if stopped {
+            assert_eq!(ops, ["define-domain", "stop-domain"], "define first, then stop");
+        } else {
+            assert_eq!(ops, ["define-domain"]);
+        }
+        hv.clear_calls();
+        apply_ok(&l, &hv);
+        assert_replans_empty(&l, &hv);
+        let o = hv.observe().unwrap();
+        let d = &o.domains["demo-db"];
+        assert!(d.persistent);
+        assert_eq!(d.uuid, id, "the same domain, not a new one");
+        let want = if stopped { topo::observed::DomainState::Shutoff } else { topo::observed::DomainState::Running };
+        assert_eq!(d.state, want);
+        assert!(!hv.calls().iter().any(|c| c.starts_with("start_domain")), "not restarted: {:#?}", hv.calls());
+    }
+}

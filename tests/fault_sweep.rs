@@ -141,6 +141,17 @@ fn delete_volumes(hv: &MemoryHypervisor) {
     hv.delete_volume("topo-overlays", &volume("sweep-c", ".qcow2")).unwrap();
 }
 
+/// `virsh undefine` of the running c: a transient domain, gone once it stops.
+fn undefine_running(hv: &MemoryHypervisor) {
+    hv.undefine_domain("sweep-c").unwrap();
+}
+
+/// c asked to be `state: stopped` (after it was undefined by hand while running): its config
+/// is defined again before the stop, so it is kept.
+fn c_stopped() -> String {
+    LAB.replace("  c:\n", "  c:\n    state: stopped\n")
+}
+
 fn scenarios() -> Vec<Scenario> {
     let s = |name, before: Option<&str>, by_hand, lab: String, step| Scenario {
         name,
@@ -157,6 +168,7 @@ fn scenarios() -> Vec<Scenario> {
         s("network restarted by hand", Some(LAB), Some(restart_networks), LAB.into(), Step::Apply),
         s("release network restarted by hand", Some(LAB), Some(restart_networks), back_external(), Step::Apply),
         s("volumes deleted by hand", Some(LAB), Some(delete_volumes), LAB.into(), Step::Apply),
+        s("VM undefined by hand, then stopped", Some(LAB), Some(undefine_running), c_stopped(), Step::Apply),
         s("destroy", Some(LAB), None, LAB.into(), Step::Destroy),
     ]
 }

@@ -33,6 +33,9 @@ struct Driver {
     /// A network defined without `<mac address>` gets a generated `52:54:00:..` bridge MAC
     /// (libvirt's network driver, `virNetworkSetBridgeMacAddr`).
     generates_bridge_mac: bool,
+    /// Undefining a transient domain fails, "cannot undefine transient domain" (the QEMU
+    /// driver, qemuDomainUndefineFlags; the test driver lets it pass).
+    rejects_undefine_of_transient: bool,
 }
 
 const TEST_DRIVER: Driver = Driver {
@@ -43,6 +46,7 @@ const TEST_DRIVER: Driver = Driver {
     assigns_bridge: false,
     rejects_stop_of_inactive_network: false,
     generates_bridge_mac: false,
+    rejects_undefine_of_transient: false,
 };
 const MEMORY: Driver = Driver {
     keeps_dnsmasq_options: true,
@@ -52,6 +56,7 @@ const MEMORY: Driver = Driver {
     assigns_bridge: true,
     rejects_stop_of_inactive_network: true,
     generates_bridge_mac: true,
+    rejects_undefine_of_transient: true,
 };
 
 /// The test driver's `default` network, loaded into the memory double so both start alike.
@@ -335,6 +340,31 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         assert_kind(hv.attach_device(vm_name, &iface), HvErrorKind::Unsupported);
         assert_kind(hv.detach_device(vm_name, &iface), HvErrorKind::Unsupported);
     }
+
+    // Undefined while running: transient (running, not persistent, the live XML still
+    // carries topo's tag); defining the same name and UUID makes it persistent again and
+    // keeps it running (virDomainUndefine / virDomainDefineXML on an active domain).
+    assert!(hv.observe().unwrap().domains[vm_name].persistent);
+    hv.undefine_domain(vm_name).unwrap();
+    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    assert!(!dom.persistent);
+    assert_eq!(dom.state, DomainState::Running);
+    assert_eq!(dom.owner.as_ref().map(|o| o.name.as_str()), Some(vm_name));
+    if d.rejects_undefine_of_transient {
+        assert_kind(hv.undefine_domain(vm_name), HvErrorKind::InvalidState);
+    } else {
+        hv.undefine_domain(vm_name).unwrap();
+    }
+    hv.define_domain(&xml::with_uuid(&domain_xml(&lab, &bigger, None).unwrap().xml, uuid.as_deref())).unwrap();
+    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    assert!(dom.persistent);
+    assert_eq!(dom.state, DomainState::Running);
+    // A transient domain is gone once it stops (virDomainDestroy).
+    hv.undefine_domain(vm_name).unwrap();
+    hv.destroy_domain(vm_name).unwrap();
+    assert!(!hv.observe().unwrap().domains.contains_key(vm_name));
+    hv.define_domain(&xml::with_uuid(&domain_xml(&lab, &bigger, None).unwrap().xml, uuid.as_deref())).unwrap();
+    hv.start_domain(vm_name).unwrap();
 
     // Tear down.
     hv.destroy_domain(vm_name).unwrap();

@@ -344,6 +344,7 @@ impl LibvirtHypervisor {
             hint: None,
         };
         let mut observed = xml::parse_domain(&text, state).map_err(invalid)?;
+        observed.persistent = persistent;
         // The live XML: a transient domain's only XML is its live one.
         let live_xml = if persistent { live.as_deref() } else { Some(text.as_str()) };
         if state == DomainState::Running

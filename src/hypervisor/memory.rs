@@ -564,6 +564,7 @@ impl Hypervisor for MemoryHypervisor {
                 .iter()
                 .map(|(k, d)| {
                     let mut o = d.obs.clone();
+                    o.persistent = d.persistent;
                     if !d.persistent {
                         o.live = None; // a transient domain's only XML is its live one
                     }

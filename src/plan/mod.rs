@@ -91,6 +91,11 @@ pub enum Reason {
     /// running VM differ from the lab file: they are set in place with tc. Each entry:
     /// `eth0 (tap vnet3)`.
     Netem { nics: Vec<String> },
+    /// The running VM's persistent config was removed outside topo (`virsh undefine` while
+    /// it runs): libvirt keeps it as a transient domain, which is gone once it stops. Its
+    /// config is defined again, in place, before anything stops it. Source of the rule:
+    /// libvirt's virDomainUndefine of an active domain, virDomainIsPersistent.
+    UndefinedOutsideTopo,
     /// These volumes of the VM (names in the overlay pool) were deleted outside topo
     /// (`virsh vol-delete`, a file removed) while its domain still uses them: a seed is
     /// uploaded again with the same content, in place; a lost overlay replaces the VM.
@@ -131,6 +136,10 @@ impl Reason {
                     "the delay, jitter or loss on {} {verb} from the lab file; set in place on the tap (tc netem), no restart",
                     nics.join(", ")
                 )
+            }
+            Reason::UndefinedOutsideTopo => {
+                "undefined outside topo (running, transient): its config is defined again, in place, so it is not lost when it stops"
+                    .into()
             }
             Reason::DeletedOutsideTopo { volumes } => {
                 let verb = if volumes.len() == 1 { "was" } else { "were" };
@@ -1417,9 +1426,24 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     }
     let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
+    let mut define = define;
     if gone.iter().any(|(path, _)| *path == "cloud_init") {
         // First: a start or restart below needs it.
         ops.extend(seed_volume(lab, vm));
+    }
+    if !o.persistent && o.state != DomainState::Shutoff {
+        // Undefined by hand while running: libvirt forgets a transient domain when it
+        // stops, so its config is defined again before any stop below (and only once).
+        reasons.push(Reason::UndefinedOutsideTopo);
+        changed.push(FieldChange {
+            path: "persistent".into(),
+            before: Some("no (transient)".into()),
+            after: Some("yes".into()),
+            forces_replacement: false,
+            restarts: false,
+        });
+        changed.sort_by(|a, b| a.path.cmp(&b.path));
+        ops.extend(define.take());
     }
     if !run {
         // Stopped first (so NIC changes below touch the config only); a paused or crashed

@@ -519,6 +519,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         disks,
         interfaces,
         owner: facts.owner,
+        persistent: true,
         live: None,
         links: None,
         seed: None,
