@@ -434,3 +434,44 @@ fn plan_checks_files_through_storage_pools() {
     assert!(err.contains("lab.yaml:8:15"), "initrd located: {err}");
     assert!(err.contains("dir --target /srv/nowhere && virsh pool-start NAME"), "{err}");
 }
+
+/// Terraform's destroy needs a parseable config, not the files it names: `topo destroy`
+/// (and the other commands that open none of them) go ahead when the lab's kernel, image,
+/// SSH key file or user-data file is gone since the apply; `plan` still refuses.
+#[test]
+fn destroy_does_not_need_the_files_the_lab_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().join("gone");
+    let body = format!(
+        "apiVersion: topo/v1\nname: gonelab\nnetworks:\n  lan: {{mode: isolated, subnet: 10.124.0.0/24, dhcp_ping: true}}\n\
+         cloud_init:\n  ssh_authorized_keys_files: [{g}/keys.pub]\n  user_data: {g}/user-data.yaml\n\
+         vms:\n  a:\n    hypervisor: qemu\n    disk: {{image: {g}/base.qcow2}}\n    nics: [{{network: lan}}]\n  \
+         b:\n    hypervisor: qemu\n    boot: {{kernel: {g}/vmlinuz}}\n    nics: [{{network: lan}}]\n",
+        g = gone.display()
+    );
+    let lab = write_lab(dir.path(), &body);
+    let lab = lab.to_str().unwrap();
+    // The test driver: key and user-data files are read here whatever the host.
+    let plan = topo().args(["--color", "never", "-c", "test:///default", "plan", lab]).output().unwrap();
+    assert_eq!(plan.status.code(), Some(1), "{}", stderr(&plan));
+    assert!(stderr(&plan).contains("does not exist"), "{}", stderr(&plan));
+    let destroy =
+        topo().args(["--color", "never", "-c", "test:///default", "destroy", "--auto-approve", lab]).output().unwrap();
+    assert!(destroy.status.success(), "{}", stderr(&destroy));
+    let inventory = topo()
+        .args(["--color", "never", "-c", "test:///default", "inventory", "--format", "hosts", lab])
+        .output()
+        .unwrap();
+    assert!(!stderr(&inventory).contains("does not exist"), "{}", stderr(&inventory));
+    // A local host, where kernel and image are checked on this disk for plan (the socket is
+    // made up: only how far each command gets matters).
+    let local = "qemu:///system?socket=/nonexistent/topo-test.sock";
+    let plan = topo().args(["--color", "never", "-c", local, "plan", lab]).output().unwrap();
+    assert_eq!(plan.status.code(), Some(1));
+    assert!(stderr(&plan).contains("kernel"), "{}", stderr(&plan));
+    for cmd in [&["destroy", "--auto-approve"][..], &["status"], &["verify"], &["inventory"]] {
+        let out = topo().args(["--color", "never", "-c", local]).args(cmd).arg(lab).output().unwrap();
+        assert!(!stderr(&out).contains("missing_file"), "{cmd:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("does not exist"), "{cmd:?}: {}", stderr(&out));
+    }
+}

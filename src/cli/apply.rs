@@ -224,7 +224,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let lab = super::load_lab_unopened(&file)?;
     if args.json && !args.confirm.auto_approve {
         return Err(JsonNeedsApproval.into());
     }

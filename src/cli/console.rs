@@ -67,7 +67,7 @@ impl Drop for RawMode {
 /// Connects the terminal to the VM's serial console until Ctrl-] or the console closes.
 pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let lab = super::load_lab_unopened(&file)?;
     let Some(vm) = lab.vms.values().find(|v| v.name.as_str() == args.vm) else {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
         return Err(ConsoleError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());

@@ -41,7 +41,7 @@ pub struct InventoryArgs {
 /// the inventory on stdout. NICs without a proven address are left out (or null in JSON).
 pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let lab = super::load_lab_unopened(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed, &hv);

@@ -171,8 +171,19 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// otherwise `topo plan` and `topo apply` check them through libvirt's storage pools
 /// ([`observe`]).
 pub(crate) fn load_lab(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::model::Lab> {
+    load_lab_with(path, files_checked(global))
+}
+
+/// Reads and validates a lab file for a command that opens none of the files it names
+/// (`destroy`, `status`, `verify`, `inventory`, `ssh`, `console`): a kernel, image or key
+/// file gone since the apply does not stop it ([`crate::validate::Files::NotOpened`]).
+pub(crate) fn load_lab_unopened(path: &std::path::Path) -> miette::Result<crate::model::Lab> {
+    load_lab_with(path, crate::validate::Files::NotOpened)
+}
+
+fn load_lab_with(path: &std::path::Path, files: crate::validate::Files) -> miette::Result<crate::model::Lab> {
     let source = crate::source::SourceFile::read(path)?;
-    let mut lab = crate::validate::load_with(&source, files_checked(global))?;
+    let mut lab = crate::validate::load_with(&source, files)?;
     ssh::fill_default_keys(&mut lab);
     Ok(lab)
 }

@@ -53,7 +53,7 @@ pub enum SshError {
 /// process with `ssh` (so the terminal, signals and exit status are ssh's).
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let lab = super::load_lab_unopened(&file)?;
     let Some(vm) = lab.vms.values().find(|v| v.name.as_str() == args.vm) else {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
         return Err(SshError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());

@@ -143,7 +143,7 @@ pub fn finish(lab: &Lab, r: &VerifyReport, json: bool) -> miette::Result<()> {
 
 pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let lab = super::load_lab_unopened(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     let targets = targets(&lab, &observed, &hv);
@@ -165,7 +165,7 @@ fn status_leases(hv: &dyn Hypervisor, lab: &Lab, seen: Option<Vec<Lease>>) -> Ve
 
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let lab = super::load_lab_unopened(&file)?;
     let hv = super::connect(global)?;
     let observed = hv.observe()?;
     // Drift and pending changes come from the planner; refusals just mean "not ours".

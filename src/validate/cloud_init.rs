@@ -167,7 +167,9 @@ fn read_file(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Opti
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(("does not exist".to_owned(), "file not found")),
         Err(e) => Some((format!("cannot be read ({})", e.kind()), "unreadable")),
     };
-    if let Some((why, label)) = problem {
+    if let Some((why, label)) = problem
+        && c.files != super::Files::NotOpened
+    {
         c.at(
             Code::MissingFile,
             s,

@@ -60,6 +60,11 @@ pub enum Files {
     /// Resolved and checked for what libvirt's XML can carry, not for existence: the
     /// libvirt host is another machine, where QEMU opens them.
     NotChecked,
+    /// Not opened at all: the command uses none of them (`destroy`, `status`, `verify`,
+    /// `inventory`, `ssh`, `console`), as Terraform's destroy needs a parseable config but
+    /// not the files it names. Paths are resolved as for `NotChecked`; a cloud-init key
+    /// file or user-data file that cannot be read is left out without a problem.
+    NotOpened,
 }
 
 /// Parses and validates a lab file. This is what `topo validate` (and every other command)

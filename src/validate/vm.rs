@@ -237,7 +237,7 @@ fn check_file(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<PathBu
     // Canonical before it is hashed or written, so the plan does not depend on the folder or
     // symlink the lab file was reached through.
     let resolved = crate::source::resolve_path(&c.source.dir, Path::new(&s.value));
-    if c.files == super::Files::NotChecked {
+    if c.files != super::Files::Checked {
         return Some(resolved);
     }
     match std::fs::metadata(&resolved) {
