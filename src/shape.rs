@@ -109,6 +109,9 @@ fn to_json(
         Node::Str(s) => Value::String(s.clone()),
         Node::Bool(b) => Value::Bool(*b),
         Node::Int(i) => Value::from(*i),
+        // A whole number beyond 64 bits: kept as its text, so the schema reports it as out
+        // of range at its key instead of passing it as a float.
+        Node::Float(f) if f.fract() == 0.0 && f.abs() >= 9.2e18 => Value::String(f.to_string()),
         Node::Float(f) => serde_json::Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
         Node::Null => Value::Null,
     }
@@ -124,15 +127,27 @@ fn schema_at<'s>(schema: &'s serde_json::Value, path: &[&str]) -> Option<&'s ser
                 None => break,
             }
         }
-        if let Some(branch) = s
-            .get("anyOf")
-            .and_then(|a| a.as_array())
-            .and_then(|v| v.iter().find(|b| b.get("type").and_then(|t| t.as_str()) != Some("null")))
-            && s["anyOf"].as_array().is_some_and(|v| v.len() == 2)
-        {
-            s = branch;
-            while let Some(name) = s.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) {
-                s = &schema["$defs"][name];
+        for _ in 0..4 {
+            let Some(branches) = s.get("anyOf").and_then(|a| a.as_array()) else { break };
+            let deref = |mut b: &'s serde_json::Value| {
+                while let Some(name) = b.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) {
+                    b = &schema["$defs"][name];
+                }
+                b
+            };
+            let branches: Vec<&serde_json::Value> =
+                branches.iter().map(deref).filter(|b| b.get("type").and_then(|t| t.as_str()) != Some("null")).collect();
+            // A mapping branch (e.g. `dhcp: {start, end}`) is the one whose keys matter.
+            // (An `Option` of a choice is two levels of `anyOf`: look through both.)
+            match branches.iter().find(|b| b.get("properties").is_some() || b.get("anyOf").is_some()) {
+                Some(b) => s = b,
+                None => match branches.first() {
+                    Some(b) => {
+                        s = b;
+                        break;
+                    }
+                    None => break,
+                },
             }
         }
         s
@@ -147,6 +162,87 @@ fn schema_at<'s>(schema: &'s serde_json::Value, path: &[&str]) -> Option<&'s ser
         s = resolve(next);
     }
     Some(s)
+}
+
+/// The schema rewritten for reporting: each `anyOf` whose branches are told apart by their
+/// JSON type (`Option<T>` is `anyOf: [T, null]`; `dhcp` is `true`, `false` or a mapping)
+/// becomes `if type then branch else ...`, so a problem inside the chosen branch (an unknown
+/// key, a value of the wrong type) is reported where it is, not as "the whole mapping matches
+/// no branch".
+fn by_type(schema: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{Value, json};
+    fn type_of<'v>(defs: &'v Value, b: &'v Value) -> Option<&'v str> {
+        let b = match b.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) {
+            Some(name) => defs.get(name)?,
+            None => b,
+        };
+        b.get("type")?.as_str()
+    }
+    fn walk(defs: &Value, v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Array(branches)) = m.get("anyOf") {
+                    let mut types: Option<Vec<&str>> = branches.iter().map(|b| type_of(defs, b)).collect();
+                    // `Option<T>` of a T that is itself a choice (`dhcp`): null, else T.
+                    if types.is_none() && branches.len() == 2 {
+                        let null = branches.iter().position(|b| type_of(defs, b) == Some("null"));
+                        if let Some(n) = null {
+                            let other = &branches[1 - n];
+                            let chain = json!({ "if": { "type": "null" }, "else": other });
+                            m.remove("anyOf");
+                            if let Value::Object(c) = chain {
+                                m.extend(c);
+                            }
+                            types = None;
+                        }
+                    }
+                    if let Some(Value::Array(branches)) = m.get("anyOf")
+                        && let Some(types) = types.filter(|t| {
+                            let mut u = t.clone();
+                            u.sort_unstable();
+                            u.dedup();
+                            u.len() == t.len()
+                        })
+                    {
+                        let expected: Vec<&str> = types.iter().copied().filter(|t| *t != "null").collect();
+                        let mut chain = json!({ "type": expected });
+                        for (b, t) in branches.iter().zip(&types).rev() {
+                            chain = json!({ "if": { "type": t }, "then": b, "else": chain });
+                        }
+                        m.remove("anyOf");
+                        if let Value::Object(c) = chain {
+                            m.extend(c);
+                        }
+                    }
+                }
+                for x in m.values_mut() {
+                    walk(defs, x);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|x| walk(defs, x)),
+            _ => {}
+        }
+    }
+    let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
+    let mut out = schema.clone();
+    walk(&defs, &mut out);
+    out
+}
+
+/// `vms.b.nics[1]`: where a JSON pointer's segments lead, as a user reads it.
+fn dotted(segs: &[&str]) -> String {
+    let mut out = String::new();
+    for s in segs {
+        if s.chars().all(|c| c.is_ascii_digit()) && !s.is_empty() {
+            out.push_str(&format!("[{s}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&s.replace("~1", "/").replace("~0", "~"));
+        }
+    }
+    out
 }
 
 /// The keys allowed at `path`.
@@ -167,20 +263,21 @@ fn allowed_values(schema: &serde_json::Value, path: &[&str]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Checks `text` against the lab file schema; `None` when it cannot even be read as a tree
-/// (a syntax error: the caller reports the parser's error instead).
-pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<Problem>> {
-    let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options).ok()?;
+/// Checks `text` against the lab file schema. `Err` with the parser's error when it cannot
+/// even be read as a tree (a YAML syntax error or a resource limit).
+pub fn check(text: &str, options: serde_saphyr::Options) -> Result<Vec<Problem>, serde_saphyr::Error> {
+    let root: Spanned<Node> = serde_saphyr::from_str_with_options(text, options)?;
     let mut at = BTreeMap::new();
     let value = to_json(text, &root, String::new(), None, &mut at);
     let schema = crate::spec::json_schema();
-    let validator = jsonschema::validator_for(&schema).ok()?;
+    // The schema is generated from our own types: it always compiles (a unit test says so).
+    let Ok(validator) = jsonschema::validator_for(&by_type(&schema)) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for err in validator.iter_errors(&value) {
         let pointer = err.instance_path().to_string();
         let Some(here) = at.get(&pointer).copied() else { continue };
         let segs: Vec<&str> = pointer.split('/').skip(1).collect();
-        let name = segs.last().map(|s| format!("`{s}`")).unwrap_or_else(|| "the lab file".into());
+        let name = if segs.is_empty() { "the lab file".to_owned() } else { format!("`{}`", dotted(&segs)) };
         match err.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 let allowed = allowed_keys(&schema, &segs);
@@ -230,13 +327,39 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<Problem>>
                 if expected.contains(&"text") && !err.instance().is_object() && !err.instance().is_array() {
                     continue;
                 }
-                out.push(Problem::at(
-                    Code::BadType,
-                    here.value,
-                    format!("wrong type for {name}: expected {}", expected.join(" or ")),
-                    "this value",
-                    "see docs/lab-file.md for the type of each key",
-                ));
+                let raw = text[here.value.offset()..here.value.offset() + here.value.len()].trim();
+                let written = raw.trim_matches(|c| c == '"' || c == '\'');
+                let (message, help) = if expected.contains(&"true or false")
+                    && let Some(b) = yaml11_bool(written)
+                {
+                    let what = if raw != written { "quoted text" } else { "text in YAML 1.2" };
+                    (
+                        format!("`{raw}` is {what}, not true or false, for {name}"),
+                        format!(
+                            "did you mean `{b}`? Lab files are YAML 1.2: only unquoted `true` and `false` are booleans"
+                        ),
+                    )
+                } else if expected == ["a whole number"]
+                    && !written.is_empty()
+                    && written.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit())
+                    && !err.instance().is_number()
+                {
+                    (
+                        format!("`{written}` is out of range for {name}"),
+                        "see docs/lab-file.md for the range of each key".to_owned(),
+                    )
+                } else if segs.last() == Some(&"dhcp") {
+                    (
+                        format!("wrong type for {name}: expected true, false or a range"),
+                        "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_owned(),
+                    )
+                } else {
+                    (
+                        format!("wrong type for {name}: expected {}", expected.join(" or ")),
+                        "see docs/lab-file.md for the type of each key".to_owned(),
+                    )
+                };
+                out.push(Problem::at(Code::BadType, here.value, message, "this value", help));
             }
             ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
                 let choices = allowed_values(&schema, &segs);
@@ -271,7 +394,17 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Option<Vec<Problem>>
         }
     }
     out.sort_by_key(|p| p.labels.first().map(|l| l.offset()).unwrap_or(0));
-    Some(out)
+    Ok(out)
+}
+
+/// What a YAML 1.1 parser would have read as a boolean (`yes`, `no`, `on`, `off`, `y`, `n`
+/// and quoted `"true"`/`"false"`), which YAML 1.2 reads as text.
+fn yaml11_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "y" | "yes" | "on" | "true" => Some(true),
+        "n" | "no" | "off" | "false" => Some(false),
+        _ => None,
+    }
 }
 
 fn type_name(t: jsonschema::types::JsonType) -> &'static str {

@@ -78,6 +78,14 @@ fn error(source: &SourceFile, problems: Vec<Problem>) -> ValidateError {
     ValidateError { path: source.name(), src: source.named_source(), problems }
 }
 
+const MAX_EVENTS: usize = 200_000;
+const MAX_ALIASES: usize = 1_000;
+const MAX_ANCHORS: usize = 1_000;
+const MAX_DEPTH: usize = 32;
+const MAX_NODES: usize = 100_000;
+const MAX_SCALAR_BYTES: usize = 2 * 1024 * 1024;
+const MAX_MERGE_KEYS: usize = 1_000;
+
 /// The parser limits. A real lab file has a few hundred nodes and no aliases to speak of;
 /// these bounds stop alias bombs, deep nesting and huge documents long before they cost
 /// noticeable time or memory.
@@ -87,15 +95,17 @@ fn parse_options() -> serde_saphyr::Options {
     alias_limits.max_replay_stack_depth = 16;
     alias_limits.max_alias_expansions_per_anchor = 1_000;
     serde_saphyr::options! {
+        // YAML 1.2 core schema: only `true` and `false` are booleans (`no`, `off` are text).
+        strict_booleans: true,
         budget: serde_saphyr::budget! {
-            max_events: 200_000,
-            max_aliases: 1_000,
-            max_anchors: 1_000,
-            max_depth: 32,
+            max_events: MAX_EVENTS,
+            max_aliases: MAX_ALIASES,
+            max_anchors: MAX_ANCHORS,
+            max_depth: MAX_DEPTH,
             max_documents: 1,
-            max_nodes: 100_000,
-            max_total_scalar_bytes: 2 * 1024 * 1024,
-            max_merge_keys: 1_000,
+            max_nodes: MAX_NODES,
+            max_total_scalar_bytes: MAX_SCALAR_BYTES,
+            max_merge_keys: MAX_MERGE_KEYS,
         },
         alias_limits: alias_limits,
     }
@@ -107,14 +117,28 @@ fn parse_options() -> serde_saphyr::Options {
 /// syntax error is reported alone: nothing after it can be read reliably.
 pub fn parse(source: &SourceFile) -> Result<LabSpec, ValidateError> {
     let text = source.text.as_str();
-    match serde_saphyr::from_str_with_options::<LabSpec>(text, parse_options()) {
-        Ok(spec) => Ok(spec),
-        Err(e) => {
-            let first = syntax_problem(text, &e);
-            let all: Vec<Problem> =
-                if first.code.is_shape() { crate::shape::check(text, parse_options()) } else { None }
-                    .unwrap_or_default();
-            Err(error(source, if all.is_empty() { vec![first] } else { all }))
+    let typed = serde_saphyr::from_str_with_options::<LabSpec>(text, parse_options());
+    // The tree check runs even when the typed parse succeeds: serde reads a quoted `"no"`
+    // into a bool, the schema (like YAML 1.2) says it is text.
+    let tree = crate::shape::check(text, parse_options());
+    match (typed, tree) {
+        // What the typed parse accepted is checked by stage 2, except the values it read
+        // into another type than the file gives (`"no"` into a bool).
+        (Ok(spec), Ok(all)) => {
+            let wrong: Vec<Problem> = all.into_iter().filter(|p| p.code == Code::BadType).collect();
+            if wrong.is_empty() { Ok(spec) } else { Err(error(source, wrong)) }
+        }
+        (Ok(spec), Err(_)) => Ok(spec),
+        (Err(_), Ok(all)) if !all.is_empty() => Err(error(source, all)),
+        (Err(e), Ok(_)) => Err(error(source, vec![syntax_problem(text, &e)])),
+        // Not even a tree of YAML nodes: the tree parser's error is the true one (the typed
+        // parse may describe an unclosed `[` as a wrong type).
+        (Err(e), Err(t)) => {
+            let mut p = syntax_problem(text, &t);
+            if p.code.is_shape() {
+                p = syntax_problem(text, &e);
+            }
+            Err(error(source, vec![p]))
         }
     }
 }
@@ -150,7 +174,7 @@ fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
     } else if msg.contains("budget") || msg.contains("limit") || msg.contains("alias") {
         (
             Code::TooComplex,
-            format!("the lab file is too large or too deeply nested for topo: {msg}"),
+            format!("the lab file is too large or too deeply nested for topo: {}", plain_breach(&msg)),
             "limit reached here",
             "a lab file needs no deep nesting and few anchors/aliases; write it out plainly".to_owned(),
         )
@@ -177,6 +201,26 @@ fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
         )
     };
     Problem { code, message, labels: vec![LabeledSpan::at(span, label)], help: Some(help) }
+}
+
+/// The parser's `limits breached: Aliases { aliases: 1001 }` (Rust debug text) in words,
+/// with the limit from [`parse_options`].
+fn plain_breach(msg: &str) -> String {
+    let Some(rest) = msg.split("limits breached: ").nth(1) else { return msg.to_owned() };
+    let (kind, count) = rest.split_once(" {").unwrap_or((rest, ""));
+    let count: String = count.chars().filter(char::is_ascii_digit).collect();
+    let (what, limit) = match kind.trim() {
+        "Events" => ("YAML events", MAX_EVENTS),
+        "Aliases" => ("aliases (`*name`)", MAX_ALIASES),
+        "Anchors" => ("anchors (`&name`)", MAX_ANCHORS),
+        "Depth" => ("levels of nesting", MAX_DEPTH),
+        "Documents" => ("YAML documents", 1),
+        "Nodes" => ("YAML nodes", MAX_NODES),
+        "ScalarBytes" => ("bytes of text values", MAX_SCALAR_BYTES),
+        "MergeKeys" => ("merge keys (`<<`)", MAX_MERGE_KEYS),
+        _ => return msg.to_owned(),
+    };
+    format!("{count} {what}, more than the {limit} allowed")
 }
 
 /// `expected one of a, b, c` / `expected `a` or `b`` -> [a, b, c].
