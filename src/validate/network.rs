@@ -131,11 +131,11 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                 Some(NetworkKind::External),
             )
         } else {
-            let before = c.count();
-            let managed = check_managed(c, key, net);
-            if let (Some(m), Some(s)) = (&managed, &net.subnet)
-                && let Some(sub) = m.subnet
-            {
+            // Every part that is valid is used by the checks that follow (overlaps, NICs,
+            // DHCP capacity), even when another part of this network has a problem: all
+            // problems are found in one run, not in rounds.
+            let (ok, partial) = check_managed(c, key, net);
+            if let (Some(s), Some(sub)) = (&net.subnet, partial.subnet) {
                 managed_subnets.push((key, s, sub));
             }
             if let Some(b) = &net.bridge {
@@ -152,16 +152,22 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                     bridges.insert(b.value.clone(), b);
                 }
             }
+            // DHCP is meant to be on when the file says so (or leaves it to the default),
+            // even if its range has a problem of its own.
+            let dhcp_meant = partial.dhcp.is_some()
+                || (partial.subnet.is_some() && net.dhcp.as_ref().is_none_or(|d| d.value != DhcpSpec::Enabled(false)));
             let info = NetInfo {
                 external: false,
-                subnet: managed.as_ref().and_then(|m| m.subnet),
-                gateway: managed.as_ref().and_then(|m| m.gateway),
-                dhcp: managed.as_ref().is_some_and(|m| m.dhcp.is_some()),
-                dhcp_range: managed.as_ref().and_then(|m| m.dhcp),
+                subnet: partial.subnet,
+                gateway: partial.gateway,
+                dhcp: dhcp_meant,
+                dhcp_range: partial.dhcp,
                 dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
-                broken: c.count() > before,
+                // Without a usable subnet the NIC checks have nothing to check against (and
+                // the network's own problem already says what to add).
+                broken: partial.subnet.is_none() && (net.subnet.is_some() || partial.subnet_required),
             };
-            (info, managed.map(NetworkKind::Managed))
+            (info, ok.then_some(NetworkKind::Managed(partial.network)))
         };
         nets.insert(key.value.clone(), info);
         if let (Some(name), Some(kind)) = (name, kind) {
@@ -352,8 +358,22 @@ fn check_external(c: &mut Checker, net: &NetworkSpec) {
     }
 }
 
-fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> Option<ManagedNetwork> {
+/// What [`check_managed`] found valid: the network as far as it is valid (each invalid part
+/// left out), for the checks that use it even when the network has problems.
+struct Partial {
+    network: ManagedNetwork,
+    subnet: Option<Ipv4Network>,
+    gateway: Option<Ipv4Addr>,
+    dhcp: Option<DhcpRange>,
+    /// The mode needs a subnet and none is given.
+    subnet_required: bool,
+}
+
+/// Checks a lab network. `ok` is false when it recorded a problem; the partial network is
+/// what was valid.
+fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (bool, Partial) {
     let mut ok = true;
+    let mut subnet_required = false;
     let mode = match net.mode.as_ref().map(|m| m.value) {
         None | Some(ModeSpec::Nat) => NetworkMode::Nat,
         Some(ModeSpec::Routed) => NetworkMode::Routed,
@@ -377,6 +397,7 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
                     "add `subnet:`, e.g. `subnet: 192.168.152.0/24`, or use `mode: isolated` for a network without addresses",
                 );
                 ok = false;
+                subnet_required = true;
             }
             None
         }
@@ -451,7 +472,43 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
                 let start = r.start.trim().parse::<Ipv4Addr>();
                 let end = r.end.trim().parse::<Ipv4Addr>();
                 let label = |t: &str| vec![LabeledSpan::at(c.span(d), t.to_owned())];
-                let (Ok(start), Ok(end)) = (start, end) else {
+                if let (Ok(start), Ok(end)) = (start, end) {
+                    let suggest = default_dhcp_range(&sub, g);
+                    let suggest = format!("e.g. `{{start: {}, end: {}}}`", suggest.start, suggest.end);
+                    if !is_host(&sub, start) || !is_host(&sub, end) {
+                        let labels = label("outside the subnet's host addresses");
+                        c.push(
+                            Code::Dhcp,
+                            format!("DHCP range {start} .. {end} is not inside the host addresses of {sub}"),
+                            labels,
+                            format!("keep both ends between {} and {}, {suggest}", first_host(&sub), last_host(&sub)),
+                        );
+                        ok = false;
+                        None
+                    } else if start > end {
+                        let labels = label("start after end");
+                        c.push(
+                            Code::Dhcp,
+                            format!("DHCP range starts at {start}, after its end {end}"),
+                            labels,
+                            format!("swap the two: `{{start: {end}, end: {start}}}`"),
+                        );
+                        ok = false;
+                        None
+                    } else if start <= g && g <= end {
+                        let labels = label("contains the gateway");
+                        c.push(
+                            Code::Dhcp,
+                            format!("DHCP range {start} .. {end} contains the gateway {g}"),
+                            labels,
+                            format!("leave the gateway out of the range, {suggest}"),
+                        );
+                        ok = false;
+                        None
+                    } else {
+                        Some(DhcpRange { start, end })
+                    }
+                } else {
                     let labels = label("not two IPv4 addresses");
                     c.push(
                         Code::Dhcp,
@@ -459,42 +516,8 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
                         labels,
                         format!("write e.g. `dhcp: {{start: {}, end: {}}}`", first_host(&sub), last_host(&sub)),
                     );
-                    return None;
-                };
-                let suggest = default_dhcp_range(&sub, g);
-                let suggest = format!("e.g. `{{start: {}, end: {}}}`", suggest.start, suggest.end);
-                if !is_host(&sub, start) || !is_host(&sub, end) {
-                    let labels = label("outside the subnet's host addresses");
-                    c.push(
-                        Code::Dhcp,
-                        format!("DHCP range {start} .. {end} is not inside the host addresses of {sub}"),
-                        labels,
-                        format!("keep both ends between {} and {}, {suggest}", first_host(&sub), last_host(&sub)),
-                    );
                     ok = false;
                     None
-                } else if start > end {
-                    let labels = label("start after end");
-                    c.push(
-                        Code::Dhcp,
-                        format!("DHCP range starts at {start}, after its end {end}"),
-                        labels,
-                        format!("swap the two: `{{start: {end}, end: {start}}}`"),
-                    );
-                    ok = false;
-                    None
-                } else if start <= g && g <= end {
-                    let labels = label("contains the gateway");
-                    c.push(
-                        Code::Dhcp,
-                        format!("DHCP range {start} .. {end} contains the gateway {g}"),
-                        labels,
-                        format!("leave the gateway out of the range, {suggest}"),
-                    );
-                    ok = false;
-                    None
-                } else {
-                    Some(DhcpRange { start, end })
                 }
             }
         },
@@ -555,10 +578,7 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
             }
         },
     };
-    if !ok {
-        return None;
-    }
-    Some(ManagedNetwork {
+    let network = ManagedNetwork {
         mode,
         subnet,
         gateway,
@@ -568,5 +588,6 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> O
         stp: net.stp.as_ref().is_some_and(|a| a.value),
         dhcp_ping: net.dhcp_ping.as_ref().is_some_and(|a| a.value),
         reservations: BTreeMap::new(),
-    })
+    };
+    (ok, Partial { network, subnet, gateway, dhcp, subnet_required })
 }
