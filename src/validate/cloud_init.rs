@@ -95,6 +95,9 @@ pub(super) fn check_vm(
         Some(u) => user_data(c, u),
         None => lab.user_data.clone(),
     };
+    if !enabled && let Some(own) = own {
+        unused_keys(c, own, spec, vm_name, has_disk, lab.spec.and_then(|s| s.enabled.as_ref()).is_some());
+    }
     if c.count() > before {
         return Err(());
     }
@@ -110,6 +113,55 @@ pub(super) fn check_vm(
         hostname: hostname.unwrap_or_default(),
         user_data,
     }))
+}
+
+/// A VM's own cloud-init keys that would do nothing because cloud-init is off for it (no
+/// seed disk is made): refused, so a `user_data` is never silently ignored. Keys the VM
+/// inherits from the lab-level `cloud_init` are not: they are defaults for the VMs that use
+/// cloud-init.
+fn unused_keys(
+    c: &mut Checker,
+    own: &CloudInitSpec,
+    spec: Option<&Spanned<CloudInitSpec>>,
+    vm_name: &str,
+    has_disk: bool,
+    lab_sets_enabled: bool,
+) {
+    let CloudInitSpec { enabled, user, ssh_authorized_keys, ssh_authorized_keys_files, hostname, user_data } = own;
+    let whole = spec.map(|s| c.span(s));
+    let first = |v: &Option<Vec<Spanned<String>>>| -> Option<Option<miette::SourceSpan>> {
+        v.as_ref().map(|v| v.first().map(|x| c.span(x)).or(whole))
+    };
+    let given: Vec<(&str, Option<miette::SourceSpan>)> = [
+        ("user", user.as_ref().map(|v| Some(c.span(v)))),
+        ("ssh_authorized_keys", first(ssh_authorized_keys)),
+        ("ssh_authorized_keys_files", first(ssh_authorized_keys_files)),
+        ("hostname", hostname.as_ref().map(|v| Some(c.span(v)))),
+        ("user_data", user_data.as_ref().map(|v| Some(c.span(v)))),
+    ]
+    .into_iter()
+    .filter_map(|(k, at)| at.map(|at| (k, at)))
+    .collect();
+    let why = if enabled.is_some() {
+        "its `cloud_init` says `enabled: false`"
+    } else if lab_sets_enabled {
+        "the lab-level `cloud_init` says `enabled: false`"
+    } else if !has_disk {
+        "it boots a kernel only (no `disk`), where cloud-init is off unless `enabled: true`"
+    } else {
+        "cloud-init is off for it"
+    };
+    for (key, at) in given {
+        let Some(at) = at else { continue };
+        c.push(
+            Code::CloudInit,
+            format!("vm `{vm_name}` sets `cloud_init.{key}`, but cloud-init is off for it: {why}"),
+            vec![miette::LabeledSpan::at(at, "would be ignored: no seed disk is made")],
+            format!(
+                "set `enabled: true` in the VM's `cloud_init` (its image or initrd must run cloud-init), or remove `{key}`"
+            ),
+        );
+    }
 }
 
 fn check_user(c: &mut Checker, u: &Spanned<String>) -> Option<String> {
@@ -342,6 +394,8 @@ mod tests {
                 "topo::lab::missing_file",
                 "topo::lab::user_data",
                 "topo::lab::missing_file",
+                // b: `user_data` with `enabled: false` would be ignored.
+                "topo::lab::cloud_init",
             ],
             "{:#?}",
             e.problems.iter().map(|p| p.message.clone()).collect::<Vec<_>>()
