@@ -119,6 +119,9 @@ pub enum Code {
     /// A NIC asks for netem (`delay`, `jitter`, `loss`) where topo cannot reach its tap: a
     /// remote or test URI, or taps not visible from here.
     NetemUnreachable,
+    /// A NIC asks for link impairment the libvirt host's kernel cannot do: it was built
+    /// without a qdisc, classifier or action that netem or libvirt's `<bandwidth>` needs.
+    KernelLacksQdisc,
 }
 
 impl Code {
@@ -188,6 +191,7 @@ impl Code {
             HostImageFormat => "topo::plan::image_format",
             HostFileUnchecked => "topo::plan::file_unchecked",
             NetemUnreachable => "topo::plan::netem_unreachable",
+            KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",
         }
     }
 

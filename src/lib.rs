@@ -15,6 +15,7 @@ pub mod graph;
 pub mod guest;
 pub mod hypervisor;
 pub mod impair;
+pub mod kernel;
 pub mod model;
 pub mod observed;
 pub mod ownership;

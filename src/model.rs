@@ -641,6 +641,8 @@ pub struct Nic {
     /// Where the first netem setting (`delay`, `jitter` or `loss`) is written, for refusals
     /// that concern netem (a remote host).
     pub netem_span: Option<SourceSpan>,
+    /// Where `rate` is written, for refusals that concern it (a kernel without its qdiscs).
+    pub rate_span: Option<SourceSpan>,
     pub span: SourceSpan,
 }
 

@@ -195,6 +195,11 @@ pub struct Observed {
     /// libvirt's own bridges and taps included. `None` when topo cannot see them: a remote
     /// or test URI (the interfaces of the machine topo runs on would be the wrong ones).
     pub host_interfaces: Option<std::collections::BTreeSet<String>>,
+    /// What the libvirt host's kernel lacks for link impairment (netem, libvirt's
+    /// `<bandwidth>` qdiscs), read from its build config on a local real driver. `None` when
+    /// unknown: a remote or test URI, or no readable config (`/proc/config.gz`,
+    /// `/boot/config-RELEASE`); then nothing is refused on its account.
+    pub kernel: Option<crate::kernel::KernelSupport>,
     /// The MACs each active network's bridge holds as its own (its address and its ports'),
     /// by bridge name, read from `/sys/class/net` on a local real driver; empty when topo
     /// cannot see the bridges (remote or test URI, another network namespace).

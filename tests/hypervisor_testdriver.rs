@@ -76,6 +76,7 @@ fn nic(index: usize, network: &NetworkName, m: MacAddr) -> Nic {
         verify: Verify::Arp,
         impairment: Default::default(),
         netem_span: None,
+        rate_span: None,
         span: (0, 0).into(),
     }
 }

@@ -189,3 +189,44 @@ fn netem_is_refused_where_the_taps_are_not_reachable() {
     let rate_only = lab(&impaired("        rate: 10Mbit\n"));
     apply_ok(&rate_only, &hv);
 }
+
+/// This project's CI host as `/proc/config.gz` shows it: htb, ingress, u32 and the action
+/// layer built in; netem, sfq, fw and police not built.
+const KERNEL_WITHOUT_NETEM: &str = "\
+CONFIG_NET_SCH_HTB=y
+# CONFIG_NET_SCH_SFQ is not set
+# CONFIG_NET_SCH_NETEM is not set
+CONFIG_NET_SCH_INGRESS=y
+# CONFIG_NET_CLS_FW is not set
+CONFIG_NET_CLS_U32=y
+CONFIG_NET_CLS_ACT=y
+# CONFIG_NET_ACT_POLICE is not set
+";
+
+/// A value the kernel would refuse is refused by topo first: on a local host whose kernel
+/// was built without netem, `delay` is refused at plan time (the kernel's "Specified qdisc
+/// kind is unknown" at apply, after the network was made); without sfq, fw or police, so is
+/// `rate` (libvirt's <bandwidth>, src/util/virnetdevbandwidth.c). Nothing is touched. Modules
+/// (`=m`) count as there; an unknown kernel refuses nothing.
+#[test]
+fn impairment_the_kernel_lacks_is_refused_at_plan_time() {
+    let hv = local_host().with_kernel_config(KERNEL_WITHOUT_NETEM);
+    let l = lab(&impaired("        rate: 8Mbit\n        delay: 50ms\n"));
+    let observed = hv.observe().unwrap();
+    let err = topo::plan::plan(&l, &observed, "qemu:///system").unwrap_err();
+    let text = render_diag(&err).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]");
+    insta::assert_snapshot!("kernel_refused", text);
+    assert_eq!(text.matches("topo::plan::kernel_lacks_qdisc").count(), 2, "{text}");
+    assert!(text.contains("sch_netem (CONFIG_NET_SCH_NETEM)") && text.contains("act_police"), "{text}");
+    assert!(!text.contains("sch_htb"), "htb is built in: {text}");
+    // A NIC without impairment is fine on that kernel.
+    apply_ok(&lab(BASE), &hv);
+    // Built as modules: fine.
+    let modules = KERNEL_WITHOUT_NETEM.replace("# CONFIG_NET_SCH_NETEM is not set", "CONFIG_NET_SCH_NETEM=m");
+    let hv = local_host().with_kernel_config(&modules);
+    let delay_only = lab(&impaired("        delay: 50ms\n"));
+    apply_ok(&delay_only, &hv);
+    // Unknown kernel (no config to read): nothing refused on its account.
+    let hv = local_host();
+    apply_ok(&l, &hv);
+}

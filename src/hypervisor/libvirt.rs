@@ -498,6 +498,8 @@ impl Hypervisor for LibvirtHypervisor {
         }
         self.observe_pool(&mut out)?;
         out.host_interfaces = host_interfaces(&self.uri);
+        // The kernel the taps live in is this machine's (network namespaces share it).
+        out.kernel = if out.host_interfaces.is_some() { crate::kernel::KernelSupport::read_local() } else { None };
         if out.host_interfaces.is_some() {
             // A local, real driver: the bridges of active networks are this machine's.
             let sys = std::path::Path::new(SYS_CLASS_NET);

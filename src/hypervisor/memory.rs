@@ -73,6 +73,8 @@ struct State {
     /// Interfaces on the host that are no libvirt network's bridge (a physical NIC, a
     /// hand-made bridge); `None` plays a remote host, whose interfaces topo cannot see.
     host_interfaces: Option<std::collections::BTreeSet<String>>,
+    /// What the host kernel lacks, as `observe` reports it (`None`: unknown).
+    kernel: Option<crate::kernel::KernelSupport>,
     /// Storage pools other than the overlay pool (images, kernels), by name.
     storage: BTreeMap<String, MemStoragePool>,
     /// MACs a bridge holds as its own on a local host (`with_bridge_macs`), by bridge.
@@ -398,6 +400,13 @@ impl MemoryHypervisor {
     /// Plays a local host with these non-libvirt interfaces (`eth0`, a hand-made bridge):
     /// `observe` reports them with the active networks' bridges, and starting a network
     /// whose bridge has one of these names fails as the kernel refuses it (EEXIST).
+    /// A local host whose kernel was built with `config` (kernel `.config` text): `observe`
+    /// reports what it lacks for link impairment.
+    pub fn with_kernel_config(self, config: &str) -> Self {
+        self.lock().kernel = Some(crate::kernel::KernelSupport::from_config(config, "/proc/config.gz"));
+        self
+    }
+
     pub fn with_host_interfaces(self, names: &[&str]) -> Self {
         self.lock().host_interfaces = Some(names.iter().map(|n| (*n).to_owned()).collect());
         self
@@ -581,6 +590,7 @@ impl Hypervisor for MemoryHypervisor {
                         .collect()
                 })
                 .unwrap_or_default(),
+            kernel: s.kernel.clone(),
             // As /sys/class/net shows them: the host's own interfaces and the bridges of
             // active networks.
             host_interfaces: s.host_interfaces.as_ref().map(|h| {

@@ -1865,6 +1865,62 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
         }
     }
+    out.extend(kernel_refusals(lab, observed));
+    out
+}
+
+/// NICs whose `delay`/`jitter`/`loss` (netem) or `rate` (libvirt's `<bandwidth>`: htb, sfq,
+/// fw, ingress, u32, police) need what the host kernel was built without: the kernel would
+/// refuse them at apply ("Specified qdisc kind is unknown"), after the network and other VMs
+/// were made. Only where the kernel is known (a local host with a readable config).
+fn kernel_refusals(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    use crate::kernel::KernelFeature;
+    let Some(kernel) = &observed.kernel else { return Vec::new() };
+    let mut out = Vec::new();
+    for vm in lab.vms.values() {
+        for nic in &vm.nics {
+            let who = format!("{}.{}", vm.name, nic.label());
+            let mut refuse = |need: &[KernelFeature], span: Option<miette::SourceSpan>, what: &str, key: &str| {
+                let lacks = kernel.lacks(need);
+                if lacks.is_empty() {
+                    return;
+                }
+                let names: Vec<String> = lacks.iter().map(|f| f.to_string()).collect();
+                let modules: Vec<&str> = lacks.iter().map(|f| f.module()).collect();
+                out.push(Problem::at(
+                    Code::KernelLacksQdisc,
+                    span.unwrap_or(nic.span),
+                    format!(
+                        "{who}: the host kernel was built without {} (read from {}), which {what} needs: the kernel \
+                         would refuse it at apply",
+                        names.join(", "),
+                        kernel.source
+                    ),
+                    "the kernel cannot do this",
+                    format!(
+                        "run a kernel built with these (=y, or =m and then `modprobe -a {}`), or remove `{key}` from the lab file",
+                        modules.join(" ")
+                    ),
+                ));
+            };
+            if wanted_netem(nic).is_some() {
+                refuse(
+                    &KernelFeature::NETEM,
+                    nic.netem_span,
+                    "netem on the VM's tap (`delay`, `jitter`, `loss`)",
+                    "delay`/`jitter`/`loss",
+                );
+            }
+            if nic.impairment.rate.is_some() {
+                refuse(
+                    &KernelFeature::RATE,
+                    nic.rate_span,
+                    "libvirt's <bandwidth> for `rate` (htb, sfq and a fw filter; ingress, u32 and police)",
+                    "rate",
+                );
+            }
+        }
+    }
     out
 }
 

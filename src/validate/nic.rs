@@ -225,6 +225,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         verify,
         impairment,
         netem_span,
+        rate_span: nic.rate.as_ref().map(|r| c.span(r)),
         span: c.span(&nic.network),
     })
 }

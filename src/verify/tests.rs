@@ -667,6 +667,7 @@ fn targets_from_the_model() {
         verify: if index == 0 { Verify::Arp } else { Verify::None },
         impairment: Default::default(),
         netem_span: None,
+        rate_span: None,
         span,
     };
     let vm = Vm {

@@ -79,6 +79,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             verify: Verify::Arp,
             impairment: Default::default(),
             netem_span: None,
+            rate_span: None,
             span: (0, 0).into(),
         },
         Nic {
@@ -90,6 +91,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             verify: Verify::Arp,
             impairment: Default::default(),
             netem_span: None,
+            rate_span: None,
             span: (0, 0).into(),
         },
     ];
