@@ -249,7 +249,8 @@ where
         let mut replies: BTreeMap<String, Vec<ArpReply>> = BTreeMap::new();
         // The round trip of each reply, by (bridge, MAC, address).
         let mut rtts: BTreeMap<(String, MacAddr, Ipv4Addr), Duration> = BTreeMap::new();
-        let mut broken: BTreeMap<String, String> = BTreeMap::new();
+        // Per bridge, why it could not be probed.
+        let mut broken: BTreeMap<String, FailReason> = BTreeMap::new();
         for (bridge, r) in results {
             match r {
                 Ok(v) => {
@@ -260,12 +261,13 @@ where
                     }
                     replies.insert(bridge, v.into_iter().map(|(r, _)| r).collect());
                 }
-                Err(
-                    e @ (ProbeError::InterfaceMissing { .. }
-                    | ProbeError::InterfaceDown { .. }
-                    | ProbeError::NoMac { .. }),
-                ) => {
-                    broken.insert(bridge, e.to_string());
+                // A target's bridge is one libvirt reports for an active network
+                // (`verify::target`): missing here means topo runs in another namespace.
+                Err(ProbeError::InterfaceMissing { .. }) => {
+                    broken.insert(bridge.clone(), FailReason::BridgeNotVisible { bridge });
+                }
+                Err(e @ (ProbeError::InterfaceDown { .. } | ProbeError::NoMac { .. })) => {
+                    broken.insert(bridge, FailReason::NoBridge { detail: e.to_string() });
                 }
                 Err(e @ (ProbeError::PermissionDenied { .. } | ProbeError::Io { .. })) => {
                     return Err(e.into());
@@ -281,8 +283,8 @@ where
             let Some(bridge) = t.bridge.as_ref().filter(|_| !tracks[index].state.is_final()) else {
                 continue;
             };
-            let next = if let Some(detail) = broken.get(bridge) {
-                NicState::Failed { reason: FailReason::NoBridge { detail: detail.clone() } }
+            let next = if let Some(reason) = broken.get(bridge) {
+                NicState::Failed { reason: reason.clone() }
             } else {
                 let got = replies.get(bridge).unwrap_or(&none);
                 let judged = judge(index, targets, &own, &owners, got, &tracks[index]);

@@ -59,6 +59,13 @@ pub enum FailReason {
     VmNotRunning,
     #[error("cannot probe the network's bridge: {detail}")]
     NoBridge { detail: String },
+    /// libvirt reports the network active with this bridge, and no interface of that name
+    /// exists where topo runs: topo is in another network namespace than libvirtd.
+    #[error(
+        "libvirt reports the network active on bridge {bridge}, but there is no interface {bridge} in \
+         topo's network namespace"
+    )]
+    BridgeNotVisible { bridge: String },
     #[error("verification was interrupted before this NIC was proven")]
     Interrupted,
 }
@@ -105,6 +112,10 @@ impl FailReason {
             FailReason::NoBridge { .. } => {
                 "ARP evidence needs the network's bridge on this host, up: is the network \
                  active (`virsh net-start`)? `verify: none` skips the check"
+            }
+            FailReason::BridgeNotVisible { .. } => {
+                "topo must run in the network namespace of libvirtd, where the bridge is (e.g. \
+                 `ip netns exec NS topo ...`); `verify: none` skips the check"
             }
             FailReason::Interrupted => "run `topo verify` again to finish the check",
         }
