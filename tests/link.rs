@@ -140,6 +140,35 @@ fn rate_changes_live_and_netem_is_set_again() {
     assert_eq!(web_tap(&hv), TapQdiscs { htb: false, netem: Some((NetemParent::Root, netem("delay 50ms"))) });
 }
 
+/// Rate and delay changed together on a running VM: the plan shows both fields (the netem
+/// one was missing, hidden behind the set-again after the live rate; found on real libvirt
+/// by scripts/netem-libvirt-check.sh), and netem is set once, after libvirt's tc commands.
+#[test]
+fn rate_and_delay_change_together() {
+    let hv = local_host();
+    apply_ok(&lab(&impaired("        rate: 10Mbit\n        delay: 50ms\n")), &hv);
+    let changed = lab(&impaired("        rate: 20Mbit\n        delay: 80ms\n"));
+    let (p, _) = plan_on(&changed, &hv);
+    assert_eq!(p.changes.len(), 1, "{}", plain(&p));
+    let c = &p.changes[0];
+    let fields: Vec<_> = c
+        .fields
+        .iter()
+        .map(|f| (f.path.rsplit('.').next().unwrap(), f.before.as_deref(), f.after.as_deref()))
+        .collect();
+    assert!(fields.contains(&("rate", Some("10Mbit"), Some("20Mbit"))), "{fields:?}");
+    assert!(fields.contains(&("netem", Some("delay 50ms"), Some("delay 80ms"))), "{fields:?}");
+    assert!(c.reasons.iter().any(|r| matches!(r, Reason::Netem { nics } if nics.len() == 1)), "{:?}", c.reasons);
+    let ops: Vec<&str> = c.ops.iter().map(Op::name).collect();
+    assert_eq!(ops, ["set-bandwidth", "define-domain", "set-netem"]);
+    assert!(plain(&p).contains("\"delay 50ms\" -> \"delay 80ms\""), "{}", plain(&p));
+    hv.clear_calls();
+    apply_ok(&changed, &hv);
+    assert!(!hv.calls().iter().any(|c| c.starts_with("start_domain") || c.starts_with("shutdown_domain")));
+    assert_eq!(web_tap(&hv), TapQdiscs { htb: true, netem: Some((NetemParent::HtbLeaf, netem("delay 80ms"))) });
+    assert!(plan_on(&changed, &hv).0.changes.is_empty());
+}
+
 #[test]
 fn reattached_and_restarted_nics_get_netem_again() {
     let hv = local_host();

@@ -1263,11 +1263,12 @@ fn bandwidth_ops(vm: &Vm, changed: &[FieldChange], ops: &[Op]) -> Vec<Op> {
 }
 
 /// The netem steps of a VM after `ops` ran: on a tap that `ops` makes new (the VM is started
-/// or resumed, the NIC hot-plugged, or its rate set, which makes libvirt clear the tap's
-/// qdiscs) the lab file's settings are set when it has any; on a tap that stays, they are
-/// set when they differ from what `tc` shows there (`ObservedDomain::links`), with the
-/// field and the reason's text (`eth0 (tap vnet3)`). NICs re-plugged by `ReattachNics` get
-/// theirs from their `NicPlug`. Nothing for a VM that does not run afterwards.
+/// or resumed, the NIC hot-plugged) the lab file's settings are set when it has any; on a tap
+/// that stays, they are set when they differ from what `tc` shows there
+/// (`ObservedDomain::links`), with the field and the reason's text (`eth0 (tap vnet3)`), and
+/// also, unchanged, after its rate is set live (libvirt then clears the tap's qdiscs). NICs
+/// re-plugged by `ReattachNics` get theirs from their `NicPlug`. Nothing for a VM that does
+/// not run afterwards.
 fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<FieldChange>, Vec<String>) {
     let starts = ops.iter().any(|op| matches!(op, Op::StartDomain | Op::ResumeDomain));
     let stops = ops.iter().any(|op| matches!(op, Op::StopDomain { .. }));
@@ -1283,18 +1284,25 @@ fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<F
         if replugged {
             continue;
         }
-        let fresh = starts
-            || ops
-                .iter()
-                .any(|op| matches!(op, Op::AttachNic { mac, .. } | Op::SetBandwidth { mac, .. } if *mac == nic.mac));
-        if fresh {
+        let new_tap = starts || ops.iter().any(|op| matches!(op, Op::AttachNic { mac, .. } if *mac == nic.mac));
+        if new_tap {
             if want.is_some() {
                 out.push(Op::SetNetem { mac: nic.mac, netem: want });
             }
             continue;
         }
+        // A rate set live on a tap that stays: libvirt clears the tap's qdiscs, so the lab's
+        // netem is set again whether or not it changed; a change is still shown as one.
+        let rate_set = ops.iter().any(|op| matches!(op, Op::SetBandwidth { mac, .. } if *mac == nic.mac));
+        let set_again = |out: &mut Vec<Op>| {
+            if rate_set && want.is_some() {
+                out.push(Op::SetNetem { mac: nic.mac, netem: want });
+            }
+        };
         let Some(link) = o.and_then(|o| o.links.as_ref()).and_then(|l| l.iter().find(|l| l.mac == nic.mac)) else {
-            continue; // not known here: refused before planning when netem is asked (find_conflicts)
+            // Not known here: refused before planning when netem is asked (find_conflicts).
+            set_again(&mut out);
+            continue;
         };
         let have = match &link.qdiscs {
             Some(q) => q.netem.map(|(_, n)| n),
@@ -1302,6 +1310,7 @@ fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<F
             None => None, // tc's view could not be read: set it (apply reports tc's error)
         };
         if have == want {
+            set_again(&mut out);
             continue;
         }
         let show = |n: Option<Netem>| n.map_or_else(|| "none".to_string(), |n| n.to_string());
