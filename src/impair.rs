@@ -19,7 +19,7 @@ pub struct Rate(u32);
 /// Why a `rate:` value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
-    #[error("is not a whole number followed by a unit (kbit, Mbit or Gbit)")]
+    #[error("is not a whole number followed by a unit (kbit, Mbit or Gbit), without a space")]
     Format,
     #[error("is not a whole number of kilobytes per second (a multiple of 8kbit), which is libvirt's unit")]
     NotWholeKilobytes,
@@ -36,6 +36,10 @@ impl Rate {
     /// number of kB/s between 1 and 2^32 - 1.
     pub fn parse(s: &str) -> Result<Rate, RateError> {
         let t = s.trim();
+        // One word, as tc and containerlab take it (`10Mbit`, not `10 Mbit`).
+        if t.contains(char::is_whitespace) {
+            return Err(RateError::Format);
+        }
         let split = t.find(|c: char| !c.is_ascii_digit()).ok_or(RateError::Format)?;
         let (num, unit) = t.split_at(split);
         let n: u128 = num.parse().map_err(|_| RateError::Format)?;
@@ -88,7 +92,7 @@ pub struct Loss(u32);
 /// Why a `loss:` value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LossError {
-    #[error("is not a percentage such as `1%` or `0.5%` (at most 4 decimals)")]
+    #[error("is not a percentage such as `1%` or `0.5%` (at most 4 decimals, no space before `%`)")]
     Format,
     #[error("is above 100%, which tc refuses (\"Illegal \\\"loss percent\\\"\")")]
     Above100,
@@ -100,7 +104,9 @@ impl Loss {
     /// Parses `1%`, `0.5%`, `100%`. Rule: tc (iproute2 lib/utils.c `parse_percent`) refuses
     /// a percentage above 100 or below 0 ("Illegal \"loss percent\"").
     pub fn parse(s: &str) -> Result<Loss, LossError> {
-        let t = s.trim().strip_suffix('%').ok_or(LossError::Format)?.trim_end();
+        // One word like every unit of a NIC (`5%`, not `5 %`): tc's parse_percent wants the
+        // `%` right after the number.
+        let t = s.trim().strip_suffix('%').ok_or(LossError::Format)?;
         let (int, frac) = t.split_once('.').unwrap_or((t, ""));
         if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
             return Err(LossError::Format);
@@ -172,6 +178,10 @@ impl Micros {
     /// times in whole microseconds (`1ns` is "Illegal \"latency\"") and at most
     /// [`MAX_NETEM_MICROS`].
     pub fn parse(s: &str) -> Result<Micros, TimeError> {
+        // One word like every unit of a NIC (`50ms`, not `50 ms`), as tc takes it.
+        if s.trim().contains(char::is_whitespace) {
+            return Err(TimeError::Format("no space between the number and the unit".into()));
+        }
         let d = humantime::parse_duration(s.trim()).map_err(|e| TimeError::Format(e.to_string()))?;
         if d.subsec_nanos() % 1000 != 0 {
             return Err(TimeError::SubMicrosecond);
@@ -496,6 +506,11 @@ mod tests {
         assert!(Micros::parse("274s").is_ok());
         assert_eq!(Micros::parse("275s"), Err(TimeError::TooLarge));
         assert!(matches!(Micros::parse("fast"), Err(TimeError::Format(_))));
+        // Every NIC unit is one word, as tc takes it: `10Mbit`, `5%`, `50ms`.
+        assert!(matches!(Micros::parse("50 ms"), Err(TimeError::Format(_))));
+        assert_eq!(Loss::parse("5 %"), Err(LossError::Format));
+        assert_eq!(Rate::parse("10 Mbit"), Err(RateError::Format));
+        assert!(Loss::parse(" 5% ").is_ok() && Rate::parse("10Mbit").is_ok());
         assert_eq!(Micros::from_secs_f64(0.05), Some(Micros(50_000)));
     }
 

@@ -243,7 +243,7 @@ pub fn check_user_name(u: &str) -> Result<(), String> {
         return Err(format!("contains {c:?}; user names use lowercase letters, digits, '-' and '_'"));
     }
     if u == "root" {
-        return Err("is `root`; topo creates a separate user with sudo".into());
+        return Err("is the superuser: topo creates its own login user, with passwordless sudo".into());
     }
     Ok(())
 }
