@@ -1042,3 +1042,41 @@ fn a_running_vm_undefined_by_hand_is_defined_again_before_it_stops() {
         assert!(!hv.calls().iter().any(|c| c.starts_with("start_domain")), "not restarted: {:#?}", hv.calls());
     }
 }
+
+/// The same on libvirt's test driver through the real virt code (tier 3): its
+/// virDomainUndefine of a running domain leaves it transient, and topo's define makes it
+/// persistent again before `state: stopped` stops it.
+#[test]
+fn a_running_vm_undefined_by_hand_on_the_test_driver() {
+    let hv = topo::hypervisor::libvirt::LibvirtHypervisor::connect("test:///default").unwrap();
+    // The test driver drops `<dnsmasq:options>`: ping on, so none is written.
+    let base = BASE
+        .replace("    dhcp: true\n", "    dhcp: true\n    dhcp_ping: true\n")
+        .replace("    autostart: true\n", "    autostart: true\n    dhcp_ping: true\n");
+    apply_ok(&lab(&base), &hv);
+    hv.undefine_domain("demo-db").unwrap();
+    assert!(!hv.observe().unwrap().domains["demo-db"].persistent);
+    let l = lab(&edit(&base, "  db:\n", "  db:\n    state: stopped\n"));
+    let (p, _) = plan_on(&l, &hv);
+    assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
+    assert_eq!(p.changes[0].reasons[0], plan::Reason::UndefinedOutsideTopo);
+    apply_ok(&l, &hv);
+    assert_replans_empty(&l, &hv);
+    let d = &hv.observe().unwrap().domains["demo-db"];
+    assert!(d.persistent);
+    assert_eq!(d.state, topo::observed::DomainState::Shutoff);
+}
+
+/// Destroy of a lab whose running VM was undefined by hand: the transient domain is stopped
+/// (which removes it) and its undefine counts as done; nothing is left.
+#[test]
+fn destroy_removes_a_transient_lab_vm() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.undefine_domain("demo-db").unwrap();
+    let (_, report) = destroy_with(&l, &hv, 1);
+    assert!(!report.failed(), "{report:#?}");
+    let o = hv.observe().unwrap();
+    assert!(!o.domains.keys().any(|d| d.starts_with("demo-")), "{:?}", o.domains.keys());
+}
