@@ -432,7 +432,9 @@ fn plan_checks_files_through_storage_pools() {
     assert!(err.contains("lab.yaml:10:14"), "image located: {err}");
     assert!(err.contains("topo::plan::file_unchecked"), "{err}");
     assert!(err.contains("lab.yaml:8:15"), "initrd located: {err}");
-    assert!(err.contains("dir --target /srv/nowhere && virsh pool-start NAME"), "{err}");
+    // Each command whole on a line of its own (never split where the message wraps).
+    assert!(err.lines().any(|l| l.trim() == "virsh pool-define-as NAME dir --target /srv/nowhere"), "{err}");
+    assert!(err.lines().any(|l| l.trim() == "virsh pool-start NAME"), "{err}");
 }
 
 /// Terraform's destroy needs a parseable config, not the files it names: `topo destroy`

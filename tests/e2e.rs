@@ -2036,7 +2036,7 @@ fn check_files_through_pools(dir: &Path) {
     let r = remote(&write(dir, "fp1.yaml", &text(&format!("{g}/initrd.gz"), "")));
     assert_eq!(r.code, 0, "{}", r.show());
     assert_eq!(r.stderr.matches("topo::plan::file_unchecked").count(), 2, "{}", r.show());
-    assert!(r.err_flat().contains(&format!("dir --target {g} && virsh pool-start NAME")), "{}", r.show());
+    assert!(r.err_flat().contains(&format!("dir --target {g} virsh pool-start NAME")), "{}", r.show());
 
     let images = dir.join("images");
     std::fs::create_dir_all(&images).expect("images folder");

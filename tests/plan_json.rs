@@ -202,8 +202,13 @@ fn warnings_are_in_the_json_located() {
     let doc = to_json(&topo::plan::plan(&l, &observed, &hv.uri()).unwrap());
     check_plan(&doc);
     let w = doc["warnings"].as_array().unwrap();
-    // router: kernel and initrd; web and db: kernel.
-    assert_eq!(w.len(), 4, "{doc:#}");
+    // One warning per file (router: kernel and initrd; web and db: kernel), each naming
+    // every VM that uses it.
+    let files: std::collections::BTreeSet<String> =
+        l.vms.values().flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.display().to_string())).collect();
+    assert_eq!(w.len(), files.len(), "{doc:#}");
+    assert!(files.len() < 4, "the lab shares a file between VMs: {files:?}");
+    assert!(w.iter().any(|w| w["message"].as_str().unwrap().contains("of vms `")), "{doc:#}");
     for w in w {
         assert_eq!(w["code"], "topo::plan::file_unchecked", "{w}");
         assert!(w["help"].as_str().unwrap().contains("virsh pool-define-as"), "{w}");

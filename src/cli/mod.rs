@@ -120,7 +120,16 @@ pub fn main() -> ExitCode {
     interrupt::install();
     let color = cli.global.color_for(std::io::stderr().is_terminal());
     let _ = miette::set_hook(Box::new(move |_| {
-        Box::new(miette::MietteHandlerOpts::new().color(color).unicode(color).build())
+        // Wrapped at spaces only: a command in a help line (`virsh pool-define-as ...`)
+        // is never split at its hyphens, so it can be copied.
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(color)
+                .unicode(color)
+                .word_splitter(textwrap::WordSplitter::NoHyphenation)
+                .break_words(false)
+                .build(),
+        )
     }));
     virt::error::clear_error_callback();
     if let Err(e) = log::init(cli.global.verbose, color) {

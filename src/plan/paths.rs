@@ -82,31 +82,53 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
 /// such a header, so not refused).
 pub fn warnings(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
+    // One warning per file, at its first use (VMs in name order), naming every VM that
+    // uses it: VMs sharing a kernel (often through a YAML alias) need one fix, not one each.
+    /// A file: its path, key, first use, VMs and the stopped pool over its folder.
+    type Unchecked<'a> = (String, &'a str, miette::SourceSpan, Vec<String>, Option<&'a String>);
+    let mut unchecked: Vec<Unchecked> = Vec::new();
     for (vm, role, path, span, fact) in facts(lab, observed) {
         if let PathFact::Unchecked { inactive_pool } = fact {
-            let help = match inactive_pool {
-                Some(pool) => format!(
-                    "start storage pool `{pool}` (virsh pool-start {pool}) so topo can check the file through it"
-                ),
-                None => {
-                    let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("/");
-                    format!(
-                        "put the file in a storage pool so topo can check it: virsh pool-define-as NAME dir --target {dir} && virsh pool-start NAME"
-                    )
+            match unchecked.iter_mut().find(|u| u.0 == path) {
+                Some(u) => {
+                    if !u.3.contains(&vm.name.to_string()) {
+                        u.3.push(vm.name.to_string());
+                    }
                 }
-            };
-            out.push(Problem::at(
-                Code::HostFileUnchecked,
-                span,
-                format!(
-                    "{} `{path}` of vm `{}` is in no active storage pool on the libvirt host: topo cannot check it there; libvirt reports a missing file only when it opens it",
-                    role.key(),
-                    vm.name
-                ),
-                "not checked",
-                help,
-            ));
+                None => {
+                    unchecked.push((path.clone(), role.key(), span, vec![vm.name.to_string()], inactive_pool.as_ref()))
+                }
+            }
         }
+    }
+    for (path, key, span, vms, inactive_pool) in unchecked {
+        // The command on a line of its own, so it is never wrapped into pieces.
+        let help = match inactive_pool {
+            Some(pool) => {
+                format!("start storage pool `{pool}` so topo can check the file through it:\n  virsh pool-start {pool}")
+            }
+            None => {
+                let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("/");
+                format!(
+                    "put the file in a storage pool so topo can check it:\n  virsh pool-define-as NAME dir --target {dir}\n  virsh pool-start NAME"
+                )
+            }
+        };
+        let who = match vms.as_slice() {
+            [one] => format!("vm `{one}`"),
+            many => format!("vms {}", many.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")),
+        };
+        out.push(Problem::at(
+            Code::HostFileUnchecked,
+            span,
+            format!(
+                "{key} `{path}` of {who} is in no active storage pool on the libvirt host: topo cannot check it there; libvirt reports a missing file only when it opens it"
+            ),
+            "not checked",
+            help,
+        ));
+    }
+    for (vm, role, path, span, fact) in facts(lab, observed) {
         if let Some((ImageFormat::Raw, found)) = other_format(vm, role, fact) {
             out.push(Problem::at(
                 Code::HostImageFormat,
@@ -188,6 +210,24 @@ mod tests {
         let o = observed(&[("/srv/boot/initrd", PathFact::Unchecked { inactive_pool: Some("boot".into()) })]);
         assert!(warnings(&lab, &o)[0].help.as_deref().unwrap().contains("virsh pool-start boot"));
         assert!(conflicts(&lab, &Observed::default()).is_empty() && warnings(&lab, &Observed::default()).is_empty());
+    }
+
+    /// One warning per file, however many VMs use it (VMs sharing a YAML alias too), naming
+    /// them; the command in its help stands on a line of its own, so it is never wrapped.
+    #[test]
+    fn one_warning_per_unchecked_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "apiVersion: topo/v1\nname: p\nvms:\n  a: &vm\n    boot: {kernel: /srv/boot/vmlinuz}\n  b: *vm\n  c:\n    boot: {kernel: /srv/boot/vmlinuz}\n";
+        let file = dir.path().join("lab.yaml");
+        std::fs::write(&file, text).unwrap();
+        let src = crate::source::SourceFile::read(&file).unwrap();
+        let lab = crate::validate::load_with(&src, crate::validate::Files::NotChecked).unwrap();
+        let w = warnings(&lab, &observed(&[("/srv/boot/vmlinuz", PathFact::Unchecked { inactive_pool: None })]));
+        assert_eq!(codes(&w), ["topo::plan::file_unchecked"]);
+        assert!(w[0].message.contains("of vms `a`, `b`, `c`"), "{}", w[0].message);
+        let help = w[0].help.as_deref().unwrap();
+        assert!(help.lines().any(|l| l.trim() == "virsh pool-define-as NAME dir --target /srv/boot"), "{help}");
+        assert!(help.lines().any(|l| l.trim() == "virsh pool-start NAME"), "{help}");
     }
 
     /// QEMU opens the backing file as the declared format: a non-qcow2 file declared qcow2
