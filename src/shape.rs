@@ -295,12 +295,24 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Result<Vec<Problem>,
             }
             ValidationErrorKind::Required { property } => {
                 let prop = property.as_str().unwrap_or_default();
+                // `netwrk:` written for `network:`: say so here too.
+                let allowed = allowed_keys(&schema, &segs);
+                let typo = err.instance().as_object().and_then(|m| {
+                    m.keys()
+                        .filter(|k| !allowed.contains(k))
+                        .find(|k| crate::diag::did_you_mean(k, std::iter::once(prop)).is_some())
+                        .cloned()
+                });
+                let help = match typo {
+                    Some(t) => format!("rename `{t}` to `{prop}` (`{t}` is not a key here)"),
+                    None => format!("add `{prop}:`; see docs/lab-file.md"),
+                };
                 out.push(Problem::at(
                     Code::MissingKey,
                     here.key.unwrap_or(here.value),
                     format!("{name} needs the key `{prop}`"),
                     "in this mapping",
-                    format!("add `{prop}:`; see docs/lab-file.md"),
+                    help,
                 ));
             }
             ValidationErrorKind::Enum { options } => {
