@@ -217,6 +217,7 @@ fn verify_over_real_arp() {
         running: true,
         stopped: false,
         verify: true,
+        netem_delay: Default::default(),
     };
     let targets =
         [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
@@ -304,6 +305,7 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         running: true,
         stopped: false,
         verify: true,
+        netem_delay: Default::default(),
     };
     let no_leases = || Ok(vec![]);
     let opts = VerifyOptions { timeout: Duration::from_secs(3), ..VerifyOptions::default() };

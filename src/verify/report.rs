@@ -207,6 +207,7 @@ mod tests {
                 running: true,
                 stopped: false,
                 verify: true,
+                netem_delay: Default::default(),
             },
             state,
         }

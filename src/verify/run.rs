@@ -233,12 +233,23 @@ where
         }
 
         // 3. Probe all bridges in parallel, one thread each.
+        // A bridge's round waits `delay + jitter` longer for its slowest impaired NIC: a reply
+        // netem holds past the round would be read by the next round and timed from that
+        // round's request (ARP replies carry no request id), giving a wrong, short RTT.
+        let mut extra: BTreeMap<&str, Duration> = BTreeMap::new();
+        for t in targets {
+            if let Some(b) = t.bridge.as_deref() {
+                let e = extra.entry(b).or_default();
+                *e = (*e).max(t.max_extra_rtt());
+            }
+        }
         let results: BTreeMap<String, Result<Vec<TimedReply>, ProbeError>> = thread::scope(|s| {
             let handles: Vec<_> = asks
                 .iter()
                 .map(|(bridge, ips)| {
                     let ips: Vec<Ipv4Addr> = ips.iter().copied().collect();
-                    let h = s.spawn(move || prober.probe_timed(bridge, &ips, opts.probe_timeout, opts.grace));
+                    let timeout = opts.probe_timeout + extra.get(bridge.as_str()).copied().unwrap_or_default();
+                    let h = s.spawn(move || prober.probe_timed(bridge, &ips, timeout, opts.grace));
                     (bridge.clone(), h)
                 })
                 .collect();
@@ -303,7 +314,12 @@ where
                         ip,
                         evidence: Evidence { mac: t.mac, bridge: bridge.clone() },
                         seconds: now.as_secs_f64(),
-                        rtt_ms: rtts.get(&(bridge.clone(), t.mac, ip)).map(|d| d.as_secs_f64() * 1e3),
+                        // A round trip shorter than netem allows is a late reply to an
+                        // earlier round's request: not this request's round trip.
+                        rtt_ms: rtts
+                            .get(&(bridge.clone(), t.mac, ip))
+                            .filter(|d| **d >= t.min_rtt())
+                            .map(|d| d.as_secs_f64() * 1e3),
                     },
                     Verdict::Duplicate { ip, other_mac } => {
                         NicState::Failed { reason: FailReason::Duplicate { ip, mac: t.mac, other_mac } }

@@ -69,6 +69,11 @@ pub struct NicTarget {
     pub stopped: bool,
     /// `verify: arp` on the NIC; `false` (`verify: none`) skips it.
     pub verify: bool,
+    /// The NIC's netem `delay` and `jitter` from the lab file (zero when none): netem
+    /// holds every frame toward the VM for `delay` +/- `jitter`, so an ARP round trip takes
+    /// at least `delay - jitter` and can take `delay + jitter` more than an unimpaired one.
+    #[serde(skip)]
+    pub netem_delay: (std::time::Duration, std::time::Duration),
 }
 
 fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::Ok, S::Error> {
@@ -79,6 +84,17 @@ fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::
 }
 
 impl NicTarget {
+    /// The shortest ARP round trip netem lets through for this NIC: `delay - jitter`
+    /// (netem's jitter is uniform around the delay, iproute2 tc-netem(8)); zero without one.
+    pub fn min_rtt(&self) -> std::time::Duration {
+        self.netem_delay.0.saturating_sub(self.netem_delay.1)
+    }
+
+    /// How much longer than an unimpaired round trip a reply may take: `delay + jitter`.
+    pub fn max_extra_rtt(&self) -> std::time::Duration {
+        self.netem_delay.0 + self.netem_delay.1
+    }
+
     /// Builds the target of one NIC from the model and what libvirt reports of its network.
     ///
     /// The bridge is only ever the one libvirt reports for the *running* network (its live
@@ -133,6 +149,13 @@ impl NicTarget {
             running,
             stopped: vm.state == crate::model::VmState::Stopped,
             verify: nic.verify == Verify::Arp,
+            netem_delay: nic.impairment.netem.map_or_else(Default::default, |n| {
+                let n = n.normalized();
+                (
+                    n.delay.map(|d| d.as_duration()).unwrap_or_default(),
+                    n.jitter.map(|j| j.as_duration()).unwrap_or_default(),
+                )
+            }),
         }
     }
 }

@@ -48,6 +48,7 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         running: true,
         stopped: false,
         verify: true,
+        netem_delay: Default::default(),
     }
 }
 
@@ -125,6 +126,34 @@ fn the_proving_replys_round_trip_is_reported() {
         state(&r, 0).to_string(),
         "10.0.0.5 verified (arp reply from 52:54:00:00:00:0a on br0 in 50.2 ms, after 0.0 s)"
     );
+}
+
+/// A NIC with netem `delay`: its bridge's round waits `delay + jitter` longer (so a reply
+/// netem holds is read in its own round), and a round trip below `delay - jitter` (a late
+/// reply to an earlier round's request, timed from this round's) is not reported.
+#[test]
+fn a_delayed_nics_round_waits_for_it_and_an_impossible_rtt_is_dropped() {
+    use std::time::Duration;
+    let slow = |m| NicTarget { netem_delay: (Duration::from_millis(80), Duration::from_millis(5)), ..target("vm1", m) };
+    let p = FakeProber::new().answer_in("br0", ip("10.0.0.5"), a(), Duration::from_millis(12)).answer_in(
+        "br0",
+        ip("10.0.0.6"),
+        b(),
+        Duration::from_millis(81),
+    );
+    let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5")).with(NET, b(), ip("10.0.0.6"));
+    let r = run(&[slow(a()), slow(b())], &p, &l);
+    assert!(matches!(state(&r, 0), NicState::Verified { rtt_ms: None, .. }), "{:?}", state(&r, 0));
+    assert!(matches!(state(&r, 1), NicState::Verified { rtt_ms: Some(ms), .. } if (ms - 81.0).abs() < 1e-9));
+    let calls = p.calls();
+    assert_eq!(calls[0].timeout, opts().probe_timeout + Duration::from_millis(85), "delay + jitter longer");
+
+    // An unimpaired NIC on another bridge keeps the plain probe timeout.
+    let p = FakeProber::new().answer_in("br0", ip("10.0.0.5"), a(), Duration::from_millis(1));
+    let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5"));
+    let r = run(&[target("vm1", a())], &p, &l);
+    assert!(matches!(state(&r, 0), NicState::Verified { rtt_ms: Some(_), .. }));
+    assert_eq!(p.calls()[0].timeout, opts().probe_timeout);
 }
 
 #[test]
