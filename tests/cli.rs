@@ -437,6 +437,39 @@ fn plan_checks_files_through_storage_pools() {
     assert!(err.lines().any(|l| l.trim() == "virsh pool-start NAME"), "{err}");
 }
 
+/// A `--target` plan warns only about the files of the VMs it reaches, on stderr and in
+/// the JSON; without targets, about every VM's.
+#[test]
+fn plan_warns_only_about_targeted_vms() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("lab.yaml");
+    std::fs::write(
+        &lab,
+        "apiVersion: topo/v1\nname: tw\nvms:\n  a:\n    boot: {kernel: /srv/a/vmlinuz}\n  b:\n    boot: {kernel: /srv/b/vmlinuz}\n",
+    )
+    .unwrap();
+    let plan = |extra: &[&str]| {
+        topo()
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .args(["--color", "never", "-c", "test:///default", "plan"])
+            .arg(&lab)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = plan(&["--target", "vm.a"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("/srv/a/vmlinuz") && !err.contains("/srv/b/vmlinuz"), "{err}");
+    let out = plan(&["--target", "vm.a", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = doc["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{doc:#}");
+    assert!(w[0]["message"].as_str().unwrap().contains("/srv/a/vmlinuz"), "{doc:#}");
+    let err = stderr(&plan(&[]));
+    assert!(err.contains("/srv/a/vmlinuz") && err.contains("/srv/b/vmlinuz"), "{err}");
+}
+
 /// Terraform's destroy needs a parseable config, not the files it names: `topo destroy`
 /// (and the other commands that open none of them) go ahead when the lab's kernel, image,
 /// SSH key file or user-data file is gone since the apply; `plan` still refuses.

@@ -117,7 +117,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     let host = super::host_id(&hv)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo apply")?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
-    let observed = super::observe(global, &hv, &lab, true)?;
+    let observed = super::observe(global, &hv, &lab, Some(&args.targets))?;
     // A saved plan runs exactly as reviewed, or not at all: refused when the lab file, the
     // URI or the host changed since it was made. Never planned again in its place.
     let from_saved = saved.is_some();
@@ -159,7 +159,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         let _host_lock = HostLock::acquire(&host, &format!("topo apply lab {}", lab.name), HOST_LOCK_TIMEOUT, |h| {
             super::status(global, format_args!("Waiting for another topo run on this host ({h}) ..."))
         })?;
-        let now = super::observe(global, &hv, &lab, false)?;
+        let now = super::observe(global, &hv, &lab, None)?;
         if now != observed {
             if let Some(saved) = &saved {
                 saved.check_fresh(&lab.source.text, &hv.uri(), &now)?;

@@ -210,12 +210,13 @@ pub(crate) fn files_checked(global: &GlobalArgs) -> crate::validate::Files {
 /// ([`crate::hypervisor::read_changed_seeds`], for the plan's diff), and, when the libvirt host's files
 /// are not this machine's, what its storage pools say about each file the lab's domains
 /// open (`Observed::paths`). Files no pool can speak for are warned about on stderr, each
-/// at its place in the lab file (unless `-q`); missing ones are the plan's refusals.
+/// at its place in the lab file (unless `-q`; with `--target`, only those of the VMs the plan
+/// reaches); `warn: None` says nothing. Missing ones are the plan's refusals.
 pub(crate) fn observe(
     global: &GlobalArgs,
     hv: &dyn crate::hypervisor::Hypervisor,
     lab: &crate::model::Lab,
-    warn: bool,
+    warn: Option<&[crate::address::Address]>,
 ) -> miette::Result<crate::observed::Observed> {
     let mut observed = hv.observe()?;
     crate::hypervisor::read_changed_seeds(hv, lab, &mut observed);
@@ -226,8 +227,15 @@ pub(crate) fn observe(
             .flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.to_string_lossy().into_owned()))
             .collect();
         observed.paths = crate::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
-        let warnings = crate::plan::paths::warnings(lab, &observed);
-        if warn && !global.quiet && !warnings.is_empty() {
+        // With `--target`, only about the VMs the plan reaches.
+        let only = match warn {
+            Some(targets) if !targets.is_empty() => Some(crate::plan::target::reached_vms(
+                &crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply),
+            )),
+            _ => None,
+        };
+        let warnings = crate::plan::paths::warnings_for(lab, &observed, only.as_ref());
+        if warn.is_some() && !global.quiet && !warnings.is_empty() {
             let report = miette::Report::new(crate::diag::Warnings {
                 path: lab.source.name(),
                 src: lab.source.named_source(),

@@ -35,7 +35,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let lab = super::load_lab(&file, global)?;
     let hv = super::connect(global)?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
-    let observed = super::observe(global, &hv, &lab, true)?;
+    let observed = super::observe(global, &hv, &lab, Some(&args.targets))?;
     let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
     let plan = crate::plan::target::targeted(&lab, &observed, plan, &args.targets, Direction::Apply)?;
     let json = crate::plan::json::to_json(&plan);

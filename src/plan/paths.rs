@@ -11,7 +11,9 @@
 //! labs. docs/lab-file.md, "Host conflicts".
 
 use crate::diag::{Code, Problem};
-use crate::model::{HostFileRole, ImageFormat, Lab};
+use std::collections::BTreeSet;
+
+use crate::model::{HostFileRole, ImageFormat, Lab, VmName};
 use crate::observed::{Observed, PathFact};
 
 /// Each lab file, with its VM, as the host's facts know it (paths not gathered are left out).
@@ -81,6 +83,13 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
 /// guest then sees that format's bytes as its disk; right for a raw disk whose guest wrote
 /// such a header, so not refused).
 pub fn warnings(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    warnings_for(lab, observed, None)
+}
+
+/// [`warnings`] about the VMs in `only` (the VMs a `--target` plan reaches), or about every
+/// VM when `None`: a file only VMs outside the targets use is not the plan's business.
+pub fn warnings_for(lab: &Lab, observed: &Observed, only: Option<&BTreeSet<VmName>>) -> Vec<Problem> {
+    let facts = |lab, observed| facts(lab, observed).filter(move |f| only.is_none_or(|o| o.contains(&f.0.name)));
     let mut out = Vec::new();
     // One warning per file, at its first use (VMs in name order), naming every VM that
     // uses it: VMs sharing a kernel (often through a YAML alias) need one fix, not one each.

@@ -141,5 +141,23 @@ pub fn targeted(
     }
     check(lab, &full, targets)?;
     let reach = closure(lab, observed, targets, direction);
-    Ok(restrict(full, &reach, targets))
+    let mut plan = restrict(full, &reach, targets);
+    // Warnings about the VMs the plan reaches only.
+    let file = lab.source.name();
+    plan.warnings = super::paths::warnings_for(lab, observed, Some(&reached_vms(&reach)))
+        .iter()
+        .map(|w| crate::diag::JsonProblem::of(&file, &lab.source.text, w))
+        .collect();
+    Ok(plan)
+}
+
+/// The VMs among `reach`.
+pub fn reached_vms(reach: &BTreeSet<Address>) -> BTreeSet<crate::model::VmName> {
+    reach
+        .iter()
+        .filter_map(|a| match a {
+            Address::Vm(v) => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
 }
