@@ -351,7 +351,16 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Result<Vec<Problem>,
                             "did you mean `{b}`? Lab files are YAML 1.2: only unquoted `true` and `false` are booleans"
                         ),
                     )
+                } else if raw != written
+                    && (expected.contains(&"a whole number") || expected.contains(&"a number"))
+                    && written.parse::<f64>().is_ok()
+                {
+                    (
+                        format!("`{raw}` is quoted text, not a number, for {name}"),
+                        format!("write `{written}` without quotes (lab files are YAML 1.2: quoted means text)"),
+                    )
                 } else if expected == ["a whole number"]
+                    && raw == written
                     && !written.is_empty()
                     && written.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit())
                     && !err.instance().is_number()
