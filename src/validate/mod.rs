@@ -171,7 +171,11 @@ fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
             "not a valid dhcp value",
             "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_owned(),
         )
-    } else if msg.contains("budget") || msg.contains("limit") || msg.contains("alias") {
+    } else if msg.contains("budget")
+        || msg.contains("limit")
+        || msg.contains("alias")
+        || msg.contains("too large or too complex")
+    {
         (
             Code::TooComplex,
             format!("the lab file is too large or too deeply nested for topo: {}", plain_breach(&msg)),
@@ -206,6 +210,10 @@ fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
 /// The parser's `limits breached: Aliases { aliases: 1001 }` (Rust debug text) in words,
 /// with the limit from [`parse_options`].
 fn plain_breach(msg: &str) -> String {
+    // `... too complex: total_replayed_events=100001 > 100000`: aliases replayed too often.
+    if let Some((count, limit)) = msg.split("total_replayed_events=").nth(1).and_then(|r| r.split_once(" > ")) {
+        return format!("its aliases expand to more than {} YAML events (at {count})", limit.trim());
+    }
     let Some(rest) = msg.split("limits breached: ").nth(1) else { return msg.to_owned() };
     let (kind, count) = rest.split_once(" {").unwrap_or((rest, ""));
     let count: String = count.chars().filter(char::is_ascii_digit).collect();
