@@ -111,10 +111,11 @@ fn parse_options() -> serde_saphyr::Options {
     }
 }
 
-/// Stage 1: YAML text to the raw spec. The typed parse stops at its first error; when that
-/// is a shape problem (unknown key, wrong type, bad value, missing key), the file is checked
-/// again against the JSON Schema so that every shape problem is reported at once. A YAML
-/// syntax error is reported alone: nothing after it can be read reliably.
+/// Stage 1: YAML text to the raw spec. The typed parse stops at its first error, so the file
+/// is also checked as a tree against the JSON Schema, so that every shape problem is
+/// reported at once (and a value the typed parse read as another type, a quoted `"no"` into
+/// a bool, is refused). A YAML syntax error is reported alone: nothing after it can be read
+/// reliably.
 pub fn parse(source: &SourceFile) -> Result<LabSpec, ValidateError> {
     let text = source.text.as_str();
     let typed = serde_saphyr::from_str_with_options::<LabSpec>(text, parse_options());
