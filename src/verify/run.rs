@@ -233,9 +233,12 @@ where
         }
 
         // 3. Probe all bridges in parallel, one thread each.
-        // A bridge's round waits `delay + jitter` longer for its slowest impaired NIC: a reply
-        // netem holds past the round would be read by the next round and timed from that
-        // round's request (ARP replies carry no request id), giving a wrong, short RTT.
+        // A bridge's round (its timeout, and its grace after every address has answered)
+        // waits `delay + jitter` longer for its slowest impaired NIC: a reply netem holds
+        // past the round would be read by the next round and timed from that round's request
+        // (ARP replies carry no request id), giving a wrong, short RTT. The grace matters
+        // because a sibling NIC of the same guest can answer at once for the delayed NIC's
+        // address (ARP flux), which counts as "every address answered".
         let mut extra: BTreeMap<&str, Duration> = BTreeMap::new();
         for t in targets {
             if let Some(b) = t.bridge.as_deref() {
@@ -248,8 +251,9 @@ where
                 .iter()
                 .map(|(bridge, ips)| {
                     let ips: Vec<Ipv4Addr> = ips.iter().copied().collect();
-                    let timeout = opts.probe_timeout + extra.get(bridge.as_str()).copied().unwrap_or_default();
-                    let h = s.spawn(move || prober.probe_timed(bridge, &ips, timeout, opts.grace));
+                    let extra = extra.get(bridge.as_str()).copied().unwrap_or_default();
+                    let (timeout, grace) = (opts.probe_timeout + extra, opts.grace + extra);
+                    let h = s.spawn(move || prober.probe_timed(bridge, &ips, timeout, grace));
                     (bridge.clone(), h)
                 })
                 .collect();

@@ -147,6 +147,7 @@ fn a_delayed_nics_round_waits_for_it_and_an_impossible_rtt_is_dropped() {
     assert!(matches!(state(&r, 1), NicState::Verified { rtt_ms: Some(ms), .. } if (ms - 81.0).abs() < 1e-9));
     let calls = p.calls();
     assert_eq!(calls[0].timeout, opts().probe_timeout + Duration::from_millis(85), "delay + jitter longer");
+    assert_eq!(calls[0].grace, opts().grace + Duration::from_millis(85), "a flux reply must not end the round early");
 
     // An unimpaired NIC on another bridge keeps the plain probe timeout.
     let p = FakeProber::new().answer_in("br0", ip("10.0.0.5"), a(), Duration::from_millis(1));
@@ -154,6 +155,7 @@ fn a_delayed_nics_round_waits_for_it_and_an_impossible_rtt_is_dropped() {
     let r = run(&[target("vm1", a())], &p, &l);
     assert!(matches!(state(&r, 0), NicState::Verified { rtt_ms: Some(_), .. }));
     assert_eq!(p.calls()[0].timeout, opts().probe_timeout);
+    assert_eq!(p.calls()[0].grace, opts().grace);
 }
 
 #[test]
