@@ -121,7 +121,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     // A saved plan runs exactly as reviewed, or not at all: refused when the lab file, the
     // URI or the host changed since it was made. Never planned again in its place.
     let from_saved = saved.is_some();
-    let plan = match &saved {
+    let mut plan = match &saved {
         Some(saved) => {
             saved.check_fresh(&lab.source.text, &hv.uri(), &observed)?;
             saved.steps.clone()
@@ -136,9 +136,9 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         crate::out!("{}", render(&plan, &file, style(global)))?;
     }
     // With --json, the run document is printed once, whatever happens after the first step.
-    let json = |report: Option<&Report>, verify: Option<serde_json::Value>| -> miette::Result<()> {
+    let json = |plan: &Plan, report: Option<&Report>, verify: Option<serde_json::Value>| -> miette::Result<()> {
         if args.json {
-            let doc = crate::results::run_json(RunCommand::Apply, &plan, report, verify);
+            let doc = crate::results::run_json(RunCommand::Apply, plan, report, verify);
             crate::outln!("{}", serde_json::to_string_pretty(&doc).into_diagnostic()?)?;
         }
         Ok(())
@@ -165,16 +165,31 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
                 saved.check_fresh(&lab.source.text, &hv.uri(), &now)?;
             }
             let again = crate::plan::plan(&lab, &now, &hv.uri())?;
-            if crate::plan::target::targeted(&lab, &now, again, &plan.targets, Direction::Apply)? != plan {
-                miette::bail!(
-                    help = "run `topo plan` again and review the new plan",
-                    "the host changed while the plan was being confirmed: nothing was changed"
+            let again = crate::plan::target::targeted(&lab, &now, again, &plan.targets, Direction::Apply)?;
+            if again != plan {
+                // With -y nobody reviewed the plan shown: like `terraform apply
+                // -auto-approve`, the run applies what the host needs now (say, after a
+                // killed run whose last libvirt call libvirtd was still finishing). A plan a
+                // person confirmed, or a saved one, is never swapped for another.
+                if !args.confirm.auto_approve || from_saved {
+                    miette::bail!(
+                        help = "run `topo plan` again and review the new plan",
+                        "the host changed while the plan was being confirmed: nothing was changed"
+                    );
+                }
+                super::status(
+                    global,
+                    "The host changed while waiting for the host lock; applying the plan for it now:",
                 );
+                if !args.json {
+                    crate::out!("{}", render(&again, &file, style(global)))?;
+                }
+                plan = again;
             }
         }
         let (report, result) = execute(global, &plan, &hv, options(&args.confirm));
         if let Err(e) = result {
-            json(Some(&report), None)?;
+            json(&plan, Some(&report), None)?;
             return Err(e);
         }
         let (a, c, r, d) = report.counts();
@@ -184,7 +199,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         observed = match crate::apply::check_converged_for(&lab, &hv, &plan.targets) {
             Ok(o) => o,
             Err(e) => {
-                json(Some(&report), None)?;
+                json(&plan, Some(&report), None)?;
                 return Err(e.into());
             }
         };
@@ -215,7 +230,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             verified = Some(report);
         }
     }
-    json(executed.as_ref(), verified.as_ref().map(|r| crate::verify::report::to_json(lab.name.as_str(), r)))?;
+    json(&plan, executed.as_ref(), verified.as_ref().map(|r| crate::verify::report::to_json(lab.name.as_str(), r)))?;
     if let Some(r) = &verified {
         crate::verify::report::check(r)?;
     }
