@@ -92,28 +92,28 @@ pub trait Prober: Send + Sync {
     /// Sends one ARP request per distinct target on `bridge`, then collects replies until
     /// `timeout` has passed, or until `grace` after every target has answered at least once
     /// (so a second MAC answering for an address is still seen), whichever comes first.
-    /// Returns each distinct (MAC, address) that answered for one of the targets, sorted;
-    /// replies from the bridge's own MAC are left out. Several MACs answering for one address
-    /// all appear (a duplicate, or a multi-homed guest's ARP flux: the caller judges).
-    fn probe(
-        &self,
-        bridge: &str,
-        targets: &[Ipv4Addr],
-        timeout: Duration,
-        grace: Duration,
-    ) -> Result<Vec<ArpReply>, ProbeError>;
-
-    /// [`Prober::probe`] with each reply's round-trip time: from the moment the request for
-    /// its address was sent to the moment the reply was read, `None` where the prober cannot
-    /// tell. The default measures nothing.
+    /// Returns each distinct (MAC, address) that answered for one of the targets, sorted,
+    /// with its round-trip time: from the moment the request for its address was sent to the
+    /// moment the reply was read, `None` where the prober cannot tell. Replies from the
+    /// bridge's own MAC are left out. Several MACs answering for one address all appear (a
+    /// duplicate, or a multi-homed guest's ARP flux: the caller judges).
     fn probe_timed(
         &self,
         bridge: &str,
         targets: &[Ipv4Addr],
         timeout: Duration,
         grace: Duration,
-    ) -> Result<Vec<TimedReply>, ProbeError> {
-        Ok(self.probe(bridge, targets, timeout, grace)?.into_iter().map(|r| (r, None)).collect())
+    ) -> Result<Vec<TimedReply>, ProbeError>;
+
+    /// [`Prober::probe_timed`] without the round-trip times.
+    fn probe(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<ArpReply>, ProbeError> {
+        Ok(self.probe_timed(bridge, targets, timeout, grace)?.into_iter().map(|(r, _)| r).collect())
     }
 }
 
@@ -183,16 +183,6 @@ impl PnetProber {
 }
 
 impl Prober for PnetProber {
-    fn probe(
-        &self,
-        bridge: &str,
-        targets: &[Ipv4Addr],
-        timeout: Duration,
-        grace: Duration,
-    ) -> Result<Vec<ArpReply>, ProbeError> {
-        Ok(self.probe_timed(bridge, targets, timeout, grace)?.into_iter().map(|(r, _)| r).collect())
-    }
-
     /// The round-trip time of a reply is from just after its address's request left the
     /// socket to when the reader got the reply (the first one of that MAC and address).
     fn probe_timed(
@@ -434,16 +424,6 @@ mod fake {
     }
 
     impl Prober for FakeProber {
-        fn probe(
-            &self,
-            bridge: &str,
-            targets: &[Ipv4Addr],
-            timeout: Duration,
-            grace: Duration,
-        ) -> Result<Vec<ArpReply>, ProbeError> {
-            Ok(self.probe_timed(bridge, targets, timeout, grace)?.into_iter().map(|(r, _)| r).collect())
-        }
-
         fn probe_timed(
             &self,
             bridge: &str,

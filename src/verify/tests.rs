@@ -8,11 +8,10 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::arp::ArpReply;
 use crate::hypervisor::{HvError, HvErrorKind};
 use crate::model::{MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
 use crate::observed::{Lease, ObservedNetwork};
-use crate::prober::{FakeProber, ProbeError, Prober};
+use crate::prober::{FakeProber, ProbeError, Prober, TimedReply};
 
 const NET: &str = "lab-net";
 
@@ -588,9 +587,15 @@ fn an_interrupt_stops_verification_and_fails_what_is_left() {
     /// Sets the cancel flag on its first probe, like a Ctrl-C during the first round.
     struct CancelOnProbe<'a>(FakeProber, &'a AtomicBool);
     impl Prober for CancelOnProbe<'_> {
-        fn probe(&self, b: &str, t: &[Ipv4Addr], d: Duration, g: Duration) -> Result<Vec<ArpReply>, ProbeError> {
+        fn probe_timed(
+            &self,
+            b: &str,
+            t: &[Ipv4Addr],
+            d: Duration,
+            g: Duration,
+        ) -> Result<Vec<TimedReply>, ProbeError> {
             self.1.store(true, Ordering::SeqCst);
-            self.0.probe(b, t, d, g)
+            self.0.probe_timed(b, t, d, g)
         }
     }
     let cancel = AtomicBool::new(false);
