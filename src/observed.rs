@@ -100,6 +100,21 @@ pub struct ObservedDomain {
     pub cmdline: Option<String>,
     /// Source paths of the disks, in device order.
     pub disks: Vec<String>,
+    /// The backing chain under each disk of `disks` (same order): its backing file, then
+    /// that file's backing file, and so on, as far as `observe` could follow it. A running
+    /// domain's live XML lists the chain (`<backingStore>`); for the persistent config
+    /// `observe` follows it through the files' qcow2 headers (local host) or libvirt's
+    /// volumes (`<backingStore><path>` of `virsh vol-dumpxml`). After an external snapshot
+    /// (`virsh snapshot-create-as VM s1 --disk-only`) a disk's source is the new layer and
+    /// the overlay it was before is the first file here.
+    pub backing: Vec<Vec<String>>,
+    /// False when some disk's chain could not be followed to its end (a layer that could not
+    /// be read): then any file might be in use by this domain.
+    pub chains_known: bool,
+    /// The names of the domain's snapshots (libvirt's snapshot metadata, internal or
+    /// external), sorted. libvirt refuses to undefine an inactive domain that has any
+    /// unless asked to drop them.
+    pub snapshots: Vec<String>,
     /// Interfaces in device order (the persistent config when the domain is defined).
     pub interfaces: Vec<ObservedInterface>,
     pub owner: Option<OwnerTag>,
@@ -209,6 +224,51 @@ pub struct Observed {
     /// ([`crate::hypervisor::observe_paths`]). Empty when not gathered: a local host, whose
     /// files validation checks on the disk itself.
     pub paths: BTreeMap<String, PathFact>,
+    /// What identifies each file the domains' disks open (sources and backing chains) and
+    /// each overlay volume, by path: two paths name the same file when their identities say
+    /// so ([`FileId::same`]), whatever the strings (a pool folder moved and a symlink left at
+    /// the old path). Empty when not observed.
+    pub files: BTreeMap<String, FileId>,
+}
+
+/// What identifies a file on the libvirt host, as far as topo could learn it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FileId {
+    /// `(st_dev, st_ino)` from `stat(2)`, following symlinks: on a local host only.
+    pub inode: Option<(u64, u64)>,
+    /// libvirt's key of the storage volume at this path (`virStorageVolGetKey`), when an
+    /// active pool holds one there.
+    pub key: Option<String>,
+}
+
+/// Whether two paths name the same file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Same {
+    Yes,
+    No,
+    /// Nothing observed decides it (no stat on a remote host, no volume at one of the paths)
+    /// and the file names are the same: treated as the same file wherever deleting is at stake.
+    Maybe,
+}
+
+impl Observed {
+    /// Whether paths `a` and `b` name the same file: the same string, or the same
+    /// `(dev, inode)` (authoritative when both are known), or the same libvirt volume key.
+    /// Unknown identities with equal file names are [`Same::Maybe`].
+    pub fn same_file(&self, a: &str, b: &str) -> Same {
+        if a == b {
+            return Same::Yes;
+        }
+        let (ia, ib) = (self.files.get(a), self.files.get(b));
+        if let (Some(x), Some(y)) = (ia.and_then(|f| f.inode), ib.and_then(|f| f.inode)) {
+            return if x == y { Same::Yes } else { Same::No };
+        }
+        if let (Some(x), Some(y)) = (ia.and_then(|f| f.key.as_ref()), ib.and_then(|f| f.key.as_ref())) {
+            return if x == y { Same::Yes } else { Same::No };
+        }
+        let name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_owned();
+        if name(a) == name(b) { Same::Maybe } else { Same::No }
+    }
 }
 
 /// What libvirt can tell about a file a domain will open, through its storage pools.
@@ -248,5 +308,23 @@ impl ObservedDomain {
     /// Whose domain this is, for lab `lab` (see [`Ownership::of`]).
     pub fn ownership(&self, lab: &str) -> Ownership {
         Ownership::of(self.owner.as_ref(), lab, &self.name)
+    }
+
+    /// Disk `i`'s chain, top first: its source, then its backing files.
+    pub fn chain(&self, i: usize) -> Vec<&str> {
+        let below = self.backing.get(i).map(Vec::as_slice).unwrap_or_default();
+        self.disks.get(i).into_iter().chain(below).map(String::as_str).collect()
+    }
+
+    /// Every file the domain's disks open: each source and its backing chain.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.disks.iter().chain(self.backing.iter().flatten()).map(String::as_str)
+    }
+
+    /// Whether the domain may open `path` (a disk source or a layer of a backing chain),
+    /// by identity ([`Observed::same_file`]; `Maybe` counts), or might, because a chain
+    /// is not fully known.
+    pub fn may_use(&self, observed: &Observed, path: &str) -> bool {
+        !self.chains_known || self.files().any(|f| observed.same_file(f, path) != Same::No)
     }
 }

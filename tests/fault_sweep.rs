@@ -1,7 +1,8 @@
 //! Tier 2 fault sweep: for each scenario (create a lab with disks, edit it, change a NIC's
 //! rate and netem in place, replace a
 //! network under running VMs, re-plug NICs of a network restarted by hand, release a network
-//! declared external, volumes deleted by hand, destroy) and for every k, (a) the k-th hypervisor call fails,
+//! declared external, volumes deleted by hand, destroy, and an edit and a destroy of VMs with
+//! external and internal snapshots) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
 //! later call fails, as after a kill -9). Then a new apply must converge to an empty plan
 //! with no orphaned volume and no NIC left off its bridge, and destroy must leave nothing
@@ -152,6 +153,15 @@ fn c_stopped() -> String {
     LAB.replace("  c:\n", "  c:\n    state: stopped\n")
 }
 
+/// `virsh snapshot-create-as sweep-a s1 --disk-only --atomic` (a's overlay becomes the
+/// backing file of a new layer) and `virsh snapshot-create-as sweep-b i1` (internal): the
+/// edit then restarts a (its disk stays the new layer) and replaces b (snapshot metadata
+/// first); destroy removes both VMs with their metadata and every layer.
+fn take_snapshots(hv: &MemoryHypervisor) {
+    hv.snapshot_external("sweep-a", "s1").unwrap();
+    hv.snapshot_internal("sweep-b", "i1").unwrap();
+}
+
 fn scenarios() -> Vec<Scenario> {
     let s = |name, before: Option<&str>, by_hand, lab: String, step| Scenario {
         name,
@@ -170,6 +180,8 @@ fn scenarios() -> Vec<Scenario> {
         s("volumes deleted by hand", Some(LAB), Some(delete_volumes), LAB.into(), Step::Apply),
         s("VM undefined by hand, then stopped", Some(LAB), Some(undefine_running), c_stopped(), Step::Apply),
         s("destroy", Some(LAB), None, LAB.into(), Step::Destroy),
+        s("snapshots, then an edit", Some(LAB), Some(take_snapshots), edited(), Step::Apply),
+        s("snapshots, then destroy", Some(LAB), Some(take_snapshots), LAB.into(), Step::Destroy),
     ]
 }
 
@@ -215,8 +227,8 @@ fn run(s: &Scenario, l: &Lab, hv: &MemoryHypervisor, parallelism: usize) -> bool
 /// Volumes that no domain uses.
 fn orphans(hv: &MemoryHypervisor) -> Vec<String> {
     let o = hv.observe().unwrap();
-    let used: BTreeSet<&String> = o.domains.values().flat_map(|d| &d.disks).collect();
-    hv.volumes().into_iter().map(|v| v.0).filter(|p| !used.contains(p)).collect()
+    let used: BTreeSet<&str> = o.domains.values().flat_map(|d| d.files()).collect();
+    hv.volumes().into_iter().map(|v| v.0).filter(|p| !used.contains(p.as_str())).collect()
 }
 
 /// Everything on the host that `lab` owns.

@@ -335,6 +335,11 @@ fn run_change(
             Op::AttachNic { xml, .. } => done_if(hv.attach_device(name, xml), &[HvErrorKind::Exists])?,
             Op::DetachNic { xml, .. } => done_if(hv.detach_device(name, xml), &[HvErrorKind::NotFound])?,
             Op::UndefineDomain => done_if(hv.undefine_domain(name), &[HvErrorKind::NotFound])?,
+            Op::DeleteSnapshotMetadata { names } => {
+                for snapshot in names {
+                    done_if(hv.delete_snapshot_metadata(name, snapshot), &[HvErrorKind::NotFound])?;
+                }
+            }
             Op::SetBandwidth { mac, rate } => hv.set_bandwidth(name, *mac, *rate)?,
             Op::SetNetem { mac, netem } => hv.set_netem(name, *mac, netem.as_ref())?,
         }

@@ -161,6 +161,7 @@ fn kind_of(op: &str, code: ErrorNumber, msg: &str) -> HvErrorKind {
         | ErrorNumber::NoDomain
         | ErrorNumber::DeviceMissing
         | ErrorNumber::NoStorageVolume
+        | ErrorNumber::NoDomainSnapshot
         | ErrorNumber::NoStoragePool => HvErrorKind::NotFound,
         ErrorNumber::NetworkExist | ErrorNumber::DomExist | ErrorNumber::StorageVolExist => HvErrorKind::Exists,
         ErrorNumber::XmlError | ErrorNumber::XmlDetail | ErrorNumber::XmlInvalidSchema => HvErrorKind::InvalidXml,
@@ -347,6 +348,21 @@ impl LibvirtHypervisor {
         observed.persistent = persistent;
         // The live XML: a transient domain's only XML is its live one.
         let live_xml = if persistent { live.as_deref() } else { Some(text.as_str()) };
+        let live_disks = match live_xml {
+            Some(x) => Some(xml::parse_domain(x, state).map_err(invalid)?),
+            None => None,
+        };
+        self.complete_chains(&mut observed, live_disks.as_ref());
+        observed.snapshots = match lv("virDomainListAllSnapshots", &name, || dom.list_all_snapshots(0)) {
+            Ok(snaps) => {
+                let mut names: Vec<String> = snaps.iter().filter_map(|s| s.name().ok()).collect();
+                names.sort();
+                names
+            }
+            Err(e) if is_gone(&e) => return Ok(None),
+            Err(e) if is_unsupported(&e) => Vec::new(),
+            Err(e) => return Err(map_error(OP, &name, &e)),
+        };
         if state == DomainState::Running
             && self.local
             && let Some(x) = live_xml
@@ -359,6 +375,88 @@ impl LibvirtHypervisor {
             observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
         }
         Ok(Some(observed))
+    }
+
+    /// Fills each disk's backing chain of `d` (its persistent config, or a transient
+    /// domain's live XML): from the live XML `live` where it lists the same source (libvirt
+    /// writes the whole chain there for a running domain), else by following the files
+    /// ([`Self::backing_of`]). `chains_known` ends false when a layer could not be read.
+    fn complete_chains(&self, d: &mut crate::observed::ObservedDomain, live: Option<&crate::observed::ObservedDomain>) {
+        /// Longer chains are not followed further (a loop, or more layers than a lab makes).
+        const MAX_DEPTH: usize = 64;
+        let mut known = true;
+        for (i, top) in d.disks.clone().iter().enumerate() {
+            let from_live = live
+                .filter(|l| l.chains_known)
+                .and_then(|l| l.disks.iter().position(|p| p == top))
+                .map(|j| live.map(|l| l.backing.get(j).cloned().unwrap_or_default()).unwrap_or_default());
+            let chain = match from_live {
+                Some(c) => c,
+                None => {
+                    let mut c: Vec<String> = Vec::new();
+                    let mut at = top.clone();
+                    loop {
+                        match self.backing_of(&at) {
+                            Some(Some(next)) if c.len() < MAX_DEPTH && !c.contains(&next) && next != *top => {
+                                c.push(next.clone());
+                                at = next;
+                            }
+                            Some(None) => break,
+                            _ => {
+                                known = false;
+                                break;
+                            }
+                        }
+                    }
+                    c
+                }
+            };
+            if let Some(slot) = d.backing.get_mut(i) {
+                *slot = chain;
+            }
+        }
+        d.chains_known = known;
+    }
+
+    /// The backing file of the image at `path` on the libvirt host: `Some(None)` for none,
+    /// `None` when it cannot be told. On a local host from the image's qcow2 header
+    /// ([`super::qcow2::backing_file`]); else, or when the file cannot be read here (topo runs
+    /// as a user that may not read it), from the `<backingStore>` libvirt's pool shows for the
+    /// volume at that path.
+    fn backing_of(&self, path: &str) -> Option<Option<String>> {
+        if files_are_local(&self.uri)
+            && let Ok(b) = super::qcow2::backing_file(std::path::Path::new(path))
+        {
+            return Some(b);
+        }
+        let vol = lv("virStorageVolLookupByPath", path, || self.conn.lookup_storage_vol_by_path(path)).ok()?;
+        let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).ok()?;
+        xml::parse_volume_backing(&text).ok()
+    }
+
+    /// What identifies each file the domains open and each overlay volume
+    /// ([`Observed::files`]): on a local host `(dev, inode)` from `stat`; libvirt's volume key
+    /// of the volume at that path where a pool holds one (the overlay pool's volumes carry
+    /// theirs from the listing; other paths are looked up, on another host only).
+    fn identify_files(&self, out: &mut Observed) {
+        let paths: std::collections::BTreeSet<String> = out
+            .domains
+            .values()
+            .flat_map(|d| d.files().map(str::to_owned))
+            .chain(out.volumes.values().map(|v| v.path.clone()))
+            .collect();
+        let local = files_are_local(&self.uri);
+        for p in paths {
+            let id = out.files.entry(p.clone()).or_default();
+            if local {
+                use std::os::unix::fs::MetadataExt;
+                id.inode = std::fs::metadata(&p).ok().map(|m| (m.dev(), m.ino()));
+            } else if id.key.is_none() {
+                id.key = lv("virStorageVolLookupByPath", &p, || self.conn.lookup_storage_vol_by_path(&p))
+                    .and_then(|v| lv("virStorageVolGetKey", &p, || v.key()))
+                    .ok();
+            }
+        }
     }
 
     /// The whole content of a (small) volume through a libvirt stream (virStorageVolDownload).
@@ -408,6 +506,9 @@ impl LibvirtHypervisor {
             for v in vols {
                 let Ok(name) = lv("virStorageVolGetName", OVERLAY_POOL, || v.name()) else { continue };
                 let Ok(vpath) = lv("virStorageVolGetPath", &name, || v.path()) else { continue };
+                if let Ok(key) = lv("virStorageVolGetKey", &name, || v.key()) {
+                    out.files.entry(vpath.clone()).or_default().key = Some(key);
+                }
                 out.volumes.insert(name.clone(), ObservedVolume { name, path: vpath });
             }
         }
@@ -497,6 +598,7 @@ impl Hypervisor for LibvirtHypervisor {
             }
         }
         self.observe_pool(&mut out)?;
+        self.identify_files(&mut out);
         out.host_interfaces = host_interfaces(&self.uri);
         // The kernel the taps live in is this machine's (network namespaces share it).
         out.kernel = if out.host_interfaces.is_some() { crate::kernel::KernelSupport::read_local() } else { None };
@@ -687,6 +789,24 @@ impl Hypervisor for LibvirtHypervisor {
             lv("virDomainUndefine", name, || d.undefine())
         }
         .map_err(|e| map_error(OP, name, &e))
+    }
+
+    fn delete_snapshot_metadata(&self, domain: &str, snapshot: &str) -> Result<(), HvError> {
+        const OP: &str = "delete snapshot metadata";
+        let object = format!("{domain} {snapshot}");
+        let dom = self.domain(OP, domain)?;
+        let snap = lv("virDomainSnapshotLookupByName", &object, || Domain::lookup_snapshot_by_name(&dom, snapshot, 0))
+            .map_err(|e| map_error(OP, &object, &e))?;
+        match lv("virDomainSnapshotDelete", &object, || snap.delete(sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)) {
+            // The test driver rejects the flag ("unsupported flags (0x2) in function
+            // testDomainSnapshotDelete"); its snapshots are metadata only, so a plain delete
+            // removes the same.
+            Err(e) if is_unsupported(&e) && !self.taps_here() && self.uri.starts_with("test") => {
+                lv("virDomainSnapshotDelete", &object, || snap.delete(0))
+            }
+            r => r,
+        }
+        .map_err(|e| map_error(OP, &object, &e))
     }
 
     fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError> {

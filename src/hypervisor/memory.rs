@@ -79,6 +79,9 @@ struct State {
     storage: BTreeMap<String, MemStoragePool>,
     /// MACs a bridge holds as its own on a local host (`with_bridge_macs`), by bridge.
     bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
+    /// Folders moved with a symlink left at the old path (`move_pool_folder`): old -> new.
+    /// A path under the old folder opens the file under the new one.
+    symlinks: BTreeMap<String, String>,
 }
 
 /// A directory pool of files topo does not manage (`with_storage_pool`).
@@ -333,9 +336,10 @@ impl State {
         }
         if let Some(old) = existing {
             // A define changes the persistent config only: a running domain keeps running
-            // with the settings it was started with.
+            // with the settings it was started with. Snapshot metadata stays with the domain.
             dom.state = old.obs.state;
             dom.live = old.obs.live;
+            dom.snapshots = old.obs.snapshots;
         }
         self.domains.insert(name, MemDomain { obs: dom, persistent: true });
         Ok(())
@@ -379,6 +383,64 @@ impl State {
             }
             _ => Err(err(op, name, HvErrorKind::NotFound, format!("no storage pool with matching name '{name}'"))),
         }
+    }
+
+    /// The path `path` opens, its folder symlinks followed (`move_pool_folder`).
+    fn resolve(&self, path: &str) -> String {
+        for (old, new) in &self.symlinks {
+            if let Some(rest) = path.strip_prefix(old.as_str())
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return format!("{new}{rest}");
+            }
+        }
+        path.to_owned()
+    }
+
+    /// The overlay pool's volume the file at `path` is (by the file it opens), if any.
+    fn volume_at(&self, path: &str) -> Option<&String> {
+        let pool = self.pool.as_ref()?;
+        let real = self.resolve(path);
+        let (dir, name) = real.rsplit_once('/')?;
+        (dir == self.resolve(&pool.path)).then(|| self.volumes.get_key_value(name).map(|(k, _)| k)).flatten()
+    }
+
+    /// The backing chain under `path`, as QEMU opens it: an overlay pool volume's backing
+    /// file, and so on; any other file (a base image) has none.
+    fn chain_under(&self, path: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut at = path.to_owned();
+        while let Some(name) = self.volume_at(&at) {
+            let backing = &self.volumes[name];
+            if backing == "raw" || backing.is_empty() || out.contains(backing) || out.len() > 64 {
+                break;
+            }
+            out.push(backing.clone());
+            at = backing.clone();
+        }
+        out
+    }
+
+    /// What `observe` reports as a path's identity: on a local host its `(dev, inode)` (a
+    /// stand-in: a hash of the file it opens); elsewhere libvirt's key of the volume at
+    /// exactly that path in the active overlay pool (`virStorageVolLookupByPath` matches the
+    /// path string), the volume's path.
+    fn file_id(&self, path: &str) -> crate::observed::FileId {
+        use std::hash::{Hash, Hasher};
+        let mut id = crate::observed::FileId::default();
+        if self.host_interfaces.is_some() {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.resolve(path).hash(&mut h);
+            id.inode = Some((1, h.finish()));
+        }
+        if let Some(p) = self.pool.as_ref().filter(|p| p.active)
+            && let Some((dir, name)) = path.rsplit_once('/')
+            && dir == p.path
+            && self.volumes.contains_key(name)
+        {
+            id.key = Some(path.to_owned());
+        }
+        id
     }
 
     fn parse_iface(op: &str, domain: &str, xml_text: &str) -> Result<ObservedInterface, HvError> {
@@ -505,6 +567,94 @@ impl MemoryHypervisor {
         s.armed = Some((usize::MAX, false));
     }
 
+    /// `virsh snapshot-create-as DOMAIN NAME --disk-only --atomic`: an external snapshot.
+    /// Each disk but the read-only seed (libvirt snapshots no read-only disk by default)
+    /// gets a new qcow2 layer next to its file, named as libvirt names it (the file name's
+    /// last `.suffix` replaced by `.NAME`; virDomainSnapshotDefAssignExternalNames), backed
+    /// by the disk's file; the domain's disk (config and live) now opens the new layer,
+    /// which the overlay pool lists (it is in its folder). Fails, changing nothing, when a
+    /// snapshot of that name exists or a new layer's file does.
+    pub fn snapshot_external(&self, domain: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "create snapshot";
+        let mut s = self.lock();
+        let d = s.domain(OP, domain)?.obs.clone();
+        if d.snapshots.iter().any(|n| n == name) {
+            return Err(err(OP, domain, HvErrorKind::Exists, format!("domain snapshot '{name}' already exists")));
+        }
+        let mut layers = Vec::new();
+        for (i, disk) in d.disks.iter().enumerate() {
+            let (dir, file) = disk.rsplit_once('/').unwrap_or(("", disk));
+            if crate::guest::is_seed_volume(file) {
+                continue;
+            }
+            let stem = match file.rsplit_once('.') {
+                Some((stem, _)) => stem,
+                None => file,
+            };
+            let new = format!("{dir}/{stem}.{name}");
+            if s.volume_at(disk).is_none() {
+                return Err(err(
+                    OP,
+                    domain,
+                    HvErrorKind::Unsupported,
+                    "the double snapshots overlay pool volumes only",
+                ));
+            }
+            if s.volume_at(&new).is_some() {
+                return Err(err(
+                    OP,
+                    domain,
+                    HvErrorKind::Exists,
+                    format!("external snapshot file for disk vd{i} already exists: '{new}'"),
+                ));
+            }
+            layers.push((i, new));
+        }
+        for (i, new) in layers {
+            let file = new.rsplit_once('/').map_or(new.as_str(), |(_, f)| f).to_owned();
+            // In the same folder as the disk's file: a volume of the overlay pool.
+            s.volumes.insert(file, d.disks[i].clone());
+            s.domain(OP, domain)?.obs.disks[i] = new;
+        }
+        let o = &mut s.domain(OP, domain)?.obs;
+        o.snapshots.push(name.to_owned());
+        o.snapshots.sort();
+        Ok(())
+    }
+
+    /// `virsh snapshot-create-as DOMAIN NAME`: an internal snapshot (its data inside the
+    /// qcow2 images; only libvirt's metadata shows it).
+    pub fn snapshot_internal(&self, domain: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "create snapshot";
+        let mut s = self.lock();
+        let o = &mut s.domain(OP, domain)?.obs;
+        if o.snapshots.iter().any(|n| n == name) {
+            return Err(err(OP, domain, HvErrorKind::Exists, format!("domain snapshot '{name}' already exists")));
+        }
+        o.snapshots.push(name.to_owned());
+        o.snapshots.sort();
+        Ok(())
+    }
+
+    /// The overlay pool's folder moved to `new` with a symlink left at the old path, and the
+    /// pool redefined over `new` (`virsh pool-destroy`, `mv`, `ln -s`, `virsh pool-edit`,
+    /// `pool-start`): its volumes are listed under `new`, while the domains' disks still
+    /// name the old path, which opens the same files.
+    pub fn move_pool_folder(&self, new: &str) {
+        let mut s = self.lock();
+        let new = new.trim_end_matches('/').to_owned();
+        let Some(old) = s.pool.as_ref().map(|p| p.path.clone()) else { return };
+        s.symlinks.insert(old, new.clone());
+        if let Some(p) = s.pool.as_mut() {
+            p.path = new;
+        }
+    }
+
+    /// The snapshot names of `domain`, sorted (empty when it has none or is gone).
+    pub fn snapshots(&self, domain: &str) -> Vec<String> {
+        self.lock().domains.get(domain).map(|d| d.obs.snapshots.clone()).unwrap_or_default()
+    }
+
     /// Pauses a running domain (`virsh suspend`).
     pub fn pause(&self, name: &str) -> Result<(), HvError> {
         let mut s = self.lock();
@@ -566,30 +716,42 @@ impl Hypervisor for MemoryHypervisor {
             return Err(e);
         }
         let active_pool = s.pool.as_ref().filter(|p| p.active);
+        let mut files = BTreeMap::new();
+        let domains: BTreeMap<String, ObservedDomain> = s
+            .domains
+            .iter()
+            .map(|(k, d)| {
+                let mut o = d.obs.clone();
+                o.persistent = d.persistent;
+                if !d.persistent {
+                    o.live = None; // a transient domain's only XML is its live one
+                }
+                o.links = s.links(d);
+                o.backing = o.disks.iter().map(|p| s.chain_under(p)).collect();
+                o.chains_known = true;
+                for f in o.files() {
+                    files.insert(f.to_owned(), s.file_id(f));
+                }
+                (k.clone(), o)
+            })
+            .collect();
+        let volumes: BTreeMap<String, ObservedVolume> = active_pool
+            .map(|p| {
+                s.volumes
+                    .keys()
+                    .map(|n| (n.clone(), ObservedVolume { name: n.clone(), path: format!("{}/{n}", p.path) }))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for v in volumes.values() {
+            files.insert(v.path.clone(), s.file_id(&v.path));
+        }
         Ok(Observed {
+            files,
             networks: s.networks.clone(),
-            domains: s
-                .domains
-                .iter()
-                .map(|(k, d)| {
-                    let mut o = d.obs.clone();
-                    o.persistent = d.persistent;
-                    if !d.persistent {
-                        o.live = None; // a transient domain's only XML is its live one
-                    }
-                    o.links = s.links(d);
-                    (k.clone(), o)
-                })
-                .collect(),
+            domains,
             pool: s.pool.clone(),
-            volumes: active_pool
-                .map(|p| {
-                    s.volumes
-                        .keys()
-                        .map(|n| (n.clone(), ObservedVolume { name: n.clone(), path: format!("{}/{n}", p.path) }))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            volumes,
             kernel: s.kernel.clone(),
             // As /sys/class/net shows them: the host's own interfaces and the bridges of
             // active networks.
@@ -818,10 +980,40 @@ impl Hypervisor for MemoryHypervisor {
             return Err(err("undefine domain", name, HvErrorKind::InvalidState, "cannot undefine transient domain"));
         }
         if d.obs.state == DomainState::Shutoff {
+            // qemuDomainUndefineFlags: an inactive domain with snapshot metadata is refused
+            // unless VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA (topo never passes it); a running
+            // one becomes transient and keeps them until it stops.
+            let n = d.obs.snapshots.len();
+            if n > 0 {
+                return Err(err(
+                    "undefine domain",
+                    name,
+                    HvErrorKind::InvalidState,
+                    format!("Requested operation is not valid: cannot delete inactive domain with {n} snapshots"),
+                ));
+            }
             s.domains.remove(name);
         } else {
             d.persistent = false;
         }
+        Ok(())
+    }
+
+    fn delete_snapshot_metadata(&self, domain: &str, snapshot: &str) -> Result<(), HvError> {
+        const OP: &str = "delete snapshot metadata";
+        let mut s = self.lock();
+        s.enter("delete_snapshot_metadata", domain)?;
+        let o = &mut s.domain("delete_snapshot_metadata", domain)?.obs;
+        let Some(i) = o.snapshots.iter().position(|n| n == snapshot) else {
+            return Err(err(
+                OP,
+                domain,
+                HvErrorKind::NotFound,
+                format!("Domain snapshot not found: no domain snapshot with matching name '{snapshot}'"),
+            ));
+        };
+        // METADATA_ONLY: the files and the images' internal snapshots stay.
+        o.snapshots.remove(i);
         Ok(())
     }
 

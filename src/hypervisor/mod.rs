@@ -8,6 +8,7 @@ pub mod libvirt;
 /// release binary.
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
+pub mod qcow2;
 
 use serde::{Deserialize, Serialize};
 
@@ -226,7 +227,17 @@ pub trait Hypervisor: Send + Sync {
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError>;
     /// Forced power off.
     fn destroy_domain(&self, name: &str) -> Result<(), HvError>;
+    /// `virsh undefine`: removes the domain's persistent config (a running domain stays,
+    /// transient, until it stops). libvirt refuses it for an inactive domain that has
+    /// snapshot metadata ("cannot delete inactive domain with N snapshots", InvalidState;
+    /// qemuDomainUndefineFlags without VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA).
     fn undefine_domain(&self, name: &str) -> Result<(), HvError>;
+    /// Removes snapshot `snapshot` of `domain` from libvirt's metadata only
+    /// (virDomainSnapshotDelete with VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY, `virsh
+    /// snapshot-delete VM S --metadata`): internal snapshot data stays in the qcow2 image and
+    /// an external snapshot's files stay, whether the domain runs or not; children are kept
+    /// (reparented). NotFound when there is no such snapshot (or domain).
+    fn delete_snapshot_metadata(&self, domain: &str, snapshot: &str) -> Result<(), HvError>;
     /// Hot-plugs a device (`<interface>` XML) into the config, and live when running.
     fn attach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
     /// Unplugs a device (`<interface>` XML matched by MAC) from the config, and live when running.

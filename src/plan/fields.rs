@@ -179,11 +179,15 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     let (seeds, disks): (Vec<&String>, Vec<&String>) =
         o.disks.iter().partition(|p| crate::guest::is_seed_volume(file_name(p)));
     if desired.contains_key("disk") || !disks.is_empty() {
+        let first = o.disks.iter().position(|p| !crate::guest::is_seed_volume(file_name(p)));
         let name = disks.first().map(|p| file_name(p).to_string());
         let want = desired.get("disk").map(|v| v.value.as_str()).unwrap_or_default();
-        // Same overlay file name: same image and size, shown as the desired text.
+        // The lab's overlay anywhere in the disk's chain (under the layers of external
+        // snapshots) is the same disk: shown as the desired text.
+        let in_chain =
+            first.is_some_and(|i| o.chain(i).iter().any(|f| want.starts_with(&format!("{} ", file_name(f)))));
         let value = match name {
-            Some(n) if want.starts_with(&format!("{n} ")) => want.to_string(),
+            Some(_) if in_chain => want.to_string(),
             Some(n) => n,
             None => "none".into(),
         };

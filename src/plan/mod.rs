@@ -100,6 +100,12 @@ pub enum Reason {
     /// (`virsh vol-delete`, a file removed) while its domain still uses them: a seed is
     /// uploaded again with the same content, in place; a lost overlay replaces the VM.
     DeletedOutsideTopo { volumes: Vec<String> },
+    /// The VM being deleted or replaced has snapshots (libvirt's metadata, internal or
+    /// external; sorted names). libvirt refuses to undefine an inactive domain that has any
+    /// ("cannot delete inactive domain with N snapshots"), so their metadata is removed
+    /// first, while the VM still runs; their data goes with the VM's disk (internal
+    /// snapshots live in its qcow2 overlay, external ones are the layers above it).
+    Snapshots { names: Vec<String> },
 }
 
 impl Reason {
@@ -149,6 +155,13 @@ impl Reason {
                     "the VM's disk is lost, so the VM is replaced"
                 };
                 format!("{} {verb} deleted outside topo; {what}", volumes.join(", "))
+            }
+            Reason::Snapshots { names } => {
+                let (n, them) = if names.len() == 1 { ("snapshot", "its") } else { ("snapshots", "their") };
+                format!(
+                    "the VM has {n} {}: {them} metadata is removed first (libvirt will not undefine a VM with snapshots), and {them} data goes with the VM's disk",
+                    names.join(", ")
+                )
             }
             Reason::Unplugged { nics } => {
                 let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
@@ -290,6 +303,12 @@ pub enum Op {
         netem: Option<Netem>,
     },
     UndefineDomain,
+    /// Remove these snapshots of the domain from libvirt's metadata only (`virsh
+    /// snapshot-delete VM S --metadata`), so that it can be undefined; their files go with
+    /// the domain's volumes.
+    DeleteSnapshotMetadata {
+        names: Vec<String>,
+    },
 }
 
 impl Op {
@@ -318,6 +337,7 @@ impl Op {
             Op::SetBandwidth { .. } => "set-bandwidth",
             Op::SetNetem { .. } => "set-netem",
             Op::UndefineDomain => "undefine-domain",
+            Op::DeleteSnapshotMetadata { .. } => "delete-snapshot-metadata",
         }
     }
 }
@@ -445,7 +465,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
             changes.push(delete_domain(lab, d, observed, &pool, Shutdown::Force));
         }
     }
-    changes.extend(orphaned_volumes(lab_name, observed, &changes, false));
+    changes.extend(orphaned_volumes(lab_name, observed, &changes));
     for n in observed.networks.values() {
         if n.ownership(lab_name) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
             // Re-declared `external: true`: the lab stops owning it, and it stays, with
@@ -530,7 +550,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
         .map(|d| delete_domain(lab, d, observed, &pool, shutdown))
         .collect();
     changes.sort_by_key(by_rank); // stable: ties (not in the file) stay in name order
-    let orphans = orphaned_volumes(lab_name, observed, &changes, true);
+    let orphans = orphaned_volumes(lab_name, observed, &changes);
     changes.extend(orphans);
     let mut networks: Vec<Change> = observed
         .networks
@@ -542,7 +562,9 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     changes.extend(networks);
     for c in &mut changes {
         if lab_has(lab, &c.address) {
-            c.reasons = vec![Reason::DestroyRequested];
+            // Why it goes; the other reasons (its snapshots) say what else happens.
+            c.reasons.retain(|r| *r != Reason::NotInLabFile);
+            c.reasons.insert(0, Reason::DestroyRequested);
         }
     }
     if let Some(c) = pool.change(&changes) {
@@ -871,41 +893,107 @@ fn deletion(address: Address, libvirt_name: &str, fields: Vec<FieldChange>, ops:
     }
 }
 
-/// The pool volumes a deleted or replaced domain's disks are: every disk in the overlay
-/// pool that is tagged as this lab's or that this (owned) domain uses. Never a file
-/// outside the pool, never by name alone.
-fn domain_volumes(d: &ObservedDomain, observed: &Observed, pool: &Pool) -> Vec<Op> {
+/// The volumes deleted with domain `d` (deleted or replaced): walking each disk's backing
+/// chain from its source down, every file that is a volume of the overlay pool (by identity,
+/// [`Observed::same_file`]) and that no other domain may use, down to and including the
+/// first one tagged as this lab's (its overlay or seed). So the layers of external snapshots
+/// stacked on the lab's overlay go with it. Never a file below a lab volume (a base image),
+/// never one outside the overlay pool, never one that another domain may use (running or
+/// not, its whole chain), never a lab VM's base image; top layers first.
+fn domain_volumes(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Pool) -> Vec<Op> {
     let Some((pool_name, _)) = &pool.observed else { return Vec::new() };
-    d.disks
-        .iter()
-        .filter_map(|disk| {
-            let by_path = observed.volumes.values().find(|v| v.path == *disk).map(|v| v.name.clone());
-            // An inactive pool lists no volumes: a disk in its folder is one of them.
-            let in_folder = std::path::Path::new(disk)
-                .parent()
-                .is_some_and(|p| p == std::path::Path::new(&pool.path))
-                .then(|| disk.rsplit('/').next().unwrap_or_default().to_string());
-            by_path.or(in_folder)
-        })
-        .map(|name| Op::DeleteVolume { pool: pool_name.clone(), name })
-        .collect()
+    let lab_name = lab.name.as_str();
+    let bases: Vec<String> =
+        lab.vms.values().filter_map(|v| v.disk.as_ref()).map(|x| x.image.display().to_string()).collect();
+    let mut out: Vec<String> = Vec::new();
+    for i in 0..d.disks.len() {
+        let mut below_lab = false;
+        for file in d.chain(i) {
+            // The pool volume this file is: by identity in an active pool (a tagged lab
+            // volume also when only its name says so); in an inactive pool, which lists no
+            // volumes, a file in its folder.
+            let volume = observed
+                .volumes
+                .values()
+                .find(|v| match observed.same_file(&v.path, file) {
+                    crate::observed::Same::Yes => true,
+                    crate::observed::Same::Maybe => volume_owned_by(lab_name, &v.name),
+                    crate::observed::Same::No => false,
+                })
+                .map(|v| (v.name.clone(), v.path.clone()))
+                .or_else(|| {
+                    let p = std::path::Path::new(file);
+                    (observed.volumes.is_empty()
+                        && p.parent().is_some_and(|dir| dir == std::path::Path::new(&pool.path)))
+                    .then(|| (file.rsplit('/').next().unwrap_or_default().to_string(), file.to_string()))
+                });
+            let Some((name, path)) = volume else {
+                continue; // outside the pool: not topo's; the layers below may still be
+            };
+            let shared = observed.domains.values().any(|o| o.name != d.name && o.may_use(observed, &path));
+            let base = bases.iter().any(|b| observed.same_file(b, &path) != crate::observed::Same::No);
+            let tagged = volume_owned_by(lab_name, &name);
+            // Under a lab volume only lab volumes go (a layer named by libvirt after the
+            // overlay keeps its tag: `NAME.TAG.s1`); the first other one is a base.
+            if shared || base || (below_lab && !tagged) {
+                break; // it and everything under it stay
+            }
+            below_lab |= tagged;
+            if !out.contains(&name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out.into_iter().map(|name| Op::DeleteVolume { pool: pool_name.clone(), name }).collect()
+}
+
+/// The snapshot metadata removal of a VM that is deleted or replaced, with its reason and
+/// field; nothing when it has no snapshots.
+fn snapshot_removal(d: &ObservedDomain) -> Option<(Op, Reason, FieldChange)> {
+    if d.snapshots.is_empty() {
+        return None;
+    }
+    Some((
+        Op::DeleteSnapshotMetadata { names: d.snapshots.clone() },
+        Reason::Snapshots { names: d.snapshots.clone() },
+        FieldChange {
+            path: "snapshots".into(),
+            before: Some(d.snapshots.join(", ")),
+            after: None,
+            forces_replacement: false,
+            restarts: false,
+        },
+    ))
 }
 
 fn delete_domain(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Pool, shutdown: Shutdown) -> Change {
     // What is destroyed, as the host has it (shown like a created VM's fields).
-    let fields = all_fields(&fields::observed_vm(lab, d, &Fields::new()), false);
+    let mut fields = all_fields(&fields::observed_vm(lab, d, &Fields::new()), false);
     let mut ops = Vec::new();
+    let snapshots = snapshot_removal(d);
+    if let Some((op, _, field)) = &snapshots {
+        // First, while the VM still runs: should it fail, the VM is left as it was.
+        ops.push(op.clone());
+        fields.push(field.clone());
+        fields.sort_by(|a, b| a.path.cmp(&b.path));
+    }
     if d.state != DomainState::Shutoff {
         ops.push(Op::StopDomain { shutdown });
     }
     ops.push(Op::UndefineDomain);
-    ops.extend(domain_volumes(d, observed, pool));
-    deletion(owner_address(d.owner.as_ref(), &d.name), &d.name, fields, ops)
+    ops.extend(domain_volumes(lab, d, observed, pool));
+    let mut c = deletion(owner_address(d.owner.as_ref(), &d.name), &d.name, fields, ops);
+    c.reasons.extend(snapshots.map(|(_, r, _)| r));
+    c
 }
 
-/// Volumes tagged as lab `lab`'s that are not deleted by `changes` and, unless `all`, that
-/// no domain uses: one deletion each.
-fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change], all: bool) -> Vec<Change> {
+/// Volumes tagged as lab `lab`'s that are not deleted by `changes` and that no domain
+/// left after `changes` may use: one deletion each. "Use" is decided by identity over
+/// each domain's whole backing chain, running or not ([`ObservedDomain::may_use`]): a file
+/// reached through another path (a pool folder moved, a symlink at the old path) or below
+/// an external snapshot's layer is in use. On destroy every lab domain is deleted, so only
+/// the domains of others keep a tagged volume.
+fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change]) -> Vec<Change> {
     let Some(pool) = &observed.pool else { return Vec::new() };
     let deleted: BTreeSet<&str> = changes
         .iter()
@@ -915,11 +1003,17 @@ fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change], all: boo
             _ => None,
         })
         .collect();
+    let gone: BTreeSet<&str> = changes
+        .iter()
+        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Vm(_)))
+        .map(|c| c.libvirt_name.as_str())
+        .collect();
+    let users: Vec<&ObservedDomain> = observed.domains.values().filter(|d| !gone.contains(d.name.as_str())).collect();
     observed
         .volumes
         .values()
         .filter(|v| volume_owned_by(lab, &v.name) && !deleted.contains(v.name.as_str()))
-        .filter(|v| all || !observed.domains.values().any(|d| d.disks.contains(&v.path)))
+        .filter(|v| !users.iter().any(|d| d.may_use(observed, &v.path)))
         .map(|v| Change {
             address: Address::Volume(v.name.clone()),
             libvirt_name: v.name.clone(),
@@ -1126,9 +1220,42 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
     out
 }
 
-/// The domain XML to define for `vm`, keeping the observed UUID.
-fn domain_define(lab: &Lab, vm: &Vm, desired: &Fields, pool: &Pool, o: Option<&ObservedDomain>) -> Option<Op> {
-    let disk = vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f));
+/// The file the disk of lab VM `vm` opens now, when it is not the overlay's path in the
+/// pool but its chain holds the overlay: the top layer of external snapshots above it, or
+/// the overlay by another path to the same file (a pool folder moved, a symlink left at the
+/// old path). `None` when the disk is the overlay's path, or has no such chain.
+fn kept_disk(lab: &Lab, vm: &Vm, o: &ObservedDomain, observed: &Observed, pool: &Pool) -> Option<String> {
+    let overlay = pool.volume_path(&vm.overlay_name(&lab.name)?);
+    let name = overlay.rsplit('/').next().unwrap_or_default().to_owned();
+    (0..o.disks.len()).find_map(|i| {
+        let chain = o.chain(i);
+        let top = chain.first()?;
+        if *top == overlay {
+            return None;
+        }
+        chain
+            .iter()
+            .any(|f| match observed.same_file(f, &overlay) {
+                crate::observed::Same::Yes => true,
+                // No identity known: the lab's tagged name says it.
+                crate::observed::Same::Maybe => f.rsplit('/').next() == Some(name.as_str()),
+                crate::observed::Same::No => false,
+            })
+            .then(|| top.to_string())
+    })
+}
+
+/// The domain XML to define for `vm`, keeping the observed UUID; its disk opens `disk`
+/// when given ([`kept_disk`]), else the overlay in the pool.
+fn domain_define(
+    lab: &Lab,
+    vm: &Vm,
+    desired: &Fields,
+    pool: &Pool,
+    o: Option<&ObservedDomain>,
+    disk: Option<String>,
+) -> Option<Op> {
+    let disk = disk.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
     let seed = seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name));
     let xml = crate::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
         .ok()?;
@@ -1162,7 +1289,7 @@ fn deleted_volumes(lab: &Lab, vm: &Vm, o: &ObservedDomain, observed: &Observed) 
     overlay
         .into_iter()
         .chain(seed)
-        .filter(|(_, name)| !observed.volumes.contains_key(name) && o.disks.contains(&path(name)))
+        .filter(|(_, name)| !observed.volumes.contains_key(name) && o.files().any(|f| f == path(name)))
         .collect()
 }
 
@@ -1331,7 +1458,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     let address = Address::Vm(vm.name.clone());
     let desired = fields::desired_vm(lab, vm);
     let o = observed.domains.get(&vm.libvirt_name);
-    let define = domain_define(lab, vm, &desired, pool, o);
+    let define = domain_define(lab, vm, &desired, pool, o, None);
     // `state: stopped`: defined, disk kept, not running.
     let run = vm.state == VmState::Running;
     let Some(o) = o else {
@@ -1411,8 +1538,15 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
             // Its disk is deleted next: nothing to shut down gracefully for.
             ops.push(Op::StopDomain { shutdown: Shutdown::Force });
         }
+        if let Some((op, reason, field)) = snapshot_removal(o) {
+            // First, while the VM still runs: should it fail, the VM is left as it was.
+            ops.insert(0, op);
+            reasons.push(reason);
+            changed.push(field);
+            changed.sort_by(|a, b| a.path.cmp(&b.path));
+        }
         ops.push(Op::UndefineDomain);
-        ops.extend(domain_volumes(o, observed, pool));
+        ops.extend(domain_volumes(lab, o, observed, pool));
         ops.extend(overlay_volume(lab, vm));
         ops.extend(seed_volume(lab, vm));
         ops.extend(define);
@@ -1435,7 +1569,13 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     }
     let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
-    let mut define = define;
+    // The VM keeps its disk: a define keeps the file its disk opens now (the top layer of
+    // an external snapshot above the lab's overlay, or the overlay by the path the domain
+    // names it), so no layer is dropped from under it.
+    let mut define = match kept_disk(lab, vm, o, observed, pool) {
+        Some(top) => domain_define(lab, vm, &desired, pool, Some(o), Some(top)),
+        None => define,
+    };
     if gone.iter().any(|(path, _)| *path == "cloud_init") {
         // First: a start or restart below needs it.
         ops.extend(seed_volume(lab, vm));

@@ -363,6 +363,33 @@ enum DeviceR {
 #[derive(Deserialize)]
 struct DiskR {
     source: Option<DiskSourceR>,
+    #[serde(rename = "backingStore")]
+    backing: Option<Box<BackingStoreR>>,
+}
+
+/// One `<backingStore>` of a disk's chain: a layer (`<source>` and the next
+/// `<backingStore>`), or, empty, the end of the chain.
+#[derive(Deserialize)]
+struct BackingStoreR {
+    source: Option<DiskSourceR>,
+    #[serde(rename = "backingStore")]
+    backing: Option<Box<BackingStoreR>>,
+}
+
+/// The files under a disk as its `<backingStore>` elements list them, top down, and
+/// whether the list ends with the empty `<backingStore/>` that marks a chain's end (libvirt
+/// writes the whole chain into a running domain's live XML; the persistent config has none).
+fn backing_chain(first: Option<Box<BackingStoreR>>) -> (Vec<String>, bool) {
+    let mut out = Vec::new();
+    let mut next = first;
+    while let Some(b) = next {
+        match b.source.and_then(|s| s.file.or(s.dev)) {
+            Some(path) => out.push(path),
+            None => return (out, true),
+        }
+        next = b.backing;
+    }
+    (out, false)
 }
 
 #[derive(Deserialize)]
@@ -494,12 +521,17 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
     };
     let os = r.os.unwrap_or(OsR { kernel: None, initrd: None, cmdline: None });
     let mut disks = Vec::new();
+    let mut backing = Vec::new();
+    let mut chains_known = true;
     let mut interfaces = Vec::new();
     for d in r.devices.map(|d| d.items).unwrap_or_default() {
         match d {
             DeviceR::Disk(disk) => {
                 if let Some(path) = disk.source.and_then(|s| s.file.or(s.dev)) {
                     disks.push(path);
+                    let (chain, ends) = backing_chain(disk.backing);
+                    chains_known &= ends;
+                    backing.push(chain);
                 }
             }
             DeviceR::Interface(i) => interfaces.push(observed_interface(i)?),
@@ -517,6 +549,9 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         initrd: os.initrd,
         cmdline: os.cmdline,
         disks,
+        backing,
+        chains_known,
+        snapshots: Vec::new(),
         interfaces,
         owner: facts.owner,
         persistent: true,

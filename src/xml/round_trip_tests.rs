@@ -656,3 +656,35 @@ fn bandwidth_is_read_back() {
     assert_eq!(bw(""), None);
     assert_eq!(bw("<bandwidth/>"), None);
 }
+
+/// A running domain's live XML lists each disk's backing chain (libvirt 9.0, after `virsh
+/// snapshot-create-as VM s1 --disk-only`): the source is the new layer, the overlay and the
+/// base follow, and the empty `<backingStore/>` ends the chain. The persistent config lists
+/// none: the chain is not known from it.
+#[test]
+fn disk_backing_chains_from_live_xml() {
+    let live = "<domain type='qemu'><name>d</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+        <os><type>hvm</type></os><devices>\
+        <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+        <source file='/p/d.tag.s1' index='3'/>\
+        <backingStore type='file' index='1'><format type='qcow2'/><source file='/p/d.tag.qcow2'/>\
+        <backingStore type='file' index='2'><format type='qcow2'/><source file='/img/base.qcow2'/>\
+        <backingStore/></backingStore></backingStore><target dev='vda' bus='virtio'/></disk>\
+        <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/p/seed.img'/>\
+        <backingStore/><target dev='vdb' bus='virtio'/><readonly/></disk>\
+        </devices></domain>";
+    let d = super::parse_domain(live, DomainState::Running).unwrap();
+    assert_eq!(d.disks, ["/p/d.tag.s1", "/p/seed.img"]);
+    assert_eq!(d.backing, [vec!["/p/d.tag.qcow2".to_string(), "/img/base.qcow2".to_string()], vec![]]);
+    assert!(d.chains_known);
+    assert_eq!(d.chain(0), ["/p/d.tag.s1", "/p/d.tag.qcow2", "/img/base.qcow2"]);
+    let config = live.replace("<backingStore/>", "").replace(
+        "<backingStore type='file' index='1'><format type='qcow2'/><source file='/p/d.tag.qcow2'/>\
+        <backingStore type='file' index='2'><format type='qcow2'/><source file='/img/base.qcow2'/>\
+        </backingStore></backingStore>",
+        "",
+    );
+    let d = super::parse_domain(&config, DomainState::Shutoff).unwrap();
+    assert_eq!(d.backing, [Vec::<String>::new(), vec![]]);
+    assert!(!d.chains_known, "{config}");
+}

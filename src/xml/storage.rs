@@ -107,6 +107,8 @@ pub fn parse_pool_path(xml: &str) -> Result<String, XmlError> {
 #[derive(Deserialize)]
 struct VolumeR {
     target: Option<VolTargetR>,
+    #[serde(rename = "backingStore")]
+    backing: Option<TargetPathR>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +127,14 @@ struct FormatR {
 pub fn parse_volume_format(xml: &str) -> Result<Option<String>, XmlError> {
     let v: VolumeR = super::from_xml("volume", "volume", xml)?;
     Ok(v.target.and_then(|t| t.format).and_then(|f| f.kind))
+}
+
+/// The backing file of a storage volume's XML (`<volume><backingStore><path>`, as `virsh
+/// vol-dumpxml` shows it: the pool's backend read it from the image's header); `None` for
+/// a volume without one.
+pub fn parse_volume_backing(xml: &str) -> Result<Option<String>, XmlError> {
+    let v: VolumeR = super::from_xml("volume", "volume", xml)?;
+    Ok(v.backing.and_then(|b| b.path).filter(|p| !p.is_empty()))
 }
 
 #[derive(Serialize)]
@@ -197,6 +207,12 @@ mod tests {
         let v = "<volume type='file'><name>a.qcow2</name><key>/default-pool/a.qcow2</key>\
                  <target><path>/default-pool/a.qcow2</path><format type='qcow2'/></target></volume>";
         assert_eq!(parse_volume_format(v).unwrap().as_deref(), Some("qcow2"));
+        assert_eq!(parse_volume_backing(v).unwrap(), None);
+        // As libvirt 9.0's vol-dumpxml shows an external snapshot's layer in a dir pool.
+        let layer = "<volume type='file'><name>vm.s1</name><key>/p/vm.s1</key><target><path>/p/vm.s1</path>\
+                     <format type='qcow2'/></target><backingStore><path>/p/vm.qcow2</path><format type='qcow2'/>\
+                     </backingStore></volume>";
+        assert_eq!(parse_volume_backing(layer).unwrap().as_deref(), Some("/p/vm.qcow2"));
         assert_eq!(
             parse_volume_format("<volume><name>k</name><target><path>/k</path></target></volume>").unwrap(),
             None
