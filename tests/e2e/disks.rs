@@ -47,7 +47,8 @@ fn e2e_disk_snapshots() {
     let ch = changes(&plan);
     assert!(ch.values().all(|c| c["action"] == "no-op"), "{plan:#}");
     assert_converged(&lab);
-    apply(&lab, 1);
+    let r = topo_ok(&["apply", "-y", "--timeout", "90", path(&lab)]);
+    assert!(r.stdout.contains("No changes") && r.stdout.contains("Verify: 1 verified, 0 failed"), "{}", r.show());
     assert!(Path::new(&overlay).exists() && Path::new(&top).exists(), "a layer in use was deleted");
     assert_eq!(virsh_ok(&["domstate", "dsnap-d1"]).trim(), "running");
     assert_eq!(disk_sources("dsnap-d1"), [top.clone()]);
