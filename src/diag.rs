@@ -122,6 +122,10 @@ pub enum Code {
     /// A NIC asks for link impairment the libvirt host's kernel cannot do: it was built
     /// without a qdisc, classifier or action that netem or libvirt's `<bandwidth>` needs.
     KernelLacksQdisc,
+    /// A volume the plan would create or upload again under its name is a file another
+    /// domain uses (a layer of its backing chain): making it anew would fail, or delete it
+    /// under that domain.
+    DiskInUse,
 }
 
 impl Code {
@@ -192,6 +196,7 @@ impl Code {
             HostFileUnchecked => "topo::plan::file_unchecked",
             NetemUnreachable => "topo::plan::netem_unreachable",
             KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",
+            DiskInUse => "topo::plan::disk_in_use",
         }
     }
 

@@ -111,6 +111,9 @@ pub struct ObservedDomain {
     /// False when some disk's chain could not be followed to its end (a layer that could not
     /// be read): then any file might be in use by this domain.
     pub chains_known: bool,
+    /// Files the running domain opens that its persistent config's chains do not name (a
+    /// define since it started changed a disk): each live disk's whole chain, less those.
+    pub live_only: Vec<String>,
     /// The names of the domain's snapshots (libvirt's snapshot metadata, internal or
     /// external), sorted. libvirt refuses to undefine an inactive domain that has any
     /// unless asked to drop them.
@@ -318,7 +321,7 @@ impl ObservedDomain {
 
     /// Every file the domain's disks open: each source and its backing chain.
     pub fn files(&self) -> impl Iterator<Item = &str> {
-        self.disks.iter().chain(self.backing.iter().flatten()).map(String::as_str)
+        self.disks.iter().chain(self.backing.iter().flatten()).chain(&self.live_only).map(String::as_str)
     }
 
     /// Whether the domain may open `path` (a disk source or a layer of a backing chain),

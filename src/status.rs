@@ -310,6 +310,7 @@ vms:
             disks: vec![],
             backing: Vec::new(),
             chains_known: true,
+            live_only: Vec::new(),
             snapshots: Vec::new(),
             interfaces: vec![],
             persistent: true,

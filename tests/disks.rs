@@ -87,6 +87,10 @@ fn an_external_snapshot_keeps_the_overlay_in_use() {
             })
             .unwrap();
         assert!(xml.contains(&top) && !xml.contains(&format!("'{}'", overlay(&l))), "{xml}");
+        // The read-only seed got a layer too (QEMU's blockdev lets libvirt 9.0 do it): kept.
+        let seed = o.domains[DOM].disks[1].clone();
+        assert!(seed.ends_with(".s1") && seed.contains("-cidata-"), "{seed}");
+        assert!(xml.contains(&seed), "{xml}");
         assert_eq!(hv.observe().unwrap().domains[DOM].disks[0], top);
         assert!(volume_paths(&hv).contains(&overlay(&l)));
         let (p, _) = plan_on(&more, &hv);
@@ -266,4 +270,41 @@ fn snapshots_on_the_libvirt_test_driver() {
     assert!(!report.failed(), "{report:#?}");
     let o = hv.observe().unwrap();
     assert!(!o.domains.keys().any(|d| d.starts_with("demo-")), "{:?}", o.domains.keys());
+}
+
+/// A replace that makes the lab's overlay anew under the same name (a cloud-init change)
+/// while another domain's disk is built on that overlay: refused before anything is
+/// touched (`topo::plan::disk_in_use`), with the commands that free it; the create would
+/// otherwise fail on "exists" after the VM was already gone.
+#[test]
+fn a_replace_that_would_remake_a_disk_in_use_is_refused() {
+    let hv = MemoryHypervisor::new().with_host_interfaces(&["eth0"]);
+    let l = lab(DISK_LAB);
+    apply_ok(&l, &hv);
+    let clone = VolumeSpec {
+        pool: topo::ownership::OVERLAY_POOL.into(),
+        name: "clone.qcow2".into(),
+        backing: overlay(&l),
+        backing_format: Default::default(),
+        size: None,
+    };
+    hv.create_volume(&clone).unwrap();
+    let xml = foreign_domain_xml("clone", &[]).replace(
+        "<devices>",
+        &format!("<devices><disk type='file' device='disk'><source file='{OVERLAY_DIR}/clone.qcow2'/><target dev='vda'/></disk>"),
+    );
+    hv.define_domain(&xml).unwrap();
+    let edited =
+        lab(&edit(DISK_LAB, "    hypervisor: qemu\n", "    hypervisor: qemu\n    cloud_init: {user: alice}\n"));
+    let before = hv.calls().len();
+    match plan::plan(&edited, &hv.observe().unwrap(), &hv.uri()) {
+        Err(plan::PlanError::Refused { problems, .. }) => {
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            assert_eq!(problems[0].code.as_str(), "topo::plan::disk_in_use");
+            let text = render_diag(&problems[0]);
+            assert!(text.contains("clone") && text.contains("virsh undefine clone"), "{text}");
+        }
+        other => panic!("expected a refusal, got {other:#?}"),
+    }
+    assert_eq!(hv.calls().len(), before + 1, "only observed");
 }

@@ -416,6 +416,12 @@ impl LibvirtHypervisor {
             }
         }
         d.chains_known = known;
+        // What the running domain opens beyond its config (a define since it started).
+        if let Some(l) = live {
+            let named: std::collections::BTreeSet<String> = d.files().map(str::to_owned).collect();
+            d.live_only = l.files().filter(|f| !named.contains(*f)).map(str::to_owned).collect();
+            d.chains_known &= l.chains_known || l.disks.iter().all(|p| named.contains(p));
+        }
     }
 
     /// The backing file of the image at `path` on the libvirt host: `Some(None)` for none,

@@ -176,11 +176,13 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
             put(&mut f, k, v.clone(), Restart);
         }
     }
-    let (seeds, disks): (Vec<&String>, Vec<&String>) =
-        o.disks.iter().partition(|p| crate::guest::is_seed_volume(file_name(p)));
-    if desired.contains_key("disk") || !disks.is_empty() {
-        let first = o.disks.iter().position(|p| !crate::guest::is_seed_volume(file_name(p)));
-        let name = disks.first().map(|p| file_name(p).to_string());
+    // A disk is the seed when its chain holds a seed volume: an external snapshot puts a
+    // layer over the read-only seed too (libvirt 9.0 with QEMU's blockdev allows it).
+    let seed_of = |i: usize| o.chain(i).into_iter().find(|p| crate::guest::is_seed_volume(file_name(p)));
+    let seeds: Vec<&str> = (0..o.disks.len()).filter_map(seed_of).collect();
+    let first = (0..o.disks.len()).find(|&i| seed_of(i).is_none());
+    if desired.contains_key("disk") || first.is_some() {
+        let name = first.map(|i| file_name(&o.disks[i]).to_string());
         let want = desired.get("disk").map(|v| v.value.as_str()).unwrap_or_default();
         // The lab's overlay anywhere in the disk's chain (under the layers of external
         // snapshots) is the same disk: shown as the desired text.

@@ -513,6 +513,15 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         changes.insert(at, c);
     }
     prune_deleted_users(&mut changes);
+    let unsafe_disks = disks_in_use(lab, observed, &changes);
+    if !unsafe_disks.is_empty() {
+        return Err(PlanError::Refused {
+            lab: lab.name.to_string(),
+            uri: uri.to_string(),
+            src: Arc::new(lab.source.named_source()),
+            problems: unsafe_disks,
+        });
+    }
     order_changes(lab, Some(&graph), observed, &mut changes);
     let file = lab.source.name();
     let warnings = paths::warnings(lab, observed)
@@ -947,6 +956,63 @@ fn domain_volumes(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Poo
     out.into_iter().map(|name| Op::DeleteVolume { pool: pool_name.clone(), name }).collect()
 }
 
+/// Volumes the plan makes anew (`CreateVolume`, `UploadSeed`) that are there, are not
+/// deleted first by the plan, and are files another domain may use: a create would fail on
+/// "exists" after the VM it replaces is gone, and an upload deletes the old volume first,
+/// under that domain. Refused before anything is touched, with the commands that free it.
+fn disks_in_use(lab: &Lab, observed: &Observed, changes: &[Change]) -> Vec<Problem> {
+    let deleted: BTreeSet<&str> = changes
+        .iter()
+        .flat_map(|c| &c.ops)
+        .filter_map(|op| match op {
+            Op::DeleteVolume { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in changes {
+        let Address::Vm(vm_name) = &c.address else { continue };
+        let Some(vm) = lab.vms.get(vm_name) else { continue };
+        for op in &c.ops {
+            let name = match op {
+                Op::CreateVolume { volume } => &volume.name,
+                Op::UploadSeed { name, .. } => name,
+                _ => continue,
+            };
+            let Some(v) = observed.volumes.get(name) else { continue };
+            if deleted.contains(name.as_str()) {
+                continue;
+            }
+            let users: Vec<&ObservedDomain> = observed
+                .domains
+                .values()
+                .filter(|d| d.name != vm.libvirt_name)
+                .filter(|d| d.may_use(observed, &v.path))
+                .collect();
+            let Some(user) = users.first() else { continue };
+            let how = if user.state == DomainState::Running {
+                format!("`virsh blockpull {} <disk> --wait` (copies the data into its top layer)", user.name)
+            } else {
+                format!(
+                    "`qemu-img rebase -b '' <its top layer>` while it is shut off, or `virsh undefine {}`",
+                    user.name
+                )
+            };
+            out.push(Problem::at(
+                Code::DiskInUse,
+                vm.span,
+                format!(
+                    "vm {}: volume {name} ({}) must be made anew, but domain `{}` uses it (a layer of its disk's backing chain): topo never deletes a disk under a domain",
+                    vm.name, v.path, user.name
+                ),
+                "this VM's disk",
+                format!("make {} stop using it first: {how}; then plan again", user.name),
+            ));
+        }
+    }
+    out
+}
+
 /// The snapshot metadata removal of a VM that is deleted or replaced, with its reason and
 /// field; nothing when it has no snapshots.
 fn snapshot_removal(d: &ObservedDomain) -> Option<(Op, Reason, FieldChange)> {
@@ -1220,13 +1286,13 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
     out
 }
 
-/// The file the disk of lab VM `vm` opens now, when it is not the overlay's path in the
-/// pool but its chain holds the overlay: the top layer of external snapshots above it, or
-/// the overlay by another path to the same file (a pool folder moved, a symlink left at the
-/// old path). `None` when the disk is the overlay's path, or has no such chain.
-fn kept_disk(lab: &Lab, vm: &Vm, o: &ObservedDomain, observed: &Observed, pool: &Pool) -> Option<String> {
-    let overlay = pool.volume_path(&vm.overlay_name(&lab.name)?);
-    let name = overlay.rsplit('/').next().unwrap_or_default().to_owned();
+/// The file a disk of the domain opens now, when it is not `volume`'s path in the pool but
+/// its chain holds that volume: the top layer of external snapshots above it, or the
+/// volume by another path to the same file (a pool folder moved, a symlink left at the old
+/// path). `None` when the disk is the volume's path, or no disk's chain holds it.
+fn kept_top(o: &ObservedDomain, observed: &Observed, pool: &Pool, volume: &str) -> Option<String> {
+    let overlay = pool.volume_path(volume);
+    let name = volume.to_owned();
     (0..o.disks.len()).find_map(|i| {
         let chain = o.chain(i);
         let top = chain.first()?;
@@ -1245,18 +1311,18 @@ fn kept_disk(lab: &Lab, vm: &Vm, o: &ObservedDomain, observed: &Observed, pool: 
     })
 }
 
-/// The domain XML to define for `vm`, keeping the observed UUID; its disk opens `disk`
-/// when given ([`kept_disk`]), else the overlay in the pool.
+/// The domain XML to define for `vm`, keeping the observed UUID; its disk and seed disk
+/// open `kept` when given ([`kept_top`]), else the overlay and the seed in the pool.
 fn domain_define(
     lab: &Lab,
     vm: &Vm,
     desired: &Fields,
     pool: &Pool,
     o: Option<&ObservedDomain>,
-    disk: Option<String>,
+    kept: (Option<String>, Option<String>),
 ) -> Option<Op> {
-    let disk = disk.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
-    let seed = seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name));
+    let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
+    let seed = kept.1.or_else(|| seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name)));
     let xml = crate::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
         .ok()?;
     Some(Op::DefineDomain { xml: crate::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
@@ -1458,7 +1524,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     let address = Address::Vm(vm.name.clone());
     let desired = fields::desired_vm(lab, vm);
     let o = observed.domains.get(&vm.libvirt_name);
-    let define = domain_define(lab, vm, &desired, pool, o, None);
+    let define = domain_define(lab, vm, &desired, pool, o, (None, None));
     // `state: stopped`: defined, disk kept, not running.
     let run = vm.state == VmState::Running;
     let Some(o) = o else {
@@ -1572,9 +1638,10 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     // The VM keeps its disk: a define keeps the file its disk opens now (the top layer of
     // an external snapshot above the lab's overlay, or the overlay by the path the domain
     // names it), so no layer is dropped from under it.
-    let mut define = match kept_disk(lab, vm, o, observed, pool) {
-        Some(top) => domain_define(lab, vm, &desired, pool, Some(o), Some(top)),
-        None => define,
+    let kept = |volume: Option<String>| volume.and_then(|v| kept_top(o, observed, pool, &v));
+    let mut define = match (kept(vm.overlay_name(&lab.name)), kept(seed_of(lab, vm).map(|(_, n)| n))) {
+        (None, None) => define,
+        (disk, seed) => domain_define(lab, vm, &desired, pool, Some(o), (disk, seed)),
     };
     if gone.iter().any(|(path, _)| *path == "cloud_init") {
         // First: a start or restart below needs it.

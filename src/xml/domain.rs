@@ -551,6 +551,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         disks,
         backing,
         chains_known,
+        live_only: Vec::new(),
         snapshots: Vec::new(),
         interfaces,
         owner: facts.owner,

@@ -2,12 +2,14 @@
 
 use super::*;
 
-/// Lab `dsnap`: one tiny guest with a 128 MiB overlay on `base` and no cloud-init seed.
-fn snap_lab(base: &Path) -> String {
-    disk_lab(base, "128MiB").replace("name: disk\n", "name: dsnap\n").replace("192.168.170.", "192.168.171.")
+/// Lab `dsnap`: one tiny guest with a 128 MiB overlay on `base`, and with `seed` its
+/// cloud-init seed disk (read-only, raw; the busybox guest ignores it).
+fn snap_lab(base: &Path, seed: bool) -> String {
+    let t = disk_lab(base, "128MiB").replace("name: disk\n", "name: dsnap\n").replace("192.168.170.", "192.168.171.");
+    if seed { t.replace("    cloud_init: { enabled: false }\n", "") } else { t }
 }
 
-/// Snapshots of a running lab VM on real libvirt: an internal one (`virsh snapshot-create-as
+/// Snapshots of a running lab VM (an overlay and a cloud-init seed) on real libvirt: an internal one (`virsh snapshot-create-as
 /// VM i1`, qcow2 internal snapshot of the running TCG guest), then an external disk-only one
 /// (`--disk-only --atomic`: the overlay becomes the backing file of a new top layer). The
 /// plan after them is empty (the overlay is in use, not an orphan; the disk is the same
@@ -29,16 +31,22 @@ fn e2e_disk_snapshots() {
         .expect("qemu-img");
     assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
     let base_sum = sha256(&base);
-    let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base));
+    let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base, true));
     apply(&lab, 1);
-    let overlay = disk_sources("dsnap-d1").remove(0);
-    clock.step("lab VM with an overlay");
+    let disks = disk_sources("dsnap-d1");
+    assert_eq!(disks.len(), 2, "the overlay and the seed: {disks:?}");
+    let (overlay, seed) = (disks[0].clone(), disks[1].clone());
+    clock.step("lab VM with an overlay and a cloud-init seed");
 
     virsh_ok(&["snapshot-create-as", "dsnap-d1", "i1"]);
     virsh_ok(&["snapshot-create-as", "dsnap-d1", "s1", "--disk-only", "--atomic"]);
-    let top = disk_sources("dsnap-d1").remove(0);
+    let tops = disk_sources("dsnap-d1");
+    let (top, seed_top) = (tops[0].clone(), tops[1].clone());
     assert_ne!(top, overlay, "the disk opens a new layer after the external snapshot");
     assert_eq!(qemu_img_info(&top)["backing-filename"].as_str(), Some(overlay.as_str()));
+    // libvirt 9.0 with QEMU's blockdev layers the read-only seed too.
+    assert_ne!(seed_top, seed, "the read-only seed got a layer");
+    assert_eq!(qemu_img_info(&seed_top)["backing-filename"].as_str(), Some(seed.as_str()));
     assert_eq!(names(&["snapshot-list", "dsnap-d1", "--name"]), ["i1", "s1"]);
     clock.step(&format!("internal snapshot i1 and external snapshot s1: {top} over {overlay}"));
 
@@ -51,7 +59,7 @@ fn e2e_disk_snapshots() {
     assert!(r.stdout.contains("No changes") && r.stdout.contains("Verify: 1 verified, 0 failed"), "{}", r.show());
     assert!(Path::new(&overlay).exists() && Path::new(&top).exists(), "a layer in use was deleted");
     assert_eq!(virsh_ok(&["domstate", "dsnap-d1"]).trim(), "running");
-    assert_eq!(disk_sources("dsnap-d1"), [top.clone()]);
+    assert_eq!(disk_sources("dsnap-d1"), [top.clone(), seed_top.clone()]);
     clock.step("plan empty and apply touched nothing: the overlay under the snapshot layer is in use");
 
     // destroy: metadata first (shown in the plan), then the VM, the layer and the overlay.
@@ -60,6 +68,7 @@ fn e2e_disk_snapshots() {
     assert_eq!(leftovers("dsnap"), Vec::<String>::new());
     assert!(!Path::new(&top).exists(), "destroy left the snapshot layer {top}");
     assert!(!Path::new(&overlay).exists(), "destroy left the overlay {overlay}");
+    assert!(!Path::new(&seed_top).exists() && !Path::new(&seed).exists(), "destroy left the seed or its layer");
     assert!(virsh(&["snapshot-list", "dsnap-d1"]).code != 0, "the domain is gone");
     assert_eq!(sha256(&base), base_sum, "the base image was written");
     clock.step("destroy removed the snapshot metadata, the VM, the layer and the overlay");
@@ -83,7 +92,7 @@ fn e2e_disk_pool_moved_behind_a_symlink() {
         .output()
         .expect("qemu-img");
     assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
-    let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base));
+    let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base, false));
     apply(&lab, 1);
     let overlay = disk_sources("dsnap-d1").remove(0);
     let pool = topo::ownership::OVERLAY_POOL;
