@@ -14,6 +14,7 @@ pub mod diag;
 pub mod graph;
 pub mod guest;
 pub mod hypervisor;
+pub mod image;
 pub mod impair;
 pub mod kernel;
 pub mod model;
