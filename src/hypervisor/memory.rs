@@ -261,7 +261,14 @@ impl State {
                     ));
                 }
             }
-            None => net.bridge = Some(self.free_bridge(&name)),
+            // libvirt names a bridge only for the networks whose bridge it makes (forward
+            // none, nat, route, open: bridge_driver.c `networkValidate` ->
+            // `networkFindUnusedBridgeName`); a macvtap (`bridge` over `<interface dev>`,
+            // private, vepa, passthrough) or hostdev network has none.
+            None if matches!(net.mode, crate::observed::ObservedMode::Known(_)) => {
+                net.bridge = Some(self.free_bridge(&name))
+            }
+            None => {}
         }
         // libvirt's network driver (src/network/bridge_driver.c `networkValidate`): the
         // networks whose bridge libvirt makes (forward none, nat, route, open) keep the

@@ -39,7 +39,7 @@ fn e2e_image_header_refusals() {
         assert!(flat.contains("topo::plan::disk_size"), "{}", r.show());
         assert!(flat.contains("disk.size 32MiB of vm `d1` is smaller than the virtual size"), "{}", r.show());
         assert!(flat.contains("64MiB (67108864 bytes, as its header on this machine says it)"), "{}", r.show());
-        assert!(flat.contains("give `size: 65536KiB` or more"), "{}", r.show());
+        assert!(flat.contains("give `size: 64MiB` or more"), "{}", r.show());
     }
     assert!(leftovers("val").is_empty(), "refused, yet touched: {:?}", leftovers("val"));
     clock.step("disk.size below the qcow2 image's virtual size: refused, nothing touched");
