@@ -258,7 +258,9 @@ fn check_options(options: &str) -> Result<(), String> {
                 return Err(format!("gives option `{name}` a value; sshd's `{name}` takes none"));
             }
             let Some(body) = v.strip_prefix('"') else {
-                return Err(format!("gives option `{name}` a value without double quotes; sshd reads `{name}=\"...\"`"));
+                return Err(format!(
+                    "gives option `{name}` a value without double quotes; sshd reads `{name}=\"...\"`"
+                ));
             };
             let Some(close) = body.find('"') else { return Err("has an unclosed '\"' in its options".into()) };
             rest = &body[close + 1..];
@@ -317,7 +319,10 @@ pub fn check_public_key(line: &str) -> Result<(), String> {
     }
     // string "ssh-ed25519", string key (32 bytes): RFC 8709 section 4.
     if kind == "ssh-ed25519" && blob.len() != 4 + kind.len() + 4 + 32 {
-        return Err("has an ssh-ed25519 key that is not 32 bytes long (RFC 8709); copy the whole line of the `.pub` file".into());
+        return Err(
+            "has an ssh-ed25519 key that is not 32 bytes long (RFC 8709); copy the whole line of the `.pub` file"
+                .into(),
+        );
     }
     Ok(())
 }

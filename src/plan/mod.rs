@@ -2000,9 +2000,8 @@ fn external_unserved(lab: &Lab, net: &Network, o: &ObservedNetwork) -> Vec<Probl
                     net.libvirt_name
                 ),
                 "verified by ARP (`verify: arp`, the default)",
-                format!(
-                    "set `verify: none` on this NIC (configure its address in the guest yourself), or put it on a network whose bridge and DHCP libvirt runs on this host"
-                ),
+                "set `verify: none` on this NIC (configure its address in the guest yourself), or put it on a network \
+                 whose bridge and DHCP libvirt runs on this host",
             ))
         })
         .collect()

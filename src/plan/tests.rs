@@ -145,8 +145,7 @@ fn external_networks_verification_cannot_prove() {
         "eth2 of vm `a` is on external network `vf`, which hands each guest a host PCI device",
         "eth3 of vm `a` is on external network `nodhcp`, which has an IPv4 address in libvirt (10.7.0.1/24) but no DHCP range:",
         "eth4 of vm `a` is on external network `hosts`, which has an IPv4 address in libvirt (10.8.0.1/24) but no DHCP range and no `<host>` entry for this NIC's MAC",
-    ]
-    {
+    ] {
         assert!(got.iter().any(|(_, m)| m.starts_with(says)), "{says}\n{got:#?}");
     }
     // Each at its NIC, with the fix; `verify: none` plans.
