@@ -428,15 +428,7 @@ pub enum PlanError {
 /// Plans `lab` against `observed`. Pure: reads its arguments only. `uri` is for messages.
 pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError> {
     let graph = LabGraph::build(lab)?;
-    let conflicts = find_conflicts(lab, observed);
-    if !conflicts.is_empty() {
-        return Err(PlanError::Refused {
-            lab: lab.name.to_string(),
-            uri: uri.to_string(),
-            src: Arc::new(lab.source.named_source()),
-            problems: conflicts,
-        });
-    }
+    check_conflicts(lab, observed, uri)?;
     let lab_name = lab.name.as_str();
     let pool = Pool::of(observed);
     let mut changes = Vec::new();
@@ -843,17 +835,23 @@ pub fn check_executable(
     disconnect_foreign: bool,
 ) -> Result<(), PlanError> {
     if direction == target::Direction::Apply {
-        let problems = find_conflicts(lab, observed);
-        if !problems.is_empty() {
-            return Err(PlanError::Refused {
-                lab: lab.name.to_string(),
-                uri: uri.to_string(),
-                src: Arc::new(lab.source.named_source()),
-                problems,
-            });
-        }
+        check_conflicts(lab, observed, uri)?;
     }
     check_foreign(plan, uri, disconnect_foreign)
+}
+
+/// [`PlanError::Refused`] with every conflict of `lab` with the host (`find_conflicts`).
+fn check_conflicts(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
+    let problems = find_conflicts(lab, observed);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::Refused {
+        lab: lab.name.to_string(),
+        uri: uri.to_string(),
+        src: Arc::new(lab.source.named_source()),
+        problems,
+    })
 }
 
 /// Refuses `plan` when it deletes or replaces a network that a domain this lab does not own
