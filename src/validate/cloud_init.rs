@@ -246,21 +246,24 @@ fn read_bytes(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Opt
 /// [`read_bytes`] as UTF-8 text (else a `missing_file` problem saying so).
 fn read_file(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Option<(PathBuf, String)> {
     let (path, bytes) = read_bytes(c, s, what, max)?;
-    match String::from_utf8(bytes) {
-        Ok(text) => Some((path, text)),
-        Err(_) => {
-            if c.files != super::Files::NotOpened {
-                c.at(
-                    Code::MissingFile,
-                    s,
-                    format!("{what} `{}` cannot be read as UTF-8 text", s.value),
-                    "unreadable",
-                    "save the file as UTF-8 text",
-                );
-            }
-            None
+    Some((path, utf8(c, s, what, bytes)?))
+}
+
+/// `bytes` as text, else a `missing_file` problem at `s` (none when no file is opened).
+fn utf8(c: &mut Checker, s: &Spanned<String>, what: &str, bytes: Vec<u8>) -> Option<String> {
+    let Ok(text) = String::from_utf8(bytes) else {
+        if c.files != super::Files::NotOpened {
+            c.at(
+                Code::MissingFile,
+                s,
+                format!("{what} `{}` cannot be read as UTF-8 text", s.value),
+                "unreadable",
+                "save the file as UTF-8 text",
+            );
         }
-    }
+        return None;
+    };
+    Some(text)
 }
 
 fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
@@ -324,18 +327,7 @@ fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
         );
         return None;
     }
-    let Ok(text) = String::from_utf8(bytes) else {
-        if c.files != super::Files::NotOpened {
-            c.at(
-                Code::MissingFile,
-                s,
-                format!("user-data file `{}` cannot be read as UTF-8 text", s.value),
-                "unreadable",
-                "save the file as UTF-8 text",
-            );
-        }
-        return None;
-    };
+    let text = utf8(c, s, "user-data file", bytes)?;
     match guest::check_user_file(&text) {
         Ok(_) => Some(model::UserData { path, text }),
         Err(why) => {
