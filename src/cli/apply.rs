@@ -87,8 +87,7 @@ fn options(c: &ConfirmArgs) -> Options {
 
 /// The lab named by `file`, and the saved plan if `file` is one.
 fn load(file: &std::path::Path, global: &GlobalArgs) -> miette::Result<(Lab, Option<SavedPlan>)> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| crate::source::SourceError::Read { path: file.display().to_string(), source: e })?;
+    let text = crate::source::read_lab_text(file, crate::plan::saved::MAX_SAVED_PLAN_BYTES)?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
         let lab = super::load_lab(std::path::Path::new(&saved.lab_file), global)?;
