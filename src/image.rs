@@ -41,14 +41,11 @@ pub struct ImageHeader {
 }
 
 /// Why a base image's header could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// The path is not a regular file (a FIFO, a device, a folder).
-    #[error("not a regular file")]
-    NotRegular,
-    /// The file could not be opened or read.
+    /// The file could not be opened (missing, not a regular file) or read.
     #[error("{0}")]
-    Io(String),
+    File(#[from] crate::files::FileError),
     /// A qcow2 header whose backing file name lies beyond the file or exceeds QEMU's limit.
     #[error("{0}")]
     Corrupt(String),
@@ -124,25 +121,16 @@ fn parse(
     Ok(h)
 }
 
-/// Reads the header of the base image at `path`, bounded: opened without blocking (a FIFO
-/// does not hang the open), checked to be a regular file by `fstat` before any read, then at
-/// most [`HEADER_BYTES`] bytes and a backing file name of at most [`MAX_BACKING_NAME`] bytes.
+/// Reads the header of the base image at `path`, bounded: opened as every file topo reads
+/// ([`crate::files::open_regular`]: without blocking, so a FIFO does not hang the open,
+/// and checked to be a regular file by `fstat` before any read), then at most
+/// [`HEADER_BYTES`] bytes and a backing file name of at most [`MAX_BACKING_NAME`] bytes.
 ///
-/// Errors: [`ImageError::NotRegular`] for anything but a regular file, [`ImageError::Io`]
-/// when it cannot be opened or read, [`ImageError::Corrupt`] for a qcow2 header whose backing
-/// name QEMU would not read.
+/// Errors: [`ImageError::File`] for anything but a regular file or when it cannot be opened
+/// or read, [`ImageError::Corrupt`] for a qcow2 header whose backing name QEMU would not read.
 pub fn read_header(path: &Path) -> Result<ImageHeader, ImageError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| ImageError::Io(e.to_string());
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
-        .open(path)
-        .map_err(io)?;
-    let meta = f.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(ImageError::NotRegular);
-    }
+    let io = |e: std::io::Error| ImageError::File(crate::files::FileError::Io(e));
+    let (mut f, meta) = crate::files::open_regular(path)?;
     let mut head = Vec::with_capacity(HEADER_BYTES);
     (&mut f).take(HEADER_BYTES as u64).read_to_end(&mut head).map_err(io)?;
     let mut h = parse(&head, meta.len(), |offset, len| {
@@ -259,9 +247,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert_eq!(read_header(&fifo), Err(ImageError::NotRegular));
-        assert_eq!(read_header(d.path()), Err(ImageError::NotRegular));
-        assert!(matches!(read_header(&d.path().join("none")), Err(ImageError::Io(_))));
+        use crate::files::FileError;
+        assert!(matches!(read_header(&fifo), Err(ImageError::File(FileError::NotRegular { .. }))));
+        assert!(matches!(read_header(d.path()), Err(ImageError::File(FileError::NotRegular { .. }))));
+        assert!(matches!(read_header(&d.path().join("none")), Err(ImageError::File(FileError::NotFound))));
     }
 
     /// QEMU resolves a relative backing name against the image's folder; protocol and
