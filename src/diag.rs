@@ -75,6 +75,12 @@ pub enum Code {
     Vcpus,
     BadSize,
     MissingFile,
+    /// A file the lab names is a FIFO, a device, a folder or a socket: topo reads regular
+    /// files only (`files::read_bounded`).
+    NotAFile,
+    /// A file the lab names is larger than topo reads of its kind (user-data 1 MiB, key
+    /// files 64 KiB), refused by its size before it is read.
+    FileTooLarge,
     NothingToBoot,
     /// A cloud-init setting (user, hostname, where a key may be given).
     CloudInit,
@@ -113,6 +119,8 @@ pub enum Code {
     /// A base image's declared `disk.format` is not the format libvirt's storage pool
     /// reports for it.
     HostImageFormat,
+    /// `disk.size` is below the base image's virtual size (the guest would see a cut disk).
+    HostDiskSize,
     /// A file the domain opens lies in no active storage pool, so topo cannot check it on
     /// another host (a warning).
     HostFileUnchecked,
@@ -175,6 +183,8 @@ impl Code {
             Vcpus => "topo::lab::vcpus",
             BadSize => "topo::lab::bad_size",
             MissingFile => "topo::lab::missing_file",
+            NotAFile => "topo::lab::not_a_file",
+            FileTooLarge => "topo::lab::file_too_large",
             NothingToBoot => "topo::lab::nothing_to_boot",
             CloudInit => "topo::lab::cloud_init",
             SshKey => "topo::lab::ssh_key",
@@ -193,6 +203,7 @@ impl Code {
             HostBridgeMac => "topo::plan::bridge_mac",
             HostMissingFile => "topo::plan::missing_file",
             HostImageFormat => "topo::plan::image_format",
+            HostDiskSize => "topo::plan::disk_size",
             HostFileUnchecked => "topo::plan::file_unchecked",
             NetemUnreachable => "topo::plan::netem_unreachable",
             KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",

@@ -425,15 +425,20 @@ impl LibvirtHypervisor {
     }
 
     /// The backing file of the image at `path` on the libvirt host: `Some(None)` for none,
-    /// `None` when it cannot be told. On a local host from the image's qcow2 header
-    /// ([`super::qcow2::backing_file`]); else, or when the file cannot be read here (topo runs
-    /// as a user that may not read it), from the `<backingStore>` libvirt's pool shows for the
-    /// volume at that path.
+    /// `None` when it cannot be told. On a local host from the image's qcow2 header (bounded
+    /// read, [`crate::image::read_header`]; a protocol or `json:` backing name cannot be
+    /// told); else, or when the file cannot be read here (topo runs as a user that may not
+    /// read it), from the `<backingStore>` libvirt's pool shows for the volume at that path.
     fn backing_of(&self, path: &str) -> Option<Option<String>> {
         if files_are_local(&self.uri)
-            && let Ok(b) = super::qcow2::backing_file(std::path::Path::new(path))
+            && let Ok(h) = crate::image::read_header(std::path::Path::new(path))
         {
-            return Some(b);
+            let p = std::path::Path::new(path);
+            return match (&h.backing_file, h.backing_path(p)) {
+                (None, _) => Some(None),
+                (Some(_), Some(b)) => Some(Some(b.display().to_string())),
+                (Some(_), None) => None,
+            };
         }
         let vol = lv("virStorageVolLookupByPath", path, || self.conn.lookup_storage_vol_by_path(path)).ok()?;
         let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).ok()?;
@@ -1096,8 +1101,8 @@ impl Hypervisor for LibvirtHypervisor {
             .and_then(|p| lv("virStoragePoolGetName", path, || p.name()))
             .map_err(|e| map_error(OP, path, &e))?;
         let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).map_err(|e| map_error(OP, path, &e))?;
-        let format = xml::parse_volume_format(&text).map_err(|e| other(OP, path, &e.to_string()))?;
-        Ok(StorageVolumeInfo { pool, name, format })
+        let (format, capacity) = xml::parse_volume_info(&text).map_err(|e| other(OP, path, &e.to_string()))?;
+        Ok(StorageVolumeInfo { pool, name, format, capacity })
     }
 
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {
