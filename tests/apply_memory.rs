@@ -396,21 +396,6 @@ fn parallelism_does_not_change_the_end_state() {
     }
 }
 
-const DISK_LAB: &str = "\
-apiVersion: topo/v1
-name: disky
-networks:
-  net:
-    mode: isolated
-    subnet: 10.80.0.0/24
-vms:
-  box:
-    hypervisor: qemu
-    boot: {kernel: boot/vmlinuz}
-    disk: {image: images/base.qcow2, size: 1GiB}
-    nics: [{network: net, ip: 10.80.0.5}]
-";
-
 #[test]
 fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
     let hv = MemoryHypervisor::new();

@@ -12,21 +12,6 @@ use topo::hypervisor::{HvErrorKind, Hypervisor, VolumeSpec};
 use topo::model::Lab;
 use topo::plan::{self, Action, Op, Plan, Reason};
 
-const DISK_LAB: &str = "\
-apiVersion: topo/v1
-name: disky
-networks:
-  net:
-    mode: isolated
-    subnet: 10.80.0.0/24
-vms:
-  box:
-    hypervisor: qemu
-    boot: {kernel: boot/vmlinuz}
-    disk: {image: images/base.qcow2, size: 1GiB}
-    nics: [{network: net, ip: 10.80.0.5}]
-";
-
 const DOM: &str = "disky-box";
 
 fn actions(p: &Plan) -> Vec<(String, Action)> {
@@ -47,6 +32,22 @@ fn layer(path: &str, snapshot: &str) -> String {
 
 fn volume_paths(hv: &MemoryHypervisor) -> Vec<String> {
     hv.volumes().into_iter().map(|v| v.0).collect()
+}
+
+/// A domain `clone` the lab does not own, whose disk `clone.qcow2` (in the overlay pool) has
+/// the lab VM's overlay as its backing file.
+fn linked_clone(hv: &MemoryHypervisor, l: &Lab) {
+    let clone = VolumeSpec {
+        pool: topo::ownership::OVERLAY_POOL.into(),
+        name: "clone.qcow2".into(),
+        backing: overlay(l),
+        backing_format: Default::default(),
+        size: None,
+    };
+    hv.create_volume(&clone).unwrap();
+    let disk =
+        format!("<disk type='file' device='disk'><source file='{OVERLAY_DIR}/clone.qcow2'/><target dev='vda'/></disk>");
+    hv.define_domain(&foreign_domain_xml("clone", &[]).replace("<devices>", &format!("<devices>{disk}"))).unwrap();
 }
 
 fn vm_change(p: &Plan) -> &plan::Change {
@@ -214,20 +215,7 @@ fn a_layer_another_domain_uses_is_never_deleted() {
     let hv = MemoryHypervisor::new().with_host_interfaces(&["eth0"]);
     let l = lab(DISK_LAB);
     apply_ok(&l, &hv);
-    let clone = VolumeSpec {
-        pool: topo::ownership::OVERLAY_POOL.into(),
-        name: "clone.qcow2".into(),
-        backing: overlay(&l),
-        backing_format: Default::default(),
-        size: None,
-    };
-    hv.create_volume(&clone).unwrap();
-    let xml = foreign_domain_xml("clone", &[]).replace(
-        "<devices>",
-        &format!("<devices><disk type='file' device='disk'><source file='{OVERLAY_DIR}/clone.qcow2'/><target dev='vda'/></disk>"),
-    );
-    assert!(xml.contains("clone.qcow2"), "{xml}");
-    hv.define_domain(&xml).unwrap();
+    linked_clone(&hv, &l);
     let (_, report) = destroy_with(&l, &hv, 4);
     assert!(!report.failed(), "{report:#?}");
     let left = volume_paths(&hv);
@@ -281,19 +269,7 @@ fn a_replace_that_would_remake_a_disk_in_use_is_refused() {
     let hv = MemoryHypervisor::new().with_host_interfaces(&["eth0"]);
     let l = lab(DISK_LAB);
     apply_ok(&l, &hv);
-    let clone = VolumeSpec {
-        pool: topo::ownership::OVERLAY_POOL.into(),
-        name: "clone.qcow2".into(),
-        backing: overlay(&l),
-        backing_format: Default::default(),
-        size: None,
-    };
-    hv.create_volume(&clone).unwrap();
-    let xml = foreign_domain_xml("clone", &[]).replace(
-        "<devices>",
-        &format!("<devices><disk type='file' device='disk'><source file='{OVERLAY_DIR}/clone.qcow2'/><target dev='vda'/></disk>"),
-    );
-    hv.define_domain(&xml).unwrap();
+    linked_clone(&hv, &l);
     let edited =
         lab(&edit(DISK_LAB, "    hypervisor: qemu\n", "    hypervisor: qemu\n    cloud_init: {user: alice}\n"));
     let before = hv.calls().len();

@@ -976,14 +976,7 @@ fn e2e_disk_overlay() {
     let clock = Clock(Instant::now());
     let _sandbox = Sandbox::up();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let base = tmp.path().join("base.qcow2");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    let base = disks::base_image(tmp.path());
     let base_sum = sha256(&base);
     let lab = write(tmp.path(), "disk.yaml", &disk_lab(&base, "128MiB"));
 

@@ -159,3 +159,20 @@ pub fn edit(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "edit: {from:?} not in the lab text");
     text.replacen(from, to, 1)
 }
+
+/// One VM `box` with a 1 GiB overlay on `images/base.qcow2` (and a cloud-init seed, on by
+/// default) on one isolated network: lab `disky`.
+pub const DISK_LAB: &str = "\
+apiVersion: topo/v1
+name: disky
+networks:
+  net:
+    mode: isolated
+    subnet: 10.80.0.0/24
+vms:
+  box:
+    hypervisor: qemu
+    boot: {kernel: boot/vmlinuz}
+    disk: {image: images/base.qcow2, size: 1GiB}
+    nics: [{network: net, ip: 10.80.0.5}]
+";

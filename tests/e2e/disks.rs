@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// A 64 MiB empty qcow2 base image `base.qcow2` in `dir`.
+pub(super) fn base_image(dir: &Path) -> PathBuf {
+    let base = dir.join("base.qcow2");
+    let o = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .output()
+        .expect("qemu-img");
+    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    base
+}
+
 /// Lab `dsnap`: one tiny guest with a 128 MiB overlay on `base`, and with `seed` its
 /// cloud-init seed disk (read-only, raw; the busybox guest ignores it).
 fn snap_lab(base: &Path, seed: bool) -> String {
@@ -22,14 +35,7 @@ fn e2e_disk_snapshots() {
     let clock = Clock(Instant::now());
     let _sandbox = Sandbox::up();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let base = tmp.path().join("base.qcow2");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    let base = base_image(tmp.path());
     let base_sum = sha256(&base);
     let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base, true));
     apply(&lab, 1);
@@ -84,14 +90,7 @@ fn e2e_disk_pool_moved_behind_a_symlink() {
     let clock = Clock(Instant::now());
     let _sandbox = Sandbox::up();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let base = tmp.path().join("base.qcow2");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    let base = base_image(tmp.path());
     let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base, false));
     apply(&lab, 1);
     let overlay = disk_sources("dsnap-d1").remove(0);
