@@ -209,7 +209,7 @@ fn a_pool_moved_behind_a_symlink_makes_no_orphans() {
 
 /// A domain the lab does not own built on the lab VM's overlay (a linked clone: its disk's
 /// backing file is the overlay): destroy deletes the lab's VM and everything else, but not
-/// the overlay under the other domain, and no apply calls it an orphan.
+/// the overlay under the other domain, and no apply calls it an orphan (or makes it anew).
 #[test]
 fn a_layer_another_domain_uses_is_never_deleted() {
     let hv = MemoryHypervisor::new().with_host_interfaces(&["eth0"]);
@@ -221,9 +221,15 @@ fn a_layer_another_domain_uses_is_never_deleted() {
     let left = volume_paths(&hv);
     assert!(left.contains(&overlay(&l)), "the clone's backing file was deleted: {left:?}");
     assert!(left.contains(&format!("{OVERLAY_DIR}/clone.qcow2")));
-    // Not an orphan for the next apply either: it is in use.
-    let (p, _) = plan_on(&l, &hv);
-    assert!(!p.changes.iter().any(|c| c.action == Action::Delete), "{:#?}", actions(&p));
+    // Not an orphan for the next apply either: it is in use; and the lab cannot make its
+    // VM's overlay anew under that name while the clone is built on it: refused.
+    match plan::plan(&l, &hv.observe().unwrap(), &hv.uri()) {
+        Err(plan::PlanError::Refused { problems, .. }) => {
+            let codes: Vec<&str> = problems.iter().map(|p| p.code.as_str()).collect();
+            assert_eq!(codes, ["topo::plan::disk_in_use"]);
+        }
+        other => panic!("expected a refusal, got {other:#?}"),
+    }
 }
 
 /// Tier 3: snapshot metadata through the real virt code on libvirt's test driver. A snapshot
