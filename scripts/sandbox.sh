@@ -228,7 +228,9 @@ wipe() { # destroy + undefine every domain and network of the (private) sandbox 
   local d n
   for d in $(vsh list --all --name); do
     vsh destroy "$d" >/dev/null 2>&1 || true
-    vsh undefine --nvram "$d" >/dev/null 2>&1 || vsh undefine "$d" >/dev/null 2>&1 || true
+    # --snapshots-metadata: libvirt refuses to undefine a stopped domain with snapshots.
+    vsh undefine --nvram --snapshots-metadata "$d" >/dev/null 2>&1 \
+      || vsh undefine --snapshots-metadata "$d" >/dev/null 2>&1 || vsh undefine "$d" >/dev/null 2>&1 || true
   done
   for n in $(vsh net-list --all --name); do
     vsh net-destroy "$n" >/dev/null 2>&1 || true

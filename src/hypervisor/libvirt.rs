@@ -430,15 +430,20 @@ impl LibvirtHypervisor {
     /// told); else, or when the file cannot be read here (topo runs as a user that may not
     /// read it), from the `<backingStore>` libvirt's pool shows for the volume at that path.
     fn backing_of(&self, path: &str) -> Option<Option<String>> {
-        if files_are_local(&self.uri)
-            && let Ok(h) = crate::image::read_header(std::path::Path::new(path))
-        {
-            let p = std::path::Path::new(path);
-            return match (&h.backing_file, h.backing_path(p)) {
-                (None, _) => Some(None),
-                (Some(_), Some(b)) => Some(Some(b.display().to_string())),
-                (Some(_), None) => None,
-            };
+        let p = std::path::Path::new(path);
+        if files_are_local(&self.uri) {
+            if let Ok(h) = crate::image::read_header(p) {
+                return match (&h.backing_file, h.backing_path(p)) {
+                    (None, _) => Some(None),
+                    (Some(_), Some(b)) => Some(Some(b.display().to_string())),
+                    (Some(_), None) => None,
+                };
+            }
+            // A file that is not there opens nothing under it (a domain whose base image
+            // was removed): the chain ends. (`metadata` follows links, as QEMU's open.)
+            if std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+                return Some(None);
+            }
         }
         let vol = lv("virStorageVolLookupByPath", path, || self.conn.lookup_storage_vol_by_path(path)).ok()?;
         let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).ok()?;

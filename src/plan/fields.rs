@@ -176,8 +176,8 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
             put(&mut f, k, v.clone(), Restart);
         }
     }
-    // A disk is the seed when its chain holds a seed volume: an external snapshot puts a
-    // layer over the read-only seed too (libvirt 9.0 with QEMU's blockdev allows it).
+    // A disk is the seed when its chain holds a seed volume (a snapshot layer over it, made
+    // with `--diskspec vdb,snapshot=external`, is still the seed).
     let seed_of = |i: usize| o.chain(i).into_iter().find(|p| crate::guest::is_seed_volume(file_name(p)));
     let seeds: Vec<&str> = (0..o.disks.len()).filter_map(seed_of).collect();
     let first = (0..o.disks.len()).find(|&i| seed_of(i).is_none());

@@ -50,9 +50,8 @@ fn e2e_disk_snapshots() {
     let (top, seed_top) = (tops[0].clone(), tops[1].clone());
     assert_ne!(top, overlay, "the disk opens a new layer after the external snapshot");
     assert_eq!(qemu_img_info(&top)["backing-filename"].as_str(), Some(overlay.as_str()));
-    // libvirt 9.0 with QEMU's blockdev layers the read-only seed too.
-    assert_ne!(seed_top, seed, "the read-only seed got a layer");
-    assert_eq!(qemu_img_info(&seed_top)["backing-filename"].as_str(), Some(seed.as_str()));
+    // libvirt 9.0 leaves the read-only seed out of a disk-only snapshot.
+    assert_eq!(seed_top, seed, "the read-only seed has no layer");
     assert_eq!(names(&["snapshot-list", "dsnap-d1", "--name"]), ["i1", "s1"]);
     clock.step(&format!("internal snapshot i1 and external snapshot s1: {top} over {overlay}"));
 
@@ -74,7 +73,7 @@ fn e2e_disk_snapshots() {
     assert_eq!(leftovers("dsnap"), Vec::<String>::new());
     assert!(!Path::new(&top).exists(), "destroy left the snapshot layer {top}");
     assert!(!Path::new(&overlay).exists(), "destroy left the overlay {overlay}");
-    assert!(!Path::new(&seed_top).exists() && !Path::new(&seed).exists(), "destroy left the seed or its layer");
+    assert!(!Path::new(&seed).exists(), "destroy left the seed");
     assert!(virsh(&["snapshot-list", "dsnap-d1"]).code != 0, "the domain is gone");
     assert_eq!(sha256(&base), base_sum, "the base image was written");
     clock.step("destroy removed the snapshot metadata, the VM, the layer and the overlay");
