@@ -153,6 +153,7 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
             size: size.flatten(),
             format,
             image_span: c.span(&d.value.image),
+            size_span: d.value.size.as_ref().map(|s| c.span(s)),
         }
     });
     if boot.is_none() && disk.is_none() {
