@@ -379,8 +379,52 @@ pub fn check_user_name(u: &str) -> Result<(), String> {
     if u == "root" {
         return Err("is the superuser: topo creates its own login user, with passwordless sudo".into());
     }
+    if SYSTEM_USERS.contains(&u) || u.starts_with("systemd-") {
+        return Err("is a system account the image already has (Debian base-passwd, or a package of a cloud image): \
+                    cloud-init skips creating an existing user (\"User ... already exists, skipping\") and its shell \
+                    is nologin, so the SSH login would fail"
+            .into());
+    }
     Ok(())
 }
+
+/// System accounts a Debian or Ubuntu cloud image already has: Debian's base-passwd
+/// (`/usr/share/base-passwd/passwd.master`) and those its packages add (`_apt`, openssh's
+/// `sshd`, dbus's `messagebus`, `systemd-*`, chrony's `_chrony`, tpm's `tss`, Ubuntu's
+/// `syslog`, `uuidd`, `landscape`, `pollinate`, `lxd`). cloud-init's `create_user` skips a
+/// user that exists ("already exists, skipping") and then adds topo's keys and sudo rule to
+/// it; its shell is `nologin` (or `/bin/sync`), so no one can log in.
+pub const SYSTEM_USERS: [&str; 29] = [
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "_apt",
+    "sshd",
+    "messagebus",
+    "_chrony",
+    "tss",
+    "syslog",
+    "uuidd",
+    "landscape",
+    "pollinate",
+    "lxd",
+    "dnsmasq",
+    "tcpdump",
+];
 
 #[cfg(test)]
 mod tests;

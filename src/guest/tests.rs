@@ -65,6 +65,27 @@ fn dhcp_on_two_networks() {
     insta::assert_snapshot!(show(&seed(&lab(), "deb1")));
 }
 
+/// Two NICs that get a default route by DHCP would each install one (the guest then uses
+/// whichever link came up first): the first in `nics` order gets route metric 100, the next
+/// 200, as `dhcp4-overrides: {route-metric}`, the one override cloud-init 22.4's v2 reader
+/// keeps for every renderer (network_state.py `_v2_to_v1_ipcfg`; eni.py writes it as
+/// `metric`). A DHCP NIC on an isolated network gets no router from libvirt's dnsmasq and
+/// no metric; a VM with one routed DHCP NIC keeps the plain `dhcp4: true`.
+#[test]
+fn one_default_route_among_dhcp_nics() {
+    let text = "apiVersion: topo/v1\nname: r\nnetworks:\n  default: {external: true}\n  nat: {mode: nat, subnet: 10.30.0.0/24}\n  iso: {mode: isolated, subnet: 10.31.0.0/24}\nvms:\n  a:\n    boot: {kernel: KERNEL}\n    nics: [{network: iso}, {network: nat}, {network: default}]\n  b:\n    boot: {kernel: KERNEL}\n    nics: [{network: iso}, {network: nat}]\n"
+        .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let lab = crate::validate::load(&SourceFile::from_text(Path::new("/labs/r.yaml"), text)).expect("valid lab");
+    let vm = |n: &str| lab.vms.values().find(|v| v.name.as_str() == n).unwrap();
+    let nc = network::network_config(&lab, vm("a")).unwrap();
+    let e = &nc["ethernets"];
+    assert_eq!(e["eth0"].get("dhcp4-overrides"), None);
+    assert_eq!(e["eth1"]["dhcp4-overrides"], serde_json::json!({"route-metric": 100}));
+    assert_eq!(e["eth2"]["dhcp4-overrides"], serde_json::json!({"route-metric": 200}));
+    let nc = network::network_config(&lab, vm("b")).unwrap();
+    assert!(nc["ethernets"].as_object().unwrap().values().all(|e| e.get("dhcp4-overrides").is_none()), "{nc}");
+}
+
 #[test]
 fn reservation_on_a_dhcp_network_is_still_dhcp() {
     insta::assert_snapshot!(seed(&lab(), "deb2").network_config);
@@ -337,6 +358,10 @@ fn authorized_keys_lines_as_sshd_reads_them() {
     assert!(check_user_name("topo").is_ok());
     assert!(check_user_name("Topo").is_err());
     assert!(check_user_name("root").is_err());
+    // cloud-init skips an existing user and the image's system accounts have no login shell.
+    assert!(check_user_name("daemon").unwrap_err().contains("already exists, skipping"));
+    assert!(check_user_name("systemd-network").is_err());
+    assert!(check_user_name("sshd").is_err());
     assert!(check_user_name("a b").is_err());
     assert!(check_user_name(&"a".repeat(33)).is_err());
 }
