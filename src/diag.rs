@@ -134,6 +134,9 @@ pub enum Code {
     /// domain uses (a layer of its backing chain): making it anew would fail, or delete it
     /// under that domain.
     DiskInUse,
+    /// A lab network would start on a subnet that a route of the host (a VPN, `docker0`,
+    /// another bridge) already has: libvirt refuses to start it.
+    HostRouteTaken,
 }
 
 impl Code {
@@ -208,6 +211,7 @@ impl Code {
             NetemUnreachable => "topo::plan::netem_unreachable",
             KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",
             DiskInUse => "topo::plan::disk_in_use",
+            HostRouteTaken => "topo::plan::route_taken",
         }
     }
 
