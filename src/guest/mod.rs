@@ -7,6 +7,7 @@
 
 mod fat;
 mod inventory;
+pub mod known_hosts;
 mod network;
 mod user_data;
 
@@ -17,7 +18,7 @@ use serde_json::Value;
 use crate::model::{Lab, Vm};
 
 pub use fat::{SEED_LABEL, fat_image, read_fat_files};
-pub use inventory::{InvHost, InvNic, Inventory, SSH_OPTIONS};
+pub use inventory::{InvHost, InvNic, Inventory};
 pub use network::network_config;
 pub use user_data::{
     GZIP_MAGIC, Part, UserDataKind, check_user_file, merge, multipart, parse_user_file, user_data, user_data_kind,
