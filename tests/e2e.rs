@@ -1636,6 +1636,7 @@ fn e2e_cloud_guests() {
     // In: ssh as the lab's user, on a proven address.
     let r = ssh(&lab, &agent, "deb1", &["hostname"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());
+    files::check_host_keys_pinned(&lab, &agent, "e2ecloud", &["deb1"]);
     let r = ssh(
         &lab,
         &agent,
@@ -1753,6 +1754,9 @@ fn e2e_cloud_guests() {
     let r = ssh(&lab, &agent, "deb1", &["sudo", "cloud-init", "status", "--wait", ";", "cat", "/etc/topo-e2e"]);
     assert!(r.code == 0 && r.stdout.contains("status: done"), "{}", r.show());
     assert_eq!(r.stdout.lines().last(), Some("b"), "the user's script ran:\n{}", r.show());
+    // The replaced deb1 is a new domain: its new key was accepted under its new UUID, the
+    // replaced VMs' keys are forgotten.
+    files::check_host_keys_pinned(&lab, &agent, "e2ecloud", &["deb1"]);
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");
     clock.step("user-data edit (a script, in a MIME multi-part): planned and applied as a replace, the script ran");
@@ -1763,6 +1767,7 @@ fn e2e_cloud_guests() {
     assert!(!virsh_ok(&["net-list", "--all", "--name"]).contains("e2ecloud-"));
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert!(!vols.contains("e2ecloud-"), "{vols}");
+    assert_eq!(files::known_hosts_files("e2ecloud"), Vec::<PathBuf>::new(), "destroy deletes the lab's known_hosts");
     clock.step("destroy: nothing of the lab left");
 }
 

@@ -3,6 +3,7 @@
 //! cannot block `status` or `destroy` (docs/files.md).
 
 use super::*;
+use std::collections::BTreeSet;
 
 const SEED_LAB: &str = "seedcut";
 
@@ -105,4 +106,68 @@ fn e2e_files_seed_cut_short_and_fifo_user_data() {
     assert!(t.elapsed() < Duration::from_secs(60), "plan, status and destroy took {:?}", t.elapsed());
     assert_eq!(leftovers(SEED_LAB), Vec::<String>::new());
     clock.step("user_data a FIFO: plan refused it at once; status and destroy did not block");
+}
+
+// ------------------------------------------------------------------ host keys (cloud guests)
+
+/// The known_hosts files topo keeps for lab `lab` (any libvirt host), under the state dir
+/// of this environment (`topo ssh` runs with the same one).
+pub(super) fn known_hosts_files(lab: &str) -> Vec<PathBuf> {
+    let Some(dir) = topo::files::state_dir().map(|d| d.join("known_hosts")) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{lab}-"))))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The host names (aliases) of the lines of the lab's one known_hosts file.
+fn pinned(lab: &str) -> (PathBuf, BTreeSet<String>) {
+    let files = known_hosts_files(lab);
+    assert_eq!(files.len(), 1, "one known_hosts file for the lab: {files:?}");
+    let text = std::fs::read_to_string(&files[0]).expect("known_hosts");
+    let names = text.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+    (files[0].clone(), names)
+}
+
+/// After `topo ssh` reached `vms` of the cloud lab: their host keys are pinned in the lab's
+/// own known_hosts file (folder 0700) under `<libvirt name>.<domain UUID>` and nothing else;
+/// a changed key for an alias is refused by ssh (the file is put back after).
+pub(super) fn check_host_keys_pinned(lab: &Path, agent: &Agent, lab_name: &str, vms: &[&str]) {
+    use std::os::unix::fs::MetadataExt;
+    let (file, names) = pinned(lab_name);
+    let want: BTreeSet<String> = vms
+        .iter()
+        .map(|vm| {
+            let dom = format!("{lab_name}-{vm}");
+            topo::guest::known_hosts::alias(&dom, virsh_ok(&["domuuid", &dom]).trim())
+        })
+        .collect();
+    assert_eq!(names, want, "the keys of the VMs reached, by domain UUID: {}", file.display());
+    let mode = std::fs::metadata(file.parent().expect("folder")).expect("folder").mode() & 0o777;
+    assert_eq!(mode, 0o700, "the known_hosts folder is private");
+    // A changed key (here: another ed25519 key, the agent's) is refused, as ssh does.
+    let kept = std::fs::read_to_string(&file).expect("known_hosts");
+    let other = agent.public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let forged: String = kept
+        .lines()
+        .map(|l| match l.split_whitespace().next() {
+            Some(alias) if alias.starts_with(&format!("{lab_name}-{}.", vms[0])) => format!("{alias} {other}\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&file, forged).expect("forge");
+    let r = ssh(lab, agent, vms[0], &["true"]);
+    assert_eq!(r.code, 255, "a changed host key is refused:\n{}", r.show());
+    assert!(
+        r.stderr.contains("HOST IDENTIFICATION HAS CHANGED") || r.stderr.contains("Host key verification failed"),
+        "{}",
+        r.show()
+    );
+    std::fs::write(&file, kept).expect("restore");
+    let r = ssh(lab, agent, vms[0], &["true"]);
+    assert_eq!(r.code, 0, "the pinned key again:\n{}", r.show());
 }
