@@ -45,7 +45,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
         let style = if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain };
         crate::out!("{}", render(&plan, &file.display().to_string(), style))?;
     }
-    if let Err(e) = crate::plan::check_deletions(&plan, &hv.uri(), false) {
+    if let Err(e) = crate::plan::check_foreign(&plan, &hv.uri(), false) {
         super::status(global, format_args!("Warning: apply and destroy will refuse this plan: {e}"));
     }
     if let Some(out) = &args.out {

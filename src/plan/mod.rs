@@ -20,7 +20,7 @@ use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
 use crate::impair::{Netem, Rate};
 use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
-use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
+use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedMode, ObservedNetwork, Ownership};
 use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
 use fields::{FieldClass, Fields};
 
@@ -188,8 +188,8 @@ pub struct Detached {
     pub mac: MacAddr,
     /// Whether topo re-attaches it (only domains this lab owns and keeps).
     pub reattached: bool,
-    /// Whether the domain is this lab's. A network deletion that cuts off a domain that is
-    /// not is refused unless the user insists (see [`check_deletions`]).
+    /// Whether the domain is this lab's. A network deletion or replacement that cuts off a
+    /// domain that is not is refused unless the user insists (see [`check_foreign`]).
     pub owned: bool,
 }
 
@@ -408,18 +408,26 @@ pub enum PlanError {
         problems: Vec<Problem>,
     },
     #[error(
-        "lab {lab} would delete {} on {uri} that VMs this lab does not own are on: {}",
-        if networks.len() == 1 { "a network" } else { "networks" },
+        "lab {lab} would {verb} on {uri} that VMs this lab does not own are on: {}",
         networks.join("; ")
     )]
     #[diagnostic(
         code(topo::plan::cuts_foreign),
         help(
-            "nothing was changed. Move those VMs to another network or remove them first; or, to delete anyway \
-             (their NICs lose their link, and stopped ones cannot start), run again with --disconnect-foreign"
+            "nothing was changed. Move those VMs to another network or remove them first; or, to go ahead anyway, \
+             run again with --disconnect-foreign (their NICs lose their link: topo never touches a domain it does not \
+             own, so a replaced network's running users stay off its new bridge until they are re-plugged or \
+             restarted, and a deleted network's users cannot start)"
         )
     )]
-    CutsForeign { lab: String, uri: String, networks: Vec<String> },
+    CutsForeign {
+        lab: String,
+        uri: String,
+        /// `delete a network`, `replace networks`, `delete and replace networks`.
+        verb: String,
+        /// One entry per network: `network.lan (x-lan): used by other-vm`.
+        networks: Vec<String>,
+    },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),
@@ -428,15 +436,7 @@ pub enum PlanError {
 /// Plans `lab` against `observed`. Pure: reads its arguments only. `uri` is for messages.
 pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError> {
     let graph = LabGraph::build(lab)?;
-    let conflicts = find_conflicts(lab, observed);
-    if !conflicts.is_empty() {
-        return Err(PlanError::Refused {
-            lab: lab.name.to_string(),
-            uri: uri.to_string(),
-            src: Arc::new(lab.source.named_source()),
-            problems: conflicts,
-        });
-    }
+    check_conflicts(lab, observed, uri)?;
     let lab_name = lab.name.as_str();
     let pool = Pool::of(observed);
     let mut changes = Vec::new();
@@ -820,28 +820,94 @@ fn prune_deleted_users(changes: &mut [Change]) {
     }
 }
 
-/// Refuses `plan` when it deletes a network that a domain this lab does not own is on:
-/// topo never cuts off what it does not own unless `insist` (the `--disconnect-foreign`
-/// flag). `uri` is for the message.
-pub fn check_deletions(plan: &Plan, uri: &str, insist: bool) -> Result<(), PlanError> {
+/// The checks every plan passes before apply or destroy executes it, whether it is the plan
+/// shown, the plan made again under the host lock (`apply -y` after the host changed), or a
+/// saved plan: one function, so that no path skips one.
+///
+/// - for apply (`direction` [`Direction::Apply`](target::Direction::Apply)): every conflict
+///   of the lab with the host ([`PlanError::Refused`], the refusals of [`plan`]), observed in
+///   `observed`;
+/// - for both: no network deletion or replacement cuts off a domain this lab does not own,
+///   unless `disconnect_foreign` ([`PlanError::CutsForeign`], see [`check_foreign`]).
+///
+/// `uri` is for messages.
+///
+/// # Errors
+/// The first check that fails.
+pub fn check_executable(
+    lab: &Lab,
+    observed: &Observed,
+    plan: &Plan,
+    uri: &str,
+    direction: target::Direction,
+    disconnect_foreign: bool,
+) -> Result<(), PlanError> {
+    if direction == target::Direction::Apply {
+        check_conflicts(lab, observed, uri)?;
+    }
+    check_foreign(plan, uri, disconnect_foreign)
+}
+
+/// [`PlanError::Refused`] with every conflict of `lab` with the host (`find_conflicts`).
+fn check_conflicts(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
+    let problems = find_conflicts(lab, observed);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::Refused {
+        lab: lab.name.to_string(),
+        uri: uri.to_string(),
+        src: Arc::new(lab.source.named_source()),
+        problems,
+    })
+}
+
+/// Refuses `plan` when it deletes or replaces a network that a domain this lab does not own
+/// is on: a deletion leaves every such domain without its network (running or not), a
+/// replacement stops the network under the running ones and topo plugs back only the lab's
+/// NICs. topo never cuts off what it does not own unless `insist` (the
+/// `--disconnect-foreign` flag). `uri` is for the message. Part of [`check_executable`].
+///
+/// # Errors
+/// [`PlanError::CutsForeign`], naming each network and the domains it cuts off.
+pub fn check_foreign(plan: &Plan, uri: &str, insist: bool) -> Result<(), PlanError> {
     if insist {
         return Ok(());
     }
+    let mut verbs = BTreeSet::new();
     let networks: Vec<String> = plan
         .changes
         .iter()
-        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Network(_)))
+        .filter(|c| matches!(c.action, Action::Delete | Action::Replace) && matches!(c.address, Address::Network(_)))
         .filter_map(|c| {
             let mut foreign: Vec<&str> =
                 c.blast_radius.iter().filter(|d| !d.owned).map(|d| d.domain.as_str()).collect();
             foreign.dedup();
-            (!foreign.is_empty()).then(|| format!("{} ({}): used by {}", c.address, c.libvirt_name, foreign.join(", ")))
+            if foreign.is_empty() {
+                return None;
+            }
+            verbs.insert(c.action);
+            Some(match c.action {
+                Action::Replace => format!(
+                    "{} ({}) is replaced (stopped and started again) under running {}",
+                    c.address,
+                    c.libvirt_name,
+                    foreign.join(", ")
+                ),
+                _ => format!("{} ({}): used by {}", c.address, c.libvirt_name, foreign.join(", ")),
+            })
         })
         .collect();
     if networks.is_empty() {
         return Ok(());
     }
-    Err(PlanError::CutsForeign { lab: plan.lab.clone(), uri: uri.to_string(), networks })
+    let what = if networks.len() == 1 { "a network" } else { "networks" };
+    let verb = match (verbs.contains(&Action::Delete), verbs.contains(&Action::Replace)) {
+        (true, true) => format!("delete and replace {what}"),
+        (false, true) => format!("replace {what}"),
+        _ => format!("delete {what}"),
+    };
+    Err(PlanError::CutsForeign { lab: plan.lab.clone(), uri: uri.to_string(), verb, networks })
 }
 
 /// An owned network the lab file now declares `external: true`: its owner tag is removed, so
@@ -1636,7 +1702,8 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                         "declared external here",
                         format!("write `subnet: {have}`, or remove `subnet:` (libvirt's is used)"),
                     )),
-                    (None, None) => {
+                    // A network without a host bridge is refused below, with its reason.
+                    (None, None) if no_host_bridge(o).is_none() => {
                         for (vm, nic) in lab.nics().filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp) {
                             out.push(conflict(
                                 Code::ExternalUnprovable,
@@ -1660,6 +1727,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                     }
                     _ => {}
                 }
+                out.extend(external_unserved(lab, net, o));
             }
             (NetworkKind::Managed(_), Some(o)) if o.ownership(lab_name) != Ownership::ThisLab => {
                 out.push(conflict(
@@ -1943,6 +2011,78 @@ fn kernel_refusals(lab: &Lab, observed: &Observed) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Why ARP verification cannot prove the NICs on external network `o`, when it cannot:
+/// `None` when it can (a bridge on this host and a DHCP server libvirt runs or the LAN's).
+///
+/// - libvirt's `<forward>` modes `private`, `vepa`, `passthrough` and `bridge` without a
+///   `<bridge name>` put each guest on a macvtap device over a host NIC (libvirt
+///   src/network/bridge_driver.c `networkAllocatePort`, `VIR_DOMAIN_NET_TYPE_DIRECT`), and
+///   `hostdev` hands the guest a PCI function: no host bridge carries the guest's frames,
+///   and a macvtap guest cannot reach its host through the lower device at all (macvtap
+///   sends the lower device's traffic out, never up to the host's own stack).
+/// - an `<ip>` without `<dhcp>`: libvirt's dnsmasq serves no addresses (bridge_driver.c
+///   `networkDnsmasqConfContents` writes `dhcp-range` only from `<range>`, `dhcp-host` only
+///   from `<host>`), so a NIC whose MAC has no `<host>` entry gets none.
+fn unprovable_on(o: &ObservedNetwork, mac: MacAddr) -> Option<String> {
+    if let Some(why) = no_host_bridge(o) {
+        return Some(why);
+    }
+    let ip = o.ip.as_ref()?;
+    (ip.dhcp_range.is_none() && !ip.hosts.iter().any(|h| h.mac == mac)).then(|| {
+        format!(
+            "has an IPv4 address in libvirt ({}/{}) but no DHCP range{}: libvirt's dnsmasq gives this NIC no address",
+            ip.address,
+            ip.prefix,
+            if ip.hosts.is_empty() { "" } else { " and no `<host>` entry for this NIC's MAC" }
+        )
+    })
+}
+
+/// Why no bridge on this host carries the frames of guests on network `o` (its forward
+/// mode; see [`unprovable_on`]), `None` for a bridge.
+fn no_host_bridge(o: &ObservedNetwork) -> Option<String> {
+    const CANNOT: &str = "no host bridge carries the guest's frames, and a macvtap guest cannot reach its own host";
+    match &o.mode {
+        ObservedMode::Other(m) if matches!(m.as_str(), "private" | "vepa" | "passthrough") => {
+            Some(format!("forwards by macvtap (`<forward mode='{m}'>`): {CANNOT}"))
+        }
+        ObservedMode::Other(m) if m == "bridge" && o.bridge.is_none() => Some(format!(
+            "forwards by macvtap (`<forward mode='bridge'>` over a host interface, with no `<bridge name>`): {CANNOT}"
+        )),
+        ObservedMode::Other(m) if m == "hostdev" => Some(
+            "hands each guest a host PCI device (`<forward mode='hostdev'>`): no host bridge carries the guest's frames"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// Refusals for the NICs with `verify: arp` on external network `net` (found on the host as
+/// `o`) that verification could only fail, 120 s after apply ([`unprovable_on`]): said at
+/// plan time, at the NIC, with the fix (`verify: none`; the NIC's address is then the
+/// guest's business and `topo verify` lists it as skipped).
+fn external_unserved(lab: &Lab, net: &Network, o: &ObservedNetwork) -> Vec<Problem> {
+    lab.nics()
+        .filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp)
+        .filter_map(|(vm, nic)| {
+            let why = unprovable_on(o, nic.mac)?;
+            Some(Problem::at(
+                Code::ExternalUnprovable,
+                nic.span,
+                format!(
+                    "{} of vm `{}` is on external network `{}`, which {why}: ARP verification could not prove its address",
+                    nic.label(),
+                    vm.name,
+                    net.libvirt_name
+                ),
+                "verified by ARP (`verify: arp`, the default)",
+                "set `verify: none` on this NIC (configure its address in the guest yourself), or put it on a network \
+                 whose bridge and DHCP libvirt runs on this host",
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
