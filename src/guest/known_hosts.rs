@@ -123,13 +123,17 @@ pub fn remove(lab: &str, host: &HostId) -> std::io::Result<()> {
 }
 
 /// The ssh options that pin a VM's host key: `(option, value)` pairs for `-o` or an
-/// ssh_config `Host` block. `GlobalKnownHostsFile /dev/null` keeps the system's file out.
+/// ssh_config `Host` block. `GlobalKnownHostsFile /dev/null` keeps the system's file out;
+/// `HashKnownHosts no` overrides a system-wide `yes` (Debian's /etc/ssh/ssh_config sets it),
+/// which would store the aliases hashed where [`forget_all_but`] cannot read them (they
+/// name domains, not hosts a reader could learn anything from).
 pub fn ssh_options(known_hosts: &Path, alias: &str) -> Vec<(&'static str, String)> {
     vec![
         ("UserKnownHostsFile", ssh_quote(&known_hosts.display().to_string())),
         ("GlobalKnownHostsFile", "/dev/null".into()),
         ("StrictHostKeyChecking", "accept-new".into()),
         ("HostKeyAlias", alias.to_string()),
+        ("HashKnownHosts", "no".into()),
         ("LogLevel", "ERROR".into()),
     ]
 }

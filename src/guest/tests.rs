@@ -448,7 +448,7 @@ fn ssh_args_use_the_user_and_pin_the_host_key() {
         args,
         "-o UserKnownHostsFile=/home/u/.local/state/topo/known_hosts/lab-0123456789ab \
          -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=accept-new \
-         -o HostKeyAlias=seedlab-deb1.00000000-0000-4000-8000-000000000001 \
+         -o HostKeyAlias=seedlab-deb1.00000000-0000-4000-8000-000000000001 -o HashKnownHosts=no \
          -o LogLevel=ERROR -o ConnectionAttempts=180 -l topo 192.168.122.57"
     );
     assert!(!args.contains("StrictHostKeyChecking=no"), "{args}");
