@@ -1754,8 +1754,8 @@ fn e2e_cloud_guests() {
     let r = ssh(&lab, &agent, "deb1", &["sudo", "cloud-init", "status", "--wait", ";", "cat", "/etc/topo-e2e"]);
     assert!(r.code == 0 && r.stdout.contains("status: done"), "{}", r.show());
     assert_eq!(r.stdout.lines().last(), Some("b"), "the user's script ran:\n{}", r.show());
-    // The replaced deb1 is a new domain: its new key was accepted under its new UUID, the
-    // replaced VMs' keys are forgotten.
+    // The replaced deb1 (same domain UUID, new disk, new host keys): apply forgot its old
+    // key, the new one was accepted on first contact, and is pinned.
     files::check_host_keys_pinned(&lab, &agent, "e2ecloud", &["deb1"]);
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");

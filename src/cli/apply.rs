@@ -184,6 +184,17 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             }
             plan = again;
         }
+        // A replaced VM gets a new disk and so new host keys: its pinned key is forgotten
+        // first (a run killed after the replace must not leave the old key to refuse the new).
+        let replaced: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == crate::plan::Action::Replace && matches!(c.address, crate::address::Address::Vm(_)))
+            .map(|c| c.libvirt_name.as_str())
+            .collect();
+        if let Err(e) = crate::guest::known_hosts::forget_vms(lab.name.as_str(), &host, &replaced) {
+            crate::errln!("warning: {e}");
+        }
         let (report, result) = execute(global, &plan, &hv, options(&args.confirm));
         if let Err(e) = result {
             json(&plan, Some(&report), None)?;

@@ -6,9 +6,11 @@
 //! `StrictHostKeyChecking=accept-new` and `HostKeyAlias=<VM libvirt name>.<domain UUID>`:
 //! the first login (after topo proved the VM's address by ARP) records the key under the
 //! alias; a different key for the same alias is refused by ssh ("REMOTE HOST IDENTIFICATION
-//! HAS CHANGED"). A replaced VM is a new domain with a new UUID, so a new alias: its new key
-//! is accepted, and the old alias's lines are forgotten ([`forget_all_but`]). `topo destroy`
-//! deletes the lab's file ([`remove`]). See docs/files.md.
+//! HAS CHANGED"). A VM destroyed and created again is a new domain with a new UUID, so a new
+//! alias; a VM that apply replaces keeps its domain UUID, so apply forgets its key first
+//! ([`forget_vms`]); keys of domains gone are forgotten before each use
+//! ([`forget_all_but`]). `topo destroy` deletes the lab's file ([`remove`]). See
+//! docs/files.md.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -68,22 +70,49 @@ pub fn prepare(lab: &str, host: &HostId) -> Result<PathBuf, KnownHostsError> {
     Ok(path)
 }
 
-/// The name a VM's host key is recorded under: `<libvirt name>.<domain UUID>`. A replaced
-/// VM is a new domain with a new UUID (libvirt gives every define of a new domain one), so
-/// its new host key is a first contact, not a changed key.
+/// The name a VM's host key is recorded under: `<libvirt name>.<domain UUID>`. A VM created
+/// again (after a destroy, or by another lab of the same name) is a new domain with a new
+/// UUID (libvirt gives every define of a new domain one), so its host key is a first
+/// contact, not a changed key. A replace keeps the UUID: see [`forget_vms`].
 pub fn alias(libvirt_name: &str, uuid: &str) -> String {
     format!("{libvirt_name}.{uuid}")
 }
 
 /// Drops from the known_hosts file at `path` every line whose host names none of `keep`
-/// (the aliases of the lab's current domains): keys of replaced or destroyed VMs are
-/// forgotten. Comments and blank lines stay. A missing file is fine. Written back only
-/// when something changed (`0600`, atomically: [`crate::files::write_private_atomic`]).
+/// (the aliases of the lab's current domains): keys of destroyed VMs are forgotten.
+/// Comments and blank lines stay. A missing file is fine. Written back only when something
+/// changed (`0600`, atomically: [`crate::files::write_private_atomic`]).
 ///
 /// # Errors
 /// [`KnownHostsError::Write`]; a file that cannot be read (not a regular file, too large)
-/// is replaced by the kept lines of nothing, i.e. emptied.
+/// is emptied.
 pub fn forget_all_but(path: &Path, keep: &BTreeSet<String>) -> Result<(), KnownHostsError> {
+    retain(path, |host| keep.contains(host))
+}
+
+/// Forgets the pinned keys of the domains `libvirt_names` of `lab` on `host` (every alias
+/// `<libvirt name>.<UUID>`): apply calls it before it replaces those VMs. A replace keeps
+/// the domain's UUID (and so its alias) but gives the VM a new disk, whose cloud-init makes
+/// new host keys. Nothing to do without a state folder or file.
+///
+/// # Errors
+/// [`KnownHostsError::Write`].
+pub fn forget_vms(lab: &str, host: &HostId, libvirt_names: &[&str]) -> Result<(), KnownHostsError> {
+    let Some(state) = crate::files::state_dir() else { return Ok(()) };
+    if libvirt_names.is_empty() {
+        return Ok(());
+    }
+    forget_vms_in(&path_in(&state, lab, host), libvirt_names)
+}
+
+/// [`forget_vms`] in the known_hosts file at `path`.
+fn forget_vms_in(path: &Path, libvirt_names: &[&str]) -> Result<(), KnownHostsError> {
+    let prefixes: Vec<String> = libvirt_names.iter().map(|n| format!("{n}.")).collect();
+    retain(path, |h| !prefixes.iter().any(|p| h.starts_with(p.as_str())))
+}
+
+/// Keeps the lines of the known_hosts file at `path` that name a host `keep` accepts.
+fn retain(path: &Path, keep: impl Fn(&str) -> bool) -> Result<(), KnownHostsError> {
     let text = match crate::files::read_text_bounded(path, MAX_KNOWN_HOSTS) {
         Ok(t) => t,
         Err(FileError::NotFound) => return Ok(()),
@@ -101,7 +130,7 @@ pub fn forget_all_but(path: &Path, keep: &BTreeSet<String>) -> Result<(), KnownH
             let mut words = t.split_whitespace();
             let first = words.next().unwrap_or_default();
             let hosts = if first.starts_with('@') { words.next().unwrap_or_default() } else { first };
-            hosts.split(',').any(|h| keep.contains(h))
+            hosts.split(',').any(&keep)
         })
         .flat_map(|l| [l, "\n"])
         .collect();
@@ -182,6 +211,17 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
         forget_all_but(&tmp.path().join("none"), &BTreeSet::new()).unwrap();
+    }
+
+    /// Before a replace, the replaced VM's key goes (its UUID stays, its disk and so its
+    /// host keys are new); another VM whose name starts alike stays.
+    #[test]
+    fn a_replaced_vm_is_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("kh");
+        std::fs::write(&f, "lab-a.1111 ssh-ed25519 AAAAa\nlab-ab.2222 ssh-ed25519 AAAAb\n").unwrap();
+        forget_vms_in(&f, &["lab-a"]).unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "lab-ab.2222 ssh-ed25519 AAAAb\n");
     }
 
     #[test]
