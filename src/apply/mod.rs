@@ -316,7 +316,12 @@ fn run_change(
                     kind: HvErrorKind::Other,
                     hint: None,
                 })?;
-                hv.upload_volume(pool, name, &image)?
+                // Under a partial name first: a seed under its own name is always whole
+                // (`guest::partial_seed_name` says why).
+                let partial = crate::guest::partial_seed_name(name);
+                hv.upload_volume(pool, &partial, &image)?;
+                hv.clone_volume(pool, &partial, name)?;
+                done_if(hv.delete_volume(pool, &partial), &[HvErrorKind::NotFound])?
             }
             Op::DeleteVolume { pool, name } => done_if(hv.delete_volume(pool, name), &[HvErrorKind::NotFound])?,
             Op::DefineDomain { xml } => hv.define_domain(xml)?,
