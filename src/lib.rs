@@ -16,6 +16,7 @@ pub mod guest;
 pub mod hypervisor;
 pub mod impair;
 pub mod kernel;
+pub mod labs;
 pub mod model;
 pub mod observed;
 pub mod ownership;

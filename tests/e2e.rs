@@ -566,7 +566,9 @@ fn e2e_real_libvirt() {
 
     // d. in-place edits: NIC added to deb2, new VM deb4, deb2's reservation changed
     let v2 = Shape { deb2_ip: "63", deb2_second_nic: true, deb4: true, ..V1 };
-    let lab2 = write(dir, "lab2.yaml", &lab_text(&v2));
+    // The same lab file, edited (another file with the same name would be another lab
+    // instance, refused: docs/lab-file.md, "Lab identity").
+    let lab2 = write(dir, "lab.yaml", &lab_text(&v2));
     check_edit_plan(&plan_json(&lab2));
     // 20 s: enough for the new deb4 to boot and lease on a loaded 2-core host; deb2 eth0
     // fails only when the timeout ends (it never answers at .63 before a restart).
@@ -596,7 +598,7 @@ fn e2e_real_libvirt() {
 
     // e. replace the isolated network: subnet change, running NICs re-attached
     let v3 = Shape { iso_subnet: "192.168.154", ..v2 };
-    let lab3 = write(dir, "lab3.yaml", &lab_text(&v3));
+    let lab3 = write(dir, "lab.yaml", &lab_text(&v3));
     let plan = plan_json(&lab3);
     let ch = changes(&plan);
     assert_eq!(ch.keys().collect::<Vec<_>>(), ["network.local_net"], "{plan:#}");
@@ -1289,7 +1291,7 @@ fn check_release(dir: &Path) {
         .replace("  lan:\n    mode: isolated\n    subnet: 192.168.173.0/24\n", "  race-a-lan:\n    external: true\n")
         .replace("{ network: lan }", "{ network: race-a-lan }");
     assert!(ext.contains("external: true") && ext.contains("{ network: race-a-lan }"), "{ext}");
-    let ext = write(dir, "rel-ext.yaml", &ext);
+    let ext = write(dir, "rel.yaml", &ext); // the same lab file, edited
     let plan = plan_json(&ext);
     let ch = changes(&plan);
     let net = ch.get("network.race-a-lan").unwrap_or_else(|| panic!("no release planned: {plan:#}"));

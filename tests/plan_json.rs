@@ -255,6 +255,8 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         Netem { nics: vec![] },
         DeletedOutsideTopo { volumes: vec![] },
         UndefinedOutsideTopo,
+        Adopted,
+        TakenOver { from: String::new() },
     ];
     let actual: BTreeSet<String> =
         all.iter().map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string()).collect();
