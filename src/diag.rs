@@ -75,6 +75,12 @@ pub enum Code {
     Vcpus,
     BadSize,
     MissingFile,
+    /// A file the lab names is a FIFO, a device, a folder or a socket: topo reads regular
+    /// files only (`files::read_bounded`).
+    NotAFile,
+    /// A file the lab names is larger than topo reads of its kind (user-data 1 MiB, key
+    /// files 64 KiB), refused by its size before it is read.
+    FileTooLarge,
     NothingToBoot,
     /// A cloud-init setting (user, hostname, where a key may be given).
     CloudInit,
@@ -174,6 +180,8 @@ impl Code {
             Vcpus => "topo::lab::vcpus",
             BadSize => "topo::lab::bad_size",
             MissingFile => "topo::lab::missing_file",
+            NotAFile => "topo::lab::not_a_file",
+            FileTooLarge => "topo::lab::file_too_large",
             NothingToBoot => "topo::lab::nothing_to_boot",
             CloudInit => "topo::lab::cloud_init",
             SshKey => "topo::lab::ssh_key",

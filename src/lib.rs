@@ -11,6 +11,7 @@ pub mod apply;
 pub mod arp;
 pub mod cli;
 pub mod diag;
+pub mod files;
 pub mod graph;
 pub mod guest;
 pub mod hypervisor;

@@ -41,6 +41,14 @@ pub enum SourceError {
         help("a lab file is normally a few KiB; check that this is the right file")
     )]
     TooLarge { path: String, size: u64, max: u64 },
+    #[error("lab file {path} is {kind}, not a regular file")]
+    #[diagnostic(
+        code(topo::source::not_a_file),
+        help(
+            "name the lab file itself; topo reads no FIFO, device or folder (save what a pipe gives to a file first)"
+        )
+    )]
+    NotRegular { path: String, kind: &'static str },
     #[error("lab file {path} is not UTF-8 text")]
     #[diagnostic(code(topo::source::encoding), help("save the file as UTF-8"))]
     NotUtf8 { path: String },
@@ -106,19 +114,11 @@ pub fn discover(dir: &Path) -> Result<PathBuf, SourceError> {
 }
 
 impl SourceFile {
-    /// Reads `path`, refusing files over [`MAX_SOURCE_BYTES`] without reading them whole.
+    /// Reads `path` with [`crate::files::read_bounded`]: a regular file (a symlink to one is
+    /// resolved first) of at most [`MAX_SOURCE_BYTES`], refused by its size before it is read;
+    /// a FIFO, a device or a folder is refused without blocking or reading.
     pub fn read(path: &Path) -> Result<Self, SourceError> {
-        use std::io::Read;
-        let shown = path.display().to_string();
-        let read_err = |source| SourceError::Read { path: shown.clone(), source };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
-        if bytes.len() as u64 > MAX_SOURCE_BYTES {
-            let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(bytes.len() as u64);
-            return Err(SourceError::TooLarge { path: shown, size, max: MAX_SOURCE_BYTES });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 { path: shown })?;
+        let text = read_lab_text(path, MAX_SOURCE_BYTES)?;
         Ok(Self::from_text(path, text))
     }
 
@@ -143,6 +143,25 @@ impl SourceFile {
     pub fn named_source(&self) -> NamedSource<String> {
         NamedSource::new(self.name(), self.text.as_ref().clone()).with_language("yaml")
     }
+}
+
+/// The text of the lab file (or saved plan) at `path`, read with
+/// [`crate::files::read_bounded`] with the bound `max`.
+///
+/// # Errors
+/// [`SourceError::Read`] (missing, unreadable), [`SourceError::NotRegular`],
+/// [`SourceError::TooLarge`], [`SourceError::NotUtf8`].
+pub fn read_lab_text(path: &Path, max: u64) -> Result<String, SourceError> {
+    use crate::files::FileError;
+    let shown = path.display().to_string();
+    crate::files::read_text_bounded(path, max).map_err(|e| match e {
+        FileError::NotFound => SourceError::Read { path: shown, source: std::io::ErrorKind::NotFound.into() },
+        FileError::NotRegular { kind } => SourceError::NotRegular { path: shown, kind },
+        FileError::TooLarge { size, max } => SourceError::TooLarge { path: shown, size, max },
+        FileError::NotUtf8 => SourceError::NotUtf8 { path: shown },
+        FileError::Io(source) => SourceError::Read { path: shown, source },
+        FileError::NotPrivate { why } => SourceError::Read { path: shown, source: std::io::Error::other(why) },
+    })
 }
 
 /// The one canonical form of a path written in a lab file (disk image, kernel, initrd, and

@@ -832,21 +832,64 @@ fn deleting_a_network_a_foreign_vm_uses_is_refused_unless_insisted() {
     let radius: Vec<(&str, bool)> = back.blast_radius.iter().map(|d| (d.domain.as_str(), d.owned)).collect();
     // db is deleted by the same plan: not listed. web stays (its NIC is unplugged).
     assert_eq!(radius, [("demo-web", true), ("outsider", false)]);
-    let err = plan::check_deletions(&p, "memory:///topo", false).unwrap_err();
+    let err = plan::check_foreign(&p, "memory:///topo", false).unwrap_err();
     let text_err = render_diag(&err);
     assert!(text_err.contains("network.back (demo-back): used by outsider"), "{text_err}");
     assert!(text_err.contains("--disconnect-foreign"), "{text_err}");
-    assert!(plan::check_deletions(&p, "memory:///topo", true).is_ok());
+    assert!(plan::check_foreign(&p, "memory:///topo", true).is_ok());
     let rendered = plan::render::render(&p, "lab.yaml", plan::render::Style::Plain);
     assert!(rendered.contains("#   outsider 52:54:00:aa:00:01 (NOT owned by this lab)"), "{rendered}");
     // destroy too
     let d = plan::plan_destroy(&l, &hv.observe().unwrap());
-    assert!(plan::check_deletions(&d, "memory:///topo", false).is_err());
+    assert!(plan::check_foreign(&d, "memory:///topo", false).is_err());
     // Without the foreign domain, nothing to refuse; insisting deletes it under the domain.
-    assert!(plan::check_deletions(&plan::plan_destroy(&l2, &Observed::default()), "m", false).is_ok());
+    assert!(plan::check_foreign(&plan::plan_destroy(&l2, &Observed::default()), "m", false).is_ok());
     apply_ok(&l2, &hv);
     assert!(!hv.observe().unwrap().networks.contains_key("demo-back"));
     assert!(hv.observe().unwrap().domains.contains_key("outsider"), "the foreign domain itself is never touched");
+}
+
+/// Replacing a network (a changed subnet) stops it under every running domain on it: a
+/// running domain outside the lab makes apply refuse, as a deletion does, unless the user
+/// insists; then only the lab's NICs are plugged back, the foreign one stays cut off and its
+/// domain untouched. A stopped foreign domain is not cut off (it finds the network by name
+/// when it starts).
+#[test]
+fn replacing_a_network_a_foreign_vm_runs_on_is_refused_unless_insisted() {
+    let hv = host();
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    hv.define_domain(&foreign_domain_xml("outsider", &[("52:54:00:aa:00:02", "demo-lan")])).unwrap();
+    hv.define_domain(&foreign_domain_xml("parked", &[("52:54:00:aa:00:03", "demo-lan")])).unwrap();
+    hv.start_domain("outsider").unwrap();
+    let l2 = lab(&BASE.replace("10.50.0.", "10.60.0."));
+    let (p, observed) = plan_on(&l2, &hv);
+    let lan = p.changes.iter().find(|c| c.libvirt_name == "demo-lan").expect("network.lan");
+    assert_eq!(lan.action, Action::Replace);
+    let radius: Vec<(&str, bool, bool)> =
+        lan.blast_radius.iter().map(|d| (d.domain.as_str(), d.owned, d.reattached)).collect();
+    assert_eq!(radius, [("demo-router", true, true), ("demo-web", true, true), ("outsider", false, false)]);
+    let check =
+        |insist| plan::check_executable(&l2, &observed, &p, "memory:///topo", plan::target::Direction::Apply, insist);
+    let err = check(false).unwrap_err();
+    let text = render_diag(&err);
+    assert!(text.contains("would replace a network"), "{text}");
+    assert!(
+        text.contains("network.lan (demo-lan) is replaced (stopped and started again) under running outsider"),
+        "{text}"
+    );
+    assert!(text.contains("--disconnect-foreign"), "{text}");
+    assert!(!text.contains("parked"), "a stopped domain is not cut off by a replace: {text}");
+    check(true).expect("--disconnect-foreign lets it through");
+    hv.clear_calls();
+    let report = topo::apply::apply(&p, &hv, &options(4), &AtomicBool::new(false), &Silent);
+    assert!(!report.failed(), "{report:#?}");
+    topo::apply::check_converged(&l2, &hv).expect("converged");
+    assert_eq!(hv.cut_nics(), [("outsider".to_string(), "52:54:00:aa:00:02".parse().unwrap())]);
+    let o = hv.observe().unwrap();
+    assert_eq!(o.domains["outsider"].interfaces, observed.domains["outsider"].interfaces, "never touched");
+    let touched: Vec<String> = mutating(&hv.calls()).into_iter().filter(|c| c.ends_with(" outsider")).collect();
+    assert_eq!(touched, Vec::<String>::new(), "the foreign domain is never touched");
 }
 
 /// An owned network re-declared `external: true` is released (its tag removed), not

@@ -159,18 +159,41 @@ fn every_duration_flag_takes_the_same_forms() {
 
 /// SIGINT, SIGTERM and SIGHUP reach topo's handler, which ends a command that is not in a
 /// stoppable phase with 130 (the default action would end it by the signal, no exit code).
-/// The command is held in `open()` of a FIFO as its lab file, before any libvirt call.
+/// The command is held waiting for the host lock, which this test holds (a FIFO as the lab
+/// file no longer holds anything: it is refused without blocking, docs/files.md).
 #[test]
 fn signals_end_a_command_with_130() {
+    use nix::fcntl::{Flock, FlockArg};
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let lab = write_lab(dir.path(), "unix-signals");
+    // A first apply makes the host lock file (the test driver forgets its state at exit;
+    // its verification fails, which does not matter here).
+    topo()
+        .env("TOPO_LOCK_DIR", &locks)
+        .args(["-c", "test:///default", "-q", "apply", "-y"])
+        .arg(&lab)
+        .output()
+        .unwrap();
+    let host_lock = std::fs::read_dir(&locks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "hostlock"))
+        .expect("the host lock file");
+    let _held = Flock::lock(std::fs::File::open(&host_lock).unwrap(), FlockArg::LockExclusiveNonblock).unwrap();
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("lab.yaml");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let mut child = topo().arg("validate").arg(&fifo).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        // Give it time to install the handler and block in open().
-        std::thread::sleep(Duration::from_millis(300));
+        let mut child = topo()
+            .env("TOPO_LOCK_DIR", &locks)
+            .args(["-c", "test:///default", "apply", "-y"])
+            .arg(&lab)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Give it time to install the handler and wait for the lock.
+        std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
         let status = loop {
@@ -180,6 +203,9 @@ fn signals_end_a_command_with_130() {
             assert!(t.elapsed() < Duration::from_secs(10), "{sig}: still running");
             std::thread::sleep(Duration::from_millis(20));
         };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(err.contains("Waiting for another topo run"), "{sig}: held at the lock: {err}");
         assert_eq!(status.code(), Some(130), "{sig}: {status:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! Tier 2 fault sweep: for each scenario (create a lab with disks, edit it, change a NIC's
 //! rate and netem in place, replace a
-//! network under running VMs, re-plug NICs of a network restarted by hand, release a network
+//! network under running VMs (also under a foreign VM, through the `--disconnect-foreign`
+//! guard), re-plug NICs of a network restarted by hand, release a network
 //! declared external, volumes deleted by hand, take the lab over from another lab file, as
 //! it is and with edits, destroy) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
@@ -13,10 +14,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
+use topo::apply::progress::Silent;
 use topo::hypervisor::Hypervisor;
 use topo::hypervisor::memory::{Fault, MemoryHypervisor};
 use topo::model::Lab;
 use topo::observed::Ownership;
+use topo::plan::target::Direction;
 
 const LAB: &str = "\
 apiVersion: topo/v1
@@ -95,6 +98,9 @@ fn new_subnet() -> String {
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Apply,
+    /// Apply as `topo apply --disconnect-foreign` does: the plan passes
+    /// `plan::check_executable` (the guard every executed plan passes) first.
+    ApplyDisconnectForeign,
     Destroy,
 }
 
@@ -145,6 +151,12 @@ fn delete_volumes(hv: &MemoryHypervisor) {
     hv.delete_volume("topo-overlays", &volume("sweep-c", ".qcow2")).unwrap();
 }
 
+/// A domain outside the lab, started by hand on `lan` (`virsh define` + `start`).
+fn intruder_on_lan(hv: &MemoryHypervisor) {
+    hv.define_domain(&foreign_domain_xml("intruder", &[("52:54:00:ee:00:0a", "sweep-lan")])).unwrap();
+    hv.start_domain("intruder").unwrap();
+}
+
 /// `virsh undefine` of the running c: a transient domain, gone once it stops.
 fn undefine_running(hv: &MemoryHypervisor) {
     hv.undefine_domain("sweep-c").unwrap();
@@ -180,6 +192,13 @@ fn scenarios() -> Vec<Scenario> {
         s("edit", Some(LAB), None, edited(), Step::Apply),
         s("link changed in place", Some(LAB), None, link_changed(), Step::Apply),
         s("replace network", Some(LAB), None, new_subnet(), Step::Apply),
+        s(
+            "replace network under a foreign VM, --disconnect-foreign",
+            Some(LAB),
+            Some(intruder_on_lan),
+            new_subnet(),
+            Step::ApplyDisconnectForeign,
+        ),
         s("network restarted by hand", Some(LAB), Some(restart_networks), LAB.into(), Step::Apply),
         s("release network restarted by hand", Some(LAB), Some(restart_networks), back_external(), Step::Apply),
         s("volumes deleted by hand", Some(LAB), Some(delete_volumes), LAB.into(), Step::Apply),
@@ -230,8 +249,21 @@ fn start(s: &Scenario) -> MemoryHypervisor {
 fn run(s: &Scenario, l: &Lab, hv: &MemoryHypervisor, parallelism: usize) -> bool {
     match s.step {
         Step::Apply => apply_with(l, hv, parallelism).1.failed(),
+        Step::ApplyDisconnectForeign => {
+            let (p, observed) = plan_on(l, hv);
+            let guard = topo::plan::check_executable(l, &observed, &p, &hv.uri(), Direction::Apply, true);
+            assert!(guard.is_ok(), "--disconnect-foreign lets the replace through: {guard:?}");
+            let report = topo::apply::apply(&p, hv, &options(parallelism), &Default::default(), &Silent);
+            report.failed()
+        }
         Step::Destroy => destroy_with(l, hv, parallelism).1.failed(),
     }
+}
+
+/// The lab's NICs that are off their network's bridge (a foreign domain's NIC cut off with
+/// `--disconnect-foreign` stays so: topo never touches it).
+fn lab_cut(hv: &MemoryHypervisor) -> Vec<(String, topo::model::MacAddr)> {
+    hv.cut_nics().into_iter().filter(|(d, _)| d.starts_with("sweep-")).collect()
 }
 
 /// Volumes that no domain uses.
@@ -280,14 +312,14 @@ fn every_fault_at_every_call_converges() {
                 hv.disarm();
                 // A new process: apply again (or destroy again) must converge.
                 match s.step {
-                    Step::Apply => {
+                    Step::Apply | Step::ApplyDisconnectForeign => {
                         let (p, report) = apply_with(&l, &hv, 4);
                         assert!(!report.failed(), "{what}: apply again failed: {report:#?}\nplan: {p:#?}");
                         if let Err(e) = topo::apply::check_converged(&l, &hv) {
                             panic!("{what}: not converged:\n{}", render_diag(&e));
                         }
                         assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");
-                        assert_eq!(hv.cut_nics(), vec![], "{what}: NICs left off their network's bridge");
+                        assert_eq!(lab_cut(&hv), vec![], "{what}: NICs left off their network's bridge");
                     }
                     Step::Destroy => {}
                 }
@@ -307,6 +339,25 @@ fn every_fault_at_every_call_converges() {
             );
         }
     }
+}
+
+/// The replace guard on its own: without `--disconnect-foreign`, the replace under a running
+/// foreign domain is refused before any call that changes the host; the host is as it was,
+/// and the foreign VM keeps its link.
+#[test]
+fn a_refused_replace_touches_nothing() {
+    let s = &scenarios()[4];
+    assert!(matches!(s.step, Step::ApplyDisconnectForeign), "{}", s.name);
+    let hv = start(s);
+    let l = lab(&s.lab);
+    let before = format!("{:?}", hv.observe().unwrap());
+    hv.clear_calls();
+    let (p, observed) = plan_on(&l, &hv);
+    let err = topo::plan::check_executable(&l, &observed, &p, &hv.uri(), Direction::Apply, false).unwrap_err();
+    assert!(render_diag(&err).contains("under running intruder"), "{}", render_diag(&err));
+    assert_eq!(hv.calls(), ["observe"], "only observed");
+    assert_eq!(format!("{:?}", hv.observe().unwrap()), before);
+    assert_eq!(hv.cut_nics(), vec![]);
 }
 
 /// A define that libvirt refuses after the overlay and seed exist (issue: a control

@@ -11,6 +11,7 @@ use topo::hypervisor::Hypervisor;
 use topo::hypervisor::memory::MemoryHypervisor;
 use topo::model::Lab;
 use topo::ownership::Stamp;
+use topo::plan::target::Direction;
 use topo::plan::{self, Action, Op, PlanError, Reason};
 
 const LAB: &str = "\
@@ -79,6 +80,9 @@ fn a_second_lab_file_with_the_same_name_is_refused_and_the_first_stays() {
     assert!(p.message.contains(&second.instance().file), "names this file too: {}", p.message);
     let observed = hv.observe().unwrap();
     assert!(plan::check_instances(&second, &observed, "mem").is_err(), "destroy is refused too");
+    let destroy = plan::plan_destroy(&second, &observed);
+    let guard = plan::check_executable(&second, &observed, &destroy, "mem", Direction::Destroy, false);
+    assert!(matches!(guard, Err(PlanError::Refused { .. })), "the guard of every executed plan: {guard:?}");
     // Nothing changed; the first lab still owns everything and plans empty.
     assert_eq!(all_names(&hv), before);
     let (again, _) = plan_on(&first, &hv);

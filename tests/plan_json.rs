@@ -276,6 +276,7 @@ fn saved(lab_text: &str, observed: &Observed) -> SavedPlan {
         observed_sha256: fingerprint(observed),
         plan: to_json(&p),
         steps: p,
+        take_over: false,
     }
 }
 

@@ -25,7 +25,10 @@ const HOST_LOCK_POLL: Duration = Duration::from_millis(50);
 /// Where lock files live: `$TOPO_LOCK_DIR` when set (tests); for root `/run/topo`, shared by
 /// every root run on the machine; for any other user `$XDG_RUNTIME_DIR/topo` (the user's own
 /// runtime folder, created by the login manager, emptied at logout) when that is set to an
-/// absolute path, else `<temp dir>/topo-<uid>`. Two users applying to the same
+/// absolute path, else `<temp dir>/topo-<uid>`. Whichever it is, the folder must be a real
+/// folder owned by this user that nobody else may write to (`files::ensure_private_dir`):
+/// in a shared temp dir another user could have made `topo-<uid>` first. Lock files are
+/// opened without following symlinks (`files::open_private_rw`). Two users applying to the same
 /// `qemu:///system` therefore do not see each other's locks unless both run as root.
 pub fn lock_dir() -> PathBuf {
     choose_lock_dir(
@@ -135,6 +138,14 @@ pub enum LockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing the lock folder {path}: it {why}")]
+    #[diagnostic(
+        code(topo::apply::lock_dir),
+        help(
+            "topo's lock folder must be a folder of yours that no one else may write to (another user could swap the lock files in it for links to your files); remove it or set TOPO_LOCK_DIR to a folder of yours"
+        )
+    )]
+    DirNotPrivate { path: String, why: String },
 }
 
 /// An exclusive `flock` on a file that names its holder (`topo apply pid 1234`).
@@ -152,10 +163,14 @@ enum Try {
 fn try_lock(path: &Path, holder: &str) -> Result<Try, LockError> {
     let io = |source| LockError::Io { path: path.display().to_string(), source };
     if let Some(dir) = path.parent() {
-        create_private_dir(dir).map_err(io)?;
+        crate::files::ensure_private_dir(dir).map_err(|e| match e {
+            crate::files::FileError::Io(source) => LockError::Io { path: dir.display().to_string(), source },
+            other => LockError::DirNotPrivate { path: dir.display().to_string(), why: other.to_string() },
+        })?;
     }
-    let file =
-        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+    // Not through a symlink (another user could point it at the victim's file), not a FIFO,
+    // never truncated before the lock is held.
+    let file = crate::files::open_private_rw(path).map_err(io)?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             // Best effort: the description is for messages only, the flock is the lock.
@@ -173,16 +188,6 @@ fn try_lock(path: &Path, holder: &str) -> Result<Try, LockError> {
         }
         Err((_, errno)) => Err(io(std::io::Error::from(errno))),
     }
-}
-
-/// Creates `dir` (and parents); a folder topo creates for itself is `0700` unless it is the
-/// shared root folder `/run/topo` (`0755`, only root writes there anyway).
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Held for the duration of an apply or destroy of one lab on one host; released on drop.
@@ -371,5 +376,27 @@ mod tests {
         assert!(l.path.starts_with(&nested));
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&nested).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    /// The attack of a shared temp dir: another user made the lock folder first (here: a
+    /// folder others may write to) or put a symlink where the lock file goes. topo refuses
+    /// the folder, and never opens the lock file through a link (the victim stays intact).
+    #[test]
+    fn a_lock_folder_others_may_write_or_a_linked_lock_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("topo-1000");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = LabLock::acquire_in(&shared, "lab", &host(), "u", "apply").err().unwrap();
+        assert!(matches!(e, LockError::DirNotPrivate { .. }), "{e}");
+        assert!(e.to_string().contains("others may write"), "{e}");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, lab_lock_path(&shared, "lab", &host())).unwrap();
+        let e = LabLock::acquire_in(&shared, "lab", &host(), "u", "apply").err().unwrap();
+        assert!(matches!(e, LockError::Io { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 }

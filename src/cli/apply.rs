@@ -12,6 +12,7 @@ use crate::apply::progress::{Lines, Live, Progress, Silent};
 use crate::apply::{ApplyError, Options, Report, StepOutcome};
 use crate::hypervisor::Hypervisor;
 use crate::model::Lab;
+use crate::observed::Observed;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SavedPlan, looks_saved};
 use crate::plan::target::Direction;
@@ -29,8 +30,9 @@ pub struct ConfirmArgs {
     /// How long a VM gets to shut down gracefully before it is forced off (90, 90s, 2m, 1h)
     #[arg(long, default_value = "30s", value_parser = super::duration::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// Delete lab networks even when VMs this lab does not own are on them (their NICs lose
-    /// their link; stopped ones cannot start). Without it, such a plan is refused
+    /// Delete or replace lab networks even when VMs this lab does not own are on them (their
+    /// NICs lose their link and topo does not plug them back; stopped ones cannot start after
+    /// a deletion). Without it, such a plan is refused
     #[arg(long)]
     pub disconnect_foreign: bool,
     /// Take the lab over from another lab file with the same `name:` and `prefix:` (a moved
@@ -90,8 +92,7 @@ fn options(c: &ConfirmArgs) -> Options {
 
 /// The lab named by `file`, and the saved plan if `file` is one.
 fn load(file: &std::path::Path, global: &GlobalArgs) -> miette::Result<(Lab, Option<SavedPlan>)> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| crate::source::SourceError::Read { path: file.display().to_string(), source: e })?;
+    let text = crate::source::read_lab_text(file, crate::plan::saved::MAX_SAVED_PLAN_BYTES)?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
         let lab = super::load_lab(std::path::Path::new(&saved.lab_file), global)?;
@@ -108,7 +109,8 @@ const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let (mut lab, saved) = load(&file, global)?;
-    lab.take_over = args.confirm.take_over;
+    // A plan saved with --take-over was reviewed as one: it takes the lab over when applied.
+    lab.take_over = args.confirm.take_over || saved.as_ref().is_some_and(|s| s.take_over);
     // Terraform's rule: a JSON run cannot stop at a prompt, so it is approved up front.
     if args.json && !args.confirm.auto_approve && saved.is_none() {
         return Err(JsonNeedsApproval.into());
@@ -149,7 +151,16 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         }
         Ok(())
     };
-    crate::plan::check_deletions(&plan, &hv.uri(), args.confirm.disconnect_foreign)?;
+    // The plan shown passes the checks before anyone is asked to confirm it; the plan
+    // executed passes them again under the host lock (it may be another one made there).
+    crate::plan::check_executable(
+        &lab,
+        &observed,
+        &plan,
+        &hv.uri(),
+        Direction::Apply,
+        args.confirm.disconnect_foreign,
+    )?;
     let mut started = std::collections::BTreeMap::new();
     let mut executed = None;
     let mut observed = observed;
@@ -166,32 +177,19 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             super::status(global, format_args!("Waiting for another topo run on this host ({h}) ..."))
         })?;
         let now = super::observe(global, &hv, &lab, None)?;
-        if now != observed {
-            if let Some(saved) = &saved {
-                saved.check_fresh(&lab.source.text, &hv.uri(), &now)?;
+        let ctx = Executing {
+            lab: &lab,
+            uri: &hv.uri(),
+            saved: saved.as_ref(),
+            auto_approve: args.confirm.auto_approve,
+            disconnect_foreign: args.confirm.disconnect_foreign,
+        };
+        if let Some(again) = ctx.plan_under_lock(&plan, &observed, &now)? {
+            super::status(global, "The host changed while waiting for the host lock; applying the plan for it now:");
+            if !args.json {
+                crate::out!("{}", render(&again, &file, style(global)))?;
             }
-            let again = crate::plan::plan(&lab, &now, &hv.uri())?;
-            let again = crate::plan::target::targeted(&lab, &now, again, &plan.targets, Direction::Apply)?;
-            if again != plan {
-                // With -y nobody reviewed the plan shown: like `terraform apply
-                // -auto-approve`, the run applies what the host needs now (say, after a
-                // killed run whose last libvirt call libvirtd was still finishing). A plan a
-                // person confirmed, or a saved one, is never swapped for another.
-                if !args.confirm.auto_approve || from_saved {
-                    miette::bail!(
-                        help = "run `topo plan` again and review the new plan",
-                        "the host changed while the plan was being confirmed: nothing was changed"
-                    );
-                }
-                super::status(
-                    global,
-                    "The host changed while waiting for the host lock; applying the plan for it now:",
-                );
-                if !args.json {
-                    crate::out!("{}", render(&again, &file, style(global)))?;
-                }
-                plan = again;
-            }
+            plan = again;
         }
         let (report, result) = execute(global, &plan, &hv, options(&args.confirm));
         if let Err(e) = result {
@@ -280,7 +278,14 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     if !args.json {
         crate::out!("{}", render(&plan, &lab.source.name(), style(global)))?;
     }
-    crate::plan::check_deletions(&plan, &hv.uri(), args.confirm.disconnect_foreign)?;
+    crate::plan::check_executable(
+        &lab,
+        &observed,
+        &plan,
+        &hv.uri(),
+        Direction::Destroy,
+        args.confirm.disconnect_foreign,
+    )?;
     confirm(&args.confirm, "destroy these objects")?;
     let mut opts = options(&args.confirm);
     if let Some(t) = args.graceful {
@@ -305,6 +310,54 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
         return Err(ApplyError::Inconsistent { details }.into());
     }
     Ok(Outcome::Ok)
+}
+
+/// What apply needs to settle the plan it executes once it holds the host lock.
+struct Executing<'a> {
+    lab: &'a Lab,
+    uri: &'a str,
+    /// The saved plan being applied, if any.
+    saved: Option<&'a SavedPlan>,
+    /// `-y`: nobody reviewed the plan shown.
+    auto_approve: bool,
+    /// `--disconnect-foreign`.
+    disconnect_foreign: bool,
+}
+
+impl Executing<'_> {
+    /// The plan to execute, given the plan `shown` (made, or saved, on `before`) and the host
+    /// `now`, observed again under the host lock: `None` when `shown` stands, `Some` with the
+    /// plan made again on `now` when the host changed and `-y` lets apply follow it (like
+    /// `terraform apply -auto-approve`: nobody reviewed the plan shown, say after a killed run
+    /// whose last libvirt call libvirtd was still finishing). A plan a person confirmed, or a
+    /// saved one, is never swapped for another. Whichever plan is returned passed
+    /// [`crate::plan::check_executable`] on `now`, the same checks as the plan shown.
+    ///
+    /// # Errors
+    /// A saved plan made stale by the change, a plan refusal on `now`, a confirmed plan the
+    /// change made different, or a failed check of the plan to execute.
+    fn plan_under_lock(&self, shown: &Plan, before: &Observed, now: &Observed) -> miette::Result<Option<Plan>> {
+        let mut swapped = None;
+        if now != before {
+            if let Some(saved) = self.saved {
+                saved.check_fresh(&self.lab.source.text, self.uri, now)?;
+            }
+            let again = crate::plan::plan(self.lab, now, self.uri)?;
+            let again = crate::plan::target::targeted(self.lab, now, again, &shown.targets, Direction::Apply)?;
+            if again != *shown {
+                if !self.auto_approve || self.saved.is_some() {
+                    miette::bail!(
+                        help = "run `topo plan` again and review the new plan",
+                        "the host changed while the plan was being confirmed: nothing was changed"
+                    );
+                }
+                swapped = Some(again);
+            }
+        }
+        let executed = swapped.as_ref().unwrap_or(shown);
+        crate::plan::check_executable(self.lab, now, executed, self.uri, Direction::Apply, self.disconnect_foreign)?;
+        Ok(swapped)
+    }
 }
 
 fn style(global: &GlobalArgs) -> Style {
@@ -386,3 +439,95 @@ fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options)
     )
 )]
 pub struct JsonNeedsApproval;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::hypervisor::memory::MemoryHypervisor;
+    use crate::source::SourceFile;
+
+    const LAB: &str = "apiVersion: topo/v1
+name: t
+networks:
+  iso:
+    mode: isolated
+    subnet: SUBNET.0/24
+vms:
+  a:
+    boot: {kernel: KERNEL}
+    nics:
+      - network: iso
+";
+
+    fn lab(subnet: &str) -> Lab {
+        let text = LAB.replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).replace("SUBNET", subnet);
+        crate::validate::load(&SourceFile::from_text(Path::new("lab.yaml"), text)).expect("valid lab")
+    }
+
+    fn foreign(name: &str, mac: &str) -> String {
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64'>hvm</type></os><devices><interface type='network'>\
+             <mac address='{mac}'/><source network='t-iso'/></interface></devices></domain>"
+        )
+    }
+
+    /// A host with lab `t` applied on 192.168.152.0/24.
+    fn applied() -> MemoryHypervisor {
+        let hv = MemoryHypervisor::new();
+        let l = lab("192.168.152");
+        let p = crate::plan::plan(&l, &hv.observe().unwrap(), "mem").unwrap();
+        let r = crate::apply::apply(&p, &hv, &Options::default(), &Default::default(), &Silent);
+        assert!(!r.failed(), "{r:?}");
+        hv
+    }
+
+    fn ctx<'a>(lab: &'a Lab, saved: Option<&'a SavedPlan>, disconnect_foreign: bool) -> Executing<'a> {
+        Executing { lab, uri: "mem", saved, auto_approve: true, disconnect_foreign }
+    }
+
+    /// The plan shown replaces the network with nothing foreign on it; by the time apply
+    /// holds the host lock a foreign VM runs there. With -y apply plans again, and that plan
+    /// must pass the `--disconnect-foreign` guard like the plan shown (it used not to).
+    #[test]
+    fn a_plan_made_again_under_the_host_lock_passes_the_guard() {
+        let hv = applied();
+        let l = lab("192.168.153");
+        let before = hv.observe().unwrap();
+        let shown = crate::plan::plan(&l, &before, "mem").unwrap();
+        crate::plan::check_executable(&l, &before, &shown, "mem", Direction::Apply, false).expect("shown plan passes");
+        hv.define_domain(&foreign("outsider", "52:54:00:aa:00:05")).unwrap();
+        hv.start_domain("outsider").unwrap();
+        let now = hv.observe().unwrap();
+        let err = ctx(&l, None, false).plan_under_lock(&shown, &before, &now).unwrap_err();
+        assert!(format!("{err}").contains("would replace a network"), "{err}");
+        let again = ctx(&l, None, true).plan_under_lock(&shown, &before, &now).unwrap();
+        assert!(again.is_some_and(|p| p != shown), "with --disconnect-foreign the new plan is executed");
+        // Unchanged host: the plan shown stands, and still passes the guard.
+        assert!(ctx(&l, None, false).plan_under_lock(&shown, &before, &before).unwrap().is_none());
+    }
+
+    /// A host conflict seen only under the lock (another network took the subnet meanwhile)
+    /// refuses the run even with --disconnect-foreign: the plan executed passes every check
+    /// of the plan shown, on the observation under the lock.
+    #[test]
+    fn a_conflict_seen_under_the_lock_refuses_the_run() {
+        let hv = applied();
+        let l = lab("192.168.153");
+        let before = hv.observe().unwrap();
+        let shown = crate::plan::plan(&l, &before, "mem").unwrap();
+        let mut now = before.clone();
+        now.networks.insert(
+            "other".into(),
+            crate::xml::parse_network(
+                "<network><name>other</name><bridge name='virbr9'/><ip address='192.168.153.1' netmask='255.255.255.0'/></network>",
+                Default::default(),
+            )
+            .unwrap(),
+        );
+        let err = ctx(&l, None, true).plan_under_lock(&shown, &before, &now).unwrap_err();
+        assert!(format!("{err:?}").contains("conflicts with what is on"), "{err:?}");
+    }
+}

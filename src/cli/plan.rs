@@ -50,7 +50,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
         let style = if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain };
         crate::out!("{}", render(&plan, &file.display().to_string(), style))?;
     }
-    if let Err(e) = crate::plan::check_deletions(&plan, &hv.uri(), false) {
+    if let Err(e) = crate::plan::check_foreign(&plan, &hv.uri(), false) {
         super::status(global, format_args!("Warning: apply and destroy will refuse this plan: {e}"));
     }
     if let Some(out) = &args.out {
@@ -63,13 +63,27 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
             observed_sha256: fingerprint(&observed),
             plan: json,
             steps: plan.clone(),
+            take_over: lab.take_over,
         };
         let text = serde_json::to_string_pretty(&saved).into_diagnostic()?;
-        std::fs::write(out, text + "\n").into_diagnostic()?;
+        // It holds the users' user-data: private (0600), written whole or not at all, and a
+        // symlink at `out` is replaced, never written through (docs/files.md).
+        crate::files::write_private_atomic(out, (text + "\n").as_bytes())
+            .map_err(|source| SavePlanError { path: out.display().to_string(), source })?;
         super::status(
             global,
             format_args!("Saved the plan to {}; apply it with `topo apply {}`", out.display(), out.display()),
         );
     }
     Ok(if args.detailed_exitcode && !plan.is_empty() { Outcome::Changes } else { Outcome::Ok })
+}
+
+/// `plan --out FILE` could not write FILE.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("cannot save the plan to {path}: {source}")]
+#[diagnostic(code(topo::plan::save), help("name a file in a folder you may write to"))]
+pub struct SavePlanError {
+    path: String,
+    #[source]
+    source: std::io::Error,
 }

@@ -144,18 +144,24 @@ pub(crate) fn to_yaml(what: &'static str, v: &Value) -> Result<String, GuestErro
     serde_saphyr::to_string_with_options(v, options).map_err(|e| GuestError::Yaml { what, message: e.to_string() })
 }
 
+/// Largest SSH public key file topo reads (64 KiB: a `.pub` file is one line of at most a
+/// few KiB, even for a 16384-bit RSA key; `authorized_keys`-style lists of many keys fit).
+pub const MAX_KEY_FILE: u64 = 64 * 1024;
+
 /// The invoking user's public keys: every line of `<home>/.ssh/*.pub` (files in name order)
-/// that holds a key. An unreadable file is skipped. This is the default when a lab file
-/// names no key.
+/// that holds a key. Each file is read with [`crate::files::read_bounded`] (regular files of
+/// at most [`MAX_KEY_FILE`]); one that is not, or cannot be read, is skipped. This is the
+/// default when a lab file names no key.
 pub fn invoking_user_keys(home: &Path) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(home.join(".ssh")) else { return Vec::new() };
-    let mut files: Vec<_> = dir
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "pub") && p.is_file())
-        .collect();
+    let mut files: Vec<_> =
+        dir.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "pub")).collect();
     files.sort();
-    files.iter().filter_map(|p| std::fs::read_to_string(p).ok()).flat_map(|t| key_lines(&t)).collect()
+    files
+        .iter()
+        .filter_map(|p| crate::files::read_text_bounded(p, MAX_KEY_FILE).ok())
+        .flat_map(|t| key_lines(&t))
+        .collect()
 }
 
 /// The key lines of an OpenSSH public key file: trimmed, blank lines and `#` comments left out.

@@ -195,8 +195,8 @@ pub struct Detached {
     pub mac: MacAddr,
     /// Whether topo re-attaches it (only domains this lab owns and keeps).
     pub reattached: bool,
-    /// Whether the domain is this lab's. A network deletion that cuts off a domain that is
-    /// not is refused unless the user insists (see [`check_deletions`]).
+    /// Whether the domain is this lab's. A network deletion or replacement that cuts off a
+    /// domain that is not is refused unless the user insists (see [`check_foreign`]).
     pub owned: bool,
 }
 
@@ -415,18 +415,26 @@ pub enum PlanError {
         problems: Vec<Problem>,
     },
     #[error(
-        "lab {lab} would delete {} on {uri} that VMs this lab does not own are on: {}",
-        if networks.len() == 1 { "a network" } else { "networks" },
+        "lab {lab} would {verb} on {uri} that VMs this lab does not own are on: {}",
         networks.join("; ")
     )]
     #[diagnostic(
         code(topo::plan::cuts_foreign),
         help(
-            "nothing was changed. Move those VMs to another network or remove them first; or, to delete anyway \
-             (their NICs lose their link, and stopped ones cannot start), run again with --disconnect-foreign"
+            "nothing was changed. Move those VMs to another network or remove them first; or, to go ahead anyway, \
+             run again with --disconnect-foreign (their NICs lose their link: topo never touches a domain it does not \
+             own, so a replaced network's running users stay off its new bridge until they are re-plugged or \
+             restarted, and a deleted network's users cannot start)"
         )
     )]
-    CutsForeign { lab: String, uri: String, networks: Vec<String> },
+    CutsForeign {
+        lab: String,
+        uri: String,
+        /// `delete a network`, `replace networks`, `delete and replace networks`.
+        verb: String,
+        /// One entry per network: `network.lan (x-lan): used by other-vm`.
+        networks: Vec<String>,
+    },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),
@@ -450,15 +458,7 @@ pub fn check_instances(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), 
 /// Plans `lab` against `observed`. Pure: reads its arguments only. `uri` is for messages.
 pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError> {
     let graph = LabGraph::build(lab)?;
-    let conflicts = find_conflicts(lab, observed);
-    if !conflicts.is_empty() {
-        return Err(PlanError::Refused {
-            lab: lab.name.to_string(),
-            uri: uri.to_string(),
-            src: Arc::new(lab.source.named_source()),
-            problems: conflicts,
-        });
-    }
+    check_conflicts(lab, observed, uri)?;
     let pool = Pool::of(observed);
     let mut changes = Vec::new();
     // Owned objects no longer in the file: VMs first, then networks (reverse dependency).
@@ -840,28 +840,99 @@ fn prune_deleted_users(changes: &mut [Change]) {
     }
 }
 
-/// Refuses `plan` when it deletes a network that a domain this lab does not own is on:
-/// topo never cuts off what it does not own unless `insist` (the `--disconnect-foreign`
-/// flag). `uri` is for the message.
-pub fn check_deletions(plan: &Plan, uri: &str, insist: bool) -> Result<(), PlanError> {
+/// The checks every plan passes before apply or destroy executes it, whether it is the plan
+/// shown, the plan made again under the host lock (`apply -y` after the host changed), or a
+/// saved plan: one function, so that no path skips one.
+///
+/// - for apply (`direction` [`Direction::Apply`](target::Direction::Apply)): every conflict
+///   of the lab with the host ([`PlanError::Refused`], the refusals of [`plan`]), observed in
+///   `observed`;
+/// - for destroy: no object of another instance of this lab is on the host, unless
+///   `--take-over` ([`check_instances`]);
+/// - for both: no network deletion or replacement cuts off a domain this lab does not own,
+///   unless `disconnect_foreign` ([`PlanError::CutsForeign`], see [`check_foreign`]).
+///
+/// `uri` is for messages.
+///
+/// # Errors
+/// The first check that fails.
+pub fn check_executable(
+    lab: &Lab,
+    observed: &Observed,
+    plan: &Plan,
+    uri: &str,
+    direction: target::Direction,
+    disconnect_foreign: bool,
+) -> Result<(), PlanError> {
+    match direction {
+        target::Direction::Apply => check_conflicts(lab, observed, uri)?,
+        // Another instance's objects are refused for destroy too (apply's conflicts
+        // include them).
+        target::Direction::Destroy => check_instances(lab, observed, uri)?,
+    }
+    check_foreign(plan, uri, disconnect_foreign)
+}
+
+/// [`PlanError::Refused`] with every conflict of `lab` with the host (`find_conflicts`).
+fn check_conflicts(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
+    let problems = find_conflicts(lab, observed);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::Refused {
+        lab: lab.name.to_string(),
+        uri: uri.to_string(),
+        src: Arc::new(lab.source.named_source()),
+        problems,
+    })
+}
+
+/// Refuses `plan` when it deletes or replaces a network that a domain this lab does not own
+/// is on: a deletion leaves every such domain without its network (running or not), a
+/// replacement stops the network under the running ones and topo plugs back only the lab's
+/// NICs. topo never cuts off what it does not own unless `insist` (the
+/// `--disconnect-foreign` flag). `uri` is for the message. Part of [`check_executable`].
+///
+/// # Errors
+/// [`PlanError::CutsForeign`], naming each network and the domains it cuts off.
+pub fn check_foreign(plan: &Plan, uri: &str, insist: bool) -> Result<(), PlanError> {
     if insist {
         return Ok(());
     }
+    let mut verbs = BTreeSet::new();
     let networks: Vec<String> = plan
         .changes
         .iter()
-        .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Network(_)))
+        .filter(|c| matches!(c.action, Action::Delete | Action::Replace) && matches!(c.address, Address::Network(_)))
         .filter_map(|c| {
             let mut foreign: Vec<&str> =
                 c.blast_radius.iter().filter(|d| !d.owned).map(|d| d.domain.as_str()).collect();
             foreign.dedup();
-            (!foreign.is_empty()).then(|| format!("{} ({}): used by {}", c.address, c.libvirt_name, foreign.join(", ")))
+            if foreign.is_empty() {
+                return None;
+            }
+            verbs.insert(c.action);
+            Some(match c.action {
+                Action::Replace => format!(
+                    "{} ({}) is replaced (stopped and started again) under running {}",
+                    c.address,
+                    c.libvirt_name,
+                    foreign.join(", ")
+                ),
+                _ => format!("{} ({}): used by {}", c.address, c.libvirt_name, foreign.join(", ")),
+            })
         })
         .collect();
     if networks.is_empty() {
         return Ok(());
     }
-    Err(PlanError::CutsForeign { lab: plan.lab.clone(), uri: uri.to_string(), networks })
+    let what = if networks.len() == 1 { "a network" } else { "networks" };
+    let verb = match (verbs.contains(&Action::Delete), verbs.contains(&Action::Replace)) {
+        (true, true) => format!("delete and replace {what}"),
+        (false, true) => format!("replace {what}"),
+        _ => format!("delete {what}"),
+    };
+    Err(PlanError::CutsForeign { lab: plan.lab.clone(), uri: uri.to_string(), verb, networks })
 }
 
 /// An owned network the lab file now declares `external: true`: its owner tag is removed, so

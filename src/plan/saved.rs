@@ -11,6 +11,12 @@ use crate::observed::Observed;
 /// of either version, so that an old file gets a clear "unknown format" error.
 const FORMAT_TAG: &str = "topo-saved-plan/";
 
+/// Largest saved plan `apply` reads (64 MiB): a plan carries every VM's domain XML and seed
+/// (user-data of up to 1 MiB each), so it may be far larger than a lab file, but a file
+/// bigger than this is not one topo wrote for a lab it accepts; refused by its size before
+/// it is read (`files::read_bounded`).
+pub const MAX_SAVED_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Version 2 carries the executable steps; version 1 (the plan as shown only) is refused.
 pub const SAVED_FORMAT: &str = "topo-saved-plan/2";
 
@@ -29,6 +35,10 @@ pub struct SavedPlan {
     pub plan: serde_json::Value,
     /// The steps `apply` runs, with everything each needs (XML, volumes, NICs).
     pub steps: super::Plan,
+    /// Made with `--take-over`: applying it takes the lab over from another lab file too
+    /// (docs/lab-file.md, "Lab identity"). Absent in plans saved before lab identity.
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

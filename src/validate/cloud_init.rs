@@ -207,36 +207,69 @@ fn resolve(c: &Checker, s: &str) -> PathBuf {
     crate::source::resolve_path(&c.source.dir, &p)
 }
 
-fn read_file(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Option<(PathBuf, String)> {
+/// The bytes of file `s` names (resolved with [`resolve`]), read with
+/// [`crate::files::read_bounded`] (a regular file of at most `max` bytes; a FIFO or device
+/// never blocks or feeds the read). What is wrong is a problem at `s` (unless the command
+/// opens no file: `Files::NotOpened`, where the file is just left out): `missing_file` when
+/// it does not exist or cannot be read, `not_a_file` for a FIFO, device or folder,
+/// `file_too_large` over `max`.
+fn read_bytes(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Option<(PathBuf, Vec<u8>)> {
+    use crate::files::FileError;
     let path = resolve(c, &s.value);
-    let problem = match std::fs::metadata(&path) {
-        Ok(m) if !m.is_file() => Some(("is not a regular file".to_owned(), "not a file")),
-        Ok(m) if m.len() > max => Some((format!("is {} bytes, more than {max}", m.len()), "too large")),
-        Ok(_) => match std::fs::read_to_string(&path) {
-            Ok(text) => return Some((path, text)),
-            Err(e) => Some((format!("cannot be read as UTF-8 text ({})", e.kind()), "unreadable")),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(("does not exist".to_owned(), "file not found")),
-        Err(e) => Some((format!("cannot be read ({})", e.kind()), "unreadable")),
+    let err = match crate::files::read_bounded(&path, max) {
+        Ok(bytes) => return Some((path, bytes)),
+        Err(e) => e,
     };
-    if let Some((why, label)) = problem
-        && c.files != super::Files::NotOpened
-    {
-        c.at(
-            Code::MissingFile,
-            s,
-            format!("{what} `{}` {why}", s.value),
-            label,
-            "check the path; relative paths start at the lab file's folder, `~/` at your home",
-        );
+    if c.files == super::Files::NotOpened {
+        return None;
     }
+    let (code, label, help) = match &err {
+        FileError::NotRegular { .. } => (
+            Code::NotAFile,
+            "not a regular file",
+            "name a regular file: topo reads no FIFO, device or folder (save what a pipe gives to a file first)",
+        ),
+        FileError::TooLarge { .. } => (Code::FileTooLarge, "too large", "check that this is the right file"),
+        FileError::NotFound => (
+            Code::MissingFile,
+            "file not found",
+            "check the path; relative paths start at the lab file's folder, `~/` at your home",
+        ),
+        FileError::NotUtf8 | FileError::NotPrivate { .. } | FileError::Io(_) => {
+            (Code::MissingFile, "unreadable", "check that you may read the file")
+        }
+    };
+    c.at(code, s, format!("{what} `{}` {err}", s.value), label, help);
     None
+}
+
+/// [`read_bytes`] as UTF-8 text (else a `missing_file` problem saying so).
+fn read_file(c: &mut Checker, s: &Spanned<String>, what: &str, max: u64) -> Option<(PathBuf, String)> {
+    let (path, bytes) = read_bytes(c, s, what, max)?;
+    Some((path, utf8(c, s, what, bytes)?))
+}
+
+/// `bytes` as text, else a `missing_file` problem at `s` (none when no file is opened).
+fn utf8(c: &mut Checker, s: &Spanned<String>, what: &str, bytes: Vec<u8>) -> Option<String> {
+    let Ok(text) = String::from_utf8(bytes) else {
+        if c.files != super::Files::NotOpened {
+            c.at(
+                Code::MissingFile,
+                s,
+                format!("{what} `{}` cannot be read as UTF-8 text", s.value),
+                "unreadable",
+                "save the file as UTF-8 text",
+            );
+        }
+        return None;
+    };
+    Some(text)
 }
 
 fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
     let mut out = Vec::new();
     for f in files {
-        let Some((_, text)) = read_file(c, f, "SSH key file", 64 * 1024) else { continue };
+        let Some((_, text)) = read_file(c, f, "SSH key file", guest::MAX_KEY_FILE) else { continue };
         let lines = guest::key_lines(&text);
         if lines.is_empty() {
             c.at(
@@ -279,9 +312,9 @@ fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
 
 fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
     // gzip: cloud-init would take it, topo does not (the seed is text that plans show as a
-    // diff); said before the UTF-8 check of read_file, which it would fail.
-    let path = resolve(c, &s.value);
-    if std::fs::read(&path).is_ok_and(|b| b.starts_with(&guest::GZIP_MAGIC)) {
+    // diff); said before the UTF-8 check, which it would fail.
+    let (path, bytes) = read_bytes(c, s, "user-data file", MAX_USER_DATA)?;
+    if bytes.starts_with(&guest::GZIP_MAGIC) {
         c.at(
             Code::UserData,
             s,
@@ -294,7 +327,7 @@ fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
         );
         return None;
     }
-    let (path, text) = read_file(c, s, "user-data file", MAX_USER_DATA)?;
+    let text = utf8(c, s, "user-data file", bytes)?;
     match guest::check_user_file(&text) {
         Ok(_) => Some(model::UserData { path, text }),
         Err(why) => {
