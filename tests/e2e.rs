@@ -950,6 +950,13 @@ vms:
 }
 
 /// The source paths of a domain's disks (`virsh domblklist`).
+/// A 64 MiB qcow2 base image at `p` (`qemu-img create`).
+fn make_base(p: &Path) {
+    let o =
+        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg("64M").output().expect("qemu-img");
+    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn disk_sources(dom: &str) -> Vec<String> {
     virsh_ok(&["domblklist", dom])
         .lines()
@@ -979,13 +986,7 @@ fn e2e_disk_overlay() {
     let _sandbox = Sandbox::up();
     let tmp = tempfile::tempdir().expect("temp dir");
     let base = tmp.path().join("base.qcow2");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    make_base(&base);
     let base_sum = sha256(&base);
     let lab = write(tmp.path(), "disk.yaml", &disk_lab(&base, "128MiB"));
 
@@ -1236,13 +1237,7 @@ fn e2e_crash_safety() {
     let real = tmp.path().join("real");
     std::fs::create_dir_all(real.join("sub")).expect("lab folder");
     std::os::unix::fs::symlink(&real, tmp.path().join("link")).expect("symlinked folder");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(real.join("base.qcow2"))
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    make_base(&real.join("base.qcow2"));
     let lab = write(&real, "lab.yaml", &crash_lab());
     remove_overlay_pool();
     clock.step("fresh host: no overlay pool");

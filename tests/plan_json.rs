@@ -62,18 +62,6 @@ fn tables_of(doc: &str) -> BTreeMap<String, BTreeMap<String, Key>> {
     out
 }
 
-fn type_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 /// `obj` has exactly the keys of table `name`, with the documented types.
 fn check(tables: &BTreeMap<String, BTreeMap<String, Key>>, name: &str, obj: &Value) {
     let table = tables.get(name).unwrap_or_else(|| panic!("docs/plan-json.md has no table {name}"));
@@ -85,10 +73,10 @@ fn check(tables: &BTreeMap<String, BTreeMap<String, Key>>, name: &str, obj: &Val
         match map.get(k) {
             None => assert!(spec.optional, "{name}: documented key `{k}` missing in {obj}"),
             Some(v) => assert!(
-                spec.types.iter().any(|t| t == type_of(v)),
+                spec.types.iter().any(|t| t == json_type(v)),
                 "{name}.{k}: documented as {:?}, found {} ({v})",
                 spec.types,
-                type_of(v)
+                json_type(v)
             ),
         }
     }

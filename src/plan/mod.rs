@@ -443,7 +443,11 @@ pub enum PlanError {
 /// Refuses a destroy of `lab` when another instance of it made objects on the host
 /// ([`other_instances`]; `plan` refuses the same in its conflicts). `uri` is for messages.
 pub fn check_instances(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
-    let problems = other_instances(lab, observed);
+    refused(lab, uri, other_instances(lab, observed))
+}
+
+/// [`PlanError::Refused`] with `problems` (located in `lab`'s file), or `Ok` when there are none.
+fn refused(lab: &Lab, uri: &str, problems: Vec<Problem>) -> Result<(), PlanError> {
     if problems.is_empty() {
         return Ok(());
     }
@@ -875,16 +879,7 @@ pub fn check_executable(
 
 /// [`PlanError::Refused`] with every conflict of `lab` with the host (`find_conflicts`).
 fn check_conflicts(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
-    let problems = find_conflicts(lab, observed);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(PlanError::Refused {
-        lab: lab.name.to_string(),
-        uri: uri.to_string(),
-        src: Arc::new(lab.source.named_source()),
-        problems,
-    })
+    refused(lab, uri, find_conflicts(lab, observed))
 }
 
 /// Refuses `plan` when it deletes or replaces a network that a domain this lab does not own

@@ -59,13 +59,7 @@ fn e2e_two_lab_files_with_one_name() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = std::fs::canonicalize(tmp.path()).expect("canonical temp dir");
     let base = root.join("base.qcow2");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    make_base(&base);
     for d in ["a", "b", "c"] {
         std::fs::create_dir_all(root.join(d)).expect("lab folder");
     }
