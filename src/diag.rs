@@ -122,6 +122,8 @@ pub enum Code {
     /// A base image's declared `disk.format` is not the format libvirt's storage pool
     /// reports for it.
     HostImageFormat,
+    /// `disk.size` is below the base image's virtual size (the guest would see a cut disk).
+    HostDiskSize,
     /// A file the domain opens lies in no active storage pool, so topo cannot check it on
     /// another host (a warning).
     HostFileUnchecked,
@@ -201,6 +203,7 @@ impl Code {
             HostBridgeMac => "topo::plan::bridge_mac",
             HostMissingFile => "topo::plan::missing_file",
             HostImageFormat => "topo::plan::image_format",
+            HostDiskSize => "topo::plan::disk_size",
             HostFileUnchecked => "topo::plan::file_unchecked",
             NetemUnreachable => "topo::plan::netem_unreachable",
             KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",

@@ -83,14 +83,7 @@ fn kind_of(t: std::fs::FileType) -> &'static str {
 /// [`FileError::NotFound`], [`FileError::NotRegular`], [`FileError::TooLarge`] or
 /// [`FileError::Io`].
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
-    let real = std::fs::canonicalize(path).map_err(FileError::from_open)?;
-    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(&real).map_err(FileError::from_open)?;
-    let meta = file.metadata().map_err(FileError::Io)?;
-    if !meta.file_type().is_file() {
-        return Err(FileError::NotRegular { kind: kind_of(meta.file_type()) });
-    }
+    let (file, meta) = open_regular(path)?;
     if meta.len() > max {
         return Err(FileError::TooLarge { size: meta.len(), max });
     }
@@ -100,6 +93,25 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
         return Err(FileError::TooLarge { size: bytes.len() as u64, max });
     }
     Ok(bytes)
+}
+
+/// The regular file at `path`, opened for reading as [`read_bounded`] opens it (canonical
+/// path, `O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC`), with its `fstat` metadata; for a
+/// reader that takes only part of a large file (a base image's header, `image`). Nothing is
+/// read.
+///
+/// # Errors
+/// [`FileError::NotFound`], [`FileError::NotRegular`] or [`FileError::Io`].
+pub fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), FileError> {
+    let real = std::fs::canonicalize(path).map_err(FileError::from_open)?;
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(&real).map_err(FileError::from_open)?;
+    let meta = file.metadata().map_err(FileError::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(FileError::NotRegular { kind: kind_of(meta.file_type()) });
+    }
+    Ok((file, meta))
 }
 
 /// [`read_bounded`], as UTF-8 text ([`FileError::NotUtf8`] otherwise).

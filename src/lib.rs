@@ -15,6 +15,7 @@ pub mod files;
 pub mod graph;
 pub mod guest;
 pub mod hypervisor;
+pub mod image;
 pub mod impair;
 pub mod kernel;
 pub mod labs;

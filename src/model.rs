@@ -612,6 +612,8 @@ pub struct Disk {
     pub format: ImageFormat,
     /// Where `image` is written in the lab file.
     pub image_span: SourceSpan,
+    /// Where `size` is written in the lab file, when it is.
+    pub size_span: Option<SourceSpan>,
 }
 
 /// Format of a base image.

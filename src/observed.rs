@@ -206,8 +206,9 @@ pub struct Observed {
     pub bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
     /// What libvirt's storage API says about each file the lab's domains open (kernel,
     /// initrd, base image), by path, when the libvirt host is not this machine
-    /// ([`crate::hypervisor::observe_paths`]). Empty when not gathered: a local host, whose
-    /// files validation checks on the disk itself.
+    /// ([`crate::hypervisor::observe_paths`]); on a local host, each base image's header read
+    /// from the disk ([`PathFact::File`], [`crate::image::observe`]; the
+    /// existence of every file validation checks there itself). Empty when not gathered.
     pub paths: BTreeMap<String, PathFact>,
 }
 
@@ -215,8 +216,13 @@ pub struct Observed {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum PathFact {
     /// A volume of active pool `pool` (the file exists there); `format` is the volume's
-    /// `<target><format type>` as the pool's backend found it.
-    Volume { pool: String, format: Option<String> },
+    /// `<target><format type>` as the pool's backend found it, `capacity` its `<capacity>`
+    /// in bytes (the virtual size the backend read from the format's header; a raw file's
+    /// length).
+    Volume { pool: String, format: Option<String>, capacity: Option<u64> },
+    /// A base image on this machine's disk (a local libvirt host), its header read by topo
+    /// ([`crate::image::read_header`], bounded). `Err` says why it could not be read.
+    File(Result<crate::image::ImageHeader, String>),
     /// The file's folder is the folder of active pool `pool`, just refreshed, and the pool
     /// has no volume of that name: there is no regular file at the path (a directory pool
     /// lists every regular file of its folder).

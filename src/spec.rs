@@ -247,7 +247,7 @@ pub struct VmSpec {
     /// Memory with a unit: KiB, MiB, GiB or TiB (default 512MiB; 64MiB to 1TiB).
     #[schemars(with = "Option<String>")]
     pub memory: Option<Spanned<String>>,
-    /// Virtual CPUs (default 1; 1 to 256).
+    /// Virtual CPUs (default 1; 1 to 255, the limit of QEMU's `pc` machine).
     #[schemars(with = "Option<i64>")]
     pub vcpus: Option<Spanned<i64>>,
     /// running | stopped (default running). A stopped VM is defined, keeps its disk, and

@@ -465,7 +465,7 @@ apiVersion: topo/v1
 name: guests
 cloud_init:
   user_data: guest/user-data-a.yaml
-  ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItopoTestKey a@b']
+  ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtopoTestKeyNotARealOneXXXXXXXXXXXXXXXXXXXX a@b']
 networks:
   net:
     mode: isolated

@@ -867,7 +867,7 @@ fn paths_scenario(hv: &dyn Hypervisor, add_file: &dyn Fn(&str)) {
         BTreeMap::from([
             (
                 "/default-pool/base.qcow2".to_owned(),
-                PathFact::Volume { pool: "default-pool".into(), format: Some("qcow2".into()) }
+                PathFact::Volume { pool: "default-pool".into(), format: Some("qcow2".into()), capacity: Some(1 << 20) }
             ),
             ("/default-pool/vmlinuz".to_owned(), PathFact::Missing { pool: "default-pool".into() }),
             ("/srv/nowhere/initrd.gz".to_owned(), PathFact::Unchecked { inactive_pool: None }),
@@ -909,7 +909,7 @@ fn paths_through_storage_pools_on_libvirt_test_driver() {
 #[test]
 fn paths_through_storage_pools_on_memory_double() {
     let hv = MemoryHypervisor::new().with_storage_pool("default-pool", "/default-pool", true, &[]);
-    paths_scenario(&hv, &|name| hv.set_pool_file("default-pool", name, Some("qcow2")));
+    paths_scenario(&hv, &|name| hv.set_pool_file("default-pool", name, Some(("qcow2", Some(1 << 20)))));
 }
 
 /// A directory pool lists a file copied into its folder only after a refresh, as libvirt's
@@ -921,7 +921,7 @@ fn memory_pool_lists_files_as_of_its_last_refresh() {
         .with_storage_pool("images", "/srv/images/", true, &[("a.img", "raw")])
         .with_storage_pool("off", "/srv/off", false, &[("b.img", "raw")]);
     assert_eq!(hv.volume_by_path("/srv/images/a.img").unwrap().format.as_deref(), Some("raw"));
-    hv.set_pool_file("images", "c.qcow2", Some("qcow2"));
+    hv.set_pool_file("images", "c.qcow2", Some(("qcow2", None)));
     hv.set_pool_file("images", "a.img", None);
     assert_kind(hv.volume_by_path("/srv/images/c.qcow2"), HvErrorKind::NotFound);
     assert!(hv.volume_by_path("/srv/images/a.img").is_ok(), "still listed until the refresh");

@@ -216,7 +216,8 @@ pub(crate) fn files_checked(global: &GlobalArgs) -> crate::validate::Files {
 /// Observes the host for a plan: every libvirt object, the seeds that changed
 /// ([`crate::hypervisor::read_changed_seeds`], for the plan's diff), and, when the libvirt host's files
 /// are not this machine's, what its storage pools say about each file the lab's domains
-/// open (`Observed::paths`). Files no pool can speak for are warned about on stderr, each
+/// open (`Observed::paths`); on a local host, each base image's header
+/// ([`crate::image::observe`]). Files no pool can speak for are warned about on stderr, each
 /// at its place in the lab file (unless `-q`; with `--target`, only those of the VMs the plan
 /// reaches); `warn: None` says nothing. Missing ones are the plan's refusals.
 pub(crate) fn observe(
@@ -234,22 +235,28 @@ pub(crate) fn observe(
             .flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.to_string_lossy().into_owned()))
             .collect();
         observed.paths = crate::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
-        // With `--target`, only about the VMs the plan reaches.
-        let only = match warn {
+    } else {
+        // This machine's disk: each base image's header, read bounded, is the same kind of
+        // fact as a remote pool's volume, so `disk.format` and `disk.size` are checked alike.
+        observed.paths =
+            crate::image::observe(lab.vms.values().filter_map(|vm| vm.disk.as_ref().map(|d| d.image.as_path())));
+    }
+    // With `--target`, only about the VMs the plan reaches.
+    let only =
+        match warn {
             Some(targets) if !targets.is_empty() => Some(crate::plan::target::reached_vms(
                 &crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply),
             )),
             _ => None,
         };
-        let warnings = crate::plan::paths::warnings_for(lab, &observed, only.as_ref());
-        if warn.is_some() && !global.quiet && !warnings.is_empty() {
-            let report = miette::Report::new(crate::diag::Warnings {
-                path: lab.source.name(),
-                src: lab.source.named_source(),
-                warnings: warnings.into_iter().map(crate::diag::Warning).collect(),
-            });
-            crate::errln!("{report:?}");
-        }
+    let warnings = crate::plan::paths::warnings_for(lab, &observed, only.as_ref());
+    if warn.is_some() && !global.quiet && !warnings.is_empty() {
+        let report = miette::Report::new(crate::diag::Warnings {
+            path: lab.source.name(),
+            src: lab.source.named_source(),
+            warnings: warnings.into_iter().map(crate::diag::Warning).collect(),
+        });
+        crate::errln!("{report:?}");
     }
     Ok(observed)
 }

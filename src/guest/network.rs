@@ -35,6 +35,11 @@ fn addressing<'a>(lab: &'a Lab, vm: &Vm, nic: &'a Nic) -> Result<Addressing<'a>,
     })
 }
 
+/// The metric of the default route of a VM's first NIC that gets one by DHCP, when several
+/// do (see [`network_config`]); the next get 100 more each. 100 is networkd's and
+/// NetworkManager's own metric for a wired link's DHCP routes.
+pub const ROUTE_METRIC: u32 = 100;
+
 /// The network-config (version 2) of `vm`, as data.
 ///
 /// Each NIC becomes `ethernets.ethN` with `match: {macaddress}` and `set-name: ethN` (the
@@ -46,17 +51,35 @@ fn addressing<'a>(lab: &'a Lab, vm: &Vm, nic: &'a Nic) -> Result<Addressing<'a>,
 ///   network (nat, routed, open), unless a DHCP NIC already brings a default route: two
 ///   default routes would make ifupdown fail the second interface;
 /// - `dhcp4: false` where nothing assigns an address (the link is brought up only).
+///
+/// When two or more NICs get a default route by DHCP (external networks, lab networks other
+/// than `isolated`), each installs one and the guest would use whichever came up first. So
+/// each such NIC gets `dhcp4-overrides: {route-metric: M}`: [`ROUTE_METRIC`] for the first in
+/// `nics` order (the VM's default route), [`ROUTE_METRIC`] + 100 for the next, and so on.
+/// `route-metric` is the one DHCP override cloud-init carries to every renderer: its v2
+/// reader keeps only `route-metric` of `dhcp4-overrides` (cloudinit/net/network_state.py
+/// `_v2_to_v1_ipcfg`, cloud-init 22.4 as in Debian 12; `use-routes: false` would be dropped
+/// silently), the eni renderer writes it as the `metric` of `iface ethN inet dhcp` (eni.py
+/// `_iface_add_subnet`), which ifupdown passes to dhclient for the routes it adds, and netplan
+/// sets it as networkd's `RouteMetric`. The other NICs' default routes stay, as fallbacks
+/// the kernel uses only while the first one's link is down.
 pub fn network_config(lab: &Lab, vm: &Vm) -> Result<Value, GuestError> {
     let modes: Vec<Addressing<'_>> = vm.nics.iter().map(|n| addressing(lab, vm, n)).collect::<Result<_, _>>()?;
-    let mut route_taken = modes.iter().any(|a| matches!(a, Addressing::Dhcp { default_route: true }));
+    let routed = modes.iter().filter(|a| matches!(a, Addressing::Dhcp { default_route: true })).count();
+    let mut route_taken = routed > 0;
+    let mut metric = ROUTE_METRIC;
     let mut ethernets = Map::new();
     for (nic, mode) in vm.nics.iter().zip(&modes) {
         let mut e = Map::new();
         e.insert("match".into(), json!({ "macaddress": nic.mac.to_string() }));
         e.insert("set-name".into(), json!(nic.label()));
         match mode {
-            Addressing::Dhcp { .. } => {
+            Addressing::Dhcp { default_route } => {
                 e.insert("dhcp4".into(), json!(true));
+                if *default_route && routed > 1 {
+                    e.insert("dhcp4-overrides".into(), json!({ "route-metric": metric }));
+                    metric += 100;
+                }
             }
             Addressing::Static { nic, net } => {
                 e.insert("dhcp4".into(), json!(false));

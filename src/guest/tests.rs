@@ -65,6 +65,27 @@ fn dhcp_on_two_networks() {
     insta::assert_snapshot!(show(&seed(&lab(), "deb1")));
 }
 
+/// Two NICs that get a default route by DHCP would each install one (the guest then uses
+/// whichever link came up first): the first in `nics` order gets route metric 100, the next
+/// 200, as `dhcp4-overrides: {route-metric}`, the one override cloud-init 22.4's v2 reader
+/// keeps for every renderer (network_state.py `_v2_to_v1_ipcfg`; eni.py writes it as
+/// `metric`). A DHCP NIC on an isolated network gets no router from libvirt's dnsmasq and
+/// no metric; a VM with one routed DHCP NIC keeps the plain `dhcp4: true`.
+#[test]
+fn one_default_route_among_dhcp_nics() {
+    let text = "apiVersion: topo/v1\nname: r\nnetworks:\n  default: {external: true}\n  nat: {mode: nat, subnet: 10.30.0.0/24}\n  iso: {mode: isolated, subnet: 10.31.0.0/24}\nvms:\n  a:\n    boot: {kernel: KERNEL}\n    nics: [{network: iso}, {network: nat}, {network: default}]\n  b:\n    boot: {kernel: KERNEL}\n    nics: [{network: iso}, {network: nat}]\n"
+        .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let lab = crate::validate::load(&SourceFile::from_text(Path::new("/labs/r.yaml"), text)).expect("valid lab");
+    let vm = |n: &str| lab.vms.values().find(|v| v.name.as_str() == n).unwrap();
+    let nc = network::network_config(&lab, vm("a")).unwrap();
+    let e = &nc["ethernets"];
+    assert_eq!(e["eth0"].get("dhcp4-overrides"), None);
+    assert_eq!(e["eth1"]["dhcp4-overrides"], serde_json::json!({"route-metric": 100}));
+    assert_eq!(e["eth2"]["dhcp4-overrides"], serde_json::json!({"route-metric": 200}));
+    let nc = network::network_config(&lab, vm("b")).unwrap();
+    assert!(nc["ethernets"].as_object().unwrap().values().all(|e| e.get("dhcp4-overrides").is_none()), "{nc}");
+}
+
 #[test]
 fn reservation_on_a_dhcp_network_is_still_dhcp() {
     insta::assert_snapshot!(seed(&lab(), "deb2").network_config);
@@ -181,6 +202,20 @@ fn user_data_kinds_as_cloud_init_tells_them() {
     }
 }
 
+/// cloud-init reads network configuration only from the datasource (NoCloud's
+/// network-config; docs "Network configuration sources"), and `instance-id` /
+/// `local-hostname` only from meta-data: in user-data they are dropped silently, so refused,
+/// with the line.
+#[test]
+fn user_data_keys_cloud_init_ignores() {
+    let e = user_data::check_user_file("#cloud-config\npackages: [jq]\nnetwork:\n  version: 2\n").unwrap_err();
+    assert!(e.contains("top-level `network:` key (line 3), which cloud-init ignores in user-data"), "{e}");
+    assert!(e.contains("`ip:`"), "{e}");
+    let e = user_data::check_user_file("#cloud-config\nlocal-hostname : x\n").unwrap_err();
+    assert!(e.contains("`local-hostname:` key (line 2)") && e.contains("`hostname`"), "{e}");
+    assert!(user_data::check_user_file("#cloud-config\nwrite_files: [{path: /n, content: 'network: 1'}]\n").is_ok());
+}
+
 #[test]
 fn user_file_must_be_cloud_config_mapping() {
     let lab = lab();
@@ -274,6 +309,47 @@ fn field_checks() {
     assert!(check_public_key("ssh-ed25519").unwrap_err().contains("no key"));
     assert!(check_public_key("ssh-foo AAAA").unwrap_err().contains("not an SSH key type"));
     assert!(check_public_key("ssh-rsa notbase64!").unwrap_err().contains("base64"));
+}
+
+/// A key blob of type `kind` with `rest` after its type string, base64 (RFC 4253 6.6).
+fn blob(kind: &str, rest: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut b = (kind.len() as u32).to_be_bytes().to_vec();
+    b.extend_from_slice(kind.as_bytes());
+    b.extend_from_slice(rest);
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// sshd(8) AUTHORIZED_KEYS FILE FORMAT: options precede the key type (comma-separated, no
+/// spaces outside double quotes; auth-options.c `sshauthopt_parse` refuses unknown ones),
+/// the key types sshd accepts, and a base64 body whose blob names the line's type (sshkey.c
+/// `sshkey_from_blob`); an ed25519 key is 32 bytes (RFC 8709).
+#[test]
+fn authorized_keys_lines_as_sshd_reads_them() {
+    let ed = KEY.split_whitespace().nth(1).unwrap();
+    for ok in [
+        format!("from=\"10.0.0.0/8,192.168.1.*\" ssh-ed25519 {ed} c"),
+        format!("cert-authority ssh-ed25519 {ed}"),
+        format!("restrict,pty,command=\"echo a b\" ssh-ed25519 {ed} me@x"),
+        format!("no-X11-forwarding,environment=\"A=b\",tunnel=\"0\"\tssh-ed25519 {ed}"),
+        format!("ecdsa-sha2-nistp256 {} c", blob("ecdsa-sha2-nistp256", b"\0\0\0\x08nistp256")),
+        format!("sk-ssh-ed25519@openssh.com {}", blob("sk-ssh-ed25519@openssh.com", &[0; 40])),
+        format!("ssh-rsa {}", blob("ssh-rsa", &[0, 0, 0, 1, 3])),
+    ] {
+        assert_eq!(check_public_key(&ok), Ok(()), "{ok}");
+    }
+    let err = |l: String| check_public_key(&l).unwrap_err();
+    assert!(err(format!("frum=\"x\" ssh-ed25519 {ed}")).contains("nor an option sshd knows"));
+    assert!(err(format!("from=x ssh-ed25519 {ed}")).contains("without double quotes"));
+    assert!(err(format!("from=\"x ssh-ed25519 {ed}")).contains("unclosed"));
+    assert!(err(format!("from ssh-ed25519 {ed}")).contains("no value"));
+    assert!(err(format!("no-pty=\"1\" ssh-ed25519 {ed}")).contains("takes none"));
+    assert!(err("cert-authority".into()).contains("no key after its options"));
+    assert!(err(format!("ssh-dss {}", blob("ssh-dss", &[0; 8]))).contains("DSA"));
+    assert!(err(format!("ssh-rsa {ed}")).contains("not a ssh-rsa key"));
+    assert!(err("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5".into()).contains("not 32 bytes"));
+    assert!(err("ssh-ed25519 AAAAC3NzaC1lZDI1NTE".into()).contains("base64"), "unpadded: b64_pton refuses it");
+    assert!(err(format!("ssh-ed25519 {ed}\nssh-ed25519 {ed}")).contains("several lines"));
     assert!(check_hostname("deb1").is_ok());
     assert!(check_hostname("deb1.lab.example").is_ok());
     assert!(check_hostname("db_1").unwrap_err().contains("'_'"));
@@ -282,6 +358,10 @@ fn field_checks() {
     assert!(check_user_name("topo").is_ok());
     assert!(check_user_name("Topo").is_err());
     assert!(check_user_name("root").is_err());
+    // cloud-init skips an existing user and the image's system accounts have no login shell.
+    assert!(check_user_name("daemon").unwrap_err().contains("already exists, skipping"));
+    assert!(check_user_name("systemd-network").is_err());
+    assert!(check_user_name("sshd").is_err());
     assert!(check_user_name("a b").is_err());
     assert!(check_user_name(&"a".repeat(33)).is_err());
 }

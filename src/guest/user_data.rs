@@ -110,10 +110,35 @@ pub fn parse_user_file(text: &str) -> Result<Map<String, Value>, String> {
 pub fn check_user_file(text: &str) -> Result<UserDataKind, String> {
     let kind = user_data_kind(text)?;
     if kind == UserDataKind::CloudConfig {
-        parse_user_file(text)?;
+        let keys = parse_user_file(text)?;
+        if let Some((key, why)) = IGNORED_KEYS.iter().find(|(k, _)| keys.contains_key(*k)) {
+            let line = text
+                .lines()
+                .position(|l| l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with(':')))
+                .map(|n| format!(" (line {})", n + 1))
+                .unwrap_or_default();
+            return Err(format!("has a top-level `{key}:` key{line}, which cloud-init ignores in user-data: {why}"));
+        }
     }
     Ok(kind)
 }
+
+/// Top-level `#cloud-config` keys cloud-init reads from somewhere else, so in user-data they
+/// are dropped without a word (cloud-init's schema only warns about keys it does not know),
+/// with where they belong. `network`: cloud-init takes network configuration only from the
+/// datasource (NoCloud's `network-config` file, which topo writes from the NICs) or
+/// /etc/cloud/cloud.cfg.d, never from user-data (cloud-init docs, "Network configuration
+/// sources"). `instance-id`, `local-hostname`: NoCloud meta-data keys (cloud-init
+/// `DataSourceNoCloud`), which topo writes (the hostname from `cloud_init.hostname`).
+pub const IGNORED_KEYS: [(&str, &str); 3] = [
+    (
+        "network",
+        "network configuration comes only from the seed's network-config, which topo writes from the VM's `nics` \
+         (set `ip:` on a NIC for a fixed address; docs/guests.md), so remove the key",
+    ),
+    ("instance-id", "it is a meta-data key, which topo writes; remove it"),
+    ("local-hostname", "it is a meta-data key; set `hostname` under the VM's `cloud_init` instead"),
+];
 
 fn kind(v: &Value) -> &'static str {
     match v {

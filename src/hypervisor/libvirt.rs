@@ -970,8 +970,8 @@ impl Hypervisor for LibvirtHypervisor {
             .and_then(|p| lv("virStoragePoolGetName", path, || p.name()))
             .map_err(|e| map_error(OP, path, &e))?;
         let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).map_err(|e| map_error(OP, path, &e))?;
-        let format = xml::parse_volume_format(&text).map_err(|e| other(OP, path, &e.to_string()))?;
-        Ok(StorageVolumeInfo { pool, name, format })
+        let (format, capacity) = xml::parse_volume_info(&text).map_err(|e| other(OP, path, &e.to_string()))?;
+        Ok(StorageVolumeInfo { pool, name, format, capacity })
     }
 
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {

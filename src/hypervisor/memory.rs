@@ -88,9 +88,18 @@ struct MemStoragePool {
     path: String,
     active: bool,
     /// The files in the folder: name -> format (as the pool's backend would probe it).
-    files: BTreeMap<String, String>,
+    files: BTreeMap<String, MemFile>,
     /// The volumes libvirt lists: the files as of the pool's last refresh (or start).
-    listed: BTreeMap<String, String>,
+    listed: BTreeMap<String, MemFile>,
+}
+
+/// A file of a [`MemStoragePool`]: what the pool's backend would find in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemFile {
+    /// `<target><format type>`.
+    format: String,
+    /// `<capacity>` in bytes (the virtual size), when the test gives one.
+    capacity: Option<u64>,
 }
 
 /// Kind of fault `MemoryHypervisor::arm` injects.
@@ -252,7 +261,14 @@ impl State {
                     ));
                 }
             }
-            None => net.bridge = Some(self.free_bridge(&name)),
+            // libvirt names a bridge only for the networks whose bridge it makes (forward
+            // none, nat, route, open: bridge_driver.c `networkValidate` ->
+            // `networkFindUnusedBridgeName`); a macvtap (`bridge` over `<interface dev>`,
+            // private, vepa, passthrough) or hostdev network has none.
+            None if matches!(net.mode, crate::observed::ObservedMode::Known(_)) => {
+                net.bridge = Some(self.free_bridge(&name))
+            }
+            None => {}
         }
         // libvirt's network driver (src/network/bridge_driver.c `networkValidate`): the
         // networks whose bridge libvirt makes (forward none, nat, route, open) keep the
@@ -425,20 +441,22 @@ impl MemoryHypervisor {
     /// format)`), as a pool the user made (`virsh pool-define-as ... dir --target PATH`).
     /// An active pool lists its files (libvirt refreshes a pool when it starts).
     pub fn with_storage_pool(self, name: &str, path: &str, active: bool, files: &[(&str, &str)]) -> Self {
-        let files: BTreeMap<String, String> = files.iter().map(|(n, f)| ((*n).to_owned(), (*f).to_owned())).collect();
+        let files: BTreeMap<String, MemFile> =
+            files.iter().map(|(n, f)| ((*n).to_owned(), MemFile { format: (*f).to_owned(), capacity: None })).collect();
         let listed = if active { files.clone() } else { BTreeMap::new() };
         let pool = MemStoragePool { path: path.trim_end_matches('/').to_owned(), active, files, listed };
         self.lock().storage.insert(name.to_owned(), pool);
         self
     }
 
-    /// A file appears in (`Some(format)`) or vanishes from (`None`) the folder of pool
-    /// `pool` behind libvirt's back: its volume list changes at the next refresh only.
-    pub fn set_pool_file(&self, pool: &str, file: &str, format: Option<&str>) {
+    /// A file appears in (`Some((format, capacity))`, the capacity being its virtual size in
+    /// bytes) or vanishes from (`None`) the folder of pool `pool` behind libvirt's back: its
+    /// volume list changes at the next refresh only.
+    pub fn set_pool_file(&self, pool: &str, file: &str, format: Option<(&str, Option<u64>)>) {
         let mut s = self.lock();
         let Some(p) = s.storage.get_mut(pool) else { return };
         match format {
-            Some(f) => p.files.insert(file.to_owned(), f.to_owned()),
+            Some((f, capacity)) => p.files.insert(file.to_owned(), MemFile { format: f.to_owned(), capacity }),
             None => p.files.remove(file),
         };
     }
@@ -1037,14 +1055,24 @@ impl Hypervisor for MemoryHypervisor {
         {
             // Overlays are qcow2; uploaded volumes (the seeds) are raw.
             let format = if backing == "raw" { "raw" } else { "qcow2" };
-            return Ok(StorageVolumeInfo { pool: p.name.clone(), name: file.into(), format: Some(format.into()) });
+            return Ok(StorageVolumeInfo {
+                pool: p.name.clone(),
+                name: file.into(),
+                format: Some(format.into()),
+                capacity: None,
+            });
         }
         for (name, p) in s.storage.iter().filter(|(_, p)| p.active) {
             if let Some((dir, file)) = split
                 && p.path == dir
-                && let Some(format) = p.listed.get(file)
+                && let Some(f) = p.listed.get(file)
             {
-                return Ok(StorageVolumeInfo { pool: name.clone(), name: file.into(), format: Some(format.clone()) });
+                return Ok(StorageVolumeInfo {
+                    pool: name.clone(),
+                    name: file.into(),
+                    format: Some(f.format.clone()),
+                    capacity: f.capacity,
+                });
             }
         }
         Err(err(

@@ -125,7 +125,7 @@ pub fn observe_paths<'a>(
     }
     for p in paths {
         let fact = match hv.volume_by_path(p) {
-            Ok(v) => PathFact::Volume { pool: v.pool, format: v.format },
+            Ok(v) => PathFact::Volume { pool: v.pool, format: v.format, capacity: v.capacity },
             Err(e) if e.kind == HvErrorKind::NotFound => match over(p, true) {
                 Some(pool) => PathFact::Missing { pool: pool.name.clone() },
                 None => PathFact::Unchecked { inactive_pool: over(p, false).map(|pool| pool.name.clone()) },
@@ -188,6 +188,9 @@ pub struct StorageVolumeInfo {
     /// `<target><format type>` of the volume's XML: the format libvirt's pool backend found
     /// (`qcow2`, `raw`, `iso`, ...); `None` when the XML names none.
     pub format: Option<String>,
+    /// `<capacity>` in bytes: the virtual size the backend read from the format's header (a
+    /// raw file's length); `None` when the XML gives none in bytes.
+    pub capacity: Option<u64>,
 }
 
 /// Every libvirt call topo uses. Implementations must be usable from several threads.

@@ -20,7 +20,7 @@ use crate::graph::{GraphError, LabGraph, Node};
 use crate::hypervisor::VolumeSpec;
 use crate::impair::{Netem, Rate};
 use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
-use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedNetwork, Ownership};
+use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedMode, ObservedNetwork, Ownership};
 use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
 use fields::{FieldClass, Fields};
 
@@ -1855,7 +1855,8 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                         "declared external here",
                         format!("write `subnet: {have}`, or remove `subnet:` (libvirt's is used)"),
                     )),
-                    (None, None) => {
+                    // A network without a host bridge is refused below, with its reason.
+                    (None, None) if no_host_bridge(o).is_none() => {
                         for (vm, nic) in lab.nics().filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp) {
                             out.push(conflict(
                                 Code::ExternalUnprovable,
@@ -1879,6 +1880,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                     }
                     _ => {}
                 }
+                out.extend(external_unserved(lab, net, o));
             }
             (NetworkKind::Managed(_), Some(o)) if o.ownership(lab) != Ownership::ThisLab => {
                 out.push(conflict(
@@ -2162,6 +2164,78 @@ fn kernel_refusals(lab: &Lab, observed: &Observed) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Why ARP verification cannot prove the NICs on external network `o`, when it cannot:
+/// `None` when it can (a bridge on this host and a DHCP server libvirt runs or the LAN's).
+///
+/// - libvirt's `<forward>` modes `private`, `vepa`, `passthrough` and `bridge` without a
+///   `<bridge name>` put each guest on a macvtap device over a host NIC (libvirt
+///   src/network/bridge_driver.c `networkAllocatePort`, `VIR_DOMAIN_NET_TYPE_DIRECT`), and
+///   `hostdev` hands the guest a PCI function: no host bridge carries the guest's frames,
+///   and a macvtap guest cannot reach its host through the lower device at all (macvtap
+///   sends the lower device's traffic out, never up to the host's own stack).
+/// - an `<ip>` without `<dhcp>`: libvirt's dnsmasq serves no addresses (bridge_driver.c
+///   `networkDnsmasqConfContents` writes `dhcp-range` only from `<range>`, `dhcp-host` only
+///   from `<host>`), so a NIC whose MAC has no `<host>` entry gets none.
+fn unprovable_on(o: &ObservedNetwork, mac: MacAddr) -> Option<String> {
+    if let Some(why) = no_host_bridge(o) {
+        return Some(why);
+    }
+    let ip = o.ip.as_ref()?;
+    (ip.dhcp_range.is_none() && !ip.hosts.iter().any(|h| h.mac == mac)).then(|| {
+        format!(
+            "has an IPv4 address in libvirt ({}/{}) but no DHCP range{}: libvirt's dnsmasq gives this NIC no address",
+            ip.address,
+            ip.prefix,
+            if ip.hosts.is_empty() { "" } else { " and no `<host>` entry for this NIC's MAC" }
+        )
+    })
+}
+
+/// Why no bridge on this host carries the frames of guests on network `o` (its forward
+/// mode; see [`unprovable_on`]), `None` for a bridge.
+fn no_host_bridge(o: &ObservedNetwork) -> Option<String> {
+    const CANNOT: &str = "no host bridge carries the guest's frames, and a macvtap guest cannot reach its own host";
+    match &o.mode {
+        ObservedMode::Other(m) if matches!(m.as_str(), "private" | "vepa" | "passthrough") => {
+            Some(format!("forwards by macvtap (`<forward mode='{m}'>`): {CANNOT}"))
+        }
+        ObservedMode::Other(m) if m == "bridge" && o.bridge.is_none() => Some(format!(
+            "forwards by macvtap (`<forward mode='bridge'>` over a host interface, with no `<bridge name>`): {CANNOT}"
+        )),
+        ObservedMode::Other(m) if m == "hostdev" => Some(
+            "hands each guest a host PCI device (`<forward mode='hostdev'>`): no host bridge carries the guest's frames"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// Refusals for the NICs with `verify: arp` on external network `net` (found on the host as
+/// `o`) that verification could only fail, 120 s after apply ([`unprovable_on`]): said at
+/// plan time, at the NIC, with the fix (`verify: none`; the NIC's address is then the
+/// guest's business and `topo verify` lists it as skipped).
+fn external_unserved(lab: &Lab, net: &Network, o: &ObservedNetwork) -> Vec<Problem> {
+    lab.nics()
+        .filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp)
+        .filter_map(|(vm, nic)| {
+            let why = unprovable_on(o, nic.mac)?;
+            Some(Problem::at(
+                Code::ExternalUnprovable,
+                nic.span,
+                format!(
+                    "{} of vm `{}` is on external network `{}`, which {why}: ARP verification could not prove its address",
+                    nic.label(),
+                    vm.name,
+                    net.libvirt_name
+                ),
+                "verified by ARP (`verify: arp`, the default)",
+                "set `verify: none` on this NIC (configure its address in the guest yourself), or put it on a network \
+                 whose bridge and DHCP libvirt runs on this host",
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use crate::diag::{Code, Problem};
 use std::collections::BTreeSet;
 
-use crate::model::{HostFileRole, ImageFormat, Lab, VmName};
+use crate::model::{ByteSize, HostFileRole, ImageFormat, Lab, VmName};
 use crate::observed::{Observed, PathFact};
 
 /// Each lab file, with its VM, as the host's facts know it (paths not gathered are left out).
@@ -30,12 +30,134 @@ fn facts<'a>(
     })
 }
 
-/// The format libvirt reports for a base image, when it differs from the declared one.
-fn other_format<'a>(vm: &crate::model::Vm, role: HostFileRole, fact: &'a PathFact) -> Option<(ImageFormat, &'a str)> {
-    let (HostFileRole::Image, Some(d), PathFact::Volume { format: Some(found), .. }) = (role, &vm.disk, fact) else {
-        return None;
+/// What the host says about a base image: the format found, its virtual size in bytes
+/// (for a file of that format), and who says so (for messages).
+struct ImageSays<'a> {
+    format: &'a str,
+    virtual_size: Option<u64>,
+    by: String,
+}
+
+/// The facts about the base image of `vm` when `fact` is its image's, from a remote pool
+/// or from its header on this machine; `None` for other files or no such facts.
+fn image_says<'a>(vm: &crate::model::Vm, role: HostFileRole, fact: &'a PathFact) -> Option<ImageSays<'a>> {
+    vm.disk.as_ref().filter(|_| role == HostFileRole::Image)?;
+    match fact {
+        PathFact::Volume { pool, format: Some(format), capacity } => {
+            Some(ImageSays { format, virtual_size: *capacity, by: format!("libvirt's storage pool `{pool}` reports") })
+        }
+        PathFact::File(Ok(h)) => Some(ImageSays {
+            format: &h.format,
+            virtual_size: Some(h.virtual_size),
+            by: "its header on this machine says".to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// The format the host finds for a base image, when it differs from the declared one.
+fn other_format<'a>(
+    vm: &crate::model::Vm,
+    role: HostFileRole,
+    fact: &'a PathFact,
+) -> Option<(ImageFormat, ImageSays<'a>)> {
+    let d = vm.disk.as_ref()?;
+    let says = image_says(vm, role, fact)?;
+    (says.format != d.format.as_str()).then_some((d.format, says))
+}
+
+/// QEMU's `qemu-img create -b` makes an overlay of any size the caller gives, smaller than
+/// its backing file too (block.c `bdrv_img_create` takes the backing file's size only when
+/// none is given); the guest then sees the disk cut at the overlay's size (its partition
+/// table names sectors past the end; the file systems there fail to mount or are corrupt).
+/// So a `disk.size` below the base image's virtual size is refused, located at `size`.
+fn smaller_than_image(vm: &crate::model::Vm, role: HostFileRole, fact: &PathFact, path: &str) -> Option<Problem> {
+    let d = vm.disk.as_ref()?;
+    let (size, span) = (d.size?, d.size_span?);
+    let says = image_says(vm, role, fact)?;
+    // Declared another format: the size found is that format's, not the one QEMU opens.
+    let virtual_size = says.virtual_size.filter(|_| says.format == d.format.as_str())?;
+    let shown = ByteSize::from_bytes(virtual_size);
+    (size.bytes() < virtual_size).then(|| {
+        Problem::at(
+            Code::HostDiskSize,
+            span,
+            format!(
+                "disk.size {size} of vm `{}` is smaller than the virtual size of its base image `{path}`, {shown} ({virtual_size} bytes, as {} it): the guest would see that disk cut short",
+                vm.name, says.by
+            ),
+            "below the image's virtual size",
+            format!(
+                "give `size: {}` or more, or remove `size` to keep the image's size",
+                ByteSize::from_bytes(virtual_size.div_ceil(ByteSize::KIB) * ByteSize::KIB)
+            ),
+        )
+    })
+}
+
+/// What QEMU cannot open in a qcow2 base image read on this machine (block/qcow2.c
+/// `qcow2_do_open`): a version other than 2 and 3 ("Unsupported qcow2 version"), an
+/// encrypted image (the domain gives QEMU no `<encryption>` secret: "Parameter
+/// 'encrypt.key-secret' is required for cipher"), a header it cannot read; and a backing
+/// file that is not there (block.c `bdrv_open_backing_file`: "Could not open backing file").
+fn unopenable(
+    vm: &crate::model::Vm,
+    role: HostFileRole,
+    fact: &PathFact,
+    path: &str,
+    span: miette::SourceSpan,
+) -> Vec<Problem> {
+    let (Some(d), HostFileRole::Image, PathFact::File(read)) = (&vm.disk, role, fact) else { return Vec::new() };
+    let refuse = |code, what: String, label: &str, help: &str| {
+        Problem::at(
+            code,
+            span,
+            format!("disk.image `{path}` of vm `{}` {what}", vm.name),
+            label.to_owned(),
+            help.to_owned(),
+        )
     };
-    (found != d.format.as_str()).then_some((d.format, found.as_str()))
+    let h = match read {
+        Ok(h) => h,
+        Err(e) if d.format == ImageFormat::Qcow2 && e.starts_with("its qcow2 header") => {
+            return vec![refuse(
+                Code::HostImageFormat,
+                format!("cannot be opened by QEMU: {e}"),
+                "corrupt qcow2 header",
+                "check the image with `qemu-img check`, or use another image",
+            )];
+        }
+        Err(_) => return Vec::new(),
+    };
+    if h.format != "qcow2" || d.format != ImageFormat::Qcow2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Some(v) = h.qcow2_version.filter(|v| !(2..=3).contains(v)) {
+        out.push(refuse(
+            Code::HostImageFormat,
+            format!("is qcow2 version {v}; QEMU opens versions 2 and 3 only"),
+            "unsupported qcow2 version",
+            "convert it: `qemu-img convert -O qcow2 IMAGE NEW.qcow2`",
+        ));
+    }
+    if h.encryption != 0 {
+        out.push(refuse(
+            Code::HostImageFormat,
+            "is an encrypted qcow2 image; topo gives QEMU no key for it".to_owned(),
+            "encrypted",
+            "use an image that is not encrypted (`qemu-img convert` with the image's secret to a plain qcow2)",
+        ));
+    }
+    if let (Some(false), Some(b)) = (h.backing_exists, &h.backing_file) {
+        out.push(refuse(
+            Code::HostMissingFile,
+            format!("names backing file `{b}` in its qcow2 header, which does not exist (QEMU opens it with the image)"),
+            "backing file missing",
+            "restore the backing file, or use an image without one (`qemu-img convert -O qcow2 IMAGE NEW.qcow2` where the backing file exists)",
+        ));
+    }
+    out
 }
 
 /// Refusals: a file missing where its pool shows its folder, and a base image declared
@@ -60,13 +182,14 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 ),
             ));
         }
-        if let Some((ImageFormat::Qcow2, found)) = other_format(vm, role, fact) {
+        if let Some((ImageFormat::Qcow2, says)) = other_format(vm, role, fact) {
+            let found = says.format;
             out.push(Problem::at(
                 Code::HostImageFormat,
                 span,
                 format!(
-                    "disk.image `{path}` of vm `{}` is declared qcow2 (the default), but libvirt's storage pool reports format {found}",
-                    vm.name
+                    "disk.image `{path}` of vm `{}` is declared qcow2 (the default), but {} format {found}",
+                    vm.name, says.by
                 ),
                 "not a qcow2 image",
                 format!(
@@ -74,6 +197,8 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 ),
             ));
         }
+        out.extend(smaller_than_image(vm, role, fact, &path));
+        out.extend(unopenable(vm, role, fact, &path, span));
     }
     out
 }
@@ -138,13 +263,14 @@ pub fn warnings_for(lab: &Lab, observed: &Observed, only: Option<&BTreeSet<VmNam
         ));
     }
     for (vm, role, path, span, fact) in facts(lab, observed) {
-        if let Some((ImageFormat::Raw, found)) = other_format(vm, role, fact) {
+        if let Some((ImageFormat::Raw, says)) = other_format(vm, role, fact) {
+            let found = says.format;
             out.push(Problem::at(
                 Code::HostImageFormat,
                 span,
                 format!(
-                    "disk.image `{path}` of vm `{}` is declared raw, but libvirt's storage pool reports format {found}: the guest will see the {found} file's bytes as its disk",
-                    vm.name
+                    "disk.image `{path}` of vm `{}` is declared raw, but {} format {found}: the guest will see the {found} file's bytes as its disk",
+                    vm.name, says.by
                 ),
                 "declared raw",
                 format!("set `format: {found}` under `disk` if the file is a {found} image; keep `raw` if the guest's disk holds that header itself"),
@@ -209,7 +335,7 @@ mod tests {
     fn found_unchecked_and_not_gathered() {
         let (_d, lab) = lab("");
         let o = observed(&[
-            ("/srv/boot/vmlinuz", PathFact::Volume { pool: "boot".into(), format: Some("raw".into()) }),
+            ("/srv/boot/vmlinuz", PathFact::Volume { pool: "boot".into(), format: Some("raw".into()), capacity: None }),
             ("/srv/boot/initrd", PathFact::Unchecked { inactive_pool: None }),
         ]);
         assert!(conflicts(&lab, &o).is_empty());
@@ -244,7 +370,7 @@ mod tests {
     /// qcow2 file declared raw boots with the wrong bytes, or rightly so, so it is a warning.
     #[test]
     fn declared_format_against_the_pools() {
-        let vol = |f: &str| PathFact::Volume { pool: "images".into(), format: Some(f.into()) };
+        let vol = |f: &str| PathFact::Volume { pool: "images".into(), format: Some(f.into()), capacity: None };
         let (_d, qcow) = lab("    disk:\n      image: /srv/images/base.img\n");
         let c = conflicts(&qcow, &observed(&[("/srv/images/base.img", vol("raw"))]));
         assert_eq!(codes(&c), ["topo::plan::image_format"]);
@@ -257,5 +383,119 @@ mod tests {
         // The kernel's format is not the disk's business.
         let o = observed(&[("/srv/boot/vmlinuz", vol("raw"))]);
         assert!(conflicts(&qcow, &o).is_empty() && warnings(&qcow, &o).is_empty());
+    }
+
+    fn header(format: &str, virtual_size: u64) -> crate::image::ImageHeader {
+        crate::image::ImageHeader {
+            format: format.into(),
+            virtual_size,
+            file_size: 200_000,
+            qcow2_version: (format == "qcow2").then_some(3),
+            encryption: 0,
+            backing_file: None,
+            backing_exists: None,
+        }
+    }
+
+    /// The same rule for this machine's disk (the header topo read) as for a remote pool:
+    /// declared qcow2 but raw is refused (block/qcow2.c `qcow2_do_open`, "Image is not in
+    /// qcow2 format"), declared raw but qcow2 is a warning.
+    #[test]
+    fn declared_format_against_the_local_header() {
+        let img = "/srv/images/base.img";
+        let (_d, qcow) = lab(&format!("    disk:\n      image: {img}\n"));
+        let c = conflicts(&qcow, &observed(&[(img, PathFact::File(Ok(header("raw", 200_000))))]));
+        assert_eq!(codes(&c), ["topo::plan::image_format"]);
+        assert!(c[0].message.contains("its header on this machine says format raw"), "{}", c[0].message);
+        let (_d, raw) = lab(&format!("    disk:\n      image: {img}\n      format: raw\n"));
+        let o = observed(&[(img, PathFact::File(Ok(header("qcow2", 1 << 30))))]);
+        assert!(conflicts(&raw, &o).is_empty());
+        assert_eq!(codes(&warnings(&raw, &o)), ["topo::plan::image_format"]);
+        // A header topo could not read (permissions: libvirt's QEMU may read what topo
+        // cannot) says nothing.
+        let o = observed(&[(img, PathFact::File(Err("Permission denied (os error 13)".into())))]);
+        assert!(conflicts(&qcow, &o).is_empty() && warnings(&qcow, &o).is_empty());
+    }
+
+    /// QEMU block.c `bdrv_img_create`: `qemu-img create -b BASE -s SIZE` makes an overlay
+    /// smaller than its backing file, which the guest sees cut short; refused at `size`,
+    /// from the local header and from a remote pool's capacity alike, with the image's size.
+    #[test]
+    fn disk_size_below_the_image_virtual_size() {
+        let img = "/srv/images/base.qcow2";
+        let (_d, small) = lab(&format!("    disk:\n      image: {img}\n      size: 1GiB\n"));
+        let big = 2 * ByteSize::GIB + 512;
+        for fact in [
+            PathFact::File(Ok(header("qcow2", big))),
+            PathFact::Volume { pool: "images".into(), format: Some("qcow2".into()), capacity: Some(big) },
+        ] {
+            let c = conflicts(&small, &observed(&[(img, fact)]));
+            assert_eq!(codes(&c), ["topo::plan::disk_size"], "{c:?}");
+            let s = c[0].labels[0].inner();
+            assert_eq!(&small.source.text[s.offset()..s.offset() + s.len()], "1GiB");
+            assert!(c[0].message.contains(&format!("({big} bytes")), "{}", c[0].message);
+            assert_eq!(
+                c[0].help.as_deref(),
+                Some("give `size: 2097153KiB` or more, or remove `size` to keep the image's size")
+            );
+        }
+        // Equal or larger, or no size: nothing to say.
+        for size in ["2GiB", "3GiB"] {
+            let (_d, l) = lab(&format!("    disk:\n      image: {img}\n      size: {size}\n"));
+            assert!(
+                conflicts(&l, &observed(&[(img, PathFact::File(Ok(header("qcow2", 2 * ByteSize::GIB))))])).is_empty()
+            );
+        }
+        let (_d, none) = lab(&format!("    disk:\n      image: {img}\n"));
+        assert!(conflicts(&none, &observed(&[(img, PathFact::File(Ok(header("qcow2", big))))])).is_empty());
+        // A raw image's virtual size is its length.
+        let (_d, raw) = lab(&format!("    disk:\n      image: {img}\n      format: raw\n      size: 64KiB\n"));
+        let c = conflicts(&raw, &observed(&[(img, PathFact::File(Ok(header("raw", 200_000))))]));
+        assert_eq!(codes(&c), ["topo::plan::disk_size"]);
+        // An unknown capacity (a pool's XML without one) says nothing.
+        let o = observed(&[(img, PathFact::Volume { pool: "i".into(), format: Some("qcow2".into()), capacity: None })]);
+        assert!(conflicts(&small, &o).is_empty());
+    }
+
+    /// block/qcow2.c `qcow2_do_open`: versions 2 and 3 only; an encrypted image needs a
+    /// secret the domain does not give; block.c `bdrv_open_backing_file`: a missing backing
+    /// file fails the start. Each is refused at the image's path.
+    #[test]
+    fn qcow2_images_qemu_cannot_open() {
+        let img = "/srv/images/base.qcow2";
+        let (_d, l) = lab(&format!("    disk:\n      image: {img}\n"));
+        let with = |f: &dyn Fn(&mut crate::image::ImageHeader)| {
+            let mut h = header("qcow2", 1 << 20);
+            f(&mut h);
+            conflicts(&l, &observed(&[(img, PathFact::File(Ok(h)))]))
+        };
+        assert!(with(&|_| {}).is_empty());
+        let c = with(&|h| h.qcow2_version = Some(4));
+        assert_eq!(codes(&c), ["topo::plan::image_format"]);
+        assert!(c[0].message.contains("version 4"));
+        assert_eq!(codes(&with(&|h| h.encryption = 2)), ["topo::plan::image_format"]);
+        let c = with(&|h| {
+            h.backing_file = Some("gone.raw".into());
+            h.backing_exists = Some(false);
+        });
+        assert_eq!(codes(&c), ["topo::plan::missing_file"]);
+        assert!(c[0].message.contains("`gone.raw`"));
+        assert!(
+            with(&|h| {
+                h.backing_file = Some("there.raw".into());
+                h.backing_exists = Some(true);
+            })
+            .is_empty()
+        );
+        let c = conflicts(
+            &l,
+            &observed(&[(
+                img,
+                PathFact::File(Err(
+                    "its qcow2 header names a backing file of 2000 bytes; QEMU accepts at most 1023".into()
+                )),
+            )]),
+        );
+        assert_eq!(codes(&c), ["topo::plan::image_format"]);
     }
 }

@@ -97,6 +97,65 @@ fn an_external_network_without_a_subnet_needs_verify_none_or_a_declared_subnet()
     );
 }
 
+/// NICs that ARP verification could only fail 120 s after apply are refused at plan time,
+/// at the NIC, unless they say `verify: none`: on a macvtap network (libvirt
+/// bridge_driver.c `networkAllocatePort` makes a `direct` interface for forward modes
+/// private, vepa, passthrough, and bridge without `<bridge name>`), a hostdev network, and a
+/// network whose `<ip>` has no `<dhcp>` (bridge_driver.c `networkDnsmasqConfContents`:
+/// `dhcp-range` only from `<range>`), unless a `<host>` entry serves the NIC's MAC.
+#[test]
+fn external_networks_verification_cannot_prove() {
+    const NETS: [&str; 5] = [
+        "<network><name>mvt</name><forward mode='bridge'><interface dev='eth0'/></forward></network>",
+        "<network><name>vepa</name><forward mode='vepa'><interface dev='eth1'/></forward></network>",
+        "<network><name>vf</name><forward mode='hostdev' managed='yes'><pf dev='eth2'/></forward></network>",
+        "<network><name>nodhcp</name><bridge name='virbr7'/><ip address='10.7.0.1' netmask='255.255.255.0'/></network>",
+        "<network><name>hosts</name><bridge name='virbr8'/><ip address='10.8.0.1' netmask='255.255.255.0'><dhcp>\
+         <host mac='52:54:00:aa:00:01' ip='10.8.0.5'/></dhcp></ip></network>",
+    ];
+    let mut hv = MemoryHypervisor::new();
+    for x in NETS {
+        hv = hv.with_network_xml(x, true, true).unwrap();
+    }
+    let observed = hv.observe().unwrap();
+    let nics = |verify: &str| {
+        ["mvt", "vepa", "vf", "nodhcp", "hosts"]
+            .iter()
+            .map(|n| format!("      - {{network: {n}{verify}}}\n"))
+            .collect::<String>()
+            + "      - {network: hosts, mac: '52:54:00:aa:00:01'}\n"
+    };
+    let text = |verify: &str| {
+        format!(
+            "apiVersion: topo/v1\nname: t\nnetworks:\n  mvt: {{external: true, subnet: 10.1.0.0/24}}\n  vepa: {{external: true}}\n  vf: {{external: true}}\n  nodhcp: {{external: true}}\n  hosts: {{external: true}}\nvms:\n  a:\n    boot: {{kernel: KERNEL}}\n    nics:\n{}",
+            nics(verify)
+        )
+    };
+    let l = lab(&text(""));
+    let problems = match plan(&l, &observed, "mem") {
+        Err(PlanError::Refused { problems, .. }) => problems,
+        other => panic!("not refused: {other:?}"),
+    };
+    let got: Vec<(&str, String)> = problems.iter().map(|p| (p.code.as_str(), p.message.clone())).collect();
+    assert_eq!(got.len(), 5, "{got:#?}");
+    assert!(got.iter().all(|(c, _)| *c == "topo::plan::external_unprovable"), "{got:#?}");
+    for says in [
+        "eth0 of vm `a` is on external network `mvt`, which forwards by macvtap (`<forward mode='bridge'>`",
+        "eth1 of vm `a` is on external network `vepa`, which forwards by macvtap (`<forward mode='vepa'>`",
+        "eth2 of vm `a` is on external network `vf`, which hands each guest a host PCI device",
+        "eth3 of vm `a` is on external network `nodhcp`, which has an IPv4 address in libvirt (10.7.0.1/24) but no DHCP range:",
+        "eth4 of vm `a` is on external network `hosts`, which has an IPv4 address in libvirt (10.8.0.1/24) but no DHCP range and no `<host>` entry for this NIC's MAC",
+    ] {
+        assert!(got.iter().any(|(_, m)| m.starts_with(says)), "{says}\n{got:#?}");
+    }
+    // Each at its NIC, with the fix; `verify: none` plans.
+    assert!(problems.iter().all(|p| p.help.as_deref().unwrap().starts_with("set `verify: none` on this NIC")));
+    let mvt = problems.iter().find(|p| p.message.contains("`mvt`")).unwrap();
+    let span = mvt.labels[0].inner();
+    assert!(l.source.text[span.offset()..].starts_with("mvt}"), "{}", &l.source.text[span.offset()..]);
+    assert!(plan(&lab(&text(", verify: none")), &observed, "mem").is_ok());
+}
+
 /// A lab network gets the bridge MAC topo derives (`MacAddr::derived_bridge`) at create.
 /// Afterwards the MAC is never compared or changed, like a computed attribute in Terraform:
 /// a network defined by an older topo, whose XML had no `<mac>` (so libvirt generated a

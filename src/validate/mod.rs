@@ -548,6 +548,15 @@ mod tests {
         }
     }
 
+    /// QEMU hw/i386/pc_piix.c: the `pc` machine topo's domains use has `max_cpus = 255`;
+    /// QEMU refuses 256 at start ("Invalid SMP CPUs 256").
+    #[test]
+    fn vcpus_up_to_the_pc_machine_limit() {
+        let vm = |n: u32| codes_of(&format!("{BASE}vms:\n  a:\n    vcpus: {n}\n    boot: {{kernel: /etc/hostname}}\n"));
+        assert_eq!(vm(255), []);
+        assert_eq!(vm(256), [Code::Vcpus]);
+    }
+
     /// libvirt src/util/virsocketaddr.c, virSocketAddrGetRange: a range is fine as long as
     /// both ends share the first two bytes; the largest default range that does is a /16's.
     #[test]

@@ -17,8 +17,10 @@ pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
 pub const MIN_MEMORY: ByteSize = ByteSize::from_mib(64);
 /// Largest memory topo accepts (1 TiB): a guard against typos such as `512GiB` for `512MiB`.
 pub const MAX_MEMORY: ByteSize = ByteSize::from_bytes(ByteSize::TIB);
-/// Largest vCPU count topo accepts (QEMU's default q35 machine limit is higher; a lab VM needs far less).
-pub const MAX_VCPUS: u32 = 256;
+/// Largest vCPU count topo accepts: the limit of the `pc` (i440fx) machine topo's domains
+/// use (QEMU hw/i386/pc_piix.c: `m->max_cpus = 255`; QEMU refuses more at start: "Invalid
+/// SMP CPUs 256. The max CPUs supported by machine 'pc-i440fx-...' is 255").
+pub const MAX_VCPUS: u32 = 255;
 
 /// Checks every VM and its NICs; returns the valid VMs.
 pub(super) fn check_all(
@@ -153,6 +155,7 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
             size: size.flatten(),
             format,
             image_span: c.span(&d.value.image),
+            size_span: d.value.size.as_ref().map(|s| c.span(s)),
         }
     });
     if boot.is_none() && disk.is_none() {

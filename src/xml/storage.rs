@@ -107,6 +107,15 @@ pub fn parse_pool_path(xml: &str) -> Result<String, XmlError> {
 #[derive(Deserialize)]
 struct VolumeR {
     target: Option<VolTargetR>,
+    capacity: Option<CapacityR>,
+}
+
+#[derive(Deserialize)]
+struct CapacityR {
+    #[serde(rename = "@unit")]
+    unit: Option<String>,
+    #[serde(rename = "$text")]
+    value: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,10 +130,15 @@ struct FormatR {
 }
 
 /// The format of a storage volume's XML (`<volume><target><format type>`), as the pool's
-/// backend determined it; `None` when the XML names none.
-pub fn parse_volume_format(xml: &str) -> Result<Option<String>, XmlError> {
+/// backend determined it, and its `<capacity>` in bytes (libvirt writes `unit='bytes'` in
+/// every volume XML it gives; another unit or none is `None`). `None` when the XML names none.
+pub fn parse_volume_info(xml: &str) -> Result<(Option<String>, Option<u64>), XmlError> {
     let v: VolumeR = super::from_xml("volume", "volume", xml)?;
-    Ok(v.target.and_then(|t| t.format).and_then(|f| f.kind))
+    let capacity = v
+        .capacity
+        .filter(|c| c.unit.as_deref().is_none_or(|u| u == "bytes" || u == "B"))
+        .and_then(|c| c.value?.trim().parse().ok());
+    Ok((v.target.and_then(|t| t.format).and_then(|f| f.kind), capacity))
 }
 
 #[derive(Serialize)]
@@ -196,11 +210,14 @@ mod tests {
         // As the test driver's vol-dumpxml shows a volume.
         let v = "<volume type='file'><name>a.qcow2</name><key>/default-pool/a.qcow2</key>\
                  <target><path>/default-pool/a.qcow2</path><format type='qcow2'/></target></volume>";
-        assert_eq!(parse_volume_format(v).unwrap().as_deref(), Some("qcow2"));
+        assert_eq!(parse_volume_info(v).unwrap(), (Some("qcow2".into()), None));
         assert_eq!(
-            parse_volume_format("<volume><name>k</name><target><path>/k</path></target></volume>").unwrap(),
-            None
+            parse_volume_info("<volume><name>k</name><target><path>/k</path></target></volume>").unwrap(),
+            (None, None)
         );
+        let v = "<volume type='file'><name>a.qcow2</name><capacity unit='bytes'>2147483648</capacity>\
+                 <allocation unit='bytes'>196608</allocation><target><format type='qcow2'/></target></volume>";
+        assert_eq!(parse_volume_info(v).unwrap(), (Some("qcow2".into()), Some(2 << 30)));
         let i = plain_interface_xml("52:54:00:00:00:01".parse().unwrap(), "a'b");
         assert_eq!(
             i,
