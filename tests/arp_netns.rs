@@ -218,6 +218,7 @@ fn verify_over_real_arp() {
         stopped: false,
         verify: true,
         netem_delay: Default::default(),
+        same_mac: Vec::new(),
     };
     let targets =
         [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
@@ -306,6 +307,7 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         stopped: false,
         verify: true,
         netem_delay: Default::default(),
+        same_mac: Vec::new(),
     };
     let no_leases = || Ok(vec![]);
     let opts = VerifyOptions { timeout: Duration::from_secs(3), ..VerifyOptions::default() };

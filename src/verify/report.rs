@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::state::{NicOutcome, NicState, VerifyReport};
+use super::state::{FailReason, NicOutcome, NicState, VerifyReport};
 
 /// The version of the JSON document; a new one only for incompatible changes.
 pub const JSON_FORMAT_VERSION: &str = "1";
@@ -22,6 +22,9 @@ struct JsonNic<'a> {
     help: Option<&'static str>,
     seconds: Option<f64>,
     rtt_ms: Option<f64>,
+    /// For a duplicate MAC: every running domain with the NIC's MAC on its network, this
+    /// VM's first.
+    same_mac: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -67,7 +70,12 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         NicState::LeasedNoReply { ip } => ("leased", Some(ip.to_string()), None, None, None, None),
         NicState::WaitingForLease => ("waiting", None, None, None, None, None),
     };
+    let same_mac = match &n.state {
+        NicState::Failed { reason: FailReason::DuplicateMac { domains, .. } } => Some(domains.as_slice()),
+        _ => None,
+    };
     JsonNic {
+        same_mac,
         vm: t.vm.as_str(),
         nic: &t.nic,
         network: t.network.as_str(),
@@ -208,6 +216,7 @@ mod tests {
                 stopped: false,
                 verify: true,
                 netem_delay: Default::default(),
+                same_mac: Vec::new(),
             },
             state,
         }
@@ -245,6 +254,18 @@ mod tests {
                     },
                 ),
                 outcome("deb3", "eth0", "52:54:00:00:00:0d", NicState::Skipped),
+                outcome(
+                    "deb5",
+                    "eth0",
+                    "52:54:00:00:00:0f",
+                    NicState::Failed {
+                        reason: FailReason::DuplicateMac {
+                            mac: "52:54:00:00:00:0f".parse().unwrap(),
+                            network: "demo-lan".into(),
+                            domains: vec!["demo-deb5".into(), "deb5-clone".into()],
+                        },
+                    },
+                ),
                 outcome(
                     "deb4",
                     "eth0",
@@ -300,8 +321,8 @@ mod tests {
     #[test]
     fn failures_fail_the_command_and_reported_does_not() {
         let r = every_state();
-        assert_eq!(check(&r).unwrap_err().to_string(), "2 NICs not verified");
-        let only_reported = VerifyReport { nics: r.nics.into_iter().skip(3).collect() };
+        assert_eq!(check(&r).unwrap_err().to_string(), "3 NICs not verified");
+        let only_reported = VerifyReport { nics: r.nics.into_iter().skip(5).collect() };
         assert!(check(&only_reported).is_ok());
     }
 }

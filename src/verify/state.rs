@@ -40,6 +40,16 @@ pub enum FailReason {
     /// This NIC and another machine both answer for the address, in the same probe.
     #[error("{ip} is answered by this NIC ({mac}) and also by {other_mac}: a duplicate address")]
     Duplicate { ip: Ipv4Addr, mac: MacAddr, other_mac: MacAddr },
+    /// Another running domain has an interface with this NIC's MAC on the same network (a
+    /// copy of the VM started beside it): both answer ARP with that MAC, so no reply proves
+    /// this NIC. `domains`: this VM's domain first, then the others.
+    #[error(
+        "MAC {mac} is on network {network} in {} running domains: {}; an ARP reply from it cannot tell \
+         which one answered, so nothing proves this NIC",
+        domains.len(),
+        domains.join(" and ")
+    )]
+    DuplicateMac { mac: MacAddr, network: String, domains: Vec<String> },
     /// Found by a subnet sweep, but a sibling NIC of the same VM without a lease or
     /// reservation of its own answers for the same address (Linux ARP flux).
     #[error(
@@ -94,6 +104,11 @@ impl FailReason {
             FailReason::Duplicate { .. } => {
                 "two machines hold this address: find the one with the other MAC (a guest with a \
                  stale static address is the usual cause) and stop it or change its address"
+            }
+            FailReason::DuplicateMac { .. } => {
+                "a copy of the VM (virsh dumpxml | virsh define under another name) keeps its MAC: \
+                 stop the other domain or give its NIC another MAC (virsh edit); topo never \
+                 changes a domain the lab does not own"
             }
             FailReason::Ambiguous { .. } => {
                 "Linux answers ARP for all its addresses on every interface: give the NICs \

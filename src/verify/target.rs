@@ -74,6 +74,13 @@ pub struct NicTarget {
     /// at least `delay - jitter` and can take `delay + jitter` more than an unimpaired one.
     #[serde(skip)]
     pub netem_delay: (std::time::Duration, std::time::Duration),
+    /// The other running domains on the host, owned by the lab or not, with an interface of
+    /// this MAC on this network (its libvirt network, or its bridge): a copy of the VM
+    /// (`virsh dumpxml | virsh define` under another name) keeps the MAC. Sorted libvirt
+    /// names; empty when there is none. Two NICs with one MAC on one bridge answer ARP alike,
+    /// so nothing proves this NIC then ([`FailReason::DuplicateMac`](super::FailReason::DuplicateMac)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub same_mac: Vec<String>,
 }
 
 fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::Ok, S::Error> {
@@ -156,18 +163,41 @@ impl NicTarget {
                     n.jitter.map(|j| j.as_duration()).unwrap_or_default(),
                 )
             }),
+            same_mac: Vec::new(),
         }
     }
 }
 
+/// The running domains of `observed` other than `domain` with an interface of MAC `mac` on
+/// network `network` (libvirt name), or on its bridge (a `type='bridge'` interface, or the
+/// live XML's `<source bridge>`). Sorted libvirt names.
+pub fn same_mac_elsewhere(observed: &Observed, domain: &str, mac: MacAddr, network: &str) -> Vec<String> {
+    let bridge = observed.networks.get(network).and_then(|n| n.live_bridge.as_deref().or(n.bridge.as_deref()));
+    observed
+        .domains
+        .values()
+        .filter(|d| d.name != domain && d.state == DomainState::Running)
+        .filter(|d| {
+            d.interfaces.iter().any(|i| {
+                i.mac == Some(mac)
+                    && (i.network.as_deref() == Some(network) || (bridge.is_some() && i.bridge.as_deref() == bridge))
+            })
+        })
+        .map(|d| d.name.clone())
+        .collect()
+}
+
 /// One target per NIC of the lab (VMs sorted by name, NICs in file order), from the model
-/// and what the host reports.
+/// and what the host reports, each with the other running domains that have its MAC on its
+/// network ([`same_mac_elsewhere`]: every domain observed, the lab's or not).
 pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTarget> {
     lab.nics()
         .filter_map(|(vm, nic)| {
             let net = lab.networks.get(&nic.network)?;
             let running = observed.domains.get(&vm.libvirt_name).is_some_and(|d| d.state == DomainState::Running);
-            Some(NicTarget::from_model(vm, nic, net, observed.networks.get(&net.libvirt_name), running, access))
+            let mut t = NicTarget::from_model(vm, nic, net, observed.networks.get(&net.libvirt_name), running, access);
+            t.same_mac = same_mac_elsewhere(observed, &vm.libvirt_name, nic.mac, &net.libvirt_name);
+            Some(t)
         })
         .collect()
 }

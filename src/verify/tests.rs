@@ -48,6 +48,7 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         stopped: false,
         verify: true,
         netem_delay: Default::default(),
+        same_mac: Vec::new(),
     }
 }
 
@@ -842,4 +843,71 @@ fn host_access_of_uris() {
     assert_eq!(HostAccess::of_uri("qemu+tcp://127.0.0.1/system"), HostAccess::Remote);
     assert_eq!(HostAccess::of_uri("test:///default"), HostAccess::TestDriver);
     assert_eq!(HostAccess::of_uri("test+tcp://host/default"), HostAccess::TestDriver);
+}
+
+fn domain_on(name: &str, m: MacAddr, iface: &str) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os><devices>{}</devices></domain>",
+        iface.replace("MAC", &m.to_string())
+    )
+}
+
+/// A copy of a lab VM started beside it keeps its MAC (`virsh dumpxml`, new name and UUID,
+/// `virsh define`, `start`): every running domain with the NIC's MAC on its network, the
+/// lab's or not, is found, through the network's name or its bridge; a stopped copy, or
+/// the MAC on another network, is not a duplicate on this one.
+#[test]
+fn the_running_domains_with_a_nics_mac_on_its_network_are_found() {
+    use crate::hypervisor::Hypervisor;
+    use crate::hypervisor::memory::MemoryHypervisor;
+    let net = |name: &str, br: &str, ip: &str| {
+        format!(
+            "<network><name>{name}</name><bridge name='{br}'/><ip address='{ip}' netmask='255.255.255.0'/></network>"
+        )
+    };
+    let on_net = |n: &str| format!("<interface type='network'><mac address='MAC'/><source network='{n}'/></interface>");
+    let hv = MemoryHypervisor::new()
+        .with_network_xml(&net(NET, "br0", "10.0.0.1"), true, false)
+        .and_then(|h| h.with_network_xml(&net("other", "br1", "10.1.0.1"), true, false))
+        .and_then(|h| h.with_domain_xml(&domain_on("lab-vm1", a(), &on_net(NET)), true))
+        .and_then(|h| h.with_domain_xml(&domain_on("vm1-clone", a(), &on_net(NET)), true))
+        .and_then(|h| {
+            let bridged = "<interface type='bridge'><mac address='MAC'/><source bridge='br0'/></interface>";
+            h.with_domain_xml(&domain_on("bridged", a(), bridged), true)
+        })
+        .and_then(|h| h.with_domain_xml(&domain_on("lab-vm2", b(), &on_net(NET)), true))
+        .and_then(|h| h.with_domain_xml(&domain_on("parked", b(), &on_net(NET)), false))
+        .and_then(|h| h.with_domain_xml(&domain_on("elsewhere", b(), &on_net("other")), true))
+        .expect("fixture");
+    let o = hv.observe().unwrap();
+    assert_eq!(target::same_mac_elsewhere(&o, "lab-vm1", a(), NET), ["bridged", "vm1-clone"]);
+    assert_eq!(target::same_mac_elsewhere(&o, "lab-vm2", b(), NET), Vec::<String>::new());
+    assert_eq!(target::same_mac_elsewhere(&o, "elsewhere", b(), "other"), Vec::<String>::new());
+}
+
+/// Two domains with one MAC on one network: the NIC fails as a duplicate naming both, at
+/// once, even though a reply from its MAC comes for its lease (it may be the copy's); it is
+/// never probed, and on a remote host never "reported".
+#[test]
+fn a_duplicate_mac_is_never_a_pass_and_names_both_domains() {
+    let t = NicTarget { same_mac: vec!["vm1-clone".into()], ..target("vm1", a()) };
+    let p = FakeProber::new().answer("br0", ip("10.0.0.5"), a());
+    let l = FakeLeases::new().with(NET, a(), ip("10.0.0.5"));
+    let r = run(std::slice::from_ref(&t), &p, &l);
+    let want =
+        FailReason::DuplicateMac { mac: a(), network: NET.into(), domains: vec!["lab-vm1".into(), "vm1-clone".into()] };
+    assert_eq!(failed(&r, 0), &want);
+    assert!(p.calls().is_empty(), "not probed");
+    assert_eq!(
+        want.to_string(),
+        "MAC 52:54:00:00:00:0a is on network lab-net in 2 running domains: lab-vm1 and vm1-clone; an ARP reply \
+         from it cannot tell which one answered, so nothing proves this NIC"
+    );
+    let lease = Lease { network: NET.into(), mac: a(), ip: ip("10.0.0.5"), hostname: None, expiry: 1 };
+    let remote = reported(std::slice::from_ref(&t), &[lease], &BTreeMap::new());
+    assert_eq!(remote.nics[0].state, NicState::Failed { reason: want });
+    let json = report::to_json("lab", &r.report);
+    assert_eq!(json["nics"][0]["same_mac"], serde_json::json!(["lab-vm1", "vm1-clone"]));
+    assert!(report::table(&r.report).contains("lab-vm1 and vm1-clone"));
 }

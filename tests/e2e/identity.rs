@@ -64,9 +64,9 @@ fn e2e_two_lab_files_with_one_name() {
         std::fs::create_dir_all(root.join(d)).expect("lab folder");
     }
     std::os::unix::fs::symlink(root.join("a"), root.join("link")).expect("symlinked folder");
-    let full = ident_lab(None, "192.168.176", &base, &["web", "db"]);
+    let full = ident_lab(None, "192.168.186", &base, &["web", "db"]);
     let a = write(&root.join("a"), "lab.topo.yaml", &full);
-    let b = write(&root.join("b"), "lab.topo.yaml", &ident_lab(None, "192.168.176", &base, &["web"]));
+    let b = write(&root.join("b"), "lab.topo.yaml", &ident_lab(None, "192.168.186", &base, &["web"]));
 
     topo_ok(&["apply", "-y", "--no-verify", path(&a)]);
     let (web_id, db_id) = (domid("ident-web"), domid("ident-db"));
@@ -101,7 +101,7 @@ fn e2e_two_lab_files_with_one_name() {
     clock.step("the copy without db refused (plan, apply, destroy); lab a intact");
 
     // The same name under another prefix is another lab beside it; `topo list` shows both.
-    let c = write(&root.join("c"), "lab.topo.yaml", &ident_lab(Some("c-"), "192.168.177", &base, &["web"]));
+    let c = write(&root.join("c"), "lab.topo.yaml", &ident_lab(Some("c-"), "192.168.187", &base, &["web"]));
     topo_ok(&["apply", "-y", "--no-verify", path(&c)]);
     let want = vec![
         ("ident".to_string(), "c-".to_string(), path(&c).to_string(), 1, 1),
