@@ -133,6 +133,9 @@ pub enum Code {
     /// A NIC asks for link impairment the libvirt host's kernel cannot do: it was built
     /// without a qdisc, classifier or action that netem or libvirt's `<bandwidth>` needs.
     KernelLacksQdisc,
+    /// A lab network would start on a subnet that a route of the host (a VPN, `docker0`,
+    /// another bridge) already has: libvirt refuses to start it.
+    HostRouteTaken,
 }
 
 impl Code {
@@ -207,6 +210,7 @@ impl Code {
             HostFileUnchecked => "topo::plan::file_unchecked",
             NetemUnreachable => "topo::plan::netem_unreachable",
             KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",
+            HostRouteTaken => "topo::plan::route_taken",
         }
     }
 

@@ -204,12 +204,64 @@ pub struct Observed {
     /// by bridge name, read from `/sys/class/net` on a local real driver; empty when topo
     /// cannot see the bridges (remote or test URI, another network namespace).
     pub bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
+    /// The IPv4 routes of the libvirt host's main table (`/proc/net/route`), read on a local
+    /// real driver, in the file's order; `None` when topo cannot see them (a remote or test
+    /// URI). libvirt refuses to start a network whose subnet is one of them
+    /// ([`HostRoute::collides`]); the planner refuses it first.
+    pub host_routes: Option<Vec<HostRoute>>,
     /// What libvirt's storage API says about each file the lab's domains open (kernel,
     /// initrd, base image), by path, when the libvirt host is not this machine
     /// ([`crate::hypervisor::observe_paths`]); on a local host, each base image's header read
     /// from the disk ([`PathFact::File`], [`crate::image::observe`]; the
     /// existence of every file validation checks there itself). Empty when not gathered.
     pub paths: BTreeMap<String, PathFact>,
+}
+
+/// One IPv4 route of the host, as `/proc/net/route` lists it: the device and the
+/// destination with its netmask (the destination already masked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostRoute {
+    /// The route's device (`Iface`): `tun0`, `docker0`, `virbr0`, ...
+    pub device: String,
+    pub destination: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+}
+
+impl HostRoute {
+    /// Whether libvirt refuses to start a network with `subnet` because of this route: the
+    /// route's masked destination and netmask are exactly the subnet's network address and
+    /// netmask (a route to a larger or smaller prefix does not collide). Source of the rule:
+    /// libvirt src/network/bridge_driver_linux.c `networkCheckRouteCollision`, called by
+    /// `networkStartNetworkVirtual` before the bridge is made ("Network is already in use by
+    /// interface %s").
+    pub fn collides(&self, subnet: ipnetwork::Ipv4Network) -> bool {
+        self.destination == subnet.network() && self.netmask == subnet.mask()
+    }
+
+    /// The routes of `/proc/net/route`'s text, read as libvirt's
+    /// `networkCheckRouteCollision` reads them: nothing unless the text starts with the
+    /// `Iface` header line; then per line the 1st (device), 2nd (destination) and 8th (mask)
+    /// fields, the two addresses in hex as the kernel prints a network-order `__be32` on this
+    /// machine; lines that do not parse are skipped. The destination is masked.
+    pub fn parse_proc_net_route(text: &str) -> Vec<HostRoute> {
+        if !text.starts_with("Iface") {
+            return Vec::new();
+        }
+        let addr = |hex: &str| u32::from_str_radix(hex, 16).ok().map(|v| Ipv4Addr::from(v.to_ne_bytes()));
+        text.lines()
+            .skip(1)
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (device, dest, mask) = (f.first()?, f.get(1)?, f.get(7)?);
+                let (dest, mask) = (addr(dest)?, addr(mask)?);
+                Some(HostRoute {
+                    device: (*device).to_string(),
+                    destination: Ipv4Addr::from(u32::from(dest) & u32::from(mask)),
+                    netmask: mask,
+                })
+            })
+            .collect()
+    }
 }
 
 /// What libvirt can tell about a file a domain will open, through its storage pools.
@@ -254,5 +306,55 @@ impl ObservedDomain {
     /// Whose domain this is, for lab `lab`'s instance (see [`Ownership::of`]).
     pub fn ownership(&self, lab: &crate::model::Lab) -> Ownership {
         Ownership::of(self.owner.as_ref(), &lab.instance(), lab.take_over, &self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/proc/net/route` as a Linux x86_64 host prints it (little-endian hex of network-order
+    /// addresses): a default route, the LAN, a VPN and docker0.
+    const ROUTES: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0101A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
+eth0\t0001A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
+tun0\t0000080A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+garbage
+";
+
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn proc_net_route_is_read_as_libvirt_reads_it() {
+        let r = HostRoute::parse_proc_net_route(ROUTES);
+        let shown: Vec<String> = r.iter().map(|r| format!("{} {}/{}", r.device, r.destination, r.netmask)).collect();
+        assert_eq!(
+            shown,
+            [
+                "eth0 0.0.0.0/0.0.0.0",
+                "eth0 192.168.1.0/255.255.255.0",
+                "tun0 10.8.0.0/255.255.0.0",
+                "docker0 172.17.0.0/255.255.0.0"
+            ]
+        );
+        assert!(HostRoute::parse_proc_net_route(&ROUTES.replacen("Iface", "iface", 1)).is_empty(), "no header");
+    }
+
+    /// libvirt's networkCheckRouteCollision: an exact match of network address and netmask
+    /// collides; a route to a larger prefix (the default route, a /16 VPN) or a smaller one
+    /// does not.
+    #[test]
+    fn a_route_collides_only_with_its_exact_subnet() {
+        let route = |d: &str, m: &str| HostRoute {
+            device: "tun0".into(),
+            destination: d.parse().unwrap(),
+            netmask: m.parse().unwrap(),
+        };
+        let net = |s: &str| s.parse::<ipnetwork::Ipv4Network>().unwrap();
+        assert!(route("10.8.0.0", "255.255.0.0").collides(net("10.8.0.0/16")));
+        assert!(route("10.8.0.0", "255.255.0.0").collides(net("10.8.0.1/16")), "the network's address is masked");
+        assert!(!route("10.8.0.0", "255.255.0.0").collides(net("10.8.0.0/24")));
+        assert!(!route("10.8.0.0", "255.255.255.0").collides(net("10.8.0.0/16")));
+        assert!(!route("0.0.0.0", "0.0.0.0").collides(net("10.8.0.0/24")));
     }
 }

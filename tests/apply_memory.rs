@@ -892,6 +892,61 @@ fn replacing_a_network_a_foreign_vm_runs_on_is_refused_unless_insisted() {
     assert_eq!(touched, Vec::<String>::new(), "the foreign domain is never touched");
 }
 
+/// A subnet that a route of the host already has (a VPN's tun0, docker0) cannot start: libvirt
+/// refuses it (src/network/bridge_driver_linux.c `networkCheckRouteCollision`: the route's
+/// destination and netmask equal the network's). On a local host the plan refuses it first,
+/// located at the network and naming the route's device, for a create and a replace alike;
+/// the lab's own bridges' routes never count, and a route to a larger prefix is no collision.
+#[test]
+fn a_subnet_a_host_route_has_is_refused_at_plan_time() {
+    let routed = || {
+        host()
+            .with_host_interfaces(&["eth0"])
+            .with_host_routes(&[("tun0", "10.60.0.0/24"), ("docker0", "10.50.0.0/16")])
+    };
+    let refused = |l: &Lab, hv: &MemoryHypervisor| {
+        let o = hv.observe().unwrap();
+        match plan::plan(l, &o, "memory:///topo") {
+            Err(e) => render_diag(&e),
+            Ok(p) => panic!("not refused: {:#?}", actions(&p)),
+        }
+    };
+    // Create: refused, nothing touched.
+    let hv = routed();
+    let onto_vpn = lab(&BASE.replace("10.50.0.", "10.60.0."));
+    let text = refused(&onto_vpn, &hv);
+    assert!(text.contains("topo::plan::route_taken"), "{text}");
+    assert!(
+        text.contains("subnet 10.60.0.0/24 of network `lan` is already a route of the host, through `tun0`"),
+        "{text}"
+    );
+    assert!(text.contains("lab.yaml:"), "located: {text}");
+    // The double refuses the start as libvirt does, when topo does not see the routes.
+    let remote = host().with_host_routes(&[("tun0", "10.60.0.0/24")]);
+    let (p, report) = apply_with(&onto_vpn, &remote, 1);
+    assert!(report.failed(), "{p:#?}");
+    let failed: Vec<String> = report
+        .steps
+        .iter()
+        .filter_map(|s| match &s.outcome {
+            StepOutcome::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, ["start network demo-lan: internal error: Network is already in use by interface tun0"]);
+    // A /16 route over the lab's /24 (docker0 above) is no collision; the lab's own routes
+    // (its bridges, once active) never count.
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    assert!(hv.observe().unwrap().host_routes.unwrap().iter().any(|r| r.device == "demo-lan"));
+    assert_replans_empty(&l, &hv);
+    // Replace: refused before the working network is stopped.
+    hv.clear_calls();
+    let text = refused(&onto_vpn, &hv);
+    assert!(text.contains("through `tun0`"), "{text}");
+    assert_eq!(mutating(&hv.calls()), Vec::<String>::new());
+}
+
 /// An owned network re-declared `external: true` is released (its tag removed), not
 /// deleted under its VMs; destroy then leaves it.
 #[test]

@@ -39,6 +39,10 @@ pub struct LibvirtHypervisor {
     tc: Box<dyn crate::tc::TapShaper>,
 }
 
+/// Where the kernel lists the IPv4 routes of the main table (what libvirt's
+/// `networkCheckRouteCollision` reads).
+const PROC_NET_ROUTE: &str = "/proc/net/route";
+
 /// Where the kernel lists network devices (sysfs).
 const SYS_CLASS_NET: &str = "/sys/class/net";
 
@@ -500,6 +504,13 @@ impl Hypervisor for LibvirtHypervisor {
         out.host_interfaces = host_interfaces(&self.uri);
         // The kernel the taps live in is this machine's (network namespaces share it).
         out.kernel = if out.host_interfaces.is_some() { crate::kernel::KernelSupport::read_local() } else { None };
+        // The routes libvirt checks a network's subnet against when it starts it: on a
+        // local real driver, this machine's (network namespace's) main table.
+        out.host_routes = if out.host_interfaces.is_some() {
+            std::fs::read_to_string(PROC_NET_ROUTE).ok().map(|t| crate::observed::HostRoute::parse_proc_net_route(&t))
+        } else {
+            None
+        };
         if out.host_interfaces.is_some() {
             // A local, real driver: the bridges of active networks are this machine's.
             let sys = std::path::Path::new(SYS_CLASS_NET);

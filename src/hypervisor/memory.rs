@@ -79,6 +79,8 @@ struct State {
     storage: BTreeMap<String, MemStoragePool>,
     /// MACs a bridge holds as its own on a local host (`with_bridge_macs`), by bridge.
     bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
+    /// Routes of the host that are no libvirt network's (a VPN, docker0: `with_host_routes`).
+    routes: Vec<crate::observed::HostRoute>,
 }
 
 /// A directory pool of files topo does not manage (`with_storage_pool`).
@@ -213,6 +215,22 @@ impl State {
             .filter(|d| d.obs.interfaces.iter().any(|i| i.network.as_deref() == Some(network)))
             .map(|d| d.obs.name.clone())
             .collect()
+    }
+
+    /// The host's routes as `/proc/net/route` lists them: the ones set up by hand
+    /// (`with_host_routes`), then the route of each active network's subnet on its bridge
+    /// (the kernel adds it with the bridge's address).
+    fn routes(&self) -> Vec<crate::observed::HostRoute> {
+        let nets = self.networks.values().filter(|n| n.active).filter_map(|n| {
+            let ip = n.ip.as_ref()?;
+            let net = ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok()?;
+            Some(crate::observed::HostRoute {
+                device: n.live_bridge.clone().or(n.bridge.clone())?,
+                destination: net.network(),
+                netmask: net.mask(),
+            })
+        });
+        self.routes.iter().cloned().chain(nets).collect()
     }
 
     /// The lowest `virbrN` no other network uses (libvirt's networkFindUnusedBridgeName).
@@ -428,6 +446,26 @@ impl MemoryHypervisor {
         self
     }
 
+    /// Routes of the host besides those of libvirt's networks, as (device, `a.b.c.d/prefix`):
+    /// a VPN's `("tun0", "10.8.0.0/16")`, `("docker0", "172.17.0.0/16")`. `start_network`
+    /// refuses a subnet one of them has, as libvirt does; `observe` lists them on a local
+    /// host (`with_host_interfaces`).
+    pub fn with_host_routes(self, routes: &[(&str, &str)]) -> Self {
+        self.lock().routes = routes
+            .iter()
+            .map(|(dev, cidr)| {
+                // Invariant: test fixtures give valid CIDRs.
+                let net: ipnetwork::Ipv4Network = cidr.parse().expect("a route's a.b.c.d/prefix");
+                crate::observed::HostRoute {
+                    device: (*dev).to_owned(),
+                    destination: net.network(),
+                    netmask: net.mask(),
+                }
+            })
+            .collect();
+        self
+    }
+
     /// On a local host (`with_host_interfaces`), bridge `bridge` holds `macs` as its own (its
     /// address and its ports', as /sys/class/net shows them); `observe` reports them while a
     /// network with that bridge is active.
@@ -629,6 +667,7 @@ impl Hypervisor for MemoryHypervisor {
                 BTreeMap::new()
             },
             paths: BTreeMap::new(),
+            host_routes: s.host_interfaces.is_some().then(|| s.routes()),
         })
     }
 
@@ -651,6 +690,20 @@ impl Hypervisor for MemoryHypervisor {
                 name,
                 HvErrorKind::Other,
                 format!("Unable to create bridge {b}: File exists"),
+            ));
+        }
+        // libvirt src/network/bridge_driver_linux.c `networkCheckRouteCollision`: a route of
+        // the host with exactly the network's subnet refuses the start.
+        let subnet =
+            s.networks[name].ip.as_ref().and_then(|ip| ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok());
+        if let Some(subnet) = subnet
+            && let Some(r) = s.routes().into_iter().find(|r| r.collides(subnet))
+        {
+            return Err(err(
+                "start network",
+                name,
+                HvErrorKind::Other,
+                format!("internal error: Network is already in use by interface {}", r.device),
             ));
         }
         let n = s.network("start_network", name)?;

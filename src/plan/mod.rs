@@ -496,11 +496,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         .networks
         .values()
         .filter_map(|n| match (&n.kind, observed.networks.get(&n.libvirt_name)) {
-            (NetworkKind::Managed(m), Some(o)) => {
-                let d = fields::desired_network(m);
-                let ob = fields::observed_network(o, &d);
-                diff(&d, &ob).iter().any(|f| f.forces_replacement).then(|| n.libvirt_name.clone())
-            }
+            (NetworkKind::Managed(m), Some(o)) => is_replaced(m, o).then(|| n.libvirt_name.clone()),
             _ => None,
         })
         .collect();
@@ -731,6 +727,19 @@ fn order_changes(lab: &Lab, graph: Option<&LabGraph>, observed: &Observed, chang
     for (c, after) in changes.iter_mut().zip(afters) {
         c.after = after;
     }
+}
+
+/// Whether the lab network `m`, observed as `o`, must be replaced (a field that cannot
+/// change in place differs).
+fn is_replaced(m: &crate::model::ManagedNetwork, o: &ObservedNetwork) -> bool {
+    let d = fields::desired_network(m);
+    diff(&d, &fields::observed_network(o, &d)).iter().any(|f| f.forces_replacement)
+}
+
+/// Whether the plan starts lab network `m` (libvirt name `name`): it is created, replaced,
+/// or defined but not active.
+fn starts_network(m: &crate::model::ManagedNetwork, name: &str, observed: &Observed) -> bool {
+    observed.networks.get(name).is_none_or(|o| !o.active || is_replaced(m, o))
 }
 
 /// Whether change `from` (transitively) waits for change `to`.
@@ -1928,6 +1937,38 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                             format!("bridge `{b}` of network `{}` is already used by network `{}` on the host", net.name, other.name),
                             "this network",
                             "choose another `bridge:` name, or leave it out and libvirt picks a free virbrN".into(),
+                        ));
+                    }
+                }
+                // A route of the host with exactly this subnet (a VPN, docker0, a hand-made
+                // bridge): libvirt refuses to start the network (bridge_driver_linux.c
+                // `networkCheckRouteCollision`), for a create or a replace alike, and a
+                // replace would have stopped the working network first. Routes on libvirt
+                // networks' bridges are left out: the lab's own are replaced with them, and
+                // other networks' subnets are refused above from their XML.
+                if let (Some(subnet), Some(routes)) = (m.subnet, &observed.host_routes)
+                    && starts_network(m, &net.libvirt_name, observed)
+                {
+                    let bridges: BTreeSet<&str> = observed
+                        .networks
+                        .values()
+                        .flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter()))
+                        .map(String::as_str)
+                        .collect();
+                    for r in routes.iter().filter(|r| !bridges.contains(r.device.as_str()) && r.collides(subnet)) {
+                        out.push(Problem::at(
+                            Code::HostRouteTaken,
+                            net.span,
+                            format!(
+                                "subnet {subnet} of network `{}` is already a route of the host, through `{}`: \
+                                 libvirt refuses to start a network on it (\"Network is already in use by interface {}\")",
+                                net.name, r.device, r.device
+                            ),
+                            "this network would start on that subnet",
+                            format!(
+                                "pick a subnet that no route of the host uses (see `ip -4 route`), or take `{}` down first",
+                                r.device
+                            ),
                         ));
                     }
                 }
