@@ -947,6 +947,33 @@ fn a_subnet_a_host_route_has_is_refused_at_plan_time() {
     assert_eq!(mutating(&hv.calls()), Vec::<String>::new());
 }
 
+/// Where the plan cannot see the host's routes (a remote host) and libvirt refuses to start
+/// the replacement network after the working one was stopped, apply brings the old network
+/// back: its previous config defined again, started, the lab's NICs plugged in again. The
+/// step fails, saying so; the lab runs as before; apply again (the route gone) converges.
+#[test]
+fn a_replacement_that_does_not_start_brings_the_old_network_back() {
+    let hv = host().with_host_routes(&[("tun0", "10.60.0.0/24")]);
+    let l = lab(BASE);
+    apply_ok(&l, &hv);
+    let before = hv.observe().unwrap();
+    let l2 = lab(&BASE.replace("10.50.0.", "10.60.0."));
+    let (p, report) = apply_with(&l2, &hv, 4);
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Replace)]));
+    let StepOutcome::Failed { error, hint } = &report.steps[0].outcome else { panic!("{report:#?}") };
+    assert!(error.contains("Network is already in use by interface tun0"), "{error}");
+    assert!(error.contains("the network as it was before was brought back"), "{error}");
+    assert!(hint.as_deref().is_some_and(|h| h.contains("plugged the lab's NICs back in")), "{hint:?}");
+    let o = hv.observe().unwrap();
+    assert!(o.networks["demo-lan"].active);
+    assert_eq!(o.networks["demo-lan"], before.networks["demo-lan"], "the old network, as it was");
+    assert_eq!(hv.cut_nics(), vec![], "the lab's NICs are back on the bridge");
+    assert_replans_empty(&l, &hv);
+    hv.set_host_routes(&[]);
+    apply_ok(&l2, &hv);
+    assert_eq!(hv.cut_nics(), vec![]);
+}
+
 /// An owned network re-declared `external: true` is released (its tag removed), not
 /// deleted under its VMs; destroy then leaves it.
 #[test]

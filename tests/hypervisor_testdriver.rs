@@ -520,6 +520,47 @@ fn without_owner(n: &topo::observed::ObservedNetwork) -> topo::observed::Observe
     topo::observed::ObservedNetwork { owner: None, ..n.clone() }
 }
 
+/// A network's config as `network_config_xml` reads it brings the network back as it was
+/// when defined again (apply's way back after a replacement that does not start): same
+/// UUID, bridge, subnet and DHCP hosts, added ones included; an unknown network is NotFound.
+fn config_round_trip(hv: &dyn Hypervisor, tag: &str, octet: u8) {
+    let (first, replacement) = (lab(tag, octet), lab(tag, octet + 1));
+    let net = net_of(&first, "net");
+    let name = net.libvirt_name.as_str();
+    hv.define_network(&network_xml(&first, net).unwrap().xml).unwrap();
+    hv.start_network(name).unwrap();
+    let host = format!("<host mac='52:54:00:77:00:01' name='extra' ip='10.77.{octet}.77'/>");
+    hv.update_dhcp_host(name, HostOp::Add, &host).unwrap();
+    let before = hv.observe().unwrap().networks[name].clone();
+    let config = hv.network_config_xml(name).unwrap();
+    hv.stop_network(name).unwrap();
+    hv.define_network(
+        &network_xml(&replacement, net_of(&replacement, "net"))
+            .unwrap()
+            .xml
+            .replace("<name>", &format!("<uuid>{}</uuid><name>", before.uuid.clone().unwrap())),
+    )
+    .unwrap();
+    hv.define_network(&config).unwrap();
+    hv.start_network(name).unwrap();
+    assert_eq!(hv.observe().unwrap().networks[name], before);
+    assert_kind(hv.network_config_xml("no-such-net"), HvErrorKind::NotFound);
+    hv.stop_network(name).unwrap();
+    hv.undefine_network(name).unwrap();
+}
+
+#[test]
+fn config_round_trip_on_libvirt_test_driver() {
+    let hv = LibvirtHypervisor::connect("test:///default").unwrap();
+    config_round_trip(&hv, "cl", 21);
+}
+
+#[test]
+fn config_round_trip_on_memory_double() {
+    let hv = MemoryHypervisor::new().with_network_xml(DEFAULT_NET, true, true).unwrap();
+    config_round_trip(&hv, "cm", 23);
+}
+
 #[test]
 fn release_on_libvirt_test_driver() {
     let hv = LibvirtHypervisor::connect("test:///default").unwrap();

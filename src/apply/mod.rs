@@ -267,11 +267,22 @@ fn run_change(
     started: &Mutex<BTreeMap<String, Instant>>,
 ) -> Result<(), HvError> {
     let name = c.libvirt_name.as_str();
+    // A network replacement keeps the config it stops, to bring it back if the new one does
+    // not start.
+    let replacing = c.action == Action::Replace && matches!(c.address, Address::Network(_));
+    let mut previous: Option<String> = None;
     for op in &c.ops {
         match op {
             Op::EnsurePool { name, path } => hv.ensure_pool(name, path)?,
             Op::DefineNetwork { xml } => hv.define_network(xml)?,
-            Op::StartNetwork => done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive])?,
+            Op::StartNetwork => {
+                if let Err(e) = done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive]) {
+                    return Err(match &previous {
+                        Some(xml) => bring_back(hv, c, xml, e),
+                        None => e,
+                    });
+                }
+            }
             Op::SetNetworkAutostart { on } => hv.set_network_autostart(name, *on)?,
             Op::AddDhcpHost { xml, .. } => {
                 done_if(hv.update_dhcp_host(name, HostOp::Add, xml), &[HvErrorKind::Exists])?
@@ -279,19 +290,15 @@ fn run_change(
             Op::DeleteDhcpHost { xml, .. } => {
                 done_if(hv.update_dhcp_host(name, HostOp::Delete, xml), &[HvErrorKind::NotFound])?
             }
-            Op::StopNetwork => done_if(hv.stop_network(name), &[HvErrorKind::NotActive])?,
+            Op::StopNetwork => {
+                if replacing {
+                    previous = Some(hv.network_config_xml(name)?);
+                }
+                done_if(hv.stop_network(name), &[HvErrorKind::NotActive])?
+            }
             Op::UndefineNetwork => done_if(hv.undefine_network(name), &[HvErrorKind::NotFound])?,
             Op::ReleaseNetwork => hv.release_network(name)?,
-            Op::ReattachNics { nics } => {
-                for n in nics {
-                    done_if(hv.detach_device(&n.domain, &n.xml), &[HvErrorKind::NotFound])?;
-                    done_if(hv.attach_device(&n.domain, &n.xml), &[HvErrorKind::Exists])?;
-                    // The re-plugged NIC has a new tap, without netem.
-                    if let Some(netem) = &n.netem {
-                        hv.set_netem(&n.domain, n.mac, Some(netem))?;
-                    }
-                }
-            }
+            Op::ReattachNics { nics } => replug(hv, nics)?,
             Op::CreateVolume { volume } => hv.create_volume(volume)?,
             Op::UploadSeed { pool, name, seed } => {
                 let image = seed.image().map_err(|e| HvError {
@@ -340,6 +347,59 @@ fn run_change(
         }
     }
     Ok(())
+}
+
+/// Plugs each NIC of `nics` in again (detach, attach) and sets its netem on the new tap.
+fn replug(hv: &dyn Hypervisor, nics: &[crate::plan::NicPlug]) -> Result<(), HvError> {
+    for n in nics {
+        done_if(hv.detach_device(&n.domain, &n.xml), &[HvErrorKind::NotFound])?;
+        done_if(hv.attach_device(&n.domain, &n.xml), &[HvErrorKind::Exists])?;
+        // The re-plugged NIC has a new tap, without netem.
+        if let Some(netem) = &n.netem {
+            hv.set_netem(&n.domain, n.mac, Some(netem))?;
+        }
+    }
+    Ok(())
+}
+
+/// The new network of replacement `c` did not start (`failed`: libvirt refuses a subnet a
+/// host route has, a bridge name taken meanwhile, ...) after the working one was stopped:
+/// the old one is brought back (its config `previous` defined again, started, and the lab's
+/// NICs that were on it plugged in again), so the lab and the domains on it are not left
+/// down. Returns `failed` with a hint saying whether that worked; either way the step
+/// failed, and the next apply plans the replacement again from what is on the host.
+fn bring_back(hv: &dyn Hypervisor, c: &Change, previous: &str, failed: HvError) -> HvError {
+    let name = c.libvirt_name.as_str();
+    let nics: Vec<crate::plan::NicPlug> = c
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::ReattachNics { nics } => Some(nics.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let restored = hv
+        .define_network(previous)
+        .and_then(|()| done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive]))
+        .and_then(|()| replug(hv, &nics));
+    let (message, hint) = match restored {
+        Ok(()) => (
+            format!("{}; the network as it was before was brought back", failed.message),
+            format!(
+                "topo defined the previous config of {name} again, started it and plugged the lab's NICs back in:                  the lab runs as before this apply. Fix the cause and apply again{}",
+                failed.hint.as_ref().map(|h| format!(" ({h})")).unwrap_or_default()
+            ),
+        ),
+        Err(e) => (
+            format!("{}; bringing the previous network back failed too: {e}", failed.message),
+            format!(
+                "the network {name} is left as the failure found it (see `virsh net-info {name}`); fix the cause and \
+                 apply again"
+            ),
+        ),
+    };
+    HvError { message, hint: Some(hint), ..failed }
 }
 
 /// An error of one of `kinds` means the op's effect is already there.

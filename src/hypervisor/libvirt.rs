@@ -253,6 +253,24 @@ impl LibvirtHypervisor {
         Ok(Self { conn, uri, local, tc: Box::new(crate::tc::Tc) })
     }
 
+    /// The persistent config XML of network `name` (`VIR_NETWORK_XML_INACTIVE`), or its live
+    /// XML when it is transient (or the driver cannot dump an inactive one). `op` names what
+    /// topo was doing, for errors.
+    fn config_xml(&self, op: &str, name: &str) -> Result<String, HvError> {
+        let n = self.network(op, name)?;
+        let read = || -> Result<String, VirtError> {
+            if lv("virNetworkIsPersistent", name, || n.is_persistent())? {
+                match lv("virNetworkGetXMLDesc", name, || n.xml_desc(sys::VIR_NETWORK_XML_INACTIVE)) {
+                    Err(e) if is_unsupported(&e) => lv("virNetworkGetXMLDesc", name, || n.xml_desc(0)),
+                    other => other,
+                }
+            } else {
+                lv("virNetworkGetXMLDesc", name, || n.xml_desc(0))
+            }
+        };
+        read().map_err(|e| map_error(op, name, &e))
+    }
+
     /// The domains' taps are network devices of this machine: a local URI, not the test
     /// driver (whose domains have no taps).
     fn taps_here(&self) -> bool {
@@ -567,22 +585,15 @@ impl Hypervisor for LibvirtHypervisor {
         .map_err(|e| map_error(OP, name, &e))
     }
 
+    fn network_config_xml(&self, name: &str) -> Result<String, HvError> {
+        self.config_xml("read network config", name)
+    }
+
     fn release_network(&self, name: &str) -> Result<(), HvError> {
         const OP: &str = "release network";
-        let n = self.network(OP, name)?;
-        let read = || -> Result<String, VirtError> {
-            // The persistent config carries the tag topo reads; a transient network has only
-            // its live XML, and defining it makes it persistent without the tag.
-            if lv("virNetworkIsPersistent", name, || n.is_persistent())? {
-                match lv("virNetworkGetXMLDesc", name, || n.xml_desc(sys::VIR_NETWORK_XML_INACTIVE)) {
-                    Err(e) if is_unsupported(&e) => lv("virNetworkGetXMLDesc", name, || n.xml_desc(0)),
-                    other => other,
-                }
-            } else {
-                lv("virNetworkGetXMLDesc", name, || n.xml_desc(0))
-            }
-        };
-        let text = read().map_err(|e| map_error(OP, name, &e))?;
+        // The persistent config carries the tag topo reads; a transient network has only
+        // its live XML, and defining it makes it persistent without the tag.
+        let text = self.config_xml(OP, name)?;
         let released = xml::without_owner("network", &text).map_err(|e| other(OP, name, &e.to_string()))?;
         if released == text {
             return Ok(());

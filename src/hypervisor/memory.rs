@@ -81,6 +81,10 @@ struct State {
     bridge_macs: BTreeMap<String, std::collections::BTreeSet<MacAddr>>,
     /// Routes of the host that are no libvirt network's (a VPN, docker0: `with_host_routes`).
     routes: Vec<crate::observed::HostRoute>,
+    /// Each network's config XML as libvirt would dump it: the text last defined, with the
+    /// UUID and bridge the double gave it, the DHCP hosts added or deleted since, and no
+    /// owner tag once released (`network_config_xml`).
+    config: BTreeMap<String, String>,
 }
 
 /// A directory pool of files topo does not manage (`with_storage_pool`).
@@ -128,6 +132,23 @@ fn err(op: &str, object: &str, kind: HvErrorKind, message: impl Into<String>) ->
 /// the kernel's default (no netem either way).
 fn fresh_tap(nic: &ObservedInterface) -> crate::impair::TapQdiscs {
     crate::impair::TapQdiscs { htb: nic.bandwidth.is_some_and(|b| b.inbound.is_some()), netem: None }
+}
+
+/// `xml` without the `<host .../>` element of MAC `mac` (a DHCP host entry).
+fn without_host(xml: &str, mac: MacAddr) -> String {
+    let mut out = String::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find("<host ") {
+        let end = rest[at..].find("/>").map_or(rest.len(), |e| at + e + 2);
+        let element = &rest[at..end];
+        out.push_str(&rest[..at]);
+        if !element.to_ascii_lowercase().contains(&mac.to_string()) {
+            out.push_str(element);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn xml_err(op: &str, object: &str, e: XmlError) -> HvError {
@@ -317,6 +338,9 @@ impl State {
             net.active = old.active;
             net.autostart = old.autostart;
         }
+        let text =
+            crate::xml::with_bridge(&crate::xml::with_uuid(xml_text, net.uuid.as_deref()), net.bridge.as_deref());
+        self.config.insert(name.clone(), text);
         self.networks.insert(name, net);
         Ok(())
     }
@@ -451,6 +475,12 @@ impl MemoryHypervisor {
     /// refuses a subnet one of them has, as libvirt does; `observe` lists them on a local
     /// host (`with_host_interfaces`).
     pub fn with_host_routes(self, routes: &[(&str, &str)]) -> Self {
+        self.set_host_routes(routes);
+        self
+    }
+
+    /// Replaces the routes of [`MemoryHypervisor::with_host_routes`] (a VPN went down).
+    pub fn set_host_routes(&self, routes: &[(&str, &str)]) {
         self.lock().routes = routes
             .iter()
             .map(|(dev, cidr)| {
@@ -463,7 +493,6 @@ impl MemoryHypervisor {
                 }
             })
             .collect();
-        self
     }
 
     /// On a local host (`with_host_interfaces`), bridge `bridge` holds `macs` as its own (its
@@ -755,6 +784,7 @@ impl Hypervisor for MemoryHypervisor {
             n.active = false;
         } else {
             s.networks.remove(name);
+            s.config.remove(name);
         }
         Ok(())
     }
@@ -773,6 +803,7 @@ impl Hypervisor for MemoryHypervisor {
             n.autostart = false;
         } else {
             s.networks.remove(name);
+            s.config.remove(name);
         }
         Ok(())
     }
@@ -784,7 +815,21 @@ impl Hypervisor for MemoryHypervisor {
         // Defining a transient network's XML makes it persistent, as libvirt does.
         n.persistent = true;
         n.owner = None;
+        if let Some(text) = s.config.get_mut(name)
+            && let Ok(released) = crate::xml::without_owner("network", text)
+        {
+            *text = released;
+        }
         Ok(())
+    }
+
+    fn network_config_xml(&self, name: &str) -> Result<String, HvError> {
+        let mut s = self.lock();
+        s.enter("network_config_xml", name)?;
+        s.network("read network config", name)?;
+        s.config.get(name).cloned().ok_or_else(|| {
+            err("read network config", name, HvErrorKind::NotFound, format!("no config of network '{name}'"))
+        })
     }
 
     fn update_dhcp_host(&self, network: &str, op: HostOp, host_xml: &str) -> Result<(), HvError> {
@@ -813,6 +858,11 @@ impl Hypervisor for MemoryHypervisor {
                 }
                 ip.hosts.push(host);
                 ip.hosts.sort_by_key(|h| h.mac);
+                if let Some(text) = s.config.get_mut(network)
+                    && let Some(at) = text.find("</dhcp>")
+                {
+                    text.insert_str(at, host_xml);
+                }
             }
             HostOp::Delete => {
                 // libvirt matches a delete on mac, name or ip; topo always sends all three.
@@ -825,6 +875,9 @@ impl Hypervisor for MemoryHypervisor {
                     ));
                 };
                 ip.hosts.remove(i);
+                if let Some(text) = s.config.get_mut(network) {
+                    *text = without_host(text, host.mac);
+                }
             }
         }
         Ok(())

@@ -212,6 +212,10 @@ pub trait Hypervisor: Send + Sync {
     /// `net-destroy`: stops an active network (no-op error kind InvalidState if inactive).
     fn stop_network(&self, name: &str) -> Result<(), HvError>;
     fn undefine_network(&self, name: &str) -> Result<(), HvError>;
+    /// The network's persistent config as libvirt dumps it (`virsh net-dumpxml --inactive`:
+    /// UUID, bridge, MAC and DHCP hosts included), or its live XML when it is transient: what
+    /// `define_network` takes to bring it back as it was. NotFound when there is none.
+    fn network_config_xml(&self, name: &str) -> Result<String, HvError>;
     /// Removes topo's owner tag (`<metadata>/<owner>` in `OWNER_NS`) from the network's
     /// persistent config, changing nothing else; done when there is none. NotFound when the
     /// network does not exist.
