@@ -1491,11 +1491,14 @@ fn cloud_lab(image: &str, key: &str, user_data: &str) -> String {
         "apiVersion: topo/v1
 name: e2ecloud
 cloud_init:
-  ssh_authorized_keys: ['{key}']
+  ssh_authorized_keys: ['from=\"*\",no-x11-forwarding {key}']
   user_data: {user_data}
 networks:
   default:
     external: true
+  wan:
+    mode: nat
+    subnet: 10.40.0.0/24
   local_net:
     mode: isolated
     subnet: 192.168.152.0/24
@@ -1517,6 +1520,7 @@ vms:
     nics:
       - network: default
       - network: local_net
+      - network: wan
   deb2:
     hypervisor: qemu
     memory: 512MiB
@@ -1573,9 +1577,11 @@ fn check_console(lab: &Path) {
     assert!(r.stdout.contains("login:"), "the guest's login prompt:\n{}", r.show());
 }
 
-/// Cloud-init guests on the mkimage image: every NIC (DHCP on a NAT and an isolated network,
-/// a static address on a network without DHCP) proven by ARP after apply; `topo ssh` as the
-/// lab's user; the inventory; a user-data edit replaces the VM; destroy leaves nothing.
+/// Cloud-init guests on the mkimage image: every NIC (DHCP on two NAT networks and an
+/// isolated one, a static address on a network without DHCP) proven by ARP after apply; one
+/// default route on the VM with two DHCP routers, the first NIC's; `topo ssh` as the lab's
+/// user with a key line that has sshd options; the inventory; a user-data edit replaces the
+/// VM; destroy leaves nothing.
 #[test]
 #[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
 fn e2e_cloud_guests() {
@@ -1599,9 +1605,9 @@ fn e2e_cloud_guests() {
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
     let apply_secs = t0.elapsed().as_secs_f64();
     assert_eq!(r.code, 0, "{}", r.show());
-    assert!(r.stdout.contains("Verify: 4 verified, 0 failed, 0 skipped."), "{}", r.show());
+    assert!(r.stdout.contains("Verify: 5 verified, 0 failed, 0 skipped."), "{}", r.show());
     assert!(r.stdout.contains("10.20.0.20"), "the static NIC is proven at its address:\n{}", r.show());
-    clock.step(&format!("apply: 4 NICs verified by ARP, {apply_secs:.1} s"));
+    clock.step(&format!("apply: 5 NICs verified by ARP, {apply_secs:.1} s"));
     // For docs/benchmarks.md: the verification table (TIME: each NIC's proof, from its VM's start).
     eprintln!("e2e: benchmark: apply's output:\n{}", r.stdout);
     assert_converged(&lab);
@@ -1630,9 +1636,35 @@ fn e2e_cloud_guests() {
     assert_eq!(virsh_ok(&["domid", "e2ecloud-deb1"]), id, "deb1 was not restarted");
     clock.step("a seed deleted by hand: uploaded again in place");
 
-    // In: ssh as the lab's user, on a proven address.
+    // In: ssh as the lab's user, on a proven address, with a key line that has options
+    // before its type (sshd(8) AUTHORIZED_KEYS FILE FORMAT).
     let r = ssh(&lab, &agent, "deb1", &["hostname"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());
+    // deb1 gets a router by DHCP on eth0 (`default`) and eth2 (`wan`): one default route,
+    // the first NIC's (`dhcp4-overrides: {route-metric}`: 100, then 200), as cloud-init
+    // 22.4's ifupdown renderer writes it (`metric` under `iface ethN inet dhcp`).
+    let r = ssh(
+        &lab,
+        &agent,
+        "deb1",
+        &["ip", "-4", "route", "show", "default", ";", "ip", "-4", "route", "get", "192.0.2.1"],
+    );
+    let routes: Vec<&str> = r.stdout.lines().map(str::trim).collect();
+    assert!(
+        routes.iter().any(|l| l.starts_with("default via 192.168.122.1 dev eth0") && l.ends_with("metric 100")),
+        "{}",
+        r.show()
+    );
+    assert!(
+        routes.iter().any(|l| l.starts_with("default via 10.40.0.1 dev eth2") && l.ends_with("metric 200")),
+        "{}",
+        r.show()
+    );
+    assert!(
+        routes.iter().any(|l| l.starts_with("192.0.2.1 via 192.168.122.1 dev eth0")),
+        "the first NIC routes:\n{}",
+        r.show()
+    );
     let r = ssh(
         &lab,
         &agent,
@@ -1715,10 +1747,11 @@ fn e2e_cloud_guests() {
                 .map(move |n| (vm.clone(), n["nic"].as_str().unwrap_or("?").to_string(), n["address"].is_string()))
         })
         .collect();
-    let want: Vec<(String, String, bool)> = [("deb1", "eth0"), ("deb1", "eth1"), ("deb2", "eth0"), ("deb2", "eth1")]
-        .iter()
-        .map(|(v, n)| (v.to_string(), n.to_string(), true))
-        .collect();
+    let want: Vec<(String, String, bool)> =
+        [("deb1", "eth0"), ("deb1", "eth1"), ("deb1", "eth2"), ("deb2", "eth0"), ("deb2", "eth1")]
+            .iter()
+            .map(|(v, n)| (v.to_string(), n.to_string(), true))
+            .collect();
     assert_eq!(nics, want, "{}", r.stdout);
     let r = topo_ok(&["inventory", "--format", "ssh-config", path(&lab)]);
     let cfg = write(dir, "ssh_config", &r.stdout);
@@ -1729,7 +1762,7 @@ fn e2e_cloud_guests() {
         .map(Run::of)
         .expect("ssh -F");
     assert_eq!((o.code, o.stdout.trim()), (0, "deb2"), "{}", o.show());
-    clock.step("inventory: 4 addresses; ssh -F <inventory> works");
+    clock.step("inventory: 5 addresses; ssh -F <inventory> works");
 
     // A user-data edit: plan shows the diff, apply replaces both VMs, the guest has it.
     let lab = write(dir, "lab.yaml", &cloud_lab(&image, &agent.public, "own-b.sh"));
@@ -1743,7 +1776,7 @@ fn e2e_cloud_guests() {
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("0 added, 0 changed, 2 replaced"), "{}", r.show());
-    assert!(r.stdout.contains("Verify: 4 verified"), "{}", r.show());
+    assert!(r.stdout.contains("Verify: 5 verified"), "{}", r.show());
     assert_converged(&lab);
     // The script runs in cloud-init's last stage: wait for it; cloud-init took the
     // multi-part without an error.

@@ -557,6 +557,18 @@ mod tests {
         assert_eq!(vm(256), [Code::Vcpus]);
     }
 
+    /// libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes`: a running domain's memory
+    /// is rounded up to whole MiB while its definition keeps the value (on libvirt 9.0
+    /// `131073KiB` ran as `132096KiB`, and apply ended "would still update: memory").
+    #[test]
+    fn memory_in_whole_mib() {
+        let vm =
+            |m: &str| codes_of(&format!("{BASE}vms:\n  a:\n    memory: {m}\n    boot: {{kernel: /etc/hostname}}\n"));
+        assert_eq!(vm("131072KiB"), []);
+        assert_eq!(vm("131073KiB"), [Code::Memory]);
+        assert_eq!(vm("1GiB"), []);
+    }
+
     /// libvirt src/util/virsocketaddr.c, virSocketAddrGetRange: a range is fine as long as
     /// both ends share the first two bytes; the largest default range that does is a /16's.
     #[test]

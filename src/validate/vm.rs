@@ -100,6 +100,22 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
                 ok = false;
                 DEFAULT_MEMORY
             }
+            // libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes` rounds a running
+            // domain's memory up to whole MiB (`qemuDomainGetMemorySizeAlignment`: 1024 KiB on
+            // x86) and keeps the persistent value: 131073KiB ran as 132096KiB on libvirt 9.0
+            // (measured), so the plan would never converge.
+            Some(b) if !b.bytes().is_multiple_of(ByteSize::MIB) => {
+                let up = ByteSize::from_bytes(b.bytes().div_ceil(ByteSize::MIB) * ByteSize::MIB);
+                c.at(
+                    Code::Memory,
+                    m,
+                    format!("memory {b} is not a whole number of MiB: libvirt rounds it up to {up} when the VM starts"),
+                    "not whole MiB",
+                    format!("give `memory: {up}` (or another whole number of MiB)"),
+                );
+                ok = false;
+                DEFAULT_MEMORY
+            }
             Some(b) => b,
             None => {
                 ok = false;

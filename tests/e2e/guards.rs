@@ -132,3 +132,73 @@ fn e2e_guards_duplicate_mac_and_replace_under_a_foreign_vm() {
     topo_ok(&["destroy", "-y", path(&lab)]);
     assert_eq!(leftovers(GRD), Vec::<String>::new());
 }
+
+/// `ip -n NS ARGS` in the sandbox namespace, which must succeed.
+fn ip_ns(args: &[&str]) {
+    let o = Command::new("ip").args(["-n", &netns()]).args(args).output().expect("run ip");
+    assert!(o.status.success(), "ip -n {} {args:?}: {}", netns(), String::from_utf8_lossy(&o.stderr));
+}
+
+/// A subnet that a route of the host already has (here a bridge `topo-vpn0`, as docker0, with
+/// 192.168.179.1/24 in the daemon's namespace, as a VPN would add): libvirt refuses to start
+/// a network on it (bridge_driver_linux.c `networkCheckRouteCollision`, "Network is already
+/// in use by interface topo-vpn0").
+/// 1. topo in the daemon's namespace sees the route: the replacement onto that subnet is
+///    refused at plan time (`topo::plan::route_taken`, naming the device), nothing touched;
+/// 2. topo run from another namespace (the host's) cannot see it: apply stops the working
+///    network, libvirt refuses the new one's start, and apply brings the old one back (old
+///    subnet, active, the lab VM's tap on its bridge again) and fails saying so;
+/// 3. the route gone, apply replaces the network and the NIC is verified in the new subnet.
+#[test]
+#[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
+fn e2e_guards_host_route_refused_and_old_network_brought_back() {
+    let clock = Clock(Instant::now());
+    let _sandbox = Sandbox::up();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let lab = write(tmp.path(), "lab.yaml", &guard_lab("192.168.178"));
+    apply(&lab, 1);
+    let bridge = info(&["net-info", "grd-lan"]).get("Bridge").cloned().expect("bridge name");
+    clock.step("lab grd applied on 192.168.178.0/24");
+
+    ip_ns(&["link", "add", "topo-vpn0", "type", "bridge"]);
+    ip_ns(&["addr", "add", "192.168.179.1/24", "dev", "topo-vpn0"]);
+    ip_ns(&["link", "set", "topo-vpn0", "up"]);
+    std::fs::write(&lab, guard_lab("192.168.179")).expect("edit lab");
+    let r = topo(&["plan", path(&lab)]);
+    assert_eq!(r.code, 1, "{}", r.show());
+    let err = r.err_flat();
+    assert!(err.contains("topo::plan::route_taken") && err.contains("through `topo-vpn0`"), "{}", r.show());
+    assert!(virsh_ok(&["net-dumpxml", "grd-lan"]).contains("192.168.178.1"));
+    clock.step("a replacement onto a routed subnet: refused at plan time, naming topo-vpn0");
+
+    // From the host's namespace the route is not visible: libvirt refuses the start.
+    let out = Command::new(topo_bin())
+        .args(["-c", URI, "--color", "never", "apply", "-y", "--no-verify", path(&lab)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run topo");
+    let r = Run::of(out);
+    assert_eq!(r.code, 1, "{}", r.show());
+    let err = r.err_flat();
+    assert!(err.contains("Network is already in use by interface topo-vpn0"), "{}", r.show());
+    assert!(err.contains("the network as it was before was brought back"), "{}", r.show());
+    assert!(virsh_ok(&["net-dumpxml", "grd-lan"]).contains("192.168.178.1"), "the old network is back");
+    assert_eq!(info(&["net-info", "grd-lan"]).get("Active").map(String::as_str), Some("yes"));
+    let bridge_now = info(&["net-info", "grd-lan"]).get("Bridge").cloned().expect("bridge name");
+    assert_eq!(bridge_now, bridge);
+    assert!(taps_on("grd-v1", &bridge).iter().all(|(_, on)| *on), "the lab VM's NIC is back on the bridge");
+    std::fs::write(&lab, guard_lab("192.168.178")).expect("lab as before");
+    assert_converged(&lab);
+    let r = topo(&["verify", "--timeout", "30", path(&lab)]);
+    assert_eq!(r.code, 0, "the lab runs as before:\n{}", r.show());
+    clock.step("libvirt refused the start: old network brought back, the lab verified as before");
+
+    ip_ns(&["link", "del", "topo-vpn0"]);
+    std::fs::write(&lab, guard_lab("192.168.179")).expect("edit lab");
+    apply(&lab, 1);
+    assert_converged(&lab);
+    assert!(virsh_ok(&["net-dumpxml", "grd-lan"]).contains("192.168.179.1"));
+    clock.step("the route gone: replaced and verified in the new subnet");
+    topo_ok(&["destroy", "-y", path(&lab)]);
+    assert_eq!(leftovers(GRD), Vec::<String>::new());
+}
