@@ -972,6 +972,16 @@ fn a_replacement_that_does_not_start_brings_the_old_network_back() {
     hv.set_host_routes(&[]);
     apply_ok(&l2, &hv);
     assert_eq!(hv.cut_nics(), vec![]);
+    // The same when libvirt refuses the new definition after the stop.
+    let l3 = lab(&BASE.replace("10.50.0.", "10.70.0."));
+    let before = hv.observe().unwrap();
+    hv.fail_on("define_network", "demo-lan", fault("define network", "demo-lan"));
+    let (_, report) = apply_with(&l3, &hv, 4);
+    let StepOutcome::Failed { error, .. } = &report.steps[0].outcome else { panic!("{report:#?}") };
+    assert!(error.contains("injected failure; the network as it was before was brought back"), "{error}");
+    assert_eq!(hv.observe().unwrap().networks["demo-lan"], before.networks["demo-lan"]);
+    assert_eq!(hv.cut_nics(), vec![]);
+    apply_ok(&l3, &hv);
 }
 
 /// An owned network re-declared `external: true` is released (its tag removed), not

@@ -192,8 +192,25 @@ fn signals_end_a_command_with_130() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Give it time to install the handler and wait for the lock.
-        std::thread::sleep(Duration::from_millis(500));
+        // Once it says it waits for the lock (its handler is installed long before).
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 256];
+            let mut told = false;
+            while let Ok(n) = std::io::Read::read(&mut stderr, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if !told && text(&seen).contains("Waiting for another topo run") {
+                    told = tx.send(()).is_ok();
+                }
+            }
+            text(&seen)
+        });
+        let waiting = rx.recv_timeout(Duration::from_secs(60)).is_ok();
         let t = Instant::now();
         kill(Pid::from_raw(child.id() as i32), sig).unwrap();
         let status = loop {
@@ -203,9 +220,8 @@ fn signals_end_a_command_with_130() {
             assert!(t.elapsed() < Duration::from_secs(10), "{sig}: still running");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        assert!(err.contains("Waiting for another topo run"), "{sig}: held at the lock: {err}");
+        let err = reader.join().unwrap();
+        assert!(waiting, "{sig}: held at the lock: {err}");
         assert_eq!(status.code(), Some(130), "{sig}: {status:?}");
     }
 }

@@ -1640,6 +1640,7 @@ fn e2e_cloud_guests() {
     // before its type (sshd(8) AUTHORIZED_KEYS FILE FORMAT).
     let r = ssh(&lab, &agent, "deb1", &["hostname"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "deb1"), "{}", r.show());
+    files::check_host_keys_pinned(&lab, &agent, "e2ecloud", &["deb1"]);
     // deb1 gets a router by DHCP on eth0 (`default`) and eth2 (`wan`): one default route,
     // the first NIC's (`dhcp4-overrides: {route-metric}`: 100, then 200), as cloud-init
     // 22.4's ifupdown renderer writes it (`metric` under `iface ethN inet dhcp`).
@@ -1783,6 +1784,9 @@ fn e2e_cloud_guests() {
     let r = ssh(&lab, &agent, "deb1", &["sudo", "cloud-init", "status", "--wait", ";", "cat", "/etc/topo-e2e"]);
     assert!(r.code == 0 && r.stdout.contains("status: done"), "{}", r.show());
     assert_eq!(r.stdout.lines().last(), Some("b"), "the user's script ran:\n{}", r.show());
+    // The replaced deb1 (same domain UUID, new disk, new host keys): apply forgot its old
+    // key, the new one was accepted on first contact, and is pinned.
+    files::check_host_keys_pinned(&lab, &agent, "e2ecloud", &["deb1"]);
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");
     clock.step("user-data edit (a script, in a MIME multi-part): planned and applied as a replace, the script ran");
@@ -1793,6 +1797,7 @@ fn e2e_cloud_guests() {
     assert!(!virsh_ok(&["net-list", "--all", "--name"]).contains("e2ecloud-"));
     let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
     assert!(!vols.contains("e2ecloud-"), "{vols}");
+    assert_eq!(files::known_hosts_files("e2ecloud"), Vec::<PathBuf>::new(), "destroy deletes the lab's known_hosts");
     clock.step("destroy: nothing of the lab left");
 }
 

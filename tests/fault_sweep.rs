@@ -95,7 +95,7 @@ fn new_subnet() -> String {
     LAB.replace("10.50.0.", "10.60.0.")
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
     Apply,
     /// Apply as `topo apply --disconnect-foreign` does: the plan passes
@@ -320,6 +320,7 @@ fn every_fault_at_every_call_converges() {
                         }
                         assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");
                         assert_eq!(lab_cut(&hv), vec![], "{what}: NICs left off their network's bridge");
+                        seeds_whole(&l, &hv).unwrap_or_else(|e| panic!("{what}: {e}"));
                     }
                     Step::Destroy => {}
                 }
@@ -339,6 +340,73 @@ fn every_fault_at_every_call_converges() {
             );
         }
     }
+}
+
+/// Every seed volume the lab's domains use holds exactly its seed's image (a seed under its
+/// own name is whole: `guest::partial_seed_name`).
+fn seeds_whole(l: &Lab, hv: &MemoryHypervisor) -> Result<(), String> {
+    for vm in l.vms.values() {
+        let Some(seed) = topo::guest::Seed::of(l, vm).unwrap() else { continue };
+        let name = seed.volume_name(l, vm);
+        let got = hv.download_volume(topo::ownership::OVERLAY_POOL, &name).map_err(|e| format!("{name}: {e}"))?;
+        if got != seed.image().unwrap() {
+            return Err(format!("{name}: {} bytes, not the seed's {}", got.len(), seed.image().unwrap().len()));
+        }
+    }
+    Ok(())
+}
+
+/// A kill during the upload of a seed volume (the stream cut half-way: the volume holds
+/// part of its bytes) used to leave a truncated seed under its final name, which no later
+/// plan repaired. Now the upload goes to a partial name: for every seed upload of every
+/// scenario, the process dies during it, and the next plan deletes the leftover with reason
+/// `interrupted-upload`, uploads the seed again, and converges with every seed whole.
+#[test]
+fn a_kill_during_a_seed_upload_converges_with_a_whole_seed() {
+    let mut hits = 0;
+    for s in scenarios().into_iter().filter(|s| s.step == Step::Apply) {
+        let l = lab(&s.lab);
+        let hv = start(&s);
+        hv.clear_calls();
+        hv.count_calls();
+        assert!(!run(&s, &l, &hv, 1), "{}: the clean run failed", s.name);
+        hv.disarm();
+        // The k (1-based, `observe` not counted) of each upload.
+        let counted: Vec<String> = hv.calls().into_iter().filter(|c| c != "observe").collect();
+        let uploads: Vec<usize> =
+            counted.iter().enumerate().filter(|(_, c)| c.starts_with("upload_volume ")).map(|(i, _)| i + 1).collect();
+        for k in uploads {
+            hits += 1;
+            let what = format!("{} / kill during call {k} ({})", s.name, counted[k - 1]);
+            let hv = start(&s);
+            hv.arm(k, Fault::StopDuringCall);
+            assert!(run(&s, &l, &hv, 1), "{what}: the run did not fail");
+            hv.disarm();
+            assert!(
+                hv.volumes().iter().any(|(p, _)| topo::guest::is_partial_seed(p.rsplit('/').next().unwrap())),
+                "{what}: the cut upload left its partial volume"
+            );
+            assert!(seeds_whole(&l, &hv).is_err(), "{what}: a seed is missing until the next apply");
+            let (p, _) = plan_on(&l, &hv);
+            let leftover = p
+                .changes
+                .iter()
+                .find(|c| c.reasons.contains(&topo::plan::Reason::InterruptedUpload))
+                .unwrap_or_else(|| panic!("{what}: no interrupted-upload change: {p:#?}"));
+            assert_eq!(leftover.action, topo::plan::Action::Delete, "{what}");
+            let (p, report) = apply_with(&l, &hv, 4);
+            assert!(!report.failed(), "{what}: apply again failed: {report:#?}\nplan: {p:#?}");
+            if let Err(e) = topo::apply::check_converged(&l, &hv) {
+                panic!("{what}: not converged:\n{}", render_diag(&e));
+            }
+            assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");
+            seeds_whole(&l, &hv).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let (_, report) = destroy_with(&l, &hv, 4);
+            assert!(!report.failed(), "{what}");
+            assert_eq!(hv.volumes(), vec![], "{what}: destroy left volumes");
+        }
+    }
+    assert!(hits >= 3, "the scenarios upload seeds: {hits}");
 }
 
 /// The replace guard on its own: without `--disconnect-foreign`, the replace under a running

@@ -438,6 +438,15 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     let vols = hv.observe().unwrap().volumes;
     assert_eq!(vols[&spec.name].path, format!("{dir}/{}", spec.name));
     assert_kind(hv.create_volume(&spec), HvErrorKind::Exists);
+    // A copy made inside libvirtd (virStorageVolCreateXMLFrom): how a seed uploaded under
+    // its partial name gets its own. A volume of the copy's name is replaced; a missing
+    // source is NotFound.
+    let copy = format!("t{tag}-vm-cidata-11111111.aaaaaaaa.img");
+    hv.clone_volume(pool, &spec.name, &copy).unwrap();
+    assert_eq!(hv.observe().unwrap().volumes[&copy].path, format!("{dir}/{copy}"));
+    hv.clone_volume(pool, &spec.name, &copy).unwrap();
+    assert_kind(hv.clone_volume(pool, "no-such-volume", &copy), HvErrorKind::NotFound);
+    hv.delete_volume(pool, &copy).unwrap();
     hv.delete_volume(pool, &spec.name).unwrap();
     assert!(hv.observe().unwrap().volumes.is_empty());
     // A missing volume is NotFound, so an interrupted delete counts as done next time.
@@ -459,6 +468,11 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_eq!(hv.observe().unwrap().volumes.len(), 1);
     // Read back whole (for a plan's seed diff).
     assert_eq!(hv.download_volume(pool, &seed).unwrap(), vec![8u8; 2048]);
+    // A copy holds the same bytes.
+    let copy = format!("{seed}-copy");
+    hv.clone_volume(pool, &seed, &copy).unwrap();
+    assert_eq!(hv.download_volume(pool, &copy).unwrap(), vec![8u8; 2048]);
+    hv.delete_volume(pool, &copy).unwrap();
     hv.delete_volume(pool, &seed).unwrap();
     assert!(hv.observe().unwrap().volumes.is_empty());
     assert_kind(hv.download_volume(pool, &seed), HvErrorKind::NotFound);

@@ -237,6 +237,7 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         StopRequested,
         Paused,
         Orphaned,
+        InterruptedUpload,
         PoolNeeded,
         Unplugged { nics: vec![] },
         Released,

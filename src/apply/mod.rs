@@ -274,7 +274,15 @@ fn run_change(
     for op in &c.ops {
         match op {
             Op::EnsurePool { name, path } => hv.ensure_pool(name, path)?,
-            Op::DefineNetwork { xml } => hv.define_network(xml)?,
+            Op::DefineNetwork { xml } => {
+                if let Err(e) = hv.define_network(xml) {
+                    // After the stop of a replacement: the working network is down.
+                    return Err(match &previous {
+                        Some(old) => bring_back(hv, c, old, e),
+                        None => e,
+                    });
+                }
+            }
             Op::StartNetwork => {
                 if let Err(e) = done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive]) {
                     return Err(match &previous {
@@ -308,7 +316,12 @@ fn run_change(
                     kind: HvErrorKind::Other,
                     hint: None,
                 })?;
-                hv.upload_volume(pool, name, &image)?
+                // Under a partial name first: a seed under its own name is always whole
+                // (`guest::partial_seed_name` says why).
+                let partial = crate::guest::partial_seed_name(name);
+                hv.upload_volume(pool, &partial, &image)?;
+                hv.clone_volume(pool, &partial, name)?;
+                done_if(hv.delete_volume(pool, &partial), &[HvErrorKind::NotFound])?
             }
             Op::DeleteVolume { pool, name } => done_if(hv.delete_volume(pool, name), &[HvErrorKind::NotFound])?,
             Op::DefineDomain { xml } => hv.define_domain(xml)?,
@@ -362,8 +375,9 @@ fn replug(hv: &dyn Hypervisor, nics: &[crate::plan::NicPlug]) -> Result<(), HvEr
     Ok(())
 }
 
-/// The new network of replacement `c` did not start (`failed`: libvirt refuses a subnet a
-/// host route has, a bridge name taken meanwhile, ...) after the working one was stopped:
+/// The new network of replacement `c` was not defined or did not start (`failed`: libvirt
+/// refuses a subnet a host route has, a bridge name taken meanwhile, ...) after the working
+/// one was stopped:
 /// the old one is brought back (its config `previous` defined again, started, and the lab's
 /// NICs that were on it plugged in again), so the lab and the domains on it are not left
 /// down. Returns `failed` with a hint saying whether that worked; either way the step

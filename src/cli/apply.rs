@@ -191,6 +191,17 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
             }
             plan = again;
         }
+        // A replaced VM gets a new disk and so new host keys: its pinned key is forgotten
+        // first (a run killed after the replace must not leave the old key to refuse the new).
+        let replaced: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action == crate::plan::Action::Replace && matches!(c.address, crate::address::Address::Vm(_)))
+            .map(|c| c.libvirt_name.as_str())
+            .collect();
+        if let Err(e) = crate::guest::known_hosts::forget_vms(lab.name.as_str(), &host, &replaced) {
+            crate::errln!("warning: {e}");
+        }
         let (report, result) = execute(global, &plan, &hv, options(&args.confirm));
         if let Err(e) = result {
             json(&plan, Some(&report), None)?;
@@ -249,7 +260,16 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
         return Err(JsonNeedsApproval.into());
     }
     let hv = super::connect(global)?;
-    let _lock = LabLock::acquire(lab.name.as_str(), &super::host_id(&hv)?, &hv.uri(), "topo destroy")?;
+    let host = super::host_id(&hv)?;
+    let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo destroy")?;
+    // The whole lab gone: so are its VMs' pinned host keys (guest::known_hosts).
+    let forget_keys = |targets: &[crate::address::Address]| {
+        if targets.is_empty()
+            && let Err(e) = crate::guest::known_hosts::remove(lab.name.as_str(), &host)
+        {
+            crate::errln!("warning: cannot remove the lab's known_hosts file: {e}");
+        }
+    };
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
     crate::plan::check_instances(&lab, &observed, &hv.uri())?;
@@ -267,6 +287,7 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
         if args.json {
             json(None)?;
         } else {
+            forget_keys(&plan.targets);
             if plan.targets.is_empty() {
                 crate::outln!("Nothing to destroy: lab {} owns nothing on {}.", lab.name, hv.uri())?;
             } else {
@@ -309,6 +330,7 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
             left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();
         return Err(ApplyError::Inconsistent { details }.into());
     }
+    forget_keys(&plan.targets);
     Ok(Outcome::Ok)
 }
 

@@ -1,5 +1,6 @@
 //! `topo ssh`: log in to a lab VM as the lab's user, on an address topo has just proven by
-//! ARP, without touching `~/.ssh/known_hosts`.
+//! ARP, its host key pinned on first contact in the lab's own known_hosts file
+//! (`guest::known_hosts`), never in `~/.ssh/known_hosts`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,7 +73,8 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
         .collect();
     let opts = VerifyOptions { timeout: args.timeout, ..VerifyOptions::default() };
     let report = run_verification(global, &hv, &targets, opts)?;
-    let inv = Inventory::new(&lab, &report);
+    let mut inv = Inventory::new(&lab, &report);
+    super::inventory::pin_host_keys(&hv, &lab, &observed, &mut inv)?;
     let host = inv.host(&args.vm).ok_or_else(|| SshError::NoAddress { vm: args.vm.clone(), nic: None })?;
     let address = match &args.nic {
         Some(nic) => host.nics.iter().find(|n| n.nic == *nic).and_then(|n| n.address),
@@ -80,7 +82,7 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
     }
     .ok_or_else(|| SshError::NoAddress { vm: args.vm.clone(), nic: args.nic.clone() })?;
     let mut ssh = std::process::Command::new("ssh");
-    ssh.args(Inventory::ssh_args(host, address));
+    ssh.args(inv.ssh_args(host, address));
     if !args.command.is_empty() {
         ssh.arg("--").args(&args.command);
     }

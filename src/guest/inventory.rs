@@ -1,23 +1,16 @@
 //! The lab's inventory: every VM, the address topo has proven on each NIC, and the login
 //! user, written as an ssh_config, a hosts file, an Ansible inventory or JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::model::Lab;
 use crate::verify::{NicState, VerifyReport};
-
-/// ssh options for throwaway lab VMs: a replaced VM has a new host key, so host keys are
-/// neither checked nor written to `~/.ssh/known_hosts`.
-pub const SSH_OPTIONS: [(&str, &str); 4] = [
-    ("StrictHostKeyChecking", "no"),
-    ("UserKnownHostsFile", "/dev/null"),
-    ("GlobalKnownHostsFile", "/dev/null"),
-    ("LogLevel", "ERROR"),
-];
 
 /// One NIC in the inventory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,6 +40,10 @@ pub struct InvHost {
     /// The address to log in on: the first NIC (in `nics` order) with a proven address.
     pub address: Option<Ipv4Addr>,
     pub nics: Vec<InvNic>,
+    /// The name its host key is pinned under (`known_hosts::alias`); set by
+    /// [`Inventory::pin_host_keys`].
+    #[serde(skip)]
+    pub host_key_alias: Option<String>,
 }
 
 /// Every VM of a lab, sorted by name.
@@ -54,6 +51,9 @@ pub struct InvHost {
 pub struct Inventory {
     pub lab: String,
     pub hosts: Vec<InvHost>,
+    /// The lab's known_hosts file, once [`Inventory::pin_host_keys`] set it.
+    #[serde(skip)]
+    pub known_hosts: Option<PathBuf>,
 }
 
 impl Inventory {
@@ -99,10 +99,31 @@ impl Inventory {
                     user: ci.map(|c| c.user.clone()),
                     address: nics.iter().find_map(|n| n.address),
                     nics,
+                    host_key_alias: None,
                 }
             })
             .collect();
-        Inventory { lab: lab.name.to_string(), hosts }
+        Inventory { lab: lab.name.to_string(), hosts, known_hosts: None }
+    }
+
+    /// Pins host keys: ssh is told to keep them in `known_hosts` (the lab's file,
+    /// `known_hosts::prepare`) under each VM's alias from `aliases` (VM name -> alias,
+    /// `known_hosts::alias`), accepting a key on first contact and refusing a changed one.
+    pub fn pin_host_keys(&mut self, known_hosts: PathBuf, aliases: &BTreeMap<String, String>) {
+        for h in &mut self.hosts {
+            h.host_key_alias = aliases.get(&h.name).cloned();
+        }
+        self.known_hosts = Some(known_hosts);
+    }
+
+    /// The ssh options for `host`: those of `known_hosts::ssh_options` once its key is pinned
+    /// ([`Inventory::pin_host_keys`]); else only `LogLevel ERROR`, leaving host keys to
+    /// ssh's own defaults (`~/.ssh/known_hosts`, ask on first contact), never unchecked.
+    fn ssh_options(&self, host: &InvHost) -> Vec<(&'static str, String)> {
+        match (&self.known_hosts, &host.host_key_alias) {
+            (Some(file), Some(alias)) => super::known_hosts::ssh_options(file, alias),
+            _ => vec![("LogLevel", "ERROR".into())],
+        }
     }
 
     /// The host named `vm`, if the lab has it.
@@ -111,8 +132,10 @@ impl Inventory {
     }
 
     /// An ssh_config(5) file: `Host VM` on its login address, and `Host VM-ethN` for every
-    /// NIC with a proven address, each with the user and [`SSH_OPTIONS`]. VMs without a
-    /// proven address are listed as comments.
+    /// NIC with a proven address, each with the user and the host-key options
+    /// ([`Inventory::pin_host_keys`]: every entry of a VM checks its key under the VM's one
+    /// alias, whichever address it reaches it on). VMs without a proven address are listed
+    /// as comments.
     pub fn ssh_config(&self) -> String {
         let mut s = format!("# topo inventory of lab {}: ssh -F <this file> VM\n", self.lab);
         let entry = |s: &mut String, h: &InvHost, alias: &str, ip: Ipv4Addr| {
@@ -120,7 +143,7 @@ impl Inventory {
             if let Some(u) = &h.user {
                 let _ = writeln!(s, "  User {u}");
             }
-            for (k, v) in SSH_OPTIONS {
+            for (k, v) in self.ssh_options(h) {
                 let _ = writeln!(s, "  {k} {v}");
             }
         };
@@ -163,7 +186,6 @@ impl Inventory {
     /// An Ansible YAML inventory: every VM under `all.hosts` with `ansible_host`,
     /// `ansible_user` and ssh options, its NICs as `topo_nics`, and one group per network.
     pub fn ansible(&self) -> Result<String, super::GuestError> {
-        let common = SSH_OPTIONS.iter().map(|(k, v)| format!("-o {k}={v}")).collect::<Vec<_>>().join(" ");
         let mut hosts = Map::new();
         let mut groups: std::collections::BTreeMap<&str, Map<String, Value>> = Default::default();
         for h in &self.hosts {
@@ -174,7 +196,8 @@ impl Inventory {
             if let Some(u) = &h.user {
                 vars.insert("ansible_user".into(), json!(u));
             }
-            vars.insert("ansible_ssh_common_args".into(), json!(common));
+            let common: Vec<String> = self.ssh_options(h).iter().map(|(k, v)| format!("-o {k}={v}")).collect();
+            vars.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));
             let nics: Map<String, Value> = h
                 .nics
                 .iter()
@@ -204,14 +227,15 @@ impl Inventory {
         serde_json::to_string_pretty(&v).expect("inventory JSON serialises")
     }
 
-    /// The `ssh` arguments that log in to `host` on `address`: the [`SSH_OPTIONS`],
+    /// The `ssh` arguments that log in to `host` on `address`: the host-key options
+    /// ([`Inventory::pin_host_keys`]),
     /// `ConnectionAttempts=180` (ssh retries once a second, so up to three minutes: a guest
     /// answers ARP before its sshd listens, and at first boot cloud-init makes the host keys
     /// before sshd starts, which under software emulation on a busy host took more than a
     /// minute), then `-l user` when the VM has one, then the address.
-    pub fn ssh_args(host: &InvHost, address: Ipv4Addr) -> Vec<String> {
+    pub fn ssh_args(&self, host: &InvHost, address: Ipv4Addr) -> Vec<String> {
         let mut args = Vec::new();
-        for (k, v) in SSH_OPTIONS.iter().chain(&[("ConnectionAttempts", "180")]) {
+        for (k, v) in self.ssh_options(host).into_iter().chain([("ConnectionAttempts", "180".to_string())]) {
             args.push("-o".into());
             args.push(format!("{k}={v}"));
         }

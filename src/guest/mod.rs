@@ -7,6 +7,7 @@
 
 mod fat;
 mod inventory;
+pub mod known_hosts;
 mod network;
 mod user_data;
 
@@ -17,7 +18,7 @@ use serde_json::Value;
 use crate::model::{Lab, Vm};
 
 pub use fat::{SEED_LABEL, fat_image, read_fat_files};
-pub use inventory::{InvHost, InvNic, Inventory, SSH_OPTIONS};
+pub use inventory::{InvHost, InvNic, Inventory};
 pub use network::network_config;
 pub use user_data::{
     GZIP_MAGIC, Part, UserDataKind, check_user_file, merge, multipart, parse_user_file, user_data, user_data_kind,
@@ -110,6 +111,27 @@ pub const SEED_MARK: &str = "-cidata-";
 /// Whether volume `name` is a seed volume topo made (see [`Seed::volume_name`]).
 pub fn is_seed_volume(name: &str) -> bool {
     name.contains(SEED_MARK) && name.ends_with(".img")
+}
+
+/// What a seed volume's name ends with while it is being uploaded (see [`partial_seed_name`]).
+pub const PARTIAL_SUFFIX: &str = "-partial";
+
+/// The name a seed is uploaded under before it gets its own: `<seed name>-partial`
+/// (`…cidata-1a2b3c4d.<tag>.img-partial`). libvirt volumes cannot be renamed, and a stream
+/// upload killed half-way leaves a volume of the full capacity with only part of the bytes
+/// written, which nothing on the host tells from a whole one. So apply uploads here, then
+/// has libvirtd copy the volume to the seed's own name (`virStorageVolCreateXMLFrom`: the copy
+/// runs inside the daemon, a kill of topo does not cut it short) and deletes this one: a seed
+/// volume under its own name is always complete. The name keeps the lab's tag
+/// (`ownership::volume_owned_by` holds), so a leftover is planned for deletion with reason
+/// `interrupted-upload`.
+pub fn partial_seed_name(seed: &str) -> String {
+    format!("{seed}{PARTIAL_SUFFIX}")
+}
+
+/// Whether volume `name` is a seed upload that has not got its own name ([`partial_seed_name`]).
+pub fn is_partial_seed(name: &str) -> bool {
+    name.strip_suffix(PARTIAL_SUFFIX).is_some_and(is_seed_volume)
 }
 
 /// `iid-` + the first 16 hex digits of SHA-256("topo-seed-v1\0" + lab + "\0" + vm + "\0" +

@@ -405,7 +405,16 @@ fn inventory() -> Inventory {
     vm.cloud_init.as_mut().unwrap().hostname = "deb3.lab.example".into();
     lab.vms.values_mut().find(|v| v.name.as_str() == "deb2").unwrap().cloud_init = None;
     let r = report(&lab);
-    Inventory::new(&lab, &r)
+    let mut inv = Inventory::new(&lab, &r);
+    let aliases = lab
+        .vms
+        .values()
+        .map(|vm| {
+            (vm.name.to_string(), super::known_hosts::alias(&vm.libvirt_name, "00000000-0000-4000-8000-000000000001"))
+        })
+        .collect();
+    inv.pin_host_keys("/home/u/.local/state/topo/known_hosts/lab-0123456789ab".into(), &aliases);
+    inv
 }
 
 #[test]
@@ -428,16 +437,21 @@ fn inventory_json() {
     insta::assert_snapshot!(inventory().json());
 }
 
+/// Host keys are pinned in the lab's own file under the VM's alias, accepted on first
+/// contact and checked after (ssh_config(5) StrictHostKeyChecking=accept-new), never turned off.
 #[test]
-fn ssh_args_use_the_user_and_no_known_hosts() {
+fn ssh_args_use_the_user_and_pin_the_host_key() {
     let inv = inventory();
     let h = inv.host("deb1").unwrap();
-    let args = Inventory::ssh_args(h, h.address.unwrap()).join(" ");
+    let args = inv.ssh_args(h, h.address.unwrap()).join(" ");
     assert_eq!(
         args,
-        "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o GlobalKnownHostsFile=/dev/null \
+        "-o UserKnownHostsFile=/home/u/.local/state/topo/known_hosts/lab-0123456789ab \
+         -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=accept-new \
+         -o HostKeyAlias=seedlab-deb1.00000000-0000-4000-8000-000000000001 -o HashKnownHosts=no \
          -o LogLevel=ERROR -o ConnectionAttempts=180 -l topo 192.168.122.57"
     );
+    assert!(!args.contains("StrictHostKeyChecking=no"), "{args}");
     let h = inv.host("deb2").unwrap();
-    assert!(!Inventory::ssh_args(h, h.address.unwrap()).contains(&"-l".to_string()), "no cloud-init: no user");
+    assert!(!inv.ssh_args(h, h.address.unwrap()).contains(&"-l".to_string()), "no cloud-init: no user");
 }

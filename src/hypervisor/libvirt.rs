@@ -942,6 +942,22 @@ impl Hypervisor for LibvirtHypervisor {
         Ok(())
     }
 
+    fn clone_volume(&self, pool: &str, from: &str, to: &str) -> Result<(), HvError> {
+        const OP: &str = "copy volume";
+        let p = lv("virStoragePoolLookupByName", pool, || self.conn.lookup_storage_pool_by_name(pool))
+            .map_err(|e| map_error(OP, pool, &e))?;
+        let src = lv("virStorageVolLookupByName", from, || p.lookup_storage_vol_by_name(from))
+            .map_err(|e| map_error(OP, from, &e))?;
+        let capacity = lv("virStorageVolGetInfo", from, || src.info()).map_err(|e| map_error(OP, from, &e))?.capacity;
+        if let Ok(old) = lv("virStorageVolLookupByName", to, || p.lookup_storage_vol_by_name(to)) {
+            lv("virStorageVolDelete", to, || old.delete(0)).map_err(|e| map_error(OP, to, &e))?;
+        }
+        let xml = xml::raw_volume_xml(to, capacity).map_err(|e| other(OP, to, &e.to_string()))?;
+        lv("virStorageVolCreateXMLFrom", to, || virt::storage_vol::StorageVol::create_xml_from(&p, &xml, &src, 0))
+            .map_err(|e| map_error(OP, to, &e))?;
+        Ok(())
+    }
+
     fn download_volume(&self, pool: &str, name: &str) -> Result<Vec<u8>, HvError> {
         const OP: &str = "download volume";
         let p = lv("virStoragePoolLookupByName", pool, || self.conn.lookup_storage_pool_by_name(pool))

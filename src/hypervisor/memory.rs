@@ -68,8 +68,11 @@ struct State {
     uploads: BTreeMap<String, Vec<u8>>,
     /// Calls counted since `arm` (every logged call but `observe`).
     counted: usize,
-    /// The armed fault: (k, crash).
-    armed: Option<(usize, bool)>,
+    /// The armed fault: (k, kind).
+    armed: Option<(usize, Fault)>,
+    /// Set by `enter` when the call it lets through is the one a `Fault::StopDuringCall`
+    /// cuts short (read by the calls that leave part of their effect: `upload_volume`).
+    cut_short: bool,
     /// Interfaces on the host that are no libvirt network's bridge (a physical NIC, a
     /// hand-made bridge); `None` plays a remote host, whose interfaces topo cannot see.
     host_interfaces: Option<std::collections::BTreeSet<String>>,
@@ -116,6 +119,12 @@ pub enum Fault {
     /// The k-th call takes effect, and every call after it fails: the process "died" right
     /// after the call and the host keeps what was done.
     StopAfterCall,
+    /// The process dies during the k-th call: it and every call after it fail. A stream
+    /// upload (`upload_volume`) leaves what a kill during virStorageVolUpload leaves: the
+    /// volume (created before the stream starts) holding the first half of the data; any
+    /// other call is one libvirtd finishes or never started, as `StopAfterCall` or
+    /// `FailCall` already cover.
+    StopDuringCall,
 }
 
 /// Strict in-memory `Hypervisor`. Cheap to build; state lives behind one mutex.
@@ -168,11 +177,17 @@ impl State {
             let (_, _, e) = self.faults.remove(i);
             return Err(e);
         }
-        if let Some((k, crash)) = self.armed {
+        self.cut_short = false;
+        if let Some((k, fault)) = self.armed {
             self.counted += 1;
-            let fail = if crash { self.counted > k } else { self.counted == k };
+            let fail = match fault {
+                Fault::FailCall => self.counted == k,
+                Fault::StopAfterCall => self.counted > k,
+                Fault::StopDuringCall => self.counted >= k,
+            };
+            self.cut_short = fault == Fault::StopDuringCall && self.counted == k;
             if fail {
-                let why = if crash { "the process was stopped" } else { "injected failure" };
+                let why = if fault == Fault::FailCall { "injected failure" } else { "the process was stopped" };
                 return Err(err(&op_words(op), name, HvErrorKind::Other, format!("{why} (call {})", self.counted)));
             }
         }
@@ -568,12 +583,12 @@ impl MemoryHypervisor {
     }
 
     /// Arms a fault sweep: counting from now, the `k`-th call (1-based; every call but
-    /// `observe`) fails (`Fault::FailCall`) or is the last one to succeed
-    /// (`Fault::StopAfterCall`).
+    /// `observe`) fails (`Fault::FailCall`), is the last one to succeed
+    /// (`Fault::StopAfterCall`), or is cut short by the process dying (`Fault::StopDuringCall`).
     pub fn arm(&self, k: usize, fault: Fault) {
         let mut s = self.lock();
         s.counted = 0;
-        s.armed = Some((k, fault == Fault::StopAfterCall));
+        s.armed = Some((k, fault));
     }
 
     /// Removes the armed fault (a new process starts); returns the calls counted.
@@ -587,7 +602,7 @@ impl MemoryHypervisor {
     pub fn count_calls(&self) {
         let mut s = self.lock();
         s.counted = 0;
-        s.armed = Some((usize::MAX, false));
+        s.armed = Some((usize::MAX, Fault::FailCall));
     }
 
     /// Pauses a running domain (`virsh suspend`).
@@ -1084,10 +1099,39 @@ impl Hypervisor for MemoryHypervisor {
     fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError> {
         const OP: &str = "upload volume";
         let mut s = self.lock();
-        s.enter("upload_volume", name)?;
+        let entered = s.enter("upload_volume", name);
+        // Killed during the stream: the volume is there (libvirt creates it first, of the full
+        // capacity) with part of the bytes.
+        let cut_short = std::mem::take(&mut s.cut_short);
+        if entered.is_ok() || cut_short {
+            s.active_pool(OP, pool)?;
+            let kept = if cut_short { &data[..data.len() / 2] } else { data };
+            s.volumes.insert(name.to_string(), "raw".to_string());
+            s.uploads.insert(name.to_string(), kept.to_vec());
+        }
+        entered
+    }
+
+    fn clone_volume(&self, pool: &str, from: &str, to: &str) -> Result<(), HvError> {
+        const OP: &str = "copy volume";
+        let mut s = self.lock();
+        s.enter("clone_volume", to)?;
         s.active_pool(OP, pool)?;
-        s.volumes.insert(name.to_string(), "raw".to_string());
-        s.uploads.insert(name.to_string(), data.to_vec());
+        if !s.volumes.contains_key(from) {
+            return Err(err(
+                OP,
+                from,
+                HvErrorKind::NotFound,
+                format!("Storage volume not found: no storage vol with matching name '{from}'"),
+            ));
+        }
+        // A volume named `to` is deleted first (as the libvirt implementation does).
+        let data = s.uploads.get(from).cloned();
+        s.volumes.insert(to.to_string(), "raw".to_string());
+        match data {
+            Some(d) => s.uploads.insert(to.to_string(), d),
+            None => s.uploads.remove(to),
+        };
         Ok(())
     }
 

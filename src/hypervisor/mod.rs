@@ -267,6 +267,10 @@ pub trait Hypervisor: Send + Sync {
     /// URIs). A volume of that name is deleted first (a leftover of an interrupted upload
     /// is never trusted); on a failed upload the new volume is deleted again.
     fn upload_volume(&self, pool: &str, name: &str, data: &[u8]) -> Result<(), HvError>;
+    /// Creates volume `to` in pool `pool` as a copy of volume `from` of the same pool
+    /// (virStorageVolCreateXMLFrom, raw, of `from`'s capacity; the copy runs inside libvirtd).
+    /// A volume named `to` is deleted first. `from` missing is `NotFound`.
+    fn clone_volume(&self, pool: &str, from: &str, to: &str) -> Result<(), HvError>;
     /// The whole content of volume `name` of pool `pool` (virStorageVolDownload over a
     /// stream, so it works on remote URIs). For seeds only: a volume larger than 16 MiB is
     /// an error. A missing volume is `NotFound`.

@@ -78,6 +78,10 @@ pub enum Reason {
     /// A volume tagged as this lab's that no domain uses (left by an interrupted apply or
     /// destroy, or by a define that libvirt refused).
     Orphaned,
+    /// A seed upload that never got its seed's own name (`guest::partial_seed_name`): the
+    /// run uploading it was killed or failed before the copy to the seed's name; its content
+    /// may be truncated, so it is deleted (the seed, if still missing, is uploaded again).
+    InterruptedUpload,
     /// The shared overlay pool is missing or inactive and a VM disk needs it.
     PoolNeeded,
     /// NICs of the running VM are not on their network's bridge (the network was stopped
@@ -131,6 +135,10 @@ impl Reason {
             Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
             Reason::Paused => "the VM is paused; it will be resumed".into(),
             Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
+            Reason::InterruptedUpload => {
+                "an interrupted seed upload left it (it may be truncated; seeds get their own name only when whole)"
+                    .into()
+            }
             Reason::PoolNeeded => {
                 "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
                     .into()
@@ -1033,7 +1041,11 @@ fn orphaned_volumes(lab: &Lab, observed: &Observed, changes: &[Change], all: boo
             address: Address::Volume(v.name.clone()),
             libvirt_name: v.name.clone(),
             action: Action::Delete,
-            reasons: vec![Reason::Orphaned],
+            reasons: vec![if crate::guest::is_partial_seed(&v.name) {
+                Reason::InterruptedUpload
+            } else {
+                Reason::Orphaned
+            }],
             fields: vec![FieldChange {
                 path: "path".into(),
                 before: Some(v.path.clone()),
