@@ -234,6 +234,13 @@ fn foreign(hv: &MemoryHypervisor) -> String {
     format!("{nets:?}{doms:?}")
 }
 
+/// The lab the scenario's step uses, with its `--take-over`.
+fn scenario_lab(s: &Scenario) -> Lab {
+    let mut l = lab(&s.lab);
+    l.take_over = s.take_over;
+    l
+}
+
 fn start(s: &Scenario) -> MemoryHypervisor {
     let hv = bystanders();
     if let Some(b) = &s.before {
@@ -289,8 +296,7 @@ fn owned(l: &Lab, hv: &MemoryHypervisor) -> Vec<String> {
 #[test]
 fn every_fault_at_every_call_converges() {
     for s in scenarios() {
-        let mut l = lab(&s.lab);
-        l.take_over = s.take_over;
+        let l = scenario_lab(&s);
         // The length of the sweep: the calls of a clean run.
         let hv = start(&s);
         hv.count_calls();
@@ -365,7 +371,7 @@ fn seeds_whole(l: &Lab, hv: &MemoryHypervisor) -> Result<(), String> {
 fn a_kill_during_a_seed_upload_converges_with_a_whole_seed() {
     let mut hits = 0;
     for s in scenarios().into_iter().filter(|s| s.step == Step::Apply) {
-        let l = lab(&s.lab);
+        let l = scenario_lab(&s);
         let hv = start(&s);
         hv.clear_calls();
         hv.count_calls();
