@@ -100,6 +100,9 @@ pub enum Code {
     ExternalUnprovable,
     /// The subnet declared on an external network is not the one libvirt reports for it.
     ExternalSubnetMismatch,
+    /// Another instance of this lab (the same name and prefix, another lab file) made
+    /// objects on the host; `--take-over` makes this file their owner.
+    OtherInstance,
     /// A libvirt network name the lab would create is taken by an object it does not own.
     NetworkNameTaken,
     /// A libvirt domain name the lab would create is taken by an object it does not own.
@@ -197,6 +200,7 @@ impl Code {
             ExternalInactive => "topo::plan::external_inactive",
             ExternalUnprovable => "topo::plan::external_unprovable",
             ExternalSubnetMismatch => "topo::plan::external_subnet_mismatch",
+            OtherInstance => "topo::plan::other_instance",
             NetworkNameTaken => "topo::plan::network_name_taken",
             VmNameTaken => "topo::plan::vm_name_taken",
             HostSubnetOverlap => "topo::plan::subnet_overlap",

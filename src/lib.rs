@@ -18,6 +18,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod impair;
 pub mod kernel;
+pub mod labs;
 pub mod model;
 pub mod observed;
 pub mod ownership;

@@ -412,6 +412,8 @@ impl fmt::Display for ByteSize {
 #[derive(Clone, Debug)]
 pub struct Lab {
     pub name: LabName,
+    /// Where `name:`'s value is, for diagnostics about the lab as a whole.
+    pub name_span: SourceSpan,
     /// Prepended to every libvirt name the lab owns (default `"<name>-"`).
     pub prefix: String,
     /// Keyed by the name in the file; iteration is sorted, so output is deterministic.
@@ -419,6 +421,12 @@ pub struct Lab {
     pub vms: BTreeMap<VmName, Vm>,
     /// The file the lab came from, for diagnostics after validation.
     pub source: SourceFile,
+    /// What this run writes into the owner tags besides the instance (when, who). Empty
+    /// after validation; the CLI sets it for the commands that write (`Stamp::now`).
+    pub stamp: crate::ownership::Stamp,
+    /// `--take-over`: objects made by another instance of this lab (same name and prefix,
+    /// another lab file) are taken as this one's and re-tagged (docs/lab-file.md).
+    pub take_over: bool,
 }
 
 /// One network of the lab: either referenced (external) or owned by the lab.
@@ -720,6 +728,34 @@ impl Nic {
 }
 
 impl Lab {
+    /// This lab instance: its name, prefix and canonical lab file (docs/lab-file.md, "Lab
+    /// identity").
+    pub fn instance(&self) -> crate::ownership::Instance {
+        crate::ownership::Instance {
+            lab: self.name.to_string(),
+            prefix: self.prefix.clone(),
+            file: self.source.file.to_string_lossy().into_owned(),
+        }
+    }
+    /// The owner tag this run writes on the object `resource` named `name` in libvirt.
+    pub fn owner_tag(
+        &self,
+        resource: &crate::address::Address,
+        name: &str,
+        spec_hash: &str,
+    ) -> crate::ownership::OwnerTag {
+        let me = self.instance();
+        crate::ownership::OwnerTag {
+            lab: me.lab,
+            resource: resource.to_string(),
+            name: name.to_string(),
+            spec_hash: spec_hash.to_string(),
+            prefix: Some(me.prefix),
+            file: Some(me.file),
+            applied: self.stamp.applied.clone(),
+            user: self.stamp.user.clone(),
+        }
+    }
     /// Number of external networks.
     pub fn external_count(&self) -> usize {
         self.networks.values().filter(|n| matches!(n.kind, NetworkKind::External)).count()

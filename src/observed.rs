@@ -359,16 +359,16 @@ pub struct Lease {
 }
 
 impl ObservedNetwork {
-    /// Whose network this is, for lab `lab` (see [`Ownership::of`]).
-    pub fn ownership(&self, lab: &str) -> Ownership {
-        Ownership::of(self.owner.as_ref(), lab, &self.name)
+    /// Whose network this is, for lab `lab`'s instance (see [`Ownership::of`]).
+    pub fn ownership(&self, lab: &crate::model::Lab) -> Ownership {
+        Ownership::of(self.owner.as_ref(), &lab.instance(), lab.take_over, &self.name)
     }
 }
 
 impl ObservedDomain {
-    /// Whose domain this is, for lab `lab` (see [`Ownership::of`]).
-    pub fn ownership(&self, lab: &str) -> Ownership {
-        Ownership::of(self.owner.as_ref(), lab, &self.name)
+    /// Whose domain this is, for lab `lab`'s instance (see [`Ownership::of`]).
+    pub fn ownership(&self, lab: &crate::model::Lab) -> Ownership {
+        Ownership::of(self.owner.as_ref(), &lab.instance(), lab.take_over, &self.name)
     }
 
     /// Disk `i`'s chain, top first: its source, then its backing files.

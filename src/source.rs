@@ -19,6 +19,10 @@ pub struct SourceFile {
     /// absolute and with symlinks resolved (see [`resolve_path`]), so the same file gives the
     /// same paths whichever folder or symlink it was reached through.
     pub dir: PathBuf,
+    /// The lab file itself, canonical (absolute, every symlink and `..` resolved, as
+    /// `realpath(3)`; lexically normalised when it does not exist here): the lab instance's
+    /// identity (`ownership::Instance::file`), the same from any folder or symlink.
+    pub file: PathBuf,
     pub text: Arc<String>,
 }
 
@@ -126,7 +130,8 @@ impl SourceFile {
             _ => PathBuf::from("."),
         };
         let dir = canonical_or_lexical(&parent);
-        Self { path: path.to_path_buf(), dir, text: Arc::new(text) }
+        let file = canonical_or_lexical(path);
+        Self { path: path.to_path_buf(), dir, file, text: Arc::new(text) }
     }
 
     /// The name shown in diagnostics.

@@ -118,9 +118,7 @@ pub fn status(
         let state = match (&net.kind, o) {
             (_, None) => ResourceState::Missing,
             (NetworkKind::External, Some(o)) => ResourceState::External { active: o.active },
-            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab.name.as_str()) != Ownership::ThisLab => {
-                ResourceState::Conflict
-            }
+            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab) != Ownership::ThisLab => ResourceState::Conflict,
             (NetworkKind::Managed(_), Some(o)) => {
                 if o.active {
                     ResourceState::Active
@@ -147,7 +145,7 @@ pub fn status(
         let address = Address::Vm(vm.name.clone());
         let state = match o {
             None => ResourceState::Missing,
-            Some(d) if d.ownership(lab.name.as_str()) != Ownership::ThisLab => ResourceState::Conflict,
+            Some(d) if d.ownership(lab) != Ownership::ThisLab => ResourceState::Conflict,
             Some(d) => match d.state {
                 DomainState::Running => ResourceState::Running,
                 DomainState::Paused => ResourceState::Paused,
@@ -292,6 +290,7 @@ vms:
                 resource: "network.lan".into(),
                 name: name.into(),
                 spec_hash: "x".into(),
+                ..OwnerTag::default()
             }),
         }
     }
@@ -322,6 +321,7 @@ vms:
                 resource: format!("vm.{}", name.trim_start_matches("demo-")),
                 name: name.into(),
                 spec_hash: "x".into(),
+                ..OwnerTag::default()
             }),
         }
     }

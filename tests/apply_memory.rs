@@ -720,7 +720,7 @@ fn a_domain_copied_under_another_name_is_foreign() {
     hv.define_domain(&copy).unwrap();
     let o = hv.observe().unwrap();
     assert!(o.domains["copy"].owner.is_some(), "the copy carries the tag");
-    assert_eq!(o.domains["copy"].ownership("demo"), topo::observed::Ownership::NotOwned);
+    assert_eq!(o.domains["copy"].ownership(&l), topo::observed::Ownership::NotOwned);
     assert_replans_empty(&l, &hv);
     let (p, report) = destroy_with(&l, &hv, 4);
     assert!(!report.failed(), "{report:#?}");

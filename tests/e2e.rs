@@ -566,7 +566,9 @@ fn e2e_real_libvirt() {
 
     // d. in-place edits: NIC added to deb2, new VM deb4, deb2's reservation changed
     let v2 = Shape { deb2_ip: "63", deb2_second_nic: true, deb4: true, ..V1 };
-    let lab2 = write(dir, "lab2.yaml", &lab_text(&v2));
+    // The same lab file, edited (another file with the same name would be another lab
+    // instance, refused: docs/lab-file.md, "Lab identity").
+    let lab2 = write(dir, "lab.yaml", &lab_text(&v2));
     check_edit_plan(&plan_json(&lab2));
     // 20 s: enough for the new deb4 to boot and lease on a loaded 2-core host; deb2 eth0
     // fails only when the timeout ends (it never answers at .63 before a restart).
@@ -596,7 +598,7 @@ fn e2e_real_libvirt() {
 
     // e. replace the isolated network: subnet change, running NICs re-attached
     let v3 = Shape { iso_subnet: "192.168.154", ..v2 };
-    let lab3 = write(dir, "lab3.yaml", &lab_text(&v3));
+    let lab3 = write(dir, "lab.yaml", &lab_text(&v3));
     let plan = plan_json(&lab3);
     let ch = changes(&plan);
     assert_eq!(ch.keys().collect::<Vec<_>>(), ["network.local_net"], "{plan:#}");
@@ -948,6 +950,13 @@ vms:
 }
 
 /// The source paths of a domain's disks (`virsh domblklist`).
+/// A 64 MiB qcow2 base image at `p` (`qemu-img create`).
+fn make_base(p: &Path) {
+    let o =
+        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(p).arg("64M").output().expect("qemu-img");
+    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn disk_sources(dom: &str) -> Vec<String> {
     virsh_ok(&["domblklist", dom])
         .lines()
@@ -976,7 +985,8 @@ fn e2e_disk_overlay() {
     let clock = Clock(Instant::now());
     let _sandbox = Sandbox::up();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let base = disks::base_image(tmp.path());
+    let base = tmp.path().join("base.qcow2");
+    make_base(&base);
     let base_sum = sha256(&base);
     let lab = write(tmp.path(), "disk.yaml", &disk_lab(&base, "128MiB"));
 
@@ -1227,13 +1237,7 @@ fn e2e_crash_safety() {
     let real = tmp.path().join("real");
     std::fs::create_dir_all(real.join("sub")).expect("lab folder");
     std::os::unix::fs::symlink(&real, tmp.path().join("link")).expect("symlinked folder");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(real.join("base.qcow2"))
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    make_base(&real.join("base.qcow2"));
     let lab = write(&real, "lab.yaml", &crash_lab());
     remove_overlay_pool();
     clock.step("fresh host: no overlay pool");
@@ -1282,7 +1286,7 @@ fn check_release(dir: &Path) {
         .replace("  lan:\n    mode: isolated\n    subnet: 192.168.173.0/24\n", "  race-a-lan:\n    external: true\n")
         .replace("{ network: lan }", "{ network: race-a-lan }");
     assert!(ext.contains("external: true") && ext.contains("{ network: race-a-lan }"), "{ext}");
-    let ext = write(dir, "rel-ext.yaml", &ext);
+    let ext = write(dir, "rel.yaml", &ext); // the same lab file, edited
     let plan = plan_json(&ext);
     let ch = changes(&plan);
     let net = ch.get("network.race-a-lan").unwrap_or_else(|| panic!("no release planned: {plan:#}"));

@@ -2,8 +2,9 @@
 //! rate and netem in place, replace a
 //! network under running VMs (also under a foreign VM, through the `--disconnect-foreign`
 //! guard), re-plug NICs of a network restarted by hand, release a network
-//! declared external, volumes deleted by hand, destroy, and an edit and a destroy of VMs with
-//! external and internal snapshots) and for every k, (a) the k-th hypervisor call fails,
+//! declared external, volumes deleted by hand, take the lab over from another lab file, as
+//! it is and with edits, destroy, and an edit and a destroy of VMs with external and internal
+//! snapshots) and for every k, (a) the k-th hypervisor call fails,
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
 //! later call fails, as after a kill -9). Then a new apply must converge to an empty plan
 //! with no orphaned volume and no NIC left off its bridge, and destroy must leave nothing
@@ -19,7 +20,6 @@ use topo::hypervisor::Hypervisor;
 use topo::hypervisor::memory::{Fault, MemoryHypervisor};
 use topo::model::Lab;
 use topo::observed::Ownership;
-use topo::ownership::volume_owned_by;
 use topo::plan::target::Direction;
 
 const LAB: &str = "\
@@ -109,11 +109,15 @@ struct Scenario {
     name: &'static str,
     /// Applied before the step, without faults (`None`: an empty host).
     before: Option<String>,
+    /// The lab file `before` is applied from (`None`: the step's own, [`LAB_PATH`]).
+    before_from: Option<&'static str>,
     /// Done by hand on the host after `before` (a network restarted under running VMs).
     by_hand: Option<fn(&MemoryHypervisor)>,
     /// The lab the step uses.
     lab: String,
     step: Step,
+    /// The step runs with `--take-over`.
+    take_over: bool,
 }
 
 /// `back` re-declared `external: true` under its libvirt name (an external network carries
@@ -174,13 +178,24 @@ fn take_snapshots(hv: &MemoryHypervisor) {
     hv.snapshot_internal("sweep-b", "i1").unwrap();
 }
 
+/// Where the lab was applied from before it is taken over (another lab file; in the same
+/// folder, so that its relative paths name the same files, as in a moved folder or a clone).
+const MOVED: &str = "tests/fixtures/clone.topo.yaml";
+
 fn scenarios() -> Vec<Scenario> {
     let s = |name, before: Option<&str>, by_hand, lab: String, step| Scenario {
         name,
         before: before.map(String::from),
+        before_from: None,
         by_hand,
         lab,
         step,
+        take_over: false,
+    };
+    let take_over = |name, lab: String| Scenario {
+        before_from: Some(MOVED),
+        take_over: true,
+        ..s(name, Some(LAB), None, lab, Step::Apply)
     };
     vec![
         s("create", None, None, LAB.into(), Step::Apply),
@@ -198,6 +213,13 @@ fn scenarios() -> Vec<Scenario> {
         s("release network restarted by hand", Some(LAB), Some(restart_networks), back_external(), Step::Apply),
         s("volumes deleted by hand", Some(LAB), Some(delete_volumes), LAB.into(), Step::Apply),
         s("VM undefined by hand, then stopped", Some(LAB), Some(undefine_running), c_stopped(), Step::Apply),
+        take_over("take over from another lab file", LAB.into()),
+        take_over("take over and edit", edited()),
+        Scenario {
+            take_over: true,
+            before_from: Some(MOVED),
+            ..s("destroy taken over", Some(LAB), None, LAB.into(), Step::Destroy)
+        },
         s("destroy", Some(LAB), None, LAB.into(), Step::Destroy),
         s("snapshots, then an edit", Some(LAB), Some(take_snapshots), edited(), Step::Apply),
         s("snapshots, then destroy", Some(LAB), Some(take_snapshots), LAB.into(), Step::Destroy),
@@ -224,10 +246,17 @@ fn foreign(hv: &MemoryHypervisor) -> String {
     format!("{nets:?}{doms:?}")
 }
 
+/// The lab the scenario's step uses, with its `--take-over`.
+fn scenario_lab(s: &Scenario) -> Lab {
+    let mut l = lab(&s.lab);
+    l.take_over = s.take_over;
+    l
+}
+
 fn start(s: &Scenario) -> MemoryHypervisor {
     let hv = bystanders();
     if let Some(b) = &s.before {
-        apply_ok(&lab(b), &hv);
+        apply_ok(&lab_at(s.before_from.unwrap_or(LAB_PATH), b), &hv);
     }
     if let Some(f) = s.by_hand {
         f(&hv);
@@ -263,20 +292,23 @@ fn orphans(hv: &MemoryHypervisor) -> Vec<String> {
     hv.volumes().into_iter().map(|v| v.0).filter(|p| !used.contains(p.as_str())).collect()
 }
 
-/// Everything on the host that `lab` owns.
+/// Everything on the host that `lab` owns (volumes: any tagged with its name).
 fn owned(l: &Lab, hv: &MemoryHypervisor) -> Vec<String> {
     let o = hv.observe().unwrap();
-    let lab = l.name.as_str();
-    let nets = o.networks.values().filter(|n| n.ownership(lab) == Ownership::ThisLab).map(|n| n.name.clone());
-    let doms = o.domains.values().filter(|d| d.ownership(lab) == Ownership::ThisLab).map(|d| d.name.clone());
-    let vols = o.volumes.values().filter(|v| volume_owned_by(lab, &v.name)).map(|v| v.path.clone());
+    let nets = o.networks.values().filter(|n| n.ownership(l) == Ownership::ThisLab).map(|n| n.name.clone());
+    let doms = o.domains.values().filter(|d| d.ownership(l) == Ownership::ThisLab).map(|d| d.name.clone());
+    let vols = o
+        .volumes
+        .values()
+        .filter(|v| topo::ownership::volume_owned_by(l.name.as_str(), &v.name))
+        .map(|v| v.path.clone());
     nets.chain(doms).chain(vols).collect()
 }
 
 #[test]
 fn every_fault_at_every_call_converges() {
     for s in scenarios() {
-        let l = lab(&s.lab);
+        let l = scenario_lab(&s);
         // The length of the sweep: the calls of a clean run.
         let hv = start(&s);
         hv.count_calls();
@@ -351,7 +383,7 @@ fn seeds_whole(l: &Lab, hv: &MemoryHypervisor) -> Result<(), String> {
 fn a_kill_during_a_seed_upload_converges_with_a_whole_seed() {
     let mut hits = 0;
     for s in scenarios().into_iter().filter(|s| s.step == Step::Apply) {
-        let l = lab(&s.lab);
+        let l = scenario_lab(&s);
         let hv = start(&s);
         hv.clear_calls();
         hv.count_calls();

@@ -150,10 +150,17 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
     };
     Lab {
         name,
+        name_span: (0, 0).into(),
         prefix,
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
+        // The whole owner tag round-trips through libvirt, `&` and quotes escaped.
+        stamp: topo::ownership::Stamp {
+            applied: Some("2026-12-07T01:02:03Z".into()),
+            user: Some("o'brien & co".into()),
+        },
+        take_over: false,
     }
 }
 
@@ -216,7 +223,11 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
             lab: format!("t{tag}"),
             resource: "network.net".into(),
             name: net_name.into(),
-            spec_hash: rn.spec_hash.clone()
+            spec_hash: rn.spec_hash.clone(),
+            prefix: Some(format!("t{tag}-")),
+            file: Some(lab.instance().file),
+            applied: Some("2026-12-07T01:02:03Z".into()),
+            user: Some("o'brien & co".into()),
         })
     );
     assert_eq!(n.mode, ObservedMode::Known(NetworkMode::Nat));
@@ -307,7 +318,11 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
             lab: format!("t{tag}"),
             resource: "vm.vm".into(),
             name: vm_name.into(),
-            spec_hash: rd.spec_hash.clone()
+            spec_hash: rd.spec_hash.clone(),
+            prefix: Some(format!("t{tag}-")),
+            file: Some(lab.instance().file),
+            applied: Some("2026-12-07T01:02:03Z".into()),
+            user: Some("o'brien & co".into()),
         })
     );
     assert_kind(hv.define_domain(&rd.xml), HvErrorKind::Exists);

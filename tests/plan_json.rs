@@ -62,18 +62,6 @@ fn tables_of(doc: &str) -> BTreeMap<String, BTreeMap<String, Key>> {
     out
 }
 
-fn type_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 /// `obj` has exactly the keys of table `name`, with the documented types.
 fn check(tables: &BTreeMap<String, BTreeMap<String, Key>>, name: &str, obj: &Value) {
     let table = tables.get(name).unwrap_or_else(|| panic!("docs/plan-json.md has no table {name}"));
@@ -85,10 +73,10 @@ fn check(tables: &BTreeMap<String, BTreeMap<String, Key>>, name: &str, obj: &Val
         match map.get(k) {
             None => assert!(spec.optional, "{name}: documented key `{k}` missing in {obj}"),
             Some(v) => assert!(
-                spec.types.iter().any(|t| t == type_of(v)),
+                spec.types.iter().any(|t| t == json_type(v)),
                 "{name}.{k}: documented as {:?}, found {} ({v})",
                 spec.types,
-                type_of(v)
+                json_type(v)
             ),
         }
     }
@@ -257,6 +245,8 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         DeletedOutsideTopo { volumes: vec![] },
         UndefinedOutsideTopo,
         Snapshots { names: vec![] },
+        Adopted,
+        TakenOver { from: String::new() },
     ];
     let actual: BTreeSet<String> =
         all.iter().map(|r| serde_json::to_value(r).unwrap()["kind"].as_str().unwrap().to_string()).collect();
@@ -276,6 +266,7 @@ fn saved(lab_text: &str, observed: &Observed) -> SavedPlan {
         observed_sha256: fingerprint(observed),
         plan: to_json(&p),
         steps: p,
+        take_over: false,
     }
 }
 

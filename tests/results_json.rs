@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
@@ -14,56 +12,9 @@ use topo::hypervisor::{HvError, HvErrorKind};
 
 const DOC: &str = include_str!("../docs/results-json.md");
 
-/// `<!-- json-table: NAME -->` followed by a `| key | type | meaning |` table: key -> types.
-fn tables() -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
-    let mut out = BTreeMap::new();
-    let mut lines = DOC.lines();
-    while let Some(line) = lines.next() {
-        let Some(name) = line.strip_prefix("<!-- json-table: ").and_then(|r| r.strip_suffix(" -->")) else {
-            continue;
-        };
-        let mut keys = BTreeMap::new();
-        for row in lines.by_ref().skip(2) {
-            if !row.starts_with('|') {
-                break;
-            }
-            let cells: Vec<&str> = row.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
-            let key = cells[0].trim_matches('`').to_string();
-            let ty = cells[1].replace("\\|", "|");
-            keys.insert(key, ty.split('|').map(str::to_owned).collect());
-        }
-        out.insert(name.to_string(), keys);
-    }
-    out
-}
-
-fn type_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// `obj` has exactly the keys of table `name`, with the documented types (an integer is
-/// also a number).
+/// `obj` has exactly the keys of table `name` of docs/results-json.md, with their types.
 fn check(name: &str, obj: &Value) {
-    let t = tables();
-    let table = t.get(name).unwrap_or_else(|| panic!("docs/results-json.md has no table {name}"));
-    let map = obj.as_object().unwrap_or_else(|| panic!("{name}: not an object: {obj}"));
-    for k in map.keys() {
-        assert!(table.contains_key(k), "{name}: key `{k}` is not documented in docs/results-json.md");
-    }
-    for (k, types) in table {
-        let v = map.get(k).unwrap_or_else(|| panic!("{name}: documented key `{k}` missing in {obj}"));
-        let t = type_of(v);
-        let ok = types.iter().any(|d| d == t || (d == "number" && t == "integer"));
-        assert!(ok, "{name}.{k}: documented as {types:?}, found {t} ({v})");
-    }
+    check_json_table("docs/results-json.md", DOC, name, obj);
 }
 
 fn check_validate(doc: &Value) {

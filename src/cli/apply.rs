@@ -35,6 +35,11 @@ pub struct ConfirmArgs {
     /// a deletion). Without it, such a plan is refused
     #[arg(long)]
     pub disconnect_foreign: bool,
+    /// Take the lab over from another lab file with the same `name:` and `prefix:` (a moved
+    /// folder, a fresh clone): its objects are re-tagged as this file's, in place, and this
+    /// file's plan applies to them. Without it, such a plan is refused
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,7 +108,9 @@ const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let (lab, saved) = load(&file, global)?;
+    let (mut lab, saved) = load(&file, global)?;
+    // A plan saved with --take-over was reviewed as one: it takes the lab over when applied.
+    lab.take_over = args.confirm.take_over || saved.as_ref().is_some_and(|s| s.take_over);
     // Terraform's rule: a JSON run cannot stop at a prompt, so it is approved up front.
     if args.json && !args.confirm.auto_approve && saved.is_none() {
         return Err(JsonNeedsApproval.into());
@@ -247,7 +254,8 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
 
 pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab_unopened(&file)?;
+    let mut lab = super::load_lab_unopened(&file)?;
+    lab.take_over = args.confirm.take_over;
     if args.json && !args.confirm.auto_approve {
         return Err(JsonNeedsApproval.into());
     }
@@ -264,6 +272,7 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     };
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = hv.observe()?;
+    crate::plan::check_instances(&lab, &observed, &hv.uri())?;
     let shutdown = if args.graceful.is_some() { Shutdown::Graceful } else { Shutdown::Force };
     let full = crate::plan::plan_destroy_with(&lab, &observed, shutdown);
     let plan = crate::plan::target::targeted(&lab, &observed, full, &args.targets, Direction::Destroy)?;

@@ -9,6 +9,7 @@ pub mod duration;
 mod graph;
 pub mod interrupt;
 mod inventory;
+mod list;
 mod log;
 mod plan;
 mod shell;
@@ -95,6 +96,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Show every resource of the lab, its state, and each VM's addresses
     Status(verify::StatusArgs),
+    /// List every lab on the host (name, prefix, lab file, VMs, networks) from its tags
+    List(list::ListArgs),
     /// Print the lab's networks, VMs and NIC links as a graph (DOT or Mermaid)
     Graph(graph::GraphArgs),
     /// Print the JSON Schema of the lab file
@@ -142,7 +145,9 @@ pub fn main() -> ExitCode {
         Command::Apply(a) => apply::run_apply(&cli.global, a),
         Command::Destroy(a) => apply::run_destroy(&cli.global, a),
         Command::Verify(a) => verify::run_verify(&cli.global, a),
+        Command::Status(a) if a.all => list::run(&cli.global, a.json),
         Command::Status(a) => verify::run_status(&cli.global, a),
+        Command::List(a) => list::run(&cli.global, a.json),
         Command::Graph(a) => graph::run(&cli.global, a),
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Ssh(a) => ssh::run(&cli.global, a),
@@ -194,6 +199,8 @@ fn load_lab_with(path: &std::path::Path, files: crate::validate::Files) -> miett
     let source = crate::source::SourceFile::read(path)?;
     let mut lab = crate::validate::load_with(&source, files)?;
     ssh::fill_default_keys(&mut lab);
+    // What the tags this run writes record besides the lab instance (docs/lab-file.md).
+    lab.stamp = crate::ownership::Stamp::now();
     Ok(lab)
 }
 

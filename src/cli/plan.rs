@@ -28,11 +28,16 @@ pub struct PlanArgs {
     /// depends on; repeatable. The plan is partial
     #[arg(long = "target", value_name = "ADDRESS")]
     pub targets: Vec<crate::address::Address>,
+    /// Plan taking the lab over from another lab file with the same `name:` and `prefix:`
+    /// (see `topo apply --take-over`); a plan saved with it applies it
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
-    let lab = super::load_lab(&file, global)?;
+    let mut lab = super::load_lab(&file, global)?;
+    lab.take_over = args.take_over;
     let hv = super::connect(global)?;
     super::status(global, format_args!("Observing {} ...", hv.uri()));
     let observed = super::observe(global, &hv, &lab, Some(&args.targets))?;
@@ -58,6 +63,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
             observed_sha256: fingerprint(&observed),
             plan: json,
             steps: plan.clone(),
+            take_over: lab.take_over,
         };
         let text = serde_json::to_string_pretty(&saved).into_diagnostic()?;
         // It holds the users' user-data: private (0600), written whole or not at all, and a

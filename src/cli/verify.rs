@@ -42,6 +42,9 @@ pub struct StatusArgs {
     /// Print the status as JSON
     #[arg(long)]
     pub json: bool,
+    /// Every lab on the host instead of one lab file's: the same as `topo list`
+    #[arg(long, conflicts_with = "file")]
+    pub all: bool,
 }
 
 /// One target per NIC of the lab, for the host `hv` connects to.

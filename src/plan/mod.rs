@@ -110,6 +110,14 @@ pub enum Reason {
     /// first, while the VM still runs; their data goes with the VM's disk (internal
     /// snapshots live in its qcow2 overlay, external ones are the layers above it).
     Snapshots { names: Vec<String> },
+    /// The object's owner tag was written by a topo older than lab identity (it names no
+    /// lab file): this lab adopts it, and its tag gains the prefix and this lab file, in
+    /// place (a define; nothing restarts).
+    Adopted,
+    /// The object was made by another instance of this lab (the same name and prefix,
+    /// lab file `from`), and this run takes the lab over (`--take-over`): its tag names this
+    /// lab file from now on, in place (a define; nothing restarts).
+    TakenOver { from: String },
 }
 
 impl Reason {
@@ -177,6 +185,13 @@ impl Reason {
                     "{} {verb} off {whose} network's bridge (the network was restarted under the running VM); plugged in again",
                     nics.join(", ")
                 )
+            }
+            Reason::Adopted => {
+                "an older topo tagged it without the lab file; its tag now records this lab file and prefix, in place"
+                    .into()
+            }
+            Reason::TakenOver { from } => {
+                format!("--take-over: it was applied from {from}; its tag now names this lab file, in place")
             }
         }
     }
@@ -453,11 +468,29 @@ pub enum PlanError {
     Graph(#[from] GraphError),
 }
 
+/// Refuses a destroy of `lab` when another instance of it made objects on the host
+/// ([`other_instances`]; `plan` refuses the same in its conflicts). `uri` is for messages.
+pub fn check_instances(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
+    refused(lab, uri, other_instances(lab, observed))
+}
+
+/// [`PlanError::Refused`] with `problems` (located in `lab`'s file), or `Ok` when there are none.
+fn refused(lab: &Lab, uri: &str, problems: Vec<Problem>) -> Result<(), PlanError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(PlanError::Refused {
+        lab: lab.name.to_string(),
+        uri: uri.to_string(),
+        src: Arc::new(lab.source.named_source()),
+        problems,
+    })
+}
+
 /// Plans `lab` against `observed`. Pure: reads its arguments only. `uri` is for messages.
 pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError> {
     let graph = LabGraph::build(lab)?;
     check_conflicts(lab, observed, uri)?;
-    let lab_name = lab.name.as_str();
     let pool = Pool::of(observed);
     let mut changes = Vec::new();
     // Owned objects no longer in the file: VMs first, then networks (reverse dependency).
@@ -469,20 +502,20 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         .map(|n| n.libvirt_name.as_str())
         .collect();
     for d in observed.domains.values() {
-        if d.ownership(lab_name) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str()) {
+        if d.ownership(lab) == Ownership::ThisLab && !desired_domains.contains(d.name.as_str()) {
             changes.push(delete_domain(lab, d, observed, &pool, Shutdown::Force));
         }
     }
-    changes.extend(orphaned_volumes(lab_name, observed, &changes));
+    changes.extend(orphaned_volumes(lab, observed, &changes, false));
     for n in observed.networks.values() {
-        if n.ownership(lab_name) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
+        if n.ownership(lab) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
             // Re-declared `external: true`: the lab stops owning it, and it stays, with
             // the VMs on it.
             let external =
                 lab.networks.values().find(|l| l.libvirt_name == n.name && matches!(l.kind, NetworkKind::External));
             changes.push(match external {
                 Some(l) => release_network(l, n),
-                None => delete_network(lab_name, n, observed),
+                None => delete_network(lab, n, observed),
             });
         }
     }
@@ -546,7 +579,6 @@ pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
 
 /// [`plan_destroy`] with the given way of stopping running VMs.
 pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> Plan {
-    let lab_name = lab.name.as_str();
     let pool = Pool::of(observed);
     let graph = LabGraph::build(lab).ok();
     // Position of each address in the reverse creation order; a lab whose graph cannot be
@@ -559,17 +591,17 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     let mut changes: Vec<Change> = observed
         .domains
         .values()
-        .filter(|d| d.ownership(lab_name) == Ownership::ThisLab)
+        .filter(|d| d.ownership(lab) == Ownership::ThisLab)
         .map(|d| delete_domain(lab, d, observed, &pool, shutdown))
         .collect();
     changes.sort_by_key(by_rank); // stable: ties (not in the file) stay in name order
-    let orphans = orphaned_volumes(lab_name, observed, &changes);
+    let orphans = orphaned_volumes(lab, observed, &changes, true);
     changes.extend(orphans);
     let mut networks: Vec<Change> = observed
         .networks
         .values()
-        .filter(|n| n.ownership(lab_name) == Ownership::ThisLab)
-        .map(|n| delete_network(lab_name, n, observed))
+        .filter(|n| n.ownership(lab) == Ownership::ThisLab)
+        .map(|n| delete_network(lab, n, observed))
         .collect();
     networks.sort_by_key(by_rank);
     changes.extend(networks);
@@ -812,7 +844,7 @@ fn creation(address: Address, libvirt_name: &str, desired: &Fields, ops: Vec<Op>
     }
 }
 
-fn delete_network(lab_name: &str, n: &ObservedNetwork, observed: &Observed) -> Change {
+fn delete_network(lab: &Lab, n: &ObservedNetwork, observed: &Observed) -> Change {
     let d = fields::observed_network(n, &Fields::new());
     let mut ops = Vec::new();
     if n.active {
@@ -822,19 +854,19 @@ fn delete_network(lab_name: &str, n: &ObservedNetwork, observed: &Observed) -> C
         ops.push(Op::UndefineNetwork);
     }
     let mut c = deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops);
-    c.blast_radius = network_users(lab_name, &n.name, observed);
+    c.blast_radius = network_users(lab, &n.name, observed);
     c
 }
 
 /// Every domain with a NIC on `network`, running or not, owned or not: deleting the
 /// network cuts the running ones off and leaves the others unable to start. (Those the same
 /// plan deletes are left out afterwards: [`prune_deleted_users`].)
-fn network_users(lab_name: &str, network: &str, observed: &Observed) -> Vec<Detached> {
+fn network_users(lab: &Lab, network: &str, observed: &Observed) -> Vec<Detached> {
     let mut out: Vec<Detached> = observed
         .domains
         .values()
         .flat_map(|d| {
-            let owned = d.ownership(lab_name) == Ownership::ThisLab;
+            let owned = d.ownership(lab) == Ownership::ThisLab;
             d.interfaces
                 .iter()
                 .filter(|i| i.network.as_deref() == Some(network))
@@ -845,8 +877,8 @@ fn network_users(lab_name: &str, network: &str, observed: &Observed) -> Vec<Deta
     out
 }
 
-/// Leaves out of network deletions' blast radius the domains the same plan deletes (they
-/// are gone before the network is).
+/// Leaves out of networks' blast radius (deletion, replacement, restart) the domains the
+/// same plan deletes: they are gone before the network changes.
 fn prune_deleted_users(changes: &mut [Change]) {
     let deleted: BTreeSet<String> = changes
         .iter()
@@ -854,7 +886,7 @@ fn prune_deleted_users(changes: &mut [Change]) {
         .map(|c| c.libvirt_name.clone())
         .collect();
     for c in changes.iter_mut() {
-        if c.action == Action::Delete && matches!(c.address, Address::Network(_)) {
+        if matches!(c.address, Address::Network(_)) {
             c.blast_radius.retain(|d| !deleted.contains(&d.domain));
         }
     }
@@ -867,6 +899,8 @@ fn prune_deleted_users(changes: &mut [Change]) {
 /// - for apply (`direction` [`Direction::Apply`](target::Direction::Apply)): every conflict
 ///   of the lab with the host ([`PlanError::Refused`], the refusals of [`plan`]), observed in
 ///   `observed`;
+/// - for destroy: no object of another instance of this lab is on the host, unless
+///   `--take-over` ([`check_instances`]);
 /// - for both: no network deletion or replacement cuts off a domain this lab does not own,
 ///   unless `disconnect_foreign` ([`PlanError::CutsForeign`], see [`check_foreign`]).
 ///
@@ -882,24 +916,18 @@ pub fn check_executable(
     direction: target::Direction,
     disconnect_foreign: bool,
 ) -> Result<(), PlanError> {
-    if direction == target::Direction::Apply {
-        check_conflicts(lab, observed, uri)?;
+    match direction {
+        target::Direction::Apply => check_conflicts(lab, observed, uri)?,
+        // Another instance's objects are refused for destroy too (apply's conflicts
+        // include them).
+        target::Direction::Destroy => check_instances(lab, observed, uri)?,
     }
     check_foreign(plan, uri, disconnect_foreign)
 }
 
 /// [`PlanError::Refused`] with every conflict of `lab` with the host (`find_conflicts`).
 fn check_conflicts(lab: &Lab, observed: &Observed, uri: &str) -> Result<(), PlanError> {
-    let problems = find_conflicts(lab, observed);
-    if problems.is_empty() {
-        return Ok(());
-    }
-    Err(PlanError::Refused {
-        lab: lab.name.to_string(),
-        uri: uri.to_string(),
-        src: Arc::new(lab.source.named_source()),
-        problems,
-    })
+    refused(lab, uri, find_conflicts(lab, observed))
 }
 
 /// Refuses `plan` when it deletes or replaces a network that a domain this lab does not own
@@ -1136,13 +1164,13 @@ fn delete_domain(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Pool
     c
 }
 
-/// Volumes tagged as lab `lab`'s that are not deleted by `changes` and that no domain
-/// left after `changes` may use: one deletion each. "Use" is decided by identity over
-/// each domain's whole backing chain, running or not ([`ObservedDomain::may_use`]): a file
-/// reached through another path (a pool folder moved, a symlink at the old path) or below
-/// an external snapshot's layer is in use. On destroy every lab domain is deleted, so only
-/// the domains of others keep a tagged volume.
-fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change]) -> Vec<Change> {
+/// Volumes of this lab instance ([`volume_is_ours`]) that are not deleted by `changes` and
+/// that no domain left after `changes` may use (with `all`, for destroy: no domain but this
+/// lab's): one deletion each. "Use" is decided by identity over each domain's whole backing
+/// chain, running or not ([`ObservedDomain::may_use`]): a file reached through another path
+/// (a pool folder moved, a symlink at the old path) or below an external snapshot's layer
+/// is in use.
+fn orphaned_volumes(lab: &Lab, observed: &Observed, changes: &[Change], all: bool) -> Vec<Change> {
     let Some(pool) = &observed.pool else { return Vec::new() };
     let deleted: BTreeSet<&str> = changes
         .iter()
@@ -1157,11 +1185,15 @@ fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change]) -> Vec<C
         .filter(|c| c.action == Action::Delete && matches!(c.address, Address::Vm(_)))
         .map(|c| c.libvirt_name.as_str())
         .collect();
-    let users: Vec<&ObservedDomain> = observed.domains.values().filter(|d| !gone.contains(d.name.as_str())).collect();
+    let users: Vec<&ObservedDomain> = observed
+        .domains
+        .values()
+        .filter(|d| !gone.contains(d.name.as_str()) && (!all || d.ownership(lab) != Ownership::ThisLab))
+        .collect();
     observed
         .volumes
         .values()
-        .filter(|v| volume_owned_by(lab, &v.name) && !deleted.contains(v.name.as_str()))
+        .filter(|v| volume_is_ours(lab, observed, &v.name) && !deleted.contains(v.name.as_str()))
         .filter(|v| !users.iter().any(|d| d.may_use(observed, &v.path)))
         .map(|v| Change {
             address: Address::Volume(v.name.clone()),
@@ -1184,6 +1216,118 @@ fn orphaned_volumes(lab: &str, observed: &Observed, changes: &[Change]) -> Vec<C
             ops: vec![Op::DeleteVolume { pool: pool.name.clone(), name: v.name.clone() }],
         })
         .collect()
+}
+
+/// Whether tagged volume `name` is this lab instance's. Volumes carry no metadata, only a
+/// checksum of the lab name in their name (`ownership::volume_name`), which every instance
+/// of a lab name shares; so a volume is also checked against the VM it was made for
+/// (`ownership::volume_domain`): that name must carry this instance's prefix, and a domain
+/// of that name, if there is one, must be this instance's. Another instance's volumes (a
+/// copy of the lab under another prefix, or another lab file holding the VM) are never
+/// deleted. Left ambiguous, and documented: an orphan (no domain) of a lab with the same
+/// name whose prefix starts with this one's (`prefix: ""` beside `demo-`).
+fn volume_is_ours(lab: &Lab, observed: &Observed, name: &str) -> bool {
+    volume_owned_by(lab.name.as_str(), name)
+        && crate::ownership::volume_domain(name).is_some_and(|vm| {
+            vm.starts_with(lab.prefix.as_str())
+                && observed.domains.get(vm).is_none_or(|d| d.ownership(lab) == Ownership::ThisLab)
+        })
+}
+
+/// The problems that stop a plan (apply or destroy) of `lab` because another instance of
+/// it (the same name and prefix, another lab file) made objects on the host: one per other
+/// lab file, at the lab's `name:`, naming the file, when it was last applied and by whom,
+/// and its objects. Empty with `--take-over` (`Lab::take_over`): those objects are then
+/// this instance's.
+pub fn other_instances(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    /// What one other lab file made: its objects, when it last wrote one, who ran it.
+    #[derive(Default)]
+    struct Holder {
+        objects: Vec<String>,
+        applied: Option<String>,
+        users: BTreeSet<String>,
+    }
+    let mut by_file: BTreeMap<String, Holder> = BTreeMap::new();
+    let tagged = observed
+        .networks
+        .values()
+        .filter(|n| n.ownership(lab) == Ownership::OtherInstance)
+        .map(|n| (n.owner.as_ref(), &n.name))
+        .chain(
+            observed
+                .domains
+                .values()
+                .filter(|d| d.ownership(lab) == Ownership::OtherInstance)
+                .map(|d| (d.owner.as_ref(), &d.name)),
+        );
+    for (tag, name) in tagged {
+        let Some(t) = tag else { continue };
+        let Some(file) = &t.file else { continue };
+        let e = by_file.entry(file.clone()).or_default();
+        e.objects.push(format!("{} ({name})", t.resource));
+        if t.applied > e.applied {
+            e.applied.clone_from(&t.applied);
+        }
+        e.users.extend(t.user.clone());
+    }
+    let me = lab.instance();
+    by_file
+        .into_iter()
+        .map(|(file, Holder { objects, applied, users })| {
+            let when = applied.map_or_else(|| "at an unknown time".to_string(), |a| format!("last at {a}"));
+            let by = if users.is_empty() {
+                String::new()
+            } else {
+                format!(" by {}", users.into_iter().collect::<Vec<_>>().join(", "))
+            };
+            Problem::at(
+                Code::OtherInstance,
+                lab.name_span,
+                format!(
+                    "lab `{}` (prefix `{}`) on the host was applied from another lab file, {file}, {when}{by}; \
+                     this is {}. Its objects: {}",
+                    me.lab,
+                    me.prefix,
+                    me.file,
+                    objects.join(", ")
+                ),
+                "the same name and prefix as that lab",
+                format!(
+                    "nothing was changed. To keep both labs, give this file another `name:` or `prefix:`; to make \
+                     this file the owner of that lab (a moved folder, a fresh clone), run again with --take-over \
+                     (its objects are re-tagged, not replaced; then this file's plan applies to them); or run \
+                     topo from {file}"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The owner tag change when an object of this lab carries a tag other than the one this
+/// instance writes: adopted from an older topo (no lab file recorded), or taken over from
+/// another lab file (`--take-over`). The object is defined again with the new tag, in place.
+fn retag(lab: &Lab, owner: Option<&crate::observed::OwnerTag>) -> Option<(Reason, FieldChange)> {
+    let t = owner?;
+    let me = lab.instance();
+    if t.is_of(&me) {
+        return None;
+    }
+    let reason = match &t.file {
+        Some(file) => Reason::TakenOver { from: file.clone() },
+        None => Reason::Adopted,
+    };
+    let before = match &t.file {
+        Some(file) => format!("lab {} from {file}", t.lab),
+        None => format!("lab {} (no lab file recorded)", t.lab),
+    };
+    let field = FieldChange {
+        path: "owner".into(),
+        before: Some(before),
+        after: Some(format!("lab {} from {}", me.lab, me.file)),
+        forces_replacement: false,
+        restarts: false,
+    };
+    Some((reason, field))
 }
 
 /// The address an owned object is planned under: its owner tag's resource (ownership
@@ -1239,11 +1383,18 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
         return Some(creation(address, &net.libvirt_name, &desired, ops));
     };
     let obs = fields::observed_network(o, &desired);
-    let changed = diff(&desired, &obs);
+    let mut changed = diff(&desired, &obs);
     let mut reasons = Vec::new();
-    let config_changed = changed.iter().any(|f| f.path != "active");
+    let mut config_changed = changed.iter().any(|f| f.path != "active");
     if config_changed {
         reasons.push(if drifted(o.owner.as_ref(), &desired) { Reason::Drift } else { Reason::LabFileChanged });
+    }
+    if let Some((reason, field)) = retag(lab, o.owner.as_ref()) {
+        // The define below writes the new tag; nothing else changes for it.
+        reasons.push(reason);
+        changed.push(field);
+        changed.sort_by(|a, b| a.path.cmp(&b.path));
+        config_changed = true;
     }
     if replaced.contains(&net.libvirt_name) {
         let forced: Vec<String> = changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
@@ -1306,7 +1457,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
             ops.push(Op::AddDhcpHost { mac: *mac, ip: r.ip, host: r.host.clone(), xml });
         }
     }
-    if ops.is_empty() {
+    if ops.is_empty() && !config_changed {
         return None;
     }
     // Drifted or changed config that can be fixed in place is rewritten too, so the
@@ -1354,8 +1505,7 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
         if d.state != DomainState::Running {
             continue;
         }
-        let ours =
-            d.ownership(lab.name.as_str()) == Ownership::ThisLab && lab.vms.values().any(|v| v.libvirt_name == d.name);
+        let ours = d.ownership(lab) == Ownership::ThisLab && lab.vms.values().any(|v| v.libvirt_name == d.name);
         for i in &d.interfaces {
             if let (Some(mac), Some(n)) = (i.mac, i.network.as_deref())
                 && n == net.libvirt_name
@@ -1364,7 +1514,7 @@ fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Detached> 
                     domain: d.name.clone(),
                     mac,
                     reattached: ours,
-                    owned: d.ownership(lab.name.as_str()) == Ownership::ThisLab,
+                    owned: d.ownership(lab) == Ownership::ThisLab,
                 });
             }
         }
@@ -1653,7 +1803,7 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     };
     let obs = fields::observed_vm(lab, o, &desired);
     let mut changed = diff(&desired, &obs);
-    let config_changed = changed.iter().any(|f| f.path != "state");
+    let mut config_changed = changed.iter().any(|f| f.path != "state");
     for f in pending_restart(lab, o, &desired) {
         if !changed.iter().any(|c| c.path == f.path) {
             changed.push(f);
@@ -1662,6 +1812,14 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
     let mut reasons = Vec::new();
     if config_changed {
         reasons.push(if drifted(o.owner.as_ref(), &desired) { Reason::Drift } else { Reason::LabFileChanged });
+    }
+    if let Some((reason, field)) = retag(lab, o.owner.as_ref()) {
+        // Written by the define of whatever else changes (a replace, a restart), or by the
+        // in-place define below: never a restart or a replacement of its own.
+        reasons.push(reason);
+        changed.push(field);
+        changed.sort_by(|a, b| a.path.cmp(&b.path));
+        config_changed = true;
     }
     let gone = deleted_volumes(lab, vm, o, observed);
     if !gone.is_empty() {
@@ -1870,7 +2028,12 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
 
 /// Everything that stops the plan before anything is touched, all at once.
 fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
-    let lab_name = lab.name.as_str();
+    let held = other_instances(lab, observed);
+    if !held.is_empty() {
+        // The same libvirt names are another lab file's: every other check would only
+        // repeat this one (names taken, subnets overlapping themselves).
+        return held;
+    }
     let mut out = Vec::new();
     let conflict = Problem::at;
     let owner_text = |o: Option<&crate::observed::OwnerTag>, name: &str| match o {
@@ -1945,7 +2108,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                 }
                 out.extend(external_unserved(lab, net, o));
             }
-            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab_name) != Ownership::ThisLab => {
+            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab) != Ownership::ThisLab => {
                 out.push(conflict(
                     Code::NetworkNameTaken,
                     net.span,
@@ -1960,7 +2123,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
             (NetworkKind::Managed(m), _) => {
                 for other in observed.networks.values() {
-                    if other.ownership(lab_name) == Ownership::ThisLab {
+                    if other.ownership(lab) == Ownership::ThisLab {
                         continue; // the lab's own networks are updated, replaced or deleted first
                     }
                     if let (Some(subnet), Some(ip)) = (m.subnet, &other.ip)
@@ -2053,7 +2216,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     // reservations by MAC). Checked where topo would bring the MAC onto the network (a NIC
     // the lab's domain does not have yet); a copy made later is the copier's conflict.
     for vm in lab.vms.values() {
-        let ours = observed.domains.get(&vm.libvirt_name).filter(|d| d.ownership(lab_name) == Ownership::ThisLab);
+        let ours = observed.domains.get(&vm.libvirt_name).filter(|d| d.ownership(lab) == Ownership::ThisLab);
         for nic in &vm.nics {
             let Some(net) = lab.networks.get(&nic.network) else { continue };
             let present = ours.is_some_and(|d| {
@@ -2066,7 +2229,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
             let bridge =
                 observed.networks.get(&net.libvirt_name).and_then(|o| o.live_bridge.clone().or(o.bridge.clone()));
-            let holder = observed.domains.values().filter(|d| d.ownership(lab_name) != Ownership::ThisLab).find(|d| {
+            let holder = observed.domains.values().filter(|d| d.ownership(lab) != Ownership::ThisLab).find(|d| {
                 d.interfaces.iter().any(|i| {
                     i.mac == Some(nic.mac)
                         && (i.network.as_deref() == Some(net.libvirt_name.as_str())
@@ -2150,7 +2313,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     out.extend(paths::conflicts(lab, observed));
     for vm in lab.vms.values() {
         if let Some(o) = observed.domains.get(&vm.libvirt_name)
-            && o.ownership(lab_name) != Ownership::ThisLab
+            && o.ownership(lab) != Ownership::ThisLab
         {
             out.push(conflict(
                 Code::VmNameTaken,
@@ -2172,7 +2335,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
         let running = observed
             .domains
             .get(&vm.libvirt_name)
-            .filter(|d| d.ownership(lab_name) == Ownership::ThisLab && d.state == DomainState::Running);
+            .filter(|d| d.ownership(lab) == Ownership::ThisLab && d.state == DomainState::Running);
         for nic in vm.nics.iter().filter(|n| wanted_netem(n).is_some()) {
             let span = nic.netem_span.unwrap_or(nic.span);
             let who = format!("{}.{}", vm.name, nic.label());

@@ -199,7 +199,8 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
                     (Action::Delete, _, true) => "this lab's VM",
                     (Action::Delete, _, false) => "NOT owned by this lab",
                     (_, true, _) => "re-attached by topo",
-                    (_, false, _) => "NOT re-attached: the domain is not owned by this lab",
+                    (_, false, true) => "NOT re-attached: this lab's, but not in the lab file",
+                    (_, false, false) => "NOT re-attached: the domain is not owned by this lab",
                 };
                 let _ = writeln!(out, "    #   {} {} ({then})", d.domain, d.mac);
             }

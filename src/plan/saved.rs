@@ -35,6 +35,10 @@ pub struct SavedPlan {
     pub plan: serde_json::Value,
     /// The steps `apply` runs, with everything each needs (XML, volumes, NICs).
     pub steps: super::Plan,
+    /// Made with `--take-over`: applying it takes the lab over from another lab file too
+    /// (docs/lab-file.md, "Lab identity"). Absent in plans saved before lab identity.
+    #[serde(default)]
+    pub take_over: bool,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

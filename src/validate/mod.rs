@@ -325,7 +325,17 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         // Unreachable in practice: a missing or bad name always records a problem above.
         return Err(error(source, vec![]));
     };
-    Ok(model::Lab { name, prefix, networks: networks.model, vms, source: source.clone() })
+    let name_span = spec.name.as_ref().map(|n| c.span(n)).unwrap_or_else(|| (0, 0).into());
+    Ok(model::Lab {
+        name,
+        name_span,
+        prefix,
+        networks: networks.model,
+        vms,
+        source: source.clone(),
+        stamp: Default::default(),
+        take_over: false,
+    })
 }
 
 #[cfg(test)]

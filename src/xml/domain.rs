@@ -9,7 +9,6 @@ use super::{MetadataW, Rendered, XmlError, from_xml, read_ns_facts, to_xml};
 use crate::address::Address;
 use crate::model::{Lab, MacAddr, Nic, Vm};
 use crate::observed::{DomainState, ObservedDomain, ObservedInterface};
-use crate::ownership::OwnerTag;
 
 // ---- writing ---------------------------------------------------------------------------
 
@@ -258,12 +257,7 @@ pub fn domain_xml_with_seed(
     for nic in &vm.nics {
         interface_w(lab, vm, nic)?;
     }
-    let tag = OwnerTag {
-        lab: lab.name.to_string(),
-        resource: Address::Vm(vm.name.clone()).to_string(),
-        name: vm.libvirt_name.clone(),
-        spec_hash: spec_hash.to_string(),
-    };
+    let tag = lab.owner_tag(&Address::Vm(vm.name.clone()), &vm.libvirt_name, spec_hash);
     super::render_with_owner("domain", "domain", &tag, |metadata| DomainW {
         virt_type: vm.virt_type.as_str(),
         name: &vm.libvirt_name,

@@ -66,7 +66,8 @@ pub struct Rendered {
 /// The spec hash of an object topo writes is given by the planner (the hash of its desired
 /// managed fields): the planner compares it with the hash read back from the owner tag to
 /// tell drift (host changed, file did not) from a changed lab file.
-/// `<metadata><topo:owner xmlns:topo=OWNER_NS lab= resource= name= spec-hash=/></metadata>`.
+/// `<metadata><topo:owner xmlns:topo=OWNER_NS lab= resource= name= spec-hash= prefix= file=
+/// applied= user=/></metadata>` (the last four only when known).
 #[derive(Serialize)]
 pub(crate) struct MetadataW {
     #[serde(rename = "topo:owner")]
@@ -85,6 +86,14 @@ struct OwnerW {
     name: String,
     #[serde(rename = "@spec-hash")]
     spec_hash: String,
+    #[serde(rename = "@prefix", skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
+    #[serde(rename = "@file", skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(rename = "@applied", skip_serializing_if = "Option::is_none")]
+    applied: Option<String>,
+    #[serde(rename = "@user", skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
 }
 
 impl MetadataW {
@@ -96,6 +105,10 @@ impl MetadataW {
                 resource: tag.resource.clone(),
                 name: tag.name.clone(),
                 spec_hash: tag.spec_hash.clone(),
+                prefix: tag.prefix.clone(),
+                file: tag.file.clone(),
+                applied: tag.applied.clone(),
+                user: tag.user.clone(),
             },
         }
     }
@@ -272,12 +285,7 @@ pub(crate) fn read_ns_facts(what: &'static str, xml: &str) -> Result<NsFacts, Xm
                     && parent_ns.is_none()
                     && facts.owner.is_none()
                 {
-                    let mut tag = OwnerTag {
-                        lab: String::new(),
-                        resource: String::new(),
-                        name: String::new(),
-                        spec_hash: String::new(),
-                    };
+                    let mut tag = OwnerTag::default();
                     for a in e.attributes() {
                         let a = a.map_err(|e| parse_err(what, e))?;
                         // Unprefixed attributes only: they carry no namespace.
@@ -291,6 +299,10 @@ pub(crate) fn read_ns_facts(what: &'static str, xml: &str) -> Result<NsFacts, Xm
                             "resource" => tag.resource = v,
                             "name" => tag.name = v,
                             "spec-hash" => tag.spec_hash = v,
+                            "prefix" => tag.prefix = Some(v),
+                            "file" => tag.file = Some(v),
+                            "applied" => tag.applied = Some(v),
+                            "user" => tag.user = Some(v),
                             _ => {}
                         }
                     }

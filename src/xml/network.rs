@@ -8,7 +8,6 @@ use super::{DNSMASQ_NS, MetadataW, Rendered, XmlError, from_xml, netmask_to_pref
 use crate::address::Address;
 use crate::model::{DhcpRange, Lab, MacAddr, ManagedNetwork, Network, NetworkKind, NetworkMode, Reservation};
 use crate::observed::{ObservedHost, ObservedIp, ObservedMode, ObservedNetwork};
-use crate::ownership::OwnerTag;
 
 /// The dnsmasq option that turns off the ping check before an address is offered.
 const NO_PING: &str = "no-ping";
@@ -149,12 +148,7 @@ pub fn network_xml_with_mac(
         NetworkKind::External => return Err(XmlError::External(net.name.to_string())),
     };
     let no_ping = !m.dhcp_ping;
-    let tag = OwnerTag {
-        lab: lab.name.to_string(),
-        resource: Address::Network(net.name.clone()).to_string(),
-        name: net.libvirt_name.clone(),
-        spec_hash: spec_hash.to_string(),
-    };
+    let tag = lab.owner_tag(&Address::Network(net.name.clone()), &net.libvirt_name, spec_hash);
     super::render_with_owner("network", "network", &tag, |metadata| NetworkW {
         xmlns_dnsmasq: no_ping.then_some(DNSMASQ_NS),
         name: &net.libvirt_name,

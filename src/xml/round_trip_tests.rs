@@ -116,10 +116,13 @@ fn lab_with(net: ManagedNetwork) -> Lab {
     };
     Lab {
         name,
+        name_span: (0, 0).into(),
         prefix: "seedlab-".into(),
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
+        stamp: Default::default(),
+        take_over: false,
     }
 }
 

@@ -25,7 +25,12 @@ pub const OVERLAY_DIR: &str = topo::ownership::DEFAULT_OVERLAY_DIR;
 
 /// A lab from YAML text, as if read from `tests/fixtures/lab.yaml`.
 pub fn lab(yaml: &str) -> Lab {
-    let source = SourceFile::from_text(Path::new(LAB_PATH), yaml.to_string());
+    lab_at(LAB_PATH, yaml)
+}
+
+/// A lab from YAML text, as if read from `path` (another lab file is another lab instance).
+pub fn lab_at(path: &str, yaml: &str) -> Lab {
+    let source = SourceFile::from_text(Path::new(path), yaml.to_string());
     match topo::validate::load(&source) {
         Ok(l) => l,
         Err(e) => panic!("test lab does not validate:\n{}", render_diag(&e)),
@@ -176,3 +181,58 @@ vms:
     disk: {image: images/base.qcow2, size: 1GiB}
     nics: [{network: net, ip: 10.80.0.5}]
 ";
+
+/// The key tables of a JSON document's doc page: `<!-- json-table: NAME -->` followed by a
+/// `| key | type | meaning |` table; NAME -> key -> the documented types (`string|null`).
+pub fn json_tables(doc: &str) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.strip_prefix("<!-- json-table: ").and_then(|r| r.strip_suffix(" -->")) else {
+            continue;
+        };
+        let mut keys = std::collections::BTreeMap::new();
+        for row in lines.by_ref().skip(2) {
+            if !row.starts_with('|') {
+                break;
+            }
+            let cells: Vec<&str> = row.split(" | ").map(|c| c.trim_matches(|ch| ch == '|' || ch == ' ')).collect();
+            let key = cells[0].trim_matches('`').to_string();
+            let ty = cells[1].replace("\\|", "|");
+            keys.insert(key, ty.split('|').map(str::to_owned).collect());
+        }
+        out.insert(name.to_string(), keys);
+    }
+    out
+}
+
+/// The JSON type name of `v` as the doc pages write it.
+pub fn json_type(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// `obj` has exactly the keys of table `name` in `doc` (the text of doc page `page`), with
+/// the documented types (an integer is also a number).
+pub fn check_json_table(page: &str, doc: &str, name: &str, obj: &serde_json::Value) {
+    let t = json_tables(doc);
+    let table = t.get(name).unwrap_or_else(|| panic!("{page} has no table {name}"));
+    let map = obj.as_object().unwrap_or_else(|| panic!("{name}: not an object: {obj}"));
+    for k in map.keys() {
+        assert!(table.contains_key(k), "{name}: key `{k}` is not documented in {page}");
+    }
+    for (k, types) in table {
+        let v = map.get(k).unwrap_or_else(|| panic!("{name}: documented key `{k}` missing in {obj}"));
+        let t = json_type(v);
+        let ok = types.iter().any(|d| d == t || (d == "number" && t == "integer"));
+        assert!(ok, "{name}.{k}: documented as {types:?}, found {t} ({v})");
+    }
+}

@@ -5,13 +5,7 @@ use super::*;
 /// A 64 MiB empty qcow2 base image `base.qcow2` in `dir`.
 pub(super) fn base_image(dir: &Path) -> PathBuf {
     let base = dir.join("base.qcow2");
-    let o = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg("64M")
-        .output()
-        .expect("qemu-img");
-    assert!(o.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&o.stderr));
+    make_base(&base);
     base
 }
 
