@@ -1369,7 +1369,14 @@ fn check_clone_survives(lab: &Path) {
         names(&["list", "--all", "--name"]).into_iter().filter(|n| n.starts_with("crash-")).collect::<Vec<_>>(),
         ["crash-v1-clone"]
     );
+    // The clone's disks are crash-v1's overlay and seed: a file another domain uses is never
+    // deleted (docs/apply.md, "What topo deletes"), so they stay while the clone is there...
+    let kept = leftovers(CRASH);
+    assert!(kept.iter().any(|l| l.starts_with("volume topo-overlays/crash-v1-")), "the clone's disks went: {kept:?}");
     virsh_ok(&["undefine", "crash-v1-clone"]);
+    // ...and are orphans of the lab once it is gone: destroy again removes them.
+    let r = topo(&["destroy", "-y", path(lab)]);
+    assert_eq!(r.code, 0, "{}", r.show());
     assert_eq!(leftovers(CRASH), Vec::<String>::new());
 }
 
@@ -2212,7 +2219,9 @@ fn e2e_link_impairment() {
     let o = Command::new("ip")
         .args(["netns", "exec", &netns()])
         .arg(topo_bin())
-        .args(["-c", "qemu+tcp://127.0.0.1/system", "--color", "never", "plan", path(&full)])
+        // full.yaml is another file of lab `lnk` (another instance): --take-over plans as its
+        // owner would (a plan changes nothing), so the refusal is the NIC's own.
+        .args(["-c", "qemu+tcp://127.0.0.1/system", "--color", "never", "plan", "--take-over", path(&full)])
         .stdin(Stdio::null())
         .output()
         .expect("run topo");
