@@ -194,7 +194,7 @@ pub fn reported(
                 .and_then(|v| v.iter().find(|(m, ip)| *m == t.mac && t.subnet.is_none_or(|s| s.contains(*ip))));
             let lease =
                 leases.iter().filter(|l| l.mac == t.mac && l.network == t.libvirt_network).max_by_key(|l| l.expiry);
-            let state = if let Some(state) = super::run::settled_at_once(t) {
+            let state = if let Some(state) = super::state::settled_at_once(t) {
                 state
             } else if let Some((_, ip)) = from_libvirt {
                 NicState::Reported { ip: *ip, source: "libvirt's address sources".into() }

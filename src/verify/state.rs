@@ -238,3 +238,24 @@ impl VerifyReport {
         self.nics.iter().filter(|n| !n.state.is_ok())
     }
 }
+
+/// The state of a NIC that is settled before anything is asked, on a local or a remote host
+/// alike: `verify: none`, `state: stopped`, a VM that does not run, and a MAC that another
+/// running domain has on the same network (never probed or reported: a reply or a lease for
+/// that MAC may be the other domain's). `None` when the NIC needs evidence.
+pub(super) fn settled_at_once(t: &NicTarget) -> Option<NicState> {
+    Some(if !t.verify {
+        NicState::Skipped
+    } else if t.stopped {
+        NicState::Stopped
+    } else if !t.running {
+        NicState::Failed { reason: FailReason::VmNotRunning }
+    } else if !t.same_mac.is_empty() {
+        let domains = std::iter::once(t.domain.clone()).chain(t.same_mac.iter().cloned()).collect();
+        NicState::Failed {
+            reason: FailReason::DuplicateMac { mac: t.mac, network: t.libvirt_network.clone(), domains },
+        }
+    } else {
+        return None;
+    })
+}
