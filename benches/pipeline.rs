@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use topo::observed::Observed;
-use topo::source::SourceFile;
+use topo::host::observed::Observed;
+use topo::lab::source::SourceFile;
 
 /// A lab of `vms` VMs, each with 2 NICs on 2 of 8 isolated networks, one reservation each.
 fn big_lab(vms: usize) -> String {
@@ -49,9 +49,9 @@ fn main() {
         let text = big_lab(vms);
         let src = SourceFile::from_text(Path::new("bench.yaml"), text);
         bench(&format!("validate lab with {vms} VMs ({} bytes)", src.text.len()), 21, || {
-            topo::validate::load(&src).unwrap()
+            topo::lab::validate::load(&src).unwrap()
         });
-        let lab = topo::validate::load(&src).unwrap();
+        let lab = topo::lab::validate::load(&src).unwrap();
         let empty = Observed::default();
         bench(&format!("plan {vms} VMs against an empty host"), 21, || {
             topo::plan::plan(&lab, &empty, "bench").unwrap()
@@ -61,12 +61,12 @@ fn main() {
         for op in topo::plan::plan(&lab, &empty, "bench").unwrap().changes.iter().flat_map(|c| &c.ops) {
             match op {
                 topo::plan::Op::DefineNetwork { xml } => {
-                    let flags = topo::xml::NetworkFlags { active: true, persistent: true, autostart: true };
-                    let n = topo::xml::parse_network(xml, flags).unwrap();
+                    let flags = topo::host::xml::NetworkFlags { active: true, persistent: true, autostart: true };
+                    let n = topo::host::xml::parse_network(xml, flags).unwrap();
                     host.networks.insert(n.name.clone(), n);
                 }
                 topo::plan::Op::DefineDomain { xml } => {
-                    let d = topo::xml::parse_domain(xml, topo::observed::DomainState::Running).unwrap();
+                    let d = topo::host::xml::parse_domain(xml, topo::host::observed::DomainState::Running).unwrap();
                     host.domains.insert(d.name.clone(), d);
                 }
                 _ => {}
@@ -78,9 +78,9 @@ fn main() {
             topo::plan::plan(&lab, &host, "bench").unwrap()
         });
     }
-    let mac: topo::model::MacAddr = "52:54:00:12:34:56".parse().unwrap();
-    let frame = topo::arp::build_request(mac, "10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    let mac: topo::lab::model::MacAddr = "52:54:00:12:34:56".parse().unwrap();
+    let frame = topo::verify::arp::build_request(mac, "10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
     bench("parse 10k ARP reply frames", 21, || {
-        (0..10_000).filter(|_| topo::arp::parse_reply(black_box(&frame)).is_some()).count()
+        (0..10_000).filter(|_| topo::verify::arp::parse_reply(black_box(&frame)).is_some()).count()
     });
 }

@@ -6,31 +6,13 @@
 // Output goes through `cli::ui` only: `print!` panics on a closed stdout.
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
-pub mod address;
 pub mod apply;
-pub mod arp;
 pub mod cli;
 pub mod diag;
 pub mod files;
-pub mod graph;
 pub mod guest;
-pub mod hypervisor;
-pub mod image;
-pub mod impair;
-pub mod kernel;
-pub mod labs;
-pub mod model;
-pub mod observed;
-pub mod ownership;
+pub mod host;
+pub mod lab;
 pub mod plan;
-pub mod prober;
 pub mod results;
-pub mod schema;
-pub mod shape;
-pub mod source;
-pub mod spec;
-pub mod status;
-pub mod tc;
-pub mod validate;
 pub mod verify;
-pub mod xml;

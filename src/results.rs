@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::apply::{Report, StepOutcome};
 pub use crate::diag::{JsonProblem, Location, Position, position};
-use crate::model::Lab;
+use crate::lab::model::Lab;
 use crate::plan::{Action, Plan};
 
 /// The version of every document here. Within a version keys are only added, never renamed,

@@ -9,10 +9,10 @@ use std::sync::atomic::AtomicBool;
 use common::*;
 use topo::apply::progress::Silent;
 use topo::apply::{StepOutcome, check_converged};
-use topo::hypervisor::memory::MemoryHypervisor;
-use topo::hypervisor::{HvError, HvErrorKind, Hypervisor};
-use topo::model::{Lab, NetworkKind};
-use topo::observed::Observed;
+use topo::host::hypervisor::memory::MemoryHypervisor;
+use topo::host::hypervisor::{HvError, HvErrorKind, Hypervisor};
+use topo::host::observed::Observed;
+use topo::lab::model::{Lab, NetworkKind};
 use topo::plan::{self, Action, Plan};
 
 fn actions(p: &Plan) -> Vec<(String, Action)> {
@@ -62,7 +62,7 @@ fn apply_converges_and_touches_no_external_network() {
     let calls = hv.calls();
     assert!(!calls.iter().any(|c| c.ends_with(" default")), "external network touched: {calls:#?}");
     let o = hv.observe().unwrap();
-    assert!(o.domains.values().all(|d| d.state == topo::observed::DomainState::Running));
+    assert!(o.domains.values().all(|d| d.state == topo::host::observed::DomainState::Running));
     assert!(o.networks.values().all(|n| n.active));
 }
 
@@ -525,13 +525,13 @@ fn only_a_changed_seed_is_downloaded_for_the_diff() {
     hv.clear_calls();
     let mut o = hv.observe().unwrap();
     assert!(o.domains.values().all(|d| d.seed.is_none()), "observe reads no seed");
-    topo::hypervisor::read_changed_seeds(&hv, &l, &mut o);
+    topo::host::hypervisor::read_changed_seeds(&hv, &l, &mut o);
     assert_eq!(downloads(&hv), 0, "a converged lab: nothing to show, nothing downloaded");
     assert!(plan::plan(&l, &o, &hv.uri()).unwrap().is_empty());
 
     let edited = lab(&edit(GUEST_LAB, "user-data-a.yaml", "user-data-b.yaml"));
     let mut o = hv.observe().unwrap();
-    topo::hypervisor::read_changed_seeds(&hv, &edited, &mut o);
+    topo::host::hypervisor::read_changed_seeds(&hv, &edited, &mut o);
     assert_eq!(downloads(&hv), 1, "the one changed seed: {:?}", hv.calls());
     let files = o.domains["guests-box"].seed.as_ref().expect("read for the diff");
     let old = topo::guest::Seed::of(&l, &l.vms.values().next().unwrap().clone()).unwrap().unwrap();
@@ -551,7 +551,7 @@ fn an_orphaned_seed_is_deleted() {
     // A seed uploaded by an apply that died before it defined the domain.
     hv.upload_volume(
         "topo-overlays",
-        &topo::ownership::volume_name("guests", "guests-box-cidata-00000000", "img"),
+        &topo::lab::ownership::volume_name("guests", "guests-box-cidata-00000000", "img"),
         b"x",
     )
     .unwrap();
@@ -675,7 +675,7 @@ fn a_paused_vm_is_resumed_not_started() {
     assert_eq!(web.reasons, vec![plan::Reason::Paused]);
     assert_eq!(web.ops, vec![plan::Op::ResumeDomain]);
     apply_ok(&l, &hv);
-    assert_eq!(hv.observe().unwrap().domains["demo-web"].state, topo::observed::DomainState::Running);
+    assert_eq!(hv.observe().unwrap().domains["demo-web"].state, topo::host::observed::DomainState::Running);
 }
 
 /// A define whose restart never happened (an interrupted older apply, or `virsh define` by
@@ -720,7 +720,7 @@ fn a_domain_copied_under_another_name_is_foreign() {
     hv.define_domain(&copy).unwrap();
     let o = hv.observe().unwrap();
     assert!(o.domains["copy"].owner.is_some(), "the copy carries the tag");
-    assert_eq!(o.domains["copy"].ownership(&l), topo::observed::Ownership::NotOwned);
+    assert_eq!(o.domains["copy"].ownership(&l), topo::host::observed::Ownership::NotOwned);
     assert_replans_empty(&l, &hv);
     let (p, report) = destroy_with(&l, &hv, 4);
     assert!(!report.failed(), "{report:#?}");
@@ -755,8 +755,8 @@ fn only_tagged_volumes_are_the_labs() {
     let hv = MemoryHypervisor::new();
     let l = lab(DISK_LAB);
     apply_ok(&l, &hv);
-    let lookalike = topo::hypervisor::VolumeSpec {
-        pool: topo::ownership::OVERLAY_POOL.into(),
+    let lookalike = topo::host::hypervisor::VolumeSpec {
+        pool: topo::lab::ownership::OVERLAY_POOL.into(),
         name: "disky-box-12345678.qcow2".into(),
         backing: "/img/user.qcow2".into(),
         backing_format: Default::default(),
@@ -764,8 +764,8 @@ fn only_tagged_volumes_are_the_labs() {
     };
     hv.create_volume(&lookalike).unwrap();
     // A tagged volume no domain uses (left by an interrupted run) is an orphan.
-    let orphan = topo::hypervisor::VolumeSpec {
-        name: topo::ownership::volume_name("disky", "disky-old-00000000", "qcow2"),
+    let orphan = topo::host::hypervisor::VolumeSpec {
+        name: topo::lab::ownership::volume_name("disky", "disky-old-00000000", "qcow2"),
         ..lookalike.clone()
     };
     hv.create_volume(&orphan).unwrap();
@@ -1081,9 +1081,9 @@ fn backing_format_is_declared_never_probed() {
     };
     let default = volume(DISK_LAB);
     assert!(!std::fs::read("tests/fixtures/images/base.qcow2").unwrap().starts_with(b"QFI\xfb"));
-    assert_eq!(default.backing_format, topo::model::ImageFormat::Qcow2);
+    assert_eq!(default.backing_format, topo::lab::model::ImageFormat::Qcow2);
     let raw = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: raw}"));
-    assert_eq!(raw.backing_format, topo::model::ImageFormat::Raw);
+    assert_eq!(raw.backing_format, topo::lab::model::ImageFormat::Raw);
     assert_ne!(raw.name, default.name, "another backing format is another overlay");
     let qcow2 = volume(&DISK_LAB.replace("size: 1GiB}", "size: 1GiB, format: qcow2}"));
     assert_eq!(qcow2, default, "the default, written out, changes nothing");
@@ -1128,7 +1128,7 @@ fn a_running_vm_undefined_by_hand_is_defined_again_before_it_stops() {
     hv.undefine_domain("demo-db").unwrap();
     let o = hv.observe().unwrap();
     assert!(!o.domains["demo-db"].persistent);
-    assert_eq!(o.domains["demo-db"].state, topo::observed::DomainState::Running);
+    assert_eq!(o.domains["demo-db"].state, topo::host::observed::DomainState::Running);
     hv.destroy_domain("demo-db").unwrap();
     assert!(!hv.observe().unwrap().domains.contains_key("demo-db"), "a stopped transient domain is gone");
 
@@ -1157,7 +1157,11 @@ fn a_running_vm_undefined_by_hand_is_defined_again_before_it_stops() {
         let d = &o.domains["demo-db"];
         assert!(d.persistent);
         assert_eq!(d.uuid, id, "the same domain, not a new one");
-        let want = if stopped { topo::observed::DomainState::Shutoff } else { topo::observed::DomainState::Running };
+        let want = if stopped {
+            topo::host::observed::DomainState::Shutoff
+        } else {
+            topo::host::observed::DomainState::Running
+        };
         assert_eq!(d.state, want);
         assert!(!hv.calls().iter().any(|c| c.starts_with("start_domain")), "not restarted: {:#?}", hv.calls());
     }
@@ -1168,7 +1172,7 @@ fn a_running_vm_undefined_by_hand_is_defined_again_before_it_stops() {
 /// persistent again before `state: stopped` stops it.
 #[test]
 fn a_running_vm_undefined_by_hand_on_the_test_driver() {
-    let hv = topo::hypervisor::libvirt::LibvirtHypervisor::connect("test:///default").unwrap();
+    let hv = topo::host::hypervisor::libvirt::LibvirtHypervisor::connect("test:///default").unwrap();
     // The test driver drops `<dnsmasq:options>`: ping on, so none is written.
     let base = BASE
         .replace("    dhcp: true\n", "    dhcp: true\n    dhcp_ping: true\n")
@@ -1184,7 +1188,7 @@ fn a_running_vm_undefined_by_hand_on_the_test_driver() {
     assert_replans_empty(&l, &hv);
     let d = &hv.observe().unwrap().domains["demo-db"];
     assert!(d.persistent);
-    assert_eq!(d.state, topo::observed::DomainState::Shutoff);
+    assert_eq!(d.state, topo::host::observed::DomainState::Shutoff);
 }
 
 /// Destroy of a lab whose running VM was undefined by hand: the transient domain is stopped

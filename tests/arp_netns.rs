@@ -11,9 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use topo::arp::ArpReply;
-use topo::model::MacAddr;
-use topo::prober::{PnetProber, ProbeError, Prober, sweep_targets};
+use topo::lab::model::MacAddr;
+use topo::verify::arp::ArpReply;
+use topo::verify::prober::{PnetProber, ProbeError, Prober, sweep_targets};
 
 const GUEST_MAC: &str = "02:00:00:99:00:05";
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 5);
@@ -194,8 +194,8 @@ fn missing_and_down_interfaces_are_reported() {
 
 #[test]
 fn verify_over_real_arp() {
-    use topo::model::{NetworkName, VmName};
-    use topo::observed::Lease;
+    use topo::host::observed::Lease;
+    use topo::lab::model::{NetworkName, VmName};
     use topo::verify::{FailReason, NicState, NicTarget, SystemClock, VerifyOptions, verify};
 
     if !can_run() {
@@ -270,7 +270,7 @@ fn verify_over_real_arp() {
 /// duplicate naming both MACs, instead of proving it.
 #[test]
 fn a_real_duplicate_is_reported_with_both_macs() {
-    use topo::model::{NetworkName, VmName};
+    use topo::lab::model::{NetworkName, VmName};
     use topo::verify::{FailReason, NicState, NicTarget, SystemClock, VerifyOptions, verify};
     if !can_run() {
         return;

@@ -68,7 +68,7 @@ fn none_is_an_error_that_says_what_was_looked_for() {
     let err = text(&out.stderr);
     assert!(err.contains("no lab file given, and none in ."), "{err}");
     assert!(err.contains("*.topo.yaml"), "{err}");
-    assert!(err.contains("topo::source::none_found"), "{err}");
+    assert!(err.contains("topo::lab::source::none_found"), "{err}");
 }
 
 #[test]

@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
-use topo::hypervisor::memory::MemoryHypervisor;
-use topo::hypervisor::{HvErrorKind, Hypervisor, VolumeSpec};
-use topo::model::Lab;
+use topo::host::hypervisor::memory::MemoryHypervisor;
+use topo::host::hypervisor::{HvErrorKind, Hypervisor, VolumeSpec};
+use topo::lab::model::Lab;
 use topo::plan::{self, Action, Op, Plan, Reason};
 
 const DOM: &str = "disky-box";
@@ -38,7 +38,7 @@ fn volume_paths(hv: &MemoryHypervisor) -> Vec<String> {
 /// the lab VM's overlay as its backing file.
 fn linked_clone(hv: &MemoryHypervisor, l: &Lab) {
     let clone = VolumeSpec {
-        pool: topo::ownership::OVERLAY_POOL.into(),
+        pool: topo::lab::ownership::OVERLAY_POOL.into(),
         name: "clone.qcow2".into(),
         backing: overlay(l),
         backing_format: Default::default(),
@@ -196,7 +196,7 @@ fn a_pool_moved_behind_a_symlink_makes_no_orphans() {
         if local {
             assert_eq!(
                 o.same_file(&overlay(&l), &overlay(&l).replace(OVERLAY_DIR, "/srv/topo")),
-                topo::observed::Same::Yes
+                topo::host::observed::Same::Yes
             );
         }
         let (p, _) = plan_on(&l, &hv);
@@ -237,7 +237,7 @@ fn a_layer_another_domain_uses_is_never_deleted() {
 /// while it has one; topo's destroy removes its metadata first and leaves nothing.
 #[test]
 fn snapshots_on_the_libvirt_test_driver() {
-    let hv = topo::hypervisor::libvirt::LibvirtHypervisor::connect("test:///default").unwrap();
+    let hv = topo::host::hypervisor::libvirt::LibvirtHypervisor::connect("test:///default").unwrap();
     // The test driver drops `<dnsmasq:options>`: ping on, so none is written.
     let base = BASE
         .replace("    dhcp: true\n", "    dhcp: true\n    dhcp_ping: true\n")

@@ -20,7 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use topo::model::{LabName, MacAddr, NetworkName, VmName};
+use topo::lab::model::{LabName, MacAddr, NetworkName, VmName};
 
 const URI: &str = "qemu:///system";
 
@@ -1195,7 +1195,7 @@ fn leftovers(lab: &str) -> Vec<String> {
 /// A fresh host has no overlay pool yet: remove topo's, with its volumes, if an earlier run
 /// left it (`scripts/sandbox.sh down` does the same).
 fn remove_overlay_pool() {
-    let pool = topo::ownership::OVERLAY_POOL;
+    let pool = topo::lab::ownership::OVERLAY_POOL;
     if virsh(&["pool-info", pool]).code == 0 {
         let _ = virsh(&["pool-start", pool]);
         let _ = virsh(&["pool-refresh", pool]);
@@ -1618,7 +1618,7 @@ fn e2e_cloud_guests() {
     // For docs/benchmarks.md: the verification table (TIME: each NIC's proof, from its VM's start).
     eprintln!("e2e: benchmark: apply's output:\n{}", r.stdout);
     assert_converged(&lab);
-    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    let vols = virsh_ok(&["vol-list", topo::lab::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "one seed per VM:\n{vols}");
     // A plan of the unchanged lab downloads no seed (`-v` logs every libvirt call).
     let r = topo(&["-v", "plan", path(&lab)]);
@@ -1629,7 +1629,7 @@ fn e2e_cloud_guests() {
     let seed =
         vols.split_whitespace().find(|w| w.starts_with("e2ecloud-deb1-cidata-")).expect("deb1's seed").to_string();
     let id = virsh_ok(&["domid", "e2ecloud-deb1"]);
-    virsh_ok(&["vol-delete", "--pool", topo::ownership::OVERLAY_POOL, &seed]);
+    virsh_ok(&["vol-delete", "--pool", topo::lab::ownership::OVERLAY_POOL, &seed]);
     let r = topo(&["plan", "--json", path(&lab)]);
     let p: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.show()));
     let changes = p["changes"].as_array().expect("changes");
@@ -1639,7 +1639,7 @@ fn e2e_cloud_guests() {
     let r = topo(&["apply", "-y", "--timeout", "60", path(&lab)]);
     assert!(r.code == 0 && r.stdout.contains("0 added, 1 changed, 0 replaced"), "{}", r.show());
     assert_converged(&lab);
-    assert!(virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]).contains(&seed), "the same seed is back");
+    assert!(virsh_ok(&["vol-list", topo::lab::ownership::OVERLAY_POOL]).contains(&seed), "the same seed is back");
     assert_eq!(virsh_ok(&["domid", "e2ecloud-deb1"]), id, "deb1 was not restarted");
     clock.step("a seed deleted by hand: uploaded again in place");
 
@@ -1794,7 +1794,7 @@ fn e2e_cloud_guests() {
     // The replaced deb1 (same domain UUID, new disk, new host keys): apply forgot its old
     // key, the new one was accepted on first contact, and is pinned.
     files::check_host_keys_pinned(&lab, &agent, "e2ecloud", &["deb1"]);
-    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    let vols = virsh_ok(&["vol-list", topo::lab::ownership::OVERLAY_POOL]);
     assert_eq!(vols.lines().filter(|l| l.contains("-cidata-")).count(), 2, "old seeds went with the old VMs:\n{vols}");
     clock.step("user-data edit (a script, in a MIME multi-part): planned and applied as a replace, the script ran");
 
@@ -1802,7 +1802,7 @@ fn e2e_cloud_guests() {
     topo_ok(&["destroy", "-y", path(&lab)]);
     assert!(!virsh_ok(&["list", "--all", "--name"]).contains("e2ecloud-"));
     assert!(!virsh_ok(&["net-list", "--all", "--name"]).contains("e2ecloud-"));
-    let vols = virsh_ok(&["vol-list", topo::ownership::OVERLAY_POOL]);
+    let vols = virsh_ok(&["vol-list", topo::lab::ownership::OVERLAY_POOL]);
     assert!(!vols.contains("e2ecloud-"), "{vols}");
     assert_eq!(files::known_hosts_files("e2ecloud"), Vec::<PathBuf>::new(), "destroy deletes the lab's known_hosts");
     clock.step("destroy: nothing of the lab left");
@@ -2165,7 +2165,7 @@ fn rtts(lab: &Path, vm: &str) -> Vec<Option<f64>> {
 #[test]
 #[ignore = "needs root and the sandbox: run scripts/e2e.sh"]
 fn e2e_link_impairment() {
-    use topo::kernel::{KernelFeature, KernelSupport};
+    use topo::host::kernel::{KernelFeature, KernelSupport};
     let clock = Clock(Instant::now());
     let netem = kernel_has_qdisc(&["netem", "delay", "1ms"]);
     let sfq = kernel_has_qdisc(&["sfq"]);

@@ -16,10 +16,10 @@ use std::collections::BTreeSet;
 
 use common::*;
 use topo::apply::progress::Silent;
-use topo::hypervisor::Hypervisor;
-use topo::hypervisor::memory::{Fault, MemoryHypervisor};
-use topo::model::Lab;
-use topo::observed::Ownership;
+use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::{Fault, MemoryHypervisor};
+use topo::host::observed::Ownership;
+use topo::lab::model::Lab;
 use topo::plan::target::Direction;
 
 const LAB: &str = "\
@@ -281,7 +281,7 @@ fn run(s: &Scenario, l: &Lab, hv: &MemoryHypervisor, parallelism: usize) -> bool
 
 /// The lab's NICs that are off their network's bridge (a foreign domain's NIC cut off with
 /// `--disconnect-foreign` stays so: topo never touches it).
-fn lab_cut(hv: &MemoryHypervisor) -> Vec<(String, topo::model::MacAddr)> {
+fn lab_cut(hv: &MemoryHypervisor) -> Vec<(String, topo::lab::model::MacAddr)> {
     hv.cut_nics().into_iter().filter(|(d, _)| d.starts_with("sweep-")).collect()
 }
 
@@ -300,7 +300,7 @@ fn owned(l: &Lab, hv: &MemoryHypervisor) -> Vec<String> {
     let vols = o
         .volumes
         .values()
-        .filter(|v| topo::ownership::volume_owned_by(l.name.as_str(), &v.name))
+        .filter(|v| topo::lab::ownership::volume_owned_by(l.name.as_str(), &v.name))
         .map(|v| v.path.clone());
     nets.chain(doms).chain(vols).collect()
 }
@@ -366,7 +366,7 @@ fn seeds_whole(l: &Lab, hv: &MemoryHypervisor) -> Result<(), String> {
     for vm in l.vms.values() {
         let Some(seed) = topo::guest::Seed::of(l, vm).unwrap() else { continue };
         let name = seed.volume_name(l, vm);
-        let got = hv.download_volume(topo::ownership::OVERLAY_POOL, &name).map_err(|e| format!("{name}: {e}"))?;
+        let got = hv.download_volume(topo::lab::ownership::OVERLAY_POOL, &name).map_err(|e| format!("{name}: {e}"))?;
         if got != seed.image().unwrap() {
             return Err(format!("{name}: {} bytes, not the seed's {}", got.len(), seed.image().unwrap().len()));
         }
@@ -456,11 +456,11 @@ fn a_refused_define_does_not_wedge_later_applies() {
     hv.fail_on(
         "define_domain",
         "sweep-a",
-        topo::hypervisor::HvError {
+        topo::host::hypervisor::HvError {
             op: "define domain".into(),
             object: "sweep-a".into(),
             message: "XML error: invalid cmdline".into(),
-            kind: topo::hypervisor::HvErrorKind::InvalidXml,
+            kind: topo::host::hypervisor::HvErrorKind::InvalidXml,
             hint: None,
         },
     );
@@ -477,11 +477,11 @@ fn a_refused_define_does_not_wedge_later_applies() {
     hv.fail_on(
         "define_domain",
         "sweep-a",
-        topo::hypervisor::HvError {
+        topo::host::hypervisor::HvError {
             op: "define domain".into(),
             object: "sweep-a".into(),
             message: "XML error".into(),
-            kind: topo::hypervisor::HvErrorKind::InvalidXml,
+            kind: topo::host::hypervisor::HvErrorKind::InvalidXml,
             hint: None,
         },
     );

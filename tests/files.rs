@@ -53,7 +53,8 @@ fn a_lab_file_that_is_no_regular_file_is_refused_at_once() {
         let out = topo(dir.path()).args(["--color", "never", "-c", "test:///default"]).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
-        let code = if want.ends_with("bytes") { "topo::source::too_large" } else { "topo::source::not_a_file" };
+        let code =
+            if want.ends_with("bytes") { "topo::lab::source::too_large" } else { "topo::lab::source::not_a_file" };
         assert!(stderr(&out).contains(code), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("missing_file"), "{args:?}: {}", stderr(&out));
     }

@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use topo::hypervisor::libvirt::LibvirtHypervisor;
-use topo::hypervisor::memory::MemoryHypervisor;
-use topo::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
-use topo::model::*;
-use topo::observed::{DomainState, Lease, ObservedMode, OwnerTag};
-use topo::source::SourceFile;
-use topo::xml;
+use topo::host::hypervisor::libvirt::LibvirtHypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
+use topo::host::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
+use topo::host::observed::{DomainState, Lease, ObservedMode, OwnerTag};
+use topo::host::xml;
+use topo::lab::model::*;
+use topo::lab::source::SourceFile;
 
 /// What the backend under test does where libvirt's drivers differ.
 struct Driver {
@@ -135,7 +135,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 1,
-        state: topo::model::VmState::Running,
+        state: topo::lab::model::VmState::Running,
         boot: Some(Boot {
             kernel: PathBuf::from("/nonexistent/vmlinuz"),
             initrd: None,
@@ -156,7 +156,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         vms: [(vm_name, vm)].into_iter().collect(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         // The whole owner tag round-trips through libvirt, `&` and quotes escaped.
-        stamp: topo::ownership::Stamp {
+        stamp: topo::lab::ownership::Stamp {
             applied: Some("2026-12-07T01:02:03Z".into()),
             user: Some("o'brien & co".into()),
         },
@@ -419,7 +419,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_kind(hv.define_network("<network><name>x</name>"), HvErrorKind::InvalidXml);
 
     // The overlay pool: looked up by name, made when missing, started when inactive.
-    let pool = topo::ownership::OVERLAY_POOL;
+    let pool = topo::lab::ownership::OVERLAY_POOL;
     let dir = format!("/nonexistent/topo-{tag}");
     assert!(hv.observe().unwrap().pool.is_none());
     hv.ensure_pool(pool, &dir).unwrap();
@@ -427,7 +427,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     let o = hv.observe().unwrap();
     let p = o.pool.as_ref().unwrap();
     assert_eq!((p.name.as_str(), p.path.as_str(), p.active), (pool, dir.as_str(), true));
-    let spec = topo::hypervisor::VolumeSpec {
+    let spec = topo::host::hypervisor::VolumeSpec {
         pool: pool.into(),
         name: format!("t{tag}-vm-0.aaaaaaaa.qcow2"),
         backing: "/nonexistent/base.qcow2".into(),
@@ -530,8 +530,8 @@ fn release(hv: &dyn Hypervisor, tag: &str, octet: u8, live_config: bool) {
     hv.undefine_network(name).unwrap();
 }
 
-fn without_owner(n: &topo::observed::ObservedNetwork) -> topo::observed::ObservedNetwork {
-    topo::observed::ObservedNetwork { owner: None, ..n.clone() }
+fn without_owner(n: &topo::host::observed::ObservedNetwork) -> topo::host::observed::ObservedNetwork {
+    topo::host::observed::ObservedNetwork { owner: None, ..n.clone() }
 }
 
 /// A network's config as `network_config_xml` reads it brings the network back as it was
@@ -909,14 +909,15 @@ fn paths_scenario(hv: &dyn Hypervisor, add_file: &dyn Fn(&str)) {
     };
     let load = |format: &str| {
         std::fs::write(&file, text(format)).unwrap();
-        topo::validate::load_with(&SourceFile::read(&file).unwrap(), topo::validate::Files::NotChecked).unwrap()
+        topo::lab::validate::load_with(&SourceFile::read(&file).unwrap(), topo::lab::validate::Files::NotChecked)
+            .unwrap()
     };
     let lab = load("qcow2");
     let paths: Vec<String> =
         lab.vms.values().flat_map(|v| v.host_files().into_iter().map(|(_, p, _)| p.display().to_string())).collect();
     let mut observed = hv.observe().unwrap();
-    observed.paths = topo::hypervisor::observe_paths(hv, paths.iter().map(String::as_str)).unwrap();
-    use topo::observed::PathFact;
+    observed.paths = topo::host::hypervisor::observe_paths(hv, paths.iter().map(String::as_str)).unwrap();
+    use topo::host::observed::PathFact;
     assert_eq!(
         observed.paths,
         BTreeMap::from([
@@ -949,7 +950,7 @@ fn paths_scenario(hv: &dyn Hypervisor, add_file: &dyn Fn(&str)) {
 fn paths_through_storage_pools_on_libvirt_test_driver() {
     let hv = LibvirtHypervisor::connect("test:///default").unwrap();
     let add = |name: &str| {
-        hv.create_volume(&topo::hypervisor::VolumeSpec {
+        hv.create_volume(&topo::host::hypervisor::VolumeSpec {
             pool: "default-pool".into(),
             name: name.into(),
             backing: "/nonexistent/base.qcow2".into(),
@@ -985,8 +986,8 @@ fn memory_pool_lists_files_as_of_its_last_refresh() {
     assert_kind(hv.volume_by_path("/srv/images/a.img"), HvErrorKind::NotFound);
     assert_kind(hv.volume_by_path("/srv/off/b.img"), HvErrorKind::NotFound);
     assert_kind(hv.refresh_pool("off"), HvErrorKind::InvalidState);
-    let facts = topo::hypervisor::observe_paths(&hv, ["/srv/off/b.img", "/srv/images/sub/d.img"]).unwrap();
-    use topo::observed::PathFact;
+    let facts = topo::host::hypervisor::observe_paths(&hv, ["/srv/off/b.img", "/srv/images/sub/d.img"]).unwrap();
+    use topo::host::observed::PathFact;
     assert_eq!(facts["/srv/off/b.img"], PathFact::Unchecked { inactive_pool: Some("off".into()) });
     // A subfolder is not the pool's folder: a dir pool does not look into it.
     assert_eq!(facts["/srv/images/sub/d.img"], PathFact::Unchecked { inactive_pool: None });
@@ -1001,14 +1002,14 @@ fn link_impairment_on_libvirt_test_driver() {
     let hv = LibvirtHypervisor::connect("test:///default").unwrap();
     let o = hv.observe().unwrap();
     let mac = o.domains["test"].interfaces.iter().find_map(|i| i.mac);
-    let rate = topo::impair::Rate::parse("10Mbit").ok();
+    let rate = topo::lab::impair::Rate::parse("10Mbit").ok();
     if let Some(mac) = mac {
         hv.set_bandwidth("test", mac, rate).unwrap();
         hv.set_bandwidth("test", mac, None).unwrap();
         let other = MacAddr::new([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]).unwrap();
         let e = hv.set_bandwidth("test", other, rate).unwrap_err();
         assert!(e.message.contains("52:54:00:ab:cd:ef"), "{e:?}");
-        let n = topo::impair::Netem { delay: topo::impair::Micros::parse("50ms").ok(), ..Default::default() };
+        let n = topo::lab::impair::Netem { delay: topo::lab::impair::Micros::parse("50ms").ok(), ..Default::default() };
         let e = assert_kind(hv.set_netem("test", mac, Some(&n)), HvErrorKind::Unsupported);
         assert!(e.message.contains("not a local host"), "{e:?}");
     } else {

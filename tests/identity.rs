@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use topo::diag::Code;
-use topo::hypervisor::Hypervisor;
-use topo::hypervisor::memory::MemoryHypervisor;
-use topo::model::Lab;
-use topo::ownership::Stamp;
+use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
+use topo::lab::model::Lab;
+use topo::lab::ownership::Stamp;
 use topo::plan::target::Direction;
 use topo::plan::{self, Action, Op, PlanError, Reason};
 
@@ -219,7 +219,7 @@ vms:
     let text = topo::plan::render::render(&p, "lab.yaml", topo::plan::render::Style::Plain);
     assert!(text.contains("(no lab file recorded)"), "{text}");
     apply_ok(&l, &hv);
-    assert_eq!(hv.observe().unwrap().domains["demo-web"].state, topo::observed::DomainState::Running);
+    assert_eq!(hv.observe().unwrap().domains["demo-web"].state, topo::host::observed::DomainState::Running);
 }
 
 /// The contradiction: a network replaced in the plan that also deletes a VM on it

@@ -7,9 +7,9 @@
 mod common;
 
 use common::*;
-use topo::hypervisor::Hypervisor;
-use topo::hypervisor::memory::MemoryHypervisor;
-use topo::impair::{Netem, NetemParent, TapQdiscs};
+use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
+use topo::lab::impair::{Netem, NetemParent, TapQdiscs};
 use topo::plan::render::{Style, render};
 use topo::plan::{Action, Op, Reason};
 
@@ -41,7 +41,7 @@ fn web_tap(hv: &dyn Hypervisor) -> TapQdiscs {
 }
 
 /// The MAC of web's NIC on `lan` (a re-plugged NIC comes last in the domain's list).
-fn web_mac(hv: &dyn Hypervisor) -> topo::model::MacAddr {
+fn web_mac(hv: &dyn Hypervisor) -> topo::lab::model::MacAddr {
     let o = hv.observe().unwrap();
     o.domains["demo-web"].interfaces.iter().find(|i| i.network.as_deref() == Some("demo-lan")).unwrap().mac.unwrap()
 }
@@ -51,9 +51,9 @@ fn netem(s: &str) -> Netem {
     for part in s.split(", ") {
         let (k, v) = part.split_once(' ').unwrap();
         match k {
-            "delay" => n.delay = Some(topo::impair::Micros::parse(v).unwrap()),
-            "jitter" => n.jitter = Some(topo::impair::Micros::parse(v).unwrap()),
-            "loss" => n.loss = Some(topo::impair::Loss::parse(v).unwrap()),
+            "delay" => n.delay = Some(topo::lab::impair::Micros::parse(v).unwrap()),
+            "jitter" => n.jitter = Some(topo::lab::impair::Micros::parse(v).unwrap()),
+            "loss" => n.loss = Some(topo::lab::impair::Loss::parse(v).unwrap()),
             _ => panic!("{k}"),
         }
     }

@@ -7,7 +7,7 @@ mod common;
 use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
-use topo::hypervisor::Hypervisor;
+use topo::host::hypervisor::Hypervisor;
 
 const DOC: &str = include_str!("../docs/list-json.md");
 
@@ -52,7 +52,7 @@ fn two_labs_listed_as_documented() {
         &LAB.replace("name: demo\n", "name: demo\nprefix: b-\n").replace("10.80.", "10.81."),
     );
     apply_ok(&b, &hv);
-    let list = topo::labs::list(&hv.observe().unwrap(), "mem");
+    let list = topo::host::labs::list(&hv.observe().unwrap(), "mem");
     let doc = list.to_json();
     check_list(&doc);
     let labs = doc["labs"].as_array().unwrap();

@@ -33,7 +33,7 @@ fn lab() -> (tempfile::TempDir, std::path::PathBuf) {
 }
 
 /// The libvirt functions a log names, in order, from lines like
-/// `... DEBUG topo::hypervisor::libvirt: libvirt call api="virConnectOpen" object="..." ms=0.071`.
+/// `... DEBUG topo::host::hypervisor::libvirt: libvirt call api="virConnectOpen" object="..." ms=0.071`.
 fn calls(log: &str) -> Vec<(String, f64)> {
     log.lines()
         .filter(|l| l.contains("libvirt call"))

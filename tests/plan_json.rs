@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use serde_json::Value;
-use topo::hypervisor::Hypervisor;
-use topo::observed::{Observed, PathFact};
+use topo::host::hypervisor::Hypervisor;
+use topo::host::observed::{Observed, PathFact};
 use topo::plan::json::to_json;
 use topo::plan::saved::{SAVED_FORMAT, SavedPlan, SavedPlanError, fingerprint, sha256_hex};
 

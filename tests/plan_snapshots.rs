@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use topo::hypervisor::Hypervisor;
-use topo::hypervisor::memory::MemoryHypervisor;
+use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::plan::render::{Style, render};
 use topo::plan::{self, Action, Reason};
 
@@ -37,7 +37,7 @@ fn redact_overlay_hashes(text: &str) -> String {
     out
 }
 
-fn shown(lab: &topo::model::Lab, hv: &dyn Hypervisor) -> String {
+fn shown(lab: &topo::lab::model::Lab, hv: &dyn Hypervisor) -> String {
     let (p, _) = plan_on(lab, hv);
     plain(&p)
 }
@@ -116,9 +116,9 @@ fn drift_on_the_host() {
     let obs = hv.observe().unwrap();
     let uuid = obs.networks["demo-lan"].uuid.clone().unwrap();
     let net = &l.networks[&"lan".parse().unwrap()];
-    let topo::model::NetworkKind::Managed(m) = &net.kind else { panic!("lan is a lab network") };
+    let topo::lab::model::NetworkKind::Managed(m) = &net.kind else { panic!("lan is a lab network") };
     let hash = topo::plan::fields::spec_hash(&topo::plan::fields::desired_network(m));
-    let xml = topo::xml::network_xml(&l, net, &hash).unwrap().xml;
+    let xml = topo::host::xml::network_xml(&l, net, &hash).unwrap().xml;
     let xml = edit(&xml, "</name>", &format!("</name><uuid>{uuid}</uuid>"));
     let xml = edit(&xml, "10.50.0.199", "10.50.0.150");
     hv.define_network(&xml).unwrap();
@@ -264,11 +264,11 @@ vms:
     hv.fail_on(
         "define_domain",
         "disky-box",
-        topo::hypervisor::HvError {
+        topo::host::hypervisor::HvError {
             op: "define domain".into(),
             object: "disky-box".into(),
             message: "refused".into(),
-            kind: topo::hypervisor::HvErrorKind::InvalidXml,
+            kind: topo::host::hypervisor::HvErrorKind::InvalidXml,
             hint: None,
         },
     );

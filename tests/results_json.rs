@@ -8,7 +8,7 @@ mod common;
 use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
-use topo::hypervisor::{HvError, HvErrorKind};
+use topo::host::hypervisor::{HvError, HvErrorKind};
 
 const DOC: &str = include_str!("../docs/results-json.md");
 
@@ -100,7 +100,7 @@ fn validate_json_valid_invalid_and_unreadable() {
     assert_eq!(out.status.code(), Some(1));
     let doc = json(&out);
     check_validate(&doc);
-    assert_eq!(doc["problems"][0]["code"], "topo::source::read");
+    assert_eq!(doc["problems"][0]["code"], "topo::lab::source::read");
     assert_eq!(doc["problems"][0]["locations"], serde_json::json!([]));
 
     let empty = tempfile::tempdir().unwrap();
@@ -109,7 +109,7 @@ fn validate_json_valid_invalid_and_unreadable() {
     let doc = json(&out);
     check_validate(&doc);
     assert_eq!(doc["file"], Value::Null);
-    assert_eq!(doc["problems"][0]["code"], "topo::source::none_found");
+    assert_eq!(doc["problems"][0]["code"], "topo::lab::source::none_found");
 }
 
 /// A lab for the test driver (kernels from the fixtures).

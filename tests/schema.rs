@@ -12,7 +12,7 @@ fn yaml_to_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn committed_schema_is_generated() {
-    let generated = topo::schema::schema_json() + "\n";
+    let generated = topo::lab::schema::schema_json() + "\n";
     if std::env::var_os("TOPO_UPDATE_SCHEMA").is_some() {
         std::fs::write(SCHEMA, &generated).unwrap();
     }

@@ -7,8 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use topo::address::Address;
-use topo::hypervisor::Hypervisor;
+use topo::host::hypervisor::Hypervisor;
+use topo::lab::address::Address;
 use topo::plan::render::{Style, render};
 use topo::plan::target::{Direction, targeted};
 
@@ -24,7 +24,7 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn plan_targets(l: &topo::model::Lab, hv: &dyn Hypervisor, targets: &[&str]) -> topo::plan::Plan {
+fn plan_targets(l: &topo::lab::model::Lab, hv: &dyn Hypervisor, targets: &[&str]) -> topo::plan::Plan {
     let (full, observed) = plan_on(l, hv);
     let targets: Vec<Address> = targets.iter().map(|t| addr(t)).collect();
     targeted(l, &observed, full, &targets, Direction::Apply).expect("known targets")

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
-use topo::source::SourceFile;
-use topo::validate::{self, ValidateError};
+use topo::lab::source::SourceFile;
+use topo::lab::validate::{self, ValidateError};
 
 fn fixtures(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new("tests/fixtures").join(kind);

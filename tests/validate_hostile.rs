@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use proptest::prelude::*;
-use topo::source::{MAX_SOURCE_BYTES, SourceError, SourceFile};
-use topo::validate;
+use topo::lab::source::{MAX_SOURCE_BYTES, SourceError, SourceFile};
+use topo::lab::validate;
 
-fn load_text(text: String) -> Result<topo::model::Lab, validate::ValidateError> {
+fn load_text(text: String) -> Result<topo::lab::model::Lab, validate::ValidateError> {
     validate::load(&SourceFile::from_text(Path::new("/nonexistent/fuzz.yaml"), text))
 }
 

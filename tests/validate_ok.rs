@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use topo::model::{NetworkKind, NetworkName, VmName};
-use topo::source::SourceFile;
-use topo::validate;
+use topo::lab::model::{NetworkKind, NetworkName, VmName};
+use topo::lab::source::SourceFile;
+use topo::lab::validate;
 
 fn valid_fixtures() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/valid")
@@ -90,7 +90,7 @@ fn full_lab_model() {
 /// The generated JSON Schema accepts every valid fixture (YAML read as JSON values).
 #[test]
 fn schema_accepts_valid_fixtures() {
-    let schema = topo::spec::json_schema();
+    let schema = topo::lab::spec::json_schema();
     let validator = jsonschema::validator_for(&schema).expect("schema compiles");
     for path in valid_fixtures() {
         let text = std::fs::read_to_string(&path).unwrap();

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use topo::hypervisor::Hypervisor;
-use topo::observed::DomainState;
+use topo::host::hypervisor::Hypervisor;
+use topo::host::observed::DomainState;
 use topo::plan::render::{Style, render};
 use topo::plan::{Action, Op, Reason, Shutdown};
 
@@ -134,8 +134,8 @@ fn a_stopped_vm_gets_new_nics_in_its_config() {
 #[test]
 fn a_bad_state_is_refused_with_the_choices() {
     let text = with_db_state("paused");
-    let source = topo::source::SourceFile::from_text(std::path::Path::new(LAB_PATH), text);
-    let err = topo::validate::load(&source).expect_err("paused is not a state the file can ask for");
+    let source = topo::lab::source::SourceFile::from_text(std::path::Path::new(LAB_PATH), text);
+    let err = topo::lab::validate::load(&source).expect_err("paused is not a state the file can ask for");
     let shown = render_diag(&err);
     assert!(shown.contains("running") && shown.contains("stopped"), "{shown}");
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::address::Address;
-use crate::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
-use crate::model::Lab;
-use crate::observed::{DomainState, Observed};
+use crate::host::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
+use crate::host::observed::{DomainState, Observed};
+use crate::lab::address::Address;
+use crate::lab::model::Lab;
 use crate::plan::{Action, Change, Op, Plan, Shutdown};
 use progress::{Event, Progress};
 
@@ -474,7 +474,7 @@ pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, Apply
 /// they depend on must match the file.
 pub fn check_converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
     let mut observed = hv.observe()?;
-    crate::hypervisor::read_changed_seeds(hv, lab, &mut observed);
+    crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
     let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
         Ok(p) if targets.is_empty() => p,
         Ok(p) => {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::StepOutcome;
-use crate::address::Address;
+use crate::lab::address::Address;
 use crate::plan::Action;
 
 pub enum Event<'a> {

@@ -10,9 +10,9 @@ use super::{GlobalArgs, Outcome};
 use crate::apply::lock::{HostLock, LabLock};
 use crate::apply::progress::{Lines, Live, Progress, Silent};
 use crate::apply::{ApplyError, Options, Report, StepOutcome};
-use crate::hypervisor::Hypervisor;
-use crate::model::Lab;
-use crate::observed::Observed;
+use crate::host::hypervisor::Hypervisor;
+use crate::host::observed::Observed;
+use crate::lab::model::Lab;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SavedPlan, looks_saved};
 use crate::plan::target::Direction;
@@ -55,7 +55,7 @@ pub struct ApplyArgs {
     /// Apply only ADDRESS (`vm.NAME`, `network.NAME`, as the plan shows them) and what it
     /// depends on; repeatable. Not with a saved plan (it keeps the targets it was made with)
     #[arg(long = "target", value_name = "ADDRESS")]
-    pub targets: Vec<crate::address::Address>,
+    pub targets: Vec<crate::lab::address::Address>,
     #[command(flatten)]
     pub verify: super::verify::VerifyOpts,
     /// Print the plan, each step's outcome and the verification as one versioned JSON
@@ -79,7 +79,7 @@ pub struct DestroyArgs {
     /// Destroy only ADDRESS (`vm.NAME`, `network.NAME`) and what depends on it (the VMs on
     /// a targeted network); repeatable
     #[arg(long = "target", value_name = "ADDRESS")]
-    pub targets: Vec<crate::address::Address>,
+    pub targets: Vec<crate::lab::address::Address>,
     /// Print the plan and each step's outcome as one versioned JSON document instead of the
     /// human output (see docs/results-json.md); needs -y
     #[arg(long)]
@@ -92,7 +92,7 @@ fn options(c: &ConfirmArgs) -> Options {
 
 /// The lab named by `file`, and the saved plan if `file` is one.
 fn load(file: &std::path::Path, global: &GlobalArgs) -> miette::Result<(Lab, Option<SavedPlan>)> {
-    let text = crate::source::read_lab_text(file, crate::plan::saved::MAX_SAVED_PLAN_BYTES)?;
+    let text = crate::lab::source::read_lab_text(file, crate::plan::saved::MAX_SAVED_PLAN_BYTES)?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
         let lab = super::load_lab(std::path::Path::new(&saved.lab_file), global)?;
@@ -196,10 +196,12 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         let replaced: Vec<&str> = plan
             .changes
             .iter()
-            .filter(|c| c.action == crate::plan::Action::Replace && matches!(c.address, crate::address::Address::Vm(_)))
+            .filter(|c| {
+                c.action == crate::plan::Action::Replace && matches!(c.address, crate::lab::address::Address::Vm(_))
+            })
             .map(|c| c.libvirt_name.as_str())
             .collect();
-        if let Err(e) = crate::guest::known_hosts::forget_vms(lab.name.as_str(), &host, &replaced) {
+        if let Err(e) = crate::verify::known_hosts::forget_vms(lab.name.as_str(), &host, &replaced) {
             crate::errln!("warning: {e}");
         }
         let (report, result) = execute(global, &plan, &hv, options(&args.confirm));
@@ -228,7 +230,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         if !plan.targets.is_empty() {
             // A partial apply verifies the VMs it covered.
             let reach = crate::plan::target::closure(&lab, &observed, &plan.targets, Direction::Apply);
-            targets.retain(|t| reach.contains(&crate::address::Address::Vm(t.vm.clone())));
+            targets.retain(|t| reach.contains(&crate::lab::address::Address::Vm(t.vm.clone())));
         }
         if !targets.is_empty() {
             super::status(
@@ -263,9 +265,9 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     let host = super::host_id(&hv)?;
     let _lock = LabLock::acquire(lab.name.as_str(), &host, &hv.uri(), "topo destroy")?;
     // The whole lab gone: so are its VMs' pinned host keys (guest::known_hosts).
-    let forget_keys = |targets: &[crate::address::Address]| {
+    let forget_keys = |targets: &[crate::lab::address::Address]| {
         if targets.is_empty()
-            && let Err(e) = crate::guest::known_hosts::remove(lab.name.as_str(), &host)
+            && let Err(e) = crate::verify::known_hosts::remove(lab.name.as_str(), &host)
         {
             crate::errln!("warning: cannot remove the lab's known_hosts file: {e}");
         }
@@ -467,8 +469,8 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::hypervisor::memory::MemoryHypervisor;
-    use crate::source::SourceFile;
+    use crate::host::hypervisor::memory::MemoryHypervisor;
+    use crate::lab::source::SourceFile;
 
     const LAB: &str = "apiVersion: topo/v1
 name: t
@@ -485,7 +487,7 @@ vms:
 
     fn lab(subnet: &str) -> Lab {
         let text = LAB.replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).replace("SUBNET", subnet);
-        crate::validate::load(&SourceFile::from_text(Path::new("lab.yaml"), text)).expect("valid lab")
+        crate::lab::validate::load(&SourceFile::from_text(Path::new("lab.yaml"), text)).expect("valid lab")
     }
 
     fn foreign(name: &str, mac: &str) -> String {
@@ -543,7 +545,7 @@ vms:
         let mut now = before.clone();
         now.networks.insert(
             "other".into(),
-            crate::xml::parse_network(
+            crate::host::xml::parse_network(
                 "<network><name>other</name><bridge name='virbr9'/><ip address='192.168.153.1' netmask='255.255.255.0'/></network>",
                 Default::default(),
             )

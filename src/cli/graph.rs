@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use super::{GlobalArgs, Outcome};
-use crate::graph::LabGraph;
+use crate::plan::graph::LabGraph;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GraphFormat {

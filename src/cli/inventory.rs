@@ -9,9 +9,9 @@ use clap::ValueEnum;
 use super::duration::parse_duration;
 use super::verify::{run_verification, targets};
 use super::{GlobalArgs, Outcome};
-use crate::guest::Inventory;
-use crate::hypervisor::Hypervisor;
+use crate::host::hypervisor::Hypervisor;
 use crate::verify::VerifyOptions;
+use crate::verify::inventory::Inventory;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum InventoryFormat {
@@ -65,11 +65,11 @@ pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome>
 /// are forgotten first.
 pub(crate) fn pin_host_keys(
     hv: &dyn Hypervisor,
-    lab: &crate::model::Lab,
-    observed: &crate::observed::Observed,
+    lab: &crate::lab::model::Lab,
+    observed: &crate::host::observed::Observed,
     inv: &mut Inventory,
 ) -> miette::Result<()> {
-    use crate::guest::known_hosts;
+    use crate::verify::known_hosts;
     let file = known_hosts::prepare(lab.name.as_str(), &super::host_id(hv)?)?;
     let aliases: std::collections::BTreeMap<String, String> = lab
         .vms

@@ -3,7 +3,7 @@
 use miette::IntoDiagnostic;
 
 use super::{GlobalArgs, Outcome};
-use crate::hypervisor::Hypervisor;
+use crate::host::hypervisor::Hypervisor;
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
@@ -15,7 +15,7 @@ pub struct ListArgs {
 /// Observes the host and prints every lab instance on it (no lab file needed).
 pub fn run(global: &GlobalArgs, json: bool) -> miette::Result<Outcome> {
     let hv = super::connect(global)?;
-    let list = crate::labs::list(&hv.observe()?, &hv.uri());
+    let list = crate::host::labs::list(&hv.observe()?, &hv.uri());
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&list.to_json()).into_diagnostic()?)?;
     } else {

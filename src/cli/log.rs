@@ -4,7 +4,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// The environment variable holding a log filter in `RUST_LOG` syntax (`debug`,
-/// `topo::hypervisor=debug,warn`, ...), as documented by `tracing_subscriber::EnvFilter`.
+/// `topo::host::hypervisor=debug,warn`, ...), as documented by `tracing_subscriber::EnvFilter`.
 pub const ENV: &str = "TOPO_LOG";
 
 /// A `TOPO_LOG` value that is not a valid filter.

@@ -152,7 +152,9 @@ pub fn main() -> ExitCode {
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Ssh(a) => ssh::run(&cli.global, a),
         Command::Console(a) => console::run(&cli.global, a),
-        Command::Schema => crate::outln!("{}", crate::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into),
+        Command::Schema => {
+            crate::outln!("{}", crate::lab::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into)
+        }
         Command::Completions(a) => shell::run_completions(&cli.global, a),
         Command::Man(a) => shell::run_man(&cli.global, a),
     };
@@ -181,65 +183,66 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 
 /// Reads and validates a lab file: the first step of most subcommands. The paths in it
 /// (kernel, initrd, image) are checked on this machine's disk when that is where libvirt
-/// opens them (a local, real driver: [`crate::hypervisor::libvirt::files_are_local`]);
+/// opens them (a local, real driver: [`crate::host::hypervisor::libvirt::files_are_local`]);
 /// otherwise `topo plan` and `topo apply` check them through libvirt's storage pools
 /// ([`observe`]).
-pub(crate) fn load_lab(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::model::Lab> {
+pub(crate) fn load_lab(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::lab::model::Lab> {
     load_lab_with(path, files_checked(global))
 }
 
 /// Reads and validates a lab file for a command that opens none of the files it names
 /// (`destroy`, `status`, `verify`, `inventory`, `ssh`, `console`): a kernel, image or key
-/// file gone since the apply does not stop it ([`crate::validate::Files::NotOpened`]).
-pub(crate) fn load_lab_unopened(path: &std::path::Path) -> miette::Result<crate::model::Lab> {
-    load_lab_with(path, crate::validate::Files::NotOpened)
+/// file gone since the apply does not stop it ([`crate::lab::validate::Files::NotOpened`]).
+pub(crate) fn load_lab_unopened(path: &std::path::Path) -> miette::Result<crate::lab::model::Lab> {
+    load_lab_with(path, crate::lab::validate::Files::NotOpened)
 }
 
-fn load_lab_with(path: &std::path::Path, files: crate::validate::Files) -> miette::Result<crate::model::Lab> {
-    let source = crate::source::SourceFile::read(path)?;
-    let mut lab = crate::validate::load_with(&source, files)?;
+fn load_lab_with(path: &std::path::Path, files: crate::lab::validate::Files) -> miette::Result<crate::lab::model::Lab> {
+    let source = crate::lab::source::SourceFile::read(path)?;
+    let mut lab = crate::lab::validate::load_with(&source, files)?;
     ssh::fill_default_keys(&mut lab);
     // What the tags this run writes record besides the lab instance (docs/lab-file.md).
-    lab.stamp = crate::ownership::Stamp::now();
+    lab.stamp = crate::lab::ownership::Stamp::now();
     Ok(lab)
 }
 
 /// Whether validation checks the lab's paths on this machine's disk.
-pub(crate) fn files_checked(global: &GlobalArgs) -> crate::validate::Files {
-    if crate::hypervisor::libvirt::files_are_local(&global.connect) {
-        crate::validate::Files::Checked
+pub(crate) fn files_checked(global: &GlobalArgs) -> crate::lab::validate::Files {
+    if crate::host::hypervisor::libvirt::files_are_local(&global.connect) {
+        crate::lab::validate::Files::Checked
     } else {
-        crate::validate::Files::NotChecked
+        crate::lab::validate::Files::NotChecked
     }
 }
 
 /// Observes the host for a plan: every libvirt object, the seeds that changed
-/// ([`crate::hypervisor::read_changed_seeds`], for the plan's diff), and, when the libvirt host's files
+/// ([`crate::host::hypervisor::read_changed_seeds`], for the plan's diff), and, when the libvirt host's files
 /// are not this machine's, what its storage pools say about each file the lab's domains
 /// open (`Observed::paths`); on a local host, each base image's header
-/// ([`crate::image::observe`]). Files no pool can speak for are warned about on stderr, each
+/// ([`crate::host::observed::observe_images`]). Files no pool can speak for are warned about on stderr, each
 /// at its place in the lab file (unless `-q`; with `--target`, only those of the VMs the plan
 /// reaches); `warn: None` says nothing. Missing ones are the plan's refusals.
 pub(crate) fn observe(
     global: &GlobalArgs,
-    hv: &dyn crate::hypervisor::Hypervisor,
-    lab: &crate::model::Lab,
-    warn: Option<&[crate::address::Address]>,
-) -> miette::Result<crate::observed::Observed> {
+    hv: &dyn crate::host::hypervisor::Hypervisor,
+    lab: &crate::lab::model::Lab,
+    warn: Option<&[crate::lab::address::Address]>,
+) -> miette::Result<crate::host::observed::Observed> {
     let mut observed = hv.observe()?;
-    crate::hypervisor::read_changed_seeds(hv, lab, &mut observed);
-    if !crate::hypervisor::libvirt::files_are_local(&hv.uri()) {
+    crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
+    if !crate::host::hypervisor::libvirt::files_are_local(&hv.uri()) {
         let paths: Vec<String> = lab
             .vms
             .values()
             .flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.to_string_lossy().into_owned()))
             .collect();
-        observed.paths = crate::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
+        observed.paths = crate::host::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
     } else {
         // This machine's disk: each base image's header, read bounded, is the same kind of
         // fact as a remote pool's volume, so `disk.format` and `disk.size` are checked alike.
-        observed.paths =
-            crate::image::observe(lab.vms.values().filter_map(|vm| vm.disk.as_ref().map(|d| d.image.as_path())));
+        observed.paths = crate::host::observed::observe_images(
+            lab.vms.values().filter_map(|vm| vm.disk.as_ref().map(|d| d.image.as_path())),
+        );
     }
     // With `--target`, only about the VMs the plan reaches.
     let only =
@@ -269,22 +272,22 @@ pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
 }
 
 /// Connects to libvirt at the global `--connect` URI.
-pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::hypervisor::libvirt::LibvirtHypervisor> {
-    Ok(crate::hypervisor::libvirt::LibvirtHypervisor::connect(&global.connect)?)
+pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::host::hypervisor::libvirt::LibvirtHypervisor> {
+    Ok(crate::host::hypervisor::libvirt::LibvirtHypervisor::connect(&global.connect)?)
 }
 
 /// The host the connection reaches, as libvirt names it: what locks key on.
-pub(crate) fn host_id(hv: &dyn crate::hypervisor::Hypervisor) -> miette::Result<crate::apply::lock::HostId> {
+pub(crate) fn host_id(hv: &dyn crate::host::hypervisor::Hypervisor) -> miette::Result<crate::apply::lock::HostId> {
     Ok(crate::apply::lock::HostId::new(&hv.hostname()?, &hv.uri()))
 }
 
-/// The lab file to use: `file` when given, else the one [`crate::source::discover`] finds in
+/// The lab file to use: `file` when given, else the one [`crate::lab::source::discover`] finds in
 /// the current folder, announced on stderr (unless `-q`) so the choice is never silent.
 pub(crate) fn lab_path(global: &GlobalArgs, file: Option<&std::path::Path>) -> miette::Result<std::path::PathBuf> {
     if let Some(f) = file {
         return Ok(f.to_path_buf());
     }
-    let found = crate::source::discover(std::path::Path::new(""))?;
+    let found = crate::lab::source::discover(std::path::Path::new(""))?;
     // `Path::new("").join(name)` is the bare name: shown and saved as the user would type it.
     status(global, format_args!("Using lab file {} (found in the current folder)", found.display()));
     Ok(found)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use miette::IntoDiagnostic;
 
 use super::{GlobalArgs, Outcome};
-use crate::hypervisor::Hypervisor;
+use crate::host::hypervisor::Hypervisor;
 use crate::plan::render::{Style, render};
 use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
 use crate::plan::target::Direction;
@@ -27,7 +27,7 @@ pub struct PlanArgs {
     /// Plan only ADDRESS (`vm.NAME`, `network.NAME`, as the plan shows them) and what it
     /// depends on; repeatable. The plan is partial
     #[arg(long = "target", value_name = "ADDRESS")]
-    pub targets: Vec<crate::address::Address>,
+    pub targets: Vec<crate::lab::address::Address>,
     /// Plan taking the lab over from another lab file with the same `name:` and `prefix:`
     /// (see `topo apply --take-over`); a plan saved with it applies it
     #[arg(long)]

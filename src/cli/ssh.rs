@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::duration::parse_duration;
 use super::verify::{run_verification, targets};
 use super::{GlobalArgs, Outcome};
-use crate::guest::Inventory;
-use crate::hypervisor::Hypervisor;
+use crate::host::hypervisor::Hypervisor;
 use crate::verify::VerifyOptions;
+use crate::verify::inventory::Inventory;
 
 #[derive(clap::Args, Debug)]
 pub struct SshArgs {
@@ -94,7 +94,7 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
 
 /// Gives cloud-init VMs whose lab file names no SSH key the invoking user's own public keys
 /// (`$HOME/.ssh/*.pub`), and says on stderr which VMs are left without any.
-pub(crate) fn fill_default_keys(lab: &mut crate::model::Lab) {
+pub(crate) fn fill_default_keys(lab: &mut crate::lab::model::Lab) {
     let wants = lab.vms.values().any(|v| v.cloud_init.as_ref().is_some_and(|c| c.default_keys));
     if !wants {
         return;

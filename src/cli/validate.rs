@@ -22,7 +22,7 @@ pub fn run(global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> 
     if !args.json {
         let file = super::lab_path(global, args.file.as_deref())?;
         let lab = super::load_lab(&file, global)?;
-        if super::files_checked(global) == crate::validate::Files::NotChecked
+        if super::files_checked(global) == crate::lab::validate::Files::NotChecked
             && lab.vms.values().any(|v| v.boot.is_some() || v.disk.is_some())
         {
             super::status(
@@ -48,14 +48,14 @@ pub fn run(global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> 
         }
     };
     let shown = file.display().to_string();
-    let source = match crate::source::SourceFile::read(&file) {
+    let source = match crate::lab::source::SourceFile::read(&file) {
         Ok(s) => s,
         Err(e) => {
             print(validate_failed(Some(&shown), &[JsonProblem::of_diagnostic(&e)]))?;
             return Err(e.into());
         }
     };
-    match crate::validate::load_with(&source, super::files_checked(global)) {
+    match crate::lab::validate::load_with(&source, super::files_checked(global)) {
         Ok(lab) => {
             print(validate_ok(&shown, &lab))?;
             Ok(Outcome::Ok)

@@ -7,11 +7,11 @@ use std::time::Duration;
 use miette::IntoDiagnostic;
 
 use super::{GlobalArgs, Outcome};
-use crate::hypervisor::Hypervisor;
-use crate::model::Lab;
-use crate::observed::Lease;
-use crate::observed::Observed;
-use crate::prober::PnetProber;
+use crate::host::hypervisor::Hypervisor;
+use crate::host::observed::Lease;
+use crate::host::observed::Observed;
+use crate::lab::model::Lab;
+use crate::verify::prober::PnetProber;
 use crate::verify::{
     HostAccess, HypervisorLeases, LastLeases, LeaseSource, NicState, NicTarget, SystemClock, VerifyOptions,
     VerifyReport, report, verify,
@@ -105,7 +105,7 @@ fn reported_by_host(
     hv: &dyn Hypervisor,
     targets: &[NicTarget],
     leases: &dyn LeaseSource,
-) -> Result<VerifyReport, crate::hypervisor::HvError> {
+) -> Result<VerifyReport, crate::host::hypervisor::HvError> {
     let leases = leases.leases()?;
     let mut addresses = std::collections::BTreeMap::new();
     for t in targets.iter().filter(|t| t.running) {
@@ -184,7 +184,7 @@ pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outc
     let leases = LastLeases::new(HypervisorLeases::for_targets(&hv, &targets));
     let report = run_verification_with(&quiet, &hv, &targets, quick, &leases).ok();
     let leases = status_leases(&hv, &lab, leases.into_last());
-    let status = crate::status::status(&lab, &observed, plan.as_ref(), report.as_ref(), &leases);
+    let status = crate::verify::status::status(&lab, &observed, plan.as_ref(), report.as_ref(), &leases);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&status.to_json()).into_diagnostic()?)?;
     } else {
@@ -198,7 +198,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::hypervisor::memory::MemoryHypervisor;
+    use crate::host::hypervisor::memory::MemoryHypervisor;
 
     /// `topo status` reads the DHCP leases once: those the verification read are used as
     /// they are; only when it read none are they read, from every lab network.
@@ -209,7 +209,8 @@ mod tests {
              vms:\n  v:\n    boot: {{kernel: {}/Cargo.toml}}\n    nics: [{{network: a}}, {{network: b}}]\n",
             env!("CARGO_MANIFEST_DIR")
         );
-        let lab = crate::validate::load(&crate::source::SourceFile::from_text(Path::new("lab.yaml"), text)).unwrap();
+        let lab = crate::lab::validate::load(&crate::lab::source::SourceFile::from_text(Path::new("lab.yaml"), text))
+            .unwrap();
         let hv = MemoryHypervisor::new();
         for n in ["s-a", "s-b"] {
             hv.define_network(&format!("<network><name>{n}</name></network>")).unwrap();

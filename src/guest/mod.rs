@@ -6,8 +6,6 @@
 //! are written down in docs/guests.md.
 
 mod fat;
-mod inventory;
-pub mod known_hosts;
 mod network;
 mod user_data;
 
@@ -15,10 +13,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::model::{Lab, Vm};
+use crate::lab::model::{Lab, Vm};
 
 pub use fat::{SEED_LABEL, fat_image, read_fat_files};
-pub use inventory::{InvHost, InvNic, Inventory};
 pub use network::network_config;
 pub use user_data::{
     GZIP_MAGIC, Part, UserDataKind, check_user_file, merge, multipart, parse_user_file, user_data, user_data_kind,
@@ -101,12 +98,11 @@ impl Seed {
     pub fn volume_name(&self, lab: &Lab, vm: &Vm) -> String {
         let hex = self.instance_id.trim_start_matches("iid-");
         let stem = format!("{}{SEED_MARK}{}", vm.libvirt_name, &hex[..8.min(hex.len())]);
-        crate::ownership::volume_name(lab.name.as_str(), &stem, "img")
+        crate::lab::ownership::volume_name(lab.name.as_str(), &stem, "img")
     }
 }
 
-/// What every seed volume name holds after the VM's libvirt name.
-pub const SEED_MARK: &str = "-cidata-";
+pub use crate::lab::ownership::SEED_MARK;
 
 /// Whether volume `name` is a seed volume topo made (see [`Seed::volume_name`]).
 pub fn is_seed_volume(name: &str) -> bool {

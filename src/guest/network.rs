@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use super::GuestError;
-use crate::model::{Lab, ManagedNetwork, NetworkKind, NetworkMode, Nic, Vm};
+use crate::lab::model::{Lab, ManagedNetwork, NetworkKind, NetworkMode, Nic, Vm};
 
 /// How the guest configures one NIC.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::model::{CloudInit, DEFAULT_USER, Lab, UserData};
-use crate::source::SourceFile;
+use crate::lab::model::{CloudInit, DEFAULT_USER, Lab, UserData};
+use crate::lab::source::SourceFile;
+use crate::verify::inventory::Inventory;
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtopoTestKeyNotARealOneXXXXXXXXXXXXXXXXXXXX user@host";
 
@@ -34,7 +35,8 @@ vms:
     nics: [{network: static_net, ip: 10.20.0.40}]
 "
     .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-    let mut lab = crate::validate::load(&SourceFile::from_text(Path::new("/labs/lab.yaml"), text)).expect("valid lab");
+    let mut lab =
+        crate::lab::validate::load(&SourceFile::from_text(Path::new("/labs/lab.yaml"), text)).expect("valid lab");
     for vm in lab.vms.values_mut() {
         vm.cloud_init = Some(cloud_init(vm.name.as_str(), vec![KEY.to_string()]));
     }
@@ -75,7 +77,7 @@ fn dhcp_on_two_networks() {
 fn one_default_route_among_dhcp_nics() {
     let text = "apiVersion: topo/v1\nname: r\nnetworks:\n  default: {external: true}\n  nat: {mode: nat, subnet: 10.30.0.0/24}\n  iso: {mode: isolated, subnet: 10.31.0.0/24}\nvms:\n  a:\n    boot: {kernel: KERNEL}\n    nics: [{network: iso}, {network: nat}, {network: default}]\n  b:\n    boot: {kernel: KERNEL}\n    nics: [{network: iso}, {network: nat}]\n"
         .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-    let lab = crate::validate::load(&SourceFile::from_text(Path::new("/labs/r.yaml"), text)).expect("valid lab");
+    let lab = crate::lab::validate::load(&SourceFile::from_text(Path::new("/labs/r.yaml"), text)).expect("valid lab");
     let vm = |n: &str| lab.vms.values().find(|v| v.name.as_str() == n).unwrap();
     let nc = network::network_config(&lab, vm("a")).unwrap();
     let e = &nc["ethernets"];
@@ -241,7 +243,7 @@ fn same_lab_same_bytes_and_any_change_changes_the_instance() {
     let vm = a.vms.values().find(|v| v.name.as_str() == "deb1").unwrap();
     let name = sa.volume_name(&a, vm);
     assert!(name.starts_with(&format!("seedlab-deb1-cidata-{}.", &sa.instance_id[4..12])), "{name}");
-    assert!(is_seed_volume(&name) && crate::ownership::volume_owned_by("seedlab", &name), "{name}");
+    assert!(is_seed_volume(&name) && crate::lab::ownership::volume_owned_by("seedlab", &name), "{name}");
 
     let mut c = lab();
     let vm = c.vms.values_mut().find(|v| v.name.as_str() == "deb1").unwrap();
@@ -390,7 +392,7 @@ fn report(lab: &Lab) -> crate::verify::VerifyReport {
                     seconds: 1.0,
                     rtt_ms: None,
                 },
-                None if nic.verify == crate::model::Verify::None => NicState::Skipped,
+                None if nic.verify == crate::lab::model::Verify::None => NicState::Skipped,
                 None => NicState::Failed { reason: FailReason::NoDhcpNoReservation },
             };
             NicOutcome { target, state }
@@ -410,7 +412,10 @@ fn inventory() -> Inventory {
         .vms
         .values()
         .map(|vm| {
-            (vm.name.to_string(), super::known_hosts::alias(&vm.libvirt_name, "00000000-0000-4000-8000-000000000001"))
+            (
+                vm.name.to_string(),
+                crate::verify::known_hosts::alias(&vm.libvirt_name, "00000000-0000-4000-8000-000000000001"),
+            )
         })
         .collect();
     inv.pin_host_keys("/home/u/.local/state/topo/known_hosts/lab-0123456789ab".into(), &aliases);

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{GuestError, to_yaml};
-use crate::model::CloudInit;
+use crate::lab::model::CloudInit;
 
 /// The first line cloud-init needs to read user-data as cloud-config.
 pub const CLOUD_CONFIG_HEADER: &str = "#cloud-config";

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
 
-use crate::model::{DhcpService, Lab, ManagedNetwork, Network, Vm};
-use crate::observed::{ObservedDomain, ObservedMode, ObservedNetwork};
+use crate::host::observed::{ObservedDomain, ObservedMode, ObservedNetwork};
+use crate::lab::model::{DhcpService, Lab, ManagedNetwork, Network, Vm};
 
 /// What a difference in a field costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -169,7 +169,7 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     use FieldClass::*;
     let mut f = Fields::new();
     put(&mut f, "hypervisor", o.virt_type.clone(), Restart);
-    put(&mut f, "memory", crate::model::ByteSize::from_bytes(o.memory_kib * 1024).to_string(), Restart);
+    put(&mut f, "memory", crate::lab::model::ByteSize::from_bytes(o.memory_kib * 1024).to_string(), Restart);
     put(&mut f, "vcpus", o.vcpus.to_string(), Restart);
     for (k, v) in [("boot.kernel", &o.kernel), ("boot.initrd", &o.initrd), ("boot.cmdline", &o.cmdline)] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
@@ -222,11 +222,11 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
         }
     }
     let state = match o.state {
-        crate::observed::DomainState::Running => "running",
-        crate::observed::DomainState::Paused => "paused",
+        crate::host::observed::DomainState::Running => "running",
+        crate::host::observed::DomainState::Paused => "paused",
         // The lab file's word for it (`state: stopped`); libvirt says `shut off`.
-        crate::observed::DomainState::Shutoff => "stopped",
-        crate::observed::DomainState::Other => "other",
+        crate::host::observed::DomainState::Shutoff => "stopped",
+        crate::host::observed::DomainState::Other => "other",
     };
     put(&mut f, "state", state, State);
     f
@@ -235,7 +235,7 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
 /// The spec hash written into an object's metadata (`ownership::spec_hash`) over every
 /// non-state field, in path order.
 pub fn spec_hash(fields: &Fields) -> String {
-    crate::ownership::spec_hash(
+    crate::lab::ownership::spec_hash(
         fields.iter().filter(|(_, v)| v.class != FieldClass::State).map(|(k, v)| (k.as_str(), v.value.as_str())),
     )
 }

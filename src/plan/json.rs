@@ -13,14 +13,14 @@ pub struct JsonPlan<'a> {
     pub changes: Vec<JsonChange<'a>>,
     pub summary: Summary,
     /// `--target` addresses; non-empty means the plan is partial.
-    pub targets: &'a [crate::address::Address],
+    pub targets: &'a [crate::lab::address::Address],
     /// Located warnings (docs/results-json.md "problem"); empty when none.
     pub warnings: &'a [crate::diag::JsonProblem],
 }
 
 #[derive(Serialize)]
 pub struct JsonChange<'a> {
-    pub address: &'a crate::address::Address,
+    pub address: &'a crate::lab::address::Address,
     pub libvirt_name: &'a str,
     pub action: Action,
     pub reasons: &'a [Reason],

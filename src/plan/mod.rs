@@ -2,6 +2,7 @@
 //! refusals found on the way. No I/O happens here.
 
 pub mod fields;
+pub mod graph;
 pub mod json;
 pub mod paths;
 pub mod render;
@@ -14,14 +15,16 @@ use std::sync::Arc;
 use miette::NamedSource;
 use serde::{Deserialize, Serialize};
 
-use crate::address::Address;
 use crate::diag::{Code, Problem};
-use crate::graph::{GraphError, LabGraph, Node};
-use crate::hypervisor::VolumeSpec;
-use crate::impair::{Netem, Rate};
-use crate::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
-use crate::observed::{DomainState, LiveConfig, Observed, ObservedDomain, ObservedMode, ObservedNetwork, Ownership};
-use crate::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
+use crate::host::hypervisor::VolumeSpec;
+use crate::host::observed::{
+    DomainState, LiveConfig, Observed, ObservedDomain, ObservedMode, ObservedNetwork, Ownership,
+};
+use crate::lab::address::Address;
+use crate::lab::impair::{Netem, Rate};
+use crate::lab::model::{Lab, MacAddr, Network, NetworkKind, Reservation, Verify, Vm, VmState};
+use crate::lab::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
+use crate::plan::graph::{GraphError, LabGraph, Node};
 use fields::{FieldClass, Fields};
 
 /// What will happen to one resource. A closed vocabulary: renderers and apply match it
@@ -770,14 +773,14 @@ fn order_changes(lab: &Lab, graph: Option<&LabGraph>, observed: &Observed, chang
 
 /// Whether the lab network `m`, observed as `o`, must be replaced (a field that cannot
 /// change in place differs).
-fn is_replaced(m: &crate::model::ManagedNetwork, o: &ObservedNetwork) -> bool {
+fn is_replaced(m: &crate::lab::model::ManagedNetwork, o: &ObservedNetwork) -> bool {
     let d = fields::desired_network(m);
     diff(&d, &fields::observed_network(o, &d)).iter().any(|f| f.forces_replacement)
 }
 
 /// Whether the plan starts lab network `m` (libvirt name `name`): it is created, replaced,
 /// or defined but not active.
-fn starts_network(m: &crate::model::ManagedNetwork, name: &str, observed: &Observed) -> bool {
+fn starts_network(m: &crate::lab::model::ManagedNetwork, name: &str, observed: &Observed) -> bool {
     observed.networks.get(name).is_none_or(|o| !o.active || is_replaced(m, o))
 }
 
@@ -1036,9 +1039,9 @@ fn domain_volumes(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Poo
                 .volumes
                 .values()
                 .find(|v| match observed.same_file(&v.path, file) {
-                    crate::observed::Same::Yes => true,
-                    crate::observed::Same::Maybe => volume_owned_by(lab_name, &v.name),
-                    crate::observed::Same::No => false,
+                    crate::host::observed::Same::Yes => true,
+                    crate::host::observed::Same::Maybe => volume_owned_by(lab_name, &v.name),
+                    crate::host::observed::Same::No => false,
                 })
                 .map(|v| (v.name.clone(), v.path.clone()))
                 .or_else(|| {
@@ -1051,7 +1054,7 @@ fn domain_volumes(lab: &Lab, d: &ObservedDomain, observed: &Observed, pool: &Poo
                 continue; // outside the pool: not topo's; the layers below may still be
             };
             let shared = observed.domains.values().any(|o| o.name != d.name && o.may_use(observed, &path));
-            let base = bases.iter().any(|b| observed.same_file(b, &path) != crate::observed::Same::No);
+            let base = bases.iter().any(|b| observed.same_file(b, &path) != crate::host::observed::Same::No);
             let tagged = volume_owned_by(lab_name, &name);
             // Under a lab volume only lab volumes go (a layer named by libvirt after the
             // overlay keeps its tag: `NAME.TAG.s1`); the first other one is a base.
@@ -1228,7 +1231,7 @@ fn orphaned_volumes(lab: &Lab, observed: &Observed, changes: &[Change], all: boo
 /// name whose prefix starts with this one's (`prefix: ""` beside `demo-`).
 fn volume_is_ours(lab: &Lab, observed: &Observed, name: &str) -> bool {
     volume_owned_by(lab.name.as_str(), name)
-        && crate::ownership::volume_domain(name).is_some_and(|vm| {
+        && crate::lab::ownership::volume_domain(name).is_some_and(|vm| {
             vm.starts_with(lab.prefix.as_str())
                 && observed.domains.get(vm).is_none_or(|d| d.ownership(lab) == Ownership::ThisLab)
         })
@@ -1306,7 +1309,7 @@ pub fn other_instances(lab: &Lab, observed: &Observed) -> Vec<Problem> {
 /// The owner tag change when an object of this lab carries a tag other than the one this
 /// instance writes: adopted from an older topo (no lab file recorded), or taken over from
 /// another lab file (`--take-over`). The object is defined again with the new tag, in place.
-fn retag(lab: &Lab, owner: Option<&crate::observed::OwnerTag>) -> Option<(Reason, FieldChange)> {
+fn retag(lab: &Lab, owner: Option<&crate::host::observed::OwnerTag>) -> Option<(Reason, FieldChange)> {
     let t = owner?;
     let me = lab.instance();
     if t.is_of(&me) {
@@ -1332,12 +1335,12 @@ fn retag(lab: &Lab, owner: Option<&crate::observed::OwnerTag>) -> Option<(Reason
 
 /// The address an owned object is planned under: its owner tag's resource (ownership
 /// checked that it parses).
-fn owner_address(owner: Option<&crate::observed::OwnerTag>, name: &str) -> Address {
+fn owner_address(owner: Option<&crate::host::observed::OwnerTag>, name: &str) -> Address {
     owner.and_then(|t| t.resource.parse().ok()).unwrap_or_else(|| Address::Volume(name.to_string()))
 }
 
 /// Whether the host differs from the last apply while the file did not change.
-fn drifted(owner: Option<&crate::observed::OwnerTag>, desired: &Fields) -> bool {
+fn drifted(owner: Option<&crate::host::observed::OwnerTag>, desired: &Fields) -> bool {
     owner.is_some_and(|t| t.spec_hash == fields::spec_hash(desired))
 }
 
@@ -1349,13 +1352,13 @@ fn drifted(owner: Option<&crate::observed::OwnerTag>, desired: &Fields) -> bool 
 fn network_define(lab: &Lab, net: &Network, desired: &Fields, o: Option<&ObservedNetwork>) -> Result<Op, String> {
     let hash = fields::spec_hash(desired);
     let xml = match o.and_then(|o| o.mac) {
-        Some(kept) => crate::xml::network_xml_with_mac(lab, net, &hash, kept),
-        None => crate::xml::network_xml(lab, net, &hash),
+        Some(kept) => crate::host::xml::network_xml_with_mac(lab, net, &hash, kept),
+        None => crate::host::xml::network_xml(lab, net, &hash),
     }
     .map_err(|e| e.to_string())?;
     let uuid = o.and_then(|o| o.uuid.as_deref());
     let bridge = o.and_then(|o| o.bridge.as_deref());
-    Ok(Op::DefineNetwork { xml: crate::xml::with_bridge(&crate::xml::with_uuid(&xml.xml, uuid), bridge) })
+    Ok(Op::DefineNetwork { xml: crate::host::xml::with_bridge(&crate::host::xml::with_uuid(&xml.xml, uuid), bridge) })
 }
 
 fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeSet<String>) -> Option<Change> {
@@ -1440,20 +1443,20 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
     if m.autostart != o.autostart {
         ops.push(Op::SetNetworkAutostart { on: m.autostart });
     }
-    let observed_hosts: BTreeMap<MacAddr, &crate::observed::ObservedHost> =
+    let observed_hosts: BTreeMap<MacAddr, &crate::host::observed::ObservedHost> =
         o.ip.iter().flat_map(|ip| ip.hosts.iter().map(|h| (h.mac, h))).collect();
     for (mac, h) in &observed_hosts {
         let keep = m.reservations.get(mac).is_some_and(|r| same_host(r, h));
         if !keep {
             let r = Reservation { mac: *mac, ip: h.ip, host: h.name.clone().unwrap_or_default() };
-            if let Ok(xml) = crate::xml::dhcp_host_xml(&r) {
+            if let Ok(xml) = crate::host::xml::dhcp_host_xml(&r) {
                 ops.push(Op::DeleteDhcpHost { mac: *mac, ip: h.ip, host: h.name.clone(), xml });
             }
         }
     }
     for (mac, r) in &m.reservations {
         let have = observed_hosts.get(mac).is_some_and(|h| same_host(r, h));
-        if !have && let Ok(xml) = crate::xml::dhcp_host_xml(r) {
+        if !have && let Ok(xml) = crate::host::xml::dhcp_host_xml(r) {
             ops.push(Op::AddDhcpHost { mac: *mac, ip: r.ip, host: r.host.clone(), xml });
         }
     }
@@ -1480,7 +1483,7 @@ fn plan_network(lab: &Lab, net: &Network, observed: &Observed, replaced: &BTreeS
     })
 }
 
-fn same_host(r: &Reservation, h: &crate::observed::ObservedHost) -> bool {
+fn same_host(r: &Reservation, h: &crate::host::observed::ObservedHost) -> bool {
     r.ip == h.ip && h.name.as_deref() == Some(r.host.as_str())
 }
 
@@ -1492,7 +1495,7 @@ fn replugs(lab: &Lab, blast: &[Detached]) -> Vec<NicPlug> {
         .filter_map(|d| {
             let vm = lab.vms.values().find(|v| v.libvirt_name == d.domain)?;
             let nic = vm.nics.iter().find(|n| n.mac == d.mac)?;
-            let xml = crate::xml::interface_xml(lab, vm, nic).ok()?;
+            let xml = crate::host::xml::interface_xml(lab, vm, nic).ok()?;
             Some(NicPlug { domain: d.domain.clone(), mac: d.mac, xml, netem: wanted_netem(nic) })
         })
         .collect()
@@ -1539,10 +1542,10 @@ fn kept_top(o: &ObservedDomain, observed: &Observed, pool: &Pool, volume: &str) 
         chain
             .iter()
             .any(|f| match observed.same_file(f, &overlay) {
-                crate::observed::Same::Yes => true,
+                crate::host::observed::Same::Yes => true,
                 // No identity known: the lab's tagged name says it.
-                crate::observed::Same::Maybe => f.rsplit('/').next() == Some(name.as_str()),
-                crate::observed::Same::No => false,
+                crate::host::observed::Same::Maybe => f.rsplit('/').next() == Some(name.as_str()),
+                crate::host::observed::Same::No => false,
             })
             .then(|| top.to_string())
     })
@@ -1560,9 +1563,10 @@ fn domain_define(
 ) -> Option<Op> {
     let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
     let seed = kept.1.or_else(|| seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name)));
-    let xml = crate::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
-        .ok()?;
-    Some(Op::DefineDomain { xml: crate::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+    let xml =
+        crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
+            .ok()?;
+    Some(Op::DefineDomain { xml: crate::host::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
 }
 
 /// The VM's cloud-init seed and its volume name, when cloud-init is on for it. (Validation
@@ -1656,7 +1660,7 @@ fn unplugged_nics(
         if link.bridge.as_ref() == Some(want) {
             continue;
         }
-        let Ok(xml) = crate::xml::interface_xml(lab, vm, nic) else { continue };
+        let Ok(xml) = crate::host::xml::interface_xml(lab, vm, nic) else { continue };
         let field = FieldChange {
             path: format!("nic[{}].bridge", nic.mac),
             before: Some(link.bridge.clone().unwrap_or_else(|| "none".into())),
@@ -1676,7 +1680,7 @@ fn unplugged_nics(
 
 /// The netem settings the lab file asks for on `nic`; `None` when it asks for none, or for
 /// settings that do nothing (`delay: 0ms`).
-fn wanted_netem(nic: &crate::model::Nic) -> Option<Netem> {
+fn wanted_netem(nic: &crate::lab::model::Nic) -> Option<Netem> {
     nic.impairment.netem.map(|n| n.normalized()).filter(|n| !n.is_none())
 }
 
@@ -1950,14 +1954,14 @@ fn plan_vm(lab: &Lab, vm: &Vm, observed: &Observed, pool: &Pool, replaced: &BTre
             let want = vm.nics.iter().find(|n| n.mac == *mac).and_then(|n| lab.networks.get(&n.network));
             if want.map(|w| w.libvirt_name.as_str()) != *net {
                 let network = net.unwrap_or_default().to_string();
-                let xml = crate::xml::plain_interface_xml(*mac, &network);
+                let xml = crate::host::xml::plain_interface_xml(*mac, &network);
                 ops.push(Op::DetachNic { mac: *mac, network, xml });
             }
         }
         for nic in &vm.nics {
             let want = lab.networks.get(&nic.network).map(|w| w.libvirt_name.as_str());
             if observed_nics.get(&nic.mac).copied().flatten() != want
-                && let Ok(xml) = crate::xml::interface_xml(lab, vm, nic)
+                && let Ok(xml) = crate::host::xml::interface_xml(lab, vm, nic)
             {
                 ops.push(Op::AttachNic { mac: nic.mac, xml });
             }
@@ -2036,7 +2040,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     }
     let mut out = Vec::new();
     let conflict = Problem::at;
-    let owner_text = |o: Option<&crate::observed::OwnerTag>, name: &str| match o {
+    let owner_text = |o: Option<&crate::host::observed::OwnerTag>, name: &str| match o {
         Some(t) if t.name.is_empty() => {
             format!("tagged by topo lab `{}` without the object's name (an older topo): not trusted", t.lab)
         }
@@ -2374,7 +2378,7 @@ fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
 /// refuse them at apply ("Specified qdisc kind is unknown"), after the network and other VMs
 /// were made. Only where the kernel is known (a local host with a readable config).
 fn kernel_refusals(lab: &Lab, observed: &Observed) -> Vec<Problem> {
-    use crate::kernel::KernelFeature;
+    use crate::host::kernel::KernelFeature;
     let Some(kernel) = &observed.kernel else { return Vec::new() };
     let mut out = Vec::new();
     for vm in lab.vms.values() {

@@ -1,5 +1,5 @@
 //! The lab's files on another libvirt host: the facts libvirt's storage API gave
-//! ([`Observed::paths`], gathered by [`crate::hypervisor::observe_paths`]) turned into plan
+//! ([`Observed::paths`], gathered by [`crate::host::hypervisor::observe_paths`]) turned into plan
 //! refusals (a missing file, a base image of another format) and warnings (a file topo
 //! cannot check). Pure.
 //!
@@ -13,14 +13,14 @@
 use crate::diag::{Code, Problem};
 use std::collections::BTreeSet;
 
-use crate::model::{ByteSize, HostFileRole, ImageFormat, Lab, VmName};
-use crate::observed::{Observed, PathFact};
+use crate::host::observed::{Observed, PathFact};
+use crate::lab::model::{ByteSize, HostFileRole, ImageFormat, Lab, VmName};
 
 /// Each lab file, with its VM, as the host's facts know it (paths not gathered are left out).
 fn facts<'a>(
     lab: &'a Lab,
     observed: &'a Observed,
-) -> impl Iterator<Item = (&'a crate::model::Vm, HostFileRole, String, miette::SourceSpan, &'a PathFact)> + 'a {
+) -> impl Iterator<Item = (&'a crate::lab::model::Vm, HostFileRole, String, miette::SourceSpan, &'a PathFact)> + 'a {
     lab.vms.values().flat_map(move |vm| {
         vm.host_files().into_iter().filter_map(move |(role, path, span)| {
             let key = path.to_string_lossy().into_owned();
@@ -40,7 +40,7 @@ struct ImageSays<'a> {
 
 /// The facts about the base image of `vm` when `fact` is its image's, from a remote pool
 /// or from its header on this machine; `None` for other files or no such facts.
-fn image_says<'a>(vm: &crate::model::Vm, role: HostFileRole, fact: &'a PathFact) -> Option<ImageSays<'a>> {
+fn image_says<'a>(vm: &crate::lab::model::Vm, role: HostFileRole, fact: &'a PathFact) -> Option<ImageSays<'a>> {
     vm.disk.as_ref().filter(|_| role == HostFileRole::Image)?;
     match fact {
         PathFact::Volume { pool, format: Some(format), capacity } => {
@@ -57,7 +57,7 @@ fn image_says<'a>(vm: &crate::model::Vm, role: HostFileRole, fact: &'a PathFact)
 
 /// The format the host finds for a base image, when it differs from the declared one.
 fn other_format<'a>(
-    vm: &crate::model::Vm,
+    vm: &crate::lab::model::Vm,
     role: HostFileRole,
     fact: &'a PathFact,
 ) -> Option<(ImageFormat, ImageSays<'a>)> {
@@ -71,7 +71,7 @@ fn other_format<'a>(
 /// none is given); the guest then sees the disk cut at the overlay's size (its partition
 /// table names sectors past the end; the file systems there fail to mount or are corrupt).
 /// So a `disk.size` below the base image's virtual size is refused, located at `size`.
-fn smaller_than_image(vm: &crate::model::Vm, role: HostFileRole, fact: &PathFact, path: &str) -> Option<Problem> {
+fn smaller_than_image(vm: &crate::lab::model::Vm, role: HostFileRole, fact: &PathFact, path: &str) -> Option<Problem> {
     let d = vm.disk.as_ref()?;
     let (size, span) = (d.size?, d.size_span?);
     let says = image_says(vm, role, fact)?;
@@ -101,7 +101,7 @@ fn smaller_than_image(vm: &crate::model::Vm, role: HostFileRole, fact: &PathFact
 /// 'encrypt.key-secret' is required for cipher"), a header it cannot read; and a backing
 /// file that is not there (block.c `bdrv_open_backing_file`: "Could not open backing file").
 fn unopenable(
-    vm: &crate::model::Vm,
+    vm: &crate::lab::model::Vm,
     role: HostFileRole,
     fact: &PathFact,
     path: &str,
@@ -283,7 +283,7 @@ pub fn warnings_for(lab: &Lab, observed: &Observed, only: Option<&BTreeSet<VmNam
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observed::PathFact;
+    use crate::host::observed::PathFact;
 
     fn lab(yaml_disk: &str) -> (tempfile::TempDir, Lab) {
         let dir = tempfile::tempdir().unwrap();
@@ -292,8 +292,8 @@ mod tests {
         );
         let file = dir.path().join("lab.yaml");
         std::fs::write(&file, &text).unwrap();
-        let src = crate::source::SourceFile::read(&file).unwrap();
-        (dir, crate::validate::load_with(&src, crate::validate::Files::NotChecked).unwrap())
+        let src = crate::lab::source::SourceFile::read(&file).unwrap();
+        (dir, crate::lab::validate::load_with(&src, crate::lab::validate::Files::NotChecked).unwrap())
     }
 
     fn observed(facts: &[(&str, PathFact)]) -> Observed {
@@ -355,8 +355,8 @@ mod tests {
         let text = "apiVersion: topo/v1\nname: p\nvms:\n  a: &vm\n    boot: {kernel: /srv/boot/vmlinuz}\n  b: *vm\n  c:\n    boot: {kernel: /srv/boot/vmlinuz}\n";
         let file = dir.path().join("lab.yaml");
         std::fs::write(&file, text).unwrap();
-        let src = crate::source::SourceFile::read(&file).unwrap();
-        let lab = crate::validate::load_with(&src, crate::validate::Files::NotChecked).unwrap();
+        let src = crate::lab::source::SourceFile::read(&file).unwrap();
+        let lab = crate::lab::validate::load_with(&src, crate::lab::validate::Files::NotChecked).unwrap();
         let w = warnings(&lab, &observed(&[("/srv/boot/vmlinuz", PathFact::Unchecked { inactive_pool: None })]));
         assert_eq!(codes(&w), ["topo::plan::file_unchecked"]);
         assert!(w[0].message.contains("of vms `a`, `b`, `c`"), "{}", w[0].message);
@@ -385,8 +385,8 @@ mod tests {
         assert!(conflicts(&qcow, &o).is_empty() && warnings(&qcow, &o).is_empty());
     }
 
-    fn header(format: &str, virtual_size: u64) -> crate::image::ImageHeader {
-        crate::image::ImageHeader {
+    fn header(format: &str, virtual_size: u64) -> crate::host::image::ImageHeader {
+        crate::host::image::ImageHeader {
             format: format.into(),
             virtual_size,
             file_size: 200_000,
@@ -464,7 +464,7 @@ mod tests {
     fn qcow2_images_qemu_cannot_open() {
         let img = "/srv/images/base.qcow2";
         let (_d, l) = lab(&format!("    disk:\n      image: {img}\n"));
-        let with = |f: &dyn Fn(&mut crate::image::ImageHeader)| {
+        let with = |f: &dyn Fn(&mut crate::host::image::ImageHeader)| {
             let mut h = header("qcow2", 1 << 20);
             f(&mut h);
             conflicts(&l, &observed(&[(img, PathFact::File(Ok(h)))]))

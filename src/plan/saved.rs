@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::observed::Observed;
+use crate::host::observed::Observed;
 
 /// Saved plans mention what they were made from: looks_saved finds the format tag in text
 /// of either version, so that an old file gets a clear "unknown format" error.

@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use super::{Change, Op, Plan};
-use crate::address::Address;
-use crate::graph::{LabGraph, Node};
-use crate::model::Lab;
-use crate::observed::Observed;
+use crate::host::observed::Observed;
+use crate::lab::address::Address;
+use crate::lab::model::Lab;
+use crate::plan::graph::{LabGraph, Node};
 
 /// Which way targeting follows dependencies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +152,7 @@ pub fn targeted(
 }
 
 /// The VMs among `reach`.
-pub fn reached_vms(reach: &BTreeSet<Address>) -> BTreeSet<crate::model::VmName> {
+pub fn reached_vms(reach: &BTreeSet<Address>) -> BTreeSet<crate::lab::model::VmName> {
     reach
         .iter()
         .filter_map(|a| match a {

@@ -4,13 +4,13 @@ use std::path::Path;
 
 use super::*;
 use crate::apply::{Options, apply};
-use crate::hypervisor::Hypervisor;
-use crate::hypervisor::memory::MemoryHypervisor;
-use crate::source::SourceFile;
+use crate::host::hypervisor::Hypervisor;
+use crate::host::hypervisor::memory::MemoryHypervisor;
+use crate::lab::source::SourceFile;
 
 fn lab(text: &str) -> Lab {
     let text = text.replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
-    crate::validate::load(&SourceFile::from_text(Path::new("lab.yaml"), text)).expect("valid lab")
+    crate::lab::validate::load(&SourceFile::from_text(Path::new("lab.yaml"), text)).expect("valid lab")
 }
 
 const LAB: &str = "apiVersion: topo/v1
@@ -171,7 +171,7 @@ fn the_bridge_mac_is_derived_at_create_and_kept_after() {
         })
     };
     let l = lab(&LAB.replace("IP", "192.168.152.62"));
-    let derived = MacAddr::derived_bridge(&l.name, &crate::model::NetworkName::new("iso").unwrap());
+    let derived = MacAddr::derived_bridge(&l.name, &crate::lab::model::NetworkName::new("iso").unwrap());
 
     // Fresh: the derived MAC, on any host.
     let fresh = MemoryHypervisor::new();
@@ -214,7 +214,7 @@ fn the_bridge_mac_is_derived_at_create_and_kept_after() {
 #[test]
 fn link_ops_round_trip_and_old_replugs_read() {
     let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
-    let netem = Netem { delay: crate::impair::Micros::parse("50ms").ok(), ..Netem::default() };
+    let netem = Netem { delay: crate::lab::impair::Micros::parse("50ms").ok(), ..Netem::default() };
     let ops = vec![
         Op::SetBandwidth { mac, rate: Rate::parse("10Mbit").ok() },
         Op::SetBandwidth { mac, rate: None },

@@ -5,16 +5,21 @@
 //!   ([`HostAccess`]: never to a test or remote driver's bridge names);
 //! - [`state`]: where a NIC stands, the evidence and the failure reasons;
 //! - [`sources`]: leases, the clock, and libvirt's own word for remote hosts;
-//! - [`run`]: the probe loop, pure apart from its three boundaries (a [`Prober`](crate::prober::Prober),
+//! - [`run`]: the probe loop, pure apart from its three boundaries (a [`Prober`](crate::verify::prober::Prober),
 //!   a [`LeaseSource`], a [`Clock`]), so every outcome is tested with fakes;
 //! - [`report`]: what users see, the table and the versioned JSON.
 //!
 //! Docs: docs/verify.md, docs/verify-json.md.
 
+pub mod arp;
+pub mod inventory;
+pub mod known_hosts;
+pub mod prober;
 pub mod report;
 pub mod run;
 pub mod sources;
 pub mod state;
+pub mod status;
 pub mod target;
 
 #[cfg(test)]
@@ -27,8 +32,8 @@ pub use sources::{FakeClock, FakeLeases};
 pub use state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
 pub use target::{HostAccess, NicTarget, targets};
 
-use crate::hypervisor::HvError;
-use crate::prober::ProbeError;
+use crate::host::hypervisor::HvError;
+use crate::verify::prober::ProbeError;
 
 /// Verification could not run at all.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

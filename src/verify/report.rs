@@ -194,7 +194,7 @@ pub fn check(report: &VerifyReport) -> Result<(), NotVerified> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MacAddr, NetworkName, VmName};
+    use crate::lab::model::{MacAddr, NetworkName, VmName};
     use crate::verify::{Evidence, FailReason, NicTarget};
 
     fn outcome(vm: &str, nic: &str, mac: &str, state: NicState) -> NicOutcome {

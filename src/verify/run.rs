@@ -11,9 +11,9 @@ use super::VerifyError;
 use super::sources::{Clock, LeaseSource};
 use super::state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
 use super::target::NicTarget;
-use crate::arp::ArpReply;
-use crate::model::MacAddr;
-use crate::prober::{ProbeError, Prober, TimedReply, sweep_targets};
+use crate::lab::model::MacAddr;
+use crate::verify::arp::ArpReply;
+use crate::verify::prober::{ProbeError, Prober, TimedReply, sweep_targets};
 
 /// Tuning of the loop. The defaults are documented in docs/verify.md.
 #[derive(Clone, Debug)]

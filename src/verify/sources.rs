@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::state::{FailReason, NicOutcome, NicState, VerifyReport};
 use super::target::NicTarget;
-use crate::hypervisor::{HvError, Hypervisor};
-use crate::model::{MacAddr, VmName};
-use crate::observed::Lease;
+use crate::host::hypervisor::{HvError, Hypervisor};
+use crate::host::observed::Lease;
+use crate::lab::model::{MacAddr, VmName};
 
 /// Where DHCP leases come from (libvirt, or a fake).
 pub trait LeaseSource {
@@ -48,7 +48,7 @@ impl<H: Hypervisor + ?Sized> LeaseSource for HypervisorLeases<'_, H> {
                 Ok(l) => all.extend(l),
                 // A driver without lease support (libvirt's test driver, some remote setups)
                 // has no leases to offer: reservations and subnet sweeps still work.
-                Err(e) if e.kind == crate::hypervisor::HvErrorKind::Unsupported => {}
+                Err(e) if e.kind == crate::host::hypervisor::HvErrorKind::Unsupported => {}
                 Err(e) => return Err(e),
             }
         }
@@ -214,7 +214,7 @@ pub fn reported(
 #[cfg(test)]
 mod last_leases_tests {
     use super::*;
-    use crate::hypervisor::HvErrorKind;
+    use crate::host::hypervisor::HvErrorKind;
 
     #[test]
     fn keeps_the_last_successful_read() {

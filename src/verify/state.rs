@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use super::target::NicTarget;
-use crate::model::MacAddr;
+use crate::lab::model::MacAddr;
 
 /// What proved an address: a reply from this MAC on this bridge.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
-use crate::model::{Lab, MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
-use crate::observed::{DomainState, Observed, ObservedNetwork};
+use crate::host::observed::{DomainState, Observed, ObservedNetwork};
+use crate::lab::model::{Lab, MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
 
 /// Whether the networks' bridges of a libvirt URI are interfaces of this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +154,7 @@ impl NicTarget {
             dhcp,
             subnet,
             running,
-            stopped: vm.state == crate::model::VmState::Stopped,
+            stopped: vm.state == crate::lab::model::VmState::Stopped,
             verify: nic.verify == Verify::Arp,
             netem_delay: nic.impairment.netem.map_or_else(Default::default, |n| {
                 let n = n.normalized();

@@ -8,10 +8,10 @@ use std::thread;
 use std::time::Duration;
 
 use super::*;
-use crate::hypervisor::{HvError, HvErrorKind};
-use crate::model::{MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
-use crate::observed::{Lease, ObservedNetwork};
-use crate::prober::{FakeProber, ProbeError, Prober, TimedReply};
+use crate::host::hypervisor::{HvError, HvErrorKind};
+use crate::host::observed::{Lease, ObservedNetwork};
+use crate::lab::model::{MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
+use crate::verify::prober::{FakeProber, ProbeError, Prober, TimedReply};
 
 const NET: &str = "lab-net";
 
@@ -695,8 +695,8 @@ fn failure_reasons_have_help() {
 
 #[test]
 fn targets_from_the_model() {
-    use crate::model::{ByteSize, DhcpRange, ManagedNetwork, NetworkMode, VirtType};
-    use crate::observed::{ObservedHost, ObservedIp, ObservedMode};
+    use crate::host::observed::{ObservedHost, ObservedIp, ObservedMode};
+    use crate::lab::model::{ByteSize, DhcpRange, ManagedNetwork, NetworkMode, VirtType};
     use std::collections::BTreeMap;
 
     let span = miette::SourceSpan::from((0, 0));
@@ -718,7 +718,7 @@ fn targets_from_the_model() {
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(256),
         vcpus: 1,
-        state: crate::model::VmState::Running,
+        state: crate::lab::model::VmState::Running,
         boot: None,
         disk: None,
         nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
@@ -811,7 +811,7 @@ fn targets_from_the_model() {
     assert_eq!(t4.no_bridge.as_deref(), Some("the network lab-local is not active"));
     let mut named = local.clone();
     if let NetworkKind::Managed(m) = &mut named.kind {
-        m.bridge = Some(crate::model::BridgeName::new("labbr0").unwrap());
+        m.bridge = Some(crate::lab::model::BridgeName::new("labbr0").unwrap());
     }
     let t5 = NicTarget::from_model(&vm, &vm.nics[0], &named, None, true, local_host);
     assert_eq!(t5.bridge, None, "the lab file's name alone is not the host's word");
@@ -859,8 +859,8 @@ fn domain_on(name: &str, m: MacAddr, iface: &str) -> String {
 /// the MAC on another network, is not a duplicate on this one.
 #[test]
 fn the_running_domains_with_a_nics_mac_on_its_network_are_found() {
-    use crate::hypervisor::Hypervisor;
-    use crate::hypervisor::memory::MemoryHypervisor;
+    use crate::host::hypervisor::Hypervisor;
+    use crate::host::hypervisor::memory::MemoryHypervisor;
     let net = |name: &str, br: &str, ip: &str| {
         format!(
             "<network><name>{name}</name><bridge name='{br}'/><ip address='{ip}' netmask='255.255.255.0'/></network>"

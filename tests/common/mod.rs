@@ -8,12 +8,12 @@ use std::sync::atomic::AtomicBool;
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 use topo::apply::progress::Silent;
 use topo::apply::{Options, Report};
-use topo::hypervisor::Hypervisor;
-use topo::hypervisor::memory::MemoryHypervisor;
-use topo::model::Lab;
-use topo::observed::Observed;
+use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
+use topo::host::observed::Observed;
+use topo::lab::model::Lab;
+use topo::lab::source::SourceFile;
 use topo::plan::{self, Plan};
-use topo::source::SourceFile;
 
 /// The test driver's `default` network (NAT 192.168.122.0/24 on virbr0).
 pub const DEFAULT_NET: &str = include_str!("../fixtures/test-driver-default.xml");
@@ -21,7 +21,7 @@ pub const DEFAULT_NET: &str = include_str!("../fixtures/test-driver-default.xml"
 /// Where lab files "live": relative kernel paths resolve against tests/fixtures.
 pub const LAB_PATH: &str = "tests/fixtures/lab.yaml";
 /// Where topo defines the overlay pool on a host that has none.
-pub const OVERLAY_DIR: &str = topo::ownership::DEFAULT_OVERLAY_DIR;
+pub const OVERLAY_DIR: &str = topo::lab::ownership::DEFAULT_OVERLAY_DIR;
 
 /// A lab from YAML text, as if read from `tests/fixtures/lab.yaml`.
 pub fn lab(yaml: &str) -> Lab {
@@ -31,7 +31,7 @@ pub fn lab(yaml: &str) -> Lab {
 /// A lab from YAML text, as if read from `path` (another lab file is another lab instance).
 pub fn lab_at(path: &str, yaml: &str) -> Lab {
     let source = SourceFile::from_text(Path::new(path), yaml.to_string());
-    match topo::validate::load(&source) {
+    match topo::lab::validate::load(&source) {
         Ok(l) => l,
         Err(e) => panic!("test lab does not validate:\n{}", render_diag(&e)),
     }
@@ -48,7 +48,7 @@ pub fn options(parallelism: usize) -> Options {
 
 pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
     let mut observed = hv.observe().expect("observe");
-    topo::hypervisor::read_changed_seeds(hv, lab, &mut observed);
+    topo::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
     let p = match plan::plan(lab, &observed, &hv.uri()) {
         Ok(p) => p,
         Err(e) => panic!("plan refused:\n{}", render_diag(&e)),

@@ -87,7 +87,7 @@ fn e2e_disk_pool_moved_behind_a_symlink() {
     let lab = write(tmp.path(), "dsnap.yaml", &snap_lab(&base, false));
     apply(&lab, 1);
     let overlay = disk_sources("dsnap-d1").remove(0);
-    let pool = topo::ownership::OVERLAY_POOL;
+    let pool = topo::lab::ownership::OVERLAY_POOL;
     let old = virsh_ok(&["pool-dumpxml", pool]);
     let dir = "/var/lib/libvirt/images/topo";
     let moved = "/var/lib/libvirt/images/topo-moved";

@@ -21,7 +21,7 @@ fn seed_lab(user_data: Option<&str>) -> String {
 
 /// The seed volumes (and partial uploads) of the lab in the overlay pool.
 fn seed_volumes() -> Vec<String> {
-    let pool = topo::ownership::OVERLAY_POOL;
+    let pool = topo::lab::ownership::OVERLAY_POOL;
     let _ = virsh(&["pool-refresh", pool]);
     names(&["vol-list", pool])
         .into_iter()
@@ -32,7 +32,7 @@ fn seed_volumes() -> Vec<String> {
 
 fn vol_sha(dir: &Path, vol: &str) -> String {
     let f = dir.join("vol.bin");
-    virsh_ok(&["vol-download", "--pool", topo::ownership::OVERLAY_POOL, vol, path(&f)]);
+    virsh_ok(&["vol-download", "--pool", topo::lab::ownership::OVERLAY_POOL, vol, path(&f)]);
     sha256(&f)
 }
 
@@ -64,7 +64,7 @@ fn e2e_files_seed_cut_short_and_fifo_user_data() {
     clock.step("applied: one whole seed, no partial upload left");
 
     // The state a kill during the upload leaves.
-    let pool = topo::ownership::OVERLAY_POOL;
+    let pool = topo::lab::ownership::OVERLAY_POOL;
     let bytes = dir.join("vol.bin");
     virsh_ok(&["vol-download", "--pool", pool, &seed, path(&bytes)]);
     let len = std::fs::metadata(&bytes).expect("seed bytes").len();
@@ -147,7 +147,7 @@ pub(super) fn check_host_keys_pinned(lab: &Path, agent: &Agent, lab_name: &str, 
         .iter()
         .map(|vm| {
             let dom = format!("{lab_name}-{vm}");
-            topo::guest::known_hosts::alias(&dom, virsh_ok(&["domuuid", &dom]).trim())
+            topo::verify::known_hosts::alias(&dom, virsh_ok(&["domuuid", &dom]).trim())
         })
         .collect();
     assert_eq!(names, want, "the keys of the VMs reached, by domain UUID: {}", file.display());

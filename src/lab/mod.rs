@@ -1,0 +1,16 @@
+//! The lab file, from text to a validated model: `source` (files and spans) -> `spec` (raw
+//! YAML with spans) -> `shape` (structural checks against the schema) -> `validate` (every
+//! semantic rule, all problems at once) -> `model` (validated newtypes), with `impair` (netem
+//! values), `address` (typed resource addresses) and `ownership` (the tag and identity every
+//! object topo makes carries).
+
+pub mod address;
+pub mod impair;
+pub mod model;
+pub mod names;
+pub mod ownership;
+pub mod schema;
+pub mod shape;
+pub mod source;
+pub mod spec;
+pub mod validate;

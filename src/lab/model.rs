@@ -1,0 +1,635 @@
+//! The validated lab: newtypes and plain data that every stage after validation works on.
+//!
+//! Nothing here is raw input. Values are built by `validate` (from `spec`) or by tests, and
+//! the constructors of the newtypes enforce their rules, so a `NetworkName` is always a
+//! usable libvirt and Linux name, a `MacAddr` is always unicast, and so on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use ipnetwork::Ipv4Network;
+use miette::SourceSpan;
+use serde::{Deserialize, Serialize};
+
+use crate::lab::source::SourceFile;
+
+/// The only lab file format version this topo reads.
+pub const API_VERSION: &str = "topo/v1";
+
+pub use crate::lab::names::{
+    BridgeName, LabName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError, NameError, NetworkName,
+    VmName,
+};
+
+/// How a lab network reaches beyond its bridge. Mirrors libvirt's `<forward mode>`;
+/// `Isolated` is a network without `<forward>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Nat,
+    Routed,
+    Isolated,
+    Open,
+}
+
+impl NetworkMode {
+    pub const ALL: [NetworkMode; 4] = [NetworkMode::Nat, NetworkMode::Routed, NetworkMode::Isolated, NetworkMode::Open];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::Nat => "nat",
+            NetworkMode::Routed => "routed",
+            NetworkMode::Isolated => "isolated",
+            NetworkMode::Open => "open",
+        }
+    }
+}
+impl fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// libvirt domain type: `qemu` is software emulation, `kvm` hardware virtualisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtType {
+    Qemu,
+    Kvm,
+}
+impl VirtType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VirtType::Qemu => "qemu",
+            VirtType::Kvm => "kvm",
+        }
+    }
+}
+impl fmt::Display for VirtType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a VM should run: `state:` in the lab file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined and running (the default).
+    #[default]
+    Running,
+    /// Defined, its disk kept, not running.
+    Stopped,
+}
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+        }
+    }
+}
+impl fmt::Display for VmState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How topo proves a NIC has an address after apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    Arp,
+    None,
+}
+
+/// A size in bytes (memory, disk). Written in the lab file as `256MiB`, `10GiB`, `524288KiB`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("is not a number followed by a unit (KiB, MiB, GiB or TiB)")]
+    Format,
+    #[error("is too large")]
+    Overflow,
+}
+
+impl ByteSize {
+    pub const KIB: u64 = 1024;
+    pub const MIB: u64 = 1024 * 1024;
+    pub const GIB: u64 = 1024 * 1024 * 1024;
+    pub const TIB: u64 = 1024 * 1024 * 1024 * 1024;
+
+    pub const fn from_bytes(b: u64) -> Self {
+        Self(b)
+    }
+    pub const fn from_mib(m: u64) -> Self {
+        Self(m * Self::MIB)
+    }
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+    pub fn kib(self) -> u64 {
+        self.0 / Self::KIB
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = SizeError;
+    fn from_str(s: &str) -> Result<Self, SizeError> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(SizeError::Format)?;
+        let (num, unit) = s.split_at(split);
+        if num.is_empty() {
+            return Err(SizeError::Format);
+        }
+        let n: u64 = num.parse().map_err(|_| SizeError::Overflow)?;
+        let mult = match unit.trim() {
+            "KiB" => Self::KIB,
+            "MiB" => Self::MIB,
+            "GiB" => Self::GIB,
+            "TiB" => Self::TIB,
+            _ => return Err(SizeError::Format),
+        };
+        n.checked_mul(mult).map(Self).ok_or(SizeError::Overflow)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        for (unit, m) in [("TiB", Self::TIB), ("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
+            if b >= m && b.is_multiple_of(m) {
+                return write!(f, "{}{unit}", b / m);
+            }
+        }
+        write!(f, "{b}B")
+    }
+}
+
+/// A validated lab: what the file asks for, with defaults filled in and names resolved.
+#[derive(Clone, Debug)]
+pub struct Lab {
+    pub name: LabName,
+    /// Where `name:`'s value is, for diagnostics about the lab as a whole.
+    pub name_span: SourceSpan,
+    /// Prepended to every libvirt name the lab owns (default `"<name>-"`).
+    pub prefix: String,
+    /// Keyed by the name in the file; iteration is sorted, so output is deterministic.
+    pub networks: BTreeMap<NetworkName, Network>,
+    pub vms: BTreeMap<VmName, Vm>,
+    /// The file the lab came from, for diagnostics after validation.
+    pub source: SourceFile,
+    /// What this run writes into the owner tags besides the instance (when, who). Empty
+    /// after validation; the CLI sets it for the commands that write (`Stamp::now`).
+    pub stamp: crate::lab::ownership::Stamp,
+    /// `--take-over`: objects made by another instance of this lab (same name and prefix,
+    /// another lab file) are taken as this one's and re-tagged (docs/lab-file.md).
+    pub take_over: bool,
+}
+
+/// One network of the lab: either referenced (external) or owned by the lab.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub name: NetworkName,
+    /// The network's name in libvirt: the name as written for external networks,
+    /// prefix + name for lab networks.
+    pub libvirt_name: String,
+    pub kind: NetworkKind,
+    /// External networks only: the subnet the lab file declares (`subnet:` beside
+    /// `external: true`) for a network libvirt knows no `<ip>` of, such as a bridge to a LAN.
+    /// Verification asks only addresses in it; nothing on the host changes.
+    pub declared_subnet: Option<Ipv4Network>,
+    /// Where the network is declared (its key), for diagnostics.
+    pub span: SourceSpan,
+}
+
+#[derive(Clone, Debug)]
+pub enum NetworkKind {
+    /// Exists on the host already; read, never changed or destroyed.
+    External,
+    /// Created, changed and destroyed by the lab.
+    Managed(ManagedNetwork),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedNetwork {
+    pub mode: NetworkMode,
+    /// The IPv4 subnet; `None` gives a network without `<ip>` (no DHCP, no host address).
+    pub subnet: Option<Ipv4Network>,
+    /// The host bridge's address; present exactly when `subnet` is.
+    pub gateway: Option<Ipv4Addr>,
+    /// The dynamic DHCP range; `None` turns the pool off, reservations are still served
+    /// when there is a subnet (see [`ManagedNetwork::dhcp_service`]).
+    pub dhcp: Option<DhcpRange>,
+    /// `None` lets libvirt pick `virbrN`.
+    pub bridge: Option<BridgeName>,
+    pub autostart: bool,
+    /// Spanning tree on the bridge (default off: a new port forwards at once).
+    pub stp: bool,
+    /// dnsmasq's ping check before offering an address (default off: leases ~3 s sooner).
+    pub dhcp_ping: bool,
+    /// Static DHCP host entries from NICs with an `ip`, keyed by MAC (sorted).
+    pub reservations: BTreeMap<MacAddr, Reservation>,
+}
+
+/// What libvirt's dnsmasq does for DHCP on a lab network.
+///
+/// libvirt runs dnsmasq for every network with an `<ip>` and gives it the `<host>` entries
+/// even without a `<range>` (src/network/bridge_driver.c writes a `dhcp-host` line per
+/// host and a `dhcp-range` in static mode for the subnet), so `dhcp: false` on a network
+/// with a subnet still serves the NICs that reserve an `ip:`: only the dynamic pool is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DhcpService {
+    /// No subnet: no host address, no dnsmasq, no DHCP at all.
+    Off,
+    /// A subnet without a range (`dhcp: false`): reservations (`ip:`) are served, nothing else.
+    ReservationsOnly,
+    /// A dynamic range (reservations are served too).
+    Range(DhcpRange),
+}
+
+impl DhcpService {
+    /// Whether a NIC on this network gets an address: with a reservation, or from the pool.
+    pub fn serves(self, reserved: bool) -> bool {
+        match self {
+            DhcpService::Off => false,
+            DhcpService::ReservationsOnly => reserved,
+            DhcpService::Range(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for DhcpService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DhcpService::Off => f.write_str("off"),
+            DhcpService::ReservationsOnly => f.write_str("reservations only"),
+            DhcpService::Range(r) => write!(f, "{} - {}", r.start, r.end),
+        }
+    }
+}
+
+impl ManagedNetwork {
+    /// What dnsmasq will do on this network (see [`DhcpService`]).
+    pub fn dhcp_service(&self) -> DhcpService {
+        match (self.subnet, self.dhcp) {
+            (None, _) => DhcpService::Off,
+            (Some(_), None) => DhcpService::ReservationsOnly,
+            (Some(_), Some(r)) => DhcpService::Range(r),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct DhcpRange {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+}
+
+/// A DHCP host entry: this MAC always gets this address (and host name).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reservation {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub host: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vm {
+    pub name: VmName,
+    /// prefix + name.
+    pub libvirt_name: String,
+    pub virt_type: VirtType,
+    pub memory: ByteSize,
+    pub vcpus: u32,
+    /// Whether it should run (`state:`, default running).
+    pub state: VmState,
+    pub boot: Option<Boot>,
+    pub disk: Option<Disk>,
+    pub nics: Vec<Nic>,
+    /// What topo puts in the VM's cloud-init NoCloud seed; `None` when cloud-init is off
+    /// for this VM (no seed disk is attached).
+    pub cloud_init: Option<CloudInit>,
+    pub span: SourceSpan,
+}
+
+/// The login user topo creates when the lab file names none.
+pub const DEFAULT_USER: &str = "topo";
+
+/// A VM's cloud-init settings after inheritance (lab-level `cloud_init`, then the VM's own
+/// keys) and with every file read. `guest::Seed::of` turns it into the seed's files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudInit {
+    /// The login user topo creates (passwordless sudo, key-only login).
+    pub user: String,
+    /// OpenSSH public key lines for `user`: inline keys first, then the lines of each key
+    /// file, in the order written.
+    pub ssh_authorized_keys: Vec<String>,
+    /// True when the lab file gives no key at all: the CLI then fills in the invoking user's
+    /// own `~/.ssh/*.pub` (see [`Lab::use_default_keys`]).
+    pub default_keys: bool,
+    /// The guest's hostname (default: the VM name with `_` turned into `-`).
+    pub hostname: String,
+    /// The user's own `#cloud-config` file, merged into what topo generates.
+    pub user_data: Option<UserData>,
+}
+
+/// A user-data file of the user's own, as read at validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserData {
+    /// Absolute path (resolved against the lab file's folder).
+    pub path: PathBuf,
+    /// The file's text (a `#cloud-config` YAML mapping, or another kind cloud-init runs;
+    /// checked by validation, `guest::check_user_file`).
+    pub text: String,
+}
+
+/// Direct kernel boot. Paths are absolute (resolved against the lab file's folder).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boot {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    /// Where `kernel` is written in the lab file.
+    pub kernel_span: SourceSpan,
+    /// Where `initrd` is written in the lab file.
+    pub initrd_span: Option<SourceSpan>,
+}
+
+/// A copy-on-write overlay on `image`, which is never written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    pub image: PathBuf,
+    /// Virtual size of the overlay; `None` keeps the base image's size.
+    pub size: Option<ByteSize>,
+    /// The base image's format, as the lab file declares it (default qcow2). Written into
+    /// the overlay as its backing format, so QEMU never probes the image: probing a raw
+    /// image whose guest wrote a qcow2 header would let the guest name host files as its
+    /// backing (QEMU docs, "qemu-img: backing file format should be specified").
+    pub format: ImageFormat,
+    /// Where `image` is written in the lab file.
+    pub image_span: SourceSpan,
+    /// Where `size` is written in the lab file, when it is.
+    pub size_span: Option<SourceSpan>,
+}
+
+/// Format of a base image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+impl ImageFormat {
+    /// The name libvirt and QEMU use (`<format type=...>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    /// Position in the VM's `nics` list (0-based); also the guest's PCI order.
+    pub index: usize,
+    pub network: NetworkName,
+    pub mac: MacAddr,
+    /// True when `mac` was derived rather than written in the file.
+    pub mac_derived: bool,
+    /// A DHCP reservation for this NIC.
+    pub ip: Option<Ipv4Addr>,
+    pub verify: Verify,
+    /// Rate limit and netem settings (`rate`, `delay`, `jitter`, `loss`).
+    pub impairment: crate::lab::impair::Impairment,
+    /// Where the first netem setting (`delay`, `jitter` or `loss`) is written, for refusals
+    /// that concern netem (a remote host).
+    pub netem_span: Option<SourceSpan>,
+    /// Where `rate` is written, for refusals that concern it (a kernel without its qdiscs).
+    pub rate_span: Option<SourceSpan>,
+    pub span: SourceSpan,
+}
+
+impl Vm {
+    /// File name of the VM's copy-on-write overlay in lab `lab`:
+    /// `<libvirt name>-<8 hex>.<tag>.qcow2`, where the first hex digits hash the base image
+    /// path and size (a new image or size gives a new overlay, and shows in the domain's
+    /// disk path) and `tag` marks the volume as the lab's (`ownership::volume_name`).
+    pub fn overlay_name(&self, lab: &LabName) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let d = self.disk.as_ref()?;
+        let mut h = Sha256::new();
+        h.update(d.image.to_string_lossy().as_bytes());
+        h.update(b"\0");
+        h.update(d.size.map(|s| s.bytes()).unwrap_or(0).to_le_bytes());
+        // Another backing format is another overlay (it is written into the overlay's
+        // header). qcow2, the default, adds nothing, so existing overlay names stay.
+        if d.format != ImageFormat::Qcow2 {
+            h.update(b"\0format=");
+            h.update(d.format.as_str().as_bytes());
+        }
+        let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
+        let stem = format!("{}-{hex}", self.libvirt_name);
+        Some(crate::lab::ownership::volume_name(lab.as_str(), &stem, "qcow2"))
+    }
+}
+
+/// A file a VM's domain opens on the libvirt host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostFileRole {
+    Kernel,
+    Initrd,
+    /// The base image of the disk overlay.
+    Image,
+}
+
+impl HostFileRole {
+    /// The lab-file key, as messages name it: `boot.kernel`, `boot.initrd`, `disk.image`.
+    pub fn key(self) -> &'static str {
+        match self {
+            HostFileRole::Kernel => "boot.kernel",
+            HostFileRole::Initrd => "boot.initrd",
+            HostFileRole::Image => "disk.image",
+        }
+    }
+}
+
+impl Vm {
+    /// The files this VM's domain opens on the libvirt host (QEMU reads the kernel and
+    /// initrd at start; libvirt opens the base image when it creates the overlay), with
+    /// where each is written in the lab file. Cloud-init files are not here: topo reads
+    /// them itself, on this machine.
+    pub fn host_files(&self) -> Vec<(HostFileRole, &std::path::Path, SourceSpan)> {
+        let mut out = Vec::new();
+        if let Some(b) = &self.boot {
+            out.push((HostFileRole::Kernel, b.kernel.as_path(), b.kernel_span));
+            if let (Some(i), Some(span)) = (&b.initrd, b.initrd_span) {
+                out.push((HostFileRole::Initrd, i.as_path(), span));
+            }
+        }
+        if let Some(d) = &self.disk {
+            out.push((HostFileRole::Image, d.image.as_path(), d.image_span));
+        }
+        out
+    }
+}
+
+impl Nic {
+    /// The display name of the NIC: `eth0`, `eth1`, ... in list order.
+    pub fn label(&self) -> String {
+        format!("eth{}", self.index)
+    }
+}
+
+impl Lab {
+    /// This lab instance: its name, prefix and canonical lab file (docs/lab-file.md, "Lab
+    /// identity").
+    pub fn instance(&self) -> crate::lab::ownership::Instance {
+        crate::lab::ownership::Instance {
+            lab: self.name.to_string(),
+            prefix: self.prefix.clone(),
+            file: self.source.file.to_string_lossy().into_owned(),
+        }
+    }
+    /// The owner tag this run writes on the object `resource` named `name` in libvirt.
+    pub fn owner_tag(
+        &self,
+        resource: &crate::lab::address::Address,
+        name: &str,
+        spec_hash: &str,
+    ) -> crate::lab::ownership::OwnerTag {
+        let me = self.instance();
+        crate::lab::ownership::OwnerTag {
+            lab: me.lab,
+            resource: resource.to_string(),
+            name: name.to_string(),
+            spec_hash: spec_hash.to_string(),
+            prefix: Some(me.prefix),
+            file: Some(me.file),
+            applied: self.stamp.applied.clone(),
+            user: self.stamp.user.clone(),
+        }
+    }
+    /// Number of external networks.
+    pub fn external_count(&self) -> usize {
+        self.networks.values().filter(|n| matches!(n.kind, NetworkKind::External)).count()
+    }
+    pub fn nic_count(&self) -> usize {
+        self.vms.values().map(|v| v.nics.len()).sum()
+    }
+    /// Every NIC with its VM, in sorted VM order then NIC order.
+    pub fn nics(&self) -> impl Iterator<Item = (&Vm, &Nic)> {
+        self.vms.values().flat_map(|vm| vm.nics.iter().map(move |n| (vm, n)))
+    }
+    /// Gives every cloud-init VM whose lab file names no SSH key the keys in `keys` (the
+    /// invoking user's own public keys, read by the CLI with `guest::invoking_user_keys`).
+    /// Returns the names of the VMs that still have no key (a note for the user).
+    pub fn use_default_keys(&mut self, keys: &[String]) -> Vec<VmName> {
+        let mut keyless = Vec::new();
+        for vm in self.vms.values_mut() {
+            if let Some(ci) = vm.cloud_init.as_mut() {
+                if ci.default_keys {
+                    ci.ssh_authorized_keys = keys.to_vec();
+                }
+                if ci.ssh_authorized_keys.is_empty() {
+                    keyless.push(vm.name.clone());
+                }
+            }
+        }
+        keyless
+    }
+    /// The one-line summary `topo validate` prints.
+    pub fn summary(&self) -> String {
+        let nets = self.networks.len();
+        let vms = self.vms.len();
+        let nics = self.nic_count();
+        format!(
+            "lab {}: {} network{} ({} external), {} vm{}, {} nic{}",
+            self.name,
+            nets,
+            if nets == 1 { "" } else { "s" },
+            self.external_count(),
+            vms,
+            if vms == 1 { "" } else { "s" },
+            nics,
+            if nics == 1 { "" } else { "s" },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(LabName::new("seedlab").is_ok());
+        assert_eq!(LabName::new(""), Err(NameError::Empty));
+        assert_eq!(LabName::new("Seed"), Err(NameError::BadChar('S')));
+        assert_eq!(LabName::new("1lab"), Err(NameError::BadStart));
+        assert_eq!(LabName::new("lab-"), Err(NameError::BadEnd));
+        assert_eq!(LabName::new("a_b"), Err(NameError::BadChar('_')));
+        assert!(NetworkName::new("local_net").is_ok());
+        assert!(matches!(LabName::new(&"a".repeat(33)), Err(NameError::TooLong { .. })));
+        assert!(BridgeName::new("virbr2").is_ok());
+        assert!(matches!(BridgeName::new("a-very-long-bridge"), Err(NameError::TooLongBytes { len: 18, max: 15 })));
+    }
+
+    #[test]
+    fn mac_parse_and_display() {
+        let m: MacAddr = "52:54:00:00:1F:02".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:00:1f:02");
+        assert_eq!("01:00:5e:00:00:01".parse::<MacAddr>(), Err(MacError::Multicast));
+        assert_eq!("52:54:00:00:1f".parse::<MacAddr>(), Err(MacError::Format));
+        assert_eq!("52:54:00:00:1f:0g".parse::<MacAddr>(), Err(MacError::Format));
+        assert_eq!("52:54:00:00:1f:002".parse::<MacAddr>(), Err(MacError::Format));
+    }
+
+    #[test]
+    fn derived_mac_is_stable_and_distinct() {
+        let lab = LabName::new("seedlab").unwrap();
+        let vm = VmName::new("deb1").unwrap();
+        let a = MacAddr::derived(&lab, &vm, 0);
+        assert_eq!(a, MacAddr::derived(&lab, &vm, 0));
+        assert_ne!(a, MacAddr::derived(&lab, &vm, 1));
+        assert_ne!(a, MacAddr::derived(&LabName::new("other").unwrap(), &vm, 0));
+        assert_eq!(&a.octets()[..3], &[0x52, 0x54, 0x00]);
+        // Pinned: changing the derivation changes every user's MACs.
+        // (value computed independently with Python hashlib from the documented formula)
+        assert_eq!(a.to_string(), "52:54:00:39:b7:d5");
+    }
+
+    #[test]
+    fn derived_bridge_mac_is_stable_and_apart_from_nic_macs() {
+        let lab = LabName::new("seedlab").unwrap();
+        let net = NetworkName::new("lan").unwrap();
+        let b = MacAddr::derived_bridge(&lab, &net);
+        assert_eq!(b, MacAddr::derived_bridge(&lab, &net));
+        assert_ne!(b, MacAddr::derived_bridge(&lab, &NetworkName::new("lan2").unwrap()));
+        assert_ne!(b, MacAddr::derived_bridge(&LabName::new("other").unwrap(), &net));
+        // Never a derived NIC MAC: those all start 52:54:00.
+        assert_eq!(&b.octets()[..3], &[0x52, 0x54, 0x01]);
+        // Pinned (computed independently with Python hashlib from the documented formula).
+        assert_eq!(b.to_string(), "52:54:01:1f:fe:ef");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("256MiB".parse::<ByteSize>().unwrap().bytes(), 256 * ByteSize::MIB);
+        assert_eq!("10GiB".parse::<ByteSize>().unwrap().to_string(), "10GiB");
+        assert_eq!("1024KiB".parse::<ByteSize>().unwrap().to_string(), "1MiB");
+        assert_eq!("256".parse::<ByteSize>(), Err(SizeError::Format));
+        assert_eq!("256MB".parse::<ByteSize>(), Err(SizeError::Format));
+        assert_eq!("MiB".parse::<ByteSize>(), Err(SizeError::Format));
+        assert_eq!("99999999999999999999TiB".parse::<ByteSize>(), Err(SizeError::Overflow));
+    }
+}

@@ -1,0 +1,694 @@
+//! Lab file validation: YAML text -> `spec::LabSpec` -> `model::Lab`, reporting every problem.
+//!
+//! Stage 1 ([`parse`]) reads the YAML into the raw spec under a resource budget (aliases,
+//! nesting, node counts), so hostile input ends in an error quickly and in bounded memory.
+//! A syntax error or duplicate key is reported alone; shape problems (unknown keys, wrong
+//! types, bad values, missing keys) are all found by the schema check in `shape`.
+//! Stage 2 ([`validate`]) checks every rule, resource by resource (`lab`, `network`, `vm`,
+//! `nic`), and collects *all* problems, each pointing at the exact value in the file with a
+//! help line that says how to fix it.
+
+mod cloud_init;
+mod lab;
+mod network;
+mod nic;
+mod vm;
+
+use std::net::Ipv4Addr;
+
+use miette::{Diagnostic, LabeledSpan, NamedSource, SourceSpan};
+use serde_saphyr::MessageFormatter;
+
+pub use crate::diag::Problem;
+use crate::diag::{Code, span_of, suggest};
+use crate::lab::model;
+use crate::lab::source::SourceFile;
+use crate::lab::spec::{LabSpec, Spanned};
+pub use lab::MAX_PREFIX;
+pub use network::{MAX_PREFIX_LEN, default_dhcp_range};
+pub use vm::{DEFAULT_MEMORY, MAX_MEMORY, MAX_VCPUS, MIN_MEMORY};
+
+/// A lab file that cannot be used: all its problems at once (rendered as related diagnostics).
+#[derive(Debug, thiserror::Error, Diagnostic)]
+#[error("lab file {path} has {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+#[diagnostic(code(topo::lab::invalid), help("fix the problems listed below, then run `topo validate` again"))]
+pub struct ValidateError {
+    pub path: String,
+    #[source_code]
+    pub src: NamedSource<String>,
+    #[related]
+    pub problems: Vec<Problem>,
+}
+
+impl ValidateError {
+    /// The codes of all problems, in report order (handy for tests and tooling).
+    pub fn codes(&self) -> Vec<&'static str> {
+        self.problems.iter().map(|p| p.code.as_str()).collect()
+    }
+}
+
+/// Parses and validates a lab file, checking its paths on this machine.
+pub fn load(source: &SourceFile) -> Result<model::Lab, ValidateError> {
+    load_with(source, Files::Checked)
+}
+
+/// Whether the files a lab names (kernel, initrd, image) are checked on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// Each must be an existing regular file here: the libvirt host is this machine.
+    Checked,
+    /// Resolved and checked for what libvirt's XML can carry, not for existence: the
+    /// libvirt host is another machine, where QEMU opens them.
+    NotChecked,
+    /// Not opened at all: the command uses none of them (`destroy`, `status`, `verify`,
+    /// `inventory`, `ssh`, `console`), as Terraform's destroy needs a parseable config but
+    /// not the files it names. Paths are resolved as for `NotChecked`; a cloud-init key
+    /// file or user-data file that cannot be read is left out without a problem.
+    NotOpened,
+}
+
+/// Parses and validates a lab file. This is what `topo validate` (and every other command)
+/// calls, with [`Files::NotChecked`] when the libvirt host is another machine.
+pub fn load_with(source: &SourceFile, files: Files) -> Result<model::Lab, ValidateError> {
+    let spec = parse(source)?;
+    validate_with(source, &spec, files)
+}
+
+fn error(source: &SourceFile, problems: Vec<Problem>) -> ValidateError {
+    ValidateError { path: source.name(), src: source.named_source(), problems }
+}
+
+const MAX_EVENTS: usize = 200_000;
+const MAX_ALIASES: usize = 1_000;
+const MAX_ANCHORS: usize = 1_000;
+const MAX_DEPTH: usize = 32;
+const MAX_NODES: usize = 100_000;
+const MAX_SCALAR_BYTES: usize = 2 * 1024 * 1024;
+const MAX_MERGE_KEYS: usize = 1_000;
+
+/// The parser limits. A real lab file has a few hundred nodes and no aliases to speak of;
+/// these bounds stop alias bombs, deep nesting and huge documents long before they cost
+/// noticeable time or memory.
+fn parse_options() -> serde_saphyr::Options {
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = 100_000;
+    alias_limits.max_replay_stack_depth = 16;
+    alias_limits.max_alias_expansions_per_anchor = 1_000;
+    serde_saphyr::options! {
+        // YAML 1.2 core schema: only `true` and `false` are booleans (`no`, `off` are text).
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_events: MAX_EVENTS,
+            max_aliases: MAX_ALIASES,
+            max_anchors: MAX_ANCHORS,
+            max_depth: MAX_DEPTH,
+            max_documents: 1,
+            max_nodes: MAX_NODES,
+            max_total_scalar_bytes: MAX_SCALAR_BYTES,
+            max_merge_keys: MAX_MERGE_KEYS,
+        },
+        alias_limits: alias_limits,
+    }
+}
+
+/// Stage 1: YAML text to the raw spec. The typed parse stops at its first error, so the file
+/// is also checked as a tree against the JSON Schema, so that every shape problem is
+/// reported at once (and a value the typed parse read as another type, a quoted `"no"` into
+/// a bool, is refused). A YAML syntax error is reported alone: nothing after it can be read
+/// reliably.
+pub fn parse(source: &SourceFile) -> Result<LabSpec, ValidateError> {
+    let text = source.text.as_str();
+    let typed = serde_saphyr::from_str_with_options::<LabSpec>(text, parse_options());
+    // The tree check runs even when the typed parse succeeds: serde reads a quoted `"no"`
+    // into a bool, the schema (like YAML 1.2) says it is text.
+    let tree = crate::lab::shape::check(text, parse_options());
+    match (typed, tree) {
+        // What the typed parse accepted is checked by stage 2, except the values it read
+        // into another type than the file gives (`"no"` into a bool).
+        (Ok(spec), Ok(all)) => {
+            let wrong: Vec<Problem> = all.into_iter().filter(|p| p.code == Code::BadType).collect();
+            if wrong.is_empty() { Ok(spec) } else { Err(error(source, wrong)) }
+        }
+        (Ok(spec), Err(_)) => Ok(spec),
+        (Err(_), Ok(all)) if !all.is_empty() => Err(error(source, all)),
+        (Err(e), Ok(_)) => Err(error(source, vec![syntax_problem(text, &e)])),
+        // Not even a tree of YAML nodes: the tree parser's error is the true one (the typed
+        // parse may describe an unclosed `[` as a wrong type).
+        (Err(e), Err(t)) => {
+            let mut p = syntax_problem(text, &t);
+            if p.code.is_shape() {
+                p = syntax_problem(text, &e);
+            }
+            Err(error(source, vec![p]))
+        }
+    }
+}
+
+fn syntax_problem(text: &str, e: &serde_saphyr::Error) -> Problem {
+    let inner = e.without_snippet();
+    let msg = serde_saphyr::UserMessageFormatter.format_message(inner).into_owned();
+    let span = e.location().map(|l| span_of(text, &l)).unwrap_or_else(|| (0, 0).into());
+    let (code, message, label, help) = if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected = expected_list(expected);
+        let help = suggest(field, &expected, "Allowed here", "allowed here");
+        (Code::UnknownKey, format!("unknown key `{field}`"), "not a lab file key here", help)
+    } else if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let (value, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let expected = expected_list(expected);
+        let help = suggest(value, &expected, "One of", "use one of");
+        (Code::BadValue, format!("`{value}` is not allowed here"), "unknown value", help)
+    } else if msg.starts_with("duplicate mapping key") {
+        (
+            Code::DuplicateKey,
+            msg.clone(),
+            "given again here",
+            "each key may appear once per mapping; merge the two entries or rename one".to_owned(),
+        )
+    } else if msg.contains("untagged enum DhcpSpec") {
+        (
+            Code::BadType,
+            "`dhcp` must be true, false or a range".to_owned(),
+            "not a valid dhcp value",
+            "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_owned(),
+        )
+    } else if msg.contains("budget")
+        || msg.contains("limit")
+        || msg.contains("alias")
+        || msg.contains("too large or too complex")
+    {
+        (
+            Code::TooComplex,
+            format!("the lab file is too large or too deeply nested for topo: {}", plain_breach(&msg)),
+            "limit reached here",
+            "a lab file needs no deep nesting and few anchors/aliases; write it out plainly".to_owned(),
+        )
+    } else if msg.contains("missing field") {
+        (Code::MissingKey, msg.clone(), "in this mapping", "add the missing key".to_owned())
+    } else if msg.starts_with("invalid") || msg.contains("expected") {
+        let what = match msg.strip_prefix("invalid ") {
+            Some("i64" | "u64" | "i32" | "u32" | "u16" | "u8") => "expected a whole number".to_owned(),
+            Some("bool") => "expected `true` or `false`".to_owned(),
+            _ => msg.clone(),
+        };
+        (
+            Code::BadType,
+            format!("wrong type: {what}"),
+            "this value",
+            "see docs/lab-file.md for the type of each key".to_owned(),
+        )
+    } else {
+        (
+            Code::Syntax,
+            format!("YAML syntax error: {msg}"),
+            "here",
+            "check indentation, quotes and brackets around this point".to_owned(),
+        )
+    };
+    Problem { code, message, labels: vec![LabeledSpan::at(span, label)], help: Some(help) }
+}
+
+/// The parser's `limits breached: Aliases { aliases: 1001 }` (Rust debug text) in words,
+/// with the limit from [`parse_options`].
+fn plain_breach(msg: &str) -> String {
+    // `... too complex: total_replayed_events=100001 > 100000`: aliases replayed too often.
+    if let Some((count, limit)) = msg.split("total_replayed_events=").nth(1).and_then(|r| r.split_once(" > ")) {
+        return format!("its aliases expand to more than {} YAML events (at {count})", limit.trim());
+    }
+    let Some(rest) = msg.split("limits breached: ").nth(1) else { return msg.to_owned() };
+    let (kind, count) = rest.split_once(" {").unwrap_or((rest, ""));
+    let count: String = count.chars().filter(char::is_ascii_digit).collect();
+    let (what, limit) = match kind.trim() {
+        "Events" => ("YAML events", MAX_EVENTS),
+        "Aliases" => ("aliases (`*name`)", MAX_ALIASES),
+        "Anchors" => ("anchors (`&name`)", MAX_ANCHORS),
+        "Depth" => ("levels of nesting", MAX_DEPTH),
+        "Documents" => ("YAML documents", 1),
+        "Nodes" => ("YAML nodes", MAX_NODES),
+        "ScalarBytes" => ("bytes of text values", MAX_SCALAR_BYTES),
+        "MergeKeys" => ("merge keys (`<<`)", MAX_MERGE_KEYS),
+        _ => return msg.to_owned(),
+    };
+    format!("{count} {what}, more than the {limit} allowed")
+}
+
+/// `expected one of a, b, c` / `expected `a` or `b`` -> [a, b, c].
+fn expected_list(s: &str) -> Vec<String> {
+    let s = s.trim_start_matches(',').trim();
+    let s = s.strip_prefix("expected").unwrap_or(s).trim();
+    let s = s.strip_prefix("one of").unwrap_or(s);
+    s.replace(" or ", ",")
+        .split(',')
+        .map(|w| w.trim().trim_matches('`').to_owned())
+        .filter(|w| !w.is_empty() && w != "there are no fields")
+        .collect()
+}
+
+/// Collects problems while stage 2 walks the spec.
+pub(super) struct Checker<'a> {
+    pub(super) source: &'a SourceFile,
+    pub(super) problems: Vec<Problem>,
+    /// Whether files are checked on this machine.
+    pub(super) files: Files,
+}
+
+impl Checker<'_> {
+    /// Where `s` stands in the lab file.
+    pub(super) fn span<T>(&self, s: &Spanned<T>) -> SourceSpan {
+        span_of(&self.source.text, &s.referenced)
+    }
+    /// A problem with several labels.
+    pub(super) fn push(
+        &mut self,
+        code: Code,
+        message: impl Into<String>,
+        labels: Vec<LabeledSpan>,
+        help: impl Into<String>,
+    ) {
+        self.problems.push(Problem::spans(code, message, labels, help));
+    }
+    /// A problem with one label on `at`.
+    pub(super) fn at<T>(
+        &mut self,
+        code: Code,
+        at: &Spanned<T>,
+        message: impl Into<String>,
+        label: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.problems.push(Problem::at(code, self.span(at), message, label, help));
+    }
+    /// The number of problems so far (to tell whether a check added any).
+    pub(super) fn count(&self) -> usize {
+        self.problems.len()
+    }
+}
+
+/// An IPv4 address written in the file.
+pub(super) fn parse_ip(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<Ipv4Addr> {
+    match s.value.trim().parse::<Ipv4Addr>() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            c.at(
+                Code::BadAddress,
+                s,
+                format!("`{}` is not an IPv4 address", s.value),
+                format!("not a valid {what}"),
+                "write a dotted IPv4 address such as `192.168.152.10`, without a prefix length",
+            );
+            None
+        }
+    }
+}
+
+/// Stage 2: the raw spec to the validated model, collecting every problem.
+pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, ValidateError> {
+    validate_with(source, spec, Files::Checked)
+}
+
+/// Stage 2 with the choice of where files are checked.
+pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Result<model::Lab, ValidateError> {
+    let mut c = Checker { source, problems: Vec::new(), files };
+    let (lab_name, prefix) = lab::check(&mut c, spec);
+    let mut networks = network::check_all(&mut c, &spec.networks, &prefix);
+    let mut nics = nic::Nics::default();
+    let guests = cloud_init::check_lab(&mut c, spec.cloud_init.as_ref());
+    let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics);
+    nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
+    nics.name_dhcp_hosts(&mut c);
+    nics.check_bridge_macs(&mut c, lab_name.as_ref(), &networks.model);
+    if !c.problems.is_empty() {
+        return Err(error(source, c.problems));
+    }
+    nics.attach_reservations(&mut networks.model);
+    let Some(name) = lab_name else {
+        // Unreachable in practice: a missing or bad name always records a problem above.
+        return Err(error(source, vec![]));
+    };
+    let name_span = spec.name.as_ref().map(|n| c.span(n)).unwrap_or_else(|| (0, 0).into());
+    Ok(model::Lab {
+        name,
+        name_span,
+        prefix,
+        networks: networks.model,
+        vms,
+        source: source.clone(),
+        stamp: Default::default(),
+        take_over: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ipnetwork::Ipv4Network;
+
+    use super::*;
+    use crate::lab::model::{
+        ByteSize, DhcpRange, LabName, MacAddr, NetworkKind, NetworkMode, NetworkName, Verify, VirtType, VmName,
+    };
+
+    fn lab(text: &str) -> Result<model::Lab, ValidateError> {
+        // Paths in these tests are absolute files that exist everywhere.
+        load(&SourceFile::from_text(Path::new("/tmp/unit.yaml"), text.to_owned()))
+    }
+
+    const BASE: &str = "apiVersion: topo/v1\nname: seedlab\n";
+
+    #[test]
+    fn defaults() {
+        let text = format!(
+            "{BASE}networks:\n  default:\n    external: true\n  local_net:\n    mode: isolated\n    subnet: 192.168.152.0/24\n\
+             vms:\n  deb1:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - network: default\n      - network: local_net\n        ip: 192.168.152.10\n"
+        );
+        let lab = lab(&text).unwrap();
+        assert_eq!(lab.prefix, "seedlab-");
+        let ext = &lab.networks[&NetworkName::new("default").unwrap()];
+        assert_eq!(ext.libvirt_name, "default");
+        assert!(matches!(ext.kind, NetworkKind::External));
+        let local = &lab.networks[&NetworkName::new("local_net").unwrap()];
+        assert_eq!(local.libvirt_name, "seedlab-local_net");
+        let NetworkKind::Managed(m) = &local.kind else { panic!("managed") };
+        assert_eq!(m.mode, NetworkMode::Isolated);
+        assert_eq!(m.gateway, Some(Ipv4Addr::new(192, 168, 152, 1)));
+        assert_eq!(
+            m.dhcp,
+            Some(DhcpRange { start: Ipv4Addr::new(192, 168, 152, 2), end: Ipv4Addr::new(192, 168, 152, 254) })
+        );
+        assert!(m.autostart && !m.stp && !m.dhcp_ping);
+        let vm = &lab.vms[&VmName::new("deb1").unwrap()];
+        assert_eq!(vm.libvirt_name, "seedlab-deb1");
+        assert_eq!(vm.virt_type, VirtType::Kvm);
+        assert_eq!(vm.memory, ByteSize::from_mib(512));
+        assert_eq!(vm.vcpus, 1);
+        let l = LabName::new("seedlab").unwrap();
+        let v = VmName::new("deb1").unwrap();
+        assert_eq!(vm.nics[0].mac, MacAddr::derived(&l, &v, 0));
+        assert_eq!(vm.nics[0].mac.to_string(), "52:54:00:39:b7:d5");
+        assert_eq!(vm.nics[1].mac, MacAddr::derived(&l, &v, 1));
+        assert!(vm.nics[1].mac_derived);
+        assert_eq!(vm.nics[1].verify, Verify::Arp);
+        let r = &m.reservations[&vm.nics[1].mac];
+        assert_eq!((r.ip, r.host.as_str()), (Ipv4Addr::new(192, 168, 152, 10), "deb1"));
+        assert_eq!(lab.summary(), "lab seedlab: 2 networks (1 external), 1 vm, 2 nics");
+    }
+
+    #[test]
+    fn explicit_prefix_and_mac() {
+        let text = format!(
+            "{BASE}prefix: \"\"\nnetworks:\n  n:\n    subnet: 10.0.0.0/29\nvms:\n  a:\n    disk: {{image: /etc/hostname, size: 1GiB}}\n    nics:\n      - {{network: n, mac: \"52:54:00:00:1F:02\"}}\n      - network: n\n        mac: 52:54:00:00:1f:03\n"
+        );
+        let lab = lab(&text).unwrap();
+        assert_eq!(lab.prefix, "");
+        assert_eq!(lab.networks[&NetworkName::new("n").unwrap()].libvirt_name, "n");
+        let vm = &lab.vms[&VmName::new("a").unwrap()];
+        assert_eq!(vm.libvirt_name, "a");
+        assert_eq!(vm.nics[0].mac.to_string(), "52:54:00:00:1f:02");
+        assert!(!vm.nics[0].mac_derived);
+        assert_eq!(vm.disk.as_ref().unwrap().size, Some(ByteSize::from_bytes(ByteSize::GIB)));
+    }
+
+    #[test]
+    fn dhcp_default_ranges() {
+        let n: Ipv4Network = "10.0.0.0/24".parse().unwrap();
+        let r = |g: [u8; 4]| {
+            let d = default_dhcp_range(&n, Ipv4Addr::from(g));
+            (d.start.octets()[3], d.end.octets()[3])
+        };
+        assert_eq!(r([10, 0, 0, 1]), (2, 254));
+        assert_eq!(r([10, 0, 0, 254]), (1, 253));
+        assert_eq!(r([10, 0, 0, 100]), (101, 254)); // upper side is larger
+        assert_eq!(r([10, 0, 0, 200]), (1, 199)); // lower side is larger
+        let small: Ipv4Network = "10.0.0.0/30".parse().unwrap();
+        let d = default_dhcp_range(&small, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!((d.start, d.end), (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn gateway_given_moves_range() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.1.0.0/24\n    gateway: 10.1.0.254\n    dhcp: true\n    stp: true\n    dhcp_ping: true\n    autostart: false\n"
+        );
+        let lab = lab(&text).unwrap();
+        let NetworkKind::Managed(m) = &lab.networks[&NetworkName::new("n").unwrap()].kind else { panic!() };
+        assert_eq!(m.dhcp.unwrap().start, Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(m.dhcp.unwrap().end, Ipv4Addr::new(10, 1, 0, 253));
+        assert!(m.stp && m.dhcp_ping && !m.autostart);
+    }
+
+    #[test]
+    fn dhcp_false_and_open_without_subnet() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.1.0.0/24\n    dhcp: false\n  o:\n    mode: open\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.1.0.5}}\n      - {{network: o, verify: none}}\n"
+        );
+        let lab = lab(&text).unwrap();
+        let NetworkKind::Managed(m) = &lab.networks[&NetworkName::new("n").unwrap()].kind else { panic!() };
+        assert_eq!(m.dhcp, None);
+        let NetworkKind::Managed(o) = &lab.networks[&NetworkName::new("o").unwrap()].kind else { panic!() };
+        assert_eq!((o.subnet, o.gateway, o.dhcp), (None, None, None));
+    }
+
+    #[test]
+    fn empty_lab_is_valid() {
+        let lab = lab(BASE).unwrap();
+        assert_eq!(lab.summary(), "lab seedlab: 0 networks (0 external), 0 vms, 0 nics");
+    }
+
+    #[test]
+    fn collects_several_problems() {
+        let text =
+            "name: Bad\nnetworks:\n  n:\n    subnet: 10.0.0.5/24\nvms:\n  a:\n    vcpus: 0\n    nics: [{network: m}]\n";
+        let err = lab(text).unwrap_err();
+        assert_eq!(
+            err.problems.iter().map(|p| p.code).collect::<Vec<_>>(),
+            [
+                Code::ApiVersion,
+                Code::Name,
+                Code::SubnetHostBits,
+                Code::Vcpus,
+                Code::NothingToBoot,
+                Code::UnknownNetwork
+            ]
+        );
+    }
+
+    #[test]
+    fn non_ascii_spans_are_byte_offsets() {
+        let text = "apiVersion: topo/v1\nname: \"läb\"\n";
+        let err = lab(text).unwrap_err();
+        let label = err.problems[0].labels[0].inner();
+        assert_eq!(&text[label.offset()..label.offset() + label.len()], "\"läb\"");
+    }
+
+    /// The typed spec rejects most hostile shapes on its own (wrong type at the first
+    /// node); the budget must hold even for a reader that accepts any YAML.
+    #[test]
+    fn parser_budget_stops_untyped_bombs() {
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&bomb, parse_options());
+        assert!(r.is_err(), "alias bomb expanded");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&deep, parse_options());
+        assert!(r.is_err(), "deep nesting accepted");
+        let many: String = (0..150_000).map(|i| format!("k{i}: v\n")).collect();
+        let r = serde_saphyr::from_str_with_options::<serde_json::Value>(&many, parse_options());
+        assert!(r.is_err(), "node budget not enforced");
+        // A normal lab-sized document is well within budget.
+        let ok: String = (0..500).map(|i| format!("k{i}: {{a: [1, 2, 3]}}\n")).collect();
+        assert!(serde_saphyr::from_str_with_options::<serde_json::Value>(&ok, parse_options()).is_ok());
+    }
+
+    #[test]
+    fn expected_lists_are_read() {
+        assert_eq!(expected_list(", expected one of apiVersion, name"), ["apiVersion", "name"]);
+        assert_eq!(expected_list(", expected `a` or `b`"), ["a", "b"]);
+    }
+    /// Bug: the same file planned from another folder or through a symlinked folder gave other
+    /// paths, so other overlay names, and a plan replacing every VM with a disk.
+    #[test]
+    fn paths_are_canonical_however_the_file_is_reached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        for f in ["base.qcow2", "vmlinuz", "initrd.gz"] {
+            std::fs::write(real.join(f), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.0.0.0/24\nvms:\n  a:\n    boot: {{kernel: ./vmlinuz, initrd: sub/../initrd.gz}}\n    disk: {{image: base.qcow2, size: 1GiB}}\n    nics:\n      - network: n\n"
+        );
+        let paths = |lab_file: &Path| {
+            let lab = load(&SourceFile::from_text(lab_file, text.clone())).unwrap();
+            let vm = lab.vms.values().next().unwrap().clone();
+            let boot = vm.boot.clone().unwrap();
+            (boot.kernel, boot.initrd, vm.disk.clone().unwrap().image, vm.overlay_name(&lab.name))
+        };
+        let canonical = std::fs::canonicalize(&real).unwrap();
+        let want = paths(&canonical.join("lab.yaml"));
+        assert_eq!(want.0, canonical.join("vmlinuz"));
+        assert_eq!(want.1, Some(canonical.join("initrd.gz")));
+        assert_eq!(want.2, canonical.join("base.qcow2"));
+        for via in ["link/lab.yaml", "real/sub/../lab.yaml", "link/sub/../lab.yaml", "real/./lab.yaml"] {
+            assert_eq!(paths(&tmp.path().join(via)), want, "{via}");
+        }
+    }
+
+    fn codes_of(text: &str) -> Vec<Code> {
+        match lab(text) {
+            Ok(_) => vec![],
+            Err(e) => e.problems.iter().map(|p| p.code).collect(),
+        }
+    }
+
+    /// QEMU hw/i386/pc_piix.c: the `pc` machine topo's domains use has `max_cpus = 255`;
+    /// QEMU refuses 256 at start ("Invalid SMP CPUs 256").
+    #[test]
+    fn vcpus_up_to_the_pc_machine_limit() {
+        let vm = |n: u32| codes_of(&format!("{BASE}vms:\n  a:\n    vcpus: {n}\n    boot: {{kernel: /etc/hostname}}\n"));
+        assert_eq!(vm(255), []);
+        assert_eq!(vm(256), [Code::Vcpus]);
+    }
+
+    /// libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes`: a running domain's memory
+    /// is rounded up to whole MiB while its definition keeps the value (on libvirt 9.0
+    /// `131073KiB` ran as `132096KiB`, and apply ended "would still update: memory").
+    #[test]
+    fn memory_in_whole_mib() {
+        let vm =
+            |m: &str| codes_of(&format!("{BASE}vms:\n  a:\n    memory: {m}\n    boot: {{kernel: /etc/hostname}}\n"));
+        assert_eq!(vm("131072KiB"), []);
+        assert_eq!(vm("131073KiB"), [Code::Memory]);
+        assert_eq!(vm("1GiB"), []);
+    }
+
+    /// libvirt src/util/virsocketaddr.c, virSocketAddrGetRange: a range is fine as long as
+    /// both ends share the first two bytes; the largest default range that does is a /16's.
+    #[test]
+    fn dhcp_ranges_libvirt_accepts() {
+        let ok = |net: &str| codes_of(&format!("{BASE}networks:\n  n:\n{net}"));
+        assert_eq!(ok("    subnet: 10.0.0.0/16\n"), []);
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n    dhcp: {start: 10.1.0.1, end: 10.1.255.254}\n"), []);
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n    dhcp: false\n"), []);
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n"), [Code::DhcpRangeTooLarge]);
+        // The gateway in the upper half moves the default range to the larger, lower side.
+        assert_eq!(ok("    subnet: 10.0.0.0/15\n    gateway: 10.1.255.254\n"), [Code::DhcpRangeTooLarge]);
+    }
+
+    /// dnsmasq src/dhcp.c, address_allocate: only reservations *inside* the range take
+    /// addresses from the pool.
+    #[test]
+    fn reservations_outside_the_range_leave_the_pool_alone() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.0.0.0/29\n    dhcp: {{start: 10.0.0.2, end: 10.0.0.3}}\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.0.0.5}}\n      - network: n\n      - network: n\n"
+        );
+        assert_eq!(codes_of(&text), []);
+        let inside = text.replace("ip: 10.0.0.5", "ip: 10.0.0.3");
+        assert_eq!(codes_of(&inside), [Code::DhcpTooSmall]);
+    }
+
+    /// libvirt runs dnsmasq with the `<host>` entries even without a `<range>`: a NIC that
+    /// reserves an address on a `dhcp: false` network gets it and is verified.
+    #[test]
+    fn dhcp_false_serves_reservations_only() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.1.0.0/24\n    dhcp: false\n  o:\n    mode: open\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.1.0.5}}\n      - {{network: o, verify: none}}\n"
+        );
+        let lab = lab(&text).unwrap();
+        let NetworkKind::Managed(m) = &lab.networks[&NetworkName::new("n").unwrap()].kind else { panic!() };
+        assert_eq!(m.dhcp_service(), model::DhcpService::ReservationsOnly);
+        assert_eq!(m.dhcp_service().to_string(), "reservations only");
+        assert!(m.dhcp_service().serves(true) && !m.dhcp_service().serves(false));
+        let NetworkKind::Managed(o) = &lab.networks[&NetworkName::new("o").unwrap()].kind else { panic!() };
+        assert_eq!(o.dhcp_service(), model::DhcpService::Off);
+        assert_eq!(lab.vms.values().next().unwrap().nics[0].verify, Verify::Arp);
+    }
+
+    /// What XML carries is accepted: tab and line breaks in the command line (the kernel
+    /// reads them as spaces), non-ASCII text in it and in paths.
+    #[test]
+    fn text_libvirt_accepts() {
+        let ok = |cmdline: &str| {
+            codes_of(&format!("{BASE}vms:\n  a:\n    boot: {{kernel: /etc/hostname, cmdline: \"{cmdline}\"}}\n"))
+        };
+        assert_eq!(ok("console=ttyS0\\tquiet\\n"), []);
+        assert_eq!(ok("hostname=büro"), []);
+        assert_eq!(ok("a\\x7f"), []);
+        assert_eq!(ok("a\\x1f"), [Code::ControlChar]);
+    }
+
+    /// Lengths are counted after the characters are known to be ASCII, so one character is
+    /// one byte and the message never mixes the two.
+    #[test]
+    fn name_lengths_are_bytes_of_ascii() {
+        assert_eq!(LabName::new(&"ä".repeat(20)), Err(model::NameError::BadChar('ä')));
+        assert_eq!(model::BridgeName::new("brückebrücke"), Err(model::NameError::BadChar('ü')));
+        assert_eq!(
+            model::BridgeName::new("abcdefghijklmnop"),
+            Err(model::NameError::TooLongBytes { len: 16, max: 15 })
+        );
+        assert!(model::BridgeName::new("abcdefghijklmno").is_ok());
+        assert!(model::BridgeName::new("...").is_ok());
+    }
+
+    /// Private and other ordinary blocks stay usable next to the reserved ones.
+    #[test]
+    fn ordinary_subnets_are_not_reserved() {
+        for net in ["10.0.0.0/8", "172.16.0.0/16", "192.168.0.0/24", "100.64.0.0/24", "223.255.255.0/24", "1.0.0.0/24"]
+        {
+            let text = format!("{BASE}networks:\n  n:\n    mode: isolated\n    subnet: {net}\n    dhcp: false\n");
+            assert_eq!(codes_of(&text), [], "{net}");
+        }
+    }
+
+    /// The issue's example: two reservations of one VM on one network. libvirt refuses a
+    /// second host entry with the same name (network_conf.c, virNetworkDefUpdateIPDHCPHost),
+    /// so the names differ by construction.
+    #[test]
+    fn dhcp_host_names_are_unique_per_network() {
+        let text = format!(
+            "{BASE}networks:\n  n:\n    subnet: 10.0.0.0/24\n  m:\n    subnet: 10.0.1.0/24\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n      - {{network: n, ip: 10.0.0.10}}\n      - {{network: m, ip: 10.0.1.10}}\n      - {{network: n, ip: 10.0.0.11}}\n"
+        );
+        let lab = lab(&text).unwrap();
+        let hosts = |net: &str| -> Vec<String> {
+            let NetworkKind::Managed(m) = &lab.networks[&NetworkName::new(net).unwrap()].kind else { panic!() };
+            let mut v: Vec<String> = m.reservations.values().map(|r| r.host.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(hosts("n"), ["a", "a-eth2"]);
+        assert_eq!(hosts("m"), ["a"]);
+    }
+
+    /// For another libvirt host the files are not looked for here (QEMU opens them there);
+    /// what libvirt's XML cannot carry is still refused.
+    #[test]
+    fn files_on_another_host_are_not_checked_here() {
+        let text = format!(
+            "{BASE}vms:\n  a:\n    boot: {{kernel: /nonexistent/vmlinuz}}\n    disk: {{image: rel/base.qcow2}}\n"
+        );
+        let src = SourceFile::from_text(Path::new("/tmp/unit.yaml"), text);
+        assert!(load(&src).is_err());
+        let lab = load_with(&src, Files::NotChecked).unwrap();
+        let vm = lab.vms.values().next().unwrap();
+        assert_eq!(vm.boot.as_ref().unwrap().kernel, Path::new("/nonexistent/vmlinuz"));
+        assert_eq!(vm.disk.as_ref().unwrap().image, Path::new("/tmp/rel/base.qcow2"));
+        let bad = SourceFile::from_text(
+            Path::new("/tmp/unit.yaml"),
+            format!("{BASE}vms:\n  a:\n    boot: {{kernel: \"/x\\ty\"}}\n"),
+        );
+        let codes: Vec<Code> =
+            load_with(&bad, Files::NotChecked).unwrap_err().problems.iter().map(|p| p.code).collect();
+        assert_eq!(codes, [Code::ControlChar]);
+    }
+}

@@ -1,0 +1,595 @@
+//! Network rules: names, external networks (reference only), subnets, gateways, DHCP
+//! ranges, bridges, and the rules between networks (overlapping subnets, shared bridges).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use miette::{LabeledSpan, SourceSpan};
+
+use super::lab::checked_name;
+use super::{Checker, parse_ip};
+use crate::diag::Code;
+use crate::lab::model::{
+    self, BridgeName, DhcpRange, ManagedNetwork, NameError, NetworkKind, NetworkMode, NetworkName,
+};
+use crate::lab::spec::{DhcpSpec, ModeSpec, NetworkSpec, Spanned, SpannedMap};
+
+/// Smallest subnet (largest prefix length): a /30 holds a gateway and one guest.
+pub const MAX_PREFIX_LEN: u8 = 30;
+
+/// An IPv4 block no lab subnet may overlap, and the layer whose rule that is.
+pub struct Reserved {
+    pub net: Ipv4Network,
+    /// What the block is, e.g. "loopback".
+    pub what: &'static str,
+    /// Why a lab cannot use it: the owning layer's rule.
+    pub why: &'static str,
+}
+
+const fn block(a: u8, b: u8, c: u8, d: u8, len: u8, what: &'static str, why: &'static str) -> Reserved {
+    // `Ipv4Network::new` is not const; `new_checked` is, and these literals are valid.
+    let net = match Ipv4Network::new_checked(std::net::Ipv4Addr::new(a, b, c, d), len) {
+        Some(n) => n,
+        None => panic!("invalid reserved block"),
+    };
+    Reserved { net, what, why }
+}
+
+/// Blocks a lab subnet may not overlap. Linux drops packets whose source lies in 127/8
+/// (unless `route_localnet`) or 224/4, or is 255.255.255.255 or 0.0.0.0, as "martian"
+/// (net/ipv4/route.c `ip_route_input_slow`; include/linux/in.h), so the host could not talk
+/// to guests there; 0/8 is "this network" (RFC 1122 section 3.2.1.3, RFC 6890: a source
+/// only while a host boots; Linux before 5.3 dropped all of it); 169.254/16 is for
+/// self-assigned addresses only (RFC 3927: never handed out by DHCP); 240/4 is reserved
+/// (RFC 1112 section 4, RFC 6890) and ends in the limited broadcast address.
+pub const RESERVED: [Reserved; 5] = [
+    block(
+        0,
+        0,
+        0,
+        0,
+        8,
+        "\"this network\"",
+        "0.0.0.0/8 is only a source address while a host boots (RFC 1122 3.2.1.3); Linux drops 0.0.0.0 (before 5.3 all of 0/8) as martian (net/ipv4/route.c)",
+    ),
+    block(
+        127,
+        0,
+        0,
+        0,
+        8,
+        "loopback",
+        "the Linux kernel drops packets from 127.0.0.0/8 on any interface but `lo` as martian (net/ipv4/route.c)",
+    ),
+    block(
+        169,
+        254,
+        0,
+        0,
+        16,
+        "link-local",
+        "169.254.0.0/16 is for self-assigned link-local addresses, never handed out by DHCP (RFC 3927)",
+    ),
+    block(
+        224,
+        0,
+        0,
+        0,
+        4,
+        "multicast",
+        "the Linux kernel drops packets from multicast sources as martian (net/ipv4/route.c)",
+    ),
+    block(
+        240,
+        0,
+        0,
+        0,
+        4,
+        "reserved, with the limited broadcast address",
+        "240.0.0.0/4 is reserved (RFC 1112, RFC 6890) and the kernel drops packets from 255.255.255.255 as martian (net/ipv4/route.c)",
+    ),
+];
+
+/// The networks as the VM and NIC checks see them, and the model of the valid ones.
+pub(super) struct Networks {
+    /// Every declared network by its key as written (also the invalid ones, so NICs that
+    /// name them are not reported as unknown).
+    pub(super) info: BTreeMap<String, NetInfo>,
+    pub(super) model: BTreeMap<NetworkName, model::Network>,
+}
+
+/// Checks every network and the rules between them.
+pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, prefix: &str) -> Networks {
+    let mut nets: BTreeMap<String, NetInfo> = BTreeMap::new();
+    let mut model_nets = BTreeMap::new();
+    let mut managed_subnets: Vec<(&Spanned<String>, &Spanned<String>, Ipv4Network)> = Vec::new();
+    let mut bridges: BTreeMap<String, &Spanned<String>> = BTreeMap::new();
+    for (key, net) in networks.iter() {
+        let name = checked_name(
+            c,
+            key,
+            Code::NetworkName,
+            "network name",
+            "lowercase letters, digits, '-' and '_'",
+            model::MAX_RESOURCE_NAME,
+            NetworkName::new,
+        );
+        let external = net.external.as_ref().is_some_and(|e| e.value);
+        let mut declared_subnet = None;
+        let (info, kind) = if external {
+            check_external(c, net);
+            declared_subnet = net.subnet.as_ref().and_then(|s| parse_subnet(c, s));
+            (
+                NetInfo {
+                    external: true,
+                    subnet: None,
+                    gateway: None,
+                    dhcp: true,
+                    dhcp_range: None,
+                    dhcp_span: None,
+                    broken: false,
+                },
+                Some(NetworkKind::External),
+            )
+        } else {
+            // Every part that is valid is used by the checks that follow (overlaps, NICs,
+            // DHCP capacity), even when another part of this network has a problem: all
+            // problems are found in one run, not in rounds.
+            let (ok, partial) = check_managed(c, key, net);
+            if let (Some(s), Some(sub)) = (&net.subnet, partial.subnet) {
+                managed_subnets.push((key, s, sub));
+            }
+            if let Some(b) = &net.bridge {
+                if let Some(prev) = bridges.get(&b.value) {
+                    let labels =
+                        vec![LabeledSpan::at(c.span(prev), "first use"), LabeledSpan::at(c.span(b), "used again")];
+                    c.push(
+                        Code::DuplicateBridge,
+                        format!("bridge `{}` is given to two networks", b.value),
+                        labels,
+                        "every lab network needs its own bridge; rename one or remove `bridge:` to let libvirt pick",
+                    );
+                } else {
+                    bridges.insert(b.value.clone(), b);
+                }
+            }
+            // DHCP is meant to be on when the file says so (or leaves it to the default),
+            // even if its range has a problem of its own.
+            let dhcp_meant = partial.dhcp.is_some()
+                || (partial.subnet.is_some() && net.dhcp.as_ref().is_none_or(|d| d.value != DhcpSpec::Enabled(false)));
+            let info = NetInfo {
+                external: false,
+                subnet: partial.subnet,
+                gateway: partial.gateway,
+                dhcp: dhcp_meant,
+                dhcp_range: partial.dhcp,
+                dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
+                // Without a usable subnet the NIC checks have nothing to check against (and
+                // the network's own problem already says what to add).
+                broken: partial.subnet.is_none() && (net.subnet.is_some() || partial.subnet_required),
+            };
+            (info, ok.then_some(NetworkKind::Managed(partial.network)))
+        };
+        nets.insert(key.value.clone(), info);
+        if let (Some(name), Some(kind)) = (name, kind) {
+            let libvirt_name = match kind {
+                NetworkKind::External => name.to_string(),
+                NetworkKind::Managed(_) => format!("{prefix}{name}"),
+            };
+            model_nets
+                .insert(name.clone(), model::Network { name, libvirt_name, kind, declared_subnet, span: c.span(key) });
+        }
+    }
+
+    // overlapping subnets between lab networks
+    for (i, (ka, sa, a)) in managed_subnets.iter().enumerate() {
+        for (kb, sb, b) in &managed_subnets[i + 1..] {
+            if a.contains(b.network()) || b.contains(a.network()) {
+                let labels = vec![
+                    LabeledSpan::at(c.span(sa), format!("`{}` uses {a}", ka.value)),
+                    LabeledSpan::at(c.span(sb), format!("`{}` uses {b}", kb.value)),
+                ];
+                c.push(
+                    Code::SubnetOverlap,
+                    format!("networks `{}` and `{}` have overlapping subnets", ka.value, kb.value),
+                    labels,
+                    "give each lab network its own, non-overlapping subnet",
+                );
+            }
+        }
+    }
+    // Two networks may not become one libvirt network: an external network is looked up by
+    // the name as written, a lab network is created as prefix + name (libvirt network names
+    // are unique per host, src/conf/virnetworkobj.c).
+    let mut libvirt_names: BTreeMap<&str, &model::Network> = BTreeMap::new();
+    for net in model_nets.values() {
+        if let Some(other) = libvirt_names.get(net.libvirt_name.as_str()) {
+            let (ext, own) = if matches!(other.kind, NetworkKind::External) { (*other, net) } else { (net, *other) };
+            c.push(
+                Code::LibvirtNameClash,
+                format!("networks `{}` and `{}` are both `{}` in libvirt", other.name, net.name, net.libvirt_name),
+                vec![
+                    LabeledSpan::at(ext.span, format!("external: `{}` on the host", ext.libvirt_name)),
+                    LabeledSpan::at(own.span, format!("lab network: prefix + `{}`", own.name)),
+                ],
+                "rename the lab network or change `prefix:`, so that topo does not create the external network's name",
+            );
+        } else {
+            libvirt_names.insert(&net.libvirt_name, net);
+        }
+    }
+    Networks { info: nets, model: model_nets }
+}
+
+/// What a network looks like to the NIC checks.
+pub(super) struct NetInfo {
+    pub(super) external: bool,
+    pub(super) subnet: Option<Ipv4Network>,
+    pub(super) gateway: Option<Ipv4Addr>,
+    pub(super) dhcp: bool,
+    /// The DHCP range (lab networks), and where to point when it is too small.
+    pub(super) dhcp_range: Option<DhcpRange>,
+    pub(super) dhcp_span: Option<SourceSpan>,
+    /// Set when the network's own definition has problems: skip NIC checks that depend on it.
+    pub(super) broken: bool,
+}
+
+pub(super) fn first_host(n: &Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(n.network()) + 1)
+}
+pub(super) fn last_host(n: &Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(n.broadcast()) - 1)
+}
+fn is_host(n: &Ipv4Network, ip: Ipv4Addr) -> bool {
+    n.contains(ip) && ip != n.network() && ip != n.broadcast()
+}
+
+/// The DHCP range `dhcp: true` gives: every host address of the subnet except the gateway.
+/// When the gateway is the first (default) or last host address, the range is the rest;
+/// when it sits inside, the range is the larger of the two sides (the upper side on a tie),
+/// because a dnsmasq range is one contiguous block. Needs a subnet of /30 or larger.
+pub fn default_dhcp_range(subnet: &Ipv4Network, gateway: Ipv4Addr) -> DhcpRange {
+    let first = u32::from(first_host(subnet));
+    let last = u32::from(last_host(subnet));
+    let g = u32::from(gateway);
+    let (start, end) = if g < first || g > last {
+        (first, last)
+    } else if g == first {
+        (first + 1, last)
+    } else if g == last {
+        (first, last - 1)
+    } else if g - first > last - g {
+        (first, g - 1)
+    } else {
+        (g + 1, last)
+    };
+    DhcpRange { start: Ipv4Addr::from(start), end: Ipv4Addr::from(end) }
+}
+
+fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
+    let text = s.value.trim();
+    let bad = |c: &mut Checker| {
+        c.at(
+            Code::BadSubnet,
+            s,
+            format!("`{text}` is not an IPv4 subnet"),
+            "not address/prefix-length",
+            "write the subnet in CIDR form, e.g. `192.168.152.0/24`",
+        );
+        None
+    };
+    let Some((addr, len)) = text.split_once('/') else {
+        return bad(c);
+    };
+    let (Ok(addr), Ok(len)) = (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+        return bad(c);
+    };
+    let Ok(net) = Ipv4Network::new(addr, len) else {
+        return bad(c);
+    };
+    if net.network() != addr {
+        c.at(
+            Code::SubnetHostBits,
+            s,
+            format!("subnet `{text}` has host bits set"),
+            "host bits set",
+            format!("the subnet is written with its network address: `{}/{}`", net.network(), len),
+        );
+        return None;
+    }
+    if len > MAX_PREFIX_LEN {
+        c.at(
+            Code::SubnetTooSmall,
+            s,
+            format!("subnet `{text}` is too small"),
+            format!("/{len} leaves no room for a gateway and a guest"),
+            format!("use a /{MAX_PREFIX_LEN} or larger subnet, e.g. `{}/24`", net.network()),
+        );
+        return None;
+    }
+    if let Some(r) = RESERVED.iter().find(|r| r.net.overlaps(net)) {
+        c.at(
+            Code::ReservedSubnet,
+            s,
+            format!("subnet `{text}` overlaps {} ({}), which cannot be a lab subnet", r.net, r.what),
+            format!("overlaps {}", r.net),
+            format!("{}; use a private subnet such as `192.168.152.0/24` or `10.0.0.0/24`", r.why),
+        );
+        return None;
+    }
+    Some(net)
+}
+
+/// External networks may say `external: true` and nothing else, except `subnet:`: the
+/// subnet of a LAN libvirt knows no address of, for verification only.
+fn check_external(c: &mut Checker, net: &NetworkSpec) {
+    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping } = net;
+    let mut given: Vec<(&str, SourceSpan)> = Vec::new();
+    if let Some(v) = mode {
+        given.push(("mode", c.span(v)));
+    }
+    if let Some(v) = gateway {
+        given.push(("gateway", c.span(v)));
+    }
+    if let Some(v) = dhcp {
+        given.push(("dhcp", c.span(v)));
+    }
+    if let Some(v) = bridge {
+        given.push(("bridge", c.span(v)));
+    }
+    if let Some(v) = autostart {
+        given.push(("autostart", c.span(v)));
+    }
+    if let Some(v) = stp {
+        given.push(("stp", c.span(v)));
+    }
+    if let Some(v) = dhcp_ping {
+        given.push(("dhcp_ping", c.span(v)));
+    }
+    for (key, span) in given {
+        c.push(
+            Code::ExternalSettings,
+            format!("external network sets `{key}`"),
+            vec![LabeledSpan::at(span, "not allowed on an external network")],
+            format!(
+                "remove `{key}`: topo uses an external network as it is and never changes it; \
+                 to let the lab own the network, remove `external: true`"
+            ),
+        );
+    }
+}
+
+/// What [`check_managed`] found valid: the network as far as it is valid (each invalid part
+/// left out), for the checks that use it even when the network has problems.
+struct Partial {
+    network: ManagedNetwork,
+    subnet: Option<Ipv4Network>,
+    gateway: Option<Ipv4Addr>,
+    dhcp: Option<DhcpRange>,
+    /// The mode needs a subnet and none is given.
+    subnet_required: bool,
+}
+
+/// Checks a lab network. `ok` is false when it recorded a problem; the partial network is
+/// what was valid.
+fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (bool, Partial) {
+    let mut ok = true;
+    let mut subnet_required = false;
+    let mode = match net.mode.as_ref().map(|m| m.value) {
+        None | Some(ModeSpec::Nat) => NetworkMode::Nat,
+        Some(ModeSpec::Routed) => NetworkMode::Routed,
+        Some(ModeSpec::Isolated) => NetworkMode::Isolated,
+        Some(ModeSpec::Open) => NetworkMode::Open,
+    };
+    let subnet = match &net.subnet {
+        Some(s) => {
+            let r = parse_subnet(c, s);
+            ok &= r.is_some();
+            r
+        }
+        None => {
+            if matches!(mode, NetworkMode::Nat | NetworkMode::Routed) {
+                let how = if net.mode.is_none() { " (the default mode)" } else { "" };
+                c.at(
+                    Code::SubnetRequired,
+                    key,
+                    format!("network `{}` is {mode}{how} but has no subnet", key.value),
+                    format!("{mode} network without `subnet`"),
+                    "add `subnet:`, e.g. `subnet: 192.168.152.0/24`, or use `mode: isolated` for a network without addresses",
+                );
+                ok = false;
+                subnet_required = true;
+            }
+            None
+        }
+    };
+    let gateway = match (&net.gateway, subnet) {
+        (Some(g), Some(sub)) => match parse_ip(c, g, "gateway") {
+            Some(ip) if !sub.contains(ip) => {
+                c.at(
+                    Code::Gateway,
+                    g,
+                    format!("gateway {ip} is outside subnet {sub}"),
+                    "outside the subnet",
+                    format!("pick an address inside {sub}, e.g. {} (the default)", first_host(&sub)),
+                );
+                None
+            }
+            Some(ip) if ip == sub.network() || ip == sub.broadcast() => {
+                let which = if ip == sub.network() { "network" } else { "broadcast" };
+                c.at(
+                    Code::Gateway,
+                    g,
+                    format!("gateway {ip} is the {which} address of {sub}"),
+                    format!("{which} address"),
+                    format!("pick a host address, e.g. {} (the default)", first_host(&sub)),
+                );
+                None
+            }
+            r => r,
+        },
+        (Some(g), None) => {
+            if net.subnet.is_none() {
+                c.at(
+                    Code::Gateway,
+                    g,
+                    "`gateway` is given without a `subnet`",
+                    "no subnet to put it in",
+                    "add `subnet:` to the network, or remove `gateway`",
+                );
+            }
+            None
+        }
+        (None, Some(sub)) => Some(first_host(&sub)),
+        (None, None) => None,
+    };
+    if net.gateway.is_some() && gateway.is_none() {
+        ok = false;
+    }
+    let dhcp = match (&net.dhcp, subnet, gateway) {
+        (None, Some(sub), Some(g)) => Some(default_dhcp_range(&sub, g)),
+        (None, _, _) => None,
+        (Some(d), _, _) if d.value == DhcpSpec::Enabled(false) => None,
+        (Some(d), None, _) => {
+            if net.subnet.is_none() {
+                c.at(
+                    Code::Dhcp,
+                    d,
+                    "`dhcp` is set on a network without a `subnet`",
+                    "no subnet to hand out",
+                    "add `subnet:` to the network, or remove `dhcp`",
+                );
+            }
+            ok = false;
+            None
+        }
+        (Some(_), Some(_), None) => {
+            ok = false;
+            None
+        }
+        (Some(d), Some(sub), Some(g)) => match &d.value {
+            DhcpSpec::Enabled(_) => Some(default_dhcp_range(&sub, g)),
+            DhcpSpec::Range(r) => {
+                let start = r.start.trim().parse::<Ipv4Addr>();
+                let end = r.end.trim().parse::<Ipv4Addr>();
+                let label = |t: &str| vec![LabeledSpan::at(c.span(d), t.to_owned())];
+                if let (Ok(start), Ok(end)) = (start, end) {
+                    let suggest = default_dhcp_range(&sub, g);
+                    let suggest = format!("e.g. `{{start: {}, end: {}}}`", suggest.start, suggest.end);
+                    if !is_host(&sub, start) || !is_host(&sub, end) {
+                        let labels = label("outside the subnet's host addresses");
+                        c.push(
+                            Code::Dhcp,
+                            format!("DHCP range {start} .. {end} is not inside the host addresses of {sub}"),
+                            labels,
+                            format!("keep both ends between {} and {}, {suggest}", first_host(&sub), last_host(&sub)),
+                        );
+                        ok = false;
+                        None
+                    } else if start > end {
+                        let labels = label("start after end");
+                        c.push(
+                            Code::Dhcp,
+                            format!("DHCP range starts at {start}, after its end {end}"),
+                            labels,
+                            format!("swap the two: `{{start: {end}, end: {start}}}`"),
+                        );
+                        ok = false;
+                        None
+                    } else if start <= g && g <= end {
+                        let labels = label("contains the gateway");
+                        c.push(
+                            Code::Dhcp,
+                            format!("DHCP range {start} .. {end} contains the gateway {g}"),
+                            labels,
+                            format!("leave the gateway out of the range, {suggest}"),
+                        );
+                        ok = false;
+                        None
+                    } else {
+                        Some(DhcpRange { start, end })
+                    }
+                } else {
+                    let labels = label("not two IPv4 addresses");
+                    c.push(
+                        Code::Dhcp,
+                        format!("DHCP range `{}` .. `{}` is not two IPv4 addresses", r.start, r.end),
+                        labels,
+                        format!("write e.g. `dhcp: {{start: {}, end: {}}}`", first_host(&sub), last_host(&sub)),
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        },
+    };
+    // libvirt's own rule for a DHCP range (src/util/virsocketaddr.c, virSocketAddrGetRange):
+    // start and end must share their first two bytes, else "range ... is too large (> 65535)"
+    // at `define network`. A default range of a subnet larger than /16 breaks it too.
+    let dhcp = match dhcp {
+        Some(r) if r.start.octets()[..2] != r.end.octets()[..2] => {
+            let last = subnet.map_or(u32::MAX, |sub| u32::from(last_host(&sub)));
+            let block = Ipv4Addr::from((u32::from(r.start) | 0xffff).min(last));
+            let (label, help) = match &net.dhcp {
+                Some(d) if matches!(d.value, DhcpSpec::Range(_)) => {
+                    (c.span(d), format!("keep the range inside one /16, e.g. `{{start: {}, end: {block}}}`", r.start))
+                }
+                _ => (
+                    net.dhcp
+                        .as_ref()
+                        .map_or_else(|| net.subnet.as_ref().map_or(c.span(key), |s| c.span(s)), |d| c.span(d)),
+                    format!(
+                        "use a /16 or smaller subnet, or give a range inside one /16, e.g. `dhcp: {{start: {}, end: {block}}}`",
+                        r.start
+                    ),
+                ),
+            };
+            c.push(
+                Code::DhcpRangeTooLarge,
+                format!(
+                    "DHCP range {} .. {} crosses a /16 boundary, which libvirt refuses (\"range is too large (> 65535)\")",
+                    r.start, r.end
+                ),
+                vec![LabeledSpan::at(label, "start and end differ in their first two bytes")],
+                help,
+            );
+            ok = false;
+            None
+        }
+        other => other,
+    };
+    let bridge = match &net.bridge {
+        None => None,
+        Some(b) => match BridgeName::new(&b.value) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                let help = match e {
+                    NameError::TooLongBytes { .. } | NameError::TooLong { .. } => format!(
+                        "Linux limits interface names to {} bytes (IFNAMSIZ); use a shorter name such as `virbr2`",
+                        model::MAX_BRIDGE_NAME
+                    ),
+                    NameError::Reserved => {
+                        "the kernel refuses `.` and `..` as interface names; use a name such as `virbr2`".to_owned()
+                    }
+                    _ => "a bridge name uses letters, digits, '-', '_' and '.', e.g. `virbr2`".to_owned(),
+                };
+                c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);
+                ok = false;
+                None
+            }
+        },
+    };
+    let network = ManagedNetwork {
+        mode,
+        subnet,
+        gateway,
+        dhcp,
+        bridge,
+        autostart: net.autostart.as_ref().is_none_or(|a| a.value),
+        stp: net.stp.as_ref().is_some_and(|a| a.value),
+        dhcp_ping: net.dhcp_ping.as_ref().is_some_and(|a| a.value),
+        reservations: BTreeMap::new(),
+    };
+    (ok, Partial { network, subnet, gateway, dhcp, subnet_required })
+}

@@ -1,0 +1,290 @@
+//! VM rules: names, hypervisor, memory, vCPUs, direct kernel boot and disk (paths resolved
+//! against the lab file's folder). Each VM's NICs are checked by `nic`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::lab::checked_name;
+use super::network::NetInfo;
+use super::{Checker, cloud_init, nic};
+use crate::diag::Code;
+use crate::lab::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
+use crate::lab::spec::{HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec, VmStateSpec};
+
+/// Default VM memory.
+pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
+/// Smallest memory topo accepts: below this no stock distribution kernel boots.
+pub const MIN_MEMORY: ByteSize = ByteSize::from_mib(64);
+/// Largest memory topo accepts (1 TiB): a guard against typos such as `512GiB` for `512MiB`.
+pub const MAX_MEMORY: ByteSize = ByteSize::from_bytes(ByteSize::TIB);
+/// Largest vCPU count topo accepts: the limit of the `pc` (i440fx) machine topo's domains
+/// use (QEMU hw/i386/pc_piix.c: `m->max_cpus = 255`; QEMU refuses more at start: "Invalid
+/// SMP CPUs 256. The max CPUs supported by machine 'pc-i440fx-...' is 255").
+pub const MAX_VCPUS: u32 = 255;
+
+/// Checks every VM and its NICs; returns the valid VMs.
+pub(super) fn check_all(
+    c: &mut Checker,
+    vms: &SpannedMap<VmSpec>,
+    lab_name: Option<&LabName>,
+    prefix: &str,
+    nets: &BTreeMap<String, NetInfo>,
+    guests: &cloud_init::Defaults<'_>,
+    seen: &mut nic::Nics,
+) -> BTreeMap<VmName, model::Vm> {
+    let mut model_vms = BTreeMap::new();
+    for (key, vm) in vms.iter() {
+        let name = checked_name(
+            c,
+            key,
+            Code::VmName,
+            "VM name",
+            "lowercase letters, digits, '-' and '_'",
+            model::MAX_RESOURCE_NAME,
+            VmName::new,
+        );
+        let body = check_vm_body(c, key, vm);
+        let mut nics = Vec::new();
+        for (index, spec) in vm.nics.iter().enumerate() {
+            let who = format!("{}.nics[{index}]", key.value);
+            let ctx = nic::Context { who: &who, index, lab: lab_name, vm: name.as_ref(), nets };
+            if let Some(n) = nic::check(c, &spec.value, &ctx, seen) {
+                nics.push(n);
+            }
+        }
+        let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
+        if let (Some(name), Some((virt_type, memory, vcpus, boot, disk)), Ok(cloud_init)) = (name, body, guest) {
+            model_vms.insert(
+                name.clone(),
+                model::Vm {
+                    libvirt_name: format!("{prefix}{name}"),
+                    name,
+                    virt_type,
+                    memory,
+                    vcpus,
+                    state: match vm.state.as_ref().map(|s| s.value) {
+                        None | Some(VmStateSpec::Running) => model::VmState::Running,
+                        Some(VmStateSpec::Stopped) => model::VmState::Stopped,
+                    },
+                    boot,
+                    disk,
+                    nics,
+                    cloud_init,
+                    span: c.span(key),
+                },
+            );
+        }
+    }
+    model_vms
+}
+
+type VmBody = (VirtType, ByteSize, u32, Option<model::Boot>, Option<model::Disk>);
+
+fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<VmBody> {
+    let mut ok = true;
+    let virt_type = match vm.hypervisor.as_ref().map(|h| h.value) {
+        None | Some(HypervisorSpec::Kvm) => VirtType::Kvm,
+        Some(HypervisorSpec::Qemu) => VirtType::Qemu,
+    };
+    let memory = match &vm.memory {
+        None => DEFAULT_MEMORY,
+        Some(m) => match parse_size(c, m, "memory") {
+            Some(b) if b < MIN_MEMORY || b > MAX_MEMORY => {
+                c.at(
+                    Code::Memory,
+                    m,
+                    format!("memory {b} is out of range"),
+                    format!("must be between {MIN_MEMORY} and {MAX_MEMORY}"),
+                    format!("give between {MIN_MEMORY} and {MAX_MEMORY}, e.g. `memory: 512MiB`"),
+                );
+                ok = false;
+                DEFAULT_MEMORY
+            }
+            // libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes` rounds a running
+            // domain's memory up to whole MiB (`qemuDomainGetMemorySizeAlignment`: 1024 KiB on
+            // x86) and keeps the persistent value: 131073KiB ran as 132096KiB on libvirt 9.0
+            // (measured), so the plan would never converge.
+            Some(b) if !b.bytes().is_multiple_of(ByteSize::MIB) => {
+                let up = ByteSize::from_bytes(b.bytes().div_ceil(ByteSize::MIB) * ByteSize::MIB);
+                c.at(
+                    Code::Memory,
+                    m,
+                    format!("memory {b} is not a whole number of MiB: libvirt rounds it up to {up} when the VM starts"),
+                    "not whole MiB",
+                    format!("give `memory: {up}` (or another whole number of MiB)"),
+                );
+                ok = false;
+                DEFAULT_MEMORY
+            }
+            Some(b) => b,
+            None => {
+                ok = false;
+                DEFAULT_MEMORY
+            }
+        },
+    };
+    let vcpus = match &vm.vcpus {
+        None => 1,
+        Some(v) if v.value >= 1 && v.value <= i64::from(MAX_VCPUS) => v.value as u32,
+        Some(v) => {
+            c.at(
+                Code::Vcpus,
+                v,
+                format!("vcpus {} is out of range", v.value),
+                format!("must be 1 to {MAX_VCPUS}"),
+                format!("give a whole number from 1 to {MAX_VCPUS}"),
+            );
+            ok = false;
+            1
+        }
+    };
+    let boot = vm.boot.as_ref().map(|b| {
+        let kernel = check_file(c, &b.value.kernel, "kernel");
+        let initrd = b.value.initrd.as_ref().map(|i| check_file(c, i, "initrd"));
+        ok &= kernel.is_some() && initrd.as_ref().is_none_or(Option::is_some);
+        let cmdline = b.value.cmdline.as_ref().and_then(|s| check_text(c, s, "boot.cmdline", Text::CommandLine));
+        ok &= b.value.cmdline.is_none() || cmdline.is_some();
+        model::Boot {
+            kernel: kernel.unwrap_or_default(),
+            initrd: initrd.flatten(),
+            cmdline,
+            kernel_span: c.span(&b.value.kernel),
+            initrd_span: b.value.initrd.as_ref().map(|i| c.span(i)),
+        }
+    });
+    let disk = vm.disk.as_ref().map(|d| {
+        let image = check_file(c, &d.value.image, "disk image");
+        let size = d.value.size.as_ref().map(|s| match parse_size(c, s, "size") {
+            Some(b) if b.bytes() == 0 => {
+                c.at(Code::BadSize, s, "disk size is zero", "zero", "give a size such as `10GiB`, or remove `size`");
+                None
+            }
+            r => r,
+        });
+        ok &= image.is_some() && size.as_ref().is_none_or(Option::is_some);
+        let format = match d.value.format.as_ref().map(|f| f.value) {
+            None | Some(ImageFormatSpec::Qcow2) => model::ImageFormat::Qcow2,
+            Some(ImageFormatSpec::Raw) => model::ImageFormat::Raw,
+        };
+        model::Disk {
+            image: image.unwrap_or_default(),
+            size: size.flatten(),
+            format,
+            image_span: c.span(&d.value.image),
+            size_span: d.value.size.as_ref().map(|s| c.span(s)),
+        }
+    });
+    if boot.is_none() && disk.is_none() {
+        c.at(
+            Code::NothingToBoot,
+            key,
+            format!("VM `{}` has nothing to boot", key.value),
+            "neither `boot` nor `disk`",
+            "add `boot: {kernel: ...}` for direct kernel boot, or `disk: {image: ...}`, or both",
+        );
+        ok = false;
+    }
+    ok.then_some((virt_type, memory, vcpus, boot, disk))
+}
+
+fn parse_size(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<ByteSize> {
+    match s.value.parse::<ByteSize>() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            let help = match e {
+                SizeError::Format => {
+                    format!("write a whole number and a unit (KiB, MiB, GiB, TiB), e.g. `{what}: 512MiB`")
+                }
+                SizeError::Overflow => "use a smaller number".to_owned(),
+            };
+            c.at(Code::BadSize, s, format!("{what} `{}` {e}", s.value), "not a size", help);
+            None
+        }
+    }
+}
+
+/// Which characters a text value written into libvirt XML may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Text {
+    /// The kernel command line: anything XML 1.0 can carry (tab, line feed and carriage
+    /// return included: the kernel reads them as spaces).
+    CommandLine,
+    /// A file path: no control character at all. XML 1.0 cannot carry most of them
+    /// (section 2.2, `Char`), and in an attribute (`<source file=...>`) a tab or line
+    /// break is normalised to a space (section 3.3.3), so libvirt would open another file.
+    Path,
+}
+
+/// The first character of `s` that cannot go into libvirt's XML as `kind`.
+fn bad_char(s: &str, kind: Text) -> Option<char> {
+    s.chars().find(|&ch| match kind {
+        // XML 1.0 Char: #x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]
+        // (surrogates cannot occur in a Rust string).
+        Text::CommandLine => (ch < ' ' && !matches!(ch, '\t' | '\n' | '\r')) || matches!(ch, '\u{FFFE}' | '\u{FFFF}'),
+        Text::Path => ch.is_control() || matches!(ch, '\u{FFFE}' | '\u{FFFF}'),
+    })
+}
+
+/// A text value that is written into libvirt's XML: refused when libvirt's XML parser
+/// (libxml2, XML 1.0) would refuse it or read it back as something else.
+fn check_text(c: &mut Checker, s: &Spanned<String>, what: &str, kind: Text) -> Option<String> {
+    match bad_char(&s.value, kind) {
+        None => Some(s.value.clone()),
+        Some(ch) => {
+            c.at(
+                Code::ControlChar,
+                s,
+                format!("{what} contains the control character {:?} (U+{:04X})", ch, u32::from(ch)),
+                "control character",
+                match kind {
+                    Text::CommandLine => "libvirt's XML (XML 1.0) cannot carry it, so `define domain` would fail; remove it",
+                    Text::Path => "libvirt's XML cannot carry it or turns it into a space, so libvirt would open another file; rename the file",
+                },
+            );
+            None
+        }
+    }
+}
+
+/// Resolves a path from the file against the lab file's folder; it must name an existing file.
+fn check_file(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<PathBuf> {
+    if s.value.trim().is_empty() {
+        c.at(Code::MissingFile, s, format!("{what} path is empty"), "empty path", "give the path of the file");
+        return None;
+    }
+    check_text(c, s, &format!("{what} path"), Text::Path)?;
+    // Canonical before it is hashed or written, so the plan does not depend on the folder or
+    // symlink the lab file was reached through.
+    let resolved = crate::lab::source::resolve_path(&c.source.dir, Path::new(&s.value));
+    if c.files != super::Files::Checked {
+        return Some(resolved);
+    }
+    match std::fs::metadata(&resolved) {
+        Ok(m) if m.is_file() => Some(resolved),
+        Ok(_) => {
+            c.at(
+                Code::MissingFile,
+                s,
+                format!("{what} `{}` is not a regular file", s.value),
+                "not a file",
+                "point to the file itself; relative paths start at the lab file's folder",
+            );
+            None
+        }
+        Err(e) => {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "cannot be read (permission denied)".to_owned(),
+                _ => format!("cannot be read ({})", e.kind()),
+            };
+            c.at(
+                Code::MissingFile,
+                s,
+                format!("{what} `{}` {why}", s.value),
+                "file not found",
+                "check the path; relative paths start at the lab file's folder, not the current directory",
+            );
+            None
+        }
+    }
+}

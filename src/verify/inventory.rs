@@ -1,0 +1,249 @@
+//! The lab's inventory: every VM, the address topo has proven on each NIC, and the login
+//! user, written as an ssh_config, a hosts file, an Ansible inventory or JSON.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::lab::model::Lab;
+use crate::verify::{NicState, VerifyReport};
+
+/// One NIC in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvNic {
+    /// `eth0`, `eth1`, ...
+    pub nic: String,
+    /// The network's name in the lab file.
+    pub network: String,
+    pub mac: String,
+    /// The address topo proved by ARP (or, on a remote host, the one libvirt reports);
+    /// `None` when there is none.
+    pub address: Option<Ipv4Addr>,
+    /// `verified`, `reported`, `skipped` (`verify: none`), `stopped` (the VM is `state:
+    /// stopped`) or `unproven`.
+    pub state: &'static str,
+}
+
+/// One VM in the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InvHost {
+    /// The VM's name in the lab file (the ssh host alias).
+    pub name: String,
+    /// The guest's hostname (cloud-init), or the VM name.
+    pub hostname: String,
+    /// The login user topo created; `None` when cloud-init is off for the VM.
+    pub user: Option<String>,
+    /// The address to log in on: the first NIC (in `nics` order) with a proven address.
+    pub address: Option<Ipv4Addr>,
+    pub nics: Vec<InvNic>,
+    /// The name its host key is pinned under (`known_hosts::alias`); set by
+    /// [`Inventory::pin_host_keys`].
+    #[serde(skip)]
+    pub host_key_alias: Option<String>,
+}
+
+/// Every VM of a lab, sorted by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Inventory {
+    pub lab: String,
+    pub hosts: Vec<InvHost>,
+    /// The lab's known_hosts file, once [`Inventory::pin_host_keys`] set it.
+    #[serde(skip)]
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl Inventory {
+    /// Builds the inventory from the lab and a verification report (NICs missing from the
+    /// report count as unproven).
+    pub fn new(lab: &Lab, report: &VerifyReport) -> Self {
+        let hosts = lab
+            .vms
+            .values()
+            .map(|vm| {
+                let nics: Vec<InvNic> = vm
+                    .nics
+                    .iter()
+                    .map(|nic| {
+                        let state = report
+                            .nics
+                            .iter()
+                            .find(|o| o.target.vm == vm.name && o.target.mac == nic.mac)
+                            .map(|o| &o.state);
+                        let (address, state) = match state {
+                            Some(NicState::Verified { ip, .. }) => (Some(*ip), "verified"),
+                            Some(NicState::Reported { ip, .. }) => (Some(*ip), "reported"),
+                            Some(NicState::Skipped) => (None, "skipped"),
+                            Some(NicState::Stopped) => (None, "stopped"),
+                            Some(
+                                NicState::WaitingForLease | NicState::LeasedNoReply { .. } | NicState::Failed { .. },
+                            )
+                            | None => (None, "unproven"),
+                        };
+                        InvNic {
+                            nic: nic.label(),
+                            network: nic.network.to_string(),
+                            mac: nic.mac.to_string(),
+                            address,
+                            state,
+                        }
+                    })
+                    .collect();
+                let ci = vm.cloud_init.as_ref();
+                InvHost {
+                    name: vm.name.to_string(),
+                    hostname: ci.map_or_else(|| vm.name.to_string(), |c| c.hostname.clone()),
+                    user: ci.map(|c| c.user.clone()),
+                    address: nics.iter().find_map(|n| n.address),
+                    nics,
+                    host_key_alias: None,
+                }
+            })
+            .collect();
+        Inventory { lab: lab.name.to_string(), hosts, known_hosts: None }
+    }
+
+    /// Pins host keys: ssh is told to keep them in `known_hosts` (the lab's file,
+    /// `known_hosts::prepare`) under each VM's alias from `aliases` (VM name -> alias,
+    /// `known_hosts::alias`), accepting a key on first contact and refusing a changed one.
+    pub fn pin_host_keys(&mut self, known_hosts: PathBuf, aliases: &BTreeMap<String, String>) {
+        for h in &mut self.hosts {
+            h.host_key_alias = aliases.get(&h.name).cloned();
+        }
+        self.known_hosts = Some(known_hosts);
+    }
+
+    /// The ssh options for `host`: those of `known_hosts::ssh_options` once its key is pinned
+    /// ([`Inventory::pin_host_keys`]); else only `LogLevel ERROR`, leaving host keys to
+    /// ssh's own defaults (`~/.ssh/known_hosts`, ask on first contact), never unchecked.
+    fn ssh_options(&self, host: &InvHost) -> Vec<(&'static str, String)> {
+        match (&self.known_hosts, &host.host_key_alias) {
+            (Some(file), Some(alias)) => crate::verify::known_hosts::ssh_options(file, alias),
+            _ => vec![("LogLevel", "ERROR".into())],
+        }
+    }
+
+    /// The host named `vm`, if the lab has it.
+    pub fn host(&self, vm: &str) -> Option<&InvHost> {
+        self.hosts.iter().find(|h| h.name == vm)
+    }
+
+    /// An ssh_config(5) file: `Host VM` on its login address, and `Host VM-ethN` for every
+    /// NIC with a proven address, each with the user and the host-key options
+    /// ([`Inventory::pin_host_keys`]: every entry of a VM checks its key under the VM's one
+    /// alias, whichever address it reaches it on). VMs without a proven address are listed
+    /// as comments.
+    pub fn ssh_config(&self) -> String {
+        let mut s = format!("# topo inventory of lab {}: ssh -F <this file> VM\n", self.lab);
+        let entry = |s: &mut String, h: &InvHost, alias: &str, ip: Ipv4Addr| {
+            let _ = writeln!(s, "\nHost {alias}\n  HostName {ip}");
+            if let Some(u) = &h.user {
+                let _ = writeln!(s, "  User {u}");
+            }
+            for (k, v) in self.ssh_options(h) {
+                let _ = writeln!(s, "  {k} {v}");
+            }
+        };
+        for h in &self.hosts {
+            match h.address {
+                Some(ip) => entry(&mut s, h, &h.name, ip),
+                None => {
+                    let _ = writeln!(s, "\n# {}: no proven address", h.name);
+                }
+            }
+            for n in &h.nics {
+                if let Some(ip) = n.address {
+                    entry(&mut s, h, &format!("{}-{}", h.name, n.nic), ip);
+                }
+            }
+        }
+        s
+    }
+
+    /// hosts(5) lines: `ADDRESS VM-ethN` for every proven NIC, with the VM name (and its
+    /// hostname, when it differs) added on its login address.
+    pub fn hosts(&self) -> String {
+        let mut s = format!("# topo inventory of lab {}\n", self.lab);
+        for h in &self.hosts {
+            for n in &h.nics {
+                let Some(ip) = n.address else { continue };
+                let mut names = vec![format!("{}-{}", h.name, n.nic)];
+                if h.address == Some(ip) {
+                    names.insert(0, h.name.clone());
+                    if h.hostname != h.name {
+                        names.insert(1, h.hostname.clone());
+                    }
+                }
+                let _ = writeln!(s, "{ip}\t{}", names.join(" "));
+            }
+        }
+        s
+    }
+
+    /// An Ansible YAML inventory: every VM under `all.hosts` with `ansible_host`,
+    /// `ansible_user` and ssh options, its NICs as `topo_nics`, and one group per network.
+    pub fn ansible(&self) -> Result<String, crate::guest::GuestError> {
+        let mut hosts = Map::new();
+        let mut groups: std::collections::BTreeMap<&str, Map<String, Value>> = Default::default();
+        for h in &self.hosts {
+            let mut vars = Map::new();
+            if let Some(ip) = h.address {
+                vars.insert("ansible_host".into(), json!(ip.to_string()));
+            }
+            if let Some(u) = &h.user {
+                vars.insert("ansible_user".into(), json!(u));
+            }
+            let common: Vec<String> = self.ssh_options(h).iter().map(|(k, v)| format!("-o {k}={v}")).collect();
+            vars.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));
+            let nics: Map<String, Value> = h
+                .nics
+                .iter()
+                .map(|n| {
+                    (
+                        n.nic.clone(),
+                        json!({"network": n.network, "mac": n.mac, "address": n.address.map(|a| a.to_string())}),
+                    )
+                })
+                .collect();
+            vars.insert("topo_nics".into(), Value::Object(nics));
+            hosts.insert(h.name.clone(), Value::Object(vars));
+            for n in &h.nics {
+                groups.entry(&n.network).or_default().insert(h.name.clone(), json!({}));
+            }
+        }
+        let children: Map<String, Value> =
+            groups.into_iter().map(|(g, members)| (g.to_string(), json!({ "hosts": members }))).collect();
+        let doc = json!({ "all": { "hosts": hosts, "children": children } });
+        crate::guest::to_yaml("ansible inventory", &doc)
+    }
+
+    /// The inventory as versioned JSON (`format_version` "1").
+    pub fn json(&self) -> String {
+        let v = json!({ "format_version": "1", "lab": self.lab, "hosts": self.hosts });
+        // Invariant: plain data always serialises.
+        serde_json::to_string_pretty(&v).expect("inventory JSON serialises")
+    }
+
+    /// The `ssh` arguments that log in to `host` on `address`: the host-key options
+    /// ([`Inventory::pin_host_keys`]),
+    /// `ConnectionAttempts=180` (ssh retries once a second, so up to three minutes: a guest
+    /// answers ARP before its sshd listens, and at first boot cloud-init makes the host keys
+    /// before sshd starts, which under software emulation on a busy host took more than a
+    /// minute), then `-l user` when the VM has one, then the address.
+    pub fn ssh_args(&self, host: &InvHost, address: Ipv4Addr) -> Vec<String> {
+        let mut args = Vec::new();
+        for (k, v) in self.ssh_options(host).into_iter().chain([("ConnectionAttempts", "180".to_string())]) {
+            args.push("-o".into());
+            args.push(format!("{k}={v}"));
+        }
+        if let Some(u) = &host.user {
+            args.push("-l".into());
+            args.push(u.clone());
+        }
+        args.push(address.to_string());
+        args
+    }
+}

@@ -1,0 +1,588 @@
+//! The `Prober` boundary: ask a bridge "who has these IPv4 addresses?" by ARP and collect the
+//! answers. `PnetProber` sends raw frames (root or CAP_NET_RAW); `FakeProber` is scripted.
+//!
+//! A probe is one call per bridge: one raw socket, one request per target, then replies are
+//! read until the timeout. A sweep of a subnet is the same call with every host address.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use nix::errno::Errno;
+
+use crate::lab::model::MacAddr;
+use crate::verify::arp::{ArpReply, build_request, parse_reply};
+
+const HELP_PERMISSION: &str = "ARP probing sends raw Ethernet frames, which needs root or the \
+CAP_NET_RAW capability: run topo as root, or grant it once with \
+`sudo setcap cap_net_raw+ep \"$(command -v topo)\"`; or set `verify: none` on the NICs to skip \
+the check";
+
+/// Why a probe could not be made at all (no answer is not an error: it is an empty result).
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ProbeError {
+    #[error("interface {bridge} does not exist on this host")]
+    #[diagnostic(
+        code(topo::probe::interface_missing),
+        help("is the network active? `virsh net-start <network>` creates its bridge")
+    )]
+    InterfaceMissing { bridge: String },
+
+    #[error("interface {bridge} is down")]
+    #[diagnostic(
+        code(topo::probe::interface_down),
+        help("bring it up (`ip link set {bridge} up`) or restart its libvirt network")
+    )]
+    InterfaceDown { bridge: String },
+
+    #[error("interface {bridge} has no Ethernet address to send ARP from")]
+    #[diagnostic(code(topo::probe::no_mac))]
+    NoMac { bridge: String },
+
+    #[error("not allowed to open a raw socket on {bridge}")]
+    #[diagnostic(code(topo::probe::permission), help("{}", HELP_PERMISSION))]
+    PermissionDenied { bridge: String },
+
+    #[error("ARP probe on {bridge}: {op} failed")]
+    #[diagnostic(code(topo::probe::io))]
+    Io {
+        bridge: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ProbeError {
+    /// The bridge the error is about.
+    pub fn bridge(&self) -> &str {
+        match self {
+            ProbeError::InterfaceMissing { bridge }
+            | ProbeError::InterfaceDown { bridge }
+            | ProbeError::NoMac { bridge }
+            | ProbeError::PermissionDenied { bridge }
+            | ProbeError::Io { bridge, .. } => bridge,
+        }
+    }
+
+    /// Classifies an I/O error from opening or using the raw socket.
+    pub fn from_io(bridge: &str, op: &'static str, e: io::Error) -> Self {
+        let bridge = bridge.to_owned();
+        let errno = e.raw_os_error().map(Errno::from_raw);
+        if e.kind() == io::ErrorKind::PermissionDenied || matches!(errno, Some(Errno::EPERM | Errno::EACCES)) {
+            return ProbeError::PermissionDenied { bridge };
+        }
+        match errno {
+            Some(Errno::ENODEV | Errno::ENXIO) => ProbeError::InterfaceMissing { bridge },
+            Some(Errno::ENETDOWN) => ProbeError::InterfaceDown { bridge },
+            _ => ProbeError::Io { bridge, op, source: e },
+        }
+    }
+}
+
+/// A reply with its round-trip time, where the prober measures it ([`Prober::probe_timed`]).
+pub type TimedReply = (ArpReply, Option<Duration>);
+
+/// Asks a bridge who holds IPv4 addresses. Only what verification needs.
+pub trait Prober: Send + Sync {
+    /// Sends one ARP request per distinct target on `bridge`, then collects replies until
+    /// `timeout` has passed, or until `grace` after every target has answered at least once
+    /// (so a second MAC answering for an address is still seen), whichever comes first.
+    /// Returns each distinct (MAC, address) that answered for one of the targets, sorted,
+    /// with its round-trip time: from the moment the request for its address was sent to the
+    /// moment the reply was read, `None` where the prober cannot tell. Replies from the
+    /// bridge's own MAC are left out. Several MACs answering for one address all appear (a
+    /// duplicate, or a multi-homed guest's ARP flux: the caller judges).
+    fn probe_timed(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedReply>, ProbeError>;
+
+    /// [`Prober::probe_timed`] without the round-trip times.
+    fn probe(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<ArpReply>, ProbeError> {
+        Ok(self.probe_timed(bridge, targets, timeout, grace)?.into_iter().map(|(r, _)| r).collect())
+    }
+}
+
+/// Every host address of `subnet` (network and broadcast addresses left out below /31), or
+/// `None` when there are more than `max` — sweeping those would flood the bridge.
+pub fn sweep_targets(subnet: Ipv4Network, max: u32) -> Option<Vec<Ipv4Addr>> {
+    let hosts = match subnet.prefix() {
+        31 | 32 => subnet.size(),
+        _ => subnet.size() - 2,
+    };
+    if hosts > max {
+        return None;
+    }
+    let (net, bcast) = (subnet.network(), subnet.broadcast());
+    Some(subnet.iter().filter(|ip| subnet.prefix() >= 31 || (*ip != net && *ip != bcast)).collect())
+}
+
+/// The real prober: an `AF_PACKET` socket on the bridge through `pnet::datalink`.
+#[derive(Clone, Debug)]
+pub struct PnetProber {
+    /// How long one read waits before the deadline is checked again.
+    pub read_timeout: Duration,
+    /// Requests go out in bursts of this many frames...
+    pub burst: usize,
+    /// ...with this pause between bursts (a /24 sweep takes a few milliseconds).
+    pub burst_gap: Duration,
+}
+
+impl Default for PnetProber {
+    fn default() -> Self {
+        Self { read_timeout: Duration::from_millis(5), burst: 32, burst_gap: Duration::from_micros(200) }
+    }
+}
+
+/// How often the sender checks whether every target has answered.
+const ANSWERED_POLL: Duration = Duration::from_millis(1);
+
+/// Picks the sender address for a request to `target`: the bridge address on the target's
+/// subnet, else its first IPv4 address, else `0.0.0.0` (an ARP probe, RFC 5227).
+pub fn source_ip(bridge_addrs: &[Ipv4Network], target: Ipv4Addr) -> Ipv4Addr {
+    bridge_addrs
+        .iter()
+        .find(|n| n.contains(target))
+        .or_else(|| bridge_addrs.first())
+        .map_or(Ipv4Addr::UNSPECIFIED, |n| n.ip())
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+}
+
+impl PnetProber {
+    fn send(bridge: &str, tx: &mut dyn pnet::datalink::DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
+        let mut tries = 0;
+        loop {
+            match tx.send_to(frame, None) {
+                None | Some(Ok(())) => return Ok(()),
+                // The device queue is full: give it a moment, a few times.
+                Some(Err(e)) if tries < 5 && (is_transient(&e) || e.raw_os_error() == Some(Errno::ENOBUFS as i32)) => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Some(Err(e)) => return Err(ProbeError::from_io(bridge, "sending a request", e)),
+            }
+        }
+    }
+}
+
+impl Prober for PnetProber {
+    /// The round-trip time of a reply is from just after its address's request left the
+    /// socket to when the reader got the reply (the first one of that MAC and address).
+    fn probe_timed(
+        &self,
+        bridge: &str,
+        targets: &[Ipv4Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedReply>, ProbeError> {
+        use pnet::datalink::{self, Channel, Config};
+        use pnet::ipnetwork::IpNetwork;
+
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == bridge)
+            .ok_or_else(|| ProbeError::InterfaceMissing { bridge: bridge.to_owned() })?;
+        if !iface.is_up() {
+            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+        }
+        let wanted: BTreeSet<Ipv4Addr> = targets.iter().copied().collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let addrs: Vec<Ipv4Network> = iface
+            .ips
+            .iter()
+            .filter_map(|n| match n {
+                IpNetwork::V4(v4) => Ipv4Network::new(v4.ip(), v4.prefix()).ok(),
+                IpNetwork::V6(_) => None,
+            })
+            .collect();
+
+        let config = Config {
+            read_timeout: Some(self.read_timeout),
+            write_timeout: Some(Duration::from_millis(100)),
+            promiscuous: false,
+            ..Config::default()
+        };
+        let (mut tx, mut rx) = match datalink::channel(&iface, config) {
+            Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
+            Ok(_) => {
+                return Err(ProbeError::Io {
+                    bridge: bridge.to_owned(),
+                    op: "opening a raw socket",
+                    source: io::Error::other("not an Ethernet channel"),
+                });
+            }
+            Err(e) => return Err(ProbeError::from_io(bridge, "opening a raw socket", e)),
+        };
+        // Checked after opening the socket, so a missing privilege is reported first.
+        let own_mac = iface
+            .mac
+            .filter(|m| !m.is_zero())
+            .and_then(|m| MacAddr::new(m.octets()).ok())
+            .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
+
+        let stop = AtomicBool::new(false);
+        // Distinct targets that answered so far (the reader counts, the sender waits on it).
+        let answered = AtomicUsize::new(0);
+        /// Stops the reader when dropped: also when the sending side panics, so the scope
+        /// never waits forever for a reader nobody stops.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let (sent, read) = thread::scope(|s| {
+            // The reader runs from before the first request until after the timeout, so no
+            // reply is missed and a long sweep does not pile up in the socket buffer.
+            let reader = s.spawn(|| -> io::Result<std::collections::BTreeMap<ArpReply, Instant>> {
+                let mut got = std::collections::BTreeMap::new();
+                let mut ips = BTreeSet::new();
+                loop {
+                    let last = stop.load(Ordering::Acquire);
+                    match rx.next() {
+                        Ok(frame) => {
+                            if let Some(r) = parse_reply(frame)
+                                && r.sender_mac != own_mac
+                                && wanted.contains(&r.sender_ip)
+                            {
+                                got.entry(r).or_insert_with(Instant::now);
+                                if ips.insert(r.sender_ip) {
+                                    answered.store(ips.len(), Ordering::Release);
+                                }
+                            }
+                        }
+                        Err(e) if is_transient(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                    if last {
+                        return Ok(got);
+                    }
+                }
+            });
+            let stopper = StopOnDrop(&stop);
+            let mut sent_at: std::collections::BTreeMap<Ipv4Addr, Instant> = std::collections::BTreeMap::new();
+            let sent = (|| {
+                for (i, target) in wanted.iter().enumerate() {
+                    if i > 0 && i % self.burst.max(1) == 0 {
+                        thread::sleep(self.burst_gap);
+                    }
+                    let frame = build_request(own_mac, source_ip(&addrs, *target), *target);
+                    Self::send(bridge, tx.as_mut(), &frame)?;
+                    sent_at.insert(*target, Instant::now());
+                }
+                Ok(())
+            })();
+            if sent.is_ok() {
+                // Until the timeout, or `grace` after the last target's first answer.
+                let start = Instant::now();
+                loop {
+                    let left = timeout.saturating_sub(start.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    if answered.load(Ordering::Acquire) >= wanted.len() {
+                        thread::sleep(grace.min(left));
+                        break;
+                    }
+                    thread::sleep(ANSWERED_POLL.min(left));
+                }
+            }
+            drop(stopper);
+            let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (sent.map(|()| sent_at), read)
+        });
+        let sent_at = sent?;
+        let got = read.map_err(|e| ProbeError::from_io(bridge, "reading replies", e))?;
+        Ok(got
+            .into_iter()
+            .map(|(r, at)| (r, sent_at.get(&r.sender_ip).map(|s| at.saturating_duration_since(*s))))
+            .collect())
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{FakeCall, FakeProber};
+
+/// The scripted prober (tests only: built with `cfg(test)` or the `testing` feature, never
+/// into the release binary).
+#[cfg(any(test, feature = "testing"))]
+mod fake {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+    use std::thread::{self, ThreadId};
+    use std::time::Duration;
+
+    use super::{ProbeError, Prober, TimedReply};
+    use crate::lab::model::MacAddr;
+    use crate::verify::arp::ArpReply;
+
+    /// One call the fake saw, for assertions.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct FakeCall {
+        pub bridge: String,
+        pub targets: Vec<Ipv4Addr>,
+        pub timeout: Duration,
+        pub grace: Duration,
+        pub thread: ThreadId,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct FakeAnswer {
+        mac: MacAddr,
+        /// Silent for this many probes of the address first.
+        after: u32,
+        /// The round-trip time it reports (`probe_timed`); none unless scripted.
+        rtt: Option<Duration>,
+    }
+
+    #[derive(Default, Debug)]
+    struct FakeState {
+        probes: BTreeMap<(String, Ipv4Addr), u32>,
+        calls: Vec<FakeCall>,
+    }
+
+    /// A scripted prober. Strict like the real one: probing a bridge it was not told about is
+    /// `InterfaceMissing`. Answers are (bridge, address) -> MAC, optionally only after the
+    /// address has been probed N times (a lease that appears before the guest configured it).
+    #[derive(Debug, Default)]
+    pub struct FakeProber {
+        bridges: BTreeSet<String>,
+        down: BTreeSet<String>,
+        denied: bool,
+        answers: BTreeMap<(String, Ipv4Addr), Vec<FakeAnswer>>,
+        state: Mutex<FakeState>,
+    }
+
+    impl FakeProber {
+        pub fn new() -> Self {
+            Self::default()
+        }
+        /// Declares a bridge that exists and is up (answers nothing by itself).
+        pub fn with_bridge(mut self, bridge: &str) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self
+        }
+        /// Declares a bridge that exists but is down.
+        pub fn with_down_bridge(mut self, bridge: &str) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.down.insert(bridge.to_owned());
+            self
+        }
+        /// Every probe fails with `PermissionDenied` (not root, no CAP_NET_RAW).
+        pub fn denied(mut self) -> Self {
+            self.denied = true;
+            self
+        }
+        /// `mac` answers for `ip` on `bridge` from the first probe on.
+        pub fn answer(self, bridge: &str, ip: Ipv4Addr, mac: MacAddr) -> Self {
+            self.answer_after(bridge, ip, mac, 0)
+        }
+        /// `mac` answers for `ip` on `bridge` once `ip` has been probed `after` times there.
+        pub fn answer_after(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, after: u32) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after, rtt: None });
+            self
+        }
+        /// `mac` answers for `ip` on `bridge` from the first probe on, `rtt` after the request.
+        pub fn answer_in(mut self, bridge: &str, ip: Ipv4Addr, mac: MacAddr, rtt: Duration) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after: 0, rtt: Some(rtt) });
+            self
+        }
+        /// Every call so far, in order.
+        pub fn calls(&self) -> Vec<FakeCall> {
+            self.lock().calls.clone()
+        }
+        /// How often `ip` was probed on `bridge`.
+        pub fn probes_of(&self, bridge: &str, ip: Ipv4Addr) -> u32 {
+            self.lock().probes.get(&(bridge.to_owned(), ip)).copied().unwrap_or(0)
+        }
+        fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+            // A panic while holding the lock only happens in a failing test; keep the data.
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    impl Prober for FakeProber {
+        fn probe_timed(
+            &self,
+            bridge: &str,
+            targets: &[Ipv4Addr],
+            timeout: Duration,
+            grace: Duration,
+        ) -> Result<Vec<TimedReply>, ProbeError> {
+            let mut st = self.lock();
+            st.calls.push(FakeCall {
+                bridge: bridge.to_owned(),
+                targets: targets.to_vec(),
+                timeout,
+                grace,
+                thread: thread::current().id(),
+            });
+            if !self.bridges.contains(bridge) {
+                return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
+            }
+            if self.down.contains(bridge) {
+                return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+            }
+            if self.denied {
+                return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
+            }
+            let mut got = BTreeMap::new();
+            for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
+                let key = (bridge.to_owned(), ip);
+                let n = st.probes.entry(key.clone()).or_default();
+                let before = *n;
+                *n += 1;
+                for a in self.answers.get(&key).into_iter().flatten() {
+                    if before >= a.after {
+                        let r = ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED };
+                        got.entry(r).or_insert(a.rtt);
+                    }
+                }
+            }
+            Ok(got.into_iter().collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().expect("test MAC is valid")
+    }
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("test IP is valid")
+    }
+    const T: Duration = Duration::from_millis(300);
+    const G: Duration = Duration::from_millis(30);
+
+    #[test]
+    fn sweep_targets_leave_out_network_and_broadcast() {
+        let hosts = sweep_targets("10.0.0.0/24".parse().unwrap(), 1024).expect("small enough");
+        assert_eq!(hosts.len(), 254);
+        assert_eq!(hosts.first(), Some(&ip("10.0.0.1")));
+        assert_eq!(hosts.last(), Some(&ip("10.0.0.254")));
+        assert_eq!(sweep_targets("10.0.0.0/16".parse().unwrap(), 1024), None);
+        assert_eq!(sweep_targets("10.0.0.4/31".parse().unwrap(), 1024), Some(vec![ip("10.0.0.4"), ip("10.0.0.5")]));
+        assert_eq!(sweep_targets("10.0.0.9/32".parse().unwrap(), 1), Some(vec![ip("10.0.0.9")]));
+        assert_eq!(sweep_targets("10.0.0.8/30".parse().unwrap(), 1), None);
+    }
+
+    #[test]
+    fn source_ip_prefers_the_targets_subnet() {
+        let addrs: Vec<Ipv4Network> = vec!["192.168.1.1/24".parse().unwrap(), "10.0.0.1/24".parse().unwrap()];
+        assert_eq!(source_ip(&addrs, ip("10.0.0.7")), ip("10.0.0.1"));
+        assert_eq!(source_ip(&addrs, ip("172.16.0.7")), ip("192.168.1.1"));
+        assert_eq!(source_ip(&[], ip("10.0.0.7")), Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let e = |n: Errno| io::Error::from_raw_os_error(n as i32);
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::EPERM)), ProbeError::PermissionDenied { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::EACCES)), ProbeError::PermissionDenied { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::ENODEV)), ProbeError::InterfaceMissing { .. }));
+        assert!(matches!(ProbeError::from_io("br0", "x", e(Errno::ENETDOWN)), ProbeError::InterfaceDown { .. }));
+        let other = ProbeError::from_io("br0", "reading replies", e(Errno::EIO));
+        assert!(matches!(other, ProbeError::Io { .. }));
+        assert_eq!(other.bridge(), "br0");
+        assert_eq!(other.to_string(), "ARP probe on br0: reading replies failed");
+    }
+
+    #[test]
+    fn permission_error_tells_how_to_fix_it() {
+        use miette::Diagnostic;
+        let e = ProbeError::PermissionDenied { bridge: "virbr1".into() };
+        let help = e.help().expect("has help").to_string();
+        assert!(help.contains("CAP_NET_RAW") && help.contains("setcap"), "{help}");
+    }
+
+    #[test]
+    fn pnet_prober_reports_a_missing_interface() {
+        // interfaces() reads the host's interface list; it sends nothing.
+        let err =
+            PnetProber::default().probe("topo-no-such0", &[ip("10.0.0.1")], Duration::from_millis(1), G).unwrap_err();
+        assert!(matches!(err, ProbeError::InterfaceMissing { .. }), "{err:?}");
+    }
+
+    /// CAP_NET_RAW (bit 13) in this thread's effective capability set.
+    fn has_net_raw() -> bool {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_none_or(|caps| caps & (1 << 13) != 0)
+    }
+
+    #[test]
+    #[allow(clippy::print_stderr)]
+    fn pnet_prober_without_cap_net_raw_is_permission_denied() {
+        if has_net_raw() {
+            eprintln!("skipping: only meaningful without CAP_NET_RAW (run as an ordinary user)");
+            return;
+        }
+        // Without the capability socket() fails before any frame could be sent.
+        let lo = pnet::datalink::interfaces()
+            .into_iter()
+            .find(|i| i.is_loopback() && i.is_up())
+            .expect("a loopback interface");
+        let err =
+            PnetProber::default().probe(&lo.name, &[Ipv4Addr::LOCALHOST], Duration::from_millis(1), G).unwrap_err();
+        assert!(matches!(err, ProbeError::PermissionDenied { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn fake_answers_scripted_macs_only() {
+        let m = mac("52:54:00:00:00:05");
+        let p = FakeProber::new().answer("br0", ip("10.0.0.5"), m);
+        let got = p.probe("br0", &[ip("10.0.0.5"), ip("10.0.0.6")], T, G).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].sender_mac, got[0].sender_ip), (m, ip("10.0.0.5")));
+        assert_eq!(p.probes_of("br0", ip("10.0.0.6")), 1);
+        assert!(p.probe("br0", &[], T, G).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fake_answers_after_n_probes() {
+        let m = mac("52:54:00:00:00:05");
+        let p = FakeProber::new().answer_after("br0", ip("10.0.0.5"), m, 2);
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().is_empty());
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().is_empty());
+        assert_eq!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().len(), 1);
+        assert_eq!(p.calls().len(), 3);
+    }
+
+    #[test]
+    fn fake_is_strict_about_bridges() {
+        let p = FakeProber::new().with_bridge("br0").with_down_bridge("br1");
+        assert!(matches!(p.probe("br9", &[ip("10.0.0.5")], T, G), Err(ProbeError::InterfaceMissing { .. })));
+        assert!(matches!(p.probe("br1", &[ip("10.0.0.5")], T, G), Err(ProbeError::InterfaceDown { .. })));
+        assert!(p.probe("br0", &[ip("10.0.0.5")], T, G).unwrap().is_empty());
+        let d = FakeProber::new().with_bridge("br0").denied();
+        assert!(matches!(d.probe("br0", &[], T, G), Err(ProbeError::PermissionDenied { .. })));
+    }
+}
