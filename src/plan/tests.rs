@@ -6,6 +6,8 @@ use super::*;
 use crate::apply::{Options, apply};
 use crate::host::hypervisor::Hypervisor;
 use crate::host::hypervisor::memory::MemoryHypervisor;
+use crate::lab::impair::{Netem, Rate};
+use crate::lab::model::MacAddr;
 use crate::lab::source::SourceFile;
 
 fn lab(text: &str) -> Lab {
