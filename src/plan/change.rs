@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use miette::NamedSource;
+use miette::{NamedSource, SourceSpan};
 use serde::{Deserialize, Serialize};
 
-use crate::diag::Problem;
+use crate::diag::{Code, Problem};
 use crate::host::hypervisor::VolumeSpec;
 use crate::lab::address::Address;
 use crate::lab::impair::{Netem, Rate};
@@ -452,7 +452,40 @@ pub enum PlanError {
         /// One entry per network: `network.lan (x-lan): used by other-vm`.
         networks: Vec<String>,
     },
+    #[error(
+        "topo could not render the libvirt definitions of lab {lab}: {} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    )]
+    #[diagnostic(
+        code(topo::plan::render_failed),
+        help(
+            "nothing was changed; a lab that validates always renders, so this is a bug in topo: report it with the lab file"
+        )
+    )]
+    RenderFailed {
+        lab: String,
+        /// One per resource that cannot be rendered ([`render_failed`]), pointing into `src`.
+        #[related]
+        problems: Vec<Problem>,
+        #[source_code]
+        src: Arc<NamedSource<String>>,
+    },
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),
+}
+
+/// The refusal of a resource whose libvirt definition could not be rendered: `what` (e.g.
+/// "the domain XML of vm.a (lab-a)") and the renderer's `error`, located at `span` in the
+/// lab file. Renderers fail only on a bug (validation checked every input they read), and
+/// the plan is refused ([`PlanError::RenderFailed`]) rather than made without the step.
+pub(super) fn render_failed(span: SourceSpan, what: &str, error: impl std::fmt::Display) -> Problem {
+    Problem::at(
+        Code::RenderFailed,
+        span,
+        format!("could not render {what}: {error}"),
+        "rendered from here",
+        "nothing was changed; report this lab file as a bug of topo",
+    )
 }

@@ -10,7 +10,8 @@ use super::vm::wanted_netem;
 use crate::diag::{Code, Problem};
 use crate::host::observed::{DomainState, Observed, ObservedMode, ObservedNetwork, Ownership};
 use crate::lab::address::Address;
-use crate::lab::model::{Lab, MacAddr, Network, NetworkKind, Verify};
+use crate::lab::model::{Lab, MacAddr, ManagedNetwork, Network, NetworkKind, Verify};
+use crate::lab::ownership::OwnerTag;
 use crate::plan::{paths, target};
 
 /// Refuses a destroy of `lab` when another instance of it made objects on the host
@@ -229,186 +230,238 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
         return held;
     }
     let mut out = Vec::new();
-    let conflict = Problem::at;
-    let owner_text = |o: Option<&crate::host::observed::OwnerTag>, name: &str| match o {
+    for net in lab.networks.values() {
+        out.extend(network_conflicts(lab, net, observed));
+    }
+    out.extend(macs_taken(lab, observed));
+    out.extend(bridge_macs(lab, observed));
+    out.extend(paths::conflicts(lab, observed));
+    out.extend(vm_names_taken(lab, observed));
+    out.extend(netem_unreachable(lab, observed));
+    out.extend(kernel_refusals(lab, observed));
+    out
+}
+
+/// Who made an object on the host that the lab does not own, for messages.
+fn owner_text(o: Option<&OwnerTag>, name: &str) -> String {
+    match o {
         Some(t) if t.name.is_empty() => {
             format!("tagged by topo lab `{}` without the object's name (an older topo): not trusted", t.lab)
         }
         Some(t) if t.name != name => format!("a copy of `{}` of topo lab `{}`, not the lab's own", t.name, t.lab),
         Some(t) => format!("owned by topo lab `{}`", t.lab),
         None => "not created by topo".to_string(),
-    };
-    for net in lab.networks.values() {
-        let on_host = observed.networks.get(&net.libvirt_name);
-        match (&net.kind, on_host) {
-            (NetworkKind::External, None) => out.push(conflict(
-                Code::ExternalMissing,
+    }
+}
+
+/// The conflicts of lab network `net` with the host: an external network missing, inactive
+/// or not as declared; a lab network whose libvirt name another object has, or whose
+/// subnet, bridge or route the host already uses.
+fn network_conflicts(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let on_host = observed.networks.get(&net.libvirt_name);
+    match (&net.kind, on_host) {
+        (NetworkKind::External, None) => out.push(Problem::at(
+            Code::ExternalMissing,
+            net.span,
+            format!("external network `{}` does not exist on the host", net.libvirt_name),
+            "declared external here",
+            format!(
+                "create and start it first (virsh net-define, net-start {0}), or declare it as a lab network with `mode` and `subnet`",
+                net.libvirt_name
+            ),
+        )),
+        (NetworkKind::External, Some(o)) if !o.active => out.push(Problem::at(
+            Code::ExternalInactive,
+            net.span,
+            format!("external network `{}` exists but is not active", net.libvirt_name),
+            "declared external here",
+            format!("start it with `virsh net-start {}`; topo never changes external networks", net.libvirt_name),
+        )),
+        (NetworkKind::External, Some(o)) => out.extend(external_conflicts(lab, net, o)),
+        (NetworkKind::Managed(_), Some(o)) if o.ownership(lab) != Ownership::ThisLab => {
+            out.push(Problem::at(
+                Code::NetworkNameTaken,
                 net.span,
-                format!("external network `{}` does not exist on the host", net.libvirt_name),
-                "declared external here",
                 format!(
-                    "create and start it first (virsh net-define, net-start {0}), or declare it as a lab network with `mode` and `subnet`",
-                    net.libvirt_name
+                    "network name `{}` is already taken on the host by a network this lab does not own ({})",
+                    net.libvirt_name,
+                    owner_text(o.owner.as_ref(), &o.name)
                 ),
-            )),
-            (NetworkKind::External, Some(o)) if !o.active => out.push(conflict(
-                Code::ExternalInactive,
-                net.span,
-                format!("external network `{}` exists but is not active", net.libvirt_name),
-                "declared external here",
-                format!("start it with `virsh net-start {}`; topo never changes external networks", net.libvirt_name),
-            )),
-            (NetworkKind::External, Some(o)) => {
-                // What verification may ask in: libvirt's subnet, else the declared one.
-                let libvirt_subnet = o.ip.as_ref().and_then(|ip| {
-                    let any = ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok()?;
-                    ipnetwork::Ipv4Network::new(any.network(), ip.prefix).ok()
-                });
-                match (libvirt_subnet, net.declared_subnet) {
-                    (Some(have), Some(declared)) if have != declared => out.push(conflict(
-                        Code::ExternalSubnetMismatch,
-                        net.span,
-                        format!(
-                            "external network `{}` is declared with subnet {declared}, but libvirt reports {have}",
-                            net.libvirt_name
-                        ),
-                        "declared external here",
-                        format!("write `subnet: {have}`, or remove `subnet:` (libvirt's is used)"),
-                    )),
-                    // A network without a host bridge is refused below, with its reason.
-                    (None, None) if no_host_bridge(o).is_none() => {
-                        for (vm, nic) in lab.nics().filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp) {
-                            out.push(conflict(
-                                Code::ExternalUnprovable,
-                                nic.span,
-                                format!(
-                                    "{} of vm `{}` is on external network `{}`, which has no IPv4 address in \
-                                     libvirt (a bridge to a LAN): its address cannot be proven by ARP without \
-                                     sweeping a LAN topo knows nothing of",
-                                    nic.label(),
-                                    vm.name,
-                                    net.libvirt_name
-                                ),
-                                "verified by ARP (`verify: arp`, the default)",
-                                format!(
-                                    "set `verify: none` on this NIC, or declare the LAN's subnet on the network \
-                                     (`subnet: 192.168.1.0/24` beside `external: true` under `{}`)",
-                                    net.name
-                                ),
-                            ));
-                        }
-                    }
-                    _ => {}
-                }
-                out.extend(external_unserved(lab, net, o));
-            }
-            (NetworkKind::Managed(_), Some(o)) if o.ownership(lab) != Ownership::ThisLab => {
-                out.push(conflict(
-                    Code::NetworkNameTaken,
-                    net.span,
-                    format!(
-                        "network name `{}` is already taken on the host by a network this lab does not own ({})",
-                        net.libvirt_name,
-                        owner_text(o.owner.as_ref(), &o.name)
-                    ),
-                    "this network would be created as that name",
-                    "rename the network or set another `prefix:`; to use the existing network, declare it with `external: true`. topo never adopts or overwrites objects it did not create".into(),
-                ));
-            }
-            (NetworkKind::Managed(m), _) => {
-                for other in observed.networks.values() {
-                    if other.ownership(lab) == Ownership::ThisLab {
-                        continue; // the lab's own networks are updated, replaced or deleted first
-                    }
-                    if let (Some(subnet), Some(ip)) = (m.subnet, &other.ip)
-                        && let Ok(theirs) = ipnetwork::Ipv4Network::new(ip.address, ip.prefix)
-                        && subnet.overlaps(theirs)
-                    {
-                        out.push(conflict(
-                            Code::HostSubnetOverlap,
-                            net.span,
-                            format!(
-                                "subnet {subnet} of network `{}` overlaps network `{}` on the host ({}/{}, {})",
-                                net.name,
-                                other.name,
-                                ip.address,
-                                ip.prefix,
-                                owner_text(other.owner.as_ref(), &other.name)
-                            ),
-                            "this network",
-                            "pick a subnet that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)".into(),
-                        ));
-                    }
-                    if let (Some(b), Some(theirs)) = (&m.bridge, &other.bridge)
-                        && b.as_str() == theirs
-                    {
-                        out.push(conflict(
-                            Code::HostBridgeTaken,
-                            net.span,
-                            format!("bridge `{b}` of network `{}` is already used by network `{}` on the host", net.name, other.name),
-                            "this network",
-                            "choose another `bridge:` name, or leave it out and libvirt picks a free virbrN".into(),
-                        ));
-                    }
-                }
-                // A route of the host with exactly this subnet (a VPN, docker0, a hand-made
-                // bridge): libvirt refuses to start the network (bridge_driver_linux.c
-                // `networkCheckRouteCollision`), for a create or a replace alike, and a
-                // replace would have stopped the working network first. Routes on libvirt
-                // networks' bridges are left out: the lab's own are replaced with them, and
-                // other networks' subnets are refused above from their XML.
-                if let (Some(subnet), Some(routes)) = (m.subnet, &observed.host_routes)
-                    && starts_network(m, &net.libvirt_name, observed)
-                {
-                    let bridges: BTreeSet<&str> = observed
-                        .networks
-                        .values()
-                        .flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter()))
-                        .map(String::as_str)
-                        .collect();
-                    for r in routes.iter().filter(|r| !bridges.contains(r.device.as_str()) && r.collides(subnet)) {
-                        out.push(Problem::at(
-                            Code::HostRouteTaken,
-                            net.span,
-                            format!(
-                                "subnet {subnet} of network `{}` is already a route of the host, through `{}`: \
-                                 libvirt refuses to start a network on it (\"Network is already in use by interface {}\")",
-                                net.name, r.device, r.device
-                            ),
-                            "this network would start on that subnet",
-                            format!(
-                                "pick a subnet that no route of the host uses (see `ip -4 route`), or take `{}` down first",
-                                r.device
-                            ),
-                        ));
-                    }
-                }
-                // An interface of that name that no libvirt network has: the kernel refuses
-                // a second one (libvirt's virNetDevBridgeCreate fails with EEXIST at start).
-                if let (Some(b), Some(ifaces)) = (&m.bridge, &observed.host_interfaces)
-                    && ifaces.contains(b.as_str())
-                    && !observed.networks.values().any(|o| {
-                        o.bridge.as_deref() == Some(b.as_str()) || o.live_bridge.as_deref() == Some(b.as_str())
-                    })
-                {
-                    out.push(Problem::at(
-                        Code::HostInterfaceTaken,
-                        net.span,
-                        format!(
-                            "bridge `{b}` of network `{}` already exists on the host as an interface that is no libvirt network's",
-                            net.name
-                        ),
-                        "this network's bridge",
-                        "choose another `bridge:` name (see `ip link`), or leave it out and libvirt picks a free virbrN",
-                    ));
-                }
-            }
+                "this network would be created as that name",
+                "rename the network or set another `prefix:`; to use the existing network, declare it with `external: true`. topo never adopts or overwrites objects it did not create",
+            ));
+        }
+        (NetworkKind::Managed(m), _) => {
+            out.extend(host_network_clashes(lab, net, m, observed));
+            out.extend(route_taken(net, m, observed));
+            out.extend(interface_taken(net, m, observed));
         }
     }
-    // A MAC that a guest outside the lab already has on the same network: two guests with
-    // one MAC on one bridge break each other's traffic and DHCP (dnsmasq keys leases and
-    // reservations by MAC). Checked where topo would bring the MAC onto the network (a NIC
-    // the lab's domain does not have yet); a copy made later is the copier's conflict.
+    out
+}
+
+/// The conflicts of active external network `net`, found on the host as `o`: a declared
+/// subnet that is not libvirt's, NICs ARP verification cannot prove.
+fn external_conflicts(lab: &Lab, net: &Network, o: &ObservedNetwork) -> Vec<Problem> {
+    let mut out = Vec::new();
+    // What verification may ask in: libvirt's subnet, else the declared one.
+    let libvirt_subnet = o.ip.as_ref().and_then(|ip| {
+        let any = ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok()?;
+        ipnetwork::Ipv4Network::new(any.network(), ip.prefix).ok()
+    });
+    match (libvirt_subnet, net.declared_subnet) {
+        (Some(have), Some(declared)) if have != declared => out.push(Problem::at(
+            Code::ExternalSubnetMismatch,
+            net.span,
+            format!(
+                "external network `{}` is declared with subnet {declared}, but libvirt reports {have}",
+                net.libvirt_name
+            ),
+            "declared external here",
+            format!("write `subnet: {have}`, or remove `subnet:` (libvirt's is used)"),
+        )),
+        // A network without a host bridge is refused below, with its reason.
+        (None, None) if no_host_bridge(o).is_none() => {
+            for (vm, nic) in lab.nics().filter(|(_, n)| n.network == net.name && n.verify == Verify::Arp) {
+                out.push(Problem::at(
+                    Code::ExternalUnprovable,
+                    nic.span,
+                    format!(
+                        "{} of vm `{}` is on external network `{}`, which has no IPv4 address in \
+                         libvirt (a bridge to a LAN): its address cannot be proven by ARP without \
+                         sweeping a LAN topo knows nothing of",
+                        nic.label(),
+                        vm.name,
+                        net.libvirt_name
+                    ),
+                    "verified by ARP (`verify: arp`, the default)",
+                    format!(
+                        "set `verify: none` on this NIC, or declare the LAN's subnet on the network \
+                         (`subnet: 192.168.1.0/24` beside `external: true` under `{}`)",
+                        net.name
+                    ),
+                ));
+            }
+        }
+        _ => {}
+    }
+    out.extend(external_unserved(lab, net, o));
+    out
+}
+
+/// Lab network `net`'s subnet or bridge that a network on the host the lab does not own
+/// already has.
+fn host_network_clashes(lab: &Lab, net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for other in observed.networks.values() {
+        if other.ownership(lab) == Ownership::ThisLab {
+            continue; // the lab's own networks are updated, replaced or deleted first
+        }
+        if let (Some(subnet), Some(ip)) = (m.subnet, &other.ip)
+            && let Ok(theirs) = ipnetwork::Ipv4Network::new(ip.address, ip.prefix)
+            && subnet.overlaps(theirs)
+        {
+            out.push(Problem::at(
+                Code::HostSubnetOverlap,
+                net.span,
+                format!(
+                    "subnet {subnet} of network `{}` overlaps network `{}` on the host ({}/{}, {})",
+                    net.name,
+                    other.name,
+                    ip.address,
+                    ip.prefix,
+                    owner_text(other.owner.as_ref(), &other.name)
+                ),
+                "this network",
+                "pick a subnet that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)",
+            ));
+        }
+        if let (Some(b), Some(theirs)) = (&m.bridge, &other.bridge)
+            && b.as_str() == theirs
+        {
+            out.push(Problem::at(
+                Code::HostBridgeTaken,
+                net.span,
+                format!(
+                    "bridge `{b}` of network `{}` is already used by network `{}` on the host",
+                    net.name, other.name
+                ),
+                "this network",
+                "choose another `bridge:` name, or leave it out and libvirt picks a free virbrN",
+            ));
+        }
+    }
+    out
+}
+
+/// A route of the host with exactly this subnet (a VPN, docker0, a hand-made
+/// bridge): libvirt refuses to start the network (bridge_driver_linux.c
+/// `networkCheckRouteCollision`), for a create or a replace alike, and a
+/// replace would have stopped the working network first. Routes on libvirt
+/// networks' bridges are left out: the lab's own are replaced with them, and
+/// other networks' subnets are refused above from their XML.
+fn route_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let (Some(subnet), Some(routes)) = (m.subnet, &observed.host_routes)
+        && starts_network(m, &net.libvirt_name, observed)
+    {
+        let bridges: BTreeSet<&str> = observed
+            .networks
+            .values()
+            .flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter()))
+            .map(String::as_str)
+            .collect();
+        for r in routes.iter().filter(|r| !bridges.contains(r.device.as_str()) && r.collides(subnet)) {
+            out.push(Problem::at(
+                Code::HostRouteTaken,
+                net.span,
+                format!(
+                    "subnet {subnet} of network `{}` is already a route of the host, through `{}`: \
+                     libvirt refuses to start a network on it (\"Network is already in use by interface {}\")",
+                    net.name, r.device, r.device
+                ),
+                "this network would start on that subnet",
+                format!(
+                    "pick a subnet that no route of the host uses (see `ip -4 route`), or take `{}` down first",
+                    r.device
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// An interface of that name that no libvirt network has: the kernel refuses
+/// a second one (libvirt's virNetDevBridgeCreate fails with EEXIST at start).
+fn interface_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Option<Problem> {
+    if let (Some(b), Some(ifaces)) = (&m.bridge, &observed.host_interfaces)
+        && ifaces.contains(b.as_str())
+        && !observed
+            .networks
+            .values()
+            .any(|o| o.bridge.as_deref() == Some(b.as_str()) || o.live_bridge.as_deref() == Some(b.as_str()))
+    {
+        return Some(Problem::at(
+            Code::HostInterfaceTaken,
+            net.span,
+            format!(
+                "bridge `{b}` of network `{}` already exists on the host as an interface that is no libvirt network's",
+                net.name
+            ),
+            "this network's bridge",
+            "choose another `bridge:` name (see `ip link`), or leave it out and libvirt picks a free virbrN",
+        ));
+    }
+    None
+}
+
+/// A MAC that a guest outside the lab already has on the same network: two guests with
+/// one MAC on one bridge break each other's traffic and DHCP (dnsmasq keys leases and
+/// reservations by MAC). Checked where topo would bring the MAC onto the network (a NIC
+/// the lab's domain does not have yet); a copy made later is the copier's conflict.
+fn macs_taken(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
     for vm in lab.vms.values() {
         let ours = observed.domains.get(&vm.libvirt_name).filter(|d| d.ownership(lab) == Ownership::ThisLab);
         for nic in &vm.nics {
@@ -454,17 +507,22 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
         }
     }
-    // A NIC whose MAC is its network's bridge's own: the bridge holds its own address as a
-    // local forwarding entry, so frames to that MAC are passed up to the host and never
-    // forwarded to the guest's port (Linux net/bridge/br_input.c `br_handle_frame_finish`,
-    // a local `dst`; the host's own frames to it are dropped, br_device.c `br_dev_xmit` ->
-    // br_forward.c with no port), and the guest's frames carry the bridge's address as
-    // source (net/bridge/br_fdb.c `br_fdb_update`: "received packet on ... with own
-    // address as source address"): no DHCP reply or ARP reply ever reaches the guest.
-    // Lab networks topo creates get a derived bridge MAC that validation keeps apart from
-    // every NIC's (`bridge_mac` in validate); external networks and lab networks made by an
-    // older topo have libvirt's random one (52:54:00:.., generated at define), known only
-    // once the network exists: checked here, for lab and external networks alike.
+    out
+}
+
+/// A NIC whose MAC is its network's bridge's own: the bridge holds its own address as a
+/// local forwarding entry, so frames to that MAC are passed up to the host and never
+/// forwarded to the guest's port (Linux net/bridge/br_input.c `br_handle_frame_finish`,
+/// a local `dst`; the host's own frames to it are dropped, br_device.c `br_dev_xmit` ->
+/// br_forward.c with no port), and the guest's frames carry the bridge's address as
+/// source (net/bridge/br_fdb.c `br_fdb_update`: "received packet on ... with own
+/// address as source address"): no DHCP reply or ARP reply ever reaches the guest.
+/// Lab networks topo creates get a derived bridge MAC that validation keeps apart from
+/// every NIC's (`bridge_mac` in validate); external networks and lab networks made by an
+/// older topo have libvirt's random one (52:54:00:.., generated at define), known only
+/// once the network exists: checked here, for lab and external networks alike.
+fn bridge_macs(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
     for vm in lab.vms.values() {
         for nic in &vm.nics {
             let Some(net) = lab.networks.get(&nic.network) else { continue };
@@ -504,12 +562,17 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
         }
     }
-    out.extend(paths::conflicts(lab, observed));
+    out
+}
+
+/// Lab VMs whose libvirt name a domain the lab does not own already has.
+fn vm_names_taken(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
     for vm in lab.vms.values() {
         if let Some(o) = observed.domains.get(&vm.libvirt_name)
             && o.ownership(lab) != Ownership::ThisLab
         {
-            out.push(conflict(
+            out.push(Problem::at(
                 Code::VmNameTaken,
                 vm.span,
                 format!(
@@ -518,13 +581,17 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                     owner_text(o.owner.as_ref(), &o.name)
                 ),
                 "this VM would be created as that name",
-                "rename the VM or set another `prefix:`; topo never adopts or overwrites objects it did not create"
-                    .into(),
+                "rename the VM or set another `prefix:`; topo never adopts or overwrites objects it did not create",
             ));
         }
     }
-    // netem is set with tc on the VM's tap, a device of the libvirt host: topo must run
-    // there, in the daemon's network namespace. (`rate:` goes through libvirt: any URI.)
+    out
+}
+
+/// netem is set with tc on the VM's tap, a device of the libvirt host: topo must run
+/// there, in the daemon's network namespace. (`rate:` goes through libvirt: any URI.)
+fn netem_unreachable(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
     for vm in lab.vms.values() {
         let running = observed
             .domains
@@ -559,7 +626,6 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             }
         }
     }
-    out.extend(kernel_refusals(lab, observed));
     out
 }
 

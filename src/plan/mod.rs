@@ -25,7 +25,7 @@ use crate::lab::model::{Lab, NetworkKind};
 use crate::plan::graph::{LabGraph, Node};
 
 pub use change::{Action, Change, Detached, FieldChange, NicPlug, Op, Plan, PlanError, Reason, Shutdown, Summary};
-use conflicts::check_conflicts;
+use conflicts::{check_conflicts, refused};
 pub use conflicts::{check_executable, check_foreign, check_instances, other_instances};
 use network::{delete_network, is_replaced, plan_network, release_network};
 use order::{order_changes, prune_deleted_users};
@@ -74,6 +74,9 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         })
         .collect();
 
+    // A definition that cannot be rendered refuses the plan (one problem per resource),
+    // never a change planned without its step.
+    let mut unrendered = Vec::new();
     for node in graph.create_order() {
         let change = match node {
             Node::Network(name) => match lab.networks.get(name) {
@@ -85,9 +88,15 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
                 None => continue,
             },
         };
-        if let Some(c) = change {
-            changes.push(c);
+        match change {
+            Ok(Some(c)) => changes.push(c),
+            Ok(None) => {}
+            Err(problem) => unrendered.push(problem),
         }
+    }
+    if !unrendered.is_empty() {
+        let src = Arc::new(lab.source.named_source());
+        return Err(PlanError::RenderFailed { lab: lab.name.to_string(), problems: unrendered, src });
     }
     if let Some(c) = pool.change(&changes) {
         // After the deletions, before every creation: the pool has no dependencies.
@@ -95,15 +104,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         changes.insert(at, c);
     }
     prune_deleted_users(&mut changes);
-    let unsafe_disks = disks_in_use(lab, observed, &changes);
-    if !unsafe_disks.is_empty() {
-        return Err(PlanError::Refused {
-            lab: lab.name.to_string(),
-            uri: uri.to_string(),
-            src: Arc::new(lab.source.named_source()),
-            problems: unsafe_disks,
-        });
-    }
+    refused(lab, uri, disks_in_use(lab, observed, &changes))?;
     order_changes(lab, Some(&graph), observed, &mut changes);
     let file = lab.source.name();
     let warnings = paths::warnings(lab, observed)

@@ -3,15 +3,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::change::{Action, Change, FieldChange, NicPlug, Op, Reason, Shutdown};
+use super::change::{Action, Change, FieldChange, NicPlug, Op, Reason, Shutdown, render_failed};
 use super::conflicts::{owner_address, retag};
 use super::diff::{all_fields, creation, deletion, diff, drifted};
 use super::volume::{Pool, deleted_volumes, domain_volumes, kept_top, snapshot_removal};
+use crate::diag::Problem;
 use crate::host::hypervisor::VolumeSpec;
 use crate::host::observed::{DomainState, LiveConfig, Observed, ObservedDomain};
 use crate::lab::address::Address;
 use crate::lab::impair::Netem;
-use crate::lab::model::{Lab, MacAddr, Vm, VmState};
+use crate::lab::model::{Lab, MacAddr, Nic, Vm, VmState};
 use crate::lab::ownership::OVERLAY_POOL;
 use crate::plan::fields::{self, Fields};
 
@@ -42,36 +43,71 @@ pub(super) fn delete_domain(
     c
 }
 
-/// The domain XML to define for `vm`, keeping the observed UUID; its disk and seed disk
-/// open `kept` when given ([`kept_top`]), else the overlay and the seed in the pool.
-pub(super) fn domain_define(
-    lab: &Lab,
-    vm: &Vm,
-    desired: &Fields,
-    pool: &Pool,
-    o: Option<&ObservedDomain>,
-    kept: (Option<String>, Option<String>),
-) -> Option<Op> {
-    let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
-    let seed = kept.1.or_else(|| seed_of(lab, vm).map(|(_, name)| pool.volume_path(&name)));
-    let xml =
-        crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &fields::spec_hash(desired))
-            .ok()?;
-    Some(Op::DefineDomain { xml: crate::host::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+/// A VM as the planner wants it: the lab file's fields and its cloud-init seed with the
+/// seed's volume name, each rendered once.
+struct Wanted<'a> {
+    lab: &'a Lab,
+    vm: &'a Vm,
+    pool: &'a Pool,
+    desired: Fields,
+    seed: Option<(crate::guest::Seed, String)>,
+    /// `state: running`; else `stopped`: defined, disk kept, not running.
+    run: bool,
 }
 
-/// The VM's cloud-init seed and its volume name, when cloud-init is on for it. (Validation
-/// checked every input, so generating the seed does not fail for a validated lab.)
-pub(super) fn seed_of(lab: &Lab, vm: &Vm) -> Option<(crate::guest::Seed, String)> {
-    let seed = crate::guest::Seed::of(lab, vm).ok()??;
-    let name = seed.volume_name(lab, vm);
-    Some((seed, name))
+impl<'a> Wanted<'a> {
+    /// # Errors
+    /// The VM's cloud-init seed cannot be rendered ([`render_failed`]).
+    fn of(lab: &'a Lab, vm: &'a Vm, pool: &'a Pool) -> Result<Self, Problem> {
+        let seed = crate::guest::Seed::of(lab, vm)
+            .map_err(|e| render_failed(vm.span, &format!("the cloud-init seed of {}", who(vm)), e))?
+            .map(|seed| {
+                let name = seed.volume_name(lab, vm);
+                (seed, name)
+            });
+        let desired = fields::desired_vm(lab, vm);
+        Ok(Wanted { lab, vm, pool, desired, seed, run: vm.state == VmState::Running })
+    }
+
+    /// The seed's volume name, when cloud-init is on for the VM.
+    fn seed_name(&self) -> Option<String> {
+        self.seed.as_ref().map(|(_, name)| name.clone())
+    }
+
+    /// The seed volume the VM needs, if cloud-init is on for it.
+    fn seed_volume(&self) -> Option<Op> {
+        let (seed, name) = self.seed.clone()?;
+        Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
+    }
+
+    /// The domain XML to define, keeping the observed UUID; its disk and seed disk open
+    /// `kept` when given ([`kept_top`]), else the overlay and the seed in the pool.
+    ///
+    /// # Errors
+    /// The XML cannot be rendered ([`render_failed`]).
+    fn define(&self, o: Option<&ObservedDomain>, kept: (Option<String>, Option<String>)) -> Result<Op, Problem> {
+        let (lab, vm, pool) = (self.lab, self.vm, self.pool);
+        let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
+        let seed = kept.1.or_else(|| self.seed_name().map(|name| pool.volume_path(&name)));
+        let hash = fields::spec_hash(&self.desired);
+        let xml = crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &hash)
+            .map_err(|e| render_failed(vm.span, &format!("the domain XML of {}", who(vm)), e))?;
+        Ok(Op::DefineDomain { xml: crate::host::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+    }
 }
 
-/// The seed volume `vm` needs, if cloud-init is on for it.
-pub(super) fn seed_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
-    let (seed, name) = seed_of(lab, vm)?;
-    Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
+/// `vm.NAME (libvirt name)`, for messages.
+fn who(vm: &Vm) -> String {
+    format!("{} ({})", Address::Vm(vm.name.clone()), vm.libvirt_name)
+}
+
+/// The `<interface>` XML of `nic` of `vm`.
+///
+/// # Errors
+/// The XML cannot be rendered ([`render_failed`], at the NIC).
+pub(super) fn interface_xml(lab: &Lab, vm: &Vm, nic: &Nic) -> Result<String, Problem> {
+    crate::host::xml::interface_xml(lab, vm, nic)
+        .map_err(|e| render_failed(nic.span, &format!("the interface XML of {} of {}", nic.label(), who(vm)), e))
 }
 
 /// The overlay volume `vm` needs, if it has a disk.
@@ -112,14 +148,17 @@ pub(super) fn pending_restart(lab: &Lab, o: &ObservedDomain, desired: &Fields) -
 /// text for each. NICs are left out when nothing is known (remote host, taps not visible),
 /// when their network is inactive or replaced by this plan (that change plugs them in), or
 /// when their network changes (hot-plugged anyway).
+///
+/// # Errors
+/// A NIC's XML cannot be rendered ([`render_failed`]).
 pub(super) fn unplugged_nics(
     lab: &Lab,
     vm: &Vm,
     o: &ObservedDomain,
     observed: &Observed,
     replaced: &BTreeSet<String>,
-) -> Vec<(NicPlug, FieldChange, String)> {
-    let (DomainState::Running, Some(links)) = (o.state, &o.links) else { return Vec::new() };
+) -> Result<Vec<(NicPlug, FieldChange, String)>, Problem> {
+    let (DomainState::Running, Some(links)) = (o.state, &o.links) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for nic in &vm.nics {
         let Some(net) = lab.networks.get(&nic.network) else { continue };
@@ -134,7 +173,7 @@ pub(super) fn unplugged_nics(
         if link.bridge.as_ref() == Some(want) {
             continue;
         }
-        let Ok(xml) = crate::host::xml::interface_xml(lab, vm, nic) else { continue };
+        let xml = interface_xml(lab, vm, nic)?;
         let field = FieldChange {
             path: format!("nic[{}].bridge", nic.mac),
             before: Some(link.bridge.clone().unwrap_or_else(|| "none".into())),
@@ -149,7 +188,7 @@ pub(super) fn unplugged_nics(
             why,
         ));
     }
-    out
+    Ok(out)
 }
 
 /// The netem settings the lab file asks for on `nic`; `None` when it asks for none, or for
@@ -235,86 +274,79 @@ pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec
     (out, fields, why)
 }
 
+/// The change that brings lab VM `vm` to what the lab file asks, `None` when the domain
+/// already is. `replaced`: the libvirt names of the networks this plan replaces.
+///
+/// # Errors
+/// The VM's domain XML, seed or a NIC's XML cannot be rendered ([`render_failed`]): the
+/// plan is refused rather than planned without the step.
 pub(super) fn plan_vm(
     lab: &Lab,
     vm: &Vm,
     observed: &Observed,
     pool: &Pool,
     replaced: &BTreeSet<String>,
-) -> Option<Change> {
-    let address = Address::Vm(vm.name.clone());
-    let desired = fields::desired_vm(lab, vm);
+) -> Result<Option<Change>, Problem> {
+    let w = Wanted::of(lab, vm, pool)?;
     let o = observed.domains.get(&vm.libvirt_name);
-    let define = domain_define(lab, vm, &desired, pool, o, (None, None));
-    // `state: stopped`: defined, disk kept, not running.
-    let run = vm.state == VmState::Running;
-    let Some(o) = o else {
-        let mut ops: Vec<Op> = overlay_volume(lab, vm).into_iter().collect();
-        ops.extend(seed_volume(lab, vm));
-        ops.extend(define);
-        if run {
-            ops.push(Op::StartDomain);
-        }
-        let (netem, _, _) = netem_ops(vm, None, &ops);
-        ops.extend(netem);
-        let mut c = creation(address, &vm.libvirt_name, &desired, ops);
-        if run {
-            for nic in &vm.nics {
-                if let Some(n) = wanted_netem(nic) {
-                    c.fields.push(FieldChange {
-                        path: format!("nic[{}].netem", nic.mac),
-                        before: None,
-                        after: Some(n.to_string()),
-                        forces_replacement: false,
-                        restarts: false,
-                    });
-                }
+    let define = w.define(o, (None, None))?;
+    let Some(o) = o else { return Ok(Some(create_vm(&w, define))) };
+    let mut d = Delta::of(&w, o);
+    let gone = deleted_volumes(lab, vm, o, observed, w.seed_name());
+    d.deleted_outside_topo(&w, &gone);
+    let forced: Vec<String> = d.changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
+    if !forced.is_empty() {
+        return Ok(Some(replace_vm(&w, o, observed, d, forced, define)));
+    }
+    update_vm(&w, o, observed, replaced, d, &gone, define)
+}
+
+/// What differs between the lab file and the domain: the fields shown, the reasons, and
+/// whether the persistent config is written again.
+struct Delta {
+    changed: Vec<FieldChange>,
+    reasons: Vec<Reason>,
+    config_changed: bool,
+}
+
+impl Delta {
+    fn of(w: &Wanted, o: &ObservedDomain) -> Self {
+        let obs = fields::observed_vm(w.lab, o, &w.desired);
+        let mut changed = diff(&w.desired, &obs);
+        let mut config_changed = changed.iter().any(|f| f.path != "state");
+        for f in pending_restart(w.lab, o, &w.desired) {
+            if !changed.iter().any(|c| c.path == f.path) {
+                changed.push(f);
             }
-            c.fields.sort_by(|a, b| a.path.cmp(&b.path));
         }
-        if !run {
-            // Created stopped: said, since "will be created" reads as running.
-            c.fields.push(FieldChange {
-                path: "state".into(),
-                before: None,
-                after: Some(vm.state.to_string()),
-                forces_replacement: false,
-                restarts: false,
-            });
-            c.fields.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut reasons = Vec::new();
+        if config_changed {
+            reasons.push(if drifted(o.owner.as_ref(), &w.desired) { Reason::Drift } else { Reason::LabFileChanged });
         }
-        return Some(c);
-    };
-    let obs = fields::observed_vm(lab, o, &desired);
-    let mut changed = diff(&desired, &obs);
-    let mut config_changed = changed.iter().any(|f| f.path != "state");
-    for f in pending_restart(lab, o, &desired) {
-        if !changed.iter().any(|c| c.path == f.path) {
-            changed.push(f);
+        if let Some((reason, field)) = retag(w.lab, o.owner.as_ref()) {
+            // Written by the define of whatever else changes (a replace, a restart), or by the
+            // in-place define: never a restart or a replacement of its own.
+            reasons.push(reason);
+            changed.push(field);
+            changed.sort_by(|a, b| a.path.cmp(&b.path));
+            config_changed = true;
         }
+        Delta { changed, reasons, config_changed }
     }
-    let mut reasons = Vec::new();
-    if config_changed {
-        reasons.push(if drifted(o.owner.as_ref(), &desired) { Reason::Drift } else { Reason::LabFileChanged });
-    }
-    if let Some((reason, field)) = retag(lab, o.owner.as_ref()) {
-        // Written by the define of whatever else changes (a replace, a restart), or by the
-        // in-place define below: never a restart or a replacement of its own.
-        reasons.push(reason);
-        changed.push(field);
-        changed.sort_by(|a, b| a.path.cmp(&b.path));
-        config_changed = true;
-    }
-    let gone = deleted_volumes(lab, vm, o, observed);
-    if !gone.is_empty() {
-        reasons.push(Reason::DeletedOutsideTopo { volumes: gone.iter().map(|(_, name)| name.clone()).collect() });
-        for (path, name) in &gone {
+
+    /// Adds the VM's volumes deleted outside topo (`gone`, from [`deleted_volumes`]).
+    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(&'static str, String)]) {
+        if gone.is_empty() {
+            return;
+        }
+        self.reasons.push(Reason::DeletedOutsideTopo { volumes: gone.iter().map(|(_, name)| name.clone()).collect() });
+        for (path, name) in gone {
             // The overlay's content is lost: the VM is replaced. The seed is the same
-            // content again (its name is its hash): uploaded in place below.
+            // content again (its name is its hash): uploaded in place.
             let overlay = *path == "disk";
-            if !changed.iter().any(|f| f.path == *path) {
-                let after = desired.get(*path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
-                changed.push(FieldChange {
+            if !self.changed.iter().any(|f| f.path == *path) {
+                let after = w.desired.get(*path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
+                self.changed.push(FieldChange {
                     path: path.to_string(),
                     before: Some(format!("{name} (deleted outside topo)")),
                     after: Some(after),
@@ -323,92 +355,153 @@ pub(super) fn plan_vm(
                 });
             }
         }
-        changed.sort_by(|a, b| a.path.cmp(&b.path));
+        self.changed.sort_by(|a, b| a.path.cmp(&b.path));
     }
-    let forced: Vec<String> = changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
-    if !forced.is_empty() {
-        reasons.push(Reason::RequiresReplace { fields: forced });
-        let mut ops = Vec::new();
-        if o.state != DomainState::Shutoff {
-            // Its disk is deleted next: nothing to shut down gracefully for.
-            ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+
+    /// Adds a field change and keeps the fields sorted by path.
+    fn push_field(&mut self, field: FieldChange) {
+        self.changed.push(field);
+        self.changed.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+}
+
+/// The creation of a VM the host does not have.
+fn create_vm(w: &Wanted, define: Op) -> Change {
+    let (lab, vm) = (w.lab, w.vm);
+    let mut ops: Vec<Op> = overlay_volume(lab, vm).into_iter().collect();
+    ops.extend(w.seed_volume());
+    ops.push(define);
+    if w.run {
+        ops.push(Op::StartDomain);
+    }
+    let (netem, _, _) = netem_ops(vm, None, &ops);
+    ops.extend(netem);
+    let mut c = creation(Address::Vm(vm.name.clone()), &vm.libvirt_name, &w.desired, ops);
+    if w.run {
+        for nic in &vm.nics {
+            if let Some(n) = wanted_netem(nic) {
+                c.fields.push(FieldChange {
+                    path: format!("nic[{}].netem", nic.mac),
+                    before: None,
+                    after: Some(n.to_string()),
+                    forces_replacement: false,
+                    restarts: false,
+                });
+            }
         }
-        if let Some((op, reason, field)) = snapshot_removal(o) {
-            // First, while the VM still runs: should it fail, the VM is left as it was.
-            ops.insert(0, op);
-            reasons.push(reason);
-            changed.push(field);
-            changed.sort_by(|a, b| a.path.cmp(&b.path));
-        }
-        ops.push(Op::UndefineDomain);
-        ops.extend(domain_volumes(lab, o, observed, pool));
-        ops.extend(overlay_volume(lab, vm));
-        ops.extend(seed_volume(lab, vm));
-        ops.extend(define);
-        if run {
-            ops.push(Op::StartDomain);
-        }
-        let (netem, _, _) = netem_ops(vm, Some(o), &ops);
-        ops.extend(netem);
-        return Some(Change {
-            address,
-            libvirt_name: vm.libvirt_name.clone(),
-            action: Action::Replace,
-            reasons,
-            // The run state a replacement ends in is shown when the file asks for `stopped`.
-            fields: changed.into_iter().filter(|f| f.path != "state" || !run).collect(),
-            blast_radius: Vec::new(),
-            after: Vec::new(),
-            ops,
+        c.fields.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    if !w.run {
+        // Created stopped: said, since "will be created" reads as running.
+        c.fields.push(FieldChange {
+            path: "state".into(),
+            before: None,
+            after: Some(vm.state.to_string()),
+            forces_replacement: false,
+            restarts: false,
         });
+        c.fields.sort_by(|a, b| a.path.cmp(&b.path));
     }
-    let restart: Vec<String> = changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
+    c
+}
+
+/// The replacement of domain `o` because fields `forced` cannot change in place: forced
+/// off, undefined with its volumes, made anew.
+fn replace_vm(
+    w: &Wanted,
+    o: &ObservedDomain,
+    observed: &Observed,
+    mut d: Delta,
+    forced: Vec<String>,
+    define: Op,
+) -> Change {
+    let (lab, vm) = (w.lab, w.vm);
+    d.reasons.push(Reason::RequiresReplace { fields: forced });
+    let mut ops = Vec::new();
+    if o.state != DomainState::Shutoff {
+        // Its disk is deleted next: nothing to shut down gracefully for.
+        ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+    }
+    if let Some((op, reason, field)) = snapshot_removal(o) {
+        // First, while the VM still runs: should it fail, the VM is left as it was.
+        ops.insert(0, op);
+        d.reasons.push(reason);
+        d.push_field(field);
+    }
+    ops.push(Op::UndefineDomain);
+    ops.extend(domain_volumes(lab, o, observed, w.pool));
+    ops.extend(overlay_volume(lab, vm));
+    ops.extend(w.seed_volume());
+    ops.push(define);
+    if w.run {
+        ops.push(Op::StartDomain);
+    }
+    let (netem, _, _) = netem_ops(vm, Some(o), &ops);
+    ops.extend(netem);
+    let run = w.run;
+    Change {
+        address: Address::Vm(vm.name.clone()),
+        libvirt_name: vm.libvirt_name.clone(),
+        action: Action::Replace,
+        reasons: d.reasons,
+        // The run state a replacement ends in is shown when the file asks for `stopped`.
+        fields: d.changed.into_iter().filter(|f| f.path != "state" || !run).collect(),
+        blast_radius: Vec::new(),
+        after: Vec::new(),
+        ops,
+    }
+}
+
+/// The in-place update of domain `o` (no field forces a replacement): a restart, or NICs,
+/// rates and netem changed live, and the run state the file asks; `None` when nothing is
+/// to do. `gone`: the VM's volumes deleted outside topo; `define`: the domain's define.
+///
+/// # Errors
+/// The define keeping an external snapshot's layer, or a NIC's XML, cannot be rendered.
+fn update_vm(
+    w: &Wanted,
+    o: &ObservedDomain,
+    observed: &Observed,
+    replaced: &BTreeSet<String>,
+    mut d: Delta,
+    gone: &[(&'static str, String)],
+    define: Op,
+) -> Result<Option<Change>, Problem> {
+    let vm = w.vm;
+    let restart: Vec<String> = d.changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
     // The VM keeps its disk: a define keeps the file its disk opens now (the top layer of
     // an external snapshot above the lab's overlay, or the overlay by the path the domain
     // names it), so no layer is dropped from under it.
-    let kept = |volume: Option<String>| volume.and_then(|v| kept_top(o, observed, pool, &v));
-    let mut define = match (kept(vm.overlay_name(&lab.name)), kept(seed_of(lab, vm).map(|(_, n)| n))) {
-        (None, None) => define,
-        (disk, seed) => domain_define(lab, vm, &desired, pool, Some(o), (disk, seed)),
+    let kept = |volume: Option<String>| volume.and_then(|v| kept_top(o, observed, w.pool, &v));
+    let mut define = match (kept(vm.overlay_name(&w.lab.name)), kept(w.seed_name())) {
+        (None, None) => Some(define),
+        (disk, seed) => Some(w.define(Some(o), (disk, seed))?),
     };
     if gone.iter().any(|(path, _)| *path == "cloud_init") {
         // First: a start or restart below needs it.
-        ops.extend(seed_volume(lab, vm));
+        ops.extend(w.seed_volume());
     }
     if !o.persistent && o.state != DomainState::Shutoff {
         // Undefined by hand while running: libvirt forgets a transient domain when it
         // stops, so its config is defined again before any stop below (and only once).
-        reasons.push(Reason::UndefinedOutsideTopo);
-        changed.push(FieldChange {
+        d.reasons.push(Reason::UndefinedOutsideTopo);
+        d.push_field(FieldChange {
             path: "persistent".into(),
             before: Some("no (transient)".into()),
             after: Some("yes".into()),
             forces_replacement: false,
             restarts: false,
         });
-        changed.sort_by(|a, b| a.path.cmp(&b.path));
         ops.extend(define.take());
     }
-    if !run {
-        // Stopped first (so NIC changes below touch the config only); a paused or crashed
-        // VM has no guest to ask.
-        match o.state {
-            DomainState::Shutoff => {}
-            DomainState::Running => {
-                reasons.push(Reason::StopRequested);
-                ops.push(Op::StopDomain { shutdown: Shutdown::Graceful });
-            }
-            DomainState::Paused | DomainState::Other => {
-                reasons.push(Reason::StopRequested);
-                ops.push(Op::StopDomain { shutdown: Shutdown::Force });
-            }
-        }
+    if !w.run {
+        stop_requested(o.state, &mut d.reasons, &mut ops);
     }
-    if !run && !restart.is_empty() {
+    if !w.run && !restart.is_empty() {
         // A VM that stays stopped takes the new settings at its next start: the config
         // is rewritten (it carries the NICs too), nothing restarts.
-        for f in &mut changed {
+        for f in &mut d.changed {
             f.restarts = false;
         }
         ops.extend(define);
@@ -417,7 +510,7 @@ pub(super) fn plan_vm(
         // plan sees (stopped with the old config, or stopped with the new one), never a
         // running VM whose config already matches while it runs the old settings. The new
         // definition carries the NICs, so none is hot-plugged.
-        reasons.push(Reason::RequiresRestart { fields: restart });
+        d.reasons.push(Reason::RequiresRestart { fields: restart });
         if o.state != DomainState::Shutoff {
             ops.push(Op::StopDomain { shutdown: Shutdown::Graceful });
         }
@@ -426,86 +519,136 @@ pub(super) fn plan_vm(
         let (netem, _, _) = netem_ops(vm, Some(o), &ops);
         ops.extend(netem);
     } else {
-        // NICs: hot-plugged by MAC, live and config together. A NIC whose network changed
-        // is unplugged and plugged again.
-        let observed_nics: BTreeMap<MacAddr, Option<&str>> =
-            o.interfaces.iter().filter_map(|i| Some((i.mac?, i.network.as_deref()))).collect();
-        for (mac, net) in &observed_nics {
-            let want = vm.nics.iter().find(|n| n.mac == *mac).and_then(|n| lab.networks.get(&n.network));
-            if want.map(|w| w.libvirt_name.as_str()) != *net {
-                let network = net.unwrap_or_default().to_string();
-                let xml = crate::host::xml::plain_interface_xml(*mac, &network);
-                ops.push(Op::DetachNic { mac: *mac, network, xml });
-            }
-        }
-        for nic in &vm.nics {
-            let want = lab.networks.get(&nic.network).map(|w| w.libvirt_name.as_str());
-            if observed_nics.get(&nic.mac).copied().flatten() != want
-                && let Ok(xml) = crate::host::xml::interface_xml(lab, vm, nic)
-            {
-                ops.push(Op::AttachNic { mac: nic.mac, xml });
-            }
-        }
-        let cut = unplugged_nics(lab, vm, o, observed, replaced);
-        if !cut.is_empty() {
-            let mut nics = Vec::new();
-            let mut why = Vec::new();
-            for (plug, field, text) in cut {
-                nics.push(plug);
-                changed.push(field);
-                why.push(text);
-            }
-            reasons.push(Reason::Unplugged { nics: why });
-            ops.push(Op::ReattachNics { nics });
-        }
-        // Live first, then the config: a stop between leaves the config behind, which the
-        // next plan sees; the other way round a live change would go unnoticed.
-        if run && o.state == DomainState::Running {
-            let bw = bandwidth_ops(vm, &changed, &ops);
-            ops.extend(bw);
-        }
-        if config_changed {
-            // Rewrite the config so the metadata's spec hash matches the file again.
-            ops.extend(define);
-        }
-        match o.state {
-            // Stopped above when the file says so.
-            _ if !run => {}
-            DomainState::Running => {}
-            DomainState::Shutoff => {
-                reasons.push(Reason::NotRunning);
-                ops.push(Op::StartDomain);
-            }
-            // libvirt refuses to start a paused domain ("already running"): resume it.
-            DomainState::Paused => {
-                reasons.push(Reason::Paused);
-                ops.push(Op::ResumeDomain);
-            }
-            // Crashed, suspended by the host, shutting down: forced off, then started.
-            DomainState::Other => {
-                reasons.push(Reason::NotRunning);
-                ops.push(Op::StopDomain { shutdown: Shutdown::Force });
-                ops.push(Op::StartDomain);
-            }
-        }
-        let (netem, fields, why) = netem_ops(vm, Some(o), &ops);
-        if !why.is_empty() {
-            reasons.push(Reason::Netem { nics: why });
-            changed.extend(fields);
-        }
-        ops.extend(netem);
+        in_place(w, o, observed, replaced, &mut d, &mut ops, define)?;
     }
     if ops.is_empty() {
-        return None;
+        return Ok(None);
     }
-    Some(Change {
-        address,
+    Ok(Some(Change {
+        address: Address::Vm(vm.name.clone()),
         libvirt_name: vm.libvirt_name.clone(),
         action: Action::Update,
-        reasons,
-        fields: changed,
+        reasons: d.reasons,
+        fields: d.changed,
         blast_radius: Vec::new(),
         after: Vec::new(),
         ops,
-    })
+    }))
+}
+
+/// The lab file says `state: stopped`: a running VM is shut down (gracefully), a paused or
+/// crashed one forced off (it has no guest to ask). First, so NIC changes after it touch the
+/// config only.
+fn stop_requested(state: DomainState, reasons: &mut Vec<Reason>, ops: &mut Vec<Op>) {
+    match state {
+        DomainState::Shutoff => {}
+        DomainState::Running => {
+            reasons.push(Reason::StopRequested);
+            ops.push(Op::StopDomain { shutdown: Shutdown::Graceful });
+        }
+        DomainState::Paused | DomainState::Other => {
+            reasons.push(Reason::StopRequested);
+            ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+        }
+    }
+}
+
+/// The ops of an update without a restart, after `ops`: NICs hot-plugged, unplugged NICs
+/// plugged in again, rates set live, the config written again when it changed (`define`),
+/// the VM started or resumed, netem set on its taps.
+///
+/// # Errors
+/// A NIC's XML cannot be rendered.
+fn in_place(
+    w: &Wanted,
+    o: &ObservedDomain,
+    observed: &Observed,
+    replaced: &BTreeSet<String>,
+    d: &mut Delta,
+    ops: &mut Vec<Op>,
+    define: Option<Op>,
+) -> Result<(), Problem> {
+    let (lab, vm) = (w.lab, w.vm);
+    ops.extend(nic_ops(lab, vm, o)?);
+    let cut = unplugged_nics(lab, vm, o, observed, replaced)?;
+    if !cut.is_empty() {
+        let mut nics = Vec::new();
+        let mut why = Vec::new();
+        for (plug, field, text) in cut {
+            nics.push(plug);
+            d.changed.push(field);
+            why.push(text);
+        }
+        d.reasons.push(Reason::Unplugged { nics: why });
+        ops.push(Op::ReattachNics { nics });
+    }
+    // Live first, then the config: a stop between leaves the config behind, which the
+    // next plan sees; the other way round a live change would go unnoticed.
+    if w.run && o.state == DomainState::Running {
+        let bw = bandwidth_ops(vm, &d.changed, ops);
+        ops.extend(bw);
+    }
+    if d.config_changed {
+        // Rewrite the config so the metadata's spec hash matches the file again.
+        ops.extend(define);
+    }
+    if w.run {
+        start_requested(o.state, &mut d.reasons, ops);
+    }
+    let (netem, fields, why) = netem_ops(vm, Some(o), ops);
+    if !why.is_empty() {
+        d.reasons.push(Reason::Netem { nics: why });
+        d.changed.extend(fields);
+    }
+    ops.extend(netem);
+    Ok(())
+}
+
+/// NICs hot-plugged by MAC, live and config together: a NIC the domain has on another
+/// network than the file asks (or that the file no longer has) is unplugged, one it lacks
+/// there is plugged (so a NIC whose network changed is unplugged and plugged again).
+///
+/// # Errors
+/// A NIC's XML cannot be rendered.
+fn nic_ops(lab: &Lab, vm: &Vm, o: &ObservedDomain) -> Result<Vec<Op>, Problem> {
+    let mut ops = Vec::new();
+    let observed_nics: BTreeMap<MacAddr, Option<&str>> =
+        o.interfaces.iter().filter_map(|i| Some((i.mac?, i.network.as_deref()))).collect();
+    for (mac, net) in &observed_nics {
+        let want = vm.nics.iter().find(|n| n.mac == *mac).and_then(|n| lab.networks.get(&n.network));
+        if want.map(|w| w.libvirt_name.as_str()) != *net {
+            let network = net.unwrap_or_default().to_string();
+            let xml = crate::host::xml::plain_interface_xml(*mac, &network);
+            ops.push(Op::DetachNic { mac: *mac, network, xml });
+        }
+    }
+    for nic in &vm.nics {
+        let want = lab.networks.get(&nic.network).map(|w| w.libvirt_name.as_str());
+        if observed_nics.get(&nic.mac).copied().flatten() != want {
+            ops.push(Op::AttachNic { mac: nic.mac, xml: interface_xml(lab, vm, nic)? });
+        }
+    }
+    Ok(ops)
+}
+
+/// The lab file says `state: running` (the default) and the VM is not: started; a paused
+/// one resumed (libvirt refuses to start a paused domain: "already running"); a crashed
+/// one, suspended by the host or shutting down, forced off, then started.
+fn start_requested(state: DomainState, reasons: &mut Vec<Reason>, ops: &mut Vec<Op>) {
+    match state {
+        DomainState::Running => {}
+        DomainState::Shutoff => {
+            reasons.push(Reason::NotRunning);
+            ops.push(Op::StartDomain);
+        }
+        DomainState::Paused => {
+            reasons.push(Reason::Paused);
+            ops.push(Op::ResumeDomain);
+        }
+        DomainState::Other => {
+            reasons.push(Reason::NotRunning);
+            ops.push(Op::StopDomain { shutdown: Shutdown::Force });
+            ops.push(Op::StartDomain);
+        }
+    }
 }

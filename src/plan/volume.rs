@@ -3,7 +3,6 @@
 use std::collections::BTreeSet;
 
 use super::change::{Action, Change, FieldChange, Op, Reason};
-use super::vm::seed_of;
 use crate::diag::{Code, Problem};
 use crate::host::observed::{DomainState, Observed, ObservedDomain, Ownership};
 use crate::lab::address::Address;
@@ -289,7 +288,8 @@ pub(super) fn kept_top(o: &ObservedDomain, observed: &Observed, pool: &Pool, vol
 
 /// The volumes of the VM that its domain uses under the names the lab file asks for but
 /// that the overlay pool no longer has (deleted outside topo): `("disk", overlay name)`,
-/// `("cloud_init", seed name)`. Only an active pool lists its volumes: with the pool
+/// `("cloud_init", seed name)` (`seed`: the seed's volume name, when cloud-init is on).
+/// Only an active pool lists its volumes: with the pool
 /// inactive or missing nothing is known (the pool is started or created by the plan, and
 /// the next plan looks again).
 pub(super) fn deleted_volumes(
@@ -297,11 +297,12 @@ pub(super) fn deleted_volumes(
     vm: &Vm,
     o: &ObservedDomain,
     observed: &Observed,
+    seed: Option<String>,
 ) -> Vec<(&'static str, String)> {
     let Some(pool) = observed.pool.as_ref().filter(|p| p.active) else { return Vec::new() };
     let path = |name: &str| format!("{}/{name}", pool.path.trim_end_matches('/'));
     let overlay = vm.overlay_name(&lab.name).map(|n| ("disk", n));
-    let seed = seed_of(lab, vm).map(|(_, n)| ("cloud_init", n));
+    let seed = seed.map(|n| ("cloud_init", n));
     overlay
         .into_iter()
         .chain(seed)
