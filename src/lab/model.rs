@@ -346,7 +346,7 @@ pub struct UserData {
     /// Absolute path (resolved against the lab file's folder).
     pub path: PathBuf,
     /// The file's text (a `#cloud-config` YAML mapping, or another kind cloud-init runs;
-    /// checked by validation, `guest::check_user_file`).
+    /// checked by validation, `cloud_init_rules::check_user_file`).
     pub text: String,
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::Checker;
 use crate::diag::Code;
-use crate::guest;
+use crate::lab::cloud_init_rules as rules;
 use crate::lab::model::{self, DEFAULT_USER};
 use crate::lab::spec::{CloudInitSpec, Spanned};
 
@@ -68,7 +68,7 @@ pub(super) fn check_vm(
         None => Some(lab.spec.and_then(|s| s.user.as_ref()).map_or(DEFAULT_USER.to_owned(), |u| u.value.clone())),
     };
     let hostname = match own.and_then(|s| s.hostname.as_ref()) {
-        Some(h) => match guest::check_hostname(&h.value) {
+        Some(h) => match rules::check_hostname(&h.value) {
             Ok(()) => Some(h.value.clone()),
             Err(why) => {
                 c.at(
@@ -81,7 +81,7 @@ pub(super) fn check_vm(
                 None
             }
         },
-        None => Some(guest::default_hostname(vm_name)),
+        None => Some(rules::default_hostname(vm_name)),
     };
     let keys = match own.and_then(|s| s.ssh_authorized_keys.as_ref()) {
         Some(k) => Some(inline_keys(c, k)),
@@ -165,7 +165,7 @@ fn unused_keys(
 }
 
 fn check_user(c: &mut Checker, u: &Spanned<String>) -> Option<String> {
-    match guest::check_user_name(&u.value) {
+    match rules::check_user_name(&u.value) {
         Ok(()) => Some(u.value.clone()),
         Err(why) => {
             c.at(
@@ -183,7 +183,7 @@ fn check_user(c: &mut Checker, u: &Spanned<String>) -> Option<String> {
 fn inline_keys(c: &mut Checker, keys: &[Spanned<String>]) -> Vec<String> {
     let mut out = Vec::new();
     for k in keys {
-        match guest::check_public_key(k.value.trim()) {
+        match rules::check_public_key(k.value.trim()) {
             Ok(()) => out.push(k.value.trim().to_owned()),
             Err(why) => c.at(
                 Code::SshKey,
@@ -269,8 +269,8 @@ fn utf8(c: &mut Checker, s: &Spanned<String>, what: &str, bytes: Vec<u8>) -> Opt
 fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
     let mut out = Vec::new();
     for f in files {
-        let Some((_, text)) = read_file(c, f, "SSH key file", guest::MAX_KEY_FILE) else { continue };
-        let lines = guest::key_lines(&text);
+        let Some((_, text)) = read_file(c, f, "SSH key file", rules::MAX_KEY_FILE) else { continue };
+        let lines = rules::key_lines(&text);
         if lines.is_empty() {
             c.at(
                 Code::SshKey,
@@ -294,7 +294,7 @@ fn key_files(c: &mut Checker, files: &[Spanned<String>]) -> Vec<String> {
         let checked: Result<Vec<String>, (usize, String)> = lines
             .iter()
             .enumerate()
-            .map(|(n, l)| guest::check_public_key(l).map(|()| l.clone()).map_err(|why| (n + 1, why)))
+            .map(|(n, l)| rules::check_public_key(l).map(|()| l.clone()).map_err(|why| (n + 1, why)))
             .collect();
         match checked {
             Ok(keys) => out.extend(keys),
@@ -314,7 +314,7 @@ fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
     // gzip: cloud-init would take it, topo does not (the seed is text that plans show as a
     // diff); said before the UTF-8 check, which it would fail.
     let (path, bytes) = read_bytes(c, s, "user-data file", MAX_USER_DATA)?;
-    if bytes.starts_with(&guest::GZIP_MAGIC) {
+    if bytes.starts_with(&rules::GZIP_MAGIC) {
         c.at(
             Code::UserData,
             s,
@@ -328,7 +328,7 @@ fn user_data(c: &mut Checker, s: &Spanned<String>) -> Option<model::UserData> {
         return None;
     }
     let text = utf8(c, s, "user-data file", bytes)?;
-    match guest::check_user_file(&text) {
+    match rules::check_user_file(&text) {
         Ok(_) => Some(model::UserData { path, text }),
         Err(why) => {
             c.at(
