@@ -140,6 +140,10 @@ pub enum Code {
     /// A lab network would start on a subnet that a route of the host (a VPN, `docker0`,
     /// another bridge) already has: libvirt refuses to start it.
     HostRouteTaken,
+    /// A libvirt definition (network, domain or interface XML, a DHCP host entry, a
+    /// cloud-init seed) could not be rendered from the validated lab: topo's bug, refused
+    /// rather than planned without the step.
+    RenderFailed,
 }
 
 impl Code {
@@ -216,6 +220,7 @@ impl Code {
             KernelLacksQdisc => "topo::plan::kernel_lacks_qdisc",
             DiskInUse => "topo::plan::disk_in_use",
             HostRouteTaken => "topo::plan::route_taken",
+            RenderFailed => "topo::plan::render_failed",
         }
     }
 

@@ -5,7 +5,7 @@ use assert_cmd::Command;
 
 fn topo() -> Command {
     let mut c = Command::cargo_bin("topo").expect("the topo binary");
-    c.env_remove("LIBVIRT_DEFAULT_URI").env_remove("NO_COLOR").env("COLUMNS", "100");
+    c.env_remove("LIBVIRT_DEFAULT_URI").env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE").env("COLUMNS", "100");
     c
 }
 
@@ -42,6 +42,40 @@ fn validate_reports_problems_and_exits_1() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stdout(&out), "");
     insta::assert_snapshot!(stderr(&out));
+}
+
+/// `--color auto` (the default) on a pipe: plain, unless `CLICOLOR_FORCE` is set, not empty
+/// and not `0`; `NO_COLOR` turns colour off only when it is not empty, and wins over
+/// `CLICOLOR_FORCE`.
+#[test]
+fn no_color_and_clicolor_force_conventions() {
+    let bold_plan = "\x1b[1mPlan:\x1b[0m";
+    let bad = "tests/fixtures/invalid/bad_mac.yaml";
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), TEST_LAB);
+    for (env, coloured) in [
+        (&[][..], false),
+        (&[("CLICOLOR_FORCE", "1")][..], true),
+        (&[("CLICOLOR_FORCE", "0")][..], false),
+        (&[("CLICOLOR_FORCE", "")][..], false),
+        (&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "")][..], true),
+        (&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")][..], false),
+        (&[("NO_COLOR", "")][..], false),
+    ] {
+        let plan =
+            topo().envs(env.iter().copied()).args(["-c", "test:///default", "-q", "plan"]).arg(&lab).output().unwrap();
+        assert!(plan.status.success(), "{env:?}: {}", stderr(&plan));
+        assert_eq!(stdout(&plan).contains(bold_plan), coloured, "{env:?}: {}", stdout(&plan));
+        assert_eq!(stdout(&plan).contains('\x1b'), coloured, "{env:?}");
+        // The diagnostics on stderr follow the same choice.
+        let bad = topo().envs(env.iter().copied()).args(["validate", bad]).output().unwrap();
+        assert_eq!(stderr(&bad).contains('\x1b'), coloured, "{env:?}: {}", stderr(&bad));
+    }
+    // `--color never` beats CLICOLOR_FORCE; `--color always` beats NO_COLOR.
+    let never = topo().env("CLICOLOR_FORCE", "1").args(["--color", "never", "validate", bad]).output().unwrap();
+    assert!(!stderr(&never).contains('\x1b'));
+    let always = topo().env("NO_COLOR", "1").args(["--color", "always", "validate", bad]).output().unwrap();
+    assert!(stderr(&always).contains('\x1b'));
 }
 
 #[test]

@@ -73,12 +73,13 @@ pub enum ColorChoice {
 }
 
 impl GlobalArgs {
-    /// Whether to colour what goes to a stream that is (or is not) a terminal.
+    /// Whether to colour what goes to a stream that is (or is not) a terminal (`auto`:
+    /// [`ui::auto_colour`], with the NO_COLOR and CLICOLOR_FORCE conventions).
     pub fn color_for(&self, is_terminal: bool) -> bool {
         match self.color {
             ColorChoice::Always => true,
             ColorChoice::Never => false,
-            ColorChoice::Auto => is_terminal && std::env::var_os("NO_COLOR").is_none(),
+            ColorChoice::Auto => ui::auto_colour(is_terminal),
         }
     }
 }

@@ -66,6 +66,19 @@ pub fn stderr(args: fmt::Arguments<'_>) {
     let _ = e.write_fmt(args).and_then(|()| e.flush());
 }
 
+/// Whether `--color auto` colours a stream that is (`is_terminal`) or is not a terminal:
+/// never when `NO_COLOR` is set and not empty (the NO_COLOR convention: an empty value is
+/// unset), always when `CLICOLOR_FORCE` is set, not empty and not `0` (the CLICOLOR
+/// convention), else only on a terminal. `NO_COLOR` wins over `CLICOLOR_FORCE`, as in
+/// anstream's own choice.
+pub fn auto_colour(is_terminal: bool) -> bool {
+    if anstyle_query::no_color() {
+        return false;
+    }
+    let forced = anstyle_query::clicolor_force() && std::env::var_os("CLICOLOR_FORCE").is_some_and(|v| v != "0");
+    forced || is_terminal
+}
+
 /// `print!` to stdout without the panic on a closed pipe; `?` it (a [`StdoutError`]).
 #[macro_export]
 macro_rules! out {

@@ -11,22 +11,31 @@ pub enum Style {
     Color,
 }
 
+/// The plan's palette (ANSI SGR through `anstyle`): what is added green, removed red,
+/// updated yellow, replaced magenta; headlines bold.
+const ADDED: anstyle::Style = anstyle::AnsiColor::Green.on_default();
+const REMOVED: anstyle::Style = anstyle::AnsiColor::Red.on_default();
+const UPDATED: anstyle::Style = anstyle::AnsiColor::Yellow.on_default();
+const REPLACED: anstyle::Style = anstyle::AnsiColor::Magenta.on_default();
+const BOLD: anstyle::Style = anstyle::Style::new().bold();
+
 impl Style {
-    fn paint(self, code: &str, s: &str) -> String {
+    /// `s` in `paint` (its escape, the text, the reset), or as it is when plain.
+    fn paint(self, paint: anstyle::Style, s: &str) -> String {
         match self {
             Style::Plain => s.to_string(),
-            Style::Color => format!("\x1b[{code}m{s}\x1b[0m"),
+            Style::Color => format!("{paint}{s}{paint:#}"),
         }
     }
 }
 
-fn symbol(a: Action) -> (&'static str, &'static str) {
+fn symbol(a: Action) -> (&'static str, anstyle::Style) {
     match a {
-        Action::Create => ("  +", "32"),
-        Action::Update => ("  ~", "33"),
-        Action::Replace => ("-/+", "35"),
-        Action::Delete => ("  -", "31"),
-        Action::NoOp => ("   ", "0"),
+        Action::Create => ("  +", ADDED),
+        Action::Update => ("  ~", UPDATED),
+        Action::Replace => ("-/+", REPLACED),
+        Action::Delete => ("  -", REMOVED),
+        Action::NoOp => ("   ", anstyle::Style::new()),
     }
 }
 
@@ -99,8 +108,8 @@ fn render_lines(out: &mut String, (before, after): &(String, String), style: Sty
             for change in diff.iter_changes(op) {
                 let line = change.value().trim_end_matches('\n');
                 let _ = match change.tag() {
-                    similar::ChangeTag::Delete => writeln!(out, "          {} {line}", style.paint("31", "-")),
-                    similar::ChangeTag::Insert => writeln!(out, "          {} {line}", style.paint("32", "+")),
+                    similar::ChangeTag::Delete => writeln!(out, "          {} {line}", style.paint(REMOVED, "-")),
+                    similar::ChangeTag::Insert => writeln!(out, "          {} {line}", style.paint(ADDED, "+")),
                     similar::ChangeTag::Equal => writeln!(out, "            {line}"),
                 };
             }
@@ -129,7 +138,7 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let targets: Vec<String> = plan.targets.iter().map(ToString::to_string).collect();
     let partial = || {
         style.paint(
-            "33",
+            UPDATED,
             &format!(
                 "Partial plan (--target {}): the rest of lab {} is left as it is, whatever {file} says.",
                 targets.join(", --target "),
@@ -151,7 +160,7 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let _ = writeln!(out, "topo will perform these actions on lab {}:\n", plan.lab);
     for c in changes {
         let (sym, color) = symbol(c.action);
-        let _ = writeln!(out, "  {}", style.paint("1", &headline(c)));
+        let _ = writeln!(out, "  {}", style.paint(BOLD, &headline(c)));
         for r in &c.reasons {
             let _ = writeln!(out, "  #   because {}", r.describe());
         }
@@ -160,14 +169,14 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         let width = c.fields.iter().map(|f| f.path.len()).max().unwrap_or(0);
         for f in &c.fields {
             let (mark, mark_color) = match (&f.before, &f.after) {
-                (None, Some(_)) => ("+", "32"),
-                (Some(_), None) => ("-", "31"),
-                _ => ("~", "33"),
+                (None, Some(_)) => ("+", ADDED),
+                (Some(_), None) => ("-", REMOVED),
+                _ => ("~", UPDATED),
             };
             let note = if f.forces_replacement {
-                style.paint("31", " # forces replacement")
+                style.paint(REMOVED, " # forces replacement")
             } else if f.restarts {
-                style.paint("33", " # restarts the VM")
+                style.paint(UPDATED, " # restarts the VM")
             } else {
                 String::new()
             };
@@ -211,7 +220,7 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let _ = writeln!(
         out,
         "{} {} to add, {} to change, {} to replace, {} to destroy.",
-        style.paint("1", "Plan:"),
+        style.paint(BOLD, "Plan:"),
         s.create,
         s.update,
         s.replace,
@@ -305,5 +314,19 @@ mod tests {
         };
         let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![], warnings: vec![] };
         insta::assert_snapshot!(render(&plan, "lab.yaml", Style::Plain));
+        // In colour: the same text with SGR codes around the marks (bold 1, red 31, green 32,
+        // yellow 33; reset 0), the escapes topo wrote by hand before anstyle.
+        let coloured = render(&plan, "lab.yaml", Style::Color);
+        assert_eq!(anstream::adapter::strip_str(&coloured).to_string(), render(&plan, "lab.yaml", Style::Plain));
+        for want in [
+            "  \x1b[1m# vm.a (lab-a) will be updated in place\x1b[0m\n",
+            "\x1b[33m  ~\x1b[0m vm \"a\" {\n",
+            "      \x1b[33m~\x1b[0m boot.cmdline = <<-EOT\x1b[33m # restarts the VM\x1b[0m\n",
+            "          \x1b[31m-\x1b[0m quiet\n",
+            "          \x1b[32m+\x1b[0m l13\n",
+            "\x1b[1mPlan:\x1b[0m 0 to add",
+        ] {
+            assert!(coloured.contains(want), "{want:?} in\n{coloured}");
+        }
     }
 }

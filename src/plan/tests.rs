@@ -6,6 +6,8 @@ use super::*;
 use crate::apply::{Options, apply};
 use crate::host::hypervisor::Hypervisor;
 use crate::host::hypervisor::memory::MemoryHypervisor;
+use crate::lab::impair::{Netem, Rate};
+use crate::lab::model::MacAddr;
 use crate::lab::source::SourceFile;
 
 fn lab(text: &str) -> Lab {
@@ -231,4 +233,42 @@ fn link_ops_round_trip_and_old_replugs_read() {
         serde_json::from_str::<Op>(old).unwrap(),
         Op::ReattachNics { nics: vec![NicPlug { domain: "d".into(), mac, xml: "<interface/>".into(), netem: None }] }
     );
+}
+
+/// A definition that cannot be rendered refuses the plan, naming the resource and the
+/// renderer's error, instead of planning the VM without its define. A validated lab always
+/// renders (its paths come from YAML text, so they are UTF-8); the failure is forced here by
+/// giving the validated VM a kernel path libvirt's XML cannot carry (not UTF-8).
+#[cfg(unix)]
+#[test]
+fn a_definition_that_cannot_be_rendered_refuses_the_plan() {
+    use std::os::unix::ffi::OsStrExt;
+    let hv = MemoryHypervisor::new();
+    let mut l = lab(&LAB.replace("IP", "192.168.152.62"));
+    let vm = l.vms.values_mut().next().expect("one vm");
+    let boot = vm.boot.as_mut().expect("boots a kernel");
+    boot.kernel = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b"/boot/vmlinuz-\xff"));
+    let problems = match plan(&l, &hv.observe().unwrap(), "mem") {
+        Err(PlanError::RenderFailed { problems, .. }) => problems,
+        other => panic!("expected a render refusal, got {other:?}"),
+    };
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].code, crate::diag::Code::RenderFailed);
+    let message = problems[0].to_string();
+    assert!(message.starts_with("could not render the domain XML of vm.a (t-a): "), "{message}");
+    assert!(message.contains("not valid UTF-8"), "{message}");
+}
+
+/// The refusal of a renderer's error: its code, its message naming what and why, located
+/// where the resource is written.
+#[test]
+fn a_rendering_failure_is_a_problem_at_the_resource() {
+    let err = crate::host::xml::XmlError::Serialize { what: "network", message: "boom".into() };
+    let p = change::render_failed(miette::SourceSpan::from((3, 4)), "the network XML of network.lan (t-lan)", err);
+    assert_eq!(p.code, crate::diag::Code::RenderFailed);
+    assert_eq!(
+        p.to_string(),
+        "could not render the network XML of network.lan (t-lan): could not serialize network XML: boom"
+    );
+    assert_eq!(p.labels[0].offset(), 3);
 }

@@ -1,0 +1,491 @@
+//! The plan's types: what happens to each resource (`Change`), why (`Reason`), the libvirt
+//! operations that do it (`Op`), and the refusals (`PlanError`).
+
+use std::sync::Arc;
+
+use miette::{NamedSource, SourceSpan};
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{Code, Problem};
+use crate::host::hypervisor::VolumeSpec;
+use crate::lab::address::Address;
+use crate::lab::impair::{Netem, Rate};
+use crate::lab::model::MacAddr;
+use crate::plan::graph::GraphError;
+
+/// What will happen to one resource. A closed vocabulary: renderers and apply match it
+/// exhaustively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Update,
+    Replace,
+    Delete,
+    NoOp,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::NoOp => "no-op",
+        }
+    }
+}
+
+/// Why a change is planned. Every change carries at least one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reason {
+    /// In the lab file, not on the host.
+    NotOnHost,
+    /// Owned by this lab on the host, no longer in the lab file.
+    NotInLabFile,
+    /// The lab file asks for other values than the host has.
+    LabFileChanged,
+    /// The host differs from what topo last wrote, and the lab file did not change:
+    /// someone changed it outside topo.
+    Drift,
+    /// These fields cannot change in place.
+    RequiresReplace { fields: Vec<String> },
+    /// The network is defined but not active (after a host reboot, or stopped by hand).
+    NotActive,
+    /// The VM is defined but not running.
+    NotRunning,
+    /// The VM's config changes take effect only after a restart.
+    RequiresRestart { fields: Vec<String> },
+    /// `topo destroy` removes everything the lab owns.
+    DestroyRequested,
+    /// The lab file says `state: stopped` and the VM runs: it is shut down.
+    StopRequested,
+    /// The VM is paused: it is resumed.
+    Paused,
+    /// A volume tagged as this lab's that no domain uses (left by an interrupted apply or
+    /// destroy, or by a define that libvirt refused).
+    Orphaned,
+    /// A seed upload that never got its seed's own name (`guest::partial_seed_name`): the
+    /// run uploading it was killed or failed before the copy to the seed's name; its content
+    /// may be truncated, so it is deleted (the seed, if still missing, is uploaded again).
+    InterruptedUpload,
+    /// The shared overlay pool is missing or inactive and a VM disk needs it.
+    PoolNeeded,
+    /// NICs of the running VM are not on their network's bridge (the network was stopped
+    /// and started again under them, e.g. `virsh net-destroy` + `net-start`): they are
+    /// plugged in again. Each entry: `eth0 (52:54:00:..., tap vnet3)`.
+    Unplugged { nics: Vec<String> },
+    /// The lab owned this network and now declares it `external: true`: topo releases it
+    /// (removes its owner tag) and leaves it running.
+    Released,
+    /// The netem settings (`delay`, `jitter`, `loss`) on the taps of these NICs of the
+    /// running VM differ from the lab file: they are set in place with tc. Each entry:
+    /// `eth0 (tap vnet3)`.
+    Netem { nics: Vec<String> },
+    /// The running VM's persistent config was removed outside topo (`virsh undefine` while
+    /// it runs): libvirt keeps it as a transient domain, which is gone once it stops. Its
+    /// config is defined again, in place, before anything stops it. Source of the rule:
+    /// libvirt's virDomainUndefine of an active domain, virDomainIsPersistent.
+    UndefinedOutsideTopo,
+    /// These volumes of the VM (names in the overlay pool) were deleted outside topo
+    /// (`virsh vol-delete`, a file removed) while its domain still uses them: a seed is
+    /// uploaded again with the same content, in place; a lost overlay replaces the VM.
+    DeletedOutsideTopo { volumes: Vec<String> },
+    /// The VM being deleted or replaced has snapshots (libvirt's metadata, internal or
+    /// external; sorted names). libvirt refuses to undefine an inactive domain that has any
+    /// ("cannot delete inactive domain with N snapshots"), so their metadata is removed
+    /// first, while the VM still runs; their data goes with the VM's disk (internal
+    /// snapshots live in its qcow2 overlay, external ones are the layers above it).
+    Snapshots { names: Vec<String> },
+    /// The object's owner tag was written by a topo older than lab identity (it names no
+    /// lab file): this lab adopts it, and its tag gains the prefix and this lab file, in
+    /// place (a define; nothing restarts).
+    Adopted,
+    /// The object was made by another instance of this lab (the same name and prefix,
+    /// lab file `from`), and this run takes the lab over (`--take-over`): its tag names this
+    /// lab file from now on, in place (a define; nothing restarts).
+    TakenOver { from: String },
+}
+
+impl Reason {
+    /// One line for the human plan.
+    pub fn describe(&self) -> String {
+        match self {
+            Reason::NotOnHost => "it is in the lab file but not on the host".into(),
+            Reason::NotInLabFile => "it is owned by this lab but no longer in the lab file".into(),
+            Reason::LabFileChanged => "the lab file changed".into(),
+            Reason::Drift => "changed outside topo since the last apply (drift)".into(),
+            Reason::RequiresReplace { fields } => {
+                format!("{} cannot change in place", fields.join(", "))
+            }
+            Reason::NotActive => "the network is defined but not active".into(),
+            Reason::NotRunning => "the VM is defined but not running".into(),
+            Reason::RequiresRestart { fields } => {
+                let verb = if fields.len() == 1 { "takes" } else { "take" };
+                format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
+            }
+            Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
+            Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
+            Reason::Paused => "the VM is paused; it will be resumed".into(),
+            Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
+            Reason::InterruptedUpload => {
+                "an interrupted seed upload left it (it may be truncated; seeds get their own name only when whole)"
+                    .into()
+            }
+            Reason::PoolNeeded => {
+                "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
+                    .into()
+            }
+            Reason::Released => {
+                "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
+            }
+            Reason::Netem { nics } => {
+                let verb = if nics.len() == 1 { "differs" } else { "differ" };
+                format!(
+                    "the delay, jitter or loss on {} {verb} from the lab file; set in place on the tap (tc netem), no restart",
+                    nics.join(", ")
+                )
+            }
+            Reason::UndefinedOutsideTopo => {
+                "undefined outside topo (running, transient): its config is defined again, in place, so it is not lost when it stops"
+                    .into()
+            }
+            Reason::DeletedOutsideTopo { volumes } => {
+                let verb = if volumes.len() == 1 { "was" } else { "were" };
+                let what = if volumes.iter().all(|v| crate::guest::is_seed_volume(v)) {
+                    "the seed is uploaded again with the same content, in place (cloud-init does not run again)"
+                } else {
+                    "the VM's disk is lost, so the VM is replaced"
+                };
+                format!("{} {verb} deleted outside topo; {what}", volumes.join(", "))
+            }
+            Reason::Snapshots { names } => {
+                let (n, them) = if names.len() == 1 { ("snapshot", "its") } else { ("snapshots", "their") };
+                format!(
+                    "the VM has {n} {}: {them} metadata is removed first (libvirt will not undefine a VM with snapshots), and {them} data goes with the VM's disk",
+                    names.join(", ")
+                )
+            }
+            Reason::Unplugged { nics } => {
+                let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
+                format!(
+                    "{} {verb} off {whose} network's bridge (the network was restarted under the running VM); plugged in again",
+                    nics.join(", ")
+                )
+            }
+            Reason::Adopted => {
+                "an older topo tagged it without the lab file; its tag now records this lab file and prefix, in place"
+                    .into()
+            }
+            Reason::TakenOver { from } => {
+                format!("--take-over: it was applied from {from}; its tag now names this lab file, in place")
+            }
+        }
+    }
+}
+
+/// One field's difference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub path: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub forces_replacement: bool,
+    /// True when the change needs the VM restarted.
+    pub restarts: bool,
+}
+
+/// A NIC that a network change cuts off: detached by a network replacement or stop, or left
+/// without a network by its deletion.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Detached {
+    pub domain: String,
+    pub mac: MacAddr,
+    /// Whether topo re-attaches it (only domains this lab owns and keeps).
+    pub reattached: bool,
+    /// Whether the domain is this lab's. A network deletion or replacement that cuts off a
+    /// domain that is not is refused unless the user insists (see [`check_foreign`](super::check_foreign)).
+    pub owned: bool,
+}
+
+/// How a running VM is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shutdown {
+    /// ACPI shutdown request, then forced off after apply's shutdown timeout.
+    Graceful,
+    /// Forced off at once (`virsh destroy`): used when the VM's disk is deleted next.
+    Force,
+}
+
+/// A NIC to plug back in after its network was restarted: the domain, the NIC's MAC and
+/// the `<interface>` XML to detach and attach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicPlug {
+    pub domain: String,
+    pub mac: MacAddr,
+    pub xml: String,
+    /// The NIC's netem settings, set again on its new tap once it is plugged in (a re-plug
+    /// makes a new tap, without them).
+    #[serde(default)]
+    pub netem: Option<Netem>,
+}
+
+/// The libvirt operations of one change, in order, each with what it needs (decided at
+/// plan time). A closed vocabulary executed by apply; the object is the change's
+/// `libvirt_name` unless the op names another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// Make sure the storage pool `name` exists (a dir pool over `path` when it does not),
+    /// is built, active and autostarted. Looked up by name.
+    EnsurePool {
+        name: String,
+        path: String,
+    },
+    DefineNetwork {
+        xml: String,
+    },
+    StartNetwork,
+    SetNetworkAutostart {
+        on: bool,
+    },
+    AddDhcpHost {
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+        host: String,
+        xml: String,
+    },
+    DeleteDhcpHost {
+        mac: MacAddr,
+        ip: std::net::Ipv4Addr,
+        host: Option<String>,
+        xml: String,
+    },
+    StopNetwork,
+    UndefineNetwork,
+    /// Remove topo's owner tag from the network's persistent config (it becomes external).
+    ReleaseNetwork,
+    /// Re-plug NICs of running domains after their network was restarted.
+    ReattachNics {
+        nics: Vec<NicPlug>,
+    },
+    CreateVolume {
+        volume: VolumeSpec,
+    },
+    DeleteVolume {
+        pool: String,
+        name: String,
+    },
+    /// Create the VM's cloud-init seed volume `name` in `pool`: the FAT image of `seed`
+    /// (made at apply time, the same bytes on every run), uploaded through libvirt.
+    UploadSeed {
+        pool: String,
+        name: String,
+        seed: crate::guest::Seed,
+    },
+    DefineDomain {
+        xml: String,
+    },
+    StartDomain,
+    ResumeDomain,
+    StopDomain {
+        shutdown: Shutdown,
+    },
+    AttachNic {
+        mac: MacAddr,
+        xml: String,
+    },
+    DetachNic {
+        mac: MacAddr,
+        network: String,
+        xml: String,
+    },
+    /// Set the rate limit of the running VM's NIC live (libvirt's `<bandwidth>`, both
+    /// directions; `None` removes it). The persistent config is written by a define.
+    SetBandwidth {
+        mac: MacAddr,
+        rate: Option<Rate>,
+    },
+    /// Set netem on the running VM's NIC's tap with tc (`None` removes topo's netem).
+    SetNetem {
+        mac: MacAddr,
+        netem: Option<Netem>,
+    },
+    UndefineDomain,
+    /// Remove these snapshots of the domain from libvirt's metadata only (`virsh
+    /// snapshot-delete VM S --metadata`), so that it can be undefined; their files go with
+    /// the domain's volumes.
+    DeleteSnapshotMetadata {
+        names: Vec<String>,
+    },
+}
+
+impl Op {
+    /// The op's name for messages and tests: `define-network`, `start-domain`, ...
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::EnsurePool { .. } => "ensure-pool",
+            Op::DefineNetwork { .. } => "define-network",
+            Op::StartNetwork => "start-network",
+            Op::SetNetworkAutostart { .. } => "set-network-autostart",
+            Op::AddDhcpHost { .. } => "add-dhcp-host",
+            Op::DeleteDhcpHost { .. } => "delete-dhcp-host",
+            Op::StopNetwork => "stop-network",
+            Op::UndefineNetwork => "undefine-network",
+            Op::ReleaseNetwork => "release-network",
+            Op::ReattachNics { .. } => "reattach-nics",
+            Op::CreateVolume { .. } => "create-volume",
+            Op::DeleteVolume { .. } => "delete-volume",
+            Op::UploadSeed { .. } => "upload-seed",
+            Op::DefineDomain { .. } => "define-domain",
+            Op::StartDomain => "start-domain",
+            Op::ResumeDomain => "resume-domain",
+            Op::StopDomain { .. } => "stop-domain",
+            Op::AttachNic { .. } => "attach-nic",
+            Op::DetachNic { .. } => "detach-nic",
+            Op::SetBandwidth { .. } => "set-bandwidth",
+            Op::SetNetem { .. } => "set-netem",
+            Op::UndefineDomain => "undefine-domain",
+            Op::DeleteSnapshotMetadata { .. } => "delete-snapshot-metadata",
+        }
+    }
+}
+
+/// One step of the plan: what happens to one resource, why, and the ops that do it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub address: Address,
+    pub libvirt_name: String,
+    pub action: Action,
+    pub reasons: Vec<Reason>,
+    pub fields: Vec<FieldChange>,
+    /// For a network replacement: the NICs of running domains it detaches. For the start
+    /// of an inactive network: the NICs of running domains that lost their link when it
+    /// stopped.
+    pub blast_radius: Vec<Detached>,
+    /// The changes of this plan that must be done before this one starts: the lab graph's
+    /// dependencies for creation, its exact reverse for deletion.
+    pub after: Vec<Address>,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub replace: usize,
+    pub delete: usize,
+}
+
+/// The whole plan: changes in execution order (deletions of VMs, volumes, then networks,
+/// then creations and updates in dependency order). `Change::after` holds the order apply
+/// must keep; independent changes may run in parallel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub lab: String,
+    pub changes: Vec<Change>,
+    /// `--target` addresses, sorted: the plan is partial (see [`target`](super::target)). Empty for a
+    /// whole plan.
+    #[serde(default)]
+    pub targets: Vec<Address>,
+    /// What the plan warns about without refusing it (`paths::warnings`: a file of the lab
+    /// that libvirt's storage pools cannot speak for, an image declared raw that the pool
+    /// finds to be another format), located in the lab file; in the JSON as `warnings`.
+    #[serde(default)]
+    pub warnings: Vec<crate::diag::JsonProblem>,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for c in &self.changes {
+            match c.action {
+                Action::Create => s.create += 1,
+                Action::Update => s.update += 1,
+                Action::Replace => s.replace += 1,
+                Action::Delete => s.delete += 1,
+                Action::NoOp => {}
+            }
+        }
+        s
+    }
+    /// True when applying would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.iter().all(|c| c.action == Action::NoOp)
+    }
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum PlanError {
+    #[error("lab {lab} conflicts with what is on {uri}: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    #[diagnostic(code(topo::plan::refused), help("nothing was changed; fix the lab file or the host and plan again"))]
+    Refused {
+        lab: String,
+        uri: String,
+        /// The lab file, which the problems point into.
+        #[source_code]
+        src: Arc<NamedSource<String>>,
+        #[related]
+        problems: Vec<Problem>,
+    },
+    #[error(
+        "lab {lab} would {verb} on {uri} that VMs this lab does not own are on: {}",
+        networks.join("; ")
+    )]
+    #[diagnostic(
+        code(topo::plan::cuts_foreign),
+        help(
+            "nothing was changed. Move those VMs to another network or remove them first; or, to go ahead anyway, \
+             run again with --disconnect-foreign (their NICs lose their link: topo never touches a domain it does not \
+             own, so a replaced network's running users stay off its new bridge until they are re-plugged or \
+             restarted, and a deleted network's users cannot start)"
+        )
+    )]
+    CutsForeign {
+        lab: String,
+        uri: String,
+        /// `delete a network`, `replace networks`, `delete and replace networks`.
+        verb: String,
+        /// One entry per network: `network.lan (x-lan): used by other-vm`.
+        networks: Vec<String>,
+    },
+    #[error(
+        "topo could not render the libvirt definitions of lab {lab}: {} problem{}",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    )]
+    #[diagnostic(
+        code(topo::plan::render_failed),
+        help(
+            "nothing was changed; a lab that validates always renders, so this is a bug in topo: report it with the lab file"
+        )
+    )]
+    RenderFailed {
+        lab: String,
+        /// One per resource that cannot be rendered ([`render_failed`]), pointing into `src`.
+        #[related]
+        problems: Vec<Problem>,
+        #[source_code]
+        src: Arc<NamedSource<String>>,
+    },
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Graph(#[from] GraphError),
+}
+
+/// The refusal of a resource whose libvirt definition could not be rendered: `what` (e.g.
+/// "the domain XML of vm.a (lab-a)") and the renderer's `error`, located at `span` in the
+/// lab file. Renderers fail only on a bug (validation checked every input they read), and
+/// the plan is refused ([`PlanError::RenderFailed`]) rather than made without the step.
+pub(super) fn render_failed(span: SourceSpan, what: &str, error: impl std::fmt::Display) -> Problem {
+    Problem::at(
+        Code::RenderFailed,
+        span,
+        format!("could not render {what}: {error}"),
+        "rendered from here",
+        "nothing was changed; report this lab file as a bug of topo",
+    )
+}

@@ -1,0 +1,74 @@
+//! Field differences and the skeletons of changes that create or delete an object.
+
+use std::collections::BTreeSet;
+
+use super::change::{Action, Change, FieldChange, Op, Reason};
+use crate::lab::address::Address;
+use crate::plan::fields::{self, FieldClass, Fields};
+
+pub(super) fn diff(desired: &Fields, observed: &Fields) -> Vec<FieldChange> {
+    let keys: BTreeSet<&String> = desired.keys().chain(observed.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let d = desired.get(k);
+            let o = observed.get(k);
+            if d.map(|v| &v.value) == o.map(|v| &v.value) {
+                return None;
+            }
+            let class = d.or(o).map(|v| v.class).unwrap_or(FieldClass::InPlace);
+            Some(FieldChange {
+                path: k.clone(),
+                before: o.map(|v| v.value.clone()),
+                after: d.map(|v| v.value.clone()),
+                forces_replacement: class == FieldClass::Replace,
+                restarts: class == FieldClass::Restart,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn all_fields(f: &Fields, created: bool) -> Vec<FieldChange> {
+    f.iter()
+        .filter(|(_, v)| v.class != FieldClass::State)
+        .map(|(k, v)| FieldChange {
+            path: k.clone(),
+            before: (!created).then(|| v.value.clone()),
+            after: created.then(|| v.value.clone()),
+            forces_replacement: false,
+            restarts: false,
+        })
+        .collect()
+}
+
+/// A change that creates an object: every desired field is new.
+pub(super) fn creation(address: Address, libvirt_name: &str, desired: &Fields, ops: Vec<Op>) -> Change {
+    Change {
+        address,
+        libvirt_name: libvirt_name.to_string(),
+        action: Action::Create,
+        reasons: vec![Reason::NotOnHost],
+        fields: all_fields(desired, true),
+        blast_radius: Vec::new(),
+        after: Vec::new(),
+        ops,
+    }
+}
+
+/// A change that deletes an owned object no longer in the lab file.
+pub(super) fn deletion(address: Address, libvirt_name: &str, fields: Vec<FieldChange>, ops: Vec<Op>) -> Change {
+    Change {
+        address,
+        libvirt_name: libvirt_name.to_string(),
+        action: Action::Delete,
+        reasons: vec![Reason::NotInLabFile],
+        fields,
+        blast_radius: Vec::new(),
+        after: Vec::new(),
+        ops,
+    }
+}
+
+/// Whether the host differs from the last apply while the file did not change.
+pub(super) fn drifted(owner: Option<&crate::host::observed::OwnerTag>, desired: &Fields) -> bool {
+    owner.is_some_and(|t| t.spec_hash == fields::spec_hash(desired))
+}
