@@ -16,4 +16,5 @@ pub mod lab;
 pub mod plan;
 pub mod results;
 pub mod session;
+pub mod table;
 pub mod verify;
