@@ -154,9 +154,9 @@ fn list_steps(report: &Report) {
             StepOutcome::Done { seconds } => {
                 crate::errln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str())
             }
-            StepOutcome::Failed { error, hint } => {
+            StepOutcome::Failed { error } => {
                 crate::errln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());
-                if let Some(h) = hint {
+                if let Some(h) = error.hint() {
                     crate::errln!("           hint: {h}");
                 }
             }
