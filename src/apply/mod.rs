@@ -4,6 +4,7 @@
 //! looks at the lab model: everything a step needs was decided at plan time.
 
 pub mod lock;
+pub mod outcome;
 pub mod progress;
 pub mod walk;
 
@@ -17,6 +18,7 @@ use crate::host::observed::{DomainState, Observed};
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
 use crate::plan::{Action, Change, Op, Plan, Shutdown};
+pub use outcome::{StepError, StepOutcome};
 use progress::{Event, Progress};
 
 /// How apply runs.
@@ -32,22 +34,6 @@ impl Default for Options {
     fn default() -> Self {
         Self { parallelism: 16, shutdown_timeout: Duration::from_secs(30) }
     }
-}
-
-/// What became of one change.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StepOutcome {
-    Done {
-        seconds: f64,
-    },
-    Failed {
-        error: String,
-        hint: Option<String>,
-    },
-    /// Not started: an earlier step failed, or apply was interrupted.
-    Skipped {
-        why: String,
-    },
 }
 
 #[derive(Clone, Debug)]
@@ -186,17 +172,11 @@ fn run_step(
         let result = run_change(change, hv, opts, shared).or_else(|e| already_gone(change, e));
         match result {
             Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
-            Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
+            Err(e) => StepOutcome::Failed { error: StepError::Host(e) },
         }
     }));
-    let outcome = step.unwrap_or_else(|panic| StepOutcome::Failed {
-        error: format!("internal error: {}", panic_message(panic.as_ref())),
-        hint: Some(
-            "this is a bug in topo (please report it); the other steps were not \
-             affected, and `topo apply` again plans from what is on the host"
-                .into(),
-        ),
-    });
+    let outcome =
+        step.unwrap_or_else(|panic| StepOutcome::Failed { error: StepError::Panic(panic_message(panic.as_ref())) });
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         progress.event(Event::Finished { address: &change.address, action: change.action, outcome: &outcome })
     }));

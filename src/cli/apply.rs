@@ -434,10 +434,10 @@ fn execute(global: &GlobalArgs, plan: &Plan, hv: &dyn Hypervisor, opts: Options)
             StepOutcome::Done { seconds } => {
                 crate::errln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str())
             }
-            StepOutcome::Failed { error, hint } => {
+            StepOutcome::Failed { error } => {
                 failed += 1;
                 crate::errln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());
-                if let Some(h) = hint {
+                if let Some(h) = error.hint() {
                     crate::errln!("           hint: {h}");
                 }
             }
