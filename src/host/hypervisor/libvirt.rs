@@ -715,8 +715,17 @@ impl Hypervisor for LibvirtHypervisor {
         self.identify_files(&mut out);
         out.host_interfaces = host_interfaces(&self.uri);
         // The kernel the taps live in is this machine's (network namespaces share it).
-        out.kernel =
-            if out.host_interfaces.is_some() { crate::host::kernel::KernelSupport::read_local() } else { None };
+        out.kernel = if out.host_interfaces.is_some() {
+            crate::host::kernel::KernelSupport::read_local().map_err(|e| HvError {
+                op: "read the kernel config".into(),
+                object: self.uri.clone(),
+                message: e.to_string(),
+                kind: HvErrorKind::Other,
+                hint: None,
+            })?
+        } else {
+            None
+        };
         // The routes libvirt checks a network's subnet against when it starts it: on a
         // local real driver, this machine's (network namespace's) main table.
         out.host_routes = if out.host_interfaces.is_some() {
