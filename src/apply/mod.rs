@@ -397,27 +397,23 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
     }
 }
 
-/// After apply: observe again and plan; any remaining change is an inconsistent result.
-/// Returns what was observed, for the verification that follows.
-pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
-    check_converged_for(lab, hv, &[])
-}
-
-/// [`check_converged`] for a plan cut to `targets` (`--target`): only the targets and what
-/// they depend on must match the file.
-pub fn check_converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
-    let mut observed = hv.observe()?;
-    crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
-    let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
+/// After apply: the plan of `lab` on the host as `observed` again (by
+/// `session::Session::converged`) must be empty for the `targets` (empty: the whole lab)
+/// and what they depend on; any remaining change is an inconsistent result.
+///
+/// # Errors
+/// [`ApplyError::Inconsistent`] with each change left (or the planner's refusal).
+pub fn check_converged_on(lab: &Lab, observed: &Observed, uri: &str, targets: &[Address]) -> Result<(), ApplyError> {
+    let plan = match crate::plan::plan(lab, observed, uri) {
         Ok(p) if targets.is_empty() => p,
         Ok(p) => {
-            let reach = crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply);
+            let reach = crate::plan::target::closure(lab, observed, targets, crate::plan::target::Direction::Apply);
             crate::plan::target::restrict(p, &reach, targets)
         }
         Err(e) => return Err(ApplyError::Inconsistent { details: vec![e.to_string()] }),
     };
     if plan.is_empty() {
-        return Ok(observed);
+        return Ok(());
     }
     let details = plan
         .changes
