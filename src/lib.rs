@@ -15,4 +15,5 @@ pub mod host;
 pub mod lab;
 pub mod plan;
 pub mod results;
+pub mod table;
 pub mod verify;

@@ -204,8 +204,12 @@ fn removed_vm_and_network_are_deleted_vms_first() {
         pairs(&[("vm.db", Action::Delete), ("network.back", Action::Delete), ("vm.web", Action::Update)])
     );
     let calls = hv.calls();
+    // The deletion of back waits for the deletion of db, which is on it (the host's reference,
+    // reversed). web's update, which unplugs its NIC from back, is not a deletion: it may run
+    // before or after (libvirt lets a network go from under a running domain, and detaches
+    // the NIC by its MAC).
     assert!(pos(&calls, "undefine_domain demo-db") < pos(&calls, "undefine_network demo-back"));
-    assert!(pos(&calls, "detach_device demo-web") < pos(&calls, "undefine_network demo-back"));
+    assert!(calls.iter().any(|c| c == "detach_device demo-web"), "{calls:?}");
     assert_replans_empty(&l, &hv);
     assert!(!hv.observe().unwrap().networks.contains_key("demo-back"));
 }

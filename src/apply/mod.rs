@@ -5,10 +5,11 @@
 
 pub mod lock;
 pub mod progress;
+pub mod walk;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::host::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
@@ -109,144 +110,97 @@ pub enum ApplyError {
     Observe(#[from] HvError),
 }
 
-/// One change and the changes it waits for.
-struct Task<'p> {
-    change: &'p Change,
-    deps: BTreeSet<usize>,
-    /// Network steps are serialised: libvirt picks bridge names racily.
-    network: bool,
+impl walk::Outcome for StepOutcome {
+    fn succeeded(&self) -> bool {
+        matches!(self, StepOutcome::Done { .. })
+    }
 }
 
-/// The plan's steps with their `after` lists resolved to indices (an address the plan does
-/// not hold has nothing to wait for).
-fn tasks(plan: &Plan) -> Vec<Task<'_>> {
+/// The steps each change of `plan` waits for: its `after` list resolved to indices (an
+/// address the plan does not hold has nothing to wait for).
+fn dependencies(plan: &Plan) -> Vec<BTreeSet<usize>> {
     let index: BTreeMap<&Address, usize> = plan.changes.iter().enumerate().map(|(i, c)| (&c.address, i)).collect();
-    plan.changes
-        .iter()
-        .map(|c| Task {
-            change: c,
-            deps: c.after.iter().filter_map(|a| index.get(a).copied()).collect(),
-            network: matches!(c.address, Address::Network(_)),
-        })
-        .collect()
+    plan.changes.iter().map(|c| c.after.iter().filter_map(|a| index.get(a).copied()).collect()).collect()
 }
 
-#[derive(Default)]
-struct State {
-    started: BTreeSet<usize>,
-    finished: BTreeMap<usize, StepOutcome>,
-    running: usize,
-    network_busy: bool,
-    stop: bool,
-}
-
-/// Runs the steps of `plan` on `hv`, exactly as planned. `cancel` is set by the Ctrl-C
-/// handler: no new step starts once it is set.
+/// Runs the steps of `plan` on `hv`, exactly as planned: each change once every change of
+/// its `after` list is done, at most `opts.parallelism` at once ([`walk::walk`], the one
+/// scheduler). `cancel` is set by the Ctrl-C handler: no new step starts once it is set.
 pub fn apply(plan: &Plan, hv: &dyn Hypervisor, opts: &Options, cancel: &AtomicBool, progress: &dyn Progress) -> Report {
-    let tasks = tasks(plan);
-    let state = Mutex::new(State::default());
-    let started = Mutex::new(BTreeMap::new());
-    let wake = Condvar::new();
-    let workers = opts.parallelism.max(1).min(tasks.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    // Pick a ready task, or finish when nothing can start any more.
-                    let picked = {
-                        // Invariant: no code panics while holding this lock.
-                        let mut st = state.lock().expect("apply state lock");
-                        loop {
-                            if cancel.load(Ordering::SeqCst) {
-                                st.stop = true;
-                            }
-                            let ready = (0..tasks.len()).find(|&i| {
-                                !st.started.contains(&i)
-                                    && tasks[i]
-                                        .deps
-                                        .iter()
-                                        .all(|d| matches!(st.finished.get(d), Some(StepOutcome::Done { .. })))
-                                    && !(tasks[i].network && st.network_busy)
-                            });
-                            match ready {
-                                Some(i) if !st.stop => {
-                                    st.started.insert(i);
-                                    st.running += 1;
-                                    if tasks[i].network {
-                                        st.network_busy = true;
-                                    }
-                                    break Some(i);
-                                }
-                                _ if st.running == 0 => break None,
-                                _ => {
-                                    st = wake.wait_timeout(st, Duration::from_millis(100)).expect("apply state lock").0;
-                                }
-                            }
-                        }
-                    };
-                    let Some(i) = picked else {
-                        wake.notify_all();
-                        return;
-                    };
-                    let change = tasks[i].change;
-                    // A panic in a step (a bug) fails that step like an error: the worker
-                    // goes on to record it, so the others are never left waiting for it.
-                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        progress.event(Event::Started { address: &change.address, action: change.action });
-                        let t0 = Instant::now();
-                        let result = run_change(change, hv, opts, &started).or_else(|e| already_gone(change, e));
-                        match result {
-                            Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
-                            Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
-                        }
-                    }));
-                    let outcome = step.unwrap_or_else(|panic| StepOutcome::Failed {
-                        error: format!("internal error: {}", panic_message(panic.as_ref())),
-                        hint: Some(
-                            "this is a bug in topo (please report it); the other steps were not \
-                             affected, and `topo apply` again plans from what is on the host"
-                                .into(),
-                        ),
-                    });
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        progress.event(Event::Finished {
-                            address: &change.address,
-                            action: change.action,
-                            outcome: &outcome,
-                        })
-                    }));
-                    let mut st = state.lock().expect("apply state lock");
-                    if !matches!(outcome, StepOutcome::Done { .. }) {
-                        st.stop = true;
-                    }
-                    if tasks[i].network {
-                        st.network_busy = false;
-                    }
-                    st.running -= 1;
-                    st.finished.insert(i, outcome);
-                    wake.notify_all();
-                }
-            });
-        }
-    });
-    // Invariant: all workers have joined; the lock is free and not poisoned.
-    let st = state.into_inner().expect("apply state lock");
+    let deps = dependencies(plan);
+    let shared = Shared::default();
+    let finished =
+        walk::walk(&deps, opts.parallelism, cancel, |i| run_step(&plan.changes[i], hv, opts, &shared, progress));
     let interrupted = cancel.load(Ordering::SeqCst);
-    let steps = tasks
+    let stuck = walk::stuck(&deps);
+    let steps = plan
+        .changes
         .iter()
         .enumerate()
-        .map(|(i, t)| StepReport {
-            address: t.change.address.clone(),
-            action: t.change.action,
-            outcome: st.finished.get(&i).cloned().unwrap_or_else(|| StepOutcome::Skipped {
-                why: if interrupted { "interrupted".into() } else { "not started after a failure".into() },
+        .map(|(i, c)| StepReport {
+            address: c.address.clone(),
+            action: c.action,
+            outcome: finished.get(&i).cloned().unwrap_or_else(|| StepOutcome::Skipped {
+                why: if interrupted {
+                    "interrupted".into()
+                } else if stuck.contains(&i) {
+                    "it waits on a dependency cycle in the plan (a bug in topo, or a saved plan edited by hand)".into()
+                } else {
+                    "not started after a failure".into()
+                },
             }),
         })
         .collect();
     // The workers have joined; a step that panicked while holding the lock poisoned it, but
     // what it holds is still right.
-    let started = started.into_inner().unwrap_or_else(|p| p.into_inner());
+    let started = shared.started.into_inner().unwrap_or_else(|p| p.into_inner());
     Report { steps, interrupted, started }
+}
+
+/// What the steps running at once share.
+#[derive(Default)]
+struct Shared {
+    /// When each domain (by libvirt name) was started.
+    started: Mutex<BTreeMap<String, Instant>>,
+    /// Held around every network define: one at a time. libvirt 9.0 picks the bridge name of
+    /// a network defined without one (`virbrN`, the first name no defined network and no host
+    /// device has) without serialising concurrent defines, so two parallel defines can get the
+    /// same name, and the second start then fails with "error creating bridge interface
+    /// virbr5: File exists" (seen in the sandbox; docs/benchmarks.md). Starting, stopping and
+    /// undefining networks in parallel is safe, and a define takes milliseconds.
+    define_network: Mutex<()>,
+}
+
+/// Runs one change with its progress events; a panic in it (a bug) fails that step like an
+/// error, so the walk goes on to record it and nothing is left waiting for it.
+fn run_step(
+    change: &Change,
+    hv: &dyn Hypervisor,
+    opts: &Options,
+    shared: &Shared,
+    progress: &dyn Progress,
+) -> StepOutcome {
+    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        progress.event(Event::Started { address: &change.address, action: change.action });
+        let t0 = Instant::now();
+        let result = run_change(change, hv, opts, shared).or_else(|e| already_gone(change, e));
+        match result {
+            Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
+            Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
+        }
+    }));
+    let outcome = step.unwrap_or_else(|panic| StepOutcome::Failed {
+        error: format!("internal error: {}", panic_message(panic.as_ref())),
+        hint: Some(
+            "this is a bug in topo (please report it); the other steps were not \
+             affected, and `topo apply` again plans from what is on the host"
+                .into(),
+        ),
+    });
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        progress.event(Event::Finished { address: &change.address, action: change.action, outcome: &outcome })
+    }));
+    outcome
 }
 
 /// The text of a panic payload (`panic!` with a literal or a formatted message).
@@ -260,12 +214,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Runs one step's ops in order. Every op is idempotent: what it would do is done already
 /// ("already running", "already gone", "already exists as wanted") counts as done, so a
 /// step cut short by a crash or a failure can simply run again from the next plan.
-fn run_change(
-    c: &Change,
-    hv: &dyn Hypervisor,
-    opts: &Options,
-    started: &Mutex<BTreeMap<String, Instant>>,
-) -> Result<(), HvError> {
+fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) -> Result<(), HvError> {
     let name = c.libvirt_name.as_str();
     // A network replacement keeps the config it stops, to bring it back if the new one does
     // not start.
@@ -275,7 +224,11 @@ fn run_change(
         match op {
             Op::EnsurePool { name, path } => hv.ensure_pool(name, path)?,
             Op::DefineNetwork { xml } => {
-                if let Err(e) = hv.define_network(xml) {
+                // A poisoned lock guards nothing but the order of defines: go on.
+                let one_at_a_time = shared.define_network.lock().unwrap_or_else(|p| p.into_inner());
+                let defined = hv.define_network(xml);
+                drop(one_at_a_time);
+                if let Err(e) = defined {
                     // After the stop of a replacement: the working network is down.
                     return Err(match &previous {
                         Some(old) => bring_back(hv, c, old, e),
@@ -334,7 +287,7 @@ fn run_change(
                         return Err(e);
                     }
                 }
-                if let Ok(mut m) = started.lock() {
+                if let Ok(mut m) = shared.started.lock() {
                     m.insert(name.to_string(), Instant::now());
                 }
             }

@@ -481,6 +481,17 @@ pub enum PlanError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Graph(#[from] GraphError),
+    /// The plan's steps wait for each other in a cycle: a bug in topo, since the rules of the
+    /// resource graph exclude it (docs/apply.md, "Order").
+    #[error("internal error: the plan's steps wait for each other in a cycle: {}", cycle.join(" -> "))]
+    #[diagnostic(
+        code(topo::plan::cycle),
+        help("this is a bug in topo (please report it with the plan): nothing was changed")
+    )]
+    Cycle {
+        /// The addresses of the steps in the cycle, sorted, the first repeated at the end.
+        cycle: Vec<String>,
+    },
 }
 
 /// The refusal of a resource whose libvirt definition could not be rendered: `what` (e.g.

@@ -8,7 +8,7 @@ pub mod fields;
 pub mod graph;
 pub mod json;
 mod network;
-mod order;
+pub mod order;
 pub mod paths;
 pub mod render;
 pub mod saved;
@@ -28,7 +28,7 @@ pub use change::{Action, Change, Detached, FieldChange, NicPlug, Op, Plan, PlanE
 use conflicts::{check_conflicts, refused};
 pub use conflicts::{check_executable, check_foreign, check_instances, other_instances};
 use network::{delete_network, is_replaced, plan_network, release_network};
-use order::{order_changes, prune_deleted_users};
+use order::prune_deleted_users;
 use vm::{delete_domain, plan_vm};
 use volume::{Pool, disks_in_use, orphaned_volumes};
 
@@ -105,7 +105,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     }
     prune_deleted_users(&mut changes);
     refused(lab, uri, disks_in_use(lab, observed, &changes))?;
-    order_changes(lab, Some(&graph), observed, &mut changes);
+    order::order(lab, observed, &mut changes)?;
     let file = lab.source.name();
     let warnings = paths::warnings(lab, observed)
         .iter()
@@ -162,7 +162,12 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
         changes.insert(0, c);
     }
     prune_deleted_users(&mut changes);
-    order_changes(lab, graph.as_ref(), observed, &mut changes);
+    // The destroy plan's steps are deletions (and the pool step): they wait only for
+    // deletions, so no cycle can arise; were one found (a bug), apply reports its steps as
+    // never started, naming the cycle.
+    if let Err(e) = order::order(lab, observed, &mut changes) {
+        tracing::error!("{e}");
+    }
     Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings: Vec::new() }
 }
 

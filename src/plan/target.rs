@@ -10,7 +10,7 @@ use super::{Change, Op, Plan};
 use crate::host::observed::Observed;
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
-use crate::plan::graph::{LabGraph, Node};
+use crate::plan::order::{Resource, ResourceGraph};
 
 /// Which way targeting follows dependencies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,54 +49,56 @@ pub fn check(lab: &Lab, full: &Plan, targets: &[Address]) -> Result<(), UnknownT
     Err(UnknownTarget { address: first.to_string(), lab: lab.name.to_string(), help })
 }
 
-/// The addresses `targets` reach in `direction`: for apply, each target and (through the lab
-/// graph) what it depends on; for destroy, each target and the owned domains observed with a
-/// NIC on a targeted network (whether or not they are still in the file).
+/// The addresses `targets` reach in `direction`, one walk of the plan's resource graph
+/// ([`ResourceGraph`], built from the lab file and the host): for apply, each target and what
+/// it references in the lab file, directly or not (a VM's networks); for destroy, each target
+/// and the domains of this lab that reference it on the host (the owned domains with a NIC
+/// on a targeted network, whether or not they are still in the file).
 pub fn closure(lab: &Lab, observed: &Observed, targets: &[Address], direction: Direction) -> BTreeSet<Address> {
+    let graph = ResourceGraph::build(lab, observed, &[]);
     let mut out: BTreeSet<Address> = targets.iter().cloned().collect();
-    match direction {
-        Direction::Apply => {
-            let graph = LabGraph::build(lab).ok();
-            let mut stack: Vec<Address> = targets.to_vec();
-            while let Some(a) = stack.pop() {
-                let node = match &a {
-                    Address::Network(n) => Node::Network(n.clone()),
-                    Address::Vm(v) => Node::Vm(v.clone()),
-                    Address::Volume(_) | Address::Pool(_) => continue,
-                };
-                for dep in graph.as_ref().map(|g| g.dependencies(&node)).unwrap_or_default() {
-                    if out.insert(dep.address()) {
-                        stack.push(dep.address());
-                    }
-                }
+    for t in targets {
+        let Some(node) = resource(lab, observed, t) else { continue };
+        match direction {
+            Direction::Apply => {
+                out.extend(graph.desired_dependencies(&node).iter().filter_map(|r| lab_address(lab, r)))
             }
-        }
-        Direction::Destroy => {
-            let networks: BTreeSet<String> = targets
-                .iter()
-                .filter_map(|t| match t {
-                    Address::Network(n) => {
-                        Some(lab.networks.get(n).map(|net| net.libvirt_name.clone()).unwrap_or_else(|| {
-                            // Not in the file any more: its libvirt name is the owner tag's.
-                            owned_name(observed, t).unwrap_or_default()
-                        }))
-                    }
-                    _ => None,
-                })
-                .collect();
-            for d in observed.domains.values() {
-                let on_target = d.interfaces.iter().any(|i| i.network.as_ref().is_some_and(|n| networks.contains(n)));
-                if on_target
-                    && let Some(tag) = &d.owner
-                    && tag.lab == lab.name.as_str()
-                    && let Ok(a) = tag.resource.parse::<Address>()
-                {
-                    out.insert(a);
-                }
-            }
+            Direction::Destroy => out.extend(graph.observed_dependents(&node).iter().filter_map(|r| match r {
+                Resource::Vm(domain) => owned_address(lab, observed, domain),
+                _ => None,
+            })),
         }
     }
     out
+}
+
+/// The graph node of target `a`: a lab resource by its libvirt name; a network no longer in
+/// the file by the libvirt name of its owner tag.
+fn resource(lab: &Lab, observed: &Observed, a: &Address) -> Option<Resource> {
+    match a {
+        Address::Network(n) => Some(Resource::Network(
+            lab.networks.get(n).map(|net| net.libvirt_name.clone()).or_else(|| owned_name(observed, a))?,
+        )),
+        Address::Vm(v) => lab.vms.get(v).map(|vm| Resource::Vm(vm.libvirt_name.clone())),
+        Address::Volume(_) | Address::Pool(_) => None,
+    }
+}
+
+/// The lab address of resource `r` (a network or VM of the lab file).
+fn lab_address(lab: &Lab, r: &Resource) -> Option<Address> {
+    match r {
+        Resource::Network(name) => {
+            lab.networks.values().find(|n| n.libvirt_name == *name).map(|n| Address::Network(n.name.clone()))
+        }
+        Resource::Vm(name) => lab.vms.values().find(|v| v.libvirt_name == *name).map(|v| Address::Vm(v.name.clone())),
+        Resource::Pool(_) | Resource::Volume(_) | Resource::Nic { .. } => None,
+    }
+}
+
+/// The address in the owner tag of `domain`, when this lab owns it.
+fn owned_address(lab: &Lab, observed: &Observed, domain: &str) -> Option<Address> {
+    let tag = observed.domains.get(domain)?.owner.as_ref()?;
+    (tag.lab == lab.name.as_str()).then(|| tag.resource.parse::<Address>().ok()).flatten()
 }
 
 /// The libvirt name of the network this lab owns under address `a`, from its owner tag.

@@ -10,7 +10,7 @@ use crate::lab::impair::{Netem, Rate};
 use crate::lab::model::MacAddr;
 use crate::lab::source::SourceFile;
 
-fn lab(text: &str) -> Lab {
+pub(super) fn lab(text: &str) -> Lab {
     let text = text.replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
     crate::lab::validate::load(&SourceFile::from_text(Path::new("lab.yaml"), text)).expect("valid lab")
 }
@@ -29,7 +29,7 @@ vms:
         ip: IP
 ";
 
-fn applied(hv: &MemoryHypervisor, l: &Lab) {
+pub(super) fn applied(hv: &MemoryHypervisor, l: &Lab) {
     let p = plan(l, &hv.observe().unwrap(), "mem").unwrap();
     let r = apply(&p, hv, &Options::default(), &Default::default(), &crate::apply::progress::Silent);
     assert!(!r.failed(), "{r:?}");

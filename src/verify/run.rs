@@ -11,6 +11,7 @@ use super::VerifyError;
 use super::sources::{Clock, LeaseSource};
 use super::state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
 use super::target::NicTarget;
+use crate::host::observed::Lease;
 use crate::lab::model::MacAddr;
 use crate::verify::arp::ArpReply;
 use crate::verify::prober::{ProbeError, Prober, TimedReply, sweep_targets};
@@ -67,6 +68,20 @@ struct Track {
     elsewhere: Option<Ipv4Addr>,
     /// A sweep found this MAC at an address a lease-less sibling NIC answers too.
     ambiguous: Option<(Ipv4Addr, String)>,
+}
+
+impl Track {
+    /// A NIC before the first round: its initial state, nothing seen yet.
+    fn new(t: &NicTarget) -> Self {
+        Track {
+            state: initial_state(t),
+            leased: None,
+            candidates: Vec::new(),
+            conflict: None,
+            elsewhere: None,
+            ambiguous: None,
+        }
+    }
 }
 
 fn initial_state(t: &NicTarget) -> NicState {
@@ -142,17 +157,7 @@ where
     C: Clock + ?Sized,
     F: FnMut(&NicProgress<'_>),
 {
-    let mut tracks: Vec<Track> = targets
-        .iter()
-        .map(|t| Track {
-            state: initial_state(t),
-            leased: None,
-            candidates: Vec::new(),
-            conflict: None,
-            elsewhere: None,
-            ambiguous: None,
-        })
-        .collect();
+    let mut tracks: Vec<Track> = targets.iter().map(Track::new).collect();
     for (index, (t, tr)) in targets.iter().zip(&tracks).enumerate() {
         progress(&NicProgress { index, target: t, state: &tr.state });
     }
@@ -161,7 +166,7 @@ where
 
     while tracks.iter().any(|tr| !tr.state.is_final()) {
         if cancel.load(Ordering::SeqCst) {
-            interrupt(targets, &mut tracks, &mut progress);
+            fail_unsettled(targets, &mut tracks, &mut progress, |_, _| FailReason::Interrupted);
             break;
         }
         let round_start = clock.elapsed();
@@ -169,6 +174,55 @@ where
         // 1. Every NIC's own addresses (reservation, leases), settled ones and `verify: none`
         //    included: an address that is one NIC's never proves another (ARP flux).
         let all_leases = leases.leases()?;
+        let owned = Owned::new(targets, &all_leases);
+        refresh_candidates(targets, &mut tracks, &owned, &all_leases);
+
+        // 2. What to ask on each bridge: candidates, plus a sweep where a NIC has none.
+        let asks = plan_asks(targets, &tracks, opts, round_start, &mut last_sweep, first_round);
+        first_round = false;
+        let asked_anything = asks.values().any(|a| !a.is_empty());
+
+        // 3. Probe all bridges in parallel, one thread each.
+        let probed = Probed::sort(probe_bridges(targets, prober, &asks, opts))?;
+
+        // 4. Judge each pending NIC by the replies on its bridge.
+        let now = clock.elapsed();
+        judge_round(targets, &mut tracks, &owned, &probed, now, &mut progress);
+
+        // 5. Done; or interrupted; or out of time: diagnose what is left; or wait out the round.
+        if tracks.iter().all(|tr| tr.state.is_final()) {
+            break;
+        }
+        if cancel.load(Ordering::SeqCst) {
+            fail_unsettled(targets, &mut tracks, &mut progress, |_, _| FailReason::Interrupted);
+            break;
+        }
+        if now >= opts.timeout {
+            fail_unsettled(targets, &mut tracks, &mut progress, diagnose);
+            break;
+        }
+        let round = if asked_anything { opts.probe_timeout } else { opts.poll_every };
+        let round_end = round_start.saturating_add(round);
+        if now < round_end {
+            clock.sleep((round_end - now).min(opts.timeout.saturating_sub(now)));
+        }
+    }
+
+    Ok(VerifyReport {
+        nics: targets.iter().zip(tracks).map(|(t, tr)| NicOutcome { target: t.clone(), state: tr.state }).collect(),
+    })
+}
+
+/// One round's addresses: `own[j]` are NIC j's reservation and leases, `owners` the NICs
+/// owning each (libvirt network, address).
+struct Owned<'t> {
+    own: Vec<Vec<Ipv4Addr>>,
+    owners: BTreeMap<(&'t str, Ipv4Addr), BTreeSet<usize>>,
+}
+
+impl<'t> Owned<'t> {
+    /// Every NIC's own addresses from its reservation and `all_leases`, reservation first.
+    fn new(targets: &'t [NicTarget], all_leases: &[Lease]) -> Self {
         let own: Vec<Vec<Ipv4Addr>> = targets
             .iter()
             .map(|t| {
@@ -187,185 +241,202 @@ where
                 owners.entry((t.libvirt_network.as_str(), *ip)).or_default().insert(j);
             }
         }
-        for (t, (tr, ips)) in targets.iter().zip(tracks.iter_mut().zip(&own)) {
-            if tr.state.is_final() {
-                continue;
-            }
-            tr.candidates = ips.clone();
-            if let Some(l) = all_leases.iter().rfind(|l| l.mac == t.mac && l.network == t.libvirt_network) {
-                tr.leased = Some(l.ip);
-            }
-        }
+        Self { own, owners }
+    }
+}
 
-        // 2. What to ask on each bridge: candidates, plus a sweep where a NIC has none.
-        let mut asks: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-        let mut sweeping: BTreeSet<String> = BTreeSet::new();
-        for (t, tr) in targets.iter().zip(&tracks) {
-            let Some(bridge) = t.bridge.as_ref().filter(|_| !tr.state.is_final()) else {
-                continue;
-            };
-            let ask = asks.entry(bridge.clone()).or_default();
-            ask.extend(tr.candidates.iter().copied());
-            let due = round_start >= opts.sweep_after || (!t.dhcp && t.reservation.is_none());
-            let recent = last_sweep.get(bridge).is_some_and(|at| round_start.saturating_sub(*at) < opts.sweep_every);
-            if tr.candidates.is_empty()
-                && due
-                && (!recent || sweeping.contains(bridge))
-                && let Some(hosts) = t.subnet.and_then(|s| sweep_targets(s, opts.max_sweep_hosts))
-            {
-                ask.extend(hosts);
-                sweeping.insert(bridge.clone());
-            }
+/// Sets each pending NIC's candidates to its own addresses, and its latest lease.
+fn refresh_candidates(targets: &[NicTarget], tracks: &mut [Track], owned: &Owned<'_>, all_leases: &[Lease]) {
+    for (t, (tr, ips)) in targets.iter().zip(tracks.iter_mut().zip(&owned.own)) {
+        if tr.state.is_final() {
+            continue;
         }
-        // The first round asks every bridge, even with nothing to probe yet: a missing or
-        // down bridge is reported at once instead of as a missing lease at the deadline.
-        if !first_round {
-            asks.retain(|_, a| !a.is_empty());
+        tr.candidates = ips.clone();
+        if let Some(l) = all_leases.iter().rfind(|l| l.mac == t.mac && l.network == t.libvirt_network) {
+            tr.leased = Some(l.ip);
         }
-        first_round = false;
-        let asked_anything = asks.values().any(|a| !a.is_empty());
-        for b in &sweeping {
-            last_sweep.insert(b.clone(), round_start);
-        }
+    }
+}
 
-        // 3. Probe all bridges in parallel, one thread each.
-        // A bridge's round (its timeout, and its grace after every address has answered)
-        // waits `delay + jitter` longer for its slowest impaired NIC: a reply netem holds
-        // past the round would be read by the next round and timed from that round's request
-        // (ARP replies carry no request id), giving a wrong, short RTT. The grace matters
-        // because a sibling NIC of the same guest can answer at once for the delayed NIC's
-        // address (ARP flux), which counts as "every address answered".
-        let mut extra: BTreeMap<&str, Duration> = BTreeMap::new();
-        for t in targets {
-            if let Some(b) = t.bridge.as_deref() {
-                let e = extra.entry(b).or_default();
-                *e = (*e).max(t.max_extra_rtt());
-            }
+/// The addresses to ask on each bridge this round: every pending NIC's candidates, plus its
+/// subnet (a sweep) where it has none, once `opts.sweep_after` has passed (at once without
+/// DHCP and reservation) and the bridge was not swept within `opts.sweep_every`. Records the
+/// sweeps in `last_sweep`. The first round asks every bridge, even with nothing to probe yet:
+/// a missing or down bridge is reported at once instead of as a missing lease at the deadline.
+fn plan_asks(
+    targets: &[NicTarget],
+    tracks: &[Track],
+    opts: &VerifyOptions,
+    round_start: Duration,
+    last_sweep: &mut BTreeMap<String, Duration>,
+    first_round: bool,
+) -> BTreeMap<String, BTreeSet<Ipv4Addr>> {
+    let mut asks: BTreeMap<String, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut sweeping: BTreeSet<String> = BTreeSet::new();
+    for (t, tr) in targets.iter().zip(tracks) {
+        let Some(bridge) = t.bridge.as_ref().filter(|_| !tr.state.is_final()) else {
+            continue;
+        };
+        let ask = asks.entry(bridge.clone()).or_default();
+        ask.extend(tr.candidates.iter().copied());
+        let due = round_start >= opts.sweep_after || (!t.dhcp && t.reservation.is_none());
+        let recent = last_sweep.get(bridge).is_some_and(|at| round_start.saturating_sub(*at) < opts.sweep_every);
+        if tr.candidates.is_empty()
+            && due
+            && (!recent || sweeping.contains(bridge))
+            && let Some(hosts) = t.subnet.and_then(|s| sweep_targets(s, opts.max_sweep_hosts))
+        {
+            ask.extend(hosts);
+            sweeping.insert(bridge.clone());
         }
-        let results: BTreeMap<String, Result<Vec<TimedReply>, ProbeError>> = thread::scope(|s| {
-            let handles: Vec<_> = asks
-                .iter()
-                .map(|(bridge, ips)| {
-                    let ips: Vec<Ipv4Addr> = ips.iter().copied().collect();
-                    let extra = extra.get(bridge.as_str()).copied().unwrap_or_default();
-                    let (timeout, grace) = (opts.probe_timeout + extra, opts.grace + extra);
-                    let h = s.spawn(move || prober.probe_timed(bridge, &ips, timeout, grace));
-                    (bridge.clone(), h)
-                })
-                .collect();
-            // A panicking probe thread is re-raised here, after the scope has joined the
-            // others (they end by their own timeout): nobody waits forever.
-            handles.into_iter().map(|(b, h)| (b, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
-        });
-        let mut replies: BTreeMap<String, Vec<ArpReply>> = BTreeMap::new();
-        // The round trip of each reply, by (bridge, MAC, address).
-        let mut rtts: BTreeMap<(String, MacAddr, Ipv4Addr), Duration> = BTreeMap::new();
-        // Per bridge, why it could not be probed.
-        let mut broken: BTreeMap<String, FailReason> = BTreeMap::new();
+    }
+    if !first_round {
+        asks.retain(|_, a| !a.is_empty());
+    }
+    for b in &sweeping {
+        last_sweep.insert(b.clone(), round_start);
+    }
+    asks
+}
+
+/// Probes every bridge of `asks` at once, one thread each.
+///
+/// A bridge's round (its timeout, and its grace after every address has answered) waits
+/// `delay + jitter` longer for its slowest impaired NIC: a reply netem holds past the round
+/// would be read by the next round and timed from that round's request (ARP replies carry no
+/// request id), giving a wrong, short RTT. The grace matters because a sibling NIC of the
+/// same guest can answer at once for the delayed NIC's address (ARP flux), which counts as
+/// "every address answered".
+fn probe_bridges<P: Prober + ?Sized>(
+    targets: &[NicTarget],
+    prober: &P,
+    asks: &BTreeMap<String, BTreeSet<Ipv4Addr>>,
+    opts: &VerifyOptions,
+) -> BTreeMap<String, Result<Vec<TimedReply>, ProbeError>> {
+    let mut extra: BTreeMap<&str, Duration> = BTreeMap::new();
+    for t in targets {
+        if let Some(b) = t.bridge.as_deref() {
+            let e = extra.entry(b).or_default();
+            *e = (*e).max(t.max_extra_rtt());
+        }
+    }
+    thread::scope(|s| {
+        let handles: Vec<_> = asks
+            .iter()
+            .map(|(bridge, ips)| {
+                let ips: Vec<Ipv4Addr> = ips.iter().copied().collect();
+                let extra = extra.get(bridge.as_str()).copied().unwrap_or_default();
+                let (timeout, grace) = (opts.probe_timeout + extra, opts.grace + extra);
+                let h = s.spawn(move || prober.probe_timed(bridge, &ips, timeout, grace));
+                (bridge.clone(), h)
+            })
+            .collect();
+        // A panicking probe thread is re-raised here, after the scope has joined the
+        // others (they end by their own timeout): nobody waits forever.
+        handles.into_iter().map(|(b, h)| (b, h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
+    })
+}
+
+/// One round's probe results, by bridge.
+struct Probed {
+    replies: BTreeMap<String, Vec<ArpReply>>,
+    /// The round trip of each reply, by (bridge, MAC, address).
+    rtts: BTreeMap<(String, MacAddr, Ipv4Addr), Duration>,
+    /// Per bridge, why it could not be probed.
+    broken: BTreeMap<String, FailReason>,
+}
+
+impl Probed {
+    /// Sorts each bridge's result into replies, round trips or a reason its NICs fail; an
+    /// error that makes probing impossible everywhere (permission, I/O) is returned.
+    fn sort(results: BTreeMap<String, Result<Vec<TimedReply>, ProbeError>>) -> Result<Self, VerifyError> {
+        let mut probed = Probed { replies: BTreeMap::new(), rtts: BTreeMap::new(), broken: BTreeMap::new() };
         for (bridge, r) in results {
             match r {
                 Ok(v) => {
                     for (reply, rtt) in &v {
                         if let Some(rtt) = rtt {
-                            rtts.insert((bridge.clone(), reply.sender_mac, reply.sender_ip), *rtt);
+                            probed.rtts.insert((bridge.clone(), reply.sender_mac, reply.sender_ip), *rtt);
                         }
                     }
-                    replies.insert(bridge, v.into_iter().map(|(r, _)| r).collect());
+                    probed.replies.insert(bridge, v.into_iter().map(|(r, _)| r).collect());
                 }
                 // A target's bridge is one libvirt reports for an active network
                 // (`verify::target`): missing here means topo runs in another namespace.
                 Err(ProbeError::InterfaceMissing { .. }) => {
-                    broken.insert(bridge.clone(), FailReason::BridgeNotVisible { bridge });
+                    probed.broken.insert(bridge.clone(), FailReason::BridgeNotVisible { bridge });
                 }
                 Err(e @ (ProbeError::InterfaceDown { .. } | ProbeError::NoMac { .. })) => {
-                    broken.insert(bridge, FailReason::NoBridge { detail: e.to_string() });
+                    probed.broken.insert(bridge, FailReason::NoBridge { detail: e.to_string() });
                 }
                 Err(e @ (ProbeError::PermissionDenied { .. } | ProbeError::Io { .. })) => {
                     return Err(e.into());
                 }
             }
         }
-
-        // 4. Judge each pending NIC by the replies on its bridge.
-        let now = clock.elapsed();
-        let none: Vec<ArpReply> = Vec::new();
-        for index in 0..targets.len() {
-            let t = &targets[index];
-            let Some(bridge) = t.bridge.as_ref().filter(|_| !tracks[index].state.is_final()) else {
-                continue;
-            };
-            let next = if let Some(reason) = broken.get(bridge) {
-                NicState::Failed { reason: reason.clone() }
-            } else {
-                let got = replies.get(bridge).unwrap_or(&none);
-                let judged = judge(index, targets, &own, &owners, got, &tracks[index]);
-                let tr = &mut tracks[index];
-                if let Some(c) = judged.conflict {
-                    tr.conflict = Some(c);
-                }
-                if let Some(e) = judged.elsewhere {
-                    tr.elsewhere = Some(e);
-                }
-                if let Some(a) = judged.ambiguous {
-                    tr.ambiguous = Some(a);
-                }
-                match judged.verdict {
-                    Verdict::Proven(ip) => NicState::Verified {
-                        ip,
-                        evidence: Evidence { mac: t.mac, bridge: bridge.clone() },
-                        seconds: now.as_secs_f64(),
-                        // A round trip shorter than netem allows is a late reply to an
-                        // earlier round's request: not this request's round trip.
-                        rtt_ms: rtts
-                            .get(&(bridge.clone(), t.mac, ip))
-                            .filter(|d| **d >= t.min_rtt())
-                            .map(|d| d.as_secs_f64() * 1e3),
-                    },
-                    Verdict::Duplicate { ip, other_mac } => {
-                        NicState::Failed { reason: FailReason::Duplicate { ip, mac: t.mac, other_mac } }
-                    }
-                    Verdict::Pending => match tr.candidates.first() {
-                        Some(ip) => NicState::LeasedNoReply { ip: *ip },
-                        None => NicState::WaitingForLease,
-                    },
-                }
-            };
-            let tr = &mut tracks[index];
-            if next != tr.state {
-                tr.state = next;
-                progress(&NicProgress { index, target: t, state: &tr.state });
-            }
-        }
-
-        // 5. Done; or interrupted; or out of time: diagnose what is left; or wait out the round.
-        if tracks.iter().all(|tr| tr.state.is_final()) {
-            break;
-        }
-        if cancel.load(Ordering::SeqCst) {
-            interrupt(targets, &mut tracks, &mut progress);
-            break;
-        }
-        if now >= opts.timeout {
-            for (index, (t, tr)) in targets.iter().zip(tracks.iter_mut()).enumerate() {
-                if !tr.state.is_final() {
-                    tr.state = NicState::Failed { reason: diagnose(t, tr) };
-                    progress(&NicProgress { index, target: t, state: &tr.state });
-                }
-            }
-            break;
-        }
-        let round = if asked_anything { opts.probe_timeout } else { opts.poll_every };
-        let round_end = round_start.saturating_add(round);
-        if now < round_end {
-            clock.sleep((round_end - now).min(opts.timeout.saturating_sub(now)));
-        }
+        Ok(probed)
     }
-
-    Ok(VerifyReport {
-        nics: targets.iter().zip(tracks).map(|(t, tr)| NicOutcome { target: t.clone(), state: tr.state }).collect(),
-    })
 }
 
+/// Judges each pending NIC by the replies on its bridge at `now`, reporting each change.
+fn judge_round<F: FnMut(&NicProgress<'_>)>(
+    targets: &[NicTarget],
+    tracks: &mut [Track],
+    owned: &Owned<'_>,
+    probed: &Probed,
+    now: Duration,
+    progress: &mut F,
+) {
+    let none: Vec<ArpReply> = Vec::new();
+    for index in 0..targets.len() {
+        let t = &targets[index];
+        let Some(bridge) = t.bridge.as_ref().filter(|_| !tracks[index].state.is_final()) else {
+            continue;
+        };
+        let next = if let Some(reason) = probed.broken.get(bridge) {
+            NicState::Failed { reason: reason.clone() }
+        } else {
+            let got = probed.replies.get(bridge).unwrap_or(&none);
+            let judged = judge(index, targets, &owned.own, &owned.owners, got, &tracks[index]);
+            let tr = &mut tracks[index];
+            if let Some(c) = judged.conflict {
+                tr.conflict = Some(c);
+            }
+            if let Some(e) = judged.elsewhere {
+                tr.elsewhere = Some(e);
+            }
+            if let Some(a) = judged.ambiguous {
+                tr.ambiguous = Some(a);
+            }
+            match judged.verdict {
+                Verdict::Proven(ip) => NicState::Verified {
+                    ip,
+                    evidence: Evidence { mac: t.mac, bridge: bridge.clone() },
+                    seconds: now.as_secs_f64(),
+                    // A round trip shorter than netem allows is a late reply to an
+                    // earlier round's request: not this request's round trip.
+                    rtt_ms: probed
+                        .rtts
+                        .get(&(bridge.clone(), t.mac, ip))
+                        .filter(|d| **d >= t.min_rtt())
+                        .map(|d| d.as_secs_f64() * 1e3),
+                },
+                Verdict::Duplicate { ip, other_mac } => {
+                    NicState::Failed { reason: FailReason::Duplicate { ip, mac: t.mac, other_mac } }
+                }
+                Verdict::Pending => match tr.candidates.first() {
+                    Some(ip) => NicState::LeasedNoReply { ip: *ip },
+                    None => NicState::WaitingForLease,
+                },
+            }
+        };
+        let tr = &mut tracks[index];
+        if next != tr.state {
+            tr.state = next;
+            progress(&NicProgress { index, target: t, state: &tr.state });
+        }
+    }
+}
 enum Verdict {
     Proven(Ipv4Addr),
     Duplicate { ip: Ipv4Addr, other_mac: MacAddr },
@@ -440,11 +511,16 @@ fn judge(
     Judged { verdict: Verdict::Pending, conflict, elsewhere, ambiguous }
 }
 
-/// Fails every NIC not yet settled as interrupted.
-fn interrupt<F: FnMut(&NicProgress<'_>)>(targets: &[NicTarget], tracks: &mut [Track], progress: &mut F) {
+/// Fails every NIC not yet settled, for the reason `why` gives (interrupted, or the
+/// diagnosis at the deadline), reporting each.
+fn fail_unsettled<F, W>(targets: &[NicTarget], tracks: &mut [Track], progress: &mut F, why: W)
+where
+    F: FnMut(&NicProgress<'_>),
+    W: Fn(&NicTarget, &Track) -> FailReason,
+{
     for (index, (t, tr)) in targets.iter().zip(tracks.iter_mut()).enumerate() {
         if !tr.state.is_final() {
-            tr.state = NicState::Failed { reason: FailReason::Interrupted };
+            tr.state = NicState::Failed { reason: why(t, tr) };
             progress(&NicProgress { index, target: t, state: &tr.state });
         }
     }

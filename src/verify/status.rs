@@ -191,6 +191,10 @@ pub fn status(
     Status { format_version: JSON_FORMAT_VERSION, lab: lab.name.to_string(), resources }
 }
 
+/// The least widths of `topo status`'s address and libvirt-name columns; a longer value
+/// widens its whole column.
+pub const STATUS_WIDTHS: [u16; 2] = [24, 28];
+
 impl Status {
     /// The `topo status --json` document.
     pub fn to_json(&self) -> serde_json::Value {
@@ -198,13 +202,14 @@ impl Status {
         serde_json::to_value(self).expect("status JSON serialises")
     }
 
-    /// The human view: one line per resource, then each VM's addresses (`?` = not proven).
+    /// The human view: one line per resource (address, libvirt name, state; the first two
+    /// columns at least [`STATUS_WIDTHS`] wide), then each VM's addresses (`?` = not proven).
     pub fn table(&self) -> String {
-        let mut out = String::new();
-        for r in &self.resources {
+        let rows = self.resources.iter().map(|r| {
             let detail = r.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
-            out.push_str(&format!("{:<24} {:<28} {}{detail}\n", r.address.to_string(), r.libvirt_name, r.state));
-        }
+            [r.address.to_string(), r.libvirt_name.clone(), format!("{}{detail}", r.state)]
+        });
+        let mut out = crate::table::columns(rows, 1, &STATUS_WIDTHS);
         let vms: Vec<&StatusResource> = self.resources.iter().filter(|r| matches!(r.address, Address::Vm(_))).collect();
         if !vms.is_empty() {
             out.push('\n');

@@ -13,7 +13,7 @@ use crate::diag::Code;
 use crate::lab::model::{
     self, BridgeName, DhcpRange, ManagedNetwork, NameError, NetworkKind, NetworkMode, NetworkName,
 };
-use crate::lab::spec::{DhcpSpec, ModeSpec, NetworkSpec, Spanned, SpannedMap};
+use crate::lab::spec::{DhcpRangeSpec, DhcpSpec, ModeSpec, NetworkSpec, Spanned, SpannedMap};
 
 /// Smallest subnet (largest prefix length): a /30 holds a gateway and one guest.
 pub const MAX_PREFIX_LEN: u8 = 30;
@@ -120,18 +120,7 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
         let (info, kind) = if external {
             check_external(c, net);
             declared_subnet = net.subnet.as_ref().and_then(|s| parse_subnet(c, s));
-            (
-                NetInfo {
-                    external: true,
-                    subnet: None,
-                    gateway: None,
-                    dhcp: true,
-                    dhcp_range: None,
-                    dhcp_span: None,
-                    broken: false,
-                },
-                Some(NetworkKind::External),
-            )
+            (NetInfo::external(), Some(NetworkKind::External))
         } else {
             // Every part that is valid is used by the checks that follow (overlaps, NICs,
             // DHCP capacity), even when another part of this network has a problem: all
@@ -141,34 +130,9 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                 managed_subnets.push((key, s, sub));
             }
             if let Some(b) = &net.bridge {
-                if let Some(prev) = bridges.get(&b.value) {
-                    let labels =
-                        vec![LabeledSpan::at(c.span(prev), "first use"), LabeledSpan::at(c.span(b), "used again")];
-                    c.push(
-                        Code::DuplicateBridge,
-                        format!("bridge `{}` is given to two networks", b.value),
-                        labels,
-                        "every lab network needs its own bridge; rename one or remove `bridge:` to let libvirt pick",
-                    );
-                } else {
-                    bridges.insert(b.value.clone(), b);
-                }
+                check_bridge_unique(c, b, &mut bridges);
             }
-            // DHCP is meant to be on when the file says so (or leaves it to the default),
-            // even if its range has a problem of its own.
-            let dhcp_meant = partial.dhcp.is_some()
-                || (partial.subnet.is_some() && net.dhcp.as_ref().is_none_or(|d| d.value != DhcpSpec::Enabled(false)));
-            let info = NetInfo {
-                external: false,
-                subnet: partial.subnet,
-                gateway: partial.gateway,
-                dhcp: dhcp_meant,
-                dhcp_range: partial.dhcp,
-                dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
-                // Without a usable subnet the NIC checks have nothing to check against (and
-                // the network's own problem already says what to add).
-                broken: partial.subnet.is_none() && (net.subnet.is_some() || partial.subnet_required),
-            };
+            let info = NetInfo::managed(c, key, net, &partial);
             (info, ok.then_some(NetworkKind::Managed(partial.network)))
         };
         nets.insert(key.value.clone(), info);
@@ -181,10 +145,34 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                 .insert(name.clone(), model::Network { name, libvirt_name, kind, declared_subnet, span: c.span(key) });
         }
     }
+    check_overlaps(c, &managed_subnets);
+    check_libvirt_names(c, &model_nets);
+    Networks { info: nets, model: model_nets }
+}
 
-    // overlapping subnets between lab networks
-    for (i, (ka, sa, a)) in managed_subnets.iter().enumerate() {
-        for (kb, sb, b) in &managed_subnets[i + 1..] {
+/// Every lab network needs its own bridge: records `b` in `bridges`, or reports its second use.
+fn check_bridge_unique<'s>(
+    c: &mut Checker,
+    b: &'s Spanned<String>,
+    bridges: &mut BTreeMap<String, &'s Spanned<String>>,
+) {
+    if let Some(prev) = bridges.get(&b.value) {
+        let labels = vec![LabeledSpan::at(c.span(prev), "first use"), LabeledSpan::at(c.span(b), "used again")];
+        c.push(
+            Code::DuplicateBridge,
+            format!("bridge `{}` is given to two networks", b.value),
+            labels,
+            "every lab network needs its own bridge; rename one or remove `bridge:` to let libvirt pick",
+        );
+    } else {
+        bridges.insert(b.value.clone(), b);
+    }
+}
+
+/// Lab networks may not have overlapping subnets: `subnets` are (key, `subnet:`, subnet).
+fn check_overlaps(c: &mut Checker, subnets: &[(&Spanned<String>, &Spanned<String>, Ipv4Network)]) {
+    for (i, (ka, sa, a)) in subnets.iter().enumerate() {
+        for (kb, sb, b) in &subnets[i + 1..] {
             if a.contains(b.network()) || b.contains(a.network()) {
                 let labels = vec![
                     LabeledSpan::at(c.span(sa), format!("`{}` uses {a}", ka.value)),
@@ -199,9 +187,12 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             }
         }
     }
-    // Two networks may not become one libvirt network: an external network is looked up by
-    // the name as written, a lab network is created as prefix + name (libvirt network names
-    // are unique per host, src/conf/virnetworkobj.c).
+}
+
+/// Two networks may not become one libvirt network: an external network is looked up by
+/// the name as written, a lab network is created as prefix + name (libvirt network names
+/// are unique per host, src/conf/virnetworkobj.c).
+fn check_libvirt_names(c: &mut Checker, model_nets: &BTreeMap<NetworkName, model::Network>) {
     let mut libvirt_names: BTreeMap<&str, &model::Network> = BTreeMap::new();
     for net in model_nets.values() {
         if let Some(other) = libvirt_names.get(net.libvirt_name.as_str()) {
@@ -219,7 +210,6 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             libvirt_names.insert(&net.libvirt_name, net);
         }
     }
-    Networks { info: nets, model: model_nets }
 }
 
 /// What a network looks like to the NIC checks.
@@ -233,6 +223,40 @@ pub(super) struct NetInfo {
     pub(super) dhcp_span: Option<SourceSpan>,
     /// Set when the network's own definition has problems: skip NIC checks that depend on it.
     pub(super) broken: bool,
+}
+
+impl NetInfo {
+    /// An external network: topo knows nothing of its addresses, so the NIC checks skip it.
+    fn external() -> Self {
+        NetInfo {
+            external: true,
+            subnet: None,
+            gateway: None,
+            dhcp: true,
+            dhcp_range: None,
+            dhcp_span: None,
+            broken: false,
+        }
+    }
+
+    /// A lab network as far as [`check_managed`] found it valid.
+    fn managed(c: &Checker, key: &Spanned<String>, net: &NetworkSpec, partial: &Partial) -> Self {
+        // DHCP is meant to be on when the file says so (or leaves it to the default),
+        // even if its range has a problem of its own.
+        let dhcp_meant = partial.dhcp.is_some()
+            || (partial.subnet.is_some() && net.dhcp.as_ref().is_none_or(|d| d.value != DhcpSpec::Enabled(false)));
+        NetInfo {
+            external: false,
+            subnet: partial.subnet,
+            gateway: partial.gateway,
+            dhcp: dhcp_meant,
+            dhcp_range: partial.dhcp,
+            dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
+            // Without a usable subnet the NIC checks have nothing to check against (and
+            // the network's own problem already says what to add).
+            broken: partial.subnet.is_none() && (net.subnet.is_some() || partial.subnet_required),
+        }
+    }
 }
 
 pub(super) fn first_host(n: &Ipv4Network) -> Ipv4Addr {
@@ -371,215 +395,34 @@ struct Partial {
     subnet_required: bool,
 }
 
+/// A part of a lab network that is left out of the partial network: its problem, or the
+/// problem of a part it needs, is already recorded.
+struct LeftOut;
+
+/// The part `r` checked, or `None` (and `ok` cleared) when it is left out.
+fn keep<T>(ok: &mut bool, r: Result<Option<T>, LeftOut>) -> Option<T> {
+    r.unwrap_or_else(|LeftOut| {
+        *ok = false;
+        None
+    })
+}
+
 /// Checks a lab network. `ok` is false when it recorded a problem; the partial network is
 /// what was valid.
 fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (bool, Partial) {
     let mut ok = true;
-    let mut subnet_required = false;
     let mode = match net.mode.as_ref().map(|m| m.value) {
         None | Some(ModeSpec::Nat) => NetworkMode::Nat,
         Some(ModeSpec::Routed) => NetworkMode::Routed,
         Some(ModeSpec::Isolated) => NetworkMode::Isolated,
         Some(ModeSpec::Open) => NetworkMode::Open,
     };
-    let subnet = match &net.subnet {
-        Some(s) => {
-            let r = parse_subnet(c, s);
-            ok &= r.is_some();
-            r
-        }
-        None => {
-            if matches!(mode, NetworkMode::Nat | NetworkMode::Routed) {
-                let how = if net.mode.is_none() { " (the default mode)" } else { "" };
-                c.at(
-                    Code::SubnetRequired,
-                    key,
-                    format!("network `{}` is {mode}{how} but has no subnet", key.value),
-                    format!("{mode} network without `subnet`"),
-                    "add `subnet:`, e.g. `subnet: 192.168.152.0/24`, or use `mode: isolated` for a network without addresses",
-                );
-                ok = false;
-                subnet_required = true;
-            }
-            None
-        }
-    };
-    let gateway = match (&net.gateway, subnet) {
-        (Some(g), Some(sub)) => match parse_ip(c, g, "gateway") {
-            Some(ip) if !sub.contains(ip) => {
-                c.at(
-                    Code::Gateway,
-                    g,
-                    format!("gateway {ip} is outside subnet {sub}"),
-                    "outside the subnet",
-                    format!("pick an address inside {sub}, e.g. {} (the default)", first_host(&sub)),
-                );
-                None
-            }
-            Some(ip) if ip == sub.network() || ip == sub.broadcast() => {
-                let which = if ip == sub.network() { "network" } else { "broadcast" };
-                c.at(
-                    Code::Gateway,
-                    g,
-                    format!("gateway {ip} is the {which} address of {sub}"),
-                    format!("{which} address"),
-                    format!("pick a host address, e.g. {} (the default)", first_host(&sub)),
-                );
-                None
-            }
-            r => r,
-        },
-        (Some(g), None) => {
-            if net.subnet.is_none() {
-                c.at(
-                    Code::Gateway,
-                    g,
-                    "`gateway` is given without a `subnet`",
-                    "no subnet to put it in",
-                    "add `subnet:` to the network, or remove `gateway`",
-                );
-            }
-            None
-        }
-        (None, Some(sub)) => Some(first_host(&sub)),
-        (None, None) => None,
-    };
-    if net.gateway.is_some() && gateway.is_none() {
-        ok = false;
-    }
-    let dhcp = match (&net.dhcp, subnet, gateway) {
-        (None, Some(sub), Some(g)) => Some(default_dhcp_range(&sub, g)),
-        (None, _, _) => None,
-        (Some(d), _, _) if d.value == DhcpSpec::Enabled(false) => None,
-        (Some(d), None, _) => {
-            if net.subnet.is_none() {
-                c.at(
-                    Code::Dhcp,
-                    d,
-                    "`dhcp` is set on a network without a `subnet`",
-                    "no subnet to hand out",
-                    "add `subnet:` to the network, or remove `dhcp`",
-                );
-            }
-            ok = false;
-            None
-        }
-        (Some(_), Some(_), None) => {
-            ok = false;
-            None
-        }
-        (Some(d), Some(sub), Some(g)) => match &d.value {
-            DhcpSpec::Enabled(_) => Some(default_dhcp_range(&sub, g)),
-            DhcpSpec::Range(r) => {
-                let start = r.start.trim().parse::<Ipv4Addr>();
-                let end = r.end.trim().parse::<Ipv4Addr>();
-                let label = |t: &str| vec![LabeledSpan::at(c.span(d), t.to_owned())];
-                if let (Ok(start), Ok(end)) = (start, end) {
-                    let suggest = default_dhcp_range(&sub, g);
-                    let suggest = format!("e.g. `{{start: {}, end: {}}}`", suggest.start, suggest.end);
-                    if !is_host(&sub, start) || !is_host(&sub, end) {
-                        let labels = label("outside the subnet's host addresses");
-                        c.push(
-                            Code::Dhcp,
-                            format!("DHCP range {start} .. {end} is not inside the host addresses of {sub}"),
-                            labels,
-                            format!("keep both ends between {} and {}, {suggest}", first_host(&sub), last_host(&sub)),
-                        );
-                        ok = false;
-                        None
-                    } else if start > end {
-                        let labels = label("start after end");
-                        c.push(
-                            Code::Dhcp,
-                            format!("DHCP range starts at {start}, after its end {end}"),
-                            labels,
-                            format!("swap the two: `{{start: {end}, end: {start}}}`"),
-                        );
-                        ok = false;
-                        None
-                    } else if start <= g && g <= end {
-                        let labels = label("contains the gateway");
-                        c.push(
-                            Code::Dhcp,
-                            format!("DHCP range {start} .. {end} contains the gateway {g}"),
-                            labels,
-                            format!("leave the gateway out of the range, {suggest}"),
-                        );
-                        ok = false;
-                        None
-                    } else {
-                        Some(DhcpRange { start, end })
-                    }
-                } else {
-                    let labels = label("not two IPv4 addresses");
-                    c.push(
-                        Code::Dhcp,
-                        format!("DHCP range `{}` .. `{}` is not two IPv4 addresses", r.start, r.end),
-                        labels,
-                        format!("write e.g. `dhcp: {{start: {}, end: {}}}`", first_host(&sub), last_host(&sub)),
-                    );
-                    ok = false;
-                    None
-                }
-            }
-        },
-    };
-    // libvirt's own rule for a DHCP range (src/util/virsocketaddr.c, virSocketAddrGetRange):
-    // start and end must share their first two bytes, else "range ... is too large (> 65535)"
-    // at `define network`. A default range of a subnet larger than /16 breaks it too.
-    let dhcp = match dhcp {
-        Some(r) if r.start.octets()[..2] != r.end.octets()[..2] => {
-            let last = subnet.map_or(u32::MAX, |sub| u32::from(last_host(&sub)));
-            let block = Ipv4Addr::from((u32::from(r.start) | 0xffff).min(last));
-            let (label, help) = match &net.dhcp {
-                Some(d) if matches!(d.value, DhcpSpec::Range(_)) => {
-                    (c.span(d), format!("keep the range inside one /16, e.g. `{{start: {}, end: {block}}}`", r.start))
-                }
-                _ => (
-                    net.dhcp
-                        .as_ref()
-                        .map_or_else(|| net.subnet.as_ref().map_or(c.span(key), |s| c.span(s)), |d| c.span(d)),
-                    format!(
-                        "use a /16 or smaller subnet, or give a range inside one /16, e.g. `dhcp: {{start: {}, end: {block}}}`",
-                        r.start
-                    ),
-                ),
-            };
-            c.push(
-                Code::DhcpRangeTooLarge,
-                format!(
-                    "DHCP range {} .. {} crosses a /16 boundary, which libvirt refuses (\"range is too large (> 65535)\")",
-                    r.start, r.end
-                ),
-                vec![LabeledSpan::at(label, "start and end differ in their first two bytes")],
-                help,
-            );
-            ok = false;
-            None
-        }
-        other => other,
-    };
-    let bridge = match &net.bridge {
-        None => None,
-        Some(b) => match BridgeName::new(&b.value) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                let help = match e {
-                    NameError::TooLongBytes { .. } | NameError::TooLong { .. } => format!(
-                        "Linux limits interface names to {} bytes (IFNAMSIZ); use a shorter name such as `virbr2`",
-                        model::MAX_BRIDGE_NAME
-                    ),
-                    NameError::Reserved => {
-                        "the kernel refuses `.` and `..` as interface names; use a name such as `virbr2`".to_owned()
-                    }
-                    _ => "a bridge name uses letters, digits, '-', '_' and '.', e.g. `virbr2`".to_owned(),
-                };
-                c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);
-                ok = false;
-                None
-            }
-        },
-    };
+    let subnet_required = net.subnet.is_none() && matches!(mode, NetworkMode::Nat | NetworkMode::Routed);
+    let subnet = keep(&mut ok, check_subnet(c, key, net, mode));
+    let gateway = keep(&mut ok, check_gateway(c, net, subnet));
+    let dhcp = keep(&mut ok, check_dhcp(c, net, subnet, gateway));
+    let dhcp = keep(&mut ok, check_dhcp_in_one_block(c, key, net, subnet, dhcp));
+    let bridge = keep(&mut ok, check_bridge(c, net));
     let network = ManagedNetwork {
         mode,
         subnet,
@@ -592,4 +435,220 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (
         reservations: BTreeMap::new(),
     };
     (ok, Partial { network, subnet, gateway, dhcp, subnet_required })
+}
+
+/// `subnet:`: a valid lab subnet ([`parse_subnet`]); required in the nat (default) and
+/// routed modes.
+fn check_subnet(
+    c: &mut Checker,
+    key: &Spanned<String>,
+    net: &NetworkSpec,
+    mode: NetworkMode,
+) -> Result<Option<Ipv4Network>, LeftOut> {
+    match &net.subnet {
+        Some(s) => parse_subnet(c, s).map(Some).ok_or(LeftOut),
+        None if matches!(mode, NetworkMode::Nat | NetworkMode::Routed) => {
+            let how = if net.mode.is_none() { " (the default mode)" } else { "" };
+            c.at(
+                Code::SubnetRequired,
+                key,
+                format!("network `{}` is {mode}{how} but has no subnet", key.value),
+                format!("{mode} network without `subnet`"),
+                "add `subnet:`, e.g. `subnet: 192.168.152.0/24`, or use `mode: isolated` for a network without addresses",
+            );
+            Err(LeftOut)
+        }
+        None => Ok(None),
+    }
+}
+
+/// `gateway:`: a host address of the subnet (not its network or broadcast address); the
+/// first host address when not given.
+fn check_gateway(c: &mut Checker, net: &NetworkSpec, subnet: Option<Ipv4Network>) -> Result<Option<Ipv4Addr>, LeftOut> {
+    match (&net.gateway, subnet) {
+        (Some(g), Some(sub)) => match parse_ip(c, g, "gateway") {
+            Some(ip) if !sub.contains(ip) => {
+                c.at(
+                    Code::Gateway,
+                    g,
+                    format!("gateway {ip} is outside subnet {sub}"),
+                    "outside the subnet",
+                    format!("pick an address inside {sub}, e.g. {} (the default)", first_host(&sub)),
+                );
+                Err(LeftOut)
+            }
+            Some(ip) if ip == sub.network() || ip == sub.broadcast() => {
+                let which = if ip == sub.network() { "network" } else { "broadcast" };
+                c.at(
+                    Code::Gateway,
+                    g,
+                    format!("gateway {ip} is the {which} address of {sub}"),
+                    format!("{which} address"),
+                    format!("pick a host address, e.g. {} (the default)", first_host(&sub)),
+                );
+                Err(LeftOut)
+            }
+            Some(ip) => Ok(Some(ip)),
+            None => Err(LeftOut),
+        },
+        (Some(g), None) => {
+            if net.subnet.is_none() {
+                c.at(
+                    Code::Gateway,
+                    g,
+                    "`gateway` is given without a `subnet`",
+                    "no subnet to put it in",
+                    "add `subnet:` to the network, or remove `gateway`",
+                );
+            }
+            Err(LeftOut)
+        }
+        (None, Some(sub)) => Ok(Some(first_host(&sub))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `dhcp:`: on by default with a subnet ([`default_dhcp_range`]), off with `false`, or an
+/// explicit range ([`check_dhcp_range`]); needs a subnet and a gateway.
+fn check_dhcp(
+    c: &mut Checker,
+    net: &NetworkSpec,
+    subnet: Option<Ipv4Network>,
+    gateway: Option<Ipv4Addr>,
+) -> Result<Option<DhcpRange>, LeftOut> {
+    match (&net.dhcp, subnet, gateway) {
+        (None, Some(sub), Some(g)) => Ok(Some(default_dhcp_range(&sub, g))),
+        (None, _, _) => Ok(None),
+        (Some(d), _, _) if d.value == DhcpSpec::Enabled(false) => Ok(None),
+        (Some(d), None, _) => {
+            if net.subnet.is_none() {
+                c.at(
+                    Code::Dhcp,
+                    d,
+                    "`dhcp` is set on a network without a `subnet`",
+                    "no subnet to hand out",
+                    "add `subnet:` to the network, or remove `dhcp`",
+                );
+            }
+            Err(LeftOut)
+        }
+        (Some(_), Some(_), None) => Err(LeftOut),
+        (Some(d), Some(sub), Some(g)) => match &d.value {
+            DhcpSpec::Enabled(_) => Ok(Some(default_dhcp_range(&sub, g))),
+            DhcpSpec::Range(r) => check_dhcp_range(c, d, r, sub, g).map(Some),
+        },
+    }
+}
+
+/// `dhcp: {start, end}`: two host addresses of the subnet, in order, around the gateway
+/// (dnsmasq hands out one contiguous block, and the gateway is the host's own address).
+fn check_dhcp_range(
+    c: &mut Checker,
+    d: &Spanned<DhcpSpec>,
+    r: &DhcpRangeSpec,
+    sub: Ipv4Network,
+    g: Ipv4Addr,
+) -> Result<DhcpRange, LeftOut> {
+    let start = r.start.trim().parse::<Ipv4Addr>();
+    let end = r.end.trim().parse::<Ipv4Addr>();
+    let label = |t: &str| vec![LabeledSpan::at(c.span(d), t.to_owned())];
+    let (Ok(start), Ok(end)) = (start, end) else {
+        let labels = label("not two IPv4 addresses");
+        c.push(
+            Code::Dhcp,
+            format!("DHCP range `{}` .. `{}` is not two IPv4 addresses", r.start, r.end),
+            labels,
+            format!("write e.g. `dhcp: {{start: {}, end: {}}}`", first_host(&sub), last_host(&sub)),
+        );
+        return Err(LeftOut);
+    };
+    let suggest = default_dhcp_range(&sub, g);
+    let suggest = format!("e.g. `{{start: {}, end: {}}}`", suggest.start, suggest.end);
+    let (labels, message, help) = if !is_host(&sub, start) || !is_host(&sub, end) {
+        (
+            label("outside the subnet's host addresses"),
+            format!("DHCP range {start} .. {end} is not inside the host addresses of {sub}"),
+            format!("keep both ends between {} and {}, {suggest}", first_host(&sub), last_host(&sub)),
+        )
+    } else if start > end {
+        (
+            label("start after end"),
+            format!("DHCP range starts at {start}, after its end {end}"),
+            format!("swap the two: `{{start: {end}, end: {start}}}`"),
+        )
+    } else if start <= g && g <= end {
+        (
+            label("contains the gateway"),
+            format!("DHCP range {start} .. {end} contains the gateway {g}"),
+            format!("leave the gateway out of the range, {suggest}"),
+        )
+    } else {
+        return Ok(DhcpRange { start, end });
+    };
+    c.push(Code::Dhcp, message, labels, help);
+    Err(LeftOut)
+}
+
+/// libvirt's own rule for a DHCP range (src/util/virsocketaddr.c, virSocketAddrGetRange):
+/// start and end must share their first two bytes, else "range ... is too large (> 65535)"
+/// at `define network`. A default range of a subnet larger than /16 breaks it too.
+fn check_dhcp_in_one_block(
+    c: &mut Checker,
+    key: &Spanned<String>,
+    net: &NetworkSpec,
+    subnet: Option<Ipv4Network>,
+    dhcp: Option<DhcpRange>,
+) -> Result<Option<DhcpRange>, LeftOut> {
+    let Some(r) = dhcp.filter(|r| r.start.octets()[..2] != r.end.octets()[..2]) else {
+        return Ok(dhcp);
+    };
+    let last = subnet.map_or(u32::MAX, |sub| u32::from(last_host(&sub)));
+    let block = Ipv4Addr::from((u32::from(r.start) | 0xffff).min(last));
+    let (label, help) = match &net.dhcp {
+        Some(d) if matches!(d.value, DhcpSpec::Range(_)) => {
+            (c.span(d), format!("keep the range inside one /16, e.g. `{{start: {}, end: {block}}}`", r.start))
+        }
+        _ => (
+            net.dhcp.as_ref().map_or_else(|| net.subnet.as_ref().map_or(c.span(key), |s| c.span(s)), |d| c.span(d)),
+            format!(
+                "use a /16 or smaller subnet, or give a range inside one /16, e.g. `dhcp: {{start: {}, end: {block}}}`",
+                r.start
+            ),
+        ),
+    };
+    c.push(
+        Code::DhcpRangeTooLarge,
+        format!(
+            "DHCP range {} .. {} crosses a /16 boundary, which libvirt refuses (\"range is too large (> 65535)\")",
+            r.start, r.end
+        ),
+        vec![LabeledSpan::at(label, "start and end differ in their first two bytes")],
+        help,
+    );
+    Err(LeftOut)
+}
+
+/// `bridge:`: a Linux interface name (at most IFNAMSIZ - 1 bytes, not `.` or `..`, the
+/// kernel's rules); libvirt picks one when not given.
+fn check_bridge(c: &mut Checker, net: &NetworkSpec) -> Result<Option<BridgeName>, LeftOut> {
+    let Some(b) = &net.bridge else {
+        return Ok(None);
+    };
+    match BridgeName::new(&b.value) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) => {
+            let help = match e {
+                NameError::TooLongBytes { .. } | NameError::TooLong { .. } => format!(
+                    "Linux limits interface names to {} bytes (IFNAMSIZ); use a shorter name such as `virbr2`",
+                    model::MAX_BRIDGE_NAME
+                ),
+                NameError::Reserved => {
+                    "the kernel refuses `.` and `..` as interface names; use a name such as `virbr2`".to_owned()
+                }
+                _ => "a bridge name uses letters, digits, '-', '_' and '.', e.g. `virbr2`".to_owned(),
+            };
+            c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);
+            Err(LeftOut)
+        }
+    }
 }
