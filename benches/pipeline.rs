@@ -52,13 +52,14 @@ fn main() {
             topo::lab::validate::load(&src).unwrap()
         });
         let lab = topo::lab::validate::load(&src).unwrap();
+        // The session's entry point, on the in-memory host (the plan itself does no I/O).
+        let hv = topo::host::hypervisor::memory::MemoryHypervisor::new();
+        let session = topo::session::Session::over(&hv);
         let empty = Observed::default();
-        bench(&format!("plan {vms} VMs against an empty host"), 21, || {
-            topo::plan::plan(&lab, &empty, "bench").unwrap()
-        });
+        bench(&format!("plan {vms} VMs against an empty host"), 21, || session.plan_on(&lab, &empty, &[]).unwrap());
         // An up-to-date host: observed state parsed from the XML the plan defines.
         let mut host = Observed::default();
-        for op in topo::plan::plan(&lab, &empty, "bench").unwrap().changes.iter().flat_map(|c| &c.ops) {
+        for op in session.plan_on(&lab, &empty, &[]).unwrap().changes.iter().flat_map(|c| &c.ops) {
             match op {
                 topo::plan::Op::DefineNetwork { xml } => {
                     let flags = topo::host::xml::NetworkFlags { active: true, persistent: true, autostart: true };
@@ -72,11 +73,9 @@ fn main() {
                 _ => {}
             }
         }
-        let plan = topo::plan::plan(&lab, &host, "bench").unwrap();
+        let plan = session.plan_on(&lab, &host, &[]).unwrap();
         assert!(plan.is_empty(), "a host built from the lab has nothing to change");
-        bench(&format!("plan {vms} VMs against an up-to-date host"), 21, || {
-            topo::plan::plan(&lab, &host, "bench").unwrap()
-        });
+        bench(&format!("plan {vms} VMs against an up-to-date host"), 21, || session.plan_on(&lab, &host, &[]).unwrap());
     }
     let mac: topo::lab::model::MacAddr = "52:54:00:12:34:56".parse().unwrap();
     let frame = topo::verify::arp::build_request(mac, "10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());

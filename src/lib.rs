@@ -15,5 +15,6 @@ pub mod host;
 pub mod lab;
 pub mod plan;
 pub mod results;
+pub mod session;
 pub mod table;
 pub mod verify;

@@ -76,7 +76,7 @@ struct JsonStep<'a> {
     action: &'static str,
     outcome: &'static str,
     seconds: Option<f64>,
-    error: Option<&'a str>,
+    error: Option<String>,
     hint: Option<&'a str>,
     reason: Option<&'a str>,
 }
@@ -121,9 +121,9 @@ pub fn run_json(command: Command, plan: &Plan, report: Option<&Report>, verify: 
                 }
                 ("done", Some(*seconds), None, None, None)
             }
-            StepOutcome::Failed { error, hint } => {
+            StepOutcome::Failed { error } => {
                 summary.failed += 1;
-                ("failed", None, Some(error.as_str()), hint.as_deref(), None)
+                ("failed", None, Some(error.to_string()), error.hint(), None)
             }
             StepOutcome::Skipped { why } => {
                 summary.skipped += 1;

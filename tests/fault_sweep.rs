@@ -333,7 +333,7 @@ fn every_fault_at_every_call_converges() {
                     Step::Apply | Step::ApplyDisconnectForeign => {
                         let (p, report) = apply_with(&l, &hv, 4);
                         assert!(!report.failed(), "{what}: apply again failed: {report:#?}\nplan: {p:#?}");
-                        if let Err(e) = topo::apply::check_converged(&l, &hv) {
+                        if let Err(e) = converged(&l, &hv) {
                             panic!("{what}: not converged:\n{}", render_diag(&e));
                         }
                         assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");
@@ -414,7 +414,7 @@ fn a_kill_during_a_seed_upload_converges_with_a_whole_seed() {
             assert_eq!(leftover.action, topo::plan::Action::Delete, "{what}");
             let (p, report) = apply_with(&l, &hv, 4);
             assert!(!report.failed(), "{what}: apply again failed: {report:#?}\nplan: {p:#?}");
-            if let Err(e) = topo::apply::check_converged(&l, &hv) {
+            if let Err(e) = converged(&l, &hv) {
                 panic!("{what}: not converged:\n{}", render_diag(&e));
             }
             assert_eq!(orphans(&hv), Vec::<String>::new(), "{what}: orphaned volumes");

@@ -54,8 +54,8 @@ fn apply_covers_a_target_and_what_it_depends_on() {
     assert_eq!(topo::plan::json::to_json(&p)["targets"], serde_json::json!(["vm.db"]));
     run(&p, &hv);
     // Converged for the target; the rest of the lab is still to do.
-    topo::apply::check_converged_for(&l, &hv, &p.targets).expect("the target converged");
-    assert!(topo::apply::check_converged(&l, &hv).is_err(), "the whole lab did not");
+    converged_for(&l, &hv, &p.targets).expect("the target converged");
+    assert!(converged(&l, &hv).is_err(), "the whole lab did not");
     let o = hv.observe().unwrap();
     assert!(o.domains.contains_key("demo-db") && !o.domains.contains_key("demo-web"));
     assert!(!o.networks.contains_key("demo-lan"));

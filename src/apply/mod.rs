@@ -4,6 +4,7 @@
 //! looks at the lab model: everything a step needs was decided at plan time.
 
 pub mod lock;
+pub mod outcome;
 pub mod progress;
 pub mod walk;
 
@@ -17,6 +18,7 @@ use crate::host::observed::{DomainState, Observed};
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
 use crate::plan::{Action, Change, Op, Plan, Shutdown};
+pub use outcome::{StepError, StepOutcome};
 use progress::{Event, Progress};
 
 /// How apply runs.
@@ -32,22 +34,6 @@ impl Default for Options {
     fn default() -> Self {
         Self { parallelism: 4, shutdown_timeout: Duration::from_secs(30) }
     }
-}
-
-/// What became of one change.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StepOutcome {
-    Done {
-        seconds: f64,
-    },
-    Failed {
-        error: String,
-        hint: Option<String>,
-    },
-    /// Not started: an earlier step failed, or apply was interrupted.
-    Skipped {
-        why: String,
-    },
 }
 
 #[derive(Clone, Debug)]
@@ -186,17 +172,11 @@ fn run_step(
         let result = run_change(change, hv, opts, shared).or_else(|e| already_gone(change, e));
         match result {
             Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
-            Err(e) => StepOutcome::Failed { error: e.to_string(), hint: e.hint.clone() },
+            Err(e) => StepOutcome::Failed { error: StepError::Host(e) },
         }
     }));
-    let outcome = step.unwrap_or_else(|panic| StepOutcome::Failed {
-        error: format!("internal error: {}", panic_message(panic.as_ref())),
-        hint: Some(
-            "this is a bug in topo (please report it); the other steps were not \
-             affected, and `topo apply` again plans from what is on the host"
-                .into(),
-        ),
-    });
+    let outcome =
+        step.unwrap_or_else(|panic| StepOutcome::Failed { error: StepError::Panic(panic_message(panic.as_ref())) });
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         progress.event(Event::Finished { address: &change.address, action: change.action, outcome: &outcome })
     }));
@@ -417,27 +397,23 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
     }
 }
 
-/// After apply: observe again and plan; any remaining change is an inconsistent result.
-/// Returns what was observed, for the verification that follows.
-pub fn check_converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
-    check_converged_for(lab, hv, &[])
-}
-
-/// [`check_converged`] for a plan cut to `targets` (`--target`): only the targets and what
-/// they depend on must match the file.
-pub fn check_converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
-    let mut observed = hv.observe()?;
-    crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
-    let plan = match crate::plan::plan(lab, &observed, &hv.uri()) {
+/// After apply: the plan of `lab` on the host as `observed` again (by
+/// `session::Session::converged`) must be empty for the `targets` (empty: the whole lab)
+/// and what they depend on; any remaining change is an inconsistent result.
+///
+/// # Errors
+/// [`ApplyError::Inconsistent`] with each change left (or the planner's refusal).
+pub fn check_converged_on(lab: &Lab, observed: &Observed, uri: &str, targets: &[Address]) -> Result<(), ApplyError> {
+    let plan = match crate::plan::plan(lab, observed, uri) {
         Ok(p) if targets.is_empty() => p,
         Ok(p) => {
-            let reach = crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply);
+            let reach = crate::plan::target::closure(lab, observed, targets, crate::plan::target::Direction::Apply);
             crate::plan::target::restrict(p, &reach, targets)
         }
         Err(e) => return Err(ApplyError::Inconsistent { details: vec![e.to_string()] }),
     };
     if plan.is_empty() {
-        return Ok(observed);
+        return Ok(());
     }
     let details = plan
         .changes

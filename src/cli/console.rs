@@ -72,8 +72,8 @@ pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
         return Err(ConsoleError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());
     };
-    let hv = super::connect(global)?;
-    let console = hv.open_console(&vm.libvirt_name, args.force)?;
+    let session = super::connect(global)?;
+    let console = session.console(&vm.libvirt_name, args.force)?;
     super::status(global, format!("Connected to {} ({}). Escape character is ^]", args.vm, vm.libvirt_name));
     let raw = RawMode::enter()?;
     std::thread::scope(|s| {

@@ -39,8 +39,13 @@ pub fn flag() -> &'static AtomicBool {
 
 /// Marks a stoppable phase until the guard is dropped.
 pub fn graceful() -> Graceful {
-    GRACEFUL.store(true, Ordering::SeqCst);
+    set_graceful(true);
     Graceful(())
+}
+
+/// Enters (`true`) or leaves (`false`) a stoppable phase.
+pub fn set_graceful(on: bool) {
+    GRACEFUL.store(on, Ordering::SeqCst);
 }
 
 /// See [`graceful`].
@@ -49,6 +54,6 @@ pub struct Graceful(());
 
 impl Drop for Graceful {
     fn drop(&mut self) {
-        GRACEFUL.store(false, Ordering::SeqCst);
+        set_graceful(false);
     }
 }

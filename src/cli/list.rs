@@ -3,7 +3,6 @@
 use miette::IntoDiagnostic;
 
 use super::{GlobalArgs, Outcome};
-use crate::host::hypervisor::Hypervisor;
 
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
@@ -14,8 +13,7 @@ pub struct ListArgs {
 
 /// Observes the host and prints every lab instance on it (no lab file needed).
 pub fn run(global: &GlobalArgs, json: bool) -> miette::Result<Outcome> {
-    let hv = super::connect(global)?;
-    let list = crate::host::labs::list(&hv.observe()?, &hv.uri());
+    let list = super::connect(global)?.labs()?;
     if json {
         crate::outln!("{}", serde_json::to_string_pretty(&list.to_json()).into_diagnostic()?)?;
     } else {

@@ -13,6 +13,7 @@ mod list;
 mod log;
 mod plan;
 mod shell;
+mod shown;
 mod ssh;
 pub mod ui;
 mod validate;
@@ -186,7 +187,7 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 /// (kernel, initrd, image) are checked on this machine's disk when that is where libvirt
 /// opens them (a local, real driver: [`crate::host::hypervisor::libvirt::files_are_local`]);
 /// otherwise `topo plan` and `topo apply` check them through libvirt's storage pools
-/// ([`observe`]).
+/// ([`crate::session::Session::observe`]).
 pub(crate) fn load_lab(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::lab::model::Lab> {
     load_lab_with(path, files_checked(global))
 }
@@ -216,55 +217,6 @@ pub(crate) fn files_checked(global: &GlobalArgs) -> crate::lab::validate::Files 
     }
 }
 
-/// Observes the host for a plan: every libvirt object, the seeds that changed
-/// ([`crate::host::hypervisor::read_changed_seeds`], for the plan's diff), and, when the libvirt host's files
-/// are not this machine's, what its storage pools say about each file the lab's domains
-/// open (`Observed::paths`); on a local host, each base image's header
-/// ([`crate::host::observed::observe_images`]). Files no pool can speak for are warned about on stderr, each
-/// at its place in the lab file (unless `-q`; with `--target`, only those of the VMs the plan
-/// reaches); `warn: None` says nothing. Missing ones are the plan's refusals.
-pub(crate) fn observe(
-    global: &GlobalArgs,
-    hv: &dyn crate::host::hypervisor::Hypervisor,
-    lab: &crate::lab::model::Lab,
-    warn: Option<&[crate::lab::address::Address]>,
-) -> miette::Result<crate::host::observed::Observed> {
-    let mut observed = hv.observe()?;
-    crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
-    if !crate::host::hypervisor::libvirt::files_are_local(&hv.uri()) {
-        let paths: Vec<String> = lab
-            .vms
-            .values()
-            .flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.to_string_lossy().into_owned()))
-            .collect();
-        observed.paths = crate::host::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
-    } else {
-        // This machine's disk: each base image's header, read bounded, is the same kind of
-        // fact as a remote pool's volume, so `disk.format` and `disk.size` are checked alike.
-        observed.paths = crate::host::observed::observe_images(
-            lab.vms.values().filter_map(|vm| vm.disk.as_ref().map(|d| d.image.as_path())),
-        );
-    }
-    // With `--target`, only about the VMs the plan reaches.
-    let only =
-        match warn {
-            Some(targets) if !targets.is_empty() => Some(crate::plan::target::reached_vms(
-                &crate::plan::target::closure(lab, &observed, targets, crate::plan::target::Direction::Apply),
-            )),
-            _ => None,
-        };
-    let warnings = crate::plan::paths::warnings_for(lab, &observed, only.as_ref());
-    if warn.is_some() && !global.quiet && !warnings.is_empty() {
-        let report = miette::Report::new(crate::diag::Warnings {
-            path: lab.source.name(),
-            src: lab.source.named_source(),
-            warnings: warnings.into_iter().map(crate::diag::Warning).collect(),
-        });
-        crate::errln!("{report:?}");
-    }
-    Ok(observed)
-}
-
 /// A status line on stderr unless `-q`.
 pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
     if !global.quiet {
@@ -272,14 +224,9 @@ pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
     }
 }
 
-/// Connects to libvirt at the global `--connect` URI.
-pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::host::hypervisor::libvirt::LibvirtHypervisor> {
-    Ok(crate::host::hypervisor::libvirt::LibvirtHypervisor::connect(&global.connect)?)
-}
-
-/// The host the connection reaches, as libvirt names it: what locks key on.
-pub(crate) fn host_id(hv: &dyn crate::host::hypervisor::Hypervisor) -> miette::Result<crate::apply::lock::HostId> {
-    Ok(crate::apply::lock::HostId::new(&hv.hostname()?, &hv.uri()))
+/// A session over the libvirt host at the global `--connect` URI.
+pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::session::Session<'static>> {
+    Ok(crate::session::Session::connect(Some(&global.connect))?)
 }
 
 /// The lab file to use: `file` when given, else the one [`crate::lab::source::discover`] finds in

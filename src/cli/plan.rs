@@ -1,15 +1,14 @@
 //! `topo plan`: observe the host, plan, and show the plan (human or JSON), optionally saved.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use miette::IntoDiagnostic;
 
+use super::shown::{Shown, style};
 use super::{GlobalArgs, Outcome};
-use crate::host::hypervisor::Hypervisor;
-use crate::plan::render::{Style, render};
+use crate::plan::render::render;
 use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
-use crate::plan::target::Direction;
+use crate::session::Planned;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -38,19 +37,15 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let mut lab = super::load_lab(&file, global)?;
     lab.take_over = args.take_over;
-    let hv = super::connect(global)?;
-    super::status(global, format_args!("Observing {} ...", hv.uri()));
-    let observed = super::observe(global, &hv, &lab, Some(&args.targets))?;
-    let plan = crate::plan::plan(&lab, &observed, &hv.uri())?;
-    let plan = crate::plan::target::targeted(&lab, &observed, plan, &args.targets, Direction::Apply)?;
+    let session = super::connect(global)?;
+    let Planned { plan, observed } = session.plan(&lab, &args.targets, &Shown::new(global, args.json, false))?;
     let json = crate::plan::json::to_json(&plan);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?)?;
     } else {
-        let style = if global.color_for(std::io::stdout().is_terminal()) { Style::Color } else { Style::Plain };
-        crate::out!("{}", render(&plan, &file.display().to_string(), style))?;
+        crate::out!("{}", render(&plan, &file.display().to_string(), style(global)))?;
     }
-    if let Err(e) = crate::plan::check_foreign(&plan, &hv.uri(), false) {
+    if let Err(e) = crate::plan::check_foreign(&plan, &session.uri(), false) {
         super::status(global, format_args!("Warning: apply and destroy will refuse this plan: {e}"));
     }
     if let Some(out) = &args.out {
@@ -59,7 +54,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
             // Canonical, so the saved plan applies from any folder.
             lab_file: std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone()).display().to_string(),
             lab_sha256: sha256_hex(lab.source.text.as_bytes()),
-            uri: hv.uri(),
+            uri: session.uri(),
             observed_sha256: fingerprint(&observed),
             plan: json,
             steps: plan.clone(),

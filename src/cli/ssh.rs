@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::duration::parse_duration;
-use super::verify::{run_verification, targets};
+use super::shown::Shown;
 use super::{GlobalArgs, Outcome};
-use crate::host::hypervisor::Hypervisor;
 use crate::verify::VerifyOptions;
-use crate::verify::inventory::Inventory;
 
 #[derive(clap::Args, Debug)]
 pub struct SshArgs {
@@ -65,16 +63,10 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
         let known = vm.nics.iter().map(|n| n.label()).collect::<Vec<_>>().join(", ");
         return Err(SshError::UnknownNic { vm: args.vm.clone(), nic: nic.clone(), known }.into());
     }
-    let hv = super::connect(global)?;
-    let observed = hv.observe()?;
-    let targets: Vec<_> = targets(&lab, &observed, &hv)
-        .into_iter()
-        .filter(|t| t.vm == vm.name && args.nic.as_ref().is_none_or(|n| *n == t.nic))
-        .collect();
+    let session = super::connect(global)?;
     let opts = VerifyOptions { timeout: args.timeout, ..VerifyOptions::default() };
-    let report = run_verification(global, &hv, &targets, opts)?;
-    let mut inv = Inventory::new(&lab, &report);
-    super::inventory::pin_host_keys(&hv, &lab, &observed, &mut inv)?;
+    let only = |t: &crate::verify::NicTarget| t.vm == vm.name && args.nic.as_ref().is_none_or(|n| *n == t.nic);
+    let inv = session.inventory(&lab, opts, &only, &Shown::new(global, false, false))?;
     let host = inv.host(&args.vm).ok_or_else(|| SshError::NoAddress { vm: args.vm.clone(), nic: None })?;
     let address = match &args.nic {
         Some(nic) => host.nics.iter().find(|n| n.nic == *nic).and_then(|n| n.address),

@@ -14,19 +14,33 @@ pub struct TcError {
     pub args: String,
     /// tc's message (its stderr), or why it could not run.
     pub message: String,
+    /// How it failed.
+    pub cause: TcCause,
+}
+
+/// How running `tc` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcCause {
+    /// `tc` could not be started (`NotFound`: not installed).
+    Spawn(std::io::ErrorKind),
+    /// `tc` ran and exited with an error (its stderr is the message).
+    Exit,
+    /// `tc`'s output could not be read.
+    Output,
 }
 
 impl TcError {
     /// What to do about it: install iproute2 when `tc` is missing; a kernel without netem
-    /// ("Specified qdisc kind is unknown") needs the `sch_netem` module.
+    /// needs the `sch_netem` module (tc says "Specified qdisc kind is unknown" on its stderr,
+    /// the kernel's EOPNOTSUPP/ENOENT relayed as text: advice only, no decision reads it).
     pub fn hint(&self) -> Option<String> {
-        if self.message.contains("kind is unknown") {
+        if self.cause == TcCause::Exit && self.message.contains("kind is unknown") {
             Some(
                 "the host kernel has no netem qdisc (CONFIG_NET_SCH_NETEM, module sch_netem): `modprobe sch_netem`, \
                  or remove `delay`/`jitter`/`loss` from the lab file"
                     .into(),
             )
-        } else if self.message.contains("No such file or directory") && self.message.contains("spawn") {
+        } else if self.cause == TcCause::Spawn(std::io::ErrorKind::NotFound) {
             Some("install iproute2 (it provides `tc`)".into())
         } else {
             None
@@ -50,13 +64,16 @@ pub trait TapShaper: Send + Sync {
 pub struct Tc;
 
 fn tc(args: &[String]) -> Result<String, TcError> {
-    let err = |message: String| TcError { args: args.join(" "), message };
+    let err = |message: String, cause| TcError { args: args.join(" "), message, cause };
     let start = std::time::Instant::now();
-    let out = Command::new("tc").args(args).output().map_err(|e| err(format!("cannot spawn tc: {e}")))?;
+    let out = Command::new("tc")
+        .args(args)
+        .output()
+        .map_err(|e| err(format!("cannot spawn tc: {e}"), TcCause::Spawn(e.kind())))?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     tracing::debug!(args = args.join(" "), ms = format_args!("{ms:.3}"), status = out.status.code(), "tc");
     if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string(), TcCause::Exit));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -65,13 +82,21 @@ impl TapShaper for Tc {
     fn show(&self, tap: &str) -> Result<TapQdiscs, TcError> {
         let args: Vec<String> = ["-j", "qdisc", "show", "dev", tap].iter().map(|s| s.to_string()).collect();
         let text = tc(&args)?;
-        parse_tc_qdiscs(&text).map_err(|e| TcError { args: args.join(" "), message: e.to_string() })
+        parse_tc_qdiscs(&text).map_err(|e| TcError {
+            args: args.join(" "),
+            message: e.to_string(),
+            cause: TcCause::Output,
+        })
     }
 
     fn show_all(&self) -> Result<std::collections::BTreeMap<String, TapQdiscs>, TcError> {
         let args: Vec<String> = ["-j", "qdisc", "show"].iter().map(|s| s.to_string()).collect();
         let text = tc(&args)?;
-        parse_tc_qdiscs_by_dev(&text).map_err(|e| TcError { args: args.join(" "), message: e.to_string() })
+        parse_tc_qdiscs_by_dev(&text).map_err(|e| TcError {
+            args: args.join(" "),
+            message: e.to_string(),
+            cause: TcCause::Output,
+        })
     }
 
     fn run(&self, args: &[String]) -> Result<(), TcError> {

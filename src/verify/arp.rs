@@ -7,19 +7,17 @@
 
 use std::net::Ipv4Addr;
 
+use pnet_base::MacAddr as WireMac;
+use pnet_packet::Packet as _;
+use pnet_packet::arp::{ArpHardwareTypes, ArpOperations, ArpPacket, MutableArpPacket};
+use pnet_packet::ethernet::{EtherTypes, EthernetPacket, MutableEthernetPacket};
+
 use crate::lab::model::MacAddr;
 
-/// Length of an Ethernet II header plus an IPv4-over-Ethernet ARP body.
+/// Length of an Ethernet II header (14 bytes) plus an IPv4-over-Ethernet ARP body (28).
 pub const FRAME_LEN: usize = 42;
 /// EtherType of ARP.
 pub const ETHERTYPE_ARP: u16 = 0x0806;
-/// EtherType of IPv4 (ARP's protocol type).
-const ETHERTYPE_IPV4: u16 = 0x0800;
-/// ARP hardware type Ethernet.
-const HTYPE_ETHERNET: u16 = 1;
-const OP_REQUEST: u16 = 1;
-const OP_REPLY: u16 = 2;
-const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// An ARP reply: `sender_ip is at sender_mac`, sent to whoever asked `target_ip`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,37 +30,34 @@ pub struct ArpReply {
     pub target_ip: Ipv4Addr,
 }
 
-/// An Ethernet-broadcast ARP request "who has `target_ip`? tell `src_ip`".
+/// An Ethernet-broadcast ARP request "who has `target_ip`? tell `src_ip`" (`pnet_packet`'s
+/// Ethernet and ARP layouts).
 ///
 /// Pass `Ipv4Addr::UNSPECIFIED` as `src_ip` when the sending interface has no IPv4 address:
 /// that makes the request an ARP probe (RFC 5227), which hosts answer without learning a
 /// bogus mapping for the asker.
 pub fn build_request(src_mac: MacAddr, src_ip: Ipv4Addr, target_ip: Ipv4Addr) -> [u8; FRAME_LEN] {
-    let mac = src_mac.octets();
+    let mac = WireMac::from(src_mac.octets());
     let mut f = [0u8; FRAME_LEN];
-    // Ethernet II header.
-    f[0..6].copy_from_slice(&BROADCAST);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-    // ARP body.
-    f[14..16].copy_from_slice(&HTYPE_ETHERNET.to_be_bytes());
-    f[16..18].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    f[18] = 6; // hardware address length
-    f[19] = 4; // protocol address length
-    f[20..22].copy_from_slice(&OP_REQUEST.to_be_bytes());
-    f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&src_ip.octets());
+    // Invariant: FRAME_LEN is the minimum size of an Ethernet header plus an ARP body, so
+    // both views fit.
+    let mut eth = MutableEthernetPacket::new(&mut f).expect("an Ethernet header fits in FRAME_LEN");
+    eth.set_destination(WireMac::broadcast());
+    eth.set_source(mac);
+    eth.set_ethertype(EtherTypes::Arp);
+    let mut arp = MutableArpPacket::new(pnet_packet::MutablePacket::payload_mut(&mut eth))
+        .expect("an ARP body fits after the header");
+    arp.set_hardware_type(ArpHardwareTypes::Ethernet);
+    arp.set_protocol_type(EtherTypes::Ipv4);
+    arp.set_hw_addr_len(6);
+    arp.set_proto_addr_len(4);
+    arp.set_operation(ArpOperations::Request);
+    arp.set_sender_hw_addr(mac);
+    arp.set_sender_proto_addr(src_ip);
     // Target hardware address stays zero: unknown, that is the question.
-    f[38..42].copy_from_slice(&target_ip.octets());
+    arp.set_target_hw_addr(WireMac::zero());
+    arp.set_target_proto_addr(target_ip);
     f
-}
-
-fn be16(frame: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([frame[at], frame[at + 1]])
-}
-
-fn ipv4(frame: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(frame[at], frame[at + 1], frame[at + 2], frame[at + 3])
 }
 
 /// Reads an ARP reply out of an Ethernet frame; `None` for anything else.
@@ -71,23 +66,21 @@ fn ipv4(frame: &[u8], at: usize) -> Ipv4Addr {
 /// IPv4 with 4-byte addresses, opcode 2 (reply), a unicast sender MAC, and at least
 /// [`FRAME_LEN`] bytes (trailing padding is allowed).
 pub fn parse_reply(frame: &[u8]) -> Option<ArpReply> {
-    if frame.len() < FRAME_LEN {
+    let eth = EthernetPacket::new(frame)?;
+    if eth.get_ethertype() != EtherTypes::Arp {
         return None;
     }
-    // Indexing below is in bounds: every offset read is < FRAME_LEN <= frame.len().
-    if be16(frame, 12) != ETHERTYPE_ARP
-        || be16(frame, 14) != HTYPE_ETHERNET
-        || be16(frame, 16) != ETHERTYPE_IPV4
-        || frame[18] != 6
-        || frame[19] != 4
-        || be16(frame, 20) != OP_REPLY
+    let arp = ArpPacket::new(eth.payload())?;
+    if arp.get_hardware_type() != ArpHardwareTypes::Ethernet
+        || arp.get_protocol_type() != EtherTypes::Ipv4
+        || arp.get_hw_addr_len() != 6
+        || arp.get_proto_addr_len() != 4
+        || arp.get_operation() != ArpOperations::Reply
     {
         return None;
     }
-    let mut sha = [0u8; 6];
-    sha.copy_from_slice(&frame[22..28]);
-    let sender_mac = MacAddr::new(sha).ok()?;
-    Some(ArpReply { sender_mac, sender_ip: ipv4(frame, 28), target_ip: ipv4(frame, 38) })
+    let sender_mac = MacAddr::new(arp.get_sender_hw_addr().octets()).ok()?;
+    Some(ArpReply { sender_mac, sender_ip: arp.get_sender_proto_addr(), target_ip: arp.get_target_proto_addr() })
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ pub fn sweep_targets(subnet: Ipv4Network, max: u32) -> Option<Vec<Ipv4Addr>> {
     Some(subnet.iter().filter(|ip| subnet.prefix() >= 31 || (*ip != net && *ip != bcast)).collect())
 }
 
-/// The real prober: an `AF_PACKET` socket on the bridge through `pnet::datalink`.
+/// The real prober: an `AF_PACKET` socket on the bridge through `pnet_datalink`.
 #[derive(Clone, Debug)]
 pub struct PnetProber {
     /// How long one read waits before the deadline is checked again.
@@ -166,7 +166,7 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 impl PnetProber {
-    fn send(bridge: &str, tx: &mut dyn pnet::datalink::DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
+    fn send(bridge: &str, tx: &mut dyn pnet_datalink::DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
         let mut tries = 0;
         loop {
             match tx.send_to(frame, None) {
@@ -192,8 +192,7 @@ impl Prober for PnetProber {
         timeout: Duration,
         grace: Duration,
     ) -> Result<Vec<TimedReply>, ProbeError> {
-        use pnet::datalink::{self, Channel, Config};
-        use pnet::ipnetwork::IpNetwork;
+        use pnet_datalink::{self as datalink, Channel, Config};
 
         let iface = datalink::interfaces()
             .into_iter()
@@ -209,9 +208,10 @@ impl Prober for PnetProber {
         let addrs: Vec<Ipv4Network> = iface
             .ips
             .iter()
-            .filter_map(|n| match n {
-                IpNetwork::V4(v4) => Ipv4Network::new(v4.ip(), v4.prefix()).ok(),
-                IpNetwork::V6(_) => None,
+            // pnet_datalink's own (older) ipnetwork, read through its address and prefix.
+            .filter_map(|n| match n.ip() {
+                std::net::IpAddr::V4(ip) => Ipv4Network::new(ip, n.prefix()).ok(),
+                std::net::IpAddr::V6(_) => None,
             })
             .collect();
 
@@ -546,7 +546,7 @@ mod tests {
             return;
         }
         // Without the capability socket() fails before any frame could be sent.
-        let lo = pnet::datalink::interfaces()
+        let lo = pnet_datalink::interfaces()
             .into_iter()
             .find(|i| i.is_loopback() && i.is_up())
             .expect("a loopback interface");

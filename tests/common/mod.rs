@@ -7,13 +7,15 @@ use std::sync::atomic::AtomicBool;
 
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 use topo::apply::progress::Silent;
-use topo::apply::{Options, Report};
+use topo::apply::{ApplyError, Options, Report};
 use topo::host::hypervisor::Hypervisor;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::observed::Observed;
+use topo::lab::address::Address;
 use topo::lab::model::Lab;
 use topo::lab::source::SourceFile;
 use topo::plan::{self, Plan};
+use topo::session::Session;
 
 /// The test driver's `default` network (NAT 192.168.122.0/24 on virbr0).
 pub const DEFAULT_NET: &str = include_str!("../fixtures/test-driver-default.xml");
@@ -46,10 +48,11 @@ pub fn options(parallelism: usize) -> Options {
     Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1) }
 }
 
+/// Observes `hv` as every plan is made on ([`Session::observe`]) and plans `lab` on it.
 pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
-    let mut observed = hv.observe().expect("observe");
-    topo::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
-    let p = match plan::plan(lab, &observed, &hv.uri()) {
+    let session = Session::over(hv);
+    let observed = session.observe(lab).expect("observe");
+    let p = match plan::plan(lab, &observed, &session.uri()) {
         Ok(p) => p,
         Err(e) => panic!("plan refused:\n{}", render_diag(&e)),
     };
@@ -60,15 +63,26 @@ pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
 pub fn apply_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
     let (p, _) = plan_on(lab, hv);
     let cancel = AtomicBool::new(false);
-    let report = topo::apply::apply(&p, hv, &options(parallelism), &cancel, &Silent);
+    let report = Session::over(hv).execute(&p, &options(parallelism), &cancel, &Silent);
     (p, report)
+}
+
+/// Whether the host converged to `lab` (for the `targets`; empty: the whole lab), as apply
+/// checks it after its steps ([`Session::converged`]).
+pub fn converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
+    Session::over(hv).converged(lab, targets)
+}
+
+/// [`converged_for`] the whole lab.
+pub fn converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
+    converged_for(lab, hv, &[])
 }
 
 /// Plans and applies `lab`, asserting every step is done and the host converged.
 pub fn apply_ok(lab: &Lab, hv: &dyn Hypervisor) -> Plan {
     let (p, report) = apply_with(lab, hv, 4);
     assert!(!report.failed(), "apply failed: {report:#?}");
-    if let Err(e) = topo::apply::check_converged(lab, hv) {
+    if let Err(e) = converged(lab, hv) {
         panic!("not converged:\n{}", render_diag(&e));
     }
     p
@@ -76,10 +90,10 @@ pub fn apply_ok(lab: &Lab, hv: &dyn Hypervisor) -> Plan {
 
 /// Destroys everything `lab` owns on `hv`; returns the plan and report.
 pub fn destroy_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
-    let observed = hv.observe().expect("observe");
-    let p = plan::plan_destroy(lab, &observed);
+    let session = Session::over(hv);
+    let p = plan::plan_destroy(lab, &session.observe_host().expect("observe"));
     let cancel = AtomicBool::new(false);
-    let report = topo::apply::apply(&p, hv, &options(parallelism), &cancel, &Silent);
+    let report = session.execute(&p, &options(parallelism), &cancel, &Silent);
     (p, report)
 }
 

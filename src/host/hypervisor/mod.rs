@@ -16,7 +16,7 @@ use crate::lab::impair::{Netem, Rate};
 use crate::lab::model::MacAddr;
 
 /// A libvirt call failed. `code` is libvirt's error code when there is one.
-#[derive(Debug, Clone, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, miette::Diagnostic)]
 #[error("{op} {object}: {message}")]
 #[diagnostic(code(topo::host::hypervisor))]
 pub struct HvError {
@@ -30,6 +30,14 @@ pub struct HvError {
     pub hint: Option<String>,
 }
 
+/// What kind of failure an [`HvError`] is: the decisions topo makes on a failed call
+/// (done already, gone already, retry otherwise) match on it, never on the message.
+/// `LibvirtHypervisor` maps it from libvirt's error code (virterror.h `virErrorNumber`:
+/// `VIR_ERR_NO_DOMAIN`, `VIR_ERR_NO_NETWORK`, `VIR_ERR_NO_STORAGE_VOL`, ... are `NotFound`;
+/// `VIR_ERR_NO_SUPPORT` is `Unsupported`; `VIR_ERR_OPERATION_INVALID` is `InvalidState`),
+/// and where libvirt uses one code for several cases, from the object's state after the
+/// failure (a failed start of a domain that runs is `AlreadyActive`); the memory double
+/// gives the kind libvirt's would get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HvErrorKind {
     /// Could not connect to libvirt.
@@ -46,8 +54,9 @@ pub enum HvErrorKind {
     InvalidState,
     /// libvirt rejected the XML.
     InvalidXml,
-    /// The driver does not support this call (test driver, old libvirt).
+    /// The driver does not support this call or flag (test driver, old libvirt).
     Unsupported,
+    /// Anything else (libvirt's internal and system errors, a tool that failed).
     Other,
 }
 

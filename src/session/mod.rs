@@ -1,0 +1,322 @@
+//! The pipeline as one library type: a [`Session`] holds a connection per libvirt host and
+//! runs each command's stages, `observe -> plan -> guard -> lock -> observe again -> execute
+//! -> converge check -> verify`, so the command line only parses arguments, makes one call
+//! and renders what it returns. What a run says while it runs (progress, warnings, the plan
+//! to confirm) goes through the [`Ui`] the caller passes; nothing here writes to a stream.
+//!
+//! Stage: above `verify/` and `results.rs`, below `cli/`. Nothing below imports it.
+
+mod check;
+mod run;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+
+pub use check::Proven;
+pub use run::{ApplyRequest, DestroyRequest, Run, RunError};
+
+use crate::apply::lock::HostId;
+use crate::apply::progress::{Progress, Silent as SilentProgress};
+use crate::apply::{ApplyError, Options, Report};
+use crate::host::hypervisor::libvirt::{Console, LibvirtHypervisor};
+use crate::host::hypervisor::{HvError, Hypervisor};
+use crate::host::observed::Observed;
+use crate::lab::address::Address;
+use crate::lab::model::Lab;
+use crate::plan::Plan;
+use crate::plan::target::Direction;
+use crate::verify::{NicProgress, VerifyReport};
+
+/// The name a lab gives a libvirt host. One host today, [`HostName::DEFAULT`]; labs across
+/// several hosts name each of them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostName(String);
+
+impl HostName {
+    /// The host of a lab that names none: the one `--connect` reaches.
+    pub const DEFAULT: &str = "default";
+
+    /// The default host's name.
+    pub fn default_host() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl std::fmt::Display for HostName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A connection the session owns (the command line's libvirt connection) or borrows (a
+/// test's double, which the test keeps to arm faults and look at calls).
+enum Conn<'h> {
+    Libvirt(Box<LibvirtHypervisor>),
+    Borrowed(&'h dyn Hypervisor),
+}
+
+/// What a run tells the person running it while it runs. The command line writes each to
+/// its stream (progress on stderr, results on stdout, nothing with `-q` but results and
+/// errors); [`Silent`] says nothing and approves every plan, for tests and benchmarks.
+pub trait Ui: Sync {
+    /// A progress line: `Observing URI ...`, `Verifying 3 NICs by ARP ...`.
+    fn status(&self, _line: &str) {}
+    /// Warnings about the lab file that do not stop the run (files no storage pool can
+    /// speak for), as one diagnostic located in the file.
+    fn warnings(&self, _warnings: crate::diag::Warnings) {}
+    /// Something that failed beside the run without stopping it (a known_hosts file that
+    /// could not be updated): shown even when progress is not.
+    fn warn(&self, _line: &str) {}
+    /// The plan about to be confirmed and executed (again when the host changed and apply
+    /// follows it). `file` is the lab file as the user named it.
+    fn plan(&self, _plan: &Plan, _file: &str) -> miette::Result<()> {
+        Ok(())
+    }
+    /// Asks whether to `what` (`apply these changes`); an error cancels the run.
+    fn confirm(&self, _what: &str) -> miette::Result<()> {
+        Ok(())
+    }
+    /// Where apply's step events go while it executes.
+    fn progress(&self) -> Box<dyn Progress + '_> {
+        Box::new(SilentProgress)
+    }
+    /// A run's steps have finished (or it stopped): its report, before the session decides
+    /// whether that is an error.
+    fn executed(&self, _command: crate::results::Command, _report: &Report) -> miette::Result<()> {
+        Ok(())
+    }
+    /// A NIC's state changed during verification.
+    fn nic(&self, _progress: &NicProgress<'_>) {}
+    /// Apply's verification has finished (before its verdict is checked).
+    fn verified(&self, _report: &VerifyReport) -> miette::Result<()> {
+        Ok(())
+    }
+    /// Enters (`true`) or leaves (`false`) a phase that a signal stops gracefully (apply's
+    /// steps, verification): the first signal then only sets [`Ui::cancel`].
+    fn stoppable(&self, _on: bool) {}
+    /// Set when the person asked the run to stop.
+    fn cancel(&self) -> &AtomicBool;
+}
+
+/// A [`Ui`] that says nothing and approves every plan: for tests and benchmarks.
+#[derive(Default)]
+pub struct Silent {
+    cancel: AtomicBool,
+}
+
+impl Ui for Silent {
+    fn cancel(&self) -> &AtomicBool {
+        &self.cancel
+    }
+}
+
+/// A stoppable phase of `ui`, left when dropped.
+struct Stoppable<'u>(&'u dyn Ui);
+
+impl<'u> Stoppable<'u> {
+    fn enter(ui: &'u dyn Ui) -> Self {
+        ui.stoppable(true);
+        Self(ui)
+    }
+}
+
+impl Drop for Stoppable<'_> {
+    fn drop(&mut self) {
+        self.0.stoppable(false);
+    }
+}
+
+/// One run of topo against its libvirt hosts: a connection per host, keyed by the name the
+/// lab gives it (one host, [`HostName::DEFAULT`], today).
+pub struct Session<'h> {
+    hosts: BTreeMap<HostName, Conn<'h>>,
+}
+
+/// Why a session cannot run a command.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum SessionError {
+    /// A confirmed or saved plan would no longer be the one executed.
+    #[error("the host changed while the plan was being confirmed: nothing was changed")]
+    #[diagnostic(help("run `topo plan` again and review the new plan"))]
+    HostChanged,
+    /// `--target` with a saved plan.
+    #[error("--target does not apply to a saved plan: it runs exactly the steps it holds")]
+    #[diagnostic(help(
+        "make the saved plan with `topo plan --target ... --out FILE`, or apply the lab file with --target"
+    ))]
+    TargetsOnSaved,
+    /// `topo console` over a connection that is not libvirt's (a test double).
+    #[error("this connection has no serial consoles")]
+    #[diagnostic(code(topo::console::unsupported))]
+    NoConsole,
+    /// A libvirt call failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Host(#[from] HvError),
+}
+
+/// A plan and the observation it was made on.
+pub struct Planned {
+    pub plan: Plan,
+    pub observed: Observed,
+}
+
+impl<'h> Session<'h> {
+    /// A session over the libvirt host at `uri` (`None`: the one libvirt chooses, as virsh
+    /// does: `LIBVIRT_DEFAULT_URI`, then `uri_default` in libvirt.conf, then probing).
+    ///
+    /// # Errors
+    /// The connection cannot be opened.
+    pub fn connect(uri: Option<&str>) -> Result<Session<'static>, HvError> {
+        let hv = LibvirtHypervisor::connect(uri.unwrap_or(""))?;
+        Ok(Session { hosts: BTreeMap::from([(HostName::default_host(), Conn::Libvirt(Box::new(hv)))]) })
+    }
+
+    /// A session over `hv` (kept by the caller) as its default host.
+    pub fn over(hv: &'h dyn Hypervisor) -> Self {
+        Self { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(hv))]) }
+    }
+
+    /// The default host's connection.
+    pub fn hv(&self) -> &dyn Hypervisor {
+        // Invariant: every constructor inserts the default host.
+        match self.hosts.get(&HostName::default_host()).expect("the default host is always connected") {
+            Conn::Libvirt(b) => b.as_ref(),
+            Conn::Borrowed(r) => *r,
+        }
+    }
+
+    /// The default host's canonical URI, as libvirt names the connection
+    /// (`virConnectGetURI`): what tags, saved plans and messages record.
+    pub fn uri(&self) -> String {
+        self.hv().uri()
+    }
+
+    /// The host the connection reaches, as libvirt names it: what locks and pinned host
+    /// keys key on.
+    ///
+    /// # Errors
+    /// The host name cannot be read.
+    pub fn host_id(&self) -> Result<HostId, HvError> {
+        let hv = self.hv();
+        Ok(HostId::new(&hv.hostname()?, &hv.uri()))
+    }
+
+    /// The host's libvirt objects as they are, for a command that makes no plan from them
+    /// (verify, inventory, destroy's teardown, the list of labs).
+    ///
+    /// # Errors
+    /// A libvirt call fails.
+    pub fn observe_host(&self) -> Result<Observed, HvError> {
+        self.hv().observe()
+    }
+
+    /// Observes the host for a plan of `lab`: the one way every plan is made on (`plan`,
+    /// `apply` before and under the host lock, the convergence check after it, `status`,
+    /// tests). Every libvirt object, the seeds that changed
+    /// ([`crate::host::hypervisor::read_changed_seeds`], for the plan's diff), and the path
+    /// facts of the files the lab's domains open (`Observed::paths`): when the libvirt
+    /// host's files are not this machine's, what its storage pools say about each; on a
+    /// local host, each base image's header ([`crate::host::observed::observe_images`]).
+    ///
+    /// # Errors
+    /// A libvirt call fails.
+    pub fn observe(&self, lab: &Lab) -> Result<Observed, HvError> {
+        let hv = self.hv();
+        let mut observed = hv.observe()?;
+        crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
+        if !crate::host::hypervisor::libvirt::files_are_local(&hv.uri()) {
+            let paths: Vec<String> = lab
+                .vms
+                .values()
+                .flat_map(|vm| vm.host_files().into_iter().map(|(_, p, _)| p.to_string_lossy().into_owned()))
+                .collect();
+            observed.paths = crate::host::hypervisor::observe_paths(hv, paths.iter().map(String::as_str))?;
+        } else {
+            // This machine's disk: each base image's header, read bounded, is the same kind of
+            // fact as a remote pool's volume, so `disk.format` and `disk.size` are checked alike.
+            observed.paths = crate::host::observed::observe_images(
+                lab.vms.values().filter_map(|vm| vm.disk.as_ref().map(|d| d.image.as_path())),
+            );
+        }
+        Ok(observed)
+    }
+
+    /// [`Session::observe`], announced on `ui`, with the files no pool can speak for warned
+    /// about, each at its place in the lab file (with `targets`, only those of the VMs the
+    /// plan reaches). Missing ones are the plan's refusals.
+    fn observe_announced(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> Result<Observed, HvError> {
+        ui.status(&format!("Observing {} ...", self.uri()));
+        let observed = self.observe(lab)?;
+        let only = (!targets.is_empty()).then(|| {
+            crate::plan::target::reached_vms(&crate::plan::target::closure(lab, &observed, targets, Direction::Apply))
+        });
+        let warnings = crate::plan::paths::warnings_for(lab, &observed, only.as_ref());
+        if !warnings.is_empty() {
+            ui.warnings(crate::diag::Warnings {
+                path: lab.source.name(),
+                src: lab.source.named_source(),
+                warnings: warnings.into_iter().map(crate::diag::Warning).collect(),
+            });
+        }
+        Ok(observed)
+    }
+
+    /// `topo plan`: observes the host (announced on `ui`, with its warnings) and plans `lab`
+    /// on it, cut to `targets` (`--target`; empty: the whole lab).
+    ///
+    /// # Errors
+    /// A libvirt call fails, the planner refuses, or a target is not in the lab.
+    pub fn plan(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> miette::Result<Planned> {
+        let observed = self.observe_announced(lab, targets, ui)?;
+        let plan = self.plan_on(lab, &observed, targets)?;
+        Ok(Planned { plan, observed })
+    }
+
+    /// The plan of `lab` on `observed`, cut to `targets`: no I/O.
+    ///
+    /// # Errors
+    /// The planner refuses, or a target is not in the lab.
+    pub fn plan_on(&self, lab: &Lab, observed: &Observed, targets: &[Address]) -> miette::Result<Plan> {
+        let full = crate::plan::plan(lab, observed, &self.uri())?;
+        Ok(crate::plan::target::targeted(lab, observed, full, targets, Direction::Apply)?)
+    }
+
+    /// Executes `plan`'s steps (no guard, no lock: [`Session::apply`] adds those), with
+    /// `progress` told of each step.
+    pub fn execute(&self, plan: &Plan, opts: &Options, cancel: &AtomicBool, progress: &dyn Progress) -> Report {
+        crate::apply::apply(plan, self.hv(), opts, cancel, progress)
+    }
+
+    /// After apply: observes `lab` again (as for a plan) and plans it; any change left for
+    /// the `targets` (empty: the whole lab) and what they depend on is an inconsistent
+    /// result. Returns what was observed, for the verification that follows.
+    ///
+    /// # Errors
+    /// [`ApplyError::Inconsistent`] with each change left, or a failed observation.
+    pub fn converged(&self, lab: &Lab, targets: &[Address]) -> Result<Observed, ApplyError> {
+        let observed = self.observe(lab)?;
+        crate::apply::check_converged_on(lab, &observed, &self.uri(), targets)?;
+        Ok(observed)
+    }
+
+    /// Every lab on the host, from the owner tags alone (`topo list`).
+    ///
+    /// # Errors
+    /// A libvirt call fails.
+    pub fn labs(&self) -> Result<crate::host::labs::LabList, HvError> {
+        Ok(crate::host::labs::list(&self.observe_host()?, &self.uri()))
+    }
+
+    /// The serial console of domain `libvirt_name` (`topo console`); `force` takes it over
+    /// from another client.
+    ///
+    /// # Errors
+    /// The connection is a test double's, or libvirt cannot open the console.
+    pub fn console(&self, libvirt_name: &str, force: bool) -> Result<Console, SessionError> {
+        let Some(Conn::Libvirt(hv)) = self.hosts.get(&HostName::default_host()) else {
+            return Err(SessionError::NoConsole);
+        };
+        Ok(hv.open_console(libvirt_name, force)?)
+    }
+}
