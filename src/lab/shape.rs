@@ -278,137 +278,21 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Result<Vec<Problem>,
         let Some(here) = at.get(&pointer).copied() else { continue };
         let segs: Vec<&str> = pointer.split('/').skip(1).collect();
         let name = if segs.is_empty() { "the lab file".to_owned() } else { format!("`{}`", dotted(&segs)) };
+        let place = Place { pointer: &pointer, segs: &segs, here, name, instance: err.instance() };
         match err.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
-                let allowed = allowed_keys(&schema, &segs);
-                for key in unexpected {
-                    let key_at = at.get(&format!("{pointer}/{key}")).and_then(|a| a.key).unwrap_or(here.value);
-                    let help = suggest(key, &allowed, "Allowed here", "allowed here");
-                    out.push(Problem::at(
-                        Code::UnknownKey,
-                        key_at,
-                        format!("unknown key `{key}`"),
-                        "not a lab file key here",
-                        help,
-                    ));
-                }
+                out.extend(unknown_keys(&schema, &at, &place, unexpected));
             }
-            ValidationErrorKind::Required { property } => {
-                let prop = property.as_str().unwrap_or_default();
-                // `netwrk:` written for `network:`: say so here too.
-                let allowed = allowed_keys(&schema, &segs);
-                let typo = err.instance().as_object().and_then(|m| {
-                    m.keys()
-                        .filter(|k| !allowed.contains(k))
-                        .find(|k| crate::diag::did_you_mean(k, std::iter::once(prop)).is_some())
-                        .cloned()
-                });
-                let help = match typo {
-                    Some(t) => format!("rename `{t}` to `{prop}` (`{t}` is not a key here)"),
-                    None => format!("add `{prop}:`; see docs/lab-file.md"),
-                };
-                out.push(Problem::at(
-                    Code::MissingKey,
-                    here.key.unwrap_or(here.value),
-                    format!("{name} needs the key `{prop}`"),
-                    "in this mapping",
-                    help,
-                ));
-            }
-            ValidationErrorKind::Enum { options } => {
-                let opts: Vec<String> =
-                    options.as_array().into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
-                let got = err.instance().as_str().map(String::from).unwrap_or_else(|| err.instance().to_string());
-                let help = suggest(&got, &opts, "One of", "use one of");
-                out.push(Problem::at(
-                    Code::BadValue,
-                    here.value,
-                    format!("`{got}` is not allowed for {name}"),
-                    "unknown value",
-                    help,
-                ));
-            }
-            ValidationErrorKind::Type { kind } => {
-                let expected: Vec<&str> = match kind {
-                    TypeKind::Single(t) => vec![type_name(*t)],
-                    TypeKind::Multiple(ts) => ts.iter().map(type_name).collect(),
-                };
-                // `null` is allowed for optional keys only as "leave it out": not worth saying.
-                let expected: Vec<&str> = expected.into_iter().filter(|t| *t != "nothing").collect();
-                // The typed parse reads any scalar where text is expected: not a problem.
-                if expected.contains(&"text") && !err.instance().is_object() && !err.instance().is_array() {
-                    continue;
-                }
-                let raw = text[here.value.offset()..here.value.offset() + here.value.len()].trim();
-                let written = raw.trim_matches(|c| c == '"' || c == '\'');
-                let (message, help) = if expected.contains(&"true or false")
-                    && let Some(b) = yaml11_bool(written)
-                {
-                    let what = if raw != written { "quoted text" } else { "text in YAML 1.2" };
-                    (
-                        format!("`{raw}` is {what}, not true or false, for {name}"),
-                        format!(
-                            "did you mean `{b}`? Lab files are YAML 1.2: only unquoted `true` and `false` are booleans"
-                        ),
-                    )
-                } else if raw != written
-                    && (expected.contains(&"a whole number") || expected.contains(&"a number"))
-                    && written.parse::<f64>().is_ok()
-                {
-                    (
-                        format!("`{raw}` is quoted text, not a number, for {name}"),
-                        format!("write `{written}` without quotes (lab files are YAML 1.2: quoted means text)"),
-                    )
-                } else if expected == ["a whole number"]
-                    && raw == written
-                    && !written.is_empty()
-                    && written.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit())
-                    && !err.instance().is_number()
-                {
-                    (
-                        format!("`{written}` is out of range for {name}"),
-                        "see docs/lab-file.md for the range of each key".to_owned(),
-                    )
-                } else if segs.last() == Some(&"dhcp") {
-                    (
-                        format!("wrong type for {name}: expected true, false or a range"),
-                        "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_owned(),
-                    )
-                } else {
-                    (
-                        format!("wrong type for {name}: expected {}", expected.join(" or ")),
-                        "see docs/lab-file.md for the type of each key".to_owned(),
-                    )
-                };
-                out.push(Problem::at(Code::BadType, here.value, message, "this value", help));
-            }
+            ValidationErrorKind::Required { property } => out.push(missing_key(&schema, &place, property)),
+            ValidationErrorKind::Enum { options } => out.push(bad_value(&place, options)),
+            ValidationErrorKind::Type { kind } => out.extend(bad_type(text, &place, kind)),
             ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } => {
-                let choices = allowed_values(&schema, &segs);
-                let got = err.instance().as_str().map(String::from).unwrap_or_else(|| err.instance().to_string());
-                let (code, message, label, help) = if segs.last() == Some(&"dhcp") {
-                    (
-                        Code::BadType,
-                        "`dhcp` must be true, false or a range".to_string(),
-                        "not a valid dhcp value",
-                        "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_string(),
-                    )
-                } else if !choices.is_empty() {
-                    let help = suggest(&got, &choices, "One of", "use one of");
-                    (Code::BadValue, format!("`{got}` is not allowed for {name}"), "unknown value", help)
-                } else {
-                    (
-                        Code::BadType,
-                        format!("{name} has the wrong type"),
-                        "this value",
-                        "see docs/lab-file.md for the type of each key".to_string(),
-                    )
-                };
-                out.push(Problem::at(code, here.value, message, label, help));
+                out.push(no_choice(&schema, &place));
             }
             _ => out.push(Problem::at(
                 Code::BadValue,
                 here.value,
-                format!("{name}: {err}"),
+                format!("{}: {err}", place.name),
                 "this value",
                 "see docs/lab-file.md",
             )),
@@ -416,6 +300,158 @@ pub fn check(text: &str, options: serde_saphyr::Options) -> Result<Vec<Problem>,
     }
     out.sort_by_key(|p| p.labels.first().map(|l| l.offset()).unwrap_or(0));
     Ok(out)
+}
+
+/// Where one schema error stands: the value's JSON pointer and its segments, its spans, how
+/// a message names it (`vms.b.nics[1].network`, or "the lab file"), and the value itself.
+struct Place<'e> {
+    pointer: &'e str,
+    segs: &'e [&'e str],
+    here: At,
+    name: String,
+    instance: &'e serde_json::Value,
+}
+
+/// The value as the file wrote it: a string without quotes, anything else as JSON.
+fn written_value(v: &serde_json::Value) -> String {
+    v.as_str().map(String::from).unwrap_or_else(|| v.to_string())
+}
+
+/// `additionalProperties`: each key the schema does not allow here, at its key.
+fn unknown_keys(
+    schema: &serde_json::Value,
+    at: &BTreeMap<String, At>,
+    place: &Place<'_>,
+    unexpected: &[String],
+) -> Vec<Problem> {
+    let allowed = allowed_keys(schema, place.segs);
+    unexpected
+        .iter()
+        .map(|key| {
+            let key_at = at.get(&format!("{}/{key}", place.pointer)).and_then(|a| a.key).unwrap_or(place.here.value);
+            let help = suggest(key, &allowed, "Allowed here", "allowed here");
+            Problem::at(Code::UnknownKey, key_at, format!("unknown key `{key}`"), "not a lab file key here", help)
+        })
+        .collect()
+}
+
+/// `required`: a key the mapping needs; a near miss among its unknown keys (`netwrk:`
+/// written for `network:`) is named in the help.
+fn missing_key(schema: &serde_json::Value, place: &Place<'_>, property: &serde_json::Value) -> Problem {
+    let prop = property.as_str().unwrap_or_default();
+    let allowed = allowed_keys(schema, place.segs);
+    let typo = place.instance.as_object().and_then(|m| {
+        m.keys()
+            .filter(|k| !allowed.contains(k))
+            .find(|k| crate::diag::did_you_mean(k, std::iter::once(prop)).is_some())
+            .cloned()
+    });
+    let help = match typo {
+        Some(t) => format!("rename `{t}` to `{prop}` (`{t}` is not a key here)"),
+        None => format!("add `{prop}:`; see docs/lab-file.md"),
+    };
+    Problem::at(
+        Code::MissingKey,
+        place.here.key.unwrap_or(place.here.value),
+        format!("{} needs the key `{prop}`", place.name),
+        "in this mapping",
+        help,
+    )
+}
+
+/// `enum`: a value outside the listed ones, with the nearest as a suggestion.
+fn bad_value(place: &Place<'_>, options: &serde_json::Value) -> Problem {
+    let opts: Vec<String> =
+        options.as_array().into_iter().flatten().filter_map(|o| o.as_str().map(String::from)).collect();
+    let got = written_value(place.instance);
+    let help = suggest(&got, &opts, "One of", "use one of");
+    Problem::at(
+        Code::BadValue,
+        place.here.value,
+        format!("`{got}` is not allowed for {}", place.name),
+        "unknown value",
+        help,
+    )
+}
+
+/// `type`: a value of the wrong JSON type, said in the lab file's words; YAML 1.1 booleans,
+/// quoted numbers and out-of-range whole numbers get their own message. `None` where text is
+/// expected and a scalar is given: the typed parse reads any scalar as text.
+fn bad_type(text: &str, place: &Place<'_>, kind: &TypeKind) -> Option<Problem> {
+    let expected: Vec<&str> = match kind {
+        TypeKind::Single(t) => vec![type_name(*t)],
+        TypeKind::Multiple(ts) => ts.iter().map(type_name).collect(),
+    };
+    // `null` is allowed for optional keys only as "leave it out": not worth saying.
+    let expected: Vec<&str> = expected.into_iter().filter(|t| *t != "nothing").collect();
+    if expected.contains(&"text") && !place.instance.is_object() && !place.instance.is_array() {
+        return None;
+    }
+    let here = place.here.value;
+    let name = &place.name;
+    let raw = text[here.offset()..here.offset() + here.len()].trim();
+    let written = raw.trim_matches(|c| c == '"' || c == '\'');
+    let (message, help) = if expected.contains(&"true or false")
+        && let Some(b) = yaml11_bool(written)
+    {
+        let what = if raw != written { "quoted text" } else { "text in YAML 1.2" };
+        (
+            format!("`{raw}` is {what}, not true or false, for {name}"),
+            format!("did you mean `{b}`? Lab files are YAML 1.2: only unquoted `true` and `false` are booleans"),
+        )
+    } else if raw != written
+        && (expected.contains(&"a whole number") || expected.contains(&"a number"))
+        && written.parse::<f64>().is_ok()
+    {
+        (
+            format!("`{raw}` is quoted text, not a number, for {name}"),
+            format!("write `{written}` without quotes (lab files are YAML 1.2: quoted means text)"),
+        )
+    } else if expected == ["a whole number"]
+        && raw == written
+        && !written.is_empty()
+        && written.trim_start_matches(['-', '+']).chars().all(|c| c.is_ascii_digit())
+        && !place.instance.is_number()
+    {
+        (format!("`{written}` is out of range for {name}"), "see docs/lab-file.md for the range of each key".to_owned())
+    } else if place.segs.last() == Some(&"dhcp") {
+        (
+            format!("wrong type for {name}: expected true, false or a range"),
+            "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_owned(),
+        )
+    } else {
+        (
+            format!("wrong type for {name}: expected {}", expected.join(" or ")),
+            "see docs/lab-file.md for the type of each key".to_owned(),
+        )
+    };
+    Some(Problem::at(Code::BadType, here, message, "this value", help))
+}
+
+/// `anyOf`/`oneOf`: a value no branch takes (`dhcp:` as true, false or a range; a value
+/// outside a choice of names; else the wrong type).
+fn no_choice(schema: &serde_json::Value, place: &Place<'_>) -> Problem {
+    let choices = allowed_values(schema, place.segs);
+    let got = written_value(place.instance);
+    let (code, message, label, help) = if place.segs.last() == Some(&"dhcp") {
+        (
+            Code::BadType,
+            "`dhcp` must be true, false or a range".to_string(),
+            "not a valid dhcp value",
+            "write `true`, `false` or a range such as `{start: 10.0.0.100, end: 10.0.0.200}`".to_string(),
+        )
+    } else if !choices.is_empty() {
+        let help = suggest(&got, &choices, "One of", "use one of");
+        (Code::BadValue, format!("`{got}` is not allowed for {}", place.name), "unknown value", help)
+    } else {
+        (
+            Code::BadType,
+            format!("{} has the wrong type", place.name),
+            "this value",
+            "see docs/lab-file.md for the type of each key".to_string(),
+        )
+    };
+    Problem::at(code, place.here.value, message, label, help)
 }
 
 /// What a YAML 1.1 parser would have read as a boolean (`yes`, `no`, `on`, `off`, `y`, `n`

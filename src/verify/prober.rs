@@ -4,7 +4,7 @@
 //! A probe is one call per bridge: one raw socket, one request per target, then replies are
 //! read until the timeout. A sweep of a subnet is the same call with every host address.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use nix::errno::Errno;
+use pnet_datalink::{self as datalink, Channel, Config, DataLinkReceiver, DataLinkSender, NetworkInterface};
 
 use crate::lab::model::MacAddr;
 use crate::verify::arp::{ArpReply, build_request, parse_reply};
@@ -148,6 +149,9 @@ impl Default for PnetProber {
     }
 }
 
+/// The sending and the receiving half of a raw Ethernet channel.
+type EthernetChannel = (Box<dyn DataLinkSender>, Box<dyn DataLinkReceiver>);
+
 /// How often the sender checks whether every target has answered.
 const ANSWERED_POLL: Duration = Duration::from_millis(1);
 
@@ -166,7 +170,48 @@ fn is_transient(e: &io::Error) -> bool {
 }
 
 impl PnetProber {
-    fn send(bridge: &str, tx: &mut dyn pnet_datalink::DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
+    /// A raw Ethernet channel on the bridge (not promiscuous: replies are addressed to it).
+    fn open_channel(&self, bridge: &str, iface: &NetworkInterface) -> Result<EthernetChannel, ProbeError> {
+        let config = Config {
+            read_timeout: Some(self.read_timeout),
+            write_timeout: Some(Duration::from_millis(100)),
+            promiscuous: false,
+            ..Config::default()
+        };
+        match datalink::channel(iface, config) {
+            Ok(Channel::Ethernet(tx, rx)) => Ok((tx, rx)),
+            Ok(_) => Err(ProbeError::Io {
+                bridge: bridge.to_owned(),
+                op: "opening a raw socket",
+                source: io::Error::other("not an Ethernet channel"),
+            }),
+            Err(e) => Err(ProbeError::from_io(bridge, "opening a raw socket", e)),
+        }
+    }
+
+    /// Sends one request per target in bursts of `burst`, `burst_gap` apart; returns when
+    /// each left the socket.
+    fn send_requests(
+        &self,
+        bridge: &str,
+        tx: &mut dyn DataLinkSender,
+        own_mac: MacAddr,
+        addrs: &[Ipv4Network],
+        wanted: &BTreeSet<Ipv4Addr>,
+    ) -> Result<BTreeMap<Ipv4Addr, Instant>, ProbeError> {
+        let mut sent_at = BTreeMap::new();
+        for (i, target) in wanted.iter().enumerate() {
+            if i > 0 && i % self.burst.max(1) == 0 {
+                thread::sleep(self.burst_gap);
+            }
+            let frame = build_request(own_mac, source_ip(addrs, *target), *target);
+            Self::send(bridge, tx, &frame)?;
+            sent_at.insert(*target, Instant::now());
+        }
+        Ok(sent_at)
+    }
+
+    fn send(bridge: &str, tx: &mut dyn DataLinkSender, frame: &[u8]) -> Result<(), ProbeError> {
         let mut tries = 0;
         loop {
             match tx.send_to(frame, None) {
@@ -192,123 +237,35 @@ impl Prober for PnetProber {
         timeout: Duration,
         grace: Duration,
     ) -> Result<Vec<TimedReply>, ProbeError> {
-        use pnet_datalink::{self as datalink, Channel, Config};
-
-        let iface = datalink::interfaces()
-            .into_iter()
-            .find(|i| i.name == bridge)
-            .ok_or_else(|| ProbeError::InterfaceMissing { bridge: bridge.to_owned() })?;
-        if !iface.is_up() {
-            return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
-        }
+        let iface = bridge_interface(bridge)?;
         let wanted: BTreeSet<Ipv4Addr> = targets.iter().copied().collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let addrs: Vec<Ipv4Network> = iface
-            .ips
-            .iter()
-            // pnet_datalink's own (older) ipnetwork, read through its address and prefix.
-            .filter_map(|n| match n.ip() {
-                std::net::IpAddr::V4(ip) => Ipv4Network::new(ip, n.prefix()).ok(),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect();
-
-        let config = Config {
-            read_timeout: Some(self.read_timeout),
-            write_timeout: Some(Duration::from_millis(100)),
-            promiscuous: false,
-            ..Config::default()
-        };
-        let (mut tx, mut rx) = match datalink::channel(&iface, config) {
-            Ok(Channel::Ethernet(tx, rx)) => (tx, rx),
-            Ok(_) => {
-                return Err(ProbeError::Io {
-                    bridge: bridge.to_owned(),
-                    op: "opening a raw socket",
-                    source: io::Error::other("not an Ethernet channel"),
-                });
-            }
-            Err(e) => return Err(ProbeError::from_io(bridge, "opening a raw socket", e)),
-        };
+        let (mut tx, mut rx) = self.open_channel(bridge, &iface)?;
         // Checked after opening the socket, so a missing privilege is reported first.
         let own_mac = iface
             .mac
             .filter(|m| !m.is_zero())
             .and_then(|m| MacAddr::new(m.octets()).ok())
             .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
+        let addrs = ipv4_addrs(&iface);
 
         let stop = AtomicBool::new(false);
         // Distinct targets that answered so far (the reader counts, the sender waits on it).
         let answered = AtomicUsize::new(0);
-        /// Stops the reader when dropped: also when the sending side panics, so the scope
-        /// never waits forever for a reader nobody stops.
-        struct StopOnDrop<'a>(&'a AtomicBool);
-        impl Drop for StopOnDrop<'_> {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Release);
-            }
-        }
         let (sent, read) = thread::scope(|s| {
             // The reader runs from before the first request until after the timeout, so no
             // reply is missed and a long sweep does not pile up in the socket buffer.
-            let reader = s.spawn(|| -> io::Result<std::collections::BTreeMap<ArpReply, Instant>> {
-                let mut got = std::collections::BTreeMap::new();
-                let mut ips = BTreeSet::new();
-                loop {
-                    let last = stop.load(Ordering::Acquire);
-                    match rx.next() {
-                        Ok(frame) => {
-                            if let Some(r) = parse_reply(frame)
-                                && r.sender_mac != own_mac
-                                && wanted.contains(&r.sender_ip)
-                            {
-                                got.entry(r).or_insert_with(Instant::now);
-                                if ips.insert(r.sender_ip) {
-                                    answered.store(ips.len(), Ordering::Release);
-                                }
-                            }
-                        }
-                        Err(e) if is_transient(&e) => {}
-                        Err(e) => return Err(e),
-                    }
-                    if last {
-                        return Ok(got);
-                    }
-                }
-            });
+            let reader = s.spawn(|| read_replies(rx.as_mut(), &stop, &answered, own_mac, &wanted));
             let stopper = StopOnDrop(&stop);
-            let mut sent_at: std::collections::BTreeMap<Ipv4Addr, Instant> = std::collections::BTreeMap::new();
-            let sent = (|| {
-                for (i, target) in wanted.iter().enumerate() {
-                    if i > 0 && i % self.burst.max(1) == 0 {
-                        thread::sleep(self.burst_gap);
-                    }
-                    let frame = build_request(own_mac, source_ip(&addrs, *target), *target);
-                    Self::send(bridge, tx.as_mut(), &frame)?;
-                    sent_at.insert(*target, Instant::now());
-                }
-                Ok(())
-            })();
+            let sent = self.send_requests(bridge, tx.as_mut(), own_mac, &addrs, &wanted);
             if sent.is_ok() {
-                // Until the timeout, or `grace` after the last target's first answer.
-                let start = Instant::now();
-                loop {
-                    let left = timeout.saturating_sub(start.elapsed());
-                    if left.is_zero() {
-                        break;
-                    }
-                    if answered.load(Ordering::Acquire) >= wanted.len() {
-                        thread::sleep(grace.min(left));
-                        break;
-                    }
-                    thread::sleep(ANSWERED_POLL.min(left));
-                }
+                wait_for_answers(&answered, wanted.len(), timeout, grace);
             }
             drop(stopper);
             let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (sent.map(|()| sent_at), read)
+            (sent, read)
         });
         let sent_at = sent?;
         let got = read.map_err(|e| ProbeError::from_io(bridge, "reading replies", e))?;
@@ -316,6 +273,92 @@ impl Prober for PnetProber {
             .into_iter()
             .map(|(r, at)| (r, sent_at.get(&r.sender_ip).map(|s| at.saturating_duration_since(*s))))
             .collect())
+    }
+}
+
+/// The bridge's interface, which must exist and be up.
+fn bridge_interface(bridge: &str) -> Result<NetworkInterface, ProbeError> {
+    let iface = datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == bridge)
+        .ok_or_else(|| ProbeError::InterfaceMissing { bridge: bridge.to_owned() })?;
+    if !iface.is_up() {
+        return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+    }
+    Ok(iface)
+}
+
+/// The interface's IPv4 addresses with their prefix lengths (the candidates of [`source_ip`]).
+fn ipv4_addrs(iface: &NetworkInterface) -> Vec<Ipv4Network> {
+    iface
+        .ips
+        .iter()
+        // pnet_datalink's own (older) ipnetwork, read through its address and prefix.
+        .filter_map(|n| match n.ip() {
+            std::net::IpAddr::V4(ip) => Ipv4Network::new(ip, n.prefix()).ok(),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Stops the reader when dropped: also when the sending side panics, so the scope never
+/// waits forever for a reader nobody stops.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Reads frames until `stop` is set (and one read after it), keeping the first time each
+/// (MAC, address) answered for one of `wanted` (not from `own_mac`), and counting the
+/// distinct addresses that answered in `answered`.
+fn read_replies(
+    rx: &mut dyn DataLinkReceiver,
+    stop: &AtomicBool,
+    answered: &AtomicUsize,
+    own_mac: MacAddr,
+    wanted: &BTreeSet<Ipv4Addr>,
+) -> io::Result<BTreeMap<ArpReply, Instant>> {
+    let mut got = BTreeMap::new();
+    let mut ips = BTreeSet::new();
+    loop {
+        let last = stop.load(Ordering::Acquire);
+        match rx.next() {
+            Ok(frame) => {
+                if let Some(r) = parse_reply(frame)
+                    && r.sender_mac != own_mac
+                    && wanted.contains(&r.sender_ip)
+                {
+                    got.entry(r).or_insert_with(Instant::now);
+                    if ips.insert(r.sender_ip) {
+                        answered.store(ips.len(), Ordering::Release);
+                    }
+                }
+            }
+            Err(e) if is_transient(&e) => {}
+            Err(e) => return Err(e),
+        }
+        if last {
+            return Ok(got);
+        }
+    }
+}
+
+/// Sleeps until `timeout`, or `grace` after all `wanted` targets have answered.
+fn wait_for_answers(answered: &AtomicUsize, wanted: usize, timeout: Duration, grace: Duration) {
+    let start = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        if answered.load(Ordering::Acquire) >= wanted {
+            thread::sleep(grace.min(left));
+            break;
+        }
+        thread::sleep(ANSWERED_POLL.min(left));
     }
 }
 

@@ -284,6 +284,10 @@ impl Checker<'_> {
     }
 }
 
+/// A part of the lab file left out of the model: its problem, or the problem of a part it
+/// needs, is already recorded.
+pub(super) struct LeftOut;
+
 /// An IPv4 address written in the file.
 pub(super) fn parse_ip(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<Ipv4Addr> {
     match s.value.trim().parse::<Ipv4Addr>() {

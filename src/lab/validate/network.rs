@@ -8,7 +8,7 @@ use ipnetwork::Ipv4Network;
 use miette::{LabeledSpan, SourceSpan};
 
 use super::lab::checked_name;
-use super::{Checker, parse_ip};
+use super::{Checker, LeftOut, parse_ip};
 use crate::diag::Code;
 use crate::lab::model::{
     self, BridgeName, DhcpRange, ManagedNetwork, NameError, NetworkKind, NetworkMode, NetworkName,
@@ -394,10 +394,6 @@ struct Partial {
     /// The mode needs a subnet and none is given.
     subnet_required: bool,
 }
-
-/// A part of a lab network that is left out of the partial network: its problem, or the
-/// problem of a part it needs, is already recorded.
-struct LeftOut;
 
 /// The part `r` checked, or `None` (and `ok` cleared) when it is left out.
 fn keep<T>(ok: &mut bool, r: Result<Option<T>, LeftOut>) -> Option<T> {

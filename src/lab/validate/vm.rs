@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use super::lab::checked_name;
 use super::network::NetInfo;
-use super::{Checker, cloud_init, nic};
+use super::{Checker, LeftOut, cloud_init, nic};
 use crate::diag::Code;
 use crate::lab::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
-use crate::lab::spec::{HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec, VmStateSpec};
+use crate::lab::spec::{BootSpec, DiskSpec, HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec, VmStateSpec};
 
 /// Default VM memory.
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
@@ -81,100 +81,15 @@ pub(super) fn check_all(
 type VmBody = (VirtType, ByteSize, u32, Option<model::Boot>, Option<model::Disk>);
 
 fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<VmBody> {
-    let mut ok = true;
     let virt_type = match vm.hypervisor.as_ref().map(|h| h.value) {
         None | Some(HypervisorSpec::Kvm) => VirtType::Kvm,
         Some(HypervisorSpec::Qemu) => VirtType::Qemu,
     };
-    let memory = match &vm.memory {
-        None => DEFAULT_MEMORY,
-        Some(m) => match parse_size(c, m, "memory") {
-            Some(b) if b < MIN_MEMORY || b > MAX_MEMORY => {
-                c.at(
-                    Code::Memory,
-                    m,
-                    format!("memory {b} is out of range"),
-                    format!("must be between {MIN_MEMORY} and {MAX_MEMORY}"),
-                    format!("give between {MIN_MEMORY} and {MAX_MEMORY}, e.g. `memory: 512MiB`"),
-                );
-                ok = false;
-                DEFAULT_MEMORY
-            }
-            // libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes` rounds a running
-            // domain's memory up to whole MiB (`qemuDomainGetMemorySizeAlignment`: 1024 KiB on
-            // x86) and keeps the persistent value: 131073KiB ran as 132096KiB on libvirt 9.0
-            // (measured), so the plan would never converge.
-            Some(b) if !b.bytes().is_multiple_of(ByteSize::MIB) => {
-                let up = ByteSize::from_bytes(b.bytes().div_ceil(ByteSize::MIB) * ByteSize::MIB);
-                c.at(
-                    Code::Memory,
-                    m,
-                    format!("memory {b} is not a whole number of MiB: libvirt rounds it up to {up} when the VM starts"),
-                    "not whole MiB",
-                    format!("give `memory: {up}` (or another whole number of MiB)"),
-                );
-                ok = false;
-                DEFAULT_MEMORY
-            }
-            Some(b) => b,
-            None => {
-                ok = false;
-                DEFAULT_MEMORY
-            }
-        },
-    };
-    let vcpus = match &vm.vcpus {
-        None => 1,
-        Some(v) if v.value >= 1 && v.value <= i64::from(MAX_VCPUS) => v.value as u32,
-        Some(v) => {
-            c.at(
-                Code::Vcpus,
-                v,
-                format!("vcpus {} is out of range", v.value),
-                format!("must be 1 to {MAX_VCPUS}"),
-                format!("give a whole number from 1 to {MAX_VCPUS}"),
-            );
-            ok = false;
-            1
-        }
-    };
-    let boot = vm.boot.as_ref().map(|b| {
-        let kernel = check_file(c, &b.value.kernel, "kernel");
-        let initrd = b.value.initrd.as_ref().map(|i| check_file(c, i, "initrd"));
-        ok &= kernel.is_some() && initrd.as_ref().is_none_or(Option::is_some);
-        let cmdline = b.value.cmdline.as_ref().and_then(|s| check_text(c, s, "boot.cmdline", Text::CommandLine));
-        ok &= b.value.cmdline.is_none() || cmdline.is_some();
-        model::Boot {
-            kernel: kernel.unwrap_or_default(),
-            initrd: initrd.flatten(),
-            cmdline,
-            kernel_span: c.span(&b.value.kernel),
-            initrd_span: b.value.initrd.as_ref().map(|i| c.span(i)),
-        }
-    });
-    let disk = vm.disk.as_ref().map(|d| {
-        let image = check_file(c, &d.value.image, "disk image");
-        let size = d.value.size.as_ref().map(|s| match parse_size(c, s, "size") {
-            Some(b) if b.bytes() == 0 => {
-                c.at(Code::BadSize, s, "disk size is zero", "zero", "give a size such as `10GiB`, or remove `size`");
-                None
-            }
-            r => r,
-        });
-        ok &= image.is_some() && size.as_ref().is_none_or(Option::is_some);
-        let format = match d.value.format.as_ref().map(|f| f.value) {
-            None | Some(ImageFormatSpec::Qcow2) => model::ImageFormat::Qcow2,
-            Some(ImageFormatSpec::Raw) => model::ImageFormat::Raw,
-        };
-        model::Disk {
-            image: image.unwrap_or_default(),
-            size: size.flatten(),
-            format,
-            image_span: c.span(&d.value.image),
-            size_span: d.value.size.as_ref().map(|s| c.span(s)),
-        }
-    });
-    if boot.is_none() && disk.is_none() {
+    let memory = vm.memory.as_ref().map_or(Ok(DEFAULT_MEMORY), |m| check_memory(c, m));
+    let vcpus = vm.vcpus.as_ref().map_or(Ok(1), |v| check_vcpus(c, v));
+    let boot = vm.boot.as_ref().map(|b| check_boot(c, b)).transpose();
+    let disk = vm.disk.as_ref().map(|d| check_disk(c, d)).transpose();
+    if vm.boot.is_none() && vm.disk.is_none() {
         c.at(
             Code::NothingToBoot,
             key,
@@ -182,9 +97,113 @@ fn check_vm_body(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) -> Option<
             "neither `boot` nor `disk`",
             "add `boot: {kernel: ...}` for direct kernel boot, or `disk: {image: ...}`, or both",
         );
-        ok = false;
+        return None;
     }
-    ok.then_some((virt_type, memory, vcpus, boot, disk))
+    Some((virt_type, memory.ok()?, vcpus.ok()?, boot.ok()?, disk.ok()?))
+}
+
+/// `memory:`: a size from [`MIN_MEMORY`] to [`MAX_MEMORY`], in whole MiB (libvirt's rule).
+fn check_memory(c: &mut Checker, m: &Spanned<String>) -> Result<ByteSize, LeftOut> {
+    match parse_size(c, m, "memory") {
+        Some(b) if b < MIN_MEMORY || b > MAX_MEMORY => {
+            c.at(
+                Code::Memory,
+                m,
+                format!("memory {b} is out of range"),
+                format!("must be between {MIN_MEMORY} and {MAX_MEMORY}"),
+                format!("give between {MIN_MEMORY} and {MAX_MEMORY}, e.g. `memory: 512MiB`"),
+            );
+            Err(LeftOut)
+        }
+        // libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes` rounds a running
+        // domain's memory up to whole MiB (`qemuDomainGetMemorySizeAlignment`: 1024 KiB on
+        // x86) and keeps the persistent value: 131073KiB ran as 132096KiB on libvirt 9.0
+        // (measured), so the plan would never converge.
+        Some(b) if !b.bytes().is_multiple_of(ByteSize::MIB) => {
+            let up = ByteSize::from_bytes(b.bytes().div_ceil(ByteSize::MIB) * ByteSize::MIB);
+            c.at(
+                Code::Memory,
+                m,
+                format!("memory {b} is not a whole number of MiB: libvirt rounds it up to {up} when the VM starts"),
+                "not whole MiB",
+                format!("give `memory: {up}` (or another whole number of MiB)"),
+            );
+            Err(LeftOut)
+        }
+        Some(b) => Ok(b),
+        None => Err(LeftOut),
+    }
+}
+
+/// `vcpus:`: 1 to [`MAX_VCPUS`] (QEMU's limit for the `pc` machine).
+fn check_vcpus(c: &mut Checker, v: &Spanned<i64>) -> Result<u32, LeftOut> {
+    match u32::try_from(v.value) {
+        Ok(n) if (1..=MAX_VCPUS).contains(&n) => Ok(n),
+        _ => {
+            c.at(
+                Code::Vcpus,
+                v,
+                format!("vcpus {} is out of range", v.value),
+                format!("must be 1 to {MAX_VCPUS}"),
+                format!("give a whole number from 1 to {MAX_VCPUS}"),
+            );
+            Err(LeftOut)
+        }
+    }
+}
+
+/// `boot:`: direct kernel boot; the kernel and initrd must be files ([`check_file`]), the
+/// command line text libvirt's XML can carry ([`check_text`]).
+fn check_boot(c: &mut Checker, b: &Spanned<BootSpec>) -> Result<model::Boot, LeftOut> {
+    let kernel = check_file(c, &b.value.kernel, "kernel");
+    let initrd = b.value.initrd.as_ref().map(|i| check_file(c, i, "initrd").ok_or(LeftOut)).transpose();
+    let cmdline = b
+        .value
+        .cmdline
+        .as_ref()
+        .map(|s| check_text(c, s, "boot.cmdline", Text::CommandLine).ok_or(LeftOut))
+        .transpose();
+    let (Some(kernel), Ok(initrd), Ok(cmdline)) = (kernel, initrd, cmdline) else {
+        return Err(LeftOut);
+    };
+    Ok(model::Boot {
+        kernel,
+        initrd,
+        cmdline,
+        kernel_span: c.span(&b.value.kernel),
+        initrd_span: b.value.initrd.as_ref().map(|i| c.span(i)),
+    })
+}
+
+/// `disk.size:`: a size that is not zero.
+fn check_disk_size(c: &mut Checker, s: &Spanned<String>) -> Result<ByteSize, LeftOut> {
+    match parse_size(c, s, "size") {
+        Some(b) if b.bytes() == 0 => {
+            c.at(Code::BadSize, s, "disk size is zero", "zero", "give a size such as `10GiB`, or remove `size`");
+            Err(LeftOut)
+        }
+        r => r.ok_or(LeftOut),
+    }
+}
+
+/// `disk:`: the image must be a file ([`check_file`]); the size, when given, is not zero.
+fn check_disk(c: &mut Checker, d: &Spanned<DiskSpec>) -> Result<model::Disk, LeftOut> {
+    let image = check_file(c, &d.value.image, "disk image");
+    let size = d.value.size.as_ref().map(|s| check_disk_size(c, s)).transpose();
+    let (Some(image), Ok(size)) = (image, size) else {
+        return Err(LeftOut);
+    };
+    let format = match d.value.format.as_ref().map(|f| f.value) {
+        None | Some(ImageFormatSpec::Qcow2) => model::ImageFormat::Qcow2,
+        Some(ImageFormatSpec::Raw) => model::ImageFormat::Raw,
+    };
+    Ok(model::Disk {
+        image,
+        size,
+        format,
+        image_span: c.span(&d.value.image),
+        size_span: d.value.size.as_ref().map(|s| c.span(s)),
+    })
 }
 
 fn parse_size(c: &mut Checker, s: &Spanned<String>, what: &str) -> Option<ByteSize> {
