@@ -32,7 +32,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { parallelism: 4, shutdown_timeout: Duration::from_secs(30) }
+        Self { parallelism: 16, shutdown_timeout: Duration::from_secs(30) }
     }
 }
 

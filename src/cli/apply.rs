@@ -18,7 +18,7 @@ pub struct ConfirmArgs {
     #[arg(short = 'y', long)]
     pub auto_approve: bool,
     /// How many steps run at once
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallelism: u16,
     /// How long a VM gets to shut down gracefully before it is forced off (90, 90s, 2m, 1h)
     #[arg(long, default_value = "30s", value_parser = super::duration::parse_duration)]
