@@ -2169,7 +2169,7 @@ fn e2e_link_impairment() {
     let clock = Clock(Instant::now());
     let netem = kernel_has_qdisc(&["netem", "delay", "1ms"]);
     let sfq = kernel_has_qdisc(&["sfq"]);
-    let kernel = KernelSupport::read_local();
+    let kernel = KernelSupport::read_local().expect("the kernel config, if there, is whole");
     if let Some(k) = &kernel {
         // topo's reading of the kernel config agrees with what tc finds.
         assert_eq!(k.lacks(&KernelFeature::NETEM).is_empty(), netem, "{k:?}");

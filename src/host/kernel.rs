@@ -122,49 +122,47 @@ impl KernelSupport {
 
     /// The running kernel's config on this machine: `/proc/config.gz` (CONFIG_IKCONFIG_PROC),
     /// else `/boot/config-$(uname -r)`. `None` when neither can be read (unknown: nothing is
-    /// refused on its account).
-    pub fn read_local() -> Option<KernelSupport> {
+    /// refused on its account). Errors: `/proc/config.gz` was read but is not a whole gzip
+    /// stream (bad header, corrupt deflate data, CRC-32 or length mismatch).
+    pub fn read_local() -> Result<Option<KernelSupport>, KernelError> {
         Self::read_from(Path::new("/proc"), Path::new("/boot"))
     }
 
     /// [`Self::read_local`] with the `/proc` and `/boot` folders given (tests).
-    pub fn read_from(proc: &Path, boot: &Path) -> Option<KernelSupport> {
+    pub fn read_from(proc: &Path, boot: &Path) -> Result<Option<KernelSupport>, KernelError> {
         let gz = proc.join("config.gz");
-        if let Some(text) = std::fs::read(&gz).ok().and_then(|b| gunzip(&b)) {
-            return Some(Self::from_config(&String::from_utf8_lossy(&text), &gz.display().to_string()));
+        if let Ok(bytes) = std::fs::read(&gz) {
+            let text =
+                gunzip(&bytes).map_err(|source| KernelError::Corrupt { path: gz.display().to_string(), source })?;
+            return Ok(Some(Self::from_config(&String::from_utf8_lossy(&text), &gz.display().to_string())));
         }
-        let release = std::fs::read_to_string(proc.join("sys/kernel/osrelease")).ok()?;
+        let Ok(release) = std::fs::read_to_string(proc.join("sys/kernel/osrelease")) else { return Ok(None) };
         let path = boot.join(format!("config-{}", release.trim()));
-        let text = std::fs::read_to_string(&path).ok()?;
-        Some(Self::from_config(&text, &path.display().to_string()))
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+        Ok(Some(Self::from_config(&text, &path.display().to_string())))
     }
 }
 
-/// The content of a gzip member (RFC 1952): its header skipped, the deflate data inflated.
-/// `None` when it is not gzip or is corrupt.
-fn gunzip(b: &[u8]) -> Option<Vec<u8>> {
-    const FHCRC: u8 = 2;
-    const FEXTRA: u8 = 4;
-    const FNAME: u8 = 8;
-    const FCOMMENT: u8 = 16;
-    if b.len() < 18 || b[..3] != [0x1f, 0x8b, 8] {
-        return None;
-    }
-    let flags = b[3];
-    let mut i = 10;
-    if flags & FEXTRA != 0 {
-        let n = usize::from(u16::from_le_bytes([*b.get(i)?, *b.get(i + 1)?]));
-        i += 2 + n;
-    }
-    for flag in [FNAME, FCOMMENT] {
-        if flags & flag != 0 {
-            i += b.get(i..)?.iter().position(|&c| c == 0)? + 1;
-        }
-    }
-    if flags & FHCRC != 0 {
-        i += 2;
-    }
-    miniz_oxide::inflate::decompress_to_vec(b.get(i..)?).ok()
+/// The kernel's config could not be read.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum KernelError {
+    /// The config file is there but is not a whole gzip stream.
+    #[error("{path} is not a whole gzip file (corrupt or cut short): {source}")]
+    #[diagnostic(code(topo::host::kernel::corrupt_config))]
+    Corrupt {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The content of a gzip member (RFC 1952) through `flate2`: header read, deflate data
+/// inflated, the trailer's CRC-32 and length checked.
+fn gunzip(b: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -197,21 +195,47 @@ CONFIG_NET_ACT_POLICE=m
         let (proc, boot) = (d.path().join("proc"), d.path().join("boot"));
         std::fs::create_dir_all(proc.join("sys/kernel")).unwrap();
         std::fs::create_dir_all(&boot).unwrap();
-        assert_eq!(KernelSupport::read_from(&proc, &boot), None, "nothing to read: unknown");
+        assert_eq!(KernelSupport::read_from(&proc, &boot).unwrap(), None, "nothing to read: unknown");
         std::fs::write(proc.join("sys/kernel/osrelease"), "6.1.0-test\n").unwrap();
         std::fs::write(boot.join("config-6.1.0-test"), "CONFIG_NET_SCH_NETEM=m\n").unwrap();
-        let k = KernelSupport::read_from(&proc, &boot).unwrap();
+        let k = KernelSupport::read_from(&proc, &boot).unwrap().unwrap();
         assert!(!k.missing.contains(&KernelFeature::Netem) && k.missing.contains(&KernelFeature::Htb));
         assert!(k.source.ends_with("config-6.1.0-test"));
         // gzip as the kernel writes it (with a file name in the header, FNAME).
-        let deflated = miniz_oxide::deflate::compress_to_vec(CONFIG.as_bytes(), 6);
-        let mut gz = vec![0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3];
-        gz.extend_from_slice(b"config\0");
-        gz.extend_from_slice(&deflated);
-        gz.extend_from_slice(&[0; 8]); // CRC32 and size: not checked
-        std::fs::write(proc.join("config.gz"), gz).unwrap();
-        let k = KernelSupport::read_from(&proc, &boot).unwrap();
+        std::fs::write(proc.join("config.gz"), gzip(CONFIG.as_bytes())).unwrap();
+        let k = KernelSupport::read_from(&proc, &boot).unwrap().unwrap();
         assert!(k.missing.contains(&KernelFeature::Netem), "/proc/config.gz first");
         assert!(k.source.ends_with("config.gz"));
+    }
+
+    /// `CONFIG` compressed as the kernel's `/proc/config.gz` is: one gzip member with a file name.
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::GzBuilder::new().filename("config").write(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// A `/proc/config.gz` that is there but damaged is an error, not a silent fall back to
+    /// `/boot` or "unknown": a flipped bit in the data fails the CRC-32 (or the inflation), a
+    /// cut-short file the trailer, a file that is not gzip the header.
+    #[test]
+    fn a_corrupt_proc_config_gz_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let (proc, boot) = (d.path().join("proc"), d.path().join("boot"));
+        std::fs::create_dir_all(&proc).unwrap();
+        let good = gzip(CONFIG.as_bytes());
+        let mut flipped = good.clone();
+        let n = flipped.len();
+        flipped[n - 8] ^= 1; // the CRC-32 in the trailer
+        let cases =
+            [("crc", flipped), ("cut", good[..good.len() - 4].to_vec()), ("not gzip", CONFIG.as_bytes().to_vec())];
+        for (what, bytes) in cases {
+            std::fs::write(proc.join("config.gz"), bytes).unwrap();
+            let e = KernelSupport::read_from(&proc, &boot).unwrap_err();
+            assert!(e.to_string().contains("config.gz is not a whole gzip file"), "{what}: {e}");
+        }
+        std::fs::write(proc.join("config.gz"), good).unwrap();
+        assert!(KernelSupport::read_from(&proc, &boot).unwrap().is_some());
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::host::kernel::KernelSupport;
+use crate::host::kernel::{KernelError, KernelSupport};
 use crate::host::observed::{HostRoute, NicLink, Observed};
 use crate::host::tc::{TapShaper, Tc, TcError};
 use crate::lab::impair::{Netem, TapQdiscs};
@@ -50,7 +50,10 @@ pub trait Machine: Send + Sync {
     fn set_netem(&self, tap: &str, netem: Option<&Netem>) -> Result<(), TcError>;
     /// What the running kernel was built with for link impairment; `None` when no config can
     /// be read.
-    fn kernel(&self) -> Option<KernelSupport>;
+    ///
+    /// # Errors
+    /// The config file is there but damaged (`KernelError::Corrupt`).
+    fn kernel(&self) -> Result<Option<KernelSupport>, KernelError>;
     /// The IPv4 routes of the main table (what libvirt's `networkCheckRouteCollision` reads,
     /// `/proc/net/route`); `None` when they cannot be read.
     fn routes(&self) -> Option<Vec<HostRoute>>;
@@ -152,7 +155,7 @@ impl Machine for LocalMachine {
         Ok(())
     }
 
-    fn kernel(&self) -> Option<KernelSupport> {
+    fn kernel(&self) -> Result<Option<KernelSupport>, KernelError> {
         KernelSupport::read_local()
     }
 
@@ -166,18 +169,22 @@ impl Machine for LocalMachine {
 /// kernel the taps live in; network namespaces share it), its routes (`Observed::host_routes`)
 /// and the MACs the bridge of each active network holds as its own (`Observed::bridge_macs`,
 /// from the network's live bridge). Nothing when its devices cannot be listed.
-pub fn observe(m: &dyn Machine, out: &mut Observed) {
+///
+/// # Errors
+/// The kernel's config file is there but damaged ([`Machine::kernel`]).
+pub fn observe(m: &dyn Machine, out: &mut Observed) -> Result<(), KernelError> {
     out.host_interfaces = m.interfaces();
     if out.host_interfaces.is_none() {
-        return;
+        return Ok(());
     }
-    out.kernel = m.kernel();
+    out.kernel = m.kernel()?;
     out.host_routes = m.routes();
     for b in out.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone()) {
         if let Some(macs) = m.bridge_macs(&b) {
             out.bridge_macs.insert(b, macs);
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -651,7 +651,13 @@ impl Hypervisor for LibvirtHypervisor {
         self.observe_pool(&mut out)?;
         self.identify_files(&mut out);
         if let Some(m) = &self.machine {
-            crate::host::machine::observe(m.as_ref(), &mut out);
+            crate::host::machine::observe(m.as_ref(), &mut out).map_err(|e| HvError {
+                op: "read the kernel config".into(),
+                object: self.uri.clone(),
+                message: e.to_string(),
+                kind: HvErrorKind::Other,
+                hint: None,
+            })?;
         }
         Ok(out)
     }
