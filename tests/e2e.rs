@@ -1542,7 +1542,7 @@ vms:
 
 /// `topo ssh -f LAB VM -- CMD` with the agent: stdout of the remote command.
 fn ssh(lab: &Path, agent: &Agent, vm: &str, cmd: &[&str]) -> Run {
-    let mut c = topo_cmd(&["ssh", "-f", path(lab), vm, "--"]);
+    let mut c = topo_cmd(&["ssh", vm, path(lab), "--"]);
     c.args(cmd).env("SSH_AUTH_SOCK", &agent.sock);
     Run::of(c.output().expect("run topo ssh"))
 }
@@ -1725,7 +1725,7 @@ fn e2e_cloud_guests() {
         "root fs grown to about disk.size (3 GiB): {size} bytes\n{}",
         r.show()
     );
-    let r = topo_cmd(&["ssh", "-f", path(&lab), "--nic", "eth1", "deb2", "--", "true"])
+    let r = topo_cmd(&["ssh", "--nic", "eth1", "deb2", path(&lab), "--", "true"])
         .env("SSH_AUTH_SOCK", &agent.sock)
         .output()
         .map(Run::of)

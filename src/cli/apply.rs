@@ -88,10 +88,10 @@ fn load(file: &std::path::Path, global: &GlobalArgs) -> miette::Result<(Lab, Opt
     let text = crate::lab::source::read_lab_text(file, crate::plan::saved::MAX_SAVED_PLAN_BYTES)?;
     if looks_saved(&text) {
         let saved = SavedPlan::parse(&file.display().to_string(), &text)?;
-        let lab = super::load_lab(std::path::Path::new(&saved.lab_file), global)?;
+        let lab = super::load_lab_to_plan(std::path::Path::new(&saved.lab_file), global)?;
         Ok((lab, Some(saved)))
     } else {
-        Ok((super::load_lab(file, global)?, None))
+        Ok((super::load_lab_to_plan(file, global)?, None))
     }
 }
 
@@ -105,6 +105,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         return Err(JsonNeedsApproval.into());
     }
     let session = super::connect(global)?;
+    super::check_files_on(&lab, global, &session)?;
     let request = ApplyRequest {
         saved: saved.as_ref(),
         targets: &args.targets,

@@ -14,8 +14,11 @@ pub struct ConsoleArgs {
     /// The VM (its name in the lab file)
     pub vm: String,
     /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
-    #[arg(short, long)]
     pub file: Option<PathBuf>,
+    /// The lab file, as a flag: the same as the positional argument (kept for scripts
+    /// written when this was the only way)
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "file", hide = true)]
+    pub file_flag: Option<PathBuf>,
     /// Take the console over from another client that holds it
     #[arg(long)]
     pub force: bool,
@@ -66,7 +69,7 @@ impl Drop for RawMode {
 
 /// Connects the terminal to the VM's serial console until Ctrl-] or the console closes.
 pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
-    let file = super::lab_path(global, args.file.as_deref())?;
+    let file = super::lab_path(global, args.file.as_deref().or(args.file_flag.as_deref()))?;
     let lab = super::load_lab_unopened(&file)?;
     let Some(vm) = lab.vms.values().find(|v| v.name.as_str() == args.vm) else {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");

@@ -50,9 +50,9 @@ pub struct Cli {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// libvirt connection URI
-    #[arg(short = 'c', long = "connect", global = true, env = "LIBVIRT_DEFAULT_URI", default_value = "qemu:///system")]
-    pub connect: String,
+    /// libvirt connection URI (default: the one libvirt chooses, as for virsh)
+    #[arg(short = 'c', long = "connect", global = true, env = "LIBVIRT_DEFAULT_URI")]
+    pub connect: Option<String>,
     /// When to colour output
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -208,13 +208,39 @@ fn load_lab_with(path: &std::path::Path, files: crate::lab::validate::Files) -> 
     Ok(lab)
 }
 
-/// Whether validation checks the lab's paths on this machine's disk.
+/// Whether validation checks the lab's paths on this machine's disk: when `--connect`
+/// names a local URI of a real driver, or names none (libvirt's default is, nearly always,
+/// the local hypervisor; `topo plan` and `topo apply` then check again on the URI libvirt
+/// chose, [`check_files_on`]).
 pub(crate) fn files_checked(global: &GlobalArgs) -> crate::lab::validate::Files {
-    if crate::host::hypervisor::libvirt::files_are_local(&global.connect) {
-        crate::lab::validate::Files::Checked
-    } else {
-        crate::lab::validate::Files::NotChecked
+    match &global.connect {
+        Some(uri) if !crate::host::hypervisor::libvirt::files_are_local(uri) => crate::lab::validate::Files::NotChecked,
+        _ => crate::lab::validate::Files::Checked,
     }
+}
+
+/// Reads and validates a lab file for a command that connects next (`plan`, `apply`):
+/// with no `--connect`, where libvirt opens the lab's files is known only once connected,
+/// so its paths are left to [`check_files_on`].
+pub(crate) fn load_lab_to_plan(path: &std::path::Path, global: &GlobalArgs) -> miette::Result<crate::lab::model::Lab> {
+    match global.connect {
+        Some(_) => load_lab(path, global),
+        None => load_lab_with(path, crate::lab::validate::Files::NotChecked),
+    }
+}
+
+/// With no `--connect`: checks the paths of `lab` (read by [`load_lab_to_plan`]) on this
+/// machine's disk when the URI libvirt chose opens them here, as [`load_lab`] does for a
+/// URI given.
+pub(crate) fn check_files_on(
+    lab: &crate::lab::model::Lab,
+    global: &GlobalArgs,
+    session: &crate::session::Session<'_>,
+) -> miette::Result<()> {
+    if global.connect.is_none() && crate::host::hypervisor::libvirt::files_are_local(&session.uri()) {
+        crate::lab::validate::load_with(&lab.source, crate::lab::validate::Files::Checked)?;
+    }
+    Ok(())
 }
 
 /// A status line on stderr unless `-q`.
@@ -224,9 +250,11 @@ pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
     }
 }
 
-/// A session over the libvirt host at the global `--connect` URI.
+/// A session over the libvirt host at the global `--connect` URI, or, with none, the one
+/// libvirt chooses (`virConnectOpen(NULL)`, as virsh): every message, tag, lock and saved
+/// plan then uses the canonical URI the connection reports (`virConnectGetURI`).
 pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::session::Session<'static>> {
-    Ok(crate::session::Session::connect(Some(&global.connect))?)
+    Ok(crate::session::Session::connect(global.connect.as_deref())?)
 }
 
 /// The lab file to use: `file` when given, else the one [`crate::lab::source::discover`] finds in
@@ -245,6 +273,25 @@ pub(crate) fn lab_path(global: &GlobalArgs, file: Option<&std::path::Path>) -> m
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// `topo ssh` and `topo console` take the lab file as a positional argument after the
+    /// VM, like every other command, and still as `-f FILE` (not both).
+    #[test]
+    fn ssh_and_console_take_the_lab_file_as_an_argument() {
+        let file = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Ssh(a)) => (a.vm, a.file.or(a.file_flag), a.command),
+            Ok(Command::Console(a)) => (a.vm, a.file.or(a.file_flag), Vec::new()),
+            other => panic!("{argv:?}: {other:?}"),
+        };
+        let lab = Some(std::path::PathBuf::from("lab.yaml"));
+        let cmd = vec!["hostname".to_string()];
+        assert_eq!(file(&["topo", "ssh", "deb1", "lab.yaml", "--", "hostname"]), ("deb1".into(), lab.clone(), cmd));
+        assert_eq!(file(&["topo", "ssh", "-f", "lab.yaml", "deb1"]), ("deb1".into(), lab.clone(), vec![]));
+        assert_eq!(file(&["topo", "ssh", "deb1", "--", "hostname"]).1, None);
+        assert_eq!(file(&["topo", "console", "deb1", "lab.yaml"]), ("deb1".into(), lab.clone(), vec![]));
+        assert_eq!(file(&["topo", "console", "--file", "lab.yaml", "deb1"]), ("deb1".into(), lab, vec![]));
+        assert!(Cli::try_parse_from(["topo", "ssh", "deb1", "a.yaml", "-f", "b.yaml"]).is_err(), "one lab file");
+    }
 
     /// Every flag of every subcommand that takes a time (one whose value parses to a
     /// `Duration`, or named `*timeout*`, `*interval*`, `*wait*`, `*delay*`, `*graceful*`)

@@ -14,12 +14,15 @@ use crate::verify::VerifyOptions;
 pub struct SshArgs {
     /// The VM (its name in the lab file)
     pub vm: String,
+    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
+    pub file: Option<PathBuf>,
+    /// The lab file, as a flag: the same as the positional argument (kept for scripts
+    /// written when this was the only way)
+    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "file", hide = true)]
+    pub file_flag: Option<PathBuf>,
     /// A command to run instead of a login shell (after `--`)
     #[arg(last = true)]
     pub command: Vec<String>,
-    /// The lab file (default: the only topo.yaml or *.topo.yaml in the current folder)
-    #[arg(short, long)]
-    pub file: Option<PathBuf>,
     /// The NIC whose address to use (default: the first NIC with a proven address)
     #[arg(long)]
     pub nic: Option<String>,
@@ -51,7 +54,7 @@ pub enum SshError {
 /// Proves the VM's addresses (as `topo verify` does, for this VM only), then replaces this
 /// process with `ssh` (so the terminal, signals and exit status are ssh's).
 pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
-    let file = super::lab_path(global, args.file.as_deref())?;
+    let file = super::lab_path(global, args.file.as_deref().or(args.file_flag.as_deref()))?;
     let lab = super::load_lab_unopened(&file)?;
     let Some(vm) = lab.vms.values().find(|v| v.name.as_str() == args.vm) else {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");

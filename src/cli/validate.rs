@@ -29,7 +29,7 @@ pub fn run(global: &GlobalArgs, args: &ValidateArgs) -> miette::Result<Outcome> 
                 global,
                 format_args!(
                     "note: {} opens the lab's kernel, initrd and image paths on another host: `topo validate` does not check them; `topo plan` and `topo apply` check them through libvirt's storage pools",
-                    global.connect
+                    global.connect.as_deref().unwrap_or_default()
                 ),
             );
         }

@@ -19,6 +19,7 @@ mod console;
 pub use console::Console;
 
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo, VolumeSpec};
+use crate::host::machine::{LocalMachine, Machine};
 use crate::host::observed::{DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
 use crate::host::xml::{self, NetworkFlags};
 use crate::lab::ownership::OVERLAY_POOL;
@@ -32,19 +33,11 @@ const UNPLUG_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct LibvirtHypervisor {
     conn: Connect,
     uri: String,
-    /// The URI names no other host (`qemu:///system`, not `qemu+ssh://host/system`): the
-    /// domains' taps and bridges are on this machine, so `observe` reads where each is plugged.
-    local: bool,
-    /// The taps' qdiscs (netem), on local URIs other than `test`.
-    tc: Box<dyn crate::host::tc::TapShaper>,
+    /// The machine that runs the host, when it is this one (a local URI of a real driver,
+    /// [`files_are_local`]): its bridges, taps, qdiscs, kernel and routes. `None` on another
+    /// host or the test driver: those facts are then absent from the observation.
+    machine: Option<Box<dyn Machine>>,
 }
-
-/// Where the kernel lists the IPv4 routes of the main table (what libvirt's
-/// `networkCheckRouteCollision` reads).
-const PROC_NET_ROUTE: &str = "/proc/net/route";
-
-/// Where the kernel lists network devices (sysfs).
-const SYS_CLASS_NET: &str = "/sys/class/net";
 
 /// True when `uri` names no host (`driver:///path`), so the daemon runs on this machine.
 pub fn is_local_uri(uri: &str) -> bool {
@@ -60,54 +53,6 @@ pub fn is_local_uri(uri: &str) -> bool {
 /// libvirt's storage pools ([`crate::host::hypervisor::observe_paths`]).
 pub fn files_are_local(uri: &str) -> bool {
     is_local_uri(uri) && !uri.starts_with("test:") && !uri.starts_with("test+")
-}
-
-/// The MACs bridge `bridge` holds as its own, read from `sys` (`/sys/class/net`): the
-/// bridge's `address` and the `address` of each port in `BRIDGE/brif/`. The kernel keeps each
-/// as a local forwarding entry (net/bridge/br_fdb.c), and passes frames to it up to the host
-/// instead of forwarding them (net/bridge/br_input.c `br_handle_frame_finish`). `None` when
-/// the bridge is not a bridge device here (another network namespace, another host).
-fn bridge_local_macs(
-    bridge: &str,
-    sys: &std::path::Path,
-) -> Option<std::collections::BTreeSet<crate::lab::model::MacAddr>> {
-    let plain = |n: &str| !n.is_empty() && n != "." && n != ".." && !n.contains('/');
-    if !plain(bridge) {
-        return None;
-    }
-    let addr = |dev: &str| std::fs::read_to_string(sys.join(dev).join("address")).ok()?.trim().parse().ok();
-    let ports = std::fs::read_dir(sys.join(bridge).join("brif")).ok()?;
-    let mut out: std::collections::BTreeSet<crate::lab::model::MacAddr> = addr(bridge).into_iter().collect();
-    for p in ports.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
-        if plain(&p) {
-            out.extend(addr(&p));
-        }
-    }
-    Some(out)
-}
-
-/// Where each tap is plugged, read from `sys` (`/sys/class/net`): `TAP/master` is a symlink
-/// to the bridge the tap is a port of. `None` when a tap is not a network device here (topo
-/// runs in another network namespace than the daemon) or has a name that is not a plain
-/// device name: then nothing is known, rather than every NIC wrongly taken as cut.
-fn tap_links(
-    taps: &[(crate::lab::model::MacAddr, String)],
-    sys: &std::path::Path,
-    qdiscs: &dyn Fn(&str) -> Option<crate::lab::impair::TapQdiscs>,
-) -> Option<Vec<crate::host::observed::NicLink>> {
-    taps.iter()
-        .map(|(mac, tap)| {
-            let plain = !tap.is_empty() && tap != "." && tap != ".." && !tap.contains('/');
-            let dev = sys.join(tap);
-            if !plain || !dev.exists() {
-                return None;
-            }
-            let bridge = std::fs::read_link(dev.join("master"))
-                .ok()
-                .and_then(|l| l.file_name().map(|f| f.to_string_lossy().into_owned()));
-            Some(crate::host::observed::NicLink { mac: *mac, tap: tap.clone(), bridge, qdiscs: qdiscs(tap) })
-        })
-        .collect()
 }
 
 impl std::fmt::Debug for LibvirtHypervisor {
@@ -263,8 +208,8 @@ impl LibvirtHypervisor {
             err
         })?;
         let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
-        let local = is_local_uri(&uri);
-        Ok(Self { conn, uri, local, tc: Box::new(crate::host::tc::Tc) })
+        let machine = files_are_local(&uri).then(|| Box::new(LocalMachine::new()) as Box<dyn Machine>);
+        Ok(Self { conn, uri, machine })
     }
 
     /// The persistent config XML of network `name` (`VIR_NETWORK_XML_INACTIVE`), or its live
@@ -283,12 +228,6 @@ impl LibvirtHypervisor {
             }
         };
         read().map_err(|e| map_error(op, name, &e))
-    }
-
-    /// The domains' taps are network devices of this machine: a local URI, not the test
-    /// driver (whose domains have no taps).
-    fn taps_here(&self) -> bool {
-        self.local && !self.uri.starts_with("test:") && !self.uri.starts_with("test+")
     }
 
     fn network(&self, op: &str, name: &str) -> Result<Network, HvError> {
@@ -399,12 +338,10 @@ impl LibvirtHypervisor {
             Err(e) => return Err(map_error(OP, &name, &e)),
         };
         if state == DomainState::Running
-            && self.local
+            && let Some(m) = &self.machine
             && let Some(x) = live_xml
         {
-            let qdiscs = |tap: &str| qdiscs.and_then(|q| q.get(tap).cloned());
-            observed.links =
-                tap_links(&xml::live_taps(x).map_err(invalid)?, std::path::Path::new(SYS_CLASS_NET), &qdiscs);
+            observed.links = m.tap_links(&xml::live_taps(x).map_err(invalid)?, qdiscs);
         }
         if let Some(live) = live {
             observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
@@ -703,9 +640,9 @@ impl Hypervisor for LibvirtHypervisor {
         }
         let doms = lv("virConnectListAllDomains", &self.uri, || self.conn.list_all_domains(0))
             .map_err(|e| map_error("list domains", &self.uri, &e))?;
-        // Every device's qdiscs in one `tc` call, on a host whose taps are this machine's;
-        // `None` when tc cannot be run or read (then nothing is known of netem).
-        let qdiscs = if self.taps_here() { self.tc.show_all().ok() } else { None };
+        // Every device's qdiscs in one read, on a host whose taps are this machine's; `None`
+        // when tc cannot be run or read (then nothing is known of netem).
+        let qdiscs = self.machine.as_ref().and_then(|m| m.qdiscs().ok());
         for dom in &doms {
             if let Some(d) = self.observe_domain(dom, qdiscs.as_ref())? {
                 out.domains.insert(d.name.clone(), d);
@@ -713,27 +650,8 @@ impl Hypervisor for LibvirtHypervisor {
         }
         self.observe_pool(&mut out)?;
         self.identify_files(&mut out);
-        out.host_interfaces = host_interfaces(&self.uri);
-        // The kernel the taps live in is this machine's (network namespaces share it).
-        out.kernel =
-            if out.host_interfaces.is_some() { crate::host::kernel::KernelSupport::read_local() } else { None };
-        // The routes libvirt checks a network's subnet against when it starts it: on a
-        // local real driver, this machine's (network namespace's) main table.
-        out.host_routes = if out.host_interfaces.is_some() {
-            std::fs::read_to_string(PROC_NET_ROUTE)
-                .ok()
-                .map(|t| crate::host::observed::HostRoute::parse_proc_net_route(&t))
-        } else {
-            None
-        };
-        if out.host_interfaces.is_some() {
-            // A local, real driver: the bridges of active networks are this machine's.
-            let sys = std::path::Path::new(SYS_CLASS_NET);
-            for b in out.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone()) {
-                if let Some(macs) = bridge_local_macs(&b, sys) {
-                    out.bridge_macs.insert(b, macs);
-                }
-            }
+        if let Some(m) = &self.machine {
+            crate::host::machine::observe(m.as_ref(), &mut out);
         }
         Ok(out)
     }
@@ -970,7 +888,7 @@ impl Hypervisor for LibvirtHypervisor {
             // The test driver rejects the flag ("unsupported flags (0x2) in function
             // testDomainSnapshotDelete"); its snapshots are metadata only, so a plain delete
             // removes the same.
-            Err(e) if is_unsupported(&e) && !self.taps_here() && self.uri.starts_with("test") => {
+            Err(e) if is_unsupported(&e) && self.machine.is_none() && self.uri.starts_with("test") => {
                 lv("virDomainSnapshotDelete", &object, || snap.delete(0))
             }
             r => r,
@@ -1074,7 +992,7 @@ impl Hypervisor for LibvirtHypervisor {
         netem: Option<&crate::lab::impair::Netem>,
     ) -> Result<(), HvError> {
         const OP: &str = "set netem";
-        if !self.taps_here() {
+        let Some(machine) = &self.machine else {
             return Err(HvError {
                 op: OP.into(),
                 object: domain.into(),
@@ -1082,7 +1000,7 @@ impl Hypervisor for LibvirtHypervisor {
                 kind: HvErrorKind::Unsupported,
                 hint: Some("run topo on the libvirt host itself (qemu:///system)".into()),
             });
-        }
+        };
         let dom = self.domain(OP, domain)?;
         if !lv("virDomainIsActive", domain, || dom.is_active()).map_err(|e| map_error(OP, domain, &e))? {
             return Err(HvError {
@@ -1111,11 +1029,7 @@ impl Hypervisor for LibvirtHypervisor {
             message: e.to_string(),
             kind: HvErrorKind::Other,
         };
-        let now = self.tc.show(tap).map_err(tc_err)?;
-        for cmd in crate::lab::impair::tc_commands(tap, &now, netem) {
-            self.tc.run(&cmd).map_err(tc_err)?;
-        }
-        Ok(())
+        machine.set_netem(tap, netem).map_err(tc_err)
     }
 
     fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::lab::model::MacAddr, std::net::Ipv4Addr)>, HvError> {
@@ -1314,22 +1228,9 @@ fn other(op: &str, object: &str, message: &str) -> HvError {
     HvError { op: op.into(), object: object.into(), message: message.into(), kind: HvErrorKind::Other, hint: None }
 }
 
-/// The host's interface names when `uri` is a local driver other than `test` (no host
-/// part: the machine topo runs on is the libvirt host, and its `/sys/class/net` lists the
-/// interfaces libvirt's bridges share a namespace with). `None` otherwise: remote hosts and
-/// the test driver are not checked (docs/lab-file.md).
-pub fn host_interfaces(uri: &str) -> Option<std::collections::BTreeSet<String>> {
-    if !is_local_uri(uri) || uri.starts_with("test:") || uri.starts_with("test+") {
-        return None;
-    }
-    let dir = std::fs::read_dir(SYS_CLASS_NET).ok()?;
-    Some(dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-}
-
 #[cfg(test)]
 mod link_tests {
     use super::*;
-    use crate::lab::model::MacAddr;
 
     /// libvirt's message when the kernel lacks sfq (seen on this project's CI host at the
     /// start of a domain with <bandwidth>) gets a hint naming the modules.
@@ -1348,56 +1249,5 @@ mod link_tests {
         assert!(is_local_uri("test:///default"));
         assert!(!is_local_uri("qemu+ssh://root@h/system"));
         assert!(!is_local_uri("qemu+tcp://127.0.0.1/system"));
-    }
-
-    /// `TAP/master` names the bridge; no `master` is no bridge; a tap that is not a device
-    /// here (another network namespace) makes the whole answer unknown.
-    #[test]
-    fn where_taps_are_plugged() {
-        let sys = tempfile::tempdir().unwrap();
-        for d in ["virbr1", "vnet0", "vnet1"] {
-            std::fs::create_dir(sys.path().join(d)).unwrap();
-        }
-        std::os::unix::fs::symlink("../virbr1", sys.path().join("vnet0/master")).unwrap();
-        let m0: MacAddr = "52:54:00:00:00:01".parse().unwrap();
-        let m1: MacAddr = "52:54:00:00:00:02".parse().unwrap();
-        let none = |_: &str| None;
-        let links = tap_links(&[(m0, "vnet0".into()), (m1, "vnet1".into())], sys.path(), &none).unwrap();
-        assert_eq!(links[0].bridge.as_deref(), Some("virbr1"));
-        assert_eq!(links[1].bridge, None);
-        assert_eq!(links[1].tap, "vnet1");
-        assert_eq!(tap_links(&[(m0, "vnet0".into()), (m1, "vnet9".into())], sys.path(), &none), None);
-        assert_eq!(tap_links(&[(m0, "../vnet0".into())], sys.path(), &none), None);
-        assert_eq!(tap_links(&[], sys.path(), &none), Some(vec![]));
-    }
-
-    /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.
-    #[test]
-    fn macs_a_bridge_holds_as_its_own() {
-        let sys = tempfile::tempdir().unwrap();
-        let dev = |name: &str, mac: &str| {
-            std::fs::create_dir_all(sys.path().join(name)).unwrap();
-            std::fs::write(sys.path().join(name).join("address"), format!("{mac}\n")).unwrap();
-        };
-        dev("br0", "02:00:00:00:00:01");
-        dev("eth0", "02:00:00:00:00:02");
-        dev("vnet0", "fe:54:00:00:00:03");
-        std::fs::create_dir_all(sys.path().join("br0/brif/eth0")).unwrap();
-        std::fs::create_dir_all(sys.path().join("br0/brif/vnet0")).unwrap();
-        let got: Vec<String> = bridge_local_macs("br0", sys.path()).unwrap().iter().map(|m| m.to_string()).collect();
-        assert_eq!(got, ["02:00:00:00:00:01", "02:00:00:00:00:02", "fe:54:00:00:00:03"]);
-        assert_eq!(bridge_local_macs("eth0", sys.path()), None, "not a bridge");
-        assert_eq!(bridge_local_macs("../br0", sys.path()), None);
-    }
-
-    /// The host's interfaces are read only where they are the libvirt host's: a local,
-    /// real driver. The test driver and remote hosts are not checked.
-    #[test]
-    fn host_interfaces_only_for_local_real_drivers() {
-        assert_eq!(host_interfaces("test:///default"), None);
-        assert_eq!(host_interfaces("qemu+ssh://root@h/system"), None);
-        if std::path::Path::new(SYS_CLASS_NET).join("lo").exists() {
-            assert!(host_interfaces("qemu:///system").is_some_and(|i| i.contains("lo")));
-        }
     }
 }
