@@ -80,7 +80,9 @@ fn imports(own: &[String], code: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let bytes = code.as_bytes();
     for (start, _) in code.match_indices("crate::").chain(code.match_indices("super::")) {
-        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_' || bytes[start - 1] == b':') {
+        if start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_' || bytes[start - 1] == b':')
+        {
             continue;
         }
         let mut base: Vec<String> = if code[start..].starts_with("crate::") {
@@ -162,7 +164,10 @@ fn imports_run_down_the_stages_without_a_circle() {
             continue;
         }
         let Some(mine) = stage(top) else {
-            upward.push(format!("{}: its folder is in no stage (add it to STAGES and docs/architecture.md)", p.display()));
+            upward.push(format!(
+                "{}: its folder is in no stage (add it to STAGES and docs/architecture.md)",
+                p.display()
+            ));
             continue;
         };
         let text = std::fs::read_to_string(p).unwrap();
