@@ -507,7 +507,7 @@ fn a_user_data_edit_replaces_the_vm_with_a_readable_diff() {
     let (p, _) = plan_on(&l, &hv);
     assert_eq!(actions(&p), pairs(&[("vm.box", Action::Replace)]));
     let c = &p.changes[0];
-    let paths: Vec<&str> = c.fields.iter().map(|f| f.path.as_str()).collect();
+    let paths: Vec<_> = c.fields.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["cloud_init", "cloud_init.meta-data", "cloud_init.user-data"], "network-config unchanged");
     assert!(c.fields.iter().all(|f| f.forces_replacement));
     let text = topo::plan::render::render(&p, "lab.yaml", topo::plan::render::Style::Plain);
@@ -543,7 +543,7 @@ fn only_a_changed_seed_is_downloaded_for_the_diff() {
     // Without the read-back the plan still replaces the VM, by the volume names alone.
     let bare = plan::plan(&edited, &hv.observe().unwrap(), &hv.uri()).unwrap();
     assert_eq!(actions(&bare), pairs(&[("vm.box", Action::Replace)]));
-    let paths: Vec<&str> = bare.changes[0].fields.iter().map(|f| f.path.as_str()).collect();
+    let paths: Vec<_> = bare.changes[0].fields.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["cloud_init"]);
 }
 
@@ -588,9 +588,9 @@ fn a_seed_deleted_by_hand_is_uploaded_again_in_place() {
     assert_eq!(c.reasons, [plan::Reason::DeletedOutsideTopo { volumes: vec![seed.clone()] }]);
     let ops: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
     assert_eq!(ops, ["upload-seed"], "the VM keeps running");
-    let f: Vec<(&str, Option<&str>, bool)> =
-        c.fields.iter().map(|f| (f.path.as_str(), f.before.as_deref(), f.forces_replacement)).collect();
-    assert_eq!(f, [("cloud_init", Some(&*format!("{seed} (deleted outside topo)")), false)]);
+    let f: Vec<(String, Option<&str>, bool)> =
+        c.fields.iter().map(|f| (f.path.to_string(), f.before.as_deref(), f.forces_replacement)).collect();
+    assert_eq!(f, [("cloud_init".to_string(), Some(&*format!("{seed} (deleted outside topo)")), false)]);
     let text = topo::plan::render::render(&p, "lab.yaml", topo::plan::render::Style::Plain);
     assert!(text.contains("was deleted outside topo; the seed is uploaded again"), "{text}");
     hv.clear_calls();
@@ -630,7 +630,7 @@ fn an_overlay_deleted_by_hand_replaces_the_vm() {
     assert_eq!(actions(&p), pairs(&[("vm.plain", Action::Replace)]), "its disk is lost");
     let c = &p.changes[0];
     assert!(c.reasons.contains(&plan::Reason::DeletedOutsideTopo { volumes: vec![overlay.clone()] }), "{c:#?}");
-    assert!(c.reasons.contains(&plan::Reason::RequiresReplace { fields: vec!["disk".into()] }), "{c:#?}");
+    assert!(c.reasons.contains(&plan::Reason::RequiresReplace { fields: vec![plan::fields::Field::Disk] }), "{c:#?}");
     apply_ok(&l, &hv);
     assert_eq!(volume_of(&hv, "guests-plain", ".qcow2"), overlay);
     assert_replans_empty(&l, &hv);
@@ -699,7 +699,11 @@ fn a_pending_restart_is_seen_in_the_live_settings() {
     let (p, _) = plan_on(&bigger, &hv);
     assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
     let db = &p.changes[0];
-    assert!(db.reasons.contains(&plan::Reason::RequiresRestart { fields: vec!["memory".into()] }), "{:?}", db.reasons);
+    assert!(
+        db.reasons.contains(&plan::Reason::RequiresRestart { fields: vec![plan::fields::Field::Memory] }),
+        "{:?}",
+        db.reasons
+    );
     let kinds: Vec<&str> = db.ops.iter().map(|o| o.name()).collect();
     assert_eq!(kinds, ["stop-domain", "define-domain", "start-domain"], "stop first: a death after it is seen");
     apply_ok(&bigger, &hv);
@@ -1152,7 +1156,11 @@ fn a_running_vm_undefined_by_hand_is_defined_again_before_it_stops() {
         assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]), "stopped: {stopped}");
         let c = &p.changes[0];
         assert_eq!(c.reasons[0], plan::Reason::UndefinedOutsideTopo, "{c:#?}");
-        assert!(c.fields.iter().any(|f| f.path == "persistent" && f.before.as_deref() == Some("no (transient)")));
+        assert!(
+            c.fields
+                .iter()
+                .any(|f| f.path == plan::fields::Field::Persistent && f.before.as_deref() == Some("no (transient)"))
+        );
         let ops: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
         if stopped {
             assert_eq!(ops, ["define-domain", "stop-domain"], "define first, then stop");

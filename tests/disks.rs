@@ -113,7 +113,7 @@ fn destroy_removes_snapshots_and_the_layers_above_the_overlay() {
     let p = plan::plan_destroy(&l, &hv.observe().unwrap());
     let c = vm_change(&p);
     assert!(c.reasons.contains(&Reason::Snapshots { names: vec!["i1".into(), "s1".into()] }), "{c:#?}");
-    let field = c.fields.iter().find(|f| f.path == "snapshots").expect("a snapshots field");
+    let field = c.fields.iter().find(|f| f.path == plan::fields::Field::Snapshots).expect("a snapshots field");
     assert_eq!((field.before.as_deref(), field.after.as_deref()), (Some("i1, s1"), None));
     let names: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
     assert_eq!(

@@ -154,10 +154,10 @@ fn rate_and_delay_change_together() {
     let fields: Vec<_> = c
         .fields
         .iter()
-        .map(|f| (f.path.rsplit('.').next().unwrap(), f.before.as_deref(), f.after.as_deref()))
+        .map(|f| (f.path.to_string().rsplit('.').next().unwrap().to_string(), f.before.as_deref(), f.after.as_deref()))
         .collect();
-    assert!(fields.contains(&("rate", Some("10Mbit"), Some("20Mbit"))), "{fields:?}");
-    assert!(fields.contains(&("netem", Some("delay 50ms"), Some("delay 80ms"))), "{fields:?}");
+    assert!(fields.contains(&("rate".into(), Some("10Mbit"), Some("20Mbit"))), "{fields:?}");
+    assert!(fields.contains(&("netem".into(), Some("delay 50ms"), Some("delay 80ms"))), "{fields:?}");
     assert!(c.reasons.iter().any(|r| matches!(r, Reason::Netem { nics } if nics.len() == 1)), "{:?}", c.reasons);
     let ops: Vec<&str> = c.ops.iter().map(Op::name).collect();
     assert_eq!(ops, ["set-bandwidth", "define-domain", "set-netem"]);

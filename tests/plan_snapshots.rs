@@ -313,7 +313,7 @@ fn dhcp_false_is_reservations_only() {
     let l = lab(&text);
     let (p, _) = plan_on(&l, &hv);
     let back = p.changes.iter().find(|c| c.address == "network.back").expect("network.back changes");
-    let dhcp = back.fields.iter().find(|f| f.path == "dhcp").expect("dhcp field");
+    let dhcp = back.fields.iter().find(|f| f.path == topo::plan::fields::Field::Dhcp).expect("dhcp field");
     assert_eq!(dhcp.before.as_deref(), Some("10.51.0.2 - 10.51.0.254"));
     assert_eq!(dhcp.after.as_deref(), Some("reservations only"));
     let json = topo::plan::json::to_json(&p).to_string();

@@ -34,7 +34,9 @@ fn created_stopped_is_defined_not_started() {
     let (p, _) = plan_on(&l, &hv);
     let db = p.changes.iter().find(|c| c.address == "vm.db").unwrap();
     assert_eq!(db.action, Action::Create);
-    assert!(db.fields.iter().any(|f| f.path == "state" && f.after.as_deref() == Some("stopped")));
+    assert!(
+        db.fields.iter().any(|f| f.path == topo::plan::fields::Field::State && f.after.as_deref() == Some("stopped"))
+    );
     assert!(!db.ops.contains(&Op::StartDomain), "{:?}", db.ops);
     assert!(ops_of(&p, "vm.web").contains(&&Op::StartDomain), "the other VMs run");
     apply_ok(&l, &hv);

@@ -2,11 +2,19 @@
 //! and the host lock (one run at a time in the phase that checks host conflicts and creates
 //! networks), both `flock`ed files naming their holder, keyed on the host as libvirt names it.
 //!
-//! Both are advisory `flock(2)` locks on files in [`lock_dir`]. The kernel releases them when
+//! Both are advisory `flock(2)` locks (std's `File::try_lock` and `File::lock`, which are
+//! `flock` on Linux) on files in [`lock_dir`]. The kernel releases them when
 //! the process exits, however it exits (kill -9 included), so a crash never leaves a stale
 //! lock. They serialise topo runs on this machine (and, for the host lock, runs of the same
 //! user, see [`lock_dir`]); they cannot see a topo running on another machine against the
 //! same remote libvirt host.
+//!
+//! Waiting for the host lock is not a sleep-poll loop: a helper thread blocks in
+//! `File::lock`, which the kernel wakes when the holder's lock goes, and hands the locked
+//! file over a channel, received with a timeout (std has no `flock` with a timeout, and a
+//! retry loop would wake every few milliseconds and could lose the race to a newcomer each
+//! time). After a timeout the helper thread stays blocked until the holder lets go, then
+//! finds nobody waiting and closes the file, which releases the lock at once.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -14,13 +22,8 @@ use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
-
 /// Folder of the lock files of root: `/run/topo` (a tmpfs, emptied at boot).
 pub const LOCK_DIR: &str = "/run/topo";
-
-/// How often a waiter for the host lock tries again.
-const HOST_LOCK_POLL: Duration = Duration::from_millis(50);
 
 /// Where lock files live: `$TOPO_LOCK_DIR` when set (tests); for root `/run/topo`, shared by
 /// every root run on the machine; for any other user `$XDG_RUNTIME_DIR/topo` (the user's own
@@ -148,9 +151,10 @@ pub enum LockError {
     DirNotPrivate { path: String, why: String },
 }
 
-/// An exclusive `flock` on a file that names its holder (`topo apply pid 1234`).
+/// An exclusive lock (`std::fs::File::try_lock`/`lock`: `flock(2)` on Linux) on a file that
+/// names its holder (`topo apply pid 1234`). Released when the file is closed (on drop).
 struct Held {
-    _lock: Flock<File>,
+    _file: File,
     path: PathBuf,
 }
 
@@ -160,33 +164,43 @@ enum Try {
     Busy(String),
 }
 
-fn try_lock(path: &Path, holder: &str) -> Result<Try, LockError> {
-    let io = |source| LockError::Io { path: path.display().to_string(), source };
+/// Opens the lock file at `path` (its folder made private first): not through a symlink
+/// (another user could point it at the victim's file), not a FIFO, never truncated before
+/// the lock is held.
+fn open_lock_file(path: &Path) -> Result<File, LockError> {
     if let Some(dir) = path.parent() {
         crate::files::ensure_private_dir(dir).map_err(|e| match e {
             crate::files::FileError::Io(source) => LockError::Io { path: dir.display().to_string(), source },
             other => LockError::DirNotPrivate { path: dir.display().to_string(), why: other.to_string() },
         })?;
     }
-    // Not through a symlink (another user could point it at the victim's file), not a FIFO,
-    // never truncated before the lock is held.
-    let file = crate::files::open_private_rw(path).map_err(io)?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            // Best effort: the description is for messages only, the flock is the lock.
-            let _ = lock.set_len(0);
-            let _ = lock.rewind();
-            let _ = write!(lock, "{holder}");
-            let _ = lock.flush();
-            Ok(Try::Got(Held { _lock: lock, path: path.to_path_buf() }))
-        }
-        Err((mut file, errno)) if errno == nix::errno::Errno::EWOULDBLOCK => {
-            let mut text = String::new();
-            let _ = file.read_to_string(&mut text);
-            let text = text.trim();
-            Ok(Try::Busy(if text.is_empty() { "unknown process".into() } else { text.to_string() }))
-        }
-        Err((_, errno)) => Err(io(std::io::Error::from(errno))),
+    crate::files::open_private_rw(path).map_err(|source| LockError::Io { path: path.display().to_string(), source })
+}
+
+/// Writes `holder` into the locked `file` (best effort: the description is for messages
+/// only, the lock is the lock).
+fn claim(mut file: File, path: &Path, holder: &str) -> Held {
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{holder}");
+    let _ = file.flush();
+    Held { _file: file, path: path.to_path_buf() }
+}
+
+/// The holder's description written in a lock file someone else holds.
+fn holder_of(mut file: &File) -> String {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let text = text.trim();
+    if text.is_empty() { "unknown process".into() } else { text.to_string() }
+}
+
+fn try_lock(path: &Path, holder: &str) -> Result<Try, LockError> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Try::Got(claim(file, path, holder))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Try::Busy(holder_of(&file))),
+        Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path: path.display().to_string(), source }),
     }
 }
 
@@ -256,24 +270,28 @@ impl HostLock {
         let path = host_lock_path(dir, host);
         let me = format!("{what} pid {}", std::process::id());
         let t0 = Instant::now();
-        let mut on_wait = Some(on_wait);
-        loop {
-            match try_lock(&path, &me)? {
-                Try::Got(held) => return Ok(Self { path: held.path.clone(), _held: held }),
-                Try::Busy(holder) => {
-                    if let Some(f) = on_wait.take() {
-                        f(&holder);
-                    }
-                    if t0.elapsed() >= timeout {
-                        return Err(LockError::HostBusy {
-                            host: host.to_string(),
-                            holder,
-                            waited_s: t0.elapsed().as_secs(),
-                        });
-                    }
-                    std::thread::sleep(HOST_LOCK_POLL);
-                }
+        let holder = match try_lock(&path, &me)? {
+            Try::Got(held) => return Ok(Self { path: held.path.clone(), _held: held }),
+            Try::Busy(holder) => holder,
+        };
+        on_wait(&holder);
+        // No sleep-poll: a helper thread blocks in `File::lock` (the kernel wakes it when the
+        // holder's lock goes) and hands the locked file over; this thread waits for it at most
+        // `timeout`. After a timeout the helper stays blocked until the holder is done, then
+        // finds nobody waiting and drops the file, which releases the lock at once.
+        let file = open_lock_file(&path)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let locked = file.lock().map(|()| file);
+            let _ = tx.send(locked);
+        });
+        match rx.recv_timeout(timeout.saturating_sub(t0.elapsed())) {
+            Ok(Ok(file)) => {
+                let held = claim(file, &path, &me);
+                Ok(Self { path: held.path.clone(), _held: held })
             }
+            Ok(Err(source)) => Err(LockError::Io { path: path.display().to_string(), source }),
+            Err(_) => Err(LockError::HostBusy { host: host.to_string(), holder, waited_s: t0.elapsed().as_secs() }),
         }
     }
 }

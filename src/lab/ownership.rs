@@ -148,12 +148,12 @@ impl Ownership {
 /// The spec hash written into an object's owner tag: the first 16 hex digits of SHA-256
 /// over `path=value\n` for every `(path, value)` given, in the order given (callers pass
 /// them sorted by path).
-pub fn spec_hash<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub fn spec_hash<K: AsRef<str>, V: AsRef<str>>(fields: impl IntoIterator<Item = (K, V)>) -> String {
     let mut h = Sha256::new();
     for (k, v) in fields {
-        h.update(k.as_bytes());
+        h.update(k.as_ref().as_bytes());
         h.update(b"=");
-        h.update(v.as_bytes());
+        h.update(v.as_ref().as_bytes());
         h.update(b"\n");
     }
     hex(&h.finalize()[..8])

@@ -11,6 +11,7 @@ use crate::host::hypervisor::VolumeSpec;
 use crate::lab::address::Address;
 use crate::lab::impair::{Netem, Rate};
 use crate::lab::model::MacAddr;
+use crate::plan::fields::Field;
 use crate::plan::graph::GraphError;
 
 /// What will happen to one resource. A closed vocabulary: renderers and apply match it
@@ -51,13 +52,13 @@ pub enum Reason {
     /// someone changed it outside topo.
     Drift,
     /// These fields cannot change in place.
-    RequiresReplace { fields: Vec<String> },
+    RequiresReplace { fields: Vec<Field> },
     /// The network is defined but not active (after a host reboot, or stopped by hand).
     NotActive,
     /// The VM is defined but not running.
     NotRunning,
     /// The VM's config changes take effect only after a restart.
-    RequiresRestart { fields: Vec<String> },
+    RequiresRestart { fields: Vec<Field> },
     /// `topo destroy` removes everything the lab owns.
     DestroyRequested,
     /// The lab file says `state: stopped` and the VM runs: it is shut down.
@@ -118,13 +119,13 @@ impl Reason {
             Reason::LabFileChanged => "the lab file changed".into(),
             Reason::Drift => "changed outside topo since the last apply (drift)".into(),
             Reason::RequiresReplace { fields } => {
-                format!("{} cannot change in place", fields.join(", "))
+                format!("{} cannot change in place", join(fields))
             }
             Reason::NotActive => "the network is defined but not active".into(),
             Reason::NotRunning => "the VM is defined but not running".into(),
             Reason::RequiresRestart { fields } => {
                 let verb = if fields.len() == 1 { "takes" } else { "take" };
-                format!("{} {verb} effect after a restart; the VM will be restarted", fields.join(", "))
+                format!("{} {verb} effect after a restart; the VM will be restarted", join(fields))
             }
             Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
             Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
@@ -186,10 +187,16 @@ impl Reason {
     }
 }
 
+/// Fields' paths, comma-separated.
+fn join(fields: &[Field]) -> String {
+    fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 /// One field's difference.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldChange {
-    pub path: String,
+    /// Which field; shown and saved as its path (`memory`, `nic[MAC].rate`).
+    pub path: Field,
     pub before: Option<String>,
     pub after: Option<String>,
     pub forces_replacement: bool,

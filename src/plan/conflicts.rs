@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::change::{Action, FieldChange, Plan, PlanError, Reason};
+use super::change::{Action, Plan, PlanError};
 use super::network::starts_network;
 use super::vm::wanted_netem;
 use crate::diag::{Code, Problem};
@@ -186,39 +186,6 @@ pub fn other_instances(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             )
         })
         .collect()
-}
-
-/// The owner tag change when an object of this lab carries a tag other than the one this
-/// instance writes: adopted from an older topo (no lab file recorded), or taken over from
-/// another lab file (`--take-over`). The object is defined again with the new tag, in place.
-pub(super) fn retag(lab: &Lab, owner: Option<&crate::host::observed::OwnerTag>) -> Option<(Reason, FieldChange)> {
-    let t = owner?;
-    let me = lab.instance();
-    if t.is_of(&me) {
-        return None;
-    }
-    let reason = match &t.file {
-        Some(file) => Reason::TakenOver { from: file.clone() },
-        None => Reason::Adopted,
-    };
-    let before = match &t.file {
-        Some(file) => format!("lab {} from {file}", t.lab),
-        None => format!("lab {} (no lab file recorded)", t.lab),
-    };
-    let field = FieldChange {
-        path: "owner".into(),
-        before: Some(before),
-        after: Some(format!("lab {} from {}", me.lab, me.file)),
-        forces_replacement: false,
-        restarts: false,
-    };
-    Some((reason, field))
-}
-
-/// The address an owned object is planned under: its owner tag's resource (ownership
-/// checked that it parses).
-pub(super) fn owner_address(owner: Option<&crate::host::observed::OwnerTag>, name: &str) -> Address {
-    owner.and_then(|t| t.resource.parse().ok()).unwrap_or_else(|| Address::Volume(name.to_string()))
 }
 
 /// Everything that stops the plan before anything is touched, all at once.

@@ -1,13 +1,15 @@
-//! Field differences and the skeletons of changes that create or delete an object.
+//! Field differences, the skeletons of changes that create or delete an object, and the
+//! owner-tag facts every planner shares (drift, retag, the address of an owned object).
 
 use std::collections::BTreeSet;
 
 use super::change::{Action, Change, FieldChange, Op, Reason};
 use crate::lab::address::Address;
-use crate::plan::fields::{self, FieldClass, Fields};
+use crate::lab::model::Lab;
+use crate::plan::fields::{self, Field, FieldClass, Fields};
 
 pub(super) fn diff(desired: &Fields, observed: &Fields) -> Vec<FieldChange> {
-    let keys: BTreeSet<&String> = desired.keys().chain(observed.keys()).collect();
+    let keys: BTreeSet<&Field> = desired.keys().chain(observed.keys()).collect();
     keys.into_iter()
         .filter_map(|k| {
             let d = desired.get(k);
@@ -71,4 +73,37 @@ pub(super) fn deletion(address: Address, libvirt_name: &str, fields: Vec<FieldCh
 /// Whether the host differs from the last apply while the file did not change.
 pub(super) fn drifted(owner: Option<&crate::host::observed::OwnerTag>, desired: &Fields) -> bool {
     owner.is_some_and(|t| t.spec_hash == fields::spec_hash(desired))
+}
+
+/// The owner tag change when an object of this lab carries a tag other than the one this
+/// instance writes: adopted from an older topo (no lab file recorded), or taken over from
+/// another lab file (`--take-over`). The object is defined again with the new tag, in place.
+pub(super) fn retag(lab: &Lab, owner: Option<&crate::host::observed::OwnerTag>) -> Option<(Reason, FieldChange)> {
+    let t = owner?;
+    let me = lab.instance();
+    if t.is_of(&me) {
+        return None;
+    }
+    let reason = match &t.file {
+        Some(file) => Reason::TakenOver { from: file.clone() },
+        None => Reason::Adopted,
+    };
+    let before = match &t.file {
+        Some(file) => format!("lab {} from {file}", t.lab),
+        None => format!("lab {} (no lab file recorded)", t.lab),
+    };
+    let field = FieldChange {
+        path: Field::Owner,
+        before: Some(before),
+        after: Some(format!("lab {} from {}", me.lab, me.file)),
+        forces_replacement: false,
+        restarts: false,
+    };
+    Some((reason, field))
+}
+
+/// The address an owned object is planned under: its owner tag's resource (ownership
+/// checked that it parses).
+pub(super) fn owner_address(owner: Option<&crate::host::observed::OwnerTag>, name: &str) -> Address {
+    owner.and_then(|t| t.resource.parse().ok()).unwrap_or_else(|| Address::Volume(name.to_string()))
 }

@@ -1,12 +1,211 @@
 //! The fields topo manages on a network or VM, flattened to `path = value` pairs so desired
 //! (model) and observed (host) can be compared field by field and hashed.
 
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
 
 use crate::host::observed::{ObservedDomain, ObservedMode, ObservedNetwork};
-use crate::lab::model::{DhcpService, Lab, ManagedNetwork, Network, Vm};
+use crate::lab::model::{DhcpService, Lab, MacAddr, ManagedNetwork, Network, Vm};
+
+/// A field the planner compares, shows and replaces on: a closed vocabulary. Its text
+/// ([`Field::as_str`], `Display`) is the path the plan text and JSON show (`memory`,
+/// `nic[52:54:00:12:34:56].rate`), and it orders by that text, so maps of fields iterate,
+/// and hash ([`spec_hash`]), in the order of their paths. Saved plans store the text
+/// (`FromStr` reads it back).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Field {
+    // --- a network ---
+    /// `mode`: nat, route, open, isolated (or the mode of a network topo did not make).
+    Mode,
+    /// `bridge`: the bridge's name, when the lab file names one.
+    Bridge,
+    /// `stp`: spanning tree on the bridge, `on`/`off`.
+    Stp,
+    /// `subnet`: `address/prefix`, or `none`.
+    Subnet,
+    /// `gateway`: the bridge's own address.
+    Gateway,
+    /// `dhcp`: what libvirt's dnsmasq serves.
+    Dhcp,
+    /// `dhcp_ping`: dnsmasq pings an address before it leases it, `on`/`off`.
+    DhcpPing,
+    /// `autostart`: the network starts with libvirt, `on`/`off`.
+    Autostart,
+    /// `dhcp_host[MAC]`: a DHCP reservation, `IP HOST`.
+    DhcpHost(MacAddr),
+    /// `active`: the network runs (run state, not in the spec hash).
+    Active,
+    // --- a VM ---
+    /// `hypervisor`: libvirt's domain type (`kvm`, `qemu`).
+    Hypervisor,
+    /// `memory`: the guest's memory.
+    Memory,
+    /// `vcpus`: the guest's virtual CPUs.
+    Vcpus,
+    /// `boot.kernel`: the kernel booted directly.
+    BootKernel,
+    /// `boot.initrd`: its initrd.
+    BootInitrd,
+    /// `boot.cmdline`: its command line.
+    BootCmdline,
+    /// `disk`: the overlay volume over the base image (`NAME (on IMAGE, SIZE)`).
+    Disk,
+    /// `cloud_init`: the seed volume's name (carries a hash of the seed).
+    CloudInit,
+    /// `cloud_init.FILE`: a file of the seed (`user-data`, `meta-data`, `network-config`).
+    CloudInitFile(String),
+    /// `nic[MAC]`: the network the NIC is on.
+    Nic(MacAddr),
+    /// `nic[MAC].rate`: the NIC's rate limit (libvirt's `<bandwidth>`).
+    NicRate(MacAddr),
+    /// `nic[MAC].netem`: delay, jitter and loss on the NIC's tap.
+    NicNetem(MacAddr),
+    /// `nic[MAC].bridge`: the bridge the running NIC's tap is plugged into.
+    NicBridge(MacAddr),
+    /// `state`: the VM's run state (not in the spec hash).
+    State,
+    /// `persistent`: whether the domain has a persistent config.
+    Persistent,
+    /// `snapshots`: the VM's snapshots (shown when they go).
+    Snapshots,
+    // --- any object ---
+    /// `owner`: the object's owner tag (adopted, taken over, released).
+    Owner,
+    /// `path`: a pool's folder, a volume's file.
+    Path,
+}
+
+impl Field {
+    /// The path shown for the field, as the plan text and JSON have it.
+    pub fn as_str(&self) -> Cow<'static, str> {
+        use Field::*;
+        Cow::Borrowed(match self {
+            Mode => "mode",
+            Bridge => "bridge",
+            Stp => "stp",
+            Subnet => "subnet",
+            Gateway => "gateway",
+            Dhcp => "dhcp",
+            DhcpPing => "dhcp_ping",
+            Autostart => "autostart",
+            DhcpHost(mac) => return Cow::Owned(format!("dhcp_host[{mac}]")),
+            Active => "active",
+            Hypervisor => "hypervisor",
+            Memory => "memory",
+            Vcpus => "vcpus",
+            BootKernel => "boot.kernel",
+            BootInitrd => "boot.initrd",
+            BootCmdline => "boot.cmdline",
+            Disk => "disk",
+            CloudInit => "cloud_init",
+            CloudInitFile(name) => return Cow::Owned(format!("cloud_init.{name}")),
+            Nic(mac) => return Cow::Owned(format!("nic[{mac}]")),
+            NicRate(mac) => return Cow::Owned(format!("nic[{mac}].rate")),
+            NicNetem(mac) => return Cow::Owned(format!("nic[{mac}].netem")),
+            NicBridge(mac) => return Cow::Owned(format!("nic[{mac}].bridge")),
+            State => "state",
+            Persistent => "persistent",
+            Snapshots => "snapshots",
+            Owner => "owner",
+            Path => "path",
+        })
+    }
+}
+
+impl fmt::Display for Field {
+    /// The path; width and alignment apply (`{:<width$}`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.as_str())
+    }
+}
+
+impl Ord for Field {
+    /// By path text: the order plans and spec hashes have always had.
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(&other.as_str())
+    }
+}
+
+impl PartialOrd for Field {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A path that names no [`Field`] (in a saved plan).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a field topo plans on")]
+pub struct FieldError(pub String);
+
+impl FromStr for Field {
+    type Err = FieldError;
+    fn from_str(s: &str) -> Result<Self, FieldError> {
+        use Field::*;
+        let bad = || FieldError(s.to_string());
+        let mac = |m: &str| m.parse::<MacAddr>().map_err(|_| bad());
+        if let Some(rest) = s.strip_prefix("nic[") {
+            let (m, tail) = rest.split_once(']').ok_or_else(bad)?;
+            let mac = mac(m)?;
+            return match tail {
+                "" => Ok(Nic(mac)),
+                ".rate" => Ok(NicRate(mac)),
+                ".netem" => Ok(NicNetem(mac)),
+                ".bridge" => Ok(NicBridge(mac)),
+                _ => Err(bad()),
+            };
+        }
+        if let Some(m) = s.strip_prefix("dhcp_host[").and_then(|r| r.strip_suffix(']')) {
+            return Ok(DhcpHost(mac(m)?));
+        }
+        if let Some(name) = s.strip_prefix("cloud_init.") {
+            return Ok(CloudInitFile(name.to_string()));
+        }
+        Ok(match s {
+            "mode" => Mode,
+            "bridge" => Bridge,
+            "stp" => Stp,
+            "subnet" => Subnet,
+            "gateway" => Gateway,
+            "dhcp" => Dhcp,
+            "dhcp_ping" => DhcpPing,
+            "autostart" => Autostart,
+            "active" => Active,
+            "hypervisor" => Hypervisor,
+            "memory" => Memory,
+            "vcpus" => Vcpus,
+            "boot.kernel" => BootKernel,
+            "boot.initrd" => BootInitrd,
+            "boot.cmdline" => BootCmdline,
+            "disk" => Disk,
+            "cloud_init" => CloudInit,
+            "state" => State,
+            "persistent" => Persistent,
+            "snapshots" => Snapshots,
+            "owner" => Owner,
+            "path" => Path,
+            _ => return Err(bad()),
+        })
+    }
+}
+
+impl Serialize for Field {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// What a difference in a field costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,11 +226,11 @@ pub struct FieldValue {
     pub class: FieldClass,
 }
 
-/// `path -> value`, sorted by path.
-pub type Fields = BTreeMap<String, FieldValue>;
+/// `field -> value`, sorted by the fields' paths.
+pub type Fields = BTreeMap<Field, FieldValue>;
 
-fn put(f: &mut Fields, path: impl Into<String>, value: impl Into<String>, class: FieldClass) {
-    f.insert(path.into(), FieldValue { value: value.into(), class });
+fn put(f: &mut Fields, field: Field, value: impl Into<String>, class: FieldClass) {
+    f.insert(field, FieldValue { value: value.into(), class });
 }
 
 fn onoff(b: bool) -> &'static str {
@@ -42,22 +241,22 @@ fn onoff(b: bool) -> &'static str {
 pub fn desired_network(m: &ManagedNetwork) -> Fields {
     use FieldClass::*;
     let mut f = Fields::new();
-    put(&mut f, "mode", m.mode.as_str(), Replace);
+    put(&mut f, Field::Mode, m.mode.as_str(), Replace);
     if let Some(b) = &m.bridge {
-        put(&mut f, "bridge", b.as_str(), Replace);
+        put(&mut f, Field::Bridge, b.as_str(), Replace);
     }
-    put(&mut f, "stp", onoff(m.stp), Replace);
-    put(&mut f, "subnet", m.subnet.map(|s| s.to_string()).unwrap_or_else(|| "none".into()), Replace);
+    put(&mut f, Field::Stp, onoff(m.stp), Replace);
+    put(&mut f, Field::Subnet, m.subnet.map(|s| s.to_string()).unwrap_or_else(|| "none".into()), Replace);
     if let Some(g) = m.gateway {
-        put(&mut f, "gateway", g.to_string(), Replace);
+        put(&mut f, Field::Gateway, g.to_string(), Replace);
     }
-    put(&mut f, "dhcp", m.dhcp_service().to_string(), Replace);
-    put(&mut f, "dhcp_ping", onoff(m.dhcp_ping), Replace);
-    put(&mut f, "autostart", onoff(m.autostart), InPlace);
+    put(&mut f, Field::Dhcp, m.dhcp_service().to_string(), Replace);
+    put(&mut f, Field::DhcpPing, onoff(m.dhcp_ping), Replace);
+    put(&mut f, Field::Autostart, onoff(m.autostart), InPlace);
     for r in m.reservations.values() {
-        put(&mut f, format!("dhcp_host[{}]", r.mac), format!("{} {}", r.ip, r.host), InPlace);
+        put(&mut f, Field::DhcpHost(r.mac), format!("{} {}", r.ip, r.host), InPlace);
     }
-    put(&mut f, "active", "yes", State);
+    put(&mut f, Field::Active, "yes", State);
     f
 }
 
@@ -70,42 +269,42 @@ pub fn observed_network(o: &ObservedNetwork, desired: &Fields) -> Fields {
         ObservedMode::Known(m) => m.as_str().to_string(),
         ObservedMode::Other(s) => s.clone(),
     };
-    put(&mut f, "mode", mode, Replace);
-    if desired.contains_key("bridge") {
-        put(&mut f, "bridge", o.bridge.clone().unwrap_or_default(), Replace);
+    put(&mut f, Field::Mode, mode, Replace);
+    if desired.contains_key(&Field::Bridge) {
+        put(&mut f, Field::Bridge, o.bridge.clone().unwrap_or_default(), Replace);
     }
-    put(&mut f, "stp", onoff(o.stp), Replace);
+    put(&mut f, Field::Stp, onoff(o.stp), Replace);
     match &o.ip {
         Some(ip) => {
             let subnet = Ipv4Network::new(ip.address, ip.prefix)
                 .and_then(|n| Ipv4Network::new(n.network(), ip.prefix))
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| format!("{}/{}", ip.address, ip.prefix));
-            put(&mut f, "subnet", subnet, Replace);
-            put(&mut f, "gateway", ip.address.to_string(), Replace);
+            put(&mut f, Field::Subnet, subnet, Replace);
+            put(&mut f, Field::Gateway, ip.address.to_string(), Replace);
             // libvirt serves `<host>` entries on any network with an `<ip>` (model::DhcpService).
             let dhcp = match ip.dhcp_range {
                 Some(r) => DhcpService::Range(r),
                 None => DhcpService::ReservationsOnly,
             };
-            put(&mut f, "dhcp", dhcp.to_string(), Replace);
+            put(&mut f, Field::Dhcp, dhcp.to_string(), Replace);
             for h in &ip.hosts {
                 put(
                     &mut f,
-                    format!("dhcp_host[{}]", h.mac),
+                    Field::DhcpHost(h.mac),
                     format!("{} {}", h.ip, h.name.clone().unwrap_or_default()),
                     InPlace,
                 );
             }
         }
         None => {
-            put(&mut f, "subnet", "none", Replace);
-            put(&mut f, "dhcp", DhcpService::Off.to_string(), Replace);
+            put(&mut f, Field::Subnet, "none", Replace);
+            put(&mut f, Field::Dhcp, DhcpService::Off.to_string(), Replace);
         }
     }
-    put(&mut f, "dhcp_ping", onoff(o.dhcp_ping), Replace);
-    put(&mut f, "autostart", onoff(o.autostart), InPlace);
-    put(&mut f, "active", if o.active { "yes" } else { "no" }, State);
+    put(&mut f, Field::DhcpPing, onoff(o.dhcp_ping), Replace);
+    put(&mut f, Field::Autostart, onoff(o.autostart), InPlace);
+    put(&mut f, Field::Active, if o.active { "yes" } else { "no" }, State);
     f
 }
 
@@ -123,40 +322,40 @@ fn network_display(lab: &Lab, libvirt_name: &str) -> String {
 pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
     use FieldClass::*;
     let mut f = Fields::new();
-    put(&mut f, "hypervisor", vm.virt_type.as_str(), Restart);
-    put(&mut f, "memory", vm.memory.to_string(), Restart);
-    put(&mut f, "vcpus", vm.vcpus.to_string(), Restart);
+    put(&mut f, Field::Hypervisor, vm.virt_type.as_str(), Restart);
+    put(&mut f, Field::Memory, vm.memory.to_string(), Restart);
+    put(&mut f, Field::Vcpus, vm.vcpus.to_string(), Restart);
     if let Some(b) = &vm.boot {
-        put(&mut f, "boot.kernel", b.kernel.display().to_string(), Restart);
+        put(&mut f, Field::BootKernel, b.kernel.display().to_string(), Restart);
         if let Some(i) = &b.initrd {
-            put(&mut f, "boot.initrd", i.display().to_string(), Restart);
+            put(&mut f, Field::BootInitrd, i.display().to_string(), Restart);
         }
         if let Some(c) = &b.cmdline {
-            put(&mut f, "boot.cmdline", c.clone(), Restart);
+            put(&mut f, Field::BootCmdline, c.clone(), Restart);
         }
     }
     if let (Some(d), Some(overlay)) = (&vm.disk, vm.overlay_name(&lab.name)) {
         // The overlay's file name carries a hash of (image, size): the domain's disk path
         // shows whether the base image or size changed.
         let size = d.size.map(|s| format!(", {s}")).unwrap_or_default();
-        put(&mut f, "disk", format!("{overlay} (on {}{size})", d.image.display()), Replace);
+        put(&mut f, Field::Disk, format!("{overlay} (on {}{size})", d.image.display()), Replace);
     }
     // cloud-init runs once per instance: any change to the seed replaces the VM. The seed
     // volume's name carries a hash of the seed; the files are there for a readable diff.
     if let Ok(Some(seed)) = crate::guest::Seed::of(lab, vm) {
-        put(&mut f, "cloud_init", seed.volume_name(lab, vm), Replace);
+        put(&mut f, Field::CloudInit, seed.volume_name(lab, vm), Replace);
         for (name, text) in seed.files() {
-            put(&mut f, format!("cloud_init.{name}"), text, Replace);
+            put(&mut f, Field::CloudInitFile(name.to_string()), text, Replace);
         }
     }
     for nic in &vm.nics {
-        put(&mut f, format!("nic[{}]", nic.mac), nic.network.to_string(), InPlace);
+        put(&mut f, Field::Nic(nic.mac), nic.network.to_string(), InPlace);
         // libvirt's <bandwidth>: set live (virDomainSetInterfaceParameters) and in the config.
         if let Some(r) = nic.impairment.rate {
-            put(&mut f, format!("nic[{}].rate", nic.mac), r.to_string(), InPlace);
+            put(&mut f, Field::NicRate(nic.mac), r.to_string(), InPlace);
         }
     }
-    put(&mut f, "state", vm.state.as_str(), State);
+    put(&mut f, Field::State, vm.state.as_str(), State);
     f
 }
 
@@ -168,10 +367,10 @@ fn file_name(p: &str) -> &str {
 pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     use FieldClass::*;
     let mut f = Fields::new();
-    put(&mut f, "hypervisor", o.virt_type.clone(), Restart);
-    put(&mut f, "memory", crate::lab::model::ByteSize::from_bytes(o.memory_kib * 1024).to_string(), Restart);
-    put(&mut f, "vcpus", o.vcpus.to_string(), Restart);
-    for (k, v) in [("boot.kernel", &o.kernel), ("boot.initrd", &o.initrd), ("boot.cmdline", &o.cmdline)] {
+    put(&mut f, Field::Hypervisor, o.virt_type.clone(), Restart);
+    put(&mut f, Field::Memory, crate::lab::model::ByteSize::from_bytes(o.memory_kib * 1024).to_string(), Restart);
+    put(&mut f, Field::Vcpus, o.vcpus.to_string(), Restart);
+    for (k, v) in [(Field::BootKernel, &o.kernel), (Field::BootInitrd, &o.initrd), (Field::BootCmdline, &o.cmdline)] {
         if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
             put(&mut f, k, v.clone(), Restart);
         }
@@ -181,9 +380,9 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     let seed_of = |i: usize| o.chain(i).into_iter().find(|p| crate::guest::is_seed_volume(file_name(p)));
     let seeds: Vec<&str> = (0..o.disks.len()).filter_map(seed_of).collect();
     let first = (0..o.disks.len()).find(|&i| seed_of(i).is_none());
-    if desired.contains_key("disk") || first.is_some() {
+    if desired.contains_key(&Field::Disk) || first.is_some() {
         let name = first.map(|i| file_name(&o.disks[i]).to_string());
-        let want = desired.get("disk").map(|v| v.value.as_str()).unwrap_or_default();
+        let want = desired.get(&Field::Disk).map(|v| v.value.as_str()).unwrap_or_default();
         // The lab's overlay anywhere in the disk's chain (under the layers of external
         // snapshots) is the same disk: shown as the desired text.
         let in_chain =
@@ -193,16 +392,16 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
             Some(n) => n,
             None => "none".into(),
         };
-        put(&mut f, "disk", value, Replace);
+        put(&mut f, Field::Disk, value, Replace);
     }
-    if desired.contains_key("cloud_init") || !seeds.is_empty() {
+    if desired.contains_key(&Field::CloudInit) || !seeds.is_empty() {
         let name = seeds.first().map_or_else(|| "none".to_string(), |p| file_name(p).to_string());
-        put(&mut f, "cloud_init", name, Replace);
+        put(&mut f, Field::CloudInit, name, Replace);
         // The seed's files as read back from the host (`hypervisor::read_changed_seeds` reads
         // only a seed whose name differs from the lab's); where none were read, the desired
         // text stands in and the name above alone tells whether the seed changed.
-        for (k, v) in desired.iter().filter(|(k, _)| k.starts_with("cloud_init.")) {
-            let file = &k["cloud_init.".len()..];
+        for (k, v) in desired.iter() {
+            let Field::CloudInitFile(file) = k else { continue };
             let text = match &o.seed {
                 Some(files) => files.iter().find(|(n, _)| n == file).map_or("", |(_, t)| t.as_str()),
                 None => v.value.as_str(),
@@ -211,14 +410,11 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
         }
     }
     for i in &o.interfaces {
-        let key = match i.mac {
-            Some(m) => format!("nic[{m}]"),
-            None => continue,
-        };
+        let Some(mac) = i.mac else { continue };
         let net = i.network.as_deref().map(|n| network_display(lab, n)).unwrap_or_else(|| "(not a network)".into());
-        put(&mut f, key.clone(), net, InPlace);
+        put(&mut f, Field::Nic(mac), net, InPlace);
         if let Some(b) = &i.bandwidth {
-            put(&mut f, format!("{key}.rate"), b.describe(), InPlace);
+            put(&mut f, Field::NicRate(mac), b.describe(), InPlace);
         }
     }
     let state = match o.state {
@@ -228,7 +424,7 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
         crate::host::observed::DomainState::Shutoff => "stopped",
         crate::host::observed::DomainState::Other => "other",
     };
-    put(&mut f, "state", state, State);
+    put(&mut f, Field::State, state, State);
     f
 }
 
@@ -238,4 +434,34 @@ pub fn spec_hash(fields: &Fields) -> String {
     crate::lab::ownership::spec_hash(
         fields.iter().filter(|(_, v)| v.class != FieldClass::State).map(|(k, v)| (k.as_str(), v.value.as_str())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field reads back from the path it shows (saved plans store the path), and
+    /// fields order as their paths do (plans and spec hashes keep the order they had).
+    #[test]
+    fn fields_round_trip_through_their_paths_and_sort_by_them() {
+        let mac: MacAddr = "52:54:00:ab:cd:ef".parse().unwrap();
+        let paths = "mode bridge stp subnet gateway dhcp dhcp_ping autostart active hypervisor memory vcpus \
+                     boot.kernel boot.initrd boot.cmdline disk cloud_init state persistent snapshots owner path \
+                     dhcp_host[52:54:00:ab:cd:ef] cloud_init.user-data nic[52:54:00:ab:cd:ef] \
+                     nic[52:54:00:ab:cd:ef].rate nic[52:54:00:ab:cd:ef].netem nic[52:54:00:ab:cd:ef].bridge";
+        let all: Vec<Field> = paths.split_whitespace().map(|p| p.parse().expect(p)).collect();
+        for (f, p) in all.iter().zip(paths.split_whitespace()) {
+            assert_eq!(f.as_str(), p);
+            assert_eq!(serde_json::to_string(f).unwrap(), format!("{p:?}"));
+        }
+        assert_eq!(Field::NicRate(mac).to_string(), "nic[52:54:00:ab:cd:ef].rate");
+        let mut by_field = all.clone();
+        by_field.sort();
+        let mut by_path: Vec<String> = all.iter().map(Field::to_string).collect();
+        by_path.sort();
+        assert_eq!(by_field.iter().map(Field::to_string).collect::<Vec<_>>(), by_path);
+        for bad in ["", "nic[x]", "nic[52:54:00:ab:cd:ef].mtu", "memroy", "dhcp_host[52:54:00:ab:cd:ef"] {
+            assert!(bad.parse::<Field>().is_err(), "{bad}");
+        }
+    }
 }

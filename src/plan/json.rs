@@ -30,7 +30,7 @@ pub struct JsonChange<'a> {
 
 #[derive(Serialize)]
 pub struct JsonField<'a> {
-    pub path: &'a str,
+    pub path: &'a super::fields::Field,
     pub before: Option<&'a str>,
     pub after: Option<&'a str>,
     pub forces_replacement: bool,

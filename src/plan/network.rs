@@ -5,14 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::change::render_failed;
 use super::change::{Action, Change, Detached, FieldChange, NicPlug, Op, Reason};
-use super::conflicts::{owner_address, retag};
-use super::diff::{all_fields, creation, deletion, diff, drifted};
+use super::diff::{all_fields, creation, deletion, diff, drifted, owner_address, retag};
 use super::vm::{interface_xml, wanted_netem};
 use crate::diag::Problem;
 use crate::host::observed::{DomainState, Observed, ObservedNetwork, Ownership};
 use crate::lab::address::Address;
 use crate::lab::model::{Lab, MacAddr, ManagedNetwork, Network, NetworkKind, Reservation};
-use crate::plan::fields::{self, Fields};
+use crate::plan::fields::{self, Field, Fields};
 
 /// Whether the lab network `m`, observed as `o`, must be replaced (a field that cannot
 /// change in place differs).
@@ -69,7 +68,7 @@ pub(super) fn release_network(net: &Network, o: &ObservedNetwork) -> Change {
         action: Action::Update,
         reasons: vec![Reason::Released],
         fields: vec![FieldChange {
-            path: "owner".into(),
+            path: Field::Owner,
             before: o.owner.as_ref().map(|t| format!("lab {}", t.lab)),
             after: Some("none (external)".into()),
             forces_replacement: false,
@@ -139,7 +138,7 @@ pub(super) fn plan_network(
     let obs = fields::observed_network(o, &desired);
     let mut changed = diff(&desired, &obs);
     let mut reasons = Vec::new();
-    let mut config_changed = changed.iter().any(|f| f.path != "active");
+    let mut config_changed = changed.iter().any(|f| f.path != Field::Active);
     if config_changed {
         reasons.push(if drifted(o.owner.as_ref(), &desired) { Reason::Drift } else { Reason::LabFileChanged });
     }
@@ -151,7 +150,7 @@ pub(super) fn plan_network(
         config_changed = true;
     }
     if replaced.contains(&net.libvirt_name) {
-        let forced: Vec<String> = changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
+        let forced: Vec<Field> = changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
         reasons.push(Reason::RequiresReplace { fields: forced });
         let (blast, ops) = replace_ops(lab, net, m, o, observed, define)?;
         return Ok(Some(Change {
@@ -159,7 +158,7 @@ pub(super) fn plan_network(
             libvirt_name: net.libvirt_name.clone(),
             action: Action::Replace,
             reasons,
-            fields: changed.into_iter().filter(|f| f.path != "active").collect(),
+            fields: changed.into_iter().filter(|f| f.path != Field::Active).collect(),
             blast_radius: blast,
             after: Vec::new(),
             ops,

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::fields::Field;
 use super::{Action, Change, Plan};
 
 /// Terminal colours, or none.
@@ -59,7 +60,7 @@ fn quote(v: &Option<String>) -> String {
 
 /// Fields whose value is a list of kernel parameters: an update is shown as a diff of the
 /// parameters, one per line, rather than two long strings.
-const PARAMETER_LISTS: &[&str] = &["boot.cmdline"];
+const PARAMETER_LISTS: &[Field] = &[Field::BootCmdline];
 
 /// Unchanged lines shown around each changed one in a long text's diff; the rest are
 /// counted in a `# (N unchanged lines hidden)` line, as Terraform does.
@@ -78,7 +79,7 @@ fn text_lines(f: &super::FieldChange) -> Option<(String, String)> {
         return differ((text(&f.before), text(&f.after)));
     }
     match (&f.before, &f.after) {
-        (Some(b), Some(a)) if PARAMETER_LISTS.contains(&f.path.as_str()) => {
+        (Some(b), Some(a)) if PARAMETER_LISTS.contains(&f.path) => {
             let words = |s: &str| s.split_whitespace().map(|w| format!("{w}\n")).collect::<String>();
             differ((words(b), words(a)))
         }
@@ -166,7 +167,7 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         }
         let (kind, name) = (c.address.kind(), c.address.name());
         let _ = writeln!(out, "{} {kind} {name:?} {{", style.paint(color, sym));
-        let width = c.fields.iter().map(|f| f.path.len()).max().unwrap_or(0);
+        let width = c.fields.iter().map(|f| f.path.as_str().len()).max().unwrap_or(0);
         for f in &c.fields {
             let (mark, mark_color) = match (&f.before, &f.after) {
                 (None, Some(_)) => ("+", ADDED),
@@ -236,7 +237,7 @@ mod tests {
 
     fn field(path: &str, before: Option<&str>, after: Option<&str>) -> FieldChange {
         FieldChange {
-            path: path.into(),
+            path: path.parse().expect("a field"),
             before: before.map(str::to_owned),
             after: after.map(str::to_owned),
             forces_replacement: false,
@@ -289,18 +290,18 @@ mod tests {
                     line 20
         ");
         // A creation lists every line as added; a final newline alone is no difference.
-        insta::assert_snapshot!(diff(&field("x", None, Some("a\nb"))).unwrap(), @r"
+        insta::assert_snapshot!(diff(&field("cloud_init.x", None, Some("a\nb"))).unwrap(), @r"
                   + a
                   + b
         ");
-        assert!(diff(&field("x", Some("a\nb"), Some("a\nb\n"))).is_none());
+        assert!(diff(&field("cloud_init.x", Some("a\nb"), Some("a\nb\n"))).is_none());
     }
 
     #[test]
     fn heredoc_in_the_plan() {
         let f = field("boot.cmdline", Some("console=ttyS0 quiet"), Some("console=ttyS0"));
         let before: String = (1..=12).map(|i| format!("l{i}\n")).collect();
-        let g = field("user_data", Some(&before), Some(&before.replace("l12\n", "l12\nl13\n")));
+        let g = field("cloud_init.user-data", Some(&before), Some(&before.replace("l12\n", "l12\nl13\n")));
         let change = crate::plan::Change {
             // Invariant: a valid address literal.
             address: "vm.a".parse().expect("an address"),
@@ -321,7 +322,7 @@ mod tests {
         for want in [
             "  \x1b[1m# vm.a (lab-a) will be updated in place\x1b[0m\n",
             "\x1b[33m  ~\x1b[0m vm \"a\" {\n",
-            "      \x1b[33m~\x1b[0m boot.cmdline = <<-EOT\x1b[33m # restarts the VM\x1b[0m\n",
+            "      \x1b[33m~\x1b[0m boot.cmdline         = <<-EOT\x1b[33m # restarts the VM\x1b[0m\n",
             "          \x1b[31m-\x1b[0m quiet\n",
             "          \x1b[32m+\x1b[0m l13\n",
             "\x1b[1mPlan:\x1b[0m 0 to add",

@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::change::{Action, Change, FieldChange, NicPlug, Op, Reason, Shutdown, render_failed};
-use super::conflicts::{owner_address, retag};
-use super::diff::{all_fields, creation, deletion, diff, drifted};
+use super::diff::{all_fields, creation, deletion, diff, drifted, owner_address, retag};
 use super::volume::{Pool, deleted_volumes, domain_volumes, kept_top, snapshot_removal};
 use crate::diag::Problem;
 use crate::host::hypervisor::VolumeSpec;
@@ -14,7 +13,7 @@ use crate::lab::address::Address;
 use crate::lab::impair::Netem;
 use crate::lab::model::{Lab, MacAddr, Nic, Vm, VmState};
 use crate::lab::ownership::OVERLAY_POOL;
-use crate::plan::fields::{self, Fields};
+use crate::plan::fields::{self, Field, Fields};
 
 pub(super) fn delete_domain(
     lab: &Lab,
@@ -175,7 +174,7 @@ pub(super) fn unplugged_nics(
         }
         let xml = interface_xml(lab, vm, nic)?;
         let field = FieldChange {
-            path: format!("nic[{}].bridge", nic.mac),
+            path: Field::NicBridge(nic.mac),
             before: Some(link.bridge.clone().unwrap_or_else(|| "none".into())),
             after: Some(want.clone()),
             forces_replacement: false,
@@ -203,7 +202,7 @@ pub(super) fn wanted_netem(nic: &crate::lab::model::Nic) -> Option<Netem> {
 pub(super) fn bandwidth_ops(vm: &Vm, changed: &[FieldChange], ops: &[Op]) -> Vec<Op> {
     vm.nics
         .iter()
-        .filter(|nic| changed.iter().any(|f| f.path == format!("nic[{}].rate", nic.mac)))
+        .filter(|nic| changed.iter().any(|f| f.path == Field::NicRate(nic.mac)))
         .filter(|nic| !ops.iter().any(|op| matches!(op, Op::AttachNic { mac, .. } if *mac == nic.mac)))
         .map(|nic| Op::SetBandwidth { mac: nic.mac, rate: nic.impairment.rate })
         .collect()
@@ -262,7 +261,7 @@ pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec
         }
         let show = |n: Option<Netem>| n.map_or_else(|| "none".to_string(), |n| n.to_string());
         fields.push(FieldChange {
-            path: format!("nic[{}].netem", nic.mac),
+            path: Field::NicNetem(nic.mac),
             before: Some(if link.qdiscs.is_some() { show(have) } else { "unknown (tc could not read the tap)".into() }),
             after: Some(show(want)),
             forces_replacement: false,
@@ -294,7 +293,7 @@ pub(super) fn plan_vm(
     let mut d = Delta::of(&w, o);
     let gone = deleted_volumes(lab, vm, o, observed, w.seed_name());
     d.deleted_outside_topo(&w, &gone);
-    let forced: Vec<String> = d.changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
+    let forced: Vec<Field> = d.changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
     if !forced.is_empty() {
         return Ok(Some(replace_vm(&w, o, observed, d, forced, define)));
     }
@@ -313,7 +312,7 @@ impl Delta {
     fn of(w: &Wanted, o: &ObservedDomain) -> Self {
         let obs = fields::observed_vm(w.lab, o, &w.desired);
         let mut changed = diff(&w.desired, &obs);
-        let mut config_changed = changed.iter().any(|f| f.path != "state");
+        let mut config_changed = changed.iter().any(|f| f.path != Field::State);
         for f in pending_restart(w.lab, o, &w.desired) {
             if !changed.iter().any(|c| c.path == f.path) {
                 changed.push(f);
@@ -335,7 +334,7 @@ impl Delta {
     }
 
     /// Adds the VM's volumes deleted outside topo (`gone`, from [`deleted_volumes`]).
-    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(&'static str, String)]) {
+    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(Field, String)]) {
         if gone.is_empty() {
             return;
         }
@@ -343,11 +342,11 @@ impl Delta {
         for (path, name) in gone {
             // The overlay's content is lost: the VM is replaced. The seed is the same
             // content again (its name is its hash): uploaded in place.
-            let overlay = *path == "disk";
+            let overlay = *path == Field::Disk;
             if !self.changed.iter().any(|f| f.path == *path) {
-                let after = w.desired.get(*path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
+                let after = w.desired.get(path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
                 self.changed.push(FieldChange {
-                    path: path.to_string(),
+                    path: path.clone(),
                     before: Some(format!("{name} (deleted outside topo)")),
                     after: Some(after),
                     forces_replacement: overlay,
@@ -381,7 +380,7 @@ fn create_vm(w: &Wanted, define: Op) -> Change {
         for nic in &vm.nics {
             if let Some(n) = wanted_netem(nic) {
                 c.fields.push(FieldChange {
-                    path: format!("nic[{}].netem", nic.mac),
+                    path: Field::NicNetem(nic.mac),
                     before: None,
                     after: Some(n.to_string()),
                     forces_replacement: false,
@@ -394,7 +393,7 @@ fn create_vm(w: &Wanted, define: Op) -> Change {
     if !w.run {
         // Created stopped: said, since "will be created" reads as running.
         c.fields.push(FieldChange {
-            path: "state".into(),
+            path: Field::State,
             before: None,
             after: Some(vm.state.to_string()),
             forces_replacement: false,
@@ -412,7 +411,7 @@ fn replace_vm(
     o: &ObservedDomain,
     observed: &Observed,
     mut d: Delta,
-    forced: Vec<String>,
+    forced: Vec<Field>,
     define: Op,
 ) -> Change {
     let (lab, vm) = (w.lab, w.vm);
@@ -445,7 +444,7 @@ fn replace_vm(
         action: Action::Replace,
         reasons: d.reasons,
         // The run state a replacement ends in is shown when the file asks for `stopped`.
-        fields: d.changed.into_iter().filter(|f| f.path != "state" || !run).collect(),
+        fields: d.changed.into_iter().filter(|f| f.path != Field::State || !run).collect(),
         blast_radius: Vec::new(),
         after: Vec::new(),
         ops,
@@ -464,11 +463,11 @@ fn update_vm(
     observed: &Observed,
     replaced: &BTreeSet<String>,
     mut d: Delta,
-    gone: &[(&'static str, String)],
+    gone: &[(Field, String)],
     define: Op,
 ) -> Result<Option<Change>, Problem> {
     let vm = w.vm;
-    let restart: Vec<String> = d.changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
+    let restart: Vec<Field> = d.changed.iter().filter(|f| f.restarts).map(|f| f.path.clone()).collect();
     let mut ops = Vec::new();
     // The VM keeps its disk: a define keeps the file its disk opens now (the top layer of
     // an external snapshot above the lab's overlay, or the overlay by the path the domain
@@ -478,7 +477,7 @@ fn update_vm(
         (None, None) => Some(define),
         (disk, seed) => Some(w.define(Some(o), (disk, seed))?),
     };
-    if gone.iter().any(|(path, _)| *path == "cloud_init") {
+    if gone.iter().any(|(path, _)| *path == Field::CloudInit) {
         // First: a start or restart below needs it.
         ops.extend(w.seed_volume());
     }
@@ -487,7 +486,7 @@ fn update_vm(
         // stops, so its config is defined again before any stop below (and only once).
         d.reasons.push(Reason::UndefinedOutsideTopo);
         d.push_field(FieldChange {
-            path: "persistent".into(),
+            path: Field::Persistent,
             before: Some("no (transient)".into()),
             after: Some("yes".into()),
             forces_replacement: false,

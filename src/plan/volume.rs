@@ -8,6 +8,7 @@ use crate::host::observed::{DomainState, Observed, ObservedDomain, Ownership};
 use crate::lab::address::Address;
 use crate::lab::model::{Lab, Vm};
 use crate::lab::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
+use crate::plan::fields::Field;
 
 /// The shared overlay pool as the plan sees it: where volumes go, and whether a step must
 /// create or start it first.
@@ -42,7 +43,7 @@ impl Pool {
             None => (Action::Create, vec![Reason::PoolNeeded]),
         };
         let fields = vec![FieldChange {
-            path: "path".into(),
+            path: Field::Path,
             before: (action == Action::Update).then(|| self.path.clone()),
             after: Some(self.path.clone()),
             forces_replacement: false,
@@ -182,7 +183,7 @@ pub(super) fn snapshot_removal(d: &ObservedDomain) -> Option<(Op, Reason, FieldC
         Op::DeleteSnapshotMetadata { names: d.snapshots.clone() },
         Reason::Snapshots { names: d.snapshots.clone() },
         FieldChange {
-            path: "snapshots".into(),
+            path: Field::Snapshots,
             before: Some(d.snapshots.join(", ")),
             after: None,
             forces_replacement: false,
@@ -232,7 +233,7 @@ pub(super) fn orphaned_volumes(lab: &Lab, observed: &Observed, changes: &[Change
                 Reason::Orphaned
             }],
             fields: vec![FieldChange {
-                path: "path".into(),
+                path: Field::Path,
                 before: Some(v.path.clone()),
                 after: None,
                 forces_replacement: false,
@@ -287,8 +288,8 @@ pub(super) fn kept_top(o: &ObservedDomain, observed: &Observed, pool: &Pool, vol
 }
 
 /// The volumes of the VM that its domain uses under the names the lab file asks for but
-/// that the overlay pool no longer has (deleted outside topo): `("disk", overlay name)`,
-/// `("cloud_init", seed name)` (`seed`: the seed's volume name, when cloud-init is on).
+/// that the overlay pool no longer has (deleted outside topo): `(Field::Disk, overlay name)`,
+/// `(Field::CloudInit, seed name)` (`seed`: the seed's volume name, when cloud-init is on).
 /// Only an active pool lists its volumes: with the pool
 /// inactive or missing nothing is known (the pool is started or created by the plan, and
 /// the next plan looks again).
@@ -298,11 +299,11 @@ pub(super) fn deleted_volumes(
     o: &ObservedDomain,
     observed: &Observed,
     seed: Option<String>,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(Field, String)> {
     let Some(pool) = observed.pool.as_ref().filter(|p| p.active) else { return Vec::new() };
     let path = |name: &str| format!("{}/{name}", pool.path.trim_end_matches('/'));
-    let overlay = vm.overlay_name(&lab.name).map(|n| ("disk", n));
-    let seed = seed.map(|n| ("cloud_init", n));
+    let overlay = vm.overlay_name(&lab.name).map(|n| (Field::Disk, n));
+    let seed = seed.map(|n| (Field::CloudInit, n));
     overlay
         .into_iter()
         .chain(seed)

@@ -108,7 +108,7 @@ pub fn status(
     let pending = |addr: &Address| -> Option<String> {
         let c = plan?.changes.iter().find(|c| c.address == *addr && c.action != Action::NoOp)?;
         let drift = c.reasons.contains(&Reason::Drift);
-        let fields: Vec<&str> = c.fields.iter().map(|f| f.path.as_str()).collect();
+        let fields: Vec<_> = c.fields.iter().map(|f| f.path.as_str()).collect();
         Some(format!("{}: {}", if drift { "drifted" } else { "changes pending" }, fields.join(", ")))
     };
     let mut resources = Vec::new();
