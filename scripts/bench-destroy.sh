@@ -20,37 +20,13 @@
 # One sandbox per host (docs/e2e.md): nothing else may use it meanwhile.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-SBX=$HERE/sandbox.sh
 N=${N:-3}
 PROFILE=${PROFILE:-debug}
 KINDS=${KINDS:-acpi noacpi}
 read -r -a DESTROY_ARGS <<<"${DESTROY_ARGS:-}"
-eval "$("$SBX" env)"
-export LIBVIRT_DEFAULT_URI TOPO_NETNS TOPO_GUEST_DIR
-NS=$TOPO_NETNS
-log() { echo "bench: $*" >&2; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-secs() { awk -v ms="$1" 'BEGIN{printf "%.2f", ms/1000}'; }
-
-WORK=$(mktemp -d)
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  rm -rf "$WORK"
-  if [ "${KEEP:-0}" = 1 ]; then log "KEEP=1: sandbox left up"; else "$SBX" down >&2 || rc=1; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"$SBX" up >&2
-"$HERE/mkguest.sh" >&2
-cd "$ROOT"
-flag=()
-[ "$PROFILE" = release ] && flag=(--release)
-cargo build -q "${flag[@]}" --bin topo
-cp "${CARGO_TARGET_DIR:-target}/$PROFILE/topo" "$WORK/topo"
+# shellcheck source=scripts/bench-common.sh
+. "$HERE/bench-common.sh"
+bench_setup
 TOPO=(ip netns exec "$NS" "$WORK/topo")
 DOMS=(demo-deb1 demo-deb2 demo-deb3)
 NETS=(demo-outside demo-local_net)

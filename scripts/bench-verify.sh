@@ -20,39 +20,16 @@
 #      as scripts/sandbox.sh: TOPO_NETNS, TOPO_SANDBOX_STATE, TOPO_GUEST_DIR.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$HERE")
-SBX=$HERE/sandbox.sh
 N=${N:-10}
 N_APPLY=${N_APPLY:-3}
 PROFILE=${PROFILE:-debug}
+# `|| true`: under `set -e` a failing last command of an && list would end the exit trap
+# before the sandbox is down (seen: a dead poller left libvirtd up, holding the sandbox lock).
+bench_cleanup_extra() { [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null || true; }
+# shellcheck source=scripts/bench-common.sh
+. "$HERE/bench-common.sh"
 LAB=${LAB:-$ROOT/topologies/demo.yaml}
-eval "$("$SBX" env)"
-export LIBVIRT_DEFAULT_URI TOPO_NETNS TOPO_GUEST_DIR
-NS=$TOPO_NETNS
-log() { echo "bench: $*" >&2; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-WORK=$(mktemp -d)
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  # `|| true`: under `set -e` a failing last command of an && list ends the trap here, before
-  # the sandbox is down (seen: a dead poller left libvirtd up, holding the sandbox lock).
-  [ -n "${POLLER:-}" ] && kill "$POLLER" 2>/dev/null || true
-  rm -rf "$WORK"
-  if [ "${KEEP:-0}" = 1 ]; then log "KEEP=1: sandbox left up"; else "$SBX" down >&2 || rc=1; fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-"$SBX" up >&2
-"$HERE/mkguest.sh" >&2
-cd "$ROOT"
-flag=()
-[ "$PROFILE" = release ] && flag=(--release)
-cargo build -q "${flag[@]}" --bin topo
-cp "${CARGO_TARGET_DIR:-target}/$PROFILE/topo" "$WORK/topo"
+bench_setup
 TOPO="ip netns exec $NS $WORK/topo"
 NAME=$(awk '/^name:/{print $2; exit}' "$LAB")
 
