@@ -242,23 +242,7 @@ fn overlay_pool_and_orphaned_volume() {
     std::fs::create_dir_all(dir).unwrap();
     let image = dir.join("base.qcow2");
     std::fs::copy("tests/fixtures/images/base.qcow2", &image).unwrap();
-    let text = format!(
-        "\
-apiVersion: topo/v1
-name: disky
-networks:
-  net:
-    mode: isolated
-    subnet: 10.80.0.0/24
-vms:
-  box:
-    hypervisor: qemu
-    boot: {{kernel: boot/vmlinuz}}
-    disk: {{image: {}, size: 1GiB}}
-    nics: [{{network: net, ip: 10.80.0.5}}]
-",
-        image.display()
-    );
+    let text = DISK_LAB.replace("images/base.qcow2", &image.display().to_string());
     let hv = MemoryHypervisor::new();
     let l = lab(&text);
     hv.fail_on(
