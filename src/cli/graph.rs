@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use super::{GlobalArgs, Outcome};
-use crate::plan::graph::LabGraph;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum GraphFormat {
@@ -25,10 +24,9 @@ pub struct GraphArgs {
 pub fn run(global: &GlobalArgs, args: &GraphArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab(&file, global)?;
-    let graph = LabGraph::build(&lab)?;
     let text = match args.format {
-        GraphFormat::Dot => graph.to_dot(&lab),
-        GraphFormat::Mermaid => graph.to_mermaid(&lab),
+        GraphFormat::Dot => crate::plan::graph::to_dot(&lab),
+        GraphFormat::Mermaid => crate::plan::graph::to_mermaid(&lab),
     };
     crate::out!("{text}")?;
     Ok(Outcome::Ok)

@@ -12,7 +12,6 @@ use crate::lab::address::Address;
 use crate::lab::impair::{Netem, Rate};
 use crate::lab::model::MacAddr;
 use crate::plan::fields::Field;
-use crate::plan::graph::GraphError;
 
 /// What will happen to one resource. A closed vocabulary: renderers and apply match it
 /// exhaustively.
@@ -478,9 +477,6 @@ pub enum PlanError {
         #[source_code]
         src: Arc<NamedSource<String>>,
     },
-    #[error(transparent)]
-    #[diagnostic(transparent)]
-    Graph(#[from] GraphError),
     /// The plan's steps wait for each other in a cycle: a bug in topo, since the rules of the
     /// resource graph exclude it (docs/apply.md, "Order").
     #[error("internal error: the plan's steps wait for each other in a cycle: {}", cycle.join(" -> "))]

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use crate::host::observed::{Observed, Ownership};
 use crate::lab::address::Address;
 use crate::lab::model::{Lab, NetworkKind};
-use crate::plan::graph::{LabGraph, Node};
 
 pub use change::{Action, Change, Detached, FieldChange, NicPlug, Op, Plan, PlanError, Reason, Shutdown, Summary};
 use conflicts::{check_conflicts, refused};
@@ -34,7 +33,6 @@ use volume::{Pool, disks_in_use, orphaned_volumes};
 
 /// Plans `lab` against `observed`. Pure: reads its arguments only. `uri` is for messages.
 pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError> {
-    let graph = LabGraph::build(lab)?;
     check_conflicts(lab, observed, uri)?;
     let pool = Pool::of(observed);
     let mut changes = Vec::new();
@@ -77,17 +75,11 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     // A definition that cannot be rendered refuses the plan (one problem per resource),
     // never a change planned without its step.
     let mut unrendered = Vec::new();
-    for node in graph.create_order() {
-        let change = match node {
-            Node::Network(name) => match lab.networks.get(name) {
-                Some(net) => plan_network(lab, net, observed, &replaced_networks),
-                None => continue,
-            },
-            Node::Vm(name) => match lab.vms.get(name) {
-                Some(vm) => plan_vm(lab, vm, observed, &pool, &replaced_networks),
-                None => continue,
-            },
-        };
+    // Creation in the lab file's order (networks, then VMs, each by name): the steps' order is
+    // their `after` lists, from the resource graph; this order is only the plan's display.
+    let networks = lab.networks.values().map(|net| plan_network(lab, net, observed, &replaced_networks));
+    let vms = lab.vms.values().map(|vm| plan_vm(lab, vm, observed, &pool, &replaced_networks));
+    for change in networks.chain(vms) {
         match change {
             Ok(Some(c)) => changes.push(c),
             Ok(None) => {}
@@ -117,8 +109,9 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
 /// the lab file; VMs (forced off with `Shutdown::Force`, as `topo destroy` does unless asked
 /// for `--graceful`) and their volumes first, then orphaned volumes, then networks. Objects
-/// in the file go in the graph's `delete_order` (exactly the reverse of creation); owned
-/// objects no longer in the file go first within their kind, by name. Pure, like `plan`.
+/// in the file go in the reverse of the plan's creation order; owned objects no longer in
+/// the file go first within their kind, by name. The steps' order is their `after` lists,
+/// from the resource graph (the destroy-edge transform, [`order`]). Pure, like `plan`.
 pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
     plan_destroy_with(lab, observed, Shutdown::Force)
 }
@@ -126,13 +119,9 @@ pub fn plan_destroy(lab: &Lab, observed: &Observed) -> Plan {
 /// [`plan_destroy`] with the given way of stopping running VMs.
 pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> Plan {
     let pool = Pool::of(observed);
-    let graph = LabGraph::build(lab).ok();
-    // Position of each address in the reverse creation order; a lab whose graph cannot be
-    // built (a cycle) keeps name order.
-    let rank: BTreeMap<Address, usize> = graph
-        .as_ref()
-        .map(|g| g.delete_order().iter().enumerate().map(|(i, n)| (n.address(), i + 1)).collect())
-        .unwrap_or_default();
+    // Objects in the file go in reverse creation order (VMs, then networks, each by name
+    // descending); owned objects no longer in the file (rank 0) go first within their kind.
+    let rank = delete_rank(lab);
     let by_rank = |c: &Change| rank.get(&c.address).copied().unwrap_or(0);
     let mut changes: Vec<Change> = observed
         .domains
@@ -169,6 +158,13 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
         tracing::error!("{e}");
     }
     Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings: Vec::new() }
+}
+
+/// The position of each lab resource in the reverse of the plan's creation order, from 1.
+fn delete_rank(lab: &Lab) -> BTreeMap<Address, usize> {
+    let vms = lab.vms.keys().rev().map(|v| Address::Vm(v.clone()));
+    let networks = lab.networks.keys().rev().map(|n| Address::Network(n.clone()));
+    vms.chain(networks).enumerate().map(|(i, a)| (a, i + 1)).collect()
 }
 
 fn lab_has(lab: &Lab, address: &Address) -> bool {
