@@ -398,18 +398,19 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
 }
 
 /// After apply: the plan of `lab` on the host as `observed` again (by
-/// `session::Session::converged`) must be empty for the `targets` (empty: the whole lab)
-/// and what they depend on; any remaining change is an inconsistent result.
+/// `session::Session::converged`) must be empty for what the targets `reach` (the whole lab
+/// without targets); any remaining change is an inconsistent result.
 ///
 /// # Errors
 /// [`ApplyError::Inconsistent`] with each change left (or the planner's refusal).
-pub fn check_converged_on(lab: &Lab, observed: &Observed, uri: &str, targets: &[Address]) -> Result<(), ApplyError> {
+pub fn check_converged_on(
+    lab: &Lab,
+    observed: &Observed,
+    uri: &str,
+    reach: &crate::plan::target::Reach,
+) -> Result<(), ApplyError> {
     let plan = match crate::plan::plan(lab, observed, uri) {
-        Ok(p) if targets.is_empty() => p,
-        Ok(p) => {
-            let reach = crate::plan::target::closure(lab, observed, targets, crate::plan::target::Direction::Apply);
-            crate::plan::target::restrict(p, &reach, targets)
-        }
+        Ok(p) => reach.cut(p, &[]),
         Err(e) => return Err(ApplyError::Inconsistent { details: vec![e.to_string()] }),
     };
     if plan.is_empty() {

@@ -130,6 +130,43 @@ pub fn restrict(full: Plan, closure: &BTreeSet<Address>, targets: &[Address]) ->
     Plan { lab: full.lab, changes, targets, warnings: full.warnings }
 }
 
+/// What the targets of a run reach on one observation ([`closure`]), computed once and used
+/// by every cut made on that observation: the plan, its warnings, the convergence check,
+/// the NICs verified. No targets: the whole lab.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach(Option<BTreeSet<Address>>);
+
+impl Reach {
+    /// The whole lab (no `--target`).
+    pub fn whole() -> Self {
+        Reach(None)
+    }
+
+    /// What `targets` reach on `observed` in `direction`; [`Reach::whole`] when there are none.
+    pub fn of(lab: &Lab, observed: &Observed, targets: &[Address], direction: Direction) -> Self {
+        Reach((!targets.is_empty()).then(|| closure(lab, observed, targets, direction)))
+    }
+
+    /// Whether `a` is reached (always, for the whole lab).
+    pub fn contains(&self, a: &Address) -> bool {
+        self.0.as_ref().is_none_or(|r| r.contains(a))
+    }
+
+    /// The VMs reached; `None` for the whole lab.
+    pub fn vms(&self) -> Option<BTreeSet<crate::lab::model::VmName>> {
+        self.0.as_ref().map(reached_vms)
+    }
+
+    /// `full` cut to what is reached ([`restrict`]), recording `targets`; unchanged for the
+    /// whole lab.
+    pub fn cut(&self, full: Plan, targets: &[Address]) -> Plan {
+        match &self.0 {
+            Some(r) => restrict(full, r, targets),
+            None => full,
+        }
+    }
+}
+
 /// Checks and applies `targets` to `full` (nothing to do when there are none).
 pub fn targeted(
     lab: &Lab,
@@ -138,15 +175,25 @@ pub fn targeted(
     targets: &[Address],
     direction: Direction,
 ) -> Result<Plan, UnknownTarget> {
+    targeted_in(lab, observed, full, targets, &Reach::of(lab, observed, targets, direction))
+}
+
+/// [`targeted`] with what the targets reach on `observed` already known.
+pub fn targeted_in(
+    lab: &Lab,
+    observed: &Observed,
+    full: Plan,
+    targets: &[Address],
+    reach: &Reach,
+) -> Result<Plan, UnknownTarget> {
     if targets.is_empty() {
         return Ok(full);
     }
     check(lab, &full, targets)?;
-    let reach = closure(lab, observed, targets, direction);
-    let mut plan = restrict(full, &reach, targets);
+    let mut plan = reach.cut(full, targets);
     // Warnings about the VMs the plan reaches only.
     let file = lab.source.name();
-    plan.warnings = super::paths::warnings_for(lab, observed, Some(&reached_vms(&reach)))
+    plan.warnings = super::paths::warnings_for(lab, observed, reach.vms().as_ref())
         .iter()
         .map(|w| crate::diag::JsonProblem::of(&file, &lab.source.text, w))
         .collect();

@@ -24,7 +24,7 @@ use crate::host::observed::Observed;
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
 use crate::plan::Plan;
-use crate::plan::target::Direction;
+use crate::plan::target::{Direction, Reach};
 use crate::verify::{NicProgress, VerifyReport};
 
 /// The name a lab gives a libvirt host. One host today, [`HostName::DEFAULT`]; labs across
@@ -245,13 +245,11 @@ impl<'h> Session<'h> {
     /// [`Session::observe`], announced on `ui`, with the files no pool can speak for warned
     /// about, each at its place in the lab file (with `targets`, only those of the VMs the
     /// plan reaches). Missing ones are the plan's refusals.
-    fn observe_announced(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> Result<Observed, HvError> {
+    fn observe_announced(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> Result<(Observed, Reach), HvError> {
         ui.status(&format!("Observing {} ...", self.uri()));
         let observed = self.observe(lab)?;
-        let only = (!targets.is_empty()).then(|| {
-            crate::plan::target::reached_vms(&crate::plan::target::closure(lab, &observed, targets, Direction::Apply))
-        });
-        let warnings = crate::plan::paths::warnings_for(lab, &observed, only.as_ref());
+        let reach = Reach::of(lab, &observed, targets, Direction::Apply);
+        let warnings = crate::plan::paths::warnings_for(lab, &observed, reach.vms().as_ref());
         if !warnings.is_empty() {
             ui.warnings(crate::diag::Warnings {
                 path: lab.source.name(),
@@ -259,7 +257,7 @@ impl<'h> Session<'h> {
                 warnings: warnings.into_iter().map(crate::diag::Warning).collect(),
             });
         }
-        Ok(observed)
+        Ok((observed, reach))
     }
 
     /// `topo plan`: observes the host (announced on `ui`, with its warnings) and plans `lab`
@@ -268,8 +266,8 @@ impl<'h> Session<'h> {
     /// # Errors
     /// A libvirt call fails, the planner refuses, or a target is not in the lab.
     pub fn plan(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> miette::Result<Planned> {
-        let observed = self.observe_announced(lab, targets, ui)?;
-        let plan = self.plan_on(lab, &observed, targets)?;
+        let (observed, reach) = self.observe_announced(lab, targets, ui)?;
+        let plan = self.plan_in(lab, &observed, targets, &reach)?;
         Ok(Planned { plan, observed })
     }
 
@@ -278,8 +276,13 @@ impl<'h> Session<'h> {
     /// # Errors
     /// The planner refuses, or a target is not in the lab.
     pub fn plan_on(&self, lab: &Lab, observed: &Observed, targets: &[Address]) -> miette::Result<Plan> {
+        self.plan_in(lab, observed, targets, &Reach::of(lab, observed, targets, Direction::Apply))
+    }
+
+    /// [`Session::plan_on`] with what the targets reach on `observed` already known.
+    fn plan_in(&self, lab: &Lab, observed: &Observed, targets: &[Address], reach: &Reach) -> miette::Result<Plan> {
         let full = crate::plan::plan(lab, observed, &self.uri())?;
-        Ok(crate::plan::target::targeted(lab, observed, full, targets, Direction::Apply)?)
+        Ok(crate::plan::target::targeted_in(lab, observed, full, targets, reach)?)
     }
 
     /// Executes `plan`'s steps (no guard, no lock: [`Session::apply`] adds those), with
@@ -290,14 +293,16 @@ impl<'h> Session<'h> {
 
     /// After apply: observes `lab` again (as for a plan) and plans it; any change left for
     /// the `targets` (empty: the whole lab) and what they depend on is an inconsistent
-    /// result. Returns what was observed, for the verification that follows.
+    /// result. Returns what was observed and what the targets reach on it, for the
+    /// verification that follows.
     ///
     /// # Errors
     /// [`ApplyError::Inconsistent`] with each change left, or a failed observation.
-    pub fn converged(&self, lab: &Lab, targets: &[Address]) -> Result<Observed, ApplyError> {
+    pub fn converged(&self, lab: &Lab, targets: &[Address]) -> Result<(Observed, Reach), ApplyError> {
         let observed = self.observe(lab)?;
-        crate::apply::check_converged_on(lab, &observed, &self.uri(), targets)?;
-        Ok(observed)
+        let reach = Reach::of(lab, &observed, targets, Direction::Apply);
+        crate::apply::check_converged_on(lab, &observed, &self.uri(), &reach)?;
+        Ok((observed, reach))
     }
 
     /// Every lab on the host, from the owner tags alone (`topo list`).

@@ -12,7 +12,7 @@ use crate::host::observed::Observed;
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
 use crate::plan::saved::SavedPlan;
-use crate::plan::target::Direction;
+use crate::plan::target::{Direction, Reach};
 use crate::plan::{Action, Plan, Shutdown};
 use crate::results::Command;
 use crate::verify::{VerifyOptions, VerifyReport};
@@ -80,6 +80,8 @@ impl RunError {
 struct Ready {
     plan: Plan,
     observed: Observed,
+    /// What the plan's targets reach on `observed` (whole lab without targets).
+    reach: Reach,
     host: HostId,
     _lab_lock: LabLock,
     /// Held when there is something to execute.
@@ -99,10 +101,10 @@ impl Session<'_> {
     /// verification that could not run.
     pub fn apply(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
         let ready = self.ready(lab, req, ui).map_err(RunError::before)?;
-        let Ready { plan, observed, host, .. } = &ready;
+        let Ready { plan, observed, reach, host, .. } = &ready;
         if plan.is_empty() {
             let run = Run { plan: plan.clone(), executed: None, verified: None };
-            return self.verify_after(lab, run, observed, &BTreeMap::new(), req.verify.as_ref(), ui);
+            return self.verify_after(lab, run, (observed, reach), &BTreeMap::new(), req.verify.as_ref(), ui);
         }
         // A replaced VM gets a new disk and so new host keys: its pinned key is forgotten
         // first (a run killed after the replace must not leave the old key to refuse the new).
@@ -123,13 +125,13 @@ impl Session<'_> {
         if let Some(e) = failure(&report) {
             return Err(RunError::after(e, plan, report));
         }
-        let observed = match self.converged(lab, &plan.targets) {
+        let (observed, reach) = match self.converged(lab, &plan.targets) {
             Ok(o) => o,
             Err(e) => return Err(RunError::after(e, plan, report)),
         };
         let started = report.started.clone();
         let run = Run { plan, executed: Some(report), verified: None };
-        self.verify_after(lab, run, &observed, &started, req.verify.as_ref(), ui)
+        self.verify_after(lab, run, (&observed, &reach), &started, req.verify.as_ref(), ui)
     }
 
     /// Apply up to execution: the plan shown, checked and confirmed, and, when it changes
@@ -141,7 +143,7 @@ impl Session<'_> {
         let uri = self.uri();
         let host = self.host_id()?;
         let lab_lock = LabLock::acquire(lab.name.as_str(), &host, &uri, "topo apply")?;
-        let observed = self.observe_announced(lab, req.targets, ui)?;
+        let (observed, reach) = self.observe_announced(lab, req.targets, ui)?;
         // A saved plan runs exactly as reviewed, or not at all: refused when the lab file, the
         // URI or the host changed since it was made. Never planned again in its place.
         let mut plan = match req.saved {
@@ -149,15 +151,18 @@ impl Session<'_> {
                 saved.check_fresh(&lab.source.text, &uri, &observed)?;
                 saved.steps.clone()
             }
-            None => self.plan_on(lab, &observed, req.targets)?,
+            None => self.plan_in(lab, &observed, req.targets, &reach)?,
         };
+        // A saved plan records its own targets.
+        let reach =
+            if req.saved.is_some() { Reach::of(lab, &observed, &plan.targets, Direction::Apply) } else { reach };
         let file = lab.source.name();
         ui.plan(&plan, &file)?;
         // The plan shown passes the checks before anyone is asked to confirm it; the plan
         // executed passes them again under the host lock (it may be another one made there).
         crate::plan::check_executable(lab, &observed, &plan, &uri, Direction::Apply, req.disconnect_foreign)?;
         if plan.is_empty() {
-            return Ok(Ready { plan, observed, host, _lab_lock: lab_lock, _host_lock: None });
+            return Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: None });
         }
         // A saved plan was reviewed when it was made: applying it is the confirmation.
         if req.saved.is_none() {
@@ -183,28 +188,25 @@ impl Session<'_> {
             ui.plan(&again, &file)?;
             plan = again;
         }
-        Ok(Ready { plan, observed, host, _lab_lock: lab_lock, _host_lock: Some(host_lock) })
+        Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: Some(host_lock) })
     }
 
     /// After apply (or a plan with nothing to do): verifies the NICs of the VMs the plan
-    /// covered, on the host as `observed` last, each verified NIC's time counted from its
-    /// VM's start when apply `started` it.
+    /// covered (those `reach`es), on the host as `observed` last, each verified NIC's time
+    /// counted from its VM's start when apply `started` it.
     fn verify_after(
         &self,
         lab: &Lab,
         mut run: Run,
-        observed: &Observed,
+        (observed, reach): (&Observed, &Reach),
         started: &BTreeMap<String, Instant>,
         opts: Option<&VerifyOptions>,
         ui: &dyn Ui,
     ) -> Result<Run, RunError> {
         let Some(opts) = opts else { return Ok(run) };
         let mut targets = self.nic_targets(lab, observed);
-        if !run.plan.targets.is_empty() {
-            // A partial apply verifies the VMs it covered.
-            let reach = crate::plan::target::closure(lab, observed, &run.plan.targets, Direction::Apply);
-            targets.retain(|t| reach.contains(&Address::Vm(t.vm.clone())));
-        }
+        // A partial apply verifies the VMs it covered.
+        targets.retain(|t| reach.contains(&Address::Vm(t.vm.clone())));
         if targets.is_empty() {
             return Ok(run);
         }
@@ -235,7 +237,7 @@ impl Session<'_> {
     pub fn destroy(&self, lab: &Lab, req: &DestroyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
         let uri = self.uri();
         let host = self.host_id().map_err(|e| RunError::before(e.into()))?;
-        let (plan, observed, _lock) = self.destroy_plan(lab, req, &host, ui).map_err(RunError::before)?;
+        let (plan, observed, reach, _lock) = self.destroy_plan(lab, req, &host, ui).map_err(RunError::before)?;
         // The whole lab gone: so are its VMs' pinned host keys (verify::known_hosts).
         let forget_keys = || {
             if req.targets.is_empty()
@@ -268,13 +270,8 @@ impl Session<'_> {
             Ok(now) => crate::plan::plan_destroy(lab, &now),
             Err(e) => return Err(RunError::after(e, plan, report)),
         };
-        let left = if plan.targets.is_empty() {
-            left
-        } else {
-            // What the targets reached before the destroy: the rest of the lab stays.
-            let reach = crate::plan::target::closure(lab, &observed, &plan.targets, Direction::Destroy);
-            crate::plan::target::restrict(left, &reach, &plan.targets)
-        };
+        // What the targets reached before the destroy: the rest of the lab stays.
+        let left = reach.cut(left, &plan.targets);
         if !left.is_empty() {
             let details =
                 left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();
@@ -285,14 +282,14 @@ impl Session<'_> {
     }
 
     /// Destroy up to its plan: the lab lock, the host observed, another instance refused,
-    /// the plan cut to the targets.
+    /// the plan cut to the targets, and what they reach.
     fn destroy_plan(
         &self,
         lab: &Lab,
         req: &DestroyRequest<'_>,
         host: &HostId,
         ui: &dyn Ui,
-    ) -> miette::Result<(Plan, Observed, LabLock)> {
+    ) -> miette::Result<(Plan, Observed, Reach, LabLock)> {
         let uri = self.uri();
         let lock = LabLock::acquire(lab.name.as_str(), host, &uri, "topo destroy")?;
         ui.status(&format!("Observing {uri} ..."));
@@ -300,8 +297,9 @@ impl Session<'_> {
         crate::plan::check_instances(lab, &observed, &uri)?;
         let shutdown = if req.graceful.is_some() { Shutdown::Graceful } else { Shutdown::Force };
         let full = crate::plan::plan_destroy_with(lab, &observed, shutdown);
-        let plan = crate::plan::target::targeted(lab, &observed, full, req.targets, Direction::Destroy)?;
-        Ok((plan, observed, lock))
+        let reach = Reach::of(lab, &observed, req.targets, Direction::Destroy);
+        let plan = crate::plan::target::targeted_in(lab, &observed, full, req.targets, &reach)?;
+        Ok((plan, observed, reach, lock))
     }
 }
 

@@ -70,7 +70,7 @@ pub fn apply_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, 
 /// Whether the host converged to `lab` (for the `targets`; empty: the whole lab), as apply
 /// checks it after its steps ([`Session::converged`]).
 pub fn converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
-    Session::over(hv).converged(lab, targets)
+    Session::over(hv).converged(lab, targets).map(|(observed, _)| observed)
 }
 
 /// [`converged_for`] the whole lab.
