@@ -95,14 +95,14 @@ pub(super) fn network_define(
     o: Option<&ObservedNetwork>,
 ) -> Result<Op, Problem> {
     let hash = fields::spec_hash(desired);
-    let xml = match o.and_then(|o| o.mac) {
-        Some(kept) => crate::host::xml::network_xml_with_mac(lab, net, &hash, kept),
-        None => crate::host::xml::network_xml(lab, net, &hash),
-    }
-    .map_err(|e| render_failed(net.span, &format!("the network XML of {}", who(net)), e))?;
-    let uuid = o.and_then(|o| o.uuid.as_deref());
-    let bridge = o.and_then(|o| o.bridge.as_deref());
-    Ok(Op::DefineNetwork { xml: crate::host::xml::with_bridge(&crate::host::xml::with_uuid(&xml.xml, uuid), bridge) })
+    let kept = crate::host::xml::Kept {
+        uuid: o.and_then(|o| o.uuid.as_deref()),
+        bridge: o.and_then(|o| o.bridge.as_deref()),
+        mac: o.and_then(|o| o.mac),
+    };
+    let xml = crate::host::xml::network_xml_keeping(lab, net, &hash, kept)
+        .map_err(|e| render_failed(net.span, &format!("the network XML of {}", who(net)), e))?;
+    Ok(Op::DefineNetwork { xml: xml.xml })
 }
 
 /// `network.NAME (libvirt name)`, for messages.

@@ -89,9 +89,10 @@ impl<'a> Wanted<'a> {
         let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
         let seed = kept.1.or_else(|| self.seed_name().map(|name| pool.volume_path(&name)));
         let hash = fields::spec_hash(&self.desired);
-        let xml = crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &hash)
+        let uuid = o.and_then(|o| o.uuid.as_deref());
+        let xml = crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &hash, uuid)
             .map_err(|e| render_failed(vm.span, &format!("the domain XML of {}", who(vm)), e))?;
-        Ok(Op::DefineDomain { xml: crate::host::xml::with_uuid(&xml.xml, o.and_then(|o| o.uuid.as_deref())) })
+        Ok(Op::DefineDomain { xml: xml.xml })
     }
 }
 

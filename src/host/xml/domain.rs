@@ -18,6 +18,8 @@ struct DomainW<'a> {
     virt_type: &'static str,
     name: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    uuid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<MetadataW>,
     memory: MemoryW,
     vcpu: u32,
@@ -233,7 +235,7 @@ pub fn console_log_path(libvirt_name: &str) -> String {
 /// desired fields). `disk_path` is the VM's overlay image (the caller creates it); without
 /// it the domain has no disk. The emulator is left to libvirt.
 pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>, spec_hash: &str) -> Result<Rendered, XmlError> {
-    domain_xml_with_seed(lab, vm, disk_path, None, spec_hash)
+    domain_xml_with_seed(lab, vm, disk_path, None, spec_hash, None)
 }
 
 /// [`domain_xml`] with the VM's cloud-init seed volume (`seed_path`) attached read-only as
@@ -242,12 +244,16 @@ pub fn domain_xml(lab: &Lab, vm: &Vm, disk_path: Option<&str>, spec_hash: &str) 
 /// Boot: a VM with `boot:` boots its kernel directly (`<os><kernel>`); a VM without it
 /// boots from its overlay, which carries `<boot order='1'/>` (libvirt's per-device boot
 /// order; the BIOS then tries that disk alone, never the seed).
+///
+/// `uuid`: the UUID a domain that exists keeps ([`super::Kept::uuid`]); `None` lets libvirt
+/// generate one.
 pub fn domain_xml_with_seed(
     lab: &Lab,
     vm: &Vm,
     disk_path: Option<&str>,
     seed_path: Option<&str>,
     spec_hash: &str,
+    uuid: Option<&str>,
 ) -> Result<Rendered, XmlError> {
     let (kernel, initrd, cmdline) = match &vm.boot {
         Some(b) => (Some(path_str(&b.kernel)?), b.initrd.as_deref().map(path_str).transpose()?, b.cmdline.as_deref()),
@@ -261,6 +267,7 @@ pub fn domain_xml_with_seed(
     super::render_with_owner("domain", "domain", &tag, |metadata| DomainW {
         virt_type: vm.virt_type.as_str(),
         name: &vm.libvirt_name,
+        uuid,
         metadata,
         memory: MemoryW { unit: "KiB", value: vm.memory.kib() },
         vcpu: vm.vcpus,

@@ -25,7 +25,7 @@ pub use domain::{
     console_log_path, domain_xml, domain_xml_with_seed, interface_xml, live_taps, parse_domain, parse_interface,
 };
 pub use network::{
-    NetworkFlags, dhcp_host_xml, forward_mode, network_xml, network_xml_with_mac, parse_dhcp_host, parse_network,
+    NetworkFlags, dhcp_host_xml, forward_mode, network_xml, network_xml_keeping, parse_dhcp_host, parse_network,
 };
 pub use storage::{
     dir_pool_xml, overlay_volume_xml, parse_pool_path, parse_volume_backing, parse_volume_info, plain_interface_xml,
@@ -161,8 +161,27 @@ pub(crate) fn render_with_owner<T: Serialize>(
     Ok(Rendered { xml, spec_hash: tag.spec_hash.clone() })
 }
 
-/// Inserts `<uuid>` after the root's `<name>` element so that redefining keeps the object's
-/// identity (libvirt refuses a same-named definition with another UUID).
+/// What an existing object keeps when topo defines it again, as libvirt gave it: inputs of
+/// the rendering (Terraform's computed attributes), never compared by the planner. `None`
+/// fields are left to libvirt, as for a new object.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Kept<'a> {
+    /// The object's UUID: libvirt refuses a same-named definition with another UUID
+    /// (`virDomainObjListAddLocked`, `virNetworkObjAssignDef`: "already exists with uuid").
+    pub uuid: Option<&'a str>,
+    /// A network's bridge, used when its lab entry names none. Without it libvirt 9.0 gives
+    /// the new config another free `virbrN` while the running network stays on the old one,
+    /// so config and live bridge differ.
+    pub bridge: Option<&'a str>,
+    /// A network's bridge MAC (`<mac address>`): set at create and kept, so a network that an
+    /// older topo let libvirt give a random one is not changed for it.
+    pub mac: Option<crate::lab::model::MacAddr>,
+}
+
+/// Inserts `<uuid>` after the root's `<name>` element, as libvirt stores a definition that
+/// had none (it generates one): for the memory double and tests, which define XML rendered
+/// without [`Kept`]. The planner renders the UUID it keeps instead.
+#[cfg(any(test, feature = "testing"))]
 pub fn with_uuid(xml: &str, uuid: Option<&str>) -> String {
     match (uuid, xml.find("</name>")) {
         (Some(u), Some(at)) if !xml.contains("<uuid>") => {
@@ -174,9 +193,10 @@ pub fn with_uuid(xml: &str, uuid: Option<&str>) -> String {
     }
 }
 
-/// Redefining a network whose lab entry names no bridge keeps the bridge libvirt chose for
-/// it. Without a name, libvirt 9.0 gives the new config another free `virbrN` while the
-/// running network stays on the old one: config and live bridge then differ.
+/// Gives a network definition without a bridge name the bridge `bridge`, as libvirt stores a
+/// redefinition of a network that has one: for the memory double and tests. The planner
+/// renders the bridge it keeps ([`Kept::bridge`]) instead.
+#[cfg(any(test, feature = "testing"))]
 pub fn with_bridge(xml: &str, bridge: Option<&str>) -> String {
     let Some(b) = bridge else { return xml.to_string() };
     match xml.find("<bridge ") {

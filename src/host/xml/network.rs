@@ -4,7 +4,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DNSMASQ_NS, MetadataW, Rendered, XmlError, from_xml, netmask_to_prefix, prefix_to_netmask, read_ns_facts};
+use super::{
+    DNSMASQ_NS, Kept, MetadataW, Rendered, XmlError, from_xml, netmask_to_prefix, prefix_to_netmask, read_ns_facts,
+};
 use crate::host::observed::{ObservedHost, ObservedIp, ObservedMode, ObservedNetwork};
 use crate::lab::address::Address;
 use crate::lab::model::{DhcpRange, Lab, MacAddr, ManagedNetwork, Network, NetworkKind, NetworkMode, Reservation};
@@ -19,6 +21,8 @@ struct NetworkW<'a> {
     #[serde(rename = "@xmlns:dnsmasq", skip_serializing_if = "Option::is_none")]
     xmlns_dnsmasq: Option<&'static str>,
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uuid: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<MetadataW>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,19 +134,13 @@ fn ip_w(m: &ManagedNetwork) -> Option<IpW> {
 /// ([`MacAddr::derived_bridge`]). External networks are never rendered:
 /// `XmlError::External`.
 pub fn network_xml(lab: &Lab, net: &Network, spec_hash: &str) -> Result<Rendered, XmlError> {
-    network_xml_with_mac(lab, net, spec_hash, MacAddr::derived_bridge(&lab.name, &net.name))
+    network_xml_keeping(lab, net, spec_hash, Kept::default())
 }
 
-/// [`network_xml`] with the bridge MAC `bridge_mac` in `<mac address>`: the planner passes
-/// the MAC an existing network already has, which is set at create and kept (like its UUID
-/// and bridge name), so a network made by a topo that let libvirt pick a random one is not
-/// changed for it.
-pub fn network_xml_with_mac(
-    lab: &Lab,
-    net: &Network,
-    spec_hash: &str,
-    bridge_mac: MacAddr,
-) -> Result<Rendered, XmlError> {
+/// [`network_xml`] for a network that exists: it keeps what `kept` gives (its UUID, the
+/// bridge libvirt chose when the lab names none, its bridge MAC).
+pub fn network_xml_keeping(lab: &Lab, net: &Network, spec_hash: &str, kept: Kept<'_>) -> Result<Rendered, XmlError> {
+    let bridge_mac = kept.mac.unwrap_or_else(|| MacAddr::derived_bridge(&lab.name, &net.name));
     let m = match &net.kind {
         NetworkKind::Managed(m) => m,
         NetworkKind::External => return Err(XmlError::External(net.name.to_string())),
@@ -152,10 +150,11 @@ pub fn network_xml_with_mac(
     super::render_with_owner("network", "network", &tag, |metadata| NetworkW {
         xmlns_dnsmasq: no_ping.then_some(DNSMASQ_NS),
         name: &net.libvirt_name,
+        uuid: kept.uuid,
         metadata,
         forward: forward_mode(m.mode).map(|mode| ForwardW { mode }),
         bridge: BridgeW {
-            name: m.bridge.as_ref().map(|b| b.as_str()),
+            name: m.bridge.as_ref().map(|b| b.as_str()).or(kept.bridge),
             stp: if m.stp { "on" } else { "off" },
             delay: "0",
         },

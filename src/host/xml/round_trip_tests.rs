@@ -248,7 +248,13 @@ fn an_existing_bridge_mac_is_kept() {
         NetworkKind::Managed(m) => m,
         NetworkKind::External => panic!("managed"),
     }));
-    let kept = super::network_xml_with_mac(&lab, net, &hash, mac("52:54:00:9a:0b:0c")).unwrap();
+    let kept = super::network_xml_keeping(
+        &lab,
+        net,
+        &hash,
+        super::Kept { mac: Some(mac("52:54:00:9a:0b:0c")), ..Default::default() },
+    )
+    .unwrap();
     let o = parse_network(&kept.xml, NetworkFlags::default()).unwrap();
     assert_eq!(o.mac, Some(mac("52:54:00:9a:0b:0c")));
     assert_eq!(kept.spec_hash, network_xml(&lab, net).unwrap().spec_hash, "the bridge MAC is not a managed field");
@@ -322,7 +328,7 @@ fn seed_disk_is_a_readonly_raw_second_disk() {
     let lab = lab_with(managed(NetworkMode::Nat));
     let vm = deb1(&lab);
     let seed = "/var/lib/topo/seedlab-deb1-cidata-12345678.abcdef01.img";
-    let r = super::domain_xml_with_seed(&lab, vm, Some("/var/lib/topo/o.qcow2"), Some(seed), "00").unwrap();
+    let r = super::domain_xml_with_seed(&lab, vm, Some("/var/lib/topo/o.qcow2"), Some(seed), "00", None).unwrap();
     let compact: String = r.xml.lines().map(str::trim).collect();
     assert!(
         compact.contains(&format!(
@@ -334,7 +340,7 @@ fn seed_disk_is_a_readonly_raw_second_disk() {
     );
     assert_eq!(parse_domain(&r.xml, DomainState::Shutoff).unwrap().disks, ["/var/lib/topo/o.qcow2", seed]);
     // Without an overlay the seed is the first disk.
-    let r = super::domain_xml_with_seed(&lab, vm, None, Some(seed), "00").unwrap();
+    let r = super::domain_xml_with_seed(&lab, vm, None, Some(seed), "00", None).unwrap();
     let compact: String = r.xml.lines().map(str::trim).collect();
     assert!(compact.contains("<target dev=\"vda\" bus=\"virtio\"/><readonly/>"), "{}", r.xml);
     assert!(!r.xml.contains("<boot"), "direct kernel boot: no boot order\n{}", r.xml);
@@ -348,7 +354,7 @@ fn disk_boot_orders_the_overlay_first() {
     let mut vm = deb1(&lab).clone();
     vm.boot = None;
     let seed = "/var/lib/topo/seedlab-deb1-cidata-12345678.abcdef01.img";
-    let r = super::domain_xml_with_seed(&lab, &vm, Some("/var/lib/topo/o.qcow2"), Some(seed), "00").unwrap();
+    let r = super::domain_xml_with_seed(&lab, &vm, Some("/var/lib/topo/o.qcow2"), Some(seed), "00", None).unwrap();
     let compact: String = r.xml.lines().map(str::trim).collect();
     assert!(
         compact.contains(
@@ -690,4 +696,34 @@ fn disk_backing_chains_from_live_xml() {
     let d = super::parse_domain(&config, DomainState::Shutoff).unwrap();
     assert_eq!(d.backing, [Vec::<String>::new(), vec![]]);
     assert!(!d.chains_known, "{config}");
+}
+
+/// What an existing object keeps is rendered into its XML, as libvirt stores it for a
+/// definition without it (its UUID, the bridge it chose), and a bridge the lab names wins
+/// over the kept one; a new object leaves both to libvirt.
+#[test]
+fn kept_uuid_and_bridge_are_rendered_where_libvirt_keeps_them() {
+    let uuid = "8f1c0a52-5b3e-4c1d-9a7e-2d6f4b8e9c01";
+    let kept = super::Kept { uuid: Some(uuid), bridge: Some("virbr7"), mac: None };
+    let mut unnamed = managed(NetworkMode::Isolated);
+    unnamed.bridge = None;
+    let lab = lab_with(unnamed);
+    let net = local_net(&lab);
+    let fresh = network_xml(&lab, net).unwrap().xml;
+    assert!(!fresh.contains("<uuid>") && !fresh.contains("virbr"), "a new network: libvirt picks both:\n{fresh}");
+    let keeping = super::network_xml_keeping(&lab, net, "00", kept).unwrap().xml;
+    let o = parse_network(&keeping, NetworkFlags::default()).unwrap();
+    assert_eq!((o.uuid.as_deref(), o.bridge.as_deref()), (Some(uuid), Some("virbr7")));
+
+    let named = lab_with(managed(NetworkMode::Isolated));
+    let xml = super::network_xml_keeping(&named, local_net(&named), "00", kept).unwrap().xml;
+    let o = parse_network(&xml, NetworkFlags::default()).unwrap();
+    assert_eq!((o.uuid.as_deref(), o.bridge.as_deref()), (Some(uuid), Some("topobr5")), "the lab's bridge wins");
+
+    let vm = deb1(&lab);
+    let fresh = super::domain_xml_with_seed(&lab, vm, None, None, "00", None).unwrap().xml;
+    assert!(!fresh.contains("<uuid>"));
+    let keeping = super::domain_xml_with_seed(&lab, vm, None, None, "00", Some(uuid)).unwrap().xml;
+    let d = crate::host::xml::parse_domain(&keeping, crate::host::observed::DomainState::Other).unwrap();
+    assert_eq!(d.uuid.as_deref(), Some(uuid));
 }
