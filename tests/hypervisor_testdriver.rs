@@ -1017,3 +1017,32 @@ fn link_impairment_on_libvirt_test_driver() {
     }
     assert_kind(hv.set_bandwidth("no-such-domain", mac.unwrap(), rate), HvErrorKind::NotFound);
 }
+
+/// Waiting for a domain wakes on libvirt's domain events: the test driver delivers a
+/// lifecycle event when a domain is destroyed from another thread, the connection counts it,
+/// and `wait_until` sees the domain off.
+#[test]
+fn a_wait_for_a_domain_wakes_on_libvirt_events() {
+    let hv = LibvirtHypervisor::connect("test:///default").unwrap();
+    let lab = lab("ev", 40);
+    let vm = vm_of(&lab);
+    hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
+    hv.start_domain(&vm.libvirt_name).unwrap();
+    let before = hv.domain_events_seen().expect("the test driver delivers domain events");
+    let off = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            hv.destroy_domain(&vm.libvirt_name).unwrap();
+        });
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        hv.wait_until(Some(until), &mut || Ok(hv.domain_state(&vm.libvirt_name)? == DomainState::Shutoff)).unwrap()
+    });
+    assert!(off, "the domain went off within the wait");
+    // The event may be dispatched just after the state changed: wait for it, bounded.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    assert!(hv.wait_until(Some(until), &mut || Ok(hv.domain_events_seen() > Some(before))).unwrap(), "an event came");
+    // A wait that `done` never ends gives up at its deadline.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(30);
+    assert!(!hv.wait_until(Some(until), &mut || Ok(false)).unwrap());
+    hv.undefine_domain(&vm.libvirt_name).unwrap();
+}

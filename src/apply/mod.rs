@@ -370,7 +370,8 @@ fn already_gone(c: &Change, e: HvError) -> Result<(), HvError> {
 }
 
 /// Stops a domain: with a non-zero `timeout`, an ACPI shutdown request polled until the
-/// domain is off or `timeout` passed, then forced off; with zero, forced off at once.
+/// domain is off (looked at on each of libvirt's domain events, [`Hypervisor::wait_until`])
+/// or `timeout` passed, then forced off; with zero, forced off at once.
 fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(), HvError> {
     if hv.domain_state(name)? == DomainState::Shutoff {
         return Ok(());
@@ -380,12 +381,9 @@ fn stop_domain(hv: &dyn Hypervisor, name: &str, timeout: Duration) -> Result<(),
         let _ = hv.shutdown_domain(name);
         // A timeout past the end of the clock (`--graceful=1000000000h`) waits forever,
         // instead of overflowing the addition.
-        let deadline = Instant::now().checked_add(timeout);
-        while deadline.is_none_or(|d| Instant::now() < d) {
-            if hv.domain_state(name)? == DomainState::Shutoff {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let until = Instant::now().checked_add(timeout);
+        if hv.wait_until(until, &mut || Ok(hv.domain_state(name)? == DomainState::Shutoff))? {
+            return Ok(());
         }
     }
     match hv.destroy_domain(name) {

@@ -16,6 +16,7 @@ use virt::stream::Stream;
 use virt::sys;
 
 mod console;
+pub mod events;
 pub use console::Console;
 
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo, VolumeSpec};
@@ -31,6 +32,9 @@ const UNPLUG_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A libvirt connection.
 pub struct LibvirtHypervisor {
+    /// The domain events of `conn` (declared first: deregistered before the connection
+    /// closes); `None` when libvirt delivers none to this client.
+    events: Option<events::Events>,
     conn: Connect,
     uri: String,
     /// The machine that runs the host, when it is this one (a local URI of a real driver,
@@ -200,6 +204,8 @@ impl LibvirtHypervisor {
     /// its configuration and probing).
     pub fn connect(uri: &str) -> Result<Self, HvError> {
         QUIET.call_once(virt::error::clear_error_callback);
+        // Before the connection opens: a connection opened earlier gets no events.
+        events::ensure_loop();
         let want = (!uri.is_empty()).then_some(uri);
         let conn = lv("virConnectOpen", uri, || Connect::open(want)).map_err(|e| {
             let mut err = map_error("connect", if uri.is_empty() { "(default URI)" } else { uri }, &e);
@@ -209,7 +215,14 @@ impl LibvirtHypervisor {
         })?;
         let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
         let machine = files_are_local(&uri).then(|| Box::new(LocalMachine::new()) as Box<dyn Machine>);
-        Ok(Self { conn, uri, machine })
+        let events = events::Events::register(&conn);
+        Ok(Self { events, conn, uri, machine })
+    }
+
+    /// How many of libvirt's domain events (lifecycle, device removed) this connection has
+    /// received; `None` when libvirt delivers none to it ([`events`]).
+    pub fn domain_events_seen(&self) -> Option<u64> {
+        self.events.as_ref().map(events::Events::seen)
     }
 
     /// The persistent config XML of network `name` (`VIR_NETWORK_XML_INACTIVE`), or its live
@@ -509,7 +522,8 @@ impl LibvirtHypervisor {
         Ok(())
     }
 
-    /// Waits until a running domain no longer has a NIC with `mac`, asking again every
+    /// Waits until a running domain no longer has a NIC with `mac` (looking again on each
+    /// device-removed or lifecycle event, [`Hypervisor::wait_until`]), asking again every
     /// `UNPLUG_RETRY`. QEMU's `pc` machine unplugs through ACPI: `detach` only asks the
     /// guest, and libvirt returns after 5 s even when the guest has not let go. A guest
     /// asked while it is still booting may never act on that request, but does on the
@@ -525,39 +539,39 @@ impl LibvirtHypervisor {
     ) -> Result<(), HvError> {
         const OP: &str = "detach device";
         let start = std::time::Instant::now();
-        let deadline = start + UNPLUG_TIMEOUT;
         let mut asked = start;
-        loop {
+        let released = self.wait_until(Some(start + UNPLUG_TIMEOUT), &mut || {
             if !lv("virDomainIsActive", name, || dom.is_active()).map_err(|e| map_error(OP, name, &e))? {
-                return Ok(());
+                return Ok(true);
             }
             let live = lv("virDomainGetXMLDesc", name, || dom.xml_desc(0)).map_err(|e| map_error(OP, name, &e))?;
             let d = xml::parse_domain(&live, DomainState::Running).map_err(|e| other(OP, name, &e.to_string()))?;
             if !d.interfaces.iter().any(|i| i.mac == Some(mac)) {
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(HvError {
-                    op: OP.into(),
-                    object: name.into(),
-                    message: format!(
-                        "the guest did not release NIC {mac} within {} s (hot-unplug needs the guest's ACPI support)",
-                        UNPLUG_TIMEOUT.as_secs()
-                    ),
-                    kind: HvErrorKind::InvalidState,
-                    hint: Some("wait until the VM has booted and run apply again, or restart the VM".into()),
-                });
+                return Ok(true);
             }
             if asked.elapsed() >= UNPLUG_RETRY {
                 // The config no longer has it: ask the live guest only. An error means it
-                // went away meanwhile, or the request is still pending; the poll decides.
+                // went away meanwhile, or the request is still pending; the next look decides.
                 let _ = lv("virDomainDetachDeviceFlags", name, || {
                     dom.detach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE)
                 });
                 asked = std::time::Instant::now();
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            Ok(false)
+        })?;
+        if released {
+            return Ok(());
         }
+        Err(HvError {
+            op: OP.into(),
+            object: name.into(),
+            message: format!(
+                "the guest did not release NIC {mac} within {} s (hot-unplug needs the guest's ACPI support)",
+                UNPLUG_TIMEOUT.as_secs()
+            ),
+            kind: HvErrorKind::InvalidState,
+            hint: Some("wait until the VM has booted and run apply again, or restart the VM".into()),
+        })
     }
 
     /// Whether network `name` is active now; `None` when that cannot be read.
@@ -951,6 +965,30 @@ impl Hypervisor for LibvirtHypervisor {
             Enum::Known(S::Shutoff) => DomainState::Shutoff,
             _ => DomainState::Other,
         })
+    }
+
+    fn wait_until(
+        &self,
+        until: Option<std::time::Instant>,
+        done: &mut dyn FnMut() -> Result<bool, HvError>,
+    ) -> Result<bool, HvError> {
+        // Far enough to mean "never", near enough not to overflow `Instant`.
+        let never = || std::time::Instant::now() + std::time::Duration::from_secs(86_400);
+        loop {
+            // Counted before the look: an event between the look and the wait is not lost.
+            let since = self.events.as_ref().map(events::Events::seen);
+            if done()? {
+                return Ok(true);
+            }
+            let now = std::time::Instant::now();
+            if until.is_some_and(|u| u <= now) {
+                return Ok(false);
+            }
+            match (&self.events, since) {
+                (Some(ev), Some(since)) => ev.wait(since, until.unwrap_or_else(never)),
+                _ => std::thread::sleep(until.map_or(super::WAIT_LOOK, |u| (u - now).min(super::WAIT_LOOK))),
+            }
+        }
     }
 
     fn set_bandwidth(

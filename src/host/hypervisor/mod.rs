@@ -202,6 +202,9 @@ pub struct StorageVolumeInfo {
     pub capacity: Option<u64>,
 }
 
+/// How often [`Hypervisor::wait_until`] looks without events (the memory double).
+pub const WAIT_LOOK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Every libvirt call topo uses. Implementations must be usable from several threads.
 pub trait Hypervisor: Send + Sync {
     /// The connection URI (for messages).
@@ -259,6 +262,29 @@ pub trait Hypervisor: Send + Sync {
     fn detach_device(&self, domain: &str, xml: &str) -> Result<(), HvError>;
     /// The domain's current run state.
     fn domain_state(&self, name: &str) -> Result<DomainState, HvError>;
+    /// Waits until `done` (a look at the host: a domain's state, its live NICs) says so,
+    /// looking again when a domain changes, and gives up at `until` (`None`: never). Returns
+    /// whether `done` said so; an error of `done` ends the wait.
+    ///
+    /// The libvirt implementation looks again on each of libvirt's domain events (lifecycle,
+    /// device removed) and at least every second (`libvirt::events`). The default looks
+    /// every [`WAIT_LOOK`].
+    fn wait_until(
+        &self,
+        until: Option<std::time::Instant>,
+        done: &mut dyn FnMut() -> Result<bool, HvError>,
+    ) -> Result<bool, HvError> {
+        loop {
+            if done()? {
+                return Ok(true);
+            }
+            let left = until.map(|u| u.saturating_duration_since(std::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Ok(false);
+            }
+            std::thread::sleep(left.map_or(WAIT_LOOK, |l| l.min(WAIT_LOOK)));
+        }
+    }
     /// Sets the rate limit (`<bandwidth>` inbound and outbound average, kB/s) of the running
     /// domain's NIC `mac`, live only (virDomainSetInterfaceParameters with
     /// VIR_DOMAIN_AFFECT_LIVE; the persistent config is written by a define). `None` removes
