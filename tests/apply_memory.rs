@@ -167,7 +167,10 @@ fn a_network_restarted_by_hand_replugs_its_running_nics() {
     for c in &p.changes {
         let plan::Reason::Unplugged { nics } = &c.reasons[0] else { panic!("reason: {:?}", c.reasons) };
         assert_eq!(nics.len(), 1, "{nics:?}");
-        assert!(nics[0].starts_with(if c.libvirt_name == "demo-router" { "eth1 (" } else { "eth0 (" }), "{nics:?}");
+        assert_eq!(nics[0].index, if c.libvirt_name == "demo-router" { 1 } else { 0 }, "{nics:?}");
+        let text = plan::render::reason(&c.reasons[0]);
+        let want = format!("{} (", if c.libvirt_name == "demo-router" { "eth1" } else { "eth0" });
+        assert!(text.starts_with(&want), "{text}");
         assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
         assert_eq!(c.fields[0].before.as_deref(), Some("none"));
         assert_eq!(c.fields[0].after.as_deref(), Some("demo-lan"));

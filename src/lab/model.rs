@@ -484,10 +484,16 @@ impl Vm {
 }
 
 impl Nic {
-    /// The display name of the NIC: `eth0`, `eth1`, ... in list order.
+    /// The display name of the NIC: `eth0`, `eth1`, ... in list order ([`nic_label`]).
     pub fn label(&self) -> String {
-        format!("eth{}", self.index)
+        nic_label(self.index)
     }
+}
+
+/// The display name of a VM's NIC at (0-based) position `index` in its `nics` list: `eth0`,
+/// `eth1`, ... (the guest's PCI order, so usually also the guest's own name for it).
+pub fn nic_label(index: usize) -> String {
+    format!("eth{index}")
 }
 
 impl Lab {

@@ -24,7 +24,9 @@ use crate::lab::address::Address;
 use crate::lab::model::{Lab, NetworkKind};
 use crate::plan::graph::{LabGraph, Node};
 
-pub use change::{Action, Change, Detached, FieldChange, NicPlug, Op, Plan, PlanError, Reason, Shutdown, Summary};
+pub use change::{
+    Action, Change, Detached, FieldChange, NicPlug, NicTap, Op, Plan, PlanError, Reason, Shutdown, Summary,
+};
 use conflicts::{check_conflicts, refused};
 pub use conflicts::{check_executable, check_foreign, check_instances, other_instances};
 use network::{delete_network, is_replaced, plan_network, release_network};

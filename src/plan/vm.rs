@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::change::{Action, Change, FieldChange, NicPlug, Op, Reason, Shutdown, render_failed};
+use super::change::{Action, Change, FieldChange, NicPlug, NicTap, Op, Reason, Shutdown, render_failed};
 use super::diff::{all_fields, creation, deletion, diff, drifted, owner_address, retag};
 use super::volume::{Pool, deleted_volumes, domain_volumes, kept_top, snapshot_removal};
 use crate::diag::Problem;
@@ -143,8 +143,8 @@ pub(super) fn pending_restart(lab: &Lab, o: &ObservedDomain, desired: &Fields) -
 }
 
 /// The NICs of a running lab VM that are off their network's bridge, as observed where each
-/// tap is plugged (`ObservedDomain::links`): the plug op, the field shown, and the reason's
-/// text for each. NICs are left out when nothing is known (remote host, taps not visible),
+/// tap is plugged (`ObservedDomain::links`): the plug op, the field shown, and the NIC as the
+/// reason names it, for each. NICs are left out when nothing is known (remote host, taps not visible),
 /// when their network is inactive or replaced by this plan (that change plugs them in), or
 /// when their network changes (hot-plugged anyway).
 ///
@@ -156,7 +156,7 @@ pub(super) fn unplugged_nics(
     o: &ObservedDomain,
     observed: &Observed,
     replaced: &BTreeSet<String>,
-) -> Result<Vec<(NicPlug, FieldChange, String)>, Problem> {
+) -> Result<Vec<(NicPlug, FieldChange, NicTap)>, Problem> {
     let (DomainState::Running, Some(links)) = (o.state, &o.links) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for nic in &vm.nics {
@@ -180,7 +180,7 @@ pub(super) fn unplugged_nics(
             forces_replacement: false,
             restarts: false,
         };
-        let why = format!("{} ({}, tap {})", nic.label(), nic.mac, link.tap);
+        let why = NicTap { index: nic.index, mac: nic.mac, tap: link.tap.clone() };
         out.push((
             NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml, netem: wanted_netem(nic) },
             field,
@@ -211,11 +211,11 @@ pub(super) fn bandwidth_ops(vm: &Vm, changed: &[FieldChange], ops: &[Op]) -> Vec
 /// The netem steps of a VM after `ops` ran: on a tap that `ops` makes new (the VM is started
 /// or resumed, the NIC hot-plugged) the lab file's settings are set when it has any; on a tap
 /// that stays, they are set when they differ from what `tc` shows there
-/// (`ObservedDomain::links`), with the field and the reason's text (`eth0 (tap vnet3)`), and
+/// (`ObservedDomain::links`), with the field and the NIC as the reason names it, and
 /// also, unchanged, after its rate is set live (libvirt then clears the tap's qdiscs). NICs
 /// re-plugged by `ReattachNics` get theirs from their `NicPlug`. Nothing for a VM that does
 /// not run afterwards.
-pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<FieldChange>, Vec<String>) {
+pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<FieldChange>, Vec<NicTap>) {
     let starts = ops.iter().any(|op| matches!(op, Op::StartDomain | Op::ResumeDomain));
     let stops = ops.iter().any(|op| matches!(op, Op::StopDomain { .. }));
     let runs = o.is_some_and(|o| o.state == DomainState::Running);
@@ -267,7 +267,7 @@ pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec
             forces_replacement: false,
             restarts: false,
         });
-        why.push(format!("{} (tap {})", nic.label(), link.tap));
+        why.push(NicTap { index: nic.index, mac: nic.mac, tap: link.tap.clone() });
         out.push(Op::SetNetem { mac: nic.mac, netem: want });
     }
     (out, fields, why)
