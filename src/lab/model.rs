@@ -20,8 +20,8 @@ use crate::lab::source::SourceFile;
 pub const API_VERSION: &str = "topo/v1";
 
 pub use crate::lab::names::{
-    BridgeName, LabName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError, NameError, NetworkName,
-    VmName,
+    BridgeName, LabName, LibvirtName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError, NameError,
+    NetworkName, PoolName, VmName, VolumeName,
 };
 
 /// How a lab network reaches beyond its bridge. Mirrors libvirt's `<forward mode>`;
@@ -198,7 +198,7 @@ pub struct Network {
     pub name: NetworkName,
     /// The network's name in libvirt: the name as written for external networks,
     /// prefix + name for lab networks.
-    pub libvirt_name: String,
+    pub libvirt_name: LibvirtName,
     pub kind: NetworkKind,
     /// External networks only: the subnet the lab file declares (`subnet:` beside
     /// `external: true`) for a network libvirt knows no `<ip>` of, such as a bridge to a LAN.
@@ -304,7 +304,7 @@ pub struct Reservation {
 pub struct Vm {
     pub name: VmName,
     /// prefix + name.
-    pub libvirt_name: String,
+    pub libvirt_name: LibvirtName,
     pub virt_type: VirtType,
     pub memory: ByteSize,
     pub vcpus: u32,
@@ -424,7 +424,7 @@ impl Vm {
     /// `<libvirt name>-<8 hex>.<tag>.qcow2`, where the first hex digits hash the base image
     /// path and size (a new image or size gives a new overlay, and shows in the domain's
     /// disk path) and `tag` marks the volume as the lab's (`ownership::volume_name`).
-    pub fn overlay_name(&self, lab: &LabName) -> Option<String> {
+    pub fn overlay_name(&self, lab: &LabName) -> Option<VolumeName> {
         use sha2::{Digest, Sha256};
         let d = self.disk.as_ref()?;
         let mut h = Sha256::new();
@@ -438,8 +438,9 @@ impl Vm {
             h.update(d.format.as_str().as_bytes());
         }
         let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
-        let stem = format!("{}-{hex}", self.libvirt_name);
-        Some(crate::lab::ownership::volume_name(lab.as_str(), &stem, "qcow2"))
+        let name = crate::lab::ownership::volume_name(lab.as_str(), &self.libvirt_name, "-", &hex, "qcow2");
+        // Invariant: '-', hex digits and "qcow2" hold no character a volume name may not.
+        Some(name.expect("an overlay name is a valid volume name"))
     }
 }
 

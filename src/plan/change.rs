@@ -10,7 +10,7 @@ use crate::diag::{Code, Problem};
 use crate::host::hypervisor::VolumeSpec;
 use crate::lab::address::Address;
 use crate::lab::impair::{Netem, Rate};
-use crate::lab::model::MacAddr;
+use crate::lab::model::{MacAddr, PoolName, VolumeName};
 use crate::plan::fields::Field;
 use crate::plan::graph::GraphError;
 
@@ -92,7 +92,7 @@ pub enum Reason {
     /// These volumes of the VM (names in the overlay pool) were deleted outside topo
     /// (`virsh vol-delete`, a file removed) while its domain still uses them: a seed is
     /// uploaded again with the same content, in place; a lost overlay replaces the VM.
-    DeletedOutsideTopo { volumes: Vec<String> },
+    DeletedOutsideTopo { volumes: Vec<VolumeName> },
     /// The VM being deleted or replaced has snapshots (libvirt's metadata, internal or
     /// external; sorted names). libvirt refuses to undefine an inactive domain that has any
     /// ("cannot delete inactive domain with N snapshots"), so their metadata is removed
@@ -210,7 +210,7 @@ pub enum Op {
     /// Make sure the storage pool `name` exists (a dir pool over `path` when it does not),
     /// is built, active and autostarted. Looked up by name.
     EnsurePool {
-        name: String,
+        name: PoolName,
         path: String,
     },
     DefineNetwork {
@@ -244,14 +244,14 @@ pub enum Op {
         volume: VolumeSpec,
     },
     DeleteVolume {
-        pool: String,
-        name: String,
+        pool: PoolName,
+        name: VolumeName,
     },
     /// Create the VM's cloud-init seed volume `name` in `pool`: the FAT image of `seed`
     /// (made at apply time, the same bytes on every run), uploaded through libvirt.
     UploadSeed {
-        pool: String,
-        name: String,
+        pool: PoolName,
+        name: VolumeName,
         seed: crate::guest::Seed,
     },
     DefineDomain {

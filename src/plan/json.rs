@@ -41,7 +41,7 @@ pub struct JsonReason<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nics: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<&'a [String]>,
+    pub volumes: Option<&'a [crate::lab::model::VolumeName]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub names: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,7 +154,9 @@ mod tests {
             Reason::Released,
             Reason::Netem { nics: vec![nic(2, "vnet5")] },
             Reason::UndefinedOutsideTopo,
-            Reason::DeletedOutsideTopo { volumes: vec!["a.topo-seed.img".into()] },
+            Reason::DeletedOutsideTopo {
+                volumes: vec![crate::lab::model::VolumeName::new("a.x.img").expect("a name")],
+            },
             Reason::Snapshots { names: vec!["s1".into()] },
             Reason::Adopted,
             Reason::TakenOver { from: "/labs/a.yaml".into() },

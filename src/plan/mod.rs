@@ -70,8 +70,8 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     let replaced_networks: BTreeSet<String> = lab
         .networks
         .values()
-        .filter_map(|n| match (&n.kind, observed.networks.get(&n.libvirt_name)) {
-            (NetworkKind::Managed(m), Some(o)) => is_replaced(m, o).then(|| n.libvirt_name.clone()),
+        .filter_map(|n| match (&n.kind, observed.networks.get(n.libvirt_name.as_str())) {
+            (NetworkKind::Managed(m), Some(o)) => is_replaced(m, o).then(|| n.libvirt_name.to_string()),
             _ => None,
         })
         .collect();

@@ -174,11 +174,12 @@ pub fn reason(r: &Reason) -> String {
         }
         Reason::DeletedOutsideTopo { volumes } => {
             let verb = if volumes.len() == 1 { "was" } else { "were" };
-            let what = if volumes.iter().all(|v| crate::guest::is_seed_volume(v)) {
+            let what = if volumes.iter().all(|v| crate::guest::is_seed_volume(v.as_str())) {
                 "the seed is uploaded again with the same content, in place (cloud-init does not run again)"
             } else {
                 "the VM's disk is lost, so the VM is replaced"
             };
+            let volumes: Vec<&str> = volumes.iter().map(|v| v.as_str()).collect();
             format!("{} {verb} deleted outside topo; {what}", volumes.join(", "))
         }
         Reason::Snapshots { names } => {

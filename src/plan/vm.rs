@@ -11,8 +11,8 @@ use crate::host::hypervisor::VolumeSpec;
 use crate::host::observed::{DomainState, LiveConfig, Observed, ObservedDomain};
 use crate::lab::address::Address;
 use crate::lab::impair::Netem;
-use crate::lab::model::{Lab, MacAddr, Nic, Vm, VmState};
-use crate::lab::ownership::OVERLAY_POOL;
+use crate::lab::model::{Lab, MacAddr, Nic, Vm, VmState, VolumeName};
+use crate::lab::ownership::{OVERLAY_POOL, overlay_pool};
 use crate::plan::fields::{self, Field, Fields};
 
 pub(super) fn delete_domain(
@@ -37,7 +37,7 @@ pub(super) fn delete_domain(
     }
     ops.push(Op::UndefineDomain);
     ops.extend(domain_volumes(lab, d, observed, pool));
-    let mut c = deletion(owner_address(d.owner.as_ref(), &d.name), &d.name, fields, ops);
+    let mut c = deletion(owner_address(d.owner.as_ref()), &d.name, fields, ops);
     c.reasons.extend(snapshots.map(|(_, r, _)| r));
     c
 }
@@ -49,7 +49,7 @@ struct Wanted<'a> {
     vm: &'a Vm,
     pool: &'a Pool,
     desired: Fields,
-    seed: Option<(crate::guest::Seed, String)>,
+    seed: Option<(crate::guest::Seed, VolumeName)>,
     /// `state: running`; else `stopped`: defined, disk kept, not running.
     run: bool,
 }
@@ -69,14 +69,14 @@ impl<'a> Wanted<'a> {
     }
 
     /// The seed's volume name, when cloud-init is on for the VM.
-    fn seed_name(&self) -> Option<String> {
+    fn seed_name(&self) -> Option<VolumeName> {
         self.seed.as_ref().map(|(_, name)| name.clone())
     }
 
     /// The seed volume the VM needs, if cloud-init is on for it.
     fn seed_volume(&self) -> Option<Op> {
         let (seed, name) = self.seed.clone()?;
-        Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
+        Some(Op::UploadSeed { pool: overlay_pool(), name, seed })
     }
 
     /// The domain XML to define, keeping the observed UUID; its disk and seed disk open
@@ -86,8 +86,8 @@ impl<'a> Wanted<'a> {
     /// The XML cannot be rendered ([`render_failed`]).
     fn define(&self, o: Option<&ObservedDomain>, kept: (Option<String>, Option<String>)) -> Result<Op, Problem> {
         let (lab, vm, pool) = (self.lab, self.vm, self.pool);
-        let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
-        let seed = kept.1.or_else(|| self.seed_name().map(|name| pool.volume_path(&name)));
+        let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(f.as_str())));
+        let seed = kept.1.or_else(|| self.seed_name().map(|name| pool.volume_path(name.as_str())));
         let hash = fields::spec_hash(&self.desired);
         let xml = crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &hash)
             .map_err(|e| render_failed(vm.span, &format!("the domain XML of {}", who(vm)), e))?;
@@ -115,7 +115,7 @@ pub(super) fn overlay_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
     Some(Op::CreateVolume {
         volume: VolumeSpec {
             pool: OVERLAY_POOL.to_string(),
-            name: vm.overlay_name(&lab.name)?,
+            name: vm.overlay_name(&lab.name)?.to_string(),
             backing: d.image.display().to_string(),
             backing_format: d.format,
             size: d.size.map(|s| s.bytes()),
@@ -161,11 +161,13 @@ pub(super) fn unplugged_nics(
     let mut out = Vec::new();
     for nic in &vm.nics {
         let Some(net) = lab.networks.get(&nic.network) else { continue };
-        let Some(on) = observed.networks.get(&net.libvirt_name).filter(|n| n.active) else { continue };
+        let Some(on) = observed.networks.get(net.libvirt_name.as_str()).filter(|n| n.active) else { continue };
         let Some(want) = on.live_bridge.as_ref().or(on.bridge.as_ref()) else { continue };
-        let same_network =
-            o.interfaces.iter().any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(&net.libvirt_name));
-        if replaced.contains(&net.libvirt_name) || !same_network {
+        let same_network = o
+            .interfaces
+            .iter()
+            .any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(net.libvirt_name.as_str()));
+        if replaced.contains(net.libvirt_name.as_str()) || !same_network {
             continue;
         }
         let Some(link) = links.iter().find(|l| l.mac == nic.mac) else { continue };
@@ -182,7 +184,7 @@ pub(super) fn unplugged_nics(
         };
         let why = NicTap { index: nic.index, mac: nic.mac, tap: link.tap.clone() };
         out.push((
-            NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml, netem: wanted_netem(nic) },
+            NicPlug { domain: vm.libvirt_name.to_string(), mac: nic.mac, xml, netem: wanted_netem(nic) },
             field,
             why,
         ));
@@ -287,7 +289,7 @@ pub(super) fn plan_vm(
     replaced: &BTreeSet<String>,
 ) -> Result<Option<Change>, Problem> {
     let w = Wanted::of(lab, vm, pool)?;
-    let o = observed.domains.get(&vm.libvirt_name);
+    let o = observed.domains.get(vm.libvirt_name.as_str());
     let define = w.define(o, (None, None))?;
     let Some(o) = o else { return Ok(Some(create_vm(&w, define))) };
     let mut d = Delta::of(&w, o);
@@ -334,7 +336,7 @@ impl Delta {
     }
 
     /// Adds the VM's volumes deleted outside topo (`gone`, from [`deleted_volumes`]).
-    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(Field, String)]) {
+    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(Field, VolumeName)]) {
         if gone.is_empty() {
             return;
         }
@@ -344,7 +346,7 @@ impl Delta {
             // content again (its name is its hash): uploaded in place.
             let overlay = *path == Field::Disk;
             if !self.changed.iter().any(|f| f.path == *path) {
-                let after = w.desired.get(path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
+                let after = w.desired.get(path).map(|v| v.value.clone()).unwrap_or_else(|| name.to_string());
                 self.changed.push(FieldChange {
                     path: path.clone(),
                     before: Some(format!("{name} (deleted outside topo)")),
@@ -375,7 +377,7 @@ fn create_vm(w: &Wanted, define: Op) -> Change {
     }
     let (netem, _, _) = netem_ops(vm, None, &ops);
     ops.extend(netem);
-    let mut c = creation(Address::Vm(vm.name.clone()), &vm.libvirt_name, &w.desired, ops);
+    let mut c = creation(Address::Vm(vm.name.clone()), vm.libvirt_name.as_str(), &w.desired, ops);
     if w.run {
         for nic in &vm.nics {
             if let Some(n) = wanted_netem(nic) {
@@ -440,7 +442,7 @@ fn replace_vm(
     let run = w.run;
     Change {
         address: Address::Vm(vm.name.clone()),
-        libvirt_name: vm.libvirt_name.clone(),
+        libvirt_name: vm.libvirt_name.to_string(),
         action: Action::Replace,
         reasons: d.reasons,
         // The run state a replacement ends in is shown when the file asks for `stopped`.
@@ -463,7 +465,7 @@ fn update_vm(
     observed: &Observed,
     replaced: &BTreeSet<String>,
     mut d: Delta,
-    gone: &[(Field, String)],
+    gone: &[(Field, VolumeName)],
     define: Op,
 ) -> Result<Option<Change>, Problem> {
     let vm = w.vm;
@@ -472,7 +474,7 @@ fn update_vm(
     // The VM keeps its disk: a define keeps the file its disk opens now (the top layer of
     // an external snapshot above the lab's overlay, or the overlay by the path the domain
     // names it), so no layer is dropped from under it.
-    let kept = |volume: Option<String>| volume.and_then(|v| kept_top(o, observed, w.pool, &v));
+    let kept = |volume: Option<VolumeName>| volume.and_then(|v| kept_top(o, observed, w.pool, v.as_str()));
     let mut define = match (kept(vm.overlay_name(&w.lab.name)), kept(w.seed_name())) {
         (None, None) => Some(define),
         (disk, seed) => Some(w.define(Some(o), (disk, seed))?),
@@ -525,7 +527,7 @@ fn update_vm(
     }
     Ok(Some(Change {
         address: Address::Vm(vm.name.clone()),
-        libvirt_name: vm.libvirt_name.clone(),
+        libvirt_name: vm.libvirt_name.to_string(),
         action: Action::Update,
         reasons: d.reasons,
         fields: d.changed,
