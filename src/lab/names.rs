@@ -240,18 +240,37 @@ pub enum MacError {
     Multicast,
 }
 
-/// A unicast Ethernet address, shown as lowercase `52:54:00:ab:cd:ef`.
+/// A unicast Ethernet address, shown as lowercase `52:54:00:ab:cd:ef`: pnet's MAC type (the
+/// one ARP frames carry, [`MacAddr::wire`]) under topo's rules, which are stricter than its
+/// parser: six `:`-separated pairs of hex digits, in either case (IEEE 802's canonical form,
+/// as libvirt writes `<mac address>`; pnet also takes `2` or `+2` for `02`), and never
+/// multicast (the first byte's lowest bit set: IEEE 802 group addresses, which no NIC may
+/// have; libvirt refuses them too: src/conf/domain_conf.c, "expected unicast mac address,
+/// found multicast").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr([u8; 6]);
+pub struct MacAddr(pnet_base::MacAddr);
 
 impl MacAddr {
+    /// # Errors
+    /// [`MacError::Multicast`] for a group address.
     pub fn new(bytes: [u8; 6]) -> Result<Self, MacError> {
-        if bytes[0] & 1 == 1 {
+        Self::unicast(pnet_base::MacAddr::from(bytes))
+    }
+    /// `mac`, when it is unicast.
+    ///
+    /// # Errors
+    /// [`MacError::Multicast`] for a group address.
+    pub fn unicast(mac: pnet_base::MacAddr) -> Result<Self, MacError> {
+        if mac.is_multicast() {
             return Err(MacError::Multicast);
         }
-        Ok(Self(bytes))
+        Ok(Self(mac))
     }
     pub fn octets(&self) -> [u8; 6] {
+        self.0.octets()
+    }
+    /// The address as pnet's type, for frames on the wire.
+    pub fn wire(self) -> pnet_base::MacAddr {
         self.0
     }
 
@@ -270,7 +289,7 @@ impl MacAddr {
         h.update(b"\0");
         h.update(index.to_string().as_bytes());
         let d = h.finalize();
-        Self([0x52, 0x54, 0x00, d[0], d[1], d[2]])
+        Self(pnet_base::MacAddr(0x52, 0x54, 0x00, d[0], d[1], d[2]))
     }
 
     /// The MAC topo gives the bridge of a lab network (`<mac address>` in its XML):
@@ -293,32 +312,26 @@ impl MacAddr {
         h.update(b"\0");
         h.update(network.as_str().as_bytes());
         let d = h.finalize();
-        Self([0x52, 0x54, 0x01, d[0], d[1], d[2]])
+        Self(pnet_base::MacAddr(0x52, 0x54, 0x01, d[0], d[1], d[2]))
     }
 }
 
 impl FromStr for MacAddr {
     type Err = MacError;
+    /// topo's form first (six pairs of hex digits), then pnet's parser, then unicast.
     fn from_str(s: &str) -> Result<Self, MacError> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
+        let pairs = s.split(':').collect::<Vec<_>>();
+        if pairs.len() != 6 || !pairs.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(MacError::Format);
         }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(MacError::Format);
-            }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| MacError::Format)?;
-        }
-        Self::new(b)
+        Self::unicast(s.parse().map_err(|_| MacError::Format)?)
     }
 }
 
 impl fmt::Display for MacAddr {
+    /// Lowercase, two digits a byte (pnet's form, which is topo's).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        self.0.fmt(f)
     }
 }
 
@@ -366,6 +379,45 @@ mod tests {
         assert_eq!(VolumeName::new(".."), Err(NameError::Dots));
         assert_eq!(VolumeName::new("."), Err(NameError::Dots));
         assert_eq!(VolumeName::new(""), Err(NameError::Empty));
+    }
+
+    /// topo's form of a MAC (IEEE 802's six pairs of hex digits, either case) is stricter
+    /// than pnet's parser, which takes one digit or a `+` per byte.
+    #[test]
+    fn a_mac_is_six_pairs_of_hex_digits() {
+        assert_eq!("52:54:00:AB:cd:0E".parse::<MacAddr>().unwrap().to_string(), "52:54:00:ab:cd:0e");
+        for loose in ["52:54:00:00:1f:2", "52:54:00:00:1f:+2"] {
+            assert!(loose.parse::<pnet_base::MacAddr>().is_ok(), "pnet takes {loose}");
+            assert_eq!(loose.parse::<MacAddr>(), Err(MacError::Format), "topo does not: {loose}");
+        }
+        for bad in ["52:54:00:00:1f:-2", "52-54-00-00-1f-02", "52:54:00:00:1f:02:", "52:54:00:00:1f", ""] {
+            assert_eq!(bad.parse::<MacAddr>(), Err(MacError::Format), "{bad}");
+        }
+        assert_eq!(" 52:54:00:00:1f:02".parse::<MacAddr>(), Err(MacError::Format), "no spaces");
+    }
+
+    /// No NIC may have an IEEE 802 group address (the first byte's lowest bit), which libvirt
+    /// refuses ("expected unicast mac address, found multicast"); the all-zero address is
+    /// unicast and stays accepted as before.
+    #[test]
+    fn a_multicast_mac_is_refused() {
+        for group in ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "03:00:00:00:00:00", "33:33:00:00:00:01"] {
+            assert_eq!(group.parse::<MacAddr>(), Err(MacError::Multicast), "{group}");
+        }
+        assert_eq!(MacAddr::new([0xff; 6]), Err(MacError::Multicast));
+        assert_eq!(MacAddr::unicast(pnet_base::MacAddr::broadcast()), Err(MacError::Multicast));
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().is_ok());
+        assert!("02:00:00:00:00:01".parse::<MacAddr>().is_ok(), "locally administered unicast");
+    }
+
+    /// Ordered by bytes as before (plans list NICs by MAC), and the same six bytes on the wire.
+    #[test]
+    fn a_mac_orders_by_its_bytes_and_is_the_frames_mac() {
+        let a = MacAddr::new([0x52, 0x54, 0x00, 0x00, 0x00, 0xff]).unwrap();
+        let b = MacAddr::new([0x52, 0x54, 0x00, 0x00, 0x01, 0x00]).unwrap();
+        assert!(a < b);
+        assert_eq!(b.wire().octets(), b.octets());
+        assert_eq!(MacAddr::unicast(b.wire()), Ok(b));
     }
 
     /// A name read back (a saved plan) passes the same rule as one built.
