@@ -12,7 +12,12 @@ use topo::apply::progress::Silent;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::hypervisor::{HvError, HvErrorKind, Hypervisor};
 use topo::host::observed::Observed;
-use topo::lab::model::{Lab, NetworkKind};
+use topo::lab::model::{Lab, LibvirtName, NetworkKind, VolumeName};
+use topo::lab::ownership::SEED_MARK;
+
+fn libvirt_name(s: &str) -> LibvirtName {
+    LibvirtName::new(s).unwrap()
+}
 use topo::plan::{self, Action, Plan};
 
 fn actions(p: &Plan) -> Vec<(String, Action)> {
@@ -167,7 +172,10 @@ fn a_network_restarted_by_hand_replugs_its_running_nics() {
     for c in &p.changes {
         let plan::Reason::Unplugged { nics } = &c.reasons[0] else { panic!("reason: {:?}", c.reasons) };
         assert_eq!(nics.len(), 1, "{nics:?}");
-        assert!(nics[0].starts_with(if c.libvirt_name == "demo-router" { "eth1 (" } else { "eth0 (" }), "{nics:?}");
+        assert_eq!(nics[0].index, if c.libvirt_name == "demo-router" { 1 } else { 0 }, "{nics:?}");
+        let text = plan::render::reason(&c.reasons[0]);
+        let want = format!("{} (", if c.libvirt_name == "demo-router" { "eth1" } else { "eth0" });
+        assert!(text.starts_with(&want), "{text}");
         assert_eq!(c.fields.len(), 1, "{:?}", c.fields);
         assert_eq!(c.fields[0].before.as_deref(), Some("none"));
         assert_eq!(c.fields[0].after.as_deref(), Some("demo-lan"));
@@ -419,7 +427,7 @@ fn a_disk_gets_an_overlay_volume_that_destroy_deletes() {
     let o = hv.observe().unwrap();
     assert_eq!(o.domains["disky-box"].disks, vec![overlay.clone(), seed_path]);
     // The seed's files as the host has them (downloaded and read back).
-    let bytes = hv.download_volume("topo-overlays", &seed.volume_name(&l, vm)).unwrap();
+    let bytes = hv.download_volume("topo-overlays", seed.volume_name(&l, vm).as_str()).unwrap();
     assert_eq!(
         topo::guest::read_fat_files(&bytes).unwrap(),
         seed.files().map(|(n, t)| (n.to_string(), t.to_string())).to_vec()
@@ -555,7 +563,9 @@ fn an_orphaned_seed_is_deleted() {
     // A seed uploaded by an apply that died before it defined the domain.
     hv.upload_volume(
         "topo-overlays",
-        &topo::lab::ownership::volume_name("guests", "guests-box-cidata-00000000", "img"),
+        topo::lab::ownership::volume_name("guests", &libvirt_name("guests-box"), SEED_MARK, "00000000", "img")
+            .unwrap()
+            .as_str(),
         b"x",
     )
     .unwrap();
@@ -585,7 +595,7 @@ fn a_seed_deleted_by_hand_is_uploaded_again_in_place() {
     let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
     assert_eq!(actions(&p), pairs(&[("vm.box", Action::Update)]), "not a replace: same content");
     let c = &p.changes[0];
-    assert_eq!(c.reasons, [plan::Reason::DeletedOutsideTopo { volumes: vec![seed.clone()] }]);
+    assert_eq!(c.reasons, [plan::Reason::DeletedOutsideTopo { volumes: vec![VolumeName::new(&seed).unwrap()] }]);
     let ops: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
     assert_eq!(ops, ["upload-seed"], "the VM keeps running");
     let f: Vec<(String, Option<&str>, bool)> =
@@ -629,7 +639,8 @@ fn an_overlay_deleted_by_hand_replaces_the_vm() {
     let p = plan::plan(&l, &hv.observe().unwrap(), &hv.uri()).unwrap();
     assert_eq!(actions(&p), pairs(&[("vm.plain", Action::Replace)]), "its disk is lost");
     let c = &p.changes[0];
-    assert!(c.reasons.contains(&plan::Reason::DeletedOutsideTopo { volumes: vec![overlay.clone()] }), "{c:#?}");
+    let volumes = vec![VolumeName::new(&overlay).unwrap()];
+    assert!(c.reasons.contains(&plan::Reason::DeletedOutsideTopo { volumes }), "{c:#?}");
     assert!(c.reasons.contains(&plan::Reason::RequiresReplace { fields: vec![plan::fields::Field::Disk] }), "{c:#?}");
     apply_ok(&l, &hv);
     assert_eq!(volume_of(&hv, "guests-plain", ".qcow2"), overlay);
@@ -773,7 +784,9 @@ fn only_tagged_volumes_are_the_labs() {
     hv.create_volume(&lookalike).unwrap();
     // A tagged volume no domain uses (left by an interrupted run) is an orphan.
     let orphan = topo::host::hypervisor::VolumeSpec {
-        name: topo::lab::ownership::volume_name("disky", "disky-old-00000000", "qcow2"),
+        name: topo::lab::ownership::volume_name("disky", &libvirt_name("disky-old"), "-", "00000000", "qcow2")
+            .unwrap()
+            .to_string(),
         ..lookalike.clone()
     };
     hv.create_volume(&orphan).unwrap();
@@ -1119,12 +1132,12 @@ fn derived_volume_names_are_unique() {
         assert!(names.insert(vm.overlay_name(&l.name).unwrap()), "overlay of {}", vm.name);
         if let Some(seed) = topo::guest::Seed::of(&l, vm).unwrap() {
             let s = seed.volume_name(&l, vm);
-            assert!(topo::guest::is_seed_volume(&s));
+            assert!(topo::guest::is_seed_volume(s.as_str()));
             assert!(names.insert(s), "seed of {}", vm.name);
         }
     }
     assert!(names.len() >= 6, "{names:?}");
-    assert!(names.iter().filter(|n| n.ends_with(".qcow2")).all(|n| !topo::guest::is_seed_volume(n)));
+    assert!(names.iter().filter(|n| n.as_str().ends_with(".qcow2")).all(|n| !topo::guest::is_seed_volume(n.as_str())));
 }
 
 /// A lab VM undefined by hand while it runs (`virsh undefine`) stays running as a transient

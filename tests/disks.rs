@@ -125,7 +125,7 @@ fn destroy_removes_snapshots_and_the_layers_above_the_overlay() {
         .ops
         .iter()
         .filter_map(|o| match o {
-            Op::DeleteVolume { name, .. } => Some(name.clone()),
+            Op::DeleteVolume { name, .. } => Some(name.to_string()),
             _ => None,
         })
         .collect();

@@ -366,7 +366,9 @@ fn seeds_whole(l: &Lab, hv: &MemoryHypervisor) -> Result<(), String> {
     for vm in l.vms.values() {
         let Some(seed) = topo::guest::Seed::of(l, vm).unwrap() else { continue };
         let name = seed.volume_name(l, vm);
-        let got = hv.download_volume(topo::lab::ownership::OVERLAY_POOL, &name).map_err(|e| format!("{name}: {e}"))?;
+        let got = hv
+            .download_volume(topo::lab::ownership::OVERLAY_POOL, name.as_str())
+            .map_err(|e| format!("{name}: {e}"))?;
         if got != seed.image().unwrap() {
             return Err(format!("{name}: {} bytes, not the seed's {}", got.len(), seed.image().unwrap().len()));
         }

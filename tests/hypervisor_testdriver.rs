@@ -126,12 +126,21 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
             NetworkKind::External => n.to_string(),
             NetworkKind::Managed(_) => format!("{prefix}{n}"),
         };
-        networks.insert(n.clone(), Network { name: n, libvirt_name, kind, declared_subnet: None, span: (0, 0).into() });
+        networks.insert(
+            n.clone(),
+            Network {
+                name: n,
+                libvirt_name: LibvirtName::new(&libvirt_name).unwrap(),
+                kind,
+                declared_subnet: None,
+                span: (0, 0).into(),
+            },
+        );
     }
     let vm_name = VmName::new("vm").unwrap();
     let vm = Vm {
         name: vm_name.clone(),
-        libvirt_name: format!("{prefix}vm"),
+        libvirt_name: LibvirtName::new(&format!("{prefix}vm")).unwrap(),
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 1,
@@ -257,7 +266,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         Some(b) => assert!(d.assigns_bridge && b.starts_with("virbr"), "{b}"),
         None => assert!(!d.assigns_bridge),
     }
-    hv.undefine_network(&iso.libvirt_name).unwrap();
+    hv.undefine_network(iso.libvirt_name.as_str()).unwrap();
     // Without `<mac>` (as an older topo wrote it): libvirt's network driver generates one.
     let derived = MacAddr::derived_bridge(&lab.name, &iso.name);
     hv.define_network(&ri.xml.replace(&format!("<mac address=\"{derived}\"/>"), "")).unwrap();
@@ -266,7 +275,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         Some(m) => assert!(d.generates_bridge_mac && m.octets()[..3] == [0x52, 0x54, 0x00], "{m}"),
         None => assert!(!d.generates_bridge_mac),
     }
-    hv.undefine_network(&iso.libvirt_name).unwrap();
+    hv.undefine_network(iso.libvirt_name.as_str()).unwrap();
 
     // Start, autostart.
     hv.start_network(net_name).unwrap();
@@ -607,8 +616,8 @@ fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     let (hv, lab) = mem_with_lab("a");
     let net = net_of(&lab, "net");
     hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
-    hv.start_network(&net.libvirt_name).unwrap();
-    let uuid = hv.observe().unwrap().networks[&net.libvirt_name].uuid.clone().unwrap();
+    hv.start_network(net.libvirt_name.as_str()).unwrap();
+    let uuid = hv.observe().unwrap().networks[net.libvirt_name.as_str()].uuid.clone().unwrap();
 
     // Changed spec, UUID carried over: the persistent config is replaced, state kept.
     let mut lab2 = lab.clone();
@@ -618,7 +627,7 @@ fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     let x = network_xml(&lab2, net_of(&lab2, "net")).unwrap();
     let with_uuid = x.xml.replacen("<name>", &format!("<uuid>{uuid}</uuid>\n  <name>"), 1);
     hv.define_network(&with_uuid).unwrap();
-    let n = &hv.observe().unwrap().networks[&net.libvirt_name];
+    let n = &hv.observe().unwrap().networks[net.libvirt_name.as_str()];
     assert!(n.stp && n.active);
     assert_eq!(n.owner.as_ref().unwrap().spec_hash, x.spec_hash);
 
@@ -653,13 +662,13 @@ fn memory_bridge_names() {
     // `default` holds virbr0: a bridge-less network gets virbr1.
     let iso = net_of(&lab, "iso");
     hv.define_network(&network_xml(&lab, iso).unwrap().xml).unwrap();
-    assert_eq!(hv.observe().unwrap().networks[&iso.libvirt_name].bridge.as_deref(), Some("virbr1"));
+    assert_eq!(hv.observe().unwrap().networks[iso.libvirt_name.as_str()].bridge.as_deref(), Some("virbr1"));
     // A second network naming a bridge in use is refused at define time (as libvirt does).
     let x = network_xml(&lab, net_of(&lab, "net")).unwrap().xml.replace("name=\"tbb\"", "name=\"virbr1\"");
     let e = assert_kind(hv.define_network(&x), HvErrorKind::Exists);
-    assert!(e.message.contains("virbr1") && e.message.contains(&iso.libvirt_name), "{e}");
+    assert!(e.message.contains("virbr1") && e.message.contains(iso.libvirt_name.as_str()), "{e}");
     // Freed names are reused.
-    hv.undefine_network(&iso.libvirt_name).unwrap();
+    hv.undefine_network(iso.libvirt_name.as_str()).unwrap();
     hv.define_network(&x).unwrap();
     let other = "<network><name>y</name></network>";
     hv.define_network(other).unwrap();
@@ -675,31 +684,31 @@ fn memory_networks_in_use_by_running_domains() {
     // libvirt accepts a domain on a network that is defined but not active ...
     hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
     // ... and refuses to start it.
-    let e = assert_kind(hv.start_domain(&vm.libvirt_name), HvErrorKind::InvalidState);
+    let e = assert_kind(hv.start_domain(vm.libvirt_name.as_str()), HvErrorKind::InvalidState);
     assert!(e.message.contains(&format!("network '{}' is not active", net.libvirt_name)), "{e}");
-    hv.start_network(&net.libvirt_name).unwrap();
-    hv.start_domain(&vm.libvirt_name).unwrap();
+    hv.start_network(net.libvirt_name.as_str()).unwrap();
+    hv.start_domain(vm.libvirt_name.as_str()).unwrap();
 
     // Stopping it is allowed, as in libvirt, and cuts the domain's NICs on it until they
     // are re-plugged. (Undefining it is allowed too: see
     // memory_undefine_network_under_a_running_domain.)
     let on_net: Vec<_> =
-        vm.nics.iter().filter(|n| n.network == net.name).map(|n| (vm.libvirt_name.clone(), n.mac)).collect();
+        vm.nics.iter().filter(|n| n.network == net.name).map(|n| (vm.libvirt_name.to_string(), n.mac)).collect();
     assert!(!on_net.is_empty());
-    hv.stop_network(&net.libvirt_name).unwrap();
+    hv.stop_network(net.libvirt_name.as_str()).unwrap();
     assert_eq!(hv.cut_nics(), on_net);
-    hv.start_network(&net.libvirt_name).unwrap();
+    hv.start_network(net.libvirt_name.as_str()).unwrap();
     for nic in vm.nics.iter().filter(|n| n.network == net.name) {
         let x = xml::interface_xml(&lab, vm, nic).unwrap();
-        hv.detach_device(&vm.libvirt_name, &x).unwrap();
-        hv.attach_device(&vm.libvirt_name, &x).unwrap();
+        hv.detach_device(vm.libvirt_name.as_str(), &x).unwrap();
+        hv.attach_device(vm.libvirt_name.as_str(), &x).unwrap();
     }
     assert!(hv.cut_nics().is_empty());
-    hv.shutdown_domain(&vm.libvirt_name).unwrap();
-    hv.stop_network(&net.libvirt_name).unwrap();
-    hv.undefine_network(&net.libvirt_name).unwrap();
+    hv.shutdown_domain(vm.libvirt_name.as_str()).unwrap();
+    hv.stop_network(net.libvirt_name.as_str()).unwrap();
+    hv.undefine_network(net.libvirt_name.as_str()).unwrap();
     // The domain's network is now missing.
-    assert_kind(hv.start_domain(&vm.libvirt_name), HvErrorKind::NotFound);
+    assert_kind(hv.start_domain(vm.libvirt_name.as_str()), HvErrorKind::NotFound);
 }
 
 #[test]
@@ -714,17 +723,18 @@ fn memory_domain_device_rules() {
     hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
     // Attaching a NIC whose MAC the domain has; detaching one it lacks.
     let same = xml::interface_xml(&lab, vm, &vm.nics[1]).unwrap();
-    assert_kind(hv.attach_device(&vm.libvirt_name, &same), HvErrorKind::Exists);
+    assert_kind(hv.attach_device(vm.libvirt_name.as_str(), &same), HvErrorKind::Exists);
     let mut other = vm.nics[1].clone();
     other.mac = mac("52:54:00:77:00:99");
     let absent = xml::interface_xml(&lab, vm, &other).unwrap();
-    assert_kind(hv.detach_device(&vm.libvirt_name, &absent), HvErrorKind::NotFound);
+    assert_kind(hv.detach_device(vm.libvirt_name.as_str(), &absent), HvErrorKind::NotFound);
     // Shut-off domain: config-only attach works even though `net` is not defined.
-    hv.attach_device(&vm.libvirt_name, &absent).unwrap();
-    hv.detach_device(&vm.libvirt_name, &same).unwrap();
-    let macs: Vec<_> = hv.observe().unwrap().domains[&vm.libvirt_name].interfaces.iter().map(|i| i.mac).collect();
+    hv.attach_device(vm.libvirt_name.as_str(), &absent).unwrap();
+    hv.detach_device(vm.libvirt_name.as_str(), &same).unwrap();
+    let macs: Vec<_> =
+        hv.observe().unwrap().domains[vm.libvirt_name.as_str()].interfaces.iter().map(|i| i.mac).collect();
     assert_eq!(macs, vec![Some(vm.nics[0].mac), Some(other.mac)]);
-    assert_kind(hv.attach_device(&vm.libvirt_name, "<disk type='file'/>"), HvErrorKind::InvalidXml);
+    assert_kind(hv.attach_device(vm.libvirt_name.as_str(), "<disk type='file'/>"), HvErrorKind::InvalidXml);
 }
 
 #[test]
@@ -735,7 +745,7 @@ fn memory_dhcp_host_conflicts() {
     // Same IP as the model's reservation, other MAC.
     let r = Reservation { mac: mac("52:54:00:77:00:30"), ip: Ipv4Addr::new(10, 77, 3, 10), host: "x".into() };
     let e = assert_kind(
-        hv.update_dhcp_host(&net.libvirt_name, HostOp::Add, &xml::dhcp_host_xml(&r).unwrap()),
+        hv.update_dhcp_host(net.libvirt_name.as_str(), HostOp::Add, &xml::dhcp_host_xml(&r).unwrap()),
         HvErrorKind::Exists,
     );
     assert!(e.message.contains("existing dhcp host entry"), "{e}");
@@ -756,11 +766,11 @@ fn memory_undefine_network_under_a_running_domain() {
     let net = net_of(&lab, "net");
     let vm = vm_of(&lab);
     hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
-    hv.start_network(&net.libvirt_name).unwrap();
+    hv.start_network(net.libvirt_name.as_str()).unwrap();
     hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
-    hv.start_domain(&vm.libvirt_name).unwrap();
-    hv.undefine_network(&net.libvirt_name).unwrap();
-    let n = hv.observe().unwrap().networks[&net.libvirt_name].clone();
+    hv.start_domain(vm.libvirt_name.as_str()).unwrap();
+    hv.undefine_network(net.libvirt_name.as_str()).unwrap();
+    let n = hv.observe().unwrap().networks[net.libvirt_name.as_str()].clone();
     assert!(n.active && !n.persistent);
 }
 
@@ -769,13 +779,13 @@ fn memory_undefine_active_network_leaves_it_transient() {
     let (hv, lab) = mem_with_lab("f");
     let net = net_of(&lab, "net");
     hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
-    hv.start_network(&net.libvirt_name).unwrap();
-    hv.undefine_network(&net.libvirt_name).unwrap();
-    let n = hv.observe().unwrap().networks[&net.libvirt_name].clone();
+    hv.start_network(net.libvirt_name.as_str()).unwrap();
+    hv.undefine_network(net.libvirt_name.as_str()).unwrap();
+    let n = hv.observe().unwrap().networks[net.libvirt_name.as_str()].clone();
     assert!(n.active && !n.persistent);
-    assert_kind(hv.undefine_network(&net.libvirt_name), HvErrorKind::InvalidState);
-    hv.stop_network(&net.libvirt_name).unwrap();
-    assert!(!hv.observe().unwrap().networks.contains_key(&net.libvirt_name));
+    assert_kind(hv.undefine_network(net.libvirt_name.as_str()), HvErrorKind::InvalidState);
+    hv.stop_network(net.libvirt_name.as_str()).unwrap();
+    assert!(!hv.observe().unwrap().networks.contains_key(net.libvirt_name.as_str()));
 }
 
 #[test]
@@ -829,12 +839,12 @@ fn memory_fixture_domains() {
     let vm = vm_of(&lab);
     let hv = MemoryHypervisor::new().with_domain_xml(&domain_xml(&lab, vm, None).unwrap().xml, true).unwrap();
     assert!(hv.calls().is_empty(), "fixtures are not logged");
-    assert_eq!(hv.observe().unwrap().domains[&vm.libvirt_name].state, DomainState::Running);
+    assert_eq!(hv.observe().unwrap().domains[vm.libvirt_name.as_str()].state, DomainState::Running);
     // Undefining a running domain keeps it as transient until it stops.
-    hv.undefine_domain(&vm.libvirt_name).unwrap();
-    assert!(hv.observe().unwrap().domains.contains_key(&vm.libvirt_name));
-    hv.destroy_domain(&vm.libvirt_name).unwrap();
-    assert!(!hv.observe().unwrap().domains.contains_key(&vm.libvirt_name));
+    hv.undefine_domain(vm.libvirt_name.as_str()).unwrap();
+    assert!(hv.observe().unwrap().domains.contains_key(vm.libvirt_name.as_str()));
+    hv.destroy_domain(vm.libvirt_name.as_str()).unwrap();
+    assert!(!hv.observe().unwrap().domains.contains_key(vm.libvirt_name.as_str()));
 }
 
 // ---- libvirt's own schemas ----------------------------------------------------------------
@@ -1027,15 +1037,16 @@ fn a_wait_for_a_domain_wakes_on_libvirt_events() {
     let lab = lab("ev", 40);
     let vm = vm_of(&lab);
     hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
-    hv.start_domain(&vm.libvirt_name).unwrap();
+    hv.start_domain(vm.libvirt_name.as_str()).unwrap();
     let before = hv.domain_events_seen().expect("the test driver delivers domain events");
     let off = std::thread::scope(|s| {
         s.spawn(|| {
             std::thread::sleep(std::time::Duration::from_millis(50));
-            hv.destroy_domain(&vm.libvirt_name).unwrap();
+            hv.destroy_domain(vm.libvirt_name.as_str()).unwrap();
         });
         let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        hv.wait_until(Some(until), &mut || Ok(hv.domain_state(&vm.libvirt_name)? == DomainState::Shutoff)).unwrap()
+        hv.wait_until(Some(until), &mut || Ok(hv.domain_state(vm.libvirt_name.as_str())? == DomainState::Shutoff))
+            .unwrap()
     });
     assert!(off, "the domain went off within the wait");
     // The event may be dispatched just after the state changed: wait for it, bounded.
@@ -1044,5 +1055,5 @@ fn a_wait_for_a_domain_wakes_on_libvirt_events() {
     // A wait that `done` never ends gives up at its deadline.
     let until = std::time::Instant::now() + std::time::Duration::from_millis(30);
     assert!(!hv.wait_until(Some(until), &mut || Ok(false)).unwrap());
-    hv.undefine_domain(&vm.libvirt_name).unwrap();
+    hv.undefine_domain(vm.libvirt_name.as_str()).unwrap();
 }

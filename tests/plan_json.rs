@@ -317,6 +317,34 @@ fn saved_plan_with_another_format_is_refused() {
     let mut s = saved(BASE, &hv.observe().unwrap());
     s.format = "topo-saved-plan/99".into();
     let text = serde_json::to_string(&s).unwrap();
+    assert!(matches!(SavedPlan::parse("p.json", &text), Err(SavedPlanError::Version { .. })));
+    s.format = "terraform-plan".into();
+    let text = serde_json::to_string(&s).unwrap();
     assert!(matches!(SavedPlan::parse("p.json", &text), Err(SavedPlanError::Format(..))));
     assert!(matches!(SavedPlan::parse("p.json", "{}"), Err(SavedPlanError::Format(..))));
+}
+
+/// A plan saved by the topo before reasons were data (format 2, a NIC named in words) is
+/// refused for its version, with what to do, before any of its steps is read; as Terraform
+/// refuses a plan file from another Terraform version.
+#[test]
+fn a_plan_saved_by_an_older_topo_is_refused_for_its_version() {
+    let hv = host();
+    let s = saved(BASE, &hv.observe().unwrap());
+    let mut v = serde_json::to_value(&s).unwrap();
+    v["format"] = "topo-saved-plan/2".into();
+    v["steps"]["changes"][0]["reasons"] =
+        serde_json::json!([{"kind": "unplugged", "nics": ["eth0 (52:54:00:00:00:01, tap vnet3)"]}]);
+    let err = SavedPlan::parse("old.json", &v.to_string()).unwrap_err();
+    assert!(matches!(&err, SavedPlanError::Version { found, .. } if found == "topo-saved-plan/2"), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "old.json was saved by another version of topo (format topo-saved-plan/2); this topo applies only \
+             {SAVED_FORMAT} plans"
+        )
+    );
+    let help = miette::Diagnostic::help(&err).map(|h| h.to_string()).unwrap_or_default();
+    assert!(help.contains("make the plan again with this topo"), "{help}");
+    assert_eq!(miette::Diagnostic::code(&err).map(|c| c.to_string()).as_deref(), Some("topo::plan::saved::format"));
 }

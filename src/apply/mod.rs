@@ -202,7 +202,7 @@ fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) 
     let mut previous: Option<String> = None;
     for op in &c.ops {
         match op {
-            Op::EnsurePool { name, path } => hv.ensure_pool(name, path)?,
+            Op::EnsurePool { name, path } => hv.ensure_pool(name.as_str(), path)?,
             Op::DefineNetwork { xml } => {
                 // A poisoned lock guards nothing but the order of defines: go on.
                 let one_at_a_time = shared.define_network.lock().unwrap_or_else(|p| p.into_inner());
@@ -244,19 +244,22 @@ fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) 
             Op::UploadSeed { pool, name, seed } => {
                 let image = seed.image().map_err(|e| HvError {
                     op: "make seed image".into(),
-                    object: name.clone(),
+                    object: name.to_string(),
                     message: e.to_string(),
                     kind: HvErrorKind::Other,
                     hint: None,
                 })?;
                 // Under a partial name first: a seed under its own name is always whole
                 // (`guest::partial_seed_name` says why).
+                let (pool, name) = (pool.as_str(), name.as_str());
                 let partial = crate::guest::partial_seed_name(name);
                 hv.upload_volume(pool, &partial, &image)?;
                 hv.clone_volume(pool, &partial, name)?;
                 done_if(hv.delete_volume(pool, &partial), &[HvErrorKind::NotFound])?
             }
-            Op::DeleteVolume { pool, name } => done_if(hv.delete_volume(pool, name), &[HvErrorKind::NotFound])?,
+            Op::DeleteVolume { pool, name } => {
+                done_if(hv.delete_volume(pool.as_str(), name.as_str()), &[HvErrorKind::NotFound])?
+            }
             Op::DefineDomain { xml } => hv.define_domain(xml)?,
             Op::StartDomain => {
                 if let Err(e) = hv.start_domain(name) {

@@ -76,7 +76,7 @@ pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
         return Err(ConsoleError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());
     };
     let session = super::connect(global)?;
-    let console = session.console(&vm.libvirt_name, args.force)?;
+    let console = session.console(vm.libvirt_name.as_str(), args.force)?;
     super::status(global, format!("Connected to {} ({}). Escape character is ^]", args.vm, vm.libvirt_name));
     let raw = RawMode::enter()?;
     std::thread::scope(|s| {

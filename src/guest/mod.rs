@@ -14,7 +14,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::lab::cloud_init_rules::{MAX_KEY_FILE, key_lines};
-use crate::lab::model::{Lab, Vm};
+use crate::lab::model::{Lab, Vm, VolumeName};
 
 pub use fat::{SEED_LABEL, fat_image, read_fat_files};
 pub use network::network_config;
@@ -94,10 +94,13 @@ impl Seed {
     /// digits come from the instance id, so changed seed data gives a new volume (and shows
     /// in the domain's disk list); the tag marks the volume as the lab's
     /// (`ownership::volume_name`), so an orphaned seed is found and deleted like an overlay.
-    pub fn volume_name(&self, lab: &Lab, vm: &Vm) -> String {
+    pub fn volume_name(&self, lab: &Lab, vm: &Vm) -> VolumeName {
         let hex = self.instance_id.trim_start_matches("iid-");
-        let stem = format!("{}{SEED_MARK}{}", vm.libvirt_name, &hex[..8.min(hex.len())]);
-        crate::lab::ownership::volume_name(lab.name.as_str(), &stem, "img")
+        let hex = hex.get(..8).unwrap_or(hex);
+        let name = crate::lab::ownership::volume_name(lab.name.as_str(), &vm.libvirt_name, SEED_MARK, hex, "img");
+        // Invariant: a seed's instance id is `iid-` and hex digits (made by `instance_id` in
+        // `Seed::of`), so the mark, its digits and "img" hold no character a volume name may not.
+        name.expect("a seed's name is a valid volume name")
     }
 }
 

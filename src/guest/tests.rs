@@ -196,7 +196,7 @@ fn same_lab_same_bytes_and_any_change_changes_the_instance() {
     assert_eq!(sa, sb);
     assert_eq!(sa.image().unwrap(), sb.image().unwrap());
     let vm = a.vms.values().find(|v| v.name.as_str() == "deb1").unwrap();
-    let name = sa.volume_name(&a, vm);
+    let name = sa.volume_name(&a, vm).to_string();
     assert!(name.starts_with(&format!("seedlab-deb1-cidata-{}.", &sa.instance_id[4..12])), "{name}");
     assert!(is_seed_volume(&name) && crate::lab::ownership::volume_owned_by("seedlab", &name), "{name}");
 
@@ -306,7 +306,7 @@ fn inventory() -> Inventory {
         .map(|vm| {
             (
                 vm.name.to_string(),
-                crate::verify::known_hosts::alias(&vm.libvirt_name, "00000000-0000-4000-8000-000000000001"),
+                crate::verify::known_hosts::alias(vm.libvirt_name.as_str(), "00000000-0000-4000-8000-000000000001"),
             )
         })
         .collect();

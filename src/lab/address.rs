@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::lab::names::{NetworkName, VmName};
+use crate::lab::names::{NetworkName, PoolName, VmName, VolumeName};
 
 /// A resource topo plans for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,9 +17,9 @@ pub enum Address {
     Vm(VmName),
     /// A storage volume of the overlay pool, by its libvirt volume name (volumes are not
     /// declared in the lab file: an orphaned overlay is planned under this address).
-    Volume(String),
+    Volume(VolumeName),
     /// A storage pool, by its libvirt name (the shared overlay pool).
-    Pool(String),
+    Pool(PoolName),
 }
 
 impl Address {
@@ -38,7 +38,8 @@ impl Address {
         match self {
             Address::Network(n) => n.as_str(),
             Address::Vm(v) => v.as_str(),
-            Address::Volume(s) | Address::Pool(s) => s,
+            Address::Volume(v) => v.as_str(),
+            Address::Pool(p) => p.as_str(),
         }
     }
 }
@@ -63,8 +64,8 @@ impl FromStr for Address {
         match kind {
             "network" => NetworkName::new(name).map(Address::Network).map_err(|_| bad()),
             "vm" => VmName::new(name).map(Address::Vm).map_err(|_| bad()),
-            "volume" if !name.is_empty() => Ok(Address::Volume(name.to_string())),
-            "pool" if !name.is_empty() => Ok(Address::Pool(name.to_string())),
+            "volume" => VolumeName::new(name).map(Address::Volume).map_err(|_| bad()),
+            "pool" => PoolName::new(name).map(Address::Pool).map_err(|_| bad()),
             _ => Err(bad()),
         }
     }
@@ -109,7 +110,8 @@ mod tests {
             assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{s}\""));
             assert_eq!(serde_json::from_str::<Address>(&format!("\"{s}\"")).unwrap(), a);
         }
-        for bad in ["vm", "vm.", "disk.x", "vm.Bad Name", "network."] {
+        // A volume is a file in its pool's folder, and libvirt refuses '/' in a pool's name.
+        for bad in ["vm", "vm.", "disk.x", "vm.Bad Name", "network.", "volume.", "volume.a/b", "volume..", "pool.a/b"] {
             assert!(bad.parse::<Address>().is_err(), "{bad}");
         }
     }

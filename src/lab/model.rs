@@ -20,8 +20,8 @@ use crate::lab::source::SourceFile;
 pub const API_VERSION: &str = "topo/v1";
 
 pub use crate::lab::names::{
-    BridgeName, LabName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError, NameError, NetworkName,
-    VmName,
+    BridgeName, LabName, LibvirtName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError, NameError,
+    NetworkName, PoolName, VmName, VolumeName,
 };
 
 /// How a lab network reaches beyond its bridge. Mirrors libvirt's `<forward mode>`;
@@ -106,6 +106,15 @@ pub enum Verify {
 }
 
 /// A size in bytes (memory, disk). Written in the lab file as `256MiB`, `10GiB`, `524288KiB`.
+///
+/// topo's rule for the text (`FromStr`): a whole number of bytes-units, decimal digits then
+/// one of the binary units `KiB`, `MiB`, `GiB`, `TiB` exactly as IEC 80000-13 spells them
+/// (spaces around and between allowed), at most `u64::MAX` bytes. The `bytesize` crate does
+/// the arithmetic; alone it would take far more (fractions `1.5GiB`, decimal units `MB`, any
+/// case `mib`, bare bytes `256`) and saturate instead of failing, so topo checks the form
+/// first and reads a saturated result as an overflow. Shown (`Display`) in the largest of those
+/// units that divides it exactly (`1MiB` for `1024KiB`), else in bytes (`1000B`): topo's form,
+/// not the crate's rounded `1.0 MiB`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct ByteSize(u64);
@@ -119,10 +128,12 @@ pub enum SizeError {
 }
 
 impl ByteSize {
-    pub const KIB: u64 = 1024;
-    pub const MIB: u64 = 1024 * 1024;
-    pub const GIB: u64 = 1024 * 1024 * 1024;
-    pub const TIB: u64 = 1024 * 1024 * 1024 * 1024;
+    pub const KIB: u64 = bytesize::KIB;
+    pub const MIB: u64 = bytesize::MIB;
+    pub const GIB: u64 = bytesize::GIB;
+    pub const TIB: u64 = bytesize::TIB;
+    /// The units a lab file may write, largest first, as written.
+    const UNITS: [(&str, u64); 4] = [("TiB", Self::TIB), ("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)];
 
     pub const fn from_bytes(b: u64) -> Self {
         Self(b)
@@ -140,29 +151,29 @@ impl ByteSize {
 
 impl FromStr for ByteSize {
     type Err = SizeError;
+    /// # Errors
+    /// [`SizeError::Format`] for text outside topo's rule (see [`ByteSize`]),
+    /// [`SizeError::Overflow`] for more than `u64::MAX` bytes.
     fn from_str(s: &str) -> Result<Self, SizeError> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or(SizeError::Format)?;
-        let (num, unit) = s.split_at(split);
-        if num.is_empty() {
+        let digits = s.find(|c: char| !c.is_ascii_digit()).ok_or(SizeError::Format)?;
+        let (number, unit) = s.split_at(digits);
+        if number.is_empty() || !Self::UNITS.iter().any(|(u, _)| *u == unit.trim()) {
             return Err(SizeError::Format);
         }
-        let n: u64 = num.parse().map_err(|_| SizeError::Overflow)?;
-        let mult = match unit.trim() {
-            "KiB" => Self::KIB,
-            "MiB" => Self::MIB,
-            "GiB" => Self::GIB,
-            "TiB" => Self::TIB,
-            _ => return Err(SizeError::Format),
-        };
-        n.checked_mul(mult).map(Self).ok_or(SizeError::Overflow)
+        let size: bytesize::ByteSize = s.parse().map_err(|_| SizeError::Format)?;
+        // The crate saturates; no whole number of KiB is u64::MAX (odd), so that is an overflow.
+        match size.as_u64() {
+            u64::MAX => Err(SizeError::Overflow),
+            b => Ok(Self(b)),
+        }
     }
 }
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        for (unit, m) in [("TiB", Self::TIB), ("GiB", Self::GIB), ("MiB", Self::MIB), ("KiB", Self::KIB)] {
+        for (unit, m) in Self::UNITS {
             if b >= m && b.is_multiple_of(m) {
                 return write!(f, "{}{unit}", b / m);
             }
@@ -198,7 +209,7 @@ pub struct Network {
     pub name: NetworkName,
     /// The network's name in libvirt: the name as written for external networks,
     /// prefix + name for lab networks.
-    pub libvirt_name: String,
+    pub libvirt_name: LibvirtName,
     pub kind: NetworkKind,
     /// External networks only: the subnet the lab file declares (`subnet:` beside
     /// `external: true`) for a network libvirt knows no `<ip>` of, such as a bridge to a LAN.
@@ -304,7 +315,7 @@ pub struct Reservation {
 pub struct Vm {
     pub name: VmName,
     /// prefix + name.
-    pub libvirt_name: String,
+    pub libvirt_name: LibvirtName,
     pub virt_type: VirtType,
     pub memory: ByteSize,
     pub vcpus: u32,
@@ -424,7 +435,7 @@ impl Vm {
     /// `<libvirt name>-<8 hex>.<tag>.qcow2`, where the first hex digits hash the base image
     /// path and size (a new image or size gives a new overlay, and shows in the domain's
     /// disk path) and `tag` marks the volume as the lab's (`ownership::volume_name`).
-    pub fn overlay_name(&self, lab: &LabName) -> Option<String> {
+    pub fn overlay_name(&self, lab: &LabName) -> Option<VolumeName> {
         use sha2::{Digest, Sha256};
         let d = self.disk.as_ref()?;
         let mut h = Sha256::new();
@@ -438,8 +449,9 @@ impl Vm {
             h.update(d.format.as_str().as_bytes());
         }
         let hex: String = h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect();
-        let stem = format!("{}-{hex}", self.libvirt_name);
-        Some(crate::lab::ownership::volume_name(lab.as_str(), &stem, "qcow2"))
+        let name = crate::lab::ownership::volume_name(lab.as_str(), &self.libvirt_name, "-", &hex, "qcow2");
+        // Invariant: '-', hex digits and "qcow2" hold no character a volume name may not.
+        Some(name.expect("an overlay name is a valid volume name"))
     }
 }
 
@@ -484,10 +496,16 @@ impl Vm {
 }
 
 impl Nic {
-    /// The display name of the NIC: `eth0`, `eth1`, ... in list order.
+    /// The display name of the NIC: `eth0`, `eth1`, ... in list order ([`nic_label`]).
     pub fn label(&self) -> String {
-        format!("eth{}", self.index)
+        nic_label(self.index)
     }
+}
+
+/// The display name of a VM's NIC at (0-based) position `index` in its `nics` list: `eth0`,
+/// `eth1`, ... (the guest's PCI order, so usually also the guest's own name for it).
+pub fn nic_label(index: usize) -> String {
+    format!("eth{index}")
 }
 
 impl Lab {
@@ -631,5 +649,62 @@ mod tests {
         assert_eq!("256MB".parse::<ByteSize>(), Err(SizeError::Format));
         assert_eq!("MiB".parse::<ByteSize>(), Err(SizeError::Format));
         assert_eq!("99999999999999999999TiB".parse::<ByteSize>(), Err(SizeError::Overflow));
+    }
+
+    fn size(s: &str) -> Result<u64, SizeError> {
+        s.parse::<ByteSize>().map(ByteSize::bytes)
+    }
+
+    /// topo's rule is stricter than the bytesize crate's parser: whole numbers only, the four
+    /// binary units exactly as IEC 80000-13 spells them, no bare bytes. Each form below is one
+    /// the crate alone takes (checked), and topo refuses as before.
+    #[test]
+    fn sizes_keep_topos_grammar_where_the_crate_takes_more() {
+        for loose in ["1.5GiB", "256mib", "256MIB", "256Mib", "256MB", "256mb", "256", "256B", "256 b", "1Gi", "1EiB"] {
+            assert!(loose.parse::<bytesize::ByteSize>().is_ok(), "the crate takes {loose}");
+            assert_eq!(size(loose), Err(SizeError::Format), "topo does not: {loose}");
+        }
+        for bad in ["", "MiB", "-1MiB", "+1MiB", "1 2MiB", "0x10MiB", "1MiB2", "1MiBs"] {
+            assert_eq!(size(bad), Err(SizeError::Format), "{bad:?}");
+        }
+        // Spaces around and between, as before.
+        assert_eq!(size(" 256 MiB "), Ok(256 * ByteSize::MIB));
+        assert_eq!(size("256\tMiB"), Ok(256 * ByteSize::MIB));
+    }
+
+    /// Zero is a size (validation sets the minimum of each field); a bare `0` has no unit.
+    #[test]
+    fn zero_needs_a_unit_and_shows_in_bytes() {
+        assert_eq!(size("0MiB"), Ok(0));
+        assert_eq!(size("0"), Err(SizeError::Format));
+        assert_eq!(ByteSize::from_bytes(0).to_string(), "0B");
+    }
+
+    /// At most u64::MAX bytes: beyond is an overflow, never a saturated size (the crate
+    /// saturates), and whole numbers stay exact past f64's 53 bits.
+    #[test]
+    fn sizes_past_u64_overflow_and_big_ones_stay_exact() {
+        assert_eq!(size("16777215TiB"), Ok(16_777_215 * ByteSize::TIB));
+        assert_eq!(size("16777216TiB"), Err(SizeError::Overflow), "2^64 bytes");
+        assert_eq!(size("18446744073709551615KiB"), Err(SizeError::Overflow));
+        assert_eq!(size("18446744073709551616KiB"), Err(SizeError::Overflow), "past u64 already");
+        assert_eq!(size("9007199254740993KiB"), Ok(9_007_199_254_740_993 * ByteSize::KIB));
+    }
+
+    /// Shown in the largest unit that divides the size exactly, else in bytes: topo's form,
+    /// which the plan's `memory`/`disk` fields and the snapshots use.
+    #[test]
+    fn sizes_show_in_the_largest_exact_unit() {
+        for (bytes, shown) in [
+            (1536 * ByteSize::KIB, "1536KiB"),
+            (3 * ByteSize::TIB, "3TiB"),
+            (ByteSize::GIB + ByteSize::MIB, "1025MiB"),
+            (1000, "1000B"),
+        ] {
+            assert_eq!(ByteSize::from_bytes(bytes).to_string(), shown);
+            if bytes % ByteSize::KIB == 0 {
+                assert_eq!(size(shown), Ok(bytes), "round trip");
+            }
+        }
     }
 }

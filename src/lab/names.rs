@@ -1,6 +1,7 @@
 //! The names and hardware addresses of a lab and its resources, as newtypes whose
 //! constructors enforce the rules of the layers below (libvirt, Linux, Ethernet): a
-//! `NetworkName` is always a usable libvirt and Linux name, a `MacAddr` is always unicast.
+//! `NetworkName` is always a usable libvirt and Linux name, a `MacAddr` is always unicast, a
+//! `VolumeName` is always a file name libvirt accepts in a pool.
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,6 +36,9 @@ pub enum NameError {
     BadStart,
     #[error("must not end with '-'")]
     BadEnd,
+    /// `.` or `..`: as a file name in a folder, these name the folder itself or its parent.
+    #[error("names a folder ('.' or '..'), not a file")]
+    Dots,
 }
 
 fn check_name(s: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(), NameError> {
@@ -55,16 +59,21 @@ fn check_name(s: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(),
     Ok(())
 }
 
-macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $max:expr, $allowed:expr) => {
+/// A string newtype whose constructor checks `$check` (`fn(&str) -> Result<(), NameError>`):
+/// shown, compared and serialised as the string, and deserialised through the check.
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
 
         impl $name {
+            /// # Errors
+            /// The rule of the type's doc, broken.
             pub fn new(s: &str) -> Result<Self, NameError> {
-                check_name(s, $max, $allowed)?;
+                let check: fn(&str) -> Result<(), NameError> = $check;
+                check(s)?;
                 Ok(Self(s.to_owned()))
             }
             pub fn as_str(&self) -> &str {
@@ -87,6 +96,34 @@ macro_rules! name_type {
                 &self.0
             }
         }
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                self.0 == *other
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(&s).map_err(|e| serde::de::Error::custom(format!("{} {s:?} {e}", stringify!($name))))
+            }
+        }
+    };
+}
+
+/// A lab-file name type: `check_name` with its longest length and allowed characters.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $allowed:expr) => {
+        checked_name!($(#[$doc])* $name, |s| check_name(s, $max, $allowed));
     };
 }
 
@@ -111,6 +148,55 @@ name_type!(
 name_type!(
     /// A VM's key in the lab file: lowercase letters, digits, '-' and '_'.
     VmName, MAX_RESOURCE_NAME, resource_char
+);
+
+/// Characters libvirt refuses in every object name topo writes: `/` (domains:
+/// src/conf/domain_postparse.c "name %s cannot contain '/'"; networks:
+/// src/conf/network_conf.c `virNetworkDefParseXML`, `virXMLCheckIllegalChars("name", name,
+/// "/")`; pools: src/conf/storage_conf.c `virStoragePoolDefParseXML`; volumes of a dir
+/// pool: src/storage/storage_util.c "volume name '%s' cannot contain '/'", a volume being
+/// the file `<pool folder>/<name>`), a newline (the define calls of the QEMU and storage
+/// drivers, `virXMLCheckIllegalChars("name", name, "\n")`), and NUL (names cross libvirt's
+/// API as C strings).
+const LIBVIRT_ILLEGAL: [char; 3] = ['/', '\n', '\0'];
+
+/// libvirt's rule for a name: not empty, none of [`LIBVIRT_ILLEGAL`].
+fn check_libvirt(s: &str) -> Result<(), NameError> {
+    if s.is_empty() {
+        return Err(NameError::Empty);
+    }
+    match s.chars().find(|c| LIBVIRT_ILLEGAL.contains(c)) {
+        Some(c) => Err(NameError::BadChar(c)),
+        None => Ok(()),
+    }
+}
+
+/// A volume name: libvirt's rule ([`check_libvirt`]), and, since a volume of a dir pool is
+/// the file `<pool folder>/<name>`, not `.` or `..`.
+fn check_volume(s: &str) -> Result<(), NameError> {
+    check_libvirt(s)?;
+    if s == "." || s == ".." {
+        return Err(NameError::Dots);
+    }
+    Ok(())
+}
+
+checked_name!(
+    /// The name of a libvirt domain or network (`<name>`): not empty, no `/`, newline or NUL
+    /// ([`LIBVIRT_ILLEGAL`]). A lab's are its `prefix` + the name in the lab file
+    /// (`demo-web`); an external network's is its name as written.
+    LibvirtName, check_libvirt
+);
+checked_name!(
+    /// The name of a libvirt storage pool: not empty, no `/`, newline or NUL
+    /// ([`LIBVIRT_ILLEGAL`]). topo's own is [`OVERLAY_POOL`](crate::lab::ownership::OVERLAY_POOL).
+    PoolName, check_libvirt
+);
+checked_name!(
+    /// The name of a storage volume in a pool: a file name in the pool's folder for the dir
+    /// pools topo uses, so not empty, not `.` or `..`, no `/`, newline or NUL
+    /// ([`LIBVIRT_ILLEGAL`]). topo's are tagged with their lab (`ownership::volume_name`).
+    VolumeName, check_volume
 );
 
 /// A Linux bridge name: at most 15 bytes (IFNAMSIZ - 1, include/uapi/linux/if.h), ASCII
@@ -154,18 +240,37 @@ pub enum MacError {
     Multicast,
 }
 
-/// A unicast Ethernet address, shown as lowercase `52:54:00:ab:cd:ef`.
+/// A unicast Ethernet address, shown as lowercase `52:54:00:ab:cd:ef`: pnet's MAC type (the
+/// one ARP frames carry, [`MacAddr::wire`]) under topo's rules, which are stricter than its
+/// parser: six `:`-separated pairs of hex digits, in either case (IEEE 802's canonical form,
+/// as libvirt writes `<mac address>`; pnet also takes `2` or `+2` for `02`), and never
+/// multicast (the first byte's lowest bit set: IEEE 802 group addresses, which no NIC may
+/// have; libvirt refuses them too: src/conf/domain_conf.c, "expected unicast mac address,
+/// found multicast").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr([u8; 6]);
+pub struct MacAddr(pnet_base::MacAddr);
 
 impl MacAddr {
+    /// # Errors
+    /// [`MacError::Multicast`] for a group address.
     pub fn new(bytes: [u8; 6]) -> Result<Self, MacError> {
-        if bytes[0] & 1 == 1 {
+        Self::unicast(pnet_base::MacAddr::from(bytes))
+    }
+    /// `mac`, when it is unicast.
+    ///
+    /// # Errors
+    /// [`MacError::Multicast`] for a group address.
+    pub fn unicast(mac: pnet_base::MacAddr) -> Result<Self, MacError> {
+        if mac.is_multicast() {
             return Err(MacError::Multicast);
         }
-        Ok(Self(bytes))
+        Ok(Self(mac))
     }
     pub fn octets(&self) -> [u8; 6] {
+        self.0.octets()
+    }
+    /// The address as pnet's type, for frames on the wire.
+    pub fn wire(self) -> pnet_base::MacAddr {
         self.0
     }
 
@@ -184,7 +289,7 @@ impl MacAddr {
         h.update(b"\0");
         h.update(index.to_string().as_bytes());
         let d = h.finalize();
-        Self([0x52, 0x54, 0x00, d[0], d[1], d[2]])
+        Self(pnet_base::MacAddr(0x52, 0x54, 0x00, d[0], d[1], d[2]))
     }
 
     /// The MAC topo gives the bridge of a lab network (`<mac address>` in its XML):
@@ -207,32 +312,26 @@ impl MacAddr {
         h.update(b"\0");
         h.update(network.as_str().as_bytes());
         let d = h.finalize();
-        Self([0x52, 0x54, 0x01, d[0], d[1], d[2]])
+        Self(pnet_base::MacAddr(0x52, 0x54, 0x01, d[0], d[1], d[2]))
     }
 }
 
 impl FromStr for MacAddr {
     type Err = MacError;
+    /// topo's form first (six pairs of hex digits), then pnet's parser, then unicast.
     fn from_str(s: &str) -> Result<Self, MacError> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
+        let pairs = s.split(':').collect::<Vec<_>>();
+        if pairs.len() != 6 || !pairs.iter().all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit())) {
             return Err(MacError::Format);
         }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(MacError::Format);
-            }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| MacError::Format)?;
-        }
-        Self::new(b)
+        Self::unicast(s.parse().map_err(|_| MacError::Format)?)
     }
 }
 
 impl fmt::Display for MacAddr {
+    /// Lowercase, two digits a byte (pnet's form, which is topo's).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        self.0.fmt(f)
     }
 }
 
@@ -246,5 +345,87 @@ impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libvirt refuses '/' in domain and network names (src/conf/domain_postparse.c,
+    /// src/conf/network_conf.c), a newline at define (virXMLCheckIllegalChars), and names
+    /// are C strings (no NUL).
+    #[test]
+    fn libvirt_names_follow_libvirts_rule() {
+        for ok in ["demo-web", "default", "lab_1-n", "Upper.Case ok"] {
+            assert_eq!(LibvirtName::new(ok).unwrap(), ok);
+        }
+        assert_eq!(LibvirtName::new(""), Err(NameError::Empty));
+        assert_eq!(LibvirtName::new("a/b"), Err(NameError::BadChar('/')));
+        assert_eq!(LibvirtName::new("a\nb"), Err(NameError::BadChar('\n')));
+        assert_eq!(LibvirtName::new("a\0b"), Err(NameError::BadChar('\0')));
+        // src/conf/storage_conf.c refuses '/' in a pool's name too.
+        assert_eq!(PoolName::new("topo/overlays"), Err(NameError::BadChar('/')));
+        assert_eq!(PoolName::new("topo-overlays").unwrap(), "topo-overlays");
+    }
+
+    /// A volume of a dir pool is the file `<pool folder>/<name>`: src/storage/storage_util.c
+    /// refuses '/' ("volume name '%s' cannot contain '/'"), and `.`/`..` would be folders.
+    #[test]
+    fn volume_names_are_file_names_in_the_pool_folder() {
+        assert!(VolumeName::new("demo-web-0123abcd.0badf00d.qcow2").is_ok());
+        assert!(VolumeName::new("...").is_ok(), "only '.' and '..' name folders");
+        assert_eq!(VolumeName::new("../etc/passwd"), Err(NameError::BadChar('/')));
+        assert_eq!(VolumeName::new(".."), Err(NameError::Dots));
+        assert_eq!(VolumeName::new("."), Err(NameError::Dots));
+        assert_eq!(VolumeName::new(""), Err(NameError::Empty));
+    }
+
+    /// topo's form of a MAC (IEEE 802's six pairs of hex digits, either case) is stricter
+    /// than pnet's parser, which takes one digit or a `+` per byte.
+    #[test]
+    fn a_mac_is_six_pairs_of_hex_digits() {
+        assert_eq!("52:54:00:AB:cd:0E".parse::<MacAddr>().unwrap().to_string(), "52:54:00:ab:cd:0e");
+        for loose in ["52:54:00:00:1f:2", "52:54:00:00:1f:+2"] {
+            assert!(loose.parse::<pnet_base::MacAddr>().is_ok(), "pnet takes {loose}");
+            assert_eq!(loose.parse::<MacAddr>(), Err(MacError::Format), "topo does not: {loose}");
+        }
+        for bad in ["52:54:00:00:1f:-2", "52-54-00-00-1f-02", "52:54:00:00:1f:02:", "52:54:00:00:1f", ""] {
+            assert_eq!(bad.parse::<MacAddr>(), Err(MacError::Format), "{bad}");
+        }
+        assert_eq!(" 52:54:00:00:1f:02".parse::<MacAddr>(), Err(MacError::Format), "no spaces");
+    }
+
+    /// No NIC may have an IEEE 802 group address (the first byte's lowest bit), which libvirt
+    /// refuses ("expected unicast mac address, found multicast"); the all-zero address is
+    /// unicast and stays accepted as before.
+    #[test]
+    fn a_multicast_mac_is_refused() {
+        for group in ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "03:00:00:00:00:00", "33:33:00:00:00:01"] {
+            assert_eq!(group.parse::<MacAddr>(), Err(MacError::Multicast), "{group}");
+        }
+        assert_eq!(MacAddr::new([0xff; 6]), Err(MacError::Multicast));
+        assert_eq!(MacAddr::unicast(pnet_base::MacAddr::broadcast()), Err(MacError::Multicast));
+        assert!("00:00:00:00:00:00".parse::<MacAddr>().is_ok());
+        assert!("02:00:00:00:00:01".parse::<MacAddr>().is_ok(), "locally administered unicast");
+    }
+
+    /// Ordered by bytes as before (plans list NICs by MAC), and the same six bytes on the wire.
+    #[test]
+    fn a_mac_orders_by_its_bytes_and_is_the_frames_mac() {
+        let a = MacAddr::new([0x52, 0x54, 0x00, 0x00, 0x00, 0xff]).unwrap();
+        let b = MacAddr::new([0x52, 0x54, 0x00, 0x00, 0x01, 0x00]).unwrap();
+        assert!(a < b);
+        assert_eq!(b.wire().octets(), b.octets());
+        assert_eq!(MacAddr::unicast(b.wire()), Ok(b));
+    }
+
+    /// A name read back (a saved plan) passes the same rule as one built.
+    #[test]
+    fn names_are_checked_when_read() {
+        assert_eq!(serde_json::from_str::<VolumeName>("\"a.qcow2\"").unwrap(), "a.qcow2");
+        let e = serde_json::from_str::<VolumeName>("\"a/b\"").unwrap_err().to_string();
+        assert!(e.contains("VolumeName \"a/b\" contains '/'"), "{e}");
+        assert_eq!(serde_json::to_string(&PoolName::new("p").unwrap()).unwrap(), "\"p\"");
     }
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::lab::address::Address;
+use crate::lab::names::{LibvirtName, PoolName, VolumeName};
 
 /// XML namespace of the `<metadata>` element topo puts on every object it creates.
 /// (`.invalid` is a reserved top-level domain: the URI names no real host.)
@@ -21,6 +22,12 @@ pub const OWNER_NS: &str = "http://topo.invalid/xmlns/lab/1";
 /// Name of the storage pool that holds every lab's overlay volumes. Shared by all labs on
 /// a host, looked up by this name, and never deleted by `destroy`.
 pub const OVERLAY_POOL: &str = "topo-overlays";
+
+/// [`OVERLAY_POOL`] as a pool name.
+pub fn overlay_pool() -> PoolName {
+    // Invariant: the literal is not empty and has no '/', newline or NUL (tested below).
+    PoolName::new(OVERLAY_POOL).expect("the overlay pool's name is a valid pool name")
+}
 
 /// Folder of the overlay pool when topo defines it (an existing pool keeps its own folder).
 pub const DEFAULT_OVERLAY_DIR: &str = "/var/lib/libvirt/images/topo";
@@ -173,12 +180,24 @@ fn volume_checksum(lab: &str, stem: &str) -> String {
     hex(&h.finalize()[..4])
 }
 
-/// The name of a volume lab `lab` creates: `<stem>.<tag>.<ext>`, where `tag` is a checksum
-/// of the lab name and the stem. libvirt storage volumes carry no metadata, so the tag is
-/// in the name; a file that does not pass [`volume_owned_by`] is never the lab's, whatever
-/// its name starts with.
-pub fn volume_name(lab: &str, stem: &str, ext: &str) -> String {
-    format!("{stem}.{}.{ext}", volume_checksum(lab, stem))
+/// The name of a volume lab `lab` creates for domain `domain`: `<stem>.<tag>.<ext>` where
+/// the stem is `<domain><mark><hex>` (`mark` `-` for an overlay, [`SEED_MARK`] for a seed;
+/// `hex` 8 hex digits) and `tag` is a checksum of the lab name and the stem. libvirt storage
+/// volumes carry no metadata, so the tag is in the name; a file that does not pass
+/// [`volume_owned_by`] is never the lab's, whatever its name starts with.
+///
+/// # Errors
+/// [`NameError`](crate::lab::names::NameError) when `mark`, `hex` or `ext` hold a character
+/// a volume name may not (a domain name never does: [`LibvirtName`]).
+pub fn volume_name(
+    lab: &str,
+    domain: &LibvirtName,
+    mark: &str,
+    hex: &str,
+    ext: &str,
+) -> Result<VolumeName, crate::lab::names::NameError> {
+    let stem = format!("{domain}{mark}{hex}");
+    VolumeName::new(&format!("{stem}.{}.{ext}", volume_checksum(lab, &stem)))
 }
 
 /// Whether volume `name` carries lab `lab`'s tag (see [`volume_name`]).
@@ -270,12 +289,22 @@ mod tests {
         assert_eq!(Ownership::of(Some(&bare), &me("demo", "demo-", "/x"), false, "db"), Ownership::OtherLab);
     }
 
+    fn web() -> LibvirtName {
+        LibvirtName::new("demo-web").unwrap()
+    }
+
+    #[test]
+    fn the_overlay_pool_name_is_a_pool_name() {
+        assert_eq!(overlay_pool(), OVERLAY_POOL);
+    }
+
     #[test]
     fn volume_tags() {
-        let n = volume_name("demo", "demo-web-0123abcd", "qcow2");
+        let n = volume_name("demo", &web(), "-", "0123abcd", "qcow2").unwrap();
+        let n = n.as_str();
         assert!(n.starts_with("demo-web-0123abcd.") && n.ends_with(".qcow2"), "{n}");
-        assert!(volume_owned_by("demo", &n));
-        assert!(!volume_owned_by("other", &n));
+        assert!(volume_owned_by("demo", n));
+        assert!(!volume_owned_by("other", n));
         // Same prefix, no tag: a user's file is never the lab's.
         assert!(!volume_owned_by("demo", "demo-web-0123abcd.qcow2"));
         assert!(!volume_owned_by("demo", "demo-web.deadbeef.qcow2"));
@@ -284,8 +313,14 @@ mod tests {
 
     #[test]
     fn a_volume_names_its_domain() {
-        assert_eq!(volume_domain(&volume_name("demo", "demo-web-0123abcd", "qcow2")), Some("demo-web"));
-        assert_eq!(volume_domain(&volume_name("demo", "demo-web-cidata-0123abcd", "img")), Some("demo-web"));
+        let overlay = volume_name("demo", &web(), "-", "0123abcd", "qcow2").unwrap();
+        assert_eq!(volume_domain(overlay.as_str()), Some("demo-web"));
+        let seed = volume_name("demo", &web(), SEED_MARK, "0123abcd", "img").unwrap();
+        assert_eq!(volume_domain(seed.as_str()), Some("demo-web"));
+        assert!(
+            volume_name("demo", &web(), "-", "01/3abcd", "img").is_err(),
+            "a volume is a file in the pool's folder"
+        );
         assert_eq!(volume_domain("demo-web.qcow2"), None);
         assert_eq!(volume_domain("demo-web-xyz.deadbeef.qcow2"), None);
     }

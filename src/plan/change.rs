@@ -10,7 +10,7 @@ use crate::diag::{Code, Problem};
 use crate::host::hypervisor::VolumeSpec;
 use crate::lab::address::Address;
 use crate::lab::impair::{Netem, Rate};
-use crate::lab::model::MacAddr;
+use crate::lab::model::{MacAddr, PoolName, VolumeName};
 use crate::plan::fields::Field;
 
 /// What will happen to one resource. A closed vocabulary: renderers and apply match it
@@ -75,15 +75,14 @@ pub enum Reason {
     PoolNeeded,
     /// NICs of the running VM are not on their network's bridge (the network was stopped
     /// and started again under them, e.g. `virsh net-destroy` + `net-start`): they are
-    /// plugged in again. Each entry: `eth0 (52:54:00:..., tap vnet3)`.
-    Unplugged { nics: Vec<String> },
+    /// plugged in again.
+    Unplugged { nics: Vec<NicTap> },
     /// The lab owned this network and now declares it `external: true`: topo releases it
     /// (removes its owner tag) and leaves it running.
     Released,
     /// The netem settings (`delay`, `jitter`, `loss`) on the taps of these NICs of the
-    /// running VM differ from the lab file: they are set in place with tc. Each entry:
-    /// `eth0 (tap vnet3)`.
-    Netem { nics: Vec<String> },
+    /// running VM differ from the lab file: they are set in place with tc.
+    Netem { nics: Vec<NicTap> },
     /// The running VM's persistent config was removed outside topo (`virsh undefine` while
     /// it runs): libvirt keeps it as a transient domain, which is gone once it stops. Its
     /// config is defined again, in place, before anything stops it. Source of the rule:
@@ -92,7 +91,7 @@ pub enum Reason {
     /// These volumes of the VM (names in the overlay pool) were deleted outside topo
     /// (`virsh vol-delete`, a file removed) while its domain still uses them: a seed is
     /// uploaded again with the same content, in place; a lost overlay replaces the VM.
-    DeletedOutsideTopo { volumes: Vec<String> },
+    DeletedOutsideTopo { volumes: Vec<VolumeName> },
     /// The VM being deleted or replaced has snapshots (libvirt's metadata, internal or
     /// external; sorted names). libvirt refuses to undefine an inactive domain that has any
     /// ("cannot delete inactive domain with N snapshots"), so their metadata is removed
@@ -110,85 +109,47 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// One line for the human plan.
-    pub fn describe(&self) -> String {
+    /// The reason's kind, as its `kind` key in the plan's JSON and the saved plan:
+    /// `not-on-host`, `requires-replace`, ... The wording for people is the renderers'
+    /// ([`render`](super::render)).
+    pub fn kind(&self) -> &'static str {
         match self {
-            Reason::NotOnHost => "it is in the lab file but not on the host".into(),
-            Reason::NotInLabFile => "it is owned by this lab but no longer in the lab file".into(),
-            Reason::LabFileChanged => "the lab file changed".into(),
-            Reason::Drift => "changed outside topo since the last apply (drift)".into(),
-            Reason::RequiresReplace { fields } => {
-                format!("{} cannot change in place", join(fields))
-            }
-            Reason::NotActive => "the network is defined but not active".into(),
-            Reason::NotRunning => "the VM is defined but not running".into(),
-            Reason::RequiresRestart { fields } => {
-                let verb = if fields.len() == 1 { "takes" } else { "take" };
-                format!("{} {verb} effect after a restart; the VM will be restarted", join(fields))
-            }
-            Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
-            Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
-            Reason::Paused => "the VM is paused; it will be resumed".into(),
-            Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
-            Reason::InterruptedUpload => {
-                "an interrupted seed upload left it (it may be truncated; seeds get their own name only when whole)"
-                    .into()
-            }
-            Reason::PoolNeeded => {
-                "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
-                    .into()
-            }
-            Reason::Released => {
-                "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
-            }
-            Reason::Netem { nics } => {
-                let verb = if nics.len() == 1 { "differs" } else { "differ" };
-                format!(
-                    "the delay, jitter or loss on {} {verb} from the lab file; set in place on the tap (tc netem), no restart",
-                    nics.join(", ")
-                )
-            }
-            Reason::UndefinedOutsideTopo => {
-                "undefined outside topo (running, transient): its config is defined again, in place, so it is not lost when it stops"
-                    .into()
-            }
-            Reason::DeletedOutsideTopo { volumes } => {
-                let verb = if volumes.len() == 1 { "was" } else { "were" };
-                let what = if volumes.iter().all(|v| crate::guest::is_seed_volume(v)) {
-                    "the seed is uploaded again with the same content, in place (cloud-init does not run again)"
-                } else {
-                    "the VM's disk is lost, so the VM is replaced"
-                };
-                format!("{} {verb} deleted outside topo; {what}", volumes.join(", "))
-            }
-            Reason::Snapshots { names } => {
-                let (n, them) = if names.len() == 1 { ("snapshot", "its") } else { ("snapshots", "their") };
-                format!(
-                    "the VM has {n} {}: {them} metadata is removed first (libvirt will not undefine a VM with snapshots), and {them} data goes with the VM's disk",
-                    names.join(", ")
-                )
-            }
-            Reason::Unplugged { nics } => {
-                let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
-                format!(
-                    "{} {verb} off {whose} network's bridge (the network was restarted under the running VM); plugged in again",
-                    nics.join(", ")
-                )
-            }
-            Reason::Adopted => {
-                "an older topo tagged it without the lab file; its tag now records this lab file and prefix, in place"
-                    .into()
-            }
-            Reason::TakenOver { from } => {
-                format!("--take-over: it was applied from {from}; its tag now names this lab file, in place")
-            }
+            Reason::NotOnHost => "not-on-host",
+            Reason::NotInLabFile => "not-in-lab-file",
+            Reason::LabFileChanged => "lab-file-changed",
+            Reason::Drift => "drift",
+            Reason::RequiresReplace { .. } => "requires-replace",
+            Reason::NotActive => "not-active",
+            Reason::NotRunning => "not-running",
+            Reason::RequiresRestart { .. } => "requires-restart",
+            Reason::DestroyRequested => "destroy-requested",
+            Reason::StopRequested => "stop-requested",
+            Reason::Paused => "paused",
+            Reason::Orphaned => "orphaned",
+            Reason::InterruptedUpload => "interrupted-upload",
+            Reason::PoolNeeded => "pool-needed",
+            Reason::Unplugged { .. } => "unplugged",
+            Reason::Released => "released",
+            Reason::Netem { .. } => "netem",
+            Reason::UndefinedOutsideTopo => "undefined-outside-topo",
+            Reason::DeletedOutsideTopo { .. } => "deleted-outside-topo",
+            Reason::Snapshots { .. } => "snapshots",
+            Reason::Adopted => "adopted",
+            Reason::TakenOver { .. } => "taken-over",
         }
     }
 }
 
-/// Fields' paths, comma-separated.
-fn join(fields: &[Field]) -> String {
-    fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+/// A NIC of a running VM as a reason names it: where it is in the VM's list, its MAC, and
+/// the tap device it is plugged in through (as observed on the host).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NicTap {
+    /// Position in the VM's `nics` list (0-based), shown as `eth0`, `eth1`, ...
+    /// ([`nic_label`](crate::lab::model::nic_label)).
+    pub index: usize,
+    pub mac: MacAddr,
+    /// The tap device's name on the host (`vnet3`).
+    pub tap: String,
 }
 
 /// One field's difference.
@@ -248,7 +209,7 @@ pub enum Op {
     /// Make sure the storage pool `name` exists (a dir pool over `path` when it does not),
     /// is built, active and autostarted. Looked up by name.
     EnsurePool {
-        name: String,
+        name: PoolName,
         path: String,
     },
     DefineNetwork {
@@ -282,14 +243,14 @@ pub enum Op {
         volume: VolumeSpec,
     },
     DeleteVolume {
-        pool: String,
-        name: String,
+        pool: PoolName,
+        name: VolumeName,
     },
     /// Create the VM's cloud-init seed volume `name` in `pool`: the FAT image of `seed`
     /// (made at apply time, the same bytes on every run), uploaded through libvirt.
     UploadSeed {
-        pool: String,
-        name: String,
+        pool: PoolName,
+        name: VolumeName,
         seed: crate::guest::Seed,
     },
     DefineDomain {

@@ -226,7 +226,7 @@ fn owner_text(o: Option<&OwnerTag>, name: &str) -> String {
 /// subnet, bridge or route the host already uses.
 fn network_conflicts(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
-    let on_host = observed.networks.get(&net.libvirt_name);
+    let on_host = observed.networks.get(net.libvirt_name.as_str());
     match (&net.kind, on_host) {
         (NetworkKind::External, None) => out.push(Problem::at(
             Code::ExternalMissing,
@@ -371,7 +371,7 @@ fn host_network_clashes(lab: &Lab, net: &Network, m: &ManagedNetwork, observed: 
 fn route_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
     if let (Some(subnet), Some(routes)) = (m.subnet, &observed.host_routes)
-        && starts_network(m, &net.libvirt_name, observed)
+        && starts_network(m, net.libvirt_name.as_str(), observed)
     {
         let bridges: BTreeSet<&str> = observed
             .networks
@@ -430,7 +430,7 @@ fn interface_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Op
 fn macs_taken(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
     for vm in lab.vms.values() {
-        let ours = observed.domains.get(&vm.libvirt_name).filter(|d| d.ownership(lab) == Ownership::ThisLab);
+        let ours = observed.domains.get(vm.libvirt_name.as_str()).filter(|d| d.ownership(lab) == Ownership::ThisLab);
         for nic in &vm.nics {
             let Some(net) = lab.networks.get(&nic.network) else { continue };
             let present = ours.is_some_and(|d| {
@@ -441,8 +441,10 @@ fn macs_taken(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             if present {
                 continue;
             }
-            let bridge =
-                observed.networks.get(&net.libvirt_name).and_then(|o| o.live_bridge.clone().or(o.bridge.clone()));
+            let bridge = observed
+                .networks
+                .get(net.libvirt_name.as_str())
+                .and_then(|o| o.live_bridge.clone().or(o.bridge.clone()));
             let holder = observed.domains.values().filter(|d| d.ownership(lab) != Ownership::ThisLab).find(|d| {
                 d.interfaces.iter().any(|i| {
                     i.mac == Some(nic.mac)
@@ -493,7 +495,7 @@ fn bridge_macs(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     for vm in lab.vms.values() {
         for nic in &vm.nics {
             let Some(net) = lab.networks.get(&nic.network) else { continue };
-            let Some(o) = observed.networks.get(&net.libvirt_name) else { continue };
+            let Some(o) = observed.networks.get(net.libvirt_name.as_str()) else { continue };
             let bridge = o.live_bridge.as_ref().or(o.bridge.as_ref());
             let held = if o.mac == Some(nic.mac) {
                 Some(format!(
@@ -536,7 +538,7 @@ fn bridge_macs(lab: &Lab, observed: &Observed) -> Vec<Problem> {
 fn vm_names_taken(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     let mut out = Vec::new();
     for vm in lab.vms.values() {
-        if let Some(o) = observed.domains.get(&vm.libvirt_name)
+        if let Some(o) = observed.domains.get(vm.libvirt_name.as_str())
             && o.ownership(lab) != Ownership::ThisLab
         {
             out.push(Problem::at(
@@ -562,7 +564,7 @@ fn netem_unreachable(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     for vm in lab.vms.values() {
         let running = observed
             .domains
-            .get(&vm.libvirt_name)
+            .get(vm.libvirt_name.as_str())
             .filter(|d| d.ownership(lab) == Ownership::ThisLab && d.state == DomainState::Running);
         for nic in vm.nics.iter().filter(|n| wanted_netem(n).is_some()) {
             let span = nic.netem_span.unwrap_or(nic.span);

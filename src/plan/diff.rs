@@ -102,8 +102,9 @@ pub(super) fn retag(lab: &Lab, owner: Option<&crate::host::observed::OwnerTag>) 
     Some((reason, field))
 }
 
-/// The address an owned object is planned under: its owner tag's resource (ownership
-/// checked that it parses).
-pub(super) fn owner_address(owner: Option<&crate::host::observed::OwnerTag>, name: &str) -> Address {
-    owner.and_then(|t| t.resource.parse().ok()).unwrap_or_else(|| Address::Volume(name.to_string()))
+/// The address an object this lab owns is planned under: its owner tag's resource.
+pub(super) fn owner_address(owner: Option<&crate::host::observed::OwnerTag>) -> Address {
+    // Invariant: only objects of this lab are planned by their tag, and `Ownership::of`
+    // counts an object as this lab's only when its tag's resource parses as an address.
+    owner.and_then(|t| t.resource.parse().ok()).expect("an owned object's tag names its address")
 }

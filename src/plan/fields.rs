@@ -343,7 +343,7 @@ pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
     // cloud-init runs once per instance: any change to the seed replaces the VM. The seed
     // volume's name carries a hash of the seed; the files are there for a readable diff.
     if let Ok(Some(seed)) = crate::guest::Seed::of(lab, vm) {
-        put(&mut f, Field::CloudInit, seed.volume_name(lab, vm), Replace);
+        put(&mut f, Field::CloudInit, seed.volume_name(lab, vm).to_string(), Replace);
         for (name, text) in seed.files() {
             put(&mut f, Field::CloudInitFile(name.to_string()), text, Replace);
         }

@@ -23,7 +23,9 @@ use crate::host::observed::{Observed, Ownership};
 use crate::lab::address::Address;
 use crate::lab::model::{Lab, NetworkKind};
 
-pub use change::{Action, Change, Detached, FieldChange, NicPlug, Op, Plan, PlanError, Reason, Shutdown, Summary};
+pub use change::{
+    Action, Change, Detached, FieldChange, NicPlug, NicTap, Op, Plan, PlanError, Reason, Shutdown, Summary,
+};
 use conflicts::{check_conflicts, refused};
 pub use conflicts::{check_executable, check_foreign, check_instances, other_instances};
 use network::{delete_network, is_replaced, plan_network, release_network};
@@ -66,8 +68,8 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     let replaced_networks: BTreeSet<String> = lab
         .networks
         .values()
-        .filter_map(|n| match (&n.kind, observed.networks.get(&n.libvirt_name)) {
-            (NetworkKind::Managed(m), Some(o)) => is_replaced(m, o).then(|| n.libvirt_name.clone()),
+        .filter_map(|n| match (&n.kind, observed.networks.get(n.libvirt_name.as_str())) {
+            (NetworkKind::Managed(m), Some(o)) => is_replaced(m, o).then(|| n.libvirt_name.to_string()),
             _ => None,
         })
         .collect();

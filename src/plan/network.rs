@@ -35,7 +35,7 @@ pub(super) fn delete_network(lab: &Lab, n: &ObservedNetwork, observed: &Observed
     if n.persistent {
         ops.push(Op::UndefineNetwork);
     }
-    let mut c = deletion(owner_address(n.owner.as_ref(), &n.name), &n.name, all_fields(&d, false), ops);
+    let mut c = deletion(owner_address(n.owner.as_ref()), &n.name, all_fields(&d, false), ops);
     c.blast_radius = network_users(lab, &n.name, observed);
     c
 }
@@ -126,14 +126,14 @@ pub(super) fn plan_network(
     let NetworkKind::Managed(m) = &net.kind else { return Ok(None) };
     let address = Address::Network(net.name.clone());
     let desired = fields::desired_network(m);
-    let o = observed.networks.get(&net.libvirt_name);
+    let o = observed.networks.get(net.libvirt_name.as_str());
     let define = network_define(lab, net, &desired, o)?;
     let Some(o) = o else {
         let mut ops = vec![define, Op::StartNetwork];
         if m.autostart {
             ops.push(Op::SetNetworkAutostart { on: true });
         }
-        return Ok(Some(creation(address, &net.libvirt_name, &desired, ops)));
+        return Ok(Some(creation(address, net.libvirt_name.as_str(), &desired, ops)));
     };
     let obs = fields::observed_network(o, &desired);
     let mut changed = diff(&desired, &obs);
@@ -149,13 +149,13 @@ pub(super) fn plan_network(
         changed.sort_by(|a, b| a.path.cmp(&b.path));
         config_changed = true;
     }
-    if replaced.contains(&net.libvirt_name) {
+    if replaced.contains(net.libvirt_name.as_str()) {
         let forced: Vec<Field> = changed.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
         reasons.push(Reason::RequiresReplace { fields: forced });
         let (blast, ops) = replace_ops(lab, net, m, o, observed, define)?;
         return Ok(Some(Change {
             address,
-            libvirt_name: net.libvirt_name.clone(),
+            libvirt_name: net.libvirt_name.to_string(),
             action: Action::Replace,
             reasons,
             fields: changed.into_iter().filter(|f| f.path != Field::Active).collect(),
@@ -182,7 +182,7 @@ pub(super) fn plan_network(
     }
     Ok(Some(Change {
         address,
-        libvirt_name: net.libvirt_name.clone(),
+        libvirt_name: net.libvirt_name.to_string(),
         action: Action::Update,
         reasons,
         fields: changed,
@@ -307,7 +307,7 @@ pub(super) fn blast_radius(lab: &Lab, net: &Network, observed: &Observed) -> Vec
         let ours = d.ownership(lab) == Ownership::ThisLab && lab.vms.values().any(|v| v.libvirt_name == d.name);
         for i in &d.interfaces {
             if let (Some(mac), Some(n)) = (i.mac, i.network.as_deref())
-                && n == net.libvirt_name
+                && n == net.libvirt_name.as_str()
             {
                 out.push(Detached {
                     domain: d.name.clone(),

@@ -131,7 +131,7 @@ impl ResourceGraph {
         for vm in lab.vms.values() {
             for nic in &vm.nics {
                 let Some(net) = lab.networks.get(&nic.network) else { continue };
-                g.attach(&vm.libvirt_name, &net.libvirt_name, Ref::Desired);
+                g.attach(vm.libvirt_name.as_str(), net.libvirt_name.as_str(), Ref::Desired);
             }
         }
         for d in observed.domains.values() {

@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use super::fields::Field;
-use super::{Action, Change, Plan};
+use super::{Action, Change, NicTap, Plan, Reason};
+use crate::lab::model::nic_label;
 
 /// Terminal colours, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +133,100 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// One line for the human plan: why the change is planned (after `because`).
+pub fn reason(r: &Reason) -> String {
+    match r {
+        Reason::NotOnHost => "it is in the lab file but not on the host".into(),
+        Reason::NotInLabFile => "it is owned by this lab but no longer in the lab file".into(),
+        Reason::LabFileChanged => "the lab file changed".into(),
+        Reason::Drift => "changed outside topo since the last apply (drift)".into(),
+        Reason::RequiresReplace { fields } => format!("{} cannot change in place", join(fields)),
+        Reason::NotActive => "the network is defined but not active".into(),
+        Reason::NotRunning => "the VM is defined but not running".into(),
+        Reason::RequiresRestart { fields } => {
+            let verb = if fields.len() == 1 { "takes" } else { "take" };
+            format!("{} {verb} effect after a restart; the VM will be restarted", join(fields))
+        }
+        Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
+        Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
+        Reason::Paused => "the VM is paused; it will be resumed".into(),
+        Reason::Orphaned => "it is tagged as this lab's and no domain uses it (orphaned)".into(),
+        Reason::InterruptedUpload => {
+            "an interrupted seed upload left it (it may be truncated; seeds get their own name only when whole)".into()
+        }
+        Reason::PoolNeeded => {
+            "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
+                .into()
+        }
+        Reason::Released => {
+            "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
+        }
+        Reason::Netem { nics } => {
+            let verb = if nics.len() == 1 { "differs" } else { "differ" };
+            format!(
+                "the delay, jitter or loss on {} {verb} from the lab file; set in place on the tap (tc netem), no restart",
+                listed(nics, netem_nic)
+            )
+        }
+        Reason::UndefinedOutsideTopo => {
+            "undefined outside topo (running, transient): its config is defined again, in place, so it is not lost when it stops"
+                .into()
+        }
+        Reason::DeletedOutsideTopo { volumes } => {
+            let verb = if volumes.len() == 1 { "was" } else { "were" };
+            let what = if volumes.iter().all(|v| crate::guest::is_seed_volume(v.as_str())) {
+                "the seed is uploaded again with the same content, in place (cloud-init does not run again)"
+            } else {
+                "the VM's disk is lost, so the VM is replaced"
+            };
+            let volumes: Vec<&str> = volumes.iter().map(|v| v.as_str()).collect();
+            format!("{} {verb} deleted outside topo; {what}", volumes.join(", "))
+        }
+        Reason::Snapshots { names } => {
+            let (n, them) = if names.len() == 1 { ("snapshot", "its") } else { ("snapshots", "their") };
+            format!(
+                "the VM has {n} {}: {them} metadata is removed first (libvirt will not undefine a VM with snapshots), and {them} data goes with the VM's disk",
+                names.join(", ")
+            )
+        }
+        Reason::Unplugged { nics } => {
+            let (verb, whose) = if nics.len() == 1 { ("is", "its") } else { ("are", "their") };
+            format!(
+                "{} {verb} off {whose} network's bridge (the network was restarted under the running VM); plugged in again",
+                listed(nics, unplugged_nic)
+            )
+        }
+        Reason::Adopted => {
+            "an older topo tagged it without the lab file; its tag now records this lab file and prefix, in place".into()
+        }
+        Reason::TakenOver { from } => {
+            format!("--take-over: it was applied from {from}; its tag now names this lab file, in place")
+        }
+    }
+}
+
+/// An unplugged NIC as the plan names it, here and in its JSON: `eth0 (52:54:00:12:34:56,
+/// tap vnet3)`.
+pub(super) fn unplugged_nic(n: &NicTap) -> String {
+    format!("{} ({}, tap {})", nic_label(n.index), n.mac, n.tap)
+}
+
+/// A NIC with other netem settings as the plan names it, here and in its JSON: `eth0 (tap
+/// vnet3)`.
+pub(super) fn netem_nic(n: &NicTap) -> String {
+    format!("{} (tap {})", nic_label(n.index), n.tap)
+}
+
+/// `nics` named by `name`, comma-separated.
+fn listed(nics: &[NicTap], name: fn(&NicTap) -> String) -> String {
+    nics.iter().map(name).collect::<Vec<_>>().join(", ")
+}
+
+/// Fields' paths, comma-separated.
+fn join(fields: &[Field]) -> String {
+    fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+}
+
 /// Renders the plan. `file` names the lab file in the no-change line.
 pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let mut out = String::new();
@@ -163,7 +258,7 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         let (sym, color) = symbol(c.action);
         let _ = writeln!(out, "  {}", style.paint(BOLD, &headline(c)));
         for r in &c.reasons {
-            let _ = writeln!(out, "  #   because {}", r.describe());
+            let _ = writeln!(out, "  #   because {}", reason(r));
         }
         let (kind, name) = (c.address.kind(), c.address.name());
         let _ = writeln!(out, "{} {kind} {name:?} {{", style.paint(color, sym));

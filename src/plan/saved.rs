@@ -17,8 +17,12 @@ const FORMAT_TAG: &str = "topo-saved-plan/";
 /// it is read (`files::read_bounded`).
 pub const MAX_SAVED_PLAN_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Version 2 carries the executable steps; version 1 (the plan as shown only) is refused.
-pub const SAVED_FORMAT: &str = "topo-saved-plan/2";
+/// The saved-plan format this topo writes and applies. Version 3: reasons are data (a NIC a
+/// reason names is its index, MAC and tap, not a sentence). Version 2 carried the executable
+/// steps with reasons in words; version 1 the plan as shown only. Plans of any other version
+/// are refused ([`SavedPlanError::Version`]): a saved plan is applied by the topo that made
+/// it, as Terraform refuses a plan file from another Terraform version.
+pub const SAVED_FORMAT: &str = "topo-saved-plan/3";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedPlan {
@@ -46,6 +50,20 @@ pub enum SavedPlanError {
     #[error("{0} is not a saved topo plan: {1}")]
     #[diagnostic(code(topo::plan::saved::format), help("make one with `topo plan LAB.yaml --out FILE`"))]
     Format(String, String),
+    /// A saved plan of another format version: made by another version of topo, whose steps
+    /// this one may read differently. Same code as [`Format`](Self::Format), so scripts that
+    /// match it keep working.
+    #[error(
+        "{name} was saved by another version of topo (format {found}); this topo applies only {SAVED_FORMAT} plans"
+    )]
+    #[diagnostic(
+        code(topo::plan::saved::format),
+        help(
+            "nothing was changed. Saved plans do not carry over between topo versions: make the plan again with \
+             this topo (`topo plan LAB.yaml --out FILE`), review it and apply that"
+        )
+    )]
+    Version { name: String, found: String },
     #[error("the saved plan is stale: {what} changed since it was made")]
     #[diagnostic(code(topo::plan::saved::stale), help("run `topo plan` again and review the new plan"))]
     Stale { what: String },
@@ -62,13 +80,27 @@ pub fn fingerprint(observed: &Observed) -> String {
 }
 
 impl SavedPlan {
+    /// Reads a saved plan: its `format` first, so that a plan of another version is refused
+    /// as such ([`SavedPlanError::Version`]) rather than for a step it cannot read.
+    ///
+    /// # Errors
+    /// [`SavedPlanError::Format`] when `text` is not a saved plan of this shape,
+    /// [`SavedPlanError::Version`] when it is one of another format version.
     pub fn parse(name: &str, text: &str) -> Result<Self, SavedPlanError> {
-        let p: SavedPlan =
-            serde_json::from_str(text).map_err(|e| SavedPlanError::Format(name.into(), e.to_string()))?;
-        if p.format != SAVED_FORMAT {
-            return Err(SavedPlanError::Format(name.into(), format!("unknown format {:?}", p.format)));
+        /// The one key every version has.
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
         }
-        Ok(p)
+        let bad = |e: serde_json::Error| SavedPlanError::Format(name.into(), e.to_string());
+        let head: Head = serde_json::from_str(text).map_err(bad)?;
+        if head.format != SAVED_FORMAT {
+            return Err(match head.format.strip_prefix(FORMAT_TAG) {
+                Some(_) => SavedPlanError::Version { name: name.into(), found: head.format },
+                None => SavedPlanError::Format(name.into(), format!("unknown format {:?}", head.format)),
+            });
+        }
+        serde_json::from_str(text).map_err(bad)
     }
 
     /// Errors when the lab text, the URI or the host are not what the plan was made from.

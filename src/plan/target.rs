@@ -77,9 +77,9 @@ pub fn closure(lab: &Lab, observed: &Observed, targets: &[Address], direction: D
 fn resource(lab: &Lab, observed: &Observed, a: &Address) -> Option<Resource> {
     match a {
         Address::Network(n) => Some(Resource::Network(
-            lab.networks.get(n).map(|net| net.libvirt_name.clone()).or_else(|| owned_name(observed, a))?,
+            lab.networks.get(n).map(|net| net.libvirt_name.to_string()).or_else(|| owned_name(observed, a))?,
         )),
-        Address::Vm(v) => lab.vms.get(v).map(|vm| Resource::Vm(vm.libvirt_name.clone())),
+        Address::Vm(v) => lab.vms.get(v).map(|vm| Resource::Vm(vm.libvirt_name.to_string())),
         Address::Volume(_) | Address::Pool(_) => None,
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::change::{Action, Change, FieldChange, NicPlug, Op, Reason, Shutdown, render_failed};
+use super::change::{Action, Change, FieldChange, NicPlug, NicTap, Op, Reason, Shutdown, render_failed};
 use super::diff::{all_fields, creation, deletion, diff, drifted, owner_address, retag};
 use super::volume::{Pool, deleted_volumes, domain_volumes, kept_top, snapshot_removal};
 use crate::diag::Problem;
@@ -11,8 +11,8 @@ use crate::host::hypervisor::VolumeSpec;
 use crate::host::observed::{DomainState, LiveConfig, Observed, ObservedDomain};
 use crate::lab::address::Address;
 use crate::lab::impair::Netem;
-use crate::lab::model::{Lab, MacAddr, Nic, Vm, VmState};
-use crate::lab::ownership::OVERLAY_POOL;
+use crate::lab::model::{Lab, MacAddr, Nic, Vm, VmState, VolumeName};
+use crate::lab::ownership::{OVERLAY_POOL, overlay_pool};
 use crate::plan::fields::{self, Field, Fields};
 
 pub(super) fn delete_domain(
@@ -37,7 +37,7 @@ pub(super) fn delete_domain(
     }
     ops.push(Op::UndefineDomain);
     ops.extend(domain_volumes(lab, d, observed, pool));
-    let mut c = deletion(owner_address(d.owner.as_ref(), &d.name), &d.name, fields, ops);
+    let mut c = deletion(owner_address(d.owner.as_ref()), &d.name, fields, ops);
     c.reasons.extend(snapshots.map(|(_, r, _)| r));
     c
 }
@@ -49,7 +49,7 @@ struct Wanted<'a> {
     vm: &'a Vm,
     pool: &'a Pool,
     desired: Fields,
-    seed: Option<(crate::guest::Seed, String)>,
+    seed: Option<(crate::guest::Seed, VolumeName)>,
     /// `state: running`; else `stopped`: defined, disk kept, not running.
     run: bool,
 }
@@ -69,14 +69,14 @@ impl<'a> Wanted<'a> {
     }
 
     /// The seed's volume name, when cloud-init is on for the VM.
-    fn seed_name(&self) -> Option<String> {
+    fn seed_name(&self) -> Option<VolumeName> {
         self.seed.as_ref().map(|(_, name)| name.clone())
     }
 
     /// The seed volume the VM needs, if cloud-init is on for it.
     fn seed_volume(&self) -> Option<Op> {
         let (seed, name) = self.seed.clone()?;
-        Some(Op::UploadSeed { pool: OVERLAY_POOL.to_string(), name, seed })
+        Some(Op::UploadSeed { pool: overlay_pool(), name, seed })
     }
 
     /// The domain XML to define, keeping the observed UUID; its disk and seed disk open
@@ -86,8 +86,8 @@ impl<'a> Wanted<'a> {
     /// The XML cannot be rendered ([`render_failed`]).
     fn define(&self, o: Option<&ObservedDomain>, kept: (Option<String>, Option<String>)) -> Result<Op, Problem> {
         let (lab, vm, pool) = (self.lab, self.vm, self.pool);
-        let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(&f)));
-        let seed = kept.1.or_else(|| self.seed_name().map(|name| pool.volume_path(&name)));
+        let disk = kept.0.or_else(|| vm.overlay_name(&lab.name).map(|f| pool.volume_path(f.as_str())));
+        let seed = kept.1.or_else(|| self.seed_name().map(|name| pool.volume_path(name.as_str())));
         let hash = fields::spec_hash(&self.desired);
         let uuid = o.and_then(|o| o.uuid.as_deref());
         let xml = crate::host::xml::domain_xml_with_seed(lab, vm, disk.as_deref(), seed.as_deref(), &hash, uuid)
@@ -116,7 +116,7 @@ pub(super) fn overlay_volume(lab: &Lab, vm: &Vm) -> Option<Op> {
     Some(Op::CreateVolume {
         volume: VolumeSpec {
             pool: OVERLAY_POOL.to_string(),
-            name: vm.overlay_name(&lab.name)?,
+            name: vm.overlay_name(&lab.name)?.to_string(),
             backing: d.image.display().to_string(),
             backing_format: d.format,
             size: d.size.map(|s| s.bytes()),
@@ -144,8 +144,8 @@ pub(super) fn pending_restart(lab: &Lab, o: &ObservedDomain, desired: &Fields) -
 }
 
 /// The NICs of a running lab VM that are off their network's bridge, as observed where each
-/// tap is plugged (`ObservedDomain::links`): the plug op, the field shown, and the reason's
-/// text for each. NICs are left out when nothing is known (remote host, taps not visible),
+/// tap is plugged (`ObservedDomain::links`): the plug op, the field shown, and the NIC as the
+/// reason names it, for each. NICs are left out when nothing is known (remote host, taps not visible),
 /// when their network is inactive or replaced by this plan (that change plugs them in), or
 /// when their network changes (hot-plugged anyway).
 ///
@@ -157,16 +157,18 @@ pub(super) fn unplugged_nics(
     o: &ObservedDomain,
     observed: &Observed,
     replaced: &BTreeSet<String>,
-) -> Result<Vec<(NicPlug, FieldChange, String)>, Problem> {
+) -> Result<Vec<(NicPlug, FieldChange, NicTap)>, Problem> {
     let (DomainState::Running, Some(links)) = (o.state, &o.links) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for nic in &vm.nics {
         let Some(net) = lab.networks.get(&nic.network) else { continue };
-        let Some(on) = observed.networks.get(&net.libvirt_name).filter(|n| n.active) else { continue };
+        let Some(on) = observed.networks.get(net.libvirt_name.as_str()).filter(|n| n.active) else { continue };
         let Some(want) = on.live_bridge.as_ref().or(on.bridge.as_ref()) else { continue };
-        let same_network =
-            o.interfaces.iter().any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(&net.libvirt_name));
-        if replaced.contains(&net.libvirt_name) || !same_network {
+        let same_network = o
+            .interfaces
+            .iter()
+            .any(|i| i.mac == Some(nic.mac) && i.network.as_deref() == Some(net.libvirt_name.as_str()));
+        if replaced.contains(net.libvirt_name.as_str()) || !same_network {
             continue;
         }
         let Some(link) = links.iter().find(|l| l.mac == nic.mac) else { continue };
@@ -181,9 +183,9 @@ pub(super) fn unplugged_nics(
             forces_replacement: false,
             restarts: false,
         };
-        let why = format!("{} ({}, tap {})", nic.label(), nic.mac, link.tap);
+        let why = NicTap { index: nic.index, mac: nic.mac, tap: link.tap.clone() };
         out.push((
-            NicPlug { domain: vm.libvirt_name.clone(), mac: nic.mac, xml, netem: wanted_netem(nic) },
+            NicPlug { domain: vm.libvirt_name.to_string(), mac: nic.mac, xml, netem: wanted_netem(nic) },
             field,
             why,
         ));
@@ -212,11 +214,11 @@ pub(super) fn bandwidth_ops(vm: &Vm, changed: &[FieldChange], ops: &[Op]) -> Vec
 /// The netem steps of a VM after `ops` ran: on a tap that `ops` makes new (the VM is started
 /// or resumed, the NIC hot-plugged) the lab file's settings are set when it has any; on a tap
 /// that stays, they are set when they differ from what `tc` shows there
-/// (`ObservedDomain::links`), with the field and the reason's text (`eth0 (tap vnet3)`), and
+/// (`ObservedDomain::links`), with the field and the NIC as the reason names it, and
 /// also, unchanged, after its rate is set live (libvirt then clears the tap's qdiscs). NICs
 /// re-plugged by `ReattachNics` get theirs from their `NicPlug`. Nothing for a VM that does
 /// not run afterwards.
-pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<FieldChange>, Vec<String>) {
+pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec<Op>, Vec<FieldChange>, Vec<NicTap>) {
     let starts = ops.iter().any(|op| matches!(op, Op::StartDomain | Op::ResumeDomain));
     let stops = ops.iter().any(|op| matches!(op, Op::StopDomain { .. }));
     let runs = o.is_some_and(|o| o.state == DomainState::Running);
@@ -268,7 +270,7 @@ pub(super) fn netem_ops(vm: &Vm, o: Option<&ObservedDomain>, ops: &[Op]) -> (Vec
             forces_replacement: false,
             restarts: false,
         });
-        why.push(format!("{} (tap {})", nic.label(), link.tap));
+        why.push(NicTap { index: nic.index, mac: nic.mac, tap: link.tap.clone() });
         out.push(Op::SetNetem { mac: nic.mac, netem: want });
     }
     (out, fields, why)
@@ -288,7 +290,7 @@ pub(super) fn plan_vm(
     replaced: &BTreeSet<String>,
 ) -> Result<Option<Change>, Problem> {
     let w = Wanted::of(lab, vm, pool)?;
-    let o = observed.domains.get(&vm.libvirt_name);
+    let o = observed.domains.get(vm.libvirt_name.as_str());
     let define = w.define(o, (None, None))?;
     let Some(o) = o else { return Ok(Some(create_vm(&w, define))) };
     let mut d = Delta::of(&w, o);
@@ -335,7 +337,7 @@ impl Delta {
     }
 
     /// Adds the VM's volumes deleted outside topo (`gone`, from [`deleted_volumes`]).
-    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(Field, String)]) {
+    fn deleted_outside_topo(&mut self, w: &Wanted, gone: &[(Field, VolumeName)]) {
         if gone.is_empty() {
             return;
         }
@@ -345,7 +347,7 @@ impl Delta {
             // content again (its name is its hash): uploaded in place.
             let overlay = *path == Field::Disk;
             if !self.changed.iter().any(|f| f.path == *path) {
-                let after = w.desired.get(path).map(|v| v.value.clone()).unwrap_or_else(|| name.clone());
+                let after = w.desired.get(path).map(|v| v.value.clone()).unwrap_or_else(|| name.to_string());
                 self.changed.push(FieldChange {
                     path: path.clone(),
                     before: Some(format!("{name} (deleted outside topo)")),
@@ -376,7 +378,7 @@ fn create_vm(w: &Wanted, define: Op) -> Change {
     }
     let (netem, _, _) = netem_ops(vm, None, &ops);
     ops.extend(netem);
-    let mut c = creation(Address::Vm(vm.name.clone()), &vm.libvirt_name, &w.desired, ops);
+    let mut c = creation(Address::Vm(vm.name.clone()), vm.libvirt_name.as_str(), &w.desired, ops);
     if w.run {
         for nic in &vm.nics {
             if let Some(n) = wanted_netem(nic) {
@@ -441,7 +443,7 @@ fn replace_vm(
     let run = w.run;
     Change {
         address: Address::Vm(vm.name.clone()),
-        libvirt_name: vm.libvirt_name.clone(),
+        libvirt_name: vm.libvirt_name.to_string(),
         action: Action::Replace,
         reasons: d.reasons,
         // The run state a replacement ends in is shown when the file asks for `stopped`.
@@ -464,7 +466,7 @@ fn update_vm(
     observed: &Observed,
     replaced: &BTreeSet<String>,
     mut d: Delta,
-    gone: &[(Field, String)],
+    gone: &[(Field, VolumeName)],
     define: Op,
 ) -> Result<Option<Change>, Problem> {
     let vm = w.vm;
@@ -473,7 +475,7 @@ fn update_vm(
     // The VM keeps its disk: a define keeps the file its disk opens now (the top layer of
     // an external snapshot above the lab's overlay, or the overlay by the path the domain
     // names it), so no layer is dropped from under it.
-    let kept = |volume: Option<String>| volume.and_then(|v| kept_top(o, observed, w.pool, &v));
+    let kept = |volume: Option<VolumeName>| volume.and_then(|v| kept_top(o, observed, w.pool, v.as_str()));
     let mut define = match (kept(vm.overlay_name(&w.lab.name)), kept(w.seed_name())) {
         (None, None) => Some(define),
         (disk, seed) => Some(w.define(Some(o), (disk, seed))?),
@@ -526,7 +528,7 @@ fn update_vm(
     }
     Ok(Some(Change {
         address: Address::Vm(vm.name.clone()),
-        libvirt_name: vm.libvirt_name.clone(),
+        libvirt_name: vm.libvirt_name.to_string(),
         action: Action::Update,
         reasons: d.reasons,
         fields: d.changed,

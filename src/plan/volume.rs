@@ -4,23 +4,23 @@ use std::collections::BTreeSet;
 
 use super::change::{Action, Change, FieldChange, Op, Reason};
 use crate::diag::{Code, Problem};
-use crate::host::observed::{DomainState, Observed, ObservedDomain, Ownership};
+use crate::host::observed::{DomainState, Observed, ObservedDomain, ObservedPool, Ownership};
 use crate::lab::address::Address;
-use crate::lab::model::{Lab, Vm};
-use crate::lab::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, volume_owned_by};
+use crate::lab::model::{Lab, PoolName, Vm, VolumeName};
+use crate::lab::ownership::{DEFAULT_OVERLAY_DIR, OVERLAY_POOL, overlay_pool, volume_owned_by};
 use crate::plan::fields::Field;
 
 /// The shared overlay pool as the plan sees it: where volumes go, and whether a step must
 /// create or start it first.
 pub(super) struct Pool {
     pub(super) path: String,
-    pub(super) observed: Option<(String, bool)>,
+    pub(super) observed: Option<(PoolName, bool)>,
 }
 
 impl Pool {
     pub(super) fn of(observed: &Observed) -> Self {
         match &observed.pool {
-            Some(p) => Pool { path: p.path.clone(), observed: Some((p.name.clone(), p.active)) },
+            Some(p) => Pool { path: p.path.clone(), observed: Some((pool_name(p), p.active)) },
             None => Pool { path: DEFAULT_OVERLAY_DIR.to_string(), observed: None },
         }
     }
@@ -50,16 +50,22 @@ impl Pool {
             restarts: false,
         }];
         Some(Change {
-            address: Address::Pool(OVERLAY_POOL.to_string()),
+            address: Address::Pool(overlay_pool()),
             libvirt_name: OVERLAY_POOL.to_string(),
             action,
             reasons,
             fields,
             blast_radius: Vec::new(),
             after: Vec::new(),
-            ops: vec![Op::EnsurePool { name: OVERLAY_POOL.to_string(), path: self.path.clone() }],
+            ops: vec![Op::EnsurePool { name: overlay_pool(), path: self.path.clone() }],
         })
     }
+}
+
+/// The observed overlay pool's name. It is looked up by [`OVERLAY_POOL`], and a name the
+/// host reports always passed libvirt's rule, so the fallback is never taken.
+fn pool_name(p: &ObservedPool) -> PoolName {
+    PoolName::new(&p.name).unwrap_or_else(|_| overlay_pool())
 }
 
 /// The volumes deleted with domain `d` (deleted or replaced): walking each disk's backing
@@ -113,7 +119,11 @@ pub(super) fn domain_volumes(lab: &Lab, d: &ObservedDomain, observed: &Observed,
             }
         }
     }
-    out.into_iter().map(|name| Op::DeleteVolume { pool: pool_name.clone(), name }).collect()
+    // A volume the pool lists, or a file name in its folder: always a volume name.
+    out.into_iter()
+        .filter_map(|name| VolumeName::new(&name).ok())
+        .map(|name| Op::DeleteVolume { pool: pool_name.clone(), name })
+        .collect()
 }
 
 /// Volumes the plan makes anew (`CreateVolume`, `UploadSeed`) that are there, are not
@@ -135,18 +145,18 @@ pub(super) fn disks_in_use(lab: &Lab, observed: &Observed, changes: &[Change]) -
         let Some(vm) = lab.vms.get(vm_name) else { continue };
         for op in &c.ops {
             let name = match op {
-                Op::CreateVolume { volume } => &volume.name,
-                Op::UploadSeed { name, .. } => name,
+                Op::CreateVolume { volume } => volume.name.as_str(),
+                Op::UploadSeed { name, .. } => name.as_str(),
                 _ => continue,
             };
             let Some(v) = observed.volumes.get(name) else { continue };
-            if deleted.contains(name.as_str()) {
+            if deleted.contains(name) {
                 continue;
             }
             let users: Vec<&ObservedDomain> = observed
                 .domains
                 .values()
-                .filter(|d| d.name != vm.libvirt_name)
+                .filter(|d| vm.libvirt_name != d.name)
                 .filter(|d| d.may_use(observed, &v.path))
                 .collect();
             let Some(user) = users.first() else { continue };
@@ -223,8 +233,10 @@ pub(super) fn orphaned_volumes(lab: &Lab, observed: &Observed, changes: &[Change
         .values()
         .filter(|v| volume_is_ours(lab, observed, &v.name) && !deleted.contains(v.name.as_str()))
         .filter(|v| !users.iter().any(|d| d.may_use(observed, &v.path)))
-        .map(|v| Change {
-            address: Address::Volume(v.name.clone()),
+        // A volume the pool lists always has a name libvirt accepted.
+        .filter_map(|v| Some((v, VolumeName::new(&v.name).ok()?)))
+        .map(|(v, name)| Change {
+            address: Address::Volume(name.clone()),
             libvirt_name: v.name.clone(),
             action: Action::Delete,
             reasons: vec![if crate::guest::is_partial_seed(&v.name) {
@@ -241,7 +253,7 @@ pub(super) fn orphaned_volumes(lab: &Lab, observed: &Observed, changes: &[Change
             }],
             blast_radius: Vec::new(),
             after: Vec::new(),
-            ops: vec![Op::DeleteVolume { pool: pool.name.clone(), name: v.name.clone() }],
+            ops: vec![Op::DeleteVolume { pool: pool_name(pool), name }],
         })
         .collect()
 }
@@ -298,8 +310,8 @@ pub(super) fn deleted_volumes(
     vm: &Vm,
     o: &ObservedDomain,
     observed: &Observed,
-    seed: Option<String>,
-) -> Vec<(Field, String)> {
+    seed: Option<VolumeName>,
+) -> Vec<(Field, VolumeName)> {
     let Some(pool) = observed.pool.as_ref().filter(|p| p.active) else { return Vec::new() };
     let path = |name: &str| format!("{}/{name}", pool.path.trim_end_matches('/'));
     let overlay = vm.overlay_name(&lab.name).map(|n| (Field::Disk, n));
@@ -307,6 +319,8 @@ pub(super) fn deleted_volumes(
     overlay
         .into_iter()
         .chain(seed)
-        .filter(|(_, name)| !observed.volumes.contains_key(name) && o.files().any(|f| f == path(name)))
+        .filter(|(_, name)| {
+            !observed.volumes.contains_key(name.as_str()) && o.files().any(|f| f == path(name.as_str()))
+        })
         .collect()
 }

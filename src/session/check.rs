@@ -134,7 +134,7 @@ impl Session<'_> {
             .values()
             .filter_map(|vm| {
                 let uuid = observed.domains.get(vm.libvirt_name.as_str())?.uuid.as_deref()?;
-                Some((vm.name.to_string(), known_hosts::alias(&vm.libvirt_name, uuid)))
+                Some((vm.name.to_string(), known_hosts::alias(vm.libvirt_name.as_str(), uuid)))
             })
             .collect();
         known_hosts::forget_all_but(&file, &aliases.values().cloned().collect())?;
@@ -169,7 +169,7 @@ pub(super) fn since_vm_start(
 ) {
     for n in &mut report.nics {
         let Some(vm) = lab.vms.get(&n.target.vm) else { continue };
-        if let (NicState::Verified { seconds, .. }, Some(at)) = (&mut n.state, started.get(&vm.libvirt_name)) {
+        if let (NicState::Verified { seconds, .. }, Some(at)) = (&mut n.state, started.get(vm.libvirt_name.as_str())) {
             *seconds += verify_start.saturating_duration_since(*at).as_secs_f64();
         }
     }
@@ -181,7 +181,7 @@ pub(super) fn since_vm_start(
 /// then those of every lab network, best effort.
 fn status_leases(hv: &dyn Hypervisor, lab: &Lab, seen: Option<Vec<Lease>>) -> Vec<Lease> {
     seen.unwrap_or_else(|| {
-        lab.networks.values().flat_map(|n| hv.dhcp_leases(&n.libvirt_name).unwrap_or_default()).collect()
+        lab.networks.values().flat_map(|n| hv.dhcp_leases(n.libvirt_name.as_str()).unwrap_or_default()).collect()
     })
 }
 

@@ -37,7 +37,7 @@ pub struct ArpReply {
 /// that makes the request an ARP probe (RFC 5227), which hosts answer without learning a
 /// bogus mapping for the asker.
 pub fn build_request(src_mac: MacAddr, src_ip: Ipv4Addr, target_ip: Ipv4Addr) -> [u8; FRAME_LEN] {
-    let mac = WireMac::from(src_mac.octets());
+    let mac = src_mac.wire();
     let mut f = [0u8; FRAME_LEN];
     // Invariant: FRAME_LEN is the minimum size of an Ethernet header plus an ARP body, so
     // both views fit.
@@ -79,7 +79,7 @@ pub fn parse_reply(frame: &[u8]) -> Option<ArpReply> {
     {
         return None;
     }
-    let sender_mac = MacAddr::new(arp.get_sender_hw_addr().octets()).ok()?;
+    let sender_mac = MacAddr::unicast(arp.get_sender_hw_addr()).ok()?;
     Some(ArpReply { sender_mac, sender_ip: arp.get_sender_proto_addr(), target_ip: arp.get_target_proto_addr() })
 }
 

@@ -247,7 +247,7 @@ impl Prober for PnetProber {
         let own_mac = iface
             .mac
             .filter(|m| !m.is_zero())
-            .and_then(|m| MacAddr::new(m.octets()).ok())
+            .and_then(|m| MacAddr::unicast(m).ok())
             .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
         let addrs = ipv4_addrs(&iface);
 

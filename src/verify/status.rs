@@ -113,7 +113,7 @@ pub fn status(
     };
     let mut resources = Vec::new();
     for net in lab.networks.values() {
-        let o = observed.networks.get(&net.libvirt_name);
+        let o = observed.networks.get(net.libvirt_name.as_str());
         let address = Address::Network(net.name.clone());
         let state = match (&net.kind, o) {
             (_, None) => ResourceState::Missing,
@@ -134,14 +134,14 @@ pub fn status(
         };
         resources.push(StatusResource {
             address,
-            libvirt_name: net.libvirt_name.clone(),
+            libvirt_name: net.libvirt_name.to_string(),
             state,
             detail,
             addresses: vec![],
         });
     }
     for vm in lab.vms.values() {
-        let o = observed.domains.get(&vm.libvirt_name);
+        let o = observed.domains.get(vm.libvirt_name.as_str());
         let address = Address::Vm(vm.name.clone());
         let state = match o {
             None => ResourceState::Missing,
@@ -182,7 +182,7 @@ pub fn status(
             .collect();
         resources.push(StatusResource {
             address: address.clone(),
-            libvirt_name: vm.libvirt_name.clone(),
+            libvirt_name: vm.libvirt_name.to_string(),
             state,
             detail: pending(&address),
             addresses,

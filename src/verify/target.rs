@@ -143,10 +143,10 @@ impl NicTarget {
         let observed_reservation = observed_ip.and_then(|ip| ip.hosts.iter().find(|h| h.mac == nic.mac)).map(|h| h.ip);
         NicTarget {
             vm: vm.name.clone(),
-            domain: vm.libvirt_name.clone(),
+            domain: vm.libvirt_name.to_string(),
             nic: nic.label(),
             network: network.name.clone(),
-            libvirt_network: network.libvirt_name.clone(),
+            libvirt_network: network.libvirt_name.to_string(),
             bridge,
             no_bridge,
             mac: nic.mac,
@@ -194,9 +194,11 @@ pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTar
     lab.nics()
         .filter_map(|(vm, nic)| {
             let net = lab.networks.get(&nic.network)?;
-            let running = observed.domains.get(&vm.libvirt_name).is_some_and(|d| d.state == DomainState::Running);
-            let mut t = NicTarget::from_model(vm, nic, net, observed.networks.get(&net.libvirt_name), running, access);
-            t.same_mac = same_mac_elsewhere(observed, &vm.libvirt_name, nic.mac, &net.libvirt_name);
+            let running =
+                observed.domains.get(vm.libvirt_name.as_str()).is_some_and(|d| d.state == DomainState::Running);
+            let mut t =
+                NicTarget::from_model(vm, nic, net, observed.networks.get(net.libvirt_name.as_str()), running, access);
+            t.same_mac = same_mac_elsewhere(observed, vm.libvirt_name.as_str(), nic.mac, net.libvirt_name.as_str());
             Some(t)
         })
         .collect()

@@ -714,7 +714,7 @@ fn targets_from_the_model() {
     };
     let vm = Vm {
         name: VmName::new("deb1").unwrap(),
-        libvirt_name: "lab-deb1".into(),
+        libvirt_name: crate::lab::model::LibvirtName::new("lab-deb1").unwrap(),
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(256),
         vcpus: 1,
@@ -727,7 +727,7 @@ fn targets_from_the_model() {
     };
     let local = Network {
         name: NetworkName::new("local").unwrap(),
-        libvirt_name: "lab-local".into(),
+        libvirt_name: crate::lab::model::LibvirtName::new("lab-local").unwrap(),
         kind: NetworkKind::Managed(ManagedNetwork {
             mode: NetworkMode::Isolated,
             subnet: Some("10.0.0.0/24".parse().unwrap()),
@@ -744,7 +744,7 @@ fn targets_from_the_model() {
     };
     let ext = Network {
         name: NetworkName::new("ext").unwrap(),
-        libvirt_name: "default".into(),
+        libvirt_name: crate::lab::model::LibvirtName::new("default").unwrap(),
         kind: NetworkKind::External,
         declared_subnet: None,
         span,
@@ -826,7 +826,11 @@ fn targets_from_the_model() {
     // An external network libvirt knows no address of (a bridge to a LAN): its declared
     // subnet is what verification may sweep; without one, nothing (NoSubnet, at once).
     let o_lan = ObservedNetwork { ip: None, ..observed("lan", "br-lan", None) };
-    let lan = Network { name: NetworkName::new("lan").unwrap(), libvirt_name: "lan".into(), ..ext.clone() };
+    let lan = Network {
+        name: NetworkName::new("lan").unwrap(),
+        libvirt_name: crate::lab::model::LibvirtName::new("lan").unwrap(),
+        ..ext.clone()
+    };
     let t7 = NicTarget::from_model(&vm, &vm.nics[1], &lan, Some(&o_lan), true, local_host);
     assert_eq!((t7.subnet, t7.dhcp, t7.bridge.as_deref()), (None, false, Some("br-lan")));
     let declared = Network { declared_subnet: Some("192.168.1.0/24".parse().unwrap()), ..lan };

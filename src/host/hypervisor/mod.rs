@@ -162,7 +162,7 @@ pub fn read_changed_seeds(hv: &dyn Hypervisor, lab: &crate::lab::model::Lab, obs
     for vm in lab.vms.values() {
         let Ok(Some(seed)) = crate::guest::Seed::of(lab, vm) else { continue };
         let want = seed.volume_name(lab, vm);
-        let Some(d) = observed.domains.get_mut(&vm.libvirt_name) else { continue };
+        let Some(d) = observed.domains.get_mut(vm.libvirt_name.as_str()) else { continue };
         // The domain's seed disk, when it is a volume the pool lists.
         let Some(have) = observed
             .volumes
@@ -172,7 +172,7 @@ pub fn read_changed_seeds(hv: &dyn Hypervisor, lab: &crate::lab::model::Lab, obs
         else {
             continue;
         };
-        if have != want {
+        if want != have {
             d.seed = hv.download_volume(&pool, &have).ok().and_then(|b| crate::guest::read_fat_files(&b).ok());
         }
     }

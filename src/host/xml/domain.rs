@@ -216,7 +216,7 @@ fn interface_w<'a>(lab: &'a Lab, vm: &Vm, nic: &Nic) -> Result<InterfaceW<'a>, X
     Ok(InterfaceW {
         iface_type: "network",
         mac: MacW { address: nic.mac.to_string() },
-        source: NetSourceW { network: &net.libvirt_name },
+        source: NetSourceW { network: net.libvirt_name.as_str() },
         bandwidth: nic.impairment.rate.map(|r| BandwidthW {
             inbound: AverageW { average: r.kbytes_per_sec() },
             outbound: AverageW { average: r.kbytes_per_sec() },
@@ -263,10 +263,10 @@ pub fn domain_xml_with_seed(
     for nic in &vm.nics {
         interface_w(lab, vm, nic)?;
     }
-    let tag = lab.owner_tag(&Address::Vm(vm.name.clone()), &vm.libvirt_name, spec_hash);
+    let tag = lab.owner_tag(&Address::Vm(vm.name.clone()), vm.libvirt_name.as_str(), spec_hash);
     super::render_with_owner("domain", "domain", &tag, |metadata| DomainW {
         virt_type: vm.virt_type.as_str(),
-        name: &vm.libvirt_name,
+        name: vm.libvirt_name.as_str(),
         uuid,
         metadata,
         memory: MemoryW { unit: "KiB", value: vm.memory.kib() },
@@ -298,7 +298,7 @@ pub fn domain_xml_with_seed(
             // also logged to the console log file.
             serial: SerialW {
                 serial_type: "pty",
-                log: LogW { file: console_log_path(&vm.libvirt_name), append: "off" },
+                log: LogW { file: console_log_path(vm.libvirt_name.as_str()), append: "off" },
                 target: PortW { port: 0 },
             },
             memballoon: MemballoonW { model: "none" },

@@ -146,10 +146,10 @@ pub fn network_xml_keeping(lab: &Lab, net: &Network, spec_hash: &str, kept: Kept
         NetworkKind::External => return Err(XmlError::External(net.name.to_string())),
     };
     let no_ping = !m.dhcp_ping;
-    let tag = lab.owner_tag(&Address::Network(net.name.clone()), &net.libvirt_name, spec_hash);
+    let tag = lab.owner_tag(&Address::Network(net.name.clone()), net.libvirt_name.as_str(), spec_hash);
     super::render_with_owner("network", "network", &tag, |metadata| NetworkW {
         xmlns_dnsmasq: no_ping.then_some(DNSMASQ_NS),
-        name: &net.libvirt_name,
+        name: net.libvirt_name.as_str(),
         uuid: kept.uuid,
         metadata,
         forward: forward_mode(m.mode).map(|mode| ForwardW { mode }),

@@ -52,7 +52,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         local.clone(),
         Network {
             name: local.clone(),
-            libvirt_name: "seedlab-local_net".into(),
+            libvirt_name: crate::lab::model::LibvirtName::new("seedlab-local_net").unwrap(),
             kind: NetworkKind::Managed(net),
             declared_subnet: None,
             span: (0, 0).into(),
@@ -62,7 +62,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         ext.clone(),
         Network {
             name: ext.clone(),
-            libvirt_name: "default".into(),
+            libvirt_name: crate::lab::model::LibvirtName::new("default").unwrap(),
             kind: NetworkKind::External,
             declared_subnet: None,
             span: (0, 0).into(),
@@ -97,7 +97,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
     ];
     let vm = Vm {
         name: vm_name.clone(),
-        libvirt_name: "seedlab-deb1".into(),
+        libvirt_name: crate::lab::model::LibvirtName::new("seedlab-deb1").unwrap(),
         virt_type: VirtType::Qemu,
         memory: ByteSize::from_mib(128),
         vcpus: 2,

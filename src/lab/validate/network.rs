@@ -141,6 +141,8 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                 NetworkKind::External => name.to_string(),
                 NetworkKind::Managed(_) => format!("{prefix}{name}"),
             };
+            // A prefix libvirt would refuse is reported by `lab::check`: no model then.
+            let Ok(libvirt_name) = model::LibvirtName::new(&libvirt_name) else { continue };
             model_nets
                 .insert(name.clone(), model::Network { name, libvirt_name, kind, declared_subnet, span: c.span(key) });
         }
@@ -207,7 +209,7 @@ fn check_libvirt_names(c: &mut Checker, model_nets: &BTreeMap<NetworkName, model
                 "rename the lab network or change `prefix:`, so that topo does not create the external network's name",
             );
         } else {
-            libvirt_names.insert(&net.libvirt_name, net);
+            libvirt_names.insert(net.libvirt_name.as_str(), net);
         }
     }
 }

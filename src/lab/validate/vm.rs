@@ -53,11 +53,15 @@ pub(super) fn check_all(
             }
         }
         let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
-        if let (Some(name), Some((virt_type, memory, vcpus, boot, disk)), Ok(cloud_init)) = (name, body, guest) {
+        // A prefix libvirt would refuse is reported by `lab::check`: no model then.
+        let libvirt_name = name.as_ref().and_then(|n| model::LibvirtName::new(&format!("{prefix}{n}")).ok());
+        if let (Some(name), Some(libvirt_name), Some((virt_type, memory, vcpus, boot, disk)), Ok(cloud_init)) =
+            (name, libvirt_name, body, guest)
+        {
             model_vms.insert(
                 name.clone(),
                 model::Vm {
-                    libvirt_name: format!("{prefix}{name}"),
+                    libvirt_name,
                     name,
                     virt_type,
                     memory,
