@@ -544,3 +544,38 @@ fn destroy_does_not_need_the_files_the_lab_names() {
         assert!(!stderr(&out).contains("does not exist"), "{cmd:?}: {}", stderr(&out));
     }
 }
+
+/// With neither `-c` nor `LIBVIRT_DEFAULT_URI`, topo passes no URI and libvirt chooses, as it
+/// does for virsh: the client config's `uri_default`, which may name one of its `uri_aliases`
+/// (libvirt, "Connection URIs": "Default URI choice" and "URI aliases"). As root, the client
+/// reads /etc/libvirt/libvirt.conf, so topo runs in a private mount namespace (`unshare
+/// --mount`, root) with a folder of this test bound over /etc/libvirt; the host's own config
+/// is never touched. Needs root and util-linux's unshare: without them it fails.
+#[test]
+fn no_uri_lets_libvirt_choose_its_configured_default_through_an_alias() {
+    assert!(nix::unistd::geteuid().is_root(), "a private mount namespace needs root (CI runs as root)");
+    let dir = tempfile::tempdir().unwrap();
+    let lab = write_lab(dir.path(), TEST_LAB);
+    let etc = dir.path().join("etc-libvirt");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(
+        etc.join("libvirt.conf"),
+        "uri_aliases = [\n  \"topolab=test:///default\",\n]\nuri_default = \"topolab\"\n",
+    )
+    .unwrap();
+    let topo_bin = assert_cmd::cargo::cargo_bin("topo");
+    let script = "mount --bind \"$1\" /etc/libvirt && shift && exec \"$@\"";
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(&etc)
+        .arg(&topo_bin)
+        .args(["--color", "never", "plan"])
+        .arg(&lab)
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .env("COLUMNS", "100")
+        .output()
+        .expect("util-linux's unshare runs");
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("Observing test:///default"), "libvirt chose the aliased default:\n{}", stderr(&out));
+    assert!(stdout(&out).contains("Plan: 3 to add"), "{}", stdout(&out));
+}
