@@ -141,3 +141,61 @@ impl Machine for MemoryMachine {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Host;
+    use crate::host::hypervisor::memory::{Fault, MemoryHypervisor};
+    use crate::host::hypervisor::{HvErrorKind, Hypervisor};
+
+    const NET: &str = "<network><name>n</name><forward mode='nat'/><bridge name='virbr7'/>\
+                       <ip address='10.9.0.1' netmask='255.255.255.0'/></network>";
+    const DOM: &str = "<domain type='qemu'><name>d</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+                       <os><type arch='x86_64'>hvm</type></os><devices><interface type='network'>\
+                       <mac address='52:54:00:00:00:01'/><source network='n'/></interface></devices></domain>";
+
+    fn running() -> MemoryHypervisor {
+        let hv = MemoryHypervisor::new().with_host_interfaces(&["eth0"]).with_network_xml(NET, true, true).unwrap();
+        hv.define_domain(DOM).unwrap();
+        hv.start_domain("d").unwrap();
+        hv
+    }
+
+    /// What sysfs and tc show of the libvirt double's running domain: its tap (as the live
+    /// XML names it) on the network's bridge, with the qdiscs netem left; off the bridge once
+    /// the network is stopped under it; gone with the domain.
+    #[test]
+    fn shows_the_taps_of_running_domains() {
+        let hv = running();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let taps = hv.domain_taps("d").unwrap();
+        assert_eq!(taps, [(mac, "vnetd.0".to_owned())]);
+        let netem = Netem { delay: crate::lab::impair::Micros::parse("5ms").ok(), ..Netem::default() };
+        Host::from(&hv).set_netem("d", mac, Some(&netem)).unwrap();
+        let o = hv.observe().unwrap();
+        let link = &o.domains["d"].links.as_ref().unwrap()[0];
+        assert_eq!((link.tap.as_str(), link.bridge.as_deref()), ("vnetd.0", Some("virbr7")));
+        assert_eq!(link.qdiscs.as_ref().unwrap().netem, Some((NetemParent::Root, netem.normalized())));
+        assert!(o.host_interfaces.unwrap().contains("virbr7"));
+        hv.stop_network("n").unwrap();
+        let m = &hv.machine;
+        assert_eq!(m.tap_links(&taps, None).unwrap()[0].bridge, None, "cut off by the stop");
+        hv.destroy_domain("d").unwrap();
+        assert_eq!(m.tap_links(&taps, None), None, "the tap went with the domain");
+        assert!(m.set_netem("vnetd.0", None).is_err());
+        assert_eq!(hv.domain_taps("d").unwrap_err().kind, HvErrorKind::NotActive);
+    }
+
+    /// The machine's change is counted with the libvirt calls: a fault sweep reaches it.
+    #[test]
+    fn set_netem_is_a_counted_call() {
+        let hv = running();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        hv.clear_calls();
+        hv.arm(2, Fault::FailCall);
+        let e = Host::from(&hv).set_netem("d", mac, None).unwrap_err();
+        assert_eq!((e.kind, e.object.as_str()), (HvErrorKind::Other, "d (vnetd.0)"), "{e:?}");
+        assert_eq!(hv.calls(), ["domain_taps d", "set_netem vnetd.0"]);
+        assert_eq!(hv.disarm(), 2);
+    }
+}
