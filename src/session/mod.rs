@@ -220,7 +220,8 @@ impl<'h> Session<'h> {
         Ok(HostId::new(&hv.hostname()?, &hv.uri()))
     }
 
-    /// The host's libvirt objects as they are, for a command that makes no plan from them
+    /// What the host has ([`Host::observe`]: libvirt's objects, and the machine's facts where
+    /// the session has the machine), for a command that makes no plan from them
     /// (verify, inventory, destroy's teardown, the list of labs).
     ///
     /// # Errors
@@ -231,7 +232,8 @@ impl<'h> Session<'h> {
 
     /// Observes the host for a plan of `lab`: the one way every plan is made on (`plan`,
     /// `apply` before and under the host lock, the convergence check after it, `status`,
-    /// tests). Every libvirt object, the seeds that changed
+    /// tests). Every libvirt object and the machine's facts ([`Host::observe`]), the seeds
+    /// that changed
     /// ([`crate::host::hypervisor::read_changed_seeds`], for the plan's diff), and the path
     /// facts of the files the lab's domains open (`Observed::paths`): when the libvirt
     /// host's files are not this machine's, what its storage pools say about each; on a
