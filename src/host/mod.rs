@@ -26,7 +26,9 @@ use crate::lab::model::MacAddr;
 /// cannot be set.
 #[derive(Clone, Copy)]
 pub struct Host<'a> {
+    /// The libvirt connection.
     pub hv: &'a dyn Hypervisor,
+    /// The machine that runs the host, when topo can reach it.
     pub machine: Option<&'a dyn Machine>,
 }
 
