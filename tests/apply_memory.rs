@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicBool;
 use common::*;
 use topo::apply::StepOutcome;
 use topo::apply::progress::Silent;
+use topo::host::Host;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::hypervisor::{HvError, HvErrorKind, Hypervisor};
 use topo::host::observed::Observed;
@@ -33,7 +34,7 @@ fn pos(calls: &[String], call: &str) -> usize {
     calls.iter().position(|c| c == call).unwrap_or_else(|| panic!("no call {call:?} in {calls:#?}"))
 }
 
-fn assert_replans_empty(l: &Lab, hv: &dyn Hypervisor) {
+fn assert_replans_empty<'a>(l: &Lab, hv: impl Into<Host<'a>>) {
     let (p, _) = plan_on(l, hv);
     assert!(p.is_empty(), "plan after apply is not empty: {:#?}", actions(&p));
 }
@@ -1207,16 +1208,16 @@ fn a_running_vm_undefined_by_hand_on_the_test_driver() {
     let base = BASE
         .replace("    dhcp: true\n", "    dhcp: true\n    dhcp_ping: true\n")
         .replace("    autostart: true\n", "    autostart: true\n    dhcp_ping: true\n");
-    apply_ok(&lab(&base), &hv);
+    apply_ok(&lab(&base), Host::libvirt(&hv));
     hv.undefine_domain("demo-db").unwrap();
-    assert!(!hv.observe().unwrap().domains["demo-db"].persistent);
+    assert!(!hv.observe_libvirt().unwrap().domains["demo-db"].persistent);
     let l = lab(&edit(&base, "  db:\n", "  db:\n    state: stopped\n"));
-    let (p, _) = plan_on(&l, &hv);
+    let (p, _) = plan_on(&l, Host::libvirt(&hv));
     assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
     assert_eq!(p.changes[0].reasons[0], plan::Reason::UndefinedOutsideTopo);
-    apply_ok(&l, &hv);
-    assert_replans_empty(&l, &hv);
-    let d = &hv.observe().unwrap().domains["demo-db"];
+    apply_ok(&l, Host::libvirt(&hv));
+    assert_replans_empty(&l, Host::libvirt(&hv));
+    let d = &hv.observe_libvirt().unwrap().domains["demo-db"];
     assert!(d.persistent);
     assert_eq!(d.state, topo::host::observed::DomainState::Shutoff);
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use topo::host::Host;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::hypervisor::{HvErrorKind, Hypervisor, VolumeSpec};
 use topo::lab::model::Lab;
@@ -243,26 +244,26 @@ fn snapshots_on_the_libvirt_test_driver() {
         .replace("    dhcp: true\n", "    dhcp: true\n    dhcp_ping: true\n")
         .replace("    autostart: true\n", "    autostart: true\n    dhcp_ping: true\n");
     let l = lab(&base);
-    apply_ok(&l, &hv);
+    apply_ok(&l, Host::libvirt(&hv));
     // Another connection to the same in-process driver (its state lives while one is open).
     let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
     let dom = conn.lookup_domain_by_name("demo-db").unwrap();
     dom.create_snapshot_xml("<domainsnapshot><name>s1</name></domainsnapshot>", 0).unwrap();
     dom.create_snapshot_xml("<domainsnapshot><name>s2</name></domainsnapshot>", 0).unwrap();
-    assert_eq!(hv.observe().unwrap().domains["demo-db"].snapshots, ["s1", "s2"]);
+    assert_eq!(hv.observe_libvirt().unwrap().domains["demo-db"].snapshots, ["s1", "s2"]);
     hv.destroy_domain("demo-db").unwrap();
     let e = hv.undefine_domain("demo-db").unwrap_err();
     assert!(e.message.contains("snapshot"), "{e:?}");
     assert_eq!(e.kind, HvErrorKind::InvalidState, "{e:?}");
     assert_eq!(hv.delete_snapshot_metadata("demo-db", "nope").unwrap_err().kind, HvErrorKind::NotFound);
     hv.delete_snapshot_metadata("demo-db", "s2").unwrap();
-    assert_eq!(hv.observe().unwrap().domains["demo-db"].snapshots, ["s1"]);
-    let p = plan::plan_destroy(&l, &hv.observe().unwrap());
+    assert_eq!(hv.observe_libvirt().unwrap().domains["demo-db"].snapshots, ["s1"]);
+    let p = plan::plan_destroy(&l, &hv.observe_libvirt().unwrap());
     let c = p.changes.iter().find(|c| c.libvirt_name == "demo-db").unwrap();
     assert_eq!(c.ops[0], Op::DeleteSnapshotMetadata { names: vec!["s1".into()] });
-    let (_, report) = destroy_with(&l, &hv, 1);
+    let (_, report) = destroy_with(&l, Host::libvirt(&hv), 1);
     assert!(!report.failed(), "{report:#?}");
-    let o = hv.observe().unwrap();
+    let o = hv.observe_libvirt().unwrap();
     assert!(!o.domains.keys().any(|d| d.starts_with("demo-")), "{:?}", o.domains.keys());
 }
 

@@ -307,13 +307,17 @@ fn owned(l: &Lab, hv: &MemoryHypervisor) -> Vec<String> {
 
 #[test]
 fn every_fault_at_every_call_converges() {
+    // Whether some sweep reaches the machine's change (netem on a tap), not only libvirt's.
+    let mut machine_swept = false;
     for s in scenarios() {
         let l = scenario_lab(&s);
         // The length of the sweep: the calls of a clean run.
         let hv = start(&s);
+        hv.clear_calls();
         hv.count_calls();
         assert!(!run(&s, &l, &hv, 1), "{}: the clean run failed", s.name);
         let n = hv.disarm();
+        machine_swept |= hv.calls().iter().any(|c| c.starts_with("set_netem vnet"));
         assert!(n >= 4, "{}: only {n} calls", s.name);
         let untouched = foreign(&hv);
         // Parallelism 1 makes the k-th call the same call every time; 4 runs the steps of
@@ -358,6 +362,7 @@ fn every_fault_at_every_call_converges() {
             );
         }
     }
+    assert!(machine_swept, "no scenario sets netem on a tap: the machine's change is not swept");
 }
 
 /// Every seed volume the lab's domains use holds exactly its seed's image (a seed under its

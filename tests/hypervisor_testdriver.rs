@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use topo::host::Host;
 use topo::host::hypervisor::libvirt::LibvirtHypervisor;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
@@ -212,7 +213,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     let vm_name = vm.libvirt_name.as_str();
 
     // The pre-existing `default` network is observed as not owned.
-    let before = hv.observe().unwrap();
+    let before = hv.observe_libvirt().unwrap();
     let default = &before.networks["default"];
     assert_eq!(default.owner, None);
     assert!(default.active);
@@ -222,7 +223,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // Define a network rendered from the model; everything round-trips.
     let rn = network_xml(&lab, net).unwrap();
     hv.define_network(&rn.xml).unwrap();
-    let o = hv.observe().unwrap();
+    let o = hv.observe_libvirt().unwrap();
     let n = &o.networks[net_name];
     assert!(!n.active && n.persistent && !n.autostart);
     assert!(n.uuid.is_some());
@@ -257,7 +258,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // A bridge-less isolated network.
     let ri = network_xml(&lab, iso).unwrap();
     hv.define_network(&ri.xml).unwrap();
-    let o = hv.observe().unwrap();
+    let o = hv.observe_libvirt().unwrap();
     let i = &o.networks[iso.libvirt_name.as_str()];
     assert_eq!(i.mode, ObservedMode::Known(NetworkMode::Isolated));
     assert_eq!(i.ip, None);
@@ -270,7 +271,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // Without `<mac>` (as an older topo wrote it): libvirt's network driver generates one.
     let derived = MacAddr::derived_bridge(&lab.name, &iso.name);
     hv.define_network(&ri.xml.replace(&format!("<mac address=\"{derived}\"/>"), "")).unwrap();
-    let generated = hv.observe().unwrap().networks[iso.libvirt_name.as_str()].mac;
+    let generated = hv.observe_libvirt().unwrap().networks[iso.libvirt_name.as_str()].mac;
     match generated {
         Some(m) => assert!(d.generates_bridge_mac && m.octets()[..3] == [0x52, 0x54, 0x00], "{m}"),
         None => assert!(!d.generates_bridge_mac),
@@ -281,7 +282,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     hv.start_network(net_name).unwrap();
     assert_kind(hv.start_network(net_name), HvErrorKind::AlreadyActive);
     hv.set_network_autostart(net_name, true).unwrap();
-    let n = &hv.observe().unwrap().networks[net_name];
+    let n = &hv.observe_libvirt().unwrap().networks[net_name];
     assert!(n.active && n.autostart);
 
     // DHCP host entries, live and in the config.
@@ -289,11 +290,11 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         Reservation { mac: mac("52:54:00:77:00:20"), ip: Ipv4Addr::new(10, 77, octet, 20), host: "extra".into() };
     let host = xml::dhcp_host_xml(&extra).unwrap();
     hv.update_dhcp_host(net_name, HostOp::Add, &host).unwrap();
-    let hosts = hv.observe().unwrap().networks[net_name].ip.clone().unwrap().hosts;
+    let hosts = hv.observe_libvirt().unwrap().networks[net_name].ip.clone().unwrap().hosts;
     assert_eq!(hosts.iter().map(|h| h.mac).collect::<Vec<_>>(), vec![mac("52:54:00:77:00:10"), extra.mac]);
     assert_kind(hv.update_dhcp_host(net_name, HostOp::Add, &host), HvErrorKind::Exists);
     hv.update_dhcp_host(net_name, HostOp::Delete, &host).unwrap();
-    assert_eq!(hv.observe().unwrap().networks[net_name].ip.as_ref().unwrap().hosts.len(), 1);
+    assert_eq!(hv.observe_libvirt().unwrap().networks[net_name].ip.as_ref().unwrap().hosts.len(), 1);
     assert_kind(hv.update_dhcp_host(net_name, HostOp::Delete, &host), HvErrorKind::NotFound);
 
     // Leases.
@@ -306,7 +307,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // A domain on the lab network and on `default`.
     let rd = domain_xml(&lab, vm, None).unwrap();
     hv.define_domain(&rd.xml).unwrap();
-    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    let dom = hv.observe_libvirt().unwrap().domains[vm_name].clone();
     assert_eq!(dom.state, DomainState::Shutoff);
     assert_eq!(dom.virt_type, "qemu");
     assert_eq!((dom.memory_kib, dom.vcpus), (128 * 1024, 1));
@@ -337,14 +338,14 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_kind(hv.define_domain(&rd.xml), HvErrorKind::Exists);
 
     hv.start_domain(vm_name).unwrap();
-    assert_eq!(hv.observe().unwrap().domains[vm_name].state, DomainState::Running);
+    assert_eq!(hv.observe_libvirt().unwrap().domains[vm_name].state, DomainState::Running);
     assert_kind(hv.start_domain(vm_name), HvErrorKind::AlreadyActive);
     // A running domain keeps its settings when its config is redefined.
     let mut bigger = vm.clone();
     bigger.memory = "256MiB".parse().unwrap();
-    let uuid = hv.observe().unwrap().domains[vm_name].uuid.clone();
+    let uuid = hv.observe_libvirt().unwrap().domains[vm_name].uuid.clone();
     hv.define_domain(&xml::with_uuid(&domain_xml(&lab, &bigger, None).unwrap().xml, uuid.as_deref())).unwrap();
-    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    let dom = hv.observe_libvirt().unwrap().domains[vm_name].clone();
     assert_eq!(dom.memory_kib, 256 * 1024);
     assert_eq!(dom.live.as_ref().map(|l| l.memory_kib), Some(128 * 1024), "live settings: {:?}", dom.live);
 
@@ -354,12 +355,12 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     let iface = xml::interface_xml(&lab, &vm3, &vm3.nics[2]).unwrap();
     if d.hotplug {
         hv.attach_device(vm_name, &iface).unwrap();
-        let ifs = hv.observe().unwrap().domains[vm_name].interfaces.clone();
+        let ifs = hv.observe_libvirt().unwrap().domains[vm_name].interfaces.clone();
         assert_eq!(ifs.len(), 3);
         assert_eq!(ifs[2].mac, Some(vm3.nics[2].mac));
         assert_kind(hv.attach_device(vm_name, &iface), HvErrorKind::Exists);
         hv.detach_device(vm_name, &iface).unwrap();
-        assert_eq!(hv.observe().unwrap().domains[vm_name].interfaces.len(), 2);
+        assert_eq!(hv.observe_libvirt().unwrap().domains[vm_name].interfaces.len(), 2);
         assert_kind(hv.detach_device(vm_name, &iface), HvErrorKind::NotFound);
     } else {
         assert_kind(hv.attach_device(vm_name, &iface), HvErrorKind::Unsupported);
@@ -369,9 +370,9 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // Undefined while running: transient (running, not persistent, the live XML still
     // carries topo's tag); defining the same name and UUID makes it persistent again and
     // keeps it running (virDomainUndefine / virDomainDefineXML on an active domain).
-    assert!(hv.observe().unwrap().domains[vm_name].persistent);
+    assert!(hv.observe_libvirt().unwrap().domains[vm_name].persistent);
     hv.undefine_domain(vm_name).unwrap();
-    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    let dom = hv.observe_libvirt().unwrap().domains[vm_name].clone();
     assert!(!dom.persistent);
     assert_eq!(dom.state, DomainState::Running);
     assert_eq!(dom.owner.as_ref().map(|o| o.name.as_str()), Some(vm_name));
@@ -381,20 +382,20 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         hv.undefine_domain(vm_name).unwrap();
     }
     hv.define_domain(&xml::with_uuid(&domain_xml(&lab, &bigger, None).unwrap().xml, uuid.as_deref())).unwrap();
-    let dom = hv.observe().unwrap().domains[vm_name].clone();
+    let dom = hv.observe_libvirt().unwrap().domains[vm_name].clone();
     assert!(dom.persistent);
     assert_eq!(dom.state, DomainState::Running);
     // A transient domain is gone once it stops (virDomainDestroy).
     hv.undefine_domain(vm_name).unwrap();
     hv.destroy_domain(vm_name).unwrap();
-    assert!(!hv.observe().unwrap().domains.contains_key(vm_name));
+    assert!(!hv.observe_libvirt().unwrap().domains.contains_key(vm_name));
     hv.define_domain(&xml::with_uuid(&domain_xml(&lab, &bigger, None).unwrap().xml, uuid.as_deref())).unwrap();
     hv.start_domain(vm_name).unwrap();
 
     // Tear down.
     hv.destroy_domain(vm_name).unwrap();
-    assert_eq!(hv.observe().unwrap().domains[vm_name].state, DomainState::Shutoff);
-    assert_eq!(hv.observe().unwrap().domains[vm_name].live, None);
+    assert_eq!(hv.observe_libvirt().unwrap().domains[vm_name].state, DomainState::Shutoff);
+    assert_eq!(hv.observe_libvirt().unwrap().domains[vm_name].live, None);
     assert_kind(hv.destroy_domain(vm_name), HvErrorKind::NotActive);
     assert_kind(hv.shutdown_domain(vm_name), HvErrorKind::NotActive);
     hv.undefine_domain(vm_name).unwrap();
@@ -405,7 +406,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         hv.stop_network(net_name).unwrap();
     }
     hv.undefine_network(net_name).unwrap();
-    let after = hv.observe().unwrap();
+    let after = hv.observe_libvirt().unwrap();
     assert!(!after.networks.contains_key(net_name));
     assert!(!after.domains.contains_key(vm_name));
 
@@ -430,10 +431,10 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // The overlay pool: looked up by name, made when missing, started when inactive.
     let pool = topo::lab::ownership::OVERLAY_POOL;
     let dir = format!("/nonexistent/topo-{tag}");
-    assert!(hv.observe().unwrap().pool.is_none());
+    assert!(hv.observe_libvirt().unwrap().pool.is_none());
     hv.ensure_pool(pool, &dir).unwrap();
     hv.ensure_pool(pool, &dir).unwrap(); // idempotent
-    let o = hv.observe().unwrap();
+    let o = hv.observe_libvirt().unwrap();
     let p = o.pool.as_ref().unwrap();
     assert_eq!((p.name.as_str(), p.path.as_str(), p.active), (pool, dir.as_str(), true));
     let spec = topo::host::hypervisor::VolumeSpec {
@@ -444,7 +445,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
         size: Some(1 << 30),
     };
     hv.create_volume(&spec).unwrap();
-    let vols = hv.observe().unwrap().volumes;
+    let vols = hv.observe_libvirt().unwrap().volumes;
     assert_eq!(vols[&spec.name].path, format!("{dir}/{}", spec.name));
     assert_kind(hv.create_volume(&spec), HvErrorKind::Exists);
     // A copy made inside libvirtd (virStorageVolCreateXMLFrom): how a seed uploaded under
@@ -452,12 +453,12 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     // source is NotFound.
     let copy = format!("t{tag}-vm-cidata-11111111.aaaaaaaa.img");
     hv.clone_volume(pool, &spec.name, &copy).unwrap();
-    assert_eq!(hv.observe().unwrap().volumes[&copy].path, format!("{dir}/{copy}"));
+    assert_eq!(hv.observe_libvirt().unwrap().volumes[&copy].path, format!("{dir}/{copy}"));
     hv.clone_volume(pool, &spec.name, &copy).unwrap();
     assert_kind(hv.clone_volume(pool, "no-such-volume", &copy), HvErrorKind::NotFound);
     hv.delete_volume(pool, &copy).unwrap();
     hv.delete_volume(pool, &spec.name).unwrap();
-    assert!(hv.observe().unwrap().volumes.is_empty());
+    assert!(hv.observe_libvirt().unwrap().volumes.is_empty());
     // A missing volume is NotFound, so an interrupted delete counts as done next time.
     assert_kind(hv.delete_volume(pool, &spec.name), HvErrorKind::NotFound);
     assert_kind(hv.delete_volume("no-such-pool", &spec.name), HvErrorKind::NotFound);
@@ -468,13 +469,13 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     if !d.upload {
         // Unsupported, and the volume made for the upload is deleted again: no orphan.
         assert_kind(hv.upload_volume(pool, &seed, &[7u8; 4096]), HvErrorKind::Unsupported);
-        assert!(hv.observe().unwrap().volumes.is_empty());
+        assert!(hv.observe_libvirt().unwrap().volumes.is_empty());
         return;
     }
     hv.upload_volume(pool, &seed, &[7u8; 4096]).unwrap();
-    assert_eq!(hv.observe().unwrap().volumes[&seed].path, format!("{dir}/{seed}"));
+    assert_eq!(hv.observe_libvirt().unwrap().volumes[&seed].path, format!("{dir}/{seed}"));
     hv.upload_volume(pool, &seed, &[8u8; 2048]).unwrap();
-    assert_eq!(hv.observe().unwrap().volumes.len(), 1);
+    assert_eq!(hv.observe_libvirt().unwrap().volumes.len(), 1);
     // Read back whole (for a plan's seed diff).
     assert_eq!(hv.download_volume(pool, &seed).unwrap(), vec![8u8; 2048]);
     // A copy holds the same bytes.
@@ -483,7 +484,7 @@ fn scenario(hv: &dyn Hypervisor, d: &Driver, tag: &str, octet: u8) {
     assert_eq!(hv.download_volume(pool, &copy).unwrap(), vec![8u8; 2048]);
     hv.delete_volume(pool, &copy).unwrap();
     hv.delete_volume(pool, &seed).unwrap();
-    assert!(hv.observe().unwrap().volumes.is_empty());
+    assert!(hv.observe_libvirt().unwrap().volumes.is_empty());
     assert_kind(hv.download_volume(pool, &seed), HvErrorKind::NotFound);
     assert_kind(hv.upload_volume("no-such-pool", &seed, b"x"), HvErrorKind::NotFound);
 }
@@ -516,7 +517,7 @@ fn release(hv: &dyn Hypervisor, tag: &str, octet: u8, live_config: bool) {
         if active {
             hv.define_network(&network_xml(&lab, net).unwrap().xml.replace(
                 "<name>",
-                &format!("<uuid>{}</uuid><name>", hv.observe().unwrap().networks[name].uuid.clone().unwrap()),
+                &format!("<uuid>{}</uuid><name>", hv.observe_libvirt().unwrap().networks[name].uuid.clone().unwrap()),
             ))
             .unwrap();
             hv.start_network(name).unwrap();
@@ -525,14 +526,14 @@ fn release(hv: &dyn Hypervisor, tag: &str, octet: u8, live_config: bool) {
                 continue;
             }
         }
-        let before = hv.observe().unwrap().networks[name].clone();
+        let before = hv.observe_libvirt().unwrap().networks[name].clone();
         assert!(before.owner.is_some(), "active {active}");
         hv.release_network(name).unwrap();
-        let after = hv.observe().unwrap().networks[name].clone();
+        let after = hv.observe_libvirt().unwrap().networks[name].clone();
         assert_eq!(after.owner, None, "active {active}");
         assert_eq!(without_owner(&before), after, "only the tag changes (active {active})");
         hv.release_network(name).unwrap();
-        assert_eq!(hv.observe().unwrap().networks[name], after);
+        assert_eq!(hv.observe_libvirt().unwrap().networks[name], after);
     }
     assert_kind(hv.release_network("no-such-net"), HvErrorKind::NotFound);
     hv.stop_network(name).unwrap();
@@ -554,7 +555,7 @@ fn config_round_trip(hv: &dyn Hypervisor, tag: &str, octet: u8) {
     hv.start_network(name).unwrap();
     let host = format!("<host mac='52:54:00:77:00:01' name='extra' ip='10.77.{octet}.77'/>");
     hv.update_dhcp_host(name, HostOp::Add, &host).unwrap();
-    let before = hv.observe().unwrap().networks[name].clone();
+    let before = hv.observe_libvirt().unwrap().networks[name].clone();
     let config = hv.network_config_xml(name).unwrap();
     hv.stop_network(name).unwrap();
     hv.define_network(
@@ -566,7 +567,7 @@ fn config_round_trip(hv: &dyn Hypervisor, tag: &str, octet: u8) {
     .unwrap();
     hv.define_network(&config).unwrap();
     hv.start_network(name).unwrap();
-    assert_eq!(hv.observe().unwrap().networks[name], before);
+    assert_eq!(hv.observe_libvirt().unwrap().networks[name], before);
     assert_kind(hv.network_config_xml("no-such-net"), HvErrorKind::NotFound);
     hv.stop_network(name).unwrap();
     hv.undefine_network(name).unwrap();
@@ -617,7 +618,7 @@ fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     let net = net_of(&lab, "net");
     hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     hv.start_network(net.libvirt_name.as_str()).unwrap();
-    let uuid = hv.observe().unwrap().networks[net.libvirt_name.as_str()].uuid.clone().unwrap();
+    let uuid = hv.observe_libvirt().unwrap().networks[net.libvirt_name.as_str()].uuid.clone().unwrap();
 
     // Changed spec, UUID carried over: the persistent config is replaced, state kept.
     let mut lab2 = lab.clone();
@@ -627,7 +628,7 @@ fn memory_redefine_needs_matching_uuid_and_replaces_config() {
     let x = network_xml(&lab2, net_of(&lab2, "net")).unwrap();
     let with_uuid = x.xml.replacen("<name>", &format!("<uuid>{uuid}</uuid>\n  <name>"), 1);
     hv.define_network(&with_uuid).unwrap();
-    let n = &hv.observe().unwrap().networks[net.libvirt_name.as_str()];
+    let n = &hv.observe_libvirt().unwrap().networks[net.libvirt_name.as_str()];
     assert!(n.stp && n.active);
     assert_eq!(n.owner.as_ref().unwrap().spec_hash, x.spec_hash);
 
@@ -650,10 +651,10 @@ fn memory_bridge_mac_only_where_libvirt_makes_the_bridge() {
     );
     assert!(e.message.contains("Unsupported <mac> element"), "{e}");
     hv.define_network(&bridged.replace("MAC", "")).unwrap();
-    assert_eq!(hv.observe().unwrap().networks["lan"].mac, None);
+    assert_eq!(hv.observe_libvirt().unwrap().networks["lan"].mac, None);
     hv.define_network("<network><name>nat</name><forward mode='nat'/><mac address='52:54:00:01:02:03'/></network>")
         .unwrap();
-    assert_eq!(hv.observe().unwrap().networks["nat"].mac, Some(mac("52:54:00:01:02:03")));
+    assert_eq!(hv.observe_libvirt().unwrap().networks["nat"].mac, Some(mac("52:54:00:01:02:03")));
 }
 
 #[test]
@@ -662,7 +663,7 @@ fn memory_bridge_names() {
     // `default` holds virbr0: a bridge-less network gets virbr1.
     let iso = net_of(&lab, "iso");
     hv.define_network(&network_xml(&lab, iso).unwrap().xml).unwrap();
-    assert_eq!(hv.observe().unwrap().networks[iso.libvirt_name.as_str()].bridge.as_deref(), Some("virbr1"));
+    assert_eq!(hv.observe_libvirt().unwrap().networks[iso.libvirt_name.as_str()].bridge.as_deref(), Some("virbr1"));
     // A second network naming a bridge in use is refused at define time (as libvirt does).
     let x = network_xml(&lab, net_of(&lab, "net")).unwrap().xml.replace("name=\"tbb\"", "name=\"virbr1\"");
     let e = assert_kind(hv.define_network(&x), HvErrorKind::Exists);
@@ -672,7 +673,7 @@ fn memory_bridge_names() {
     hv.define_network(&x).unwrap();
     let other = "<network><name>y</name></network>";
     hv.define_network(other).unwrap();
-    assert_eq!(hv.observe().unwrap().networks["y"].bridge.as_deref(), Some("virbr2"));
+    assert_eq!(hv.observe_libvirt().unwrap().networks["y"].bridge.as_deref(), Some("virbr2"));
 }
 
 #[test]
@@ -732,7 +733,7 @@ fn memory_domain_device_rules() {
     hv.attach_device(vm.libvirt_name.as_str(), &absent).unwrap();
     hv.detach_device(vm.libvirt_name.as_str(), &same).unwrap();
     let macs: Vec<_> =
-        hv.observe().unwrap().domains[vm.libvirt_name.as_str()].interfaces.iter().map(|i| i.mac).collect();
+        hv.observe_libvirt().unwrap().domains[vm.libvirt_name.as_str()].interfaces.iter().map(|i| i.mac).collect();
     assert_eq!(macs, vec![Some(vm.nics[0].mac), Some(other.mac)]);
     assert_kind(hv.attach_device(vm.libvirt_name.as_str(), "<disk type='file'/>"), HvErrorKind::InvalidXml);
 }
@@ -770,7 +771,7 @@ fn memory_undefine_network_under_a_running_domain() {
     hv.define_domain(&domain_xml(&lab, vm, None).unwrap().xml).unwrap();
     hv.start_domain(vm.libvirt_name.as_str()).unwrap();
     hv.undefine_network(net.libvirt_name.as_str()).unwrap();
-    let n = hv.observe().unwrap().networks[net.libvirt_name.as_str()].clone();
+    let n = hv.observe_libvirt().unwrap().networks[net.libvirt_name.as_str()].clone();
     assert!(n.active && !n.persistent);
 }
 
@@ -781,11 +782,11 @@ fn memory_undefine_active_network_leaves_it_transient() {
     hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     hv.start_network(net.libvirt_name.as_str()).unwrap();
     hv.undefine_network(net.libvirt_name.as_str()).unwrap();
-    let n = hv.observe().unwrap().networks[net.libvirt_name.as_str()].clone();
+    let n = hv.observe_libvirt().unwrap().networks[net.libvirt_name.as_str()].clone();
     assert!(n.active && !n.persistent);
     assert_kind(hv.undefine_network(net.libvirt_name.as_str()), HvErrorKind::InvalidState);
     hv.stop_network(net.libvirt_name.as_str()).unwrap();
-    assert!(!hv.observe().unwrap().networks.contains_key(net.libvirt_name.as_str()));
+    assert!(!hv.observe_libvirt().unwrap().networks.contains_key(net.libvirt_name.as_str()));
 }
 
 #[test]
@@ -804,7 +805,7 @@ fn memory_fault_injection_and_call_log() {
     hv.define_network(&network_xml(&lab, net).unwrap().xml).unwrap();
     let e = assert_kind(hv.start_network(name), HvErrorKind::Other);
     assert_eq!(e.message, "injected");
-    assert!(!hv.observe().unwrap().networks[name].active, "a failed call changes nothing");
+    assert!(!hv.observe_libvirt().unwrap().networks[name].active, "a failed call changes nothing");
     hv.start_network(name).unwrap(); // the fault fired once
     assert_eq!(
         hv.calls(),
@@ -839,12 +840,12 @@ fn memory_fixture_domains() {
     let vm = vm_of(&lab);
     let hv = MemoryHypervisor::new().with_domain_xml(&domain_xml(&lab, vm, None).unwrap().xml, true).unwrap();
     assert!(hv.calls().is_empty(), "fixtures are not logged");
-    assert_eq!(hv.observe().unwrap().domains[vm.libvirt_name.as_str()].state, DomainState::Running);
+    assert_eq!(hv.observe_libvirt().unwrap().domains[vm.libvirt_name.as_str()].state, DomainState::Running);
     // Undefining a running domain keeps it as transient until it stops.
     hv.undefine_domain(vm.libvirt_name.as_str()).unwrap();
-    assert!(hv.observe().unwrap().domains.contains_key(vm.libvirt_name.as_str()));
+    assert!(hv.observe_libvirt().unwrap().domains.contains_key(vm.libvirt_name.as_str()));
     hv.destroy_domain(vm.libvirt_name.as_str()).unwrap();
-    assert!(!hv.observe().unwrap().domains.contains_key(vm.libvirt_name.as_str()));
+    assert!(!hv.observe_libvirt().unwrap().domains.contains_key(vm.libvirt_name.as_str()));
 }
 
 // ---- libvirt's own schemas ----------------------------------------------------------------
@@ -925,7 +926,7 @@ fn paths_scenario(hv: &dyn Hypervisor, add_file: &dyn Fn(&str)) {
     let lab = load("qcow2");
     let paths: Vec<String> =
         lab.vms.values().flat_map(|v| v.host_files().into_iter().map(|(_, p, _)| p.display().to_string())).collect();
-    let mut observed = hv.observe().unwrap();
+    let mut observed = hv.observe_libvirt().unwrap();
     observed.paths = topo::host::hypervisor::observe_paths(hv, paths.iter().map(String::as_str)).unwrap();
     use topo::host::observed::PathFact;
     assert_eq!(
@@ -1010,7 +1011,7 @@ fn memory_pool_lists_files_as_of_its_last_refresh() {
 #[test]
 fn link_impairment_on_libvirt_test_driver() {
     let hv = LibvirtHypervisor::connect("test:///default").unwrap();
-    let o = hv.observe().unwrap();
+    let o = hv.observe_libvirt().unwrap();
     let mac = o.domains["test"].interfaces.iter().find_map(|i| i.mac);
     let rate = topo::lab::impair::Rate::parse("10Mbit").ok();
     if let Some(mac) = mac {
@@ -1020,7 +1021,7 @@ fn link_impairment_on_libvirt_test_driver() {
         let e = hv.set_bandwidth("test", other, rate).unwrap_err();
         assert!(e.message.contains("52:54:00:ab:cd:ef"), "{e:?}");
         let n = topo::lab::impair::Netem { delay: topo::lab::impair::Micros::parse("50ms").ok(), ..Default::default() };
-        let e = assert_kind(hv.set_netem("test", mac, Some(&n)), HvErrorKind::Unsupported);
+        let e = assert_kind(Host::libvirt(&hv).set_netem("test", mac, Some(&n)), HvErrorKind::Unsupported);
         assert!(e.message.contains("not a local host"), "{e:?}");
     } else {
         panic!("the test driver's `test` domain has a NIC: {:?}", o.domains["test"].interfaces);

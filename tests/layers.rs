@@ -194,3 +194,31 @@ fn imports_run_down_the_stages_without_a_circle() {
         .collect();
     assert!(circles.is_empty(), "files that import each other in a loop:\n{}", circles.join("\n"));
 }
+
+/// The two boundaries of `host/` (docs/architecture.md, stage 3) know nothing of each other:
+/// the libvirt boundary (`host/hypervisor/`, its in-memory doubles excepted) imports neither
+/// the machine (`host::machine`) nor the pair that joins them (`host::Host`, `host/mod.rs`),
+/// and the machine imports neither libvirt's nor the pair.
+#[test]
+fn the_libvirt_and_machine_boundaries_import_each_other_not() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    product_files(&src.join("host"), &mut paths);
+    let host = |m: &[String], what: &str| m.len() >= 2 && m[0] == "host" && m[1] == what;
+    let pair = |m: &[String]| m.len() >= 2 && m[0] == "host" && m[1].starts_with(|c: char| c.is_ascii_uppercase());
+    let mut crossing = Vec::new();
+    for p in &paths {
+        let own = module_of(&src, p);
+        let libvirt_side = own.get(1).is_some_and(|s| s == "hypervisor") && own.get(2).is_none_or(|s| s != "memory");
+        let machine_side = own.get(1).is_some_and(|s| s == "machine");
+        let text = std::fs::read_to_string(p).unwrap();
+        for m in imports(&own, &code(&text)) {
+            let crosses = (libvirt_side && (host(&m, "machine") || m == ["host"] || pair(&m)))
+                || (machine_side && (host(&m, "hypervisor") || m == ["host"] || pair(&m)));
+            if crosses {
+                crossing.push(format!("{} imports {}", p.display(), m.join("::")));
+            }
+        }
+    }
+    assert!(crossing.is_empty(), "imports across the host's two boundaries:\n{}", crossing.join("\n"));
+}

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use topo::host::Host;
 use topo::host::hypervisor::Hypervisor;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::lab::impair::{Netem, NetemParent, TapQdiscs};
@@ -33,7 +34,7 @@ fn plain(p: &topo::plan::Plan) -> String {
 }
 
 /// The qdiscs of web's first NIC as observed.
-fn web_tap(hv: &dyn Hypervisor) -> TapQdiscs {
+fn web_tap(hv: &MemoryHypervisor) -> TapQdiscs {
     let o = hv.observe().unwrap();
     let d = &o.domains["demo-web"];
     let mac = web_mac(hv);
@@ -41,7 +42,7 @@ fn web_tap(hv: &dyn Hypervisor) -> TapQdiscs {
 }
 
 /// The MAC of web's NIC on `lan` (a re-plugged NIC comes last in the domain's list).
-fn web_mac(hv: &dyn Hypervisor) -> topo::lab::model::MacAddr {
+fn web_mac(hv: &MemoryHypervisor) -> topo::lab::model::MacAddr {
     let o = hv.observe().unwrap();
     o.domains["demo-web"].interfaces.iter().find(|i| i.network.as_deref() == Some("demo-lan")).unwrap().mac.unwrap()
 }
@@ -198,7 +199,7 @@ fn reattached_and_restarted_nics_get_netem_again() {
     apply_ok(&bigger, &hv);
     assert_eq!(web_tap(&hv).netem, Some((NetemParent::Root, netem("delay 50ms"))));
     // Set by hand to something else: drift, put back.
-    hv.set_netem("demo-web", web_mac(&hv), Some(&netem("delay 1ms"))).unwrap();
+    Host::from(&hv).set_netem("demo-web", web_mac(&hv), Some(&netem("delay 1ms"))).unwrap();
     let (p, _) = plan_on(&bigger, &hv);
     insta::assert_snapshot!("netem_drift", plain(&p));
     apply_ok(&bigger, &hv);

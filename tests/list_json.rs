@@ -7,7 +7,6 @@ mod common;
 use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
-use topo::host::hypervisor::Hypervisor;
 
 const DOC: &str = include_str!("../docs/list-json.md");
 

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use serde_json::Value;
 use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::observed::{Observed, PathFact};
 use topo::plan::json::to_json;
 use topo::plan::saved::{SAVED_FORMAT, SavedPlan, SavedPlanError, fingerprint, sha256_hex};
@@ -124,7 +125,7 @@ fn check_plan(doc: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
     (kinds, actions)
 }
 
-fn json_of(yaml: &str, hv: &dyn Hypervisor) -> Value {
+fn json_of(yaml: &str, hv: &MemoryHypervisor) -> Value {
     let (p, _) = plan_on(&lab(yaml), hv);
     to_json(&p)
 }

@@ -37,7 +37,7 @@ fn redact_overlay_hashes(text: &str) -> String {
     out
 }
 
-fn shown(lab: &topo::lab::model::Lab, hv: &dyn Hypervisor) -> String {
+fn shown(lab: &topo::lab::model::Lab, hv: &MemoryHypervisor) -> String {
     let (p, _) = plan_on(lab, hv);
     plain(&p)
 }
@@ -161,7 +161,7 @@ fn destroy_plan() {
 
 // ---- refusals ----------------------------------------------------------------------------
 
-fn refusal(yaml: &str, hv: &dyn Hypervisor) -> String {
+fn refusal(yaml: &str, hv: &MemoryHypervisor) -> String {
     let l = lab(yaml);
     let observed = hv.observe().unwrap();
     match plan::plan(&l, &observed, &hv.uri()) {

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use topo::host::hypervisor::Hypervisor;
+use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::lab::address::Address;
 use topo::plan::render::{Style, render};
 use topo::plan::target::{Direction, targeted};
@@ -24,13 +24,13 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn plan_targets(l: &topo::lab::model::Lab, hv: &dyn Hypervisor, targets: &[&str]) -> topo::plan::Plan {
+fn plan_targets(l: &topo::lab::model::Lab, hv: &MemoryHypervisor, targets: &[&str]) -> topo::plan::Plan {
     let (full, observed) = plan_on(l, hv);
     let targets: Vec<Address> = targets.iter().map(|t| addr(t)).collect();
     targeted(l, &observed, full, &targets, Direction::Apply).expect("known targets")
 }
 
-fn run(p: &topo::plan::Plan, hv: &dyn Hypervisor) {
+fn run(p: &topo::plan::Plan, hv: &MemoryHypervisor) {
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let report = topo::apply::apply(p, hv, &options(4), &cancel, &topo::apply::progress::Silent);
     assert!(!report.failed(), "{report:#?}");

@@ -11,7 +11,7 @@ use topo::plan::render::{Style, render};
 use topo::plan::{Action, Op, Reason, Shutdown};
 
 fn state_of(hv: &dyn Hypervisor, domain: &str) -> DomainState {
-    hv.observe().unwrap().domains[domain].state
+    hv.observe_libvirt().unwrap().domains[domain].state
 }
 
 fn plain(p: &topo::plan::Plan) -> String {

@@ -1,4 +1,4 @@
-//! Apply: interprets a plan's steps on a `Hypervisor`. Each step runs once every step in
+//! Apply: interprets a plan's steps on a [`Host`] (libvirt, and the machine for netem). Each step runs once every step in
 //! its `after` list is done (the plan's walk of the lab graph), independent steps in
 //! parallel; stops cleanly on failure or Ctrl-C; then re-observes the host. Apply never
 //! looks at the lab model: everything a step needs was decided at plan time.
@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::host::Host;
 use crate::host::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
 use crate::host::observed::{DomainState, Observed};
 use crate::lab::address::Address;
@@ -109,14 +110,21 @@ fn dependencies(plan: &Plan) -> Vec<BTreeSet<usize>> {
     plan.changes.iter().map(|c| c.after.iter().filter_map(|a| index.get(a).copied()).collect()).collect()
 }
 
-/// Runs the steps of `plan` on `hv`, exactly as planned: each change once every change of
+/// Runs the steps of `plan` on `host`, exactly as planned: each change once every change of
 /// its `after` list is done, at most `opts.parallelism` at once ([`walk::walk`], the one
 /// scheduler). `cancel` is set by the Ctrl-C handler: no new step starts once it is set.
-pub fn apply(plan: &Plan, hv: &dyn Hypervisor, opts: &Options, cancel: &AtomicBool, progress: &dyn Progress) -> Report {
+pub fn apply<'h>(
+    plan: &Plan,
+    host: impl Into<Host<'h>>,
+    opts: &Options,
+    cancel: &AtomicBool,
+    progress: &dyn Progress,
+) -> Report {
+    let host = host.into();
     let deps = dependencies(plan);
     let shared = Shared::default();
     let finished =
-        walk::walk(&deps, opts.parallelism, cancel, |i| run_step(&plan.changes[i], hv, opts, &shared, progress));
+        walk::walk(&deps, opts.parallelism, cancel, |i| run_step(&plan.changes[i], host, opts, &shared, progress));
     let interrupted = cancel.load(Ordering::SeqCst);
     let stuck = walk::stuck(&deps);
     let steps = plan
@@ -159,17 +167,11 @@ struct Shared {
 
 /// Runs one change with its progress events; a panic in it (a bug) fails that step like an
 /// error, so the walk goes on to record it and nothing is left waiting for it.
-fn run_step(
-    change: &Change,
-    hv: &dyn Hypervisor,
-    opts: &Options,
-    shared: &Shared,
-    progress: &dyn Progress,
-) -> StepOutcome {
+fn run_step(change: &Change, host: Host<'_>, opts: &Options, shared: &Shared, progress: &dyn Progress) -> StepOutcome {
     let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         progress.event(Event::Started { address: &change.address, action: change.action });
         let t0 = Instant::now();
-        let result = run_change(change, hv, opts, shared).or_else(|e| already_gone(change, e));
+        let result = run_change(change, host, opts, shared).or_else(|e| already_gone(change, e));
         match result {
             Ok(()) => StepOutcome::Done { seconds: t0.elapsed().as_secs_f64() },
             Err(e) => StepOutcome::Failed { error: StepError::Host(e) },
@@ -194,7 +196,8 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// Runs one step's ops in order. Every op is idempotent: what it would do is done already
 /// ("already running", "already gone", "already exists as wanted") counts as done, so a
 /// step cut short by a crash or a failure can simply run again from the next plan.
-fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) -> Result<(), HvError> {
+fn run_change(c: &Change, host: Host<'_>, opts: &Options, shared: &Shared) -> Result<(), HvError> {
+    let hv = host.hv;
     let name = c.libvirt_name.as_str();
     // A network replacement keeps the config it stops, to bring it back if the new one does
     // not start.
@@ -211,7 +214,7 @@ fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) 
                 if let Err(e) = defined {
                     // After the stop of a replacement: the working network is down.
                     return Err(match &previous {
-                        Some(old) => bring_back(hv, c, old, e),
+                        Some(old) => bring_back(host, c, old, e),
                         None => e,
                     });
                 }
@@ -219,7 +222,7 @@ fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) 
             Op::StartNetwork => {
                 if let Err(e) = done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive]) {
                     return Err(match &previous {
-                        Some(xml) => bring_back(hv, c, xml, e),
+                        Some(xml) => bring_back(host, c, xml, e),
                         None => e,
                     });
                 }
@@ -239,7 +242,7 @@ fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) 
             }
             Op::UndefineNetwork => done_if(hv.undefine_network(name), &[HvErrorKind::NotFound])?,
             Op::ReleaseNetwork => hv.release_network(name)?,
-            Op::ReattachNics { nics } => replug(hv, nics)?,
+            Op::ReattachNics { nics } => replug(host, nics)?,
             Op::CreateVolume { volume } => hv.create_volume(volume)?,
             Op::UploadSeed { pool, name, seed } => {
                 let image = seed.image().map_err(|e| HvError {
@@ -297,20 +300,21 @@ fn run_change(c: &Change, hv: &dyn Hypervisor, opts: &Options, shared: &Shared) 
                 }
             }
             Op::SetBandwidth { mac, rate } => hv.set_bandwidth(name, *mac, *rate)?,
-            Op::SetNetem { mac, netem } => hv.set_netem(name, *mac, netem.as_ref())?,
+            Op::SetNetem { mac, netem } => host.set_netem(name, *mac, netem.as_ref())?,
         }
     }
     Ok(())
 }
 
 /// Plugs each NIC of `nics` in again (detach, attach) and sets its netem on the new tap.
-fn replug(hv: &dyn Hypervisor, nics: &[crate::plan::NicPlug]) -> Result<(), HvError> {
+fn replug(host: Host<'_>, nics: &[crate::plan::NicPlug]) -> Result<(), HvError> {
+    let hv = host.hv;
     for n in nics {
         done_if(hv.detach_device(&n.domain, &n.xml), &[HvErrorKind::NotFound])?;
         done_if(hv.attach_device(&n.domain, &n.xml), &[HvErrorKind::Exists])?;
         // The re-plugged NIC has a new tap, without netem.
         if let Some(netem) = &n.netem {
-            hv.set_netem(&n.domain, n.mac, Some(netem))?;
+            host.set_netem(&n.domain, n.mac, Some(netem))?;
         }
     }
     Ok(())
@@ -323,7 +327,8 @@ fn replug(hv: &dyn Hypervisor, nics: &[crate::plan::NicPlug]) -> Result<(), HvEr
 /// NICs that were on it plugged in again), so the lab and the domains on it are not left
 /// down. Returns `failed` with a hint saying whether that worked; either way the step
 /// failed, and the next apply plans the replacement again from what is on the host.
-fn bring_back(hv: &dyn Hypervisor, c: &Change, previous: &str, failed: HvError) -> HvError {
+fn bring_back(host: Host<'_>, c: &Change, previous: &str, failed: HvError) -> HvError {
+    let hv = host.hv;
     let name = c.libvirt_name.as_str();
     let nics: Vec<crate::plan::NicPlug> = c
         .ops
@@ -337,7 +342,7 @@ fn bring_back(hv: &dyn Hypervisor, c: &Change, previous: &str, failed: HvError) 
     let restored = hv
         .define_network(previous)
         .and_then(|()| done_if(hv.start_network(name), &[HvErrorKind::AlreadyActive]))
-        .and_then(|()| replug(hv, &nics));
+        .and_then(|()| replug(host, &nics));
     let (message, hint) = match restored {
         Ok(()) => (
             format!("{}; the network as it was before was brought back", failed.message),

@@ -172,7 +172,6 @@ impl LabList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::hypervisor::Hypervisor;
     use crate::host::hypervisor::memory::MemoryHypervisor;
 
     fn tagged(lab: &str, prefix: Option<&str>, file: Option<&str>, resource: &str, name: &str) -> String {

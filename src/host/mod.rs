@@ -1,7 +1,8 @@
-//! The host a lab runs on: what topo reads and changes through libvirt (`hypervisor`, with its
-//! libvirt XML in `xml`), what it reads and changes of the machine that runs it (`machine`:
-//! bridges and taps, `tc` qdiscs, `kernel` features, routes; `image` headers), and what it
-//! makes of both (`observed`, `labs`).
+//! The host a lab runs on, through two boundaries: the libvirt API calls topo makes
+//! (`hypervisor`, with its libvirt XML in `xml`), and the facts and actions of the machine
+//! that runs it (`machine`: bridges and taps, `tc` qdiscs, `kernel` features, routes; `image`
+//! headers); what it makes of both (`observed`, `labs`). [`Host`] is the pair, and the one
+//! place that joins what the two say: [`Host::observe`], [`Host::set_netem`].
 
 pub mod hypervisor;
 pub mod image;
@@ -11,3 +12,99 @@ pub mod machine;
 pub mod observed;
 pub mod tc;
 pub mod xml;
+
+use crate::host::hypervisor::{HvError, HvErrorKind, Hypervisor};
+use crate::host::machine::Machine;
+use crate::host::observed::{DomainState, Observed};
+use crate::lab::impair::Netem;
+use crate::lab::model::MacAddr;
+
+/// A host as topo reaches it: its libvirt connection and, when topo can reach it, the
+/// machine that runs it (this machine, for a local URI of a real driver:
+/// [`hypervisor::libvirt::files_are_local`]). `machine` is `None` for another host and the
+/// test driver: their bridges, taps, qdiscs, kernel and routes are then unknown, and netem
+/// cannot be set.
+#[derive(Clone, Copy)]
+pub struct Host<'a> {
+    /// The libvirt connection.
+    pub hv: &'a dyn Hypervisor,
+    /// The machine that runs the host, when topo can reach it.
+    pub machine: Option<&'a dyn Machine>,
+}
+
+impl std::fmt::Debug for Host<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("uri", &self.hv.uri()).field("machine", &self.machine.is_some()).finish()
+    }
+}
+
+impl<'a> Host<'a> {
+    /// A host reached through libvirt alone (another host, the test driver).
+    pub fn libvirt(hv: &'a dyn Hypervisor) -> Self {
+        Self { hv, machine: None }
+    }
+
+    /// What the host has: what libvirt shows ([`Hypervisor::observe_libvirt`]) and, when the
+    /// machine is reachable, what it shows beside libvirt: where each running NIC's tap is
+    /// plugged and its qdiscs (`ObservedDomain::links`: the taps libvirt names, one `tc -j
+    /// qdisc show` of every device), its network devices, kernel features, routes and the
+    /// MACs each active bridge holds as its own ([`machine::observe`]).
+    ///
+    /// # Errors
+    /// A libvirt call fails, or the machine's kernel config is damaged.
+    pub fn observe(&self) -> Result<Observed, HvError> {
+        let mut out = self.hv.observe_libvirt()?;
+        let Some(m) = self.machine else { return Ok(out) };
+        // Every device's qdiscs in one read; `None` when tc cannot be run or read (then
+        // nothing is known of netem).
+        let qdiscs = m.qdiscs().ok();
+        for d in out.domains.values_mut().filter(|d| d.state == DomainState::Running) {
+            d.links = m.tap_links(&d.taps, qdiscs.as_ref());
+        }
+        machine::observe(m, &mut out).map_err(|e| HvError {
+            op: "read the kernel config".into(),
+            object: self.hv.uri(),
+            message: e.to_string(),
+            kind: HvErrorKind::Other,
+            hint: None,
+        })?;
+        Ok(out)
+    }
+
+    /// Gives the tap of running domain `domain`'s NIC `mac` the netem settings `netem`
+    /// (`None`, or settings that do nothing, remove topo's netem): libvirt names the tap
+    /// ([`Hypervisor::domain_taps`]) and the machine sets its qdiscs ([`Machine::set_netem`]).
+    ///
+    /// # Errors
+    /// `Unsupported` when the machine is not reachable (the tap is on another machine);
+    /// `NotActive` when the domain is not running; `NotFound` when it has no NIC `mac`;
+    /// `Other` when `tc` fails.
+    pub fn set_netem(&self, domain: &str, mac: MacAddr, netem: Option<&Netem>) -> Result<(), HvError> {
+        const OP: &str = "set netem";
+        let fail = |kind, message: String, hint: Option<&str>| HvError {
+            op: OP.into(),
+            object: domain.into(),
+            message,
+            kind,
+            hint: hint.map(str::to_owned),
+        };
+        let Some(machine) = self.machine else {
+            return Err(fail(
+                HvErrorKind::Unsupported,
+                format!("netem needs the VM's tap on this machine, and {} is not a local host", self.hv.uri()),
+                Some("run topo on the libvirt host itself (qemu:///system)"),
+            ));
+        };
+        let taps = self.hv.domain_taps(domain).map_err(|e| HvError { op: OP.into(), ..e })?;
+        let Some((_, tap)) = taps.iter().find(|(m, _)| *m == mac) else {
+            return Err(fail(HvErrorKind::NotFound, format!("no running NIC with MAC {mac}"), None));
+        };
+        machine.set_netem(tap, netem).map_err(|e| HvError {
+            op: OP.into(),
+            object: format!("{domain} ({tap})"),
+            hint: e.hint(),
+            message: e.to_string(),
+            kind: HvErrorKind::Other,
+        })
+    }
+}

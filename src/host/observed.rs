@@ -134,6 +134,12 @@ pub struct ObservedDomain {
     /// running, the host is remote, or its taps are not visible from here (topo runs in
     /// another network namespace than the daemon).
     pub links: Option<Vec<NicLink>>,
+    /// The tap of each NIC of the running domain, by MAC, in device order: `<target dev>` of
+    /// its live XML (what libvirt says; [`crate::host::Host::observe`] asks the machine where
+    /// each is plugged, for `links`). Empty when the domain is not running. Not part of the
+    /// saved plan's fingerprint (`links` carries the taps that matter).
+    #[serde(skip)]
+    pub taps: Vec<(MacAddr, String)>,
     /// The files of the domain's cloud-init seed volume (`(name, text)`), read back from the
     /// host for the plan's diff. `observe` leaves it `None`:
     /// [`crate::host::hypervisor::read_changed_seeds`] fills it only where the seed differs from

@@ -318,7 +318,6 @@ pub(super) fn prune_deleted_users(changes: &mut [Change]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::hypervisor::Hypervisor;
     use crate::host::hypervisor::memory::MemoryHypervisor;
     use crate::plan::tests::{applied, lab};
     use crate::plan::{plan, plan_destroy};

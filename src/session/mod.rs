@@ -1,4 +1,5 @@
-//! The pipeline as one library type: a [`Session`] holds a connection per libvirt host and
+//! The pipeline as one library type: a [`Session`] holds a connection per libvirt host (with
+//! the machine that runs it, when that is this one) and
 //! runs each command's stages, `observe -> plan -> guard -> lock -> observe again -> execute
 //! -> converge check -> verify`, so the command line only parses arguments, makes one call
 //! and renders what it returns. What a run says while it runs (progress, warnings, the plan
@@ -18,8 +19,10 @@ pub use run::{ApplyRequest, DestroyRequest, Run, RunError};
 use crate::apply::lock::HostId;
 use crate::apply::progress::{Progress, Silent as SilentProgress};
 use crate::apply::{ApplyError, Options, Report};
-use crate::host::hypervisor::libvirt::{Console, LibvirtHypervisor};
+use crate::host::Host;
+use crate::host::hypervisor::libvirt::{Console, LibvirtHypervisor, files_are_local};
 use crate::host::hypervisor::{HvError, Hypervisor};
+use crate::host::machine::LocalMachine;
 use crate::host::observed::Observed;
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
@@ -48,11 +51,12 @@ impl std::fmt::Display for HostName {
     }
 }
 
-/// A connection the session owns (the command line's libvirt connection) or borrows (a
-/// test's double, which the test keeps to arm faults and look at calls).
+/// A host the session opened (the command line's libvirt connection, and this machine when
+/// it runs the host) or borrows (a test's doubles, which the test keeps to arm faults and
+/// look at calls).
 enum Conn<'h> {
-    Libvirt(Box<LibvirtHypervisor>),
-    Borrowed(&'h dyn Hypervisor),
+    Libvirt { hv: Box<LibvirtHypervisor>, machine: Option<LocalMachine> },
+    Borrowed(Host<'h>),
 }
 
 /// What a run tells the person running it while it runs. The command line writes each to
@@ -126,8 +130,9 @@ impl Drop for Stoppable<'_> {
     }
 }
 
-/// One run of topo against its libvirt hosts: a connection per host, keyed by the name the
-/// lab gives it (one host, [`HostName::DEFAULT`], today).
+/// One run of topo against its libvirt hosts: a connection per host (and its machine, when
+/// topo can reach it), keyed by the name the lab gives it (one host, [`HostName::DEFAULT`],
+/// today).
 pub struct Session<'h> {
     hosts: BTreeMap<HostName, Conn<'h>>,
 }
@@ -163,27 +168,40 @@ pub struct Planned {
 
 impl<'h> Session<'h> {
     /// A session over the libvirt host at `uri` (`None`: the one libvirt chooses, as virsh
-    /// does: `LIBVIRT_DEFAULT_URI`, then `uri_default` in libvirt.conf, then probing).
+    /// does: `LIBVIRT_DEFAULT_URI`, then `uri_default` in libvirt.conf, then probing), with
+    /// this machine as the machine that runs it when libvirt opens files here
+    /// ([`files_are_local`] of the URI libvirt names the connection by); none for another
+    /// host or the test driver.
     ///
     /// # Errors
     /// The connection cannot be opened.
     pub fn connect(uri: Option<&str>) -> Result<Session<'static>, HvError> {
         let hv = LibvirtHypervisor::connect(uri.unwrap_or(""))?;
-        Ok(Session { hosts: BTreeMap::from([(HostName::default_host(), Conn::Libvirt(Box::new(hv)))]) })
+        let machine = files_are_local(&hv.uri()).then(LocalMachine::new);
+        let conn = Conn::Libvirt { hv: Box::new(hv), machine };
+        Ok(Session { hosts: BTreeMap::from([(HostName::default_host(), conn)]) })
     }
 
-    /// A session over `hv` (kept by the caller) as its default host.
-    pub fn over(hv: &'h dyn Hypervisor) -> Self {
-        Self { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(hv))]) }
+    /// A session over `host` (kept by the caller: a test's doubles, `&MemoryHypervisor`) as
+    /// its default host.
+    pub fn over(host: impl Into<Host<'h>>) -> Self {
+        Self { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(host.into()))]) }
     }
 
-    /// The default host's connection.
-    pub fn hv(&self) -> &dyn Hypervisor {
+    /// The default host: its libvirt connection and, when reachable, its machine.
+    pub fn host(&self) -> Host<'_> {
         // Invariant: every constructor inserts the default host.
         match self.hosts.get(&HostName::default_host()).expect("the default host is always connected") {
-            Conn::Libvirt(b) => b.as_ref(),
-            Conn::Borrowed(r) => *r,
+            Conn::Libvirt { hv, machine } => {
+                Host { hv: hv.as_ref(), machine: machine.as_ref().map(|m| m as &dyn crate::host::machine::Machine) }
+            }
+            Conn::Borrowed(h) => *h,
         }
+    }
+
+    /// The default host's libvirt connection.
+    pub fn hv(&self) -> &dyn Hypervisor {
+        self.host().hv
     }
 
     /// The default host's canonical URI, as libvirt names the connection
@@ -202,18 +220,20 @@ impl<'h> Session<'h> {
         Ok(HostId::new(&hv.hostname()?, &hv.uri()))
     }
 
-    /// The host's libvirt objects as they are, for a command that makes no plan from them
+    /// What the host has ([`Host::observe`]: libvirt's objects, and the machine's facts where
+    /// the session has the machine), for a command that makes no plan from them
     /// (verify, inventory, destroy's teardown, the list of labs).
     ///
     /// # Errors
     /// A libvirt call fails.
     pub fn observe_host(&self) -> Result<Observed, HvError> {
-        self.hv().observe()
+        self.host().observe()
     }
 
     /// Observes the host for a plan of `lab`: the one way every plan is made on (`plan`,
     /// `apply` before and under the host lock, the convergence check after it, `status`,
-    /// tests). Every libvirt object, the seeds that changed
+    /// tests). Every libvirt object and the machine's facts ([`Host::observe`]), the seeds
+    /// that changed
     /// ([`crate::host::hypervisor::read_changed_seeds`], for the plan's diff), and the path
     /// facts of the files the lab's domains open (`Observed::paths`): when the libvirt
     /// host's files are not this machine's, what its storage pools say about each; on a
@@ -222,10 +242,11 @@ impl<'h> Session<'h> {
     /// # Errors
     /// A libvirt call fails.
     pub fn observe(&self, lab: &Lab) -> Result<Observed, HvError> {
-        let hv = self.hv();
-        let mut observed = hv.observe()?;
+        let host = self.host();
+        let hv = host.hv;
+        let mut observed = host.observe()?;
         crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
-        if !crate::host::hypervisor::libvirt::files_are_local(&hv.uri()) {
+        if !files_are_local(&hv.uri()) {
             let paths: Vec<String> = lab
                 .vms
                 .values()
@@ -288,7 +309,7 @@ impl<'h> Session<'h> {
     /// Executes `plan`'s steps (no guard, no lock: [`Session::apply`] adds those), with
     /// `progress` told of each step.
     pub fn execute(&self, plan: &Plan, opts: &Options, cancel: &AtomicBool, progress: &dyn Progress) -> Report {
-        crate::apply::apply(plan, self.hv(), opts, cancel, progress)
+        crate::apply::apply(plan, self.host(), opts, cancel, progress)
     }
 
     /// After apply: observes `lab` again (as for a plan) and plans it; any change left for
@@ -319,7 +340,7 @@ impl<'h> Session<'h> {
     /// # Errors
     /// The connection is a test double's, or libvirt cannot open the console.
     pub fn console(&self, libvirt_name: &str, force: bool) -> Result<Console, SessionError> {
-        let Some(Conn::Libvirt(hv)) = self.hosts.get(&HostName::default_host()) else {
+        let Some(Conn::Libvirt { hv, .. }) = self.hosts.get(&HostName::default_host()) else {
             return Err(SessionError::NoConsole);
         };
         Ok(hv.open_console(libvirt_name, force)?)

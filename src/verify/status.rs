@@ -320,6 +320,7 @@ vms:
             persistent: true,
             live: None,
             links: None,
+            taps: Vec::new(),
             seed: None,
             owner: Some(OwnerTag {
                 lab: owner.into(),

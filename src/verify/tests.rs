@@ -863,7 +863,6 @@ fn domain_on(name: &str, m: MacAddr, iface: &str) -> String {
 /// the MAC on another network, is not a duplicate on this one.
 #[test]
 fn the_running_domains_with_a_nics_mac_on_its_network_are_found() {
-    use crate::host::hypervisor::Hypervisor;
     use crate::host::hypervisor::memory::MemoryHypervisor;
     let net = |name: &str, br: &str, ip: &str| {
         format!(

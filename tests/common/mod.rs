@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme};
 use topo::apply::progress::Silent;
 use topo::apply::{ApplyError, Options, Report};
-use topo::host::hypervisor::Hypervisor;
+use topo::host::Host;
 use topo::host::hypervisor::memory::MemoryHypervisor;
 use topo::host::observed::Observed;
 use topo::lab::address::Address;
@@ -48,8 +48,9 @@ pub fn options(parallelism: usize) -> Options {
     Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1) }
 }
 
-/// Observes `hv` as every plan is made on ([`Session::observe`]) and plans `lab` on it.
-pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
+/// Observes `hv` (a `&MemoryHypervisor`, or `Host::libvirt(&hv)` for the test driver) as
+/// every plan is made on ([`Session::observe`]) and plans `lab` on it.
+pub fn plan_on<'a>(lab: &Lab, hv: impl Into<Host<'a>>) -> (Plan, Observed) {
     let session = Session::over(hv);
     let observed = session.observe(lab).expect("observe");
     let p = match plan::plan(lab, &observed, &session.uri()) {
@@ -60,7 +61,8 @@ pub fn plan_on(lab: &Lab, hv: &dyn Hypervisor) -> (Plan, Observed) {
 }
 
 /// Plans and applies `lab` on `hv` with `parallelism` workers; returns the plan and report.
-pub fn apply_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
+pub fn apply_with<'a>(lab: &Lab, hv: impl Into<Host<'a>>, parallelism: usize) -> (Plan, Report) {
+    let hv = hv.into();
     let (p, _) = plan_on(lab, hv);
     let cancel = AtomicBool::new(false);
     let report = Session::over(hv).execute(&p, &options(parallelism), &cancel, &Silent);
@@ -69,17 +71,18 @@ pub fn apply_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, 
 
 /// Whether the host converged to `lab` (for the `targets`; empty: the whole lab), as apply
 /// checks it after its steps ([`Session::converged`]).
-pub fn converged_for(lab: &Lab, hv: &dyn Hypervisor, targets: &[Address]) -> Result<Observed, ApplyError> {
+pub fn converged_for<'a>(lab: &Lab, hv: impl Into<Host<'a>>, targets: &[Address]) -> Result<Observed, ApplyError> {
     Session::over(hv).converged(lab, targets).map(|(observed, _)| observed)
 }
 
 /// [`converged_for`] the whole lab.
-pub fn converged(lab: &Lab, hv: &dyn Hypervisor) -> Result<Observed, ApplyError> {
+pub fn converged<'a>(lab: &Lab, hv: impl Into<Host<'a>>) -> Result<Observed, ApplyError> {
     converged_for(lab, hv, &[])
 }
 
 /// Plans and applies `lab`, asserting every step is done and the host converged.
-pub fn apply_ok(lab: &Lab, hv: &dyn Hypervisor) -> Plan {
+pub fn apply_ok<'a>(lab: &Lab, hv: impl Into<Host<'a>>) -> Plan {
+    let hv = hv.into();
     let (p, report) = apply_with(lab, hv, 4);
     assert!(!report.failed(), "apply failed: {report:#?}");
     if let Err(e) = converged(lab, hv) {
@@ -89,7 +92,7 @@ pub fn apply_ok(lab: &Lab, hv: &dyn Hypervisor) -> Plan {
 }
 
 /// Destroys everything `lab` owns on `hv`; returns the plan and report.
-pub fn destroy_with(lab: &Lab, hv: &dyn Hypervisor, parallelism: usize) -> (Plan, Report) {
+pub fn destroy_with<'a>(lab: &Lab, hv: impl Into<Host<'a>>, parallelism: usize) -> (Plan, Report) {
     let session = Session::over(hv);
     let p = plan::plan_destroy(lab, &session.observe_host().expect("observe"));
     let cancel = AtomicBool::new(false);

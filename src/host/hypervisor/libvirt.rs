@@ -20,7 +20,6 @@ pub mod events;
 pub use console::Console;
 
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo, VolumeSpec};
-use crate::host::machine::{LocalMachine, Machine};
 use crate::host::observed::{DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
 use crate::host::xml::{self, NetworkFlags};
 use crate::lab::ownership::OVERLAY_POOL;
@@ -37,10 +36,6 @@ pub struct LibvirtHypervisor {
     events: Option<events::Events>,
     conn: Connect,
     uri: String,
-    /// The machine that runs the host, when it is this one (a local URI of a real driver,
-    /// [`files_are_local`]): its bridges, taps, qdiscs, kernel and routes. `None` on another
-    /// host or the test driver: those facts are then absent from the observation.
-    machine: Option<Box<dyn Machine>>,
 }
 
 /// True when `uri` names no host (`driver:///path`), so the daemon runs on this machine.
@@ -214,9 +209,8 @@ impl LibvirtHypervisor {
             err
         })?;
         let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
-        let machine = files_are_local(&uri).then(|| Box::new(LocalMachine::new()) as Box<dyn Machine>);
         let events = events::Events::register(&conn);
-        Ok(Self { events, conn, uri, machine })
+        Ok(Self { events, conn, uri })
     }
 
     /// How many of libvirt's domain events (lifecycle, device removed) this connection has
@@ -293,11 +287,7 @@ impl LibvirtHypervisor {
         Ok(Some(observed))
     }
 
-    fn observe_domain(
-        &self,
-        dom: &Domain,
-        qdiscs: Option<&std::collections::BTreeMap<String, crate::lab::impair::TapQdiscs>>,
-    ) -> Result<Option<crate::host::observed::ObservedDomain>, HvError> {
+    fn observe_domain(&self, dom: &Domain) -> Result<Option<crate::host::observed::ObservedDomain>, HvError> {
         const OP: &str = "observe domain";
         let name = lv("virDomainGetName", "?", || dom.name()).map_err(|e| map_error(OP, "?", &e))?;
         let read = || -> Result<_, VirtError> {
@@ -351,10 +341,9 @@ impl LibvirtHypervisor {
             Err(e) => return Err(map_error(OP, &name, &e)),
         };
         if state == DomainState::Running
-            && let Some(m) = &self.machine
             && let Some(x) = live_xml
         {
-            observed.links = m.tap_links(&xml::live_taps(x).map_err(invalid)?, qdiscs);
+            observed.taps = xml::live_taps(x).map_err(invalid)?;
         }
         if let Some(live) = live {
             observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
@@ -643,7 +632,7 @@ impl Hypervisor for LibvirtHypervisor {
             .map_err(|e| map_error("get host name", &self.uri, &e))
     }
 
-    fn observe(&self) -> Result<Observed, HvError> {
+    fn observe_libvirt(&self) -> Result<Observed, HvError> {
         let mut out = Observed::default();
         let nets = lv("virConnectListAllNetworks", &self.uri, || self.conn.list_all_networks(0))
             .map_err(|e| map_error("list networks", &self.uri, &e))?;
@@ -654,25 +643,13 @@ impl Hypervisor for LibvirtHypervisor {
         }
         let doms = lv("virConnectListAllDomains", &self.uri, || self.conn.list_all_domains(0))
             .map_err(|e| map_error("list domains", &self.uri, &e))?;
-        // Every device's qdiscs in one read, on a host whose taps are this machine's; `None`
-        // when tc cannot be run or read (then nothing is known of netem).
-        let qdiscs = self.machine.as_ref().and_then(|m| m.qdiscs().ok());
         for dom in &doms {
-            if let Some(d) = self.observe_domain(dom, qdiscs.as_ref())? {
+            if let Some(d) = self.observe_domain(dom)? {
                 out.domains.insert(d.name.clone(), d);
             }
         }
         self.observe_pool(&mut out)?;
         self.identify_files(&mut out);
-        if let Some(m) = &self.machine {
-            crate::host::machine::observe(m.as_ref(), &mut out).map_err(|e| HvError {
-                op: "read the kernel config".into(),
-                object: self.uri.clone(),
-                message: e.to_string(),
-                kind: HvErrorKind::Other,
-                hint: None,
-            })?;
-        }
         Ok(out)
     }
 
@@ -908,7 +885,7 @@ impl Hypervisor for LibvirtHypervisor {
             // The test driver rejects the flag ("unsupported flags (0x2) in function
             // testDomainSnapshotDelete"); its snapshots are metadata only, so a plain delete
             // removes the same.
-            Err(e) if is_unsupported(&e) && self.machine.is_none() && self.uri.starts_with("test") => {
+            Err(e) if is_unsupported(&e) && self.uri.starts_with("test") => {
                 lv("virDomainSnapshotDelete", &object, || snap.delete(0))
             }
             r => r,
@@ -1029,51 +1006,20 @@ impl Hypervisor for LibvirtHypervisor {
         .map_err(|e| map_error(OP, domain, &e))
     }
 
-    fn set_netem(
-        &self,
-        domain: &str,
-        mac: crate::lab::model::MacAddr,
-        netem: Option<&crate::lab::impair::Netem>,
-    ) -> Result<(), HvError> {
-        const OP: &str = "set netem";
-        let Some(machine) = &self.machine else {
+    fn domain_taps(&self, name: &str) -> Result<Vec<(crate::lab::model::MacAddr, String)>, HvError> {
+        const OP: &str = "domain taps";
+        let dom = self.domain(OP, name)?;
+        if !lv("virDomainIsActive", name, || dom.is_active()).map_err(|e| map_error(OP, name, &e))? {
             return Err(HvError {
                 op: OP.into(),
-                object: domain.into(),
-                message: format!("netem needs the VM's tap on this machine, and {} is not a local host", self.uri),
-                kind: HvErrorKind::Unsupported,
-                hint: Some("run topo on the libvirt host itself (qemu:///system)".into()),
-            });
-        };
-        let dom = self.domain(OP, domain)?;
-        if !lv("virDomainIsActive", domain, || dom.is_active()).map_err(|e| map_error(OP, domain, &e))? {
-            return Err(HvError {
-                op: OP.into(),
-                object: domain.into(),
+                object: name.into(),
                 message: "domain is not running".into(),
                 kind: HvErrorKind::NotActive,
                 hint: None,
             });
         }
-        let live = lv("virDomainGetXMLDesc", domain, || dom.xml_desc(0)).map_err(|e| map_error(OP, domain, &e))?;
-        let taps = xml::live_taps(&live).map_err(|e| other(OP, domain, &e.to_string()))?;
-        let Some((_, tap)) = taps.iter().find(|(m, _)| *m == mac) else {
-            return Err(HvError {
-                op: OP.into(),
-                object: domain.into(),
-                message: format!("no running NIC with MAC {mac}"),
-                kind: HvErrorKind::NotFound,
-                hint: None,
-            });
-        };
-        let tc_err = |e: crate::host::tc::TcError| HvError {
-            op: OP.into(),
-            object: format!("{domain} ({tap})"),
-            hint: e.hint(),
-            message: e.to_string(),
-            kind: HvErrorKind::Other,
-        };
-        machine.set_netem(tap, netem).map_err(tc_err)
+        let live = lv("virDomainGetXMLDesc", name, || dom.xml_desc(0)).map_err(|e| map_error(OP, name, &e))?;
+        xml::live_taps(&live).map_err(|e| other(OP, name, &e.to_string()))
     }
 
     fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::lab::model::MacAddr, std::net::Ipv4Addr)>, HvError> {

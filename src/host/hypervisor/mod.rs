@@ -1,4 +1,6 @@
-//! The narrow boundary to libvirt: only the calls topo makes, as the `Hypervisor` trait.
+//! The narrow boundary to libvirt: only the calls topo makes, as the `Hypervisor` trait. The
+//! machine that runs the host is the other boundary (`crate::host::machine`); this one knows
+//! nothing of it.
 //!
 //! Two implementations: `libvirt::LibvirtHypervisor` (the `virt` crate, the product) and
 //! `memory::MemoryHypervisor` (a strict in-memory double that rejects what libvirt rejects).
@@ -12,7 +14,7 @@ pub mod memory;
 use serde::{Deserialize, Serialize};
 
 use crate::host::observed::{DomainState, Lease, Observed};
-use crate::lab::impair::{Netem, Rate};
+use crate::lab::impair::Rate;
 use crate::lab::model::MacAddr;
 
 /// A libvirt call failed. `code` is libvirt's error code when there is one.
@@ -205,7 +207,11 @@ pub struct StorageVolumeInfo {
 /// How often [`Hypervisor::wait_until`] looks without events (the memory double).
 pub const WAIT_LOOK: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Every libvirt call topo uses. Implementations must be usable from several threads.
+/// Every libvirt call topo uses, and nothing else: each method is one libvirt call or a short
+/// sequence of them on one object, with the kind of a failure from libvirt's error code
+/// ([`HvErrorKind`]). What the machine that runs the host shows or does (bridges, taps, `tc`,
+/// the kernel, routes) is [`crate::host::machine::Machine`]'s; [`crate::host::Host`] joins the
+/// two. Implementations must be usable from several threads.
 pub trait Hypervisor: Send + Sync {
     /// The connection URI (for messages).
     fn uri(&self) -> String;
@@ -213,10 +219,12 @@ pub trait Hypervisor: Send + Sync {
     /// (`virConnectGetHostname`): with [`Hypervisor::uri`], what locks key on
     /// (`apply::lock::HostId`).
     fn hostname(&self) -> Result<String, HvError>;
-    /// Reads every network and domain (persistent config for defined objects, live state
-    /// flags, the live restart-bound settings of running domains), the overlay pool (by
-    /// name, `ownership::OVERLAY_POOL`) and its volumes, in one pass.
-    fn observe(&self) -> Result<Observed, HvError>;
+    /// What libvirt shows of the host, in one pass: every network and domain (persistent
+    /// config for defined objects, live state flags, the live restart-bound settings of
+    /// running domains and each running NIC's tap, `ObservedDomain::taps`), the overlay pool
+    /// (by name, `ownership::OVERLAY_POOL`) and its volumes. Nothing of the machine that runs
+    /// the host: [`crate::host::Host::observe`] adds that.
+    fn observe_libvirt(&self) -> Result<Observed, HvError>;
 
     fn define_network(&self, xml: &str) -> Result<(), HvError>;
     fn start_network(&self, name: &str) -> Result<(), HvError>;
@@ -291,13 +299,10 @@ pub trait Hypervisor: Send + Sync {
     /// it. libvirt clears the tap's qdiscs and sets its own again, so netem on that tap is
     /// gone afterwards (topo sets it again). NotActive when the domain is not running.
     fn set_bandwidth(&self, domain: &str, mac: MacAddr, rate: Option<Rate>) -> Result<(), HvError>;
-    /// Gives the tap of the running domain's NIC `mac` the netem settings `netem` (`None`,
-    /// or settings that do nothing, remove topo's netem), with `tc` on this machine: in place
-    /// of libvirt's leaf under its htb class when a `<bandwidth inbound>` is in effect, else
-    /// as the tap's root qdisc (see `impair::tc_commands`). Unsupported on a remote or test
-    /// URI (the tap is on another machine); NotActive when the domain is not running;
-    /// NotFound when it has no NIC `mac`.
-    fn set_netem(&self, domain: &str, mac: MacAddr, netem: Option<&Netem>) -> Result<(), HvError>;
+    /// The tap of each NIC of running domain `name`, by MAC: `<target dev>` of its live XML
+    /// (`virDomainIsActive`, `virDomainGetXMLDesc`), in device order; where netem goes
+    /// ([`crate::host::Host::set_netem`]). NotActive when the domain is not running.
+    fn domain_taps(&self, name: &str) -> Result<Vec<(MacAddr, String)>, HvError>;
 
     /// Makes sure storage pool `name` exists (defined as a dir pool over `path` when it
     /// does not), is built, active and autostarted. Looked up by name, active or not.

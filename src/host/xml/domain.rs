@@ -559,6 +559,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         persistent: true,
         live: None,
         links: None,
+        taps: Vec::new(),
         seed: None,
     })
 }

@@ -1,4 +1,8 @@
-//! `MemoryHypervisor`: a strict in-memory libvirt double for tests of plan/apply/destroy.
+//! `MemoryHypervisor`: a strict in-memory libvirt double for tests of plan/apply/destroy,
+//! and its machine, `machine::MemoryMachine`: the two doubles share one state, so the machine
+//! shows what sysfs and `tc` would show of the double's running domains (their taps on their
+//! networks' bridges, the qdiscs libvirt and netem leave on them). `Host::from(&hv)` pairs
+//! them.
 //!
 //! It parses XML with the same `xml` module as the real observer and rejects what libvirt
 //! 9.0 rejects (checked against the test driver and the libvirt sources where noted), and
@@ -11,15 +15,20 @@
 //! a define changes only its persistent config, as in libvirt.
 //!
 //! It records every call (`calls()`), can fail the next matching call (`fail_on`), and for
-//! fault sweeps can fail the k-th call or stop the "process" right after it (`arm`).
+//! fault sweeps can fail the k-th call or stop the "process" right after it (`arm`): the
+//! libvirt calls and the machine's one change (`set_netem`) alike, counted together.
 //!
 //! Differences from libvirt, by design: `shutdown_domain` takes effect at once (libvirt's
 //! is an asynchronous ACPI request); DHCP leases only come from `set_leases`; the bridge
 //! MAC the double generates for a network defined without `<mac address>` comes from a
 //! counter (libvirt's is random), `52:54:00:..` like libvirt's.
 
+mod machine;
+
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use machine::MemoryMachine;
 
 use super::VolumeSpec;
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo};
@@ -130,10 +139,35 @@ pub enum Fault {
     StopDuringCall,
 }
 
-/// Strict in-memory `Hypervisor`. Cheap to build; state lives behind one mutex.
-#[derive(Debug, Default)]
+/// Strict in-memory `Hypervisor`. Cheap to build; state lives behind one mutex, shared with
+/// its machine double.
+#[derive(Debug)]
 pub struct MemoryHypervisor {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// The machine that runs this host, over the same state.
+    machine: MemoryMachine,
+}
+
+impl Default for MemoryHypervisor {
+    fn default() -> Self {
+        let state = Arc::new(Mutex::new(State::default()));
+        Self { machine: MemoryMachine::over(Arc::clone(&state)), state }
+    }
+}
+
+/// The double's host: its libvirt double and, always, its machine double (the double's taps
+/// are always visible; its device list, kernel, routes and bridge MACs only on a local host,
+/// `with_host_interfaces`). `Host::libvirt(&hv)` plays a host whose machine topo cannot reach.
+impl<'a> From<&'a MemoryHypervisor> for crate::host::Host<'a> {
+    fn from(hv: &'a MemoryHypervisor) -> Self {
+        Self { hv, machine: Some(&hv.machine) }
+    }
+}
+
+/// Locks `state`. A test that panicked while holding the lock leaves consistent data (every
+/// mutation is a single insert/assign after checks), so poisoning is ignored.
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn err(op: &str, object: &str, kind: HvErrorKind, message: impl Into<String>) -> HvError {
@@ -214,36 +248,19 @@ impl State {
         })
     }
 
-    /// Where a running domain's NICs are plugged: on their network's bridge, unless the
-    /// network was stopped under them since (`cut`), as libvirt leaves them. Taps are named
-    /// `vnet<domain>.<index>` (libvirt numbers them host-wide; only the bridge matters here).
-    fn links(&self, d: &MemDomain) -> Option<Vec<crate::host::observed::NicLink>> {
+    /// The taps of a running domain's NICs, by MAC, as its live XML names them; none when
+    /// it is not running. Named `vnet<domain>.<index>` (libvirt numbers them host-wide; only
+    /// where they are plugged matters).
+    fn taps_of(d: &MemDomain) -> Vec<(MacAddr, String)> {
         if d.obs.state != DomainState::Running {
-            return None;
+            return Vec::new();
         }
-        let links = d
-            .obs
+        d.obs
             .interfaces
             .iter()
             .enumerate()
-            .filter_map(|(i, nic)| {
-                let mac = nic.mac?;
-                let bridge = if self.cut.contains(&(d.obs.name.clone(), mac)) {
-                    None
-                } else {
-                    let net = self.networks.get(nic.network.as_deref()?).filter(|n| n.active)?;
-                    net.live_bridge.clone().or_else(|| net.bridge.clone())
-                };
-                let qdiscs = self.taps.get(&(d.obs.name.clone(), mac)).cloned().unwrap_or_else(|| fresh_tap(nic));
-                Some(crate::host::observed::NicLink {
-                    mac,
-                    tap: format!("vnet{}.{i}", d.obs.name),
-                    bridge,
-                    qdiscs: Some(qdiscs),
-                })
-            })
-            .collect();
-        Some(links)
+            .filter_map(|(i, nic)| Some((nic.mac?, format!("vnet{}.{i}", d.obs.name))))
+            .collect()
     }
 
     /// Running domains with an interface on `network`.
@@ -529,21 +546,29 @@ impl MemoryHypervisor {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A test that panicked while holding the lock leaves consistent data (every
-        // mutation is a single insert/assign after checks), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
-    /// Plays a local host with these non-libvirt interfaces (`eth0`, a hand-made bridge):
-    /// `observe` reports them with the active networks' bridges, and starting a network
-    /// whose bridge has one of these names fails as the kernel refuses it (EEXIST).
+    /// What topo observes of this double's host ([`crate::host::Host::observe`]): libvirt's
+    /// facts and its machine's.
+    ///
+    /// # Errors
+    /// An injected fault (`fail_on("observe", ..)`).
+    pub fn observe(&self) -> Result<Observed, HvError> {
+        crate::host::Host::from(self).observe()
+    }
+
     /// A local host whose kernel was built with `config` (kernel `.config` text): `observe`
-    /// reports what it lacks for link impairment.
+    /// reports what it lacks for link impairment (with `with_host_interfaces`: the machine
+    /// double tells the kernel of a machine whose devices it can list).
     pub fn with_kernel_config(self, config: &str) -> Self {
         self.lock().kernel = Some(crate::host::kernel::KernelSupport::from_config(config, "/proc/config.gz"));
         self
     }
 
+    /// Plays a local host with these non-libvirt interfaces (`eth0`, a hand-made bridge):
+    /// `observe` reports them with the active networks' bridges, and starting a network
+    /// whose bridge has one of these names fails as the kernel refuses it (EEXIST).
     pub fn with_host_interfaces(self, names: &[&str]) -> Self {
         self.lock().host_interfaces = Some(names.iter().map(|n| (*n).to_owned()).collect());
         self
@@ -810,7 +835,7 @@ impl Hypervisor for MemoryHypervisor {
         Ok("memory".to_owned())
     }
 
-    fn observe(&self) -> Result<Observed, HvError> {
+    fn observe_libvirt(&self) -> Result<Observed, HvError> {
         let mut s = self.lock();
         s.calls.push("observe".to_owned());
         if let Some(i) = s.faults.iter().position(|(o, _, _)| o == "observe") {
@@ -828,7 +853,7 @@ impl Hypervisor for MemoryHypervisor {
                 if !d.persistent {
                     o.live = None; // a transient domain's only XML is its live one
                 }
-                o.links = s.links(d);
+                o.taps = State::taps_of(d);
                 o.backing = o.disks.iter().map(|p| s.chain_under(p)).collect();
                 o.chains_known = true;
                 for f in o.files() {
@@ -854,28 +879,8 @@ impl Hypervisor for MemoryHypervisor {
             domains,
             pool: s.pool.clone(),
             volumes,
-            kernel: s.kernel.clone(),
-            // As /sys/class/net shows them: the host's own interfaces and the bridges of
-            // active networks.
-            host_interfaces: s.host_interfaces.as_ref().map(|h| {
-                let bridges =
-                    s.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()));
-                h.iter().cloned().chain(bridges).collect()
-            }),
-            // As /sys/class/net shows them on a local host, for active networks' bridges.
-            bridge_macs: if s.host_interfaces.is_some() {
-                let active: std::collections::BTreeSet<String> = s
-                    .networks
-                    .values()
-                    .filter(|n| n.active)
-                    .filter_map(|n| n.live_bridge.clone().or(n.bridge.clone()))
-                    .collect();
-                s.bridge_macs.iter().filter(|(b, _)| active.contains(*b)).map(|(b, m)| (b.clone(), m.clone())).collect()
-            } else {
-                BTreeMap::new()
-            },
             paths: BTreeMap::new(),
-            host_routes: s.host_interfaces.is_some().then(|| s.routes()),
+            ..Observed::default()
         })
     }
 
@@ -1226,30 +1231,14 @@ impl Hypervisor for MemoryHypervisor {
         Ok(())
     }
 
-    fn set_netem(&self, domain: &str, mac: MacAddr, netem: Option<&crate::lab::impair::Netem>) -> Result<(), HvError> {
-        const OP: &str = "set netem";
+    fn domain_taps(&self, name: &str) -> Result<Vec<(MacAddr, String)>, HvError> {
         let mut s = self.lock();
-        s.enter("set_netem", domain)?;
-        if s.host_interfaces.is_none() {
-            // Playing a remote host: its taps are not on this machine.
-            return Err(err(OP, domain, HvErrorKind::Unsupported, "netem needs the VM's tap on this machine"));
-        }
-        let d = s.domain("set_netem", domain)?;
+        s.enter("domain_taps", name)?;
+        let d = s.domain("domain_taps", name)?;
         if d.obs.state != DomainState::Running {
-            return Err(err(OP, domain, HvErrorKind::NotActive, "domain is not running"));
+            return Err(err("domain taps", name, HvErrorKind::NotActive, "domain is not running"));
         }
-        let Some(nic) = d.obs.interfaces.iter().find(|i| i.mac == Some(mac)).cloned() else {
-            return Err(err(OP, domain, HvErrorKind::NotFound, format!("no running NIC with MAC {mac}")));
-        };
-        let key = (domain.to_string(), mac);
-        let mut q = s.taps.get(&key).cloned().unwrap_or_else(|| fresh_tap(&nic));
-        // As the kernel ends up after `impair::tc_commands`.
-        let want = netem.map(|n| n.normalized()).filter(|n| !n.is_none());
-        q.netem = want.map(|n| {
-            (if q.htb { crate::lab::impair::NetemParent::HtbLeaf } else { crate::lab::impair::NetemParent::Root }, n)
-        });
-        s.taps.insert(key, q);
-        Ok(())
+        Ok(State::taps_of(d))
     }
 
     fn domain_addresses(&self, name: &str) -> Result<Vec<(crate::lab::model::MacAddr, std::net::Ipv4Addr)>, HvError> {

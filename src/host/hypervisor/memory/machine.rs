@@ -1,0 +1,201 @@
+//! `MemoryMachine`: the machine double of a [`MemoryHypervisor`](super::MemoryHypervisor),
+//! over the same state. It shows what sysfs and `tc` would show of the libvirt double's
+//! host: each running domain's taps (named as the libvirt double's live XML names them) on
+//! their networks' bridges, or on none after the network was stopped under them; the qdiscs
+//! libvirt made with each tap, changed by netem; and, on a local host
+//! (`with_host_interfaces`), its network devices, kernel, routes and bridge MACs.
+//!
+//! Its one change, `set_netem`, is logged and counted with the libvirt double's calls, so
+//! `fail_on("set_netem", TAP, ..)` and the fault sweeps (`arm`) reach it too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{State, fresh_tap, lock};
+use crate::host::kernel::{KernelError, KernelSupport};
+use crate::host::machine::Machine;
+use crate::host::observed::{DomainState, HostRoute, NicLink, ObservedInterface};
+use crate::host::tc::{TcCause, TcError};
+use crate::lab::impair::{Netem, NetemParent, TapQdiscs};
+use crate::lab::model::MacAddr;
+
+/// The machine of a [`MemoryHypervisor`](super::MemoryHypervisor) (`Host::from(&hv)`).
+#[derive(Debug)]
+pub struct MemoryMachine {
+    state: Arc<Mutex<State>>,
+}
+
+impl MemoryMachine {
+    /// The machine over the libvirt double's `state`.
+    pub(super) fn over(state: Arc<Mutex<State>>) -> Self {
+        Self { state }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+impl State {
+    /// The bridges of active networks: the devices libvirt made on the machine.
+    fn active_bridges(&self) -> BTreeSet<String> {
+        self.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone())).collect()
+    }
+
+    /// The running domain, MAC and NIC whose tap is `tap`.
+    fn tap(&self, tap: &str) -> Option<(String, MacAddr, &ObservedInterface)> {
+        self.domains.values().filter(|d| d.obs.state == DomainState::Running).find_map(|d| {
+            let (mac, _) = State::taps_of(d).into_iter().find(|(_, t)| t == tap)?;
+            let nic = d.obs.interfaces.iter().find(|i| i.mac == Some(mac))?;
+            Some((d.obs.name.clone(), mac, nic))
+        })
+    }
+
+    /// The tap's egress qdiscs as the kernel keeps them.
+    fn qdiscs_of(&self, domain: &str, mac: MacAddr, nic: &ObservedInterface) -> TapQdiscs {
+        self.taps.get(&(domain.to_owned(), mac)).cloned().unwrap_or_else(|| fresh_tap(nic))
+    }
+}
+
+impl Machine for MemoryMachine {
+    /// On a local host: its own interfaces and the active networks' bridges.
+    fn interfaces(&self) -> Option<BTreeSet<String>> {
+        let s = self.lock();
+        let own = s.host_interfaces.as_ref()?;
+        Some(own.iter().cloned().chain(s.active_bridges()).collect())
+    }
+
+    /// Each tap on its network's bridge, unless the network was stopped under it since (then
+    /// on none until it is plugged again, as libvirt leaves it) or is not active. A tap that
+    /// is no running domain's makes the answer unknown, as a device that is not here does.
+    fn tap_links(
+        &self,
+        taps: &[(MacAddr, String)],
+        qdiscs: Option<&BTreeMap<String, TapQdiscs>>,
+    ) -> Option<Vec<NicLink>> {
+        let s = self.lock();
+        taps.iter()
+            .map(|(mac, tap)| {
+                let (domain, _, nic) = s.tap(tap)?;
+                let bridge = if s.cut.contains(&(domain, *mac)) {
+                    None
+                } else {
+                    nic.network
+                        .as_deref()
+                        .and_then(|n| s.networks.get(n))
+                        .filter(|n| n.active)
+                        .and_then(|n| n.live_bridge.clone().or_else(|| n.bridge.clone()))
+                };
+                let qdiscs = qdiscs.and_then(|q| q.get(tap).cloned());
+                Some(NicLink { mac: *mac, tap: tap.clone(), bridge, qdiscs })
+            })
+            .collect()
+    }
+
+    /// On a local host, what `with_bridge_macs` gave an active network's bridge.
+    fn bridge_macs(&self, bridge: &str) -> Option<BTreeSet<MacAddr>> {
+        let s = self.lock();
+        s.host_interfaces.as_ref()?;
+        s.active_bridges().contains(bridge).then(|| s.bridge_macs.get(bridge).cloned()).flatten()
+    }
+
+    fn qdiscs(&self) -> Result<BTreeMap<String, TapQdiscs>, TcError> {
+        let s = self.lock();
+        let mut out = BTreeMap::new();
+        for d in s.domains.values() {
+            for (mac, tap) in State::taps_of(d) {
+                if let Some(nic) = d.obs.interfaces.iter().find(|i| i.mac == Some(mac)) {
+                    out.insert(tap, s.qdiscs_of(&d.obs.name, mac, nic));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// As the kernel ends up after [`crate::lab::impair::tc_commands`]: netem in place of
+    /// libvirt's htb leaf when the tap has one, else as its root. A tap that is not here
+    /// fails as tc does.
+    fn set_netem(&self, tap: &str, netem: Option<&Netem>) -> Result<(), TcError> {
+        let fail =
+            |message: String| TcError { args: format!("qdisc replace dev {tap}"), message, cause: TcCause::Exit };
+        let mut s = self.lock();
+        s.enter("set_netem", tap).map_err(|e| fail(e.message))?;
+        let Some((domain, mac, nic)) = s.tap(tap) else {
+            return Err(fail(format!("Cannot find device \"{tap}\"")));
+        };
+        let mut q = s.qdiscs_of(&domain, mac, nic);
+        let want = netem.map(|n| n.normalized()).filter(|n| !n.is_none());
+        q.netem = want.map(|n| (if q.htb { NetemParent::HtbLeaf } else { NetemParent::Root }, n));
+        s.taps.insert((domain, mac), q);
+        Ok(())
+    }
+
+    fn kernel(&self) -> Result<Option<KernelSupport>, KernelError> {
+        Ok(self.lock().kernel.clone())
+    }
+
+    fn routes(&self) -> Option<Vec<HostRoute>> {
+        let s = self.lock();
+        s.host_interfaces.as_ref()?;
+        Some(s.routes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::Host;
+    use crate::host::hypervisor::memory::{Fault, MemoryHypervisor};
+    use crate::host::hypervisor::{HvErrorKind, Hypervisor};
+
+    const NET: &str = "<network><name>n</name><forward mode='nat'/><bridge name='virbr7'/>\
+                       <ip address='10.9.0.1' netmask='255.255.255.0'/></network>";
+    const DOM: &str = "<domain type='qemu'><name>d</name><memory unit='KiB'>131072</memory><vcpu>1</vcpu>\
+                       <os><type arch='x86_64'>hvm</type></os><devices><interface type='network'>\
+                       <mac address='52:54:00:00:00:01'/><source network='n'/></interface></devices></domain>";
+
+    fn running() -> MemoryHypervisor {
+        let hv = MemoryHypervisor::new().with_host_interfaces(&["eth0"]).with_network_xml(NET, true, true).unwrap();
+        hv.define_domain(DOM).unwrap();
+        hv.start_domain("d").unwrap();
+        hv
+    }
+
+    /// What sysfs and tc show of the libvirt double's running domain: its tap (as the live
+    /// XML names it) on the network's bridge, with the qdiscs netem left; off the bridge once
+    /// the network is stopped under it; gone with the domain.
+    #[test]
+    fn shows_the_taps_of_running_domains() {
+        let hv = running();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let taps = hv.domain_taps("d").unwrap();
+        assert_eq!(taps, [(mac, "vnetd.0".to_owned())]);
+        let netem = Netem { delay: crate::lab::impair::Micros::parse("5ms").ok(), ..Netem::default() };
+        Host::from(&hv).set_netem("d", mac, Some(&netem)).unwrap();
+        let o = hv.observe().unwrap();
+        let link = &o.domains["d"].links.as_ref().unwrap()[0];
+        assert_eq!((link.tap.as_str(), link.bridge.as_deref()), ("vnetd.0", Some("virbr7")));
+        assert_eq!(link.qdiscs.as_ref().unwrap().netem, Some((NetemParent::Root, netem.normalized())));
+        assert!(o.host_interfaces.unwrap().contains("virbr7"));
+        hv.stop_network("n").unwrap();
+        let m = &hv.machine;
+        assert_eq!(m.tap_links(&taps, None).unwrap()[0].bridge, None, "cut off by the stop");
+        hv.destroy_domain("d").unwrap();
+        assert_eq!(m.tap_links(&taps, None), None, "the tap went with the domain");
+        assert!(m.set_netem("vnetd.0", None).is_err());
+        assert_eq!(hv.domain_taps("d").unwrap_err().kind, HvErrorKind::NotActive);
+    }
+
+    /// The machine's change is counted with the libvirt calls: a fault sweep reaches it.
+    #[test]
+    fn set_netem_is_a_counted_call() {
+        let hv = running();
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        hv.clear_calls();
+        hv.arm(2, Fault::FailCall);
+        let e = Host::from(&hv).set_netem("d", mac, None).unwrap_err();
+        assert_eq!((e.kind, e.object.as_str()), (HvErrorKind::Other, "d (vnetd.0)"), "{e:?}");
+        assert_eq!(hv.calls(), ["domain_taps d", "set_netem vnetd.0"]);
+        assert_eq!(hv.disarm(), 2);
+    }
+}
