@@ -26,7 +26,7 @@
 #   on hI -- CMD  run CMD inside host hI (its network, mount and UTS namespaces, by nsenter:
 #               works without sshd). `ctl -- ssh hI CMD` is the same over ssh.
 #   uri hI      print host hI's explicit qemu+ssh URI (keyfile, no_verify)
-#   env         print `export TOPO_HOSTS_N=... TOPO_HOSTS_CTL=... TOPO_HOSTS_KEY=...` and the
+#   env         print `export TOPO_HOSTS_N=... TOPO_HOSTS_STATE=... TOPO_HOSTS_CTL=... TOPO_HOSTS_KEY=...` and the
 #               URIs as TOPO_HOSTS_URI_hI
 #
 # Env: TOPO_HOSTS_PREFIX (topo-mh; namespaces $PFX-ctl, $PFX-ul, $PFX-h1..),
@@ -50,7 +50,7 @@ step() { local t=$(( ($(date +%s%N) - T0) / 1000000 )); printf '[%3d.%01ds] host
 die() { printf 'hosts: ERROR: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=scripts/proc-common.sh
 . "$HERE/proc-common.sh" # starttime live record ours stop_pid wait_pidfile, packages
-PKGS+=(openssh-server) # each host's sshd
+PKGS+=(openssh-server iputils-ping) # each host's sshd; ping for the tests
 
 addr() { echo "$UL.1${1#h}"; } # hI -> its underlay address
 uri() { echo "qemu+ssh://root@$(addr "$1")/system?keyfile=$KEY&no_verify=1"; }
@@ -340,7 +340,7 @@ case "$cmd" in
     exec nsenter -t "$k" -m -n -u -- "$@" ;;
   uri) [ -n "${1:-}" ] || die "usage: $0 uri hI"; uri "$1" ;;
   env)
-    printf 'export TOPO_HOSTS_N=%s TOPO_HOSTS_CTL=%s TOPO_HOSTS_KEY=%s' "$(count)" "$CTL" "$KEY"
+    printf 'export TOPO_HOSTS_N=%s TOPO_HOSTS_STATE=%s TOPO_HOSTS_CTL=%s TOPO_HOSTS_KEY=%s' "$(count)" "$STATE" "$CTL" "$KEY"
     for h in $(hosts); do printf " TOPO_HOSTS_URI_%s='%s'" "$h" "$(uri "$h")"; done
     echo ;;
   *) echo "usage: $0 up N | down | status | ctl -- CMD | on hI -- CMD | uri hI | env" >&2; exit 2 ;;
