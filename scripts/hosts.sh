@@ -115,30 +115,31 @@ host_up() { # hI: namespaces, keeper, virtlogd, libvirtd, sshd
     mount --bind "$d/etc" /etc/libvirt
     mount --bind "$d/log" /var/log/libvirt
     mount --bind "$d/cache" /var/cache/libvirt
-    mkdir -p /run/sshd /run/libvirt
+    mkdir -p /run/sshd /run/libvirt /run/lock # /var/lock is /run/lock: virsh console locks the pty there
     hostname "$2"
     echo $$ >"$d/keeper.ready"
-    exec sleep infinity' keeper "$d" "$h" </dev/null >/dev/null 2>"$d/keeper.err" &
+    exec sleep infinity' keeper "$d" "$h" </dev/null >/dev/null 2>"$d/keeper.err" 3>&- 4>&- &
   k=$!
   for i in $(seq 50); do [ -s "$d/keeper.ready" ] && break; live "$k" || break; sleep 0.1; done
   [ "$(cat "$d/keeper.ready" 2>/dev/null)" = "$k" ] || die "keeper of $h did not start: $(cat "$d/keeper.err")"
   record "$h/keeper" "$k"
   readlink "/proc/$k/ns/mnt" >"$d/mntns"
 
-  # Daemons: stdio to files (a daemon holding a caller's pipe keeps `| tail` waiting forever).
-  in_host "$h" virtlogd -d </dev/null >>"$d/log/daemons.out" 2>&1 || die "virtlogd of $h: $(tail -3 "$d/log/daemons.out")"
+  # Daemons: stdio to files, fds 3/4 (up's saved stdio) closed: a daemon holding a caller's
+  # pipe keeps `| tail` waiting forever.
+  in_host "$h" virtlogd -d </dev/null >>"$d/log/daemons.out" 2>&1 3>&- 4>&- || die "virtlogd of $h: $(tail -3 "$d/log/daemons.out")"
   p=$(wait_pidfile "$d/run/virtlogd.pid") || die "virtlogd of $h did not start"
   record "$h/virtlogd" "$p"
   # libvirtd starts on CPU 0 (widened once it answers): it keeps QEMU's capability cache only
   # if the host CPU data it reads at start equals the cached one, and that data (CPUID leaf
   # 0x1f, the x2APIC id) differs from core to core. Same core, same data: every host after
   # the first skips the 7-9 s probe by starting from h1's cache.
-  taskset -c 0 nsenter -t "$(keeper "$h")" -m -n -u -- libvirtd -d </dev/null >>"$d/log/daemons.out" 2>&1 ||
+  taskset -c 0 nsenter -t "$(keeper "$h")" -m -n -u -- libvirtd -d </dev/null >>"$d/log/daemons.out" 2>&1 3>&- 4>&- ||
     die "libvirtd of $h: $(tail -3 "$d/log/daemons.out")"
   p=$(wait_pidfile "$d/run/libvirtd.pid") || { tail -20 "$d/log/libvirtd.log" >&2 2>/dev/null; die "libvirtd of $h did not start"; }
   record "$h/libvirtd" "$p"
   in_host "$h" /usr/sbin/sshd -t -f "$d/sshd_config" || die "sshd config of $h is invalid"
-  in_host "$h" /usr/sbin/sshd -f "$d/sshd_config" -E "$d/log/sshd.log" </dev/null >>"$d/log/daemons.out" 2>&1 ||
+  in_host "$h" /usr/sbin/sshd -f "$d/sshd_config" -E "$d/log/sshd.log" </dev/null >>"$d/log/daemons.out" 2>&1 3>&- 4>&- ||
     die "sshd of $h: $(tail -3 "$d/log/sshd.log")"
   p=$(wait_pidfile "$d/run/sshd.pid") || die "sshd of $h did not start (see $d/log/sshd.log)"
   record "$h/sshd" "$p"
@@ -191,7 +192,10 @@ up() {
   done
   install_pkgs TOPO_HOSTS_NO_APT
   ensure_qemu_user
-  trap 'rc=$?; if [ $rc != 0 ]; then echo "hosts: up failed (exit $rc): tearing down" >&2; down || true; fi; exit $rc' EXIT
+  # fds 3/4: the caller's stderr/stdout. A trap that fires inside a function called with
+  # redirections (in_host ... >>log 2>&1) inherits them: the teardown must not write there.
+  exec 3>&2 4>&1
+  trap 'rc=$?; exec 2>&3 1>&4; if [ $rc != 0 ]; then echo "hosts: up failed (exit $rc): tearing down" >&2; down || true; fi; exit $rc' EXIT
   trap 'exit 130' INT TERM
 
   mkdir -p "$STATE/ssh"
@@ -234,6 +238,7 @@ up() {
     [ "$got" = "$h" ] || die "from $CTL, qemu+ssh://root@$h/system answers '$got' (expected '$h'): $(cat "$STATE/$h/log/ctl-virsh.err")"
   done
   trap - EXIT INT TERM
+  exec 3>&- 4>&-
   step "up: $n hosts answer over qemu+ssh from $CTL ($(hosts | xargs))"
 }
 
