@@ -69,7 +69,7 @@ for h in h1 h2; do
 done
 uuid1=$(vsh h1 capabilities | sed -n 's:.*<uuid>\(.*\)</uuid>.*:\1:p' | head -1)
 uuid2=$(vsh h2 capabilities | sed -n 's:.*<uuid>\(.*\)</uuid>.*:\1:p' | head -1)
-[ -n "$uuid1" ] && [ "$uuid1" != "$uuid2" ] || fail "host UUIDs not distinct: '$uuid1' '$uuid2'"
+{ [ -n "$uuid1" ] && [ "$uuid1" != "$uuid2" ]; } || fail "host UUIDs not distinct: '$uuid1' '$uuid2'"
 step "qemu+ssh (explicit URI and alias) reaches h1 and h2; host UUIDs $uuid1 / $uuid2"
 
 X=$(mktemp -d)
@@ -153,6 +153,7 @@ vsh h2 start g2 >/dev/null
 step "guests g1 on h1 ($(mac g1)), g2 on h2 ($(mac g2)) started"
 # The network's <mtu> sets the taps' MTU, but libvirt 9.0 tells the guest (virtio host_mtu)
 # only what the domain's own <interface><mtu> says: without it the guest NIC stays at 1500.
+# shellcheck disable=SC2016 # expanded on h2
 rsh h2 'tr "\0" " " </proc/$(cat /run/libvirt/qemu/g2.pid)/cmdline' | grep -q "\"host_mtu\":$MTU" ||
   fail "g2's qemu (on h2) has no host_mtu=$MTU"
 
@@ -170,8 +171,8 @@ timing "guests started -> both leased" $(($(now_ms) - TS))
 step "leases from h1's dnsmasq: g1 $ip1, g2 $ip2 (g2 across the tunnel)"
 
 arp() { # HOST IP SRC -> MAC of the ARP reply on HOST's br-lan (retried: a lease comes just before the address)
-  local r='' i
-  for i in $(seq 30); do
+  local r='' _
+  for _ in $(seq 30); do
     r=$(rsh "$1" arping -I br-lan -s "$3" -f -c 1 -w 1 "$2" 2>/dev/null |
       sed -n 's/.*reply from .*\[\(.*\)\].*/\1/p' | tr 'A-F' 'a-f') || true
     [ -n "$r" ] && break
@@ -187,7 +188,7 @@ step "arping on h1's br-lan: $ip2 is-at $r (g2, across the tunnel)"
 r=$(arp h2 "$ip1" 0.0.0.0)
 [ "$r" = "$(mac g1)" ] || fail "arping $ip1 on h2's br-lan: reply from '$r', expected $(mac g1)"
 step "arping on h2's br-lan: $ip1 is-at $r (g1, across the tunnel)"
-rsh h1 ping -c 1 -W 2 -M do -s $((MTU - 28)) "$ip2" >/dev/null ||
+rsh h1 ping -c 1 -W 2 -M "do" -s $((MTU - 28)) "$ip2" >/dev/null ||
   fail "a $MTU-byte packet (DF) from h1 to g2 ($ip2) did not cross the tunnel"
 step "ping h1 -> g2 with $MTU-byte packets, DF set: ok"
 timing "guests started -> all proven" $(($(now_ms) - TS))

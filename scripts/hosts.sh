@@ -271,12 +271,12 @@ host_down() { # hI: domains and networks, daemons, leftovers, keeper, netns
 }
 
 down() {
-  local ns p h
+  local ns p h d
   if [ -e "$STATE" ] && [ ! -f "$MARK" ]; then
     die "$STATE exists but has no $MARK: not a harness state dir, left alone"
   fi
   # hosts: the recorded ones, plus any namespace named like one (a state dir removed by hand)
-  for h in $( { [ -d "$STATE" ] && ls "$STATE" | grep -E '^h[0-9]+$'
+  for h in $( { for d in "$STATE"/h[0-9]*; do [ -d "$d" ] && echo "${d##*/}"; done
     ip netns list | awk '{print $1}' | sed -n "s/^$PFX-\(h[0-9]\+\)\$/\1/p"; } | sort -u); do
     host_down "$h"
     step "$h down"
@@ -301,11 +301,11 @@ status() {
   local rc=0 h p n ns
   echo "state:    $STATE ($([ -f "$MARK" ] && echo "$(count) hosts" || echo absent))"
   for ns in "$CTL" "$ULNS"; do
-    echo "netns:    $ns ($(netns_exists "$ns" && echo present || { rc=3; echo absent; }))"
+    if netns_exists "$ns"; then echo "netns:    $ns (present)"; else echo "netns:    $ns (absent)"; rc=3; fi
   done
   for h in $(hosts); do
     ns=$PFX-$h
-    echo "$h:       netns $ns ($(netns_exists "$ns" && echo present || { rc=3; echo absent; })), address $(addr "$h")"
+    if netns_exists "$ns"; then echo "$h:       netns $ns (present), address $(addr "$h")"; else echo "$h:       netns $ns (absent)"; rc=3; fi
     for n in keeper virtlogd libvirtd sshd; do
       if p=$(ours "$h/$n"); then echo "  $n: pid $p"; else echo "  $n: not running"; rc=3; fi
     done
@@ -340,7 +340,7 @@ case "$cmd" in
     h=${1:-}
     shift || true
     [ "${1:-}" = -- ] && shift
-    [ -n "$h" ] && [ $# -gt 0 ] || die "usage: $0 on hI -- CMD..."
+    if [ -z "$h" ] || [ $# = 0 ]; then die "usage: $0 on hI -- CMD..."; fi
     k=$(keeper "$h")
     exec nsenter -t "$k" -m -n -u -- "$@" ;;
   uri) [ -n "${1:-}" ] || die "usage: $0 uri hI"; uri "$1" ;;

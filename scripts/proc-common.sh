@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # proc-common.sh — sourced by scripts/sandbox.sh and scripts/hosts.sh: process identity
 # (PID + start time), stopping by PID, the Debian packages of a libvirt host, libvirt's
 # qemu user. Before sourcing, the caller defines `step MSG` (progress line on stderr) and
@@ -38,8 +39,8 @@ stop_pid() { # PID LABEL: TERM, wait up to 5 s (zombie counts as gone), then KIL
   echo "$TAG: warning: $2 (pid $pid) did not exit" >&2
 }
 wait_pidfile() { # FILE -> PID once FILE names a live process (daemon wrote it)
-  local i p
-  for i in $(seq 100); do
+  local _ p
+  for _ in $(seq 100); do
     if [ -s "$1" ]; then p=$(cat "$1"); live "$p" && { echo "$p"; return 0; }; fi
     sleep 0.1
   done
