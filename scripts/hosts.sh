@@ -96,7 +96,6 @@ EOF
 host_up() { # hI: namespaces, keeper, virtlogd, libvirtd, sshd
   local h=$1 d=$STATE/$1 ns=$PFX-$1 k p i
   host_files "$h"
-  echo "$ns" >>"$STATE/netns"
   ip netns add "$ns"
   ip -n "$ns" link set lo up
   ip link add ul0 netns "$ns" type veth peer name "$h" netns "$ULNS"
@@ -201,16 +200,13 @@ up() {
   mkdir -p "$STATE/ssh"
   chmod 755 "$STATE"
   echo "$n" >"$MARK"
-  : >"$STATE/netns"
   ssh-keygen -q -t ed25519 -N '' -C topo-hosts-harness -f "$KEY"
   cp "$KEY.pub" "$STATE/ssh/authorized_keys"
 
-  echo "$ULNS" >>"$STATE/netns"
   ip netns add "$ULNS"
   ip -n "$ULNS" link set lo up
   ip -n "$ULNS" link add ul type bridge
   ip -n "$ULNS" link set ul up
-  echo "$CTL" >>"$STATE/netns"
   ip netns add "$CTL"
   ip -n "$CTL" link set lo up
   ip link add ul0 netns "$CTL" type veth peer name ctl netns "$ULNS"
