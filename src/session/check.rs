@@ -67,12 +67,12 @@ impl Session<'_> {
         ui: &dyn Ui,
         tell: bool,
     ) -> miette::Result<VerifyReport> {
-        if HostAccess::of_uri(&self.uri()) == HostAccess::Remote {
-            return Ok(reported_by_host(self.hv(), targets, leases)?);
-        }
-        let prober = PnetProber::default();
         let clock = SystemClock::start();
         let _stoppable = Stoppable::enter(ui);
+        if HostAccess::of_uri(&self.uri()) == HostAccess::Remote {
+            return Ok(reported_by_host(self.hv(), targets, leases, &clock, opts.timeout, ui.cancel())?);
+        }
+        let prober = PnetProber::default();
         let report = verify(targets, &prober, leases, &clock, &opts, ui.cancel(), |p| {
             if tell {
                 ui.nic(p);
@@ -143,20 +143,28 @@ impl Session<'_> {
     }
 }
 
-/// On a remote host no bridge is reachable: what libvirt reports is the (weaker) evidence.
+/// On a remote host no bridge is reachable: what libvirt reports is the (weaker) evidence,
+/// read again until every NIC that expects a lease has one or `timeout` passed
+/// ([`crate::verify::sources::reported_within`]).
 fn reported_by_host(
     hv: &dyn Hypervisor,
     targets: &[NicTarget],
     leases: &dyn LeaseSource,
+    clock: &dyn crate::verify::Clock,
+    timeout: Duration,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<VerifyReport, HvError> {
-    let leases = leases.leases()?;
-    let mut addresses = BTreeMap::new();
-    for t in targets.iter().filter(|t| t.running) {
-        if !addresses.contains_key(&t.vm) {
-            addresses.insert(t.vm.clone(), hv.domain_addresses(&t.domain).unwrap_or_default());
+    let mut read = || {
+        let leases = leases.leases()?;
+        let mut addresses = BTreeMap::new();
+        for t in targets.iter().filter(|t| t.running) {
+            if !addresses.contains_key(&t.vm) {
+                addresses.insert(t.vm.clone(), hv.domain_addresses(&t.domain).unwrap_or_default());
+            }
         }
-    }
-    Ok(crate::verify::reported(targets, &leases, &addresses))
+        Ok((leases, addresses))
+    };
+    crate::verify::sources::reported_within(targets, &mut read, clock, timeout, cancel)
 }
 
 /// After apply: makes each verified NIC's `seconds` count from its VM's start (when apply

@@ -211,6 +211,39 @@ pub fn reported(
     VerifyReport { nics }
 }
 
+/// One reading of what libvirt reports: the DHCP leases, and the addresses of each running VM
+/// from libvirt's ARP or guest-agent sources.
+pub type Reports = (Vec<Lease>, BTreeMap<VmName, Vec<(MacAddr, Ipv4Addr)>>);
+
+/// How often [`reported_within`] reads libvirt's reports again while a NIC has none.
+pub const REPORT_POLL: Duration = Duration::from_secs(1);
+
+/// [`reported`], read again (by `read`: the leases, and libvirt's addresses per VM) every
+/// [`REPORT_POLL`] while a NIC that expects a lease has none, until `timeout` on `clock`
+/// or `cancel`: a guest that just started gets its lease within the time `--timeout` gives
+/// it, as the ARP proof waits on a local host. The last reading's report is returned.
+///
+/// # Errors
+/// The first failed read.
+pub fn reported_within(
+    targets: &[NicTarget],
+    read: &mut dyn FnMut() -> Result<Reports, HvError>,
+    clock: &dyn Clock,
+    timeout: Duration,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<VerifyReport, HvError> {
+    loop {
+        let (leases, addresses) = read()?;
+        let report = reported(targets, &leases, &addresses);
+        let waiting = report.nics.iter().any(|n| matches!(n.state, NicState::Failed { reason: FailReason::NoLease }));
+        let left = timeout.saturating_sub(clock.elapsed());
+        if !waiting || left.is_zero() || cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(report);
+        }
+        clock.sleep(REPORT_POLL.min(left));
+    }
+}
+
 #[cfg(test)]
 mod last_leases_tests {
     use super::*;

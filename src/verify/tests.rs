@@ -914,3 +914,41 @@ fn a_duplicate_mac_is_never_a_pass_and_names_both_domains() {
     assert_eq!(json["nics"][0]["same_mac"], serde_json::json!(["lab-vm1", "vm1-clone"]));
     assert!(report::table(&r.report).contains("lab-vm1 and vm1-clone"));
 }
+
+/// A lease that appears on the third reading is reported; until then the NIC waits, and
+/// without it the wait ends at the timeout with the NIC failed.
+#[test]
+fn waits_for_a_lease_until_the_timeout() {
+    let t = target("vm1", a());
+    let ip = Ipv4Addr::new(10, 0, 0, 9);
+    let lease = Lease { mac: t.mac, ip, network: t.libvirt_network.clone(), expiry: 1, hostname: None };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let (clock, mut reads) = (FakeClock::new(), 0);
+    let mut read = || {
+        reads += 1;
+        Ok((if reads >= 3 { vec![lease.clone()] } else { Vec::new() }, BTreeMap::new()))
+    };
+    let r = crate::verify::sources::reported_within(
+        std::slice::from_ref(&t),
+        &mut read,
+        &clock,
+        Duration::from_secs(30),
+        &cancel,
+    )
+    .unwrap();
+    assert!(matches!(r.nics[0].state, NicState::Reported { ip: got, .. } if got == ip), "{:?}", r.nics[0].state);
+    assert_eq!(clock.elapsed(), 2 * crate::verify::sources::REPORT_POLL);
+
+    let clock = FakeClock::new();
+    let mut never = || Ok((Vec::new(), BTreeMap::new()));
+    let r = crate::verify::sources::reported_within(
+        std::slice::from_ref(&t),
+        &mut never,
+        &clock,
+        Duration::from_secs(5),
+        &cancel,
+    )
+    .unwrap();
+    assert!(matches!(r.nics[0].state, NicState::Failed { reason: FailReason::NoLease }));
+    assert_eq!(clock.elapsed(), Duration::from_secs(5));
+}

@@ -156,6 +156,21 @@ fn hint_for(kind: HvErrorKind, msg: &str) -> Option<String> {
     }
 }
 
+/// The help for a connection that failed to open `uri`: over ssh (`driver+ssh://` and
+/// `+libssh`/`+libssh2`, libvirt's remote transports that run ssh), the host and ssh come
+/// first; else the daemon and the choice of URI.
+fn connect_hint(uri: &str) -> Option<String> {
+    let scheme = uri.split("://").next().unwrap_or_default();
+    if scheme.ends_with("+ssh") || scheme.ends_with("+libssh") || scheme.ends_with("+libssh2") {
+        let host = uri.split("://").nth(1).and_then(|r| r.split(['/', '?']).next()).unwrap_or_default();
+        return Some(format!(
+            "libvirt reaches {host} over ssh: check that `ssh {host}` logs in without a prompt (the host is \
+             up and reachable, your key, its known_hosts entry) and that libvirtd runs there"
+        ));
+    }
+    hint_for(HvErrorKind::Connect, "")
+}
+
 /// Whether a define of `name` with `uuid` (`None`: libvirt gives it a fresh one) clashes with
 /// what libvirt holds (virDomainObjListAdd, virNetworkObjAssignDef: "already exists with
 /// uuid", "is already defined with uuid", VIR_ERR_OPERATION_FAILED): an object of that name
@@ -205,7 +220,7 @@ impl LibvirtHypervisor {
         let conn = lv("virConnectOpen", uri, || Connect::open(want)).map_err(|e| {
             let mut err = map_error("connect", if uri.is_empty() { "(default URI)" } else { uri }, &e);
             err.kind = HvErrorKind::Connect;
-            err.hint = hint_for(HvErrorKind::Connect, "");
+            err.hint = connect_hint(uri);
             err
         })?;
         let uri = lv("virConnectGetURI", uri, || conn.uri()).unwrap_or_else(|_| uri.to_owned());
@@ -1239,5 +1254,18 @@ mod link_tests {
         assert!(is_local_uri("test:///default"));
         assert!(!is_local_uri("qemu+ssh://root@h/system"));
         assert!(!is_local_uri("qemu+tcp://127.0.0.1/system"));
+    }
+}
+
+#[cfg(test)]
+mod connect_hint_tests {
+    /// An ssh transport's failure points at ssh and the host, not at the local daemon.
+    #[test]
+    fn an_ssh_uri_gets_an_ssh_hint() {
+        let h = super::connect_hint("qemu+ssh://root@10.77.0.13/system?keyfile=/k").unwrap();
+        assert!(h.contains("`ssh root@10.77.0.13`") && h.contains("libvirtd runs there"), "{h}");
+        assert!(super::connect_hint("qemu+libssh2://h1/system").unwrap().contains("`ssh h1`"));
+        assert!(super::connect_hint("qemu:///system").unwrap().starts_with("is libvirtd running?"));
+        assert!(super::connect_hint("qemu+tcp://h1/system").unwrap().starts_with("is libvirtd running?"));
     }
 }
