@@ -334,6 +334,30 @@ fn inventory_json() {
     insta::assert_snapshot!(inventory().json());
 }
 
+/// On a libvirt host reached over ssh, the VMs' addresses are on that host's networks: ssh
+/// jumps through it (the URI's `[user@]host[:port]`, which libvirt's own ssh reaches), in
+/// `topo ssh`'s arguments, the ssh_config and the Ansible inventory alike; never for a local
+/// or a TCP/TLS URI.
+#[test]
+fn a_remote_ssh_host_is_the_jump_host() {
+    use crate::verify::inventory::jump_host;
+    assert_eq!(jump_host("qemu+ssh://root@h1/system?keyfile=/k&no_verify=1").as_deref(), Some("root@h1"));
+    assert_eq!(jump_host("qemu+libssh2://admin@10.0.0.5:2222/system").as_deref(), Some("admin@10.0.0.5:2222"));
+    assert_eq!(jump_host("qemu+ssh://h2/session").as_deref(), Some("h2"));
+    for none in
+        ["qemu:///system", "qemu+tcp://h1/system", "qemu+tls://h1/system", "test:///default", "qemu+ssh:///system"]
+    {
+        assert_eq!(jump_host(none), None, "{none}");
+    }
+    let mut inv = inventory();
+    inv.proxy_jump = jump_host("qemu+ssh://root@h1/system");
+    let h = inv.host("deb1").unwrap();
+    assert!(inv.ssh_args(h, h.address.unwrap()).join(" ").contains("-o ProxyJump=root@h1"));
+    assert!(inv.ssh_config().contains("\n  ProxyJump root@h1\n"), "{}", inv.ssh_config());
+    assert!(inv.ansible().unwrap().contains("ProxyJump=root@h1"));
+    assert!(!inventory().ssh_config().contains("ProxyJump"));
+}
+
 /// Host keys are pinned in the lab's own file under the VM's alias, accepted on first
 /// contact and checked after (ssh_config(5) StrictHostKeyChecking=accept-new), never turned off.
 #[test]

@@ -105,7 +105,8 @@ impl Session<'_> {
 
     /// `topo inventory` and `topo ssh`: proves the NICs `only` keeps (as [`Session::verify`]),
     /// and the inventory of `lab` from what was proven, its ssh options pinning each VM's
-    /// host key ([`Session::pin_host_keys`]).
+    /// host key ([`Session::pin_host_keys`]) and, on a libvirt host reached over ssh, jumping
+    /// through it (`ProxyJump`): the VMs' addresses are on that host's networks.
     ///
     /// # Errors
     /// As [`Session::verify`], or the known_hosts file cannot be prepared.
@@ -118,6 +119,7 @@ impl Session<'_> {
     ) -> miette::Result<Inventory> {
         let proven = self.verify(lab, opts, only, ui)?;
         let mut inv = Inventory::new(lab, &proven.report);
+        inv.proxy_jump = crate::verify::inventory::jump_host(&self.uri());
         self.pin_host_keys(lab, &proven.observed, &mut inv)?;
         Ok(inv)
     }

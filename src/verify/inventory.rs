@@ -54,6 +54,25 @@ pub struct Inventory {
     /// The lab's known_hosts file, once [`Inventory::pin_host_keys`] set it.
     #[serde(skip)]
     pub known_hosts: Option<PathBuf>,
+    /// The libvirt host as an ssh `ProxyJump` (`[user@]host[:port]`), when the VMs' addresses
+    /// are on its networks and topo reaches it over ssh ([`jump_host`]).
+    #[serde(skip)]
+    pub proxy_jump: Option<String>,
+}
+
+/// The ssh jump host that reaches the VMs of the libvirt host at `uri`: `[user@]host[:port]`
+/// of a URI whose transport is ssh (`driver+ssh://`, `+libssh`, `+libssh2`; libvirt's
+/// "Remote support" URI format), which the user's ssh config and agent already reach (libvirt
+/// runs that same ssh). `None` for a local or non-ssh URI: the VMs' networks are then this
+/// machine's, or unknown.
+pub fn jump_host(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    let transport = scheme.split_once('+')?.1;
+    if !matches!(transport, "ssh" | "libssh" | "libssh2") {
+        return None;
+    }
+    let authority = rest.split(['/', '?']).next().filter(|a| !a.is_empty())?;
+    Some(authority.to_string())
 }
 
 impl Inventory {
@@ -103,7 +122,7 @@ impl Inventory {
                 }
             })
             .collect();
-        Inventory { lab: lab.name.to_string(), hosts, known_hosts: None }
+        Inventory { lab: lab.name.to_string(), hosts, known_hosts: None, proxy_jump: None }
     }
 
     /// Pins host keys: ssh is told to keep them in `known_hosts` (the lab's file,
@@ -119,11 +138,14 @@ impl Inventory {
     /// The ssh options for `host`: those of `known_hosts::ssh_options` once its key is pinned
     /// ([`Inventory::pin_host_keys`]); else only `LogLevel ERROR`, leaving host keys to
     /// ssh's own defaults (`~/.ssh/known_hosts`, ask on first contact), never unchecked.
+    /// With a [`Inventory::proxy_jump`], also `ProxyJump` through the libvirt host.
     fn ssh_options(&self, host: &InvHost) -> Vec<(&'static str, String)> {
-        match (&self.known_hosts, &host.host_key_alias) {
+        let mut options = match (&self.known_hosts, &host.host_key_alias) {
             (Some(file), Some(alias)) => crate::verify::known_hosts::ssh_options(file, alias),
             _ => vec![("LogLevel", "ERROR".into())],
-        }
+        };
+        options.extend(self.proxy_jump.clone().map(|j| ("ProxyJump", j)));
+        options
     }
 
     /// The host named `vm`, if the lab has it.
