@@ -210,7 +210,11 @@ impl Session<'_> {
         if targets.is_empty() {
             return Ok(run);
         }
-        ui.status(&format!("Verifying {} NIC{} by ARP ...", targets.len(), if targets.len() == 1 { "" } else { "s" }));
+        let how = match crate::verify::HostAccess::of_uri(&self.uri()) {
+            crate::verify::HostAccess::Remote => "from libvirt's reports (remote host: no ARP)",
+            _ => "by ARP",
+        };
+        ui.status(&format!("Verifying {} NIC{} {how} ...", targets.len(), if targets.len() == 1 { "" } else { "s" }));
         let t0 = Instant::now();
         let mut report = self.prove(&targets, opts.clone(), ui).map_err(RunError::before)?;
         super::check::since_vm_start(lab, &mut report, t0, started);
