@@ -158,11 +158,12 @@ impl ImageHeader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A qcow2 version-3 header (docs/interop/qcow2.txt) of `size` bytes, backing `name`.
-    fn qcow2(version: u32, size: u64, backing: Option<&str>, crypt: u32) -> Vec<u8> {
+    /// A qcow2 header (docs/interop/qcow2.txt) of `version`, of `size` bytes, backing
+    /// `backing`, with encryption method `crypt`.
+    pub(crate) fn qcow2(version: u32, size: u64, backing: Option<&str>, crypt: u32) -> Vec<u8> {
         let mut h = vec![0u8; 104];
         h[..4].copy_from_slice(b"QFI\xfb");
         h[4..8].copy_from_slice(&version.to_be_bytes());

@@ -1,6 +1,7 @@
 //! The machine that runs a libvirt host, as topo reads and changes it beside libvirt: its
 //! network devices (bridges and taps in sysfs), the taps' queueing disciplines (`tc`, netem),
-//! the running kernel's features (its build config) and its IPv4 routes.
+//! the running kernel's features (its build config), its IPv4 routes, and its files as QEMU
+//! opens them (the backing file an image's header names, a file's identity).
 //!
 //! [`Machine`] is one host's machine, free of libvirt types (a later issue implements it over
 //! ssh for remote hosts); [`LocalMachine`] is the machine topo runs on, which is the libvirt
@@ -57,6 +58,29 @@ pub trait Machine: Send + Sync {
     /// The IPv4 routes of the main table (what libvirt's `networkCheckRouteCollision` reads,
     /// `/proc/net/route`); `None` when they cannot be read.
     fn routes(&self) -> Option<Vec<HostRoute>>;
+    /// The file the image at `path` (an absolute path) opens under it, from its header as
+    /// QEMU reads it ([`crate::host::image::read_header`], bounded).
+    fn image_backing(&self, path: &str) -> ImageBacking;
+    /// What identifies the file at `path` (symlinks followed, as QEMU opens it): `(st_dev,
+    /// st_ino)` from `stat(2)`; `None` when it cannot be read.
+    fn file_id(&self, path: &str) -> Option<(u64, u64)>;
+}
+
+/// What the machine tells of the file an image opens under it ([`Machine::image_backing`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageBacking {
+    /// None: the header names no backing file, or no file is at the path (nothing opens
+    /// under an image that is not there: a domain whose base image was removed).
+    None,
+    /// The backing file, as an absolute path (a relative name is taken from the image's
+    /// folder, as QEMU does).
+    File(String),
+    /// The header names a backing file that is no plain path (a protocol or `json:` name):
+    /// what it opens cannot be told.
+    Unknown,
+    /// The image cannot be read here (topo runs as a user that may not read it): ask
+    /// libvirt's pools.
+    Unreadable,
 }
 
 /// Where the kernel lists network devices (sysfs).
@@ -162,6 +186,27 @@ impl Machine for LocalMachine {
     fn routes(&self) -> Option<Vec<HostRoute>> {
         std::fs::read_to_string(PROC_NET_ROUTE).ok().map(|t| HostRoute::parse_proc_net_route(&t))
     }
+
+    fn image_backing(&self, path: &str) -> ImageBacking {
+        let p = Path::new(path);
+        match crate::host::image::read_header(p) {
+            Ok(h) => match (&h.backing_file, h.backing_path(p)) {
+                (None, _) => ImageBacking::None,
+                (Some(_), Some(b)) => ImageBacking::File(b.display().to_string()),
+                (Some(_), None) => ImageBacking::Unknown,
+            },
+            // `metadata` follows links, as QEMU's open.
+            Err(_) if std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
+                ImageBacking::None
+            }
+            Err(_) => ImageBacking::Unreadable,
+        }
+    }
+
+    fn file_id(&self, path: &str) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
 }
 
 /// Adds to `out` (what libvirt showed) what machine `m` says of the host: its network
@@ -211,6 +256,30 @@ mod tests {
         assert_eq!(m.tap_links(&[(m0, "../vnet0".into())], None), None);
         assert_eq!(m.tap_links(&[], None), Some(vec![]));
         assert!(m.interfaces().is_some_and(|i| i.contains("virbr1") && i.len() == 3));
+    }
+
+    /// What QEMU opens under an image, from its header: the backing file (a relative name
+    /// from the image's folder); none under a plain file or a missing one; a protocol name
+    /// cannot be told; what is no image file cannot be read. A file is the same through a
+    /// symlink.
+    #[test]
+    fn what_an_image_opens_under_it() {
+        let qcow2 = |backing: &str| crate::host::image::tests::qcow2(3, 1 << 20, Some(backing), 0);
+        let d = tempfile::tempdir().unwrap();
+        let at = |n: &str| d.path().join(n).display().to_string();
+        std::fs::write(at("base.raw"), [0u8; 512]).unwrap();
+        std::fs::write(at("a.qcow2"), qcow2("base.raw")).unwrap();
+        std::fs::write(at("n.qcow2"), qcow2("nbd://h/x")).unwrap();
+        std::os::unix::fs::symlink(at("a.qcow2"), at("l.qcow2")).unwrap();
+        let m = LocalMachine::new();
+        assert_eq!(m.image_backing(&at("a.qcow2")), ImageBacking::File(at("base.raw")));
+        assert_eq!(m.image_backing(&at("base.raw")), ImageBacking::None);
+        assert_eq!(m.image_backing(&at("gone.qcow2")), ImageBacking::None);
+        assert_eq!(m.image_backing(&at("n.qcow2")), ImageBacking::Unknown);
+        assert_eq!(m.image_backing(&at("")), ImageBacking::Unreadable, "a folder");
+        assert_eq!(m.file_id(&at("l.qcow2")), m.file_id(&at("a.qcow2")));
+        assert_ne!(m.file_id(&at("base.raw")), m.file_id(&at("a.qcow2")));
+        assert_eq!(m.file_id(&at("gone.qcow2")), None);
     }
 
     /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.

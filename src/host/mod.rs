@@ -1,9 +1,11 @@
 //! The host a lab runs on, through two boundaries: the libvirt API calls topo makes
 //! (`hypervisor`, with its libvirt XML in `xml`), and the facts and actions of the machine
-//! that runs it (`machine`: bridges and taps, `tc` qdiscs, `kernel` features, routes; `image`
-//! headers); what it makes of both (`observed`, `labs`). [`Host`] is the pair, and the one
-//! place that joins what the two say: [`Host::observe`], [`Host::set_netem`].
+//! that runs it (`machine`: bridges and taps, `tc` qdiscs, `kernel` features, routes, image
+//! headers (`image`) and file identities); what it makes of both (`observed`, `chains`,
+//! `labs`). [`Host`] is the pair, and the one place that joins what the two say:
+//! [`Host::observe`], [`Host::set_netem`].
 
+pub mod chains;
 pub mod hypervisor;
 pub mod image;
 pub mod kernel;
@@ -44,8 +46,10 @@ impl<'a> Host<'a> {
         Self { hv, machine: None }
     }
 
-    /// What the host has: what libvirt shows ([`Hypervisor::observe_libvirt`]) and, when the
-    /// machine is reachable, what it shows beside libvirt: where each running NIC's tap is
+    /// What the host has: what libvirt shows ([`Hypervisor::observe_libvirt`]), each disk's
+    /// backing chain and each file's identity where libvirt did not tell them (from the
+    /// machine when it is reachable, else from libvirt's pools: [`chains::complete`]) and,
+    /// when the machine is reachable, what it shows beside libvirt: where each running NIC's tap is
     /// plugged and its qdiscs (`ObservedDomain::links`: the taps libvirt names, one `tc -j
     /// qdisc show` of every device), its network devices, kernel features, routes and the
     /// MACs each active bridge holds as its own ([`machine::observe`]).
@@ -54,6 +58,7 @@ impl<'a> Host<'a> {
     /// A libvirt call fails, or the machine's kernel config is damaged.
     pub fn observe(&self) -> Result<Observed, HvError> {
         let mut out = self.hv.observe_libvirt()?;
+        chains::complete(self.hv, self.machine, &mut out);
         let Some(m) = self.machine else { return Ok(out) };
         // Every device's qdiscs in one read; `None` when tc cannot be run or read (then
         // nothing is known of netem).

@@ -140,11 +140,41 @@ pub struct ObservedDomain {
     /// saved plan's fingerprint (`links` carries the taps that matter).
     #[serde(skip)]
     pub taps: Vec<(MacAddr, String)>,
+    /// The running domain's disks as its live XML lists them (a transient domain's only XML),
+    /// each with the backing chain libvirt writes there (`<backingStore>`): what libvirt tells
+    /// of the chains beyond the persistent config, from which [`crate::host::Host::observe`]
+    /// completes `backing`, `chains_known` and `live_only`. `None` when the domain does not
+    /// run. Not part of the saved plan's fingerprint (those three carry what matters).
+    #[serde(skip)]
+    pub live_disks: Option<DiskChains>,
     /// The files of the domain's cloud-init seed volume (`(name, text)`), read back from the
     /// host for the plan's diff. `observe` leaves it `None`:
     /// [`crate::host::hypervisor::read_changed_seeds`] fills it only where the seed differs from
     /// the lab's (and it could be read).
     pub seed: Option<Vec<(String, String)>>,
+}
+
+/// A domain's disks with their backing chains, as one XML of it lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiskChains {
+    /// Source paths of the disks, in device order.
+    pub disks: Vec<String>,
+    /// The chain under each disk of `disks` (same order), top down.
+    pub backing: Vec<Vec<String>>,
+    /// Whether every chain is listed to its end (the empty `<backingStore/>`).
+    pub known: bool,
+}
+
+impl DiskChains {
+    /// The disks and chains of `d` (its XML parsed).
+    pub fn of(d: &ObservedDomain) -> Self {
+        Self { disks: d.disks.clone(), backing: d.backing.clone(), known: d.chains_known }
+    }
+
+    /// Every file the disks open: each source and its chain.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.disks.iter().chain(self.backing.iter().flatten()).map(String::as_str)
+    }
 }
 
 /// A running domain's NIC as plugged on the host: libvirt connects each NIC's tap to its

@@ -321,6 +321,7 @@ vms:
             live: None,
             links: None,
             taps: Vec::new(),
+            live_disks: None,
             seed: None,
             owner: Some(OwnerTag {
                 lab: owner.into(),

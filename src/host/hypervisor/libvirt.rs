@@ -20,7 +20,7 @@ pub mod events;
 pub use console::Console;
 
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo, VolumeSpec};
-use crate::host::observed::{DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
+use crate::host::observed::{DiskChains, DomainState, Lease, LiveConfig, Observed, ObservedPool, ObservedVolume};
 use crate::host::xml::{self, NetworkFlags};
 use crate::lab::ownership::OVERLAY_POOL;
 
@@ -340,11 +340,11 @@ impl LibvirtHypervisor {
         observed.persistent = persistent;
         // The live XML: a transient domain's only XML is its live one.
         let live_xml = if persistent { live.as_deref() } else { Some(text.as_str()) };
-        let live_disks = match live_xml {
-            Some(x) => Some(xml::parse_domain(x, state).map_err(invalid)?),
+        // The chains libvirt lists there; `Host::observe` completes the others.
+        observed.live_disks = match live_xml {
+            Some(x) => Some(DiskChains::of(&xml::parse_domain(x, state).map_err(invalid)?)),
             None => None,
         };
-        self.complete_chains(&mut observed, live_disks.as_ref());
         observed.snapshots = match lv("virDomainListAllSnapshots", &name, || dom.list_all_snapshots(0)) {
             Ok(snaps) => {
                 let mut names: Vec<String> = snaps.iter().filter_map(|s| s.name().ok()).collect();
@@ -364,108 +364,6 @@ impl LibvirtHypervisor {
             observed.live = Some(LiveConfig::of(&xml::parse_domain(&live, state).map_err(invalid)?));
         }
         Ok(Some(observed))
-    }
-
-    /// Fills each disk's backing chain of `d` (its persistent config, or a transient
-    /// domain's live XML): from the live XML `live` where it lists the same source (libvirt
-    /// writes the whole chain there for a running domain), else by following the files
-    /// ([`Self::backing_of`]). `chains_known` ends false when a layer could not be read.
-    fn complete_chains(
-        &self,
-        d: &mut crate::host::observed::ObservedDomain,
-        live: Option<&crate::host::observed::ObservedDomain>,
-    ) {
-        /// Longer chains are not followed further (a loop, or more layers than a lab makes).
-        const MAX_DEPTH: usize = 64;
-        let mut known = true;
-        for (i, top) in d.disks.clone().iter().enumerate() {
-            let from_live = live
-                .filter(|l| l.chains_known)
-                .and_then(|l| l.disks.iter().position(|p| p == top))
-                .map(|j| live.map(|l| l.backing.get(j).cloned().unwrap_or_default()).unwrap_or_default());
-            let chain = match from_live {
-                Some(c) => c,
-                None => {
-                    let mut c: Vec<String> = Vec::new();
-                    let mut at = top.clone();
-                    loop {
-                        match self.backing_of(&at) {
-                            Some(Some(next)) if c.len() < MAX_DEPTH && !c.contains(&next) && next != *top => {
-                                c.push(next.clone());
-                                at = next;
-                            }
-                            Some(None) => break,
-                            _ => {
-                                known = false;
-                                break;
-                            }
-                        }
-                    }
-                    c
-                }
-            };
-            if let Some(slot) = d.backing.get_mut(i) {
-                *slot = chain;
-            }
-        }
-        d.chains_known = known;
-        // What the running domain opens beyond its config (a define since it started).
-        if let Some(l) = live {
-            let named: std::collections::BTreeSet<String> = d.files().map(str::to_owned).collect();
-            d.live_only = l.files().filter(|f| !named.contains(*f)).map(str::to_owned).collect();
-            d.chains_known &= l.chains_known || l.disks.iter().all(|p| named.contains(p));
-        }
-    }
-
-    /// The backing file of the image at `path` on the libvirt host: `Some(None)` for none,
-    /// `None` when it cannot be told. On a local host from the image's qcow2 header (bounded
-    /// read, [`crate::host::image::read_header`]; a protocol or `json:` backing name cannot be
-    /// told); else, or when the file cannot be read here (topo runs as a user that may not
-    /// read it), from the `<backingStore>` libvirt's pool shows for the volume at that path.
-    fn backing_of(&self, path: &str) -> Option<Option<String>> {
-        let p = std::path::Path::new(path);
-        if files_are_local(&self.uri) {
-            if let Ok(h) = crate::host::image::read_header(p) {
-                return match (&h.backing_file, h.backing_path(p)) {
-                    (None, _) => Some(None),
-                    (Some(_), Some(b)) => Some(Some(b.display().to_string())),
-                    (Some(_), None) => None,
-                };
-            }
-            // A file that is not there opens nothing under it (a domain whose base image
-            // was removed): the chain ends. (`metadata` follows links, as QEMU's open.)
-            if std::fs::metadata(p).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
-                return Some(None);
-            }
-        }
-        let vol = lv("virStorageVolLookupByPath", path, || self.conn.lookup_storage_vol_by_path(path)).ok()?;
-        let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).ok()?;
-        xml::parse_volume_backing(&text).ok()
-    }
-
-    /// What identifies each file the domains open and each overlay volume
-    /// ([`Observed::files`]): on a local host `(dev, inode)` from `stat`; libvirt's volume key
-    /// of the volume at that path where a pool holds one (the overlay pool's volumes carry
-    /// theirs from the listing; other paths are looked up, on another host only).
-    fn identify_files(&self, out: &mut Observed) {
-        let paths: std::collections::BTreeSet<String> = out
-            .domains
-            .values()
-            .flat_map(|d| d.files().map(str::to_owned))
-            .chain(out.volumes.values().map(|v| v.path.clone()))
-            .collect();
-        let local = files_are_local(&self.uri);
-        for p in paths {
-            let id = out.files.entry(p.clone()).or_default();
-            if local {
-                use std::os::unix::fs::MetadataExt;
-                id.inode = std::fs::metadata(&p).ok().map(|m| (m.dev(), m.ino()));
-            } else if id.key.is_none() {
-                id.key = lv("virStorageVolLookupByPath", &p, || self.conn.lookup_storage_vol_by_path(&p))
-                    .and_then(|v| lv("virStorageVolGetKey", &p, || v.key()))
-                    .ok();
-            }
-        }
     }
 
     /// The whole content of a (small) volume through a libvirt stream (virStorageVolDownload).
@@ -664,7 +562,6 @@ impl Hypervisor for LibvirtHypervisor {
             }
         }
         self.observe_pool(&mut out)?;
-        self.identify_files(&mut out);
         Ok(out)
     }
 
@@ -1214,8 +1111,11 @@ impl Hypervisor for LibvirtHypervisor {
             .and_then(|p| lv("virStoragePoolGetName", path, || p.name()))
             .map_err(|e| map_error(OP, path, &e))?;
         let text = lv("virStorageVolGetXMLDesc", path, || vol.xml_desc(0)).map_err(|e| map_error(OP, path, &e))?;
-        let (format, capacity) = xml::parse_volume_info(&text).map_err(|e| other(OP, path, &e.to_string()))?;
-        Ok(StorageVolumeInfo { pool, name, format, capacity })
+        let bad = |e: xml::XmlError| other(OP, path, &e.to_string());
+        let (format, capacity) = xml::parse_volume_info(&text).map_err(bad)?;
+        let backing = xml::parse_volume_backing(&text).map_err(bad)?;
+        let key = xml::parse_volume_key(&text).map_err(bad)?;
+        Ok(StorageVolumeInfo { pool, name, format, capacity, backing, key })
     }
 
     fn delete_volume(&self, pool: &str, name: &str) -> Result<(), HvError> {

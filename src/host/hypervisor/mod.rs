@@ -202,6 +202,12 @@ pub struct StorageVolumeInfo {
     /// `<capacity>` in bytes: the virtual size the backend read from the format's header (a
     /// raw file's length); `None` when the XML gives none in bytes.
     pub capacity: Option<u64>,
+    /// `<backingStore><path>` of the volume's XML: the backing file the pool's backend read
+    /// from the image's header (`virsh vol-dumpxml`); `None` for none.
+    pub backing: Option<String>,
+    /// `<key>` of the volume's XML (what `virStorageVolGetKey` returns): what identifies the
+    /// volume's file across paths ([`crate::host::observed::FileId::key`]).
+    pub key: Option<String>,
 }
 
 /// How often [`Hypervisor::wait_until`] looks without events (the memory double).
@@ -221,9 +227,12 @@ pub trait Hypervisor: Send + Sync {
     fn hostname(&self) -> Result<String, HvError>;
     /// What libvirt shows of the host, in one pass: every network and domain (persistent
     /// config for defined objects, live state flags, the live restart-bound settings of
-    /// running domains and each running NIC's tap, `ObservedDomain::taps`), the overlay pool
-    /// (by name, `ownership::OVERLAY_POOL`) and its volumes. Nothing of the machine that runs
-    /// the host: [`crate::host::Host::observe`] adds that.
+    /// running domains and each running NIC's tap, `ObservedDomain::taps`, and the disks and
+    /// backing chains its live XML lists, `ObservedDomain::live_disks`), the overlay pool
+    /// (by name, `ownership::OVERLAY_POOL`) and its volumes with their keys
+    /// (`Observed::files`). Nothing of the machine that runs the host, and no chain libvirt
+    /// does not list: [`crate::host::Host::observe`] completes the chains and the files'
+    /// identities and adds the machine's facts.
     fn observe_libvirt(&self) -> Result<Observed, HvError>;
 
     fn define_network(&self, xml: &str) -> Result<(), HvError>;
@@ -334,7 +343,9 @@ pub trait Hypervisor: Send + Sync {
     fn refresh_pool(&self, name: &str) -> Result<(), HvError>;
     /// The volume at `path` in any active pool (`virStorageVolLookupByPath`). A path that no
     /// active pool holds a volume at is `NotFound` (libvirt's `VIR_ERR_NO_STORAGE_VOL`, "no
-    /// storage vol with matching path"), whether or not a file is there.
+    /// storage vol with matching path"), whether or not a file is there. Also how topo
+    /// follows a chain and identifies a file where it cannot read the machine's files
+    /// ([`crate::host::Host::observe`]).
     fn volume_by_path(&self, path: &str) -> Result<StorageVolumeInfo, HvError>;
 
     /// IPv4 addresses libvirt reports for a running domain's NICs, from its ARP-table and

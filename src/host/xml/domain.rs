@@ -560,6 +560,7 @@ pub fn parse_domain(xml: &str, state: DomainState) -> Result<ObservedDomain, Xml
         live: None,
         links: None,
         taps: Vec::new(),
+        live_disks: None,
         seed: None,
     })
 }

@@ -28,8 +28,8 @@ pub use network::{
     NetworkFlags, dhcp_host_xml, forward_mode, network_xml, network_xml_keeping, parse_dhcp_host, parse_network,
 };
 pub use storage::{
-    dir_pool_xml, overlay_volume_xml, parse_pool_path, parse_volume_backing, parse_volume_info, plain_interface_xml,
-    raw_volume_xml,
+    dir_pool_xml, overlay_volume_xml, parse_pool_path, parse_volume_backing, parse_volume_info, parse_volume_key,
+    plain_interface_xml, raw_volume_xml,
 };
 
 /// XML namespace of libvirt's dnsmasq passthrough options in network XML.

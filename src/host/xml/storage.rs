@@ -106,6 +106,7 @@ pub fn parse_pool_path(xml: &str) -> Result<String, XmlError> {
 
 #[derive(Deserialize)]
 struct VolumeR {
+    key: Option<String>,
     target: Option<VolTargetR>,
     capacity: Option<CapacityR>,
     #[serde(rename = "backingStore")]
@@ -149,6 +150,13 @@ pub fn parse_volume_info(xml: &str) -> Result<(Option<String>, Option<u64>), Xml
 pub fn parse_volume_backing(xml: &str) -> Result<Option<String>, XmlError> {
     let v: VolumeR = super::from_xml("volume", "volume", xml)?;
     Ok(v.backing.and_then(|b| b.path).filter(|p| !p.is_empty()))
+}
+
+/// The key of a storage volume's XML (`<volume><key>`, what `virStorageVolGetKey` returns:
+/// a dir pool's volume's path as the pool made it); `None` when the XML names none.
+pub fn parse_volume_key(xml: &str) -> Result<Option<String>, XmlError> {
+    let v: VolumeR = super::from_xml("volume", "volume", xml)?;
+    Ok(v.key.filter(|k| !k.is_empty()))
 }
 
 #[derive(Serialize)]
@@ -222,6 +230,7 @@ mod tests {
                  <target><path>/default-pool/a.qcow2</path><format type='qcow2'/></target></volume>";
         assert_eq!(parse_volume_info(v).unwrap(), (Some("qcow2".into()), None));
         assert_eq!(parse_volume_backing(v).unwrap(), None);
+        assert_eq!(parse_volume_key(v).unwrap().as_deref(), Some("/default-pool/a.qcow2"));
         // As libvirt 9.0's vol-dumpxml shows an external snapshot's layer in a dir pool.
         let layer = "<volume type='file'><name>vm.s1</name><key>/p/vm.s1</key><target><path>/p/vm.s1</path>\
                      <format type='qcow2'/></target><backingStore><path>/p/vm.qcow2</path><format type='qcow2'/>\

@@ -2,8 +2,9 @@
 //! over the same state. It shows what sysfs and `tc` would show of the libvirt double's
 //! host: each running domain's taps (named as the libvirt double's live XML names them) on
 //! their networks' bridges, or on none after the network was stopped under them; the qdiscs
-//! libvirt made with each tap, changed by netem; and, on a local host
-//! (`with_host_interfaces`), its network devices, kernel, routes and bridge MACs.
+//! libvirt made with each tap, changed by netem; each overlay volume's backing image as its
+//! header would name it; and, on a local host (`with_host_interfaces`), its network devices,
+//! kernel, routes, bridge MACs and file identities.
 //!
 //! Its one change, `set_netem`, is logged and counted with the libvirt double's calls, so
 //! `fail_on("set_netem", TAP, ..)` and the fault sweeps (`arm`) reach it too.
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{State, fresh_tap, lock};
 use crate::host::kernel::{KernelError, KernelSupport};
-use crate::host::machine::Machine;
+use crate::host::machine::{ImageBacking, Machine};
 use crate::host::observed::{DomainState, HostRoute, NicLink, ObservedInterface};
 use crate::host::tc::{TcCause, TcError};
 use crate::lab::impair::{Netem, NetemParent, TapQdiscs};
@@ -138,6 +139,23 @@ impl Machine for MemoryMachine {
         let s = self.lock();
         s.host_interfaces.as_ref()?;
         Some(s.routes())
+    }
+
+    /// An overlay pool volume's backing image (none for an uploaded raw volume), found by the
+    /// file the path opens (`move_pool_folder` leaves a symlink); any other file has none.
+    fn image_backing(&self, path: &str) -> ImageBacking {
+        self.lock().backing_under(path).map_or(ImageBacking::None, |b| ImageBacking::File(b.clone()))
+    }
+
+    /// On a local host, a stand-in for `(dev, inode)`: a hash of the file the path opens;
+    /// `None` on a remote one.
+    fn file_id(&self, path: &str) -> Option<(u64, u64)> {
+        use std::hash::{Hash, Hasher};
+        let s = self.lock();
+        s.host_interfaces.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        s.resolve(path).hash(&mut h);
+        Some((1, h.finish()))
     }
 }
 

@@ -33,7 +33,7 @@ pub use machine::MemoryMachine;
 use super::VolumeSpec;
 use super::{HostOp, HvError, HvErrorKind, Hypervisor, StoragePoolInfo, StorageVolumeInfo};
 use crate::host::observed::{
-    DomainState, Lease, LiveConfig, Observed, ObservedDomain, ObservedInterface, ObservedNetwork, ObservedPool,
+    DomainState, FileId, Lease, LiveConfig, Observed, ObservedDomain, ObservedInterface, ObservedNetwork, ObservedPool,
     ObservedVolume,
 };
 use crate::host::xml::{self, NetworkFlags, XmlError};
@@ -497,42 +497,11 @@ impl State {
         (dir == self.resolve(&pool.path)).then(|| self.volumes.get_key_value(name).map(|(k, _)| k)).flatten()
     }
 
-    /// The backing chain under `path`, as QEMU opens it: an overlay pool volume's backing
-    /// file, and so on; any other file (a base image) has none.
-    fn chain_under(&self, path: &str) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let mut at = path.to_owned();
-        while let Some(name) = self.volume_at(&at) {
-            let backing = &self.volumes[name];
-            if backing == "raw" || backing.is_empty() || out.contains(backing) || out.len() > 64 {
-                break;
-            }
-            out.push(backing.clone());
-            at = backing.clone();
-        }
-        out
-    }
-
-    /// What `observe` reports as a path's identity: on a local host its `(dev, inode)` (a
-    /// stand-in: a hash of the file it opens); elsewhere libvirt's key of the volume at
-    /// exactly that path in the active overlay pool (`virStorageVolLookupByPath` matches the
-    /// path string), the volume's path.
-    fn file_id(&self, path: &str) -> crate::host::observed::FileId {
-        use std::hash::{Hash, Hasher};
-        let mut id = crate::host::observed::FileId::default();
-        if self.host_interfaces.is_some() {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            self.resolve(path).hash(&mut h);
-            id.inode = Some((1, h.finish()));
-        }
-        if let Some(p) = self.pool.as_ref().filter(|p| p.active)
-            && let Some((dir, name)) = path.rsplit_once('/')
-            && dir == p.path
-            && self.volumes.contains_key(name)
-        {
-            id.key = Some(path.to_owned());
-        }
-        id
+    /// The backing file of the file at `path` as QEMU opens it (its header): an overlay pool
+    /// volume's backing image (none for an uploaded raw volume); any other file (a base
+    /// image) has none.
+    fn backing_under(&self, path: &str) -> Option<&String> {
+        self.volume_at(path).map(|name| &self.volumes[name]).filter(|b| *b != "raw" && !b.is_empty())
     }
 
     fn parse_iface(op: &str, domain: &str, xml_text: &str) -> Result<ObservedInterface, HvError> {
@@ -843,7 +812,6 @@ impl Hypervisor for MemoryHypervisor {
             return Err(e);
         }
         let active_pool = s.pool.as_ref().filter(|p| p.active);
-        let mut files = BTreeMap::new();
         let domains: BTreeMap<String, ObservedDomain> = s
             .domains
             .iter()
@@ -854,11 +822,6 @@ impl Hypervisor for MemoryHypervisor {
                     o.live = None; // a transient domain's only XML is its live one
                 }
                 o.taps = State::taps_of(d);
-                o.backing = o.disks.iter().map(|p| s.chain_under(p)).collect();
-                o.chains_known = true;
-                for f in o.files() {
-                    files.insert(f.to_owned(), s.file_id(f));
-                }
                 (k.clone(), o)
             })
             .collect();
@@ -870,9 +833,9 @@ impl Hypervisor for MemoryHypervisor {
                     .collect()
             })
             .unwrap_or_default();
-        for v in volumes.values() {
-            files.insert(v.path.clone(), s.file_id(&v.path));
-        }
+        // libvirt's key of a dir pool's volume is its path.
+        let files =
+            volumes.values().map(|v| (v.path.clone(), FileId { inode: None, key: Some(v.path.clone()) })).collect();
         Ok(Observed {
             files,
             networks: s.networks.clone(),
@@ -1394,6 +1357,8 @@ impl Hypervisor for MemoryHypervisor {
                 name: file.into(),
                 format: Some(format.into()),
                 capacity: None,
+                backing: Some(backing.clone()).filter(|b| b != "raw" && !b.is_empty()),
+                key: Some(path.into()),
             });
         }
         for (name, p) in s.storage.iter().filter(|(_, p)| p.active) {
@@ -1406,6 +1371,8 @@ impl Hypervisor for MemoryHypervisor {
                     name: file.into(),
                     format: Some(f.format.clone()),
                     capacity: f.capacity,
+                    backing: None,
+                    key: Some(path.into()),
                 });
             }
         }
