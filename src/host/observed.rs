@@ -297,6 +297,20 @@ pub enum Same {
 }
 
 impl Observed {
+    /// The active networks whose live bridge (else the configured one) is not among the host's interfaces though topo
+    /// sees them ([`Observed::host_interfaces`]), as `(network, bridge)`: topo runs in another
+    /// network namespace than libvirtd (whose bridges live in its own), so every ARP proof
+    /// would fail. Empty when topo cannot see the interfaces (remote or test URI).
+    pub fn bridges_out_of_sight(&self) -> Vec<(&str, &str)> {
+        let Some(seen) = &self.host_interfaces else { return Vec::new() };
+        self.networks
+            .values()
+            .filter(|n| n.active)
+            .filter_map(|n| n.live_bridge.as_deref().or(n.bridge.as_deref()).map(|b| (n.name.as_str(), b)))
+            .filter(|(_, b)| !seen.contains(*b))
+            .collect()
+    }
+
     /// Whether paths `a` and `b` name the same file: the same string, or the same
     /// `(dev, inode)` (authoritative when both are known), or the same libvirt volume key.
     /// Unknown identities with equal file names are [`Same::Maybe`].
@@ -445,6 +459,23 @@ pub fn observe_images<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An active network whose bridge is missing from the interfaces topo sees: topo runs in
+    /// another network namespace than libvirtd (the ARP proof would fail). Seen, or interfaces
+    /// unknown (a remote host): nothing to say.
+    #[test]
+    fn a_bridge_out_of_sight_means_another_network_namespace() {
+        use crate::host::hypervisor::memory::MemoryHypervisor;
+        let xml = include_str!("../../tests/fixtures/test-driver-default.xml");
+        let hv = MemoryHypervisor::new().with_network_xml(xml, true, true).unwrap().with_host_interfaces(&["eth0"]);
+        let mut o = hv.observe().unwrap();
+        assert!(o.bridges_out_of_sight().is_empty(), "the double sees its bridges: {:?}", o.host_interfaces);
+        let bridge = o.networks["default"].bridge.clone().unwrap();
+        o.host_interfaces.as_mut().unwrap().remove(&bridge);
+        assert_eq!(o.bridges_out_of_sight(), vec![("default", bridge.as_str())]);
+        o.host_interfaces = None;
+        assert!(o.bridges_out_of_sight().is_empty());
+    }
 
     /// `/proc/net/route` as a Linux x86_64 host prints it (little-endian hex of network-order
     /// addresses): a default route, the LAN, a VPN and docker0.

@@ -269,6 +269,13 @@ impl<'h> Session<'h> {
     fn observe_announced(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> Result<(Observed, Reach), HvError> {
         ui.status(&format!("Observing {} ...", self.uri()));
         let observed = self.observe(lab)?;
+        if let Some((network, bridge)) = observed.bridges_out_of_sight().first() {
+            ui.warn(&format!(
+                "warning: libvirt's network {network} is active on bridge {bridge}, which is not in topo's \
+                 network namespace: topo runs outside libvirtd's, so the ARP proof after apply will fail; \
+                 run topo where libvirtd runs (e.g. `ip netns exec NS topo ...`)"
+            ));
+        }
         let reach = Reach::of(lab, &observed, targets, Direction::Apply);
         let warnings = crate::plan::paths::warnings_for(lab, &observed, reach.vms().as_ref());
         if !warnings.is_empty() {
