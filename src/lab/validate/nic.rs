@@ -59,7 +59,7 @@ impl Nics {
                     c.push(
                         Code::DhcpHostName,
                         format!(
-                            "{}.nics[{}] would get the DHCP host name `{host}`, longer than {MAX_DHCP_HOST_NAME} bytes",
+                            "vms.{}.nics[{}] would get the DHCP host name `{host}`, longer than {MAX_DHCP_HOST_NAME} bytes",
                             p.vm, p.index
                         ),
                         vec![LabeledSpan::at(p.span, "second reservation of this VM on this network")],
@@ -70,7 +70,7 @@ impl Nics {
                 if let Some(other) = by_name.get(&host) {
                     c.push(
                         Code::DhcpHostName,
-                        format!("{}.nics[{}] and {}.nics[{}] get the same DHCP host name `{host}` on network `{net}`", other.vm, other.index, p.vm, p.index),
+                        format!("vms.{}.nics[{}] and vms.{}.nics[{}] get the same DHCP host name `{host}` on network `{net}`", other.vm, other.index, p.vm, p.index),
                         vec![
                             LabeledSpan::at(other.span, format!("`{host}`")),
                             LabeledSpan::at(p.span, format!("`{host}` again")),

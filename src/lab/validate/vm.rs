@@ -46,7 +46,7 @@ pub(super) fn check_all(
         let body = check_vm_body(c, key, vm);
         let mut nics = Vec::new();
         for (index, spec) in vm.nics.iter().enumerate() {
-            let who = format!("{}.nics[{index}]", key.value);
+            let who = format!("vms.{}.nics[{index}]", key.value);
             let ctx = nic::Context { who: &who, index, lab: lab_name, vm: name.as_ref(), nets };
             if let Some(n) = nic::check(c, &spec.value, &ctx, seen) {
                 nics.push(n);
