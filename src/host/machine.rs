@@ -224,7 +224,7 @@ pub fn observe(m: &dyn Machine, out: &mut Observed) -> Result<(), KernelError> {
     }
     out.kernel = m.kernel()?;
     out.host_routes = m.routes();
-    for b in out.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone())) {
+    for b in out.networks.values().filter(|n| n.active).filter_map(|n| n.bridge_now().map(str::to_owned)) {
         if let Some(macs) = m.bridge_macs(&b) {
             out.bridge_macs.insert(b, macs);
         }

@@ -306,7 +306,7 @@ impl Observed {
         self.networks
             .values()
             .filter(|n| n.active)
-            .filter_map(|n| n.live_bridge.as_deref().or(n.bridge.as_deref()).map(|b| (n.name.as_str(), b)))
+            .filter_map(|n| n.bridge_now().map(|b| (n.name.as_str(), b)))
             .filter(|(_, b)| !seen.contains(*b))
             .collect()
     }
@@ -409,6 +409,13 @@ pub struct Lease {
 }
 
 impl ObservedNetwork {
+    /// The bridge the network is on: the running network's (its live XML), else the one its
+    /// config names. libvirt 9.0 can give a config redefined without a bridge name another
+    /// free `virbrN` while the network keeps running on the old one.
+    pub fn bridge_now(&self) -> Option<&str> {
+        self.live_bridge.as_deref().or(self.bridge.as_deref())
+    }
+
     /// Whose network this is, for lab `lab`'s instance (see [`Ownership::of`]).
     pub fn ownership(&self, lab: &crate::lab::model::Lab) -> Ownership {
         Ownership::of(self.owner.as_ref(), &lab.instance(), lab.take_over, &self.name)

@@ -441,10 +441,8 @@ fn macs_taken(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             if present {
                 continue;
             }
-            let bridge = observed
-                .networks
-                .get(net.libvirt_name.as_str())
-                .and_then(|o| o.live_bridge.clone().or(o.bridge.clone()));
+            let bridge =
+                observed.networks.get(net.libvirt_name.as_str()).and_then(|o| o.bridge_now().map(str::to_owned));
             let holder = observed.domains.values().filter(|d| d.ownership(lab) != Ownership::ThisLab).find(|d| {
                 d.interfaces.iter().any(|i| {
                     i.mac == Some(nic.mac)

@@ -127,7 +127,7 @@ pub fn status(
                 }
             }
         };
-        let bridge = o.and_then(|o| o.live_bridge.clone().or_else(|| o.bridge.clone())).map(|b| format!("bridge {b}"));
+        let bridge = o.and_then(|o| o.bridge_now()).map(|b| format!("bridge {b}"));
         let detail = match (bridge, pending(&address)) {
             (Some(d), Some(p)) => Some(format!("{d}; {p}")),
             (d, p) => d.or(p),

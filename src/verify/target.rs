@@ -172,7 +172,7 @@ impl NicTarget {
 /// network `network` (libvirt name), or on its bridge (a `type='bridge'` interface, or the
 /// live XML's `<source bridge>`). Sorted libvirt names.
 pub fn same_mac_elsewhere(observed: &Observed, domain: &str, mac: MacAddr, network: &str) -> Vec<String> {
-    let bridge = observed.networks.get(network).and_then(|n| n.live_bridge.as_deref().or(n.bridge.as_deref()));
+    let bridge = observed.networks.get(network).and_then(|n| n.bridge_now());
     observed
         .domains
         .values()

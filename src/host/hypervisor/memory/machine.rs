@@ -40,7 +40,7 @@ impl MemoryMachine {
 impl State {
     /// The bridges of active networks: the devices libvirt made on the machine.
     fn active_bridges(&self) -> BTreeSet<String> {
-        self.networks.values().filter(|n| n.active).filter_map(|n| n.live_bridge.clone().or(n.bridge.clone())).collect()
+        self.networks.values().filter(|n| n.active).filter_map(|n| n.bridge_now().map(str::to_owned)).collect()
     }
 
     /// The running domain, MAC and NIC whose tap is `tap`.
@@ -85,7 +85,7 @@ impl Machine for MemoryMachine {
                         .as_deref()
                         .and_then(|n| s.networks.get(n))
                         .filter(|n| n.active)
-                        .and_then(|n| n.live_bridge.clone().or_else(|| n.bridge.clone()))
+                        .and_then(|n| n.bridge_now().map(str::to_owned))
                 };
                 let qdiscs = qdiscs.and_then(|q| q.get(tap).cloned());
                 Some(NicLink { mac: *mac, tap: tap.clone(), bridge, qdiscs })

@@ -281,7 +281,7 @@ impl State {
             let ip = n.ip.as_ref()?;
             let net = ipnetwork::Ipv4Network::new(ip.address, ip.prefix).ok()?;
             Some(crate::host::observed::HostRoute {
-                device: n.live_bridge.clone().or(n.bridge.clone())?,
+                device: n.bridge_now()?.to_owned(),
                 destination: net.network(),
                 netmask: net.mask(),
             })
