@@ -38,6 +38,15 @@ pub enum Code {
     Prefix,
     NetworkName,
     VmName,
+    /// A host's key under `hosts:` is not a valid name.
+    HostName,
+    /// A VM or network names a host the lab does not declare (or the lab declares none).
+    UnknownHost,
+    /// A host's `uri` libvirt cannot use, or one given to two hosts.
+    HostUri,
+    /// A host's `underlay` address: not an address tunnels can use, given twice, or missing
+    /// on a host a lab network spans.
+    Underlay,
     /// Subnet text is not `address/prefix-length`.
     BadSubnet,
     SubnetHostBits,
@@ -163,6 +172,10 @@ impl Code {
             Prefix => "topo::lab::prefix",
             NetworkName => "topo::lab::network_name",
             VmName => "topo::lab::vm_name",
+            HostName => "topo::lab::host_name",
+            UnknownHost => "topo::lab::unknown_host",
+            HostUri => "topo::lab::host_uri",
+            Underlay => "topo::lab::underlay",
             BadSubnet => "topo::lab::bad_subnet",
             SubnetHostBits => "topo::lab::subnet_host_bits",
             SubnetTooSmall => "topo::lab::subnet_too_small",

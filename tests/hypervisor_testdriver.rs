@@ -134,6 +134,8 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
                 libvirt_name: LibvirtName::new(&libvirt_name).unwrap(),
                 kind,
                 declared_subnet: None,
+                host: HostName::default_host(),
+                instance_host: HostName::default_host(),
                 span: (0, 0).into(),
             },
         );
@@ -156,6 +158,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         disk: None,
         nics: vec![nic(0, &net, mac("52:54:00:77:00:10")), nic(1, &default, mac("52:54:00:77:00:11"))],
         cloud_init: None,
+        host: HostName::default_host(),
         span: (0, 0).into(),
     };
     Lab {
@@ -164,6 +167,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         prefix,
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
+        hosts: Default::default(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         // The whole owner tag round-trips through libvirt, `&` and quotes escaped.
         stamp: topo::lab::ownership::Stamp {

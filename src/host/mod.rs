@@ -13,6 +13,7 @@ pub mod labs;
 pub mod machine;
 pub mod observed;
 pub mod tc;
+pub mod tunnel;
 pub mod xml;
 
 use crate::host::hypervisor::{HvError, HvErrorKind, Hypervisor};

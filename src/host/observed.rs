@@ -274,6 +274,14 @@ pub struct Observed {
     /// so ([`FileId::same`]), whatever the strings (a pool folder moved and a symlink left at
     /// the old path). Empty when not observed.
     pub files: BTreeMap<String, FileId>,
+    /// Every VXLAN device of the machine that runs the host, by device name, owned or not
+    /// (lab networks stretched across hosts, `crate::lab::hosts`); `None` when topo cannot
+    /// reach the machine (the test driver, a host without its machine) or cannot read them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnels: Option<BTreeMap<String, crate::host::tunnel::ObservedTunnel>>,
+    /// The machine's own IPv4 addresses (a tunnel's source must be one); `None` when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_addresses: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
 }
 
 /// What identifies a file on the libvirt host, as far as topo could learn it.

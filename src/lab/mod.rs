@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod cloud_init_rules;
+pub mod hosts;
 pub mod impair;
 pub mod model;
 pub mod names;

@@ -19,9 +19,10 @@ use crate::lab::source::SourceFile;
 /// The only lab file format version this topo reads.
 pub const API_VERSION: &str = "topo/v1";
 
+pub use crate::lab::hosts::LabHost;
 pub use crate::lab::names::{
-    BridgeName, LabName, LibvirtName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError, NameError,
-    NetworkName, PoolName, VmName, VolumeName,
+    BridgeName, HostName, LabName, LibvirtName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError,
+    NameError, NetworkName, PoolName, VmName, VolumeName,
 };
 
 /// How a lab network reaches beyond its bridge. Mirrors libvirt's `<forward mode>`;
@@ -193,6 +194,9 @@ pub struct Lab {
     /// Keyed by the name in the file; iteration is sorted, so output is deterministic.
     pub networks: BTreeMap<NetworkName, Network>,
     pub vms: BTreeMap<VmName, Vm>,
+    /// The libvirt hosts the lab names (`hosts:`), by name; empty for a lab on one host,
+    /// [`HostName::DEFAULT`] (docs/multi-host.md).
+    pub hosts: BTreeMap<HostName, LabHost>,
     /// The file the lab came from, for diagnostics after validation.
     pub source: SourceFile,
     /// What this run writes into the owner tags besides the instance (when, who). Empty
@@ -215,6 +219,14 @@ pub struct Network {
     /// `external: true`) for a network libvirt knows no `<ip>` of, such as a bridge to a LAN.
     /// Verification asks only addresses in it; nothing on the host changes.
     pub declared_subnet: Option<Ipv4Network>,
+    /// The host that serves a lab network's gateway, DHCP, DNS and NAT (`host:`, default:
+    /// the first host in `hosts:` with a VM on it); [`HostName::DEFAULT`] in a lab on one
+    /// host. On the other hosts it spans, the network is a bridge without addresses
+    /// ([`crate::lab::hosts`]).
+    pub host: HostName,
+    /// The host this instance of the network is on: `host` in the lab, the share's host in
+    /// a host's share ([`Lab::on_host`]). It picks the bridge MAC ([`Lab::bridge_mac`]).
+    pub instance_host: HostName,
     /// Where the network is declared (its key), for diagnostics.
     pub span: SourceSpan,
 }
@@ -327,6 +339,9 @@ pub struct Vm {
     /// What topo puts in the VM's cloud-init NoCloud seed; `None` when cloud-init is off
     /// for this VM (no seed disk is attached).
     pub cloud_init: Option<CloudInit>,
+    /// The host it runs on (`host:`, default the first in `hosts:`; [`HostName::DEFAULT`] in
+    /// a lab on one host).
+    pub host: HostName,
     pub span: SourceSpan,
 }
 

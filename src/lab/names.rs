@@ -149,6 +149,22 @@ name_type!(
     /// A VM's key in the lab file: lowercase letters, digits, '-' and '_'.
     VmName, MAX_RESOURCE_NAME, resource_char
 );
+name_type!(
+    /// A libvirt host's key under `hosts:` in the lab file: lowercase letters, digits, '-'
+    /// and '_'. A lab without `hosts:` has one host, [`HostName::DEFAULT`].
+    HostName, MAX_RESOURCE_NAME, resource_char
+);
+
+impl HostName {
+    /// The host of a lab that names none: the one `--connect` (or libvirt's default URI)
+    /// reaches.
+    pub const DEFAULT: &str = "default";
+
+    /// The default host's name.
+    pub fn default_host() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
 
 /// Characters libvirt refuses in every object name topo writes: `/` (domains:
 /// src/conf/domain_postparse.c "name %s cannot contain '/'"; networks:
@@ -311,6 +327,23 @@ impl MacAddr {
         h.update(lab.as_str().as_bytes());
         h.update(b"\0");
         h.update(network.as_str().as_bytes());
+        let d = h.finalize();
+        Self(pnet_base::MacAddr(0x52, 0x54, 0x01, d[0], d[1], d[2]))
+    }
+
+    /// The bridge MAC of a stretched lab network on a host that does not serve it:
+    /// `52:54:01`, then the first three bytes of SHA-256("topo-bridge-mac-v1\0" + lab + "\0"
+    /// + network + "\0" + host). The bridges joined by a tunnel are one Ethernet segment, so
+    /// each needs its own MAC (see `Lab::bridge_mac`).
+    pub fn derived_bridge_on(lab: &LabName, network: &NetworkName, host: &HostName) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"topo-bridge-mac-v1\0");
+        h.update(lab.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(network.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(host.as_str().as_bytes());
         let d = h.finalize();
         Self(pnet_base::MacAddr(0x52, 0x54, 0x01, d[0], d[1], d[2]))
     }

@@ -101,6 +101,11 @@ pub struct LabSpec {
     /// `"<name>-"`; `""` keeps names as written). Lowercase letters, digits, '-' and '_'.
     #[schemars(with = "Option<String>")]
     pub prefix: Option<Spanned<String>>,
+    /// The libvirt hosts the lab runs on, by name, when it spans several (docs/multi-host.md).
+    /// Without `hosts:` the lab runs on the one host `--connect` (or libvirt's default URI)
+    /// reaches.
+    #[serde(default)]
+    pub hosts: SpannedMap<HostSpec>,
     /// Networks by name: external ones (already on the host) and ones the lab owns.
     #[serde(default)]
     pub networks: SpannedMap<NetworkSpec>,
@@ -111,6 +116,21 @@ pub struct LabSpec {
     /// key). `hostname` is per VM only.
     #[schemars(with = "Option<CloudInitSpec>")]
     pub cloud_init: Option<Spanned<CloudInitSpec>>,
+}
+
+/// A libvirt host of a lab that spans several.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// The libvirt URI that reaches the host, e.g. `qemu+ssh://root@h1/system` (an ssh config
+    /// alias keeps the lab file the same on other machines; `--host NAME=URI` replaces it for
+    /// one run).
+    #[schemars(with = "String")]
+    pub uri: Spanned<String>,
+    /// The host's own IPv4 address that VXLAN tunnels to the other hosts use, e.g.
+    /// `10.77.0.11`. Needed on every host a lab network spans.
+    #[schemars(with = "Option<String>")]
+    pub underlay: Option<Spanned<String>>,
 }
 
 /// cloud-init: what topo puts in the VM's NoCloud seed (a small read-only disk labelled
@@ -194,6 +214,11 @@ pub struct NetworkSpec {
     /// dnsmasq pings an address before offering it (default false: leases ~3 s sooner).
     #[schemars(with = "Option<bool>")]
     pub dhcp_ping: Option<Spanned<bool>>,
+    /// The host (under `hosts:`) that serves the network's gateway, DHCP, DNS and NAT when
+    /// its VMs are on several hosts; on the others it is a bridge without addresses, joined
+    /// by VXLAN. Default: the first host in `hosts:` with a VM on the network.
+    #[schemars(with = "Option<String>")]
+    pub host: Option<Spanned<String>>,
 }
 
 /// `dhcp:` is either a switch or an explicit range.
@@ -267,6 +292,9 @@ pub struct VmSpec {
     /// cloud-init for this VM: overrides the lab-level `cloud_init` key by key.
     #[schemars(with = "Option<CloudInitSpec>")]
     pub cloud_init: Option<Spanned<CloudInitSpec>>,
+    /// The host (under `hosts:`) the VM runs on. Default: the first host in `hosts:`.
+    #[schemars(with = "Option<String>")]
+    pub host: Option<Spanned<String>>,
 }
 
 /// Direct kernel boot. Relative paths resolve against the lab file's folder.

@@ -30,26 +30,7 @@ use crate::plan::Plan;
 use crate::plan::target::{Direction, Reach};
 use crate::verify::{NicProgress, VerifyReport};
 
-/// The name a lab gives a libvirt host. One host today, [`HostName::DEFAULT`]; labs across
-/// several hosts name each of them.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HostName(String);
-
-impl HostName {
-    /// The host of a lab that names none: the one `--connect` reaches.
-    pub const DEFAULT: &str = "default";
-
-    /// The default host's name.
-    pub fn default_host() -> Self {
-        Self(Self::DEFAULT.to_owned())
-    }
-}
-
-impl std::fmt::Display for HostName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::lab::names::HostName;
 
 /// A host the session opened (the command line's libvirt connection, and this machine when
 /// it runs the host) or borrows (a test's doubles, which the test keeps to arm faults and

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::*;
 use crate::host::hypervisor::{HvError, HvErrorKind};
 use crate::host::observed::{Lease, ObservedNetwork};
-use crate::lab::model::{MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
+use crate::lab::model::{HostName, MacAddr, Network, NetworkKind, NetworkName, Nic, Verify, Vm, VmName};
 use crate::verify::prober::{FakeProber, ProbeError, Prober, TimedReply};
 
 const NET: &str = "lab-net";
@@ -723,6 +723,7 @@ fn targets_from_the_model() {
         disk: None,
         nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
         cloud_init: None,
+        host: HostName::default_host(),
         span,
     };
     let local = Network {
@@ -740,6 +741,8 @@ fn targets_from_the_model() {
             reservations: BTreeMap::new(),
         }),
         declared_subnet: None,
+        host: HostName::default_host(),
+        instance_host: HostName::default_host(),
         span,
     };
     let ext = Network {
@@ -747,6 +750,8 @@ fn targets_from_the_model() {
         libvirt_name: crate::lab::model::LibvirtName::new("default").unwrap(),
         kind: NetworkKind::External,
         declared_subnet: None,
+        host: HostName::default_host(),
+        instance_host: HostName::default_host(),
         span,
     };
     let observed = |name: &str, bridge: &str, ip_: Option<ObservedIp>| ObservedNetwork {

@@ -140,7 +140,7 @@ pub fn network_xml(lab: &Lab, net: &Network, spec_hash: &str) -> Result<Rendered
 /// [`network_xml`] for a network that exists: it keeps what `kept` gives (its UUID, the
 /// bridge libvirt chose when the lab names none, its bridge MAC).
 pub fn network_xml_keeping(lab: &Lab, net: &Network, spec_hash: &str, kept: Kept<'_>) -> Result<Rendered, XmlError> {
-    let bridge_mac = kept.mac.unwrap_or_else(|| MacAddr::derived_bridge(&lab.name, &net.name));
+    let bridge_mac = kept.mac.unwrap_or_else(|| lab.bridge_mac(net, &net.instance_host));
     let m = match &net.kind {
         NetworkKind::Managed(m) => m,
         NetworkKind::External => return Err(XmlError::External(net.name.to_string())),

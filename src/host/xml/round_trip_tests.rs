@@ -55,6 +55,8 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             libvirt_name: crate::lab::model::LibvirtName::new("seedlab-local_net").unwrap(),
             kind: NetworkKind::Managed(net),
             declared_subnet: None,
+            host: HostName::default_host(),
+            instance_host: HostName::default_host(),
             span: (0, 0).into(),
         },
     );
@@ -65,6 +67,8 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             libvirt_name: crate::lab::model::LibvirtName::new("default").unwrap(),
             kind: NetworkKind::External,
             declared_subnet: None,
+            host: HostName::default_host(),
+            instance_host: HostName::default_host(),
             span: (0, 0).into(),
         },
     );
@@ -112,6 +116,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         disk: None,
         nics,
         cloud_init: None,
+        host: HostName::default_host(),
         span: (0, 0).into(),
     };
     Lab {
@@ -120,6 +125,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         prefix: "seedlab-".into(),
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
+        hosts: Default::default(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         stamp: Default::default(),
         take_over: false,

@@ -9,6 +9,7 @@
 //! help line that says how to fix it.
 
 mod cloud_init;
+mod hosts;
 mod lab;
 mod network;
 mod nic;
@@ -314,10 +315,12 @@ pub fn validate(source: &SourceFile, spec: &LabSpec) -> Result<model::Lab, Valid
 pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Result<model::Lab, ValidateError> {
     let mut c = Checker { source, problems: Vec::new(), files };
     let (lab_name, prefix) = lab::check(&mut c, spec);
+    let hosts = hosts::Hosts::check(&mut c, &spec.hosts);
     let mut networks = network::check_all(&mut c, &spec.networks, &prefix);
     let mut nics = nic::Nics::default();
     let guests = cloud_init::check_lab(&mut c, spec.cloud_init.as_ref());
-    let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics);
+    let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics, &hosts);
+    hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
     nics.name_dhcp_hosts(&mut c);
     nics.check_bridge_macs(&mut c, lab_name.as_ref(), &networks.model);
@@ -336,6 +339,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         prefix,
         networks: networks.model,
         vms,
+        hosts: hosts.into_model(),
         source: source.clone(),
         stamp: Default::default(),
         take_over: false,

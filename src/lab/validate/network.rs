@@ -143,8 +143,19 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             };
             // A prefix libvirt would refuse is reported by `lab::check`: no model then.
             let Ok(libvirt_name) = model::LibvirtName::new(&libvirt_name) else { continue };
-            model_nets
-                .insert(name.clone(), model::Network { name, libvirt_name, kind, declared_subnet, span: c.span(key) });
+            model_nets.insert(
+                name.clone(),
+                model::Network {
+                    name,
+                    libvirt_name,
+                    kind,
+                    declared_subnet,
+                    // Placed on its hosts by `hosts::place_networks`, once the VMs are known.
+                    host: model::HostName::default_host(),
+                    instance_host: model::HostName::default_host(),
+                    span: c.span(key),
+                },
+            );
         }
     }
     check_overlaps(c, &managed_subnets);
@@ -350,7 +361,7 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
 /// External networks may say `external: true` and nothing else, except `subnet:`: the
 /// subnet of a LAN libvirt knows no address of, for verification only.
 fn check_external(c: &mut Checker, net: &NetworkSpec) {
-    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping } = net;
+    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping, host } = net;
     let mut given: Vec<(&str, SourceSpan)> = Vec::new();
     if let Some(v) = mode {
         given.push(("mode", c.span(v)));
@@ -372,6 +383,9 @@ fn check_external(c: &mut Checker, net: &NetworkSpec) {
     }
     if let Some(v) = dhcp_ping {
         given.push(("dhcp_ping", c.span(v)));
+    }
+    if let Some(v) = host {
+        given.push(("host", c.span(v)));
     }
     for (key, span) in given {
         c.push(

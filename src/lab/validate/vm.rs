@@ -31,6 +31,7 @@ pub(super) fn check_all(
     nets: &BTreeMap<String, NetInfo>,
     guests: &cloud_init::Defaults<'_>,
     seen: &mut nic::Nics,
+    hosts: &super::hosts::Hosts,
 ) -> BTreeMap<VmName, model::Vm> {
     let mut model_vms = BTreeMap::new();
     for (key, vm) in vms.iter() {
@@ -52,11 +53,17 @@ pub(super) fn check_all(
                 nics.push(n);
             }
         }
+        let host = hosts.place(c, vm.host.as_ref(), &format!("VM `{}`", key.value));
         let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
         // A prefix libvirt would refuse is reported by `lab::check`: no model then.
         let libvirt_name = name.as_ref().and_then(|n| model::LibvirtName::new(&format!("{prefix}{n}")).ok());
-        if let (Some(name), Some(libvirt_name), Some((virt_type, memory, vcpus, boot, disk)), Ok(cloud_init)) =
-            (name, libvirt_name, body, guest)
+        if let (
+            Some(name),
+            Some(libvirt_name),
+            Some((virt_type, memory, vcpus, boot, disk)),
+            Ok(cloud_init),
+            Some(host),
+        ) = (name, libvirt_name, body, guest, host)
         {
             model_vms.insert(
                 name.clone(),
@@ -74,6 +81,7 @@ pub(super) fn check_all(
                     disk,
                     nics,
                     cloud_init,
+                    host,
                     span: c.span(key),
                 },
             );
