@@ -332,8 +332,8 @@ impl MacAddr {
     }
 
     /// The bridge MAC of a stretched lab network on a host that does not serve it:
-    /// `52:54:01`, then the first three bytes of SHA-256("topo-bridge-mac-v1\0" + lab + "\0"
-    /// + network + "\0" + host). The bridges joined by a tunnel are one Ethernet segment, so
+    /// `52:54:01`, then the first three bytes of SHA-256 of "topo-bridge-mac-v1\0", the lab,
+    /// "\0", the network, "\0" and the host. The bridges joined by a tunnel are one Ethernet segment, so
     /// each needs its own MAC (see `Lab::bridge_mac`).
     pub fn derived_bridge_on(lab: &LabName, network: &NetworkName, host: &HostName) -> Self {
         use sha2::{Digest, Sha256};

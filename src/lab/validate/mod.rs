@@ -319,7 +319,14 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
     let mut networks = network::check_all(&mut c, &spec.networks, &prefix);
     let mut nics = nic::Nics::default();
     let guests = cloud_init::check_lab(&mut c, spec.cloud_init.as_ref());
-    let vms = vm::check_all(&mut c, &spec.vms, lab_name.as_ref(), &prefix, &networks.info, &guests, &mut nics, &hosts);
+    let ctx = vm::LabContext {
+        lab_name: lab_name.as_ref(),
+        prefix: &prefix,
+        nets: &networks.info,
+        guests: &guests,
+        hosts: &hosts,
+    };
+    let vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
     hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
     nics.name_dhcp_hosts(&mut c);

@@ -22,17 +22,24 @@ pub const MAX_MEMORY: ByteSize = ByteSize::from_bytes(ByteSize::TIB);
 /// SMP CPUs 256. The max CPUs supported by machine 'pc-i440fx-...' is 255").
 pub const MAX_VCPUS: u32 = 255;
 
+/// What every VM is checked against: the lab's name and prefix, its networks, cloud-init
+/// defaults and hosts.
+pub(super) struct LabContext<'a> {
+    pub(super) lab_name: Option<&'a LabName>,
+    pub(super) prefix: &'a str,
+    pub(super) nets: &'a BTreeMap<String, NetInfo>,
+    pub(super) guests: &'a cloud_init::Defaults<'a>,
+    pub(super) hosts: &'a super::hosts::Hosts,
+}
+
 /// Checks every VM and its NICs; returns the valid VMs.
 pub(super) fn check_all(
     c: &mut Checker,
     vms: &SpannedMap<VmSpec>,
-    lab_name: Option<&LabName>,
-    prefix: &str,
-    nets: &BTreeMap<String, NetInfo>,
-    guests: &cloud_init::Defaults<'_>,
+    lab: &LabContext<'_>,
     seen: &mut nic::Nics,
-    hosts: &super::hosts::Hosts,
 ) -> BTreeMap<VmName, model::Vm> {
+    let LabContext { lab_name, prefix, nets, guests, hosts } = *lab;
     let mut model_vms = BTreeMap::new();
     for (key, vm) in vms.iter() {
         let name = checked_name(
