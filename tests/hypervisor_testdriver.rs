@@ -136,6 +136,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
                 declared_subnet: None,
                 host: HostName::default_host(),
                 instance_host: HostName::default_host(),
+                spans: [HostName::default_host()].into(),
                 span: (0, 0).into(),
             },
         );

@@ -123,16 +123,22 @@ impl Lab {
         if self.hosts.is_empty() { vec![HostName::default_host()] } else { self.hosts.keys().cloned().collect() }
     }
 
-    /// The hosts lab network `net` exists on: its serving host and every host with a VM that
-    /// has a NIC on it. External networks: the hosts of the VMs on them (each host's own
+    /// The hosts lab network `net` exists on ([`Network::spans`]): its serving host and every
+    /// host with a VM that has a NIC on it. External networks: the hosts of the VMs on them (each host's own
     /// network of that name; never stretched).
     pub fn network_hosts(&self, net: &Network) -> BTreeSet<HostName> {
-        let mut hosts: BTreeSet<HostName> =
-            self.nics().filter(|(_, n)| n.network == net.name).map(|(vm, _)| vm.host.clone()).collect();
-        if matches!(net.kind, NetworkKind::Managed(_)) {
-            hosts.insert(net.host.clone());
+        match net.kind {
+            NetworkKind::Managed(_) => net.spans.clone(),
+            NetworkKind::External => {
+                self.nics().filter(|(_, n)| n.network == net.name).map(|(vm, _)| vm.host.clone()).collect()
+            }
         }
-        hosts
+    }
+
+    /// The host of this share of the lab ([`Lab::on_host`]): the host its stretched networks'
+    /// instances are on; `None` when it has none (then it has no tunnels either).
+    pub fn share_host(&self) -> Option<&HostName> {
+        self.networks.values().find(|n| self.is_stretched(n)).map(|n| &n.instance_host)
     }
 
     /// Whether lab network `net` spans more than one host (a managed network only).

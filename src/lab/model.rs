@@ -227,6 +227,10 @@ pub struct Network {
     /// The host this instance of the network is on: `host` in the lab, the share's host in
     /// a host's share ([`Lab::on_host`]). It picks the bridge MAC ([`Lab::bridge_mac`]).
     pub instance_host: HostName,
+    /// The hosts a lab network exists on: its serving host and the hosts of the VMs on it
+    /// (set at validation, kept in every host's share); `{DEFAULT}` in a lab on one host,
+    /// empty for an external network.
+    pub spans: std::collections::BTreeSet<HostName>,
     /// Where the network is declared (its key), for diagnostics.
     pub span: SourceSpan,
 }

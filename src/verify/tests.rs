@@ -743,6 +743,7 @@ fn targets_from_the_model() {
         declared_subnet: None,
         host: HostName::default_host(),
         instance_host: HostName::default_host(),
+        spans: [HostName::default_host()].into(),
         span,
     };
     let ext = Network {
@@ -752,6 +753,7 @@ fn targets_from_the_model() {
         declared_subnet: None,
         host: HostName::default_host(),
         instance_host: HostName::default_host(),
+        spans: [HostName::default_host()].into(),
         span,
     };
     let observed = |name: &str, bridge: &str, ip_: Option<ObservedIp>| ObservedNetwork {

@@ -57,6 +57,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             declared_subnet: None,
             host: HostName::default_host(),
             instance_host: HostName::default_host(),
+            spans: [HostName::default_host()].into(),
             span: (0, 0).into(),
         },
     );
@@ -69,6 +70,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
             declared_subnet: None,
             host: HostName::default_host(),
             instance_host: HostName::default_host(),
+            spans: [HostName::default_host()].into(),
             span: (0, 0).into(),
         },
     );

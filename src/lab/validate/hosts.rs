@@ -151,6 +151,7 @@ impl Hosts {
             net.instance_host = serving.clone();
             let mut spans: BTreeSet<&HostName> = on;
             spans.insert(&serving);
+            net.spans = spans.iter().map(|h| (*h).clone()).collect();
             if spans.len() < 2 {
                 continue;
             }

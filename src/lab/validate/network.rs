@@ -143,6 +143,10 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             };
             // A prefix libvirt would refuse is reported by `lab::check`: no model then.
             let Ok(libvirt_name) = model::LibvirtName::new(&libvirt_name) else { continue };
+            let spans = match kind {
+                NetworkKind::External => Default::default(),
+                NetworkKind::Managed(_) => [model::HostName::default_host()].into(),
+            };
             model_nets.insert(
                 name.clone(),
                 model::Network {
@@ -153,6 +157,7 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
                     // Placed on its hosts by `hosts::place_networks`, once the VMs are known.
                     host: model::HostName::default_host(),
                     instance_host: model::HostName::default_host(),
+                    spans,
                     span: c.span(key),
                 },
             );
