@@ -120,6 +120,13 @@ pub enum Code {
     HostSubnetOverlap,
     /// A lab bridge name is used by a network on the host.
     HostBridgeTaken,
+    /// A stretched network's tunnel device name or VNI is held by a VXLAN device the lab
+    /// does not own.
+    TunnelTaken,
+    /// A host's `underlay` address is not one of its machine's addresses.
+    UnderlayMissing,
+    /// A stretched network needs its tunnel on a host whose machine topo cannot reach.
+    TunnelUnreachable,
     /// A lab bridge name is an existing host interface that no libvirt network has.
     HostInterfaceTaken,
     /// A NIC's MAC is used on the same network by a guest outside the lab.
@@ -222,6 +229,9 @@ impl Code {
             VmNameTaken => "topo::plan::vm_name_taken",
             HostSubnetOverlap => "topo::plan::subnet_overlap",
             HostBridgeTaken => "topo::plan::bridge_taken",
+            TunnelTaken => "topo::plan::tunnel_taken",
+            UnderlayMissing => "topo::plan::underlay_missing",
+            TunnelUnreachable => "topo::plan::tunnel_unreachable",
             HostInterfaceTaken => "topo::plan::interface_taken",
             HostMacTaken => "topo::plan::mac_taken",
             HostBridgeMac => "topo::plan::bridge_mac",

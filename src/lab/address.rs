@@ -1,5 +1,6 @@
 //! Resource addresses: what a plan step, an owner tag and a report line name. One typed
-//! enum, shown and parsed as `network.NAME`, `vm.NAME`, `volume.NAME`, `pool.NAME`.
+//! enum, shown and parsed as `network.NAME`, `vm.NAME`, `volume.NAME`, `pool.NAME`,
+//! `tunnel.NAME`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +21,9 @@ pub enum Address {
     Volume(VolumeName),
     /// A storage pool, by its libvirt name (the shared overlay pool).
     Pool(PoolName),
+    /// The VXLAN tunnel of a lab network stretched across hosts, on one host
+    /// ([`crate::lab::hosts::Tunnel`]), by the network's name in the lab file.
+    Tunnel(NetworkName),
 }
 
 impl Address {
@@ -30,6 +34,7 @@ impl Address {
             Address::Vm(_) => "vm",
             Address::Volume(_) => "volume",
             Address::Pool(_) => "pool",
+            Address::Tunnel(_) => "tunnel",
         }
     }
 
@@ -40,6 +45,7 @@ impl Address {
             Address::Vm(v) => v.as_str(),
             Address::Volume(v) => v.as_str(),
             Address::Pool(p) => p.as_str(),
+            Address::Tunnel(n) => n.as_str(),
         }
     }
 }
@@ -52,7 +58,7 @@ impl fmt::Display for Address {
 
 /// Why a string is not an address.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a resource address (network.NAME, vm.NAME, volume.NAME or pool.NAME)")]
+#[error("{0:?} is not a resource address (network.NAME, vm.NAME, volume.NAME, pool.NAME or tunnel.NAME)")]
 pub struct AddressError(pub String);
 
 impl FromStr for Address {
@@ -66,6 +72,7 @@ impl FromStr for Address {
             "vm" => VmName::new(name).map(Address::Vm).map_err(|_| bad()),
             "volume" => VolumeName::new(name).map(Address::Volume).map_err(|_| bad()),
             "pool" => PoolName::new(name).map(Address::Pool).map_err(|_| bad()),
+            "tunnel" => NetworkName::new(name).map(Address::Tunnel).map_err(|_| bad()),
             _ => Err(bad()),
         }
     }
@@ -103,7 +110,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for s in ["network.local_net", "vm.deb1", "volume.a-1.qcow2", "pool.topo-overlays"] {
+        for s in ["network.local_net", "vm.deb1", "volume.a-1.qcow2", "pool.topo-overlays", "tunnel.lan"] {
             let a: Address = s.parse().unwrap();
             assert_eq!(a.to_string(), s);
             assert_eq!(a, s);

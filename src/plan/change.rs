@@ -235,6 +235,15 @@ pub enum Op {
     UndefineNetwork,
     /// Remove topo's owner tag from the network's persistent config (it becomes external).
     ReleaseNetwork,
+    /// Make the tunnel on the host's machine what `tunnel` says (create it, or fix its peers,
+    /// MTU, bridge and state in place), idempotently.
+    EnsureTunnel {
+        tunnel: crate::host::tunnel::TunnelSpec,
+    },
+    /// Delete the tunnel device `device` (gone already is done).
+    DeleteTunnel {
+        device: String,
+    },
     /// Re-plug NICs of running domains after their network was restarted.
     ReattachNics {
         nics: Vec<NicPlug>,
@@ -317,6 +326,8 @@ impl Op {
             Op::SetNetem { .. } => "set-netem",
             Op::UndefineDomain => "undefine-domain",
             Op::DeleteSnapshotMetadata { .. } => "delete-snapshot-metadata",
+            Op::EnsureTunnel { .. } => "ensure-tunnel",
+            Op::DeleteTunnel { .. } => "delete-tunnel",
         }
     }
 }

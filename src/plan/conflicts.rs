@@ -206,6 +206,7 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     out.extend(vm_names_taken(lab, observed));
     out.extend(netem_unreachable(lab, observed));
     out.extend(kernel_refusals(lab, observed));
+    out.extend(super::tunnel::conflicts(lab, observed));
     out
 }
 

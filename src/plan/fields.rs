@@ -79,6 +79,17 @@ pub enum Field {
     Owner,
     /// `path`: a pool's folder, a volume's file.
     Path,
+    // --- a tunnel (a stretched network's VXLAN device on one host) ---
+    /// `vni`: the VXLAN network identifier.
+    Vni,
+    /// `local`: the host's underlay address the tunnel sends from.
+    Local,
+    /// `peers`: the other hosts' underlay addresses it sends to.
+    Peers,
+    /// `mtu`: the device's MTU.
+    Mtu,
+    /// `up`: the device is up (run state).
+    Up,
 }
 
 impl Field {
@@ -114,6 +125,11 @@ impl Field {
             Snapshots => "snapshots",
             Owner => "owner",
             Path => "path",
+            Vni => "vni",
+            Local => "local",
+            Peers => "peers",
+            Mtu => "mtu",
+            Up => "up",
         })
     }
 }
@@ -189,6 +205,11 @@ impl FromStr for Field {
             "snapshots" => Snapshots,
             "owner" => Owner,
             "path" => Path,
+            "vni" => Vni,
+            "local" => Local,
+            "peers" => Peers,
+            "mtu" => Mtu,
+            "up" => Up,
             _ => return Err(bad()),
         })
     }

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod render;
 pub mod saved;
 pub mod target;
+mod tunnel;
 mod vm;
 mod volume;
 
@@ -52,6 +53,10 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         }
     }
     changes.extend(orphaned_volumes(lab, observed, &changes, false));
+    // Tunnels the lab owns and no longer wants go before the networks they are ports of.
+    let (tunnels_gone, tunnels_kept): (Vec<Change>, Vec<Change>) =
+        tunnel::plan(lab, observed).into_iter().partition(|c| c.action == Action::Delete);
+    changes.extend(tunnels_gone);
     for n in observed.networks.values() {
         if n.ownership(lab) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
             // Re-declared `external: true`: the lab stops owning it, and it stays, with
@@ -88,6 +93,9 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
             Err(problem) => unrendered.push(problem),
         }
     }
+    // Shown after the networks, before the VMs (the steps' order is the graph's).
+    let at = changes.iter().rposition(|c| matches!(c.address, Address::Network(_))).map_or(changes.len(), |i| i + 1);
+    changes.splice(at..at, tunnels_kept);
     if !unrendered.is_empty() {
         let src = Arc::new(lab.source.named_source());
         return Err(PlanError::RenderFailed { lab: lab.name.to_string(), problems: unrendered, src });
@@ -173,6 +181,7 @@ fn lab_has(lab: &Lab, address: &Address) -> bool {
     match address {
         Address::Network(n) => lab.networks.contains_key(n),
         Address::Vm(v) => lab.vms.contains_key(v),
+        Address::Tunnel(n) => lab.networks.get(n).is_some_and(|net| lab.is_stretched(net)),
         Address::Volume(_) | Address::Pool(_) => false,
     }
 }

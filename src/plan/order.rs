@@ -51,6 +51,9 @@ pub enum Resource {
     /// A domain's NIC attachment to a network (plugged by a define or a hot-plug, unplugged by
     /// a define without it or a hot-unplug).
     Nic { domain: String, network: String },
+    /// A stretched network's VXLAN device on the host's machine, by device name: a port of
+    /// the network's bridge.
+    Tunnel(String),
 }
 
 impl fmt::Display for Resource {
@@ -61,6 +64,7 @@ impl fmt::Display for Resource {
             Resource::Network(n) => write!(f, "network {n}"),
             Resource::Vm(n) => write!(f, "domain {n}"),
             Resource::Nic { domain, network } => write!(f, "NIC of {domain} on {network}"),
+            Resource::Tunnel(n) => write!(f, "tunnel {n}"),
         }
     }
 }
@@ -74,6 +78,7 @@ impl Resource {
             Address::Vm(_) => Resource::Vm(name),
             Address::Volume(_) => Resource::Volume(name),
             Address::Pool(_) => Resource::Pool(name),
+            Address::Tunnel(_) => Resource::Tunnel(name),
         }
     }
 
@@ -82,7 +87,7 @@ impl Resource {
         match self {
             Resource::Network(_) => Some(Namespace::Network),
             Resource::Vm(_) | Resource::Volume(_) => Some(Namespace::Domain),
-            Resource::Pool(_) | Resource::Nic { .. } => None,
+            Resource::Pool(_) | Resource::Nic { .. } | Resource::Tunnel(_) => None,
         }
     }
 }
@@ -138,6 +143,21 @@ impl ResourceGraph {
             for network in d.interfaces.iter().filter_map(|i| i.network.as_deref()) {
                 g.attach(&d.name, network, Ref::Observed);
             }
+        }
+        // A stretched network's tunnel is a port of its bridge, and its VMs' frames to the
+        // other hosts go through it: the network before the tunnel, the tunnel before the VMs
+        // (and, deleting, the other way round).
+        for t in lab.share_host().map(|h| lab.tunnels_on(h)).unwrap_or_default() {
+            let Some(net) = lab.networks.get(&t.network) else { continue };
+            let tunnel = Resource::Tunnel(t.device.clone());
+            g.edge(tunnel.clone(), Resource::Network(net.libvirt_name.to_string()), Ref::Desired);
+            for vm in lab.vms.values().filter(|vm| vm.nics.iter().any(|n| n.network == t.network)) {
+                g.edge(Resource::Vm(vm.libvirt_name.to_string()), tunnel.clone(), Ref::Desired);
+            }
+        }
+        for (device, network) in super::tunnel::owned(lab, observed) {
+            let libvirt = format!("{}{network}", lab.prefix);
+            g.edge(Resource::Tunnel(device.clone()), Resource::Network(libvirt), Ref::Observed);
         }
         let pool = Resource::Pool(OVERLAY_POOL.to_string());
         for c in changes {

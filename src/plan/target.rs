@@ -80,6 +80,7 @@ fn resource(lab: &Lab, observed: &Observed, a: &Address) -> Option<Resource> {
             lab.networks.get(n).map(|net| net.libvirt_name.to_string()).or_else(|| owned_name(observed, a))?,
         )),
         Address::Vm(v) => lab.vms.get(v).map(|vm| Resource::Vm(vm.libvirt_name.to_string())),
+        Address::Tunnel(n) => lab.networks.get(n).map(|net| Resource::Tunnel(crate::lab::hosts::tunnel_device(lab.vni(net)))),
         Address::Volume(_) | Address::Pool(_) => None,
     }
 }
@@ -91,6 +92,11 @@ fn lab_address(lab: &Lab, r: &Resource) -> Option<Address> {
             lab.networks.values().find(|n| n.libvirt_name == *name).map(|n| Address::Network(n.name.clone()))
         }
         Resource::Vm(name) => lab.vms.values().find(|v| v.libvirt_name == *name).map(|v| Address::Vm(v.name.clone())),
+        Resource::Tunnel(device) => lab
+            .networks
+            .values()
+            .find(|n| lab.is_stretched(n) && crate::lab::hosts::tunnel_device(lab.vni(n)) == *device)
+            .map(|n| Address::Tunnel(n.name.clone())),
         Resource::Pool(_) | Resource::Volume(_) | Resource::Nic { .. } => None,
     }
 }

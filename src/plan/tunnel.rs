@@ -1,0 +1,210 @@
+//! The tunnels of one host's share of a lab that spans hosts (`crate::lab::hosts`): each
+//! stretched network's VXLAN device, planned like the other resources from what the host's
+//! machine shows (`Observed::tunnels`), and the refusals that mirror the kernel's (a VNI one
+//! device per host may carry, a source address the host must have).
+
+use std::collections::BTreeSet;
+
+use crate::diag::{Code, Problem};
+use crate::host::observed::Observed;
+use crate::host::tunnel::{ObservedTunnel, TunnelSpec};
+use crate::lab::address::Address;
+use crate::lab::hosts::{Tunnel, tunnel_alias};
+use crate::lab::model::{Lab, NetworkName};
+
+use super::change::{Action, Change, FieldChange, Op, Reason};
+use super::fields::Field;
+
+/// The tunnels of this share of the lab, as wanted ([`Lab::tunnels_on`] of its host).
+fn wanted(lab: &Lab) -> Vec<Tunnel> {
+    lab.share_host().map(|h| lab.tunnels_on(h)).unwrap_or_default()
+}
+
+/// The VXLAN devices on the host that this lab owns, as `(device, network)`: those whose
+/// alias is this lab's tag for a network ([`tunnel_alias`]), in the lab file or not.
+pub(super) fn owned(lab: &Lab, observed: &Observed) -> Vec<(String, NetworkName)> {
+    let Some(tunnels) = &observed.tunnels else { return Vec::new() };
+    let prefix = tunnel_alias(&lab.name, &lab.prefix, &dummy_network());
+    let head = prefix.trim_end_matches(dummy_network().as_str());
+    tunnels
+        .values()
+        .filter_map(|t| {
+            let name = t.alias.as_deref()?.strip_prefix(head)?;
+            let network = NetworkName::new(name).ok()?;
+            Some((t.device.clone(), network))
+        })
+        .collect()
+}
+
+/// A network name to cut the alias of at (any valid one).
+fn dummy_network() -> NetworkName {
+    // Invariant: "n" is a valid network name.
+    NetworkName::new("n").expect("a valid network name")
+}
+
+/// What the host must offer the share's tunnels: its machine reachable, the underlay
+/// address its own, and each tunnel's device name and VNI free for this lab (the kernel
+/// refuses a second VXLAN device with the same VNI and UDP port: drivers/net/vxlan/vxlan_core.c
+/// `vxlan_vni_in_use`, "A VXLAN device with the specified VNI already exists").
+pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
+    let wanted = wanted(lab);
+    let Some(first) = wanted.first() else { return Vec::new() };
+    let host = &first.host;
+    let host_span = lab.hosts.get(host).map(|h| h.span).unwrap_or(lab.name_span);
+    let Some(tunnels) = &observed.tunnels else {
+        let nets: Vec<&str> = wanted.iter().map(|t| t.network.as_str()).collect();
+        return vec![Problem::at(
+            Code::TunnelUnreachable,
+            host_span,
+            format!(
+                "network{} {} span{} hosts, and topo cannot reach host `{host}`'s machine to make the VXLAN tunnel there",
+                if nets.len() == 1 { "" } else { "s" },
+                nets.join(", "),
+                if nets.len() == 1 { "s" } else { "" },
+            ),
+            "tunnels needed on this host",
+            "reach the host over ssh (a qemu+ssh:// URI) or run topo on it: the tunnel is made with iproute2 on the \
+             host itself (docs/multi-host.md)",
+        )];
+    };
+    let mut out = Vec::new();
+    if let Some(addrs) = &observed.host_addresses
+        && !addrs.contains(&first.local)
+    {
+        out.push(Problem::at(
+            Code::UnderlayMissing,
+            host_span,
+            format!("host `{host}` has no address {}: its tunnels could not send from it", first.local),
+            "underlay not on this host",
+            format!(
+                "set `underlay:` to one of the host's addresses ({})",
+                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    for t in &wanted {
+        let span = lab.networks.get(&t.network).map(|n| n.span).unwrap_or(lab.name_span);
+        for o in tunnels.values() {
+            let same_name = o.device == t.device;
+            let same_vni = o.vni == t.vni && o.dstport == t.dstport;
+            let ours = o.alias.is_none() && same_name || o.alias.as_deref() == Some(t.alias.as_str());
+            if (same_name || same_vni) && !ours {
+                out.push(Problem::at(
+                    Code::TunnelTaken,
+                    span,
+                    format!(
+                        "network `{}` needs VXLAN device {} (VNI {}, UDP port {}) on host `{host}`, and device {} there \
+                         holds {} ({})",
+                        t.network,
+                        t.device,
+                        t.vni,
+                        t.dstport,
+                        o.device,
+                        if same_name { "that name" } else { "that VNI and port" },
+                        o.alias.as_deref().map(|a| format!("alias `{a}`")).unwrap_or_else(|| "no alias".into()),
+                    ),
+                    "stretched across hosts",
+                    "topo never changes a device it does not own: delete or renumber that device on the host, or rename \
+                     the lab network (its VNI is derived from the lab and network names)",
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The tunnel changes of this share: create what is missing, fix in place what differs in
+/// peers, MTU, bridge or state, replace what differs in VNI, source or port, delete what the
+/// lab owns and no longer wants.
+pub(super) fn plan(lab: &Lab, observed: &Observed) -> Vec<Change> {
+    let Some(tunnels) = &observed.tunnels else { return Vec::new() };
+    let wanted = wanted(lab);
+    let mut out = Vec::new();
+    let keep: BTreeSet<&str> = wanted.iter().map(|t| t.device.as_str()).collect();
+    for (device, network) in owned(lab, observed) {
+        if !keep.contains(device.as_str()) {
+            out.push(change(Address::Tunnel(network), device.clone(), Action::Delete, vec![Reason::NotInLabFile], Vec::new(), vec![Op::DeleteTunnel { device }]));
+        }
+    }
+    for t in wanted {
+        let spec = spec_of(&t);
+        let address = Address::Tunnel(t.network.clone());
+        let ensure = Op::EnsureTunnel { tunnel: spec.clone() };
+        match tunnels.get(&t.device) {
+            None => out.push(change(address, t.device, Action::Create, vec![Reason::NotOnHost], Vec::new(), vec![ensure])),
+            Some(o) => {
+                let fields = diff(&spec, o);
+                if fields.is_empty() {
+                    continue;
+                }
+                let replace: Vec<Field> = fields.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
+                let (action, reasons, ops) = if replace.is_empty() {
+                    let reason = if fields.iter().all(|f| f.path == Field::Up) { Reason::Drift } else { Reason::LabFileChanged };
+                    (Action::Update, vec![reason], vec![ensure])
+                } else {
+                    (
+                        Action::Replace,
+                        vec![Reason::RequiresReplace { fields: replace }],
+                        vec![Op::DeleteTunnel { device: t.device.clone() }, ensure],
+                    )
+                };
+                out.push(change(address, t.device, action, reasons, fields, ops));
+            }
+        }
+    }
+    out
+}
+
+/// The payload of a tunnel's steps.
+pub(crate) fn spec_of(t: &Tunnel) -> TunnelSpec {
+    TunnelSpec {
+        device: t.device.clone(),
+        alias: t.alias.clone(),
+        vni: t.vni,
+        local: t.local,
+        dstport: t.dstport,
+        peers: t.peers.clone(),
+        bridge: t.bridge.clone(),
+        mtu: t.mtu,
+    }
+}
+
+/// How the device on the host differs from `spec`: VNI, source and port force a new device
+/// (the kernel fixes them at creation); peers, MTU, bridge and state change in place.
+fn diff(spec: &TunnelSpec, o: &ObservedTunnel) -> Vec<FieldChange> {
+    let join = |s: &BTreeSet<std::net::Ipv4Addr>| s.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let mut out = Vec::new();
+    let mut field = |path: Field, before: String, after: String, forces: bool| {
+        if before != after {
+            out.push(FieldChange { path, before: Some(before), after: Some(after), forces_replacement: forces, restarts: false });
+        }
+    };
+    field(Field::Vni, o.vni.to_string(), spec.vni.to_string(), true);
+    field(Field::Local, o.local.map(|a| a.to_string()).unwrap_or_else(|| "none".into()), spec.local.to_string(), true);
+    field(Field::Peers, join(&o.peers), join(&spec.peers), false);
+    field(Field::Mtu, o.mtu.to_string(), spec.mtu.to_string(), false);
+    field(Field::Bridge, o.master.clone().unwrap_or_else(|| "none".into()), spec.bridge.clone(), false);
+    field(Field::Up, o.up.to_string(), true.to_string(), false);
+    // The port is part of the VNI's identity on the host; shown with the VNI.
+    if o.dstport != spec.dstport {
+        out.push(FieldChange {
+            path: Field::Vni,
+            before: Some(format!("{} port {}", o.vni, o.dstport)),
+            after: Some(format!("{} port {}", spec.vni, spec.dstport)),
+            forces_replacement: true,
+            restarts: false,
+        });
+    }
+    out
+}
+
+fn change(
+    address: Address,
+    device: String,
+    action: Action,
+    reasons: Vec<Reason>,
+    fields: Vec<FieldChange>,
+    ops: Vec<Op>,
+) -> Change {
+    Change { address, libvirt_name: device, action, reasons, fields, blast_radius: Vec::new(), after: Vec::new(), ops }
+}
