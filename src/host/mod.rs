@@ -1,7 +1,8 @@
 //! The host a lab runs on, through two boundaries: the libvirt API calls topo makes
 //! (`hypervisor`, with its libvirt XML in `xml`), and the facts and actions of the machine
 //! that runs it (`machine`: bridges and taps, `tc` qdiscs, `kernel` features, routes, image
-//! headers (`image`) and file identities); what it makes of both (`observed`, `chains`,
+//! headers (`image`), file identities and VXLAN `tunnel`s, on this machine or over ssh through
+//! a `runner`); what it makes of both (`observed`, `chains`,
 //! `labs`). [`Host`] is the pair, and the one place that joins what the two say:
 //! [`Host::observe`], [`Host::set_netem`].
 
@@ -12,7 +13,9 @@ pub mod kernel;
 pub mod labs;
 pub mod machine;
 pub mod observed;
+pub mod runner;
 pub mod tc;
+pub mod tunnel;
 pub mod xml;
 
 use crate::host::hypervisor::{HvError, HvErrorKind, Hypervisor};
