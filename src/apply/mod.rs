@@ -301,6 +301,8 @@ fn run_change(c: &Change, host: Host<'_>, opts: &Options, shared: &Shared) -> Re
             }
             Op::SetBandwidth { mac, rate } => hv.set_bandwidth(name, *mac, *rate)?,
             Op::SetNetem { mac, netem } => host.set_netem(name, *mac, netem.as_ref())?,
+            Op::EnsureTunnel { tunnel } => host.ensure_tunnel(tunnel)?,
+            Op::DeleteTunnel { device } => host.delete_tunnel(device)?,
         }
     }
     Ok(())

@@ -79,6 +79,24 @@ fn be64(b: &[u8], at: usize) -> u64 {
     b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
+/// The bytes of a file's start that [`parse_header`] reads (as [`read_header`] does).
+pub const HEADER_READ: usize = HEADER_BYTES;
+
+/// Parses the first bytes `head` (at most [`HEADER_READ`] of them, all there are of a shorter
+/// file) of a file of `file_size` bytes; `backing` reads the backing file name (offset in
+/// bytes, length in bytes) when the qcow2 header names one: the parser of [`read_header`],
+/// for a header read elsewhere (another host). `backing_exists` is left `None`.
+///
+/// # Errors
+/// [`ImageError::Corrupt`] as [`read_header`]; whatever `backing` returns.
+pub fn parse_header(
+    head: &[u8],
+    file_size: u64,
+    backing: impl FnOnce(u64, u32) -> Result<Vec<u8>, ImageError>,
+) -> Result<ImageHeader, ImageError> {
+    parse(head, file_size, backing)
+}
+
 /// Parses the first bytes `head` of a file of `file_size` bytes; `backing` reads the
 /// backing file name (offset, length) when the qcow2 header names one.
 fn parse(

@@ -115,6 +115,16 @@ impl KernelSupport {
         }
     }
 
+    /// [`Self::from_config`] of a gzip-compressed config (`/proc/config.gz`'s bytes, read
+    /// here or on another host), `source` naming where it was read.
+    ///
+    /// # Errors
+    /// `bytes` are not a whole gzip stream ([`KernelError::Corrupt`]).
+    pub fn from_config_gz(bytes: &[u8], source: &str) -> Result<KernelSupport, KernelError> {
+        let text = gunzip(bytes).map_err(|e| KernelError::Corrupt { path: source.to_owned(), source: e })?;
+        Ok(Self::from_config(&String::from_utf8_lossy(&text), source))
+    }
+
     /// Those of `need` the kernel lacks.
     pub fn lacks(&self, need: &[KernelFeature]) -> Vec<KernelFeature> {
         need.iter().copied().filter(|f| self.missing.contains(f)).collect()
@@ -132,9 +142,7 @@ impl KernelSupport {
     pub fn read_from(proc: &Path, boot: &Path) -> Result<Option<KernelSupport>, KernelError> {
         let gz = proc.join("config.gz");
         if let Ok(bytes) = std::fs::read(&gz) {
-            let text =
-                gunzip(&bytes).map_err(|source| KernelError::Corrupt { path: gz.display().to_string(), source })?;
-            return Ok(Some(Self::from_config(&String::from_utf8_lossy(&text), &gz.display().to_string())));
+            return Self::from_config_gz(&bytes, &gz.display().to_string()).map(Some);
         }
         let Ok(release) = std::fs::read_to_string(proc.join("sys/kernel/osrelease")) else { return Ok(None) };
         let path = boot.join(format!("config-{}", release.trim()));

@@ -1,20 +1,31 @@
 //! The machine that runs a libvirt host, as topo reads and changes it beside libvirt: its
-//! network devices (bridges and taps in sysfs), the taps' queueing disciplines (`tc`, netem),
-//! the running kernel's features (its build config), its IPv4 routes, and its files as QEMU
-//! opens them (the backing file an image's header names, a file's identity).
+//! network devices (bridges and taps), the taps' queueing disciplines (`tc`, netem), the
+//! running kernel's features (its build config), its IPv4 routes and addresses, its files as
+//! QEMU opens them (the backing file an image's header names, a file's identity), and the
+//! VXLAN tunnels that stretch a lab network over several hosts ([`crate::host::tunnel`]).
 //!
-//! [`Machine`] is one host's machine, free of libvirt types (a later issue implements it over
-//! ssh for remote hosts); [`LocalMachine`] is the machine topo runs on, which is the libvirt
-//! host's when the URI names no other host and a real driver
-//! ([`crate::host::hypervisor::libvirt::files_are_local`]). Reads are best effort: `None` is
-//! "cannot be told here" (another network namespace, no `tc`), never a guess.
+//! [`Machine`] is one host's machine, free of libvirt types. [`LocalMachine`] is the machine
+//! topo runs on, which is the libvirt host's when the URI names no other host and a real
+//! driver ([`crate::host::hypervisor::libvirt::files_are_local`]): sysfs and `/proc` read
+//! directly, commands run as child processes. [`RemoteMachine`] is another host's, reached
+//! over ssh as libvirt reaches it ([`SshRunner::from_uri`]): the same facts read by commands,
+//! one round trip per method call, into the same parsers. Reads are best effort: `None` is
+//! "cannot be told here" (another network namespace, no `tc`, ssh down), never a guess.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::Deserialize;
 
 use crate::host::kernel::{KernelError, KernelSupport};
 use crate::host::observed::{HostRoute, NicLink, Observed};
+pub use crate::host::runner::MachineError;
+use crate::host::runner::{LocalRunner, Runner, SshRunner, run_ok};
 use crate::host::tc::{TapShaper, Tc, TcError};
+use crate::host::tunnel::{self, ObservedTunnel, TunnelSpec};
 use crate::lab::impair::{Netem, TapQdiscs};
 use crate::lab::model::MacAddr;
 
@@ -64,6 +75,31 @@ pub trait Machine: Send + Sync {
     /// What identifies the file at `path` (symlinks followed, as QEMU opens it): `(st_dev,
     /// st_ino)` from `stat(2)`; `None` when it cannot be read.
     fn file_id(&self, path: &str) -> Option<(u64, u64)>;
+    /// Every VXLAN device, with its peers ([`tunnel::read_tunnels`]: `ip -d -j link show type
+    /// vxlan` and each device's all-zero `bridge -j fdb` entries, one command).
+    ///
+    /// # Errors
+    /// iproute2 cannot run (not installed: the hint says so) or fails, the host cannot be
+    /// reached, or the output cannot be read.
+    fn tunnels(&self) -> Result<Vec<ObservedTunnel>, MachineError>;
+    /// Makes the tunnel `spec.device` what `spec` wants, idempotently ([`tunnel::ensure_tunnel`]:
+    /// created when absent; peers, alias, master, MTU and up state fixed when present; deleted
+    /// and made again when its VNI, source or port differ). One read, and one command for all
+    /// changes when there are any.
+    ///
+    /// # Errors
+    /// `spec` is refused ([`TunnelSpec::check`]); a command fails (no bridge `spec.bridge`, a
+    /// device of that name that is no VXLAN device); iproute2 missing; host unreachable.
+    fn ensure_tunnel(&self, spec: &TunnelSpec) -> Result<(), MachineError>;
+    /// Deletes VXLAN device `device`; an absent device is fine, a device of that name that is
+    /// no VXLAN device is left alone (an error).
+    ///
+    /// # Errors
+    /// As [`Machine::ensure_tunnel`].
+    fn delete_tunnel(&self, device: &str) -> Result<(), MachineError>;
+    /// The machine's own addresses, IPv4 and IPv6 (`ip -j addr show`): is a tunnel's `local`
+    /// one of them? `None` when they cannot be read.
+    fn addresses(&self) -> Option<BTreeSet<IpAddr>>;
 }
 
 /// What the machine tells of the file an image opens under it ([`Machine::image_backing`]).
@@ -89,11 +125,13 @@ const SYS_CLASS_NET: &str = "/sys/class/net";
 /// Where the kernel lists the IPv4 routes of the main table.
 const PROC_NET_ROUTE: &str = "/proc/net/route";
 
-/// The machine topo runs on: sysfs, `/proc`, iproute2's `tc` from `PATH`.
+/// The machine topo runs on: sysfs, `/proc`, iproute2's `tc`, `ip` and `bridge` from `PATH`.
 pub struct LocalMachine {
     /// `/sys/class/net` (another folder in tests).
     sys: PathBuf,
     tc: Box<dyn TapShaper>,
+    /// Runs `ip` and `bridge` (tunnels, addresses).
+    runner: Arc<dyn Runner>,
 }
 
 impl std::fmt::Debug for LocalMachine {
@@ -104,7 +142,7 @@ impl std::fmt::Debug for LocalMachine {
 
 impl Default for LocalMachine {
     fn default() -> Self {
-        Self { sys: PathBuf::from(SYS_CLASS_NET), tc: Box::new(Tc) }
+        Self { sys: PathBuf::from(SYS_CLASS_NET), tc: Box::new(Tc::default()), runner: Arc::new(LocalRunner) }
     }
 }
 
@@ -116,7 +154,7 @@ impl LocalMachine {
 
     /// This machine with its network devices read from `sys` instead of `/sys/class/net`.
     pub fn with_sys(sys: &Path) -> Self {
-        Self { sys: sys.to_owned(), tc: Box::new(Tc) }
+        Self { sys: sys.to_owned(), ..Self::default() }
     }
 }
 
@@ -173,10 +211,7 @@ impl Machine for LocalMachine {
 
     fn set_netem(&self, tap: &str, netem: Option<&Netem>) -> Result<(), TcError> {
         let now = self.tc.show(tap)?;
-        for cmd in crate::lab::impair::tc_commands(tap, &now, netem) {
-            self.tc.run(&cmd)?;
-        }
-        Ok(())
+        self.tc.run_all(&crate::lab::impair::tc_commands(tap, &now, netem))
     }
 
     fn kernel(&self) -> Result<Option<KernelSupport>, KernelError> {
@@ -206,6 +241,228 @@ impl Machine for LocalMachine {
     fn file_id(&self, path: &str) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    fn tunnels(&self) -> Result<Vec<ObservedTunnel>, MachineError> {
+        tunnel::read_tunnels(self.runner.as_ref())
+    }
+
+    fn ensure_tunnel(&self, spec: &TunnelSpec) -> Result<(), MachineError> {
+        tunnel::ensure_tunnel(self.runner.as_ref(), spec)
+    }
+
+    fn delete_tunnel(&self, device: &str) -> Result<(), MachineError> {
+        tunnel::delete_tunnel(self.runner.as_ref(), device)
+    }
+
+    fn addresses(&self) -> Option<BTreeSet<IpAddr>> {
+        tunnel::read_addresses(self.runner.as_ref())
+    }
+}
+
+/// Another host's machine, through a [`Runner`] (ssh: [`RemoteMachine::ssh`]): each method
+/// one command (an `sh -c` script where it needs several), its output read by the parsers
+/// [`LocalMachine`] uses. Network devices are read with `ip -j link show` (netlink: right in
+/// whatever network namespace the remote shell runs in), not sysfs.
+pub struct RemoteMachine {
+    runner: Arc<dyn Runner>,
+    tc: Tc,
+}
+
+impl std::fmt::Debug for RemoteMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteMachine").field("on", &self.runner.describe()).finish()
+    }
+}
+
+/// One device of `ip [-d] -j link show` (the fields read).
+#[derive(Deserialize)]
+struct JsonLink {
+    ifname: String,
+    master: Option<String>,
+    address: Option<String>,
+    linkinfo: Option<JsonKind>,
+}
+
+#[derive(Deserialize)]
+struct JsonKind {
+    info_kind: Option<String>,
+}
+
+fn parse_links(json: &str) -> Option<Vec<JsonLink>> {
+    serde_json::from_str(json.trim()).ok()
+}
+
+/// Prints bridge `$1` (`ip -d -j link show dev`), a line `@ports`, then its ports
+/// (`ip -j link show master`).
+const BRIDGE_SCRIPT: &str = "ip -d -j link show dev \"$1\" && printf '\\n@ports\\n' && ip -j link show master \"$1\"";
+
+/// Prints `gz` and `/proc/config.gz` in base64, else `file PATH` and `/boot/config-RELEASE`,
+/// else `none`.
+const KERNEL_SCRIPT: &str = "if [ -r /proc/config.gz ]; then echo gz; base64 /proc/config.gz
+elif f=/boot/config-$(uname -r) && [ -r \"$f\" ]; then echo \"file $f\"; cat \"$f\"
+else echo none; fi";
+
+/// For file `$1` (links followed): `missing`, `unreadable` (not a readable regular file), or
+/// `size N` and its first `$2` bytes in base64.
+const HEAD_SCRIPT: &str = "if [ ! -e \"$1\" ]; then echo missing
+elif [ ! -f \"$1\" ] || [ ! -r \"$1\" ]; then echo unreadable
+else echo \"size $(stat -L -c %s \"$1\")\" && head -c \"$2\" \"$1\" | base64 -w0; fi";
+
+/// Prints `$3` bytes of file `$1` from byte offset `$2`, in base64.
+const RANGE_SCRIPT: &str = "tail -c +$(($2 + 1)) \"$1\" | head -c \"$3\" | base64 -w0";
+
+fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(clean).ok()
+}
+
+impl RemoteMachine {
+    /// The machine of the libvirt host at `uri` when topo reaches it over ssh (a `qemu+ssh://`
+    /// URI, [`SshRunner::from_uri`]); `None` for any other URI.
+    pub fn ssh(uri: &str) -> Option<Self> {
+        SshRunner::from_uri(uri).map(|r| Self::over(Arc::new(r)))
+    }
+
+    /// The machine `runner` runs commands on (a [`LocalRunner`] in a test namespace, a fake).
+    pub fn over(runner: Arc<dyn Runner>) -> Self {
+        Self { tc: Tc::over(runner.clone()), runner }
+    }
+
+    /// The runner (to share it: an ARP prober on the same host).
+    pub fn runner(&self) -> Arc<dyn Runner> {
+        self.runner.clone()
+    }
+
+    /// stdout of `argv` when it succeeds; `None` otherwise (reads are best effort).
+    fn read(&self, program: &str, argv: &[&str]) -> Option<String> {
+        match run_ok(self.runner.as_ref(), program, argv, None) {
+            Ok(o) => Some(o.text()),
+            Err(e) => {
+                tracing::debug!(error = %e, "remote read");
+                None
+            }
+        }
+    }
+
+    fn links(&self) -> Option<Vec<JsonLink>> {
+        parse_links(&self.read("ip", &["ip", "-j", "link", "show"])?)
+    }
+}
+
+impl Machine for RemoteMachine {
+    fn interfaces(&self) -> Option<BTreeSet<String>> {
+        Some(self.links()?.into_iter().map(|l| l.ifname).collect())
+    }
+
+    fn tap_links(
+        &self,
+        taps: &[(MacAddr, String)],
+        qdiscs: Option<&BTreeMap<String, TapQdiscs>>,
+    ) -> Option<Vec<NicLink>> {
+        if taps.is_empty() {
+            return Some(Vec::new());
+        }
+        let links = self.links()?;
+        taps.iter()
+            .map(|(mac, tap)| {
+                let l = links.iter().find(|l| plain(tap) && l.ifname == *tap)?;
+                let qdiscs = qdiscs.and_then(|q| q.get(tap).cloned());
+                Some(NicLink { mac: *mac, tap: tap.clone(), bridge: l.master.clone(), qdiscs })
+            })
+            .collect()
+    }
+
+    fn bridge_macs(&self, bridge: &str) -> Option<BTreeSet<MacAddr>> {
+        if !plain(bridge) {
+            return None;
+        }
+        let text = self.read("ip", &["sh", "-c", BRIDGE_SCRIPT, "sh", bridge])?;
+        let (own, ports) = text.split_once("\n@ports\n")?;
+        let own = parse_links(own)?;
+        let me = own.first().filter(|l| l.linkinfo.as_ref().and_then(|k| k.info_kind.as_deref()) == Some("bridge"))?;
+        let mac = |l: &JsonLink| l.address.as_deref().and_then(|a| a.parse::<MacAddr>().ok());
+        let mut out: BTreeSet<MacAddr> = mac(me).into_iter().collect();
+        out.extend(parse_links(ports)?.iter().filter_map(mac));
+        Some(out)
+    }
+
+    fn qdiscs(&self) -> Result<BTreeMap<String, TapQdiscs>, TcError> {
+        self.tc.show_all()
+    }
+
+    fn set_netem(&self, tap: &str, netem: Option<&Netem>) -> Result<(), TcError> {
+        let now = self.tc.show(tap)?;
+        self.tc.run_all(&crate::lab::impair::tc_commands(tap, &now, netem))
+    }
+
+    fn kernel(&self) -> Result<Option<KernelSupport>, KernelError> {
+        let Some(text) = self.read("sh", &["sh", "-c", KERNEL_SCRIPT]) else { return Ok(None) };
+        let (first, rest) = text.split_once('\n').unwrap_or((text.as_str(), ""));
+        if first == "gz" {
+            let source = "/proc/config.gz";
+            let bytes = unbase64(rest).ok_or_else(|| KernelError::Corrupt {
+                path: source.into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not base64 as read over ssh"),
+            })?;
+            return KernelSupport::from_config_gz(&bytes, source).map(Some);
+        }
+        Ok(first.strip_prefix("file ").map(|path| KernelSupport::from_config(rest, path)))
+    }
+
+    fn routes(&self) -> Option<Vec<HostRoute>> {
+        self.read("cat", &["cat", "/proc/net/route"]).map(|t| HostRoute::parse_proc_net_route(&t))
+    }
+
+    fn image_backing(&self, path: &str) -> ImageBacking {
+        use crate::host::image::{HEADER_READ, ImageError, parse_header};
+        let n = HEADER_READ.to_string();
+        let Some(text) = self.read("head", &["sh", "-c", HEAD_SCRIPT, "sh", path, &n]) else {
+            return ImageBacking::Unreadable;
+        };
+        let (first, rest) = text.split_once('\n').unwrap_or((text.trim_end(), ""));
+        let size = match first {
+            "missing" => return ImageBacking::None,
+            "unreadable" => return ImageBacking::Unreadable,
+            f => f.strip_prefix("size ").and_then(|n| n.trim().parse::<u64>().ok()),
+        };
+        let (Some(size), Some(head)) = (size, unbase64(rest)) else { return ImageBacking::Unreadable };
+        let header = parse_header(&head, size, |offset, len| {
+            let (o, l) = (offset.to_string(), len.to_string());
+            self.read("tail", &["sh", "-c", RANGE_SCRIPT, "sh", path, &o, &l])
+                .and_then(|t| unbase64(&t))
+                .ok_or_else(|| ImageError::Corrupt("the backing file name could not be read over ssh".into()))
+        });
+        match header {
+            Ok(h) => match (&h.backing_file, h.backing_path(Path::new(path))) {
+                (None, _) => ImageBacking::None,
+                (Some(_), Some(b)) => ImageBacking::File(b.display().to_string()),
+                (Some(_), None) => ImageBacking::Unknown,
+            },
+            Err(_) => ImageBacking::Unreadable,
+        }
+    }
+
+    fn file_id(&self, path: &str) -> Option<(u64, u64)> {
+        let text = self.read("stat", &["stat", "-L", "-c", "%d %i", "--", path])?;
+        let (dev, ino) = text.trim().split_once(' ')?;
+        Some((dev.parse().ok()?, ino.parse().ok()?))
+    }
+
+    fn tunnels(&self) -> Result<Vec<ObservedTunnel>, MachineError> {
+        tunnel::read_tunnels(self.runner.as_ref())
+    }
+
+    fn ensure_tunnel(&self, spec: &TunnelSpec) -> Result<(), MachineError> {
+        tunnel::ensure_tunnel(self.runner.as_ref(), spec)
+    }
+
+    fn delete_tunnel(&self, device: &str) -> Result<(), MachineError> {
+        tunnel::delete_tunnel(self.runner.as_ref(), device)
+    }
+
+    fn addresses(&self) -> Option<BTreeSet<IpAddr>> {
+        tunnel::read_addresses(self.runner.as_ref())
     }
 }
 

@@ -1,7 +1,8 @@
 //! The host a lab runs on, through two boundaries: the libvirt API calls topo makes
 //! (`hypervisor`, with its libvirt XML in `xml`), and the facts and actions of the machine
 //! that runs it (`machine`: bridges and taps, `tc` qdiscs, `kernel` features, routes, image
-//! headers (`image`) and file identities); what it makes of both (`observed`, `chains`,
+//! headers (`image`), file identities and VXLAN `tunnel`s, on this machine or over ssh through
+//! a `runner`); what it makes of both (`observed`, `chains`,
 //! `labs`). [`Host`] is the pair, and the one place that joins what the two say:
 //! [`Host::observe`], [`Host::set_netem`].
 
@@ -12,6 +13,7 @@ pub mod kernel;
 pub mod labs;
 pub mod machine;
 pub mod observed;
+pub mod runner;
 pub mod tc;
 pub mod tunnel;
 pub mod xml;
@@ -75,6 +77,63 @@ impl<'a> Host<'a> {
             hint: None,
         })?;
         Ok(out)
+    }
+
+    /// Adds what the machine shows of VXLAN tunnels to `out`: every VXLAN device
+    /// (`Observed::tunnels`) and the machine's own IPv4 addresses (`Observed::host_addresses`).
+    /// Left `None` when the machine is not reachable or cannot be read (the planner then
+    /// refuses a lab that needs a tunnel here). Only a lab that spans hosts asks for them.
+    pub fn observe_tunnels(&self, out: &mut Observed) {
+        let Some(m) = self.machine else { return };
+        out.tunnels = m.tunnels().ok().map(|ts| ts.into_iter().map(|t| (t.device.clone(), t)).collect());
+        out.host_addresses = m.addresses().map(|a| {
+            a.into_iter()
+                .filter_map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => Some(v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect()
+        });
+    }
+
+    /// Makes tunnel `spec` so on the machine ([`Machine::ensure_tunnel`]).
+    ///
+    /// # Errors
+    /// `Unsupported` when the machine is not reachable; `Other` when a command fails.
+    pub fn ensure_tunnel(&self, spec: &tunnel::TunnelSpec) -> Result<(), HvError> {
+        self.tunnel_op("ensure tunnel", &spec.device, |m| m.ensure_tunnel(spec))
+    }
+
+    /// Deletes tunnel device `device` ([`Machine::delete_tunnel`]; gone already is done).
+    ///
+    /// # Errors
+    /// As [`Host::ensure_tunnel`].
+    pub fn delete_tunnel(&self, device: &str) -> Result<(), HvError> {
+        self.tunnel_op("delete tunnel", device, |m| m.delete_tunnel(device))
+    }
+
+    fn tunnel_op(
+        &self,
+        op: &str,
+        device: &str,
+        f: impl FnOnce(&dyn Machine) -> Result<(), runner::MachineError>,
+    ) -> Result<(), HvError> {
+        let Some(m) = self.machine else {
+            return Err(HvError {
+                op: op.into(),
+                object: device.into(),
+                message: format!("topo cannot reach the machine of {} to change its network devices", self.hv.uri()),
+                kind: HvErrorKind::Unsupported,
+                hint: Some("reach the host over ssh (a qemu+ssh:// URI) or run topo on it".into()),
+            });
+        };
+        f(m).map_err(|e| HvError {
+            op: op.into(),
+            object: device.into(),
+            hint: e.hint().map(str::to_owned),
+            message: e.to_string(),
+            kind: HvErrorKind::Other,
+        })
     }
 
     /// Gives the tap of running domain `domain`'s NIC `mac` the netem settings `netem`

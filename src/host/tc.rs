@@ -1,9 +1,11 @@
-//! The queueing disciplines of the VMs' taps on this machine, for netem: the `TapShaper`
-//! trait and `Tc`, which runs iproute2's `tc` (JSON output). Only for local URIs: a tap is
-//! a network device of the machine (and network namespace) where QEMU runs.
+//! The queueing disciplines of the VMs' taps, for netem: the `TapShaper` trait and `Tc`,
+//! which runs iproute2's `tc` (JSON output) through a [`Runner`]: on this machine, or on a
+//! remote host's over ssh. A tap is a network device of the machine (and network namespace)
+//! where QEMU runs.
 
-use std::process::Command;
+use std::sync::Arc;
 
+use crate::host::runner::{EXIT_NOT_FOUND, LocalRunner, RunError, Runner, script};
 use crate::lab::impair::{TapQdiscs, parse_tc_qdiscs, parse_tc_qdiscs_by_dev};
 
 /// Running `tc` failed, or its output could not be read.
@@ -21,8 +23,10 @@ pub struct TcError {
 /// How running `tc` failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcCause {
-    /// `tc` could not be started (`NotFound`: not installed).
+    /// `tc` could not be started (`NotFound`: not installed, here or on the remote host).
     Spawn(std::io::ErrorKind),
+    /// The remote host could not be reached (ssh failed).
+    Connect,
     /// `tc` ran and exited with an error (its stderr is the message).
     Exit,
     /// `tc`'s output could not be read.
@@ -57,31 +61,67 @@ pub trait TapShaper: Send + Sync {
     fn show_all(&self) -> Result<std::collections::BTreeMap<String, TapQdiscs>, TcError>;
     /// Runs `tc ARGS` (from [`crate::lab::impair::tc_commands`]).
     fn run(&self, args: &[String]) -> Result<(), TcError>;
+    /// Runs `tc ARGS` for each of `commands` in order, stopping at the first that fails; one
+    /// round trip where the shaper can (a remote host).
+    fn run_all(&self, commands: &[Vec<String>]) -> Result<(), TcError> {
+        commands.iter().try_for_each(|c| self.run(c))
+    }
 }
 
-/// The real `TapShaper`: iproute2's `tc` from `PATH`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tc;
+/// The real `TapShaper`: iproute2's `tc` from `PATH`, run by a runner (this machine's by
+/// default).
+#[derive(Clone)]
+pub struct Tc {
+    runner: Arc<dyn Runner>,
+}
 
-fn tc(args: &[String]) -> Result<String, TcError> {
-    let err = |message: String, cause| TcError { args: args.join(" "), message, cause };
-    let start = std::time::Instant::now();
-    let out = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| err(format!("cannot spawn tc: {e}"), TcCause::Spawn(e.kind())))?;
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    tracing::debug!(args = args.join(" "), ms = format_args!("{ms:.3}"), status = out.status.code(), "tc");
-    if !out.status.success() {
-        return Err(err(String::from_utf8_lossy(&out.stderr).trim().to_string(), TcCause::Exit));
+impl std::fmt::Debug for Tc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tc").field("on", &self.runner.describe()).finish()
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Default for Tc {
+    fn default() -> Self {
+        Self { runner: Arc::new(LocalRunner) }
+    }
+}
+
+impl Tc {
+    /// `tc` on the machine of `runner`.
+    pub fn over(runner: Arc<dyn Runner>) -> Self {
+        Self { runner }
+    }
+
+    /// Runs `argv` (`tc ...`, or an `sh -c` script of them; `shown` is what errors name) and
+    /// returns its stdout. Exit 127 is a `tc` that is not installed on the machine.
+    fn exec(&self, argv: &[&str], shown: &str) -> Result<String, TcError> {
+        let err = |message: String, cause| TcError { args: shown.to_owned(), message, cause };
+        match self.runner.run(argv, None) {
+            Err(RunError::Spawn { kind, message, .. }) => {
+                Err(err(format!("cannot spawn tc: {message}"), TcCause::Spawn(kind)))
+            }
+            Err(e @ RunError::Connect { .. }) => Err(err(e.to_string(), TcCause::Connect)),
+            Ok(o) if o.code == EXIT_NOT_FOUND => Err(err(
+                format!("tc is not installed on {}: {}", self.runner.describe(), o.error_text()),
+                TcCause::Spawn(std::io::ErrorKind::NotFound),
+            )),
+            Ok(o) if o.code != 0 => Err(err(o.error_text(), TcCause::Exit)),
+            Ok(o) => Ok(o.text()),
+        }
+    }
+
+    fn tc(&self, args: &[String]) -> Result<String, TcError> {
+        let mut argv = vec!["tc"];
+        argv.extend(args.iter().map(String::as_str));
+        self.exec(&argv, &args.join(" "))
+    }
 }
 
 impl TapShaper for Tc {
     fn show(&self, tap: &str) -> Result<TapQdiscs, TcError> {
         let args: Vec<String> = ["-j", "qdisc", "show", "dev", tap].iter().map(|s| s.to_string()).collect();
-        let text = tc(&args)?;
+        let text = self.tc(&args)?;
         parse_tc_qdiscs(&text).map_err(|e| TcError {
             args: args.join(" "),
             message: e.to_string(),
@@ -91,7 +131,7 @@ impl TapShaper for Tc {
 
     fn show_all(&self) -> Result<std::collections::BTreeMap<String, TapQdiscs>, TcError> {
         let args: Vec<String> = ["-j", "qdisc", "show"].iter().map(|s| s.to_string()).collect();
-        let text = tc(&args)?;
+        let text = self.tc(&args)?;
         parse_tc_qdiscs_by_dev(&text).map_err(|e| TcError {
             args: args.join(" "),
             message: e.to_string(),
@@ -100,6 +140,56 @@ impl TapShaper for Tc {
     }
 
     fn run(&self, args: &[String]) -> Result<(), TcError> {
-        tc(args).map(|_| ())
+        self.tc(args).map(|_| ())
+    }
+
+    /// Every command in one `sh -c` script (`set -e`): one round trip.
+    fn run_all(&self, commands: &[Vec<String>]) -> Result<(), TcError> {
+        match commands {
+            [] => Ok(()),
+            [one] => self.run(one),
+            _ => {
+                let with_tc: Vec<Vec<String>> = commands
+                    .iter()
+                    .map(|c| std::iter::once("tc".to_owned()).chain(c.iter().cloned()).collect())
+                    .collect();
+                let argv = script(&with_tc);
+                let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let shown: Vec<String> = commands.iter().map(|c| c.join(" ")).collect();
+                self.exec(&words, &shown.join("; ")).map(|_| ())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::runner::{FakeRunner, Output};
+
+    /// tc through a runner: its JSON read; several changes in one script; a tc missing on the
+    /// machine (exit 127) and an unknown qdisc kind get their hints.
+    #[test]
+    fn tc_over_a_runner() {
+        let f = Arc::new(
+            FakeRunner::new("root@h1")
+                .on(&["tc", "-j", "qdisc", "show", "dev", "vnet0"], Ok(Output::ok("[]")))
+                .on(&["tc", "qdisc", "add"], Ok(Output::failed(2, "Error: Specified qdisc kind is unknown.")))
+                .on(&["sh", "-c", "set -e\n"], Ok(Output::ok(""))),
+        );
+        let tc = Tc::over(f.clone());
+        assert_eq!(tc.show("vnet0").unwrap(), parse_tc_qdiscs("[]").unwrap());
+        let add: Vec<String> = ["qdisc", "add", "dev", "vnet0", "root", "netem"].map(String::from).to_vec();
+        assert!(tc.run(&add).unwrap_err().hint().is_some_and(|h| h.contains("sch_netem")));
+        let del: Vec<String> = ["qdisc", "del", "dev", "vnet0", "root"].map(String::from).to_vec();
+        tc.run_all(&[del.clone(), add.clone()]).unwrap();
+        let calls = f.calls();
+        assert_eq!(
+            calls.last().unwrap()[2],
+            "set -e\ntc qdisc del dev vnet0 root\ntc qdisc add dev vnet0 root netem\n"
+        );
+        let e = Tc::over(Arc::new(FakeRunner::new("root@h2"))).show_all().unwrap_err();
+        assert_eq!(e.hint().as_deref(), Some("install iproute2 (it provides `tc`)"), "{e}");
+        assert!(e.message.contains("root@h2"), "{e}");
     }
 }

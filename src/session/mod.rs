@@ -226,6 +226,9 @@ impl<'h> Session<'h> {
         let host = self.host();
         let hv = host.hv;
         let mut observed = host.observe()?;
+        if lab.is_multi_host() {
+            host.observe_tunnels(&mut observed);
+        }
         crate::host::hypervisor::read_changed_seeds(hv, lab, &mut observed);
         if !files_are_local(&hv.uri()) {
             let paths: Vec<String> = lab

@@ -6,17 +6,23 @@
 //! header would name it; and, on a local host (`with_host_interfaces`), its network devices,
 //! kernel, routes, bridge MACs and file identities.
 //!
-//! Its one change, `set_netem`, is logged and counted with the libvirt double's calls, so
-//! `fail_on("set_netem", TAP, ..)` and the fault sweeps (`arm`) reach it too.
+//! It keeps VXLAN tunnels as the kernel would (`ensure_tunnel` makes a device what the spec
+//! wants, on a bridge that must be there; `delete_tunnel` of an absent device is fine) and
+//! reports the addresses `with_host_addresses` gave.
+//!
+//! Its changes, `set_netem`, `ensure_tunnel` and `delete_tunnel`, are logged and counted with
+//! the libvirt double's calls, so `fail_on("set_netem", TAP, ..)` (or `"ensure_tunnel"`,
+//! `"delete_tunnel"` with a device name) and the fault sweeps (`arm`) reach them too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{State, fresh_tap, lock};
 use crate::host::kernel::{KernelError, KernelSupport};
-use crate::host::machine::{ImageBacking, Machine};
+use crate::host::machine::{ImageBacking, Machine, MachineError};
 use crate::host::observed::{DomainState, HostRoute, NicLink, ObservedInterface};
 use crate::host::tc::{TcCause, TcError};
+use crate::host::tunnel::{ObservedTunnel, TunnelSpec, valid_device};
 use crate::lab::impair::{Netem, NetemParent, TapQdiscs};
 use crate::lab::model::MacAddr;
 
@@ -63,7 +69,7 @@ impl Machine for MemoryMachine {
     fn interfaces(&self) -> Option<BTreeSet<String>> {
         let s = self.lock();
         let own = s.host_interfaces.as_ref()?;
-        Some(own.iter().cloned().chain(s.active_bridges()).collect())
+        Some(own.iter().cloned().chain(s.active_bridges()).chain(s.tunnels.keys().cloned()).collect())
     }
 
     /// Each tap on its network's bridge, unless the network was stopped under it since (then
@@ -147,6 +153,68 @@ impl Machine for MemoryMachine {
         self.lock().backing_under(path).map_or(ImageBacking::None, |b| ImageBacking::File(b.clone()))
     }
 
+    fn tunnels(&self) -> Result<Vec<ObservedTunnel>, MachineError> {
+        Ok(self.lock().tunnels.values().cloned().collect())
+    }
+
+    /// As the kernel ends up after `ip link add`/`set` and `bridge fdb`: the device as wanted.
+    /// The bridge must be a device here (when the double plays a host whose devices it knows),
+    /// and no other device may have the name.
+    fn ensure_tunnel(&self, spec: &TunnelSpec) -> Result<(), MachineError> {
+        spec.check()?;
+        let interfaces = self.interfaces();
+        let mut s = self.lock();
+        let fail = |stderr: String| MachineError::Failed {
+            host: "memory".into(),
+            command: format!("ip link set {} master {}", spec.device, spec.bridge),
+            code: 2,
+            stderr,
+            hint: None,
+        };
+        s.enter("ensure_tunnel", &spec.device).map_err(|e| fail(e.message))?;
+        if let Some(i) = &interfaces {
+            if !i.contains(&spec.bridge) {
+                return Err(fail(format!("Cannot find device \"{}\"", spec.bridge)));
+            }
+            if i.contains(&spec.device) && !s.tunnels.contains_key(&spec.device) {
+                return Err(fail("RTNETLINK answers: File exists".into()));
+            }
+        }
+        let t = ObservedTunnel {
+            device: spec.device.clone(),
+            alias: Some(spec.alias.clone()),
+            vni: spec.vni,
+            local: Some(spec.local),
+            dstport: spec.dstport,
+            peers: spec.peers.clone(),
+            master: Some(spec.bridge.clone()),
+            mtu: spec.mtu,
+            up: true,
+        };
+        s.tunnels.insert(spec.device.clone(), t);
+        Ok(())
+    }
+
+    fn delete_tunnel(&self, device: &str) -> Result<(), MachineError> {
+        if !valid_device(device) {
+            return Err(MachineError::Invalid(format!("`{device}` is not a network device name")));
+        }
+        let mut s = self.lock();
+        s.enter("delete_tunnel", device).map_err(|e| MachineError::Failed {
+            host: "memory".into(),
+            command: format!("ip link del dev {device}"),
+            code: 2,
+            stderr: e.message,
+            hint: None,
+        })?;
+        s.tunnels.remove(device);
+        Ok(())
+    }
+
+    fn addresses(&self) -> Option<BTreeSet<std::net::IpAddr>> {
+        self.lock().host_addresses.clone()
+    }
+
     /// On a local host, a stand-in for `(dev, inode)`: a hash of the file the path opens;
     /// `None` on a remote one.
     fn file_id(&self, path: &str) -> Option<(u64, u64)> {
@@ -202,6 +270,42 @@ mod tests {
         assert_eq!(m.tap_links(&taps, None), None, "the tap went with the domain");
         assert!(m.set_netem("vnetd.0", None).is_err());
         assert_eq!(hv.domain_taps("d").unwrap_err().kind, HvErrorKind::NotActive);
+    }
+
+    /// Tunnels as the kernel keeps them: made, changed, deleted (absent is fine); a missing
+    /// bridge or a name taken by another device fails as `ip` does; the calls are counted.
+    #[test]
+    fn tunnels_as_the_kernel_keeps_them() {
+        let hv = running().with_host_addresses(&["10.77.0.11"]);
+        let m = &hv.machine;
+        let mut spec = TunnelSpec {
+            device: "vx10".into(),
+            alias: "topo l/n".into(),
+            vni: 10,
+            local: "10.77.0.11".parse().unwrap(),
+            dstport: 4789,
+            peers: ["10.77.0.12".parse().unwrap()].into(),
+            bridge: "virbr7".into(),
+            mtu: 1450,
+        };
+        m.ensure_tunnel(&spec).unwrap();
+        m.ensure_tunnel(&spec).unwrap();
+        spec.peers.insert("10.77.0.13".parse().unwrap());
+        m.ensure_tunnel(&spec).unwrap();
+        let t = m.tunnels().unwrap();
+        assert_eq!((t.len(), t[0].peers.len(), t[0].master.as_deref()), (1, 2, Some("virbr7")));
+        assert!(m.interfaces().unwrap().contains("vx10"), "a device like any other");
+        assert_eq!(m.addresses().unwrap().len(), 1);
+        let e = m.ensure_tunnel(&TunnelSpec { device: "vx11".into(), bridge: "nope".into(), ..spec.clone() });
+        assert!(e.unwrap_err().to_string().contains("Cannot find device"));
+        let e = m.ensure_tunnel(&TunnelSpec { device: "eth0".into(), ..spec.clone() });
+        assert!(e.unwrap_err().to_string().contains("File exists"));
+        m.delete_tunnel("vx10").unwrap();
+        m.delete_tunnel("vx10").unwrap();
+        assert_eq!(m.tunnels().unwrap(), []);
+        hv.arm(1, Fault::FailCall);
+        assert!(m.ensure_tunnel(&spec).is_err(), "a counted call");
+        assert_eq!(hv.disarm(), 1);
     }
 
     /// The machine's change is counted with the libvirt calls: a fault sweep reaches it.

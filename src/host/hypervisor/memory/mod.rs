@@ -100,6 +100,10 @@ struct State {
     /// UUID and bridge the double gave it, the DHCP hosts added or deleted since, and no
     /// owner tag once released (`network_config_xml`).
     config: BTreeMap<String, String>,
+    /// The VXLAN devices on the machine (`Machine::ensure_tunnel`), by device name.
+    tunnels: BTreeMap<String, crate::host::tunnel::ObservedTunnel>,
+    /// The machine's own addresses (`with_host_addresses`); `None`: cannot be read.
+    host_addresses: Option<std::collections::BTreeSet<std::net::IpAddr>>,
 }
 
 /// A directory pool of files topo does not manage (`with_storage_pool`).
@@ -540,6 +544,13 @@ impl MemoryHypervisor {
     /// whose bridge has one of these names fails as the kernel refuses it (EEXIST).
     pub fn with_host_interfaces(self, names: &[&str]) -> Self {
         self.lock().host_interfaces = Some(names.iter().map(|n| (*n).to_owned()).collect());
+        self
+    }
+
+    /// The machine's own addresses, as `Machine::addresses` reports them (`ip -j addr`).
+    pub fn with_host_addresses(self, addresses: &[&str]) -> Self {
+        // Invariant: test fixtures give valid addresses.
+        self.lock().host_addresses = Some(addresses.iter().map(|a| a.parse().expect("an IP address")).collect());
         self
     }
 
