@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::host::runner::SshTarget;
 use crate::lab::model::Lab;
 use crate::verify::{NicState, VerifyReport};
 
@@ -61,18 +62,12 @@ pub struct Inventory {
 }
 
 /// The ssh jump host that reaches the VMs of the libvirt host at `uri`: `[user@]host[:port]`
-/// of a URI whose transport is ssh (`driver+ssh://`, `+libssh`, `+libssh2`; libvirt's
-/// "Remote support" URI format), which the user's ssh config and agent already reach (libvirt
+/// of a URI whose transport is ssh (`driver+ssh://`, `+libssh`, `+libssh2`; read by
+/// [`SshTarget::from_uri`]), which the user's ssh config and agent already reach (libvirt
 /// runs that same ssh). `None` for a local or non-ssh URI: the VMs' networks are then this
 /// machine's, or unknown.
 pub fn jump_host(uri: &str) -> Option<String> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let transport = scheme.split_once('+')?.1;
-    if !matches!(transport, "ssh" | "libssh" | "libssh2") {
-        return None;
-    }
-    let authority = rest.split(['/', '?']).next().filter(|a| !a.is_empty())?;
-    Some(authority.to_string())
+    SshTarget::from_uri(uri).map(|t| t.authority())
 }
 
 impl Inventory {

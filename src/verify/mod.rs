@@ -12,6 +12,7 @@
 //! Docs: docs/verify.md, docs/verify-json.md.
 
 pub mod arp;
+pub mod arping;
 pub mod inventory;
 pub mod known_hosts;
 pub mod prober;

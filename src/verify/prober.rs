@@ -1,5 +1,7 @@
 //! The `Prober` boundary: ask a bridge "who has these IPv4 addresses?" by ARP and collect the
-//! answers. `PnetProber` sends raw frames (root or CAP_NET_RAW); `FakeProber` is scripted.
+//! answers. `PnetProber` sends raw frames (root or CAP_NET_RAW); `FakeProber` is scripted;
+//! [`crate::verify::arping::ArpingProber`] runs iputils' `arping` on the bridge's host (over
+//! ssh for a remote one).
 //!
 //! A probe is one call per bridge: one raw socket, one request per target, then replies are
 //! read until the timeout. A sweep of a subnet is the same call with every host address.
@@ -48,6 +50,17 @@ pub enum ProbeError {
     #[diagnostic(code(topo::probe::permission), help("{}", HELP_PERMISSION))]
     PermissionDenied { bridge: String },
 
+    #[error("arping is not installed on {host}, where bridge {bridge} is")]
+    #[diagnostic(
+        code(topo::probe::arping_missing),
+        help("install iputils-arping on {host}: topo proves addresses on another host's bridge with its arping")
+    )]
+    ToolMissing { bridge: String, host: String },
+
+    #[error("ARP probe on {bridge} on {host}: {message}")]
+    #[diagnostic(code(topo::probe::remote))]
+    Remote { bridge: String, host: String, message: String },
+
     #[error("ARP probe on {bridge}: {op} failed")]
     #[diagnostic(code(topo::probe::io))]
     Io {
@@ -66,6 +79,8 @@ impl ProbeError {
             | ProbeError::InterfaceDown { bridge }
             | ProbeError::NoMac { bridge }
             | ProbeError::PermissionDenied { bridge }
+            | ProbeError::ToolMissing { bridge, .. }
+            | ProbeError::Remote { bridge, .. }
             | ProbeError::Io { bridge, .. } => bridge,
         }
     }

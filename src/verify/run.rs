@@ -369,7 +369,12 @@ impl Probed {
                 Err(e @ (ProbeError::InterfaceDown { .. } | ProbeError::NoMac { .. })) => {
                     probed.broken.insert(bridge, FailReason::NoBridge { detail: e.to_string() });
                 }
-                Err(e @ (ProbeError::PermissionDenied { .. } | ProbeError::Io { .. })) => {
+                Err(
+                    e @ (ProbeError::PermissionDenied { .. }
+                    | ProbeError::Io { .. }
+                    | ProbeError::ToolMissing { .. }
+                    | ProbeError::Remote { .. }),
+                ) => {
                     return Err(e.into());
                 }
             }
