@@ -104,7 +104,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     if args.json && !args.confirm.auto_approve && saved.is_none() {
         return Err(JsonNeedsApproval.into());
     }
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     super::check_files_on(&lab, global, &session)?;
     let request = ApplyRequest {
         saved: saved.as_ref(),
@@ -129,7 +129,7 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     if args.json && !args.confirm.auto_approve {
         return Err(JsonNeedsApproval.into());
     }
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     let request = DestroyRequest {
         targets: &args.targets,
         graceful: args.graceful,

@@ -75,7 +75,7 @@ pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
         let known = lab.vms.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(", ");
         return Err(ConsoleError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());
     };
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     let console = session.console(vm.libvirt_name.as_str(), args.force)?;
     super::status(global, format!("Connected to {} ({}). Escape character is ^]", args.vm, vm.libvirt_name));
     let raw = RawMode::enter()?;

@@ -40,7 +40,7 @@ pub struct InventoryArgs {
 pub fn run(global: &GlobalArgs, args: &InventoryArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab_unopened(&file)?;
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     let opts = VerifyOptions { timeout: args.timeout, ..VerifyOptions::default() };
     let inv = session.inventory(&lab, opts, &|_| true, &Shown::new(global, false, false))?;
     let text = match args.format {

@@ -53,6 +53,10 @@ pub struct GlobalArgs {
     /// libvirt connection URI (default: the one libvirt chooses, as for virsh)
     #[arg(short = 'c', long = "connect", global = true, env = "LIBVIRT_DEFAULT_URI")]
     pub connect: Option<String>,
+    /// For a lab that names its hosts: reach host NAME at libvirt URI URI for this run, in
+    /// place of the lab file's `uri` (repeat for each host)
+    #[arg(long = "host", global = true, value_name = "NAME=URI", value_parser = parse_host_uri)]
+    pub host_uris: Vec<(crate::lab::model::HostName, String)>,
     /// When to colour output
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -255,6 +259,30 @@ pub(crate) fn status(global: &GlobalArgs, msg: impl std::fmt::Display) {
 /// plan then uses the canonical URI the connection reports (`virConnectGetURI`).
 pub(crate) fn connect(global: &GlobalArgs) -> miette::Result<crate::session::Session<'static>> {
     Ok(crate::session::Session::connect(global.connect.as_deref())?)
+}
+
+/// A session over the hosts of `lab`: the `--connect` one for a lab on one host; for a lab
+/// that names its hosts, each at its `uri` or the one `--host NAME=URI` gives
+/// ([`crate::session::Session::connect_lab`]).
+pub(crate) fn connect_lab(
+    global: &GlobalArgs,
+    lab: &crate::lab::model::Lab,
+) -> miette::Result<crate::session::Session<'static>> {
+    if lab.is_multi_host() && global.connect.is_some() {
+        status(global, "note: the lab names its hosts: --connect (or LIBVIRT_DEFAULT_URI) is not used; --host NAME=URI replaces a host's uri");
+    }
+    let uris = global.host_uris.iter().cloned().collect();
+    Ok(crate::session::Session::connect_lab(lab, global.connect.as_deref(), &uris)?)
+}
+
+/// `--host NAME=URI`.
+fn parse_host_uri(s: &str) -> Result<(crate::lab::model::HostName, String), String> {
+    let (name, uri) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=URI"))?;
+    let name = crate::lab::model::HostName::new(name).map_err(|e| format!("host name `{name}` {e}"))?;
+    if uri.is_empty() {
+        return Err(format!("`{s}` gives host {name} no URI"));
+    }
+    Ok((name, uri.to_owned()))
 }
 
 /// The lab file to use: `file` when given, else the one [`crate::lab::source::discover`] finds in

@@ -37,7 +37,7 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let mut lab = super::load_lab_to_plan(&file, global)?;
     lab.take_over = args.take_over;
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     super::check_files_on(&lab, global, &session)?;
     let Planned { plan, observed } = session.plan(&lab, &args.targets, &Shown::new(global, args.json, false))?;
     let json = crate::plan::json::to_json(&plan);

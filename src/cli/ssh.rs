@@ -66,7 +66,7 @@ pub fn run(global: &GlobalArgs, args: &SshArgs) -> miette::Result<Outcome> {
         let known = vm.nics.iter().map(|n| n.label()).collect::<Vec<_>>().join(", ");
         return Err(SshError::UnknownNic { vm: args.vm.clone(), nic: nic.clone(), known }.into());
     }
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     let opts = VerifyOptions { timeout: args.timeout, ..VerifyOptions::default() };
     let only = |t: &crate::verify::NicTarget| t.vm == vm.name && args.nic.as_ref().is_none_or(|n| *n == t.nic);
     let inv = session.inventory(&lab, opts, &only, &Shown::new(global, false, false))?;

@@ -56,7 +56,7 @@ pub fn finish(lab: &Lab, r: &VerifyReport, json: bool) -> miette::Result<()> {
 pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab_unopened(&file)?;
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     let opts = VerifyOptions { timeout: args.opts.timeout, ..VerifyOptions::default() };
     let proven = session.verify(&lab, opts, &|_| true, &Shown::new(global, args.json, false))?;
     finish(&lab, &proven.report, args.json)?;
@@ -66,7 +66,7 @@ pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outc
 pub fn run_status(global: &GlobalArgs, args: &StatusArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab_unopened(&file)?;
-    let session = super::connect(global)?;
+    let session = super::connect_lab(global, &lab)?;
     let status = session.status(&lab, &Shown::new(global, args.json, false))?;
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&status.to_json()).into_diagnostic()?)?;

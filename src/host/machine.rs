@@ -100,6 +100,12 @@ pub trait Machine: Send + Sync {
     /// The machine's own addresses, IPv4 and IPv6 (`ip -j addr show`): is a tunnel's `local`
     /// one of them? `None` when they cannot be read.
     fn addresses(&self) -> Option<BTreeSet<IpAddr>>;
+    /// The runner of a machine reached by commands (another host over ssh): what an ARP
+    /// prober on that machine runs `arping` through. `None` for this machine, whose bridges
+    /// topo probes with its own frames.
+    fn remote_runner(&self) -> Option<Arc<dyn Runner>> {
+        None
+    }
 }
 
 /// What the machine tells of the file an image opens under it ([`Machine::image_backing`]).
@@ -351,6 +357,10 @@ impl RemoteMachine {
 }
 
 impl Machine for RemoteMachine {
+    fn remote_runner(&self) -> Option<Arc<dyn Runner>> {
+        Some(self.runner.clone())
+    }
+
     fn interfaces(&self) -> Option<BTreeSet<String>> {
         Some(self.links()?.into_iter().map(|l| l.ifname).collect())
     }

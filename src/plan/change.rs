@@ -374,12 +374,32 @@ pub struct Plan {
     /// finds to be another format), located in the lab file; in the JSON as `warnings`.
     #[serde(default)]
     pub warnings: Vec<crate::diag::JsonProblem>,
+    /// A lab across several hosts: each host's plan (of its share of the lab,
+    /// `Lab::on_host`), by host name; `changes` is then empty. Empty for a lab on one host.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub hosts: std::collections::BTreeMap<crate::lab::model::HostName, Plan>,
 }
 
 impl Plan {
+    /// The plan of a lab across hosts: each host's plan under its name.
+    pub fn across(lab: &str, targets: Vec<Address>, hosts: std::collections::BTreeMap<crate::lab::model::HostName, Plan>) -> Self {
+        let warnings = hosts.values().flat_map(|p| p.warnings.iter().cloned()).collect::<Vec<_>>();
+        Plan { lab: lab.to_owned(), changes: Vec::new(), targets, warnings, hosts }
+    }
+
+    /// Every change with the host it is on (`None` in a lab on one host), hosts in name
+    /// order.
+    pub fn all_changes(&self) -> Vec<(Option<&crate::lab::model::HostName>, &Change)> {
+        let mut out: Vec<_> = self.changes.iter().map(|c| (None, c)).collect();
+        for (h, p) in &self.hosts {
+            out.extend(p.changes.iter().map(|c| (Some(h), c)));
+        }
+        out
+    }
+
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
-        for c in &self.changes {
+        for (_, c) in self.all_changes() {
             match c.action {
                 Action::Create => s.create += 1,
                 Action::Update => s.update += 1,
@@ -392,7 +412,7 @@ impl Plan {
     }
     /// True when applying would change nothing.
     pub fn is_empty(&self) -> bool {
-        self.changes.iter().all(|c| c.action == Action::NoOp)
+        self.all_changes().iter().all(|(_, c)| c.action == Action::NoOp)
     }
 }
 

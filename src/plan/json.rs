@@ -22,6 +22,9 @@ pub struct JsonPlan<'a> {
 
 #[derive(Serialize)]
 pub struct JsonChange<'a> {
+    /// The host the change is on, in a lab across hosts (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a crate::lab::model::HostName>,
     pub address: &'a crate::lab::address::Address,
     pub libvirt_name: &'a str,
     pub action: Action,
@@ -93,9 +96,10 @@ pub fn to_json(plan: &Plan) -> serde_json::Value {
         format_version: FORMAT_VERSION,
         lab: &plan.lab,
         changes: plan
-            .changes
-            .iter()
-            .map(|c| JsonChange {
+            .all_changes()
+            .into_iter()
+            .map(|(host, c)| JsonChange {
+                host,
                 address: &c.address,
                 libvirt_name: &c.libvirt_name,
                 action: c.action,

@@ -113,7 +113,7 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         .iter()
         .map(|w| crate::diag::JsonProblem::of(&file, &lab.source.text, w))
         .collect();
-    Ok(Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings })
+    Ok(Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings, hosts: Default::default() })
 }
 
 /// The destroy plan: every object this lab owns on the host, whether or not it is still in
@@ -167,7 +167,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     if let Err(e) = order::order(lab, observed, &mut changes) {
         tracing::error!("{e}");
     }
-    Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings: Vec::new() }
+    Plan { lab: lab.name.to_string(), changes, targets: Vec::new(), warnings: Vec::new(), hosts: Default::default() }
 }
 
 /// The position of each lab resource in the reverse of the plan's creation order, from 1.

@@ -230,7 +230,9 @@ fn join(fields: &[Field]) -> String {
 /// Renders the plan. `file` names the lab file in the no-change line.
 pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     let mut out = String::new();
-    let changes: Vec<&Change> = plan.changes.iter().filter(|c| c.action != Action::NoOp).collect();
+    let all = plan.all_changes();
+    let changes: Vec<(Option<&crate::lab::model::HostName>, &Change)> =
+        all.into_iter().filter(|(_, c)| c.action != Action::NoOp).collect();
     let targets: Vec<String> = plan.targets.iter().map(ToString::to_string).collect();
     let partial = || {
         style.paint(
@@ -253,8 +255,20 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
     if !targets.is_empty() {
         let _ = writeln!(out, "{}\n", partial());
     }
-    let _ = writeln!(out, "topo will perform these actions on lab {}:\n", plan.lab);
-    for c in changes {
+    if plan.hosts.is_empty() {
+        let _ = writeln!(out, "topo will perform these actions on lab {}:\n", plan.lab);
+    } else {
+        let names: Vec<String> = plan.hosts.keys().map(ToString::to_string).collect();
+        let _ = writeln!(out, "topo will perform these actions on lab {}, across hosts {}:\n", plan.lab, names.join(", "));
+    }
+    let mut shown_host = None;
+    for (host, c) in changes {
+        if let Some(h) = host
+            && shown_host != Some(h)
+        {
+            let _ = writeln!(out, "{}\n", style.paint(BOLD, &format!("On host {h}:")));
+            shown_host = Some(h);
+        }
         let (sym, color) = symbol(c.action);
         let _ = writeln!(out, "  {}", style.paint(BOLD, &headline(c)));
         for r in &c.reasons {
@@ -408,7 +422,7 @@ mod tests {
             after: vec![],
             ops: vec![],
         };
-        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![], warnings: vec![] };
+        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![], warnings: vec![], hosts: Default::default() };
         insta::assert_snapshot!(render(&plan, "lab.yaml", Style::Plain));
         // In colour: the same text with SGR codes around the marks (bold 1, red 31, green 32,
         // yellow 33; reset 0), the escapes topo wrote by hand before anstyle.

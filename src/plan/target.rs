@@ -133,7 +133,7 @@ pub fn restrict(full: Plan, closure: &BTreeSet<Address>, targets: &[Address]) ->
     let mut targets = targets.to_vec();
     targets.sort();
     targets.dedup();
-    Plan { lab: full.lab, changes, targets, warnings: full.warnings }
+    Plan { lab: full.lab, changes, targets, warnings: full.warnings, hosts: Default::default() }
 }
 
 /// What the targets of a run reach on one observation ([`closure`]), computed once and used

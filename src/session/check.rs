@@ -41,6 +41,9 @@ impl Session<'_> {
         only: &dyn Fn(&NicTarget) -> bool,
         ui: &dyn Ui,
     ) -> miette::Result<Proven> {
+        if self.is_multi_host() {
+            return self.verify_across(lab, opts, only, ui);
+        }
         let observed = self.observe_host()?;
         let targets: Vec<NicTarget> = self.nic_targets(lab, &observed).into_iter().filter(|t| only(t)).collect();
         let report = self.prove(&targets, opts, ui)?;
@@ -59,7 +62,7 @@ impl Session<'_> {
     }
 
     /// [`Session::prove`] reading leases from `leases`, telling `ui` of each NIC when `tell`.
-    fn prove_with(
+    pub(super) fn prove_with(
         &self,
         targets: &[NicTarget],
         opts: VerifyOptions,
@@ -69,6 +72,15 @@ impl Session<'_> {
     ) -> miette::Result<VerifyReport> {
         let clock = SystemClock::start();
         let _stoppable = Stoppable::enter(ui);
+        // A host reached over ssh: ARP from its own bridges, by `arping` there.
+        if let Some(runner) = self.host().machine.and_then(|m| m.remote_runner()) {
+            let prober = crate::verify::arping::ArpingProber::over(runner);
+            return Ok(verify(targets, &prober, leases, &clock, &opts, ui.cancel(), |p| {
+                if tell {
+                    ui.nic(p);
+                }
+            })?);
+        }
         if HostAccess::of_uri(&self.uri()) == HostAccess::Remote {
             return Ok(reported_by_host(self.hv(), targets, leases, &clock, opts.timeout, ui.cancel())?);
         }

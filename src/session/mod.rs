@@ -7,6 +7,7 @@
 //!
 //! Stage: above `verify/` and `results.rs`, below `cli/`. Nothing below imports it.
 
+mod across;
 mod check;
 mod run;
 
@@ -22,7 +23,7 @@ use crate::apply::{ApplyError, Options, Report};
 use crate::host::Host;
 use crate::host::hypervisor::libvirt::{Console, LibvirtHypervisor, files_are_local};
 use crate::host::hypervisor::{HvError, Hypervisor};
-use crate::host::machine::LocalMachine;
+use crate::host::machine::{LocalMachine, Machine, RemoteMachine};
 use crate::host::observed::Observed;
 use crate::lab::address::Address;
 use crate::lab::model::Lab;
@@ -36,8 +37,17 @@ pub use crate::lab::names::HostName;
 /// it runs the host) or borrows (a test's doubles, which the test keeps to arm faults and
 /// look at calls).
 enum Conn<'h> {
-    Libvirt { hv: Box<LibvirtHypervisor>, machine: Option<LocalMachine> },
+    Libvirt { hv: Box<LibvirtHypervisor>, machine: Option<Box<dyn Machine>> },
     Borrowed(Host<'h>),
+}
+
+impl Conn<'_> {
+    fn host(&self) -> Host<'_> {
+        match self {
+            Conn::Libvirt { hv, machine } => Host { hv: hv.as_ref(), machine: machine.as_deref() },
+            Conn::Borrowed(h) => *h,
+        }
+    }
 }
 
 /// What a run tells the person running it while it runs. The command line writes each to
@@ -139,6 +149,25 @@ pub enum SessionError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Host(#[from] HvError),
+    /// A host of a lab across hosts cannot be reached: nothing was changed on any host.
+    #[error("host {host} of the lab cannot be reached: {source}")]
+    #[diagnostic(
+        code(topo::host::unreachable),
+        help("nothing was changed on any host; check that the host's uri (or --host {host}=URI) reaches its libvirtd")
+    )]
+    HostUnreachable {
+        host: String,
+        #[source]
+        source: Box<HvError>,
+    },
+    /// `--host NAME=URI` names a host the lab file does not declare.
+    #[error("--host names host `{host}`, which the lab file does not declare (its hosts: {known})")]
+    #[diagnostic(code(topo::host::unknown), help("use the names under `hosts:` in the lab file"))]
+    UnknownHost { host: String, known: String },
+    /// A command that does not work across hosts yet.
+    #[error("{what} does not work on a lab across hosts yet")]
+    #[diagnostic(code(topo::host::not_across_hosts), help("{help}"))]
+    NotAcrossHosts { what: String, help: String },
 }
 
 /// A plan and the observation it was made on.
@@ -157,10 +186,73 @@ impl<'h> Session<'h> {
     /// # Errors
     /// The connection cannot be opened.
     pub fn connect(uri: Option<&str>) -> Result<Session<'static>, HvError> {
-        let hv = LibvirtHypervisor::connect(uri.unwrap_or(""))?;
-        let machine = files_are_local(&hv.uri()).then(LocalMachine::new);
-        let conn = Conn::Libvirt { hv: Box::new(hv), machine };
+        let conn = Self::open(uri.unwrap_or(""))?;
         Ok(Session { hosts: BTreeMap::from([(HostName::default_host(), conn)]) })
+    }
+
+    /// A connection to the libvirt host at `uri` ("": libvirt's choice) with the machine that
+    /// runs it when topo reaches that: this machine for a local URI of a real driver
+    /// ([`files_are_local`]), the host over ssh for a `qemu+ssh://` URI (with ssh's own
+    /// config, agent and the URI's `keyfile`: [`RemoteMachine::ssh`]); none otherwise.
+    fn open(uri: &str) -> Result<Conn<'static>, HvError> {
+        let hv = LibvirtHypervisor::connect(uri)?;
+        let canonical = hv.uri();
+        let machine: Option<Box<dyn Machine>> = if files_are_local(&canonical) {
+            Some(Box::new(LocalMachine::new()))
+        } else {
+            RemoteMachine::ssh(if uri.is_empty() { &canonical } else { uri }).map(|m| Box::new(m) as Box<dyn Machine>)
+        };
+        Ok(Conn::Libvirt { hv: Box::new(hv), machine })
+    }
+
+    /// A session over the hosts of `lab`: for a lab on one host, [`Session::connect`] of
+    /// `connect` (`--connect`); for a lab that names its hosts, one connection per host, to
+    /// the URI `--host NAME=URI` gives it (`uris`) or else the lab file's, each opened as
+    /// [`Session::connect`] opens one.
+    ///
+    /// # Errors
+    /// A host cannot be reached (the error names it), or `uris` names a host the lab does not.
+    pub fn connect_lab(
+        lab: &Lab,
+        connect: Option<&str>,
+        uris: &BTreeMap<HostName, String>,
+    ) -> Result<Session<'static>, SessionError> {
+        if let Some(h) = uris.keys().find(|h| !lab.hosts.contains_key(*h)) {
+            return Err(SessionError::UnknownHost {
+                host: h.to_string(),
+                known: lab.hosts.keys().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            });
+        }
+        if !lab.is_multi_host() {
+            return Ok(Self::connect(connect)?);
+        }
+        let mut hosts = BTreeMap::new();
+        for (name, h) in &lab.hosts {
+            let uri = uris.get(name).unwrap_or(&h.uri);
+            let conn =
+                Self::open(uri).map_err(|e| SessionError::HostUnreachable { host: name.to_string(), source: Box::new(e) })?;
+            hosts.insert(name.clone(), conn);
+        }
+        Ok(Session { hosts })
+    }
+
+    /// Whether the session spans several hosts (a lab that names its hosts).
+    pub fn is_multi_host(&self) -> bool {
+        !self.hosts.contains_key(&HostName::default_host())
+    }
+
+    /// The names of the session's hosts, in name order (the order locks are taken in).
+    pub fn host_names(&self) -> Vec<HostName> {
+        self.hosts.keys().cloned().collect()
+    }
+
+    /// A session over host `name` of this one alone, as its default host.
+    ///
+    /// # Errors
+    /// The session has no host `name`.
+    pub fn for_host(&self, name: &HostName) -> Option<Session<'_>> {
+        let conn = self.hosts.get(name)?;
+        Some(Session { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(conn.host()))]) })
     }
 
     /// A session over `host` (kept by the caller: a test's doubles, `&MemoryHypervisor`) as
@@ -171,13 +263,14 @@ impl<'h> Session<'h> {
 
     /// The default host: its libvirt connection and, when reachable, its machine.
     pub fn host(&self) -> Host<'_> {
-        // Invariant: every constructor inserts the default host.
-        match self.hosts.get(&HostName::default_host()).expect("the default host is always connected") {
-            Conn::Libvirt { hv, machine } => {
-                Host { hv: hv.as_ref(), machine: machine.as_ref().map(|m| m as &dyn crate::host::machine::Machine) }
-            }
-            Conn::Borrowed(h) => *h,
-        }
+        // Invariant: every constructor inserts at least one host; a session over one host
+        // has it under the default name, one across hosts answers for its first.
+        let conn = self
+            .hosts
+            .get(&HostName::default_host())
+            .or_else(|| self.hosts.values().next())
+            .expect("a session has a host");
+        conn.host()
     }
 
     /// The default host's libvirt connection.
@@ -278,6 +371,9 @@ impl<'h> Session<'h> {
     /// # Errors
     /// A libvirt call fails, the planner refuses, or a target is not in the lab.
     pub fn plan(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> miette::Result<Planned> {
+        if self.is_multi_host() {
+            return self.plan_across(lab, targets, ui);
+        }
         let (observed, reach) = self.observe_announced(lab, targets, ui)?;
         let plan = self.plan_in(lab, &observed, targets, &reach)?;
         Ok(Planned { plan, observed })

@@ -68,18 +68,18 @@ pub struct RunError {
 }
 
 impl RunError {
-    fn before(error: miette::Report) -> Self {
+    pub(super) fn before(error: miette::Report) -> Self {
         Self { error, partial: None }
     }
-    fn after(error: impl Into<miette::Report>, plan: Plan, report: Report) -> Self {
+    pub(super) fn after(error: impl Into<miette::Report>, plan: Plan, report: Report) -> Self {
         Self { error: error.into(), partial: Some(Box::new(Run { plan, executed: Some(report), verified: None })) }
     }
 }
 
 /// An apply ready to execute: the plan, what it was checked on, and the locks held.
-struct Ready {
-    plan: Plan,
-    observed: Observed,
+pub(super) struct Ready {
+    pub(super) plan: Plan,
+    pub(super) observed: Observed,
     /// What the plan's targets reach on `observed` (whole lab without targets).
     reach: Reach,
     host: HostId,
@@ -100,6 +100,9 @@ impl Session<'_> {
     /// Any refusal, a cancelled confirmation, a failed step, an inconsistent result, a
     /// verification that could not run.
     pub fn apply(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
+        if self.is_multi_host() {
+            return self.apply_across(lab, req, ui);
+        }
         let ready = self.ready(lab, req, ui).map_err(RunError::before)?;
         let Ready { plan, observed, reach, host, .. } = &ready;
         if plan.is_empty() {
@@ -136,7 +139,7 @@ impl Session<'_> {
 
     /// Apply up to execution: the plan shown, checked and confirmed, and, when it changes
     /// anything, the host lock held and the plan settled on the host as observed under it.
-    fn ready(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> miette::Result<Ready> {
+    pub(super) fn ready(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> miette::Result<Ready> {
         if req.saved.is_some() && !req.targets.is_empty() {
             return Err(SessionError::TargetsOnSaved.into());
         }
@@ -210,7 +213,9 @@ impl Session<'_> {
         if targets.is_empty() {
             return Ok(run);
         }
+        let over_ssh = self.host().machine.is_some_and(|m| m.remote_runner().is_some());
         let how = match crate::verify::HostAccess::of_uri(&self.uri()) {
+            crate::verify::HostAccess::Remote if over_ssh => "by ARP on the host (arping over ssh)",
             crate::verify::HostAccess::Remote => "from libvirt's reports (remote host: no ARP)",
             _ => "by ARP",
         };
@@ -224,7 +229,7 @@ impl Session<'_> {
     }
 
     /// Executes `plan` with `ui`'s progress display, in a phase a signal stops gracefully.
-    fn execute_on(&self, plan: &Plan, opts: &Options, ui: &dyn Ui) -> Report {
+    pub(super) fn execute_on(&self, plan: &Plan, opts: &Options, ui: &dyn Ui) -> Report {
         let _stoppable = Stoppable::enter(ui);
         let progress = ui.progress();
         self.execute(plan, opts, ui.cancel(), progress.as_ref())
@@ -239,6 +244,9 @@ impl Session<'_> {
     /// Another lab instance, a refusal, a cancelled confirmation, a failed step, or objects
     /// still there after the run.
     pub fn destroy(&self, lab: &Lab, req: &DestroyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
+        if self.is_multi_host() {
+            return self.destroy_across(lab, req, ui);
+        }
         let uri = self.uri();
         let host = self.host_id().map_err(|e| RunError::before(e.into()))?;
         let (plan, observed, reach, _lock) = self.destroy_plan(lab, req, &host, ui).map_err(RunError::before)?;
@@ -287,7 +295,7 @@ impl Session<'_> {
 
     /// Destroy up to its plan: the lab lock, the host observed, another instance refused,
     /// the plan cut to the targets, and what they reach.
-    fn destroy_plan(
+    pub(super) fn destroy_plan(
         &self,
         lab: &Lab,
         req: &DestroyRequest<'_>,
@@ -308,7 +316,7 @@ impl Session<'_> {
 }
 
 /// The error a finished run's report amounts to: `None` when every step is done.
-fn failure(report: &Report) -> Option<ApplyError> {
+pub(super) fn failure(report: &Report) -> Option<ApplyError> {
     if !report.failed() {
         return None;
     }
