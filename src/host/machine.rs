@@ -549,6 +549,57 @@ mod tests {
         assert_eq!(m.file_id(&at("gone.qcow2")), None);
     }
 
+    /// RemoteMachine's reads through a scripted runner: the kernel config from
+    /// `/proc/config.gz` in base64 (damaged: an error), from `/boot`, or none; a file's
+    /// identity; an image's header and its backing name read in a second command; what
+    /// cannot be run is unknown, never a guess.
+    #[test]
+    fn remote_reads_through_a_runner() {
+        use crate::host::runner::{FakeRunner, Output};
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"CONFIG_NET_SCH_NETEM=m\n").unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        let f = Arc::new(
+            FakeRunner::new("root@h1")
+                .on(&["sh", "-c", KERNEL_SCRIPT], Ok(Output::ok(format!("gz\n{b64}\n"))))
+                .on(&["sh", "-c", KERNEL_SCRIPT], Ok(Output::ok("gz\nH4sIAAAA\n")))
+                .on(&["sh", "-c", KERNEL_SCRIPT], Ok(Output::ok("file /boot/config-6.1\nCONFIG_NET_SCH_HTB=y\n")))
+                .on(&["sh", "-c", KERNEL_SCRIPT], Ok(Output::ok("none\n")))
+                .on(&["stat"], Ok(Output::ok("2049 131\n")))
+                .on(&["sh", "-c", HEAD_SCRIPT, "sh", "/i/a.qcow2"], Ok(Output::ok(head_of_backed_image())))
+                .on(&["sh", "-c", RANGE_SCRIPT, "sh", "/i/a.qcow2", "4096", "8"], Ok(Output::ok("YmFzZS5yYXc=")))
+                .on(&["sh", "-c", HEAD_SCRIPT, "sh", "/i/gone"], Ok(Output::ok("missing\n")))
+                .on(&["sh", "-c", HEAD_SCRIPT, "sh", "/i/dir"], Ok(Output::ok("unreadable\n"))),
+        );
+        let m = RemoteMachine::over(f.clone());
+        let k = m.kernel().unwrap().unwrap();
+        assert_eq!(k.source, "/proc/config.gz");
+        assert!(!k.missing.contains(&crate::host::kernel::KernelFeature::Netem));
+        assert!(m.kernel().is_err(), "a damaged config.gz");
+        assert_eq!(m.kernel().unwrap().unwrap().source, "/boot/config-6.1");
+        assert_eq!(m.kernel().unwrap(), None);
+        assert_eq!(m.file_id("/i/a.qcow2"), Some((2049, 131)));
+        assert_eq!(m.image_backing("/i/a.qcow2"), ImageBacking::File("/i/base.raw".into()));
+        assert_eq!(m.image_backing("/i/gone"), ImageBacking::None);
+        assert_eq!(m.image_backing("/i/dir"), ImageBacking::Unreadable);
+        assert_eq!(m.image_backing("/i/other"), ImageBacking::Unreadable, "the command failed");
+        assert_eq!(m.routes(), None, "cat failed");
+        assert_eq!(m.interfaces(), None, "ip failed");
+        assert_eq!(m.bridge_macs("../x"), None, "not even asked");
+        assert!(f.calls().iter().all(|c| !c.contains(&"../x".to_owned())));
+    }
+
+    /// `size N` and the first 512 bytes (base64) of a qcow2 v3 image naming `base.raw` at 4096.
+    fn head_of_backed_image() -> String {
+        let mut h = vec![0u8; 512];
+        h[..4].copy_from_slice(b"QFI\xfb");
+        h[4..8].copy_from_slice(&3u32.to_be_bytes());
+        h[8..16].copy_from_slice(&4096u64.to_be_bytes());
+        h[16..20].copy_from_slice(&8u32.to_be_bytes());
+        format!("size 4104\n{}", base64::engine::general_purpose::STANDARD.encode(h))
+    }
+
     /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.
     #[test]
     fn macs_a_bridge_holds_as_its_own() {
