@@ -104,6 +104,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         autostart: false,
         stp: false,
         dhcp_ping: false,
+        mtu: None,
         reservations: [(res.mac, res)].into_iter().collect(),
     };
     let isolated = ManagedNetwork {
@@ -115,6 +116,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         autostart: false,
         stp: true,
         dhcp_ping: true,
+        mtu: None,
         reservations: BTreeMap::new(),
     };
     let mut networks = BTreeMap::new();

@@ -737,6 +737,7 @@ fn targets_from_the_model() {
             autostart: false,
             stp: false,
             dhcp_ping: false,
+            mtu: None,
             reservations: BTreeMap::new(),
         }),
         declared_subnet: None,

@@ -39,6 +39,7 @@ fn managed(mode: NetworkMode) -> ManagedNetwork {
         autostart: true,
         stp: false,
         dhcp_ping: false,
+        mtu: None,
         reservations: [(r1.mac, r1), (r0.mac, r0)].into_iter().collect(),
     }
 }
