@@ -764,6 +764,7 @@ fn targets_from_the_model() {
         mac: None,
         ip: ip_,
         dhcp_ping: true,
+        mtu: None,
         owner: None,
     };
     let o_local = observed("lab-local", "virbr5", None);
