@@ -591,7 +591,9 @@ mod tests {
     /// 1450 are plain values.
     #[test]
     fn mtu_rule_below_1280_is_fine_for_ipv4() {
-        let text = format!("{BASE}networks:\n  a:\n    mode: isolated\n    mtu: 576\n  b:\n    subnet: 10.9.0.0/24\n    mtu: 9000\n");
+        let text = format!(
+            "{BASE}networks:\n  a:\n    mode: isolated\n    mtu: 576\n  b:\n    subnet: 10.9.0.0/24\n    mtu: 9000\n"
+        );
         let lab = lab(&text).unwrap();
         let mtu = |n: &str| match &lab.networks[&NetworkName::new(n).unwrap()].kind {
             NetworkKind::Managed(m) => m.mtu,
@@ -620,7 +622,8 @@ mod tests {
              vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics: [{{network: lan}}, {{network: default}}, {{network: lan}}]\n"
         );
         let mut lab = lab(&text).unwrap();
-        let mtus = |lab: &model::Lab| lab.vms.values().next().unwrap().nics.iter().map(|n| lab.nic_mtu(n)).collect::<Vec<_>>();
+        let mtus =
+            |lab: &model::Lab| lab.vms.values().next().unwrap().nics.iter().map(|n| lab.nic_mtu(n)).collect::<Vec<_>>();
         assert_eq!(mtus(&lab), [Some(9000), None, Some(9000)]);
         let (lan, ext) = (NetworkName::new("lan").unwrap(), NetworkName::new("default").unwrap());
         lab.set_network_mtu(&lan, Some(1450)).unwrap();
