@@ -507,3 +507,33 @@ fn a_stopped_vm_gets_its_networks_new_mtu_in_its_config() {
     assert_eq!(o.domains["demo-db"].state, topo::host::observed::DomainState::Shutoff);
     assert_eq!(o.domains["demo-db"].interfaces[0].mtu, Some(1280));
 }
+
+/// The multi-host code sets a network's MTU on the model (`Lab::set_network_mtu`), not in the
+/// file: the plan is the one the file's `mtu:` gives, NICs included.
+#[test]
+fn an_mtu_set_on_the_model_plans_as_the_files() {
+    let hv = applied();
+    let mut l = lab(BASE);
+    l.set_network_mtu(&"lan".parse().unwrap(), Some(1450)).unwrap();
+    let from_file = lab(&edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 1450\n"));
+    assert_eq!(shown(&l, &hv), shown(&from_file, &hv));
+}
+
+/// `mtu:` removed: the network is replaced without `<mtu>` (field `mtu` removed) and its NICs
+/// are plugged in again without it; apply converges to libvirt's defaults.
+#[test]
+fn removing_mtu_goes_back_to_the_defaults() {
+    let hv = host();
+    let with = lab(&edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 9000\n"));
+    apply_ok(&with, &hv);
+    let l = lab(BASE);
+    let (p, _) = plan_on(&l, &hv);
+    let lan = p.changes.iter().find(|c| c.address == "network.lan").unwrap();
+    assert_eq!(lan.action, Action::Replace);
+    let mtu = lan.fields.iter().find(|f| f.path == topo::plan::fields::Field::Mtu).unwrap();
+    assert_eq!((mtu.before.as_deref(), mtu.after.as_deref(), mtu.forces_replacement), (Some("9000"), None, true));
+    apply_ok(&l, &hv);
+    let o = converged(&l, &hv).unwrap();
+    assert_eq!(o.networks["demo-lan"].mtu, None);
+    assert!(o.domains.values().flat_map(|d| &d.interfaces).all(|i| i.mtu.is_none()));
+}
