@@ -63,6 +63,8 @@ pub enum Code {
     Bridge,
     DuplicateBridge,
     ExternalSettings,
+    /// A network's `mtu` outside what the kernel's bridge and tap devices take.
+    Mtu,
     /// Two networks of the lab map to one libvirt name.
     LibvirtNameClash,
     BadAddress,
@@ -196,6 +198,7 @@ impl Code {
             Bridge => "topo::lab::bridge",
             DuplicateBridge => "topo::lab::duplicate_bridge",
             ExternalSettings => "topo::lab::external_settings",
+            Mtu => "topo::lab::mtu",
             LibvirtNameClash => "topo::lab::libvirt_name_clash",
             BadAddress => "topo::lab::bad_address",
             BadMac => "topo::lab::bad_mac",

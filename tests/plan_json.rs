@@ -100,7 +100,11 @@ fn check_plan(doc: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
             let kind = r["kind"].as_str().unwrap().to_string();
             assert!(kinds_documented.contains(&kind), "reason kind {kind} is not documented");
             let has_fields = r.get("fields").is_some();
-            assert_eq!(has_fields, kind == "requires-replace" || kind == "requires-restart", "{r}");
+            assert_eq!(
+                has_fields,
+                ["requires-replace", "requires-restart", "replugged"].contains(&kind.as_str()),
+                "{r}"
+            );
             if let Some(f) = r.get("fields") {
                 assert!(f.as_array().unwrap().iter().all(Value::is_string));
             }
@@ -175,6 +179,33 @@ fn real_plans_match_the_documented_shape() {
     assert!(kinds.contains("requires-restart") && kinds.contains("destroy-requested"));
 }
 
+/// A NIC re-plugged for its MTU: reason `replugged` with its field, the documented shape;
+/// the network's MTU as field `mtu` of a replacement (`default` where the host has none).
+#[test]
+fn mtu_changes_in_the_json() {
+    let hv = host();
+    let text = edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 9000\n");
+    apply_ok(&lab(&text), &hv);
+    let mac = lab(&text).vms[&"web".parse().unwrap()].nics[0].mac;
+    let plain_nic = topo::host::xml::plain_interface_xml(mac, "demo-lan");
+    hv.detach_device("demo-web", &plain_nic).unwrap();
+    hv.attach_device("demo-web", &plain_nic).unwrap();
+    let doc = json_of(&text, &hv);
+    check_plan(&doc);
+    let web = &doc["changes"][0];
+    assert_eq!(web["reasons"][1], serde_json::json!({"kind": "replugged", "fields": [format!("nic[{mac}].mtu")]}));
+    assert_eq!(
+        web["fields"][0],
+        serde_json::json!({"path": format!("nic[{mac}].mtu"), "before": "default", "after": "9000",
+                           "forces_replacement": false, "restarts": false})
+    );
+    let doc = json_of(&edit(&text, "    mtu: 9000\n", "    mtu: 1450\n"), &hv);
+    check_plan(&doc);
+    let lan = doc["changes"].as_array().unwrap().iter().find(|c| c["address"] == "network.lan").unwrap();
+    assert_eq!(lan["action"], "replace");
+    assert_eq!(lan["reasons"][1], serde_json::json!({"kind": "requires-replace", "fields": ["mtu"]}));
+}
+
 /// A plan's warnings (here: the lab's files in no storage pool of a host whose files are not
 /// this machine's) are in the JSON, each located in the lab file as validate's problems are.
 #[test]
@@ -234,6 +265,7 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         NotActive,
         NotRunning,
         RequiresRestart { fields: vec![] },
+        Replugged { fields: vec![] },
         DestroyRequested,
         StopRequested,
         Paused,

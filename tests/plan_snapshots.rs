@@ -414,3 +414,126 @@ fn refuses_bridge_that_is_a_host_interface() {
     let (p, _) = plan_on(&lab(BASE), &host());
     assert!(!p.is_empty());
 }
+
+/// `mtu:` added to a lab network whose VMs run: libvirt cannot change a running network's
+/// MTU, so the network is replaced (field `mtu`) and its running NICs plugged in again, now
+/// with the MTU in their `<interface>`; each VM's config shows `nic[MAC].mtu` and is written
+/// again, without a re-plug of its own (the replacement did it). After apply, network and
+/// NICs carry 1450 and the plan is empty.
+#[test]
+fn network_mtu_replaces_the_network_and_its_nics_follow() {
+    let hv = applied();
+    let text = edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 1450\n");
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    let lan = p.changes.iter().find(|c| c.address == "network.lan").unwrap();
+    assert_eq!(lan.action, Action::Replace);
+    assert!(
+        lan.reasons.contains(&Reason::RequiresReplace { fields: vec![topo::plan::fields::Field::Mtu] }),
+        "{:?}",
+        lan.reasons
+    );
+    for vm in ["vm.router", "vm.web"] {
+        let c = p.changes.iter().find(|c| c.address == vm).unwrap();
+        assert_eq!(c.action, Action::Update, "{vm}");
+        assert!(!c.reasons.iter().any(|r| matches!(r, Reason::Replugged { .. })), "{vm}: {:?}", c.reasons);
+        let kinds: Vec<&str> = c.ops.iter().map(|o| o.name()).collect();
+        assert_eq!(kinds, ["define-domain"], "{vm}");
+    }
+    insta::assert_snapshot!(plain(&p));
+    apply_ok(&l, &hv);
+    let o = converged(&l, &hv).unwrap();
+    assert_eq!(o.networks["demo-lan"].mtu, Some(1450));
+    let mtus: Vec<(String, Option<u32>)> = o
+        .domains
+        .values()
+        .flat_map(|d| d.interfaces.iter().map(move |i| (format!("{} {}", d.name, i.network.clone().unwrap()), i.mtu)))
+        .collect();
+    assert_eq!(
+        mtus,
+        [
+            ("demo-db demo-back".to_string(), None),
+            ("demo-router default".to_string(), None),
+            ("demo-router demo-lan".to_string(), Some(1450)),
+            ("demo-web demo-lan".to_string(), Some(1450)),
+            ("demo-web demo-back".to_string(), None),
+        ]
+    );
+}
+
+/// A running VM's NIC whose MTU is not its network's (its `<interface>` lost the `<mtu>`
+/// outside topo, or was made by a topo that did not write it): libvirt cannot change it on the
+/// running NIC, so the NIC is unplugged and plugged in again with it (reason `replugged`,
+/// field `nic[MAC].mtu`), no restart; the network is left alone.
+#[test]
+fn a_running_nic_without_its_networks_mtu_is_plugged_in_again() {
+    let hv = host();
+    let text = edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 9000\n");
+    let l = lab(&text);
+    apply_ok(&l, &hv);
+    let web = &l.vms[&"web".parse().unwrap()];
+    let eth0 = web.nics[0].mac;
+    let plain_nic = topo::host::xml::plain_interface_xml(eth0, "demo-lan");
+    hv.detach_device("demo-web", &plain_nic).unwrap();
+    hv.attach_device("demo-web", &plain_nic).unwrap();
+    let (p, _) = plan_on(&l, &hv);
+    let kinds: Vec<(String, Vec<&str>)> =
+        p.changes.iter().map(|c| (c.address.to_string(), c.ops.iter().map(|o| o.name()).collect())).collect();
+    assert_eq!(kinds, [("vm.web".to_string(), vec!["detach-nic", "attach-nic", "define-domain"])]);
+    let field = topo::plan::fields::Field::NicMtu(eth0);
+    assert!(p.changes[0].reasons.contains(&Reason::Replugged { fields: vec![field] }), "{:?}", p.changes[0].reasons);
+    insta::assert_snapshot!(plain(&p));
+    apply_ok(&l, &hv);
+    let o = converged(&l, &hv).unwrap();
+    assert_eq!(o.domains["demo-web"].interfaces.iter().find(|i| i.mac == Some(eth0)).unwrap().mtu, Some(9000));
+}
+
+/// A network's MTU changed under a stopped VM: the network is replaced (nothing to re-plug),
+/// the VM's config is written again with the new MTU; it takes it at its next start.
+#[test]
+fn a_stopped_vm_gets_its_networks_new_mtu_in_its_config() {
+    let hv = host();
+    let stopped = edit(BASE, "  db:\n    hypervisor: qemu\n", "  db:\n    state: stopped\n    hypervisor: qemu\n");
+    apply_ok(&lab(&stopped), &hv);
+    let text = edit(&stopped, "    mode: isolated\n", "    mode: isolated\n    mtu: 1280\n");
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    let db = p.changes.iter().find(|c| c.address == "vm.db").unwrap();
+    assert_eq!(db.ops.iter().map(|o| o.name()).collect::<Vec<_>>(), ["define-domain"]);
+    let back = p.changes.iter().find(|c| c.address == "network.back").unwrap();
+    assert_eq!(back.action, Action::Replace);
+    apply_ok(&l, &hv);
+    let o = converged(&l, &hv).unwrap();
+    assert_eq!(o.domains["demo-db"].state, topo::host::observed::DomainState::Shutoff);
+    assert_eq!(o.domains["demo-db"].interfaces[0].mtu, Some(1280));
+}
+
+/// The multi-host code sets a network's MTU on the model (`Lab::set_network_mtu`), not in the
+/// file: the plan is the one the file's `mtu:` gives, NICs included.
+#[test]
+fn an_mtu_set_on_the_model_plans_as_the_files() {
+    let hv = applied();
+    let mut l = lab(BASE);
+    l.set_network_mtu(&"lan".parse().unwrap(), Some(1450)).unwrap();
+    let from_file = lab(&edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 1450\n"));
+    assert_eq!(shown(&l, &hv), shown(&from_file, &hv));
+}
+
+/// `mtu:` removed: the network is replaced without `<mtu>` (field `mtu` removed) and its NICs
+/// are plugged in again without it; apply converges to libvirt's defaults.
+#[test]
+fn removing_mtu_goes_back_to_the_defaults() {
+    let hv = host();
+    let with = lab(&edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    mtu: 9000\n"));
+    apply_ok(&with, &hv);
+    let l = lab(BASE);
+    let (p, _) = plan_on(&l, &hv);
+    let lan = p.changes.iter().find(|c| c.address == "network.lan").unwrap();
+    assert_eq!(lan.action, Action::Replace);
+    let mtu = lan.fields.iter().find(|f| f.path == topo::plan::fields::Field::Mtu).unwrap();
+    assert_eq!((mtu.before.as_deref(), mtu.after.as_deref(), mtu.forces_replacement), (Some("9000"), None, true));
+    apply_ok(&l, &hv);
+    let o = converged(&l, &hv).unwrap();
+    assert_eq!(o.networks["demo-lan"].mtu, None);
+    assert!(o.domains.values().flat_map(|d| &d.interfaces).all(|i| i.mtu.is_none()));
+}

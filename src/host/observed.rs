@@ -56,6 +56,9 @@ pub struct ObservedNetwork {
     /// route, open) and sets it on the bridge. `None` when the XML names none (a
     /// `<forward mode='bridge'/>` network onto a host bridge, libvirt's test driver).
     pub mac: Option<MacAddr>,
+    /// `<mtu size>` in bytes: the MTU libvirt gives the bridge and its taps; `None` when the
+    /// XML has none (the bridge's default, 1500).
+    pub mtu: Option<u32>,
     /// First IPv4 `<ip>` element, if any.
     pub ip: Option<ObservedIp>,
     /// False when dnsmasq runs with `no-ping` (set through dnsmasq:options).
@@ -84,6 +87,9 @@ pub struct ObservedInterface {
     pub model: Option<String>,
     /// `<bandwidth>`: libvirt's rate limit of the interface, when it has one.
     pub bandwidth: Option<crate::lab::impair::ObservedBandwidth>,
+    /// `<mtu size>` in bytes: the MTU the guest's virtio NIC is given (`host_mtu`); `None`
+    /// when the interface has none.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -260,8 +260,46 @@ pub struct ManagedNetwork {
     pub stp: bool,
     /// dnsmasq's ping check before offering an address (default off: leases ~3 s sooner).
     pub dhcp_ping: bool,
+    /// MTU in bytes of the bridge, of its taps and of every guest NIC on the network
+    /// (`mtu:`, within [`MTU_RANGE`]); `None` leaves it to libvirt (the bridge's default,
+    /// 1500, and no `<mtu>` in the domains). Every NIC on the network follows this value when
+    /// its XML is rendered ([`Lab::nic_mtu`]), so code that changes it after validation
+    /// (the multi-host code lowers a stretched network's to 1450 for VXLAN) sets it here
+    /// alone, with [`Lab::set_network_mtu`].
+    pub mtu: Option<u32>,
     /// Static DHCP host entries from NICs with an `ip`, keyed by MAC (sorted).
     pub reservations: BTreeMap<MacAddr, Reservation>,
+}
+
+/// The MTUs (bytes) a lab network may have: what both the kernel's bridge and its tap devices
+/// take, since libvirt gives the network's MTU to the bridge and to every tap on it
+/// (`<mtu size>` of the network; measured on libvirt 9.0, docs/multi-host-harness.md).
+///
+/// - At least 68, `ETH_MIN_MTU` (include/uapi/linux/if_ether.h), the least IPv4 needs (RFC
+///   791: a 60-byte header and an 8-byte fragment): a bridge's `min_mtu` (`ether_setup`,
+///   net/ethernet/eth.c), a tap's (`MIN_MTU`, drivers/net/tun.c `tun_net_initialize`), and
+///   the least a virtio guest takes as its `host_mtu` (drivers/net/virtio_net.c
+///   `virtnet_probe`: "device MTU appears to be too small").
+/// - At most 65521: a tap's `max_mtu` is `MAX_MTU` (65535) less its 14-byte Ethernet header
+///   (drivers/net/tun.c `tun_net_initialize`), below the bridge's 65535 (`ETH_MAX_MTU`,
+///   net/bridge/br_device.c `br_dev_setup`): a network of 65535 would start, and every domain
+///   on it fail to start when libvirt sets its tap's MTU (src/util/virnetdevtap.c
+///   `virNetDevTapCreateInBridgePort`, `virNetDevSetMTU`: EINVAL).
+///
+/// Both ends are far inside libvirt's own bound (`<mtu size>`: an unsigned int, non-zero in a
+/// domain's `<interface>`). An MTU under 1280 is fine for IPv4; topo says nothing of IPv6
+/// (which needs 1280, RFC 8200 section 5) because its labs address guests by IPv4 only.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65521;
+
+/// Why [`Lab::set_network_mtu`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MtuError {
+    #[error("the lab has no network `{0}`")]
+    UnknownNetwork(NetworkName),
+    #[error("network `{0}` is external: topo never changes it")]
+    External(NetworkName),
+    #[error("MTU {0} is outside 68 to 65521, what a Linux bridge and its taps take")]
+    OutOfRange(u32),
 }
 
 /// What libvirt's dnsmasq does for DHCP on a lab network.
@@ -554,6 +592,36 @@ impl Lab {
             file: Some(me.file),
             applied: self.stamp.applied.clone(),
             user: self.stamp.user.clone(),
+        }
+    }
+    /// The MTU (bytes) of `nic`, as its domain's `<interface><mtu>` carries it: its network's
+    /// (a lab network's `mtu`, read now, so a network's MTU changed after validation is the
+    /// one every NIC on it gets), `None` on an external network or one without `mtu`.
+    /// libvirt 9.0 gives a guest (virtio `host_mtu`) only what the interface says, not the
+    /// network's MTU (docs/multi-host-harness.md, "Learned on the way").
+    pub fn nic_mtu(&self, nic: &Nic) -> Option<u32> {
+        match &self.networks.get(&nic.network)?.kind {
+            NetworkKind::Managed(m) => m.mtu,
+            NetworkKind::External => None,
+        }
+    }
+    /// Sets the MTU (bytes) of lab network `name` (`None`: libvirt's default), for its bridge,
+    /// taps and every NIC on it ([`Lab::nic_mtu`]); the planner then compares and renders it
+    /// as if the lab file said `mtu:`.
+    ///
+    /// # Errors
+    /// [`MtuError`]: no such network, an external one, or `mtu` outside [`MTU_RANGE`].
+    pub fn set_network_mtu(&mut self, name: &NetworkName, mtu: Option<u32>) -> Result<(), MtuError> {
+        if let Some(m) = mtu.filter(|m| !MTU_RANGE.contains(m)) {
+            return Err(MtuError::OutOfRange(m));
+        }
+        let net = self.networks.get_mut(name).ok_or_else(|| MtuError::UnknownNetwork(name.clone()))?;
+        match &mut net.kind {
+            NetworkKind::Managed(m) => {
+                m.mtu = mtu;
+                Ok(())
+            }
+            NetworkKind::External => Err(MtuError::External(name.clone())),
         }
     }
     /// Number of external networks.

@@ -214,6 +214,11 @@ pub struct NetworkSpec {
     /// dnsmasq pings an address before offering it (default false: leases ~3 s sooner).
     #[schemars(with = "Option<bool>")]
     pub dhcp_ping: Option<Spanned<bool>>,
+    /// MTU in bytes of the network's bridge, its taps and every guest NIC on it (68 to
+    /// 65521; default: libvirt's, 1500 on a new bridge). Lower it for a network stretched
+    /// over a tunnel (1450 under VXLAN), raise it for jumbo frames (9000).
+    #[schemars(with = "Option<i64>")]
+    pub mtu: Option<Spanned<i64>>,
     /// The host (under `hosts:`) that serves the network's gateway, DHCP, DNS and NAT when
     /// its VMs are on several hosts; on the others it is a bridge without addresses, joined
     /// by VXLAN. Default: the first host in `hosts:` with a VM on the network.

@@ -58,6 +58,10 @@ pub enum Reason {
     NotRunning,
     /// The VM's config changes take effect only after a restart.
     RequiresRestart { fields: Vec<Field> },
+    /// These fields of NICs of the running VM cannot change on a running NIC (a NIC's
+    /// `mtu`: QEMU sets virtio's `host_mtu` when it makes the device): each such NIC is
+    /// unplugged and plugged in again with its new settings, without a restart.
+    Replugged { fields: Vec<Field> },
     /// `topo destroy` removes everything the lab owns.
     DestroyRequested,
     /// The lab file says `state: stopped` and the VM runs: it is shut down.
@@ -122,6 +126,7 @@ impl Reason {
             Reason::NotActive => "not-active",
             Reason::NotRunning => "not-running",
             Reason::RequiresRestart { .. } => "requires-restart",
+            Reason::Replugged { .. } => "replugged",
             Reason::DestroyRequested => "destroy-requested",
             Reason::StopRequested => "stop-requested",
             Reason::Paused => "paused",

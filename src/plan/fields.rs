@@ -37,6 +37,9 @@ pub enum Field {
     DhcpPing,
     /// `autostart`: the network starts with libvirt, `on`/`off`.
     Autostart,
+    /// `mtu`: the MTU in bytes of a network's bridge and its taps (`<mtu size>`), when the lab
+    /// or the host has one; of a tunnel's device.
+    Mtu,
     /// `dhcp_host[MAC]`: a DHCP reservation, `IP HOST`.
     DhcpHost(MacAddr),
     /// `active`: the network runs (run state, not in the spec hash).
@@ -68,6 +71,9 @@ pub enum Field {
     NicNetem(MacAddr),
     /// `nic[MAC].bridge`: the bridge the running NIC's tap is plugged into.
     NicBridge(MacAddr),
+    /// `nic[MAC].mtu`: the MTU in bytes the guest's NIC is given (`<interface><mtu>`), its
+    /// network's.
+    NicMtu(MacAddr),
     /// `state`: the VM's run state (not in the spec hash).
     State,
     /// `persistent`: whether the domain has a persistent config.
@@ -86,8 +92,6 @@ pub enum Field {
     Local,
     /// `peers`: the other hosts' underlay addresses it sends to.
     Peers,
-    /// `mtu`: the device's MTU.
-    Mtu,
     /// `up`: the device is up (run state).
     Up,
 }
@@ -105,6 +109,7 @@ impl Field {
             Dhcp => "dhcp",
             DhcpPing => "dhcp_ping",
             Autostart => "autostart",
+            Mtu => "mtu",
             DhcpHost(mac) => return Cow::Owned(format!("dhcp_host[{mac}]")),
             Active => "active",
             Hypervisor => "hypervisor",
@@ -120,6 +125,7 @@ impl Field {
             NicRate(mac) => return Cow::Owned(format!("nic[{mac}].rate")),
             NicNetem(mac) => return Cow::Owned(format!("nic[{mac}].netem")),
             NicBridge(mac) => return Cow::Owned(format!("nic[{mac}].bridge")),
+            NicMtu(mac) => return Cow::Owned(format!("nic[{mac}].mtu")),
             State => "state",
             Persistent => "persistent",
             Snapshots => "snapshots",
@@ -128,7 +134,6 @@ impl Field {
             Vni => "vni",
             Local => "local",
             Peers => "peers",
-            Mtu => "mtu",
             Up => "up",
         })
     }
@@ -173,6 +178,7 @@ impl FromStr for Field {
                 ".rate" => Ok(NicRate(mac)),
                 ".netem" => Ok(NicNetem(mac)),
                 ".bridge" => Ok(NicBridge(mac)),
+                ".mtu" => Ok(NicMtu(mac)),
                 _ => Err(bad()),
             };
         }
@@ -191,6 +197,7 @@ impl FromStr for Field {
             "dhcp" => Dhcp,
             "dhcp_ping" => DhcpPing,
             "autostart" => Autostart,
+            "mtu" => Mtu,
             "active" => Active,
             "hypervisor" => Hypervisor,
             "memory" => Memory,
@@ -208,7 +215,6 @@ impl FromStr for Field {
             "vni" => Vni,
             "local" => Local,
             "peers" => Peers,
-            "mtu" => Mtu,
             "up" => Up,
             _ => return Err(bad()),
         })
@@ -273,6 +279,11 @@ pub fn desired_network(m: &ManagedNetwork) -> Fields {
     }
     put(&mut f, Field::Dhcp, m.dhcp_service().to_string(), Replace);
     put(&mut f, Field::DhcpPing, onoff(m.dhcp_ping), Replace);
+    // libvirt cannot change a running network's MTU: the network is defined again and
+    // restarted, its running NICs plugged in again with the new one (`plan::network`).
+    if let Some(mtu) = m.mtu {
+        put(&mut f, Field::Mtu, mtu.to_string(), Replace);
+    }
     put(&mut f, Field::Autostart, onoff(m.autostart), InPlace);
     for r in m.reservations.values() {
         put(&mut f, Field::DhcpHost(r.mac), format!("{} {}", r.ip, r.host), InPlace);
@@ -324,6 +335,13 @@ pub fn observed_network(o: &ObservedNetwork, desired: &Fields) -> Fields {
         }
     }
     put(&mut f, Field::DhcpPing, onoff(o.dhcp_ping), Replace);
+    // Compared when either side has one: an MTU set by hand (or one the file no longer asks
+    // for) is a change too.
+    if let Some(mtu) = o.mtu {
+        put(&mut f, Field::Mtu, mtu.to_string(), Replace);
+    } else if desired.contains_key(&Field::Mtu) {
+        put(&mut f, Field::Mtu, "default", Replace);
+    }
     put(&mut f, Field::Autostart, onoff(o.autostart), InPlace);
     put(&mut f, Field::Active, if o.active { "yes" } else { "no" }, State);
     f
@@ -374,6 +392,12 @@ pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
         // libvirt's <bandwidth>: set live (virDomainSetInterfaceParameters) and in the config.
         if let Some(r) = nic.impairment.rate {
             put(&mut f, Field::NicRate(nic.mac), r.to_string(), InPlace);
+        }
+        // Its network's MTU, read now (`Lab::nic_mtu`). libvirt cannot change a running NIC's
+        // MTU (QEMU sets virtio's `host_mtu` when the device is made): `plan::vm` plugs the
+        // NIC in again, or the network's replacement does.
+        if let Some(mtu) = lab.nic_mtu(nic) {
+            put(&mut f, Field::NicMtu(nic.mac), mtu.to_string(), InPlace);
         }
     }
     put(&mut f, Field::State, vm.state.as_str(), State);
@@ -437,6 +461,11 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
         if let Some(b) = &i.bandwidth {
             put(&mut f, Field::NicRate(mac), b.describe(), InPlace);
         }
+        if let Some(mtu) = i.mtu {
+            put(&mut f, Field::NicMtu(mac), mtu.to_string(), InPlace);
+        } else if desired.contains_key(&Field::NicMtu(mac)) {
+            put(&mut f, Field::NicMtu(mac), "default", InPlace);
+        }
     }
     let state = match o.state {
         crate::host::observed::DomainState::Running => "running",
@@ -466,10 +495,11 @@ mod tests {
     #[test]
     fn fields_round_trip_through_their_paths_and_sort_by_them() {
         let mac: MacAddr = "52:54:00:ab:cd:ef".parse().unwrap();
-        let paths = "mode bridge stp subnet gateway dhcp dhcp_ping autostart active hypervisor memory vcpus \
+        let paths = "mode bridge stp subnet gateway dhcp dhcp_ping autostart mtu active hypervisor memory vcpus \
                      boot.kernel boot.initrd boot.cmdline disk cloud_init state persistent snapshots owner path \
                      dhcp_host[52:54:00:ab:cd:ef] cloud_init.user-data nic[52:54:00:ab:cd:ef] \
-                     nic[52:54:00:ab:cd:ef].rate nic[52:54:00:ab:cd:ef].netem nic[52:54:00:ab:cd:ef].bridge";
+                     nic[52:54:00:ab:cd:ef].rate nic[52:54:00:ab:cd:ef].netem nic[52:54:00:ab:cd:ef].bridge \
+                     nic[52:54:00:ab:cd:ef].mtu";
         let all: Vec<Field> = paths.split_whitespace().map(|p| p.parse().expect(p)).collect();
         for (f, p) in all.iter().zip(paths.split_whitespace()) {
             assert_eq!(f.as_str(), p);
@@ -481,7 +511,7 @@ mod tests {
         let mut by_path: Vec<String> = all.iter().map(Field::to_string).collect();
         by_path.sort();
         assert_eq!(by_field.iter().map(Field::to_string).collect::<Vec<_>>(), by_path);
-        for bad in ["", "nic[x]", "nic[52:54:00:ab:cd:ef].mtu", "memroy", "dhcp_host[52:54:00:ab:cd:ef"] {
+        for bad in ["", "nic[x]", "nic[52:54:00:ab:cd:ef].speed", "memroy", "dhcp_host[52:54:00:ab:cd:ef"] {
             assert!(bad.parse::<Field>().is_err(), "{bad}");
         }
     }

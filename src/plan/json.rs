@@ -55,7 +55,9 @@ impl<'a> From<&'a Reason> for JsonReason<'a> {
     fn from(r: &'a Reason) -> Self {
         let mut j = JsonReason { kind: r.kind(), fields: None, nics: None, volumes: None, names: None, from: None };
         match r {
-            Reason::RequiresReplace { fields } | Reason::RequiresRestart { fields } => j.fields = Some(fields),
+            Reason::RequiresReplace { fields } | Reason::RequiresRestart { fields } | Reason::Replugged { fields } => {
+                j.fields = Some(fields)
+            }
             Reason::Unplugged { nics } => j.nics = Some(nics.iter().map(unplugged_nic).collect()),
             Reason::Netem { nics } => j.nics = Some(nics.iter().map(netem_nic).collect()),
             Reason::DeletedOutsideTopo { volumes } => j.volumes = Some(volumes),
@@ -164,6 +166,7 @@ mod tests {
             Reason::Snapshots { names: vec!["s1".into()] },
             Reason::Adopted,
             Reason::TakenOver { from: "/labs/a.yaml".into() },
+            Reason::Replugged { fields: vec![Field::NicMtu("52:54:00:00:00:01".parse().expect("a MAC"))] },
         ]
     }
 

@@ -147,6 +147,11 @@ pub fn reason(r: &Reason) -> String {
             let verb = if fields.len() == 1 { "takes" } else { "take" };
             format!("{} {verb} effect after a restart; the VM will be restarted", join(fields))
         }
+        Reason::Replugged { fields } => format!(
+            "{} cannot change on a running NIC; the NIC is unplugged and plugged in again (the guest sees its link \
+             go and come back), no restart",
+            join(fields)
+        ),
         Reason::DestroyRequested => "topo destroy removes everything the lab owns".into(),
         Reason::StopRequested => "the lab file says `state: stopped`; the VM will be shut down".into(),
         Reason::Paused => "the VM is paused; it will be resumed".into(),

@@ -587,6 +587,11 @@ fn in_place(
     // Live first, then the config: a stop between leaves the config behind, which the
     // next plan sees; the other way round a live change would go unnoticed.
     if w.run && o.state == DomainState::Running {
+        let (replug, fields) = mtu_replugs(lab, vm, o, replaced, &d.changed, ops)?;
+        if !fields.is_empty() {
+            d.reasons.push(Reason::Replugged { fields });
+            ops.extend(replug);
+        }
         let bw = bandwidth_ops(vm, &d.changed, ops);
         ops.extend(bw);
     }
@@ -604,6 +609,51 @@ fn in_place(
     }
     ops.extend(netem);
     Ok(())
+}
+
+/// The NICs of the running VM `vm` (observed as `o`) whose MTU (`nic[MAC].mtu` in
+/// `changed`) differs: libvirt cannot change a running NIC's MTU (QEMU sets virtio's
+/// `host_mtu` when it makes the device; libvirt's update-device refuses a new `<mtu>`: "cannot
+/// modify MTU", src/qemu/qemu_hotplug.c `qemuDomainChangeNet`), so
+/// each is unplugged and plugged in again with its new `<interface>` XML, live and config
+/// together, as a NIC whose network changed. Left out: NICs that `ops` already plugs in
+/// (their network changed, or they were off their bridge) and NICs whose network this plan
+/// replaces (the replacement plugs them in again with the new XML, `plan::network::replugs`).
+/// Returns the ops and the fields that asked for them.
+///
+/// # Errors
+/// A NIC's XML cannot be rendered.
+fn mtu_replugs(
+    lab: &Lab,
+    vm: &Vm,
+    o: &ObservedDomain,
+    replaced: &BTreeSet<String>,
+    changed: &[FieldChange],
+    ops: &[Op],
+) -> Result<(Vec<Op>, Vec<Field>), Problem> {
+    let (mut out, mut fields) = (Vec::new(), Vec::new());
+    for nic in &vm.nics {
+        let field = Field::NicMtu(nic.mac);
+        if !changed.iter().any(|f| f.path == field) {
+            continue;
+        }
+        let plugged = ops.iter().any(|op| match op {
+            Op::AttachNic { mac, .. } => *mac == nic.mac,
+            Op::ReattachNics { nics } => nics.iter().any(|p| p.mac == nic.mac),
+            _ => false,
+        });
+        let Some(net) = lab.networks.get(&nic.network) else { continue };
+        let on = o.interfaces.iter().find(|i| i.mac == Some(nic.mac)).and_then(|i| i.network.clone());
+        let Some(network) = on else { continue };
+        if plugged || replaced.contains(net.libvirt_name.as_str()) {
+            continue;
+        }
+        let xml = crate::host::xml::plain_interface_xml(nic.mac, &network);
+        out.push(Op::DetachNic { mac: nic.mac, network, xml });
+        out.push(Op::AttachNic { mac: nic.mac, xml: interface_xml(lab, vm, nic)? });
+        fields.push(field);
+    }
+    Ok((out, fields))
 }
 
 /// NICs hot-plugged by MAC, live and config together: a NIC the domain has on another

@@ -290,6 +290,7 @@ vms:
             mac: None,
             ip: None,
             dhcp_ping: true,
+            mtu: None,
             owner: owner.map(|l| OwnerTag {
                 lab: l.into(),
                 resource: "network.lan".into(),

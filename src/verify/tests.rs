@@ -738,6 +738,7 @@ fn targets_from_the_model() {
             autostart: false,
             stp: false,
             dhcp_ping: false,
+            mtu: None,
             reservations: BTreeMap::new(),
         }),
         declared_subnet: None,
@@ -770,6 +771,7 @@ fn targets_from_the_model() {
         mac: None,
         ip: ip_,
         dhcp_ping: true,
+        mtu: None,
         owner: None,
     };
     let o_local = observed("lab-local", "virbr5", None);

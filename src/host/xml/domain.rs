@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::network::{MtuR, MtuW};
 use super::{MetadataW, Rendered, XmlError, from_xml, read_ns_facts, to_xml};
 use crate::host::observed::{DomainState, ObservedDomain, ObservedInterface};
 use crate::lab::address::Address;
@@ -140,6 +141,11 @@ struct InterfaceW<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     bandwidth: Option<BandwidthW>,
     model: ModelW,
+    /// `<mtu size='N'/>`: its network's MTU ([`Lab::nic_mtu`]), given to the guest as virtio's
+    /// `host_mtu` (libvirt 9.0 does not take the network's for it). After `<model>`, where
+    /// libvirt writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu: Option<MtuW>,
     rom: RomW,
 }
 
@@ -222,6 +228,7 @@ fn interface_w<'a>(lab: &'a Lab, vm: &Vm, nic: &Nic) -> Result<InterfaceW<'a>, X
             outbound: AverageW { average: r.kbytes_per_sec() },
         }),
         model: ModelW { model: "virtio" },
+        mtu: lab.nic_mtu(nic).map(|size| MtuW { size }),
         rom: RomW { enabled: "no" },
     })
 }
@@ -410,6 +417,7 @@ struct InterfaceR {
     model: Option<ModelR>,
     target: Option<TargetR>,
     bandwidth: Option<Box<BandwidthR>>,
+    mtu: Option<MtuR>,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +516,7 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
         bridge,
         model: i.model.map(|m| m.model),
         bandwidth: bandwidth.filter(|b| !b.is_empty()),
+        mtu: i.mtu.as_ref().and_then(MtuR::size),
     })
 }
 

@@ -28,6 +28,9 @@ struct NetworkW<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     forward: Option<ForwardW>,
     bridge: BridgeW<'a>,
+    /// `<mtu size='N'/>`: the bridge's and its taps' MTU; libvirt writes it after `<bridge>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu: Option<MtuW>,
     mac: MacW,
     #[serde(skip_serializing_if = "Option::is_none")]
     ip: Option<IpW>,
@@ -49,6 +52,27 @@ struct BridgeW<'a> {
     stp: &'static str,
     #[serde(rename = "@delay")]
     delay: &'static str,
+}
+
+/// `<mtu size='N'/>` (bytes), in a network and in a domain's `<interface>` alike.
+#[derive(Serialize)]
+pub(super) struct MtuW {
+    #[serde(rename = "@size")]
+    pub(super) size: u32,
+}
+
+/// `<mtu size='N'/>` as read back; `None` when the attribute is missing or not a number.
+#[derive(Deserialize)]
+pub(super) struct MtuR {
+    #[serde(rename = "@size")]
+    size: Option<String>,
+}
+
+impl MtuR {
+    /// The size in bytes (libvirt writes an unsigned int; anything else reads as none).
+    pub(super) fn size(&self) -> Option<u32> {
+        self.size.as_deref()?.trim().parse().ok()
+    }
 }
 
 #[derive(Serialize)]
@@ -158,6 +182,7 @@ pub fn network_xml_keeping(lab: &Lab, net: &Network, spec_hash: &str, kept: Kept
             stp: if m.stp { "on" } else { "off" },
             delay: "0",
         },
+        mtu: m.mtu.map(|size| MtuW { size }),
         mac: MacW { address: bridge_mac.to_string() },
         ip: ip_w(m),
         dnsmasq_options: no_ping.then(|| DnsmasqOptionsW { option: vec![DnsmasqOptionW { value: NO_PING }] }),
@@ -181,6 +206,7 @@ struct NetworkR {
     uuid: Option<String>,
     forward: Option<ForwardR>,
     bridge: Option<BridgeR>,
+    mtu: Option<MtuR>,
     mac: Option<MacR>,
     #[serde(default)]
     ip: Vec<IpR>,
@@ -344,6 +370,7 @@ pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, 
         // libvirt's default when `stp` is absent is on.
         stp: r.bridge.as_ref().and_then(|b| b.stp.as_deref()).is_none_or(|s| s != "off"),
         mac: r.mac.and_then(|m| m.address).and_then(|a| a.parse().ok()),
+        mtu: r.mtu.as_ref().and_then(MtuR::size),
         ip,
         dhcp_ping: !facts.dnsmasq_options.iter().any(|o| o == NO_PING),
         owner: facts.owner,

@@ -39,6 +39,7 @@ fn managed(mode: NetworkMode) -> ManagedNetwork {
         autostart: true,
         stp: false,
         dhcp_ping: false,
+        mtu: None,
         reservations: [(r1.mac, r1), (r0.mac, r0)].into_iter().collect(),
     }
 }
@@ -734,4 +735,66 @@ fn kept_uuid_and_bridge_are_rendered_where_libvirt_keeps_them() {
     let keeping = super::domain_xml_with_seed(&lab, vm, None, None, "00", Some(uuid)).unwrap().xml;
     let d = crate::host::xml::parse_domain(&keeping, crate::host::observed::DomainState::Other).unwrap();
     assert_eq!(d.uuid.as_deref(), Some(uuid));
+}
+
+/// A lab network's `mtu` is the network's `<mtu size>` (after `<bridge>`, before `<mac>`, where
+/// libvirt's src/conf/network_conf.c `virNetworkDefFormatBuf` writes it) and every NIC on it
+/// carries it in its `<interface>` (after `<model>`, as libvirt writes it back); both read back.
+/// Without `mtu` neither has the element; a NIC on an external network never has it.
+#[test]
+fn mtu_in_network_and_interface_round_trip() {
+    let lab = lab_with(ManagedNetwork { mtu: Some(1450), ..managed(NetworkMode::Nat) });
+    let xml = network_xml(&lab, local_net(&lab)).unwrap().xml;
+    let (bridge, mtu, mac) = (xml.find("<bridge ").unwrap(), xml.find("<mtu size=\"1450\"/>"), xml.find("<mac "));
+    assert!(mtu.is_some_and(|m| bridge < m && Some(m) < mac), "bridge, mtu, mac in\n{xml}");
+    assert_eq!(parse_network(&xml, NetworkFlags::default()).unwrap().mtu, Some(1450));
+
+    let vm = deb1(&lab);
+    let d = domain_xml(&lab, vm, None).unwrap().xml;
+    let o = parse_domain(&d, DomainState::Shutoff).unwrap();
+    assert_eq!(o.interfaces.iter().map(|i| i.mtu).collect::<Vec<_>>(), [Some(1450), None], "lab NIC, external NIC");
+    let iface = interface_xml(&lab, vm, &vm.nics[0]).unwrap();
+    let at = |needle: &str| iface.find(needle).unwrap_or_else(|| panic!("missing {needle} in\n{iface}"));
+    assert!(at("<model ") < at("<mtu size=\"1450\"/>") && at("<mtu ") < at("<rom "), "model, mtu, rom in\n{iface}");
+    assert_eq!(parse_interface(&iface).unwrap().mtu, Some(1450));
+
+    let plain = lab_with(managed(NetworkMode::Nat));
+    assert!(!network_xml(&plain, local_net(&plain)).unwrap().xml.contains("<mtu"));
+    assert!(!domain_xml(&plain, deb1(&plain), None).unwrap().xml.contains("<mtu"));
+    assert_eq!(parse_network(LIBVIRT_NET, NetworkFlags::default()).unwrap().mtu, None);
+}
+
+/// The NICs follow their network's MTU when the XML is rendered: a network's MTU changed on
+/// the model after validation (`Lab::set_network_mtu`, as the multi-host code does) is in
+/// every interface rendered afterwards.
+#[test]
+fn interfaces_follow_a_network_mtu_set_later() {
+    let mut lab = lab_with(managed(NetworkMode::Isolated));
+    let name = NetworkName::new("local_net").unwrap();
+    lab.set_network_mtu(&name, Some(9000)).unwrap();
+    let vm = deb1(&lab);
+    assert_eq!(parse_interface(&interface_xml(&lab, vm, &vm.nics[0]).unwrap()).unwrap().mtu, Some(9000));
+    assert!(network_xml(&lab, local_net(&lab)).unwrap().xml.contains("<mtu size=\"9000\"/>"));
+}
+
+/// `<mtu size>` as libvirt 9.0 prints it back (single quotes, among the elements of a running
+/// domain's live XML); a size that is not a number reads as none, never as an error.
+#[test]
+fn mtu_as_libvirt_prints_it() {
+    let net = "<network><name>n</name><bridge name='virbr3' stp='off' delay='0'/><mtu size='9000'/>\
+               <mac address='52:54:00:3e:1a:77'/></network>";
+    assert_eq!(parse_network(net, NetworkFlags::default()).unwrap().mtu, Some(9000));
+    let dom = |mtu: &str| {
+        format!(
+            "<domain type='kvm'><name>d</name><devices><interface type='network'>\
+             <mac address='52:54:00:76:4d:a8'/><source network='n' bridge='virbr3'/><target dev='vnet354'/>\
+             <model type='virtio'/>{mtu}<alias name='net1'/>\
+             <address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/></interface></devices></domain>"
+        )
+    };
+    let mtu = |x: &str| parse_domain(&dom(x), DomainState::Running).unwrap().interfaces[0].mtu;
+    assert_eq!(mtu("<mtu size='1400'/>"), Some(1400));
+    assert_eq!(mtu(""), None);
+    assert_eq!(mtu("<mtu size='big'/>"), None);
+    assert_eq!(mtu("<mtu/>"), None);
 }

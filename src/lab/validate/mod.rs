@@ -572,6 +572,82 @@ mod tests {
         assert_eq!(vm(256), [Code::Vcpus]);
     }
 
+    /// `mtu:` at the kernel's lower end: a bridge's and a tap's `min_mtu` is 68, ETH_MIN_MTU
+    /// (include/uapi/linux/if_ether.h; drivers/net/tun.c `MIN_MTU`), the least IPv4 needs
+    /// (RFC 791). 67 is refused; 68 is taken.
+    #[test]
+    fn mtu_rule_kernel_min_68() {
+        let net = |v: &str| codes_of(&format!("{BASE}networks:\n  n:\n    mode: isolated\n    mtu: {v}\n"));
+        assert_eq!(net("68"), []);
+        assert_eq!(net("67"), [Code::Mtu]);
+        assert_eq!(net("0"), [Code::Mtu], "libvirt's domain `<mtu size>` is non-zero too");
+        assert_eq!(net("-1"), [Code::Mtu]);
+    }
+
+    /// `mtu:` at the kernel's upper end: a tap's `max_mtu` is `MAX_MTU` (65535) less its
+    /// 14-byte Ethernet header (drivers/net/tun.c `tun_net_initialize`), below the bridge's
+    /// 65535 (net/bridge/br_device.c `br_dev_setup`, `ETH_MAX_MTU`); libvirt gives every tap
+    /// the network's MTU, so 65521 is the most both take.
+    #[test]
+    fn mtu_rule_tap_max_65521() {
+        let net = |v: &str| codes_of(&format!("{BASE}networks:\n  n:\n    mode: isolated\n    mtu: {v}\n"));
+        assert_eq!(net("65521"), []);
+        assert_eq!(net("65522"), [Code::Mtu]);
+        assert_eq!(net("65535"), [Code::Mtu], "the bridge's limit, not the tap's");
+        assert_eq!(net("4294967296"), [Code::Mtu], "past libvirt's unsigned int");
+    }
+
+    /// `mtu:` below IPv6's 1280 (RFC 8200 section 5) is valid: topo's labs are IPv4, and
+    /// nothing is said about IPv6 (no problem, no warning). Jumbo frames (9000) and VXLAN's
+    /// 1450 are plain values.
+    #[test]
+    fn mtu_rule_below_1280_is_fine_for_ipv4() {
+        let text = format!(
+            "{BASE}networks:\n  a:\n    mode: isolated\n    mtu: 576\n  b:\n    subnet: 10.9.0.0/24\n    mtu: 9000\n"
+        );
+        let lab = lab(&text).unwrap();
+        let mtu = |n: &str| match &lab.networks[&NetworkName::new(n).unwrap()].kind {
+            NetworkKind::Managed(m) => m.mtu,
+            NetworkKind::External => None,
+        };
+        assert_eq!((mtu("a"), mtu("b")), (Some(576), Some(9000)));
+    }
+
+    /// `mtu:` is a lab network's setting: beside `external: true` it is refused like every
+    /// other key (topo never changes an external network), with the others at once.
+    #[test]
+    fn mtu_rule_not_on_an_external_network() {
+        let text = format!("{BASE}networks:\n  default:\n    external: true\n    mtu: 1450\n");
+        assert_eq!(codes_of(&text), [Code::ExternalSettings]);
+        let e = lab(&text).unwrap_err();
+        assert_eq!(e.problems[0].message, "external network sets `mtu`");
+    }
+
+    /// Every NIC on a lab network has its network's MTU (`Lab::nic_mtu`), read when asked, so a
+    /// network's MTU set after validation (`Lab::set_network_mtu`, the multi-host code's 1450)
+    /// is every NIC's; NICs on an external network have none. The setter keeps the rule.
+    #[test]
+    fn nics_follow_their_networks_mtu() {
+        let text = format!(
+            "{BASE}networks:\n  default:\n    external: true\n  lan:\n    subnet: 10.9.0.0/24\n    mtu: 9000\n\
+             vms:\n  a:\n    boot: {{kernel: /etc/hostname}}\n    nics: [{{network: lan}}, {{network: default}}, {{network: lan}}]\n"
+        );
+        let mut lab = lab(&text).unwrap();
+        let mtus =
+            |lab: &model::Lab| lab.vms.values().next().unwrap().nics.iter().map(|n| lab.nic_mtu(n)).collect::<Vec<_>>();
+        assert_eq!(mtus(&lab), [Some(9000), None, Some(9000)]);
+        let (lan, ext) = (NetworkName::new("lan").unwrap(), NetworkName::new("default").unwrap());
+        lab.set_network_mtu(&lan, Some(1450)).unwrap();
+        assert_eq!(mtus(&lab), [Some(1450), None, Some(1450)]);
+        lab.set_network_mtu(&lan, None).unwrap();
+        assert_eq!(mtus(&lab), [None, None, None]);
+        assert_eq!(lab.set_network_mtu(&ext, Some(1450)), Err(model::MtuError::External(ext.clone())));
+        assert_eq!(lab.set_network_mtu(&lan, Some(67)), Err(model::MtuError::OutOfRange(67)));
+        assert_eq!(lab.set_network_mtu(&lan, Some(65522)), Err(model::MtuError::OutOfRange(65522)));
+        let none = NetworkName::new("wan").unwrap();
+        assert_eq!(lab.set_network_mtu(&none, Some(1450)), Err(model::MtuError::UnknownNetwork(none.clone())));
+    }
+
     /// libvirt src/qemu/qemu_domain.c `qemuDomainAlignMemorySizes`: a running domain's memory
     /// is rounded up to whole MiB while its definition keeps the value (on libvirt 9.0
     /// `131073KiB` ran as `132096KiB`, and apply ended "would still update: memory").

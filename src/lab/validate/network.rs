@@ -366,7 +366,8 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
 /// External networks may say `external: true` and nothing else, except `subnet:`: the
 /// subnet of a LAN libvirt knows no address of, for verification only.
 fn check_external(c: &mut Checker, net: &NetworkSpec) {
-    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping, host } = net;
+    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping, mtu, host } =
+        net;
     let mut given: Vec<(&str, SourceSpan)> = Vec::new();
     if let Some(v) = mode {
         given.push(("mode", c.span(v)));
@@ -388,6 +389,9 @@ fn check_external(c: &mut Checker, net: &NetworkSpec) {
     }
     if let Some(v) = dhcp_ping {
         given.push(("dhcp_ping", c.span(v)));
+    }
+    if let Some(v) = mtu {
+        given.push(("mtu", c.span(v)));
     }
     if let Some(v) = host {
         given.push(("host", c.span(v)));
@@ -440,6 +444,7 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (
     let dhcp = keep(&mut ok, check_dhcp(c, net, subnet, gateway));
     let dhcp = keep(&mut ok, check_dhcp_in_one_block(c, key, net, subnet, dhcp));
     let bridge = keep(&mut ok, check_bridge(c, net));
+    let mtu = keep(&mut ok, check_mtu(c, net));
     let network = ManagedNetwork {
         mode,
         subnet,
@@ -449,6 +454,7 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (
         autostart: net.autostart.as_ref().is_none_or(|a| a.value),
         stp: net.stp.as_ref().is_some_and(|a| a.value),
         dhcp_ping: net.dhcp_ping.as_ref().is_some_and(|a| a.value),
+        mtu,
         reservations: BTreeMap::new(),
     };
     (ok, Partial { network, subnet, gateway, dhcp, subnet_required })
@@ -665,6 +671,35 @@ fn check_bridge(c: &mut Checker, net: &NetworkSpec) -> Result<Option<BridgeName>
                 _ => "a bridge name uses letters, digits, '-', '_' and '.', e.g. `virbr2`".to_owned(),
             };
             c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);
+            Err(LeftOut)
+        }
+    }
+}
+
+/// `mtu:`: bytes, within [`model::MTU_RANGE`] (68 to 65521: what the kernel's bridge and tap
+/// devices take; the rule and its sources are there). Below 1280 is fine: topo's labs are
+/// IPv4.
+fn check_mtu(c: &mut Checker, net: &NetworkSpec) -> Result<Option<u32>, LeftOut> {
+    let Some(m) = &net.mtu else {
+        return Ok(None);
+    };
+    let (min, max) = (*model::MTU_RANGE.start(), *model::MTU_RANGE.end());
+    match u32::try_from(m.value) {
+        Ok(n) if model::MTU_RANGE.contains(&n) => Ok(Some(n)),
+        _ => {
+            let help = if m.value < i64::from(min) {
+                format!(
+                    "the kernel refuses an MTU below {min} bytes on a bridge or tap (ETH_MIN_MTU, the least IPv4 \
+                     needs); give {min} or more, e.g. `mtu: 1450` for a network stretched over VXLAN"
+                )
+            } else {
+                format!(
+                    "libvirt gives every tap on the network its MTU, and a tap takes at most {max} bytes (65535 \
+                     less its Ethernet header, drivers/net/tun.c); give at most {max}, e.g. `mtu: 9000` for jumbo \
+                     frames"
+                )
+            };
+            c.at(Code::Mtu, m, format!("mtu {} is out of range", m.value), format!("must be {min} to {max}"), help);
             Err(LeftOut)
         }
     }
