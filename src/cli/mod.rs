@@ -269,7 +269,10 @@ pub(crate) fn connect_lab(
     lab: &crate::lab::model::Lab,
 ) -> miette::Result<crate::session::Session<'static>> {
     if lab.is_multi_host() && global.connect.is_some() {
-        status(global, "note: the lab names its hosts: --connect (or LIBVIRT_DEFAULT_URI) is not used; --host NAME=URI replaces a host's uri");
+        status(
+            global,
+            "note: the lab names its hosts: --connect (or LIBVIRT_DEFAULT_URI) is not used; --host NAME=URI replaces a host's uri",
+        );
     }
     let uris = global.host_uris.iter().cloned().collect();
     Ok(crate::session::Session::connect_lab(lab, global.connect.as_deref(), &uris)?)

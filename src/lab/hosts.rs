@@ -108,7 +108,7 @@ pub struct Tunnel {
     pub peers: BTreeSet<Ipv4Addr>,
     /// The bridge it is a port of (the network's `bridge:`, or [`stretched_bridge`]).
     pub bridge: String,
-    /// [`STRETCHED_MTU`].
+    /// The network's MTU: [`STRETCHED_MTU`] unless the lab file gives a lower one.
     pub mtu: u32,
 }
 
@@ -189,7 +189,7 @@ impl Lab {
                     dstport: VXLAN_PORT,
                     peers: hosts.iter().filter(|h| *h != host).filter_map(underlay).collect(),
                     bridge: m.bridge.as_ref().map(|b| b.to_string()).unwrap_or_else(|| stretched_bridge(vni)),
-                    mtu: STRETCHED_MTU,
+                    mtu: m.mtu.unwrap_or(STRETCHED_MTU),
                 })
             })
             .collect()

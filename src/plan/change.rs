@@ -81,6 +81,9 @@ pub enum Reason {
     /// and started again under them, e.g. `virsh net-destroy` + `net-start`): they are
     /// plugged in again.
     Unplugged { nics: Vec<NicTap> },
+    /// The network the tunnel is a port of gets a new bridge (created, replaced or started
+    /// again): the tunnel is made a port of it again.
+    NetworkRenewed,
     /// The lab owned this network and now declares it `external: true`: topo releases it
     /// (removes its owner tag) and leaves it running.
     Released,
@@ -135,6 +138,7 @@ impl Reason {
             Reason::PoolNeeded => "pool-needed",
             Reason::Unplugged { .. } => "unplugged",
             Reason::Released => "released",
+            Reason::NetworkRenewed => "network-renewed",
             Reason::Netem { .. } => "netem",
             Reason::UndefinedOutsideTopo => "undefined-outside-topo",
             Reason::DeletedOutsideTopo { .. } => "deleted-outside-topo",
@@ -387,7 +391,11 @@ pub struct Plan {
 
 impl Plan {
     /// The plan of a lab across hosts: each host's plan under its name.
-    pub fn across(lab: &str, targets: Vec<Address>, hosts: std::collections::BTreeMap<crate::lab::model::HostName, Plan>) -> Self {
+    pub fn across(
+        lab: &str,
+        targets: Vec<Address>,
+        hosts: std::collections::BTreeMap<crate::lab::model::HostName, Plan>,
+    ) -> Self {
         let warnings = hosts.values().flat_map(|p| p.warnings.iter().cloned()).collect::<Vec<_>>();
         Plan { lab: lab.to_owned(), changes: Vec::new(), targets, warnings, hosts }
     }

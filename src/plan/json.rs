@@ -76,6 +76,7 @@ impl<'a> From<&'a Reason> for JsonReason<'a> {
             | Reason::InterruptedUpload
             | Reason::PoolNeeded
             | Reason::Released
+            | Reason::NetworkRenewed
             | Reason::UndefinedOutsideTopo
             | Reason::Adopted => {}
         }

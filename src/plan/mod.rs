@@ -53,10 +53,6 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         }
     }
     changes.extend(orphaned_volumes(lab, observed, &changes, false));
-    // Tunnels the lab owns and no longer wants go before the networks they are ports of.
-    let (tunnels_gone, tunnels_kept): (Vec<Change>, Vec<Change>) =
-        tunnel::plan(lab, observed).into_iter().partition(|c| c.action == Action::Delete);
-    changes.extend(tunnels_gone);
     for n in observed.networks.values() {
         if n.ownership(lab) == Ownership::ThisLab && !desired_networks.contains(n.name.as_str()) {
             // Re-declared `external: true`: the lab stops owning it, and it stays, with
@@ -94,8 +90,9 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
         }
     }
     // Shown after the networks, before the VMs (the steps' order is the graph's).
+    let tunnels = tunnel::plan(lab, observed, &changes);
     let at = changes.iter().rposition(|c| matches!(c.address, Address::Network(_))).map_or(changes.len(), |i| i + 1);
-    changes.splice(at..at, tunnels_kept);
+    changes.splice(at..at, tunnels);
     if !unrendered.is_empty() {
         let src = Arc::new(lab.source.named_source());
         return Err(PlanError::RenderFailed { lab: lab.name.to_string(), problems: unrendered, src });
@@ -142,6 +139,7 @@ pub fn plan_destroy_with(lab: &Lab, observed: &Observed, shutdown: Shutdown) -> 
     changes.sort_by_key(by_rank); // stable: ties (not in the file) stay in name order
     let orphans = orphaned_volumes(lab, observed, &changes, true);
     changes.extend(orphans);
+    changes.extend(tunnel::deletions(lab, observed));
     let mut networks: Vec<Change> = observed
         .networks
         .values()

@@ -163,6 +163,7 @@ pub fn reason(r: &Reason) -> String {
             "a VM disk needs the overlay pool that all labs share, and it is missing or not active (topo never deletes it)"
                 .into()
         }
+        Reason::NetworkRenewed => "the network it is a port of gets a new bridge".into(),
         Reason::Released => {
             "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
         }
@@ -264,7 +265,8 @@ pub fn render(plan: &Plan, file: &str, style: Style) -> String {
         let _ = writeln!(out, "topo will perform these actions on lab {}:\n", plan.lab);
     } else {
         let names: Vec<String> = plan.hosts.keys().map(ToString::to_string).collect();
-        let _ = writeln!(out, "topo will perform these actions on lab {}, across hosts {}:\n", plan.lab, names.join(", "));
+        let _ =
+            writeln!(out, "topo will perform these actions on lab {}, across hosts {}:\n", plan.lab, names.join(", "));
     }
     let mut shown_host = None;
     for (host, c) in changes {
@@ -427,7 +429,13 @@ mod tests {
             after: vec![],
             ops: vec![],
         };
-        let plan = crate::plan::Plan { lab: "lab".into(), changes: vec![change], targets: vec![], warnings: vec![], hosts: Default::default() };
+        let plan = crate::plan::Plan {
+            lab: "lab".into(),
+            changes: vec![change],
+            targets: vec![],
+            warnings: vec![],
+            hosts: Default::default(),
+        };
         insta::assert_snapshot!(render(&plan, "lab.yaml", Style::Plain));
         // In colour: the same text with SGR codes around the marks (bold 1, red 31, green 32,
         // yellow 33; reset 0), the escapes topo wrote by hand before anstyle.

@@ -80,7 +80,9 @@ fn resource(lab: &Lab, observed: &Observed, a: &Address) -> Option<Resource> {
             lab.networks.get(n).map(|net| net.libvirt_name.to_string()).or_else(|| owned_name(observed, a))?,
         )),
         Address::Vm(v) => lab.vms.get(v).map(|vm| Resource::Vm(vm.libvirt_name.to_string())),
-        Address::Tunnel(n) => lab.networks.get(n).map(|net| Resource::Tunnel(crate::lab::hosts::tunnel_device(lab.vni(net)))),
+        Address::Tunnel(n) => {
+            lab.networks.get(n).map(|net| Resource::Tunnel(crate::lab::hosts::tunnel_device(lab.vni(net))))
+        }
         Address::Volume(_) | Address::Pool(_) => None,
     }
 }

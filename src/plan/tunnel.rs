@@ -116,30 +116,45 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
 /// The tunnel changes of this share: create what is missing, fix in place what differs in
 /// peers, MTU, bridge or state, replace what differs in VNI, source or port, delete what the
 /// lab owns and no longer wants.
-pub(super) fn plan(lab: &Lab, observed: &Observed) -> Vec<Change> {
+///
+/// A tunnel whose network's bridge the plan makes anew (a network created, replaced or
+/// started again: the bridge is deleted and made again, and its ports with it) is ensured
+/// again after it, so it is a port of the new bridge.
+pub(super) fn plan(lab: &Lab, observed: &Observed, planned: &[Change]) -> Vec<Change> {
     let Some(tunnels) = &observed.tunnels else { return Vec::new() };
     let wanted = wanted(lab);
     let mut out = Vec::new();
     let keep: BTreeSet<&str> = wanted.iter().map(|t| t.device.as_str()).collect();
-    for (device, network) in owned(lab, observed) {
-        if !keep.contains(device.as_str()) {
-            out.push(change(Address::Tunnel(network), device.clone(), Action::Delete, vec![Reason::NotInLabFile], Vec::new(), vec![Op::DeleteTunnel { device }]));
-        }
-    }
+    out.extend(owned(lab, observed).into_iter().filter(|(d, _)| !keep.contains(d.as_str())).map(deletion));
     for t in wanted {
         let spec = spec_of(&t);
         let address = Address::Tunnel(t.network.clone());
         let ensure = Op::EnsureTunnel { tunnel: spec.clone() };
         match tunnels.get(&t.device) {
-            None => out.push(change(address, t.device, Action::Create, vec![Reason::NotOnHost], Vec::new(), vec![ensure])),
+            None => {
+                let fields = created(&spec);
+                out.push(change(address, t.device, Action::Create, vec![Reason::NotOnHost], fields, vec![ensure]))
+            }
             Some(o) => {
                 let fields = diff(&spec, o);
                 if fields.is_empty() {
+                    if bridge_renewed(lab, &t.network, planned) {
+                        out.push(change(
+                            address,
+                            t.device,
+                            Action::Update,
+                            vec![Reason::NetworkRenewed],
+                            Vec::new(),
+                            vec![ensure],
+                        ));
+                    }
                     continue;
                 }
-                let replace: Vec<Field> = fields.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
+                let replace: Vec<Field> =
+                    fields.iter().filter(|f| f.forces_replacement).map(|f| f.path.clone()).collect();
                 let (action, reasons, ops) = if replace.is_empty() {
-                    let reason = if fields.iter().all(|f| f.path == Field::Up) { Reason::Drift } else { Reason::LabFileChanged };
+                    let reason =
+                        if fields.iter().all(|f| f.path == Field::Up) { Reason::Drift } else { Reason::LabFileChanged };
                     (Action::Update, vec![reason], vec![ensure])
                 } else {
                     (
@@ -153,6 +168,33 @@ pub(super) fn plan(lab: &Lab, observed: &Observed) -> Vec<Change> {
         }
     }
     out
+}
+
+/// Whether the plan makes the bridge of lab network `network` anew (creates, replaces or
+/// starts the network).
+fn bridge_renewed(lab: &Lab, network: &NetworkName, planned: &[Change]) -> bool {
+    let Some(net) = lab.networks.get(network) else { return false };
+    planned.iter().any(|c| {
+        c.address == Address::Network(network.clone())
+            && c.libvirt_name == net.libvirt_name.as_str()
+            && c.ops.iter().any(|op| matches!(op, Op::StartNetwork))
+    })
+}
+
+/// The deletion of every tunnel the lab owns on the host (`topo destroy`).
+pub(super) fn deletions(lab: &Lab, observed: &Observed) -> Vec<Change> {
+    owned(lab, observed).into_iter().map(deletion).collect()
+}
+
+fn deletion((device, network): (String, NetworkName)) -> Change {
+    change(
+        Address::Tunnel(network),
+        device.clone(),
+        Action::Delete,
+        vec![Reason::NotInLabFile],
+        Vec::new(),
+        vec![Op::DeleteTunnel { device }],
+    )
 }
 
 /// The payload of a tunnel's steps.
@@ -169,6 +211,21 @@ pub(crate) fn spec_of(t: &Tunnel) -> TunnelSpec {
     }
 }
 
+/// The fields a new tunnel shows.
+fn created(spec: &TunnelSpec) -> Vec<FieldChange> {
+    let peers = spec.peers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    [
+        (Field::Bridge, spec.bridge.clone()),
+        (Field::Local, spec.local.to_string()),
+        (Field::Mtu, spec.mtu.to_string()),
+        (Field::Peers, peers),
+        (Field::Vni, format!("{} port {}", spec.vni, spec.dstport)),
+    ]
+    .into_iter()
+    .map(|(path, v)| FieldChange { path, before: None, after: Some(v), forces_replacement: false, restarts: false })
+    .collect()
+}
+
 /// How the device on the host differs from `spec`: VNI, source and port force a new device
 /// (the kernel fixes them at creation); peers, MTU, bridge and state change in place.
 fn diff(spec: &TunnelSpec, o: &ObservedTunnel) -> Vec<FieldChange> {
@@ -176,7 +233,13 @@ fn diff(spec: &TunnelSpec, o: &ObservedTunnel) -> Vec<FieldChange> {
     let mut out = Vec::new();
     let mut field = |path: Field, before: String, after: String, forces: bool| {
         if before != after {
-            out.push(FieldChange { path, before: Some(before), after: Some(after), forces_replacement: forces, restarts: false });
+            out.push(FieldChange {
+                path,
+                before: Some(before),
+                after: Some(after),
+                forces_replacement: forces,
+                restarts: false,
+            });
         }
     };
     field(Field::Vni, o.vni.to_string(), spec.vni.to_string(), true);

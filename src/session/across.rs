@@ -172,8 +172,7 @@ impl Session<'_> {
         ui.plan(&plan, &file).map_err(RunError::before)?;
         if plan.is_empty() {
             let run = Run { plan, executed: None, verified: None };
-            let observed: Vec<(HostName, Observed)> =
-                ready.into_iter().map(|(h, _, r)| (h, r.observed)).collect();
+            let observed: Vec<(HostName, Observed)> = ready.into_iter().map(|(h, _, r)| (h, r.observed)).collect();
             return self.verify_across_after(lab, run, &observed, &BTreeMap::new(), req.verify.as_ref(), ui);
         }
         ui.confirm("apply these changes").map_err(RunError::before)?;
@@ -307,7 +306,7 @@ impl Session<'_> {
         let mut observed = Vec::new();
         for h in self.host_names() {
             ui.status(&format!("Observing host {h} ({}) ...", self.host_session(&h).uri()));
-            observed.push((h.clone(), self.host_session(&h).observe_host()?));
+            observed.push((h.clone(), self.host_session(&h).observe_host_for(&lab.on_host(&h))?));
         }
         let targets: std::collections::BTreeSet<(String, String)> = observed
             .iter()
@@ -316,7 +315,8 @@ impl Session<'_> {
             .map(|t| (t.vm.to_string(), t.nic.clone()))
             .collect();
         let chosen = |t: &NicTarget| targets.contains(&(t.vm.to_string(), t.nic.clone()));
-        let report = self.prove_across(lab, &observed, &chosen, &opts, ui)?.unwrap_or(VerifyReport { nics: Vec::new() });
+        let report =
+            self.prove_across(lab, &observed, &chosen, &opts, ui)?.unwrap_or(VerifyReport { nics: Vec::new() });
         let mut all = Observed::default();
         for (_, o) in observed {
             all.domains.extend(o.domains);
@@ -346,7 +346,9 @@ impl Session<'_> {
         if plan.is_empty() {
             return Ok(Run { plan, executed: None, verified: None });
         }
-        ui.plan(&plan, &lab.source.name()).and_then(|()| ui.confirm("destroy these objects")).map_err(RunError::before)?;
+        ui.plan(&plan, &lab.source.name())
+            .and_then(|()| ui.confirm("destroy these objects"))
+            .map_err(RunError::before)?;
         let mut reports = Vec::new();
         for h in self.host_names() {
             let share = lab.on_host(&h);

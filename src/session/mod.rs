@@ -229,8 +229,8 @@ impl<'h> Session<'h> {
         let mut hosts = BTreeMap::new();
         for (name, h) in &lab.hosts {
             let uri = uris.get(name).unwrap_or(&h.uri);
-            let conn =
-                Self::open(uri).map_err(|e| SessionError::HostUnreachable { host: name.to_string(), source: Box::new(e) })?;
+            let conn = Self::open(uri)
+                .map_err(|e| SessionError::HostUnreachable { host: name.to_string(), source: Box::new(e) })?;
             hosts.insert(name.clone(), conn);
         }
         Ok(Session { hosts })
@@ -302,6 +302,20 @@ impl<'h> Session<'h> {
     /// A libvirt call fails.
     pub fn observe_host(&self) -> Result<Observed, HvError> {
         self.host().observe()
+    }
+
+    /// [`Session::observe_host`] with, for a lab across hosts (`lab` its share of this
+    /// host), the machine's tunnels ([`Host::observe_tunnels`]): what destroy plans on.
+    ///
+    /// # Errors
+    /// A libvirt call fails.
+    pub fn observe_host_for(&self, lab: &Lab) -> Result<Observed, HvError> {
+        let host = self.host();
+        let mut observed = host.observe()?;
+        if lab.is_multi_host() {
+            host.observe_tunnels(&mut observed);
+        }
+        Ok(observed)
     }
 
     /// Observes the host for a plan of `lab`: the one way every plan is made on (`plan`,

@@ -278,7 +278,7 @@ impl Session<'_> {
         if let Some(e) = failure(&report) {
             return Err(RunError::after(e, plan, report));
         }
-        let left = match self.observe_host() {
+        let left = match self.observe_host_for(lab) {
             Ok(now) => crate::plan::plan_destroy(lab, &now),
             Err(e) => return Err(RunError::after(e, plan, report)),
         };
@@ -305,7 +305,7 @@ impl Session<'_> {
         let uri = self.uri();
         let lock = LabLock::acquire(lab.name.as_str(), host, &uri, "topo destroy")?;
         ui.status(&format!("Observing {uri} ..."));
-        let observed = self.observe_host()?;
+        let observed = self.observe_host_for(lab)?;
         crate::plan::check_instances(lab, &observed, &uri)?;
         let shutdown = if req.graceful.is_some() { Shutdown::Graceful } else { Shutdown::Force };
         let full = crate::plan::plan_destroy_with(lab, &observed, shutdown);

@@ -10,7 +10,7 @@ use miette::LabeledSpan;
 use super::lab::checked_name;
 use super::{Checker, parse_ip};
 use crate::diag::{Code, suggest};
-use crate::lab::hosts::LabHost;
+use crate::lab::hosts::{LabHost, STRETCHED_MTU};
 use crate::lab::model::{self, HostName, Network, NetworkKind, NetworkName, Vm, VmName};
 use crate::lab::spec::{HostSpec, NetworkSpec, Spanned, SpannedMap};
 
@@ -156,6 +156,29 @@ impl Hosts {
                 continue;
             }
             let all: Vec<String> = spans.iter().map(|h| h.to_string()).collect();
+            // The bridges, the tunnel and every guest NIC carry what the tunnel carries.
+            if let NetworkKind::Managed(m) = &mut net.kind {
+                match m.mtu {
+                    None => m.mtu = Some(STRETCHED_MTU),
+                    Some(mtu) if mtu > STRETCHED_MTU => {
+                        let at = spec.and_then(|s| s.mtu.as_ref()).map(|s| c.span(s)).unwrap_or(net.span);
+                        c.push(
+                            Code::Underlay,
+                            format!(
+                                "network `{name}` spans hosts {}, and its mtu {mtu} is more than the {STRETCHED_MTU} bytes \
+                                 a VXLAN tunnel carries over a 1500-byte underlay",
+                                all.join(", ")
+                            ),
+                            vec![LabeledSpan::at(at, "too large for the tunnel")],
+                            format!(
+                                "remove `mtu:` (topo then sets {STRETCHED_MTU} on a network that spans hosts) or give at \
+                                 most {STRETCHED_MTU}"
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
             for h in &spans {
                 let Some(host) = self.valid.get(*h) else { continue };
                 if host.underlay.is_none() {

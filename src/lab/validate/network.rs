@@ -366,8 +366,7 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
 /// External networks may say `external: true` and nothing else, except `subnet:`: the
 /// subnet of a LAN libvirt knows no address of, for verification only.
 fn check_external(c: &mut Checker, net: &NetworkSpec) {
-    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping, mtu, host } =
-        net;
+    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping, mtu, host } = net;
     let mut given: Vec<(&str, SourceSpan)> = Vec::new();
     if let Some(v) = mode {
         given.push(("mode", c.span(v)));
