@@ -3,7 +3,8 @@
 #   tier 1  unit tests next to the code
 #   tier 2  plan/apply/destroy against the strict in-memory hypervisor
 #   tier 3  the real `virt` code against libvirt's built-in test:///default driver
-#   tier 4  real end to end: libvirtd in a network namespace, QEMU guests, dnsmasq, ARP
+#   tier 4  real end to end: libvirtd in a network namespace, QEMU guests, dnsmasq, ARP;
+#           then a lab across two hosts of the multi-host harness (scripts/e2e-hosts.sh)
 # Needs root (tier 4 creates a network namespace and runs libvirtd in it). Installs the Debian
 # packages it needs (scripts/sandbox.sh). TOPO_SKIP_E2E=1 runs tiers 1-3 only.
 set -euo pipefail
@@ -33,4 +34,6 @@ if [ "${TOPO_SKIP_E2E:-0}" = 1 ]; then
 fi
 step "tier 4: end to end on real libvirt (scripts/e2e.sh)"
 scripts/e2e.sh
+step "tier 4 across hosts: a lab over two libvirt hosts of the multi-host harness (scripts/e2e-hosts.sh)"
+scripts/e2e-hosts.sh
 step "all tiers passed"

@@ -12,25 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use miette::SourceSpan;
-
 use crate::lab::model::{HostName, Lab, LabName, MacAddr, Network, NetworkKind, NetworkMode, NetworkName};
-
-/// A libvirt host of a lab that spans several (`hosts:` in the lab file).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LabHost {
-    pub name: HostName,
-    /// The libvirt URI that reaches it, as the lab file gives it (`--host NAME=URI`
-    /// replaces it for one run).
-    pub uri: String,
-    /// Its IPv4 address for the tunnels (`underlay:`); required on every host a network spans.
-    pub underlay: Option<Ipv4Addr>,
-    /// Its position in `hosts:`, from 0: the default host of a VM and of a network is the
-    /// first in file order.
-    pub order: usize,
-    /// Where its key is in the lab file.
-    pub span: SourceSpan,
-}
 
 /// UDP port of the tunnels: IANA's VXLAN port (RFC 7348 section 5). Linux's own default
 /// without `dstport` is 8472 (the pre-standard port), so topo always names it.

@@ -19,7 +19,6 @@ use crate::lab::source::SourceFile;
 /// The only lab file format version this topo reads.
 pub const API_VERSION: &str = "topo/v1";
 
-pub use crate::lab::hosts::LabHost;
 pub use crate::lab::names::{
     BridgeName, HostName, LabName, LibvirtName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError,
     NameError, NetworkName, PoolName, VmName, VolumeName,
@@ -205,6 +204,22 @@ pub struct Lab {
     /// `--take-over`: objects made by another instance of this lab (same name and prefix,
     /// another lab file) are taken as this one's and re-tagged (docs/lab-file.md).
     pub take_over: bool,
+}
+
+/// A libvirt host of a lab that spans several (`hosts:` in the lab file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabHost {
+    pub name: HostName,
+    /// The libvirt URI that reaches it, as the lab file gives it (`--host NAME=URI`
+    /// replaces it for one run).
+    pub uri: String,
+    /// Its IPv4 address for the tunnels (`underlay:`); required on every host a network spans.
+    pub underlay: Option<Ipv4Addr>,
+    /// Its position in `hosts:`, from 0: the default host of a VM and of a network is the
+    /// first in file order.
+    pub order: usize,
+    /// Where its key is in the lab file.
+    pub span: SourceSpan,
 }
 
 /// One network of the lab: either referenced (external) or owned by the lab.

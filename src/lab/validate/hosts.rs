@@ -10,7 +10,8 @@ use miette::LabeledSpan;
 use super::lab::checked_name;
 use super::{Checker, parse_ip};
 use crate::diag::{Code, suggest};
-use crate::lab::hosts::{LabHost, STRETCHED_MTU};
+use crate::lab::hosts::STRETCHED_MTU;
+use crate::lab::model::LabHost;
 use crate::lab::model::{self, HostName, Network, NetworkKind, NetworkName, Vm, VmName};
 use crate::lab::spec::{HostSpec, NetworkSpec, Spanned, SpannedMap};
 

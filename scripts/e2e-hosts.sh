@@ -1,0 +1,163 @@
+#!/bin/bash
+# e2e-hosts.sh — tier 4 across hosts: topo brings up one lab over two libvirt hosts of the
+# multi-host harness (scripts/hosts.sh, docs/multi-host-harness.md) and proves what
+# docs/multi-host.md promises, from the controller namespace, as a user would:
+#   a foreign VXLAN device holding the lab's VNI is refused at plan, nothing touched
+#   -> apply: network `lan` served by h1 (DHCP, reservation) and stretched to h2 by VXLAN
+#      (MTU 1450 on bridges, tunnels and guest NICs), `wan` on h2 only; every NIC proven by
+#      ARP on its own host (arping over ssh on both), g2's lease from h1's dnsmasq
+#   -> a 1450-byte frame (DF) crosses the tunnel; the second apply changes nothing
+#   -> `lan` restarted by hand on h2, the tunnel deleted by hand on h1: apply converges
+#   -> an unreachable host (--host h2=...) stops plan, naming it
+#   -> topo verify; destroy: nothing of the lab left on either host
+#   -> the machine boundary over real ssh (tests/machine_ssh.rs, ignored elsewhere)
+# Env: TOPO_BIN (default target/debug/topo, built if missing), TOPO_GUEST_DIR, as hosts.sh;
+#      KEEP=1 leaves the hosts up. Exit 0 on success; tears down on failure too.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+H=$HERE/hosts.sh
+GUEST_DIR=${TOPO_GUEST_DIR:-/var/lib/topo/guest}
+TOPO=${TOPO_BIN:-$ROOT/target/debug/topo}
+LOCK=/tmp/topo-hosts.lock
+
+T0=$(date +%s%N)
+now_ms() { echo $(( ($(date +%s%N) - T0) / 1000000 )); }
+fmt() { printf '%d.%01ds' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+step() { printf '[%7s] e2e-hosts: %s\n' "$(fmt "$(now_ms)")" "$*" >&2; }
+TIMES=()
+timing() { TIMES+=("$(printf '%-48s %8s' "$1" "$(fmt "$2")")"); }
+ctl() { "$H" ctl -- "$@" </dev/null; }
+rsh() { local h=$1; shift; ctl ssh "$h" "$@"; }
+vsh() { local h=$1; shift; ctl virsh -q -c "qemu+ssh://root@$h/system" "$@"; }
+fail() {
+  printf 'e2e-hosts: FAIL: %s\n' "$*" >&2
+  [ -f "${OUT:-/dev/null}" ] && { echo "--- last topo output ---" >&2; tail -40 "$OUT" >&2; }
+  exit 1
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  if [ "${KEEP:-0}" = 1 ]; then step "KEEP=1: hosts left up (rc=$rc)"; exit $rc; fi
+  "$H" down || rc=1
+  [ $rc = 0 ] && step "PASS" || echo "e2e-hosts: FAIL (exit $rc)" >&2
+  exit $rc
+}
+# topo from the controller, in the lab's folder; output kept in $OUT.
+topo() { (cd "$X" && "$H" ctl -- "$TOPO" "$@" </dev/null) >"$OUT" 2>&1; }
+
+[ -x "$TOPO" ] || (cd "$ROOT" && cargo build --locked --bin topo)
+"$HERE/mkguest.sh" "$GUEST_DIR"
+exec 9>"$LOCK"
+flock 9
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+t=$(now_ms)
+"$H" up 2
+timing "hosts.sh up 2" $(($(now_ms) - t))
+
+X=$(mktemp -d /tmp/topo-e2e-hosts.XXXXXX)
+OUT=$X/out
+cat >"$X/lab.yaml" <<EOF
+apiVersion: topo/v1
+name: mh
+hosts:
+  h1: {uri: "qemu+ssh://root@h1/system", underlay: 10.77.0.11}
+  h2: {uri: "qemu+ssh://root@h2/system", underlay: 10.77.0.12}
+networks:
+  lan: {mode: isolated, subnet: 10.10.0.0/24}
+  wan: {mode: nat, subnet: 10.20.0.0/24, host: h2}
+vms:
+  g1:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: &tiny {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet}
+    nics: [{network: lan}]
+  g2:
+    host: h2
+    hypervisor: qemu
+    memory: 128MiB
+    boot: *tiny
+    nics: [{network: lan, ip: 10.10.0.20}, {network: wan}]
+EOF
+
+topo validate lab.yaml || fail "validate"
+grep -q "lab mh: 2 networks (0 external), 2 vms, 3 nics" "$OUT" || fail "validate summary"
+topo plan lab.yaml || fail "plan"
+for want in "across hosts h1, h2" "On host h1:" "On host h2:" "tunnel.lan (topovx" "Plan: 7 to add"; do
+  grep -qF "$want" "$OUT" || fail "plan does not say '$want'"
+done
+VX=$(sed -n 's/.*tunnel.lan (\(topovx[0-9a-f]*\)).*/\1/p' "$OUT" | head -1)
+VNI=$((16#${VX#topovx}))
+step "plan: 7 to add across h1 and h2, tunnel $VX (VNI $VNI)"
+
+# A device the lab does not own holds the VNI on h2: refused before anything is made.
+rsh h2 ip link add foreignvx type vxlan id "$VNI" dstport 4789 local 10.77.0.12
+! topo apply -y lab.yaml || fail "apply went ahead with the VNI taken on h2"
+grep -q "topo::plan::tunnel_taken" "$OUT" || fail "no tunnel_taken refusal"
+[ -z "$(vsh h1 list --all --name)$(vsh h2 list --all --name)" ] || fail "a refused apply made a domain"
+[ -z "$(vsh h1 net-list --all --name)$(vsh h2 net-list --all --name)" ] || fail "a refused apply made a network"
+rsh h2 ip link del foreignvx
+step "a foreign VXLAN device with the VNI on h2: refused (topo::plan::tunnel_taken), nothing made on either host"
+
+t=$(now_ms)
+topo apply -y lab.yaml || fail "apply"
+timing "apply (2 hosts, 2 VMs, 3 NICs proven)" $(($(now_ms) - t))
+grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "apply did not verify the 3 NICs"
+grep -E "^g2 +eth0 +lan .* 10\.10\.0\.20 +arp reply from 52:54:00:f6:55:a3" "$OUT" >/dev/null ||
+  fail "g2 (on h2) was not proven at its reservation 10.10.0.20 by ARP"
+step "apply: every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel"
+
+for h in h1 h2; do
+  m=$(rsh "$h" cat "/sys/class/net/$VX/mtu" "/sys/class/net/$VX/master/mtu" | xargs)
+  [ "$m" = "1450 1450" ] || fail "on $h, $VX / its bridge have MTU '$m', expected 1450 1450"
+  rsh "$h" ip -d link show "$VX" | grep -q "alias topo lab=mh prefix=mh- network=lan" || fail "$VX on $h has no owner alias"
+done
+vsh h2 dumpxml mh-g2 | grep -q "<mtu size='1450'/>" || fail "g2's NIC on lan has no MTU 1450"
+rsh h1 ping -c 1 -W 3 -M do -s 1422 10.10.0.20 >/dev/null || fail "a 1450-byte frame (DF) from h1 did not reach g2 on h2"
+step "MTU 1450 on both bridges, tunnels and g2's NIC; a 1450-byte DF ping from h1 reaches g2 on h2"
+
+topo apply -y --no-verify lab.yaml || fail "second apply"
+grep -q "No changes. Lab mh matches lab.yaml." "$OUT" || fail "the second apply found changes"
+step "second apply: no changes"
+
+vsh h2 net-destroy mh-lan >/dev/null
+vsh h2 net-start mh-lan >/dev/null
+rsh h1 ip link del "$VX"
+topo plan lab.yaml || fail "plan after the changes by hand"
+grep -qF "tunnel.lan ($VX) will be created" "$OUT" || fail "plan does not re-create the tunnel deleted on h1"
+grep -qF "tunnel.lan ($VX) will be updated in place" "$OUT" || fail "plan does not re-attach the tunnel on h2"
+topo apply -y lab.yaml || fail "apply after the changes by hand"
+grep -q "Verify: 3 verified" "$OUT" || fail "not every NIC proven after the changes by hand"
+topo apply -y --no-verify lab.yaml && grep -q "No changes." "$OUT" || fail "no convergence after the changes by hand"
+step "lan restarted by hand on h2 and the tunnel deleted on h1: apply re-attaches and re-creates, all proven, then no changes"
+
+! topo --host h2=qemu+ssh://root@10.77.0.19/system plan lab.yaml || fail "plan with h2 unreachable succeeded"
+grep -q "host h2 of the lab cannot be reached" "$OUT" || fail "plan does not name the unreachable host"
+step "an unreachable host stops plan, named (topo::host::unreachable)"
+
+topo verify lab.yaml || fail "verify"
+grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "topo verify"
+step "topo verify: 3 verified"
+
+t=$(now_ms)
+topo destroy -y lab.yaml || fail "destroy"
+timing "destroy (2 hosts)" $(($(now_ms) - t))
+for h in h1 h2; do
+  [ -z "$(vsh "$h" list --all --name)" ] || fail "a domain is left on $h"
+  [ -z "$(vsh "$h" net-list --all --name)" ] || fail "a network is left on $h"
+  [ -z "$(rsh "$h" ip -br link show type vxlan)" ] || fail "a VXLAN device is left on $h"
+done
+step "destroy: no domain, network or tunnel left on h1 or h2"
+
+(cd "$ROOT" && cargo test --locked --test machine_ssh --no-run >/dev/null 2>&1)
+BIN=$(cd "$ROOT" && ls -t target/debug/deps/machine_ssh-* | grep -v '\.d$' | head -1)
+eval "$("$H" env)"
+ctl env TOPO_HOSTS_URI_h1="$TOPO_HOSTS_URI_h1" TOPO_HOSTS_URI_h2="$TOPO_HOSTS_URI_h2" \
+  "$ROOT/$BIN" --ignored --test-threads 1 >"$OUT" 2>&1 || fail "tests/machine_ssh.rs over real ssh"
+step "tests/machine_ssh.rs: tunnels and arping over real ssh on h1 and h2"
+rm -rf "$X"
+
+printf '\ntimings:\n' >&2
+printf '  %s\n' "${TIMES[@]}" >&2
