@@ -324,6 +324,60 @@ impl Session<'_> {
         Ok(super::Proven { observed: all, report })
     }
 
+    /// `topo status` across hosts: each host's share, its resources marked with the host
+    /// (networks once per host they exist on), NICs checked against the lab's networks and
+    /// the serving hosts' leases.
+    ///
+    /// # Errors
+    /// A host cannot be observed.
+    pub(super) fn status_across(&self, lab: &Lab, ui: &dyn Ui) -> miette::Result<crate::verify::status::Status> {
+        let mut resources = Vec::new();
+        let quick = VerifyOptions {
+            timeout: std::time::Duration::from_millis(1500),
+            sweep_after: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        };
+        for h in self.host_names() {
+            let sub = self.host_session(&h);
+            let share = lab.on_host(&h);
+            let observed = sub.observe(&share)?;
+            let plan = crate::plan::plan(&share, &observed, &sub.uri()).ok();
+            let view = verify_view(lab, &h);
+            let report = self
+                .prove_across(
+                    lab,
+                    &[(h.clone(), observed.clone())],
+                    &|_| true,
+                    &quick,
+                    &HostUi { inner: &Silenced(ui) },
+                )
+                .ok()
+                .flatten();
+            let leases: Vec<Lease> = view
+                .networks
+                .values()
+                .flat_map(|n| {
+                    let serving = if lab.hosts.contains_key(&n.host) { n.host.clone() } else { h.clone() };
+                    self.host_session(&serving).hv().dhcp_leases(n.libvirt_name.as_str()).unwrap_or_default()
+                })
+                .collect();
+            let mut st = crate::verify::status::status(&view, &observed, plan.as_ref(), report.as_ref(), &leases);
+            for r in &mut st.resources {
+                r.host = Some(h.clone());
+            }
+            resources.extend(st.resources);
+        }
+        let mut status = crate::verify::status::status(
+            &Lab { vms: Default::default(), networks: Default::default(), ..lab.clone() },
+            &Observed::default(),
+            None,
+            None,
+            &[],
+        );
+        status.resources = resources;
+        Ok(status)
+    }
+
     /// `topo destroy` across hosts: every host's share destroyed in name order, each under its
     /// own locks, after one confirmation of the whole plan.
     ///
@@ -368,6 +422,15 @@ impl Session<'_> {
             return Err(RunError::after(e, plan, report));
         }
         Ok(Run { plan, executed: Some(report), verified: None })
+    }
+}
+
+/// A [`Ui`] that passes on only what stops a run (cancel): for status's quick proof.
+struct Silenced<'a>(&'a dyn Ui);
+
+impl Ui for Silenced<'_> {
+    fn cancel(&self) -> &AtomicBool {
+        self.0.cancel()
     }
 }
 

@@ -101,6 +101,9 @@ impl Session<'_> {
     /// # Errors
     /// A failed observation.
     pub fn status(&self, lab: &Lab, ui: &dyn Ui) -> miette::Result<Status> {
+        if self.is_multi_host() {
+            return self.status_across(lab, ui);
+        }
         let observed = self.observe(lab)?;
         let plan = crate::plan::plan(lab, &observed, &self.uri()).ok();
         let targets = self.nic_targets(lab, &observed);

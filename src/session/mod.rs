@@ -261,6 +261,12 @@ impl<'h> Session<'h> {
         Self { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(host.into()))]) }
     }
 
+    /// A session over several hosts (kept by the caller: a test's doubles), by the names a
+    /// lab across hosts gives them.
+    pub fn over_hosts(hosts: impl IntoIterator<Item = (HostName, Host<'h>)>) -> Self {
+        Self { hosts: hosts.into_iter().map(|(n, h)| (n, Conn::Borrowed(h))).collect() }
+    }
+
     /// The default host: its libvirt connection and, when reachable, its machine.
     pub fn host(&self) -> Host<'_> {
         // Invariant: every constructor inserts at least one host; a session over one host

@@ -65,6 +65,9 @@ impl Serialize for ResourceState {
 /// One network or VM of the lab.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatusResource {
+    /// The host it is on, in a lab across hosts (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<crate::lab::model::HostName>,
     /// `network.NAME` or `vm.NAME`.
     pub address: Address,
     pub libvirt_name: String,
@@ -133,6 +136,7 @@ pub fn status(
             (d, p) => d.or(p),
         };
         resources.push(StatusResource {
+            host: None,
             address,
             libvirt_name: net.libvirt_name.to_string(),
             state,
@@ -181,6 +185,7 @@ pub fn status(
             })
             .collect();
         resources.push(StatusResource {
+            host: None,
             address: address.clone(),
             libvirt_name: vm.libvirt_name.to_string(),
             state,
@@ -205,11 +210,17 @@ impl Status {
     /// The human view: one line per resource (address, libvirt name, state; the first two
     /// columns at least [`STATUS_WIDTHS`] wide), then each VM's addresses (`?` = not proven).
     pub fn table(&self) -> String {
+        let across = self.resources.iter().any(|r| r.host.is_some());
         let rows = self.resources.iter().map(|r| {
             let detail = r.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default();
-            [r.address.to_string(), r.libvirt_name.clone(), format!("{}{detail}", r.state)]
+            let mut row = vec![r.address.to_string(), r.libvirt_name.clone(), format!("{}{detail}", r.state)];
+            if across {
+                row.insert(0, r.host.as_ref().map(ToString::to_string).unwrap_or_default());
+            }
+            row
         });
-        let mut out = crate::table::columns(rows, 1, &STATUS_WIDTHS);
+        let widths: &[u16] = if across { &[4, STATUS_WIDTHS[0], STATUS_WIDTHS[1]] } else { &STATUS_WIDTHS };
+        let mut out = crate::table::columns(rows, 1, widths);
         let vms: Vec<&StatusResource> = self.resources.iter().filter(|r| matches!(r.address, Address::Vm(_))).collect();
         if !vms.is_empty() {
             out.push('\n');

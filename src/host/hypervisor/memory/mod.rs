@@ -51,6 +51,8 @@ struct MemDomain {
 
 #[derive(Debug, Default)]
 struct State {
+    /// What `hostname` reports (`memory` unless `with_hostname`): a host lock is keyed on it.
+    hostname: Option<String>,
     networks: BTreeMap<String, ObservedNetwork>,
     domains: BTreeMap<String, MemDomain>,
     leases: BTreeMap<String, Vec<Lease>>,
@@ -547,6 +549,13 @@ impl MemoryHypervisor {
         self
     }
 
+    /// A host named `name` (what `hostname` reports; host locks key on it): the hosts of a
+    /// lab across hosts.
+    pub fn with_hostname(self, name: &str) -> Self {
+        self.lock().hostname = Some(name.to_owned());
+        self
+    }
+
     /// The machine's own addresses, as `Machine::addresses` reports them (`ip -j addr`).
     pub fn with_host_addresses(self, addresses: &[&str]) -> Self {
         // Invariant: test fixtures give valid addresses.
@@ -812,7 +821,7 @@ impl Hypervisor for MemoryHypervisor {
     }
 
     fn hostname(&self) -> Result<String, HvError> {
-        Ok("memory".to_owned())
+        Ok(self.lock().hostname.clone().unwrap_or_else(|| "memory".to_owned()))
     }
 
     fn observe_libvirt(&self) -> Result<Observed, HvError> {

@@ -1,0 +1,163 @@
+//! Tier 2 across hosts: a lab over two in-memory hosts (`Session::over_hosts`), applied,
+//! checked on each host (its share, its tunnel), planned again empty, destroyed to nothing;
+//! then the fault sweep: every call of either host failing, and the process dying after
+//! every call, and a new apply converges on both hosts, and destroy leaves nothing of the lab.
+
+mod common;
+
+use common::*;
+use topo::host::Host;
+use topo::host::hypervisor::memory::{Fault, MemoryHypervisor};
+use topo::lab::address::Address;
+use topo::lab::model::{HostName, Lab};
+use topo::session::{ApplyRequest, DestroyRequest, Session, Silent};
+
+fn lab_text() -> String {
+    format!(
+        "apiVersion: topo/v1\nname: mh\n\
+         hosts:\n  h1: {{uri: \"qemu+ssh://root@h1/system\", underlay: 10.77.0.11}}\n  \
+         h2: {{uri: \"qemu+ssh://root@h2/system\", underlay: 10.77.0.12}}\n\
+         networks:\n  lan: {{mode: isolated, subnet: 10.10.0.0/24}}\n  wan: {{mode: nat, subnet: 10.20.0.0/24, host: h2}}\n\
+         vms:\n  g1:\n    boot: {{kernel: {k}}}\n    nics: [{{network: lan}}]\n  \
+         g2:\n    host: h2\n    boot: {{kernel: {k}}}\n    nics: [{{network: lan, ip: 10.10.0.20}}, {{network: wan}}]\n",
+        k = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/boot/vmlinuz")
+    )
+}
+
+fn h(s: &str) -> HostName {
+    HostName::new(s).unwrap()
+}
+
+/// Two hosts whose names start with `test` (each test its own: locks key on the host name,
+/// and the tests of this file run at once in one process).
+fn hosts(test: &str) -> (MemoryHypervisor, MemoryHypervisor) {
+    let hv1 = MemoryHypervisor::new().with_hostname(&format!("{test}-h1")).with_host_addresses(&["10.77.0.11"]);
+    let hv2 = MemoryHypervisor::new().with_hostname(&format!("{test}-h2")).with_host_addresses(&["10.77.0.12"]);
+    (hv1, hv2)
+}
+
+fn session<'a>(hv1: &'a MemoryHypervisor, hv2: &'a MemoryHypervisor) -> Session<'a> {
+    Session::over_hosts([(h("h1"), Host::from(hv1)), (h("h2"), Host::from(hv2))])
+}
+
+fn apply(l: &Lab, s: &Session<'_>) -> Result<(), String> {
+    let req = ApplyRequest {
+        saved: None,
+        targets: &[],
+        options: options(4),
+        auto_approve: true,
+        disconnect_foreign: false,
+        verify: None,
+    };
+    s.apply(l, &req, &Silent::default()).map(|_| ()).map_err(|e| format!("{:?}", e.error))
+}
+
+fn destroy(l: &Lab, s: &Session<'_>) -> Result<(), String> {
+    let req = DestroyRequest { targets: &[], graceful: None, options: options(4), disconnect_foreign: false };
+    s.destroy(l, &req, &Silent::default()).map(|_| ()).map_err(|e| format!("{:?}", e.error))
+}
+
+/// Every network, domain and tunnel of a host, by name.
+fn objects(hv: &MemoryHypervisor) -> Vec<String> {
+    let o = hv.observe().unwrap();
+    let tunnels = Host::from(hv).machine.unwrap().tunnels().unwrap();
+    o.networks
+        .keys()
+        .map(|n| format!("network {n}"))
+        .chain(o.domains.keys().map(|d| format!("domain {d}")))
+        .chain(tunnels.iter().map(|t| format!("tunnel {}", t.device)))
+        .collect()
+}
+
+fn plan_is_empty(l: &Lab, s: &Session<'_>) -> bool {
+    s.plan(l, &[], &Silent::default()).unwrap_or_else(|e| panic!("plan: {e:?}")).plan.is_empty()
+}
+
+#[test]
+fn a_lab_across_two_hosts_applies_converges_and_is_destroyed() {
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("whole");
+    let s = session(&hv1, &hv2);
+    let planned = s.plan(&l, &[], &Silent::default()).unwrap().plan;
+    assert_eq!(planned.hosts.keys().map(ToString::to_string).collect::<Vec<_>>(), ["h1", "h2"]);
+    let on =
+        |host: &str| -> Vec<String> { planned.hosts[&h(host)].changes.iter().map(|c| c.address.to_string()).collect() };
+    assert_eq!(on("h1"), ["network.lan", "tunnel.lan", "vm.g1"]);
+    assert_eq!(on("h2"), ["network.lan", "network.wan", "tunnel.lan", "vm.g2"]);
+
+    apply(&l, &s).unwrap();
+    let vx = topo::lab::hosts::tunnel_device(l.vni(&l.networks[&"lan".parse().unwrap()]));
+    assert_eq!(objects(&hv1), ["network mh-lan".to_string(), "domain mh-g1".into(), format!("tunnel {vx}")]);
+    assert_eq!(
+        objects(&hv2),
+        ["network mh-lan".to_string(), "network mh-wan".into(), "domain mh-g2".into(), format!("tunnel {vx}")]
+    );
+    // h1 serves lan (its address, DHCP and g2's reservation); on h2 it is a bridge alone.
+    let o1 = hv1.observe().unwrap();
+    let o2 = hv2.observe().unwrap();
+    assert!(o1.networks["mh-lan"].ip.is_some(), "h1 serves lan");
+    assert!(o2.networks["mh-lan"].ip.is_none(), "lan on h2 has no address");
+    let t1 = Host::from(&hv1).machine.unwrap().tunnels().unwrap();
+    let t2 = Host::from(&hv2).machine.unwrap().tunnels().unwrap();
+    assert_eq!(t1[0].peers, ["10.77.0.12".parse().unwrap()].into());
+    assert_eq!(t2[0].peers, ["10.77.0.11".parse().unwrap()].into());
+    assert_eq!((t1[0].mtu, t1[0].master.as_deref()), (1450, o1.networks["mh-lan"].bridge_now()));
+    assert!(plan_is_empty(&l, &s), "the plan after apply is not empty");
+
+    // A tunnel deleted by hand on h2 is made again, and only that.
+    Host::from(&hv2).machine.unwrap().delete_tunnel(&vx).unwrap();
+    let again = s.plan(&l, &[], &Silent::default()).unwrap().plan;
+    let changed: Vec<(String, String)> =
+        again.all_changes().iter().map(|(h, c)| (h.unwrap().to_string(), c.address.to_string())).collect();
+    assert_eq!(changed, [("h2".to_string(), "tunnel.lan".to_string())]);
+    apply(&l, &s).unwrap();
+    assert!(plan_is_empty(&l, &s));
+
+    destroy(&l, &s).unwrap();
+    assert_eq!(objects(&hv1), Vec::<String>::new());
+    assert_eq!(objects(&hv2), Vec::<String>::new());
+}
+
+#[test]
+fn a_target_on_one_host_leaves_the_other_alone() {
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("target");
+    let s = session(&hv1, &hv2);
+    let planned = s.plan(&l, &[Address::Vm("g1".parse().unwrap())], &Silent::default()).unwrap().plan;
+    assert_eq!(planned.hosts.keys().map(ToString::to_string).collect::<Vec<_>>(), ["h1"]);
+}
+
+#[test]
+fn every_fault_on_either_host_converges() {
+    let l = lab(&lab_text());
+    for faulty in ["h1", "h2"] {
+        // The length of the sweep: the calls of a clean run on the faulty host.
+        let (hv1, hv2) = hosts("sweep");
+        let target = if faulty == "h1" { &hv1 } else { &hv2 };
+        target.clear_calls();
+        target.count_calls();
+        apply(&l, &session(&hv1, &hv2)).unwrap();
+        let n = target.disarm();
+        assert!(n >= 4, "{faulty}: only {n} calls");
+        for fault in [Fault::FailCall, Fault::StopAfterCall] {
+            let mut failed = 0;
+            for k in 1..=n {
+                let what = format!("{faulty}: {fault:?} at call {k} of {n}");
+                let (hv1, hv2) = hosts("sweep");
+                let target = if faulty == "h1" { &hv1 } else { &hv2 };
+                target.arm(k, fault);
+                failed += usize::from(apply(&l, &session(&hv1, &hv2)).is_err());
+                target.disarm();
+                // A new process: apply again converges on both hosts.
+                let s = session(&hv1, &hv2);
+                apply(&l, &s).unwrap_or_else(|e| panic!("{what}: apply again failed: {e}"));
+                assert!(plan_is_empty(&l, &s), "{what}: not converged");
+                destroy(&l, &s).unwrap_or_else(|e| panic!("{what}: destroy failed: {e}"));
+                assert_eq!(objects(&hv1), Vec::<String>::new(), "{what}: left on h1");
+                assert_eq!(objects(&hv2), Vec::<String>::new(), "{what}: left on h2");
+            }
+            eprintln!("{faulty}: {fault:?}: {failed} of {n} faulted runs failed");
+            assert!(failed * 10 >= n * 7, "{faulty}: {fault:?}: only {failed} of {n} faulted runs failed");
+        }
+    }
+}
