@@ -128,10 +128,15 @@ rsh h1 ip link del "$VX"
 topo plan lab.yaml || fail "plan after the changes by hand"
 grep -qF "tunnel.lan ($VX) will be created" "$OUT" || fail "plan does not re-create the tunnel deleted on h1"
 grep -qF "tunnel.lan ($VX) will be updated in place" "$OUT" || fail "plan does not re-attach the tunnel on h2"
+# Another run holds h2's host lock on h2 itself for 12 s (longer than observing both hosts
+# takes): this apply waits for it.
+rsh h2 'setsid flock /run/lock/topo-host.lock sleep 12 </dev/null >/dev/null 2>&1 &'
+sleep 0.5
 topo apply -y lab.yaml || fail "apply after the changes by hand"
+grep -q "Waiting for another topo run on root@h2" "$OUT" || fail "apply did not wait for the host lock held on h2"
 grep -q "Verify: 3 verified" "$OUT" || fail "not every NIC proven after the changes by hand"
 topo apply -y --no-verify lab.yaml && grep -q "No changes." "$OUT" || fail "no convergence after the changes by hand"
-step "lan restarted by hand on h2 and the tunnel deleted on h1: apply re-attaches and re-creates, all proven, then no changes"
+step "lan restarted by hand on h2 and the tunnel deleted on h1: apply waits for h2's lock held on h2, re-attaches and re-creates, all proven, then no changes"
 
 ! topo --host h2=qemu+ssh://root@10.77.0.19/system plan lab.yaml || fail "plan with h2 unreachable succeeded"
 grep -q "host h2 of the lab cannot be reached" "$OUT" || fail "plan does not name the unreachable host"
@@ -140,6 +145,13 @@ step "an unreachable host stops plan, named (topo::host::unreachable)"
 topo verify lab.yaml || fail "verify"
 grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "topo verify"
 step "topo verify: 3 verified"
+
+! topo --host h2=qemu+ssh://root@10.77.0.19/system destroy -y lab.yaml || fail "destroy with h2 unreachable succeeded"
+grep -q "left there: h2 (vm.g2," "$OUT" ||
+  fail "destroy does not say what is left on the unreachable h2"
+[ -z "$(vsh h1 list --all --name)$(vsh h1 net-list --all --name)" ] || fail "destroy with h2 unreachable left h1's part"
+[ -n "$(vsh h2 list --all --name)" ] || fail "h2's part went although h2 was unreachable"
+step "destroy with h2 unreachable: h1 cleaned, h2's part named as left (topo::host::left_on_unreachable)"
 
 t=$(now_ms)
 topo destroy -y lab.yaml || fail "destroy"

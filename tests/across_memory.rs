@@ -49,12 +49,12 @@ fn apply(l: &Lab, s: &Session<'_>) -> Result<(), String> {
         disconnect_foreign: false,
         verify: None,
     };
-    s.apply(l, &req, &Silent::default()).map(|_| ()).map_err(|e| format!("{:?}", e.error))
+    s.apply(l, &req, &Silent::default()).map(|_| ()).map_err(|e| e.error.to_string())
 }
 
 fn destroy(l: &Lab, s: &Session<'_>) -> Result<(), String> {
     let req = DestroyRequest { targets: &[], graceful: None, options: options(4), disconnect_foreign: false };
-    s.destroy(l, &req, &Silent::default()).map(|_| ()).map_err(|e| format!("{:?}", e.error))
+    s.destroy(l, &req, &Silent::default()).map(|_| ()).map_err(|e| e.error.to_string())
 }
 
 /// Every network, domain and tunnel of a host, by name.
@@ -160,4 +160,43 @@ fn every_fault_on_either_host_converges() {
             assert!(failed * 10 >= n * 7, "{faulty}: {fault:?}: only {failed} of {n} faulted runs failed");
         }
     }
+}
+
+fn down() -> topo::host::hypervisor::HvError {
+    topo::host::hypervisor::HvError {
+        op: "connect".into(),
+        object: "qemu+ssh://root@h2/system".into(),
+        message: "ssh: connect to host h2 port 22: No route to host".into(),
+        kind: topo::host::hypervisor::HvErrorKind::Other,
+        hint: None,
+    }
+}
+
+/// A host that cannot be reached: a run that needs it stops before anything is done on any
+/// host, naming it; `--target` on the other host goes on; destroy cleans the host that
+/// answers and fails saying what is left on the other.
+#[test]
+fn an_unreachable_host_stops_what_needs_it_only() {
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("down");
+    let h1_only = || Session::over_hosts([(h("h1"), Host::from(&hv1))]).with_unreachable(h("h2"), down());
+    let err = apply(&l, &h1_only()).unwrap_err();
+    assert!(err.contains("host h2 of the lab cannot be reached"), "{err}");
+    assert_eq!(objects(&hv1), Vec::<String>::new(), "nothing is made on h1 when h2 is needed and down");
+
+    let req = ApplyRequest {
+        saved: None,
+        targets: &[Address::Vm("g1".parse().unwrap())],
+        options: options(4),
+        auto_approve: true,
+        disconnect_foreign: false,
+        verify: None,
+    };
+    h1_only().apply(&l, &req, &Silent::default()).map_err(|e| e.error.to_string()).unwrap();
+    assert!(objects(&hv1).contains(&"domain mh-g1".to_string()), "--target vm.g1 acts on h1");
+
+    let err = destroy(&l, &h1_only()).unwrap_err();
+    assert!(err.contains("left there: h2 (vm.g2, network.lan, network.wan, tunnel.lan)"), "{err}");
+    assert_eq!(objects(&hv1), Vec::<String>::new(), "destroy cleans the host that answers");
+    drop(hv2);
 }

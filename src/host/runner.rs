@@ -87,6 +87,123 @@ pub trait Runner: Send + Sync {
 
     /// The machine, for messages: `this machine` or `[user@]host`.
     fn describe(&self) -> String;
+
+    /// Starts `argv` on the machine and leaves it running, its stdin and stdout piped to
+    /// topo: what holds something there for as long as topo runs ([`HostLockOn`]). Over ssh
+    /// the remote command sees its stdin end when topo's end does, however topo ends.
+    ///
+    /// # Errors
+    /// It could not be started; a runner that cannot keep a process (a test double) says so
+    /// as [`RunError::Spawn`] with kind `Unsupported`.
+    fn start(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
+        Err(RunError::Spawn {
+            program: argv.first().copied().unwrap_or_default().to_owned(),
+            kind: std::io::ErrorKind::Unsupported,
+            message: format!("{} cannot keep a process running", self.describe()),
+        })
+    }
+}
+
+/// Starts `cmd` with stdin and stdout piped, stderr discarded.
+fn start_piped(program: &str, cmd: &mut Command) -> Result<std::process::Child, RunError> {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| RunError::Spawn {
+        program: program.to_owned(),
+        kind: e.kind(),
+        message: e.to_string(),
+    })
+}
+
+/// Where a host's lock lives on the host itself (`/run/lock`: cleared at boot, like the lock
+/// of a run that cannot outlive it).
+pub const HOST_LOCK_ON_HOST: &str = "/run/lock/topo-host.lock";
+
+/// The shell script that holds [`HOST_LOCK_ON_HOST`] on a host: `flock(1)` takes it (at once,
+/// or after printing `waiting` and waiting up to `$1` seconds), prints `locked`, and keeps it
+/// while its stdin stays open (`cat`); exit 1 when the wait timed out, 127 without `flock`.
+const HOLD_SCRIPT: &str = r#"f=/run/lock/topo-host.lock; mkdir -p /run/lock || exit 1
+hold='echo locked; exec cat >/dev/null'
+flock -n "$f" sh -c "$hold" && exit 0
+[ $? -eq 127 ] && exit 127
+echo waiting
+exec flock -w "$1" "$f" sh -c "$hold""#;
+
+/// A host's lock held on the host itself, by a process that keeps `flock` there: released
+/// when dropped (its stdin closed, the remote `cat` ends, `flock` lets go), or when topo dies
+/// in any way (the pipe closes with it).
+#[derive(Debug)]
+pub struct HostLockOn {
+    child: std::process::Child,
+    /// `[user@]host`, for messages.
+    pub host: String,
+}
+
+/// Why a host's lock could not be taken on the host.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum HostLockError {
+    #[error("cannot take the host's lock: {0}")]
+    #[diagnostic(code(topo::host::lock))]
+    Run(#[from] RunError),
+    #[error("another topo run holds the lock of {host} ({path} there) and did not let go within {seconds} s")]
+    #[diagnostic(
+        code(topo::host::locked),
+        help("wait for the other run to finish, then run again: nothing was changed")
+    )]
+    Timeout { host: String, path: &'static str, seconds: u64 },
+    #[error("cannot take the lock of {host} ({path} there): {message}")]
+    #[diagnostic(code(topo::host::lock))]
+    Failed { host: String, path: &'static str, message: String },
+}
+
+impl HostLockOn {
+    /// Takes the host lock on the machine of `runner`, waiting up to `timeout` while another
+    /// run holds it (`on_wait` is called once when it has to wait).
+    ///
+    /// # Errors
+    /// It cannot be started (ssh fails, no `flock`: util-linux), or the wait timed out.
+    pub fn acquire(
+        runner: &dyn Runner,
+        timeout: std::time::Duration,
+        on_wait: impl FnOnce(),
+    ) -> Result<Self, HostLockError> {
+        use std::io::BufRead;
+        let host = runner.describe();
+        let secs = timeout.as_secs().max(1).to_string();
+        let mut child = runner.start(&["sh", "-c", HOLD_SCRIPT, "topo-hold", &secs])?;
+        let failed = |message: String| HostLockError::Failed { host: host.clone(), path: HOST_LOCK_ON_HOST, message };
+        let Some(out) = child.stdout.take() else { return Err(failed("no output pipe".into())) };
+        let mut lines = std::io::BufReader::new(out).lines();
+        let mut on_wait = Some(on_wait);
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l == "locked" => return Ok(Self { child, host }),
+                Some(Ok(l)) if l == "waiting" => {
+                    if let Some(f) = on_wait.take() {
+                        f();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(failed(e.to_string())),
+                None => {
+                    let code = child.wait().ok().and_then(|s| s.code());
+                    return Err(match code {
+                        Some(1) if on_wait.is_none() => {
+                            HostLockError::Timeout { host, path: HOST_LOCK_ON_HOST, seconds: timeout.as_secs() }
+                        }
+                        Some(127) => failed("`flock` is not installed there (util-linux)".into()),
+                        Some(255) => failed("ssh could not reach the host".into()),
+                        c => failed(format!("the lock holder ended with status {c:?}")),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HostLockOn {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// This machine: each command a child process (`PATH` lookup as `execvp`).
@@ -107,6 +224,17 @@ impl Runner for LocalRunner {
 
     fn describe(&self) -> String {
         "this machine".into()
+    }
+
+    fn start(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(RunError::Spawn {
+                program: String::new(),
+                kind: std::io::ErrorKind::InvalidInput,
+                message: "empty command".into(),
+            });
+        };
+        start_piped(program, Command::new(program).args(args))
     }
 }
 
@@ -347,6 +475,11 @@ impl Runner for SshRunner {
         Ok(out)
     }
 
+    fn start(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
+        let a = self.ssh_argv(argv);
+        start_piped("ssh", Command::new(&a[0]).args(&a[1..]))
+    }
+
     fn describe(&self) -> String {
         self.target.destination()
     }
@@ -517,6 +650,24 @@ mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host lock held on a machine by a kept process: a second run waits (told once),
+    /// times out while the first holds it, and takes it once the first lets go (its stdin
+    /// closed), as happens when a topo run ends or dies. Here on this machine through the
+    /// local runner (the ssh runner keeps the same process on a remote host: tier 4).
+    #[test]
+    fn the_host_lock_on_a_host_is_held_by_a_kept_process() {
+        let first = HostLockOn::acquire(&LocalRunner, std::time::Duration::from_secs(5), || panic!("free: no wait"))
+            .expect("the first run takes the lock");
+        let mut told = false;
+        let second = HostLockOn::acquire(&LocalRunner, std::time::Duration::from_secs(1), || told = true);
+        assert!(matches!(second, Err(HostLockError::Timeout { seconds: 1, .. })), "{second:?}");
+        assert!(told, "the waiting run is told once");
+        drop(first);
+        let third =
+            HostLockOn::acquire(&LocalRunner, std::time::Duration::from_secs(5), || panic!("released: no wait"));
+        assert!(third.is_ok(), "{third:?}");
+    }
 
     #[test]
     fn shell_quoting_keeps_plain_words_and_single_quotes_the_rest() {

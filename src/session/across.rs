@@ -107,11 +107,43 @@ impl LeaseSource for ServedLeases<'_> {
     }
 }
 
+/// What the lab file puts on host `h` (its share), for a host that could not be reached:
+/// `h2 (vm.g2, network.lan, tunnel.lan)`.
+fn left_on(h: &HostName, share: &Lab) -> String {
+    let mut what: Vec<String> = share.vms.keys().map(|v| format!("vm.{v}")).collect();
+    what.extend(
+        share
+            .networks
+            .values()
+            .filter(|n| matches!(n.kind, crate::lab::model::NetworkKind::Managed(_)))
+            .map(|n| format!("network.{}", n.name)),
+    );
+    let tunnels = share.share_host().map(|sh| share.tunnels_on(sh)).unwrap_or_default();
+    what.extend(tunnels.iter().map(|t| format!("tunnel.{}", t.network)));
+    format!("{h} ({})", what.join(", "))
+}
+
 impl Session<'_> {
-    /// Host `h`'s session, by a name this session has (an invariant of the callers, which
-    /// walk `host_names`).
+    /// The hosts a run acts on, with their share of `lab` and the targets in it (all hosts
+    /// without targets, else those holding one), in name order.
+    ///
+    /// # Errors
+    /// One of them could not be reached: the run stops before changing anything, naming it.
+    fn needed(&self, lab: &Lab, targets: &[Address]) -> Result<Vec<(HostName, Lab, Vec<Address>)>, SessionError> {
+        let mut out = Vec::new();
+        for h in self.host_names() {
+            let share = lab.on_host(&h);
+            let Some(here) = targets_in(&share, targets) else { continue };
+            self.reach(&h)?;
+            out.push((h, share, here));
+        }
+        Ok(out)
+    }
+
+    /// Host `h`'s session, for a host the caller found reached ([`Session::needed`],
+    /// [`Session::reach`]).
     fn host_session(&self, h: &HostName) -> Session<'_> {
-        // Invariant: `h` comes from `self.host_names()`.
+        // Invariant: the callers pass hosts `needed` or `reach` found reached.
         self.for_host(h).expect("a host of this session")
     }
 
@@ -122,9 +154,7 @@ impl Session<'_> {
     /// As [`Session::plan`], on any host.
     pub(super) fn plan_across(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> miette::Result<Planned> {
         let mut plans = BTreeMap::new();
-        for h in self.host_names() {
-            let share = lab.on_host(&h);
-            let Some(here) = targets_in(&share, targets) else { continue };
+        for (h, share, here) in self.needed(lab, targets)? {
             ui.status(&format!("Host {h}:"));
             let planned = self.host_session(&h).plan(&share, &here, &HostUi { inner: ui })?;
             plans.insert(h, planned.plan);
@@ -151,9 +181,7 @@ impl Session<'_> {
         }
         let quiet = HostUi { inner: ui };
         let mut ready: Vec<(HostName, Lab, Ready)> = Vec::new();
-        for h in self.host_names() {
-            let share = lab.on_host(&h);
-            let Some(here) = targets_in(&share, req.targets) else { continue };
+        for (h, share, here) in self.needed(lab, req.targets).map_err(|e| RunError::before(e.into()))? {
             ui.status(&format!("Host {h}:"));
             let host_req = ApplyRequest {
                 saved: None,
@@ -257,7 +285,11 @@ impl Session<'_> {
                     continue;
                 }
                 let serving = if lab.hosts.contains_key(&net.host) { net.host.clone() } else { h.clone() };
-                sources.push((t.libvirt_network.clone(), self.host_session(&serving)));
+                // A serving host that cannot be reached has no leases to give: the NIC's
+                // reservation and a sweep of its subnet remain.
+                if let Some(at) = self.for_host(&serving) {
+                    sources.push((t.libvirt_network.clone(), at));
+                }
             }
             work.push((h.clone(), sub, targets, ServedLeases { sources }));
         }
@@ -304,7 +336,7 @@ impl Session<'_> {
         ui: &dyn Ui,
     ) -> miette::Result<super::Proven> {
         let mut observed = Vec::new();
-        for h in self.host_names() {
+        for (h, ..) in self.needed(lab, &[])? {
             ui.status(&format!("Observing host {h} ({}) ...", self.host_session(&h).uri()));
             observed.push((h.clone(), self.host_session(&h).observe_host_for(&lab.on_host(&h))?));
         }
@@ -337,9 +369,8 @@ impl Session<'_> {
             sweep_after: std::time::Duration::from_secs(3600),
             ..Default::default()
         };
-        for h in self.host_names() {
+        for (h, share, _) in self.needed(lab, &[])? {
             let sub = self.host_session(&h);
-            let share = lab.on_host(&h);
             let observed = sub.observe(&share)?;
             let plan = crate::plan::plan(&share, &observed, &sub.uri()).ok();
             let view = verify_view(lab, &h);
@@ -358,7 +389,9 @@ impl Session<'_> {
                 .values()
                 .flat_map(|n| {
                     let serving = if lab.hosts.contains_key(&n.host) { n.host.clone() } else { h.clone() };
-                    self.host_session(&serving).hv().dhcp_leases(n.libvirt_name.as_str()).unwrap_or_default()
+                    self.for_host(&serving)
+                        .map(|at| at.hv().dhcp_leases(n.libvirt_name.as_str()).unwrap_or_default())
+                        .unwrap_or_default()
                 })
                 .collect();
             let mut st = crate::verify::status::status(&view, &observed, plan.as_ref(), report.as_ref(), &leases);
@@ -386,9 +419,17 @@ impl Session<'_> {
     pub(super) fn destroy_across(&self, lab: &Lab, req: &DestroyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
         let quiet = HostUi { inner: ui };
         let mut plans = BTreeMap::new();
+        // A host that cannot be reached keeps its part of the lab: the others are destroyed,
+        // and the run fails saying what is left where.
+        let mut left = Vec::new();
         for h in self.host_names() {
             let share = lab.on_host(&h);
             let Some(here) = targets_in(&share, req.targets) else { continue };
+            if let Err(e) = self.reach(&h) {
+                ui.warn(&format!("warning: {e}"));
+                left.push(left_on(&h, &share));
+                continue;
+            }
             ui.status(&format!("Host {h}:"));
             let host_id = self.host_session(&h).host_id().map_err(|e| RunError::before(e.into()))?;
             let host_req = destroy_request(req, &here);
@@ -398,6 +439,9 @@ impl Session<'_> {
         }
         let plan = Plan::across(lab.name.as_str(), req.targets.to_vec(), plans);
         if plan.is_empty() {
+            if !left.is_empty() {
+                return Err(RunError::before(SessionError::LeftOnUnreachable { left: left.join("; ") }.into()));
+            }
             return Ok(Run { plan, executed: None, verified: None });
         }
         ui.plan(&plan, &lab.source.name())
@@ -407,6 +451,9 @@ impl Session<'_> {
         for h in self.host_names() {
             let share = lab.on_host(&h);
             let Some(here) = targets_in(&share, req.targets) else { continue };
+            if self.reach(&h).is_err() {
+                continue;
+            }
             let host_req = destroy_request(req, &here);
             match self.host_session(&h).destroy(&share, &host_req, &quiet) {
                 Ok(run) => reports.extend(run.executed),
@@ -420,6 +467,9 @@ impl Session<'_> {
         let report = merged(reports);
         if let Err(e) = ui.executed(Command::Destroy, &report) {
             return Err(RunError::after(e, plan, report));
+        }
+        if !left.is_empty() {
+            return Err(RunError::after(SessionError::LeftOnUnreachable { left: left.join("; ") }, plan, report));
         }
         Ok(Run { plan, executed: Some(report), verified: None })
     }

@@ -37,15 +37,22 @@ pub use crate::lab::names::HostName;
 /// it runs the host) or borrows (a test's doubles, which the test keeps to arm faults and
 /// look at calls).
 enum Conn<'h> {
-    Libvirt { hv: Box<LibvirtHypervisor>, machine: Option<Box<dyn Machine>> },
+    Libvirt {
+        hv: Box<LibvirtHypervisor>,
+        machine: Option<Box<dyn Machine>>,
+    },
     Borrowed(Host<'h>),
+    /// A host of a lab across hosts that could not be reached when the session opened.
+    Unreachable(HvError),
 }
 
 impl Conn<'_> {
-    fn host(&self) -> Host<'_> {
+    /// The host, when it was reached.
+    fn host(&self) -> Option<Host<'_>> {
         match self {
-            Conn::Libvirt { hv, machine } => Host { hv: hv.as_ref(), machine: machine.as_deref() },
-            Conn::Borrowed(h) => *h,
+            Conn::Libvirt { hv, machine } => Some(Host { hv: hv.as_ref(), machine: machine.as_deref() }),
+            Conn::Borrowed(h) => Some(*h),
+            Conn::Unreachable(_) => None,
         }
     }
 }
@@ -150,7 +157,7 @@ pub enum SessionError {
     #[diagnostic(transparent)]
     Host(#[from] HvError),
     /// A host of a lab across hosts cannot be reached: nothing was changed on any host.
-    #[error("host {host} of the lab cannot be reached: {source}")]
+    #[error("host {host} of the lab cannot be reached")]
     #[diagnostic(
         code(topo::host::unreachable),
         help("nothing was changed on any host; check that the host's uri (or --host {host}=URI) reaches its libvirtd")
@@ -164,6 +171,13 @@ pub enum SessionError {
     #[error("--host names host `{host}`, which the lab file does not declare (its hosts: {known})")]
     #[diagnostic(code(topo::host::unknown), help("use the names under `hosts:` in the lab file"))]
     UnknownHost { host: String, known: String },
+    /// Destroy could not reach some hosts: their part of the lab is still there.
+    #[error("destroy could not reach every host of the lab; left there: {left}")]
+    #[diagnostic(
+        code(topo::host::left_on_unreachable),
+        help("the hosts that answered were cleaned; run `topo destroy` again when the others answer")
+    )]
+    LeftOnUnreachable { left: String },
     /// A command that does not work across hosts yet.
     #[error("{what} does not work on a lab across hosts yet")]
     #[diagnostic(code(topo::host::not_across_hosts), help("{help}"))]
@@ -208,10 +222,13 @@ impl<'h> Session<'h> {
     /// A session over the hosts of `lab`: for a lab on one host, [`Session::connect`] of
     /// `connect` (`--connect`); for a lab that names its hosts, one connection per host, to
     /// the URI `--host NAME=URI` gives it (`uris`) or else the lab file's, each opened as
-    /// [`Session::connect`] opens one.
+    /// [`Session::connect`] opens one. A host that cannot be reached is kept as such: a run
+    /// that needs it stops before changing anything, naming it; `--target` on the other
+    /// hosts and destroy go on without it (docs/multi-host.md).
     ///
     /// # Errors
-    /// A host cannot be reached (the error names it), or `uris` names a host the lab does not.
+    /// No host can be reached (the error names the first), or `uris` names a host the lab
+    /// does not.
     pub fn connect_lab(
         lab: &Lab,
         connect: Option<&str>,
@@ -229,9 +246,12 @@ impl<'h> Session<'h> {
         let mut hosts = BTreeMap::new();
         for (name, h) in &lab.hosts {
             let uri = uris.get(name).unwrap_or(&h.uri);
-            let conn = Self::open(uri)
-                .map_err(|e| SessionError::HostUnreachable { host: name.to_string(), source: Box::new(e) })?;
-            hosts.insert(name.clone(), conn);
+            hosts.insert(name.clone(), Self::open(uri).unwrap_or_else(Conn::Unreachable));
+        }
+        if hosts.values().all(|c| matches!(c, Conn::Unreachable(_)))
+            && let Some((name, Conn::Unreachable(e))) = hosts.iter().next()
+        {
+            return Err(SessionError::HostUnreachable { host: name.to_string(), source: Box::new(e.clone()) });
         }
         Ok(Session { hosts })
     }
@@ -246,13 +266,31 @@ impl<'h> Session<'h> {
         self.hosts.keys().cloned().collect()
     }
 
-    /// A session over host `name` of this one alone, as its default host.
+    /// A session over host `name` of this one alone, as its default host; `None` when the
+    /// session has no such host or could not reach it.
+    pub fn for_host(&self, name: &HostName) -> Option<Session<'_>> {
+        let host = self.hosts.get(name)?.host()?;
+        Some(Session { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(host))]) })
+    }
+
+    /// Host `name`'s session, or why it cannot be had.
     ///
     /// # Errors
-    /// The session has no host `name`.
-    pub fn for_host(&self, name: &HostName) -> Option<Session<'_>> {
-        let conn = self.hosts.get(name)?;
-        Some(Session { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(conn.host()))]) })
+    /// [`SessionError::HostUnreachable`] (with the error libvirt gave when the session
+    /// opened), or `UnknownHost` for a name the session lacks.
+    pub fn reach(&self, name: &HostName) -> Result<Session<'_>, SessionError> {
+        match self.hosts.get(name).map(|c| (c, c.host())) {
+            Some((_, Some(host))) => {
+                Ok(Session { hosts: BTreeMap::from([(HostName::default_host(), Conn::Borrowed(host))]) })
+            }
+            Some((Conn::Unreachable(e), None)) => {
+                Err(SessionError::HostUnreachable { host: name.to_string(), source: Box::new(e.clone()) })
+            }
+            _ => Err(SessionError::UnknownHost {
+                host: name.to_string(),
+                known: self.hosts.keys().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            }),
+        }
     }
 
     /// A session over `host` (kept by the caller: a test's doubles, `&MemoryHypervisor`) as
@@ -267,16 +305,23 @@ impl<'h> Session<'h> {
         Self { hosts: hosts.into_iter().map(|(n, h)| (n, Conn::Borrowed(h))).collect() }
     }
 
+    /// This session with host `name` as one that could not be reached, with `error` (what a
+    /// test plays for a host that is down).
+    pub fn with_unreachable(mut self, name: HostName, error: HvError) -> Self {
+        self.hosts.insert(name, Conn::Unreachable(error));
+        self
+    }
+
     /// The default host: its libvirt connection and, when reachable, its machine.
     pub fn host(&self) -> Host<'_> {
-        // Invariant: every constructor inserts at least one host; a session over one host
-        // has it under the default name, one across hosts answers for its first.
-        let conn = self
-            .hosts
+        // Invariant: every constructor inserts at least one reached host (`connect_lab`
+        // refuses a lab none of whose hosts answers); a session over one host has it under
+        // the default name, one across hosts answers for its first reached host.
+        self.hosts
             .get(&HostName::default_host())
-            .or_else(|| self.hosts.values().next())
-            .expect("a session has a host");
-        conn.host()
+            .and_then(Conn::host)
+            .or_else(|| self.hosts.values().find_map(Conn::host))
+            .expect("a session has a reached host")
     }
 
     /// The default host's libvirt connection.

@@ -86,6 +86,9 @@ pub(super) struct Ready {
     _lab_lock: LabLock,
     /// Held when there is something to execute.
     _host_lock: Option<HostLock>,
+    /// The same lock on a host reached over ssh, held there (`flock` on the host): runs from
+    /// other machines wait for it too.
+    _on_host: Option<crate::host::runner::HostLockOn>,
 }
 
 impl Session<'_> {
@@ -165,7 +168,7 @@ impl Session<'_> {
         // executed passes them again under the host lock (it may be another one made there).
         crate::plan::check_executable(lab, &observed, &plan, &uri, Direction::Apply, req.disconnect_foreign)?;
         if plan.is_empty() {
-            return Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: None });
+            return Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: None, _on_host: None });
         }
         // A saved plan was reviewed when it was made: applying it is the confirmation.
         if req.saved.is_none() {
@@ -178,6 +181,7 @@ impl Session<'_> {
         let host_lock = HostLock::acquire(&host, &format!("topo apply lab {}", lab.name), HOST_LOCK_TIMEOUT, |h| {
             ui.status(&format!("Waiting for another topo run on this host ({h}) ..."));
         })?;
+        let on_host = self.lock_on_host(ui)?;
         let now = self.observe(lab)?;
         let ctx = Executing {
             lab,
@@ -191,7 +195,18 @@ impl Session<'_> {
             ui.plan(&again, &file)?;
             plan = again;
         }
-        Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: Some(host_lock) })
+        Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: Some(host_lock), _on_host: on_host })
+    }
+
+    /// The host lock on the host itself when the host is reached over ssh
+    /// ([`crate::host::runner::HostLockOn`]); `None` for this machine (the lock file here is
+    /// the host's) and hosts topo reaches through libvirt alone.
+    fn lock_on_host(&self, ui: &dyn Ui) -> miette::Result<Option<crate::host::runner::HostLockOn>> {
+        let Some(runner) = self.host().machine.and_then(|m| m.remote_runner()) else { return Ok(None) };
+        let held = crate::host::runner::HostLockOn::acquire(runner.as_ref(), HOST_LOCK_TIMEOUT, || {
+            ui.status(&format!("Waiting for another topo run on {} ...", runner.describe()));
+        })?;
+        Ok(Some(held))
     }
 
     /// After apply (or a plan with nothing to do): verifies the NICs of the VMs the plan
@@ -267,6 +282,7 @@ impl Session<'_> {
             ui.confirm("destroy these objects")
         });
         confirmed.map_err(RunError::before)?;
+        let _on_host = self.lock_on_host(ui).map_err(RunError::before)?;
         let mut opts = req.options.clone();
         if let Some(t) = req.graceful {
             opts.shutdown_timeout = t;
