@@ -10,6 +10,7 @@
 #   -> `lan` restarted by hand on h2, the tunnel deleted by hand on h1: apply converges
 #   -> an unreachable host (--host h2=...) stops plan, naming it
 #   -> topo verify; destroy: nothing of the lab left on either host
+#   -> a lab on one remote host (qemu+ssh, no hosts:): its NIC proven by ARP there too
 #   -> the machine boundary over real ssh (tests/machine_ssh.rs, ignored elsewhere)
 # Env: TOPO_BIN (default target/debug/topo, built if missing), TOPO_GUEST_DIR, as hosts.sh;
 #      KEEP=1 leaves the hosts up. Exit 0 on success; tears down on failure too.
@@ -128,12 +129,20 @@ rsh h1 ip link del "$VX"
 topo plan lab.yaml || fail "plan after the changes by hand"
 grep -qF "tunnel.lan ($VX) will be created" "$OUT" || fail "plan does not re-create the tunnel deleted on h1"
 grep -qF "tunnel.lan ($VX) will be updated in place" "$OUT" || fail "plan does not re-attach the tunnel on h2"
-# Another run holds h2's host lock on h2 itself for 12 s (longer than observing both hosts
-# takes): this apply waits for it.
-rsh h2 'setsid flock /run/lock/topo-host.lock sleep 12 </dev/null >/dev/null 2>&1 &'
-sleep 0.5
-topo apply -y lab.yaml || fail "apply after the changes by hand"
-grep -q "Waiting for another topo run on root@h2" "$OUT" || fail "apply did not wait for the host lock held on h2"
+# Another run holds h2's host lock on h2 itself until released: this apply waits for it,
+# says so, and goes on once it is released.
+rsh h2 'rm -f /run/topo-e2e-release; setsid flock /run/lock/topo-host.lock sh -c "while [ ! -e /run/topo-e2e-release ]; do sleep 0.2; done" </dev/null >/dev/null 2>&1 &'
+(topo apply -y lab.yaml && echo 0 >"$X/rc" || echo 1 >"$X/rc") &
+apply_pid=$!
+for _ in $(seq 600); do
+  grep -q "Waiting for another topo run on root@h2" "$OUT" 2>/dev/null && break
+  sleep 0.2
+done
+waited=$(grep -c "Waiting for another topo run on root@h2" "$OUT" || true)
+rsh h2 touch /run/topo-e2e-release
+wait "$apply_pid"
+[ "$waited" -ge 1 ] || fail "apply did not wait for the host lock held on h2"
+[ "$(cat "$X/rc")" = 0 ] || fail "apply after the changes by hand"
 grep -q "Verify: 3 verified" "$OUT" || fail "not every NIC proven after the changes by hand"
 topo apply -y --no-verify lab.yaml && grep -q "No changes." "$OUT" || fail "no convergence after the changes by hand"
 step "lan restarted by hand on h2 and the tunnel deleted on h1: apply waits for h2's lock held on h2, re-attaches and re-creates, all proven, then no changes"
@@ -162,6 +171,24 @@ for h in h1 h2; do
   [ -z "$(rsh "$h" ip -br link show type vxlan)" ] || fail "a VXLAN device is left on $h"
 done
 step "destroy: no domain, network or tunnel left on h1 or h2"
+
+# A lab on one remote host (no `hosts:`): its NIC is proven by ARP on that host too.
+cat >"$X/one.yaml" <<EOF
+apiVersion: topo/v1
+name: one
+networks:
+  n: {mode: isolated, subnet: 10.30.0.0/24}
+vms:
+  v:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet}
+    nics: [{network: n}]
+EOF
+topo -c qemu+ssh://root@h2/system apply -y one.yaml || fail "apply of a lab on one remote host"
+grep -E "^v +eth0 +n .* arp reply from " "$OUT" >/dev/null || fail "the NIC on the remote host was not proven by ARP"
+topo -c qemu+ssh://root@h2/system destroy -y one.yaml || fail "destroy of the lab on one remote host"
+step "a lab on one remote host (qemu+ssh, no hosts:): its NIC proven by ARP on that host (arping over ssh)"
 
 (cd "$ROOT" && cargo test --locked --test machine_ssh --no-run >/dev/null 2>&1)
 BIN=$(cd "$ROOT" && ls -t target/debug/deps/machine_ssh-* | grep -v '\.d$' | head -1)
