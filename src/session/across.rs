@@ -447,22 +447,43 @@ impl Session<'_> {
         ui.plan(&plan, &lab.source.name())
             .and_then(|()| ui.confirm("destroy these objects"))
             .map_err(RunError::before)?;
+        // Each host that answers destroys its share under its own locks, the hosts in
+        // parallel (one thread each, as apply runs them).
+        let jobs: Vec<(HostName, Lab, Vec<Address>)> = self
+            .host_names()
+            .into_iter()
+            .filter(|h| self.reach(h).is_ok())
+            .filter_map(|h| {
+                let share = lab.on_host(&h);
+                let here = targets_in(&share, req.targets)?;
+                Some((h, share, here))
+            })
+            .collect();
+        let results: Vec<Result<Run, RunError>> = std::thread::scope(|s| {
+            let quiet = &quiet;
+            let runs: Vec<_> = jobs
+                .iter()
+                .map(|(h, share, here)| {
+                    let sub = self.host_session(h);
+                    s.spawn(move || sub.destroy(share, &destroy_request(req, here), quiet))
+                })
+                .collect();
+            // Invariant: destroy reports failures as results, it does not panic.
+            runs.into_iter().map(|t| t.join().expect("a host's destroy thread")).collect()
+        });
         let mut reports = Vec::new();
-        for h in self.host_names() {
-            let share = lab.on_host(&h);
-            let Some(here) = targets_in(&share, req.targets) else { continue };
-            if self.reach(&h).is_err() {
-                continue;
-            }
-            let host_req = destroy_request(req, &here);
-            match self.host_session(&h).destroy(&share, &host_req, &quiet) {
+        let mut first_error = None;
+        for r in results {
+            match r {
                 Ok(run) => reports.extend(run.executed),
                 Err(e) => {
-                    let mut partial = e.partial.map(|p| p.executed).unwrap_or_default();
-                    reports.extend(partial.take());
-                    return Err(RunError::after(e.error, plan, merged(reports)));
+                    reports.extend(e.partial.and_then(|p| p.executed));
+                    first_error.get_or_insert(e.error);
                 }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(RunError::after(e, plan, merged(reports)));
         }
         let report = merged(reports);
         if let Err(e) = ui.executed(Command::Destroy, &report) {
