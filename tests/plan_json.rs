@@ -274,6 +274,7 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         PoolNeeded,
         Unplugged { nics: vec![] },
         Released,
+        NetworkRenewed,
         Netem { nics: vec![] },
         DeletedOutsideTopo { volumes: vec![] },
         UndefinedOutsideTopo,

@@ -168,6 +168,7 @@ mod tests {
             Reason::Adopted,
             Reason::TakenOver { from: "/labs/a.yaml".into() },
             Reason::Replugged { fields: vec![Field::NicMtu("52:54:00:00:00:01".parse().expect("a MAC"))] },
+            Reason::NetworkRenewed,
         ]
     }
 
