@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::lab::address::Address;
-use crate::lab::model::{Lab, NetworkKind, NetworkName, VmName};
+use crate::lab::model::{HostName, Lab, NetworkKind, NetworkName, VmName};
 
 /// A drawn node: a network or a VM of the lab file.
 enum Node<'l> {
@@ -57,6 +57,14 @@ pub fn to_dot(lab: &Lab) -> String {
             Node::Vm(v) => writeln!(s, "  \"{}\" [shape=box label=\"{v}\"];", node.address()),
         };
     }
+    // A lab across hosts: each host a cluster around its VMs.
+    for (host, vms) in by_host(lab) {
+        let _ = writeln!(s, "  subgraph \"cluster_{host}\" {{ label=\"host {host}\";");
+        for v in vms {
+            let _ = writeln!(s, "    \"{}\";", Address::Vm(v.clone()));
+        }
+        s.push_str("  }\n");
+    }
     for (from, to, nics) in edges(lab) {
         let _ = writeln!(s, "  \"{from}\" -> \"{to}\" [label=\"{}\" dir=none];", nics.join(","));
     }
@@ -80,6 +88,13 @@ pub fn to_mermaid(lab: &Lab) -> String {
             Node::Vm(v) => writeln!(s, "  {}[\"{v}\"]", id(&node.address())),
         };
     }
+    for (host, vms) in by_host(lab) {
+        let _ = writeln!(s, "  subgraph host_{}[\"host {host}\"]", host.as_str().replace('-', "_H"));
+        for v in vms {
+            let _ = writeln!(s, "    {}", id(&Address::Vm(v.clone())));
+        }
+        s.push_str("  end\n");
+    }
     for (from, to, nics) in edges(lab) {
         let _ = writeln!(s, "  {} ---|{}| {}", id(&from), nics.join(","), id(&to));
     }
@@ -92,11 +107,23 @@ fn mermaid_id(address: &str) -> String {
     address.replacen('.', "_", 1).replace('-', "_H")
 }
 
+/// A lab across hosts: each host with its VMs, by host name (empty for a lab on one host).
+fn by_host(lab: &Lab) -> Vec<(&HostName, Vec<&VmName>)> {
+    lab.hosts.keys().map(|h| (h, lab.vms.values().filter(|vm| vm.host == *h).map(|vm| &vm.name).collect())).collect()
+}
+
 fn network_label(lab: &Lab, n: &NetworkName) -> (&'static str, String) {
-    match lab.networks.get(n).map(|net| &net.kind) {
-        Some(NetworkKind::Managed(m)) => {
+    match lab.networks.get(n).map(|net| (net, &net.kind)) {
+        Some((net, NetworkKind::Managed(m))) => {
             let subnet = m.subnet.map(|s| format!("\\n{s}")).unwrap_or_default();
-            ("", format!("{n}\\n{}{subnet}", m.mode))
+            // Across hosts: where it exists, and which host serves it.
+            let hosts = if lab.is_multi_host() {
+                let on: Vec<String> = lab.network_hosts(net).iter().map(ToString::to_string).collect();
+                format!("\\non {} (served by {})", on.join(", "), net.host)
+            } else {
+                String::new()
+            };
+            ("", format!("{n}\\n{}{subnet}{hosts}", m.mode))
         }
         _ => (" style=dashed", format!("{n}\\nexternal")),
     }
@@ -136,5 +163,19 @@ mod tests {
             assert_eq!(unique.len(), list.len(), "{what} ids collide: {list:?}");
         }
         assert!(m_ids.contains(&"vm_a_Hb".to_owned()) && m_ids.contains(&"vm_a_b".to_owned()), "{m_ids:?}");
+    }
+
+    /// A lab across hosts: each host a cluster (DOT) or subgraph (Mermaid) around its VMs,
+    /// each network labelled with the hosts it is on and the one that serves it.
+    #[test]
+    fn a_lab_across_hosts_groups_vms_by_host() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/valid/multihost.yaml"));
+        let lab = crate::lab::validate::load(&crate::lab::source::SourceFile::read(path).unwrap()).unwrap();
+        let dot = to_dot(&lab);
+        assert!(dot.contains("subgraph \"cluster_h1\" { label=\"host h1\";\n    \"vm.g1\";\n  }"), "{dot}");
+        assert!(dot.contains("subgraph \"cluster_h2\" { label=\"host h2\";\n    \"vm.g2\";\n  }"), "{dot}");
+        assert!(dot.contains("lan\\nisolated\\n10.10.0.0/24\\non h1, h2 (served by h1)"), "{dot}");
+        let mermaid = to_mermaid(&lab);
+        assert!(mermaid.contains("  subgraph host_h2[\"host h2\"]\n    vm_g2\n  end\n"), "{mermaid}");
     }
 }
