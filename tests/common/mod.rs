@@ -45,7 +45,7 @@ pub fn host() -> MemoryHypervisor {
 }
 
 pub fn options(parallelism: usize) -> Options {
-    Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1) }
+    Options { parallelism, shutdown_timeout: std::time::Duration::from_secs(1), host: None }
 }
 
 /// Observes `hv` (a `&MemoryHypervisor`, or `Host::libvirt(&hv)` for the test driver) as
