@@ -91,7 +91,22 @@ fn across_hosts_progress_reports_and_verification_name_the_host() {
         disconnect_foreign: false,
         verify: None,
     };
-    s.apply(&l, &req, &ui).unwrap_or_else(|e| panic!("{:?}", e.error));
+    let run = s.apply(&l, &req, &ui).unwrap_or_else(|e| panic!("{:?}", e.error));
+    // The results JSON (docs/results-json.md) names each step's host.
+    let doc = topo::results::run_json(topo::results::Command::Apply, &run.plan, run.executed.as_ref(), None);
+    let steps = doc["steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    for step in steps {
+        check_json_table("docs/results-json.md", include_str!("../docs/results-json.md"), "step", step);
+        let want = if step["address"] == "vm.g2" {
+            "h2"
+        } else if step["address"] == "vm.g1" {
+            "h1"
+        } else {
+            ""
+        };
+        assert!(step["host"].is_string() && (want.is_empty() || step["host"] == want), "{step}");
+    }
     assert_eq!(ui.displays.load(Ordering::SeqCst), 1, "one progress display for every host");
     let lines = ui.lines();
     for want in [
@@ -122,6 +137,13 @@ fn across_hosts_progress_reports_and_verification_name_the_host() {
         )
         .unwrap();
     assert_eq!(proven.report.nics.len(), 2);
+    // The inventory names each VM's host (docs/results-json.md).
+    let inv: serde_json::Value =
+        serde_json::from_str(&topo::verify::inventory::Inventory::new(&l, &proven.report).json()).unwrap();
+    for (vm, want) in inv["hosts"].as_array().unwrap().iter().zip(["h1", "h2"]) {
+        check_json_table("docs/results-json.md", include_str!("../docs/results-json.md"), "inventory-host", vm);
+        assert_eq!(vm["host"], want, "{vm}");
+    }
     for n in &proven.report.nics {
         let want = if n.target.vm.as_str() == "g1" { "h1" } else { "h2" };
         assert_eq!(n.target.host.as_ref().map(|h| h.as_str()), Some(want), "{n:?}");
