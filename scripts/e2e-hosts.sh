@@ -9,7 +9,10 @@
 #   -> a 1450-byte frame (DF) crosses the tunnel; the second apply changes nothing
 #   -> `lan` restarted by hand on h2, the tunnel deleted by hand on h1: apply converges
 #   -> an unreachable host (--host h2=...) stops plan, naming it
-#   -> topo verify; destroy: nothing of the lab left on either host
+#   -> topo verify (its HOST column); inventory jumps through each VM's own host; topo console
+#      g2 reaches g2 on h2
+#   -> destroy with h2 unreachable cleans h1 and names what is left on h2; destroy: nothing
+#      of the lab left on either host
 #   -> a lab on one remote host (qemu+ssh, no hosts:): its NIC proven by ARP there too
 #   -> the machine boundary over real ssh (tests/machine_ssh.rs, ignored elsewhere)
 # Env: TOPO_BIN (default target/debug/topo, built if missing), TOPO_GUEST_DIR, as hosts.sh;
@@ -106,7 +109,7 @@ t=$(now_ms)
 topo apply -y lab.yaml || fail "apply"
 timing "apply (2 hosts, 2 VMs, 3 NICs proven)" $(($(now_ms) - t))
 grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "apply did not verify the 3 NICs"
-grep -E "^g2 +eth0 +lan .* 10\.10\.0\.20 +arp reply from 52:54:00:f6:55:a3" "$OUT" >/dev/null ||
+grep -E "^h2 +g2 +eth0 +lan .* 10\.10\.0\.20 +arp reply from 52:54:00:f6:55:a3" "$OUT" >/dev/null ||
   fail "g2 (on h2) was not proven at its reservation 10.10.0.20 by ARP"
 step "apply: every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel"
 
@@ -154,6 +157,28 @@ step "an unreachable host stops plan, named (topo::host::unreachable)"
 topo verify lab.yaml || fail "verify"
 grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "topo verify"
 step "topo verify: 3 verified"
+
+# Each VM is reached through its own host: the inventory jumps through it, and the verify
+# table names it.
+grep -E "^h2 +g2 +eth0 +lan " "$OUT" >/dev/null || fail "the verify table does not name g2's host h2"
+topo inventory --format ssh-config lab.yaml || fail "inventory"
+jump() { awk -v vm="$1" '$1 == "Host" { in_vm = ($2 == vm) } in_vm && $1 == "ProxyJump" { print $2 }' "$OUT"; }
+[ "$(jump g1)" = "root@h1" ] || fail "g1's ssh-config entry does not jump through h1 (got '$(jump g1)')"
+[ "$(jump g2)" = "root@h2" ] || fail "g2's ssh-config entry does not jump through h2 (got '$(jump g2)')"
+step "topo inventory: g1 jumps through root@h1, g2 through root@h2"
+
+# topo console g2 opens g2's console on h2 (the tiny guest has no sshd, so no topo ssh): the
+# power button pressed on h2 shows on it, and the console closes as the guest powers off.
+(cd "$X" && "$H" ctl -- "$TOPO" console g2 lab.yaml </dev/null) >"$OUT" 2>&1 &
+CONSOLE=$!
+sleep 3
+vsh h2 shutdown mh-g2 >/dev/null
+for _ in $(seq 60); do kill -0 "$CONSOLE" 2>/dev/null || break; sleep 0.5; done
+kill -0 "$CONSOLE" 2>/dev/null && vsh h2 destroy mh-g2 >/dev/null
+wait "$CONSOLE" || fail "topo console g2 did not end cleanly"
+grep -q "Connected to g2 (mh-g2) on host h2" "$OUT" || fail "topo console did not connect to g2 on h2"
+grep -q "topo-guest: power button, powering off" "$OUT" || fail "g2's console on h2 did not show its power button"
+step "topo console g2: connected on h2, the guest's power-off seen on its console"
 
 ! topo --host h2=qemu+ssh://root@10.77.0.19/system destroy -y lab.yaml || fail "destroy with h2 unreachable succeeded"
 grep -q "left there: h2 (vm.g2," "$OUT" ||

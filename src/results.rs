@@ -72,6 +72,9 @@ pub enum Command {
 
 #[derive(Serialize)]
 struct JsonStep<'a> {
+    /// The host the step ran on, in a lab across hosts; absent in a lab on one host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
     address: String,
     action: &'static str,
     outcome: &'static str,
@@ -131,6 +134,7 @@ pub fn run_json(command: Command, plan: &Plan, report: Option<&Report>, verify: 
             }
         };
         steps.push(JsonStep {
+            host: s.host.as_ref().map(|h| h.as_str()),
             address: s.address.to_string(),
             action: s.action.as_str(),
             outcome,

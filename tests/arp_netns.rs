@@ -219,6 +219,7 @@ fn verify_over_real_arp() {
         verify: true,
         netem_delay: Default::default(),
         same_mac: Vec::new(),
+        host: None,
     };
     let targets =
         [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
@@ -308,6 +309,7 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         verify: true,
         netem_delay: Default::default(),
         same_mac: Vec::new(),
+        host: None,
     };
     let no_leases = || Ok(vec![]);
     let opts = VerifyOptions { timeout: Duration::from_secs(3), ..VerifyOptions::default() };

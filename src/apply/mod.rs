@@ -17,7 +17,7 @@ use crate::host::Host;
 use crate::host::hypervisor::{HostOp, HvError, HvErrorKind, Hypervisor};
 use crate::host::observed::{DomainState, Observed};
 use crate::lab::address::Address;
-use crate::lab::model::Lab;
+use crate::lab::model::{HostName, Lab};
 use crate::plan::{Action, Change, Op, Plan, Shutdown};
 pub use outcome::{StepError, StepOutcome};
 use progress::{Event, Progress};
@@ -29,16 +29,22 @@ pub struct Options {
     pub parallelism: usize,
     /// How long a VM stopped with `Shutdown::Graceful` gets before it is forced off.
     pub shutdown_timeout: Duration,
+    /// The host of a lab across hosts whose plan this is (docs/multi-host.md): named in
+    /// every progress event and step report. `None` for a lab on one host, whose output
+    /// names no host.
+    pub host: Option<HostName>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { parallelism: 16, shutdown_timeout: Duration::from_secs(30) }
+        Self { parallelism: 16, shutdown_timeout: Duration::from_secs(30), host: None }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct StepReport {
+    /// The host the step ran on, in a lab across hosts ([`Options::host`]); `None` on one host.
+    pub host: Option<HostName>,
     pub address: Address,
     pub action: Action,
     pub outcome: StepOutcome,
@@ -132,6 +138,7 @@ pub fn apply<'h>(
         .iter()
         .enumerate()
         .map(|(i, c)| StepReport {
+            host: opts.host.clone(),
             address: c.address.clone(),
             action: c.action,
             outcome: finished.get(&i).cloned().unwrap_or_else(|| StepOutcome::Skipped {
@@ -169,7 +176,7 @@ struct Shared {
 /// error, so the walk goes on to record it and nothing is left waiting for it.
 fn run_step(change: &Change, host: Host<'_>, opts: &Options, shared: &Shared, progress: &dyn Progress) -> StepOutcome {
     let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        progress.event(Event::Started { address: &change.address, action: change.action });
+        progress.event(Event::Started { host: opts.host.as_ref(), address: &change.address, action: change.action });
         let t0 = Instant::now();
         let result = run_change(change, host, opts, shared).or_else(|e| already_gone(change, e));
         match result {
@@ -180,7 +187,12 @@ fn run_step(change: &Change, host: Host<'_>, opts: &Options, shared: &Shared, pr
     let outcome =
         step.unwrap_or_else(|panic| StepOutcome::Failed { error: StepError::Panic(panic_message(panic.as_ref())) });
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        progress.event(Event::Finished { address: &change.address, action: change.action, outcome: &outcome })
+        progress.event(Event::Finished {
+            host: opts.host.as_ref(),
+            address: &change.address,
+            action: change.action,
+            outcome: &outcome,
+        })
     }));
     outcome
 }

@@ -80,7 +80,7 @@ pub struct DestroyArgs {
 }
 
 fn options(c: &ConfirmArgs) -> Options {
-    Options { parallelism: usize::from(c.parallelism), shutdown_timeout: c.shutdown_timeout }
+    Options { parallelism: usize::from(c.parallelism), shutdown_timeout: c.shutdown_timeout, host: None }
 }
 
 /// The lab named by `file`, and the saved plan if `file` is one.

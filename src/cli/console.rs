@@ -76,8 +76,9 @@ pub fn run(global: &GlobalArgs, args: &ConsoleArgs) -> miette::Result<Outcome> {
         return Err(ConsoleError::UnknownVm { lab: lab.name.to_string(), vm: args.vm.clone(), known }.into());
     };
     let session = super::connect_lab(global, &lab)?;
-    let console = session.console(vm.libvirt_name.as_str(), args.force)?;
-    super::status(global, format!("Connected to {} ({}). Escape character is ^]", args.vm, vm.libvirt_name));
+    let console = session.console(&vm.host, vm.libvirt_name.as_str(), args.force)?;
+    let on = if lab.is_multi_host() { format!(" on host {}", vm.host) } else { String::new() };
+    super::status(global, format!("Connected to {} ({}){on}. Escape character is ^]", args.vm, vm.libvirt_name));
     let raw = RawMode::enter()?;
     std::thread::scope(|s| {
         // Keyboard to guest; the escape key ends the session at once (the reader below

@@ -109,7 +109,8 @@ impl crate::session::Ui for Shown<'_> {
     fn nic(&self, p: &NicProgress<'_>) {
         if !self.global.quiet {
             let t = p.target;
-            crate::errln!("{} {} ({}): {}", t.vm, t.nic, t.network, nic_line(p.state));
+            let host = t.host.as_ref().map(|h| format!("{h}: ")).unwrap_or_default();
+            crate::errln!("{host}{} {} ({}): {}", t.vm, t.nic, t.network, nic_line(p.state));
         }
     }
 
@@ -149,20 +150,34 @@ fn nic_line(state: &NicState) -> String {
 /// Each step of a run that stopped, on stderr: done, FAILED (with its hint), skipped.
 fn list_steps(report: &Report) {
     crate::errln!();
+    for line in step_lines(report) {
+        crate::errln!("{line}");
+    }
+}
+
+/// The lines of [`list_steps`]: `  FAILED   network.lan (create): ERROR`, then its hint;
+/// a step on a host of a lab across hosts is named `h1: network.lan`.
+fn step_lines(report: &Report) -> Vec<String> {
+    let mut out = Vec::new();
     for s in &report.steps {
+        let name = match &s.host {
+            Some(h) => format!("{h}: {}", s.address),
+            None => s.address.to_string(),
+        };
         match &s.outcome {
             StepOutcome::Done { seconds } => {
-                crate::errln!("  done     {} ({}, {seconds:.1}s)", s.address, s.action.as_str())
+                out.push(format!("  done     {name} ({}, {seconds:.1}s)", s.action.as_str()))
             }
             StepOutcome::Failed { error } => {
-                crate::errln!("  FAILED   {} ({}): {error}", s.address, s.action.as_str());
+                out.push(format!("  FAILED   {name} ({}): {error}", s.action.as_str()));
                 if let Some(h) = error.hint() {
-                    crate::errln!("           hint: {h}");
+                    out.push(format!("           hint: {h}"));
                 }
             }
-            StepOutcome::Skipped { why } => crate::errln!("  skipped  {} ({why})", s.address),
+            StepOutcome::Skipped { why } => out.push(format!("  skipped  {name} ({why})")),
         }
     }
+    out
 }
 
 /// Prints the record of a run as JSON when `json` (docs/results-json.md): once, whatever
@@ -192,5 +207,41 @@ pub fn record(
             }
             Err(e.error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::StepReport;
+    use crate::lab::address::Address;
+    use crate::lab::model::{HostName, NetworkName};
+    use crate::plan::Action;
+
+    /// A failed run's listing names each step's host across hosts, and none on one host.
+    #[test]
+    fn a_stopped_run_lists_each_steps_host() {
+        let step = |host: Option<&str>, outcome| StepReport {
+            host: host.map(|h| HostName::new(h).unwrap()),
+            address: Address::Network(NetworkName::new("lan").unwrap()),
+            action: Action::Create,
+            outcome,
+        };
+        let report = Report {
+            steps: vec![
+                step(Some("h1"), StepOutcome::Done { seconds: 0.5 }),
+                step(Some("h2"), StepOutcome::Skipped { why: "not started after a failure".into() }),
+                step(None, StepOutcome::Done { seconds: 0.5 }),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            step_lines(&report),
+            [
+                "  done     h1: network.lan (create, 0.5s)",
+                "  skipped  h2: network.lan (not started after a failure)",
+                "  done     network.lan (create, 0.5s)",
+            ]
+        );
     }
 }

@@ -350,7 +350,7 @@ fn a_remote_ssh_host_is_the_jump_host() {
         assert_eq!(jump_host(none), None, "{none}");
     }
     let mut inv = inventory();
-    inv.proxy_jump = jump_host("qemu+ssh://root@h1/system");
+    inv.jump_through(|_| jump_host("qemu+ssh://root@h1/system"));
     let h = inv.host("deb1").unwrap();
     assert!(inv.ssh_args(h, h.address.unwrap()).join(" ").contains("-o ProxyJump=root@h1"));
     assert!(inv.ssh_config().contains("\n  ProxyJump root@h1\n"), "{}", inv.ssh_config());
@@ -375,4 +375,83 @@ fn ssh_args_use_the_user_and_pin_the_host_key() {
     assert!(!args.contains("StrictHostKeyChecking=no"), "{args}");
     let h = inv.host("deb2").unwrap();
     assert!(!inv.ssh_args(h, h.address.unwrap()).contains(&"-l".to_string()), "no cloud-init: no user");
+}
+
+/// A lab across a local host (h1) and one reached over ssh (h2), every NIC proven: each VM
+/// is reached through its own host (g2 jumps through h2, g1 directly), its key pinned in
+/// the lab's file for its own host, and the VM's host is named in the JSON and Ansible.
+#[test]
+fn inventory_across_a_local_and_a_remote_host() {
+    use crate::verify::inventory::jump_host;
+    use crate::verify::{Evidence, NicOutcome, NicState, NicTarget};
+    let text = "apiVersion: topo/v1
+name: mh
+hosts:
+  h1: {uri: \"qemu:///system\", underlay: 10.77.0.11}
+  h2: {uri: \"qemu+ssh://root@h2/system\", underlay: 10.77.0.12}
+networks:
+  lan: {mode: isolated, subnet: 10.10.0.0/24}
+  wan: {mode: nat, subnet: 10.20.0.0/24, host: h2}
+vms:
+  g1: {boot: {kernel: KERNEL}, nics: [{network: lan}]}
+  g2:
+    host: h2
+    boot: {kernel: KERNEL}
+    nics: [{network: lan, ip: 10.10.0.20}, {network: wan}]
+"
+    .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let mut lab =
+        crate::lab::validate::load(&SourceFile::from_text(Path::new("/labs/mh.yaml"), text)).expect("valid lab");
+    for vm in lab.vms.values_mut() {
+        vm.cloud_init = Some(cloud_init(vm.name.as_str(), vec![KEY.to_string()]));
+    }
+    let ips = [("g1", "eth0", "10.10.0.57"), ("g2", "eth0", "10.10.0.20"), ("g2", "eth1", "10.20.0.33")];
+    let nics = lab
+        .nics()
+        .map(|(vm, nic)| {
+            let net = &lab.networks[&nic.network];
+            let mut target = NicTarget::from_model(vm, nic, net, None, true, crate::verify::HostAccess::Local);
+            target.host = Some(vm.host.clone());
+            let (_, _, ip) = ips.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()).unwrap();
+            let state = NicState::Verified {
+                ip: ip.parse().unwrap(),
+                evidence: Evidence { mac: nic.mac, bridge: "topobr0".into() },
+                seconds: 1.0,
+                rtt_ms: None,
+            };
+            NicOutcome { target, state }
+        })
+        .collect();
+    let mut inv = Inventory::new(&lab, &crate::verify::VerifyReport { nics });
+    let uris: std::collections::BTreeMap<String, String> =
+        lab.hosts.iter().map(|(n, h)| (n.to_string(), h.uri.clone())).collect();
+    inv.jump_through(|h| h.and_then(|h| jump_host(&uris[h])));
+    for host in ["h1", "h2"] {
+        let aliases = lab
+            .vms
+            .values()
+            .filter(|vm| vm.host.as_str() == host)
+            .map(|vm| {
+                let alias =
+                    crate::verify::known_hosts::alias(vm.libvirt_name.as_str(), "00000000-0000-4000-8000-00000000000a");
+                (vm.name.to_string(), alias)
+            })
+            .collect();
+        inv.pin_host_keys(format!("/home/u/.local/state/topo/known_hosts/mh-{host}digest").into(), &aliases);
+    }
+    let ssh_config = inv.ssh_config();
+    let g1 = ssh_config.split("\nHost ").find(|b| b.starts_with("g1\n")).unwrap();
+    let g2 = ssh_config.split("\nHost ").find(|b| b.starts_with("g2\n")).unwrap();
+    assert!(!g1.contains("ProxyJump") && g1.contains("mh-h1digest"), "{g1}");
+    assert!(g2.contains("\n  ProxyJump root@h2\n") && g2.contains("mh-h2digest"), "{g2}");
+    let h = inv.host("g2").unwrap();
+    assert!(inv.ssh_args(h, h.address.unwrap()).join(" ").contains("-o ProxyJump=root@h2"));
+    let h = inv.host("g1").unwrap();
+    assert!(!inv.ssh_args(h, h.address.unwrap()).join(" ").contains("ProxyJump"));
+    insta::assert_snapshot!(format!(
+        "{ssh_config}\n---- hosts\n{}\n---- ansible\n{}\n---- json\n{}",
+        inv.hosts(),
+        inv.ansible().unwrap(),
+        inv.json()
+    ));
 }

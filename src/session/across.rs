@@ -204,17 +204,25 @@ impl Session<'_> {
             return self.verify_across_after(lab, run, &observed, &BTreeMap::new(), req.verify.as_ref(), ui);
         }
         ui.confirm("apply these changes").map_err(RunError::before)?;
-        let reports: Vec<Report> = std::thread::scope(|s| {
-            let runs: Vec<_> = ready
-                .iter()
-                .map(|(h, _, r)| {
-                    let sub = self.host_session(h);
-                    s.spawn(move || sub.execute_on(&r.plan, &req.options, ui))
-                })
-                .collect();
-            // Invariant: execute_on does not panic (its steps report failures as outcomes).
-            runs.into_iter().map(|t| t.join().expect("a host's apply thread")).collect()
-        });
+        // One progress display for every host (its events name their host), one stoppable
+        // phase around all of them.
+        let reports: Vec<Report> = {
+            let _stoppable = super::Stoppable::enter(ui);
+            let progress = ui.progress();
+            let progress = progress.as_ref();
+            std::thread::scope(|s| {
+                let runs: Vec<_> = ready
+                    .iter()
+                    .map(|(h, _, r)| {
+                        let sub = self.host_session(h);
+                        let opts = crate::apply::Options { host: Some(h.clone()), ..req.options.clone() };
+                        s.spawn(move || sub.execute(&r.plan, &opts, ui.cancel(), progress))
+                    })
+                    .collect();
+                // Invariant: execute does not panic (its steps report failures as outcomes).
+                runs.into_iter().map(|t| t.join().expect("a host's apply thread")).collect()
+            })
+        };
         let report = merged(reports);
         if let Err(e) = ui.executed(Command::Apply, &report) {
             return Err(RunError::after(e, plan, report));
@@ -274,7 +282,13 @@ impl Session<'_> {
         for (h, o) in observed {
             let sub = self.host_session(h);
             let view = verify_view(lab, h);
-            let targets: Vec<NicTarget> = sub.nic_targets(&view, o).into_iter().filter(|t| only(t)).collect();
+            // Each NIC names its host: the verify table's HOST column, `host` in its JSON.
+            let targets: Vec<NicTarget> = sub
+                .nic_targets(&view, o)
+                .into_iter()
+                .map(|t| NicTarget { host: Some(h.clone()), ..t })
+                .filter(|t| only(t))
+                .collect();
             if targets.is_empty() {
                 continue;
             }
@@ -432,7 +446,7 @@ impl Session<'_> {
             }
             ui.status(&format!("Host {h}:"));
             let host_id = self.host_session(&h).host_id().map_err(|e| RunError::before(e.into()))?;
-            let host_req = destroy_request(req, &here);
+            let host_req = destroy_request(req, &h, &here);
             let (plan, ..) =
                 self.host_session(&h).destroy_plan(&share, &host_req, &host_id, &quiet).map_err(RunError::before)?;
             plans.insert(h, plan);
@@ -447,43 +461,22 @@ impl Session<'_> {
         ui.plan(&plan, &lab.source.name())
             .and_then(|()| ui.confirm("destroy these objects"))
             .map_err(RunError::before)?;
-        // Each host that answers destroys its share under its own locks, the hosts in
-        // parallel (one thread each, as apply runs them).
-        let jobs: Vec<(HostName, Lab, Vec<Address>)> = self
-            .host_names()
-            .into_iter()
-            .filter(|h| self.reach(h).is_ok())
-            .filter_map(|h| {
-                let share = lab.on_host(&h);
-                let here = targets_in(&share, req.targets)?;
-                Some((h, share, here))
-            })
-            .collect();
-        let results: Vec<Result<Run, RunError>> = std::thread::scope(|s| {
-            let quiet = &quiet;
-            let runs: Vec<_> = jobs
-                .iter()
-                .map(|(h, share, here)| {
-                    let sub = self.host_session(h);
-                    s.spawn(move || sub.destroy(share, &destroy_request(req, here), quiet))
-                })
-                .collect();
-            // Invariant: destroy reports failures as results, it does not panic.
-            runs.into_iter().map(|t| t.join().expect("a host's destroy thread")).collect()
-        });
+        // Host by host (each its own progress display would garble a terminal if run at once).
         let mut reports = Vec::new();
-        let mut first_error = None;
-        for r in results {
-            match r {
+        for h in self.host_names() {
+            let share = lab.on_host(&h);
+            let Some(here) = targets_in(&share, req.targets) else { continue };
+            if self.reach(&h).is_err() {
+                continue;
+            }
+            let host_req = destroy_request(req, &h, &here);
+            match self.host_session(&h).destroy(&share, &host_req, &quiet) {
                 Ok(run) => reports.extend(run.executed),
                 Err(e) => {
                     reports.extend(e.partial.and_then(|p| p.executed));
-                    first_error.get_or_insert(e.error);
+                    return Err(RunError::after(e.error, plan, merged(reports)));
                 }
             }
-        }
-        if let Some(e) = first_error {
-            return Err(RunError::after(e, plan, merged(reports)));
         }
         let report = merged(reports);
         if let Err(e) = ui.executed(Command::Destroy, &report) {
@@ -505,12 +498,12 @@ impl Ui for Silenced<'_> {
     }
 }
 
-/// `req` cut to one host's targets.
-fn destroy_request<'a>(req: &DestroyRequest<'_>, targets: &'a [Address]) -> DestroyRequest<'a> {
+/// `req` cut to host `host`'s targets, its steps naming the host.
+fn destroy_request<'a>(req: &DestroyRequest<'_>, host: &HostName, targets: &'a [Address]) -> DestroyRequest<'a> {
     DestroyRequest {
         targets,
         graceful: req.graceful,
-        options: req.options.clone(),
+        options: crate::apply::Options { host: Some(host.clone()), ..req.options.clone() },
         disconnect_foreign: req.disconnect_foreign,
     }
 }

@@ -120,11 +120,14 @@ impl Session<'_> {
 
     /// `topo inventory` and `topo ssh`: proves the NICs `only` keeps (as [`Session::verify`]),
     /// and the inventory of `lab` from what was proven, its ssh options pinning each VM's
-    /// host key ([`Session::pin_host_keys`]) and, on a libvirt host reached over ssh, jumping
-    /// through it (`ProxyJump`): the VMs' addresses are on that host's networks.
+    /// host key ([`Session::pin_host_keys`]) and, when the VM's libvirt host is reached over
+    /// ssh, jumping through it (`ProxyJump`): the VM's addresses are on that host's networks.
+    /// Across hosts, each VM jumps through its own host and its key is pinned in the lab's
+    /// file for its own host.
     ///
     /// # Errors
-    /// As [`Session::verify`], or the known_hosts file cannot be prepared.
+    /// As [`Session::verify`], or a host's name cannot be read, or a known_hosts file cannot
+    /// be prepared.
     pub fn inventory(
         &self,
         lab: &Lab,
@@ -132,17 +135,30 @@ impl Session<'_> {
         only: &dyn Fn(&NicTarget) -> bool,
         ui: &dyn Ui,
     ) -> miette::Result<Inventory> {
+        use crate::verify::inventory::jump_host;
         let proven = self.verify(lab, opts, only, ui)?;
         let mut inv = Inventory::new(lab, &proven.report);
-        inv.proxy_jump = crate::verify::inventory::jump_host(&self.uri());
-        self.pin_host_keys(lab, &proven.observed, &mut inv)?;
+        if !self.is_multi_host() {
+            let jump = jump_host(&self.uri());
+            inv.jump_through(|_| jump.clone());
+            self.pin_host_keys(lab, &proven.observed, &mut inv)?;
+            return Ok(inv);
+        }
+        let mut jumps = BTreeMap::new();
+        for h in self.host_names() {
+            // Invariant: `h` is one of this session's hosts.
+            let sub = self.for_host(&h).expect("a host of this session");
+            jumps.insert(h.to_string(), jump_host(&sub.uri()));
+            sub.pin_host_keys(&lab.on_host(&h), &proven.observed, &mut inv)?;
+        }
+        inv.jump_through(|h| h.and_then(|h| jumps.get(h).cloned().flatten()));
         Ok(inv)
     }
 
-    /// Makes `inv`'s ssh options pin each VM's host key (`verify::known_hosts`): in the lab's
-    /// known_hosts file for this libvirt host (its folder made private), under an alias from
-    /// the VM's domain UUID; keys recorded for domains no longer there (replaced or destroyed
-    /// VMs) are forgotten first.
+    /// Makes `inv`'s ssh options pin the host key of each VM of `lab` (`verify::known_hosts`;
+    /// `lab` is a host's share across hosts): in the lab's known_hosts file for this libvirt
+    /// host (its folder made private), under an alias from the VM's domain UUID; keys recorded
+    /// for domains no longer there (replaced or destroyed VMs) are forgotten first.
     fn pin_host_keys(&self, lab: &Lab, observed: &Observed, inv: &mut Inventory) -> miette::Result<()> {
         use crate::verify::known_hosts;
         let file = known_hosts::prepare(lab.name.as_str(), &self.host_id()?)?;

@@ -486,13 +486,15 @@ impl<'h> Session<'h> {
         Ok(crate::host::labs::list(&self.observe_host()?, &self.uri()))
     }
 
-    /// The serial console of domain `libvirt_name` (`topo console`); `force` takes it over
-    /// from another client.
+    /// The serial console of domain `libvirt_name` on host `host` (`topo console`: the VM's
+    /// `host`, [`HostName::DEFAULT`] in a lab on one host); `force` takes it over from another
+    /// client.
     ///
     /// # Errors
-    /// The connection is a test double's, or libvirt cannot open the console.
-    pub fn console(&self, libvirt_name: &str, force: bool) -> Result<Console, SessionError> {
-        let Some(Conn::Libvirt { hv, .. }) = self.hosts.get(&HostName::default_host()) else {
+    /// The session has no host `host`, its connection is a test double's, or libvirt cannot
+    /// open the console.
+    pub fn console(&self, host: &HostName, libvirt_name: &str, force: bool) -> Result<Console, SessionError> {
+        let Some(Conn::Libvirt { hv, .. }) = self.hosts.get(host) else {
             return Err(SessionError::NoConsole);
         };
         Ok(hv.open_console(libvirt_name, force)?)

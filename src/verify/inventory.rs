@@ -34,6 +34,10 @@ pub struct InvNic {
 pub struct InvHost {
     /// The VM's name in the lab file (the ssh host alias).
     pub name: String,
+    /// The libvirt host that runs it, in a lab across hosts (its name under `hosts:`);
+    /// `None` (and absent from the JSON) in a lab on one host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// The guest's hostname (cloud-init), or the VM name.
     pub hostname: String,
     /// The login user topo created; `None` when cloud-init is off for the VM.
@@ -45,6 +49,15 @@ pub struct InvHost {
     /// [`Inventory::pin_host_keys`].
     #[serde(skip)]
     pub host_key_alias: Option<String>,
+    /// The known_hosts file its key is pinned in (`known_hosts::prepare`: one per lab and
+    /// libvirt host); set with the alias by [`Inventory::pin_host_keys`].
+    #[serde(skip)]
+    pub known_hosts: Option<PathBuf>,
+    /// Its libvirt host as an ssh `ProxyJump` (`[user@]host[:port]`), when its addresses are
+    /// on that host's networks and topo reaches it over ssh ([`jump_host`]); set by
+    /// [`Inventory::jump_through`].
+    #[serde(skip)]
+    pub proxy_jump: Option<String>,
 }
 
 /// Every VM of a lab, sorted by name.
@@ -52,13 +65,6 @@ pub struct InvHost {
 pub struct Inventory {
     pub lab: String,
     pub hosts: Vec<InvHost>,
-    /// The lab's known_hosts file, once [`Inventory::pin_host_keys`] set it.
-    #[serde(skip)]
-    pub known_hosts: Option<PathBuf>,
-    /// The libvirt host as an ssh `ProxyJump` (`[user@]host[:port]`), when the VMs' addresses
-    /// are on its networks and topo reaches it over ssh ([`jump_host`]).
-    #[serde(skip)]
-    pub proxy_jump: Option<String>,
 }
 
 /// The ssh jump host that reaches the VMs of the libvirt host at `uri`: `[user@]host[:port]`
@@ -109,37 +115,53 @@ impl Inventory {
                 let ci = vm.cloud_init.as_ref();
                 InvHost {
                     name: vm.name.to_string(),
+                    host: lab.is_multi_host().then(|| vm.host.to_string()),
                     hostname: ci.map_or_else(|| vm.name.to_string(), |c| c.hostname.clone()),
                     user: ci.map(|c| c.user.clone()),
                     address: nics.iter().find_map(|n| n.address),
                     nics,
                     host_key_alias: None,
+                    known_hosts: None,
+                    proxy_jump: None,
                 }
             })
             .collect();
-        Inventory { lab: lab.name.to_string(), hosts, known_hosts: None, proxy_jump: None }
+        Inventory { lab: lab.name.to_string(), hosts }
     }
 
-    /// Pins host keys: ssh is told to keep them in `known_hosts` (the lab's file,
-    /// `known_hosts::prepare`) under each VM's alias from `aliases` (VM name -> alias,
-    /// `known_hosts::alias`), accepting a key on first contact and refusing a changed one.
+    /// Pins host keys: ssh is told to keep them in `known_hosts` (the lab's file for one
+    /// libvirt host, `known_hosts::prepare`) under each VM's alias from `aliases` (VM name ->
+    /// alias, `known_hosts::alias`), accepting a key on first contact and refusing a changed
+    /// one. VMs not in `aliases` are left as they are (in a lab across hosts each host's VMs
+    /// are pinned in that host's file, one call per host).
     pub fn pin_host_keys(&mut self, known_hosts: PathBuf, aliases: &BTreeMap<String, String>) {
         for h in &mut self.hosts {
-            h.host_key_alias = aliases.get(&h.name).cloned();
+            if let Some(alias) = aliases.get(&h.name) {
+                h.host_key_alias = Some(alias.clone());
+                h.known_hosts = Some(known_hosts.clone());
+            }
         }
-        self.known_hosts = Some(known_hosts);
+    }
+
+    /// Makes ssh reach each VM through the jump host `jump` gives for its libvirt host
+    /// (`InvHost::host`, `None` in a lab on one host): `ProxyJump` in every format, `None`
+    /// for a VM reached directly.
+    pub fn jump_through(&mut self, jump: impl Fn(Option<&str>) -> Option<String>) {
+        for h in &mut self.hosts {
+            h.proxy_jump = jump(h.host.as_deref());
+        }
     }
 
     /// The ssh options for `host`: those of `known_hosts::ssh_options` once its key is pinned
     /// ([`Inventory::pin_host_keys`]); else only `LogLevel ERROR`, leaving host keys to
     /// ssh's own defaults (`~/.ssh/known_hosts`, ask on first contact), never unchecked.
-    /// With a [`Inventory::proxy_jump`], also `ProxyJump` through the libvirt host.
+    /// With an [`InvHost::proxy_jump`], also `ProxyJump` through its libvirt host.
     fn ssh_options(&self, host: &InvHost) -> Vec<(&'static str, String)> {
-        let mut options = match (&self.known_hosts, &host.host_key_alias) {
+        let mut options = match (&host.known_hosts, &host.host_key_alias) {
             (Some(file), Some(alias)) => crate::verify::known_hosts::ssh_options(file, alias),
             _ => vec![("LogLevel", "ERROR".into())],
         };
-        options.extend(self.proxy_jump.clone().map(|j| ("ProxyJump", j)));
+        options.extend(host.proxy_jump.clone().map(|j| ("ProxyJump", j)));
         options
     }
 
@@ -212,6 +234,9 @@ impl Inventory {
             }
             if let Some(u) = &h.user {
                 vars.insert("ansible_user".into(), json!(u));
+            }
+            if let Some(host) = &h.host {
+                vars.insert("topo_host".into(), json!(host));
             }
             let common: Vec<String> = self.ssh_options(h).iter().map(|(k, v)| format!("-o {k}={v}")).collect();
             vars.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));

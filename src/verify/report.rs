@@ -10,6 +10,9 @@ pub const JSON_FORMAT_VERSION: &str = "1";
 
 #[derive(Serialize)]
 struct JsonNic<'a> {
+    /// The host holding the VM, in a lab across hosts; absent in a lab on one host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
     vm: &'a str,
     nic: &'a str,
     network: &'a str,
@@ -76,6 +79,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
     };
     JsonNic {
         same_mac,
+        host: t.host.as_ref().map(|h| h.as_str()),
         vm: t.vm.as_str(),
         nic: &t.nic,
         network: t.network.as_str(),
@@ -107,14 +111,17 @@ pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
     serde_json::to_value(doc).expect("verify JSON serialises")
 }
 
-/// The human table: one row per NIC, then the reason and help of each failure.
+/// The human table: one row per NIC, then the reason and help of each failure. A HOST
+/// column comes first when any NIC has a host (a lab across hosts); `-` for one without.
 pub fn table(report: &VerifyReport) -> String {
-    let rows: Vec<[String; 9]> = report
+    let with_host = report.nics.iter().any(|n| n.target.host.is_some());
+    let rows: Vec<Vec<String>> = report
         .nics
         .iter()
         .map(|n| {
             let j = json_nic(n);
-            [
+            let host = with_host.then(|| j.host.unwrap_or("-").to_string());
+            let row = [
                 j.vm.to_string(),
                 j.nic.to_string(),
                 j.network.to_string(),
@@ -127,15 +134,18 @@ pub fn table(report: &VerifyReport) -> String {
                 },
                 j.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
                 j.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(|| "-".into()),
-            ]
+            ];
+            host.into_iter().chain(row).collect()
         })
         .collect();
     let header = ["VM", "NIC", "NETWORK", "BRIDGE", "MAC", "ADDRESS", "EVIDENCE", "TIME", "RTT"].map(String::from);
+    let header: Vec<String> = with_host.then(|| "HOST".to_string()).into_iter().chain(header).collect();
     let mut out = crate::table::columns(std::iter::once(header).chain(rows), 2, &[]);
     for n in report.failed() {
         if let NicState::Failed { reason } = &n.state {
             out.push_str(&format!(
-                "\n{} {} ({}): {reason}\n  help: {}\n",
+                "\n{}{} {} ({}): {reason}\n  help: {}\n",
+                n.target.host.as_ref().map(|h| format!("{h}: ")).unwrap_or_default(),
                 n.target.vm,
                 n.target.nic,
                 n.target.network,
@@ -197,6 +207,7 @@ mod tests {
                 verify: true,
                 netem_delay: Default::default(),
                 same_mac: Vec::new(),
+                host: None,
             },
             state,
         }
@@ -262,6 +273,33 @@ mod tests {
         insta::assert_snapshot!(format!("{}{}", table(&r), summary_line(&r)));
     }
 
+    /// The same NICs in a lab across hosts: a HOST column first (`-` for a NIC without
+    /// one), each failure named with its host, and `host` first in each NIC's JSON.
+    #[test]
+    fn across_hosts_the_table_and_json_name_the_host() {
+        let mut r = every_state();
+        for (i, n) in r.nics.iter_mut().enumerate().take(5) {
+            n.target.host = Some(crate::lab::model::HostName::new(if i % 2 == 0 { "h1" } else { "h2" }).unwrap());
+        }
+        let t = table(&r);
+        assert!(t.starts_with("HOST  VM "), "{t}");
+        assert!(t.contains("\nh2: deb1 eth1 (lan): "), "{t}");
+        insta::assert_snapshot!(t);
+        let j = to_json("demo", &r);
+        assert_eq!(j["nics"][0]["host"], "h1");
+        assert_eq!(j["nics"][1]["host"], "h2");
+        assert!(j["nics"][5].get("host").is_none(), "no host: no key");
+        assert_eq!(j["nics"][0].as_object().unwrap().keys().next().map(String::as_str), Some("host"));
+    }
+
+    /// One host: no HOST column, no `host` key (the snapshots above stay as they were).
+    #[test]
+    fn on_one_host_nothing_names_a_host() {
+        let r = every_state();
+        assert!(table(&r).starts_with("VM "));
+        assert!(to_json("demo", &r)["nics"].as_array().unwrap().iter().all(|n| n.get("host").is_none()));
+    }
+
     #[test]
     fn json_version_1_as_users_see_it() {
         insta::assert_json_snapshot!(to_json("demo", &every_state()));
@@ -286,15 +324,26 @@ mod tests {
         let keys = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
             v.as_object().unwrap().keys().cloned().collect()
         };
+        // `host` is only there in a lab across hosts: every NIC of a lab on one host has the
+        // other keys, every NIC of one across hosts has them all.
+        let one_host: std::collections::BTreeSet<String> = nic.iter().filter(|k| *k != "host").cloned().collect();
+        assert!(nic.contains("host"), "docs/verify-json.md documents nics[].host");
         let out = to_json("demo", &every_state());
         assert_eq!(keys(&out), top);
         for n in out["nics"].as_array().unwrap() {
+            assert_eq!(keys(n), one_host);
+        }
+        let mut across = every_state();
+        for n in &mut across.nics {
+            n.target.host = Some(crate::lab::model::HostName::new("h1").unwrap());
+        }
+        for n in to_json("demo", &across)["nics"].as_array().unwrap() {
             assert_eq!(keys(n), nic);
         }
         let block = DOC.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).unwrap();
         let example: serde_json::Value = serde_json::from_str(block).unwrap();
         assert_eq!(keys(&example), top);
-        assert_eq!(keys(&example["nics"][0]), nic);
+        assert_eq!(keys(&example["nics"][0]), one_host);
         assert_eq!(keys(&example["summary"]), keys(&out["summary"]));
     }
 

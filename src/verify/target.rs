@@ -81,6 +81,11 @@ pub struct NicTarget {
     /// so nothing proves this NIC then ([`FailReason::DuplicateMac`](super::FailReason::DuplicateMac)).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub same_mac: Vec<String>,
+    /// The host of a lab across hosts that holds the NIC's VM (docs/multi-host.md), set by
+    /// the session's verification across hosts; `None` for a lab on one host (and then left
+    /// out of any JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<crate::lab::model::HostName>,
 }
 
 fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::Ok, S::Error> {
@@ -164,6 +169,7 @@ impl NicTarget {
                 )
             }),
             same_mac: Vec::new(),
+            host: None,
         }
     }
 }

@@ -49,6 +49,7 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         verify: true,
         netem_delay: Default::default(),
         same_mac: Vec::new(),
+        host: None,
     }
 }
 
