@@ -204,6 +204,20 @@ impl Session<'_> {
             return self.verify_across_after(lab, run, &observed, &BTreeMap::new(), req.verify.as_ref(), ui);
         }
         ui.confirm("apply these changes").map_err(RunError::before)?;
+        // A replaced VM gets a new disk and so new host keys: its pinned key (kept per lab and
+        // host) is forgotten first, as on one host.
+        for (_, _, r) in &ready {
+            let replaced: Vec<&str> = r
+                .plan
+                .changes
+                .iter()
+                .filter(|c| c.action == crate::plan::Action::Replace && matches!(c.address, Address::Vm(_)))
+                .map(|c| c.libvirt_name.as_str())
+                .collect();
+            if let Err(e) = crate::verify::known_hosts::forget_vms(lab.name.as_str(), &r.host, &replaced) {
+                ui.warn(&format!("warning: {e}"));
+            }
+        }
         // One progress display for every host (its events name their host), one stoppable
         // phase around all of them.
         let reports: Vec<Report> = {

@@ -82,7 +82,7 @@ pub(super) struct Ready {
     pub(super) observed: Observed,
     /// What the plan's targets reach on `observed` (whole lab without targets).
     reach: Reach,
-    host: HostId,
+    pub(super) host: HostId,
     _lab_lock: LabLock,
     /// Held when there is something to execute.
     _host_lock: Option<HostLock>,
