@@ -18,28 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::runner::{MachineError, Runner, run_ok, script, shell_line};
 
-/// A lab network's tunnel on one host, as wanted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TunnelSpec {
-    /// The VXLAN device's name (at most 15 bytes, as every network device's: IFNAMSIZ - 1).
-    pub device: String,
-    /// Its alias (`ip link set DEV alias`, at most 255 bytes): what tells topo's devices apart.
-    pub alias: String,
-    /// The VXLAN network identifier, below 2^24 (RFC 7348 5).
-    pub vni: u32,
-    /// This host's underlay address, the tunnel's source.
-    pub local: Ipv4Addr,
-    /// The UDP port, sent to and listened on (4789 is IANA's for VXLAN; Linux's default
-    /// without `dstport` is 8472, so it is always given).
-    pub dstport: u16,
-    /// The peer hosts' underlay addresses: every flooded frame goes to each.
-    pub peers: BTreeSet<Ipv4Addr>,
-    /// The lab network's bridge on this host; the device becomes its port.
-    pub bridge: String,
-    /// The device's MTU in bytes (1450: a 1500-byte underlay less VXLAN's 50 bytes of
-    /// outer headers over IPv4).
-    pub mtu: u32,
-}
+pub use crate::lab::hosts::TunnelSpec;
 
 /// A VXLAN device as found on the host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -12,6 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use serde::{Deserialize, Serialize};
+
 use crate::lab::model::{HostName, Lab, LabName, MacAddr, Network, NetworkKind, NetworkMode, NetworkName};
 
 /// UDP port of the tunnels: IANA's VXLAN port (RFC 7348 section 5). Linux's own default
@@ -68,6 +70,30 @@ pub fn tunnel_alias(lab: &LabName, prefix: &str, network: &NetworkName) -> Strin
     format!("topo lab={lab} prefix={prefix} network={network}")
 }
 
+/// A lab network's tunnel on one host, as the machine that runs the host makes it (the
+/// payload of apply's `EnsureTunnel`; `crate::host::tunnel` runs it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelSpec {
+    /// The VXLAN device's name (at most 15 bytes, as every network device's: IFNAMSIZ - 1).
+    pub device: String,
+    /// Its alias (`ip link set DEV alias`, at most 255 bytes): what tells topo's devices apart.
+    pub alias: String,
+    /// The VXLAN network identifier, below 2^24 (RFC 7348 5).
+    pub vni: u32,
+    /// This host's underlay address, the tunnel's source.
+    pub local: Ipv4Addr,
+    /// The UDP port, sent to and listened on (4789 is IANA's for VXLAN; Linux's default
+    /// without `dstport` is 8472, so it is always given).
+    pub dstport: u16,
+    /// The peer hosts' underlay addresses: every flooded frame goes to each.
+    pub peers: BTreeSet<Ipv4Addr>,
+    /// The lab network's bridge on this host; the device becomes its port.
+    pub bridge: String,
+    /// The device's MTU in bytes (1450: a 1500-byte underlay less VXLAN's 50 bytes of
+    /// outer headers over IPv4).
+    pub mtu: u32,
+}
+
 /// One host's end of a stretched network's tunnel, as the lab wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tunnel {
@@ -75,23 +101,12 @@ pub struct Tunnel {
     pub network: NetworkName,
     /// The host it is on.
     pub host: HostName,
-    /// [`tunnel_device`].
-    pub device: String,
-    /// [`tunnel_alias`]: the owner tag.
-    pub alias: String,
-    /// [`derived_vni`].
-    pub vni: u32,
-    /// This host's underlay address (the tunnel's source).
-    pub local: Ipv4Addr,
-    /// [`VXLAN_PORT`].
-    pub dstport: u16,
-    /// The underlay addresses of the other hosts the network spans, each an all-zero
-    /// forwarding entry (flooding by unicast to every peer).
-    pub peers: BTreeSet<Ipv4Addr>,
-    /// The bridge it is a port of (the network's `bridge:`, or [`stretched_bridge`]).
-    pub bridge: String,
-    /// The network's MTU: [`STRETCHED_MTU`] unless the lab file gives a lower one.
-    pub mtu: u32,
+    /// The device as the host's machine makes it: [`tunnel_device`], [`tunnel_alias`] (the
+    /// owner tag), [`derived_vni`], this host's underlay address, [`VXLAN_PORT`], the other
+    /// hosts' underlay addresses (an all-zero forwarding entry each), the bridge (the
+    /// network's `bridge:`, or [`stretched_bridge`]) and the network's MTU
+    /// ([`STRETCHED_MTU`] unless the lab file gives a lower one).
+    pub spec: TunnelSpec,
 }
 
 impl Lab {
@@ -164,14 +179,16 @@ impl Lab {
                 Some(Tunnel {
                     network: net.name.clone(),
                     host: host.clone(),
-                    device: tunnel_device(vni),
-                    alias: tunnel_alias(&self.name, &self.prefix, &net.name),
-                    vni,
-                    local,
-                    dstport: VXLAN_PORT,
-                    peers: hosts.iter().filter(|h| *h != host).filter_map(underlay).collect(),
-                    bridge: m.bridge.as_ref().map(|b| b.to_string()).unwrap_or_else(|| stretched_bridge(vni)),
-                    mtu: m.mtu.unwrap_or(STRETCHED_MTU),
+                    spec: TunnelSpec {
+                        device: tunnel_device(vni),
+                        alias: tunnel_alias(&self.name, &self.prefix, &net.name),
+                        vni,
+                        local,
+                        dstport: VXLAN_PORT,
+                        peers: hosts.iter().filter(|h| *h != host).filter_map(underlay).collect(),
+                        bridge: m.bridge.as_ref().map(|b| b.to_string()).unwrap_or_else(|| stretched_bridge(vni)),
+                        mtu: m.mtu.unwrap_or(STRETCHED_MTU),
+                    },
                 })
             })
             .collect()
@@ -315,12 +332,15 @@ mod tests {
         let t2 = lab.tunnels_on(&h("h2"));
         assert_eq!(t1.len(), 1);
         assert_eq!(t2.len(), 1);
-        assert_eq!((t1[0].network.as_str(), t1[0].vni, t1[0].dstport, t1[0].mtu), ("lan", t2[0].vni, 4789, 1450));
-        assert_eq!(t1[0].local, "10.77.0.11".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(t1[0].peers, ["10.77.0.12".parse().unwrap()].into());
-        assert_eq!(t2[0].peers, ["10.77.0.11".parse().unwrap()].into());
-        assert_eq!(t1[0].device, t2[0].device);
-        assert_eq!(t1[0].alias, "topo lab=mh prefix=mh- network=lan");
+        assert_eq!(
+            (t1[0].network.as_str(), t1[0].spec.vni, t1[0].spec.dstport, t1[0].spec.mtu),
+            ("lan", t2[0].spec.vni, 4789, 1450)
+        );
+        assert_eq!(t1[0].spec.local, "10.77.0.11".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(t1[0].spec.peers, ["10.77.0.12".parse().unwrap()].into());
+        assert_eq!(t2[0].spec.peers, ["10.77.0.11".parse().unwrap()].into());
+        assert_eq!(t1[0].spec.device, t2[0].spec.device);
+        assert_eq!(t1[0].spec.alias, "topo lab=mh prefix=mh- network=lan");
     }
 
     #[test]

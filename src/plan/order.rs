@@ -149,7 +149,7 @@ impl ResourceGraph {
         // (and, deleting, the other way round).
         for t in lab.share_host().map(|h| lab.tunnels_on(h)).unwrap_or_default() {
             let Some(net) = lab.networks.get(&t.network) else { continue };
-            let tunnel = Resource::Tunnel(t.device.clone());
+            let tunnel = Resource::Tunnel(t.spec.device.clone());
             g.edge(tunnel.clone(), Resource::Network(net.libvirt_name.to_string()), Ref::Desired);
             for vm in lab.vms.values().filter(|vm| vm.nics.iter().any(|n| n.network == t.network)) {
                 g.edge(Resource::Vm(vm.libvirt_name.to_string()), tunnel.clone(), Ref::Desired);

@@ -69,12 +69,12 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     };
     let mut out = Vec::new();
     if let Some(addrs) = &observed.host_addresses
-        && !addrs.contains(&first.local)
+        && !addrs.contains(&first.spec.local)
     {
         out.push(Problem::at(
             Code::UnderlayMissing,
             host_span,
-            format!("host `{host}` has no address {}: its tunnels could not send from it", first.local),
+            format!("host `{host}` has no address {}: its tunnels could not send from it", first.spec.local),
             "underlay not on this host",
             format!(
                 "set `underlay:` to one of the host's addresses ({})",
@@ -85,9 +85,9 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     for t in &wanted {
         let span = lab.networks.get(&t.network).map(|n| n.span).unwrap_or(lab.name_span);
         for o in tunnels.values() {
-            let same_name = o.device == t.device;
-            let same_vni = o.vni == t.vni && o.dstport == t.dstport;
-            let ours = o.alias.is_none() && same_name || o.alias.as_deref() == Some(t.alias.as_str());
+            let same_name = o.device == t.spec.device;
+            let same_vni = o.vni == t.spec.vni && o.dstport == t.spec.dstport;
+            let ours = o.alias.is_none() && same_name || o.alias.as_deref() == Some(t.spec.alias.as_str());
             if (same_name || same_vni) && !ours {
                 out.push(Problem::at(
                     Code::TunnelTaken,
@@ -96,9 +96,9 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
                         "network `{}` needs VXLAN device {} (VNI {}, UDP port {}) on host `{host}`, and device {} there \
                          holds {} ({})",
                         t.network,
-                        t.device,
-                        t.vni,
-                        t.dstport,
+                        t.spec.device,
+                        t.spec.vni,
+                        t.spec.dstport,
                         o.device,
                         if same_name { "that name" } else { "that VNI and port" },
                         o.alias.as_deref().map(|a| format!("alias `{a}`")).unwrap_or_else(|| "no alias".into()),
@@ -124,16 +124,16 @@ pub(super) fn plan(lab: &Lab, observed: &Observed, planned: &[Change]) -> Vec<Ch
     let Some(tunnels) = &observed.tunnels else { return Vec::new() };
     let wanted = wanted(lab);
     let mut out = Vec::new();
-    let keep: BTreeSet<&str> = wanted.iter().map(|t| t.device.as_str()).collect();
+    let keep: BTreeSet<&str> = wanted.iter().map(|t| t.spec.device.as_str()).collect();
     out.extend(owned(lab, observed).into_iter().filter(|(d, _)| !keep.contains(d.as_str())).map(deletion));
     for t in wanted {
-        let spec = spec_of(&t);
+        let spec = t.spec.clone();
         let address = Address::Tunnel(t.network.clone());
         let ensure = Op::EnsureTunnel { tunnel: spec.clone() };
-        match tunnels.get(&t.device) {
+        match tunnels.get(&t.spec.device) {
             None => {
                 let fields = created(&spec);
-                out.push(change(address, t.device, Action::Create, vec![Reason::NotOnHost], fields, vec![ensure]))
+                out.push(change(address, t.spec.device, Action::Create, vec![Reason::NotOnHost], fields, vec![ensure]))
             }
             Some(o) => {
                 let fields = diff(&spec, o);
@@ -141,7 +141,7 @@ pub(super) fn plan(lab: &Lab, observed: &Observed, planned: &[Change]) -> Vec<Ch
                     if bridge_renewed(lab, &t.network, planned) {
                         out.push(change(
                             address,
-                            t.device,
+                            t.spec.device,
                             Action::Update,
                             vec![Reason::NetworkRenewed],
                             Vec::new(),
@@ -160,10 +160,10 @@ pub(super) fn plan(lab: &Lab, observed: &Observed, planned: &[Change]) -> Vec<Ch
                     (
                         Action::Replace,
                         vec![Reason::RequiresReplace { fields: replace }],
-                        vec![Op::DeleteTunnel { device: t.device.clone() }, ensure],
+                        vec![Op::DeleteTunnel { device: t.spec.device.clone() }, ensure],
                     )
                 };
-                out.push(change(address, t.device, action, reasons, fields, ops));
+                out.push(change(address, t.spec.device, action, reasons, fields, ops));
             }
         }
     }
@@ -195,20 +195,6 @@ fn deletion((device, network): (String, NetworkName)) -> Change {
         Vec::new(),
         vec![Op::DeleteTunnel { device }],
     )
-}
-
-/// The payload of a tunnel's steps.
-pub(crate) fn spec_of(t: &Tunnel) -> TunnelSpec {
-    TunnelSpec {
-        device: t.device.clone(),
-        alias: t.alias.clone(),
-        vni: t.vni,
-        local: t.local,
-        dstport: t.dstport,
-        peers: t.peers.clone(),
-        bridge: t.bridge.clone(),
-        mtu: t.mtu,
-    }
 }
 
 /// The fields a new tunnel shows.
