@@ -67,7 +67,13 @@ pub fn stretched_bridge(vni: u32) -> String {
 /// most 255 bytes): its owner tag. A VXLAN device whose alias is not this lab's is never
 /// changed or deleted.
 pub fn tunnel_alias(lab: &LabName, prefix: &str, network: &NetworkName) -> String {
-    format!("topo lab={lab} prefix={prefix} network={network}")
+    format!("{}{network}", tunnel_alias_head(lab, prefix))
+}
+
+/// What every tunnel alias of lab `lab` (prefix `prefix`) starts with, the network's name
+/// following it ([`tunnel_alias`]).
+pub fn tunnel_alias_head(lab: &LabName, prefix: &str) -> String {
+    format!("topo lab={lab} prefix={prefix} network=")
 }
 
 /// A lab network's tunnel on one host, as the machine that runs the host makes it (the

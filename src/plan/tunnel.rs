@@ -9,7 +9,7 @@ use crate::diag::{Code, Problem};
 use crate::host::observed::Observed;
 use crate::host::tunnel::{ObservedTunnel, TunnelSpec};
 use crate::lab::address::Address;
-use crate::lab::hosts::{Tunnel, tunnel_alias};
+use crate::lab::hosts::{Tunnel, tunnel_alias_head};
 use crate::lab::model::{Lab, NetworkName};
 
 use super::change::{Action, Change, FieldChange, Op, Reason};
@@ -21,25 +21,18 @@ fn wanted(lab: &Lab) -> Vec<Tunnel> {
 }
 
 /// The VXLAN devices on the host that this lab owns, as `(device, network)`: those whose
-/// alias is this lab's tag for a network ([`tunnel_alias`]), in the lab file or not.
+/// alias is this lab's tag for a network ([`crate::lab::hosts::tunnel_alias`]), in the lab file or not.
 pub(super) fn owned(lab: &Lab, observed: &Observed) -> Vec<(String, NetworkName)> {
     let Some(tunnels) = &observed.tunnels else { return Vec::new() };
-    let prefix = tunnel_alias(&lab.name, &lab.prefix, &dummy_network());
-    let head = prefix.trim_end_matches(dummy_network().as_str());
+    let head = tunnel_alias_head(&lab.name, &lab.prefix);
     tunnels
         .values()
         .filter_map(|t| {
-            let name = t.alias.as_deref()?.strip_prefix(head)?;
+            let name = t.alias.as_deref()?.strip_prefix(head.as_str())?;
             let network = NetworkName::new(name).ok()?;
             Some((t.device.clone(), network))
         })
         .collect()
-}
-
-/// A network name to cut the alias of at (any valid one).
-fn dummy_network() -> NetworkName {
-    // Invariant: "n" is a valid network name.
-    NetworkName::new("n").expect("a valid network name")
 }
 
 /// What the host must offer the share's tunnels: its machine reachable, the underlay

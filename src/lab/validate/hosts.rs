@@ -22,6 +22,8 @@ pub(super) struct Hosts {
     /// Every key written under `hosts:` (valid or not), in file order: a VM naming a host
     /// whose own entry has a problem is not reported again as naming an unknown host.
     written: Vec<String>,
+    /// The hosts whose `underlay:` is written but refused: not reported again as missing.
+    bad_underlay: BTreeSet<HostName>,
 }
 
 impl Hosts {
@@ -31,6 +33,7 @@ impl Hosts {
         let mut valid = BTreeMap::new();
         let mut uris: BTreeMap<&str, &Spanned<String>> = BTreeMap::new();
         let mut underlays: BTreeMap<Ipv4Addr, &Spanned<String>> = BTreeMap::new();
+        let mut bad_underlay = BTreeSet::new();
         for (order, (key, spec)) in hosts.iter().enumerate() {
             let name = checked_name(
                 c,
@@ -63,6 +66,9 @@ impl Hosts {
                 }
             }
             let underlay = spec.underlay.as_ref().and_then(|u| check_underlay(c, u, &mut underlays));
+            if let (Some(name), None, Some(_)) = (&name, underlay, &spec.underlay) {
+                bad_underlay.insert(name.clone());
+            }
             if let Some(name) = name.filter(|_| uri_ok) {
                 let lab_host = LabHost {
                     name: name.clone(),
@@ -74,7 +80,7 @@ impl Hosts {
                 valid.insert(name, lab_host);
             }
         }
-        Self { valid, written: hosts.iter().map(|(k, _)| k.value.clone()).collect() }
+        Self { valid, written: hosts.iter().map(|(k, _)| k.value.clone()).collect(), bad_underlay }
     }
 
     /// The host a VM or network (`who`, for messages) is on: its `host:`, which must be
@@ -182,7 +188,7 @@ impl Hosts {
             }
             for h in &spans {
                 let Some(host) = self.valid.get(*h) else { continue };
-                if host.underlay.is_none() {
+                if host.underlay.is_none() && !self.bad_underlay.contains(*h) {
                     c.push(
                         Code::Underlay,
                         format!(
