@@ -6,7 +6,9 @@
 # VMs and networks, no `hosts:`, reached as `-c qemu+ssh://root@h1/system` (its NICs proven
 # by arping over ssh too, so only the spreading differs).
 # Env: ROUNDS (3), HOSTS (3: measure on 1, 2 and 3 hosts; 2: on 1 and 2), PROFILE (debug),
-#      TOPO_GUEST_DIR; KEEP=1 leaves the harness up.
+#      TOPO_GUEST_DIR; KEEP=1 leaves the harness up; BASELINE=PATH another topo binary (an
+#      earlier commit's build) run the same way in each round, right after this build's run
+#      of the same lab, for a before/after in the same run.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -66,23 +68,34 @@ lab() {
   } >"$file"
 }
 
-run() { (cd "$W" && "$H" ctl -- "$TOPO" "$@" </dev/null) >"$W/out" 2>&1 || { tail -30 "$W/out" >&2; return 1; }; }
-declare -A APPLY DESTROY
+run() { (cd "$W" && "$H" ctl -- "$@" </dev/null) >"$W/out" 2>&1 || { tail -30 "$W/out" >&2; return 1; }; }
+declare -A APPLY DESTROY BAPPLY BDESTROY
+builds=(this)
+[ -n "${BASELINE:-}" ] && builds+=(baseline)
 for n in $(seq "$HOSTS"); do lab "$W/lab$n.yaml" "$n"; done
 for r in $(seq "$ROUNDS"); do
   for n in $(seq "$HOSTS"); do
     conn=()
     [ "$n" = 1 ] && conn=(-c qemu+ssh://root@h1/system)
-    t=$(now_ms)
-    run "${conn[@]}" apply -y "lab$n.yaml"
-    grep -q "Verify: 5 verified, 0 failed" "$W/out" || { tail -30 "$W/out" >&2; exit 1; }
-    a=$(($(now_ms) - t))
-    t=$(now_ms)
-    run "${conn[@]}" destroy -y "lab$n.yaml"
-    d=$(($(now_ms) - t))
-    APPLY[$n]="${APPLY[$n]:-} $a"
-    DESTROY[$n]="${DESTROY[$n]:-} $d"
-    log "round $r, $n host(s): apply $a ms, destroy $d ms"
+    for b in "${builds[@]}"; do
+      bin=$TOPO
+      [ "$b" = baseline ] && bin=$BASELINE
+      t=$(now_ms)
+      run "$bin" "${conn[@]}" apply -y "lab$n.yaml"
+      grep -q "Verify: 5 verified, 0 failed" "$W/out" || { tail -30 "$W/out" >&2; exit 1; }
+      a=$(($(now_ms) - t))
+      t=$(now_ms)
+      run "$bin" "${conn[@]}" destroy -y "lab$n.yaml"
+      d=$(($(now_ms) - t))
+      if [ "$b" = baseline ]; then
+        BAPPLY[$n]="${BAPPLY[$n]:-} $a"
+        BDESTROY[$n]="${BDESTROY[$n]:-} $d"
+      else
+        APPLY[$n]="${APPLY[$n]:-} $a"
+        DESTROY[$n]="${DESTROY[$n]:-} $d"
+      fi
+      log "round $r, $n host(s), $b build: apply $a ms, destroy $d ms"
+    done
   done
 done
 
@@ -95,3 +108,14 @@ for n in $(seq "$HOSTS"); do
   ratio=$(awk -v a="$med" -v b="$base_a" 'BEGIN{printf "%.2fx", a/b}')
   echo "| $n | $(echo "${APPLY[$n]}" | stats) | $ratio | $(echo "${DESTROY[$n]}" | stats) |"
 done
+if [ -n "${BASELINE:-}" ]; then
+  median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+  echo
+  echo "| hosts | apply: this build / baseline (medians) | destroy: this build / baseline (medians) |"
+  echo "|---|---|---|"
+  for n in $(seq "$HOSTS"); do
+    a=$(echo "${APPLY[$n]}" | median) ba=$(echo "${BAPPLY[$n]}" | median)
+    d=$(echo "${DESTROY[$n]}" | median) bd=$(echo "${BDESTROY[$n]}" | median)
+    echo "| $n | $(awk -v a="$a" -v b="$ba" 'BEGIN{printf "%.1f s / %.1f s = %.2fx", a/1000, b/1000, a/b}') | $(awk -v a="$d" -v b="$bd" 'BEGIN{printf "%.1f s / %.1f s = %.2fx", a/1000, b/1000, a/b}') |"
+  done
+fi

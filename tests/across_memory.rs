@@ -162,6 +162,41 @@ fn every_fault_on_either_host_converges() {
     }
 }
 
+/// Destroy across hosts runs every host's steps at once: a call failing, or the process
+/// dying after any call, on either host, and a new destroy still leaves nothing of the lab.
+#[test]
+fn every_destroy_fault_on_either_host_is_cleaned_up() {
+    let l = lab(&lab_text());
+    for faulty in ["h1", "h2"] {
+        let (hv1, hv2) = hosts("dsweep");
+        apply(&l, &session(&hv1, &hv2)).unwrap();
+        let target = if faulty == "h1" { &hv1 } else { &hv2 };
+        target.clear_calls();
+        target.count_calls();
+        destroy(&l, &session(&hv1, &hv2)).unwrap();
+        let n = target.disarm();
+        assert!(n >= 3, "{faulty}: only {n} calls");
+        for fault in [Fault::FailCall, Fault::StopAfterCall] {
+            let mut failed = 0;
+            for k in 1..=n {
+                let what = format!("{faulty}: destroy {fault:?} at call {k} of {n}");
+                let (hv1, hv2) = hosts("dsweep");
+                apply(&l, &session(&hv1, &hv2)).unwrap_or_else(|e| panic!("{what}: apply failed: {e}"));
+                let target = if faulty == "h1" { &hv1 } else { &hv2 };
+                target.arm(k, fault);
+                failed += usize::from(destroy(&l, &session(&hv1, &hv2)).is_err());
+                target.disarm();
+                let s = session(&hv1, &hv2);
+                destroy(&l, &s).unwrap_or_else(|e| panic!("{what}: destroy again failed: {e}"));
+                assert_eq!(objects(&hv1), Vec::<String>::new(), "{what}: left on h1");
+                assert_eq!(objects(&hv2), Vec::<String>::new(), "{what}: left on h2");
+            }
+            eprintln!("{faulty}: destroy {fault:?}: {failed} of {n} faulted runs failed");
+            assert!(failed * 10 >= n * 7, "{faulty}: destroy {fault:?}: only {failed} of {n} faulted runs failed");
+        }
+    }
+}
+
 fn down() -> topo::host::hypervisor::HvError {
     topo::host::hypervisor::HvError {
         op: "connect".into(),

@@ -1,12 +1,15 @@
 //! Runs of a lab across several hosts (`hosts:` in the lab file, docs/multi-host.md): each
 //! host's share of the lab (`Lab::on_host`) goes through the one-host pipeline on that host's
-//! connection, and what the user sees and confirms is one plan of every host. Locks are
-//! taken host by host in name order (so two runs never wait for each other in a circle);
-//! every host is observed and planned, and nothing is changed anywhere, before the one
-//! confirmation; the hosts' plans then execute in parallel, one thread per host (no step of
-//! one host waits for another's: a tunnel whose peer is not up yet carries nothing until it
-//! is); verification runs per host in parallel, each NIC proven by ARP on its own host's
-//! bridge, its lease read from the host that serves its network.
+//! connection, and what the user sees and confirms is one plan of every host. The hosts are
+//! observed and planned at once, one thread each (each under its lab lock, which fails at
+//! once when held, so nothing waits there); the host locks, which wait, are taken host by
+//! host in name order (so two runs never wait for each other in a circle); every host is
+//! observed again under its lock, at once, and nothing is changed anywhere before the one
+//! confirmation. The hosts' plans then execute at once, one thread per host (no step of one
+//! host waits for another's: a tunnel whose peer is not up yet carries nothing until it is),
+//! under one progress display whose lines name their host; convergence is checked and NICs
+//! verified per host at once, each NIC proven by ARP on its own host's bridge, its lease read
+//! from the host that serves its network. Destroy runs the same way.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -23,22 +26,33 @@ use crate::plan::Plan;
 use crate::results::Command;
 use crate::verify::{LeaseSource, NicTarget, VerifyOptions, VerifyReport};
 
-/// A [`Ui`] for one host's part of a run across hosts: it says what `inner` says, except
-/// that it shows no plan and asks nothing (the run shows the plan of every host once and
-/// asks once).
+/// A [`Ui`] for one host's part of a run across hosts: it says what `inner` says, its lines
+/// headed by the host's name when it has one (hosts run at once, their lines interleave),
+/// except that it shows no plan and asks nothing (the run shows the plan of every host once
+/// and asks once).
 struct HostUi<'a> {
     inner: &'a dyn Ui,
+    host: Option<&'a HostName>,
+}
+
+impl HostUi<'_> {
+    fn headed(&self, line: &str) -> String {
+        match self.host {
+            Some(h) => format!("{h}: {line}"),
+            None => line.to_owned(),
+        }
+    }
 }
 
 impl Ui for HostUi<'_> {
     fn status(&self, line: &str) {
-        self.inner.status(line);
+        self.inner.status(&self.headed(line));
     }
     fn warnings(&self, w: Warnings) {
         self.inner.warnings(w);
     }
     fn warn(&self, line: &str) {
-        self.inner.warn(line);
+        self.inner.warn(&self.headed(line));
     }
     fn progress(&self) -> Box<dyn crate::apply::progress::Progress + '_> {
         self.inner.progress()
@@ -52,6 +66,22 @@ impl Ui for HostUi<'_> {
     fn cancel(&self) -> &AtomicBool {
         self.inner.cancel()
     }
+}
+
+/// `f` of each of `items`, each on a thread of its own (hosts are observed, changed and
+/// verified at once), in the order of `items`. A panic in `f` is raised again here.
+fn par_map<I: Send, T: Send>(items: impl IntoIterator<Item = I>, f: impl Fn(I) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let runs: Vec<_> = items.into_iter().map(|i| s.spawn(move || f(i))).collect();
+        runs.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
+}
+
+/// The first error of `results` (in their order, which is the hosts' name order), or every
+/// value.
+fn all_ok<T, E>(results: Vec<Result<T, E>>) -> Result<Vec<T>, E> {
+    results.into_iter().collect()
 }
 
 /// The targets of `targets` that are in host `host`'s share `share` (all of them when none
@@ -153,12 +183,11 @@ impl Session<'_> {
     /// # Errors
     /// As [`Session::plan`], on any host.
     pub(super) fn plan_across(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> miette::Result<Planned> {
-        let mut plans = BTreeMap::new();
-        for (h, share, here) in self.needed(lab, targets)? {
-            ui.status(&format!("Host {h}:"));
-            let planned = self.host_session(&h).plan(&share, &here, &HostUi { inner: ui })?;
-            plans.insert(h, planned.plan);
-        }
+        let needed = self.needed(lab, targets)?;
+        let planned = all_ok(par_map(&needed, |(h, share, here)| {
+            self.host_session(h).plan(share, here, &HostUi { inner: ui, host: Some(h) })
+        }))?;
+        let plans = needed.into_iter().zip(planned).map(|((h, ..), p)| (h, p.plan)).collect();
         Ok(Planned { plan: Plan::across(lab.name.as_str(), targets.to_vec(), plans), observed: Observed::default() })
     }
 
@@ -179,21 +208,10 @@ impl Session<'_> {
                 .into(),
             ));
         }
-        let quiet = HostUi { inner: ui };
-        let mut ready: Vec<(HostName, Lab, Ready)> = Vec::new();
-        for (h, share, here) in self.needed(lab, req.targets).map_err(|e| RunError::before(e.into()))? {
-            ui.status(&format!("Host {h}:"));
-            let host_req = ApplyRequest {
-                saved: None,
-                targets: &here,
-                options: req.options.clone(),
-                auto_approve: req.auto_approve,
-                disconnect_foreign: req.disconnect_foreign,
-                verify: req.verify.clone(),
-            };
-            let r = self.host_session(&h).ready(&share, &host_req, &quiet).map_err(RunError::before)?;
-            ready.push((h, share, r));
-        }
+        let needed = self.needed(lab, req.targets).map_err(|e| RunError::before(e.into()))?;
+        let readies = self.ready_across(&needed, req, ui).map_err(RunError::before)?;
+        let ready: Vec<(HostName, Lab, Ready)> =
+            needed.into_iter().zip(readies).map(|((h, share, _), r)| (h, share, r)).collect();
         let plans: BTreeMap<HostName, Plan> = ready.iter().map(|(h, _, r)| (h.clone(), r.plan.clone())).collect();
         let plan = Plan::across(lab.name.as_str(), req.targets.to_vec(), plans);
         let file = lab.source.name();
@@ -224,17 +242,9 @@ impl Session<'_> {
             let _stoppable = super::Stoppable::enter(ui);
             let progress = ui.progress();
             let progress = progress.as_ref();
-            std::thread::scope(|s| {
-                let runs: Vec<_> = ready
-                    .iter()
-                    .map(|(h, _, r)| {
-                        let sub = self.host_session(h);
-                        let opts = crate::apply::Options { host: Some(h.clone()), ..req.options.clone() };
-                        s.spawn(move || sub.execute(&r.plan, &opts, ui.cancel(), progress))
-                    })
-                    .collect();
-                // Invariant: execute does not panic (its steps report failures as outcomes).
-                runs.into_iter().map(|t| t.join().expect("a host's apply thread")).collect()
+            par_map(&ready, |(h, _, r)| {
+                let opts = crate::apply::Options { host: Some(h.clone()), ..req.options.clone() };
+                self.host_session(h).execute(&r.plan, &opts, ui.cancel(), progress)
             })
         };
         let report = merged(reports);
@@ -244,16 +254,58 @@ impl Session<'_> {
         if let Some(e) = failure(&report) {
             return Err(RunError::after(e, plan, report));
         }
-        let mut observed = Vec::new();
-        for (h, share, r) in &ready {
-            match self.host_session(h).converged(share, &r.plan.targets) {
-                Ok((o, _)) => observed.push((h.clone(), o)),
-                Err(e) => return Err(RunError::after(e, plan, report)),
-            }
-        }
+        let converged = par_map(&ready, |(h, share, r)| {
+            self.host_session(h).converged(share, &r.plan.targets).map(|(o, _)| (h.clone(), o))
+        });
+        let observed = match all_ok(converged) {
+            Ok(o) => o,
+            Err(e) => return Err(RunError::after(e, plan, report)),
+        };
         let started = report.started.clone();
         let run = Run { plan, executed: Some(report), verified: None };
         self.verify_across_after(lab, run, &observed, &started, req.verify.as_ref(), ui)
+    }
+
+    /// Apply up to execution on every host of `needed` (host, share, targets there): every
+    /// host observed and planned at once ([`Session::prepare`]: nothing waits there, the lab
+    /// lock fails at once when held); then the host locks of the hosts with something to
+    /// change, one host at a time in name order (two runs never wait for each other in a
+    /// circle); then each of those hosts observed again under its lock at once
+    /// ([`Session::settle`]). Nothing is confirmed here: the caller shows the plans of every
+    /// host and asks once.
+    ///
+    /// # Errors
+    /// The first host's error in name order, as [`Session::ready`].
+    fn ready_across(
+        &self,
+        needed: &[(HostName, Lab, Vec<Address>)],
+        req: &ApplyRequest<'_>,
+        ui: &dyn Ui,
+    ) -> miette::Result<Vec<Ready>> {
+        let work: Vec<(&HostName, &Lab, ApplyRequest<'_>, HostUi<'_>)> = needed
+            .iter()
+            .map(|(h, share, here)| {
+                let host_req = ApplyRequest {
+                    saved: None,
+                    targets: here,
+                    options: req.options.clone(),
+                    auto_approve: req.auto_approve,
+                    disconnect_foreign: req.disconnect_foreign,
+                    verify: req.verify.clone(),
+                };
+                (h, share, host_req, HostUi { inner: ui, host: Some(h) })
+            })
+            .collect();
+        let prepared = all_ok(par_map(&work, |(h, share, r, hui)| self.host_session(h).prepare(share, r, hui)))?;
+        let mut locked = Vec::new();
+        for ((h, share, _, hui), p) in work.iter().zip(prepared) {
+            let locks = if p.plan.is_empty() { None } else { Some(self.host_session(h).lock_host(share, &p, hui)?) };
+            locked.push((p, locks));
+        }
+        all_ok(par_map(work.iter().zip(locked), |((h, share, r, hui), (p, locks))| match locks {
+            None => Ok(p.unlocked()),
+            Some(locks) => self.host_session(h).settle(share, r, p, locks, hui),
+        }))
     }
 
     /// After apply across hosts: every NIC of the hosts in `observed` verified on its host.
@@ -287,11 +339,11 @@ impl Session<'_> {
         &self,
         lab: &Lab,
         observed: &[(HostName, Observed)],
-        only: &(dyn Fn(&NicTarget) -> bool + Sync),
+        only: &dyn Fn(&NicTarget) -> bool,
         opts: &VerifyOptions,
         ui: &dyn Ui,
     ) -> miette::Result<Option<VerifyReport>> {
-        let quiet = HostUi { inner: ui };
+        let quiet = HostUi { inner: ui, host: None };
         let mut work = Vec::new();
         for (h, o) in observed {
             let sub = self.host_session(h);
@@ -332,21 +384,10 @@ impl Session<'_> {
             if hosts.len() == 1 { "" } else { "s" },
             hosts.join(", ")
         ));
-        let results: Vec<miette::Result<VerifyReport>> = std::thread::scope(|s| {
-            let quiet = &quiet;
-            let runs: Vec<_> = work
-                .iter()
-                .map(|(_, sub, targets, leases)| {
-                    s.spawn(move || sub.prove_with(targets, opts.clone(), leases, quiet, true))
-                })
-                .collect();
-            // Invariant: verification does not panic.
-            runs.into_iter().map(|t| t.join().expect("a host's verify thread")).collect()
-        });
-        let mut report = VerifyReport { nics: Vec::new() };
-        for r in results {
-            report.nics.extend(r?.nics);
-        }
+        let results = all_ok(par_map(&work, |(_, sub, targets, leases)| {
+            sub.prove_with(targets, opts.clone(), leases, &quiet, true)
+        }))?;
+        let report = VerifyReport { nics: results.into_iter().flat_map(|r| r.nics).collect() };
         Ok(Some(report))
     }
 
@@ -363,20 +404,13 @@ impl Session<'_> {
         only: &dyn Fn(&NicTarget) -> bool,
         ui: &dyn Ui,
     ) -> miette::Result<super::Proven> {
-        let mut observed = Vec::new();
-        for (h, ..) in self.needed(lab, &[])? {
-            ui.status(&format!("Observing host {h} ({}) ...", self.host_session(&h).uri()));
-            observed.push((h.clone(), self.host_session(&h).observe_host_for(&lab.on_host(&h))?));
-        }
-        let targets: std::collections::BTreeSet<(String, String)> = observed
-            .iter()
-            .flat_map(|(h, o)| self.host_session(h).nic_targets(&verify_view(lab, h), o))
-            .filter(|t| only(t))
-            .map(|t| (t.vm.to_string(), t.nic.clone()))
-            .collect();
-        let chosen = |t: &NicTarget| targets.contains(&(t.vm.to_string(), t.nic.clone()));
-        let report =
-            self.prove_across(lab, &observed, &chosen, &opts, ui)?.unwrap_or(VerifyReport { nics: Vec::new() });
+        let needed = self.needed(lab, &[])?;
+        let observed = all_ok(par_map(&needed, |(h, share, _)| {
+            let sub = self.host_session(h);
+            ui.status(&format!("Observing host {h} ({}) ...", sub.uri()));
+            sub.observe_host_for(share).map(|o| (h.clone(), o))
+        }))?;
+        let report = self.prove_across(lab, &observed, only, &opts, ui)?.unwrap_or(VerifyReport { nics: Vec::new() });
         let mut all = Observed::default();
         for (_, o) in observed {
             all.domains.extend(o.domains);
@@ -391,24 +425,24 @@ impl Session<'_> {
     /// # Errors
     /// A host cannot be observed.
     pub(super) fn status_across(&self, lab: &Lab, ui: &dyn Ui) -> miette::Result<crate::verify::status::Status> {
-        let mut resources = Vec::new();
         let quick = VerifyOptions {
             timeout: std::time::Duration::from_millis(1500),
             sweep_after: std::time::Duration::from_secs(3600),
             ..Default::default()
         };
-        for (h, share, _) in self.needed(lab, &[])? {
-            let sub = self.host_session(&h);
-            let observed = sub.observe(&share)?;
-            let plan = crate::plan::plan(&share, &observed, &sub.uri()).ok();
-            let view = verify_view(lab, &h);
+        let needed = self.needed(lab, &[])?;
+        let per_host = all_ok(par_map(&needed, |(h, share, _)| -> miette::Result<_> {
+            let sub = self.host_session(h);
+            let observed = sub.observe(share)?;
+            let plan = crate::plan::plan(share, &observed, &sub.uri()).ok();
+            let view = verify_view(lab, h);
             let report = self
                 .prove_across(
                     lab,
                     &[(h.clone(), observed.clone())],
                     &|_| true,
                     &quick,
-                    &HostUi { inner: &Silenced(ui) },
+                    &HostUi { inner: &Silenced(ui), host: None },
                 )
                 .ok()
                 .flatten();
@@ -426,8 +460,9 @@ impl Session<'_> {
             for r in &mut st.resources {
                 r.host = Some(h.clone());
             }
-            resources.extend(st.resources);
-        }
+            Ok(st.resources)
+        }))?;
+        let resources = per_host.into_iter().flatten().collect();
         Ok(crate::verify::status::Status {
             format_version: crate::verify::status::JSON_FORMAT_VERSION,
             lab: lab.name.to_string(),
@@ -435,17 +470,18 @@ impl Session<'_> {
         })
     }
 
-    /// `topo destroy` across hosts: every host's share destroyed in name order, each under its
-    /// own locks, after one confirmation of the whole plan.
+    /// `topo destroy` across hosts: every host's share observed and planned at once, each
+    /// under its own lab lock; one confirmation of the whole plan; the host locks on the
+    /// hosts taken in name order; every host's plan executed at once under one progress
+    /// display; every host checked at once for what is left. A host that cannot be reached
+    /// keeps its part: the others are destroyed, and the run fails saying what is left where.
     ///
     /// # Errors
-    /// As [`Session::destroy`], on any host.
+    /// As [`Session::destroy`], on any host (the first in name order); what is left on hosts
+    /// that could not be reached ([`SessionError::LeftOnUnreachable`]).
     pub(super) fn destroy_across(&self, lab: &Lab, req: &DestroyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
-        let quiet = HostUi { inner: ui };
-        let mut plans = BTreeMap::new();
-        // A host that cannot be reached keeps its part of the lab: the others are destroyed,
-        // and the run fails saying what is left where.
         let mut left = Vec::new();
+        let mut work = Vec::new();
         for h in self.host_names() {
             let share = lab.on_host(&h);
             let Some(here) = targets_in(&share, req.targets) else { continue };
@@ -454,49 +490,96 @@ impl Session<'_> {
                 left.push(left_on(&h, &share));
                 continue;
             }
-            ui.status(&format!("Host {h}:"));
-            let host_id = self.host_session(&h).host_id().map_err(|e| RunError::before(e.into()))?;
-            let host_req = destroy_request(req, &h, &here);
-            let (plan, ..) =
-                self.host_session(&h).destroy_plan(&share, &host_req, &host_id, &quiet).map_err(RunError::before)?;
-            plans.insert(h, plan);
+            work.push((h, share, here));
         }
+        let left_error = || SessionError::LeftOnUnreachable { left: left.join("; ") };
+        let planned = all_ok(par_map(&work, |(h, share, here)| -> miette::Result<_> {
+            let sub = self.host_session(h);
+            let host_id = sub.host_id()?;
+            let hui = HostUi { inner: ui, host: Some(h) };
+            let (plan, observed, reach, lock) =
+                sub.destroy_plan(share, &destroy_request(req, h, here), &host_id, &hui)?;
+            Ok(HostDestroy { host_id, plan, observed, reach, _lock: lock })
+        }))
+        .map_err(RunError::before)?;
+        let plans = work.iter().zip(&planned).map(|((h, ..), d)| (h.clone(), d.plan.clone())).collect();
         let plan = Plan::across(lab.name.as_str(), req.targets.to_vec(), plans);
+        let forget = || {
+            for ((h, share, here), d) in work.iter().zip(&planned) {
+                super::run::forget_keys(share, &destroy_request(req, h, here), &d.host_id, ui);
+            }
+        };
         if plan.is_empty() {
             if !left.is_empty() {
-                return Err(RunError::before(SessionError::LeftOnUnreachable { left: left.join("; ") }.into()));
+                return Err(RunError::before(left_error().into()));
             }
+            forget();
             return Ok(Run { plan, executed: None, verified: None });
         }
-        ui.plan(&plan, &lab.source.name())
-            .and_then(|()| ui.confirm("destroy these objects"))
-            .map_err(RunError::before)?;
-        // Host by host (each its own progress display would garble a terminal if run at once).
-        let mut reports = Vec::new();
-        for h in self.host_names() {
-            let share = lab.on_host(&h);
-            let Some(here) = targets_in(&share, req.targets) else { continue };
-            if self.reach(&h).is_err() {
-                continue;
+        let checked = || -> miette::Result<()> {
+            ui.plan(&plan, &lab.source.name())?;
+            for ((h, share, _), d) in work.iter().zip(&planned) {
+                let uri = self.host_session(h).uri();
+                crate::plan::check_executable(
+                    share,
+                    &d.observed,
+                    &d.plan,
+                    &uri,
+                    crate::plan::target::Direction::Destroy,
+                    req.disconnect_foreign,
+                )?;
             }
-            let host_req = destroy_request(req, &h, &here);
-            match self.host_session(&h).destroy(&share, &host_req, &quiet) {
-                Ok(run) => reports.extend(run.executed),
-                Err(e) => {
-                    reports.extend(e.partial.and_then(|p| p.executed));
-                    return Err(RunError::after(e.error, plan, merged(reports)));
-                }
+            ui.confirm("destroy these objects")
+        };
+        checked().map_err(RunError::before)?;
+        let mut on_hosts = Vec::new();
+        for ((h, ..), d) in work.iter().zip(&planned) {
+            if !d.plan.is_empty() {
+                let hui = HostUi { inner: ui, host: Some(h) };
+                on_hosts.push(self.host_session(h).lock_on_host(&hui).map_err(RunError::before)?);
             }
         }
+        // One progress display for every host (its events name their host), one stoppable
+        // phase around all of them.
+        let reports: Vec<Report> = {
+            let _stoppable = super::Stoppable::enter(ui);
+            let progress = ui.progress();
+            let progress = progress.as_ref();
+            par_map(work.iter().zip(&planned), |((h, _, here), d)| {
+                let opts = super::run::destroy_options(&destroy_request(req, h, here));
+                self.host_session(h).execute(&d.plan, &opts, ui.cancel(), progress)
+            })
+        };
         let report = merged(reports);
         if let Err(e) = ui.executed(Command::Destroy, &report) {
             return Err(RunError::after(e, plan, report));
         }
+        if let Some(e) = failure(&report) {
+            return Err(RunError::after(e, plan, report));
+        }
+        let checked = par_map(work.iter().zip(&planned), |((h, share, _), d)| {
+            if d.plan.is_empty() { Ok(()) } else { self.host_session(h).destroyed(share, &d.plan, &d.reach) }
+        });
+        if let Err(e) = all_ok(checked) {
+            return Err(RunError::after(e, plan, report));
+        }
+        drop(on_hosts);
+        forget();
         if !left.is_empty() {
-            return Err(RunError::after(SessionError::LeftOnUnreachable { left: left.join("; ") }, plan, report));
+            return Err(RunError::after(left_error(), plan, report));
         }
         Ok(Run { plan, executed: Some(report), verified: None })
     }
+}
+
+/// One host's destroy, planned ([`Session::destroy_plan`]): its plan, what it was made on,
+/// what its targets reach, and the lab lock held there.
+struct HostDestroy {
+    host_id: crate::apply::lock::HostId,
+    plan: Plan,
+    observed: Observed,
+    reach: crate::plan::target::Reach,
+    _lock: crate::apply::lock::LabLock,
 }
 
 /// A [`Ui`] that passes on only what stops a run (cancel): for status's quick proof.

@@ -91,6 +91,32 @@ pub(super) struct Ready {
     _on_host: Option<crate::host::runner::HostLockOn>,
 }
 
+/// Apply's first part on one host ([`Session::prepare`]): the plan shown and checked, what
+/// it was made on, and the lab lock.
+pub(super) struct Prepared {
+    pub(super) plan: Plan,
+    observed: Observed,
+    reach: Reach,
+    host: HostId,
+    lab_lock: LabLock,
+}
+
+impl Prepared {
+    /// Ready with no host lock: for a plan with nothing to execute.
+    pub(super) fn unlocked(self) -> Ready {
+        let Prepared { plan, observed, reach, host, lab_lock } = self;
+        Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: None, _on_host: None }
+    }
+}
+
+/// The host lock of a run that changes a host ([`Session::lock_host`]): here, and on the
+/// host itself when it is reached over ssh (`flock` there: runs from other machines wait for
+/// it too). Released on drop.
+pub(super) struct HostLocks {
+    here: HostLock,
+    on_host: Option<crate::host::runner::HostLockOn>,
+}
+
 impl Session<'_> {
     /// `topo apply`: under the lab lock, observes and plans `lab` (or takes the saved plan,
     /// refused when the lab file, the URI or the host changed since it was made), shows the
@@ -143,6 +169,26 @@ impl Session<'_> {
     /// Apply up to execution: the plan shown, checked and confirmed, and, when it changes
     /// anything, the host lock held and the plan settled on the host as observed under it.
     pub(super) fn ready(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> miette::Result<Ready> {
+        let prepared = self.prepare(lab, req, ui)?;
+        if prepared.plan.is_empty() {
+            return Ok(prepared.unlocked());
+        }
+        // A saved plan was reviewed when it was made: applying it is the confirmation.
+        if req.saved.is_none() {
+            ui.confirm("apply these changes")?;
+        }
+        let locks = self.lock_host(lab, &prepared, ui)?;
+        self.settle(lab, req, prepared, locks, ui)
+    }
+
+    /// Apply's first part, which changes nothing and takes no lock another run waits for:
+    /// under the lab lock (taken here, failing at once when another run holds it), the host
+    /// observed and the plan made (or the saved plan taken, refused when stale), shown on
+    /// `ui` and checked ([`crate::plan::check_executable`]).
+    ///
+    /// # Errors
+    /// The lab lock held elsewhere, a failed observation, a refusal, a stale saved plan.
+    pub(super) fn prepare(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> miette::Result<Prepared> {
         if req.saved.is_some() && !req.targets.is_empty() {
             return Err(SessionError::TargetsOnSaved.into());
         }
@@ -152,7 +198,7 @@ impl Session<'_> {
         let (observed, reach) = self.observe_announced(lab, req.targets, ui)?;
         // A saved plan runs exactly as reviewed, or not at all: refused when the lab file, the
         // URI or the host changed since it was made. Never planned again in its place.
-        let mut plan = match req.saved {
+        let plan = match req.saved {
             Some(saved) => {
                 saved.check_fresh(&lab.source.text, &uri, &observed)?;
                 saved.steps.clone()
@@ -162,26 +208,47 @@ impl Session<'_> {
         // A saved plan records its own targets.
         let reach =
             if req.saved.is_some() { Reach::of(lab, &observed, &plan.targets, Direction::Apply) } else { reach };
-        let file = lab.source.name();
-        ui.plan(&plan, &file)?;
+        ui.plan(&plan, &lab.source.name())?;
         // The plan shown passes the checks before anyone is asked to confirm it; the plan
         // executed passes them again under the host lock (it may be another one made there).
         crate::plan::check_executable(lab, &observed, &plan, &uri, Direction::Apply, req.disconnect_foreign)?;
-        if plan.is_empty() {
-            return Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: None, _on_host: None });
-        }
-        // A saved plan was reviewed when it was made: applying it is the confirmation.
-        if req.saved.is_none() {
-            ui.confirm("apply these changes")?;
-        }
-        // Host conflicts (subnets, bridges, names another lab claims) were checked on an
-        // observation that another run may have changed since. Under the host lock, observe
-        // again: a lab that claimed the same subnet meanwhile is now seen, and this run gets
-        // the normal plan refusal before it touches anything.
-        let host_lock = HostLock::acquire(&host, &format!("topo apply lab {}", lab.name), HOST_LOCK_TIMEOUT, |h| {
-            ui.status(&format!("Waiting for another topo run on this host ({h}) ..."));
-        })?;
+        Ok(Prepared { plan, observed, reach, host, lab_lock })
+    }
+
+    /// The host lock, here and, for a host reached over ssh, on the host itself, waiting (up
+    /// to [`HOST_LOCK_TIMEOUT`]) while another run holds it, said on `ui`. Runs across hosts
+    /// take the hosts' locks one host at a time in name order, so two runs never wait for
+    /// each other in a circle.
+    ///
+    /// # Errors
+    /// The lock could not be taken in time, or not read.
+    pub(super) fn lock_host(&self, lab: &Lab, prepared: &Prepared, ui: &dyn Ui) -> miette::Result<HostLocks> {
+        let here =
+            HostLock::acquire(&prepared.host, &format!("topo apply lab {}", lab.name), HOST_LOCK_TIMEOUT, |h| {
+                ui.status(&format!("Waiting for another topo run on this host ({h}) ..."));
+            })?;
         let on_host = self.lock_on_host(ui)?;
+        Ok(HostLocks { here, on_host })
+    }
+
+    /// Apply's plan settled under the host lock: host conflicts (subnets, bridges, names
+    /// another lab claims) were checked on an observation that another run may have changed
+    /// since, so the host is observed again and the plan to execute decided
+    /// ([`Executing::plan_under_lock`]): a lab that claimed the same subnet meanwhile is now
+    /// seen, and this run gets the normal plan refusal before it touches anything.
+    ///
+    /// # Errors
+    /// A failed observation; the plan under the lock refused or different from a confirmed one.
+    pub(super) fn settle(
+        &self,
+        lab: &Lab,
+        req: &ApplyRequest<'_>,
+        prepared: Prepared,
+        locks: HostLocks,
+        ui: &dyn Ui,
+    ) -> miette::Result<Ready> {
+        let Prepared { mut plan, observed, reach, host, lab_lock } = prepared;
+        let uri = self.uri();
         let now = self.observe(lab)?;
         let ctx = Executing {
             lab,
@@ -192,16 +259,24 @@ impl Session<'_> {
         };
         if let Some(again) = ctx.plan_under_lock(&plan, &observed, &now)? {
             ui.status("The host changed while waiting for the host lock; applying the plan for it now:");
-            ui.plan(&again, &file)?;
+            ui.plan(&again, &lab.source.name())?;
             plan = again;
         }
-        Ok(Ready { plan, observed, reach, host, _lab_lock: lab_lock, _host_lock: Some(host_lock), _on_host: on_host })
+        Ok(Ready {
+            plan,
+            observed,
+            reach,
+            host,
+            _lab_lock: lab_lock,
+            _host_lock: Some(locks.here),
+            _on_host: locks.on_host,
+        })
     }
 
     /// The host lock on the host itself when the host is reached over ssh
     /// ([`crate::host::runner::HostLockOn`]); `None` for this machine (the lock file here is
     /// the host's) and hosts topo reaches through libvirt alone.
-    fn lock_on_host(&self, ui: &dyn Ui) -> miette::Result<Option<crate::host::runner::HostLockOn>> {
+    pub(super) fn lock_on_host(&self, ui: &dyn Ui) -> miette::Result<Option<crate::host::runner::HostLockOn>> {
         let Some(runner) = self.host().machine.and_then(|m| m.remote_runner()) else { return Ok(None) };
         let held = crate::host::runner::HostLockOn::acquire(runner.as_ref(), HOST_LOCK_TIMEOUT, || {
             ui.status(&format!("Waiting for another topo run on {} ...", runner.describe()));
@@ -265,14 +340,7 @@ impl Session<'_> {
         let uri = self.uri();
         let host = self.host_id().map_err(|e| RunError::before(e.into()))?;
         let (plan, observed, reach, _lock) = self.destroy_plan(lab, req, &host, ui).map_err(RunError::before)?;
-        // The whole lab gone: so are its VMs' pinned host keys (verify::known_hosts).
-        let forget_keys = || {
-            if req.targets.is_empty()
-                && let Err(e) = crate::verify::known_hosts::remove(lab.name.as_str(), &host)
-            {
-                ui.warn(&format!("warning: cannot remove the lab's known_hosts file: {e}"));
-            }
-        };
+        let forget_keys = || forget_keys(lab, req, &host, ui);
         if plan.is_empty() {
             forget_keys();
             return Ok(Run { plan, executed: None, verified: None });
@@ -283,30 +351,35 @@ impl Session<'_> {
         });
         confirmed.map_err(RunError::before)?;
         let _on_host = self.lock_on_host(ui).map_err(RunError::before)?;
-        let mut opts = req.options.clone();
-        if let Some(t) = req.graceful {
-            opts.shutdown_timeout = t;
-        }
-        let report = self.execute_on(&plan, &opts, ui);
+        let report = self.execute_on(&plan, &destroy_options(req), ui);
         if let Err(e) = ui.executed(Command::Destroy, &report) {
             return Err(RunError::after(e, plan, report));
         }
         if let Some(e) = failure(&report) {
             return Err(RunError::after(e, plan, report));
         }
-        let left = match self.observe_host_for(lab) {
-            Ok(now) => crate::plan::plan_destroy(lab, &now),
-            Err(e) => return Err(RunError::after(e, plan, report)),
-        };
+        if let Err(e) = self.destroyed(lab, &plan, &reach) {
+            return Err(RunError::after(e, plan, report));
+        }
+        forget_keys();
+        Ok(Run { plan, executed: Some(report), verified: None })
+    }
+
+    /// After destroy's `plan` ran: the host observed again, and nothing of what its targets
+    /// reached (`reach`, the whole lab without targets) may be left.
+    ///
+    /// # Errors
+    /// The host cannot be observed, or objects are still there ([`ApplyError::Inconsistent`]).
+    pub(super) fn destroyed(&self, lab: &Lab, plan: &Plan, reach: &Reach) -> miette::Result<()> {
+        let left = crate::plan::plan_destroy(lab, &self.observe_host_for(lab)?);
         // What the targets reached before the destroy: the rest of the lab stays.
         let left = reach.cut(left, &plan.targets);
         if !left.is_empty() {
             let details =
                 left.changes.iter().map(|c| format!("{} ({}) is still there", c.address, c.libvirt_name)).collect();
-            return Err(RunError::after(ApplyError::Inconsistent { details }, plan, report));
+            return Err(ApplyError::Inconsistent { details }.into());
         }
-        forget_keys();
-        Ok(Run { plan, executed: Some(report), verified: None })
+        Ok(())
     }
 
     /// Destroy up to its plan: the lab lock, the host observed, another instance refused,
@@ -328,6 +401,25 @@ impl Session<'_> {
         let reach = Reach::of(lab, &observed, req.targets, Direction::Destroy);
         let plan = crate::plan::target::targeted_in(lab, &observed, full, req.targets, &reach)?;
         Ok((plan, observed, reach, lock))
+    }
+}
+
+/// The execution options of destroy: `--graceful`'s wait as the shutdown timeout.
+pub(super) fn destroy_options(req: &DestroyRequest<'_>) -> Options {
+    let mut opts = req.options.clone();
+    if let Some(t) = req.graceful {
+        opts.shutdown_timeout = t;
+    }
+    opts
+}
+
+/// The whole lab gone from `host` (no targets): so are its VMs' pinned host keys there
+/// (`verify::known_hosts`); a file that cannot be removed is warned about on `ui`.
+pub(super) fn forget_keys(lab: &Lab, req: &DestroyRequest<'_>, host: &HostId, ui: &dyn Ui) {
+    if req.targets.is_empty()
+        && let Err(e) = crate::verify::known_hosts::remove(lab.name.as_str(), host)
+    {
+        ui.warn(&format!("warning: cannot remove the lab's known_hosts file: {e}"));
     }
 }
 
