@@ -50,7 +50,7 @@ cleanup() {
 # topo from the controller, in the lab's folder; output kept in $OUT.
 topo() { (cd "$X" && "$H" ctl -- "$TOPO" "$@" </dev/null) >"$OUT" 2>&1; }
 
-[ -x "$TOPO" ] || (cd "$ROOT" && cargo build --locked --bin topo)
+[ -n "${TOPO_BIN:-}" ] || (cd "$ROOT" && cargo build -q --locked --bin topo)
 "$HERE/mkguest.sh" "$GUEST_DIR"
 exec 9>"$LOCK"
 flock 9
@@ -105,13 +105,19 @@ grep -q "topo::plan::tunnel_taken" "$OUT" || fail "no tunnel_taken refusal"
 rsh h2 ip link del foreignvx
 step "a foreign VXLAN device with the VNI on h2: refused (topo::plan::tunnel_taken), nothing made on either host"
 
+# The plan saved (plan --out) and applied as saved: each host's part checked against that
+# host as it was when planned, its steps run as reviewed.
+topo plan --out plan.json lab.yaml || fail "plan --out"
+grep -q '"h2"' "$X/plan.json" || fail "the saved plan has no part for h2"
 t=$(now_ms)
-topo apply -y lab.yaml || fail "apply"
-timing "apply (2 hosts, 2 VMs, 3 NICs proven)" $(($(now_ms) - t))
+topo apply plan.json || fail "apply of the saved plan"
+timing "apply of the saved plan (2 hosts, 2 VMs, 3 NICs proven)" $(($(now_ms) - t))
 grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "apply did not verify the 3 NICs"
 grep -E "^h2 +g2 +eth0 +lan .* 10\.10\.0\.20 +arp reply from 52:54:00:f6:55:a3" "$OUT" >/dev/null ||
   fail "g2 (on h2) was not proven at its reservation 10.10.0.20 by ARP"
-step "apply: every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel"
+! topo apply plan.json || fail "a saved plan applied twice"
+grep -q "the saved plan is stale: the host (qemu+ssh://root@h1/system)" "$OUT" || fail "the applied plan was not refused as stale"
+step "apply of a saved plan across hosts (plan --out): every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel; the same plan again refused as stale"
 
 for h in h1 h2; do
   m=$(rsh "$h" cat "/sys/class/net/$VX/mtu" "/sys/class/net/$VX/master/mtu" | xargs)

@@ -197,6 +197,57 @@ fn every_destroy_fault_on_either_host_is_cleaned_up() {
     }
 }
 
+/// `topo plan --out` then `topo apply FILE` across hosts: the saved plan (written and read
+/// back as JSON) runs exactly its steps on each host, and the lab converges; a saved plan
+/// that one host no longer matches is refused as stale before anything is done anywhere.
+#[test]
+fn a_saved_plan_across_hosts_applies_or_is_refused_when_a_host_changed() {
+    use topo::plan::saved::SavedPlan;
+    let l = lab(&lab_text());
+    let save = |s: &Session<'_>| {
+        let planned = s.plan(&l, &[], &Silent::default()).unwrap();
+        let saved = planned.saved(&l, "/labs/mh.yaml".into(), s.uri());
+        assert_eq!(saved.hosts.keys().map(String::as_str).collect::<Vec<_>>(), ["h1", "h2"]);
+        SavedPlan::parse("plan.json", &serde_json::to_string(&saved).unwrap()).unwrap()
+    };
+    let apply_saved = |s: &Session<'_>, saved: &SavedPlan| {
+        let req = ApplyRequest {
+            saved: Some(saved),
+            targets: &[],
+            options: options(4),
+            auto_approve: false,
+            disconnect_foreign: false,
+            verify: None,
+        };
+        s.apply(&l, &req, &Silent::default()).map(|_| ()).map_err(|e| e.error.to_string())
+    };
+
+    let (hv1, hv2) = hosts("saved");
+    let s = session(&hv1, &hv2);
+    let saved = save(&s);
+    apply_saved(&s, &saved).unwrap();
+    assert!(plan_is_empty(&l, &s), "the saved plan's steps converge the lab on both hosts");
+    assert!(objects(&hv2).contains(&"domain mh-g2".to_string()));
+
+    let (hv1, hv2) = hosts("stale");
+    let s = session(&hv1, &hv2);
+    let saved = save(&s);
+    // h2 changes after the plan was saved (network.wan lives on h2 only).
+    let req = ApplyRequest {
+        saved: None,
+        targets: &[Address::Network("wan".parse().unwrap())],
+        options: options(4),
+        auto_approve: true,
+        disconnect_foreign: false,
+        verify: None,
+    };
+    s.apply(&l, &req, &Silent::default()).map_err(|e| e.error.to_string()).unwrap();
+    let err = apply_saved(&s, &saved).unwrap_err();
+    // Only h2 changed (h1's observation still matches its part), so h2's part is the stale one.
+    assert!(err.contains("the saved plan is stale: the host"), "{err}");
+    assert_eq!(objects(&hv1), Vec::<String>::new(), "nothing is done on h1 when h2's part is stale");
+}
+
 fn down() -> topo::host::hypervisor::HvError {
     topo::host::hypervisor::HvError {
         op: "connect".into(),

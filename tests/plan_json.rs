@@ -292,16 +292,12 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
 fn saved(lab_text: &str, observed: &Observed) -> SavedPlan {
     let l = lab(lab_text);
     let p = topo::plan::plan(&l, observed, "memory:///topo").unwrap();
-    SavedPlan {
-        format: SAVED_FORMAT.into(),
-        lab_file: LAB_PATH.into(),
-        lab_sha256: sha256_hex(lab_text.as_bytes()),
-        uri: "memory:///topo".into(),
-        observed_sha256: fingerprint(observed),
-        plan: to_json(&p),
-        steps: p,
-        take_over: false,
-    }
+    let planned = topo::session::Planned { plan: p, observed: observed.clone(), hosts: Default::default() };
+    let s = planned.saved(&l, LAB_PATH.into(), "memory:///topo".into());
+    assert_eq!(s.lab_sha256, sha256_hex(lab_text.as_bytes()));
+    assert_eq!(s.observed_sha256, fingerprint(observed));
+    assert_eq!(s.plan, to_json(&s.steps));
+    s
 }
 
 #[test]

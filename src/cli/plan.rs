@@ -7,8 +7,6 @@ use miette::IntoDiagnostic;
 use super::shown::{Shown, style};
 use super::{GlobalArgs, Outcome};
 use crate::plan::render::render;
-use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
-use crate::session::Planned;
 
 #[derive(clap::Args, Debug)]
 pub struct PlanArgs {
@@ -39,28 +37,21 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     lab.take_over = args.take_over;
     let session = super::connect_lab(global, &lab)?;
     super::check_files_on(&lab, global, &session)?;
-    let Planned { plan, observed } = session.plan(&lab, &args.targets, &Shown::new(global, args.json, false))?;
-    let json = crate::plan::json::to_json(&plan);
+    let planned = session.plan(&lab, &args.targets, &Shown::new(global, args.json, false))?;
+    let plan = &planned.plan;
+    let json = crate::plan::json::to_json(plan);
     if args.json {
         crate::outln!("{}", serde_json::to_string_pretty(&json).into_diagnostic()?)?;
     } else {
-        crate::out!("{}", render(&plan, &file.display().to_string(), style(global)))?;
+        crate::out!("{}", render(plan, &file.display().to_string(), style(global)))?;
     }
-    if let Err(e) = crate::plan::check_foreign(&plan, &session.uri(), false) {
+    if let Err(e) = crate::plan::check_foreign(plan, &session.uri(), false) {
         super::status(global, format_args!("Warning: apply and destroy will refuse this plan: {e}"));
     }
     if let Some(out) = &args.out {
-        let saved = SavedPlan {
-            format: SAVED_FORMAT.into(),
-            // Canonical, so the saved plan applies from any folder.
-            lab_file: std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone()).display().to_string(),
-            lab_sha256: sha256_hex(lab.source.text.as_bytes()),
-            uri: session.uri(),
-            observed_sha256: fingerprint(&observed),
-            plan: json,
-            steps: plan.clone(),
-            take_over: lab.take_over,
-        };
+        // Canonical, so the saved plan applies from any folder.
+        let canonical = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone()).display().to_string();
+        let saved = planned.saved(&lab, canonical, session.uri());
         let text = serde_json::to_string_pretty(&saved).into_diagnostic()?;
         // It holds the users' user-data: private (0600), written whole or not at all, and a
         // symlink at `out` is replaced, never written through (docs/files.md).

@@ -2,6 +2,8 @@
 //! from, so that `apply FILE` runs exactly these steps, or refuses them when the lab file,
 //! the URI or the host changed since.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -43,6 +45,20 @@ pub struct SavedPlan {
     /// (docs/lab-file.md, "Lab identity"). Absent in plans saved before lab identity.
     #[serde(default)]
     pub take_over: bool,
+    /// A lab across hosts: each host's URI and observation (`uri` and `observed_sha256` are
+    /// then not what the plan is checked against), checked host by host when it is applied
+    /// ([`SavedPlan::for_host`]). Absent for a lab on one host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hosts: BTreeMap<String, SavedHost>,
+}
+
+/// What one host's part of a saved plan across hosts was made on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedHost {
+    /// The libvirt URI the host was reached at (a `--host NAME=URI` of the run included).
+    pub uri: String,
+    /// SHA-256 of everything observed on the host ([`fingerprint`]).
+    pub observed_sha256: String,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -115,6 +131,30 @@ impl SavedPlan {
             return Err(SavedPlanError::Stale { what: format!("the host ({uri})") });
         }
         Ok(())
+    }
+}
+
+impl SavedPlan {
+    /// Host `host`'s part of a saved plan across hosts, as a saved plan of its own: its
+    /// steps (`steps.hosts[host]`), its URI and observation, the lab file's checksum.
+    ///
+    /// # Errors
+    /// [`SavedPlanError::Stale`] when the plan has no part for `host` (it was made for
+    /// another set of hosts).
+    pub fn for_host(&self, host: &str) -> Result<SavedPlan, SavedPlanError> {
+        let stale =
+            || SavedPlanError::Stale { what: format!("the lab's hosts (the plan has no part for host {host})") };
+        let at = self.hosts.get(host).ok_or_else(stale)?;
+        let steps =
+            self.steps.hosts.iter().find(|(h, _)| h.as_str() == host).map(|(_, p)| p.clone()).ok_or_else(stale)?;
+        Ok(SavedPlan {
+            uri: at.uri.clone(),
+            observed_sha256: at.observed_sha256.clone(),
+            plan: serde_json::Value::Null,
+            steps,
+            hosts: BTreeMap::new(),
+            ..self.clone()
+        })
     }
 }
 

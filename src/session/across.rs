@@ -23,6 +23,7 @@ use crate::host::observed::{Lease, Observed};
 use crate::lab::address::Address;
 use crate::lab::model::{HostName, Lab};
 use crate::plan::Plan;
+use crate::plan::saved::{SavedHost, SavedPlan};
 use crate::results::Command;
 use crate::verify::{LeaseSource, NicTarget, VerifyOptions, VerifyReport};
 
@@ -184,11 +185,23 @@ impl Session<'_> {
     /// As [`Session::plan`], on any host.
     pub(super) fn plan_across(&self, lab: &Lab, targets: &[Address], ui: &dyn Ui) -> miette::Result<Planned> {
         let needed = self.needed(lab, targets)?;
-        let planned = all_ok(par_map(&needed, |(h, share, here)| {
-            self.host_session(h).plan(share, here, &HostUi { inner: ui, host: Some(h) })
+        let planned = all_ok(par_map(&needed, |(h, share, here)| -> miette::Result<_> {
+            let sub = self.host_session(h);
+            let planned = sub.plan(share, here, &HostUi { inner: ui, host: Some(h) })?;
+            let at = SavedHost { uri: sub.uri(), observed_sha256: crate::plan::saved::fingerprint(&planned.observed) };
+            Ok((planned.plan, at))
         }))?;
-        let plans = needed.into_iter().zip(planned).map(|((h, ..), p)| (h, p.plan)).collect();
-        Ok(Planned { plan: Plan::across(lab.name.as_str(), targets.to_vec(), plans), observed: Observed::default() })
+        let mut plans = BTreeMap::new();
+        let mut hosts = BTreeMap::new();
+        for ((h, ..), (plan, at)) in needed.into_iter().zip(planned) {
+            hosts.insert(h.to_string(), at);
+            plans.insert(h, plan);
+        }
+        Ok(Planned {
+            plan: Plan::across(lab.name.as_str(), targets.to_vec(), plans),
+            observed: Observed::default(),
+            hosts,
+        })
     }
 
     /// `topo apply` across hosts: every host readied in name order (its lab and host locks
@@ -199,16 +212,12 @@ impl Session<'_> {
     /// # Errors
     /// As [`Session::apply`]; a saved plan is refused (not across hosts yet).
     pub(super) fn apply_across(&self, lab: &Lab, req: &ApplyRequest<'_>, ui: &dyn Ui) -> Result<Run, RunError> {
-        if req.saved.is_some() {
-            return Err(RunError::before(
-                SessionError::NotAcrossHosts {
-                    what: "applying a saved plan".into(),
-                    help: "apply the lab file (topo apply LAB.yaml)".into(),
-                }
-                .into(),
-            ));
+        if req.saved.is_some() && !req.targets.is_empty() {
+            return Err(RunError::before(SessionError::TargetsOnSaved.into()));
         }
-        let needed = self.needed(lab, req.targets).map_err(|e| RunError::before(e.into()))?;
+        // A saved plan records its own targets.
+        let targets = req.saved.map(|s| s.steps.targets.as_slice()).unwrap_or(req.targets);
+        let needed = self.needed(lab, targets).map_err(|e| RunError::before(e.into()))?;
         let readies = self.ready_across(&needed, req, ui).map_err(RunError::before)?;
         let ready: Vec<(HostName, Lab, Ready)> =
             needed.into_iter().zip(readies).map(|((h, share, _), r)| (h, share, r)).collect();
@@ -221,7 +230,10 @@ impl Session<'_> {
             let observed: Vec<(HostName, Observed)> = ready.into_iter().map(|(h, _, r)| (h, r.observed)).collect();
             return self.verify_across_after(lab, run, &observed, &BTreeMap::new(), req.verify.as_ref(), ui);
         }
-        ui.confirm("apply these changes").map_err(RunError::before)?;
+        // A saved plan was reviewed when it was made: applying it is the confirmation.
+        if req.saved.is_none() {
+            ui.confirm("apply these changes").map_err(RunError::before)?;
+        }
         // A replaced VM gets a new disk and so new host keys: its pinned key (kept per lab and
         // host) is forgotten first, as on one host.
         for (_, _, r) in &ready {
@@ -282,12 +294,20 @@ impl Session<'_> {
         req: &ApplyRequest<'_>,
         ui: &dyn Ui,
     ) -> miette::Result<Vec<Ready>> {
+        // A saved plan across hosts is each host's saved plan, checked on that host as one
+        // on a single host is (lab file, URI, observation).
+        let saved: Vec<Option<SavedPlan>> = needed
+            .iter()
+            .map(|(h, ..)| req.saved.map(|s| s.for_host(h.as_str())).transpose())
+            .collect::<Result<_, _>>()?;
         let work: Vec<(&HostName, &Lab, ApplyRequest<'_>, HostUi<'_>)> = needed
             .iter()
-            .map(|(h, share, here)| {
+            .zip(&saved)
+            .map(|((h, share, here), saved)| {
                 let host_req = ApplyRequest {
-                    saved: None,
-                    targets: here,
+                    saved: saved.as_ref(),
+                    // A host's saved plan records its own targets.
+                    targets: if saved.is_some() { &[] } else { here },
                     options: req.options.clone(),
                     auto_approve: req.auto_approve,
                     disconnect_foreign: req.disconnect_foreign,

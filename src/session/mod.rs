@@ -178,16 +178,36 @@ pub enum SessionError {
         help("the hosts that answered were cleaned; run `topo destroy` again when the others answer")
     )]
     LeftOnUnreachable { left: String },
-    /// A command that does not work across hosts yet.
-    #[error("{what} does not work on a lab across hosts yet")]
-    #[diagnostic(code(topo::host::not_across_hosts), help("{help}"))]
-    NotAcrossHosts { what: String, help: String },
 }
 
 /// A plan and the observation it was made on.
 pub struct Planned {
     pub plan: Plan,
     pub observed: Observed,
+    /// A lab across hosts: each host's URI and the fingerprint of what was observed there,
+    /// for a saved plan (`topo plan --out`). Empty for a lab on one host.
+    pub hosts: BTreeMap<String, crate::plan::saved::SavedHost>,
+}
+
+impl Planned {
+    /// The plan to save (`topo plan --out`): its steps and what they were made from (the lab
+    /// file at `lab_file`, canonical; the connection `uri`; each host's URI and observation
+    /// across hosts), so that `topo apply FILE` runs exactly these steps or refuses them as
+    /// stale.
+    pub fn saved(&self, lab: &Lab, lab_file: String, uri: String) -> crate::plan::saved::SavedPlan {
+        use crate::plan::saved::{SAVED_FORMAT, SavedPlan, fingerprint, sha256_hex};
+        SavedPlan {
+            format: SAVED_FORMAT.into(),
+            lab_file,
+            lab_sha256: sha256_hex(lab.source.text.as_bytes()),
+            uri,
+            observed_sha256: fingerprint(&self.observed),
+            plan: crate::plan::json::to_json(&self.plan),
+            steps: self.plan.clone(),
+            take_over: lab.take_over,
+            hosts: self.hosts.clone(),
+        }
+    }
 }
 
 impl<'h> Session<'h> {
@@ -441,7 +461,7 @@ impl<'h> Session<'h> {
         }
         let (observed, reach) = self.observe_announced(lab, targets, ui)?;
         let plan = self.plan_in(lab, &observed, targets, &reach)?;
-        Ok(Planned { plan, observed })
+        Ok(Planned { plan, observed, hosts: BTreeMap::new() })
     }
 
     /// The plan of `lab` on `observed`, cut to `targets`: no I/O.
