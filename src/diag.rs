@@ -129,6 +129,9 @@ pub enum Code {
     UnderlayMissing,
     /// A stretched network needs its tunnel on a host whose machine topo cannot reach.
     TunnelUnreachable,
+    /// The machine of a host lacks programs that topo runs there for the host's share of
+    /// the lab (`ip`, `bridge`, `tc`, `arping`, `flock`, ...: `crate::host::tools`).
+    HostToolsMissing,
     /// A lab bridge name is an existing host interface that no libvirt network has.
     HostInterfaceTaken,
     /// A NIC's MAC is used on the same network by a guest outside the lab.
@@ -235,6 +238,7 @@ impl Code {
             TunnelTaken => "topo::plan::tunnel_taken",
             UnderlayMissing => "topo::plan::underlay_missing",
             TunnelUnreachable => "topo::plan::tunnel_unreachable",
+            HostToolsMissing => "topo::plan::host_tools_missing",
             HostInterfaceTaken => "topo::plan::interface_taken",
             HostMacTaken => "topo::plan::mac_taken",
             HostBridgeMac => "topo::plan::bridge_mac",

@@ -286,3 +286,75 @@ fn an_unreachable_host_stops_what_needs_it_only() {
     assert_eq!(objects(&hv1), Vec::<String>::new(), "destroy cleans the host that answers");
     drop(hv2);
 }
+
+/// The plan's refusal across hosts, as the CLI shows it.
+fn refusal(l: &Lab, s: &Session<'_>, targets: &[Address]) -> Option<String> {
+    let err = s.plan(l, targets, &Silent::default()).err()?;
+    Some(render_diag(err.as_ref()).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]"))
+}
+
+/// A host of a stretched network whose machine (reached over ssh) lacks `bridge` (iproute2): refused at plan
+/// time at the host's entry, naming the program, what it is for and the package, and not
+/// also as a machine topo cannot reach for the tunnel (its tunnels cannot be read there).
+/// Nothing is made on either host.
+#[test]
+fn a_host_without_bridge_is_refused_for_its_tunnel_and_only_so() {
+    use topo::host::tools::Tool;
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("tools");
+    let hv2 = hv2.reached_over_ssh().with_missing_tools(&[Tool::Bridge]);
+    let s = session(&hv1, &hv2);
+    let text = refusal(&l, &s, &[]).expect("refused");
+    insta::assert_snapshot!("host_without_bridge", text);
+    assert_eq!(text.matches("topo::plan::host_tools_missing").count(), 1, "{text}");
+    assert!(!text.contains("tunnel_unreachable"), "the better message wins: {text}");
+    assert!(text.contains("host `h2`") && text.contains("`bridge`") && text.contains("apt install iproute2"), "{text}");
+    assert!(apply(&l, &s).is_err());
+    assert_eq!(objects(&hv1), Vec::<String>::new());
+    let o2 = hv2.observe().unwrap();
+    assert!(o2.networks.is_empty() && o2.domains.is_empty(), "nothing made on h2");
+    // Installed: the lab goes up.
+    let hv2 = hv2.with_missing_tools(&[]);
+    apply(&l, &session(&hv1, &hv2)).unwrap();
+}
+
+/// What a host lacks is refused only where the lab needs it: `tc` on a lab without `rate`
+/// or netem is not; a host the run does not need (`--target` on the other) is not asked.
+#[test]
+fn missing_tools_are_refused_only_where_needed() {
+    use topo::host::tools::Tool;
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("unneeded");
+    let hv2 = hv2.with_missing_tools(&[Tool::Tc]);
+    let s = session(&hv1, &hv2);
+    assert_eq!(refusal(&l, &s, &[]), None, "no netem, no rate: tc is not needed");
+
+    let (hv1, hv2) = hosts("elsewhere");
+    let hv2 = hv2.with_missing_tools(&[Tool::Bridge, Tool::Ip]);
+    let s = session(&hv1, &hv2);
+    assert!(refusal(&l, &s, &[]).is_some_and(|t| t.contains("host_tools_missing")));
+    let on_h1 = [Address::Vm("g1".parse().unwrap())];
+    assert_eq!(refusal(&l, &s, &on_h1), None, "h2 is not needed for vm.g1");
+}
+
+/// A host reached over ssh needs more there: its reads, its lock (`flock`) and, for the NICs
+/// proven by ARP there, `arping`; one problem lists every missing program and each package
+/// once. A lab whose NICs there are not verified does not need `arping`.
+#[test]
+fn a_host_over_ssh_needs_its_reads_lock_and_arping() {
+    use topo::host::tools::Tool;
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("ssh");
+    let hv2 = hv2.reached_over_ssh().with_missing_tools(&[Tool::Arping, Tool::Flock, Tool::Stat, Tool::Cut]);
+    let s = session(&hv1, &hv2);
+    let text = refusal(&l, &s, &[]).expect("refused");
+    assert_eq!(text.matches("topo::plan::host_tools_missing").count(), 1, "{text}");
+    for t in ["`arping`", "`flock`", "`stat`", "`cut`", "apt install iputils-arping util-linux coreutils"] {
+        assert!(text.contains(t), "{t}: {text}");
+    }
+    let unverified = lab(&lab_text()
+        .replace("{network: wan}", "{network: wan, verify: none}")
+        .replace("{network: lan, ip: 10.10.0.20}", "{network: lan, ip: 10.10.0.20, verify: none}"));
+    let text = refusal(&unverified, &s, &[]).expect("refused");
+    assert!(!text.contains("arping") && text.contains("`flock`"), "{text}");
+}

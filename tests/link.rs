@@ -260,3 +260,32 @@ fn impairment_the_kernel_lacks_is_refused_at_plan_time() {
     let hv = local_host();
     apply_ok(&l, &hv);
 }
+
+/// `tc` missing where the lab impairs a link is refused at plan time, at the lab's name (a
+/// lab on one host), naming `tc` and iproute2: netem is tc on the tap, and libvirt's
+/// `<bandwidth>` (`rate`) runs tc too. A lab without impairment does not need it. A host
+/// reached over ssh without `ip` is refused for that, and not also as a host whose taps topo
+/// cannot reach (it could, with `ip`).
+#[test]
+fn a_missing_tc_is_refused_where_a_link_is_impaired() {
+    use topo::host::tools::Tool;
+    let hv = local_host().with_missing_tools(&[Tool::Tc]);
+    let refused = |l: &topo::lab::model::Lab, hv: &MemoryHypervisor, uri: &str| {
+        let observed = hv.observe().unwrap();
+        topo::plan::plan(l, &observed, uri)
+            .err()
+            .map(|e| render_diag(&e).replace(env!("CARGO_MANIFEST_DIR"), "[CRATE]"))
+    };
+    let text = refused(&lab(&impaired("        delay: 50ms\n")), &hv, "qemu:///system").expect("refused");
+    insta::assert_snapshot!("tc_missing", text);
+    assert!(text.contains("topo::plan::host_tools_missing") && text.contains("`tc`"), "{text}");
+    let text = refused(&lab(&impaired("        rate: 10Mbit\n")), &hv, "qemu:///system").expect("refused");
+    assert!(text.contains("topo::plan::host_tools_missing") && text.contains("apt install iproute2"), "{text}");
+    apply_ok(&lab(BASE), &hv);
+
+    let far = host().reached_over_ssh().with_missing_tools(&[Tool::Ip]);
+    let text = refused(&lab(&impaired("        delay: 50ms\n")), &far, "qemu+ssh://far/system").expect("refused");
+    assert_eq!(text.matches("topo::plan::").count(), 2, "refused, for one problem: {text}");
+    assert!(text.contains("host_tools_missing") && text.contains("the libvirt host lacks"), "{text}");
+    assert!(!text.contains("netem_unreachable"), "the better message wins: {text}");
+}

@@ -76,6 +76,8 @@ fn tunnels_and_arp_proof_over_ssh_on_two_harness_hosts() {
 
     let m1 = RemoteMachine::over(r1.clone());
     let m2 = RemoteMachine::over(r2.clone());
+    // The tool probe over real ssh, one round trip: the harness hosts have every program.
+    assert_eq!(m1.missing_tools(), Some(BTreeSet::new()), "h1 lacks none of topo's programs");
     assert!(m1.addresses().unwrap().contains(&a1.into()), "h1 has its underlay address");
     assert!(!m2.addresses().unwrap().contains(&a1.into()), "h2 has not h1's");
     for (m, local, peer) in [(&m1, a1, a2), (&m2, a2, a1)] {

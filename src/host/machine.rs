@@ -11,6 +11,8 @@
 //! over ssh as libvirt reaches it ([`SshRunner::from_uri`]): the same facts read by commands,
 //! one round trip per method call, into the same parsers. Reads are best effort: `None` is
 //! "cannot be told here" (another network namespace, no `tc`, ssh down), never a guess.
+//! What a machine lacks of the programs topo runs on it is read too
+//! ([`Machine::missing_tools`], [`crate::host::tools`]), so a plan can say so first.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -25,6 +27,7 @@ use crate::host::observed::{HostRoute, NicLink, Observed};
 pub use crate::host::runner::MachineError;
 use crate::host::runner::{LocalRunner, Runner, SshRunner, run_ok};
 use crate::host::tc::{TapShaper, Tc, TcError};
+use crate::host::tools::{MachineTools, Tool};
 use crate::host::tunnel::{self, ObservedTunnel, TunnelSpec};
 use crate::lab::impair::{Netem, TapQdiscs};
 use crate::lab::model::MacAddr;
@@ -105,6 +108,17 @@ pub trait Machine: Send + Sync {
     /// topo probes with its own frames.
     fn remote_runner(&self) -> Option<Arc<dyn Runner>> {
         None
+    }
+    /// The programs topo runs on this machine ([`Tool::LOCAL`] here, [`Tool::REMOTE`] on a
+    /// machine reached by commands) that its `PATH` does not find; `None` when that cannot
+    /// be told (ssh down).
+    fn missing_tools(&self) -> Option<BTreeSet<Tool>>;
+    /// Whether this is another host's machine, reached by commands: then topo reads it with
+    /// `ip` and coreutils, proves its NICs with `arping` and holds its lock with `flock`
+    /// there. By default, whether it has a [`Machine::remote_runner`]; a double may play one
+    /// without.
+    fn is_remote(&self) -> bool {
+        self.remote_runner().is_some()
     }
 }
 
@@ -263,6 +277,11 @@ impl Machine for LocalMachine {
 
     fn addresses(&self) -> Option<BTreeSet<IpAddr>> {
         tunnel::read_addresses(self.runner.as_ref())
+    }
+
+    /// `PATH` searched here, with no process ([`crate::host::tools::missing_on_path`]).
+    fn missing_tools(&self) -> Option<BTreeSet<Tool>> {
+        Some(crate::host::tools::missing_on_path(std::env::var_os("PATH").as_deref(), &Tool::LOCAL))
     }
 }
 
@@ -474,17 +493,33 @@ impl Machine for RemoteMachine {
     fn addresses(&self) -> Option<BTreeSet<IpAddr>> {
         tunnel::read_addresses(self.runner.as_ref())
     }
+
+    /// One round trip: the shell there asks its `PATH` for every tool
+    /// ([`crate::host::tools::PROBE_SCRIPT`]).
+    fn missing_tools(&self) -> Option<BTreeSet<Tool>> {
+        let argv = crate::host::tools::probe_argv(&Tool::REMOTE);
+        match self.runner.run(&argv, None) {
+            Ok(o) => crate::host::tools::parse_probe(&Tool::REMOTE, o.code, &o.text()),
+            Err(e) => {
+                tracing::debug!(error = %e, "remote tools");
+                None
+            }
+        }
+    }
 }
 
-/// Adds to `out` (what libvirt showed) what machine `m` says of the host: its network
+/// Adds to `out` (what libvirt showed) what machine `m` says of the host: the tools topo
+/// runs there that it lacks (`Observed::tools`, asked first: a machine whose devices cannot
+/// be listed because it has no `ip` still says so), its network
 /// devices (`Observed::host_interfaces`), its kernel's features (`Observed::kernel`: the
 /// kernel the taps live in; network namespaces share it), its routes (`Observed::host_routes`)
 /// and the MACs the bridge of each active network holds as its own (`Observed::bridge_macs`,
-/// from the network's live bridge). Nothing when its devices cannot be listed.
+/// from the network's live bridge). Nothing more when its devices cannot be listed.
 ///
 /// # Errors
 /// The kernel's config file is there but damaged ([`Machine::kernel`]).
 pub fn observe(m: &dyn Machine, out: &mut Observed) -> Result<(), KernelError> {
+    out.tools = m.missing_tools().map(|missing| MachineTools { remote: m.is_remote(), missing });
     out.host_interfaces = m.interfaces();
     if out.host_interfaces.is_none() {
         return Ok(());
@@ -502,6 +537,7 @@ pub fn observe(m: &dyn Machine, out: &mut Observed) -> Result<(), KernelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::runner::RunError;
 
     /// `TAP/master` names the bridge; no `master` is no bridge; a tap that is not a device
     /// here (another network namespace) makes the whole answer unknown.
@@ -598,6 +634,69 @@ mod tests {
         h[8..16].copy_from_slice(&4096u64.to_be_bytes());
         h[16..20].copy_from_slice(&8u32.to_be_bytes());
         format!("size 4104\n{}", base64::engine::general_purpose::STANDARD.encode(h))
+    }
+
+    /// Runs commands on this machine with `PATH` set to one folder: the machine of a host
+    /// that has only the programs linked there.
+    struct PathRunner {
+        path: PathBuf,
+    }
+
+    impl Runner for PathRunner {
+        fn run(&self, argv: &[&str], _stdin: Option<&[u8]>) -> Result<crate::host::runner::Output, RunError> {
+            // Invariant: the machine's commands are never empty.
+            let (program, args) = argv.split_first().expect("a command");
+            let spawn = |e: std::io::Error| RunError::Spawn {
+                program: (*program).to_owned(),
+                kind: e.kind(),
+                message: e.to_string(),
+            };
+            let out = std::process::Command::new(program).args(args).env("PATH", &self.path).output().map_err(spawn)?;
+            Ok(crate::host::runner::Output {
+                code: out.status.code().unwrap_or(-1),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
+
+        fn describe(&self) -> String {
+            format!("PATH={}", self.path.display())
+        }
+    }
+
+    /// The remote probe, run by a real `sh` whose `PATH` is a folder of symlinks to some
+    /// tools only (each to the program of that name on this machine's `PATH`, else to `sh`
+    /// itself: the probe asks only whether the name is found): the answer names exactly the
+    /// others, in one command; with every tool there, none; with `sh` alone, all but it.
+    #[test]
+    fn the_remote_probe_names_exactly_the_tools_its_path_lacks() {
+        let host_path = std::env::var_os("PATH").expect("tests run with a PATH");
+        let find = |name: &str| std::env::split_paths(&host_path).map(|d| d.join(name)).find(|p| p.is_file());
+        // Invariant: a POSIX system has `sh` on its PATH.
+        let sh = find("sh").expect("sh on PATH");
+        let with = |tools: &[Tool]| {
+            let dir = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink(&sh, dir.path().join("sh")).unwrap();
+            for t in tools.iter().filter(|t| **t != Tool::Sh) {
+                let target = find(t.program()).unwrap_or_else(|| sh.clone());
+                std::os::unix::fs::symlink(target, dir.path().join(t.program())).unwrap();
+            }
+            dir
+        };
+        let ask = |dir: &tempfile::TempDir| {
+            let runner = Arc::new(PathRunner { path: dir.path().to_owned() });
+            RemoteMachine::over(runner).missing_tools()
+        };
+        let lacking = [Tool::Arping, Tool::Flock];
+        let some: Vec<Tool> = Tool::REMOTE.into_iter().filter(|t| !lacking.contains(t)).collect();
+        assert_eq!(ask(&with(&some)), Some(BTreeSet::from(lacking)));
+        assert_eq!(ask(&with(&Tool::REMOTE)), Some(BTreeSet::new()));
+        let all_but_sh: BTreeSet<Tool> = Tool::REMOTE.into_iter().filter(|t| *t != Tool::Sh).collect();
+        assert_eq!(ask(&with(&[])), Some(all_but_sh));
+        // A machine that cannot be reached says nothing.
+        let down = crate::host::runner::FakeRunner::new("root@h9")
+            .on(&["sh"], Err(RunError::Connect { host: "root@h9".into(), message: "No route to host".into() }));
+        assert_eq!(RemoteMachine::over(Arc::new(down)).missing_tools(), None);
     }
 
     /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.

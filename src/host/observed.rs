@@ -288,6 +288,12 @@ pub struct Observed {
     /// The machine's own IPv4 addresses (a tunnel's source must be one); `None` when unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_addresses: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
+    /// The programs topo runs on the machine of the host that it lacks, and whether that
+    /// machine is another host's ([`crate::host::machine::Machine::missing_tools`]); `None`
+    /// when topo cannot reach the machine or ask it. Not part of the saved plan's fingerprint:
+    /// what it refuses is checked again before a saved plan executes.
+    #[serde(skip)]
+    pub tools: Option<crate::host::tools::MachineTools>,
 }
 
 /// What identifies a file on the libvirt host, as far as topo could learn it.

@@ -196,7 +196,8 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
         // repeat this one (names taken, subnets overlapping themselves).
         return held;
     }
-    let mut out = Vec::new();
+    let lacking = super::tools::lacking(lab, observed);
+    let mut out: Vec<Problem> = super::tools::refusal(lab, observed, &lacking).into_iter().collect();
     for net in lab.networks.values() {
         out.extend(network_conflicts(lab, net, observed));
     }
@@ -204,9 +205,18 @@ pub(super) fn find_conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     out.extend(bridge_macs(lab, observed));
     out.extend(paths::conflicts(lab, observed));
     out.extend(vm_names_taken(lab, observed));
-    out.extend(netem_unreachable(lab, observed));
+    // What the missing tools cause is said once, by their refusal: not again as a machine
+    // topo cannot reach (its devices, and so its taps, unread without `ip`; its tunnels
+    // unread without `ip` or `bridge`).
+    if !super::tools::devices_unread(observed, &lacking) {
+        out.extend(netem_unreachable(lab, observed));
+    }
     out.extend(kernel_refusals(lab, observed));
-    out.extend(super::tunnel::conflicts(lab, observed));
+    out.extend(
+        super::tunnel::conflicts(lab, observed)
+            .into_iter()
+            .filter(|p| lacking.is_empty() || p.code != Code::TunnelUnreachable),
+    );
     out
 }
 

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod render;
 pub mod saved;
 pub mod target;
+mod tools;
 mod tunnel;
 mod vm;
 mod volume;

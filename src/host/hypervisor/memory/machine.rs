@@ -8,7 +8,8 @@
 //!
 //! It keeps VXLAN tunnels as the kernel would (`ensure_tunnel` makes a device what the spec
 //! wants, on a bridge that must be there; `delete_tunnel` of an absent device is fine) and
-//! reports the addresses `with_host_addresses` gave.
+//! reports the addresses `with_host_addresses` gave. It lacks the programs
+//! `with_missing_tools` names, and what needs them fails as it would on a real machine.
 //!
 //! Its changes, `set_netem`, `ensure_tunnel` and `delete_tunnel`, are logged and counted with
 //! the libvirt double's calls, so `fail_on("set_netem", TAP, ..)` (or `"ensure_tunnel"`,
@@ -22,6 +23,7 @@ use crate::host::kernel::{KernelError, KernelSupport};
 use crate::host::machine::{ImageBacking, Machine, MachineError};
 use crate::host::observed::{DomainState, HostRoute, NicLink, ObservedInterface};
 use crate::host::tc::{TcCause, TcError};
+use crate::host::tools::Tool;
 use crate::host::tunnel::{ObservedTunnel, TunnelSpec, valid_device};
 use crate::lab::impair::{Netem, NetemParent, TapQdiscs};
 use crate::lab::model::MacAddr;
@@ -56,6 +58,24 @@ impl State {
             let nic = d.obs.interfaces.iter().find(|i| i.mac == Some(mac))?;
             Some((d.obs.name.clone(), mac, nic))
         })
+    }
+
+    /// Whether the machine lacks any of `tools`.
+    fn lacks(&self, tools: &[Tool]) -> bool {
+        tools.iter().any(|t| self.missing_tools.contains(t))
+    }
+
+    /// What running the tunnels' commands gives on a machine that lacks one of them.
+    fn tunnel_tools(&self, command: &str) -> Result<(), MachineError> {
+        match [Tool::Sh, Tool::Ip, Tool::Bridge, Tool::Cut].into_iter().find(|t| self.missing_tools.contains(t)) {
+            Some(t) => Err(MachineError::Unavailable {
+                host: "memory".into(),
+                command: command.into(),
+                message: format!("sh: 1: {t}: not found"),
+                hint: Some(format!("install {} on memory", t.package())),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The tap's egress qdiscs as the kernel keeps them.
@@ -108,6 +128,9 @@ impl Machine for MemoryMachine {
 
     fn qdiscs(&self) -> Result<BTreeMap<String, TapQdiscs>, TcError> {
         let s = self.lock();
+        if s.lacks(&[Tool::Tc]) {
+            return Err(tc_missing("-j qdisc show"));
+        }
         let mut out = BTreeMap::new();
         for d in s.domains.values() {
             for (mac, tap) in State::taps_of(d) {
@@ -126,6 +149,9 @@ impl Machine for MemoryMachine {
         let fail =
             |message: String| TcError { args: format!("qdisc replace dev {tap}"), message, cause: TcCause::Exit };
         let mut s = self.lock();
+        if s.lacks(&[Tool::Sh, Tool::Tc]) {
+            return Err(tc_missing(&format!("qdisc replace dev {tap}")));
+        }
         s.enter("set_netem", tap).map_err(|e| fail(e.message))?;
         let Some((domain, mac, nic)) = s.tap(tap) else {
             return Err(fail(format!("Cannot find device \"{tap}\"")));
@@ -154,7 +180,9 @@ impl Machine for MemoryMachine {
     }
 
     fn tunnels(&self) -> Result<Vec<ObservedTunnel>, MachineError> {
-        Ok(self.lock().tunnels.values().cloned().collect())
+        let s = self.lock();
+        s.tunnel_tools("ip -d -j link show type vxlan")?;
+        Ok(s.tunnels.values().cloned().collect())
     }
 
     /// As the kernel ends up after `ip link add`/`set` and `bridge fdb`: the device as wanted.
@@ -171,6 +199,7 @@ impl Machine for MemoryMachine {
             stderr,
             hint: None,
         };
+        s.tunnel_tools(&format!("ip link add {} type vxlan", spec.device))?;
         s.enter("ensure_tunnel", &spec.device).map_err(|e| fail(e.message))?;
         if let Some(i) = &interfaces {
             if !i.contains(&spec.bridge) {
@@ -200,6 +229,7 @@ impl Machine for MemoryMachine {
             return Err(MachineError::Invalid(format!("`{device}` is not a network device name")));
         }
         let mut s = self.lock();
+        s.tunnel_tools(&format!("ip link del dev {device}"))?;
         s.enter("delete_tunnel", device).map_err(|e| MachineError::Failed {
             host: "memory".into(),
             command: format!("ip link del dev {device}"),
@@ -212,7 +242,23 @@ impl Machine for MemoryMachine {
     }
 
     fn addresses(&self) -> Option<BTreeSet<std::net::IpAddr>> {
-        self.lock().host_addresses.clone()
+        let s = self.lock();
+        if s.lacks(&[Tool::Ip]) {
+            return None;
+        }
+        s.host_addresses.clone()
+    }
+
+    /// What `with_missing_tools` gave, of those topo runs on such a machine (all of them on
+    /// one reached over ssh, `reached_over_ssh`; else [`Tool::LOCAL`]).
+    fn missing_tools(&self) -> Option<BTreeSet<Tool>> {
+        let s = self.lock();
+        let asked: &[Tool] = if s.remote { &Tool::REMOTE } else { &Tool::LOCAL };
+        Some(s.missing_tools.iter().copied().filter(|t| asked.contains(t)).collect())
+    }
+
+    fn is_remote(&self) -> bool {
+        self.lock().remote
     }
 
     /// On a local host, a stand-in for `(dev, inode)`: a hash of the file the path opens;
@@ -224,6 +270,15 @@ impl Machine for MemoryMachine {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         s.resolve(path).hash(&mut h);
         Some((1, h.finish()))
+    }
+}
+
+/// `tc` failing as it does on a machine without it (`args`: what it was asked).
+fn tc_missing(args: &str) -> TcError {
+    TcError {
+        args: args.to_owned(),
+        message: "tc is not installed on memory".into(),
+        cause: TcCause::Spawn(std::io::ErrorKind::NotFound),
     }
 }
 

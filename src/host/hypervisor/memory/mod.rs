@@ -106,6 +106,12 @@ struct State {
     tunnels: BTreeMap<String, crate::host::tunnel::ObservedTunnel>,
     /// The machine's own addresses (`with_host_addresses`); `None`: cannot be read.
     host_addresses: Option<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// The programs the machine lacks (`with_missing_tools`): what `Machine::missing_tools`
+    /// reports, and what fails as it would without them (tunnels, addresses, tc).
+    missing_tools: std::collections::BTreeSet<crate::host::tools::Tool>,
+    /// The machine plays another host's, reached by commands (`reached_over_ssh`), for what
+    /// the planner asks of such a machine's tools.
+    remote: bool,
 }
 
 /// A directory pool of files topo does not manage (`with_storage_pool`).
@@ -553,6 +559,23 @@ impl MemoryHypervisor {
     /// lab across hosts.
     pub fn with_hostname(self, name: &str) -> Self {
         self.lock().hostname = Some(name.to_owned());
+        self
+    }
+
+    /// A machine that lacks `tools` (not on its `PATH`): `Machine::missing_tools` names
+    /// them (among those topo runs on such a machine), and what needs them fails as it would:
+    /// tunnels without `sh`, `ip`, `bridge` or `cut`, the machine's addresses without `ip`,
+    /// the taps' qdiscs and netem without `tc`.
+    pub fn with_missing_tools(self, tools: &[crate::host::tools::Tool]) -> Self {
+        self.lock().missing_tools = tools.iter().copied().collect();
+        self
+    }
+
+    /// The machine plays another host's, reached over ssh (`Machine::is_remote`): what the
+    /// planner asks of its tools is what topo runs on such a machine. Nothing else changes
+    /// (the double has no runner: the host lock and the ARP proof stay this machine's).
+    pub fn reached_over_ssh(self) -> Self {
+        self.lock().remote = true;
         self
     }
 
