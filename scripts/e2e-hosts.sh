@@ -105,6 +105,16 @@ grep -q "topo::plan::tunnel_taken" "$OUT" || fail "no tunnel_taken refusal"
 rsh h2 ip link del foreignvx
 step "a foreign VXLAN device with the VNI on h2: refused (topo::plan::tunnel_taken), nothing made on either host"
 
+# h2's underlay device at 1400 bytes (a cloud VM's): lan's 1450-byte frames with VXLAN's 50
+# bytes do not fit; plan refuses at the network, naming the device (read by `ip -j addr`).
+UDEV=$(rsh h2 ip -o -4 addr show to 10.77.0.12 | awk '{print $2}')
+[ -n "$UDEV" ] || fail "no device holds 10.77.0.12 on h2"
+rsh h2 ip link set dev "$UDEV" mtu 1400
+! topo plan lab.yaml || fail "plan went ahead with h2's underlay at MTU 1400"
+grep -q "topo::plan::underlay_mtu" "$OUT" && grep -q "on device $UDEV with MTU 1400" "$OUT" || fail "no underlay_mtu refusal naming $UDEV"
+rsh h2 ip link set dev "$UDEV" mtu 1500
+step "h2's underlay device ($UDEV) at MTU 1400: refused (topo::plan::underlay_mtu), naming the device; set back to 1500"
+
 # The plan saved (plan --out) and applied as saved: each host's part checked against that
 # host as it was when planned, its steps run as reviewed.
 topo plan --out plan.json lab.yaml || fail "plan --out"

@@ -127,6 +127,9 @@ pub enum Code {
     TunnelTaken,
     /// A host's `underlay` address is not one of its machine's addresses.
     UnderlayMissing,
+    /// A stretched network's frames, with VXLAN around them, exceed the MTU of the device
+    /// that holds a host's underlay address.
+    UnderlayMtu,
     /// A stretched network needs its tunnel on a host whose machine topo cannot reach.
     TunnelUnreachable,
     /// The machine of a host lacks programs that topo runs there for the host's share of
@@ -237,6 +240,7 @@ impl Code {
             HostBridgeTaken => "topo::plan::bridge_taken",
             TunnelTaken => "topo::plan::tunnel_taken",
             UnderlayMissing => "topo::plan::underlay_missing",
+            UnderlayMtu => "topo::plan::underlay_mtu",
             TunnelUnreachable => "topo::plan::tunnel_unreachable",
             HostToolsMissing => "topo::plan::host_tools_missing",
             HostInterfaceTaken => "topo::plan::interface_taken",

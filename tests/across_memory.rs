@@ -358,3 +358,31 @@ fn a_host_over_ssh_needs_its_reads_lock_and_arping() {
     let text = refusal(&unverified, &s, &[]).expect("refused");
     assert!(!text.contains("arping") && text.contains("`flock`"), "{text}");
 }
+
+/// A host whose underlay device carries less than a stretched network's frames with VXLAN
+/// around them (a cloud VM's 1400-byte device under the default 1450): refused at plan at the
+/// network, naming the host, the device and the MTU that fits (RFC 7348 section 4.3: VXLAN
+/// packets must not be fragmented). A jumbo underlay on every host carries `mtu: 8950`; one
+/// host at 1500 refuses it.
+#[test]
+fn a_network_larger_than_a_hosts_underlay_is_refused() {
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("umtu");
+    let hv2 = hv2.with_underlay_mtu(1400);
+    let text = refusal(&l, &session(&hv1, &hv2), &[]).expect("refused");
+    insta::assert_snapshot!("underlay_mtu", text);
+    assert_eq!(objects(&hv1), Vec::<String>::new());
+
+    let jumbo = lab(&lab_text().replace(
+        "lan: {mode: isolated, subnet: 10.10.0.0/24}",
+        "lan: {mode: isolated, subnet: 10.10.0.0/24, mtu: 8950}",
+    ));
+    let (hv1, hv2) = hosts("jumbo");
+    let (hv1, hv2) = (hv1.with_underlay_mtu(9000), hv2.with_underlay_mtu(9000));
+    assert_eq!(refusal(&jumbo, &session(&hv1, &hv2), &[]), None, "a 9000-byte underlay carries mtu 8950");
+    let (hv1, hv2) = hosts("jumbo1500");
+    let hv1 = hv1.with_underlay_mtu(9000);
+    let text = refusal(&jumbo, &session(&hv1, &hv2), &[]).expect("refused");
+    assert!(text.contains("topo::plan::underlay_mtu") && text.contains("host `h2`"), "{text}");
+    assert!(!text.contains("host `h1`"), "{text}");
+}

@@ -193,7 +193,7 @@ fn vxlan_tunnels_are_made_kept_changed_and_deleted_in_namespaces() {
                 (Some("topo test/lan"), Some("br0"), 1450, true)
             );
             assert_eq!(t.peers, BTreeSet::from([peer]));
-            assert!(m.addresses().unwrap().contains(&local.into()));
+            assert!(m.addresses().unwrap().contains_key(&local.into()));
         });
     }
     // Idempotent: a second ensure reads once and changes nothing.

@@ -78,8 +78,9 @@ fn tunnels_and_arp_proof_over_ssh_on_two_harness_hosts() {
     let m2 = RemoteMachine::over(r2.clone());
     // The tool probe over real ssh, one round trip: the harness hosts have every program.
     assert_eq!(m1.missing_tools(), Some(BTreeSet::new()), "h1 lacks none of topo's programs");
-    assert!(m1.addresses().unwrap().contains(&a1.into()), "h1 has its underlay address");
-    assert!(!m2.addresses().unwrap().contains(&a1.into()), "h2 has not h1's");
+    let underlay = m1.addresses().unwrap().get(&a1.into()).cloned().expect("h1 has its underlay address");
+    assert_eq!(underlay.mtu, 1500, "the MTU of {} (h1's underlay device) is read", underlay.device);
+    assert!(!m2.addresses().unwrap().contains_key(&a1.into()), "h2 has not h1's");
     for (m, local, peer) in [(&m1, a1, a2), (&m2, a2, a1)] {
         let spec = TunnelSpec {
             device: "vx66".into(),

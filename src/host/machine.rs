@@ -102,7 +102,7 @@ pub trait Machine: Send + Sync {
     fn delete_tunnel(&self, device: &str) -> Result<(), MachineError>;
     /// The machine's own addresses, IPv4 and IPv6 (`ip -j addr show`): is a tunnel's `local`
     /// one of them? `None` when they cannot be read.
-    fn addresses(&self) -> Option<BTreeSet<IpAddr>>;
+    fn addresses(&self) -> Option<BTreeMap<IpAddr, tunnel::HostAddress>>;
     /// The runner of a machine reached by commands (another host over ssh): what an ARP
     /// prober on that machine runs `arping` through. `None` for this machine, whose bridges
     /// topo probes with its own frames.
@@ -275,7 +275,7 @@ impl Machine for LocalMachine {
         tunnel::delete_tunnel(self.runner.as_ref(), device)
     }
 
-    fn addresses(&self) -> Option<BTreeSet<IpAddr>> {
+    fn addresses(&self) -> Option<BTreeMap<IpAddr, tunnel::HostAddress>> {
         tunnel::read_addresses(self.runner.as_ref())
     }
 
@@ -292,6 +292,9 @@ impl Machine for LocalMachine {
 pub struct RemoteMachine {
     runner: Arc<dyn Runner>,
     tc: Tc,
+    /// The answer of [`Machine::missing_tools`], once one came: the programs a host has do
+    /// not change within a run, and a run observes its hosts several times.
+    missing: std::sync::OnceLock<BTreeSet<Tool>>,
 }
 
 impl std::fmt::Debug for RemoteMachine {
@@ -351,7 +354,7 @@ impl RemoteMachine {
 
     /// The machine `runner` runs commands on (a [`LocalRunner`] in a test namespace, a fake).
     pub fn over(runner: Arc<dyn Runner>) -> Self {
-        Self { tc: Tc::over(runner.clone()), runner }
+        Self { tc: Tc::over(runner.clone()), runner, missing: std::sync::OnceLock::new() }
     }
 
     /// The runner (to share it: an ARP prober on the same host).
@@ -490,21 +493,29 @@ impl Machine for RemoteMachine {
         tunnel::delete_tunnel(self.runner.as_ref(), device)
     }
 
-    fn addresses(&self) -> Option<BTreeSet<IpAddr>> {
+    fn addresses(&self) -> Option<BTreeMap<IpAddr, tunnel::HostAddress>> {
         tunnel::read_addresses(self.runner.as_ref())
     }
 
     /// One round trip: the shell there asks its `PATH` for every tool
     /// ([`crate::host::tools::PROBE_SCRIPT`]).
     fn missing_tools(&self) -> Option<BTreeSet<Tool>> {
+        if let Some(known) = self.missing.get() {
+            return Some(known.clone());
+        }
         let argv = crate::host::tools::probe_argv(&Tool::REMOTE);
-        match self.runner.run(&argv, None) {
+        let answer = match self.runner.run(&argv, None) {
             Ok(o) => crate::host::tools::parse_probe(&Tool::REMOTE, o.code, &o.text()),
             Err(e) => {
                 tracing::debug!(error = %e, "remote tools");
                 None
             }
+        };
+        if let Some(a) = &answer {
+            // Another thread may have set it meanwhile: the same answer.
+            let _ = self.missing.set(a.clone());
         }
+        answer
     }
 }
 
@@ -700,6 +711,25 @@ mod tests {
     }
 
     /// A bridge's own MACs: its address and each port's; not a bridge here is unknown.
+    /// A host's programs are asked once per machine: an answer is kept (observations
+    /// repeat within a run), a failed ask is not (the next observation asks again).
+    #[test]
+    fn a_remote_machine_asks_for_its_tools_once() {
+        use crate::host::runner::{FakeRunner, Output, RunError};
+        let probe = crate::host::tools::probe_argv(&Tool::REMOTE);
+        let fake = Arc::new(FakeRunner::new("root@h1"));
+        fake.answer(
+            &probe,
+            Err(RunError::Spawn { program: "ssh".into(), kind: std::io::ErrorKind::Other, message: "down".into() }),
+        );
+        fake.answer(&probe, Ok(Output::ok("arping\n")));
+        let m = RemoteMachine::over(fake.clone());
+        assert_eq!(m.missing_tools(), None);
+        assert_eq!(m.missing_tools(), Some([Tool::Arping].into()));
+        assert_eq!(m.missing_tools(), Some([Tool::Arping].into()));
+        assert_eq!(fake.calls().iter().filter(|c| c.first().map(String::as_str) == Some("sh")).count(), 2);
+    }
+
     #[test]
     fn macs_a_bridge_holds_as_its_own() {
         let sys = tempfile::tempdir().unwrap();

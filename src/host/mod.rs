@@ -89,8 +89,8 @@ impl<'a> Host<'a> {
         out.tunnels = m.tunnels().ok().map(|ts| ts.into_iter().map(|t| (t.device.clone(), t)).collect());
         out.host_addresses = m.addresses().map(|a| {
             a.into_iter()
-                .filter_map(|ip| match ip {
-                    std::net::IpAddr::V4(v4) => Some(v4),
+                .filter_map(|(ip, at)| match ip {
+                    std::net::IpAddr::V4(v4) => Some((v4, at)),
                     std::net::IpAddr::V6(_) => None,
                 })
                 .collect()

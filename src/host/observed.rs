@@ -285,9 +285,11 @@ pub struct Observed {
     /// reach the machine (the test driver, a host without its machine) or cannot read them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnels: Option<BTreeMap<String, crate::host::tunnel::ObservedTunnel>>,
-    /// The machine's own IPv4 addresses (a tunnel's source must be one); `None` when unknown.
+    /// The machine's own IPv4 addresses (a tunnel's source must be one), each with the device
+    /// that holds it and that device's MTU (what the tunnel's frames must fit); `None` when
+    /// unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_addresses: Option<std::collections::BTreeSet<std::net::Ipv4Addr>>,
+    pub host_addresses: Option<BTreeMap<std::net::Ipv4Addr, crate::host::tunnel::HostAddress>>,
     /// The programs topo runs on the machine of the host that it lacks, and whether that
     /// machine is another host's ([`crate::host::machine::Machine::missing_tools`]); `None`
     /// when topo cannot reach the machine or ask it. Not part of the saved plan's fingerprint:

@@ -11,7 +11,7 @@
 //! [`delete_tunnel`] and [`read_addresses`] run them through a [`Runner`]: on this machine or
 //! over ssh alike, one round trip per read and at most one per change (an `sh -c` script).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
@@ -298,11 +298,25 @@ pub fn delete_tunnel(r: &dyn Runner, device: &str) -> Result<(), MachineError> {
     run_ok(r, "ip", &["sh", "-c", DELETE_SCRIPT, "sh", device], None).map(|_| ())
 }
 
-/// One device of `ip -j addr show` (its addresses).
+/// One device of `ip -j addr show` (its name, MTU and addresses).
 #[derive(Deserialize)]
 struct JsonAddrLink {
     #[serde(default)]
+    ifname: String,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
     addr_info: Vec<JsonAddr>,
+}
+
+/// The device that holds one of the machine's addresses: what a tunnel sending from that
+/// address (its underlay) goes out on, and the largest IP packet that device carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostAddress {
+    /// The device's name (`eth0`).
+    pub device: String,
+    /// The device's MTU in bytes (`ip link`'s `mtu`; 0 when not shown).
+    pub mtu: u32,
 }
 
 #[derive(Deserialize)]
@@ -310,17 +324,25 @@ struct JsonAddr {
     local: Option<String>,
 }
 
-/// Every address of `ip -j addr show` output (IPv4 and IPv6).
+/// Every address of `ip -j addr show` output (IPv4 and IPv6), each with the device that
+/// holds it.
 ///
 /// # Errors
 /// The text is not that JSON.
-pub fn parse_addresses(json: &str) -> Result<BTreeSet<IpAddr>, String> {
+pub fn parse_addresses(json: &str) -> Result<BTreeMap<IpAddr, HostAddress>, String> {
     let links: Vec<JsonAddrLink> = serde_json::from_str(json.trim()).map_err(|e| e.to_string())?;
-    Ok(links.iter().flat_map(|l| &l.addr_info).filter_map(|a| a.local.as_deref()?.parse().ok()).collect())
+    Ok(links
+        .iter()
+        .flat_map(|l| {
+            let at = HostAddress { device: l.ifname.clone(), mtu: l.mtu };
+            l.addr_info.iter().filter_map(move |a| Some((a.local.as_deref()?.parse().ok()?, at.clone())))
+        })
+        .collect())
 }
 
-/// The machine's own addresses (`ip -j addr show`); `None` when they cannot be read.
-pub fn read_addresses(r: &dyn Runner) -> Option<BTreeSet<IpAddr>> {
+/// The machine's own addresses (`ip -j addr show`), each with the device that holds it;
+/// `None` when they cannot be read.
+pub fn read_addresses(r: &dyn Runner) -> Option<BTreeMap<IpAddr, HostAddress>> {
     let out = run_ok(r, "ip", &["ip", "-j", "addr", "show"], None).ok()?;
     parse_addresses(&out.text()).ok()
 }
@@ -460,9 +482,10 @@ mod tests {
 
     #[test]
     fn addresses_are_read_from_ip_json() {
-        let j = r#"[{"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8},{"family":"inet6","local":"::1"}]},{"ifname":"br0","addr_info":[]},{"ifname":"x"}]"#;
-        let got: Vec<String> = parse_addresses(j).unwrap().iter().map(ToString::to_string).collect();
-        assert_eq!(got, ["127.0.0.1", "::1"]);
+        let j = r#"[{"ifname":"lo","mtu":65536,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8},{"family":"inet6","local":"::1"}]},{"ifname":"br0","addr_info":[]},{"ifname":"eth0","mtu":1400,"addr_info":[{"family":"inet","local":"10.77.0.11"}]},{"ifname":"x"}]"#;
+        let got: Vec<String> =
+            parse_addresses(j).unwrap().iter().map(|(a, h)| format!("{a} {} {}", h.device, h.mtu)).collect();
+        assert_eq!(got, ["10.77.0.11 eth0 1400", "127.0.0.1 lo 65536", "::1 lo 65536"]);
     }
 
     /// Through a runner: one read, then one script of the changes; nothing more when it is as

@@ -24,6 +24,12 @@ pub const VXLAN_PORT: u16 = 4789;
 /// (8) and the inner Ethernet header (14) (RFC 7348 section 4.3).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// The largest MTU a VXLAN device over IPv4 takes without a lower device: the largest
+/// Ethernet MTU less [`VXLAN_OVERHEAD`] (drivers/net/vxlan/vxlan_core.c, `vxlan_config_apply`:
+/// `max_mtu = ETH_MAX_MTU - VXLAN_HEADROOM`). What the underlay carries is checked at plan
+/// (`topo::plan::underlay_mtu`), against the MTU of the device that holds the underlay address.
+pub const VXLAN_MAX_MTU: u32 = 65535 - VXLAN_OVERHEAD;
+
 /// The MTU of a stretched network's bridge, tunnel and guest NICs: an underlay of Ethernet's
 /// 1500 bytes minus [`VXLAN_OVERHEAD`].
 pub const STRETCHED_MTU: u32 = 1500 - VXLAN_OVERHEAD;

@@ -9,7 +9,7 @@ use crate::diag::{Code, Problem};
 use crate::host::observed::Observed;
 use crate::host::tunnel::{ObservedTunnel, TunnelSpec};
 use crate::lab::address::Address;
-use crate::lab::hosts::{Tunnel, tunnel_alias_head};
+use crate::lab::hosts::{Tunnel, VXLAN_OVERHEAD, tunnel_alias_head};
 use crate::lab::model::{Lab, NetworkName};
 
 use super::change::{Action, Change, FieldChange, Op, Reason};
@@ -62,7 +62,7 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
     };
     let mut out = Vec::new();
     if let Some(addrs) = &observed.host_addresses
-        && !addrs.contains(&first.spec.local)
+        && !addrs.contains_key(&first.spec.local)
     {
         out.push(Problem::at(
             Code::UnderlayMissing,
@@ -71,9 +71,40 @@ pub(super) fn conflicts(lab: &Lab, observed: &Observed) -> Vec<Problem> {
             "underlay not on this host",
             format!(
                 "set `underlay:` to one of the host's addresses ({})",
-                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                addrs.keys().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             ),
         ));
+    }
+    // Every frame of the network goes out on the underlay's device inside an IPv4 packet
+    // [`VXLAN_OVERHEAD`] bytes larger (outer IPv4, UDP, VXLAN, the inner Ethernet header): one
+    // larger than the device's MTU is fragmented or dropped (RFC 7348 section 4.3: VTEPs
+    // must not fragment VXLAN packets).
+    let underlay = observed.host_addresses.as_ref().and_then(|a| a.get(&first.spec.local)).filter(|u| u.mtu > 0);
+    if let Some(u) = underlay {
+        for t in wanted.iter().filter(|t| t.spec.mtu + VXLAN_OVERHEAD > u.mtu) {
+            let span = lab.networks.get(&t.network).map(|n| n.span).unwrap_or(lab.name_span);
+            let fits = u.mtu.saturating_sub(VXLAN_OVERHEAD);
+            out.push(Problem::at(
+                Code::UnderlayMtu,
+                span,
+                format!(
+                    "network `{}` has MTU {} and spans hosts, and on host `{host}` its tunnel sends from {} on device {} \
+                     with MTU {}: a full-size frame with VXLAN's {VXLAN_OVERHEAD} bytes around it ({}) does not fit",
+                    t.network,
+                    t.spec.mtu,
+                    first.spec.local,
+                    u.device,
+                    u.mtu,
+                    t.spec.mtu + VXLAN_OVERHEAD,
+                ),
+                "too large for the underlay",
+                format!(
+                    "set `mtu: {fits}` (or less) on the network, or raise the MTU of {} on host `{host}` to at least {}",
+                    u.device,
+                    t.spec.mtu + VXLAN_OVERHEAD
+                ),
+            ));
+        }
     }
     for t in &wanted {
         let span = lab.networks.get(&t.network).map(|n| n.span).unwrap_or(lab.name_span);

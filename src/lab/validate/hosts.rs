@@ -10,7 +10,7 @@ use miette::LabeledSpan;
 use super::lab::checked_name;
 use super::{Checker, parse_ip};
 use crate::diag::{Code, suggest};
-use crate::lab::hosts::STRETCHED_MTU;
+use crate::lab::hosts::{STRETCHED_MTU, VXLAN_MAX_MTU, VXLAN_OVERHEAD};
 use crate::lab::model::LabHost;
 use crate::lab::model::{self, HostName, Network, NetworkKind, NetworkName, Vm, VmName};
 use crate::lab::spec::{HostSpec, NetworkSpec, Spanned, SpannedMap};
@@ -167,19 +167,20 @@ impl Hosts {
             if let NetworkKind::Managed(m) = &mut net.kind {
                 match m.mtu {
                     None => m.mtu = Some(STRETCHED_MTU),
-                    Some(mtu) if mtu > STRETCHED_MTU => {
+                    Some(mtu) if mtu > VXLAN_MAX_MTU => {
                         let at = spec.and_then(|s| s.mtu.as_ref()).map(|s| c.span(s)).unwrap_or(net.span);
                         c.push(
                             Code::Underlay,
                             format!(
-                                "network `{name}` spans hosts {}, and its mtu {mtu} is more than the {STRETCHED_MTU} bytes \
-                                 a VXLAN tunnel carries over a 1500-byte underlay",
+                                "network `{name}` spans hosts {}, and its mtu {mtu} is more than the {VXLAN_MAX_MTU} bytes \
+                                 a VXLAN device carries",
                                 all.join(", ")
                             ),
                             vec![LabeledSpan::at(at, "too large for the tunnel")],
                             format!(
-                                "remove `mtu:` (topo then sets {STRETCHED_MTU} on a network that spans hosts) or give at \
-                                 most {STRETCHED_MTU}"
+                                "give at most {VXLAN_MAX_MTU}, and no more than the underlay's MTU less \
+                                 {VXLAN_OVERHEAD} (a 9000-byte underlay carries `mtu: 8950`), or remove `mtu:` (topo \
+                                 then sets {STRETCHED_MTU}, for a 1500-byte underlay)"
                             ),
                         );
                     }

@@ -241,7 +241,7 @@ impl Machine for MemoryMachine {
         Ok(())
     }
 
-    fn addresses(&self) -> Option<BTreeSet<std::net::IpAddr>> {
+    fn addresses(&self) -> Option<std::collections::BTreeMap<std::net::IpAddr, crate::host::tunnel::HostAddress>> {
         let s = self.lock();
         if s.lacks(&[Tool::Ip]) {
             return None;

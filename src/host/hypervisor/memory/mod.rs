@@ -104,8 +104,9 @@ struct State {
     config: BTreeMap<String, String>,
     /// The VXLAN devices on the machine (`Machine::ensure_tunnel`), by device name.
     tunnels: BTreeMap<String, crate::host::tunnel::ObservedTunnel>,
-    /// The machine's own addresses (`with_host_addresses`); `None`: cannot be read.
-    host_addresses: Option<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// The machine's own addresses (`with_host_addresses`), each on device `eth0` with the
+    /// MTU `with_underlay_mtu` gave (1500 by default); `None`: cannot be read.
+    host_addresses: Option<std::collections::BTreeMap<std::net::IpAddr, crate::host::tunnel::HostAddress>>,
     /// The programs the machine lacks (`with_missing_tools`): what `Machine::missing_tools`
     /// reports, and what fails as it would without them (tunnels, addresses, tc).
     missing_tools: std::collections::BTreeSet<crate::host::tools::Tool>,
@@ -579,10 +580,22 @@ impl MemoryHypervisor {
         self
     }
 
-    /// The machine's own addresses, as `Machine::addresses` reports them (`ip -j addr`).
+    /// The machine's own addresses, as `Machine::addresses` reports them (`ip -j addr`): each
+    /// on device `eth0`, MTU 1500.
     pub fn with_host_addresses(self, addresses: &[&str]) -> Self {
+        let at = crate::host::tunnel::HostAddress { device: "eth0".into(), mtu: 1500 };
         // Invariant: test fixtures give valid addresses.
-        self.lock().host_addresses = Some(addresses.iter().map(|a| a.parse().expect("an IP address")).collect());
+        self.lock().host_addresses =
+            Some(addresses.iter().map(|a| (a.parse().expect("an IP address"), at.clone())).collect());
+        self
+    }
+
+    /// The MTU of the device that holds the machine's addresses (`with_host_addresses`): a
+    /// cloud VM's 1450, a jumbo underlay's 9000.
+    pub fn with_underlay_mtu(self, mtu: u32) -> Self {
+        if let Some(a) = self.lock().host_addresses.as_mut() {
+            a.values_mut().for_each(|h| h.mtu = mtu);
+        }
         self
     }
 
