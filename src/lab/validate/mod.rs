@@ -326,9 +326,17 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         guests: &guests,
         hosts: &hosts,
     };
-    let vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
+    let mut vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
     hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
+    let derived = nics.derive_addresses(lab_name.as_ref(), &networks.info);
+    for vm in vms.values_mut() {
+        for n in &mut vm.nics {
+            if let Some(ip) = derived.get(&(vm.name.clone(), n.index)) {
+                n.ip = Some(*ip);
+            }
+        }
+    }
     nics.name_dhcp_hosts(&mut c);
     nics.check_bridge_macs(&mut c, lab_name.as_ref(), &networks.model);
     if !c.problems.is_empty() {
