@@ -98,14 +98,14 @@ fn edits_apply_and_converge() {
     let hv = host();
     apply_ok(&lab(BASE), &hv);
 
-    // A second NIC for db (no reservation: only the VM changes, hot-plugged).
+    // A second NIC for db: hot-plugged, and its derived reservation added to lan first.
     let t1 = edit(
         BASE,
         "      - network: back\n        ip: 10.51.0.30\n",
         "      - network: back\n        ip: 10.51.0.30\n      - network: lan\n",
     );
     let p = apply_ok(&lab(&t1), &hv);
-    assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update), ("vm.db", Action::Update)]));
     assert_replans_empty(&lab(&t1), &hv);
     assert_eq!(hv.observe().unwrap().domains["demo-db"].interfaces.len(), 2);
 
@@ -120,11 +120,12 @@ fn edits_apply_and_converge() {
     assert!(pos(&calls, "update_dhcp_host demo-back") < pos(&calls, "start_domain demo-cache"));
     assert_replans_empty(&lab(&t2), &hv);
 
-    // A changed reservation: delete + add on the live network, nothing restarted.
+    // A changed reservation: delete + add on the live network, then web's NIC re-plugged so
+    // its guest asks again; nothing restarted.
     let t3 = edit(&t2, "ip: 10.50.0.20", "ip: 10.50.0.21");
     hv.clear_calls();
     let p = apply_ok(&lab(&t3), &hv);
-    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update)]));
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update), ("vm.web", Action::Update)]));
     assert!(!hv.calls().iter().any(|c| c.starts_with("stop_network") || c.starts_with("start_domain")));
     assert_replans_empty(&lab(&t3), &hv);
 

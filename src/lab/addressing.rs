@@ -145,14 +145,17 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_pinned() {
-        // Changing the derivation moves every user's addresses.
+    fn the_key_and_the_address_are_pinned() {
+        // Changing the derivation moves every user's addresses. Values computed independently
+        // with Python hashlib from the documented formula: SHA-256 of
+        // b"topo-ip-v1\x00addr\x00a\x000", first 8 bytes c9e8c1664c26fad5, mod 253 = 72.
         let k = key(&lab(), &vm("a"), 0);
         let hex: String = k.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        use sha2::{Digest, Sha256};
-        let want: [u8; 32] = Sha256::digest(b"topo-ip-v1\0addr\0a\00").into();
-        assert_eq!(k, want);
-        assert_eq!(hex.len(), 16);
+        assert_eq!(hex, "c9e8c1664c26fad5");
+        let c = candidates(net("10.1.0.0/24"), Some("10.1.0.1".parse().unwrap()), None);
+        assert_eq!(c.len(), 253);
+        let got = assign(&lab(), &[(vm("a"), 0)], &c, &BTreeSet::new()).unwrap();
+        assert_eq!(got[&(vm("a"), 0)], Ipv4Addr::new(10, 1, 0, 74));
     }
 
     #[test]
@@ -183,10 +186,7 @@ mod tests {
     fn too_many_nics_is_a_shortfall() {
         let c: Vec<Ipv4Addr> = vec!["10.1.0.2".parse().unwrap(), "10.1.0.3".parse().unwrap()];
         let taken: BTreeSet<Ipv4Addr> = [c[1]].into();
-        assert_eq!(
-            assign(&lab(), &[(vm("a"), 0), (vm("b"), 0)], &c, &taken),
-            Err(Shortfall { free: 1, wanted: 2 })
-        );
+        assert_eq!(assign(&lab(), &[(vm("a"), 0), (vm("b"), 0)], &c, &taken), Err(Shortfall { free: 1, wanted: 2 }));
     }
 
     /// A NIC added elsewhere does not move the others when their slots do not collide; when

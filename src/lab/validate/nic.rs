@@ -441,7 +441,11 @@ pub(super) fn check_dhcp_capacity(c: &mut Checker, nets: &BTreeMap<String, NetIn
         let need = need_text(names.len(), derived);
         let (message, label) = if reserved == 0 && class_c_edges == 0 {
             (
-                format!("network `{net}` hands out {size} address{} by DHCP, but {need} ({})", es(size), names.join(", ")),
+                format!(
+                    "network `{net}` hands out {size} address{} by DHCP, but {need} ({})",
+                    es(size),
+                    names.join(", ")
+                ),
                 format!("{size} address{}", es(size)),
             )
         } else {
