@@ -545,3 +545,29 @@ fn removing_mtu_goes_back_to_the_defaults() {
     assert_eq!(o.networks["demo-lan"].mtu, None);
     assert!(o.domains.values().flat_map(|d| &d.interfaces).all(|i| i.mtu.is_none()));
 }
+
+/// Every NIC's address in the plan: written (`ip: 10.50.0.10`), derived (web's NIC on back,
+/// no `ip:`) and `ip: dynamic` (db's NIC on lan: no host entry), text and JSON. The derived
+/// one is a `dhcp_host` entry as a written one (docs/addressing.md).
+#[test]
+fn derived_written_and_dynamic_addresses() {
+    let text = edit(
+        BASE,
+        "      - network: back\n        ip: 10.51.0.30\n",
+        "      - network: back\n        ip: 10.51.0.30\n      - network: lan\n        ip: dynamic\n",
+    );
+    let hv = host();
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    insta::assert_snapshot!("derived_written_and_dynamic_addresses_text", plain(&p));
+    let mut json = topo::plan::json::to_json(&p);
+    // Only the networks' fields: the VMs' carry checkout paths.
+    json["changes"] = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["address"].as_str().unwrap().starts_with("network."))
+        .cloned()
+        .collect();
+    insta::assert_snapshot!("derived_written_and_dynamic_addresses_json", serde_json::to_string_pretty(&json).unwrap());
+}
