@@ -1275,7 +1275,7 @@ fn a_running_nics_new_address_replugs_it() {
     let (p, _) = plan_on(&lab(&t1), &hv);
     assert_eq!(actions(&p), pairs(&[("network.back", Action::Update), ("vm.web", Action::Update)]));
     assert_eq!(replugged(&p), [format!("nic[{eth1}].ip")]);
-    let web_change = p.changes.iter().find(|c| c.address.to_string() == "vm.web").unwrap();
+    let web_change = p.changes.iter().find(|c| c.libvirt_name == "demo-web").expect("a change of web");
     let f = &web_change.fields[0];
     assert_eq!((f.before.as_deref(), f.after.as_deref()), (Some(derived.to_string().as_str()), Some("10.51.0.77")));
     hv.clear_calls();
@@ -1304,7 +1304,7 @@ fn a_running_nics_new_address_replugs_it() {
     let t3 = edit(&t2, "{network: back, ip: dynamic}", "{network: back}");
     let (p, _) = plan_on(&lab(&t3), &hv);
     assert_eq!(actions(&p), pairs(&[("network.back", Action::Update), ("vm.web", Action::Update)]));
-    let web_change = p.changes.iter().find(|c| c.address.to_string() == "vm.web").unwrap();
+    let web_change = p.changes.iter().find(|c| c.libvirt_name == "demo-web").expect("a change of web");
     let f = &web_change.fields[0];
     assert_eq!((f.before.as_deref(), f.after.as_deref()), (Some("a lease"), Some(derived.to_string().as_str())));
     apply_ok(&lab(&t3), &hv);
