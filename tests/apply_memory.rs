@@ -98,14 +98,14 @@ fn edits_apply_and_converge() {
     let hv = host();
     apply_ok(&lab(BASE), &hv);
 
-    // A second NIC for db (no reservation: only the VM changes, hot-plugged).
+    // A second NIC for db: hot-plugged, and its derived reservation added to lan first.
     let t1 = edit(
         BASE,
         "      - network: back\n        ip: 10.51.0.30\n",
         "      - network: back\n        ip: 10.51.0.30\n      - network: lan\n",
     );
     let p = apply_ok(&lab(&t1), &hv);
-    assert_eq!(actions(&p), pairs(&[("vm.db", Action::Update)]));
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update), ("vm.db", Action::Update)]));
     assert_replans_empty(&lab(&t1), &hv);
     assert_eq!(hv.observe().unwrap().domains["demo-db"].interfaces.len(), 2);
 
@@ -120,11 +120,12 @@ fn edits_apply_and_converge() {
     assert!(pos(&calls, "update_dhcp_host demo-back") < pos(&calls, "start_domain demo-cache"));
     assert_replans_empty(&lab(&t2), &hv);
 
-    // A changed reservation: delete + add on the live network, nothing restarted.
+    // A changed reservation: delete + add on the live network, then web's NIC re-plugged so
+    // its guest asks again; nothing restarted.
     let t3 = edit(&t2, "ip: 10.50.0.20", "ip: 10.50.0.21");
     hv.clear_calls();
     let p = apply_ok(&lab(&t3), &hv);
-    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update)]));
+    assert_eq!(actions(&p), pairs(&[("network.lan", Action::Update), ("vm.web", Action::Update)]));
     assert!(!hv.calls().iter().any(|c| c.starts_with("stop_network") || c.starts_with("start_domain")));
     assert_replans_empty(&lab(&t3), &hv);
 
@@ -1234,4 +1235,91 @@ fn destroy_removes_a_transient_lab_vm() {
     assert!(!report.failed(), "{report:#?}");
     let o = hv.observe().unwrap();
     assert!(!o.domains.keys().any(|d| d.starts_with("demo-")), "{:?}", o.domains.keys());
+}
+
+/// Issue 18: a running NIC whose reservation changes is plugged in again (no restart), so the
+/// guest asks DHCP again; `ip: dynamic` and a host name change alone re-plug nothing; each
+/// apply converges to an empty plan.
+#[test]
+fn a_running_nics_new_address_replugs_it() {
+    let hv = host();
+    // web: eth1 on back derived, eth2 on back written (host name `web-eth2`).
+    let t0 = edit(
+        BASE,
+        "      - network: back\n  db:",
+        "      - network: back\n      - {network: back, ip: 10.51.0.60}\n  db:",
+    );
+    apply_ok(&lab(&t0), &hv);
+    let l0 = lab(&t0);
+    let web = &l0.vms[&topo::lab::model::VmName::new("web").unwrap()];
+    let (eth1, derived) = (web.nics[1].mac, web.nics[1].ip.expect("a derived address"));
+    assert_eq!(web.nics[1].ip_source, topo::lab::model::IpSource::Derived);
+    let replugged = |p: &Plan| -> Vec<String> {
+        p.changes
+            .iter()
+            .flat_map(|c| c.reasons.iter())
+            .filter_map(|r| match r {
+                plan::Reason::Replugged { fields } => Some(fields.iter().map(|f| f.to_string()).collect::<Vec<_>>()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+
+    // Derived -> written: the network's entry changes, then web's eth1 is re-plugged.
+    let t1 = edit(
+        &t0,
+        "      - network: back\n      - {network: back",
+        "      - {network: back, ip: 10.51.0.77}\n      - {network: back",
+    );
+    let (p, _) = plan_on(&lab(&t1), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.back", Action::Update), ("vm.web", Action::Update)]));
+    assert_eq!(replugged(&p), [format!("nic[{eth1}].ip")]);
+    let web_change = p.changes.iter().find(|c| c.libvirt_name == "demo-web").expect("a change of web");
+    let f = &web_change.fields[0];
+    assert_eq!((f.before.as_deref(), f.after.as_deref()), (Some(derived.to_string().as_str()), Some("10.51.0.77")));
+    hv.clear_calls();
+    apply_ok(&lab(&t1), &hv);
+    let calls = hv.calls();
+    assert!(pos(&calls, "update_dhcp_host demo-back") < pos(&calls, "detach_device demo-web"), "{calls:#?}");
+    assert!(pos(&calls, "detach_device demo-web") < pos(&calls, "attach_device demo-web"), "{calls:#?}");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("shutdown_domain")
+            || c.starts_with("destroy_domain")
+            || c.starts_with("start_domain")),
+        "{calls:#?}"
+    );
+    assert_replans_empty(&lab(&t1), &hv);
+
+    // Written -> dynamic: the entry goes, nothing is re-plugged (the old lease stays valid,
+    // and a NIC without a reservation is verified at any lease); eth2's entry is renamed
+    // `web` (a host name change alone: no re-plug either).
+    let t2 = edit(&t1, "ip: 10.51.0.77", "ip: dynamic");
+    let (p, _) = plan_on(&lab(&t2), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.back", Action::Update)]));
+    apply_ok(&lab(&t2), &hv);
+    assert_replans_empty(&lab(&t2), &hv);
+
+    // Dynamic -> derived again: the same derived address, re-plugged (it had no entry).
+    let t3 = edit(&t2, "{network: back, ip: dynamic}", "{network: back}");
+    let (p, _) = plan_on(&lab(&t3), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.back", Action::Update), ("vm.web", Action::Update)]));
+    let web_change = p.changes.iter().find(|c| c.libvirt_name == "demo-web").expect("a change of web");
+    let f = &web_change.fields[0];
+    assert_eq!((f.before.as_deref(), f.after.as_deref()), (Some("a lease"), Some(derived.to_string().as_str())));
+    apply_ok(&lab(&t3), &hv);
+    assert_replans_empty(&lab(&t3), &hv);
+
+    // A stopped VM is not re-plugged: its config carries no address, the next boot asks.
+    hv.clear_calls();
+    let t4 = edit(
+        &t3,
+        "    memory: 256MiB\n    boot: {kernel: boot/vmlinuz}\n    nics:\n      - network: lan\n        ip: 10.50.0.20",
+        "    memory: 256MiB\n    state: stopped\n    boot: {kernel: boot/vmlinuz}\n    nics:\n      - network: lan\n        ip: 10.50.0.20",
+    );
+    apply_ok(&lab(&t4), &hv);
+    let t5 = edit(&t4, "{network: back, ip: 10.51.0.60}", "{network: back, ip: 10.51.0.61}");
+    let (p, _) = plan_on(&lab(&t5), &hv);
+    assert_eq!(actions(&p), pairs(&[("network.back", Action::Update)]));
+    assert!(replugged(&p).is_empty());
 }

@@ -271,18 +271,34 @@ fn verify_all(lab: &Path, s: &Shape) -> BTreeMap<String, Vec<String>> {
         want.iter().map(|w| format!("{} {}", w.vm, w.nic)).collect::<Vec<_>>(),
         "{doc:#}"
     );
+    // Every NIC on a lab network has a reservation: written, or derived by topo from lab,
+    // VM and NIC index (docs/addressing.md). The lab model says which address; the NIC must
+    // be proven there.
+    let model = topo::lab::validate::load(&topo::lab::source::SourceFile::read(lab).expect("read lab file"))
+        .expect("the lab file is valid");
+    let reserved_in_model = |vm: &str, index: usize| -> Option<String> {
+        let v = model.vms.get(&VmName::new(vm).ok()?)?;
+        v.nics.get(index)?.ip.map(|ip| ip.to_string())
+    };
     let mut addrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (g, w) in got.iter().zip(&want) {
         let idx: usize = w.nic.trim_start_matches("eth").parse().expect("ethN");
         let m = mac(LAB, w.vm, idx);
         let what = format!("{} {}: {g:#}", w.vm, w.nic);
+        let in_model = reserved_in_model(w.vm, idx);
+        if w.net != "default" {
+            assert!(in_model.is_some(), "a NIC on a lab network without a reservation: {what}");
+        }
+        if let Some(res) = &w.reserved {
+            assert_eq!(in_model.as_ref(), Some(res), "the model's reservation: {what}");
+        }
         assert_eq!(g["state"], "verified", "{what}");
         assert_eq!(g["network"], w.net, "{what}");
         assert_eq!(g["mac"], m.as_str(), "{what}");
         let ip = g["address"].as_str().unwrap_or_else(|| panic!("no address: {what}"));
         assert!(ip.starts_with(&w.prefix) && ip.len() > w.prefix.len(), "{ip} not in {}0/24: {what}", w.prefix);
-        if let Some(res) = &w.reserved {
-            assert_eq!(ip, res, "reservation not honoured: {what}");
+        if let Some(res) = &in_model {
+            assert_eq!(ip, res, "reservation (written or derived) not honoured: {what}");
         }
         let ev = g["evidence"].as_str().unwrap_or_default();
         assert!(ev.starts_with(&format!("arp reply from {m} on ")), "{what}");
@@ -562,6 +578,11 @@ fn e2e_real_libvirt() {
         hosts.contains(&format!("<host mac='{}' name='deb2' ip='192.168.152.62'/>", mac(LAB, "deb2", 0))),
         "{hosts}"
     );
+    // deb1 and deb3 have no `ip:` there: their derived reservations are host entries too.
+    for (vm, i) in [("deb1", 1), ("deb3", 0)] {
+        let entry = format!("<host mac='{}' name='{vm}' ip='{}'/>", mac(LAB, vm, i), addrs[vm][i]);
+        assert!(hosts.contains(&entry), "no {entry} in {hosts}");
+    }
     clock.step("virsh: networks, domains, MACs as planned");
 
     // d. in-place edits: NIC added to deb2, new VM deb4, deb2's reservation changed
@@ -570,25 +591,15 @@ fn e2e_real_libvirt() {
     // instance, refused: docs/lab-file.md, "Lab identity").
     let lab2 = write(dir, "lab.yaml", &lab_text(&v2));
     check_edit_plan(&plan_json(&lab2));
-    // 20 s: enough for the new deb4 to boot and lease on a loaded 2-core host; deb2 eth0
-    // fails only when the timeout ends (it never answers at .63 before a restart).
-    // deb2 still holds its lease of .62 (valid for an hour): the new reservation is not in
-    // effect, and verification says so; every other NIC, the hot-plugged one included, is.
-    let r = topo(&["apply", "-y", "--timeout", "20", path(&lab2)]);
-    assert_eq!(r.code, 1, "apply with a reservation not in effect:\n{}", r.show());
-    assert!(r.stdout.contains("Apply complete: 1 added, 2 changed, 0 replaced, 0 destroyed."), "{}", r.show());
-    assert!(r.stdout.contains("Verify: 6 verified, 1 failed, 0 skipped."), "{}", r.show());
-    assert!(
-        r.stdout
-            .contains("deb2 eth0 (local_net): answers at 192.168.152.62, not at its reserved address 192.168.152.63"),
-        "{}",
-        r.show()
-    );
+    // deb2's reservation moves from .62 to .63 while it runs: the plan re-plugs its NIC
+    // (`nic[MAC].ip`), so its DHCP client starts anew and gets .63 with no restart by hand.
+    let id_before = virsh_ok(&["domid", "e2e-deb2"]);
+    let r = apply(&lab2, 7);
+    assert!(r.stdout.contains("Apply complete: 1 added, 3 changed, 0 replaced, 0 destroyed."), "{}", r.show());
     assert_converged(&lab2);
-    // a restart makes the guest ask again: it gets .63
-    virsh_ok(&["destroy", "e2e-deb2"]);
-    virsh_ok(&["start", "e2e-deb2"]);
-    verify_all(&lab2, &v2);
+    assert_eq!(virsh_ok(&["domid", "e2e-deb2"]), id_before, "deb2 was restarted");
+    let addrs2 = verify_all(&lab2, &v2);
+    assert_eq!(addrs2["deb2"][0], "192.168.152.63", "{addrs2:?}");
     let live = virsh_ok(&["net-dumpxml", "e2e-local_net"]);
     assert!(live.contains("ip='192.168.152.63'") && !live.contains("ip='192.168.152.62'"), "live network: {live}");
     let deb2: Vec<String> = domiflist("e2e-deb2").into_iter().map(|(_, n, m)| format!("{n} {m}")).collect();
@@ -742,21 +753,36 @@ fn check_edit_plan(plan: &Value) {
     let ch = changes(plan);
     assert_eq!(
         ch.iter().map(|(a, c)| (a.as_str(), c["action"].as_str().unwrap_or_default())).collect::<Vec<_>>(),
-        [("network.local_net", "update"), ("vm.deb2", "update"), ("vm.deb4", "create")],
+        [("network.local_net", "update"), ("network.outside", "update"), ("vm.deb2", "update"), ("vm.deb4", "create")],
         "{plan:#}"
     );
     let host = format!("dhcp_host[{}]", mac(LAB, "deb2", 0));
     let net = fields(ch["network.local_net"]);
     assert_eq!(net.keys().collect::<Vec<_>>(), [&host], "{plan:#}");
     assert_eq!(net[&host], (Value::from("192.168.152.62 deb2"), Value::from("192.168.152.63 deb2")));
+    // The new NICs on `outside` get derived reservations there.
+    let outside = fields(ch["network.outside"]);
+    let new_hosts = [format!("dhcp_host[{}]", mac(LAB, "deb2", 1)), format!("dhcp_host[{}]", mac(LAB, "deb4", 0))];
+    let mut want_hosts: Vec<&String> = new_hosts.iter().collect();
+    want_hosts.sort();
+    assert_eq!(outside.keys().collect::<Vec<_>>(), want_hosts, "{plan:#}");
+    for h in &new_hosts {
+        let after = outside[h].1.as_str().unwrap_or_default().to_string();
+        assert!(outside[h].0.is_null() && after.starts_with("192.168.123."), "{h}: {after}");
+    }
     let deb2 = fields(ch["vm.deb2"]);
     let nic = format!("nic[{}]", mac(LAB, "deb2", 1));
-    assert_eq!(deb2.keys().collect::<Vec<_>>(), [&nic], "{plan:#}");
+    let ip = format!("nic[{}].ip", mac(LAB, "deb2", 0));
+    let mut want_deb2 = vec![&nic, &ip];
+    want_deb2.sort();
+    assert_eq!(deb2.keys().collect::<Vec<_>>(), want_deb2, "{plan:#}");
     assert_eq!(deb2[&nic], (Value::Null, Value::from("outside")));
+    assert_eq!(deb2[&ip], (Value::from("192.168.152.62"), Value::from("192.168.152.63")));
+    assert!(ch["vm.deb2"]["reasons"].to_string().contains("replugged"), "{plan:#}");
     let deb4 = fields(ch["vm.deb4"]);
     assert_eq!(deb4[&format!("nic[{}]", mac(LAB, "deb4", 0))], (Value::Null, Value::from("outside")));
     assert_eq!(deb4["memory"].1, Value::from("128MiB"));
-    assert_eq!(plan["summary"], serde_json::json!({"create": 1, "update": 2, "replace": 0, "delete": 0}));
+    assert_eq!(plan["summary"], serde_json::json!({"create": 1, "update": 3, "replace": 0, "delete": 0}));
 }
 
 // ------------------------------------------------------------------------- diagnoses
@@ -771,7 +797,15 @@ const NEG: &str = "neg";
 fn neg_lab(reborn_nodhcp: bool) -> String {
     let g = guest_dir();
     let vm = |name: &str, cmdline: &str, nets: &[&str]| {
-        let nics: String = nets.iter().map(|n| format!("      - network: {n}\n")).collect();
+        // `n1 dynamic`: a NIC with `ip: dynamic` (no reservation: these diagnoses are about
+        // leases).
+        let nics: String = nets
+            .iter()
+            .map(|n| match n.split_once(' ') {
+                Some((net, ip)) => format!("      - network: {net}\n        ip: {ip}\n"),
+                None => format!("      - network: {n}\n"),
+            })
+            .collect();
         format!(
             "  {name}:
     hypervisor: qemu
@@ -791,7 +825,7 @@ fn neg_lab(reborn_nodhcp: bool) -> String {
         t.push_str(&vm("reborn", "topo.nodhcp=eth0", &["default"]));
     } else {
         t.push_str("  n1:\n    mode: nat\n    subnet: 192.168.125.0/24\nvms:\n");
-        t.push_str(&vm("half", "topo.nodhcp=eth1,eth2", &["n1", "n1", "default"]));
+        t.push_str(&vm("half", "topo.nodhcp=eth1,eth2", &["n1 dynamic", "n1 dynamic", "default"]));
         t.push_str(&vm("ok", "", &["n1"]));
         t.push_str(&vm("twin", "", &["n1", "n1"]));
         t.push_str(&vm("reborn", "", &["default"]));

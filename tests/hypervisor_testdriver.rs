@@ -74,6 +74,7 @@ fn nic(index: usize, network: &NetworkName, m: MacAddr) -> Nic {
         mac: m,
         mac_derived: false,
         ip: None,
+        ip_source: topo::lab::model::IpSource::Dynamic,
         verify: Verify::Arp,
         impairment: Default::default(),
         netem_span: None,

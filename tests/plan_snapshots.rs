@@ -80,7 +80,15 @@ fn update_in_place() {
     let l = lab(&text);
     let (p, _) = plan_on(&l, &hv);
     let actions: Vec<(String, Action)> = p.changes.iter().map(|c| (c.address.to_string(), c.action)).collect();
-    assert_eq!(actions, [("network.lan".to_string(), Action::Update), ("vm.db".to_string(), Action::Update)],);
+    // web's reservation moves while it runs: its NIC is plugged in again (`nic[MAC].ip`).
+    assert_eq!(
+        actions,
+        [
+            ("network.lan".to_string(), Action::Update),
+            ("vm.db".to_string(), Action::Update),
+            ("vm.web".to_string(), Action::Update)
+        ],
+    );
     insta::assert_snapshot!(plain(&p));
 }
 
@@ -536,4 +544,30 @@ fn removing_mtu_goes_back_to_the_defaults() {
     let o = converged(&l, &hv).unwrap();
     assert_eq!(o.networks["demo-lan"].mtu, None);
     assert!(o.domains.values().flat_map(|d| &d.interfaces).all(|i| i.mtu.is_none()));
+}
+
+/// Every NIC's address in the plan: written (`ip: 10.50.0.10`), derived (web's NIC on back,
+/// no `ip:`) and `ip: dynamic` (db's NIC on lan: no host entry), text and JSON. The derived
+/// one is a `dhcp_host` entry as a written one (docs/addressing.md).
+#[test]
+fn derived_written_and_dynamic_addresses() {
+    let text = edit(
+        BASE,
+        "      - network: back\n        ip: 10.51.0.30\n",
+        "      - network: back\n        ip: 10.51.0.30\n      - network: lan\n        ip: dynamic\n",
+    );
+    let hv = host();
+    let l = lab(&text);
+    let (p, _) = plan_on(&l, &hv);
+    insta::assert_snapshot!("derived_written_and_dynamic_addresses_text", plain(&p));
+    let mut json = topo::plan::json::to_json(&p);
+    // Only the networks' fields: the VMs' carry checkout paths.
+    json["changes"] = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["address"].as_str().unwrap().starts_with("network."))
+        .cloned()
+        .collect();
+    insta::assert_snapshot!("derived_written_and_dynamic_addresses_json", serde_json::to_string_pretty(&json).unwrap());
 }

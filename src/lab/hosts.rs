@@ -318,10 +318,12 @@ mod tests {
             NetworkKind::Managed(m) => m.clone(),
             NetworkKind::External => panic!("managed"),
         };
-        // h1 serves lan: its subnet, DHCP and the reservation of g2's NIC (on h2) are there.
+        // h1 serves lan: its subnet, DHCP and the reservations of g1's NIC (derived) and of
+        // g2's NIC (written, on h2) are there.
         let m1 = managed(&on1);
         assert_eq!(m1.subnet, Some("10.10.0.0/24".parse().unwrap()));
-        assert_eq!(m1.reservations.len(), 1);
+        assert_eq!(m1.reservations.len(), 2);
+        assert!(m1.reservations.values().any(|r| r.ip == std::net::Ipv4Addr::new(10, 10, 0, 20) && r.host == "g2"));
         assert_eq!(m1.bridge.as_ref().unwrap().as_str(), stretched_bridge(vni));
         // On h2 it is a bridge without addresses, on the same bridge name.
         let m2 = managed(&on2);

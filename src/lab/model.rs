@@ -282,7 +282,8 @@ pub struct ManagedNetwork {
     /// (the multi-host code lowers a stretched network's to 1450 for VXLAN) sets it here
     /// alone, with [`Lab::set_network_mtu`].
     pub mtu: Option<u32>,
-    /// Static DHCP host entries from NICs with an `ip`, keyed by MAC (sorted).
+    /// Static DHCP host entries of the NICs with an address (written or derived, see
+    /// [`Nic::ip`]), keyed by MAC (sorted).
     pub reservations: BTreeMap<MacAddr, Reservation>,
 }
 
@@ -489,8 +490,12 @@ pub struct Nic {
     pub mac: MacAddr,
     /// True when `mac` was derived rather than written in the file.
     pub mac_derived: bool,
-    /// A DHCP reservation for this NIC.
+    /// The NIC's reserved IPv4 address (a DHCP host entry on its network): the lab file's
+    /// `ip:`, or the one topo derives ([`crate::lab::addressing`]); `None` when it has none
+    /// (`ip: dynamic`, an external network, a network without a subnet).
     pub ip: Option<Ipv4Addr>,
+    /// Where `ip` comes from.
+    pub ip_source: IpSource,
     pub verify: Verify,
     /// Rate limit and netem settings (`rate`, `delay`, `jitter`, `loss`).
     pub impairment: crate::lab::impair::Impairment,
@@ -500,6 +505,38 @@ pub struct Nic {
     /// Where `rate` is written, for refusals that concern it (a kernel without its qdiscs).
     pub rate_span: Option<SourceSpan>,
     pub span: SourceSpan,
+}
+
+/// Where a NIC's address comes from (`ip:` in the lab file, docs/addressing.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpSource {
+    /// `ip: ADDRESS`: the reservation the lab file writes.
+    Written,
+    /// No `ip:` on a lab network with a subnet: the reservation topo derives from lab, VM
+    /// and NIC index ([`crate::lab::addressing`]).
+    Derived,
+    /// No reservation: `ip: dynamic` (a lease from the DHCP pool), or a network where topo
+    /// reserves nothing (external, or without a subnet).
+    #[default]
+    Dynamic,
+}
+
+impl IpSource {
+    /// The word plan, status and inventory show: `written`, `derived`, `dynamic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IpSource::Written => "written",
+            IpSource::Derived => "derived",
+            IpSource::Dynamic => "dynamic",
+        }
+    }
+}
+
+impl fmt::Display for IpSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Vm {

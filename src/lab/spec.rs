@@ -363,7 +363,9 @@ pub struct NicSpec {
     /// Unicast MAC `52:54:00:xx:xx:xx` (default: derived from lab, VM and NIC index).
     #[schemars(with = "Option<String>")]
     pub mac: Option<Spanned<String>>,
-    /// Fixed address: a DHCP reservation for this NIC's MAC (lab networks only).
+    /// The NIC's address on a lab network: an IPv4 address (a DHCP reservation for its MAC),
+    /// or `dynamic` (a lease from the DHCP pool, no reservation). Default: an address topo
+    /// derives from lab, VM and NIC index and reserves (docs/addressing.md).
     #[schemars(with = "Option<String>")]
     pub ip: Option<Spanned<String>>,
     /// arp (default) | none.

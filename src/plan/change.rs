@@ -59,8 +59,9 @@ pub enum Reason {
     /// The VM's config changes take effect only after a restart.
     RequiresRestart { fields: Vec<Field> },
     /// These fields of NICs of the running VM cannot change on a running NIC (a NIC's
-    /// `mtu`: QEMU sets virtio's `host_mtu` when it makes the device): each such NIC is
-    /// unplugged and plugged in again with its new settings, without a restart.
+    /// `mtu`: QEMU sets virtio's `host_mtu` when it makes the device; a NIC's reserved `ip`:
+    /// the guest keeps its DHCP lease): each such NIC is unplugged and plugged in again with
+    /// its new settings, without a restart.
     Replugged { fields: Vec<Field> },
     /// `topo destroy` removes everything the lab owns.
     DestroyRequested,

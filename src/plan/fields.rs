@@ -74,6 +74,11 @@ pub enum Field {
     /// `nic[MAC].mtu`: the MTU in bytes the guest's NIC is given (`<interface><mtu>`), its
     /// network's.
     NicMtu(MacAddr),
+    /// `nic[MAC].ip`: the address the DHCP reservation of a running NIC gives it (its
+    /// network's `dhcp_host[MAC]`), shown on the VM when it changes: the NIC is plugged in
+    /// again so the guest asks for it (`plan::vm`, `ip_replugs`). Never a compared or hashed
+    /// field of the VM: the reservation is the network's.
+    NicIp(MacAddr),
     /// `state`: the VM's run state (not in the spec hash).
     State,
     /// `persistent`: whether the domain has a persistent config.
@@ -126,6 +131,7 @@ impl Field {
             NicNetem(mac) => return Cow::Owned(format!("nic[{mac}].netem")),
             NicBridge(mac) => return Cow::Owned(format!("nic[{mac}].bridge")),
             NicMtu(mac) => return Cow::Owned(format!("nic[{mac}].mtu")),
+            NicIp(mac) => return Cow::Owned(format!("nic[{mac}].ip")),
             State => "state",
             Persistent => "persistent",
             Snapshots => "snapshots",
@@ -179,6 +185,7 @@ impl FromStr for Field {
                 ".netem" => Ok(NicNetem(mac)),
                 ".bridge" => Ok(NicBridge(mac)),
                 ".mtu" => Ok(NicMtu(mac)),
+                ".ip" => Ok(NicIp(mac)),
                 _ => Err(bad()),
             };
         }

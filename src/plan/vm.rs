@@ -587,7 +587,12 @@ fn in_place(
     // Live first, then the config: a stop between leaves the config behind, which the
     // next plan sees; the other way round a live change would go unnoticed.
     if w.run && o.state == DomainState::Running {
-        let (replug, fields) = mtu_replugs(lab, vm, o, replaced, &d.changed, ops)?;
+        let (mut replug, mut fields) = mtu_replugs(lab, vm, o, replaced, &d.changed, ops)?;
+        for (change, (detach, attach)) in ip_replugs(lab, vm, o, observed, replaced, ops, &replug)? {
+            fields.push(change.path.clone());
+            d.push_field(change);
+            replug.extend([detach, attach]);
+        }
         if !fields.is_empty() {
             d.reasons.push(Reason::Replugged { fields });
             ops.extend(replug);
@@ -654,6 +659,75 @@ fn mtu_replugs(
         fields.push(field);
     }
     Ok((out, fields))
+}
+
+/// A NIC [`ip_replugs`] plugs in again: the field change shown, and its detach and attach ops.
+type IpReplug = (FieldChange, (Op, Op));
+
+/// The NICs of the running VM `vm` (observed as `o`) whose reserved address changes: the
+/// lab's reservation for the NIC's MAC (written `ip:` or derived) differs from the host entry
+/// its network has now, or the network has none for it (a NIC that had `ip: dynamic`, or
+/// that ran before topo derived addresses). libvirt rewrites the network's `<host>` entry
+/// (the network's change), but the guest keeps its lease until it expires (dnsmasq's default
+/// lease time on libvirt networks: one hour), so each such NIC is unplugged and plugged in
+/// again, as [`mtu_replugs`] does: the guest's DHCP client starts anew and dnsmasq answers with
+/// the new reservation (it prefers a MAC's `dhcp-host` address to its old lease and NAKs a
+/// request for another one: "static lease available"). The network's change comes first in
+/// the plan's order (a VM's step waits for its networks' creating steps).
+///
+/// Left out: a NIC that `ops` or `replugs` already plugs in, one whose network this plan
+/// replaces, one not plugged into its network now, one whose reservation only changes its
+/// host name, and one whose reservation goes away (`ip: dynamic`): its lease of the old
+/// address stays valid until it expires, and verification accepts any lease of a NIC without
+/// a reservation, so nothing is gained by cutting its link (docs/addressing.md).
+///
+/// Returns, per NIC, the shown field change (`nic[MAC].ip`, old address -> new) and the
+/// detach and attach ops.
+///
+/// # Errors
+/// A NIC's XML cannot be rendered.
+fn ip_replugs(
+    lab: &Lab,
+    vm: &Vm,
+    o: &ObservedDomain,
+    observed: &Observed,
+    replaced: &BTreeSet<String>,
+    ops: &[Op],
+    replugs: &[Op],
+) -> Result<Vec<IpReplug>, Problem> {
+    let mut out = Vec::new();
+    for nic in &vm.nics {
+        let Some(net) = lab.networks.get(&nic.network) else { continue };
+        let crate::lab::model::NetworkKind::Managed(m) = &net.kind else { continue };
+        let Some(want) = m.reservations.get(&nic.mac).map(|r| r.ip) else { continue };
+        if replaced.contains(net.libvirt_name.as_str()) {
+            continue;
+        }
+        let plugged = ops.iter().chain(replugs).any(|op| match op {
+            Op::AttachNic { mac, .. } => *mac == nic.mac,
+            Op::ReattachNics { nics } => nics.iter().any(|p| p.mac == nic.mac),
+            _ => false,
+        });
+        let on = o.interfaces.iter().find(|i| i.mac == Some(nic.mac)).and_then(|i| i.network.clone());
+        let Some(network) = on.filter(|n| n == net.libvirt_name.as_str()) else { continue };
+        let Some(live) = observed.networks.get(net.libvirt_name.as_str()) else { continue };
+        let had = live.ip.iter().flat_map(|ip| ip.hosts.iter()).find(|h| h.mac == nic.mac).map(|h| h.ip);
+        if plugged || had == Some(want) {
+            continue;
+        }
+        let change = FieldChange {
+            path: Field::NicIp(nic.mac),
+            before: Some(had.map_or_else(|| "a lease".to_owned(), |ip| ip.to_string())),
+            after: Some(want.to_string()),
+            forces_replacement: false,
+            restarts: false,
+        };
+        let xml = crate::host::xml::plain_interface_xml(nic.mac, &network);
+        let detach = Op::DetachNic { mac: nic.mac, network, xml };
+        let attach = Op::AttachNic { mac: nic.mac, xml: interface_xml(lab, vm, nic)? };
+        out.push((change, (detach, attach)));
+    }
+    Ok(out)
 }
 
 /// NICs hot-plugged by MAC, live and config together: a NIC the domain has on another

@@ -707,6 +707,11 @@ fn targets_from_the_model() {
         mac: if index == 0 { a() } else { b() },
         mac_derived: true,
         ip,
+        ip_source: if ip.is_some() {
+            crate::lab::model::IpSource::Written
+        } else {
+            crate::lab::model::IpSource::Dynamic
+        },
         verify: if index == 0 { Verify::Arp } else { Verify::None },
         impairment: Default::default(),
         netem_span: None,

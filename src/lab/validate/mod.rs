@@ -326,9 +326,17 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         guests: &guests,
         hosts: &hosts,
     };
-    let vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
+    let mut vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
     hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
+    let derived = nics.derive_addresses(lab_name.as_ref(), &networks.info);
+    for vm in vms.values_mut() {
+        for n in &mut vm.nics {
+            if let Some(ip) = derived.get(&(vm.name.clone(), n.index)) {
+                n.ip = Some(*ip);
+            }
+        }
+    }
     nics.name_dhcp_hosts(&mut c);
     nics.check_bridge_macs(&mut c, lab_name.as_ref(), &networks.model);
     if !c.problems.is_empty() {
@@ -781,5 +789,172 @@ mod tests {
         let codes: Vec<Code> =
             load_with(&bad, Files::NotChecked).unwrap_err().problems.iter().map(|p| p.code).collect();
         assert_eq!(codes, [Code::ControlChar]);
+    }
+}
+
+/// Derived addresses as validation applies them (docs/addressing.md).
+#[cfg(test)]
+mod addressing_tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::lab::model::{IpSource, NetworkKind, NetworkName};
+
+    fn lab(text: &str) -> Result<model::Lab, ValidateError> {
+        load(&SourceFile::from_text(Path::new("/tmp/unit.yaml"), text.to_owned()))
+    }
+
+    /// A lab `addr` with network `lan` (`net` is the network's body) and VMs `vms` (name ->
+    /// NIC lines, each `network: lan` plus what the string adds).
+    fn text(net: &str, vms: &[(&str, &[&str])]) -> String {
+        let mut t = format!(
+            "apiVersion: topo/v1\nname: addr\nnetworks:\n  default:\n    external: true\n  lan:\n    mode: isolated\n{net}vms:\n"
+        );
+        for (vm, nics) in vms {
+            t.push_str(&format!("  {vm}:\n    boot: {{kernel: /etc/hostname}}\n    nics:\n"));
+            for n in *nics {
+                t.push_str(&format!("      - {{network: lan{n}}}\n"));
+            }
+        }
+        t
+    }
+
+    const LAN: &str = "    subnet: 192.168.152.0/24\n";
+
+    /// A rendered report with its line wrapping and frame characters taken out.
+    fn flat(s: &str) -> String {
+        s.split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ")
+    }
+
+    /// (vm, index) -> (address, source) of every NIC.
+    fn addrs(l: &model::Lab) -> BTreeMap<(String, usize), (Option<Ipv4Addr>, IpSource)> {
+        l.nics().map(|(vm, n)| ((vm.name.to_string(), n.index), (n.ip, n.ip_source))).collect()
+    }
+
+    fn reservations(l: &model::Lab) -> BTreeMap<Ipv4Addr, String> {
+        let NetworkKind::Managed(m) = &l.networks[&NetworkName::new("lan").unwrap()].kind else { panic!("managed") };
+        m.reservations.values().map(|r| (r.ip, r.host.clone())).collect()
+    }
+
+    #[test]
+    fn every_nic_without_ip_gets_a_reservation_in_the_range_the_same_whatever_the_file_order() {
+        let vms: &[(&str, &[&str])] = &[("a", &["", ""]), ("b", &[""]), ("c", &[", ip: 192.168.152.40"])];
+        let one = lab(&text(LAN, vms)).unwrap();
+        let mut rev = vms.to_vec();
+        rev.reverse();
+        let two = lab(&text(LAN, &rev)).unwrap();
+        assert_eq!(addrs(&one), addrs(&two), "independent of file order");
+        assert_eq!(addrs(&one), addrs(&lab(&text(LAN, vms)).unwrap()), "deterministic");
+        let got = addrs(&one);
+        assert_eq!(got[&("c".into(), 0)], (Some(Ipv4Addr::new(192, 168, 152, 40)), IpSource::Written));
+        for k in [("a".to_string(), 0), ("a".into(), 1), ("b".into(), 0)] {
+            let (ip, source) = got[&k];
+            assert_eq!(source, IpSource::Derived, "{k:?}");
+            let ip = ip.unwrap_or_else(|| panic!("{k:?} has no address"));
+            let last = ip.octets()[3];
+            assert!((2..=254).contains(&last) && ip.octets()[..3] == [192, 168, 152], "{ip} in the range");
+        }
+        // Each is a reservation, with the host names of written ones (a VM's second on the
+        // network is `<vm>-eth<index>`).
+        let r = reservations(&one);
+        assert_eq!(r.len(), 4);
+        let mut hosts: Vec<&str> = r.values().map(String::as_str).collect();
+        hosts.sort();
+        assert_eq!(hosts, ["a", "a-eth1", "b", "c"]);
+    }
+
+    #[test]
+    fn derived_addresses_avoid_the_gateway_written_ips_and_class_c_edges() {
+        // A range of 5 around .255/.0 of a /23, the gateway inside the subnet but not the
+        // range, one written address in the range: the derived NICs get exactly what is left.
+        let net = "    subnet: 192.168.152.0/23\n    gateway: 192.168.152.1\n    dhcp: {start: 192.168.152.253, end: 192.168.153.2}\n";
+        let vms: &[(&str, &[&str])] = &[("a", &[""]), ("b", &[""]), ("d", &[""]), ("c", &[", ip: 192.168.153.1"])];
+        let l = lab(&text(net, vms)).unwrap();
+        let mut got: Vec<Ipv4Addr> =
+            ["a", "b", "d"].iter().map(|v| addrs(&l)[&(v.to_string(), 0)].0.unwrap()).collect();
+        got.sort();
+        let want =
+            [Ipv4Addr::new(192, 168, 152, 253), Ipv4Addr::new(192, 168, 152, 254), Ipv4Addr::new(192, 168, 153, 2)];
+        assert_eq!(got, want, "the range without .255, .0 and the written .153.1");
+        // Gateway inside the range is refused by validation; the derivation skips it anyway
+        // (addressing::candidates, unit-tested there).
+    }
+
+    #[test]
+    fn ip_dynamic_has_no_reservation_and_counts_against_the_pool() {
+        let vms: &[(&str, &[&str])] = &[("a", &[", ip: dynamic"]), ("b", &[""])];
+        let l = lab(&text(LAN, vms)).unwrap();
+        assert_eq!(addrs(&l)[&("a".into(), 0)], (None, IpSource::Dynamic));
+        assert_eq!(reservations(&l).values().collect::<Vec<_>>(), ["b"]);
+        // A /30 range of one address: one derived NIC fits, one more dynamic does not.
+        let tiny = "    subnet: 10.9.0.0/30\n";
+        assert!(lab(&text(tiny, &[("a", &[""])])).is_ok());
+        let e = lab(&text(tiny, &[("a", &[""]), ("b", &[", ip: dynamic"])])).unwrap_err();
+        let msg = flat(&format!("{:?}", miette::Report::new(e)));
+        assert!(msg.contains("2 NICs need one, 1 of them for a derived reservation"), "{msg}");
+        assert!(msg.contains("vms.a.nics[0], vms.b.nics[0]"), "{msg}");
+    }
+
+    #[test]
+    fn dhcp_false_derives_from_the_subnet_and_refuses_dynamic() {
+        let net = "    subnet: 10.9.0.0/29\n    dhcp: false\n";
+        let l = lab(&text(net, &[("a", &[""]), ("b", &[", ip: 10.9.0.3"])])).unwrap();
+        let (ip, source) = addrs(&l)[&("a".into(), 0)];
+        assert_eq!(source, IpSource::Derived);
+        let last = ip.unwrap().octets()[3];
+        assert!([2, 4, 5, 6].contains(&last), "a host address, not the gateway .1 or b's .3: {last}");
+        let e = lab(&text(net, &[("a", &[", ip: dynamic"])])).unwrap_err();
+        assert!(format!("{:?}", miette::Report::new(e)).contains("nic_no_address"));
+        // Six hosts minus the gateway: five derived fit, six do not.
+        let five: Vec<(String, Vec<&str>)> = (0..5).map(|i| (format!("v{i}"), vec![""])).collect();
+        let refs: Vec<(&str, &[&str])> = five.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        assert!(lab(&text(net, &refs)).is_ok());
+        let six: Vec<(String, Vec<&str>)> = (0..6).map(|i| (format!("v{i}"), vec![""])).collect();
+        let refs: Vec<(&str, &[&str])> = six.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let e = lab(&text(net, &refs)).unwrap_err();
+        let msg = flat(&format!("{:?}", miette::Report::new(e)));
+        assert!(msg.contains("dhcp_too_small") && msg.contains("5 free host addresses"), "{msg}");
+    }
+
+    #[test]
+    fn nothing_is_derived_on_external_networks_or_without_a_subnet() {
+        let t = "apiVersion: topo/v1\nname: addr\nnetworks:\n  default:\n    external: true\n  wire:\n    mode: isolated\n\
+                 vms:\n  a:\n    boot: {kernel: /etc/hostname}\n    nics:\n      - network: default\n      - {network: wire, verify: none}\n";
+        let l = lab(t).unwrap();
+        for (_, n) in l.nics() {
+            assert_eq!((n.ip, n.ip_source), (None, IpSource::Dynamic));
+        }
+    }
+
+    /// Adding a VM keeps the others' addresses when no slot collides, and moves exactly the
+    /// one whose slot the new NIC takes when it does (docs/addressing.md).
+    #[test]
+    fn adding_a_vm_keeps_the_others_addresses() {
+        let base: &[(&str, &[&str])] = &[("a", &[""]), ("b", &[""]), ("c", &[""])];
+        let before = addrs(&lab(&text(LAN, base)).unwrap());
+        let mut moved_somewhere = false;
+        let mut calm_seen = false;
+        for i in 0..400 {
+            let name = format!("n{i}");
+            let mut more = base.to_vec();
+            let nics: &[&str] = &[""];
+            more.push((name.as_str(), nics));
+            let after = addrs(&lab(&text(LAN, &more)).unwrap());
+            let moved: Vec<&(String, usize)> = before.keys().filter(|k| before[*k] != after[*k]).collect();
+            // The new NIC can move at most one existing NIC (three NICs in 253 candidates, and
+            // a moved one takes the next free candidate).
+            assert!(moved.len() <= 1, "{name} moved {moved:?}");
+            if let Some(k) = moved.first() {
+                // The new NIC took the moved one's old address.
+                assert_eq!(after[&(name.clone(), 0)].0, before[*k].0, "{name}");
+                moved_somewhere = true;
+            } else {
+                calm_seen = true;
+            }
+        }
+        assert!(calm_seen, "most new VMs move nobody");
+        assert!(moved_somewhere, "some name among 400 collides (the documented limit)");
     }
 }

@@ -1,7 +1,8 @@
 //! NIC rules: the network reference, MAC addresses (given or derived, unique in the lab),
-//! DHCP reservations, whether the NIC can get an address at all, and DHCP capacity.
+//! DHCP reservations (written, or derived by [`crate::lab::addressing`]), whether the NIC can
+//! get an address at all, and DHCP capacity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use miette::{LabeledSpan, SourceSpan};
@@ -9,8 +10,11 @@ use miette::{LabeledSpan, SourceSpan};
 use super::network::{NetInfo, first_host, last_host};
 use super::{Checker, parse_ip};
 use crate::diag::{Code, did_you_mean};
+use crate::lab::addressing::{self, class_c_edge};
 use crate::lab::impair::{Impairment, Loss, Micros, Netem, Rate};
-use crate::lab::model::{self, LabName, MacAddr, MacError, NetworkKind, NetworkName, Reservation, Verify, VmName};
+use crate::lab::model::{
+    self, IpSource, LabName, MacAddr, MacError, NetworkKind, NetworkName, Reservation, Verify, VmName,
+};
 use crate::lab::spec::Spanned;
 use crate::lab::spec::{NicSpec, VerifySpec};
 
@@ -25,18 +29,37 @@ pub(super) struct Nics {
     pending: BTreeMap<String, Vec<Pending>>,
     /// DHCP host entries per network, with their host names ([`Nics::name_dhcp_hosts`]).
     reservations: BTreeMap<String, BTreeMap<MacAddr, Reservation>>,
-    /// NICs that need a dynamic lease, by network.
-    dynamic: BTreeMap<String, Vec<String>>,
+    /// NICs that need a dynamic lease (`ip: dynamic`), by network: (file order, who).
+    dynamic: BTreeMap<String, Vec<(usize, String)>>,
+    /// NICs whose address topo derives (no `ip:`), by network, in file order.
+    derive: BTreeMap<String, Vec<Derive>>,
+    /// NICs checked so far: the file-order position of the next one.
+    order: usize,
+}
+
+/// A NIC whose reservation topo derives, before it has its address.
+struct Derive {
+    order: usize,
+    who: String,
+    vm: VmName,
+    index: usize,
+    mac: MacAddr,
+    span: SourceSpan,
 }
 
 /// A reservation before its DHCP host name is chosen.
 struct Pending {
+    /// The NIC's position in the file (VMs in file order, then NICs): host names are given in it.
+    order: usize,
     vm: String,
     index: usize,
     mac: MacAddr,
     ip: Ipv4Addr,
     span: SourceSpan,
 }
+
+/// The word `ip:` takes for "no reservation: a lease from the DHCP pool".
+pub const DYNAMIC: &str = "dynamic";
 
 /// Longest DHCP host name: one DNS label (RFC 1035 section 2.3.4; dnsmasq refuses a longer
 /// `dhcp-host` name with "bad DHCP host name", src/option.c via `legal_hostname`).
@@ -49,7 +72,8 @@ impl Nics {
     /// host entry whose name another entry has ("there is an existing dhcp host entry ...
     /// that matches", src/conf/network_conf.c, virNetworkDefUpdateIPDHCPHost).
     pub(super) fn name_dhcp_hosts(&mut self, c: &mut Checker) {
-        for (net, pending) in std::mem::take(&mut self.pending) {
+        for (net, mut pending) in std::mem::take(&mut self.pending) {
+            pending.sort_by_key(|p| p.order);
             let mut by_name: BTreeMap<String, &Pending> = BTreeMap::new();
             let mut firsts: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
             let out = self.reservations.entry(net.clone()).or_default();
@@ -127,6 +151,49 @@ impl Nics {
         }
     }
 
+    /// Derives the address of every NIC without `ip:` on a lab network with a subnet
+    /// ([`crate::lab::addressing`]), each network's written `ip:`s occupied first, and adds
+    /// them to the reservations. Returns them by (VM, NIC index). A network whose NICs
+    /// outnumber its free candidates gets none (`check_dhcp_capacity` reports it).
+    pub(super) fn derive_addresses(
+        &mut self,
+        lab: Option<&LabName>,
+        nets: &BTreeMap<String, NetInfo>,
+    ) -> BTreeMap<(VmName, usize), Ipv4Addr> {
+        let mut out = BTreeMap::new();
+        let Some(lab) = lab else { return out };
+        for (net, list) in std::mem::take(&mut self.derive) {
+            let Some(info) = nets.get(&net) else { continue };
+            let Some(subnet) = info.subnet else { continue };
+            let range = if info.dhcp {
+                match info.dhcp_range {
+                    Some(r) => Some(r),
+                    // A range with a problem of its own (reported): nothing to derive from.
+                    None => continue,
+                }
+            } else {
+                None
+            };
+            let candidates = addressing::candidates(subnet, info.gateway, range);
+            let taken: BTreeSet<Ipv4Addr> = self.ips.keys().filter(|(n, _)| *n == net).map(|(_, ip)| *ip).collect();
+            let nics: Vec<(VmName, usize)> = list.iter().map(|d| (d.vm.clone(), d.index)).collect();
+            let Ok(got) = addressing::assign(lab, &nics, &candidates, &taken) else { continue };
+            for d in list {
+                let Some(ip) = got.get(&(d.vm.clone(), d.index)).copied() else { continue };
+                self.pending.entry(net.clone()).or_default().push(Pending {
+                    order: d.order,
+                    vm: d.vm.to_string(),
+                    index: d.index,
+                    mac: d.mac,
+                    ip,
+                    span: d.span,
+                });
+                out.insert((d.vm, d.index), ip);
+            }
+        }
+        out
+    }
+
     /// Puts the reservations into the networks' models.
     pub(super) fn attach_reservations(mut self, networks: &mut BTreeMap<NetworkName, model::Network>) {
         for (name, net) in networks.iter_mut() {
@@ -167,10 +234,23 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         );
         return None;
     };
+    let order = seen.order;
+    seen.order += 1;
     let mac = check_nic_mac(c, nic, who, lab_name, name, index, &mut seen.macs);
-    let ip = check_nic_ip(c, nic, who, info, &mut seen.ips);
-    if nic.ip.is_none() && !info.external {
-        seen.dynamic.entry(nic.network.value.clone()).or_default().push(who.to_owned());
+    let dynamic = nic.ip.as_ref().is_some_and(|s| s.value.trim() == DYNAMIC);
+    let ip = if dynamic { None } else { check_nic_ip(c, nic, who, info, &mut seen.ips) };
+    // topo derives an address on a lab network with a subnet; a network with a problem of
+    // its own gets none (its problem is reported).
+    let derived = nic.ip.is_none() && !info.external && !info.broken && info.subnet.is_some();
+    let ip_source = if derived {
+        IpSource::Derived
+    } else if nic.ip.is_some() && !dynamic {
+        IpSource::Written
+    } else {
+        IpSource::Dynamic
+    };
+    if dynamic && !info.external {
+        seen.dynamic.entry(nic.network.value.clone()).or_default().push((order, who.to_owned()));
     }
     let verify = match nic.verify.as_ref().map(|v| v.value) {
         None | Some(VerifySpec::Arp) => Verify::Arp,
@@ -179,9 +259,9 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
     if verify != Verify::None && !info.external && !info.broken {
         let reason = if info.subnet.is_none() {
             Some(format!("network `{}` has no subnet", nic.network.value))
-        } else if !info.dhcp && ip.is_none() && nic.ip.is_none() {
+        } else if !info.dhcp && dynamic {
             Some(format!(
-                "network `{}` has no DHCP range (`dhcp: false` serves reservations only) and the NIC has no `ip`",
+                "network `{}` has no DHCP range (`dhcp: false` serves reservations only) and the NIC says `ip: dynamic`",
                 nic.network.value
             ))
         } else {
@@ -191,7 +271,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
             let help = if info.subnet.is_none() {
                 "give the network a `subnet:`, or set `verify: none` on this NIC".to_owned()
             } else {
-                "add `ip:` to the NIC (a reservation is served without a range), enable `dhcp:` on the network, or set `verify: none`".to_owned()
+                "remove `ip: dynamic` (topo then derives a reservation, which is served without a range), write an `ip:`, enable `dhcp:` on the network, or set `verify: none`".to_owned()
             };
             c.at(
                 Code::NicNoAddress,
@@ -208,11 +288,22 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
     if let (Some(ip), Some(vm_name)) = (ip, name) {
         let span = nic.ip.as_ref().map_or_else(|| c.span(&nic.network), |s| c.span(s));
         seen.pending.entry(nic.network.value.clone()).or_default().push(Pending {
+            order,
             vm: vm_name.to_string(),
             index,
             mac: mac.0,
             ip,
             span,
+        });
+    }
+    if let (true, Some(vm_name)) = (derived, name) {
+        seen.derive.entry(nic.network.value.clone()).or_default().push(Derive {
+            order,
+            who: who.to_owned(),
+            vm: vm_name.clone(),
+            index,
+            mac: mac.0,
+            span: c.span(&nic.network),
         });
     }
     let (impairment, netem_span) = check_impairment(c, nic, who);
@@ -222,6 +313,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         mac: mac.0,
         mac_derived: mac.1,
         ip,
+        ip_source,
         verify,
         impairment,
         netem_span,
@@ -298,17 +390,37 @@ fn check_impairment(c: &mut Checker, nic: &NicSpec, who: &str) -> (Impairment, O
     (out, span)
 }
 
-/// A DHCP range with fewer free addresses than the NICs that need a lease from it leaves
-/// some without one. dnsmasq never leases a reserved address to another client (a
+/// A network with fewer free addresses than the NICs that need one leaves some without.
+///
+/// With a DHCP range, the NICs whose address topo derives and those with `ip: dynamic` all
+/// need one of the range: dnsmasq never leases a reserved address to another client (a
 /// `dhcp-host` address is taken even while its owner is off: dnsmasq `address_allocate`
-/// skips addresses configured for a host), so the pool is the range minus the reserved
-/// addresses inside it.
+/// skips addresses configured for a host), so the pool is the range minus the written
+/// reservations inside it and the class C edges dnsmasq skips; the derived reservations take
+/// their addresses from it too ([`crate::lab::addressing`]). With `dhcp: false`, the derived
+/// reservations need the subnet's host addresses other than the gateway, the class C edges
+/// and the written ones.
 pub(super) fn check_dhcp_capacity(c: &mut Checker, nets: &BTreeMap<String, NetInfo>, seen: &Nics) {
-    for (net, nics) in &seen.dynamic {
-        let (Some(info), Some(range)) = (nets.get(net), nets.get(net).and_then(|i| i.dhcp_range)) else { continue };
-        let Some(span) = info.dhcp_span else { continue };
-        let reserved_ips: std::collections::BTreeSet<Ipv4Addr> =
-            seen.ips.keys().filter(|(n, _)| n == net).map(|(_, ip)| *ip).collect();
+    let names: BTreeSet<&String> = seen.dynamic.keys().chain(seen.derive.keys()).collect();
+    for net in names {
+        let Some(info) = nets.get(net) else { continue };
+        let (Some(span), Some(subnet)) = (info.dhcp_span, info.subnet) else { continue };
+        let mut nics: Vec<(usize, &str)> = Vec::new();
+        nics.extend(seen.derive.get(net).into_iter().flatten().map(|d| (d.order, d.who.as_str())));
+        let derived = nics.len();
+        if info.dhcp {
+            nics.extend(seen.dynamic.get(net).into_iter().flatten().map(|(o, w)| (*o, w.as_str())));
+        }
+        nics.sort();
+        let names: Vec<&str> = nics.iter().map(|(_, w)| *w).collect();
+        let reserved_ips: BTreeSet<Ipv4Addr> = seen.ips.keys().filter(|(n, _)| n == net).map(|(_, ip)| *ip).collect();
+        let Some(range) = info.dhcp_range else {
+            if !info.dhcp {
+                check_reservations_only(c, net, subnet, info, &reserved_ips, &names, span);
+            }
+            // Otherwise the range has a problem of its own (reported).
+            continue;
+        };
         let (start, end) = (u32::from(range.start), u32::from(range.end));
         let total = u64::from(end - start) + 1;
         // What dnsmasq skips when it picks a free address (src/dhcp.c, address_allocate).
@@ -322,47 +434,77 @@ pub(super) fn check_dhcp_capacity(c: &mut Checker, nets: &BTreeMap<String, NetIn
             }
         }
         let size = total - reserved - class_c_edges;
-        if nics.len() as u64 <= size {
+        if names.len() as u64 <= size {
             continue;
         }
         let es = |n: u64| if n == 1 { "" } else { "es" };
+        let need = need_text(names.len(), derived);
         let (message, label) = if reserved == 0 && class_c_edges == 0 {
             (
                 format!(
-                    "network `{net}` hands out {size} address{} by DHCP, but {} NICs need one ({})",
+                    "network `{net}` hands out {size} address{} by DHCP, but {need} ({})",
                     es(size),
-                    nics.len(),
-                    nics.join(", ")
+                    names.join(", ")
                 ),
                 format!("{size} address{}", es(size)),
             )
         } else {
             (
                 format!(
-                    "network `{net}` has {size} free address{} in its DHCP range ({total} minus {}), but {} NICs need one ({})",
+                    "network `{net}` has {size} free address{} in its DHCP range ({total} minus {}), but {need} ({})",
                     es(size),
                     skipped(reserved, class_c_edges),
-                    nics.len(),
-                    nics.join(", ")
+                    names.join(", ")
                 ),
                 format!("{total} address{}, {size} of them free for DHCP", es(total)),
             )
         };
         let help = if reserved == 0 {
-            "use a larger subnet or DHCP range, or give some NICs a fixed `ip:`"
+            "use a larger subnet or DHCP range, or give some NICs an `ip:` outside the range"
         } else {
-            "use a larger subnet or DHCP range, move reservations out of the range, or give some NICs a fixed `ip:`"
+            "use a larger subnet or DHCP range, move reservations out of the range, or give some NICs an `ip:` outside the range"
         };
         c.push(Code::DhcpTooSmall, message, vec![LabeledSpan::at(span, label)], help);
     }
 }
 
-/// dnsmasq never hands out an address ending in .0 or .255 inside the old class C space
-/// (192.0.0.0 - 223.255.255.255), even in a larger subnet where it is a host address
-/// (src/dhcp.c, address_allocate: "broken in Windows", KB281579).
-fn class_c_edge(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    (192..=223).contains(&o[0]) && (o[3] == 0 || o[3] == 255)
+/// "3 NICs need one", "3 NICs need one for a derived reservation" or "3 NICs need one, 2 of
+/// them for a derived reservation".
+fn need_text(all: usize, derived: usize) -> String {
+    let nics = if all == 1 { "1 NIC needs one".to_owned() } else { format!("{all} NICs need one") };
+    match derived {
+        0 => nics,
+        d if d == all => format!("{nics} for a derived reservation"),
+        d => format!("{nics}, {d} of them for a derived reservation"),
+    }
+}
+
+/// `dhcp: false`: the derived reservations need free host addresses of the subnet.
+fn check_reservations_only(
+    c: &mut Checker,
+    net: &str,
+    subnet: ipnetwork::Ipv4Network,
+    info: &NetInfo,
+    written: &BTreeSet<Ipv4Addr>,
+    names: &[&str],
+    span: SourceSpan,
+) {
+    let candidates = addressing::candidates(subnet, info.gateway, None);
+    let free = candidates.iter().filter(|ip| !written.contains(ip)).count();
+    if names.len() <= free {
+        return;
+    }
+    let es = if free == 1 { "" } else { "es" };
+    c.push(
+        Code::DhcpTooSmall,
+        format!(
+            "network `{net}` has {free} free host address{es} for reservations (subnet {subnet} without the gateway, the written `ip:`s and the .0 and .255 that dnsmasq never hands out in 192.0.0.0-223.255.255.255), but {} ({})",
+            need_text(names.len(), names.len()),
+            names.join(", ")
+        ),
+        vec![LabeledSpan::at(span, format!("{free} free address{es}"))],
+        "use a larger subnet, or move some NICs to another network",
+    );
 }
 
 /// "3 reserved by `ip:` and 2 that dnsmasq skips (.0 and .255 in class C space)".
