@@ -77,12 +77,12 @@ vms:
     hypervisor: qemu
     memory: 128MiB
     boot: &tiny {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet}
-    nics: [{network: lan}]
+    nics: [{network: lan, ip: 10.10.0.10}]
   g2:
     host: h2
     hypervisor: qemu
     memory: 128MiB
-    boot: *tiny
+    boot: {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet topo.ping=10.10.0.10}
     nics: [{network: lan, ip: 10.10.0.20}, {network: wan}]
 EOF
 
@@ -128,6 +128,18 @@ grep -E "^h2 +g2 +eth0 +lan .* 10\.10\.0\.20 +arp reply from 52:54:00:f6:55:a3" 
 ! topo apply plan.json || fail "a saved plan applied twice"
 grep -q "the saved plan is stale: the host (qemu+ssh://root@h1/system)" "$OUT" || fail "the applied plan was not refused as stale"
 step "apply of a saved plan across hosts (plan --out): every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel; the same plan again refused as stale"
+
+# Guest to guest across the tunnel: g2 (on h2) pings g1 (on h1) from inside (topo.ping on its
+# kernel command line) and says so on its serial console, logged on h2.
+# (ssh joins its arguments into one command line for the remote shell: the pattern is quoted
+# inside it.)
+PINGED="grep -q 'topo-guest: ping 10.10.0.10 ok' /var/log/libvirt/qemu/mh-g2-console.log"
+for _ in $(seq 40); do
+  rsh h2 "$PINGED" 2>/dev/null && break
+  sleep 0.5
+done
+rsh h2 "$PINGED" || fail "g2 on h2 got no answer from g1 on h1 across the tunnel"
+step "g2 on h2 pings g1 on h1 across the tunnel (from inside the guest, seen on g2's console)"
 
 for h in h1 h2; do
   m=$(rsh "$h" cat "/sys/class/net/$VX/mtu" "/sys/class/net/$VX/master/mtu" | xargs)

@@ -13,11 +13,13 @@
 #   topo.hostname=NAME        hostname, also sent as DHCP option 12 (default topo-guest)
 #   topo.nodhcp=eth1[,eth2]   these NICs are brought up but get no DHCP client
 #   topo.nopoweroff=1         ignore the ACPI power button (virsh shutdown); default: power off
+#   topo.ping=ADDR            ping ADDR once a second until it answers, then say so on the console
 # NICs hot-plugged later get a DHCP client too (/init rescans /sys/class/net every 0.5 s).
 # Guest console lines (console=ttyS0; grep for "topo-guest:"):
 #   topo-guest: init done, NICs: eth0 eth1 lo
 #   topo-guest: eth1 up, no dhcp (topo.nodhcp)
 #   topo-guest: eth0 192.168.122.57 52:54:00:..:..:..      (one per lease / renewal)
+#   topo-guest: ping 10.10.0.10 ok                          (topo.ping: the first answer)
 #   topo-guest: eth2 appeared (hot-plug), starting dhcp
 #   topo-guest: power button, powering off
 set -euo pipefail
@@ -54,7 +56,7 @@ step "fetched $KPKG + busybox-static"
 R=$WORK/root
 mkdir -p "$R"/{bin,dev,proc,sys,run,tmp,lib/modules,usr/share/udhcpc}
 cp "$BB" "$R/bin/busybox"
-for a in sh ash mount insmod ip ifconfig udhcpc hostname sleep cat sed ls echo mkdir tr rm kill dd poweroff; do ln -s busybox "$R/bin/$a"; done
+for a in sh ash mount insmod ip ifconfig udhcpc hostname sleep cat sed ls echo mkdir tr rm kill dd poweroff ping; do ln -s busybox "$R/bin/$a"; done
 # virtio-net and its deps, in load order (Debian builds all of these as modules)
 MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
 for m in $MODS; do
@@ -176,6 +178,13 @@ scan() {
 booted=
 scan
 booted=1
+# topo.ping=ADDR: another guest's address, answered once the path to it works (across a
+# tunnel between hosts, say); -W 1: one second per try.
+pingto=$(arg 'topo\.ping')
+if [ -n "$pingto" ]; then
+  ( while ! ping -c 1 -W 1 "$pingto" >/dev/null 2>&1; do sleep 1; done
+    echo "topo-guest: ping $pingto ok" > /dev/console ) &
+fi
 echo "topo-guest: init done, NICs: $(ls /sys/class/net | tr '\n' ' ')" > /dev/console
 while true; do sleep 0.5; scan; done
 EOF
