@@ -9,7 +9,7 @@
 #   -> a 1450-byte frame (DF) crosses the tunnel; the second apply changes nothing
 #   -> `lan` restarted by hand on h2, the tunnel deleted by hand on h1: apply converges
 #   -> an unreachable host (--host h2=...) stops plan, naming it
-#   -> topo verify (its HOST column); inventory jumps through each VM's own host; topo console
+#   -> topo verify (its HOST column); inventory jumps through each network's serving host; topo console
 #      g2 reaches g2 on h2
 #   -> destroy with h2 unreachable cleans h1 and names what is left on h2; destroy: nothing
 #      of the lab left on either host
@@ -22,6 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 H=$HERE/hosts.sh
 GUEST_DIR=${TOPO_GUEST_DIR:-/var/lib/topo/guest}
+IMAGE_DIR=${TOPO_IMAGE_DIR:-/var/lib/topo/image}
 TOPO=${TOPO_BIN:-$ROOT/target/debug/topo}
 LOCK=/tmp/topo-hosts.lock
 
@@ -42,6 +43,7 @@ fail() {
 cleanup() {
   local rc=$?
   trap - EXIT
+  [ -n "${AGENT_PID:-}" ] && kill "$AGENT_PID" 2>/dev/null
   if [ "${KEEP:-0}" = 1 ]; then step "KEEP=1: hosts left up (rc=$rc)"; exit $rc; fi
   "$H" down || rc=1
   [ $rc = 0 ] && step "PASS" || echo "e2e-hosts: FAIL (exit $rc)" >&2
@@ -186,14 +188,16 @@ topo verify lab.yaml || fail "verify"
 grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "topo verify"
 step "topo verify: 3 verified"
 
-# Each VM is reached through its own host: the inventory jumps through it, and the verify
-# table names it.
+# Each address is reached through the host whose network carries it (the serving host of a
+# stretched network: the bridge has no address on the others), and the verify table names
+# each VM's own host.
 grep -E "^h2 +g2 +eth0 +lan " "$OUT" >/dev/null || fail "the verify table does not name g2's host h2"
 topo inventory --format ssh-config lab.yaml || fail "inventory"
 jump() { awk -v vm="$1" '$1 == "Host" { in_vm = ($2 == vm) } in_vm && $1 == "ProxyJump" { print $2 }' "$OUT"; }
 [ "$(jump g1)" = "root@h1" ] || fail "g1's ssh-config entry does not jump through h1 (got '$(jump g1)')"
-[ "$(jump g2)" = "root@h2" ] || fail "g2's ssh-config entry does not jump through h2 (got '$(jump g2)')"
-step "topo inventory: g1 jumps through root@h1, g2 through root@h2"
+[ "$(jump g2)" = "root@h1" ] || fail "g2 (on h2, logging in on lan served by h1) does not jump through h1 (got '$(jump g2)')"
+[ "$(jump g2-eth1)" = "root@h2" ] || fail "g2's wan address (h2's network) does not jump through h2 (got '$(jump g2-eth1)')"
+step "topo inventory: g1 and g2's lan address jump through root@h1 (lan's serving host), g2's wan address through root@h2"
 
 # topo console g2 opens g2's console on h2 (the tiny guest has no sshd, so no topo ssh): the
 # power button pressed on h2 shows on it, and the console closes as the guest powers off.
@@ -224,6 +228,57 @@ for h in h1 h2; do
   [ -z "$(rsh "$h" ip -br link show type vxlan)" ] || fail "a VXLAN device is left on $h"
 done
 step "destroy: no domain, network or tunnel left on h1 or h2"
+
+# `topo ssh` into a cloud-init guest on h2 whose network (`lan`, served by h1, stretched to h2)
+# this controller cannot route to: ssh jumps through lan's serving host (root@h1: on h2 lan's
+# bridge has no address, so h2 cannot route to c2), with the
+# lab's key from an ssh-agent; the guest's host key is pinned on first use.
+"$HERE/mkimage.sh" "$IMAGE_DIR" >&2
+ssh-keygen -q -t ed25519 -N '' -C topo-e2e-hosts -f "$X/id_ed25519"
+eval "$(ssh-agent -s -a "$X/agent.sock")" >/dev/null
+AGENT_PID=$SSH_AGENT_PID
+SSH_AUTH_SOCK=$X/agent.sock ssh-add -q "$X/id_ed25519"
+cat >"$X/cloud.yaml" <<EOF
+apiVersion: topo/v1
+name: mhc
+hosts:
+  h1: {uri: "qemu+ssh://root@h1/system", underlay: 10.77.0.11}
+  h2: {uri: "qemu+ssh://root@h2/system", underlay: 10.77.0.12}
+cloud_init:
+  ssh_authorized_keys: ['$(cat "$X/id_ed25519.pub")']
+networks:
+  lan: {mode: isolated, subnet: 10.30.0.0/24}
+vms:
+  t1:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet}
+    cloud_init: {enabled: false}
+    nics: [{network: lan}]
+  c2:
+    host: h2
+    hypervisor: qemu
+    memory: 512MiB
+    boot: {kernel: $IMAGE_DIR/vmlinuz, initrd: $IMAGE_DIR/initrd.img, cmdline: root=LABEL=cloudroot console=ttyS0}
+    disk: {image: $IMAGE_DIR/debian-12-cloud.qcow2, size: 3GiB}
+    nics: [{network: lan}]
+EOF
+t=$(now_ms)
+topo apply -y --timeout 300 cloud.yaml || fail "apply of the cloud lab"
+timing "apply (cloud guest on h2, tiny on h1)" $(($(now_ms) - t))
+grep -q "Verify: 2 verified, 0 failed" "$OUT" || fail "the cloud lab's NICs were not proven"
+ok=
+for _ in $(seq 60); do # sshd starts after the NIC is up
+  if (cd "$X" && "$H" ctl -- env SSH_AUTH_SOCK="$X/agent.sock" "$TOPO" ssh c2 cloud.yaml -- hostname </dev/null) >"$OUT" 2>&1; then
+    ok=1; break
+  fi
+  sleep 2
+done
+[ -n "$ok" ] && grep -qx c2 "$OUT" || fail "topo ssh c2 (on h2, through root@h2) did not run hostname there"
+kill "$AGENT_PID" 2>/dev/null || true
+AGENT_PID=
+topo destroy -y cloud.yaml || fail "destroy of the cloud lab"
+step "topo ssh into a cloud-init guest on h2 on a network private to the hosts: jumped through root@h1 (lan's serving host) across the tunnel, key from the agent"
 
 # A lab on one remote host (no `hosts:`): its NIC is proven by ARP on that host too.
 cat >"$X/one.yaml" <<EOF

@@ -28,6 +28,12 @@ KFLAVOR=${KFLAVOR:-cloud-amd64} # amd64: bigger .deb, smaller vmlinuz; same virt
 T0=$(date +%s%N)
 step() { local t=$(( ($(date +%s%N) - T0) / 1000000 )); printf '[%3d.%01ds] mkguest: %s\n' $((t / 1000)) $((t % 1000 / 100)) "$*" >&2; }
 
+# One build at a time per output folder (two test runs may ask at once): the second waits,
+# then finds the first's result cached.
+mkdir -p "$(dirname "$OUT")"
+exec 8>"$OUT.lock"
+flock 8
+
 KEY="topo-guest format=3 kflavor=$KFLAVOR script=$(sha256sum "$0" | cut -c1-16)"
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] &&
   [ "$(head -1 "$OUT/stamp" 2>/dev/null)" = "$KEY" ]; then

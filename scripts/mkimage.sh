@@ -35,6 +35,12 @@ SIZE=${SIZE:-2G}
 T0=$(date +%s%N)
 step() { local t=$(( ($(date +%s%N) - T0) / 1000000 )); printf '[%3d.%01ds] mkimage: %s\n' $((t / 1000)) $((t % 1000 / 100)) "$*" >&2; }
 
+# One build at a time per output folder (two test runs may ask at once): the second waits,
+# then finds the first's result cached.
+mkdir -p "$(dirname "$OUT")"
+exec 8>"$OUT.lock"
+flock 8
+
 KEY="topo-image format=2 size=$SIZE script=$(sha256sum "$0" | cut -c1-16)"
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/debian-12-cloud.qcow2" ] && [ -s "$OUT/vmlinuz" ] &&
   [ -s "$OUT/initrd.img" ] && [ "$(head -1 "$OUT/stamp" 2>/dev/null)" = "$KEY" ]; then

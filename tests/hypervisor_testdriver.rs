@@ -179,6 +179,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
             user: Some("o'brien & co".into()),
         },
         take_over: false,
+        served: Default::default(),
     }
 }
 

@@ -26,12 +26,14 @@ fn addressing<'a>(lab: &'a Lab, vm: &Vm, nic: &'a Nic) -> Result<Addressing<'a>,
         // topo assumes an external network serves DHCP with a default route (libvirt's
         // `default` does).
         NetworkKind::External => Addressing::Dhcp { default_route: true },
-        NetworkKind::Managed(m) if m.dhcp.is_some() => {
+        // On a host that holds a stretched network without serving it, the guest is told
+        // what the serving host gives (DHCP across the tunnel), not what the bare bridge here has.
+        NetworkKind::Managed(m) => match lab.served.get(&nic.network).unwrap_or(m) {
             // libvirt's dnsmasq offers no router on an isolated network.
-            Addressing::Dhcp { default_route: m.mode != NetworkMode::Isolated }
-        }
-        NetworkKind::Managed(m) if nic.ip.is_some() && m.subnet.is_some() => Addressing::Static { nic, net: m },
-        NetworkKind::Managed(_) => Addressing::LinkOnly,
+            m if m.dhcp.is_some() => Addressing::Dhcp { default_route: m.mode != NetworkMode::Isolated },
+            m if nic.ip.is_some() && m.subnet.is_some() => Addressing::Static { nic, net: m },
+            _ => Addressing::LinkOnly,
+        },
     })
 }
 

@@ -350,7 +350,7 @@ fn a_remote_ssh_host_is_the_jump_host() {
         assert_eq!(jump_host(none), None, "{none}");
     }
     let mut inv = inventory();
-    inv.jump_through(|_| jump_host("qemu+ssh://root@h1/system"));
+    inv.jump_through(|_, _| jump_host("qemu+ssh://root@h1/system"));
     let h = inv.host("deb1").unwrap();
     assert!(inv.ssh_args(h, h.address.unwrap()).join(" ").contains("-o ProxyJump=root@h1"));
     assert!(inv.ssh_config().contains("\n  ProxyJump root@h1\n"), "{}", inv.ssh_config());
@@ -378,7 +378,9 @@ fn ssh_args_use_the_user_and_pin_the_host_key() {
 }
 
 /// A lab across a local host (h1) and one reached over ssh (h2), every NIC proven: each VM
-/// is reached through its own host (g2 jumps through h2, g1 directly), its key pinned in
+/// is reached through the host that serves the network of its login address (g3, on `wan`
+/// served by h2, jumps through h2; g2, on h2 but logging in on `lan` served by h1, and g1 are
+/// reached directly from h1: the bridge of `lan` has no address on h2), its key pinned in
 /// the lab's file for its own host, and the VM's host is named in the JSON and Ansible.
 #[test]
 fn inventory_across_a_local_and_a_remote_host() {
@@ -398,6 +400,10 @@ vms:
     host: h2
     boot: {kernel: KERNEL}
     nics: [{network: lan, ip: 10.10.0.20}, {network: wan}]
+  g3:
+    host: h2
+    boot: {kernel: KERNEL}
+    nics: [{network: wan}]
 "
     .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
     let mut lab =
@@ -405,7 +411,12 @@ vms:
     for vm in lab.vms.values_mut() {
         vm.cloud_init = Some(cloud_init(vm.name.as_str(), vec![KEY.to_string()]));
     }
-    let ips = [("g1", "eth0", "10.10.0.57"), ("g2", "eth0", "10.10.0.20"), ("g2", "eth1", "10.20.0.33")];
+    let ips = [
+        ("g1", "eth0", "10.10.0.57"),
+        ("g2", "eth0", "10.10.0.20"),
+        ("g2", "eth1", "10.20.0.33"),
+        ("g3", "eth0", "10.20.0.34"),
+    ];
     let nics = lab
         .nics()
         .map(|(vm, nic)| {
@@ -425,7 +436,7 @@ vms:
     let mut inv = Inventory::new(&lab, &crate::verify::VerifyReport { nics });
     let uris: std::collections::BTreeMap<String, String> =
         lab.hosts.iter().map(|(n, h)| (n.to_string(), h.uri.clone())).collect();
-    inv.jump_through(|h| h.and_then(|h| jump_host(&uris[h])));
+    inv.jump_through(|vm, nic| Inventory::reached_from(&lab, vm, nic).and_then(|via| jump_host(&uris[&via])));
     for host in ["h1", "h2"] {
         let aliases = lab
             .vms
@@ -442,10 +453,18 @@ vms:
     let ssh_config = inv.ssh_config();
     let g1 = ssh_config.split("\nHost ").find(|b| b.starts_with("g1\n")).unwrap();
     let g2 = ssh_config.split("\nHost ").find(|b| b.starts_with("g2\n")).unwrap();
+    let g3 = ssh_config.split("\nHost ").find(|b| b.starts_with("g3\n")).unwrap();
     assert!(!g1.contains("ProxyJump") && g1.contains("mh-h1digest"), "{g1}");
-    assert!(g2.contains("\n  ProxyJump root@h2\n") && g2.contains("mh-h2digest"), "{g2}");
-    let h = inv.host("g2").unwrap();
+    assert!(!g2.contains("ProxyJump") && g2.contains("mh-h2digest"), "{g2}");
+    assert!(g3.contains("\n  ProxyJump root@h2\n") && g3.contains("mh-h2digest"), "{g3}");
+    let h = inv.host("g3").unwrap();
     assert!(inv.ssh_args(h, h.address.unwrap()).join(" ").contains("-o ProxyJump=root@h2"));
+    // g2's wan address is h2's network's: that entry jumps through h2, its lan one does not.
+    let h = inv.host("g2").unwrap();
+    assert!(inv.ssh_args(h, "10.20.0.33".parse().unwrap()).join(" ").contains("-o ProxyJump=root@h2"));
+    assert!(!inv.ssh_args(h, "10.10.0.20".parse().unwrap()).join(" ").contains("ProxyJump"));
+    let g2_eth1 = ssh_config.split("\nHost ").find(|b| b.starts_with("g2-eth1\n")).unwrap();
+    assert!(g2_eth1.contains("\n  ProxyJump root@h2\n"), "{g2_eth1}");
     let h = inv.host("g1").unwrap();
     assert!(!inv.ssh_args(h, h.address.unwrap()).join(" ").contains("ProxyJump"));
     insta::assert_snapshot!(format!(
@@ -454,4 +473,23 @@ vms:
         inv.ansible().unwrap(),
         inv.json()
     ));
+}
+
+/// A guest on a host that holds a stretched network without serving it (a bare bridge
+/// there, DHCP served across the tunnel by the serving host) is told to ask for DHCP, as a
+/// guest on the serving host is: its network-config follows the network as served, not the
+/// bridge of its own host (found with a cloud-init guest on the multi-host harness, which
+/// came up with `dhcp4: false` and no address).
+#[test]
+fn a_guest_on_a_host_that_does_not_serve_its_network_asks_for_dhcp() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/valid/multihost.yaml"));
+    let lab = crate::lab::validate::load(&SourceFile::read(path).unwrap()).unwrap();
+    let h2 = crate::lab::model::HostName::new("h2").unwrap();
+    let share = lab.on_host(&h2);
+    let lan = crate::lab::model::NetworkName::new("lan").unwrap();
+    assert!(matches!(&share.networks[&lan].kind, crate::lab::model::NetworkKind::Managed(m) if m.dhcp.is_none()));
+    let g2 = &share.vms[&crate::lab::model::VmName::new("g2").unwrap()];
+    let nc = network::network_config(&share, g2).unwrap();
+    let eth0 = &nc["ethernets"]["eth0"];
+    assert_eq!(eth0["dhcp4"], serde_json::json!(true), "{nc}");
 }

@@ -222,6 +222,7 @@ impl Lab {
             self.vms.iter().filter(|(_, vm)| vm.host == *host).map(|(k, v)| (k.clone(), v.clone())).collect();
         let used: BTreeSet<&NetworkName> = vms.values().flat_map(|vm| vm.nics.iter().map(|n| &n.network)).collect();
         let mut networks = BTreeMap::new();
+        let mut served = BTreeMap::new();
         for (name, net) in &self.networks {
             let here = match net.kind {
                 NetworkKind::External => used.contains(name),
@@ -239,6 +240,7 @@ impl Lab {
                     m.bridge = crate::lab::model::BridgeName::new(&stretched_bridge(self.vni(net))).ok();
                 }
                 if net.host != *host {
+                    served.insert(name.clone(), m.clone());
                     m.mode = NetworkMode::Isolated;
                     m.subnet = None;
                     m.gateway = None;
@@ -248,7 +250,7 @@ impl Lab {
             }
             networks.insert(name.clone(), share);
         }
-        Lab { vms, networks, ..self.clone() }
+        Lab { vms, networks, served, ..self.clone() }
     }
 }
 

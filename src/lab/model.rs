@@ -204,6 +204,11 @@ pub struct Lab {
     /// `--take-over`: objects made by another instance of this lab (same name and prefix,
     /// another lab file) are taken as this one's and re-tagged (docs/lab-file.md).
     pub take_over: bool,
+    /// In a host's share of a lab across hosts ([`Lab::on_host`]): each lab network the host
+    /// holds but does not serve (there a bridge without addresses), as its serving host has it
+    /// (subnet, gateway, DHCP, reservations): what a guest on this host is told its network
+    /// gives (its cloud-init network-config asks for DHCP across the tunnel). Empty otherwise.
+    pub served: BTreeMap<NetworkName, ManagedNetwork>,
 }
 
 /// A libvirt host of a lab that spans several (`hosts:` in the lab file).

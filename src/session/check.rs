@@ -122,8 +122,9 @@ impl Session<'_> {
     /// and the inventory of `lab` from what was proven, its ssh options pinning each VM's
     /// host key ([`Session::pin_host_keys`]) and, when the VM's libvirt host is reached over
     /// ssh, jumping through it (`ProxyJump`): the VM's addresses are on that host's networks.
-    /// Across hosts, each VM jumps through its own host and its key is pinned in the lab's
-    /// file for its own host.
+    /// Across hosts, each VM jumps through the host that serves the network of its login
+    /// address ([`Inventory::reached_from`]: a stretched network has an address only on its
+    /// serving host) and its key is pinned in the lab's file for its own host.
     ///
     /// # Errors
     /// As [`Session::verify`], or a host's name cannot be read, or a known_hosts file cannot
@@ -140,7 +141,7 @@ impl Session<'_> {
         let mut inv = Inventory::new(lab, &proven.report);
         if !self.is_multi_host() {
             let jump = jump_host(&self.uri());
-            inv.jump_through(|_| jump.clone());
+            inv.jump_through(|_, _| jump.clone());
             self.pin_host_keys(lab, &proven.observed, &mut inv)?;
             return Ok(inv);
         }
@@ -151,7 +152,9 @@ impl Session<'_> {
             jumps.insert(h.to_string(), jump_host(&sub.uri()));
             sub.pin_host_keys(&lab.on_host(&h), &proven.observed, &mut inv)?;
         }
-        inv.jump_through(|h| h.and_then(|h| jumps.get(h).cloned().flatten()));
+        inv.jump_through(|vm, nic| {
+            Inventory::reached_from(lab, vm, nic).and_then(|via| jumps.get(&via).cloned().flatten())
+        });
         Ok(inv)
     }
 

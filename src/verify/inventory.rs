@@ -27,6 +27,10 @@ pub struct InvNic {
     /// `verified`, `reported`, `skipped` (`verify: none`), `stopped` (the VM is `state:
     /// stopped`) or `unproven`.
     pub state: &'static str,
+    /// The ssh `ProxyJump` that reaches `address` (the libvirt host whose network carries
+    /// it, when topo reaches that host over ssh); set by [`Inventory::jump_through`].
+    #[serde(skip)]
+    pub proxy_jump: Option<String>,
 }
 
 /// One VM in the inventory.
@@ -53,9 +57,9 @@ pub struct InvHost {
     /// libvirt host); set with the alias by [`Inventory::pin_host_keys`].
     #[serde(skip)]
     pub known_hosts: Option<PathBuf>,
-    /// Its libvirt host as an ssh `ProxyJump` (`[user@]host[:port]`), when its addresses are
-    /// on that host's networks and topo reaches it over ssh ([`jump_host`]); set by
-    /// [`Inventory::jump_through`].
+    /// The ssh `ProxyJump` (`[user@]host[:port]`) that reaches its login address
+    /// ([`InvHost::address`]): the libvirt host whose network carries it, when topo reaches
+    /// that host over ssh ([`jump_host`]); set by [`Inventory::jump_through`].
     #[serde(skip)]
     pub proxy_jump: Option<String>,
 }
@@ -109,6 +113,7 @@ impl Inventory {
                             mac: nic.mac.to_string(),
                             address,
                             state,
+                            proxy_jump: None,
                         }
                     })
                     .collect();
@@ -143,25 +148,47 @@ impl Inventory {
         }
     }
 
-    /// Makes ssh reach each VM through the jump host `jump` gives for its libvirt host
-    /// (`InvHost::host`, `None` in a lab on one host): `ProxyJump` in every format, `None`
-    /// for a VM reached directly.
-    pub fn jump_through(&mut self, jump: impl Fn(Option<&str>) -> Option<String>) {
+    /// Makes ssh reach each address through the jump host `jump` gives for it: `jump(vm,
+    /// Some(nic))` for each NIC's address, `jump(vm, None)` for a VM without a proven
+    /// address; a VM's login address goes the way of its NIC. `ProxyJump` in every format,
+    /// `None` for an address reached directly.
+    pub fn jump_through(&mut self, jump: impl Fn(&InvHost, Option<&InvNic>) -> Option<String>) {
         for h in &mut self.hosts {
-            h.proxy_jump = jump(h.host.as_deref());
+            let vm = h.clone();
+            for n in &mut h.nics {
+                n.proxy_jump = jump(&vm, Some(n));
+            }
+            h.proxy_jump = match h.nics.iter().find(|n| n.address.is_some() && n.address == h.address) {
+                Some(n) => n.proxy_jump.clone(),
+                None => jump(&vm, None),
+            };
         }
+    }
+
+    /// The libvirt host (its name under `hosts:`) that reaches `nic`'s address of VM `vm` on
+    /// a network of its own: the host that serves the NIC's network (in a lab across hosts a
+    /// stretched network has an address on its serving host's bridge only; elsewhere it is a
+    /// bare bridge the host cannot route from), the VM's own host for an external network or
+    /// without a NIC. `None` in a lab on one host.
+    pub fn reached_from(lab: &Lab, vm: &InvHost, nic: Option<&InvNic>) -> Option<String> {
+        let own = vm.host.clone()?;
+        let served = nic
+            .and_then(|n| lab.networks.values().find(|net| net.name.as_str() == n.network))
+            .filter(|net| matches!(net.kind, crate::lab::model::NetworkKind::Managed(_)))
+            .map(|net| net.host.to_string());
+        Some(served.unwrap_or(own))
     }
 
     /// The ssh options for `host`: those of `known_hosts::ssh_options` once its key is pinned
     /// ([`Inventory::pin_host_keys`]); else only `LogLevel ERROR`, leaving host keys to
     /// ssh's own defaults (`~/.ssh/known_hosts`, ask on first contact), never unchecked.
-    /// With an [`InvHost::proxy_jump`], also `ProxyJump` through its libvirt host.
-    fn ssh_options(&self, host: &InvHost) -> Vec<(&'static str, String)> {
+    /// With a `jump` (the address's [`InvNic::proxy_jump`]), also `ProxyJump` through it.
+    fn ssh_options(&self, host: &InvHost, jump: Option<&String>) -> Vec<(&'static str, String)> {
         let mut options = match (&host.known_hosts, &host.host_key_alias) {
             (Some(file), Some(alias)) => crate::verify::known_hosts::ssh_options(file, alias),
             _ => vec![("LogLevel", "ERROR".into())],
         };
-        options.extend(host.proxy_jump.clone().map(|j| ("ProxyJump", j)));
+        options.extend(jump.cloned().map(|j| ("ProxyJump", j)));
         options
     }
 
@@ -177,25 +204,25 @@ impl Inventory {
     /// as comments.
     pub fn ssh_config(&self) -> String {
         let mut s = format!("# topo inventory of lab {}: ssh -F <this file> VM\n", self.lab);
-        let entry = |s: &mut String, h: &InvHost, alias: &str, ip: Ipv4Addr| {
+        let entry = |s: &mut String, h: &InvHost, alias: &str, ip: Ipv4Addr, jump: Option<&String>| {
             let _ = writeln!(s, "\nHost {alias}\n  HostName {ip}");
             if let Some(u) = &h.user {
                 let _ = writeln!(s, "  User {u}");
             }
-            for (k, v) in self.ssh_options(h) {
+            for (k, v) in self.ssh_options(h, jump) {
                 let _ = writeln!(s, "  {k} {v}");
             }
         };
         for h in &self.hosts {
             match h.address {
-                Some(ip) => entry(&mut s, h, &h.name, ip),
+                Some(ip) => entry(&mut s, h, &h.name, ip, h.proxy_jump.as_ref()),
                 None => {
                     let _ = writeln!(s, "\n# {}: no proven address", h.name);
                 }
             }
             for n in &h.nics {
                 if let Some(ip) = n.address {
-                    entry(&mut s, h, &format!("{}-{}", h.name, n.nic), ip);
+                    entry(&mut s, h, &format!("{}-{}", h.name, n.nic), ip, n.proxy_jump.as_ref());
                 }
             }
         }
@@ -238,7 +265,8 @@ impl Inventory {
             if let Some(host) = &h.host {
                 vars.insert("topo_host".into(), json!(host));
             }
-            let common: Vec<String> = self.ssh_options(h).iter().map(|(k, v)| format!("-o {k}={v}")).collect();
+            let common: Vec<String> =
+                self.ssh_options(h, h.proxy_jump.as_ref()).iter().map(|(k, v)| format!("-o {k}={v}")).collect();
             vars.insert("ansible_ssh_common_args".into(), json!(common.join(" ")));
             let nics: Map<String, Value> = h
                 .nics
@@ -277,7 +305,12 @@ impl Inventory {
     /// minute), then `-l user` when the VM has one, then the address.
     pub fn ssh_args(&self, host: &InvHost, address: Ipv4Addr) -> Vec<String> {
         let mut args = Vec::new();
-        for (k, v) in self.ssh_options(host).into_iter().chain([("ConnectionAttempts", "180".to_string())]) {
+        let jump = host
+            .nics
+            .iter()
+            .find(|n| n.address == Some(address))
+            .map_or(host.proxy_jump.as_ref(), |n| n.proxy_jump.as_ref());
+        for (k, v) in self.ssh_options(host, jump).into_iter().chain([("ConnectionAttempts", "180".to_string())]) {
             args.push("-o".into());
             args.push(format!("{k}={v}"));
         }

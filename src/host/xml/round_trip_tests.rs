@@ -134,6 +134,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         stamp: Default::default(),
         take_over: false,
+        served: Default::default(),
     }
 }
 

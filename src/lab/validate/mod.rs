@@ -358,6 +358,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         source: source.clone(),
         stamp: Default::default(),
         take_over: false,
+        served: Default::default(),
     })
 }
 
