@@ -3,7 +3,7 @@
 //! Filled by a `Hypervisor` in one pass before planning; the planner reads it and does no I/O.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -34,6 +34,14 @@ pub struct ObservedIp {
     pub hosts: Vec<ObservedHost>,
 }
 
+/// A network's IPv6 `<ip family='ipv6' address prefix>`: the bridge's address and the
+/// prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ObservedIp6 {
+    pub address: Ipv6Addr,
+    pub prefix: u8,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ObservedNetwork {
     pub name: String,
@@ -61,6 +69,8 @@ pub struct ObservedNetwork {
     pub mtu: Option<u32>,
     /// First IPv4 `<ip>` element, if any.
     pub ip: Option<ObservedIp>,
+    /// First IPv6 `<ip family='ipv6'>` element, if any.
+    pub ip6: Option<ObservedIp6>,
     /// False when dnsmasq runs with `no-ping` (set through dnsmasq:options).
     pub dhcp_ping: bool,
     pub owner: Option<OwnerTag>,

@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 
@@ -265,6 +265,13 @@ pub struct ManagedNetwork {
     pub subnet: Option<Ipv4Network>,
     /// The host bridge's address; present exactly when `subnet` is.
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 prefix (`subnet6:`, always a /64): libvirt's dnsmasq sends router
+    /// advertisements for it and every guest NIC on the network configures its SLAAC
+    /// address ([`crate::lab::ipv6::slaac_address`]). `None`: no IPv6 `<ip>` on the network.
+    pub subnet6: Option<Ipv6Network>,
+    /// The host bridge's IPv6 address; present exactly when `subnet6` is (default: the
+    /// prefix's `::1`).
+    pub gateway6: Option<Ipv6Addr>,
     /// The dynamic DHCP range; `None` turns the pool off, reservations are still served
     /// when there is a subnet (see [`ManagedNetwork::dhcp_service`]).
     pub dhcp: Option<DhcpRange>,

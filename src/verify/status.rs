@@ -300,6 +300,7 @@ vms:
             stp: true,
             mac: None,
             ip: None,
+            ip6: None,
             dhcp_ping: true,
             mtu: None,
             owner: owner.map(|l| OwnerTag {

@@ -257,7 +257,11 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         Some(VerifySpec::None) => Verify::None,
     };
     if verify != Verify::None && !info.external && !info.broken {
-        let reason = if info.subnet.is_none() {
+        // A network with only an IPv6 prefix gives the NIC its SLAAC address, which verify
+        // proves by NDP: nothing to refuse.
+        let reason = if info.subnet.is_none() && info.subnet6.is_some() {
+            None
+        } else if info.subnet.is_none() {
             Some(format!("network `{}` has no subnet", nic.network.value))
         } else if !info.dhcp && dynamic {
             Some(format!(
@@ -269,7 +273,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         };
         if let Some(reason) = reason {
             let help = if info.subnet.is_none() {
-                "give the network a `subnet:`, or set `verify: none` on this NIC".to_owned()
+                "give the network a `subnet:` (or a `subnet6:`), or set `verify: none` on this NIC".to_owned()
             } else {
                 "remove `ip: dynamic` (topo then derives a reservation, which is served without a range), write an `ip:`, enable `dhcp:` on the network, or set `verify: none`".to_owned()
             };
