@@ -15,6 +15,7 @@ pub mod arp;
 pub mod arping;
 pub mod inventory;
 pub mod known_hosts;
+pub mod ndp;
 pub mod prober;
 pub mod report;
 pub mod run;
