@@ -297,7 +297,7 @@ fn report(lab: &Lab) -> crate::verify::VerifyReport {
             let state = match proven.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()) {
                 Some((_, _, a)) => NicState::Verified {
                     ip: ip(a),
-                    evidence: Evidence { mac: nic.mac, bridge: "virbr1".into() },
+                    evidence: Evidence { mac: nic.mac, bridge: "virbr1".into(), ndp: false },
                     seconds: 1.0,
                     rtt_ms: None,
                 },
@@ -432,7 +432,7 @@ vms:
             let (_, _, ip) = ips.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()).unwrap();
             let state = NicState::Verified {
                 ip: ip.parse().unwrap(),
-                evidence: Evidence { mac: nic.mac, bridge: "topobr0".into() },
+                evidence: Evidence { mac: nic.mac, bridge: "topobr0".into(), ndp: false },
                 seconds: 1.0,
                 rtt_ms: None,
             };

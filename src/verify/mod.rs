@@ -19,6 +19,7 @@ pub mod ndp;
 pub mod prober;
 pub mod report;
 pub mod run;
+pub mod run6;
 pub mod sources;
 pub mod state;
 pub mod status;
@@ -32,7 +33,7 @@ pub use sources::{Clock, HypervisorLeases, LastLeases, LeaseSource, SystemClock,
 #[cfg(any(test, feature = "testing"))]
 pub use sources::{FakeClock, FakeLeases};
 pub use state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
-pub use target::{HostAccess, NicTarget, targets};
+pub use target::{Family, HostAccess, NicTarget, targets};
 
 use crate::host::hypervisor::HvError;
 use crate::verify::prober::ProbeError;

@@ -11,7 +11,7 @@ use crate::lab::address::Address;
 use crate::lab::model::{Lab, NetworkKind};
 use crate::lab::ownership::Ownership;
 use crate::plan::{Action, Plan, Reason};
-use crate::verify::{NicState, VerifyReport};
+use crate::verify::{Family, NicState, VerifyReport};
 
 /// The version of the `topo status --json` document.
 pub const JSON_FORMAT_VERSION: &str = "1";
@@ -162,12 +162,13 @@ pub fn status(
             .iter()
             .map(|nic| {
                 let verified = report.and_then(|r| {
-                    r.nics.iter().find(|n| n.target.vm == vm.name && n.target.mac == nic.mac).and_then(|n| {
-                        match &n.state {
-                            NicState::Verified { ip, .. } => Some(*ip),
+                    r.nics
+                        .iter()
+                        .find(|n| n.target.vm == vm.name && n.target.mac == nic.mac && n.target.family == Family::Ipv4)
+                        .and_then(|n| match &n.state {
+                            NicState::Verified { ip: std::net::IpAddr::V4(ip), .. } => Some(*ip),
                             _ => None,
-                        }
-                    })
+                        })
                 });
                 let network = lab.networks.get(&nic.network).map(|n| n.libvirt_name.as_str());
                 let leased = leases
@@ -362,7 +363,7 @@ vms:
             nics: vec![NicOutcome {
                 state: NicState::Verified {
                     ip: "10.0.0.20".parse().unwrap(),
-                    evidence: Evidence { mac: eth0.mac, bridge: "virbr3".into() },
+                    evidence: Evidence { mac: eth0.mac, bridge: "virbr3".into(), ndp: false },
                     seconds: 0.1,
                     rtt_ms: None,
                 },
