@@ -345,6 +345,26 @@ fn host_network_clashes(lab: &Lab, net: &Network, m: &ManagedNetwork, observed: 
                 "pick a subnet that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)",
             ));
         }
+        // The same for the IPv6 prefix: the host routes each prefix to one bridge.
+        if let (Some(prefix), Some(ip6)) = (m.subnet6, &other.ip6)
+            && let Ok(theirs) = ipnetwork::Ipv6Network::new(ip6.address, ip6.prefix)
+            && (prefix.contains(theirs.network()) || theirs.contains(prefix.network()))
+        {
+            out.push(Problem::at(
+                Code::HostSubnetOverlap,
+                net.span,
+                format!(
+                    "subnet6 {prefix} of network `{}` overlaps network `{}` on the host ({}/{}, {})",
+                    net.name,
+                    other.name,
+                    ip6.address,
+                    ip6.prefix,
+                    owner_text(other.owner.as_ref(), &other.name)
+                ),
+                "this network",
+                "pick a /64 that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)",
+            ));
+        }
         if let (Some(b), Some(theirs)) = (&m.bridge, &other.bridge)
             && b.as_str() == theirs
         {

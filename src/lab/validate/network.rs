@@ -322,6 +322,8 @@ pub(super) struct NetInfo {
     pub(super) gateway: Option<Ipv4Addr>,
     /// The network's IPv6 prefix (`subnet6`): its NICs have a SLAAC address to verify.
     pub(super) subnet6: Option<Ipv6Network>,
+    /// The bridge's IPv6 address (`gateway6`, or the prefix's `::1`).
+    pub(super) gateway6: Option<Ipv6Addr>,
     pub(super) dhcp: bool,
     /// The DHCP range (lab networks), and where to point when it is too small.
     pub(super) dhcp_range: Option<DhcpRange>,
@@ -338,6 +340,7 @@ impl NetInfo {
             subnet: None,
             gateway: None,
             subnet6: None,
+            gateway6: None,
             dhcp: true,
             dhcp_range: None,
             dhcp_span: None,
@@ -356,6 +359,7 @@ impl NetInfo {
             subnet: partial.subnet,
             gateway: partial.gateway,
             subnet6: partial.network.subnet6,
+            gateway6: partial.network.gateway6,
             dhcp: dhcp_meant,
             dhcp_range: partial.dhcp,
             dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),

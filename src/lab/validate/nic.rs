@@ -289,6 +289,19 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
     let (Some(mac), Ok(net)) = (mac, NetworkName::new(&nic.network.value)) else {
         return None;
     };
+    // The NIC's SLAAC address may not be the bridge's own IPv6 address: the guest's DAD
+    // would find it taken (RFC 4862 5.4.5) and leave the NIC without it.
+    if let (Some(prefix), Some(g6)) = (info.subnet6, info.gateway6)
+        && crate::lab::ipv6::slaac_address(prefix, mac.0) == g6
+    {
+        c.at(
+            Code::Gateway6,
+            &nic.network,
+            format!("{who}'s SLAAC address {g6} is the gateway6 of network `{}`", nic.network.value),
+            "this NIC's address is the bridge's",
+            "remove `gateway6:` (the default, ::1, is never an EUI-64 address) or give the NIC another `mac:`",
+        );
+    }
     if let (Some(ip), Some(vm_name)) = (ip, name) {
         let span = nic.ip.as_ref().map_or_else(|| c.span(&nic.network), |s| c.span(s));
         seen.pending.entry(nic.network.value.clone()).or_default().push(Pending {
