@@ -310,8 +310,8 @@ pub struct ManagedNetwork {
 ///   `virNetDevTapCreateInBridgePort`, `virNetDevSetMTU`: EINVAL).
 ///
 /// Both ends are far inside libvirt's own bound (`<mtu size>`: an unsigned int, non-zero in a
-/// domain's `<interface>`). An MTU under 1280 is fine for IPv4; topo says nothing of IPv6
-/// (which needs 1280, RFC 8200 section 5) because its labs address guests by IPv4 only.
+/// domain's `<interface>`). An MTU under 1280 is fine for IPv4; a network with `subnet6`
+/// needs 1280 or more (RFC 8200 section 5), which validation checks beside this range.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65521;
 
 /// Why [`Lab::set_network_mtu`] refused.

@@ -1,5 +1,7 @@
 //! Proof after apply that every NIC holds an IPv4 address: an ARP reply from the NIC's own MAC
-//! on its network's bridge. Leases only say where to look; they never count as proof.
+//! on its network's bridge. Leases only say where to look; they never count as proof. On a
+//! network with `subnet6`, the NIC's SLAAC address is proven apart, by a Neighbor
+//! Advertisement from its MAC ([`ndp`], [`run6`]; docs/addressing.md, section IPv6).
 //!
 //! - [`target`]: what is verified, one [`NicTarget`] per NIC, and where frames may go
 //!   ([`HostAccess`]: never to a test or remote driver's bridge names);
