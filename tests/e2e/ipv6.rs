@@ -87,7 +87,16 @@ fn e2e_ipv6_every_nic_proven_on_both_families() {
     assert!(t.stdout.contains(&slaac("fd00:191:0:0", &mac(SIX, "v1", 1))), "{}", t.show());
     let inv = topo_ok(&["inventory", "--format", "json", path(&lab)]);
     assert!(inv.stdout.contains(&slaac("fd00:190:0:0", &mac(SIX, "v2", 0))), "{}", inv.show());
-    clock.step("verify table and inventory show both families");
+    let st = topo_ok(&["status", path(&lab)]);
+    let v2_line = st.stdout.lines().find(|l| l.starts_with("v2 ")).unwrap_or_default().to_string();
+    assert!(
+        v2_line.contains(&slaac("fd00:190:0:0", &mac(SIX, "v2", 0)))
+            && v2_line.contains(&slaac("fd00:191:0:0", &mac(SIX, "v2", 1)))
+            && !v2_line.contains('?'),
+        "{}",
+        st.show()
+    );
+    clock.step("verify table, inventory and status show both families");
 
     topo_ok(&["destroy", "-y", path(&lab)]);
     clock.step("destroyed");
