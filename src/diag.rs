@@ -55,7 +55,13 @@ pub enum Code {
     SubnetOverlap,
     /// A subnet in a block the kernel or an RFC reserves (loopback, multicast, ...).
     ReservedSubnet,
+    /// A `subnet6` that is not a /64 (SLAAC and dnsmasq's router advertisements need one).
+    Subnet6Prefix,
+    /// A `subnet6` in a block that cannot be a lab prefix (link-local, multicast, ::/8, ...).
+    ReservedSubnet6,
     Gateway,
+    /// A `gateway6` outside `subnet6`, its subnet-router anycast address, or without one.
+    Gateway6,
     Dhcp,
     /// A DHCP range libvirt refuses: start and end differ in their first two bytes.
     DhcpRangeTooLarge,
@@ -198,6 +204,9 @@ impl Code {
             SubnetOverlap => "topo::lab::subnet_overlap",
             ReservedSubnet => "topo::lab::reserved_subnet",
             Gateway => "topo::lab::gateway",
+            Subnet6Prefix => "topo::lab::subnet6_prefix",
+            ReservedSubnet6 => "topo::lab::reserved_subnet6",
+            Gateway6 => "topo::lab::gateway6",
             Dhcp => "topo::lab::dhcp",
             DhcpRangeTooLarge => "topo::lab::dhcp_range_too_large",
             DhcpTooSmall => "topo::lab::dhcp_too_small",

@@ -1323,3 +1323,30 @@ fn a_running_nics_new_address_replugs_it() {
     assert_eq!(actions(&p), pairs(&[("network.back", Action::Update)]));
     assert!(replugged(&p).is_empty());
 }
+
+/// A lab `subnet6` that a route of the host overlaps (a VPN's ULA /48 around it) is refused
+/// at plan time on a local host, located at the network and naming the route's device; a
+/// prefix outside it applies, and a replacement of that network to another prefix is not
+/// refused by the network's own route on its bridge.
+#[test]
+fn a_subnet6_a_host_route_overlaps_is_refused_at_plan_time() {
+    let hv = host().with_host_interfaces(&["eth0"]).with_host_routes6(&[("tun0", "fd00:60::/48")]);
+    let with6 =
+        |p: &str| lab(&edit(BASE, "    bridge: demo-lan\n", &format!("    bridge: demo-lan\n    subnet6: {p}\n")));
+    let o = hv.observe().unwrap();
+    let text = match plan::plan(&with6("fd00:60:0:1::/64"), &o, "memory:///topo") {
+        Err(e) => render_diag(&e),
+        Ok(p) => panic!("not refused: {:#?}", actions(&p)),
+    };
+    assert!(text.contains("topo::plan::route_taken"), "{text}");
+    assert!(
+        text.contains("subnet6 fd00:60:0:1::/64 of network `lan` overlaps a route of the host, fd00:60::/48")
+            && text.contains("`tun0`"),
+        "{text}"
+    );
+    assert!(text.contains("lab.yaml:"), "located: {text}");
+    apply_ok(&with6("fd00:61::/64"), &hv);
+    let o = hv.observe().unwrap();
+    let p = plan::plan(&with6("fd00:62::/64"), &o, "memory:///topo").expect("a replacement is not refused");
+    assert!(p.changes.iter().any(|c| c.action == Action::Replace), "{:#?}", actions(&p));
+}

@@ -1,4 +1,4 @@
-//! Real-socket tests of `PnetProber` (and `verify` over it) inside network namespaces this
+//! Real-socket tests of `PnetProber` (ARP, and NDP for IPv6; `verify` over it) inside network namespaces this
 //! test creates: `<ns>-h` holds bridge `br0` (10.99.0.1/24), `<ns>-g` holds the "guest" end of
 //! a veth pair (10.99.0.5/24, MAC 02:00:00:99:00:05) whose other end is a port of `br0`.
 //! No frame touches the host's own interfaces. Needs root; skipped otherwise, except under CI
@@ -211,6 +211,8 @@ fn verify_over_real_arp() {
         bridge: Some("br0".into()),
         no_bridge: None,
         mac: mac.parse().unwrap(),
+        family: Default::default(),
+        address6: None,
         reservation: None,
         dhcp: true,
         subnet: Some("10.99.0.0/24".parse().unwrap()),
@@ -301,6 +303,8 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         bridge: Some("br0".into()),
         no_bridge: None,
         mac: guest_mac(),
+        family: Default::default(),
+        address6: None,
         reservation: Some(GUEST_IP),
         dhcp: false,
         subnet: Some("10.99.0.0/24".parse().unwrap()),
@@ -334,4 +338,50 @@ fn a_real_duplicate_is_reported_with_both_macs() {
             reason: FailReason::Duplicate { ip: GUEST_IP, mac: guest_mac(), other_mac: OTHER_MAC.parse().unwrap() }
         }
     );
+}
+
+/// NDP over the real socket: the guest end holds `fd00:99::5/64` (and the bridge
+/// `fd00:99::1/64`, the source of the solicitations), both without DAD so the test does not
+/// wait a second; the kernel answers topo's Neighbor Solicitation with an advertisement from
+/// the guest's MAC, an absent address gets none, and a second guest holding the same address
+/// answers too (both MACs seen: the caller calls it a conflict).
+#[test]
+fn ndp_solicitation_is_answered_by_the_guests_kernel() {
+    if !can_run() {
+        return;
+    }
+    let mut net = TestNet::new("ndp");
+    let (h, g) = (net.host.clone(), net.guest.clone());
+    ip(&["-n", &h, "addr", "add", "fd00:99::1/64", "dev", "br0", "nodad"]);
+    ip(&["-n", &g, "addr", "add", "fd00:99::5/64", "dev", "vg", "nodad"]);
+    let target: std::net::Ipv6Addr = "fd00:99::5".parse().expect("address");
+    let absent: std::net::Ipv6Addr = "fd00:99::6".parse().expect("address");
+    let p = PnetProber::default();
+    let until = |net: &TestNet, p: &PnetProber, want: usize| {
+        let start = Instant::now();
+        loop {
+            let got = net_probe6(net, p, &[target, absent]);
+            if got.len() >= want || start.elapsed() > Duration::from_secs(10) {
+                return got;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let got = until(&net, &p, 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (na, rtt) = &got[0];
+    assert_eq!((na.target, na.mac(), na.solicited), (target, guest_mac(), true));
+    assert!(rtt.is_some_and(|d| d < Duration::from_secs(1)), "{rtt:?}");
+
+    net.add_guest("dup", "02:00:00:99:00:07", "10.99.0.7/24");
+    let dup_ns = net.extra[0].clone();
+    ip(&["-n", &dup_ns, "addr", "add", "fd00:99::5/64", "dev", "vg", "nodad"]);
+    let got = until(&net, &p, 2);
+    let macs: Vec<String> = got.iter().map(|(a, _)| a.mac().to_string()).collect();
+    assert_eq!(macs.len(), 2, "{got:?}");
+    assert!(macs.contains(&"02:00:00:99:00:07".to_string()) && macs.contains(&GUEST_MAC.to_string()), "{macs:?}");
+}
+
+fn net_probe6(net: &TestNet, p: &PnetProber, targets: &[std::net::Ipv6Addr]) -> Vec<topo::verify::prober::TimedAdvert> {
+    net.in_host(|| p.probe6("br0", targets, Duration::from_millis(300), GRACE).expect("probe6"))
 }

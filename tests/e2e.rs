@@ -2360,5 +2360,7 @@ mod files;
 mod guards;
 #[path = "e2e/identity.rs"]
 mod identity;
+#[path = "e2e/ipv6.rs"]
+mod ipv6;
 #[path = "e2e/values.rs"]
 mod values;

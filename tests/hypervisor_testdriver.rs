@@ -97,6 +97,8 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         mode: NetworkMode::Nat,
         subnet: Some(format!("10.77.{third_octet}.0/24").parse().unwrap()),
         gateway: Some(Ipv4Addr::new(10, 77, third_octet, 1)),
+        subnet6: None,
+        gateway6: None,
         dhcp: Some(DhcpRange {
             start: Ipv4Addr::new(10, 77, third_octet, 100),
             end: Ipv4Addr::new(10, 77, third_octet, 200),
@@ -112,6 +114,8 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         mode: NetworkMode::Isolated,
         subnet: None,
         gateway: None,
+        subnet6: None,
+        gateway6: None,
         dhcp: None,
         bridge: None,
         autostart: false,

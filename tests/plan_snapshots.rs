@@ -571,3 +571,31 @@ fn derived_written_and_dynamic_addresses() {
         .collect();
     insta::assert_snapshot!("derived_written_and_dynamic_addresses_json", serde_json::to_string_pretty(&json).unwrap());
 }
+
+/// `subnet6` added to a running network replaces it (as a `subnet` change does): the plan
+/// shows `subnet6` and `gateway6` and the NICs re-attached.
+#[test]
+fn subnet6_added_replaces_the_network() {
+    let hv = applied();
+    let text = edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    subnet6: fd00:50::/64\n");
+    let (p, _) = plan_on(&lab(&text), &hv);
+    let text_plan = plain(&p);
+    assert!(text_plan.contains("subnet6") && text_plan.contains("fd00:50::/64"), "{text_plan}");
+    assert!(text_plan.contains("gateway6") && text_plan.contains("fd00:50::1"), "{text_plan}");
+    insta::assert_snapshot!(text_plan);
+    // Applied, the network reads back with the same prefix: nothing left to do.
+    apply_ok(&lab(&text), &hv);
+    let (p, _) = plan_on(&lab(&text), &hv);
+    assert!(p.changes.iter().all(|c| c.action == Action::NoOp), "{}", plain(&p));
+}
+
+/// A lab prefix that another lab's network on the host already has is refused, naming it.
+#[test]
+fn refuses_subnet6_overlapping_a_host_network() {
+    let hv = host();
+    let other = "apiVersion: topo/v1\nname: other\nnetworks:\n  v6: {mode: isolated, subnet6: fd00:50::/64}\n";
+    apply_ok(&lab(other), &hv);
+    let text = edit(BASE, "    bridge: demo-lan\n", "    bridge: demo-lan\n    subnet6: fd00:50::/64\n");
+    let shown = refusal(&text, &hv);
+    assert!(shown.contains("subnet6 fd00:50::/64 of network `lan` overlaps network `other-v6`"), "{shown}");
+}

@@ -136,10 +136,14 @@ fn nic_line(state: &NicState) -> String {
     match state {
         NicState::WaitingForLease => "waiting for a DHCP lease".to_string(),
         NicState::LeasedNoReply { ip } => format!("leased {ip}, waiting for ARP"),
-        NicState::Verified { ip, seconds, rtt_ms: Some(ms), .. } => {
-            format!("{ip} verified by ARP after {seconds:.1}s (round trip {ms:.1} ms)")
+        NicState::Soliciting { ip } => format!("{ip}, waiting for a neighbour advertisement"),
+        NicState::Verified { ip, seconds, rtt_ms, evidence } => {
+            let by = if evidence.ndp { "NDP" } else { "ARP" };
+            match rtt_ms {
+                Some(ms) => format!("{ip} verified by {by} after {seconds:.1}s (round trip {ms:.1} ms)"),
+                None => format!("{ip} verified by {by} after {seconds:.1}s"),
+            }
         }
-        NicState::Verified { ip, seconds, .. } => format!("{ip} verified by ARP after {seconds:.1}s"),
         NicState::Failed { reason } => format!("FAILED: {reason}"),
         NicState::Skipped => "not verified (verify: none)".into(),
         NicState::Stopped => "not verified (state: stopped)".into(),

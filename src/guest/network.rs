@@ -37,6 +37,11 @@ fn addressing<'a>(lab: &'a Lab, vm: &Vm, nic: &'a Nic) -> Result<Addressing<'a>,
     })
 }
 
+/// The NIC's network is a lab network with an IPv6 prefix.
+fn has_subnet6(lab: &Lab, nic: &Nic) -> bool {
+    lab.networks.get(&nic.network).is_some_and(|n| matches!(&n.kind, NetworkKind::Managed(m) if m.subnet6.is_some()))
+}
+
 /// The metric of the default route of a VM's first NIC that gets one by DHCP, when several
 /// do (see [`network_config`]); the next get 100 more each. 100 is networkd's and
 /// NetworkManager's own metric for a wired link's DHCP routes.
@@ -52,7 +57,10 @@ pub const ROUTE_METRIC: u32 = 100;
 ///   with an address) and `gateway4` = the gateway on the first such NIC of a forwarding
 ///   network (nat, routed, open), unless a DHCP NIC already brings a default route: two
 ///   default routes would make ifupdown fail the second interface;
-/// - `dhcp4: false` where nothing assigns an address (the link is brought up only).
+/// - `dhcp4: false` where nothing assigns an address (the link is brought up only);
+/// - and, beside any of these, `accept-ra: true` where the NIC's network has a `subnet6`:
+///   the guest takes its SLAAC address from libvirt's router advertisements
+///   (docs/addressing.md, section IPv6). IPv4 is configured as without it.
 ///
 /// When two or more NICs get a default route by DHCP (external networks, lab networks other
 /// than `isolated`), each installs one and the guest would use whichever came up first. So
@@ -100,6 +108,9 @@ pub fn network_config(lab: &Lab, vm: &Vm) -> Result<Value, GuestError> {
             Addressing::LinkOnly => {
                 e.insert("dhcp4".into(), json!(false));
             }
+        }
+        if has_subnet6(lab, nic) {
+            e.insert("accept-ra".into(), json!(true));
         }
         ethernets.insert(nic.label(), Value::Object(e));
     }

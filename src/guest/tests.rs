@@ -89,6 +89,23 @@ fn one_default_route_among_dhcp_nics() {
     assert!(nc["ethernets"].as_object().unwrap().values().all(|e| e.get("dhcp4-overrides").is_none()), "{nc}");
 }
 
+/// A NIC on a network with `subnet6` gets `accept-ra: true` (netplan v2) beside its IPv4
+/// settings, unchanged: DHCPv4 on a network with both, link only (plus RAs) on an IPv6-only
+/// one; a NIC on a network without `subnet6` has no `accept-ra` key (docs/addressing.md,
+/// section IPv6).
+#[test]
+fn accept_ra_on_networks_with_subnet6() {
+    let text = "apiVersion: topo/v1\nname: r\nnetworks:\n  both: {subnet: 10.30.0.0/24, subnet6: fd00:30::/64}\n  v6: {mode: isolated, subnet6: fd00:31::/64}\n  v4: {mode: isolated, subnet: 10.32.0.0/24}\nvms:\n  a:\n    boot: {kernel: KERNEL}\n    nics: [{network: both}, {network: v6}, {network: v4}]\n"
+        .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let lab = crate::lab::validate::load(&SourceFile::from_text(Path::new("/labs/r.yaml"), text)).expect("valid lab");
+    let vm = lab.vms.values().next().expect("one vm");
+    let nc = network::network_config(&lab, vm).expect("network-config");
+    let e = &nc["ethernets"];
+    assert_eq!((&e["eth0"]["accept-ra"], &e["eth0"]["dhcp4"]), (&serde_json::json!(true), &serde_json::json!(true)));
+    assert_eq!((&e["eth1"]["accept-ra"], &e["eth1"]["dhcp4"]), (&serde_json::json!(true), &serde_json::json!(false)));
+    assert_eq!(e["eth2"].get("accept-ra"), None);
+}
+
 #[test]
 fn reservation_on_a_dhcp_network_is_still_dhcp() {
     insta::assert_snapshot!(seed(&lab(), "deb2").network_config);
@@ -280,7 +297,7 @@ fn report(lab: &Lab) -> crate::verify::VerifyReport {
             let state = match proven.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()) {
                 Some((_, _, a)) => NicState::Verified {
                     ip: ip(a),
-                    evidence: Evidence { mac: nic.mac, bridge: "virbr1".into() },
+                    evidence: Evidence { mac: nic.mac, bridge: "virbr1".into(), ndp: false },
                     seconds: 1.0,
                     rtt_ms: None,
                 },
@@ -426,7 +443,7 @@ vms:
             let (_, _, ip) = ips.iter().find(|(v, n, _)| *v == vm.name.as_str() && *n == nic.label()).unwrap();
             let state = NicState::Verified {
                 ip: ip.parse().unwrap(),
-                evidence: Evidence { mac: nic.mac, bridge: "topobr0".into() },
+                evidence: Evidence { mac: nic.mac, bridge: "topobr0".into(), ndp: false },
                 seconds: 1.0,
                 rtt_ms: None,
             };

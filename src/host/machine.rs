@@ -72,6 +72,11 @@ pub trait Machine: Send + Sync {
     /// The IPv4 routes of the main table (what libvirt's `networkCheckRouteCollision` reads,
     /// `/proc/net/route`); `None` when they cannot be read.
     fn routes(&self) -> Option<Vec<HostRoute>>;
+    /// The IPv6 routes (`/proc/net/ipv6_route`); `None` when they cannot be read (the
+    /// default, for machines that do not say).
+    fn routes6(&self) -> Option<Vec<crate::host::observed::HostRoute6>> {
+        None
+    }
     /// The file the image at `path` (an absolute path) opens under it, from its header as
     /// QEMU reads it ([`crate::host::image::read_header`], bounded).
     fn image_backing(&self, path: &str) -> ImageBacking;
@@ -240,6 +245,12 @@ impl Machine for LocalMachine {
 
     fn routes(&self) -> Option<Vec<HostRoute>> {
         std::fs::read_to_string(PROC_NET_ROUTE).ok().map(|t| HostRoute::parse_proc_net_route(&t))
+    }
+
+    fn routes6(&self) -> Option<Vec<crate::host::observed::HostRoute6>> {
+        std::fs::read_to_string("/proc/net/ipv6_route")
+            .ok()
+            .map(|t| crate::host::observed::HostRoute6::parse_proc_net_ipv6_route(&t))
     }
 
     fn image_backing(&self, path: &str) -> ImageBacking {
@@ -446,6 +457,11 @@ impl Machine for RemoteMachine {
         self.read("cat", &["cat", "/proc/net/route"]).map(|t| HostRoute::parse_proc_net_route(&t))
     }
 
+    fn routes6(&self) -> Option<Vec<crate::host::observed::HostRoute6>> {
+        self.read("cat", &["cat", "/proc/net/ipv6_route"])
+            .map(|t| crate::host::observed::HostRoute6::parse_proc_net_ipv6_route(&t))
+    }
+
     fn image_backing(&self, path: &str) -> ImageBacking {
         use crate::host::image::{HEADER_READ, ImageError, parse_header};
         let n = HEADER_READ.to_string();
@@ -537,6 +553,7 @@ pub fn observe(m: &dyn Machine, out: &mut Observed) -> Result<(), KernelError> {
     }
     out.kernel = m.kernel()?;
     out.host_routes = m.routes();
+    out.host_routes6 = m.routes6();
     for b in out.networks.values().filter(|n| n.active).filter_map(|n| n.bridge_now().map(str::to_owned)) {
         if let Some(macs) = m.bridge_macs(&b) {
             out.bridge_macs.insert(b, macs);

@@ -3,7 +3,7 @@
 //! Filled by a `Hypervisor` in one pass before planning; the planner reads it and does no I/O.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
@@ -34,6 +34,14 @@ pub struct ObservedIp {
     pub hosts: Vec<ObservedHost>,
 }
 
+/// A network's IPv6 `<ip family='ipv6' address prefix>`: the bridge's address and the
+/// prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ObservedIp6 {
+    pub address: Ipv6Addr,
+    pub prefix: u8,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ObservedNetwork {
     pub name: String,
@@ -61,6 +69,8 @@ pub struct ObservedNetwork {
     pub mtu: Option<u32>,
     /// First IPv4 `<ip>` element, if any.
     pub ip: Option<ObservedIp>,
+    /// First IPv6 `<ip family='ipv6'>` element, if any.
+    pub ip6: Option<ObservedIp6>,
     /// False when dnsmasq runs with `no-ping` (set through dnsmasq:options).
     pub dhcp_ping: bool,
     pub owner: Option<OwnerTag>,
@@ -269,6 +279,10 @@ pub struct Observed {
     /// URI). libvirt refuses to start a network whose subnet is one of them
     /// ([`HostRoute::collides`]); the planner refuses it first.
     pub host_routes: Option<Vec<HostRoute>>,
+    /// The IPv6 routes of the libvirt host (`/proc/net/ipv6_route`), as `host_routes`;
+    /// `None` when topo cannot see them. A lab's `subnet6` may not overlap one that is not
+    /// a libvirt network's ([`HostRoute6::overlaps`]).
+    pub host_routes6: Option<Vec<HostRoute6>>,
     /// What libvirt's storage API says about each file the lab's domains open (kernel,
     /// initrd, base image), by path, when the libvirt host is not this machine
     /// ([`crate::host::hypervisor::observe_paths`]); on a local host, each base image's header read
@@ -394,6 +408,48 @@ impl HostRoute {
                     destination: Ipv4Addr::from(u32::from(dest) & u32::from(mask)),
                     netmask: mask,
                 })
+            })
+            .collect()
+    }
+}
+
+/// One IPv6 route of the host, as `/proc/net/ipv6_route` lists it: the device and the
+/// destination prefix.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostRoute6 {
+    /// The route's device (the file's last field): `tun0`, `docker0`, `virbr0`, `lo`, ...
+    pub device: String,
+    pub destination: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl HostRoute6 {
+    /// Whether this route takes addresses of a lab's `prefix` elsewhere: a route (not the
+    /// default route, not a host's own /128) whose destination overlaps it. topo's own rule:
+    /// libvirt checks IPv4 routes only (`networkCheckRouteCollision`), and the kernel would
+    /// take a second route to the prefix, so guests would be reachable or not by metric.
+    pub fn overlaps(&self, prefix: ipnetwork::Ipv6Network) -> bool {
+        if self.prefix == 0 || self.prefix == 128 {
+            return false;
+        }
+        ipnetwork::Ipv6Network::new(self.destination, self.prefix)
+            .is_ok_and(|r| r.contains(prefix.network()) || prefix.contains(r.network()))
+    }
+
+    /// The routes of `/proc/net/ipv6_route`'s text (net/ipv6/route.c `rt6_info_seq_show`):
+    /// per line the destination (32 hex digits), its prefix length (2 hex digits) and, as the
+    /// last field, the device; lines that do not parse are skipped.
+    pub fn parse_proc_net_ipv6_route(text: &str) -> Vec<HostRoute6> {
+        text.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (dest, len, device) = (f.first()?, f.get(1)?, f.last()?);
+                if f.len() < 10 {
+                    return None;
+                }
+                let destination = Ipv6Addr::from(u128::from_str_radix(dest, 16).ok()?);
+                let prefix = u8::from_str_radix(len, 16).ok()?;
+                Some(HostRoute6 { device: (*device).to_string(), destination, prefix })
             })
             .collect()
     }
@@ -549,5 +605,34 @@ garbage
         assert!(!route("10.8.0.0", "255.255.0.0").collides(net("10.8.0.0/24")));
         assert!(!route("10.8.0.0", "255.255.255.0").collides(net("10.8.0.0/16")));
         assert!(!route("0.0.0.0", "0.0.0.0").collides(net("10.8.0.0/24")));
+    }
+}
+
+#[cfg(test)]
+mod route6_tests {
+    use super::HostRoute6;
+
+    /// `/proc/net/ipv6_route` as this machine's kernel prints it (6.1): a /64 on eth0, the
+    /// link-local /64, the default route, a host's own /128 on `lo`, a multicast /8.
+    const TABLE: &str = "\
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000002 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0
+fd00001000000000000000000000000a 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo
+ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000004 00000000 00000001     eth0
+garbage
+";
+
+    #[test]
+    fn parses_and_overlaps_only_prefix_routes() {
+        let r = HostRoute6::parse_proc_net_ipv6_route(TABLE);
+        assert_eq!(r.len(), 5);
+        assert_eq!((r[0].device.as_str(), r[0].destination.to_string(), r[0].prefix), ("eth0", "fd00::".into(), 64));
+        let p = |s: &str| s.parse::<ipnetwork::Ipv6Network>().expect("prefix");
+        // The eth0 /64 is the lab's prefix; the default route and a /128 never count.
+        assert!(r[0].overlaps(p("fd00::/64")));
+        assert!(!r[0].overlaps(p("fd00:10::/64")));
+        assert!(!r[2].overlaps(p("fd00::/64")), "default route");
+        assert!(!r[3].overlaps(p("fd00:10::/64")), "a host's own /128");
     }
 }

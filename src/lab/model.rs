@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use miette::SourceSpan;
 use serde::{Deserialize, Serialize};
 
@@ -270,6 +270,13 @@ pub struct ManagedNetwork {
     pub subnet: Option<Ipv4Network>,
     /// The host bridge's address; present exactly when `subnet` is.
     pub gateway: Option<Ipv4Addr>,
+    /// The IPv6 prefix (`subnet6:`, always a /64): libvirt's dnsmasq sends router
+    /// advertisements for it and every guest NIC on the network configures its SLAAC
+    /// address ([`crate::lab::ipv6::slaac_address`]). `None`: no IPv6 `<ip>` on the network.
+    pub subnet6: Option<Ipv6Network>,
+    /// The host bridge's IPv6 address; present exactly when `subnet6` is (default: the
+    /// prefix's `::1`).
+    pub gateway6: Option<Ipv6Addr>,
     /// The dynamic DHCP range; `None` turns the pool off, reservations are still served
     /// when there is a subnet (see [`ManagedNetwork::dhcp_service`]).
     pub dhcp: Option<DhcpRange>,
@@ -308,8 +315,8 @@ pub struct ManagedNetwork {
 ///   `virNetDevTapCreateInBridgePort`, `virNetDevSetMTU`: EINVAL).
 ///
 /// Both ends are far inside libvirt's own bound (`<mtu size>`: an unsigned int, non-zero in a
-/// domain's `<interface>`). An MTU under 1280 is fine for IPv4; topo says nothing of IPv6
-/// (which needs 1280, RFC 8200 section 5) because its labs address guests by IPv4 only.
+/// domain's `<interface>`). An MTU under 1280 is fine for IPv4; a network with `subnet6`
+/// needs 1280 or more (RFC 8200 section 5), which validation checks beside this range.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65521;
 
 /// Why [`Lab::set_network_mtu`] refused.

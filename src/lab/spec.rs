@@ -199,6 +199,14 @@ pub struct NetworkSpec {
     /// Address of the host bridge (default: the first address of the subnet).
     #[schemars(with = "Option<String>")]
     pub gateway: Option<Spanned<String>>,
+    /// IPv6 prefix in CIDR form, exactly a /64, e.g. `fd00:10::/64` (beside `subnet:` or
+    /// alone): libvirt's dnsmasq sends router advertisements on it and every guest NIC takes
+    /// its SLAAC address (the prefix + the modified EUI-64 of its MAC, docs/addressing.md).
+    #[schemars(with = "Option<String>")]
+    pub subnet6: Option<Spanned<String>>,
+    /// IPv6 address of the host bridge (default: the prefix's `::1`). Needs `subnet6`.
+    #[schemars(with = "Option<String>")]
+    pub gateway6: Option<Spanned<String>>,
     /// DHCP: `true` (default when a subnet is given), `false`, or `{start, end}`.
     #[schemars(with = "Option<DhcpSpec>")]
     pub dhcp: Option<Spanned<DhcpSpec>>,

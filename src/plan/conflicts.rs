@@ -273,6 +273,7 @@ fn network_conflicts(lab: &Lab, net: &Network, observed: &Observed) -> Vec<Probl
         (NetworkKind::Managed(m), _) => {
             out.extend(host_network_clashes(lab, net, m, observed));
             out.extend(route_taken(net, m, observed));
+            out.extend(route6_taken(net, m, observed));
             out.extend(interface_taken(net, m, observed));
         }
     }
@@ -355,6 +356,26 @@ fn host_network_clashes(lab: &Lab, net: &Network, m: &ManagedNetwork, observed: 
                 "pick a subnet that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)",
             ));
         }
+        // The same for the IPv6 prefix: the host routes each prefix to one bridge.
+        if let (Some(prefix), Some(ip6)) = (m.subnet6, &other.ip6)
+            && let Ok(theirs) = ipnetwork::Ipv6Network::new(ip6.address, ip6.prefix)
+            && (prefix.contains(theirs.network()) || theirs.contains(prefix.network()))
+        {
+            out.push(Problem::at(
+                Code::HostSubnetOverlap,
+                net.span,
+                format!(
+                    "subnet6 {prefix} of network `{}` overlaps network `{}` on the host ({}/{}, {})",
+                    net.name,
+                    other.name,
+                    ip6.address,
+                    ip6.prefix,
+                    owner_text(other.owner.as_ref(), &other.name)
+                ),
+                "this network",
+                "pick a /64 that no network on the host uses (see `virsh net-list --all` and `virsh net-dumpxml`)",
+            ));
+        }
         if let (Some(b), Some(theirs)) = (&m.bridge, &other.bridge)
             && b.as_str() == theirs
         {
@@ -402,6 +423,41 @@ fn route_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<Pr
                 "this network would start on that subnet",
                 format!(
                     "pick a subnet that no route of the host uses (see `ip -4 route`), or take `{}` down first",
+                    r.device
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// A route of the host that overlaps the lab network's IPv6 prefix, on a device that is no
+/// libvirt network's bridge (a VPN's tun, docker0, the host's own LAN): guests on the
+/// prefix would be reached through one or the other by metric. Checked where the network
+/// starts (create, replace), as [`route_taken`]. topo's own rule
+/// ([`crate::host::observed::HostRoute6::overlaps`]).
+fn route6_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let (Some(prefix), Some(routes)) = (m.subnet6, &observed.host_routes6)
+        && starts_network(m, net.libvirt_name.as_str(), observed)
+    {
+        let bridges: BTreeSet<&str> = observed
+            .networks
+            .values()
+            .flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter()))
+            .map(String::as_str)
+            .collect();
+        for r in routes.iter().filter(|r| !bridges.contains(r.device.as_str()) && r.overlaps(prefix)) {
+            out.push(Problem::at(
+                Code::HostRouteTaken,
+                net.span,
+                format!(
+                    "subnet6 {prefix} of network `{}` overlaps a route of the host, {}/{} through `{}`",
+                    net.name, r.destination, r.prefix, r.device
+                ),
+                "this network would start on that prefix",
+                format!(
+                    "pick a /64 that no route of the host uses (see `ip -6 route`), or take `{}` down first",
                     r.device
                 ),
             ));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 use crate::host::observed::{ObservedDomain, ObservedMode, ObservedNetwork};
@@ -31,6 +31,11 @@ pub enum Field {
     Subnet,
     /// `gateway`: the bridge's own address.
     Gateway,
+    /// `subnet6`: the IPv6 prefix (`address/64`), when the lab or the host has one; `none`
+    /// when only the host's network has one.
+    Subnet6,
+    /// `gateway6`: the bridge's own IPv6 address.
+    Gateway6,
     /// `dhcp`: what libvirt's dnsmasq serves.
     Dhcp,
     /// `dhcp_ping`: dnsmasq pings an address before it leases it, `on`/`off`.
@@ -111,6 +116,8 @@ impl Field {
             Stp => "stp",
             Subnet => "subnet",
             Gateway => "gateway",
+            Subnet6 => "subnet6",
+            Gateway6 => "gateway6",
             Dhcp => "dhcp",
             DhcpPing => "dhcp_ping",
             Autostart => "autostart",
@@ -201,6 +208,8 @@ impl FromStr for Field {
             "stp" => Stp,
             "subnet" => Subnet,
             "gateway" => Gateway,
+            "subnet6" => Subnet6,
+            "gateway6" => Gateway6,
             "dhcp" => Dhcp,
             "dhcp_ping" => DhcpPing,
             "autostart" => Autostart,
@@ -284,6 +293,12 @@ pub fn desired_network(m: &ManagedNetwork) -> Fields {
     if let Some(g) = m.gateway {
         put(&mut f, Field::Gateway, g.to_string(), Replace);
     }
+    // Only with a `subnet6`: a network without one keeps the fields (and spec hash) it had
+    // before topo knew IPv6. A change replaces the network, as for `subnet`.
+    if let (Some(s), Some(g)) = (m.subnet6, m.gateway6) {
+        put(&mut f, Field::Subnet6, s.to_string(), Replace);
+        put(&mut f, Field::Gateway6, g.to_string(), Replace);
+    }
     put(&mut f, Field::Dhcp, m.dhcp_service().to_string(), Replace);
     put(&mut f, Field::DhcpPing, onoff(m.dhcp_ping), Replace);
     // libvirt cannot change a running network's MTU: the network is defined again and
@@ -340,6 +355,23 @@ pub fn observed_network(o: &ObservedNetwork, desired: &Fields) -> Fields {
             put(&mut f, Field::Subnet, "none", Replace);
             put(&mut f, Field::Dhcp, DhcpService::Off.to_string(), Replace);
         }
+    }
+    // Compared when either side has one: an IPv6 `<ip>` the file no longer asks for is a
+    // change too.
+    match o.ip6 {
+        Some(ip6) => {
+            let prefix = Ipv6Network::new(ip6.address, ip6.prefix)
+                .and_then(|n| Ipv6Network::new(n.network(), ip6.prefix))
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| format!("{}/{}", ip6.address, ip6.prefix));
+            put(&mut f, Field::Subnet6, prefix, Replace);
+            put(&mut f, Field::Gateway6, ip6.address.to_string(), Replace);
+        }
+        None if desired.contains_key(&Field::Subnet6) => {
+            put(&mut f, Field::Subnet6, "none", Replace);
+            put(&mut f, Field::Gateway6, "none", Replace);
+        }
+        None => {}
     }
     put(&mut f, Field::DhcpPing, onoff(o.dhcp_ping), Replace);
     // Compared when either side has one: an MTU set by hand (or one the file no longer asks

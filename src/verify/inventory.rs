@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::host::runner::SshTarget;
 use crate::lab::model::Lab;
-use crate::verify::{NicState, VerifyReport};
+use crate::verify::{Family, NicState, VerifyReport};
 
 /// One NIC in the inventory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -24,6 +24,9 @@ pub struct InvNic {
     /// The address topo proved by ARP (or, on a remote host, the one libvirt reports);
     /// `None` when there is none.
     pub address: Option<Ipv4Addr>,
+    /// The IPv6 address topo proved by NDP (its SLAAC address on a network with `subnet6`);
+    /// `None` when there is none.
+    pub address6: Option<Ipv6Addr>,
     /// `verified`, `reported`, `skipped` (`verify: none`), `stopped` (the VM is `state:
     /// stopped`) or `unproven`.
     pub state: &'static str,
@@ -92,18 +95,32 @@ impl Inventory {
                     .nics
                     .iter()
                     .map(|nic| {
-                        let state = report
-                            .nics
-                            .iter()
-                            .find(|o| o.target.vm == vm.name && o.target.mac == nic.mac)
-                            .map(|o| &o.state);
-                        let (address, state) = match state {
-                            Some(NicState::Verified { ip, .. }) => (Some(*ip), "verified"),
+                        let outcome = |family: Family| {
+                            report
+                                .nics
+                                .iter()
+                                .find(|o| {
+                                    o.target.vm == vm.name && o.target.mac == nic.mac && o.target.family == family
+                                })
+                                .map(|o| &o.state)
+                        };
+                        let v6 = outcome(Family::Ipv6);
+                        let address6 = match v6 {
+                            Some(NicState::Verified { ip: IpAddr::V6(ip), .. }) => Some(*ip),
+                            _ => None,
+                        };
+                        // The IPv4 outcome says the state; an IPv6-only NIC's own says it.
+                        let (address, state) = match outcome(Family::Ipv4).or(v6) {
+                            Some(NicState::Verified { ip: IpAddr::V4(ip), .. }) => (Some(*ip), "verified"),
+                            Some(NicState::Verified { ip: IpAddr::V6(_), .. }) => (None, "verified"),
                             Some(NicState::Reported { ip, .. }) => (Some(*ip), "reported"),
                             Some(NicState::Skipped) => (None, "skipped"),
                             Some(NicState::Stopped) => (None, "stopped"),
                             Some(
-                                NicState::WaitingForLease | NicState::LeasedNoReply { .. } | NicState::Failed { .. },
+                                NicState::WaitingForLease
+                                | NicState::LeasedNoReply { .. }
+                                | NicState::Soliciting { .. }
+                                | NicState::Failed { .. },
                             )
                             | None => (None, "unproven"),
                         };
@@ -112,6 +129,7 @@ impl Inventory {
                             network: nic.network.to_string(),
                             mac: nic.mac.to_string(),
                             address,
+                            address6,
                             state,
                             proxy_jump: None,
                         }
@@ -274,7 +292,12 @@ impl Inventory {
                 .map(|n| {
                     (
                         n.nic.clone(),
-                        json!({"network": n.network, "mac": n.mac, "address": n.address.map(|a| a.to_string())}),
+                        json!({
+                            "network": n.network,
+                            "mac": n.mac,
+                            "address": n.address.map(|a| a.to_string()),
+                            "address6": n.address6.map(|a| a.to_string()),
+                        }),
                     )
                 })
                 .collect();

@@ -1,5 +1,7 @@
 //! Proof after apply that every NIC holds an IPv4 address: an ARP reply from the NIC's own MAC
-//! on its network's bridge. Leases only say where to look; they never count as proof.
+//! on its network's bridge. Leases only say where to look; they never count as proof. On a
+//! network with `subnet6`, the NIC's SLAAC address is proven apart, by a Neighbor
+//! Advertisement from its MAC ([`ndp`], [`run6`]; docs/addressing.md, section IPv6).
 //!
 //! - [`target`]: what is verified, one [`NicTarget`] per NIC, and where frames may go
 //!   ([`HostAccess`]: never to a test or remote driver's bridge names);
@@ -15,9 +17,11 @@ pub mod arp;
 pub mod arping;
 pub mod inventory;
 pub mod known_hosts;
+pub mod ndp;
 pub mod prober;
 pub mod report;
 pub mod run;
+pub mod run6;
 pub mod sources;
 pub mod state;
 pub mod status;
@@ -31,7 +35,7 @@ pub use sources::{Clock, HypervisorLeases, LastLeases, LeaseSource, SystemClock,
 #[cfg(any(test, feature = "testing"))]
 pub use sources::{FakeClock, FakeLeases};
 pub use state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
-pub use target::{HostAccess, NicTarget, targets};
+pub use target::{Family, HostAccess, NicTarget, targets};
 
 use crate::host::hypervisor::HvError;
 use crate::verify::prober::ProbeError;

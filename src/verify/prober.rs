@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use pnet_datalink::{self as datalink, Channel, Config, DataLinkReceiver, DataLin
 
 use crate::lab::model::MacAddr;
 use crate::verify::arp::{ArpReply, build_request, parse_reply};
+use crate::verify::ndp::{NeighborAdvert, build_solicit, parse_advert};
 
 const HELP_PERMISSION: &str = "ARP probing sends raw Ethernet frames, which needs root or the \
 CAP_NET_RAW capability: run topo as root, or grant it once with \
@@ -61,6 +62,17 @@ pub enum ProbeError {
     #[diagnostic(code(topo::probe::remote))]
     Remote { bridge: String, host: String, message: String },
 
+    /// The prober cannot ask by NDP (a remote host's `arping`), or the bridge has no IPv6
+    /// address to solicit from.
+    #[error("cannot send a neighbour solicitation on {bridge}: {why}")]
+    #[diagnostic(
+        code(topo::probe::ipv6),
+        help(
+            "IPv6 addresses are proven by NDP on the bridge where topo runs; set `verify: none` on the NIC to skip it"
+        )
+    )]
+    NoIpv6 { bridge: String, why: String },
+
     #[error("ARP probe on {bridge}: {op} failed")]
     #[diagnostic(code(topo::probe::io))]
     Io {
@@ -81,6 +93,7 @@ impl ProbeError {
             | ProbeError::PermissionDenied { bridge }
             | ProbeError::ToolMissing { bridge, .. }
             | ProbeError::Remote { bridge, .. }
+            | ProbeError::NoIpv6 { bridge, .. }
             | ProbeError::Io { bridge, .. } => bridge,
         }
     }
@@ -103,6 +116,9 @@ impl ProbeError {
 /// A reply with its round-trip time, where the prober measures it ([`Prober::probe_timed`]).
 pub type TimedReply = (ArpReply, Option<Duration>);
 
+/// A Neighbor Advertisement with its round-trip time ([`Prober::probe6`]).
+pub type TimedAdvert = (NeighborAdvert, Option<Duration>);
+
 /// Asks a bridge who holds IPv4 addresses. Only what verification needs.
 pub trait Prober: Send + Sync {
     /// Sends one ARP request per distinct target on `bridge`, then collects replies until
@@ -120,6 +136,25 @@ pub trait Prober: Send + Sync {
         timeout: Duration,
         grace: Duration,
     ) -> Result<Vec<TimedReply>, ProbeError>;
+
+    /// The IPv6 counterpart of [`Prober::probe_timed`]: one Neighbor Solicitation per
+    /// distinct target on `bridge` (from the bridge's IPv6 address in the target's /64, else
+    /// its link-local one), then every advertisement for a target not from the bridge's own
+    /// MAC, sorted, each with the time from its solicitation. Timeout and grace as there.
+    ///
+    /// # Errors
+    /// As `probe_timed`; [`ProbeError::NoIpv6`] when this prober cannot ask by NDP (the
+    /// default: a prober that only speaks ARP) or the bridge has no IPv6 address.
+    fn probe6(
+        &self,
+        bridge: &str,
+        targets: &[Ipv6Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedAdvert>, ProbeError> {
+        let _ = (targets, timeout, grace);
+        Err(ProbeError::NoIpv6 { bridge: bridge.to_owned(), why: "this prober asks by ARP only".to_owned() })
+    }
 
     /// [`Prober::probe_timed`] without the round-trip times.
     fn probe(
@@ -289,6 +324,125 @@ impl Prober for PnetProber {
             .map(|(r, at)| (r, sent_at.get(&r.sender_ip).map(|s| at.saturating_duration_since(*s))))
             .collect())
     }
+
+    fn probe6(
+        &self,
+        bridge: &str,
+        targets: &[Ipv6Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedAdvert>, ProbeError> {
+        self.probe6_raw(bridge, targets, timeout, grace)
+    }
+}
+
+impl PnetProber {
+    /// [`Prober::probe6`] on a raw socket: the solicitations go out one by one, the reader
+    /// keeps the first time each (MAC, target) advertised.
+    fn probe6_raw(
+        &self,
+        bridge: &str,
+        targets: &[Ipv6Addr],
+        timeout: Duration,
+        grace: Duration,
+    ) -> Result<Vec<TimedAdvert>, ProbeError> {
+        let iface = bridge_interface(bridge)?;
+        let wanted: BTreeSet<Ipv6Addr> = targets.iter().copied().collect();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut tx, mut rx) = self.open_channel(bridge, &iface)?;
+        let own_mac = iface
+            .mac
+            .filter(|m| !m.is_zero())
+            .and_then(|m| MacAddr::unicast(m).ok())
+            .ok_or_else(|| ProbeError::NoMac { bridge: bridge.to_owned() })?;
+        let addrs: Vec<(Ipv6Addr, u8)> = iface
+            .ips
+            .iter()
+            .filter_map(|n| match n.ip() {
+                std::net::IpAddr::V6(ip) => Some((ip, n.prefix())),
+                std::net::IpAddr::V4(_) => None,
+            })
+            .collect();
+        let stop = AtomicBool::new(false);
+        let answered = AtomicUsize::new(0);
+        let (sent, read) = thread::scope(|s| {
+            let reader = s.spawn(|| read_adverts(rx.as_mut(), &stop, &answered, own_mac, &wanted));
+            let stopper = StopOnDrop(&stop);
+            let sent = (|| {
+                let mut sent_at = BTreeMap::new();
+                for target in &wanted {
+                    let src = source_ip6(&addrs, *target).ok_or_else(|| ProbeError::NoIpv6 {
+                        bridge: bridge.to_owned(),
+                        why: "the bridge has no IPv6 address (is IPv6 on for it, and has its link-local address                               finished duplicate address detection?)"
+                            .to_owned(),
+                    })?;
+                    Self::send(bridge, tx.as_mut(), &build_solicit(own_mac, src, *target))?;
+                    sent_at.insert(*target, Instant::now());
+                }
+                Ok(sent_at)
+            })();
+            if sent.is_ok() {
+                wait_for_answers(&answered, wanted.len(), timeout, grace);
+            }
+            drop(stopper);
+            let read = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (sent, read)
+        });
+        let sent_at: BTreeMap<Ipv6Addr, Instant> = sent?;
+        let got = read.map_err(|e| ProbeError::from_io(bridge, "reading advertisements", e))?;
+        Ok(got
+            .into_iter()
+            .map(|(a, at)| (a, sent_at.get(&a.target).map(|s| at.saturating_duration_since(*s))))
+            .collect())
+    }
+}
+
+/// The bridge address a solicitation for `target` comes from: one in the target's /64 (the
+/// network's `gateway6`), else a link-local one (RFC 4861 7.2.2 allows any of the
+/// interface's addresses), else none. `addrs` are (address, prefix length).
+pub fn source_ip6(addrs: &[(Ipv6Addr, u8)], target: Ipv6Addr) -> Option<Ipv6Addr> {
+    let same64 = |a: &Ipv6Addr| a.octets()[..8] == target.octets()[..8];
+    addrs
+        .iter()
+        .map(|(a, _)| *a)
+        .find(same64)
+        .or_else(|| addrs.iter().map(|(a, _)| *a).find(|a| a.segments()[0] & 0xffc0 == 0xfe80))
+}
+
+/// [`read_replies`] for advertisements: the first time each one (sender MAC, target, ...)
+/// came for one of `wanted`, not from `own_mac`; `answered` counts the distinct targets.
+fn read_adverts(
+    rx: &mut dyn DataLinkReceiver,
+    stop: &AtomicBool,
+    answered: &AtomicUsize,
+    own_mac: MacAddr,
+    wanted: &BTreeSet<Ipv6Addr>,
+) -> io::Result<BTreeMap<NeighborAdvert, Instant>> {
+    let mut got = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    loop {
+        let last = stop.load(Ordering::Acquire);
+        match rx.next() {
+            Ok(frame) => {
+                if let Some(a) = parse_advert(frame)
+                    && a.sender_mac != own_mac
+                    && wanted.contains(&a.target)
+                {
+                    got.entry(a).or_insert_with(Instant::now);
+                    if seen.insert(a.target) {
+                        answered.store(seen.len(), Ordering::Release);
+                    }
+                }
+            }
+            Err(e) if is_transient(&e) => {}
+            Err(e) => return Err(e),
+        }
+        if last {
+            return Ok(got);
+        }
+    }
 }
 
 /// The bridge's interface, which must exist and be up.
@@ -385,14 +539,15 @@ pub use fake::{FakeCall, FakeProber};
 #[cfg(any(test, feature = "testing"))]
 mod fake {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
     use std::sync::Mutex;
     use std::thread::{self, ThreadId};
     use std::time::Duration;
 
-    use super::{ProbeError, Prober, TimedReply};
+    use super::{ProbeError, Prober, TimedAdvert, TimedReply};
     use crate::lab::model::MacAddr;
     use crate::verify::arp::ArpReply;
+    use crate::verify::ndp::NeighborAdvert;
 
     /// One call the fake saw, for assertions.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -416,6 +571,7 @@ mod fake {
     #[derive(Default, Debug)]
     struct FakeState {
         probes: BTreeMap<(String, Ipv4Addr), u32>,
+        probes6: BTreeMap<(String, Ipv6Addr), u32>,
         calls: Vec<FakeCall>,
     }
 
@@ -428,6 +584,7 @@ mod fake {
         down: BTreeSet<String>,
         denied: bool,
         answers: BTreeMap<(String, Ipv4Addr), Vec<FakeAnswer>>,
+        answers6: BTreeMap<(String, Ipv6Addr), Vec<FakeAnswer>>,
         state: Mutex<FakeState>,
     }
 
@@ -466,6 +623,17 @@ mod fake {
             self.bridges.insert(bridge.to_owned());
             self.answers.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after: 0, rtt: Some(rtt) });
             self
+        }
+        /// `mac` advertises `ip` on `bridge` once `ip` has been solicited `after` times
+        /// there (a guest whose address is tentative, in DAD, until then).
+        pub fn answer6_after(mut self, bridge: &str, ip: Ipv6Addr, mac: MacAddr, after: u32) -> Self {
+            self.bridges.insert(bridge.to_owned());
+            self.answers6.entry((bridge.to_owned(), ip)).or_default().push(FakeAnswer { mac, after, rtt: None });
+            self
+        }
+        /// How often `ip` was solicited on `bridge`.
+        pub fn solicits_of(&self, bridge: &str, ip: Ipv6Addr) -> u32 {
+            self.lock().probes6.get(&(bridge.to_owned(), ip)).copied().unwrap_or(0)
         }
         /// Every call so far, in order.
         pub fn calls(&self) -> Vec<FakeCall> {
@@ -516,6 +684,45 @@ mod fake {
                     if before >= a.after {
                         let r = ArpReply { sender_mac: a.mac, sender_ip: ip, target_ip: Ipv4Addr::UNSPECIFIED };
                         got.entry(r).or_insert(a.rtt);
+                    }
+                }
+            }
+            Ok(got.into_iter().collect())
+        }
+
+        fn probe6(
+            &self,
+            bridge: &str,
+            targets: &[Ipv6Addr],
+            _timeout: Duration,
+            _grace: Duration,
+        ) -> Result<Vec<TimedAdvert>, ProbeError> {
+            let mut st = self.lock();
+            if !self.bridges.contains(bridge) {
+                return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
+            }
+            if self.down.contains(bridge) {
+                return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+            }
+            if self.denied {
+                return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
+            }
+            let mut got = BTreeMap::new();
+            for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
+                let key = (bridge.to_owned(), ip);
+                let n = st.probes6.entry(key.clone()).or_default();
+                let before = *n;
+                *n += 1;
+                for a in self.answers6.get(&key).into_iter().flatten() {
+                    if before >= a.after {
+                        let na = NeighborAdvert {
+                            sender_mac: a.mac,
+                            target_mac: Some(a.mac),
+                            target: ip,
+                            source: ip,
+                            solicited: true,
+                        };
+                        got.entry(na).or_insert(a.rtt);
                     }
                 }
             }

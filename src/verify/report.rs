@@ -18,6 +18,9 @@ struct JsonNic<'a> {
     network: &'a str,
     bridge: Option<&'a str>,
     mac: String,
+    /// `ipv4` (proven by ARP) or `ipv6` (proven by NDP): a NIC on a network with both
+    /// `subnet` and `subnet6` has a row of each.
+    family: &'static str,
     address: Option<String>,
     state: &'static str,
     evidence: Option<String>,
@@ -72,6 +75,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         ),
         NicState::LeasedNoReply { ip } => ("leased", Some(ip.to_string()), None, None, None, None),
         NicState::WaitingForLease => ("waiting", None, None, None, None, None),
+        NicState::Soliciting { ip } => ("waiting", Some(ip.to_string()), None, None, None, None),
     };
     let same_mac = match &n.state {
         NicState::Failed { reason: FailReason::DuplicateMac { domains, .. } } => Some(domains.as_slice()),
@@ -85,6 +89,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         network: t.network.as_str(),
         bridge: t.bridge.as_deref(),
         mac: t.mac.to_string(),
+        family: t.family.as_str(),
         address,
         state,
         evidence,
@@ -199,6 +204,8 @@ mod tests {
                 bridge: Some("virbr1".into()),
                 no_bridge: None,
                 mac,
+                family: Default::default(),
+                address6: None,
                 reservation: None,
                 dhcp: true,
                 subnet: Some("10.0.0.0/24".parse().unwrap()),
@@ -215,7 +222,7 @@ mod tests {
 
     /// One NIC in every final state a user can see, the failures with their help.
     fn every_state() -> VerifyReport {
-        let ip = |s: &str| s.parse().unwrap();
+        let ip = |s: &str| -> std::net::Ipv4Addr { s.parse().unwrap() };
         let a: MacAddr = "52:54:00:00:00:0a".parse().unwrap();
         let stranger: MacAddr = "52:54:00:ff:ff:ff".parse().unwrap();
         VerifyReport {
@@ -225,8 +232,8 @@ mod tests {
                     "eth0",
                     "52:54:00:00:00:0a",
                     NicState::Verified {
-                        ip: ip("10.0.0.5"),
-                        evidence: Evidence { mac: a, bridge: "virbr1".into() },
+                        ip: ip("10.0.0.5").into(),
+                        evidence: Evidence { mac: a, bridge: "virbr1".into(), ndp: false },
                         seconds: 2.4,
                         rtt_ms: Some(51.2345),
                     },

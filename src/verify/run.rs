@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::VerifyError;
 use super::sources::{Clock, LeaseSource};
 use super::state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
-use super::target::NicTarget;
+use super::target::{Family, NicTarget};
 use crate::host::observed::Lease;
 use crate::lab::model::MacAddr;
 use crate::verify::arp::ArpReply;
@@ -142,6 +142,10 @@ fn diagnose(t: &NicTarget, tr: &Track) -> FailReason {
 /// `cancel` (set by Ctrl-C, SIGTERM, SIGHUP) is checked before and after each round's probe:
 /// once set, every NIC not yet settled fails as [`FailReason::Interrupted`] and the report is
 /// returned at once.
+///
+/// IPv6 targets ([`Family::Ipv6`]) are proven apart, by NDP ([`super::run6::verify6`]), after
+/// the IPv4 ones and within what is left of the same timeout; the report keeps the order of
+/// `targets`.
 pub fn verify<P, L, C, F>(
     targets: &[NicTarget],
     prober: &P,
@@ -156,6 +160,53 @@ where
     L: LeaseSource + ?Sized,
     C: Clock + ?Sized,
     F: FnMut(&NicProgress<'_>),
+{
+    let (v6, v4): (Vec<usize>, Vec<usize>) = (0..targets.len()).partition(|&i| targets[i].family == Family::Ipv6);
+    if v6.is_empty() {
+        return verify4(targets, prober, leases, clock, opts, cancel, &mut progress);
+    }
+    let pick = |idx: &[usize]| idx.iter().map(|&i| targets[i].clone()).collect::<Vec<_>>();
+    let (t4, t6) = (pick(&v4), pick(&v6));
+    let mut states: Vec<Option<NicState>> = vec![None; targets.len()];
+    let r4 = verify4(&t4, prober, leases, clock, opts, cancel, &mut |p: &NicProgress<'_>| {
+        progress(&NicProgress { index: v4[p.index], ..*p })
+    })?;
+    for (o, &i) in r4.nics.into_iter().zip(&v4) {
+        states[i] = Some(o.state);
+    }
+    let r6 = super::run6::verify6(&t6, prober, clock, opts, cancel, &mut |p: &NicProgress<'_>| {
+        progress(&NicProgress { index: v6[p.index], ..*p })
+    })?;
+    for (o, &i) in r6.nics.into_iter().zip(&v6) {
+        states[i] = Some(o.state);
+    }
+    Ok(VerifyReport {
+        nics: targets
+            .iter()
+            .zip(states)
+            // Invariant: every index is in v4 or v6, and each report has one state per target.
+            .map(|(t, s)| NicOutcome {
+                target: t.clone(),
+                state: s.unwrap_or(NicState::Failed { reason: FailReason::Interrupted }),
+            })
+            .collect(),
+    })
+}
+
+/// The IPv4 loop of [`verify`] (every target is IPv4).
+fn verify4<P, L, C>(
+    targets: &[NicTarget],
+    prober: &P,
+    leases: &L,
+    clock: &C,
+    opts: &VerifyOptions,
+    cancel: &AtomicBool,
+    mut progress: &mut dyn FnMut(&NicProgress<'_>),
+) -> Result<VerifyReport, VerifyError>
+where
+    P: Prober + ?Sized,
+    L: LeaseSource + ?Sized,
+    C: Clock + ?Sized,
 {
     let mut tracks: Vec<Track> = targets.iter().map(Track::new).collect();
     for (index, (t, tr)) in targets.iter().zip(&tracks).enumerate() {
@@ -366,7 +417,7 @@ impl Probed {
                 Err(ProbeError::InterfaceMissing { .. }) => {
                     probed.broken.insert(bridge.clone(), FailReason::BridgeNotVisible { bridge });
                 }
-                Err(e @ (ProbeError::InterfaceDown { .. } | ProbeError::NoMac { .. })) => {
+                Err(e @ (ProbeError::InterfaceDown { .. } | ProbeError::NoMac { .. } | ProbeError::NoIpv6 { .. })) => {
                     probed.broken.insert(bridge, FailReason::NoBridge { detail: e.to_string() });
                 }
                 Err(
@@ -415,8 +466,8 @@ fn judge_round<F: FnMut(&NicProgress<'_>)>(
             }
             match judged.verdict {
                 Verdict::Proven(ip) => NicState::Verified {
-                    ip,
-                    evidence: Evidence { mac: t.mac, bridge: bridge.clone() },
+                    ip: ip.into(),
+                    evidence: Evidence { mac: t.mac, bridge: bridge.clone(), ndp: false },
                     seconds: now.as_secs_f64(),
                     // A round trip shorter than netem allows is a late reply to an
                     // earlier round's request: not this request's round trip.

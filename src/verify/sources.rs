@@ -196,6 +196,16 @@ pub fn reported(
                 leases.iter().filter(|l| l.mac == t.mac && l.network == t.libvirt_network).max_by_key(|l| l.expiry);
             let state = if let Some(state) = super::state::settled_at_once(t) {
                 state
+            } else if t.family == super::target::Family::Ipv6 {
+                // libvirt reports IPv4 leases and addresses here: nothing of this NIC's
+                // SLAAC address, and no NDP from this host onto the remote bridge.
+                NicState::Failed {
+                    reason: FailReason::NoBridge {
+                        detail: "IPv6 addresses are proven by NDP on the bridge's own host, and libvirt reports \
+                                 no IPv6 address of this NIC"
+                            .into(),
+                    },
+                }
             } else if let Some((_, ip)) = from_libvirt {
                 NicState::Reported { ip: *ip, source: "libvirt's address sources".into() }
             } else if let Some(l) = lease {

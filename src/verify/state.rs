@@ -2,23 +2,28 @@
 //! proved it, the [`FailReason`] when it failed, and the [`VerifyReport`] of all NICs.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
 use super::target::NicTarget;
 use crate::lab::model::MacAddr;
 
-/// What proved an address: a reply from this MAC on this bridge.
+/// What proved an address: a reply from this MAC on this bridge: an ARP reply (IPv4) or,
+/// with `ndp`, a Neighbor Advertisement (IPv6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Evidence {
     pub mac: MacAddr,
     pub bridge: String,
+    /// The reply was a Neighbor Advertisement (IPv6), not an ARP reply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ndp: bool,
 }
 
 impl fmt::Display for Evidence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "arp reply from {} on {}", self.mac, self.bridge)
+        let what = if self.ndp { "neighbour advertisement" } else { "arp reply" };
+        write!(f, "{what} from {} on {}", self.mac, self.bridge)
     }
 }
 
@@ -78,6 +83,16 @@ pub enum FailReason {
     BridgeNotVisible { bridge: String },
     #[error("verification was interrupted before this NIC was proven")]
     Interrupted,
+    /// IPv6: no Neighbor Advertisement for the NIC's SLAAC address came from its MAC.
+    #[error("{ip} (its SLAAC address) got no neighbour advertisement from this NIC")]
+    NoAdvert { ip: Ipv6Addr },
+    /// IPv6: another MAC advertises the NIC's SLAAC address (`also`: this NIC does too, a
+    /// duplicate address).
+    #[error(
+        "{ip} is advertised by {other_mac}{}",
+        if *also { format!(" and also by this NIC ({mac}): a duplicate address") } else { format!(", not by this NIC ({mac})") }
+    )]
+    Conflict6 { ip: Ipv6Addr, mac: MacAddr, other_mac: MacAddr, also: bool },
 }
 
 impl FailReason {
@@ -124,6 +139,17 @@ impl FailReason {
                  topo knows which addresses it may ask for"
             }
             FailReason::VmNotRunning => "start it with `topo apply`, or look at its console log",
+            FailReason::NoAdvert { .. } => {
+                "the guest takes its IPv6 address by SLAAC from the network's router advertisements: \
+                 check that its interface is up with IPv6 on, `accept_ra` on (1, the default when not \
+                 forwarding) and `addr_gen_mode` 0 (EUI-64; `stable-privacy` gives another address); \
+                 a tentative address (duplicate address detection) answers a second or so later; or \
+                 give it more time (--timeout); `verify: none` skips the check"
+            }
+            FailReason::Conflict6 { .. } => {
+                "another machine holds this IPv6 address (a static address, or a MAC cloned into \
+                 another guest): find the one with the other MAC and stop it or change its address"
+            }
             FailReason::NoBridge { .. } => {
                 "ARP evidence needs the network's bridge on this host, up: is the network \
                  active (`virsh net-start`)? `verify: none` skips the check"
@@ -151,8 +177,13 @@ pub enum NicState {
     LeasedNoReply {
         ip: Ipv4Addr,
     },
+    /// IPv6: the NIC's SLAAC address is known; no advertisement from this MAC yet.
+    Soliciting {
+        ip: Ipv6Addr,
+    },
     Verified {
-        ip: Ipv4Addr,
+        /// An IPv4 address (ARP) or an IPv6 one (NDP), as the target's family.
+        ip: IpAddr,
         evidence: Evidence,
         /// Seconds from the start of verification.
         seconds: f64,
@@ -196,6 +227,7 @@ impl fmt::Display for NicState {
             NicState::Stopped => f.write_str("not verified (the VM is stopped: state: stopped)"),
             NicState::WaitingForLease => f.write_str("waiting for a DHCP lease"),
             NicState::LeasedNoReply { ip } => write!(f, "{ip}: no ARP reply yet"),
+            NicState::Soliciting { ip } => write!(f, "{ip}: no neighbour advertisement yet"),
             NicState::Verified { ip, evidence, seconds, rtt_ms } => match rtt_ms {
                 Some(ms) => write!(f, "{ip} verified ({evidence} in {ms:.1} ms, after {seconds:.1} s)"),
                 None => write!(f, "{ip} verified ({evidence}, after {seconds:.1} s)"),

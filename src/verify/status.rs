@@ -11,7 +11,7 @@ use crate::lab::address::Address;
 use crate::lab::model::{Lab, NetworkKind};
 use crate::lab::ownership::Ownership;
 use crate::plan::{Action, Plan, Reason};
-use crate::verify::{NicState, VerifyReport};
+use crate::verify::{Family, NicState, VerifyReport};
 
 /// The version of the `topo status --json` document.
 pub const JSON_FORMAT_VERSION: &str = "1";
@@ -88,6 +88,11 @@ pub struct StatusNic {
     pub address: Option<String>,
     /// The address answered ARP from this NIC's MAC just now.
     pub verified: bool,
+    /// On a network with `subnet6`: the NIC's SLAAC address (docs/addressing.md, section
+    /// IPv6); `None` elsewhere.
+    pub address6: Option<String>,
+    /// `address6` answered a neighbour solicitation from this NIC's MAC just now.
+    pub verified6: bool,
 }
 
 /// The whole status: networks (sorted by name), then VMs (sorted by name).
@@ -162,13 +167,27 @@ pub fn status(
             .iter()
             .map(|nic| {
                 let verified = report.and_then(|r| {
-                    r.nics.iter().find(|n| n.target.vm == vm.name && n.target.mac == nic.mac).and_then(|n| {
-                        match &n.state {
-                            NicState::Verified { ip, .. } => Some(*ip),
+                    r.nics
+                        .iter()
+                        .find(|n| n.target.vm == vm.name && n.target.mac == nic.mac && n.target.family == Family::Ipv4)
+                        .and_then(|n| match &n.state {
+                            NicState::Verified { ip: std::net::IpAddr::V4(ip), .. } => Some(*ip),
                             _ => None,
-                        }
-                    })
+                        })
                 });
+                let slaac = lab.networks.get(&nic.network).and_then(|n| match &n.kind {
+                    NetworkKind::Managed(m) => m.subnet6.map(|p| crate::lab::ipv6::slaac_address(p, nic.mac)),
+                    NetworkKind::External => None,
+                });
+                let verified6 = slaac.is_some()
+                    && report.is_some_and(|r| {
+                        r.nics.iter().any(|n| {
+                            n.target.vm == vm.name
+                                && n.target.mac == nic.mac
+                                && n.target.family == Family::Ipv6
+                                && matches!(n.state, NicState::Verified { .. })
+                        })
+                    });
                 let network = lab.networks.get(&nic.network).map(|n| n.libvirt_name.as_str());
                 let leased = leases
                     .iter()
@@ -181,6 +200,8 @@ pub fn status(
                     mac: nic.mac.to_string(),
                     address: verified.or(leased).or(nic.ip).map(|a| a.to_string()),
                     verified: verified.is_some(),
+                    address6: slaac.map(|a| a.to_string()),
+                    verified6,
                 }
             })
             .collect();
@@ -226,7 +247,7 @@ impl Status {
             out.push('\n');
             let mut unproven = false;
             for r in vms {
-                let addrs: Vec<String> = r
+                let mut addrs: Vec<String> = r
                     .addresses
                     .iter()
                     .map(|a| match &a.address {
@@ -238,10 +259,23 @@ impl Status {
                         None => "-".into(),
                     })
                     .collect();
+                // The IPv6 (SLAAC) addresses after the IPv4 ones, NICs in the same order.
+                for a in &r.addresses {
+                    match &a.address6 {
+                        Some(ip) if a.verified6 => addrs.push(ip.clone()),
+                        Some(ip) => {
+                            unproven = true;
+                            addrs.push(format!("{ip}?"));
+                        }
+                        None => {}
+                    }
+                }
                 out.push_str(&format!("{} {}\n", r.address.name(), addrs.join(",")));
             }
             if unproven {
-                out.push_str("\n(an address with `?` is leased or reserved but did not answer ARP just now)\n");
+                out.push_str(
+                    "\n(an address with `?` is leased, reserved or expected but did not answer ARP or NDP just now)\n",
+                );
             }
         }
         out
@@ -300,6 +334,7 @@ vms:
             stp: true,
             mac: None,
             ip: None,
+            ip6: None,
             dhcp_ping: true,
             mtu: None,
             owner: owner.map(|l| OwnerTag {
@@ -361,7 +396,7 @@ vms:
             nics: vec![NicOutcome {
                 state: NicState::Verified {
                     ip: "10.0.0.20".parse().unwrap(),
-                    evidence: Evidence { mac: eth0.mac, bridge: "virbr3".into() },
+                    evidence: Evidence { mac: eth0.mac, bridge: "virbr3".into(), ndp: false },
                     seconds: 0.1,
                     rtt_ms: None,
                 },

@@ -1,7 +1,7 @@
 //! What is verified: one [`NicTarget`] per NIC, from the model and what the host reports, and
 //! where frames may go at all ([`HostAccess`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
@@ -39,6 +39,29 @@ impl HostAccess {
     }
 }
 
+/// Which of a NIC's addresses a [`NicTarget`] proves: IPv4 by ARP, IPv6 by NDP. The two are
+/// proven independently, each a row of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// The NIC's IPv4 address (reservation, lease or sweep), proven by an ARP reply.
+    #[default]
+    Ipv4,
+    /// The NIC's SLAAC address on its network's `subnet6`, proven by a Neighbor
+    /// Advertisement (docs/addressing.md, section IPv6).
+    Ipv6,
+}
+
+impl Family {
+    /// `ipv4` or `ipv6`, as the JSON and the table show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+}
+
 /// One NIC to verify, with everything the loop needs to know about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NicTarget {
@@ -56,6 +79,13 @@ pub struct NicTarget {
     /// Why there is no bridge to probe (network missing or inactive, no bridge, test driver).
     pub no_bridge: Option<String>,
     pub mac: MacAddr,
+    /// The address family this target proves; an IPv6 target has [`NicTarget::address6`].
+    #[serde(default)]
+    pub family: Family,
+    /// IPv6 targets only: the address the NIC must answer at, its SLAAC address on the
+    /// network's `subnet6` ([`crate::lab::ipv6::slaac_address`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address6: Option<Ipv6Addr>,
     /// A DHCP reservation for this MAC: probed from the start, before any lease shows up.
     pub reservation: Option<Ipv4Addr>,
     /// The network serves DHCP (so a lease is expected).
@@ -155,6 +185,8 @@ impl NicTarget {
             bridge,
             no_bridge,
             mac: nic.mac,
+            family: Family::Ipv4,
+            address6: None,
             reservation: nic.ip.or(observed_reservation),
             dhcp,
             subnet,
@@ -170,6 +202,32 @@ impl NicTarget {
             }),
             same_mac: Vec::new(),
             host: None,
+        }
+    }
+
+    /// The IPv6 target of the same NIC when its network has a `subnet6`: the same VM,
+    /// bridge and MAC, family [`Family::Ipv6`], and the SLAAC address to prove; no IPv4
+    /// reservation, DHCP or subnet. `None` on a network without `subnet6` (and on external
+    /// networks, whose prefixes topo does not know).
+    pub fn ipv6_of(&self, network: &Network) -> Option<Self> {
+        let NetworkKind::Managed(m) = &network.kind else { return None };
+        let prefix = m.subnet6?;
+        Some(NicTarget {
+            family: Family::Ipv6,
+            address6: Some(crate::lab::ipv6::slaac_address(prefix, self.mac)),
+            reservation: None,
+            dhcp: false,
+            subnet: None,
+            ..self.clone()
+        })
+    }
+
+    /// The address this target expects, when one is known before probing: the IPv4
+    /// reservation, or the IPv6 SLAAC address.
+    pub fn expected(&self) -> Option<std::net::IpAddr> {
+        match self.family {
+            Family::Ipv4 => self.reservation.map(Into::into),
+            Family::Ipv6 => self.address6.map(Into::into),
         }
     }
 }
@@ -193,9 +251,11 @@ pub fn same_mac_elsewhere(observed: &Observed, domain: &str, mac: MacAddr, netwo
         .collect()
 }
 
-/// One target per NIC of the lab (VMs sorted by name, NICs in file order), from the model
+/// The targets of the lab's NICs (VMs sorted by name, NICs in file order), from the model
 /// and what the host reports, each with the other running domains that have its MAC on its
-/// network ([`same_mac_elsewhere`]: every domain observed, the lab's or not).
+/// network ([`same_mac_elsewhere`]: every domain observed, the lab's or not). A NIC on a
+/// network with both `subnet` and `subnet6` has two targets, IPv4 then IPv6; with only
+/// `subnet6`, its IPv6 one alone; otherwise its IPv4 one.
 pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTarget> {
     lab.nics()
         .filter_map(|(vm, nic)| {
@@ -205,7 +265,10 @@ pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTar
             let mut t =
                 NicTarget::from_model(vm, nic, net, observed.networks.get(net.libvirt_name.as_str()), running, access);
             t.same_mac = same_mac_elsewhere(observed, vm.libvirt_name.as_str(), nic.mac, net.libvirt_name.as_str());
-            Some(t)
+            let v6 = t.ipv6_of(net);
+            let v6_only = matches!(&net.kind, NetworkKind::Managed(m) if m.subnet.is_none()) && v6.is_some();
+            Some((!v6_only).then_some(t).into_iter().chain(v6))
         })
+        .flatten()
         .collect()
 }

@@ -41,6 +41,8 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         bridge: Some("br0".into()),
         no_bridge: None,
         mac: m,
+        family: Default::default(),
+        address6: None,
         reservation: None,
         dhcp: true,
         subnet: Some("10.0.0.0/24".parse().unwrap()),
@@ -99,8 +101,8 @@ fn leased_and_answering_is_verified_at_once() {
     assert_eq!(
         state(&r, 0),
         &NicState::Verified {
-            ip: ip("10.0.0.5"),
-            evidence: Evidence { mac: a(), bridge: "br0".into() },
+            ip: ip("10.0.0.5").into(),
+            evidence: Evidence { mac: a(), bridge: "br0".into(), ndp: false },
             seconds: 0.0,
             rtt_ms: None
         }
@@ -166,8 +168,8 @@ fn lease_before_address_is_retried_until_the_guest_answers() {
     let l = FakeLeases::new().with_from_call(1, NET, a(), ip("10.0.0.5"));
     let r = run(&[target("vm1", a())], &p, &l);
     let verified = NicState::Verified {
-        ip: ip("10.0.0.5"),
-        evidence: Evidence { mac: a(), bridge: "br0".into() },
+        ip: ip("10.0.0.5").into(),
+        evidence: Evidence { mac: a(), bridge: "br0".into(), ndp: false },
         seconds: 0.9,
         rtt_ms: None,
     };
@@ -739,6 +741,8 @@ fn targets_from_the_model() {
             mode: NetworkMode::Isolated,
             subnet: Some("10.0.0.0/24".parse().unwrap()),
             gateway: Some(ip("10.0.0.1")),
+            subnet6: None,
+            gateway6: None,
             dhcp: Some(DhcpRange { start: ip("10.0.0.100"), end: ip("10.0.0.200") }),
             bridge: None,
             autostart: false,
@@ -776,6 +780,7 @@ fn targets_from_the_model() {
         stp: true,
         mac: None,
         ip: ip_,
+        ip6: None,
         dhcp_ping: true,
         mtu: None,
         owner: None,

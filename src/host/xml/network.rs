@@ -1,13 +1,13 @@
 //! Network XML: rendered from a managed lab network, parsed into `ObservedNetwork`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
     DNSMASQ_NS, Kept, MetadataW, Rendered, XmlError, from_xml, netmask_to_prefix, prefix_to_netmask, read_ns_facts,
 };
-use crate::host::observed::{ObservedHost, ObservedIp, ObservedMode, ObservedNetwork};
+use crate::host::observed::{ObservedHost, ObservedIp, ObservedIp6, ObservedMode, ObservedNetwork};
 use crate::lab::address::Address;
 use crate::lab::model::{DhcpRange, Lab, MacAddr, ManagedNetwork, Network, NetworkKind, NetworkMode, Reservation};
 
@@ -32,8 +32,8 @@ struct NetworkW<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     mtu: Option<MtuW>,
     mac: MacW,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ip: Option<IpW>,
+    /// The IPv4 `<ip>` first, then the IPv6 one (`family='ipv6'`), as libvirt prints them.
+    ip: Vec<IpW>,
     #[serde(rename = "dnsmasq:options", skip_serializing_if = "Option::is_none")]
     dnsmasq_options: Option<DnsmasqOptionsW>,
 }
@@ -42,6 +42,16 @@ struct NetworkW<'a> {
 struct ForwardW {
     #[serde(rename = "@mode")]
     mode: &'static str,
+    /// `<nat ipv6='yes'/>`: masquerade IPv6 too (NAT66, libvirt 6.5 and later), on a `nat`
+    /// network with an IPv6 `<ip>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nat: Option<NatW>,
+}
+
+#[derive(Serialize)]
+struct NatW {
+    #[serde(rename = "@ipv6")]
+    ipv6: &'static str,
 }
 
 #[derive(Serialize)]
@@ -83,10 +93,18 @@ struct MacW {
 
 #[derive(Serialize)]
 struct IpW {
+    /// `ipv6` for an IPv6 `<ip>`; none (libvirt's default, ipv4) for the IPv4 one.
+    #[serde(rename = "@family", skip_serializing_if = "Option::is_none")]
+    family: Option<&'static str>,
+    /// The bridge's address (IPv4 or IPv6).
     #[serde(rename = "@address")]
-    address: Ipv4Addr,
-    #[serde(rename = "@netmask")]
-    netmask: Ipv4Addr,
+    address: String,
+    /// IPv4 only: the subnet's netmask.
+    #[serde(rename = "@netmask", skip_serializing_if = "Option::is_none")]
+    netmask: Option<Ipv4Addr>,
+    /// IPv6 only: the prefix length (always 64 for a lab network).
+    #[serde(rename = "@prefix", skip_serializing_if = "Option::is_none")]
+    prefix: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dhcp: Option<DhcpW>,
 }
@@ -144,13 +162,35 @@ pub fn forward_mode(mode: NetworkMode) -> Option<&'static str> {
     }
 }
 
-fn ip_w(m: &ManagedNetwork) -> Option<IpW> {
-    let (subnet, gateway) = (m.subnet?, m.gateway?);
-    let dhcp = (m.dhcp.is_some() || !m.reservations.is_empty()).then(|| DhcpW {
-        range: m.dhcp.map(|r| RangeW { start: r.start, end: r.end }),
-        host: m.reservations.values().map(HostW::of).collect(),
-    });
-    Some(IpW { address: gateway, netmask: prefix_to_netmask(subnet.prefix()), dhcp })
+/// The network's `<ip>` elements: the IPv4 one (with DHCP) when it has a subnet, then the
+/// IPv6 one when it has a `subnet6`. The IPv6 one has no `<dhcp>`: libvirt's dnsmasq then
+/// sends router advertisements only (`dhcp-range=PREFIX,ra-only`), and every guest takes its
+/// SLAAC address (docs/addressing.md, section IPv6).
+fn ip_w(m: &ManagedNetwork) -> Vec<IpW> {
+    let mut ips = Vec::new();
+    if let (Some(subnet), Some(gateway)) = (m.subnet, m.gateway) {
+        let dhcp = (m.dhcp.is_some() || !m.reservations.is_empty()).then(|| DhcpW {
+            range: m.dhcp.map(|r| RangeW { start: r.start, end: r.end }),
+            host: m.reservations.values().map(HostW::of).collect(),
+        });
+        ips.push(IpW {
+            family: None,
+            address: gateway.to_string(),
+            netmask: Some(prefix_to_netmask(subnet.prefix())),
+            prefix: None,
+            dhcp,
+        });
+    }
+    if let (Some(subnet6), Some(gateway6)) = (m.subnet6, m.gateway6) {
+        ips.push(IpW {
+            family: Some("ipv6"),
+            address: gateway6.to_string(),
+            netmask: None,
+            prefix: Some(subnet6.prefix()),
+            dhcp: None,
+        });
+    }
+    ips
 }
 
 /// Renders the network XML for a managed lab network, tagged with `spec_hash` (the
@@ -176,7 +216,10 @@ pub fn network_xml_keeping(lab: &Lab, net: &Network, spec_hash: &str, kept: Kept
         name: net.libvirt_name.as_str(),
         uuid: kept.uuid,
         metadata,
-        forward: forward_mode(m.mode).map(|mode| ForwardW { mode }),
+        forward: forward_mode(m.mode).map(|mode| ForwardW {
+            mode,
+            nat: (m.mode == NetworkMode::Nat && m.subnet6.is_some()).then_some(NatW { ipv6: "yes" }),
+        }),
         bridge: BridgeW {
             name: m.bridge.as_ref().map(|b| b.as_str()).or(kept.bridge),
             stp: if m.stp { "on" } else { "off" },
@@ -308,6 +351,17 @@ fn observed_host(h: &HostR) -> Option<ObservedHost> {
     Some(ObservedHost { mac, ip, name: h.name.clone() })
 }
 
+/// An IPv6 `<ip family='ipv6' address prefix>` as its bridge address and prefix length;
+/// `None` for an IPv4 one or one without a readable address (libvirt's default prefix for
+/// IPv6 is 64).
+fn observed_ip6(ip: &IpR) -> Option<ObservedIp6> {
+    if ip.family.as_deref() != Some("ipv6") {
+        return None;
+    }
+    let address = ip.address.as_deref()?.parse::<Ipv6Addr>().ok()?;
+    Some(ObservedIp6 { address, prefix: ip.prefix.unwrap_or(64) })
+}
+
 fn observed_ip(ip: &IpR) -> Result<Option<ObservedIp>, XmlError> {
     if ip.family.as_deref().is_some_and(|f| f != "ipv4") {
         return Ok(None);
@@ -358,6 +412,7 @@ pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, 
             break;
         }
     }
+    let ip6 = r.ip.iter().find_map(observed_ip6);
     Ok(ObservedNetwork {
         name: r.name,
         uuid: r.uuid,
@@ -372,6 +427,7 @@ pub fn parse_network(xml: &str, flags: NetworkFlags) -> Result<ObservedNetwork, 
         mac: r.mac.and_then(|m| m.address).and_then(|a| a.parse().ok()),
         mtu: r.mtu.as_ref().and_then(MtuR::size),
         ip,
+        ip6,
         dhcp_ping: !facts.dnsmasq_options.iter().any(|o| o == NO_PING),
         owner: facts.owner,
     })

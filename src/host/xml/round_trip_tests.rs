@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::host::observed::{DomainState, ObservedHost, ObservedMode};
+use crate::host::observed::{DomainState, ObservedHost, ObservedIp6, ObservedMode};
 use crate::lab::model::*;
 use crate::lab::source::SourceFile;
 
@@ -33,6 +33,8 @@ fn managed(mode: NetworkMode) -> ManagedNetwork {
     ManagedNetwork {
         mode,
         subnet: Some("10.0.5.0/24".parse().unwrap()),
+        subnet6: None,
+        gateway6: None,
         gateway: Some(Ipv4Addr::new(10, 0, 5, 1)),
         dhcp: Some(DhcpRange { start: Ipv4Addr::new(10, 0, 5, 100), end: Ipv4Addr::new(10, 0, 5, 200) }),
         bridge: Some(BridgeName::new("topobr5").unwrap()),
@@ -800,4 +802,55 @@ fn mtu_as_libvirt_prints_it() {
     assert_eq!(mtu(""), None);
     assert_eq!(mtu("<mtu size='big'/>"), None);
     assert_eq!(mtu("<mtu/>"), None);
+}
+
+/// A network with `subnet6` has a second `<ip family='ipv6' address prefix>` after the IPv4
+/// one, without `<dhcp>` (libvirt's dnsmasq then sends router advertisements only), and a
+/// `nat` network masquerades IPv6 too (`<forward mode='nat'><nat ipv6='yes'/>`, libvirt
+/// 6.5 and later); both addresses read back, and the plan fields of model and XML agree.
+#[test]
+fn ipv6_in_network_round_trip() {
+    let with6 = |mode| ManagedNetwork {
+        subnet6: Some("fd00:5::/64".parse().unwrap()),
+        gateway6: Some("fd00:5::1".parse().unwrap()),
+        ..managed(mode)
+    };
+    let lab = lab_with(with6(NetworkMode::Nat));
+    let xml = network_xml(&lab, local_net(&lab)).unwrap().xml;
+    let at = |needle: &str| xml.find(needle).unwrap_or_else(|| panic!("missing {needle} in\n{xml}"));
+    assert!(at("<forward mode=\"nat\">") < at("<nat ipv6=\"yes\"/>") && at("<nat ") < at("<bridge "), "{xml}");
+    assert!(at("<ip address=\"10.0.5.1\"") < at("<ip family=\"ipv6\" address=\"fd00:5::1\" prefix=\"64\"/>"), "{xml}");
+    let o = parse_network(&xml, NetworkFlags::default()).unwrap();
+    assert_eq!(o.ip6, Some(ObservedIp6 { address: "fd00:5::1".parse().unwrap(), prefix: 64 }));
+    assert_eq!(o.ip.as_ref().map(|ip| ip.address), Some(Ipv4Addr::new(10, 0, 5, 1)), "IPv4 still read first");
+    let NetworkKind::Managed(m) = &local_net(&lab).kind else { panic!("managed") };
+    let desired = crate::plan::fields::desired_network(m);
+    let observed = crate::plan::fields::observed_network(&o, &desired);
+    for f in [crate::plan::fields::Field::Subnet6, crate::plan::fields::Field::Gateway6] {
+        assert_eq!(desired.get(&f).map(|v| &v.value), observed.get(&f).map(|v| &v.value), "{f:?}");
+    }
+    assert_eq!(desired.get(&crate::plan::fields::Field::Subnet6).map(|v| v.value.as_str()), Some("fd00:5::/64"));
+
+    // Isolated: no NAT66, the same <ip>; without subnet6 neither.
+    let iso = lab_with(with6(NetworkMode::Isolated));
+    let xml = network_xml(&iso, local_net(&iso)).unwrap().xml;
+    assert!(!xml.contains("<nat") && xml.contains("family=\"ipv6\""), "{xml}");
+    let plain = lab_with(managed(NetworkMode::Nat));
+    let xml = network_xml(&plain, local_net(&plain)).unwrap().xml;
+    assert!(!xml.contains("<nat") && !xml.contains("family=\"ipv6\""), "{xml}");
+    assert_eq!(parse_network(&xml, NetworkFlags::default()).unwrap().ip6, None);
+}
+
+/// An IPv6 `<ip>` as `net-dumpxml` of libvirt 9.0 prints it (IPv6 only, isolated) reads
+/// back with its prefix; a network without `prefix` gets libvirt's default, 64.
+#[test]
+fn ipv6_as_libvirt_prints_it() {
+    let xml = "<network><name>lab-v6</name><uuid>6a3b1c2d-0000-4000-8000-000000000006</uuid>\
+        <bridge name='virbr7' stp='off' delay='0'/><mac address='52:54:00:aa:bb:cc'/>\
+        <ip family='ipv6' address='fd00:161::fe' prefix='64'></ip></network>";
+    let o = parse_network(xml, NetworkFlags::default()).unwrap();
+    assert_eq!(o.ip, None);
+    assert_eq!(o.ip6, Some(ObservedIp6 { address: "fd00:161::fe".parse().unwrap(), prefix: 64 }));
+    let no_prefix = xml.replace(" prefix='64'", "");
+    assert_eq!(parse_network(&no_prefix, NetworkFlags::default()).unwrap().ip6.map(|i| i.prefix), Some(64));
 }

@@ -2,14 +2,15 @@
 //! ranges, bridges, and the rules between networks (overlapping subnets, shared bridges).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use miette::{LabeledSpan, SourceSpan};
 
 use super::lab::checked_name;
 use super::{Checker, LeftOut, parse_ip};
 use crate::diag::Code;
+use crate::lab::ipv6::{SLAAC_PREFIX_LEN, default_gateway6};
 use crate::lab::model::{
     self, BridgeName, DhcpRange, ManagedNetwork, NameError, NetworkKind, NetworkMode, NetworkName,
 };
@@ -91,6 +92,63 @@ pub const RESERVED: [Reserved; 5] = [
     ),
 ];
 
+/// An IPv6 block no lab `subnet6` may overlap, and the rule that keeps it out.
+pub struct Reserved6 {
+    pub net: Ipv6Network,
+    /// What the block is, e.g. "link-local".
+    pub what: &'static str,
+    /// Why a lab cannot use it: the owning layer's rule.
+    pub why: &'static str,
+}
+
+/// Blocks a lab `subnet6` may not overlap (RFC 4291 section 2.4, the address type table):
+///
+/// - `::/8`: reserved by the IETF; it holds the unspecified `::` and loopback `::1`
+///   (RFC 4291 2.5.2, 2.5.3), the IPv4-mapped `::ffff:0:0/96` (2.5.5.2: an IPv4 node's
+///   address, which the kernel's IPv6 stack hands to IPv4) and the deprecated
+///   IPv4-compatible addresses (2.5.5.1);
+/// - `fe80::/10` link-local: every interface already has one, the kernel makes it itself
+///   (RFC 4291 2.5.6, RFC 4862 5.3) and routes nothing from it; dnsmasq serves no range there;
+/// - `fec0::/10` site-local: deprecated (RFC 3879), no longer special to Linux nor to be
+///   configured;
+/// - `ff00::/8` multicast: never a source address (RFC 4291 2.7).
+///
+/// Allowed, by decision: the documentation prefix `2001:db8::/32` (RFC 3849). It is global
+/// unicast to the kernel, libvirt and dnsmasq alike; RFC 3849 only asks that it not be routed
+/// on the Internet, and a lab keeps it inside (isolated and routed networks never leave the
+/// host unless a router is told, NAT66 rewrites its sources). ULAs (`fd00::/8`, RFC 4193)
+/// are what docs/addressing.md recommends.
+pub const RESERVED6: [Reserved6; 4] = [
+    Reserved6 {
+        net: block6(0, 8),
+        what: "reserved: unspecified, loopback, IPv4-mapped",
+        why: "::/8 is reserved (RFC 4291 2.4) and holds ::, ::1 and the IPv4-mapped ::ffff:0:0/96",
+    },
+    Reserved6 {
+        net: block6(0xfe80, 10),
+        what: "link-local",
+        why: "every interface makes its own fe80::/10 address (RFC 4291 2.5.6, RFC 4862 5.3); it is never routed",
+    },
+    Reserved6 {
+        net: block6(0xfec0, 10),
+        what: "site-local, deprecated",
+        why: "site-local addresses are deprecated (RFC 3879)",
+    },
+    Reserved6 {
+        net: block6(0xff00, 8),
+        what: "multicast",
+        why: "a multicast address is never a source (RFC 4291 2.7)",
+    },
+];
+
+/// The block `first16::/len` (the first 16 bits given, the rest zero).
+const fn block6(first16: u16, len: u8) -> Ipv6Network {
+    match Ipv6Network::new_checked(Ipv6Addr::new(first16, 0, 0, 0, 0, 0, 0, 0), len) {
+        Some(n) => n,
+        None => panic!("invalid reserved block"),
+    }
+}
+
 /// The networks as the VM and NIC checks see them, and the model of the valid ones.
 pub(super) struct Networks {
     /// Every declared network by its key as written (also the invalid ones, so NICs that
@@ -104,6 +162,7 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
     let mut nets: BTreeMap<String, NetInfo> = BTreeMap::new();
     let mut model_nets = BTreeMap::new();
     let mut managed_subnets: Vec<(&Spanned<String>, &Spanned<String>, Ipv4Network)> = Vec::new();
+    let mut managed_subnets6: Vec<(&Spanned<String>, &Spanned<String>, Ipv6Network)> = Vec::new();
     let mut bridges: BTreeMap<String, &Spanned<String>> = BTreeMap::new();
     for (key, net) in networks.iter() {
         let name = checked_name(
@@ -128,6 +187,9 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
             let (ok, partial) = check_managed(c, key, net);
             if let (Some(s), Some(sub)) = (&net.subnet, partial.subnet) {
                 managed_subnets.push((key, s, sub));
+            }
+            if let (Some(s), Some(sub)) = (&net.subnet6, partial.network.subnet6) {
+                managed_subnets6.push((key, s, sub));
             }
             if let Some(b) = &net.bridge {
                 check_bridge_unique(c, b, &mut bridges);
@@ -164,6 +226,7 @@ pub(super) fn check_all(c: &mut Checker, networks: &SpannedMap<NetworkSpec>, pre
         }
     }
     check_overlaps(c, &managed_subnets);
+    check_overlaps6(c, &managed_subnets6);
     check_libvirt_names(c, &model_nets);
     Networks { info: nets, model: model_nets }
 }
@@ -207,6 +270,28 @@ fn check_overlaps(c: &mut Checker, subnets: &[(&Spanned<String>, &Spanned<String
     }
 }
 
+/// Lab networks may not have overlapping IPv6 prefixes either (the host routes each /64 to
+/// one bridge): `subnets` are (key, `subnet6:`, prefix). Every prefix is a /64, so two
+/// overlap exactly when they are equal; the test stays general.
+fn check_overlaps6(c: &mut Checker, subnets: &[(&Spanned<String>, &Spanned<String>, Ipv6Network)]) {
+    for (i, (ka, sa, a)) in subnets.iter().enumerate() {
+        for (kb, sb, b) in &subnets[i + 1..] {
+            if a.contains(b.network()) || b.contains(a.network()) {
+                let labels = vec![
+                    LabeledSpan::at(c.span(sa), format!("`{}` uses {a}", ka.value)),
+                    LabeledSpan::at(c.span(sb), format!("`{}` uses {b}", kb.value)),
+                ];
+                c.push(
+                    Code::SubnetOverlap,
+                    format!("networks `{}` and `{}` have overlapping IPv6 prefixes", ka.value, kb.value),
+                    labels,
+                    "give each lab network its own /64, e.g. `fd00:10::/64` and `fd00:11::/64`",
+                );
+            }
+        }
+    }
+}
+
 /// Two networks may not become one libvirt network: an external network is looked up by
 /// the name as written, a lab network is created as prefix + name (libvirt network names
 /// are unique per host, src/conf/virnetworkobj.c).
@@ -235,6 +320,10 @@ pub(super) struct NetInfo {
     pub(super) external: bool,
     pub(super) subnet: Option<Ipv4Network>,
     pub(super) gateway: Option<Ipv4Addr>,
+    /// The network's IPv6 prefix (`subnet6`): its NICs have a SLAAC address to verify.
+    pub(super) subnet6: Option<Ipv6Network>,
+    /// The bridge's IPv6 address (`gateway6`, or the prefix's `::1`).
+    pub(super) gateway6: Option<Ipv6Addr>,
     pub(super) dhcp: bool,
     /// The DHCP range (lab networks), and where to point when it is too small.
     pub(super) dhcp_range: Option<DhcpRange>,
@@ -250,6 +339,8 @@ impl NetInfo {
             external: true,
             subnet: None,
             gateway: None,
+            subnet6: None,
+            gateway6: None,
             dhcp: true,
             dhcp_range: None,
             dhcp_span: None,
@@ -267,6 +358,8 @@ impl NetInfo {
             external: false,
             subnet: partial.subnet,
             gateway: partial.gateway,
+            subnet6: partial.network.subnet6,
+            gateway6: partial.network.gateway6,
             dhcp: dhcp_meant,
             dhcp_range: partial.dhcp,
             dhcp_span: Some(net.dhcp.as_ref().map_or_else(|| c.span(key), |d| c.span(d))),
@@ -363,11 +456,140 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
     Some(net)
 }
 
+/// `subnet6:` in CIDR form: a /64 ([`SLAAC_PREFIX_LEN`]) with its host bits zero, outside
+/// [`RESERVED6`].
+fn parse_subnet6(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv6Network> {
+    let text = s.value.trim();
+    let parsed = text
+        .split_once('/')
+        .and_then(|(a, l)| Some((a.parse::<Ipv6Addr>().ok()?, l.parse::<u8>().ok()?)))
+        .and_then(|(a, l)| Some((a, Ipv6Network::new(a, l).ok()?)));
+    let Some((addr, net)) = parsed else {
+        c.at(
+            Code::BadSubnet,
+            s,
+            format!("`{text}` is not an IPv6 prefix"),
+            "not address/prefix-length",
+            "write the prefix in CIDR form, e.g. `fd00:10::/64`",
+        );
+        return None;
+    };
+    if net.prefix() != SLAAC_PREFIX_LEN {
+        c.at(
+            Code::Subnet6Prefix,
+            s,
+            format!("subnet6 `{text}` is a /{}, not a /64", net.prefix()),
+            "must be a /64",
+            "SLAAC forms each guest's address from a /64 and a 64-bit interface identifier (RFC 4862 5.5.3, RFC 4291 \
+             2.5.1), and dnsmasq refuses other lengths for router advertisements (\"prefix length must be exactly 64 \
+             for RA subnets\"); write a /64, e.g. `fd00:10::/64`",
+        );
+        return None;
+    }
+    if net.network() != addr {
+        c.at(
+            Code::SubnetHostBits,
+            s,
+            format!("subnet6 `{text}` has host bits set"),
+            "host bits set",
+            format!("the prefix is written with its network address: `{}/64`", net.network()),
+        );
+        return None;
+    }
+    if let Some(r) = RESERVED6.iter().find(|r| r.net.contains(net.network()) || net.contains(r.net.network())) {
+        c.at(
+            Code::ReservedSubnet6,
+            s,
+            format!("subnet6 `{text}` is inside {} ({}), which cannot be a lab prefix", r.net, r.what),
+            format!("inside {}", r.net),
+            format!("{}; use a unique local prefix (RFC 4193) such as `fd00:10::/64`", r.why),
+        );
+        return None;
+    }
+    Some(net)
+}
+
+/// `gateway6:`: an address inside `subnet6`, not its subnet-router anycast address (the
+/// prefix with a zero interface identifier, RFC 4291 2.6.1, which every router on the link
+/// answers); the prefix's `::1` when not given.
+fn check_gateway6(
+    c: &mut Checker,
+    net: &NetworkSpec,
+    subnet6: Option<Ipv6Network>,
+) -> Result<Option<Ipv6Addr>, LeftOut> {
+    match (&net.gateway6, subnet6) {
+        (Some(g), Some(sub)) => {
+            let Ok(ip) = g.value.trim().parse::<Ipv6Addr>() else {
+                c.at(
+                    Code::BadAddress,
+                    g,
+                    format!("`{}` is not an IPv6 address", g.value),
+                    "not a valid gateway6",
+                    format!("write an IPv6 address without a prefix length, e.g. `{}`", default_gateway6(sub)),
+                );
+                return Err(LeftOut);
+            };
+            let (label, message) = if !sub.contains(ip) {
+                ("outside the prefix", format!("gateway6 {ip} is outside subnet6 {sub}"))
+            } else if ip == sub.network() {
+                (
+                    "the subnet-router anycast address",
+                    format!("gateway6 {ip} is the subnet-router anycast address of {sub} (RFC 4291 2.6.1)"),
+                )
+            } else {
+                return Ok(Some(ip));
+            };
+            c.at(
+                Code::Gateway6,
+                g,
+                message,
+                label,
+                format!("pick an address inside {sub}, e.g. {} (the default)", default_gateway6(sub)),
+            );
+            Err(LeftOut)
+        }
+        (Some(g), None) => {
+            if net.subnet6.is_none() {
+                c.at(
+                    Code::Gateway6,
+                    g,
+                    "`gateway6` is given without a `subnet6`",
+                    "no prefix to put it in",
+                    "add `subnet6:` to the network, e.g. `subnet6: fd00:10::/64`, or remove `gateway6`",
+                );
+            }
+            Err(LeftOut)
+        }
+        (None, Some(sub)) => Ok(Some(default_gateway6(sub))),
+        (None, None) => Ok(None),
+    }
+}
+
 /// External networks may say `external: true` and nothing else, except `subnet:`: the
 /// subnet of a LAN libvirt knows no address of, for verification only.
 fn check_external(c: &mut Checker, net: &NetworkSpec) {
-    let NetworkSpec { external: _, mode, subnet: _, gateway, dhcp, bridge, autostart, stp, dhcp_ping, mtu, host } = net;
+    let NetworkSpec {
+        external: _,
+        mode,
+        subnet: _,
+        gateway,
+        subnet6,
+        gateway6,
+        dhcp,
+        bridge,
+        autostart,
+        stp,
+        dhcp_ping,
+        mtu,
+        host,
+    } = net;
     let mut given: Vec<(&str, SourceSpan)> = Vec::new();
+    if let Some(v) = subnet6 {
+        given.push(("subnet6", c.span(v)));
+    }
+    if let Some(v) = gateway6 {
+        given.push(("gateway6", c.span(v)));
+    }
     if let Some(v) = mode {
         given.push(("mode", c.span(v)));
     }
@@ -437,17 +659,25 @@ fn check_managed(c: &mut Checker, key: &Spanned<String>, net: &NetworkSpec) -> (
         Some(ModeSpec::Isolated) => NetworkMode::Isolated,
         Some(ModeSpec::Open) => NetworkMode::Open,
     };
-    let subnet_required = net.subnet.is_none() && matches!(mode, NetworkMode::Nat | NetworkMode::Routed);
+    // A routed network may be IPv6 only; NAT needs an IPv4 subnet (what it masquerades
+    // first; NAT66 comes beside it, `<nat ipv6='yes'/>`).
+    let subnet_required =
+        net.subnet.is_none() && (mode == NetworkMode::Nat || (mode == NetworkMode::Routed && net.subnet6.is_none()));
     let subnet = keep(&mut ok, check_subnet(c, key, net, mode));
     let gateway = keep(&mut ok, check_gateway(c, net, subnet));
+    let subnet6 = keep(&mut ok, net.subnet6.as_ref().map(|s| parse_subnet6(c, s).ok_or(LeftOut)).transpose());
+    let gateway6 = keep(&mut ok, check_gateway6(c, net, subnet6));
     let dhcp = keep(&mut ok, check_dhcp(c, net, subnet, gateway));
     let dhcp = keep(&mut ok, check_dhcp_in_one_block(c, key, net, subnet, dhcp));
     let bridge = keep(&mut ok, check_bridge(c, net));
     let mtu = keep(&mut ok, check_mtu(c, net));
+    let mtu = keep(&mut ok, check_mtu6(c, net, subnet6, mtu));
     let network = ManagedNetwork {
         mode,
         subnet,
         gateway,
+        subnet6,
+        gateway6,
         dhcp,
         bridge,
         autostart: net.autostart.as_ref().is_none_or(|a| a.value),
@@ -469,6 +699,7 @@ fn check_subnet(
 ) -> Result<Option<Ipv4Network>, LeftOut> {
     match &net.subnet {
         Some(s) => parse_subnet(c, s).map(Some).ok_or(LeftOut),
+        None if mode == NetworkMode::Routed && net.subnet6.is_some() => Ok(None),
         None if matches!(mode, NetworkMode::Nat | NetworkMode::Routed) => {
             let how = if net.mode.is_none() { " (the default mode)" } else { "" };
             c.at(
@@ -672,6 +903,31 @@ fn check_bridge(c: &mut Checker, net: &NetworkSpec) -> Result<Option<BridgeName>
             c.at(Code::Bridge, b, format!("bridge name `{}` {e}", b.value), "invalid bridge name", help);
             Err(LeftOut)
         }
+    }
+}
+
+/// IPv6 needs a link MTU of at least 1280 bytes (RFC 8200 section 5); the Linux kernel
+/// turns IPv6 off on a device whose MTU is below it (net/ipv6/addrconf.c, `IPV6_MIN_MTU`),
+/// so a network with `subnet6` may not have a smaller `mtu`.
+fn check_mtu6(
+    c: &mut Checker,
+    net: &NetworkSpec,
+    subnet6: Option<Ipv6Network>,
+    mtu: Option<u32>,
+) -> Result<Option<u32>, LeftOut> {
+    match (&net.mtu, subnet6, mtu) {
+        (Some(m), Some(_), Some(n)) if n < 1280 => {
+            c.at(
+                Code::Mtu,
+                m,
+                format!("mtu {n} is below 1280, the least IPv6 takes, on a network with `subnet6`"),
+                "below IPv6's 1280",
+                "IPv6 needs a link MTU of 1280 bytes or more (RFC 8200 section 5) and Linux turns IPv6 off on a \
+                 smaller device; give `mtu: 1280` or more, or remove `subnet6`",
+            );
+            Err(LeftOut)
+        }
+        _ => Ok(mtu),
     }
 }
 

@@ -257,7 +257,11 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         Some(VerifySpec::None) => Verify::None,
     };
     if verify != Verify::None && !info.external && !info.broken {
-        let reason = if info.subnet.is_none() {
+        // A network with only an IPv6 prefix gives the NIC its SLAAC address, which verify
+        // proves by NDP: nothing to refuse.
+        let reason = if info.subnet.is_none() && info.subnet6.is_some() {
+            None
+        } else if info.subnet.is_none() {
             Some(format!("network `{}` has no subnet", nic.network.value))
         } else if !info.dhcp && dynamic {
             Some(format!(
@@ -269,7 +273,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
         };
         if let Some(reason) = reason {
             let help = if info.subnet.is_none() {
-                "give the network a `subnet:`, or set `verify: none` on this NIC".to_owned()
+                "give the network a `subnet:` (or a `subnet6:`), or set `verify: none` on this NIC".to_owned()
             } else {
                 "remove `ip: dynamic` (topo then derives a reservation, which is served without a range), write an `ip:`, enable `dhcp:` on the network, or set `verify: none`".to_owned()
             };
@@ -285,6 +289,19 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
     let (Some(mac), Ok(net)) = (mac, NetworkName::new(&nic.network.value)) else {
         return None;
     };
+    // The NIC's SLAAC address may not be the bridge's own IPv6 address: the guest's DAD
+    // would find it taken (RFC 4862 5.4.5) and leave the NIC without it.
+    if let (Some(prefix), Some(g6)) = (info.subnet6, info.gateway6)
+        && crate::lab::ipv6::slaac_address(prefix, mac.0) == g6
+    {
+        c.at(
+            Code::Gateway6,
+            &nic.network,
+            format!("{who}'s SLAAC address {g6} is the gateway6 of network `{}`", nic.network.value),
+            "this NIC's address is the bridge's",
+            "remove `gateway6:` (the default, ::1, is never an EUI-64 address) or give the NIC another `mac:`",
+        );
+    }
     if let (Some(ip), Some(vm_name)) = (ip, name) {
         let span = nic.ip.as_ref().map_or_else(|| c.span(&nic.network), |s| c.span(s));
         seen.pending.entry(nic.network.value.clone()).or_default().push(Pending {

@@ -173,6 +173,12 @@ impl Machine for MemoryMachine {
         Some(s.routes())
     }
 
+    fn routes6(&self) -> Option<Vec<crate::host::observed::HostRoute6>> {
+        let s = self.lock();
+        s.host_interfaces.as_ref()?;
+        Some(s.routes6())
+    }
+
     /// An overlay pool volume's backing image (none for an uploaded raw volume), found by the
     /// file the path opens (`move_pool_folder` leaves a symlink); any other file has none.
     fn image_backing(&self, path: &str) -> ImageBacking {

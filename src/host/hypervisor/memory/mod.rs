@@ -98,6 +98,8 @@ struct State {
     symlinks: BTreeMap<String, String>,
     /// Routes of the host that are no libvirt network's (a VPN, docker0: `with_host_routes`).
     routes: Vec<crate::host::observed::HostRoute>,
+    /// IPv6 routes of the host that are no libvirt network's (`with_host_routes6`).
+    routes6: Vec<crate::host::observed::HostRoute6>,
     /// Each network's config XML as libvirt would dump it: the text last defined, with the
     /// UUID and bridge the double gave it, the DHCP hosts added or deleted since, and no
     /// owner tag once released (`network_config_xml`).
@@ -300,6 +302,21 @@ impl State {
             })
         });
         self.routes.iter().cloned().chain(nets).collect()
+    }
+
+    /// The host's IPv6 routes as `/proc/net/ipv6_route` lists them: the ones set up by hand
+    /// (`with_host_routes6`), then each active network's prefix on its bridge.
+    fn routes6(&self) -> Vec<crate::host::observed::HostRoute6> {
+        let nets = self.networks.values().filter(|n| n.active).filter_map(|n| {
+            let ip6 = n.ip6.as_ref()?;
+            let net = ipnetwork::Ipv6Network::new(ip6.address, ip6.prefix).ok()?;
+            Some(crate::host::observed::HostRoute6 {
+                device: n.bridge_now()?.to_owned(),
+                destination: net.network(),
+                prefix: net.prefix(),
+            })
+        });
+        self.routes6.iter().cloned().chain(nets).collect()
     }
 
     /// The lowest `virbrN` no other network uses (libvirt's networkFindUnusedBridgeName).
@@ -605,6 +622,26 @@ impl MemoryHypervisor {
     /// host (`with_host_interfaces`).
     pub fn with_host_routes(self, routes: &[(&str, &str)]) -> Self {
         self.set_host_routes(routes);
+        self
+    }
+
+    /// IPv6 routes of the host besides those of libvirt's networks, as (device,
+    /// `prefix/len`): a VPN's `("tun0", "fd00:60::/64")`. `observe` lists them on a local
+    /// host (`with_host_interfaces`); the double's `start_network` does not refuse them
+    /// (libvirt does not either).
+    pub fn with_host_routes6(self, routes: &[(&str, &str)]) -> Self {
+        self.lock().routes6 = routes
+            .iter()
+            .map(|(dev, cidr)| {
+                // Invariant: test fixtures give valid prefixes.
+                let net: ipnetwork::Ipv6Network = cidr.parse().expect("a route's prefix/len");
+                crate::host::observed::HostRoute6 {
+                    device: (*dev).to_owned(),
+                    destination: net.network(),
+                    prefix: net.prefix(),
+                }
+            })
+            .collect();
         self
     }
 

@@ -1,0 +1,103 @@
+//! Issue 18 end-to-end check (IPv6): see the module list at the end of tests/e2e.rs.
+//! A lab with a NAT network carrying IPv4 and IPv6 (NAT66) and an isolated IPv6-only
+//! network, two tiny guests on both: every NIC is proven on each of its families, IPv4 by
+//! ARP and IPv6 by NDP at its SLAAC address (docs/addressing.md, section IPv6).
+
+use super::*;
+
+const SIX: &str = "sixl";
+
+fn six_lab() -> String {
+    let g = guest_dir();
+    let vm = |n: &str| {
+        format!(
+            "  {n}:\n    hypervisor: qemu\n    memory: 128MiB\n    boot: {{ kernel: {g}/vmlinuz, initrd: {g}/initrd.gz, cmdline: console=ttyS0 quiet }}\n    nics: [{{ network: wan }}, {{ network: lan6 }}]\n"
+        )
+    };
+    format!(
+        "apiVersion: topo/v1\nname: {SIX}\nnetworks:\n  wan:\n    subnet: 192.168.190.0/24\n    subnet6: fd00:190::/64\n  lan6:\n    mode: isolated\n    subnet6: fd00:191::/64\nvms:\n{}{}",
+        vm("v1"),
+        vm("v2")
+    )
+}
+
+/// The SLAAC address of `mac` on the /64 whose first four groups are `prefix` (modified
+/// EUI-64, RFC 4291 appendix A), computed here apart from topo's own code.
+fn slaac(prefix: &str, mac: &str) -> String {
+    let b: Vec<u8> = mac.split(':').map(|h| u8::from_str_radix(h, 16).expect("hex")).collect();
+    let id = [b[0] ^ 2, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]];
+    let groups: Vec<u16> = id.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    let text = format!("{prefix}:{:x}:{:x}:{:x}:{:x}", groups[0], groups[1], groups[2], groups[3]);
+    text.parse::<std::net::Ipv6Addr>().expect("an IPv6 address").to_string()
+}
+
+#[test]
+#[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
+fn e2e_ipv6_every_nic_proven_on_both_families() {
+    let clock = Clock(Instant::now());
+    let _sandbox = Sandbox::up();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let lab = write(tmp.path(), "lab.yaml", &six_lab());
+
+    let r = topo(&["apply", "-y", "--timeout", "90", path(&lab)]);
+    clock.step("apply (both families verified)");
+    assert_eq!(r.code, 0, "apply:\n{}", r.show());
+    assert!(r.stdout.contains("6 verified") || r.stderr.contains("6 verified"), "{}", r.show());
+
+    // libvirt's view: an IPv6 <ip> on both networks, NAT66 on the nat one only.
+    let wan = virsh_ok(&["net-dumpxml", "sixl-wan"]);
+    assert!(wan.contains("<nat ipv6='yes'") || wan.contains("ipv6='yes'"), "{wan}");
+    assert!(wan.contains("family='ipv6' address='fd00:190::1' prefix='64'"), "{wan}");
+    let lan6 = virsh_ok(&["net-dumpxml", "sixl-lan6"]);
+    assert!(lan6.contains("family='ipv6' address='fd00:191::1' prefix='64'") && !lan6.contains("<nat"), "{lan6}");
+    assert_converged(&lab);
+    clock.step("network XML has the IPv6 <ip> (NAT66 on wan); plan empty");
+
+    let r = topo_ok(&["verify", "--json", path(&lab)]);
+    let doc: Value = serde_json::from_str(&r.stdout).expect("verify JSON");
+    let rows: Vec<(String, String, String, String, String)> = doc["nics"]
+        .as_array()
+        .expect("nics")
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            (s("vm"), s("network"), s("family"), s("address"), s("state"))
+        })
+        .collect();
+    let mut want = Vec::new();
+    for vm in ["v1", "v2"] {
+        let (m0, m1) = (mac(SIX, vm, 0), mac(SIX, vm, 1));
+        let v4 = rows.iter().find(|r| r.0 == vm && r.1 == "wan" && r.2 == "ipv4").expect("an ipv4 row").3.clone();
+        assert!(v4.starts_with("192.168.190."), "{v4}");
+        want.push((vm.to_string(), "wan".to_string(), "ipv4".to_string(), v4, "verified".to_string()));
+        want.push((vm.into(), "wan".into(), "ipv6".into(), slaac("fd00:190:0:0", &m0), "verified".into()));
+        want.push((vm.into(), "lan6".into(), "ipv6".into(), slaac("fd00:191:0:0", &m1), "verified".into()));
+    }
+    assert_eq!(rows, want, "{}", r.stdout);
+    for n in doc["nics"].as_array().expect("nics") {
+        let ev = n["evidence"].as_str().unwrap_or_default();
+        let mac = n["mac"].as_str().unwrap_or_default();
+        let by = if n["family"] == "ipv6" { "neighbour advertisement" } else { "arp reply" };
+        assert_eq!(ev.split(" on ").next(), Some(format!("{by} from {mac}").as_str()), "{n}");
+        assert!(n["rtt_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{n}");
+    }
+    clock.step("verify --json: 6 rows (wan ipv4 + ipv6, lan6 ipv6), each from the NIC's own MAC at its SLAAC address");
+
+    let t = topo_ok(&["verify", path(&lab)]);
+    assert!(t.stdout.contains(&slaac("fd00:191:0:0", &mac(SIX, "v1", 1))), "{}", t.show());
+    let inv = topo_ok(&["inventory", "--format", "json", path(&lab)]);
+    assert!(inv.stdout.contains(&slaac("fd00:190:0:0", &mac(SIX, "v2", 0))), "{}", inv.show());
+    let st = topo_ok(&["status", path(&lab)]);
+    let v2_line = st.stdout.lines().find(|l| l.starts_with("v2 ")).unwrap_or_default().to_string();
+    assert!(
+        v2_line.contains(&slaac("fd00:190:0:0", &mac(SIX, "v2", 0)))
+            && v2_line.contains(&slaac("fd00:191:0:0", &mac(SIX, "v2", 1)))
+            && !v2_line.contains('?'),
+        "{}",
+        st.show()
+    );
+    clock.step("verify table, inventory and status show both families");
+
+    topo_ok(&["destroy", "-y", path(&lab)]);
+    clock.step("destroyed");
+}
