@@ -14,6 +14,8 @@
 #   topo.nodhcp=eth1[,eth2]   these NICs are brought up but get no DHCP client
 #   topo.nopoweroff=1         ignore the ACPI power button (virsh shutdown); default: power off
 #   topo.ping=ADDR            ping ADDR once a second until it answers, then say so on the console
+#   topo.addr6=IFACE,ADDR/LEN also give IFACE this IPv6 address, without duplicate address
+#                             detection (a test's duplicate: the guest answers for it at once)
 # NICs hot-plugged later get a DHCP client too (/init rescans /sys/class/net every 0.5 s).
 # Guest console lines (console=ttyS0; grep for "topo-guest:"):
 #   topo-guest: init done, NICs: eth0 eth1 lo
@@ -186,6 +188,13 @@ scan
 booted=1
 # topo.ping=ADDR: another guest's address, answered once the path to it works (across a
 # tunnel between hosts, say); -W 1: one second per try.
+addr6=$(arg 'topo\.addr6')
+if [ -n "$addr6" ]; then
+  ( i=${addr6%%,*}; a=${addr6#*,}
+    while [ ! -e "/sys/class/net/$i" ]; do sleep 0.5; done
+    echo 0 > "/proc/sys/net/ipv6/conf/$i/accept_dad"
+    ip -6 addr add "$a" dev "$i" && echo "topo-guest: $i $a (topo.addr6, no DAD)" > /dev/console ) &
+fi
 pingto=$(arg 'topo\.ping')
 if [ -n "$pingto" ]; then
   ( while ! ping -c 1 -W 1 "$pingto" >/dev/null 2>&1; do sleep 1; done

@@ -98,6 +98,37 @@ fn e2e_ipv6_every_nic_proven_on_both_families() {
     );
     clock.step("verify table, inventory and status show both families");
 
+    // A duplicate: v3 joins lan6 with v1's SLAAC address set by hand, without DAD (the tiny
+    // guest's topo.addr6), so both answer the solicitation: v1's row names both MACs.
+    let dup = slaac("fd00:191:0:0", &mac(SIX, "v1", 1));
+    let g = guest_dir();
+    let text = format!(
+        "{}  v3:\n    hypervisor: qemu\n    memory: 128MiB\n    boot: {{ kernel: {g}/vmlinuz, initrd: {g}/initrd.gz, cmdline: \"console=ttyS0 quiet topo.addr6=eth0,{dup}/64\" }}\n    nics: [{{ network: lan6 }}]\n",
+        six_lab()
+    );
+    std::fs::write(&lab, text).expect("lab with v3");
+    // Apply proves each NIC once: v1's row may be proven before v3 is up. Once v3 answers for
+    // its own address, it holds v1's too: `topo verify` then sees both MACs.
+    let r = topo(&["apply", "-y", "--timeout", "60", path(&lab)]);
+    assert!(r.stdout.contains("v3  eth0  lan6"), "v3 applied and proven:\n{}", r.show());
+    let both = format!(
+        "{dup} is advertised by {} and also by this NIC ({}): a duplicate address",
+        mac(SIX, "v3", 0),
+        mac(SIX, "v1", 1)
+    );
+    let mut seen = None;
+    for _ in 0..20 {
+        let r = topo(&["verify", "--timeout", "10", path(&lab)]);
+        if r.stdout.contains(&both) || r.stderr.contains(&both) {
+            assert_ne!(r.code, 0, "a duplicate IPv6 address fails verification:\n{}", r.show());
+            seen = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(seen.is_some(), "want `{both}` from topo verify");
+    clock.step("a guest holding v1's IPv6 address: v1's row is a duplicate naming both MACs");
+
     topo_ok(&["destroy", "-y", path(&lab)]);
     clock.step("destroyed");
 }
