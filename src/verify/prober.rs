@@ -411,8 +411,7 @@ pub fn source_ip6(addrs: &[(Ipv6Addr, u8)], target: Ipv6Addr) -> Option<Ipv6Addr
         .or_else(|| addrs.iter().map(|(a, _)| *a).find(|a| a.segments()[0] & 0xffc0 == 0xfe80))
 }
 
-/// [`read_replies`] for advertisements: the first time each one (sender MAC, target, ...)
-/// came for one of `wanted`, not from `own_mac`; `answered` counts the distinct targets.
+/// [`read_answers`] for Neighbor Advertisements: keyed by the address they are for.
 fn read_adverts(
     rx: &mut dyn DataLinkReceiver,
     stop: &AtomicBool,
@@ -420,18 +419,46 @@ fn read_adverts(
     own_mac: MacAddr,
     wanted: &BTreeSet<Ipv6Addr>,
 ) -> io::Result<BTreeMap<NeighborAdvert, Instant>> {
+    read_answers(rx, stop, answered, wanted, |frame| {
+        parse_advert(frame).filter(|a| a.sender_mac != own_mac).map(|a| (a, a.target))
+    })
+}
+
+/// [`read_answers`] for ARP replies: keyed by the address they claim.
+fn read_replies(
+    rx: &mut dyn DataLinkReceiver,
+    stop: &AtomicBool,
+    answered: &AtomicUsize,
+    own_mac: MacAddr,
+    wanted: &BTreeSet<Ipv4Addr>,
+) -> io::Result<BTreeMap<ArpReply, Instant>> {
+    read_answers(rx, stop, answered, wanted, |frame| {
+        parse_reply(frame).filter(|r| r.sender_mac != own_mac).map(|r| (r, r.sender_ip))
+    })
+}
+
+/// Reads frames until `stop` is set (and one read after it), keeping the first time each
+/// answer `parse` finds in a frame (an answer not from the prober itself, with the address it
+/// is for) came for one of `wanted`, and counting in `answered` the distinct addresses that
+/// answered.
+fn read_answers<A: Ord, K: Ord + Copy>(
+    rx: &mut dyn DataLinkReceiver,
+    stop: &AtomicBool,
+    answered: &AtomicUsize,
+    wanted: &BTreeSet<K>,
+    parse: impl Fn(&[u8]) -> Option<(A, K)>,
+) -> io::Result<BTreeMap<A, Instant>> {
     let mut got = BTreeMap::new();
     let mut seen = BTreeSet::new();
     loop {
         let last = stop.load(Ordering::Acquire);
         match rx.next() {
             Ok(frame) => {
-                if let Some(a) = parse_advert(frame)
-                    && a.sender_mac != own_mac
-                    && wanted.contains(&a.target)
+                if let Some((answer, addr)) = parse(frame)
+                    && wanted.contains(&addr)
                 {
-                    got.entry(a).or_insert_with(Instant::now);
-                    if seen.insert(a.target) {
+                    got.entry(answer).or_insert_with(Instant::now);
+                    if seen.insert(addr) {
                         answered.store(seen.len(), Ordering::Release);
                     }
                 }
@@ -477,41 +504,6 @@ struct StopOnDrop<'a>(&'a AtomicBool);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
-    }
-}
-
-/// Reads frames until `stop` is set (and one read after it), keeping the first time each
-/// (MAC, address) answered for one of `wanted` (not from `own_mac`), and counting the
-/// distinct addresses that answered in `answered`.
-fn read_replies(
-    rx: &mut dyn DataLinkReceiver,
-    stop: &AtomicBool,
-    answered: &AtomicUsize,
-    own_mac: MacAddr,
-    wanted: &BTreeSet<Ipv4Addr>,
-) -> io::Result<BTreeMap<ArpReply, Instant>> {
-    let mut got = BTreeMap::new();
-    let mut ips = BTreeSet::new();
-    loop {
-        let last = stop.load(Ordering::Acquire);
-        match rx.next() {
-            Ok(frame) => {
-                if let Some(r) = parse_reply(frame)
-                    && r.sender_mac != own_mac
-                    && wanted.contains(&r.sender_ip)
-                {
-                    got.entry(r).or_insert_with(Instant::now);
-                    if ips.insert(r.sender_ip) {
-                        answered.store(ips.len(), Ordering::Release);
-                    }
-                }
-            }
-            Err(e) if is_transient(&e) => {}
-            Err(e) => return Err(e),
-        }
-        if last {
-            return Ok(got);
-        }
     }
 }
 
