@@ -394,6 +394,12 @@ fn host_network_clashes(lab: &Lab, net: &Network, m: &ManagedNetwork, observed: 
     out
 }
 
+/// The bridges of every libvirt network on the host (as defined and as running): routes on
+/// them are libvirt's own, checked from the networks' XML rather than as host routes.
+fn libvirt_bridges(observed: &Observed) -> BTreeSet<&str> {
+    observed.networks.values().flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter())).map(String::as_str).collect()
+}
+
 /// A route of the host with exactly this subnet (a VPN, docker0, a hand-made
 /// bridge): libvirt refuses to start the network (bridge_driver_linux.c
 /// `networkCheckRouteCollision`), for a create or a replace alike, and a
@@ -405,12 +411,7 @@ fn route_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<Pr
     if let (Some(subnet), Some(routes)) = (m.subnet, &observed.host_routes)
         && starts_network(m, net.libvirt_name.as_str(), observed)
     {
-        let bridges: BTreeSet<&str> = observed
-            .networks
-            .values()
-            .flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter()))
-            .map(String::as_str)
-            .collect();
+        let bridges = libvirt_bridges(observed);
         for r in routes.iter().filter(|r| !bridges.contains(r.device.as_str()) && r.collides(subnet)) {
             out.push(Problem::at(
                 Code::HostRouteTaken,
@@ -441,12 +442,7 @@ fn route6_taken(net: &Network, m: &ManagedNetwork, observed: &Observed) -> Vec<P
     if let (Some(prefix), Some(routes)) = (m.subnet6, &observed.host_routes6)
         && starts_network(m, net.libvirt_name.as_str(), observed)
     {
-        let bridges: BTreeSet<&str> = observed
-            .networks
-            .values()
-            .flat_map(|n| n.live_bridge.iter().chain(n.bridge.iter()))
-            .map(String::as_str)
-            .collect();
+        let bridges = libvirt_bridges(observed);
         for r in routes.iter().filter(|r| !bridges.contains(r.device.as_str()) && r.overlaps(prefix)) {
             out.push(Problem::at(
                 Code::HostRouteTaken,
