@@ -38,6 +38,15 @@ fn e2e_ipv6_every_nic_proven_on_both_families() {
     let _sandbox = Sandbox::up();
     let tmp = tempfile::tempdir().expect("temp dir");
     let lab = write(tmp.path(), "lab.yaml", &six_lab());
+    // The same file gives the same addresses: planned on the clean host from this folder and
+    // from a copy in another, and again once the lab is gone (below), the derived
+    // reservations (dhcp_host[MAC] = "ADDRESS NAME") are the same.
+    let other = tempfile::tempdir().expect("temp dir");
+    let copy = write(other.path(), "lab.yaml", &six_lab());
+    let planned = reservations(&lab);
+    assert!(!planned.is_empty(), "the plan shows the derived reservations");
+    assert_eq!(reservations(&copy), planned, "the same file in another folder");
+    clock.step("the plan's derived addresses: the same from two folders");
 
     let r = topo(&["apply", "-y", "--timeout", "90", path(&lab)]);
     clock.step("apply (both families verified)");
@@ -131,4 +140,26 @@ fn e2e_ipv6_every_nic_proven_on_both_families() {
 
     topo_ok(&["destroy", "-y", path(&lab)]);
     clock.step("destroyed");
+    std::fs::write(&lab, six_lab()).expect("the lab as first applied");
+    assert_eq!(reservations(&lab), planned, "planned again on the clean host: the same addresses");
+    clock.step("planned again on the clean host: the same derived addresses");
+}
+
+/// The DHCP reservations `topo plan --json` of `lab` would write, `dhcp_host[MAC]` ->
+/// `"ADDRESS NAME"`.
+fn reservations(lab: &Path) -> Vec<(String, String)> {
+    let r = topo_ok(&["plan", "--json", path(lab)]);
+    let doc: Value = serde_json::from_str(&r.stdout).expect("plan JSON");
+    let mut out: Vec<(String, String)> = doc["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .flat_map(|c| c["fields"].as_array().cloned().unwrap_or_default())
+        .filter(|f| f["path"].as_str().is_some_and(|p| p.starts_with("dhcp_host[")))
+        .map(|f| {
+            (f["path"].as_str().unwrap_or_default().to_string(), f["after"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    out.sort();
+    out
 }
