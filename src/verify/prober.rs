@@ -639,6 +639,20 @@ mod fake {
             // A panic while holding the lock only happens in a failing test; keep the data.
             self.state.lock().unwrap_or_else(|p| p.into_inner())
         }
+
+        /// The errors a real prober gives for `bridge`: missing, down, or no permission.
+        fn usable(&self, bridge: &str) -> Result<(), ProbeError> {
+            if !self.bridges.contains(bridge) {
+                return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
+            }
+            if self.down.contains(bridge) {
+                return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
+            }
+            if self.denied {
+                return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
+            }
+            Ok(())
+        }
     }
 
     impl Prober for FakeProber {
@@ -657,15 +671,7 @@ mod fake {
                 grace,
                 thread: thread::current().id(),
             });
-            if !self.bridges.contains(bridge) {
-                return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
-            }
-            if self.down.contains(bridge) {
-                return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
-            }
-            if self.denied {
-                return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
-            }
+            self.usable(bridge)?;
             let mut got = BTreeMap::new();
             for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
                 let key = (bridge.to_owned(), ip);
@@ -690,15 +696,7 @@ mod fake {
             _grace: Duration,
         ) -> Result<Vec<TimedAdvert>, ProbeError> {
             let mut st = self.lock();
-            if !self.bridges.contains(bridge) {
-                return Err(ProbeError::InterfaceMissing { bridge: bridge.to_owned() });
-            }
-            if self.down.contains(bridge) {
-                return Err(ProbeError::InterfaceDown { bridge: bridge.to_owned() });
-            }
-            if self.denied {
-                return Err(ProbeError::PermissionDenied { bridge: bridge.to_owned() });
-            }
+            self.usable(bridge)?;
             let mut got = BTreeMap::new();
             for ip in targets.iter().copied().collect::<BTreeSet<_>>() {
                 let key = (bridge.to_owned(), ip);
