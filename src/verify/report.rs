@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::state::{FailReason, NicOutcome, NicState, VerifyReport};
+use super::target::Family;
 
 /// The version of the JSON document; a new one only for incompatible changes.
 pub const JSON_FORMAT_VERSION: &str = "1";
@@ -116,20 +117,22 @@ pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
     serde_json::to_value(doc).expect("verify JSON serialises")
 }
 
-/// The human table: one row per NIC, then the reason and help of each failure. A HOST
-/// column comes first when any NIC has a host (a lab across hosts); `-` for one without.
+/// The human table: one row per NIC and address family, then the reason and help of each
+/// failure. A HOST column comes first when any NIC has a host (a lab across hosts); `-` for
+/// one without. A FAMILY column (`ipv4`, `ipv6`) follows NETWORK when any row is IPv6 (a
+/// dual-stack NIC has a row of each); an IPv4-only lab's table has none.
 pub fn table(report: &VerifyReport) -> String {
     let with_host = report.nics.iter().any(|n| n.target.host.is_some());
+    let with_family = report.nics.iter().any(|n| n.target.family == Family::Ipv6);
     let rows: Vec<Vec<String>> = report
         .nics
         .iter()
         .map(|n| {
             let j = json_nic(n);
             let host = with_host.then(|| j.host.unwrap_or("-").to_string());
+            let family = with_family.then(|| j.family.to_string());
+            let head = [j.vm.to_string(), j.nic.to_string(), j.network.to_string()];
             let row = [
-                j.vm.to_string(),
-                j.nic.to_string(),
-                j.network.to_string(),
                 j.bridge.unwrap_or("-").to_string(),
                 j.mac,
                 j.address.unwrap_or_else(|| "-".into()),
@@ -140,20 +143,27 @@ pub fn table(report: &VerifyReport) -> String {
                 j.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
                 j.rtt_ms.map(|ms| format!("{ms:.1}ms")).unwrap_or_else(|| "-".into()),
             ];
-            host.into_iter().chain(row).collect()
+            host.into_iter().chain(head).chain(family).chain(row).collect()
         })
         .collect();
-    let header = ["VM", "NIC", "NETWORK", "BRIDGE", "MAC", "ADDRESS", "EVIDENCE", "TIME", "RTT"].map(String::from);
-    let header: Vec<String> = with_host.then(|| "HOST".to_string()).into_iter().chain(header).collect();
+    let header: Vec<String> = with_host
+        .then_some("HOST")
+        .into_iter()
+        .chain(["VM", "NIC", "NETWORK"])
+        .chain(with_family.then_some("FAMILY"))
+        .chain(["BRIDGE", "MAC", "ADDRESS", "EVIDENCE", "TIME", "RTT"])
+        .map(String::from)
+        .collect();
     let mut out = crate::table::columns(std::iter::once(header).chain(rows), 2, &[]);
     for n in report.failed() {
         if let NicState::Failed { reason } = &n.state {
             out.push_str(&format!(
-                "\n{}{} {} ({}): {reason}\n  help: {}\n",
+                "\n{}{} {} ({}{}): {reason}\n  help: {}\n",
                 n.target.host.as_ref().map(|h| format!("{h}: ")).unwrap_or_default(),
                 n.target.vm,
                 n.target.nic,
                 n.target.network,
+                if with_family { format!(", {}", n.target.family.as_str()) } else { String::new() },
                 reason.help()
             ));
         }
@@ -272,6 +282,56 @@ mod tests {
                 ),
             ],
         }
+    }
+
+    /// A dual-stack NIC (a row per family) and an IPv6-only one: a FAMILY column after
+    /// NETWORK, and each failure named with its family.
+    #[test]
+    fn dual_stack_table_has_a_family_column() {
+        let a: MacAddr = "52:54:00:00:00:0a".parse().unwrap();
+        let six = |mut o: NicOutcome| {
+            o.target.family = crate::verify::target::Family::Ipv6;
+            o
+        };
+        let v6 = |s: &str| -> std::net::Ipv6Addr { s.parse().unwrap() };
+        let r = VerifyReport {
+            nics: vec![
+                outcome(
+                    "deb1",
+                    "eth0",
+                    "52:54:00:00:00:0a",
+                    NicState::Verified {
+                        ip: std::net::Ipv4Addr::new(10, 0, 0, 5).into(),
+                        evidence: Evidence { mac: a, bridge: "virbr1".into(), ndp: false },
+                        seconds: 2.4,
+                        rtt_ms: Some(0.2),
+                    },
+                ),
+                six(outcome(
+                    "deb1",
+                    "eth0",
+                    "52:54:00:00:00:0a",
+                    NicState::Verified {
+                        ip: v6("fd00:190::5054:ff:fe00:a").into(),
+                        evidence: Evidence { mac: a, bridge: "virbr1".into(), ndp: true },
+                        seconds: 3.1,
+                        rtt_ms: Some(0.3),
+                    },
+                )),
+                six(outcome(
+                    "deb1",
+                    "eth1",
+                    "52:54:00:00:00:0b",
+                    NicState::Failed { reason: FailReason::NoAdvert { ip: v6("fd00:191::5054:ff:fe00:b") } },
+                )),
+            ],
+        };
+        let t = table(&r);
+        assert!(t.starts_with("VM    NIC   NETWORK  FAMILY  BRIDGE"), "{t}");
+        assert!(t.contains("deb1 eth1 (lan, ipv6): fd00:191::5054:ff:fe00:b"), "{t}");
+        insta::assert_snapshot!(format!("{t}{}", summary_line(&r)));
+        // An IPv4-only report has no FAMILY column.
+        assert!(!table(&every_state()).contains("FAMILY"));
     }
 
     #[test]
