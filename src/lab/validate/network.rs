@@ -700,6 +700,20 @@ fn check_subnet(
     match &net.subnet {
         Some(s) => parse_subnet(c, s).map(Some).ok_or(LeftOut),
         None if mode == NetworkMode::Routed && net.subnet6.is_some() => Ok(None),
+        // NAT with only `subnet6`: topo's nat masquerades IPv4 and adds NAT66 beside it
+        // (`<nat ipv6='yes'/>` rides on the IPv4 NAT), so the fix differs.
+        None if mode == NetworkMode::Nat && net.subnet6.is_some() => {
+            let how = if net.mode.is_none() { " (the default mode)" } else { "" };
+            c.at(
+                Code::SubnetRequired,
+                key,
+                format!("network `{}` is nat{how} with only an IPv6 `subnet6`: nat needs an IPv4 `subnet`", key.value),
+                "nat network without an IPv4 `subnet`".to_string(),
+                "add an IPv4 `subnet:` beside `subnet6` (NAT for IPv4, NAT66 beside it), or use `mode: routed` \
+                 (IPv6 routed, no NAT) or `mode: isolated` for an IPv6-only network",
+            );
+            Err(LeftOut)
+        }
         None if matches!(mode, NetworkMode::Nat | NetworkMode::Routed) => {
             let how = if net.mode.is_none() { " (the default mode)" } else { "" };
             c.at(
