@@ -3,6 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use super::GuestError;
+use crate::lab::ipv6::slaac_address;
 use crate::lab::model::{Lab, ManagedNetwork, NetworkKind, NetworkMode, Nic, Vm};
 
 /// How the guest configures one NIC.
@@ -37,9 +38,13 @@ fn addressing<'a>(lab: &'a Lab, vm: &Vm, nic: &'a Nic) -> Result<Addressing<'a>,
     })
 }
 
-/// The NIC's network is a lab network with an IPv6 prefix.
-fn has_subnet6(lab: &Lab, nic: &Nic) -> bool {
-    lab.networks.get(&nic.network).is_some_and(|n| matches!(&n.kind, NetworkKind::Managed(m) if m.subnet6.is_some()))
+/// The NIC's SLAAC address with its prefix length (`fd00:10::5054:ff:fe12:3456/64`), where its
+/// network is a lab network with an IPv6 prefix.
+fn address6(lab: &Lab, nic: &Nic) -> Option<String> {
+    match lab.networks.get(&nic.network).map(|n| &n.kind) {
+        Some(NetworkKind::Managed(m)) => m.subnet6.map(|p| format!("{}/{}", slaac_address(p, nic.mac), p.prefix())),
+        _ => None,
+    }
 }
 
 /// The metric of the default route of a VM's first NIC that gets one by DHCP, when several
@@ -57,10 +62,20 @@ pub const ROUTE_METRIC: u32 = 100;
 ///   with an address) and `gateway4` = the gateway on the first such NIC of a forwarding
 ///   network (nat, routed, open), unless a DHCP NIC already brings a default route: two
 ///   default routes would make ifupdown fail the second interface;
-/// - `dhcp4: false` where nothing assigns an address (the link is brought up only);
-/// - and, beside any of these, `accept-ra: true` where the NIC's network has a `subnet6`:
-///   the guest takes its SLAAC address from libvirt's router advertisements
-///   (docs/addressing.md, section IPv6). IPv4 is configured as without it.
+/// - `dhcp4: false` where nothing assigns an address: netplan's renderers bring such a link
+///   up with no address; Debian's eni renderer leaves it down (`iface ethN inet manual`
+///   without `auto`), to be configured in the guest (docs/guests.md);
+/// - and, beside any of these, where the NIC's network has a `subnet6`: its SLAAC address
+///   (the prefix and the modified EUI-64 of its MAC) in `addresses`, and `accept-ra: true`
+///   for the routes of libvirt's router advertisements (docs/addressing.md, section IPv6).
+///   The address is written rather than left to SLAAC because cloud-init's eni renderer
+///   (Debian's) renders a NIC with no IPv4 method as `iface ethN inet manual` without
+///   `auto`, so ifupdown never brings the link up and SLAAC never runs (eni.py
+///   `_render_iface`, cloud-init 22.4; seen on the Debian 12 image, tests/e2e/ipv6.rs); a
+///   written address is `iface ethN inet6 static` with `auto`, and every renderer writes it
+///   whatever the guest's `addr_gen_mode` (NetworkManager's stable-privacy would give another
+///   address by SLAAC). It is the very address SLAAC forms, so the kernel's SLAAC on the same
+///   prefix adds nothing. IPv4 is configured as without it.
 ///
 /// When two or more NICs get a default route by DHCP (external networks, lab networks other
 /// than `isolated`), each installs one and the guest would use whichever came up first. So
@@ -109,7 +124,13 @@ pub fn network_config(lab: &Lab, vm: &Vm) -> Result<Value, GuestError> {
                 e.insert("dhcp4".into(), json!(false));
             }
         }
-        if has_subnet6(lab, nic) {
+        if let Some(a6) = address6(lab, nic) {
+            match e.get_mut("addresses").and_then(Value::as_array_mut) {
+                Some(list) => list.push(json!(a6)),
+                None => {
+                    e.insert("addresses".into(), json!([a6]));
+                }
+            }
             e.insert("accept-ra".into(), json!(true));
         }
         ethernets.insert(nic.label(), Value::Object(e));

@@ -89,7 +89,7 @@ fn one_default_route_among_dhcp_nics() {
     assert!(nc["ethernets"].as_object().unwrap().values().all(|e| e.get("dhcp4-overrides").is_none()), "{nc}");
 }
 
-/// A NIC on a network with `subnet6` gets `accept-ra: true` (netplan v2) beside its IPv4
+/// A NIC on a network with `subnet6` gets `accept-ra: true` and its address (netplan v2) beside its IPv4
 /// settings, unchanged: DHCPv4 on a network with both, link only (plus RAs) on an IPv6-only
 /// one; a NIC on a network without `subnet6` has no `accept-ra` key (docs/addressing.md,
 /// section IPv6).
@@ -104,6 +104,28 @@ fn accept_ra_on_networks_with_subnet6() {
     assert_eq!((&e["eth0"]["accept-ra"], &e["eth0"]["dhcp4"]), (&serde_json::json!(true), &serde_json::json!(true)));
     assert_eq!((&e["eth1"]["accept-ra"], &e["eth1"]["dhcp4"]), (&serde_json::json!(true), &serde_json::json!(false)));
     assert_eq!(e["eth2"].get("accept-ra"), None);
+    // Each IPv6 NIC's SLAAC address is written (an IPv6-only NIC with no address would stay
+    // down under Debian's eni renderer); an IPv4-only NIC gets none.
+    let a6 = |i: usize, p: &str| {
+        let mac = vm.nics[i].mac;
+        format!("{}/64", crate::lab::ipv6::slaac_address(p.parse().unwrap(), mac))
+    };
+    assert_eq!(e["eth0"]["addresses"], serde_json::json!([a6(0, "fd00:30::/64")]));
+    assert_eq!(e["eth1"]["addresses"], serde_json::json!([a6(1, "fd00:31::/64")]));
+    assert_eq!(e["eth2"].get("addresses"), None);
+}
+
+/// A static IPv4 NIC on a dual-stack network: both addresses, IPv4 first.
+#[test]
+fn static_ipv4_and_ipv6_on_one_nic() {
+    let text = "apiVersion: topo/v1\nname: r\nnetworks:\n  both: {mode: isolated, subnet: 10.30.0.0/24, subnet6: fd00:30::/64, dhcp: false}\nvms:\n  a:\n    boot: {kernel: KERNEL}\n    nics: [{network: both, ip: 10.30.0.7}]\n"
+        .replace("KERNEL", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+    let lab = crate::lab::validate::load(&SourceFile::from_text(Path::new("/labs/r.yaml"), text)).expect("valid lab");
+    let vm = lab.vms.values().next().expect("one vm");
+    let nc = network::network_config(&lab, vm).expect("network-config");
+    let six = crate::lab::ipv6::slaac_address("fd00:30::/64".parse().unwrap(), vm.nics[0].mac);
+    assert_eq!(nc["ethernets"]["eth0"]["addresses"], serde_json::json!(["10.30.0.7/24", format!("{six}/64")]));
+    assert_eq!(nc["ethernets"]["eth0"]["accept-ra"], serde_json::json!(true));
 }
 
 #[test]
