@@ -107,6 +107,9 @@ pub enum Code {
     UserData,
     /// A character libvirt's XML cannot carry (or would rewrite) in a text value.
     ControlChar,
+    /// A readiness condition (`ready:`) that is unknown, out of range, or cannot hold for
+    /// the VM (no cloud-init, no address to connect to).
+    Ready,
     // --- plan refusals (host conflicts) ---
     /// An external network the lab references is not on the host.
     ExternalMissing,
@@ -182,6 +185,7 @@ impl Code {
         use Code::*;
         match self {
             Syntax => "topo::lab::syntax",
+            Ready => "topo::lab::ready",
             TooComplex => "topo::lab::too_complex",
             DuplicateKey => "topo::lab::duplicate_key",
             UnknownKey => "topo::lab::unknown_key",

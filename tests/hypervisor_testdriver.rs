@@ -167,6 +167,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         nics: vec![nic(0, &net, mac("52:54:00:77:00:10")), nic(1, &default, mac("52:54:00:77:00:11"))],
         cloud_init: None,
         host: HostName::default_host(),
+        ready: Vec::new(),
         span: (0, 0).into(),
     };
     Lab {

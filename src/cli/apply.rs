@@ -10,7 +10,6 @@ use crate::lab::model::Lab;
 use crate::plan::saved::{SavedPlan, looks_saved};
 use crate::results::Command as RunCommand;
 use crate::session::{ApplyRequest, DestroyRequest};
-use crate::verify::VerifyOptions;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConfirmArgs {
@@ -112,7 +111,7 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
         options: options(&args.confirm),
         auto_approve: args.confirm.auto_approve,
         disconnect_foreign: args.confirm.disconnect_foreign,
-        verify: (!args.no_verify).then(|| VerifyOptions { timeout: args.verify.timeout, ..Default::default() }),
+        verify: (!args.no_verify).then(|| args.verify.options()),
     };
     let ui = Shown::new(global, args.json, args.confirm.auto_approve);
     let run = record(RunCommand::Apply, &lab, args.json, session.apply(&lab, &request, &ui))?;

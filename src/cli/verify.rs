@@ -16,6 +16,17 @@ pub struct VerifyOpts {
     /// Give up on NICs not verified after this long (90, 90s, 2m, 1h)
     #[arg(long, default_value = "120s", value_parser = super::duration::parse_duration)]
     pub timeout: Duration,
+    /// Give up on VMs whose `ready:` conditions do not all hold this long after their NICs
+    /// are proven (0 checks each once)
+    #[arg(long, default_value = "300s", value_parser = super::duration::parse_duration)]
+    pub ready_timeout: Duration,
+}
+
+impl VerifyOpts {
+    /// The verification options these flags give.
+    pub fn options(&self) -> VerifyOptions {
+        VerifyOptions { timeout: self.timeout, ready_timeout: self.ready_timeout, ..VerifyOptions::default() }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -57,8 +68,7 @@ pub fn run_verify(global: &GlobalArgs, args: &VerifyArgs) -> miette::Result<Outc
     let file = super::lab_path(global, args.file.as_deref())?;
     let lab = super::load_lab_unopened(&file)?;
     let session = super::connect_lab(global, &lab)?;
-    let opts = VerifyOptions { timeout: args.opts.timeout, ..VerifyOptions::default() };
-    let proven = session.verify(&lab, opts, &|_| true, &Shown::new(global, args.json, false))?;
+    let proven = session.verify_ready(&lab, args.opts.options(), &Shown::new(global, args.json, false))?;
     finish(&lab, &proven.report, args.json)?;
     Ok(Outcome::Ok)
 }

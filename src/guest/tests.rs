@@ -329,7 +329,7 @@ fn report(lab: &Lab) -> crate::verify::VerifyReport {
             NicOutcome { target, state }
         })
         .collect();
-    crate::verify::VerifyReport { nics }
+    crate::verify::VerifyReport { nics, ready: Vec::new() }
 }
 
 fn inventory() -> Inventory {
@@ -472,7 +472,7 @@ vms:
             NicOutcome { target, state }
         })
         .collect();
-    let mut inv = Inventory::new(&lab, &crate::verify::VerifyReport { nics });
+    let mut inv = Inventory::new(&lab, &crate::verify::VerifyReport { nics, ready: Vec::new() });
     let uris: std::collections::BTreeMap<String, String> =
         lab.hosts.iter().map(|(n, h)| (n.to_string(), h.uri.clone())).collect();
     inv.jump_through(|vm, nic| Inventory::reached_from(&lab, vm, nic).and_then(|via| jump_host(&uris[&via])));

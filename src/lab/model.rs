@@ -412,7 +412,39 @@ pub struct Vm {
     /// The host it runs on (`host:`, default the first in `hosts:`; [`HostName::DEFAULT`] in
     /// a lab on one host).
     pub host: HostName,
+    /// What must hold, beyond the ARP proof, before the VM counts as ready (`ready:`, or the
+    /// lab's), in the order written.
+    pub ready: Vec<ReadyCondition>,
     pub span: SourceSpan,
+}
+
+/// A readiness condition (`ready:`, docs/lab-file.md "Readiness"), proven by apply and
+/// verify after the VM's NICs (`crate::verify::ready`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ReadyCondition {
+    /// An SSH server's banner (`SSH-`, RFC 4253 4.2) on port 22 of the VM's first proven
+    /// IPv4 address.
+    Ssh,
+    /// cloud-init's final message on the serial console (its default `final_message`,
+    /// `Cloud-init v. VERSION finished at ...`, which cloud-init writes to the console).
+    CloudInit,
+    /// A TCP connection accepted on this port (1 to 65535) of the VM's first proven IPv4
+    /// address.
+    Tcp(u16),
+    /// A line of the serial console that holds this text.
+    Console(String),
+}
+
+impl std::fmt::Display for ReadyCondition {
+    /// `ssh`, `cloud-init`, `tcp:80`, `console:"login:"`: as the table and the JSON show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadyCondition::Ssh => f.write_str("ssh"),
+            ReadyCondition::CloudInit => f.write_str("cloud-init"),
+            ReadyCondition::Tcp(port) => write!(f, "tcp:{port}"),
+            ReadyCondition::Console(text) => write!(f, "console:{text:?}"),
+        }
+    }
 }
 
 /// The login user topo creates when the lab file names none.

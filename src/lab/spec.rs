@@ -116,6 +116,42 @@ pub struct LabSpec {
     /// key). `hostname` is per VM only.
     #[schemars(with = "Option<CloudInitSpec>")]
     pub cloud_init: Option<Spanned<CloudInitSpec>>,
+    /// Readiness conditions for every VM without its own `ready` (docs/lab-file.md,
+    /// "Readiness"): proven after the ARP proof by apply and verify.
+    #[schemars(with = "Option<Vec<ReadySpec>>")]
+    pub ready: Option<Spanned<Vec<Spanned<ReadySpec>>>>,
+}
+
+/// One readiness condition (`ready:`): a word, or a one-key mapping.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ReadySpec {
+    /// `ssh`: an SSH server's banner on port 22 of the VM's first proven IPv4 address.
+    /// `cloud-init`: cloud-init's final message (`Cloud-init v. ... finished at`) on the VM's
+    /// serial console.
+    Word(String),
+    /// `{tcp: PORT}`: a TCP connection accepted on the VM's first proven IPv4 address.
+    Tcp(TcpReadySpec),
+    /// `{console: TEXT}`: a line on the VM's serial console that holds TEXT.
+    Console(ConsoleReadySpec),
+}
+
+/// `{tcp: PORT}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpReadySpec {
+    /// A TCP port, 1 to 65535.
+    #[schemars(with = "i64")]
+    pub tcp: Spanned<i64>,
+}
+
+/// `{console: TEXT}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleReadySpec {
+    /// Text a line of the serial console holds (one line: no line breaks).
+    #[schemars(with = "String")]
+    pub console: Spanned<String>,
 }
 
 /// A libvirt host of a lab that spans several.
@@ -308,6 +344,10 @@ pub struct VmSpec {
     /// The host (under `hosts:`) the VM runs on. Default: the first host in `hosts:`.
     #[schemars(with = "Option<String>")]
     pub host: Option<Spanned<String>>,
+    /// Readiness conditions, proven after the ARP proof (default: the lab's `ready`; `[]`
+    /// for none).
+    #[schemars(with = "Option<Vec<ReadySpec>>")]
+    pub ready: Option<Spanned<Vec<Spanned<ReadySpec>>>>,
 }
 
 /// Direct kernel boot. Relative paths resolve against the lab file's folder.

@@ -343,6 +343,10 @@ impl Session<'_> {
         let report = self.prove_across(lab, observed, &|_| true, opts, ui).map_err(RunError::before)?;
         let Some(mut report) = report else { return Ok(run) };
         super::check::since_vm_start(lab, &mut report, t0, started);
+        let on = |vm: &crate::lab::model::VmName| {
+            lab.vms.get(vm).is_some_and(|v| observed.iter().any(|(h, _)| *h == v.host))
+        };
+        self.await_ready(lab, &mut report, opts, &on, (t0, started), ui);
         ui.verified(&report).map_err(RunError::before)?;
         run.verified = Some(report);
         Ok(run)
@@ -407,7 +411,7 @@ impl Session<'_> {
         let results = all_ok(par_map(&work, |(_, sub, targets, leases)| {
             sub.prove_with(targets, opts.clone(), leases, &quiet, true)
         }))?;
-        let report = VerifyReport { nics: results.into_iter().flat_map(|r| r.nics).collect() };
+        let report = VerifyReport { nics: results.into_iter().flat_map(|r| r.nics).collect(), ready: Vec::new() };
         Ok(Some(report))
     }
 
@@ -430,7 +434,9 @@ impl Session<'_> {
             ui.status(&format!("Observing host {h} ({}) ...", sub.uri()));
             sub.observe_host_for(share).map(|o| (h.clone(), o))
         }))?;
-        let report = self.prove_across(lab, &observed, only, &opts, ui)?.unwrap_or(VerifyReport { nics: Vec::new() });
+        let report = self
+            .prove_across(lab, &observed, only, &opts, ui)?
+            .unwrap_or(VerifyReport { nics: Vec::new(), ready: Vec::new() });
         let mut all = Observed::default();
         for (_, o) in observed {
             all.domains.extend(o.domains);

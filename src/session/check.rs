@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use super::{Session, Stoppable, Ui};
 use crate::host::hypervisor::{HvError, Hypervisor};
 use crate::host::observed::{Lease, Observed};
-use crate::lab::model::Lab;
+use crate::lab::model::{HostName, Lab, VmName};
 use crate::verify::inventory::Inventory;
 use crate::verify::prober::PnetProber;
+use crate::verify::ready::{self, LocalProbe, ReadyProbe, ReadyTarget, RunnerProbe};
 use crate::verify::status::Status;
 use crate::verify::{
     HostAccess, HypervisorLeases, LastLeases, LeaseSource, NicState, NicTarget, SystemClock, VerifyOptions,
     VerifyReport, verify,
 };
+use std::sync::Arc;
 
 /// A verification and the host it was made on.
 pub struct Proven {
@@ -48,6 +50,18 @@ impl Session<'_> {
         let targets: Vec<NicTarget> = self.nic_targets(lab, &observed).into_iter().filter(|t| only(t)).collect();
         let report = self.prove(&targets, opts, ui)?;
         Ok(Proven { observed, report })
+    }
+
+    /// `topo verify`: [`Session::verify`] of every NIC, then the VMs' `ready:` conditions
+    /// waited for ([`Session::await_ready`]), each VM's outcome in `report.ready`.
+    ///
+    /// # Errors
+    /// As [`Session::verify`].
+    pub fn verify_ready(&self, lab: &Lab, opts: VerifyOptions, ui: &dyn Ui) -> miette::Result<Proven> {
+        let t0 = Instant::now();
+        let mut proven = self.verify(lab, opts.clone(), &|_| true, ui)?;
+        self.await_ready(lab, &mut proven.report, &opts, &|_| true, (t0, &BTreeMap::new()), ui);
+        Ok(proven)
     }
 
     /// Proves `targets` with the real prober (or, on a remote URI, takes what libvirt
@@ -205,6 +219,76 @@ fn reported_by_host(
 
 /// After apply: makes each verified NIC's `seconds` count from its VM's start (when apply
 /// started it) instead of from the start of verification at `verify_start`.
+impl Session<'_> {
+    /// What checks readiness on this session's host: over its ssh runner for a host reached
+    /// over ssh, else from this machine.
+    fn ready_probe(&self) -> Arc<dyn ReadyProbe> {
+        match self.host().machine.and_then(|m| m.remote_runner()) {
+            Some(runner) => Arc::new(RunnerProbe::over(runner)),
+            None => Arc::new(LocalProbe),
+        }
+    }
+
+    /// After the NIC proof in `report`: waits for the `ready:` conditions of the VMs of `lab`
+    /// that `keep` accepts ([`crate::verify::ready`]), each on its host, within
+    /// `opts.ready_timeout`, and puts the outcome in `report.ready`. Times count from each
+    /// VM's start where apply `started` it, else from `verify_start`.
+    pub(super) fn await_ready(
+        &self,
+        lab: &Lab,
+        report: &mut VerifyReport,
+        opts: &VerifyOptions,
+        keep: &dyn Fn(&VmName) -> bool,
+        (verify_start, started): (Instant, &BTreeMap<String, Instant>),
+        ui: &dyn Ui,
+    ) {
+        let targets = ready::targets(lab, report, keep);
+        if targets.is_empty() {
+            return;
+        }
+        let mut probes: BTreeMap<Option<HostName>, Arc<dyn ReadyProbe>> = BTreeMap::new();
+        for t in &targets {
+            if probes.contains_key(&t.host) {
+                continue;
+            }
+            let probe = match &t.host {
+                Some(h) => self.for_host(h).map(|s| s.ready_probe()),
+                None => Some(self.ready_probe()),
+            };
+            probes.insert(t.host.clone(), probe.unwrap_or_else(|| Arc::new(LocalProbe)));
+        }
+        let n = targets.len();
+        ui.status(&format!(
+            "Waiting for {n} VM{} to be ready (at most {}s) ...",
+            if n == 1 { "" } else { "s" },
+            opts.ready_timeout.as_secs()
+        ));
+        let _stoppable = Stoppable::enter(ui);
+        let fallback: Arc<dyn ReadyProbe> = Arc::new(LocalProbe);
+        let probe_of = |t: &ReadyTarget| probes.get(&t.host).cloned().unwrap_or_else(|| fallback.clone());
+        let since = |t: &ReadyTarget| started.get(&t.domain).copied().unwrap_or(verify_start);
+        let tell = |r: &ready::VmReadiness| {
+            let host = r.host.as_ref().map(|h| format!("{h}: ")).unwrap_or_default();
+            match (r.state, r.unmet()) {
+                (ready::ReadyState::Ready, _) => ui.status(&format!(
+                    "{host}{}: ready after {:.1}s ({})",
+                    r.vm,
+                    r.seconds.unwrap_or_default(),
+                    r.conditions.iter().map(|c| c.condition.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+                (_, Some(c)) => ui.status(&format!(
+                    "{host}{}: NOT READY: {} did not hold; last seen: {}",
+                    r.vm,
+                    c.condition,
+                    c.last_seen.as_deref().unwrap_or("nothing")
+                )),
+                _ => {}
+            }
+        };
+        report.ready = ready::wait_ready(&targets, &probe_of, opts.ready_timeout, ui.cancel(), &since, &tell);
+    }
+}
+
 pub(super) fn since_vm_start(
     lab: &Lab,
     report: &mut VerifyReport,

@@ -300,7 +300,15 @@ impl Session<'_> {
         let mut targets = self.nic_targets(lab, observed);
         // A partial apply verifies the VMs it covered.
         targets.retain(|t| reach.contains(&Address::Vm(t.vm.clone())));
+        let covered = |vm: &crate::lab::model::VmName| reach.contains(&Address::Vm(vm.clone()));
         if targets.is_empty() {
+            // VMs without NICs may still have console conditions.
+            let mut report = VerifyReport { nics: Vec::new(), ready: Vec::new() };
+            self.await_ready(lab, &mut report, opts, &covered, (Instant::now(), started), ui);
+            if !report.ready.is_empty() {
+                ui.verified(&report).map_err(RunError::before)?;
+                run.verified = Some(report);
+            }
             return Ok(run);
         }
         let over_ssh = self.host().machine.is_some_and(|m| m.remote_runner().is_some());
@@ -313,6 +321,7 @@ impl Session<'_> {
         let t0 = Instant::now();
         let mut report = self.prove(&targets, opts.clone(), ui).map_err(RunError::before)?;
         super::check::since_vm_start(lab, &mut report, t0, started);
+        self.await_ready(lab, &mut report, opts, &covered, (t0, started), ui);
         ui.verified(&report).map_err(RunError::before)?;
         run.verified = Some(report);
         Ok(run)

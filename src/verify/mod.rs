@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod known_hosts;
 pub mod ndp;
 pub mod prober;
+pub mod ready;
 pub mod report;
 pub mod run;
 pub mod run6;

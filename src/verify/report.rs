@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::ready::{ReadyState, VmReadiness};
 use super::state::{FailReason, NicOutcome, NicState, VerifyReport};
 use super::target::Family;
 
@@ -41,6 +42,11 @@ struct JsonSummary {
     skipped: usize,
     stopped: usize,
     unproven: usize,
+    /// VMs whose `ready:` conditions all held / did not (absent when no VM has any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ready: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_ready: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -48,6 +54,9 @@ struct JsonVerify<'a> {
     format_version: &'static str,
     lab: &'a str,
     nics: Vec<JsonNic<'a>>,
+    /// Each VM with `ready:` conditions; absent when none has any.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    ready: &'a [VmReadiness],
     summary: JsonSummary,
 }
 
@@ -111,8 +120,10 @@ pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
         skipped: count("skipped"),
         stopped: count("stopped"),
         unproven: count("reported") + count("leased") + count("waiting"),
+        ready: (!report.ready.is_empty()).then(|| ready_count(report, ReadyState::Ready)),
+        not_ready: (!report.ready.is_empty()).then(|| ready_count(report, ReadyState::NotReady)),
     };
-    let doc = JsonVerify { format_version: JSON_FORMAT_VERSION, lab, summary, nics };
+    let doc = JsonVerify { format_version: JSON_FORMAT_VERSION, lab, summary, nics, ready: &report.ready };
     // Invariant: strings, numbers and options only.
     serde_json::to_value(doc).expect("verify JSON serialises")
 }
@@ -168,8 +179,68 @@ pub fn table(report: &VerifyReport) -> String {
             ));
         }
     }
+    if !report.ready.is_empty() {
+        out.push('\n');
+        out.push_str(&ready_table(report, with_host));
+    }
     out
 }
+
+fn ready_count(report: &VerifyReport, state: ReadyState) -> usize {
+    report.ready.iter().filter(|r| r.state == state).count()
+}
+
+/// The readiness rows under the NIC table: each VM, `ready` or `not ready`, its time to
+/// ready and each condition with the time it held (or what was seen last); then a line for
+/// each VM not ready, naming its first unmet condition.
+fn ready_table(report: &VerifyReport, with_host: bool) -> String {
+    let rows = report.ready.iter().map(|r| {
+        let conditions: Vec<String> = r
+            .conditions
+            .iter()
+            .map(|c| match (c.seconds, &c.last_seen) {
+                (Some(s), _) => format!("{} {s:.1}s", c.condition),
+                (None, Some(seen)) => format!("{} ({seen})", c.condition),
+                (None, None) => format!("{} (not checked)", c.condition),
+            })
+            .collect();
+        let host = with_host.then(|| r.host.as_ref().map_or("-".to_string(), |h| h.to_string()));
+        host.into_iter()
+            .chain([
+                r.vm.to_string(),
+                match r.state {
+                    ReadyState::Ready => "ready".to_string(),
+                    ReadyState::NotReady => "not ready".to_string(),
+                },
+                r.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
+                conditions.join(", "),
+            ])
+            .collect::<Vec<String>>()
+    });
+    let header: Vec<String> = with_host
+        .then_some("HOST")
+        .into_iter()
+        .chain(["VM", "READY", "TIME", "CONDITIONS"])
+        .map(String::from)
+        .collect();
+    let mut out = crate::table::columns(std::iter::once(header).chain(rows), 2, &[]);
+    for r in report.ready.iter().filter(|r| r.state == ReadyState::NotReady) {
+        if let Some(c) = r.unmet() {
+            out.push_str(&format!(
+                "\n{}{}: not ready: {} did not hold; last seen: {}\n  help: {}\n",
+                r.host.as_ref().map(|h| format!("{h}: ")).unwrap_or_default(),
+                r.vm,
+                c.condition,
+                c.last_seen.as_deref().unwrap_or("nothing"),
+                READY_HELP
+            ));
+        }
+    }
+    out
+}
+
+/// What to do about a VM that did not get ready.
+const READY_HELP: &str = "look at its console (`topo console VM`, or its log under /var/log/libvirt/qemu/), give it more time (--ready-timeout), or change its `ready:` conditions";
 
 /// `Verify: 3 verified, 1 failed, 0 skipped.`
 pub fn summary_line(report: &VerifyReport) -> String {
@@ -179,21 +250,38 @@ pub fn summary_line(report: &VerifyReport) -> String {
     let stopped = report.nics.iter().filter(|n| matches!(n.state, NicState::Stopped)).count();
     // The stopped count only when there are any: the line stays as it was for other labs.
     let stopped = if stopped > 0 { format!(", {stopped} stopped") } else { String::new() };
-    format!("Verify: {verified} verified, {failed} failed, {skipped} skipped{stopped}.")
+    let line = format!("Verify: {verified} verified, {failed} failed, {skipped} skipped{stopped}.");
+    if report.ready.is_empty() {
+        return line;
+    }
+    let (ready, not_ready) = (ready_count(report, ReadyState::Ready), ready_count(report, ReadyState::NotReady));
+    format!("{line}\nReady: {ready} ready, {not_ready} not ready.")
 }
 
 /// Some NICs failed verification (the table says which and why).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("{failed} NIC{} not verified", if *failed == 1 { "" } else { "s" })]
+#[error("{}", not_verified(*failed, *not_ready))]
 #[diagnostic(code(topo::verify::failed), help("see the reasons above"))]
 pub struct NotVerified {
     pub failed: usize,
+    /// VMs whose `ready:` conditions did not all hold.
+    pub not_ready: usize,
 }
 
-/// `Err` when any NIC failed (a remote NIC that is only reported does not).
+/// `2 NICs not verified`, `1 VM not ready`, or both joined by `; `.
+fn not_verified(failed: usize, not_ready: usize) -> String {
+    let s = |n: usize| if n == 1 { "" } else { "s" };
+    let nics = (failed > 0).then(|| format!("{failed} NIC{} not verified", s(failed)));
+    let vms = (not_ready > 0).then(|| format!("{not_ready} VM{} not ready", s(not_ready)));
+    nics.into_iter().chain(vms).collect::<Vec<_>>().join("; ")
+}
+
+/// `Err` when any NIC failed (a remote NIC that is only reported does not), or a VM did not
+/// get ready.
 pub fn check(report: &VerifyReport) -> Result<(), NotVerified> {
     let failed = report.nics.iter().filter(|n| matches!(n.state, NicState::Failed { .. })).count();
-    if failed > 0 { Err(NotVerified { failed }) } else { Ok(()) }
+    let not_ready = ready_count(report, ReadyState::NotReady);
+    if failed > 0 || not_ready > 0 { Err(NotVerified { failed, not_ready }) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -281,6 +369,7 @@ mod tests {
                     NicState::Reported { ip: ip("10.0.0.9"), source: "a DHCP lease".into() },
                 ),
             ],
+            ready: Vec::new(),
         }
     }
 
@@ -325,6 +414,7 @@ mod tests {
                     NicState::Failed { reason: FailReason::NoAdvert { ip: v6("fd00:191::5054:ff:fe00:b") } },
                 )),
             ],
+            ready: Vec::new(),
         };
         let t = table(&r);
         assert!(t.starts_with("VM    NIC   NETWORK  FAMILY  BRIDGE"), "{t}");
@@ -332,6 +422,51 @@ mod tests {
         insta::assert_snapshot!(format!("{t}{}", summary_line(&r)));
         // An IPv4-only report has no FAMILY column.
         assert!(!table(&every_state()).contains("FAMILY"));
+    }
+
+    /// Readiness under the NIC table: a VM ready with each condition's time, one not ready
+    /// naming its unmet condition and the last thing seen; the summary's `Ready:` line, the
+    /// JSON's `ready` and counts, and the command fails for the VM not ready.
+    #[test]
+    fn readiness_as_users_see_it() {
+        use crate::verify::ready::{ConditionOutcome, ReadyState, VmReadiness};
+        let mut r = every_state();
+        r.nics.truncate(1);
+        let cond = |c: &str, s: Option<f64>, seen: Option<&str>| ConditionOutcome {
+            condition: c.into(),
+            met: s.is_some(),
+            seconds: s,
+            last_seen: seen.map(String::from),
+        };
+        r.ready = vec![
+            VmReadiness {
+                vm: VmName::new("deb1").unwrap(),
+                host: None,
+                state: ReadyState::Ready,
+                seconds: Some(48.25),
+                conditions: vec![cond("ssh", Some(41.0), None), cond("cloud-init", Some(48.25), None)],
+            },
+            VmReadiness {
+                vm: VmName::new("deb2").unwrap(),
+                host: None,
+                state: ReadyState::NotReady,
+                seconds: None,
+                conditions: vec![
+                    cond("console:\"login:\"", Some(12.0), None),
+                    cond("tcp:80", None, Some("connection refused")),
+                ],
+            },
+        ];
+        insta::assert_snapshot!(format!("{}{}", table(&r), summary_line(&r)));
+        let doc = to_json("demo", &r);
+        assert_eq!(doc["summary"]["ready"], 1);
+        assert_eq!(doc["summary"]["not_ready"], 1);
+        insta::assert_json_snapshot!(doc["ready"]);
+        let e = check(&r).unwrap_err();
+        assert_eq!(e.to_string(), "1 VM not ready");
+        // Without readiness the JSON has no `ready` and the summary no counts.
+        let plain = to_json("demo", &every_state());
+        assert!(plain.get("ready").is_none() && plain["summary"].get("ready").is_none(), "{plain}");
     }
 
     #[test]
@@ -418,7 +553,7 @@ mod tests {
     fn failures_fail_the_command_and_reported_does_not() {
         let r = every_state();
         assert_eq!(check(&r).unwrap_err().to_string(), "3 NICs not verified");
-        let only_reported = VerifyReport { nics: r.nics.into_iter().skip(5).collect() };
+        let only_reported = VerifyReport { nics: r.nics.into_iter().skip(5).collect(), ready: Vec::new() };
         assert!(check(&only_reported).is_ok());
     }
 }

@@ -38,6 +38,9 @@ pub struct VerifyOptions {
     pub sweep_every: Duration,
     /// Subnets with more host addresses than this are not swept.
     pub max_sweep_hosts: u32,
+    /// How long VMs' `ready:` conditions are waited for once their NICs are proven
+    /// (`super::ready`); `Duration::ZERO` checks each condition once.
+    pub ready_timeout: Duration,
 }
 
 impl Default for VerifyOptions {
@@ -50,6 +53,7 @@ impl Default for VerifyOptions {
             sweep_after: Duration::from_secs(10),
             sweep_every: Duration::from_secs(3),
             max_sweep_hosts: 1024,
+            ready_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -190,6 +194,7 @@ where
                 state: s.unwrap_or(NicState::Failed { reason: FailReason::Interrupted }),
             })
             .collect(),
+        ready: Vec::new(),
     })
 }
 
@@ -261,6 +266,7 @@ where
 
     Ok(VerifyReport {
         nics: targets.iter().zip(tracks).map(|(t, tr)| NicOutcome { target: t.clone(), state: tr.state }).collect(),
+        ready: Vec::new(),
     })
 }
 

@@ -152,6 +152,7 @@ where
     }
     Ok(VerifyReport {
         nics: targets.iter().zip(states).map(|(t, state)| NicOutcome { target: t.clone(), state }).collect(),
+        ready: Vec::new(),
     })
 }
 
@@ -228,6 +229,7 @@ vms:
             sweep_after: Duration::from_secs(60),
             sweep_every: Duration::from_secs(60),
             max_sweep_hosts: 1024,
+            ready_timeout: Duration::ZERO,
         }
     }
 

@@ -218,7 +218,7 @@ pub fn reported(
             NicOutcome { target: t.clone(), state }
         })
         .collect();
-    VerifyReport { nics }
+    VerifyReport { nics, ready: Vec::new() }
 }
 
 /// One reading of what libvirt reports: the DHCP leases, and the addresses of each running VM

@@ -251,6 +251,9 @@ pub struct NicProgress<'a> {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VerifyReport {
     pub nics: Vec<NicOutcome>,
+    /// Each VM with `ready:` conditions, after its NICs (`super::ready`); empty when no VM
+    /// has any or they were not waited for.
+    pub ready: Vec<super::ready::VmReadiness>,
 }
 
 /// One NIC and how it ended.

@@ -402,6 +402,7 @@ vms:
                 },
                 target: eth0,
             }],
+            ready: Vec::new(),
         };
         let lease = |mac: &str, ip: &str, network: &str, expiry| Lease {
             network: network.into(),

@@ -64,6 +64,7 @@ fn opts() -> VerifyOptions {
         sweep_after: Duration::from_millis(1500),
         sweep_every: Duration::from_secs(1),
         max_sweep_hosts: 1024,
+        ready_timeout: Duration::ZERO,
     }
 }
 
@@ -732,6 +733,7 @@ fn targets_from_the_model() {
         nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
         cloud_init: None,
         host: HostName::default_host(),
+        ready: Vec::new(),
         span,
     };
     let local = Network {

@@ -124,6 +124,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         nics,
         cloud_init: None,
         host: HostName::default_host(),
+        ready: Vec::new(),
         span: (0, 0).into(),
     };
     Lab {

@@ -13,6 +13,7 @@ mod hosts;
 mod lab;
 mod network;
 mod nic;
+mod ready;
 mod vm;
 
 use std::net::Ipv4Addr;
@@ -325,6 +326,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         nets: &networks.info,
         guests: &guests,
         hosts: &hosts,
+        ready: spec.ready.as_ref(),
     };
     let mut vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
     hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);

@@ -9,7 +9,9 @@ use super::network::NetInfo;
 use super::{Checker, LeftOut, cloud_init, nic};
 use crate::diag::Code;
 use crate::lab::model::{self, ByteSize, LabName, SizeError, VirtType, VmName};
-use crate::lab::spec::{BootSpec, DiskSpec, HypervisorSpec, ImageFormatSpec, Spanned, SpannedMap, VmSpec, VmStateSpec};
+use crate::lab::spec::{
+    BootSpec, DiskSpec, HypervisorSpec, ImageFormatSpec, ReadySpec, Spanned, SpannedMap, VmSpec, VmStateSpec,
+};
 
 /// Default VM memory.
 pub const DEFAULT_MEMORY: ByteSize = ByteSize::from_mib(512);
@@ -30,6 +32,8 @@ pub(super) struct LabContext<'a> {
     pub(super) nets: &'a BTreeMap<String, NetInfo>,
     pub(super) guests: &'a cloud_init::Defaults<'a>,
     pub(super) hosts: &'a super::hosts::Hosts,
+    /// The lab's `ready:`, for VMs without their own.
+    pub(super) ready: Option<&'a Spanned<Vec<Spanned<ReadySpec>>>>,
 }
 
 /// Checks every VM and its NICs; returns the valid VMs.
@@ -39,7 +43,7 @@ pub(super) fn check_all(
     lab: &LabContext<'_>,
     seen: &mut nic::Nics,
 ) -> BTreeMap<VmName, model::Vm> {
-    let LabContext { lab_name, prefix, nets, guests, hosts } = *lab;
+    let LabContext { lab_name, prefix, nets, guests, hosts, ready } = *lab;
     let mut model_vms = BTreeMap::new();
     for (key, vm) in vms.iter() {
         let name = checked_name(
@@ -62,6 +66,17 @@ pub(super) fn check_all(
         }
         let host = hosts.place(c, vm.host.as_ref(), &format!("VM `{}`", key.value));
         let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
+        let offers = super::ready::Offers {
+            vm: &key.value,
+            // A NIC proven by ARP: on an external network, or a lab network with a subnet.
+            addressable: vm.nics.iter().any(|n| {
+                n.value.verify.as_ref().is_none_or(|v| v.value != crate::lab::spec::VerifySpec::None)
+                    && nets.get(&n.value.network.value).is_some_and(|i| i.external || i.subnet.is_some())
+            }),
+            // A cloud-init block with problems is reported on its own: no second problem here.
+            cloud_init: !matches!(&guest, Ok(None)),
+        };
+        let conditions = super::ready::check(c, ready, vm.ready.as_ref(), &offers);
         // A prefix libvirt would refuse is reported by `lab::check`: no model then.
         let libvirt_name = name.as_ref().and_then(|n| model::LibvirtName::new(&format!("{prefix}{n}")).ok());
         if let (
@@ -89,6 +104,7 @@ pub(super) fn check_all(
                     nics,
                     cloud_init,
                     host,
+                    ready: conditions,
                     span: c.span(key),
                 },
             );
