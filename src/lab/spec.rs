@@ -308,6 +308,12 @@ pub struct VmSpec {
     /// The host (under `hosts:`) the VM runs on. Default: the first host in `hosts:`.
     #[schemars(with = "Option<String>")]
     pub host: Option<Spanned<String>>,
+    /// A group of identical VMs: `count: N` (0 to 999) makes the VMs `<key>-1` ... `<key>-N`,
+    /// each a VM of its own with its own derived MACs and addresses; 0 makes none. Not with
+    /// a written `nics[].mac`, `nics[].ip` (but `dynamic`) or `cloud_init.hostname`, which
+    /// members cannot share. See docs/lab-file.md, "VM groups".
+    #[schemars(with = "Option<i64>")]
+    pub count: Option<Spanned<i64>>,
 }
 
 /// Direct kernel boot. Relative paths resolve against the lab file's folder.

@@ -732,6 +732,7 @@ fn targets_from_the_model() {
         nics: vec![nic(0, "local", Some(ip("10.0.0.20"))), nic(1, "ext", None)],
         cloud_init: None,
         host: HostName::default_host(),
+        group: None,
         span,
     };
     let local = Network {

@@ -326,7 +326,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         guests: &guests,
         hosts: &hosts,
     };
-    let mut vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
+    let (mut vms, groups) = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
     hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
     let derived = nics.derive_addresses(lab_name.as_ref(), &networks.info);
@@ -354,6 +354,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         prefix,
         networks: networks.model,
         vms,
+        groups,
         hosts: hosts.into_model(),
         source: source.clone(),
         stamp: Default::default(),
