@@ -82,7 +82,10 @@ pub(super) fn check_all(
         };
         // A key the members cannot share would be refused again for each (a duplicate MAC).
         let shared_refused = c.count() > before_group;
-        names.add(c, key, &vm.count, &members, group.as_ref());
+        // A name given twice is one problem; its VM is left out (its NICs would repeat it as
+        // a duplicate derived MAC).
+        let clashed = names.add(c, key, &vm.count, &members, group.as_ref());
+        let members: Vec<_> = members.into_iter().filter(|(m, _)| !clashed.contains(m.as_str())).collect();
         let host = hosts.place(c, vm.host.as_ref(), &format!("VM `{}`", key.value));
         // Checked once per entry: what members share. Each member's hostname is its name.
         let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
@@ -263,7 +266,8 @@ struct Names(BTreeMap<String, (SourceSpan, String)>);
 
 impl Names {
     /// Adds the names entry `key` gives: its members (or itself), and its own name when it is
-    /// a group (`--target vm.GROUP` names the group, so no VM may be called so).
+    /// a group (`--target vm.GROUP` names the group, so no VM may be called so). Returns the
+    /// names already taken, each reported with both places.
     fn add(
         &mut self,
         c: &mut Checker,
@@ -271,7 +275,8 @@ impl Names {
         count: &Option<Spanned<i64>>,
         members: &[(VmName, Option<model::GroupMember>)],
         group: Option<&model::VmGroup>,
-    ) {
+    ) -> std::collections::BTreeSet<String> {
+        let mut clashed = std::collections::BTreeSet::new();
         let span = c.span(key);
         let mut mine: Vec<(String, String)> = Vec::new();
         if group.is_some() {
@@ -297,10 +302,12 @@ impl Names {
                     ],
                     help,
                 );
+                clashed.insert(name);
                 continue;
             }
             self.0.insert(name, (if what.starts_with("member") { at } else { span }, what));
         }
+        clashed
     }
 }
 
