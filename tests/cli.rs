@@ -607,7 +607,8 @@ fn a_group_target_plans_its_members() {
     let out = run(&["plan", "--json", "--target", "vm.c"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let changes: Vec<&str> = doc["changes"].as_array().unwrap().iter().map(|c| c["address"].as_str().unwrap()).collect();
+    let changes: Vec<&str> =
+        doc["changes"].as_array().unwrap().iter().map(|c| c["address"].as_str().unwrap()).collect();
     assert_eq!(changes, ["network.lan", "vm.c-1", "vm.c-2"]);
     assert_eq!(doc["targets"], serde_json::json!(["vm.c-1", "vm.c-2"]));
     std::fs::write(&lab, text(0)).unwrap();

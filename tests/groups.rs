@@ -66,14 +66,11 @@ fn a_group_scaled_from_6_to_8_to_5_changes_only_the_difference() {
     // 6 -> 8: two members created; the network gains their two host entries, in place.
     let eight = group_lab(8);
     let (p, _) = plan_on(&eight, &hv);
-    let want: BTreeMap<String, Action> = [
-        ("network.lan", Action::Update),
-        ("vm.client-7", Action::Create),
-        ("vm.client-8", Action::Create),
-    ]
-    .into_iter()
-    .map(|(a, b)| (a.to_string(), b))
-    .collect();
+    let want: BTreeMap<String, Action> =
+        [("network.lan", Action::Update), ("vm.client-7", Action::Create), ("vm.client-8", Action::Create)]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b))
+            .collect();
     assert_eq!(actions(&p), want);
     insta::assert_snapshot!("scale_6_to_8", plain(&p));
     insta::assert_json_snapshot!("scale_6_to_8_json", json(&p));

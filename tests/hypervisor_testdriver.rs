@@ -167,6 +167,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         nics: vec![nic(0, &net, mac("52:54:00:77:00:10")), nic(1, &default, mac("52:54:00:77:00:11"))],
         cloud_init: None,
         host: HostName::default_host(),
+        group: None,
         span: (0, 0).into(),
     };
     Lab {
@@ -175,6 +176,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         prefix,
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
+        groups: Default::default(),
         hosts: Default::default(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         // The whole owner tag round-trips through libvirt, `&` and quotes escaped.

@@ -1047,7 +1047,10 @@ mod group_tests {
         for (name, nic) in &six {
             assert_eq!(eight.get(name), Some(nic), "{name} from 6 to 8");
         }
-        assert_eq!(five.keys().map(String::as_str).collect::<Vec<_>>(), ["client-1", "client-2", "client-3", "client-4", "client-5"]);
+        assert_eq!(
+            five.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["client-1", "client-2", "client-3", "client-4", "client-5"]
+        );
         for (name, nic) in &five {
             assert_eq!(six.get(name), Some(nic), "{name} from 6 to 5");
         }
@@ -1084,7 +1087,11 @@ mod group_tests {
         let t = text("5", "", "", "").replace("{network: lan}", "{network: lna}");
         assert_eq!(codes(&t), ["topo::lab::unknown_network"]);
         let e = lab(&t).unwrap_err();
-        assert!(e.problems[0].message.contains("vms.client.nics[0] (of client-1) uses network `lna`"), "{}", e.problems[0].message);
+        assert!(
+            e.problems[0].message.contains("vms.client.nics[0] (of client-1) uses network `lna`"),
+            "{}",
+            e.problems[0].message
+        );
     }
 
     /// A member's name is a VM name: one name, one VM (and `--target vm.NAME` one thing).

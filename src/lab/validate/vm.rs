@@ -99,11 +99,8 @@ pub(super) fn check_all(
             let before = c.count();
             // The members share their NIC keys: a problem of the first member's NICs would be
             // reported again for every other, so those are checked no further.
-            let nics = if nic_problems {
-                None
-            } else {
-                check_nics(c, vm, key, Some(&member), in_group.as_ref(), lab, seen)
-            };
+            let nics =
+                if nic_problems { None } else { check_nics(c, vm, key, Some(&member), in_group.as_ref(), lab, seen) };
             if in_group.as_ref().is_some_and(|g| g.index == 1) && (shared_refused || c.count() > before) {
                 nic_problems = true;
             }
@@ -174,7 +171,8 @@ fn check_nics(
             (Some(_), Some(m)) => format!("vms.{}.nics[{index}] (of {m})", key.value),
             _ => format!("vms.{}.nics[{index}]", key.value),
         };
-        let ctx = nic::Context { who: &who, index, lab: lab.lab_name, vm: member, nets: lab.nets, in_group: group.is_some() };
+        let ctx =
+            nic::Context { who: &who, index, lab: lab.lab_name, vm: member, nets: lab.nets, in_group: group.is_some() };
         match nic::check(c, &spec.value, &ctx, seen) {
             Some(n) => nics.push(n),
             None => all = false,
