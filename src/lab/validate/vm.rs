@@ -99,8 +99,11 @@ pub(super) fn check_all(
             let before = c.count();
             // The members share their NIC keys: a problem of the first member's NICs would be
             // reported again for every other, so those are checked no further.
-            let nics =
-                if nic_problems { None } else { check_nics(c, vm, key, Some(&member), in_group.as_ref(), lab, seen) };
+            let nics = if nic_problems {
+                None
+            } else {
+                Some(check_nics(c, vm, key, Some(&member), in_group.as_ref(), lab, seen))
+            };
             if in_group.as_ref().is_some_and(|g| g.index == 1) && (shared_refused || c.count() > before) {
                 nic_problems = true;
             }
@@ -154,7 +157,7 @@ pub(super) fn check_all(
 }
 
 /// Checks the NICs of `vm` (the entry `key`) as those of VM `member` (`None`: a group without
-/// members, checked for its shared mistakes only); the model NICs when all are valid.
+/// members, checked for its shared mistakes only); the valid ones as model NICs.
 fn check_nics(
     c: &mut Checker,
     vm: &VmSpec,
@@ -163,9 +166,8 @@ fn check_nics(
     group: Option<&model::GroupMember>,
     lab: &LabContext<'_>,
     seen: &mut nic::Nics,
-) -> Option<Vec<model::Nic>> {
+) -> Vec<model::Nic> {
     let mut nics = Vec::new();
-    let mut all = true;
     for (index, spec) in vm.nics.iter().enumerate() {
         let who = match (group, member) {
             (Some(_), Some(m)) => format!("vms.{}.nics[{index}] (of {m})", key.value),
@@ -173,12 +175,11 @@ fn check_nics(
         };
         let ctx =
             nic::Context { who: &who, index, lab: lab.lab_name, vm: member, nets: lab.nets, in_group: group.is_some() };
-        match nic::check(c, &spec.value, &ctx, seen) {
-            Some(n) => nics.push(n),
-            None => all = false,
+        if let Some(n) = nic::check(c, &spec.value, &ctx, seen) {
+            nics.push(n);
         }
     }
-    all.then_some(nics)
+    nics
 }
 
 /// `count:`: 0 to [`model::group::MAX_COUNT`], and no longer than the VM name rule lets the
