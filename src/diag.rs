@@ -38,6 +38,13 @@ pub enum Code {
     Prefix,
     NetworkName,
     VmName,
+    /// A VM group's `count:` outside 0 to `group::MAX_COUNT`.
+    Count,
+    /// A key a VM group's members cannot share (a written MAC, address or hostname).
+    GroupField,
+    /// Two VMs, or a VM and a VM group, with one name (a group member `client-2` and a VM
+    /// `client-2`).
+    VmNameClash,
     /// A host's key under `hosts:` is not a valid name.
     HostName,
     /// A VM or network names a host the lab does not declare (or the lab declares none).
@@ -197,6 +204,9 @@ impl Code {
             Prefix => "topo::lab::prefix",
             NetworkName => "topo::lab::network_name",
             VmName => "topo::lab::vm_name",
+            Count => "topo::lab::count",
+            GroupField => "topo::lab::group_field",
+            VmNameClash => "topo::lab::vm_name_clash",
             HostName => "topo::lab::host_name",
             UnknownHost => "topo::lab::unknown_host",
             HostUri => "topo::lab::host_uri",

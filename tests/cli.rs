@@ -579,3 +579,41 @@ fn no_uri_lets_libvirt_choose_its_configured_default_through_an_alias() {
     assert!(stderr(&out).contains("Observing test:///default"), "libvirt chose the aliased default:\n{}", stderr(&out));
     assert!(stdout(&out).contains("Plan: 3 to add"), "{}", stdout(&out));
 }
+
+/// `--target vm.GROUP` (a VM group, `count:`) plans the group's members and what they need;
+/// a group of count 0 is refused as a target (it would target nothing, and no target means
+/// everything); `validate` counts the members.
+#[test]
+fn a_group_target_plans_its_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = dir.path().join("lab.yaml");
+    let text = |count: u32| {
+        format!(
+            "apiVersion: topo/v1\nname: tg\nnetworks:\n  lan: {{mode: isolated, subnet: 10.61.0.0/24}}\nvms:\n  a:\n    boot: {{kernel: /srv/a/vmlinuz}}\n  c:\n    count: {count}\n    boot: {{kernel: /srv/c/vmlinuz}}\n    nics: [{{network: lan}}]\n"
+        )
+    };
+    std::fs::write(&lab, text(2)).unwrap();
+    let run = |args: &[&str]| {
+        topo()
+            .env("XDG_RUNTIME_DIR", dir.path())
+            .args(["--color", "never", "-c", "test:///default"])
+            .args(args)
+            .arg(&lab)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["validate"]);
+    assert_eq!(stdout(&out).trim(), "lab tg: 1 network (0 external), 3 vms (2 in group c), 2 nics");
+    let out = run(&["plan", "--json", "--target", "vm.c"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes: Vec<&str> =
+        doc["changes"].as_array().unwrap().iter().map(|c| c["address"].as_str().unwrap()).collect();
+    assert_eq!(changes, ["network.lan", "vm.c-1", "vm.c-2"]);
+    assert_eq!(doc["targets"], serde_json::json!(["vm.c-1", "vm.c-2"]));
+    std::fs::write(&lab, text(0)).unwrap();
+    let out = run(&["plan", "--target", "vm.c"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("topo::plan::target") && err.contains("group `c` has no members (count: 0)"), "{err}");
+}

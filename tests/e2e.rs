@@ -2356,6 +2356,8 @@ fn e2e_link_impairment() {
 mod disks;
 #[path = "e2e/files.rs"]
 mod files;
+#[path = "e2e/groups.rs"]
+mod groups;
 #[path = "e2e/guards.rs"]
 mod guards;
 #[path = "e2e/identity.rs"]

@@ -168,6 +168,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         cloud_init: None,
         host: HostName::default_host(),
         ready: Vec::new(),
+        group: None,
         span: (0, 0).into(),
     };
     Lab {
@@ -176,6 +177,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         prefix,
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
+        groups: Default::default(),
         hosts: Default::default(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         // The whole owner tag round-trips through libvirt, `&` and quotes escaped.

@@ -103,11 +103,12 @@ pub fn run_apply(global: &GlobalArgs, args: &ApplyArgs) -> miette::Result<Outcom
     if args.json && !args.confirm.auto_approve && saved.is_none() {
         return Err(JsonNeedsApproval.into());
     }
+    let targets = crate::lab::group::expand_targets(lab.groups.values(), &args.targets)?;
     let session = super::connect_lab(global, &lab)?;
     super::check_files_on(&lab, global, &session)?;
     let request = ApplyRequest {
         saved: saved.as_ref(),
-        targets: &args.targets,
+        targets: &targets,
         options: options(&args.confirm),
         auto_approve: args.confirm.auto_approve,
         disconnect_foreign: args.confirm.disconnect_foreign,
@@ -128,9 +129,10 @@ pub fn run_destroy(global: &GlobalArgs, args: &DestroyArgs) -> miette::Result<Ou
     if args.json && !args.confirm.auto_approve {
         return Err(JsonNeedsApproval.into());
     }
+    let targets = crate::lab::group::expand_targets(lab.groups.values(), &args.targets)?;
     let session = super::connect_lab(global, &lab)?;
     let request = DestroyRequest {
-        targets: &args.targets,
+        targets: &targets,
         graceful: args.graceful,
         options: options(&args.confirm),
         disconnect_foreign: args.confirm.disconnect_foreign,

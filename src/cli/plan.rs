@@ -37,7 +37,8 @@ pub fn run(global: &GlobalArgs, args: &PlanArgs) -> miette::Result<Outcome> {
     lab.take_over = args.take_over;
     let session = super::connect_lab(global, &lab)?;
     super::check_files_on(&lab, global, &session)?;
-    let planned = session.plan(&lab, &args.targets, &Shown::new(global, args.json, false))?;
+    let targets = crate::lab::group::expand_targets(lab.groups.values(), &args.targets)?;
+    let planned = session.plan(&lab, &targets, &Shown::new(global, args.json, false))?;
     let plan = &planned.plan;
     let json = crate::plan::json::to_json(plan);
     if args.json {

@@ -17,7 +17,7 @@ pub struct VerifyOpts {
     #[arg(long, default_value = "120s", value_parser = super::duration::parse_duration)]
     pub timeout: Duration,
     /// Give up on VMs whose `ready:` conditions do not all hold this long after their NICs
-    /// are proven (0 checks each once)
+    /// are proven; 0 checks each once (90, 90s, 2m, 1h)
     #[arg(long, default_value = "300s", value_parser = super::duration::parse_duration)]
     pub ready_timeout: Duration,
 }

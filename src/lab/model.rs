@@ -24,6 +24,8 @@ pub use crate::lab::names::{
     NameError, NetworkName, PoolName, VmName, VolumeName,
 };
 
+pub use crate::lab::group::{GroupMember, VmGroup};
+
 /// How a lab network reaches beyond its bridge. Mirrors libvirt's `<forward mode>`;
 /// `Isolated` is a network without `<forward>`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -193,6 +195,9 @@ pub struct Lab {
     /// Keyed by the name in the file; iteration is sorted, so output is deterministic.
     pub networks: BTreeMap<NetworkName, Network>,
     pub vms: BTreeMap<VmName, Vm>,
+    /// The VM groups (entries with `count:`), by the entry's key; their members are in `vms`
+    /// (each with [`Vm::group`]). A group of count 0 is here with no member.
+    pub groups: BTreeMap<VmName, VmGroup>,
     /// The libvirt hosts the lab names (`hosts:`), by name; empty for a lab on one host,
     /// [`HostName::DEFAULT`] (docs/multi-host.md).
     pub hosts: BTreeMap<HostName, LabHost>,
@@ -415,6 +420,10 @@ pub struct Vm {
     /// What must hold, beyond the ARP proof, before the VM counts as ready (`ready:`, or the
     /// lab's), in the order written.
     pub ready: Vec<ReadyCondition>,
+    /// Member `index` of group `group` when the VM comes from an entry with `count:`
+    /// (docs/lab-file.md, "VM groups"); `None` for a VM of its own entry.
+    pub group: Option<GroupMember>,
+    /// Where the VM's entry (a group member: its group's entry) is written.
     pub span: SourceSpan,
 }
 
@@ -748,13 +757,20 @@ impl Lab {
         }
         keyless
     }
-    /// The one-line summary `topo validate` prints.
+    /// The one-line summary `topo validate` prints; with VM groups, how many VMs each gives.
     pub fn summary(&self) -> String {
         let nets = self.networks.len();
         let vms = self.vms.len();
         let nics = self.nic_count();
+        // The groups' shares of the VMs, when there are groups: `(3 in group client)`.
+        let groups = if self.groups.is_empty() {
+            String::new()
+        } else {
+            let each: Vec<String> = self.groups.values().map(|g| format!("{} in group {}", g.count, g.name)).collect();
+            format!(" ({})", each.join(", "))
+        };
         format!(
-            "lab {}: {} network{} ({} external), {} vm{}, {} nic{}",
+            "lab {}: {} network{} ({} external), {} vm{}{groups}, {} nic{}",
             self.name,
             nets,
             if nets == 1 { "" } else { "s" },

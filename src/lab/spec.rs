@@ -122,7 +122,7 @@ pub struct LabSpec {
     pub ready: Option<Spanned<Vec<Spanned<ReadySpec>>>>,
 }
 
-/// One readiness condition (`ready:`): a word, or a one-key mapping.
+/// One readiness condition (`ready:`): a word, or a mapping with one key.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ReadySpec {
@@ -130,28 +130,19 @@ pub enum ReadySpec {
     /// `cloud-init`: cloud-init's final message (`Cloud-init v. ... finished at`) on the VM's
     /// serial console.
     Word(String),
-    /// `{tcp: PORT}`: a TCP connection accepted on the VM's first proven IPv4 address.
-    Tcp(TcpReadySpec),
-    /// `{console: TEXT}`: a line on the VM's serial console that holds TEXT.
-    Console(ConsoleReadySpec),
+    /// `{tcp: PORT}` or `{console: TEXT}`.
+    Map(ReadyMapSpec),
 }
 
-/// `{tcp: PORT}`.
+/// `{tcp: PORT}`: a TCP connection accepted on the VM's first proven IPv4 address;
+/// `{console: TEXT}`: a line on the VM's serial console that holds TEXT. One key per item.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TcpReadySpec {
+pub struct ReadyMapSpec {
     /// A TCP port, 1 to 65535.
-    #[schemars(with = "i64")]
-    pub tcp: Spanned<i64>,
-}
-
-/// `{console: TEXT}`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleReadySpec {
+    pub tcp: Option<i64>,
     /// Text a line of the serial console holds (one line: no line breaks).
-    #[schemars(with = "String")]
-    pub console: Spanned<String>,
+    pub console: Option<String>,
 }
 
 /// A libvirt host of a lab that spans several.
@@ -348,6 +339,12 @@ pub struct VmSpec {
     /// for none).
     #[schemars(with = "Option<Vec<ReadySpec>>")]
     pub ready: Option<Spanned<Vec<Spanned<ReadySpec>>>>,
+    /// A group of identical VMs: `count: N` (0 to 999) makes the VMs `<key>-1` ... `<key>-N`,
+    /// each a VM of its own with its own derived MACs and addresses; 0 makes none. Not with
+    /// a written `nics[].mac`, `nics[].ip` (but `dynamic`) or `cloud_init.hostname`, which
+    /// members cannot share. See docs/lab-file.md, "VM groups".
+    #[schemars(with = "Option<i64>")]
+    pub count: Option<Spanned<i64>>,
 }
 
 /// Direct kernel boot. Relative paths resolve against the lab file's folder.

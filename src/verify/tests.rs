@@ -734,6 +734,7 @@ fn targets_from_the_model() {
         cloud_init: None,
         host: HostName::default_host(),
         ready: Vec::new(),
+        group: None,
         span,
     };
     let local = Network {

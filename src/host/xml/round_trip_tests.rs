@@ -125,6 +125,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         cloud_init: None,
         host: HostName::default_host(),
         ready: Vec::new(),
+        group: None,
         span: (0, 0).into(),
     };
     Lab {
@@ -133,6 +134,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         prefix: "seedlab-".into(),
         networks,
         vms: [(vm_name, vm)].into_iter().collect(),
+        groups: Default::default(),
         hosts: Default::default(),
         source: SourceFile::from_text(Path::new("lab.yaml"), String::new()),
         stamp: Default::default(),

@@ -328,7 +328,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         hosts: &hosts,
         ready: spec.ready.as_ref(),
     };
-    let mut vms = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
+    let (mut vms, groups) = vm::check_all(&mut c, &spec.vms, &ctx, &mut nics);
     hosts.place_networks(&mut c, &spec.networks, &mut networks.model, &vms);
     nic::check_dhcp_capacity(&mut c, &networks.info, &nics);
     let derived = nics.derive_addresses(lab_name.as_ref(), &networks.info);
@@ -356,6 +356,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         prefix,
         networks: networks.model,
         vms,
+        groups,
         hosts: hosts.into_model(),
         source: source.clone(),
         stamp: Default::default(),
@@ -959,5 +960,170 @@ mod addressing_tests {
         }
         assert!(calm_seen, "most new VMs move nobody");
         assert!(moved_somewhere, "some name among 400 collides (the documented limit)");
+    }
+}
+
+/// VM groups (`count:`) as validation expands and refuses them (docs/lab-file.md, "VM groups").
+#[cfg(test)]
+mod group_tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::lab::model::{GroupMember, LabName, MacAddr, VmName};
+
+    fn lab(text: &str) -> Result<model::Lab, ValidateError> {
+        load(&SourceFile::from_text(Path::new("/tmp/unit.yaml"), text.to_owned()))
+    }
+
+    fn codes(text: &str) -> Vec<&'static str> {
+        match lab(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.codes(),
+        }
+    }
+
+    /// A lab `grp` with network `lan` and the group `client` of `count` (`extra` adds keys to
+    /// its entry, `nic` to its one NIC), then `more` (further VM entries).
+    fn text(count: &str, extra: &str, nic: &str, more: &str) -> String {
+        format!(
+            "apiVersion: topo/v1\nname: grp\nnetworks:\n  lan:\n    mode: isolated\n    subnet: 192.168.160.0/24\n\
+             vms:\n  client:\n    count: {count}\n    boot: {{kernel: /etc/hostname}}\n{extra}    nics:\n      - {{network: lan{nic}}}\n{more}"
+        )
+    }
+
+    fn vm(name: &str) -> VmName {
+        VmName::new(name).unwrap()
+    }
+
+    /// (MAC, address) of each member's NIC 0.
+    fn nics(l: &model::Lab) -> BTreeMap<String, (MacAddr, Option<Ipv4Addr>)> {
+        l.nics().map(|(v, n)| (v.name.to_string(), (n.mac, n.ip))).collect()
+    }
+
+    #[test]
+    fn a_group_is_its_members_each_a_vm_of_its_own() {
+        let extra = "    cloud_init: {enabled: true, ssh_authorized_keys: []}\n";
+        let l = lab(&text("3", extra, "", "  web:\n    boot: {kernel: /etc/hostname}\n")).unwrap();
+        let names: Vec<&str> = l.vms.keys().map(VmName::as_str).collect();
+        assert_eq!(names, ["client-1", "client-2", "client-3", "web"]);
+        let g = &l.groups[&vm("client")];
+        assert_eq!((g.name.as_str(), g.count), ("client", 3));
+        assert_eq!(l.groups.len(), 1, "a VM without count is no group");
+        let lab_name = LabName::new("grp").unwrap();
+        for i in 1..=3u32 {
+            let m = &l.vms[&vm(&format!("client-{i}"))];
+            assert_eq!(m.group, Some(GroupMember { group: vm("client"), index: i }));
+            assert_eq!(m.libvirt_name, format!("grp-client-{i}"));
+            // Derived from the member's name, as any VM's (docs/lab-file.md).
+            assert_eq!(m.nics[0].mac, MacAddr::derived(&lab_name, &m.name, 0));
+            assert_eq!(m.cloud_init.as_ref().unwrap().hostname, format!("client-{i}"), "its own name");
+            assert_eq!(m.span, g.span, "problems and the plan point at the group's entry");
+        }
+        assert_eq!(l.vms[&vm("web")].group, None);
+        let addrs: std::collections::BTreeSet<_> = nics(&l).values().map(|(_, ip)| ip.unwrap()).collect();
+        assert_eq!(addrs.len(), 3, "each member its own reservation");
+        assert_eq!(l.summary(), "lab grp: 1 network (0 external), 4 vms (3 in group client), 3 nics");
+    }
+
+    /// Terraform's `count = 0`: valid, no VM; the entry's keys are still checked.
+    #[test]
+    fn count_zero_is_none() {
+        let l = lab(&text("0", "", "", "")).unwrap();
+        assert!(l.vms.is_empty());
+        assert_eq!(l.groups[&vm("client")].count, 0);
+        assert_eq!(codes(&text("0", "", ", mac: \"52:54:00:00:00:01\"", "")), ["topo::lab::group_field"]);
+        let unknown = text("0", "", "", "").replace("{network: lan}", "{network: nope}");
+        assert_eq!(codes(&unknown), ["topo::lab::unknown_network"]);
+    }
+
+    /// Scaling changes only the difference: the members that stay keep their names, MACs and
+    /// (here, with no collision in the probe runs, docs/addressing.md) their addresses.
+    #[test]
+    fn scaling_keeps_the_members_that_stay() {
+        let six = nics(&lab(&text("6", "", "", "")).unwrap());
+        let eight = nics(&lab(&text("8", "", "", "")).unwrap());
+        let five = nics(&lab(&text("5", "", "", "")).unwrap());
+        assert_eq!(eight.len(), 8);
+        for (name, nic) in &six {
+            assert_eq!(eight.get(name), Some(nic), "{name} from 6 to 8");
+        }
+        assert_eq!(
+            five.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["client-1", "client-2", "client-3", "client-4", "client-5"]
+        );
+        for (name, nic) in &five {
+            assert_eq!(six.get(name), Some(nic), "{name} from 6 to 5");
+        }
+    }
+
+    /// topo's guard rail, 0 to 999 (`group::MAX_COUNT`); a negative count is no count.
+    #[test]
+    fn count_out_of_range() {
+        for bad in ["-1", "1000", "99999999999"] {
+            assert_eq!(codes(&text(bad, "", "", "")), ["topo::lab::count"], "{bad}");
+        }
+        assert_eq!(codes(&text("999", "", "", "")), ["topo::lab::dhcp_too_small"], "999 fit no /24");
+    }
+
+    /// What members cannot share, refused once each where it is written (and not again as a
+    /// duplicate for every member): a MAC (Ethernet; dnsmasq keys reservations by MAC), an
+    /// address (libvirt refuses a second `<host>` with one IP, network_conf.c
+    /// `virNetworkDefUpdateIPDHCPHost`), a hostname (each guest names itself).
+    #[test]
+    fn keys_members_cannot_share() {
+        let field = ["topo::lab::group_field"];
+        assert_eq!(codes(&text("3", "", ", mac: \"52:54:00:00:00:01\"", "")), field);
+        assert_eq!(codes(&text("3", "", ", ip: 192.168.160.10", "")), field);
+        let hostname = "    cloud_init: {enabled: true, hostname: same, ssh_authorized_keys: []}\n";
+        assert_eq!(codes(&text("3", hostname, "", "")), field);
+        // `ip: dynamic` is no address of its own: shared, fine.
+        let l = lab(&text("3", "", ", ip: dynamic", "")).unwrap();
+        assert!(l.nics().all(|(_, n)| n.ip.is_none()));
+    }
+
+    /// A problem of the group's shared keys is reported once, not once per member.
+    #[test]
+    fn a_shared_mistake_is_reported_once() {
+        let t = text("5", "", "", "").replace("{network: lan}", "{network: lna}");
+        assert_eq!(codes(&t), ["topo::lab::unknown_network"]);
+        let e = lab(&t).unwrap_err();
+        assert!(
+            e.problems[0].message.contains("vms.client.nics[0] (of client-1) uses network `lna`"),
+            "{}",
+            e.problems[0].message
+        );
+    }
+
+    /// A member's name is a VM name: one name, one VM (and `--target vm.NAME` one thing).
+    #[test]
+    fn name_clashes_are_refused_with_both_places() {
+        let plain = "  client-2:\n    boot: {kernel: /etc/hostname}\n";
+        let e = lab(&text("3", "", "", plain)).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::vm_name_clash"]);
+        let p = &e.problems[0];
+        assert_eq!(p.message, "the name `client-2` is given twice: member 2 of VM group `client` and VM `client-2`");
+        assert_eq!(p.labels.len(), 2);
+        // A group named like another group's member.
+        let other = "  client-1:\n    count: 2\n    boot: {kernel: /etc/hostname}\n";
+        assert_eq!(codes(&text("3", "", "", other)), ["topo::lab::vm_name_clash"]);
+        // ... which is no clash when that group has no member 1.
+        assert_eq!(codes(&text("0", "", "", other)), Vec::<&str>::new());
+        // Members of two groups never meet otherwise: `a-1-2` is not `a-12`.
+        let two = "  client-1x:\n    count: 2\n    boot: {kernel: /etc/hostname}\n";
+        assert_eq!(codes(&text("12", "", "", two)), Vec::<&str>::new());
+    }
+
+    /// The VM name rule (63 characters: a DNS label for the DHCP host name and hostname,
+    /// dnsmasq `legal_hostname`, RFC 1035 2.3.4) holds for the longest member's name.
+    #[test]
+    fn the_longest_member_name_obeys_the_name_rule() {
+        let stem = "c".repeat(61);
+        let t = |count: &str| text(count, "", "", "").replace("  client:\n", &format!("  {stem}:\n"));
+        assert_eq!(codes(&t("9")), Vec::<&str>::new(), "`{stem}-9` is 63 characters");
+        let e = lab(&t("10")).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::vm_name"]);
+        assert!(e.problems[0].message.contains(&format!("`{stem}-10`, 64 characters long, more than 63")));
     }
 }

@@ -214,11 +214,13 @@ pub(super) struct Context<'a> {
     pub(super) lab: Option<&'a LabName>,
     pub(super) vm: Option<&'a VmName>,
     pub(super) nets: &'a BTreeMap<String, NetInfo>,
+    /// The NIC is a VM group member's: its keys are its group's, shared by every member.
+    pub(super) in_group: bool,
 }
 
 /// Checks one NIC; the model NIC when it is valid.
 pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Nics) -> Option<model::Nic> {
-    let Context { who, index, lab: lab_name, vm: name, nets } = *ctx;
+    let Context { who, index, lab: lab_name, vm: name, nets, in_group } = *ctx;
     let Some(info) = nets.get(&nic.network.value) else {
         let help = match did_you_mean(&nic.network.value, nets.keys().map(String::as_str)) {
             Some(s) => format!("did you mean `{s}`? Declared networks: {}", list(nets.keys())),
@@ -236,7 +238,7 @@ pub(super) fn check(c: &mut Checker, nic: &NicSpec, ctx: &Context, seen: &mut Ni
     };
     let order = seen.order;
     seen.order += 1;
-    let mac = check_nic_mac(c, nic, who, lab_name, name, index, &mut seen.macs);
+    let mac = check_nic_mac(c, nic, (who, in_group), lab_name, name, index, &mut seen.macs);
     let dynamic = nic.ip.as_ref().is_some_and(|s| s.value.trim() == DYNAMIC);
     let ip = if dynamic { None } else { check_nic_ip(c, nic, who, info, &mut seen.ips) };
     // topo derives an address on a lab network with a subnet; a network with a problem of
@@ -569,7 +571,7 @@ pub(super) fn refused_mac(mac: MacAddr) -> Option<(&'static str, &'static str)> 
 fn check_nic_mac(
     c: &mut Checker,
     nic: &NicSpec,
-    who: &str,
+    (who, in_group): (&str, bool),
     lab: Option<&LabName>,
     vm: Option<&VmName>,
     index: usize,
@@ -612,7 +614,9 @@ fn check_nic_mac(
             LabeledSpan::at(*other_span, label_of(*other_derived, other)),
             LabeledSpan::at(span, label_of(derived, who)),
         ];
-        let help = if derived || *other_derived {
+        let help = if in_group && derived {
+            "derived MACs collided (it is rare but possible); a group member's MAC follows from its name, so rename the group (or set `mac:` on the other NIC when it is not a group's)"
+        } else if derived || *other_derived {
             "derived MACs collided (it is rare but possible); set `mac:` explicitly on one of the two NICs"
         } else {
             "every NIC needs its own MAC; change one, or remove `mac:` to get a derived one"

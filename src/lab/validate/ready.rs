@@ -91,44 +91,56 @@ fn condition(c: &mut Checker, item: &Spanned<ReadySpec>) -> Option<ReadyConditio
                 None
             }
         },
-        ReadySpec::Tcp(t) => match u16::try_from(t.tcp.value) {
-            Ok(port) if port > 0 => Some(ReadyCondition::Tcp(port)),
-            _ => {
-                // The item's span: one inside an untagged enum is lost (serde buffers it).
+        ReadySpec::Map(m) => match (m.tcp, &m.console) {
+            (Some(port), None) => match u16::try_from(port) {
+                Ok(port) if port > 0 => Some(ReadyCondition::Tcp(port)),
+                _ => {
+                    // The item's span: one inside an untagged enum is lost (serde buffers it).
+                    c.at(
+                        Code::Ready,
+                        item,
+                        format!("TCP port {port} is out of range"),
+                        "not a TCP port",
+                        "a TCP port is 1 to 65535 (the port field is 16 bits, RFC 793; port 0 is reserved, RFC 6335 section 6, and nothing listens on it)",
+                    );
+                    None
+                }
+            },
+            (None, Some(text)) => {
+                let why = if text.trim().is_empty() {
+                    Some("is empty: every line would hold it")
+                } else if text.contains(['\n', '\r']) {
+                    Some("holds a line break: the console is matched one line at a time")
+                } else if text.chars().count() > MAX_CONSOLE_TEXT {
+                    Some("is longer than 200 characters")
+                } else {
+                    None
+                };
+                match why {
+                    None => Some(ReadyCondition::Console(text.clone())),
+                    Some(why) => {
+                        c.at(
+                            Code::Ready,
+                            item,
+                            format!("console text {why}"),
+                            "not a console line's text",
+                            "give a short piece of one console line, e.g. `console: \"login:\"`",
+                        );
+                        None
+                    }
+                }
+            }
+            (tcp, _) => {
+                let what = if tcp.is_some() { "both `tcp` and `console`" } else { "no key" };
                 c.at(
                     Code::Ready,
                     item,
-                    format!("TCP port {} is out of range", t.tcp.value),
-                    "not a TCP port",
-                    "a TCP port is 1 to 65535 (the port field is 16 bits, RFC 793; port 0 is reserved, RFC 6335 section 6, and nothing listens on it)",
+                    format!("a readiness condition mapping has {what}"),
+                    "one key per condition",
+                    "write one condition per list item: `- tcp: 80` or `- console: \"login:\"`",
                 );
                 None
             }
         },
-        ReadySpec::Console(t) => {
-            let text = &t.console.value;
-            let why = if text.trim().is_empty() {
-                Some("is empty: every line would hold it")
-            } else if text.contains(['\n', '\r']) {
-                Some("holds a line break: the console is matched one line at a time")
-            } else if text.chars().count() > MAX_CONSOLE_TEXT {
-                Some("is longer than 200 characters")
-            } else {
-                None
-            };
-            match why {
-                None => Some(ReadyCondition::Console(text.clone())),
-                Some(why) => {
-                    c.at(
-                        Code::Ready,
-                        item,
-                        format!("console text {why}"),
-                        "not a console line's text",
-                        "give a short piece of one console line, e.g. `console: \"login:\"`",
-                    );
-                    None
-                }
-            }
-        }
     }
 }

@@ -2,6 +2,8 @@
 //! against the lab file's folder). Each VM's NICs are checked by `nic`.
 
 use std::collections::BTreeMap;
+
+use miette::SourceSpan;
 use std::path::{Path, PathBuf};
 
 use super::lab::checked_name;
@@ -36,15 +38,18 @@ pub(super) struct LabContext<'a> {
     pub(super) ready: Option<&'a Spanned<Vec<Spanned<ReadySpec>>>>,
 }
 
-/// Checks every VM and its NICs; returns the valid VMs.
+/// Checks every VM entry and its NICs; returns the valid VMs, a group's members each a VM of
+/// its own (docs/lab-file.md, "VM groups"), and the valid groups.
 pub(super) fn check_all(
     c: &mut Checker,
     vms: &SpannedMap<VmSpec>,
     lab: &LabContext<'_>,
     seen: &mut nic::Nics,
-) -> BTreeMap<VmName, model::Vm> {
-    let LabContext { lab_name, prefix, nets, guests, hosts, ready } = *lab;
+) -> (BTreeMap<VmName, model::Vm>, BTreeMap<VmName, model::VmGroup>) {
+    let LabContext { prefix, guests, hosts, nets, ready, .. } = *lab;
     let mut model_vms = BTreeMap::new();
+    let mut groups = BTreeMap::new();
+    let mut names = Names::default();
     for (key, vm) in vms.iter() {
         let name = checked_name(
             c,
@@ -56,16 +61,39 @@ pub(super) fn check_all(
             VmName::new,
         );
         let body = check_vm_body(c, key, vm);
-        let mut nics = Vec::new();
-        for (index, spec) in vm.nics.iter().enumerate() {
-            let who = format!("vms.{}.nics[{index}]", key.value);
-            let ctx = nic::Context { who: &who, index, lab: lab_name, vm: name.as_ref(), nets };
-            if let Some(n) = nic::check(c, &spec.value, &ctx, seen) {
-                nics.push(n);
+        // The VMs of this entry: itself, or its group's members (none for a group with a
+        // problem of its own: its other keys are still checked once, below).
+        let before_group = c.count();
+        let (members, group) = match &vm.count {
+            None => (name.iter().map(|n| (n.clone(), None)).collect(), None),
+            Some(count) => {
+                check_group_keys(c, key, vm);
+                match (check_count(c, key, count), &name) {
+                    (Some(n), Some(g)) => {
+                        let group = model::VmGroup { name: g.clone(), count: n, span: c.span(key) };
+                        // Invariant: `check_count` refused a count whose longest name is too long.
+                        let members = group.members().unwrap_or_default();
+                        let members = members
+                            .into_iter()
+                            .zip(1..)
+                            .map(|(m, index)| (m, Some(model::GroupMember { group: g.clone(), index })))
+                            .collect();
+                        (members, Some(group))
+                    }
+                    _ => (Vec::new(), None),
+                }
             }
-        }
+        };
+        // A key the members cannot share would be refused again for each (a duplicate MAC).
+        let shared_refused = c.count() > before_group;
+        // A name given twice is one problem; its VM is left out (its NICs would repeat it as
+        // a duplicate derived MAC).
+        let clashed = names.add(c, key, &vm.count, &members, group.as_ref());
+        let members: Vec<_> = members.into_iter().filter(|(m, _)| !clashed.contains(m.as_str())).collect();
         let host = hosts.place(c, vm.host.as_ref(), &format!("VM `{}`", key.value));
+        // Checked once per entry: what members share. Each member's hostname is its name.
         let guest = cloud_init::check_vm(c, guests, vm.cloud_init.as_ref(), &key.value, vm.disk.is_some());
+        // Readiness is checked once per entry too: members share it.
         let offers = super::ready::Offers {
             vm: &key.value,
             // A NIC proven by ARP: on an external network, or a lab network with a subnet.
@@ -77,40 +105,226 @@ pub(super) fn check_all(
             cloud_init: !matches!(&guest, Ok(None)),
         };
         let conditions = super::ready::check(c, ready, vm.ready.as_ref(), &offers);
-        // A prefix libvirt would refuse is reported by `lab::check`: no model then.
-        let libvirt_name = name.as_ref().and_then(|n| model::LibvirtName::new(&format!("{prefix}{n}")).ok());
-        if let (
-            Some(name),
-            Some(libvirt_name),
-            Some((virt_type, memory, vcpus, boot, disk)),
-            Ok(cloud_init),
-            Some(host),
-        ) = (name, libvirt_name, body, guest, host)
-        {
-            model_vms.insert(
-                name.clone(),
-                model::Vm {
-                    libvirt_name,
-                    name,
-                    virt_type,
-                    memory,
-                    vcpus,
-                    state: match vm.state.as_ref().map(|s| s.value) {
-                        None | Some(VmStateSpec::Running) => model::VmState::Running,
-                        Some(VmStateSpec::Stopped) => model::VmState::Stopped,
+        if members.is_empty() {
+            // A group of count 0 or with a problem: its NICs are checked once, for the
+            // mistakes they hold whatever the count (no MAC or address is derived).
+            check_nics(c, vm, key, None, None, lab, seen);
+        }
+        let mut nic_problems = false;
+        for (member, in_group) in members {
+            let before = c.count();
+            // The members share their NIC keys: a problem of the first member's NICs would be
+            // reported again for every other, so those are checked no further.
+            let nics = if nic_problems {
+                None
+            } else {
+                Some(check_nics(c, vm, key, Some(&member), in_group.as_ref(), lab, seen))
+            };
+            if in_group.as_ref().is_some_and(|g| g.index == 1) && (shared_refused || c.count() > before) {
+                nic_problems = true;
+            }
+            // A prefix libvirt would refuse is reported by `lab::check`: no model then.
+            let libvirt_name = model::LibvirtName::new(&format!("{prefix}{member}")).ok();
+            // A member's hostname is its own name (`cloud_init.hostname` is refused in a group).
+            let cloud_init = guest.clone().map(|g| {
+                g.map(|mut g| {
+                    if in_group.is_some() {
+                        g.hostname = crate::lab::cloud_init_rules::default_hostname(member.as_str());
+                    }
+                    g
+                })
+            });
+            if let (
+                Some(nics),
+                Some(libvirt_name),
+                Some((virt_type, memory, vcpus, boot, disk)),
+                Ok(cloud_init),
+                Some(host),
+            ) = (nics, libvirt_name, body.clone(), cloud_init, host.clone())
+            {
+                model_vms.insert(
+                    member.clone(),
+                    model::Vm {
+                        libvirt_name,
+                        name: member,
+                        virt_type,
+                        memory,
+                        vcpus,
+                        state: match vm.state.as_ref().map(|s| s.value) {
+                            None | Some(VmStateSpec::Running) => model::VmState::Running,
+                            Some(VmStateSpec::Stopped) => model::VmState::Stopped,
+                        },
+                        boot,
+                        disk,
+                        nics,
+                        cloud_init,
+                        host,
+                        ready: conditions.clone(),
+                        group: in_group,
+                        span: c.span(key),
                     },
-                    boot,
-                    disk,
-                    nics,
-                    cloud_init,
-                    host,
-                    ready: conditions,
-                    span: c.span(key),
-                },
+                );
+            }
+        }
+        if let Some(g) = group {
+            groups.insert(g.name.clone(), g);
+        }
+    }
+    (model_vms, groups)
+}
+
+/// Checks the NICs of `vm` (the entry `key`) as those of VM `member` (`None`: a group without
+/// members, checked for its shared mistakes only); the valid ones as model NICs.
+fn check_nics(
+    c: &mut Checker,
+    vm: &VmSpec,
+    key: &Spanned<String>,
+    member: Option<&VmName>,
+    group: Option<&model::GroupMember>,
+    lab: &LabContext<'_>,
+    seen: &mut nic::Nics,
+) -> Vec<model::Nic> {
+    let mut nics = Vec::new();
+    for (index, spec) in vm.nics.iter().enumerate() {
+        let who = match (group, member) {
+            (Some(_), Some(m)) => format!("vms.{}.nics[{index}] (of {m})", key.value),
+            _ => format!("vms.{}.nics[{index}]", key.value),
+        };
+        let ctx =
+            nic::Context { who: &who, index, lab: lab.lab_name, vm: member, nets: lab.nets, in_group: group.is_some() };
+        if let Some(n) = nic::check(c, &spec.value, &ctx, seen) {
+            nics.push(n);
+        }
+    }
+    nics
+}
+
+/// `count:`: 0 to [`model::group::MAX_COUNT`], and no longer than the VM name rule lets the
+/// group's longest member name be.
+fn check_count(c: &mut Checker, key: &Spanned<String>, count: &Spanned<i64>) -> Option<u32> {
+    use crate::lab::group::{MAX_COUNT, fits, longest_member};
+    let Some(n) = u32::try_from(count.value).ok().filter(|n| *n <= MAX_COUNT) else {
+        c.at(
+            Code::Count,
+            count,
+            format!("count {} is out of range", count.value),
+            format!("must be 0 to {MAX_COUNT}"),
+            format!("give a whole number from 0 (no member) to {MAX_COUNT}"),
+        );
+        return None;
+    };
+    if !fits(&key.value, n) {
+        let longest = format!("{}-{n}", key.value);
+        c.push(
+            Code::VmName,
+            format!(
+                "VM group `{}` would name its member `{longest}`, {} characters long, more than {}",
+                key.value,
+                longest_member(&key.value, n),
+                model::MAX_RESOURCE_NAME
+            ),
+            vec![
+                miette::LabeledSpan::at(c.span(key), "the members' stem"),
+                miette::LabeledSpan::at(c.span(count), format!("`{longest}` is the longest member name")),
+            ],
+            format!(
+                "a VM name (a group member's too: `<group>-<index>`) has at most {} characters, its libvirt name, DHCP host name and hostname follow from it; shorten the group's name",
+                model::MAX_RESOURCE_NAME
+            ),
+        );
+        return None;
+    }
+    Some(n)
+}
+
+/// The keys a group's members cannot share, each refused where it is written: a written
+/// `nics[].mac` (every MAC in the lab is unique: Ethernet, dnsmasq's reservations by MAC),
+/// a written `nics[].ip` (libvirt refuses a second `<host>` with one address,
+/// src/conf/network_conf.c `virNetworkDefUpdateIPDHCPHost`) and `cloud_init.hostname`
+/// (each guest names itself; the members' hostnames are their own names).
+fn check_group_keys(c: &mut Checker, key: &Spanned<String>, vm: &VmSpec) {
+    let group = &key.value;
+    for (index, nic) in vm.nics.iter().enumerate() {
+        if let Some(m) = &nic.value.mac {
+            c.at(
+                Code::GroupField,
+                m,
+                format!("vms.{group}.nics[{index}] writes a MAC, which the members of group `{group}` would share"),
+                "one MAC for every member",
+                "remove `mac:`: each member gets its own derived MAC (docs/lab-file.md, \"Derived MAC addresses\")",
+            );
+        }
+        if let Some(ip) = nic.value.ip.as_ref().filter(|ip| ip.value.trim() != nic::DYNAMIC) {
+            c.at(
+                Code::GroupField,
+                ip,
+                format!("vms.{group}.nics[{index}] writes an address, which the members of group `{group}` would share"),
+                "one address for every member",
+                "remove `ip:` (each member gets its own derived reservation, docs/addressing.md) or write `ip: dynamic`",
             );
         }
     }
-    model_vms
+    if let Some(h) = vm.cloud_init.as_ref().and_then(|ci| ci.value.hostname.as_ref()) {
+        c.at(
+            Code::GroupField,
+            h,
+            format!("VM group `{group}` sets `cloud_init.hostname`, which its members would share"),
+            "one hostname for every member",
+            format!("remove `hostname:`: each member's hostname is its own name (`{group}-1`, `{group}-2`, ...)"),
+        );
+    }
+}
+
+/// Every VM name so far (plain VMs, group members) and group name, to refuse a name given
+/// twice with both places.
+#[derive(Default)]
+struct Names(BTreeMap<String, (SourceSpan, String)>);
+
+impl Names {
+    /// Adds the names entry `key` gives: its members (or itself), and its own name when it is
+    /// a group (`--target vm.GROUP` names the group, so no VM may be called so). Returns the
+    /// names already taken, each reported with both places.
+    fn add(
+        &mut self,
+        c: &mut Checker,
+        key: &Spanned<String>,
+        count: &Option<Spanned<i64>>,
+        members: &[(VmName, Option<model::GroupMember>)],
+        group: Option<&model::VmGroup>,
+    ) -> std::collections::BTreeSet<String> {
+        let mut clashed = std::collections::BTreeSet::new();
+        let span = c.span(key);
+        let mut mine: Vec<(String, String)> = Vec::new();
+        if group.is_some() {
+            mine.push((key.value.clone(), format!("VM group `{}`", key.value)));
+        }
+        for (m, g) in members {
+            let what = match g {
+                Some(g) => format!("member {} of VM group `{}`", g.index, g.group),
+                None => format!("VM `{m}`"),
+            };
+            mine.push((m.to_string(), what));
+        }
+        let at = count.as_ref().map(|n| c.span(n)).unwrap_or(span);
+        for (name, what) in mine {
+            if let Some((other_span, other)) = self.0.get(&name) {
+                let help = "every VM, group member and group needs its own name (a member of group `G` is `G-<index>`); rename the VM or the group";
+                c.push(
+                    Code::VmNameClash,
+                    format!("the name `{name}` is given twice: {other} and {what}"),
+                    vec![
+                        miette::LabeledSpan::at(*other_span, other.clone()),
+                        miette::LabeledSpan::at(if what.starts_with("member") { at } else { span }, what.clone()),
+                    ],
+                    help,
+                );
+                clashed.insert(name);
+                continue;
+            }
+            self.0.insert(name, (if what.starts_with("member") { at } else { span }, what));
+        }
+        clashed
+    }
 }
 
 type VmBody = (VirtType, ByteSize, u32, Option<model::Boot>, Option<model::Disk>);
