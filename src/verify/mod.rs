@@ -17,6 +17,7 @@ pub mod arp;
 pub mod arping;
 pub mod inventory;
 pub mod known_hosts;
+pub mod ndisc6;
 pub mod ndp;
 pub mod prober;
 pub mod report;
