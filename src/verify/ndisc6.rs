@@ -64,7 +64,7 @@ wait"#;
 /// The argv of one probe: [`SCRIPT`] with the bridge, the wait in milliseconds (`timeout`
 /// rounded up, at least 1) and the distinct targets.
 pub fn argv(bridge: &str, targets: &[Ipv6Addr], timeout: Duration) -> Vec<String> {
-    let ms = timeout.as_millis() + u128::from(timeout.subsec_nanos() % 1_000_000 > 0);
+    let ms = timeout.as_millis() + u128::from(!timeout.subsec_nanos().is_multiple_of(1_000_000));
     let mut distinct: Vec<Ipv6Addr> = targets.to_vec();
     distinct.sort();
     distinct.dedup();
