@@ -22,11 +22,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::host::runner::{EXIT_NOT_FOUND, RunError, Runner};
+use crate::host::runner::Runner;
 use crate::host::tools::Tool;
 use crate::lab::model::MacAddr;
 use crate::verify::arp::ArpReply;
 use crate::verify::prober::{ProbeError, Prober, TimedAdvert, TimedReply};
+use crate::verify::script::{parse_link, run_script};
 
 /// The probe script. `$1` the bridge, `$2` the wait in whole seconds, then the targets
 /// (dotted IPv4 addresses, written by topo). Prints `@noarping`, `@nodev`, or `@link LINE`
@@ -76,36 +77,6 @@ impl ArpingProber {
     }
 }
 
-/// Runs a probe script `argv` through `runner` and returns its stdout; `filter` names the
-/// text tool the script pipes through besides `sh` and `ip` (for the message when one is
-/// missing).
-///
-/// # Errors
-/// [`ProbeError::Remote`]: the runner cannot reach the machine or start the shell, a program
-/// the script needs is missing, or the script failed.
-pub(super) fn run_script(
-    runner: &dyn Runner,
-    bridge: &str,
-    argv: &[String],
-    filter: &str,
-) -> Result<String, ProbeError> {
-    let host = runner.describe();
-    let words: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let remote = |message: String| ProbeError::Remote { bridge: bridge.to_owned(), host: host.clone(), message };
-    let out = match runner.run(&words, None) {
-        Ok(o) => o,
-        Err(e @ RunError::Connect { .. }) => return Err(remote(e.to_string())),
-        Err(e @ RunError::Spawn { .. }) => return Err(remote(e.to_string())),
-    };
-    if out.code == EXIT_NOT_FOUND {
-        return Err(remote(format!("sh, ip or {filter} is missing: {}", out.error_text())));
-    }
-    if out.code != 0 {
-        return Err(remote(format!("the probe script failed (exit {}): {}", out.code, out.error_text())));
-    }
-    Ok(out.text())
-}
-
 /// What one `arping` line says.
 fn parse_reply_line(line: &str) -> Option<(Ipv4Addr, MacAddr, Option<Duration>)> {
     // "Unicast reply from 10.9.0.5 [8E:B0:9F:F8:F9:9C]  0.565ms" (also "Broadcast reply").
@@ -115,14 +86,6 @@ fn parse_reply_line(line: &str) -> Option<(Ipv4Addr, MacAddr, Option<Duration>)>
     let rtt = rest.trim().strip_suffix("ms").and_then(|ms| ms.trim().parse::<f64>().ok());
     let rtt = rtt.filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| Duration::from_secs_f64(ms / 1e3));
     Some((ip.trim().parse().ok()?, mac.to_ascii_lowercase().parse().ok()?, rtt))
-}
-
-/// The bridge's MAC and whether it is up, from its `ip -o link show` line.
-pub(super) fn parse_link(line: &str) -> (Option<MacAddr>, bool) {
-    let up =
-        line.split_once('<').and_then(|(_, r)| r.split_once('>')).is_some_and(|(f, _)| f.split(',').any(|x| x == "UP"));
-    let mac = line.split_once("link/ether ").and_then(|(_, r)| r.split_whitespace().next()?.parse().ok());
-    (mac, up)
 }
 
 /// Reads the probe script's output: the replies for the asked targets (not from the
@@ -247,7 +210,7 @@ impl Prober for ArpingProber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::runner::{FakeRunner, Output};
+    use crate::host::runner::{FakeRunner, Output, RunError};
 
     const G: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 5);
 

@@ -23,6 +23,7 @@ pub mod prober;
 pub mod report;
 pub mod run;
 pub mod run6;
+pub mod script;
 pub mod sources;
 pub mod state;
 pub mod status;

@@ -42,9 +42,9 @@ use std::time::Duration;
 use crate::host::runner::Runner;
 use crate::host::tools::Tool;
 use crate::lab::model::MacAddr;
-use crate::verify::arping::{parse_link, run_script};
 use crate::verify::ndp::NeighborAdvert;
 use crate::verify::prober::{ProbeError, TimedAdvert};
+use crate::verify::script::{parse_link, run_script};
 
 /// The probe script. `$1` the bridge, `$2` the wait in milliseconds, then the targets
 /// (IPv6 addresses, written by topo). Prints `@nondisc6`, `@nodev`, or `@link LINE` (the
