@@ -4,8 +4,9 @@
 # docs/multi-host.md promises, from the controller namespace, as a user would:
 #   a foreign VXLAN device holding the lab's VNI is refused at plan, nothing touched
 #   -> apply: network `lan` served by h1 (DHCP, reservation) and stretched to h2 by VXLAN
-#      (MTU 1450 on bridges, tunnels and guest NICs), `wan` on h2 only; every NIC proven by
-#      ARP on its own host (arping over ssh on both), g2's lease from h1's dnsmasq
+#      (MTU 1450 on bridges, tunnels and guest NICs), `wan` on h2 only, with `subnet6`; every NIC
+#      proven by ARP on its own host (arping over ssh on both), g2's lease from h1's dnsmasq,
+#      g2's SLAAC address on wan proven by NDP on h2 (ndisc6 over ssh)
 #   -> a 1450-byte frame (DF) crosses the tunnel; the second apply changes nothing
 #   -> `lan` restarted by hand on h2, the tunnel deleted by hand on h1: apply converges
 #   -> an unreachable host (--host h2=...) stops plan, naming it
@@ -73,7 +74,7 @@ hosts:
   h2: {uri: "qemu+ssh://root@h2/system", underlay: 10.77.0.12}
 networks:
   lan: {mode: isolated, subnet: 10.10.0.0/24}
-  wan: {mode: nat, subnet: 10.20.0.0/24, host: h2}
+  wan: {mode: nat, subnet: 10.20.0.0/24, subnet6: 'fd00:20::/64', host: h2}
 vms:
   g1:
     hypervisor: qemu
@@ -123,13 +124,22 @@ topo plan --out plan.json lab.yaml || fail "plan --out"
 grep -q '"h2"' "$X/plan.json" || fail "the saved plan has no part for h2"
 t=$(now_ms)
 topo apply plan.json || fail "apply of the saved plan"
-timing "apply of the saved plan (2 hosts, 2 VMs, 3 NICs proven)" $(($(now_ms) - t))
-grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "apply did not verify the 3 NICs"
+timing "apply of the saved plan (2 hosts, 2 VMs, 3 NICs proven, one on IPv6 too)" $(($(now_ms) - t))
+grep -q "Verify: 4 verified, 0 failed, 0 skipped." "$OUT" || fail "apply did not verify the 3 NICs and g2's IPv6 address"
 grep -E "^h2 +g2 +eth0 +lan .* 10\.10\.0\.20 +arp reply from 52:54:00:f6:55:a3" "$OUT" >/dev/null ||
   fail "g2 (on h2) was not proven at its reservation 10.10.0.20 by ARP"
+# g2's SLAAC address on wan (modified EUI-64 of its MAC, RFC 4291 appendix A, computed here
+# apart from topo; a 52:54:00 MAC's first group is never 0, so `::` stands for the prefix's
+# zero groups), from the RA of h2's dnsmasq, proven by NDP on h2's bridge (ndisc6 over ssh).
+M1=$(vsh h2 domiflist mh-g2 | awk '$3 == "mh-wan" { print $5 }')
+[ -n "$M1" ] || fail "g2 has no NIC on mh-wan"
+IFS=: read -r m0 m1 m2 m3 m4 m5 <<<"$M1"
+A6=$(printf 'fd00:20::%x:%x:%x:%x' $(((0x$m0 ^ 2) << 8 | 0x$m1)) $((0x$m2 << 8 | 0xff)) $((0xfe << 8 | 0x$m3)) $((0x$m4 << 8 | 0x$m5)))
+grep -E "^h2 +g2 +eth1 +wan .* $A6 +neighbour advertisement from $M1" "$OUT" >/dev/null ||
+  fail "g2 (on h2) was not proven at its SLAAC address $A6 by NDP from $M1"
 ! topo apply plan.json || fail "a saved plan applied twice"
 grep -q "the saved plan is stale: the host (qemu+ssh://root@h1/system)" "$OUT" || fail "the applied plan was not refused as stale"
-step "apply of a saved plan across hosts (plan --out): every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel; the same plan again refused as stale"
+step "apply of a saved plan across hosts (plan --out): every NIC proven by ARP on its own host; g2 holds h1's reservation across the tunnel; g2's SLAAC address $A6 on wan proven by NDP on h2; the same plan again refused as stale"
 
 # Guest to guest across the tunnel: g2 (on h2) pings g1 (on h1) from inside (topo.ping on its
 # kernel command line) and says so on its serial console, logged on h2.
@@ -176,7 +186,7 @@ rsh h2 touch /run/topo-e2e-release
 wait "$apply_pid"
 [ "$waited" -ge 1 ] || fail "apply did not wait for the host lock held on h2"
 [ "$(cat "$X/rc")" = 0 ] || fail "apply after the changes by hand"
-grep -q "Verify: 3 verified" "$OUT" || fail "not every NIC proven after the changes by hand"
+grep -q "Verify: 4 verified" "$OUT" || fail "not every NIC proven after the changes by hand"
 topo apply -y --no-verify lab.yaml && grep -q "No changes." "$OUT" || fail "no convergence after the changes by hand"
 step "lan restarted by hand on h2 and the tunnel deleted on h1: apply waits for h2's lock held on h2, re-attaches and re-creates, all proven, then no changes"
 
@@ -185,8 +195,8 @@ grep -q "host h2 of the lab cannot be reached" "$OUT" || fail "plan does not nam
 step "an unreachable host stops plan, named (topo::host::unreachable)"
 
 topo verify lab.yaml || fail "verify"
-grep -q "Verify: 3 verified, 0 failed, 0 skipped." "$OUT" || fail "topo verify"
-step "topo verify: 3 verified"
+grep -q "Verify: 4 verified, 0 failed, 0 skipped." "$OUT" || fail "topo verify"
+step "topo verify: 4 verified (3 NICs, g2's on wan on IPv6 too)"
 
 # Each address is reached through the host whose network carries it (the serving host of a
 # stretched network: the bridge has no address on the others), and the verify table names

@@ -54,8 +54,8 @@ same_run() { # PID: the process sees this shell's /run (so it can own /run/libvi
 # libvirt 9.0 has no nftables backend: without iptables every network fails, and a libvirtd
 # started before it was installed keeps failing until restarted. So it goes first.
 PKGS_FIRST=(iptables)
-PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iputils-arping arp-scan
-  libvirt-dev pkg-config busybox-static openssh-client iproute2)
+PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iputils-arping ndisc6
+  arp-scan libvirt-dev pkg-config busybox-static openssh-client iproute2)
 
 missing_pkgs() {
   local p

@@ -359,6 +359,31 @@ fn a_host_over_ssh_needs_its_reads_lock_and_arping() {
     assert!(!text.contains("arping") && text.contains("`flock`"), "{text}");
 }
 
+/// `ndisc6` (the NDP proof over ssh) is needed on a host only when its share of the lab has a
+/// NIC proven there on a network with `subnet6`: `wan` (on h2 only) with one needs it on h2,
+/// named with its package; the same lab without `subnet6`, or with that NIC not verified,
+/// does not.
+#[test]
+fn a_host_over_ssh_needs_ndisc6_only_for_ipv6_proof() {
+    use topo::host::tools::Tool;
+    let v6 = lab_text().replace(
+        "wan: {mode: nat, subnet: 10.20.0.0/24, host: h2}",
+        "wan: {mode: nat, subnet: 10.20.0.0/24, subnet6: 'fd00:20::/64', host: h2}",
+    );
+    let (hv1, hv2) = hosts("ndisc6");
+    let hv2 = hv2.reached_over_ssh().with_missing_tools(&[Tool::Ndisc6]);
+    let s = session(&hv1, &hv2);
+    let text = refusal(&lab(&v6), &s, &[]).expect("refused");
+    assert_eq!(text.matches("topo::plan::host_tools_missing").count(), 1, "{text}");
+    for t in ["host `h2`", "`ndisc6` (the NDP proof", "apt install ndisc6"] {
+        assert!(text.contains(t), "{t}: {text}");
+    }
+    assert!(!text.contains("arping"), "{text}");
+    assert_eq!(refusal(&lab(&lab_text()), &s, &[]), None, "no subnet6: no NDP proof, no ndisc6");
+    let unverified = lab(&v6.replace("{network: wan}", "{network: wan, verify: none}"));
+    assert_eq!(refusal(&unverified, &s, &[]), None, "the NIC on wan is not verified");
+}
+
 /// A host whose underlay device carries less than a stretched network's frames with VXLAN
 /// around them (a cloud VM's 1400-byte device under the default 1450): refused at plan at the
 /// network, naming the host, the device and the MTU that fits (RFC 7348 section 4.3: VXLAN

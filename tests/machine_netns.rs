@@ -1,17 +1,17 @@
-//! Real-kernel tests of the machine boundary's commands (VXLAN tunnels, the `arping` prober,
-//! the remote machine's reads) inside network namespaces this test creates; no frame touches
-//! the host's own interfaces. Needs root and iproute2, iputils-arping: without them the tests
-//! FAIL (they never skip).
+//! Real-kernel tests of the machine boundary's commands (VXLAN tunnels, the `arping` prober
+//! and its `ndisc6` for IPv6, the remote machine's reads) inside network namespaces this test
+//! creates; no frame touches the host's own interfaces. Needs root and iproute2,
+//! iputils-arping, ndisc6: without them the tests FAIL (they never skip).
 //!
 //! Two "hosts", `<base>-a` and `<base>-b`, joined by a veth underlay (`ul`, 10.88.0.1/24 and
 //! 10.88.0.2/24), each with an address-less bridge `br0`; the tunnels stretch `br0` over the
 //! underlay. A "guest" namespace `<base>-g` on b's bridge holds 10.66.0.5 (MAC
 //! 02:00:00:66:00:05); for the duplicate case `<base>-d` on a's bridge holds it too (MAC
-//! 02:00:00:66:00:0d).
+//! 02:00:00:66:00:0d). The NDP test gives them fd00:66::5 as well.
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -34,7 +34,7 @@ const DUP_MAC: &str = "02:00:00:66:00:0d";
 /// Fails (never skips) without what the tests need.
 fn require_root_and_tools() {
     assert!(nix::unistd::geteuid().is_root(), "these tests create network namespaces: run them as root");
-    for (tool, arg) in [("ip", "-V"), ("bridge", "-V"), ("arping", "-V")] {
+    for (tool, arg) in [("ip", "-V"), ("bridge", "-V"), ("arping", "-V"), ("ndisc6", "-V")] {
         assert!(Command::new(tool).arg(arg).output().is_ok(), "`{tool}` is not installed");
     }
 }
@@ -285,6 +285,72 @@ fn arping_prober_finds_guests_duplicates_and_broken_bridges() {
         pa.probe("br0", &[GUEST_IP], Duration::from_secs(1), Duration::ZERO),
         Err(ProbeError::InterfaceDown { .. })
     ));
+}
+
+/// Solicits until `want` advertisements come (the bridge's own link-local address and a
+/// guest's address leave duplicate address detection, the tunnel's first flood), at most 10 s.
+fn solicit_until(p: &ArpingProber, target: Ipv6Addr, want: usize) -> Vec<topo::verify::prober::TimedAdvert> {
+    let start = Instant::now();
+    loop {
+        let got = p.probe6("br0", &[target], Duration::from_millis(300), Duration::ZERO).expect("probe runs");
+        if got.len() >= want || start.elapsed() > Duration::from_secs(10) {
+            return got;
+        }
+    }
+}
+
+/// The prober's IPv6 half on the real kernel, real `ndisc6` through a runner that is
+/// "another host" (commands in b's namespace): a guest on the local bridge and a duplicate of
+/// its address across the tunnel (both MACs, from the target link-layer option); a silent
+/// address (no answer, after about the wait); an address still tentative (RFC 4862 5.4: not
+/// answered while in DAD, answered after); a missing bridge, a bridge with IPv6 disabled (as
+/// libvirt leaves the bridge of a network without an IPv6 `<ip>`), a bridge that is down.
+#[test]
+fn ndisc6_prober_finds_guests_duplicates_silence_and_broken_bridges() {
+    require_root_and_tools();
+    let mut net = Net::new("ndp");
+    net.guest("b", "g", GUEST_MAC, "10.66.0.5/24");
+    net.guest("a", "d", DUP_MAC, "10.66.0.5/24");
+    // `nodad`: both hold the address at once, as two guests that skipped or lost DAD would.
+    for g in ["g", "d"] {
+        ip(&["-n", &net.name(g), "addr", "add", "fd00:66::5/64", "dev", "eth0", "nodad"]);
+    }
+    for (tag, local, peer) in [("a", UL_A, UL_B), ("b", UL_B, UL_A)] {
+        net.inside(tag, || LocalMachine::new().ensure_tunnel(&spec(local, peer)).unwrap());
+    }
+    let p = ArpingProber::over(Arc::new(InNs(net.name("b"))));
+    let five: Ipv6Addr = "fd00:66::5".parse().unwrap();
+    let got = solicit_until(&p, five, 2);
+    let macs: BTreeSet<String> = got.iter().map(|(a, _)| a.mac().to_string()).collect();
+    assert_eq!(macs, BTreeSet::from([GUEST_MAC.to_owned(), DUP_MAC.to_owned()]), "a duplicate: both MACs");
+    assert!(got.iter().all(|(a, rtt)| a.target == five && a.source == five && rtt.is_none()), "{got:?}");
+
+    let silent: Ipv6Addr = "fd00:66::9".parse().unwrap();
+    let t0 = Instant::now();
+    let none = p.probe6("br0", &[silent], Duration::from_millis(300), Duration::ZERO).expect("probe runs");
+    let took = t0.elapsed();
+    assert_eq!(none, [], "nobody holds fd00:66::9");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "the call lasts about the wait: {took:?}"
+    );
+
+    // A new address of the guest is tentative for about a second: no answer, then one.
+    ip(&["-n", &net.name("g"), "addr", "add", "fd00:66::7/64", "dev", "eth0"]);
+    let seven: Ipv6Addr = "fd00:66::7".parse().unwrap();
+    let early = p.probe6("br0", &[seven], Duration::from_millis(100), Duration::ZERO).expect("probe runs");
+    assert_eq!(early, [], "tentative (in DAD): not answered");
+    let later = solicit_until(&p, seven, 1);
+    assert_eq!(later.len(), 1, "{later:?}");
+    assert_eq!(later[0].0.mac(), GUEST_MAC.parse::<MacAddr>().unwrap());
+
+    let ms = Duration::from_millis(100);
+    assert!(matches!(p.probe6("nobr", &[five], ms, Duration::ZERO), Err(ProbeError::InterfaceMissing { .. })));
+    ip(&["netns", "exec", &net.name("b"), "sysctl", "-qw", "net.ipv6.conf.br0.disable_ipv6=1"]);
+    let off = p.probe6("br0", &[five], ms, Duration::ZERO);
+    assert!(matches!(&off, Err(ProbeError::NoIpv6 { why, .. }) if why.contains("no IPv6 address")), "{off:?}");
+    ip(&["-n", &net.name("b"), "link", "set", "br0", "down"]);
+    assert!(matches!(p.probe6("br0", &[five], ms, Duration::ZERO), Err(ProbeError::InterfaceDown { .. })));
 }
 
 /// RemoteMachine's reads with the commands it runs over ssh, here in a namespace: devices,

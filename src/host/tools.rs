@@ -28,7 +28,9 @@ pub enum Tool {
     Tc,
     /// iputils' `arping`: the ARP proof of each NIC on another host.
     Arping,
-    /// `sed`: tags each `arping` line with its target.
+    /// `ndisc6` (package `ndisc6`): the NDP proof of each IPv6 address on another host.
+    Ndisc6,
+    /// `sed`: tags each `arping` and `ndisc6` line with its target.
     Sed,
     /// util-linux's `flock`: the host lock held on another host.
     Flock,
@@ -52,12 +54,13 @@ pub enum Tool {
 
 impl Tool {
     /// Every tool, in order.
-    pub const ALL: [Tool; 15] = [
+    pub const ALL: [Tool; 16] = [
         Tool::Sh,
         Tool::Ip,
         Tool::Bridge,
         Tool::Tc,
         Tool::Arping,
+        Tool::Ndisc6,
         Tool::Sed,
         Tool::Flock,
         Tool::Mkdir,
@@ -71,8 +74,8 @@ impl Tool {
     ];
 
     /// What topo runs on another host's machine, reached over ssh: every tool (its reads,
-    /// tunnels, netem, the ARP proof and the host lock are all commands there).
-    pub const REMOTE: [Tool; 15] = Tool::ALL;
+    /// tunnels, netem, the ARP and NDP proofs and the host lock are all commands there).
+    pub const REMOTE: [Tool; 16] = Tool::ALL;
 
     /// What topo runs on this machine when it is the libvirt host's: the shell and iproute2
     /// (`ip`, `bridge` and `cut` for tunnels, `tc` for netem). Devices, routes, the kernel
@@ -88,6 +91,7 @@ impl Tool {
             Tool::Bridge => "bridge",
             Tool::Tc => "tc",
             Tool::Arping => "arping",
+            Tool::Ndisc6 => "ndisc6",
             Tool::Sed => "sed",
             Tool::Flock => "flock",
             Tool::Mkdir => "mkdir",
@@ -107,6 +111,7 @@ impl Tool {
             Tool::Sh => "dash",
             Tool::Ip | Tool::Bridge | Tool::Tc => "iproute2",
             Tool::Arping => "iputils-arping",
+            Tool::Ndisc6 => "ndisc6",
             Tool::Sed => "sed",
             Tool::Flock => "util-linux",
             Tool::Mkdir | Tool::Cat | Tool::Base64 | Tool::Stat | Tool::Head | Tool::Tail | Tool::Uname | Tool::Cut => {
@@ -123,7 +128,8 @@ impl Tool {
             Tool::Bridge => "the tunnels' forwarding entries to their peers",
             Tool::Tc => "link impairment: netem on the taps, libvirt's `rate`",
             Tool::Arping => "the ARP proof of each NIC",
-            Tool::Sed => "the ARP proof's output",
+            Tool::Ndisc6 => "the NDP proof of each NIC's IPv6 address",
+            Tool::Sed => "the ARP and NDP proofs' output",
             Tool::Flock => "the host lock held on the host",
             Tool::Mkdir => "the host lock's folder",
             Tool::Cat => "routes, the kernel's config, the host lock",

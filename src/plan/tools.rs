@@ -7,7 +7,8 @@
 //! What a share needs depends on what it holds and on the machine:
 //! - another host's machine, reached over ssh: `sh`, `ip` and coreutils always (every read
 //!   of the host is a command there), `flock` and `mkdir` (the host lock held there);
-//!   `arping` and `sed` when a NIC there is proven by ARP;
+//!   `arping` and `sed` when a NIC there is proven by ARP; `ndisc6` and `sed` when such a
+//!   NIC is on a network with `subnet6` (its SLAAC address is proven by NDP);
 //! - either machine: `sh`, `ip`, `bridge` and `cut` when the share has tunnels; `sh` and
 //!   `tc` when a NIC asks for netem; `tc` when a NIC has a `rate` (libvirt's `<bandwidth>`
 //!   runs it on the host).
@@ -17,7 +18,7 @@ use std::collections::BTreeSet;
 use crate::diag::{Code, Problem};
 use crate::host::observed::Observed;
 use crate::host::tools::Tool;
-use crate::lab::model::{HostName, Lab, Verify};
+use crate::lab::model::{HostName, Lab, NetworkKind, Verify};
 
 use super::vm::wanted_netem;
 
@@ -36,6 +37,15 @@ pub(super) fn needed(lab: &Lab, remote: bool) -> BTreeSet<Tool> {
     let netem = lab.nics().any(|(_, n)| wanted_netem(n).is_some());
     let rate = lab.nics().any(|(_, n)| n.impairment.rate.is_some());
     let proof = lab.nics().any(|(_, n)| n.verify == Verify::Arp);
+    // An address proven by NDP: a NIC proven at all, on a network with `subnet6` (the
+    // targets `verify::NicTarget::ipv6_of` makes).
+    let proof6 = lab.nics().any(|(_, n)| {
+        n.verify == Verify::Arp
+            && lab
+                .networks
+                .get(&n.network)
+                .is_some_and(|net| matches!(&net.kind, NetworkKind::Managed(m) if m.subnet6.is_some()))
+    });
     let mut out = BTreeSet::new();
     if remote {
         out.extend([
@@ -52,6 +62,9 @@ pub(super) fn needed(lab: &Lab, remote: bool) -> BTreeSet<Tool> {
         ]);
         if proof {
             out.extend([Tool::Arping, Tool::Sed]);
+        }
+        if proof6 {
+            out.extend([Tool::Ndisc6, Tool::Sed]);
         }
     }
     if tunnels {

@@ -1,5 +1,6 @@
 //! ARP proof on the host that holds the bridge, by iputils' `arping` run through a
-//! [`Runner`]: over ssh for another libvirt host (where topo cannot open a raw socket), or on
+//! [`Runner`] (and NDP proof, by `ndisc6`, in [`crate::verify::ndisc6`], through the same
+//! prober): over ssh for another libvirt host (where topo cannot open a raw socket), or on
 //! this machine. One call is one command: a `sh -c` script that checks the bridge, then runs
 //! one `arping` per target, all at once in the background, each line of each one's output
 //! tagged with its target, and waits for all.
@@ -17,14 +18,16 @@
 //! multi-host smoke test proves answered on an address-less bridge.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::host::runner::{EXIT_NOT_FOUND, RunError, Runner};
+use crate::host::runner::Runner;
+use crate::host::tools::Tool;
 use crate::lab::model::MacAddr;
 use crate::verify::arp::ArpReply;
-use crate::verify::prober::{ProbeError, Prober, TimedReply};
+use crate::verify::prober::{ProbeError, Prober, TimedAdvert, TimedReply};
+use crate::verify::script::{parse_link, run_script};
 
 /// The probe script. `$1` the bridge, `$2` the wait in whole seconds, then the targets
 /// (dotted IPv4 addresses, written by topo). Prints `@noarping`, `@nodev`, or `@link LINE`
@@ -41,7 +44,8 @@ for t; do
 done
 wait"#;
 
-/// The prober that runs `arping` on the machine of a runner.
+/// The prober that runs `arping` on the machine of a runner, and `ndisc6` for IPv6
+/// ([`Prober::probe6`], [`crate::verify::ndisc6`]): the whole proof on another host's bridge.
 pub struct ArpingProber {
     runner: Arc<dyn Runner>,
 }
@@ -84,14 +88,6 @@ fn parse_reply_line(line: &str) -> Option<(Ipv4Addr, MacAddr, Option<Duration>)>
     Some((ip.trim().parse().ok()?, mac.to_ascii_lowercase().parse().ok()?, rtt))
 }
 
-/// The bridge's MAC and whether it is up, from its `ip -o link show` line.
-fn parse_link(line: &str) -> (Option<MacAddr>, bool) {
-    let up =
-        line.split_once('<').and_then(|(_, r)| r.split_once('>')).is_some_and(|(f, _)| f.split(',').any(|x| x == "UP"));
-    let mac = line.split_once("link/ether ").and_then(|(_, r)| r.split_whitespace().next()?.parse().ok());
-    (mac, up)
-}
-
 /// Reads the probe script's output: the replies for the asked targets (not from the
 /// bridge's own MAC, each (MAC, address) once, with its first round-trip time), or why the
 /// probe could not be made.
@@ -109,7 +105,14 @@ pub fn parse_output(host: &str, bridge: &str, text: &str) -> Result<Vec<TimedRep
     let mut lines_of: BTreeMap<Ipv4Addr, Vec<&str>> = BTreeMap::new();
     for line in text.lines() {
         match line {
-            "@noarping" => return Err(ProbeError::ToolMissing { bridge: b(), host: host.to_owned() }),
+            "@noarping" => {
+                return Err(ProbeError::ToolMissing {
+                    tool: Tool::Arping.program(),
+                    package: Tool::Arping.package(),
+                    bridge: b(),
+                    host: host.to_owned(),
+                });
+            }
             "@nodev" => return Err(ProbeError::InterfaceMissing { bridge: b() }),
             l if l.starts_with("@link ") => {
                 let (mac, up) = parse_link(l);
@@ -187,28 +190,27 @@ impl Prober for ArpingProber {
             return Ok(Vec::new());
         }
         let host = self.runner.describe();
-        let argv = Self::argv(bridge, targets, timeout);
-        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let remote = |message: String| ProbeError::Remote { bridge: bridge.to_owned(), host: host.clone(), message };
-        let out = match self.runner.run(&words, None) {
-            Ok(o) => o,
-            Err(e @ RunError::Connect { .. }) => return Err(remote(e.to_string())),
-            Err(e @ RunError::Spawn { .. }) => return Err(remote(e.to_string())),
-        };
-        if out.code == EXIT_NOT_FOUND {
-            return Err(remote(format!("sh, ip or sed is missing: {}", out.error_text())));
-        }
-        if out.code != 0 {
-            return Err(remote(format!("the probe script failed (exit {}): {}", out.code, out.error_text())));
-        }
-        parse_output(&host, bridge, &out.text())
+        let text = run_script(self.runner.as_ref(), bridge, &Self::argv(bridge, targets, timeout), "sed")?;
+        parse_output(&host, bridge, &text)
+    }
+
+    /// By `ndisc6` on the same machine ([`crate::verify::ndisc6`]): the call lasts about
+    /// `timeout`; `grace` is not used; no round-trip times.
+    fn probe6(
+        &self,
+        bridge: &str,
+        targets: &[Ipv6Addr],
+        timeout: Duration,
+        _grace: Duration,
+    ) -> Result<Vec<TimedAdvert>, ProbeError> {
+        crate::verify::ndisc6::probe6(self.runner.as_ref(), bridge, targets, timeout)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::runner::{FakeRunner, Output};
+    use crate::host::runner::{FakeRunner, Output, RunError};
 
     const G: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 5);
 

@@ -1,7 +1,7 @@
 //! The `Prober` boundary: ask a bridge "who has these IPv4 addresses?" by ARP and collect the
 //! answers. `PnetProber` sends raw frames (root or CAP_NET_RAW); `FakeProber` is scripted;
-//! [`crate::verify::arping::ArpingProber`] runs iputils' `arping` on the bridge's host (over
-//! ssh for a remote one).
+//! [`crate::verify::arping::ArpingProber`] runs iputils' `arping` (and, for IPv6, `ndisc6`:
+//! [`crate::verify::ndisc6`]) on the bridge's host (over ssh for a remote one).
 //!
 //! A probe is one call per bridge: one raw socket, one request per target, then replies are
 //! read until the timeout. A sweep of a subnet is the same call with every host address.
@@ -51,12 +51,14 @@ pub enum ProbeError {
     #[diagnostic(code(topo::probe::permission), help("{}", HELP_PERMISSION))]
     PermissionDenied { bridge: String },
 
-    #[error("arping is not installed on {host}, where bridge {bridge} is")]
+    /// The program that proves addresses on another host's bridge is not installed there:
+    /// `arping` (ARP) or `ndisc6` (NDP).
+    #[error("{tool} is not installed on {host}, where bridge {bridge} is")]
     #[diagnostic(
-        code(topo::probe::arping_missing),
-        help("install iputils-arping on {host}: topo proves addresses on another host's bridge with its arping")
+        code(topo::probe::tool_missing),
+        help("install {package} on {host}: topo proves addresses on another host's bridge with its {tool}")
     )]
-    ToolMissing { bridge: String, host: String },
+    ToolMissing { tool: &'static str, package: &'static str, bridge: String, host: String },
 
     #[error("ARP probe on {bridge} on {host}: {message}")]
     #[diagnostic(code(topo::probe::remote))]
@@ -68,7 +70,7 @@ pub enum ProbeError {
     #[diagnostic(
         code(topo::probe::ipv6),
         help(
-            "IPv6 addresses are proven by NDP on the bridge where topo runs; set `verify: none` on the NIC to skip it"
+            "IPv6 addresses are proven by NDP from the bridge, which needs an IPv6 address (its link-local one) to solicit from; set `verify: none` on the NIC to skip it"
         )
     )]
     NoIpv6 { bridge: String, why: String },

@@ -317,7 +317,7 @@ vms:
         );
     }
 
-    /// A prober that speaks ARP only (a remote host's arping) fails the IPv6 NICs with a
+    /// A prober that speaks ARP only (the trait's default `probe6`) fails the IPv6 NICs with a
     /// reason that says so; it does not end verification.
     #[test]
     fn a_prober_without_ndp_fails_just_the_ipv6_nics() {
