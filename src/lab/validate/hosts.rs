@@ -187,6 +187,28 @@ impl Hosts {
                     Some(_) => {}
                 }
             }
+            // IPv6 across hosts: each host's libvirt would put `gateway6` on its own bridge
+            // and run its own router advertisements (two routers, one address: DAD fails on
+            // one bridge), and without it the bridge of a host that does not serve the
+            // network has IPv6 off (libvirt sets disable_ipv6 on a bridge with no IPv6
+            // `<ip>`), so nothing there could prove a NIC by NDP. Refused until topo serves
+            // IPv6 from one host and proves across the tunnel.
+            if let NetworkKind::Managed(m) = &net.kind
+                && m.subnet6.is_some()
+            {
+                let at = spec.and_then(|s| s.subnet6.as_ref()).map(|s| c.span(s)).unwrap_or(net.span);
+                c.push(
+                    Code::Underlay,
+                    format!(
+                        "network `{name}` spans hosts {} and has `subnet6`: IPv6 on a network stretched across hosts is not supported",
+                        all.join(", ")
+                    ),
+                    vec![LabeledSpan::at(at, "IPv6 on a stretched network")],
+                    "keep the IPv6 network on one host (put the VMs that use it on one host, or give it `host:` and its \
+                     VMs that host), or remove `subnet6` from it (docs/multi-host.md)"
+                        .to_string(),
+                );
+            }
             for h in &spans {
                 let Some(host) = self.valid.get(*h) else { continue };
                 if host.underlay.is_none() && !self.bad_underlay.contains(*h) {
