@@ -203,19 +203,36 @@ vms:
     disk:
       image: {image}/debian-12-cloud.qcow2
     nics: [{{ network: wan }}, {{ network: lan6 }}]
+    ready: [ssh, cloud-init]
 "
     );
     let lab = write(tmp.path(), "lab.yaml", &text);
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("Verify: 3 verified, 0 failed"), "{}", r.show());
+    // Readiness (issue 19): an SSH banner on the proven address and cloud-init's final
+    // message on the console, each with its time from the VM's start.
+    assert!(r.stdout.contains("Ready: 1 ready, 0 not ready."), "{}", r.show());
+    let row = r.stdout.lines().find(|l| l.starts_with("d6 ") && l.contains(" ready ")).unwrap_or_default();
+    assert!(row.contains("ssh ") && row.contains("cloud-init "), "the readiness row:\n{}", r.show());
     assert_converged(&lab);
-    clock.step("apply: the Debian guest's 3 addresses (wan IPv4, wan IPv6, lan6 IPv6) verified");
+    clock.step("apply: the Debian guest's 3 addresses (wan IPv4, wan IPv6, lan6 IPv6) verified, ssh and cloud-init ready");
 
     let (m0, m1) = (mac("sixc", "d6", 0), mac("sixc", "d6", 1));
     let (a0, a1) = (slaac("fd00:192:0:0", &m0), slaac("fd00:193:0:0", &m1));
     let r = topo_ok(&["verify", "--json", path(&lab)]);
     let doc: Value = serde_json::from_str(&r.stdout).expect("verify JSON");
+    let ready = &doc["ready"][0];
+    assert_eq!((ready["vm"].as_str(), ready["state"].as_str()), (Some("d6"), Some("ready")), "{}", r.stdout);
+    assert!(ready["seconds"].as_f64().is_some(), "time to ready in the JSON: {}", r.stdout);
+    let conds: Vec<(&str, bool)> = ready["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| (c["condition"].as_str().unwrap_or_default(), c["met"] == true))
+        .collect();
+    assert_eq!(conds, vec![("ssh", true), ("cloud-init", true)], "{}", r.stdout);
+    assert_eq!(doc["summary"]["ready"], 1, "{}", r.stdout);
     let six: Vec<(String, String, String)> = doc["nics"]
         .as_array()
         .expect("nics")
