@@ -6,6 +6,7 @@
 //! `labs`). [`Host`] is the pair, and the one place that joins what the two say:
 //! [`Host::observe`], [`Host::set_netem`].
 
+pub mod capture;
 pub mod chains;
 pub mod hypervisor;
 pub mod image;

@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod addressing;
+pub mod capture;
 pub mod cloud_init_rules;
 pub mod hosts;
 pub mod impair;
