@@ -23,8 +23,8 @@ pub struct CaptureArgs {
     /// A tcpdump filter expression (pcap-filter(7)), its words joined as tcpdump joins them:
     /// `icmp`, `arp or udp port 67` (after `--` when a word starts with `-`)
     pub filter: Vec<String>,
-    /// The lab file, as a flag: the same as the positional argument
-    #[arg(short = 'f', long = "file", value_name = "FILE", conflicts_with = "file", hide = true)]
+    /// The lab file, as a flag: every word after the target is then the filter
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file_flag: Option<PathBuf>,
     /// Write the packets to FILE (pcap) instead of standard output
     #[arg(short = 'w', value_name = "FILE")]
@@ -61,7 +61,7 @@ fn is_lab_file(word: &std::path::Path) -> bool {
 pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> miette::Result<Outcome> {
     let mut words = args.filter.clone();
     let positional = match &args.file {
-        Some(f) if !is_lab_file(f) => {
+        Some(f) if args.file_flag.is_some() || !is_lab_file(f) => {
             words.insert(0, f.to_string_lossy().into_owned());
             None
         }
@@ -78,6 +78,7 @@ pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> miette::Result<Outcome> {
     let file = super::lab_path(global, positional.or(args.file_flag.as_deref()))?;
     let lab = super::load_lab_unopened(&file)?;
     let target = CaptureTarget::parse(&args.target, &lab)?;
+    target.host(&lab, args.on.as_ref())?;
     let session = super::connect_lab(global, &lab)?;
     let opts = CaptureOptions { filter, count: args.count };
     let shown = Shown::new(global, false, false);

@@ -6,8 +6,8 @@
 use std::fmt;
 
 use crate::diag::suggest;
-use crate::lab::model::{Lab, nic_label};
-use crate::lab::names::{NetworkName, VmName};
+use crate::lab::model::{Lab, NetworkKind, nic_label};
+use crate::lab::names::{HostName, NetworkName, VmName};
 
 /// A place in a lab where packets can be captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +65,18 @@ pub enum TargetError {
         help("VM (its eth0), VM.ethN (its NIC N, in the order of `nics:`), or net:NETWORK")
     )]
     Syntax { text: String },
+    /// `--on` in a lab on one host.
+    #[error("--on names a host, and lab {lab} does not name its hosts")]
+    #[diagnostic(code(topo::capture::on_without_hosts), help("leave --on out: the lab runs on one host"))]
+    OnWithoutHosts { lab: String },
+    /// `--on` for a VM's NIC, naming another host than the VM's.
+    #[error("VM {vm} runs on host {host}: its NICs are captured there")]
+    #[diagnostic(code(topo::capture::on_for_vm), help("leave --on out (it chooses a network's host)"))]
+    OnForVm { vm: String, host: String },
+    /// `--on` names a host the network is not on.
+    #[error("network {network} is not on host {host}")]
+    #[diagnostic(code(topo::capture::not_on_host), help("the hosts it is on: {known}"))]
+    NotOnHost { network: String, host: String, known: String },
 }
 
 impl CaptureTarget {
@@ -150,6 +162,52 @@ impl CaptureTarget {
             }
         };
         Ok(CaptureTarget::Nic { vm: vm.name.clone(), nic: index })
+    }
+}
+
+impl CaptureTarget {
+    /// The host whose machine has the target's device: a VM's host for its NIC; for a
+    /// network, host `on` when given, else the host that serves it (`host:`: where its
+    /// gateway and DHCP are, and the bridge every frame between its hosts crosses, by their
+    /// tunnels), or, for an external network, the first host with a VM on it.
+    /// [`HostName::DEFAULT`] in a lab on one host.
+    ///
+    /// # Errors
+    /// `--on` in a lab on one host, for a VM on another host, or naming a host the network
+    /// is not on.
+    pub fn host(&self, lab: &Lab, on: Option<&HostName>) -> Result<HostName, TargetError> {
+        if on.is_some() && !lab.is_multi_host() {
+            return Err(TargetError::OnWithoutHosts { lab: lab.name.to_string() });
+        }
+        match self {
+            CaptureTarget::Nic { vm, .. } => {
+                let host = lab.vms.get(vm).map(|v| v.host.clone()).unwrap_or_else(HostName::default_host);
+                match on {
+                    Some(h) if *h != host => Err(TargetError::OnForVm { vm: vm.to_string(), host: host.to_string() }),
+                    _ => Ok(host),
+                }
+            }
+            CaptureTarget::Network(name) => {
+                let Some(net) = lab.networks.get(name) else { return Ok(HostName::default_host()) };
+                if !lab.is_multi_host() {
+                    return Ok(HostName::default_host());
+                }
+                let hosts = lab.network_hosts(net);
+                let chosen = match (on, &net.kind) {
+                    (Some(h), _) => Some(h.clone()),
+                    (None, NetworkKind::Managed(_)) => Some(net.host.clone()),
+                    (None, NetworkKind::External) => hosts.iter().next().cloned(),
+                };
+                match chosen {
+                    Some(h) if hosts.contains(&h) => Ok(h),
+                    h => Err(TargetError::NotOnHost {
+                        network: name.to_string(),
+                        host: h.map(|h| h.to_string()).unwrap_or_else(|| "any".into()),
+                        known: hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    }),
+                }
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crate::host::Host;
 use crate::host::capture::{CaptureError, CaptureOptions, Captured, Sink, capture_local, capture_remote};
 use crate::host::hypervisor::HvErrorKind;
 use crate::lab::capture::CaptureTarget;
-use crate::lab::model::{Lab, NetworkKind};
+use crate::lab::model::Lab;
 use crate::lab::names::HostName;
 
 /// Where a capture listens: a device on one host's machine.
@@ -38,15 +38,6 @@ pub enum CaptureTargetError {
     #[error("network {network} is not active on host {host} (libvirt network {libvirt})")]
     #[diagnostic(code(topo::capture::network_inactive), help("create or start it with `topo apply`"))]
     NetworkInactive { network: String, libvirt: String, host: String },
-    #[error("network {network} is not on host {host}")]
-    #[diagnostic(code(topo::capture::not_on_host), help("the hosts it is on: {known}"))]
-    NotOnHost { network: String, host: String, known: String },
-    #[error("--on names a host, and the lab does not name its hosts")]
-    #[diagnostic(code(topo::capture::on_without_hosts), help("leave --on out: the lab runs on one host"))]
-    OnWithoutHosts,
-    #[error("--on is for a network: VM {vm}'s NICs are on its own host, {host}")]
-    #[diagnostic(code(topo::capture::on_for_vm), help("leave --on out"))]
-    OnForVm { vm: String, host: String },
     #[error("topo cannot reach the machine of {uri} to capture on {device}")]
     #[diagnostic(
         code(topo::capture::no_machine),
@@ -58,16 +49,17 @@ pub enum CaptureTargetError {
     Session(#[from] SessionError),
     #[error(transparent)]
     #[diagnostic(transparent)]
+    Target(#[from] crate::lab::capture::TargetError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
     Capture(#[from] CaptureError),
 }
 
 impl Session<'_> {
-    /// The host and device of `target` in `lab`: a NIC's tap on its VM's host (from the
-    /// running domain's live XML, [`crate::host::hypervisor::Hypervisor::domain_taps`]); a
-    /// network's bridge (libvirt's report of the active network) on host `on`, else on the
-    /// network's serving host (`host:`, where its gateway and DHCP are: every frame to or
-    /// from another host's VMs crosses its bridge by the tunnel), or for an external network,
-    /// the first host with a VM on it.
+    /// The host and device of `target` in `lab`, on the host [`CaptureTarget::host`] chooses
+    /// (`on` for a network): a NIC's tap (from the running domain's live XML,
+    /// [`crate::host::hypervisor::Hypervisor::domain_taps`]), a network's bridge (libvirt's
+    /// report of the active network).
     ///
     /// # Errors
     /// [`CaptureTargetError`]: the VM or NIC is not running or plugged, the network is not
@@ -78,18 +70,13 @@ impl Session<'_> {
         target: &CaptureTarget,
         on: Option<&HostName>,
     ) -> Result<CapturePoint, CaptureTargetError> {
-        if on.is_some() && !lab.is_multi_host() {
-            return Err(CaptureTargetError::OnWithoutHosts);
-        }
+        let host_name = target.host(lab, on)?;
+        let host = self.host_of(lab, &host_name)?;
         match target {
             CaptureTarget::Nic { vm, nic } => {
                 // Invariant: a parsed target names a VM of the lab and one of its NICs.
                 let vm = &lab.vms[vm];
                 let nic = &vm.nics[*nic];
-                if on.is_some_and(|h| *h != vm.host) {
-                    return Err(CaptureTargetError::OnForVm { vm: vm.name.to_string(), host: vm.host.to_string() });
-                }
-                let host = self.host_of(lab, &vm.host)?;
                 let domain = vm.libvirt_name.as_str();
                 let taps = host.hv.domain_taps(domain).map_err(|e| match e.kind {
                     HvErrorKind::NotActive => CaptureTargetError::VmNotRunning { vm: vm.name.to_string() },
@@ -108,7 +95,7 @@ impl Session<'_> {
                     });
                 };
                 Ok(CapturePoint {
-                    host: vm.host.clone(),
+                    host: host_name,
                     device: tap,
                     what: format!("{} {} ({})", vm.name, nic.label(), nic.mac),
                 })
@@ -116,23 +103,6 @@ impl Session<'_> {
             CaptureTarget::Network(name) => {
                 // Invariant: a parsed target names a network of the lab.
                 let net = &lab.networks[name];
-                let hosts = lab.network_hosts(net);
-                let serving = match net.kind {
-                    NetworkKind::Managed(_) => Some(net.host.clone()),
-                    NetworkKind::External => hosts.iter().next().cloned(),
-                };
-                let host_name = match on.cloned().or(serving) {
-                    Some(h) if !lab.is_multi_host() || hosts.contains(&h) => h,
-                    Some(h) => {
-                        return Err(CaptureTargetError::NotOnHost {
-                            network: name.to_string(),
-                            host: h.to_string(),
-                            known: hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-                        });
-                    }
-                    None => HostName::default_host(),
-                };
-                let host = self.host_of(lab, &host_name)?;
                 let observed = host.hv.observe_libvirt().map_err(|e| CaptureTargetError::Session(e.into()))?;
                 let libvirt = net.libvirt_name.as_str();
                 let bridge = observed
