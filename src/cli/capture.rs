@@ -89,7 +89,8 @@ pub fn run(global: &GlobalArgs, args: &CaptureArgs) -> miette::Result<Outcome> {
         let filter = opts.filter.as_ref().map(|f| format!(", filter `{}`", f.as_str())).unwrap_or_default();
         super::status(global, format!("Capturing on {} ({}){on}{filter} to {}", p.device, p.what, sink.describe()));
     };
-    let captured = session.capture(&lab, &target, args.on.as_ref(), &opts, &sink, &shown, &ready)?;
+    let req = crate::session::CaptureRequest { target: &target, on: args.on.as_ref(), opts: &opts, sink: &sink };
+    let captured = session.capture(&lab, &req, &shown, &ready)?;
     let plural = |n: u64| if n == 1 { "" } else { "s" };
     let why = match captured.ended {
         Ended::Interrupted => "",

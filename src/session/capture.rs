@@ -23,6 +23,19 @@ pub struct CapturePoint {
     pub what: String,
 }
 
+/// What `topo capture` asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureRequest<'a> {
+    /// Where to listen.
+    pub target: &'a CaptureTarget,
+    /// For a network of a lab across hosts: the host whose bridge (default: the serving host).
+    pub on: Option<&'a HostName>,
+    /// Filter and count.
+    pub opts: &'a CaptureOptions,
+    /// Where the pcap stream goes.
+    pub sink: &'a Sink,
+}
+
 /// Why a capture target has no device to capture on.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum CaptureTargetError {
@@ -137,24 +150,22 @@ impl Session<'_> {
         }))
     }
 
-    /// `topo capture`: captures on `target` of `lab` (on host `on` for a network: see
-    /// [`Session::capture_point`]) into `sink` until a signal (through `ui`'s stop flag),
-    /// `opts.count` packets, or the reader of the output is gone. `ready` is told where the
-    /// capture listens before it starts. On this machine libpcap captures in this process; on
-    /// a host reached over ssh, `tcpdump` captures there.
+    /// `topo capture`: captures on `req.target` of `lab` (on host `req.on` for a network: see
+    /// [`Session::capture_point`]) into `req.sink` until a signal (through `ui`'s stop
+    /// flag), `req.opts.count` packets, or the reader of the output is gone. `ready` is told
+    /// where the capture listens before it starts. On this machine libpcap captures in this
+    /// process; on a host reached over ssh, `tcpdump` captures there.
     ///
     /// # Errors
     /// As [`Session::capture_point`], or the capture cannot start or go on ([`CaptureError`]).
     pub fn capture(
         &self,
         lab: &Lab,
-        target: &CaptureTarget,
-        on: Option<&HostName>,
-        opts: &CaptureOptions,
-        sink: &Sink,
+        req: &CaptureRequest<'_>,
         ui: &dyn Ui,
         ready: &dyn Fn(&CapturePoint),
     ) -> Result<Captured, CaptureTargetError> {
+        let CaptureRequest { target, on, opts, sink } = *req;
         let point = self.capture_point(lab, target, on)?;
         let host = self.host_of(lab, &point.host)?;
         let Some(machine) = host.machine else {

@@ -15,7 +15,7 @@ mod run;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-pub use capture::{CapturePoint, CaptureTargetError};
+pub use capture::{CapturePoint, CaptureRequest, CaptureTargetError};
 pub use check::Proven;
 pub use run::{ApplyRequest, DestroyRequest, Run, RunError};
 
