@@ -162,6 +162,22 @@ vsh h2 dumpxml mh-g2 | grep -q "<mtu size='1450'/>" || fail "g2's NIC on lan has
 rsh h1 ping -c 1 -W 3 -M do -s 1422 10.10.0.20 >/dev/null || fail "a 1450-byte frame (DF) from h1 did not reach g2 on h2"
 step "MTU 1450 on both bridges, tunnels and g2's NIC; a 1450-byte DF ping from h1 reaches g2 on h2"
 
+# topo capture of a VM on h2: its tap there, by tcpdump over ssh, while h1 pings it across
+# the tunnel; the file (written on the controller) read back by tcpdump -r; no tcpdump left.
+rsh h1 ping -q -i 0.2 -c 40 10.10.0.20 >/dev/null 2>&1 &
+ping_pid=$!
+t=$(now_ms)
+topo capture g2.eth0 lab.yaml -w g2.pcap --count 4 icmp || fail "capture of g2 on h2"
+timing "capture of 4 packets on h2 over ssh" $(($(now_ms) - t))
+grep -q "on host h2" "$OUT" && grep -q "^4 packets captured" "$OUT" || fail "capture did not say 4 packets on host h2"
+n=$(tcpdump -n -r "$X/g2.pcap" 2>/dev/null | grep -c "10\.10\.0\.20.*ICMP echo" || true)
+[ "$n" = 4 ] || fail "g2.pcap holds $n ICMP echoes of g2, not 4"
+kill "$ping_pid" 2>/dev/null; wait "$ping_pid" 2>/dev/null || true
+# (h2 is a namespace of this machine: only the tcpdumps in its network namespace count.)
+left=$(rsh h2 'for p in $(pgrep -x tcpdump); do [ "$(readlink /proc/$p/ns/net)" = "$(readlink /proc/self/ns/net)" ] && echo $p; done' || true)
+[ -z "$left" ] || fail "a tcpdump is left running on h2: $left"
+step "topo capture g2.eth0 (on h2, tcpdump over ssh) --count 4 icmp while h1 pings it: tcpdump -r reads 4 ICMP echoes; none left running"
+
 topo apply -y --no-verify lab.yaml || fail "second apply"
 grep -q "No changes. Lab mh matches lab.yaml." "$OUT" || fail "the second apply found changes"
 step "second apply: no changes"

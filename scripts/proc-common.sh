@@ -55,7 +55,7 @@ same_run() { # PID: the process sees this shell's /run (so it can own /run/libvi
 # started before it was installed keeps failing until restarted. So it goes first.
 PKGS_FIRST=(iptables)
 PKGS=(libvirt-daemon libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base iputils-arping ndisc6
-  arp-scan libvirt-dev pkg-config busybox-static openssh-client iproute2)
+  arp-scan libvirt-dev pkg-config busybox-static openssh-client iproute2 libpcap-dev tcpdump)
 
 missing_pkgs() {
   local p

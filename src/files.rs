@@ -217,6 +217,31 @@ pub fn open_private_rw(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Opens `path` to write a stream into it (`topo capture -w FILE`): a regular file is created
+/// (`0600`: captured packets may hold what others should not read) or truncated, a FIFO is
+/// written as it is (`wireshark -k -i FIFO`); a symlink at `path` is refused, never followed,
+/// as for every file topo writes; a device or a folder is refused.
+///
+/// # Errors
+/// The open error (`ELOOP` for a symlink), or `InvalidInput` when it is neither a regular
+/// file nor a FIFO.
+pub fn create_output(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
+    let flags = OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(flags.bits())
+        .open(path)?;
+    let t = file.metadata()?.file_type();
+    if !t.is_file() && !t.is_fifo() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("it is {}", kind_of(t))));
+    }
+    Ok(file)
+}
+
 /// The folder of topo's state files kept across runs (the known_hosts files):
 /// `$XDG_STATE_HOME/topo` when that is an absolute path, else `$HOME/.local/state/topo`
 /// (XDG Base Directory Specification 0.8); `None` without either.

@@ -22,11 +22,34 @@ fn help_texts() {
     let out = topo().arg("--help").output().unwrap();
     assert!(out.status.success());
     insta::assert_snapshot!("help", stdout(&out));
-    for sub in ["validate", "plan", "apply", "destroy", "verify", "status", "graph", "schema"] {
+    for sub in ["validate", "plan", "apply", "destroy", "verify", "status", "graph", "schema", "capture"] {
         let out = topo().args([sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help");
         insta::assert_snapshot!(format!("help_{sub}"), stdout(&out));
     }
+}
+
+/// `topo capture` refuses a target the lab lacks (with the closest name), a filter libpcap
+/// does not compile, and `--on` in a lab on one host, before it connects to anything; the
+/// word after the target is the lab file only when it looks like one.
+#[test]
+fn capture_refusals_before_connecting() {
+    let lab = "tests/fixtures/valid/seedlab.yaml";
+    let run = |args: &[&str]| {
+        let out = topo().args(["--color", "never", "-c", "test:///nowhere", "capture"]).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}");
+        stderr(&out)
+    };
+    insta::assert_snapshot!("capture_unknown_vm", run(&["deb4", lab]));
+    insta::assert_snapshot!("capture_unknown_nic", run(&["deb1.eth3", lab]));
+    insta::assert_snapshot!("capture_unknown_network", run(&["net:local-net", lab]));
+    insta::assert_snapshot!("capture_bad_filter", run(&["deb1", lab, "icmp", "and"]));
+    // `icmpp` is no lab file: it starts the filter (and is refused as one).
+    let e = run(&["deb1", "icmpp", "-f", lab]);
+    assert!(e.contains("topo::capture::filter") && e.contains("`icmpp`"), "{e}");
+    let e = run(&["local_net", lab, "--on", "h1"]);
+    assert!(e.contains("topo::capture::on_without_hosts"), "{e}");
 }
 
 #[test]

@@ -2352,6 +2352,8 @@ fn e2e_link_impairment() {
 
 // Further real end-to-end checks, one file per concern; each starts with `use super::*;`
 // when it has tests (they share this file's helpers and the sandbox guard).
+#[path = "e2e/capture.rs"]
+mod capture;
 #[path = "e2e/disks.rs"]
 mod disks;
 #[path = "e2e/files.rs"]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static GRACEFUL: AtomicBool = AtomicBool::new(false);
+static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// The exit status of a command ended by a signal before it could tidy up.
 pub const EXIT_INTERRUPTED: u8 = 130;
@@ -28,8 +29,16 @@ pub fn install() {
             crate::errln!("\nInterrupted again: aborting.");
             std::process::exit(i32::from(EXIT_INTERRUPTED));
         }
-        crate::errln!("\nInterrupted: finishing the running steps (Ctrl-C again to abort)...");
+        if !QUIET.load(Ordering::SeqCst) {
+            crate::errln!("\nInterrupted: finishing the running steps (Ctrl-C again to abort)...");
+        }
     });
+}
+
+/// Says nothing on the first signal of a [`graceful`] phase (`on`): for a command whose
+/// stop is its normal end (`topo capture`), which reports it itself.
+pub fn set_quiet(on: bool) {
+    QUIET.store(on, Ordering::SeqCst);
 }
 
 /// Set by the first signal during a [`graceful`] phase; loops check it between steps.

@@ -4,6 +4,7 @@
 //! `plan --detailed-exitcode` with changes, 130 when a signal ended the command abruptly.
 
 mod apply;
+mod capture;
 mod console;
 pub mod duration;
 mod graph;
@@ -114,6 +115,8 @@ pub enum Command {
     Ssh(ssh::SshArgs),
     /// Connect to a VM's serial console (Ctrl-] leaves)
     Console(console::ConsoleArgs),
+    /// Capture the packets of a VM's NIC or a lab network as pcap (stdout or -w FILE)
+    Capture(capture::CaptureArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell
     Completions(shell::CompletionsArgs),
     /// Print a man page (roff), or write all of them into a folder
@@ -158,6 +161,7 @@ pub fn main() -> ExitCode {
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Ssh(a) => ssh::run(&cli.global, a),
         Command::Console(a) => console::run(&cli.global, a),
+        Command::Capture(a) => capture::run(&cli.global, a),
         Command::Schema => {
             crate::outln!("{}", crate::lab::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into)
         }

@@ -2,10 +2,11 @@
 //! (`hypervisor`, with its libvirt XML in `xml`), and the facts and actions of the machine
 //! that runs it (`machine`: bridges and taps, `tc` qdiscs, `kernel` features, routes, image
 //! headers (`image`), file identities and VXLAN `tunnel`s, on this machine or over ssh through
-//! a `runner`, and the programs it runs there, `tools`); what it makes of both (`observed`, `chains`,
+//! a `runner`, and the programs it runs there, `tools`; packet `capture` on its devices); what it makes of both (`observed`, `chains`,
 //! `labs`). [`Host`] is the pair, and the one place that joins what the two say:
 //! [`Host::observe`], [`Host::set_netem`].
 
+pub mod capture;
 pub mod chains;
 pub mod hypervisor;
 pub mod image;

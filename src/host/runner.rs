@@ -102,11 +102,30 @@ pub trait Runner: Send + Sync {
             message: format!("{} cannot keep a process running", self.describe()),
         })
     }
+
+    /// Starts `argv` on the machine as [`Runner::start`] does, with its stderr piped too: a
+    /// command whose output topo relays as it comes (`topo capture`'s `tcpdump`), and whose
+    /// error message topo shows when it fails.
+    ///
+    /// # Errors
+    /// As [`Runner::start`].
+    fn stream(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
+        Err(RunError::Spawn {
+            program: argv.first().copied().unwrap_or_default().to_owned(),
+            kind: std::io::ErrorKind::Unsupported,
+            message: format!("{} cannot keep a process running", self.describe()),
+        })
+    }
 }
 
 /// Starts `cmd` with stdin and stdout piped, stderr discarded.
 fn start_piped(program: &str, cmd: &mut Command) -> Result<std::process::Child, RunError> {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| RunError::Spawn {
+    start_with(program, cmd, Stdio::null())
+}
+
+/// Starts `cmd` with stdin and stdout piped, stderr to `stderr`.
+fn start_with(program: &str, cmd: &mut Command, stderr: Stdio) -> Result<std::process::Child, RunError> {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr).spawn().map_err(|e| RunError::Spawn {
         program: program.to_owned(),
         kind: e.kind(),
         message: e.to_string(),
@@ -235,6 +254,17 @@ impl Runner for LocalRunner {
             });
         };
         start_piped(program, Command::new(program).args(args))
+    }
+
+    fn stream(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(RunError::Spawn {
+                program: String::new(),
+                kind: std::io::ErrorKind::InvalidInput,
+                message: "empty command".into(),
+            });
+        };
+        start_with(program, Command::new(program).args(args), Stdio::piped())
     }
 }
 
@@ -478,6 +508,11 @@ impl Runner for SshRunner {
     fn start(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
         let a = self.ssh_argv(argv);
         start_piped("ssh", Command::new(&a[0]).args(&a[1..]))
+    }
+
+    fn stream(&self, argv: &[&str]) -> Result<std::process::Child, RunError> {
+        let a = self.ssh_argv(argv);
+        start_with("ssh", Command::new(&a[0]).args(&a[1..]), Stdio::piped())
     }
 
     fn describe(&self) -> String {

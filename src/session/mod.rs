@@ -8,12 +8,14 @@
 //! Stage: above `verify/` and `results.rs`, below `cli/`. Nothing below imports it.
 
 mod across;
+mod capture;
 mod check;
 mod run;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
+pub use capture::{CapturePoint, CaptureRequest, CaptureTargetError};
 pub use check::Proven;
 pub use run::{ApplyRequest, DestroyRequest, Run, RunError};
 

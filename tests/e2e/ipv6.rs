@@ -216,7 +216,9 @@ vms:
     let row = r.stdout.lines().find(|l| l.starts_with("d6 ") && l.contains(" ready ")).unwrap_or_default();
     assert!(row.contains("ssh ") && row.contains("cloud-init "), "the readiness row:\n{}", r.show());
     assert_converged(&lab);
-    clock.step("apply: the Debian guest's 3 addresses (wan IPv4, wan IPv6, lan6 IPv6) verified, ssh and cloud-init ready");
+    clock.step(
+        "apply: the Debian guest's 3 addresses (wan IPv4, wan IPv6, lan6 IPv6) verified, ssh and cloud-init ready",
+    );
 
     let (m0, m1) = (mac("sixc", "d6", 0), mac("sixc", "d6", 1));
     let (a0, a1) = (slaac("fd00:192:0:0", &m0), slaac("fd00:193:0:0", &m1));
