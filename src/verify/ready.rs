@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
+pub use super::state::{ConditionOutcome, ReadyState, VmReadiness};
 use super::state::{NicState, VerifyReport};
 use crate::host::runner::Runner;
 use crate::host::xml::console_log_path;
@@ -229,49 +228,6 @@ pub fn targets(lab: &Lab, report: &VerifyReport, keep: &dyn Fn(&VmName) -> bool)
             }
         })
         .collect()
-}
-
-/// How one condition ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ConditionOutcome {
-    /// `ssh`, `cloud-init`, `tcp:80`, `console:"login:"`.
-    pub condition: String,
-    pub met: bool,
-    /// When it was first seen to hold, in seconds from the VM's start (from the start of the
-    /// verification when topo did not start the VM).
-    pub seconds: Option<f64>,
-    /// For one not met: what was seen last (an error, the last console line).
-    pub last_seen: Option<String>,
-}
-
-/// How a VM's readiness ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReadyState {
-    /// Every condition held.
-    Ready,
-    /// The bound passed (or verification was interrupted) with a condition not met.
-    NotReady,
-}
-
-/// One VM's readiness.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct VmReadiness {
-    pub vm: VmName,
-    /// Its host, in a lab across hosts; absent in the JSON otherwise.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<HostName>,
-    pub state: ReadyState,
-    /// Time to ready: when its last condition held, in seconds as [`ConditionOutcome::seconds`].
-    pub seconds: Option<f64>,
-    pub conditions: Vec<ConditionOutcome>,
-}
-
-impl VmReadiness {
-    /// The first condition not met, for the failure line.
-    pub fn unmet(&self) -> Option<&ConditionOutcome> {
-        self.conditions.iter().find(|c| !c.met)
-    }
 }
 
 /// Whether `condition` holds for `t`: `Ok(())`, or what was seen.

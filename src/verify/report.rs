@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::ready::{ReadyState, VmReadiness};
 use super::state::{FailReason, NicOutcome, NicState, VerifyReport};
+use super::state::{ReadyState, VmReadiness};
 use super::target::Family;
 
 /// The version of the JSON document; a new one only for incompatible changes.
@@ -429,7 +429,7 @@ mod tests {
     /// JSON's `ready` and counts, and the command fails for the VM not ready.
     #[test]
     fn readiness_as_users_see_it() {
-        use crate::verify::ready::{ConditionOutcome, ReadyState, VmReadiness};
+        use crate::verify::state::{ConditionOutcome, ReadyState, VmReadiness};
         let mut r = every_state();
         r.nics.truncate(1);
         let cond = |c: &str, s: Option<f64>, seen: Option<&str>| ConditionOutcome {

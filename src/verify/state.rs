@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 use super::target::NicTarget;
-use crate::lab::model::MacAddr;
+use crate::lab::model::{HostName, MacAddr, VmName};
 
 /// What proved an address: a reply from this MAC on this bridge: an ARP reply (IPv4) or,
 /// with `ndp`, a Neighbor Advertisement (IPv6).
@@ -253,7 +253,7 @@ pub struct VerifyReport {
     pub nics: Vec<NicOutcome>,
     /// Each VM with `ready:` conditions, after its NICs (`super::ready`); empty when no VM
     /// has any or they were not waited for.
-    pub ready: Vec<super::ready::VmReadiness>,
+    pub ready: Vec<VmReadiness>,
 }
 
 /// One NIC and how it ended.
@@ -293,4 +293,47 @@ pub(super) fn settled_at_once(t: &NicTarget) -> Option<NicState> {
     } else {
         return None;
     })
+}
+
+/// How one condition ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConditionOutcome {
+    /// `ssh`, `cloud-init`, `tcp:80`, `console:"login:"`.
+    pub condition: String,
+    pub met: bool,
+    /// When it was first seen to hold, in seconds from the VM's start (from the start of the
+    /// verification when topo did not start the VM).
+    pub seconds: Option<f64>,
+    /// For one not met: what was seen last (an error, the last console line).
+    pub last_seen: Option<String>,
+}
+
+/// How a VM's readiness ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyState {
+    /// Every condition held.
+    Ready,
+    /// The bound passed (or verification was interrupted) with a condition not met.
+    NotReady,
+}
+
+/// One VM's readiness.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VmReadiness {
+    pub vm: VmName,
+    /// Its host, in a lab across hosts; absent in the JSON otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostName>,
+    pub state: ReadyState,
+    /// Time to ready: when its last condition held, in seconds as [`ConditionOutcome::seconds`].
+    pub seconds: Option<f64>,
+    pub conditions: Vec<ConditionOutcome>,
+}
+
+impl VmReadiness {
+    /// The first condition not met, for the failure line.
+    pub fn unmet(&self) -> Option<&ConditionOutcome> {
+        self.conditions.iter().find(|c| !c.met)
+    }
 }
