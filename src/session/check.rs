@@ -222,10 +222,19 @@ fn reported_by_host(
 impl Session<'_> {
     /// What checks readiness on this session's host: over its ssh runner for a host reached
     /// over ssh, else from this machine.
-    fn ready_probe(&self) -> Arc<dyn ReadyProbe> {
-        match self.host().machine.and_then(|m| m.remote_runner()) {
-            Some(runner) => Arc::new(RunnerProbe::over(runner)),
-            None => Arc::new(LocalProbe),
+    /// `Err(why)` where topo cannot check: a remote URI without ssh (its console log and
+    /// guest addresses are not reachable from here), libvirt's test driver (no guests).
+    fn ready_probe(&self) -> Result<Arc<dyn ReadyProbe>, String> {
+        if let Some(runner) = self.host().machine.and_then(|m| m.remote_runner()) {
+            return Ok(Arc::new(RunnerProbe::over(runner)));
+        }
+        let uri = self.uri();
+        match HostAccess::of_uri(&uri) {
+            HostAccess::Local => Ok(Arc::new(LocalProbe)),
+            HostAccess::Remote => Err(format!(
+                "not checked: {uri} is not reached over ssh, so its guests and console logs are not reachable from here"
+            )),
+            HostAccess::TestDriver => Err(format!("not checked: {uri} is libvirt's test driver, which runs no guests")),
         }
     }
 
@@ -246,7 +255,7 @@ impl Session<'_> {
         if targets.is_empty() {
             return;
         }
-        let mut probes: BTreeMap<Option<HostName>, Arc<dyn ReadyProbe>> = BTreeMap::new();
+        let mut probes: BTreeMap<Option<HostName>, Result<Arc<dyn ReadyProbe>, String>> = BTreeMap::new();
         for t in &targets {
             if probes.contains_key(&t.host) {
                 continue;
@@ -255,7 +264,8 @@ impl Session<'_> {
                 Some(h) => self.for_host(h).map(|s| s.ready_probe()),
                 None => Some(self.ready_probe()),
             };
-            probes.insert(t.host.clone(), probe.unwrap_or_else(|| Arc::new(LocalProbe)));
+            let probe = probe.unwrap_or_else(|| Err("not checked: the host was not reached".to_string()));
+            probes.insert(t.host.clone(), probe);
         }
         let n = targets.len();
         ui.status(&format!(
@@ -264,12 +274,18 @@ impl Session<'_> {
             opts.ready_timeout.as_secs()
         ));
         let _stoppable = Stoppable::enter(ui);
-        let fallback: Arc<dyn ReadyProbe> = Arc::new(LocalProbe);
-        let probe_of = |t: &ReadyTarget| probes.get(&t.host).cloned().unwrap_or_else(|| fallback.clone());
+        let probe_of = |t: &ReadyTarget| {
+            probes.get(&t.host).cloned().unwrap_or_else(|| Err("not checked: the host was not reached".to_string()))
+        };
         let since = |t: &ReadyTarget| started.get(&t.domain).copied().unwrap_or(verify_start);
         let tell = |r: &ready::VmReadiness| {
             let host = r.host.as_ref().map(|h| format!("{h}: ")).unwrap_or_default();
             match (r.state, r.unmet()) {
+                (ready::ReadyState::Unchecked, c) => ui.warn(&format!(
+                    "{host}{}: readiness {}",
+                    r.vm,
+                    c.and_then(|c| c.last_seen.as_deref()).unwrap_or("not checked")
+                )),
                 (ready::ReadyState::Ready, _) => ui.status(&format!(
                     "{host}{}: ready after {:.1}s ({})",
                     r.vm,

@@ -267,13 +267,17 @@ fn last_line(text: &str) -> String {
     format!("console: {cut:?}")
 }
 
+/// What checks a target's conditions, or why nothing can.
+pub type ProbeFor = Result<Arc<dyn ReadyProbe>, String>;
+
 /// Waits until every condition of every target holds, `timeout` passes, or `cancel` is set:
 /// each round checks every VM's unmet conditions (each VM in its own thread), then pauses
 /// [`POLL`]. `since(vm)` is the instant a VM's times count from; `tell` hears each VM once
-/// it is ready or given up on.
+/// it is ready or given up on. A VM whose host `probe_of` cannot check (`Err(why)`) is
+/// [`ReadyState::Unchecked`] at once, each condition saying why.
 pub fn wait_ready(
     targets: &[ReadyTarget],
-    probe_of: &(dyn Fn(&ReadyTarget) -> Arc<dyn ReadyProbe> + Sync),
+    probe_of: &(dyn Fn(&ReadyTarget) -> ProbeFor + Sync),
     timeout: Duration,
     cancel: &AtomicBool,
     since: &(dyn Fn(&ReadyTarget) -> Instant + Sync),
@@ -294,14 +298,26 @@ pub fn wait_ready(
                 .collect(),
         })
         .collect();
+    let mut probes = Vec::new();
+    for (t, r) in targets.iter().zip(state.iter_mut()) {
+        match probe_of(t) {
+            Ok(p) => probes.push(Some(p)),
+            Err(why) => {
+                r.state = ReadyState::Unchecked;
+                r.conditions.iter_mut().for_each(|c| c.last_seen = Some(why.clone()));
+                tell(r);
+                probes.push(None);
+            }
+        }
+    }
     loop {
         std::thread::scope(|s| {
-            for (t, r) in targets.iter().zip(state.iter_mut()) {
-                if r.state == ReadyState::Ready {
+            for ((t, r), probe) in targets.iter().zip(state.iter_mut()).zip(&probes) {
+                if r.state != ReadyState::NotReady {
                     continue;
                 }
+                let Some(probe) = probe.clone() else { continue };
                 s.spawn(move || {
-                    let probe = probe_of(t);
                     for (cond, out) in t.conditions.iter().zip(r.conditions.iter_mut()) {
                         if out.met {
                             continue;
@@ -323,11 +339,11 @@ pub fn wait_ready(
                 });
             }
         });
-        if state.iter().all(|r| r.state == ReadyState::Ready) {
+        if state.iter().all(|r| r.state != ReadyState::NotReady) {
             break;
         }
         if Instant::now() >= deadline || cancel.load(Ordering::Relaxed) {
-            for r in state.iter().filter(|r| r.state != ReadyState::Ready) {
+            for r in state.iter().filter(|r| r.state == ReadyState::NotReady) {
                 tell(r);
             }
             break;
@@ -383,7 +399,7 @@ mod tests {
     fn run(fake: Arc<Fake>, targets: &[ReadyTarget], timeout: Duration) -> Vec<VmReadiness> {
         let t0 = Instant::now();
         let probe: Arc<dyn ReadyProbe> = fake;
-        wait_ready(targets, &|_| probe.clone(), timeout, &AtomicBool::new(false), &|_| t0, &|_| {})
+        wait_ready(targets, &|_| Ok(probe.clone()), timeout, &AtomicBool::new(false), &|_| t0, &|_| {})
     }
 
     #[test]
@@ -442,9 +458,31 @@ mod tests {
         let t = target("d", vec![ReadyCondition::Ssh], Some(Ipv4Addr::LOCALHOST));
         let t0 = Instant::now();
         let cancel = AtomicBool::new(true);
-        let r = wait_ready(&[t], &|_| fake.clone(), Duration::from_secs(60), &cancel, &|_| t0, &|_| {});
+        let r = wait_ready(&[t], &|_| Ok(fake.clone()), Duration::from_secs(60), &cancel, &|_| t0, &|_| {});
         assert_eq!(r[0].state, ReadyState::NotReady);
         assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A host topo cannot check on: unchecked at once, each condition saying why; no wait.
+    #[test]
+    fn a_host_without_a_probe_is_unchecked() {
+        let t = target("e", vec![ReadyCondition::Ssh, ReadyCondition::CloudInit], Some(Ipv4Addr::LOCALHOST));
+        let t0 = Instant::now();
+        let r = wait_ready(
+            &[t],
+            &|_| Err("libvirt's test driver has no guests to check".into()),
+            Duration::from_secs(60),
+            &AtomicBool::new(false),
+            &|_| t0,
+            &|_| {},
+        );
+        assert_eq!(r[0].state, ReadyState::Unchecked);
+        assert!(
+            r[0].conditions
+                .iter()
+                .all(|c| c.last_seen.as_deref() == Some("libvirt's test driver has no guests to check"))
+        );
+        assert!(t0.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

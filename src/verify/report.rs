@@ -211,6 +211,7 @@ fn ready_table(report: &VerifyReport, with_host: bool) -> String {
                 match r.state {
                     ReadyState::Ready => "ready".to_string(),
                     ReadyState::NotReady => "not ready".to_string(),
+                    ReadyState::Unchecked => "unchecked".to_string(),
                 },
                 r.seconds.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into()),
                 conditions.join(", "),
@@ -255,7 +256,9 @@ pub fn summary_line(report: &VerifyReport) -> String {
         return line;
     }
     let (ready, not_ready) = (ready_count(report, ReadyState::Ready), ready_count(report, ReadyState::NotReady));
-    format!("{line}\nReady: {ready} ready, {not_ready} not ready.")
+    let unchecked = ready_count(report, ReadyState::Unchecked);
+    let unchecked = if unchecked > 0 { format!(", {unchecked} unchecked") } else { String::new() };
+    format!("{line}\nReady: {ready} ready, {not_ready} not ready{unchecked}.")
 }
 
 /// Some NICs failed verification (the table says which and why).

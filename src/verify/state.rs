@@ -316,6 +316,9 @@ pub enum ReadyState {
     Ready,
     /// The bound passed (or verification was interrupted) with a condition not met.
     NotReady,
+    /// topo cannot check readiness on the VM's host (a remote URI without ssh, libvirt's
+    /// test driver): each condition says why; not a failure, like a NIC only reported.
+    Unchecked,
 }
 
 /// One VM's readiness.
