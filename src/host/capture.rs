@@ -243,6 +243,33 @@ impl<'a> Pump<'a> {
     fn stopped(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
     }
+
+    /// Writes every packet `cap` reads until the run is stopped, `--count` or the sink ends
+    /// it, or `on_error` does: it sees each read error and says `Some(end)` to stop, `None` to
+    /// read on.
+    fn drain<T: pcap::Activated + ?Sized>(
+        &mut self,
+        cap: &mut Capture<T>,
+        mut on_error: impl FnMut(&Capture<T>, pcap::Error) -> Result<Option<Ended>, CaptureError>,
+    ) -> Result<Ended, CaptureError> {
+        loop {
+            if self.stopped() {
+                return Ok(Ended::Interrupted);
+            }
+            match cap.next_packet() {
+                Ok(p) => {
+                    if let Some(end) = self.write(&p)? {
+                        return Ok(end);
+                    }
+                }
+                Err(e) => {
+                    if let Some(end) = on_error(cap, e)? {
+                        return Ok(end);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Captures on `device` of this machine into `sink` until `cancel` is set, `opts.count`
@@ -272,26 +299,17 @@ pub fn capture_local(
             .map_err(|e| CaptureError::BadFilter { filter: f.as_str().to_owned(), message: e.to_string() })?;
     }
     let mut pump = Pump::open(&cap, sink, opts, cancel)?;
-    let ended = loop {
-        if pump.stopped() {
-            break Ended::Interrupted;
+    let ended = pump.drain(&mut cap, |cap, e| match e {
+        pcap::Error::TimeoutExpired => {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            let mut fds = [PollFd::new(cap.as_fd(), PollFlags::POLLIN)];
+            // EINTR (a signal) or a timeout: the loop looks at the flag either way.
+            let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
+            Ok(None)
         }
-        match cap.next_packet() {
-            Ok(p) => {
-                if let Some(end) = pump.write(&p)? {
-                    break end;
-                }
-            }
-            Err(pcap::Error::TimeoutExpired) => {
-                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-                let mut fds = [PollFd::new(cap.as_fd(), PollFlags::POLLIN)];
-                // EINTR (a signal) or a timeout: the loop looks at the flag either way.
-                let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
-            }
-            Err(pcap::Error::NoMorePackets) => break Ended::SourceEnded,
-            Err(e) => return Err(CaptureError::Read { device: device.to_owned(), message: e.to_string() }),
-        }
-    };
+        pcap::Error::NoMorePackets => Ok(Some(Ended::SourceEnded)),
+        e => Err(CaptureError::Read { device: device.to_owned(), message: e.to_string() }),
+    })?;
     let dropped = cap.stats().ok().map(|s| u64::from(s.dropped));
     Ok(Captured { packets: pump.packets, dropped, ended })
 }
@@ -414,21 +432,9 @@ fn relay(
     // takes it over and closes it when dropped.
     let Ok(mut cap) = (unsafe { Capture::from_raw_fd(stdout.into_raw_fd()) }) else { return Ok(None) };
     let mut pump = Pump::open(&cap, sink, opts, cancel)?;
-    let ended = loop {
-        if pump.stopped() {
-            break Ended::Interrupted;
-        }
-        match cap.next_packet() {
-            Ok(p) => {
-                if let Some(end) = pump.write(&p)? {
-                    break end;
-                }
-            }
-            // The end of the stream, or a stream cut mid-packet (tcpdump killed): the packets
-            // written so far stand.
-            Err(_) => break Ended::SourceEnded,
-        }
-    };
+    // The end of the stream, or a stream cut mid-packet (tcpdump killed): the packets
+    // written so far stand.
+    let ended = pump.drain(&mut cap, |_, _| Ok(Some(Ended::SourceEnded)))?;
     Ok(Some(Captured { packets: pump.packets, dropped: None, ended }))
 }
 
