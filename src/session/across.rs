@@ -400,11 +400,11 @@ impl Session<'_> {
         if work.is_empty() {
             return Ok(None);
         }
-        let count: usize = work.iter().map(|(_, _, t, _)| t.len()).sum();
+        let all: Vec<NicTarget> = work.iter().flat_map(|(_, _, t, _)| t.iter().cloned()).collect();
         let hosts: Vec<String> = work.iter().map(|(h, ..)| h.to_string()).collect();
         ui.status(&format!(
-            "Verifying {count} NIC{} on host{} {} ...",
-            if count == 1 { "" } else { "s" },
+            "Verifying {} on host{} {} ...",
+            crate::verify::nics_and_addresses(&all),
             if hosts.len() == 1 { "" } else { "s" },
             hosts.join(", ")
         ));

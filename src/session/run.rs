@@ -312,12 +312,18 @@ impl Session<'_> {
             return Ok(run);
         }
         let over_ssh = self.host().machine.is_some_and(|m| m.remote_runner().is_some());
-        let how = match crate::verify::HostAccess::of_uri(&self.uri()) {
-            crate::verify::HostAccess::Remote if over_ssh => "by ARP on the host (arping over ssh)",
-            crate::verify::HostAccess::Remote => "from libvirt's reports (remote host: no ARP)",
-            _ => "by ARP",
+        // A row is a NIC and an address family: IPv6 rows are proven by NDP.
+        let six = targets.iter().any(|t| t.family == crate::verify::Family::Ipv6);
+        let how = match (crate::verify::HostAccess::of_uri(&self.uri()), six) {
+            (crate::verify::HostAccess::Remote, false) if over_ssh => "by ARP on the host (arping over ssh)",
+            (crate::verify::HostAccess::Remote, true) if over_ssh => {
+                "by ARP and NDP on the host (arping and ndisc6 over ssh)"
+            }
+            (crate::verify::HostAccess::Remote, _) => "from libvirt's reports (remote host: no ARP)",
+            (_, false) => "by ARP",
+            (_, true) => "by ARP and NDP",
         };
-        ui.status(&format!("Verifying {} NIC{} {how} ...", targets.len(), if targets.len() == 1 { "" } else { "s" }));
+        ui.status(&format!("Verifying {} {how} ...", crate::verify::nics_and_addresses(&targets)));
         let t0 = Instant::now();
         let mut report = self.prove(&targets, opts.clone(), ui).map_err(RunError::before)?;
         super::check::since_vm_start(lab, &mut report, t0, started);

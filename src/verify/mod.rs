@@ -38,7 +38,7 @@ pub use sources::{Clock, HypervisorLeases, LastLeases, LeaseSource, SystemClock,
 #[cfg(any(test, feature = "testing"))]
 pub use sources::{FakeClock, FakeLeases};
 pub use state::{Evidence, FailReason, NicOutcome, NicProgress, NicState, VerifyReport};
-pub use target::{Family, HostAccess, NicTarget, targets};
+pub use target::{Family, HostAccess, NicTarget, nics_and_addresses, targets};
 
 use crate::host::hypervisor::HvError;
 use crate::verify::prober::ProbeError;

@@ -321,10 +321,7 @@ impl Prober for PnetProber {
         });
         let sent_at = sent?;
         let got = read.map_err(|e| ProbeError::from_io(bridge, "reading replies", e))?;
-        Ok(got
-            .into_iter()
-            .map(|(r, at)| (r, sent_at.get(&r.sender_ip).map(|s| at.saturating_duration_since(*s))))
-            .collect())
+        Ok(got.into_iter().map(|(r, at)| (r, sent_at.get(&r.sender_ip).and_then(|s| rtt_after(&at, *s)))).collect())
     }
 
     fn probe6(
@@ -394,10 +391,7 @@ impl PnetProber {
         });
         let sent_at: BTreeMap<Ipv6Addr, Instant> = sent?;
         let got = read.map_err(|e| ProbeError::from_io(bridge, "reading advertisements", e))?;
-        Ok(got
-            .into_iter()
-            .map(|(a, at)| (a, sent_at.get(&a.target).map(|s| at.saturating_duration_since(*s))))
-            .collect())
+        Ok(got.into_iter().map(|(a, at)| (a, sent_at.get(&a.target).and_then(|s| rtt_after(&at, *s)))).collect())
     }
 }
 
@@ -413,6 +407,15 @@ pub fn source_ip6(addrs: &[(Ipv6Addr, u8)], target: Ipv6Addr) -> Option<Ipv6Addr
         .or_else(|| addrs.iter().map(|(a, _)| *a).find(|a| a.segments()[0] & 0xffc0 == 0xfe80))
 }
 
+/// How many arrival times [`read_answers`] keeps per answer.
+const MAX_TIMES: usize = 8;
+
+/// The round trip of a request sent at `sent`: to the first answer read at or after it;
+/// `None` when every answer came before (it answered someone else).
+fn rtt_after(times: &[Instant], sent: Instant) -> Option<Duration> {
+    times.iter().find(|t| **t >= sent).map(|t| t.duration_since(sent))
+}
+
 /// [`read_answers`] for Neighbor Advertisements: keyed by the address they are for.
 fn read_adverts(
     rx: &mut dyn DataLinkReceiver,
@@ -420,7 +423,7 @@ fn read_adverts(
     answered: &AtomicUsize,
     own_mac: MacAddr,
     wanted: &BTreeSet<Ipv6Addr>,
-) -> io::Result<BTreeMap<NeighborAdvert, Instant>> {
+) -> io::Result<BTreeMap<NeighborAdvert, Vec<Instant>>> {
     read_answers(rx, stop, answered, wanted, |frame| {
         parse_advert(frame).filter(|a| a.sender_mac != own_mac).map(|a| (a, a.target))
     })
@@ -433,24 +436,26 @@ fn read_replies(
     answered: &AtomicUsize,
     own_mac: MacAddr,
     wanted: &BTreeSet<Ipv4Addr>,
-) -> io::Result<BTreeMap<ArpReply, Instant>> {
+) -> io::Result<BTreeMap<ArpReply, Vec<Instant>>> {
     read_answers(rx, stop, answered, wanted, |frame| {
         parse_reply(frame).filter(|r| r.sender_mac != own_mac).map(|r| (r, r.sender_ip))
     })
 }
 
-/// Reads frames until `stop` is set (and one read after it), keeping the first time each
-/// answer `parse` finds in a frame (an answer not from the prober itself, with the address it
-/// is for) came for one of `wanted`, and counting in `answered` the distinct addresses that
-/// answered.
+/// Reads frames until `stop` is set (and one read after it), keeping the times (the first
+/// [`MAX_TIMES`]) each answer `parse` finds in a frame (an answer not from the prober itself,
+/// with the address it is for) came for one of `wanted`, and counting in `answered` the
+/// distinct addresses that answered. Several times: an answer to another asker (the host
+/// kernel's own ARP) can be read before the prober's request went out, and must not be
+/// timed against it ([`rtt_after`]).
 fn read_answers<A: Ord, K: Ord + Copy>(
     rx: &mut dyn DataLinkReceiver,
     stop: &AtomicBool,
     answered: &AtomicUsize,
     wanted: &BTreeSet<K>,
     parse: impl Fn(&[u8]) -> Option<(A, K)>,
-) -> io::Result<BTreeMap<A, Instant>> {
-    let mut got = BTreeMap::new();
+) -> io::Result<BTreeMap<A, Vec<Instant>>> {
+    let mut got: BTreeMap<A, Vec<Instant>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
     loop {
         let last = stop.load(Ordering::Acquire);
@@ -459,7 +464,10 @@ fn read_answers<A: Ord, K: Ord + Copy>(
                 if let Some((answer, addr)) = parse(frame)
                     && wanted.contains(&addr)
                 {
-                    got.entry(answer).or_insert_with(Instant::now);
+                    let times = got.entry(answer).or_default();
+                    if times.len() < MAX_TIMES {
+                        times.push(Instant::now());
+                    }
                     if seen.insert(addr) {
                         answered.store(seen.len(), Ordering::Release);
                     }
@@ -735,6 +743,18 @@ mod tests {
     }
     const T: Duration = Duration::from_millis(300);
     const G: Duration = Duration::from_millis(30);
+
+    /// An answer read before the request went out (to the host kernel's own ARP) is not
+    /// timed against it: the first answer after it is, and none at all gives no time (it
+    /// used to read 0.0 ms).
+    #[test]
+    fn round_trip_counts_from_the_request_to_the_next_answer() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(rtt_after(&[t0, t0 + ms(5)], t0 + ms(2)), Some(ms(3)));
+        assert_eq!(rtt_after(&[t0], t0 + ms(2)), None);
+        assert_eq!(rtt_after(&[t0 + ms(2)], t0 + ms(2)), Some(Duration::ZERO));
+    }
 
     #[test]
     fn sweep_targets_leave_out_network_and_broadcast() {

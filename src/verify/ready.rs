@@ -343,7 +343,14 @@ pub fn wait_ready(
             break;
         }
         if Instant::now() >= deadline || cancel.load(Ordering::Relaxed) {
-            for r in state.iter().filter(|r| r.state == ReadyState::NotReady) {
+            let interrupted = cancel.load(Ordering::Relaxed);
+            for r in state.iter_mut().filter(|r| r.state == ReadyState::NotReady) {
+                if interrupted {
+                    for c in r.conditions.iter_mut().filter(|c| !c.met) {
+                        let seen = c.last_seen.take().unwrap_or_else(|| "nothing".into());
+                        c.last_seen = Some(format!("interrupted before it held (last seen: {seen})"));
+                    }
+                }
                 tell(r);
             }
             break;
@@ -461,6 +468,8 @@ mod tests {
         let r = wait_ready(&[t], &|_| Ok(fake.clone()), Duration::from_secs(60), &cancel, &|_| t0, &|_| {});
         assert_eq!(r[0].state, ReadyState::NotReady);
         assert!(t0.elapsed() < Duration::from_secs(5));
+        let seen = r[0].conditions[0].last_seen.as_deref().unwrap_or_default();
+        assert!(seen.starts_with("interrupted before it held (last seen: "), "{seen}");
     }
 
     /// A host topo cannot check on: unchecked at once, each condition saying why; no wait.

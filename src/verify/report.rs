@@ -166,6 +166,10 @@ pub fn table(report: &VerifyReport) -> String {
         .map(String::from)
         .collect();
     let mut out = crate::table::columns(std::iter::once(header).chain(rows), 2, &[]);
+    // VMs without NICs may still have readiness rows: no empty NIC table above them.
+    if report.nics.is_empty() {
+        out.clear();
+    }
     for n in report.failed() {
         if let NicState::Failed { reason } = &n.state {
             out.push_str(&format!(
@@ -180,8 +184,10 @@ pub fn table(report: &VerifyReport) -> String {
         }
     }
     if !report.ready.is_empty() {
-        out.push('\n');
-        out.push_str(&ready_table(report, with_host));
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&ready_table(report, with_host || report.ready.iter().any(|r| r.host.is_some())));
     }
     out
 }

@@ -272,3 +272,15 @@ pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTar
         .flatten()
         .collect()
 }
+
+/// `3 NICs`, or `6 NICs (7 addresses)` where some NIC has a row per family: what a
+/// verification of `targets` proves, for its progress line.
+pub fn nics_and_addresses(targets: &[NicTarget]) -> String {
+    let nics: std::collections::BTreeSet<(&VmName, &str)> = targets.iter().map(|t| (&t.vm, t.nic.as_str())).collect();
+    let s = |n: usize| if n == 1 { "" } else { "s" };
+    if nics.len() == targets.len() {
+        format!("{} NIC{}", nics.len(), s(nics.len()))
+    } else {
+        format!("{} NIC{} ({} addresses)", nics.len(), s(nics.len()), targets.len())
+    }
+}

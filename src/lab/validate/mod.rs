@@ -320,6 +320,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
     let mut networks = network::check_all(&mut c, &spec.networks, &prefix);
     let mut nics = nic::Nics::default();
     let guests = cloud_init::check_lab(&mut c, spec.cloud_init.as_ref());
+    ready::check_lab(&mut c, spec.ready.as_ref());
     let ctx = vm::LabContext {
         lab_name: lab_name.as_ref(),
         prefix: &prefix,

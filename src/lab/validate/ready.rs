@@ -21,6 +21,46 @@ pub(super) struct Offers<'a> {
     pub(super) cloud_init: bool,
 }
 
+/// The lab's `ready:` on its own, once: every item a known condition, in range, listed once
+/// (whether or not a VM inherits it). [`check`] then reads it quietly for each VM.
+pub(super) fn check_lab(c: &mut Checker, lab: Option<&Spanned<Vec<Spanned<ReadySpec>>>>) {
+    if let Some(list) = lab {
+        parse(c, list, true);
+    }
+}
+
+/// The conditions of `list`, each item's problems reported when `loud` (a list read again
+/// for another VM stays quiet: its problems were reported once).
+fn parse<'a>(
+    c: &mut Checker,
+    list: &'a Spanned<Vec<Spanned<ReadySpec>>>,
+    loud: bool,
+) -> Vec<(ReadyCondition, &'a Spanned<ReadySpec>)> {
+    let mut out: Vec<(ReadyCondition, &Spanned<ReadySpec>)> = Vec::new();
+    for item in &list.value {
+        let before = c.problems.len();
+        let cond = condition(c, item);
+        if !loud {
+            c.problems.truncate(before);
+        }
+        let Some(cond) = cond else { continue };
+        if out.iter().any(|(seen, _)| *seen == cond) {
+            if loud {
+                c.at(
+                    Code::Ready,
+                    item,
+                    format!("readiness condition `{cond}` is listed twice"),
+                    "listed again",
+                    "list each condition once",
+                );
+            }
+            continue;
+        }
+        out.push((cond, item));
+    }
+    out
+}
+
 /// The VM's conditions: its own `ready:` if it has one (`[]` for none), else the lab's.
 /// A condition the VM cannot meet is a problem at the list that gives it (the lab's, when
 /// inherited, naming the VM).
@@ -36,18 +76,8 @@ pub(super) fn check(
         (None, None) => return Vec::new(),
     };
     let mut out: Vec<ReadyCondition> = Vec::new();
-    for item in &list.value {
-        let Some(cond) = condition(c, item) else { continue };
-        if out.contains(&cond) {
-            c.at(
-                Code::Ready,
-                item,
-                format!("readiness condition `{cond}` is listed twice"),
-                "listed again",
-                "list each condition once",
-            );
-            continue;
-        }
+    // The lab's list was checked once by `check_lab`.
+    for (cond, item) in parse(c, list, !inherited) {
         let whose = if inherited { format!(" (the lab's `ready`, for VM `{}`)", offers.vm) } else { String::new() };
         match cond {
             ReadyCondition::Ssh | ReadyCondition::Tcp(_) if !offers.addressable => c.at(
