@@ -40,7 +40,11 @@ pub fn check(lab: &Lab, full: &Plan, targets: &[Address]) -> Result<(), UnknownT
     known.extend(full.changes.iter().map(|c| c.address.clone()));
     let unknown: Vec<&Address> = targets.iter().filter(|t| !known.contains(t)).collect();
     let Some(first) = unknown.first() else { return Ok(()) };
-    let names: Vec<String> = known.iter().map(ToString::to_string).collect();
+    // A group (`vm.GROUP`, its members) is a target too, expanded before this check.
+    let mut names: Vec<String> = known.iter().map(ToString::to_string).collect();
+    names.extend(lab.groups.keys().map(|g| Address::Vm(g.clone()).to_string()));
+    names.sort();
+    names.dedup();
     let mut help = crate::diag::suggest(&first.to_string(), &names, "targets are", "targets are");
     if unknown.len() > 1 {
         let rest: Vec<String> = unknown[1..].iter().map(ToString::to_string).collect();
