@@ -295,12 +295,21 @@ pub(super) fn parse_ip(c: &mut Checker, s: &Spanned<String>, what: &str) -> Opti
     match s.value.trim().parse::<Ipv4Addr>() {
         Ok(ip) => Some(ip),
         Err(_) => {
+            // An IPv6 address where IPv4 is asked for: say where IPv6 goes instead.
+            let six = s.value.trim().parse::<std::net::Ipv6Addr>().is_ok();
+            let help = if six && what == "address" {
+                "`ip:` is the NIC's IPv4 address; its IPv6 address is not written: it is the SLAAC address of its MAC on the network's `subnet6` (docs/addressing.md, section IPv6)"
+            } else if six && what == "gateway" {
+                "`gateway:` is the IPv4 gateway; give the IPv6 one as `gateway6:` beside `subnet6:`"
+            } else {
+                "write a dotted IPv4 address such as `192.168.152.10`, without a prefix length"
+            };
             c.at(
                 Code::BadAddress,
                 s,
                 format!("`{}` is not an IPv4 address", s.value),
                 format!("not a valid {what}"),
-                "write a dotted IPv4 address such as `192.168.152.10`, without a prefix length",
+                help,
             );
             None
         }
