@@ -14,6 +14,7 @@ mod log;
 mod plan;
 mod shell;
 mod shown;
+mod snapshot;
 mod ssh;
 pub mod ui;
 mod validate;
@@ -114,6 +115,9 @@ pub enum Command {
     Ssh(ssh::SshArgs),
     /// Connect to a VM's serial console (Ctrl-] leaves)
     Console(console::ConsoleArgs),
+    /// Whole-lab snapshots: save (every VM at one instant, memory included), restore (and
+    /// prove again), list, delete
+    Snapshot(snapshot::SnapshotArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell
     Completions(shell::CompletionsArgs),
     /// Print a man page (roff), or write all of them into a folder
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
         Command::Inventory(a) => inventory::run(&cli.global, a),
         Command::Ssh(a) => ssh::run(&cli.global, a),
         Command::Console(a) => console::run(&cli.global, a),
+        Command::Snapshot(a) => snapshot::run(&cli.global, a),
         Command::Schema => {
             crate::outln!("{}", crate::lab::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into)
         }

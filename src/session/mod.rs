@@ -10,12 +10,14 @@
 mod across;
 mod check;
 mod run;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
 pub use check::Proven;
 pub use run::{ApplyRequest, DestroyRequest, Run, RunError};
+pub use snapshot::{LabSnapshot, Restored, Saved, SavedVm, SnapshotError, list_table as snapshot_list_table};
 
 use crate::apply::lock::HostId;
 use crate::apply::progress::{Progress, Silent as SilentProgress};
