@@ -82,13 +82,16 @@ pub fn run(global: &GlobalArgs, args: &SnapshotArgs) -> miette::Result<Outcome> 
             }
         }
         SnapshotAction::Restore { name, opts, json, .. } => {
-            let restored = session.snapshot_restore(&lab, name, opts.options(), &Shown::new(global, *json, false))?;
+            let restored =
+                session.snapshot_restore(&lab, name, Some(opts.options()), &Shown::new(global, *json, false))?;
             if !*json {
                 let reverted: Vec<String> =
                     restored.reverted.iter().map(|(vm, d)| format!("{vm} ({} ms)", d.as_millis())).collect();
                 crate::errln!("Reverted to snapshot {}: {}", restored.name, reverted.join(", "));
             }
-            super::verify::finish(&lab, &restored.proven.report, *json)?;
+            if let Some(proven) = &restored.proven {
+                super::verify::finish(&lab, &proven.report, *json)?;
+            }
         }
         SnapshotAction::List { json, .. } => {
             let list = session.snapshot_list(&lab)?;

@@ -31,7 +31,10 @@ pub enum SnapshotError {
     Missing { vms: String, uri: String },
     /// `save`: VMs that are not running.
     #[error("cannot save snapshot {name}: VMs {vms} are not running (a lab snapshot holds every VM's memory)")]
-    #[diagnostic(code(topo::snapshot::not_running), help("start them (`state: running` and `topo apply`) and save again"))]
+    #[diagnostic(
+        code(topo::snapshot::not_running),
+        help("start them (`state: running` and `topo apply`) and save again")
+    )]
     NotRunning { name: String, vms: String },
     /// `save`: VMs without a qcow2 disk, which cannot hold an internal snapshot.
     #[error("cannot save snapshot {name}: VMs {vms} have no qcow2 disk to hold an internal snapshot")]
@@ -139,8 +142,8 @@ pub struct Restored {
     pub name: String,
     /// Each VM and how long its revert took.
     pub reverted: Vec<(String, Duration)>,
-    /// The ARP/NDP proof (and `ready:`) after the VMs were resumed.
-    pub proven: Proven,
+    /// The ARP/NDP proof (and `ready:`) after the VMs were resumed; `None` when not asked.
+    pub proven: Option<Proven>,
 }
 
 /// A lab VM on the host: its name in the lab, its domain, its state, and its snapshots.
@@ -209,7 +212,8 @@ impl Session<'_> {
         ui.status(&format!("Observing {} ...", self.uri()));
         let members = self.members(lab)?;
         let name_s = name.as_str();
-        let pick = |f: &dyn Fn(&Member) -> bool| members.iter().filter(|m| f(m)).map(|m| m.vm.clone()).collect::<Vec<_>>();
+        let pick =
+            |f: &dyn Fn(&Member) -> bool| members.iter().filter(|m| f(m)).map(|m| m.vm.clone()).collect::<Vec<_>>();
         let stopped = pick(&|m| !matches!(m.state, DomainState::Running | DomainState::Paused));
         if !stopped.is_empty() {
             return Err(SnapshotError::NotRunning { name: name_s.into(), vms: join(&stopped) }.into());
@@ -280,8 +284,8 @@ impl Session<'_> {
 
     /// `topo snapshot restore NAME`: under the lab lock, checks every VM of the lab has the
     /// lab's snapshot `name`; pauses the running ones, reverts each (left paused), resumes
-    /// them all together, then proves every NIC again (and each VM's `ready:`), as `topo
-    /// verify` does. Every VM is resumed even when a revert fails.
+    /// them all together, then (with `verify`) proves every NIC again (and each VM's
+    /// `ready:`), as `topo verify` does. Every VM is resumed even when a revert fails.
     ///
     /// # Errors
     /// A refusal ([`SnapshotError`]), a failed revert or resume, a verification that could
@@ -290,7 +294,7 @@ impl Session<'_> {
         &self,
         lab: &Lab,
         name: &SnapshotName,
-        opts: VerifyOptions,
+        verify: Option<VerifyOptions>,
         ui: &dyn Ui,
     ) -> miette::Result<Restored> {
         let lock = self.snapshot_lock(lab, "topo snapshot restore")?;
@@ -298,7 +302,8 @@ impl Session<'_> {
         let members = self.members(lab)?;
         let name_s = name.as_str();
         let description = snapshot_description(&lab.instance());
-        let ours = |m: &Member| m.snapshots.iter().any(|s| s.name == name_s && s.description.as_deref() == Some(&description));
+        let ours =
+            |m: &Member| m.snapshots.iter().any(|s| s.name == name_s && s.description.as_deref() == Some(&description));
         let lacking: Vec<String> = members.iter().filter(|m| !ours(m)).map(|m| m.vm.clone()).collect();
         if lacking.len() == members.len() {
             return Err(SnapshotError::NotFound { name: name_s.into() }.into());
@@ -334,8 +339,10 @@ impl Session<'_> {
         }
         paused.resume_all()?;
         drop(lock);
-        ui.status("Proving every NIC again ...");
-        let proven = self.verify_ready(lab, opts, ui)?;
+        let proven = match verify {
+            Some(opts) => Some(self.verify_ready(lab, opts, ui)?),
+            None => None,
+        };
         Ok(Restored { name: name_s.into(), reverted, proven })
     }
 

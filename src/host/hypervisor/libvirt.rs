@@ -784,8 +784,13 @@ impl Hypervisor for LibvirtHypervisor {
         let dom = self.domain(OP, domain)?;
         // The live XML when it runs (the disks QEMU has open), else the config.
         let text = lv("virDomainGetXMLDesc", domain, || dom.xml_desc(0)).map_err(|e| map_error(OP, domain, &e))?;
-        let invalid =
-            |e: xml::XmlError| HvError { op: OP.into(), object: object.clone(), message: e.to_string(), kind: HvErrorKind::InvalidXml, hint: None };
+        let invalid = |e: xml::XmlError| HvError {
+            op: OP.into(),
+            object: object.clone(),
+            message: e.to_string(),
+            kind: HvErrorKind::InvalidXml,
+            hint: None,
+        };
         let disks = xml::snapshot_disks(&text).map_err(invalid)?;
         let snap = xml::snapshot_xml(name, description, &disks).map_err(invalid)?;
         tracing::trace!(xml = %snap, "snapshot XML");
@@ -797,8 +802,8 @@ impl Hypervisor for LibvirtHypervisor {
     fn snapshots(&self, domain: &str) -> Result<Vec<super::SnapshotInfo>, HvError> {
         const OP: &str = "list snapshots";
         let dom = self.domain(OP, domain)?;
-        let snaps =
-            lv("virDomainListAllSnapshots", domain, || dom.list_all_snapshots(0)).map_err(|e| map_error(OP, domain, &e))?;
+        let snaps = lv("virDomainListAllSnapshots", domain, || dom.list_all_snapshots(0))
+            .map_err(|e| map_error(OP, domain, &e))?;
         let mut out = Vec::new();
         for s in snaps {
             let name = s.name().map_err(|e| map_error(OP, domain, &e))?;

@@ -48,10 +48,8 @@ struct DiskW<'a> {
 /// # Errors
 /// The XML cannot be serialized.
 pub fn snapshot_xml(name: &str, description: &str, disks: &[SnapshotDisk]) -> Result<String, XmlError> {
-    let disk = disks
-        .iter()
-        .map(|d| DiskW { name: &d.dev, snapshot: if d.internal { "internal" } else { "no" } })
-        .collect();
+    let disk =
+        disks.iter().map(|d| DiskW { name: &d.dev, snapshot: if d.internal { "internal" } else { "no" } }).collect();
     to_xml("snapshot", "domainsnapshot", &SnapshotW { name, description, disks: DisksW { disk } })
 }
 
@@ -99,7 +97,10 @@ pub fn snapshot_disks(domain_xml: &str) -> Result<Vec<SnapshotDisk>, XmlError> {
         .unwrap_or_default()
         .into_iter()
         .map(|d| {
-            let dev = d.target.ok_or_else(|| XmlError::Parse { what: "domain", message: "a disk has no <target dev>".into() })?.dev;
+            let dev = d
+                .target
+                .ok_or_else(|| XmlError::Parse { what: "domain", message: "a disk has no <target dev>".into() })?
+                .dev;
             let internal = d.readonly.is_none()
                 && d.device.as_deref().is_none_or(|x| x == "disk")
                 && d.driver.and_then(|x| x.kind).as_deref() == Some("qcow2");
@@ -167,7 +168,12 @@ mod tests {
         let s = parse_snapshot(xml).unwrap();
         assert_eq!(
             s,
-            SnapshotInfo { name: "s1".into(), description: Some("d & e".into()), created: 1_700_000_000, state: "running".into() }
+            SnapshotInfo {
+                name: "s1".into(),
+                description: Some("d & e".into()),
+                created: 1_700_000_000,
+                state: "running".into()
+            }
         );
         assert!(parse_snapshot("<domain/>").is_err());
     }
