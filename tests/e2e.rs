@@ -2364,5 +2364,7 @@ mod guards;
 mod identity;
 #[path = "e2e/ipv6.rs"]
 mod ipv6;
+#[path = "e2e/snapshots.rs"]
+mod snapshots;
 #[path = "e2e/values.rs"]
 mod values;
