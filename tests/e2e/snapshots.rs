@@ -46,7 +46,7 @@ vms:
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("Verify: 2 verified, 0 failed"), "{}", r.show());
-    let r = ssh(&lab, &agent, "s1", &["sh", "-c", "sync; cloud-init status --wait >/dev/null; echo up"]);
+    let r = ssh(&lab, &agent, "s1", &["cloud-init status --wait >/dev/null; echo up"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "up"), "{}", r.show());
     clock.step("apply: the Debian guest up, 2 NICs verified, cloud-init done");
 
@@ -61,7 +61,8 @@ vms:
     assert!(r.stdout.contains("Saved snapshot base of 1 VMs"), "{}", r.show());
     eprintln!("e2e: benchmark: topo snapshot save:\n{}", r.stdout);
     let list = virsh_ok(&["snapshot-list", "snapl-s1"]);
-    assert!(list.contains("base") && list.contains("running"), "an internal snapshot with memory:\n{list}");
+    // Taken while paused (all VMs at one instant): state `paused`, memory included.
+    assert!(list.contains("base") && list.contains("paused"), "an internal snapshot with memory:\n{list}");
     let desc = virsh_ok(&["snapshot-dumpxml", "snapl-s1", "base"]);
     assert!(desc.contains("<description>topo lab snapl (prefix snapl-, file "), "{desc}");
     assert!(desc.contains("snapshot='no'") && desc.contains("snapshot='internal'"), "seed left out:\n{desc}");
@@ -84,8 +85,14 @@ vms:
     let r = topo_ok(&["snapshot", "list", path(&lab)]);
     assert!(r.stdout.contains("base") && !r.stdout.contains("byhand"), "{}", r.stdout);
 
+    // ssh joins its arguments into one remote command line: each command is one string.
     // Change a guest's files, restore: the change is gone, every NIC proven again.
-    let r = ssh(&lab, &agent, "s1", &["sh", "-c", "echo changed | sudo tee /var/tmp/topo-snap >/dev/null && sync && cat /var/tmp/topo-snap"]);
+    let r = ssh(
+        &lab,
+        &agent,
+        "s1",
+        &["echo changed | sudo tee /var/tmp/topo-snap >/dev/null && sync && cat /var/tmp/topo-snap"],
+    );
     assert_eq!((r.code, r.stdout.trim()), (0, "changed"), "{}", r.show());
     let t = Instant::now();
     let r = topo(&["snapshot", "restore", "base", "--timeout", "60", path(&lab)]);
@@ -93,7 +100,7 @@ vms:
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("2 verified, 0 failed"), "every NIC proven again:\n{}", r.show());
     eprintln!("e2e: benchmark: topo snapshot restore:\n{}{}", r.stdout, r.stderr);
-    let r = ssh(&lab, &agent, "s1", &["sh", "-c", "test -e /var/tmp/topo-snap && echo there || echo gone"]);
+    let r = ssh(&lab, &agent, "s1", &["test -e /var/tmp/topo-snap && echo there || echo gone"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "gone"), "{}", r.show());
     clock.step(&format!("restore: file gone, 2 NICs verified again, {restore_secs:.2} s"));
 
