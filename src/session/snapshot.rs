@@ -68,8 +68,7 @@ pub enum SnapshotError {
         /// Empty, or `, except on ...` for those that could not be deleted.
         left: String,
         #[source]
-        #[diagnostic_source]
-        source: HvError,
+        source: Box<HvError>,
     },
     /// `save` stopped by a signal: the snapshots made were deleted, every VM resumed.
     #[error("snapshot {name} was interrupted: the snapshots made in this run were deleted{left}, every VM resumed")]
@@ -83,8 +82,7 @@ pub enum SnapshotError {
         vm: String,
         reverted: String,
         #[source]
-        #[diagnostic_source]
-        source: HvError,
+        source: Box<HvError>,
     },
     /// VMs that could not be resumed after a save or a restore.
     #[error("VMs {vms} could not be resumed and are paused: {message}")]
@@ -92,8 +90,8 @@ pub enum SnapshotError {
     LeftPaused { vms: String, message: String },
     /// A libvirt call failed.
     #[error(transparent)]
-    #[diagnostic(transparent)]
-    Host(#[from] HvError),
+    #[diagnostic(code(topo::host::hypervisor))]
+    Host(Box<HvError>),
 }
 
 /// One VM of a saved lab snapshot.
@@ -261,9 +259,11 @@ impl Session<'_> {
                 .map(|(m, _)| m.vm.clone())
                 .collect();
             let left = if left.is_empty() { String::new() } else { format!(", except on {}", join(&left)) };
-            paused.resume_all().map_err(|e| miette::Report::new(e))?;
+            paused.resume_all().map_err(miette::Report::new)?;
             return Err(match failed {
-                Some((vm, source)) => SnapshotError::SaveFailed { name: name_s.into(), vm, left, source },
+                Some((vm, source)) => {
+                    SnapshotError::SaveFailed { name: name_s.into(), vm, left, source: Box::new(source) }
+                }
                 None => SnapshotError::Interrupted { name: name_s.into(), left },
             }
             .into());
@@ -331,7 +331,7 @@ impl Session<'_> {
                     name: name_s.into(),
                     vm: m.vm.clone(),
                     reverted: if done.is_empty() { "none".into() } else { join(&done) },
-                    source,
+                    source: Box::new(source),
                 }
                 .into());
             }
@@ -402,7 +402,7 @@ impl Session<'_> {
             }
         }
         match first_err {
-            Some(e) => Err(SnapshotError::Host(e).into()),
+            Some(e) => Err(SnapshotError::from(e).into()),
             None => Ok(done),
         }
     }
@@ -464,6 +464,12 @@ impl<'h> Paused<'h> {
             }
         }
         if failed.is_empty() { Ok(out) } else { Err(SnapshotError::LeftPaused { vms: join(&failed), message }) }
+    }
+}
+
+impl From<HvError> for SnapshotError {
+    fn from(e: HvError) -> Self {
+        SnapshotError::Host(Box::new(e))
     }
 }
 
