@@ -115,8 +115,7 @@ pub enum Command {
     Ssh(ssh::SshArgs),
     /// Connect to a VM's serial console (Ctrl-] leaves)
     Console(console::ConsoleArgs),
-    /// Whole-lab snapshots: save (every VM at one instant, memory included), restore (and
-    /// prove again), list, delete
+    /// Whole-lab snapshots (every VM at one instant): save, restore, list, delete
     Snapshot(snapshot::SnapshotArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell
     Completions(shell::CompletionsArgs),
