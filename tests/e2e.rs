@@ -2368,5 +2368,7 @@ mod identity;
 mod ipv6;
 #[path = "e2e/ready.rs"]
 mod ready;
+#[path = "e2e/snapshots.rs"]
+mod snapshots;
 #[path = "e2e/values.rs"]
 mod values;

@@ -15,6 +15,7 @@ mod log;
 mod plan;
 mod shell;
 mod shown;
+mod snapshot;
 mod ssh;
 pub mod ui;
 mod validate;
@@ -117,6 +118,8 @@ pub enum Command {
     Console(console::ConsoleArgs),
     /// Capture the packets of a VM's NIC or a lab network as pcap (stdout or -w FILE)
     Capture(capture::CaptureArgs),
+    /// Whole-lab snapshots (every VM at one instant): save, restore, list, delete
+    Snapshot(snapshot::SnapshotArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell
     Completions(shell::CompletionsArgs),
     /// Print a man page (roff), or write all of them into a folder
@@ -162,6 +165,7 @@ pub fn main() -> ExitCode {
         Command::Ssh(a) => ssh::run(&cli.global, a),
         Command::Console(a) => console::run(&cli.global, a),
         Command::Capture(a) => capture::run(&cli.global, a),
+        Command::Snapshot(a) => snapshot::run(&cli.global, a),
         Command::Schema => {
             crate::outln!("{}", crate::lab::schema::schema_json()).map(|()| Outcome::Ok).map_err(Into::into)
         }

@@ -21,7 +21,7 @@ pub const API_VERSION: &str = "topo/v1";
 
 pub use crate::lab::names::{
     BridgeName, HostName, LabName, LibvirtName, MAX_BRIDGE_NAME, MAX_LAB_NAME, MAX_RESOURCE_NAME, MacAddr, MacError,
-    NameError, NetworkName, PoolName, VmName, VolumeName,
+    NameError, NetworkName, PoolName, SnapshotName, VmName, VolumeName,
 };
 
 pub use crate::lab::group::{GroupMember, VmGroup};

@@ -39,6 +39,13 @@ pub enum NameError {
     /// `.` or `..`: as a file name in a folder, these name the folder itself or its parent.
     #[error("names a folder ('.' or '..'), not a file")]
     Dots,
+    /// Must start with an ASCII letter or digit (a snapshot name: never an option to virsh).
+    #[error("must start with a letter or a digit")]
+    BadStartAlnum,
+    /// Digits only: QEMU looks an internal snapshot up by its numeric ID as well as by its
+    /// name (block/snapshot.c `bdrv_snapshot_find`), so `loadvm 2` may load another snapshot.
+    #[error("is digits only, which QEMU may read as another snapshot's ID")]
+    Numeric,
 }
 
 fn check_name(s: &str, max: usize, allowed: impl Fn(char) -> bool) -> Result<(), NameError> {
@@ -215,6 +222,53 @@ checked_name!(
     VolumeName, check_volume
 );
 
+/// Longest snapshot name, in bytes: QEMU keeps an internal snapshot's name in
+/// `QEMUSnapshotInfo.name[256]` (include/block/snapshot.h), a NUL-terminated 255 bytes, and
+/// cuts a longer one short (`pstrcpy`), so two long names could become one.
+pub const MAX_SNAPSHOT_NAME: usize = 255;
+
+/// The characters of a snapshot name: ASCII letters, digits and `-_.+:@`.
+fn snapshot_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | ':' | '@')
+}
+
+/// A lab snapshot's name (`topo snapshot save NAME`), given to every VM's internal snapshot.
+/// What the layers below refuse or mangle, refused here:
+/// - empty: libvirt would make one up from the time (`virDomainMomentDefPostParse`);
+/// - `/`, newline, NUL ([`LIBVIRT_ILLEGAL`]): libvirt keeps a snapshot's metadata in the file
+///   `<snapshot dir>/<domain>/<name>.xml` (`qemuDomainSnapshotWriteMetadata`), and names
+///   cross its API as C strings;
+/// - `"`, `\`, spaces and control characters: libvirt 9.0 sends `savevm "NAME"`,
+///   `loadvm "NAME"` and `delvm "NAME"` to QEMU's monitor unescaped
+///   (qemu_monitor_text.c `qemuMonitorTextCreateSnapshot`);
+/// - digits only ([`NameError::Numeric`]), more than [`MAX_SNAPSHOT_NAME`] bytes.
+///
+/// So: ASCII letters, digits and `-_.+:@`, starting with a letter or digit (never read as an
+/// option by virsh), not digits only, at most 255.
+fn check_snapshot(s: &str) -> Result<(), NameError> {
+    let first = s.chars().next().ok_or(NameError::Empty)?;
+    if let Some(c) = s.chars().find(|c| !snapshot_char(*c)) {
+        return Err(NameError::BadChar(c));
+    }
+    if s.len() > MAX_SNAPSHOT_NAME {
+        return Err(NameError::TooLong { len: s.len(), max: MAX_SNAPSHOT_NAME });
+    }
+    if !first.is_ascii_alphanumeric() {
+        return Err(NameError::BadStartAlnum);
+    }
+    if s.chars().all(|c| c.is_ascii_digit()) {
+        return Err(NameError::Numeric);
+    }
+    Ok(())
+}
+
+checked_name!(
+    /// The name of a lab snapshot, the same on every VM's internal snapshot: ASCII letters,
+    /// digits and `-_.+:@`, starting with a letter or digit, not digits only, at most 255
+    /// bytes ([`check_snapshot`] says which layer refuses what).
+    SnapshotName, check_snapshot
+);
+
 /// A Linux bridge name: at most 15 bytes (IFNAMSIZ - 1, include/uapi/linux/if.h), ASCII
 /// letters, digits, '-', '_' and '.', not `.` or `..` (net/core/dev.c, dev_valid_name).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -384,6 +438,27 @@ impl<'de> Deserialize<'de> for MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot name mirrors what libvirt and QEMU refuse or mangle: libvirt's metadata
+    /// file `<dir>/<domain>/<name>.xml` (no '/'), the unescaped `savevm "NAME"` of libvirt
+    /// 9.0's qemuMonitorTextCreateSnapshot (no '"', '\\', space), QEMU's lookup by numeric
+    /// ID (bdrv_snapshot_find: not digits only) and QEMUSnapshotInfo.name[256] (255 bytes).
+    #[test]
+    fn snapshot_names_follow_libvirt_and_qemu() {
+        for ok in ["before-upgrade", "s1", "2024-01-01", "v1.2+rc:x@y", "A_b"] {
+            assert!(SnapshotName::new(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(SnapshotName::new(""), Err(NameError::Empty));
+        assert_eq!(SnapshotName::new("a/b"), Err(NameError::BadChar('/')));
+        assert_eq!(SnapshotName::new("a\"b"), Err(NameError::BadChar('"')));
+        assert_eq!(SnapshotName::new("a\\b"), Err(NameError::BadChar('\\')));
+        assert_eq!(SnapshotName::new("a b"), Err(NameError::BadChar(' ')));
+        assert_eq!(SnapshotName::new("a\nb"), Err(NameError::BadChar('\n')));
+        assert_eq!(SnapshotName::new("-a"), Err(NameError::BadStartAlnum));
+        assert_eq!(SnapshotName::new("12"), Err(NameError::Numeric));
+        assert!(SnapshotName::new(&"a".repeat(255)).is_ok());
+        assert_eq!(SnapshotName::new(&"a".repeat(256)), Err(NameError::TooLong { len: 256, max: 255 }));
+    }
 
     /// libvirt refuses '/' in domain and network names (src/conf/domain_postparse.c,
     /// src/conf/network_conf.c), a newline at define (virXMLCheckIllegalChars), and names

@@ -98,6 +98,16 @@ pub struct Instance {
     pub file: String,
 }
 
+/// The `<description>` topo writes on each internal snapshot of a lab snapshot (`topo
+/// snapshot save`): `topo lab LAB (prefix PREFIX, file FILE)`, the lab instance. Libvirt
+/// snapshots have no metadata element of their own, so the description is the tag: a
+/// snapshot of a lab VM with exactly this description is the lab's (listed, restored and
+/// deleted by `topo snapshot`); any other (made by hand, or by another instance) is never
+/// touched by `topo snapshot`, and only its metadata is removed when topo deletes the VM.
+pub fn snapshot_description(instance: &Instance) -> String {
+    format!("topo lab {} (prefix {}, file {})", instance.lab, instance.prefix, instance.file)
+}
+
 /// What a run writes into each tag besides the instance: when, and who. Empty fields are
 /// left out of the tag (tests plan without a clock).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -11,6 +11,7 @@ mod across;
 mod capture;
 mod check;
 mod run;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -18,6 +19,7 @@ use std::sync::atomic::AtomicBool;
 pub use capture::{CapturePoint, CaptureRequest, CaptureTargetError};
 pub use check::Proven;
 pub use run::{ApplyRequest, DestroyRequest, Run, RunError};
+pub use snapshot::{LabSnapshot, Restored, Saved, SavedVm, SnapshotError, list_table as snapshot_list_table};
 
 use crate::apply::lock::HostId;
 use crate::apply::progress::{Progress, Silent as SilentProgress};

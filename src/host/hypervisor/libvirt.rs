@@ -184,6 +184,14 @@ fn clashes(uuid: Option<&str>, by_name: Option<&str>, by_uuid: Option<String>, n
 /// The hint of a network define or start that failed on a bridge name another network has.
 const BRIDGE_TAKEN: &str = "another network uses this bridge name: choose another `bridge` or let libvirt pick one";
 
+/// The kind of a libvirt error from its code alone ([`kind_of`]).
+fn kind_of_error(e: &VirtError) -> HvErrorKind {
+    match e.code() {
+        Enum::Known(code) => kind_of(code),
+        Enum::Unknown(_) => HvErrorKind::Other,
+    }
+}
+
 fn is_unsupported(e: &VirtError) -> bool {
     matches!(e.code(), Enum::Known(ErrorNumber::NoSupport | ErrorNumber::ArgumentUnsupported | ErrorNumber::InvalidArg))
 }
@@ -758,6 +766,83 @@ impl Hypervisor for LibvirtHypervisor {
         lv("virDomainResume", name, || dom.resume())
             .map(drop)
             .map_err(|e| settle(map_error(OP, name, &e), || self.domain_settled(name, true)))
+    }
+
+    fn suspend_domain(&self, name: &str) -> Result<(), HvError> {
+        const OP: &str = "suspend domain";
+        let dom = self.domain(OP, name)?;
+        lv("virDomainSuspend", name, || dom.suspend()).map(drop).map_err(|e| {
+            settle(map_error(OP, name, &e), || {
+                (self.domain_state(name).ok()? == DomainState::Shutoff).then_some(HvErrorKind::NotActive)
+            })
+        })
+    }
+
+    fn create_snapshot(&self, domain: &str, name: &str, description: &str) -> Result<(), HvError> {
+        const OP: &str = "create snapshot";
+        let object = format!("{domain} {name}");
+        let dom = self.domain(OP, domain)?;
+        // The live XML when it runs (the disks QEMU has open), else the config.
+        let text = lv("virDomainGetXMLDesc", domain, || dom.xml_desc(0)).map_err(|e| map_error(OP, domain, &e))?;
+        let invalid = |e: xml::XmlError| HvError {
+            op: OP.into(),
+            object: object.clone(),
+            message: e.to_string(),
+            kind: HvErrorKind::InvalidXml,
+            hint: None,
+        };
+        let disks = xml::snapshot_disks(&text).map_err(invalid)?;
+        let snap = xml::snapshot_xml(name, description, &disks).map_err(invalid)?;
+        tracing::trace!(xml = %snap, "snapshot XML");
+        lv("virDomainSnapshotCreateXML", &object, || dom.create_snapshot_xml(&snap, 0))
+            .map(drop)
+            .map_err(|e| map_error(OP, &object, &e))
+    }
+
+    fn snapshots(&self, domain: &str) -> Result<Vec<super::SnapshotInfo>, HvError> {
+        const OP: &str = "list snapshots";
+        let dom = self.domain(OP, domain)?;
+        let snaps = lv("virDomainListAllSnapshots", domain, || dom.list_all_snapshots(0))
+            .map_err(|e| map_error(OP, domain, &e))?;
+        let mut out = Vec::new();
+        for s in snaps {
+            let name = s.name().map_err(|e| map_error(OP, domain, &e))?;
+            let object = format!("{domain} {name}");
+            let text = match lv("virDomainSnapshotGetXMLDesc", &object, || s.xml_desc(0)) {
+                Ok(t) => t,
+                // Deleted since the listing.
+                Err(e) if matches!(kind_of_error(&e), HvErrorKind::NotFound) => continue,
+                Err(e) => return Err(map_error(OP, &object, &e)),
+            };
+            out.push(xml::parse_snapshot(&text).map_err(|e| HvError {
+                op: OP.into(),
+                object,
+                message: e.to_string(),
+                kind: HvErrorKind::InvalidXml,
+                hint: None,
+            })?);
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn revert_snapshot(&self, domain: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "revert to snapshot";
+        let object = format!("{domain} {name}");
+        let dom = self.domain(OP, domain)?;
+        let snap = lv("virDomainSnapshotLookupByName", &object, || Domain::lookup_snapshot_by_name(&dom, name, 0))
+            .map_err(|e| map_error(OP, &object, &e))?;
+        lv("virDomainRevertToSnapshot", &object, || snap.revert(sys::VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED))
+            .map_err(|e| map_error(OP, &object, &e))
+    }
+
+    fn delete_snapshot(&self, domain: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "delete snapshot";
+        let object = format!("{domain} {name}");
+        let dom = self.domain(OP, domain)?;
+        let snap = lv("virDomainSnapshotLookupByName", &object, || Domain::lookup_snapshot_by_name(&dom, name, 0))
+            .map_err(|e| map_error(OP, &object, &e))?;
+        lv("virDomainSnapshotDelete", &object, || snap.delete(0)).map_err(|e| map_error(OP, &object, &e))
     }
 
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {

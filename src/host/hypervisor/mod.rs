@@ -210,6 +210,20 @@ pub struct StorageVolumeInfo {
     pub key: Option<String>,
 }
 
+/// A snapshot of a domain as its XML shows it (`virsh snapshot-dumpxml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// `<description>`: what tells topo's own lab snapshots
+    /// ([`crate::lab::ownership::snapshot_description`]) from any other.
+    pub description: Option<String>,
+    /// `<creationTime>`: seconds since the Unix epoch.
+    pub created: i64,
+    /// `<state>`: the domain's state when it was taken (`running`, `paused`, `shutoff`,
+    /// `disk-snapshot`, ...); a `running` one holds the guest's memory.
+    pub state: String,
+}
+
 /// How often [`Hypervisor::wait_until`] looks without events (the memory double).
 pub const WAIT_LOOK: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -258,6 +272,29 @@ pub trait Hypervisor: Send + Sync {
     fn start_domain(&self, name: &str) -> Result<(), HvError>;
     /// Resumes a paused domain.
     fn resume_domain(&self, name: &str) -> Result<(), HvError>;
+    /// Pauses a running domain (`virDomainSuspend`, `virsh suspend`): its CPUs stop, its
+    /// memory and devices stay. NotActive when it is not running.
+    fn suspend_domain(&self, name: &str) -> Result<(), HvError>;
+    /// Takes an internal snapshot `name` of `domain` with `description`
+    /// (virDomainSnapshotCreateXML, no flags): of a running or paused domain, its memory and
+    /// every qcow2 disk, inside the qcow2 images. The disks are read from the domain's live
+    /// XML: a read-only or non-qcow2 disk (the cloud-init seed) is given `snapshot='no'`,
+    /// which libvirt requires (qemu_snapshot.c `qemuSnapshotPrepare`: an internal disk must be
+    /// qcow2, "internal snapshot for disk %s unsupported for storage type %s"; a disk left out
+    /// must be read-only or empty, else "internal and full system snapshots require all disks
+    /// to be selected for snapshot"). A domain with no qcow2 disk cannot hold one (that same
+    /// error; Unsupported or Other). Exists when `domain` has a snapshot `name`.
+    fn create_snapshot(&self, domain: &str, name: &str, description: &str) -> Result<(), HvError>;
+    /// Every snapshot of `domain` (virDomainListAllSnapshots, each one's XML), by name.
+    fn snapshots(&self, domain: &str) -> Result<Vec<SnapshotInfo>, HvError>;
+    /// Reverts `domain` to its snapshot `name` and leaves it paused
+    /// (virDomainRevertToSnapshot with VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED): memory and disks
+    /// as they were when it was taken, CPUs stopped. NotFound for no such snapshot.
+    fn revert_snapshot(&self, domain: &str, name: &str) -> Result<(), HvError>;
+    /// Deletes snapshot `name` of `domain`, its data with its metadata (virDomainSnapshotDelete,
+    /// no flags: an internal snapshot is removed from the qcow2 images). NotFound for no such
+    /// snapshot.
+    fn delete_snapshot(&self, domain: &str, name: &str) -> Result<(), HvError>;
     /// ACPI shutdown request (returns at once).
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError>;
     /// Forced power off.

@@ -9,6 +9,7 @@
 
 mod domain;
 mod network;
+mod snapshot;
 mod storage;
 
 use std::net::Ipv4Addr;
@@ -27,6 +28,7 @@ pub use domain::{
 pub use network::{
     NetworkFlags, dhcp_host_xml, forward_mode, network_xml, network_xml_keeping, parse_dhcp_host, parse_network,
 };
+pub use snapshot::{SnapshotDisk, parse_snapshot, snapshot_disks, snapshot_xml};
 pub use storage::{
     dir_pool_xml, overlay_volume_xml, parse_pool_path, parse_volume_backing, parse_volume_info, parse_volume_key,
     plain_interface_xml, raw_volume_xml,

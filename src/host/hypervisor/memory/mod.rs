@@ -47,6 +47,20 @@ struct MemDomain {
     obs: ObservedDomain,
     /// False once undefined while running (libvirt keeps it as a transient domain).
     persistent: bool,
+    /// What the guest holds (its memory and disks), as a number a test changes with
+    /// [`MemoryHypervisor::write_guest`]: a snapshot keeps it, a revert brings it back.
+    content: u64,
+    /// What `create_snapshot` recorded of each snapshot it made, by name (the names are in
+    /// `obs.snapshots`, with those of `snapshot_internal` and `snapshot_external`).
+    snaps: BTreeMap<String, MemSnapshot>,
+}
+
+/// A snapshot the double made (`create_snapshot`).
+#[derive(Debug, Clone)]
+struct MemSnapshot {
+    info: crate::host::hypervisor::SnapshotInfo,
+    /// The guest's content when it was taken.
+    content: u64,
 }
 
 #[derive(Debug, Default)]
@@ -456,14 +470,15 @@ impl State {
         if dom.uuid.is_none() {
             dom.uuid = Some(self.next_uuid());
         }
-        if let Some(old) = existing {
+        if let Some(old) = &existing {
             // A define changes the persistent config only: a running domain keeps running
             // with the settings it was started with. Snapshot metadata stays with the domain.
             dom.state = old.obs.state;
-            dom.live = old.obs.live;
-            dom.snapshots = old.obs.snapshots;
+            dom.live = old.obs.live.clone();
+            dom.snapshots = old.obs.snapshots.clone();
         }
-        self.domains.insert(name, MemDomain { obs: dom, persistent: true });
+        let (content, snaps) = existing.map(|o| (o.content, o.snaps)).unwrap_or_default();
+        self.domains.insert(name, MemDomain { obs: dom, persistent: true, content, snaps });
         Ok(())
     }
 
@@ -855,6 +870,20 @@ impl MemoryHypervisor {
         Ok(())
     }
 
+    /// Changes what the guest of `domain` holds (a file written in it), returning the new
+    /// content; a revert to a snapshot taken before brings the old one back.
+    pub fn write_guest(&self, domain: &str) -> u64 {
+        let mut s = self.lock();
+        let Some(d) = s.domains.get_mut(domain) else { return 0 };
+        d.content += 1;
+        d.content
+    }
+
+    /// What the guest of `domain` holds ([`MemoryHypervisor::write_guest`]); 0 for none.
+    pub fn guest_content(&self, domain: &str) -> u64 {
+        self.lock().domains.get(domain).map_or(0, |d| d.content)
+    }
+
     /// NICs cut off by a network stop and not re-plugged since: (domain, MAC).
     pub fn cut_nics(&self) -> Vec<(String, crate::lab::model::MacAddr)> {
         self.lock().cut.iter().cloned().collect()
@@ -1166,6 +1195,131 @@ impl Hypervisor for MemoryHypervisor {
         }
     }
 
+    fn suspend_domain(&self, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("suspend_domain", name)?;
+        let d = &mut s.domain("suspend_domain", name)?.obs;
+        match d.state {
+            DomainState::Shutoff => Err(err("suspend domain", name, HvErrorKind::NotActive, "domain is not running")),
+            // Suspending a paused domain is a no-op in QEMU (`stop` of stopped CPUs).
+            _ => {
+                d.state = DomainState::Paused;
+                Ok(())
+            }
+        }
+    }
+
+    fn create_snapshot(&self, domain: &str, name: &str, description: &str) -> Result<(), HvError> {
+        const OP: &str = "create snapshot";
+        let mut s = self.lock();
+        s.enter("create_snapshot", domain)?;
+        let d = s.domain("create_snapshot", domain)?.clone();
+        if d.obs.snapshots.iter().any(|n| n == name) {
+            return Err(err(OP, domain, HvErrorKind::Exists, format!("domain snapshot '{name}' already exists")));
+        }
+        // qemuSnapshotPrepare: an internal snapshot needs a qcow2 disk (the overlay); the
+        // read-only raw seed is left out.
+        let qcow2 = d.obs.disks.iter().any(|p| {
+            let file = p.rsplit_once('/').map_or(p.as_str(), |(_, f)| f);
+            !crate::guest::is_seed_volume(file) && s.volume_at(p).is_some()
+        });
+        if !qcow2 {
+            return Err(err(
+                OP,
+                domain,
+                HvErrorKind::Other,
+                "unsupported configuration: internal and full system snapshots require all disks to be selected for snapshot",
+            ));
+        }
+        let state = match d.obs.state {
+            DomainState::Running => "running",
+            DomainState::Paused => "paused",
+            DomainState::Shutoff => "shutoff",
+            _ => "running",
+        };
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+        let info = crate::host::hypervisor::SnapshotInfo {
+            name: name.to_owned(),
+            description: Some(description.to_owned()),
+            created,
+            state: state.to_owned(),
+        };
+        let dom = s.domain("create_snapshot", domain)?;
+        dom.snaps.insert(name.to_owned(), MemSnapshot { info, content: d.content });
+        dom.obs.snapshots.push(name.to_owned());
+        dom.obs.snapshots.sort();
+        Ok(())
+    }
+
+    fn snapshots(&self, domain: &str) -> Result<Vec<crate::host::hypervisor::SnapshotInfo>, HvError> {
+        let mut s = self.lock();
+        s.enter("snapshots", domain)?;
+        let d = s.domain("list_snapshots", domain)?;
+        Ok(d.obs
+            .snapshots
+            .iter()
+            .map(|n| {
+                d.snaps.get(n).map(|m| m.info.clone()).unwrap_or_else(|| crate::host::hypervisor::SnapshotInfo {
+                    name: n.clone(),
+                    description: None,
+                    created: 0,
+                    state: "running".into(),
+                })
+            })
+            .collect())
+    }
+
+    fn revert_snapshot(&self, domain: &str, name: &str) -> Result<(), HvError> {
+        const OP: &str = "revert to snapshot";
+        let mut s = self.lock();
+        s.enter("revert_snapshot", domain)?;
+        let d = s.domain("revert_snapshot", domain)?.clone();
+        if !d.obs.snapshots.iter().any(|n| n == name) {
+            return Err(err(
+                OP,
+                domain,
+                HvErrorKind::NotFound,
+                format!("Domain snapshot not found: no domain snapshot with matching name '{name}'"),
+            ));
+        }
+        let snap = d.snaps.get(name).cloned();
+        if d.obs.state == DomainState::Shutoff {
+            // A snapshot of a running domain starts it again (paused), as a start would.
+            s.check_networks_active(OP, domain, &d.obs.interfaces)?;
+            let taps: Vec<_> =
+                d.obs.interfaces.iter().filter_map(|i| Some(((domain.to_string(), i.mac?), fresh_tap(i)))).collect();
+            s.taps.extend(taps);
+        }
+        let dom = s.domain("revert_snapshot", domain)?;
+        if dom.obs.state == DomainState::Shutoff {
+            dom.obs.live = Some(LiveConfig::of(&dom.obs));
+        }
+        dom.obs.state = DomainState::Paused;
+        if let Some(m) = snap {
+            dom.content = m.content;
+        }
+        Ok(())
+    }
+
+    fn delete_snapshot(&self, domain: &str, name: &str) -> Result<(), HvError> {
+        let mut s = self.lock();
+        s.enter("delete_snapshot", domain)?;
+        let d = s.domain("delete_snapshot", domain)?;
+        let Some(i) = d.obs.snapshots.iter().position(|n| n == name) else {
+            return Err(err(
+                "delete snapshot",
+                domain,
+                HvErrorKind::NotFound,
+                format!("Domain snapshot not found: no domain snapshot with matching name '{name}'"),
+            ));
+        };
+        d.obs.snapshots.remove(i);
+        d.snaps.remove(name);
+        Ok(())
+    }
+
     fn shutdown_domain(&self, name: &str) -> Result<(), HvError> {
         self.power_off("shutdown_domain", name)
     }
@@ -1216,6 +1370,9 @@ impl Hypervisor for MemoryHypervisor {
         };
         // METADATA_ONLY: the files and the images' internal snapshots stay.
         o.snapshots.remove(i);
+        if let Some(d) = s.domains.get_mut(domain) {
+            d.snaps.remove(snapshot);
+        }
         Ok(())
     }
 
