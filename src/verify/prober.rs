@@ -257,8 +257,12 @@ impl PnetProber {
                 thread::sleep(self.burst_gap);
             }
             let frame = build_request(own_mac, source_ip(addrs, *target), *target);
+            // Stamped before the send: the reader may read the reply before `send` returns
+            // (a guest answers in well under a millisecond), and a stamp after it would put
+            // the reply before its request.
+            let at = Instant::now();
             Self::send(bridge, tx, &frame)?;
-            sent_at.insert(*target, Instant::now());
+            sent_at.insert(*target, at);
         }
         Ok(sent_at)
     }
@@ -377,8 +381,10 @@ impl PnetProber {
                         why: "the bridge has no IPv6 address (is IPv6 on for it, and has its link-local address                               finished duplicate address detection?)"
                             .to_owned(),
                     })?;
+                    // Stamped before the send, as for ARP (`send_requests`).
+                    let at = Instant::now();
                     Self::send(bridge, tx.as_mut(), &build_solicit(own_mac, src, *target))?;
-                    sent_at.insert(*target, Instant::now());
+                    sent_at.insert(*target, at);
                 }
                 Ok(sent_at)
             })();
@@ -745,8 +751,9 @@ mod tests {
     const G: Duration = Duration::from_millis(30);
 
     /// An answer read before the request went out (to the host kernel's own ARP) is not
-    /// timed against it: the first answer after it is, and none at all gives no time (it
-    /// used to read 0.0 ms).
+    /// timed against it: the first answer after it is, and none at all gives no time. (The
+    /// 0.0 ms users saw came from stamping the request after its send returned, by which time
+    /// the reader had often read the reply: requests are now stamped before the send.)
     #[test]
     fn round_trip_counts_from_the_request_to_the_next_answer() {
         let t0 = Instant::now();
