@@ -241,8 +241,8 @@ impl PnetProber {
         }
     }
 
-    /// Sends one request per target in bursts of `burst`, `burst_gap` apart; returns when
-    /// each left the socket.
+    /// Sends one request per target in bursts of `burst`, `burst_gap` apart; returns the
+    /// instant just before each was handed to the socket.
     fn send_requests(
         &self,
         bridge: &str,

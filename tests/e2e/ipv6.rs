@@ -165,10 +165,10 @@ fn reservations(lab: &Path) -> Vec<(String, String)> {
 }
 
 /// The Debian cloud image on both families: one guest with a NIC on a NAT network with IPv4
-/// and IPv6 and one on an isolated IPv6-only network. cloud-init's network-config
-/// (`accept-ra: true`, `dhcp4: false` on the IPv6-only NIC) as Debian 12's cloud-init renders
-/// it must leave both NICs up, so that the kernel takes its SLAAC address from the RAs: all
-/// three rows proven (ARP, NDP, NDP), and the guest's own view agrees.
+/// and IPv6 and one on an isolated IPv6-only network. topo writes each NIC's SLAAC address
+/// into the network-config (Debian 12's cloud-init leaves a NIC with no IPv4 method down, so
+/// SLAAC alone never ran on the IPv6-only one): all three rows proven (ARP, NDP, NDP), the
+/// guest's own view agrees, and `ready: [ssh, cloud-init]` holds with its time in the JSON.
 #[test]
 #[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
 fn e2e_ipv6_cloud_guest() {
