@@ -117,6 +117,9 @@ pub enum Code {
     /// A readiness condition (`ready:`) that is unknown, out of range, or cannot hold for
     /// the VM (no cloud-init, no address to connect to).
     Ready,
+    /// A wire (`links:`) that does not name two VMs of one host, or a `link_subnet:` that
+    /// cannot hold the wires or overlaps a lab network.
+    Wire,
     // --- plan refusals (host conflicts) ---
     /// An external network the lab references is not on the host.
     ExternalMissing,
@@ -193,6 +196,7 @@ impl Code {
         match self {
             Syntax => "topo::lab::syntax",
             Ready => "topo::lab::ready",
+            Wire => "topo::lab::wire",
             TooComplex => "topo::lab::too_complex",
             DuplicateKey => "topo::lab::duplicate_key",
             UnknownKey => "topo::lab::unknown_key",

@@ -222,6 +222,8 @@ fn verify_over_real_arp() {
         netem_delay: Default::default(),
         same_mac: Vec::new(),
         host: None,
+        wire: None,
+        unproven: false,
     };
     let targets =
         [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
@@ -314,6 +316,8 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         netem_delay: Default::default(),
         same_mac: Vec::new(),
         host: None,
+        wire: None,
+        unproven: false,
     };
     let no_leases = || Ok(vec![]);
     let opts = VerifyOptions { timeout: Duration::from_secs(3), ..VerifyOptions::default() };

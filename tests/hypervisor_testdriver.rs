@@ -187,6 +187,7 @@ fn lab(tag: &str, third_octet: u8) -> Lab {
         },
         take_over: false,
         served: Default::default(),
+        wires: Default::default(),
     }
 }
 

@@ -314,6 +314,7 @@ fn run_change(c: &Change, host: Host<'_>, opts: &Options, shared: &Shared) -> Re
             Op::SetBandwidth { mac, rate } => hv.set_bandwidth(name, *mac, *rate)?,
             Op::SetNetem { mac, netem } => host.set_netem(name, *mac, netem.as_ref())?,
             Op::EnsureTunnel { tunnel } => host.ensure_tunnel(tunnel)?,
+            Op::JoinWire { a, b } => host.join_taps(a, b)?,
             Op::DeleteTunnel { device } => host.delete_tunnel(device)?,
         }
     }

@@ -146,6 +146,7 @@ fn nic_line(state: &NicState) -> String {
         }
         NicState::Failed { reason } => format!("FAILED: {reason}"),
         NicState::Skipped => "not verified (verify: none)".into(),
+        NicState::Unproven => "unproven (no cloud-init configures this wire end)".into(),
         NicState::Stopped => "not verified (state: stopped)".into(),
         NicState::Reported { ip, source } => format!("{ip} reported by {source}"),
     }

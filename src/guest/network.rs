@@ -135,5 +135,20 @@ pub fn network_config(lab: &Lab, vm: &Vm) -> Result<Value, GuestError> {
         }
         ethernets.insert(nic.label(), Value::Object(e));
     }
+    // A wire end: its address in the wire's /31, nothing else (no gateway, no DNS, no RAs:
+    // a cable to one peer).
+    for (w, k) in lab.wire_ends(&vm.name) {
+        let end = &w.ends[k];
+        let label = crate::lab::model::nic_label(end.index);
+        ethernets.insert(
+            label.clone(),
+            json!({
+                "match": { "macaddress": end.mac.to_string() },
+                "set-name": label,
+                "dhcp4": false,
+                "addresses": [format!("{}/{}", end.ip, w.subnet.prefix())],
+            }),
+        );
+    }
     Ok(json!({ "version": 2, "ethernets": ethernets }))
 }

@@ -51,6 +51,16 @@ pub trait Machine: Send + Sync {
     /// to the host instead of forwarding them (net/bridge/br_input.c). `None` when `bridge` is
     /// not a bridge device here.
     fn bridge_macs(&self, bridge: &str) -> Option<BTreeSet<MacAddr>>;
+    /// Where each tap of `taps` (wire ends' taps, [`crate::lab::wire`]) redirects the frames
+    /// its guest sends: the device its ingress filter sends them to (`"*"` when that device
+    /// is gone), `None` when it has none. `None` overall when it cannot be read.
+    fn wire_redirects(&self, taps: &[String]) -> Option<BTreeMap<String, Option<String>>>;
+    /// Joins taps `a` and `b` into a wire: each one's received frames go out the other
+    /// ([`crate::host::tc::join_script`]). Made anew each time, so it is idempotent.
+    ///
+    /// # Errors
+    /// `tc` cannot run or refuses a command (no such tap, a kernel without `act_mirred`).
+    fn join_taps(&self, a: &str, b: &str) -> Result<(), TcError>;
     /// The egress qdiscs of every device, in one read (`tc -j qdisc show`).
     ///
     /// # Errors
@@ -232,6 +242,14 @@ impl Machine for LocalMachine {
 
     fn qdiscs(&self) -> Result<BTreeMap<String, TapQdiscs>, TcError> {
         self.tc.show_all()
+    }
+
+    fn wire_redirects(&self, taps: &[String]) -> Option<BTreeMap<String, Option<String>>> {
+        self.tc.redirects(taps).ok()
+    }
+
+    fn join_taps(&self, a: &str, b: &str) -> Result<(), TcError> {
+        self.tc.join(a, b)
     }
 
     fn set_netem(&self, tap: &str, netem: Option<&Netem>) -> Result<(), TcError> {
@@ -432,6 +450,14 @@ impl Machine for RemoteMachine {
 
     fn qdiscs(&self) -> Result<BTreeMap<String, TapQdiscs>, TcError> {
         self.tc.show_all()
+    }
+
+    fn wire_redirects(&self, taps: &[String]) -> Option<BTreeMap<String, Option<String>>> {
+        self.tc.redirects(taps).ok()
+    }
+
+    fn join_taps(&self, a: &str, b: &str) -> Result<(), TcError> {
+        self.tc.join(a, b)
     }
 
     fn set_netem(&self, tap: &str, netem: Option<&Netem>) -> Result<(), TcError> {

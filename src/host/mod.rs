@@ -71,6 +71,16 @@ impl<'a> Host<'a> {
         for d in out.domains.values_mut().filter(|d| d.state == DomainState::Running) {
             d.links = m.tap_links(&d.taps, qdiscs.as_ref());
         }
+        let wire_taps: Vec<String> = out
+            .domains
+            .values()
+            .filter(|d| d.state == DomainState::Running)
+            .flat_map(|d| d.interfaces.iter().filter_map(|i| i.ethernet.clone()))
+            .filter(|t| crate::lab::wire::is_wire_tap(t))
+            .collect();
+        if !wire_taps.is_empty() {
+            out.wire_redirects = m.wire_redirects(&wire_taps).unwrap_or_default();
+        }
         machine::observe(m, &mut out).map_err(|e| HvError {
             op: "read the kernel config".into(),
             object: self.hv.uri(),
@@ -96,6 +106,29 @@ impl<'a> Host<'a> {
                 })
                 .collect()
         });
+    }
+
+    /// Joins taps `a` and `b` into a wire ([`Machine::join_taps`]).
+    ///
+    /// # Errors
+    /// `Unsupported` when the machine is not reachable; `Other` when a command fails.
+    pub fn join_taps(&self, a: &str, b: &str) -> Result<(), HvError> {
+        let Some(m) = self.machine else {
+            return Err(HvError {
+                op: "join taps".into(),
+                object: format!("{a} and {b}"),
+                message: "topo cannot reach this host's machine to join a wire's taps".into(),
+                kind: HvErrorKind::Unsupported,
+                hint: Some("run topo on the host, or reach it over ssh (a qemu+ssh:// URI)".into()),
+            });
+        };
+        m.join_taps(a, b).map_err(|e| HvError {
+            op: "join taps".into(),
+            object: format!("{a} and {b}"),
+            message: e.to_string(),
+            kind: HvErrorKind::Other,
+            hint: e.hint(),
+        })
     }
 
     /// Makes tunnel `spec` so on the machine ([`Machine::ensure_tunnel`]).

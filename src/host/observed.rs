@@ -100,6 +100,10 @@ pub struct ObservedInterface {
     /// `<mtu size>` in bytes: the MTU the guest's virtio NIC is given (`host_mtu`); `None`
     /// when the interface has none.
     pub mtu: Option<u32>,
+    /// `<target dev>` of a `type='ethernet'` interface (a wire end): the tap libvirt makes
+    /// under that name. `None` for other types, whose taps libvirt names itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ethernet: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -310,6 +314,12 @@ pub struct Observed {
     /// what it refuses is checked again before a saved plan executes.
     #[serde(skip)]
     pub tools: Option<crate::host::tools::MachineTools>,
+    /// The wire ends' taps of running domains (`type='ethernet'` interfaces whose tap has a
+    /// wire tap's name, [`crate::lab::wire::is_wire_tap`]), each with the device its
+    /// ingress filter redirects to (`"*"`: a device since gone), `None` when it has none.
+    /// Empty when there are none or the machine cannot be read.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub wire_redirects: BTreeMap<String, Option<String>>,
 }
 
 /// What identifies a file on the libvirt host, as far as topo could learn it.

@@ -66,6 +66,18 @@ pub trait TapShaper: Send + Sync {
     fn run_all(&self, commands: &[Vec<String>]) -> Result<(), TcError> {
         commands.iter().try_for_each(|c| self.run(c))
     }
+    /// Joins taps `a` and `b` into a wire ([`join_script`]), in one round trip.
+    ///
+    /// # Errors
+    /// `tc` cannot run, or refuses a command (no such tap; a kernel without `act_mirred`,
+    /// `cls_u32` or `sch_ingress`).
+    fn join(&self, a: &str, b: &str) -> Result<(), TcError>;
+    /// Where each of `taps` redirects its guest's frames ([`parse_redirects`]), in one round
+    /// trip.
+    ///
+    /// # Errors
+    /// The script cannot run.
+    fn redirects(&self, taps: &[String]) -> Result<std::collections::BTreeMap<String, Option<String>>, TcError>;
 }
 
 /// The real `TapShaper`: iproute2's `tc` from `PATH`, run by a runner (this machine's by
@@ -118,7 +130,78 @@ impl Tc {
     }
 }
 
+/// The `sh` script that joins taps `a` and `b` into a wire ([`crate::lab::wire`]): on each,
+/// topo's ingress qdisc made anew (`ffff:`, the kernel's ingress hook) with one filter that
+/// matches every frame (`u32 match u32 0 0`, for any `protocol all`: what LLDP, LACP and STP
+/// use too) and redirects it to the other tap's egress (`act_mirred`), so the other guest
+/// receives it unchanged. Deleting the old qdisc first drops a filter left pointing at a
+/// tap that was made again (the kernel keeps a redirect by interface index: `to_dev "*"`).
+/// Tap names are checked by [`crate::lab::wire::is_wire_tap`] before they get here.
+pub fn join_script(a: &str, b: &str) -> String {
+    let mut text = String::from("set -e\n");
+    for (from, to) in [(a, b), (b, a)] {
+        text.push_str(&format!(
+            "tc qdisc del dev {from} ingress 2>/dev/null || true\n\
+             tc qdisc add dev {from} handle ffff: ingress\n\
+             tc filter add dev {from} parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev {to}\n"
+        ));
+    }
+    text
+}
+
+/// The `sh` script that prints each tap's ingress filters (`tc -j filter show dev TAP
+/// ingress`), each after a line `== TAP` (a tap that is gone prints `== TAP` alone).
+pub fn redirects_script(taps: &[String]) -> String {
+    let mut text = String::new();
+    for t in taps {
+        text.push_str(&format!("echo '== {t}'; tc -j filter show dev {t} ingress 2>/dev/null; echo\n"));
+    }
+    text
+}
+
+/// Reads what [`redirects_script`] printed: per tap, the device its ingress filter
+/// redirects every frame to (`Some("*")` when that device is gone), `None` when it has no
+/// such filter. A tap whose section is missing or unreadable is left out.
+pub fn parse_redirects(text: &str) -> std::collections::BTreeMap<String, Option<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut sections = text.split("== ").skip(1);
+    for sec in sections.by_ref() {
+        let (tap, json) = sec.split_once('\n').unwrap_or((sec, ""));
+        let json = json.trim();
+        if json.is_empty() {
+            // No device (the tap is gone) or no ingress qdisc: nothing redirects.
+            out.insert(tap.trim().to_string(), None);
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { continue };
+        let to = v.as_array().into_iter().flatten().find_map(|f| {
+            f.pointer("/options/actions")?.as_array()?.iter().find_map(|a| {
+                (a.get("kind")?.as_str()? == "mirred"
+                    && a.get("mirred_action")?.as_str()? == "redirect"
+                    && a.get("direction")?.as_str()? == "egress")
+                    .then(|| a.get("to_dev")?.as_str().map(str::to_owned))
+                    .flatten()
+            })
+        });
+        out.insert(tap.trim().to_string(), to);
+    }
+    out
+}
+
 impl TapShaper for Tc {
+    fn join(&self, a: &str, b: &str) -> Result<(), TcError> {
+        let text = join_script(a, b);
+        self.exec(&["sh", "-c", &text], &format!("join taps {a} and {b}")).map(|_| ())
+    }
+
+    fn redirects(&self, taps: &[String]) -> Result<std::collections::BTreeMap<String, Option<String>>, TcError> {
+        if taps.is_empty() {
+            return Ok(Default::default());
+        }
+        let text = self.exec(&["sh", "-c", &redirects_script(taps)], "-j filter show ... ingress")?;
+        Ok(parse_redirects(&text))
+    }
+
     fn show(&self, tap: &str) -> Result<TapQdiscs, TcError> {
         let args: Vec<String> = ["-j", "qdisc", "show", "dev", tap].iter().map(|s| s.to_string()).collect();
         let text = self.tc(&args)?;
@@ -159,6 +242,38 @@ impl TapShaper for Tc {
                 self.exec(&words, &shown.join("; ")).map(|_| ())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    /// What `tc -j filter show dev TAP ingress` prints (iproute2 6.1, kernel 6.x) for a wire's
+    /// filter, for one whose peer tap was made again (`*`), and nothing for a tap without.
+    #[test]
+    fn redirects_are_read_from_tc_json() {
+        let f = |to: &str| {
+            format!(
+                r#"[{{"parent":"ffff:","protocol":"all","pref":1,"kind":"u32","chain":0}},{{"parent":"ffff:","protocol":"all","pref":1,"kind":"u32","chain":0,"options":{{"fh":"800::800","order":2048,"match":{{"value":"0","mask":"0","offmask":"","off":0}},"actions":[{{"order":1,"kind":"mirred","mirred_action":"redirect","direction":"egress","to_dev":"{to}","control_action":{{"type":"stolen"}},"index":1,"ref":1,"bind":1}}]}}}}]"#
+            )
+        };
+        let text = format!("== twa\n{}\n\n== twb\n{}\n\n== twc\n\n== twd\n[]\n", f("twb"), f("*"));
+        let r = parse_redirects(&text);
+        assert_eq!(r["twa"].as_deref(), Some("twb"));
+        assert_eq!(r["twb"].as_deref(), Some("*"));
+        assert_eq!(r["twc"], None);
+        assert_eq!(r["twd"], None);
+        assert_eq!(r.len(), 4);
+    }
+
+    #[test]
+    fn the_join_script_redirects_both_ways() {
+        let s = join_script("twa", "twb");
+        assert!(s.starts_with("set -e\n"));
+        assert!(s.contains("tc filter add dev twa parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev twb"));
+        assert!(s.contains("tc filter add dev twb parent ffff: protocol all prio 1 u32 match u32 0 0 action mirred egress redirect dev twa"));
+        assert!(s.contains("tc qdisc del dev twa ingress 2>/dev/null || true"));
     }
 }
 

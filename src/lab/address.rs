@@ -1,6 +1,6 @@
 //! Resource addresses: what a plan step, an owner tag and a report line name. One typed
 //! enum, shown and parsed as `network.NAME`, `vm.NAME`, `volume.NAME`, `pool.NAME`,
-//! `tunnel.NAME`.
+//! `tunnel.NAME`, `wire.NAME`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -24,6 +24,8 @@ pub enum Address {
     /// The VXLAN tunnel of a lab network stretched across hosts, on one host
     /// ([`crate::lab::hosts::Tunnel`]), by the network's name in the lab file.
     Tunnel(NetworkName),
+    /// A point-to-point wire between two VM NICs (`links:`), by its name (`r1--r2`).
+    Wire(crate::lab::wire::WireName),
 }
 
 impl Address {
@@ -35,6 +37,7 @@ impl Address {
             Address::Volume(_) => "volume",
             Address::Pool(_) => "pool",
             Address::Tunnel(_) => "tunnel",
+            Address::Wire(_) => "wire",
         }
     }
 
@@ -46,6 +49,7 @@ impl Address {
             Address::Volume(v) => v.as_str(),
             Address::Pool(p) => p.as_str(),
             Address::Tunnel(n) => n.as_str(),
+            Address::Wire(w) => w.as_str(),
         }
     }
 }
@@ -58,7 +62,7 @@ impl fmt::Display for Address {
 
 /// Why a string is not an address.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a resource address (network.NAME, vm.NAME, volume.NAME, pool.NAME or tunnel.NAME)")]
+#[error("{0:?} is not a resource address (network.NAME, vm.NAME, volume.NAME, pool.NAME, tunnel.NAME or wire.NAME)")]
 pub struct AddressError(pub String);
 
 impl FromStr for Address {
@@ -73,6 +77,7 @@ impl FromStr for Address {
             "volume" => VolumeName::new(name).map(Address::Volume).map_err(|_| bad()),
             "pool" => PoolName::new(name).map(Address::Pool).map_err(|_| bad()),
             "tunnel" => NetworkName::new(name).map(Address::Tunnel).map_err(|_| bad()),
+            "wire" => crate::lab::wire::WireName::parse(name).map(Address::Wire).ok_or_else(bad),
             _ => Err(bad()),
         }
     }

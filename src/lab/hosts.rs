@@ -250,7 +250,14 @@ impl Lab {
             }
             networks.insert(name.clone(), share);
         }
-        Lab { vms, networks, served, ..self.clone() }
+        // Both ends of a wire are on one host (validation): the wire is that host's.
+        let wires = self
+            .wires
+            .iter()
+            .filter(|(_, w)| w.ends.iter().all(|e| vms.contains_key(&e.vm)))
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
+        Lab { vms, networks, served, wires, ..self.clone() }
     }
 }
 

@@ -214,6 +214,9 @@ pub struct Lab {
     /// (subnet, gateway, DHCP, reservations): what a guest on this host is told its network
     /// gives (its cloud-init network-config asks for DHCP across the tunnel). Empty otherwise.
     pub served: BTreeMap<NetworkName, ManagedNetwork>,
+    /// The point-to-point wires between VM NICs (`links:`), by name; each end is a NIC of
+    /// its VM after the VM's `nics` (docs/wires.md).
+    pub wires: BTreeMap<crate::lab::wire::WireName, crate::lab::wire::Wire>,
 }
 
 /// A libvirt host of a lab that spans several (`hosts:` in the lab file).
@@ -780,6 +783,26 @@ impl Lab {
             nics,
             if nics == 1 { "" } else { "s" },
         )
+    }
+}
+
+impl Lab {
+    /// The wire ends on VM `vm`, as (wire, end 0 or 1), in the VM's NIC order.
+    pub fn wire_ends(&self, vm: &VmName) -> Vec<(&crate::lab::wire::Wire, usize)> {
+        let mut out: Vec<(&crate::lab::wire::Wire, usize)> =
+            self.wires.values().flat_map(|w| (0..2).filter(|&k| w.ends[k].vm == *vm).map(move |k| (w, k))).collect();
+        out.sort_by_key(|(w, k)| w.ends[*k].index);
+        out
+    }
+
+    /// The wire end whose tap is `tap`, as (wire, end).
+    pub fn wire_of_tap(&self, tap: &str) -> Option<(&crate::lab::wire::Wire, usize)> {
+        self.wires.values().find_map(|w| (0..2).find(|&k| w.ends[k].tap == tap).map(|k| (w, k)))
+    }
+
+    /// The wire end whose NIC has MAC `mac`, as (wire, end).
+    pub fn wire_of_mac(&self, mac: MacAddr) -> Option<(&crate::lab::wire::Wire, usize)> {
+        self.wires.values().find_map(|w| (0..2).find(|&k| w.ends[k].mac == mac).map(|k| (w, k)))
     }
 }
 

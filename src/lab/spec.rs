@@ -120,6 +120,17 @@ pub struct LabSpec {
     /// "Readiness"): proven after the ARP proof by apply and verify.
     #[schemars(with = "Option<Vec<ReadySpec>>")]
     pub ready: Option<Spanned<Vec<Spanned<ReadySpec>>>>,
+    /// Point-to-point wires between VMs (docs/wires.md): each item names the two VMs it
+    /// joins, `[r1, r2]`. Each end is a NIC of its own, after the VM's `nics:`, with an
+    /// address from `link_subnet`; the host passes every frame across unchanged (LLDP, LACP
+    /// and STP too).
+    #[serde(default)]
+    #[schemars(with = "Vec<Vec<String>>")]
+    pub links: Vec<Spanned<Vec<Spanned<String>>>>,
+    /// The IPv4 pool the wires' addresses come from, a /31 per wire in `links:` order
+    /// (default `100.127.0.0/24`).
+    #[schemars(with = "Option<String>")]
+    pub link_subnet: Option<Spanned<String>>,
 }
 
 /// One readiness condition (`ready:`): a word, or a mapping with one key.

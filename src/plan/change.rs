@@ -85,6 +85,9 @@ pub enum Reason {
     /// The network the tunnel is a port of gets a new bridge (created, replaced or started
     /// again): the tunnel is made a port of it again.
     NetworkRenewed,
+    /// A VM the wire joins is started, or the wire's NIC plugged, by this plan: its tap is
+    /// made anew, and the host joins the wire's taps again.
+    WireEndRenewed,
     /// The lab owned this network and now declares it `external: true`: topo releases it
     /// (removes its owner tag) and leaves it running.
     Released,
@@ -140,6 +143,7 @@ impl Reason {
             Reason::Unplugged { .. } => "unplugged",
             Reason::Released => "released",
             Reason::NetworkRenewed => "network-renewed",
+            Reason::WireEndRenewed => "wire-end-renewed",
             Reason::Netem { .. } => "netem",
             Reason::UndefinedOutsideTopo => "undefined-outside-topo",
             Reason::DeletedOutsideTopo { .. } => "deleted-outside-topo",
@@ -250,6 +254,12 @@ pub enum Op {
     EnsureTunnel {
         tunnel: crate::host::tunnel::TunnelSpec,
     },
+    /// Join taps `a` and `b` into a wire on the host's machine: each one's received frames
+    /// sent out the other (`crate::host::tc::join_script`), made anew, so idempotent.
+    JoinWire {
+        a: String,
+        b: String,
+    },
     /// Delete the tunnel device `device` (gone already is done).
     DeleteTunnel {
         device: String,
@@ -338,6 +348,7 @@ impl Op {
             Op::DeleteSnapshotMetadata { .. } => "delete-snapshot-metadata",
             Op::EnsureTunnel { .. } => "ensure-tunnel",
             Op::DeleteTunnel { .. } => "delete-tunnel",
+            Op::JoinWire { .. } => "join-wire",
         }
     }
 }

@@ -104,6 +104,9 @@ pub enum Field {
     Peers,
     /// `up`: the device is up (run state).
     Up,
+    // --- a wire (two VM NICs joined on the host) ---
+    /// `ends`: the two ends, each a VM's NIC and its tap, that the host joins.
+    Ends,
 }
 
 impl Field {
@@ -148,6 +151,7 @@ impl Field {
             Local => "local",
             Peers => "peers",
             Up => "up",
+            Ends => "ends",
         })
     }
 }
@@ -232,6 +236,7 @@ impl FromStr for Field {
             "local" => Local,
             "peers" => Peers,
             "up" => Up,
+            "ends" => Ends,
             _ => return Err(bad()),
         })
     }
@@ -439,6 +444,10 @@ pub fn desired_vm(lab: &Lab, vm: &Vm) -> Fields {
             put(&mut f, Field::NicMtu(nic.mac), mtu.to_string(), InPlace);
         }
     }
+    // A wire end is plugged by a hot-plug or a define like any NIC.
+    for (w, k) in lab.wire_ends(&vm.name) {
+        put(&mut f, Field::Nic(w.ends[k].mac), format!("wire {}", w.name), InPlace);
+    }
     put(&mut f, Field::State, vm.state.as_str(), State);
     f
 }
@@ -495,7 +504,14 @@ pub fn observed_vm(lab: &Lab, o: &ObservedDomain, desired: &Fields) -> Fields {
     }
     for i in &o.interfaces {
         let Some(mac) = i.mac else { continue };
-        let net = i.network.as_deref().map(|n| network_display(lab, n)).unwrap_or_else(|| "(not a network)".into());
+        let net = match (&i.network, &i.ethernet) {
+            (Some(n), _) => network_display(lab, n),
+            (None, Some(tap)) => match lab.wire_of_tap(tap) {
+                Some((w, _)) => format!("wire {}", w.name),
+                None => format!("(tap {tap})"),
+            },
+            (None, None) => "(not a network)".into(),
+        };
         put(&mut f, Field::Nic(mac), net, InPlace);
         if let Some(b) = &i.bandwidth {
             put(&mut f, Field::NicRate(mac), b.describe(), InPlace);

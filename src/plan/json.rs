@@ -77,6 +77,7 @@ impl<'a> From<&'a Reason> for JsonReason<'a> {
             | Reason::PoolNeeded
             | Reason::Released
             | Reason::NetworkRenewed
+            | Reason::WireEndRenewed
             | Reason::UndefinedOutsideTopo
             | Reason::Adopted => {}
         }

@@ -17,6 +17,7 @@ mod tools;
 mod tunnel;
 mod vm;
 mod volume;
+mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -94,6 +95,9 @@ pub fn plan(lab: &Lab, observed: &Observed, uri: &str) -> Result<Plan, PlanError
     let tunnels = tunnel::plan(lab, observed, &changes);
     let at = changes.iter().rposition(|c| matches!(c.address, Address::Network(_))).map_or(changes.len(), |i| i + 1);
     changes.splice(at..at, tunnels);
+    // Shown after the VMs they join.
+    let wires = wire::plan(lab, observed, &changes);
+    changes.extend(wires);
     if !unrendered.is_empty() {
         let src = Arc::new(lab.source.named_source());
         return Err(PlanError::RenderFailed { lab: lab.name.to_string(), problems: unrendered, src });
@@ -181,6 +185,7 @@ fn lab_has(lab: &Lab, address: &Address) -> bool {
         Address::Network(n) => lab.networks.contains_key(n),
         Address::Vm(v) => lab.vms.contains_key(v),
         Address::Tunnel(n) => lab.networks.get(n).is_some_and(|net| lab.is_stretched(net)),
+        Address::Wire(w) => lab.wires.contains_key(w),
         Address::Volume(_) | Address::Pool(_) => false,
     }
 }

@@ -54,6 +54,8 @@ pub enum Resource {
     /// A stretched network's VXLAN device on the host's machine, by device name: a port of
     /// the network's bridge.
     Tunnel(String),
+    /// A wire's join of two taps on the host's machine, by the wire's name.
+    Wire(String),
 }
 
 impl fmt::Display for Resource {
@@ -65,6 +67,7 @@ impl fmt::Display for Resource {
             Resource::Vm(n) => write!(f, "domain {n}"),
             Resource::Nic { domain, network } => write!(f, "NIC of {domain} on {network}"),
             Resource::Tunnel(n) => write!(f, "tunnel {n}"),
+            Resource::Wire(n) => write!(f, "wire {n}"),
         }
     }
 }
@@ -79,6 +82,7 @@ impl Resource {
             Address::Volume(_) => Resource::Volume(name),
             Address::Pool(_) => Resource::Pool(name),
             Address::Tunnel(_) => Resource::Tunnel(name),
+            Address::Wire(_) => Resource::Wire(name),
         }
     }
 
@@ -87,7 +91,7 @@ impl Resource {
         match self {
             Resource::Network(_) => Some(Namespace::Network),
             Resource::Vm(_) | Resource::Volume(_) => Some(Namespace::Domain),
-            Resource::Pool(_) | Resource::Nic { .. } | Resource::Tunnel(_) => None,
+            Resource::Pool(_) | Resource::Nic { .. } | Resource::Tunnel(_) | Resource::Wire(_) => None,
         }
     }
 }
@@ -153,6 +157,15 @@ impl ResourceGraph {
             g.edge(tunnel.clone(), Resource::Network(net.libvirt_name.to_string()), Ref::Desired);
             for vm in lab.vms.values().filter(|vm| vm.nics.iter().any(|n| n.network == t.network)) {
                 g.edge(Resource::Vm(vm.libvirt_name.to_string()), tunnel.clone(), Ref::Desired);
+            }
+        }
+        // A wire joins the taps of its two VMs' NICs: both VMs (started, their NICs
+        // plugged) before it.
+        for w in lab.wires.values() {
+            for e in &w.ends {
+                if let Some(vm) = lab.vms.get(&e.vm) {
+                    g.edge(Resource::Wire(w.name.to_string()), Resource::Vm(vm.libvirt_name.to_string()), Ref::Desired);
+                }
             }
         }
         for (device, network) in super::tunnel::owned(lab, observed) {

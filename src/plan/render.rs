@@ -164,6 +164,7 @@ pub fn reason(r: &Reason) -> String {
                 .into()
         }
         Reason::NetworkRenewed => "the network it is a port of gets a new bridge".into(),
+        Reason::WireEndRenewed => "a VM it joins is started, or its NIC plugged: the taps are new".into(),
         Reason::Released => {
             "the lab file now declares it `external: true`: topo stops owning it and leaves it as it is".into()
         }

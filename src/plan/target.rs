@@ -87,6 +87,7 @@ fn resource(lab: &Lab, observed: &Observed, a: &Address) -> Option<Resource> {
         Address::Tunnel(n) => {
             lab.networks.get(n).map(|net| Resource::Tunnel(crate::lab::hosts::tunnel_device(lab.vni(net))))
         }
+        Address::Wire(w) => lab.wires.contains_key(w).then(|| Resource::Wire(w.to_string())),
         Address::Volume(_) | Address::Pool(_) => None,
     }
 }
@@ -103,6 +104,7 @@ fn lab_address(lab: &Lab, r: &Resource) -> Option<Address> {
             .values()
             .find(|n| lab.is_stretched(n) && crate::lab::hosts::tunnel_device(lab.vni(n)) == *device)
             .map(|n| Address::Tunnel(n.name.clone())),
+        Resource::Wire(name) => lab.wires.keys().find(|w| w.as_str() == name).map(|w| Address::Wire(w.clone())),
         Resource::Pool(_) | Resource::Volume(_) | Resource::Nic { .. } => None,
     }
 }

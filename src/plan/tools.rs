@@ -10,8 +10,8 @@
 //!   `arping` and `sed` when a NIC there is proven by ARP; `ndisc6` and `sed` when such a
 //!   NIC is on a network with `subnet6` (its SLAAC address is proven by NDP);
 //! - either machine: `sh`, `ip`, `bridge` and `cut` when the share has tunnels; `sh` and
-//!   `tc` when a NIC asks for netem; `tc` when a NIC has a `rate` (libvirt's `<bandwidth>`
-//!   runs it on the host).
+//!   `tc` when a NIC asks for netem or the share has wires (`links:`); `tc` when a NIC has a
+//!   `rate` (libvirt's `<bandwidth>` runs it on the host).
 
 use std::collections::BTreeSet;
 
@@ -70,8 +70,19 @@ pub(super) fn needed(lab: &Lab, remote: bool) -> BTreeSet<Tool> {
     if tunnels {
         out.extend([Tool::Sh, Tool::Ip, Tool::Bridge, Tool::Cut]);
     }
-    if netem {
+    // A wire's taps are joined by `tc` in an `sh` script ([`crate::host::tc::join_script`]);
+    // on another host its ends are proven by `arping` on the taps.
+    if netem || !lab.wires.is_empty() {
         out.extend([Tool::Sh, Tool::Tc]);
+    }
+    if remote
+        && lab
+            .wires
+            .values()
+            .flat_map(|w| &w.ends)
+            .any(|e| lab.vms.get(&e.vm).is_some_and(|vm| vm.cloud_init.is_some()))
+    {
+        out.extend([Tool::Arping, Tool::Sed]);
     }
     if rate {
         out.insert(Tool::Tc);

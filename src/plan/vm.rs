@@ -738,20 +738,50 @@ fn ip_replugs(
 /// A NIC's XML cannot be rendered.
 fn nic_ops(lab: &Lab, vm: &Vm, o: &ObservedDomain) -> Result<Vec<Op>, Problem> {
     let mut ops = Vec::new();
-    let observed_nics: BTreeMap<MacAddr, Option<&str>> =
-        o.interfaces.iter().filter_map(|i| Some((i.mac?, i.network.as_deref()))).collect();
-    for (mac, net) in &observed_nics {
+    let wires = lab.wire_ends(&vm.name);
+    let wire_tap = |mac: MacAddr| wires.iter().map(|(w, k)| &w.ends[*k]).find(|e| e.mac == mac).map(|e| e.tap.as_str());
+    let observed_nics: BTreeMap<MacAddr, &crate::host::observed::ObservedInterface> =
+        o.interfaces.iter().filter_map(|i| Some((i.mac?, i))).collect();
+    for (mac, i) in &observed_nics {
+        let net = i.network.as_deref();
         let want = vm.nics.iter().find(|n| n.mac == *mac).and_then(|n| lab.networks.get(&n.network));
-        if want.map(|w| w.libvirt_name.as_str()) != *net {
-            let network = net.unwrap_or_default().to_string();
-            let xml = crate::host::xml::plain_interface_xml(*mac, &network);
-            ops.push(Op::DetachNic { mac: *mac, network, xml });
+        let keep = match (want, wire_tap(*mac)) {
+            (Some(w), _) => Some(w.libvirt_name.as_str()) == net,
+            (None, Some(tap)) => net.is_none() && i.ethernet.as_deref() == Some(tap),
+            // Not the lab's: kept unless it is a wire end the lab no longer has (a NIC of
+            // another type, added by hand, stays as before).
+            (None, None) => net.is_none() && !i.ethernet.as_deref().is_some_and(crate::lab::wire::is_wire_tap),
+        };
+        if keep {
+            continue;
         }
+        let (network, xml) = match (net, &i.ethernet) {
+            (None, Some(tap)) => {
+                let xml = crate::host::xml::ethernet_interface_xml(*mac, tap).map_err(|e| {
+                    render_failed(vm.span, &format!("the interface XML of tap {tap} of {}", who(vm)), e)
+                })?;
+                (format!("(tap {tap})"), xml)
+            }
+            _ => {
+                let network = net.unwrap_or_default().to_string();
+                let xml = crate::host::xml::plain_interface_xml(*mac, &network);
+                (network, xml)
+            }
+        };
+        ops.push(Op::DetachNic { mac: *mac, network, xml });
     }
     for nic in &vm.nics {
         let want = lab.networks.get(&nic.network).map(|w| w.libvirt_name.as_str());
-        if observed_nics.get(&nic.mac).copied().flatten() != want {
+        if observed_nics.get(&nic.mac).and_then(|i| i.network.as_deref()) != want {
             ops.push(Op::AttachNic { mac: nic.mac, xml: interface_xml(lab, vm, nic)? });
+        }
+    }
+    for (w, k) in &wires {
+        let end = &w.ends[*k];
+        if observed_nics.get(&end.mac).and_then(|i| i.ethernet.as_deref()) != Some(end.tap.as_str()) {
+            let xml = crate::host::xml::ethernet_interface_xml(end.mac, &end.tap)
+                .map_err(|e| render_failed(w.span, &format!("the interface XML of wire {}", w.name), e))?;
+            ops.push(Op::AttachNic { mac: end.mac, xml });
         }
     }
     Ok(ops)

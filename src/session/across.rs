@@ -96,6 +96,7 @@ fn targets_in(share: &Lab, targets: &[Address]) -> Option<Vec<Address>> {
         .filter(|a| match a {
             Address::Vm(v) => share.vms.contains_key(v),
             Address::Network(n) | Address::Tunnel(n) => share.networks.contains_key(n),
+            Address::Wire(w) => share.wires.contains_key(w),
             Address::Volume(_) | Address::Pool(_) => false,
         })
         .cloned()

@@ -120,6 +120,7 @@ impl Inventory {
                                 NicState::WaitingForLease
                                 | NicState::LeasedNoReply { .. }
                                 | NicState::Soliciting { .. }
+                                | NicState::Unproven
                                 | NicState::Failed { .. },
                             )
                             | None => (None, "unproven"),

@@ -73,6 +73,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         }
         NicState::Failed { reason } => ("failed", None, None, Some(reason.to_string()), Some(reason.help()), None),
         NicState::Skipped => ("skipped", None, None, None, None, None),
+        NicState::Unproven => ("unproven", t.reservation.map(|ip| ip.to_string()), None, None, None, None),
         NicState::Stopped => ("stopped", None, None, None, None, None),
         // Only on remote hosts: libvirt's word, no ARP evidence.
         NicState::Reported { ip, source } => (
@@ -322,6 +323,8 @@ mod tests {
                 netem_delay: Default::default(),
                 same_mac: Vec::new(),
                 host: None,
+                wire: None,
+                unproven: false,
             },
             state,
         }

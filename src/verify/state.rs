@@ -169,6 +169,9 @@ impl FailReason {
 pub enum NicState {
     /// `verify: none`.
     Skipped,
+    /// A wire end whose guest topo does not configure (no cloud-init): not probed, not a
+    /// failure.
+    Unproven,
     /// The VM has `state: stopped` in the lab file: not probed, not a failure.
     Stopped,
     /// No candidate address yet (no lease, no reservation).
@@ -208,6 +211,7 @@ impl NicState {
         matches!(
             self,
             NicState::Skipped
+                | NicState::Unproven
                 | NicState::Stopped
                 | NicState::Verified { .. }
                 | NicState::Failed { .. }
@@ -216,7 +220,14 @@ impl NicState {
     }
     /// Verified, skipped, stopped by the lab file, or (remote) reported.
     pub fn is_ok(&self) -> bool {
-        matches!(self, NicState::Skipped | NicState::Stopped | NicState::Verified { .. } | NicState::Reported { .. })
+        matches!(
+            self,
+            NicState::Skipped
+                | NicState::Unproven
+                | NicState::Stopped
+                | NicState::Verified { .. }
+                | NicState::Reported { .. }
+        )
     }
 }
 
@@ -224,6 +235,9 @@ impl fmt::Display for NicState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NicState::Skipped => f.write_str("not verified (verify: none)"),
+            NicState::Unproven => {
+                f.write_str("unproven (a wire end topo does not configure: the VM has no cloud-init)")
+            }
             NicState::Stopped => f.write_str("not verified (the VM is stopped: state: stopped)"),
             NicState::WaitingForLease => f.write_str("waiting for a DHCP lease"),
             NicState::LeasedNoReply { ip } => write!(f, "{ip}: no ARP reply yet"),
@@ -283,6 +297,8 @@ pub(super) fn settled_at_once(t: &NicTarget) -> Option<NicState> {
         NicState::Skipped
     } else if t.stopped {
         NicState::Stopped
+    } else if t.unproven {
+        NicState::Unproven
     } else if !t.running {
         NicState::Failed { reason: FailReason::VmNotRunning }
     } else if !t.same_mac.is_empty() {

@@ -116,6 +116,15 @@ pub struct NicTarget {
     /// out of any JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<crate::lab::model::HostName>,
+    /// A wire end's NIC (`links:`): the wire's name. Its `bridge` is the end's own tap
+    /// (requests go to this guest alone; its replies are read there before the host passes
+    /// them on to the peer), `network` is `wire`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wire: Option<crate::lab::wire::WireName>,
+    /// A wire end whose guest topo does not configure (no cloud-init): nothing says it holds
+    /// its address, so it is reported unproven, not failed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unproven: bool,
 }
 
 fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::Ok, S::Error> {
@@ -202,6 +211,45 @@ impl NicTarget {
             }),
             same_mac: Vec::new(),
             host: None,
+            wire: None,
+            unproven: false,
+        }
+    }
+
+    /// The target of end `k` of wire `w`: its address in the wire's /31, proven by ARP on the
+    /// end's tap (a probe from `0.0.0.0`: the tap has no address); unproven when the VM has
+    /// no cloud-init to give the guest its address.
+    pub fn wire_end(vm: &Vm, w: &crate::lab::wire::Wire, k: usize, running: bool, access: HostAccess) -> Self {
+        let end = &w.ends[k];
+        let (bridge, no_bridge) = match access {
+            HostAccess::TestDriver => {
+                (None, Some("libvirt's test driver has no taps on this host: nothing to send ARP on".to_owned()))
+            }
+            _ => (Some(end.tap.clone()), None),
+        };
+        NicTarget {
+            vm: vm.name.clone(),
+            domain: vm.libvirt_name.to_string(),
+            nic: crate::lab::model::nic_label(end.index),
+            // Invariant: `wire` is a valid network name (lowercase letters).
+            network: NetworkName::new("wire").unwrap_or_else(|_| unreachable!("`wire` is a valid name")),
+            libvirt_network: w.name.to_string(),
+            bridge,
+            no_bridge,
+            mac: end.mac,
+            family: Family::Ipv4,
+            address6: None,
+            reservation: Some(end.ip),
+            dhcp: false,
+            subnet: Some(w.subnet),
+            running,
+            stopped: vm.state == crate::lab::model::VmState::Stopped,
+            verify: true,
+            netem_delay: Default::default(),
+            same_mac: Vec::new(),
+            host: None,
+            wire: Some(w.name.clone()),
+            unproven: vm.cloud_init.is_none(),
         }
     }
 
@@ -270,6 +318,14 @@ pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTar
             Some((!v6_only).then_some(t).into_iter().chain(v6))
         })
         .flatten()
+        .chain(lab.wires.values().flat_map(|w| {
+            (0..2).filter_map(move |k| {
+                let vm = lab.vms.get(&w.ends[k].vm)?;
+                let running =
+                    observed.domains.get(vm.libvirt_name.as_str()).is_some_and(|d| d.state == DomainState::Running);
+                Some(NicTarget::wire_end(vm, w, k, running, access))
+            })
+        }))
         .collect()
 }
 

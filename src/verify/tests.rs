@@ -52,6 +52,8 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         netem_delay: Default::default(),
         same_mac: Vec::new(),
         host: None,
+        wire: None,
+        unproven: false,
     }
 }
 

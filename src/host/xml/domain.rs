@@ -136,7 +136,12 @@ struct InterfaceW<'a> {
     #[serde(rename = "@type")]
     iface_type: &'static str,
     mac: MacW,
-    source: NetSourceW<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<NetSourceW<'a>>,
+    /// `<target dev='TAP'/>`: the tap of a wire end (`type='ethernet'`), which libvirt makes
+    /// under that name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<TapTargetW<'a>>,
     /// libvirt's rate limit (`rate:`), the same average both ways, in kB/s.
     #[serde(skip_serializing_if = "Option::is_none")]
     bandwidth: Option<BandwidthW>,
@@ -165,6 +170,12 @@ struct AverageW {
 struct MacW {
     #[serde(rename = "@address")]
     address: String,
+}
+
+#[derive(Serialize)]
+struct TapTargetW<'a> {
+    #[serde(rename = "@dev")]
+    dev: &'a str,
 }
 
 #[derive(Serialize)]
@@ -222,7 +233,8 @@ fn interface_w<'a>(lab: &'a Lab, vm: &Vm, nic: &Nic) -> Result<InterfaceW<'a>, X
     Ok(InterfaceW {
         iface_type: "network",
         mac: MacW { address: nic.mac.to_string() },
-        source: NetSourceW { network: net.libvirt_name.as_str() },
+        source: Some(NetSourceW { network: net.libvirt_name.as_str() }),
+        target: None,
         bandwidth: nic.impairment.rate.map(|r| BandwidthW {
             inbound: AverageW { average: r.kbytes_per_sec() },
             outbound: AverageW { average: r.kbytes_per_sec() },
@@ -231,6 +243,29 @@ fn interface_w<'a>(lab: &'a Lab, vm: &Vm, nic: &Nic) -> Result<InterfaceW<'a>, X
         mtu: lab.nic_mtu(nic).map(|size| MtuW { size }),
         rom: RomW { enabled: "no" },
     })
+}
+
+/// The `<interface type='ethernet'>` of a wire end: its MAC and tap, virtio, no option ROM.
+fn wire_w(mac: MacAddr, tap: &str) -> InterfaceW<'_> {
+    InterfaceW {
+        iface_type: "ethernet",
+        mac: MacW { address: mac.to_string() },
+        source: None,
+        target: Some(TapTargetW { dev: tap }),
+        bandwidth: None,
+        model: ModelW { model: "virtio" },
+        mtu: None,
+        rom: RomW { enabled: "no" },
+    }
+}
+
+/// `<interface type='ethernet'>` XML of a wire end (NIC `mac`, tap `tap`), for
+/// `attach_device` / `detach_device`.
+///
+/// # Errors
+/// The XML cannot be serialised (never for a MAC and a tap name).
+pub fn ethernet_interface_xml(mac: MacAddr, tap: &str) -> Result<String, XmlError> {
+    to_xml("interface", "interface", &wire_w(mac, tap))
 }
 
 /// Where the serial console of a domain is written.
@@ -300,7 +335,12 @@ pub fn domain_xml_with_seed(
                 })
                 .collect(),
             // Every NIC was checked above, so `ok()` drops nothing.
-            interface: vm.nics.iter().filter_map(|n| interface_w(lab, vm, n).ok()).collect(),
+            interface: vm
+                .nics
+                .iter()
+                .filter_map(|n| interface_w(lab, vm, n).ok())
+                .chain(lab.wire_ends(&vm.name).into_iter().map(|(w, k)| wire_w(w.ends[k].mac, &w.ends[k].tap)))
+                .collect(),
             // A pty, so `topo console` (virDomainOpenConsole) can attach; its output is
             // also logged to the console log file.
             serial: SerialW {
@@ -496,6 +536,10 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
         None => None,
     };
     let is_network = i.iface_type.as_deref() == Some("network");
+    let ethernet = match i.iface_type.as_deref() {
+        Some("ethernet") => i.target.as_ref().and_then(|t| t.dev.clone()),
+        _ => None,
+    };
     let (network, bridge) = match i.source {
         Some(s) => (if is_network { s.network } else { None }, s.bridge),
         None => (None, None),
@@ -517,6 +561,7 @@ fn observed_interface(i: InterfaceR) -> Result<ObservedInterface, XmlError> {
         model: i.model.map(|m| m.model),
         bandwidth: bandwidth.filter(|b| !b.is_empty()),
         mtu: i.mtu.as_ref().and_then(MtuR::size),
+        ethernet,
     })
 }
 

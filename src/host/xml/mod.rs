@@ -23,7 +23,8 @@ use serde::Serialize;
 use crate::lab::ownership::{OWNER_NS, OwnerTag};
 
 pub use domain::{
-    console_log_path, domain_xml, domain_xml_with_seed, interface_xml, live_taps, parse_domain, parse_interface,
+    console_log_path, domain_xml, domain_xml_with_seed, ethernet_interface_xml, interface_xml, live_taps, parse_domain,
+    parse_interface,
 };
 pub use network::{
     NetworkFlags, dhcp_host_xml, forward_mode, network_xml, network_xml_keeping, parse_dhcp_host, parse_network,

@@ -140,6 +140,7 @@ fn lab_with(net: ManagedNetwork) -> Lab {
         stamp: Default::default(),
         take_over: false,
         served: Default::default(),
+        wires: Default::default(),
     }
 }
 

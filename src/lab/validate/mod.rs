@@ -15,6 +15,7 @@ mod network;
 mod nic;
 mod ready;
 mod vm;
+mod wire;
 
 use std::net::Ipv4Addr;
 
@@ -349,6 +350,18 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
             }
         }
     }
+    let wires = wire::check_all(
+        &mut c,
+        &spec.links,
+        spec.link_subnet.as_ref(),
+        &wire::WireContext {
+            lab_name: lab_name.as_ref(),
+            prefix: &prefix,
+            vms: &vms,
+            nets: &networks.info,
+            declared: &spec.vms,
+        },
+    );
     nics.name_dhcp_hosts(&mut c);
     nics.check_bridge_macs(&mut c, lab_name.as_ref(), &networks.model);
     if !c.problems.is_empty() {
@@ -372,6 +385,7 @@ pub fn validate_with(source: &SourceFile, spec: &LabSpec, files: Files) -> Resul
         stamp: Default::default(),
         take_over: false,
         served: Default::default(),
+        wires,
     })
 }
 

@@ -403,6 +403,19 @@ pub fn default_dhcp_range(subnet: &Ipv4Network, gateway: Ipv4Addr) -> DhcpRange 
 }
 
 fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
+    parse_cidr(c, s, "subnet", MAX_PREFIX_LEN, "a gateway and a guest")
+}
+
+/// An IPv4 prefix in CIDR form (`what`: the key it is written under): an address and a
+/// length, the host bits zero, at most `/max_len` (`room`: what a smaller one leaves no
+/// room for), outside the blocks that cannot be a lab's ([`RESERVED`]).
+pub(super) fn parse_cidr(
+    c: &mut Checker,
+    s: &Spanned<String>,
+    what: &str,
+    max_len: u8,
+    room: &str,
+) -> Option<Ipv4Network> {
     let text = s.value.trim();
     let bad = |c: &mut Checker| {
         c.at(
@@ -410,7 +423,7 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
             s,
             format!("`{text}` is not an IPv4 subnet"),
             "not address/prefix-length",
-            "write the subnet in CIDR form, e.g. `192.168.152.0/24`",
+            format!("write the {what} in CIDR form, e.g. `192.168.152.0/24`"),
         );
         None
     };
@@ -427,19 +440,19 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
         c.at(
             Code::SubnetHostBits,
             s,
-            format!("subnet `{text}` has host bits set"),
+            format!("{what} `{text}` has host bits set"),
             "host bits set",
-            format!("the subnet is written with its network address: `{}/{}`", net.network(), len),
+            format!("the {what} is written with its network address: `{}/{}`", net.network(), len),
         );
         return None;
     }
-    if len > MAX_PREFIX_LEN {
+    if len > max_len {
         c.at(
             Code::SubnetTooSmall,
             s,
-            format!("subnet `{text}` is too small"),
-            format!("/{len} leaves no room for a gateway and a guest"),
-            format!("use a /{MAX_PREFIX_LEN} or larger subnet, e.g. `{}/24`", net.network()),
+            format!("{what} `{text}` is too small"),
+            format!("/{len} leaves no room for {room}"),
+            format!("use a /{max_len} or larger {what}, e.g. `{}/24`", net.network()),
         );
         return None;
     }
@@ -447,7 +460,7 @@ fn parse_subnet(c: &mut Checker, s: &Spanned<String>) -> Option<Ipv4Network> {
         c.at(
             Code::ReservedSubnet,
             s,
-            format!("subnet `{text}` overlaps {} ({}), which cannot be a lab subnet", r.net, r.what),
+            format!("{what} `{text}` overlaps {} ({}), which cannot be a lab subnet", r.net, r.what),
             format!("overlaps {}", r.net),
             format!("{}; use a private subnet such as `192.168.152.0/24` or `10.0.0.0/24`", r.why),
         );

@@ -163,6 +163,34 @@ impl Machine for MemoryMachine {
         Ok(())
     }
 
+    /// Each tap's redirect as `join_taps` left it; a tap that is no running domain's has
+    /// none (tc says "Cannot find device", read as none).
+    fn wire_redirects(&self, taps: &[String]) -> Option<BTreeMap<String, Option<String>>> {
+        let s = self.lock();
+        if s.lacks(&[Tool::Sh, Tool::Tc]) {
+            return None;
+        }
+        Some(taps.iter().map(|t| (t.clone(), s.redirects.get(t).cloned())).collect())
+    }
+
+    /// As the kernel ends up after [`crate::host::tc::join_script`]: each tap redirects to
+    /// the other. A tap that is not here fails as tc does.
+    fn join_taps(&self, a: &str, b: &str) -> Result<(), TcError> {
+        let fail = |message: String| TcError { args: format!("join taps {a} and {b}"), message, cause: TcCause::Exit };
+        let mut s = self.lock();
+        if s.lacks(&[Tool::Sh, Tool::Tc]) {
+            return Err(tc_missing(&format!("join taps {a} and {b}")));
+        }
+        s.enter("join_taps", a).map_err(|e| fail(e.message))?;
+        for (from, to) in [(a, b), (b, a)] {
+            if s.tap(from).is_none() {
+                return Err(fail(format!("Cannot find device \"{from}\"")));
+            }
+            s.redirects.insert(from.to_string(), to.to_string());
+        }
+        Ok(())
+    }
+
     fn kernel(&self) -> Result<Option<KernelSupport>, KernelError> {
         Ok(self.lock().kernel.clone())
     }

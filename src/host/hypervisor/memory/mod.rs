@@ -83,6 +83,9 @@ struct State {
     /// `<bandwidth inbound>`), changed by `set_netem`, reset by `set_bandwidth` (libvirt
     /// clears the tap's qdiscs and sets its own), gone with the tap (power off, unplug).
     taps: BTreeMap<(String, MacAddr), crate::lab::impair::TapQdiscs>,
+    /// The wires joined on the machine: each tap's ingress redirect, by tap, to the device
+    /// it sends to (`"*"` once that device is gone, as the kernel keeps it by index).
+    redirects: BTreeMap<String, String>,
     /// Addresses libvirt would report per domain (`set_domain_addresses`).
     addresses: BTreeMap<String, Vec<(crate::lab::model::MacAddr, std::net::Ipv4Addr)>>,
     /// The storage pool (one at most: topo uses only its overlay pool).
@@ -288,8 +291,31 @@ impl State {
             .interfaces
             .iter()
             .enumerate()
-            .filter_map(|(i, nic)| Some((nic.mac?, format!("vnet{}.{i}", d.obs.name))))
+            .filter_map(|(i, nic)| {
+                // libvirt names an ethernet interface's tap as its `<target dev>` says.
+                let tap = nic.ethernet.clone().unwrap_or_else(|| format!("vnet{}.{i}", d.obs.name));
+                Some((nic.mac?, tap))
+            })
             .collect()
+    }
+
+    /// The wire taps that go with domain `domain`'s interfaces `macs` (all when `None`):
+    /// their own redirects go, and one to them is left pointing nowhere (`*`).
+    fn drop_redirects(&mut self, domain: &str, macs: Option<MacAddr>) {
+        let Some(d) = self.domains.get(domain) else { return };
+        let gone: Vec<String> = d
+            .obs
+            .interfaces
+            .iter()
+            .filter(|i| macs.is_none() || i.mac == macs)
+            .filter_map(|i| i.ethernet.clone())
+            .collect();
+        for t in &gone {
+            self.redirects.remove(t);
+            for to in self.redirects.values_mut().filter(|to| *to == t) {
+                *to = "*".into();
+            }
+        }
     }
 
     /// Running domains with an interface on `network`.
@@ -1414,6 +1440,11 @@ impl Hypervisor for MemoryHypervisor {
         let Some(i) = d.obs.interfaces.iter().position(|i| i.mac == Some(mac)) else {
             return Err(err(OP, domain, HvErrorKind::NotFound, format!("no device matching MAC address {mac} found")));
         };
+        let running = d.obs.state == DomainState::Running;
+        if running {
+            s.drop_redirects(domain, Some(mac));
+        }
+        let d = s.domain("detach_device", domain)?;
         d.obs.interfaces.remove(i);
         s.cut.remove(&(domain.to_string(), mac));
         s.taps.remove(&(domain.to_string(), mac));
@@ -1657,10 +1688,11 @@ impl MemoryHypervisor {
     fn power_off(&self, op: &str, name: &str) -> Result<(), HvError> {
         let mut s = self.lock();
         s.enter(op, name)?;
-        let d = s.domain(op, name)?;
-        if d.obs.state == DomainState::Shutoff {
+        if s.domain(op, name)?.obs.state == DomainState::Shutoff {
             return Err(err(&op_words(op), name, HvErrorKind::NotActive, "domain is not running"));
         }
+        s.drop_redirects(name, None);
+        let d = s.domain(op, name)?;
         if d.persistent {
             d.obs.state = DomainState::Shutoff;
             d.obs.live = None;
