@@ -2372,3 +2372,5 @@ mod ready;
 mod snapshots;
 #[path = "e2e/values.rs"]
 mod values;
+#[path = "e2e/wires.rs"]
+mod wires;

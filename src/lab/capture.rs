@@ -1,7 +1,7 @@
 //! What `topo capture` listens on, named as on its command line and checked against the lab:
-//! a VM's NIC (`VM`, `VM.ethN`) or a lab network (`net:NAME`, or `NAME` alone when no VM
-//! has that name). [`CaptureTarget`] is a closed enum; a wire (`links:`) joins it when lab
-//! files have wires.
+//! a VM's NIC (`VM`, `VM.ethN`, a wire end's NIC too), a lab network (`net:NAME`, or `NAME`
+//! alone when no VM has that name) or a wire (`wire:NAME`). [`CaptureTarget`] is a closed
+//! enum.
 
 use std::fmt;
 
@@ -17,6 +17,9 @@ pub enum CaptureTarget {
     Nic { vm: VmName, nic: usize },
     /// A lab network: its bridge on a host it exists on.
     Network(NetworkName),
+    /// A wire (`links:`): the tap of its first end, which sees every frame both ways (what
+    /// that guest sends, before the host redirects it, and what the host sends it).
+    Wire(crate::lab::wire::WireName),
 }
 
 impl fmt::Display for CaptureTarget {
@@ -24,6 +27,7 @@ impl fmt::Display for CaptureTarget {
         match self {
             CaptureTarget::Nic { vm, nic } => write!(f, "{vm}.{}", nic_label(*nic)),
             CaptureTarget::Network(n) => write!(f, "net:{n}"),
+            CaptureTarget::Wire(w) => write!(f, "wire:{w}"),
         }
     }
 }
@@ -39,6 +43,10 @@ pub enum TargetError {
     #[error("lab {lab} has no VM `{vm}`")]
     #[diagnostic(code(topo::capture::unknown_vm), help("{help}"))]
     UnknownVm { lab: String, vm: String, help: String },
+    /// `wire:NAME` names no wire.
+    #[error("lab {lab} has no wire `{wire}`")]
+    #[diagnostic(code(topo::capture::unknown_wire), help("{help}"))]
+    UnknownWire { lab: String, wire: String, help: String },
     /// `net:NAME` names no network.
     #[error("lab {lab} has no network `{network}`")]
     #[diagnostic(code(topo::capture::unknown_network), help("{help}"))]
@@ -58,11 +66,11 @@ pub enum TargetError {
         help("say which: `vm:{name}` (its first NIC) or `net:{name}` (the network's bridge)")
     )]
     Ambiguous { lab: String, name: String },
-    /// A kind the command line does not know (`wire:` is not yet one).
+    /// A kind the command line does not know.
     #[error("`{text}` is not a capture target")]
     #[diagnostic(
         code(topo::capture::bad_target),
-        help("VM (its eth0), VM.ethN (its NIC N, in the order of `nics:`), or net:NETWORK")
+        help("VM (its eth0), VM.ethN (its NIC N, in the order of `nics:`, then its wires), net:NETWORK or wire:NAME")
     )]
     Syntax { text: String },
     /// `--on` in a lab on one host.
@@ -103,11 +111,24 @@ impl CaptureTarget {
             help: suggest(n, &nets, "networks in this lab", "networks in this lab"),
         };
         let (kind, rest) = match text.split_once(':') {
-            Some((k, r)) if matches!(k, "vm" | "net") => (Some(k), r),
-            // A colon elsewhere (a MAC, `wire:x`): not a form topo knows.
+            Some((k, r)) if matches!(k, "vm" | "net" | "wire") => (Some(k), r),
+            // A colon elsewhere (a MAC): not a form topo knows.
             Some(_) => return Err(syntax()),
             None => (None, text),
         };
+        if kind == Some("wire") {
+            let wires: Vec<String> = lab.wires.keys().map(ToString::to_string).collect();
+            let w = lab.wires.keys().find(|w| w.as_str() == rest).ok_or_else(|| TargetError::UnknownWire {
+                lab: lab_name.clone(),
+                wire: rest.to_owned(),
+                help: if wires.is_empty() {
+                    "the lab has no wires (`links:`)".to_owned()
+                } else {
+                    suggest(rest, &wires, "wires in this lab", "wires in this lab")
+                },
+            })?;
+            return Ok(CaptureTarget::Wire(w.clone()));
+        }
         if kind == Some("net") {
             let net = lab.networks.keys().find(|n| n.as_str() == rest).ok_or_else(|| unknown_net(rest))?;
             return Ok(CaptureTarget::Network(net.clone()));
@@ -142,11 +163,19 @@ impl CaptureTarget {
         if kind.is_none() && nic.is_none() && lab.networks.keys().any(|n| n.as_str() == name) {
             return Err(TargetError::Ambiguous { lab: lab_name, name: name.to_owned() });
         }
+        let wire_ends = lab.wire_ends(&vm.name);
         let index = match nic {
-            None if vm.nics.is_empty() => return Err(TargetError::NoNics { vm: name.to_owned() }),
+            None if vm.nics.is_empty() && wire_ends.is_empty() => {
+                return Err(TargetError::NoNics { vm: name.to_owned() });
+            }
             None => 0,
             Some(label) => {
-                let labels: Vec<String> = vm.nics.iter().map(|n| n.label()).collect();
+                let labels: Vec<String> = vm
+                    .nics
+                    .iter()
+                    .map(|n| n.label())
+                    .chain(wire_ends.iter().map(|(w, k)| nic_label(w.ends[*k].index)))
+                    .collect();
                 let Some(i) = labels.iter().position(|l| l == label) else {
                     return Err(TargetError::UnknownNic {
                         vm: name.to_owned(),
@@ -184,6 +213,19 @@ impl CaptureTarget {
                 let host = lab.vms.get(vm).map(|v| v.host.clone()).unwrap_or_else(HostName::default_host);
                 match on {
                     Some(h) if *h != host => Err(TargetError::OnForVm { vm: vm.to_string(), host: host.to_string() }),
+                    _ => Ok(host),
+                }
+            }
+            CaptureTarget::Wire(w) => {
+                // Both ends are on one host (validation): its first end's VM's.
+                let host = lab
+                    .wires
+                    .get(w)
+                    .and_then(|w| lab.vms.get(&w.ends[0].vm))
+                    .map(|v| v.host.clone())
+                    .unwrap_or_else(HostName::default_host);
+                match on {
+                    Some(h) if *h != host => Err(TargetError::OnForVm { vm: w.to_string(), host: host.to_string() }),
                     _ => Ok(host),
                 }
             }

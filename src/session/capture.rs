@@ -86,10 +86,28 @@ impl Session<'_> {
         let host_name = target.host(lab, on)?;
         let host = self.host_of(lab, &host_name)?;
         match target {
-            CaptureTarget::Nic { vm, nic } => {
-                // Invariant: a parsed target names a VM of the lab and one of its NICs.
-                let vm = &lab.vms[vm];
-                let nic = &vm.nics[*nic];
+            CaptureTarget::Nic { .. } | CaptureTarget::Wire(_) => {
+                // Invariant: a parsed target names a VM of the lab and one of its NICs (its
+                // `nics`, then its wire ends), or a wire of the lab.
+                let (vm, index, what) = match target {
+                    CaptureTarget::Nic { vm, nic } => (&lab.vms[vm], *nic, None),
+                    CaptureTarget::Wire(w) => {
+                        let end = &lab.wires[w].ends[0];
+                        (&lab.vms[&end.vm], end.index, Some(format!("wire {w}")))
+                    }
+                    CaptureTarget::Network(_) => unreachable!("matched above"),
+                };
+                let mac = match vm.nics.get(index) {
+                    Some(n) => n.mac,
+                    None => lab
+                        .wire_ends(&vm.name)
+                        .into_iter()
+                        .map(|(w, k)| &w.ends[k])
+                        .find(|e| e.index == index)
+                        .map(|e| e.mac)
+                        .unwrap_or_else(|| unreachable!("a parsed target names one of the VM's NICs")),
+                };
+                let label = crate::lab::model::nic_label(index);
                 let domain = vm.libvirt_name.as_str();
                 let taps = host.hv.domain_taps(domain).map_err(|e| match e.kind {
                     HvErrorKind::NotActive => CaptureTargetError::VmNotRunning { vm: vm.name.to_string() },
@@ -100,17 +118,17 @@ impl Session<'_> {
                     },
                     _ => CaptureTargetError::Session(e.into()),
                 })?;
-                let Some((_, tap)) = taps.into_iter().find(|(m, _)| *m == nic.mac) else {
+                let Some((_, tap)) = taps.into_iter().find(|(m, _)| *m == mac) else {
                     return Err(CaptureTargetError::NicUnplugged {
                         vm: vm.name.to_string(),
-                        nic: nic.label(),
-                        mac: nic.mac.to_string(),
+                        nic: label,
+                        mac: mac.to_string(),
                     });
                 };
                 Ok(CapturePoint {
                     host: host_name,
                     device: tap,
-                    what: format!("{} {} ({})", vm.name, nic.label(), nic.mac),
+                    what: what.unwrap_or_else(|| format!("{} {label} ({mac})", vm.name)),
                 })
             }
             CaptureTarget::Network(name) => {

@@ -120,7 +120,7 @@ pub fn to_json(lab: &str, report: &VerifyReport) -> serde_json::Value {
         failed: count("failed"),
         skipped: count("skipped"),
         stopped: count("stopped"),
-        unproven: count("reported") + count("leased") + count("waiting"),
+        unproven: count("reported") + count("leased") + count("waiting") + count("unproven"),
         ready: (!report.ready.is_empty()).then(|| ready_count(report, ReadyState::Ready)),
         not_ready: (!report.ready.is_empty()).then(|| ready_count(report, ReadyState::NotReady)),
     };
@@ -258,7 +258,10 @@ pub fn summary_line(report: &VerifyReport) -> String {
     let stopped = report.nics.iter().filter(|n| matches!(n.state, NicState::Stopped)).count();
     // The stopped count only when there are any: the line stays as it was for other labs.
     let stopped = if stopped > 0 { format!(", {stopped} stopped") } else { String::new() };
-    let line = format!("Verify: {verified} verified, {failed} failed, {skipped} skipped{stopped}.");
+    // Likewise the wire ends no guest configuration holds (`NicState::Unproven`).
+    let unproven = report.nics.iter().filter(|n| matches!(n.state, NicState::Unproven)).count();
+    let unproven = if unproven > 0 { format!(", {unproven} unproven") } else { String::new() };
+    let line = format!("Verify: {verified} verified, {failed} failed, {skipped} skipped{stopped}{unproven}.");
     if report.ready.is_empty() {
         return line;
     }
