@@ -129,7 +129,7 @@ frames = [
     bytes.fromhex("0180c2000002") + me + b"\x88\x09" + b"\x01\x01" + bytes(108),
     bytes.fromhex("0180c2000000") + me + (38).to_bytes(2, "big") + b"\x42\x42\x03" + bytes(35),
 ]
-for i in range(40):
+for i in range(12):
     for f in frames:
         s.send(f.ljust(60, b"\0"))
     time.sleep(0.5)
@@ -243,8 +243,13 @@ links:
         "{}",
         r.stdout
     );
-    let evidence: Vec<&str> =
-        doc["nics"].as_array().expect("nics").iter().filter(|n| n["network"] == "wire").filter_map(|n| n["evidence"].as_str()).collect();
+    let evidence: Vec<&str> = doc["nics"]
+        .as_array()
+        .expect("nics")
+        .iter()
+        .filter(|n| n["network"] == "wire")
+        .filter_map(|n| n["evidence"].as_str())
+        .collect();
     assert!(evidence.iter().all(|e| e.contains(" on tw")), "proven on the ends' taps: {evidence:?}");
     clock.step("both wire ends proven by ARP on their taps, at the wire's /31");
 
@@ -262,7 +267,9 @@ links:
     let pcap = tmp.path().join("wire.pcap");
     let capture = {
         let (lab, pcap) = (lab.clone(), pcap.clone());
-        std::thread::spawn(move || topo(&["capture", "wire:r1--r2", path(&lab), "-w", path(&pcap), "--count", "3", "ether proto 0x88cc"]))
+        std::thread::spawn(move || {
+            topo(&["capture", "wire:r1--r2", path(&lab), "-w", path(&pcap), "--count", "3", "ether proto 0x88cc"])
+        })
     };
     let cmd = python_cmd(SEND_L2);
     let words: Vec<&str> = cmd.iter().map(String::as_str).collect();
