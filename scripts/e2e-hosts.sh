@@ -306,7 +306,8 @@ AGENT_PID=
 topo destroy -y cloud.yaml || fail "destroy of the cloud lab"
 step "topo ssh into a cloud-init guest on h2 on a network private to the hosts: jumped through root@h1 (lan's serving host) across the tunnel, key from the agent"
 
-# A lab on one remote host (no `hosts:`): its NIC is proven by ARP on that host too.
+# A lab on one remote host (no `hosts:`): its NIC is proven by ARP on that host too; a wire
+# between its two VMs is joined there with tc over ssh (docs/wires.md).
 cat >"$X/one.yaml" <<EOF
 apiVersion: topo/v1
 name: one
@@ -318,11 +319,20 @@ vms:
     memory: 128MiB
     boot: {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet}
     nics: [{network: n}]
+  w:
+    hypervisor: qemu
+    memory: 128MiB
+    boot: {kernel: $GUEST_DIR/vmlinuz, initrd: $GUEST_DIR/initrd.gz, cmdline: console=ttyS0 quiet}
+    nics: [{network: n}]
+links:
+  - [v, w]
 EOF
 topo -c qemu+ssh://root@h2/system apply -y one.yaml || fail "apply of a lab on one remote host"
 grep -E "^v +eth0 +n .* arp reply from " "$OUT" >/dev/null || fail "the NIC on the remote host was not proven by ARP"
+grep -q "Verify: 2 verified, 0 failed, 0 skipped, 2 unproven." "$OUT" || fail "the wire's ends on the remote host are not reported unproven"
+topo -c qemu+ssh://root@h2/system plan one.yaml && grep -q "No changes." "$OUT" || fail "the wire on the remote host was not joined"
 topo -c qemu+ssh://root@h2/system destroy -y one.yaml || fail "destroy of the lab on one remote host"
-step "a lab on one remote host (qemu+ssh, no hosts:): its NIC proven by ARP on that host (arping over ssh)"
+step "a lab on one remote host (qemu+ssh, no hosts:): its NICs proven by ARP on that host (arping over ssh), a wire joined there (tc over ssh), then no changes"
 
 (cd "$ROOT" && cargo test --locked --test machine_ssh --no-run >/dev/null 2>&1)
 BIN=$(cd "$ROOT" && ls -t target/debug/deps/machine_ssh-* | grep -v '\.d$' | head -1)
