@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use common::*;
 use topo::host::hypervisor::Hypervisor;
 use topo::host::hypervisor::memory::MemoryHypervisor;
-use topo::host::machine::Machine;
 use topo::lab::address::Address;
 use topo::lab::model::{Lab, MacAddr};
 use topo::lab::wire::{Wire, WireName};
@@ -107,9 +106,7 @@ fn restarts(p: &Plan) -> Vec<(String, String)> {
     p.changes
         .iter()
         .flat_map(|c| c.ops.iter().map(move |o| (c.address.to_string(), o)))
-        .filter(|(_, o)| {
-            matches!(o, Op::StartDomain | Op::StopDomain { .. } | Op::UndefineDomain | Op::ResumeDomain)
-        })
+        .filter(|(_, o)| matches!(o, Op::StartDomain | Op::StopDomain { .. } | Op::UndefineDomain | Op::ResumeDomain))
         .map(|(a, o)| (a, format!("{o:?}")))
         .collect()
 }
@@ -159,7 +156,11 @@ fn a_lab_with_a_wire_applies_joins_it_and_replans_empty() {
 /// A VM with cloud-init (a disk) is configured by topo: its end is proven, not unproven.
 #[test]
 fn a_cloud_init_end_is_to_be_proven() {
-    let text = edit(&wired(), "  r2:\n    hypervisor: qemu\n", "  r2:\n    hypervisor: qemu\n    disk: {image: images/base.qcow2}\n");
+    let text = edit(
+        &wired(),
+        "  r2:\n    hypervisor: qemu\n",
+        "  r2:\n    hypervisor: qemu\n    disk: {image: images/base.qcow2}\n",
+    );
     let l = lab(&text);
     let hv = host();
     apply_ok(&l, &hv);
@@ -265,11 +266,15 @@ fn a_restart_topo_makes_rejoins_the_wire() {
     let l = lab(&wired());
     apply_ok(&l, &hv);
     // r1's memory: a restart.
-    let text = edit(&wired(), "  r1:\n    hypervisor: qemu\n    memory: 256MiB\n", "  r1:\n    hypervisor: qemu\n    memory: 512MiB\n");
+    let text = edit(
+        &wired(),
+        "  r1:\n    hypervisor: qemu\n    memory: 256MiB\n",
+        "  r1:\n    hypervisor: qemu\n    memory: 512MiB\n",
+    );
     let l2 = lab(&text);
     let (p, _) = plan_on(&l2, &hv);
     assert_eq!(actions(&p), pairs(&[("vm.r1", Action::Update), ("wire.r1--r2", Action::Update)]));
-    let c = p.changes.iter().find(|c| c.address.to_string() == "wire.r1--r2").unwrap();
+    let c = p.changes.iter().find(|c| c.address == "wire.r1--r2").unwrap();
     assert_eq!(c.reasons, [Reason::WireEndRenewed]);
     apply_ok(&l2, &hv);
     assert_replans_empty(&l2, &hv);
@@ -382,7 +387,11 @@ fn target_a_wire() {
     // Added to a running lab with another change pending (r3's memory): only the wire's.
     let hv = host();
     apply_ok(&lab(LAB), &hv);
-    let text = edit(&wired(), "  r3:\n    hypervisor: qemu\n    memory: 256MiB\n", "  r3:\n    hypervisor: qemu\n    memory: 512MiB\n");
+    let text = edit(
+        &wired(),
+        "  r3:\n    hypervisor: qemu\n    memory: 256MiB\n",
+        "  r3:\n    hypervisor: qemu\n    memory: 512MiB\n",
+    );
     let l = lab(&text);
     let p = plan_targets(&l, &hv, &["wire.r1--r2"]);
     assert_eq!(

@@ -1242,7 +1242,10 @@ mod wire_tests {
         }
         assert!(l.nics().all(|(_, n)| !macs.contains(&n.mac)), "no wire MAC is a NIC's");
         // The same file gives the same wires; another lab name other MACs and taps.
-        assert_eq!(lab(&text("links:\n  - [r1, r2]\n  - [r3, r1]\n  - [r1, r2]\n  - [r2, r1]\n")).unwrap().wires, l.wires);
+        assert_eq!(
+            lab(&text("links:\n  - [r1, r2]\n  - [r3, r1]\n  - [r1, r2]\n  - [r2, r1]\n")).unwrap().wires,
+            l.wires
+        );
         let other = lab(&text("links:\n  - [r1, r2]\n").replace("name: wl", "name: wm")).unwrap();
         let (a, b) = (&wire(&l, "r1--r2").ends[0], &wire(&other, "r1--r2").ends[0]);
         assert!(a.mac != b.mac && a.tap != b.tap, "{a:?} {b:?}");
@@ -1262,9 +1265,13 @@ mod wire_tests {
         let l = lab(&text("link_subnet: 10.99.0.8/30\nlinks:\n  - [r1, r2]\n  - [r2, r3]\n")).unwrap();
         assert_eq!(wire(&l, "r1--r2").subnet.to_string(), "10.99.0.8/31");
         let w = wire(&l, "r2--r3");
-        assert_eq!((w.subnet.to_string(), w.ends[0].ip, w.ends[1].ip), ("10.99.0.10/31".into(), ip("10.99.0.10"), ip("10.99.0.11")));
+        assert_eq!(
+            (w.subnet.to_string(), w.ends[0].ip, w.ends[1].ip),
+            ("10.99.0.10/31".into(), ip("10.99.0.10"), ip("10.99.0.11"))
+        );
         // One wire more than the pool holds.
-        let e = lab(&text("link_subnet: 10.99.0.8/30\nlinks:\n  - [r1, r2]\n  - [r2, r3]\n  - [r1, r3]\n")).unwrap_err();
+        let e =
+            lab(&text("link_subnet: 10.99.0.8/30\nlinks:\n  - [r1, r2]\n  - [r2, r3]\n  - [r1, r3]\n")).unwrap_err();
         assert_eq!(e.codes(), ["topo::lab::wire"]);
         assert!(e.problems[0].message.contains("has room for 2 wires, and the lab has 3"), "{}", e.problems[0].message);
         // A /31 holds one wire, and says so in the singular.
@@ -1289,7 +1296,11 @@ mod wire_tests {
         let e = lab(&t).unwrap_err();
         assert_eq!(e.codes(), ["topo::lab::wire"]);
         let p = &e.problems[0];
-        assert!(p.message.contains("default link_subnet 100.127.0.0/24 has room for 128 wires, and the lab has 129"), "{}", p.message);
+        assert!(
+            p.message.contains("default link_subnet 100.127.0.0/24 has room for 128 wires, and the lab has 129"),
+            "{}",
+            p.message
+        );
         let label = p.labels.first().expect("a label");
         let at = label.offset();
         let line = t[..at].lines().count();
@@ -1301,7 +1312,11 @@ mod wire_tests {
         assert_eq!(codes(&text("links:\n  - [r1]\n  - [r1, r2, r3]\n  - []\n")), ["topo::lab::wire"; 3]);
         let e = lab(&text("links:\n  - [r1, nope]\n")).unwrap_err();
         assert_eq!(e.codes(), ["topo::lab::wire"]);
-        assert!(e.problems[0].help.as_deref().unwrap_or_default().contains("one of r1, r2, r3"), "{:?}", e.problems[0].help);
+        assert!(
+            e.problems[0].help.as_deref().unwrap_or_default().contains("one of r1, r2, r3"),
+            "{:?}",
+            e.problems[0].help
+        );
         // Both ends unknown: each reported.
         assert_eq!(codes(&text("links:\n  - [x, y]\n")), ["topo::lab::wire"; 2]);
     }
@@ -1342,7 +1357,11 @@ mod wire_tests {
             .replace("  r3:\n", "  r3:\n    host: h1\n");
         let e = lab(&t).unwrap_err();
         assert_eq!(e.codes(), ["topo::lab::wire"], "r1 -- r3 are both on h1");
-        assert!(e.problems[0].message.contains("`r1` -- `r2` joins VMs on two hosts (`h1` and `h2`)"), "{}", e.problems[0].message);
+        assert!(
+            e.problems[0].message.contains("`r1` -- `r2` joins VMs on two hosts (`h1` and `h2`)"),
+            "{}",
+            e.problems[0].message
+        );
         assert_eq!(codes(&t.replace("    host: h2\n", "    host: h1\n")), Vec::<&str>::new());
     }
 }
