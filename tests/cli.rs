@@ -67,6 +67,23 @@ fn validate_reports_problems_and_exits_1() {
     insta::assert_snapshot!(stderr(&out));
 }
 
+/// Every wire problem of a file at once (and the entry of a VM with its own problem not
+/// again as an unknown wire end), exit 1; a file whose wires are right validates.
+#[test]
+fn validate_reports_every_wire_problem_and_exits_1() {
+    let bad = "tests/fixtures/invalid/wire_all_problems_at_once.yaml";
+    let out = topo().args(["--color", "never", "validate", bad]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "");
+    let err = stderr(&out);
+    let flat = err.split_whitespace().filter(|w| *w != "|").collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("has 6 problems"), "{err}");
+    assert_eq!(err.matches("topo::lab::wire").count(), 5, "{err}");
+    assert!(!err.contains("wire end `broken`"), "{err}");
+    let out = topo().args(["validate", "tests/fixtures/valid/wires.yaml"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// `--color auto` (the default) on a pipe: plain, unless `CLICOLOR_FORCE` is set, not empty
 /// and not `0`; `NO_COLOR` turns colour off only when it is not empty, and wins over
 /// `CLICOLOR_FORCE`.

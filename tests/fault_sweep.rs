@@ -4,7 +4,9 @@
 //! guard), re-plug NICs of a network restarted by hand, release a network
 //! declared external, volumes deleted by hand, take the lab over from another lab file, as
 //! it is and with edits, destroy, and an edit and a destroy of VMs with external and internal
-//! snapshots) and for every k, (a) the k-th hypervisor call fails,
+//! snapshots; and wires: a lab created with one, one added to running VMs (hot-plugged, and
+//! with cloud-init VMs replaced), removed, an end restarted by hand, destroyed) and for every
+//! k, (a) the k-th hypervisor call fails (the machine's `set_netem` and `join_taps` count too),
 //! (b) the process stops right after the k-th call (the double keeps what was done, every
 //! later call fails, as after a kill -9). Then a new apply must converge to an empty plan
 //! with no orphaned volume and no NIC left off its bridge, and destroy must leave nothing
@@ -84,7 +86,12 @@ fn edited() -> String {
 /// clears the tap's qdiscs, so netem is set again) and new netem settings; b's first NIC
 /// gets netem.
 fn link_changed() -> String {
-    LAB.replace(
+    link_changed_in(LAB)
+}
+
+/// [`link_changed`] of lab text `text`.
+fn link_changed_in(text: &str) -> String {
+    text.replace(
         "        rate: 10Mbit\n        delay: 20ms\n",
         "        rate: 20Mbit\n        delay: 50ms\n        jitter: 5ms\n        loss: 1%\n",
     )
@@ -178,6 +185,29 @@ fn take_snapshots(hv: &MemoryHypervisor) {
     hv.snapshot_internal("sweep-b", "i1").unwrap();
 }
 
+/// [`LAB`] with the wire a -- b (docs/wires.md).
+fn wired() -> String {
+    format!("{LAB}links:\n  - [a, b]\n")
+}
+
+/// [`LAB`] without cloud-init (so a wire added or removed changes no seed: the ends are
+/// hot-plugged, nothing is replaced).
+fn no_guest() -> String {
+    LAB.replacen("name: sweep\n", "name: sweep\ncloud_init: {enabled: false}\n", 1)
+}
+
+/// [`no_guest`] with the wire a -- b.
+fn no_guest_wired() -> String {
+    format!("{}links:\n  - [a, b]\n", no_guest())
+}
+
+/// `virsh destroy` + `virsh start` of a: its wire tap is made anew, b's redirect points at
+/// the tap that is gone.
+fn restart_a(hv: &MemoryHypervisor) {
+    hv.destroy_domain("sweep-a").unwrap();
+    hv.start_domain("sweep-a").unwrap();
+}
+
 /// Where the lab was applied from before it is taken over (another lab file; in the same
 /// folder, so that its relative paths name the same files, as in a moved folder or a clone).
 const MOVED: &str = "tests/fixtures/clone.topo.yaml";
@@ -223,6 +253,19 @@ fn scenarios() -> Vec<Scenario> {
         s("destroy", Some(LAB), None, LAB.into(), Step::Destroy),
         s("snapshots, then an edit", Some(LAB), Some(take_snapshots), edited(), Step::Apply),
         s("snapshots, then destroy", Some(LAB), Some(take_snapshots), LAB.into(), Step::Destroy),
+        s("create with a wire", None, None, wired(), Step::Apply),
+        s("wire added to running VMs (hot-plugged)", Some(&no_guest()), None, no_guest_wired(), Step::Apply),
+        s("wire added to cloud-init VMs (replaced)", Some(LAB), None, wired(), Step::Apply),
+        s("wire removed", Some(&no_guest_wired()), None, no_guest(), Step::Apply),
+        // The drift alone is one call (the join): with links changed in place, to sweep more.
+        s(
+            "wire end restarted by hand, links changed",
+            Some(&no_guest_wired()),
+            Some(restart_a),
+            link_changed_in(&no_guest_wired()),
+            Step::Apply,
+        ),
+        s("destroy with a wire", Some(&wired()), None, wired(), Step::Destroy),
     ]
 }
 
@@ -309,6 +352,8 @@ fn owned(l: &Lab, hv: &MemoryHypervisor) -> Vec<String> {
 fn every_fault_at_every_call_converges() {
     // Whether some sweep reaches the machine's change (netem on a tap), not only libvirt's.
     let mut machine_swept = false;
+    // Whether some sweep reaches the join of a wire's taps (`join_taps`, on the machine).
+    let mut wire_swept = false;
     for s in scenarios() {
         let l = scenario_lab(&s);
         // The length of the sweep: the calls of a clean run.
@@ -318,6 +363,7 @@ fn every_fault_at_every_call_converges() {
         assert!(!run(&s, &l, &hv, 1), "{}: the clean run failed", s.name);
         let n = hv.disarm();
         machine_swept |= hv.calls().iter().any(|c| c.starts_with("set_netem vnet"));
+        wire_swept |= hv.calls().iter().any(|c| c.starts_with("join_taps tw"));
         assert!(n >= 4, "{}: only {n} calls", s.name);
         let untouched = foreign(&hv);
         // Parallelism 1 makes the k-th call the same call every time; 4 runs the steps of
@@ -363,6 +409,7 @@ fn every_fault_at_every_call_converges() {
         }
     }
     assert!(machine_swept, "no scenario sets netem on a tap: the machine's change is not swept");
+    assert!(wire_swept, "no scenario joins a wire's taps: join_taps is not swept");
 }
 
 /// Every seed volume the lab's domains use holds exactly its seed's image (a seed under its

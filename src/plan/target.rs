@@ -37,6 +37,7 @@ pub struct UnknownTarget {
 pub fn check(lab: &Lab, full: &Plan, targets: &[Address]) -> Result<(), UnknownTarget> {
     let mut known: BTreeSet<Address> = lab.networks.keys().map(|n| Address::Network(n.clone())).collect();
     known.extend(lab.vms.keys().map(|v| Address::Vm(v.clone())));
+    known.extend(lab.wires.keys().map(|w| Address::Wire(w.clone())));
     known.extend(full.changes.iter().map(|c| c.address.clone()));
     let unknown: Vec<&Address> = targets.iter().filter(|t| !known.contains(t)).collect();
     let Some(first) = unknown.first() else { return Ok(()) };

@@ -1151,3 +1151,217 @@ mod group_tests {
         assert!(e.problems[0].message.contains(&format!("`{stem}-10`, 64 characters long, more than 63")));
     }
 }
+
+/// Wires (`links:`, `link_subnet:`) as validation derives and refuses them (docs/wires.md).
+#[cfg(test)]
+mod wire_tests {
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::lab::model::{LabName, VmName};
+    use crate::lab::wire::{Wire, WireName, is_wire_tap, wire_mac, wire_tap};
+
+    fn lab(text: &str) -> Result<model::Lab, ValidateError> {
+        load(&SourceFile::from_text(Path::new("/tmp/unit.yaml"), text.to_owned()))
+    }
+
+    fn codes(text: &str) -> Vec<&'static str> {
+        match lab(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.codes(),
+        }
+    }
+
+    /// Lab `wl`: network `lan`, VM `r1` with two NICs on it, `r2` with one, `r3` with none,
+    /// then `more` (top-level keys: `links:`, `link_subnet:`).
+    fn text(more: &str) -> String {
+        format!(
+            "apiVersion: topo/v1\nname: wl\nnetworks:\n  lan:\n    mode: isolated\n    subnet: 10.20.0.0/24\n\
+             vms:\n  r1:\n    boot: {{kernel: /etc/hostname}}\n    nics: [{{network: lan}}, {{network: lan}}]\n\
+             \x20 r2:\n    boot: {{kernel: /etc/hostname}}\n    nics: [{{network: lan}}]\n\
+             \x20 r3:\n    boot: {{kernel: /etc/hostname}}\n{more}"
+        )
+    }
+
+    fn vm(name: &str) -> VmName {
+        VmName::new(name).unwrap()
+    }
+
+    fn wire<'a>(l: &'a model::Lab, name: &str) -> &'a Wire {
+        l.wires.get(&WireName::parse(name).unwrap()).unwrap_or_else(|| panic!("no wire {name}: {:?}", l.wires.keys()))
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn derived_names_indexes_subnets_macs_and_taps() {
+        let l = lab(&text("links:\n  - [r1, r2]\n  - [r3, r1]\n  - [r1, r2]\n  - [r2, r1]\n")).unwrap();
+        let names: Vec<&str> = l.wires.keys().map(WireName::as_str).collect();
+        assert_eq!(names, ["r1--r2", "r1--r2.2", "r2--r1", "r3--r1"], "the same pair in the other order is its own");
+        // A /31 each, in `links:` order, from the default pool; end 0 the even address.
+        let subnets: Vec<(&str, String)> =
+            ["r1--r2", "r3--r1", "r1--r2.2", "r2--r1"].iter().map(|n| (*n, wire(&l, n).subnet.to_string())).collect();
+        assert_eq!(
+            subnets,
+            [
+                ("r1--r2", "100.127.0.0/31".to_string()),
+                ("r3--r1", "100.127.0.2/31".to_string()),
+                ("r1--r2.2", "100.127.0.4/31".to_string()),
+                ("r2--r1", "100.127.0.6/31".to_string())
+            ]
+        );
+        let w = wire(&l, "r3--r1");
+        assert_eq!((w.ends[0].vm.as_str(), w.ends[1].vm.as_str()), ("r3", "r1"), "the ends in file order");
+        assert_eq!((w.ends[0].ip, w.ends[1].ip), (ip("100.127.0.2"), ip("100.127.0.3")));
+        assert_eq!(w.peer_of(0), &w.ends[1]);
+        assert_eq!(w.peer_of(1), &w.ends[0]);
+        // NIC indexes: after the VM's own NICs, in `links:` order.
+        let index = |n: &str, k: usize| wire(&l, n).ends[k].index;
+        assert_eq!([index("r1--r2", 0), index("r3--r1", 1), index("r1--r2.2", 0), index("r2--r1", 1)], [2, 3, 4, 5]);
+        assert_eq!([index("r1--r2", 1), index("r1--r2.2", 1), index("r2--r1", 0)], [1, 2, 3]);
+        assert_eq!(index("r3--r1", 0), 0, "r3 has no NICs of its own");
+        let on_r1: Vec<(&str, usize)> =
+            l.wire_ends(&vm("r1")).iter().map(|(w, k)| (w.name.as_str(), w.ends[*k].index)).collect();
+        assert_eq!(on_r1, [("r1--r2", 2), ("r3--r1", 3), ("r1--r2.2", 4), ("r2--r1", 5)], "in NIC order");
+        // MACs and taps: what the derivations give, one per end, all different, none a NIC's.
+        let lab_name = LabName::new("wl").unwrap();
+        let mut macs = std::collections::BTreeSet::new();
+        let mut taps = std::collections::BTreeSet::new();
+        for w in l.wires.values() {
+            for (k, e) in w.ends.iter().enumerate() {
+                assert_eq!(e.mac, wire_mac(&lab_name, &w.name, k), "{} end {k}", w.name);
+                assert_eq!(e.tap, wire_tap(&lab_name, "wl-", &w.name, k), "{} end {k}", w.name);
+                assert!(is_wire_tap(&e.tap), "{}", e.tap);
+                assert!(macs.insert(e.mac) && taps.insert(e.tap.clone()), "{} end {k} repeats", w.name);
+                assert_eq!(l.wire_of_tap(&e.tap).map(|(w, k)| (w.name.clone(), k)), Some((w.name.clone(), k)));
+                assert_eq!(l.wire_of_mac(e.mac).map(|(w, k)| (w.name.clone(), k)), Some((w.name.clone(), k)));
+            }
+        }
+        assert!(l.nics().all(|(_, n)| !macs.contains(&n.mac)), "no wire MAC is a NIC's");
+        // The same file gives the same wires; another lab name other MACs and taps.
+        assert_eq!(
+            lab(&text("links:\n  - [r1, r2]\n  - [r3, r1]\n  - [r1, r2]\n  - [r2, r1]\n")).unwrap().wires,
+            l.wires
+        );
+        let other = lab(&text("links:\n  - [r1, r2]\n").replace("name: wl", "name: wm")).unwrap();
+        let (a, b) = (&wire(&l, "r1--r2").ends[0], &wire(&other, "r1--r2").ends[0]);
+        assert!(a.mac != b.mac && a.tap != b.tap, "{a:?} {b:?}");
+    }
+
+    /// A wire's values do not move when a NIC or another wire is added after it.
+    #[test]
+    fn adding_after_a_wire_keeps_it() {
+        let one = lab(&text("links:\n  - [r1, r2]\n")).unwrap();
+        let more = lab(&text("links:\n  - [r1, r2]\n  - [r2, r3]\n")).unwrap();
+        assert_eq!(wire(&one, "r1--r2"), wire(&more, "r1--r2"));
+        assert_eq!(wire(&more, "r2--r3").subnet.to_string(), "100.127.0.2/31");
+    }
+
+    #[test]
+    fn link_subnet_is_the_pool() {
+        let l = lab(&text("link_subnet: 10.99.0.8/30\nlinks:\n  - [r1, r2]\n  - [r2, r3]\n")).unwrap();
+        assert_eq!(wire(&l, "r1--r2").subnet.to_string(), "10.99.0.8/31");
+        let w = wire(&l, "r2--r3");
+        assert_eq!(
+            (w.subnet.to_string(), w.ends[0].ip, w.ends[1].ip),
+            ("10.99.0.10/31".into(), ip("10.99.0.10"), ip("10.99.0.11"))
+        );
+        // One wire more than the pool holds.
+        let e =
+            lab(&text("link_subnet: 10.99.0.8/30\nlinks:\n  - [r1, r2]\n  - [r2, r3]\n  - [r1, r3]\n")).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::wire"]);
+        assert!(e.problems[0].message.contains("has room for 2 wires, and the lab has 3"), "{}", e.problems[0].message);
+        // A /31 holds one wire, and says so in the singular.
+        assert_eq!(codes(&text("link_subnet: 10.99.0.8/31\nlinks:\n  - [r1, r2]\n")), Vec::<&str>::new());
+        let e = lab(&text("link_subnet: 10.99.0.8/31\nlinks:\n  - [r1, r2]\n  - [r2, r3]\n")).unwrap_err();
+        assert!(e.problems[0].message.contains("has room for 1 wire, and"), "{}", e.problems[0].message);
+        // A /32 holds none.
+        assert_eq!(codes(&text("link_subnet: 10.99.0.8/32\nlinks:\n  - [r1, r2]\n")), ["topo::lab::subnet_too_small"]);
+        // A pool without wires is still checked.
+        assert_eq!(codes(&text("link_subnet: nonsense\n")), ["topo::lab::bad_subnet"]);
+        assert_eq!(codes(&text("link_subnet: 10.20.0.0/16\n")), ["topo::lab::wire"], "overlaps lan");
+    }
+
+    /// The default pool, a /24, holds 128 wires; the 129th is refused at its own entry.
+    #[test]
+    fn the_default_pool_holds_128_wires() {
+        let links = |n: usize| format!("links:\n{}", "  - [r1, r2]\n".repeat(n));
+        let l = lab(&text(&links(128))).unwrap();
+        assert_eq!(l.wires.len(), 128);
+        assert_eq!(wire(&l, "r1--r2.128").subnet.to_string(), "100.127.0.254/31");
+        let t = text(&links(129));
+        let e = lab(&t).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::wire"]);
+        let p = &e.problems[0];
+        assert!(
+            p.message.contains("default link_subnet 100.127.0.0/24 has room for 128 wires, and the lab has 129"),
+            "{}",
+            p.message
+        );
+        let label = p.labels.first().expect("a label");
+        let at = label.offset();
+        let line = t[..at].lines().count();
+        assert_eq!(line, t.lines().count(), "points at the last entry: {at}");
+    }
+
+    #[test]
+    fn ends_must_be_two_vms_of_the_lab() {
+        assert_eq!(codes(&text("links:\n  - [r1]\n  - [r1, r2, r3]\n  - []\n")), ["topo::lab::wire"; 3]);
+        let e = lab(&text("links:\n  - [r1, nope]\n")).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::wire"]);
+        assert!(
+            e.problems[0].help.as_deref().unwrap_or_default().contains("one of r1, r2, r3"),
+            "{:?}",
+            e.problems[0].help
+        );
+        // Both ends unknown: each reported.
+        assert_eq!(codes(&text("links:\n  - [x, y]\n")), ["topo::lab::wire"; 2]);
+    }
+
+    /// An end naming a VM whose entry has a problem of its own is reported there only, not
+    /// again as an unknown VM (nor is a member of a group with a problem of its own).
+    #[test]
+    fn an_end_with_a_problem_of_its_own_is_reported_once() {
+        let t = text("links:\n  - [r1, r2]\n").replace("nics: [{network: lan}]\n", "nics: [{network: lna}]\n");
+        assert_eq!(codes(&t), ["topo::lab::unknown_network"]);
+        let g = text("links:\n  - [r1, g-2]\n  - [r1, g-3]\n").replace(
+            "  r3:\n",
+            "  g:\n    count: 2\n    boot: {kernel: /etc/hostname}\n    nics: [{network: lna}]\n  r3:\n",
+        );
+        // g-2 is a member (its entry's problem is reported there), g-3 is no member.
+        let e = lab(&g).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::unknown_network", "topo::lab::wire"], "{:?}", miette::Report::new(e));
+    }
+
+    /// A member of a group (`count:`) is a VM and can be a wire's end.
+    #[test]
+    fn a_group_member_is_an_end() {
+        let t = text("links:\n  - [r3, g-2]\n")
+            .replace("  r3:\n", "  g:\n    count: 2\n    boot: {kernel: /etc/hostname}\n  r3:\n");
+        let l = lab(&t).unwrap();
+        let w = wire(&l, "r3--g-2");
+        assert_eq!((w.ends[0].index, w.ends[1].index), (0, 0));
+        assert_eq!(w.ends[1].vm, vm("g-2"));
+        assert_eq!(codes(&t.replace("g-2]", "g-3]")), ["topo::lab::wire"], "g has no member 3");
+        assert_eq!(codes(&t.replace("g-2]", "g]")), ["topo::lab::wire"], "a group is no VM");
+    }
+
+    #[test]
+    fn ends_on_two_hosts_are_refused() {
+        let hosts = "hosts:\n  h1:\n    uri: qemu+ssh://root@h1/system\n    underlay: 10.77.0.11\n  h2:\n    uri: qemu+ssh://root@h2/system\n    underlay: 10.77.0.12\n";
+        let t = format!("{}{hosts}", text("links:\n  - [r1, r2]\n  - [r1, r3]\n"))
+            .replace("  r2:\n", "  r2:\n    host: h2\n")
+            .replace("  r3:\n", "  r3:\n    host: h1\n");
+        let e = lab(&t).unwrap_err();
+        assert_eq!(e.codes(), ["topo::lab::wire"], "r1 -- r3 are both on h1");
+        assert!(
+            e.problems[0].message.contains("`r1` -- `r2` joins VMs on two hosts (`h1` and `h2`)"),
+            "{}",
+            e.problems[0].message
+        );
+        assert_eq!(codes(&t.replace("    host: h2\n", "    host: h1\n")), Vec::<&str>::new());
+    }
+}

@@ -91,8 +91,9 @@ pub(super) fn check_all(
                     Code::Wire,
                     s,
                     format!(
-                        "link_subnet `{pool}` has room for {} wires, and the lab has {}",
+                        "link_subnet `{pool}` has room for {} wire{}, and the lab has {}",
                         pool.size() / 2,
+                        if pool.size() / 2 == 1 { "" } else { "s" },
                         links.len()
                     ),
                     "too small for the wires",
