@@ -275,6 +275,7 @@ fn the_reason_kinds_in_the_doc_are_the_planners() {
         Unplugged { nics: vec![] },
         Released,
         NetworkRenewed,
+        WireEndRenewed,
         Netem { nics: vec![] },
         DeletedOutsideTopo { volumes: vec![] },
         UndefinedOutsideTopo,

@@ -318,7 +318,10 @@ vms:
         assert!(matches!(e, TargetError::UnknownVm { .. }), "{e:?}");
         assert!(matches!(err("both"), TargetError::Ambiguous { .. }));
         assert!(matches!(err("bare"), TargetError::NoNics { .. }));
-        for bad in ["wire:r1-r2", "r1.", ".eth0", "", "net:", "r1.52:54:00:00:00:01"] {
+        let e = err("wire:r1-r2");
+        assert!(matches!(e, TargetError::UnknownWire { .. }), "{e:?}");
+        assert_eq!(help(&e), "the lab has no wires (`links:`)");
+        for bad in ["r1.", ".eth0", "", "net:", "r1.52:54:00:00:00:01"] {
             assert!(matches!(err(bad), TargetError::Syntax { .. } | TargetError::UnknownNetwork { .. }), "{bad}");
         }
     }

@@ -772,8 +772,14 @@ impl Lab {
             let each: Vec<String> = self.groups.values().map(|g| format!("{} in group {}", g.count, g.name)).collect();
             format!(" ({})", each.join(", "))
         };
+        // The wires, when there are any: each adds a NIC to each of its two VMs.
+        let wires = match self.wires.len() {
+            0 => String::new(),
+            1 => ", 1 wire (2 more nics)".to_string(),
+            n => format!(", {n} wires ({} more nics)", 2 * n),
+        };
         format!(
-            "lab {}: {} network{} ({} external), {} vm{}{groups}, {} nic{}",
+            "lab {}: {} network{} ({} external), {} vm{}{groups}, {} nic{}{wires}",
             self.name,
             nets,
             if nets == 1 { "" } else { "s" },

@@ -18,6 +18,9 @@ struct JsonNic<'a> {
     vm: &'a str,
     nic: &'a str,
     network: &'a str,
+    /// A wire end's wire (`links:`); absent for a NIC on a network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wire: Option<&'a str>,
     bridge: Option<&'a str>,
     mac: String,
     /// `ipv4` (proven by ARP) or `ipv6` (proven by NDP): a NIC on a network with both
@@ -98,6 +101,7 @@ fn json_nic(n: &NicOutcome) -> JsonNic<'_> {
         vm: t.vm.as_str(),
         nic: &t.nic,
         network: t.network.as_str(),
+        wire: t.wire.as_ref().map(|w| w.as_str()),
         bridge: t.bridge.as_deref(),
         mac: t.mac.to_string(),
         family: t.family.as_str(),
@@ -550,7 +554,10 @@ mod tests {
         };
         // `host` is only there in a lab across hosts: every NIC of a lab on one host has the
         // other keys, every NIC of one across hosts has them all.
-        let one_host: std::collections::BTreeSet<String> = nic.iter().filter(|k| *k != "host").cloned().collect();
+        // `wire` likewise only on a wire end's row.
+        let one_host: std::collections::BTreeSet<String> =
+            nic.iter().filter(|k| *k != "host" && *k != "wire").cloned().collect();
+        assert!(nic.contains("wire"), "docs/verify-json.md documents nics[].wire");
         assert!(nic.contains("host"), "docs/verify-json.md documents nics[].host");
         let out = to_json("demo", &every_state());
         // `ready` is there only when a VM has readiness conditions.
@@ -563,9 +570,18 @@ mod tests {
         for n in &mut across.nics {
             n.target.host = Some(crate::lab::model::HostName::new("h1").unwrap());
         }
+        let across_keys: std::collections::BTreeSet<String> = nic.iter().filter(|k| *k != "wire").cloned().collect();
         for n in to_json("demo", &across)["nics"].as_array().unwrap() {
-            assert_eq!(keys(n), nic);
+            assert_eq!(keys(n), across_keys);
         }
+        // A wire end's row has `wire` too.
+        let mut wired = every_state();
+        wired.nics[0].target.wire = crate::lab::wire::WireName::parse("r1--r2");
+        let wired = to_json("demo", &wired);
+        let mut with_wire = one_host.clone();
+        with_wire.insert("wire".into());
+        assert_eq!(keys(&wired["nics"][0]), with_wire);
+        assert_eq!(wired["nics"][0]["wire"], "r1--r2");
         let block = DOC.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).unwrap();
         let example: serde_json::Value = serde_json::from_str(block).unwrap();
         assert_eq!(keys(&example), without_ready);

@@ -65,8 +65,8 @@ pub(super) fn check_all(
         let Some([a, b]) = ends(c, link, cx) else { continue };
         let (va, vb) = (&cx.vms[&a], &cx.vms[&b]);
         if va.host != vb.host {
-            c.at(
-                Code::Wire,
+            at_link(
+                c,
                 link,
                 format!("wire `{a}` -- `{b}` joins VMs on two hosts (`{}` and `{}`)", va.host, vb.host),
                 "ends on different hosts",
@@ -99,8 +99,8 @@ pub(super) fn check_all(
                     "too small for the wires",
                     help,
                 ),
-                None => c.at(
-                    Code::Wire,
+                None => at_link(
+                    c,
                     link,
                     format!(
                         "the default link_subnet {DEFAULT_LINK_SUBNET} has room for 128 wires, and the lab has {}",
@@ -132,12 +132,39 @@ pub(super) fn check_all(
     out
 }
 
+/// Where `link` stands in the file: from its first end to its last (the parser's span of a
+/// flow sequence is its opening bracket alone); its own span when it has no end.
+fn link_span(c: &Checker, link: &Spanned<Vec<Spanned<String>>>) -> miette::SourceSpan {
+    let whole = c.span(link);
+    match (link.value.first(), link.value.last()) {
+        (Some(first), Some(last)) => {
+            let (a, b) = (c.span(first), c.span(last));
+            let start = whole.offset().min(a.offset());
+            let end = (b.offset() + b.len()).max(whole.offset() + whole.len());
+            (start, end - start).into()
+        }
+        _ => whole,
+    }
+}
+
+/// A problem about the whole of `link` ([`link_span`]).
+fn at_link(
+    c: &mut Checker,
+    link: &Spanned<Vec<Spanned<String>>>,
+    message: String,
+    label: &str,
+    help: impl Into<String>,
+) {
+    let span = link_span(c, link);
+    c.problems.push(crate::diag::Problem::at(Code::Wire, span, message, label, help));
+}
+
 /// The two VM names of `link`; `None` (with its problem recorded) when it does not name two
 /// VMs of the lab.
 fn ends(c: &mut Checker, link: &Spanned<Vec<Spanned<String>>>, cx: &WireContext<'_>) -> Option<[VmName; 2]> {
     if link.value.len() != 2 {
-        c.at(
-            Code::Wire,
+        at_link(
+            c,
             link,
             format!("a wire has two ends, and this one names {}", link.value.len()),
             "not two VMs",
