@@ -114,7 +114,7 @@ fn e2e_wire_lifecycle() {
     topo_ok(&["destroy", "-y", path(&lab)]);
 }
 
-/// A Python script for a guest (its `python3`, as root): sends `n` rounds of an LLDP frame,
+/// A Python script for a guest (its `python3`, as root): sends 30 rounds of an LLDP frame,
 /// a LACPDU and an STP configuration BPDU out of `eth1`, two a second: the link-local group
 /// addresses a Linux bridge keeps to itself (01:80:c2:00:00:0e, :02, :00).
 const SEND_L2: &str = r#"
@@ -129,14 +129,14 @@ frames = [
     bytes.fromhex("0180c2000002") + me + b"\x88\x09" + b"\x01\x01" + bytes(108),
     bytes.fromhex("0180c2000000") + me + (38).to_bytes(2, "big") + b"\x42\x42\x03" + bytes(35),
 ]
-for i in range(12):
+for i in range(30):
     for f in frames:
         s.send(f.ljust(60, b"\0"))
     time.sleep(0.5)
 "#;
 
 /// A Python script for a guest: listens on `eth1` (promiscuous, for the group addresses)
-/// for up to 60 s and prints which of LLDP, LACP and STP arrived, and from which MAC.
+/// for up to 120 s and prints which of LLDP, LACP and STP arrived, and from which MAC.
 const LISTEN_L2: &str = r#"
 import socket, time, subprocess
 subprocess.run(["ip", "link", "set", "eth1", "promisc", "on"])
@@ -145,7 +145,7 @@ s.bind(("eth1", 0))
 s.settimeout(1)
 seen = {}
 print("listening", flush=True)
-end = time.time() + 60
+end = time.time() + 120
 while time.time() < end and len(seen) < 3:
     try:
         f = s.recv(2048)
@@ -159,6 +159,33 @@ while time.time() < end and len(seen) < 3:
     if dst == "01:80:c2:00:00:00" and f[14:17] == b"\x42\x42\x03":
         seen["stp"] = src
 print(" ".join(k + "=" + v for k, v in sorted(seen.items())), flush=True)
+"#;
+
+/// A Python script for a guest: 20 ICMP echo requests to r2's wire address (the image has
+/// no ping), 0.3 s apart; prints how many were answered.
+const PING_R2: &str = r#"
+import socket, struct, time
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(0.3)
+got = 0
+for i in range(20):
+    body = b"topo-wire!"
+    h = struct.pack("!BBHHH", 8, 0, 0, 0x7470, i)
+    h = struct.pack("!BBHHH", 8, 0, csum(h + body), 0x7470, i)
+    s.sendto(h + body, ("10.199.0.1", 0))
+    try:
+        d, a = s.recvfrom(1024)
+        if a[0] == "10.199.0.1" and d[20] == 0:
+            got += 1
+    except socket.timeout:
+        pass
+    time.sleep(0.3)
+print("replies", got)
 "#;
 
 /// `echo B64 | base64 -d | sudo python3 -` for `script`: ssh joins the words into one remote
@@ -254,16 +281,21 @@ links:
     clock.step("both wire ends proven by ARP on their taps, at the wire's /31");
 
     // r2 listens; r1 sends; topo captures the wire meanwhile.
-    let listen = {
-        let (lab, sock) = (lab.clone(), agent.sock.clone());
-        std::thread::spawn(move || {
-            let cmd = python_cmd(LISTEN_L2);
-            let mut c = topo_cmd(&["ssh", "r2", path(&lab), "--"]);
-            c.args(&cmd).env("SSH_AUTH_SOCK", sock);
-            Run::of(c.output().expect("run topo ssh"))
-        })
-    };
-    std::thread::sleep(std::time::Duration::from_secs(8));
+    // The sender starts once the listener says it listens (an ssh login into an emulated
+    // guest takes from seconds to a minute).
+    let mut c = topo_cmd(&["ssh", "r2", path(&lab), "--"]);
+    c.args(python_cmd(LISTEN_L2)).env("SSH_AUTH_SOCK", &agent.sock).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut listener = c.spawn().expect("run topo ssh");
+    let mut out = std::io::BufReader::new(listener.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("read the listener");
+    assert_eq!(first.trim(), "listening", "the listener on r2 did not start");
+    let listen = std::thread::spawn(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).expect("read the listener");
+        let status = listener.wait().expect("wait for the listener");
+        (status.code().unwrap_or(-1), rest)
+    });
     let pcap = tmp.path().join("wire.pcap");
     let capture = {
         let (lab, pcap) = (lab.clone(), pcap.clone());
@@ -275,8 +307,8 @@ links:
     let words: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let sent = ssh(&lab, &agent, "r1", &words);
     assert_eq!(sent.code, 0, "{}", sent.show());
-    let heard = listen.join().expect("listener");
-    assert_eq!(heard.code, 0, "{}", heard.show());
+    let (code, heard) = listen.join().expect("listener");
+    assert_eq!(code, 0, "{heard}");
     let r1_mac = doc["nics"]
         .as_array()
         .expect("nics")
@@ -285,8 +317,8 @@ links:
         .and_then(|n| n["mac"].as_str())
         .unwrap_or_default()
         .to_string();
-    let last = heard.stdout.lines().last().unwrap_or_default().to_string();
-    assert_eq!(last, format!("lacp={r1_mac} lldp={r1_mac} stp={r1_mac}"), "{}", heard.show());
+    let last = heard.lines().last().unwrap_or_default().to_string();
+    assert_eq!(last, format!("lacp={r1_mac} lldp={r1_mac} stp={r1_mac}"), "{heard}");
     clock.step("LLDP, LACP and STP frames from r1 received by r2 across the wire");
 
     let cap = capture.join().expect("capture");
@@ -297,6 +329,31 @@ links:
     assert_eq!(lines.lines().count(), 3, "{lines}");
     assert!(lines.lines().all(|l| l.contains("LLDP") && l.contains(&r1_mac)), "{lines}");
     clock.step("topo capture wire:r1--r2: the LLDP frames in the pcap");
+
+    // IPv4 across the wire: r1 pings r2's wire address while topo captures the wire.
+    let icmp = tmp.path().join("icmp.pcap");
+    let capture = {
+        let (lab, icmp) = (lab.clone(), icmp.clone());
+        std::thread::spawn(move || {
+            topo(&["capture", "wire:r1--r2", path(&lab), "-w", path(&icmp), "--count", "4", "icmp"])
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let cmd = python_cmd(PING_R2);
+    let words: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let pinged = ssh(&lab, &agent, "r1", &words);
+    assert_eq!(pinged.code, 0, "{}", pinged.show());
+    let answered: usize =
+        pinged.stdout.trim().strip_prefix("replies ").and_then(|n| n.parse().ok()).unwrap_or_default();
+    assert!(answered >= 10, "r2 answered {answered} of 20 echoes across the wire: {}", pinged.show());
+    let cap = capture.join().expect("capture");
+    assert_eq!(cap.code, 0, "{}", cap.show());
+    let out = Command::new("tcpdump").args(["-n", "-r"]).arg(&icmp).output().expect("tcpdump -r");
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    assert!(lines.contains("10.199.0.0 > 10.199.0.1: ICMP echo request"), "{lines}");
+    assert!(lines.contains("10.199.0.1 > 10.199.0.0: ICMP echo reply"), "{lines}");
+    clock.step("r1 pings r2 across the wire (its /31): answered; topo capture wire:r1--r2 holds the ICMP echoes");
     topo_ok(&["destroy", "-y", path(&lab)]);
     clock.step("destroyed");
 }
