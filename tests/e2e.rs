@@ -1497,6 +1497,29 @@ struct Agent {
     public: String,
 }
 
+/// What a test of the Debian cloud image starts with: the image (built by
+/// scripts/mkimage.sh, cached), the sandbox up, a temp dir, and an ssh-agent with a fresh key
+/// for the guests' `ssh_authorized_keys`. Dropped in field order: the agent, the temp dir,
+/// then the sandbox.
+struct CloudBench {
+    agent: Agent,
+    tmp: tempfile::TempDir,
+    _sandbox: Sandbox,
+    image: String,
+}
+
+impl CloudBench {
+    fn up(clock: &Clock) -> Self {
+        let image = image_dir();
+        script("mkimage.sh", &[&image]);
+        clock.step("cloud image ready (scripts/mkimage.sh, cached)");
+        let sandbox = Sandbox::up();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let agent = Agent::start(tmp.path());
+        CloudBench { agent, tmp, _sandbox: sandbox, image }
+    }
+}
+
 impl Agent {
     fn start(dir: &Path) -> Self {
         let key = dir.join("id_ed25519");

@@ -208,15 +208,7 @@ pub enum NicState {
 impl NicState {
     /// Settled: no further probing changes it.
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            NicState::Skipped
-                | NicState::Unproven
-                | NicState::Stopped
-                | NicState::Verified { .. }
-                | NicState::Failed { .. }
-                | NicState::Reported { .. }
-        )
+        self.is_ok() || matches!(self, NicState::Failed { .. })
     }
     /// Verified, skipped, stopped by the lab file, or (remote) reported.
     pub fn is_ok(&self) -> bool {

@@ -173,12 +173,8 @@ fn reservations(lab: &Path) -> Vec<(String, String)> {
 #[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
 fn e2e_ipv6_cloud_guest() {
     let clock = Clock(Instant::now());
-    let image = image_dir();
-    script("mkimage.sh", &[&image]);
-    clock.step("cloud image ready (scripts/mkimage.sh, cached)");
-    let _sandbox = Sandbox::up();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let agent = Agent::start(tmp.path());
+    let bench = CloudBench::up(&clock);
+    let (image, tmp, agent) = (&bench.image, &bench.tmp, &bench.agent);
     let key = &agent.public;
     let text = format!(
         "apiVersion: topo/v1
@@ -252,7 +248,7 @@ vms:
         r.stdout
     );
     // The guest's own view: both addresses on their NICs (the image has no ping).
-    let r = ssh(&lab, &agent, "d6", &["ip", "-6", "-br", "addr"]);
+    let r = ssh(&lab, agent, "d6", &["ip", "-6", "-br", "addr"]);
     assert_eq!(r.code, 0, "{}", r.show());
     let eth = |n: &str| r.stdout.lines().find(|l| l.starts_with(n)).unwrap_or_default().to_string();
     assert!(eth("eth0").contains(&format!("{a0}/64")), "eth0's SLAAC address:\n{}", r.show());

@@ -11,12 +11,8 @@ use super::*;
 #[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
 fn e2e_snapshot_save_change_restore() {
     let clock = Clock(Instant::now());
-    let image = image_dir();
-    script("mkimage.sh", &[&image]);
-    clock.step("cloud image ready (scripts/mkimage.sh, cached)");
-    let _sandbox = Sandbox::up();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let agent = Agent::start(tmp.path());
+    let bench = CloudBench::up(&clock);
+    let (image, tmp, agent) = (&bench.image, &bench.tmp, &bench.agent);
     let key = &agent.public;
     let text = format!(
         "apiVersion: topo/v1
@@ -46,7 +42,7 @@ vms:
     let r = topo(&["apply", "-y", "--timeout", "240", path(&lab)]);
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("Verify: 2 verified, 0 failed"), "{}", r.show());
-    let r = ssh(&lab, &agent, "s1", &["cloud-init status --wait >/dev/null; echo up"]);
+    let r = ssh(&lab, agent, "s1", &["cloud-init status --wait >/dev/null; echo up"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "up"), "{}", r.show());
     clock.step("apply: the Debian guest up, 2 NICs verified, cloud-init done");
 
@@ -89,7 +85,7 @@ vms:
     // Change a guest's files, restore: the change is gone, every NIC proven again.
     let r = ssh(
         &lab,
-        &agent,
+        agent,
         "s1",
         &["echo changed | sudo tee /var/tmp/topo-snap >/dev/null && sync && cat /var/tmp/topo-snap"],
     );
@@ -100,7 +96,7 @@ vms:
     assert_eq!(r.code, 0, "{}", r.show());
     assert!(r.stdout.contains("2 verified, 0 failed"), "every NIC proven again:\n{}", r.show());
     eprintln!("e2e: benchmark: topo snapshot restore:\n{}{}", r.stdout, r.stderr);
-    let r = ssh(&lab, &agent, "s1", &["test -e /var/tmp/topo-snap && echo there || echo gone"]);
+    let r = ssh(&lab, agent, "s1", &["test -e /var/tmp/topo-snap && echo there || echo gone"]);
     assert_eq!((r.code, r.stdout.trim()), (0, "gone"), "{}", r.show());
     clock.step(&format!("restore: file gone, 2 NICs verified again, {restore_secs:.2} s"));
 

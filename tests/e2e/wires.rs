@@ -205,12 +205,8 @@ fn python_cmd(script: &str) -> Vec<String> {
 #[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
 fn e2e_wire_cloud_routers() {
     let clock = Clock(Instant::now());
-    let image = image_dir();
-    script("mkimage.sh", &[&image]);
-    clock.step("cloud image ready (scripts/mkimage.sh, cached)");
-    let _sandbox = Sandbox::up();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let agent = Agent::start(tmp.path());
+    let bench = CloudBench::up(&clock);
+    let (image, tmp, agent) = (&bench.image, &bench.tmp, &bench.agent);
     let key = &agent.public;
     let router = |name: &str| {
         format!(
@@ -305,7 +301,7 @@ links:
     };
     let cmd = python_cmd(SEND_L2);
     let words: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let sent = ssh(&lab, &agent, "r1", &words);
+    let sent = ssh(&lab, agent, "r1", &words);
     assert_eq!(sent.code, 0, "{}", sent.show());
     let (code, heard) = listen.join().expect("listener");
     assert_eq!(code, 0, "{heard}");
@@ -341,7 +337,7 @@ links:
     std::thread::sleep(std::time::Duration::from_secs(3));
     let cmd = python_cmd(PING_R2);
     let words: Vec<&str> = cmd.iter().map(String::as_str).collect();
-    let pinged = ssh(&lab, &agent, "r1", &words);
+    let pinged = ssh(&lab, agent, "r1", &words);
     assert_eq!(pinged.code, 0, "{}", pinged.show());
     let answered: usize =
         pinged.stdout.trim().strip_prefix("replies ").and_then(|n| n.parse().ok()).unwrap_or_default();
