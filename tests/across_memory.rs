@@ -411,3 +411,16 @@ fn a_network_larger_than_a_hosts_underlay_is_refused() {
     assert!(text.contains("topo::plan::underlay_mtu") && text.contains("host `h2`"), "{text}");
     assert!(!text.contains("host `h1`"), "{text}");
 }
+
+/// `--target tunnel.NAME` once the lab has converged: the tunnel is the lab's, so it is a
+/// known target (with nothing to do), as `network.NAME` and `vm.NAME` are.
+#[test]
+fn a_converged_tunnel_is_a_known_target() {
+    let l = lab(&lab_text());
+    let (hv1, hv2) = hosts("tunnel-target");
+    let s = session(&hv1, &hv2);
+    apply(&l, &s).unwrap();
+    let planned = s.plan(&l, &[Address::Tunnel("lan".parse().unwrap())], &Silent::default());
+    let plan = planned.map_err(|e| e.to_string()).expect("a known target").plan;
+    assert!(plan.hosts.values().all(|p| p.changes.iter().all(|c| c.action == topo::plan::Action::NoOp)));
+}

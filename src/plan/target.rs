@@ -38,6 +38,8 @@ pub fn check(lab: &Lab, full: &Plan, targets: &[Address]) -> Result<(), UnknownT
     let mut known: BTreeSet<Address> = lab.networks.keys().map(|n| Address::Network(n.clone())).collect();
     known.extend(lab.vms.keys().map(|v| Address::Vm(v.clone())));
     known.extend(lab.wires.keys().map(|w| Address::Wire(w.clone())));
+    // A stretched network's tunnels are the lab's whether or not the plan changes them.
+    known.extend(lab.networks.values().filter(|n| lab.is_stretched(n)).map(|n| Address::Tunnel(n.name.clone())));
     known.extend(full.changes.iter().map(|c| c.address.clone()));
     let unknown: Vec<&Address> = targets.iter().filter(|t| !known.contains(t)).collect();
     let Some(first) = unknown.first() else { return Ok(()) };
