@@ -1,14 +1,15 @@
 //! `topo graph`: the lab file's resources and references drawn as DOT or Mermaid.
 //!
 //! A picture, not an order: networks, VMs and an edge from each network to each VM with a
-//! NIC on it, labelled with those NICs. The order of steps lives in the one resource graph
+//! NIC on it, labelled with those NICs, and one between the two VMs of each wire
+//! (`links:`), labelled with the NICs at its ends. The order of steps lives in the one resource graph
 //! ([`crate::plan::order::ResourceGraph`]). Nodes come networks first, then VMs, each by
 //! name; edges by (network, VM).
 
 use std::fmt::Write as _;
 
 use crate::lab::address::Address;
-use crate::lab::model::{HostName, Lab, NetworkKind, NetworkName, VmName};
+use crate::lab::model::{HostName, Lab, NetworkKind, NetworkName, VmName, nic_label};
 
 /// A drawn node: a network or a VM of the lab file.
 enum Node<'l> {
@@ -31,7 +32,7 @@ fn nodes(lab: &Lab) -> impl Iterator<Item = Node<'_>> {
 }
 
 /// One edge per (network, VM) with a NIC of the VM on the network: the addresses of both ends
-/// and the labels of those NICs, sorted by (network, VM).
+/// and the labels of those NICs, sorted by (network, VM); then one per wire, by wire name.
 fn edges(lab: &Lab) -> Vec<(Address, Address, Vec<String>)> {
     let mut by_pair: std::collections::BTreeMap<(&NetworkName, &VmName), Vec<String>> = Default::default();
     for vm in lab.vms.values() {
@@ -39,7 +40,15 @@ fn edges(lab: &Lab) -> Vec<(Address, Address, Vec<String>)> {
             by_pair.entry((&nic.network, &vm.name)).or_default().push(nic.label());
         }
     }
-    by_pair.into_iter().map(|((n, v), nics)| (Address::Network(n.clone()), Address::Vm(v.clone()), nics)).collect()
+    let mut out: Vec<(Address, Address, Vec<String>)> =
+        by_pair.into_iter().map(|((n, v), nics)| (Address::Network(n.clone()), Address::Vm(v.clone()), nics)).collect();
+    // A wire (`links:`): an edge between its two VMs, labelled with the NICs at each end.
+    for w in lab.wires.values() {
+        let [a, b] = &w.ends;
+        let label = format!("{} - {}", nic_label(a.index), nic_label(b.index));
+        out.push((Address::Vm(a.vm.clone()), Address::Vm(b.vm.clone()), vec![label]));
+    }
+    out
 }
 
 /// `lab` as a Graphviz DOT digraph: networks as ellipses (dashed when external), VMs as boxes,
@@ -135,6 +144,15 @@ mod tests {
 
     /// Every node gets its own id in every format, whatever '-' and '_' the names use
     /// (Mermaid ids allow [A-Za-z0-9_] only; `a-b` and `a_b` once both became `a_b`).
+    #[test]
+    fn a_wire_is_an_edge_between_its_vms() {
+        let l = crate::plan::tests::lab(
+            "apiVersion: topo/v1\nname: g\nnetworks:\n  lan: {subnet: 10.9.0.0/24}\nvms:\n  r1: {boot: {kernel: /etc/hostname}, nics: [{network: lan}]}\n  r2: {boot: {kernel: /etc/hostname}}\nlinks:\n  - [r1, r2]\n",
+        );
+        assert!(to_dot(&l).contains("\"vm.r1\" -> \"vm.r2\" [label=\"eth1 - eth0\" dir=none];"), "{}", to_dot(&l));
+        assert!(to_mermaid(&l).contains("vm_r1 ---|eth1 - eth0| vm_r2"), "{}", to_mermaid(&l));
+    }
+
     #[test]
     fn node_ids_are_unique_in_every_format() {
         let text = "apiVersion: topo/v1\nname: ids\nnetworks:\n  n-1: {mode: isolated}\n  n_1: {mode: isolated}\n\
