@@ -224,6 +224,7 @@ fn verify_over_real_arp() {
         host: None,
         wire: None,
         unproven: false,
+        cut: None,
     };
     let targets =
         [target("guest", GUEST_MAC), target("ghost", "02:00:00:99:00:06"), target("dup", "02:00:00:99:00:07")];
@@ -318,6 +319,7 @@ fn a_real_duplicate_is_reported_with_both_macs() {
         host: None,
         wire: None,
         unproven: false,
+        cut: None,
     };
     let no_leases = || Ok(vec![]);
     let opts = VerifyOptions { timeout: Duration::from_secs(3), ..VerifyOptions::default() };

@@ -236,6 +236,20 @@ fn a_vm_restarted_outside_topo_is_joined_again_as_drift() {
     let seen = redirects(&l, &hv);
     assert_eq!(seen[&a], None, "r1's new tap has no redirect");
     assert_eq!(seen[&b].as_deref(), Some("*"), "r2's points at the gone tap");
+    // Verify says the wire is cut at both ends, before anything else (even unproven ends).
+    let (_, o) = plan_on(&l, &hv);
+    let cut: Vec<_> = topo::verify::target::targets(&l, &o, topo::verify::target::HostAccess::Local)
+        .into_iter()
+        .filter(|t| t.wire.is_some())
+        .map(|t| (t.vm.to_string(), t.cut))
+        .collect();
+    assert_eq!(
+        cut,
+        [
+            ("r1".to_string(), Some(("nothing".to_string(), b.clone()))),
+            ("r2".to_string(), Some(("*".to_string(), a.clone())))
+        ]
+    );
     let (p, _) = plan_on(&l, &hv);
     assert_eq!(actions(&p), pairs(&[("wire.r1--r2", Action::Update)]));
     let c = &p.changes[0];
@@ -248,6 +262,11 @@ fn a_vm_restarted_outside_topo_is_joined_again_as_drift() {
     assert_eq!(hv.calls().iter().filter(|c| c.starts_with("join_taps")).count(), 1);
     assert_replans_empty(&l, &hv);
     assert_joined(&l, &hv);
+    let (_, o) = plan_on(&l, &hv);
+    assert!(
+        topo::verify::target::targets(&l, &o, topo::verify::target::HostAccess::Local).iter().all(|t| t.cut.is_none()),
+        "joined again: nothing cut"
+    );
 
     // Stopped outside topo and left stopped: the plan starts it, and joins its new tap.
     hv.destroy_domain("wl-r2").unwrap();

@@ -332,6 +332,7 @@ mod tests {
                 host: None,
                 wire: None,
                 unproven: false,
+                cut: None,
             },
             state,
         }

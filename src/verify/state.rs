@@ -83,6 +83,11 @@ pub enum FailReason {
     BridgeNotVisible { bridge: String },
     #[error("verification was interrupted before this NIC was proven")]
     Interrupted,
+    /// A wire end whose tap the host does not join to its peer's (`links:`): the tap sends
+    /// its guest's frames to `now` (`*`: a device since gone; `nothing`: no redirect), not
+    /// to `peer`, so the wire carries nothing whatever the guest holds.
+    #[error("the wire is cut on the host: this end's tap sends its frames to {now}, not to the peer's tap {peer}")]
+    WireCut { now: String, peer: String },
     /// IPv6: no Neighbor Advertisement for the NIC's SLAAC address came from its MAC.
     #[error("{ip} (its SLAAC address) got no neighbour advertisement from this NIC")]
     NoAdvert { ip: Ipv6Addr },
@@ -159,6 +164,9 @@ impl FailReason {
                  `ip netns exec NS topo ...`); `verify: none` skips the check"
             }
             FailReason::Interrupted => "run `topo verify` again to finish the check",
+            FailReason::WireCut { .. } => {
+                "a VM of the wire was restarted outside topo (its tap was made anew), or the host's                  tc filters were changed: run `topo apply`, which joins the taps again"
+            }
         }
     }
 }
@@ -289,6 +297,8 @@ pub(super) fn settled_at_once(t: &NicTarget) -> Option<NicState> {
         NicState::Skipped
     } else if t.stopped {
         NicState::Stopped
+    } else if let Some((now, peer)) = &t.cut {
+        NicState::Failed { reason: FailReason::WireCut { now: now.clone(), peer: peer.clone() } }
     } else if t.unproven {
         NicState::Unproven
     } else if !t.running {

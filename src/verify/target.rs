@@ -125,6 +125,11 @@ pub struct NicTarget {
     /// its address, so it is reported unproven, not failed.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unproven: bool,
+    /// A wire end whose tap the host does not join to its peer's, as observed: (where the tap
+    /// sends now, the peer's tap). `None` when joined, or when it cannot be told (the machine
+    /// not read, a VM of the wire not running or stopped on purpose).
+    #[serde(skip)]
+    pub cut: Option<(String, String)>,
 }
 
 fn ser_subnet<S: serde::Serializer>(v: &Option<Ipv4Network>, s: S) -> Result<S::Ok, S::Error> {
@@ -213,6 +218,7 @@ impl NicTarget {
             host: None,
             wire: None,
             unproven: false,
+            cut: None,
         }
     }
 
@@ -250,7 +256,21 @@ impl NicTarget {
             host: None,
             wire: Some(w.name.clone()),
             unproven: vm.cloud_init.is_none(),
+            cut: None,
         }
+    }
+
+    /// Where end `k` of wire `w` stands on the host, from `redirects` (what the machine
+    /// showed of the lab's wire taps, `Observed::wire_redirects`): `Some((now, peer))` when its
+    /// tap does not send to the peer's tap; `None` when it does or the tap was not read.
+    pub fn wire_cut(
+        w: &crate::lab::wire::Wire,
+        k: usize,
+        redirects: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> Option<(String, String)> {
+        let peer = &w.peer_of(k).tap;
+        let now = redirects.get(&w.ends[k].tap)?;
+        (now.as_deref() != Some(peer.as_str())).then(|| (now.clone().unwrap_or_else(|| "nothing".into()), peer.clone()))
     }
 
     /// The IPv6 target of the same NIC when its network has a `subnet6`: the same VM,
@@ -323,7 +343,17 @@ pub fn targets(lab: &Lab, observed: &Observed, access: HostAccess) -> Vec<NicTar
                 let vm = lab.vms.get(&w.ends[k].vm)?;
                 let running =
                     observed.domains.get(vm.libvirt_name.as_str()).is_some_and(|d| d.state == DomainState::Running);
-                Some(NicTarget::wire_end(vm, w, k, running, access))
+                let mut t = NicTarget::wire_end(vm, w, k, running, access);
+                // Judged only where the lab wants both VMs running (a wire to a VM stopped on
+                // purpose carries nothing, and is not joined, by design).
+                let both = w
+                    .ends
+                    .iter()
+                    .all(|e| lab.vms.get(&e.vm).is_some_and(|v| v.state == crate::lab::model::VmState::Running));
+                if running && both {
+                    t.cut = NicTarget::wire_cut(w, k, &observed.wire_redirects);
+                }
+                Some(t)
             })
         }))
         .collect()

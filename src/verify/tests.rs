@@ -54,6 +54,7 @@ fn target(vm: &str, m: MacAddr) -> NicTarget {
         host: None,
         wire: None,
         unproven: false,
+        cut: None,
     }
 }
 
@@ -976,4 +977,20 @@ fn waits_for_a_lease_until_the_timeout() {
     .unwrap();
     assert!(matches!(r.nics[0].state, NicState::Failed { reason: FailReason::NoLease }));
     assert_eq!(clock.elapsed(), Duration::from_secs(5));
+}
+
+/// A wire end whose tap the host does not join to its peer's fails at once, with where the
+/// tap sends now, before it is taken as unproven (the cut is the host's, whatever the guest
+/// holds); joined, an end of a VM without cloud-init is unproven.
+#[test]
+fn a_cut_wire_end_fails_before_it_is_unproven() {
+    let mut t = target("r1", MacAddr::derived(&"demo".parse().unwrap(), &VmName::new("r1").unwrap(), 1));
+    t.unproven = true;
+    assert_eq!(state::settled_at_once(&t), Some(NicState::Unproven));
+    t.cut = Some(("*".into(), "tw0123456789".into()));
+    let s = state::settled_at_once(&t).expect("settled");
+    let NicState::Failed { reason } = &s else { panic!("{s:?}") };
+    assert_eq!(reason, &FailReason::WireCut { now: "*".into(), peer: "tw0123456789".into() });
+    assert!(reason.to_string().contains("sends its frames to *, not to the peer's tap tw0123456789"));
+    assert!(reason.help().contains("topo apply"));
 }

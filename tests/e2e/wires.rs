@@ -48,7 +48,8 @@ fn redirect_of(tap: &str) -> Option<String> {
 /// A wire added to two running tiny guests is hot-plugged (each VM updated in place, the
 /// wire created), its taps redirect to each other, its ends are unproven (the guests have no
 /// cloud-init) and nothing fails; a VM restarted by hand leaves the wire's redirect stale,
-/// which the next plan sees as drift and apply joins again; the wire removed from the file
+/// which verify reports as a cut wire at both ends, the next plan sees as drift and apply
+/// joins again; the wire removed from the file
 /// unplugs both NICs.
 #[test]
 #[ignore = "needs root and the libvirt sandbox: scripts/e2e.sh"]
@@ -92,6 +93,10 @@ fn e2e_wire_lifecycle() {
 
     virsh_ok(&["destroy", "wtiny-r2"]);
     virsh_ok(&["start", "wtiny-r2"]);
+    // The cut is the host's: verify fails both ends, whatever the guests hold.
+    let r = topo(&["verify", "--timeout", "20", path(&lab)]);
+    assert_eq!(r.code, 1, "{}", r.show());
+    assert_eq!(r.stdout.matches("the wire is cut on the host").count(), 2, "{}", r.show());
     let plan = plan_json(&lab);
     let ch = changes(&plan);
     assert_eq!(ch.len(), 1, "only the wire: {plan:#}");
