@@ -136,7 +136,8 @@ impl Tc {
 /// use too) and redirects it to the other tap's egress (`act_mirred`), so the other guest
 /// receives it unchanged. Deleting the old qdisc first drops a filter left pointing at a
 /// tap that was made again (the kernel keeps a redirect by interface index: `to_dev "*"`).
-/// Tap names are checked by [`crate::lab::wire::is_wire_tap`] before they get here.
+/// The caller passes wire tap names only ([`crate::lab::wire::is_wire_tap`]: `tw` and hex
+/// digits), which need no quoting; `Tc::join` refuses any other.
 pub fn join_script(a: &str, b: &str) -> String {
     let mut text = String::from("set -e\n");
     for (from, to) in [(a, b), (b, a)] {
@@ -190,6 +191,14 @@ pub fn parse_redirects(text: &str) -> std::collections::BTreeMap<String, Option<
 
 impl TapShaper for Tc {
     fn join(&self, a: &str, b: &str) -> Result<(), TcError> {
+        // A saved plan is read from a file: its tap names are not trusted into a shell line.
+        if let Some(bad) = [a, b].into_iter().find(|t| !crate::lab::wire::is_wire_tap(t)) {
+            return Err(TcError {
+                args: format!("join taps {a} and {b}"),
+                message: format!("{bad:?} is not a wire tap's name (`tw` and 10 hex digits)"),
+                cause: TcCause::Exit,
+            });
+        }
         let text = join_script(a, b);
         self.exec(&["sh", "-c", &text], &format!("join taps {a} and {b}")).map(|_| ())
     }
@@ -265,6 +274,15 @@ mod wire_tests {
         assert_eq!(r["twc"], None);
         assert_eq!(r["twd"], None);
         assert_eq!(r.len(), 4);
+    }
+
+    /// A tap name that is not a wire tap's (a saved plan edited by hand) is refused before
+    /// any shell runs.
+    #[test]
+    fn join_refuses_what_is_not_a_wire_tap() {
+        let e = Tc::default().join("tw0123456789", "x; touch /tmp/topo-pwned").unwrap_err();
+        assert!(e.message.contains("is not a wire tap's name"), "{e:?}");
+        assert!(!std::path::Path::new("/tmp/topo-pwned").exists());
     }
 
     #[test]

@@ -805,11 +805,6 @@ impl Lab {
     pub fn wire_of_tap(&self, tap: &str) -> Option<(&crate::lab::wire::Wire, usize)> {
         self.wires.values().find_map(|w| (0..2).find(|&k| w.ends[k].tap == tap).map(|k| (w, k)))
     }
-
-    /// The wire end whose NIC has MAC `mac`, as (wire, end).
-    pub fn wire_of_mac(&self, mac: MacAddr) -> Option<(&crate::lab::wire::Wire, usize)> {
-        self.wires.values().find_map(|w| (0..2).find(|&k| w.ends[k].mac == mac).map(|k| (w, k)))
-    }
 }
 
 #[cfg(test)]
